@@ -1,0 +1,432 @@
+# -*- test-case-name: promtwist.test.test_scraper -*-
+"""
+Fetching targets for the proxy: one HTTP request per scrape over a shared
+connection pool, the body streamed back in chunks as it arrives.
+
+Requests go through the injected L{IAgent} directly rather than through
+C{treq.HTTPClient.request}, which always decodes gzip: promtwist passes the
+target's gzip bytes through untouched.
+
+Every scrape is bounded three ways: by its deadline (covering connect,
+headers and body), by C{agent.http.maxContentLengthMBytes}, and by the
+proxy's credit, so a slow Prometheus slows the target read instead of
+filling memory.
+"""
+
+from __future__ import annotations
+
+import base64
+import zlib
+from dataclasses import dataclass
+from typing import Callable
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from hyperlink import EncodedURL
+from twisted.internet import error as netError
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+
+from promtwist.logs import observer
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone, ResponseFailed, ResponseNeverReceived
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IResponse
+
+from promtwist import __version__
+from promtwist.config import MiB, AgentSettings, PathConfig
+from promtwist.httputil import acceptsGzip
+from promtwist.protocol.promtwist_pb2 import Frame, Outcome, ScrapeChunk, ScrapeRequest, ScrapeResponse
+
+USER_AGENT = f"promtwist-agent/{__version__.public()}".encode("ascii")
+
+# What a chunk frame adds around its payload, with room to spare.
+FRAME_OVERHEAD = 64
+
+
+@dataclass(frozen=True)
+class Target:
+    """
+    A request ready to send: the URI without user info, and the Basic
+    credentials that were in it.
+    """
+
+    uri: bytes
+    authorization: bytes | None
+
+    @classmethod
+    def build(cls, configured: str, query: str) -> Target:
+        """
+        Append Prometheus' query string to the configured URL (so
+        C{/federate?match[]=...} works) and lift C{user:pass@} into a header.
+        """
+        parts = urlsplit(configured)
+        authorization = None
+        if parts.username is not None:
+            credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            authorization = b"Basic " + base64.b64encode(credentials.encode("utf-8"))
+            host = parts.hostname or ""
+            if ":" in host:
+                host = f"[{host}]"
+            netloc = host if parts.port is None else f"{host}:{parts.port}"
+            configured = urlunsplit(parts._replace(netloc=netloc))
+        if query:
+            configured += ("&" if parts.query else "?") + query
+        uri = EncodedURL.from_text(configured).to_uri().to_text().encode("ascii")
+        return cls(uri, authorization)
+
+
+def redacted(url: str) -> str:
+    """
+    C{url} fit for a log line: user info and query values masked.
+    """
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    query = "&".join(
+        f"{item.partition('=')[0]}=***" if "=" in item else item
+        for item in parts.query.split("&")
+        if item
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+class Scraper:
+    """
+    Runs scrapes for one agent process.
+
+    @ivar agent: the HTTP agent over the process's connection pool.
+    """
+
+    def __init__(self, settings: AgentSettings, agent: IAgent, clock: IReactorTime) -> None:
+        self.settings = settings
+        self.agent = agent
+        self.clock = clock
+        self.maxBodyBytes = settings.max_content_length_mbytes * MiB
+
+    def chunkBytes(self, peerMaxFrameBytes: int) -> int:
+        """
+        The body bytes per frame: C{agent.chunkContentSizeKbs}, kept below the
+        proxy's frame limit.
+        """
+        return min(self.settings.chunk_content_size_kbs * 1024, peerMaxFrameBytes - FRAME_OVERHEAD)
+
+
+class Scrape:
+    """
+    One scrape at the agent, from the proxy's request to the last chunk.
+
+    Frames go out through C{send}; exactly one of them says C{last}. L{done}
+    fires (never fails) when nothing more will be sent.
+    """
+
+    _log = Logger(observer=observer)
+
+    def __init__(
+        self,
+        scraper: Scraper,
+        request: ScrapeRequest,
+        pathConfig: PathConfig,
+        send: Callable[[Frame], None],
+        chunkBytes: int,
+    ) -> None:
+        self.scraper = scraper
+        self.request = request
+        self.pathConfig = pathConfig
+        self.send = send
+        self.chunkBytes = chunkBytes
+        self.timeout = min(request.timeout_ms / 1000, scraper.settings.scrape_timeout_secs)
+        self.done: Deferred[None] = Deferred()
+        self.received = 0
+        self._credit = request.window_bytes or scraper.maxBodyBytes
+        self._deadline = scraper.clock.seconds() + self.timeout
+        self._timer: IDelayedCall | None = None
+        self._requesting: Deferred[IResponse] | None = None
+        self._body: IPushProducer | None = None
+        self._bodyPaused = False
+        self._response: IResponse | None = None
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        self._headSent = False
+        self._compressor: zlib._Compress | None = None
+        self._finished = False
+
+    # Driving.
+
+    def start(self) -> None:
+        """
+        Start the clock: time spent waiting for a free slot counts.
+        """
+        self._timer = self.scraper.clock.callLater(self.timeout, self._timedOut)
+
+    def run(self) -> Deferred[None]:
+        """
+        Fetch the target (called once a concurrency slot is free).
+        """
+        if self._finished:
+            return self.done
+        target = Target.build(self.pathConfig.url, self.request.query)
+        headers = Headers({b"User-Agent": [USER_AGENT]})
+        for name, value in (
+            (b"Accept", self.request.accept),
+            (b"Accept-Encoding", self.request.accept_encoding),
+            (b"Authorization", self.request.authorization),
+        ):
+            if value:
+                headers.setRawHeaders(name, [value.encode("latin-1")])
+        if target.authorization is not None:
+            # Credentials configured for the target win over forwarded ones.
+            headers.setRawHeaders(b"Authorization", [target.authorization])
+        remaining = max(0.0, self._deadline - self.scraper.clock.seconds())
+        headers.setRawHeaders(b"X-Prometheus-Scrape-Timeout-Seconds", [b"%.3f" % remaining])
+        self._requesting = self.scraper.agent.request(b"GET", target.uri, headers)
+        self._requesting.addCallbacks(self._gotResponse, self._requestFailed)
+        return self.done
+
+    def credit(self, nbytes: int) -> None:
+        self._credit += nbytes
+        if self._bodyPaused and self._credit > 0 and self._body is not None:
+            self._bodyPaused = False
+            self._body.resumeProducing()
+
+    def cancel(self) -> None:
+        """
+        The proxy no longer wants this scrape: stop, and send nothing more.
+        """
+        if not self._finished:
+            self._end()
+
+    # The response.
+
+    def _gotResponse(self, response: IResponse) -> None:
+        self._requesting = None
+        if self._finished:
+            response.deliverBody(_Discard())
+            return
+        self._response = response
+        if not 200 <= response.code < 300:
+            response.deliverBody(_Discard())
+            phrase = response.phrase.decode("latin-1", "replace")
+            return self._fail(
+                Outcome.SUCCESS, f"target {self._where()} answered HTTP {response.code} {phrase}"
+            )
+        if response.length is not None and response.length > self.scraper.maxBodyBytes:  # type: ignore[operator]
+            response.deliverBody(_Discard())
+            return self._tooLarge(int(response.length))  # type: ignore[call-overload]
+        response.deliverBody(_BodyReceiver(self))
+
+    def _requestFailed(self, failure: Failure) -> None:
+        self._requesting = None
+        if self._finished:
+            return
+        if failure.check(CancelledError):
+            return
+        self._fail(Outcome.UNREACHABLE, f"target {self._where()} unreachable: {_describe(failure)}")
+
+    def bodyConnected(self, producer: IPushProducer) -> None:
+        self._body = producer
+        if self._finished:
+            producer.stopProducing()
+
+    def bodyData(self, data: bytes) -> None:
+        if self._finished:
+            return
+        self.received += len(data)
+        if self.received > self.scraper.maxBodyBytes:
+            return self._tooLarge(self.received)
+        self._buffer.append(data)
+        self._buffered += len(data)
+        while self._buffered >= self.chunkBytes:
+            self._flush(self.chunkBytes, last=False)
+        if self._credit <= 0 and self._body is not None and not self._bodyPaused:
+            self._bodyPaused = True
+            self._body.pauseProducing()
+
+    def bodyEnded(self, reason: Failure) -> None:
+        self._body = None
+        if self._finished:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self._flush(self._buffered, last=True)
+            return self._end()
+        self._fail(
+            Outcome.UNREACHABLE,
+            f"target {self._where()} broke off the body after {self.received} bytes: "
+            f"{_describe(reason)}",
+        )
+
+    # Sending.
+
+    def _flush(self, size: int, last: bool) -> None:
+        data = b"".join(self._buffer)
+        payload, rest = data[:size], data[size:]
+        self._buffer = [rest] if rest else []
+        self._buffered = len(rest)
+        if not self._headSent:
+            return self._sendHead(payload, last)
+        if self._compressor is not None:
+            payload = self._compressor.compress(payload)
+            if last:
+                payload += self._compressor.flush()
+        if payload or last:
+            self._credit -= len(payload)
+            self.send(
+                Frame(scrape_chunk=ScrapeChunk(scrape_id=self.request.scrape_id, data=payload, last=last))
+            )
+
+    def _sendHead(self, payload: bytes, last: bool) -> None:
+        response = self._response
+        assert response is not None
+        self._headSent = True
+        contentType = _single(response, b"Content-Type")
+        encoding = _single(response, b"Content-Encoding")
+        length = -1 if response.length is None else int(response.length)  # type: ignore[call-overload]
+        # Compress for the link only what Prometheus can take compressed and
+        # is big enough to be worth it; the proxy passes it on as it is.
+        if (
+            encoding in ("", "identity")
+            and acceptsGzip(self.request.accept_encoding)
+            and (not last or len(payload) > self.scraper.settings.min_gzip_size_bytes)
+        ):
+            self._compressor = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+            payload = self._compressor.compress(payload)
+            if last:
+                payload += self._compressor.flush()
+            encoding, length = "gzip", -1
+        self._credit -= len(payload)
+        self.send(
+            Frame(
+                scrape_response=ScrapeResponse(
+                    scrape_id=self.request.scrape_id,
+                    outcome=Outcome.SUCCESS,
+                    status=response.code,
+                    content_type=contentType,
+                    content_encoding=encoding,
+                    content_length=length,
+                    body=payload,
+                    last=last,
+                )
+            )
+        )
+
+    # Endings.
+
+    def _timedOut(self) -> None:
+        self._timer = None
+        self._fail(
+            Outcome.TIMED_OUT, f"target {self._where()} did not answer within {self.timeout:g}s"
+        )
+
+    def _tooLarge(self, size: int) -> None:
+        self._fail(
+            Outcome.TOO_LARGE,
+            f"target {self._where()} body of {size} bytes or more exceeds "
+            f"agent.http.maxContentLengthMBytes ({self.scraper.settings.max_content_length_mbytes} MiB)",
+        )
+
+    def _fail(self, outcome: int, reason: str) -> None:
+        """
+        Report a failure: in the head if none was sent yet, else in a last chunk.
+        """
+        if self._finished:
+            return
+        scrapeId = self.request.scrape_id
+        if outcome == Outcome.SUCCESS:
+            response = self._response
+            assert response is not None
+            frame = Frame(
+                scrape_response=ScrapeResponse(
+                    scrape_id=scrapeId, status=response.code, reason=reason, last=True
+                )
+            )
+        elif not self._headSent:
+            frame = Frame(
+                scrape_response=ScrapeResponse(
+                    scrape_id=scrapeId, outcome=outcome, reason=reason, last=True
+                )
+            )
+        else:
+            frame = Frame(
+                scrape_chunk=ScrapeChunk(scrape_id=scrapeId, last=True, outcome=outcome, reason=reason)
+            )
+        self._log.info("scrape of /{path} failed: {reason}", path=self.pathConfig.path, reason=reason)
+        self.send(frame)
+        self._end()
+
+    def _end(self) -> None:
+        self._finished = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self._requesting is not None:
+            self._requesting.cancel()
+        if self._body is not None:
+            self._body.stopProducing()
+        self._buffer = []
+        self.done.callback(None)
+
+    def _where(self) -> str:
+        return redacted(self.pathConfig.url)
+
+
+def _single(response: IResponse, name: bytes) -> str:
+    values = response.headers.getRawHeaders(name)
+    return values[0].decode("latin-1") if values else ""
+
+
+def _describe(failure: Failure) -> str:
+    """
+    A short cause for a failed target request, without a traceback.
+    """
+    value = failure.value
+    if isinstance(value, (ResponseNeverReceived, ResponseFailed)) and value.reasons:
+        return _describe(value.reasons[0])
+    if isinstance(value, netError.ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(value, netError.DNSLookupError):
+        return "host name lookup failed"
+    if isinstance(value, netError.TimeoutError):
+        return "connect timed out"
+    return failure.getErrorMessage() or type(value).__name__
+
+
+class _BodyReceiver(Protocol):
+    """
+    Hands body bytes to its L{Scrape}; the transport it is given is the
+    producer the scrape pauses when the proxy's credit runs out.
+    """
+
+    def __init__(self, scrape: Scrape) -> None:
+        self.scrape = scrape
+
+    def connectionMade(self) -> None:
+        self.scrape.bodyConnected(self.transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.scrape.bodyData(data)
+
+    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
+        self.scrape.bodyEnded(reason)
+
+
+class _Discard(Protocol):
+    """
+    Drops a body nobody wants; a short one is read so that the connection
+    can go back to the pool, anything longer is cut.
+    """
+
+    LIMIT = 64 * 1024
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        self.seen += len(data)
+        if self.seen > self.LIMIT:
+            self.transport.stopProducing()
+
+    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
+        pass

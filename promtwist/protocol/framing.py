@@ -1,0 +1,113 @@
+# -*- test-case-name: promtwist.test.test_framing -*-
+"""
+Length-prefixed protobuf frames on a byte stream.
+
+A frame is a 4-byte unsigned big-endian length followed by that many bytes of
+one serialised L{Frame}. Anything wrong on the wire (a length above the limit,
+bytes that do not decode, a frame with nothing in it) is a protocol error: it
+is logged with what was wrong, and that one connection is aborted. Nothing
+else in the process is affected.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from google.protobuf.message import DecodeError
+from twisted.logger import Logger
+
+from promtwist.logs import observer
+from twisted.protocols.basic import Int32StringReceiver
+
+from promtwist.protocol.promtwist_pb2 import Frame
+
+DEFAULT_MAX_FRAME_BYTES = 1024 * 1024
+_PREFIX = struct.Struct("!I")
+
+
+class ProtocolError(Exception):
+    """
+    The peer sent something the protocol does not allow.
+    """
+
+
+class FrameTooLarge(Exception):
+    """
+    We were about to send a frame larger than the peer accepts: a bug on this
+    side, since bodies are always chunked below the limit.
+    """
+
+
+class FrameReceiver(Int32StringReceiver):
+    """
+    Turns the byte stream into L{Frame} messages and back.
+
+    Subclasses implement L{frameReceived}. C{MAX_LENGTH} bounds what we accept;
+    L{peerMaxFrameBytes} bounds what we send.
+
+    @ivar peerMaxFrameBytes: the largest frame the peer said it accepts.
+    """
+
+    _log = Logger(observer=observer)
+    MAX_LENGTH = DEFAULT_MAX_FRAME_BYTES
+    peerMaxFrameBytes = DEFAULT_MAX_FRAME_BYTES
+
+    def stringReceived(self, data: bytes) -> None:
+        frame = Frame()
+        try:
+            frame.ParseFromString(data)
+        except DecodeError as e:
+            self.protocolError(f"undecodable frame of {len(data)} bytes ({e})")
+            return
+        if frame.WhichOneof("kind") is None:
+            self.protocolError(f"frame of {len(data)} bytes carries no message")
+            return
+        try:
+            self.frameReceived(frame)
+        except ProtocolError as e:
+            self.protocolError(str(e))
+
+    def frameReceived(self, frame: Frame) -> None:
+        """
+        Handle one decoded frame. Raise L{ProtocolError} to drop the connection.
+        """
+        raise NotImplementedError(self.frameReceived)
+
+    def sendFrame(self, frame: Frame) -> None:
+        """
+        Serialise and write one frame, refusing to exceed the peer's limit.
+        """
+        data = frame.SerializeToString()
+        if len(data) > self.peerMaxFrameBytes:
+            raise FrameTooLarge(
+                f"{frame.WhichOneof('kind')} frame of {len(data)} bytes exceeds "
+                f"the peer's limit of {self.peerMaxFrameBytes}"
+            )
+        # writeSequence avoids copying the payload just to prepend 4 bytes.
+        self.transport.writeSequence([_PREFIX.pack(len(data)), data])
+
+    def lengthLimitExceeded(self, length: int) -> None:
+        self.protocolError(f"frame length {length} exceeds the limit of {self.MAX_LENGTH} bytes")
+
+    def protocolError(self, why: str) -> None:
+        """
+        The peer broke the protocol: say what it did, then abort the connection
+        without waiting to flush anything to a peer we no longer trust.
+        """
+        self._log.warn(
+            "protocol error from {peer}: {why}; closing the connection",
+            peer=_peerName(self.transport),
+            why=why,
+        )
+        # Stop parsing whatever else is already buffered from this peer.
+        self.paused = True
+        self.transport.abortConnection()
+
+
+def _peerName(transport: object) -> str:
+    getPeer = getattr(transport, "getPeer", None)
+    if getPeer is None:
+        return "?"
+    peer = getPeer()
+    host, port = getattr(peer, "host", None), getattr(peer, "port", None)
+    return f"{host}:{port}" if host is not None else str(peer)

@@ -1,0 +1,428 @@
+# -*- test-case-name: promtwist.test.test_proxy_link -*-
+"""
+The proxy's end of an agent link: it checks the agent's Hello, keeps the
+agent's paths in the registry, and carries scrapes to the agent and their
+streamed answers back.
+"""
+
+from __future__ import annotations
+
+import hmac
+import uuid
+from typing import Protocol
+
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.protocol import ServerFactory
+from twisted.logger import Logger
+
+from promtwist.logs import observer
+from twisted.python.failure import Failure
+
+from promtwist.config import ProxySettings
+from promtwist.protocol.framing import _peerName
+from promtwist.protocol.promtwist_pb2 import (
+    CancelScrape,
+    Frame,
+    Hello,
+    Outcome,
+    PathReply,
+    RegisterPath,
+    Reject,
+    ScrapeChunk,
+    ScrapeCredit,
+    ScrapeRequest,
+    ScrapeResponse,
+    UnregisterPath,
+    Welcome,
+)
+from promtwist.protocol.session import PROTOCOL_VERSION, Session, SessionLost
+from promtwist.proxy.registry import Registry, RegistrationRefused
+
+# Body bytes an agent may have in flight for one scrape before the proxy has
+# passed them on: bounds the proxy's memory per scrape whatever the body size.
+SCRAPE_WINDOW_BYTES = 1024 * 1024
+
+
+class BodyConsumer(Protocol):
+    """
+    Where a scrape's body goes, chunk by chunk.
+    """
+
+    def write(self, data: bytes) -> None: ...
+
+    def bodyDone(self) -> None: ...
+
+    def bodyFailed(self, outcome: int, reason: str) -> None: ...
+
+
+class ScrapeFailed(Exception):
+    """
+    The scrape could not produce a response head.
+
+    @ivar outcome: an L{Outcome} value, or L{None} when the link was lost.
+    """
+
+    def __init__(self, reason: str, outcome: int | None = None) -> None:
+        super().__init__(reason)
+        self.outcome = outcome
+
+
+class ScrapeStream:
+    """
+    One scrape in flight on an agent link.
+
+    L{head} fires with the L{ScrapeResponse} once the agent has answered;
+    the body (starting with the head's own bytes) then goes to the consumer
+    given to L{deliverBody}. Credit for more body bytes is returned to the
+    agent as the consumer takes them, unless L{pauseProducing} was called
+    (the HTTP client reads slowly), which holds the agent back.
+    """
+
+    def __init__(self, link: AgentLink, scrapeId: int) -> None:
+        self.link = link
+        self.scrapeId = scrapeId
+        self.head: Deferred[ScrapeResponse] = Deferred(lambda _: self.cancel())
+        self.bytesReceived = 0
+        self._consumer: BodyConsumer | None = None
+        self._pending: list[ScrapeChunk] = []
+        self._paused = False
+        self._owedCredit = 0
+        self._finished = False
+
+    # From the link.
+
+    def responseReceived(self, response: ScrapeResponse) -> None:
+        if self.head.called:
+            raise _DuplicateHead()
+        if response.last:
+            self._finished = True
+            self.link.forget(self.scrapeId)
+        self.head.callback(response)
+        if response.body or response.last:
+            self._deliver(ScrapeChunk(data=response.body, last=response.last))
+
+    def chunkReceived(self, chunk: ScrapeChunk) -> None:
+        if chunk.last:
+            self._finished = True
+            self.link.forget(self.scrapeId)
+        self._deliver(chunk)
+
+    def linkLost(self, reason: str) -> None:
+        self._finished = True
+        error = f"agent disconnected: {reason}"
+        if not self.head.called:
+            self.head.errback(ScrapeFailed(error))
+        else:
+            self._deliver(ScrapeChunk(last=True, outcome=Outcome.AGENT_ERROR, reason=error))
+
+    # From the consumer side.
+
+    def deliverBody(self, consumer: BodyConsumer) -> None:
+        self._consumer = consumer
+        pending, self._pending = self._pending, []
+        for chunk in pending:
+            self._deliver(chunk)
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._grant(0)
+
+    def stopProducing(self) -> None:
+        self.cancel()
+
+    def cancel(self) -> None:
+        """
+        Tell the agent to stop; nothing more is delivered.
+        """
+        if not self._finished:
+            self._finished = True
+            self.link.forget(self.scrapeId)
+            self.link.sendIfConnected(Frame(cancel_scrape=CancelScrape(scrape_id=self.scrapeId)))
+        self._consumer = None
+        self._pending = []
+
+    def _deliver(self, chunk: ScrapeChunk) -> None:
+        if self._consumer is None:
+            if self.head.called and not self._finished or chunk.last:
+                self._pending.append(chunk)
+            return
+        consumer = self._consumer
+        if chunk.data:
+            self.bytesReceived += len(chunk.data)
+            consumer.write(chunk.data)
+            if not chunk.last:
+                self._grant(len(chunk.data))
+        if chunk.last:
+            self._consumer = None
+            if chunk.outcome == Outcome.SUCCESS:
+                consumer.bodyDone()
+            else:
+                consumer.bodyFailed(chunk.outcome, chunk.reason)
+
+    def _grant(self, nbytes: int) -> None:
+        self._owedCredit += nbytes
+        if self._paused or self._finished or not self._owedCredit:
+            return
+        credit, self._owedCredit = self._owedCredit, 0
+        self.link.sendIfConnected(
+            Frame(scrape_credit=ScrapeCredit(scrape_id=self.scrapeId, bytes=credit))
+        )
+
+
+class _DuplicateHead(Exception):
+    pass
+
+
+class AgentLink(Session):
+    """
+    The proxy's end of one agent's connection.
+
+    Attributes named as in L{promtwist.proxy.registry.AgentHandle} describe the
+    agent once its Hello was accepted.
+    """
+
+    _log = Logger(observer=observer)
+    _beforeHandshake = frozenset({"hello"})
+
+    agentId = ""
+    name = ""
+    hostName = ""
+    launchId = ""
+    consolidated = False
+
+    def __init__(self, factory: AgentLinkFactory) -> None:
+        super().__init__(factory.clock)
+        self.factory = factory
+        self.connectedAt = factory.clock.seconds()
+        self._scrapes: dict[int, ScrapeStream] = {}
+        self._nextScrapeId = 1
+        self._draining = False
+
+    @property
+    def remoteAddress(self) -> IAddress:
+        return self.transport.getPeer()
+
+    def connectionMade(self) -> None:
+        settings = self.factory.settings
+        self._handshakeTimer = self.callLater(
+            settings.handshake_timeout_secs, self._handshakeTimedOut
+        )
+
+    def _handshakeTimedOut(self) -> None:
+        self._log.warn(
+            "no Hello from {peer} within {secs}s; closing",
+            peer=_peerName(self.transport),
+            secs=self.factory.settings.handshake_timeout_secs,
+        )
+        self.transport.abortConnection()
+
+    # Handshake.
+
+    def frame_hello(self, hello: Hello) -> None:
+        self._handshakeTimer.cancel()
+        settings = self.factory.settings
+        if hello.protocol_version != PROTOCOL_VERSION:
+            return self._reject(
+                Reject.PROTOCOL_VERSION,
+                f"protocol version {hello.protocol_version} is not supported; "
+                f"this proxy speaks version {PROTOCOL_VERSION}",
+            )
+        if settings.agent_token and not hmac.compare_digest(
+            hello.token.encode("utf-8"), settings.agent_token.encode("utf-8")
+        ):
+            return self._reject(Reject.UNAUTHENTICATED, "invalid agent token")
+        self.agentId = uuid.uuid4().hex[:16]
+        self.name = hello.agent_name or "unnamed"
+        self.hostName = hello.host_name
+        self.launchId = hello.launch_id
+        self.consolidated = hello.consolidated
+        maxFrame = settings.max_frame_bytes
+        self.sendFrame(
+            Frame(
+                welcome=Welcome(
+                    agent_id=self.agentId,
+                    heartbeat_period_ms=int(settings.heartbeat_period_secs * 1000),
+                    max_frame_bytes=maxFrame,
+                    protocol_version=PROTOCOL_VERSION,
+                )
+            )
+        )
+        self.handshakeDone(
+            settings.heartbeat_period_secs,
+            maxFrame,
+            min(hello.max_frame_bytes or maxFrame, maxFrame),
+        )
+        self.factory.registry.addAgent(self)
+        self._log.info(
+            "agent {name!r} ({host}, {peer}) connected as {id}",
+            name=self.name,
+            host=self.hostName,
+            peer=_peerName(self.transport),
+            id=self.agentId,
+        )
+
+    def _reject(self, reason: int, message: str) -> None:
+        self._log.warn(
+            "refusing agent at {peer}: {message}", peer=_peerName(self.transport), message=message
+        )
+        self.sendFrame(Frame(reject=Reject(reason=reason, message=message)))
+        self.transport.loseConnection()
+
+    # Paths.
+
+    def frame_register_path(self, request: RegisterPath) -> None:
+        try:
+            self.factory.registry.registerPath(self, request.path, request.name, request.labels)
+        except RegistrationRefused as e:
+            self._log.warn(
+                "agent {name!r} may not register /{path}: {why}",
+                name=self.name,
+                path=request.path,
+                why=str(e),
+            )
+            return self._reply(request.request_id, False, str(e))
+        self._log.info("agent {name!r} serves /{path}", name=self.name, path=request.path)
+        self._reply(request.request_id, True, "")
+
+    def frame_unregister_path(self, request: UnregisterPath) -> None:
+        try:
+            self.factory.registry.unregisterPath(self, request.path)
+        except RegistrationRefused as e:
+            return self._reply(request.request_id, False, str(e))
+        self._reply(request.request_id, True, "")
+
+    def _reply(self, requestId: int, ok: bool, reason: str) -> None:
+        self.sendFrame(Frame(path_reply=PathReply(request_id=requestId, ok=ok, reason=reason)))
+
+    # Scrapes.
+
+    def scrape(
+        self,
+        path: str,
+        query: str,
+        accept: str,
+        acceptEncoding: str,
+        authorization: str,
+        timeout: float,
+    ) -> ScrapeStream:
+        """
+        Ask the agent for C{path}; the returned stream carries its answer.
+        """
+        scrapeId = self._nextScrapeId
+        self._nextScrapeId += 1
+        stream = ScrapeStream(self, scrapeId)
+        if self._lost is not None or self._draining:
+            stream.linkLost("the link is closing")
+            return stream
+        self._scrapes[scrapeId] = stream
+        self.sendFrame(
+            Frame(
+                scrape_request=ScrapeRequest(
+                    scrape_id=scrapeId,
+                    path=path,
+                    query=query,
+                    accept=accept,
+                    accept_encoding=acceptEncoding,
+                    authorization=authorization,
+                    timeout_ms=max(1, int(timeout * 1000)),
+                    window_bytes=SCRAPE_WINDOW_BYTES,
+                )
+            )
+        )
+        return stream
+
+    @property
+    def scrapesInFlight(self) -> int:
+        return len(self._scrapes)
+
+    def forget(self, scrapeId: int) -> None:
+        self._scrapes.pop(scrapeId, None)
+
+    def sendIfConnected(self, frame: Frame) -> None:
+        if self._lost is None:
+            self.sendFrame(frame)
+
+    def frame_scrape_response(self, response: ScrapeResponse) -> None:
+        stream = self._scrapes.get(response.scrape_id)
+        if stream is None:
+            return self._late(response.scrape_id)
+        try:
+            stream.responseReceived(response)
+        except _DuplicateHead:
+            self._log.warn("agent {name!r} answered scrape {id} twice", name=self.name, id=response.scrape_id)
+
+    def frame_scrape_chunk(self, chunk: ScrapeChunk) -> None:
+        stream = self._scrapes.get(chunk.scrape_id)
+        if stream is None or not stream.head.called:
+            return self._late(chunk.scrape_id)
+        stream.chunkReceived(chunk)
+
+    def _late(self, scrapeId: int) -> None:
+        # The scrape timed out or Prometheus left; the agent has not yet seen
+        # our CancelScrape. Normal, so only counted.
+        self.lateReplies += 1
+        self._log.debug("dropping data for finished scrape {id}", id=scrapeId)
+
+    # Leaving.
+
+    def goodbyeReceived(self, reason: str) -> None:
+        """
+        A draining agent takes no new scrapes; those in flight may finish.
+        """
+        self._draining = True
+        self.factory.registry.removeAgent(self)
+
+    def connectionLost(self, reason: Failure = Failure(SessionLost())) -> None:
+        super().connectionLost(reason)
+        self.factory.linkClosed(self)
+        if not self.agentId:
+            return
+        self.factory.registry.removeAgent(self)
+        scrapes, self._scrapes = self._scrapes, {}
+        why = reason.getErrorMessage()
+        for stream in scrapes.values():
+            stream.linkLost(why)
+        self._log.info(
+            "agent {name!r} ({id}) disconnected: {why}; {n} scrape(s) failed",
+            name=self.name,
+            id=self.agentId,
+            why=why,
+            n=len(scrapes),
+        )
+
+
+class AgentLinkFactory(ServerFactory):
+    """
+    Accepts agent connections on the agent port.
+    """
+
+    def __init__(self, settings: ProxySettings, registry: Registry, clock: IReactorTime) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.clock = clock
+        self.links: set[AgentLink] = set()
+
+    def buildProtocol(self, addr: IAddress) -> AgentLink:
+        link = AgentLink(self)
+        self.links.add(link)
+        return link
+
+    def linkClosed(self, link: AgentLink) -> None:
+        self.links.discard(link)
+
+    def closeAll(self, reason: str) -> Deferred[object]:
+        """
+        Tell every connected agent the proxy is going away, close the links,
+        and fire once they are all gone.
+        """
+        closing = []
+        for link in list(self.links):
+            if link.established:
+                link.sendGoodbye(reason)
+            closing.append(link.whenLost())
+            link.transport.loseConnection()
+        return gatherResults(closing)

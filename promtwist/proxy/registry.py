@@ -1,0 +1,203 @@
+# -*- test-case-name: promtwist.test.test_registry -*-
+"""
+The proxy's table of connected agents and the paths they serve.
+
+The registry decides which agent serves a request and nothing else: it knows
+no HTTP and no wire format, so the scrape resource, discovery and later
+front ends (status pages, PushProx-style routing) all read the same table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Protocol
+
+from twisted.logger import Logger
+
+from promtwist.logs import observer
+
+
+class AgentHandle(Protocol):
+    """
+    What the registry needs to know about a connected agent.
+    """
+
+    agentId: str
+    name: str
+    hostName: str
+    launchId: str
+    consolidated: bool
+
+
+class RegistrationRefused(Exception):
+    """
+    A path registration broke one of the registry's rules; the message says which.
+    """
+
+
+_FORBIDDEN_PATH_CHARS = frozenset("?#%\\") | frozenset(" \t\r\n")
+
+
+def checkPath(path: str) -> None:
+    """
+    Refuse paths Prometheus could not request verbatim.
+
+    @raise RegistrationRefused: naming what is wrong with C{path}.
+    """
+    if not path:
+        raise RegistrationRefused("empty path")
+    if path.startswith("/") or path.endswith("/") or "//" in path:
+        raise RegistrationRefused(f"path /{path} has an empty segment")
+    bad = _FORBIDDEN_PATH_CHARS.intersection(path)
+    if bad:
+        raise RegistrationRefused(f"path /{path} contains {''.join(sorted(bad))!r}")
+    if any(segment in (".", "..") for segment in path.split("/")):
+        raise RegistrationRefused(f"path /{path} contains a dot segment")
+
+
+@dataclass(frozen=True)
+class PathEntry:
+    """
+    One registered path and the agents that serve it (several only for a
+    consolidated path). Labels and name are those of the first registrant.
+    """
+
+    path: str
+    name: str
+    labels: Mapping[str, str]
+    consolidated: bool
+    agents: tuple[AgentHandle, ...]
+
+
+@dataclass
+class _Path:
+    name: str
+    labels: Mapping[str, str]
+    consolidated: bool
+    agents: list[AgentHandle] = field(default_factory=list)
+
+
+class Registry:
+    """
+    Connected agents and their paths.
+
+    @ivar displacements: exclusive paths taken over by a restarted agent.
+    @ivar reservedPaths: paths the proxy itself answers (such as discovery);
+        no agent may register them.
+    """
+
+    _log = Logger(observer=observer)
+
+    def __init__(self, reservedPaths: Iterable[str] = ()) -> None:
+        self.reservedPaths = frozenset(reservedPaths)
+        self.displacements = 0
+        self._agents: dict[str, AgentHandle] = {}
+        self._paths: dict[str, _Path] = {}
+        self._pathsByAgent: dict[str, set[str]] = {}
+
+    def addAgent(self, agent: AgentHandle) -> None:
+        self._agents[agent.agentId] = agent
+        self._pathsByAgent[agent.agentId] = set()
+
+    def removeAgent(self, agent: AgentHandle) -> None:
+        """
+        Forget an agent and every path it served; consolidated paths keep
+        their other agents.
+        """
+        if self._agents.pop(agent.agentId, None) is None:
+            return
+        for path in self._pathsByAgent.pop(agent.agentId, set()):
+            self._drop(path, agent)
+
+    def agents(self) -> list[AgentHandle]:
+        return list(self._agents.values())
+
+    def registerPath(
+        self, agent: AgentHandle, path: str, name: str, labels: Mapping[str, str]
+    ) -> None:
+        """
+        Let C{agent} serve C{path}.
+
+        An exclusive path held by a connected agent goes to the newcomer only
+        if it has the same agent name (the same agent, restarted or
+        reconnected before its old link was noticed dead); anyone else is
+        refused, so two misconfigured agents cannot take a path from each
+        other over and over.
+
+        @raise RegistrationRefused: with the reason.
+        """
+        if agent.agentId not in self._agents:
+            raise RegistrationRefused(f"agent {agent.agentId} is not connected")
+        checkPath(path)
+        if path in self.reservedPaths:
+            raise RegistrationRefused(f"path /{path} is reserved by the proxy")
+        entry = self._paths.get(path)
+        if entry is None:
+            self._paths[path] = _Path(name, dict(labels), agent.consolidated, [agent])
+        elif agent.consolidated != entry.consolidated:
+            held = "consolidated" if entry.consolidated else "exclusive"
+            raise RegistrationRefused(
+                f"path /{path} is {held} on this proxy; "
+                f"an {'consolidated' if agent.consolidated else 'exclusive'} agent cannot join it"
+            )
+        elif agent.consolidated:
+            if agent not in entry.agents:
+                entry.agents.append(agent)
+        else:
+            (owner,) = entry.agents
+            if owner is not agent:
+                if owner.name != agent.name:
+                    raise RegistrationRefused(
+                        f"path /{path} is served by agent {owner.name!r} "
+                        f"({owner.hostName}); agent {agent.name!r} may not take it over"
+                    )
+                self._log.info(
+                    "path /{path} moves from agent {old} to {new} (same name {name!r})",
+                    path=path,
+                    old=owner.agentId,
+                    new=agent.agentId,
+                    name=agent.name,
+                )
+                self.displacements += 1
+                self._pathsByAgent[owner.agentId].discard(path)
+                entry.agents[:] = [agent]
+            entry.name, entry.labels = name, dict(labels)
+        self._pathsByAgent[agent.agentId].add(path)
+
+    def unregisterPath(self, agent: AgentHandle, path: str) -> None:
+        """
+        @raise RegistrationRefused: if C{agent} does not serve C{path}.
+        """
+        mine = self._pathsByAgent.get(agent.agentId, set())
+        if path not in mine:
+            raise RegistrationRefused(f"path /{path} is not registered by this agent")
+        mine.discard(path)
+        self._drop(path, agent)
+
+    def _drop(self, path: str, agent: AgentHandle) -> None:
+        entry = self._paths.get(path)
+        if entry is None:
+            return
+        if agent in entry.agents:
+            entry.agents.remove(agent)
+        if not entry.agents:
+            del self._paths[path]
+
+    def lookup(self, path: str) -> tuple[AgentHandle, ...]:
+        """
+        The agents serving C{path}, none if it is unknown.
+        """
+        entry = self._paths.get(path)
+        return tuple(entry.agents) if entry is not None else ()
+
+    def pathsOf(self, agent: AgentHandle) -> frozenset[str]:
+        return frozenset(self._pathsByAgent.get(agent.agentId, ()))
+
+    def snapshot(self) -> list[PathEntry]:
+        """
+        An immutable copy of the path table, sorted by path.
+        """
+        return [
+            PathEntry(path, e.name, e.labels, e.consolidated, tuple(e.agents))
+            for path, e in sorted(self._paths.items())
+        ]
