@@ -213,6 +213,7 @@ class ProxyConnectionFactory(Factory):
     scraper and its pool, the launch id) lives here.
     """
 
+    noisy = False
     handshakeTimeout = 10.0
     current: ProxyConnection | None = None
 

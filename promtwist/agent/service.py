@@ -15,11 +15,24 @@ from twisted.internet.endpoints import HostnameEndpoint
 from twisted.logger import Logger
 
 from promtwist.logs import observer
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 
 from promtwist.agent.connection import ProxyConnection, ProxyConnectionFactory
 from promtwist.agent.scraper import Scraper
 from promtwist.config import AgentSettings
+
+
+class _QuietClientFactory(_HTTP11ClientFactory):
+    noisy = False
+
+
+class QuietPool(HTTPConnectionPool):
+    """
+    A pool whose connections do not log "Starting factory" for every new
+    target connection.
+    """
+
+    _factory = _QuietClientFactory
 
 
 class AgentService(MultiService):
@@ -38,7 +51,7 @@ class AgentService(MultiService):
         if reactor is None:
             from twisted.internet import reactor
         self.settings = settings
-        self.pool = HTTPConnectionPool(reactor, persistent=True)
+        self.pool = QuietPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = settings.max_concurrent_clients
         agent = Agent(reactor, pool=self.pool, connectTimeout=settings.client_timeout_secs)
         self.factory = ProxyConnectionFactory(settings, Scraper(settings, agent, reactor), reactor)

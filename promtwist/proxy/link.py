@@ -400,6 +400,8 @@ class AgentLinkFactory(ServerFactory):
     Accepts agent connections on the agent port.
     """
 
+    noisy = False
+
     def __init__(self, settings: ProxySettings, registry: Registry, clock: IReactorTime) -> None:
         self.settings = settings
         self.registry = registry

@@ -30,6 +30,8 @@ class ScrapeSite(Site):
     logs each scrape at debug level instead.
     """
 
+    noisy = False
+
     def log(self, request: Any) -> None:
         pass
 

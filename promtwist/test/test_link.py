@@ -1,0 +1,320 @@
+"""
+Tests for the two ends of an agent link, L{promtwist.proxy.link} and
+L{promtwist.agent.connection}, joined in memory with a fake clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from treq.testing import RequestTraversalAgent
+from twisted.internet.defer import CancelledError
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs
+from twisted.test.iosim import IOPump, connectedServerAndClient
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from promtwist.agent import connection as agentConnection
+from promtwist.agent.connection import ProxyConnection, ProxyConnectionFactory, Rejected
+from promtwist.agent.scraper import Scraper
+from promtwist.config import AgentSettings, PathConfig, ProxySettings
+from promtwist.protocol.promtwist_pb2 import Frame, Outcome, RegisterPath
+from promtwist.protocol.session import SessionLost
+from promtwist.proxy.link import AgentLink, AgentLinkFactory, ScrapeFailed, ScrapeStream
+from promtwist.proxy.registry import Registry
+from promtwist.test.test_framing import encode, logText
+
+
+class Target(Resource):
+    """
+    A scrape target: C{/fast} answers at once, C{/slow} never does.
+    """
+
+    isLeaf = True
+
+    def __init__(self, body: bytes = b"up 1\n") -> None:
+        super().__init__()
+        self.body = body
+        self.pending: list[Request] = []
+
+    def render_GET(self, request: Request) -> bytes | int:
+        if request.path == b"/slow":
+            self.pending.append(request)
+            return NOT_DONE_YET
+        request.setHeader(b"Content-Type", b"text/plain; version=0.0.4")
+        return self.body
+
+
+@dataclass
+class Collector:
+    """
+    A body consumer that keeps what it is given.
+    """
+
+    data: list[bytes] = field(default_factory=list)
+    done: bool = False
+    failed: tuple[int, str] | None = None
+
+    def write(self, data: bytes) -> None:
+        self.data.append(data)
+
+    def bodyDone(self) -> None:
+        self.done = True
+
+    def bodyFailed(self, outcome: int, reason: str) -> None:
+        self.failed = (outcome, reason)
+
+
+PATHS = (
+    PathConfig("fast", "fast", "http://target.test/fast", {"team": "a"}),
+    PathConfig("slow", "slow", "http://target.test/slow"),
+)
+
+
+class Pair:
+    """
+    A proxy link and an agent connection talking over an in-memory pump.
+    """
+
+    def __init__(
+        self,
+        proxySettings: ProxySettings = ProxySettings(),
+        agentSettings: AgentSettings = AgentSettings(name="a1", path_configs=PATHS),
+        target: Target | None = None,
+    ) -> None:
+        self.clock = Clock()
+        self.registry = Registry()
+        self.target = target or Target()
+        self.http = RequestTraversalAgent(self.target)
+        proxyFactory = AgentLinkFactory(proxySettings, self.registry, self.clock)
+        agentFactory = ProxyConnectionFactory(
+            agentSettings, Scraper(agentSettings, self.http, self.clock), self.clock
+        )
+        self.agent: ProxyConnection
+        self.proxy: AgentLink
+        self.pump: IOPump
+        self.agent, self.proxy, self.pump = connectedServerAndClient(
+            lambda: proxyFactory.buildProtocol(None),
+            lambda: agentFactory.buildProtocol(None),
+            clock=self.clock,
+            greet=False,
+        )
+        self.ready = self.agent.whenReady()
+        self.flush()
+
+    def flush(self) -> None:
+        for _ in range(5):
+            self.pump.flush()
+            self.http.flush()
+
+    def scrape(self, path: str) -> ScrapeStream:
+        stream = self.proxy.scrape(path, "", "text/plain", "", "", 5.0)
+        self.flush()
+        return stream
+
+
+class HandshakeTests(SynchronousTestCase):
+    def test_welcomeAndRegistration(self) -> None:
+        """
+        The agent is welcomed and its paths are routed to it; it is ready
+        once every registration was answered.
+        """
+        pair = Pair()
+        self.assertIs(self.successResultOf(pair.ready), pair.agent)
+        self.assertEqual(pair.registry.lookup("fast"), (pair.proxy,))
+        self.assertEqual(pair.registry.lookup("slow"), (pair.proxy,))
+        self.assertEqual(pair.proxy.name, "a1")
+        self.assertEqual(pair.agent.agentId, pair.proxy.agentId)
+        (entry, _) = pair.registry.snapshot()
+        self.assertEqual(dict(entry.labels), {"team": "a"})
+
+    def test_protocolVersionRejected(self) -> None:
+        """
+        An agent speaking another protocol version is told so and closed.
+        """
+        self.patch(agentConnection, "PROTOCOL_VERSION", 99)
+        with capturedLogs() as events:
+            pair = Pair()
+        failure = self.failureResultOf(pair.ready, Rejected)
+        self.assertIn("protocol_version: protocol version 99 is not supported", str(failure.value))
+        self.assertIn("the proxy rejected this agent", logText(events))
+        self.assertEqual(pair.registry.agents(), [])
+        self.assertTrue(pair.proxy.transport.disconnecting)
+
+    def test_wrongTokenRejected(self) -> None:
+        """
+        With C{proxy.agentToken} set, an agent with another token is refused
+        and never reaches the registry.
+        """
+        pair = Pair(
+            ProxySettings(agent_token="s3cret"),
+            AgentSettings(name="a1", agent_token="guess", path_configs=PATHS),
+        )
+        failure = self.failureResultOf(pair.ready, Rejected)
+        self.assertEqual(str(failure.value), "unauthenticated: invalid agent token")
+        self.assertEqual(pair.registry.lookup("fast"), ())
+
+    def test_rightTokenAccepted(self) -> None:
+        pair = Pair(
+            ProxySettings(agent_token="s3cret"),
+            AgentSettings(name="a1", agent_token="s3cret", path_configs=PATHS),
+        )
+        self.successResultOf(pair.ready)
+
+    def test_frameBeforeHello(self) -> None:
+        """
+        Anything but Hello on a fresh connection is a protocol error.
+        """
+        link = AgentLinkFactory(ProxySettings(), Registry(), Clock()).buildProtocol(None)
+        transport = StringTransport()
+        link.makeConnection(transport)
+        with capturedLogs() as events:
+            link.dataReceived(encode(Frame(register_path=RegisterPath(request_id=1, path="x"))))
+        self.assertTrue(transport.disconnecting)
+        self.assertIn("register_path frame before the handshake completed", logText(events))
+
+    def test_handshakeDeadline(self) -> None:
+        """
+        A connection that sends no Hello is aborted after
+        C{handshake_timeout_secs}.
+        """
+        clock = Clock()
+        link = AgentLinkFactory(ProxySettings(handshake_timeout_secs=3), Registry(), clock).buildProtocol(None)
+        transport = StringTransport()
+        link.makeConnection(transport)
+        clock.advance(2.9)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(0.2)
+        self.assertTrue(transport.disconnecting)
+
+    def test_smallFramesBeforeHandshake(self) -> None:
+        """
+        Before the handshake a peer may not announce a large frame.
+        """
+        link = AgentLinkFactory(ProxySettings(), Registry(), Clock()).buildProtocol(None)
+        transport = StringTransport()
+        link.makeConnection(transport)
+        link.dataReceived(b"\x00\x02\x00\x00")
+        self.assertTrue(transport.disconnecting)
+
+
+class HeartbeatTests(SynchronousTestCase):
+    def test_idleLinkPings(self) -> None:
+        """
+        An idle link exchanges pings, and each end measures the round trip.
+        """
+        pair = Pair()
+        self.assertIsNone(pair.proxy.roundTripSeconds)
+        for _ in range(4):
+            pair.clock.advance(2.5)
+            pair.flush()
+        self.assertIsNotNone(pair.proxy.roundTripSeconds)
+        self.assertIsNotNone(pair.agent.roundTripSeconds)
+        self.assertFalse(pair.proxy.transport.disconnecting)
+        self.assertFalse(pair.agent.transport.disconnecting)
+
+    def test_silentPeerAborted(self) -> None:
+        """
+        When nothing arrives for three heartbeat periods the link is aborted
+        and the agent's paths are gone.
+        """
+        pair = Pair()
+        with capturedLogs() as events:
+            # Time passes but nothing is pumped: the peer looks dead.
+            for _ in range(7):
+                pair.clock.advance(2.5)
+        self.assertTrue(pair.proxy.transport.disconnecting)
+        self.assertIn("nothing heard from", logText(events))
+        pair.flush()
+        self.assertEqual(pair.registry.lookup("fast"), ())
+
+
+class CorrelationTests(SynchronousTestCase):
+    def test_lossFailsEverythingAtOnce(self) -> None:
+        """
+        Losing the link fails every outstanding request immediately.
+        """
+        pair = Pair()
+        waiting = [pair.agent.expectReply()[1] for _ in range(3)]
+        pair.agent.transport.abortConnection()
+        pair.flush()
+        for d in waiting:
+            self.failureResultOf(d, SessionLost)
+        _, after = pair.agent.expectReply()
+        self.failureResultOf(after, SessionLost)
+
+    def test_lateReplyDropped(self) -> None:
+        """
+        A reply nobody waits for (its request was cancelled) is counted, not
+        an error.
+        """
+        pair = Pair()
+        requestId, d = pair.agent.expectReply()
+        d.cancel()
+        self.failureResultOf(d)
+        pair.agent.replyReceived(requestId, object())
+        self.assertEqual(pair.agent.lateReplies, 1)
+
+
+class ScrapeTests(SynchronousTestCase):
+    def test_scrape(self) -> None:
+        pair = Pair()
+        stream = pair.scrape("fast")
+        head = self.successResultOf(stream.head)
+        self.assertEqual((head.outcome, head.status), (Outcome.SUCCESS, 200))
+        self.assertEqual(head.content_type, "text/plain; version=0.0.4")
+        collector = Collector()
+        stream.deliverBody(collector)
+        self.assertEqual(b"".join(collector.data), b"up 1\n")
+        self.assertTrue(collector.done)
+        self.assertEqual(pair.proxy.scrapesInFlight, 0)
+
+    def test_unknownPathAtAgent(self) -> None:
+        pair = Pair()
+        head = self.successResultOf(pair.scrape("other").head)
+        self.assertEqual(head.outcome, Outcome.PATH_NOT_FOUND)
+        self.assertIn("does not serve /other", head.reason)
+
+    def test_linkLostMidScrape(self) -> None:
+        """
+        A scrape waiting on an agent whose link drops fails at once.
+        """
+        pair = Pair()
+        stream = pair.scrape("slow")
+        self.assertNoResult(stream.head)
+        pair.agent.transport.abortConnection()
+        pair.flush()
+        failure = self.failureResultOf(stream.head, ScrapeFailed)
+        self.assertIn("agent disconnected", str(failure.value))
+        self.assertEqual(pair.registry.agents(), [])
+
+    def test_cancelReachesTarget(self) -> None:
+        """
+        Cancelling at the proxy cancels the target request at the agent, and
+        nothing is left in flight on either side.
+        """
+        pair = Pair()
+        stream = pair.scrape("slow")
+        (targetRequest,) = pair.target.pending
+        finished = targetRequest.notifyFinish()
+        stream.head.cancel()
+        self.failureResultOf(stream.head, CancelledError)
+        pair.flush()
+        self.failureResultOf(finished)
+        self.assertEqual(pair.proxy.scrapesInFlight, 0)
+        self.assertEqual(pair.agent._scrapes, {})
+
+    def test_timeoutAtAgent(self) -> None:
+        """
+        A target slower than the deadline yields a TIMED_OUT head.
+        """
+        pair = Pair()
+        stream = pair.scrape("slow")
+        pair.clock.advance(5)
+        pair.flush()
+        head = self.successResultOf(stream.head)
+        self.assertEqual(head.outcome, Outcome.TIMED_OUT)
+        self.assertIn("did not answer within 5s", head.reason)
