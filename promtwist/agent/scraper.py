@@ -19,9 +19,8 @@ import base64
 import zlib
 from dataclasses import dataclass
 from typing import Callable
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from hyperlink import EncodedURL
 from twisted.internet import error as netError
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
@@ -39,6 +38,9 @@ from promtwist import __version__
 from promtwist.config import MiB, AgentSettings, PathConfig
 from promtwist.httputil import acceptsGzip
 from promtwist.protocol.promtwist_pb2 import Frame, Outcome, ScrapeChunk, ScrapeRequest, ScrapeResponse
+
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~"
+_QUERY_SAFE = _PATH_SAFE + "?"
 
 USER_AGENT = f"promtwist-agent/{__version__.public()}".encode("ascii")
 
@@ -64,18 +66,20 @@ class Target:
         """
         parts = urlsplit(configured)
         authorization = None
-        if parts.username is not None:
-            credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        netloc = parts.netloc
+        if "@" in netloc:
+            credentials = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
             authorization = b"Basic " + base64.b64encode(credentials.encode("utf-8"))
-            host = parts.hostname or ""
-            if ":" in host:
-                host = f"[{host}]"
-            netloc = host if parts.port is None else f"{host}:{parts.port}"
-            configured = urlunsplit(parts._replace(netloc=netloc))
+            netloc = netloc.rpartition("@")[2]
+        # Configured URLs may hold raw characters (prometheus-proxy's federate
+        # example has {, ' and ~); escape what a request line may not carry,
+        # keeping escapes that are already there.
+        path = quote(parts.path or "/", safe=_PATH_SAFE)
+        fullQuery = quote(parts.query, safe=_QUERY_SAFE)
         if query:
-            configured += ("&" if parts.query else "?") + query
-        uri = EncodedURL.from_text(configured).to_uri().to_text().encode("ascii")
-        return cls(uri, authorization)
+            fullQuery = f"{fullQuery}&{query}" if fullQuery else query
+        uri = urlunsplit((parts.scheme, netloc, path, fullQuery, ""))
+        return cls(uri.encode("ascii"), authorization)
 
 
 def redacted(url: str) -> str:
@@ -183,8 +187,17 @@ class Scrape:
         remaining = max(0.0, self._deadline - self.scraper.clock.seconds())
         headers.setRawHeaders(b"X-Prometheus-Scrape-Timeout-Seconds", [b"%.3f" % remaining])
         self._requesting = self.scraper.agent.request(b"GET", target.uri, headers)
-        self._requesting.addCallbacks(self._gotResponse, self._requestFailed)
+        self._requesting.addCallbacks(self._gotResponse, self._requestFailed).addErrback(
+            self._bug
+        )
         return self.done
+
+    def _bug(self, failure: Failure) -> None:
+        """
+        The buck stops here: a bug fails this one scrape, loudly, and nothing else.
+        """
+        self._log.failure("scrape of /{path} failed unexpectedly", failure, path=self.pathConfig.path)
+        self._fail(Outcome.AGENT_ERROR, f"agent error: {failure.getErrorMessage()}")
 
     def credit(self, nbytes: int) -> None:
         self._credit += nbytes
@@ -204,18 +217,19 @@ class Scrape:
     def _gotResponse(self, response: IResponse) -> None:
         self._requesting = None
         if self._finished:
-            response.deliverBody(_Discard())
+            response.deliverBody(_Discard(0))
             return
         self._response = response
         if not 200 <= response.code < 300:
-            response.deliverBody(_Discard())
+            response.deliverBody(_Discard(_Discard.READ_LIMIT))
             phrase = response.phrase.decode("latin-1", "replace")
             return self._fail(
                 Outcome.SUCCESS, f"target {self._where()} answered HTTP {response.code} {phrase}"
             )
-        if response.length is not None and response.length > self.scraper.maxBodyBytes:  # type: ignore[operator]
-            response.deliverBody(_Discard())
-            return self._tooLarge(int(response.length))  # type: ignore[call-overload]
+        length = _declaredLength(response)
+        if length > self.scraper.maxBodyBytes:
+            response.deliverBody(_Discard(0))
+            return self._tooLarge(length)
         response.deliverBody(_BodyReceiver(self))
 
     def _requestFailed(self, failure: Failure) -> None:
@@ -283,7 +297,7 @@ class Scrape:
         self._headSent = True
         contentType = _single(response, b"Content-Type")
         encoding = _single(response, b"Content-Encoding")
-        length = -1 if response.length is None else int(response.length)  # type: ignore[call-overload]
+        length = _declaredLength(response)
         # Compress for the link only what Prometheus can take compressed and
         # is big enough to be worth it; the proxy passes it on as it is.
         if (
@@ -372,6 +386,14 @@ class Scrape:
         return redacted(self.pathConfig.url)
 
 
+def _declaredLength(response: IResponse) -> int:
+    """
+    The body length the target declared, or -1.
+    """
+    length = response.length
+    return length if isinstance(length, int) else -1
+
+
 def _single(response: IResponse, name: bytes) -> str:
     values = response.headers.getRawHeaders(name)
     return values[0].decode("latin-1") if values else ""
@@ -414,18 +436,23 @@ class _BodyReceiver(Protocol):
 
 class _Discard(Protocol):
     """
-    Drops a body nobody wants; a short one is read so that the connection
-    can go back to the pool, anything longer is cut.
+    Drops a body nobody wants. Up to C{limit} bytes are read so that the
+    connection can go back to the pool; past that it is cut.
     """
 
-    LIMIT = 64 * 1024
+    READ_LIMIT = 64 * 1024
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
         self.seen = 0
+
+    def connectionMade(self) -> None:
+        if self.limit == 0:
+            self.transport.stopProducing()
 
     def dataReceived(self, data: bytes) -> None:
         self.seen += len(data)
-        if self.seen > self.LIMIT:
+        if self.seen > self.limit:
             self.transport.stopProducing()
 
     def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
