@@ -1,0 +1,128 @@
+"""
+Tests for L{promtwist.proxy.scrape}, L{promtwist.proxy.discovery} and
+L{promtwist.httputil}: the proxy's HTTP-facing decisions.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.test.requesthelper import DummyRequest
+
+from promtwist.config import ProxySettings
+from promtwist.httputil import acceptsGzip
+from promtwist.proxy.discovery import DiscoveryResource, targetGroups
+from promtwist.proxy.registry import PathEntry, Registry
+from promtwist.proxy.scrape import agentBudget, scrapeDeadline
+
+
+@dataclass(eq=False)
+class FakeAgent:
+    agentId: str
+    name: str
+    hostName: str
+    launchId: str = ""
+    consolidated: bool = False
+
+
+def request(**headers: str) -> DummyRequest:
+    r = DummyRequest([b""])
+    for name, value in headers.items():
+        r.requestHeaders.setRawHeaders(name.replace("_", "-"), [value])
+    return r
+
+
+class DeadlineTests(SynchronousTestCase):
+    def test_prometheusHeader(self) -> None:
+        settings = ProxySettings(scrape_request_timeout_secs=90)
+        self.assertEqual(
+            scrapeDeadline(request(X_Prometheus_Scrape_Timeout_Seconds="9.5"), settings), 9.5
+        )
+
+    def test_cappedByConfig(self) -> None:
+        settings = ProxySettings(scrape_request_timeout_secs=5)
+        self.assertEqual(
+            scrapeDeadline(request(X_Prometheus_Scrape_Timeout_Seconds="30"), settings), 5
+        )
+
+    def test_missingOrInvalid(self) -> None:
+        settings = ProxySettings(scrape_request_timeout_secs=90)
+        self.assertEqual(scrapeDeadline(request(), settings), 90)
+        for bad in ("soon", "-1", "0", "nan"):
+            self.assertEqual(
+                scrapeDeadline(request(X_Prometheus_Scrape_Timeout_Seconds=bad), settings), 90, bad
+            )
+
+    def test_agentAnswersFirst(self) -> None:
+        """
+        The agent's share ends before the proxy's deadline, by at most half a
+        second.
+        """
+        self.assertEqual(agentBudget(10), 9.5)
+        self.assertAlmostEqual(agentBudget(1), 0.9)
+
+
+class AcceptGzipTests(SynchronousTestCase):
+    def test_values(self) -> None:
+        for value, expected in [
+            ("gzip", True),
+            ("identity, gzip;q=0.5", True),
+            ("GZIP", True),
+            ("*", True),
+            ("gzip;q=0", False),
+            ("deflate", False),
+            ("", False),
+            ("gzip;q=x", False),
+        ]:
+            self.assertEqual(acceptsGzip(value), expected, value)
+
+
+class DiscoveryTests(SynchronousTestCase):
+    def test_targetGroups(self) -> None:
+        """
+        Labels are strings, reserved keys cannot be overridden, and a
+        consolidated path names all its agents.
+        """
+        a, b = FakeAgent("1", "a", "h1"), FakeAgent("2", "b", "h2")
+        entry = PathEntry(
+            "app", "App", {"n": "2", "agentName": "forged", "__metrics_path__": "/x"}, True, (a, b)
+        )
+        (group,) = targetGroups([entry], "proxy:8080")
+        self.assertEqual(
+            group,
+            {
+                "targets": ["proxy:8080"],
+                "labels": {
+                    "n": "2",
+                    "__metrics_path__": "/app",
+                    "agentName": "a, b",
+                    "hostName": "h1, h2",
+                },
+            },
+        )
+
+    def test_targetFromHostHeader(self) -> None:
+        """
+        Without a configured prefix the target is the address Prometheus used
+        to reach the proxy, with the scrape port when the Host header has none.
+        """
+        resource = DiscoveryResource(Registry(), "")
+        registry = resource.registry
+        agent = FakeAgent("1", "a", "h")
+        registry.addAgent(agent)
+        registry.registerPath(agent, "app", "", {})
+        for host, expected in [
+            ("proxy.example:8080", "proxy.example:8080"),
+            ("proxy.example", "proxy.example:80"),
+            ("[::1]:9000", "[::1]:9000"),
+            ("bad host<>", "127.0.0.1:80"),
+        ]:
+            r = request(Host=host)
+            (group,) = json.loads(resource.render_GET(r))
+            self.assertEqual(group["targets"], [expected], host)
+
+    def test_configuredPrefix(self) -> None:
+        resource = DiscoveryResource(Registry(), "proxy.example:8080")
+        self.assertEqual(json.loads(resource.render_GET(request(Host="other:1"))), [])
