@@ -5,6 +5,10 @@ Prometheus HTTP service discovery (C{http_sd_configs}) for every registered path
 Each path becomes one target group whose address is the proxy's scrape port
 and whose C{__metrics_path__} is the path, so one C{http_sd_configs} entry
 replaces a static job per path.
+
+All groups share one address, so each also gets an C{instance} label of
+C{<address>/<path>} (unless the path's own labels set one): without it, two
+paths exporting the same metric names in one job would write the same series.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ def targetGroups(entries: list[PathEntry], target: str) -> list[dict[str, object
         labels = {
             key: str(value) for key, value in entry.labels.items() if key not in RESERVED_LABELS
         }
+        labels.setdefault("instance", f"{target}/{entry.path}")
         labels["__metrics_path__"] = "/" + entry.path
         labels["agentName"] = ", ".join(agent.name for agent in entry.agents)
         labels["hostName"] = ", ".join(agent.hostName for agent in entry.agents)

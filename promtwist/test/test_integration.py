@@ -301,5 +301,5 @@ class LoopbackTests(TestCase):
         self.assertEqual({tuple(g["targets"]) for g in groups}, {(f"127.0.0.1:{port}",)})
         self.assertEqual(
             groups[0]["labels"],
-            {"team": "a", "n": "2", "__metrics_path__": "/app", "agentName": "it-agent", "hostName": socket.gethostname()},
+            {"team": "a", "n": "2", "instance": f"127.0.0.1:{port}/app", "__metrics_path__": "/app", "agentName": "it-agent", "hostName": socket.gethostname()},
         )

@@ -96,12 +96,18 @@ class DiscoveryTests(SynchronousTestCase):
                 "targets": ["proxy:8080"],
                 "labels": {
                     "n": "2",
+                    "instance": "proxy:8080/app",
                     "__metrics_path__": "/app",
                     "agentName": "a, b",
                     "hostName": "h1, h2",
                 },
             },
         )
+
+    def test_ownInstanceLabelKept(self) -> None:
+        entry = PathEntry("app", "", {"instance": "db1"}, False, (FakeAgent("1", "a", "h"),))
+        (group,) = targetGroups([entry], "proxy:8080")
+        self.assertEqual(group["labels"]["instance"], "db1")  # type: ignore[index]
 
     def test_targetFromHostHeader(self) -> None:
         """
