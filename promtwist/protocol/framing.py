@@ -66,6 +66,11 @@ class FrameReceiver(Int32StringReceiver):
             self.frameReceived(frame)
         except ProtocolError as e:
             self.protocolError(str(e))
+        except Exception:
+            # The buck stops here: a bug handling one frame costs this
+            # connection, logged with its traceback, and nothing else.
+            self._log.failure("error handling a {kind} frame", kind=frame.WhichOneof("kind"))
+            self.protocolError(f"internal error handling a {frame.WhichOneof('kind')} frame")
 
     def frameReceived(self, frame: Frame) -> None:
         """

@@ -90,6 +90,24 @@ class FramingTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting)
         self.assertIn("carries no message", logText(events))
 
+    def test_handlerErrorCostsOnlyTheConnection(self) -> None:
+        """
+        An exception while handling a frame is logged and drops this
+        connection; it does not escape into the reactor.
+        """
+
+        class Broken(Recorder):
+            def frameReceived(self, frame: Frame) -> None:
+                raise ZeroDivisionError("bug")
+
+        receiver, transport = Broken(), StringTransport()
+        receiver.makeConnection(transport)
+        with capturedLogs() as events:
+            receiver.dataReceived(encode(Frame(ping=Ping(nonce=1))))
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertIn("internal error handling a ping frame", logText(events))
+
     def test_sendFrame(self) -> None:
         """
         Sent frames carry the length prefix and decode back to the same frame.
