@@ -10,7 +10,6 @@ shows up in Prometheus' target page.
 
 from __future__ import annotations
 
-import time
 import zlib
 from typing import Callable
 from urllib.parse import unquote
@@ -153,7 +152,7 @@ class _Relay:
         self.path = path
         self.link = link
         self.deadline = deadline
-        self.started = time.monotonic()
+        self.started = resource.clock.seconds()
         self._done = False
         self._timer: IDelayedCall | None = None
         self._decode: Callable[[bytes], bytes] | None = None
@@ -271,7 +270,7 @@ class _Relay:
                 status=status,
                 outcome=outcome,
                 bytes=self.stream.bytesReceived,
-                ms=(time.monotonic() - self.started) * 1000,
+                ms=(self.resource.clock.seconds() - self.started) * 1000,
             )
 
 
