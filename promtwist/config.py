@@ -10,8 +10,23 @@ consulted on the scrape path.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Mapping
+import http.client
+import json
+import math
+import os
+import re
+import socket
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, cast
+from urllib.error import HTTPError
+from urllib.parse import SplitResult, urlsplit, urlunsplit
+
+from pyhocon import ConfigFactory, ConfigTree
+from pyhocon.exceptions import ConfigException
+from pyparsing import ParseBaseException
+from twisted.logger import Logger
 
 MiB = 1024 * 1024
 
@@ -120,3 +135,1064 @@ class AgentSettings:
     tls_override_authority: str = ""
     trust_all_x509_certificates: bool = False
     https_trust_store_path: str = ""
+
+
+# ---------------------------------------------------------------------------
+# The table of known keys.
+#
+# One table per role drives everything: reading the file, the environment and
+# -D overrides, generating the command-line options (promtwist.cli) and their
+# help, validation, and the warnings about unknown or unsupported keys.  Keys
+# prometheus-proxy knows but promtwist does not act on are listed too (with no
+# field), so that existing files load without being reported as unknown.
+
+
+@dataclass(frozen=True)
+class Rule:
+    """
+    A constraint on a setting's value, beyond its type.
+
+    @ivar expects: what is expected, for error messages; C{{noun}} stands for
+        the type's noun ("an integer", "a number", ...).
+    @ivar apply: returns the value to store (possibly normalised), or raises
+        L{ValueError} when the value is not acceptable.
+    """
+
+    expects: str
+    apply: Callable[[Any], Any]
+
+
+def _bounded(expects: str, ok: Callable[[Any], bool]) -> Rule:
+    """
+    A L{Rule} that stores the value unchanged when C{ok} accepts it.
+    """
+
+    def apply(value: Any) -> Any:
+        if not ok(value):
+            raise ValueError(expects)
+        return value
+
+    return Rule(expects, apply)
+
+
+PORT = _bounded("{noun} in 1..65535", lambda v: 1 <= v <= 65535)
+POSITIVE = _bounded("{noun} > 0", lambda v: v > 0)
+NON_NEGATIVE = _bounded("{noun} >= 0", lambda v: v >= 0)
+MINUS_ONE_OR_POSITIVE = _bounded("{noun} that is -1 or > 0", lambda v: v == -1 or v > 0)
+FRAME_SIZE = _bounded("{noun} >= 65536", lambda v: v >= 65536)
+
+LOG_LEVELS = ("trace", "debug", "info", "warn", "error", "off")
+
+
+def _logLevel(value: str) -> str:
+    level = value.strip().lower()
+    if level and level not in LOG_LEVELS:
+        raise ValueError(value)
+    return level
+
+
+LOG_LEVEL = Rule(f"one of {', '.join(LOG_LEVELS)} or empty", _logLevel)
+
+
+def _idleTimeout(value: float) -> float:
+    # prometheus-proxy documents -1 as "use the default"; keep the meaning
+    # but store the number the proxy actually uses.
+    if value == -1:
+        return 45.0
+    if value <= 0:
+        raise ValueError(value)
+    return value
+
+
+IDLE_TIMEOUT = Rule("{noun} that is -1 (45 seconds) or > 0", _idleTimeout)
+
+
+def _urlPath(value: str) -> str:
+    # Paths are compared without their leading "/", as prometheus-proxy does.
+    path = value.removeprefix("/")
+    if not path or any(c in "?#" or c.isspace() for c in path):
+        raise ValueError(value)
+    return path
+
+
+URL_PATH = Rule("a non-empty URL path without '?', '#' or whitespace", _urlPath)
+
+
+def _hostPort(parts: SplitResult, scheme: str) -> str:
+    """
+    Render C{parts}' host and port (or the scheme's default port) as
+    C{host:port}, bracketing IPv6 addresses.
+    """
+    host = parts.hostname
+    if not host:
+        raise ValueError(parts)
+    port = {"http": 80, "https": 443}[scheme] if parts.port is None else parts.port
+    return str(ProxyEndpoint(host, PORT.apply(port)))
+
+
+def _targetPrefix(value: str) -> str:
+    # prometheus-proxy puts this string verbatim into http_sd targets, so its
+    # documented form "http://host:port/" yields targets Prometheus rejects.
+    # A target is host:port; accept either form and keep only that.
+    text = value.strip()
+    if not text:
+        return ""
+    if any(c.isspace() for c in text):
+        raise ValueError(value)
+    if "://" in text:
+        parts = urlsplit(text)
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https"):
+            raise ValueError(value)
+        return _hostPort(parts, scheme)
+    return _hostPort(urlsplit("//" + text), "http")
+
+
+TARGET_PREFIX = Rule("host:port, or an http:// or https:// URL", _targetPrefix)
+
+_NOUNS: dict[type, str] = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """
+    One known scalar configuration key and every way of setting it.
+
+    @ivar key: the full HOCON path, e.g. C{proxy.http.port}.
+    @ivar kind: C{bool}, C{int}, C{float} or C{str}.
+    @ivar default: the value when no source sets it; for keys with a C{field},
+        the settings dataclass's own default (filled in by L{_withDefaults}).
+    @ivar field: the settings dataclass field this key feeds, or L{None}.
+    @ivar derived: the key has no field of its own but is used to compute one
+        (C{agent.proxy.hostname} and C{port} make C{proxy_endpoints}).  Keys
+        with neither are accepted for compatibility but have no effect.
+    @ivar env: the environment variable, if any.
+    @ivar options: command-line long option names; the first is canonical,
+        the others are accepted spellings of it.
+    @ivar short: the one-letter command-line option, if any.
+    @ivar help: one line for C{--help}; only needed with C{options}.
+    """
+
+    key: str
+    kind: type
+    default: object = None
+    field: str | None = None
+    derived: bool = False
+    env: str | None = None
+    options: tuple[str, ...] = ()
+    short: str | None = None
+    rule: Rule | None = None
+    help: str = ""
+
+    @property
+    def option(self) -> str | None:
+        """
+        The canonical long option name, if the key has a command-line option.
+        """
+        return self.options[0] if self.options else None
+
+    @property
+    def effective(self) -> bool:
+        """
+        Whether promtwist acts on this key at all.
+        """
+        return self.field is not None or self.derived
+
+    @property
+    def expects(self) -> str:
+        """
+        What a valid value looks like, for error messages.
+        """
+        noun = _NOUNS[self.kind]
+        return self.rule.expects.format(noun=noun) if self.rule else noun
+
+
+@dataclass(frozen=True)
+class Role:
+    """
+    The keys of one process's configuration section.
+
+    @ivar section: C{proxy} or C{agent}; the process reads only this section.
+    @ivar configEnv: the environment variable naming the config file or URL.
+    @ivar settings: the scalar keys.
+    @ivar lists: keys whose value is a list (or object), read specially.
+    @ivar removed: keys prometheus-proxy no longer reads; ignored silently.
+    """
+
+    section: str
+    configEnv: str
+    settings: tuple[Setting, ...]
+    lists: tuple[str, ...]
+    removed: tuple[str, ...] = ()
+
+    @property
+    def known(self) -> frozenset[str]:
+        """
+        Every key that is not reported as unknown.
+        """
+        return frozenset(s.key for s in self.settings) | set(self.lists) | set(self.removed)
+
+
+def _withDefaults(settingsClass: type, settings: tuple[Setting, ...]) -> tuple[Setting, ...]:
+    """
+    Take the default of every field-backed setting from the settings
+    dataclass, so that each default is written down exactly once.
+    """
+    defaults = {f.name: f.default for f in fields(settingsClass)}
+    return tuple(replace(s, default=defaults[s.field]) if s.field else s for s in settings)
+
+
+def _common(
+    section: str, adminPort: int, metricsPort: int, zipkinService: str, logLevelEnv: str
+) -> tuple[Setting, ...]:
+    """
+    The keys both processes have, under their own section, with the options
+    and environment variables prometheus-proxy shares between them.
+    """
+    s = section
+    metricsExports = (
+        "standardExportsEnabled",
+        "memoryPoolsExportsEnabled",
+        "garbageCollectorExportsEnabled",
+        "threadExportsEnabled",
+        "classLoadingExportsEnabled",
+        "versionInfoExportsEnabled",
+        "grpc.metricsEnabled",
+        "grpc.allMetricsReported",
+    )
+    return (
+        Setting(f"{s}.logLevel", str, field="log_level", env=logLevelEnv,
+                options=("log_level",), rule=LOG_LEVEL,
+                help="Log level: trace, debug, info, warn, error or off"),
+        Setting(f"{s}.agentToken", str, field="agent_token", env="AGENT_TOKEN",
+                options=("agent_token",), help="Shared token agents present to the proxy"),
+        Setting(f"{s}.transportFilterDisabled", bool, False, env="TRANSPORT_FILTER_DISABLED",
+                options=("tf_disabled", "tf-disabled"),
+                help="prometheus-proxy's nginx mode (no effect in promtwist)"),
+        Setting(f"{s}.admin.enabled", bool, False, env="ADMIN_ENABLED", options=("admin",),
+                short="r", help="Serve the admin endpoints"),
+        Setting(f"{s}.admin.port", int, adminPort, env="ADMIN_PORT", options=("admin_port",),
+                short="i", rule=PORT, help="Admin port"),
+        Setting(f"{s}.admin.pingPath", str, "ping"),
+        Setting(f"{s}.admin.versionPath", str, "version"),
+        Setting(f"{s}.admin.healthCheckPath", str, "healthcheck"),
+        Setting(f"{s}.admin.threadDumpPath", str, "threaddump"),
+        Setting(f"{s}.admin.debugEnabled", bool, False, env="DEBUG_ENABLED", options=("debug",),
+                short="b", help="Serve the /debug admin endpoint"),
+        Setting(f"{s}.metrics.enabled", bool, False, env="METRICS_ENABLED", options=("metrics",),
+                short="e", help="Serve the process's own metrics"),
+        Setting(f"{s}.metrics.port", int, metricsPort, env="METRICS_PORT",
+                options=("metrics_port",), short="m", rule=PORT, help="Metrics port"),
+        Setting(f"{s}.metrics.path", str, "metrics"),
+        *(Setting(f"{s}.metrics.{name}", bool, False) for name in metricsExports),
+        Setting(f"{s}.tls.certChainFilePath", str, field="tls_cert_chain_file_path",
+                env="CERT_CHAIN_FILE_PATH", options=("cert",), short="t",
+                help="TLS certificate chain file (PEM)"),
+        Setting(f"{s}.tls.privateKeyFilePath", str, field="tls_private_key_file_path",
+                env="PRIVATE_KEY_FILE_PATH", options=("key",), short="k",
+                help="TLS private key file (PEM)"),
+        Setting(f"{s}.tls.trustCertCollectionFilePath", str,
+                field="tls_trust_cert_collection_file_path",
+                env="TRUST_CERT_COLLECTION_FILE_PATH", options=("trust",), short="s",
+                help="CA certificates trusted for the peer (PEM)"),
+        Setting(f"{s}.grpc.keepAliveTimeSecs", int, -1, env="KEEPALIVE_TIME_SECS",
+                options=("keepalive_time_secs",), rule=MINUS_ONE_OR_POSITIVE,
+                help="gRPC keepalive interval (no effect in promtwist)"),
+        Setting(f"{s}.grpc.keepAliveTimeoutSecs", int, -1, env="KEEPALIVE_TIMEOUT_SECS",
+                options=("keepalive_timeout_secs",), rule=MINUS_ONE_OR_POSITIVE,
+                help="gRPC keepalive timeout (no effect in promtwist)"),
+        Setting(f"{s}.internal.maxFrameBytes", int, field="max_frame_bytes", rule=FRAME_SIZE),
+        Setting(f"{s}.internal.zipkin.enabled", bool, False),
+        Setting(f"{s}.internal.zipkin.hostname", str, "localhost"),
+        Setting(f"{s}.internal.zipkin.port", int, 9411, rule=PORT),
+        Setting(f"{s}.internal.zipkin.path", str, "api/v2/spans"),
+        Setting(f"{s}.internal.zipkin.serviceName", str, zipkinService),
+        Setting(f"{s}.internal.zipkin.grpcReportingEnabled", bool, False),
+    )
+
+
+PROXY = Role(
+    section="proxy",
+    configEnv="PROXY_CONFIG",
+    settings=_withDefaults(ProxySettings, (
+        Setting("proxy.http.port", int, field="http_port", env="PROXY_PORT", options=("port",),
+                short="p", rule=PORT, help="Port Prometheus scrapes"),
+        Setting("proxy.agent.port", int, field="agent_port", env="AGENT_PORT",
+                options=("agent_port",), short="a", rule=PORT, help="Port agents connect to"),
+        Setting("proxy.service.discovery.enabled", bool, field="sd_enabled", env="SD_ENABLED",
+                options=("sd_enabled",), help="Serve Prometheus http_sd targets"),
+        Setting("proxy.service.discovery.path", str, field="sd_path", env="SD_PATH",
+                options=("sd_path",), rule=URL_PATH, help="Path of the http_sd document"),
+        Setting("proxy.service.discovery.targetPrefix", str, field="sd_target_prefix",
+                env="SD_TARGET_PREFIX", options=("sd_target_prefix",), rule=TARGET_PREFIX,
+                help="host:port put in http_sd targets (empty: the request's Host)"),
+        Setting("proxy.http.idleTimeoutSecs", float, field="http_idle_timeout_secs",
+                rule=IDLE_TIMEOUT),
+        Setting("proxy.http.requestLoggingEnabled", bool, field="request_logging_enabled"),
+        Setting("proxy.reflectionDisabled", bool, False, env="REFLECTION_DISABLED",
+                options=("ref_disabled", "ref-disabled"),
+                help="Disable gRPC reflection (no effect in promtwist)"),
+        Setting("proxy.admin.recentRequestsQueueSize", int, 50, rule=NON_NEGATIVE),
+        Setting("proxy.dashboard.enabled", bool, False, env="DASHBOARD_ENABLED",
+                options=("dashboard",), help="Serve the dashboard"),
+        Setting("proxy.dashboard.port", int, 8094, env="DASHBOARD_PORT",
+                options=("dashboard_port",), rule=PORT, help="Dashboard port"),
+        Setting("proxy.dashboard.path", str, "dashboard", env="DASHBOARD_PATH",
+                options=("dashboard_path",), help="Dashboard base path"),
+        Setting("proxy.dashboard.refreshIntervalSecs", int, 2, rule=POSITIVE),
+        Setting("proxy.dashboard.recentScrapesQueueSize", int, 200, rule=NON_NEGATIVE),
+        Setting("proxy.grpc.handshakeTimeoutSecs", int, -1, env="HANDSHAKE_TIMEOUT_SECS",
+                options=("handshake_timeout_secs",), rule=MINUS_ONE_OR_POSITIVE,
+                help="gRPC handshake timeout (no effect; see proxy.internal.handshakeTimeoutSecs)"),
+        Setting("proxy.grpc.permitKeepAliveWithoutCalls", bool, False,
+                env="PERMIT_KEEPALIVE_WITHOUT_CALLS", options=("permit_keepalive_without_calls",),
+                help="gRPC keepalive policy (no effect in promtwist)"),
+        Setting("proxy.grpc.permitKeepAliveTimeSecs", int, -1, env="PERMIT_KEEPALIVE_TIME_SECS",
+                options=("permit_keepalive_time_secs",), rule=MINUS_ONE_OR_POSITIVE,
+                help="gRPC keepalive policy (no effect in promtwist)"),
+        Setting("proxy.grpc.maxConnectionIdleSecs", int, -1, env="MAX_CONNECTION_IDLE_SECS",
+                options=("max_connection_idle_secs",), rule=MINUS_ONE_OR_POSITIVE,
+                help="gRPC connection limit (no effect in promtwist)"),
+        Setting("proxy.grpc.maxConnectionAgeSecs", int, -1, env="MAX_CONNECTION_AGE_SECS",
+                options=("max_connection_age_secs",), rule=MINUS_ONE_OR_POSITIVE,
+                help="gRPC connection limit (no effect in promtwist)"),
+        Setting("proxy.grpc.maxConnectionAgeGraceSecs", int, -1,
+                env="MAX_CONNECTION_AGE_GRACE_SECS", options=("max_connection_age_grace_secs",),
+                rule=MINUS_ONE_OR_POSITIVE, help="gRPC connection limit (no effect in promtwist)"),
+        Setting("proxy.internal.staleAgentCheckEnabled", bool, field="stale_agent_check_enabled"),
+        Setting("proxy.internal.maxAgentInactivitySecs", float,
+                field="max_agent_inactivity_secs", rule=POSITIVE),
+        Setting("proxy.internal.staleAgentCheckPauseSecs", float,
+                field="stale_agent_check_pause_secs", rule=POSITIVE),
+        Setting("proxy.internal.scrapeRequestTimeoutSecs", float,
+                field="scrape_request_timeout_secs", rule=POSITIVE),
+        Setting("proxy.internal.scrapeRequestBacklogUnhealthySize", int, 25, rule=POSITIVE),
+        Setting("proxy.internal.scrapeRequestMapUnhealthySize", int, 25, rule=POSITIVE),
+        Setting("proxy.internal.chunkContextMapUnhealthySize", int, 25, rule=POSITIVE),
+        Setting("proxy.internal.maxZippedContentSizeMBytes", int, 5, rule=NON_NEGATIVE),
+        Setting("proxy.internal.maxUnzippedContentSizeMBytes", int,
+                field="max_unzipped_content_size_mbytes", rule=NON_NEGATIVE),
+        Setting("proxy.internal.blitz.enabled", bool, False),
+        Setting("proxy.internal.blitz.path", str, "mu-dd4bffbb-ff2e9926-5a80952c-1c6cb64d.txt"),
+        Setting("proxy.internal.heartbeatPeriodSecs", float, field="heartbeat_period_secs",
+                rule=POSITIVE),
+        Setting("proxy.internal.handshakeTimeoutSecs", float, field="handshake_timeout_secs",
+                rule=POSITIVE),
+        *_common("proxy", 8092, 8082, "prometheus-proxy", "PROXY_LOG_LEVEL"),
+    )),
+    lists=("proxy.auth",),
+    removed=(
+        "proxy.http.maxThreads",
+        "proxy.http.minThreads",
+        "proxy.internal.scrapeRequestCheckMillis",
+    ),
+)
+
+AGENT = Role(
+    section="agent",
+    configEnv="AGENT_CONFIG",
+    settings=_withDefaults(AgentSettings, (
+        # --proxy and $PROXY_HOSTNAME take a comma-separated list that replaces
+        # agent.proxy.endpoints; see _proxyEndpoints.
+        Setting("agent.proxy.hostname", str, "localhost", derived=True, env="PROXY_HOSTNAME",
+                options=("proxy",), short="p",
+                help="Proxy host[:port], or a comma-separated failover list"),
+        Setting("agent.proxy.port", int, 50051, derived=True, rule=PORT),
+        Setting("agent.name", str, field="name", env="AGENT_NAME", options=("name",),
+                short="n", help="Agent name (empty: Unnamed-<hostname>)"),
+        Setting("agent.consolidated", bool, field="consolidated", env="CONSOLIDATED",
+                options=("consolidated",), short="o",
+                help="Share paths with other agents as a consolidated group"),
+        Setting("agent.chunkContentSizeKbs", int, field="chunk_content_size_kbs",
+                env="CHUNK_CONTENT_SIZE_KBS", options=("chunk",), rule=POSITIVE,
+                help="Chunk size for bodies sent to the proxy, KiB"),
+        Setting("agent.minGzipSizeBytes", int, field="min_gzip_size_bytes",
+                env="MIN_GZIP_SIZE_BYTES", options=("gzip",), rule=NON_NEGATIVE,
+                help="Compress bodies larger than this for the link, bytes"),
+        Setting("agent.scrapeTimeoutSecs", float, field="scrape_timeout_secs",
+                env="SCRAPE_TIMEOUT_SECS", options=("timeout",), rule=POSITIVE,
+                help="Timeout of one target fetch, retries included, seconds"),
+        Setting("agent.scrapeMaxRetries", int, field="scrape_max_retries",
+                env="SCRAPE_MAX_RETRIES", options=("max_retries",), rule=NON_NEGATIVE,
+                help="Retries of a failed target fetch"),
+        Setting("agent.http.enableTrustAllX509Certificates", bool,
+                field="trust_all_x509_certificates", env="TRUST_ALL_X509_CERTIFICATES",
+                options=("trust_all_x509",), help="Do not verify HTTPS targets' certificates"),
+        Setting("agent.http.trustStorePath", str, field="https_trust_store_path",
+                env="HTTPS_TRUST_STORE_PATH", options=("https_truststore",),
+                help="CA certificates for HTTPS targets"),
+        Setting("agent.http.trustStorePassword", str, "", env="HTTPS_TRUST_STORE_PASSWORD",
+                options=("https_truststore_password",),
+                help="Java trust store password (no effect in promtwist)"),
+        Setting("agent.http.maxConcurrentClients", int, field="max_concurrent_clients",
+                env="MAX_CONCURRENT_CLIENTS", options=("max_concurrent_clients",),
+                rule=POSITIVE, help="Target fetches in flight at once"),
+        Setting("agent.http.clientTimeoutSecs", float, field="client_timeout_secs",
+                env="CLIENT_TIMEOUT_SECS", options=("client_timeout_secs",), rule=POSITIVE,
+                help="HTTP client timeout for targets, seconds"),
+        Setting("agent.http.maxContentLengthMBytes", int, field="max_content_length_mbytes",
+                options=("max_content_length_mbytes",), rule=POSITIVE,
+                help="Largest target body accepted, MiB"),
+        Setting("agent.http.clientCache.maxSize", int, 100, env="MAX_CLIENT_CACHE_SIZE",
+                options=("max_cache_size",), rule=POSITIVE,
+                help="HTTP client cache size (no effect in promtwist)"),
+        Setting("agent.http.clientCache.maxAgeMins", int, 30, env="MAX_CLIENT_CACHE_AGE_MINS",
+                options=("max_cache_age_mins",), rule=POSITIVE,
+                help="HTTP client cache age (no effect in promtwist)"),
+        Setting("agent.http.clientCache.maxIdleMins", int, 10, env="MAX_CLIENT_CACHE_IDLE_MINS",
+                options=("max_cache_idle_mins",), rule=POSITIVE,
+                help="HTTP client cache idle time (no effect in promtwist)"),
+        Setting("agent.http.clientCache.cleanupIntervalMins", int, 5,
+                env="CLIENT_CACHE_CLEANUP_INTERVAL_MINS",
+                options=("cache_cleanup_interval_mins",), rule=POSITIVE,
+                help="HTTP client cache cleanup (no effect in promtwist)"),
+        Setting("agent.tls.overrideAuthority", str, field="tls_override_authority",
+                env="OVERRIDE_AUTHORITY", options=("override", "over"),
+                help="TLS server name expected from the proxy"),
+        Setting("agent.discovery.enabled", bool, False),
+        Setting("agent.discovery.file.path", str, ""),
+        Setting("agent.discovery.reconcileIntervalSecs", int, 30, rule=POSITIVE),
+        Setting("agent.grpc.keepAliveWithoutCalls", bool, False, env="KEEPALIVE_WITHOUT_CALLS",
+                options=("keepalive_without_calls",),
+                help="gRPC keepalive policy (no effect in promtwist)"),
+        Setting("agent.grpc.unaryDeadlineSecs", int, 30, env="UNARY_DEADLINE_SECS",
+                options=("unary_deadline_secs",), rule=NON_NEGATIVE,
+                help="gRPC call deadline (no effect in promtwist)"),
+        Setting("agent.internal.cioTimeoutSecs", int, 90, rule=POSITIVE),
+        Setting("agent.internal.reconnectPauseSecs", float, field="reconnect_pause_secs",
+                rule=POSITIVE),
+        Setting("agent.internal.heartbeatEnabled", bool, field="heartbeat_enabled"),
+        Setting("agent.internal.heartbeatCheckPauseMillis", int, 500, rule=POSITIVE),
+        Setting("agent.internal.heartbeatMaxInactivitySecs", float,
+                field="heartbeat_max_inactivity_secs", rule=POSITIVE),
+        Setting("agent.internal.scrapeRequestBacklogUnhealthySize", int, 25, rule=POSITIVE),
+        *_common("agent", 8093, 8083, "prometheus-agent", "AGENT_LOG_LEVEL"),
+    )),
+    lists=("agent.pathConfigs", "agent.filters", "agent.proxy.endpoints"),
+)
+
+
+# ---------------------------------------------------------------------------
+# Reading the configuration source.
+
+FETCH_TIMEOUT_SECS = 10.0
+
+_SYNTAX_BY_SUFFIX = {
+    ".json": "json",
+    ".jsn": "json",
+    ".properties": "properties",
+    ".props": "properties",
+}
+
+# Names usable in a HOCON ${VAR} substitution; others could not be put into the
+# fallback tree as a single key (see _parseHOCON).
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+_PROPERTIES_ESCAPES = {"t": "\t", "n": "\n", "r": "\r", "f": "\f"}
+
+
+def fetchURL(url: str) -> bytes:
+    """
+    Fetch a configuration URL.  This blocks, which is fine: configuration is
+    read before the reactor starts.
+
+    @raise OSError: for network and HTTP errors.
+    """
+    with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_SECS) as response:
+        body: bytes = response.read()
+    return body
+
+
+def _isURL(source: str) -> bool:
+    return source.lower().startswith(("http://", "https://"))
+
+
+def _label(source: str) -> str:
+    """
+    How a configuration source is named in messages: as given, except that a
+    URL's password is not repeated in logs.
+    """
+    if not _isURL(source):
+        return source
+    parts = urlsplit(source)
+    if parts.password is None:
+        return source
+    netloc = f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _read(source: str, label: str, fetch: Callable[[str], bytes]) -> str:
+    try:
+        if _isURL(source):
+            data = fetch(source)
+        else:
+            with open(source, "rb") as f:
+                data = f.read()
+    except (OSError, ValueError, http.client.HTTPException) as e:
+        # An HTTPError says it best itself; other errors bury their reason.
+        reason = e if isinstance(e, HTTPError) else (
+            getattr(e, "reason", None) or getattr(e, "strerror", None) or e
+        )
+        raise ConfigError(f"{label}: cannot read the configuration: {reason}") from e
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{label}: not UTF-8 text (byte {e.start})") from e
+
+
+def _parseHOCON(text: str, basedir: str | None, environ: Mapping[str, str]) -> Mapping[str, Any]:
+    """
+    Parse HOCON, resolving C{${VAR}} substitutions against C{environ}.
+
+    pyhocon looks environment variables up in L{os.environ} only; giving it the
+    variables as a fallback tree resolves them from C{environ} with the same
+    precedence (the file's own keys win), without touching the process.
+    """
+    try:
+        tree = ConfigFactory.parse_string(text, basedir=basedir, resolve=False)
+        if not isinstance(tree, ConfigTree):
+            raise TypeError("expected an object at the top level, not a list")
+        env = ConfigTree(root=True)
+        for name, value in environ.items():
+            if _ENV_NAME.match(name):
+                env.put(name, value)
+        resolved: Mapping[str, Any] = tree.with_fallback(env).as_plain_ordered_dict()
+    except ParseBaseException as e:
+        message = re.sub(r"\s*\(at char \d+\).*", "", str(e))
+        raise ValueError(f"line {e.lineno}, column {e.col}: {message}") from e
+    except (ConfigException, OSError, TypeError) as e:
+        raise ValueError(str(e)) from e
+    # Only sections the file wrote; the fallback tree must not make one up.
+    return {name: resolved[name] for name in tree}
+
+
+def _parseJSON(text: str) -> Mapping[str, Any]:
+    try:
+        root = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"line {e.lineno}, column {e.colno}: {e.msg}") from e
+    if isinstance(root, dict):
+        return root
+    raise ValueError("expected an object at the top level")
+
+
+def _unescape(text: str) -> str:
+    def replace(match: re.Match[str]) -> str:
+        escaped = match.group(1)
+        if len(escaped) == 5:
+            return chr(int(escaped[1:], 16))
+        return _PROPERTIES_ESCAPES.get(escaped, escaped)
+
+    return re.sub(r"\\(u[0-9a-fA-F]{4}|.)", replace, text, flags=re.DOTALL)
+
+
+def _propertiesLine(line: str) -> tuple[str, str]:
+    """
+    Split one logical Java-properties line into its key and value.
+
+    The key ends at the first unescaped C{=}, C{:} or whitespace; blanks and
+    one C{=} or C{:} separate it from the value; backslash escapes apply.
+    """
+    line = line.lstrip(" \t\f")
+    end = 0
+    while end < len(line) and line[end] not in "=: \t\f":
+        end += 2 if line[end] == "\\" else 1
+    rest = line[end:].lstrip(" \t\f")
+    if rest[:1] in ("=", ":"):
+        rest = rest[1:].lstrip(" \t\f")
+    return _unescape(line[:end]), _unescape(rest)
+
+
+def _parseProperties(text: str) -> Mapping[str, Any]:
+    """
+    Parse a Java properties file into a tree: dotted keys are paths, as
+    prometheus-proxy's configuration library reads them.
+    """
+    root: dict[str, Any] = {}
+    lines = iter(text.splitlines())
+    for physical in lines:
+        logical = physical.lstrip(" \t\f")
+        if not logical or logical[0] in "#!":
+            continue
+        # An odd number of trailing backslashes continues the line.
+        while (len(logical) - len(logical.rstrip("\\"))) % 2:
+            logical = logical[:-1] + next(lines, "").lstrip(" \t\f")
+        key, value = _propertiesLine(logical)
+        *parents, leaf = key.split(".")
+        node = root
+        for part in parents:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
+        # As in HOCON, an object wins over a plain value at the same path.
+        if not isinstance(node.get(leaf), dict):
+            node[leaf] = value
+    return root
+
+
+def _load(
+    source: str, label: str, environ: Mapping[str, str], fetch: Callable[[str], bytes]
+) -> Mapping[str, Any]:
+    """
+    Read and parse a configuration file or URL, choosing the syntax by its
+    extension as prometheus-proxy does.
+    """
+    text = _read(source, label, fetch)
+    path = urlsplit(source).path if _isURL(source) else source
+    syntax = _SYNTAX_BY_SUFFIX.get(os.path.splitext(path)[1].lower(), "hocon")
+    try:
+        if syntax == "json":
+            return _parseJSON(text)
+        if syntax == "properties":
+            return _parseProperties(text)
+        # Includes are relative to a file's directory (a fetched file's, to
+        # the working directory).
+        basedir = None if _isURL(source) else os.path.dirname(source)
+        return _parseHOCON(text, basedir, environ)
+    except ValueError as e:
+        raise ConfigError(f"{label}: {e}") from e
+
+
+# ---------------------------------------------------------------------------
+# Resolving values.
+
+_WORDS = {"true": True, "false": False}
+# HOCON and Java properties also read these; environment variables do not.
+_LENIENT_WORDS = {**_WORDS, "yes": True, "on": True, "no": False, "off": False}
+
+
+def _show(value: object) -> str:
+    """
+    Render a rejected value for an error message, quoted like JSON so that
+    empty strings and stray blanks are visible.
+    """
+    return json.dumps(value, default=str, ensure_ascii=False, separators=(",", ":"))
+
+
+def _fail(origin: str, key: str, expected: str, value: object) -> ConfigError:
+    return ConfigError(f"{origin}: {key}: expected {expected}, got {_show(value)}")
+
+
+def _coerce(kind: type, value: object, lenient: bool) -> Any:
+    """
+    Convert C{value} to C{kind}.
+
+    @param lenient: accept what HOCON and Java properties accept (yes/no/on/off
+        for booleans; numbers and booleans where a string is wanted); without
+        it, as for environment variables and options, only exact spellings.
+    @raise ValueError: if C{value} is not a C{kind}.
+    @raise OverflowError: if C{value} is too large for a C{float}.
+    """
+    if kind is bool:
+        words = _LENIENT_WORDS if lenient else _WORDS
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in words:
+            return words[value.strip().lower()]
+    elif isinstance(value, bool):
+        # A bool is an int to Python, but true is no number of seconds.
+        if kind is str and lenient:
+            return _show(value)
+    elif kind is int:
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+            return int(value)
+    elif kind is float:
+        if isinstance(value, (int, float, str)):
+            number = float(value)
+            if math.isfinite(number):
+                return number
+    elif isinstance(value, str):
+        return value
+    elif lenient and isinstance(value, (int, float)):
+        return _show(value)
+    raise ValueError(value)
+
+
+@dataclass(frozen=True)
+class _Value:
+    """
+    A setting's resolved value and where it came from.
+
+    @ivar origin: the source, as named in messages.
+    @ivar direct: given directly to the process (command line or environment)
+        rather than through configuration.  Direct values are parsed strictly,
+        and a direct C{agent.proxy.hostname} replaces C{agent.proxy.endpoints}.
+    """
+
+    value: Any
+    origin: str
+    direct: bool = False
+
+
+@dataclass(frozen=True)
+class _Gathered:
+    """
+    One role's configuration, read from every source.
+
+    @ivar values: every scalar setting's L{_Value}, by key.
+    @ivar file: the role's section of the configuration, flattened to keys.
+    @ivar label: the configuration source as named in messages.
+    @ivar source: the configuration source as given.
+    """
+
+    values: dict[str, _Value]
+    file: dict[str, Any]
+    label: str
+    source: str
+
+
+def _resolve(
+    setting: Setting,
+    options: Mapping[str, object],
+    environ: Mapping[str, str],
+    defines: Mapping[str, str],
+    file: Mapping[str, object],
+    label: str,
+) -> _Value:
+    """
+    Take a setting from the first source that has it (command line,
+    environment, -D, file), then convert and check it.
+    """
+    if setting.option is not None and options.get(setting.option) is not None:
+        found = _Value(options[setting.option], f"option --{setting.option}", direct=True)
+    elif setting.env is not None and setting.env in environ:
+        found = _Value(environ[setting.env], f"environment variable {setting.env}", direct=True)
+    elif setting.key in defines:
+        found = _Value(defines[setting.key], "option -D")
+    elif setting.key in file:
+        found = _Value(file[setting.key], label)
+    else:
+        return _Value(setting.default, "default")
+    try:
+        value = _coerce(setting.kind, found.value, lenient=not found.direct)
+        if setting.rule is not None:
+            value = setting.rule.apply(value)
+    except (ValueError, OverflowError) as e:
+        raise _fail(found.origin, setting.key, setting.expects, found.value) from e
+    return replace(found, value=value)
+
+
+def _flatten(
+    node: Mapping[str, Any], prefix: str, stops: frozenset[str]
+) -> Iterator[tuple[str, Any]]:
+    """
+    Walk a section down to its keys.  Known keys stop the walk, so that an
+    object where a number belongs is reported rather than explored.
+    """
+    for name, value in node.items():
+        key = f"{prefix}.{name}"
+        if isinstance(value, Mapping) and key not in stops:
+            yield from _flatten(value, key, stops)
+        else:
+            yield key, value
+
+
+def _asList(value: object, origin: str, key: str) -> list[Any]:
+    """
+    A list-valued key's entries.  Java properties can only spell a list as an
+    object with keys 0, 1, ..., which prometheus-proxy also accepts.
+    """
+    if isinstance(value, list):
+        return value
+    if isinstance(value, Mapping) and value and all(str(k).isdigit() for k in value):
+        return [value[k] for k in sorted(value, key=int)]
+    raise _fail(origin, key, "a list", value)
+
+
+def _defines(options: Mapping[str, object]) -> dict[str, str]:
+    """
+    The C{-Dkey=value} overrides, later ones winning, each read as a Java
+    properties line with a value's surrounding double quotes removed.
+    """
+    defines: dict[str, str] = {}
+    for define in cast("Sequence[str]", options.get("defines", ())):
+        key, value = _propertiesLine(define)
+        if not key:
+            raise ConfigError(f"option -D: expected key=value, got {_show(define)}")
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = value[1:-1]
+        defines[key] = value
+    return defines
+
+
+def _configSource(role: Role, options: Mapping[str, object], environ: Mapping[str, str]) -> str:
+    return str(options.get("config") or environ.get(role.configEnv) or "")
+
+
+def _gather(
+    role: Role,
+    options: Mapping[str, object],
+    environ: Mapping[str, str],
+    fetch: Callable[[str], bytes],
+    warn: Callable[[str], None],
+) -> _Gathered:
+    """
+    Read a role's configuration source and resolve every scalar setting,
+    warning about keys that are unknown or have no effect.
+    """
+    source = _configSource(role, options, environ)
+    label = _label(source)
+    root = _load(source, label, environ, fetch) if source else {}
+    section = root.get(role.section, {})
+    if not isinstance(section, Mapping):
+        raise _fail(label, role.section, "an object", section)
+    known = role.known
+    file = dict(_flatten(section, role.section, known))
+    defines = _defines(options)
+
+    for key in file:
+        if key not in known:
+            warn(f"unknown configuration key {key} in {label} (ignored)")
+    for key in defines:
+        if key in role.lists:
+            raise ConfigError(f"option -D: {key}: lists cannot be set with -D")
+        if key.startswith(f"{role.section}.") and key not in known:
+            warn(f"unknown configuration key {key} in option -D (ignored)")
+
+    values = {}
+    for setting in role.settings:
+        value = values[setting.key] = _resolve(setting, options, environ, defines, file, label)
+        if not setting.effective and value.value != setting.default:
+            warn(f"configuration key {setting.key} ({value.origin}) has no effect in promtwist")
+    return _Gathered(values, file, label, source)
+
+
+# ---------------------------------------------------------------------------
+# Building the settings objects.
+
+
+def _fieldValues(role: Role, gathered: _Gathered) -> dict[str, Any]:
+    return {s.field: gathered.values[s.key].value for s in role.settings if s.field}
+
+
+def _checkKeyPair(role: Role, gathered: _Gathered) -> None:
+    """
+    A certificate without its key (or the reverse) is a mistake to report
+    now, not when the first connection fails.
+    """
+    cert = f"{role.section}.tls.certChainFilePath"
+    key = f"{role.section}.tls.privateKeyFilePath"
+    for given, missing in ((cert, key), (key, cert)):
+        value = gathered.values[given]
+        if value.value and not gathered.values[missing].value:
+            raise ConfigError(f"{value.origin}: {given} is set, so {missing} must be set too")
+
+
+def _endpoint(text: str, defaultPort: int) -> ProxyEndpoint:
+    """
+    Parse C{host[:port]}, C{[ipv6][:port]} or a bare IPv6 address, with an
+    optional C{http://} or C{https://} in front.
+
+    @raise ValueError: if C{text} is not such an address.
+    """
+    spec = text.strip()
+    scheme, sep, rest = spec.partition("://")
+    if sep and scheme.lower() in ("http", "https"):
+        spec = rest
+    spec = spec.removesuffix("/")
+    port: str | None = None
+    if spec.startswith("["):
+        host, bracket, after = spec[1:].partition("]")
+        if not bracket or after[:1] not in ("", ":"):
+            raise ValueError(text)
+        port = after[1:] if after else None
+    elif spec.count(":") == 1:
+        host, _, port = spec.partition(":")
+    else:
+        host = spec
+    if not re.fullmatch(r"[\w.%:-]+", host) or (port is not None and not port.isdigit()):
+        raise ValueError(text)
+    return ProxyEndpoint(host, PORT.apply(int(port) if port is not None else defaultPort))
+
+
+_ENDPOINT = "host[:port] with a port in 1..65535"
+
+
+def _proxyEndpoints(gathered: _Gathered) -> tuple[ProxyEndpoint, ...]:
+    """
+    The proxies to dial, in failover order.
+
+    C{--proxy} or C{$PROXY_HOSTNAME} (a comma-separated list) wins; then
+    C{agent.proxy.endpoints}; then C{agent.proxy.hostname}.  Entries without a
+    port use C{agent.proxy.port}.
+    """
+    port = gathered.values["agent.proxy.port"].value
+    hostname = gathered.values["agent.proxy.hostname"]
+    entries: list[tuple[object, str, str]] = []
+    listed = gathered.file.get("agent.proxy.endpoints")
+    if not hostname.direct and listed:
+        key = "agent.proxy.endpoints"
+        entries = [
+            (entry, gathered.label, f"{key}[{i}]")
+            for i, entry in enumerate(_asList(listed, gathered.label, key))
+        ]
+    if not entries:
+        entries = [
+            (part, hostname.origin, "agent.proxy.hostname") for part in hostname.value.split(",")
+        ]
+    endpoints = []
+    for entry, origin, key in entries:
+        try:
+            endpoints.append(_endpoint(_coerce(str, entry, lenient=True), port))
+        except ValueError as e:
+            raise _fail(origin, key, _ENDPOINT, entry) from e
+    return tuple(endpoints)
+
+
+def _targetURL(value: str) -> str:
+    parts = urlsplit(value)
+    if (
+        parts.scheme.lower() not in ("http", "https")
+        or not parts.hostname
+        or any(c.isspace() for c in value)
+        # .port itself raises ValueError when the port is not a number.
+        or parts.port == 0
+    ):
+        raise ValueError(value)
+    return value
+
+
+def _labels(value: object) -> dict[str, str]:
+    """
+    An entry's labels, given as JSON in a string (prometheus-proxy's form) or
+    as a HOCON object, with every value made a string: http_sd accepts
+    nothing else.
+    """
+    labels = json.loads(value) if isinstance(value, str) else value
+    if isinstance(labels, Mapping):
+        return {
+            str(name): item if isinstance(item, str) else _show(item)
+            for name, item in labels.items()
+        }
+    raise ValueError(value)
+
+
+_PATH_CONFIG_KEYS = ("name", "path", "url", "labels")
+
+
+def _pathConfig(
+    entry: object, where: str, label: str, warn: Callable[[str], None]
+) -> PathConfig:
+    """
+    One C{agent.pathConfigs} entry, checked.
+
+    @param where: the entry's key, e.g. C{agent.pathConfigs[0]}, for messages.
+    """
+    if not isinstance(entry, Mapping):
+        raise _fail(label, where, "an object with path and url", entry)
+    for name in entry:
+        if name not in _PATH_CONFIG_KEYS:
+            warn(f"unknown configuration key {where}.{name} in {label} (ignored)")
+
+    def check(name: str, parse: Callable[[Any], Any], expected: str) -> Any:
+        if name not in entry:
+            raise ConfigError(f"{label}: {where}: {name} is required")
+        try:
+            return parse(entry[name])
+        except ValueError as e:
+            raise _fail(label, f"{where}.{name}", expected, entry[name]) from e
+
+    def string(value: object) -> str:
+        return cast(str, _coerce(str, value, lenient=True))
+
+    path = check("path", lambda v: _urlPath(string(v)), URL_PATH.expects)
+    url = check("url", lambda v: _targetURL(string(v)), "an http:// or https:// URL with a host")
+    labels = check("labels", _labels, "a JSON object") if "labels" in entry else {}
+    name = check("name", string, "a string").strip() if "name" in entry else ""
+    return PathConfig(name=name or path, path=path, url=url, labels=labels)
+
+
+def _pathConfigs(gathered: _Gathered, warn: Callable[[str], None]) -> tuple[PathConfig, ...]:
+    key = "agent.pathConfigs"
+    entries = _asList(gathered.file.get(key, []), gathered.label, key)
+    configs: list[PathConfig] = []
+    seen: dict[str, str] = {}
+    for index, entry in enumerate(entries):
+        where = f"{key}[{index}]"
+        config = _pathConfig(entry, where, gathered.label, warn)
+        if config.path in seen:
+            raise ConfigError(
+                f"{gathered.label}: {where}.path: duplicate path {_show(config.path)}"
+                f" (also in {seen[config.path]})"
+            )
+        seen[config.path] = where
+        configs.append(config)
+    return tuple(configs)
+
+
+_log = Logger(namespace="promtwist.config")
+
+
+def _logWarning(notice: str) -> None:
+    # Not "message" or "warning": legacy observers give those keys a meaning.
+    _log.warn("{notice}", notice=notice)
+
+
+def loadProxySettings(
+    options: Mapping[str, object],
+    environ: Mapping[str, str],
+    *,
+    fetch: Callable[[str], bytes] = fetchURL,
+    warn: Callable[[str], None] = _logWarning,
+) -> ProxySettings:
+    """
+    Resolve the proxy's settings from every source.
+
+    @param options: command-line values the user actually gave, by canonical
+        long option name (as in L{PROXY}'s table; L{None} counts as not
+        given), plus C{config} (a file path or URL) and C{defines} (a list of
+        C{-D} C{key=value} strings).
+    @param environ: the environment variables.
+    @param fetch: reads a configuration URL.
+    @param warn: receives one line per unknown or ineffective key.
+    @raise ConfigError: for any invalid source or value.
+    """
+    gathered = _gather(PROXY, options, environ, fetch, warn)
+    if gathered.file.get("proxy.auth"):
+        # Ignoring the identities would let any agent in: refuse instead.
+        raise ConfigError(
+            f"{gathered.label}: proxy.auth: per-agent identities are not supported by"
+            " promtwist yet; use proxy.agentToken"
+        )
+    _checkKeyPair(PROXY, gathered)
+    return ProxySettings(**_fieldValues(PROXY, gathered))
+
+
+def loadAgentSettings(
+    options: Mapping[str, object],
+    environ: Mapping[str, str],
+    *,
+    fetch: Callable[[str], bytes] = fetchURL,
+    warn: Callable[[str], None] = _logWarning,
+) -> AgentSettings:
+    """
+    Resolve the agent's settings from every source; like
+    L{loadProxySettings}, except that the agent cannot run without a
+    configuration source, since that is where its paths are.
+    """
+    if not _configSource(AGENT, options, environ):
+        raise ConfigError(
+            f"A configuration file or url must be specified with --config or ${AGENT.configEnv}"
+        )
+    gathered = _gather(AGENT, options, environ, fetch, warn)
+    _checkKeyPair(AGENT, gathered)
+    if gathered.file.get("agent.filters"):
+        warn(f"configuration key agent.filters ({gathered.label}) has no effect in promtwist")
+    values = _fieldValues(AGENT, gathered)
+    values["name"] = values["name"].strip() or f"Unnamed-{socket.gethostname()}"
+    return AgentSettings(
+        config_source=gathered.source,
+        proxy_endpoints=_proxyEndpoints(gathered),
+        path_configs=_pathConfigs(gathered, warn),
+        **values,
+    )

@@ -1,0 +1,196 @@
+"""
+The command-line options of C{twistd promproxy-proxy} and
+C{twistd promproxy-agent}.
+
+They are generated from the key tables in L{promtwist.config}, so the option
+names, their environment variables and their config keys cannot drift apart,
+and they keep prometheus-proxy's spellings so that existing command lines,
+container definitions and unit files keep working.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from typing import ClassVar, Generic, TextIO, TypeVar
+
+from twisted.python import usage
+
+from promtwist import __version__
+from promtwist.config import (
+    AGENT,
+    PROXY,
+    AgentSettings,
+    ConfigError,
+    ProxySettings,
+    Role,
+    Setting,
+    loadAgentSettings,
+    loadProxySettings,
+)
+
+_S = TypeVar("_S", ProxySettings, AgentSettings)
+
+_LONGDESC = (
+    "Each setting is taken from the first of: a command-line option, its environment"
+    " variable, a -D override, the configuration file, the built-in default."
+)
+
+
+def _render(value: object) -> str:
+    """
+    A default as a user would write it in a configuration file.
+    """
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _describe(setting: Setting) -> str:
+    """
+    One C{--help} line: what the option does, where else it can be set, and
+    its default.
+    """
+    where = [setting.key]
+    if setting.env:
+        where.append(f"${setting.env}")
+    if setting.default != "":
+        where.append(f"default {_render(setting.default)}")
+    return f"{setting.help} ({', '.join(where)})"
+
+
+def _optionTables(role: Role) -> tuple[list[list[str | None]], list[list[str | None]]]:
+    """
+    Build C{optFlags} and C{optParameters} for a role: booleans are flags
+    (present means true), everything else takes a value.  Parameters default
+    to L{None} so that an option the user did not give can be told apart and
+    does not hide the environment or the file.
+    """
+    flags: list[list[str | None]] = []
+    parameters: list[list[str | None]] = [
+        ["config", "c", None, f"Configuration file or http(s) URL (${role.configEnv})"],
+        ["conf", None, None, "Same as --config"],
+    ]
+    for setting in role.settings:
+        for name in setting.options:
+            if name == setting.option:
+                short, doc = setting.short, _describe(setting)
+            else:
+                short, doc = None, f"Same as --{setting.option}"
+            if setting.kind is bool:
+                flags.append([name, short, doc])
+            else:
+                parameters.append([name, short, None, doc])
+    return flags, parameters
+
+
+class _SettingsOptions(usage.Options, Generic[_S]):
+    """
+    Options shared by both processes.  After parsing, C{settings} holds the
+    resolved settings object.
+
+    @cvar _stdout: where C{--version} and C{--usage} write; L{None} means
+        C{sys.stdout}.
+    @cvar _stderr: where a configuration error is reported; L{None} means
+        C{sys.stderr}.
+    @cvar _environ: the environment to read; L{None} means L{os.environ}.
+        These three exist so that tests can substitute them.
+    """
+
+    _role: ClassVar[Role]
+    _stdout: TextIO | None = None
+    _stderr: TextIO | None = None
+    _environ: Mapping[str, str] | None = None
+
+    longdesc = _LONGDESC
+    settings: _S
+
+    def opt_define(self, define: str) -> None:
+        """
+        Override a configuration key, e.g. -Dagent.proxy.hostname=proxy.example
+        (repeatable).
+        """
+        self.setdefault("defines", []).append(define)
+
+    opt_D = opt_define
+
+    def opt_version(self) -> None:
+        """
+        Print the promtwist version and exit.
+        """
+        (self._stdout or sys.stdout).write(f"{__version__.public()}\n")
+        raise SystemExit(0)
+
+    opt_v = opt_version
+
+    def opt_usage(self) -> None:
+        """
+        Display this help and exit (prometheus-proxy's spelling of --help).
+        """
+        # Not an alias of opt_help: usage.Options cannot list two long names
+        # of one handler in its help.
+        (self._stdout or sys.stdout).write(f"{self}\n")
+        raise SystemExit(0)
+
+    opt_u = opt_usage
+
+    def given(self) -> dict[str, object]:
+        """
+        The values the user actually gave, by canonical option name, plus
+        C{config} and C{defines}: the C{options} argument of the loaders.
+        """
+        values: dict[str, object] = {"defines": list(self.get("defines", []))}
+        # usage.Options has no aliases for flags and parameters, so each
+        # spelling is an option of its own, folded into the canonical name
+        # here.  Flags are 0 until given, parameters None.
+        spellings = [("config", ("config", "conf"), False)] + [
+            (s.options[0], s.options, s.kind is bool) for s in self._role.settings if s.options
+        ]
+        for canonical, names, flag in spellings:
+            for name in names:
+                if self[name] not in (None, 0):
+                    values[canonical] = True if flag else self[name]
+        return values
+
+    def postOptions(self) -> None:
+        """
+        Resolve the settings.  A configuration error is reported as one line
+        and exits with status 1: twistd would otherwise print the whole usage
+        text, burying the one line that matters.
+        """
+        environ = os.environ if self._environ is None else self._environ
+        try:
+            self.settings = self._load(self.given(), environ)
+        except ConfigError as e:
+            (self._stderr or sys.stderr).write(f"promtwist: {e}\n")
+            raise SystemExit(1) from None
+
+    def _load(self, options: Mapping[str, object], environ: Mapping[str, str]) -> _S:
+        raise NotImplementedError
+
+
+class ProxyOptions(_SettingsOptions[ProxySettings]):
+    """
+    Options of C{twistd promproxy-proxy}.
+    """
+
+    _role = PROXY
+    optFlags, optParameters = _optionTables(PROXY)
+
+    def _load(self, options: Mapping[str, object], environ: Mapping[str, str]) -> ProxySettings:
+        return loadProxySettings(options, environ)
+
+
+class AgentOptions(_SettingsOptions[AgentSettings]):
+    """
+    Options of C{twistd promproxy-agent}.
+    """
+
+    _role = AGENT
+    optFlags, optParameters = _optionTables(AGENT)
+
+    def _load(self, options: Mapping[str, object], environ: Mapping[str, str]) -> AgentSettings:
+        return loadAgentSettings(options, environ)

@@ -1,0 +1,930 @@
+"""
+Tests for L{promtwist.config}: prometheus-proxy configuration files, options
+and environment variables resolved into settings objects.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import fields
+from functools import partial
+from typing import Any
+
+from twisted.logger import LogLevel, capturedLogs, formatEvent
+from twisted.python.filepath import FilePath
+from twisted.trial.unittest import SynchronousTestCase
+
+from promtwist.config import (
+    AGENT,
+    PROXY,
+    AgentSettings,
+    ConfigError,
+    PathConfig,
+    ProxyEndpoint,
+    ProxySettings,
+    Role,
+    fetchURL,
+    loadAgentSettings,
+    loadProxySettings,
+)
+
+DATA = FilePath(__file__).sibling("data")
+
+# The environment variables prometheus-proxy reads (its EnvVars), per process;
+# PROXY_CONFIG and AGENT_CONFIG name the configuration source instead.
+PROXY_ENV = [
+    "PROXY_PORT", "AGENT_PORT", "SD_ENABLED", "SD_PATH", "SD_TARGET_PREFIX",
+    "DASHBOARD_ENABLED", "DASHBOARD_PORT", "DASHBOARD_PATH", "REFLECTION_DISABLED",
+    "HANDSHAKE_TIMEOUT_SECS", "PERMIT_KEEPALIVE_WITHOUT_CALLS", "PERMIT_KEEPALIVE_TIME_SECS",
+    "MAX_CONNECTION_IDLE_SECS", "MAX_CONNECTION_AGE_SECS", "MAX_CONNECTION_AGE_GRACE_SECS",
+    "PROXY_LOG_LEVEL",
+]
+AGENT_ENV = [
+    "PROXY_HOSTNAME", "AGENT_NAME", "CONSOLIDATED", "SCRAPE_TIMEOUT_SECS",
+    "SCRAPE_MAX_RETRIES", "CHUNK_CONTENT_SIZE_KBS", "MIN_GZIP_SIZE_BYTES",
+    "TRUST_ALL_X509_CERTIFICATES", "HTTPS_TRUST_STORE_PATH", "HTTPS_TRUST_STORE_PASSWORD",
+    "MAX_CONCURRENT_CLIENTS", "CLIENT_TIMEOUT_SECS", "MAX_CLIENT_CACHE_SIZE",
+    "MAX_CLIENT_CACHE_AGE_MINS", "MAX_CLIENT_CACHE_IDLE_MINS",
+    "CLIENT_CACHE_CLEANUP_INTERVAL_MINS", "KEEPALIVE_WITHOUT_CALLS", "UNARY_DEADLINE_SECS",
+    "AGENT_LOG_LEVEL", "OVERRIDE_AUTHORITY",
+]
+BOTH_ENV = [
+    "AGENT_TOKEN", "DEBUG_ENABLED", "METRICS_ENABLED", "METRICS_PORT", "ADMIN_ENABLED",
+    "ADMIN_PORT", "TRANSPORT_FILTER_DISABLED", "CERT_CHAIN_FILE_PATH", "PRIVATE_KEY_FILE_PATH",
+    "TRUST_CERT_COLLECTION_FILE_PATH", "KEEPALIVE_TIME_SECS", "KEEPALIVE_TIMEOUT_SECS",
+]
+
+
+def noFetch(url: str) -> bytes:
+    raise AssertionError(f"unexpected fetch of {url}")
+
+
+class ConfigTestCase(SynchronousTestCase):
+    """
+    Helpers: write configuration files, load settings and collect warnings.
+    """
+
+    def setUp(self) -> None:
+        self.warnings: list[str] = []
+
+    def writeConfig(self, text: str, suffix: str = ".conf") -> str:
+        path: str = self.mktemp() + suffix
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        return path
+
+    def proxy(
+        self,
+        options: Mapping[str, object] | None = None,
+        environ: Mapping[str, str] | None = None,
+        fetch: Callable[[str], bytes] = noFetch,
+    ) -> ProxySettings:
+        return loadProxySettings(
+            options or {}, environ or {}, fetch=fetch, warn=self.warnings.append
+        )
+
+    def agent(
+        self,
+        options: Mapping[str, object] | None = None,
+        environ: Mapping[str, str] | None = None,
+        fetch: Callable[[str], bytes] = noFetch,
+    ) -> AgentSettings:
+        return loadAgentSettings(
+            options or {}, environ or {}, fetch=fetch, warn=self.warnings.append
+        )
+
+    def agentFrom(self, text: str, **options: object) -> AgentSettings:
+        return self.agent({"config": self.writeConfig(text), **options})
+
+    def proxyFrom(self, text: str, **options: object) -> ProxySettings:
+        return self.proxy({"config": self.writeConfig(text), **options})
+
+    def assertConfigError(self, load: Callable[[], object], *fragments: str) -> str:
+        """
+        Assert that C{load} raises a one-line L{ConfigError} containing every
+        fragment, and return its message.
+        """
+        message = str(self.assertRaises(ConfigError, load))
+        self.assertNotIn("\n", message)
+        for fragment in fragments:
+            self.assertIn(fragment, message)
+        return message
+
+
+class ExampleFilesTests(ConfigTestCase):
+    """
+    prometheus-proxy's example files load unchanged, for each process that has
+    a section in them.
+    """
+
+    def example(self, name: str) -> str:
+        return DATA.child(name).path
+
+    def test_simple(self) -> None:
+        config = self.example("simple.conf")
+        self.assertEqual(self.proxy({"config": config}), ProxySettings())
+        agent = self.agent({"config": config})
+        self.assertEqual(agent.proxy_endpoints, (ProxyEndpoint("localhost", 50051),))
+        self.assertEqual(
+            agent.path_configs,
+            (
+                PathConfig(
+                    "Proxy metrics",
+                    "proxy_metrics",
+                    "http://localhost:8082/metrics",
+                    {"key1": "value1", "key2": "2"},
+                ),
+                PathConfig(
+                    "Agent metrics",
+                    "agent_metrics",
+                    "http://localhost:8083/metrics",
+                    {"key3": "value3", "key4": "4"},
+                ),
+            ),
+        )
+
+    def test_myapps(self) -> None:
+        config = self.example("myapps.conf")
+        self.assertEqual(self.proxy({"config": config}), ProxySettings())
+        agent = self.agent({"config": config})
+        self.assertEqual(
+            [(p.name, p.path, p.url) for p in agent.path_configs],
+            [
+                ("App1 metrics", "app1_metrics", "http://app1.local:9100/metrics"),
+                ("App2 metrics", "app2_metrics", "http://app2.local:9100/metrics"),
+                ("App3 metrics", "app3_metrics", "http://app3.local:9100/metrics"),
+            ],
+        )
+        self.assertEqual(agent.path_configs[2].labels, {"key5": "value5", "key6": "6"})
+        self.assertEqual(agent.config_source, config)
+        self.assertEqual(self.warnings, [])
+
+    def test_federate(self) -> None:
+        """
+        The federate URL's raw brackets, braces and quotes are kept as written.
+        """
+        agent = self.agent({"config": self.example("federate.conf")})
+        self.assertEqual(
+            agent.path_configs[0].url, "http://prometheus:9090/federate?match[]={job=~'.*'}"
+        )
+        self.assertEqual(agent.path_configs[0].labels, {})
+
+    def test_tlsWithoutMutualAuth(self) -> None:
+        config = self.example("tls-no-mutual-auth.conf")
+        proxy = self.proxy({"config": config})
+        self.assertEqual(
+            (
+                proxy.agent_port,
+                proxy.tls_cert_chain_file_path,
+                proxy.tls_private_key_file_path,
+                proxy.tls_trust_cert_collection_file_path,
+            ),
+            (50440, "testing/certs/server1.pem", "testing/certs/server1.key", ""),
+        )
+        agent = self.agent({"config": config})
+        self.assertEqual(agent.proxy_endpoints, (ProxyEndpoint("localhost", 50440),))
+        self.assertTrue(agent.trust_all_x509_certificates)
+        self.assertEqual(agent.tls_override_authority, "foo.test.google.fr")
+        self.assertEqual(agent.tls_trust_cert_collection_file_path, "testing/certs/ca.pem")
+        self.assertEqual(agent.tls_cert_chain_file_path, "")
+        self.assertEqual(self.warnings, [])
+
+    def test_tlsWithMutualAuth(self) -> None:
+        config = self.example("tls-with-mutual-auth.conf")
+        proxy = self.proxy({"config": config})
+        self.assertEqual(proxy.tls_trust_cert_collection_file_path, "testing/certs/ca.pem")
+        agent = self.agent({"config": config})
+        self.assertEqual(
+            (agent.tls_cert_chain_file_path, agent.tls_private_key_file_path),
+            ("testing/certs/client.pem", "testing/certs/client.key"),
+        )
+
+    def test_agentFilters(self) -> None:
+        """
+        Filters are accepted but not applied, and the user is told so.
+        """
+        config = self.example("agent-filters.conf")
+        self.assertEqual(self.proxy({"config": config}), ProxySettings())
+        agent = self.agent({"config": config})
+        self.assertEqual([p.path for p in agent.path_configs], ["app1_metrics"])
+        self.assertEqual(len(self.warnings), 1)
+        self.assertIn("agent.filters", self.warnings[0])
+
+    def test_nginxProxy(self) -> None:
+        config = self.example("nginx-proxy.conf")
+        self.assertEqual(self.proxy({"config": config}), ProxySettings())
+        agent = self.agent({"config": config})
+        self.assertEqual(agent.proxy_endpoints, (ProxyEndpoint("localhost", 50440),))
+        self.assertEqual(len(agent.path_configs), 3)
+        self.assertEqual(len(self.warnings), 2)
+        self.assertIn("proxy.transportFilterDisabled", self.warnings[0])
+        self.assertIn("agent.transportFilterDisabled", self.warnings[1])
+
+
+class TableTests(SynchronousTestCase):
+    """
+    The key tables are complete and consistent.
+    """
+
+    def test_everyFieldFed(self) -> None:
+        """
+        Every settings field is fed by exactly one key, except those built
+        from several (endpoints, paths, the config source itself).
+        """
+        computed = {"proxy_endpoints", "path_configs", "config_source"}
+        for role, settingsClass in ((PROXY, ProxySettings), (AGENT, AgentSettings)):
+            fed = [s.field for s in role.settings if s.field]
+            self.assertEqual(len(fed), len(set(fed)))
+            self.assertEqual(
+                set(fed) | (computed & {f.name for f in fields(settingsClass)}),
+                {f.name for f in fields(settingsClass)},
+            )
+
+    def test_defaults(self) -> None:
+        """
+        Every default has its setting's type and satisfies its rule.
+        """
+        for role in (PROXY, AGENT):
+            for setting in role.settings:
+                self.assertIs(type(setting.default), setting.kind, setting.key)
+                if setting.rule:
+                    self.assertEqual(setting.rule.apply(setting.default), setting.default)
+
+    def test_environmentVariables(self) -> None:
+        """
+        Every environment variable prometheus-proxy reads is read here, once.
+        """
+        for role, expected in ((PROXY, PROXY_ENV + BOTH_ENV), (AGENT, AGENT_ENV + BOTH_ENV)):
+            names = [s.env for s in role.settings if s.env]
+            self.assertEqual(sorted(names), sorted(expected))
+
+    def test_uniqueOptions(self) -> None:
+        for role in (PROXY, AGENT):
+            self.assertUnique(role, [n for s in role.settings for n in s.options])
+            self.assertUnique(role, [s.short for s in role.settings if s.short])
+
+    def assertUnique(self, role: Role, names: list[str]) -> None:
+        self.assertEqual(len(names), len(set(names)), role.section)
+
+    def test_sectionKeys(self) -> None:
+        for role in (PROXY, AGENT):
+            for key in role.known:
+                self.assertTrue(key.startswith(role.section + "."), key)
+
+
+class DefaultsTests(ConfigTestCase):
+    def test_proxyWithoutConfig(self) -> None:
+        """
+        The proxy runs on defaults alone.
+        """
+        self.assertEqual(self.proxy(), ProxySettings())
+
+    def test_proxyDefaults(self) -> None:
+        proxy = self.proxy()
+        self.assertEqual((proxy.http_port, proxy.agent_port), (8080, 50051))
+        self.assertEqual((proxy.sd_path, proxy.sd_target_prefix), ("discovery", ""))
+        self.assertEqual(proxy.max_frame_bytes, 1048576)
+        self.assertEqual((proxy.heartbeat_period_secs, proxy.handshake_timeout_secs), (5, 10))
+
+    def test_agentDefaults(self) -> None:
+        config = self.writeConfig("agent {}\n")
+        self.assertEqual(
+            self.agent({"config": config}),
+            AgentSettings(config_source=config, name=f"Unnamed-{socket.gethostname()}"),
+        )
+
+    def test_agentNeedsConfig(self) -> None:
+        message = self.assertConfigError(self.agent)
+        self.assertEqual(
+            message,
+            "A configuration file or url must be specified with --config or $AGENT_CONFIG",
+        )
+
+    def test_agentConfigFromEnvironment(self) -> None:
+        config = self.writeConfig('agent.name = "from-env-config"\n')
+        agent = self.agent(environ={"AGENT_CONFIG": config})
+        self.assertEqual(agent.name, "from-env-config")
+
+    def test_configOptionBeatsEnvironment(self) -> None:
+        chosen = self.writeConfig("proxy.http.port = 1111\n")
+        other = self.writeConfig("proxy.http.port = 2222\n")
+        proxy = self.proxy({"config": chosen}, {"PROXY_CONFIG": other})
+        self.assertEqual(proxy.http_port, 1111)
+
+    def test_blankName(self) -> None:
+        agent = self.agentFrom('agent.name = "  "\n')
+        self.assertEqual(agent.name, f"Unnamed-{socket.gethostname()}")
+
+    def test_idleTimeout(self) -> None:
+        """
+        -1 means prometheus-proxy's default of 45 seconds.
+        """
+        for given, expected in (("-1", 45), ("7", 7)):
+            proxy = self.proxyFrom(f"proxy.http.idleTimeoutSecs = {given}")
+            self.assertEqual(proxy.http_idle_timeout_secs, expected)
+        self.assertConfigError(
+            lambda: self.proxyFrom("proxy.http.idleTimeoutSecs = 0"), "idleTimeoutSecs"
+        )
+
+
+class PrecedenceTests(ConfigTestCase):
+    """
+    Command line beats environment beats -D beats file beats default.
+    """
+
+    def layers(
+        self,
+        load: Callable[[Mapping[str, object], Mapping[str, str]], Any],
+        key: str,
+        option: str,
+        env: str,
+        values: tuple[str, str, str, str],
+    ) -> list[Any]:
+        """
+        Load with all four sources set, then with one fewer each time.
+
+        @param values: the command-line, environment, -D and file values.
+        """
+        cli, environ, define, file = values
+        options: dict[str, object] = {
+            "config": self.writeConfig(f"{key} = {file}\n"),
+            "defines": [f"{key}={define}"],
+            option: cli,
+        }
+        results = [load(options, {env: environ})]
+        del options[option]
+        results.append(load(options, {env: environ}))
+        results.append(load(options, {}))
+        options["defines"] = []
+        results.append(load(options, {}))
+        del options["config"]
+        results.append(load(options, {}))
+        return results
+
+    def test_int(self) -> None:
+        ports = self.layers(
+            lambda o, e: self.proxy(o, e).http_port,
+            "proxy.http.port", "port", "PROXY_PORT", ("1001", "1002", "1003", "1004"),
+        )
+        self.assertEqual(ports, [1001, 1002, 1003, 1004, 8080])
+
+    def test_str(self) -> None:
+        tokens = self.layers(
+            lambda o, e: self.proxy(o, e).agent_token,
+            "proxy.agentToken", "agent_token", "AGENT_TOKEN", ("cli", "env", "define", "file"),
+        )
+        self.assertEqual(tokens, ["cli", "env", "define", "file", ""])
+
+    def test_bool(self) -> None:
+        enabled = self.layers(
+            lambda o, e: self.proxy(o, e).sd_enabled,
+            "proxy.service.discovery.enabled", "sd_enabled", "SD_ENABLED",
+            ("true", "false", "true", "false"),
+        )
+        self.assertEqual(enabled, [True, False, True, False, False])
+
+    def test_float(self) -> None:
+        config = self.writeConfig("agent {}\n")
+        timeouts = self.layers(
+            lambda o, e: self.agent({"config": config, **o}, e).scrape_timeout_secs,
+            "agent.scrapeTimeoutSecs", "timeout", "SCRAPE_TIMEOUT_SECS", ("1.5", "2", "3", "4"),
+        )
+        self.assertEqual(timeouts, [1.5, 2, 3, 4, 15])
+
+    def test_commandLineFlag(self) -> None:
+        """
+        A flag is C{True} when given, and then wins over the environment.
+        """
+        proxy = self.proxy({"sd_enabled": True}, {"SD_ENABLED": "false"})
+        self.assertTrue(proxy.sd_enabled)
+
+
+class ValueErrorTests(ConfigTestCase):
+    """
+    Invalid values are reported in one line naming source, key and expectation.
+    """
+
+    def test_fileMessage(self) -> None:
+        path = self.writeConfig('agent.http.maxConcurrentClients = "abc"\n')
+        message = self.assertConfigError(lambda: self.agent({"config": path}))
+        self.assertEqual(
+            message,
+            f'{path}: agent.http.maxConcurrentClients: expected an integer > 0, got "abc"',
+        )
+
+    def test_environmentBoolean(self) -> None:
+        """
+        Environment booleans are true or false, in any case, and nothing else.
+        """
+        self.assertTrue(self.proxy(environ={"SD_ENABLED": "TRUE"}).sd_enabled)
+        message = self.assertConfigError(lambda: self.proxy(environ={"SD_ENABLED": "yes"}))
+        self.assertEqual(
+            message,
+            "environment variable SD_ENABLED: proxy.service.discovery.enabled:"
+            ' expected true or false, got "yes"',
+        )
+
+    def test_fileBoolean(self) -> None:
+        """
+        Files accept HOCON's other spellings of booleans.
+        """
+        self.assertTrue(self.proxyFrom("proxy.service.discovery.enabled = yes").sd_enabled)
+
+    def test_environmentInteger(self) -> None:
+        self.assertConfigError(
+            lambda: self.proxy(environ={"AGENT_PORT": "5005x"}),
+            "environment variable AGENT_PORT",
+            "proxy.agent.port",
+            "expected an integer in 1..65535",
+            '"5005x"',
+        )
+
+    def test_optionInteger(self) -> None:
+        self.assertConfigError(
+            lambda: self.proxy({"port": "http"}), "option --port: proxy.http.port:"
+        )
+
+    def test_portRange(self) -> None:
+        for port in ("0", "65536"):
+            self.assertConfigError(partial(self.proxy, {"port": port}), port)
+        self.assertEqual(self.proxy({"port": "65535"}).http_port, 65535)
+
+    def test_logLevel(self) -> None:
+        self.assertEqual(self.proxy({"log_level": "WARN"}).log_level, "warn")
+        self.assertConfigError(lambda: self.proxy({"log_level": "all"}), "proxy.logLevel")
+
+    def test_frameSize(self) -> None:
+        self.assertConfigError(
+            lambda: self.proxyFrom("proxy.internal.maxFrameBytes = 1024"), ">= 65536"
+        )
+        agent = self.agentFrom("agent.internal.maxFrameBytes = 65536")
+        self.assertEqual(agent.max_frame_bytes, 65536)
+
+    def test_objectForNumber(self) -> None:
+        self.assertConfigError(
+            lambda: self.proxyFrom("proxy.http.port { value = 1 }"), "proxy.http.port"
+        )
+
+    def test_sectionNotObject(self) -> None:
+        self.assertConfigError(lambda: self.proxyFrom("proxy = 5"), "proxy: expected an object")
+
+    def test_certificateWithoutKey(self) -> None:
+        self.assertConfigError(
+            lambda: self.proxy({"cert": "server.pem"}),
+            "option --cert",
+            "proxy.tls.privateKeyFilePath",
+        )
+
+    def test_authRefused(self) -> None:
+        """
+        Per-agent identities are refused rather than ignored: ignoring them
+        would let any agent in.
+        """
+        self.assertConfigError(
+            lambda: self.proxyFrom('proxy.auth = [{name = a, token = t, paths = ["x"]}]'),
+            "proxy.auth",
+        )
+
+
+class DefineTests(ConfigTestCase):
+    """
+    C{-Dkey=value} overrides.
+    """
+
+    def test_quotes(self) -> None:
+        agent = self.agentFrom("agent {}", defines=['agent.name="my agent"'])
+        self.assertEqual(agent.name, "my agent")
+
+    def test_propertiesSyntax(self) -> None:
+        agent = self.agentFrom(
+            "agent {}", defines=["agent.name : spaced", "agent.agentToken=a=b"]
+        )
+        self.assertEqual((agent.name, agent.agent_token), ("spaced", "a=b"))
+
+    def test_lastWins(self) -> None:
+        proxy = self.proxy({"defines": ["proxy.http.port=1", "proxy.http.port=2"]})
+        self.assertEqual(proxy.http_port, 2)
+
+    def test_invalidValue(self) -> None:
+        self.assertConfigError(
+            lambda: self.proxy({"defines": ["proxy.http.port=x"]}), "option -D: proxy.http.port"
+        )
+
+    def test_noKey(self) -> None:
+        self.assertConfigError(lambda: self.proxy({"defines": ["=x"]}), "option -D")
+
+    def test_list(self) -> None:
+        self.assertConfigError(
+            lambda: self.agentFrom("agent {}", defines=["agent.pathConfigs=x"]),
+            "agent.pathConfigs",
+        )
+
+    def test_unknownKey(self) -> None:
+        self.proxy({"defines": ["proxy.no.such=1"]})
+        self.assertEqual(len(self.warnings), 1)
+        self.assertIn("proxy.no.such", self.warnings[0])
+
+    def test_otherSection(self) -> None:
+        """
+        The other process's keys are not this one's concern.
+        """
+        self.proxy({"defines": ["agent.name=x"]})
+        self.assertEqual(self.warnings, [])
+
+
+class EndpointTests(ConfigTestCase):
+    """
+    Where the agent dials: --proxy, $PROXY_HOSTNAME, agent.proxy.endpoints,
+    agent.proxy.hostname.
+    """
+
+    def endpoints(
+        self, proxy: str, config: str = "agent {}", environ: Mapping[str, str] | None = None
+    ) -> tuple[ProxyEndpoint, ...]:
+        options = {"config": self.writeConfig(config), "proxy": proxy}
+        return self.agent(options, environ).proxy_endpoints
+
+    def test_defaultPort(self) -> None:
+        self.assertEqual(self.endpoints("proxy.example"), (ProxyEndpoint("proxy.example", 50051),))
+
+    def test_configuredPort(self) -> None:
+        """
+        An endpoint without a port takes agent.proxy.port.
+        """
+        self.assertEqual(
+            self.endpoints("proxy.example", "agent.proxy.port = 50440"),
+            (ProxyEndpoint("proxy.example", 50440),),
+        )
+
+    def test_list(self) -> None:
+        self.assertEqual(
+            self.endpoints("a.example:1, b.example ,c.example:3"),
+            (
+                ProxyEndpoint("a.example", 1),
+                ProxyEndpoint("b.example", 50051),
+                ProxyEndpoint("c.example", 3),
+            ),
+        )
+
+    def test_ipv6(self) -> None:
+        found = self.endpoints("[::1]:50052,[fe80::1],::2")
+        self.assertEqual(
+            found,
+            (ProxyEndpoint("::1", 50052), ProxyEndpoint("fe80::1"), ProxyEndpoint("::2")),
+        )
+        self.assertEqual(str(found[0]), "[::1]:50052")
+
+    def test_scheme(self) -> None:
+        self.assertEqual(
+            self.endpoints("http://a.example:8443/,HTTPS://b.example"),
+            (ProxyEndpoint("a.example", 8443), ProxyEndpoint("b.example", 50051)),
+        )
+
+    def test_malformed(self) -> None:
+        for proxy in ("", "a.example,", "a.example:x", "a.example:0", "a.example:70000", "a b"):
+            self.assertConfigError(
+                partial(self.endpoints, proxy), "option --proxy: agent.proxy.hostname"
+            )
+
+    def test_endpointsList(self) -> None:
+        agent = self.agentFrom(
+            'agent.proxy { port = 7, endpoints = ["a.example:50051", "b.example"] }'
+        )
+        self.assertEqual(
+            agent.proxy_endpoints,
+            (ProxyEndpoint("a.example", 50051), ProxyEndpoint("b.example", 7)),
+        )
+
+    def test_malformedListEntry(self) -> None:
+        self.assertConfigError(
+            lambda: self.agentFrom('agent.proxy.endpoints = ["a.example:x"]'),
+            "agent.proxy.endpoints[0]",
+        )
+
+    def test_environmentReplacesList(self) -> None:
+        found = self.agent(
+            {"config": self.writeConfig('agent.proxy.endpoints = ["a.example"]')},
+            {"PROXY_HOSTNAME": "b.example,c.example"},
+        ).proxy_endpoints
+        self.assertEqual(found, (ProxyEndpoint("b.example"), ProxyEndpoint("c.example")))
+
+    def test_hostname(self) -> None:
+        agent = self.agentFrom("agent.proxy { hostname = p.example, port = 9 }")
+        self.assertEqual(agent.proxy_endpoints, (ProxyEndpoint("p.example", 9),))
+
+    def test_defineHostname(self) -> None:
+        agent = self.agentFrom("agent {}", defines=["agent.proxy.hostname=d.example"])
+        self.assertEqual(agent.proxy_endpoints, (ProxyEndpoint("d.example"),))
+
+
+class TargetPrefixTests(ConfigTestCase):
+    """
+    The http_sd target prefix is normalised to host:port.
+    """
+
+    def test_normalised(self) -> None:
+        cases = {
+            "http://host:8080/": "host:8080",
+            "host:8080": "host:8080",
+            "https://h:443/x": "h:443",
+            "http://host/": "host:80",
+            "https://host": "host:443",
+            "host": "host:80",
+            "http://[::1]:9/": "[::1]:9",
+            "": "",
+        }
+        for given, expected in cases.items():
+            self.assertEqual(self.proxy({"sd_target_prefix": given}).sd_target_prefix, expected)
+
+    def test_prometheusProxyDefault(self) -> None:
+        """
+        prometheus-proxy's documented default, written out in a file, becomes
+        a usable target.
+        """
+        proxy = self.proxyFrom('proxy.service.discovery.targetPrefix = "http://localhost:8080/"')
+        self.assertEqual(proxy.sd_target_prefix, "localhost:8080")
+
+    def test_invalid(self) -> None:
+        for given in ("ftp://host/", "http://", "host:port", "a b:1"):
+            self.assertConfigError(
+                partial(self.proxy, {"sd_target_prefix": given}),
+                "option --sd_target_prefix: proxy.service.discovery.targetPrefix",
+            )
+
+    def test_sdPath(self) -> None:
+        self.assertEqual(self.proxy({"sd_path": "/sd/targets"}).sd_path, "sd/targets")
+        self.assertConfigError(lambda: self.proxy({"sd_path": "/"}), "--sd_path")
+
+
+class PathConfigTests(ConfigTestCase):
+    """
+    C{agent.pathConfigs} entries.
+    """
+
+    def paths(self, entries: str) -> tuple[PathConfig, ...]:
+        return self.agentFrom(f"agent.pathConfigs = [{entries}]").path_configs
+
+    def test_labelsStringified(self) -> None:
+        (config,) = self.paths(
+            """{path = a, url = "http://h/m", labels = \"\"\"{"s": "x", "i": 2, "f": 1.5,
+            "t": true, "n": null, "o": {"k": [1, "v"]}}\"\"\"}"""
+        )
+        self.assertEqual(
+            config.labels,
+            {"s": "x", "i": "2", "f": "1.5", "t": "true", "n": "null", "o": '{"k":[1,"v"]}'},
+        )
+
+    def test_labelsObject(self) -> None:
+        """
+        Labels may also be a HOCON object rather than JSON in a string.
+        """
+        (config,) = self.paths('{path = a, url = "http://h/m", labels { env = prod, n = 3 }}')
+        self.assertEqual(config.labels, {"env": "prod", "n": "3"})
+
+    def test_invalidLabels(self) -> None:
+        for labels in ('"{not json"', '"[1, 2]"'):
+            self.assertConfigError(
+                partial(
+                    self.paths,
+                    f'{{path = a, url = "http://h/m"}}, '
+                    f'{{path = b, url = "http://h/m", labels = {labels}}}',
+                ),
+                "agent.pathConfigs[1].labels: expected a JSON object",
+            )
+
+    def test_nameDefaultsToPath(self) -> None:
+        (config,) = self.paths('{path = "/app", url = "http://h/m"}')
+        self.assertEqual((config.name, config.path, config.labels), ("app", "app", {}))
+
+    def test_multiSegmentPath(self) -> None:
+        (config,) = self.paths('{path = "/team/app/metrics", url = "http://h/m"}')
+        self.assertEqual(config.path, "team/app/metrics")
+
+    def test_invalidPath(self) -> None:
+        for path in ('""', '"/"', '"a?b"', '"a#b"', '"a b"'):
+            self.assertConfigError(
+                partial(self.paths, f'{{path = {path}, url = "http://h/m"}}'),
+                "agent.pathConfigs[0].path",
+            )
+
+    def test_duplicatePath(self) -> None:
+        message = self.assertConfigError(
+            lambda: self.paths(
+                '{path = a, url = "http://h/1"}, {path = b, url = "http://h/2"},'
+                ' {path = "/a", url = "http://h/3"}'
+            )
+        )
+        self.assertIn("agent.pathConfigs[2].path: duplicate path", message)
+        self.assertIn("agent.pathConfigs[0]", message)
+
+    def test_missing(self) -> None:
+        self.assertConfigError(
+            lambda: self.paths('{url = "http://h/m"}'), "agent.pathConfigs[0]: path is required"
+        )
+        self.assertConfigError(
+            lambda: self.paths("{path = a}"), "agent.pathConfigs[0]: url is required"
+        )
+
+    def test_invalidURL(self) -> None:
+        for url in ("ftp://h/m", "h:9100/metrics", "http:///m", "http://h:x/m", "http://h/a b"):
+            self.assertConfigError(
+                partial(self.paths, f'{{path = a, url = "{url}"}}'), "agent.pathConfigs[0].url"
+            )
+
+    def test_notAList(self) -> None:
+        self.assertConfigError(
+            lambda: self.agentFrom("agent.pathConfigs = 3"), "agent.pathConfigs: expected a list"
+        )
+
+    def test_entryNotObject(self) -> None:
+        self.assertConfigError(lambda: self.paths('"a"'), "agent.pathConfigs[0]")
+
+    def test_unknownEntryKey(self) -> None:
+        self.paths('{path = a, url = "http://h/m", lables = "{}"}')
+        self.assertEqual(len(self.warnings), 1)
+        self.assertIn("agent.pathConfigs[0].lables", self.warnings[0])
+
+
+class WarningTests(ConfigTestCase):
+    def test_unknownKey(self) -> None:
+        path = self.writeConfig("agent { foo.bar = 1 }\n")
+        self.agent({"config": path})
+        self.assertEqual(
+            self.warnings, [f"unknown configuration key agent.foo.bar in {path} (ignored)"]
+        )
+
+    def test_ineffectiveKey(self) -> None:
+        """
+        Keys promtwist accepts but does not act on are reported when set to
+        anything but their default, with where they were set.
+        """
+        self.proxy({"admin": True}, {"METRICS_PORT": "8082", "DASHBOARD_PORT": "1"})
+        self.assertEqual(
+            sorted(self.warnings),
+            [
+                (
+                    "configuration key proxy.admin.enabled (option --admin)"
+                    " has no effect in promtwist"
+                ),
+                (
+                    "configuration key proxy.dashboard.port (environment variable DASHBOARD_PORT)"
+                    " has no effect in promtwist"
+                ),
+            ],
+        )
+
+    def test_removedKeys(self) -> None:
+        """
+        Keys prometheus-proxy removed are ignored silently, as it does.
+        """
+        self.proxyFrom("proxy.http.maxThreads = 10\nproxy.internal.scrapeRequestCheckMillis = 5")
+        self.assertEqual(self.warnings, [])
+
+    def test_otherSectionIgnored(self) -> None:
+        self.proxyFrom("agent { whatever = 1 }")
+        self.assertEqual(self.warnings, [])
+
+    def test_logged(self) -> None:
+        """
+        Without a C{warn} callable, warnings go to the Twisted log.
+        """
+        path = self.writeConfig("proxy.foo = 1\n")
+        with capturedLogs() as events:
+            loadProxySettings({"config": path}, {})
+        self.assertEqual(len(events), 1)
+        self.assertEqual(events[0]["log_namespace"], "promtwist.config")
+        self.assertEqual(events[0]["log_level"], LogLevel.warn)
+        self.assertIn("proxy.foo", formatEvent(events[0]))
+
+
+class SourceTests(ConfigTestCase):
+    """
+    Configuration sources: HOCON, JSON and properties files, and URLs.
+    """
+
+    def test_brokenHOCON(self) -> None:
+        path = self.writeConfig("agent {\n  pathConfigs: [\n    { path: x\n")
+        message = self.assertConfigError(lambda: self.agent({"config": path}))
+        self.assertTrue(message.startswith(f"{path}: line "), message)
+
+    def test_unresolvedSubstitution(self) -> None:
+        path = self.writeConfig("agent.name = ${PROMTWIST_TEST_NO_SUCH_VARIABLE}\n")
+        self.assertConfigError(
+            lambda: self.agent({"config": path}), path, "PROMTWIST_TEST_NO_SUCH_VARIABLE"
+        )
+
+    def test_missingFile(self) -> None:
+        path = self.mktemp()
+        self.assertConfigError(lambda: self.proxy({"config": path}), path)
+
+    def test_optionalSubstitution(self) -> None:
+        """
+        C{${?VAR}} reads the given environment, and leaves a key unset when
+        the variable is missing.
+        """
+        text = (
+            "agent.name = default-name\n"
+            "agent.name = ${?PROMTWIST_TEST_NAME}\n"
+            'agent.agentToken = "t-"${?PROMTWIST_TEST_TOKEN}\n'
+        )
+        config = self.writeConfig(text)
+        agent = self.agent(
+            {"config": config}, {"PROMTWIST_TEST_NAME": "env-name", "PROMTWIST_TEST_TOKEN": "x"}
+        )
+        self.assertEqual((agent.name, agent.agent_token), ("env-name", "t-x"))
+        agent = self.agent({"config": config})
+        self.assertEqual((agent.name, agent.agent_token), ("default-name", "t-"))
+
+    def test_concatenation(self) -> None:
+        agent = self.agentFrom(
+            'host = app1\nport = 9100\nagent.pathConfigs = [{path = a,'
+            ' url = "http://"${host}":"${port}"/metrics"}]\n'
+        )
+        self.assertEqual(agent.path_configs[0].url, "http://app1:9100/metrics")
+
+    def test_includeRelativeToFile(self) -> None:
+        directory = FilePath(self.mktemp())
+        directory.makedirs()
+        directory.child("common.conf").setContent(b"agent.agentToken = shared\n")
+        main = directory.child("main.conf")
+        main.setContent(b'include "common.conf"\nagent.name = main\n')
+        agent = self.agent({"config": os.path.relpath(main.path)})
+        self.assertEqual((agent.name, agent.agent_token), ("main", "shared"))
+
+    def test_json(self) -> None:
+        config = self.writeConfig(
+            '{"agent": {"name": "j", "http": {"maxConcurrentClients": 4},'
+            ' "pathConfigs": [{"path": "a", "url": "http://h/m", "labels": "{\\"k\\": 1}"}]}}',
+            ".json",
+        )
+        agent = self.agent({"config": config})
+        self.assertEqual((agent.name, agent.max_concurrent_clients), ("j", 4))
+        self.assertEqual(agent.path_configs[0].labels, {"k": "1"})
+
+    def test_brokenJSON(self) -> None:
+        config = self.writeConfig('{"agent": {\n  "name": }', ".jsn")
+        self.assertConfigError(lambda: self.agent({"config": config}), config, "line 2")
+
+    def test_properties(self) -> None:
+        config = self.writeConfig(
+            "# comment\n"
+            "! another comment\n"
+            "agent.name = props \\\n"
+            "    agent\n"
+            "agent.consolidated: true\n"
+            "agent.pathConfigs.0.path=a\n"
+            "agent.pathConfigs.0.url=http://h/a\n"
+            "agent.pathConfigs.1.path=b\n"
+            "agent.pathConfigs.1.url=http://h/b\n",
+            ".properties",
+        )
+        agent = self.agent({"config": config})
+        self.assertEqual((agent.name, agent.consolidated), ("props agent", True))
+        self.assertEqual([p.path for p in agent.path_configs], ["a", "b"])
+
+    def test_url(self) -> None:
+        """
+        A URL source is fetched, and its syntax follows its path's extension.
+        """
+        fetched = []
+
+        def fetch(url: str) -> bytes:
+            fetched.append(url)
+            return b'{"agent": {"name": "remote"}}'
+
+        url = "https://config.example/agent.json?v=1"
+        agent = self.agent({"config": url}, fetch=fetch)
+        self.assertEqual(fetched, [url])
+        self.assertEqual((agent.name, agent.config_source), ("remote", url))
+
+    def test_urlFailure(self) -> None:
+        """
+        A failed fetch is a one-line error that does not repeat the URL's
+        password.
+        """
+
+        def fetch(url: str) -> bytes:
+            raise OSError("connection refused")
+
+        message = self.assertConfigError(
+            lambda: self.agent({"config": "http://u:secret@config.example/a.conf"}, fetch=fetch),
+            "http://u:***@config.example/a.conf",
+            "connection refused",
+        )
+        self.assertNotIn("secret", message)
+
+    def test_fetchURL(self) -> None:
+        """
+        L{fetchURL} reads what urllib can open; a file URL keeps this offline.
+        """
+        path = FilePath(self.mktemp())
+        path.setContent(b"proxy {}")
+        self.assertEqual(fetchURL(f"file://{path.path}"), b"proxy {}")
+
+    def test_notUTF8(self) -> None:
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"agent.name = \xff\n")
+        self.assertConfigError(lambda: self.agent({"config": path}), "UTF-8")
