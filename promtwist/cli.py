@@ -28,6 +28,7 @@ from promtwist.config import (
     Setting,
     loadAgentSettings,
     loadProxySettings,
+    refuseUnsupported,
 )
 
 _S = TypeVar("_S", ProxySettings, AgentSettings)
@@ -164,6 +165,7 @@ class _SettingsOptions(usage.Options, Generic[_S]):
         environ = os.environ if self._environ is None else self._environ
         try:
             self.settings = self._load(self.given(), environ)
+            refuseUnsupported(self.settings)
         except ConfigError as e:
             (self._stderr or sys.stderr).write(f"promtwist: {e}\n")
             raise SystemExit(1) from None

@@ -137,6 +137,25 @@ class AgentSettings:
     https_trust_store_path: str = ""
 
 
+def refuseUnsupported(settings: ProxySettings | AgentSettings) -> None:
+    """
+    Refuse settings that ask for protection this version does not provide
+    yet, rather than run without it.
+
+    @raise ConfigError: naming what was asked for.
+    """
+    if (
+        settings.tls_cert_chain_file_path
+        or settings.tls_private_key_file_path
+        or settings.tls_trust_cert_collection_file_path
+    ):
+        raise ConfigError(
+            "TLS on the agent link (tls.* keys, --cert/--key/--trust) is not supported "
+            "by this version of promtwist; refusing to run the link in clear text"
+        )
+
+
+
 # ---------------------------------------------------------------------------
 # The table of known keys.
 #

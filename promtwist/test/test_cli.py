@@ -5,6 +5,7 @@ Tests for L{promtwist.cli}: the twistd command-line options.
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Mapping, Sequence
 from typing import TypeVar
 
@@ -41,6 +42,8 @@ AGENT_OPTIONS = [
     "cache_cleanup_interval_mins", "keepalive_without_calls", "unary_deadline_secs",
 ]
 
+TLS_MUTUAL = os.path.join(os.path.dirname(__file__), "data", "tls-with-mutual-auth.conf")
+
 _O = TypeVar("_O", ProxyOptions, AgentOptions)
 
 
@@ -76,6 +79,18 @@ class OptionsTests(SynchronousTestCase):
         options = self.parse(ProxyOptions, [])
         self.assertEqual(options.settings, ProxySettings())
         self.assertEqual(options.given(), {"defines": []})
+
+    def test_tlsRefusedUntilSupported(self) -> None:
+        """
+        A TLS example loads, but the process refuses to start rather than run
+        the agent link in clear text.
+        """
+        for optionsClass in (ProxyOptions, AgentOptions):
+            options = self.options(optionsClass)
+            code = self.exits(options, ["-c", TLS_MUTUAL])
+            self.assertEqual(code, 1)
+            assert options._stderr is not None
+            self.assertIn("refusing to run the link in clear text", options._stderr.getvalue())
 
     def test_environmentNotMasked(self) -> None:
         """
