@@ -22,7 +22,9 @@ class Listener(StreamServerEndpointService):
     _raiseSynchronously = True
     port: IListeningPort | None = None
 
-    def __init__(self, reactor: IReactorTCP, portNumber: int, factory: Factory, interface: str = "") -> None:
+    def __init__(
+        self, reactor: IReactorTCP, portNumber: int, factory: Factory, interface: str = ""
+    ) -> None:
         super().__init__(TCP4ServerEndpoint(reactor, portNumber, interface=interface), factory)
 
     def privilegedStartService(self) -> None:

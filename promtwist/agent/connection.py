@@ -14,13 +14,12 @@ from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
-
-from promtwist.logs import observer
 from twisted.python.failure import Failure
 
 from promtwist import __version__
 from promtwist.agent.scraper import Scrape, Scraper
 from promtwist.config import AgentSettings, PathConfig
+from promtwist.logs import observer
 from promtwist.protocol.promtwist_pb2 import (
     CancelScrape,
     Frame,
@@ -146,7 +145,9 @@ class ProxyConnection(Session):
                 self._log.info("serving /{path} for {url}", path=config.path, url=config.url)
             else:
                 self._log.error(
-                    "the proxy refused path /{path}: {reason}", path=config.path, reason=answer.reason
+                    "the proxy refused path /{path}: {reason}",
+                    path=config.path,
+                    reason=answer.reason,
                 )
             return bool(answer.ok)
 
@@ -201,7 +202,9 @@ class ProxyConnection(Session):
         if self.factory.current is self:
             self.factory.current = None
         if not self._ready.called:
-            self._ready.errback(SessionLost(f"link lost before it was ready: {reason.getErrorMessage()}"))
+            self._ready.errback(
+                SessionLost(f"link lost before it was ready: {reason.getErrorMessage()}")
+            )
         scrapes, self._scrapes = self._scrapes, {}
         for scrape in scrapes.values():
             scrape.cancel()

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import base64
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from twisted.internet import error as netError
@@ -26,8 +26,6 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-
-from promtwist.logs import observer
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone, ResponseFailed, ResponseNeverReceived
 from twisted.web.http import PotentialDataLoss
@@ -35,9 +33,16 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 
 from promtwist import __version__
-from promtwist.config import MiB, AgentSettings, PathConfig
+from promtwist.config import AgentSettings, MiB, PathConfig
 from promtwist.httputil import acceptsGzip
-from promtwist.protocol.promtwist_pb2 import Frame, Outcome, ScrapeChunk, ScrapeRequest, ScrapeResponse
+from promtwist.logs import observer
+from promtwist.protocol.promtwist_pb2 import (
+    Frame,
+    Outcome,
+    ScrapeChunk,
+    ScrapeRequest,
+    ScrapeResponse,
+)
 
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
 _QUERY_SAFE = _PATH_SAFE + "?"
@@ -187,16 +192,16 @@ class Scrape:
         remaining = max(0.0, self._deadline - self.scraper.clock.seconds())
         headers.setRawHeaders(b"X-Prometheus-Scrape-Timeout-Seconds", [b"%.3f" % remaining])
         self._requesting = self.scraper.agent.request(b"GET", target.uri, headers)
-        self._requesting.addCallbacks(self._gotResponse, self._requestFailed).addErrback(
-            self._bug
-        )
+        self._requesting.addCallbacks(self._gotResponse, self._requestFailed).addErrback(self._bug)
         return self.done
 
     def _bug(self, failure: Failure) -> None:
         """
         The buck stops here: a bug fails this one scrape, loudly, and nothing else.
         """
-        self._log.failure("scrape of /{path} failed unexpectedly", failure, path=self.pathConfig.path)
+        self._log.failure(
+            "scrape of /{path} failed unexpectedly", failure, path=self.pathConfig.path
+        )
         self._fail(Outcome.AGENT_ERROR, f"agent error: {failure.getErrorMessage()}")
 
     def credit(self, nbytes: int) -> None:
@@ -288,7 +293,11 @@ class Scrape:
         if payload or last:
             self._credit -= len(payload)
             self.send(
-                Frame(scrape_chunk=ScrapeChunk(scrape_id=self.request.scrape_id, data=payload, last=last))
+                Frame(
+                    scrape_chunk=ScrapeChunk(
+                        scrape_id=self.request.scrape_id, data=payload, last=last
+                    )
+                )
             )
 
     def _sendHead(self, payload: bytes, last: bool) -> None:
@@ -335,10 +344,11 @@ class Scrape:
         )
 
     def _tooLarge(self, size: int) -> None:
+        limit = self.scraper.settings.max_content_length_mbytes
         self._fail(
             Outcome.TOO_LARGE,
             f"target {self._where()} body of {size} bytes or more exceeds "
-            f"agent.http.maxContentLengthMBytes ({self.scraper.settings.max_content_length_mbytes} MiB)",
+            f"agent.http.maxContentLengthMBytes ({limit} MiB)",
         )
 
     def _fail(self, outcome: int, reason: str) -> None:
@@ -364,9 +374,13 @@ class Scrape:
             )
         else:
             frame = Frame(
-                scrape_chunk=ScrapeChunk(scrape_id=scrapeId, last=True, outcome=outcome, reason=reason)
+                scrape_chunk=ScrapeChunk(
+                    scrape_id=scrapeId, last=True, outcome=outcome, reason=reason
+                )
             )
-        self._log.info("scrape of /{path} failed: {reason}", path=self.pathConfig.path, reason=reason)
+        self._log.info(
+            "scrape of /{path} failed: {reason}", path=self.pathConfig.path, reason=reason
+        )
         self.send(frame)
         self._end()
 

@@ -13,13 +13,12 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.logger import Logger
-
-from promtwist.logs import observer
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 
 from promtwist.agent.connection import ProxyConnection, ProxyConnectionFactory
 from promtwist.agent.scraper import Scraper
 from promtwist.config import AgentSettings
+from promtwist.logs import observer
 
 
 class _QuietClientFactory(_HTTP11ClientFactory):

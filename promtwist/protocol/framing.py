@@ -15,10 +15,9 @@ import struct
 
 from google.protobuf.message import DecodeError
 from twisted.logger import Logger
-
-from promtwist.logs import observer
 from twisted.protocols.basic import Int32StringReceiver
 
+from promtwist.logs import observer
 from promtwist.protocol.promtwist_pb2 import Frame
 
 DEFAULT_MAX_FRAME_BYTES = 1024 * 1024
@@ -66,7 +65,7 @@ class FrameReceiver(Int32StringReceiver):
             self.frameReceived(frame)
         except ProtocolError as e:
             self.protocolError(str(e))
-        except Exception:
+        except Exception:  # noqa: BLE001
             # The buck stops here: a bug handling one frame costs this
             # connection, logged with its traceback, and nothing else.
             self._log.failure("error handling a {kind} frame", kind=frame.WhichOneof("kind"))

@@ -9,16 +9,16 @@ L{promtwist.agent.connection} add the two roles on top.
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-
-from promtwist.logs import observer
 from twisted.python.failure import Failure
 
+from promtwist.logs import observer
 from promtwist.protocol.framing import FrameReceiver, ProtocolError, _peerName
 from promtwist.protocol.promtwist_pb2 import Frame, Goodbye, Ping, Pong
 
@@ -121,7 +121,9 @@ class Session(FrameReceiver):
 
     # Handshake and heartbeats.
 
-    def handshakeDone(self, heartbeatPeriod: float, maxFrameBytes: int, peerMaxFrameBytes: int) -> None:
+    def handshakeDone(
+        self, heartbeatPeriod: float, maxFrameBytes: int, peerMaxFrameBytes: int
+    ) -> None:
         """
         Open the link for ordinary traffic: raise the frame limits to the
         negotiated ones and start heartbeats (a period of 0 disables them).
@@ -192,7 +194,9 @@ class Session(FrameReceiver):
 
     def _lostError(self) -> SessionLost:
         assert self._lost is not None
-        return SessionLost(f"link to {_peerName(self.transport)} lost: {self._lost.getErrorMessage()}")
+        return SessionLost(
+            f"link to {_peerName(self.transport)} lost: {self._lost.getErrorMessage()}"
+        )
 
     def whenLost(self) -> Deferred[None]:
         """
@@ -217,5 +221,5 @@ class Session(FrameReceiver):
         for d in waiting.values():
             d.errback(error)
         observers, self._lostObservers = self._lostObservers, []
-        for observer in observers:
-            observer.callback(None)
+        for waiter in observers:
+            waiter.callback(None)

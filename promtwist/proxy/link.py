@@ -15,11 +15,10 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
-
-from promtwist.logs import observer
 from twisted.python.failure import Failure
 
 from promtwist.config import ProxySettings
+from promtwist.logs import observer
 from promtwist.protocol.framing import _peerName
 from promtwist.protocol.promtwist_pb2 import (
     CancelScrape,
@@ -37,7 +36,7 @@ from promtwist.protocol.promtwist_pb2 import (
     Welcome,
 )
 from promtwist.protocol.session import PROTOCOL_VERSION, Session, SessionLost
-from promtwist.proxy.registry import Registry, RegistrationRefused
+from promtwist.proxy.registry import RegistrationRefused, Registry
 
 # Body bytes an agent may have in flight for one scrape before the proxy has
 # passed them on: bounds the proxy's memory per scrape whatever the body size.
@@ -147,7 +146,7 @@ class ScrapeStream:
 
     def _deliver(self, chunk: ScrapeChunk) -> None:
         if self._consumer is None:
-            if self.head.called and not self._finished or chunk.last:
+            if (self.head.called and not self._finished) or chunk.last:
                 self._pending.append(chunk)
             return
         consumer = self._consumer
@@ -353,7 +352,9 @@ class AgentLink(Session):
         try:
             stream.responseReceived(response)
         except _DuplicateHead:
-            self._log.warn("agent {name!r} answered scrape {id} twice", name=self.name, id=response.scrape_id)
+            self._log.warn(
+                "agent {name!r} answered scrape {id} twice", name=self.name, id=response.scrape_id
+            )
 
     def frame_scrape_chunk(self, chunk: ScrapeChunk) -> None:
         stream = self._scrapes.get(chunk.scrape_id)

@@ -9,8 +9,9 @@ front ends (status pages, PushProx-style routing) all read the same table.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Protocol
+from typing import Protocol
 
 from twisted.logger import Logger
 

@@ -11,20 +11,19 @@ shows up in Prometheus' target page.
 from __future__ import annotations
 
 import zlib
-from typing import Callable
+from collections.abc import Callable
 from urllib.parse import unquote
 
 from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
-
-from promtwist.logs import observer
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from promtwist.config import MiB, ProxySettings
 from promtwist.httputil import acceptsGzip
+from promtwist.logs import observer
 from promtwist.protocol.promtwist_pb2 import Outcome, ScrapeResponse
 from promtwist.proxy.link import AgentLink, ScrapeFailed, ScrapeStream
 from promtwist.proxy.registry import Registry
@@ -102,7 +101,9 @@ class ScrapeResource(Resource):
         except UnicodeDecodeError:
             return textResponse(request, 400, "request path is not valid UTF-8")
         if not path:
-            return textResponse(request, 404, "no path given: request /<path> of a registered agent path")
+            return textResponse(
+                request, 404, "no path given: request /<path> of a registered agent path"
+            )
         if self.discovery is not None and path == self.settings.sd_path:
             return self.discovery.render(request)
         agents = self.registry.lookup(path)

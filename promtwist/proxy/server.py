@@ -11,12 +11,11 @@ from typing import Any
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
-
-from promtwist.logs import observer
 from twisted.web.server import Site
 
 from promtwist.config import ProxySettings
 from promtwist.listen import Listener
+from promtwist.logs import observer
 from promtwist.proxy.discovery import DiscoveryResource
 from promtwist.proxy.link import AgentLinkFactory
 from promtwist.proxy.registry import Registry
@@ -73,6 +72,4 @@ class ProxyService(MultiService):
         # Stop accepting first, then let the agents know and wait for their
         # links to close, so nothing is left half-open behind us.
         stopping = super().stopService()
-        return gatherResults(
-            [stopping, self.linkFactory.closeAll("proxy shutting down")]
-        )
+        return gatherResults([stopping, self.linkFactory.closeAll("proxy shutting down")])

@@ -5,7 +5,7 @@ Tests for L{promtwist.protocol.framing}.
 from __future__ import annotations
 
 import struct
-from typing import Sequence
+from collections.abc import Sequence
 
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent, capturedLogs, formatEvent

@@ -13,7 +13,7 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IPullProducer
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
@@ -24,14 +24,13 @@ from twisted.web.iweb import IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
-from twisted.internet.interfaces import IPullProducer
 
 from promtwist.agent.service import AgentService
 from promtwist.config import AgentSettings, PathConfig, ProxyEndpoint, ProxySettings
 from promtwist.proxy.server import ProxyService
 
 BIG_BODY_BYTES = 50 * 1024 * 1024
-PIECE = (b"big_metric{shard=\"0123456789\"} 1.5\n" * 2000)[: 64 * 1024]
+PIECE = (b'big_metric{shard="0123456789"} 1.5\n' * 2000)[: 64 * 1024]
 
 
 class Target(Resource):
@@ -113,7 +112,9 @@ class LoopbackTests(TestCase):
 
     async def startAll(self, **agentOptions: Any) -> None:
         self.target = Target()
-        self.targetPort: IListeningPort = reactor.listenTCP(0, Site(self.target), interface="127.0.0.1")
+        self.targetPort: IListeningPort = reactor.listenTCP(
+            0, Site(self.target), interface="127.0.0.1"
+        )
         self.addCleanup(self.targetPort.stopListening)
         base = f"http://127.0.0.1:{self.targetPort.getHost().port}"
         self.paths = (
@@ -161,7 +162,9 @@ class LoopbackTests(TestCase):
         response, body = await self.get("app")
         self.assertEqual(response.code, 200)
         self.assertEqual(body, b'echo{query=""} 1\n')
-        self.assertEqual(response.headers.getRawHeaders(b"Content-Type"), [b"text/plain; version=0.0.4"])
+        self.assertEqual(
+            response.headers.getRawHeaders(b"Content-Type"), [b"text/plain; version=0.0.4"]
+        )
 
     async def test_queryForwarded(self) -> None:
         """
@@ -231,7 +234,9 @@ class LoopbackTests(TestCase):
         response, body = await self.get("down")
         self.assertEqual(response.code, 503)
         self.assertIn(b"unreachable: connection refused", body)
-        self.assertEqual(response.headers.getRawHeaders(b"Content-Type"), [b"text/plain; charset=utf-8"])
+        self.assertEqual(
+            response.headers.getRawHeaders(b"Content-Type"), [b"text/plain; charset=utf-8"]
+        )
 
     async def test_slowTarget(self) -> None:
         """
@@ -272,13 +277,11 @@ class LoopbackTests(TestCase):
         await self.startAll()
         agentPort = self.proxy.agentListener.portNumber
         await self.proxy.stopService()
-        await self.startProxy(
-            ProxySettings(http_port=0, agent_port=agentPort, sd_enabled=True)
-        )
+        await self.startProxy(ProxySettings(http_port=0, agent_port=agentPort, sd_enabled=True))
         while not self.proxy.registry.lookup("app"):
             await deferLater(reactor, 0.05)
         response, body = await self.get("app")
-        self.assertEqual(response.code, 200)
+        self.assertEqual((response.code, body), (200, b'echo{query=""} 1\n'))
 
     async def test_concurrentScrapes(self) -> None:
         """
@@ -295,11 +298,24 @@ class LoopbackTests(TestCase):
     async def test_discovery(self) -> None:
         await self.startAll()
         response, body = await self.get("discovery")
+        self.assertEqual(
+            response.headers.getRawHeaders(b"Content-Type"), [b"application/json; charset=utf-8"]
+        )
         groups = json.loads(body)
         port = self.proxy.httpListener.portNumber
-        self.assertEqual([g["labels"]["__metrics_path__"] for g in groups], ["/app", "/big", "/down", "/slow", "/team/gz"])
+        self.assertEqual(
+            [g["labels"]["__metrics_path__"] for g in groups],
+            ["/app", "/big", "/down", "/slow", "/team/gz"],
+        )
         self.assertEqual({tuple(g["targets"]) for g in groups}, {(f"127.0.0.1:{port}",)})
         self.assertEqual(
             groups[0]["labels"],
-            {"team": "a", "n": "2", "instance": f"127.0.0.1:{port}/app", "__metrics_path__": "/app", "agentName": "it-agent", "hostName": socket.gethostname()},
+            {
+                "team": "a",
+                "n": "2",
+                "instance": f"127.0.0.1:{port}/app",
+                "__metrics_path__": "/app",
+                "agentName": "it-agent",
+                "hostName": socket.gethostname(),
+            },
         )

@@ -182,7 +182,9 @@ class HandshakeTests(SynchronousTestCase):
         C{handshake_timeout_secs}.
         """
         clock = Clock()
-        link = AgentLinkFactory(ProxySettings(handshake_timeout_secs=3), Registry(), clock).buildProtocol(None)
+        link = AgentLinkFactory(
+            ProxySettings(handshake_timeout_secs=3), Registry(), clock
+        ).buildProtocol(None)
         transport = StringTransport()
         link.makeConnection(transport)
         clock.advance(2.9)

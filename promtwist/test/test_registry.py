@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from promtwist.proxy.registry import Registry, RegistrationRefused, checkPath
+from promtwist.proxy.registry import RegistrationRefused, Registry, checkPath
 
 
 @dataclass(eq=False)
@@ -52,7 +52,9 @@ class RegistryTests(SynchronousTestCase):
         self.assertEqual(registry.lookup("app/metrics"), (a,))
         self.assertEqual(registry.lookup("app"), ())
         (entry,) = registry.snapshot()
-        self.assertEqual((entry.path, entry.name, dict(entry.labels)), ("app/metrics", "App", {"k": "v"}))
+        self.assertEqual(
+            (entry.path, entry.name, dict(entry.labels)), ("app/metrics", "App", {"k": "v"})
+        )
 
     def test_disconnectedAgentRefused(self) -> None:
         registry = Registry()

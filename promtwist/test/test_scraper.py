@@ -173,7 +173,9 @@ class ScrapeTests(SynchronousTestCase):
         self.assertEqual(run.headers.getRawHeaders(b"Accept"), [b"text/plain"])
         self.assertEqual(run.headers.getRawHeaders(b"Accept-Encoding"), [b"gzip"])
         self.assertEqual(run.headers.getRawHeaders(b"Authorization"), [b"Bearer t"])
-        self.assertEqual(run.headers.getRawHeaders(b"X-Prometheus-Scrape-Timeout-Seconds"), [b"10.000"])
+        self.assertEqual(
+            run.headers.getRawHeaders(b"X-Prometheus-Scrape-Timeout-Seconds"), [b"10.000"]
+        )
 
     def test_configuredCredentialsWin(self) -> None:
         run = Run(url="http://u:p@target.test/m", authorization="Bearer t")
@@ -184,7 +186,9 @@ class ScrapeTests(SynchronousTestCase):
 
     def test_timeoutCappedByAgentSetting(self) -> None:
         run = Run(scrape_timeout_secs=2.0)
-        self.assertEqual(run.headers.getRawHeaders(b"X-Prometheus-Scrape-Timeout-Seconds"), [b"2.000"])
+        self.assertEqual(
+            run.headers.getRawHeaders(b"X-Prometheus-Scrape-Timeout-Seconds"), [b"2.000"]
+        )
 
     def test_smallBodyOneFrame(self) -> None:
         run = Run()
@@ -211,14 +215,16 @@ class ScrapeTests(SynchronousTestCase):
         self.assertEqual(run.body(), body)
         self.assertTrue(all(len(f.scrape_chunk.data) <= 32 * 1024 for f in run.frames[1:]))
         self.assertTrue(run.last().scrape_chunk.last)
-        self.assertEqual(sum(1 for f in run.frames if f.scrape_chunk.last or f.scrape_response.last), 1)
+        self.assertEqual(
+            sum(1 for f in run.frames if f.scrape_chunk.last or f.scrape_response.last), 1
+        )
 
     def test_compressedForTheLink(self) -> None:
         """
         When Prometheus accepts gzip, an uncompressed body above
         C{minGzipSizeBytes} is gzipped for the link.
         """
-        body = b"metric_name{label=\"value\"} 1\n" * 4000
+        body = b'metric_name{label="value"} 1\n' * 4000
         run = Run(acceptEncoding="gzip")
         response = run.respond(FakeResponse())
         response.body(body)
