@@ -6,9 +6,9 @@ port they bound (port 0 in tests).
 from __future__ import annotations
 
 from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.interfaces import IListeningPort, IReactorTCP
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReactorTCP
 
 
 class Listener(StreamServerEndpointService):
@@ -23,12 +23,13 @@ class Listener(StreamServerEndpointService):
     port: IListeningPort | None = None
 
     def __init__(
-        self, reactor: IReactorTCP, portNumber: int, factory: Factory, interface: str = ""
+        self, reactor: IReactorTCP, portNumber: int, factory: IProtocolFactory, interface: str = ""
     ) -> None:
         super().__init__(TCP4ServerEndpoint(reactor, portNumber, interface=interface), factory)
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
+        assert self._waitingForPort is not None
         self._waitingForPort.addCallback(self._bound)
 
     def _bound(self, port: IListeningPort) -> IListeningPort:
@@ -38,4 +39,6 @@ class Listener(StreamServerEndpointService):
     @property
     def portNumber(self) -> int:
         assert self.port is not None, "not listening"
-        return int(self.port.getHost().port)
+        address = self.port.getHost()
+        assert isinstance(address, IPv4Address)
+        return address.port

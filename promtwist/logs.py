@@ -35,4 +35,4 @@ def applyLogLevel(level: str) -> None:
     Set the lowest level promtwist logs: one of C{trace}, C{debug}, C{info},
     C{warn}, C{error} or C{off}; C{""} means C{info}.
     """
-    _predicate.setLogLevelForNamespace(None, _LEVELS.get(level.lower(), LogLevel.info))
+    _predicate.setLogLevelForNamespace("", _LEVELS.get(level.lower(), LogLevel.info))

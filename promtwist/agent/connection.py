@@ -228,5 +228,5 @@ class ProxyConnectionFactory(Factory):
         self.launchId = uuid.uuid4().hex
         self.hostName = socket.gethostname()
 
-    def buildProtocol(self, addr: IAddress) -> ProxyConnection:
+    def buildProtocol(self, addr: IAddress | None) -> ProxyConnection:
         return ProxyConnection(self)

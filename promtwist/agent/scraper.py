@@ -19,6 +19,7 @@ import base64
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from twisted.internet import error as netError
@@ -351,7 +352,7 @@ class Scrape:
             f"agent.http.maxContentLengthMBytes ({limit} MiB)",
         )
 
-    def _fail(self, outcome: int, reason: str) -> None:
+    def _fail(self, outcome: Outcome, reason: str) -> None:
         """
         Report a failure: in the head if none was sent yet, else in a last chunk.
         """
@@ -429,6 +430,14 @@ def _describe(failure: Failure) -> str:
     return failure.getErrorMessage() or type(value).__name__
 
 
+def _producer(protocol: Protocol) -> IPushProducer:
+    """
+    What a response body's protocol is connected to: not a network
+    transport, but the producer of the body.
+    """
+    return cast(IPushProducer, protocol.transport)
+
+
 class _BodyReceiver(Protocol):
     """
     Hands body bytes to its L{Scrape}; the transport it is given is the
@@ -439,7 +448,7 @@ class _BodyReceiver(Protocol):
         self.scrape = scrape
 
     def connectionMade(self) -> None:
-        self.scrape.bodyConnected(self.transport)
+        self.scrape.bodyConnected(_producer(self))
 
     def dataReceived(self, data: bytes) -> None:
         self.scrape.bodyData(data)
@@ -462,12 +471,12 @@ class _Discard(Protocol):
 
     def connectionMade(self) -> None:
         if self.limit == 0:
-            self.transport.stopProducing()
+            _producer(self).stopProducing()
 
     def dataReceived(self, data: bytes) -> None:
         self.seen += len(data)
         if self.seen > self.limit:
-            self.transport.stopProducing()
+            _producer(self).stopProducing()
 
     def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
         pass

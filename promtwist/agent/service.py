@@ -6,12 +6,13 @@ HTTP connection pool its scrapes share.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IProtocol
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 
@@ -32,6 +33,13 @@ class QuietPool(HTTPConnectionPool):
     """
 
     _factory = _QuietClientFactory
+
+
+def _whenReady(connection: IProtocol) -> Deferred[ProxyConnection]:
+    """
+    A connection counts as made once the handshake and registrations are done.
+    """
+    return cast(ProxyConnection, connection).whenReady()
 
 
 class AgentService(MultiService):
@@ -64,7 +72,7 @@ class AgentService(MultiService):
                 initialDelay=0.25, factor=2.0, maxDelay=settings.reconnect_pause_secs
             ),
             clock=reactor,
-            prepareConnection=lambda connection: connection.whenReady(),
+            prepareConnection=_whenReady,
         )
         self.link.setServiceParent(self)
 
@@ -81,8 +89,7 @@ class AgentService(MultiService):
         """
         The ready connection, now or once there is one.
         """
-        d: Deferred[ProxyConnection] = self.link.whenConnected()
-        return d
+        return self.link.whenConnected().addCallback(lambda c: cast(ProxyConnection, c))
 
     def stopService(self) -> Deferred[None]:
         connection = self.factory.current

@@ -14,6 +14,7 @@ from __future__ import annotations
 import struct
 
 from google.protobuf.message import DecodeError
+from twisted.internet.interfaces import ITCPTransport
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 
@@ -48,6 +49,8 @@ class FrameReceiver(Int32StringReceiver):
     """
 
     _log = Logger(observer=observer)
+    # Set by makeConnection; a stream connection, so it can be aborted.
+    transport: ITCPTransport
     MAX_LENGTH = DEFAULT_MAX_FRAME_BYTES
     peerMaxFrameBytes = DEFAULT_MAX_FRAME_BYTES
 

@@ -177,12 +177,15 @@ class Session(FrameReceiver):
         """
         requestId = self._nextRequestId
         self._nextRequestId += 1
-        d: Deferred[Any] = Deferred(lambda _: self._waiting.pop(requestId, None))
+        d: Deferred[Any] = Deferred(lambda _: self._forget(requestId))
         if self._lost is not None:
             d.errback(self._lostError())
         else:
             self._waiting[requestId] = d
         return requestId, d
+
+    def _forget(self, requestId: int) -> None:
+        self._waiting.pop(requestId, None)
 
     def replyReceived(self, requestId: int, reply: object) -> None:
         d = self._waiting.pop(requestId, None)

@@ -52,19 +52,13 @@ class BodyConsumer(Protocol):
 
     def bodyDone(self) -> None: ...
 
-    def bodyFailed(self, outcome: int, reason: str) -> None: ...
+    def bodyFailed(self, outcome: Outcome, reason: str) -> None: ...
 
 
 class ScrapeFailed(Exception):
     """
-    The scrape could not produce a response head.
-
-    @ivar outcome: an L{Outcome} value, or L{None} when the link was lost.
+    The agent's link went away before the scrape produced a response head.
     """
-
-    def __init__(self, reason: str, outcome: int | None = None) -> None:
-        super().__init__(reason)
-        self.outcome = outcome
 
 
 class ScrapeStream:
@@ -264,7 +258,7 @@ class AgentLink(Session):
             id=self.agentId,
         )
 
-    def _reject(self, reason: int, message: str) -> None:
+    def _reject(self, reason: Reject.Reason, message: str) -> None:
         self._log.warn(
             "refusing agent at {peer}: {message}", peer=_peerName(self.transport), message=message
         )
@@ -409,7 +403,7 @@ class AgentLinkFactory(ServerFactory):
         self.clock = clock
         self.links: set[AgentLink] = set()
 
-    def buildProtocol(self, addr: IAddress) -> AgentLink:
+    def buildProtocol(self, addr: IAddress | None) -> AgentLink:
         link = AgentLink(self)
         self.links.add(link)
         return link
@@ -417,7 +411,7 @@ class AgentLinkFactory(ServerFactory):
     def linkClosed(self, link: AgentLink) -> None:
         self.links.discard(link)
 
-    def closeAll(self, reason: str) -> Deferred[object]:
+    def closeAll(self, reason: str) -> Deferred[list[None]]:
         """
         Tell every connected agent the proxy is going away, close the links,
         and fire once they are all gone.

@@ -105,7 +105,8 @@ class ScrapeResource(Resource):
                 request, 404, "no path given: request /<path> of a registered agent path"
             )
         if self.discovery is not None and path == self.settings.sd_path:
-            return self.discovery.render(request)
+            document: bytes = self.discovery.render(request)
+            return document
         agents = self.registry.lookup(path)
         if not agents:
             return textResponse(request, 404, f"no agent serves /{path}")
@@ -217,7 +218,7 @@ class _Relay:
         self.request.unregisterProducer()
         self.request.finish()
 
-    def bodyFailed(self, outcome: int, reason: str) -> None:
+    def bodyFailed(self, outcome: Outcome, reason: str) -> None:
         if self._done:
             return
         if not self.request.startedWriting:

@@ -56,8 +56,10 @@ class ProxyService(MultiService):
             if settings.sd_enabled
             else None
         )
-        self.site = ScrapeSite(ScrapeResource(settings, self.registry, reactor, discovery))
-        self.site.timeout = settings.http_idle_timeout_secs
+        self.site = ScrapeSite(
+            ScrapeResource(settings, self.registry, reactor, discovery),
+            timeout=settings.http_idle_timeout_secs,
+        )
         self.agentListener = Listener(reactor, settings.agent_port, self.linkFactory, interface)
         self.agentListener.setServiceParent(self)
         self.httpListener = Listener(reactor, settings.http_port, self.site, interface)
@@ -68,7 +70,7 @@ class ProxyService(MultiService):
         if self.settings.sd_enabled:
             self._log.info("service discovery at /{path}", path=self.settings.sd_path)
 
-    def stopService(self) -> Deferred[object]:
+    def stopService(self) -> Deferred[list[object]]:
         # Stop accepting first, then let the agents know and wait for their
         # links to close, so nothing is left half-open behind us.
         stopping = super().stopService()
