@@ -33,6 +33,7 @@ from promtwist.protocol.promtwist_pb2 import (
     ScrapeResponse,
     Welcome,
 )
+from promtwist.protocol.framing import _peerName
 from promtwist.protocol.session import PROTOCOL_VERSION, Session, SessionLost
 
 
@@ -70,6 +71,7 @@ class ProxyConnection(Session):
         return self._ready
 
     def connectionMade(self) -> None:
+        super().connectionMade()
         self.factory.current = self
         settings = self.settings
         self.sendFrame(
@@ -105,7 +107,7 @@ class ProxyConnection(Session):
         self.handshakeDone(period, self.settings.max_frame_bytes, peerMax)
         self._chunkBytes = self.factory.scraper.chunkBytes(peerMax)
         self._log.info(
-            "connected to proxy {peer} as {id}", peer=self.transport.getPeer(), id=self.agentId
+            "connected to proxy {peer} as {id}", peer=_peerName(self.transport), id=self.agentId
         )
         registrations = [self.registerPath(config) for config in self.settings.path_configs]
         gatherResults(registrations).addCallbacks(

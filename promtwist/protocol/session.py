@@ -74,6 +74,11 @@ class Session(FrameReceiver):
         self._timers: list[IDelayedCall] = []
         self._lostObservers: list[Deferred[None]] = []
 
+    def connectionMade(self) -> None:
+        # Frames are written whole; Nagle would hold the tail of a body behind
+        # the peer's delayed ACK (tens of milliseconds per multi-frame scrape).
+        self.transport.setTcpNoDelay(True)
+
     # Receiving.
 
     def dataReceived(self, data: bytes) -> None:

@@ -200,6 +200,7 @@ class AgentLink(Session):
         return self.transport.getPeer()
 
     def connectionMade(self) -> None:
+        super().connectionMade()
         settings = self.factory.settings
         self._handshakeTimer = self.callLater(
             settings.handshake_timeout_secs, self._handshakeTimedOut

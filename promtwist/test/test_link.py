@@ -28,6 +28,17 @@ from promtwist.proxy.registry import Registry
 from promtwist.test.test_framing import encode, logText
 
 
+class TCPStringTransport(StringTransport):
+    """
+    A L{StringTransport} with the TCP options a link sets.
+    """
+
+    noDelay = False
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.noDelay = enabled
+
+
 class Target(Resource):
     """
     A scrape target: C{/fast} answers at once, C{/slow} never does.
@@ -169,12 +180,13 @@ class HandshakeTests(SynchronousTestCase):
         Anything but Hello on a fresh connection is a protocol error.
         """
         link = AgentLinkFactory(ProxySettings(), Registry(), Clock()).buildProtocol(None)
-        transport = StringTransport()
+        transport = TCPStringTransport()
         link.makeConnection(transport)
         with capturedLogs() as events:
             link.dataReceived(encode(Frame(register_path=RegisterPath(request_id=1, path="x"))))
         self.assertTrue(transport.disconnecting)
         self.assertIn("register_path frame before the handshake completed", logText(events))
+        self.assertTrue(transport.noDelay)
 
     def test_handshakeDeadline(self) -> None:
         """
@@ -185,7 +197,7 @@ class HandshakeTests(SynchronousTestCase):
         link = AgentLinkFactory(
             ProxySettings(handshake_timeout_secs=3), Registry(), clock
         ).buildProtocol(None)
-        transport = StringTransport()
+        transport = TCPStringTransport()
         link.makeConnection(transport)
         clock.advance(2.9)
         self.assertFalse(transport.disconnecting)
@@ -197,7 +209,7 @@ class HandshakeTests(SynchronousTestCase):
         Before the handshake a peer may not announce a large frame.
         """
         link = AgentLinkFactory(ProxySettings(), Registry(), Clock()).buildProtocol(None)
-        transport = StringTransport()
+        transport = TCPStringTransport()
         link.makeConnection(transport)
         link.dataReceived(b"\x00\x02\x00\x00")
         self.assertTrue(transport.disconnecting)
