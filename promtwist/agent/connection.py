@@ -20,6 +20,7 @@ from promtwist import __version__
 from promtwist.agent.scraper import Scrape, Scraper
 from promtwist.config import AgentSettings, PathConfig
 from promtwist.logs import observer
+from promtwist.protocol.framing import _peerName
 from promtwist.protocol.promtwist_pb2 import (
     CancelScrape,
     Frame,
@@ -33,7 +34,6 @@ from promtwist.protocol.promtwist_pb2 import (
     ScrapeResponse,
     Welcome,
 )
-from promtwist.protocol.framing import _peerName
 from promtwist.protocol.session import PROTOCOL_VERSION, Session, SessionLost
 
 

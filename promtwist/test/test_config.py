@@ -35,25 +35,58 @@ DATA = FilePath(__file__).sibling("data")
 # The environment variables prometheus-proxy reads (its EnvVars), per process;
 # PROXY_CONFIG and AGENT_CONFIG name the configuration source instead.
 PROXY_ENV = [
-    "PROXY_PORT", "AGENT_PORT", "SD_ENABLED", "SD_PATH", "SD_TARGET_PREFIX",
-    "DASHBOARD_ENABLED", "DASHBOARD_PORT", "DASHBOARD_PATH", "REFLECTION_DISABLED",
-    "HANDSHAKE_TIMEOUT_SECS", "PERMIT_KEEPALIVE_WITHOUT_CALLS", "PERMIT_KEEPALIVE_TIME_SECS",
-    "MAX_CONNECTION_IDLE_SECS", "MAX_CONNECTION_AGE_SECS", "MAX_CONNECTION_AGE_GRACE_SECS",
+    "PROXY_PORT",
+    "AGENT_PORT",
+    "SD_ENABLED",
+    "SD_PATH",
+    "SD_TARGET_PREFIX",
+    "DASHBOARD_ENABLED",
+    "DASHBOARD_PORT",
+    "DASHBOARD_PATH",
+    "REFLECTION_DISABLED",
+    "HANDSHAKE_TIMEOUT_SECS",
+    "PERMIT_KEEPALIVE_WITHOUT_CALLS",
+    "PERMIT_KEEPALIVE_TIME_SECS",
+    "MAX_CONNECTION_IDLE_SECS",
+    "MAX_CONNECTION_AGE_SECS",
+    "MAX_CONNECTION_AGE_GRACE_SECS",
     "PROXY_LOG_LEVEL",
 ]
 AGENT_ENV = [
-    "PROXY_HOSTNAME", "AGENT_NAME", "CONSOLIDATED", "SCRAPE_TIMEOUT_SECS",
-    "SCRAPE_MAX_RETRIES", "CHUNK_CONTENT_SIZE_KBS", "MIN_GZIP_SIZE_BYTES",
-    "TRUST_ALL_X509_CERTIFICATES", "HTTPS_TRUST_STORE_PATH", "HTTPS_TRUST_STORE_PASSWORD",
-    "MAX_CONCURRENT_CLIENTS", "CLIENT_TIMEOUT_SECS", "MAX_CLIENT_CACHE_SIZE",
-    "MAX_CLIENT_CACHE_AGE_MINS", "MAX_CLIENT_CACHE_IDLE_MINS",
-    "CLIENT_CACHE_CLEANUP_INTERVAL_MINS", "KEEPALIVE_WITHOUT_CALLS", "UNARY_DEADLINE_SECS",
-    "AGENT_LOG_LEVEL", "OVERRIDE_AUTHORITY",
+    "PROXY_HOSTNAME",
+    "AGENT_NAME",
+    "CONSOLIDATED",
+    "SCRAPE_TIMEOUT_SECS",
+    "SCRAPE_MAX_RETRIES",
+    "CHUNK_CONTENT_SIZE_KBS",
+    "MIN_GZIP_SIZE_BYTES",
+    "TRUST_ALL_X509_CERTIFICATES",
+    "HTTPS_TRUST_STORE_PATH",
+    "HTTPS_TRUST_STORE_PASSWORD",
+    "MAX_CONCURRENT_CLIENTS",
+    "CLIENT_TIMEOUT_SECS",
+    "MAX_CLIENT_CACHE_SIZE",
+    "MAX_CLIENT_CACHE_AGE_MINS",
+    "MAX_CLIENT_CACHE_IDLE_MINS",
+    "CLIENT_CACHE_CLEANUP_INTERVAL_MINS",
+    "KEEPALIVE_WITHOUT_CALLS",
+    "UNARY_DEADLINE_SECS",
+    "AGENT_LOG_LEVEL",
+    "OVERRIDE_AUTHORITY",
 ]
 BOTH_ENV = [
-    "AGENT_TOKEN", "DEBUG_ENABLED", "METRICS_ENABLED", "METRICS_PORT", "ADMIN_ENABLED",
-    "ADMIN_PORT", "TRANSPORT_FILTER_DISABLED", "CERT_CHAIN_FILE_PATH", "PRIVATE_KEY_FILE_PATH",
-    "TRUST_CERT_COLLECTION_FILE_PATH", "KEEPALIVE_TIME_SECS", "KEEPALIVE_TIMEOUT_SECS",
+    "AGENT_TOKEN",
+    "DEBUG_ENABLED",
+    "METRICS_ENABLED",
+    "METRICS_PORT",
+    "ADMIN_ENABLED",
+    "ADMIN_PORT",
+    "TRANSPORT_FILTER_DISABLED",
+    "CERT_CHAIN_FILE_PATH",
+    "PRIVATE_KEY_FILE_PATH",
+    "TRUST_CERT_COLLECTION_FILE_PATH",
+    "KEEPALIVE_TIME_SECS",
+    "KEEPALIVE_TIMEOUT_SECS",
 ]
 
 
@@ -366,21 +399,29 @@ class PrecedenceTests(ConfigTestCase):
     def test_int(self) -> None:
         ports = self.layers(
             lambda o, e: self.proxy(o, e).http_port,
-            "proxy.http.port", "port", "PROXY_PORT", ("1001", "1002", "1003", "1004"),
+            "proxy.http.port",
+            "port",
+            "PROXY_PORT",
+            ("1001", "1002", "1003", "1004"),
         )
         self.assertEqual(ports, [1001, 1002, 1003, 1004, 8080])
 
     def test_str(self) -> None:
         tokens = self.layers(
             lambda o, e: self.proxy(o, e).agent_token,
-            "proxy.agentToken", "agent_token", "AGENT_TOKEN", ("cli", "env", "define", "file"),
+            "proxy.agentToken",
+            "agent_token",
+            "AGENT_TOKEN",
+            ("cli", "env", "define", "file"),
         )
         self.assertEqual(tokens, ["cli", "env", "define", "file", ""])
 
     def test_bool(self) -> None:
         enabled = self.layers(
             lambda o, e: self.proxy(o, e).sd_enabled,
-            "proxy.service.discovery.enabled", "sd_enabled", "SD_ENABLED",
+            "proxy.service.discovery.enabled",
+            "sd_enabled",
+            "SD_ENABLED",
             ("true", "false", "true", "false"),
         )
         self.assertEqual(enabled, [True, False, True, False, False])
@@ -389,7 +430,10 @@ class PrecedenceTests(ConfigTestCase):
         config = self.writeConfig("agent {}\n")
         timeouts = self.layers(
             lambda o, e: self.agent({"config": config, **o}, e).scrape_timeout_secs,
-            "agent.scrapeTimeoutSecs", "timeout", "SCRAPE_TIMEOUT_SECS", ("1.5", "2", "3", "4"),
+            "agent.scrapeTimeoutSecs",
+            "timeout",
+            "SCRAPE_TIMEOUT_SECS",
+            ("1.5", "2", "3", "4"),
         )
         self.assertEqual(timeouts, [1.5, 2, 3, 4, 15])
 
@@ -498,9 +542,7 @@ class DefineTests(ConfigTestCase):
         self.assertEqual(agent.name, "my agent")
 
     def test_propertiesSyntax(self) -> None:
-        agent = self.agentFrom(
-            "agent {}", defines=["agent.name : spaced", "agent.agentToken=a=b"]
-        )
+        agent = self.agentFrom("agent {}", defines=["agent.name : spaced", "agent.agentToken=a=b"])
         self.assertEqual((agent.name, agent.agent_token), ("spaced", "a=b"))
 
     def test_lastWins(self) -> None:
@@ -839,7 +881,7 @@ class SourceTests(ConfigTestCase):
 
     def test_concatenation(self) -> None:
         agent = self.agentFrom(
-            'host = app1\nport = 9100\nagent.pathConfigs = [{path = a,'
+            "host = app1\nport = 9100\nagent.pathConfigs = [{path = a,"
             ' url = "http://"${host}":"${port}"/metrics"}]\n'
         )
         self.assertEqual(agent.path_configs[0].url, "http://app1:9100/metrics")
