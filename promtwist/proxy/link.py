@@ -190,14 +190,9 @@ class AgentLink(Session):
     def __init__(self, factory: AgentLinkFactory) -> None:
         super().__init__(factory.clock)
         self.factory = factory
-        self.connectedAt = factory.clock.seconds()
         self._scrapes: dict[int, ScrapeStream] = {}
         self._nextScrapeId = 1
         self._draining = False
-
-    @property
-    def remoteAddress(self) -> IAddress:
-        return self.transport.getPeer()
 
     def connectionMade(self) -> None:
         super().connectionMade()
