@@ -29,7 +29,7 @@ from twisted.trial.unittest import TestCase
 
 from promtwist.protocol.promtwist_pb2 import Frame, Hello
 from promtwist.protocol.session import PROTOCOL_VERSION
-from promtwist.test.test_endtoend import AGENT_NAME, Cluster, sleep
+from promtwist.test.processes import AGENT_NAME, Cluster, sleep
 
 KILL_TO_502_BAR = 1.0
 AGENT_RESTART_BAR = 5.0
