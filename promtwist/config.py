@@ -11,6 +11,7 @@ consulted on the scrape path.
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import json
 import math
 import os
@@ -70,6 +71,22 @@ class ProxyEndpoint:
 
 
 @dataclass(frozen=True)
+class Identity:
+    """
+    An agent identity (an entry of C{proxy.auth}): an agent proves it is
+    C{name} with C{token}, or with a client certificate whose subject common
+    name is C{name}, and may then serve only the paths matching C{paths}.
+
+    @ivar paths: globs (C{*} any run, C{?} one character) matched against the
+        whole path; empty means any path.
+    """
+
+    name: str
+    token: str = ""
+    paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ProxySettings:
     """
     Everything the proxy process needs, resolved from all sources.
@@ -95,10 +112,28 @@ class ProxySettings:
     max_frame_bytes: int = MiB
     heartbeat_period_secs: float = 5.0
     handshake_timeout_secs: float = 10.0
-    # TLS on the agent link (issue 3); carried so they can be refused honestly.
+    # Limits on what the agent port accepts (proxy.internal.*).
+    max_pending_handshakes: int = 64
+    max_agents: int = 1000
+    max_paths_per_agent: int = 1000
+    # Who may connect as which agent, and which paths each may serve.
+    identities: tuple[Identity, ...] = ()
+    # TLS on the agent link; a trust file makes client certificates required.
     tls_cert_chain_file_path: str = ""
     tls_private_key_file_path: str = ""
     tls_trust_cert_collection_file_path: str = ""
+    # The scrape port (proxy.http.*): what Prometheus' requests may be and
+    # what they must prove.
+    forward_authorization: bool = True
+    http_max_header_bytes: int = 16384
+    http_header_timeout_secs: float = 10.0
+    http_tls_cert_chain_file_path: str = ""
+    http_tls_private_key_file_path: str = ""
+    http_tls_trust_cert_collection_file_path: str = ""
+    http_basic_auth_username: str = ""
+    http_basic_auth_password: str = ""
+    http_bearer_token: str = ""
+    http_allowed_networks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -128,7 +163,7 @@ class AgentSettings:
     log_level: str = ""
     # promtwist's own key, under agent.internal.
     max_frame_bytes: int = MiB
-    # TLS on the agent link (issue 3); carried so they can be refused honestly.
+    # TLS on the agent link, and trust for HTTPS targets.
     tls_cert_chain_file_path: str = ""
     tls_private_key_file_path: str = ""
     tls_trust_cert_collection_file_path: str = ""
@@ -710,10 +745,61 @@ PROXY = Role(
                 field="handshake_timeout_secs",
                 rule=POSITIVE,
             ),
+            Setting(
+                "proxy.internal.maxPendingHandshakes",
+                int,
+                field="max_pending_handshakes",
+                rule=POSITIVE,
+            ),
+            Setting("proxy.internal.maxAgents", int, field="max_agents", rule=POSITIVE),
+            Setting(
+                "proxy.internal.maxPathsPerAgent", int, field="max_paths_per_agent", rule=POSITIVE
+            ),
+            Setting(
+                "proxy.http.forwardAuthorization",
+                bool,
+                field="forward_authorization",
+            ),
+            Setting(
+                "proxy.http.maxHeaderBytes",
+                int,
+                field="http_max_header_bytes",
+                rule=_bounded("{noun} >= 1024", lambda v: v >= 1024),
+            ),
+            Setting(
+                "proxy.http.headerTimeoutSecs",
+                float,
+                field="http_header_timeout_secs",
+                rule=POSITIVE,
+            ),
+            Setting(
+                "proxy.http.tls.certChainFilePath",
+                str,
+                field="http_tls_cert_chain_file_path",
+                options=("http_cert",),
+                help="TLS certificate chain for the scrape port (PEM)",
+            ),
+            Setting(
+                "proxy.http.tls.privateKeyFilePath",
+                str,
+                field="http_tls_private_key_file_path",
+                options=("http_key",),
+                help="TLS private key for the scrape port (PEM)",
+            ),
+            Setting(
+                "proxy.http.tls.trustCertCollectionFilePath",
+                str,
+                field="http_tls_trust_cert_collection_file_path",
+                options=("http_trust",),
+                help="CAs for required client certificates on the scrape port (PEM)",
+            ),
+            Setting("proxy.http.basicAuth.username", str, field="http_basic_auth_username"),
+            Setting("proxy.http.basicAuth.password", str, field="http_basic_auth_password"),
+            Setting("proxy.http.bearerToken", str, field="http_bearer_token"),
             *_common("proxy", 8092, 8082, "prometheus-proxy", "PROXY_LOG_LEVEL"),
         ),
     ),
-    lists=("proxy.auth",),
+    lists=("proxy.auth", "proxy.http.allowedNetworks", "proxy.admin.allowedNetworks"),
     removed=(
         "proxy.http.maxThreads",
         "proxy.http.minThreads",
@@ -1331,13 +1417,15 @@ def _fieldValues(role: Role, gathered: _Gathered) -> dict[str, Any]:
     return {s.field: gathered.values[s.key].value for s in role.settings if s.field}
 
 
-def _checkKeyPair(role: Role, gathered: _Gathered) -> None:
+def _checkKeyPair(gathered: _Gathered, tls: str) -> None:
     """
     A certificate without its key (or the reverse) is a mistake to report
     now, not when the first connection fails.
+
+    @param tls: the section holding the pair, e.g. C{proxy.tls}.
     """
-    cert = f"{role.section}.tls.certChainFilePath"
-    key = f"{role.section}.tls.privateKeyFilePath"
+    cert = f"{tls}.certChainFilePath"
+    key = f"{tls}.privateKeyFilePath"
     for given, missing in ((cert, key), (key, cert)):
         value = gathered.values[given]
         if value.value and not gathered.values[missing].value:
@@ -1484,6 +1572,81 @@ def _pathConfigs(gathered: _Gathered, warn: Callable[[str], None]) -> tuple[Path
     return tuple(configs)
 
 
+LEGACY_TOKEN_IDENTITY = "legacy-agent-token"
+_IDENTITY_KEYS = ("name", "token", "paths")
+_GLOB = re.compile(r"[^#%\s]+\Z")
+
+
+def _identities(
+    gathered: _Gathered, legacyToken: str, warn: Callable[[str], None]
+) -> tuple[Identity, ...]:
+    """
+    C{proxy.auth}, checked: names and tokens unique (the legacy
+    C{proxy.agentToken} included), every glob a plain path pattern. A token
+    may be left out only when agents present client certificates, whose
+    subject then names the identity.
+    """
+    key = "proxy.auth"
+    label = gathered.label
+    certificates = bool(gathered.values["proxy.tls.trustCertCollectionFilePath"].value)
+    identities: list[Identity] = []
+    names: dict[str, str] = {}
+    tokens: dict[str, str] = {LEGACY_TOKEN_IDENTITY: legacyToken} if legacyToken else {}
+    for index, entry in enumerate(_asList(gathered.file.get(key, []), label, key)):
+        where = f"{key}[{index}]"
+        if not isinstance(entry, Mapping):
+            raise _fail(label, where, "an object with name, token and paths", entry)
+        for name in entry:
+            if name not in _IDENTITY_KEYS:
+                warn(f"unknown configuration key {where}.{name} in {label} (ignored)")
+        name = str(_coerce(str, entry.get("name", ""), lenient=True)).strip()
+        token = str(_coerce(str, entry.get("token", ""), lenient=True))
+        if not name:
+            raise ConfigError(f"{label}: {where}.name is required")
+        if name in names or name == LEGACY_TOKEN_IDENTITY:
+            raise ConfigError(
+                f"{label}: {where}.name: duplicate identity name {_show(name)}"
+                f" (also {names.get(name, 'the legacy proxy.agentToken identity')})"
+            )
+        if not token and not certificates:
+            raise ConfigError(
+                f"{label}: {where}.token is required"
+                " (or client certificates, with proxy.tls.trustCertCollectionFilePath)"
+            )
+        for other, otherToken in tokens.items():
+            if token and otherToken == token:
+                raise ConfigError(
+                    f"{label}: {where}.token: the same token as identity {_show(other)};"
+                    " every identity needs its own token"
+                )
+        paths = tuple(
+            str(_coerce(str, glob, lenient=True)).lstrip("/")
+            for glob in _asList(entry.get("paths", []), label, f"{where}.paths")
+        )
+        for glob in paths:
+            if not _GLOB.match(glob):
+                raise _fail(label, f"{where}.paths", "a path glob such as team_a_*", glob)
+        names[name] = where
+        tokens[name] = token
+        identities.append(Identity(name, token, paths))
+    return tuple(identities)
+
+
+def _networks(gathered: _Gathered, key: str) -> tuple[str, ...]:
+    """
+    A list of networks (C{10.0.0.0/8}, C{::1}, C{192.0.2.7}), normalised.
+    """
+    networks = []
+    for index, entry in enumerate(_asList(gathered.file.get(key, []), gathered.label, key)):
+        try:
+            networks.append(str(ipaddress.ip_network(str(entry).strip(), strict=False)))
+        except ValueError as e:
+            raise _fail(
+                gathered.label, f"{key}[{index}]", "an IP network such as 10.0.0.0/8", entry
+            ) from e
+    return tuple(networks)
+
+
 _log = Logger(namespace="promtwist.config")
 
 
@@ -1512,14 +1675,18 @@ def loadProxySettings(
     @raise ConfigError: for any invalid source or value.
     """
     gathered = _gather(PROXY, options, environ, fetch, warn)
-    if gathered.file.get("proxy.auth"):
-        # Ignoring the identities would let any agent in: refuse instead.
+    _checkKeyPair(gathered, "proxy.tls")
+    _checkKeyPair(gathered, "proxy.http.tls")
+    values = _fieldValues(PROXY, gathered)
+    if bool(values["http_basic_auth_username"]) != bool(values["http_basic_auth_password"]):
         raise ConfigError(
-            f"{gathered.label}: proxy.auth: per-agent identities are not supported by"
-            " promtwist yet; use proxy.agentToken"
+            f"{gathered.label}: proxy.http.basicAuth needs both username and password"
         )
-    _checkKeyPair(PROXY, gathered)
-    return ProxySettings(**_fieldValues(PROXY, gathered))
+    return ProxySettings(
+        identities=_identities(gathered, values["agent_token"], warn),
+        http_allowed_networks=_networks(gathered, "proxy.http.allowedNetworks"),
+        **values,
+    )
 
 
 def loadAgentSettings(
@@ -1539,7 +1706,7 @@ def loadAgentSettings(
             f"A configuration file or url must be specified with --config or ${AGENT.configEnv}"
         )
     gathered = _gather(AGENT, options, environ, fetch, warn)
-    _checkKeyPair(AGENT, gathered)
+    _checkKeyPair(gathered, "agent.tls")
     if gathered.file.get("agent.filters"):
         warn(f"configuration key agent.filters ({gathered.label}) has no effect in promtwist")
     values = _fieldValues(AGENT, gathered)

@@ -21,6 +21,7 @@ from promtwist.config import (
     PROXY,
     AgentSettings,
     ConfigError,
+    Identity,
     PathConfig,
     ProxyEndpoint,
     ProxySettings,
@@ -266,7 +267,13 @@ class TableTests(SynchronousTestCase):
         Every settings field is fed by exactly one key, except those built
         from several (endpoints, paths, the config source itself).
         """
-        computed = {"proxy_endpoints", "path_configs", "config_source"}
+        computed = {
+            "proxy_endpoints",
+            "path_configs",
+            "config_source",
+            "identities",
+            "http_allowed_networks",
+        }
         for role, settingsClass in ((PROXY, ProxySettings), (AGENT, AgentSettings)):
             fed = [s.field for s in role.settings if s.field]
             self.assertEqual(len(fed), len(set(fed)))
@@ -521,14 +528,72 @@ class ValueErrorTests(ConfigTestCase):
             "proxy.tls.privateKeyFilePath",
         )
 
-    def test_authRefused(self) -> None:
+    def test_identities(self) -> None:
+        settings = self.proxyFrom(
+            """proxy.auth = [
+              { name = team_a, token = "ta", paths = ["team_a_*", "/shared/?x"] }
+              { name = team_b, token = "tb" }
+            ]"""
+        )
+        self.assertEqual(
+            settings.identities,
+            (Identity("team_a", "ta", ("team_a_*", "shared/?x")), Identity("team_b", "tb", ())),
+        )
+
+    def test_identityErrors(self) -> None:
         """
-        Per-agent identities are refused rather than ignored: ignoring them
-        would let any agent in.
+        Startup fails on a missing name or token, a duplicate name or token
+        (the legacy token included), and a glob no path could match.
         """
+        for conf, expected in [
+            ("proxy.auth = [{token = t}]", "proxy.auth[0].name is required"),
+            ("proxy.auth = [{name = a}]", "proxy.auth[0].token is required"),
+            (
+                "proxy.auth = [{name = a, token = t}, {name = a, token = u}]",
+                'proxy.auth[1].name: duplicate identity name "a" (also proxy.auth[0])',
+            ),
+            (
+                "proxy.auth = [{name = a, token = t}, {name = b, token = t}]",
+                'proxy.auth[1].token: the same token as identity "a"',
+            ),
+            (
+                "proxy { agentToken = t, auth = [{name = a, token = t}] }",
+                'the same token as identity "legacy-agent-token"',
+            ),
+            (
+                'proxy.auth = [{name = a, token = t, paths = ["a b"]}]',
+                "proxy.auth[0].paths: expected a path glob",
+            ),
+        ]:
+            self.assertConfigError(lambda conf=conf: self.proxyFrom(conf), expected)
+
+    def test_certificateIdentityWithoutToken(self) -> None:
+        """
+        With client certificates required, an identity may go without a token.
+        """
+        settings = self.proxyFrom(
+            """proxy.tls { certChainFilePath = c, privateKeyFilePath = k,
+                           trustCertCollectionFilePath = ca }
+               proxy.auth = [{ name = a }]"""
+        )
+        self.assertEqual(settings.identities, (Identity("a", "", ()),))
+
+    def test_networks(self) -> None:
+        settings = self.proxyFrom('proxy.http.allowedNetworks = ["10.1.2.3/8", "::1", "192.0.2.7"]')
+        self.assertEqual(settings.http_allowed_networks, ("10.0.0.0/8", "::1/128", "192.0.2.7/32"))
         self.assertConfigError(
-            lambda: self.proxyFrom('proxy.auth = [{name = a, token = t, paths = ["x"]}]'),
-            "proxy.auth",
+            lambda: self.proxyFrom('proxy.http.allowedNetworks = ["intranet"]'),
+            "proxy.http.allowedNetworks[0]: expected an IP network",
+        )
+
+    def test_scrapePortCredentials(self) -> None:
+        self.assertConfigError(
+            lambda: self.proxyFrom("proxy.http.basicAuth.username = prom"),
+            "proxy.http.basicAuth needs both username and password",
+        )
+        self.assertConfigError(
+            lambda: self.proxyFrom("proxy.http.tls.certChainFilePath = c"),
+            "proxy.http.tls.certChainFilePath is set, so proxy.http.tls.privateKeyFilePath",
         )
 
 
