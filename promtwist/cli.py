@@ -28,8 +28,8 @@ from promtwist.config import (
     Setting,
     loadAgentSettings,
     loadProxySettings,
-    refuseUnsupported,
 )
+from promtwist.tls import checkFiles
 
 _S = TypeVar("_S", ProxySettings, AgentSettings)
 
@@ -158,14 +158,15 @@ class _SettingsOptions(usage.Options, Generic[_S]):
 
     def postOptions(self) -> None:
         """
-        Resolve the settings.  A configuration error is reported as one line
-        and exits with status 1: twistd would otherwise print the whole usage
-        text, burying the one line that matters.
+        Resolve the settings and read the TLS files they name.  A
+        configuration error is reported as one line and exits with status 1:
+        twistd would otherwise print the whole usage text, burying the one
+        line that matters.
         """
         environ = os.environ if self._environ is None else self._environ
         try:
             self.settings = self._load(self.given(), environ)
-            refuseUnsupported(self.settings)
+            checkFiles(self.settings)
         except ConfigError as e:
             (self._stderr or sys.stderr).write(f"promtwist: {e}\n")
             raise SystemExit(1) from None

@@ -163,31 +163,16 @@ class AgentSettings:
     log_level: str = ""
     # promtwist's own key, under agent.internal.
     max_frame_bytes: int = MiB
-    # TLS on the agent link, and trust for HTTPS targets.
+    # TLS on the agent link, and trust for HTTPS targets. The link uses TLS
+    # when tls_enabled is set or any of the three files is
+    # (promtwist.tls.linkUsesTLS).
+    tls_enabled: bool = False
     tls_cert_chain_file_path: str = ""
     tls_private_key_file_path: str = ""
     tls_trust_cert_collection_file_path: str = ""
     tls_override_authority: str = ""
     trust_all_x509_certificates: bool = False
     https_trust_store_path: str = ""
-
-
-def refuseUnsupported(settings: ProxySettings | AgentSettings) -> None:
-    """
-    Refuse settings that ask for protection this version does not provide
-    yet, rather than run without it.
-
-    @raise ConfigError: naming what was asked for.
-    """
-    if (
-        settings.tls_cert_chain_file_path
-        or settings.tls_private_key_file_path
-        or settings.tls_trust_cert_collection_file_path
-    ):
-        raise ConfigError(
-            "TLS on the agent link (tls.* keys, --cert/--key/--trust) is not supported "
-            "by this version of promtwist; refusing to run the link in clear text"
-        )
 
 
 # ---------------------------------------------------------------------------
@@ -966,6 +951,9 @@ AGENT = Role(
                 rule=POSITIVE,
                 help="HTTP client cache cleanup (no effect in promtwist)",
             ),
+            # promtwist's own: TLS with no agent.tls file, trusting the
+            # system's CAs (prometheus-proxy's issue #106).
+            Setting("agent.tls.enabled", bool, field="tls_enabled"),
             Setting(
                 "agent.tls.overrideAuthority",
                 str,

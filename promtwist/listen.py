@@ -8,7 +8,15 @@ from __future__ import annotations
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReactorTCP
+from twisted.internet.interfaces import (
+    IAddress,
+    IListeningPort,
+    IOpenSSLContextFactory,
+    IOpenSSLServerConnectionCreator,
+    IProtocolFactory,
+    IReactorTCP,
+)
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 
 
 class Listener(StreamServerEndpointService):
@@ -23,9 +31,19 @@ class Listener(StreamServerEndpointService):
     port: IListeningPort | None = None
 
     def __init__(
-        self, reactor: IReactorTCP, portNumber: int, factory: IProtocolFactory, interface: str = ""
+        self,
+        reactor: IReactorTCP,
+        portNumber: int,
+        factory: IProtocolFactory,
+        interface: str = "",
+        tls: IOpenSSLContextFactory | None = None,
     ) -> None:
-        super().__init__(TCP4ServerEndpoint(reactor, portNumber, interface=interface), factory)
+        """
+        @param tls: serve TLS with these options (see L{promtwist.tls})
+            instead of plain TCP, through L{withTLS}.
+        """
+        endpoint = TCP4ServerEndpoint(reactor, portNumber, interface=interface)
+        super().__init__(endpoint, factory if tls is None else withTLS(factory, tls))
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -42,3 +60,38 @@ class Listener(StreamServerEndpointService):
         address = self.port.getHost()
         assert isinstance(address, IPv4Address)
         return address.port
+
+
+class _TLSFactory(TLSMemoryBIOFactory):
+    """
+    A L{TLSMemoryBIOFactory} that passes a refusal on: Twisted's wraps
+    whatever the wrapped factory returns, L{None} included, and then fails on
+    every refused connection, leaving it open.
+    """
+
+    # IProtocolFactory allows None; WrappingFactory's annotation does not.
+    def buildProtocol(self, addr: IAddress | None) -> TLSMemoryBIOProtocol | None:  # type: ignore[override]
+        wrapped = self.wrappedFactory.buildProtocol(addr)
+        if wrapped is None:
+            return None
+        return self.protocol(self, wrapped)
+
+
+def withTLS(
+    factory: IProtocolFactory,
+    contextFactory: IOpenSSLServerConnectionCreator | IOpenSSLContextFactory,
+) -> TLSMemoryBIOFactory:
+    """
+    Serve C{factory} over TLS on a plain TCP listener, keeping its refusals
+    (a L{promtwist.webguard.HardenedSite} refusing an address, the agent
+    port refusing connections past its handshake cap): the connection is
+    closed before a TLS handshake starts.
+
+    Use this rather than an C{ssl:} endpoint, L{SSL4ServerEndpoint} or
+    C{listenSSL}, whose TLS layer wraps the refusal and then fails on it,
+    leaving the connection open.
+
+    @param contextFactory: the TLS settings, such as a
+        L{CertificateOptions<twisted.internet.ssl.CertificateOptions>}.
+    """
+    return _TLSFactory(contextFactory, False, factory)

@@ -139,17 +139,28 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(options.settings, ProxySettings())
         self.assertEqual(options.given(), {"defines": []})
 
-    def test_tlsRefusedUntilSupported(self) -> None:
+    def test_tlsFileMissing(self) -> None:
         """
-        A TLS example loads, but the process refuses to start rather than run
-        the agent link in clear text.
+        A TLS example whose certificate files do not exist stops the process
+        before twistd starts it, with one line naming the first missing file.
         """
-        for optionsClass in (ProxyOptions, AgentOptions):
-            options = self.options(optionsClass)
-            code = self.exits(options, ["-c", TLS_MUTUAL])
-            self.assertEqual(code, 1)
-            assert options._stderr is not None
-            self.assertIn("refusing to run the link in clear text", options._stderr.getvalue())
+
+        def check(options: ProxyOptions | AgentOptions, key: str, path: str) -> None:
+            self.assertEqual(self.exits(options, ["-c", TLS_MUTUAL]), 1)
+            assert isinstance(options._stderr, io.StringIO)
+            self.assertEqual(
+                options._stderr.getvalue(),
+                f"promtwist: {key}: {path}: cannot read the file: No such file or directory\n",
+            )
+
+        check(
+            self.options(ProxyOptions), "proxy.tls.certChainFilePath", "testing/certs/server1.pem"
+        )
+        check(
+            self.options(AgentOptions),
+            "agent.tls.trustCertCollectionFilePath",
+            "testing/certs/ca.pem",
+        )
 
     def test_environmentNotMasked(self) -> None:
         """
