@@ -1,0 +1,188 @@
+# -*- test-case-name: promtwist.test.test_access -*-
+"""
+Credentials on the scrape port: basic auth and a bearer token, the two
+ways Prometheus' C{scrape_configs} and C{http_sd_configs} can authenticate.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+
+from twisted.logger import Logger
+from twisted.web.resource import IResource, Resource, getChildForRequest
+from twisted.web.server import Request
+
+from promtwist.config import ProxySettings
+from promtwist.logs import observer
+from promtwist.proxy.scrape import textResponse
+
+REALM = "promtwist"
+
+_log = Logger(observer=observer)
+
+
+def _digest(value: bytes) -> bytes:
+    return hashlib.sha256(value).digest()
+
+
+def _matches(presented: bytes, expectedDigest: bytes) -> bool:
+    """
+    Whether C{presented} is the secret behind C{expectedDigest}, in time
+    that says nothing about how much of it is right: digests have one
+    length whatever the secret's, and L{hmac.compare_digest} reads them all.
+    """
+    return hmac.compare_digest(_digest(presented), expectedDigest)
+
+
+class RequireCredentials(Resource):
+    """
+    Lets a request through to the wrapped resource only with valid
+    credentials: C{Authorization: Basic} with the configured username and
+    password, or C{Authorization: Bearer} with the configured token,
+    whichever of the two are configured. Anything else gets 401 with a
+    C{WWW-Authenticate} challenge for each accepted scheme and a one-line
+    reason.
+
+    The C{Authorization} header is removed from an admitted request before
+    the wrapped resource sees it. The scrape resource forwards Prometheus'
+    C{Authorization} header to targets; here that header carries the
+    proxy's own credentials, which must never reach a target or the agent
+    in front of it. So with credentials required on the scrape port,
+    targets get no C{Authorization} header from Prometheus: give them
+    their credentials in the agent's C{pathConfigs} URLs instead.
+
+    The wrapped resource sees the request as if this one were not there:
+    same path, same traversal.
+    """
+
+    def __init__(
+        self,
+        wrapped: IResource,
+        *,
+        username: str = "",
+        password: str = "",
+        bearerToken: str = "",
+    ) -> None:
+        """
+        @param wrapped: the resource to protect.
+        @param username: the basic-auth username; with C{password}, or not
+            at all.
+        @param password: the basic-auth password.
+        @param bearerToken: the bearer token.
+        @raise ValueError: if only half of the basic-auth pair is given, or
+            no credentials at all.
+        """
+        super().__init__()
+        if bool(username) != bool(password):
+            raise ValueError("basic auth needs both a username and a password")
+        if not (username or bearerToken):
+            raise ValueError("no credentials to require")
+        self._wrapped = wrapped
+        # Only digests are kept, for comparisons that do not leak lengths.
+        self._basic = (
+            (_digest(username.encode("utf-8")), _digest(password.encode("utf-8")))
+            if username
+            else None
+        )
+        self._bearer = _digest(bearerToken.encode("utf-8")) if bearerToken else None
+        self._challenges = []
+        schemes = []
+        if self._basic is not None:
+            self._challenges.append(f'Basic realm="{REALM}", charset="UTF-8"'.encode("ascii"))
+            schemes.append("basic auth")
+        if self._bearer is not None:
+            self._challenges.append(f'Bearer realm="{REALM}"'.encode("ascii"))
+            schemes.append("a bearer token")
+        self._accepted = " or ".join(schemes)
+
+    def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
+        # Traversal has just moved path onto prepath; put it back so that
+        # the wrapped resource traverses the whole path itself.
+        assert request.prepath is not None and request.postpath is not None
+        request.postpath.insert(0, request.prepath.pop())
+        return self._resourceFor(request)
+
+    def render(self, request: Request) -> bytes | int:
+        result: bytes | int = self._resourceFor(request).render(request)
+        return result
+
+    def _resourceFor(self, request: Request) -> IResource:
+        problem = self._problem(request)
+        if problem is not None:
+            _log.debug(
+                "{client}: 401 {problem}", client=str(request.getClientAddress()), problem=problem
+            )
+            return _Unauthorized(problem, self._challenges)
+        request.requestHeaders.removeHeader(b"Authorization")
+        found: IResource = getChildForRequest(self._wrapped, request)
+        return found
+
+    def _problem(self, request: Request) -> str | None:
+        """
+        What is wrong with the request's credentials, or L{None} if they
+        are good.
+        """
+        values = request.requestHeaders.getRawHeaders(b"Authorization", [])
+        if not values:
+            return f"credentials required: {self._accepted}"
+        if len(values) > 1:
+            return "more than one Authorization header"
+        scheme, _, credentials = values[0].strip().partition(b" ")
+        scheme = scheme.lower()
+        credentials = credentials.strip()
+        if scheme == b"basic" and self._basic is not None:
+            good = self._basicMatches(credentials, *self._basic)
+        elif scheme == b"bearer" and self._bearer is not None:
+            good = _matches(credentials, self._bearer)
+        else:
+            return f"unsupported authorization scheme: this port accepts {self._accepted}"
+        return None if good else "invalid credentials"
+
+    @staticmethod
+    def _basicMatches(credentials: bytes, username: bytes, password: bytes) -> bool:
+        try:
+            decoded = base64.b64decode(credentials, validate=True)
+        except binascii.Error:
+            return False
+        user, colon, secret = decoded.partition(b":")
+        # Both compared whatever the first gives, so that timing does not
+        # tell a wrong username from a wrong password.
+        userGood = _matches(user, username)
+        secretGood = _matches(secret, password)
+        return bool(colon) and userGood and secretGood
+
+
+class _Unauthorized(Resource):
+    """
+    A 401 with its challenges and a one-line reason, whatever the method.
+    """
+
+    isLeaf = True
+
+    def __init__(self, problem: str, challenges: list[bytes]) -> None:
+        super().__init__()
+        self._problem = problem
+        self._challenges = challenges
+
+    def render(self, request: Request) -> bytes:
+        request.responseHeaders.setRawHeaders(b"WWW-Authenticate", self._challenges)
+        return textResponse(request, 401, self._problem)
+
+
+def guarded(resource: IResource, settings: ProxySettings) -> IResource:
+    """
+    C{resource} behind the scrape port's credentials
+    (C{proxy.http.basicAuth.*}, C{proxy.http.bearerToken}), or unchanged
+    when none are configured, so that an open port pays nothing for them.
+    """
+    if not (settings.http_basic_auth_username or settings.http_bearer_token):
+        return resource
+    return RequireCredentials(
+        resource,
+        username=settings.http_basic_auth_username,
+        password=settings.http_basic_auth_password,
+        bearerToken=settings.http_bearer_token,
+    )

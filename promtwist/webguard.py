@@ -1,0 +1,324 @@
+# -*- test-case-name: promtwist.test.test_webguard -*-
+"""
+An HTTP site fit for a port that strangers can reach.
+
+Twisted's L{Site} trusts its clients more than a port open to a network
+should. Its idle timeout restarts on every byte, so a client that trickles
+a request head one byte at a time (slowloris) keeps its connection, and a
+few hundred such clients keep them all. An over-long line is dropped
+without a status and an oversized head gets a bare 400, so a client with a
+genuinely large request cannot tell what went wrong. A request body of any
+size is spooled to a temporary file. And anyone may connect at all.
+
+L{HardenedSite} closes those gaps with limits passed to its constructor
+rather than read from settings, so that every HTTP port promtwist opens
+(scrape, admin, metrics) can use it with its own values.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import cast
+
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IReactorTime,
+    ITCPTransport,
+)
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel, Request
+from twisted.web.resource import IResource
+from twisted.web.server import Site
+
+from promtwist.logs import observer
+
+# A refused address is logged at most this often, so a scanner cannot fill
+# the log; and at most this many addresses are remembered for that, so a
+# scan from many addresses cannot fill memory.
+REFUSAL_LOG_INTERVAL = 60.0
+REMEMBERED_REFUSALS = 1024
+
+_log = Logger(observer=observer)
+
+_IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class HardenedChannel(HTTPChannel):
+    """
+    An L{HTTPChannel} that bounds each request head in bytes and in time and
+    turns away request bodies beyond a small size.
+
+    A request's head (request line, headers and the blank line that ends
+    them, line endings included) may be at most C{maxHeaderBytes} long: a
+    request line that alone passes the limit gets 414, a head that passes
+    it later gets 431. Either way the connection closes, since the rest of
+    the head cannot be told apart from a next request.
+
+    The head must also be complete C{headerTimeout} seconds after it
+    started, whatever the client keeps sending, or the client gets 408 and
+    the connection closes. A head starts when the connection is made, and
+    on a keep-alive connection with the first byte after the previous
+    response: waiting for that byte is the idle timeout's business, so
+    that Prometheus can keep a connection open across scrape intervals
+    longer than the header deadline.
+
+    Bodies must declare their length and be at most C{maxBodyBytes} long,
+    or they get 413 before a byte of them is read. The deadline does not
+    cover a body: a permitted one is bounded by its size and the idle
+    timeout.
+
+    @ivar maxHeaderBytes: the most bytes a request head may take.
+    @ivar headerTimeout: seconds a request head may take to arrive.
+    @ivar maxBodyBytes: the largest request body accepted.
+    """
+
+    def __init__(self, maxHeaderBytes: int, headerTimeout: float, maxBodyBytes: int) -> None:
+        super().__init__()
+        self.maxHeaderBytes = maxHeaderBytes
+        self.headerTimeout = headerTimeout
+        self.maxBodyBytes = maxBodyBytes
+        # Twisted's own limits, no tighter than ours: ours count line endings
+        # too and so trip first, with the right status instead of a bare 400
+        # or a silent close.
+        self.MAX_LENGTH = maxHeaderBytes
+        self.totalHeadersSize = maxHeaderBytes
+        self._headBytes = 0
+        self._atRequestLine = True
+        self._betweenRequests = False
+        self._deadline: IDelayedCall | None = None
+        self._forceClose: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._startDeadline()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._forceClose is not None:
+            # Refused and closing: whatever else arrives is not a request.
+            return
+        if self._betweenRequests:
+            self._betweenRequests = False
+            self._startDeadline()
+        super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        self._headBytes += len(line) + len(self.delimiter)
+        if self._headBytes > self.maxHeaderBytes:
+            self._headTooLarge()
+            return
+        if line:
+            self._atRequestLine = False
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._headTooLarge()
+
+    def allHeadersReceived(self) -> None:
+        self._cancelDeadline()
+        self._headBytes = 0
+        self._atRequestLine = True
+        if self.length is None or self.length > self.maxBodyBytes:
+            self._refuse(
+                413,
+                b"Content Too Large",
+                f"request bodies must declare a length of at most {self.maxBodyBytes} bytes"
+                if self.maxBodyBytes
+                else "this port takes no request bodies",
+            )
+            return
+        super().allHeadersReceived()
+
+    def requestDone(self, request: Request) -> None:
+        # Set before Twisted replays pipelined bytes it held back, so that
+        # they start the next request's deadline as fresh bytes would.
+        self._betweenRequests = bool(self.persistent)
+        super().requestDone(request)
+
+    def timeoutConnection(self) -> None:
+        # The idle timeout closes the connection: no 408 after that.
+        self._cancelDeadline()
+        super().timeoutConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._cancelDeadline()
+        if self._forceClose is not None and self._forceClose.active():
+            self._forceClose.cancel()
+        super().connectionLost(reason)
+
+    def _startDeadline(self) -> None:
+        self._deadline = self.callLater(self.headerTimeout, self._deadlinePassed)
+
+    def _cancelDeadline(self) -> None:
+        if self._deadline is not None:
+            if self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
+
+    def _deadlinePassed(self) -> None:
+        self._deadline = None
+        self._refuse(
+            408,
+            b"Request Timeout",
+            f"request headers not complete within {self.headerTimeout:g} seconds",
+        )
+
+    def _headTooLarge(self) -> None:
+        if self._atRequestLine:
+            self._refuse(
+                414, b"URI Too Long", f"request line longer than {self.maxHeaderBytes} bytes"
+            )
+        else:
+            self._refuse(
+                431,
+                b"Request Header Fields Too Large",
+                f"request line and headers longer than {self.maxHeaderBytes} bytes",
+            )
+
+    def _refuse(self, code: int, phrase: bytes, reason: str) -> None:
+        """
+        Answer with C{code} and a one-line reason, then close.
+
+        A client that stops reading could hold the close up indefinitely, so
+        the connection is aborted if it has not closed after C{abortTimeout}
+        seconds, as Twisted does for its idle timeout.
+        """
+        transport = self.transport
+        assert transport is not None
+        _log.debug(
+            "{peer}: {code} {reason}", peer=str(transport.getPeer()), code=code, reason=reason
+        )
+        self._cancelDeadline()
+        self.setTimeout(None)
+        body = reason.encode("utf-8") + b"\n"
+        transport.write(
+            b"HTTP/1.1 %d %s\r\n"
+            b"Content-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: %d\r\n"
+            b"Connection: close\r\n"
+            b"\r\n%s" % (code, phrase, len(body), body)
+        )
+        self.loseConnection()
+        # TCP and TLS transports can abort, though ITransport does not say so.
+        abort = cast(ITCPTransport, transport).abortConnection
+        self._forceClose = self.callLater(self.abortTimeout, abort)
+
+
+class HardenedSite(Site):
+    """
+    A L{Site} whose connections are L{HardenedChannel}s, which admits only
+    clients from C{allowedNetworks}, and which keeps no access log.
+
+    A client outside the allowed networks is refused before a byte is read:
+    L{buildProtocol} returns L{None} and the reactor closes the socket. The
+    refusal is logged at most once a minute per address.
+
+    Twisted's access log stays off: at one line per scrape it would drown
+    everything else, and the resources log what matters themselves.
+
+    Connections are HTTP/1.1 only: with TLS (see L{withTLS}) the context
+    must not offer C{h2} by ALPN, which Twisted's contexts do only when
+    asked to.
+
+    @ivar allowedNetworks: the networks clients may connect from; empty
+        admits everyone.
+    """
+
+    noisy = False
+
+    def __init__(
+        self,
+        resource: IResource,
+        *,
+        maxHeaderBytes: int,
+        headerTimeout: float,
+        idleTimeout: float,
+        allowedNetworks: Sequence[str] = (),
+        maxBodyBytes: int = 0,
+        reactor: IReactorTime | None = None,
+    ) -> None:
+        """
+        @param resource: the root resource.
+        @param maxHeaderBytes: the most bytes a request's line and headers may
+            take, line endings included.
+        @param headerTimeout: seconds from the start of a request until its
+            headers must be complete.
+        @param idleTimeout: seconds a connection may stay silent, between
+            requests or within one.
+        @param allowedNetworks: CIDR networks (C{10.0.0.0/8}, C{::1}) clients
+            may connect from; empty admits everyone.
+        @param maxBodyBytes: the largest request body accepted.
+        @param reactor: the clock for every timeout; the global reactor by
+            default.
+        @raise ValueError: if a network is not valid.
+        """
+        super().__init__(resource, timeout=idleTimeout, reactor=reactor)
+        self.maxHeaderBytes = maxHeaderBytes
+        self.headerTimeout = headerTimeout
+        self.maxBodyBytes = maxBodyBytes
+        self.allowedNetworks = tuple(
+            ipaddress.ip_network(network, strict=False) for network in allowedNetworks
+        )
+        # Address → when its refusal was last logged, oldest first.
+        self._refusalsLogged: OrderedDict[str, float] = OrderedDict()
+
+    # Twisted types its factories for the wrapper that switches to HTTP/2
+    # after ALPN; these channels are HTTP/1.1 and stand alone on purpose.
+    def protocol(self) -> HardenedChannel:  # type: ignore[override]
+        return HardenedChannel(self.maxHeaderBytes, self.headerTimeout, self.maxBodyBytes)
+
+    def buildProtocol(self, addr: IAddress | None) -> HardenedChannel | None:  # type: ignore[override]
+        if not self._admits(addr):
+            return None
+        channel: HardenedChannel = super().buildProtocol(addr)
+        return channel
+
+    def log(self, request: Request) -> None:
+        pass
+
+    def _admits(self, address: IAddress | None) -> bool:
+        if not self.allowedNetworks:
+            return True
+        ip = _clientIP(address)
+        if ip is not None and any(ip in network for network in self.allowedNetworks):
+            return True
+        self._logRefusal(str(ip) if ip is not None else str(address))
+        return False
+
+    def _logRefusal(self, host: str) -> None:
+        now = self.reactor.seconds()
+        logged = self._refusalsLogged
+        while logged and next(iter(logged.values())) <= now - REFUSAL_LOG_INTERVAL:
+            logged.popitem(last=False)
+        if host in logged:
+            return
+        if len(logged) >= REMEMBERED_REFUSALS:
+            logged.popitem(last=False)
+        logged[host] = now
+        _log.info(
+            "refused a connection from {host}: not in the allowed networks"
+            " (logged at most once a minute per address)",
+            host=host,
+        )
+
+
+def _clientIP(address: IAddress | None) -> _IPAddress | None:
+    """
+    The IP address of a client, IPv4-mapped IPv6 addresses as IPv4 so that
+    IPv4 networks match them on a dual-stack listener; L{None} for anything
+    that is not IP.
+    """
+    if not isinstance(address, IPv4Address | IPv6Address):
+        return None
+    try:
+        ip = ipaddress.ip_address(address.host)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
