@@ -4,6 +4,8 @@ Small HTTP helpers both processes use.
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit, urlunsplit
+
 
 def acceptsGzip(acceptEncoding: str) -> bool:
     """
@@ -18,3 +20,19 @@ def acceptsGzip(acceptEncoding: str) -> bool:
             except ValueError:
                 return False
     return False
+
+
+def redacted(url: str) -> str:
+    """
+    C{url} fit for a log line: user info and query values masked.
+    """
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    query = "&".join(
+        f"{item.partition('=')[0]}=***" if "=" in item else item
+        for item in parts.query.split("&")
+        if item
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))

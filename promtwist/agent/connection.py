@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 from promtwist import __version__
 from promtwist.agent.scraper import Scrape, Scraper
 from promtwist.config import AgentSettings, PathConfig
+from promtwist.httputil import redacted
 from promtwist.logs import observer
 from promtwist.protocol.framing import _peerName
 from promtwist.protocol.promtwist_pb2 import (
@@ -137,14 +138,16 @@ class ProxyConnection(Session):
                     path=config.path,
                     name=config.name,
                     labels=config.labels,
-                    target_url=config.url,
+                    target_url=redacted(config.url),
                 )
             )
         )
 
         def registered(answer: PathReply) -> bool:
             if answer.ok:
-                self._log.info("serving /{path} for {url}", path=config.path, url=config.url)
+                self._log.info(
+                    "serving /{path} for {url}", path=config.path, url=redacted(config.url)
+                )
             else:
                 self._log.error(
                     "the proxy refused path /{path}: {reason}",

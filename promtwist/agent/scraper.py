@@ -35,7 +35,7 @@ from twisted.web.iweb import IAgent, IResponse
 
 from promtwist import __version__
 from promtwist.config import AgentSettings, MiB, PathConfig
-from promtwist.httputil import acceptsGzip
+from promtwist.httputil import acceptsGzip, redacted
 from promtwist.logs import observer
 from promtwist.protocol.promtwist_pb2 import (
     Frame,
@@ -86,22 +86,6 @@ class Target:
             fullQuery = f"{fullQuery}&{query}" if fullQuery else query
         uri = urlunsplit((parts.scheme, netloc, path, fullQuery, ""))
         return cls(uri.encode("ascii"), authorization)
-
-
-def redacted(url: str) -> str:
-    """
-    C{url} fit for a log line: user info and query values masked.
-    """
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.rpartition("@")[2]
-    query = "&".join(
-        f"{item.partition('=')[0]}=***" if "=" in item else item
-        for item in parts.query.split("&")
-        if item
-    )
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 class Scraper:

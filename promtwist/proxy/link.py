@@ -7,8 +7,8 @@ streamed answers back.
 
 from __future__ import annotations
 
-import hmac
 import uuid
+from collections.abc import Iterable
 from typing import Protocol
 
 from twisted.internet.defer import Deferred, gatherResults
@@ -36,7 +36,9 @@ from promtwist.protocol.promtwist_pb2 import (
     Welcome,
 )
 from promtwist.protocol.session import PROTOCOL_VERSION, Session, SessionLost
+from promtwist.proxy.auth import ANONYMOUS, AuthenticationFailed, Authenticator
 from promtwist.proxy.registry import RegistrationRefused, Registry
+from promtwist.tls import peerCommonName, usesTLS
 
 # Body bytes an agent may have in flight for one scrape before the proxy has
 # passed them on: bounds the proxy's memory per scrape whatever the body size.
@@ -186,6 +188,7 @@ class AgentLink(Session):
     hostName = ""
     launchId = ""
     consolidated = False
+    identity = ANONYMOUS
 
     def __init__(self, factory: AgentLinkFactory) -> None:
         super().__init__(factory.clock)
@@ -220,10 +223,18 @@ class AgentLink(Session):
                 f"protocol version {hello.protocol_version} is not supported; "
                 f"this proxy speaks version {PROTOCOL_VERSION}",
             )
-        if settings.agent_token and not hmac.compare_digest(
-            hello.token.encode("utf-8"), settings.agent_token.encode("utf-8")
-        ):
-            return self._reject(Reject.UNAUTHENTICATED, "invalid agent token")
+        try:
+            self.identity = self.factory.authenticator.authenticate(
+                hello.token, peerCommonName(self.transport)
+            )
+        except AuthenticationFailed as e:
+            return self._reject(Reject.UNAUTHENTICATED, str(e))
+        if len(self.factory.registry.agents()) >= settings.max_agents:
+            return self._reject(
+                Reject.OVERLOADED,
+                f"this proxy already serves {settings.max_agents} agents "
+                "(proxy.internal.maxAgents)",
+            )
         self.agentId = uuid.uuid4().hex[:16]
         self.name = hello.agent_name or "unnamed"
         self.hostName = hello.host_name
@@ -245,12 +256,14 @@ class AgentLink(Session):
             maxFrame,
             min(hello.max_frame_bytes or maxFrame, maxFrame),
         )
+        self.factory.handshakeFinished(self)
         self.factory.registry.addAgent(self)
         self._log.info(
-            "agent {name!r} ({host}, {peer}) connected as {id}",
+            "agent {name!r} ({host}, {peer}, identity {identity}) connected as {id}",
             name=self.name,
             host=self.hostName,
             peer=_peerName(self.transport),
+            identity=self.identity.name,
             id=self.agentId,
         )
 
@@ -307,6 +320,8 @@ class AgentLink(Session):
         if self._lost is not None or self._draining:
             stream.linkLost("the link is closing")
             return stream
+        if authorization:
+            self.factory.credentialsForwarded(self)
         self._scrapes[scrapeId] = stream
         self.sendFrame(
             Frame(
@@ -389,23 +404,89 @@ class AgentLink(Session):
 class AgentLinkFactory(ServerFactory):
     """
     Accepts agent connections on the agent port.
+
+    @ivar pending: connections that have not completed the handshake; at
+        C{proxy.internal.maxPendingHandshakes} further ones are closed at
+        once, so a flood of idle or slow connections costs little and cannot
+        crowd out the agents already here.
+    @ivar refusedConnections: connections closed for that reason.
     """
 
     noisy = False
+    _log = Logger(observer=observer)
+    # Refused connections are reported at most this often, with a count.
+    REFUSAL_REPORT_SECONDS = 60.0
 
-    def __init__(self, settings: ProxySettings, registry: Registry, clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        settings: ProxySettings,
+        registry: Registry,
+        clock: IReactorTime,
+        authenticator: Authenticator,
+    ) -> None:
         self.settings = settings
         self.registry = registry
         self.clock = clock
+        self.authenticator = authenticator
         self.links: set[AgentLink] = set()
+        self.pending: set[AgentLink] = set()
+        self.refusedConnections = 0
+        self._unreported = 0
+        self._reportedAt: float | None = None
+        self._warnedCleartextCredentials = False
 
-    def buildProtocol(self, addr: IAddress | None) -> AgentLink:
+    def startFactory(self) -> None:
+        if self.authenticator.open:
+            self._log.warn(
+                "the agent port is open: any host that reaches it can register paths "
+                "and receive scrapes; set proxy.agentToken, proxy.auth or client "
+                "certificates (proxy.tls.trustCertCollectionFilePath)"
+            )
+
+    def buildProtocol(self, addr: IAddress | None) -> AgentLink | None:
+        if len(self.pending) >= self.settings.max_pending_handshakes:
+            self._refused(addr)
+            return None
         link = AgentLink(self)
         self.links.add(link)
+        self.pending.add(link)
         return link
+
+    def _refused(self, addr: IAddress | None) -> None:
+        self.refusedConnections += 1
+        self._unreported += 1
+        now = self.clock.seconds()
+        if self._reportedAt is None or now - self._reportedAt >= self.REFUSAL_REPORT_SECONDS:
+            self._log.warn(
+                "closed {n} connection(s) (latest from {peer}): {limit} handshakes already "
+                "pending (proxy.internal.maxPendingHandshakes)",
+                n=self._unreported,
+                peer=getattr(addr, "host", addr),
+                limit=self.settings.max_pending_handshakes,
+            )
+            self._unreported = 0
+            self._reportedAt = now
+
+    def handshakeFinished(self, link: AgentLink) -> None:
+        self.pending.discard(link)
 
     def linkClosed(self, link: AgentLink) -> None:
         self.links.discard(link)
+        self.pending.discard(link)
+
+    def credentialsForwarded(self, link: AgentLink) -> None:
+        """
+        Warn, once, that Prometheus' credentials cross an agent link in
+        clear text.
+        """
+        if not self._warnedCleartextCredentials and not usesTLS(link.transport):
+            self._warnedCleartextCredentials = True
+            self._log.warn(
+                "forwarding Prometheus' Authorization header to agent {name!r} over a link "
+                "without TLS; configure TLS on the agent link, or set "
+                "proxy.http.forwardAuthorization = false",
+                name=link.name,
+            )
 
     def closeAll(self, reason: str) -> Deferred[list[None]]:
         """
@@ -419,3 +500,17 @@ class AgentLinkFactory(ServerFactory):
             closing.append(link.whenLost())
             link.transport.loseConnection()
         return gatherResults(closing)
+
+
+def agentLinkFactory(
+    settings: ProxySettings, clock: IReactorTime, reservedPaths: Iterable[str] = ()
+) -> AgentLinkFactory:
+    """
+    The agent port's factory with its registry, both enforcing the
+    settings' identities and limits.
+
+    @param reservedPaths: paths the proxy answers itself.
+    """
+    authenticator = Authenticator(settings)
+    registry = Registry(reservedPaths, authenticator.mayServe, settings.max_paths_per_agent)
+    return AgentLinkFactory(settings, registry, clock, authenticator)

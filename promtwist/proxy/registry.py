@@ -9,12 +9,14 @@ front ends (status pages, PushProx-style routing) all read the same table.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from twisted.logger import Logger
 
+from promtwist.config import Identity
 from promtwist.logs import observer
 
 
@@ -28,12 +30,18 @@ class AgentHandle(Protocol):
     hostName: str
     launchId: str
     consolidated: bool
+    identity: Identity
 
 
 class RegistrationRefused(Exception):
     """
-    A path registration broke one of the registry's rules; the message says which.
+    A path registration broke one of the registry's rules; the message says
+    which, and C{kind} names the rule for counting.
     """
+
+    def __init__(self, message: str, kind: str = "invalid") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 _FORBIDDEN_PATH_CHARS = frozenset("?#%\\") | frozenset(" \t\r\n")
@@ -83,15 +91,24 @@ class Registry:
     Connected agents and their paths.
 
     @ivar displacements: exclusive paths taken over by a restarted agent.
+    @ivar refusals: refused registrations, by L{RegistrationRefused.kind}.
     @ivar reservedPaths: paths the proxy itself answers (such as discovery);
         no agent may register them.
     """
 
     _log = Logger(observer=observer)
 
-    def __init__(self, reservedPaths: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        reservedPaths: Iterable[str] = (),
+        mayServe: Callable[[Identity, str], bool] = lambda identity, path: True,
+        maxPathsPerAgent: int = 1000,
+    ) -> None:
         self.reservedPaths = frozenset(reservedPaths)
+        self.mayServe = mayServe
+        self.maxPathsPerAgent = maxPathsPerAgent
         self.displacements = 0
+        self.refusals: Counter[str] = Counter()
         self._agents: dict[str, AgentHandle] = {}
         self._paths: dict[str, _Path] = {}
         self._pathsByAgent: dict[str, set[str]] = {}
@@ -120,18 +137,39 @@ class Registry:
         Let C{agent} serve C{path}.
 
         An exclusive path held by a connected agent goes to the newcomer only
-        if it has the same agent name (the same agent, restarted or
-        reconnected before its old link was noticed dead); anyone else is
+        if it has the same agent name and identity (the same agent, restarted
+        or reconnected before its old link was noticed dead); anyone else is
         refused, so two misconfigured agents cannot take a path from each
-        other over and over.
+        other over and over, and no agent can hijack another's path.
 
         @raise RegistrationRefused: with the reason.
         """
+        try:
+            self._register(agent, path, name, labels)
+        except RegistrationRefused as e:
+            self.refusals[e.kind] += 1
+            raise
+
+    def _register(
+        self, agent: AgentHandle, path: str, name: str, labels: Mapping[str, str]
+    ) -> None:
         if agent.agentId not in self._agents:
             raise RegistrationRefused(f"agent {agent.agentId} is not connected")
         checkPath(path)
         if path in self.reservedPaths:
-            raise RegistrationRefused(f"path /{path} is reserved by the proxy")
+            raise RegistrationRefused(f"path /{path} is reserved by the proxy", "reserved")
+        if not self.mayServe(agent.identity, path):
+            raise RegistrationRefused(
+                f"agent identity {agent.identity.name!r} is not authorized to serve /{path}",
+                "unauthorized",
+            )
+        mine = self._pathsByAgent[agent.agentId]
+        if path not in mine and len(mine) >= self.maxPathsPerAgent:
+            raise RegistrationRefused(
+                f"agent already serves {len(mine)} paths, the most one agent may "
+                "(proxy.internal.maxPathsPerAgent)",
+                "limit",
+            )
         entry = self._paths.get(path)
         if entry is None:
             self._paths[path] = _Path(name, dict(labels), agent.consolidated, [agent])
@@ -139,7 +177,8 @@ class Registry:
             held = "consolidated" if entry.consolidated else "exclusive"
             raise RegistrationRefused(
                 f"path /{path} is {held} on this proxy; "
-                f"an {'consolidated' if agent.consolidated else 'exclusive'} agent cannot join it"
+                f"an {'consolidated' if agent.consolidated else 'exclusive'} agent cannot join it",
+                "mixed",
             )
         elif agent.consolidated:
             if agent not in entry.agents:
@@ -147,10 +186,11 @@ class Registry:
         else:
             (owner,) = entry.agents
             if owner is not agent:
-                if owner.name != agent.name:
+                if (owner.name, owner.identity) != (agent.name, agent.identity):
                     raise RegistrationRefused(
                         f"path /{path} is served by agent {owner.name!r} "
-                        f"({owner.hostName}); agent {agent.name!r} may not take it over"
+                        f"({owner.hostName}); agent {agent.name!r} may not take it over",
+                        "taken",
                     )
                 self._log.info(
                     "path /{path} moves from agent {old} to {new} (same name {name!r})",

@@ -119,7 +119,7 @@ class ScrapeResource(Resource):
             query,
             _header(request, b"Accept"),
             _header(request, b"Accept-Encoding"),
-            _header(request, b"Authorization"),
+            _header(request, b"Authorization") if self.settings.forward_authorization else "",
             agentBudget(deadline),
         )
         _Relay(self, request, stream, path, link, deadline).start()

@@ -11,28 +11,16 @@ from typing import Any
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
-from twisted.web.server import Site
 
 from promtwist.config import ProxySettings
 from promtwist.listen import Listener
 from promtwist.logs import observer
+from promtwist.proxy.access import guarded
 from promtwist.proxy.discovery import DiscoveryResource
-from promtwist.proxy.link import AgentLinkFactory
-from promtwist.proxy.registry import Registry
+from promtwist.proxy.link import agentLinkFactory
 from promtwist.proxy.scrape import ScrapeResource
-
-
-class ScrapeSite(Site):
-    """
-    The Prometheus-facing site. Twisted's access log is off: at one line per
-    scrape per target it would drown everything else; the scrape resource
-    logs each scrape at debug level instead.
-    """
-
-    noisy = False
-
-    def log(self, request: Any) -> None:
-        pass
+from promtwist.tls import agentPortTLS, scrapePortTLS
+from promtwist.webguard import HardenedSite
 
 
 class ProxyService(MultiService):
@@ -45,30 +33,66 @@ class ProxyService(MultiService):
     _log = Logger(observer=observer)
 
     def __init__(self, settings: ProxySettings, reactor: Any = None, interface: str = "") -> None:
+        """
+        @raise promtwist.config.ConfigError: when a TLS file is unusable.
+        """
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor
         self.settings = settings
-        self.registry = Registry(reservedPaths=[settings.sd_path] if settings.sd_enabled else [])
-        self.linkFactory = AgentLinkFactory(settings, self.registry, reactor)
+        self.linkFactory = agentLinkFactory(
+            settings, reactor, [settings.sd_path] if settings.sd_enabled else []
+        )
+        self.registry = self.linkFactory.registry
         discovery = (
             DiscoveryResource(self.registry, settings.sd_target_prefix)
             if settings.sd_enabled
             else None
         )
-        self.site = ScrapeSite(
-            ScrapeResource(settings, self.registry, reactor, discovery),
-            timeout=settings.http_idle_timeout_secs,
+        # Credentials, when configured, guard discovery as well as scrapes.
+        self.site = HardenedSite(
+            guarded(ScrapeResource(settings, self.registry, reactor, discovery), settings),
+            maxHeaderBytes=settings.http_max_header_bytes,
+            headerTimeout=settings.http_header_timeout_secs,
+            idleTimeout=settings.http_idle_timeout_secs,
+            allowedNetworks=settings.http_allowed_networks,
+            reactor=reactor,
         )
-        self.agentListener = Listener(reactor, settings.agent_port, self.linkFactory, interface)
+        self.agentListener = Listener(
+            reactor, settings.agent_port, self.linkFactory, interface, agentPortTLS(settings)
+        )
         self.agentListener.setServiceParent(self)
-        self.httpListener = Listener(reactor, settings.http_port, self.site, interface)
+        self.httpListener = Listener(
+            reactor, settings.http_port, self.site, interface, scrapePortTLS(settings)
+        )
         self.httpListener.setServiceParent(self)
 
     def startService(self) -> None:
         super().startService()
-        if self.settings.sd_enabled:
-            self._log.info("service discovery at /{path}", path=self.settings.sd_path)
+        settings = self.settings
+        self._logTLS(
+            "agent", settings.tls_cert_chain_file_path, settings.tls_trust_cert_collection_file_path
+        )
+        self._logTLS(
+            "scrape",
+            settings.http_tls_cert_chain_file_path,
+            settings.http_tls_trust_cert_collection_file_path,
+        )
+        if settings.sd_enabled:
+            self._log.info("service discovery at /{path}", path=settings.sd_path)
+
+    def _logTLS(self, port: str, cert: str, trust: str) -> None:
+        """
+        Say at startup which ports are TLS and which require client
+        certificates.
+        """
+        if cert:
+            self._log.info(
+                "{port} port: TLS with {cert}{clients}",
+                port=port,
+                cert=cert,
+                clients=f", client certificates from a CA in {trust} required" if trust else "",
+            )
 
     def stopService(self) -> Deferred[list[object]]:
         # Stop accepting first, then let the agents know and wait for their

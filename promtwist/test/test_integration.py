@@ -59,7 +59,8 @@ class Target(Resource):
             request.registerProducer(_BigBody(request), False)
             return NOT_DONE_YET
         query = request.uri.partition(b"?")[2]
-        return b'echo{query="%s"} 1\n' % query
+        authorization = request.getHeader(b"Authorization") or b""
+        return b'echo{query="%s",authorization="%s"} 1\n' % (query, authorization)
 
 
 @implementer(IPullProducer)
@@ -110,7 +111,9 @@ def freePort() -> int:
 class LoopbackTests(TestCase):
     timeout = 60
 
-    async def startAll(self, **agentOptions: Any) -> None:
+    async def startAll(
+        self, proxySettings: ProxySettings | None = None, **agentOptions: Any
+    ) -> None:
         self.target = Target()
         self.targetPort: IListeningPort = reactor.listenTCP(
             0, Site(self.target), interface="127.0.0.1"
@@ -124,7 +127,9 @@ class LoopbackTests(TestCase):
             PathConfig("big", "big", f"{base}/big"),
             PathConfig("down", "down", f"http://127.0.0.1:{freePort()}/metrics"),
         )
-        await self.startProxy(ProxySettings(http_port=0, agent_port=0, sd_enabled=True))
+        await self.startProxy(
+            proxySettings or ProxySettings(http_port=0, agent_port=0, sd_enabled=True)
+        )
         self.agent = AgentService(
             AgentSettings(
                 name="it-agent",
@@ -161,7 +166,7 @@ class LoopbackTests(TestCase):
         await self.startAll()
         response, body = await self.get("app")
         self.assertEqual(response.code, 200)
-        self.assertEqual(body, b'echo{query=""} 1\n')
+        self.assertEqual(body, b'echo{query="",authorization=""} 1\n')
         self.assertEqual(
             response.headers.getRawHeaders(b"Content-Type"), [b"text/plain; version=0.0.4"]
         )
@@ -172,7 +177,23 @@ class LoopbackTests(TestCase):
         """
         await self.startAll()
         _, body = await self.get("app?match%5B%5D=up&x=1")
-        self.assertEqual(body, b'echo{query="match%5B%5D=up&x=1"} 1\n')
+        self.assertEqual(body, b'echo{query="match%5B%5D=up&x=1",authorization=""} 1\n')
+
+    async def test_authorizationForwarded(self) -> None:
+        """
+        Prometheus' Authorization header reaches the target by default.
+        """
+        await self.startAll()
+        _, body = await self.get("app", Authorization="Bearer abc")
+        self.assertEqual(body, b'echo{query="",authorization="Bearer abc"} 1\n')
+
+    async def test_authorizationNotForwarded(self) -> None:
+        """
+        With C{proxy.http.forwardAuthorization = false} it does not.
+        """
+        await self.startAll(ProxySettings(http_port=0, agent_port=0, forward_authorization=False))
+        _, body = await self.get("app", Authorization="Bearer abc")
+        self.assertEqual(body, b'echo{query="",authorization=""} 1\n')
 
     async def test_gzipByteIdentical(self) -> None:
         """
@@ -281,7 +302,7 @@ class LoopbackTests(TestCase):
         while not self.proxy.registry.lookup("app"):
             await deferLater(reactor, 0.05)
         response, body = await self.get("app")
-        self.assertEqual((response.code, body), (200, b'echo{query=""} 1\n'))
+        self.assertEqual((response.code, body), (200, b'echo{query="",authorization=""} 1\n'))
 
     async def test_concurrentScrapes(self) -> None:
         """
@@ -293,7 +314,7 @@ class LoopbackTests(TestCase):
         )
         for i, (response, body) in enumerate(results):
             self.assertEqual(response.code, 200)
-            self.assertEqual(body, b'echo{query="i=%d"} 1\n' % i)
+            self.assertEqual(body, b'echo{query="i=%d",authorization=""} 1\n' % i)
 
     async def test_discovery(self) -> None:
         await self.startAll()

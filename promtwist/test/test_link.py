@@ -5,6 +5,7 @@ L{promtwist.agent.connection}, joined in memory with a fake clock.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 
 from treq.testing import RequestTraversalAgent
@@ -20,12 +21,23 @@ from twisted.web.server import NOT_DONE_YET, Request
 from promtwist.agent import connection as agentConnection
 from promtwist.agent.connection import ProxyConnection, ProxyConnectionFactory, Rejected
 from promtwist.agent.scraper import Scraper
-from promtwist.config import AgentSettings, PathConfig, ProxySettings
-from promtwist.protocol.promtwist_pb2 import Frame, Outcome, RegisterPath
+from promtwist.config import AgentSettings, Identity, PathConfig, ProxySettings
+from promtwist.protocol.promtwist_pb2 import Frame, Hello, Outcome, RegisterPath, Reject
 from promtwist.protocol.session import SessionLost
-from promtwist.proxy.link import AgentLink, AgentLinkFactory, ScrapeFailed, ScrapeStream
-from promtwist.proxy.registry import Registry
+from promtwist.proxy.link import AgentLink, ScrapeFailed, ScrapeStream, agentLinkFactory
 from promtwist.test.test_framing import encode, logText
+
+
+def decodeAll(data: bytes) -> list[Frame]:
+    """
+    The frames in a captured byte stream.
+    """
+    frames = []
+    while data:
+        (length,) = struct.unpack("!I", data[:4])
+        frames.append(Frame.FromString(data[4 : 4 + length]))
+        data = data[4 + length :]
+    return frames
 
 
 class TCPStringTransport(StringTransport):
@@ -97,10 +109,11 @@ class Pair:
         target: Target | None = None,
     ) -> None:
         self.clock = Clock()
-        self.registry = Registry()
         self.target = target or Target()
         self.http = RequestTraversalAgent(self.target)
-        proxyFactory = AgentLinkFactory(proxySettings, self.registry, self.clock)
+        proxyFactory = agentLinkFactory(proxySettings, self.clock)
+        self.factory = proxyFactory
+        self.registry = proxyFactory.registry
         agentFactory = ProxyConnectionFactory(
             agentSettings, Scraper(agentSettings, self.http, self.clock), self.clock
         )
@@ -142,6 +155,25 @@ class HandshakeTests(SynchronousTestCase):
         (entry, _) = pair.registry.snapshot()
         self.assertEqual(dict(entry.labels), {"team": "a"})
 
+    def test_targetCredentialsMasked(self) -> None:
+        """
+        User info and query values of a target URL appear neither in the
+        agent's log lines nor in what the proxy is told.
+        """
+        secret = PathConfig("s", "s", "http://user:pw123@target.test/slow?token=abc987")
+        with capturedLogs() as events:
+            pair = Pair(agentSettings=AgentSettings(name="a1", path_configs=(secret,)))
+            stream = pair.scrape("s")
+            pair.clock.advance(5)
+            pair.flush()
+        head = self.successResultOf(stream.head)
+        self.assertEqual(head.outcome, Outcome.TIMED_OUT)
+        text = logText(events)
+        self.assertIn("http://***@target.test/slow?token=***", text)
+        for leaked in ("pw123", "abc987", "user"):
+            self.assertNotIn(leaked, text)
+            self.assertNotIn(leaked, head.reason)
+
     def test_protocolVersionRejected(self) -> None:
         """
         An agent speaking another protocol version is told so and closed.
@@ -179,7 +211,8 @@ class HandshakeTests(SynchronousTestCase):
         """
         Anything but Hello on a fresh connection is a protocol error.
         """
-        link = AgentLinkFactory(ProxySettings(), Registry(), Clock()).buildProtocol(None)
+        link = agentLinkFactory(ProxySettings(), Clock()).buildProtocol(None)
+        assert link is not None
         transport = TCPStringTransport()
         link.makeConnection(transport)
         with capturedLogs() as events:
@@ -194,9 +227,8 @@ class HandshakeTests(SynchronousTestCase):
         C{handshake_timeout_secs}.
         """
         clock = Clock()
-        link = AgentLinkFactory(
-            ProxySettings(handshake_timeout_secs=3), Registry(), clock
-        ).buildProtocol(None)
+        link = agentLinkFactory(ProxySettings(handshake_timeout_secs=3), clock).buildProtocol(None)
+        assert link is not None
         transport = TCPStringTransport()
         link.makeConnection(transport)
         clock.advance(2.9)
@@ -208,11 +240,92 @@ class HandshakeTests(SynchronousTestCase):
         """
         Before the handshake a peer may not announce a large frame.
         """
-        link = AgentLinkFactory(ProxySettings(), Registry(), Clock()).buildProtocol(None)
+        link = agentLinkFactory(ProxySettings(), Clock()).buildProtocol(None)
+        assert link is not None
         transport = TCPStringTransport()
         link.makeConnection(transport)
         link.dataReceived(b"\x00\x02\x00\x00")
         self.assertTrue(transport.disconnecting)
+
+
+class AuthenticationTests(SynchronousTestCase):
+    def test_identityRestrictsPaths(self) -> None:
+        """
+        An identity registers only what its globs allow; the refusal reaches
+        the agent, which logs it and keeps serving its other paths.
+        """
+        team = Identity("team_a", "ta", ("fast",))
+        with capturedLogs() as events:
+            pair = Pair(
+                ProxySettings(identities=(team,)),
+                AgentSettings(name="a1", agent_token="ta", path_configs=PATHS),
+            )
+        self.successResultOf(pair.ready)
+        self.assertEqual(pair.proxy.identity, team)
+        self.assertEqual(pair.registry.lookup("fast"), (pair.proxy,))
+        self.assertEqual(pair.registry.lookup("slow"), ())
+        self.assertIn(
+            "the proxy refused path /slow: "
+            "agent identity 'team_a' is not authorized to serve /slow",
+            logText(events),
+        )
+        self.assertEqual(self.successResultOf(pair.scrape("fast").head).status, 200)
+
+    def test_tooManyAgents(self) -> None:
+        """
+        Past C{proxy.internal.maxAgents} a newcomer is rejected as overloaded.
+        """
+        pair = Pair(ProxySettings(max_agents=1))
+        self.successResultOf(pair.ready)
+        second = pair.factory.buildProtocol(None)
+        assert second is not None
+        transport = TCPStringTransport()
+        second.makeConnection(transport)
+        second.dataReceived(encode(Frame(hello=Hello(protocol_version=1, agent_name="a2"))))
+        (reply,) = decodeAll(transport.value())
+        self.assertEqual(reply.reject.reason, Reject.OVERLOADED)
+        self.assertIn("proxy.internal.maxAgents", reply.reject.message)
+        self.assertEqual(pair.registry.agents(), [pair.proxy])
+
+    def test_pendingHandshakesCapped(self) -> None:
+        """
+        At C{proxy.internal.maxPendingHandshakes} connections that have not
+        said Hello, further connections are closed at once (counted, logged
+        once); a finished handshake frees its place.
+        """
+        factory = agentLinkFactory(ProxySettings(max_pending_handshakes=2), Clock())
+        first, second = factory.buildProtocol(None), factory.buildProtocol(None)
+        assert first is not None and second is not None
+        with capturedLogs() as events:
+            self.assertIsNone(factory.buildProtocol(None))
+            self.assertIsNone(factory.buildProtocol(None))
+        self.assertEqual(factory.refusedConnections, 2)
+        self.assertEqual(logText(events).count("handshakes already pending"), 1)
+        transport = TCPStringTransport()
+        first.makeConnection(transport)
+        first.dataReceived(encode(Frame(hello=Hello(protocol_version=1, agent_name="a"))))
+        self.assertIsNotNone(factory.buildProtocol(None))
+
+    def test_openPortWarning(self) -> None:
+        for settings, warned in [
+            (ProxySettings(), True),
+            (ProxySettings(agent_token="t"), False),
+            (ProxySettings(identities=(Identity("a", "t"),)), False),
+            (ProxySettings(tls_trust_cert_collection_file_path="ca.pem"), False),
+        ]:
+            with capturedLogs() as events:
+                agentLinkFactory(settings, Clock()).startFactory()
+            self.assertEqual("the agent port is open" in logText(events), warned, settings)
+
+    def test_clearTextCredentialsWarnedOnce(self) -> None:
+        pair = Pair()
+        with capturedLogs() as events:
+            for _ in range(3):
+                pair.proxy.scrape("fast", "", "", "", "Bearer secret", 5.0)
+            pair.proxy.scrape("fast", "", "", "", "", 5.0)
+        text = logText(events)
+        self.assertEqual(text.count("over a link without TLS"), 1)
+        self.assertNotIn("secret", text)
 
 
 class HeartbeatTests(SynchronousTestCase):

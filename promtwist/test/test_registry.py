@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from promtwist.config import Identity
+from promtwist.proxy.auth import ANONYMOUS
 from promtwist.proxy.registry import RegistrationRefused, Registry, checkPath
 
 
@@ -18,6 +20,7 @@ class FakeAgent:
     hostName: str = "host"
     launchId: str = "launch"
     consolidated: bool = False
+    identity: Identity = ANONYMOUS
 
 
 def connected(registry: Registry, *agents: FakeAgent) -> None:
@@ -82,6 +85,50 @@ class RegistryTests(SynchronousTestCase):
         self.assertIn("served by agent 'prod'", str(raised.exception))
         self.assertEqual(registry.lookup("p"), (owner,))
         self.assertEqual(registry.displacements, 0)
+
+    def test_otherIdentityCannotTakeOver(self) -> None:
+        """
+        An agent that copies the owner's name but proves another identity
+        does not get the path.
+        """
+        registry = Registry()
+        owner = FakeAgent("1", name="prod", identity=Identity("team_a", "ta"))
+        impostor = FakeAgent("2", name="prod", identity=Identity("team_b", "tb"))
+        connected(registry, owner, impostor)
+        registry.registerPath(owner, "p", "", {})
+        self.assertRaises(RegistrationRefused, registry.registerPath, impostor, "p", "", {})
+        self.assertEqual(registry.lookup("p"), (owner,))
+        self.assertEqual(registry.refusals["taken"], 1)
+
+    def test_identityGlobs(self) -> None:
+        """
+        The registry asks whether the agent's identity may serve the path.
+        """
+        team = Identity("team_a", "ta", ("team_a_*",))
+        registry = Registry(mayServe=lambda identity, path: path.startswith("team_a_"))
+        agent = FakeAgent("1", identity=team)
+        connected(registry, agent)
+        registry.registerPath(agent, "team_a_metrics", "", {})
+        with self.assertRaises(RegistrationRefused) as raised:
+            registry.registerPath(agent, "team_b_metrics", "", {})
+        self.assertEqual(
+            str(raised.exception),
+            "agent identity 'team_a' is not authorized to serve /team_b_metrics",
+        )
+        self.assertEqual(registry.refusals["unauthorized"], 1)
+        self.assertEqual(registry.lookup("team_b_metrics"), ())
+
+    def test_pathsPerAgentLimit(self) -> None:
+        registry = Registry(maxPathsPerAgent=2)
+        agent = FakeAgent("1")
+        connected(registry, agent)
+        registry.registerPath(agent, "p1", "", {})
+        registry.registerPath(agent, "p2", "", {})
+        registry.registerPath(agent, "p2", "again", {})
+        with self.assertRaises(RegistrationRefused) as raised:
+            registry.registerPath(agent, "p3", "", {})
+        self.assertIn("proxy.internal.maxPathsPerAgent", str(raised.exception))
+        self.assertEqual(registry.refusals, {"limit": 1})
 
     def test_sameAgentTakesOver(self) -> None:
         """

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
-from promtwist.config import ProxySettings
+from promtwist.config import Identity, ProxySettings
 from promtwist.httputil import acceptsGzip
+from promtwist.proxy.auth import ANONYMOUS
 from promtwist.proxy.discovery import DiscoveryResource, targetGroups
 from promtwist.proxy.registry import PathEntry, Registry
 from promtwist.proxy.scrape import agentBudget, scrapeDeadline
@@ -25,6 +26,7 @@ class FakeAgent:
     hostName: str
     launchId: str = ""
     consolidated: bool = False
+    identity: Identity = ANONYMOUS
 
 
 def request(**headers: str) -> DummyRequest:

@@ -19,8 +19,9 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 from zope.interface import implementer
 
-from promtwist.agent.scraper import Scrape, Scraper, Target, redacted
+from promtwist.agent.scraper import Scrape, Scraper, Target
 from promtwist.config import AgentSettings, PathConfig
+from promtwist.httputil import redacted
 from promtwist.protocol.promtwist_pb2 import Frame, Outcome, ScrapeRequest
 
 

@@ -1,0 +1,171 @@
+"""
+Hostile clients on the proxy's ports, over real loopback sockets: each costs
+only its own connection, while a real agent keeps being scraped.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from promtwist.agent.service import AgentService
+from promtwist.config import AgentSettings, PathConfig, ProxyEndpoint, ProxySettings
+from promtwist.protocol.promtwist_pb2 import Frame, Hello
+from promtwist.proxy.server import ProxyService
+
+TOKEN = "the-real-token"
+
+
+class _Metrics(Resource):
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes:
+        return b"up 1\n"
+
+
+class _Raw(Protocol):
+    """
+    A client that sends what it is told and notes when it is disconnected.
+    """
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.closed: Deferred[None] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+        self.closed.callback(None)
+
+
+def helloFrame(token: str) -> bytes:
+    data = Frame(
+        hello=Hello(protocol_version=1, agent_name="flood", token=token)
+    ).SerializeToString()
+    return struct.pack("!I", len(data)) + data
+
+
+class HostileInputTests(TestCase):
+    timeout = 60
+
+    async def setUp(self) -> None:
+        target: IListeningPort = reactor.listenTCP(0, Site(_Metrics()), interface="127.0.0.1")
+        self.addCleanup(target.stopListening)
+        self.proxy = ProxyService(
+            ProxySettings(
+                http_port=0,
+                agent_port=0,
+                agent_token=TOKEN,
+                handshake_timeout_secs=1.0,
+                max_pending_handshakes=8,
+            ),
+            reactor,
+            interface="127.0.0.1",
+        )
+        self.proxy.startService()
+        self.addCleanup(self.proxy.stopService)
+        self.agent = AgentService(
+            AgentSettings(
+                name="real",
+                agent_token=TOKEN,
+                proxy_endpoints=(ProxyEndpoint("127.0.0.1", self.proxy.agentListener.portNumber),),
+                path_configs=(
+                    PathConfig("m", "m", f"http://127.0.0.1:{target.getHost().port}/metrics"),
+                ),
+            ),
+            reactor,
+        )
+        self.agent.startService()
+        self.addCleanup(self.agent.stopService)
+        self.realLink = await self.agent.whenConnected()
+        self.pool = HTTPConnectionPool(reactor, persistent=False)
+        self.http = Agent(reactor, pool=self.pool)
+
+    async def connect(self) -> _Raw:
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.proxy.agentListener.portNumber)
+        client = _Raw()
+        await connectProtocol(endpoint, client)
+        return client
+
+    async def assertScrapesSucceed(self, count: int = 5) -> None:
+        url = f"http://127.0.0.1:{self.proxy.httpListener.portNumber}/m".encode()
+        for _ in range(count):
+            response = await self.http.request(b"GET", url)
+            self.assertEqual((response.code, await readBody(response)), (200, b"up 1\n"))
+
+    def assertAgentUndisturbed(self) -> None:
+        self.assertIs(self.agent.factory.current, self.realLink)
+        (served,) = self.proxy.registry.lookup("m")
+        self.assertEqual(served.name, "real")
+
+    async def test_randomBytes(self) -> None:
+        client = await self.connect()
+        client.transport.write(os.urandom(4096))
+        await client.closed
+        await self.assertScrapesSucceed()
+        self.assertAgentUndisturbed()
+
+    async def test_hugeLengthPrefix(self) -> None:
+        client = await self.connect()
+        client.transport.write(b"\xff\xff\xff\xff" + b"x" * 100)
+        await client.closed
+        await self.assertScrapesSucceed()
+        self.assertAgentUndisturbed()
+
+    async def test_helloFlood(self) -> None:
+        """
+        Fifty connections saying Hello with a wrong token at once are each
+        rejected and closed; those beyond the pending-handshake cap are closed
+        without being read.
+        """
+        clients = await gatherResults([Deferred.fromCoroutine(self.connect()) for _ in range(50)])
+        for client in clients:
+            client.transport.write(helloFrame("guess"))
+        await self.assertScrapesSucceed()
+        await gatherResults([client.closed for client in clients])
+        rejected = [c for c in clients if b"invalid agent token" in c.received]
+        self.assertTrue(rejected)
+        self.assertEqual(len(rejected) + self.proxy.linkFactory.refusedConnections, len(clients))
+        self.assertAgentUndisturbed()
+        self.assertEqual(len(self.proxy.registry.agents()), 1)
+
+    async def test_neverFinishingHandshake(self) -> None:
+        """
+        A connection that sends half a Hello and stops is closed at the
+        handshake deadline; scrapes go on meanwhile.
+        """
+        client = await self.connect()
+        client.transport.write(helloFrame(TOKEN)[:7])
+        await self.assertScrapesSucceed(2)
+        self.assertNoResult(client.closed)
+        await client.closed
+        await self.assertScrapesSucceed()
+        self.assertAgentUndisturbed()
+        self.assertEqual(self.proxy.linkFactory.pending, set())
+
+    async def test_idleConnectionsCapped(self) -> None:
+        """
+        Connections that say nothing fill the pending-handshake places and no
+        more; they all go at the deadline, and the port takes new agents again.
+        """
+        idle = [await self.connect() for _ in range(12)]
+        await deferLater(reactor, 0.1)
+        self.assertEqual(len(self.proxy.linkFactory.pending), 8)
+        self.assertEqual(self.proxy.linkFactory.refusedConnections, 4)
+        await self.assertScrapesSucceed()
+        await gatherResults([client.closed for client in idle])
+        self.assertEqual(self.proxy.linkFactory.pending, set())
+        self.assertAgentUndisturbed()
