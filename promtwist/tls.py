@@ -280,6 +280,38 @@ def peerCommonName(transport: object) -> str | None:
     return name if isinstance(name, str) else name.decode("utf-8", "replace")
 
 
+# What the proxy's TLS alerts mean for an agent; OpenSSL's own text names
+# the alert only.
+_PEER_ALERTS = (
+    (
+        "alert certificate required",
+        "the proxy requires a client certificate: set agent.tls.certChainFilePath"
+        " and agent.tls.privateKeyFilePath",
+    ),
+    ("alert unknown ca", "the proxy does not trust the CA that signed this agent's certificate"),
+    ("alert certificate expired", "the proxy refused this agent's certificate as expired"),
+    ("alert bad certificate", "the proxy refused this agent's certificate"),
+    ("alert certificate unknown", "the proxy refused this agent's certificate"),
+    ("wrong version number", "the other end does not speak TLS; is TLS on at both ends?"),
+)
+
+
+def describeTLSFailure(failure: Failure) -> str | None:
+    """
+    A readable cause for a TLS handshake the peer broke off, or L{None}
+    when C{failure} is not such an error.
+    """
+    error = failure.value
+    if not isinstance(error, SSL.Error):
+        return None
+    entries = error.args[0] if error.args and isinstance(error.args[0], list) else []
+    text = " ".join(str(part) for entry in entries for part in entry)
+    for alert, meaning in _PEER_ALERTS:
+        if alert in text:
+            return f"{meaning} ({alert})"
+    return f"TLS handshake failed: {text}" if text else "TLS handshake failed"
+
+
 # ---------------------------------------------------------------------------
 # Clients: the agent's link and its HTTPS targets.
 

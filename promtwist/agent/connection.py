@@ -20,6 +20,7 @@ from promtwist import __version__
 from promtwist.agent.scraper import Scrape, Scraper
 from promtwist.config import AgentSettings, PathConfig
 from promtwist.httputil import redacted
+from promtwist.tls import describeTLSFailure
 from promtwist.logs import observer
 from promtwist.protocol.framing import _peerName
 from promtwist.protocol.promtwist_pb2 import (
@@ -208,7 +209,10 @@ class ProxyConnection(Session):
             self.factory.current = None
         if not self._ready.called:
             self._ready.errback(
-                SessionLost(f"link lost before it was ready: {reason.getErrorMessage()}")
+                SessionLost(
+                    "link lost before it was ready: "
+                    + (describeTLSFailure(reason) or reason.getErrorMessage())
+                )
             )
         scrapes, self._scrapes = self._scrapes, {}
         for scrape in scrapes.values():

@@ -21,6 +21,7 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
@@ -134,6 +135,7 @@ class AgentService(MultiService):
         if reactor is None:
             from twisted.internet import reactor
         self.settings = settings
+        self.clock = reactor
         self.pool = QuietPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = settings.max_concurrent_clients
         agent = Agent(
@@ -201,8 +203,15 @@ class AgentService(MultiService):
     def whenConnected(self) -> Deferred[ProxyConnection]:
         """
         The ready connection, now or once there is one.
+
+        It is delivered on a later reactor turn: ClientService fires its own
+        C{whenConnected} in the middle of a state transition, and a caller
+        that stopped the service from that callback would leave the service
+        unable ever to finish stopping.
         """
-        return self.link.whenConnected().addCallback(lambda link: cast(_Link, link).connection)
+        return self.link.whenConnected().addCallback(
+            lambda link: deferLater(self.clock, 0, lambda: cast(_Link, link).connection)
+        )
 
     def stopService(self) -> Deferred[None]:
         connection = self.factory.current

@@ -52,6 +52,7 @@ from promtwist.agent.service import AgentService
 from promtwist.config import (
     AgentSettings,
     ConfigError,
+    Identity,
     PathConfig,
     ProxyEndpoint,
     ProxySettings,
@@ -603,6 +604,31 @@ class LinkTests(_Loopback):
         await agent.whenConnected()
         self.assertEqual(await self.scrape(proxy), (200, METRICS))
 
+    async def test_certificateNamesIdentity(self) -> None:
+        """
+        With mutual TLS, the client certificate's common name ("team_a")
+        names the agent's identity without a token, and that identity's
+        path globs apply.
+        """
+        proxy = self.proxy(
+            identities=(Identity("team_a", "", ("app",)),),
+            **self.serverTLS(trust=self.certs.ca),
+        )
+        allowed = self.agent(proxy.agentListener.portNumber, **self.clientTLS(self.certs.client))
+        await allowed.whenConnected()
+        (link,) = proxy.registry.lookup("app")
+        self.assertEqual(link.identity.name, "team_a")
+        self.assertEqual(await self.scrape(proxy), (200, METRICS))
+        refused = self.agent(
+            proxy.agentListener.portNumber, path="other", **self.clientTLS(self.certs.client)
+        )
+        await refused.whenConnected()
+        self.assertEqual(proxy.registry.lookup("other"), ())
+        self.assertEqual(proxy.registry.refusals["unauthorized"], 1)
+        self.assertTrue(
+            self.logged("the proxy refused path /other: agent identity 'team_a' is not authorized")
+        )
+
     async def intruderRefused(self, intruderCertificate: Issued | None, reason: str) -> None:
         """
         A proxy requiring client certificates serves an agent with a good
@@ -618,10 +644,17 @@ class LinkTests(_Loopback):
         self.assertEqual(await self.scrape(proxy), (200, METRICS))
 
     async def test_agentWithoutCertificate(self) -> None:
-        await self.intruderRefused(None, "certificate required")
+        await self.intruderRefused(
+            None,
+            "the proxy requires a client certificate: set agent.tls.certChainFilePath"
+            " and agent.tls.privateKeyFilePath (alert certificate required)",
+        )
 
     async def test_agentCertificateFromAnotherCA(self) -> None:
-        await self.intruderRefused(self.certs.otherClient, "unknown ca")
+        await self.intruderRefused(
+            self.certs.otherClient,
+            "the proxy does not trust the CA that signed this agent's certificate",
+        )
 
     async def refusedProxy(self, certificate: Issued, host: str = "127.0.0.1", **tls: Any) -> str:
         """
