@@ -20,7 +20,6 @@ from promtwist import __version__
 from promtwist.agent.scraper import Scrape, Scraper
 from promtwist.config import AgentSettings, PathConfig
 from promtwist.httputil import redacted
-from promtwist.tls import describeTLSFailure
 from promtwist.logs import observer
 from promtwist.protocol.framing import _peerName
 from promtwist.protocol.promtwist_pb2 import (
@@ -37,6 +36,7 @@ from promtwist.protocol.promtwist_pb2 import (
     Welcome,
 )
 from promtwist.protocol.session import PROTOCOL_VERSION, Session, SessionLost
+from promtwist.tls import describeTLSFailure
 
 
 class Rejected(Exception):
