@@ -71,6 +71,7 @@ class HostileInputTests(TestCase):
                 agent_token=TOKEN,
                 handshake_timeout_secs=1.0,
                 max_pending_handshakes=8,
+                http_header_timeout_secs=1.0,
             ),
             reactor,
             interface="127.0.0.1",
@@ -94,8 +95,9 @@ class HostileInputTests(TestCase):
         self.pool = HTTPConnectionPool(reactor, persistent=False)
         self.http = Agent(reactor, pool=self.pool)
 
-    async def connect(self) -> _Raw:
-        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.proxy.agentListener.portNumber)
+    async def connect(self, port: int | None = None) -> _Raw:
+        port = port or self.proxy.agentListener.portNumber
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
         client = _Raw()
         await connectProtocol(endpoint, client)
         return client
@@ -168,4 +170,24 @@ class HostileInputTests(TestCase):
         await self.assertScrapesSucceed()
         await gatherResults([client.closed for client in idle])
         self.assertEqual(self.proxy.linkFactory.pending, set())
+        self.assertAgentUndisturbed()
+
+    async def test_slowloris(self) -> None:
+        """
+        A client trickling a request's headers into the scrape port is cut
+        off at the header deadline, though it never stops sending; scrapes
+        from others go on meanwhile.
+        """
+        client = await self.connect(self.proxy.httpListener.portNumber)
+        request = b"GET /m HTTP/1.1\r\nHost: proxy\r\n" + b"X-Slow: " + b"a" * 200
+        sent = 0
+        while not client.closed.called:
+            client.transport.write(request[sent : sent + 1])
+            sent += 1
+            await deferLater(reactor, 0.05)
+            if sent % 5 == 0:
+                await self.assertScrapesSucceed(1)
+        self.assertLess(sent, len(request))
+        self.assertIn(b"408", client.received.split(b"\r\n", 1)[0])
+        await self.assertScrapesSucceed()
         self.assertAgentUndisturbed()
