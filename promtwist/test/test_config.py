@@ -565,7 +565,7 @@ class ValueErrorTests(ConfigTestCase):
                 "proxy.auth[0].paths: expected a path glob",
             ),
         ]:
-            self.assertConfigError(lambda conf=conf: self.proxyFrom(conf), expected)
+            self.assertConfigError(partial(self.proxyFrom, conf), expected)
 
     def test_certificateIdentityWithoutToken(self) -> None:
         """

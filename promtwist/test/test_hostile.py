@@ -9,6 +9,7 @@ import os
 import struct
 
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IListeningPort
@@ -44,6 +45,10 @@ class _Raw(Protocol):
         self.received = b""
         self.closed: Deferred[None] = Deferred()
 
+    def send(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
     def dataReceived(self, data: bytes) -> None:
         self.received += data
 
@@ -61,9 +66,20 @@ def helloFrame(token: str) -> bytes:
 class HostileInputTests(TestCase):
     timeout = 60
 
-    async def setUp(self) -> None:
-        target: IListeningPort = reactor.listenTCP(0, Site(_Metrics()), interface="127.0.0.1")
+    # Trial waits for a Deferred that setUp returns; the signature it
+    # inherits from unittest says None.
+    def setUp(self) -> Deferred[None]:  # type: ignore[override]
+        return Deferred.fromCoroutine(self._setUp())
+
+    async def _setUp(self) -> None:
+        target: IListeningPort = reactor.listenTCP(
+            0,
+            Site(_Metrics()),  # type: ignore[arg-type]
+            interface="127.0.0.1",
+        )
         self.addCleanup(target.stopListening)
+        targetAddress = target.getHost()
+        assert isinstance(targetAddress, IPv4Address)
         self.proxy = ProxyService(
             ProxySettings(
                 http_port=0,
@@ -84,7 +100,7 @@ class HostileInputTests(TestCase):
                 agent_token=TOKEN,
                 proxy_endpoints=(ProxyEndpoint("127.0.0.1", self.proxy.agentListener.portNumber),),
                 path_configs=(
-                    PathConfig("m", "m", f"http://127.0.0.1:{target.getHost().port}/metrics"),
+                    PathConfig("m", "m", f"http://127.0.0.1:{targetAddress.port}/metrics"),
                 ),
             ),
             reactor,
@@ -115,14 +131,14 @@ class HostileInputTests(TestCase):
 
     async def test_randomBytes(self) -> None:
         client = await self.connect()
-        client.transport.write(os.urandom(4096))
+        client.send(os.urandom(4096))
         await client.closed
         await self.assertScrapesSucceed()
         self.assertAgentUndisturbed()
 
     async def test_hugeLengthPrefix(self) -> None:
         client = await self.connect()
-        client.transport.write(b"\xff\xff\xff\xff" + b"x" * 100)
+        client.send(b"\xff\xff\xff\xff" + b"x" * 100)
         await client.closed
         await self.assertScrapesSucceed()
         self.assertAgentUndisturbed()
@@ -135,7 +151,7 @@ class HostileInputTests(TestCase):
         """
         clients = await gatherResults([Deferred.fromCoroutine(self.connect()) for _ in range(50)])
         for client in clients:
-            client.transport.write(helloFrame("guess"))
+            client.send(helloFrame("guess"))
         await self.assertScrapesSucceed()
         await gatherResults([client.closed for client in clients])
         rejected = [c for c in clients if b"invalid agent token" in c.received]
@@ -150,7 +166,7 @@ class HostileInputTests(TestCase):
         handshake deadline; scrapes go on meanwhile.
         """
         client = await self.connect()
-        client.transport.write(helloFrame(TOKEN)[:7])
+        client.send(helloFrame(TOKEN)[:7])
         await self.assertScrapesSucceed(2)
         self.assertNoResult(client.closed)
         await client.closed
@@ -182,7 +198,7 @@ class HostileInputTests(TestCase):
         request = b"GET /m HTTP/1.1\r\nHost: proxy\r\n" + b"X-Slow: " + b"a" * 200
         sent = 0
         while not client.closed.called:
-            client.transport.write(request[sent : sent + 1])
+            client.send(request[sent : sent + 1])
             sent += 1
             await deferLater(reactor, 0.05)
             if sent % 5 == 0:

@@ -12,6 +12,7 @@ import tracemalloc
 from typing import Any
 
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IListeningPort, IPullProducer
 from twisted.internet.protocol import Protocol
@@ -116,10 +117,14 @@ class LoopbackTests(TestCase):
     ) -> None:
         self.target = Target()
         self.targetPort: IListeningPort = reactor.listenTCP(
-            0, Site(self.target), interface="127.0.0.1"
+            0,
+            Site(self.target),  # type: ignore[arg-type]
+            interface="127.0.0.1",
         )
         self.addCleanup(self.targetPort.stopListening)
-        base = f"http://127.0.0.1:{self.targetPort.getHost().port}"
+        targetAddress = self.targetPort.getHost()
+        assert isinstance(targetAddress, IPv4Address)
+        base = f"http://127.0.0.1:{targetAddress.port}"
         self.paths = (
             PathConfig("app", "app", f"{base}/metrics", {"team": "a", "n": "2"}),
             PathConfig("gz", "team/gz", f"{base}/gzip"),

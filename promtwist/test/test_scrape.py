@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import cast
 
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.server import Request
 from twisted.web.test.requesthelper import DummyRequest
 
 from promtwist.config import Identity, ProxySettings
@@ -29,11 +31,16 @@ class FakeAgent:
     identity: Identity = ANONYMOUS
 
 
-def request(**headers: str) -> DummyRequest:
+def request(**headers: str) -> Request:
+    """
+    A request with C{headers} (underscores in names become dashes): a
+    L{DummyRequest}, which has every part of a L{Request} the code under
+    test reads.
+    """
     r = DummyRequest([b""])
     for name, value in headers.items():
         r.requestHeaders.setRawHeaders(name.replace("_", "-"), [value])
-    return r
+    return cast(Request, r)
 
 
 class DeadlineTests(SynchronousTestCase):
