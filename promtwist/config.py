@@ -87,7 +87,43 @@ class Identity:
 
 
 @dataclass(frozen=True)
-class ProxySettings:
+class MetricFilter:
+    """
+    Which metric families of a path's body cross the link (an entry of
+    C{agent.filters}): the regular expressions are fully anchored, C{allow}
+    empty means all, and C{deny} applies after C{allow}.
+    """
+
+    path: str
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _OperationsSettings:
+    """
+    What both processes share for running them: admin and metrics
+    endpoints, logging and shutdown.
+    """
+
+    admin_enabled: bool = False
+    admin_ping_path: str = "ping"
+    admin_version_path: str = "version"
+    admin_health_check_path: str = "healthcheck"
+    admin_thread_dump_path: str = "threaddump"
+    admin_debug_enabled: bool = False
+    admin_allowed_networks: tuple[str, ...] = ()
+    metrics_enabled: bool = False
+    metrics_path: str = "metrics"
+    scrape_request_backlog_unhealthy_size: int = 25
+    # promtwist's own: JSON log lines, and how long in-flight scrapes may
+    # finish after SIGTERM.
+    log_json: bool = False
+    shutdown_grace_secs: float = 10.0
+
+
+@dataclass(frozen=True)
+class ProxySettings(_OperationsSettings):
     """
     Everything the proxy process needs, resolved from all sources.
     """
@@ -134,10 +170,14 @@ class ProxySettings:
     http_basic_auth_password: str = ""
     http_bearer_token: str = ""
     http_allowed_networks: tuple[str, ...] = ()
+    admin_port: int = 8092
+    metrics_port: int = 8082
+    admin_recent_requests_queue_size: int = 50
+    scrape_request_map_unhealthy_size: int = 25
 
 
 @dataclass(frozen=True)
-class AgentSettings:
+class AgentSettings(_OperationsSettings):
     """
     Everything the agent process needs, resolved from all sources.
     """
@@ -160,6 +200,12 @@ class AgentSettings:
     heartbeat_max_inactivity_secs: float = 5.0
     reconnect_pause_secs: float = 3.0
     path_configs: tuple[PathConfig, ...] = ()
+    filters: tuple[MetricFilter, ...] = ()
+    admin_port: int = 8093
+    metrics_port: int = 8083
+    discovery_enabled: bool = False
+    discovery_file_path: str = ""
+    discovery_reconcile_interval_secs: float = 30.0
     log_level: str = ""
     # promtwist's own key, under agent.internal.
     max_frame_bytes: int = MiB
@@ -252,6 +298,13 @@ def _urlPath(value: str) -> str:
         raise ValueError(value)
     return path
 
+
+def _endpointPath(value: str) -> str:
+    # An empty path turns the endpoint off.
+    return _urlPath(value) if value.strip() else ""
+
+
+ENDPOINT_PATH = Rule("a URL path without '?', '#' or whitespace, or empty", _endpointPath)
 
 URL_PATH = Rule("a non-empty URL path without '?', '#' or whitespace", _urlPath)
 
@@ -433,6 +486,7 @@ def _common(
             f"{s}.admin.enabled",
             bool,
             False,
+            field="admin_enabled",
             env="ADMIN_ENABLED",
             options=("admin",),
             short="r",
@@ -442,20 +496,26 @@ def _common(
             f"{s}.admin.port",
             int,
             adminPort,
+            field="admin_port",
             env="ADMIN_PORT",
             options=("admin_port",),
             short="i",
             rule=PORT,
             help="Admin port",
         ),
-        Setting(f"{s}.admin.pingPath", str, "ping"),
-        Setting(f"{s}.admin.versionPath", str, "version"),
-        Setting(f"{s}.admin.healthCheckPath", str, "healthcheck"),
-        Setting(f"{s}.admin.threadDumpPath", str, "threaddump"),
+        Setting(f"{s}.admin.pingPath", str, field="admin_ping_path", rule=ENDPOINT_PATH),
+        Setting(f"{s}.admin.versionPath", str, field="admin_version_path", rule=ENDPOINT_PATH),
+        Setting(
+            f"{s}.admin.healthCheckPath", str, field="admin_health_check_path", rule=ENDPOINT_PATH
+        ),
+        Setting(
+            f"{s}.admin.threadDumpPath", str, field="admin_thread_dump_path", rule=ENDPOINT_PATH
+        ),
         Setting(
             f"{s}.admin.debugEnabled",
             bool,
             False,
+            field="admin_debug_enabled",
             env="DEBUG_ENABLED",
             options=("debug",),
             short="b",
@@ -465,6 +525,7 @@ def _common(
             f"{s}.metrics.enabled",
             bool,
             False,
+            field="metrics_enabled",
             env="METRICS_ENABLED",
             options=("metrics",),
             short="e",
@@ -474,13 +535,33 @@ def _common(
             f"{s}.metrics.port",
             int,
             metricsPort,
+            field="metrics_port",
             env="METRICS_PORT",
             options=("metrics_port",),
             short="m",
             rule=PORT,
             help="Metrics port",
         ),
-        Setting(f"{s}.metrics.path", str, "metrics"),
+        Setting(f"{s}.metrics.path", str, field="metrics_path", rule=ENDPOINT_PATH),
+        Setting(
+            f"{s}.internal.scrapeRequestBacklogUnhealthySize",
+            int,
+            field="scrape_request_backlog_unhealthy_size",
+            rule=POSITIVE,
+        ),
+        Setting(
+            f"{s}.logJson",
+            bool,
+            field="log_json",
+            options=("log_json",),
+            help="Write log lines as JSON objects",
+        ),
+        Setting(
+            f"{s}.internal.shutdownGraceSecs",
+            float,
+            field="shutdown_grace_secs",
+            rule=NON_NEGATIVE,
+        ),
         *(Setting(f"{s}.metrics.{name}", bool, False) for name in metricsExports),
         Setting(
             f"{s}.tls.certChainFilePath",
@@ -604,7 +685,12 @@ PROXY = Role(
                 options=("ref_disabled", "ref-disabled"),
                 help="Disable gRPC reflection (no effect in promtwist)",
             ),
-            Setting("proxy.admin.recentRequestsQueueSize", int, 50, rule=NON_NEGATIVE),
+            Setting(
+                "proxy.admin.recentRequestsQueueSize",
+                int,
+                field="admin_recent_requests_queue_size",
+                rule=NON_NEGATIVE,
+            ),
             Setting(
                 "proxy.dashboard.enabled",
                 bool,
@@ -706,8 +792,12 @@ PROXY = Role(
                 field="scrape_request_timeout_secs",
                 rule=POSITIVE,
             ),
-            Setting("proxy.internal.scrapeRequestBacklogUnhealthySize", int, 25, rule=POSITIVE),
-            Setting("proxy.internal.scrapeRequestMapUnhealthySize", int, 25, rule=POSITIVE),
+            Setting(
+                "proxy.internal.scrapeRequestMapUnhealthySize",
+                int,
+                field="scrape_request_map_unhealthy_size",
+                rule=POSITIVE,
+            ),
             Setting("proxy.internal.chunkContextMapUnhealthySize", int, 25, rule=POSITIVE),
             Setting("proxy.internal.maxZippedContentSizeMBytes", int, 5, rule=NON_NEGATIVE),
             Setting(
@@ -962,9 +1052,14 @@ AGENT = Role(
                 options=("override", "over"),
                 help="TLS server name expected from the proxy",
             ),
-            Setting("agent.discovery.enabled", bool, False),
-            Setting("agent.discovery.file.path", str, ""),
-            Setting("agent.discovery.reconcileIntervalSecs", int, 30, rule=POSITIVE),
+            Setting("agent.discovery.enabled", bool, field="discovery_enabled"),
+            Setting("agent.discovery.file.path", str, field="discovery_file_path"),
+            Setting(
+                "agent.discovery.reconcileIntervalSecs",
+                float,
+                field="discovery_reconcile_interval_secs",
+                rule=POSITIVE,
+            ),
             Setting(
                 "agent.grpc.keepAliveWithoutCalls",
                 bool,
@@ -997,11 +1092,15 @@ AGENT = Role(
                 field="heartbeat_max_inactivity_secs",
                 rule=POSITIVE,
             ),
-            Setting("agent.internal.scrapeRequestBacklogUnhealthySize", int, 25, rule=POSITIVE),
             *_common("agent", 8093, 8083, "prometheus-agent", "AGENT_LOG_LEVEL"),
         ),
     ),
-    lists=("agent.pathConfigs", "agent.filters", "agent.proxy.endpoints"),
+    lists=(
+        "agent.pathConfigs",
+        "agent.filters",
+        "agent.proxy.endpoints",
+        "agent.admin.allowedNetworks",
+    ),
 )
 
 
@@ -1635,6 +1734,45 @@ def _networks(gathered: _Gathered, key: str) -> tuple[str, ...]:
     return tuple(networks)
 
 
+_FILTER_KEYS = ("path", "metricNameAllow", "metricNameDeny")
+
+
+def _filters(gathered: _Gathered, warn: Callable[[str], None]) -> tuple[MetricFilter, ...]:
+    """
+    C{agent.filters}: every field present (prometheus-proxy requires all
+    three), every pattern a valid regular expression.
+    """
+    key = "agent.filters"
+    label = gathered.label
+    filters = []
+    for index, entry in enumerate(_asList(gathered.file.get(key, []), label, key)):
+        where = f"{key}[{index}]"
+        if not isinstance(entry, Mapping):
+            raise _fail(
+                label, where, "an object with path, metricNameAllow and metricNameDeny", entry
+            )
+        for name in entry:
+            if name not in _FILTER_KEYS:
+                warn(f"unknown configuration key {where}.{name} in {label} (ignored)")
+        for name in _FILTER_KEYS:
+            if name not in entry:
+                raise ConfigError(f"{label}: {where}: {name} is required")
+        patterns: dict[str, tuple[str, ...]] = {}
+        for name in _FILTER_KEYS[1:]:
+            patterns[name] = tuple(
+                str(_coerce(str, item, lenient=True))
+                for item in _asList(entry[name], label, f"{where}.{name}")
+            )
+            for pattern in patterns[name]:
+                try:
+                    re.compile(pattern)
+                except re.error as e:
+                    raise _fail(label, f"{where}.{name}", "regular expressions", pattern) from e
+        path = str(_coerce(str, entry["path"], lenient=True)).strip().removeprefix("/")
+        filters.append(MetricFilter(path, patterns["metricNameAllow"], patterns["metricNameDeny"]))
+    return tuple(filters)
+
+
 _log = Logger(namespace="promtwist.config")
 
 
@@ -1673,6 +1811,7 @@ def loadProxySettings(
     return ProxySettings(
         identities=_identities(gathered, values["agent_token"], warn),
         http_allowed_networks=_networks(gathered, "proxy.http.allowedNetworks"),
+        admin_allowed_networks=_networks(gathered, "proxy.admin.allowedNetworks"),
         **values,
     )
 
@@ -1695,13 +1834,18 @@ def loadAgentSettings(
         )
     gathered = _gather(AGENT, options, environ, fetch, warn)
     _checkKeyPair(gathered, "agent.tls")
-    if gathered.file.get("agent.filters"):
-        warn(f"configuration key agent.filters ({gathered.label}) has no effect in promtwist")
     values = _fieldValues(AGENT, gathered)
     values["name"] = values["name"].strip() or f"Unnamed-{socket.gethostname()}"
+    if values["discovery_enabled"] and not values["discovery_file_path"]:
+        raise ConfigError(
+            f"{gathered.label}: agent.discovery.file.path is required when"
+            " agent.discovery.enabled is true"
+        )
     return AgentSettings(
         config_source=gathered.source,
         proxy_endpoints=_proxyEndpoints(gathered),
         path_configs=_pathConfigs(gathered, warn),
+        filters=_filters(gathered, warn),
+        admin_allowed_networks=_networks(gathered, "agent.admin.allowedNetworks"),
         **values,
     )

@@ -22,6 +22,7 @@ from promtwist.config import (
     AgentSettings,
     ConfigError,
     Identity,
+    MetricFilter,
     PathConfig,
     ProxyEndpoint,
     ProxySettings,
@@ -158,7 +159,10 @@ class ExampleFilesTests(ConfigTestCase):
 
     def test_simple(self) -> None:
         config = self.example("simple.conf")
-        self.assertEqual(self.proxy({"config": config}), ProxySettings())
+        self.assertEqual(
+            self.proxy({"config": config}),
+            ProxySettings(admin_enabled=True, metrics_enabled=True),
+        )
         agent = self.agent({"config": config})
         self.assertEqual(agent.proxy_endpoints, (ProxyEndpoint("localhost", 50051),))
         self.assertEqual(
@@ -236,15 +240,24 @@ class ExampleFilesTests(ConfigTestCase):
         )
 
     def test_agentFilters(self) -> None:
-        """
-        Filters are accepted but not applied, and the user is told so.
-        """
         config = self.example("agent-filters.conf")
         self.assertEqual(self.proxy({"config": config}), ProxySettings())
         agent = self.agent({"config": config})
         self.assertEqual([p.path for p in agent.path_configs], ["app1_metrics"])
-        self.assertEqual(len(self.warnings), 1)
-        self.assertIn("agent.filters", self.warnings[0])
+        self.assertEqual(
+            agent.filters, (MetricFilter("app1_metrics", (), ("go_gc_.*", "go_memstats_.*")),)
+        )
+        self.assertEqual(self.warnings, [])
+
+    def test_filterErrors(self) -> None:
+        for conf, expected in [
+            ("agent.filters = [{path = p, metricNameAllow = []}]", "metricNameDeny is required"),
+            (
+                'agent.filters = [{path = p, metricNameAllow = ["("], metricNameDeny = []}]',
+                "agent.filters[0].metricNameAllow: expected regular expressions",
+            ),
+        ]:
+            self.assertConfigError(partial(self.agentFrom, conf), expected)
 
     def test_nginxProxy(self) -> None:
         config = self.example("nginx-proxy.conf")
@@ -273,6 +286,8 @@ class TableTests(SynchronousTestCase):
             "config_source",
             "identities",
             "http_allowed_networks",
+            "admin_allowed_networks",
+            "filters",
         }
         for role, settingsClass in ((PROXY, ProxySettings), (AGENT, AgentSettings)):
             fed = [s.field for s in role.settings if s.field]
@@ -869,16 +884,10 @@ class WarningTests(ConfigTestCase):
         """
         self.proxy({"admin": True}, {"METRICS_PORT": "8082", "DASHBOARD_PORT": "1"})
         self.assertEqual(
-            sorted(self.warnings),
+            self.warnings,
             [
-                (
-                    "configuration key proxy.admin.enabled (option --admin)"
-                    " has no effect in promtwist"
-                ),
-                (
-                    "configuration key proxy.dashboard.port (environment variable DASHBOARD_PORT)"
-                    " has no effect in promtwist"
-                ),
+                "configuration key proxy.dashboard.port (environment variable DASHBOARD_PORT)"
+                " has no effect in promtwist"
             ],
         )
 
