@@ -116,9 +116,7 @@ class _OperationsSettings:
     metrics_enabled: bool = False
     metrics_path: str = "metrics"
     scrape_request_backlog_unhealthy_size: int = 25
-    # promtwist's own: JSON log lines, and how long in-flight scrapes may
-    # finish after SIGTERM.
-    log_json: bool = False
+    # promtwist's own: how long in-flight scrapes may finish after SIGTERM.
     shutdown_grace_secs: float = 10.0
 
 
@@ -548,13 +546,6 @@ def _common(
             int,
             field="scrape_request_backlog_unhealthy_size",
             rule=POSITIVE,
-        ),
-        Setting(
-            f"{s}.logJson",
-            bool,
-            field="log_json",
-            options=("log_json",),
-            help="Write log lines as JSON objects",
         ),
         Setting(
             f"{s}.internal.shutdownGraceSecs",

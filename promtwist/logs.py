@@ -8,11 +8,15 @@ open up promtwist without touching what twistd itself logs.
 
 from __future__ import annotations
 
+import sys
+
 from twisted.logger import (
     FilteringLogObserver,
+    ILogObserver,
     LogLevel,
     LogLevelFilterPredicate,
     globalLogPublisher,
+    jsonFileLogObserver,
 )
 
 # prometheus-proxy's level names; "off" keeps only critical events, which
@@ -36,3 +40,14 @@ def applyLogLevel(level: str) -> None:
     C{warn}, C{error} or C{off}; C{""} means C{info}.
     """
     _predicate.setLogLevelForNamespace("", _LEVELS.get(level.lower(), LogLevel.info))
+
+
+def jsonLogger() -> ILogObserver:
+    """
+    One JSON object per log event on standard output, for log shippers:
+    C{twistd --logger=promtwist.logs.jsonLogger promproxy-proxy ...}.
+
+    twistd chooses its log observer before it builds the service, which is
+    why this is a twistd option and not a promtwist setting.
+    """
+    return jsonFileLogObserver(sys.stdout)
