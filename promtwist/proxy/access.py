@@ -17,7 +17,7 @@ from twisted.web.server import Request
 
 from promtwist.config import ProxySettings
 from promtwist.logs import observer
-from promtwist.proxy.scrape import textResponse
+from promtwist.proxy.answers import textResponse
 
 REALM = "promtwist"
 

@@ -10,8 +10,8 @@ shows up in Prometheus' target page.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable
+from typing import cast
 from urllib.parse import unquote
 
 from twisted.internet.defer import CancelledError
@@ -25,52 +25,20 @@ from promtwist.config import MiB, ProxySettings
 from promtwist.httputil import acceptsGzip
 from promtwist.logs import observer
 from promtwist.protocol.promtwist_pb2 import Outcome, ScrapeResponse
-from promtwist.proxy.link import AgentLink, ScrapeFailed, ScrapeStream
+from promtwist.proxy.answers import (
+    GunzipError,
+    ScrapeCall,
+    ScrapeRecord,
+    failureOf,
+    gunzipper,
+    header,
+    scrapeDeadline,
+    targetStatusType,
+    textResponse,
+)
+from promtwist.proxy.consolidated import FanOut
+from promtwist.proxy.link import AgentLink, ScrapeFailed
 from promtwist.proxy.registry import Registry
-
-TIMEOUT_HEADER = b"X-Prometheus-Scrape-Timeout-Seconds"
-
-# What Prometheus sees for each way a scrape can fail at the agent.
-STATUS_FOR_OUTCOME = {
-    Outcome.PATH_NOT_FOUND: 404,
-    Outcome.UNREACHABLE: 503,
-    Outcome.TIMED_OUT: 408,
-    Outcome.TOO_LARGE: 413,
-    Outcome.CANCELLED: 503,
-    Outcome.AGENT_ERROR: 503,
-}
-
-
-def scrapeDeadline(request: Request, settings: ProxySettings) -> float:
-    """
-    How long this scrape may take: Prometheus' own timeout when it says,
-    capped by C{proxy.internal.scrapeRequestTimeoutSecs}.
-    """
-    limit = settings.scrape_request_timeout_secs
-    header = request.getHeader(TIMEOUT_HEADER)
-    if header:
-        try:
-            seconds = float(header)
-        except ValueError:
-            return limit
-        if 0 < seconds < limit:
-            return seconds
-    return limit
-
-
-def agentBudget(deadline: float) -> float:
-    """
-    The share of the deadline the agent gets, so that its 408 for a slow
-    target reaches Prometheus before Prometheus gives up itself.
-    """
-    return deadline - min(0.5, deadline * 0.1)
-
-
-def textResponse(request: Request, status: int, reason: str) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-    request.setHeader(b"Cache-Control", b"must-revalidate,no-store")
-    return reason.encode("utf-8") + b"\n"
 
 
 class ScrapeResource(Resource):
@@ -94,41 +62,49 @@ class ScrapeResource(Resource):
         self.registry = registry
         self.clock = clock
         self.discovery = discovery
+        self.observers: list[Callable[[ScrapeRecord], None]] = []
+        self.stopping = False
+
+    def record(self, record: ScrapeRecord) -> None:
+        """
+        Tell every observer how a scrape ended.
+        """
+        for notify in self.observers:
+            notify(record)
 
     def render_GET(self, request: Request) -> bytes | int:
+        started = self.clock.seconds()
         try:
             path = unquote(request.path.decode("ascii"), errors="strict").lstrip("/")
         except UnicodeDecodeError:
             return textResponse(request, 400, "request path is not valid UTF-8")
-        if not path:
-            return textResponse(
-                request, 404, "no path given: request /<path> of a registered agent path"
-            )
         if self.discovery is not None and path == self.settings.sd_path:
             document: bytes = self.discovery.render(request)
             return document
         agents = self.registry.lookup(path)
-        if not agents:
-            return textResponse(request, 404, f"no agent serves /{path}")
-        link = agents[0]
-        assert isinstance(link, AgentLink)
-        deadline = scrapeDeadline(request, self.settings)
-        query = request.uri.partition(b"?")[2].decode("ascii", "replace")
-        stream = link.scrape(
-            path,
-            query,
-            _header(request, b"Accept"),
-            _header(request, b"Accept-Encoding"),
-            _header(request, b"Authorization") if self.settings.forward_authorization else "",
-            agentBudget(deadline),
-        )
-        _Relay(self, request, stream, path, link, deadline).start()
-        return NOT_DONE_YET
-
-
-def _header(request: Request, name: bytes) -> str:
-    value = request.getHeader(name)
-    return value.decode("latin-1") if value else ""
+        if not path:
+            status, kind, reason = 404, "missing_path", "no path given: request /<path>"
+        elif self.stopping:
+            status, kind, reason = 503, "proxy_stopped", "the proxy is shutting down"
+        elif not agents:
+            status, kind, reason = 404, "invalid_path", f"no agent serves /{path}"
+        else:
+            call = ScrapeCall(
+                path,
+                request.uri.partition(b"?")[2].decode("ascii", "replace"),
+                header(request, b"Accept"),
+                header(request, b"Accept-Encoding"),
+                header(request, b"Authorization") if self.settings.forward_authorization else "",
+                scrapeDeadline(request, self.settings),
+            )
+            links = [cast(AgentLink, agent) for agent in agents]
+            if len(links) == 1:
+                _Relay(self, request, call, links[0], started).start()
+            else:
+                FanOut(self, request, call, links, started).start()
+            return NOT_DONE_YET
+        self.record(ScrapeRecord(path, "", status, kind, reason, 0.0, 0, "plain"))
+        return textResponse(request, status, reason)
 
 
 class _Relay:
@@ -143,24 +119,23 @@ class _Relay:
         self,
         resource: ScrapeResource,
         request: Request,
-        stream: ScrapeStream,
-        path: str,
+        call: ScrapeCall,
         link: AgentLink,
-        deadline: float,
+        started: float,
     ) -> None:
         self.resource = resource
         self.request = request
-        self.stream = stream
-        self.path = path
+        self.call = call
         self.link = link
-        self.deadline = deadline
-        self.started = resource.clock.seconds()
+        self.started = started
+        self.stream = call.send(link)
         self._done = False
         self._timer: IDelayedCall | None = None
         self._decode: Callable[[bytes], bytes] | None = None
+        self._sent = 0
 
     def start(self) -> None:
-        self._timer = self.resource.clock.callLater(self.deadline, self._timedOut)
+        self._timer = self.resource.clock.callLater(self.call.deadline, self._timedOut)
         self.request.notifyFinish().addErrback(self._clientGone)
         self.stream.head.addCallbacks(self._headReceived, self._headFailed)
 
@@ -171,17 +146,21 @@ class _Relay:
             return
         request = self.request
         if head.outcome != Outcome.SUCCESS:
-            status = STATUS_FOR_OUTCOME.get(head.outcome, 503)
-            return self._fail(status, head.reason or Outcome.Name(head.outcome).lower())
+            status, kind = failureOf(head.outcome)
+            return self._fail(status, kind, head.reason or Outcome.Name(head.outcome).lower())
         if not 200 <= head.status < 300:
-            return self._fail(head.status, head.reason or f"target answered HTTP {head.status}")
+            return self._fail(
+                head.status,
+                targetStatusType(head.status),
+                head.reason or f"target answered HTTP {head.status}",
+            )
         request.setResponseCode(head.status)
         request.setHeader(b"Cache-Control", b"must-revalidate,no-store")
         if head.content_type:
             request.setHeader(b"Content-Type", head.content_type.encode("latin-1"))
         encoding = head.content_encoding
-        if encoding.lower() == "gzip" and not acceptsGzip(_header(request, b"Accept-Encoding")):
-            self._decode = _gunzipper(self.resource.settings.max_unzipped_content_size_mbytes * MiB)
+        if encoding.lower() == "gzip" and not acceptsGzip(header(request, b"Accept-Encoding")):
+            self._decode = gunzipper(self.resource.settings.max_unzipped_content_size_mbytes * MiB)
         else:
             if encoding:
                 request.setHeader(b"Content-Encoding", encoding.encode("latin-1"))
@@ -194,9 +173,9 @@ class _Relay:
         if self._done or failure.check(CancelledError):
             return
         if failure.check(ScrapeFailed):
-            return self._fail(502, failure.getErrorMessage())
-        self._log.failure("scrape of /{path} failed", failure, path=self.path)
-        self._fail(500, "internal error in the proxy")
+            return self._fail(502, "upstream_error", failure.getErrorMessage())
+        self._log.failure("scrape of /{path} failed", failure, path=self.call.path)
+        self._fail(500, "upstream_error", "internal error in the proxy")
 
     # The body (BodyConsumer).
 
@@ -204,46 +183,49 @@ class _Relay:
         if self._decode is not None:
             try:
                 data = self._decode(data)
-            except _GunzipError as e:
-                return self.bodyFailed(Outcome.AGENT_ERROR, str(e))
+            except GunzipError as e:
+                return self._bodyBroken(e.status, e.type, str(e))
+        self._sent += len(data)
         self.request.write(data)
 
     def bodyDone(self) -> None:
         if self._decode is not None:
-            try:
-                self.request.write(self._decode(b""))
-            except _GunzipError as e:
-                return self.bodyFailed(Outcome.AGENT_ERROR, str(e))
-        self._finish(self.request.code, "success")
+            self.write(b"")
+            if self._done:
+                return
+        self._finish(self.request.code, "success", "")
         self.request.unregisterProducer()
         self.request.finish()
 
     def bodyFailed(self, outcome: Outcome, reason: str) -> None:
+        status, kind = failureOf(outcome)
+        self._bodyBroken(status, kind, reason)
+
+    def _bodyBroken(self, status: int, kind: str, reason: str) -> None:
         if self._done:
             return
+        self.request.unregisterProducer()
         if not self.request.startedWriting:
-            self.request.unregisterProducer()
-            return self._fail(STATUS_FOR_OUTCOME.get(outcome, 502), reason)
+            return self._fail(status, kind, reason)
         # Part of the body is already on its way: the only honest signal left
         # is a broken response, which Prometheus records as a failed scrape.
-        self._finish(self.request.code, f"aborted mid-body: {reason}")
+        self._finish(self.request.code, kind, f"aborted mid-body: {reason}")
         self.stream.cancel()
-        self.request.unregisterProducer()
         self.request.channel.forceAbortClient()
 
     # Endings.
 
     def _timedOut(self) -> None:
         self._timer = None
-        reason = f"no complete answer from agent {self.link.name!r} within {self.deadline:g}s"
+        reason = f"no complete answer from agent {self.link.name!r} within {self.call.deadline:g}s"
         if not self.stream.head.called:
-            self._fail(503, reason)
+            self._fail(503, "timed_out", reason)
         else:
-            self.bodyFailed(Outcome.TIMED_OUT, reason)
+            self._bodyBroken(503, "timed_out", reason)
 
     def _clientGone(self, failure: Failure) -> None:
         if not self._done:
-            self._finish(499, "client went away")
+            self._finish(499, "client_gone", "Prometheus hung up")
         self._abandon()
 
     def _abandon(self) -> None:
@@ -253,50 +235,27 @@ class _Relay:
             # Its canceller tells the agent; _headFailed ignores the error.
             self.stream.head.cancel()
 
-    def _fail(self, status: int, reason: str) -> None:
-        self._finish(status, reason)
+    def _fail(self, status: int, kind: str, reason: str) -> None:
+        self._finish(status, kind, reason)
         self._abandon()
         self.request.write(textResponse(self.request, status, reason))
         self.request.finish()
 
-    def _finish(self, status: int, outcome: str) -> None:
+    def _finish(self, status: int, kind: str, reason: str) -> None:
         self._done = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        if self.resource.settings.request_logging_enabled:
-            self._log.debug(
-                "scrape /{path} via {agent} -> {status} ({outcome}), {bytes} bytes in {ms:.1f} ms",
-                path=self.path,
-                agent=self.link.name,
-                status=status,
-                outcome=outcome,
-                bytes=self.stream.bytesReceived,
-                ms=(self.resource.clock.seconds() - self.started) * 1000,
+        gzipped = self.request.responseHeaders.hasHeader(b"Content-Encoding")
+        self.resource.record(
+            ScrapeRecord(
+                self.call.path,
+                self.link.name,
+                status,
+                kind,
+                reason,
+                self.resource.clock.seconds() - self.started,
+                self._sent,
+                "gzipped" if gzipped else "plain",
             )
-
-
-class _GunzipError(Exception):
-    pass
-
-
-def _gunzipper(limit: int) -> Callable[[bytes], bytes]:
-    """
-    A streaming gzip decoder for clients that do not accept gzip, refusing
-    to inflate past C{limit} bytes (a zip bomb costs nothing but an error).
-    """
-    decoder = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-    total = 0
-
-    def decode(data: bytes) -> bytes:
-        nonlocal total
-        try:
-            out = decoder.decompress(data, limit - total + 1) if data else decoder.flush()
-        except zlib.error as e:
-            raise _GunzipError(f"invalid gzip body from the agent: {e}") from e
-        total += len(out)
-        if total > limit or decoder.unconsumed_tail:
-            raise _GunzipError(f"decompressed body exceeds {limit // MiB} MiB")
-        return out
-
-    return decode
+        )

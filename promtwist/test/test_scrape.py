@@ -15,10 +15,10 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from promtwist.config import Identity, ProxySettings
 from promtwist.httputil import acceptsGzip
+from promtwist.proxy.answers import agentBudget, scrapeDeadline
 from promtwist.proxy.auth import ANONYMOUS
 from promtwist.proxy.discovery import DiscoveryResource, targetGroups
 from promtwist.proxy.registry import PathEntry, Registry
-from promtwist.proxy.scrape import agentBudget, scrapeDeadline
 
 
 @dataclass(eq=False)
