@@ -34,6 +34,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 
 from promtwist import __version__
+from promtwist.agent.filters import FamilyFilter, FilterStream
 from promtwist.config import AgentSettings, MiB, PathConfig
 from promtwist.httputil import acceptsGzip, redacted
 from promtwist.logs import observer
@@ -95,11 +96,25 @@ class Scraper:
     @ivar agent: the HTTP agent over the process's connection pool.
     """
 
+    _log = Logger(observer=observer)
+
     def __init__(self, settings: AgentSettings, agent: IAgent, clock: IReactorTime) -> None:
         self.settings = settings
         self.agent = agent
         self.clock = clock
         self.maxBodyBytes = settings.max_content_length_mbytes * MiB
+        self.filters = {f.path: FamilyFilter(f) for f in settings.filters}
+        self.onFiltered: Callable[[str, FilterStream], None] | None = None
+        self._warned: set[tuple[str, str]] = set()
+
+    def warnOnce(self, path: str, why: str) -> None:
+        """
+        Say once per path and reason that a filter could not be applied: it
+        would be the same on every scrape.
+        """
+        if (path, why) not in self._warned:
+            self._warned.add((path, why))
+            self._log.warn("not filtering /{path}: {why}", path=path, why=why)
 
     def chunkBytes(self, peerMaxFrameBytes: int) -> int:
         """
@@ -146,6 +161,8 @@ class Scrape:
         self._buffered = 0
         self._headSent = False
         self._compressor: zlib._Compress | None = None
+        self._filter = scraper.filters.get(pathConfig.path)
+        self._filtering: FilterStream | None = None
         self._finished = False
 
     # Driving.
@@ -166,7 +183,9 @@ class Scrape:
         headers = Headers({b"User-Agent": [USER_AGENT]})
         for name, value in (
             (b"Accept", self.request.accept),
-            (b"Accept-Encoding", self.request.accept_encoding),
+            # A filtered path asks the target for a body it can read; the
+            # result is compressed for the link afterwards.
+            (b"Accept-Encoding", "" if self._filter else self.request.accept_encoding),
             (b"Authorization", self.request.authorization),
         ):
             if value:
@@ -220,6 +239,17 @@ class Scrape:
         if length > self.scraper.maxBodyBytes:
             response.deliverBody(_Discard(0))
             return self._tooLarge(length)
+        if self._filter is not None:
+            contentType = _single(response, b"Content-Type")
+            encoding = _single(response, b"Content-Encoding")
+            if self._filter.appliesTo(contentType, encoding):
+                self._filtering = self._filter.stream()
+            else:
+                self.scraper.warnOnce(
+                    self.pathConfig.path,
+                    f"the target answers {contentType or 'no type'}"
+                    f"{' encoded ' + encoding if encoding else ''}, which is passed on unfiltered",
+                )
         response.deliverBody(_BodyReceiver(self))
 
     def _requestFailed(self, failure: Failure) -> None:
@@ -241,6 +271,8 @@ class Scrape:
         self.received += len(data)
         if self.received > self.scraper.maxBodyBytes:
             return self._tooLarge(self.received)
+        if self._filtering is not None:
+            data = self._filtering.feed(data)
         self._buffer.append(data)
         self._buffered += len(data)
         while self._buffered >= self.chunkBytes:
@@ -254,6 +286,8 @@ class Scrape:
         if self._finished:
             return
         if reason.check(ResponseDone, PotentialDataLoss):
+            if self._filtering is not None:
+                self._filterDone(self._filtering)
             self._flush(self._buffered, last=True)
             return self._end()
         self._fail(
@@ -261,6 +295,15 @@ class Scrape:
             f"target {self._where()} broke off the body after {self.received} bytes: "
             f"{_describe(reason)}",
         )
+
+    def _filterDone(self, filtering: FilterStream) -> None:
+        tail = filtering.finish()
+        self._buffer.append(tail)
+        self._buffered += len(tail)
+        if filtering.failedOpen:
+            self.scraper.warnOnce(self.pathConfig.path, filtering.failedOpen)
+        if self.scraper.onFiltered is not None:
+            self.scraper.onFiltered(self.pathConfig.path, filtering)
 
     # Sending.
 
@@ -291,7 +334,8 @@ class Scrape:
         self._headSent = True
         contentType = _single(response, b"Content-Type")
         encoding = _single(response, b"Content-Encoding")
-        length = _declaredLength(response)
+        # A filtered body is shorter than the target declared.
+        length = -1 if self._filtering is not None else _declaredLength(response)
         # Compress for the link only what Prometheus can take compressed and
         # is big enough to be worth it; the proxy passes it on as it is.
         if (

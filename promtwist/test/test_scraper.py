@@ -12,6 +12,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IProtocol, IPushProducer
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseDone, ResponseFailed
@@ -20,7 +21,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 from zope.interface import implementer
 
 from promtwist.agent.scraper import Scrape, Scraper, Target
-from promtwist.config import AgentSettings, PathConfig
+from promtwist.config import AgentSettings, MetricFilter, PathConfig
 from promtwist.httputil import redacted
 from promtwist.protocol.promtwist_pb2 import Frame, Outcome, ScrapeRequest
 
@@ -349,3 +350,53 @@ class ScrapeTests(SynchronousTestCase):
         response.end()
         self.assertEqual(run.frames, [])
         self.successResultOf(run.scrape.done)
+
+    def test_filtered(self) -> None:
+        """
+        A path with a filter asks the target for a plain body, drops the
+        denied families while streaming, and reports what it saved.
+        """
+        body = (
+            b"# TYPE go_gc_duration_seconds summary\n"
+            b'go_gc_duration_seconds{quantile="0"} 1\n'
+            b"go_gc_duration_seconds_count 3\n"
+            b"# TYPE app_requests_total counter\n"
+            b"app_requests_total 7\n"
+        )
+        run = Run(
+            acceptEncoding="gzip",
+            filters=(MetricFilter("p", (), ("go_gc_.*",)),),
+        )
+        reports: list[tuple[str, int]] = []
+        run.scrape.scraper.onFiltered = lambda path, s: reports.append((path, s.linesDropped))
+        self.assertIsNone(run.headers.getRawHeaders(b"Accept-Encoding"))
+        response = run.respond(FakeResponse(length=len(body)))
+        response.body(body[:50], body[50:])
+        response.end()
+        self.assertEqual(run.body(), b"# TYPE app_requests_total counter\napp_requests_total 7\n")
+        self.assertEqual(run.frames[0].scrape_response.content_length, -1)
+        self.assertEqual(reports, [("p", 3)])
+
+    def test_filterNotApplicable(self) -> None:
+        """
+        A body the filter cannot read passes unfiltered, with one warning per
+        path however many scrapes.
+        """
+        with capturedLogs() as events:
+            run = Run(filters=(MetricFilter("p", (), (".*",)),))
+            response = run.respond(
+                FakeResponse(headers={b"Content-Type": [b"application/vnd.google.protobuf"]})
+            )
+            response.body(b"\x00\x01binary")
+            response.end()
+            self.assertEqual(run.body(), b"\x00\x01binary")
+            (warning,) = [formatEvent(e) for e in events if "not filtering" in formatEvent(e)]
+            run.scrape.scraper.warnOnce("p", warning.partition("/p: ")[2])
+        warnings = [formatEvent(e) for e in events if "not filtering" in formatEvent(e)]
+        self.assertEqual(
+            warnings,
+            [
+                "not filtering /p: the target answers application/vnd.google.protobuf,"
+                " which is passed on unfiltered"
+            ],
+        )
