@@ -154,6 +154,7 @@ class FanOut:
         self._limit = resource.settings.max_unzipped_content_size_mbytes * MiB
 
     def start(self) -> None:
+        self.resource.started(self.request)
         self._timer = self.resource.clock.callLater(self.call.deadline, self._timedOut)
         self.request.notifyFinish().addErrback(self._clientGone)
         gatherResults([self._collect(answer) for answer in self.answers]).addCallback(
@@ -198,6 +199,7 @@ class FanOut:
         if self._done:
             return
         self._done = True
+        self.resource.ended(self.request)
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -254,6 +256,7 @@ class FanOut:
         if self._done:
             return
         self._done = True
+        self.resource.ended(self.request)
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         for answer in self.answers:

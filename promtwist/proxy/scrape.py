@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import cast
 from urllib.parse import unquote
 
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -64,6 +64,8 @@ class ScrapeResource(Resource):
         self.discovery = discovery
         self.observers: list[Callable[[ScrapeRecord], None]] = []
         self.stopping = False
+        self.inFlight: set[Request] = set()
+        self._idle: list[Deferred[None]] = []
 
     def record(self, record: ScrapeRecord) -> None:
         """
@@ -71,6 +73,27 @@ class ScrapeResource(Resource):
         """
         for notify in self.observers:
             notify(record)
+
+    def started(self, request: Request) -> None:
+        self.inFlight.add(request)
+
+    def ended(self, request: Request) -> None:
+        self.inFlight.discard(request)
+        if not self.inFlight:
+            waiting, self._idle = self._idle, []
+            for d in waiting:
+                d.callback(None)
+
+    def whenIdle(self) -> Deferred[None]:
+        """
+        Fires once no scrape is in flight (now, if none is).
+        """
+        d: Deferred[None] = Deferred()
+        if self.inFlight:
+            self._idle.append(d)
+        else:
+            d.callback(None)
+        return d
 
     def render_GET(self, request: Request) -> bytes | int:
         started = self.clock.seconds()
@@ -135,6 +158,7 @@ class _Relay:
         self._sent = 0
 
     def start(self) -> None:
+        self.resource.started(self.request)
         self._timer = self.resource.clock.callLater(self.call.deadline, self._timedOut)
         self.request.notifyFinish().addErrback(self._clientGone)
         self.stream.head.addCallbacks(self._headReceived, self._headFailed)
@@ -243,6 +267,7 @@ class _Relay:
 
     def _finish(self, status: int, kind: str, reason: str) -> None:
         self._done = True
+        self.resource.ended(self.request)
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None

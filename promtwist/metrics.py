@@ -1,0 +1,574 @@
+# -*- test-case-name: promtwist.test.test_metrics -*-
+"""
+The proxy's and the agent's own metrics, under prometheus-proxy's names.
+
+Names, types and label names follow prometheus-proxy (its C{ProxyMetrics}
+and C{AgentMetrics}) so that dashboards and alerts written for it keep
+working; prometheus_client exposes counters as C{<name>_total}, as the JVM
+client prometheus-proxy uses does. Metrics promtwist adds on top have names
+prometheus-proxy does not use, and are called extras below.
+
+Each L{ProxyMetrics} or L{AgentMetrics} owns its L{CollectorRegistry}, never
+prometheus_client's global one, so that two proxies (or a proxy and an
+agent) in one process, as in the tests, keep apart.
+
+Two kinds of metric live here. Events (a scrape finished, an agent
+connected) are counted by the code that sees them, through the event
+methods. Sizes (agents connected, scrapes in flight) are not kept up to
+date by anyone: a collector asks a state function for a snapshot when the
+registry is collected, so the numbers are exactly those of the moment of
+the scrape and the code that owns the state has nothing to remember to
+update.
+"""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from twisted.internet.interfaces import IReactorTime
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+"""
+prometheus-proxy's buckets for scrape latency, proxy and agent alike.
+"""
+
+RESPONSE_BYTES_BUCKETS = (1024, 10240, 102400, 512000, 1048576, 5242880, 10485760)
+"""
+prometheus-proxy's buckets for scrape response sizes.
+"""
+
+UNROUTED_OUTCOMES = frozenset({"path_not_found", "invalid_path", "missing_path"})
+"""
+Outcomes of requests that matched no registered path. Their path comes
+from whoever sent the request, so it is not used as a label value: anyone
+who can reach the scrape port could otherwise create series without end.
+"""
+
+
+@dataclass(frozen=True)
+class AgentSample:
+    """
+    One agent connection as the proxy sees it at collection time.
+
+    @ivar name: the agent's name from its hello.
+    @ivar hostName: the host name the agent reported.
+    @ivar agentId: the id the proxy assigned to this connection.
+    @ivar roundTripSeconds: the last heartbeat round trip, or L{None} before
+        the first one.
+    @ivar scrapesInFlight: scrapes sent to this agent and not yet answered.
+    """
+
+    name: str
+    hostName: str
+    agentId: str
+    roundTripSeconds: float | None
+    scrapesInFlight: int
+
+
+@dataclass(frozen=True)
+class ProxyState:
+    """
+    A snapshot of what the proxy's sampled gauges report.
+
+    @ivar agents: every agent connection that completed its handshake.
+    @ivar pathCount: paths in the path table.
+    @ivar pendingHandshakes: connections on the agent port that have not
+        completed their handshake yet.
+    """
+
+    agents: Sequence[AgentSample]
+    pathCount: int
+    pendingHandshakes: int
+
+    @property
+    def inFlight(self) -> int:
+        """
+        Scrapes in flight over all agents.
+        """
+        return sum(agent.scrapesInFlight for agent in self.agents)
+
+
+@dataclass(frozen=True)
+class AgentState:
+    """
+    A snapshot of what the agent's sampled gauges report.
+
+    @ivar linkUp: whether a connection to the proxy completed its handshake
+        and is still up.
+    @ivar backlog: scrape requests received and waiting for a free slot
+        (C{max_concurrent_clients}).
+    @ivar inFlight: target fetches under way.
+    @ivar roundTripSeconds: the last heartbeat round trip, or L{None} when
+        there was none on the current link.
+    @ivar pathCount: paths the agent serves.
+    @ivar clientCacheSize: HTTP clients kept for fetching targets.
+        prometheus-proxy caches one client per set of credentials; promtwist
+        fetches every target through one connection pool, so this is 1
+        while the pool exists and 0 otherwise.
+    """
+
+    linkUp: bool
+    backlog: int
+    inFlight: int
+    roundTripSeconds: float | None
+    pathCount: int
+    clientCacheSize: int = 1
+
+
+class _Sampled:
+    """
+    A collector whose families are computed from a state function at
+    collection time.
+
+    Until a state function is given it yields nothing, rather than zeros
+    that would read as a real, idle process.
+
+    @ivar describe: the families with no samples, so that the registry
+        knows their names (and refuses a clash) without calling the state
+        function at registration, before there is any state.
+    """
+
+    def __init__(
+        self,
+        describe: Callable[[], list[Metric]],
+        families: Callable[[object], Iterable[Metric]],
+    ) -> None:
+        self.describe = describe
+        self._families = families
+        self._state: Callable[[], object] | None = None
+
+    def track(self, state: Callable[[], object]) -> None:
+        self._state = state
+
+    def collect(self) -> Iterable[Metric]:
+        if self._state is None:
+            return []
+        return list(self._families(self._state()))
+
+
+def _newRegistry() -> CollectorRegistry:
+    """
+    A registry of one's own, with the process metrics
+    (C{process_cpu_seconds_total}, C{process_resident_memory_bytes}, ...,
+    and C{python_info}) that prometheus-proxy gets from its JVM collectors.
+    """
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    return registry
+
+
+class ProxyMetrics:
+    """
+    The proxy's metrics: prometheus-proxy's C{ProxyMetrics}, plus extras.
+
+    prometheus-proxy's C{proxy_chunk_validation_failures_total} and
+    C{proxy_chunked_transfers_abandoned_total} are left out: they count
+    failures of its gRPC chunk reassembly, which promtwist's framing does
+    not have (a bad frame closes the connection and fails its scrapes,
+    which are counted by outcome).
+
+    @ivar registry: everything the proxy's metrics endpoint serves.
+    """
+
+    def __init__(self, launchId: str, clock: IReactorTime) -> None:
+        """
+        @param launchId: this process's launch id, the C{launch_id} label of
+            C{proxy_start_time_seconds}.
+        @param clock: gives the start time.
+        """
+        self.registry = registry = _newRegistry()
+        self._scrapeRequests = Counter(
+            "proxy_scrape_requests",
+            "Scrape requests answered, by outcome; one per agent asked, so a"
+            " consolidated path counts once per agent.",
+            ["type"],
+            registry=registry,
+        )
+        self._latency = Histogram(
+            "proxy_scrape_request_latency_seconds",
+            "Time from a scrape request's arrival to its answer, by path and outcome.",
+            ["path", "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self._responseBytes = Histogram(
+            "proxy_scrape_response_bytes",
+            "Body bytes of successful scrape responses, by path and by whether"
+            " they went out gzipped or plain.",
+            ["path", "encoding"],
+            buckets=RESPONSE_BYTES_BUCKETS,
+            registry=registry,
+        )
+        self._connects = Counter(
+            "proxy_connect_count",
+            "Agent connections that completed their handshake.",
+            registry=registry,
+        )
+        self._evictions = Counter(
+            "proxy_eviction_count",
+            "Agents disconnected for inactivity.",
+            registry=registry,
+        )
+        self._heartbeats = Counter(
+            "proxy_heartbeat_count",
+            "Heartbeats received from agents.",
+            registry=registry,
+        )
+        # prometheus_client drops a "_total" suffix from a counter's name and
+        # adds it back when exposing, so this is exposed as
+        # proxy_agent_displacement_total, as prometheus-proxy's is.
+        self._displacements = Counter(
+            "proxy_agent_displacement_total",
+            "Exclusive paths taken over by another agent.",
+            registry=registry,
+        )
+        startTime = Gauge(
+            "proxy_start_time_seconds",
+            "When this proxy started, in seconds since the epoch.",
+            ["launch_id"],
+            registry=registry,
+        )
+        startTime.labels(launch_id=launchId).set(clock.seconds())
+        self._relayedBytes = Counter(
+            "proxy_relayed_bytes",
+            "Scrape response body bytes sent to Prometheus.",
+            registry=registry,
+        )
+        self._rejections = Counter(
+            "proxy_rejections",
+            "Agent connections and requests the proxy turned away, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self._sampled = _Sampled(_proxyFamilies, _proxySamples)
+        registry.register(self._sampled)
+
+    def scrapeFinished(
+        self, path: str, outcome: str, seconds: float, nbytes: int, encoding: str
+    ) -> None:
+        """
+        A scrape request was answered (for a consolidated path: one agent's
+        part of it).
+
+        @param path: the requested path, without its leading C{/}. For the
+            outcomes in L{UNROUTED_OUTCOMES} it is replaced by C{""}.
+        @param outcome: prometheus-proxy's outcome name (C{success},
+            C{timed_out}, C{path_not_found}, ...).
+        @param seconds: from the request's arrival to its answer.
+        @param nbytes: body bytes sent to Prometheus.
+        @param encoding: C{gzipped} or C{plain}, as the body was sent.
+        """
+        if outcome in UNROUTED_OUTCOMES:
+            path = ""
+        self._scrapeRequests.labels(type=outcome).inc()
+        self._latency.labels(path=path, outcome=outcome).observe(seconds)
+        # Only successes: other bodies are promtwist's own one-line reasons,
+        # which would say nothing about the targets' sizes.
+        if outcome == "success":
+            self._responseBytes.labels(path=path, encoding=encoding).observe(nbytes)
+        self._relayedBytes.inc(nbytes)
+
+    def agentConnected(self) -> None:
+        """
+        An agent completed its handshake.
+        """
+        self._connects.inc()
+
+    def heartbeatReceived(self) -> None:
+        """
+        A heartbeat arrived from an agent.
+        """
+        self._heartbeats.inc()
+
+    def agentEvicted(self) -> None:
+        """
+        An agent was disconnected for having been silent too long.
+        """
+        self._evictions.inc()
+
+    def agentDisplaced(self) -> None:
+        """
+        An agent registered an exclusive path another agent held, and took it.
+        """
+        self._displacements.inc()
+
+    def rejected(self, reason: str) -> None:
+        """
+        The proxy turned something away.
+
+        @param reason: a short fixed word, such as C{bad_token} or
+            C{too_many_agents}; never text from the peer, which would make a
+            new series per value.
+        """
+        self._rejections.labels(reason=reason).inc()
+
+    def track(self, state: Callable[[], ProxyState]) -> None:
+        """
+        Report the sampled gauges from C{state}, called at every collection
+        (so it must be cheap and must not fail); replaces any earlier one.
+        Until this is called those gauges are not exposed.
+        """
+        self._sampled.track(state)
+
+
+_AGENT_MAP_SIZE = "proxy_agent_map_size"
+_PATH_MAP_SIZE = "proxy_path_map_size"
+_SCRAPE_MAP_SIZE = "proxy_scrape_map_size"
+_BACKLOG_SIZE = "proxy_cumulative_agent_backlog_size"
+_CHUNK_MAP_SIZE = "proxy_chunk_context_map_size"
+_CONNECTED_AGENTS = "proxy_connected_agents"
+_AGENT_RTT = "proxy_agent_heartbeat_rtt_seconds"
+_AGENT_IN_FLIGHT = "proxy_scrapes_in_flight"
+_PENDING_HANDSHAKES = "proxy_pending_handshakes"
+
+
+def _proxyFamilies() -> list[Metric]:
+    """
+    The proxy's sampled families, empty.
+    """
+    return [
+        GaugeMetricFamily(_AGENT_MAP_SIZE, "Agent connections that completed their handshake."),
+        GaugeMetricFamily(_PATH_MAP_SIZE, "Paths in the path table."),
+        GaugeMetricFamily(_SCRAPE_MAP_SIZE, "Scrape requests in flight."),
+        GaugeMetricFamily(
+            _BACKLOG_SIZE,
+            "Scrape requests waiting on agents, summed over agents. promtwist"
+            " sends each request to its agent at once rather than queueing it,"
+            " so this equals proxy_scrape_map_size.",
+        ),
+        GaugeMetricFamily(
+            _CHUNK_MAP_SIZE,
+            "Chunked transfers being reassembled. Always 0: promtwist relays a"
+            " response's chunks as they arrive and keeps none aside.",
+        ),
+        GaugeMetricFamily(
+            _CONNECTED_AGENTS,
+            "Agent connections by agent name and host name.",
+            labels=["agent_name", "host_name"],
+        ),
+        GaugeMetricFamily(
+            _AGENT_RTT,
+            "Last heartbeat round trip per agent connection.",
+            labels=["agent_name", "agent_id"],
+        ),
+        GaugeMetricFamily(
+            _AGENT_IN_FLIGHT,
+            "Scrape requests in flight by agent name.",
+            labels=["agent_name"],
+        ),
+        GaugeMetricFamily(
+            _PENDING_HANDSHAKES,
+            "Connections on the agent port that have not completed their handshake.",
+        ),
+    ]
+
+
+def _proxySamples(snapshot: object) -> list[Metric]:
+    """
+    The proxy's sampled families, filled from C{snapshot}.
+    """
+    assert isinstance(snapshot, ProxyState)
+    families = {family.name: family for family in _proxyFamilies()}
+
+    def put(name: str, value: float, labels: Sequence[str] = ()) -> None:
+        family = families[name]
+        assert isinstance(family, GaugeMetricFamily)
+        family.add_metric(labels, value)
+
+    inFlight = snapshot.inFlight
+    put(_AGENT_MAP_SIZE, len(snapshot.agents))
+    put(_PATH_MAP_SIZE, snapshot.pathCount)
+    put(_SCRAPE_MAP_SIZE, inFlight)
+    put(_BACKLOG_SIZE, inFlight)
+    put(_CHUNK_MAP_SIZE, 0)
+    put(_PENDING_HANDSHAKES, snapshot.pendingHandshakes)
+    connected = Tally((agent.name, agent.hostName) for agent in snapshot.agents)
+    for (name, hostName), count in sorted(connected.items()):
+        put(_CONNECTED_AGENTS, count, (name, hostName))
+    byName: Tally[str] = Tally()
+    for agent in snapshot.agents:
+        byName[agent.name] += agent.scrapesInFlight
+        if agent.roundTripSeconds is not None:
+            put(_AGENT_RTT, agent.roundTripSeconds, (agent.name, agent.agentId))
+    for name, count in sorted(byName.items()):
+        put(_AGENT_IN_FLIGHT, count, (name,))
+    return list(families.values())
+
+
+class AgentMetrics:
+    """
+    The agent's metrics: prometheus-proxy's C{AgentMetrics}, plus extras.
+
+    Every metric carries the agent's C{launch_id}, as prometheus-proxy's do,
+    so that an agent's restart starts new series rather than resetting old
+    ones.
+
+    @ivar registry: everything the agent's metrics endpoint serves.
+    """
+
+    def __init__(self, launchId: str, agentName: str, clock: IReactorTime) -> None:
+        """
+        @param launchId: this process's launch id.
+        @param agentName: the agent's name, the C{agent_name} label of the
+            latency histogram.
+        @param clock: gives the start time.
+        """
+        self.registry = registry = _newRegistry()
+        self._launchId = launchId
+        self._agentName = agentName
+        self._scrapeRequests = Counter(
+            "agent_scrape_request_count",
+            "Scrape requests handled, by type: success, unsuccessful (non-2xx"
+            " or too large) or invalid_path. Fetches that failed outright are"
+            " not counted, as in prometheus-proxy.",
+            ["launch_id", "type"],
+            registry=registry,
+        )
+        self._scrapeResults = Counter(
+            "agent_scrape_result_count",
+            "Scrape results sent to the proxy, by type: non-gzipped, gzipped,"
+            " chunked, or dropped (the link closed first).",
+            ["launch_id", "type"],
+            registry=registry,
+        )
+        self._connects = Counter(
+            "agent_connect_count",
+            "Attempts to connect to a proxy, by type: success or failure.",
+            ["launch_id", "type"],
+            registry=registry,
+        )
+        self._latency = Histogram(
+            "agent_scrape_request_latency_seconds",
+            "Time to fetch a target.",
+            ["launch_id", "agent_name"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self._linesDropped = Counter(
+            "agent_filter_lines_dropped",
+            "Exposition lines a metric filter removed, by path.",
+            ["launch_id", "path"],
+            registry=registry,
+        )
+        self._bytesSaved = Counter(
+            "agent_filter_bytes_saved",
+            "Bytes a metric filter removed, by path.",
+            ["launch_id", "path"],
+            registry=registry,
+        )
+        startTime = Gauge(
+            "agent_start_time_seconds",
+            "When this agent started, in seconds since the epoch.",
+            ["launch_id"],
+            registry=registry,
+        )
+        startTime.labels(launch_id=launchId).set(clock.seconds())
+        self._sampled = _Sampled(_agentFamilies, self._agentSamples)
+        registry.register(self._sampled)
+
+    def connected(self, success: bool) -> None:
+        """
+        An attempt to connect to a proxy (through its handshake) ended.
+        """
+        self._connects.labels(
+            launch_id=self._launchId, type="success" if success else "failure"
+        ).inc()
+
+    def scrapeFinished(self, type: str, seconds: float) -> None:
+        """
+        A target fetch finished with an answer.
+
+        @param type: C{success}, C{unsuccessful} or C{invalid_path}.
+        @param seconds: how long the fetch took.
+        """
+        self._scrapeRequests.labels(launch_id=self._launchId, type=type).inc()
+        self._latency.labels(launch_id=self._launchId, agent_name=self._agentName).observe(seconds)
+
+    def resultSent(self, type: str) -> None:
+        """
+        A scrape result went to the proxy, or was lost.
+
+        @param type: C{non-gzipped}, C{gzipped}, C{chunked} or C{dropped}.
+        """
+        self._scrapeResults.labels(launch_id=self._launchId, type=type).inc()
+
+    def filtered(self, path: str, linesDropped: int, bytesSaved: int) -> None:
+        """
+        A metric filter ran over a response body of C{path}.
+        """
+        self._linesDropped.labels(launch_id=self._launchId, path=path).inc(linesDropped)
+        self._bytesSaved.labels(launch_id=self._launchId, path=path).inc(bytesSaved)
+
+    def track(self, state: Callable[[], AgentState]) -> None:
+        """
+        Report the sampled gauges from C{state}, called at every collection
+        (so it must be cheap and must not fail); replaces any earlier one.
+        Until this is called those gauges are not exposed.
+        """
+        self._sampled.track(state)
+
+    def _agentSamples(self, snapshot: object) -> list[Metric]:
+        """
+        The agent's sampled families, filled from C{snapshot}.
+        """
+        assert isinstance(snapshot, AgentState)
+        values: dict[str, float | None] = {
+            "agent_scrape_backlog_size": snapshot.backlog,
+            "agent_client_cache_size": snapshot.clientCacheSize,
+            "agent_link_up": 1 if snapshot.linkUp else 0,
+            "agent_scrapes_in_flight": snapshot.inFlight,
+            "agent_heartbeat_rtt_seconds": snapshot.roundTripSeconds,
+            "agent_paths": snapshot.pathCount,
+        }
+        families = _agentFamilies()
+        for family in families:
+            value = values[family.name]
+            if value is not None:
+                assert isinstance(family, GaugeMetricFamily)
+                family.add_metric([self._launchId], value)
+        return families
+
+
+def _agentFamilies() -> list[Metric]:
+    """
+    The agent's sampled families, empty.
+    """
+    labels = ["launch_id"]
+    return [
+        GaugeMetricFamily(
+            "agent_scrape_backlog_size",
+            "Scrape requests waiting for a free fetch slot.",
+            labels=labels,
+        ),
+        GaugeMetricFamily(
+            "agent_client_cache_size",
+            "HTTP clients kept for fetching targets. promtwist keeps one"
+            " connection pool for all targets, so this is 1 (0 before it exists).",
+            labels=labels,
+        ),
+        GaugeMetricFamily(
+            "agent_link_up",
+            "1 while connected to a proxy with the handshake done, else 0.",
+            labels=labels,
+        ),
+        GaugeMetricFamily("agent_scrapes_in_flight", "Target fetches under way.", labels=labels),
+        GaugeMetricFamily(
+            "agent_heartbeat_rtt_seconds",
+            "Last heartbeat round trip to the proxy; absent when there was none"
+            " on the current link.",
+            labels=labels,
+        ),
+        GaugeMetricFamily("agent_paths", "Paths this agent serves.", labels=labels),
+    ]

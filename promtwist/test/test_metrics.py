@@ -1,0 +1,554 @@
+"""
+Tests for L{promtwist.metrics} and L{promtwist.web.MetricsResource}: every
+metric under prometheus-proxy's name, type and label names, what the event
+methods count, sampled gauges read at scrape time, and one registry per
+instance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
+from prometheus_client.parser import text_string_to_metric_families
+from treq.testing import StubTreq
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from promtwist.metrics import (
+    LATENCY_BUCKETS,
+    RESPONSE_BYTES_BUCKETS,
+    AgentMetrics,
+    AgentSample,
+    AgentState,
+    ProxyMetrics,
+    ProxyState,
+)
+from promtwist.web import MetricsResource
+
+# name → (type, label names), as parsed: counters under their name without
+# "_total", which the exposition adds.
+PROXY_METRICS: Mapping[str, tuple[str, frozenset[str]]] = {
+    # prometheus-proxy's (reference §D.1).
+    "proxy_scrape_requests": ("counter", frozenset({"type"})),
+    "proxy_scrape_request_latency_seconds": ("histogram", frozenset({"path", "outcome"})),
+    "proxy_scrape_response_bytes": ("histogram", frozenset({"path", "encoding"})),
+    "proxy_connect_count": ("counter", frozenset()),
+    "proxy_eviction_count": ("counter", frozenset()),
+    "proxy_heartbeat_count": ("counter", frozenset()),
+    "proxy_agent_displacement": ("counter", frozenset()),
+    "proxy_start_time_seconds": ("gauge", frozenset({"launch_id"})),
+    "proxy_agent_map_size": ("gauge", frozenset()),
+    "proxy_chunk_context_map_size": ("gauge", frozenset()),
+    "proxy_path_map_size": ("gauge", frozenset()),
+    "proxy_scrape_map_size": ("gauge", frozenset()),
+    "proxy_cumulative_agent_backlog_size": ("gauge", frozenset()),
+    # promtwist's extras.
+    "proxy_relayed_bytes": ("counter", frozenset()),
+    "proxy_rejections": ("counter", frozenset({"reason"})),
+    "proxy_connected_agents": ("gauge", frozenset({"agent_name", "host_name"})),
+    "proxy_agent_heartbeat_rtt_seconds": ("gauge", frozenset({"agent_name", "agent_id"})),
+    "proxy_scrapes_in_flight": ("gauge", frozenset({"agent_name"})),
+    "proxy_pending_handshakes": ("gauge", frozenset()),
+}
+
+AGENT_METRICS: Mapping[str, tuple[str, frozenset[str]]] = {
+    # prometheus-proxy's (reference §D.2).
+    "agent_scrape_request_count": ("counter", frozenset({"launch_id", "type"})),
+    "agent_scrape_result_count": ("counter", frozenset({"launch_id", "type"})),
+    "agent_connect_count": ("counter", frozenset({"launch_id", "type"})),
+    "agent_scrape_request_latency_seconds": (
+        "histogram",
+        frozenset({"launch_id", "agent_name"}),
+    ),
+    "agent_filter_lines_dropped": ("counter", frozenset({"launch_id", "path"})),
+    "agent_filter_bytes_saved": ("counter", frozenset({"launch_id", "path"})),
+    "agent_start_time_seconds": ("gauge", frozenset({"launch_id"})),
+    "agent_scrape_backlog_size": ("gauge", frozenset({"launch_id"})),
+    "agent_client_cache_size": ("gauge", frozenset({"launch_id"})),
+    # promtwist's extras.
+    "agent_link_up": ("gauge", frozenset({"launch_id"})),
+    "agent_scrapes_in_flight": ("gauge", frozenset({"launch_id"})),
+    "agent_heartbeat_rtt_seconds": ("gauge", frozenset({"launch_id"})),
+    "agent_paths": ("gauge", frozenset({"launch_id"})),
+}
+
+# What the process collectors add, as prometheus-proxy's JVM collectors do.
+PROCESS_METRICS = ("process_cpu_seconds", "process_resident_memory_bytes", "python_info")
+
+
+def scrape(registry: CollectorRegistry, accept: str | None = None) -> tuple[str, str]:
+    """
+    GET a L{MetricsResource} over C{registry}; the content type and body.
+    """
+    stub: Any = StubTreq(MetricsResource(registry))
+    headers = {} if accept is None else {"Accept": accept}
+    response: Any = SynchronousTestCase().successResultOf(
+        stub.get("http://metrics.example/metrics", headers=headers)
+    )
+    assert response.code == 200, response.code
+    body: bytes = SynchronousTestCase().successResultOf(stub.content(response))
+    contentType: str = response.headers.getRawHeaders("content-type")[0]
+    return contentType, body.decode("utf-8")
+
+
+def families(registry: CollectorRegistry) -> dict[str, Metric]:
+    """
+    Scrape C{registry} in the text format and parse it, by family name.
+    """
+    return {family.name: family for family in text_string_to_metric_families(scrape(registry)[1])}
+
+
+def labelNames(family: Metric) -> frozenset[str]:
+    """
+    The label names a family's samples carry, apart from the C{le} of
+    histogram buckets.
+    """
+    return frozenset(name for sample in family.samples for name in sample.labels if name != "le")
+
+
+def sampleNames(family: Metric) -> set[str]:
+    return {sample.name for sample in family.samples}
+
+
+def proxyState(*agents: AgentSample, paths: int = 0, pending: int = 0) -> ProxyState:
+    return ProxyState(agents=agents, pathCount=paths, pendingHandshakes=pending)
+
+
+def agent(
+    name: str = "agent1",
+    hostName: str = "host1",
+    agentId: str = "id1",
+    rtt: float | None = 0.01,
+    inFlight: int = 0,
+) -> AgentSample:
+    return AgentSample(name, hostName, agentId, rtt, inFlight)
+
+
+class ProxyExpositionTests(SynchronousTestCase):
+    """
+    The proxy's metrics are exposed under prometheus-proxy's names, types and
+    label names, plus the process metrics.
+    """
+
+    def setUp(self) -> None:
+        clock = Clock()
+        clock.advance(1700000000)
+        self.metrics = ProxyMetrics("launch1", clock)
+
+    def exercise(self) -> None:
+        """
+        Produce a sample in every labelled family.
+        """
+        self.metrics.scrapeFinished("app1_metrics", "success", 0.2, 2048, "gzipped")
+        self.metrics.rejected("bad_token")
+        self.metrics.track(lambda: proxyState(agent(rtt=0.01, inFlight=1), paths=1, pending=0))
+
+    def test_namesTypesAndLabels(self) -> None:
+        self.exercise()
+        exposed = families(self.metrics.registry)
+        for name, (kind, labels) in PROXY_METRICS.items():
+            self.assertIn(name, exposed)
+            self.assertEqual((name, exposed[name].type), (name, kind))
+            self.assertEqual((name, labelNames(exposed[name])), (name, labels))
+
+    def test_counterSampleNames(self) -> None:
+        """
+        Counters are exposed as C{<name>_total}; the displacement counter,
+        named with C{_total} already, as C{proxy_agent_displacement_total}
+        and nothing longer.
+        """
+        self.exercise()
+        exposed = families(self.metrics.registry)
+        for name, (kind, _) in PROXY_METRICS.items():
+            if kind == "counter":
+                self.assertIn(name + "_total", sampleNames(exposed[name]))
+        self.assertNotIn("proxy_agent_displacement_total_total", scrape(self.metrics.registry)[1])
+
+    def test_processMetrics(self) -> None:
+        exposed = families(self.metrics.registry)
+        for name in PROCESS_METRICS:
+            self.assertIn(name, exposed)
+
+    def test_buckets(self) -> None:
+        self.exercise()
+        exposed = families(self.metrics.registry)
+
+        def bounds(name: str) -> list[float]:
+            return [
+                float(sample.labels["le"])
+                for sample in exposed[name].samples
+                if sample.name == name + "_bucket"
+            ]
+
+        self.assertEqual(
+            bounds("proxy_scrape_request_latency_seconds"),
+            [*LATENCY_BUCKETS, float("inf")],
+        )
+        self.assertEqual(LATENCY_BUCKETS[0], 0.005)
+        self.assertEqual(LATENCY_BUCKETS[-1], 10.0)
+        self.assertEqual(len(LATENCY_BUCKETS), 11)
+        self.assertEqual(
+            bounds("proxy_scrape_response_bytes"),
+            [1024, 10240, 102400, 512000, 1048576, 5242880, 10485760, float("inf")],
+        )
+        self.assertEqual(len(RESPONSE_BYTES_BUCKETS), 7)
+
+    def test_startTime(self) -> None:
+        self.assertEqual(
+            self.metrics.registry.get_sample_value(
+                "proxy_start_time_seconds", {"launch_id": "launch1"}
+            ),
+            1700000000,
+        )
+
+    def test_untrackedSampledGaugesAbsent(self) -> None:
+        """
+        Until C{track} is called the sampled gauges are not exposed, rather
+        than reporting an idle proxy that may not be.
+        """
+        exposed = families(self.metrics.registry)
+        self.assertNotIn("proxy_agent_map_size", exposed)
+        self.assertIn("proxy_connect_count", exposed)
+
+
+class ProxyEventTests(SynchronousTestCase):
+    """
+    The event methods change the samples they are for.
+    """
+
+    def setUp(self) -> None:
+        self.metrics = ProxyMetrics("launch1", Clock())
+
+    def value(self, name: str, labels: Mapping[str, str] | None = None) -> float | None:
+        return self.metrics.registry.get_sample_value(name, dict(labels or {}))
+
+    def test_scrapeFinished(self) -> None:
+        self.metrics.scrapeFinished("app1_metrics", "success", 0.2, 2048, "gzipped")
+        self.metrics.scrapeFinished("app1_metrics", "success", 0.3, 100, "plain")
+        self.assertEqual(self.value("proxy_scrape_requests_total", {"type": "success"}), 2)
+        latency = {"path": "app1_metrics", "outcome": "success"}
+        self.assertEqual(self.value("proxy_scrape_request_latency_seconds_count", latency), 2)
+        self.assertAlmostEqual(
+            self.value("proxy_scrape_request_latency_seconds_sum", latency) or 0, 0.5
+        )
+        self.assertEqual(
+            self.value("proxy_scrape_request_latency_seconds_bucket", {**latency, "le": "0.25"}),
+            1,
+        )
+        gzipped = {"path": "app1_metrics", "encoding": "gzipped"}
+        self.assertEqual(self.value("proxy_scrape_response_bytes_sum", gzipped), 2048)
+        self.assertEqual(
+            self.value("proxy_scrape_response_bytes_bucket", {**gzipped, "le": "1024.0"}), 0
+        )
+        plain = {"path": "app1_metrics", "encoding": "plain"}
+        self.assertEqual(self.value("proxy_scrape_response_bytes_count", plain), 1)
+        self.assertEqual(self.value("proxy_relayed_bytes_total"), 2148)
+
+    def test_failureSizesNotObserved(self) -> None:
+        """
+        A failed scrape is counted and timed by outcome, but its body (a
+        one-line reason) is not a response size; it is relayed bytes.
+        """
+        self.metrics.scrapeFinished("app1_metrics", "timed_out", 1.5, 40, "plain")
+        self.assertEqual(self.value("proxy_scrape_requests_total", {"type": "timed_out"}), 1)
+        self.assertEqual(
+            self.value(
+                "proxy_scrape_request_latency_seconds_count",
+                {"path": "app1_metrics", "outcome": "timed_out"},
+            ),
+            1,
+        )
+        self.assertIsNone(
+            self.value(
+                "proxy_scrape_response_bytes_count",
+                {"path": "app1_metrics", "encoding": "plain"},
+            )
+        )
+        self.assertEqual(self.value("proxy_relayed_bytes_total"), 40)
+
+    def test_unroutedPathNotALabel(self) -> None:
+        """
+        A request that matched no path is timed under path C{""}: its path
+        is the requester's choice and must not make series.
+        """
+        for path in ("nope1", "nope2"):
+            self.metrics.scrapeFinished(path, "path_not_found", 0.001, 20, "plain")
+        self.assertEqual(
+            self.value(
+                "proxy_scrape_request_latency_seconds_count",
+                {"path": "", "outcome": "path_not_found"},
+            ),
+            2,
+        )
+        self.assertNotIn("nope1", scrape(self.metrics.registry)[1])
+
+    def test_counters(self) -> None:
+        self.metrics.agentConnected()
+        self.metrics.agentConnected()
+        self.metrics.heartbeatReceived()
+        self.metrics.agentEvicted()
+        self.metrics.agentDisplaced()
+        self.metrics.rejected("bad_token")
+        self.metrics.rejected("bad_token")
+        self.metrics.rejected("too_many_agents")
+        self.assertEqual(self.value("proxy_connect_count_total"), 2)
+        self.assertEqual(self.value("proxy_heartbeat_count_total"), 1)
+        self.assertEqual(self.value("proxy_eviction_count_total"), 1)
+        self.assertEqual(self.value("proxy_agent_displacement_total"), 1)
+        self.assertEqual(self.value("proxy_rejections_total", {"reason": "bad_token"}), 2)
+        self.assertEqual(self.value("proxy_rejections_total", {"reason": "too_many_agents"}), 1)
+
+
+class ProxySampledTests(SynchronousTestCase):
+    """
+    The sampled gauges are whatever the state function says at the moment
+    of the scrape.
+    """
+
+    def setUp(self) -> None:
+        self.metrics = ProxyMetrics("launch1", Clock())
+        self.state = proxyState()
+        self.calls = 0
+
+        def state() -> ProxyState:
+            self.calls += 1
+            return self.state
+
+        self.metrics.track(state)
+
+    def value(self, name: str, labels: Mapping[str, str] | None = None) -> float | None:
+        return self.metrics.registry.get_sample_value(name, dict(labels or {}))
+
+    def test_readAtScrapeTime(self) -> None:
+        self.assertEqual(self.calls, 0)
+        self.assertEqual(self.value("proxy_agent_map_size"), 0)
+        self.state = proxyState(
+            agent("a", "h1", "id1", 0.02, 2),
+            agent("a", "h1", "id2", None, 3),
+            agent("b", "h2", "id3", 0.5, 1),
+            paths=4,
+            pending=2,
+        )
+        exposed = families(self.metrics.registry)
+        self.assertGreater(self.calls, 0)
+
+        def samples(name: str) -> dict[tuple[tuple[str, str], ...], float]:
+            return {
+                tuple(sorted(sample.labels.items())): sample.value
+                for sample in exposed[name].samples
+            }
+
+        self.assertEqual(samples("proxy_agent_map_size"), {(): 3})
+        self.assertEqual(samples("proxy_path_map_size"), {(): 4})
+        self.assertEqual(samples("proxy_scrape_map_size"), {(): 6})
+        self.assertEqual(samples("proxy_cumulative_agent_backlog_size"), {(): 6})
+        self.assertEqual(samples("proxy_chunk_context_map_size"), {(): 0})
+        self.assertEqual(samples("proxy_pending_handshakes"), {(): 2})
+        self.assertEqual(
+            samples("proxy_connected_agents"),
+            {
+                (("agent_name", "a"), ("host_name", "h1")): 2,
+                (("agent_name", "b"), ("host_name", "h2")): 1,
+            },
+        )
+        # An agent without a round trip yet has no sample, not a 0.
+        self.assertEqual(
+            samples("proxy_agent_heartbeat_rtt_seconds"),
+            {
+                (("agent_id", "id1"), ("agent_name", "a")): 0.02,
+                (("agent_id", "id3"), ("agent_name", "b")): 0.5,
+            },
+        )
+        self.assertEqual(
+            samples("proxy_scrapes_in_flight"),
+            {(("agent_name", "a"),): 5, (("agent_name", "b"),): 1},
+        )
+
+        self.state = proxyState(paths=1)
+        self.assertEqual(self.value("proxy_agent_map_size"), 0)
+        self.assertEqual(self.value("proxy_path_map_size"), 1)
+        self.assertIsNone(
+            self.value("proxy_connected_agents", {"agent_name": "a", "host_name": "h1"})
+        )
+
+    def test_trackReplaces(self) -> None:
+        self.metrics.track(lambda: proxyState(paths=9))
+        self.assertEqual(self.value("proxy_path_map_size"), 9)
+
+
+class SeparateRegistryTests(SynchronousTestCase):
+    """
+    Each instance has a registry of its own, never the global one.
+    """
+
+    def test_twoProxies(self) -> None:
+        one = ProxyMetrics("one", Clock())
+        two = ProxyMetrics("two", Clock())
+        one.agentConnected()
+        one.track(lambda: proxyState(paths=1))
+        two.track(lambda: proxyState(paths=2))
+        self.assertEqual(one.registry.get_sample_value("proxy_connect_count_total"), 1)
+        self.assertEqual(two.registry.get_sample_value("proxy_connect_count_total"), 0)
+        self.assertEqual(one.registry.get_sample_value("proxy_path_map_size"), 1)
+        self.assertEqual(two.registry.get_sample_value("proxy_path_map_size"), 2)
+        self.assertIsNone(
+            two.registry.get_sample_value("proxy_start_time_seconds", {"launch_id": "one"})
+        )
+
+    def test_notGlobal(self) -> None:
+        ProxyMetrics("one", Clock()).agentConnected()
+        AgentMetrics("one", "agent", Clock()).connected(True)
+        self.assertIsNone(REGISTRY.get_sample_value("proxy_connect_count_total"))
+        self.assertIsNone(
+            REGISTRY.get_sample_value(
+                "agent_connect_count_total", {"launch_id": "one", "type": "success"}
+            )
+        )
+
+    def test_proxyAndAgent(self) -> None:
+        """
+        A proxy and an agent in one process, as in the integration tests.
+        """
+        proxy = ProxyMetrics("one", Clock())
+        agentMetrics = AgentMetrics("two", "agent", Clock())
+        self.assertFalse([name for name in families(proxy.registry) if name.startswith("agent_")])
+        self.assertFalse(
+            [name for name in families(agentMetrics.registry) if name.startswith("proxy_")]
+        )
+
+
+class AgentMetricsTests(SynchronousTestCase):
+    """
+    The agent's metrics: prometheus-proxy's names, types and labels, with
+    C{launch_id} on every one; events and sampled gauges.
+    """
+
+    def setUp(self) -> None:
+        clock = Clock()
+        clock.advance(1700000100)
+        self.metrics = AgentMetrics("launch2", "agent1", clock)
+        self.state = AgentState(
+            linkUp=True, backlog=2, inFlight=3, roundTripSeconds=0.04, pathCount=5
+        )
+        self.metrics.track(lambda: self.state)
+
+    def value(self, name: str, **labels: str) -> float | None:
+        return self.metrics.registry.get_sample_value(name, {"launch_id": "launch2", **labels})
+
+    def test_namesTypesAndLabels(self) -> None:
+        self.metrics.connected(True)
+        self.metrics.scrapeFinished("success", 0.1)
+        self.metrics.resultSent("gzipped")
+        self.metrics.filtered("app1_metrics", 10, 500)
+        exposed = families(self.metrics.registry)
+        for name, (kind, labels) in AGENT_METRICS.items():
+            self.assertIn(name, exposed)
+            self.assertEqual((name, exposed[name].type), (name, kind))
+            self.assertEqual((name, labelNames(exposed[name])), (name, labels))
+            if kind == "counter":
+                self.assertIn(name + "_total", sampleNames(exposed[name]))
+        for name in PROCESS_METRICS:
+            self.assertIn(name, exposed)
+
+    def test_events(self) -> None:
+        self.metrics.connected(True)
+        self.metrics.connected(False)
+        self.metrics.connected(False)
+        self.metrics.scrapeFinished("success", 0.1)
+        self.metrics.scrapeFinished("invalid_path", 0.0)
+        self.metrics.resultSent("non-gzipped")
+        self.metrics.resultSent("dropped")
+        self.metrics.filtered("app1_metrics", 10, 500)
+        self.metrics.filtered("app1_metrics", 1, 20)
+        self.assertEqual(self.value("agent_connect_count_total", type="success"), 1)
+        self.assertEqual(self.value("agent_connect_count_total", type="failure"), 2)
+        self.assertEqual(self.value("agent_scrape_request_count_total", type="success"), 1)
+        self.assertEqual(self.value("agent_scrape_request_count_total", type="invalid_path"), 1)
+        self.assertEqual(
+            self.value("agent_scrape_request_latency_seconds_count", agent_name="agent1"), 2
+        )
+        self.assertEqual(
+            self.value(
+                "agent_scrape_request_latency_seconds_bucket", agent_name="agent1", le="0.005"
+            ),
+            1,
+        )
+        self.assertEqual(self.value("agent_scrape_result_count_total", type="non-gzipped"), 1)
+        self.assertEqual(self.value("agent_scrape_result_count_total", type="dropped"), 1)
+        self.assertEqual(self.value("agent_filter_lines_dropped_total", path="app1_metrics"), 11)
+        self.assertEqual(self.value("agent_filter_bytes_saved_total", path="app1_metrics"), 520)
+
+    def test_startTime(self) -> None:
+        self.assertEqual(self.value("agent_start_time_seconds"), 1700000100)
+
+    def test_sampled(self) -> None:
+        self.assertEqual(self.value("agent_scrape_backlog_size"), 2)
+        self.assertEqual(self.value("agent_client_cache_size"), 1)
+        self.assertEqual(self.value("agent_link_up"), 1)
+        self.assertEqual(self.value("agent_scrapes_in_flight"), 3)
+        self.assertEqual(self.value("agent_heartbeat_rtt_seconds"), 0.04)
+        self.assertEqual(self.value("agent_paths"), 5)
+        self.state = AgentState(
+            linkUp=False,
+            backlog=0,
+            inFlight=0,
+            roundTripSeconds=None,
+            pathCount=5,
+            clientCacheSize=0,
+        )
+        self.assertEqual(self.value("agent_link_up"), 0)
+        self.assertEqual(self.value("agent_scrape_backlog_size"), 0)
+        self.assertEqual(self.value("agent_client_cache_size"), 0)
+        self.assertIsNone(self.value("agent_heartbeat_rtt_seconds"))
+
+
+class NegotiationTests(SynchronousTestCase):
+    """
+    L{MetricsResource} serves OpenMetrics to clients that ask for it and
+    the 0.0.4 text format to everyone else.
+    """
+
+    def setUp(self) -> None:
+        self.metrics = ProxyMetrics("launch1", Clock())
+        self.metrics.agentConnected()
+
+    def test_textByDefault(self) -> None:
+        for accept in (None, "*/*", "text/plain;version=0.0.4"):
+            contentType, body = scrape(self.metrics.registry, accept)
+            self.assertEqual(contentType, CONTENT_TYPE_PLAIN_0_0_4)
+            self.assertIn("proxy_connect_count_total 1.0\n", body)
+            self.assertFalse(body.endswith("# EOF\n"))
+
+    def test_openMetrics(self) -> None:
+        contentType, body = scrape(
+            self.metrics.registry, "application/openmetrics-text; version=1.0.0"
+        )
+        self.assertTrue(contentType.startswith("application/openmetrics-text"), contentType)
+        self.assertTrue(body.endswith("# EOF\n"))
+        exposed = {family.name: family for family in openmetrics_families(body)}
+        self.assertEqual(exposed["proxy_connect_count"].type, "counter")
+
+    def test_prometheusAccept(self) -> None:
+        """
+        Prometheus' own Accept header, which prefers OpenMetrics.
+        """
+        contentType, body = scrape(
+            self.metrics.registry,
+            "application/openmetrics-text;version=1.0.0;q=0.5,"
+            "application/openmetrics-text;version=0.0.1;q=0.4,"
+            "text/plain;version=0.0.4;q=0.3,*/*;q=0.2",
+        )
+        self.assertTrue(contentType.startswith("application/openmetrics-text"), contentType)
+        self.assertTrue(body.endswith("# EOF\n"))
+
+    def test_openMetricsNoVersion(self) -> None:
+        contentType, _ = scrape(self.metrics.registry, "application/openmetrics-text")
+        self.assertEqual(contentType, OPENMETRICS)

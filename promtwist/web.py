@@ -1,0 +1,362 @@
+# -*- test-case-name: promtwist.test.test_web -*-
+"""
+The operations ports: metrics for Prometheus, and the admin endpoints
+(ping, version, health check, thread dump, debug) of prometheus-proxy's
+admin servlets.
+
+Everything here renders on the reactor thread: collecting a per-process
+registry takes microseconds, and a thread pool would only add the locking
+prometheus_client's own Twisted resource needs. Nothing here imports the
+global reactor; the caller passes one.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+from twisted.logger import Logger
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import Request
+
+import promtwist
+from promtwist.config import AgentSettings, ProxySettings
+from promtwist.listen import Listener
+from promtwist.logs import observer
+from promtwist.metrics import AgentState, ProxyState
+from promtwist.webguard import HardenedSite
+
+# The operations ports take only short GETs from a few clients.
+MAX_HEADER_BYTES = 16384
+HEADER_TIMEOUT = 10.0
+IDLE_TIMEOUT = 45.0
+
+_log = Logger(observer=observer)
+
+_TEXT = b"text/plain; charset=utf-8"
+_JSON = b"application/json; charset=utf-8"
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """
+    The result of one health check, as prometheus-proxy's (Dropwizard's)
+    health check servlet reports it.
+
+    @ivar message: for people: what was measured, against what.
+    """
+
+    healthy: bool
+    message: str = ""
+
+
+Health = Callable[[], Mapping[str, HealthCheck]]
+"""
+Runs every health check, by check name.
+"""
+
+
+def _respond(request: Request, body: bytes, contentType: bytes, code: int = 200) -> bytes:
+    """
+    Set the status and the headers every operations response carries, and
+    return C{body} for C{render} to return.
+
+    Nothing here may be cached: a cached health check or metric is a wrong
+    one.
+    """
+    request.setResponseCode(code)
+    request.setHeader(b"Content-Type", contentType)
+    request.setHeader(b"Cache-Control", b"no-store")
+    return body
+
+
+class MetricsResource(Resource):
+    """
+    Serves a registry in the exposition format the client asks for.
+
+    OpenMetrics goes to clients whose C{Accept} asks for
+    C{application/openmetrics-text}, as Prometheus' does; everyone else gets
+    the text format (0.0.4 unless they ask for a later version), as
+    prometheus_client's own servers decide.
+    """
+
+    isLeaf = True
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__()
+        self.registry = registry
+
+    def render_GET(self, request: Request) -> bytes:
+        accept = request.getHeader(b"accept")
+        encoder, contentType = choose_encoder(
+            accept.decode("latin-1") if accept is not None else ""
+        )
+        return _respond(request, encoder(self.registry), contentType.encode("ascii"))
+
+
+class _Router(Resource):
+    """
+    Dispatches on the whole request path, so that a configured path may
+    contain C{/} (C{admin/ping}), which L{Resource.putChild} cannot express.
+
+    A leaf: the site hands it the request with every segment in C{postpath}.
+    """
+
+    isLeaf = True
+
+    def __init__(self, routes: Mapping[str, IResource]) -> None:
+        super().__init__()
+        self.routes = dict(routes)
+
+    def render(self, request: Request) -> bytes | int:
+        segments = request.postpath or []
+        path = "/".join(segment.decode("utf-8", "replace") for segment in segments)
+        resource = self.routes.get(path)
+        if resource is None:
+            known = " ".join(f"/{route}" for route in sorted(self.routes))
+            body = f"no such endpoint; this port serves: {known}\n".encode()
+            return _respond(request, body, _TEXT, 404)
+        result: bytes | int = resource.render(request)
+        return result
+
+
+class _Text(Resource):
+    """
+    Answers C{GET} with the text a function returns at that moment.
+    """
+
+    isLeaf = True
+
+    def __init__(self, text: Callable[[], str]) -> None:
+        super().__init__()
+        self.text = text
+
+    def render_GET(self, request: Request) -> bytes:
+        return _respond(request, self.text().encode("utf-8"), _TEXT)
+
+
+class _JSONResource(Resource):
+    """
+    Answers C{GET} with a JSON document.
+    """
+
+    isLeaf = True
+
+    def __init__(self, document: Callable[[], Any]) -> None:
+        super().__init__()
+        self.document = document
+
+    def render_GET(self, request: Request) -> bytes:
+        body = json.dumps(self.document(), indent=2, sort_keys=True) + "\n"
+        return _respond(request, body.encode("utf-8"), _JSON)
+
+
+class _HealthResource(Resource):
+    """
+    Runs the health checks and answers 200 when all pass, 503 when any
+    fails or the checks themselves fail.
+
+    prometheus-proxy answers 500 for unhealthy; 503 says what is meant
+    (up, but not fit to serve), and load balancers and Kubernetes probes
+    treat both as failing.
+    """
+
+    isLeaf = True
+
+    def __init__(self, health: Health) -> None:
+        super().__init__()
+        self.health = health
+
+    def render_GET(self, request: Request) -> bytes:
+        try:
+            checks = dict(self.health())
+        except Exception as e:  # noqa: BLE001 - a broken check is an unhealthy process
+            _log.failure("health checks failed")
+            checks = {"health_checks": HealthCheck(False, f"health checks failed: {e!r}")}
+        document = {
+            name: {"healthy": check.healthy, "message": check.message}
+            for name, check in checks.items()
+        }
+        code = 200 if all(check.healthy for check in checks.values()) else 503
+        body = json.dumps(document, indent=2, sort_keys=True) + "\n"
+        return _respond(request, body.encode("utf-8"), _JSON, code)
+
+
+def threadDump() -> str:
+    """
+    The stack of every Python thread, like a JVM thread dump: the reactor
+    thread and any the process started (DNS resolution, a thread pool).
+    """
+    frames = sys._current_frames()
+    names = {thread.ident: thread for thread in threading.enumerate()}
+    sections = []
+    for ident, frame in sorted(frames.items()):
+        thread = names.get(ident)
+        if thread is None:
+            title = f'"<unknown>" ident={ident}'
+        else:
+            kind = " daemon" if thread.daemon else ""
+            title = f'"{thread.name}" ident={ident}{kind}'
+        sections.append(title + "\n" + "".join(traceback.format_stack(frame)))
+    return "\n".join(sections)
+
+
+def _version() -> dict[str, str]:
+    return {"version": promtwist.__version__.public(), "name": "promtwist"}
+
+
+def adminRoot(
+    settings: ProxySettings | AgentSettings,
+    health: Health,
+    debug: Callable[[], str] | None,
+) -> Resource:
+    """
+    The admin port's resource: each endpoint at its configured path, and
+    none whose path is empty.
+
+    @param health: runs the health checks (see L{proxyHealth},
+        L{agentHealth}).
+    @param debug: text for the C{debug} endpoint, served only when
+        C{admin_debug_enabled} is set and this is given.
+    """
+    routes: dict[str, IResource] = {}
+
+    def add(path: str, resource: IResource) -> None:
+        # The first endpoint keeps a path two settings share.
+        if path and path not in routes:
+            routes[path] = resource
+
+    add(settings.admin_ping_path, _Text(lambda: "pong\n"))
+    add(settings.admin_version_path, _JSONResource(_version))
+    add(settings.admin_health_check_path, _HealthResource(health))
+    add(settings.admin_thread_dump_path, _Text(threadDump))
+    if settings.admin_debug_enabled and debug is not None:
+        add("debug", _Text(debug))
+    return _Router(routes)
+
+
+def proxyHealth(state: Callable[[], ProxyState], settings: ProxySettings) -> Health:
+    """
+    The proxy's health checks, prometheus-proxy's names and thresholds:
+
+      - C{agent_port}: always healthy, since this answering means the
+        process runs; the message tells how many agents are connected.
+      - C{scrape_response_map_check}: fewer scrapes in flight than
+        C{scrape_request_map_unhealthy_size}.
+      - C{agent_scrape_request_backlog}: every agent has fewer scrapes in
+        flight than C{scrape_request_backlog_unhealthy_size}.
+
+    prometheus-proxy's C{chunking_map_check} is left out: promtwist keeps
+    no chunks aside (see C{proxy_chunk_context_map_size}).
+    """
+
+    def checks() -> dict[str, HealthCheck]:
+        snapshot = state()
+        inFlight = snapshot.inFlight
+        mapLimit = settings.scrape_request_map_unhealthy_size
+        backlogLimit = settings.scrape_request_backlog_unhealthy_size
+        backlogged = sorted(
+            {
+                f"{agent.name} ({agent.agentId}): {agent.scrapesInFlight}"
+                for agent in snapshot.agents
+                if agent.scrapesInFlight >= backlogLimit
+            }
+        )
+        return {
+            "agent_port": HealthCheck(
+                True,
+                f"{len(snapshot.agents)} agents connected, {snapshot.pathCount} paths,"
+                f" {snapshot.pendingHandshakes} handshakes pending",
+            ),
+            "scrape_response_map_check": HealthCheck(
+                inFlight < mapLimit,
+                f"{inFlight} scrapes in flight (unhealthy at {mapLimit})",
+            ),
+            "agent_scrape_request_backlog": HealthCheck(
+                not backlogged,
+                f"agents with {backlogLimit} or more scrapes in flight: {', '.join(backlogged)}"
+                if backlogged
+                else f"no agent has {backlogLimit} or more scrapes in flight",
+            ),
+        }
+
+    return checks
+
+
+def agentHealth(state: Callable[[], AgentState], settings: AgentSettings) -> Health:
+    """
+    The agent's health checks:
+
+      - C{proxy_link}: connected to a proxy, with the handshake done.
+      - C{scrape_request_backlog_check} (prometheus-proxy's): fewer scrape
+        requests waiting for a slot than
+        C{scrape_request_backlog_unhealthy_size}.
+    """
+
+    def checks() -> dict[str, HealthCheck]:
+        snapshot = state()
+        limit = settings.scrape_request_backlog_unhealthy_size
+        return {
+            "proxy_link": HealthCheck(
+                snapshot.linkUp,
+                "connected to a proxy" if snapshot.linkUp else "not connected to a proxy",
+            ),
+            "scrape_request_backlog_check": HealthCheck(
+                snapshot.backlog < limit,
+                f"{snapshot.backlog} scrape requests waiting (unhealthy at {limit})",
+            ),
+        }
+
+    return checks
+
+
+def operationsListeners(
+    settings: ProxySettings | AgentSettings,
+    registry: CollectorRegistry,
+    health: Health,
+    debug: Callable[[], str] | None,
+    reactor: Any,
+    interface: str = "",
+) -> list[Listener]:
+    """
+    The admin and metrics listeners the settings enable, for the caller to
+    add to its service tree; an empty list when neither is.
+
+    Both ports use L{HardenedSite}, since they too may face a network. Only
+    the admin port applies C{admin_allowed_networks}: the metrics port is
+    for Prometheus, wherever it runs, and has nothing to hide that the
+    scrape port does not already show. An empty C{metrics_path} turns the
+    metrics port off, as an empty admin path turns its endpoint off.
+
+    @param reactor: provides C{IReactorTCP} and C{IReactorTime}; the
+        listeners and the sites' timeouts use it.
+    @param interface: the address to bind; all by default.
+    """
+    listeners = []
+    if settings.admin_enabled:
+        site = HardenedSite(
+            adminRoot(settings, health, debug),
+            maxHeaderBytes=MAX_HEADER_BYTES,
+            headerTimeout=HEADER_TIMEOUT,
+            idleTimeout=IDLE_TIMEOUT,
+            allowedNetworks=settings.admin_allowed_networks,
+            reactor=reactor,
+        )
+        listeners.append(Listener(reactor, settings.admin_port, site, interface))
+    if settings.metrics_enabled and settings.metrics_path:
+        site = HardenedSite(
+            _Router({settings.metrics_path: MetricsResource(registry)}),
+            maxHeaderBytes=MAX_HEADER_BYTES,
+            headerTimeout=HEADER_TIMEOUT,
+            idleTimeout=IDLE_TIMEOUT,
+            reactor=reactor,
+        )
+        listeners.append(Listener(reactor, settings.metrics_port, site, interface))
+    return listeners
