@@ -114,6 +114,12 @@ class Session(FrameReceiver):
         The peer announced it is leaving; by default, let it close the link.
         """
 
+    def silentFor(self) -> float:
+        """
+        Seconds since anything arrived from the peer.
+        """
+        return self.clock.seconds() - self._lastReceived
+
     # Sending.
 
     def sendFrame(self, frame: Frame) -> None:

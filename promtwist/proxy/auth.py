@@ -92,6 +92,15 @@ class Authenticator:
             raise AuthenticationFailed("an agent token is required")
         return identity
 
+    def stillHolds(self, identity: Identity) -> bool:
+        """
+        Whether an agent authenticated as C{identity} (perhaps by an earlier
+        configuration) would be let in as the same identity now.
+        """
+        if not self._byName:
+            return True
+        return self._byName.get(identity.name) == identity
+
     def mayServe(self, identity: Identity, path: str) -> bool:
         """
         Whether C{identity} may register C{path}: any path when it has no globs.

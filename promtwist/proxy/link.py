@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 
 from promtwist.config import ProxySettings
 from promtwist.logs import observer
+from promtwist.metrics import ProxyMetrics
 from promtwist.protocol.framing import _peerName
 from promtwist.protocol.promtwist_pb2 import (
     CancelScrape,
@@ -26,6 +27,7 @@ from promtwist.protocol.promtwist_pb2 import (
     Hello,
     Outcome,
     PathReply,
+    Ping,
     RegisterPath,
     Reject,
     ScrapeChunk,
@@ -189,6 +191,8 @@ class AgentLink(Session):
     launchId = ""
     consolidated = False
     identity = ANONYMOUS
+    # Set when this side closes the link, to tell scrapes in flight why.
+    closingBecause = ""
 
     def __init__(self, factory: AgentLinkFactory) -> None:
         super().__init__(factory.clock)
@@ -258,6 +262,7 @@ class AgentLink(Session):
         )
         self.factory.handshakeFinished(self)
         self.factory.registry.addAgent(self)
+        self.factory.metrics.agentConnected()
         self._log.info(
             "agent {name!r} ({host}, {peer}, identity {identity}) connected as {id}",
             name=self.name,
@@ -268,6 +273,7 @@ class AgentLink(Session):
         )
 
     def _reject(self, reason: Reject.Reason, message: str) -> None:
+        self.factory.metrics.rejected("handshake_" + Reject.Reason.Name(reason).lower())
         self._log.warn(
             "refusing agent at {peer}: {message}", peer=_peerName(self.transport), message=message
         )
@@ -276,10 +282,17 @@ class AgentLink(Session):
 
     # Paths.
 
+    def frame_ping(self, ping: Ping) -> None:
+        self.factory.metrics.heartbeatReceived()
+        super().frame_ping(ping)
+
     def frame_register_path(self, request: RegisterPath) -> None:
+        registry = self.factory.registry
+        displaced = registry.displacements
         try:
-            self.factory.registry.registerPath(self, request.path, request.name, request.labels)
+            registry.registerPath(self, request.path, request.name, request.labels)
         except RegistrationRefused as e:
+            self.factory.metrics.rejected("path_" + e.kind)
             self._log.warn(
                 "agent {name!r} may not register /{path}: {why}",
                 name=self.name,
@@ -287,6 +300,8 @@ class AgentLink(Session):
                 why=str(e),
             )
             return self._reply(request.request_id, False, str(e))
+        if registry.displacements > displaced:
+            self.factory.metrics.agentDisplaced()
         self._log.info("agent {name!r} serves /{path}", name=self.name, path=request.path)
         self._reply(request.request_id, True, "")
 
@@ -389,7 +404,7 @@ class AgentLink(Session):
             return
         self.factory.registry.removeAgent(self)
         scrapes, self._scrapes = self._scrapes, {}
-        why = reason.getErrorMessage()
+        why = self.closingBecause or reason.getErrorMessage()
         for stream in scrapes.values():
             stream.linkLost(why)
         self._log.info(
@@ -423,11 +438,13 @@ class AgentLinkFactory(ServerFactory):
         registry: Registry,
         clock: IReactorTime,
         authenticator: Authenticator,
+        metrics: ProxyMetrics,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.clock = clock
         self.authenticator = authenticator
+        self.metrics = metrics
         self.links: set[AgentLink] = set()
         self.pending: set[AgentLink] = set()
         self.refusedConnections = 0
@@ -454,6 +471,7 @@ class AgentLinkFactory(ServerFactory):
 
     def _refused(self, addr: IAddress | None) -> None:
         self.refusedConnections += 1
+        self.metrics.rejected("pending_handshakes")
         self._unreported += 1
         now = self.clock.seconds()
         if self._reportedAt is None or now - self._reportedAt >= self.REFUSAL_REPORT_SECONDS:
@@ -498,6 +516,7 @@ class AgentLinkFactory(ServerFactory):
             if link.established:
                 link.sendGoodbye(reason)
             closing.append(link.whenLost())
+            link.closingBecause = reason
             link.transport.loseConnection()
         return gatherResults(closing)
 
@@ -513,4 +532,5 @@ def agentLinkFactory(
     """
     authenticator = Authenticator(settings)
     registry = Registry(reservedPaths, authenticator.mayServe, settings.max_paths_per_agent)
-    return AgentLinkFactory(settings, registry, clock, authenticator)
+    metrics = ProxyMetrics(uuid.uuid4().hex, clock)
+    return AgentLinkFactory(settings, registry, clock, authenticator, metrics)

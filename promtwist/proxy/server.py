@@ -1,25 +1,36 @@
-# -*- test-case-name: promtwist.test.test_integration -*-
+# -*- test-case-name: promtwist.test.test_proxy_service -*-
 """
-The proxy process as one service: the agent listener, the scrape site and
-the registry they share.
+The proxy process as one service: the agent listener, the scrape site, the
+registry they share, and the operator's side (metrics, admin endpoints,
+stale-agent eviction, reload and a draining shutdown).
 """
 
 from __future__ import annotations
 
+import collections
+import time
+from collections.abc import Callable
 from typing import Any
 
+from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, TimeoutError
 from twisted.logger import Logger
 
-from promtwist.config import ProxySettings
+from promtwist import __version__
+from promtwist.config import ConfigError, ProxySettings
 from promtwist.listen import Listener
 from promtwist.logs import observer
+from promtwist.metrics import AgentSample, ProxyState
 from promtwist.proxy.access import guarded
+from promtwist.proxy.answers import ScrapeRecord
+from promtwist.proxy.auth import Authenticator
 from promtwist.proxy.discovery import DiscoveryResource
-from promtwist.proxy.link import agentLinkFactory
+from promtwist.proxy.link import AgentLink, agentLinkFactory
 from promtwist.proxy.scrape import ScrapeResource
+from promtwist.signals import onHangup
 from promtwist.tls import agentPortTLS, scrapePortTLS
+from promtwist.web import operationsListeners, proxyHealth
 from promtwist.webguard import HardenedSite
 
 
@@ -28,30 +39,50 @@ class ProxyService(MultiService):
     @ivar registry: connected agents and their paths.
     @ivar agentListener: the listener agents dial.
     @ivar httpListener: the listener Prometheus scrapes.
+    @ivar metrics: the proxy's own metrics.
+    @ivar recent: the latest scrapes, newest last, for the debug page.
     """
 
     _log = Logger(observer=observer)
 
-    def __init__(self, settings: ProxySettings, reactor: Any = None, interface: str = "") -> None:
+    def __init__(
+        self,
+        settings: ProxySettings,
+        reactor: Any = None,
+        interface: str = "",
+        reloadSettings: Callable[[], ProxySettings] | None = None,
+    ) -> None:
         """
+        @param reloadSettings: reads the settings again from the same sources,
+            for SIGHUP; without it the proxy does not reload.
         @raise promtwist.config.ConfigError: when a TLS file is unusable.
         """
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor
+        self.reactor = reactor
         self.settings = settings
+        self.reloadSettings = reloadSettings
+        self.startedAt = time.time()
         self.linkFactory = agentLinkFactory(
             settings, reactor, [settings.sd_path] if settings.sd_enabled else []
         )
         self.registry = self.linkFactory.registry
+        self.metrics = self.linkFactory.metrics
+        self.metrics.track(self.state)
         discovery = (
             DiscoveryResource(self.registry, settings.sd_target_prefix)
             if settings.sd_enabled
             else None
         )
+        self.scrapes = ScrapeResource(settings, self.registry, reactor, discovery)
+        self.recent: collections.deque[ScrapeRecord] = collections.deque(
+            maxlen=settings.admin_recent_requests_queue_size
+        )
+        self.scrapes.observers += [self._scrapeEnded, self.recent.append]
         # Credentials, when configured, guard discovery as well as scrapes.
         self.site = HardenedSite(
-            guarded(ScrapeResource(settings, self.registry, reactor, discovery), settings),
+            guarded(self.scrapes, settings),
             maxHeaderBytes=settings.http_max_header_bytes,
             headerTimeout=settings.http_header_timeout_secs,
             idleTimeout=settings.http_idle_timeout_secs,
@@ -66,6 +97,128 @@ class ProxyService(MultiService):
             reactor, settings.http_port, self.site, interface, scrapePortTLS(settings)
         )
         self.httpListener.setServiceParent(self)
+        for listener in operationsListeners(
+            settings,
+            self.metrics.registry,
+            proxyHealth(self.state, settings),
+            self.debugText,
+            reactor,
+            interface,
+        ):
+            listener.setServiceParent(self)
+        if settings.stale_agent_check_enabled:
+            evictions = TimerService(settings.stale_agent_check_pause_secs, self.evictStale)
+            evictions.clock = reactor
+            evictions.setServiceParent(self)
+        self._restoreHangup: Callable[[], None] | None = None
+
+    # What the operator sees.
+
+    def state(self) -> ProxyState:
+        return ProxyState(
+            agents=[
+                AgentSample(
+                    link.name,
+                    link.hostName,
+                    link.agentId,
+                    link.roundTripSeconds,
+                    link.scrapesInFlight,
+                )
+                for link in self._agentLinks()
+            ],
+            pathCount=len(self.registry.snapshot()),
+            pendingHandshakes=len(self.linkFactory.pending),
+        )
+
+    def _agentLinks(self) -> list[AgentLink]:
+        return [link for link in self.linkFactory.links if link.established]
+
+    def _scrapeEnded(self, record: ScrapeRecord) -> None:
+        self.metrics.scrapeFinished(
+            record.path, record.type, record.seconds, record.bytes, record.encoding
+        )
+
+    def debugText(self) -> str:
+        lines = [
+            f"promtwist proxy {__version__.public()}, up {time.time() - self.startedAt:.0f}s",
+            f"scrape port {self.settings.http_port}, agent port {self.settings.agent_port}",
+            "",
+            "paths:",
+        ]
+        for entry in self.registry.snapshot():
+            agents = ", ".join(f"{a.name} ({a.hostName}, {a.agentId})" for a in entry.agents)
+            kind = "consolidated" if entry.consolidated else "exclusive"
+            lines.append(f"  /{entry.path} [{kind}] {agents}")
+        lines += ["", f"last {len(self.recent)} scrapes:"]
+        for r in self.recent:
+            lines.append(
+                f"  /{r.path} - {r.type} - {r.status} {r.reason} - {r.seconds * 1000:.1f} ms"
+                f" - {r.bytes} bytes - {r.agents}"
+            )
+        return "\n".join(lines) + "\n"
+
+    # Housekeeping.
+
+    def evictStale(self) -> None:
+        """
+        Drop agents nothing was heard from for
+        C{proxy.internal.maxAgentInactivitySecs}: their in-flight scrapes fail
+        at once instead of at their deadlines.
+        """
+        limit = self.settings.max_agent_inactivity_secs
+        for link in self._agentLinks():
+            if link.silentFor() > limit:
+                self._log.warn(
+                    "evicting agent {name!r} ({id}): nothing heard for {secs:.0f}s",
+                    name=link.name,
+                    id=link.agentId,
+                    secs=link.silentFor(),
+                )
+                self.metrics.agentEvicted()
+                link.transport.abortConnection()
+
+    def reload(self) -> None:
+        """
+        Re-read the configuration and apply C{proxy.auth} and
+        C{proxy.agentToken}: new agents are checked against the new
+        identities, and connected agents whose identity is gone or changed
+        are disconnected, to come back and prove themselves again. Anything
+        else that changed needs a restart, and is named. A broken file
+        changes nothing.
+        """
+        if self.reloadSettings is None:
+            return
+        try:
+            fresh = self.reloadSettings()
+        except ConfigError as e:
+            self._log.error("reload refused, running configuration kept: {why}", why=str(e))
+            return
+        authenticator = Authenticator(fresh)
+        self.linkFactory.authenticator = authenticator
+        self.registry.mayServe = authenticator.mayServe
+        for link in self._agentLinks():
+            if not authenticator.stillHolds(link.identity):
+                self._log.warn(
+                    "disconnecting agent {agent!r}: its identity {identity!r} changed",
+                    agent=link.name,
+                    identity=link.identity.name,
+                )
+                link.transport.loseConnection()
+        others = [
+            key
+            for key in vars(fresh)
+            if key not in ("identities", "agent_token")
+            and getattr(fresh, key) != getattr(self.settings, key)
+        ]
+        if others:
+            self._log.warn(
+                "reloaded agent identities; these changes need a restart: {keys}",
+                keys=", ".join(sorted(others)),
+            )
+        else:
+            self._log.info("reloaded agent identities")
+
+    # Starting and stopping.
 
     def startService(self) -> None:
         super().startService()
@@ -80,6 +233,8 @@ class ProxyService(MultiService):
         )
         if settings.sd_enabled:
             self._log.info("service discovery at /{path}", path=settings.sd_path)
+        if self.reloadSettings is not None:
+            self._restoreHangup = onHangup(self.reactor, self.reload)
 
     def _logTLS(self, port: str, cert: str, trust: str) -> None:
         """
@@ -94,8 +249,33 @@ class ProxyService(MultiService):
                 clients=f", client certificates from a CA in {trust} required" if trust else "",
             )
 
-    def stopService(self) -> Deferred[list[object]]:
-        # Stop accepting first, then let the agents know and wait for their
-        # links to close, so nothing is left half-open behind us.
-        stopping = super().stopService()
-        return gatherResults([stopping, self.linkFactory.closeAll("proxy shutting down")])
+    async def _stop(self) -> None:
+        """
+        Stop taking new connections and scrapes, let the scrapes in flight
+        finish for up to C{proxy.internal.shutdownGraceSecs}, then say
+        goodbye to the agents and close their links.
+        """
+        self.scrapes.stopping = True
+        if self._restoreHangup is not None:
+            self._restoreHangup()
+            self._restoreHangup = None
+        await super().stopService()
+        if self.scrapes.inFlight:
+            self._log.info(
+                "waiting up to {secs}s for {n} scrape(s) in flight",
+                secs=self.settings.shutdown_grace_secs,
+                n=len(self.scrapes.inFlight),
+            )
+            try:
+                await self.scrapes.whenIdle().addTimeout(
+                    self.settings.shutdown_grace_secs, self.reactor
+                )
+            except TimeoutError:
+                self._log.warn(
+                    "{n} scrape(s) still in flight after the grace period; failing them",
+                    n=len(self.scrapes.inFlight),
+                )
+        await self.linkFactory.closeAll("proxy shutting down")
+
+    def stopService(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._stop())

@@ -4,9 +4,12 @@ C{twistd promproxy-proxy}: options and service.
 
 from __future__ import annotations
 
+import os
+
 from twisted.application.service import IService
 
 from promtwist.cli import ProxyOptions as Options
+from promtwist.config import ProxySettings, loadProxySettings
 from promtwist.logs import applyLogLevel
 from promtwist.proxy.server import ProxyService
 
@@ -15,4 +18,10 @@ __all__ = ["Options", "makeService"]
 
 def makeService(options: Options) -> IService:
     applyLogLevel(options.settings.log_level)
-    return ProxyService(options.settings)
+
+    def reloadSettings() -> ProxySettings:
+        # The same command line and environment, the configuration file as
+        # it is now.
+        return loadProxySettings(options.given(), os.environ)
+
+    return ProxyService(options.settings, reloadSettings=reloadSettings)

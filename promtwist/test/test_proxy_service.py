@@ -1,0 +1,231 @@
+"""
+The proxy service's operations side over loopback: stale-agent eviction,
+draining shutdown, reload of identities, metrics and the debug page.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
+from twisted.logger import capturedLogs
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from promtwist.agent.service import AgentService
+from promtwist.config import (
+    AgentSettings,
+    ConfigError,
+    Identity,
+    PathConfig,
+    ProxyEndpoint,
+    ProxySettings,
+)
+from promtwist.protocol.promtwist_pb2 import Frame, Hello, RegisterPath
+from promtwist.proxy.server import ProxyService
+from promtwist.test.test_framing import logText
+
+
+class _Target(Resource):
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.slow: list[Request] = []
+
+    def render_GET(self, request: Request) -> bytes | int:
+        if request.path == b"/slow":
+            self.slow.append(request)
+            return NOT_DONE_YET
+        return b"up 1\n"
+
+
+class _Silent(Protocol):
+    """
+    An agent that says Hello, registers a path, then never speaks again.
+    """
+
+    def __init__(self) -> None:
+        self.lost: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        for frame in (
+            Frame(hello=Hello(protocol_version=1, agent_name="silent")),
+            Frame(register_path=RegisterPath(request_id=1, path="quiet")),
+        ):
+            data = frame.SerializeToString()
+            self.transport.write(struct.pack("!I", len(data)) + data)  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+        self.lost.callback(None)
+
+
+class ProxyServiceTests(TestCase):
+    timeout = 30
+
+    def setUp(self) -> None:
+        self.target = _Target()
+        port: IListeningPort = reactor.listenTCP(0, Site(self.target), interface="127.0.0.1")  # type: ignore[arg-type]
+        self.addCleanup(port.stopListening)
+        address = port.getHost()
+        assert isinstance(address, IPv4Address)
+        self.base = f"http://127.0.0.1:{address.port}"
+        self.pool = HTTPConnectionPool(reactor, persistent=False)
+        self.http = Agent(reactor, pool=self.pool)
+
+    def proxy(self, **settings: object) -> ProxyService:
+        return self.proxyWith(ProxySettings(http_port=0, agent_port=0, **settings))  # type: ignore[arg-type]
+
+    def proxyWith(self, settings: ProxySettings, **kwargs: object) -> ProxyService:
+        proxy = ProxyService(settings, reactor, "127.0.0.1", **kwargs)  # type: ignore[arg-type]
+        proxy.startService()
+        self.addCleanup(lambda: proxy.stopService() if proxy.running else None)
+        return proxy
+
+    async def agent(self, proxy: ProxyService, **settings: object) -> AgentService:
+        agent = AgentService(
+            AgentSettings(
+                name="a1",
+                proxy_endpoints=(ProxyEndpoint("127.0.0.1", proxy.agentListener.portNumber),),
+                path_configs=(
+                    PathConfig("m", "m", f"{self.base}/metrics"),
+                    PathConfig("slow", "slow", f"{self.base}/slow"),
+                ),
+                **settings,  # type: ignore[arg-type]
+            ),
+            reactor,
+        )
+        agent.startService()
+        self.addCleanup(lambda: agent.stopService() if agent.running else None)
+        await agent.whenConnected()
+        return agent
+
+    async def get(self, port: int, path: str) -> tuple[int, bytes]:
+        response = await self.http.request(b"GET", f"http://127.0.0.1:{port}/{path}".encode())
+        return response.code, await readBody(response)
+
+    async def test_staleAgentEvicted(self) -> None:
+        """
+        An agent silent for longer than C{maxAgentInactivitySecs} is evicted,
+        and its scrape in flight fails at once with 502.
+        """
+        proxy = self.proxy(max_agent_inactivity_secs=0.5, stale_agent_check_pause_secs=0.1)
+        silent = _Silent()
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", proxy.agentListener.portNumber)
+        await connectProtocol(endpoint, silent)
+        while not proxy.registry.lookup("quiet"):
+            await deferLater(reactor, 0.02)
+        with capturedLogs() as events:
+            status, body = await self.get(proxy.httpListener.portNumber, "quiet")
+            await silent.lost
+        self.assertEqual(status, 502)
+        self.assertIn(b"agent disconnected", body)
+        self.assertIn("evicting agent 'silent'", logText(events))
+        self.assertEqual(proxy.registry.lookup("quiet"), ())
+
+    async def test_drain(self) -> None:
+        """
+        On stop, a scrape in flight may finish within the grace period, and
+        the agent is told goodbye afterwards.
+        """
+        proxy = self.proxy(shutdown_grace_secs=5)
+        await self.agent(proxy)
+        scraping = Deferred.fromCoroutine(self.get(proxy.httpListener.portNumber, "slow"))
+        while not self.target.slow:
+            await deferLater(reactor, 0.01)
+        stopping = proxy.stopService()
+        await deferLater(reactor, 0.2)
+        self.assertNoResult(stopping)
+        (request,) = self.target.slow
+        request.write(b"late 1\n")
+        request.finish()
+        self.assertEqual(await scraping, (200, b"late 1\n"))
+        await stopping
+
+    async def test_drainBounded(self) -> None:
+        """
+        Scrapes still in flight after the grace period fail, and the proxy
+        stops anyway.
+        """
+        proxy = self.proxy(shutdown_grace_secs=0.3)
+        await self.agent(proxy)
+        scraping = Deferred.fromCoroutine(self.get(proxy.httpListener.portNumber, "slow"))
+        while not self.target.slow:
+            await deferLater(reactor, 0.01)
+        await proxy.stopService()
+        status, body = await scraping
+        self.assertEqual(status, 502)
+        self.assertIn(b"proxy shutting down", body)
+
+    async def test_reloadIdentities(self) -> None:
+        """
+        A reload that removes an agent's identity disconnects it; a broken
+        configuration changes nothing.
+        """
+        team = Identity("team_a", "ta")
+        sources: list[ProxySettings | ConfigError] = []
+
+        def reloadSettings() -> ProxySettings:
+            source = sources.pop(0)
+            if isinstance(source, ConfigError):
+                raise source
+            return source
+
+        proxy = self.proxyWith(
+            ProxySettings(http_port=0, agent_port=0, identities=(team,)),
+            reloadSettings=reloadSettings,
+        )
+        agent = await self.agent(proxy, agent_token="ta")
+        connection = agent.factory.current
+        assert connection is not None
+        sources.append(ConfigError("proxy.conf: proxy.auth[0].token is required"))
+        with capturedLogs() as events:
+            proxy.reload()
+        self.assertIn("reload refused, running configuration kept", logText(events))
+        self.assertEqual(len(proxy.registry.agents()), 1)
+        sources.append(ProxySettings(http_port=0, agent_port=0, identities=(Identity("b", "tb"),)))
+        proxy.reload()
+        await connection.whenLost()
+        self.assertEqual(proxy.registry.lookup("m"), ())
+
+    async def test_metricsAndDebug(self) -> None:
+        proxy = self.proxy(
+            metrics_enabled=True,
+            metrics_port=0,
+            admin_enabled=True,
+            admin_port=0,
+            admin_debug_enabled=True,
+        )
+        await self.agent(proxy)
+        self.assertEqual(await self.get(proxy.httpListener.portNumber, "m"), (200, b"up 1\n"))
+        await self.get(proxy.httpListener.portNumber, "nowhere")
+        adminPort, metricsPort = [
+            child.portNumber
+            for child in proxy
+            if child not in (proxy.agentListener, proxy.httpListener)
+            and hasattr(child, "portNumber")
+        ]
+        _, text = await self.get(metricsPort, "metrics")
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text.decode())
+            for s in family.samples
+        }
+        self.assertEqual(samples[("proxy_scrape_requests_total", (("type", "success"),))], 1)
+        self.assertEqual(samples[("proxy_scrape_requests_total", (("type", "invalid_path"),))], 1)
+        self.assertEqual(samples[("proxy_connect_count_total", ())], 1)
+        self.assertEqual(samples[("proxy_agent_map_size", ())], 1)
+        _, debug = await self.get(adminPort, "debug")
+        self.assertIn(b"/m [exclusive] a1", debug)
+        self.assertIn(b"/m - success - 200", debug)
+        self.assertEqual(await self.get(adminPort, "ping"), (200, b"pong\n"))
