@@ -9,14 +9,23 @@ from __future__ import annotations
 
 import socket
 import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
+from twisted.internet.defer import (
+    Deferred,
+    DeferredLock,
+    DeferredSemaphore,
+    gatherResults,
+    succeed,
+)
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from promtwist import __version__
+from promtwist.agent.paths import PathChanges, PathTable
 from promtwist.agent.scraper import Scrape, Scraper
 from promtwist.config import AgentSettings, PathConfig
 from promtwist.httputil import redacted
@@ -33,6 +42,7 @@ from promtwist.protocol.promtwist_pb2 import (
     ScrapeCredit,
     ScrapeRequest,
     ScrapeResponse,
+    UnregisterPath,
     Welcome,
 )
 from promtwist.protocol.session import PROTOCOL_VERSION, Session, SessionLost
@@ -64,6 +74,11 @@ class ProxyConnection(Session):
         self._scrapes: dict[int, Scrape] = {}
         self._slots = DeferredSemaphore(self.settings.max_concurrent_clients)
         self._chunkBytes = 0
+        # What the proxy has been told, by path, and whether it accepted.
+        # Path changes are applied one batch at a time, each against this.
+        self._registered: dict[str, tuple[PathConfig, bool]] = {}
+        self._pathLock = DeferredLock()
+        self._idle: list[Deferred[None]] = []
 
     def whenReady(self) -> Deferred[ProxyConnection]:
         """
@@ -111,10 +126,7 @@ class ProxyConnection(Session):
         self._log.info(
             "connected to proxy {peer} as {id}", peer=_peerName(self.transport), id=self.agentId
         )
-        registrations = [self.registerPath(config) for config in self.settings.path_configs]
-        gatherResults(registrations).addCallbacks(
-            lambda _: self._ready.callback(self), self._readyFailed
-        )
+        self.syncPaths().addCallbacks(lambda _: self._ready.callback(self), self._readyFailed)
 
     def frame_reject(self, reject: Reject) -> None:
         self._handshakeTimer.cancel()
@@ -126,10 +138,95 @@ class ProxyConnection(Session):
         if not self._ready.called:
             self._ready.errback(failure)
 
+    # Paths.
+
+    @property
+    def welcomed(self) -> bool:
+        return bool(self.agentId) and self._lost is None
+
+    def registeredPaths(self) -> Mapping[str, PathConfig]:
+        """
+        The paths the proxy accepted from this connection.
+        """
+        return {path: config for path, (config, ok) in self._registered.items() if ok}
+
+    def syncPaths(self) -> Deferred[None]:
+        """
+        Bring the proxy's view of this agent's paths in line with the
+        factory's desired set, over this link: register new paths,
+        unregister removed ones, re-register those whose name or labels
+        changed. A changed URL needs no message: the URL lives here only.
+
+        Batches run one after another, each diffing the desired set of its
+        own time against what the proxy was told, so overlapping changes
+        (a reload during a discovery tick) end in the latest state.
+
+        @return: fires when done; fails only if the link was lost.
+        """
+        return self._pathLock.run(self._syncOnce)
+
+    def _syncOnce(self) -> Deferred[None]:
+        desired = self.factory.paths
+        work: list[Deferred[Any]] = []
+        for path, (old, ok) in list(self._registered.items()):
+            if path not in desired:
+                if ok:
+                    work.append(self.unregisterPath(old))
+                else:
+                    del self._registered[path]
+        for path, config in desired.items():
+            known = self._registered.get(path)
+            if known is None:
+                work.append(self.registerPath(config))
+                continue
+            old, ok = known
+            if old == config:
+                continue
+            if (old.name, dict(old.labels)) == (config.name, dict(config.labels)):
+                self._registered[path] = (config, ok)
+                self._log.info("/{path} now scrapes {url}", path=path, url=redacted(config.url))
+            elif ok and self.settings.consolidated:
+                # A consolidated group keeps the name and labels of its first
+                # member: leave it and join again.
+                work.append(self.unregisterPath(old).addCallback(self._reregister, config))
+            else:
+                # The proxy replaces an exclusive path's name and labels in
+                # place, with no moment where the path is unknown.
+                work.append(self.registerPath(config))
+        return gatherResults(work, consumeErrors=True).addCallback(lambda _: None)
+
+    def _reregister(self, _: object, config: PathConfig) -> Deferred[bool]:
+        return self.registerPath(config)
+
+    def unregisterPath(self, config: PathConfig) -> Deferred[bool]:
+        """
+        Ask the proxy to stop routing C{/path} here.
+        """
+        requestId, reply = self.expectReply()
+        self.sendFrame(
+            Frame(unregister_path=UnregisterPath(request_id=requestId, path=config.path))
+        )
+
+        def unregistered(answer: PathReply) -> bool:
+            if self._registered.get(config.path, (None, False))[0] == config:
+                del self._registered[config.path]
+            if answer.ok:
+                self._log.info("no longer serving /{path}", path=config.path)
+            else:
+                self._log.warn(
+                    "the proxy did not unregister /{path}: {reason}",
+                    path=config.path,
+                    reason=answer.reason,
+                )
+            return bool(answer.ok)
+
+        return reply.addCallback(unregistered)
+
     def registerPath(self, config: PathConfig) -> Deferred[bool]:
         """
         Ask the proxy to route C{/path} here. A refusal is logged, not
-        fatal: the agent keeps serving its other paths.
+        fatal: the agent keeps serving its other paths, and does not ask
+        again until the path's config changes.
         """
         requestId, reply = self.expectReply()
         self.sendFrame(
@@ -145,6 +242,7 @@ class ProxyConnection(Session):
         )
 
         def registered(answer: PathReply) -> bool:
+            self._registered[config.path] = (config, bool(answer.ok))
             if answer.ok:
                 self._log.info(
                     "serving /{path} for {url}", path=config.path, url=redacted(config.url)
@@ -165,6 +263,9 @@ class ProxyConnection(Session):
     # Scrapes.
 
     def frame_scrape_request(self, request: ScrapeRequest) -> None:
+        if self.factory.draining:
+            self._refuse(request, Outcome.AGENT_ERROR, 503, "agent shutting down")
+            return
         config = self.factory.paths.get(request.path)
         if config is None:
             self.sendFrame(
@@ -181,9 +282,45 @@ class ProxyConnection(Session):
             return
         scrape = Scrape(self.factory.scraper, request, config, self._send, self._chunkBytes)
         self._scrapes[request.scrape_id] = scrape
-        scrape.done.addCallback(lambda _: self._scrapes.pop(request.scrape_id, None))
+        scrape.done.addBoth(lambda _: self._scrapeDone(request.scrape_id))
         scrape.start()
         self._slots.run(scrape.run)
+
+    def _refuse(self, request: ScrapeRequest, outcome: int, status: int, reason: str) -> None:
+        self.sendFrame(
+            Frame(
+                scrape_response=ScrapeResponse(
+                    scrape_id=request.scrape_id,
+                    outcome=outcome,  # type: ignore[arg-type]
+                    status=status,
+                    reason=reason,
+                    last=True,
+                )
+            )
+        )
+
+    def _scrapeDone(self, scrapeId: int) -> None:
+        self._scrapes.pop(scrapeId, None)
+        if not self._scrapes:
+            waiting, self._idle = self._idle, []
+            for d in waiting:
+                d.callback(None)
+
+    @property
+    def scrapesInFlight(self) -> int:
+        return len(self._scrapes)
+
+    def whenIdle(self) -> Deferred[None]:
+        """
+        Fires once no scrape is in flight on this connection (at once if
+        none is).
+        """
+        d: Deferred[None] = Deferred()
+        if not self._scrapes:
+            d.callback(None)
+        else:
+            self._idle.append(d)
+        return d
 
     def frame_scrape_credit(self, credit: ScrapeCredit) -> None:
         scrape = self._scrapes.get(credit.scrape_id)
@@ -214,9 +351,11 @@ class ProxyConnection(Session):
                     + (describeTLSFailure(reason) or reason.getErrorMessage())
                 )
             )
-        scrapes, self._scrapes = self._scrapes, {}
-        for scrape in scrapes.values():
+        for scrape in list(self._scrapes.values()):
             scrape.cancel()
+        # Nothing more can finish on this link.
+        self._scrapes.clear()
+        self._scrapeDone(0)
 
 
 class ProxyConnectionFactory(Factory):
@@ -233,9 +372,37 @@ class ProxyConnectionFactory(Factory):
         self.settings = settings
         self.scraper = scraper
         self.clock = clock
-        self.paths = {config.path: config for config in settings.path_configs}
+        self.table = PathTable(static=settings.path_configs)
+        # Replaced, never changed in place: see PathTable.desired.
+        self.paths: Mapping[str, PathConfig] = self.table.desired()
+        # Set when the agent is stopping: new scrapes are refused.
+        self.draining = False
         self.launchId = uuid.uuid4().hex
         self.hostName = socket.gethostname()
+
+    def replacePaths(
+        self,
+        *,
+        static: Iterable[PathConfig] | None = None,
+        discovered: Iterable[PathConfig] | None = None,
+    ) -> tuple[PathChanges, Deferred[None]]:
+        """
+        Change the static or the discovered paths (L{None} keeps a part).
+        New scrapes use the new table at once; the current connection, if
+        the proxy welcomed it, tells the proxy over the same link. A
+        connection still in its handshake registers the new set when
+        welcomed, and every reconnect registers the whole set.
+
+        @return: the change, and a Deferred that fires once the proxy
+            answered every registration it needed (at once when there is
+            no link; it never fails).
+        """
+        changes = self.table.replace(static=static, discovered=discovered)
+        self.paths = self.table.desired()
+        connection = self.current
+        if not changes or connection is None or not connection.welcomed:
+            return changes, succeed(None)
+        return changes, connection.syncPaths().addErrback(lambda _: None)
 
     def buildProtocol(self, addr: IAddress | None) -> ProxyConnection:
         return ProxyConnection(self)

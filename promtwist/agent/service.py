@@ -6,12 +6,14 @@ HTTP connection pool its scrapes share.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import fields, replace
 from typing import Any, cast
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
@@ -28,8 +30,9 @@ from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from zope.interface import implementer
 
 from promtwist.agent.connection import ProxyConnection, ProxyConnectionFactory, Rejected
+from promtwist.agent.discoveryfile import FileDiscovery
 from promtwist.agent.scraper import Scraper
-from promtwist.config import AgentSettings
+from promtwist.config import AGENT, AgentSettings, ConfigError, PathConfig
 from promtwist.logs import observer
 from promtwist.tls import linkTLS, linkUsesTLS, targetPolicy
 
@@ -70,27 +73,58 @@ class _ReadyLinks(Factory):
     the same, but its state machine raises C{NoTransition} when a
     connection is lost while being prepared.
 
-    @ivar notReady: told why a link did not become ready; returns the failure.
+    With several proxy endpoints, each attempt dials one: a failed attempt
+    moves on to the next (wrapping round), and a link that was ready and
+    then dropped sends the next attempt back to the first (failback).
+
+    @ivar endpoints: C{(name, endpoint)} pairs, in the configured order.
+    @ivar notReady: told why a link to the named proxy did not become
+        ready; returns the failure.
     """
 
     noisy = False
+    _log = Logger(observer=observer)
 
     def __init__(
         self,
-        endpoint: IStreamClientEndpoint,
+        endpoints: Sequence[tuple[str, IStreamClientEndpoint]],
         connections: ProxyConnectionFactory,
-        notReady: Callable[[Failure], Failure],
+        notReady: Callable[[Failure, str], Failure],
+        onReady: Callable[[ProxyConnection, str], object] = lambda c, n: None,
     ) -> None:
-        self.endpoint = endpoint
+        assert endpoints, "at least one proxy endpoint"
+        self.endpoints = list(endpoints)
         self.connections = connections
         self.notReady = notReady
+        self.onReady = onReady
+        self.index = 0
         self._handing: ProxyConnection | None = None
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
-        return Deferred.fromCoroutine(self._connect(protocolFactory))
+        name, endpoint = self.endpoints[self.index]
 
-    async def _connect(self, protocolFactory: IProtocolFactory) -> IProtocol:
-        connection = cast(ProxyConnection, await self.endpoint.connect(self.connections))
+        def failed(failure: Failure) -> Failure:
+            if len(self.endpoints) > 1:
+                self.index = (self.index + 1) % len(self.endpoints)
+                if not failure.check(CancelledError):
+                    self._log.info(
+                        "cannot use proxy {proxy} ({reason}); next: {next}",
+                        proxy=name,
+                        reason=failure.getErrorMessage(),
+                        next=self.endpoints[self.index][0],
+                    )
+            return failure
+
+        return Deferred.fromCoroutine(self._connect(protocolFactory, name, endpoint)).addErrback(
+            failed
+        )
+
+    async def _connect(
+        self, protocolFactory: IProtocolFactory, name: str, endpoint: IStreamClientEndpoint
+    ) -> IProtocol:
+        if self.connections.draining:
+            raise CancelledError("the agent is stopping")
+        connection = cast(ProxyConnection, await endpoint.connect(self.connections))
         # Stopping the service cancels the attempt: drop the connection too.
         ready: Deferred[ProxyConnection] = Deferred(
             lambda _: connection.transport.abortConnection()
@@ -102,13 +136,20 @@ class _ReadyLinks(Factory):
                 ready.callback(result)
 
         connection.whenReady().addBoth(settle)
-        await ready.addErrback(self.notReady)
+        await ready.addErrback(self.notReady, name)
         self._handing = connection
         link = protocolFactory.buildProtocol(connection.transport.getPeer())
         self._handing = None
         assert link is not None
         link.makeConnection(connection.transport)
-        connection.whenLost().addCallback(lambda _: link.connectionLost(Failure(ConnectionDone())))
+
+        def lost(_: object) -> None:
+            # Failback: after a working link drops, start again at the first.
+            self.index = 0
+            link.connectionLost(Failure(ConnectionDone()))
+
+        connection.whenLost().addCallback(lost)
+        self.onReady(connection, name)
         return link
 
     def buildProtocol(self, addr: IAddress | None) -> _Link:
@@ -116,19 +157,74 @@ class _ReadyLinks(Factory):
         return _Link(self._handing)
 
 
+def proxyEndpoints(
+    settings: AgentSettings, reactor: Any
+) -> list[tuple[str, IStreamClientEndpoint]]:
+    """
+    An endpoint per configured proxy, each with TLS options of its own (the
+    certificate's expected host name differs).
+
+    @raise promtwist.config.ConfigError: when a TLS file is unusable.
+    """
+    endpoints: list[tuple[str, IStreamClientEndpoint]] = []
+    for proxy in settings.proxy_endpoints:
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(
+            reactor, proxy.host, proxy.port, timeout=10
+        )
+        tls = linkTLS(settings, proxy)
+        if tls is not None:
+            endpoint = wrapClientTLS(tls, endpoint)
+        endpoints.append((str(proxy), endpoint))
+    return endpoints
+
+
+# Settings fields that are not a single key of the agent's key table.
+_FIELD_KEYS = {
+    "config_source": "--config",
+    "proxy_endpoints": "agent.proxy.endpoints (or hostname/port, --proxy)",
+    "filters": "agent.filters",
+    "admin_allowed_networks": "agent.admin.allowedNetworks",
+}
+
+
+def _keyOf(fieldName: str) -> str:
+    for setting in AGENT.settings:
+        if setting.field == fieldName:
+            return setting.key
+    return _FIELD_KEYS.get(fieldName, fieldName)
+
+
 class AgentService(MultiService):
     """
     Start it and the agent dials the proxy, registers its paths, and keeps
-    doing so after every disconnect; stop it and it says goodbye, closes the
+    doing so after every disconnect; stop it and it says goodbye, lets the
+    scrapes in flight finish (up to C{shutdown_grace_secs}), then closes the
     link and the pool.
 
-    @ivar factory: builds the connection for each (re)connect.
+    @ivar factory: builds the connection for each (re)connect, and holds the
+        path table.
+    @ivar loadSettings: reads the configuration again, with the startup's
+        command-line options and environment (see L{reload}); L{None} if the
+        agent cannot reload.
+    @ivar discovery: the discovery file reader, when discovery is enabled.
     """
 
     _log = Logger(observer=observer)
 
-    def __init__(self, settings: AgentSettings, reactor: Any = None) -> None:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        reactor: Any = None,
+        *,
+        loadSettings: Callable[[], AgentSettings] | None = None,
+        environ: Mapping[str, str] | None = None,
+        endpoints: Sequence[tuple[str, IStreamClientEndpoint]] | None = None,
+    ) -> None:
         """
+        @param loadSettings: see L{loadSettings}; with it, C{SIGHUP} reloads.
+        @param environ: for substitutions in the discovery file.
+        @param endpoints: overrides the proxy endpoints the settings name
+            (for tests).
         @raise promtwist.config.ConfigError: when a TLS file is unusable.
         """
         super().__init__()
@@ -136,6 +232,7 @@ class AgentService(MultiService):
             from twisted.internet import reactor
         self.settings = settings
         self.clock = reactor
+        self.loadSettings = loadSettings
         self.pool = QuietPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = settings.max_concurrent_clients
         agent = Agent(
@@ -145,14 +242,13 @@ class AgentService(MultiService):
             connectTimeout=settings.client_timeout_secs,
         )
         self.factory = ProxyConnectionFactory(settings, Scraper(settings, agent, reactor), reactor)
-        proxy = settings.proxy_endpoints[0]
-        endpoint: IStreamClientEndpoint = HostnameEndpoint(
-            reactor, proxy.host, proxy.port, timeout=10
+        links = _ReadyLinks(
+            proxyEndpoints(settings, reactor) if endpoints is None else endpoints,
+            self.factory,
+            self._notReady,
+            self._ready,
         )
-        tls = linkTLS(settings, proxy)
-        if tls is not None:
-            endpoint = wrapClientTLS(tls, endpoint)
-        links = _ReadyLinks(endpoint, self.factory, self._notReady)
+        self.links = links
         self.link = ClientService(
             links,
             links,
@@ -164,8 +260,20 @@ class AgentService(MultiService):
             clock=reactor,
         )
         self.link.setServiceParent(self)
+        self.discovery: FileDiscovery | None = None
+        if settings.discovery_enabled:
+            self.discovery = FileDiscovery(
+                settings.discovery_file_path,
+                settings.discovery_reconcile_interval_secs,
+                self._discovered,
+                reactor,
+                environ,
+            )
+            self.discovery.setServiceParent(self)
+        self._previousHangup: Any = None
+        self._hangupInstalled = False
 
-    def _notReady(self, failure: Failure) -> Failure:
+    def _notReady(self, failure: Failure, proxy: str) -> Failure:
         """
         Log why a link did not become ready (a certificate the agent or the
         proxy refused, say): nothing else says it before the retry. A
@@ -175,17 +283,86 @@ class AgentService(MultiService):
         if self.running and not failure.check(Rejected, CancelledError):
             self._log.warn(
                 "no link to proxy {proxy}: {reason}",
-                proxy=str(self.settings.proxy_endpoints[0]),
+                proxy=proxy,
                 reason=failure.getErrorMessage(),
             )
         return failure
+
+    def _ready(self, connection: ProxyConnection, proxy: str) -> None:
+        if len(self.links.endpoints) > 1:
+            self._log.info(
+                "link to proxy {proxy} is up ({n} path(s) registered)",
+                proxy=proxy,
+                n=len(connection.registeredPaths()),
+            )
+
+    # Path changes.
+
+    def _discovered(self, paths: tuple[PathConfig, ...]) -> Deferred[None]:
+        changes, done = self.factory.replacePaths(discovered=paths)
+        if changes:
+            self._log.info(
+                "discovery file {path}: {summary}",
+                path=self.settings.discovery_file_path,
+                summary=changes.summary(),
+            )
+        return done
+
+    def reload(self) -> Deferred[None]:
+        """
+        Read the configuration again (what C{SIGHUP} does) and apply its
+        C{agent.pathConfigs} over the current link. A configuration that
+        does not load is rejected with one error line and changes nothing;
+        other settings that changed are named in a warning and not applied,
+        since they need a restart.
+
+        @return: fires once the proxy answered the changes' registrations.
+        """
+        if self.loadSettings is None:
+            self._log.warn("this agent cannot reload its configuration")
+            return succeed(None)
+        try:
+            new = self.loadSettings()
+        except ConfigError as e:
+            # One line: a parser's message may span several.
+            error = str(e).splitlines()[0] if str(e) else repr(e)
+            self._log.error(
+                "configuration reload rejected, the running configuration stays: {error}",
+                error=error[:500],
+            )
+            return succeed(None)
+        old = self.settings
+        differing = [
+            _keyOf(f.name)
+            for f in fields(AgentSettings)
+            if f.name != "path_configs" and getattr(old, f.name) != getattr(new, f.name)
+        ]
+        if differing:
+            self._log.warn(
+                "configuration reload: {keys} changed and need(s) a restart (not applied)",
+                keys=", ".join(differing),
+            )
+        self.settings = replace(old, path_configs=new.path_configs)
+        changes, done = self.factory.replacePaths(static=new.path_configs)
+        self._log.info(
+            "configuration reloaded from {source}: paths {summary}",
+            source=new.config_source,
+            summary=changes.summary(),
+        )
+        return done
+
+    def _hangup(self, signum: int, frame: Any) -> None:
+        # Signal context: do nothing but hand over to the reactor thread.
+        self.clock.callFromThread(self.reload)
+
+    # Starting and stopping.
 
     def startService(self) -> None:
         settings = self.settings
         self._log.info(
             "agent {name!r} dialling {proxy}{tls} for {n} path(s)",
             name=settings.name,
-            proxy=str(settings.proxy_endpoints[0]),
+            proxy=", ".join(name for name, _ in self.links.endpoints),
             tls=" over TLS" if linkUsesTLS(settings) else "",
             n=len(settings.path_configs),
         )
@@ -198,6 +375,14 @@ class AgentService(MultiService):
                 if settings.https_trust_store_path
                 else "",
             )
+        self.factory.draining = False
+        if self.loadSettings is not None and hasattr(signal, "SIGHUP"):
+            try:
+                self._previousHangup = signal.signal(signal.SIGHUP, self._hangup)
+                self._hangupInstalled = True
+            except ValueError:
+                # Not the main thread (an embedded agent): no reload by signal.
+                pass
         super().startService()
 
     def whenConnected(self) -> Deferred[ProxyConnection]:
@@ -214,9 +399,33 @@ class AgentService(MultiService):
         )
 
     def stopService(self) -> Deferred[None]:
+        """
+        Say goodbye (the proxy routes no new scrapes here), refuse any new
+        scrape that still arrives, wait up to C{shutdown_grace_secs} for
+        those in flight, then close the link and the pool.
+        """
+        if self._hangupInstalled:
+            signal.signal(signal.SIGHUP, self._previousHangup)
+            self._hangupInstalled = False
+        if self.discovery is not None and self.discovery.running:
+            self.discovery.stopService()
+        self.factory.draining = True
         connection = self.factory.current
+        drained: Deferred[None] = succeed(None)
         if connection is not None and connection.established:
             connection.sendGoodbye("agent shutting down")
-        d: Deferred[None] = super().stopService()
-        d.addCallback(lambda _: self.pool.closeCachedConnections())
-        return d
+            if connection.scrapesInFlight:
+                self._log.info(
+                    "waiting up to {grace}s for {n} scrape(s) in flight",
+                    grace=self.settings.shutdown_grace_secs,
+                    n=connection.scrapesInFlight,
+                )
+                drained = connection.whenIdle()
+                drained.addTimeout(self.settings.shutdown_grace_secs, self.clock)
+                drained.addErrback(lambda _: None)
+        return Deferred.fromCoroutine(self._stop(drained))
+
+    async def _stop(self, drained: Deferred[None]) -> None:
+        await drained
+        await super().stopService()
+        await self.pool.closeCachedConnections()

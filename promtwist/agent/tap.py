@@ -4,10 +4,14 @@ C{twistd promproxy-agent}: options and service.
 
 from __future__ import annotations
 
+import os
+from functools import partial
+
 from twisted.application.service import IService
 
 from promtwist.agent.service import AgentService
 from promtwist.cli import AgentOptions as Options
+from promtwist.config import loadAgentSettings
 from promtwist.logs import applyLogLevel
 
 __all__ = ["Options", "makeService"]
@@ -15,4 +19,11 @@ __all__ = ["Options", "makeService"]
 
 def makeService(options: Options) -> IService:
     applyLogLevel(options.settings.log_level)
-    return AgentService(options.settings)
+    # SIGHUP re-reads the configuration with the same command-line values
+    # and environment as at startup, so their precedence over the file holds.
+    environ = dict(os.environ if options._environ is None else options._environ)
+    return AgentService(
+        options.settings,
+        loadSettings=partial(loadAgentSettings, options.given(), environ),
+        environ=environ,
+    )
