@@ -310,6 +310,13 @@ class ProxyConnection(Session):
     def scrapesInFlight(self) -> int:
         return len(self._scrapes)
 
+    @property
+    def backlog(self) -> int:
+        """
+        Scrapes waiting for one of the C{maxConcurrentClients} slots.
+        """
+        return len(self._slots.waiting)
+
     def whenIdle(self) -> Deferred[None]:
         """
         Fires once no scrape is in flight on this connection (at once if

@@ -105,6 +105,10 @@ class Scraper:
         self.maxBodyBytes = settings.max_content_length_mbytes * MiB
         self.filters = {f.path: FamilyFilter(f) for f in settings.filters}
         self.onFiltered: Callable[[str, FilterStream], None] | None = None
+        # How each scrape ended ("success", "unsuccessful" or "cancelled")
+        # and how long it took; how each result crossed the link.
+        self.onScrapeEnded: Callable[[str, float], None] | None = None
+        self.onResultSent: Callable[[str], None] | None = None
         self._warned: set[tuple[str, str]] = set()
 
     def warnOnce(self, path: str, why: str) -> None:
@@ -151,7 +155,8 @@ class Scrape:
         self.done: Deferred[None] = Deferred()
         self.received = 0
         self._credit = request.window_bytes or scraper.maxBodyBytes
-        self._deadline = scraper.clock.seconds() + self.timeout
+        self._startedAt = scraper.clock.seconds()
+        self._deadline = self._startedAt + self.timeout
         self._timer: IDelayedCall | None = None
         self._requesting: Deferred[IResponse] | None = None
         self._body: IPushProducer | None = None
@@ -219,7 +224,7 @@ class Scrape:
         The proxy no longer wants this scrape: stop, and send nothing more.
         """
         if not self._finished:
-            self._end()
+            self._end("cancelled")
 
     # The response.
 
@@ -289,7 +294,7 @@ class Scrape:
             if self._filtering is not None:
                 self._filterDone(self._filtering)
             self._flush(self._buffered, last=True)
-            return self._end()
+            return self._end("success")
         self._fail(
             Outcome.UNREACHABLE,
             f"target {self._where()} broke off the body after {self.received} bytes: "
@@ -363,6 +368,9 @@ class Scrape:
                 )
             )
         )
+        if self.scraper.onResultSent is not None:
+            kind = "chunked" if not last else "gzipped" if self._compressor else "non-gzipped"
+            self.scraper.onResultSent(kind)
 
     # Endings.
 
@@ -411,10 +419,12 @@ class Scrape:
             "scrape of /{path} failed: {reason}", path=self.pathConfig.path, reason=reason
         )
         self.send(frame)
-        self._end()
+        self._end("unsuccessful")
 
-    def _end(self) -> None:
+    def _end(self, kind: str) -> None:
         self._finished = True
+        if self.scraper.onScrapeEnded is not None:
+            self.scraper.onScrapeEnded(kind, self.scraper.clock.seconds() - self._startedAt)
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None

@@ -33,8 +33,11 @@ from promtwist.agent.connection import ProxyConnection, ProxyConnectionFactory, 
 from promtwist.agent.discoveryfile import FileDiscovery
 from promtwist.agent.scraper import Scraper
 from promtwist.config import AGENT, AgentSettings, ConfigError, PathConfig
+from promtwist.httputil import redacted
 from promtwist.logs import observer
+from promtwist.metrics import AgentMetrics, AgentState
 from promtwist.tls import linkTLS, linkUsesTLS, targetPolicy
+from promtwist.web import agentHealth, operationsListeners
 
 
 class _QuietClientFactory(_HTTP11ClientFactory):
@@ -241,7 +244,15 @@ class AgentService(MultiService):
             pool=self.pool,
             connectTimeout=settings.client_timeout_secs,
         )
-        self.factory = ProxyConnectionFactory(settings, Scraper(settings, agent, reactor), reactor)
+        scraper = Scraper(settings, agent, reactor)
+        self.factory = ProxyConnectionFactory(settings, scraper, reactor)
+        self.metrics = AgentMetrics(self.factory.launchId, settings.name, reactor)
+        self.metrics.track(self.state)
+        scraper.onScrapeEnded = self._scrapeEnded
+        scraper.onResultSent = self.metrics.resultSent
+        scraper.onFiltered = lambda path, f: self.metrics.filtered(
+            path, f.linesDropped, f.bytesSaved
+        )
         links = _ReadyLinks(
             proxyEndpoints(settings, reactor) if endpoints is None else endpoints,
             self.factory,
@@ -272,6 +283,44 @@ class AgentService(MultiService):
             self.discovery.setServiceParent(self)
         self._previousHangup: Any = None
         self._hangupInstalled = False
+        for listener in operationsListeners(
+            settings,
+            self.metrics.registry,
+            agentHealth(self.state, settings),
+            self.debugText,
+            reactor,
+        ):
+            listener.setServiceParent(self)
+
+    # What the operator sees.
+
+    def state(self) -> AgentState:
+        connection = self.factory.current
+        ready = connection is not None and connection.welcomed
+        return AgentState(
+            linkUp=ready,
+            backlog=connection.backlog if connection is not None else 0,
+            inFlight=connection.scrapesInFlight if connection is not None else 0,
+            roundTripSeconds=connection.roundTripSeconds if connection is not None else None,
+            pathCount=len(self.factory.paths),
+        )
+
+    def _scrapeEnded(self, kind: str, seconds: float) -> None:
+        # A scrape the proxy cancelled has no result to count.
+        if kind != "cancelled":
+            self.metrics.scrapeFinished(kind, seconds)
+
+    def debugText(self) -> str:
+        connection = self.factory.current
+        lines = [
+            f"promtwist agent {self.settings.name!r}, launch {self.factory.launchId}",
+            f"proxy link: {'up as ' + connection.agentId if connection else 'down'}",
+            "",
+            "paths:",
+        ]
+        for path, config in sorted(self.factory.paths.items()):
+            lines.append(f"  /{path} -> {redacted(config.url)}")
+        return "\n".join(lines) + "\n"
 
     def _notReady(self, failure: Failure, proxy: str) -> Failure:
         """
@@ -281,6 +330,7 @@ class AgentService(MultiService):
         cancels the attempt on purpose.
         """
         if self.running and not failure.check(Rejected, CancelledError):
+            self.metrics.connected(False)
             self._log.warn(
                 "no link to proxy {proxy}: {reason}",
                 proxy=proxy,
@@ -289,6 +339,7 @@ class AgentService(MultiService):
         return failure
 
     def _ready(self, connection: ProxyConnection, proxy: str) -> None:
+        self.metrics.connected(True)
         if len(self.links.endpoints) > 1:
             self._log.info(
                 "link to proxy {proxy} is up ({n} path(s) registered)",

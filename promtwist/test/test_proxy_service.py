@@ -229,3 +229,26 @@ class ProxyServiceTests(TestCase):
         self.assertIn(b"/m [exclusive] a1", debug)
         self.assertIn(b"/m - success - 200", debug)
         self.assertEqual(await self.get(adminPort, "ping"), (200, b"pong\n"))
+
+    async def test_agentMetricsAndHealth(self) -> None:
+        proxy = self.proxy()
+        agent = await self.agent(
+            proxy, metrics_enabled=True, metrics_port=0, admin_enabled=True, admin_port=0
+        )
+        self.assertEqual(await self.get(proxy.httpListener.portNumber, "m"), (200, b"up 1\n"))
+        adminPort, metricsPort = [
+            child.portNumber for child in agent if hasattr(child, "portNumber")
+        ]
+        _, text = await self.get(metricsPort, "metrics")
+        samples = {
+            (s.name, s.labels.get("type", "")): s.value
+            for family in text_string_to_metric_families(text.decode())
+            for s in family.samples
+        }
+        self.assertEqual(samples[("agent_connect_count_total", "success")], 1)
+        self.assertEqual(samples[("agent_scrape_request_count_total", "success")], 1)
+        self.assertEqual(samples[("agent_scrape_result_count_total", "non-gzipped")], 1)
+        self.assertEqual(samples[("agent_link_up", "")], 1)
+        status, health = await self.get(adminPort, "healthcheck")
+        self.assertEqual(status, 200)
+        self.assertIn(b'"proxy_link"', health)
