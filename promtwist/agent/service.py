@@ -6,7 +6,6 @@ HTTP connection pool its scrapes share.
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields, replace
 from typing import Any, cast
@@ -36,6 +35,7 @@ from promtwist.config import AGENT, AgentSettings, ConfigError, PathConfig
 from promtwist.httputil import redacted
 from promtwist.logs import observer
 from promtwist.metrics import AgentMetrics, AgentState
+from promtwist.signals import exitNormally, onHangup
 from promtwist.tls import linkTLS, linkUsesTLS, targetPolicy
 from promtwist.web import agentHealth, operationsListeners
 
@@ -281,8 +281,7 @@ class AgentService(MultiService):
                 environ,
             )
             self.discovery.setServiceParent(self)
-        self._previousHangup: Any = None
-        self._hangupInstalled = False
+        self._restoreHangup: Callable[[], None] = lambda: None
         for listener in operationsListeners(
             settings,
             self.metrics.registry,
@@ -402,10 +401,6 @@ class AgentService(MultiService):
         )
         return done
 
-    def _hangup(self, signum: int, frame: Any) -> None:
-        # Signal context: do nothing but hand over to the reactor thread.
-        self.clock.callFromThread(self.reload)
-
     # Starting and stopping.
 
     def startService(self) -> None:
@@ -427,13 +422,8 @@ class AgentService(MultiService):
                 else "",
             )
         self.factory.draining = False
-        if self.loadSettings is not None and hasattr(signal, "SIGHUP"):
-            try:
-                self._previousHangup = signal.signal(signal.SIGHUP, self._hangup)
-                self._hangupInstalled = True
-            except ValueError:
-                # Not the main thread (an embedded agent): no reload by signal.
-                pass
+        if self.loadSettings is not None:
+            self._restoreHangup = onHangup(self.clock, self.reload)
         super().startService()
 
     def whenConnected(self) -> Deferred[ProxyConnection]:
@@ -455,9 +445,8 @@ class AgentService(MultiService):
         scrape that still arrives, wait up to C{shutdown_grace_secs} for
         those in flight, then close the link and the pool.
         """
-        if self._hangupInstalled:
-            signal.signal(signal.SIGHUP, self._previousHangup)
-            self._hangupInstalled = False
+        self._restoreHangup()
+        self._restoreHangup = lambda: None
         if self.discovery is not None and self.discovery.running:
             self.discovery.stopService()
         self.factory.draining = True
@@ -480,3 +469,4 @@ class AgentService(MultiService):
         await drained
         await super().stopService()
         await self.pool.closeCachedConnections()
+        exitNormally(self.clock)

@@ -28,7 +28,7 @@ from promtwist.proxy.auth import Authenticator
 from promtwist.proxy.discovery import DiscoveryResource
 from promtwist.proxy.link import AgentLink, agentLinkFactory
 from promtwist.proxy.scrape import ScrapeResource
-from promtwist.signals import onHangup
+from promtwist.signals import exitNormally, onHangup
 from promtwist.tls import agentPortTLS, scrapePortTLS
 from promtwist.web import operationsListeners, proxyHealth
 from promtwist.webguard import HardenedSite
@@ -276,6 +276,7 @@ class ProxyService(MultiService):
                     n=len(self.scrapes.inFlight),
                 )
         await self.linkFactory.closeAll("proxy shutting down")
+        exitNormally(self.reactor)
 
     def stopService(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._stop())
