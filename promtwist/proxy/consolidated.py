@@ -195,14 +195,22 @@ class FanOut:
         self._timer = None
         self._respond()
 
-    def _respond(self) -> None:
+    def _close(self) -> bool:
+        """
+        End this scrape's bookkeeping, once; L{False} if it already ended.
+        """
         if self._done:
-            return
+            return False
         self._done = True
         self.resource.ended(self.request)
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        return True
+
+    def _respond(self) -> None:
+        if not self._close():
+            return
         complete: list[Answer] = []
         for answer in self.answers:
             if not answer.complete:
@@ -253,12 +261,8 @@ class FanOut:
         )
 
     def _clientGone(self, failure: Failure) -> None:
-        if self._done:
+        if not self._close():
             return
-        self._done = True
-        self.resource.ended(self.request)
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
         for answer in self.answers:
             self._abandon(answer)
 
