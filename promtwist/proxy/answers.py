@@ -116,7 +116,14 @@ def agentBudget(deadline: float) -> float:
 
 
 def textResponse(request: Request, status: int, reason: str) -> bytes:
+    """
+    Make C{request} a one-line text error and return its body. Headers a
+    target's answer may already have set (its length and encoding) are
+    dropped: they describe a body that will not come.
+    """
     request.setResponseCode(status)
+    for stale in (b"Content-Length", b"Content-Encoding"):
+        request.responseHeaders.removeHeader(stale)
     request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
     request.setHeader(b"Cache-Control", b"must-revalidate,no-store")
     return reason.encode("utf-8") + b"\n"

@@ -56,6 +56,12 @@ class Target(Resource):
         if request.path == b"/slow":
             self.slow.append(request)
             return NOT_DONE_YET
+        if request.path == b"/stall":
+            # Headers promise a body that never comes.
+            request.setHeader(b"Content-Length", b"1000")
+            request.write(b"")
+            self.slow.append(request)
+            return NOT_DONE_YET
         if request.path == b"/big":
             request.registerProducer(_BigBody(request), False)
             return NOT_DONE_YET
@@ -129,6 +135,7 @@ class LoopbackTests(TestCase):
             PathConfig("app", "app", f"{base}/metrics", {"team": "a", "n": "2"}),
             PathConfig("gz", "team/gz", f"{base}/gzip"),
             PathConfig("slow", "slow", f"{base}/slow"),
+            PathConfig("stall", "stall", f"{base}/stall"),
             PathConfig("big", "big", f"{base}/big"),
             PathConfig("down", "down", f"http://127.0.0.1:{freePort()}/metrics"),
         )
@@ -274,6 +281,16 @@ class LoopbackTests(TestCase):
         self.assertEqual(response.code, 408)
         self.assertIn(b"did not answer within 0.9s", body)
 
+    async def test_stallAfterHeaders(self) -> None:
+        """
+        A target that sends its headers and then nothing is reported as too
+        slow within the deadline.
+        """
+        await self.startAll()
+        response, body = await self.get("stall", X_Prometheus_Scrape_Timeout_Seconds="1")
+        self.assertEqual(response.code, 408)
+        self.assertIn(b"did not answer within 0.9s", body)
+
     async def test_unknownPath(self) -> None:
         await self.startAll()
         response, body = await self.get("nothing/here")
@@ -331,7 +348,7 @@ class LoopbackTests(TestCase):
         port = self.proxy.httpListener.portNumber
         self.assertEqual(
             [g["labels"]["__metrics_path__"] for g in groups],
-            ["/app", "/big", "/down", "/slow", "/team/gz"],
+            ["/app", "/big", "/down", "/slow", "/stall", "/team/gz"],
         )
         self.assertEqual({tuple(g["targets"]) for g in groups}, {(f"127.0.0.1:{port}",)})
         self.assertEqual(

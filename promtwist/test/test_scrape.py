@@ -15,7 +15,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from promtwist.config import Identity, ProxySettings
 from promtwist.httputil import acceptsGzip
-from promtwist.proxy.answers import agentBudget, scrapeDeadline
+from promtwist.proxy.answers import agentBudget, scrapeDeadline, textResponse
 from promtwist.proxy.auth import ANONYMOUS
 from promtwist.proxy.discovery import DiscoveryResource, targetGroups
 from promtwist.proxy.registry import PathEntry, Registry
@@ -71,6 +71,24 @@ class DeadlineTests(SynchronousTestCase):
         """
         self.assertEqual(agentBudget(10), 9.5)
         self.assertAlmostEqual(agentBudget(1), 0.9)
+
+
+class TextResponseTests(SynchronousTestCase):
+    def test_targetHeadersDropped(self) -> None:
+        """
+        An error replacing a target's answer does not keep the length and
+        encoding the target announced for its own body.
+        """
+        r = request()
+        r.setHeader(b"Content-Length", b"1000")
+        r.setHeader(b"Content-Encoding", b"gzip")
+        body = textResponse(r, 503, "no answer")
+        self.assertEqual((cast(DummyRequest, r).responseCode, body), (503, b"no answer\n"))
+        self.assertFalse(r.responseHeaders.hasHeader(b"Content-Length"))
+        self.assertFalse(r.responseHeaders.hasHeader(b"Content-Encoding"))
+        self.assertEqual(
+            r.responseHeaders.getRawHeaders(b"Content-Type"), [b"text/plain; charset=utf-8"]
+        )
 
 
 class AcceptGzipTests(SynchronousTestCase):
