@@ -38,6 +38,7 @@ from promtwist.agent.filters import FamilyFilter, FilterStream
 from promtwist.config import AgentSettings, MiB, PathConfig
 from promtwist.httputil import acceptsGzip, redacted
 from promtwist.logs import observer
+from promtwist.protocol.framing import FrameTooLarge
 from promtwist.protocol.promtwist_pb2 import (
     Frame,
     Outcome,
@@ -51,8 +52,11 @@ _QUERY_SAFE = _PATH_SAFE + "?"
 
 USER_AGENT = f"promtwist-agent/{__version__.public()}".encode("ascii")
 
-# What a chunk frame adds around its payload, with room to spare.
-FRAME_OVERHEAD = 64
+# What a head frame adds around its body bytes, with room to spare: content
+# type and encoding (capped below), length, status and ids.
+FRAME_OVERHEAD = 4096
+# A target's Content-Type longer than this is cut: a real one is far shorter.
+MAX_CONTENT_TYPE = 1024
 
 
 @dataclass(frozen=True)
@@ -336,8 +340,7 @@ class Scrape:
     def _sendHead(self, payload: bytes, last: bool) -> None:
         response = self._response
         assert response is not None
-        self._headSent = True
-        contentType = _single(response, b"Content-Type")
+        contentType = _single(response, b"Content-Type")[:MAX_CONTENT_TYPE]
         encoding = _single(response, b"Content-Encoding")
         # A filtered body is shorter than the target declared.
         length = -1 if self._filtering is not None else _declaredLength(response)
@@ -354,20 +357,25 @@ class Scrape:
                 payload += self._compressor.flush()
             encoding, length = "gzip", -1
         self._credit -= len(payload)
-        self.send(
-            Frame(
-                scrape_response=ScrapeResponse(
-                    scrape_id=self.request.scrape_id,
-                    outcome=Outcome.SUCCESS,
-                    status=response.code,
-                    content_type=contentType,
-                    content_encoding=encoding,
-                    content_length=length,
-                    body=payload,
-                    last=last,
+        try:
+            self.send(
+                Frame(
+                    scrape_response=ScrapeResponse(
+                        scrape_id=self.request.scrape_id,
+                        outcome=Outcome.SUCCESS,
+                        status=response.code,
+                        content_type=contentType,
+                        content_encoding=encoding,
+                        content_length=length,
+                        body=payload,
+                        last=last,
+                    )
                 )
             )
-        )
+        except FrameTooLarge as e:
+            # The head has not gone out, so the failure goes in a head.
+            return self._fail(Outcome.AGENT_ERROR, f"answer too large for the link: {e}")
+        self._headSent = True
         if self.scraper.onResultSent is not None:
             kind = "chunked" if not last else "gzipped" if self._compressor else "non-gzipped"
             self.scraper.onResultSent(kind)

@@ -16,6 +16,7 @@ class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TOO_LARGE: _ClassVar[Outcome]
     CANCELLED: _ClassVar[Outcome]
     AGENT_ERROR: _ClassVar[Outcome]
+    DISCONNECTED: _ClassVar[Outcome]
 SUCCESS: Outcome
 PATH_NOT_FOUND: Outcome
 UNREACHABLE: Outcome
@@ -23,6 +24,7 @@ TIMED_OUT: Outcome
 TOO_LARGE: Outcome
 CANCELLED: Outcome
 AGENT_ERROR: Outcome
+DISCONNECTED: Outcome
 
 class Hello(_message.Message):
     __slots__ = ("protocol_version", "agent_name", "host_name", "launch_id", "token", "consolidated", "labels", "software_version", "max_frame_bytes")

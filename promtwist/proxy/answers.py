@@ -27,6 +27,7 @@ FAILURES = {
     Outcome.TOO_LARGE: (413, "content_too_large"),
     Outcome.CANCELLED: (503, "upstream_error"),
     Outcome.AGENT_ERROR: (503, "upstream_error"),
+    Outcome.DISCONNECTED: (502, "upstream_error"),
 }
 
 

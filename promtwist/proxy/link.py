@@ -111,7 +111,7 @@ class ScrapeStream:
         if not self.head.called:
             self.head.errback(ScrapeFailed(error))
         else:
-            self._deliver(ScrapeChunk(last=True, outcome=Outcome.AGENT_ERROR, reason=error))
+            self._deliver(ScrapeChunk(last=True, outcome=Outcome.DISCONNECTED, reason=error))
 
     # From the consumer side.
 
@@ -378,8 +378,16 @@ class AgentLink(Session):
 
     def frame_scrape_chunk(self, chunk: ScrapeChunk) -> None:
         stream = self._scrapes.get(chunk.scrape_id)
-        if stream is None or not stream.head.called:
+        if stream is None:
             return self._late(chunk.scrape_id)
+        if not stream.head.called:
+            # Chunks follow the head; a failure the agent could not report
+            # in a head still ends the scrape here, not at its deadline.
+            self.forget(chunk.scrape_id)
+            stream.head.errback(
+                ScrapeFailed(f"agent sent no answer head: {chunk.reason or 'protocol error'}")
+            )
+            return
         stream.chunkReceived(chunk)
 
     def _late(self, scrapeId: int) -> None:

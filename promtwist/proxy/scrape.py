@@ -213,6 +213,8 @@ class _Relay:
         self.request.write(data)
 
     def bodyDone(self) -> None:
+        if self._done:
+            return
         if self._decode is not None:
             self.write(b"")
             if self._done:

@@ -22,8 +22,16 @@ from promtwist.agent import connection as agentConnection
 from promtwist.agent.connection import ProxyConnection, ProxyConnectionFactory, Rejected
 from promtwist.agent.scraper import Scraper
 from promtwist.config import AgentSettings, Identity, PathConfig, ProxySettings
-from promtwist.protocol.promtwist_pb2 import Frame, Hello, Outcome, RegisterPath, Reject
+from promtwist.protocol.promtwist_pb2 import (
+    Frame,
+    Hello,
+    Outcome,
+    RegisterPath,
+    Reject,
+    ScrapeChunk,
+)
 from promtwist.protocol.session import SessionLost
+from promtwist.proxy.answers import failureOf
 from promtwist.proxy.link import AgentLink, ScrapeFailed, ScrapeStream, agentLinkFactory
 from promtwist.test.test_framing import encode, logText
 
@@ -79,7 +87,7 @@ class Collector:
 
     data: list[bytes] = field(default_factory=list)
     done: bool = False
-    failed: tuple[int, str] | None = None
+    failed: tuple[Outcome, str] | None = None
 
     def write(self, data: bytes) -> None:
         self.data.append(data)
@@ -87,7 +95,7 @@ class Collector:
     def bodyDone(self) -> None:
         self.done = True
 
-    def bodyFailed(self, outcome: int, reason: str) -> None:
+    def bodyFailed(self, outcome: Outcome, reason: str) -> None:
         self.failed = (outcome, reason)
 
 
@@ -460,3 +468,36 @@ class ScrapeTests(SynchronousTestCase):
         head = self.successResultOf(stream.head)
         self.assertEqual(head.outcome, Outcome.TIMED_OUT)
         self.assertIn("did not answer within 5s", head.reason)
+
+    def test_linkLostMidBody(self) -> None:
+        """
+        A link lost after the head fails the body as a disconnection, which
+        Prometheus sees as 502 like a disconnection before the head.
+        """
+        pair = Pair()
+        stream = pair.scrape("slow")
+        (request,) = pair.target.pending
+        request.write(b"x" * 40_000)
+        pair.flush()
+        self.successResultOf(stream.head)
+        collector = Collector()
+        stream.deliverBody(collector)
+        pair.agent.transport.abortConnection()
+        pair.flush()
+        assert collector.failed is not None
+        self.assertEqual(collector.failed[0], Outcome.DISCONNECTED)
+        self.assertEqual(failureOf(collector.failed[0]), (502, "upstream_error"))
+
+    def test_failureWithoutHead(self) -> None:
+        """
+        A last chunk for a scrape that never had a head ends the scrape at
+        once instead of leaving it to its deadline.
+        """
+        pair = Pair()
+        stream = pair.scrape("slow")
+        pair.proxy.frame_scrape_chunk(
+            ScrapeChunk(scrape_id=1, last=True, outcome=Outcome.AGENT_ERROR, reason="oops")
+        )
+        failure = self.failureResultOf(stream.head, ScrapeFailed)
+        self.assertIn("agent sent no answer head: oops", str(failure.value))
+        self.assertEqual(pair.proxy.scrapesInFlight, 0)

@@ -20,9 +20,10 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 from zope.interface import implementer
 
-from promtwist.agent.scraper import Scrape, Scraper, Target
+from promtwist.agent.scraper import FRAME_OVERHEAD, Scrape, Scraper, Target
 from promtwist.config import AgentSettings, MetricFilter, PathConfig
 from promtwist.httputil import redacted
+from promtwist.protocol.framing import FrameTooLarge
 from promtwist.protocol.promtwist_pb2 import Frame, Outcome, ScrapeRequest
 
 
@@ -400,3 +401,28 @@ class ScrapeTests(SynchronousTestCase):
                 " which is passed on unfiltered"
             ],
         )
+
+    def test_headTooLargeReportedInAHead(self) -> None:
+        """
+        A head the link cannot carry is replaced by a failure head, so the
+        proxy hears of the failure at once.
+        """
+        run = Run(chunkBytes=1000)
+        sent = run.frames
+
+        def send(frame: Frame) -> None:
+            if len(frame.SerializeToString()) > 1200:
+                raise FrameTooLarge("too big")
+            sent.append(frame)
+
+        run.scrape.send = send
+        response = run.respond(FakeResponse(headers={b"Content-Type": [b"t/" + b"x" * 300]}))
+        response.body(b"y" * 1500)
+        (frame,) = sent
+        self.assertEqual(frame.WhichOneof("kind"), "scrape_response")
+        self.assertEqual(frame.scrape_response.outcome, Outcome.AGENT_ERROR)
+        self.assertTrue(frame.scrape_response.last)
+
+    def test_chunkLeavesRoomForTheHead(self) -> None:
+        scraper = Scraper(AgentSettings(chunk_content_size_kbs=4096), FakeAgent(), Clock())  # type: ignore[arg-type]
+        self.assertEqual(scraper.chunkBytes(1024 * 1024), 1024 * 1024 - FRAME_OVERHEAD)
