@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import ClassVar, Generic, TextIO, TypeVar
 
@@ -88,7 +89,7 @@ def _optionTables(role: Role) -> tuple[list[list[str | None]], list[list[str | N
     return flags, parameters
 
 
-class _SettingsOptions(usage.Options, Generic[_S]):
+class _SettingsOptions(usage.Options, ABC, Generic[_S]):
     """
     Options shared by both processes.  After parsing, C{settings} holds the
     resolved settings object.
@@ -171,8 +172,11 @@ class _SettingsOptions(usage.Options, Generic[_S]):
             (self._stderr or sys.stderr).write(f"promtwist: {e}\n")
             raise SystemExit(1) from None
 
+    @abstractmethod
     def _load(self, options: Mapping[str, object], environ: Mapping[str, str]) -> _S:
-        raise NotImplementedError
+        """
+        Resolve this process's settings with its loader.
+        """
 
 
 class ProxyOptions(_SettingsOptions[ProxySettings]):

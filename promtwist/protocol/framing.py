@@ -12,6 +12,7 @@ else in the process is affected.
 from __future__ import annotations
 
 import struct
+from abc import ABC, abstractmethod
 
 from google.protobuf.message import DecodeError
 from twisted.internet.interfaces import ITCPTransport
@@ -38,7 +39,7 @@ class FrameTooLarge(Exception):
     """
 
 
-class FrameReceiver(Int32StringReceiver):
+class FrameReceiver(Int32StringReceiver, ABC):
     """
     Turns the byte stream into L{Frame} messages and back.
 
@@ -74,11 +75,11 @@ class FrameReceiver(Int32StringReceiver):
             self._log.failure("error handling a {kind} frame", kind=frame.WhichOneof("kind"))
             self.protocolError(f"internal error handling a {frame.WhichOneof('kind')} frame")
 
+    @abstractmethod
     def frameReceived(self, frame: Frame) -> None:
         """
         Handle one decoded frame. Raise L{ProtocolError} to drop the connection.
         """
-        raise NotImplementedError(self.frameReceived)
 
     def sendFrame(self, frame: Frame) -> None:
         """
