@@ -188,7 +188,6 @@ class AgentSettings(_OperationsSettings):
     chunk_content_size_kbs: int = 32
     min_gzip_size_bytes: int = 512
     scrape_timeout_secs: float = 15.0
-    scrape_max_retries: int = 0
     # prometheus-proxy's default of 1 serialises every scrape behind the
     # slowest target; scrapes here are cheap Deferreds, so allow many.
     max_concurrent_clients: int = 32
@@ -940,11 +939,11 @@ AGENT = Role(
             Setting(
                 "agent.scrapeMaxRetries",
                 int,
-                field="scrape_max_retries",
+                0,
                 env="SCRAPE_MAX_RETRIES",
                 options=("max_retries",),
                 rule=NON_NEGATIVE,
-                help="Retries of a failed target fetch",
+                help="Retries of a failed target fetch (no effect in promtwist yet)",
             ),
             Setting(
                 "agent.http.enableTrustAllX509Certificates",

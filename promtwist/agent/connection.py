@@ -358,7 +358,11 @@ class ProxyConnection(Session):
                     + (describeTLSFailure(reason) or reason.getErrorMessage())
                 )
             )
+        dropped = self.factory.scraper.onResultSent
         for scrape in list(self._scrapes.values()):
+            # Its result, if any, can no longer reach the proxy.
+            if dropped is not None:
+                dropped("dropped")
             scrape.cancel()
         # Nothing more can finish on this link.
         self._scrapes.clear()

@@ -80,7 +80,6 @@ class ScrapeStream:
         self.link = link
         self.scrapeId = scrapeId
         self.head: Deferred[ScrapeResponse] = Deferred(lambda _: self.cancel())
-        self.bytesReceived = 0
         self._consumer: BodyConsumer | None = None
         self._pending: list[ScrapeChunk] = []
         self._paused = False
@@ -149,7 +148,6 @@ class ScrapeStream:
             return
         consumer = self._consumer
         if chunk.data:
-            self.bytesReceived += len(chunk.data)
             consumer.write(chunk.data)
             if not chunk.last:
                 self._grant(len(chunk.data))

@@ -231,9 +231,6 @@ class Registry:
         entry = self._paths.get(path)
         return tuple(entry.agents) if entry is not None else ()
 
-    def pathsOf(self, agent: AgentHandle) -> frozenset[str]:
-        return frozenset(self._pathsByAgent.get(agent.agentId, ()))
-
     def snapshot(self) -> list[PathEntry]:
         """
         An immutable copy of the path table, sorted by path.

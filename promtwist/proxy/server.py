@@ -137,6 +137,18 @@ class ProxyService(MultiService):
         self.metrics.scrapeFinished(
             record.path, record.type, record.seconds, record.bytes, record.encoding
         )
+        if self.settings.request_logging_enabled:
+            self._log.debug(
+                "scrape /{path} via {agents}: {status} {type} {reason}"
+                " ({bytes} bytes, {ms:.1f} ms)",
+                path=record.path,
+                agents=record.agents or "-",
+                status=record.status,
+                type=record.type,
+                reason=record.reason,
+                bytes=record.bytes,
+                ms=record.seconds * 1000,
+            )
 
     def debugText(self) -> str:
         lines = [

@@ -891,6 +891,15 @@ class WarningTests(ConfigTestCase):
             ],
         )
 
+    def test_retriesHaveNoEffect(self) -> None:
+        """
+        Target retries are not implemented: asking for them is said out loud.
+        """
+        self.agentFrom("agent.scrapeMaxRetries = 3")
+        self.assertEqual(len(self.warnings), 1)
+        self.assertIn("agent.scrapeMaxRetries", self.warnings[0])
+        self.assertIn("has no effect", self.warnings[0])
+
     def test_removedKeys(self) -> None:
         """
         Keys prometheus-proxy removed are ignored silently, as it does.

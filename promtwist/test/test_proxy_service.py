@@ -31,6 +31,7 @@ from promtwist.config import (
     ProxyEndpoint,
     ProxySettings,
 )
+from promtwist.logs import applyLogLevel
 from promtwist.protocol.promtwist_pb2 import Frame, Hello, RegisterPath
 from promtwist.proxy.server import ProxyService
 from promtwist.test.test_framing import logText
@@ -252,3 +253,21 @@ class ProxyServiceTests(TestCase):
         status, health = await self.get(adminPort, "healthcheck")
         self.assertEqual(status, 200)
         self.assertIn(b'"proxy_link"', health)
+
+    async def test_oneDebugLinePerScrape(self) -> None:
+        """
+        Each scrape is logged once at debug level, unless request logging is
+        off.
+        """
+        applyLogLevel("debug")
+        self.addCleanup(applyLogLevel, "")
+        for enabled, expected in [(True, 1), (False, 0)]:
+            proxy = self.proxy(request_logging_enabled=enabled)
+            await self.agent(proxy)
+            with capturedLogs() as events:
+                await self.get(proxy.httpListener.portNumber, "m")
+            lines = [line for line in logText(events).splitlines() if "scrape /m via a1" in line]
+            self.assertEqual(len(lines), expected, enabled)
+            if lines:
+                self.assertIn(": 200 success", lines[0])
+            await proxy.stopService()

@@ -173,7 +173,11 @@ class RegistryTests(SynchronousTestCase):
         self.assertRaises(RegistrationRefused, registry.unregisterPath, b, "p")
         registry.unregisterPath(a, "p")
         self.assertEqual(registry.lookup("p"), ())
-        self.assertEqual(registry.pathsOf(a), frozenset())
+        # Only a path nobody holds goes to an agent of another name.
+        other = FakeAgent("3", name="other")
+        connected(registry, other)
+        registry.registerPath(other, "p", "", {})
+        self.assertEqual(registry.lookup("p"), (other,))
 
     def test_removeAgentSweepsPaths(self) -> None:
         registry = Registry()
