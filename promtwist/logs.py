@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import sys
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
+    Logger,
     LogLevel,
     LogLevelFilterPredicate,
     globalLogPublisher,
@@ -51,3 +53,88 @@ def jsonLogger() -> ILogObserver:
     why this is a twistd option and not a promtwist setting.
     """
     return jsonFileLogObserver(sys.stdout)
+
+
+# Values a peer chose (paths, names, reasons, header values) are cut to this
+# many characters in log lines: enough to recognise, too little to flood.
+WIRE_TEXT_LIMIT = 200
+
+
+def clip(value: str | bytes, limit: int = WIRE_TEXT_LIMIT) -> str:
+    """
+    A value from the wire fit for one log line: control and other
+    non-printable characters escaped, at most C{limit} characters, and the
+    original length said when it was cut, so an attacker's megabyte costs
+    one short line.
+    """
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    size = len(text)
+    escaped = "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text[:limit]
+    )
+    if size <= limit and len(escaped) <= limit:
+        return escaped
+    return f"{escaped[:limit]}... ({size} characters)"
+
+
+class _Window:
+    __slots__ = ("logged", "start", "suppressed")
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.logged = 0
+        self.suppressed = 0
+
+
+class RepeatedWarnings:
+    """
+    Warnings of one kind, from one source, logged at a bounded rate: the
+    first C{burst} of each C{interval}, then only counted; the count is
+    logged as one line when the next interval starts or at L{flush}.
+
+    Keyed by a kind the caller names from a fixed set (never by a value the
+    peer chose), so the table itself stays small.
+    """
+
+    def __init__(
+        self, log: Logger, clock: IReactorTime, burst: int = 5, interval: float = 60.0
+    ) -> None:
+        self._log = log
+        self._clock = clock
+        self.burst = burst
+        self.interval = interval
+        self._windows: dict[str, _Window] = {}
+
+    def warn(self, kind: str, format: str, **fields: object) -> None:
+        """
+        Log C{format} with C{fields} as a warning unless C{kind} is over its
+        budget for this interval.
+        """
+        now = self._clock.seconds()
+        window = self._windows.get(kind)
+        if window is None or now - window.start >= self.interval:
+            if window is not None:
+                self._summarise(kind, window)
+            window = self._windows[kind] = _Window(now)
+        if window.logged < self.burst:
+            window.logged += 1
+            self._log.warn(format, **fields)
+        else:
+            window.suppressed += 1
+
+    def flush(self) -> None:
+        """
+        Log the counts still unreported (the source is going away).
+        """
+        windows, self._windows = self._windows, {}
+        for kind, window in windows.items():
+            self._summarise(kind, window)
+
+    def _summarise(self, kind: str, window: _Window) -> None:
+        if window.suppressed:
+            self._log.warn(
+                "{count} more {kind} warning(s) suppressed in {seconds:.0f}s",
+                count=window.suppressed,
+                kind=kind,
+                seconds=self._clock.seconds() - window.start,
+            )
