@@ -142,6 +142,8 @@ class ProxySettings(_OperationsSettings):
     max_agent_inactivity_secs: float = 60.0
     stale_agent_check_pause_secs: float = 10.0
     max_unzipped_content_size_mbytes: int = 10
+    # Consolidated bodies held at once over all scrapes (proxy.internal.*).
+    max_consolidated_buffer_mbytes: int = 256
     # promtwist's own keys, under proxy.internal.
     max_frame_bytes: int = MiB
     heartbeat_period_secs: float = 5.0
@@ -795,6 +797,12 @@ PROXY = Role(
                 int,
                 field="max_unzipped_content_size_mbytes",
                 rule=NON_NEGATIVE,
+            ),
+            Setting(
+                "proxy.internal.maxConsolidatedBufferMBytes",
+                int,
+                field="max_consolidated_buffer_mbytes",
+                rule=POSITIVE,
             ),
             Setting("proxy.internal.blitz.enabled", bool, False),
             Setting("proxy.internal.blitz.path", str, "mu-dd4bffbb-ff2e9926-5a80952c-1c6cb64d.txt"),

@@ -1,25 +1,21 @@
-# -*- test-case-name: promtwist.test.test_scrape -*-
+# -*- test-case-name: promtwist.test.test_relay -*-
 """
-What a Prometheus request asks of the agents and how the answer is judged:
-the pieces the single-agent relay and the consolidated fan-out share.
+How the proxy answers Prometheus: the status and outcome type for every way a
+scrape can end, the one-line text errors, and the record each scrape leaves.
+
+Status codes follow prometheus-proxy's mapping so that existing alerts keep
+meaning the same thing; the outcome types are its metrics' C{type} label.
 """
 
 from __future__ import annotations
 
-import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from twisted.web.server import Request
 
-from promtwist.config import MiB, ProxySettings
 from promtwist.protocol.promtwist_pb2 import Outcome
-from promtwist.proxy.link import AgentLink, ScrapeStream
 
-TIMEOUT_HEADER = b"X-Prometheus-Scrape-Timeout-Seconds"
-
-# What Prometheus sees for each way a scrape can fail at the agent, and the
-# outcome type prometheus-proxy counts it under (its metrics' "type" label).
+# What Prometheus sees for each way a scrape can fail at the agent.
 FAILURES = {
     Outcome.PATH_NOT_FOUND: (404, "path_not_found"),
     Outcome.UNREACHABLE: (503, "upstream_error"),
@@ -27,15 +23,49 @@ FAILURES = {
     Outcome.TOO_LARGE: (413, "content_too_large"),
     Outcome.CANCELLED: (503, "upstream_error"),
     Outcome.AGENT_ERROR: (503, "upstream_error"),
-    Outcome.DISCONNECTED: (502, "upstream_error"),
 }
 
 
-def failureOf(outcome: Outcome) -> tuple[int, str]:
+class ScrapeFailed(Exception):
     """
-    The status and outcome type for an agent's failure C{outcome}.
+    A scrape, or one agent's part of it, cannot give Prometheus the target's
+    answer. The message is the one-line reason Prometheus and the log see.
+
+    @ivar status: the HTTP status for Prometheus.
+    @ivar kind: the outcome type it is counted under.
     """
-    return FAILURES.get(outcome, (503, "upstream_error"))
+
+    def __init__(self, status: int, kind: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.kind = kind
+
+    @property
+    def reason(self) -> str:
+        return str(self)
+
+    @classmethod
+    def ofOutcome(cls, outcome: int, reason: str) -> ScrapeFailed:
+        """
+        The failure an agent reported with C{outcome}.
+        """
+        status, kind = FAILURES[outcome]  # type: ignore[index]
+        return cls(status, kind, reason)
+
+    @classmethod
+    def disconnected(cls, why: str) -> ScrapeFailed:
+        """
+        The agent's link went away before the answer was complete.
+        """
+        return cls(502, "upstream_error", f"agent disconnected: {why}")
+
+    @classmethod
+    def invalidAnswer(cls, agent: str, what: str) -> ScrapeFailed:
+        """
+        The agent's answer broke the protocol: Prometheus gets a 502 naming
+        what was wrong, instead of whatever the agent declared.
+        """
+        return cls(502, "invalid_answer", f"invalid answer from agent {agent!r}: {what}")
 
 
 def targetStatusType(status: int) -> str:
@@ -67,55 +97,6 @@ class ScrapeRecord:
     encoding: str
 
 
-@dataclass(frozen=True)
-class ScrapeCall:
-    """
-    What every agent serving a path is asked for one Prometheus request.
-    """
-
-    path: str
-    query: str
-    accept: str
-    acceptEncoding: str
-    authorization: str
-    deadline: float
-
-    def send(self, link: AgentLink) -> ScrapeStream:
-        return link.scrape(
-            self.path,
-            self.query,
-            self.accept,
-            self.acceptEncoding,
-            self.authorization,
-            agentBudget(self.deadline),
-        )
-
-
-def scrapeDeadline(request: Request, settings: ProxySettings) -> float:
-    """
-    How long this scrape may take: Prometheus' own timeout when it says,
-    capped by C{proxy.internal.scrapeRequestTimeoutSecs}.
-    """
-    limit = settings.scrape_request_timeout_secs
-    header = request.getHeader(TIMEOUT_HEADER)
-    if header:
-        try:
-            seconds = float(header)
-        except ValueError:
-            return limit
-        if 0 < seconds < limit:
-            return seconds
-    return limit
-
-
-def agentBudget(deadline: float) -> float:
-    """
-    The share of the deadline the agent gets, so that its 408 for a slow
-    target reaches Prometheus before Prometheus gives up itself.
-    """
-    return deadline - min(0.5, deadline * 0.1)
-
-
 def textResponse(request: Request, status: int, reason: str) -> bytes:
     """
     Make C{request} a one-line text error and return its body. Headers a
@@ -133,43 +114,3 @@ def textResponse(request: Request, status: int, reason: str) -> bytes:
 def header(request: Request, name: bytes) -> str:
     value = request.getHeader(name)
     return value.decode("latin-1") if value else ""
-
-
-class GunzipError(Exception):
-    """
-    A gzip body could not be passed on decompressed.
-
-    @ivar status: what Prometheus sees; @ivar type: the outcome type.
-    """
-
-    def __init__(self, message: str, status: int, kind: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.type = kind
-
-
-def gunzipper(limit: int) -> Callable[[bytes], bytes]:
-    """
-    A streaming gzip decoder, refusing to inflate past C{limit} bytes (a zip
-    bomb costs nothing but an error); an empty input flushes it.
-    """
-    decoder = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-    total = 0
-
-    def decode(data: bytes) -> bytes:
-        nonlocal total
-        try:
-            out = decoder.decompress(data, limit - total + 1) if data else decoder.flush()
-        except zlib.error as e:
-            raise GunzipError(f"invalid gzip body from the agent: {e}", 502, "invalid_gzip") from e
-        total += len(out)
-        if total > limit or decoder.unconsumed_tail:
-            raise GunzipError(
-                f"decompressed body exceeds {limit // MiB} MiB"
-                " (proxy.internal.maxUnzippedContentSizeMBytes)",
-                413,
-                "payload_too_large",
-            )
-        return out
-
-    return decode

@@ -5,269 +5,287 @@ of them in parallel, and Prometheus gets one body with every answer in it.
 
 The path keeps serving while any of its agents answers. An agent that fails
 or is not done by the deadline is left out of the body, named in the
-C{X-Promtwist-Missing-Agents} response header and in the log; only when none
-answers does Prometheus get an error, the first agent's, with every agent's
-reason in the body. Bodies are merged whole, so each is held in memory (up
-to C{proxy.internal.maxUnzippedContentSizeMBytes}) until all are in.
+C{X-Promtwist-Missing-Agents} response header and in the record; only when
+none answers does Prometheus get an error, the first agent's, with every
+agent's reason in the body.
+
+Bodies are merged whole, so each is held (decompressed) until all are in:
+up to C{proxy.internal.maxUnzippedContentSizeMBytes} per agent, and up to
+C{proxy.internal.maxConsolidatedBufferMBytes} over every consolidated scrape
+in the proxy, so that many concurrent scrapes of big bodies cost an error
+answer rather than the proxy's memory.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Sequence
 
-from twisted.internet.defer import CancelledError, Deferred, gatherResults
-from twisted.internet.interfaces import IDelayedCall
-from twisted.python.failure import Failure
 from twisted.web.server import Request
 
 from promtwist.config import MiB
-from promtwist.protocol.promtwist_pb2 import Outcome, ScrapeResponse
-from promtwist.proxy.answers import (
-    GunzipError,
-    ScrapeCall,
-    ScrapeRecord,
-    failureOf,
-    gunzipper,
-    targetStatusType,
-    textResponse,
-)
-from promtwist.proxy.link import AgentLink, ScrapeFailed, ScrapeStream
-
-if TYPE_CHECKING:
-    from promtwist.proxy.scrape import ScrapeResource
+from promtwist.gunzip import Gunzip, GunzipError
+from promtwist.proxy.answers import ScrapeFailed
+from promtwist.proxy.relay import RelayState, ScrapeCall, ScrapeRelay, ScrapeSource, watchHead
+from promtwist.proxy.stream import AnswerHead
 
 EOF_LINE = b"# EOF"
+# A last line longer than this cannot be "# EOF", whatever its whitespace.
+_EOF_LINE_MAX = 64
 
 
-@dataclass
-class Answer:
+class BufferBudget:
     """
-    One agent's part of a consolidated scrape.
+    The bytes of consolidated bodies the proxy holds at once, shared by every
+    consolidated scrape.
     """
 
-    link: AgentLink
-    stream: ScrapeStream
-    status: int = 0
-    type: str = ""
-    reason: str = ""
-    contentType: str = ""
-    chunks: list[bytes] = field(default_factory=list)
-    complete: bool = False
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
 
-    @property
-    def ok(self) -> bool:
-        return self.complete and self.type == "success"
+    def reserve(self, nbytes: int) -> bool:
+        if self.used + nbytes > self.limit:
+            return False
+        self.used += nbytes
+        return True
 
-    def settle(self, status: int, kind: str, reason: str = "") -> Answer:
-        self.status, self.type, self.reason, self.complete = status, kind, reason, True
-        if kind != "success":
-            self.chunks = []
-        return self
+    def release(self, nbytes: int) -> None:
+        self.used -= nbytes
 
 
-def merge(bodies: list[bytes]) -> bytes:
+def _trimmed(chunks: list[bytes]) -> tuple[list[bytes], bool]:
+    """
+    One body as pieces ending in a newline, without trailing blank lines and
+    OpenMetrics C{# EOF} lines; and whether it had an C{# EOF}. Only the
+    tail is looked at, so a body of any size costs no copy.
+    """
+    pieces = [chunk for chunk in chunks if chunk]
+    hadEOF = False
+    while pieces:
+        last = pieces[-1].rstrip(b"\n")
+        if not last:
+            pieces.pop()
+            continue
+        start = last.rfind(b"\n") + 1
+        if start == 0 and len(pieces) > 1 and len(last) <= _EOF_LINE_MAX:
+            # The last line began in the chunk before: look at it whole.
+            pieces[-2:] = [pieces[-2] + last]
+            continue
+        line = last[start:].strip()
+        if line == EOF_LINE or not line:
+            hadEOF = hadEOF or bool(line)
+            pieces[-1] = last[:start]
+            continue
+        pieces[-1] = last + b"\n"
+        break
+    return pieces, hadEOF
+
+
+def mergedPieces(bodies: Sequence[list[bytes]]) -> Iterator[bytes]:
     """
     Join exposition bodies: each ends with a newline, and an OpenMetrics
     C{# EOF} is kept once, at the very end, if any body had one.
     """
-    hadEOF = False
-    parts = []
-    for body in bodies:
-        lines = body.rstrip(b"\n").split(b"\n") if body.strip() else []
-        while lines and lines[-1].strip() == EOF_LINE:
-            hadEOF = True
-            lines.pop()
-        if lines:
-            parts.append(b"\n".join(lines) + b"\n")
-    return b"".join(parts) + (EOF_LINE + b"\n" if hadEOF else b"")
+    anyEOF = False
+    for chunks in bodies:
+        pieces, hadEOF = _trimmed(chunks)
+        anyEOF = anyEOF or hadEOF
+        yield from pieces
+    if anyEOF:
+        yield EOF_LINE + b"\n"
 
 
-class _Collector:
+def merge(bodies: list[bytes]) -> bytes:
     """
-    Gathers one agent's body (decompressed, bounded) for L{FanOut}.
+    L{mergedPieces} of whole bodies, as one.
+    """
+    return b"".join(mergedPieces([[body] for body in bodies]))
+
+
+class _Part:
+    """
+    One agent's part of a consolidated scrape, collected (decompressed and
+    bounded) until its body is complete.
     """
 
-    def __init__(self, answer: Answer, limit: int, gzipped: bool) -> None:
-        self.answer = answer
-        self.limit = limit
-        self.decode = gunzipper(limit) if gzipped else None
+    def __init__(self, merge: CollectMerge, source: ScrapeSource, call: ScrapeCall) -> None:
+        self.merge = merge
+        self.name = source.name
+        self.stream = source.scrape(call)
+        self.failure: ScrapeFailed | None = None
+        self.settled = False
+        self.contentType = ""
+        self.chunks: list[bytes] = []
         self.size = 0
-        self.done: Deferred[Answer] = Deferred()
+        self._decoder: Gunzip | None = None
+
+    def start(self, relay: ScrapeRelay) -> None:
+        watchHead(relay, self.stream, self._headReceived, self.settle)
+
+    def _headReceived(self, head: AnswerHead) -> None:
+        self.contentType = head.contentType
+        if head.contentEncoding.lower() == "gzip":
+            self._decoder = Gunzip(self.merge.partLimit)
+        self.stream.deliverBody(self)
+
+    # The body (BodyConsumer).
 
     def write(self, data: bytes) -> None:
-        if self.done.called:
+        if self.settled:
             return
         try:
-            if self.decode is not None:
-                data = self.decode(data)
+            if self._decoder is not None:
+                data = self._decoder.feed(data)
         except GunzipError as e:
-            return self._failed(e.status, e.type, str(e))
-        self.size += len(data)
-        if self.size > self.limit:
-            return self._failed(
-                413,
-                "payload_too_large",
-                f"body exceeds {self.limit // MiB} MiB"
-                " (proxy.internal.maxUnzippedContentSizeMBytes)",
-            )
-        self.answer.chunks.append(data)
+            return self.settle(ScrapeFailed(e.status, e.type, str(e)))
+        self._keep(data)
 
     def bodyDone(self) -> None:
-        if self.decode is not None:
-            self.write(b"")
-        if not self.done.called:
-            self.done.callback(self.answer.settle(self.answer.status, "success"))
+        if self._decoder is not None:
+            try:
+                self._keep(self._decoder.finish())
+            except GunzipError as e:
+                return self.settle(ScrapeFailed(e.status, e.type, str(e)))
+        self.settle(None)
 
-    def bodyFailed(self, outcome: Outcome, reason: str) -> None:
-        status, kind = failureOf(outcome)
-        self._failed(status, kind, reason)
+    def bodyFailed(self, failure: ScrapeFailed) -> None:
+        self.settle(failure)
 
-    def _failed(self, status: int, kind: str, reason: str) -> None:
-        if self.done.called:
+    def _keep(self, data: bytes) -> None:
+        if self.settled or not data:
             return
-        self.answer.stream.cancel()
-        self.done.callback(self.answer.settle(status, kind, reason))
+        limit = self.merge.partLimit
+        if self.size + len(data) > limit:
+            return self.settle(
+                ScrapeFailed(
+                    413,
+                    "payload_too_large",
+                    f"body exceeds {limit // MiB} MiB"
+                    " (proxy.internal.maxUnzippedContentSizeMBytes)",
+                )
+            )
+        budget = self.merge.budget
+        if not budget.reserve(len(data)):
+            return self.settle(
+                ScrapeFailed(
+                    503,
+                    "proxy_busy",
+                    f"the proxy already holds {budget.used // MiB} MiB of consolidated bodies, "
+                    f"its limit (proxy.internal.maxConsolidatedBufferMBytes = "
+                    f"{budget.limit // MiB})",
+                )
+            )
+        self.size += len(data)
+        self.chunks.append(data)
+
+    # Endings.
+
+    def settle(self, failure: ScrapeFailed | None) -> None:
+        """
+        This part is over: complete (C{failure} is L{None}) or left out.
+        """
+        if self.settled:
+            return
+        self.settled = True
+        self.failure = failure
+        if failure is not None:
+            self.release()
+            self._stop()
+        self.merge.partSettled()
+
+    def release(self) -> None:
+        """
+        Give the collected bytes back to the budget.
+        """
+        self.merge.budget.release(self.size)
+        self.size = 0
+        self.chunks = []
+
+    def _stop(self) -> None:
+        if self.stream.head.called:
+            self.stream.cancel()
+        else:
+            self.stream.head.cancel()
+
+    def abandon(self) -> None:
+        self.settled = True
+        self._stop()
+        self.release()
 
 
-class FanOut:
+class CollectMerge:
     """
-    One consolidated scrape: ask every agent, wait for all of them (or the
-    deadline), answer with what came back.
+    A consolidated path: ask every agent, wait for all of them (or the
+    deadline), answer once with what came back.
     """
 
     def __init__(
         self,
-        resource: ScrapeResource,
-        request: Request,
+        sources: Sequence[ScrapeSource],
         call: ScrapeCall,
-        links: list[AgentLink],
-        started: float,
+        partLimit: int,
+        budget: BufferBudget,
     ) -> None:
-        self.resource = resource
-        self.request = request
-        self.call = call
-        self.started = started
-        self.answers = [Answer(link, call.send(link)) for link in links]
-        self._timer: IDelayedCall | None = None
-        self._done = False
-        self._limit = resource.settings.max_unzipped_content_size_mbytes * MiB
+        self.partLimit = partLimit
+        self.budget = budget
+        self.parts = [_Part(self, source, call) for source in sources]
+        self.agents = ", ".join(part.name for part in self.parts)
+        self._relay: ScrapeRelay | None = None
+        self._starting = True
 
-    def start(self) -> None:
-        self.resource.started(self.request)
-        self._timer = self.resource.clock.callLater(self.call.deadline, self._timedOut)
-        self.request.notifyFinish().addErrback(self._clientGone)
-        gatherResults([self._collect(answer) for answer in self.answers]).addCallback(
-            lambda _: self._respond()
-        )
+    def start(self, relay: ScrapeRelay) -> None:
+        self._relay = relay
+        for part in self.parts:
+            part.start(relay)
+        self._starting = False
+        self.partSettled()
 
-    def _collect(self, answer: Answer) -> Deferred[Answer]:
-        def headReceived(head: ScrapeResponse) -> Deferred[Answer] | Answer:
-            if head.outcome != Outcome.SUCCESS:
-                return answer.settle(*failureOf(head.outcome), head.reason)
-            kind = targetStatusType(head.status)
-            if kind != "success":
-                return answer.settle(
-                    head.status, kind, head.reason or f"target answered HTTP {head.status}"
-                )
-            answer.status = head.status
-            answer.contentType = head.content_type
-            collector = _Collector(answer, self._limit, head.content_encoding.lower() == "gzip")
-            answer.stream.deliverBody(collector)
-            return collector.done
+    def partSettled(self) -> None:
+        if not self._starting and all(part.settled for part in self.parts):
+            self._respond()
 
-        def headFailed(failure: Failure) -> Answer:
-            if failure.check(CancelledError):
-                return answer.settle(503, "timed_out", f"no answer within {self.call.deadline:g}s")
-            if failure.check(ScrapeFailed):
-                return answer.settle(502, "upstream_error", failure.getErrorMessage())
-            return answer.settle(
-                500, "upstream_error", f"internal error in the proxy: {failure.getErrorMessage()}"
-            )
-
-        return answer.stream.head.addCallbacks(headReceived, headFailed)
-
-    def _timedOut(self) -> None:
-        """
-        Answer with whoever is done; the rest are cancelled and reported as
-        timed out.
-        """
-        self._timer = None
-        self._respond()
-
-    def _close(self) -> bool:
-        """
-        End this scrape's bookkeeping, once; L{False} if it already ended.
-        """
-        if self._done:
-            return False
-        self._done = True
-        self.resource.ended(self.request)
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        return True
+    def deadlinePassed(self) -> None:
+        assert self._relay is not None
+        deadline = self._relay.call.deadline
+        for part in self.parts:
+            part.settle(ScrapeFailed(503, "timed_out", f"no complete answer within {deadline:g}s"))
 
     def _respond(self) -> None:
-        if not self._close():
+        relay = self._relay
+        assert relay is not None
+        if relay.state is not RelayState.REQUESTED:
             return
-        complete: list[Answer] = []
-        for answer in self.answers:
-            if not answer.complete:
-                answer.settle(
-                    503, "timed_out", f"no complete answer within {self.call.deadline:g}s"
-                )
-            if answer.ok:
-                complete.append(answer)
-            else:
-                self._abandon(answer)
-        request = self.request
-        missing = [a for a in self.answers if not a.ok]
-        if complete:
-            body = merge([b"".join(a.chunks) for a in complete])
-            request.setResponseCode(200)
-            request.setHeader(b"Cache-Control", b"must-revalidate,no-store")
-            if complete[0].contentType:
-                request.setHeader(b"Content-Type", complete[0].contentType.encode("latin-1"))
-            if missing:
-                request.setHeader(
-                    b"X-Promtwist-Missing-Agents",
-                    ", ".join(f"{a.link.name}: {a.reason}" for a in missing).encode("utf-8"),
-                )
-            request.write(body)
-            status, kind, nbytes = 200, "success", len(body)
-        else:
-            first = missing[0]
-            status, kind, nbytes = first.status, first.type, 0
-            request.write(
-                textResponse(
-                    request,
-                    status,
-                    "; ".join(f"agent {a.link.name!r}: {a.reason}" for a in missing),
+        complete = [part for part in self.parts if part.failure is None]
+        missing = [(part.name, part.failure) for part in self.parts if part.failure is not None]
+        if not complete:
+            first = missing[0][1]
+            relay.fail(
+                ScrapeFailed(
+                    first.status,
+                    first.kind,
+                    "; ".join(f"agent {name!r}: {failure.reason}" for name, failure in missing),
                 )
             )
-        request.finish()
-        self.resource.record(
-            ScrapeRecord(
-                self.call.path,
-                ", ".join(a.link.name for a in self.answers),
-                status,
-                kind,
-                "; ".join(f"{a.link.name}: {a.reason}" for a in missing),
-                self.resource.clock.seconds() - self.started,
-                nbytes,
-                "plain",
-            )
+            return
+        request = relay.request
+        _headers(request, complete[0].contentType, missing)
+        relay.beginBody()
+        for piece in mergedPieces([part.chunks for part in complete]):
+            relay.write(piece)
+        relay.complete("; ".join(f"{name}: {failure.reason}" for name, failure in missing))
+
+    def abandon(self) -> None:
+        for part in self.parts:
+            part.abandon()
+
+
+def _headers(request: Request, contentType: str, missing: list[tuple[str, ScrapeFailed]]) -> None:
+    request.setResponseCode(200)
+    request.setHeader(b"Cache-Control", b"must-revalidate,no-store")
+    if contentType:
+        request.setHeader(b"Content-Type", contentType.encode("latin-1"))
+    if missing:
+        request.setHeader(
+            b"X-Promtwist-Missing-Agents",
+            ", ".join(f"{name}: {failure.reason}" for name, failure in missing).encode("utf-8"),
         )
-
-    def _clientGone(self, failure: Failure) -> None:
-        if not self._close():
-            return
-        for answer in self.answers:
-            self._abandon(answer)
-
-    def _abandon(self, answer: Answer) -> None:
-        if answer.stream.head.called:
-            answer.stream.cancel()
-        else:
-            answer.stream.head.cancel()

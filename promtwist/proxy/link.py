@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IAddress, IReactorTime
@@ -22,16 +22,13 @@ from promtwist.logs import observer
 from promtwist.metrics import ProxyMetrics
 from promtwist.protocol.framing import _peerName
 from promtwist.protocol.promtwist_pb2 import (
-    CancelScrape,
     Frame,
     Hello,
-    Outcome,
     PathReply,
     Ping,
     RegisterPath,
     Reject,
     ScrapeChunk,
-    ScrapeCredit,
     ScrapeRequest,
     ScrapeResponse,
     UnregisterPath,
@@ -40,136 +37,11 @@ from promtwist.protocol.promtwist_pb2 import (
 from promtwist.protocol.session import PROTOCOL_VERSION, Session, SessionLost
 from promtwist.proxy.auth import ANONYMOUS, AuthenticationFailed, Authenticator
 from promtwist.proxy.registry import RegistrationRefused, Registry
+from promtwist.proxy.stream import SCRAPE_WINDOW_BYTES, ScrapeStream
 from promtwist.tls import peerCommonName, usesTLS
 
-# Body bytes an agent may have in flight for one scrape before the proxy has
-# passed them on: bounds the proxy's memory per scrape whatever the body size.
-SCRAPE_WINDOW_BYTES = 1024 * 1024
-
-
-class BodyConsumer(Protocol):
-    """
-    Where a scrape's body goes, chunk by chunk.
-    """
-
-    def write(self, data: bytes) -> None: ...
-
-    def bodyDone(self) -> None: ...
-
-    def bodyFailed(self, outcome: Outcome, reason: str) -> None: ...
-
-
-class ScrapeFailed(Exception):
-    """
-    The agent's link went away before the scrape produced a response head.
-    """
-
-
-class ScrapeStream:
-    """
-    One scrape in flight on an agent link.
-
-    L{head} fires with the L{ScrapeResponse} once the agent has answered;
-    the body (starting with the head's own bytes) then goes to the consumer
-    given to L{deliverBody}. Credit for more body bytes is returned to the
-    agent as the consumer takes them, unless L{pauseProducing} was called
-    (the HTTP client reads slowly), which holds the agent back.
-    """
-
-    def __init__(self, link: AgentLink, scrapeId: int) -> None:
-        self.link = link
-        self.scrapeId = scrapeId
-        self.head: Deferred[ScrapeResponse] = Deferred(lambda _: self.cancel())
-        self._consumer: BodyConsumer | None = None
-        self._pending: list[ScrapeChunk] = []
-        self._paused = False
-        self._owedCredit = 0
-        self._finished = False
-
-    # From the link.
-
-    def responseReceived(self, response: ScrapeResponse) -> None:
-        if self.head.called:
-            raise _DuplicateHead()
-        if response.last:
-            self._finished = True
-            self.link.forget(self.scrapeId)
-        self.head.callback(response)
-        if response.body or response.last:
-            self._deliver(ScrapeChunk(data=response.body, last=response.last))
-
-    def chunkReceived(self, chunk: ScrapeChunk) -> None:
-        if chunk.last:
-            self._finished = True
-            self.link.forget(self.scrapeId)
-        self._deliver(chunk)
-
-    def linkLost(self, reason: str) -> None:
-        self._finished = True
-        error = f"agent disconnected: {reason}"
-        if not self.head.called:
-            self.head.errback(ScrapeFailed(error))
-        else:
-            self._deliver(ScrapeChunk(last=True, outcome=Outcome.DISCONNECTED, reason=error))
-
-    # From the consumer side.
-
-    def deliverBody(self, consumer: BodyConsumer) -> None:
-        self._consumer = consumer
-        pending, self._pending = self._pending, []
-        for chunk in pending:
-            self._deliver(chunk)
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        self._grant(0)
-
-    def stopProducing(self) -> None:
-        self.cancel()
-
-    def cancel(self) -> None:
-        """
-        Tell the agent to stop; nothing more is delivered.
-        """
-        if not self._finished:
-            self._finished = True
-            self.link.forget(self.scrapeId)
-            self.link.sendIfConnected(Frame(cancel_scrape=CancelScrape(scrape_id=self.scrapeId)))
-        self._consumer = None
-        self._pending = []
-
-    def _deliver(self, chunk: ScrapeChunk) -> None:
-        if self._consumer is None:
-            if (self.head.called and not self._finished) or chunk.last:
-                self._pending.append(chunk)
-            return
-        consumer = self._consumer
-        if chunk.data:
-            consumer.write(chunk.data)
-            if not chunk.last:
-                self._grant(len(chunk.data))
-        if chunk.last:
-            self._consumer = None
-            if chunk.outcome == Outcome.SUCCESS:
-                consumer.bodyDone()
-            else:
-                consumer.bodyFailed(chunk.outcome, chunk.reason)
-
-    def _grant(self, nbytes: int) -> None:
-        self._owedCredit += nbytes
-        if self._paused or self._finished or not self._owedCredit:
-            return
-        credit, self._owedCredit = self._owedCredit, 0
-        self.link.sendIfConnected(
-            Frame(scrape_credit=ScrapeCredit(scrape_id=self.scrapeId, bytes=credit))
-        )
-
-
-class _DuplicateHead(Exception):
-    pass
+if TYPE_CHECKING:
+    from promtwist.proxy.relay import ScrapeCall
 
 
 class AgentLink(Session):
@@ -315,37 +187,30 @@ class AgentLink(Session):
 
     # Scrapes.
 
-    def scrape(
-        self,
-        path: str,
-        query: str,
-        accept: str,
-        acceptEncoding: str,
-        authorization: str,
-        timeout: float,
-    ) -> ScrapeStream:
+    def scrape(self, call: ScrapeCall) -> ScrapeStream:
         """
-        Ask the agent for C{path}; the returned stream carries its answer.
+        Ask the agent for C{call}'s path; the returned stream carries its
+        answer (already failed if the link is closing).
         """
         scrapeId = self._nextScrapeId
         self._nextScrapeId += 1
-        stream = ScrapeStream(self, scrapeId)
+        stream = ScrapeStream(self, scrapeId, SCRAPE_WINDOW_BYTES)
         if self._lost is not None or self._draining:
             stream.linkLost("the link is closing")
             return stream
-        if authorization:
+        if call.authorization:
             self.factory.credentialsForwarded(self)
         self._scrapes[scrapeId] = stream
         self.sendFrame(
             Frame(
                 scrape_request=ScrapeRequest(
                     scrape_id=scrapeId,
-                    path=path,
-                    query=query,
-                    accept=accept,
-                    accept_encoding=acceptEncoding,
-                    authorization=authorization,
-                    timeout_ms=max(1, int(timeout * 1000)),
+                    path=call.path,
+                    query=call.query,
+                    accept=call.accept,
+                    accept_encoding=call.acceptEncoding,
+                    authorization=call.authorization,
+                    timeout_ms=max(1, int(call.agentTimeout * 1000)),
                     window_bytes=SCRAPE_WINDOW_BYTES,
                 )
             )
@@ -363,29 +228,25 @@ class AgentLink(Session):
         if self._lost is None:
             self.sendFrame(frame)
 
+    def violation(self, why: str) -> None:
+        """
+        The agent broke the scrape protocol: close its link, and tell every
+        scrape on it why.
+        """
+        if self._lost is None and not self.closingBecause:
+            self.closingBecause = f"protocol violation: {why}"
+            self.protocolError(why)
+
     def frame_scrape_response(self, response: ScrapeResponse) -> None:
         stream = self._scrapes.get(response.scrape_id)
         if stream is None:
             return self._late(response.scrape_id)
-        try:
-            stream.responseReceived(response)
-        except _DuplicateHead:
-            self._log.warn(
-                "agent {name!r} answered scrape {id} twice", name=self.name, id=response.scrape_id
-            )
+        stream.responseReceived(response)
 
     def frame_scrape_chunk(self, chunk: ScrapeChunk) -> None:
         stream = self._scrapes.get(chunk.scrape_id)
         if stream is None:
             return self._late(chunk.scrape_id)
-        if not stream.head.called:
-            # Chunks follow the head; a failure the agent could not report
-            # in a head still ends the scrape here, not at its deadline.
-            self.forget(chunk.scrape_id)
-            stream.head.errback(
-                ScrapeFailed(f"agent sent no answer head: {chunk.reason or 'protocol error'}")
-            )
-            return
         stream.chunkReceived(chunk)
 
     def _late(self, scrapeId: int) -> None:

@@ -79,7 +79,7 @@ class ProxyService(MultiService):
         self.recent: collections.deque[ScrapeRecord] = collections.deque(
             maxlen=settings.admin_recent_requests_queue_size
         )
-        self.scrapes.observers += [self._scrapeEnded, self.recent.append]
+        self.scrapes.tracker.observers += [self._scrapeEnded, self.recent.append]
         # Credentials, when configured, guard discovery as well as scrapes.
         self.site = HardenedSite(
             guarded(self.scrapes, settings),
@@ -272,20 +272,20 @@ class ProxyService(MultiService):
             self._restoreHangup()
             self._restoreHangup = None
         await super().stopService()
-        if self.scrapes.inFlight:
+        if self.scrapes.tracker.inFlight:
             self._log.info(
                 "waiting up to {secs}s for {n} scrape(s) in flight",
                 secs=self.settings.shutdown_grace_secs,
-                n=len(self.scrapes.inFlight),
+                n=len(self.scrapes.tracker.inFlight),
             )
             try:
-                await self.scrapes.whenIdle().addTimeout(
+                await self.scrapes.tracker.whenIdle().addTimeout(
                     self.settings.shutdown_grace_secs, self.reactor
                 )
             except TimeoutError:
                 self._log.warn(
                     "{n} scrape(s) still in flight after the grace period; failing them",
-                    n=len(self.scrapes.inFlight),
+                    n=len(self.scrapes.tracker.inFlight),
                 )
         await self.linkFactory.closeAll("proxy shutting down")
         exitNormally(self.reactor)

@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from promtwist.agent.discoveryfile import FileDiscovery, readDiscoveryFile
 from promtwist.agent.paths import PathTable
 from promtwist.config import AgentSettings, ConfigError, PathConfig
-from promtwist.protocol.promtwist_pb2 import Outcome
+from promtwist.proxy.answers import ScrapeFailed
 from promtwist.test.test_link import PATHS, Pair
 
 A = PathConfig("a", "a", "http://t.test/a")
@@ -214,7 +214,7 @@ class LiveChangeTests(SynchronousTestCase):
         request.finish()
         self.pair.flush()
         head = self.successResultOf(stream.head)
-        self.assertEqual(head.outcome, Outcome.SUCCESS)
+        self.assertEqual(head.status, 200)
         self.assertEqual(self.pair.agent.scrapesInFlight, 0)
 
     def test_overlappingChanges(self) -> None:
@@ -231,9 +231,8 @@ class LiveChangeTests(SynchronousTestCase):
 
     def test_drainingRefuses(self) -> None:
         self.factory.draining = True
-        head = self.successResultOf(self.pair.scrape("fast").head)
-        self.assertEqual(head.outcome, Outcome.AGENT_ERROR)
-        self.assertEqual(head.reason, "agent shutting down")
+        failure = self.failureResultOf(self.pair.scrape("fast").head, ScrapeFailed)
+        self.assertEqual((failure.value.status, str(failure.value)), (503, "agent shutting down"))
 
     def test_whenIdle(self) -> None:
         self.successResultOf(self.pair.agent.whenIdle())

@@ -32,7 +32,6 @@ from promtwist.config import (
     ProxySettings,
     loadAgentSettings,
 )
-from promtwist.protocol.promtwist_pb2 import Outcome
 from promtwist.proxy.server import ProxyService
 from promtwist.test.test_integration import Target, freePort
 from promtwist.test.test_link import PATHS, Pair
@@ -173,7 +172,7 @@ class DrainUnitTests(SynchronousTestCase):
         request.finish()
         self.pair.flush()
         self.successResultOf(stopped)
-        self.assertEqual(self.successResultOf(stream.head).outcome, Outcome.SUCCESS)
+        self.assertEqual(self.successResultOf(stream.head).status, 200)
 
     def test_grace(self) -> None:
         self.pair.scrape("slow")

@@ -31,8 +31,10 @@ from promtwist.protocol.promtwist_pb2 import (
     ScrapeChunk,
 )
 from promtwist.protocol.session import SessionLost
-from promtwist.proxy.answers import failureOf
-from promtwist.proxy.link import AgentLink, ScrapeFailed, ScrapeStream, agentLinkFactory
+from promtwist.proxy.answers import ScrapeFailed
+from promtwist.proxy.link import AgentLink, agentLinkFactory
+from promtwist.proxy.relay import ScrapeCall
+from promtwist.proxy.stream import ScrapeStream
 from promtwist.test.test_framing import encode, logText
 
 
@@ -87,7 +89,7 @@ class Collector:
 
     data: list[bytes] = field(default_factory=list)
     done: bool = False
-    failed: tuple[Outcome, str] | None = None
+    failed: ScrapeFailed | None = None
 
     def write(self, data: bytes) -> None:
         self.data.append(data)
@@ -95,8 +97,8 @@ class Collector:
     def bodyDone(self) -> None:
         self.done = True
 
-    def bodyFailed(self, outcome: Outcome, reason: str) -> None:
-        self.failed = (outcome, reason)
+    def bodyFailed(self, failure: ScrapeFailed) -> None:
+        self.failed = failure
 
 
 def disconnecting(protocol: AgentLink | ProxyConnection) -> bool:
@@ -158,7 +160,7 @@ class Pair:
             self.http.flush()
 
     def scrape(self, path: str) -> ScrapeStream:
-        stream = self.proxy.scrape(path, "", "text/plain", "", "", 5.0)
+        stream = self.proxy.scrape(ScrapeCall(path, "", "text/plain", "", "", 5.5))
         self.flush()
         return stream
 
@@ -189,13 +191,13 @@ class HandshakeTests(SynchronousTestCase):
             stream = pair.scrape("s")
             pair.clock.advance(5)
             pair.flush()
-        head = self.successResultOf(stream.head)
-        self.assertEqual(head.outcome, Outcome.TIMED_OUT)
+        failure = self.failureResultOf(stream.head, ScrapeFailed).value
+        self.assertEqual(failure.kind, "upstream_timed_out")
         text = logText(events)
         self.assertIn("http://***@target.test/slow?token=***", text)
         for leaked in ("pw123", "abc987", "user"):
             self.assertNotIn(leaked, text)
-            self.assertNotIn(leaked, head.reason)
+            self.assertNotIn(leaked, failure.reason)
 
     def test_protocolVersionRejected(self) -> None:
         """
@@ -344,8 +346,8 @@ class AuthenticationTests(SynchronousTestCase):
         pair = Pair()
         with capturedLogs() as events:
             for _ in range(3):
-                pair.proxy.scrape("fast", "", "", "", "Bearer secret", 5.0)
-            pair.proxy.scrape("fast", "", "", "", "", 5.0)
+                pair.proxy.scrape(ScrapeCall("fast", "", "", "", "Bearer secret", 5.0))
+            pair.proxy.scrape(ScrapeCall("fast", "", "", "", "", 5.0))
         text = logText(events)
         self.assertEqual(text.count("over a link without TLS"), 1)
         self.assertNotIn("secret", text)
@@ -414,8 +416,8 @@ class ScrapeTests(SynchronousTestCase):
         pair = Pair()
         stream = pair.scrape("fast")
         head = self.successResultOf(stream.head)
-        self.assertEqual((head.outcome, head.status), (Outcome.SUCCESS, 200))
-        self.assertEqual(head.content_type, "text/plain; version=0.0.4")
+        self.assertEqual(head.status, 200)
+        self.assertEqual(head.contentType, "text/plain; version=0.0.4")
         collector = Collector()
         stream.deliverBody(collector)
         self.assertEqual(b"".join(collector.data), b"up 1\n")
@@ -424,9 +426,9 @@ class ScrapeTests(SynchronousTestCase):
 
     def test_unknownPathAtAgent(self) -> None:
         pair = Pair()
-        head = self.successResultOf(pair.scrape("other").head)
-        self.assertEqual(head.outcome, Outcome.PATH_NOT_FOUND)
-        self.assertIn("does not serve /other", head.reason)
+        failure = self.failureResultOf(pair.scrape("other").head, ScrapeFailed).value
+        self.assertEqual((failure.status, failure.kind), (404, "path_not_found"))
+        self.assertIn("does not serve /other", failure.reason)
 
     def test_linkLostMidScrape(self) -> None:
         """
@@ -465,9 +467,9 @@ class ScrapeTests(SynchronousTestCase):
         stream = pair.scrape("slow")
         pair.clock.advance(5)
         pair.flush()
-        head = self.successResultOf(stream.head)
-        self.assertEqual(head.outcome, Outcome.TIMED_OUT)
-        self.assertIn("did not answer within 5s", head.reason)
+        failure = self.failureResultOf(stream.head, ScrapeFailed).value
+        self.assertEqual((failure.status, failure.kind), (408, "upstream_timed_out"))
+        self.assertIn("did not answer within 5s", failure.reason)
 
     def test_linkLostMidBody(self) -> None:
         """
@@ -485,8 +487,8 @@ class ScrapeTests(SynchronousTestCase):
         pair.agent.transport.abortConnection()
         pair.flush()
         assert collector.failed is not None
-        self.assertEqual(collector.failed[0], Outcome.DISCONNECTED)
-        self.assertEqual(failureOf(collector.failed[0]), (502, "upstream_error"))
+        self.assertEqual((collector.failed.status, collector.failed.kind), (502, "upstream_error"))
+        self.assertIn("agent disconnected", collector.failed.reason)
 
     def test_failureWithoutHead(self) -> None:
         """

@@ -15,10 +15,11 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from promtwist.config import Identity, ProxySettings
 from promtwist.httputil import acceptsGzip
-from promtwist.proxy.answers import agentBudget, scrapeDeadline, textResponse
+from promtwist.proxy.answers import textResponse
 from promtwist.proxy.auth import ANONYMOUS
 from promtwist.proxy.discovery import DiscoveryResource, targetGroups
 from promtwist.proxy.registry import PathEntry, Registry
+from promtwist.proxy.relay import ScrapeCall, scrapeDeadline
 
 
 @dataclass(eq=False)
@@ -69,8 +70,8 @@ class DeadlineTests(SynchronousTestCase):
         The agent's share ends before the proxy's deadline, by at most half a
         second.
         """
-        self.assertEqual(agentBudget(10), 9.5)
-        self.assertAlmostEqual(agentBudget(1), 0.9)
+        self.assertEqual(ScrapeCall("p", "", "", "", "", 10).agentTimeout, 9.5)
+        self.assertAlmostEqual(ScrapeCall("p", "", "", "", "", 1).agentTimeout, 0.9)
 
 
 class TextResponseTests(SynchronousTestCase):

@@ -1,0 +1,401 @@
+# -*- test-case-name: promtwist.test.test_relay -*-
+"""
+One Prometheus scrape from request to answer: the lifecycle every scrape
+shares, whoever serves the path.
+
+A L{ScrapeRelay} owns the scrape: its deadline, Prometheus hanging up, the
+bookkeeping of scrapes in flight, and exactly one record of how it ended. How
+the agents' answers become the HTTP body is a L{BodyStrategy}:
+L{StreamThrough} for a path one agent serves (the body goes to Prometheus as
+it arrives), or L{promtwist.proxy.consolidated.CollectMerge} for a
+consolidated path (every agent's body is collected, then merged).
+
+The relay moves through three states: C{REQUESTED} (the agents were asked;
+nothing has been sent to Prometheus), C{BODY} (the status and headers are
+committed and the body is flowing) and C{DONE}. A failure in C{REQUESTED}
+is an error answer with a one-line reason; a failure in C{BODY} can only be
+signalled by breaking the response off, which Prometheus records as a failed
+scrape and which leaves nothing on the connection to be read as another
+answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum, auto
+from typing import Protocol
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import Request
+
+from promtwist.config import ProxySettings
+from promtwist.gunzip import Gunzip, GunzipError
+from promtwist.httputil import acceptsGzip
+from promtwist.logs import RepeatedWarnings, observer
+from promtwist.proxy.answers import ScrapeFailed, ScrapeRecord, textResponse
+from promtwist.proxy.stream import AnswerHead, ScrapeStream
+
+TIMEOUT_HEADER = b"X-Prometheus-Scrape-Timeout-Seconds"
+
+
+@dataclass(frozen=True)
+class ScrapeCall:
+    """
+    What every agent serving a path is asked for one Prometheus request.
+
+    @ivar deadline: seconds until the proxy answers, whatever the agents do.
+    """
+
+    path: str
+    query: str
+    accept: str
+    acceptEncoding: str
+    authorization: str
+    deadline: float
+
+    @property
+    def agentTimeout(self) -> float:
+        """
+        The share of the deadline the agent gets, so that its 408 for a slow
+        target reaches Prometheus before Prometheus gives up itself.
+        """
+        return self.deadline - min(0.5, self.deadline * 0.1)
+
+
+def scrapeDeadline(request: Request, settings: ProxySettings) -> float:
+    """
+    How long this scrape may take: Prometheus' own timeout when it says,
+    capped by C{proxy.internal.scrapeRequestTimeoutSecs}.
+    """
+    limit = settings.scrape_request_timeout_secs
+    header = request.getHeader(TIMEOUT_HEADER)
+    if header:
+        try:
+            seconds = float(header)
+        except ValueError:
+            return limit
+        if 0 < seconds < limit:
+            return seconds
+    return limit
+
+
+class ScrapeSource(Protocol):
+    """
+    An agent link a scrape can be sent down.
+    """
+
+    name: str
+
+    def scrape(self, call: ScrapeCall) -> ScrapeStream: ...
+
+
+class ScrapeTracker:
+    """
+    The scrapes in flight on the scrape port, and what became of each: the
+    drain waits on L{whenIdle}; metrics and the debug page observe records.
+
+    @ivar observers: called with every L{ScrapeRecord}.
+    """
+
+    _log = Logger(observer=observer)
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self.clock = clock
+        self.observers: list[Callable[[ScrapeRecord], None]] = []
+        self.inFlight: set[ScrapeRelay] = set()
+        self._idle: list[Deferred[None]] = []
+        self.invalidAnswers = RepeatedWarnings(self._log, clock)
+
+    def started(self, relay: ScrapeRelay) -> None:
+        self.inFlight.add(relay)
+
+    def ended(self, relay: ScrapeRelay, record: ScrapeRecord) -> None:
+        self.inFlight.discard(relay)
+        self.record(record)
+        if not self.inFlight:
+            waiting, self._idle = self._idle, []
+            for d in waiting:
+                d.callback(None)
+
+    def record(self, record: ScrapeRecord) -> None:
+        """
+        Tell every observer how a scrape ended.
+        """
+        if record.type == "invalid_answer":
+            self.invalidAnswers.warn(
+                "invalid_answer",
+                "scrape of /{path}: {reason}",
+                path=record.path,
+                reason=record.reason,
+            )
+        for notify in self.observers:
+            notify(record)
+
+    def whenIdle(self) -> Deferred[None]:
+        """
+        Fires once no scrape is in flight (now, if none is).
+        """
+        d: Deferred[None] = Deferred()
+        if self.inFlight:
+            self._idle.append(d)
+        else:
+            d.callback(None)
+        return d
+
+
+class RelayState(Enum):
+    REQUESTED = auto()
+    BODY = auto()
+    DONE = auto()
+
+
+class BodyStrategy(Protocol):
+    """
+    How the agents' answers become the HTTP answer.
+
+    @ivar agents: the agents asked, for the record.
+    """
+
+    agents: str
+
+    def start(self, relay: ScrapeRelay) -> None:
+        """
+        Begin: from now on report to C{relay}.
+        """
+
+    def deadlinePassed(self) -> None:
+        """
+        The deadline passed; answer with what there is.
+        """
+
+    def abandon(self) -> None:
+        """
+        The scrape is over: stop every agent still working on it.
+        """
+
+
+class ScrapeRelay:
+    """
+    One scrape's lifecycle; see the module docstring.
+    """
+
+    _log = Logger(observer=observer)
+
+    def __init__(
+        self,
+        request: Request,
+        call: ScrapeCall,
+        tracker: ScrapeTracker,
+        started: float,
+    ) -> None:
+        self.request = request
+        self.call = call
+        self.tracker = tracker
+        self.started = started
+        self.state = RelayState.REQUESTED
+        self._strategy: BodyStrategy | None = None
+        self._timer: IDelayedCall | None = None
+        self._sent = 0
+
+    def run(self, strategy: BodyStrategy) -> None:
+        self._strategy = strategy
+        self.tracker.started(self)
+        self._timer = self.tracker.clock.callLater(self.call.deadline, self._deadlinePassed)
+        self.request.notifyFinish().addErrback(self._clientGone)
+        strategy.start(self)
+
+    # For strategies.
+
+    def beginBody(self) -> None:
+        """
+        The status and headers are set: what follows is the body.
+        """
+        assert self.state is RelayState.REQUESTED
+        self.state = RelayState.BODY
+
+    def write(self, data: bytes) -> None:
+        if self.state is RelayState.BODY and data:
+            self._sent += len(data)
+            self.request.write(data)
+
+    def complete(self, reason: str = "") -> None:
+        """
+        The body is complete.
+        """
+        if self.state is RelayState.DONE:
+            return
+        self._end(self.request.code, "success", reason)
+        self.request.finish()
+
+    def fail(self, failure: ScrapeFailed) -> None:
+        """
+        The scrape cannot be answered with the target's body: an error
+        answer while nothing of the body has gone out, else a broken-off
+        response.
+        """
+        if self.state is RelayState.DONE:
+            return
+        request = self.request
+        if not request.startedWriting:
+            self._end(failure.status, failure.kind, failure.reason)
+            request.write(textResponse(request, failure.status, failure.reason))
+            request.finish()
+        else:
+            self._end(request.code, failure.kind, f"aborted mid-body: {failure.reason}")
+            request.channel.forceAbortClient()
+
+    def bug(self, failure: Failure) -> None:
+        """
+        The buck stops here: a bug in the proxy fails this one scrape, loudly,
+        and nothing else.
+        """
+        self._log.failure("scrape of /{path} failed", failure, path=self.call.path)
+        self.fail(ScrapeFailed(500, "proxy_error", "internal error in the proxy"))
+
+    # Endings.
+
+    def _deadlinePassed(self) -> None:
+        self._timer = None
+        assert self._strategy is not None
+        self._strategy.deadlinePassed()
+
+    def _clientGone(self, failure: Failure) -> None:
+        if self.state is not RelayState.DONE:
+            self._end(499, "client_gone", "Prometheus hung up")
+
+    def _end(self, status: int, kind: str, reason: str) -> None:
+        self.state = RelayState.DONE
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        assert self._strategy is not None
+        self._strategy.abandon()
+        gzipped = self.request.responseHeaders.hasHeader(b"Content-Encoding")
+        self.tracker.ended(
+            self,
+            ScrapeRecord(
+                self.call.path,
+                self._strategy.agents,
+                status,
+                kind,
+                reason,
+                self.tracker.clock.seconds() - self.started,
+                self._sent,
+                "gzipped" if gzipped else "plain",
+            ),
+        )
+
+
+def watchHead(
+    relay: ScrapeRelay,
+    stream: ScrapeStream,
+    received: Callable[[AnswerHead], None],
+    failed: Callable[[ScrapeFailed], None],
+) -> None:
+    """
+    Call C{received} with the stream's head or C{failed} with its failure;
+    a cancelled head calls neither, and a bug in either ends the scrape
+    through L{ScrapeRelay.bug}: no Deferred is left without a handler.
+    """
+
+    def onFailure(failure: Failure) -> None:
+        if failure.check(CancelledError):
+            return
+        failure.trap(ScrapeFailed)
+        assert isinstance(failure.value, ScrapeFailed)
+        failed(failure.value)
+
+    stream.head.addCallbacks(received, onFailure).addErrback(relay.bug)
+
+
+class StreamThrough:
+    """
+    A path one agent serves: the body goes to Prometheus as it arrives,
+    decompressed on the way when the agent's gzip is more than Prometheus
+    accepts. The response is framed by what the proxy counts: a length only
+    when the whole body came in the head, chunked otherwise.
+    """
+
+    def __init__(self, source: ScrapeSource, call: ScrapeCall, gunzipLimit: int) -> None:
+        self.agents = source.name
+        self.stream = source.scrape(call)
+        self._gunzipLimit = gunzipLimit
+        self._decoder: Gunzip | None = None
+        self._producing = False
+        self._relay: ScrapeRelay | None = None
+
+    @property
+    def relay(self) -> ScrapeRelay:
+        assert self._relay is not None
+        return self._relay
+
+    def start(self, relay: ScrapeRelay) -> None:
+        self._relay = relay
+        watchHead(relay, self.stream, self._headReceived, relay.fail)
+
+    def _headReceived(self, head: AnswerHead) -> None:
+        relay = self.relay
+        request = relay.request
+        request.setResponseCode(head.status)
+        request.setHeader(b"Cache-Control", b"must-revalidate,no-store")
+        if head.contentType:
+            request.setHeader(b"Content-Type", head.contentType.encode("latin-1"))
+        encoding = head.contentEncoding
+        if encoding.lower() == "gzip" and not acceptsGzip(relay.call.acceptEncoding):
+            self._decoder = Gunzip(self._gunzipLimit)
+        else:
+            if encoding:
+                request.setHeader(b"Content-Encoding", encoding.encode("latin-1"))
+            if head.size >= 0:
+                request.setHeader(b"Content-Length", b"%d" % head.size)
+        relay.beginBody()
+        request.registerProducer(self.stream, True)
+        self._producing = True
+        self.stream.deliverBody(self)
+
+    # The body (BodyConsumer).
+
+    def write(self, data: bytes) -> None:
+        if self._decoder is not None:
+            try:
+                data = self._decoder.feed(data)
+            except GunzipError as e:
+                return self.relay.fail(ScrapeFailed(e.status, e.type, str(e)))
+        self.relay.write(data)
+
+    def bodyDone(self) -> None:
+        if self._decoder is not None:
+            try:
+                self.relay.write(self._decoder.finish())
+            except GunzipError as e:
+                return self.relay.fail(ScrapeFailed(e.status, e.type, str(e)))
+        self.relay.complete()
+
+    def bodyFailed(self, failure: ScrapeFailed) -> None:
+        self.relay.fail(failure)
+
+    # Endings.
+
+    def deadlinePassed(self) -> None:
+        self.relay.fail(
+            ScrapeFailed(
+                503,
+                "timed_out",
+                f"no complete answer from agent {self.agents!r}"
+                f" within {self.relay.call.deadline:g}s",
+            )
+        )
+
+    def abandon(self) -> None:
+        if self._producing:
+            self._producing = False
+            self.relay.request.unregisterProducer()
+        if self.stream.head.called:
+            self.stream.cancel()
+        else:
+            # Its canceller tells the agent; watchHead ignores the error.
+            self.stream.head.cancel()
