@@ -24,10 +24,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, auto
-from typing import Protocol
+from typing import Protocol, cast
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request
@@ -246,7 +246,9 @@ class ScrapeRelay:
             request.finish()
         else:
             self._end(request.code, failure.kind, f"aborted mid-body: {failure.reason}")
-            request.channel.forceAbortClient()
+            # Aborting leaves nothing on the connection that could be read as
+            # the rest of this answer or as the next one.
+            cast(ITCPTransport, request.channel.transport).abortConnection()
 
     def bug(self, failure: Failure) -> None:
         """
@@ -344,6 +346,9 @@ class StreamThrough:
         request.setHeader(b"Cache-Control", b"must-revalidate,no-store")
         if head.contentType:
             request.setHeader(b"Content-Type", head.contentType.encode("latin-1"))
+        else:
+            # Not twisted.web's text/html: the proxy does not know the type.
+            request.defaultContentType = None
         encoding = head.contentEncoding
         if encoding.lower() == "gzip" and not acceptsGzip(relay.call.acceptEncoding):
             self._decoder = Gunzip(self._gunzipLimit)
@@ -391,9 +396,12 @@ class StreamThrough:
         )
 
     def abandon(self) -> None:
+        request = self.relay.request
         if self._producing:
             self._producing = False
-            self.relay.request.unregisterProducer()
+            # A request whose connection is gone has no producer to drop.
+            if request.channel is not None:
+                request.unregisterProducer()
         if self.stream.head.called:
             self.stream.cancel()
         else:

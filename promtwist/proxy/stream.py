@@ -221,8 +221,10 @@ class ScrapeStream:
             self._declared = head.length
             self._account(response.body)
         except ScrapeFailed as failure:
-            self._end()
-            self.head.errback(failure)
+            # A credit overrun may already have ended it with the link.
+            if not self.ended:
+                self._end()
+                self.head.errback(failure)
             return
         self._phase = _Phase.BODY
         if response.body:
@@ -246,7 +248,8 @@ class ScrapeStream:
         except ScrapeFailed as failure:
             return self._bodyEnded(failure, agentDone=False)
         if chunk.data:
-            self._deliver(chunk.data)
+            # No credit for the last bytes: nothing more will come.
+            self._deliver(chunk.data, grant=not chunk.last)
         if chunk.last:
             self._bodyEnded(self._lastFailure(chunk), agentDone=True)
 
@@ -361,7 +364,7 @@ class ScrapeStream:
         self._consumer = None
         self.link.forget(self.scrapeId)
 
-    def _deliver(self, data: bytes) -> None:
+    def _deliver(self, data: bytes, grant: bool = True) -> None:
         consumer = self._consumer
         if self._cancelled:
             return
@@ -369,7 +372,8 @@ class ScrapeStream:
             self._early.append(data)
             return
         consumer.write(data)
-        self._grant(len(data))
+        if grant:
+            self._grant(len(data))
 
     def _grant(self, nbytes: int) -> None:
         self._owed += nbytes

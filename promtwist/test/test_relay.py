@@ -1,0 +1,616 @@
+"""
+Tests for L{promtwist.proxy.relay}, L{promtwist.proxy.stream} and the scrape
+resource: every way a relayed scrape can end, driven deterministically with
+a fake agent link, a real L{HTTPChannel} on a L{StringTransport} and a
+L{Clock}, so that what Prometheus receives is checked byte for byte.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.server import Site
+
+from promtwist.config import Identity, ProxySettings
+from promtwist.protocol.promtwist_pb2 import Frame, Outcome, ScrapeChunk, ScrapeResponse
+from promtwist.proxy.answers import ScrapeRecord
+from promtwist.proxy.auth import ANONYMOUS
+from promtwist.proxy.registry import Registry
+from promtwist.proxy.relay import ScrapeCall
+from promtwist.proxy.scrape import ScrapeResource
+from promtwist.proxy.stream import ScrapeStream
+
+WINDOW = 64 * 1024
+FRAME = 16 * 1024
+
+
+@dataclass(eq=False)
+class FakeLink:
+    """
+    An agent link that records what the proxy sends and lets the test play
+    the agent; a protocol violation fails every scrape on it, as the real
+    link's loss does.
+    """
+
+    name: str
+    agentId: str = ""
+    hostName: str = "host"
+    launchId: str = ""
+    consolidated: bool = False
+    identity: Identity = ANONYMOUS
+    MAX_LENGTH: int = FRAME
+    calls: list[ScrapeCall] = field(default_factory=list)
+    streams: dict[int, ScrapeStream] = field(default_factory=dict)
+    sent: list[Frame] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+
+    def scrape(self, call: ScrapeCall) -> ScrapeStream:
+        self.calls.append(call)
+        stream = ScrapeStream(self, len(self.calls), WINDOW)
+        self.streams[stream.scrapeId] = stream
+        return stream
+
+    def forget(self, scrapeId: int) -> None:
+        self.streams.pop(scrapeId, None)
+
+    def sendIfConnected(self, frame: Frame) -> None:
+        self.sent.append(frame)
+
+    def violation(self, why: str) -> None:
+        self.violations.append(why)
+        for stream in list(self.streams.values()):
+            stream.linkLost(f"protocol violation: {why}")
+
+    # Playing the agent.
+
+    @property
+    def current(self) -> ScrapeStream:
+        (stream,) = self.streams.values()
+        return stream
+
+    def head(self, body: bytes = b"", last: bool = False, **fields: Any) -> None:
+        stream = self.current
+        values: dict[str, object] = {"status": 200, "content_length": -1}
+        values.update(fields)
+        stream.responseReceived(
+            ScrapeResponse(scrape_id=stream.scrapeId, body=body, last=last, **values)  # type: ignore[arg-type]
+        )
+
+    def chunk(self, data: bytes = b"", last: bool = False, **fields: Any) -> None:
+        stream = self.current
+        stream.chunkReceived(ScrapeChunk(scrape_id=stream.scrapeId, data=data, last=last, **fields))
+
+    def body(self, data: bytes) -> None:
+        """
+        Send C{data} after a head, in frames within the limit, the last one
+        saying so.
+        """
+        for start in range(0, len(data), FRAME):
+            if not self.streams:
+                break  # the proxy has stopped this scrape
+            self.chunk(data[start : start + FRAME], last=start + FRAME >= len(data))
+
+    def kinds(self) -> list[str]:
+        return [str(frame.WhichOneof("kind")) for frame in self.sent]
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[bytes, bytes]
+    body: bytes
+    complete: bool
+
+
+def parseResponse(data: bytes) -> Response:
+    """
+    The first HTTP response in C{data}; C{complete} says whether its body
+    was framed completely (by length or by the chunked terminator).
+    """
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split(b" ")[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b": ")
+        headers[name.lower()] = value
+    if b"content-length" in headers:
+        length = int(headers[b"content-length"])
+        return Response(status, headers, rest[:length], len(rest) >= length)
+    if headers.get(b"transfer-encoding") == b"chunked":
+        body = b""
+        while rest:
+            size, _, rest = rest.partition(b"\r\n")
+            n = int(size, 16)
+            if n == 0:
+                return Response(status, headers, body, True)
+            body, rest = body + rest[:n], rest[n + 2 :]
+        return Response(status, headers, body, False)
+    return Response(status, headers, rest, False)
+
+
+class Proxy:
+    """
+    The scrape resource behind a real HTTP channel, with a registry of fake
+    links.
+    """
+
+    def __init__(self, settings: ProxySettings | None = None) -> None:
+        self.clock = Clock()
+        self.settings = settings or ProxySettings(
+            scrape_request_timeout_secs=10, max_unzipped_content_size_mbytes=1
+        )
+        self.registry = Registry()
+        self.resource = ScrapeResource(self.settings, self.registry, self.clock)
+        self.records: list[ScrapeRecord] = []
+        self.resource.tracker.observers.append(self.records.append)
+        self.site = Site(self.resource, timeout=None)
+        self.channels: dict[StringTransport, Protocol] = {}
+
+    def agent(self, name: str, path: str = "p", consolidated: bool = False) -> FakeLink:
+        link = FakeLink(name, agentId=name, consolidated=consolidated)
+        self.registry.addAgent(link)
+        self.registry.registerPath(link, path, path, {})
+        return link
+
+    def get(self, target: bytes = b"/p", **headers: str) -> StringTransport:
+        channel = self.site.buildProtocol(None)
+        assert channel is not None
+        transport = StringTransport()
+        self.channels[transport] = channel
+        channel.makeConnection(transport)
+        lines = [b"GET " + target + b" HTTP/1.1", b"Host: proxy"]
+        lines += [f"{k.replace('_', '-')}: {v}".encode() for k, v in headers.items()]
+        channel.dataReceived(b"\r\n".join(lines) + b"\r\n\r\n")
+        return transport
+
+    def hangUp(self, transport: StringTransport) -> None:
+        self.channels[transport].connectionLost(Failure(ConnectionDone()))
+
+    @property
+    def inFlight(self) -> int:
+        return len(self.resource.tracker.inFlight)
+
+
+def response(transport: StringTransport) -> Response:
+    return parseResponse(transport.value())
+
+
+class StreamThroughTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.proxy = Proxy()
+        self.link = self.proxy.agent("a1")
+
+    def test_wholeBodyInHead(self) -> None:
+        """
+        A body that came whole in the head is sent with the length the proxy
+        counted, and the agent is asked exactly what Prometheus asked.
+        """
+        conn = self.proxy.get(b"/p?a=1&b=%20", Accept="text/plain")
+        self.link.head(b"up 1\n", last=True, content_type="text/plain", content_length=5)
+        r = response(conn)
+        self.assertEqual((r.status, r.body, r.complete), (200, b"up 1\n", True))
+        self.assertEqual(r.headers[b"content-length"], b"5")
+        self.assertEqual(r.headers[b"content-type"], b"text/plain")
+        (call,) = self.link.calls
+        self.assertEqual((call.path, call.query, call.accept), ("p", "a=1&b=%20", "text/plain"))
+        self.assertEqual(self.proxy.records[-1].type, "success")
+        self.assertEqual(self.proxy.inFlight, 0)
+        self.assertFalse(conn.disconnecting)
+
+    def test_streamedBodyChunked(self) -> None:
+        """
+        A body in several frames is sent chunked, whatever length the agent
+        declared, and credit goes back as the body is passed on.
+        """
+        conn = self.proxy.get()
+        self.link.head(b"a" * 10, content_length=30)
+        self.link.chunk(b"b" * 10)
+        self.link.chunk(b"c" * 10, last=True)
+        r = response(conn)
+        self.assertEqual((r.status, r.complete), (200, True))
+        self.assertEqual(r.body, b"a" * 10 + b"b" * 10 + b"c" * 10)
+        self.assertNotIn(b"content-length", r.headers)
+        self.assertEqual(self.link.kinds(), ["scrape_credit", "scrape_credit"])
+
+    def test_moreThanDeclared(self) -> None:
+        """
+        An agent that sends more than it declared cannot split the HTTP
+        stream: the response is broken off and the connection closed, and
+        the agent is told to stop.
+        """
+        conn = self.proxy.get()
+        self.link.head(b"x" * 10, content_length=23)
+        self.link.chunk(b"y" * 20)
+        r = response(conn)
+        self.assertFalse(r.complete)
+        self.assertEqual(r.body, b"x" * 10)
+        self.assertNotIn(b"yyy", conn.value())
+        self.assertTrue(conn.disconnecting)
+        self.assertIn("cancel_scrape", self.link.kinds())
+        record = self.proxy.records[-1]
+        self.assertEqual(record.type, "invalid_answer")
+        self.assertIn("more than the 23 body bytes it declared", record.reason)
+
+    def test_moreThanDeclaredInHead(self) -> None:
+        conn = self.proxy.get()
+        self.link.head(b"x" * 1000, content_length=23)
+        r = response(conn)
+        self.assertEqual(r.status, 502)
+        self.assertIn(b"more than the 23 body bytes it declared", r.body)
+
+    def test_fewerThanDeclared(self) -> None:
+        """
+        A body that ends short of what the agent declared is not passed off
+        as complete.
+        """
+        conn = self.proxy.get()
+        self.link.head(b"x" * 10, content_length=23)
+        self.link.chunk(b"", last=True)
+        r = response(conn)
+        self.assertFalse(r.complete)
+        self.assertTrue(conn.disconnecting)
+        self.assertIn("declared 23 body bytes and sent 10", self.proxy.records[-1].reason)
+
+    def test_lastHeadLengthMismatch(self) -> None:
+        conn = self.proxy.get()
+        self.link.head(b"x", last=True, content_length=0)
+        r = response(conn)
+        self.assertEqual(r.status, 502)
+        self.assertIn(b"declared 0 body bytes and sent 1", r.body)
+
+    def test_creditOverrun(self) -> None:
+        """
+        Body bytes past the credit window (plus the one frame an agent may
+        start while it has credit) close the link, whatever the HTTP client
+        is doing.
+        """
+        conn = self.proxy.get()
+        self.link.head()
+        stream = self.link.current
+        stream.pauseProducing()
+        for _ in range((WINDOW + FRAME) // 4096):
+            self.link.chunk(b"z" * 4096)
+        self.assertEqual(self.link.violations, [])
+        self.link.chunk(b"z")
+        (why,) = self.link.violations
+        self.assertIn("past the credit window of 65536", why)
+        self.assertTrue(conn.disconnecting)
+        self.assertIn("protocol violation", self.proxy.records[-1].reason)
+
+    def test_slowClientWithholdsCredit(self) -> None:
+        """
+        While the HTTP client does not read, no credit goes back; once it
+        does, what is owed goes back in one frame.
+        """
+        self.proxy.get()
+        self.link.head()
+        stream = self.link.current
+        stream.pauseProducing()
+        self.link.chunk(b"a" * 100)
+        self.link.chunk(b"b" * 100)
+        self.assertEqual(self.link.kinds(), [])
+        stream.resumeProducing()
+        (credit,) = self.link.sent
+        self.assertEqual(credit.scrape_credit.bytes, 200)
+
+    def test_targetNonSuccess(self) -> None:
+        """
+        A target's own non-2xx answer reaches Prometheus with its status and
+        the agent's reason.
+        """
+        conn = self.proxy.get()
+        self.link.head(status=500, reason="target http://t/metrics answered HTTP 500", last=True)
+        r = response(conn)
+        self.assertEqual(r.status, 500)
+        self.assertEqual(r.body, b"target http://t/metrics answered HTTP 500\n")
+        self.assertEqual(self.proxy.records[-1].type, "upstream_error")
+
+    def test_agentFailure(self) -> None:
+        conn = self.proxy.get()
+        self.link.head(outcome=Outcome.TIMED_OUT, reason="target slow", last=True)
+        r = response(conn)
+        self.assertEqual((r.status, r.body), (408, b"target slow\n"))
+
+    def test_failureMidBody(self) -> None:
+        conn = self.proxy.get()
+        self.link.head(b"x" * 10)
+        self.link.chunk(last=True, outcome=Outcome.UNREACHABLE, reason="target broke off")
+        self.assertFalse(response(conn).complete)
+        self.assertTrue(conn.disconnecting)
+        self.assertEqual(self.proxy.records[-1].reason, "aborted mid-body: target broke off")
+
+    def test_proxyDeadline(self) -> None:
+        """
+        An agent that never answers gets a 503 at the proxy's deadline, and
+        is told to stop.
+        """
+        conn = self.proxy.get(X_Prometheus_Scrape_Timeout_Seconds="4")
+        self.proxy.clock.advance(3.9)
+        self.assertEqual(conn.value(), b"")
+        self.proxy.clock.advance(0.1)
+        r = response(conn)
+        self.assertEqual(r.status, 503)
+        self.assertEqual(r.body, b"no complete answer from agent 'a1' within 4s\n")
+        self.assertEqual(self.link.kinds(), ["cancel_scrape"])
+        self.assertEqual(self.link.streams, {})
+        self.assertEqual(self.proxy.clock.getDelayedCalls(), [])
+
+    def test_proxyDeadlineMidBody(self) -> None:
+        conn = self.proxy.get()
+        self.link.head(b"x" * 10)
+        self.proxy.clock.advance(10)
+        self.assertTrue(conn.disconnecting)
+        self.assertEqual(self.proxy.records[-1].type, "timed_out")
+
+    def test_prometheusHangsUp(self) -> None:
+        conn = self.proxy.get()
+        self.proxy.hangUp(conn)
+        self.assertEqual(self.link.kinds(), ["cancel_scrape"])
+        self.assertEqual((self.proxy.records[-1].status, self.proxy.inFlight), (499, 0))
+        self.assertEqual(self.proxy.clock.getDelayedCalls(), [])
+
+    def test_prometheusHangsUpMidBody(self) -> None:
+        conn = self.proxy.get()
+        self.link.head(b"x" * 10)
+        self.proxy.hangUp(conn)
+        self.assertEqual(self.link.kinds(), ["scrape_credit", "cancel_scrape"])
+        self.assertEqual(self.proxy.records[-1].type, "client_gone")
+
+    def test_linkLost(self) -> None:
+        conn = self.proxy.get()
+        self.link.current.linkLost("connection reset")
+        r = response(conn)
+        self.assertEqual((r.status, r.body), (502, b"agent disconnected: connection reset\n"))
+
+    def test_stopping(self) -> None:
+        self.proxy.resource.stopping = True
+        r = response(self.proxy.get())
+        self.assertEqual((r.status, r.body), (503, b"the proxy is shutting down\n"))
+        self.assertEqual(self.link.calls, [])
+
+    def test_queryBytesRefused(self) -> None:
+        """
+        A query string that could not be forwarded as it is gets a 400 at
+        the proxy, naming the byte; no agent is asked.
+        """
+        r = response(self.proxy.get(b"/p?a=\x7f"))
+        self.assertEqual(r.status, 400)
+        self.assertEqual(r.body, b"query string has byte 0x7f at position 2\n")
+        self.assertEqual(self.link.calls, [])
+
+    def test_unknownPathReasonClipped(self) -> None:
+        r = response(self.proxy.get(b"/" + b"q" * 5000))
+        self.assertEqual(r.status, 404)
+        self.assertLess(len(r.body), 300)
+
+
+class GzipTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.proxy = Proxy()
+        self.link = self.proxy.agent("a1")
+
+    def test_passedThrough(self) -> None:
+        body = gzip.compress(b"up 1\n")
+        conn = self.proxy.get(Accept_Encoding="gzip")
+        self.link.head(body, last=True, content_encoding="gzip")
+        r = response(conn)
+        self.assertEqual((r.body, r.headers[b"content-encoding"]), (body, b"gzip"))
+        self.assertEqual(self.proxy.records[-1].encoding, "gzipped")
+
+    def test_inflatedForClientsWithoutGzip(self) -> None:
+        conn = self.proxy.get()
+        body = gzip.compress(b"up 1\n" * 1000)
+        self.link.head(body[:100], content_encoding="gzip")
+        self.link.chunk(body[100:], last=True)
+        r = response(conn)
+        self.assertEqual((r.status, r.body, r.complete), (200, b"up 1\n" * 1000, True))
+        self.assertNotIn(b"content-encoding", r.headers)
+
+    def test_bomb(self) -> None:
+        """
+        A body that inflates past the limit costs one 413, not the memory.
+        """
+        conn = self.proxy.get()
+        compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        bomb = compressor.compress(b"\0" * (50 * 1024 * 1024)) + compressor.flush()
+        self.link.head(bomb, last=True, content_encoding="gzip")
+        r = response(conn)
+        self.assertEqual(r.status, 413)
+        self.assertIn(b"maxUnzippedContentSizeMBytes", r.body)
+
+    def test_invalid(self) -> None:
+        conn = self.proxy.get()
+        self.link.head(b"not gzip at all", last=True, content_encoding="gzip")
+        r = response(conn)
+        self.assertEqual(r.status, 502)
+        self.assertIn(b"invalid gzip", r.body)
+
+
+class InvalidHeadTests(SynchronousTestCase):
+    """
+    A head the proxy cannot pass on truthfully is a 502 at once, naming what
+    was wrong, with one log line; never a wait for the deadline.
+    """
+
+    def check(self, expected: str, **fields: Any) -> None:
+        proxy = Proxy()
+        link = proxy.agent("a1")
+        conn = proxy.get()
+        with capturedLogs() as events:
+            link.head(last=True, **fields)
+        r = response(conn)
+        self.assertEqual(r.status, 502, r)
+        self.assertIn(expected.encode(), r.body)
+        self.assertEqual(proxy.inFlight, 0)
+        self.assertEqual(len([e for e in events if expected in str(e.get("reason"))]), 1)
+
+    def test_status(self) -> None:
+        self.check("status 99999 is not a final HTTP status", status=99999)
+
+    def test_interimStatus(self) -> None:
+        self.check("status 101 is not a final HTTP status", status=101)
+
+    def test_contentTypeNotLatin1(self) -> None:
+        self.check("is not latin-1 text", content_type="text/plain; \u2603")
+
+    def test_contentTypeControlCharacters(self) -> None:
+        self.check("contains control characters", content_type="text/plain\r\nSet-Cookie: x=1")
+
+    def test_contentTypeTooLong(self) -> None:
+        self.check("content type of 5000 characters", content_type="t" * 5000)
+
+    def test_encodingNotLatin1(self) -> None:
+        self.check("content encoding", content_encoding="\u2603")
+
+    def test_unknownOutcome(self) -> None:
+        self.check("unknown outcome 42", outcome=42)
+
+    def test_disconnectedIsNotTheAgents(self) -> None:
+        self.check("unknown outcome 7", outcome=Outcome.DISCONNECTED)
+
+    def test_negativeLength(self) -> None:
+        self.check("content length -5", content_length=-5)
+
+    def test_secondHead(self) -> None:
+        proxy = Proxy()
+        link = proxy.agent("a1")
+        conn = proxy.get()
+        link.head(b"x")
+        link.head(b"y")
+        self.assertTrue(conn.disconnecting)
+        self.assertIn("a second answer head", proxy.records[-1].reason)
+
+    def test_reasonBounded(self) -> None:
+        proxy = Proxy()
+        link = proxy.agent("a1")
+        conn = proxy.get()
+        link.head(outcome=Outcome.AGENT_ERROR, reason="r" * 1_000_000, last=True)
+        r = response(conn)
+        self.assertEqual(r.status, 503)
+        self.assertLess(len(r.body), 1100)
+        self.assertIn(b"(1000000 characters)", r.body)
+
+
+class CollectMergeTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.proxy = Proxy()
+        self.a = self.proxy.agent("a", consolidated=True)
+        self.b = self.proxy.agent("b", consolidated=True)
+
+    def test_merged(self) -> None:
+        conn = self.proxy.get()
+        self.a.head(b"a 1\n# EOF\n", last=True)
+        self.assertEqual(conn.value(), b"")
+        self.b.head(b"b 2\n", last=False)
+        self.b.chunk(b"b 3\n# EOF\n", last=True)
+        r = response(conn)
+        self.assertEqual((r.status, r.body, r.complete), (200, b"a 1\nb 2\nb 3\n# EOF\n", True))
+        self.assertEqual(self.proxy.records[-1].agents, "a, b")
+
+    def test_gzipPartsInflated(self) -> None:
+        conn = self.proxy.get(Accept_Encoding="gzip")
+        self.a.head(gzip.compress(b"a 1\n"), last=True, content_encoding="gzip")
+        self.b.head(b"b 2\n", last=True)
+        self.assertEqual(response(conn).body, b"a 1\nb 2\n")
+
+    def test_oneMissing(self) -> None:
+        conn = self.proxy.get()
+        self.a.head(b"a 1\n", last=True)
+        self.b.head(outcome=Outcome.UNREACHABLE, reason="refused", last=True)
+        r = response(conn)
+        self.assertEqual((r.status, r.body), (200, b"a 1\n"))
+        self.assertEqual(r.headers[b"x-promtwist-missing-agents"], b"b: refused")
+
+    def test_noneAnswers(self) -> None:
+        conn = self.proxy.get()
+        self.a.head(outcome=Outcome.UNREACHABLE, reason="refused", last=True)
+        self.b.head(outcome=Outcome.TIMED_OUT, reason="slow", last=True)
+        r = response(conn)
+        self.assertEqual(r.status, 503)
+        self.assertEqual(r.body, b"agent 'a': refused; agent 'b': slow\n")
+
+    def test_deadline(self) -> None:
+        conn = self.proxy.get(X_Prometheus_Scrape_Timeout_Seconds="2")
+        self.a.head(b"a 1\n", last=True)
+        self.b.head(b"b 2\n")
+        self.proxy.clock.advance(2)
+        r = response(conn)
+        self.assertEqual((r.status, r.body), (200, b"a 1\n"))
+        self.assertIn(b"no complete answer within 2s", r.headers[b"x-promtwist-missing-agents"])
+        self.assertIn("cancel_scrape", self.b.kinds())
+        self.assertEqual(self.proxy.resource.budget.used, 0)
+
+    def test_prometheusHangsUp(self) -> None:
+        """
+        A hang-up on a consolidated path is recorded like any other, and
+        every agent is told to stop.
+        """
+        conn = self.proxy.get()
+        self.a.head(b"a 1\n")
+        self.proxy.hangUp(conn)
+        self.assertEqual(self.proxy.records[-1].type, "client_gone")
+        self.assertIn("cancel_scrape", self.a.kinds())
+        self.assertEqual(self.b.kinds(), ["cancel_scrape"])
+        self.assertEqual((self.proxy.inFlight, self.proxy.resource.budget.used), (0, 0))
+
+    def test_partTooLarge(self) -> None:
+        conn = self.proxy.get()
+        self.a.head()
+        self.a.body(b"a" * (1024 * 1024 + 1))
+        self.b.head(b"b 2\n", last=True)
+        r = response(conn)
+        self.assertEqual(r.body, b"b 2\n")
+        self.assertIn(b"maxUnzippedContentSizeMBytes", r.headers[b"x-promtwist-missing-agents"])
+
+    def test_budget(self) -> None:
+        """
+        Bodies past the proxy-wide buffer budget are left out with a reason;
+        the budget is returned when the scrape ends.
+        """
+        proxy = Proxy(ProxySettings(max_consolidated_buffer_mbytes=1))
+        a = proxy.agent("a", consolidated=True)
+        b = proxy.agent("b", consolidated=True)
+        conn = proxy.get()
+        a.head()
+        a.body(b"a" * (700 * 1024))
+        self.assertEqual(proxy.resource.budget.used, 700 * 1024)
+        b.head()
+        b.body(b"b" * (700 * 1024))
+        r = response(conn)
+        self.assertEqual(r.status, 200)
+        self.assertIn(b"maxConsolidatedBufferMBytes", r.headers[b"x-promtwist-missing-agents"])
+        self.assertEqual(proxy.resource.budget.used, 0)
+
+    def test_budgetExhaustedForAll(self) -> None:
+        proxy = Proxy(ProxySettings(max_consolidated_buffer_mbytes=1))
+        a = proxy.agent("a", consolidated=True)
+        proxy.agent("b", consolidated=True)
+        proxy.resource.budget.reserve(1024 * 1024)
+        conn = proxy.get()
+        a.head(b"a 1\n", last=True)
+        for link in (a, proxy.registry.lookup("p")[1]):
+            assert isinstance(link, FakeLink)
+            if link.streams:
+                link.head(b"b 1\n", last=True)
+        r = response(conn)
+        self.assertEqual(r.status, 503)
+        self.assertIn(b"maxConsolidatedBufferMBytes", r.body)
+
+    def test_invalidHeadLeftOut(self) -> None:
+        conn = self.proxy.get()
+        self.a.head(b"a 1\n", last=True)
+        self.b.head(status=99999, last=True)
+        r = response(conn)
+        self.assertEqual(r.body, b"a 1\n")
+        self.assertIn(b"not a final HTTP status", r.headers[b"x-promtwist-missing-agents"])
