@@ -1,0 +1,381 @@
+"""
+A hostile agent on a real loopback proxy, answering scrapes as an attacker
+would: lying about lengths, ignoring credit, sending bodies too big to
+merge. Each attack costs only its own scrape or link, with a reason, while a
+real agent's scrapes keep succeeding and the proxy's memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+
+from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
+from twisted.protocols.basic import Int32StringReceiver
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from promtwist.agent.service import AgentService
+from promtwist.config import AgentSettings, PathConfig, ProxyEndpoint, ProxySettings
+from promtwist.protocol.promtwist_pb2 import (
+    Frame,
+    Hello,
+    Pong,
+    RegisterPath,
+    ScrapeChunk,
+    ScrapeRequest,
+    ScrapeResponse,
+)
+from promtwist.proxy.server import ProxyService
+
+MiB = 1024 * 1024
+
+
+def rss() -> int:
+    """
+    This process's resident memory in bytes.
+    """
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+class _Metrics(Resource):
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes:
+        return b"up 1\n"
+
+
+Behaviour = Callable[["HostileAgent", ScrapeRequest], None]
+
+
+class HostileAgent(Int32StringReceiver):
+    """
+    Speaks the link protocol well enough to be welcomed and to register a
+    path, then answers scrapes with C{behaviour}.
+    """
+
+    MAX_LENGTH = 4 * MiB
+
+    def __init__(self, path: str, behaviour: Behaviour, consolidated: bool = False) -> None:
+        self.path = path
+        self.behaviour = behaviour
+        self.consolidated = consolidated
+        self.ready: Deferred[None] = Deferred()
+        self.closed: Deferred[None] = Deferred()
+        self.cancelled: set[int] = set()
+        self.sentBytes = 0
+        # The attacker lives in this test's process: it respects TCP's
+        # backpressure so that what is measured is the proxy's memory.
+        # (Not "paused": IntNStringReceiver stops parsing while that is set.)
+        self.writePaused = False
+        self._waiting: list[Callable[[], None]] = []
+
+    def whenWritable(self, f: Callable[[], None]) -> None:
+        if self.writePaused:
+            self._waiting.append(f)
+        else:
+            reactor.callLater(0, f)  # type: ignore[attr-defined]
+
+    def pauseProducing(self) -> None:
+        self.writePaused = True
+
+    def resumeProducing(self) -> None:
+        self.writePaused = False
+        waiting, self._waiting = self._waiting, []
+        for f in waiting:
+            f()
+
+    def stopProducing(self) -> None:
+        self._waiting = []
+
+    def send(self, frame: Frame) -> None:
+        data = frame.SerializeToString()
+        self.sentBytes += len(data)
+        assert self.transport is not None
+        self.transport.write(struct.pack("!I", len(data)) + data)
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.registerProducer(self, True)
+        self.send(
+            Frame(
+                hello=Hello(
+                    protocol_version=1,
+                    agent_name=f"hostile-{self.path}",
+                    host_name="attacker",
+                    launch_id="x",
+                    consolidated=self.consolidated,
+                    max_frame_bytes=MiB,
+                )
+            )
+        )
+
+    def stringReceived(self, data: bytes) -> None:
+        frame = Frame.FromString(data)
+        kind = frame.WhichOneof("kind")
+        if kind == "welcome":
+            self.send(
+                Frame(register_path=RegisterPath(request_id=1, path=self.path, name=self.path))
+            )
+        elif kind == "path_reply":
+            self.ready.callback(None)
+        elif kind == "ping":
+            self.send(Frame(pong=Pong(nonce=frame.ping.nonce)))
+        elif kind == "cancel_scrape":
+            self.cancelled.add(frame.cancel_scrape.scrape_id)
+        elif kind == "scrape_request":
+            self.behaviour(self, frame.scrape_request)
+
+    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+        self.closed.callback(None)
+
+    @property
+    def open(self) -> bool:
+        return not self.closed.called
+
+
+class _Raw(Protocol):
+    def __init__(self) -> None:
+        self.received = b""
+        self.closed: Deferred[None] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+        self.closed.callback(None)
+
+
+class RelayAttackTests(TestCase):
+    timeout = 60
+
+    def setUp(self) -> Deferred[None]:  # type: ignore[override]
+        return Deferred.fromCoroutine(self._setUp())
+
+    async def _setUp(self) -> None:
+        target: IListeningPort = reactor.listenTCP(
+            0,
+            Site(_Metrics()),  # type: ignore[arg-type]
+            interface="127.0.0.1",
+        )
+        self.addCleanup(target.stopListening)
+        targetAddress = target.getHost()
+        assert isinstance(targetAddress, IPv4Address)
+        self.proxy = ProxyService(
+            ProxySettings(http_port=0, agent_port=0, max_consolidated_buffer_mbytes=32),
+            reactor,
+            interface="127.0.0.1",
+        )
+        self.proxy.startService()
+        self.addCleanup(self.proxy.stopService)
+        self.agent = AgentService(
+            AgentSettings(
+                name="real",
+                proxy_endpoints=(ProxyEndpoint("127.0.0.1", self.proxy.agentListener.portNumber),),
+                path_configs=(
+                    PathConfig("m", "m", f"http://127.0.0.1:{targetAddress.port}/metrics"),
+                ),
+            ),
+            reactor,
+        )
+        self.agent.startService()
+        self.addCleanup(self.agent.stopService)
+        await self.agent.whenConnected()
+        self.pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(self.pool.closeCachedConnections)
+        self.http = Agent(reactor, pool=self.pool)
+
+    async def hostile(
+        self, path: str, behaviour: Behaviour, consolidated: bool = False
+    ) -> HostileAgent:
+        agent = HostileAgent(path, behaviour, consolidated)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.proxy.agentListener.portNumber)
+        await connectProtocol(endpoint, agent)
+        self.addCleanup(lambda: agent.transport.loseConnection() if agent.open else None)
+        await agent.ready
+        return agent
+
+    async def raw(self, request: bytes) -> _Raw:
+        client = _Raw()
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.proxy.httpListener.portNumber)
+        await connectProtocol(endpoint, client)
+        self.addCleanup(lambda: client.transport.loseConnection())
+        assert client.transport is not None
+        client.transport.write(request)
+        return client
+
+    async def get(self, path: str) -> tuple[int, bytes]:
+        url = f"http://127.0.0.1:{self.proxy.httpListener.portNumber}/{path}".encode()
+        response = await self.http.request(b"GET", url)
+        return response.code, await readBody(response)
+
+    async def assertRealAgentServes(self, count: int = 3) -> None:
+        for _ in range(count):
+            self.assertEqual(await self.get("m"), (200, b"up 1\n"))
+
+    async def test_forgedLengthCannotSplitKeepAlive(self) -> None:
+        """
+        An agent that declares 23 bytes and sends far more cannot make the
+        surplus the answer to the next request on the same keep-alive
+        connection: the connection is closed after the declared bytes.
+        """
+
+        def lie(agent: HostileAgent, request: ScrapeRequest) -> None:
+            forged = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged"
+            agent.send(
+                Frame(
+                    scrape_response=ScrapeResponse(
+                        scrape_id=request.scrape_id, status=200, content_length=23, body=b"x" * 23
+                    )
+                )
+            )
+            agent.send(
+                Frame(scrape_chunk=ScrapeChunk(scrape_id=request.scrape_id, data=forged * 1000))
+            )
+
+        await self.hostile("evil", lie)
+        client = await self.raw(
+            b"GET /evil HTTP/1.1\r\nHost: p\r\n\r\nGET /m HTTP/1.1\r\nHost: p\r\n\r\n"
+        )
+        await client.closed
+        # The answer is broken off (the head may not even have left the
+        # proxy); nothing of the surplus, and no second answer, arrives.
+        self.assertNotIn(b"forged", client.received)
+        self.assertLessEqual(client.received.count(b"HTTP/1.1 "), 1)
+        await self.assertRealAgentServes()
+
+    async def test_declaredMoreThanSent(self) -> None:
+        """
+        An agent that declares more than it sends does not leave Prometheus
+        waiting for bytes that never come.
+        """
+
+        def short(agent: HostileAgent, request: ScrapeRequest) -> None:
+            agent.send(
+                Frame(
+                    scrape_response=ScrapeResponse(
+                        scrape_id=request.scrape_id, status=200, content_length=1000, body=b"x"
+                    )
+                )
+            )
+            agent.send(Frame(scrape_chunk=ScrapeChunk(scrape_id=request.scrape_id, last=True)))
+
+        await self.hostile("short", short)
+        client = await self.raw(b"GET /short HTTP/1.1\r\nHost: p\r\n\r\n")
+        await client.closed
+        self.assertNotIn(b"\r\n0\r\n\r\n", client.received, "never a complete chunked body")
+        await self.assertRealAgentServes()
+
+    async def test_creditIgnored(self) -> None:
+        """
+        An agent that ignores credit while Prometheus reads nothing loses its
+        link after one window's worth, and the proxy's memory stays bounded.
+        """
+        flood: list[HostileAgent] = []
+
+        def pour(agent: HostileAgent, request: ScrapeRequest) -> None:
+            flood.append(agent)
+            agent.send(
+                Frame(
+                    scrape_response=ScrapeResponse(
+                        scrape_id=request.scrape_id, status=200, content_length=-1
+                    )
+                )
+            )
+
+            def more() -> None:
+                if agent.open and agent.sentBytes < 1024 * MiB:
+                    for _ in range(16):
+                        agent.send(
+                            Frame(
+                                scrape_chunk=ScrapeChunk(
+                                    scrape_id=request.scrape_id, data=b"z" * 65536
+                                )
+                            )
+                        )
+                    reactor.callLater(0, more)  # type: ignore[attr-defined]
+
+            more()
+
+        hostile = await self.hostile("flood", pour)
+        before = rss()
+        client = await self.raw(b"GET /flood HTTP/1.1\r\nHost: p\r\n\r\n")
+        assert client.transport is not None
+        client.transport.pauseProducing()  # type: ignore[attr-defined]
+        await hostile.closed
+        self.assertLess(rss() - before, 100 * MiB)
+        self.assertLess(hostile.sentBytes, 200 * MiB)
+        self.assertEqual(self.proxy.registry.lookup("flood"), ())
+        await self.assertRealAgentServes()
+
+    async def test_consolidatedMemoryBounded(self) -> None:
+        """
+        Thirty concurrent scrapes of a path whose two agents answer 6 MiB
+        each are held within the proxy's consolidated budget (32 MiB here):
+        those past it are answered 503 with the reason, and memory stays
+        bounded.
+        """
+        body = (b"big_metric 1\n" * (6 * MiB // 13))[: 6 * MiB]
+
+        def big(agent: HostileAgent, request: ScrapeRequest) -> None:
+            scrapeId = request.scrape_id
+            agent.send(
+                Frame(
+                    scrape_response=ScrapeResponse(
+                        scrape_id=scrapeId, status=200, content_length=-1
+                    )
+                )
+            )
+
+            # One chunk a turn, so that every scrape is in flight at once.
+            def chunk(start: int) -> None:
+                if scrapeId in agent.cancelled or not agent.open:
+                    return
+                last = start + 512 * 1024 >= len(body)
+                agent.send(
+                    Frame(
+                        scrape_chunk=ScrapeChunk(
+                            scrape_id=scrapeId, data=body[start : start + 512 * 1024], last=last
+                        )
+                    )
+                )
+                if not last:
+                    agent.whenWritable(lambda: chunk(start + 512 * 1024))
+
+            chunk(0)
+
+        await self.hostile("shared", big, consolidated=True)
+        await self.hostile("shared", big, consolidated=True)
+        before = rss()
+        request = b"GET /shared HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n"
+        clients = await gatherResults(
+            [Deferred.fromCoroutine(self.raw(request)) for _ in range(30)]
+        )
+        await gatherResults([client.closed for client in clients])
+        answers = [client.received.partition(b"\r\n")[0] for client in clients]
+        self.assertEqual(len(answers), 30)
+        refused = [c.received for c in clients if c.received.startswith(b"HTTP/1.1 503")]
+        self.assertTrue(refused, answers)
+        self.assertIn(b"maxConsolidatedBufferMBytes", refused[0])
+        self.assertTrue(
+            all(a.startswith((b"HTTP/1.1 200", b"HTTP/1.1 503")) for a in answers), answers
+        )
+        # Measured: about 65 MiB (the 32 MiB budget, the merged answers on
+        # their way out, and the attacker's own buffers in this process).
+        self.assertLess(rss() - before, 200 * MiB)
+        self.assertEqual(self.proxy.scrapes.budget.used, 0)
+        await deferLater(reactor, 0)
+        await self.assertRealAgentServes()
