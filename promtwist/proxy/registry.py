@@ -9,6 +9,7 @@ front ends (status pages, PushProx-style routing) all read the same table.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -16,8 +17,8 @@ from typing import Protocol
 
 from twisted.logger import Logger
 
-from promtwist.config import Identity
-from promtwist.logs import observer
+from promtwist.config import Identity, ProxySettings
+from promtwist.logs import clip, observer
 
 
 class AgentHandle(Protocol):
@@ -36,7 +37,8 @@ class AgentHandle(Protocol):
 class RegistrationRefused(Exception):
     """
     A path registration broke one of the registry's rules; the message says
-    which, and C{kind} names the rule for counting.
+    which (naming the setting when a limit was hit), and C{kind} names the
+    rule for counting, from a fixed set.
     """
 
     def __init__(self, message: str, kind: str = "invalid") -> None:
@@ -45,6 +47,15 @@ class RegistrationRefused(Exception):
 
 
 _FORBIDDEN_PATH_CHARS = frozenset("?#%\\") | frozenset(" \t\r\n")
+# Prometheus' own rule for label names.
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
+
+
+def _shown(path: str) -> str:
+    """
+    C{path} as refusals quote it: the agent chose it, so it is clipped.
+    """
+    return "/" + clip(path)
 
 
 def checkPath(path: str) -> None:
@@ -56,12 +67,32 @@ def checkPath(path: str) -> None:
     if not path:
         raise RegistrationRefused("empty path")
     if path.startswith("/") or path.endswith("/") or "//" in path:
-        raise RegistrationRefused(f"path /{path} has an empty segment")
+        raise RegistrationRefused(f"path {_shown(path)} has an empty segment")
     bad = _FORBIDDEN_PATH_CHARS.intersection(path)
     if bad:
-        raise RegistrationRefused(f"path /{path} contains {''.join(sorted(bad))!r}")
+        raise RegistrationRefused(f"path {_shown(path)} contains {''.join(sorted(bad))!r}")
     if any(segment in (".", "..") for segment in path.split("/")):
-        raise RegistrationRefused(f"path /{path} contains a dot segment")
+        raise RegistrationRefused(f"path {_shown(path)} contains a dot segment")
+
+
+def _size(text: str, what: str) -> int:
+    """
+    The bytes C{text} costs: its length in UTF-8.
+
+    @raise RegistrationRefused: if C{text} is not valid Unicode (a lone
+        surrogate), which no http_sd document could carry.
+    """
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise RegistrationRefused(f"{what} is not valid UTF-8", "invalid") from None
+
+
+def _tooLong(what: str, size: int, limit: int, key: str, kind: str) -> RegistrationRefused:
+    return RegistrationRefused(
+        f"{what} has {size} characters, more than the {limit} allowed (proxy.internal.{key})",
+        kind,
+    )
 
 
 @dataclass(frozen=True)
@@ -69,6 +100,10 @@ class PathEntry:
     """
     One registered path and the agents that serve it (several only for a
     consolidated path). Labels and name are those of the first registrant.
+
+    @ivar changed: the registry's L{generation <Registry.generation>} when
+        this entry last changed, so readers can keep what they derived from
+        an entry until it changes.
     """
 
     path: str
@@ -76,6 +111,7 @@ class PathEntry:
     labels: Mapping[str, str]
     consolidated: bool
     agents: tuple[AgentHandle, ...]
+    changed: int = 0
 
 
 @dataclass
@@ -84,16 +120,33 @@ class _Path:
     labels: Mapping[str, str]
     consolidated: bool
     agents: list[AgentHandle] = field(default_factory=list)
+    # Bytes charged to the registry's budget: see Registry.registeredBytes.
+    cost: int = 0
+    changed: int = 0
+
+
+def _agentCost(agent: AgentHandle) -> int:
+    """
+    What serving one path costs for C{agent}: its name and host name are
+    shown with the path in discovery.
+    """
+    return _size(agent.name, "agent name") + _size(agent.hostName, "agent host name")
 
 
 class Registry:
     """
     Connected agents and their paths.
 
-    @ivar displacements: exclusive paths taken over by a restarted agent.
     @ivar refusals: refused registrations, by L{RegistrationRefused.kind}.
     @ivar reservedPaths: paths the proxy itself answers (such as discovery);
         no agent may register them.
+    @ivar generation: bumped by every change to what L{snapshot} returns, so
+        a reader (discovery) can rebuild only when something changed.
+    @ivar registeredBytes: what all registrations cost together, in UTF-8
+        bytes: every path, its name, its label names and values, and the
+        name and host name of each agent serving it. Bounded by
+        C{proxy.internal.maxRegisteredBytes}; freed when a path is
+        unregistered, replaced, or its agent leaves.
     """
 
     _log = Logger(observer=observer)
@@ -102,13 +155,19 @@ class Registry:
         self,
         reservedPaths: Iterable[str] = (),
         mayServe: Callable[[Identity, str], bool] = lambda identity, path: True,
-        maxPathsPerAgent: int = 1000,
+        limits: ProxySettings | None = None,
     ) -> None:
+        """
+        @param limits: the settings whose C{max_path*}, C{max_label*} and
+            C{max_registered_bytes} bound registrations; the defaults if
+            L{None}.
+        """
         self.reservedPaths = frozenset(reservedPaths)
         self.mayServe = mayServe
-        self.maxPathsPerAgent = maxPathsPerAgent
-        self.displacements = 0
+        self.limits = limits if limits is not None else ProxySettings()
         self.refusals: Counter[str] = Counter()
+        self.generation = 0
+        self.registeredBytes = 0
         self._agents: dict[str, AgentHandle] = {}
         self._paths: dict[str, _Path] = {}
         self._pathsByAgent: dict[str, set[str]] = {}
@@ -132,7 +191,7 @@ class Registry:
 
     def registerPath(
         self, agent: AgentHandle, path: str, name: str, labels: Mapping[str, str]
-    ) -> None:
+    ) -> AgentHandle | None:
         """
         Let C{agent} serve C{path}.
 
@@ -142,29 +201,88 @@ class Registry:
         refused, so two misconfigured agents cannot take a path from each
         other over and over, and no agent can hijack another's path.
 
+        @return: the agent C{path} was taken from, if it moved.
         @raise RegistrationRefused: with the reason.
         """
         try:
-            self._register(agent, path, name, labels)
+            return self._register(agent, path, name, labels)
         except RegistrationRefused as e:
             self.refusals[e.kind] += 1
             raise
 
+    def _checkSizes(self, path: str, name: str, labels: Mapping[str, str]) -> int:
+        """
+        Refuse a registration larger than the limits allow, before anything
+        looks at its contents.
+
+        @return: what the path, name and labels cost, in bytes.
+        """
+        limits = self.limits
+        if len(path) > limits.max_path_length:
+            raise _tooLong(
+                f"path {_shown(path)}",
+                len(path),
+                limits.max_path_length,
+                "maxPathLength",
+                "long_path",
+            )
+        checkPath(path)
+        if len(name) > limits.max_path_name_length:
+            raise _tooLong(
+                f"the name of path {_shown(path)}",
+                len(name),
+                limits.max_path_name_length,
+                "maxPathNameLength",
+                "long_name",
+            )
+        if len(labels) > limits.max_labels_per_path:
+            raise RegistrationRefused(
+                f"path {_shown(path)} has {len(labels)} labels, more than the "
+                f"{limits.max_labels_per_path} allowed (proxy.internal.maxLabelsPerPath)",
+                "labels",
+            )
+        cost = _size(path, "the path") + _size(name, f"the name of path {_shown(path)}")
+        for key, value in labels.items():
+            if len(key) > limits.max_label_name_length:
+                raise _tooLong(
+                    f"a label name of path {_shown(path)}",
+                    len(key),
+                    limits.max_label_name_length,
+                    "maxLabelNameLength",
+                    "label_name",
+                )
+            if not _LABEL_NAME.match(key):
+                raise RegistrationRefused(
+                    f"label name {clip(key)!r} of path {_shown(path)} is not a Prometheus "
+                    "label name ([a-zA-Z_][a-zA-Z0-9_]*)",
+                    "label_name",
+                )
+            if len(value) > limits.max_label_value_length:
+                raise _tooLong(
+                    f"label {key} of path {_shown(path)}",
+                    len(value),
+                    limits.max_label_value_length,
+                    "maxLabelValueLength",
+                    "label_value",
+                )
+            cost += len(key) + _size(value, f"label {key} of path {_shown(path)}")
+        return cost
+
     def _register(
         self, agent: AgentHandle, path: str, name: str, labels: Mapping[str, str]
-    ) -> None:
+    ) -> AgentHandle | None:
         if agent.agentId not in self._agents:
             raise RegistrationRefused(f"agent {agent.agentId} is not connected")
-        checkPath(path)
+        cost = self._checkSizes(path, name, labels) + _agentCost(agent)
         if path in self.reservedPaths:
-            raise RegistrationRefused(f"path /{path} is reserved by the proxy", "reserved")
+            raise RegistrationRefused(f"path {_shown(path)} is reserved by the proxy", "reserved")
         if not self.mayServe(agent.identity, path):
             raise RegistrationRefused(
-                f"agent identity {agent.identity.name!r} is not authorized to serve /{path}",
+                f"agent identity {agent.identity.name!r} is not authorized to serve {_shown(path)}",
                 "unauthorized",
             )
         mine = self._pathsByAgent[agent.agentId]
-        if path not in mine and len(mine) >= self.maxPathsPerAgent:
+        if path not in mine and len(mine) >= self.limits.max_paths_per_agent:
             raise RegistrationRefused(
                 f"agent already serves {len(mine)} paths, the most one agent may "
                 "(proxy.internal.maxPathsPerAgent)",
@@ -172,38 +290,78 @@ class Registry:
             )
         entry = self._paths.get(path)
         if entry is None:
-            self._paths[path] = _Path(name, dict(labels), agent.consolidated, [agent])
-        elif agent.consolidated != entry.consolidated:
+            self._charge(cost, path)
+            entry = self._paths[path] = _Path(name, dict(labels), agent.consolidated, [agent])
+            entry.cost = cost
+            self._changed(entry)
+            mine.add(path)
+            return None
+        if agent.consolidated != entry.consolidated:
             held = "consolidated" if entry.consolidated else "exclusive"
             raise RegistrationRefused(
-                f"path /{path} is {held} on this proxy; "
+                f"path {_shown(path)} is {held} on this proxy; "
                 f"an {'consolidated' if agent.consolidated else 'exclusive'} agent cannot join it",
                 "mixed",
             )
-        elif agent.consolidated:
+        if agent.consolidated:
+            # Joining adds this agent to the entry; name and labels stay the
+            # first registrant's.
             if agent not in entry.agents:
+                share = _agentCost(agent)
+                self._charge(share, path)
+                entry.cost += share
                 entry.agents.append(agent)
-        else:
-            (owner,) = entry.agents
-            if owner is not agent:
-                if (owner.name, owner.identity) != (agent.name, agent.identity):
-                    raise RegistrationRefused(
-                        f"path /{path} is served by agent {owner.name!r} "
-                        f"({owner.hostName}); agent {agent.name!r} may not take it over",
-                        "taken",
-                    )
-                self._log.info(
-                    "path /{path} moves from agent {old} to {new} (same name {name!r})",
-                    path=path,
-                    old=owner.agentId,
-                    new=agent.agentId,
-                    name=agent.name,
-                )
-                self.displacements += 1
-                self._pathsByAgent[owner.agentId].discard(path)
-                entry.agents[:] = [agent]
-            entry.name, entry.labels = name, dict(labels)
-        self._pathsByAgent[agent.agentId].add(path)
+                self._changed(entry)
+                mine.add(path)
+            return None
+        (owner,) = entry.agents
+        if owner is agent:
+            if (entry.name, entry.labels) == (name, dict(labels)):
+                return None
+        elif (owner.name, owner.identity) != (agent.name, agent.identity):
+            raise RegistrationRefused(
+                f"path {_shown(path)} is served by agent {clip(owner.name)!r} "
+                f"({clip(owner.hostName)}); agent {clip(agent.name)!r} may not take it over",
+                "taken",
+            )
+        self._charge(cost - entry.cost, path)
+        entry.cost = cost
+        entry.name, entry.labels = name, dict(labels)
+        self._changed(entry)
+        mine.add(path)
+        if owner is agent:
+            return None
+        self._log.info(
+            "path {path} moves from agent {old} to {new} (same name {name!r})",
+            path=_shown(path),
+            old=owner.agentId,
+            new=agent.agentId,
+            name=clip(agent.name),
+        )
+        self._pathsByAgent[owner.agentId].discard(path)
+        entry.agents[:] = [agent]
+        return owner
+
+    def _charge(self, extra: int, path: str) -> None:
+        """
+        Add C{extra} bytes to L{registeredBytes}.
+
+        @raise RegistrationRefused: if that would go over the budget; nothing
+            is charged then.
+        """
+        budget = self.limits.max_registered_bytes
+        if extra > 0 and self.registeredBytes + extra > budget:
+            raise RegistrationRefused(
+                f"registering {_shown(path)} would take the proxy's registrations to "
+                f"{self.registeredBytes + extra} bytes, over its budget of {budget} "
+                "(proxy.internal.maxRegisteredBytes)",
+                "budget",
+            )
+        self.registeredBytes += extra
+
+    def _changed(self, entry: _Path) -> None:
+        self.generation += 1
+        entry.changed = self.generation
 
     def unregisterPath(self, agent: AgentHandle, path: str) -> None:
         """
@@ -211,17 +369,23 @@ class Registry:
         """
         mine = self._pathsByAgent.get(agent.agentId, set())
         if path not in mine:
-            raise RegistrationRefused(f"path /{path} is not registered by this agent")
+            raise RegistrationRefused(f"path {_shown(path)} is not registered by this agent")
         mine.discard(path)
         self._drop(path, agent)
 
     def _drop(self, path: str, agent: AgentHandle) -> None:
         entry = self._paths.get(path)
-        if entry is None:
+        if entry is None or agent not in entry.agents:
             return
-        if agent in entry.agents:
-            entry.agents.remove(agent)
-        if not entry.agents:
+        entry.agents.remove(agent)
+        if entry.agents:
+            share = _agentCost(agent)
+            entry.cost -= share
+            self.registeredBytes -= share
+            self._changed(entry)
+        else:
+            self.registeredBytes -= entry.cost
+            self.generation += 1
             del self._paths[path]
 
     def lookup(self, path: str) -> tuple[AgentHandle, ...]:
@@ -236,6 +400,6 @@ class Registry:
         An immutable copy of the path table, sorted by path.
         """
         return [
-            PathEntry(path, e.name, e.labels, e.consolidated, tuple(e.agents))
+            PathEntry(path, e.name, e.labels, e.consolidated, tuple(e.agents), e.changed)
             for path, e in sorted(self._paths.items())
         ]
