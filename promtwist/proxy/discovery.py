@@ -13,8 +13,8 @@ not a JSON encoding of every path.
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
+from json.encoder import encode_basestring as _quoted
 
 from twisted.web.resource import Resource
 from twisted.web.server import Request
@@ -28,8 +28,8 @@ RESERVED_LABELS = frozenset({"__metrics_path__", "agentName", "hostName"})
 RENDERED_TARGETS = 4
 
 
-def _json(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+# Reserved keys, and "instance", which is handled on its own.
+_DERIVED = RESERVED_LABELS | {"instance"}
 
 
 def groupSegments(entry: PathEntry) -> list[str]:
@@ -39,21 +39,17 @@ def groupSegments(entry: PathEntry) -> list[str]:
     quotes) gives the group. The text does not depend on the address, so it
     is made once per change of the entry.
     """
-    labels = {
-        key: value
-        for key, value in entry.labels.items()
-        if key not in RESERVED_LABELS and key != "instance"
-    }
-    labels["__metrics_path__"] = "/" + entry.path
-    labels["agentName"] = ", ".join(agent.name for agent in entry.agents)
-    labels["hostName"] = ", ".join(agent.hostName for agent in entry.agents)
-    rest = _json(labels)[1:]
+    pairs = [f"{_quoted(k)}:{_quoted(v)}" for k, v in entry.labels.items() if k not in _DERIVED]
+    pairs.append('"__metrics_path__":' + _quoted("/" + entry.path))
+    pairs.append('"agentName":' + _quoted(", ".join(agent.name for agent in entry.agents)))
+    pairs.append('"hostName":' + _quoted(", ".join(agent.hostName for agent in entry.agents)))
+    rest = ",".join(pairs) + "}}"
     head = '{"targets":["'
     own = entry.labels.get("instance")
     if own is not None:
-        return [head, f'"],"labels":{{"instance":{_json(own)},{rest}}}']
+        return [head, f'"],"labels":{{"instance":{_quoted(own)},{rest}']
     # Without a label of its own, the instance is <address>/<path>.
-    return [head, '"],"labels":{"instance":"', f"{_json('/' + entry.path)[1:]},{rest}}}"]
+    return [head, '"],"labels":{"instance":"', f"{_quoted('/' + entry.path)[1:]},{rest}"]
 
 
 class Document:
@@ -83,7 +79,7 @@ class Document:
             self._rebuild()
         body = self._rendered.get(target)
         if body is None:
-            hole = _json(target)[1:-1]
+            hole = _quoted(target)[1:-1]
             body = hole.join(self._segments).encode("utf-8")
             self._rendered[target] = body
             if len(self._rendered) > RENDERED_TARGETS:

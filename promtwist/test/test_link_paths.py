@@ -6,6 +6,8 @@ flood of registrations costs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent, LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
@@ -41,8 +43,11 @@ class Link:
 
     def register(self, *requests: RegisterPath | UnregisterPath) -> list[PathReply]:
         for request in requests:
-            field = "register_path" if isinstance(request, RegisterPath) else "unregister_path"
-            self.link.dataReceived(encode(Frame(**{field: request})))
+            if isinstance(request, RegisterPath):
+                frame = Frame(register_path=request)
+            else:
+                frame = Frame(unregister_path=request)
+            self.link.dataReceived(encode(frame))
         return [frame.path_reply for frame in self.frames()]
 
     def rejections(self, kind: str) -> float | None:
@@ -51,7 +56,7 @@ class Link:
         )
 
 
-def warnings(events: list[LogEvent]) -> list[LogEvent]:
+def warnings(events: Sequence[LogEvent]) -> list[LogEvent]:
     return [e for e in events if e["log_level"] == LogLevel.warn]
 
 
