@@ -66,8 +66,11 @@ class Document:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self._generation = -1
-        self._groups: dict[str, tuple[int, list[str]]] = {}
-        self._segments: list[str] = []
+        # Each path's group as encoded segments, and when its entry changed.
+        self._groups: dict[str, tuple[int, list[bytes]]] = {}
+        # The document in order: the groups' segments (shared, not copied)
+        # and separators, with None where the target address goes.
+        self._pieces: list[bytes | None] = []
         self._rendered: OrderedDict[str, bytes] = OrderedDict()
 
     def render(self, target: str) -> bytes:
@@ -79,8 +82,8 @@ class Document:
             self._rebuild()
         body = self._rendered.get(target)
         if body is None:
-            hole = _quoted(target)[1:-1]
-            body = hole.join(self._segments).encode("utf-8")
+            hole = _quoted(target)[1:-1].encode("utf-8")
+            body = b"".join([hole if piece is None else piece for piece in self._pieces])
             self._rendered[target] = body
             if len(self._rendered) > RENDERED_TARGETS:
                 self._rendered.popitem(last=False)
@@ -92,21 +95,21 @@ class Document:
         self._generation = self.registry.generation
         self._rendered.clear()
         known, self._groups = self._groups, {}
-        segments: list[str] = []
-        text = "["
+        pieces: list[bytes | None] = [b"["]
         for entry in self.registry.snapshot():
             cached = known.get(entry.path)
             if cached is not None and cached[0] == entry.changed:
                 group = cached[1]
             else:
-                group = groupSegments(entry)
+                group = [segment.encode("utf-8") for segment in groupSegments(entry)]
             self._groups[entry.path] = (entry.changed, group)
-            # Adjacent groups meet in one segment: a hole lies only inside a group.
-            segments.append(text + ("," if segments else "") + group[0])
-            segments.extend(group[1:-1])
-            text = group[-1]
-        segments.append(text + "]\n")
-        self._segments = segments
+            if len(pieces) > 1:
+                pieces.append(b",")
+            pieces.append(group[0])
+            for segment in group[1:]:
+                pieces += (None, segment)
+        pieces.append(b"]\n")
+        self._pieces = pieces
 
 
 class DiscoveryResource(Resource):
