@@ -9,7 +9,6 @@ front ends (status pages, PushProx-style routing) all read the same table.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +18,8 @@ from twisted.logger import Logger
 
 from promtwist.config import Identity, ProxySettings
 from promtwist.logs import clip, observer
+from promtwist.proxy.registration import RegistrationRefused as RegistrationRefused
+from promtwist.proxy.registration import checkRegistration, shown, utf8Size
 
 
 class AgentHandle(Protocol):
@@ -32,67 +33,6 @@ class AgentHandle(Protocol):
     launchId: str
     consolidated: bool
     identity: Identity
-
-
-class RegistrationRefused(Exception):
-    """
-    A path registration broke one of the registry's rules; the message says
-    which (naming the setting when a limit was hit), and C{kind} names the
-    rule for counting, from a fixed set.
-    """
-
-    def __init__(self, message: str, kind: str = "invalid") -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
-_FORBIDDEN_PATH_CHARS = frozenset("?#%\\") | frozenset(" \t\r\n")
-# Prometheus' own rule for label names.
-_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
-
-
-def _shown(path: str) -> str:
-    """
-    C{path} as refusals quote it: the agent chose it, so it is clipped.
-    """
-    return "/" + clip(path)
-
-
-def checkPath(path: str) -> None:
-    """
-    Refuse paths Prometheus could not request verbatim.
-
-    @raise RegistrationRefused: naming what is wrong with C{path}.
-    """
-    if not path:
-        raise RegistrationRefused("empty path")
-    if path.startswith("/") or path.endswith("/") or "//" in path:
-        raise RegistrationRefused(f"path {_shown(path)} has an empty segment")
-    bad = _FORBIDDEN_PATH_CHARS.intersection(path)
-    if bad:
-        raise RegistrationRefused(f"path {_shown(path)} contains {''.join(sorted(bad))!r}")
-    if any(segment in (".", "..") for segment in path.split("/")):
-        raise RegistrationRefused(f"path {_shown(path)} contains a dot segment")
-
-
-def _size(text: str, what: str) -> int:
-    """
-    The bytes C{text} costs: its length in UTF-8.
-
-    @raise RegistrationRefused: if C{text} is not valid Unicode (a lone
-        surrogate), which no http_sd document could carry.
-    """
-    try:
-        return len(text.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise RegistrationRefused(f"{what} is not valid UTF-8", "invalid") from None
-
-
-def _tooLong(what: str, size: int, limit: int, key: str, kind: str) -> RegistrationRefused:
-    return RegistrationRefused(
-        f"{what} has {size} characters, more than the {limit} allowed (proxy.internal.{key})",
-        kind,
-    )
 
 
 @dataclass(frozen=True)
@@ -130,7 +70,7 @@ def _agentCost(agent: AgentHandle) -> int:
     What serving one path costs for C{agent}: its name and host name are
     shown with the path in discovery.
     """
-    return _size(agent.name, "agent name") + _size(agent.hostName, "agent host name")
+    return utf8Size(agent.name, "agent name") + utf8Size(agent.hostName, "agent host name")
 
 
 class Registry:
@@ -210,75 +150,17 @@ class Registry:
             self.refusals[e.kind] += 1
             raise
 
-    def _checkSizes(self, path: str, name: str, labels: Mapping[str, str]) -> int:
-        """
-        Refuse a registration larger than the limits allow, before anything
-        looks at its contents.
-
-        @return: what the path, name and labels cost, in bytes.
-        """
-        limits = self.limits
-        if len(path) > limits.max_path_length:
-            raise _tooLong(
-                f"path {_shown(path)}",
-                len(path),
-                limits.max_path_length,
-                "maxPathLength",
-                "long_path",
-            )
-        checkPath(path)
-        if len(name) > limits.max_path_name_length:
-            raise _tooLong(
-                f"the name of path {_shown(path)}",
-                len(name),
-                limits.max_path_name_length,
-                "maxPathNameLength",
-                "long_name",
-            )
-        if len(labels) > limits.max_labels_per_path:
-            raise RegistrationRefused(
-                f"path {_shown(path)} has {len(labels)} labels, more than the "
-                f"{limits.max_labels_per_path} allowed (proxy.internal.maxLabelsPerPath)",
-                "labels",
-            )
-        cost = _size(path, "the path") + _size(name, f"the name of path {_shown(path)}")
-        for key, value in labels.items():
-            if len(key) > limits.max_label_name_length:
-                raise _tooLong(
-                    f"a label name of path {_shown(path)}",
-                    len(key),
-                    limits.max_label_name_length,
-                    "maxLabelNameLength",
-                    "label_name",
-                )
-            if not _LABEL_NAME.match(key):
-                raise RegistrationRefused(
-                    f"label name {clip(key)!r} of path {_shown(path)} is not a Prometheus "
-                    "label name ([a-zA-Z_][a-zA-Z0-9_]*)",
-                    "label_name",
-                )
-            if len(value) > limits.max_label_value_length:
-                raise _tooLong(
-                    f"label {key} of path {_shown(path)}",
-                    len(value),
-                    limits.max_label_value_length,
-                    "maxLabelValueLength",
-                    "label_value",
-                )
-            cost += len(key) + _size(value, f"label {key} of path {_shown(path)}")
-        return cost
-
     def _register(
         self, agent: AgentHandle, path: str, name: str, labels: Mapping[str, str]
     ) -> AgentHandle | None:
         if agent.agentId not in self._agents:
             raise RegistrationRefused(f"agent {agent.agentId} is not connected")
-        cost = self._checkSizes(path, name, labels) + _agentCost(agent)
+        cost = checkRegistration(path, name, labels, self.limits) + _agentCost(agent)
         if path in self.reservedPaths:
-            raise RegistrationRefused(f"path {_shown(path)} is reserved by the proxy", "reserved")
+            raise RegistrationRefused(f"path {shown(path)} is reserved by the proxy", "reserved")
         if not self.mayServe(agent.identity, path):
             raise RegistrationRefused(
-                f"agent identity {agent.identity.name!r} is not authorized to serve {_shown(path)}",
+                f"agent identity {agent.identity.name!r} is not authorized to serve {shown(path)}",
                 "unauthorized",
             )
         mine = self._pathsByAgent[agent.agentId]
@@ -299,7 +181,7 @@ class Registry:
         if agent.consolidated != entry.consolidated:
             held = "consolidated" if entry.consolidated else "exclusive"
             raise RegistrationRefused(
-                f"path {_shown(path)} is {held} on this proxy; "
+                f"path {shown(path)} is {held} on this proxy; "
                 f"an {'consolidated' if agent.consolidated else 'exclusive'} agent cannot join it",
                 "mixed",
             )
@@ -320,7 +202,7 @@ class Registry:
                 return None
         elif (owner.name, owner.identity) != (agent.name, agent.identity):
             raise RegistrationRefused(
-                f"path {_shown(path)} is served by agent {clip(owner.name)!r} "
+                f"path {shown(path)} is served by agent {clip(owner.name)!r} "
                 f"({clip(owner.hostName)}); agent {clip(agent.name)!r} may not take it over",
                 "taken",
             )
@@ -333,7 +215,7 @@ class Registry:
             return None
         self._log.info(
             "path {path} moves from agent {old} to {new} (same name {name!r})",
-            path=_shown(path),
+            path=shown(path),
             old=owner.agentId,
             new=agent.agentId,
             name=clip(agent.name),
@@ -352,7 +234,7 @@ class Registry:
         budget = self.limits.max_registered_bytes
         if extra > 0 and self.registeredBytes + extra > budget:
             raise RegistrationRefused(
-                f"registering {_shown(path)} would take the proxy's registrations to "
+                f"registering {shown(path)} would take the proxy's registrations to "
                 f"{self.registeredBytes + extra} bytes, over its budget of {budget} "
                 "(proxy.internal.maxRegisteredBytes)",
                 "budget",
@@ -369,7 +251,7 @@ class Registry:
         """
         mine = self._pathsByAgent.get(agent.agentId, set())
         if path not in mine:
-            raise RegistrationRefused(f"path {_shown(path)} is not registered by this agent")
+            raise RegistrationRefused(f"path {shown(path)} is not registered by this agent")
         mine.discard(path)
         self._drop(path, agent)
 

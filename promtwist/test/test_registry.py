@@ -10,7 +10,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from promtwist.config import Identity, ProxySettings
 from promtwist.proxy.auth import ANONYMOUS
-from promtwist.proxy.registry import RegistrationRefused, Registry, checkPath
+from promtwist.proxy.registration import RegistrationRefused, checkPath
+from promtwist.proxy.registry import Registry
 
 
 @dataclass(eq=False)
