@@ -152,6 +152,14 @@ class ProxySettings(_OperationsSettings):
     max_pending_handshakes: int = 64
     max_agents: int = 1000
     max_paths_per_agent: int = 1000
+    # What one registration may carry, and all of them together; they bound
+    # the registry's memory and the /discovery document (docs/security.md).
+    max_path_length: int = 1024
+    max_path_name_length: int = 256
+    max_labels_per_path: int = 32
+    max_label_name_length: int = 128
+    max_label_value_length: int = 1024
+    max_registered_bytes: int = 16 * MiB
     # Who may connect as which agent, and which paths each may serve.
     identities: tuple[Identity, ...] = ()
     # TLS on the agent link; a trust file makes client certificates required.
@@ -827,6 +835,31 @@ PROXY = Role(
             Setting("proxy.internal.maxAgents", int, field="max_agents", rule=POSITIVE),
             Setting(
                 "proxy.internal.maxPathsPerAgent", int, field="max_paths_per_agent", rule=POSITIVE
+            ),
+            Setting("proxy.internal.maxPathLength", int, field="max_path_length", rule=POSITIVE),
+            Setting(
+                "proxy.internal.maxPathNameLength", int, field="max_path_name_length", rule=POSITIVE
+            ),
+            Setting(
+                "proxy.internal.maxLabelsPerPath", int, field="max_labels_per_path", rule=POSITIVE
+            ),
+            Setting(
+                "proxy.internal.maxLabelNameLength",
+                int,
+                field="max_label_name_length",
+                rule=POSITIVE,
+            ),
+            Setting(
+                "proxy.internal.maxLabelValueLength",
+                int,
+                field="max_label_value_length",
+                rule=POSITIVE,
+            ),
+            Setting(
+                "proxy.internal.maxRegisteredBytes",
+                int,
+                field="max_registered_bytes",
+                rule=POSITIVE,
             ),
             Setting(
                 "proxy.http.forwardAuthorization",

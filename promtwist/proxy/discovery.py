@@ -6,14 +6,15 @@ Each path becomes one target group whose address is the proxy's scrape port
 and whose C{__metrics_path__} is the path, so one C{http_sd_configs} entry
 replaces a static job per path.
 
-All groups share one address, so each also gets an C{instance} label of
-C{<address>/<path>} (unless the path's own labels set one): without it, two
-paths exporting the same metric names in one job would write the same series.
+The document is kept as text between requests and remade only for what
+changed in the registry, so a request costs about its size in memory copies,
+not a JSON encoding of every path.
 """
 
 from __future__ import annotations
 
-import json
+from collections import OrderedDict
+from json.encoder import encode_basestring as _quoted
 
 from twisted.web.resource import Resource
 from twisted.web.server import Request
@@ -22,22 +23,93 @@ from promtwist.proxy.registry import PathEntry, Registry
 
 RESERVED_LABELS = frozenset({"__metrics_path__", "agentName", "hostName"})
 
+# How many targets' documents are kept rendered; Prometheus reaches the proxy
+# under one or two names, and any other Host header costs one join.
+RENDERED_TARGETS = 4
 
-def targetGroups(entries: list[PathEntry], target: str) -> list[dict[str, object]]:
+
+# Reserved keys, and "instance", which is handled on its own.
+_DERIVED = RESERVED_LABELS | {"instance"}
+
+
+def groupSegments(entry: PathEntry) -> list[str]:
     """
-    The http_sd document for C{entries}, every label value a string.
+    The target group for C{entry} as JSON text, cut where the target
+    address goes: joining the segments with the JSON-escaped address (no
+    quotes) gives the group. The text does not depend on the address, so it
+    is made once per change of the entry.
     """
-    groups: list[dict[str, object]] = []
-    for entry in entries:
-        labels = {
-            key: str(value) for key, value in entry.labels.items() if key not in RESERVED_LABELS
-        }
-        labels.setdefault("instance", f"{target}/{entry.path}")
-        labels["__metrics_path__"] = "/" + entry.path
-        labels["agentName"] = ", ".join(agent.name for agent in entry.agents)
-        labels["hostName"] = ", ".join(agent.hostName for agent in entry.agents)
-        groups.append({"targets": [target], "labels": labels})
-    return groups
+    pairs = [f"{_quoted(k)}:{_quoted(v)}" for k, v in entry.labels.items() if k not in _DERIVED]
+    pairs.append('"__metrics_path__":' + _quoted("/" + entry.path))
+    pairs.append('"agentName":' + _quoted(", ".join(agent.name for agent in entry.agents)))
+    pairs.append('"hostName":' + _quoted(", ".join(agent.hostName for agent in entry.agents)))
+    rest = ",".join(pairs) + "}}"
+    head = '{"targets":["'
+    own = entry.labels.get("instance")
+    if own is not None:
+        return [head, f'"],"labels":{{"instance":{_quoted(own)},{rest}']
+    # Without a label of its own, the instance is <address>/<path>.
+    return [head, '"],"labels":{"instance":"', f"{_quoted('/' + entry.path)[1:]},{rest}"]
+
+
+class Document:
+    """
+    The http_sd document of a registry, rebuilt only when the registry's
+    generation moved, and then only for the entries that changed.
+
+    All groups name the same address, so each also gets an C{instance} label
+    of C{<address>/<path>} (unless the path's own labels set one): without
+    it, two paths exporting the same metric names in one job would write the
+    same series.
+    """
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self._generation = -1
+        # Each path's group as encoded segments, and when its entry changed.
+        self._groups: dict[str, tuple[int, list[bytes]]] = {}
+        # The document in order: the groups' segments (shared, not copied)
+        # and separators, with None where the target address goes.
+        self._pieces: list[bytes | None] = []
+        self._rendered: OrderedDict[str, bytes] = OrderedDict()
+
+    def render(self, target: str) -> bytes:
+        """
+        The document for Prometheus scraping C{target} (C{host:port}),
+        encoded.
+        """
+        if self.registry.generation != self._generation:
+            self._rebuild()
+        body = self._rendered.get(target)
+        if body is None:
+            hole = _quoted(target)[1:-1].encode("utf-8")
+            body = b"".join([hole if piece is None else piece for piece in self._pieces])
+            self._rendered[target] = body
+            if len(self._rendered) > RENDERED_TARGETS:
+                self._rendered.popitem(last=False)
+        else:
+            self._rendered.move_to_end(target)
+        return body
+
+    def _rebuild(self) -> None:
+        self._generation = self.registry.generation
+        self._rendered.clear()
+        known, self._groups = self._groups, {}
+        pieces: list[bytes | None] = [b"["]
+        for entry in self.registry.snapshot():
+            cached = known.get(entry.path)
+            if cached is not None and cached[0] == entry.changed:
+                group = cached[1]
+            else:
+                group = [segment.encode("utf-8") for segment in groupSegments(entry)]
+            self._groups[entry.path] = (entry.changed, group)
+            if len(pieces) > 1:
+                pieces.append(b",")
+            pieces.append(group[0])
+            for segment in group[1:]:
+                pieces += (None, segment)
+        pieces.append(b"]\n")
+        self._pieces = pieces
 
 
 class DiscoveryResource(Resource):
@@ -55,12 +127,12 @@ class DiscoveryResource(Resource):
         super().__init__()
         self.registry = registry
         self.targetPrefix = targetPrefix
+        self.document = Document(registry)
 
     def render_GET(self, request: Request) -> bytes:
-        groups = targetGroups(self.registry.snapshot(), self.targetPrefix or _reachedAs(request))
         request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
         request.setHeader(b"Cache-Control", b"must-revalidate,no-store")
-        return json.dumps(groups, indent=2).encode("utf-8") + b"\n"
+        return self.document.render(self.targetPrefix or _reachedAs(request))
 
 
 def _reachedAs(request: Request) -> str:

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from promtwist.config import ProxySettings
-from promtwist.logs import observer
+from promtwist.logs import RepeatedWarnings, clip, observer
 from promtwist.metrics import ProxyMetrics
 from promtwist.protocol.framing import _peerName
 from promtwist.protocol.promtwist_pb2 import (
@@ -43,6 +43,9 @@ from promtwist.tls import peerCommonName, usesTLS
 if TYPE_CHECKING:
     from promtwist.proxy.relay import ScrapeCall
 
+# How many of one link's registered paths are logged at INFO.
+PATHS_LOGGED = 20
+
 
 class AgentLink(Session):
     """
@@ -63,6 +66,9 @@ class AgentLink(Session):
     identity = ANONYMOUS
     # Set when this side closes the link, to tell scrapes in flight why.
     closingBecause = ""
+    # Registration logging (frame_register_path), made on first use.
+    _pathWarnings: RepeatedWarnings | None = None
+    _pathsLogged = 0
 
     def __init__(self, factory: AgentLinkFactory) -> None:
         super().__init__(factory.clock)
@@ -157,23 +163,53 @@ class AgentLink(Session):
         super().frame_ping(ping)
 
     def frame_register_path(self, request: RegisterPath) -> None:
-        registry = self.factory.registry
-        displaced = registry.displacements
         try:
-            registry.registerPath(self, request.path, request.name, request.labels)
+            displaced = self.factory.registry.registerPath(
+                self, request.path, request.name, request.labels
+            )
         except RegistrationRefused as e:
             self.factory.metrics.rejected("path_" + e.kind)
-            self._log.warn(
-                "agent {name!r} may not register /{path}: {why}",
-                name=self.name,
-                path=request.path,
+            self._pathWarning().warn(
+                e.kind,
+                "agent {name!r} may not register {path}: {why}",
+                name=clip(self.name),
+                path="/" + clip(request.path),
                 why=str(e),
             )
             return self._reply(request.request_id, False, str(e))
-        if registry.displacements > displaced:
+        if displaced is not None:
             self.factory.metrics.agentDisplaced()
-        self._log.info("agent {name!r} serves /{path}", name=self.name, path=request.path)
+        self._logServes(request.path)
         self._reply(request.request_id, True, "")
+
+    def _pathWarning(self) -> RepeatedWarnings:
+        """
+        The warnings of refused registrations from this link, at a bounded
+        rate: an agent configured with thousands of bad paths, or replaying
+        one, costs a few lines and a count.
+        """
+        if self._pathWarnings is None:
+            self._pathWarnings = RepeatedWarnings(self._log, self.clock)
+        return self._pathWarnings
+
+    def _logServes(self, path: str) -> None:
+        """
+        Log the first L{PATHS_LOGGED} paths this link serves at INFO, then
+        say once that the rest go to DEBUG: agents with thousands of paths,
+        or one that registers the same path over and over, cost a bounded
+        number of INFO lines.
+        """
+        self._pathsLogged += 1
+        if self._pathsLogged <= PATHS_LOGGED:
+            self._log.info("agent {name!r} serves /{path}", name=clip(self.name), path=clip(path))
+            return
+        if self._pathsLogged == PATHS_LOGGED + 1:
+            self._log.info(
+                "agent {name!r} registered more than {n} paths; the rest are logged at debug level",
+                name=clip(self.name),
+                n=PATHS_LOGGED,
+            )
+        self._log.debug("agent {name!r} serves /{path}", name=clip(self.name), path=clip(path))
 
     def frame_unregister_path(self, request: UnregisterPath) -> None:
         try:
@@ -266,6 +302,8 @@ class AgentLink(Session):
 
     def connectionLost(self, reason: Failure = Failure(SessionLost())) -> None:
         super().connectionLost(reason)
+        if self._pathWarnings is not None:
+            self._pathWarnings.flush()
         self.factory.linkClosed(self)
         if not self.agentId:
             return
@@ -398,6 +436,6 @@ def agentLinkFactory(
     @param reservedPaths: paths the proxy answers itself.
     """
     authenticator = Authenticator(settings)
-    registry = Registry(reservedPaths, authenticator.mayServe, settings.max_paths_per_agent)
+    registry = Registry(reservedPaths, authenticator.mayServe, settings)
     metrics = ProxyMetrics(uuid.uuid4().hex, clock)
     return AgentLinkFactory(settings, registry, clock, authenticator, metrics)

@@ -528,6 +528,30 @@ class ValueErrorTests(ConfigTestCase):
         agent = self.agentFrom("agent.internal.maxFrameBytes = 65536")
         self.assertEqual(agent.max_frame_bytes, 65536)
 
+    def test_registrationLimits(self) -> None:
+        """
+        The registry's limits come from the config file, and each must be
+        positive.
+        """
+        proxy = self.proxyFrom(
+            "proxy.internal { maxPathLength = 10, maxPathNameLength = 11, maxLabelsPerPath = 12,"
+            " maxLabelNameLength = 13, maxLabelValueLength = 14, maxRegisteredBytes = 15 }"
+        )
+        self.assertEqual(
+            (
+                proxy.max_path_length,
+                proxy.max_path_name_length,
+                proxy.max_labels_per_path,
+                proxy.max_label_name_length,
+                proxy.max_label_value_length,
+                proxy.max_registered_bytes,
+            ),
+            (10, 11, 12, 13, 14, 15),
+        )
+        self.assertConfigError(
+            lambda: self.proxyFrom("proxy.internal.maxRegisteredBytes = 0"), "maxRegisteredBytes"
+        )
+
     def test_objectForNumber(self) -> None:
         self.assertConfigError(
             lambda: self.proxyFrom("proxy.http.port { value = 1 }"), "proxy.http.port"

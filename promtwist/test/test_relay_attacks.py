@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from typing import cast
 
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IConsumer, IListeningPort, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.protocols.basic import Int32StringReceiver
@@ -23,6 +24,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
+from zope.interface import implementer
 
 from promtwist.agent.service import AgentService
 from promtwist.config import AgentSettings, PathConfig, ProxyEndpoint, ProxySettings
@@ -61,6 +63,7 @@ class _Metrics(Resource):
 Behaviour = Callable[["HostileAgent", ScrapeRequest], None]
 
 
+@implementer(IPushProducer)
 class HostileAgent(Int32StringReceiver):
     """
     Speaks the link protocol well enough to be welcomed and to register a
@@ -87,7 +90,7 @@ class HostileAgent(Int32StringReceiver):
         if self.writePaused:
             self._waiting.append(f)
         else:
-            reactor.callLater(0, f)  # type: ignore[attr-defined]
+            reactor.callLater(0, f)
 
     def pauseProducing(self) -> None:
         self.writePaused = True
@@ -108,8 +111,7 @@ class HostileAgent(Int32StringReceiver):
         self.transport.write(struct.pack("!I", len(data)) + data)
 
     def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.transport.registerProducer(self, True)
+        cast(IConsumer, self.transport).registerProducer(self, True)
         self.send(
             Frame(
                 hello=Hello(
@@ -204,7 +206,7 @@ class RelayAttackTests(TestCase):
         agent = HostileAgent(path, behaviour, consolidated)
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.proxy.agentListener.portNumber)
         await connectProtocol(endpoint, agent)
-        self.addCleanup(lambda: agent.transport.loseConnection() if agent.open else None)
+        self.addCleanup(lambda: agent.transport.loseConnection() if agent.transport else None)
         await agent.ready
         return agent
 
@@ -212,8 +214,8 @@ class RelayAttackTests(TestCase):
         client = _Raw()
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.proxy.httpListener.portNumber)
         await connectProtocol(endpoint, client)
-        self.addCleanup(lambda: client.transport.loseConnection())
         assert client.transport is not None
+        self.addCleanup(client.transport.loseConnection)
         client.transport.write(request)
         return client
 
@@ -306,7 +308,7 @@ class RelayAttackTests(TestCase):
                                 )
                             )
                         )
-                    reactor.callLater(0, more)  # type: ignore[attr-defined]
+                    reactor.callLater(0, more)
 
             more()
 

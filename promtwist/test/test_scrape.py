@@ -1,11 +1,9 @@
 """
-Tests for L{promtwist.proxy.scrape}, L{promtwist.proxy.discovery} and
-L{promtwist.httputil}: the proxy's HTTP-facing decisions.
+Tests for L{promtwist.proxy.scrape} and L{promtwist.httputil}: the proxy's HTTP-facing decisions.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import cast
 
@@ -17,8 +15,6 @@ from promtwist.config import Identity, ProxySettings
 from promtwist.httputil import acceptsGzip
 from promtwist.proxy.answers import textResponse
 from promtwist.proxy.auth import ANONYMOUS
-from promtwist.proxy.discovery import DiscoveryResource, targetGroups
-from promtwist.proxy.registry import PathEntry, Registry
 from promtwist.proxy.relay import ScrapeCall, scrapeDeadline
 
 
@@ -105,58 +101,3 @@ class AcceptGzipTests(SynchronousTestCase):
             ("gzip;q=x", False),
         ]:
             self.assertEqual(acceptsGzip(value), expected, value)
-
-
-class DiscoveryTests(SynchronousTestCase):
-    def test_targetGroups(self) -> None:
-        """
-        Labels are strings, reserved keys cannot be overridden, and a
-        consolidated path names all its agents.
-        """
-        a, b = FakeAgent("1", "a", "h1"), FakeAgent("2", "b", "h2")
-        entry = PathEntry(
-            "app", "App", {"n": "2", "agentName": "forged", "__metrics_path__": "/x"}, True, (a, b)
-        )
-        (group,) = targetGroups([entry], "proxy:8080")
-        self.assertEqual(
-            group,
-            {
-                "targets": ["proxy:8080"],
-                "labels": {
-                    "n": "2",
-                    "instance": "proxy:8080/app",
-                    "__metrics_path__": "/app",
-                    "agentName": "a, b",
-                    "hostName": "h1, h2",
-                },
-            },
-        )
-
-    def test_ownInstanceLabelKept(self) -> None:
-        entry = PathEntry("app", "", {"instance": "db1"}, False, (FakeAgent("1", "a", "h"),))
-        (group,) = targetGroups([entry], "proxy:8080")
-        self.assertEqual(group["labels"]["instance"], "db1")  # type: ignore[index]
-
-    def test_targetFromHostHeader(self) -> None:
-        """
-        Without a configured prefix the target is the address Prometheus used
-        to reach the proxy, with the scrape port when the Host header has none.
-        """
-        resource = DiscoveryResource(Registry(), "")
-        registry = resource.registry
-        agent = FakeAgent("1", "a", "h")
-        registry.addAgent(agent)
-        registry.registerPath(agent, "app", "", {})
-        for host, expected in [
-            ("proxy.example:8080", "proxy.example:8080"),
-            ("proxy.example", "proxy.example:80"),
-            ("[::1]:9000", "[::1]:9000"),
-            ("bad host<>", "127.0.0.1:80"),
-        ]:
-            r = request(Host=host)
-            (group,) = json.loads(resource.render_GET(r))
-            self.assertEqual(group["targets"], [expected], host)
-
-    def test_configuredPrefix(self) -> None:
-        resource = DiscoveryResource(Registry(), "proxy.example:8080")
-        self.assertEqual(json.loads(resource.render_GET(request(Host="other:1"))), [])

@@ -1,0 +1,180 @@
+"""
+Tests for L{promtwist.proxy.discovery}: the http_sd document and what it
+costs to serve.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import cast
+
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.server import Request
+from twisted.web.test.requesthelper import DummyRequest
+
+from promtwist.proxy import discovery
+from promtwist.proxy.discovery import RENDERED_TARGETS, DiscoveryResource, Document
+from promtwist.proxy.registry import PathEntry, Registry
+from promtwist.test.test_registry import FakeAgent
+
+
+def request(host: str) -> Request:
+    r = DummyRequest([b""])
+    r.requestHeaders.setRawHeaders("Host", [host])
+    return cast(Request, r)
+
+
+def served(registry: Registry, agent: FakeAgent, *paths: str) -> None:
+    registry.addAgent(agent)
+    for path in paths:
+        registry.registerPath(agent, path, "", {})
+
+
+class DocumentTests(SynchronousTestCase):
+    def test_targetGroups(self) -> None:
+        """
+        Labels are strings, reserved keys cannot be overridden, and a
+        consolidated path names all its agents.
+        """
+        registry = Registry()
+        a = FakeAgent("1", "a", "h1", consolidated=True)
+        b = FakeAgent("2", "b", "h2", consolidated=True)
+        registry.addAgent(a)
+        registry.addAgent(b)
+        forged = {"n": "2", "agentName": "forged", "__metrics_path__": "/x"}
+        registry.registerPath(a, "app", "App", forged)
+        registry.registerPath(b, "app", "", {})
+        (group,) = json.loads(Document(registry).render("proxy:8080"))
+        self.assertEqual(
+            group,
+            {
+                "targets": ["proxy:8080"],
+                "labels": {
+                    "n": "2",
+                    "instance": "proxy:8080/app",
+                    "__metrics_path__": "/app",
+                    "agentName": "a, b",
+                    "hostName": "h1, h2",
+                },
+            },
+        )
+
+    def test_ownInstanceLabelKept(self) -> None:
+        registry = Registry()
+        agent = FakeAgent("1")
+        registry.addAgent(agent)
+        registry.registerPath(agent, "app", "", {"instance": "db1"})
+        (group,) = json.loads(Document(registry).render("proxy:8080"))
+        self.assertEqual(group["labels"]["instance"], "db1")
+
+    def test_escaping(self) -> None:
+        """
+        Targets and labels that need JSON escaping (quotes, backslashes,
+        control and non-ASCII characters) come out as the same strings.
+        """
+        registry = Registry()
+        agent = FakeAgent("1", 'a"\\', "h\x01é")
+        registry.addAgent(agent)
+        registry.registerPath(agent, "p", "", {"k": 'v"\n\\ü'})
+        target = 'h"\\é:1'
+        (group,) = json.loads(Document(registry).render(target))
+        self.assertEqual(group["targets"], [target])
+        self.assertEqual(
+            group["labels"],
+            {
+                "k": 'v"\n\\ü',
+                "instance": target + "/p",
+                "__metrics_path__": "/p",
+                "agentName": 'a"\\',
+                "hostName": "h\x01é",
+            },
+        )
+
+    def test_empty(self) -> None:
+        self.assertEqual(Document(Registry()).render("x:1"), b"[]\n")
+
+
+class CachingTests(SynchronousTestCase):
+    """
+    A request costs what changed: groups are made only for entries that
+    changed since the last request, and an unchanged registry answers the
+    same bytes again.
+    """
+
+    def setUp(self) -> None:
+        self.built: list[str] = []
+        real = discovery.groupSegments
+
+        def counting(entry: PathEntry) -> list[str]:
+            self.built.append(entry.path)
+            return real(entry)
+
+        self.patch(discovery, "groupSegments", counting)
+        self.registry = Registry()
+        self.agent = FakeAgent("1")
+        served(self.registry, self.agent, "a", "b", "c")
+        self.document = Document(self.registry)
+
+    def test_noChangeNoBuild(self) -> None:
+        first = self.document.render("proxy:8080")
+        self.assertEqual(self.built, ["a", "b", "c"])
+        self.assertIs(self.document.render("proxy:8080"), first)
+        self.assertEqual(self.built, ["a", "b", "c"])
+
+    def test_changeBuildsOnlyWhatChanged(self) -> None:
+        self.document.render("proxy:8080")
+        del self.built[:]
+        self.registry.registerPath(self.agent, "b", "", {"k": "v"})
+        self.registry.registerPath(self.agent, "d", "", {})
+        self.registry.unregisterPath(self.agent, "a")
+        (b, c, d) = json.loads(self.document.render("proxy:8080"))
+        self.assertEqual(sorted(self.built), ["b", "d"])
+        self.assertEqual(b["labels"]["k"], "v")
+        self.assertEqual([g["labels"]["__metrics_path__"] for g in (b, c, d)], ["/b", "/c", "/d"])
+
+    def test_agentLeaving(self) -> None:
+        self.document.render("proxy:8080")
+        self.registry.removeAgent(self.agent)
+        self.assertEqual(self.document.render("proxy:8080"), b"[]\n")
+
+    def test_otherTargetNoBuild(self) -> None:
+        """
+        Another target address reuses every group; only a bounded number of
+        rendered documents is kept.
+        """
+        first = self.document.render("t0:1")
+        for n in range(1, RENDERED_TARGETS + 1):
+            body = self.document.render(f"t{n}:1")
+            self.assertEqual(json.loads(body)[0]["targets"], [f"t{n}:1"])
+        self.assertEqual(self.built, ["a", "b", "c"])
+        again = self.document.render("t0:1")
+        self.assertEqual(again, first)
+        self.assertIsNot(again, first)
+
+
+class ResourceTests(SynchronousTestCase):
+    def test_targetFromHostHeader(self) -> None:
+        """
+        Without a configured prefix the target is the address Prometheus used
+        to reach the proxy, with the scrape port when the Host header has none.
+        """
+        resource = DiscoveryResource(Registry(), "")
+        served(resource.registry, FakeAgent("1", "a", "h"), "app")
+        for host, expected in [
+            ("proxy.example:8080", "proxy.example:8080"),
+            ("proxy.example", "proxy.example:80"),
+            ("[::1]:9000", "[::1]:9000"),
+            ("bad host<>", "127.0.0.1:80"),
+        ]:
+            r = request(host)
+            (group,) = json.loads(resource.render_GET(r))
+            self.assertEqual(group["targets"], [expected], host)
+            self.assertEqual(
+                r.responseHeaders.getRawHeaders("Content-Type"), ["application/json; charset=utf-8"]
+            )
+
+    def test_configuredPrefix(self) -> None:
+        resource = DiscoveryResource(Registry(), "proxy.example:8080")
+        served(resource.registry, FakeAgent("1", "a", "h"), "app")
+        (group,) = json.loads(resource.render_GET(request("other:1")))
+        self.assertEqual(group["targets"], ["proxy.example:8080"])
