@@ -70,7 +70,11 @@ class ProxyConnection(Session):
         super().__init__(factory.clock)
         self.factory = factory
         self.settings = factory.settings
+        # Settled once by the handshake; L{whenReady} hands out copies.
         self._ready: Deferred[ProxyConnection] = Deferred()
+        self._ready.addBoth(self._settleReady)
+        self._readiness: ProxyConnection | Failure | None = None
+        self._readyWaiters: list[Deferred[ProxyConnection]] = []
         self._scrapes: dict[int, Scrape] = {}
         self._slots = DeferredSemaphore(self.settings.max_concurrent_clients)
         self._chunkBytes = 0
@@ -82,10 +86,29 @@ class ProxyConnection(Session):
 
     def whenReady(self) -> Deferred[ProxyConnection]:
         """
-        Fires once the proxy welcomed us and answered every path
-        registration; fails if it rejected us or the link went away first.
+        A new Deferred that fires once the proxy welcomed us and answered
+        every path registration, and fails if it rejected us or the link went
+        away first: each caller has its own, so what one caller's callbacks
+        do cannot change what another receives.
         """
-        return self._ready
+        d: Deferred[ProxyConnection] = Deferred(self._forgetWaiter)
+        if self._readiness is None:
+            self._readyWaiters.append(d)
+        else:
+            _settle(d, self._readiness)
+        return d
+
+    def _forgetWaiter(self, d: Deferred[ProxyConnection]) -> None:
+        # A cancelled waiter leaves the list still to be settled, if it is in it.
+        if d in self._readyWaiters:
+            self._readyWaiters.remove(d)
+
+    def _settleReady(self, result: ProxyConnection | Failure) -> None:
+        # Ends the internal Deferred's chain: each waiter has its own copy.
+        self._readiness = result
+        waiters, self._readyWaiters = self._readyWaiters, []
+        for d in waiters:
+            _settle(d, result)
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -367,6 +390,13 @@ class ProxyConnection(Session):
         # Nothing more can finish on this link.
         self._scrapes.clear()
         self._scrapeDone(0)
+
+
+def _settle(d: Deferred[ProxyConnection], result: ProxyConnection | Failure) -> None:
+    if isinstance(result, Failure):
+        d.errback(result)
+    else:
+        d.callback(result)
 
 
 class ProxyConnectionFactory(Factory):
