@@ -29,7 +29,7 @@ from promtwist.agent.paths import PathChanges, PathTable
 from promtwist.agent.scraper import Scrape, Scraper
 from promtwist.config import AgentSettings, PathConfig
 from promtwist.httputil import redacted
-from promtwist.logs import observer
+from promtwist.logs import clip, observer
 from promtwist.protocol.framing import _peerName
 from promtwist.protocol.promtwist_pb2 import (
     CancelScrape,
@@ -291,23 +291,18 @@ class ProxyConnection(Session):
             return
         config = self.factory.paths.get(request.path)
         if config is None:
-            self.sendFrame(
-                Frame(
-                    scrape_response=ScrapeResponse(
-                        scrape_id=request.scrape_id,
-                        outcome=Outcome.PATH_NOT_FOUND,
-                        status=404,
-                        reason=f"agent {self.settings.name!r} does not serve /{request.path}",
-                        last=True,
-                    )
-                )
+            self._refuse(
+                request,
+                Outcome.PATH_NOT_FOUND,
+                404,
+                f"agent {self.settings.name!r} does not serve /{clip(request.path)}",
             )
             return
         scrape = Scrape(self.factory.scraper, request, config, self._send, self._chunkBytes)
         self._scrapes[request.scrape_id] = scrape
         scrape.done.addBoth(lambda _: self._scrapeDone(request.scrape_id))
-        scrape.start()
-        self._slots.run(scrape.run)
+        # The scrape owns its wait for a slot and every Deferred after it.
+        scrape.start(self._slots)
 
     def _refuse(self, request: ScrapeRequest, outcome: int, status: int, reason: str) -> None:
         self.sendFrame(
@@ -382,7 +377,9 @@ class ProxyConnection(Session):
                 )
             )
         dropped = self.factory.scraper.onResultSent
-        for scrape in list(self._scrapes.values()):
+        # Queued scrapes first: cancelling a running one frees its slot,
+        # which would start a queued one against a link that is gone.
+        for scrape in sorted(self._scrapes.values(), key=lambda s: not s.queued):
             # Its result, if any, can no longer reach the proxy.
             if dropped is not None:
                 dropped("dropped")

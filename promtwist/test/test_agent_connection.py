@@ -1,17 +1,23 @@
 """
-Tests for L{promtwist.agent.connection}: readiness observers, over the
+Tests for the scrape-serving side of L{promtwist.agent.connection}: readiness
+observers, refusals, and how scrapes waiting for a slot end, over the
 in-memory L{Pair} of C{test_link}.
 """
 
 from __future__ import annotations
 
 from twisted.internet.defer import CancelledError
+from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from promtwist.agent import connection as agentConnection
 from promtwist.agent.connection import Rejected
+from promtwist.config import AgentSettings, PathConfig
+from promtwist.protocol.promtwist_pb2 import Outcome
 from promtwist.protocol.session import SessionLost
-from promtwist.test.test_link import Pair
+from promtwist.proxy.answers import failureOf
+from promtwist.proxy.link import ScrapeFailed
+from promtwist.test.test_link import PATHS, Pair
 
 
 class WhenReadyTests(SynchronousTestCase):
@@ -55,3 +61,87 @@ class WhenReadyTests(SynchronousTestCase):
         for d in (waiting, pair.ready, pair.agent.whenReady()):
             failure = self.failureResultOf(d, SessionLost)
             self.assertIn("link lost before it was ready", str(failure.value))
+
+
+class RefusalTests(SynchronousTestCase):
+    def test_unknownPathClipped(self) -> None:
+        """
+        The path a proxy asked for is repeated in the refusal only in part.
+        """
+        pair = Pair()
+        stream = pair.proxy.scrape("x" * 100_000, "", "", "", "", 5.0)
+        pair.flush()
+        head = self.successResultOf(stream.head)
+        self.assertEqual(head.outcome, Outcome.PATH_NOT_FOUND)
+        self.assertIn("does not serve /xxx", head.reason)
+        self.assertLess(len(head.reason), 400)
+
+    def test_invalidQueryRefusedAtOnce(self) -> None:
+        """
+        A query with a raw 0x7f is refused before any request, without
+        waiting for the deadline, and is not blamed on the target.
+        """
+        pair = Pair()
+        with capturedLogs() as events:
+            stream = pair.proxy.scrape("slow", "a=\x7f", "text/plain", "", "", 5.0)
+            pair.flush()
+        head = self.successResultOf(stream.head)
+        self.assertEqual(head.outcome, Outcome.AGENT_ERROR)
+        self.assertIn("byte 0x7f at offset 2", head.reason)
+        self.assertEqual(pair.target.pending, [])
+        self.assertNotEqual(failureOf(head.outcome)[0], 408)
+        self.assertFalse([e for e in events if "log_failure" in e])
+        self.assertEqual(pair.agent.scrapesInFlight, 0)
+
+    def test_internationalisedHost(self) -> None:
+        """
+        A configured IDN host is scraped (here: reaches the in-memory target)
+        instead of timing out.
+        """
+        pair = Pair(
+            agentSettings=AgentSettings(
+                name="a1", path_configs=(PathConfig("idn", "idn", "http://bücher.example/fast"),)
+            )
+        )
+        head = self.successResultOf(pair.scrape("idn").head)
+        self.assertEqual((head.outcome, head.status), (Outcome.SUCCESS, 200))
+
+
+class QueuedScrapeTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.pair = Pair(
+            agentSettings=AgentSettings(name="a1", path_configs=PATHS, max_concurrent_clients=1)
+        )
+
+    def test_backlogEmptiesOnTimeout(self) -> None:
+        """
+        A scrape that timed out waiting for a slot leaves the queue, so the
+        backlog (and the health check reading it) counts only live waiters.
+        """
+        running = self.pair.scrape("slow")
+        queued = self.pair.proxy.scrape("slow", "", "", "", "", 2.0)
+        self.pair.flush()
+        self.assertEqual(self.pair.agent.backlog, 1)
+        self.pair.clock.advance(2)
+        self.pair.flush()
+        head = self.successResultOf(queued.head)
+        self.assertEqual(head.outcome, Outcome.AGENT_ERROR)
+        self.assertIn("for a free slot (agent.http.maxConcurrentClients = 1)", head.reason)
+        self.assertEqual(self.pair.agent.backlog, 0)
+        self.assertEqual(self.pair.agent.scrapesInFlight, 1)
+        self.assertNoResult(running.head)
+
+    def test_linkLostStartsNoQueuedScrape(self) -> None:
+        """
+        When the link goes, a queued scrape is dropped before the running one
+        frees its slot, so it never reaches its target.
+        """
+        streams = [self.pair.scrape("slow"), self.pair.scrape("slow")]
+        self.assertEqual(len(self.pair.target.pending), 1)
+        self.pair.agent.transport.abortConnection()
+        self.pair.flush()
+        self.assertEqual(len(self.pair.target.pending), 1)
+        for stream in streams:
+            self.failureResultOf(stream.head, ScrapeFailed)
+        self.assertEqual(self.pair.agent.scrapesInFlight, 0)
+        self.assertEqual(self.pair.agent.backlog, 0)
