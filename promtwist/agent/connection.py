@@ -29,7 +29,7 @@ from promtwist.agent.paths import PathChanges, PathTable
 from promtwist.agent.scraper import Scrape, Scraper
 from promtwist.config import AgentSettings, PathConfig
 from promtwist.httputil import redacted
-from promtwist.logs import observer
+from promtwist.logs import clip, observer
 from promtwist.protocol.framing import _peerName
 from promtwist.protocol.promtwist_pb2 import (
     CancelScrape,
@@ -70,7 +70,11 @@ class ProxyConnection(Session):
         super().__init__(factory.clock)
         self.factory = factory
         self.settings = factory.settings
+        # Settled once by the handshake; L{whenReady} hands out copies.
         self._ready: Deferred[ProxyConnection] = Deferred()
+        self._ready.addBoth(self._settleReady)
+        self._readiness: ProxyConnection | Failure | None = None
+        self._readyWaiters: list[Deferred[ProxyConnection]] = []
         self._scrapes: dict[int, Scrape] = {}
         self._slots = DeferredSemaphore(self.settings.max_concurrent_clients)
         self._chunkBytes = 0
@@ -82,10 +86,29 @@ class ProxyConnection(Session):
 
     def whenReady(self) -> Deferred[ProxyConnection]:
         """
-        Fires once the proxy welcomed us and answered every path
-        registration; fails if it rejected us or the link went away first.
+        A new Deferred that fires once the proxy welcomed us and answered
+        every path registration, and fails if it rejected us or the link went
+        away first: each caller has its own, so what one caller's callbacks
+        do cannot change what another receives.
         """
-        return self._ready
+        d: Deferred[ProxyConnection] = Deferred(self._forgetWaiter)
+        if self._readiness is None:
+            self._readyWaiters.append(d)
+        else:
+            _settle(d, self._readiness)
+        return d
+
+    def _forgetWaiter(self, d: Deferred[ProxyConnection]) -> None:
+        # A cancelled waiter leaves the list still to be settled, if it is in it.
+        if d in self._readyWaiters:
+            self._readyWaiters.remove(d)
+
+    def _settleReady(self, result: ProxyConnection | Failure) -> None:
+        # Ends the internal Deferred's chain: each waiter has its own copy.
+        self._readiness = result
+        waiters, self._readyWaiters = self._readyWaiters, []
+        for d in waiters:
+            _settle(d, result)
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -268,23 +291,18 @@ class ProxyConnection(Session):
             return
         config = self.factory.paths.get(request.path)
         if config is None:
-            self.sendFrame(
-                Frame(
-                    scrape_response=ScrapeResponse(
-                        scrape_id=request.scrape_id,
-                        outcome=Outcome.PATH_NOT_FOUND,
-                        status=404,
-                        reason=f"agent {self.settings.name!r} does not serve /{request.path}",
-                        last=True,
-                    )
-                )
+            self._refuse(
+                request,
+                Outcome.PATH_NOT_FOUND,
+                404,
+                f"agent {self.settings.name!r} does not serve /{clip(request.path)}",
             )
             return
         scrape = Scrape(self.factory.scraper, request, config, self._send, self._chunkBytes)
         self._scrapes[request.scrape_id] = scrape
         scrape.done.addBoth(lambda _: self._scrapeDone(request.scrape_id))
-        scrape.start()
-        self._slots.run(scrape.run)
+        # The scrape owns its wait for a slot and every Deferred after it.
+        scrape.start(self._slots)
 
     def _refuse(self, request: ScrapeRequest, outcome: int, status: int, reason: str) -> None:
         self.sendFrame(
@@ -359,7 +377,9 @@ class ProxyConnection(Session):
                 )
             )
         dropped = self.factory.scraper.onResultSent
-        for scrape in list(self._scrapes.values()):
+        # Queued scrapes first: cancelling a running one frees its slot,
+        # which would start a queued one against a link that is gone.
+        for scrape in sorted(self._scrapes.values(), key=lambda s: not s.queued):
             # Its result, if any, can no longer reach the proxy.
             if dropped is not None:
                 dropped("dropped")
@@ -367,6 +387,13 @@ class ProxyConnection(Session):
         # Nothing more can finish on this link.
         self._scrapes.clear()
         self._scrapeDone(0)
+
+
+def _settle(d: Deferred[ProxyConnection], result: ProxyConnection | Failure) -> None:
+    if isinstance(result, Failure):
+        d.errback(result)
+    else:
+        d.callback(result)
 
 
 class ProxyConnectionFactory(Factory):

@@ -7,20 +7,29 @@ from __future__ import annotations
 import base64
 import gzip
 import zlib
+from collections.abc import Sequence
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IProtocol, IPushProducer
 from twisted.internet.task import Clock
-from twisted.logger import capturedLogs, formatEvent
+from twisted.logger import LogEvent, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseDone, ResponseFailed
+from twisted.web.error import SchemeNotSupported
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 from zope.interface import implementer
 
-from promtwist.agent.scraper import FRAME_OVERHEAD, Scrape, Scraper, Target
+from promtwist.agent.scraper import (
+    FRAME_OVERHEAD,
+    MIN_CHUNK,
+    InvalidRequest,
+    Scrape,
+    Scraper,
+    Target,
+)
 from promtwist.config import AgentSettings, MetricFilter, PathConfig
 from promtwist.httputil import redacted
 from promtwist.protocol.framing import FrameTooLarge
@@ -97,20 +106,32 @@ class Run:
         authorization: str = "",
         window: int = 0,
         chunkBytes: int = 32 * 1024,
+        accept: str = "text/plain",
+        timeoutMs: int = 10_000,
+        sharing: Run | None = None,
         **settings: object,
     ) -> None:
-        self.clock = Clock()
-        self.http = FakeAgent()
-        self.settings = AgentSettings(**settings)  # type: ignore[arg-type]
+        """
+        @param sharing: another run whose clock, HTTP agent, settings and
+            slots this one shares, as scrapes on one link do.
+        """
+        if sharing is None:
+            self.clock = Clock()
+            self.http = FakeAgent()
+            self.settings = AgentSettings(**settings)  # type: ignore[arg-type]
+            self.slots = DeferredSemaphore(self.settings.max_concurrent_clients)
+        else:
+            self.clock, self.http = sharing.clock, sharing.http
+            self.settings, self.slots = sharing.settings, sharing.slots
         self.frames: list[Frame] = []
         request = ScrapeRequest(
             scrape_id=7,
             path="p",
             query=query,
-            accept="text/plain",
+            accept=accept,
             accept_encoding=acceptEncoding,
             authorization=authorization,
-            timeout_ms=10_000,
+            timeout_ms=timeoutMs,
             window_bytes=window,
         )
         self.scrape = Scrape(
@@ -120,8 +141,7 @@ class Run:
             self.frames.append,
             chunkBytes,
         )
-        self.scrape.start()
-        self.scrape.run()
+        self.scrape.start(self.slots)
 
     def respond(self, response: FakeResponse) -> FakeResponse:
         self.http.requests[-1][2].callback(response)
@@ -163,6 +183,50 @@ class TargetTests(SynchronousTestCase):
         target = Target.build("http://us%40er:p%3Ass@[::1]:9100/metrics", "")
         self.assertEqual(target.uri, b"http://[::1]:9100/metrics")
         self.assertEqual(target.authorization, b"Basic " + base64.b64encode(b"us@er:p:ss"))
+
+    def test_internationalisedHost(self) -> None:
+        """
+        A host name with non-ASCII letters is sent in its IDNA form, whatever
+        its case, with its port and without its credentials.
+        """
+        self.assertEqual(
+            Target.build("http://bücher.example/metrics", "").uri,
+            b"http://xn--bcher-kva.example/metrics",
+        )
+        target = Target.build("https://u:p@BÜCHER.example:9100/m", "a=1")
+        self.assertEqual(target.uri, b"https://xn--bcher-kva.example:9100/m?a=1")
+        self.assertEqual(target.authorization, b"Basic " + base64.b64encode(b"u:p"))
+
+    def test_asciiHostUntouched(self) -> None:
+        """
+        An ASCII host is not judged by IDNA's rules (which refuse C{_}).
+        """
+        self.assertEqual(Target.build("http://my_host:1/m", "").uri, b"http://my_host:1/m")
+
+    def test_hostWithoutIDNAForm(self) -> None:
+        error = self.assertRaises(InvalidRequest, Target.build, "http://☃.example:80/m", "")
+        self.assertIn("target host ☃.example has no IDNA", str(error))
+        self.assertIn("U+2603", str(error))
+
+    def test_controlByteInHost(self) -> None:
+        error = self.assertRaises(InvalidRequest, Target.build, "http://a\x01b:1/m", "")
+        self.assertEqual(str(error), "target host a\\x01b:1 holds byte 0x01 at offset 1")
+
+    def test_invalidQuery(self) -> None:
+        """
+        A query from the proxy with a byte a request cannot carry is refused,
+        naming the byte and where it is.
+        """
+        for bad, what in [
+            ("\x7f", "byte 0x7f"),
+            ("\x00", "byte 0x00"),
+            (" ", "byte 0x20"),
+            ("\n", "byte 0x0a"),
+            ("é", "non-ASCII character U+00E9"),
+        ]:
+            error = self.assertRaises(InvalidRequest, Target.build, "http://h/m", "a=1" + bad)
+            self.assertIn(f"the query string from the proxy holds {what} at offset 3", str(error))
+        self.assertEqual(Target.build("http://h/m", "a=%7F~").uri, b"http://h/m?a=%7F~")
 
     def test_redacted(self) -> None:
         self.assertEqual(
@@ -426,3 +490,323 @@ class ScrapeTests(SynchronousTestCase):
     def test_chunkLeavesRoomForTheHead(self) -> None:
         scraper = Scraper(AgentSettings(chunk_content_size_kbs=4096), FakeAgent(), Clock())  # type: ignore[arg-type]
         self.assertEqual(scraper.chunkBytes(1024 * 1024), 1024 * 1024 - FRAME_OVERHEAD)
+
+
+class FailingAgent:
+    """
+    An HTTP agent with a bug: it raises instead of returning a Deferred.
+    """
+
+    def request(
+        self, method: bytes, uri: bytes, headers: Headers, bodyProducer: object = None
+    ) -> None:
+        raise RuntimeError("boom")
+
+
+def traceback(events: Sequence[LogEvent]) -> bool:
+    return any("log_failure" in e for e in events)
+
+
+class RefusedAtOnceTests(SynchronousTestCase):
+    """
+    A scrape that cannot become a valid request is refused with AGENT_ERROR
+    before it waits for anything, without a traceback and without
+    contacting the target.
+    """
+
+    def assertRefused(self, run: Run, *fragments: str) -> str:
+        (frame,) = run.frames
+        head = frame.scrape_response
+        self.assertEqual((head.outcome, head.last), (Outcome.AGENT_ERROR, True))
+        for fragment in fragments:
+            self.assertIn(fragment, head.reason)
+        self.assertIn("the target was not contacted", head.reason)
+        self.assertEqual(run.http.requests, [])
+        self.successResultOf(run.scrape.done)
+        self.assertEqual(run.clock.getDelayedCalls(), [])
+        self.assertEqual(run.slots.tokens, run.slots.limit)
+        return head.reason
+
+    def test_unencodableHost(self) -> None:
+        with capturedLogs() as events:
+            run = Run(url="http://☃.example/metrics")
+        self.assertRefused(run, "target host ☃.example has no IDNA")
+        self.assertFalse(traceback(events))
+
+    def test_invalidQuery(self) -> None:
+        with capturedLogs() as events:
+            run = Run(query="match[]=up\x7f")
+        self.assertRefused(run, "byte 0x7f at offset 10")
+        self.assertFalse(traceback(events))
+
+    def test_invalidHeaders(self) -> None:
+        """
+        Forwarded header values must be latin-1 text without control bytes;
+        the value itself (a credential, say) is not repeated.
+        """
+        reason = self.assertRefused(
+            Run(authorization="Bearer s3cret\x00"), "Authorization header", "byte 0x00 at offset 13"
+        )
+        self.assertNotIn("s3cret", reason)
+        self.assertRefused(Run(accept="text/plain€"), "Accept header", "U+20AC at offset 10")
+        self.assertRefused(Run(acceptEncoding="gzip\r\n"), "Accept-Encoding header", "0x0d")
+
+    def test_latin1HeaderAccepted(self) -> None:
+        run = Run(accept="text/plain; q=0.9\tcharset=é")
+        self.assertEqual(run.headers.getRawHeaders(b"Accept"), [b"text/plain; q=0.9\tcharset=\xe9"])
+
+    def test_internationalisedHostScraped(self) -> None:
+        run = Run(url="http://bücher.example/metrics")
+        self.assertEqual(run.http.requests[0][0], b"http://xn--bcher-kva.example/metrics")
+        response = run.respond(FakeResponse())
+        response.body(b"up 1\n")
+        response.end()
+        self.assertEqual(run.body(), b"up 1\n")
+
+
+class NoDroppedDeferredTests(SynchronousTestCase):
+    """
+    A bug anywhere on the scrape path fails that scrape at once with
+    AGENT_ERROR (logged with its traceback, as a bug should be), frees its
+    slot, and never shows up as a target timeout.
+    """
+
+    def assertAgentError(self, run: Run, fragment: str) -> None:
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        last = run.last()
+        ending = last.scrape_response if last.HasField("scrape_response") else last.scrape_chunk
+        self.assertEqual((ending.outcome, ending.last), (Outcome.AGENT_ERROR, True))
+        self.assertIn(fragment, ending.reason)
+        self.successResultOf(run.scrape.done)
+        self.assertEqual(run.slots.tokens, run.slots.limit)
+        self.assertEqual(run.clock.getDelayedCalls(), [])
+
+    def test_requestRaises(self) -> None:
+        run = Run(max_concurrent_clients=1)
+        failing = Run(sharing=run)
+        failing.scrape.scraper.agent = FailingAgent()  # type: ignore[assignment]
+        # The second scrape waits behind the first, then meets the bug.
+        self.assertEqual(failing.frames, [])
+        run.respond(FakeResponse()).end()
+        self.assertAgentError(failing, "agent error: boom")
+
+    def test_bodyHandlingRaises(self) -> None:
+        run = Run(chunkBytes=1000)
+        response = run.respond(FakeResponse())
+
+        def broken() -> None:
+            raise RuntimeError("broken buffer")
+
+        run.scrape._sendWholeChunks = broken  # type: ignore[method-assign]
+        response.body(b"x" * 5000)
+        self.assertAgentError(run, "agent error: broken buffer")
+        self.assertTrue(response.producer.stopped)
+
+    def test_schemeNotSupported(self) -> None:
+        run = Run()
+        run.http.requests[0][2].errback(SchemeNotSupported("Unsupported scheme: b'gopher'"))
+        head = run.last().scrape_response
+        self.assertEqual(head.outcome, Outcome.AGENT_ERROR)
+        self.assertIn("the target was not contacted", head.reason)
+        self.assertNotIn("unreachable", head.reason)
+
+
+class SlotTests(SynchronousTestCase):
+    """
+    Scrapes beyond C{agent.http.maxConcurrentClients} wait for a slot; the
+    wait counts against their deadline, and a scrape whose time ran out
+    while it waited says so instead of blaming its target.
+    """
+
+    def setUp(self) -> None:
+        self.first = Run(max_concurrent_clients=1)
+
+    def test_waitedTooLong(self) -> None:
+        second = Run(sharing=self.first, timeoutMs=5_000)
+        self.assertTrue(second.scrape.queued)
+        self.assertEqual(len(self.first.slots.waiting), 1)
+        second.clock.advance(5)
+        head = second.last().scrape_response
+        self.assertEqual(head.outcome, Outcome.AGENT_ERROR)
+        self.assertEqual(
+            head.reason,
+            "waited 5s for a free slot (agent.http.maxConcurrentClients = 1);"
+            " the target http://target.test/metrics was not contacted",
+        )
+        self.assertEqual(self.first.slots.waiting, [], "it left the queue")
+        self.assertFalse(second.scrape.queued)
+        # The slot it no longer wants goes to nobody.
+        self.first.respond(FakeResponse()).end()
+        self.assertEqual(len(self.first.http.requests), 1)
+        self.assertEqual(self.first.slots.tokens, 1)
+
+    def test_slotFreeAsTimeRunsOut(self) -> None:
+        """
+        A slot freed at the waiting scrape's deadline is not used for a
+        request that could only be cancelled at once.
+        """
+        second = Run(sharing=self.first)
+        self.first.clock.advance(10)
+        self.assertEqual(self.first.last().scrape_response.outcome, Outcome.TIMED_OUT)
+        head = second.last().scrape_response
+        self.assertEqual(head.outcome, Outcome.AGENT_ERROR)
+        self.assertIn("was not contacted", head.reason)
+        self.assertEqual(len(self.first.http.requests), 1)
+        self.assertEqual(second.clock.getDelayedCalls(), [])
+
+    def test_contactedAfterWaiting(self) -> None:
+        """
+        A scrape that got its slot late gives the target what is left of the
+        deadline, and its timeout says how long the target really had.
+        """
+        second = Run(sharing=self.first)
+        self.first.clock.advance(4)
+        self.first.respond(FakeResponse()).end()
+        self.assertEqual(
+            second.headers.getRawHeaders(b"X-Prometheus-Scrape-Timeout-Seconds"), [b"6.000"]
+        )
+        second.clock.advance(6)
+        head = second.last().scrape_response
+        self.assertEqual(head.outcome, Outcome.TIMED_OUT)
+        self.assertEqual(
+            head.reason,
+            "target http://target.test/metrics did not answer within 6s"
+            " (the scrape first waited 4s for a free slot)",
+        )
+
+    def test_cancelledWhileQueued(self) -> None:
+        second = Run(sharing=self.first)
+        second.scrape.cancel()
+        self.assertEqual(self.first.slots.waiting, [])
+        self.assertEqual(second.frames, [])
+        self.successResultOf(second.scrape.done)
+
+    def test_slotHeldUntilTheEnd(self) -> None:
+        response = self.first.respond(FakeResponse())
+        self.assertEqual(self.first.slots.tokens, 0)
+        response.end()
+        self.assertEqual(self.first.slots.tokens, 1)
+
+    def test_noDeadlineFromTheProxy(self) -> None:
+        """
+        A request without a deadline gets the agent's own, not zero.
+        """
+        run = Run(timeoutMs=0, scrape_timeout_secs=3.0)
+        self.assertEqual(
+            run.headers.getRawHeaders(b"X-Prometheus-Scrape-Timeout-Seconds"), [b"3.000"]
+        )
+
+
+class LinkLimitTests(SynchronousTestCase):
+    def test_tinyPeerFrameLimit(self) -> None:
+        """
+        A proxy announcing a frame limit with no room for body bytes still
+        gets chunks of at least L{MIN_CHUNK} bytes (which it refuses, failing
+        each scrape) instead of an agent looping forever on empty chunks.
+        """
+        scraper = Scraper(AgentSettings(), FakeAgent(), Clock())  # type: ignore[arg-type]
+        self.assertEqual(scraper.chunkBytes(100), MIN_CHUNK)
+
+    def test_nothingFits(self) -> None:
+        """
+        When not even the failure fits in a frame, the scrape still ends, with
+        one warning (rate-limited: a proxy can cause it every scrape) and
+        nothing raised into the HTTP client.
+        """
+        run = Run(chunkBytes=MIN_CHUNK)
+
+        def send(frame: Frame) -> None:
+            raise FrameTooLarge("scrape_response frame of 99 bytes exceeds the peer's limit of 50")
+
+        run.scrape.send = send
+        response = run.respond(FakeResponse())
+        with capturedLogs() as events:
+            response.body(b"x" * 5000)
+        self.successResultOf(run.scrape.done)
+        self.assertTrue(response.producer.stopped)
+        self.assertEqual(
+            [e["log_format"] for e in events if e["log_level"].name in ("warn", "error")],
+            ["cannot tell the proxy that /{path} failed: {error}"],
+        )
+
+    def test_chunkTooLarge(self) -> None:
+        """
+        A chunk the link refuses after the head went out fails the scrape
+        in a last chunk.
+        """
+        run = Run(chunkBytes=1000)
+        sent = run.frames
+
+        def send(frame: Frame) -> None:
+            if frame.HasField("scrape_chunk") and len(frame.scrape_chunk.data) > 500:
+                raise FrameTooLarge("too big")
+            sent.append(frame)
+
+        run.scrape.send = send
+        response = run.respond(FakeResponse())
+        response.body(b"y" * 5000)
+        self.assertEqual(len(sent), 2)
+        chunk = run.last().scrape_chunk
+        self.assertEqual((chunk.outcome, chunk.last), (Outcome.AGENT_ERROR, True))
+        self.assertIn("answer too large for the link: too big", chunk.reason)
+        self.assertTrue(response.producer.stopped)
+
+    def test_headTooLargeSendsNothingMore(self) -> None:
+        """
+        After a refused head, the rest of a large read is not sent.
+        """
+        run = Run(chunkBytes=1000)
+        sent = run.frames
+        refused: list[Frame] = []
+
+        def send(frame: Frame) -> None:
+            if not refused:
+                refused.append(frame)
+                raise FrameTooLarge("too big")
+            sent.append(frame)
+
+        run.scrape.send = send
+        run.respond(FakeResponse()).body(b"z" * 10_500)
+        (frame,) = sent
+        self.assertEqual(frame.scrape_response.outcome, Outcome.AGENT_ERROR)
+
+    def test_lastHeadRefused(self) -> None:
+        """
+        A whole answer whose one head the link refuses ends once, as a
+        failure.
+        """
+        run = Run()
+        ended: list[str] = []
+        run.scrape.scraper.onScrapeEnded = lambda kind, seconds: ended.append(kind)
+        sent = run.frames
+        refused: list[Frame] = []
+
+        def send(frame: Frame) -> None:
+            if not refused:
+                refused.append(frame)
+                raise FrameTooLarge("too big")
+            sent.append(frame)
+
+        run.scrape.send = send
+        response = run.respond(FakeResponse())
+        response.body(b"up 1\n")
+        response.end()
+        (frame,) = sent
+        self.assertEqual(frame.scrape_response.outcome, Outcome.AGENT_ERROR)
+        self.assertEqual(ended, ["unsuccessful"])
+        self.successResultOf(run.scrape.done)
+
+    def test_oneReadManyChunks(self) -> None:
+        """
+        One large read becomes whole chunks in order, the remainder waiting
+        for more or for the end.
+        """
+        body = bytes(range(256)) * 41
+        run = Run(chunkBytes=1000)
+        response = run.respond(FakeResponse())
+        response.body(body)
+        self.assertEqual(len(run.frames), 10)
+        self.assertTrue(all(len(f.scrape_chunk.data) == 1000 for f in run.frames[1:]))
+        response.end()
+        self.assertEqual(run.body(), body)
+        self.assertEqual(len(run.last().scrape_chunk.data), len(body) % 1000)
