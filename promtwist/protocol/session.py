@@ -130,6 +130,12 @@ class Session(FrameReceiver):
         """
         return self._state in (LinkState.ESTABLISHED, LinkState.DRAINING)
 
+    def isOpen(self) -> bool:
+        """
+        Whether this end still reads the peer: not CLOSED.
+        """
+        return self._state is not LinkState.CLOSED
+
     def drain(self) -> None:
         """
         ESTABLISHED to DRAINING: one end said Goodbye. Anything else stays.
@@ -167,6 +173,9 @@ class Session(FrameReceiver):
             return
         self._lastReceived = self.clock.seconds()
         super().dataReceived(data)
+        if not self.isOpen():
+            # Closed while parsing this read: drop what it left unparsed.
+            self._unprocessed = b""
 
     def frameReceived(self, frame: Frame) -> None:
         kind = frame.WhichOneof("kind")
