@@ -195,13 +195,14 @@ class Session(FrameReceiver):
         """
         if self._state is LinkState.CLOSED:
             return
+        why = clip(why)
         self.warnings.warn(
             "protocol error",
             "protocol error from {peer}: {why}; closing the connection",
             peer=_peerName(self.transport),
-            why=clip(why),
+            why=why,
         )
-        self.close(f"protocol error: {clip(why)}", abort=True)
+        self.close(f"protocol error: {why}", abort=True)
 
     def frame_ping(self, ping: Ping) -> None:
         self.sendFrame(Frame(pong=Pong(nonce=ping.nonce)))
