@@ -150,6 +150,11 @@ class ProxySettings(_OperationsSettings):
     handshake_timeout_secs: float = 10.0
     # Limits on what the agent port accepts (proxy.internal.*).
     max_pending_handshakes: int = 64
+    max_pending_handshakes_per_address: int = 8
+    # Failed authentications from one address before it is refused for a
+    # while without its token being checked; 0 turns the throttle off.
+    max_auth_failures_per_address: int = 5
+    max_agent_name_length: int = 256
     max_agents: int = 1000
     max_paths_per_agent: int = 1000
     # What one registration may carry, and all of them together; they bound
@@ -830,6 +835,24 @@ PROXY = Role(
                 "proxy.internal.maxPendingHandshakes",
                 int,
                 field="max_pending_handshakes",
+                rule=POSITIVE,
+            ),
+            Setting(
+                "proxy.internal.maxPendingHandshakesPerAddress",
+                int,
+                field="max_pending_handshakes_per_address",
+                rule=POSITIVE,
+            ),
+            Setting(
+                "proxy.internal.maxAuthFailuresPerAddress",
+                int,
+                field="max_auth_failures_per_address",
+                rule=NON_NEGATIVE,
+            ),
+            Setting(
+                "proxy.internal.maxAgentNameLength",
+                int,
+                field="max_agent_name_length",
                 rule=POSITIVE,
             ),
             Setting("proxy.internal.maxAgents", int, field="max_agents", rule=POSITIVE),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 import uuid
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.internet.defer import (
     Deferred,
@@ -30,7 +30,7 @@ from promtwist.agent.scraper import Scrape, Scraper
 from promtwist.config import AgentSettings, PathConfig
 from promtwist.httputil import redacted
 from promtwist.logs import clip, observer
-from promtwist.protocol.framing import _peerName
+from promtwist.protocol.framing import ProtocolError, _peerName
 from promtwist.protocol.promtwist_pb2 import (
     CancelScrape,
     Frame,
@@ -45,8 +45,21 @@ from promtwist.protocol.promtwist_pb2 import (
     UnregisterPath,
     Welcome,
 )
-from promtwist.protocol.session import PROTOCOL_VERSION, Session, SessionLost
+from promtwist.protocol.session import (
+    HANDSHAKE_MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
+    LinkState,
+    Session,
+    SessionLost,
+)
 from promtwist.tls import describeTLSFailure
+
+# Proxies assign 16 hex digits; anything much longer is not an id.
+MAX_AGENT_ID_LENGTH = 64
+
+_SERVING = frozenset(
+    {"path_reply", "scrape_request", "scrape_credit", "cancel_scrape", "ping", "pong", "goodbye"}
+)
 
 
 class Rejected(Exception):
@@ -62,7 +75,13 @@ class ProxyConnection(Session):
     """
 
     _log = Logger(observer=observer)
-    _beforeHandshake = frozenset({"welcome", "reject"})
+    # DRAINING: this agent said Goodbye; scrape requests that still arrive
+    # are answered (refused while the factory drains), the rest as usual.
+    allowedFrames: ClassVar[Mapping[LinkState, frozenset[str]]] = {
+        LinkState.HANDSHAKE: frozenset({"welcome", "reject"}),
+        LinkState.ESTABLISHED: _SERVING,
+        LinkState.DRAINING: _SERVING,
+    }
 
     agentId = ""
 
@@ -130,13 +149,28 @@ class ProxyConnection(Session):
         )
         # A proxy that never answers must not hold this attempt forever.
         self._handshakeTimer = self.callLater(
-            self.factory.handshakeTimeout, self.transport.abortConnection
+            self.factory.handshakeTimeout, self._handshakeTimedOut
         )
+
+    def _handshakeTimedOut(self) -> None:
+        self.close(f"no Welcome from the proxy within {self.factory.handshakeTimeout}s", abort=True)
 
     # Handshake.
 
     def frame_welcome(self, welcome: Welcome) -> None:
         self._handshakeTimer.cancel()
+        if welcome.protocol_version != PROTOCOL_VERSION:
+            raise ProtocolError(
+                f"the proxy speaks protocol version {welcome.protocol_version}; "
+                f"this agent speaks version {PROTOCOL_VERSION}"
+            )
+        if welcome.max_frame_bytes and welcome.max_frame_bytes < HANDSHAKE_MAX_FRAME_BYTES:
+            raise ProtocolError(
+                f"the proxy accepts frames of at most {welcome.max_frame_bytes} bytes, less "
+                f"than the minimum of {HANDSHAKE_MAX_FRAME_BYTES}"
+            )
+        if not welcome.agent_id or len(welcome.agent_id) > MAX_AGENT_ID_LENGTH:
+            raise ProtocolError(f"an agent id of {len(welcome.agent_id)} characters")
         self.agentId = welcome.agent_id
         period = 0.0
         if self.settings.heartbeat_enabled:
@@ -153,9 +187,14 @@ class ProxyConnection(Session):
 
     def frame_reject(self, reject: Reject) -> None:
         self._handshakeTimer.cancel()
-        reason = f"{Reject.Reason.Name(reject.reason).lower()}: {reject.message}"
-        self._log.error("the proxy rejected this agent ({reason})", reason=reason)
+        reason = f"{Reject.Reason.Name(reject.reason).lower()}: {clip(reject.message)}"
+        self._log.error(
+            "the proxy rejected this agent ({reason}); retrying with backoff ({peer})",
+            peer=_peerName(self.transport),
+            reason=reason,
+        )
         self._readyFailed(Failure(Rejected(reason)))
+        self.close(f"rejected: {reason}")
 
     def _readyFailed(self, failure: Failure) -> None:
         if not self._ready.called:
@@ -363,7 +402,7 @@ class ProxyConnection(Session):
 
     def goodbyeReceived(self, reason: str) -> None:
         # The proxy is going away; reconnecting is ClientService's job.
-        self.transport.loseConnection()
+        self.close(f"the proxy is going away: {reason}")
 
     def connectionLost(self, reason: Failure = Failure(SessionLost())) -> None:
         super().connectionLost(reason)
@@ -373,7 +412,7 @@ class ProxyConnection(Session):
             self._ready.errback(
                 SessionLost(
                     "link lost before it was ready: "
-                    + (describeTLSFailure(reason) or reason.getErrorMessage())
+                    + (describeTLSFailure(reason) or self.closeReason or reason.getErrorMessage())
                 )
             )
         dropped = self.factory.scraper.onResultSent

@@ -19,7 +19,7 @@ from twisted.internet.interfaces import ITCPTransport
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 
-from promtwist.logs import observer
+from promtwist.logs import clip, observer
 from promtwist.protocol.promtwist_pb2 import Frame
 
 DEFAULT_MAX_FRAME_BYTES = 1024 * 1024
@@ -105,11 +105,20 @@ class FrameReceiver(Int32StringReceiver, ABC):
         self._log.warn(
             "protocol error from {peer}: {why}; closing the connection",
             peer=_peerName(self.transport),
-            why=why,
+            why=clip(why),
         )
         # Stop parsing whatever else is already buffered from this peer.
         self.paused = True
         self.transport.abortConnection()
+
+
+def encodeFrame(frame: Frame) -> bytes:
+    """
+    One frame as it travels: length prefix and message, for a writer that
+    is not a L{FrameReceiver}.
+    """
+    data = frame.SerializeToString()
+    return _PREFIX.pack(len(data)) + data
 
 
 def _peerName(transport: object) -> str:

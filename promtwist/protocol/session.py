@@ -1,7 +1,8 @@
 # -*- test-case-name: promtwist.test.test_session -*-
 """
-What both ends of an agent link share: frame dispatch gated by the handshake,
-heartbeats with abort on silence, and request-id to Deferred correlation.
+What both ends of an agent link share: the link's state and the frames each
+state allows, heartbeats with abort on silence, and request-id to Deferred
+correlation.
 
 Nothing here knows about HTTP or Prometheus; L{promtwist.proxy.link} and
 L{promtwist.agent.connection} add the two roles on top.
@@ -9,7 +10,8 @@ L{promtwist.agent.connection} add the two roles on top.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from enum import Enum
 from typing import Any, ClassVar
 
 from twisted.internet.defer import Deferred
@@ -18,14 +20,16 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from promtwist.logs import observer
+from promtwist.logs import RepeatedWarnings, clip, observer
 from promtwist.protocol.framing import FrameReceiver, ProtocolError, _peerName
 from promtwist.protocol.promtwist_pb2 import Frame, Goodbye, Ping, Pong
 
 PROTOCOL_VERSION = 1
 
 # Before the handshake completes the peer is unauthenticated: it gets a small
-# frame limit so that it cannot make us buffer much.
+# frame limit so that it cannot make us buffer much. It is also the least a
+# peer may announce for after the handshake: a scrape request (path, query,
+# headers) or a head must always fit in one frame.
 HANDSHAKE_MAX_FRAME_BYTES = 64 * 1024
 
 # A peer that has sent nothing for this many heartbeat periods is dead.
@@ -38,31 +42,65 @@ class SessionLost(Exception):
     """
 
 
+class LinkState(Enum):
+    """
+    Where a link is in its life. Each role lists, per state, the frame kinds
+    it accepts (L{Session.allowedFrames}); the transitions are L{Session}'s
+    methods and nothing else assigns the state.
+    """
+
+    # The proxy awaits the agent's Hello; the agent awaits Welcome or Reject.
+    HANDSHAKE = "handshake"
+    ESTABLISHED = "established"
+    # One end said Goodbye: no new work, what is in flight may finish.
+    DRAINING = "draining"
+    # This end closed the link, or it was lost: every frame is ignored.
+    CLOSED = "closed"
+
+
+# How a frame refused in a state is described: "hello frame on an
+# established link".
+_WHERE = {
+    LinkState.HANDSHAKE: "before the handshake completed",
+    LinkState.ESTABLISHED: "on an established link",
+    LinkState.DRAINING: "on a draining link",
+}
+
+
 class Session(FrameReceiver):
     """
     One end of an agent link.
 
     Subclasses name the frames they accept by defining C{frame_<kind>} methods
-    (C{frame_scrape_request}, ...) and list in C{_beforeHandshake} the kinds
-    allowed before L{handshakeDone}. Any other frame is a protocol error.
+    (C{frame_scrape_request}, ...) and list in L{allowedFrames} the kinds
+    each state accepts. Any other frame is a protocol error that closes this
+    link with a one-line reason.
 
+    @cvar allowedFrames: frame kinds accepted, by state; a state that is not
+        a key accepts nothing.
     @ivar clock: where all timers of this connection live.
     @ivar lateReplies: answers that arrived for nothing still waiting; normal
         after timeouts, so counted rather than treated as errors.
     @ivar roundTripSeconds: the latest heartbeat round-trip time, or L{None}.
+    @ivar closeReason: why this end closed the link, once it did; what is
+        still in flight fails with it.
+    @ivar warnings: where warnings the peer could repeat go: this link's
+        own, summarised beyond a few per minute and flushed when it goes.
     """
 
     _log = Logger(observer=observer)
-    _beforeHandshake: ClassVar[frozenset[str]] = frozenset()
+    allowedFrames: ClassVar[Mapping[LinkState, frozenset[str]]] = {}
     MAX_LENGTH = HANDSHAKE_MAX_FRAME_BYTES
     peerMaxFrameBytes = HANDSHAKE_MAX_FRAME_BYTES
 
-    established = False
     roundTripSeconds: float | None = None
+    closeReason = ""
 
     def __init__(self, clock: IReactorTime) -> None:
         self.clock = clock
         self.lateReplies = 0
+        self._state = LinkState.HANDSHAKE
+        self._linkWarnings = RepeatedWarnings(self._log, clock)
         self._lastReceived = self._lastSent = clock.seconds()
         self._heartbeat: LoopingCall | None = None
         self._heartbeatPeriod = 0.0
@@ -74,6 +112,54 @@ class Session(FrameReceiver):
         self._timers: list[IDelayedCall] = []
         self._lostObservers: list[Deferred[None]] = []
 
+    # State.
+
+    @property
+    def state(self) -> LinkState:
+        return self._state
+
+    @property
+    def warnings(self) -> RepeatedWarnings:
+        return self._linkWarnings
+
+    @property
+    def established(self) -> bool:
+        """
+        Whether the handshake completed and the link is still open (perhaps
+        draining).
+        """
+        return self._state in (LinkState.ESTABLISHED, LinkState.DRAINING)
+
+    def isOpen(self) -> bool:
+        """
+        Whether this end still reads the peer: not CLOSED.
+        """
+        return self._state is not LinkState.CLOSED
+
+    def drain(self) -> None:
+        """
+        ESTABLISHED to DRAINING: one end said Goodbye. Anything else stays.
+        """
+        if self._state is LinkState.ESTABLISHED:
+            self._state = LinkState.DRAINING
+
+    def close(self, reason: str, abort: bool = False) -> None:
+        """
+        Any state to CLOSED: stop reading the peer and close the connection,
+        flushing what was written unless C{abort}. What is in flight fails
+        with C{reason}.
+        """
+        if self._state is LinkState.CLOSED:
+            return
+        self._state = LinkState.CLOSED
+        self.closeReason = reason
+        # Stop parsing whatever else is already buffered from this peer.
+        self.paused = True
+        if abort:
+            self.transport.abortConnection()
+        else:
+            self.transport.loseConnection()
+
     def connectionMade(self) -> None:
         # Frames are written whole; Nagle would hold the tail of a body behind
         # the peer's delayed ACK (tens of milliseconds per multi-frame scrape).
@@ -82,18 +168,41 @@ class Session(FrameReceiver):
     # Receiving.
 
     def dataReceived(self, data: bytes) -> None:
+        if self._state is LinkState.CLOSED:
+            # Closing already: neither parsed nor buffered.
+            return
         self._lastReceived = self.clock.seconds()
         super().dataReceived(data)
+        if not self.isOpen():
+            # Closed while parsing this read: drop what it left unparsed.
+            self._unprocessed = b""
 
     def frameReceived(self, frame: Frame) -> None:
         kind = frame.WhichOneof("kind")
         assert kind is not None
-        if not self.established and kind not in self._beforeHandshake:
-            raise ProtocolError(f"{kind} frame before the handshake completed")
-        handler: Callable[[Any], None] | None = getattr(self, "frame_" + kind, None)
-        if handler is None:
-            raise ProtocolError(f"unexpected {kind} frame")
+        if self._state is LinkState.CLOSED:
+            return
+        if kind not in self.allowedFrames.get(self._state, ()):
+            raise ProtocolError(f"{kind} frame {_WHERE[self._state]}")
+        handler: Callable[[Any], None] = getattr(self, "frame_" + kind)
         handler(getattr(frame, kind))
+
+    def protocolError(self, why: str) -> None:
+        """
+        The peer broke the protocol: say what it did (in one short line, at
+        a bounded rate), then abort the link without waiting to flush
+        anything to a peer we no longer trust.
+        """
+        if self._state is LinkState.CLOSED:
+            return
+        why = clip(why)
+        self.warnings.warn(
+            "protocol error",
+            "protocol error from {peer}: {why}; closing the connection",
+            peer=_peerName(self.transport),
+            why=why,
+        )
+        self.close(f"protocol error: {why}", abort=True)
 
     def frame_ping(self, ping: Ping) -> None:
         self.sendFrame(Frame(pong=Pong(nonce=ping.nonce)))
@@ -104,14 +213,16 @@ class Session(FrameReceiver):
             self.roundTripSeconds = self.clock.seconds() - sentAt
 
     def frame_goodbye(self, goodbye: Goodbye) -> None:
+        reason = clip(goodbye.reason)
         self._log.info(
-            "{peer} is going away: {reason}", peer=_peerName(self.transport), reason=goodbye.reason
+            "{peer} is going away: {reason}", peer=_peerName(self.transport), reason=reason
         )
-        self.goodbyeReceived(goodbye.reason)
+        self.goodbyeReceived(reason)
 
     def goodbyeReceived(self, reason: str) -> None:
         """
-        The peer announced it is leaving; by default, let it close the link.
+        The peer announced it is leaving (C{reason} already clipped); by
+        default, let it close the link.
         """
 
     def silentFor(self) -> float:
@@ -127,8 +238,12 @@ class Session(FrameReceiver):
         self._lastSent = self.clock.seconds()
 
     def sendGoodbye(self, reason: str) -> None:
-        if self.transport is not None and self._lost is None:
+        """
+        Tell the peer this end is leaving, and drain: no new work.
+        """
+        if self.established:
             self.sendFrame(Frame(goodbye=Goodbye(reason=reason)))
+            self.drain()
 
     # Handshake and heartbeats.
 
@@ -136,10 +251,12 @@ class Session(FrameReceiver):
         self, heartbeatPeriod: float, maxFrameBytes: int, peerMaxFrameBytes: int
     ) -> None:
         """
-        Open the link for ordinary traffic: raise the frame limits to the
-        negotiated ones and start heartbeats (a period of 0 disables them).
+        HANDSHAKE to ESTABLISHED: open the link for ordinary traffic, raise
+        the frame limits to the negotiated ones and start heartbeats (a
+        period of 0 disables them).
         """
-        self.established = True
+        assert self._state is LinkState.HANDSHAKE, self._state
+        self._state = LinkState.ESTABLISHED
         self.MAX_LENGTH = maxFrameBytes
         self.peerMaxFrameBytes = peerMaxFrameBytes
         if heartbeatPeriod > 0:
@@ -160,7 +277,7 @@ class Session(FrameReceiver):
                 peer=_peerName(self.transport),
                 silence=silence,
             )
-            self.transport.abortConnection()
+            self.close(f"nothing heard for {silence:.1f}s", abort=True)
         elif now - self._lastSent >= self._heartbeatPeriod:
             nonce = self._nextPing
             self._nextPing += 1
@@ -208,9 +325,8 @@ class Session(FrameReceiver):
 
     def _lostError(self) -> SessionLost:
         assert self._lost is not None
-        return SessionLost(
-            f"link to {_peerName(self.transport)} lost: {self._lost.getErrorMessage()}"
-        )
+        why = self.closeReason or self._lost.getErrorMessage()
+        return SessionLost(f"link to {_peerName(self.transport)} lost: {why}")
 
     def whenLost(self) -> Deferred[None]:
         """
@@ -224,7 +340,9 @@ class Session(FrameReceiver):
         return d
 
     def connectionLost(self, reason: Failure = Failure(Exception("connection lost"))) -> None:
+        self._state = LinkState.CLOSED
         self._lost = reason
+        self._linkWarnings.flush()
         if self._heartbeat is not None and self._heartbeat.running:
             self._heartbeat.stop()
         for timer in self._timers:

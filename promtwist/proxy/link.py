@@ -8,8 +8,8 @@ streamed answers back.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, ClassVar
 
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IAddress, IReactorTime
@@ -34,7 +34,14 @@ from promtwist.protocol.promtwist_pb2 import (
     UnregisterPath,
     Welcome,
 )
-from promtwist.protocol.session import PROTOCOL_VERSION, Session, SessionLost
+from promtwist.protocol.session import PROTOCOL_VERSION, LinkState, Session, SessionLost
+from promtwist.proxy.admission import (
+    AuthThrottle,
+    PendingHandshakes,
+    Refusal,
+    helloProblem,
+    hostOf,
+)
 from promtwist.proxy.auth import ANONYMOUS, AuthenticationFailed, Authenticator
 from promtwist.proxy.registry import RegistrationRefused, Registry
 from promtwist.proxy.stream import SCRAPE_WINDOW_BYTES, ScrapeStream
@@ -52,11 +59,33 @@ class AgentLink(Session):
     The proxy's end of one agent's connection.
 
     Attributes named as in L{promtwist.proxy.registry.AgentHandle} describe the
-    agent once its Hello was accepted.
+    agent once its Hello was accepted. A Goodbye moves the link to DRAINING:
+    its paths leave the registry, and it closes once its scrapes in flight
+    have finished, or after C{proxy.internal.shutdownGraceSecs}.
+
+    @ivar host: the source address the link is counted under.
     """
 
     _log = Logger(observer=observer)
-    _beforeHandshake = frozenset({"hello"})
+    allowedFrames: ClassVar[Mapping[LinkState, frozenset[str]]] = {
+        LinkState.HANDSHAKE: frozenset({"hello"}),
+        LinkState.ESTABLISHED: frozenset(
+            {
+                "register_path",
+                "unregister_path",
+                "scrape_response",
+                "scrape_chunk",
+                "ping",
+                "pong",
+                "goodbye",
+            }
+        ),
+        # A leaving agent finishes its scrapes and keeps the link alive; it
+        # may drop paths but not add any.
+        LinkState.DRAINING: frozenset(
+            {"unregister_path", "scrape_response", "scrape_chunk", "ping", "pong"}
+        ),
+    }
 
     agentId = ""
     name = ""
@@ -64,18 +93,27 @@ class AgentLink(Session):
     launchId = ""
     consolidated = False
     identity = ANONYMOUS
-    # Set when this side closes the link, to tell scrapes in flight why.
-    closingBecause = ""
     # Registration logging (frame_register_path), made on first use.
     _pathWarnings: RepeatedWarnings | None = None
     _pathsLogged = 0
 
-    def __init__(self, factory: AgentLinkFactory) -> None:
+    def __init__(self, factory: AgentLinkFactory, host: str = "") -> None:
         super().__init__(factory.clock)
         self.factory = factory
+        self.host = host
         self._scrapes: dict[int, ScrapeStream] = {}
         self._nextScrapeId = 1
-        self._draining = False
+
+    @property
+    def warnings(self) -> RepeatedWarnings:
+        """
+        Until its Hello is accepted the peer is anonymous and may open any
+        number of links: its warnings count against the factory's budget.
+        """
+        if self.agentId:
+            return self._linkWarnings
+        shared: RepeatedWarnings = self.factory.warnings
+        return shared
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -85,31 +123,45 @@ class AgentLink(Session):
         )
 
     def _handshakeTimedOut(self) -> None:
-        self._log.warn(
+        self.warnings.warn(
+            "handshake timeout",
             "no Hello from {peer} within {secs}s; closing",
             peer=_peerName(self.transport),
             secs=self.factory.settings.handshake_timeout_secs,
         )
-        self.transport.abortConnection()
+        self.close("no Hello in time", abort=True)
 
     # Handshake.
 
     def frame_hello(self, hello: Hello) -> None:
         self._handshakeTimer.cancel()
         settings = self.factory.settings
+        throttle = self.factory.authThrottle
+        blocked = throttle.blockedFor(self.host)
+        if blocked:
+            return self._reject(
+                Reject.UNAUTHENTICATED,
+                f"too many failed authentication attempts from {self.host or '?'}; "
+                f"retry in {blocked:.0f} s",
+                "throttled",
+            )
         if hello.protocol_version != PROTOCOL_VERSION:
             return self._reject(
                 Reject.PROTOCOL_VERSION,
                 f"protocol version {hello.protocol_version} is not supported; "
                 f"this proxy speaks version {PROTOCOL_VERSION}",
             )
+        problem = helloProblem(hello, settings.max_agent_name_length)
+        if problem is not None:
+            return self._reject(Reject.BAD_REQUEST, problem)
         try:
             self.identity = self.factory.authenticator.authenticate(
                 hello.token, peerCommonName(self.transport)
             )
         except AuthenticationFailed as e:
+            throttle.failed(self.host)
             return self._reject(Reject.UNAUTHENTICATED, str(e))
-        if len(self.factory.registry.agents()) >= settings.max_agents:
+        if self.factory.agentCount() >= settings.max_agents:
             return self._reject(
                 Reject.OVERLOADED,
                 f"this proxy already serves {settings.max_agents} agents "
@@ -140,21 +192,31 @@ class AgentLink(Session):
         self.factory.registry.addAgent(self)
         self.factory.metrics.agentConnected()
         self._log.info(
-            "agent {name!r} ({host}, {peer}, identity {identity}) connected as {id}",
-            name=self.name,
-            host=self.hostName,
+            "agent {name} ({host}, {peer}, identity {identity}) connected as {id}",
+            name=clip(repr(self.name)),
+            host=clip(self.hostName),
             peer=_peerName(self.transport),
             identity=self.identity.name,
             id=self.agentId,
         )
 
-    def _reject(self, reason: Reject.Reason, message: str) -> None:
-        self.factory.metrics.rejected("handshake_" + Reject.Reason.Name(reason).lower())
-        self._log.warn(
-            "refusing agent at {peer}: {message}", peer=_peerName(self.transport), message=message
+    def _reject(self, reason: Reject.Reason, message: str, kind: str = "") -> None:
+        """
+        Refuse the Hello: tell the agent why, then close once that is sent.
+
+        @param kind: the metric's and the warning's kind, when it is more
+            specific than the reason code.
+        """
+        kind = kind or Reject.Reason.Name(reason).lower()
+        self.factory.metrics.rejected("handshake_" + kind)
+        self.warnings.warn(
+            "handshake " + kind,
+            "refusing agent at {peer}: {why}",
+            peer=_peerName(self.transport),
+            why=clip(message),
         )
         self.sendFrame(Frame(reject=Reject(reason=reason, message=message)))
-        self.transport.loseConnection()
+        self.close(f"rejected: {message}")
 
     # Paths.
 
@@ -231,7 +293,8 @@ class AgentLink(Session):
         scrapeId = self._nextScrapeId
         self._nextScrapeId += 1
         stream = ScrapeStream(self, scrapeId, SCRAPE_WINDOW_BYTES)
-        if self._lost is not None or self._draining:
+        # Only an established link takes new scrapes.
+        if self.state is not LinkState.ESTABLISHED:
             stream.linkLost("the link is closing")
             return stream
         if call.authorization:
@@ -259,6 +322,7 @@ class AgentLink(Session):
 
     def forget(self, scrapeId: int) -> None:
         self._scrapes.pop(scrapeId, None)
+        self._scrapeEnded()
 
     def sendIfConnected(self, frame: Frame) -> None:
         if self._lost is None:
@@ -269,9 +333,7 @@ class AgentLink(Session):
         The agent broke the scrape protocol: close its link, and tell every
         scrape on it why.
         """
-        if self._lost is None and not self.closingBecause:
-            self.closingBecause = f"protocol violation: {why}"
-            self.protocolError(why)
+        self.protocolError(why)
 
     def frame_scrape_response(self, response: ScrapeResponse) -> None:
         stream = self._scrapes.get(response.scrape_id)
@@ -295,10 +357,30 @@ class AgentLink(Session):
 
     def goodbyeReceived(self, reason: str) -> None:
         """
-        A draining agent takes no new scrapes; those in flight may finish.
+        A draining agent leaves the registry at once and takes no new
+        scrapes; the link closes when those in flight have finished, and at
+        the latest after the grace period.
         """
-        self._draining = True
+        self.drain()
         self.factory.registry.removeAgent(self)
+        if self._scrapes:
+            self.callLater(self.factory.settings.shutdown_grace_secs, self._drainTimedOut)
+        self._scrapeEnded()
+
+    def _scrapeEnded(self) -> None:
+        """
+        A scrape left the table: a draining link whose last one it was is
+        done.
+        """
+        if self.state is LinkState.DRAINING and not self._scrapes:
+            self.close("the agent said goodbye")
+
+    def _drainTimedOut(self) -> None:
+        self.close(
+            f"the agent said goodbye and its scrapes did not finish within "
+            f"{self.factory.settings.shutdown_grace_secs}s (proxy.internal.shutdownGraceSecs)",
+            abort=True,
+        )
 
     def connectionLost(self, reason: Failure = Failure(SessionLost())) -> None:
         super().connectionLost(reason)
@@ -309,12 +391,12 @@ class AgentLink(Session):
             return
         self.factory.registry.removeAgent(self)
         scrapes, self._scrapes = self._scrapes, {}
-        why = self.closingBecause or reason.getErrorMessage()
+        why = self.closeReason or reason.getErrorMessage()
         for stream in scrapes.values():
             stream.linkLost(why)
         self._log.info(
-            "agent {name!r} ({id}) disconnected: {why}; {n} scrape(s) failed",
-            name=self.name,
+            "agent {name} ({id}) disconnected: {why}; {n} scrape(s) failed",
+            name=clip(repr(self.name)),
             id=self.agentId,
             why=why,
             n=len(scrapes),
@@ -325,17 +407,22 @@ class AgentLinkFactory(ServerFactory):
     """
     Accepts agent connections on the agent port.
 
-    @ivar pending: connections that have not completed the handshake; at
-        C{proxy.internal.maxPendingHandshakes} further ones are closed at
-        once, so a flood of idle or slow connections costs little and cannot
-        crowd out the agents already here.
-    @ivar refusedConnections: connections closed for that reason.
+    Every link counts against the caps until its socket is closed: against
+    C{proxy.internal.maxPendingHandshakes} (and its per-address share) until
+    its Hello is accepted, then against C{proxy.internal.maxAgents}, draining
+    or not. A connection over a handshake cap is sent a Reject saying which,
+    and closed.
+
+    @ivar links: every open link, in its handshake or not.
+    @ivar pending: links that have not completed the handshake.
+    @ivar refusedConnections: connections refused at a handshake cap.
+    @ivar warnings: the agent port's warnings that anonymous peers can
+        repeat (refusals, failed authentications, handshake errors): a few
+        per kind and minute, then a count.
     """
 
     noisy = False
     _log = Logger(observer=observer)
-    # Refused connections are reported at most this often, with a count.
-    REFUSAL_REPORT_SECONDS = 60.0
 
     def __init__(
         self,
@@ -353,8 +440,11 @@ class AgentLinkFactory(ServerFactory):
         self.links: set[AgentLink] = set()
         self.pending: set[AgentLink] = set()
         self.refusedConnections = 0
-        self._unreported = 0
-        self._reportedAt: float | None = None
+        self.warnings = RepeatedWarnings(self._log, clock)
+        self.authThrottle = AuthThrottle(clock, settings.max_auth_failures_per_address)
+        self._handshakes = PendingHandshakes(
+            settings.max_pending_handshakes, settings.max_pending_handshakes_per_address
+        )
         self._warnedCleartextCredentials = False
 
     def startFactory(self) -> None:
@@ -365,37 +455,47 @@ class AgentLinkFactory(ServerFactory):
                 "certificates (proxy.tls.trustCertCollectionFilePath)"
             )
 
-    def buildProtocol(self, addr: IAddress | None) -> AgentLink | None:
-        if len(self.pending) >= self.settings.max_pending_handshakes:
-            self._refused(addr)
-            return None
-        link = AgentLink(self)
+    def stopFactory(self) -> None:
+        self.warnings.flush()
+
+    def buildProtocol(self, addr: IAddress | None) -> AgentLink | Refusal:
+        host = hostOf(addr)
+        refusal = self._handshakes.refusal(host)
+        if refusal is not None:
+            kind, message = refusal
+            self.refusedConnections += 1
+            self.metrics.rejected(kind)
+            self.warnings.warn(
+                "refused connection",
+                "refusing a connection from {peer}: {why}",
+                peer=host or "?",
+                why=message,
+            )
+            return Refusal(message)
+        link = AgentLink(self, host)
         self.links.add(link)
         self.pending.add(link)
+        self._handshakes.enter(host)
         return link
 
-    def _refused(self, addr: IAddress | None) -> None:
-        self.refusedConnections += 1
-        self.metrics.rejected("pending_handshakes")
-        self._unreported += 1
-        now = self.clock.seconds()
-        if self._reportedAt is None or now - self._reportedAt >= self.REFUSAL_REPORT_SECONDS:
-            self._log.warn(
-                "closed {n} connection(s) (latest from {peer}): {limit} handshakes already "
-                "pending (proxy.internal.maxPendingHandshakes)",
-                n=self._unreported,
-                peer=getattr(addr, "host", addr),
-                limit=self.settings.max_pending_handshakes,
-            )
-            self._unreported = 0
-            self._reportedAt = now
+    def agentCount(self) -> int:
+        """
+        Links past their handshake and not yet closed, draining ones too:
+        what C{proxy.internal.maxAgents} bounds.
+        """
+        return len(self.links) - len(self.pending)
 
     def handshakeFinished(self, link: AgentLink) -> None:
-        self.pending.discard(link)
+        self._leavePending(link)
 
     def linkClosed(self, link: AgentLink) -> None:
         self.links.discard(link)
-        self.pending.discard(link)
+        self._leavePending(link)
+
+    def _leavePending(self, link: AgentLink) -> None:
+        if link in self.pending:
+            self.pending.discard(link)
+            self._handshakes.leave(link.host)
 
     def credentialsForwarded(self, link: AgentLink) -> None:
         """
@@ -421,8 +521,7 @@ class AgentLinkFactory(ServerFactory):
             if link.established:
                 link.sendGoodbye(reason)
             closing.append(link.whenLost())
-            link.closingBecause = reason
-            link.transport.loseConnection()
+            link.close(reason)
         return gatherResults(closing)
 
 

@@ -552,6 +552,36 @@ class ValueErrorTests(ConfigTestCase):
             lambda: self.proxyFrom("proxy.internal.maxRegisteredBytes = 0"), "maxRegisteredBytes"
         )
 
+    def test_handshakeLimits(self) -> None:
+        """
+        The agent port's admission limits: defaults, values, and the
+        throttle's 0 for off.
+        """
+        defaults = self.proxyFrom("")
+        self.assertEqual(
+            (
+                defaults.max_pending_handshakes_per_address,
+                defaults.max_auth_failures_per_address,
+                defaults.max_agent_name_length,
+            ),
+            (8, 5, 256),
+        )
+        proxy = self.proxyFrom(
+            "proxy.internal { maxPendingHandshakesPerAddress = 2, "
+            "maxAuthFailuresPerAddress = 0, maxAgentNameLength = 64 }"
+        )
+        self.assertEqual(proxy.max_pending_handshakes_per_address, 2)
+        self.assertEqual(proxy.max_auth_failures_per_address, 0)
+        self.assertEqual(proxy.max_agent_name_length, 64)
+        for key in ("maxPendingHandshakesPerAddress", "maxAgentNameLength"):
+            self.assertConfigError(
+                partial(self.proxyFrom, f"proxy.internal.{key} = 0"), f"proxy.internal.{key}"
+            )
+        self.assertConfigError(
+            lambda: self.proxyFrom("proxy.internal.maxAuthFailuresPerAddress = -1"),
+            "proxy.internal.maxAuthFailuresPerAddress",
+        )
+
     def test_objectForNumber(self) -> None:
         self.assertConfigError(
             lambda: self.proxyFrom("proxy.http.port { value = 1 }"), "proxy.http.port"

@@ -146,16 +146,19 @@ class HostileInputTests(TestCase):
     async def test_helloFlood(self) -> None:
         """
         Fifty connections saying Hello with a wrong token at once are each
-        rejected and closed; those beyond the pending-handshake cap are closed
-        without being read.
+        rejected and closed; those beyond the pending-handshake caps are
+        refused without being read, and once the address has failed
+        C{maxAuthFailuresPerAddress} times its tokens are no longer checked.
         """
         clients = await gatherResults([Deferred.fromCoroutine(self.connect()) for _ in range(50)])
         for client in clients:
             client.send(helloFrame("guess"))
         await self.assertScrapesSucceed()
         await gatherResults([client.closed for client in clients])
-        rejected = [c for c in clients if b"invalid agent token" in c.received]
-        self.assertTrue(rejected)
+        guessed = [c for c in clients if b"invalid agent token" in c.received]
+        throttled = [c for c in clients if b"too many failed authentication" in c.received]
+        self.assertEqual(len(guessed), ProxySettings().max_auth_failures_per_address)
+        rejected = guessed + throttled
         self.assertEqual(len(rejected) + self.proxy.linkFactory.refusedConnections, len(clients))
         self.assertAgentUndisturbed()
         self.assertEqual(len(self.proxy.registry.agents()), 1)

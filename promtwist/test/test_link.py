@@ -142,7 +142,7 @@ class Pair:
 
         def proxyLink() -> AgentLink:
             link = proxyFactory.buildProtocol(None)
-            assert link is not None
+            assert isinstance(link, AgentLink)
             return link
 
         self.agent, self.proxy, self.pump = connectedServerAndClient(
@@ -315,21 +315,30 @@ class AuthenticationTests(SynchronousTestCase):
     def test_pendingHandshakesCapped(self) -> None:
         """
         At C{proxy.internal.maxPendingHandshakes} connections that have not
-        said Hello, further connections are closed at once (counted, logged
-        once); a finished handshake frees its place.
+        said Hello, further connections are told so in a Reject and closed
+        (counted, logged at a bounded rate); a finished handshake frees its
+        place.
         """
         factory = agentLinkFactory(ProxySettings(max_pending_handshakes=2), Clock())
         first, second = factory.buildProtocol(None), factory.buildProtocol(None)
-        assert first is not None and second is not None
+        assert isinstance(first, AgentLink) and isinstance(second, AgentLink)
         with capturedLogs() as events:
-            self.assertIsNone(factory.buildProtocol(None))
-            self.assertIsNone(factory.buildProtocol(None))
-        self.assertEqual(factory.refusedConnections, 2)
-        self.assertEqual(logText(events).count("handshakes already pending"), 1)
+            for _ in range(10):
+                refused = factory.buildProtocol(None)
+                self.assertNotIsInstance(refused, AgentLink)
+                assert refused is not None
+                transport = TCPStringTransport()
+                refused.makeConnection(transport)
+                (reply,) = decodeAll(transport.value())
+                self.assertEqual(reply.reject.reason, Reject.OVERLOADED)
+                self.assertIn("(proxy.internal.maxPendingHandshakes)", reply.reject.message)
+                self.assertTrue(transport.disconnecting)
+        self.assertEqual(factory.refusedConnections, 10)
+        self.assertEqual(logText(events).count("handshake limit of 2"), factory.warnings.burst)
         transport = TCPStringTransport()
         first.makeConnection(transport)
         first.dataReceived(encode(Frame(hello=Hello(protocol_version=1, agent_name="a"))))
-        self.assertIsNotNone(factory.buildProtocol(None))
+        self.assertIsInstance(factory.buildProtocol(None), AgentLink)
 
     def test_openPortWarning(self) -> None:
         for settings, warned in [
