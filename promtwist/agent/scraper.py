@@ -290,6 +290,9 @@ class Scrape:
         self._response: IResponse | None = None
         self._buffer: list[bytes] = []
         self._buffered = 0
+        # The target's body is complete; what is buffered goes out as
+        # credit allows, the last of it marked last.
+        self._bodyComplete = False
         self._headSent = False
         self._compressor: zlib._Compress | None = None
         self._filter = scraper.filters.get(pathConfig.path)
@@ -390,6 +393,7 @@ class Scrape:
     @_buckStops
     def credit(self, nbytes: int) -> None:
         self._credit += nbytes
+        self._drain()
         if self._bodyPaused and self._credit > 0 and self._body is not None:
             self._bodyPaused = False
             self._body.resumeProducing()
@@ -479,11 +483,8 @@ class Scrape:
         if reason.check(ResponseDone, PotentialDataLoss):
             if self._filtering is not None:
                 self._filterDone(self._filtering)
-            rest, self._buffer, self._buffered = b"".join(self._buffer), [], 0
-            self._sendPayload(rest, last=True)
-            if not self._finished:
-                self._end("success")
-            return
+            self._bodyComplete = True
+            return self._drain()
         self._fail(
             Outcome.UNREACHABLE,
             f"target {self._where()} broke off the body after {self.received} bytes: "
@@ -503,18 +504,38 @@ class Scrape:
 
     def _sendWholeChunks(self) -> None:
         """
-        Send every whole chunk the buffer holds and keep the rest: the
-        buffer is joined once, whatever the number of chunks in it.
+        Send the whole chunks the buffer holds while the proxy has credit
+        left, and keep the rest: the buffer is joined once, whatever the
+        number of chunks in it.
+
+        A frame is started only while credit is left, so the proxy never
+        holds more than its window and one frame for this scrape; it treats
+        more as a protocol violation.
         """
         data = b"".join(self._buffer)
         size = self.chunkBytes
-        whole = len(data) - len(data) % size
-        self._buffer = [data[whole:]] if whole < len(data) else []
-        self._buffered = len(data) - whole
-        for offset in range(0, whole, size):
-            if self._finished:
-                return
+        offset = 0
+        while len(data) - offset >= size and self._credit > 0 and not self._finished:
             self._sendPayload(data[offset : offset + size], last=False)
+            offset += size
+        rest = data[offset:]
+        self._buffer = [rest] if rest else []
+        self._buffered = len(rest)
+
+    def _drain(self) -> None:
+        """
+        Send what the credit allows; once the body is complete and only the
+        tail is left, send it as the last frame and end.
+        """
+        if self._finished:
+            return
+        if self._buffered >= self.chunkBytes:
+            self._sendWholeChunks()
+        if self._bodyComplete and self._buffered < self.chunkBytes and self._credit > 0:
+            rest, self._buffer, self._buffered = b"".join(self._buffer), [], 0
+            self._sendPayload(rest, last=True)
+            if not self._finished:
+                self._end("success")
 
     def _sendPayload(self, payload: bytes, last: bool) -> None:
         if not self._headSent:

@@ -338,6 +338,27 @@ class ScrapeTests(SynchronousTestCase):
         run.scrape.credit(32 * 1024)
         self.assertFalse(response.producer.paused)
 
+    def test_noFrameStartedWithoutCredit(self) -> None:
+        """
+        However much one read brings, no frame is started once the credit
+        is spent, so the proxy never holds more than its window and one
+        frame; the rest, and the last frame, wait for credit.
+        """
+        run = Run(window=4096, chunkBytes=1024)
+        response = run.respond(FakeResponse())
+        response.body(b"x" * 64 * 1024)
+        self.assertEqual(len(run.frames), 4)
+        self.assertTrue(response.producer.paused)
+        response.end()
+        self.assertEqual(len(run.frames), 4, "the last frame waits for credit")
+        sent = 0
+        while not run.scrape.done.called:
+            run.scrape.credit(1024)
+            sent += 1
+            self.assertLess(sent, 100)
+        self.assertEqual(run.body(), b"x" * 64 * 1024)
+        self.assertTrue(run.last().scrape_chunk.last)
+
     def test_declaredTooLarge(self) -> None:
         run = Run(max_content_length_mbytes=1)
         response = run.respond(FakeResponse(length=2 * 1024 * 1024))
