@@ -29,10 +29,12 @@ from promtwist.config import AgentSettings, PathConfig, ProxyEndpoint, ProxySett
 from promtwist.protocol.framing import encodeFrame
 from promtwist.protocol.promtwist_pb2 import Frame, Goodbye, Hello, Ping
 from promtwist.proxy.server import ProxyService
+from promtwist.test.helpers import MiB, rss
 from promtwist.test.test_framing import logText
 
 TOKEN = "the-real-token"
 PER_ADDRESS = 4
+RSS_BOUND = 50 * MiB
 
 
 class _Metrics(Resource):
@@ -113,6 +115,7 @@ class AttackTests(TestCase):
         await self.agent.whenConnected()
         self.pool = HTTPConnectionPool(reactor, persistent=False)
         self.http = Agent(reactor, pool=self.pool)
+        self.rssAtStart = rss()
 
     def startAgent(self, name: str, source: str = "127.0.0.1") -> AgentService:
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.agentPort, bindAddress=(source, 0))
@@ -141,6 +144,9 @@ class AttackTests(TestCase):
         for _ in range(count):
             response = await self.http.request(b"GET", url)
             self.assertEqual((response.code, await readBody(response)), (200, b"up 1\n"))
+        # None of these attacks may make the proxy hold more than the few
+        # buffers of the connections it refuses.
+        self.assertLess(rss() - self.rssAtStart, RSS_BOUND)
 
     async def eventually(self, check: Callable[[], bool], what: str) -> None:
         """

@@ -27,6 +27,7 @@ from promtwist.agent.service import AgentService
 from promtwist.config import AgentSettings, PathConfig, ProxyEndpoint, ProxySettings
 from promtwist.protocol.promtwist_pb2 import Frame, Hello, PathReply, RegisterPath
 from promtwist.proxy.server import ProxyService
+from promtwist.test.helpers import MiB, rss
 from promtwist.test.test_framing import encode
 from promtwist.test.test_link import decodeAll
 
@@ -42,20 +43,8 @@ LIMITS = ProxySettings()
 # paths of 1 MB cost 263 MB and the document was 600 MB.
 REGISTRATIONS_RSS_BOUND = 2 * LIMITS.max_registered_bytes
 DOCUMENT_COPIES_BOUND = 5
-MiB = 1024 * 1024
 # Refusal warnings of one kind a link logs per interval (RepeatedWarnings).
 BURST = 5
-
-
-def rss() -> int:
-    """
-    This process's resident memory, in bytes.
-    """
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS in /proc/self/status")
 
 
 class _Metrics(Resource):

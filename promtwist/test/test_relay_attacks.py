@@ -7,9 +7,10 @@ real agent's scrapes keep succeeding and the proxy's memory stays bounded.
 
 from __future__ import annotations
 
+import gzip
 import struct
-from collections.abc import Callable
-from typing import cast
+from collections.abc import Callable, Iterator
+from typing import Any, cast
 
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
@@ -38,19 +39,7 @@ from promtwist.protocol.promtwist_pb2 import (
     ScrapeResponse,
 )
 from promtwist.proxy.server import ProxyService
-
-MiB = 1024 * 1024
-
-
-def rss() -> int:
-    """
-    This process's resident memory in bytes.
-    """
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS in /proc/self/status")
+from promtwist.test.helpers import MiB, rss
 
 
 class _Metrics(Resource):
@@ -380,4 +369,91 @@ class RelayAttackTests(TestCase):
         self.assertLess(rss() - before, 200 * MiB)
         self.assertEqual(self.proxy.scrapes.budget.used, 0)
         await deferLater(reactor, 0)
+        await self.assertRealAgentServes()
+
+    async def test_multiMemberGzipInflatedWhole(self) -> None:
+        """
+        A body of two gzip members (valid RFC 1952) reaches a client that
+        does not accept gzip whole, on a single and on a consolidated path;
+        trailing garbage after a member is an error with a reason, not a 200
+        with a silently shortened body.
+        """
+        twoMembers = gzip.compress(b"first 1\n") + gzip.compress(b"second 2\n")
+
+        def answer(body: bytes) -> Behaviour:
+            def behaviour(agent: HostileAgent, request: ScrapeRequest) -> None:
+                agent.send(
+                    Frame(
+                        scrape_response=ScrapeResponse(
+                            scrape_id=request.scrape_id,
+                            status=200,
+                            content_encoding="gzip",
+                            content_length=-1,
+                            body=body,
+                            last=True,
+                        )
+                    )
+                )
+
+            return behaviour
+
+        await self.hostile("members", answer(twoMembers))
+        self.assertEqual(await self.get("members"), (200, b"first 1\nsecond 2\n"))
+        await self.hostile("merged", answer(twoMembers), consolidated=True)
+        await self.hostile("merged", answer(gzip.compress(b"third 3\n")), consolidated=True)
+        status, body = await self.get("merged")
+        self.assertEqual(status, 200)
+        self.assertEqual(sorted(body.splitlines()), [b"first 1", b"second 2", b"third 3"])
+        await self.hostile("garbage", answer(twoMembers + b"trailing junk"))
+        status, body = await self.get("garbage")
+        self.assertEqual(status, 502)
+        self.assertIn(b"trailing garbage after member 2", body)
+        await self.assertRealAgentServes()
+
+    async def test_invalidHeadsAnsweredAtOnce(self) -> None:
+        """
+        A head the proxy cannot pass on truthfully is a 502 naming what was
+        wrong as soon as it arrives, not a 503 at the deadline; the agent's
+        link stays up for its other scrapes.
+        """
+        heads: Iterator[dict[str, Any]] = iter(
+            [
+                {"status": 99999},
+                {"status": 200, "content_type": "text/plain; \u2603"},
+                {"outcome": 42},
+            ]
+        )
+
+        def invalid(agent: HostileAgent, request: ScrapeRequest) -> None:
+            agent.send(
+                Frame(
+                    scrape_response=ScrapeResponse(
+                        scrape_id=request.scrape_id, last=True, **next(heads)
+                    )
+                )
+            )
+
+        hostile = await self.hostile("invalid", invalid)
+        started = reactor.seconds()
+        answers = [await self.get("invalid") for _ in range(3)]
+        self.assertLess(reactor.seconds() - started, 5)
+        self.assertEqual([status for status, _ in answers], [502, 502, 502])
+        for (_, body), expected in zip(
+            answers,
+            [b"status 99999", b"is not latin-1 text", b"unknown outcome 42"],
+            strict=True,
+        ):
+            self.assertIn(expected, body)
+        self.assertTrue(hostile.open)
+        await self.assertRealAgentServes()
+
+    async def test_queryBytesRefusedAtTheProxy(self) -> None:
+        """
+        A raw 0x7f in the query string is refused at the proxy with a 400
+        naming it; no agent is asked, so no target is blamed.
+        """
+        client = await self.raw(b"GET /m?a=\x7f HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n")
+        await client.closed
+        self.assertTrue(client.received.startswith(b"HTTP/1.1 400"), client.received)
+        self.assertIn(b"query string has byte 0x7f at position 2", client.received)
         await self.assertRealAgentServes()
