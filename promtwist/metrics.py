@@ -48,7 +48,7 @@ RESPONSE_BYTES_BUCKETS = (1024, 10240, 102400, 512000, 1048576, 5242880, 1048576
 prometheus-proxy's buckets for scrape response sizes.
 """
 
-UNROUTED_OUTCOMES = frozenset({"path_not_found", "invalid_path", "missing_path"})
+UNROUTED_OUTCOMES = frozenset({"path_not_found", "invalid_path", "missing_path", "bad_request"})
 """
 Outcomes of requests that matched no registered path. Their path comes
 from whoever sent the request, so it is not used as a label value: anyone

@@ -281,6 +281,8 @@ class ProxyEventTests(SynchronousTestCase):
         """
         for path in ("nope1", "nope2"):
             self.metrics.scrapeFinished(path, "path_not_found", 0.001, 20, "plain")
+        # A request refused for its bytes may name any path too.
+        self.metrics.scrapeFinished("nope3", "bad_request", 0.0, 0, "plain")
         self.assertEqual(
             self.value(
                 "proxy_scrape_request_latency_seconds_count",
@@ -288,7 +290,9 @@ class ProxyEventTests(SynchronousTestCase):
             ),
             2,
         )
-        self.assertNotIn("nope1", scrape(self.metrics.registry)[1])
+        text = scrape(self.metrics.registry)[1]
+        self.assertNotIn("nope1", text)
+        self.assertNotIn("nope3", text)
 
     def test_counters(self) -> None:
         self.metrics.agentConnected()
