@@ -191,8 +191,8 @@ class ProxyMetrics:
         self.registry = registry = _newRegistry()
         self._scrapeRequests = Counter(
             "proxy_scrape_requests",
-            "Scrape requests answered, by outcome; one per agent asked, so a"
-            " consolidated path counts once per agent.",
+            "Scrape requests answered, by outcome; one per Prometheus request,"
+            " consolidated paths included.",
             ["type"],
             registry=registry,
         )
@@ -259,8 +259,8 @@ class ProxyMetrics:
         self, path: str, outcome: str, seconds: float, nbytes: int, encoding: str
     ) -> None:
         """
-        A scrape request was answered (for a consolidated path: one agent's
-        part of it).
+        A scrape request was answered (once, however many agents a
+        consolidated path asked).
 
         @param path: the requested path, without its leading C{/}. For the
             outcomes in L{UNROUTED_OUTCOMES} it is replaced by C{""}.
