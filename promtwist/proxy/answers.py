@@ -97,13 +97,30 @@ class ScrapeRecord:
     encoding: str
 
 
+# Longest reason phrase put in a status line.
+MAX_PHRASE = 200
+
+
+def reasonPhrase(reason: str) -> bytes:
+    """
+    C{reason} as an HTTP reason phrase: printable ASCII only (anything else
+    becomes C{?}), at most L{MAX_PHRASE} characters. Prometheus reads no
+    error body, but shows the status line on its targets page.
+    """
+    phrase = "".join(c if " " <= c <= "~" else "?" for c in reason[: MAX_PHRASE + 1])
+    if len(phrase) > MAX_PHRASE:
+        phrase = phrase[: MAX_PHRASE - 3] + "..."
+    return phrase.encode("ascii")
+
+
 def textResponse(request: Request, status: int, reason: str) -> bytes:
     """
-    Make C{request} a one-line text error and return its body. Headers a
-    target's answer may already have set (its length and encoding) are
-    dropped: they describe a body that will not come.
+    Make C{request} a one-line text error and return its body; the reason
+    is in the status line too. Headers a target's answer may already have
+    set (its length and encoding) are dropped: they describe a body that
+    will not come.
     """
-    request.setResponseCode(status)
+    request.setResponseCode(status, reasonPhrase(reason))
     for stale in (b"Content-Length", b"Content-Encoding"):
         request.responseHeaders.removeHeader(stale)
     request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")

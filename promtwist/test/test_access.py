@@ -266,7 +266,9 @@ class SiteTests(SynchronousTestCase):
         transport = StringTransport(peerAddress=peer)
         channel.makeConnection(transport)
         channel.dataReceived(b"GET /app1_metrics HTTP/1.1\r\nHost: proxy\r\n\r\n")
-        self.assertTrue(transport.value().startswith(b"HTTP/1.1 401 Unauthorized\r\n"))
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 401 "), transport.value())
+        # The reason is in the status line, where Prometheus shows it.
+        self.assertIn(b"bearer token", transport.value().split(b"\r\n")[0].lower())
         self.assertIn(b'WWW-Authenticate: Bearer realm="promtwist"\r\n', transport.value())
         transport.clear()
         channel.dataReceived(

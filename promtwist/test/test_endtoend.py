@@ -63,7 +63,10 @@ class EndToEndTests(TestCase):
             self.fail(PROMETHEUS_MISSING)
         job = "promtwist_e2e"
         started = time.monotonic()
-        cluster = Cluster(self)
+        # e2e_broken's target answers 404: Prometheus must show why.
+        cluster = Cluster(
+            self, paths={"e2e_one": "metrics", "e2e_two": "metrics", "e2e_broken": "missing"}
+        )
         await cluster.start()
         proxyAndAgentReady = time.monotonic()
 
@@ -94,7 +97,12 @@ class EndToEndTests(TestCase):
 
         await cluster.eventually(ready, "Prometheus ready", 30)
 
-        expected = {path: f"127.0.0.1:{cluster.scrapePort}/{path}" for path in cluster.paths}
+        expected = {
+            path: f"127.0.0.1:{cluster.scrapePort}/{path}"
+            for path in cluster.paths
+            if path != "e2e_broken"
+        }
+        broken = f"127.0.0.1:{cluster.scrapePort}/e2e_broken"
         state: dict[str, Any] = {}
 
         async def apiGet(what: str) -> Any:
@@ -115,7 +123,9 @@ class EndToEndTests(TestCase):
             upOnes = {s["metric"].get("instance") for s in up if s["value"][1] == "1"}
             arrived = {s["metric"].get("instance") for s in samples if s["value"][1] == "42"}
             want = set(expected.values())
-            return want <= healthy and want <= upOnes and want <= arrived
+            failing = [t for t in targets if t["labels"].get("instance") == broken]
+            reasoned = bool(failing) and "answered HTTP 404" in failing[0]["lastError"]
+            return want <= healthy and want <= upOnes and want <= arrived and reasoned
 
         try:
             await cluster.eventually(allUp, "every target up in Prometheus", 60, interval=0.5)
@@ -140,6 +150,13 @@ class EndToEndTests(TestCase):
         self, cluster: Cluster, job: str, expected: dict[str, str], state: dict[str, Any]
     ) -> None:
         targets = {t["labels"]["instance"]: t for t in state["targets"]}
+        broken = targets.pop(f"127.0.0.1:{cluster.scrapePort}/e2e_broken")
+        # promtwist's reason reaches the targets page through the status
+        # line: Prometheus reads no error body.
+        self.assertEqual(broken["health"], "down", broken)
+        self.assertIn(
+            f"target {cluster.target.url('missing')} answered HTTP 404", broken["lastError"]
+        )
         self.assertEqual(set(targets), set(expected.values()), "exactly the agent's paths")
         for path, instance in expected.items():
             target = targets[instance]
@@ -157,6 +174,8 @@ class EndToEndTests(TestCase):
             self.assertEqual(discovered.get("instance"), instance, "instance from discovery")
         for series in ("up", "samples"):
             byInstance = {s["metric"]["instance"]: s for s in state[series]}
+            if series == "up":
+                self.assertEqual(byInstance.pop(broken["labels"]["instance"])["value"][1], "0")
             self.assertEqual(set(byInstance), set(expected.values()), series)
             for sample in byInstance.values():
                 metric = sample["metric"]

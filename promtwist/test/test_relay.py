@@ -316,6 +316,27 @@ class StreamThroughTests(SynchronousTestCase):
         self.assertEqual(r.body, b"target http://t/metrics answered HTTP 500\n")
         self.assertEqual(self.proxy.records[-1].type, "upstream_error")
 
+    def test_reasonInStatusLine(self) -> None:
+        """
+        Prometheus shows the status line, not the body: the reason is in
+        both, in the status line as printable ASCII of bounded length; a
+        target's own status is kept.
+        """
+        conn = self.proxy.get()
+        self.link.head(
+            status=500, reason="target http://b\u00fccher/m answered HTTP 500", last=True
+        )
+        self.assertTrue(
+            conn.value().startswith(b"HTTP/1.1 500 target http://b?cher/m answered HTTP 500\r\n"),
+            conn.value(),
+        )
+        conn = self.proxy.get()
+        self.link.head(outcome=Outcome.UNREACHABLE, reason="x\r\n" * 1000, last=True)
+        statusLine = conn.value().split(b"\r\n")[0]
+        self.assertTrue(statusLine.startswith(b"HTTP/1.1 503 x\\r\\nx"), statusLine)
+        self.assertLessEqual(len(statusLine), len(b"HTTP/1.1 503 ") + 200)
+        self.assertTrue(statusLine.endswith(b"..."))
+
     def test_agentFailure(self) -> None:
         conn = self.proxy.get()
         self.link.head(outcome=Outcome.TIMED_OUT, reason="target slow", last=True)
