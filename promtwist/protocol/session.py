@@ -35,6 +35,11 @@ HANDSHAKE_MAX_FRAME_BYTES = 64 * 1024
 # A peer that has sent nothing for this many heartbeat periods is dead.
 SILENT_PERIODS_BEFORE_ABORT = 3
 
+# A busy link needs no ping for liveness, but the round trip is only measured
+# by one: at most this many heartbeat periods pass without a ping, however
+# busy the link is (the first one goes out at the first heartbeat tick).
+ROUND_TRIP_EVERY_PERIODS = 6
+
 
 class SessionLost(Exception):
     """
@@ -106,6 +111,7 @@ class Session(FrameReceiver):
         self._heartbeatPeriod = 0.0
         self._pings: dict[int, float] = {}
         self._nextPing = 1
+        self._roundTripDue = 0.0
         self._waiting: dict[int, Deferred[Any]] = {}
         self._nextRequestId = 1
         self._lost: Failure | None = None
@@ -261,6 +267,7 @@ class Session(FrameReceiver):
         self.peerMaxFrameBytes = peerMaxFrameBytes
         if heartbeatPeriod > 0:
             self._heartbeatPeriod = heartbeatPeriod
+            self._roundTripDue = self.clock.seconds()
             self._heartbeat = LoopingCall(self._heartbeatTick)
             self._heartbeat.clock = self.clock
             # Ticking at half the period keeps the idle gap below one period.
@@ -269,6 +276,11 @@ class Session(FrameReceiver):
             )
 
     def _heartbeatTick(self) -> None:
+        """
+        Abort a silent link; ping an idle one (liveness), and any link whose
+        round trip is due to be measured again. Only timestamps are compared
+        here: sending and receiving frames cost nothing more.
+        """
         now = self.clock.seconds()
         silence = now - self._lastReceived
         if silence > SILENT_PERIODS_BEFORE_ABORT * self._heartbeatPeriod:
@@ -278,7 +290,8 @@ class Session(FrameReceiver):
                 silence=silence,
             )
             self.close(f"nothing heard for {silence:.1f}s", abort=True)
-        elif now - self._lastSent >= self._heartbeatPeriod:
+        elif now - self._lastSent >= self._heartbeatPeriod or now >= self._roundTripDue:
+            self._roundTripDue = now + ROUND_TRIP_EVERY_PERIODS * self._heartbeatPeriod
             nonce = self._nextPing
             self._nextPing += 1
             # Only the latest outstanding ping matters for the round trip.

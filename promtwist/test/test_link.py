@@ -30,7 +30,7 @@ from promtwist.protocol.promtwist_pb2 import (
     Reject,
     ScrapeChunk,
 )
-from promtwist.protocol.session import SessionLost
+from promtwist.protocol.session import ROUND_TRIP_EVERY_PERIODS, SessionLost
 from promtwist.proxy.answers import ScrapeFailed
 from promtwist.proxy.link import AgentLink, agentLinkFactory
 from promtwist.proxy.relay import ScrapeCall
@@ -376,6 +376,25 @@ class HeartbeatTests(SynchronousTestCase):
         self.assertIsNotNone(pair.agent.roundTripSeconds)
         self.assertFalse(disconnecting(pair.proxy))
         self.assertFalse(disconnecting(pair.agent))
+
+    def test_busyLinkMeasuresRoundTrip(self) -> None:
+        """
+        A link busy with scrapes never goes idle, yet both ends measure the
+        round trip: once at the first heartbeat tick, then once every
+        L{ROUND_TRIP_EVERY_PERIODS} periods (5 s here), and no more often.
+        """
+        pair = Pair()
+        pings = pair.factory.metrics.registry
+        self.assertIsNone(pair.proxy.roundTripSeconds)
+        # Just past the second measurement, short of a third.
+        for _ in range(3 + ROUND_TRIP_EVERY_PERIODS * 5):
+            pair.scrape("fast").deliverBody(Collector())
+            pair.clock.advance(1.0)
+            pair.flush()
+        self.assertIsNotNone(pair.proxy.roundTripSeconds)
+        self.assertIsNotNone(pair.agent.roundTripSeconds)
+        # The agent's pings as the proxy counts them: at 2.5 s and 30 s later.
+        self.assertEqual(pings.get_sample_value("proxy_heartbeat_count_total"), 2)
 
     def test_silentPeerAborted(self) -> None:
         """
