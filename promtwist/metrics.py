@@ -252,6 +252,9 @@ class ProxyMetrics:
             ["reason"],
             registry=registry,
         )
+        # Exposed at 0 from the start, so that the success ratio reads 0, not
+        # nothing, while no scrape succeeds.
+        self._scrapeRequests.labels(type="success")
         self._sampled = _Sampled(_proxyFamilies, _proxySamples)
         registry.register(self._sampled)
 
@@ -468,6 +471,15 @@ class AgentMetrics:
             ["launch_id", "path"],
             registry=registry,
         )
+        # Every type is exposed at 0 from the start, so that rates and
+        # increases read 0 before the first event rather than nothing.
+        for counter, types in (
+            (self._scrapeRequests, ("success", "unsuccessful", "invalid_path")),
+            (self._scrapeResults, ("non-gzipped", "gzipped", "chunked", "dropped")),
+            (self._connects, ("success", "failure")),
+        ):
+            for kind in types:
+                counter.labels(launch_id=launchId, type=kind)
         startTime = Gauge(
             "agent_start_time_seconds",
             "When this agent started, in seconds since the epoch.",

@@ -294,6 +294,13 @@ class ProxyEventTests(SynchronousTestCase):
         self.assertNotIn("nope1", text)
         self.assertNotIn("nope3", text)
 
+    def test_successAtZero(self) -> None:
+        """
+        Before any scrape, successes are exposed as 0: a success ratio reads
+        0 when nothing succeeds, not nothing.
+        """
+        self.assertEqual(self.value("proxy_scrape_requests_total", {"type": "success"}), 0)
+
     def test_counters(self) -> None:
         self.metrics.agentConnected()
         self.metrics.agentConnected()
@@ -489,6 +496,19 @@ class AgentMetricsTests(SynchronousTestCase):
         self.assertEqual(self.value("agent_scrape_result_count_total", type="dropped"), 1)
         self.assertEqual(self.value("agent_filter_lines_dropped_total", path="app1_metrics"), 11)
         self.assertEqual(self.value("agent_filter_bytes_saved_total", path="app1_metrics"), 520)
+
+    def test_typesAtZero(self) -> None:
+        """
+        Before any event every type of the agent's counters is exposed as 0,
+        so that dashboards show 0 rather than nothing.
+        """
+        for name, types in (
+            ("agent_scrape_request_count_total", ("success", "unsuccessful", "invalid_path")),
+            ("agent_scrape_result_count_total", ("non-gzipped", "gzipped", "chunked", "dropped")),
+            ("agent_connect_count_total", ("success", "failure")),
+        ):
+            for kind in types:
+                self.assertEqual((name, kind, self.value(name, type=kind)), (name, kind, 0))
 
     def test_startTime(self) -> None:
         self.assertEqual(self.value("agent_start_time_seconds"), 1700000100)
