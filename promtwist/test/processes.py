@@ -58,6 +58,10 @@ CONTENT_TYPE = b"text/plain; version=0.0.4"
 # "n": 2 is a JSON number on purpose: discovery must turn it into "2".
 LABELS_JSON = '{"team": "a", "n": 2}'
 AGENT_NAME = "e2e-agent"
+# The paths under which a Cluster with metrics serves the proxy's and the
+# agent's own metrics.
+PROXY_METRICS_PATH = "e2e_proxy_metrics"
+AGENT_METRICS_PATH = "e2e_agent_metrics"
 
 
 def freePort() -> int:
@@ -359,38 +363,56 @@ class Cluster:
     processes), plus an HTTP client for the test; all torn down by the test's
     cleanups.
 
-    @ivar paths: the agent's paths: path -> target path on L{target}.
+    @ivar paths: the agent's paths: path -> target path on L{target}, or an
+        absolute URL.
+    @ivar proxyMetricsPort: the proxy's own metrics port, when it has one.
+    @ivar agentMetricsPort: the agent's own metrics port, when it has one.
     """
 
     def __init__(
-        self, case: TestCase, paths: dict[str, str] | None = None, sd: bool = True
+        self,
+        case: TestCase,
+        paths: dict[str, str] | None = None,
+        sd: bool = True,
+        metrics: bool = False,
     ) -> None:
+        """
+        @param metrics: whether the proxy and the agent serve their own
+            metrics (on L{proxyMetricsPort} and L{agentMetricsPort}).
+        """
         self.case = case
         self.workdir = os.path.abspath(case.mktemp())
         os.makedirs(self.workdir)
         self.target = TargetServer(case)
         self.scrapePort = freePort()
         self.agentPort = freePort()
-        self.paths = paths if paths is not None else {"e2e_one": "metrics", "e2e_two": "metrics"}
+        self.proxyMetricsPort = freePort() if metrics else None
+        self.agentMetricsPort = freePort() if metrics else None
+        self.paths = dict(
+            paths if paths is not None else {"e2e_one": "metrics", "e2e_two": "metrics"}
+        )
+        if self.proxyMetricsPort is not None and self.agentMetricsPort is not None:
+            # As examples/agent.conf does: both processes' own metrics through
+            # the proxy as well, so Prometheus may scrape each under two jobs.
+            self.paths[PROXY_METRICS_PATH] = f"http://127.0.0.1:{self.proxyMetricsPort}/metrics"
+            self.paths[AGENT_METRICS_PATH] = f"http://127.0.0.1:{self.agentMetricsPort}/metrics"
         self.agentConfig = writeFile(os.path.join(self.workdir, "agent.conf"), self._agentConf())
         proxyArgs = ["--port", str(self.scrapePort), "--agent_port", str(self.agentPort)]
         if sd:
             proxyArgs.append("--sd_enabled")
+        agentArgs = [
+            "-c",
+            self.agentConfig,
+            "--proxy",
+            f"127.0.0.1:{self.agentPort}",
+            "--name",
+            AGENT_NAME,
+        ]
+        for args, port in ((proxyArgs, self.proxyMetricsPort), (agentArgs, self.agentMetricsPort)):
+            if port is not None:
+                args.extend(["--metrics", "--metrics_port", str(port)])
         self.proxy = twistdChild(case, "proxy", "promproxy-proxy", proxyArgs, self.workdir)
-        self.agent = twistdChild(
-            case,
-            "agent",
-            "promproxy-agent",
-            [
-                "-c",
-                self.agentConfig,
-                "--proxy",
-                f"127.0.0.1:{self.agentPort}",
-                "--name",
-                AGENT_NAME,
-            ],
-            self.workdir,
-        )
+        self.agent = twistdChild(case, "agent", "promproxy-agent", agentArgs, self.workdir)
         self.children: list[Child] = [self.proxy, self.agent]
         self.pool = HTTPConnectionPool(_globalReactor, persistent=True)
         self.http = HTTPClient(Agent(_globalReactor, pool=self.pool))
@@ -401,7 +423,7 @@ class Cluster:
             "    {\n"
             f"      name = {hoconString('promtwist test ' + path)}\n"
             f"      path = {hoconString(path)}\n"
-            f"      url = {hoconString(self.target.url(targetPath))}\n"
+            f"      url = {hoconString(self._targetURL(targetPath))}\n"
             f"      labels = {hoconString(LABELS_JSON)}\n"
             "    }"
             for path, targetPath in self.paths.items()
@@ -416,6 +438,11 @@ class Cluster:
             "  ]\n"
             "}\n"
         )
+
+    def _targetURL(self, targetPath: str) -> str:
+        if targetPath.startswith("http://"):
+            return targetPath
+        return self.target.url(targetPath)
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.scrapePort}/{path}"

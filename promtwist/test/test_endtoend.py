@@ -7,15 +7,26 @@ user runs them (see L{promtwist.test.processes}).
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import treq
 from twisted.trial.unittest import TestCase
 
-from promtwist.test.processes import AGENT_NAME, Child, Cluster, freePort, writeFile
+from promtwist.test import grafana
+from promtwist.test.processes import (
+    AGENT_METRICS_PATH,
+    AGENT_NAME,
+    PROXY_METRICS_PATH,
+    Child,
+    Cluster,
+    freePort,
+    writeFile,
+)
 
 # ---------------------------------------------------------------------------
 # Prometheus.
@@ -34,9 +45,29 @@ PROMETHEUS_MISSING = (
 )
 
 
-def prometheusConfig(cluster: Cluster, job: str) -> str:
+# The jobs that scrape the proxy's and the agent's metrics ports directly, as
+# docs/deployment.md names them.
+PROXY_JOB = "promtwist-proxy"
+AGENT_JOB = "promtwist-agent"
+
+# What the test gives the dashboard's $__rate_interval: Grafana's is at least
+# four scrape intervals, and Prometheus here scrapes every second.
+RATE_INTERVAL = "4s"
+
+# The dashboard's agent panels that read 0 rather than nothing when the agent
+# is down.
+ZERO_WHEN_AGENT_DOWN = (
+    "Agent link up",
+    "Agent scrapes/s by type",
+    "Agent results/s by type",
+    "Agent backlog and scrapes in flight",
+)
+
+
+def prometheusConfig(cluster: Cluster, job: str, promPort: int) -> str:
     # No relabelling: every label, the instance included, must come from the
-    # proxy's discovery document as a user would get it.
+    # proxy's discovery document as a user would get it. Prometheus scrapes
+    # itself too: the dashboard must not select its process metrics.
     return f"""\
 global:
   scrape_interval: 1s
@@ -47,6 +78,12 @@ scrape_configs:
     http_sd_configs:
       - url: http://127.0.0.1:{cluster.scrapePort}/discovery
         refresh_interval: 1s
+  - job_name: {PROXY_JOB}
+    static_configs: [{{targets: ["127.0.0.1:{cluster.proxyMetricsPort}"]}}]
+  - job_name: {AGENT_JOB}
+    static_configs: [{{targets: ["127.0.0.1:{cluster.agentMetricsPort}"]}}]
+  - job_name: prometheus
+    static_configs: [{{targets: ["127.0.0.1:{promPort}"]}}]
 """
 
 
@@ -63,16 +100,20 @@ class EndToEndTests(TestCase):
             self.fail(PROMETHEUS_MISSING)
         job = "promtwist_e2e"
         started = time.monotonic()
-        # e2e_broken's target answers 404: Prometheus must show why.
+        # e2e_broken's target answers 404: Prometheus must show why. The
+        # proxy's and agent's own metrics are served through the proxy too.
         cluster = Cluster(
-            self, paths={"e2e_one": "metrics", "e2e_two": "metrics", "e2e_broken": "missing"}
+            self,
+            paths={"e2e_one": "metrics", "e2e_two": "metrics", "e2e_broken": "missing"},
+            metrics=True,
         )
         await cluster.start()
         proxyAndAgentReady = time.monotonic()
 
         promPort = freePort()
         promConfig = writeFile(
-            os.path.join(cluster.workdir, "prometheus.yml"), prometheusConfig(cluster, job)
+            os.path.join(cluster.workdir, "prometheus.yml"),
+            prometheusConfig(cluster, job, promPort),
         )
         prometheus = Child(
             self,
@@ -99,8 +140,12 @@ class EndToEndTests(TestCase):
 
         expected = {
             path: f"127.0.0.1:{cluster.scrapePort}/{path}"
-            for path in cluster.paths
-            if path != "e2e_broken"
+            for path, targetPath in cluster.paths.items()
+            if targetPath == "metrics"
+        }
+        ownMetrics = {
+            f"127.0.0.1:{cluster.scrapePort}/{path}"
+            for path in (PROXY_METRICS_PATH, AGENT_METRICS_PATH)
         }
         broken = f"127.0.0.1:{cluster.scrapePort}/e2e_broken"
         state: dict[str, Any] = {}
@@ -123,6 +168,8 @@ class EndToEndTests(TestCase):
             upOnes = {s["metric"].get("instance") for s in up if s["value"][1] == "1"}
             arrived = {s["metric"].get("instance") for s in samples if s["value"][1] == "42"}
             want = set(expected.values())
+            if not ownMetrics <= healthy:
+                return False
             failing = [t for t in targets if t["labels"].get("instance") == broken]
             reasoned = bool(failing) and "answered HTTP 404" in failing[0]["lastError"]
             return want <= healthy and want <= upOnes and want <= arrived and reasoned
@@ -136,20 +183,134 @@ class EndToEndTests(TestCase):
         allScraped = time.monotonic()
 
         try:
-            self._checkTargets(cluster, job, expected, state)
+            self._checkTargets(cluster, job, expected, ownMetrics, state)
         except self.failureException as e:
             raise cluster.fail(
                 f"{e}\n\nlast Prometheus API answers:\n{json.dumps(state, indent=1)[:8000]}"
             ) from None
+
+        dashboard: dict[str, Any] = {}
+        try:
+            await self._checkDashboard(cluster, job, apiGet, dashboard)
+        except self.failureException as e:
+            raise cluster.fail(
+                f"{e}\n\nlast dashboard answers:\n{json.dumps(dashboard, indent=1)[:8000]}"
+            ) from None
+        dashboardDone = time.monotonic()
         print(
             f"\n  e2e timings: proxy+agent serving after {proxyAndAgentReady - started:.2f}s, "
-            f"Prometheus saw every target up {allScraped - proxyAndAgentReady:.2f}s later"
+            f"Prometheus saw every target up {allScraped - proxyAndAgentReady:.2f}s later, "
+            f"the dashboard checked in {dashboardDone - allScraped:.2f}s more"
         )
 
-    def _checkTargets(
-        self, cluster: Cluster, job: str, expected: dict[str, str], state: dict[str, Any]
+    async def _checkDashboard(
+        self,
+        cluster: Cluster,
+        job: str,
+        apiGet: Callable[[str], Awaitable[Any]],
+        state: dict[str, Any],
     ) -> None:
-        targets = {t["labels"]["instance"]: t for t in state["targets"]}
+        """
+        Every query of the example dashboard returns data, for every choice
+        of its job variables, with each process counted once: Prometheus
+        scrapes the proxy and the agent both directly and through the proxy.
+        Then the agent is killed, and its panels read 0 rather than nothing.
+        """
+        dashboard = grafana.load(grafana.dashboardFile())
+        queries = grafana.panelQueries(dashboard)
+        variables = grafana.variables(dashboard)
+
+        async def choices() -> list[dict[str, str]]:
+            # As Grafana resolves them: in order, each query seeing the values
+            # chosen before it; single-valued ones take each option in turn,
+            # multi-valued ones are All.
+            combos = [{"__rate_interval": RATE_INTERVAL}]
+            options: dict[str, set[str]] = {}
+            for variable in variables:
+                following = []
+                for values in combos:
+                    selector = grafana.substitute(variable.selector, values)
+                    found = sorted(
+                        await apiGet(f"label/{variable.label}/values?match[]={_q(selector)}")
+                    )
+                    options.setdefault(variable.name, set()).update(found)
+                    if variable.multi:
+                        following.append({**values, variable.name: grafana.regexValue(found)})
+                    else:
+                        following.extend({**values, variable.name: value} for value in found)
+                combos = following
+            state["options"] = {name: sorted(found) for name, found in options.items()}
+            return combos
+
+        async def everyQueryAnswers() -> list[tuple[dict[str, str], dict[str, Any]]] | None:
+            answers = []
+            empty = []
+            for values in await choices():
+                results = {}
+                for query in queries:
+                    expr = grafana.substitute(query.expr, values)
+                    result = (await apiGet("query?query=" + _q(expr)))["result"]
+                    if not any(not math.isnan(float(s["value"][1])) for s in result):
+                        empty.append(f"{query} for {values}: {expr} -> {result}")
+                    results[query.panel + "/" + query.refId] = result
+                answers.append((values, results))
+            state["no data"] = empty
+            return None if empty else answers
+
+        answers = await cluster.eventually(
+            everyQueryAnswers, "every dashboard query returns data", 30, interval=0.5
+        )
+        self.assertEqual(
+            state["options"]["proxy_job"], sorted([job, PROXY_JOB]), "the proxy under two jobs"
+        )
+        self.assertEqual(
+            state["options"]["agent_job"], sorted([job, AGENT_JOB]), "the agent under two jobs"
+        )
+        for values, results in answers:
+            chosen = f"{values['proxy_job']} and {values['agent_job']}"
+            self.assertEqual(_only(results["Connected agents/A"]), "1", chosen)
+            self.assertEqual(_only(results["Paths served/A"]), str(len(cluster.paths)), chosen)
+            self.assertEqual(_only(results["Agent link up/A"]), "1", chosen)
+            for panel in ("CPU", "Resident memory", "Open file descriptors", "Uptime"):
+                # The proxy and the agent, each once; not Prometheus.
+                jobs = sorted(s["metric"]["job"] for s in results[panel + "/A"])
+                self.assertEqual(
+                    jobs, sorted([values["proxy_job"], values["agent_job"]]), (panel, chosen)
+                )
+
+        # The agent dies: scraped directly, its panels read 0, not nothing,
+        # once its last samples leave the rate window.
+        await cluster.agent.kill()
+        [direct] = [values for values, _ in answers if values["agent_job"] == AGENT_JOB][:1]
+        zeroQueries = [query for query in queries if query.panel in ZERO_WHEN_AGENT_DOWN]
+        self.assertEqual(
+            {query.panel for query in zeroQueries}, set(ZERO_WHEN_AGENT_DOWN), "panels renamed?"
+        )
+
+        async def zeros() -> bool:
+            found = {}
+            for query in zeroQueries + [q for q in queries if q.panel == "Connected agents"]:
+                expr = grafana.substitute(query.expr, direct)
+                result = (await apiGet("query?query=" + _q(expr)))["result"]
+                found[str(query)] = [sample["value"][1] for sample in result]
+            state["agent down"] = found
+            return all(values == ["0"] for values in found.values())
+
+        await cluster.eventually(zeros, "0 on the dead agent's panels", 20, interval=0.5)
+
+    def _checkTargets(
+        self,
+        cluster: Cluster,
+        job: str,
+        expected: dict[str, str],
+        ownMetrics: set[str],
+        state: dict[str, Any],
+    ) -> None:
+        targets = {
+            t["labels"]["instance"]: t for t in state["targets"] if t["labels"]["job"] == job
+        }
+        for instance in ownMetrics:
+            self.assertEqual(targets.pop(instance)["health"], "up", instance)
         broken = targets.pop(f"127.0.0.1:{cluster.scrapePort}/e2e_broken")
         # promtwist's reason reaches the targets page through the status
         # line: Prometheus reads no error body.
@@ -176,6 +337,8 @@ class EndToEndTests(TestCase):
             byInstance = {s["metric"]["instance"]: s for s in state[series]}
             if series == "up":
                 self.assertEqual(byInstance.pop(broken["labels"]["instance"])["value"][1], "0")
+                for instance in ownMetrics:
+                    self.assertEqual(byInstance.pop(instance)["value"][1], "1", instance)
             self.assertEqual(set(byInstance), set(expected.values()), series)
             for sample in byInstance.values():
                 metric = sample["metric"]
@@ -187,6 +350,14 @@ class EndToEndTests(TestCase):
                     self.assertEqual(sample["value"][1], "42", sample)
                 else:
                     self.assertEqual(sample["value"][1], "1", sample)
+
+
+def _only(result: list[dict[str, Any]]) -> str:
+    """
+    The value of a query result that must be exactly one sample.
+    """
+    [sample] = result
+    return str(sample["value"][1])
 
 
 def _q(text: str) -> str:
