@@ -391,7 +391,7 @@ class Cluster:
         self.paths = dict(
             paths if paths is not None else {"e2e_one": "metrics", "e2e_two": "metrics"}
         )
-        if self.proxyMetricsPort is not None and self.agentMetricsPort is not None:
+        if metrics:
             # As examples/agent.conf does: both processes' own metrics through
             # the proxy as well, so Prometheus may scrape each under two jobs.
             self.paths[PROXY_METRICS_PATH] = f"http://127.0.0.1:{self.proxyMetricsPort}/metrics"
