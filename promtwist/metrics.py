@@ -234,6 +234,14 @@ class ProxyMetrics:
             "Exclusive paths taken over by another agent.",
             registry=registry,
         )
+        self._holderChanges = Counter(
+            "proxy_path_holder_changes",
+            "Exclusive paths that went from one agent to another, by why:"
+            " unregistered, goodbye, lost, evicted (the holder left and its first"
+            " standby took over) or takeover (the same agent proved itself again).",
+            ["reason"],
+            registry=registry,
+        )
         startTime = Gauge(
             "proxy_start_time_seconds",
             "When this proxy started, in seconds since the epoch.",
@@ -303,6 +311,15 @@ class ProxyMetrics:
         An agent registered an exclusive path another agent held, and took it.
         """
         self._displacements.inc()
+
+    def holderChanged(self, reason: str) -> None:
+        """
+        An exclusive path changed holder.
+
+        @param reason: a key of
+            L{promtwist.proxy.registry.HOLDER_CHANGE_REASONS}.
+        """
+        self._holderChanges.labels(reason=reason).inc()
 
     def rejected(self, reason: str) -> None:
         """

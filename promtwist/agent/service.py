@@ -317,8 +317,11 @@ class AgentService(MultiService):
             "",
             "paths:",
         ]
+        standings = connection.standings if connection is not None else {}
         for path, config in sorted(self.factory.paths.items()):
-            lines.append(f"  /{path} -> {redacted(config.url)}")
+            standing = standings.get(path)
+            where = standing.describe() if standing is not None else "not registered"
+            lines.append(f"  /{path} -> {redacted(config.url)} [{where}]")
         return "\n".join(lines) + "\n"
 
     def _notReady(self, failure: Failure, proxy: str) -> Failure:

@@ -227,7 +227,7 @@ class ProxyServiceTests(TestCase):
         self.assertEqual(samples[("proxy_connect_count_total", ())], 1)
         self.assertEqual(samples[("proxy_agent_map_size", ())], 1)
         _, debug = await self.get(adminPort, "debug")
-        self.assertIn(b"/m [exclusive] a1", debug)
+        self.assertIn(b"/m [exclusive] 'a1' (vm, ", debug)
         self.assertIn(b"/m - success - 200", debug)
         self.assertEqual(await self.get(adminPort, "ping"), (200, b"pong\n"))
 
