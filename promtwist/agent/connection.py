@@ -134,7 +134,7 @@ class ProxyConnection(Session):
 
     _log = Logger(observer=observer)
     # DRAINING: this agent said Goodbye; scrape requests that still arrive
-    # are answered (refused while the factory drains), the rest as usual.
+    # (sent before the proxy read it) are served, the rest as usual.
     allowedFrames: ClassVar[Mapping[LinkState, frozenset[str]]] = {
         LinkState.HANDSHAKE: frozenset({"welcome", "reject"}),
         LinkState.ESTABLISHED: _SERVING,
@@ -435,9 +435,9 @@ class ProxyConnection(Session):
     # Scrapes.
 
     def frame_scrape_request(self, request: ScrapeRequest) -> None:
-        if self.factory.draining:
-            self._refuse(request, Outcome.AGENT_ERROR, 503, "agent shutting down")
-            return
+        # After this agent's Goodbye too: the proxy sent it before it read
+        # the Goodbye, and it is the last scrape of this path on this link
+        # (the next goes to a standby), so it is served, not refused.
         config = self.factory.paths.get(request.path)
         if config is None:
             self._refuse(
