@@ -16,7 +16,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import TypeVar
 
@@ -363,8 +363,17 @@ class Cluster:
     """
 
     def __init__(
-        self, case: TestCase, paths: dict[str, str] | None = None, sd: bool = True
+        self,
+        case: TestCase,
+        paths: dict[str, str] | None = None,
+        sd: bool = True,
+        proxyArgs: Sequence[str] = (),
+        agentArgs: Sequence[str] = (),
     ) -> None:
+        """
+        @param proxyArgs: more options for the proxy.
+        @param agentArgs: more options for the agent.
+        """
         self.case = case
         self.workdir = os.path.abspath(case.mktemp())
         os.makedirs(self.workdir)
@@ -372,39 +381,64 @@ class Cluster:
         self.scrapePort = freePort()
         self.agentPort = freePort()
         self.paths = paths if paths is not None else {"e2e_one": "metrics", "e2e_two": "metrics"}
-        self.agentConfig = writeFile(os.path.join(self.workdir, "agent.conf"), self._agentConf())
-        proxyArgs = ["--port", str(self.scrapePort), "--agent_port", str(self.agentPort)]
+        self.agentConfig = writeFile(os.path.join(self.workdir, "agent.conf"), self.agentConf())
+        options = ["--port", str(self.scrapePort), "--agent_port", str(self.agentPort)]
         if sd:
-            proxyArgs.append("--sd_enabled")
-        self.proxy = twistdChild(case, "proxy", "promproxy-proxy", proxyArgs, self.workdir)
-        self.agent = twistdChild(
-            case,
-            "agent",
-            "promproxy-agent",
-            [
-                "-c",
-                self.agentConfig,
-                "--proxy",
-                f"127.0.0.1:{self.agentPort}",
-                "--name",
-                AGENT_NAME,
-            ],
-            self.workdir,
+            options.append("--sd_enabled")
+        self.proxy = twistdChild(
+            case, "proxy", "promproxy-proxy", [*options, *proxyArgs], self.workdir
         )
-        self.children: list[Child] = [self.proxy, self.agent]
+        self.children: list[Child] = [self.proxy]
+        self.agent = self.agentChild("agent", args=agentArgs)
         self.pool = HTTPConnectionPool(_globalReactor, persistent=True)
         self.http = HTTPClient(Agent(_globalReactor, pool=self.pool))
         case.addCleanup(self.pool.closeCachedConnections)
 
-    def _agentConf(self) -> str:
+    def agentChild(
+        self,
+        childName: str,
+        agentName: str = AGENT_NAME,
+        config: str | None = None,
+        args: Sequence[str] = (),
+    ) -> Child:
+        """
+        One more agent of this proxy (not started), with the cluster's
+        agent config unless C{config} names another file.
+        """
+        child = twistdChild(
+            self.case,
+            childName,
+            "promproxy-agent",
+            [
+                "-c",
+                config or self.agentConfig,
+                "--proxy",
+                f"127.0.0.1:{self.agentPort}",
+                "--name",
+                agentName,
+                *args,
+            ],
+            self.workdir,
+        )
+        self.children.append(child)
+        return child
+
+    def agentConf(
+        self, paths: dict[str, str] | None = None, target: TargetServer | None = None
+    ) -> str:
+        """
+        An agent config serving C{paths} (path -> target path; the
+        cluster's by default) from C{target} (the cluster's by default).
+        """
+        target = target or self.target
         entries = "\n".join(
             "    {\n"
             f"      name = {hoconString('promtwist test ' + path)}\n"
             f"      path = {hoconString(path)}\n"
-            f"      url = {hoconString(self.target.url(targetPath))}\n"
+            f"      url = {hoconString(target.url(targetPath))}\n"
             f"      labels = {hoconString(LABELS_JSON)}\n"
             "    }"
-            for path, targetPath in self.paths.items()
+            for path, targetPath in (paths or self.paths).items()
         )
         return (
             "// Written by promtwist.test.test_endtoend.\n"
@@ -467,6 +501,13 @@ class Cluster:
             if time.monotonic() >= deadline:
                 raise self.fail(f"{what}: not within {within:g}s (last: {last})")
             await sleep(interval)
+
+    async def text(self, url: str, limit: float = 2.0) -> str:
+        """
+        The body of C{url} (an admin page, say), as text.
+        """
+        response = await self.http.get(url, timeout=limit)
+        return (await treq.content(response)).decode("utf-8", "replace")
 
     async def servedOnce(self, path: str = "e2e_one") -> float | None:
         """
