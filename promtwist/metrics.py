@@ -231,7 +231,8 @@ class ProxyMetrics:
         # proxy_agent_displacement_total, as prometheus-proxy's is.
         self._displacements = Counter(
             "proxy_agent_displacement_total",
-            "Exclusive paths taken over by another agent.",
+            "Exclusive paths taken from a connected holder by the same agent proving itself"
+            " again (same identity and launch, or a per-agent identity).",
             registry=registry,
         )
         self._holderChanges = Counter(
@@ -308,7 +309,9 @@ class ProxyMetrics:
 
     def agentDisplaced(self) -> None:
         """
-        An agent registered an exclusive path another agent held, and took it.
+        An agent took an exclusive path from its connected holder by proving
+        it is the same agent (same identity and launch, or a per-agent
+        identity).
         """
         self._displacements.inc()
 

@@ -383,7 +383,7 @@ class ProxyConnection(Session):
                     standing=standing.describe(),
                 )
             elif answer.ok:
-                self.standings[config.path] = Standing(True, since=self.clock.seconds())
+                self.standings[config.path] = Standing(True, since=answer.holder.since_ms / 1000)
                 self._log.info(
                     "serving /{path} for {url}", path=config.path, url=redacted(config.url)
                 )

@@ -277,7 +277,12 @@ class AgentLink(Session):
             )
         else:
             self._logClaim(request.path, "serves")
-            reply = PathReply(request_id=request.request_id, ok=True, role=HOLDER)
+            reply = PathReply(
+                request_id=request.request_id,
+                ok=True,
+                role=HOLDER,
+                holder=holderOf(self, placement.since),
+            )
         self.sendFrame(Frame(path_reply=reply))
 
     def pathRoleChanged(
