@@ -8,7 +8,6 @@ C{agent.http.maxConcurrentClients}.
 from __future__ import annotations
 
 import socket
-import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from promtwist.agent.paths import PathChanges, PathTable
 from promtwist.agent.scraper import Scrape, Scraper
 from promtwist.config import AgentSettings, PathConfig
 from promtwist.httputil import redacted
-from promtwist.logs import clip, observer
+from promtwist.logs import clip, observer, utcTime
 from promtwist.protocol.framing import ProtocolError, _peerName
 from promtwist.protocol.promtwist_pb2 import (
     STANDBY,
@@ -100,15 +99,11 @@ class Standing:
         One line for logs and the debug page.
         """
         if self.holds:
-            return "held by this agent" + (f" since {_when(self.since)}" if self.since else "")
+            return "held by this agent" + (f" since {utcTime(self.since)}" if self.since else "")
         place = f" #{self.position}" if self.position else ""
         return f"standby{place} behind {self.holder}" + (
-            f" (holder since {_when(self.since)})" if self.since else ""
+            f" (holder since {utcTime(self.since)})" if self.since else ""
         )
-
-
-def _when(seconds: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
 def _holderText(holder: Holder) -> str:

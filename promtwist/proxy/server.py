@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from promtwist import __version__
 from promtwist.config import ConfigError, ProxySettings
 from promtwist.listen import Listener
-from promtwist.logs import clip, observer
+from promtwist.logs import clip, observer, utcTime
 from promtwist.metrics import AgentSample, ProxyState
 from promtwist.proxy.access import guarded
 from promtwist.proxy.answers import ScrapeRecord
@@ -163,11 +163,11 @@ class ProxyService(MultiService):
             if entry.consolidated:
                 lines.append(f"  /{entry.path} [consolidated] {agents}")
                 continue
-            lines.append(f"  /{entry.path} [exclusive] {agents}, since {_when(entry.since)}")
+            lines.append(f"  /{entry.path} [exclusive] {agents}, since {utcTime(entry.since)}")
             for place, claim in enumerate(entry.standbys, 1):
                 lines.append(
                     f"      standby #{place}: {_described(claim.agent)}, waiting since "
-                    f"{_when(claim.since)}"
+                    f"{utcTime(claim.since)}"
                 )
         lines += ["", f"last {len(self.recent)} scrapes:"]
         for r in self.recent:
@@ -312,7 +312,3 @@ def _described(agent: AgentHandle) -> str:
         f"{clip(agent.name)!r} ({clip(agent.hostName)}, {agent.agentId}, "
         f"identity {agent.identity.name})"
     )
-
-
-def _when(seconds: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
