@@ -382,6 +382,8 @@ class Registry:
             self._pathsByAgent[agent.agentId].add(path)
         else:
             standby = entry.standbys[index]
+            if (standby.claim.name, standby.claim.labels) == (name, dict(labels)):
+                return Placement(index + 1, entry.agents[0], entry.since)
             self._charge(cost - standby.cost, path)
             standby.cost = cost
             standby.claim = Claim(agent, name, dict(labels), standby.claim.since)

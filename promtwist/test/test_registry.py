@@ -486,8 +486,12 @@ class OwnershipTests(SynchronousTestCase):
         second = self.registry.registerPath(c, "p", "C", {})
         self.assertEqual((first.position, first.holder, first.since), (1, a, 1_000))
         self.assertEqual((second.position, second.holder), (2, a))
-        # Claiming again keeps the place in line.
+        # Claiming again keeps the place in line; the same claim again
+        # changes nothing.
         self.assertEqual(self.registry.registerPath(b, "p", "B", {"k": "b2"}).position, 1)
+        before = (self.registry.generation, self.registry.registeredBytes)
+        self.assertEqual(self.registry.registerPath(b, "p", "B", {"k": "b2"}).position, 1)
+        self.assertEqual((self.registry.generation, self.registry.registeredBytes), before)
         self.assertEqual(self.registry.lookup("p"), (a,))
         self.assertEqual(self.standbys(), ["2", "3"])
         (entry,) = self.registry.snapshot()
