@@ -33,6 +33,7 @@ from promtwist.httputil import redacted
 from promtwist.logs import clip, observer, utcTime
 from promtwist.protocol.framing import ProtocolError, _peerName
 from promtwist.protocol.promtwist_pb2 import (
+    HOLDER,
     STANDBY,
     CancelScrape,
     Frame,
@@ -407,6 +408,14 @@ class ProxyConnection(Session):
                 "path status",
                 "the proxy sent a status for /{path}, which this agent did not register",
                 path=clip(status.path),
+            )
+            return
+        if status.role not in (HOLDER, STANDBY):
+            self.warnings.warn(
+                "path status",
+                "the proxy sent a status for /{path} with no known role ({role}); ignored",
+                path=clip(status.path),
+                role=int(status.role),
             )
             return
         reason = clip(status.reason)

@@ -224,7 +224,8 @@ class ProxyService(MultiService):
                     agent=link.name,
                     identity=link.identity.name,
                 )
-                link.transport.loseConnection()
+                # Closing hands its paths to their standbys at once.
+                link.close("its identity changed on reload")
         others = [
             key
             for key in vars(fresh)

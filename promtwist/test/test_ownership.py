@@ -305,6 +305,21 @@ class AgentFrameTests(SynchronousTestCase):
         self.assertIs(connection.state, LinkState.CLOSED)
         self.assertIn("path_status frame before the handshake completed", text(events[-1]))
 
+    def test_statusWithAnUnknownRole(self) -> None:
+        """
+        A status naming a role this agent does not know is warned about and
+        changes nothing: the agent keeps what it was last told.
+        """
+        proxy = Ownership()
+        agent = proxy.connect("a1")
+        with capturedLogs() as events:
+            agent.connection.frameReceived(
+                Frame(path_status=PathStatus(path="fast", role=7))  # type: ignore[arg-type]
+            )
+        (warning,) = [e for e in events if e["log_level"] == LogLevel.warn]
+        self.assertIn("no known role (7)", text(warning))
+        self.assertTrue(agent.standing().startswith("held by this agent"))
+
     def test_statusForAnUnregisteredPath(self) -> None:
         """
         A status for a path this agent did not register is warned about
