@@ -131,14 +131,11 @@ class Placement:
     @ivar holder: the agent that serves the path (for a consolidated path,
         the registrant itself).
     @ivar since: when C{holder} took the path.
-    @ivar displaced: the holder this registration took the path from, by
-        proof of being the same agent.
     """
 
     position: int
     holder: AgentHandle
     since: float
-    displaced: AgentHandle | None = None
 
 
 @dataclass(frozen=True)
@@ -416,7 +413,7 @@ class Registry:
         self._promote(entry, path, _Standby(Claim(agent, name, dict(labels), 0.0), cost))
         self._pathsByAgent[agent.agentId].add(path)
         self._announce(HolderChange(path, old, agent, "takeover", entry.since))
-        return Placement(0, agent, entry.since, displaced=old)
+        return Placement(0, agent, entry.since)
 
     def _promote(self, entry: _Path, path: str, claim: _Standby) -> None:
         """

@@ -586,7 +586,7 @@ class OwnershipTests(SynchronousTestCase):
             registry.registerPath(old, "p", "", {})
             registry.registerPath(waiting, "p", "", {})
             placement = registry.registerPath(new, "p", "", {})
-            self.assertEqual((placement.position, placement.displaced), (0, old), identity)
+            self.assertEqual((placement.position, placement.holder), (0, new), identity)
             self.assertEqual(registry.lookup("p"), (new,))
             (entry,) = registry.snapshot()
             self.assertEqual([c.agent for c in entry.standbys], [old, waiting])
@@ -641,7 +641,7 @@ class OwnershipTests(SynchronousTestCase):
         self.assertFalse(provesSameAgent(holder, FakeAgent("3", "a", "h", "l1", identity=other)))
         self.agents(holder, restarted)
         self.registry.registerPath(holder, "p", "", {})
-        self.assertEqual(self.registry.registerPath(restarted, "p", "", {}).displaced, holder)
+        self.assertEqual(self.registry.registerPath(restarted, "p", "", {}).holder, restarted)
         self.assertEqual(self.changed(), [("1", "2", "takeover")])
 
     def test_standbyProvingItselfTakesOver(self) -> None:
