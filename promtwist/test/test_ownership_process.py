@@ -182,8 +182,12 @@ class OwnershipProcessTests(TestCase):
                 self.assertIn(b"agent disconnected", body)
             else:
                 self.assertIn(SAMPLE, body)
+        thirdDebug = await cluster.text(f"http://127.0.0.1:{thirdAdmin}/debug")
         for path in paths:
-            self.assertEqual(await cluster.get(path), (200, (await cluster.get(path))[1]))
+            code, body = await cluster.get(path)
+            self.assertEqual(code, 200, body)
+            self.assertIn(f"/{path} -> ", thirdDebug)
+        self.assertEqual(thirdDebug.count("[held by this agent since "), len(paths), thirdDebug)
         proxyLog = cluster.proxy.log()
         self.assertEqual(proxyLog.count("changes holder"), 4, proxyLog)
         self.assertEqual(proxyLog.count("the holder said goodbye"), 4)
