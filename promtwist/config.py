@@ -79,11 +79,18 @@ class Identity:
 
     @ivar paths: globs (C{*} any run, C{?} one character) matched against the
         whole path; empty means any path.
+    @ivar perAgent: the operator declares that one agent alone holds this
+        identity's credential (C{proxy.auth[].perAgent}): proving the
+        identity then proves being the same agent, so a claim under it may
+        take a path from a connected holder of the same identity. Without
+        it, the identity is a group credential and only the same launch
+        does (see L{promtwist.proxy.registry.provesSameAgent}).
     """
 
     name: str
     token: str = ""
     paths: tuple[str, ...] = ()
+    perAgent: bool = False
 
 
 @dataclass(frozen=True)
@@ -1714,7 +1721,7 @@ def _pathConfigs(gathered: _Gathered, warn: Callable[[str], None]) -> tuple[Path
 
 
 LEGACY_TOKEN_IDENTITY = "legacy-agent-token"
-_IDENTITY_KEYS = ("name", "token", "paths")
+_IDENTITY_KEYS = ("name", "token", "paths", "perAgent")
 _GLOB = re.compile(r"[^#%\s]+\Z")
 
 
@@ -1767,9 +1774,15 @@ def _identities(
         for glob in paths:
             if not _GLOB.match(glob):
                 raise _fail(label, f"{where}.paths", "a path glob such as team_a_*", glob)
+        try:
+            perAgent = bool(_coerce(bool, entry.get("perAgent", False), lenient=True))
+        except ValueError:
+            raise _fail(
+                label, f"{where}.perAgent", "true or false", entry.get("perAgent")
+            ) from None
         names[name] = where
         tokens[name] = token
-        identities.append(Identity(name, token, paths))
+        identities.append(Identity(name, token, paths, perAgent))
     return tuple(identities)
 
 

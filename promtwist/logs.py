@@ -9,6 +9,7 @@ open up promtwist without touching what twistd itself logs.
 from __future__ import annotations
 
 import sys
+import time
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import (
@@ -75,6 +76,14 @@ def clip(value: str | bytes, limit: int = WIRE_TEXT_LIMIT) -> str:
     if size <= limit and len(escaped) <= limit:
         return escaped
     return f"{escaped[:limit]}... ({size} characters)"
+
+
+def utcTime(seconds: float) -> str:
+    """
+    A time in seconds since the epoch as logs and debug pages show it:
+    ISO 8601 in UTC, to the second (C{2026-12-01T23:44:03Z}).
+    """
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
 class _Window:

@@ -231,7 +231,16 @@ class ProxyMetrics:
         # proxy_agent_displacement_total, as prometheus-proxy's is.
         self._displacements = Counter(
             "proxy_agent_displacement_total",
-            "Exclusive paths taken over by another agent.",
+            "Exclusive paths taken from a connected holder by the same agent proving itself"
+            " again (same identity and launch, or a per-agent identity).",
+            registry=registry,
+        )
+        self._holderChanges = Counter(
+            "proxy_path_holder_changes",
+            "Exclusive paths that went from one agent to another, by why:"
+            " unregistered, goodbye, lost, evicted (the holder left and its first"
+            " standby took over) or takeover (the same agent proved itself again).",
+            ["reason"],
             registry=registry,
         )
         startTime = Gauge(
@@ -303,9 +312,20 @@ class ProxyMetrics:
 
     def agentDisplaced(self) -> None:
         """
-        An agent registered an exclusive path another agent held, and took it.
+        An agent took an exclusive path from its connected holder by proving
+        it is the same agent (same identity and launch, or a per-agent
+        identity).
         """
         self._displacements.inc()
+
+    def holderChanged(self, reason: str) -> None:
+        """
+        An exclusive path changed holder.
+
+        @param reason: a key of
+            L{promtwist.proxy.registry.HOLDER_CHANGE_REASONS}.
+        """
+        self._holderChanges.labels(reason=reason).inc()
 
     def rejected(self, reason: str) -> None:
         """

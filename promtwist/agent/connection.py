@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import uuid
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from twisted.internet.defer import (
@@ -29,14 +30,18 @@ from promtwist.agent.paths import PathChanges, PathTable
 from promtwist.agent.scraper import Scrape, Scraper
 from promtwist.config import AgentSettings, PathConfig
 from promtwist.httputil import redacted
-from promtwist.logs import clip, observer
+from promtwist.logs import clip, observer, utcTime
 from promtwist.protocol.framing import ProtocolError, _peerName
 from promtwist.protocol.promtwist_pb2 import (
+    HOLDER,
+    STANDBY,
     CancelScrape,
     Frame,
     Hello,
+    Holder,
     Outcome,
     PathReply,
+    PathStatus,
     RegisterPath,
     Reject,
     ScrapeCredit,
@@ -58,8 +63,57 @@ from promtwist.tls import describeTLSFailure
 MAX_AGENT_ID_LENGTH = 64
 
 _SERVING = frozenset(
-    {"path_reply", "scrape_request", "scrape_credit", "cancel_scrape", "ping", "pong", "goodbye"}
+    {
+        "path_reply",
+        "path_status",
+        "scrape_request",
+        "scrape_credit",
+        "cancel_scrape",
+        "ping",
+        "pong",
+        "goodbye",
+    }
 )
+
+
+@dataclass(frozen=True)
+class Standing:
+    """
+    This agent's place on one path it registered, as the proxy last said.
+
+    @ivar holder: who serves the path: this agent when it holds it; the
+        proxy's words, clipped, for another agent.
+    @ivar since: when C{holder} took the path, in seconds since the epoch
+        (0 when the proxy did not say).
+    @ivar position: 0 when this agent holds the path, else its place in
+        the standby queue (1 for the first; 0 too after a displacement,
+        when the proxy did not say).
+    """
+
+    holds: bool
+    holder: str = ""
+    since: float = 0.0
+    position: int = 0
+
+    def describe(self) -> str:
+        """
+        One line for logs and the debug page.
+        """
+        if self.holds:
+            return "held by this agent" + (f" since {utcTime(self.since)}" if self.since else "")
+        place = f" #{self.position}" if self.position else ""
+        return f"standby{place} behind {self.holder}" + (
+            f" (holder since {utcTime(self.since)})" if self.since else ""
+        )
+
+
+def _holderText(holder: Holder) -> str:
+    """
+    The proxy's description of a holder, clipped: it names another agent,
+    whose name and host name that agent chose.
+    """
+    host = clip(holder.host_name) or "?"
+    return f"agent {clip(holder.agent_name)!r} on {host} ({clip(holder.agent_id)})"
 
 
 class Rejected(Exception):
@@ -76,7 +130,7 @@ class ProxyConnection(Session):
 
     _log = Logger(observer=observer)
     # DRAINING: this agent said Goodbye; scrape requests that still arrive
-    # are answered (refused while the factory drains), the rest as usual.
+    # (sent before the proxy read it) are served, the rest as usual.
     allowedFrames: ClassVar[Mapping[LinkState, frozenset[str]]] = {
         LinkState.HANDSHAKE: frozenset({"welcome", "reject"}),
         LinkState.ESTABLISHED: _SERVING,
@@ -100,6 +154,8 @@ class ProxyConnection(Session):
         # What the proxy has been told, by path, and whether it accepted.
         # Path changes are applied one batch at a time, each against this.
         self._registered: dict[str, tuple[PathConfig, bool]] = {}
+        # Of the accepted paths: held or waited for, as the proxy last said.
+        self.standings: dict[str, Standing] = {}
         self._pathLock = DeferredLock()
         self._idle: list[Deferred[None]] = []
 
@@ -272,6 +328,7 @@ class ProxyConnection(Session):
         def unregistered(answer: PathReply) -> bool:
             if self._registered.get(config.path, (None, False))[0] == config:
                 del self._registered[config.path]
+                self.standings.pop(config.path, None)
             if answer.ok:
                 self._log.info("no longer serving /{path}", path=config.path)
             else:
@@ -305,7 +362,24 @@ class ProxyConnection(Session):
 
         def registered(answer: PathReply) -> bool:
             self._registered[config.path] = (config, bool(answer.ok))
-            if answer.ok:
+            self.standings.pop(config.path, None)
+            if answer.ok and answer.role == STANDBY:
+                standing = Standing(
+                    False,
+                    _holderText(answer.holder),
+                    answer.holder.since_ms / 1000,
+                    answer.position,
+                )
+                self.standings[config.path] = standing
+                self._log.info(
+                    "waiting for /{path} ({url}): {standing}; the proxy promotes this agent "
+                    "when the holder leaves",
+                    path=config.path,
+                    url=redacted(config.url),
+                    standing=standing.describe(),
+                )
+            elif answer.ok:
+                self.standings[config.path] = Standing(True, since=answer.holder.since_ms / 1000)
                 self._log.info(
                     "serving /{path} for {url}", path=config.path, url=redacted(config.url)
                 )
@@ -322,12 +396,52 @@ class ProxyConnection(Session):
     def frame_path_reply(self, reply: PathReply) -> None:
         self.replyReceived(reply.request_id, reply)
 
+    def frame_path_status(self, status: PathStatus) -> None:
+        """
+        The proxy moved this agent on a path it registered: promoted to
+        holder (the holder left), or displaced to standby (this agent's
+        identity and launch claimed it again on another link).
+        """
+        known = self._registered.get(status.path)
+        if known is None or not known[1]:
+            self.warnings.warn(
+                "path status",
+                "the proxy sent a status for /{path}, which this agent did not register",
+                path=clip(status.path),
+            )
+            return
+        if status.role not in (HOLDER, STANDBY):
+            self.warnings.warn(
+                "path status",
+                "the proxy sent a status for /{path} with no known role ({role}); ignored",
+                path=clip(status.path),
+                role=int(status.role),
+            )
+            return
+        reason = clip(status.reason)
+        if status.role == STANDBY:
+            standing = Standing(False, _holderText(status.holder), status.holder.since_ms / 1000)
+            self.standings[status.path] = standing
+            self._log.warn(
+                "no longer serving /{path}: displaced by {holder} ({reason}); waiting as standby",
+                path=status.path,
+                holder=standing.holder,
+                reason=reason,
+            )
+        else:
+            self.standings[status.path] = Standing(True, since=status.holder.since_ms / 1000)
+            self._log.info(
+                "now serving /{path}: promoted from standby ({reason})",
+                path=status.path,
+                reason=reason,
+            )
+
     # Scrapes.
 
     def frame_scrape_request(self, request: ScrapeRequest) -> None:
-        if self.factory.draining:
-            self._refuse(request, Outcome.AGENT_ERROR, 503, "agent shutting down")
-            return
+        # After this agent's Goodbye too: the proxy sent it before it read
+        # the Goodbye, and it is the last scrape of this path on this link
+        # (the next goes to a standby), so it is served, not refused.
         config = self.factory.paths.get(request.path)
         if config is None:
             self._refuse(

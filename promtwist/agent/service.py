@@ -317,8 +317,11 @@ class AgentService(MultiService):
             "",
             "paths:",
         ]
+        standings = connection.standings if connection is not None else {}
         for path, config in sorted(self.factory.paths.items()):
-            lines.append(f"  /{path} -> {redacted(config.url)}")
+            standing = standings.get(path)
+            where = standing.describe() if standing is not None else "not registered"
+            lines.append(f"  /{path} -> {redacted(config.url)} [{where}]")
         return "\n".join(lines) + "\n"
 
     def _notReady(self, failure: Failure, proxy: str) -> Failure:
@@ -441,9 +444,11 @@ class AgentService(MultiService):
 
     def stopService(self) -> Deferred[None]:
         """
-        Say goodbye (the proxy routes no new scrapes here), refuse any new
-        scrape that still arrives, wait up to C{shutdown_grace_secs} for
-        those in flight, then close the link and the pool.
+        Say goodbye, so the proxy routes no new scrape here (its standbys
+        take the paths over), and wait up to C{shutdown_grace_secs} for the
+        proxy to close the link: it does once every scrape it sent here was
+        answered, including any it sent before it read the Goodbye. Then
+        close the link and the pool.
         """
         self._restoreHangup()
         self._restoreHangup = lambda: None
@@ -460,9 +465,9 @@ class AgentService(MultiService):
                     grace=self.settings.shutdown_grace_secs,
                     n=connection.scrapesInFlight,
                 )
-                drained = connection.whenIdle()
-                drained.addTimeout(self.settings.shutdown_grace_secs, self.clock)
-                drained.addErrback(lambda _: None)
+            drained = connection.whenLost()
+            drained.addTimeout(self.settings.shutdown_grace_secs, self.clock)
+            drained.addErrback(lambda _: None)
         return Deferred.fromCoroutine(self._stop(drained))
 
     async def _stop(self, drained: Deferred[None]) -> None:

@@ -7,6 +7,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class PathRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROLE_UNSPECIFIED: _ClassVar[PathRole]
+    HOLDER: _ClassVar[PathRole]
+    STANDBY: _ClassVar[PathRole]
+
 class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     SUCCESS: _ClassVar[Outcome]
@@ -17,6 +23,9 @@ class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CANCELLED: _ClassVar[Outcome]
     AGENT_ERROR: _ClassVar[Outcome]
     DISCONNECTED: _ClassVar[Outcome]
+ROLE_UNSPECIFIED: PathRole
+HOLDER: PathRole
+STANDBY: PathRole
 SUCCESS: Outcome
 PATH_NOT_FOUND: Outcome
 UNREACHABLE: Outcome
@@ -116,15 +125,45 @@ class UnregisterPath(_message.Message):
     path: str
     def __init__(self, request_id: _Optional[int] = ..., path: _Optional[str] = ...) -> None: ...
 
+class Holder(_message.Message):
+    __slots__ = ("agent_name", "host_name", "since_ms", "agent_id")
+    AGENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    HOST_NAME_FIELD_NUMBER: _ClassVar[int]
+    SINCE_MS_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    agent_name: str
+    host_name: str
+    since_ms: int
+    agent_id: str
+    def __init__(self, agent_name: _Optional[str] = ..., host_name: _Optional[str] = ..., since_ms: _Optional[int] = ..., agent_id: _Optional[str] = ...) -> None: ...
+
 class PathReply(_message.Message):
-    __slots__ = ("request_id", "ok", "reason")
+    __slots__ = ("request_id", "ok", "reason", "role", "holder", "position")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     OK_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    HOLDER_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     ok: bool
     reason: str
-    def __init__(self, request_id: _Optional[int] = ..., ok: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+    role: PathRole
+    holder: Holder
+    position: int
+    def __init__(self, request_id: _Optional[int] = ..., ok: _Optional[bool] = ..., reason: _Optional[str] = ..., role: _Optional[_Union[PathRole, str]] = ..., holder: _Optional[_Union[Holder, _Mapping]] = ..., position: _Optional[int] = ...) -> None: ...
+
+class PathStatus(_message.Message):
+    __slots__ = ("path", "role", "reason", "holder")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    HOLDER_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    role: PathRole
+    reason: str
+    holder: Holder
+    def __init__(self, path: _Optional[str] = ..., role: _Optional[_Union[PathRole, str]] = ..., reason: _Optional[str] = ..., holder: _Optional[_Union[Holder, _Mapping]] = ...) -> None: ...
 
 class ScrapeRequest(_message.Message):
     __slots__ = ("scrape_id", "path", "query", "accept", "accept_encoding", "authorization", "timeout_ms", "window_bytes")
@@ -215,7 +254,7 @@ class Goodbye(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class Frame(_message.Message):
-    __slots__ = ("hello", "welcome", "reject", "register_path", "unregister_path", "path_reply", "scrape_request", "scrape_response", "scrape_chunk", "scrape_credit", "cancel_scrape", "ping", "pong", "goodbye")
+    __slots__ = ("hello", "welcome", "reject", "register_path", "unregister_path", "path_reply", "scrape_request", "scrape_response", "scrape_chunk", "scrape_credit", "cancel_scrape", "ping", "pong", "goodbye", "path_status")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     REJECT_FIELD_NUMBER: _ClassVar[int]
@@ -230,6 +269,7 @@ class Frame(_message.Message):
     PING_FIELD_NUMBER: _ClassVar[int]
     PONG_FIELD_NUMBER: _ClassVar[int]
     GOODBYE_FIELD_NUMBER: _ClassVar[int]
+    PATH_STATUS_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     welcome: Welcome
     reject: Reject
@@ -244,4 +284,5 @@ class Frame(_message.Message):
     ping: Ping
     pong: Pong
     goodbye: Goodbye
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., reject: _Optional[_Union[Reject, _Mapping]] = ..., register_path: _Optional[_Union[RegisterPath, _Mapping]] = ..., unregister_path: _Optional[_Union[UnregisterPath, _Mapping]] = ..., path_reply: _Optional[_Union[PathReply, _Mapping]] = ..., scrape_request: _Optional[_Union[ScrapeRequest, _Mapping]] = ..., scrape_response: _Optional[_Union[ScrapeResponse, _Mapping]] = ..., scrape_chunk: _Optional[_Union[ScrapeChunk, _Mapping]] = ..., scrape_credit: _Optional[_Union[ScrapeCredit, _Mapping]] = ..., cancel_scrape: _Optional[_Union[CancelScrape, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ...) -> None: ...
+    path_status: PathStatus
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., reject: _Optional[_Union[Reject, _Mapping]] = ..., register_path: _Optional[_Union[RegisterPath, _Mapping]] = ..., unregister_path: _Optional[_Union[UnregisterPath, _Mapping]] = ..., path_reply: _Optional[_Union[PathReply, _Mapping]] = ..., scrape_request: _Optional[_Union[ScrapeRequest, _Mapping]] = ..., scrape_response: _Optional[_Union[ScrapeResponse, _Mapping]] = ..., scrape_chunk: _Optional[_Union[ScrapeChunk, _Mapping]] = ..., scrape_credit: _Optional[_Union[ScrapeCredit, _Mapping]] = ..., cancel_scrape: _Optional[_Union[CancelScrape, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ..., path_status: _Optional[_Union[PathStatus, _Mapping]] = ...) -> None: ...

@@ -22,9 +22,13 @@ from promtwist.logs import RepeatedWarnings, clip, observer
 from promtwist.metrics import ProxyMetrics
 from promtwist.protocol.framing import _peerName
 from promtwist.protocol.promtwist_pb2 import (
+    HOLDER,
+    STANDBY,
     Frame,
     Hello,
+    Holder,
     PathReply,
+    PathStatus,
     Ping,
     RegisterPath,
     Reject,
@@ -43,7 +47,13 @@ from promtwist.proxy.admission import (
     hostOf,
 )
 from promtwist.proxy.auth import ANONYMOUS, AuthenticationFailed, Authenticator
-from promtwist.proxy.registry import RegistrationRefused, Registry
+from promtwist.proxy.registry import (
+    HOLDER_CHANGE_REASONS,
+    AgentHandle,
+    HolderChange,
+    RegistrationRefused,
+    Registry,
+)
 from promtwist.proxy.stream import SCRAPE_WINDOW_BYTES, ScrapeStream
 from promtwist.tls import peerCommonName, usesTLS
 
@@ -52,6 +62,18 @@ if TYPE_CHECKING:
 
 # How many of one link's registered paths are logged at INFO.
 PATHS_LOGGED = 20
+
+
+def holderOf(agent: AgentHandle, since: float) -> Holder:
+    """
+    C{agent} as the holder of a path since C{since}, for the wire.
+    """
+    return Holder(
+        agent_name=agent.name,
+        host_name=agent.hostName,
+        since_ms=int(since * 1000),
+        agent_id=agent.agentId,
+    )
 
 
 class AgentLink(Session):
@@ -226,7 +248,7 @@ class AgentLink(Session):
 
     def frame_register_path(self, request: RegisterPath) -> None:
         try:
-            displaced = self.factory.registry.registerPath(
+            placement = self.factory.registry.registerPath(
                 self, request.path, request.name, request.labels
             )
         except RegistrationRefused as e:
@@ -239,10 +261,45 @@ class AgentLink(Session):
                 why=str(e),
             )
             return self._reply(request.request_id, False, str(e))
-        if displaced is not None:
-            self.factory.metrics.agentDisplaced()
-        self._logServes(request.path)
-        self._reply(request.request_id, True, "")
+        if placement.position:
+            holder = placement.holder
+            self._logClaim(
+                request.path,
+                f"waits (standby #{placement.position}) behind agent {clip(holder.name)!r} "
+                f"({clip(holder.hostName)}, {holder.agentId}) for",
+            )
+            reply = PathReply(
+                request_id=request.request_id,
+                ok=True,
+                role=STANDBY,
+                holder=holderOf(holder, placement.since),
+                position=placement.position,
+            )
+        else:
+            self._logClaim(request.path, "serves")
+            reply = PathReply(
+                request_id=request.request_id,
+                ok=True,
+                role=HOLDER,
+                holder=holderOf(self, placement.since),
+            )
+        self.sendFrame(Frame(path_reply=reply))
+
+    def pathRoleChanged(
+        self, path: str, holds: bool, reason: str, holder: AgentHandle, since: float
+    ) -> None:
+        """
+        Tell the agent its role on C{path} changed without its asking
+        (L{promtwist.proxy.registry.AgentHandle.pathRoleChanged}).
+        """
+        if self.established:
+            status = PathStatus(
+                path=path,
+                role=HOLDER if holds else STANDBY,
+                reason=HOLDER_CHANGE_REASONS[reason],
+                holder=holderOf(holder, since),
+            )
+            self.sendFrame(Frame(path_status=status))
 
     def _pathWarning(self) -> RepeatedWarnings:
         """
@@ -254,16 +311,17 @@ class AgentLink(Session):
             self._pathWarnings = RepeatedWarnings(self._log, self.clock)
         return self._pathWarnings
 
-    def _logServes(self, path: str) -> None:
+    def _logClaim(self, path: str, what: str) -> None:
         """
-        Log the first L{PATHS_LOGGED} paths this link serves at INFO, then
-        say once that the rest go to DEBUG: agents with thousands of paths,
-        or one that registers the same path over and over, cost a bounded
-        number of INFO lines.
+        Log the first L{PATHS_LOGGED} paths this link claims at INFO ("agent
+        'a' serves /p"), then say once that the rest go to DEBUG: agents
+        with thousands of paths, or one that registers the same path over
+        and over, cost a bounded number of INFO lines.
         """
         self._pathsLogged += 1
+        line = "agent {name!r} {what} /{path}"
         if self._pathsLogged <= PATHS_LOGGED:
-            self._log.info("agent {name!r} serves /{path}", name=clip(self.name), path=clip(path))
+            self._log.info(line, name=clip(self.name), what=what, path=clip(path))
             return
         if self._pathsLogged == PATHS_LOGGED + 1:
             self._log.info(
@@ -271,7 +329,7 @@ class AgentLink(Session):
                 name=clip(self.name),
                 n=PATHS_LOGGED,
             )
-        self._log.debug("agent {name!r} serves /{path}", name=clip(self.name), path=clip(path))
+        self._log.debug(line, name=clip(self.name), what=what, path=clip(path))
 
     def frame_unregister_path(self, request: UnregisterPath) -> None:
         try:
@@ -362,7 +420,7 @@ class AgentLink(Session):
         the latest after the grace period.
         """
         self.drain()
-        self.factory.registry.removeAgent(self)
+        self.factory.registry.removeAgent(self, "goodbye")
         if self._scrapes:
             self.callLater(self.factory.settings.shutdown_grace_secs, self._drainTimedOut)
         self._scrapeEnded()
@@ -382,6 +440,23 @@ class AgentLink(Session):
             abort=True,
         )
 
+    def evict(self, why: str) -> None:
+        """
+        Drop an agent the proxy gave up on: its paths go to their standbys
+        now, and the link is aborted.
+        """
+        self.factory.registry.removeAgent(self, "evicted")
+        self.close(why, abort=True)
+
+    def close(self, reason: str, abort: bool = False) -> None:
+        """
+        Closing the link takes its paths from the registry at once (their
+        standbys take over in this same call), not when the connection is
+        finally gone: no scrape is routed to a link that is going away.
+        """
+        super().close(reason, abort)
+        self.factory.registry.removeAgent(self, "lost")
+
     def connectionLost(self, reason: Failure = Failure(SessionLost())) -> None:
         super().connectionLost(reason)
         if self._pathWarnings is not None:
@@ -389,7 +464,7 @@ class AgentLink(Session):
         self.factory.linkClosed(self)
         if not self.agentId:
             return
-        self.factory.registry.removeAgent(self)
+        self.factory.registry.removeAgent(self, "lost")
         scrapes, self._scrapes = self._scrapes, {}
         why = self.closeReason or reason.getErrorMessage()
         for stream in scrapes.values():
@@ -446,6 +521,31 @@ class AgentLinkFactory(ServerFactory):
             settings.max_pending_handshakes, settings.max_pending_handshakes_per_address
         )
         self._warnedCleartextCredentials = False
+        registry.holderObservers.append(self._holderChanged)
+
+    def _holderChanged(self, change: HolderChange) -> None:
+        """
+        Say and count every change of a path's holder: one log line naming
+        both agents and why, and the metric by reason. (The registry tells
+        the agents, through L{AgentLink.pathRoleChanged}.)
+        """
+        old, new = change.old, change.new
+        why = HOLDER_CHANGE_REASONS[change.reason]
+        self._log.info(
+            "path /{path} changes holder from agent {old!r} ({oldHost}, {oldId}) to "
+            "{new!r} ({newHost}, {newId}): {why}",
+            path=clip(change.path),
+            old=clip(old.name),
+            oldHost=clip(old.hostName),
+            oldId=old.agentId,
+            new=clip(new.name),
+            newHost=clip(new.hostName),
+            newId=new.agentId,
+            why=why,
+        )
+        self.metrics.holderChanged(change.reason)
+        if change.reason == "takeover":
+            self.metrics.agentDisplaced()
 
     def startFactory(self) -> None:
         if self.authenticator.open:
@@ -516,6 +616,8 @@ class AgentLinkFactory(ServerFactory):
         Tell every connected agent the proxy is going away, close the links,
         and fire once they are all gone.
         """
+        # Nobody is promoted while everyone leaves.
+        self.registry.clear()
         closing = []
         for link in list(self.links):
             if link.established:
@@ -535,6 +637,6 @@ def agentLinkFactory(
     @param reservedPaths: paths the proxy answers itself.
     """
     authenticator = Authenticator(settings)
-    registry = Registry(reservedPaths, authenticator.mayServe, settings)
+    registry = Registry(reservedPaths, authenticator.mayServe, settings, clock)
     metrics = ProxyMetrics(uuid.uuid4().hex, clock)
     return AgentLinkFactory(settings, registry, clock, authenticator, metrics)

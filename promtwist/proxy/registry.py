@@ -12,12 +12,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, cast
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from promtwist.config import Identity, ProxySettings
-from promtwist.logs import clip, observer
+from promtwist.logs import observer
 from promtwist.proxy.registration import RegistrationRefused as RegistrationRefused
 from promtwist.proxy.registration import checkRegistration, shown, utf8Size
 
@@ -34,16 +35,80 @@ class AgentHandle(Protocol):
     consolidated: bool
     identity: Identity
 
+    def pathRoleChanged(
+        self, path: str, holds: bool, reason: str, holder: AgentHandle, since: float
+    ) -> None:
+        """
+        The agent's role on C{path} changed without its asking: it now holds
+        it (promoted), or waits for it behind C{holder} (displaced); either
+        way C{holder} has held it since C{since}.
+
+        @param reason: a key of L{HOLDER_CHANGE_REASONS}.
+        """
+
+
+# Why an exclusive path changed holder: the label values of
+# proxy_path_holder_changes_total, and the words the logs use.
+HOLDER_CHANGE_REASONS: Mapping[str, str] = {
+    "unregistered": "the holder unregistered it",
+    "goodbye": "the holder said goodbye",
+    "lost": "the holder's link was lost",
+    "evicted": "the holder was evicted for inactivity",
+    "takeover": "the same agent claimed it again",
+}
+
+
+def provesSameAgent(holder: AgentHandle, claimant: AgentHandle) -> bool:
+    """
+    Whether C{claimant} proves it is C{holder} restarting or reconnecting,
+    and so may take a path from it while it is still connected.
+
+    Names prove nothing: they are chosen by the agent and published in
+    discovery. Proof is the same identity and, unless that identity is
+    declared to belong to one agent only (C{proxy.auth[].perAgent}), the
+    same launch id and name: the same process, back on a new link before
+    its old one was found dead. A shared credential (the open port, the
+    legacy C{proxy.agentToken}, a group identity) is never proof alone.
+    """
+    if claimant.identity != holder.identity:
+        return False
+    if claimant.identity.perAgent:
+        return True
+    return bool(claimant.launchId) and (claimant.launchId, claimant.name) == (
+        holder.launchId,
+        holder.name,
+    )
+
+
+@dataclass(frozen=True)
+class Claim:
+    """
+    One agent's claim on an exclusive path, served or waiting.
+
+    @ivar since: when the agent became the holder, or (for a standby) when
+        it queued; seconds since the epoch.
+    """
+
+    agent: AgentHandle
+    name: str
+    labels: Mapping[str, str]
+    since: float
+
 
 @dataclass(frozen=True)
 class PathEntry:
     """
     One registered path and the agents that serve it (several only for a
-    consolidated path). Labels and name are those of the first registrant.
+    consolidated path). Labels and name are those of the holder, or for a
+    consolidated path of the first registrant.
 
     @ivar changed: the registry's L{generation <Registry.generation>} when
         this entry last changed, so readers can keep what they derived from
         an entry until it changes.
+    @ivar since: when the current holder took the path (the first agent of
+        a consolidated one).
+    @ivar standbys: the claims waiting for an exclusive path, first in line
+        first.
     """
 
     path: str
@@ -52,6 +117,47 @@ class PathEntry:
     consolidated: bool
     agents: tuple[AgentHandle, ...]
     changed: int = 0
+    since: float = 0.0
+    standbys: tuple[Claim, ...] = ()
+
+
+@dataclass(frozen=True)
+class Placement:
+    """
+    Where an accepted registration put its agent.
+
+    @ivar position: 0 when the agent serves the path; else its place in the
+        standby queue, 1 for the first in line.
+    @ivar holder: the agent that serves the path (for a consolidated path,
+        the registrant itself).
+    @ivar since: when C{holder} took the path.
+    """
+
+    position: int
+    holder: AgentHandle
+    since: float
+
+
+@dataclass(frozen=True)
+class HolderChange:
+    """
+    An exclusive path went from one holder to another.
+
+    @ivar reason: a key of L{HOLDER_CHANGE_REASONS}.
+    """
+
+    path: str
+    old: AgentHandle
+    new: AgentHandle
+    reason: str
+    since: float
+
+
+@dataclass
+class _Standby:
+    claim: Claim
+    # Bytes charged for this claim: see Registry.registeredBytes.
+    cost: int
 
 
 @dataclass
@@ -59,10 +165,18 @@ class _Path:
     name: str
     labels: Mapping[str, str]
     consolidated: bool
+    since: float
     agents: list[AgentHandle] = field(default_factory=list)
-    # Bytes charged to the registry's budget: see Registry.registeredBytes.
+    # Bytes charged for what is served: see Registry.registeredBytes.
     cost: int = 0
     changed: int = 0
+    standbys: list[_Standby] = field(default_factory=list)
+
+    def standbyOf(self, agent: AgentHandle) -> int | None:
+        for index, standby in enumerate(self.standbys):
+            if standby.claim.agent is agent:
+                return index
+        return None
 
 
 def _agentCost(agent: AgentHandle) -> int:
@@ -77,16 +191,26 @@ class Registry:
     """
     Connected agents and their paths.
 
+    An exclusive path has one holder, which its scrapes go to, and an
+    ordered queue of standby claims. A claim for a held path is queued, not
+    refused; when the holder leaves (unregisters, says goodbye, loses its
+    link, is evicted) the first standby becomes the holder in the same call.
+    Only a claimant that L{proves it is the holder <provesSameAgent>} takes
+    the path from a connected holder, which then waits first in line.
+
     @ivar refusals: refused registrations, by L{RegistrationRefused.kind}.
     @ivar reservedPaths: paths the proxy itself answers (such as discovery);
         no agent may register them.
     @ivar generation: bumped by every change to what L{snapshot} returns, so
         a reader (discovery) can rebuild only when something changed.
     @ivar registeredBytes: what all registrations cost together, in UTF-8
-        bytes: every path, its name, its label names and values, and the
-        name and host name of each agent serving it. Bounded by
-        C{proxy.internal.maxRegisteredBytes}; freed when a path is
-        unregistered, replaced, or its agent leaves.
+        bytes: every claim's path, name, label names and values, and the
+        name and host name of its agent (standby claims included; a
+        consolidated path's path, name and labels once, plus each agent's
+        names). Bounded by C{proxy.internal.maxRegisteredBytes}; freed when
+        a claim is unregistered, replaced, or its agent leaves.
+    @ivar holderObservers: called with a L{HolderChange} every time an
+        exclusive path changes holder, after the registry changed.
     """
 
     _log = Logger(observer=observer)
@@ -96,52 +220,77 @@ class Registry:
         reservedPaths: Iterable[str] = (),
         mayServe: Callable[[Identity, str], bool] = lambda identity, path: True,
         limits: ProxySettings | None = None,
+        clock: IReactorTime | None = None,
     ) -> None:
         """
         @param limits: the settings whose C{max_path*}, C{max_label*} and
             C{max_registered_bytes} bound registrations; the defaults if
             L{None}.
+        @param clock: what tells the time claims are made; the reactor if
+            L{None}.
         """
         self.reservedPaths = frozenset(reservedPaths)
         self.mayServe = mayServe
         self.limits = limits if limits is not None else ProxySettings()
+        self._clock = clock
         self.refusals: Counter[str] = Counter()
         self.generation = 0
         self.registeredBytes = 0
+        self.holderObservers: list[Callable[[HolderChange], None]] = []
         self._agents: dict[str, AgentHandle] = {}
         self._paths: dict[str, _Path] = {}
         self._pathsByAgent: dict[str, set[str]] = {}
+
+    def _now(self) -> float:
+        if self._clock is None:
+            from twisted.internet import reactor
+
+            self._clock = cast(IReactorTime, reactor)
+        return self._clock.seconds()
 
     def addAgent(self, agent: AgentHandle) -> None:
         self._agents[agent.agentId] = agent
         self._pathsByAgent[agent.agentId] = set()
 
-    def removeAgent(self, agent: AgentHandle) -> None:
+    def removeAgent(self, agent: AgentHandle, reason: str = "lost") -> None:
         """
-        Forget an agent and every path it served; consolidated paths keep
-        their other agents.
+        Forget an agent and every claim it made: consolidated paths keep
+        their other agents, exclusive paths it held go to their first
+        standby at once.
+
+        @param reason: why it left, a key of L{HOLDER_CHANGE_REASONS}.
         """
         if self._agents.pop(agent.agentId, None) is None:
             return
-        for path in self._pathsByAgent.pop(agent.agentId, set()):
-            self._drop(path, agent)
+        for path in sorted(self._pathsByAgent.pop(agent.agentId, set())):
+            self._drop(path, agent, reason)
+
+    def clear(self) -> None:
+        """
+        Forget every agent and path at once, promoting nobody: the proxy is
+        shutting down.
+        """
+        self._agents.clear()
+        self._paths.clear()
+        self._pathsByAgent.clear()
+        self.registeredBytes = 0
+        self.generation += 1
 
     def agents(self) -> list[AgentHandle]:
         return list(self._agents.values())
 
     def registerPath(
         self, agent: AgentHandle, path: str, name: str, labels: Mapping[str, str]
-    ) -> AgentHandle | None:
+    ) -> Placement:
         """
-        Let C{agent} serve C{path}.
+        Let C{agent} serve C{path}, or queue its claim behind the holder.
 
-        An exclusive path held by a connected agent goes to the newcomer only
-        if it has the same agent name and identity (the same agent, restarted
-        or reconnected before its old link was noticed dead); anyone else is
-        refused, so two misconfigured agents cannot take a path from each
-        other over and over, and no agent can hijack another's path.
+        A claim for an exclusive path held by another connected agent waits
+        as a standby unless the claimant proves it is the same agent
+        (L{provesSameAgent}); the same agent claiming again only updates
+        its claim's name and labels.
 
-        @return: the agent C{path} was taken from, if it moved.
+        @return: where the claim stands.
         @raise RegistrationRefused: with the reason.
         """
         try:
@@ -152,7 +301,7 @@ class Registry:
 
     def _register(
         self, agent: AgentHandle, path: str, name: str, labels: Mapping[str, str]
-    ) -> AgentHandle | None:
+    ) -> Placement:
         if agent.agentId not in self._agents:
             raise RegistrationRefused(f"agent {agent.agentId} is not connected")
         cost = checkRegistration(path, name, labels, self.limits) + _agentCost(agent)
@@ -166,18 +315,19 @@ class Registry:
         mine = self._pathsByAgent[agent.agentId]
         if path not in mine and len(mine) >= self.limits.max_paths_per_agent:
             raise RegistrationRefused(
-                f"agent already serves {len(mine)} paths, the most one agent may "
+                f"agent already claims {len(mine)} paths, the most one agent may "
                 "(proxy.internal.maxPathsPerAgent)",
                 "limit",
             )
         entry = self._paths.get(path)
         if entry is None:
             self._charge(cost, path)
-            entry = self._paths[path] = _Path(name, dict(labels), agent.consolidated, [agent])
-            entry.cost = cost
+            entry = self._paths[path] = _Path(
+                name, dict(labels), agent.consolidated, self._now(), [agent], cost
+            )
             self._changed(entry)
             mine.add(path)
-            return None
+            return Placement(0, agent, entry.since)
         if agent.consolidated != entry.consolidated:
             held = "consolidated" if entry.consolidated else "exclusive"
             raise RegistrationRefused(
@@ -195,34 +345,99 @@ class Registry:
                 entry.agents.append(agent)
                 self._changed(entry)
                 mine.add(path)
-            return None
-        (owner,) = entry.agents
-        if owner is agent:
-            if (entry.name, entry.labels) == (name, dict(labels)):
-                return None
-        elif (owner.name, owner.identity) != (agent.name, agent.identity):
-            raise RegistrationRefused(
-                f"path {shown(path)} is served by agent {clip(owner.name)!r} "
-                f"({clip(owner.hostName)}); agent {clip(agent.name)!r} may not take it over",
-                "taken",
-            )
-        self._charge(cost - entry.cost, path)
-        entry.cost = cost
-        entry.name, entry.labels = name, dict(labels)
+            return Placement(0, agent, entry.since)
+        (holder,) = entry.agents
+        if holder is agent:
+            if (entry.name, entry.labels) != (name, dict(labels)):
+                self._charge(cost - entry.cost, path)
+                entry.cost = cost
+                entry.name, entry.labels = name, dict(labels)
+                self._changed(entry)
+            return Placement(0, agent, entry.since)
+        if provesSameAgent(holder, agent):
+            return self._takeOver(entry, path, agent, name, labels, cost)
+        return self._queue(entry, path, agent, name, labels, cost)
+
+    def _queue(
+        self,
+        entry: _Path,
+        path: str,
+        agent: AgentHandle,
+        name: str,
+        labels: Mapping[str, str],
+        cost: int,
+    ) -> Placement:
+        """
+        Put (or keep) C{agent}'s claim in C{path}'s standby queue, with this
+        name and labels; a claim already queued keeps its place.
+        """
+        index = entry.standbyOf(agent)
+        if index is None:
+            self._charge(cost, path)
+            entry.standbys.append(_Standby(Claim(agent, name, dict(labels), self._now()), cost))
+            index = len(entry.standbys) - 1
+            self._pathsByAgent[agent.agentId].add(path)
+        else:
+            standby = entry.standbys[index]
+            if (standby.claim.name, standby.claim.labels) == (name, dict(labels)):
+                return Placement(index + 1, entry.agents[0], entry.since)
+            self._charge(cost - standby.cost, path)
+            standby.cost = cost
+            standby.claim = Claim(agent, name, dict(labels), standby.claim.since)
+        # Standbys show on snapshots.
         self._changed(entry)
-        mine.add(path)
-        if owner is agent:
-            return None
-        self._log.info(
-            "path {path} moves from agent {old} to {new} (same name {name!r})",
-            path=shown(path),
-            old=owner.agentId,
-            new=agent.agentId,
-            name=clip(agent.name),
-        )
-        self._pathsByAgent[owner.agentId].discard(path)
-        entry.agents[:] = [agent]
-        return owner
+        return Placement(index + 1, entry.agents[0], entry.since)
+
+    def _takeOver(
+        self,
+        entry: _Path,
+        path: str,
+        agent: AgentHandle,
+        name: str,
+        labels: Mapping[str, str],
+        cost: int,
+    ) -> Placement:
+        """
+        C{agent} proved it is C{path}'s holder: it holds the path from now,
+        and the old holder waits first in line, keeping what it paid (a
+        claim C{agent} had queued is withdrawn).
+        """
+        (old,) = entry.agents
+        index = entry.standbyOf(agent)
+        refund = entry.standbys[index].cost if index is not None else 0
+        self._charge(cost - refund, path)
+        if index is not None:
+            del entry.standbys[index]
+        held = Claim(old, entry.name, entry.labels, entry.since)
+        entry.standbys.insert(0, _Standby(held, entry.cost))
+        self._promote(entry, path, _Standby(Claim(agent, name, dict(labels), 0.0), cost))
+        self._pathsByAgent[agent.agentId].add(path)
+        self._announce(HolderChange(path, old, agent, "takeover", entry.since))
+        return Placement(0, agent, entry.since)
+
+    def _promote(self, entry: _Path, path: str, claim: _Standby) -> None:
+        """
+        Make C{claim} C{path}'s holder; what the old holder paid must
+        already be settled.
+        """
+        entry.agents[:] = [claim.claim.agent]
+        entry.name, entry.labels = claim.claim.name, claim.claim.labels
+        entry.cost = claim.cost
+        entry.since = self._now()
+        self._changed(entry)
+
+    def _announce(self, change: HolderChange) -> None:
+        """
+        Tell the agent whose role changed without its asking (the promoted
+        one, or the displaced one: a new holder by takeover learns it from
+        its registration's L{Placement}), then the observers.
+        """
+        if change.reason == "takeover":
+            change.old.pathRoleChanged(change.path, False, change.reason, change.new, change.since)
+        else:
+            change.new.pathRoleChanged(change.path, True, change.reason, change.new, change.since)
+        for notify in list(self.holderObservers):
+            notify(change)
 
     def _charge(self, extra: int, path: str) -> None:
         """
@@ -247,17 +462,26 @@ class Registry:
 
     def unregisterPath(self, agent: AgentHandle, path: str) -> None:
         """
-        @raise RegistrationRefused: if C{agent} does not serve C{path}.
+        Withdraw C{agent}'s claim on C{path}: served or waiting.
+
+        @raise RegistrationRefused: if C{agent} has no claim on C{path}.
         """
         mine = self._pathsByAgent.get(agent.agentId, set())
         if path not in mine:
             raise RegistrationRefused(f"path {shown(path)} is not registered by this agent")
         mine.discard(path)
-        self._drop(path, agent)
+        self._drop(path, agent, "unregistered")
 
-    def _drop(self, path: str, agent: AgentHandle) -> None:
+    def _drop(self, path: str, agent: AgentHandle, reason: str) -> None:
         entry = self._paths.get(path)
-        if entry is None or agent not in entry.agents:
+        if entry is None:
+            return
+        index = entry.standbyOf(agent)
+        if index is not None:
+            self.registeredBytes -= entry.standbys.pop(index).cost
+            self._changed(entry)
+            return
+        if agent not in entry.agents:
             return
         entry.agents.remove(agent)
         if entry.agents:
@@ -265,10 +489,15 @@ class Registry:
             entry.cost -= share
             self.registeredBytes -= share
             self._changed(entry)
-        else:
-            self.registeredBytes -= entry.cost
+            return
+        self.registeredBytes -= entry.cost
+        if not entry.standbys:
             self.generation += 1
             del self._paths[path]
+            return
+        successor = entry.standbys.pop(0)
+        self._promote(entry, path, successor)
+        self._announce(HolderChange(path, agent, successor.claim.agent, reason, entry.since))
 
     def lookup(self, path: str) -> tuple[AgentHandle, ...]:
         """
@@ -282,6 +511,15 @@ class Registry:
         An immutable copy of the path table, sorted by path.
         """
         return [
-            PathEntry(path, e.name, e.labels, e.consolidated, tuple(e.agents), e.changed)
+            PathEntry(
+                path,
+                e.name,
+                e.labels,
+                e.consolidated,
+                tuple(e.agents),
+                e.changed,
+                e.since,
+                tuple(standby.claim for standby in e.standbys),
+            )
             for path, e in sorted(self._paths.items())
         ]

@@ -20,13 +20,14 @@ from twisted.logger import Logger
 from promtwist import __version__
 from promtwist.config import ConfigError, ProxySettings
 from promtwist.listen import Listener
-from promtwist.logs import observer
+from promtwist.logs import clip, observer, utcTime
 from promtwist.metrics import AgentSample, ProxyState
 from promtwist.proxy.access import guarded
 from promtwist.proxy.answers import ScrapeRecord
 from promtwist.proxy.auth import Authenticator
 from promtwist.proxy.discovery import DiscoveryResource
 from promtwist.proxy.link import AgentLink, agentLinkFactory
+from promtwist.proxy.registry import AgentHandle
 from promtwist.proxy.scrape import ScrapeResource
 from promtwist.signals import exitNormally, onHangup
 from promtwist.tls import agentPortTLS, scrapePortTLS
@@ -158,9 +159,16 @@ class ProxyService(MultiService):
             "paths:",
         ]
         for entry in self.registry.snapshot():
-            agents = ", ".join(f"{a.name} ({a.hostName}, {a.agentId})" for a in entry.agents)
-            kind = "consolidated" if entry.consolidated else "exclusive"
-            lines.append(f"  /{entry.path} [{kind}] {agents}")
+            agents = ", ".join(_described(a) for a in entry.agents)
+            if entry.consolidated:
+                lines.append(f"  /{entry.path} [consolidated] {agents}")
+                continue
+            lines.append(f"  /{entry.path} [exclusive] {agents}, since {utcTime(entry.since)}")
+            for place, claim in enumerate(entry.standbys, 1):
+                lines.append(
+                    f"      standby #{place}: {_described(claim.agent)}, waiting since "
+                    f"{utcTime(claim.since)}"
+                )
         lines += ["", f"last {len(self.recent)} scrapes:"]
         for r in self.recent:
             lines.append(
@@ -179,15 +187,16 @@ class ProxyService(MultiService):
         """
         limit = self.settings.max_agent_inactivity_secs
         for link in self._agentLinks():
-            if link.silentFor() > limit:
+            silence = link.silentFor()
+            if silence > limit:
                 self._log.warn(
                     "evicting agent {name!r} ({id}): nothing heard for {secs:.0f}s",
                     name=link.name,
                     id=link.agentId,
-                    secs=link.silentFor(),
+                    secs=silence,
                 )
                 self.metrics.agentEvicted()
-                link.transport.abortConnection()
+                link.evict(f"evicted: nothing heard for {silence:.0f}s")
 
     def reload(self) -> None:
         """
@@ -215,7 +224,8 @@ class ProxyService(MultiService):
                     agent=link.name,
                     identity=link.identity.name,
                 )
-                link.transport.loseConnection()
+                # Closing hands its paths to their standbys at once.
+                link.close("its identity changed on reload")
         others = [
             key
             for key in vars(fresh)
@@ -292,3 +302,14 @@ class ProxyService(MultiService):
 
     def stopService(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._stop())
+
+
+def _described(agent: AgentHandle) -> str:
+    """
+    An agent as the debug page names it: name, host, id, and the identity
+    it proved (never its launch id, which helps prove being that agent).
+    """
+    return (
+        f"{clip(agent.name)!r} ({clip(agent.hostName)}, {agent.agentId}, "
+        f"identity {agent.identity.name})"
+    )

@@ -16,7 +16,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import TypeVar
 
@@ -375,10 +375,14 @@ class Cluster:
         paths: dict[str, str] | None = None,
         sd: bool = True,
         metrics: bool = False,
+        proxyArgs: Sequence[str] = (),
+        agentArgs: Sequence[str] = (),
     ) -> None:
         """
         @param metrics: whether the proxy and the agent serve their own
             metrics (on L{proxyMetricsPort} and L{agentMetricsPort}).
+        @param proxyArgs: more options for the proxy.
+        @param agentArgs: more options for the agent.
         """
         self.case = case
         self.workdir = os.path.abspath(case.mktemp())
@@ -396,37 +400,69 @@ class Cluster:
             # the proxy as well, so Prometheus may scrape each under two jobs.
             self.paths[PROXY_METRICS_PATH] = f"http://127.0.0.1:{self.proxyMetricsPort}/metrics"
             self.paths[AGENT_METRICS_PATH] = f"http://127.0.0.1:{self.agentMetricsPort}/metrics"
-        self.agentConfig = writeFile(os.path.join(self.workdir, "agent.conf"), self._agentConf())
-        proxyArgs = ["--port", str(self.scrapePort), "--agent_port", str(self.agentPort)]
+        self.agentConfig = writeFile(os.path.join(self.workdir, "agent.conf"), self.agentConf())
+        options = ["--port", str(self.scrapePort), "--agent_port", str(self.agentPort)]
         if sd:
-            proxyArgs.append("--sd_enabled")
-        agentArgs = [
-            "-c",
-            self.agentConfig,
-            "--proxy",
-            f"127.0.0.1:{self.agentPort}",
-            "--name",
-            AGENT_NAME,
-        ]
-        for args, port in ((proxyArgs, self.proxyMetricsPort), (agentArgs, self.agentMetricsPort)):
-            if port is not None:
-                args.extend(["--metrics", "--metrics_port", str(port)])
-        self.proxy = twistdChild(case, "proxy", "promproxy-proxy", proxyArgs, self.workdir)
-        self.agent = twistdChild(case, "agent", "promproxy-agent", agentArgs, self.workdir)
-        self.children: list[Child] = [self.proxy, self.agent]
+            options.append("--sd_enabled")
+        extraAgentArgs = list(agentArgs)
+        if self.proxyMetricsPort is not None:
+            options.extend(["--metrics", "--metrics_port", str(self.proxyMetricsPort)])
+        if self.agentMetricsPort is not None:
+            extraAgentArgs.extend(["--metrics", "--metrics_port", str(self.agentMetricsPort)])
+        self.proxy = twistdChild(
+            case, "proxy", "promproxy-proxy", [*options, *proxyArgs], self.workdir
+        )
+        self.children: list[Child] = [self.proxy]
+        self.agent = self.agentChild("agent", args=extraAgentArgs)
         self.pool = HTTPConnectionPool(_globalReactor, persistent=True)
         self.http = HTTPClient(Agent(_globalReactor, pool=self.pool))
         case.addCleanup(self.pool.closeCachedConnections)
 
-    def _agentConf(self) -> str:
+    def agentChild(
+        self,
+        childName: str,
+        agentName: str = AGENT_NAME,
+        config: str | None = None,
+        args: Sequence[str] = (),
+    ) -> Child:
+        """
+        One more agent of this proxy (not started), with the cluster's
+        agent config unless C{config} names another file.
+        """
+        child = twistdChild(
+            self.case,
+            childName,
+            "promproxy-agent",
+            [
+                "-c",
+                config or self.agentConfig,
+                "--proxy",
+                f"127.0.0.1:{self.agentPort}",
+                "--name",
+                agentName,
+                *args,
+            ],
+            self.workdir,
+        )
+        self.children.append(child)
+        return child
+
+    def agentConf(
+        self, paths: dict[str, str] | None = None, target: TargetServer | None = None
+    ) -> str:
+        """
+        An agent config serving C{paths} (path -> target path; the
+        cluster's by default) from C{target} (the cluster's by default).
+        """
+        target = target or self.target
         entries = "\n".join(
             "    {\n"
             f"      name = {hoconString('promtwist test ' + path)}\n"
             f"      path = {hoconString(path)}\n"
-            f"      url = {hoconString(self._targetURL(targetPath))}\n"
+            f"      url = {hoconString(self._targetURL(target, targetPath))}\n"
             f"      labels = {hoconString(LABELS_JSON)}\n"
             "    }"
-            for path, targetPath in self.paths.items()
+            for path, targetPath in (paths or self.paths).items()
         )
         return (
             "// Written by promtwist.test.test_endtoend.\n"
@@ -439,10 +475,11 @@ class Cluster:
             "}\n"
         )
 
-    def _targetURL(self, targetPath: str) -> str:
+    @staticmethod
+    def _targetURL(target: TargetServer, targetPath: str) -> str:
         if targetPath.startswith("http://"):
             return targetPath
-        return self.target.url(targetPath)
+        return target.url(targetPath)
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.scrapePort}/{path}"
@@ -494,6 +531,13 @@ class Cluster:
             if time.monotonic() >= deadline:
                 raise self.fail(f"{what}: not within {within:g}s (last: {last})")
             await sleep(interval)
+
+    async def text(self, url: str, limit: float = 2.0) -> str:
+        """
+        The body of C{url} (an admin page, say), as text.
+        """
+        response = await self.http.get(url, timeout=limit)
+        return (await treq.content(response)).decode("utf-8", "replace")
 
     async def servedOnce(self, path: str = "e2e_one") -> float | None:
         """

@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from promtwist.agent.discoveryfile import FileDiscovery, readDiscoveryFile
 from promtwist.agent.paths import PathTable
 from promtwist.config import AgentSettings, ConfigError, PathConfig
-from promtwist.proxy.answers import ScrapeFailed
+from promtwist.proxy.relay import ScrapeCall
 from promtwist.test.test_link import PATHS, Pair
 
 A = PathConfig("a", "a", "http://t.test/a")
@@ -229,10 +229,17 @@ class LiveChangeTests(SynchronousTestCase):
         self.successResultOf(second)
         self.assertEqual(set(self.proxyPaths()), {"fast", "slow"})
 
-    def test_drainingRefuses(self) -> None:
+    def test_servedAfterGoodbye(self) -> None:
+        """
+        A scrape request the proxy sent before it read this agent's Goodbye
+        is served, not refused: it is the last one for its path on this
+        link, and a standby takes the next.
+        """
         self.factory.draining = True
-        failure = self.failureResultOf(self.pair.scrape("fast").head, ScrapeFailed)
-        self.assertEqual((failure.value.status, str(failure.value)), (503, "agent shutting down"))
+        self.pair.agent.sendGoodbye("agent shutting down")
+        stream = self.pair.proxy.scrape(ScrapeCall("fast", "", "text/plain", "", "", 5.5))
+        self.pair.flush()
+        self.assertEqual(self.successResultOf(stream.head).status, 200)
 
     def test_whenIdle(self) -> None:
         self.successResultOf(self.pair.agent.whenIdle())

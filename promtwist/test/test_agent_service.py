@@ -32,6 +32,7 @@ from promtwist.config import (
     ProxySettings,
     loadAgentSettings,
 )
+from promtwist.proxy.relay import ScrapeCall
 from promtwist.proxy.server import ProxyService
 from promtwist.test.test_integration import Target, freePort
 from promtwist.test.test_link import PATHS, Pair
@@ -182,8 +183,26 @@ class DrainUnitTests(SynchronousTestCase):
         self.clock.advance(0.1)
         self.successResultOf(stopped)
 
-    def test_idleStopsAtOnce(self) -> None:
-        self.successResultOf(self.service.stopService())
+    def test_idleStopsOnceTheProxyCloses(self) -> None:
+        """
+        With nothing in flight, the proxy closes the link as soon as it
+        reads the Goodbye, and stopping is done then.
+        """
+        stopped = self.service.stopService()
+        self.assertNoResult(stopped)
+        self.pair.flush()
+        self.successResultOf(stopped)
+
+    def test_scrapeSentBeforeTheGoodbyeServed(self) -> None:
+        """
+        A scrape the proxy sent before it read the Goodbye is answered, and
+        stopping waits for it: no scrape is refused on the way out.
+        """
+        stream = self.pair.proxy.scrape(ScrapeCall("fast", "", "text/plain", "", "", 5.5))
+        stopped = self.service.stopService()
+        self.pair.flush()
+        self.assertEqual(self.successResultOf(stream.head).status, 200)
+        self.successResultOf(stopped)
 
 
 class _LoopbackBase(TestCase):

@@ -601,12 +601,15 @@ class ValueErrorTests(ConfigTestCase):
         settings = self.proxyFrom(
             """proxy.auth = [
               { name = team_a, token = "ta", paths = ["team_a_*", "/shared/?x"] }
-              { name = team_b, token = "tb" }
+              { name = team_b, token = "tb", perAgent = true }
             ]"""
         )
         self.assertEqual(
             settings.identities,
-            (Identity("team_a", "ta", ("team_a_*", "shared/?x")), Identity("team_b", "tb", ())),
+            (
+                Identity("team_a", "ta", ("team_a_*", "shared/?x")),
+                Identity("team_b", "tb", (), perAgent=True),
+            ),
         )
 
     def test_identityErrors(self) -> None:
@@ -632,6 +635,10 @@ class ValueErrorTests(ConfigTestCase):
             (
                 'proxy.auth = [{name = a, token = t, paths = ["a b"]}]',
                 "proxy.auth[0].paths: expected a path glob",
+            ),
+            (
+                "proxy.auth = [{name = a, token = t, perAgent = sometimes}]",
+                'proxy.auth[0].perAgent: expected true or false, got "sometimes"',
             ),
         ]:
             self.assertConfigError(partial(self.proxyFrom, conf), expected)

@@ -220,7 +220,7 @@ class DaemonTests(TestCase):
         # served after the reload, the old one still is, and the log says so.
         logBefore = len(agent.log())
         cluster.paths = {"e2e_one": "metrics", "e2e_reloaded": "metrics"}
-        writeFile(cluster.agentConfig, cluster._agentConf())
+        writeFile(cluster.agentConfig, cluster.agentConf())
         agent.signalDaemon(signal.SIGHUP)
         await sleep(0.5)
         if not agent.daemonAlive():

@@ -137,6 +137,26 @@ class CachingTests(SynchronousTestCase):
         self.registry.removeAgent(self.agent)
         self.assertEqual(self.document.render("proxy:8080"), b"[]\n")
 
+    def test_holderChangeShowsAtOnce(self) -> None:
+        """
+        A standby's claim shows nowhere while it waits; once it is promoted,
+        the next document carries its agent and labels, rebuilding only that
+        path's group.
+        """
+        standby = FakeAgent("2", "standby", "h2")
+        self.registry.addAgent(standby)
+        self.registry.registerPath(standby, "b", "", {"team": "new"})
+        (_, b, _) = json.loads(self.document.render("proxy:8080"))
+        self.assertEqual((b["labels"]["agentName"], b["labels"].get("team")), ("agent", None))
+        del self.built[:]
+        self.registry.removeAgent(self.agent, "goodbye")
+        (b,) = json.loads(self.document.render("proxy:8080"))
+        self.assertEqual(self.built, ["b"])
+        self.assertEqual(
+            (b["labels"]["agentName"], b["labels"]["hostName"], b["labels"]["team"]),
+            ("standby", "h2", "new"),
+        )
+
     def test_otherTargetNoBuild(self) -> None:
         """
         Another target address reuses every group; only a bounded number of

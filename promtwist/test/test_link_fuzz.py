@@ -88,6 +88,9 @@ def fill(rng: random.Random, message: Message) -> Message:
             target: Any = getattr(message, field.name)
             for _ in range(rng.choice((0, 1, 3, 40))):
                 target[_text(rng)[:50]] = _text(rng)[:50]
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            getattr(message, field.name).SetInParent()
+            fill(rng, getattr(message, field.name))
         elif field.type == FieldDescriptor.TYPE_STRING:
             setattr(message, field.name, _text(rng))
         elif field.type == FieldDescriptor.TYPE_BYTES:

@@ -57,6 +57,7 @@ PROXY_METRICS: Mapping[str, tuple[str, frozenset[str]]] = {
     "proxy_agent_heartbeat_rtt_seconds": ("gauge", frozenset({"agent_name", "agent_id"})),
     "proxy_scrapes_in_flight": ("gauge", frozenset({"agent_name"})),
     "proxy_pending_handshakes": ("gauge", frozenset()),
+    "proxy_path_holder_changes": ("counter", frozenset({"reason"})),
 }
 
 AGENT_METRICS: Mapping[str, tuple[str, frozenset[str]]] = {
@@ -149,6 +150,7 @@ class ProxyExpositionTests(SynchronousTestCase):
         """
         self.metrics.scrapeFinished("app1_metrics", "success", 0.2, 2048, "gzipped")
         self.metrics.rejected("bad_token")
+        self.metrics.holderChanged("lost")
         self.metrics.track(lambda: proxyState(agent(rtt=0.01, inFlight=1), paths=1, pending=0))
 
     def test_namesTypesAndLabels(self) -> None:
@@ -310,6 +312,11 @@ class ProxyEventTests(SynchronousTestCase):
         self.metrics.rejected("bad_token")
         self.metrics.rejected("bad_token")
         self.metrics.rejected("too_many_agents")
+        self.metrics.holderChanged("goodbye")
+        self.metrics.holderChanged("takeover")
+        self.metrics.holderChanged("goodbye")
+        self.assertEqual(self.value("proxy_path_holder_changes_total", {"reason": "goodbye"}), 2)
+        self.assertEqual(self.value("proxy_path_holder_changes_total", {"reason": "takeover"}), 1)
         self.assertEqual(self.value("proxy_connect_count_total"), 2)
         self.assertEqual(self.value("proxy_heartbeat_count_total"), 1)
         self.assertEqual(self.value("proxy_eviction_count_total"), 1)

@@ -94,9 +94,9 @@ class ProxyServiceTests(TestCase):
         return proxy
 
     async def agent(self, proxy: ProxyService, **settings: object) -> AgentService:
+        settings.setdefault("name", "a1")
         agent = AgentService(
             AgentSettings(
-                name="a1",
                 proxy_endpoints=(ProxyEndpoint("127.0.0.1", proxy.agentListener.portNumber),),
                 path_configs=(
                     PathConfig("m", "m", f"{self.base}/metrics"),
@@ -227,9 +227,35 @@ class ProxyServiceTests(TestCase):
         self.assertEqual(samples[("proxy_connect_count_total", ())], 1)
         self.assertEqual(samples[("proxy_agent_map_size", ())], 1)
         _, debug = await self.get(adminPort, "debug")
-        self.assertIn(b"/m [exclusive] a1", debug)
+        self.assertIn(b"/m [exclusive] 'a1' (vm, ", debug)
         self.assertIn(b"/m - success - 200", debug)
         self.assertEqual(await self.get(adminPort, "ping"), (200, b"pong\n"))
+
+    async def test_ownershipOnDebugPages(self) -> None:
+        """
+        The proxy's /debug page names each exclusive path's holder and its
+        standbys in line; each agent's says which paths it holds and which
+        it waits for, behind whom.
+        """
+        proxy = self.proxy(admin_enabled=True, admin_port=0, admin_debug_enabled=True)
+        first = await self.agent(proxy)
+        second = await self.agent(proxy, name="a2")
+        (adminPort,) = [
+            child.portNumber
+            for child in proxy
+            if child not in (proxy.agentListener, proxy.httpListener)
+            and hasattr(child, "portNumber")
+        ]
+        _, debug = await self.get(adminPort, "debug")
+        lines = debug.decode().splitlines()
+        (held,) = [line for line in lines if line.startswith("  /m ")]
+        self.assertIn("[exclusive] 'a1' (", held)
+        standby = lines[lines.index(held) + 1]
+        self.assertIn("standby #1: 'a2' (", standby)
+        self.assertIn("identity anonymous), waiting since ", standby)
+        self.assertIn("[held by this agent since ", first.debugText())
+        self.assertIn("/m -> ", second.debugText())
+        self.assertIn("[standby #1 behind agent 'a1' on ", second.debugText())
 
     async def test_agentMetricsAndHealth(self) -> None:
         proxy = self.proxy()

@@ -4,24 +4,38 @@ Tests for L{promtwist.proxy.registry}.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from promtwist.config import Identity, ProxySettings
+from promtwist.config import LEGACY_TOKEN_IDENTITY, Identity, ProxySettings
 from promtwist.proxy.auth import ANONYMOUS
 from promtwist.proxy.registration import RegistrationRefused, checkPath
-from promtwist.proxy.registry import Registry
+from promtwist.proxy.registry import AgentHandle, HolderChange, Registry, provesSameAgent
 
 
 @dataclass(eq=False)
 class FakeAgent:
+    """
+    An agent handle that records what the registry tells it.
+
+    @ivar told: C{(path, holds, reason, holder id, since)} per
+        L{pathRoleChanged} call.
+    """
+
     agentId: str
     name: str = "agent"
     hostName: str = "host"
     launchId: str = "launch"
     consolidated: bool = False
     identity: Identity = ANONYMOUS
+    told: list[tuple[str, bool, str, str, float]] = field(default_factory=list)
+
+    def pathRoleChanged(
+        self, path: str, holds: bool, reason: str, holder: AgentHandle, since: float
+    ) -> None:
+        self.told.append((path, holds, reason, holder.agentId, since))
 
 
 def connected(registry: Registry, *agents: FakeAgent) -> None:
@@ -72,34 +86,6 @@ class RegistryTests(SynchronousTestCase):
             registry.registerPath(a, "discovery", "", {})
         self.assertIn("reserved", str(raised.exception))
 
-    def test_otherAgentCannotTakeOver(self) -> None:
-        """
-        An exclusive path held by a connected agent is not handed to an agent
-        of another name; the owner keeps it.
-        """
-        registry = Registry()
-        owner, intruder = FakeAgent("1", name="prod"), FakeAgent("2", name="laptop")
-        connected(registry, owner, intruder)
-        registry.registerPath(owner, "p", "", {})
-        with self.assertRaises(RegistrationRefused) as raised:
-            registry.registerPath(intruder, "p", "", {})
-        self.assertIn("served by agent 'prod'", str(raised.exception))
-        self.assertEqual(registry.lookup("p"), (owner,))
-
-    def test_otherIdentityCannotTakeOver(self) -> None:
-        """
-        An agent that copies the owner's name but proves another identity
-        does not get the path.
-        """
-        registry = Registry()
-        owner = FakeAgent("1", name="prod", identity=Identity("team_a", "ta"))
-        impostor = FakeAgent("2", name="prod", identity=Identity("team_b", "tb"))
-        connected(registry, owner, impostor)
-        registry.registerPath(owner, "p", "", {})
-        self.assertRaises(RegistrationRefused, registry.registerPath, impostor, "p", "", {})
-        self.assertEqual(registry.lookup("p"), (owner,))
-        self.assertEqual(registry.refusals["taken"], 1)
-
     def test_identityGlobs(self) -> None:
         """
         The registry asks whether the agent's identity may serve the path.
@@ -130,20 +116,6 @@ class RegistryTests(SynchronousTestCase):
         self.assertIn("proxy.internal.maxPathsPerAgent", str(raised.exception))
         self.assertEqual(registry.refusals, {"limit": 1})
 
-    def test_sameAgentTakesOver(self) -> None:
-        """
-        The same agent reconnecting before its old link was found dead takes
-        its path over, and the old link no longer owns it.
-        """
-        registry = Registry()
-        old, new = FakeAgent("1", name="prod"), FakeAgent("2", name="prod")
-        connected(registry, old, new)
-        self.assertIsNone(registry.registerPath(old, "p", "", {}))
-        self.assertIs(registry.registerPath(new, "p", "", {}), old)
-        self.assertEqual(registry.lookup("p"), (new,))
-        registry.removeAgent(old)
-        self.assertEqual(registry.lookup("p"), (new,))
-
     def test_consolidated(self) -> None:
         """
         Consolidated agents share a path; removing one keeps the others, and
@@ -172,7 +144,6 @@ class RegistryTests(SynchronousTestCase):
         self.assertRaises(RegistrationRefused, registry.unregisterPath, b, "p")
         registry.unregisterPath(a, "p")
         self.assertEqual(registry.lookup("p"), ())
-        # Only a path nobody holds goes to an agent of another name.
         other = FakeAgent("3", name="other")
         connected(registry, other)
         registry.registerPath(other, "p", "", {})
@@ -312,11 +283,13 @@ class AccountingTests(SynchronousTestCase):
         # Re-registering with other labels charges the difference.
         registry.registerPath(a, "p", "", {"key": "välue", "x": "y"})
         self.assertEqual(registry.registeredBytes, cost(a, "p", "", {"key": "välue", "x": "y"}))
-        # Displacement by the same agent under another host name.
+        # Displacement by the same agent under another host name: the
+        # displaced claim waits, and is paid for, until its agent leaves.
         b = FakeAgent("2", name="prod", hostName="a-longer-host")
         connected(registry, b)
         registry.registerPath(b, "p", "", {})
-        self.assertEqual(registry.registeredBytes, cost(b, "p", "", {}))
+        kept = cost(a, "p", "", {"key": "välue", "x": "y"})
+        self.assertEqual(registry.registeredBytes, cost(b, "p", "", {}) + kept)
         registry.removeAgent(a)
         self.assertEqual(registry.registeredBytes, cost(b, "p", "", {}))
         registry.unregisterPath(b, "p")
@@ -343,12 +316,79 @@ class AccountingTests(SynchronousTestCase):
 
     def test_refusedChangesNothing(self) -> None:
         registry = Registry()
-        owner, other = FakeAgent("1", name="prod"), FakeAgent("2", name="laptop")
+        owner, other = FakeAgent("1", name="prod"), FakeAgent("2", consolidated=True)
         connected(registry, owner, other)
         registry.registerPath(owner, "p", "", {})
         before = (registry.registeredBytes, registry.generation)
         self.assertRaises(RegistrationRefused, registry.registerPath, other, "p", "x", {})
         self.assertEqual((registry.registeredBytes, registry.generation), before)
+
+    def test_throughPromotions(self) -> None:
+        """
+        Every claim, served or waiting, is paid for exactly, through
+        queueing, relabelling a standby claim, promotion on every kind of
+        departure, and a takeover.
+        """
+        registry = Registry()
+        a = FakeAgent("1", name="a", hostName="h1", launchId="la")
+        b = FakeAgent("2", name="bb", hostName="h22", launchId="lb")
+        c = FakeAgent("3", name="ccc", hostName="h333", launchId="lc")
+        connected(registry, a, b, c)
+        registry.registerPath(a, "p", "A", {"k": "v"})
+        registry.registerPath(b, "p", "B", {})
+        registry.registerPath(c, "p", "C", {"x": "y"})
+        claims = {
+            a: cost(a, "p", "A", {"k": "v"}),
+            b: cost(b, "p", "B", {}),
+            c: cost(c, "p", "C", {"x": "y"}),
+        }
+        self.assertEqual(registry.registeredBytes, sum(claims.values()))
+        # A standby claiming again with other labels pays the difference.
+        registry.registerPath(b, "p", "B", {"longer": "labels"})
+        claims[b] = cost(b, "p", "B", {"longer": "labels"})
+        self.assertEqual(registry.registeredBytes, sum(claims.values()))
+        registry.unregisterPath(a, "p")
+        del claims[a]
+        self.assertEqual(registry.registeredBytes, sum(claims.values()))
+        # The same agent (c's launch) comes back on a new link and takes over.
+        c2 = FakeAgent("4", name="ccc", hostName="h333", launchId="lc")
+        connected(registry, c2)
+        registry.registerPath(c2, "p", "C2", {})
+        claims[c2] = cost(c2, "p", "C2", {})
+        self.assertEqual(registry.registeredBytes, sum(claims.values()))
+        registry.removeAgent(c2, "evicted")
+        del claims[c2]
+        self.assertEqual(registry.registeredBytes, sum(claims.values()))
+        registry.removeAgent(b, "goodbye")
+        del claims[b]
+        self.assertEqual(registry.registeredBytes, sum(claims.values()))
+        registry.removeAgent(c, "lost")
+        self.assertEqual((registry.registeredBytes, registry.snapshot()), (0, []))
+
+    def test_standbysCountAgainstTheBudget(self) -> None:
+        """
+        A standby claim is refused when the budget cannot hold it, like any
+        other registration, and the holder is untouched.
+        """
+        a, b = FakeAgent("1", name="a"), FakeAgent("2", name="b")
+        registry = Registry(limits=ProxySettings(max_registered_bytes=cost(a, "p", "", {})))
+        connected(registry, a, b)
+        registry.registerPath(a, "p", "", {})
+        with self.assertRaises(RegistrationRefused) as raised:
+            registry.registerPath(b, "p", "", {})
+        self.assertIn("proxy.internal.maxRegisteredBytes", str(raised.exception))
+        (entry,) = registry.snapshot()
+        self.assertEqual((entry.agents, entry.standbys), ((a,), ()))
+
+    def test_standbysCountAgainstPathsPerAgent(self) -> None:
+        registry = Registry(limits=ProxySettings(max_paths_per_agent=1))
+        a, b = FakeAgent("1", name="a"), FakeAgent("2", name="b")
+        connected(registry, a, b)
+        registry.registerPath(a, "p", "", {})
+        registry.registerPath(b, "p", "", {})
+        with self.assertRaises(RegistrationRefused) as raised:
+            registry.registerPath(b, "q", "", {})
+        self.assertIn("proxy.internal.maxPathsPerAgent", str(raised.exception))
 
 
 class GenerationTests(SynchronousTestCase):
@@ -396,3 +436,250 @@ class GenerationTests(SynchronousTestCase):
         self.assertEqual(registry.generation, before)
         registry.registerPath(a, "p", "", {"k": "w"})
         self.assertGreater(registry.generation, before)
+
+
+GROUP = Identity("team_a", "ta")
+PER_AGENT = Identity("db1", "secret-of-db1", perAgent=True)
+# Every credential under which several agents prove the same identity: the
+# open port, the legacy shared token, and a proxy.auth group identity (by
+# token or by a client certificate naming it).
+SHARED_CREDENTIALS = [ANONYMOUS, Identity(LEGACY_TOKEN_IDENTITY, "shared"), GROUP]
+
+
+class OwnershipTests(SynchronousTestCase):
+    """
+    An exclusive path has a holder and an ordered standby queue: claims for
+    a held path wait, the first standby is promoted as soon as the holder
+    leaves, and only proof of being the same agent displaces a connected
+    holder.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_000)
+        self.registry = Registry(clock=self.clock)
+        self.changes: list[HolderChange] = []
+        self.registry.holderObservers.append(self.changes.append)
+
+    def agents(self, *agents: FakeAgent) -> None:
+        connected(self.registry, *agents)
+
+    def standbys(self, path: str = "p") -> list[str]:
+        (entry,) = [e for e in self.registry.snapshot() if e.path == path]
+        return [claim.agent.agentId for claim in entry.standbys]
+
+    def changed(self) -> list[tuple[str, str, str]]:
+        return [(c.old.agentId, c.new.agentId, c.reason) for c in self.changes]
+
+    def test_claimForHeldPathWaits(self) -> None:
+        """
+        A claim for a held path is accepted as a standby, told its place and
+        who holds the path since when; standbys queue in claim order and
+        get no scrapes.
+        """
+        a, b, c = FakeAgent("1", "a"), FakeAgent("2", "b"), FakeAgent("3", "c")
+        self.agents(a, b, c)
+        held = self.registry.registerPath(a, "p", "A", {"k": "a"})
+        self.assertEqual((held.position, held.holder, held.since), (0, a, 1_000))
+        self.clock.advance(5)
+        first = self.registry.registerPath(b, "p", "B", {"k": "b"})
+        second = self.registry.registerPath(c, "p", "C", {})
+        self.assertEqual((first.position, first.holder, first.since), (1, a, 1_000))
+        self.assertEqual((second.position, second.holder), (2, a))
+        # Claiming again keeps the place in line; the same claim again
+        # changes nothing.
+        self.assertEqual(self.registry.registerPath(b, "p", "B", {"k": "b2"}).position, 1)
+        before = (self.registry.generation, self.registry.registeredBytes)
+        self.assertEqual(self.registry.registerPath(b, "p", "B", {"k": "b2"}).position, 1)
+        self.assertEqual((self.registry.generation, self.registry.registeredBytes), before)
+        self.assertEqual(self.registry.lookup("p"), (a,))
+        self.assertEqual(self.standbys(), ["2", "3"])
+        (entry,) = self.registry.snapshot()
+        self.assertEqual((entry.name, dict(entry.labels)), ("A", {"k": "a"}))
+        self.assertEqual(entry.standbys[0].since, 1_005)
+        self.assertEqual(self.registry.refusals, {})
+        self.assertEqual(self.changes, [])
+
+    def promoted(self, leave: str) -> None:
+        """
+        The holder leaves by C{leave} (a removal reason or C{unregistered}):
+        the first standby holds the path at once, with its own name and
+        labels, is told so, and one change is announced with that reason.
+        """
+        a, b, c = FakeAgent("1", "a"), FakeAgent("2", "b"), FakeAgent("3", "c")
+        self.agents(a, b, c)
+        self.registry.registerPath(a, "p", "A", {"k": "a"})
+        self.registry.registerPath(b, "p", "B", {"k": "b"})
+        self.registry.registerPath(c, "p", "C", {})
+        before = self.registry.generation
+        self.clock.advance(7)
+        if leave == "unregistered":
+            self.registry.unregisterPath(a, "p")
+        else:
+            self.registry.removeAgent(a, leave)
+        self.assertEqual(self.registry.lookup("p"), (b,))
+        self.assertEqual(self.standbys(), ["3"])
+        (entry,) = self.registry.snapshot()
+        self.assertEqual((entry.name, dict(entry.labels), entry.since), ("B", {"k": "b"}, 1_007))
+        self.assertGreater(entry.changed, before)
+        self.assertEqual(self.changed(), [("1", "2", leave)])
+        self.assertEqual(b.told, [("p", True, leave, "2", 1_007)])
+        self.assertEqual((a.told, c.told), ([], []))
+
+    def test_promotionOnUnregister(self) -> None:
+        self.promoted("unregistered")
+
+    def test_promotionOnGoodbye(self) -> None:
+        self.promoted("goodbye")
+
+    def test_promotionOnLoss(self) -> None:
+        self.promoted("lost")
+
+    def test_promotionOnEviction(self) -> None:
+        self.promoted("evicted")
+
+    def test_standbyLeavesQuietly(self) -> None:
+        """
+        A standby that unregisters or leaves changes no holder and frees its
+        place; the path goes when its last claim does.
+        """
+        a, b, c = FakeAgent("1", "a"), FakeAgent("2", "b"), FakeAgent("3", "c")
+        self.agents(a, b, c)
+        for agent in (a, b, c):
+            self.registry.registerPath(agent, "p", "", {})
+        self.registry.unregisterPath(b, "p")
+        self.assertRaises(RegistrationRefused, self.registry.unregisterPath, b, "p")
+        self.registry.removeAgent(c)
+        self.assertEqual((self.registry.lookup("p"), self.standbys()), ((a,), []))
+        self.assertEqual(self.changes, [])
+        self.registry.removeAgent(a)
+        self.assertEqual((self.registry.snapshot(), self.registry.registeredBytes), ([], 0))
+
+    def test_chainOfPromotions(self) -> None:
+        """
+        Standbys are promoted in the order they queued.
+        """
+        agents = [FakeAgent(str(i), f"a{i}") for i in range(4)]
+        self.agents(*agents)
+        for agent in agents:
+            self.registry.registerPath(agent, "p", "", {})
+        for agent in agents[:3]:
+            self.registry.removeAgent(agent)
+        self.assertEqual(
+            self.changed(), [("0", "1", "lost"), ("1", "2", "lost"), ("2", "3", "lost")]
+        )
+
+    def test_takeoverBySameLaunch(self) -> None:
+        """
+        The same agent process (same identity, name and launch id) back on a
+        new link takes its paths over at once; the old link is told, and
+        waits first in line.
+        """
+        for identity in SHARED_CREDENTIALS:
+            registry = Registry(clock=self.clock)
+            changes: list[HolderChange] = []
+            registry.holderObservers.append(changes.append)
+            old = FakeAgent("1", "prod", "h", "launch-1", identity=identity)
+            new = FakeAgent("2", "prod", "h", "launch-1", identity=identity)
+            waiting = FakeAgent("3", "other", identity=identity)
+            connected(registry, old, waiting, new)
+            registry.registerPath(old, "p", "", {})
+            registry.registerPath(waiting, "p", "", {})
+            placement = registry.registerPath(new, "p", "", {})
+            self.assertEqual((placement.position, placement.holder), (0, new), identity)
+            self.assertEqual(registry.lookup("p"), (new,))
+            (entry,) = registry.snapshot()
+            self.assertEqual([c.agent for c in entry.standbys], [old, waiting])
+            self.assertEqual([(c.old, c.new, c.reason) for c in changes], [(old, new, "takeover")])
+            self.assertEqual(old.told, [("p", False, "takeover", "2", self.clock.seconds())])
+            self.assertEqual(new.told, [])
+
+    def test_noTakeoverByName(self) -> None:
+        """
+        Under every shared credential, an agent presenting the holder's name
+        from another launch, host or identity waits as a standby: the
+        holder keeps the path, and still holds it after the rogue leaves.
+        """
+        for identity in SHARED_CREDENTIALS:
+            rogues = [
+                FakeAgent("r1", "prod", "h", "launch-2", identity=identity),
+                FakeAgent("r2", "prod", "elsewhere", "", identity=identity),
+                FakeAgent("r3", "prod", "h", "launch-1", identity=Identity("team_b", "tb")),
+            ]
+            for rogue in rogues:
+                registry = Registry(clock=self.clock)
+                changes: list[HolderChange] = []
+                registry.holderObservers.append(changes.append)
+                holder = FakeAgent("1", "prod", "h", "launch-1", identity=identity)
+                connected(registry, holder, rogue)
+                registry.registerPath(holder, "p", "", {})
+                placement = registry.registerPath(rogue, "p", "", {})
+                self.assertEqual((placement.position, placement.holder), (1, holder))
+                self.assertEqual(registry.lookup("p"), (holder,), (identity, rogue))
+                registry.removeAgent(rogue)
+                self.assertEqual(registry.lookup("p"), (holder,))
+                self.assertEqual((changes, holder.told), ([], []))
+
+    def test_emptyLaunchIdProvesNothing(self) -> None:
+        holder = FakeAgent("1", "prod", launchId="")
+        self.assertFalse(provesSameAgent(holder, FakeAgent("2", "prod", launchId="")))
+
+    def test_perAgentIdentityAloneProves(self) -> None:
+        """
+        An identity declared per agent proves being the same agent whatever
+        the name, host or launch (a restarted pod under a new name); a group
+        identity does not, and another identity never does.
+        """
+        holder = FakeAgent("1", "Unnamed-pod-a", "pod-a", "l1", identity=PER_AGENT)
+        restarted = FakeAgent("2", "Unnamed-pod-b", "pod-b", "l2", identity=PER_AGENT)
+        self.assertTrue(provesSameAgent(holder, restarted))
+        groupHolder = FakeAgent("1", "a", "h", "l1", identity=GROUP)
+        self.assertFalse(
+            provesSameAgent(groupHolder, FakeAgent("2", "a", "h", "l2", identity=GROUP))
+        )
+        other = Identity("db2", "secret-of-db2", perAgent=True)
+        self.assertFalse(provesSameAgent(holder, FakeAgent("3", "a", "h", "l1", identity=other)))
+        self.agents(holder, restarted)
+        self.registry.registerPath(holder, "p", "", {})
+        self.assertEqual(self.registry.registerPath(restarted, "p", "", {}).holder, restarted)
+        self.assertEqual(self.changed(), [("1", "2", "takeover")])
+
+    def test_standbyProvingItselfTakesOver(self) -> None:
+        """
+        A queued claim from the holder's own agent, claimed again, takes the
+        path over and leaves the queue (no claim is kept twice).
+        """
+        holder = FakeAgent("1", "a", identity=PER_AGENT)
+        other = FakeAgent("2", "b")
+        self.agents(holder, other)
+        self.registry.registerPath(holder, "p", "", {})
+        self.registry.registerPath(other, "p", "", {})
+        again = FakeAgent("3", "a", identity=PER_AGENT)
+        self.agents(again)
+        self.registry.registerPath(again, "p", "", {})
+        self.assertEqual(self.standbys(), ["1", "2"])
+        self.registry.registerPath(holder, "p", "", {})
+        self.assertEqual(self.registry.lookup("p"), (holder,))
+        self.assertEqual(self.standbys(), ["3", "2"])
+
+    def test_mixedStillRefused(self) -> None:
+        """
+        Mixing consolidated and exclusive claims on one path is refused with
+        the reason, never queued.
+        """
+        exclusive, joining = FakeAgent("1"), FakeAgent("2", consolidated=True)
+        self.agents(exclusive, joining)
+        self.registry.registerPath(exclusive, "p", "", {})
+        with self.assertRaises(RegistrationRefused) as raised:
+            self.registry.registerPath(joining, "p", "", {})
+        self.assertIn("is exclusive on this proxy", str(raised.exception))
+        self.assertEqual((self.standbys(), self.registry.refusals), ([], {"mixed": 1}))
+
+    def test_clearPromotesNobody(self) -> None:
+        a, b = FakeAgent("1", "a"), FakeAgent("2", "b")
+        self.agents(a, b)
+        self.registry.registerPath(a, "p", "", {})
+        self.registry.registerPath(b, "p", "", {})
+        self.registry.clear()
+        self.assertEqual((self.registry.snapshot(), self.registry.registeredBytes), ([], 0))
+        self.assertEqual((self.changes, b.told), ([], []))

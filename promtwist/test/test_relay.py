@@ -54,6 +54,11 @@ class FakeLink:
     sent: list[Frame] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
 
+    def pathRoleChanged(
+        self, path: str, holds: bool, reason: str, holder: object, since: float
+    ) -> None:
+        raise AssertionError("relay tests have one agent per path")
+
     def scrape(self, call: ScrapeCall) -> ScrapeStream:
         self.calls.append(call)
         stream = ScrapeStream(self, len(self.calls), WINDOW)
