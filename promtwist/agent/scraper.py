@@ -620,6 +620,16 @@ class Scrape:
             return self._waitedTooLong()
         had = round(self._deadline - contactedAt, 3)
         waited = round(contactedAt - self._startedAt, 3)
+        if self._credit <= 0:
+            # Not the target's slowness: what it sent could not be passed on
+            # (the proxy gives credit as Prometheus reads). AGENT_ERROR, so
+            # that the target is not counted as timing out.
+            return self._fail(
+                Outcome.AGENT_ERROR,
+                f"the answer of target {self._where()} ({self.received} bytes so far) waited"
+                " for the proxy's credit: Prometheus read it more slowly than the target sent"
+                f" it, past the {had:g}s deadline",
+            )
         reason = f"target {self._where()} did not answer within {had:g}s"
         if waited > 0:
             reason += f" (the scrape first waited {waited:g}s for a free slot)"

@@ -11,6 +11,7 @@ being checked, and a Hello's fields have bounded sizes.
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict, defaultdict
 
 from twisted.internet.interfaces import IAddress, IReactorTime
@@ -23,6 +24,7 @@ from promtwist.protocol.session import HANDSHAKE_MAX_FRAME_BYTES
 # Bounds on a Hello's fields, beyond proxy.internal.maxAgentNameLength: a
 # host name is at most 253 characters in the DNS; a launch id is 32 hex
 # digits from promtwist agents; labels are a handful of short pairs.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 MAX_HOST_NAME_LENGTH = 255
 MAX_LAUNCH_ID_LENGTH = 128
 MAX_SOFTWARE_VERSION_LENGTH = 128
@@ -182,9 +184,13 @@ def helloProblem(hello: Hello, maxAgentNameLength: int) -> str | None:
         ("launch_id", MAX_LAUNCH_ID_LENGTH, ""),
         ("software_version", MAX_SOFTWARE_VERSION_LENGTH, ""),
     ):
-        size = len(getattr(hello, name))
-        if size > limit:
-            return f"{name} of {size} characters exceeds the limit of {limit}{key}"
+        value = getattr(hello, name)
+        if len(value) > limit:
+            return f"{name} of {len(value)} characters exceeds the limit of {limit}{key}"
+        control = _CONTROL.search(value)
+        if control is not None:
+            # Names reach log lines, pages and HTTP headers.
+            return f"{name} holds the control character 0x{ord(control.group()):02x}"
     if len(hello.labels) > MAX_HELLO_LABELS:
         return f"{len(hello.labels)} labels exceed the limit of {MAX_HELLO_LABELS}"
     for label, value in hello.labels.items():

@@ -20,12 +20,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from twisted.web.server import Request
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
 
 from promtwist.config import MiB
-from promtwist.gunzip import Gunzip, GunzipError
+from promtwist.logs import clip
 from promtwist.proxy.answers import ScrapeFailed
-from promtwist.proxy.relay import RelayState, ScrapeCall, ScrapeRelay, ScrapeSource, watchHead
+from promtwist.proxy.relay import (
+    GZIP_ENCODINGS,
+    Inflater,
+    RelayState,
+    ScrapeCall,
+    ScrapeRelay,
+    ScrapeSource,
+    watchHead,
+)
 from promtwist.proxy.stream import AnswerHead
 
 EOF_LINE = b"# EOF"
@@ -117,15 +126,21 @@ class _Part:
         self.contentType = ""
         self.chunks: list[bytes] = []
         self.size = 0
-        self._decoder: Gunzip | None = None
+        self._inflater: Inflater | None = None
 
     def start(self, relay: ScrapeRelay) -> None:
         watchHead(relay, self.stream, self._headReceived, self.settle)
 
     def _headReceived(self, head: AnswerHead) -> None:
         self.contentType = head.contentType
-        if head.contentEncoding.lower() == "gzip":
-            self._decoder = Gunzip(self.merge.partLimit)
+        encoding = head.contentEncoding.lower()
+        if encoding in GZIP_ENCODINGS:
+            self._inflater = Inflater(self.merge.partLimit)
+        elif encoding not in ("", "identity"):
+            # Bodies are merged as text: one encoded otherwise cannot be.
+            return self.settle(
+                ScrapeFailed(502, "invalid_answer", f"cannot merge a body encoded {encoding}")
+            )
         self.stream.deliverBody(self)
 
     # The body (BodyConsumer).
@@ -134,18 +149,18 @@ class _Part:
         if self.settled:
             return
         try:
-            if self._decoder is not None:
-                data = self._decoder.feed(data)
-        except GunzipError as e:
-            return self.settle(ScrapeFailed(e.status, e.type, str(e)))
+            if self._inflater is not None:
+                data = self._inflater.feed(data)
+        except ScrapeFailed as failure:
+            return self.settle(failure)
         self._keep(data)
 
     def bodyDone(self) -> None:
-        if self._decoder is not None:
-            try:
-                self._keep(self._decoder.finish())
-            except GunzipError as e:
-                return self.settle(ScrapeFailed(e.status, e.type, str(e)))
+        try:
+            if self._inflater is not None:
+                self._keep(self._inflater.finish())
+        except ScrapeFailed as failure:
+            return self.settle(failure)
         self.settle(None)
 
     def bodyFailed(self, failure: ScrapeFailed) -> None:
@@ -190,7 +205,7 @@ class _Part:
         self.failure = failure
         if failure is not None:
             self.release()
-            self._stop()
+            self.stream.stop()
         self.merge.partSettled()
 
     def release(self) -> None:
@@ -201,16 +216,46 @@ class _Part:
         self.size = 0
         self.chunks = []
 
-    def _stop(self) -> None:
-        if self.stream.head.called:
-            self.stream.cancel()
-        else:
-            self.stream.head.cancel()
-
     def abandon(self) -> None:
         self.settled = True
-        self._stop()
+        self.stream.stop()
         self.release()
+
+
+@implementer(IPushProducer)
+class _MergedBody:
+    """
+    Writes the merged body as fast as Prometheus takes it, and no faster:
+    the parts stay reserved in the budget until the last piece is handed to
+    the connection, so a Prometheus that does not read cannot make the
+    proxy hold more than the budget says.
+    """
+
+    def __init__(self, relay: ScrapeRelay, pieces: Iterator[bytes], reason: str) -> None:
+        self.relay = relay
+        self.pieces = pieces
+        self.reason = reason
+        self._paused = False
+
+    def start(self) -> None:
+        self.relay.registerProducer(self)
+        self.resumeProducing()
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        relay = self.relay
+        while not self._paused and relay.state is not RelayState.DONE:
+            piece = next(self.pieces, None)
+            if piece is None:
+                return relay.complete(self.reason)
+            relay.write(piece)
+
+    def stopProducing(self) -> None:
+        # Prometheus went away; the relay hears of it and ends the scrape.
+        self._paused = True
 
 
 class CollectMerge:
@@ -232,6 +277,7 @@ class CollectMerge:
         self.agents = ", ".join(part.name for part in self.parts)
         self._relay: ScrapeRelay | None = None
         self._starting = True
+        self._answering = False
 
     def start(self, relay: ScrapeRelay) -> None:
         self._relay = relay
@@ -246,6 +292,11 @@ class CollectMerge:
 
     def deadlinePassed(self) -> None:
         assert self._relay is not None
+        if self._answering:
+            # Every part is in; the body is on its way to a slow reader.
+            return self._relay.fail(
+                ScrapeFailed(503, "client_slow", "Prometheus read the merged answer too slowly")
+            )
         deadline = self._relay.call.deadline
         for part in self.parts:
             part.settle(ScrapeFailed(503, "timed_out", f"no complete answer within {deadline:g}s"))
@@ -253,7 +304,7 @@ class CollectMerge:
     def _respond(self) -> None:
         relay = self._relay
         assert relay is not None
-        if relay.state is not RelayState.REQUESTED:
+        if relay.state is not RelayState.REQUESTED or self._answering:
             return
         complete = [part for part in self.parts if part.failure is None]
         missing = [(part.name, part.failure) for part in self.parts if part.failure is not None]
@@ -267,25 +318,18 @@ class CollectMerge:
                 )
             )
             return
-        request = relay.request
-        _headers(request, complete[0].contentType, missing)
-        relay.beginBody()
-        for piece in mergedPieces([part.chunks for part in complete]):
-            relay.write(piece)
-        relay.complete("; ".join(f"{name}: {failure.reason}" for name, failure in missing))
+        self._answering = True
+        relay.answerHead(200, complete[0].contentType)
+        if missing:
+            relay.request.setHeader(
+                b"X-Promtwist-Missing-Agents",
+                ", ".join(f"{clip(name)}: {failure.reason}" for name, failure in missing).encode(
+                    "utf-8"
+                ),
+            )
+        reason = "; ".join(f"{name}: {failure.reason}" for name, failure in missing)
+        _MergedBody(relay, mergedPieces([part.chunks for part in complete]), reason).start()
 
     def abandon(self) -> None:
         for part in self.parts:
             part.abandon()
-
-
-def _headers(request: Request, contentType: str, missing: list[tuple[str, ScrapeFailed]]) -> None:
-    request.setResponseCode(200)
-    request.setHeader(b"Cache-Control", b"must-revalidate,no-store")
-    if contentType:
-        request.setHeader(b"Content-Type", contentType.encode("latin-1"))
-    if missing:
-        request.setHeader(
-            b"X-Promtwist-Missing-Agents",
-            ", ".join(f"{name}: {failure.reason}" for name, failure in missing).encode("utf-8"),
-        )

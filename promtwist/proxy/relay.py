@@ -27,7 +27,7 @@ from enum import Enum, auto
 from typing import Protocol, cast
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITCPTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request
@@ -180,7 +180,9 @@ class BodyStrategy(Protocol):
 
 class ScrapeRelay:
     """
-    One scrape's lifecycle; see the module docstring.
+    One scrape's lifecycle; see the module docstring. The relay owns the
+    request: its status line once the body begins, the producer feeding
+    it, and how it ends.
     """
 
     _log = Logger(observer=observer)
@@ -199,6 +201,7 @@ class ScrapeRelay:
         self.state = RelayState.REQUESTED
         self._strategy: BodyStrategy | None = None
         self._timer: IDelayedCall | None = None
+        self._producing = False
         self._sent = 0
 
     def run(self, strategy: BodyStrategy) -> None:
@@ -210,17 +213,34 @@ class ScrapeRelay:
 
     # For strategies.
 
-    def beginBody(self) -> None:
+    def answerHead(self, status: int, contentType: str) -> None:
         """
-        The status and headers are set: what follows is the body.
+        Set the status and the headers every successful answer has. Nothing
+        is committed until the first body byte is written.
         """
-        assert self.state is RelayState.REQUESTED
-        self.state = RelayState.BODY
+        request = self.request
+        request.setResponseCode(status)
+        request.setHeader(b"Cache-Control", b"must-revalidate,no-store")
+        if contentType:
+            request.setHeader(b"Content-Type", contentType.encode("latin-1"))
+        else:
+            # Not twisted.web's text/html: the proxy does not know the type.
+            request.defaultContentType = None
+
+    def registerProducer(self, producer: IPushProducer) -> None:
+        """
+        Let C{producer} feed the answer, paused while Prometheus reads
+        slowly; the relay unregisters it when the scrape ends.
+        """
+        self.request.registerProducer(producer, True)
+        self._producing = True
 
     def write(self, data: bytes) -> None:
-        if self.state is RelayState.BODY and data:
-            self._sent += len(data)
-            self.request.write(data)
+        if self.state is RelayState.DONE or not data:
+            return
+        self.state = RelayState.BODY
+        self._sent += len(data)
+        self.request.write(data)
 
     def complete(self, reason: str = "") -> None:
         """
@@ -237,10 +257,11 @@ class ScrapeRelay:
         answer while nothing of the body has gone out, else a broken-off
         response.
         """
-        if self.state is RelayState.DONE:
+        state = self.state
+        if state is RelayState.DONE:
             return
         request = self.request
-        if not request.startedWriting:
+        if state is RelayState.REQUESTED:
             self._end(failure.status, failure.kind, failure.reason)
             request.write(textResponse(request, failure.status, failure.reason))
             request.finish()
@@ -274,6 +295,11 @@ class ScrapeRelay:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        if self._producing:
+            self._producing = False
+            # A request whose connection is gone has no producer to drop.
+            if self.request.channel is not None:
+                self.request.unregisterProducer()
         assert self._strategy is not None
         self._strategy.abandon()
         gzipped = self.request.responseHeaders.hasHeader(b"Content-Encoding")
@@ -314,6 +340,33 @@ def watchHead(
     stream.head.addCallbacks(received, onFailure).addErrback(relay.bug)
 
 
+# Encodings the proxy inflates, when it must: RFC 9110's two names for gzip.
+GZIP_ENCODINGS = frozenset({"gzip", "x-gzip"})
+# Statuses whose answers carry no body, so no length either.
+_NO_BODY = frozenset({204, 304})
+
+
+class Inflater:
+    """
+    gzip decoding for one body, with its errors as L{ScrapeFailed}.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._gunzip = Gunzip(limit)
+
+    def feed(self, data: bytes) -> bytes:
+        try:
+            return self._gunzip.feed(data)
+        except GunzipError as e:
+            raise ScrapeFailed(e.status, e.type, str(e)) from None
+
+    def finish(self) -> bytes:
+        try:
+            return self._gunzip.finish()
+        except GunzipError as e:
+            raise ScrapeFailed(e.status, e.type, str(e)) from None
+
+
 class StreamThrough:
     """
     A path one agent serves: the body goes to Prometheus as it arrives,
@@ -326,8 +379,7 @@ class StreamThrough:
         self.agents = source.name
         self.stream = source.scrape(call)
         self._gunzipLimit = gunzipLimit
-        self._decoder: Gunzip | None = None
-        self._producing = False
+        self._inflater: Inflater | None = None
         self._relay: ScrapeRelay | None = None
 
     @property
@@ -337,56 +389,58 @@ class StreamThrough:
 
     def start(self, relay: ScrapeRelay) -> None:
         self._relay = relay
-        watchHead(relay, self.stream, self._headReceived, relay.fail)
+        watchHead(relay, self.stream, self._headReceived, self._failed)
 
     def _headReceived(self, head: AnswerHead) -> None:
         relay = self.relay
         request = relay.request
-        request.setResponseCode(head.status)
-        request.setHeader(b"Cache-Control", b"must-revalidate,no-store")
-        if head.contentType:
-            request.setHeader(b"Content-Type", head.contentType.encode("latin-1"))
-        else:
-            # Not twisted.web's text/html: the proxy does not know the type.
-            request.defaultContentType = None
+        relay.answerHead(head.status, head.contentType)
         encoding = head.contentEncoding
-        if encoding.lower() == "gzip" and not acceptsGzip(relay.call.acceptEncoding):
-            self._decoder = Gunzip(self._gunzipLimit)
+        if encoding.lower() in GZIP_ENCODINGS and not acceptsGzip(relay.call.acceptEncoding):
+            self._inflater = Inflater(self._gunzipLimit)
         else:
             if encoding:
                 request.setHeader(b"Content-Encoding", encoding.encode("latin-1"))
-            if head.size >= 0:
+            if head.size >= 0 and head.status not in _NO_BODY:
                 request.setHeader(b"Content-Length", b"%d" % head.size)
-        relay.beginBody()
-        request.registerProducer(self.stream, True)
-        self._producing = True
+        relay.registerProducer(self.stream)
         self.stream.deliverBody(self)
 
     # The body (BodyConsumer).
 
     def write(self, data: bytes) -> None:
-        if self._decoder is not None:
-            try:
-                data = self._decoder.feed(data)
-            except GunzipError as e:
-                return self.relay.fail(ScrapeFailed(e.status, e.type, str(e)))
+        try:
+            if self._inflater is not None:
+                data = self._inflater.feed(data)
+        except ScrapeFailed as failure:
+            return self._failed(failure)
         self.relay.write(data)
 
     def bodyDone(self) -> None:
-        if self._decoder is not None:
-            try:
-                self.relay.write(self._decoder.finish())
-            except GunzipError as e:
-                return self.relay.fail(ScrapeFailed(e.status, e.type, str(e)))
+        try:
+            if self._inflater is not None:
+                self.relay.write(self._inflater.finish())
+        except ScrapeFailed as failure:
+            return self._failed(failure)
         self.relay.complete()
 
     def bodyFailed(self, failure: ScrapeFailed) -> None:
+        self._failed(failure)
+
+    def _failed(self, failure: ScrapeFailed) -> None:
+        if self.stream.paused:
+            # The body waited on Prometheus, not on the agent or the target.
+            failure = ScrapeFailed(
+                failure.status,
+                "client_slow",
+                f"Prometheus read the answer too slowly: {failure.reason}",
+            )
         self.relay.fail(failure)
 
     # Endings.
 
     def deadlinePassed(self) -> None:
-        self.relay.fail(
+        self._failed(
             ScrapeFailed(
                 503,
                 "timed_out",
@@ -396,14 +450,4 @@ class StreamThrough:
         )
 
     def abandon(self) -> None:
-        request = self.relay.request
-        if self._producing:
-            self._producing = False
-            # A request whose connection is gone has no producer to drop.
-            if request.channel is not None:
-                request.unregisterProducer()
-        if self.stream.head.called:
-            self.stream.cancel()
-        else:
-            # Its canceller tells the agent; watchHead ignores the error.
-            self.stream.head.cancel()
+        self.stream.stop()

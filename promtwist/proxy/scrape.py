@@ -36,6 +36,12 @@ from promtwist.proxy.relay import (
 _QUERY_BYTE = re.compile(rb"[^\x21-\x7e]")
 
 
+# What a forwarded header value may hold (RFC 9110 field-value: visible
+# characters, spaces, tabs and obs-text).
+_HEADER_BYTE = re.compile(rb"[^\t\x20-\x7e\x80-\xff]")
+FORWARDED_HEADERS = (b"Accept", b"Accept-Encoding", b"Authorization")
+
+
 def badQueryByte(query: bytes) -> str:
     """
     Why C{query} cannot be forwarded, or C{""} if it can.
@@ -44,6 +50,22 @@ def badQueryByte(query: bytes) -> str:
     if bad is None:
         return ""
     return f"query string has byte 0x{bad.group()[0]:02x} at position {bad.start()}"
+
+
+def badHeaderByte(request: Request) -> str:
+    """
+    Why a header the agent would be sent cannot be, or C{""}; the value is
+    never repeated (it may be a credential).
+    """
+    for name in FORWARDED_HEADERS:
+        value = request.getHeader(name)
+        bad = _HEADER_BYTE.search(value) if value else None
+        if bad is not None:
+            return (
+                f"the {name.decode()} header has byte 0x{bad.group()[0]:02x}"
+                f" at position {bad.start()}"
+            )
+    return ""
 
 
 class ScrapeResource(Resource):
@@ -85,9 +107,9 @@ class ScrapeResource(Resource):
             document: bytes = self.discovery.render(request)
             return document
         agents = self.registry.lookup(path)
-        badQuery = badQueryByte(query)
-        if badQuery:
-            return self._refuse(request, path, 400, "bad_request", badQuery)
+        badBytes = badQueryByte(query) or badHeaderByte(request)
+        if badBytes:
+            return self._refuse(request, path, 400, "bad_request", badBytes)
         if not path:
             return self._refuse(
                 request, path, 404, "missing_path", "no path given: request /<path>"

@@ -13,11 +13,14 @@ to Prometheus or sizes a buffer.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import Enum, auto
 from typing import Protocol
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
 
 from promtwist.logs import clip
 from promtwist.protocol.promtwist_pb2 import (
@@ -39,6 +42,7 @@ SCRAPE_WINDOW_BYTES = 1024 * 1024
 MAX_HEADER_VALUE = 1024
 # Longest reason passed on from an agent to Prometheus.
 MAX_REASON = 1024
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 class StreamLink(Protocol):
@@ -124,11 +128,11 @@ def _headerValue(agent: str, name: str, value: str) -> str:
         value.encode("latin-1")
     except UnicodeEncodeError:
         raise ScrapeFailed.invalidAnswer(
-            agent, f"{name} {clip(value, 80)!r} is not latin-1 text"
+            agent, f"{name} '{clip(value, 80)}' is not latin-1 text"
         ) from None
-    if any(c < " " or c == "\x7f" for c in value):
+    if _CONTROL.search(value):
         raise ScrapeFailed.invalidAnswer(
-            agent, f"{name} {clip(value, 80)!r} contains control characters"
+            agent, f"{name} '{clip(value, 80)}' contains control characters"
         )
     return value
 
@@ -172,6 +176,7 @@ def checkHead(agent: str, response: ScrapeResponse) -> AnswerHead:
     )
 
 
+@implementer(IPushProducer)
 class ScrapeStream:
     """
     One scrape in flight on an agent link.
@@ -345,6 +350,25 @@ class ScrapeStream:
 
     def stopProducing(self) -> None:
         self.cancel()
+
+    @property
+    def paused(self) -> bool:
+        """
+        Whether the consumer's side holds the agent back (Prometheus reads
+        slowly).
+        """
+        return self._paused
+
+    def stop(self) -> None:
+        """
+        The scrape is over for whoever started it: cancel it, through the
+        head while that has not fired (its errback is then a
+        C{CancelledError}).
+        """
+        if self.head.called:
+            self.cancel()
+        else:
+            self.head.cancel()
 
     def cancel(self) -> None:
         """

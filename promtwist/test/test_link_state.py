@@ -384,6 +384,11 @@ class AdmissionTests(SynchronousTestCase):
                 Hello(software_version="v" * 129),
                 "software_version of 129 characters exceeds the limit of 128",
             ),
+            (
+                Hello(agent_name="evil\r\nSet-Cookie: x=1"),
+                "agent_name holds the control character 0x0d",
+            ),
+            (Hello(host_name="h\x1b[31m"), "host_name holds the control character 0x1b"),
             (Hello(labels={str(n): "" for n in range(33)}), "33 labels exceed the limit of 32"),
             (Hello(labels={"k" * 129: ""}), "a label name of 129 characters exceeds the limit"),
             (Hello(labels={"k": "v" * 1025}), "a label value of 1025 characters exceeds the limit"),

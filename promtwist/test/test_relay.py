@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,6 +145,35 @@ def parseResponse(data: bytes) -> Response:
     return Response(status, headers, rest, False)
 
 
+class SlowReader(StringTransport):
+    """
+    A connection whose client stops reading once C{limit} bytes wait in it:
+    the producer is paused, as a real socket's buffer filling up does.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if len(self.value()) > self.limit and self.producer is not None:
+            self.producer.pauseProducing()
+
+    def writeSequence(self, data: Iterable[bytes]) -> None:
+        self.write(b"".join(data))
+
+    def read(self) -> bytes:
+        """
+        The client reads all that waits, and wants more.
+        """
+        data: bytes = self.value()
+        self.clear()
+        if self.producer is not None:
+            self.producer.resumeProducing()
+        return data
+
+
 class Proxy:
     """
     The scrape resource behind a real HTTP channel, with a registry of fake
@@ -168,10 +198,12 @@ class Proxy:
         self.registry.registerPath(link, path, path, {})
         return link
 
-    def get(self, target: bytes = b"/p", **headers: str) -> StringTransport:
+    def get(
+        self, target: bytes = b"/p", transport: StringTransport | None = None, **headers: str
+    ) -> StringTransport:
         channel = self.site.buildProtocol(None)
         assert channel is not None
-        transport = StringTransport()
+        transport = transport or StringTransport()
         self.channels[transport] = channel
         channel.makeConnection(transport)
         lines = [b"GET " + target + b" HTTP/1.1", b"Host: proxy"]
@@ -415,6 +447,39 @@ class StreamThroughTests(SynchronousTestCase):
         self.assertEqual(r.body, b"query string has byte 0x7f at position 2\n")
         self.assertEqual(self.link.calls, [])
 
+    def test_headerBytesRefused(self) -> None:
+        """
+        A forwarded header holding a control byte gets a 400 naming the
+        header, never its value; no agent is asked.
+        """
+        r = response(self.proxy.get(Authorization="Bearer s3cret\x01"))
+        self.assertEqual(r.status, 400)
+        self.assertEqual(r.body, b"the Authorization header has byte 0x01 at position 13\n")
+        self.assertEqual(self.link.calls, [])
+
+    def test_noContentAnswer(self) -> None:
+        """
+        A target's 204 is passed on without a length for a body it has not.
+        """
+        conn = self.proxy.get()
+        self.link.head(b"", status=204, last=True, content_length=-1)
+        self.assertTrue(conn.value().startswith(b"HTTP/1.1 204 "))
+        self.assertNotIn(b"Content-Length", conn.value())
+
+    def test_slowPrometheusBlamed(self) -> None:
+        """
+        A body that fails while Prometheus holds the agent back (it reads
+        slowly) is recorded as Prometheus' slowness, not the target's.
+        """
+        conn = self.proxy.get()
+        self.link.head(b"x" * 10)
+        self.link.current.pauseProducing()
+        self.link.chunk(last=True, outcome=Outcome.AGENT_ERROR, reason="waited for credit")
+        self.assertTrue(conn.disconnecting)
+        record = self.proxy.records[-1]
+        self.assertEqual(record.type, "client_slow")
+        self.assertIn("Prometheus read the answer too slowly", record.reason)
+
     def test_unknownPathReasonClipped(self) -> None:
         r = response(self.proxy.get(b"/" + b"q" * 5000))
         self.assertEqual(r.status, 404)
@@ -442,6 +507,11 @@ class GzipTests(SynchronousTestCase):
         r = response(conn)
         self.assertEqual((r.status, r.body, r.complete), (200, b"up 1\n" * 1000, True))
         self.assertNotIn(b"content-encoding", r.headers)
+
+    def test_xGzipInflated(self) -> None:
+        conn = self.proxy.get()
+        self.link.head(gzip.compress(b"up 1\n"), last=True, content_encoding="x-gzip")
+        self.assertEqual(response(conn).body, b"up 1\n")
 
     def test_bomb(self) -> None:
         """
@@ -632,6 +702,61 @@ class CollectMergeTests(SynchronousTestCase):
         r = response(conn)
         self.assertEqual(r.status, 503)
         self.assertIn(b"maxConsolidatedBufferMBytes", r.body)
+
+    def test_noTypeIsNoType(self) -> None:
+        conn = self.proxy.get()
+        self.a.head(b"a 1\n", last=True)
+        self.b.head(b"b 2\n", last=True)
+        self.assertNotIn(b"Content-Type", conn.value())
+
+    def test_otherEncodingsLeftOut(self) -> None:
+        """
+        Parts are merged as text: an x-gzip one is inflated, one in an
+        encoding the proxy cannot undo is left out with the reason.
+        """
+        conn = self.proxy.get()
+        self.a.head(gzip.compress(b"a 1\n"), last=True, content_encoding="x-gzip")
+        self.b.head(zlib.compress(b"b 2\n"), last=True, content_encoding="deflate")
+        r = response(conn)
+        self.assertEqual(r.body, b"a 1\n")
+        self.assertIn(
+            b"cannot merge a body encoded deflate", r.headers[b"x-promtwist-missing-agents"]
+        )
+
+    def test_budgetHeldUntilSent(self) -> None:
+        """
+        The merged body leaves as fast as Prometheus reads it, and its parts
+        stay counted in the budget until the last byte is handed over.
+        """
+        conn = SlowReader(64 * 1024)
+        self.proxy.get(transport=conn)
+        part = b"m 1\n" * 25_000
+        for link in (self.a, self.b):
+            link.head()
+            link.body(part)
+        budget = self.proxy.resource.budget
+        self.assertEqual(budget.used, 2 * len(part))
+        self.assertLess(len(conn.value()), len(part))
+        self.assertEqual(self.proxy.inFlight, 1)
+        received = b""
+        for _ in range(100):
+            if not self.proxy.inFlight:
+                break
+            received += conn.read()
+        received += conn.value()
+        r = parseResponse(received)
+        self.assertEqual((r.status, len(r.body), r.complete), (200, 2 * len(part), True))
+        self.assertEqual(budget.used, 0)
+
+    def test_deadlineWhileSending(self) -> None:
+        conn = self.proxy.get(transport=SlowReader(64 * 1024))
+        for link in (self.a, self.b):
+            link.head()
+            link.body(b"m 1\n" * 25_000)
+        self.proxy.clock.advance(10)
+        self.assertTrue(conn.disconnecting)
+        self.assertEqual(self.proxy.records[-1].type, "client_slow")
+        self.assertEqual(self.proxy.resource.budget.used, 0)
 
     def test_invalidHeadLeftOut(self) -> None:
         conn = self.proxy.get()

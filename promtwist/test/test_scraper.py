@@ -415,6 +415,20 @@ class ScrapeTests(SynchronousTestCase):
         self.assertEqual((chunk.last, chunk.outcome), (True, Outcome.TIMED_OUT))
         self.assertTrue(response.producer.stopped)
 
+    def test_creditTimeoutNotTheTargets(self) -> None:
+        """
+        A deadline that passes while the answer waits for the proxy's credit
+        (Prometheus reads slowly) does not blame the target.
+        """
+        run = Run(window=16 * 1024, chunkBytes=16 * 1024)
+        response = run.respond(FakeResponse())
+        response.body(b"x" * 40_000)
+        run.clock.advance(10)
+        chunk = run.last().scrape_chunk
+        self.assertEqual((chunk.last, chunk.outcome), (True, Outcome.AGENT_ERROR))
+        self.assertIn("Prometheus read it more slowly than the target sent it", chunk.reason)
+        self.assertNotIn("did not answer", chunk.reason)
+
     def test_bodyBroken(self) -> None:
         run = Run()
         response = run.respond(FakeResponse())
