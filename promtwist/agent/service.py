@@ -190,6 +190,10 @@ _FIELD_KEYS = {
 }
 
 
+# What a reload applies.
+_PATH_FIELDS = ("path_configs", "path_configs_listed")
+
+
 def _keyOf(fieldName: str) -> str:
     for setting in AGENT.settings:
         if setting.field == fieldName:
@@ -362,7 +366,10 @@ class AgentService(MultiService):
         """
         Read the configuration again (what C{SIGHUP} does) and apply its
         C{agent.pathConfigs} over the current link. A configuration that
-        does not load is rejected with one error line and changes nothing;
+        does not load is rejected with one error line and changes nothing,
+        and so is one that would leave the agent no path at all without
+        saying so (no C{agent.pathConfigs} key: a file cut short, an
+        include gone; C{agent.pathConfigs = []} is applied);
         other settings that changed are named in a warning and not applied,
         since they need a restart.
 
@@ -381,18 +388,34 @@ class AgentService(MultiService):
                 error=error[:500],
             )
             return succeed(None)
+        if (
+            not new.path_configs
+            and not new.path_configs_listed
+            and self.factory.paths
+            and not self.factory.table.discovered
+        ):
+            self._log.error(
+                "configuration reload rejected, the running configuration stays: {source} has"
+                " no agent.pathConfigs, which would remove all {n} path(s); to serve none,"
+                " write agent.pathConfigs = []",
+                source=new.config_source,
+                n=len(self.factory.paths),
+            )
+            return succeed(None)
         old = self.settings
         differing = [
             _keyOf(f.name)
             for f in fields(AgentSettings)
-            if f.name != "path_configs" and getattr(old, f.name) != getattr(new, f.name)
+            if f.name not in _PATH_FIELDS and getattr(old, f.name) != getattr(new, f.name)
         ]
         if differing:
             self._log.warn(
                 "configuration reload: {keys} changed and need(s) a restart (not applied)",
                 keys=", ".join(differing),
             )
-        self.settings = replace(old, path_configs=new.path_configs)
+        self.settings = replace(
+            old, path_configs=new.path_configs, path_configs_listed=new.path_configs_listed
+        )
         changes, done = self.factory.replacePaths(static=new.path_configs)
         self._log.info(
             "configuration reloaded from {source}: paths {summary}",
