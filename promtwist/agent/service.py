@@ -23,12 +23,19 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
-from twisted.logger import Logger
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogFilterPredicate,
+    LogEvent,
+    Logger,
+    PredicateResult,
+)
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from zope.interface import implementer
 
-from promtwist.agent.connection import ProxyConnection, ProxyConnectionFactory, Rejected
+from promtwist.agent.connection import ProxyConnection, ProxyConnectionFactory
+from promtwist.agent.dialling import DialReport, describeDialFailure
 from promtwist.agent.discoveryfile import FileDiscovery
 from promtwist.agent.scraper import Scraper
 from promtwist.config import AGENT, AgentSettings, ConfigError, PathConfig
@@ -63,6 +70,27 @@ class _Link(Protocol):
         self.connection = connection
 
 
+@implementer(ILogFilterPredicate)
+class _NotRetryLines:
+    """
+    Drops ClientService's "Scheduling retry 3 to connect <..._ReadyLinks
+    object at 0x...>": the dial report says why, and summarises the retries.
+    """
+
+    def __call__(self, event: LogEvent) -> object:
+        if str(event.get("log_format", "")).startswith("Scheduling retry"):
+            return PredicateResult.no
+        return PredicateResult.maybe
+
+
+class _LinkService(ClientService):
+    """
+    The agent's ClientService, without its own line per retry.
+    """
+
+    _log = Logger(observer=FilteringLogObserver(observer, [_NotRetryLines()]))
+
+
 @implementer(IStreamClientEndpoint)
 class _ReadyLinks(Factory):
     """
@@ -81,12 +109,11 @@ class _ReadyLinks(Factory):
     then dropped sends the next attempt back to the first (failback).
 
     @ivar endpoints: C{(name, endpoint)} pairs, in the configured order.
-    @ivar notReady: told why a link to the named proxy did not become
-        ready; returns the failure.
+    @ivar notReady: told why an attempt on the named proxy failed, from
+        the dial to the path registrations; returns the failure.
     """
 
     noisy = False
-    _log = Logger(observer=observer)
 
     def __init__(
         self,
@@ -107,16 +134,8 @@ class _ReadyLinks(Factory):
         name, endpoint = self.endpoints[self.index]
 
         def failed(failure: Failure) -> Failure:
-            if len(self.endpoints) > 1:
-                self.index = (self.index + 1) % len(self.endpoints)
-                if not failure.check(CancelledError):
-                    self._log.info(
-                        "cannot use proxy {proxy} ({reason}); next: {next}",
-                        proxy=name,
-                        reason=failure.getErrorMessage(),
-                        next=self.endpoints[self.index][0],
-                    )
-            return failure
+            self.index = (self.index + 1) % len(self.endpoints)
+            return self.notReady(failure, name)
 
         return Deferred.fromCoroutine(self._connect(protocolFactory, name, endpoint)).addErrback(
             failed
@@ -139,7 +158,7 @@ class _ReadyLinks(Factory):
                 ready.callback(result)
 
         connection.whenReady().addBoth(settle)
-        await ready.addErrback(self.notReady, name)
+        await ready
         self._handing = connection
         link = protocolFactory.buildProtocol(connection.transport.getPeer())
         self._handing = None
@@ -264,16 +283,19 @@ class AgentService(MultiService):
             self._ready,
         )
         self.links = links
-        self.link = ClientService(
-            links,
-            links,
-            # Jittered exponential backoff, capped so that a returning proxy
-            # gets its agents back within a few seconds.
-            retryPolicy=backoffPolicy(
-                initialDelay=0.25, factor=2.0, maxDelay=settings.reconnect_pause_secs
-            ),
-            clock=reactor,
+        self.dialReport = DialReport(self._log, reactor)
+        # Jittered exponential backoff, capped so that a returning proxy
+        # gets its agents back within a few seconds.
+        backoff = backoffPolicy(
+            initialDelay=0.25, factor=2.0, maxDelay=settings.reconnect_pause_secs
         )
+
+        def retryPolicy(attempt: int) -> float:
+            delay = backoff(attempt)
+            self.dialReport.retrying(delay)
+            return delay
+
+        self.link = _LinkService(links, links, retryPolicy=retryPolicy, clock=reactor)
         self.link.setServiceParent(self)
         self.discovery: FileDiscovery | None = None
         if settings.discovery_enabled:
@@ -327,22 +349,19 @@ class AgentService(MultiService):
 
     def _notReady(self, failure: Failure, proxy: str) -> Failure:
         """
-        Log why a link did not become ready (a certificate the agent or the
-        proxy refused, say): nothing else says it before the retry. A
-        rejection is already logged with the proxy's reason, and stopping
-        cancels the attempt on purpose.
+        Count a failed attempt and tell the dial report why (refused, a name
+        that does not resolve, a certificate refused, the proxy's
+        rejection...); it logs before the retry. Stopping cancels the
+        attempt on purpose: that is no failure.
         """
-        if self.running and not failure.check(Rejected, CancelledError):
+        if self.running and not failure.check(CancelledError):
             self.metrics.connected(False)
-            self._log.warn(
-                "no link to proxy {proxy}: {reason}",
-                proxy=proxy,
-                reason=failure.getErrorMessage(),
-            )
+            self.dialReport.failed(proxy, describeDialFailure(failure, proxy))
         return failure
 
     def _ready(self, connection: ProxyConnection, proxy: str) -> None:
         self.metrics.connected(True)
+        self.dialReport.connected(proxy)
         if len(self.links.endpoints) > 1:
             self._log.info(
                 "link to proxy {proxy} is up ({n} path(s) registered)",
