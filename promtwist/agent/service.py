@@ -34,12 +34,14 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from zope.interface import implementer
 
+from promtwist import __version__
 from promtwist.agent.connection import ProxyConnection, ProxyConnectionFactory
 from promtwist.agent.dialling import DialReport, describeDialFailure
 from promtwist.agent.discoveryfile import FileDiscovery
 from promtwist.agent.scraper import Scraper
 from promtwist.config import AGENT, AgentSettings, ConfigError, PathConfig
 from promtwist.httputil import redacted
+from promtwist.listen import describeListeners
 from promtwist.logs import observer
 from promtwist.metrics import AgentMetrics, AgentState
 from promtwist.signals import exitNormally, onHangup
@@ -233,6 +235,7 @@ class AgentService(MultiService):
         command-line options and environment (see L{reload}); L{None} if the
         agent cannot reload.
     @ivar discovery: the discovery file reader, when discovery is enabled.
+    @ivar listeners: the metrics and admin listeners the settings enable.
     """
 
     _log = Logger(observer=observer)
@@ -308,13 +311,14 @@ class AgentService(MultiService):
             )
             self.discovery.setServiceParent(self)
         self._restoreHangup: Callable[[], None] = lambda: None
-        for listener in operationsListeners(
+        self.listeners = operationsListeners(
             settings,
             self.metrics.registry,
             agentHealth(self.state, settings),
             self.debugText,
             reactor,
-        ):
+        )
+        for listener in self.listeners:
             listener.setServiceParent(self)
 
     # What the operator sees.
@@ -447,12 +451,18 @@ class AgentService(MultiService):
 
     def startService(self) -> None:
         settings = self.settings
+        self.factory.draining = False
+        if self.loadSettings is not None:
+            self._restoreHangup = onHangup(self.clock, self.reload)
+        super().startService()
         self._log.info(
-            "agent {name!r} dialling {proxy}{tls} for {n} path(s)",
+            "promtwist {version} agent {name!r} dialling {proxy}{tls} for {n} path(s){listening}",
+            version=__version__.public(),
             name=settings.name,
             proxy=", ".join(name for name, _ in self.links.endpoints),
             tls=" over TLS" if linkUsesTLS(settings) else "",
             n=len(settings.path_configs),
+            listening=f"; listening: {describeListeners(self.listeners)}" if self.listeners else "",
         )
         if settings.trust_all_x509_certificates:
             self._log.warn(
@@ -463,10 +473,6 @@ class AgentService(MultiService):
                 if settings.https_trust_store_path
                 else "",
             )
-        self.factory.draining = False
-        if self.loadSettings is not None:
-            self._restoreHangup = onHangup(self.clock, self.reload)
-        super().startService()
 
     def whenConnected(self) -> Deferred[ProxyConnection]:
         """

@@ -17,12 +17,13 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IListeningPort, IProtocol, IProtocolFactory
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock, deferLater
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.server import Site
 
+from promtwist import __version__
 from promtwist.agent.service import AgentService, _ReadyLinks
 from promtwist.config import (
     AgentSettings,
@@ -173,6 +174,17 @@ class ReloadUnitTests(SynchronousTestCase):
         self.assertIn("agent.http.maxConcurrentClients", warning["keys"])
         self.assertIn("agent.proxy.endpoints", warning["keys"])
         self.assertEqual(self.service.settings.max_concurrent_clients, 32)
+
+    def test_startupLine(self) -> None:
+        """
+        The agent says its version at startup.
+        """
+        with capturedLogs() as events:
+            self.service.startService()
+        self.addCleanup(self.service.stopService)
+        (event,) = [e for e in events if "version" in e]
+        self.assertEqual(event["version"], __version__.public())
+        self.assertTrue(formatEvent(event).startswith(f"promtwist {__version__.public()} agent"))
 
     def test_signalHandler(self) -> None:
         """
