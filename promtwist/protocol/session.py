@@ -82,6 +82,8 @@ class Session(FrameReceiver):
     @ivar lateReplies: answers that arrived for nothing still waiting; normal
         after timeouts, so counted rather than treated as errors.
     @ivar roundTripSeconds: the latest heartbeat round-trip time, or L{None}.
+    @ivar establishedAt: when the handshake completed (the clock's time), or
+        L{None} before.
     @ivar bytesReceived: how much the peer sent (a peer that closes having
         sent nothing may be speaking another protocol).
     @ivar closeReason: why this end closed the link, once it did; what is
@@ -100,6 +102,7 @@ class Session(FrameReceiver):
     peerMaxFrameBytes = HANDSHAKE_MAX_FRAME_BYTES
 
     roundTripSeconds: float | None = None
+    establishedAt: float | None = None
     closeReason = ""
 
     def __init__(self, clock: IReactorTime) -> None:
@@ -289,6 +292,7 @@ class Session(FrameReceiver):
         """
         assert self._state is LinkState.HANDSHAKE, self._state
         self._state = LinkState.ESTABLISHED
+        self.establishedAt = self.clock.seconds()
         self.MAX_LENGTH = maxFrameBytes
         self.peerMaxFrameBytes = peerMaxFrameBytes
         if heartbeatPeriod > 0:

@@ -139,6 +139,7 @@ class ProxyService(MultiService):
                     link.agentId,
                     link.roundTripSeconds,
                     link.scrapesInFlight,
+                    self.reactor.seconds() - (link.establishedAt or self.reactor.seconds()),
                 )
                 for link in self._agentLinks()
             ],
