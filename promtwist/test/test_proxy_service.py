@@ -246,6 +246,10 @@ class ProxyServiceTests(TestCase):
         self.assertEqual(samples[("proxy_scrape_requests_total", (("type", "invalid_path"),))], 1)
         self.assertEqual(samples[("proxy_connect_count_total", ())], 1)
         self.assertEqual(samples[("proxy_agent_map_size", ())], 1)
+        (age,) = [
+            value for (name, _), value in samples.items() if name == "proxy_agent_connected_seconds"
+        ]
+        self.assertTrue(0 < age < self.timeout, age)
         _, debug = await self.get(adminPort, "debug")
         self.assertIn(b"/m [exclusive] a1", debug)
         self.assertIn(b"/m - success - 200", debug)
