@@ -220,7 +220,7 @@ class Session(FrameReceiver):
         The peer's first bytes were another protocol (C{why} says which and
         what to change), and the link is closed: log it, one line per link.
         """
-        self.warnings.warn("misdirected", "{why}; connection closed", why=why)
+        self.warnings.warn("misdirected", "protocol error: {why}; connection closed", why=why)
 
     def protocolError(self, why: str) -> None:
         """
