@@ -218,7 +218,8 @@ class Session(FrameReceiver):
     def misdirectedPeer(self, why: str) -> None:
         """
         The peer's first bytes were another protocol (C{why} says which and
-        what to change), and the link is closed: log it, one line per link.
+        what to change), and the link is closed: log it, in one line, within
+        L{warnings}' budget.
         """
         self.warnings.warn("misdirected", "protocol error: {why}; connection closed", why=why)
 

@@ -397,7 +397,8 @@ class AgentLink(Session):
         if not self.agentId:
             tls = describeServerTLSFailure(reason)
             if tls is not None:
-                self.factory.warnings.warn(
+                # Before its Hello, within the factory's budget (L{warnings}).
+                self.warnings.warn(
                     "TLS handshake",
                     "TLS handshake with {peer} on the agent port failed: {cause}",
                     peer=_peerName(self.transport),
