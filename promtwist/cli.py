@@ -30,6 +30,7 @@ from promtwist.config import (
     loadAgentSettings,
     loadProxySettings,
 )
+from promtwist.startup import StartupError, checkTwistdFiles
 from promtwist.tls import checkFiles
 
 _S = TypeVar("_S", ProxySettings, AgentSettings)
@@ -159,8 +160,9 @@ class _SettingsOptions(usage.Options, ABC, Generic[_S]):
 
     def postOptions(self) -> None:
         """
-        Resolve the settings and read the TLS files they name.  A
-        configuration error is reported as one line and exits with status 1:
+        Resolve the settings, read the TLS files they name, and check that
+        twistd's pidfile and log file can be written.  An error is reported
+        as one line and exits with status 1:
         twistd would otherwise print the whole usage text, burying the one
         line that matters.
         """
@@ -168,7 +170,11 @@ class _SettingsOptions(usage.Options, ABC, Generic[_S]):
         try:
             self.settings = self._load(self.given(), environ)
             checkFiles(self.settings)
-        except ConfigError as e:
+            # twistd's own options, when these are its plugin's.
+            twistd = getattr(self, "parent", None)
+            if twistd is not None:
+                checkTwistdFiles(twistd)
+        except (ConfigError, StartupError) as e:
             (self._stderr or sys.stderr).write(f"promtwist: {e}\n")
             raise SystemExit(1) from None
 

@@ -10,6 +10,7 @@ consulted on the scrape path.
 
 from __future__ import annotations
 
+import difflib
 import http.client
 import ipaddress
 import json
@@ -18,7 +19,7 @@ import os
 import re
 import socket
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, cast
 from urllib.error import HTTPError
@@ -219,6 +220,9 @@ class AgentSettings(_OperationsSettings):
     heartbeat_max_inactivity_secs: float = 5.0
     reconnect_pause_secs: float = 3.0
     path_configs: tuple[PathConfig, ...] = ()
+    # Whether the file has an agent.pathConfigs key at all (an explicit
+    # empty list counts): a reload to no paths is applied only then.
+    path_configs_listed: bool = False
     filters: tuple[MetricFilter, ...] = ()
     admin_port: int = 8093
     metrics_port: int = 8083
@@ -245,9 +249,10 @@ class AgentSettings(_OperationsSettings):
 #
 # One table per role drives everything: reading the file, the environment and
 # -D overrides, generating the command-line options (promtwist.cli) and their
-# help, validation, and the warnings about unknown or unsupported keys.  Keys
-# prometheus-proxy knows but promtwist does not act on are listed too (with no
-# field), so that existing files load without being reported as unknown.
+# help, validation, the refusal of unknown keys and the warnings about
+# unsupported ones.  Keys prometheus-proxy knows but promtwist does not act on
+# are listed too (with no field), so that existing files load, with a "has no
+# effect" warning for each one set.
 
 
 @dataclass(frozen=True)
@@ -1519,6 +1524,25 @@ def _configSource(role: Role, options: Mapping[str, object], environ: Mapping[st
     return str(options.get("config") or environ.get(role.configEnv) or "")
 
 
+def _checkKnown(key: str, known: Iterable[str], origin: str, prefix: str = "") -> None:
+    """
+    Refuse a key that neither promtwist nor prometheus-proxy reads: a typo
+    silently ignored (C{pathConfig} for C{pathConfigs}) would run the
+    process without what the operator meant to configure.
+
+    @param prefix: written before C{key} and each suggestion in the message
+        (an entry's own keys are named with the entry, e.g.
+        C{agent.pathConfigs[0].}).
+    @raise ConfigError: naming the key, where it was, and the closest known
+        key, if one is close.
+    """
+    if key in known:
+        return
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
+    hint = f"; did you mean {prefix}{close[0]}?" if close else ""
+    raise ConfigError(f"{origin}: unknown configuration key {prefix}{key}{hint}")
+
+
 def _gather(
     role: Role,
     options: Mapping[str, object],
@@ -1528,7 +1552,7 @@ def _gather(
 ) -> _Gathered:
     """
     Read a role's configuration source and resolve every scalar setting,
-    warning about keys that are unknown or have no effect.
+    refusing unknown keys and warning about those that have no effect.
     """
     source = _configSource(role, options, environ)
     label = _label(source)
@@ -1541,13 +1565,12 @@ def _gather(
     defines = _defines(options)
 
     for key in file:
-        if key not in known:
-            warn(f"unknown configuration key {key} in {label} (ignored)")
+        _checkKnown(key, known, label)
     for key in defines:
         if key in role.lists:
             raise ConfigError(f"option -D: {key}: lists cannot be set with -D")
-        if key.startswith(f"{role.section}.") and key not in known:
-            warn(f"unknown configuration key {key} in option -D (ignored)")
+        if key.startswith(f"{role.section}."):
+            _checkKnown(key, known, "option -D")
 
     values = {}
     for setting in role.settings:
@@ -1672,7 +1695,7 @@ def _labels(value: object) -> dict[str, str]:
 _PATH_CONFIG_KEYS = ("name", "path", "url", "labels")
 
 
-def _pathConfig(entry: object, where: str, label: str, warn: Callable[[str], None]) -> PathConfig:
+def _pathConfig(entry: object, where: str, label: str) -> PathConfig:
     """
     One C{agent.pathConfigs} entry, checked.
 
@@ -1681,8 +1704,7 @@ def _pathConfig(entry: object, where: str, label: str, warn: Callable[[str], Non
     if not isinstance(entry, Mapping):
         raise _fail(label, where, "an object with path and url", entry)
     for name in entry:
-        if name not in _PATH_CONFIG_KEYS:
-            warn(f"unknown configuration key {where}.{name} in {label} (ignored)")
+        _checkKnown(str(name), _PATH_CONFIG_KEYS, label, f"{where}.")
 
     def check(name: str, parse: Callable[[Any], Any], expected: str) -> Any:
         if name not in entry:
@@ -1702,14 +1724,14 @@ def _pathConfig(entry: object, where: str, label: str, warn: Callable[[str], Non
     return PathConfig(name=name or path, path=path, url=url, labels=labels)
 
 
-def _pathConfigs(gathered: _Gathered, warn: Callable[[str], None]) -> tuple[PathConfig, ...]:
+def _pathConfigs(gathered: _Gathered) -> tuple[PathConfig, ...]:
     key = "agent.pathConfigs"
     entries = _asList(gathered.file.get(key, []), gathered.label, key)
     configs: list[PathConfig] = []
     seen: dict[str, str] = {}
     for index, entry in enumerate(entries):
         where = f"{key}[{index}]"
-        config = _pathConfig(entry, where, gathered.label, warn)
+        config = _pathConfig(entry, where, gathered.label)
         if config.path in seen:
             raise ConfigError(
                 f"{gathered.label}: {where}.path: duplicate path {_show(config.path)}"
@@ -1725,9 +1747,7 @@ _IDENTITY_KEYS = ("name", "token", "paths", "perAgent")
 _GLOB = re.compile(r"[^#%\s]+\Z")
 
 
-def _identities(
-    gathered: _Gathered, legacyToken: str, warn: Callable[[str], None]
-) -> tuple[Identity, ...]:
+def _identities(gathered: _Gathered, legacyToken: str) -> tuple[Identity, ...]:
     """
     C{proxy.auth}, checked: names and tokens unique (the legacy
     C{proxy.agentToken} included), every glob a plain path pattern. A token
@@ -1745,8 +1765,7 @@ def _identities(
         if not isinstance(entry, Mapping):
             raise _fail(label, where, "an object with name, token and paths", entry)
         for name in entry:
-            if name not in _IDENTITY_KEYS:
-                warn(f"unknown configuration key {where}.{name} in {label} (ignored)")
+            _checkKnown(str(name), _IDENTITY_KEYS, label, f"{where}.")
         name = str(_coerce(str, entry.get("name", ""), lenient=True)).strip()
         token = str(_coerce(str, entry.get("token", ""), lenient=True))
         if not name:
@@ -1804,7 +1823,7 @@ def _networks(gathered: _Gathered, key: str) -> tuple[str, ...]:
 _FILTER_KEYS = ("path", "metricNameAllow", "metricNameDeny")
 
 
-def _filters(gathered: _Gathered, warn: Callable[[str], None]) -> tuple[MetricFilter, ...]:
+def _filters(gathered: _Gathered) -> tuple[MetricFilter, ...]:
     """
     C{agent.filters}: every field present (prometheus-proxy requires all
     three), every pattern a valid regular expression.
@@ -1819,8 +1838,7 @@ def _filters(gathered: _Gathered, warn: Callable[[str], None]) -> tuple[MetricFi
                 label, where, "an object with path, metricNameAllow and metricNameDeny", entry
             )
         for name in entry:
-            if name not in _FILTER_KEYS:
-                warn(f"unknown configuration key {where}.{name} in {label} (ignored)")
+            _checkKnown(str(name), _FILTER_KEYS, label, f"{where}.")
         for name in _FILTER_KEYS:
             if name not in entry:
                 raise ConfigError(f"{label}: {where}: {name} is required")
@@ -1864,7 +1882,7 @@ def loadProxySettings(
         C{-D} C{key=value} strings).
     @param environ: the environment variables.
     @param fetch: reads a configuration URL.
-    @param warn: receives one line per unknown or ineffective key.
+    @param warn: receives one line per key that has no effect.
     @raise ConfigError: for any invalid source or value.
     """
     gathered = _gather(PROXY, options, environ, fetch, warn)
@@ -1876,7 +1894,7 @@ def loadProxySettings(
             f"{gathered.label}: proxy.http.basicAuth needs both username and password"
         )
     return ProxySettings(
-        identities=_identities(gathered, values["agent_token"], warn),
+        identities=_identities(gathered, values["agent_token"]),
         http_allowed_networks=_networks(gathered, "proxy.http.allowedNetworks"),
         admin_allowed_networks=_networks(gathered, "proxy.admin.allowedNetworks"),
         **values,
@@ -1911,8 +1929,9 @@ def loadAgentSettings(
     return AgentSettings(
         config_source=gathered.source,
         proxy_endpoints=_proxyEndpoints(gathered),
-        path_configs=_pathConfigs(gathered, warn),
-        filters=_filters(gathered, warn),
+        path_configs=_pathConfigs(gathered),
+        path_configs_listed="agent.pathConfigs" in gathered.file,
+        filters=_filters(gathered),
         admin_allowed_networks=_networks(gathered, "agent.admin.allowedNetworks"),
         **values,
     )

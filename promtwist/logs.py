@@ -8,19 +8,27 @@ open up promtwist without touching what twistd itself logs.
 
 from __future__ import annotations
 
+import json
+import math
 import sys
 import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import IO
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
+    LogEvent,
     Logger,
     LogLevel,
     LogLevelFilterPredicate,
+    formatEvent,
     globalLogPublisher,
-    jsonFileLogObserver,
 )
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
 # prometheus-proxy's level names; "off" keeps only critical events, which
 # promtwist does not emit.
@@ -45,6 +53,78 @@ def applyLogLevel(level: str) -> None:
     _predicate.setLogLevelForNamespace("", _LEVELS.get(level.lower(), LogLevel.info))
 
 
+# Keys of Twisted's own bookkeeping and of legacy (twisted.python.log)
+# events, which say again what the flat fields already say.
+_BOOKKEEPING = frozenset({"format", "isError", "message", "system", "time", "why", "failure"})
+_FLAT = ("time", "level", "logger", "message")
+
+
+def _jsonSafe(value: object) -> object:
+    """
+    C{value} as JSON can carry it: numbers, strings, booleans and null as
+    they are (a non-finite float as its text), lists and string-keyed
+    objects element by element, anything else as its text.
+    """
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_jsonSafe(item) for item in value]
+    if isinstance(value, Mapping):
+        return {str(key): _jsonSafe(item) for key, item in value.items()}
+    return str(value)
+
+
+def _loggerName(event: LogEvent) -> str:
+    namespace = str(event.get("log_namespace", ""))
+    # Events from twisted.python.log (factories starting, ports closed) all
+    # have the namespace "log_legacy"; their system says more.
+    if namespace == "log_legacy":
+        return str(event.get("log_system") or event.get("system") or "twisted")
+    return namespace
+
+
+def jsonRecord(event: LogEvent) -> dict[str, object]:
+    """
+    One event as the flat object log shippers expect: C{time} (RFC 3339,
+    UTC), C{level}, C{logger} (the namespace), C{message} (rendered), then
+    the event's own fields; a field named like one of those four gets a
+    trailing C{_}. A failure adds its C{traceback}.
+    """
+    record: dict[str, object] = {
+        "time": datetime.fromtimestamp(event.get("log_time", 0.0), UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z"),
+        "level": getattr(event.get("log_level"), "name", "info"),
+        "logger": _loggerName(event),
+        "message": formatEvent(event),
+    }
+    for key, value in event.items():
+        if key.startswith("log_") or key in _BOOKKEEPING:
+            continue
+        record[f"{key}_" if key in _FLAT else key] = _jsonSafe(value)
+    failure = event.get("log_failure")
+    if isinstance(failure, Failure):
+        record["traceback"] = failure.getTraceback()
+    return record
+
+
+@implementer(ILogObserver)
+class JSONLinesObserver:
+    """
+    Writes each event as one line of JSON (L{jsonRecord}), flushed, with no
+    record separator: what C{jq}, Vector, Fluent Bit and Loki's agents read.
+    """
+
+    def __init__(self, out: IO[str]) -> None:
+        self._out = out
+
+    def __call__(self, event: LogEvent) -> None:
+        self._out.write(json.dumps(jsonRecord(event), ensure_ascii=False) + "\n")
+        self._out.flush()
+
+
 def jsonLogger() -> ILogObserver:
     """
     One JSON object per log event on standard output, for log shippers:
@@ -53,7 +133,7 @@ def jsonLogger() -> ILogObserver:
     twistd chooses its log observer before it builds the service, which is
     why this is a twistd option and not a promtwist setting.
     """
-    return jsonFileLogObserver(sys.stdout)
+    return JSONLinesObserver(sys.stdout)
 
 
 # Values a peer chose (paths, names, reasons, header values) are cut to this

@@ -67,6 +67,8 @@ class AgentSample:
     @ivar roundTripSeconds: the last heartbeat round trip, or L{None} before
         the first one.
     @ivar scrapesInFlight: scrapes sent to this agent and not yet answered.
+    @ivar connectedSeconds: how long ago this connection completed its
+        handshake.
     """
 
     name: str
@@ -74,6 +76,7 @@ class AgentSample:
     agentId: str
     roundTripSeconds: float | None
     scrapesInFlight: int
+    connectedSeconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -352,6 +355,7 @@ _SCRAPE_MAP_SIZE = "proxy_scrape_map_size"
 _BACKLOG_SIZE = "proxy_cumulative_agent_backlog_size"
 _CHUNK_MAP_SIZE = "proxy_chunk_context_map_size"
 _CONNECTED_AGENTS = "proxy_connected_agents"
+_CONNECTED_SECONDS = "proxy_agent_connected_seconds"
 _AGENT_RTT = "proxy_agent_heartbeat_rtt_seconds"
 _AGENT_IN_FLIGHT = "proxy_scrapes_in_flight"
 _PENDING_HANDSHAKES = "proxy_pending_handshakes"
@@ -379,6 +383,14 @@ def _proxyFamilies() -> list[Metric]:
         GaugeMetricFamily(
             _CONNECTED_AGENTS,
             "Agent connections by agent name and host name.",
+            labels=["agent_name", "host_name"],
+        ),
+        GaugeMetricFamily(
+            _CONNECTED_SECONDS,
+            "Seconds since the newest connection of this agent name and host name"
+            " completed its handshake. It grows like a counter and drops at every"
+            " reconnect, so resets() over a window counts reconnects (a restarting"
+            " or flapping agent).",
             labels=["agent_name", "host_name"],
         ),
         GaugeMetricFamily(
@@ -420,6 +432,12 @@ def _proxySamples(snapshot: object) -> list[Metric]:
     connected = Tally((agent.name, agent.hostName) for agent in snapshot.agents)
     for (name, hostName), count in sorted(connected.items()):
         put(_CONNECTED_AGENTS, count, (name, hostName))
+    newest: dict[tuple[str, str], float] = {}
+    for agent in snapshot.agents:
+        key = (agent.name, agent.hostName)
+        newest[key] = min(newest.get(key, agent.connectedSeconds), agent.connectedSeconds)
+    for (name, hostName), seconds in sorted(newest.items()):
+        put(_CONNECTED_SECONDS, seconds, (name, hostName))
     byName: Tally[str] = Tally()
     for agent in snapshot.agents:
         byName[agent.name] += agent.scrapesInFlight

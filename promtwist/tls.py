@@ -304,12 +304,46 @@ def describeTLSFailure(failure: Failure) -> str | None:
     error = failure.value
     if not isinstance(error, SSL.Error):
         return None
-    entries = error.args[0] if error.args and isinstance(error.args[0], list) else []
-    text = " ".join(str(part) for entry in entries for part in entry)
+    text = _errorText(error)
     for alert, meaning in _PEER_ALERTS:
         if alert in text:
             return f"{meaning} ({alert})"
     return f"TLS handshake failed: {text}" if text else "TLS handshake failed"
+
+
+# What OpenSSL says on a TLS port when the client does not speak TLS.
+_PLAIN_CLIENTS = (
+    (
+        "http request",
+        "an HTTP client; Prometheus and browsers belong on the scrape port (proxy.http.port)",
+    ),
+    (
+        "wrong version number",
+        "the client does not speak TLS: an agent dialling plain TCP needs"
+        " agent.tls.enabled = true (and agent.tls.trustCertCollectionFilePath for a"
+        " private CA)",
+    ),
+)
+
+
+def describeServerTLSFailure(failure: Failure) -> str | None:
+    """
+    Like L{describeTLSFailure}, for the proxy's side of a handshake that
+    failed: a plain-text client on a TLS port is named as such, with the
+    option that fixes it.
+    """
+    if not isinstance(failure.value, SSL.Error):
+        return None
+    text = _errorText(failure.value)
+    for reason, meaning in _PLAIN_CLIENTS:
+        if reason in text:
+            return f"{meaning} ({reason})"
+    return text or "no reason given"
+
+
+def _errorText(error: SSL.Error) -> str:
+    entries = error.args[0] if error.args and isinstance(error.args[0], list) else []
+    return " ".join(str(part) for entry in entries for part in entry)
 
 
 # ---------------------------------------------------------------------------

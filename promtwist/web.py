@@ -317,6 +317,10 @@ def agentHealth(state: Callable[[], AgentState], settings: AgentSettings) -> Hea
     return checks
 
 
+def _section(settings: ProxySettings | AgentSettings) -> str:
+    return "proxy" if isinstance(settings, ProxySettings) else "agent"
+
+
 def operationsListeners(
     settings: ProxySettings | AgentSettings,
     registry: CollectorRegistry,
@@ -349,7 +353,16 @@ def operationsListeners(
             allowedNetworks=settings.admin_allowed_networks,
             reactor=reactor,
         )
-        listeners.append(Listener(reactor, settings.admin_port, site, interface))
+        listeners.append(
+            Listener(
+                reactor,
+                settings.admin_port,
+                site,
+                interface,
+                purpose="admin",
+                key=f"{_section(settings)}.admin.port",
+            )
+        )
     if settings.metrics_enabled and settings.metrics_path:
         site = HardenedSite(
             _Router({settings.metrics_path: MetricsResource(registry)}),
@@ -358,5 +371,14 @@ def operationsListeners(
             idleTimeout=IDLE_TIMEOUT,
             reactor=reactor,
         )
-        listeners.append(Listener(reactor, settings.metrics_port, site, interface))
+        listeners.append(
+            Listener(
+                reactor,
+                settings.metrics_port,
+                site,
+                interface,
+                purpose="metrics",
+                key=f"{_section(settings)}.metrics.port",
+            )
+        )
     return listeners

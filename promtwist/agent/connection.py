@@ -57,7 +57,7 @@ from promtwist.protocol.session import (
     Session,
     SessionLost,
 )
-from promtwist.tls import describeTLSFailure
+from promtwist.tls import describeTLSFailure, linkUsesTLS
 
 # Proxies assign 16 hex digits; anything much longer is not an id.
 MAX_AGENT_ID_LENGTH = 64
@@ -116,6 +116,17 @@ def _holderText(holder: Holder) -> str:
     return f"agent {clip(holder.agent_name)!r} on {host} ({clip(holder.agent_id)})"
 
 
+# Why a proxy may close a new link without a word, by whether this agent
+# dials with TLS: the two ends disagree about TLS.
+_SILENT_CLOSE = {
+    False: " (the proxy closed it without a word: if its agent port uses TLS, set"
+    " agent.tls.enabled = true)",
+    True: " (the proxy closed it without a word: if its agent port is plain TCP, turn TLS"
+    " off in the agent, or give the proxy proxy.tls.certChainFilePath and"
+    " proxy.tls.privateKeyFilePath)",
+}
+
+
 class Rejected(Exception):
     """
     The proxy refused this agent; the message is the proxy's reason.
@@ -135,6 +146,13 @@ class ProxyConnection(Session):
         LinkState.HANDSHAKE: frozenset({"welcome", "reject"}),
         LinkState.ESTABLISHED: _SERVING,
         LinkState.DRAINING: _SERVING,
+    }
+
+    misdirected: ClassVar[Mapping[str, str]] = {
+        "HTTP": "it is probably the proxy's scrape port, not its agent port"
+        " (proxy.agent.port, default 50051); fix --proxy or agent.proxy.port",
+        "TLS": "the proxy's agent port uses TLS: set agent.tls.enabled = true"
+        " (with agent.tls.trustCertCollectionFilePath for a private CA)",
     }
 
     agentId = ""
@@ -241,14 +259,16 @@ class ProxyConnection(Session):
         )
         self.syncPaths().addCallbacks(lambda _: self._ready.callback(self), self._readyFailed)
 
+    def misdirectedPeer(self, why: str) -> None:
+        # The link is not ready, so the failure carries C{why} to the
+        # agent's dial report, which logs it once, not at every retry.
+        pass
+
     def frame_reject(self, reject: Reject) -> None:
+        # Logged by the dial report (L{promtwist.agent.dialling}) once, not
+        # at every retry.
         self._handshakeTimer.cancel()
         reason = f"{Reject.Reason.Name(reject.reason).lower()}: {clip(reject.message)}"
-        self._log.error(
-            "the proxy rejected this agent ({reason}); retrying with backoff ({peer})",
-            peer=_peerName(self.transport),
-            reason=reason,
-        )
         self._readyFailed(Failure(Rejected(reason)))
         self.close(f"rejected: {reason}")
 
@@ -523,12 +543,10 @@ class ProxyConnection(Session):
         if self.factory.current is self:
             self.factory.current = None
         if not self._ready.called:
-            self._ready.errback(
-                SessionLost(
-                    "link lost before it was ready: "
-                    + (describeTLSFailure(reason) or self.closeReason or reason.getErrorMessage())
-                )
-            )
+            why = describeTLSFailure(reason) or self.closeReason or reason.getErrorMessage()
+            if not (self.closeReason or self.bytesReceived):
+                why += _SILENT_CLOSE[linkUsesTLS(self.settings)]
+            self._ready.errback(SessionLost(f"link lost before it was ready: {why}"))
         dropped = self.factory.scraper.onResultSent
         # Queued scrapes first: cancelling a running one frees its slot,
         # which would start a queued one against a link that is gone.

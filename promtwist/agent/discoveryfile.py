@@ -29,15 +29,7 @@ from promtwist.logs import observer
 _log = Logger(observer=observer)
 
 
-def _warn(notice: str) -> None:
-    _log.warn("{notice}", notice=notice)
-
-
-def readDiscoveryFile(
-    path: str,
-    environ: Mapping[str, str],
-    warn: Callable[[str], None] = _warn,
-) -> tuple[PathConfig, ...]:
+def readDiscoveryFile(path: str, environ: Mapping[str, str]) -> tuple[PathConfig, ...]:
     """
     The paths a discovery file names, in order; a later entry for a path
     replaces an earlier one. Syntax by extension (C{.json} is JSON, anything
@@ -45,7 +37,8 @@ def readDiscoveryFile(
     defaults to the path, C{labels} to none.
 
     @raise ConfigError: when the file cannot be read or is malformed,
-        including when it has no C{paths} list.
+        including when it has no C{paths} list or an entry has a key
+        other than those four.
     """
     tree = _load(path, path, environ, fetchURL)
     if "paths" not in tree:
@@ -53,7 +46,7 @@ def readDiscoveryFile(
     entries = _asList(tree["paths"], path, "paths")
     found: dict[str, PathConfig] = {}
     for index, entry in enumerate(entries):
-        config = _pathConfig(entry, f"paths[{index}]", path, warn)
+        config = _pathConfig(entry, f"paths[{index}]", path)
         # Last wins; re-inserting keeps the order of the last occurrences.
         found.pop(config.path, None)
         found[config.path] = config

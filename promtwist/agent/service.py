@@ -23,16 +23,25 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
-from twisted.logger import Logger
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogFilterPredicate,
+    LogEvent,
+    Logger,
+    PredicateResult,
+)
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from zope.interface import implementer
 
-from promtwist.agent.connection import ProxyConnection, ProxyConnectionFactory, Rejected
+from promtwist import __version__
+from promtwist.agent.connection import ProxyConnection, ProxyConnectionFactory
+from promtwist.agent.dialling import DialReport, describeDialFailure
 from promtwist.agent.discoveryfile import FileDiscovery
 from promtwist.agent.scraper import Scraper
 from promtwist.config import AGENT, AgentSettings, ConfigError, PathConfig
 from promtwist.httputil import redacted
+from promtwist.listen import describeListeners
 from promtwist.logs import observer
 from promtwist.metrics import AgentMetrics, AgentState
 from promtwist.signals import exitNormally, onHangup
@@ -63,6 +72,27 @@ class _Link(Protocol):
         self.connection = connection
 
 
+@implementer(ILogFilterPredicate)
+class _NotRetryLines:
+    """
+    Drops ClientService's "Scheduling retry 3 to connect <..._ReadyLinks
+    object at 0x...>": the dial report says why, and summarises the retries.
+    """
+
+    def __call__(self, event: LogEvent) -> object:
+        if str(event.get("log_format", "")).startswith("Scheduling retry"):
+            return PredicateResult.no
+        return PredicateResult.maybe
+
+
+class _LinkService(ClientService):
+    """
+    The agent's ClientService, without its own line per retry.
+    """
+
+    _log = Logger(observer=FilteringLogObserver(observer, [_NotRetryLines()]))
+
+
 @implementer(IStreamClientEndpoint)
 class _ReadyLinks(Factory):
     """
@@ -81,12 +111,11 @@ class _ReadyLinks(Factory):
     then dropped sends the next attempt back to the first (failback).
 
     @ivar endpoints: C{(name, endpoint)} pairs, in the configured order.
-    @ivar notReady: told why a link to the named proxy did not become
-        ready; returns the failure.
+    @ivar notReady: told why an attempt on the named proxy failed, from
+        the dial to the path registrations; returns the failure.
     """
 
     noisy = False
-    _log = Logger(observer=observer)
 
     def __init__(
         self,
@@ -107,16 +136,8 @@ class _ReadyLinks(Factory):
         name, endpoint = self.endpoints[self.index]
 
         def failed(failure: Failure) -> Failure:
-            if len(self.endpoints) > 1:
-                self.index = (self.index + 1) % len(self.endpoints)
-                if not failure.check(CancelledError):
-                    self._log.info(
-                        "cannot use proxy {proxy} ({reason}); next: {next}",
-                        proxy=name,
-                        reason=failure.getErrorMessage(),
-                        next=self.endpoints[self.index][0],
-                    )
-            return failure
+            self.index = (self.index + 1) % len(self.endpoints)
+            return self.notReady(failure, name)
 
         return Deferred.fromCoroutine(self._connect(protocolFactory, name, endpoint)).addErrback(
             failed
@@ -139,7 +160,7 @@ class _ReadyLinks(Factory):
                 ready.callback(result)
 
         connection.whenReady().addBoth(settle)
-        await ready.addErrback(self.notReady, name)
+        await ready
         self._handing = connection
         link = protocolFactory.buildProtocol(connection.transport.getPeer())
         self._handing = None
@@ -190,6 +211,10 @@ _FIELD_KEYS = {
 }
 
 
+# What a reload applies.
+_PATH_FIELDS = ("path_configs", "path_configs_listed")
+
+
 def _keyOf(fieldName: str) -> str:
     for setting in AGENT.settings:
         if setting.field == fieldName:
@@ -210,6 +235,7 @@ class AgentService(MultiService):
         command-line options and environment (see L{reload}); L{None} if the
         agent cannot reload.
     @ivar discovery: the discovery file reader, when discovery is enabled.
+    @ivar listeners: the metrics and admin listeners the settings enable.
     """
 
     _log = Logger(observer=observer)
@@ -260,16 +286,19 @@ class AgentService(MultiService):
             self._ready,
         )
         self.links = links
-        self.link = ClientService(
-            links,
-            links,
-            # Jittered exponential backoff, capped so that a returning proxy
-            # gets its agents back within a few seconds.
-            retryPolicy=backoffPolicy(
-                initialDelay=0.25, factor=2.0, maxDelay=settings.reconnect_pause_secs
-            ),
-            clock=reactor,
+        self.dialReport = DialReport(self._log, reactor)
+        # Jittered exponential backoff, capped so that a returning proxy
+        # gets its agents back within a few seconds.
+        backoff = backoffPolicy(
+            initialDelay=0.25, factor=2.0, maxDelay=settings.reconnect_pause_secs
         )
+
+        def retryPolicy(attempt: int) -> float:
+            delay = backoff(attempt)
+            self.dialReport.retrying(delay)
+            return delay
+
+        self.link = _LinkService(links, links, retryPolicy=retryPolicy, clock=reactor)
         self.link.setServiceParent(self)
         self.discovery: FileDiscovery | None = None
         if settings.discovery_enabled:
@@ -282,13 +311,14 @@ class AgentService(MultiService):
             )
             self.discovery.setServiceParent(self)
         self._restoreHangup: Callable[[], None] = lambda: None
-        for listener in operationsListeners(
+        self.listeners = operationsListeners(
             settings,
             self.metrics.registry,
             agentHealth(self.state, settings),
             self.debugText,
             reactor,
-        ):
+        )
+        for listener in self.listeners:
             listener.setServiceParent(self)
 
     # What the operator sees.
@@ -326,22 +356,19 @@ class AgentService(MultiService):
 
     def _notReady(self, failure: Failure, proxy: str) -> Failure:
         """
-        Log why a link did not become ready (a certificate the agent or the
-        proxy refused, say): nothing else says it before the retry. A
-        rejection is already logged with the proxy's reason, and stopping
-        cancels the attempt on purpose.
+        Count a failed attempt and tell the dial report why (refused, a name
+        that does not resolve, a certificate refused, the proxy's
+        rejection...); it logs before the retry. Stopping cancels the
+        attempt on purpose: that is no failure.
         """
-        if self.running and not failure.check(Rejected, CancelledError):
+        if self.running and not failure.check(CancelledError):
             self.metrics.connected(False)
-            self._log.warn(
-                "no link to proxy {proxy}: {reason}",
-                proxy=proxy,
-                reason=failure.getErrorMessage(),
-            )
+            self.dialReport.failed(proxy, describeDialFailure(failure, proxy))
         return failure
 
     def _ready(self, connection: ProxyConnection, proxy: str) -> None:
         self.metrics.connected(True)
+        self.dialReport.connected(proxy)
         if len(self.links.endpoints) > 1:
             self._log.info(
                 "link to proxy {proxy} is up ({n} path(s) registered)",
@@ -365,7 +392,10 @@ class AgentService(MultiService):
         """
         Read the configuration again (what C{SIGHUP} does) and apply its
         C{agent.pathConfigs} over the current link. A configuration that
-        does not load is rejected with one error line and changes nothing;
+        does not load is rejected with one error line and changes nothing,
+        and so is one that would leave the agent no path at all without
+        saying so (no C{agent.pathConfigs} key: a file cut short, an
+        include gone; C{agent.pathConfigs = []} is applied);
         other settings that changed are named in a warning and not applied,
         since they need a restart.
 
@@ -384,18 +414,34 @@ class AgentService(MultiService):
                 error=error[:500],
             )
             return succeed(None)
+        if (
+            not new.path_configs
+            and not new.path_configs_listed
+            and self.factory.paths
+            and not self.factory.table.discovered
+        ):
+            self._log.error(
+                "configuration reload rejected, the running configuration stays: {source} has"
+                " no agent.pathConfigs, which would remove all {n} path(s); to serve none,"
+                " write agent.pathConfigs = []",
+                source=new.config_source,
+                n=len(self.factory.paths),
+            )
+            return succeed(None)
         old = self.settings
         differing = [
             _keyOf(f.name)
             for f in fields(AgentSettings)
-            if f.name != "path_configs" and getattr(old, f.name) != getattr(new, f.name)
+            if f.name not in _PATH_FIELDS and getattr(old, f.name) != getattr(new, f.name)
         ]
         if differing:
             self._log.warn(
                 "configuration reload: {keys} changed and need(s) a restart (not applied)",
                 keys=", ".join(differing),
             )
-        self.settings = replace(old, path_configs=new.path_configs)
+        self.settings = replace(
+            old, path_configs=new.path_configs, path_configs_listed=new.path_configs_listed
+        )
         changes, done = self.factory.replacePaths(static=new.path_configs)
         self._log.info(
             "configuration reloaded from {source}: paths {summary}",
@@ -408,12 +454,18 @@ class AgentService(MultiService):
 
     def startService(self) -> None:
         settings = self.settings
+        self.factory.draining = False
+        if self.loadSettings is not None:
+            self._restoreHangup = onHangup(self.clock, self.reload)
+        super().startService()
         self._log.info(
-            "agent {name!r} dialling {proxy}{tls} for {n} path(s)",
+            "promtwist {version} agent {name!r} dialling {proxy}{tls} for {n} path(s){listening}",
+            version=__version__.public(),
             name=settings.name,
             proxy=", ".join(name for name, _ in self.links.endpoints),
             tls=" over TLS" if linkUsesTLS(settings) else "",
             n=len(settings.path_configs),
+            listening=f"; listening: {describeListeners(self.listeners)}" if self.listeners else "",
         )
         if settings.trust_all_x509_certificates:
             self._log.warn(
@@ -424,10 +476,6 @@ class AgentService(MultiService):
                 if settings.https_trust_store_path
                 else "",
             )
-        self.factory.draining = False
-        if self.loadSettings is not None:
-            self._restoreHangup = onHangup(self.clock, self.reload)
-        super().startService()
 
     def whenConnected(self) -> Deferred[ProxyConnection]:
         """

@@ -13,12 +13,14 @@ from promtwist.agent.service import AgentService
 from promtwist.cli import AgentOptions as Options
 from promtwist.config import loadAgentSettings
 from promtwist.logs import applyLogLevel
+from promtwist.startup import reportStartupErrors
 
 __all__ = ["Options", "makeService"]
 
 
 def makeService(options: Options) -> IService:
     applyLogLevel(options.settings.log_level)
+    reportStartupErrors()
     # SIGHUP re-reads the configuration with the same command-line values
     # and environment as at startup, so their precedence over the file holds.
     environ = dict(os.environ if options._environ is None else options._environ)

@@ -112,6 +112,29 @@ class FrameReceiver(Int32StringReceiver, ABC):
         self.transport.abortConnection()
 
 
+# The first bytes of what a misdirected peer sends or answers: an HTTP
+# request or response line, and TLS records (handshake, alert, data).
+_HTTP_STARTS = frozenset(
+    {b"HTTP", b"GET ", b"HEAD", b"POST", b"PUT ", b"DELE", b"OPTI", b"PATC", b"CONN", b"PRI "}
+)
+_TLS_RECORDS = frozenset({b"\x16\x03", b"\x15\x03", b"\x17\x03"})
+
+
+def spokenProtocol(length: int) -> str | None:
+    """
+    The protocol a peer more likely speaks when a frame length is absurd:
+    C{"HTTP"} when its 4 bytes spell the start of an HTTP message ("HTTP"
+    is 1213486160), C{"TLS"} when they start a TLS record (0x16 0x03 for a
+    ClientHello), else L{None}.
+    """
+    prefix = _PREFIX.pack(length)
+    if prefix in _HTTP_STARTS:
+        return "HTTP"
+    if prefix[:2] in _TLS_RECORDS:
+        return "TLS"
+    return None
+
+
 def encodeFrame(frame: Frame) -> bytes:
     """
     One frame as it travels: length prefix and message, for a writer that

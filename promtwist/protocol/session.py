@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from promtwist.logs import RepeatedWarnings, clip, observer
-from promtwist.protocol.framing import FrameReceiver, ProtocolError, _peerName
+from promtwist.protocol.framing import FrameReceiver, ProtocolError, _peerName, spokenProtocol
 from promtwist.protocol.promtwist_pb2 import Frame, Goodbye, Ping, Pong
 
 PROTOCOL_VERSION = 1
@@ -87,23 +87,33 @@ class Session(FrameReceiver):
     @ivar lateReplies: answers that arrived for nothing still waiting; normal
         after timeouts, so counted rather than treated as errors.
     @ivar roundTripSeconds: the latest heartbeat round-trip time, or L{None}.
+    @ivar establishedAt: when the handshake completed (the clock's time), or
+        L{None} before.
+    @ivar bytesReceived: how much the peer sent (a peer that closes having
+        sent nothing may be speaking another protocol).
     @ivar closeReason: why this end closed the link, once it did; what is
         still in flight fails with it.
     @ivar warnings: where warnings the peer could repeat go: this link's
         own, summarised beyond a few per minute and flushed when it goes.
+    @cvar misdirected: what an operator should change when the peer's first
+        bytes are another protocol, by that protocol (see
+        L{spokenProtocol}): one line, with C{{peer}} for the peer's address.
     """
 
     _log = Logger(observer=observer)
     allowedFrames: ClassVar[Mapping[LinkState, frozenset[str]]] = {}
+    misdirected: ClassVar[Mapping[str, str]] = {}
     MAX_LENGTH = HANDSHAKE_MAX_FRAME_BYTES
     peerMaxFrameBytes = HANDSHAKE_MAX_FRAME_BYTES
 
     roundTripSeconds: float | None = None
+    establishedAt: float | None = None
     closeReason = ""
 
     def __init__(self, clock: IReactorTime) -> None:
         self.clock = clock
         self.lateReplies = 0
+        self.bytesReceived = 0
         self._state = LinkState.HANDSHAKE
         self._linkWarnings = RepeatedWarnings(self._log, clock)
         self._lastReceived = self._lastSent = clock.seconds()
@@ -178,6 +188,7 @@ class Session(FrameReceiver):
             # Closing already: neither parsed nor buffered.
             return
         self._lastReceived = self.clock.seconds()
+        self.bytesReceived += len(data)
         super().dataReceived(data)
         if not self.isOpen():
             # Closed while parsing this read: drop what it left unparsed.
@@ -192,6 +203,31 @@ class Session(FrameReceiver):
             raise ProtocolError(f"{kind} frame {_WHERE[self._state]}")
         handler: Callable[[Any], None] = getattr(self, "frame_" + kind)
         handler(getattr(frame, kind))
+
+    def lengthLimitExceeded(self, length: int) -> None:
+        """
+        A first frame whose length spells another protocol is a
+        misconfiguration, not an attack: name the likely mistake and the
+        option that fixes it instead of the number.
+        """
+        spoken = spokenProtocol(length) if self._state is LinkState.HANDSHAKE else None
+        if spoken is None:
+            super().lengthLimitExceeded(length)
+            return
+        hint = self.misdirected.get(spoken, "")
+        why = f"{_peerName(self.transport)} speaks {spoken}, not the agent protocol" + (
+            f": {hint.format(peer=_peerName(self.transport))}" if hint else ""
+        )
+        self.close(why, abort=True)
+        self.misdirectedPeer(why)
+
+    def misdirectedPeer(self, why: str) -> None:
+        """
+        The peer's first bytes were another protocol (C{why} says which and
+        what to change), and the link is closed: log it, in one line, within
+        L{warnings}' budget.
+        """
+        self.warnings.warn("misdirected", "protocol error: {why}; connection closed", why=why)
 
     def protocolError(self, why: str) -> None:
         """
@@ -263,6 +299,7 @@ class Session(FrameReceiver):
         """
         assert self._state is LinkState.HANDSHAKE, self._state
         self._state = LinkState.ESTABLISHED
+        self.establishedAt = self.clock.seconds()
         self.MAX_LENGTH = maxFrameBytes
         self.peerMaxFrameBytes = peerMaxFrameBytes
         if heartbeatPeriod > 0:

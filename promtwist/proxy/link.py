@@ -55,7 +55,7 @@ from promtwist.proxy.registry import (
     Registry,
 )
 from promtwist.proxy.stream import SCRAPE_WINDOW_BYTES, ScrapeStream
-from promtwist.tls import peerCommonName, usesTLS
+from promtwist.tls import describeServerTLSFailure, peerCommonName, usesTLS
 
 if TYPE_CHECKING:
     from promtwist.proxy.relay import ScrapeCall
@@ -89,6 +89,13 @@ class AgentLink(Session):
     """
 
     _log = Logger(observer=observer)
+    misdirected: ClassVar[Mapping[str, str]] = {
+        "HTTP": "this is the agent port; Prometheus and browsers belong on the scrape port"
+        " (proxy.http.port, default 8080)",
+        "TLS": "the agent dials with TLS but this agent port is plain TCP: give the proxy"
+        " proxy.tls.certChainFilePath and proxy.tls.privateKeyFilePath, or turn TLS off"
+        " in the agent",
+    }
     allowedFrames: ClassVar[Mapping[LinkState, frozenset[str]]] = {
         LinkState.HANDSHAKE: frozenset({"hello"}),
         LinkState.ESTABLISHED: frozenset(
@@ -463,6 +470,15 @@ class AgentLink(Session):
             self._pathWarnings.flush()
         self.factory.linkClosed(self)
         if not self.agentId:
+            tls = describeServerTLSFailure(reason)
+            if tls is not None:
+                # Before its Hello, within the factory's budget (L{warnings}).
+                self.warnings.warn(
+                    "TLS handshake",
+                    "TLS handshake with {peer} on the agent port failed: {cause}",
+                    peer=_peerName(self.transport),
+                    cause=tls,
+                )
             return
         self.factory.registry.removeAgent(self, "lost")
         scrapes, self._scrapes = self._scrapes, {}

@@ -19,7 +19,7 @@ from twisted.logger import Logger
 
 from promtwist import __version__
 from promtwist.config import ConfigError, ProxySettings
-from promtwist.listen import Listener
+from promtwist.listen import Listener, describeListeners
 from promtwist.logs import clip, observer, utcTime
 from promtwist.metrics import AgentSample, ProxyState
 from promtwist.proxy.access import guarded
@@ -40,6 +40,7 @@ class ProxyService(MultiService):
     @ivar registry: connected agents and their paths.
     @ivar agentListener: the listener agents dial.
     @ivar httpListener: the listener Prometheus scrapes.
+    @ivar listeners: every listener, those two first.
     @ivar metrics: the proxy's own metrics.
     @ivar recent: the latest scrapes, newest last, for the debug page.
     """
@@ -91,21 +92,36 @@ class ProxyService(MultiService):
             reactor=reactor,
         )
         self.agentListener = Listener(
-            reactor, settings.agent_port, self.linkFactory, interface, agentPortTLS(settings)
-        )
-        self.agentListener.setServiceParent(self)
-        self.httpListener = Listener(
-            reactor, settings.http_port, self.site, interface, scrapePortTLS(settings)
-        )
-        self.httpListener.setServiceParent(self)
-        for listener in operationsListeners(
-            settings,
-            self.metrics.registry,
-            proxyHealth(self.state, settings),
-            self.debugText,
             reactor,
+            settings.agent_port,
+            self.linkFactory,
             interface,
-        ):
+            agentPortTLS(settings),
+            purpose="agent",
+            key="proxy.agent.port",
+        )
+        self.httpListener = Listener(
+            reactor,
+            settings.http_port,
+            self.site,
+            interface,
+            scrapePortTLS(settings),
+            purpose="scrape",
+            key="proxy.http.port",
+        )
+        self.listeners = [
+            self.httpListener,
+            self.agentListener,
+            *operationsListeners(
+                settings,
+                self.metrics.registry,
+                proxyHealth(self.state, settings),
+                self.debugText,
+                reactor,
+                interface,
+            ),
+        ]
+        for listener in self.listeners:
             listener.setServiceParent(self)
         if settings.stale_agent_check_enabled:
             evictions = TimerService(settings.stale_agent_check_pause_secs, self.evictStale)
@@ -124,6 +140,7 @@ class ProxyService(MultiService):
                     link.agentId,
                     link.roundTripSeconds,
                     link.scrapesInFlight,
+                    self.reactor.seconds() - (link.establishedAt or self.reactor.seconds()),
                 )
                 for link in self._agentLinks()
             ],
@@ -244,6 +261,12 @@ class ProxyService(MultiService):
 
     def startService(self) -> None:
         super().startService()
+        self._log.info(
+            "promtwist {version} proxy listening: {addresses}",
+            version=__version__.public(),
+            addresses=describeListeners(self.listeners),
+            listening={listener.purpose: listener.address for listener in self.listeners},
+        )
         settings = self.settings
         self._logTLS(
             "agent", settings.tls_cert_chain_file_path, settings.tls_trust_cert_collection_file_path

@@ -12,12 +12,14 @@ from promtwist.cli import ProxyOptions as Options
 from promtwist.config import ProxySettings, loadProxySettings
 from promtwist.logs import applyLogLevel
 from promtwist.proxy.server import ProxyService
+from promtwist.startup import reportStartupErrors
 
 __all__ = ["Options", "makeService"]
 
 
 def makeService(options: Options) -> IService:
     applyLogLevel(options.settings.log_level)
+    reportStartupErrors()
 
     def reloadSettings() -> ProxySettings:
         # The same command line and environment, the configuration file as

@@ -109,6 +109,15 @@ class DiscoveryFileTests(SynchronousTestCase):
         for text in ("paths = [", "other = 1", "paths = [ { path: a } ]", "paths = 3"):
             self.assertRaises(ConfigError, readDiscoveryFile, self.write(text), {})
 
+    def test_unknownEntryKey(self) -> None:
+        """
+        A misspelt entry key is an error (the tick is skipped), with the
+        closest key suggested.
+        """
+        text = 'paths = [{path = a, url = "http://t.test/a", lables = "{}"}]'
+        error = self.assertRaises(ConfigError, readDiscoveryFile, self.write(text), {})
+        self.assertIn("unknown configuration key paths[0].lables; did you mean", str(error))
+
     def test_missing(self) -> None:
         error = self.assertRaises(ConfigError, readDiscoveryFile, self.mktemp(), {})
         self.assertIn("cannot read", str(error))

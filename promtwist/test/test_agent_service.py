@@ -17,12 +17,13 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IListeningPort, IProtocol, IProtocolFactory
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock, deferLater
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.server import Site
 
+from promtwist import __version__
 from promtwist.agent.service import AgentService, _ReadyLinks
 from promtwist.config import (
     AgentSettings,
@@ -118,6 +119,46 @@ class ReloadUnitTests(SynchronousTestCase):
         self.assertEqual(self.service.settings.path_configs, (new,))
         self.assertFalse([e for e in events if "restart" in e["log_format"]])
 
+    def test_noPathsKeyRefused(self) -> None:
+        """
+        A file without C{agent.pathConfigs} would remove every path: it is
+        refused with one error line, and the paths stay.
+        """
+        self.loaded.append(AgentSettings(name="a1", config_source="a.conf"))
+        with capturedLogs() as events:
+            self.successResultOf(self.service.reload())
+        (error,) = [e for e in events if e["log_level"].name == "error"]
+        self.assertIn("agent.pathConfigs = []", error["log_format"])
+        self.assertEqual(error["source"], "a.conf")
+        self.assertEqual(dict(self.service.factory.paths), {p.path: p for p in PATHS})
+        self.assertIs(self.service.settings, SETTINGS)
+
+    def test_typoRefused(self) -> None:
+        """
+        The issue's case, through the real loader: C{pathConfig} for
+        C{pathConfigs} is refused on reload, naming the key it meant.
+        """
+        config = FilePath(self.mktemp())
+        config.setContent(b'agent.pathConfig = [{path = x, url = "http://t.test/x"}]\n')
+        self.service.loadSettings = lambda: loadAgentSettings({"config": config.path}, {})
+        with capturedLogs() as events:
+            self.successResultOf(self.service.reload())
+        (error,) = [e for e in events if e["log_level"].name == "error"]
+        self.assertIn("did you mean agent.pathConfigs?", error["error"])
+        self.assertEqual(dict(self.service.factory.paths), {p.path: p for p in PATHS})
+
+    def test_explicitlyNoPaths(self) -> None:
+        """
+        A file that lists no paths (C{agent.pathConfigs = []}) is applied.
+        """
+        self.loaded.append(
+            AgentSettings(name="a1", path_configs_listed=True, shutdown_grace_secs=5)
+        )
+        with capturedLogs() as events:
+            self.successResultOf(self.service.reload())
+        self.assertEqual(dict(self.service.factory.paths), {})
+        self.assertFalse([e for e in events if e["log_level"].name in ("warn", "error")])
+
     def test_othersNeedRestart(self) -> None:
         self.loaded.append(
             AgentSettings(
@@ -134,6 +175,17 @@ class ReloadUnitTests(SynchronousTestCase):
         self.assertIn("agent.http.maxConcurrentClients", warning["keys"])
         self.assertIn("agent.proxy.endpoints", warning["keys"])
         self.assertEqual(self.service.settings.max_concurrent_clients, 32)
+
+    def test_startupLine(self) -> None:
+        """
+        The agent says its version at startup.
+        """
+        with capturedLogs() as events:
+            self.service.startService()
+        self.addCleanup(self.service.stopService)
+        (event,) = [e for e in events if "version" in e]
+        self.assertEqual(event["version"], __version__.public())
+        self.assertTrue(formatEvent(event).startswith(f"promtwist {__version__.public()} agent"))
 
     def test_signalHandler(self) -> None:
         """

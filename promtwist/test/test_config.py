@@ -283,6 +283,7 @@ class TableTests(SynchronousTestCase):
         computed = {
             "proxy_endpoints",
             "path_configs",
+            "path_configs_listed",
             "config_source",
             "identities",
             "http_allowed_networks",
@@ -705,9 +706,10 @@ class DefineTests(ConfigTestCase):
         )
 
     def test_unknownKey(self) -> None:
-        self.proxy({"defines": ["proxy.no.such=1"]})
-        self.assertEqual(len(self.warnings), 1)
-        self.assertIn("proxy.no.such", self.warnings[0])
+        self.assertConfigError(
+            lambda: self.proxy({"defines": ["proxy.http.prot=1"]}),
+            "option -D: unknown configuration key proxy.http.prot; did you mean proxy.http.port?",
+        )
 
     def test_otherSection(self) -> None:
         """
@@ -925,19 +927,62 @@ class PathConfigTests(ConfigTestCase):
         self.assertConfigError(lambda: self.paths('"a"'), "agent.pathConfigs[0]")
 
     def test_unknownEntryKey(self) -> None:
-        self.paths('{path = a, url = "http://h/m", lables = "{}"}')
-        self.assertEqual(len(self.warnings), 1)
-        self.assertIn("agent.pathConfigs[0].lables", self.warnings[0])
+        self.assertConfigError(
+            lambda: self.paths('{path = a, url = "http://h/m", lables = "{}"}'),
+            "unknown configuration key agent.pathConfigs[0].lables;"
+            " did you mean agent.pathConfigs[0].labels?",
+        )
+
+
+class StrictKeyTests(ConfigTestCase):
+    """
+    A key neither promtwist nor prometheus-proxy reads is an error, so a
+    typo cannot start a process without what the operator configured.
+    """
+
+    def test_unknownKey(self) -> None:
+        path = self.writeConfig("agent { foo.bar = 1 }\n")
+        self.assertEqual(
+            self.assertConfigError(lambda: self.agent({"config": path})),
+            f"{path}: unknown configuration key agent.foo.bar",
+        )
+
+    def test_suggestion(self) -> None:
+        """
+        The closest known key is suggested: the issue's own typo.
+        """
+        path = self.writeConfig('agent.pathConfig = [{path = a, url = "http://h/m"}]\n')
+        self.assertEqual(
+            self.assertConfigError(lambda: self.agent({"config": path})),
+            f"{path}: unknown configuration key agent.pathConfig; did you mean agent.pathConfigs?",
+        )
+
+    def test_entryKeys(self) -> None:
+        """
+        The keys inside C{proxy.auth} and C{agent.filters} entries are
+        checked too.
+        """
+        self.assertConfigError(
+            lambda: self.proxyFrom('proxy.auth = [{name = a, tokn = t, paths = ["x"]}]'),
+            "unknown configuration key proxy.auth[0].tokn; did you mean proxy.auth[0].token?",
+        )
+        self.assertConfigError(
+            lambda: self.agentFrom(
+                "agent.filters = [{path = a, metricNameAllow = [], metricNameDenyy = []}]"
+            ),
+            "did you mean agent.filters[0].metricNameDeny?",
+        )
+
+    def test_listedPaths(self) -> None:
+        """
+        C{path_configs_listed} says whether the file has an
+        C{agent.pathConfigs} key at all.
+        """
+        self.assertTrue(self.agentFrom("agent.pathConfigs = []").path_configs_listed)
+        self.assertFalse(self.agentFrom("agent.name = x").path_configs_listed)
 
 
 class WarningTests(ConfigTestCase):
-    def test_unknownKey(self) -> None:
-        path = self.writeConfig("agent { foo.bar = 1 }\n")
-        self.agent({"config": path})
-        self.assertEqual(
-            self.warnings, [f"unknown configuration key agent.foo.bar in {path} (ignored)"]
-        )
-
     def test_ineffectiveKey(self) -> None:
         """
         Keys promtwist accepts but does not act on are reported when set to
@@ -976,13 +1021,13 @@ class WarningTests(ConfigTestCase):
         """
         Without a C{warn} callable, warnings go to the Twisted log.
         """
-        path = self.writeConfig("proxy.foo = 1\n")
+        path = self.writeConfig("proxy.dashboard.port = 1\n")
         with capturedLogs() as events:
             loadProxySettings({"config": path}, {})
         self.assertEqual(len(events), 1)
         self.assertEqual(events[0]["log_namespace"], "promtwist.config")
         self.assertEqual(events[0]["log_level"], LogLevel.warn)
-        self.assertIn("proxy.foo", formatEvent(events[0]))
+        self.assertIn("proxy.dashboard.port", formatEvent(events[0]))
 
 
 class SourceTests(ConfigTestCase):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 
 from twisted.trial.unittest import TestCase
@@ -28,6 +29,7 @@ from promtwist.test.processes import (
     TWISTD,
     Child,
     Cluster,
+    freePort,
     sleep,
     writeFile,
 )
@@ -254,3 +256,66 @@ class DaemonTests(TestCase):
                 raise cluster.fail(f"a traceback in {child.name}'s log")
         leftovers = sorted(os.listdir(rundir))
         self.assertEqual(leftovers, [], "the daemons wrote into their working directory")
+
+
+class StartupErrorTests(TestCase):
+    """
+    What an operator sees when twistd cannot start: one line naming the
+    address or file and the fix, and exit status 1, never a traceback.
+    """
+
+    timeout = 30
+
+    def directory(self) -> str:
+        path = os.path.abspath(str(self.mktemp()))
+        os.makedirs(path)
+        return path
+
+    async def twistd(self, args: list[str]) -> tuple[int | None, str]:
+        child = Child(self, "twistd", [TWISTD, *args], self.directory())
+        child.start()
+        assert child.protocol is not None
+        code = await child.protocol.ended
+        return code, child.protocol.output.decode("utf-8", "replace")
+
+    async def test_portInUse(self) -> None:
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, output = await self.twistd(
+            [
+                "-n",
+                "--pidfile=",
+                "promproxy-proxy",
+                "--port",
+                str(port),
+                "--agent_port",
+                str(freePort()),
+            ]
+        )
+        self.assertEqual(code, 1, output)
+        self.assertNotIn("Traceback", output)
+        (line,) = [line for line in output.splitlines() if "promtwist: " in line]
+        self.assertIn(f"cannot listen on 0.0.0.0:{port} for the scrape port", line)
+        self.assertIn("proxy.http.port", line)
+
+    async def test_logDirectoryMissing(self) -> None:
+        """
+        The deployment guide's daemon command before its directories exist.
+        """
+        missing = f"{self.directory()}/log/promtwist"
+        code, output = await self.twistd(
+            [f"--logfile={missing}/proxy.log", "--pidfile=", "promproxy-proxy"]
+        )
+        self.assertEqual(code, 1, output)
+        self.assertEqual(
+            output.strip().splitlines()[-1:],
+            [
+                f"promtwist: cannot write the log file {missing}/proxy.log: the directory"
+                f" {missing} does not exist; create it (mkdir -p {missing}) or choose another"
+                " with --logfile"
+            ],
+        )
+        self.assertNotIn("Traceback", output)

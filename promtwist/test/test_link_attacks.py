@@ -209,7 +209,7 @@ class AttackTests(TestCase):
             await self.eventually(
                 lambda: (
                     "(proxy.internal.maxPendingHandshakesPerAddress)" in logText(events)
-                    and "Scheduling retry" in logText(events)
+                    and "no link to proxy" in logText(events)
                 ),
                 "the refused agent logged the reason and its retry",
             )

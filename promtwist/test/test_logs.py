@@ -7,8 +7,10 @@ from __future__ import annotations
 import io
 import json
 import sys
+from collections.abc import Callable
+from typing import Any
 
-from twisted.logger import Logger, capturedLogs
+from twisted.logger import Logger, LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from promtwist import logs
@@ -45,13 +47,71 @@ class LogLevelTests(SynchronousTestCase):
 
 
 class JSONLoggerTests(SynchronousTestCase):
-    def test_oneObjectPerEvent(self) -> None:
+    """
+    What log shippers expect: one flat JSON object per line.
+    """
+
+    def records(self, log: Callable[[Logger], None]) -> list[dict[str, Any]]:
         out = io.StringIO()
         self.patch(sys, "stdout", out)
-        Logger(observer=logs.jsonLogger()).info("scraped {path}", path="/app")
-        (record,) = [line.strip("\x1e") for line in out.getvalue().splitlines() if line]
-        event = json.loads(record)
-        self.assertEqual((event["path"], event["log_format"]), ("/app", "scraped {path}"))
+        log(Logger(namespace="promtwist.test", observer=logs.jsonLogger()))
+        text = out.getvalue()
+        self.assertNotIn("\x1e", text)
+        self.assertTrue(text.endswith("\n"))
+        return [json.loads(line) for line in text.splitlines()]
+
+    def test_oneFlatObjectPerLine(self) -> None:
+        (record,) = self.records(lambda log: log.warn("scraped {path}", path="/app"))
+        self.assertEqual(
+            {k: v for k, v in record.items() if k != "time"},
+            {
+                "level": "warn",
+                "logger": "promtwist.test",
+                "message": "scraped /app",
+                "path": "/app",
+            },
+        )
+
+    def test_time(self) -> None:
+        """
+        C{time} is RFC 3339, in UTC, from the event's own time.
+        """
+        event = {"log_time": 1764547200.25, "log_format": "x", "log_level": LogLevel.info}
+        self.assertEqual(logs.jsonRecord(event)["time"], "2025-12-01T00:00:00.250Z")
+
+    def test_fieldsMadeSafe(self) -> None:
+        """
+        Fields JSON cannot carry are written as text; a field named like a
+        flat one keeps its value under a trailing C{_}.
+        """
+        (record,) = self.records(
+            lambda log: log.info(
+                "{logger}",
+                logger="high",
+                ratio=float("nan"),
+                where=("a", 1),
+                obj=object(),
+                nested={1: {"b": b"x"}},
+            )
+        )
+        self.assertEqual(record["message"], "high")
+        self.assertEqual(record["logger"], "promtwist.test")
+        self.assertEqual(record["logger_"], "high")
+        self.assertEqual(record["ratio"], "nan")
+        self.assertEqual(record["where"], ["a", 1])
+        self.assertTrue(record["obj"].startswith("<object object"))
+        self.assertEqual(record["nested"], {"1": {"b": "b'x'"}})
+
+    def test_failure(self) -> None:
+        def log(logger: Logger) -> None:
+            try:
+                raise ZeroDivisionError()
+            except ZeroDivisionError:
+                logger.failure("it broke")
+
+        (record,) = self.records(log)
+        self.assertEqual((record["level"], record["message"]), ("critical", "it broke"))
+        self.assertIn("ZeroDivisionError", record["traceback"])
 
 
 class ClipTests(SynchronousTestCase):

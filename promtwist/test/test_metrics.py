@@ -54,6 +54,7 @@ PROXY_METRICS: Mapping[str, tuple[str, frozenset[str]]] = {
     "proxy_relayed_bytes": ("counter", frozenset()),
     "proxy_rejections": ("counter", frozenset({"reason"})),
     "proxy_connected_agents": ("gauge", frozenset({"agent_name", "host_name"})),
+    "proxy_agent_connected_seconds": ("gauge", frozenset({"agent_name", "host_name"})),
     "proxy_agent_heartbeat_rtt_seconds": ("gauge", frozenset({"agent_name", "agent_id"})),
     "proxy_scrapes_in_flight": ("gauge", frozenset({"agent_name"})),
     "proxy_pending_handshakes": ("gauge", frozenset()),
@@ -129,8 +130,9 @@ def agent(
     agentId: str = "id1",
     rtt: float | None = 0.01,
     inFlight: int = 0,
+    connected: float = 0.0,
 ) -> AgentSample:
-    return AgentSample(name, hostName, agentId, rtt, inFlight)
+    return AgentSample(name, hostName, agentId, rtt, inFlight, connected)
 
 
 class ProxyExpositionTests(SynchronousTestCase):
@@ -349,9 +351,9 @@ class ProxySampledTests(SynchronousTestCase):
         self.assertEqual(self.calls, 0)
         self.assertEqual(self.value("proxy_agent_map_size"), 0)
         self.state = proxyState(
-            agent("a", "h1", "id1", 0.02, 2),
-            agent("a", "h1", "id2", None, 3),
-            agent("b", "h2", "id3", 0.5, 1),
+            agent("a", "h1", "id1", 0.02, 2, 600.0),
+            agent("a", "h1", "id2", None, 3, 30.0),
+            agent("b", "h2", "id3", 0.5, 1, 5.0),
             paths=4,
             pending=2,
         )
@@ -375,6 +377,14 @@ class ProxySampledTests(SynchronousTestCase):
             {
                 (("agent_name", "a"), ("host_name", "h1")): 2,
                 (("agent_name", "b"), ("host_name", "h2")): 1,
+            },
+        )
+        # The newest connection's age: it drops at a reconnect, for resets().
+        self.assertEqual(
+            samples("proxy_agent_connected_seconds"),
+            {
+                (("agent_name", "a"), ("host_name", "h1")): 30.0,
+                (("agent_name", "b"), ("host_name", "h2")): 5.0,
             },
         )
         # An agent without a round trip yet has no sample, not a 0.

@@ -15,13 +15,14 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from promtwist import __version__
 from promtwist.agent.service import AgentService
 from promtwist.config import (
     AgentSettings,
@@ -114,6 +115,25 @@ class ProxyServiceTests(TestCase):
     async def get(self, port: int, path: str) -> tuple[int, bytes]:
         response = await self.http.request(b"GET", f"http://127.0.0.1:{port}/{path}".encode())
         return response.code, await readBody(response)
+
+    def test_startupLine(self) -> None:
+        """
+        The proxy says its version and every address it listens on, as text
+        and as a structured field.
+        """
+        with capturedLogs() as events:
+            proxy = self.proxy(metrics_enabled=True, metrics_port=0)
+        (event,) = [e for e in events if "listening" in e]
+        scrape = f"127.0.0.1:{proxy.httpListener.portNumber}"
+        agent = f"127.0.0.1:{proxy.agentListener.portNumber}"
+        self.assertEqual(event["version"], __version__.public())
+        self.assertEqual(
+            (event["listening"]["scrape"], event["listening"]["agent"]), (scrape, agent)
+        )
+        self.assertIn("metrics", event["listening"])
+        self.assertIn(
+            f"promtwist {__version__.public()} proxy listening: scrape {scrape}", formatEvent(event)
+        )
 
     async def test_staleAgentEvicted(self) -> None:
         """
@@ -226,6 +246,10 @@ class ProxyServiceTests(TestCase):
         self.assertEqual(samples[("proxy_scrape_requests_total", (("type", "invalid_path"),))], 1)
         self.assertEqual(samples[("proxy_connect_count_total", ())], 1)
         self.assertEqual(samples[("proxy_agent_map_size", ())], 1)
+        (age,) = [
+            value for (name, _), value in samples.items() if name == "proxy_agent_connected_seconds"
+        ]
+        self.assertTrue(0 < age < self.timeout, age)
         _, debug = await self.get(adminPort, "debug")
         self.assertIn(b"/m [exclusive] 'a1' (vm, ", debug)
         self.assertIn(b"/m - success - 200", debug)

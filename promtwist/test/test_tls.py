@@ -746,14 +746,36 @@ class LinkTests(_Loopback):
         await accepted[0].lost
         self.assertFalse(self.logged("no link to proxy"))
 
-    async def test_plainAgentRefused(self) -> None:
+    # TLS at one end of the agent link only: each end says in one line what
+    # is probably misconfigured, and which option fixes it.
+
+    async def test_plainAgentOnTLSPort(self) -> None:
         """
-        An agent without TLS does not get through to a TLS agent port.
+        An agent without TLS does not get through to a TLS agent port, and
+        both ends say why.
         """
         proxy = self.proxy(**self.serverTLS())
         self.agent(proxy.agentListener.portNumber)
-        await self.linkFailure("link lost before it was ready")
+        line = await self.linkFailure("link lost before it was ready")
+        self.assertIn("if its agent port uses TLS, set agent.tls.enabled = true", line)
+        await self.until(lambda: self.logged("TLS handshake with"))
+        (proxyLine,) = self.logged("TLS handshake with", LogLevel.warn)[:1]
+        self.assertIn("the client does not speak TLS", proxyLine)
+        self.assertIn("agent.tls.enabled = true", proxyLine)
         self.assertEqual((await self.scrape(proxy))[0], 404)
+
+    async def test_tlsAgentOnPlainPort(self) -> None:
+        """
+        A TLS agent on a plain agent port: the proxy recognises the
+        ClientHello.
+        """
+        proxy = self.proxy()
+        self.agent(proxy.agentListener.portNumber, **self.clientTLS())
+        line = await self.linkFailure("link lost before it was ready")
+        self.assertIn("if its agent port is plain TCP", line)
+        await self.until(lambda: self.logged("speaks TLS"))
+        (proxyLine,) = self.logged("speaks TLS", LogLevel.warn)[:1]
+        self.assertIn("proxy.tls.certChainFilePath", proxyLine)
 
 
 class ExampleFileTests(_Loopback):
