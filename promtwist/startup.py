@@ -31,16 +31,19 @@ def _checkWritable(path: str, what: str, option: str) -> None:
             f"cannot write the {what} {path}: the directory {directory} does not exist;"
             f" create it (mkdir -p {directory}) or choose another with {option}"
         )
-    writable = (
-        os.access(path, os.W_OK)
-        if os.path.exists(path)
-        else os.access(directory, os.W_OK | os.X_OK)
-    )
-    if not writable:
+    # Tried, not judged from permission bits: root passes every access()
+    # check, yet cannot write on a read-only or special file system.
+    existed = os.path.exists(path)
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as e:
         raise StartupError(
-            f"cannot write the {what} {path}: permission denied for uid {os.getuid()};"
-            f" give it the directory {directory} or choose another with {option}"
-        )
+            f"cannot write the {what} {path}: {(e.strerror or str(e)).lower()} for uid"
+            f" {os.getuid()}; give it the directory {directory} or choose another with {option}"
+        ) from None
+    if not existed:
+        os.remove(path)
 
 
 def checkTwistdFiles(twistd: Mapping[str, object]) -> None:
