@@ -122,8 +122,6 @@ class AgentLink(Session):
     launchId = ""
     consolidated = False
     identity = ANONYMOUS
-    # Registration logging (frame_register_path), made on first use.
-    _pathWarnings: RepeatedWarnings | None = None
     _pathsLogged = 0
 
     def __init__(self, factory: AgentLinkFactory, host: str = "") -> None:
@@ -136,11 +134,10 @@ class AgentLink(Session):
     @property
     def warnings(self) -> RepeatedWarnings:
         """
-        Until its Hello is accepted the peer is anonymous and may open any
-        number of links: its warnings count against the factory's budget.
+        The agent port's one budget of warnings: a peer may open any number
+        of links, anonymous or (with a stolen or shared credential) not, so
+        no link gets a budget of its own that reconnecting would renew.
         """
-        if self.agentId:
-            return self._linkWarnings
         shared: RepeatedWarnings = self.factory.warnings
         return shared
 
@@ -260,8 +257,8 @@ class AgentLink(Session):
             )
         except RegistrationRefused as e:
             self.factory.metrics.rejected("path_" + e.kind)
-            self._pathWarning().warn(
-                e.kind,
+            self.warnings.warn(
+                "registration refused: " + e.kind,
                 "agent {name!r} may not register {path}: {why}",
                 name=clip(self.name),
                 path="/" + clip(request.path),
@@ -307,16 +304,6 @@ class AgentLink(Session):
                 holder=holderOf(holder, since),
             )
             self.sendFrame(Frame(path_status=status))
-
-    def _pathWarning(self) -> RepeatedWarnings:
-        """
-        The warnings of refused registrations from this link, at a bounded
-        rate: an agent configured with thousands of bad paths, or replaying
-        one, costs a few lines and a count.
-        """
-        if self._pathWarnings is None:
-            self._pathWarnings = RepeatedWarnings(self._log, self.clock)
-        return self._pathWarnings
 
     def _logClaim(self, path: str, what: str) -> None:
         """
@@ -466,13 +453,10 @@ class AgentLink(Session):
 
     def connectionLost(self, reason: Failure = Failure(SessionLost())) -> None:
         super().connectionLost(reason)
-        if self._pathWarnings is not None:
-            self._pathWarnings.flush()
         self.factory.linkClosed(self)
         if not self.agentId:
             tls = describeServerTLSFailure(reason)
             if tls is not None:
-                # Before its Hello, within the factory's budget (L{warnings}).
                 self.warnings.warn(
                     "TLS handshake",
                     "TLS handshake with {peer} on the agent port failed: {cause}",

@@ -452,3 +452,21 @@ class LogTests(SynchronousTestCase):
         self.assertTrue(badTransport.disconnected)
         self.assertFalse(goodTransport.disconnecting)
         self.assertIs(good.state, LinkState.ESTABLISHED)
+
+    def test_reconnectingRenewsNoBudget(self) -> None:
+        """
+        Warnings a peer can provoke are budgeted for the agent port as a
+        whole: a peer that reconnects for every refused registration and
+        protocol error gets no fresh budget, and no summary line per link.
+        """
+        factory = agentLinkFactory(ProxySettings(), Clock())
+        with capturedLogs() as events:
+            for n in range(200):
+                link, transport = established(factory, f"127.0.{n // 250}.{n % 250 + 1}")
+                link.dataReceived(
+                    encode(Frame(register_path=RegisterPath(request_id=1, path="a//b")))
+                )
+                link.dataReceived(b"\x7f\xff\xff\xff")
+                lose(link)
+        warnings = [e for e in events if e.get("log_level") == LogLevel.warn]
+        self.assertLessEqual(len(warnings), 2 * 5, logText(warnings))
