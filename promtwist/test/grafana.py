@@ -26,11 +26,13 @@ _VARIABLE = re.compile(r"\$(\w+)|\$\{(\w+)\}")
 
 def dashboardFile() -> str:
     """
-    The dashboard in the source tree this module belongs to (or, when it is
-    installed, in the working directory's).
+    The dashboard in the source tree this module belongs to or, when it is
+    installed (as scripts/test runs it), in the tree trial was started in:
+    trial works in C{_trial_temp} inside it.
     """
     here = os.path.dirname(os.path.abspath(__file__))
-    for root in (os.path.join(here, os.pardir, os.pardir), os.getcwd()):
+    cwd = os.getcwd()
+    for root in (os.path.join(here, os.pardir, os.pardir), cwd, os.path.dirname(cwd)):
         candidate = os.path.normpath(os.path.join(root, DASHBOARD))
         if os.path.exists(candidate):
             return candidate
