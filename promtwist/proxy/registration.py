@@ -77,6 +77,13 @@ def _tooLong(what: str, size: int, limit: int, key: str, kind: str) -> Registrat
     )
 
 
+# What a registered path costs the proxy beyond its strings (its registry
+# entry, its place in the discovery document): charged against
+# proxy.internal.maxRegisteredBytes, so that the budget bounds the number of
+# paths too, however short their names.
+PATH_OVERHEAD = 1024
+
+
 def checkRegistration(
     path: str, name: str, labels: Mapping[str, str], limits: ProxySettings
 ) -> int:
@@ -84,7 +91,8 @@ def checkRegistration(
     Refuse a registration larger than C{limits} allow (checked before
     anything looks at its contents), or one Prometheus could not use.
 
-    @return: what the path, name and labels cost, in bytes.
+    @return: what the path, name and labels cost, in bytes, with
+        L{PATH_OVERHEAD}.
     """
     if len(path) > limits.max_path_length:
         raise _tooLong(
@@ -109,7 +117,11 @@ def checkRegistration(
             f"{limits.max_labels_per_path} allowed (proxy.internal.maxLabelsPerPath)",
             "labels",
         )
-    cost = utf8Size(path, "the path") + utf8Size(name, f"the name of path {shown(path)}")
+    cost = (
+        PATH_OVERHEAD
+        + utf8Size(path, "the path")
+        + utf8Size(name, f"the name of path {shown(path)}")
+    )
     for key, value in labels.items():
         if len(key) > limits.max_label_name_length:
             raise _tooLong(

@@ -83,7 +83,8 @@ class RefusalTests(SynchronousTestCase):
         """
         Five hundred oversized registrations get five hundred short replies
         and a handful of short warning lines: the first few, then one count
-        when the interval ends, and one more for the rest when the link goes.
+        when the interval ends, and one more for the rest when the agent
+        port stops (the budget is the port's, not the link's).
         """
         # Heartbeats slow enough for the link to outlive the interval.
         link = Link(ProxySettings(heartbeat_period_secs=100))
@@ -93,6 +94,7 @@ class RefusalTests(SynchronousTestCase):
             link.clock.advance(61)
             link.register(*(RegisterPath(request_id=n, path=path) for n in range(500)))
             link.link.connectionLost()
+            link.link.factory.stopFactory()
         self.assertEqual(len(replies), 500)
         self.assertTrue(all("(proxy.internal.maxPathLength)" in r.reason for r in replies))
         self.assertLess(max(len(r.reason) for r in replies), 400)

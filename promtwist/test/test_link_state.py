@@ -462,7 +462,7 @@ class LogTests(SynchronousTestCase):
         factory = agentLinkFactory(ProxySettings(), Clock())
         with capturedLogs() as events:
             for n in range(200):
-                link, transport = established(factory, f"127.0.{n // 250}.{n % 250 + 1}")
+                link, _ = established(factory, f"127.0.{n // 250}.{n % 250 + 1}")
                 link.dataReceived(
                     encode(Frame(register_path=RegisterPath(request_id=1, path="a//b")))
                 )

@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from promtwist.config import LEGACY_TOKEN_IDENTITY, Identity, ProxySettings
 from promtwist.proxy.auth import ANONYMOUS
-from promtwist.proxy.registration import RegistrationRefused, checkPath
+from promtwist.proxy.registration import PATH_OVERHEAD, RegistrationRefused, checkPath
 from promtwist.proxy.registry import AgentHandle, HolderChange, Registry, provesSameAgent
 
 
@@ -165,7 +165,7 @@ def cost(agent: FakeAgent, path: str, name: str, labels: dict[str, str]) -> int:
     What the registry charges for one registration, by its documented rule.
     """
     texts = [path, name, agent.name, agent.hostName, *labels, *labels.values()]
-    return sum(len(text.encode("utf-8")) for text in texts)
+    return PATH_OVERHEAD + sum(len(text.encode("utf-8")) for text in texts)
 
 
 class LimitTests(SynchronousTestCase):
