@@ -173,6 +173,9 @@ class ProxySettings(_OperationsSettings):
     max_label_name_length: int = 128
     max_label_value_length: int = 1024
     max_registered_bytes: int = 16 * MiB
+    # How long a path whose last agent left stays in /discovery, answering
+    # 503 (0: not at all).
+    departed_path_retention_secs: float = 300.0
     # Who may connect as which agent, and which paths each may serve.
     identities: tuple[Identity, ...] = ()
     # TLS on the agent link; a trust file makes client certificates required.
@@ -895,6 +898,12 @@ PROXY = Role(
                 int,
                 field="max_registered_bytes",
                 rule=POSITIVE,
+            ),
+            Setting(
+                "proxy.internal.departedPathRetentionSecs",
+                float,
+                field="departed_path_retention_secs",
+                rule=NON_NEGATIVE,
             ),
             Setting(
                 "proxy.http.forwardAuthorization",

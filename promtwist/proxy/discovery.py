@@ -41,8 +41,8 @@ def groupSegments(entry: PathEntry) -> list[str]:
     """
     pairs = [f"{_quoted(k)}:{_quoted(v)}" for k, v in entry.labels.items() if k not in _DERIVED]
     pairs.append('"__metrics_path__":' + _quoted("/" + entry.path))
-    pairs.append('"agentName":' + _quoted(", ".join(agent.name for agent in entry.agents)))
-    pairs.append('"hostName":' + _quoted(", ".join(agent.hostName for agent in entry.agents)))
+    pairs.append('"agentName":' + _quoted(entry.agentNames))
+    pairs.append('"hostName":' + _quoted(entry.hostNames))
     rest = ",".join(pairs) + "}}"
     head = '{"targets":["'
     own = entry.labels.get("instance")
@@ -78,6 +78,7 @@ class Document:
         The document for Prometheus scraping C{target} (C{host:port}),
         encoded.
         """
+        self.registry.expireDeparted()
         if self.registry.generation != self._generation:
             self._rebuild()
         body = self._rendered.get(target)
@@ -96,7 +97,7 @@ class Document:
         self._rendered.clear()
         known, self._groups = self._groups, {}
         pieces: list[bytes | None] = [b"["]
-        for entry in self.registry.snapshot():
+        for entry in self.registry.discoverable():
             cached = known.get(entry.path)
             if cached is not None and cached[0] == entry.changed:
                 group = cached[1]

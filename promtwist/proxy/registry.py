@@ -119,6 +119,22 @@ class PathEntry:
     changed: int = 0
     since: float = 0.0
     standbys: tuple[Claim, ...] = ()
+    # A path whose last agent left (Registry.departed): who served it last,
+    # as (name, host name), and when it left; agents is then empty.
+    departedFrom: tuple[tuple[str, str], ...] = ()
+    leftAt: float | None = None
+
+    @property
+    def agentNames(self) -> str:
+        if self.agents:
+            return ", ".join(agent.name for agent in self.agents)
+        return ", ".join(name for name, _ in self.departedFrom)
+
+    @property
+    def hostNames(self) -> str:
+        if self.agents:
+            return ", ".join(agent.hostName for agent in self.agents)
+        return ", ".join(host for _, host in self.departedFrom)
 
 
 @dataclass(frozen=True)
@@ -177,6 +193,13 @@ class _Path:
             if standby.claim.agent is agent:
                 return index
         return None
+
+
+@dataclass(frozen=True)
+class _Departed:
+    entry: PathEntry
+    # What it is charged in registeredBytes: what it cost while served.
+    cost: int
 
 
 def _agentCost(agent: AgentHandle) -> int:
@@ -240,6 +263,8 @@ class Registry:
         self._agents: dict[str, AgentHandle] = {}
         self._paths: dict[str, _Path] = {}
         self._pathsByAgent: dict[str, set[str]] = {}
+        # Paths whose last agent left, oldest first.
+        self._departed: dict[str, _Departed] = {}
 
     def _now(self) -> float:
         if self._clock is None:
@@ -273,6 +298,7 @@ class Registry:
         self._agents.clear()
         self._paths.clear()
         self._pathsByAgent.clear()
+        self._departed.clear()
         self.registeredBytes = 0
         self.generation += 1
 
@@ -321,7 +347,11 @@ class Registry:
             )
         entry = self._paths.get(path)
         if entry is None:
-            self._charge(cost, path)
+            # A departed path is taken back at once, its old cost freed.
+            gone = self._departed.get(path)
+            self._charge(cost - (gone.cost if gone is not None else 0), path)
+            if gone is not None:
+                del self._departed[path]
             entry = self._paths[path] = _Path(
                 name, dict(labels), agent.consolidated, self._now(), [agent], cost
             )
@@ -447,6 +477,11 @@ class Registry:
             is charged then.
         """
         budget = self.limits.max_registered_bytes
+        # Departed paths give way to paths that are served.
+        for other in [p for p in self._departed if p != path]:
+            if extra <= 0 or self.registeredBytes + extra <= budget:
+                break
+            self._forgetDeparted(other)
         if extra > 0 and self.registeredBytes + extra > budget:
             raise RegistrationRefused(
                 f"registering {shown(path)} would take the proxy's registrations to "
@@ -494,10 +529,64 @@ class Registry:
         if not entry.standbys:
             self.generation += 1
             del self._paths[path]
+            if reason != "unregistered":
+                self._depart(path, entry, agent)
             return
         successor = entry.standbys.pop(0)
         self._promote(entry, path, successor)
         self._announce(HolderChange(path, agent, successor.claim.agent, reason, entry.since))
+
+    # Departed paths.
+
+    def _depart(self, path: str, entry: _Path, agent: AgentHandle) -> None:
+        """
+        Keep C{path}, whose last agent left (not unregistered), visible for
+        C{proxy.internal.departedPathRetentionSecs}: Prometheus then sees
+        its target down, with a reason, instead of losing it.
+        """
+        if self.limits.departed_path_retention_secs <= 0:
+            return
+        self.generation += 1
+        self.registeredBytes += entry.cost
+        self._departed[path] = _Departed(
+            PathEntry(
+                path,
+                entry.name,
+                entry.labels,
+                entry.consolidated,
+                (),
+                # Its discovery text is what it was: readers may keep theirs.
+                entry.changed,
+                entry.since,
+                departedFrom=((agent.name, agent.hostName),),
+                leftAt=self._now(),
+            ),
+            entry.cost,
+        )
+
+    def _forgetDeparted(self, path: str) -> None:
+        self.registeredBytes -= self._departed.pop(path).cost
+        self.generation += 1
+
+    def expireDeparted(self) -> None:
+        """
+        Forget the departed paths kept longer than the retention.
+        """
+        limit = self._now() - self.limits.departed_path_retention_secs
+        while self._departed:
+            path, gone = next(iter(self._departed.items()))
+            assert gone.entry.leftAt is not None
+            if gone.entry.leftAt > limit:
+                return
+            self._forgetDeparted(path)
+
+    def departed(self, path: str) -> PathEntry | None:
+        """
+        C{path} if its last agent left within the retention, else L{None}.
+        """
+        self.expireDeparted()
+        gone = self._departed.get(path)
+        return gone.entry if gone is not None else None
 
     def lookup(self, path: str) -> tuple[AgentHandle, ...]:
         """
@@ -523,3 +612,15 @@ class Registry:
             )
             for path, e in sorted(self._paths.items())
         ]
+
+    def discoverable(self) -> list[PathEntry]:
+        """
+        L{snapshot} and the departed paths still kept, sorted by path: what
+        discovery lists.
+        """
+        self.expireDeparted()
+        entries = self.snapshot()
+        if self._departed:
+            entries += [gone.entry for gone in self._departed.values()]
+            entries.sort(key=lambda entry: entry.path)
+        return entries

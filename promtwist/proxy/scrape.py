@@ -117,6 +117,14 @@ class ScrapeResource(Resource):
         if self.stopping:
             return self._refuse(request, path, 503, "proxy_stopped", "the proxy is shutting down")
         if not agents:
+            gone = self.registry.departed(path)
+            if gone is not None:
+                assert gone.leftAt is not None
+                reason = (
+                    f"agent {clip(gone.agentNames)!r} disconnected"
+                    f" {self.clock.seconds() - gone.leftAt:.0f}s ago"
+                )
+                return self._refuse(request, path, 503, "agent_disconnected", reason)
             return self._refuse(
                 request, path, 404, "invalid_path", f"no agent serves /{clip(path)}"
             )

@@ -463,8 +463,11 @@ class DrainLoopbackTests(_LoopbackBase):
         await self.until(lambda: self.target.slow)
         stopped = self.agent.stopService()
         self.assertFalse(stopped.called)
-        # A new scrape is not taken: the proxy no longer routes here.
-        self.assertEqual((await self.get(proxy, "app"))[0], 404)
+        # A new scrape is not taken: the proxy no longer routes here, and
+        # says whose departure left the path without an agent.
+        code, reason = await self.get(proxy, "app")
+        self.assertEqual(code, 503)
+        self.assertIn(b"agent 'it-agent' disconnected", reason)
         request = self.target.slow.pop()
         request.write(b"slow 1\n")
         request.finish()

@@ -8,10 +8,12 @@ from __future__ import annotations
 import json
 from typing import cast
 
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Request
 from twisted.web.test.requesthelper import DummyRequest
 
+from promtwist.config import ProxySettings
 from promtwist.proxy import discovery
 from promtwist.proxy.discovery import RENDERED_TARGETS, DiscoveryResource, Document
 from promtwist.proxy.registry import PathEntry, Registry
@@ -110,7 +112,8 @@ class CachingTests(SynchronousTestCase):
             return real(entry)
 
         self.patch(discovery, "groupSegments", counting)
-        self.registry = Registry()
+        self.clock = Clock()
+        self.registry = Registry(clock=self.clock)
         self.agent = FakeAgent("1")
         served(self.registry, self.agent, "a", "b", "c")
         self.document = Document(self.registry)
@@ -133,8 +136,16 @@ class CachingTests(SynchronousTestCase):
         self.assertEqual([g["labels"]["__metrics_path__"] for g in (b, c, d)], ["/b", "/c", "/d"])
 
     def test_agentLeaving(self) -> None:
-        self.document.render("proxy:8080")
+        """
+        A departed agent's paths stay listed, unchanged and not rebuilt, for
+        the retention, so Prometheus sees them down; then they go.
+        """
+        before = self.document.render("proxy:8080")
+        del self.built[:]
         self.registry.removeAgent(self.agent)
+        self.assertEqual(self.document.render("proxy:8080"), before)
+        self.assertEqual(self.built, [])
+        self.clock.advance(ProxySettings().departed_path_retention_secs)
         self.assertEqual(self.document.render("proxy:8080"), b"[]\n")
 
     def test_holderChangeShowsAtOnce(self) -> None:
@@ -150,7 +161,8 @@ class CachingTests(SynchronousTestCase):
         self.assertEqual((b["labels"]["agentName"], b["labels"].get("team")), ("agent", None))
         del self.built[:]
         self.registry.removeAgent(self.agent, "goodbye")
-        (b,) = json.loads(self.document.render("proxy:8080"))
+        # a and c stay listed as departed, their text unchanged.
+        (_, b, _) = json.loads(self.document.render("proxy:8080"))
         self.assertEqual(self.built, ["b"])
         self.assertEqual(
             (b["labels"]["agentName"], b["labels"]["hostName"], b["labels"]["team"]),

@@ -298,6 +298,26 @@ class EndToEndTests(TestCase):
 
         await cluster.eventually(zeros, "0 on the dead agent's panels", 20, interval=0.5)
 
+        # Its discovered paths stay listed, answering 503 with the reason,
+        # so that Prometheus shows up == 0 and alerts on up can fire.
+        instance = f"127.0.0.1:{cluster.scrapePort}/e2e_one"
+
+        async def departedDown() -> bool:
+            query = _q(f'up{{job="{job}",instance="{instance}"}}')
+            up = (await apiGet("query?query=" + query))["result"]
+            targets = (await apiGet("targets?state=active"))["activeTargets"]
+            mine = [t for t in targets if t["labels"].get("instance") == instance]
+            state["departed"] = {"up": up, "target": mine}
+            return (
+                [sample["value"][1] for sample in up] == ["0"]
+                and len(mine) == 1
+                and f"agent '{AGENT_NAME}' disconnected" in mine[0]["lastError"]
+            )
+
+        await cluster.eventually(
+            departedDown, "the dead agent's path down in Prometheus", 20, interval=0.5
+        )
+
     def _checkTargets(
         self,
         cluster: Cluster,

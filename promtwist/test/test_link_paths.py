@@ -136,7 +136,7 @@ class AcceptedTests(SynchronousTestCase):
         self.assertEqual(registry.registeredBytes, 0)
 
     def test_leavingFreesBytes(self) -> None:
-        link = Link()
+        link = Link(ProxySettings(departed_path_retention_secs=0))
         link.register(*(RegisterPath(request_id=n, path=f"p{n}") for n in range(10)))
         self.assertGreater(link.factory.registry.registeredBytes, 0)
         link.link.connectionLost()

@@ -121,7 +121,7 @@ class RegistryTests(SynchronousTestCase):
         Consolidated agents share a path; removing one keeps the others, and
         exclusive and consolidated registrations do not mix.
         """
-        registry = Registry()
+        registry = Registry(limits=NO_RETENTION)
         a, b = FakeAgent("1", consolidated=True), FakeAgent("2", consolidated=True)
         c = FakeAgent("3")
         connected(registry, a, b, c)
@@ -158,6 +158,10 @@ class RegistryTests(SynchronousTestCase):
         registry.removeAgent(a)
         self.assertEqual(registry.snapshot(), [])
         self.assertEqual(registry.agents(), [])
+
+
+# Where a test is about what leaving frees, departed paths are not kept.
+NO_RETENTION = ProxySettings(departed_path_retention_secs=0)
 
 
 def cost(agent: FakeAgent, path: str, name: str, labels: dict[str, str]) -> int:
@@ -300,7 +304,7 @@ class AccountingTests(SynchronousTestCase):
         Each agent joining a consolidated path pays its name and host name;
         the path itself is paid once, and freed with its last agent.
         """
-        registry = Registry()
+        registry = Registry(limits=NO_RETENTION)
         a = FakeAgent("1", name="a", hostName="h1", consolidated=True)
         b = FakeAgent("2", name="bb", hostName="h22", consolidated=True)
         connected(registry, a, b)
@@ -329,7 +333,7 @@ class AccountingTests(SynchronousTestCase):
         queueing, relabelling a standby claim, promotion on every kind of
         departure, and a takeover.
         """
-        registry = Registry()
+        registry = Registry(limits=NO_RETENTION)
         a = FakeAgent("1", name="a", hostName="h1", launchId="la")
         b = FakeAgent("2", name="bb", hostName="h22", launchId="lb")
         c = FakeAgent("3", name="ccc", hostName="h333", launchId="lc")
@@ -457,7 +461,7 @@ class OwnershipTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(1_000)
-        self.registry = Registry(clock=self.clock)
+        self.registry = Registry(limits=NO_RETENTION, clock=self.clock)
         self.changes: list[HolderChange] = []
         self.registry.holderObservers.append(self.changes.append)
 
@@ -683,3 +687,81 @@ class OwnershipTests(SynchronousTestCase):
         self.registry.clear()
         self.assertEqual((self.registry.snapshot(), self.registry.registeredBytes), ([], 0))
         self.assertEqual((self.changes, b.told), ([], []))
+
+
+class DepartedTests(SynchronousTestCase):
+    """
+    A path whose last agent left (not unregistered) stays for the retention:
+    listed for discovery with who served it, charged to the budget, and
+    taken back at once by a returning agent.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.registry = Registry(
+            limits=ProxySettings(departed_path_retention_secs=60), clock=self.clock
+        )
+        self.agent = FakeAgent("1", name="app", hostName="h1")
+        connected(self.registry, self.agent)
+        self.registry.registerPath(self.agent, "p", "App", {"team": "a"})
+        self.cost = cost(self.agent, "p", "App", {"team": "a"})
+
+    def test_keptAfterLoss(self) -> None:
+        self.clock.advance(5)
+        self.registry.removeAgent(self.agent, "lost")
+        self.assertEqual(self.registry.lookup("p"), ())
+        self.assertEqual(self.registry.snapshot(), [])
+        gone = self.registry.departed("p")
+        assert gone is not None
+        self.assertEqual((gone.agentNames, gone.hostNames, gone.leftAt), ("app", "h1", 5))
+        (listed,) = self.registry.discoverable()
+        self.assertEqual((listed.path, listed.labels), ("p", {"team": "a"}))
+        self.assertEqual(self.registry.registeredBytes, self.cost)
+
+    def test_expires(self) -> None:
+        self.registry.removeAgent(self.agent, "goodbye")
+        self.clock.advance(59)
+        self.assertIsNotNone(self.registry.departed("p"))
+        generation = self.registry.generation
+        self.clock.advance(1)
+        self.assertIsNone(self.registry.departed("p"))
+        self.assertEqual((self.registry.discoverable(), self.registry.registeredBytes), ([], 0))
+        self.assertGreater(self.registry.generation, generation)
+
+    def test_unregisteredIsGone(self) -> None:
+        self.registry.unregisterPath(self.agent, "p")
+        self.assertIsNone(self.registry.departed("p"))
+        self.assertEqual(self.registry.registeredBytes, 0)
+
+    def test_takenBackAtOnce(self) -> None:
+        self.registry.removeAgent(self.agent, "lost")
+        back = FakeAgent("2", name="other", hostName="h2")
+        connected(self.registry, back)
+        self.registry.registerPath(back, "p", "App", {})
+        self.assertEqual(self.registry.lookup("p"), (back,))
+        self.assertIsNone(self.registry.departed("p"))
+        self.assertEqual(self.registry.registeredBytes, cost(back, "p", "App", {}))
+
+    def test_givesWayToServedPaths(self) -> None:
+        """
+        Departed paths hold budget only while nothing served needs it.
+        """
+        registry = Registry(
+            limits=ProxySettings(departed_path_retention_secs=60, max_registered_bytes=self.cost),
+            clock=self.clock,
+        )
+        connected(registry, self.agent)
+        registry.registerPath(self.agent, "p", "App", {"team": "a"})
+        registry.removeAgent(self.agent, "lost")
+        other = FakeAgent("2", name="app", hostName="h1")
+        connected(registry, other)
+        registry.registerPath(other, "q", "App", {"team": "a"})
+        self.assertIsNone(registry.departed("p"))
+        self.assertEqual(registry.registeredBytes, self.cost)
+
+    def test_noRetention(self) -> None:
+        registry = Registry(limits=NO_RETENTION, clock=self.clock)
+        connected(registry, self.agent)
+        registry.registerPath(self.agent, "p", "", {})
+        registry.removeAgent(self.agent)
+        self.assertEqual((registry.discoverable(), registry.registeredBytes), ([], 0))
