@@ -127,9 +127,11 @@ class ProcessTests(TestCase):
         )
         await cluster.agent.kill()
 
-        # While no agent is there, the path is unknown: 404, not a hang.
+        # While no agent is there, the path answers at once, 503 naming the
+        # agent that left (it stays discovered, so Prometheus sees it down).
         code, body = await cluster.get("e2e_one")
-        self.assertEqual(code, 404, body)
+        self.assertEqual(code, 503, body)
+        self.assertIn(b"agent 'e2e-agent' disconnected", body)
 
         restartedAt = time.monotonic()
         cluster.agent.start()
