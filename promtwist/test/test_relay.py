@@ -508,6 +508,24 @@ class GzipTests(SynchronousTestCase):
         self.assertEqual((r.status, r.body, r.complete), (200, b"up 1\n" * 1000, True))
         self.assertNotIn(b"content-encoding", r.headers)
 
+    def test_multiMemberInflatedWhole(self) -> None:
+        """
+        Every member of a multi-member body reaches a client that does not
+        accept gzip; garbage after the last member is a 502, not a 200 with
+        the body cut short.
+        """
+        body = gzip.compress(b"a 1\n") + gzip.compress(b"b 2\n")
+        conn = self.proxy.get()
+        self.link.head(body[:30], content_encoding="gzip")
+        self.link.chunk(body[30:], last=True)
+        r = response(conn)
+        self.assertEqual((r.status, r.body, r.complete), (200, b"a 1\nb 2\n", True))
+        conn = self.proxy.get()
+        self.link.head(body + b"junk", last=True, content_encoding="gzip")
+        r = response(conn)
+        self.assertEqual(r.status, 502)
+        self.assertIn(b"trailing garbage after member 2", r.body)
+
     def test_xGzipInflated(self) -> None:
         conn = self.proxy.get()
         self.link.head(gzip.compress(b"up 1\n"), last=True, content_encoding="x-gzip")
