@@ -1,8 +1,8 @@
 """
 Attacks on the agent port (handshake, admission, a peer that does not
-read), over real loopback
-sockets, written as an attacker would: each costs only the attacker's own
-connections, and a well-behaved agent's scrapes keep succeeding throughout.
+read), over real loopback sockets, written as an attacker would: each costs
+only the attacker's own connections, and a well-behaved agent's scrapes
+keep succeeding throughout.
 """
 
 from __future__ import annotations
