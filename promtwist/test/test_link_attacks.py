@@ -7,7 +7,6 @@ keep succeeding throughout.
 
 from __future__ import annotations
 
-import socket
 import struct
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
@@ -32,7 +31,7 @@ from promtwist.protocol.framing import encodeFrame
 from promtwist.protocol.promtwist_pb2 import Frame, Goodbye, Hello, Ping, RegisterPath
 from promtwist.proxy.link import AgentLink
 from promtwist.proxy.server import ProxyService
-from promtwist.test.helpers import MiB, rss
+from promtwist.test.helpers import MiB, UnreadingPeer, rss, unsent
 from promtwist.test.test_framing import logText
 
 TOKEN = "the-real-token"
@@ -74,64 +73,6 @@ class Attacker(Protocol):
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
         self.closed.callback(None)
-
-
-class UnreadingPeer:
-    """
-    An agent that never reads what the proxy sends: a raw socket with a
-    tiny receive buffer, fed C{frames} over and over as fast as the kernel
-    takes them, so that what it has not sent yet is buffered nowhere in
-    this process and only the proxy's memory is measured.
-
-    @ivar sent: bytes the kernel took so far.
-    @ivar blocked: whether the kernel took nothing the last time: the
-        proxy is not reading.
-    @ivar reset: whether the proxy closed the connection.
-    """
-
-    def __init__(self, port: int, greeting: bytes, frames: bytes, limit: int = 256 * MiB) -> None:
-        self.socket = socket.socket()
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        # Loopback: connecting and a few hundred bytes never block.
-        self.socket.connect(("127.0.0.1", port))
-        self.socket.sendall(greeting)
-        self.socket.setblocking(False)
-        self.frames = frames
-        self.limit = limit
-        self.sent = 0
-        self.blocked = self.reset = False
-        self._offset = 0
-        self._feeding = LoopingCall(self._feed)
-        self._feeding.start(0.01)
-
-    def _feed(self) -> None:
-        while self.sent < self.limit:
-            try:
-                n = self.socket.send(self.frames[self._offset :])
-            except BlockingIOError:
-                self.blocked = True
-                return
-            except OSError:
-                self.reset = True
-                break
-            self.blocked = False
-            self.sent += n
-            self._offset = (self._offset + n) % len(self.frames)
-        self._feeding.stop()
-
-    def close(self) -> None:
-        if self._feeding.running:
-            self._feeding.stop()
-        self.socket.close()
-
-
-def unsent(link: AgentLink) -> int:
-    """
-    What the proxy holds in user space for C{link}'s peer to read.
-    """
-    transport: Any = link.transport
-    held: int = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
-    return held
 
 
 def hello(token: str = TOKEN, **fields: Any) -> Frame:
@@ -391,7 +332,7 @@ class UnreadingAgentTests(_AttackBase):
             most = [0]
 
             def measure() -> None:
-                most[0] = max(most[0], unsent(link))
+                most[0] = max(most[0], unsent(link.transport))
 
             measuring = LoopingCall(measure)
             measuring.start(0.01)
