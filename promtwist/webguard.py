@@ -73,6 +73,13 @@ class HardenedChannel(HTTPChannel):
     cover a body: a permitted one is bounded by its size and the idle
     timeout.
 
+    A client that pipelines requests and does not read the answers gets no
+    further answer while the transport holds more than its buffer unsent
+    (64 KiB on TCP): the next request starts only once the transport has
+    flushed (L{resumeProducing}), and nothing more is read meanwhile. What
+    such a client costs is that buffer, one answer and one read of
+    pipelined requests; the idle timeout then closes it.
+
     @ivar maxHeaderBytes: the most bytes a request head may take.
     @ivar headerTimeout: seconds a request head may take to arrive.
     @ivar maxBodyBytes: the largest request body accepted.
@@ -93,6 +100,9 @@ class HardenedChannel(HTTPChannel):
         self._betweenRequests = False
         self._deadline: IDelayedCall | None = None
         self._forceClose: IDelayedCall | None = None
+        # Pipelined bytes kept while the client does not read: see
+        # requestDone.
+        self._heldRequests = b""
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -102,7 +112,9 @@ class HardenedChannel(HTTPChannel):
         if self._forceClose is not None:
             # Refused and closing: whatever else arrives is not a request.
             return
-        if self._betweenRequests:
+        if self._betweenRequests and not self.paused:
+            # (Bytes that arrive while requests are held start no deadline
+            # until they are replayed.)
             self._betweenRequests = False
             self._startDeadline()
         super().dataReceived(data)
@@ -138,7 +150,29 @@ class HardenedChannel(HTTPChannel):
         # Set before Twisted replays pipelined bytes it held back, so that
         # they start the next request's deadline as fresh bytes would.
         self._betweenRequests = bool(self.persistent)
+        if not (self.persistent and self._waitingForTransport):
+            super().requestDone(request)
+            return
+        # The client is not reading: keep what it pipelined, parsed or not,
+        # until the transport has flushed. Twisted would replay it now and
+        # answer every request in it, whatever the write buffer holds.
+        self.paused = True
+        held, self._dataBuffer = self._dataBuffer, []
         super().requestDone(request)
+        self._heldRequests = b"".join(held)
+        self._networkProducer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        """
+        The client read what waited: take up the requests it pipelined
+        meanwhile, if L{requestDone} held any.
+        """
+        super().resumeProducing()
+        if self.paused and not self._handlingRequest and self._forceClose is None:
+            self.paused = False
+            held, self._heldRequests = self._heldRequests, b""
+            if held or self._buffer:
+                self.dataReceived(held)
 
     def timeoutConnection(self) -> None:
         # The idle timeout closes the connection: no 408 after that.
