@@ -81,10 +81,11 @@ class Session(FrameReceiver):
     The link is its transport's streaming producer, so that a peer that
     does not read what we write cannot make us write without end: once the
     transport holds more than its buffer unsent (64 KiB on TCP), the
-    transport calls L{pauseProducing} and this end stops reading the peer,
-    both the socket and frames already read, until L{resumeProducing}. What
-    the peer sends cannot then make us write anything more, so what waits
-    unsent is the transport's buffer, the replies to the one frame being
+    transport calls L{pauseProducing} and this end stops parsing what the
+    peer sends, and reading its socket as soon as it sends more, until
+    L{resumeProducing}. What the peer sends cannot then make us write
+    anything more: what waits to be parsed is at most two reads, and what
+    waits unsent is the transport's buffer, the replies to the one frame being
     handled (a frame of at most C{peerMaxFrameBytes}) and the few frames
     this end sends by itself (pings, scrape requests, cancels) until the
     heartbeat gives up: a few frames' worth. A peer that stays unread counts
@@ -127,6 +128,8 @@ class Session(FrameReceiver):
         self.closeTimeout = closeTimeout
         # The transport paused us: the peer does not read what we write.
         self._unread = False
+        # And we stopped reading its socket for it.
+        self._socketPaused = False
         self.lateReplies = 0
         self._state = LinkState.HANDSHAKE
         self._linkWarnings = RepeatedWarnings(self._log, clock)
@@ -194,6 +197,9 @@ class Session(FrameReceiver):
         # Nothing is pinged or aborted for silence any more: the close is
         # bounded by itself.
         self._stopHeartbeat()
+        # A transport with a producer waits for it before closing (TLS does
+        # not close at all); nothing is produced any more.
+        cast(IConsumer, self.transport).unregisterProducer()
         if abort:
             self.transport.abortConnection()
         else:
@@ -222,13 +228,14 @@ class Session(FrameReceiver):
     def pauseProducing(self) -> None:
         """
         The transport holds more than its buffer unsent: the peer is not
-        reading. Stop reading it, so that what it sends cannot make us
-        write more; it is silent meanwhile, as far as the heartbeat goes.
+        reading. Stop parsing what it sends, so that it cannot make us
+        write more, and stop reading its socket once it sends more (see
+        L{dataReceived}); it is silent meanwhile, as far as the heartbeat
+        goes.
         """
         self._unread = True
         if self.isOpen():
             self.paused = True
-            cast(IPushProducer, self.transport).pauseProducing()
 
     def resumeProducing(self) -> None:
         """
@@ -238,8 +245,12 @@ class Session(FrameReceiver):
         self._unread = False
         if self.isOpen():
             self.paused = False
-            cast(IPushProducer, self.transport).resumeProducing()
             self._parse(b"")
+            # Read the socket again only once what waited is parsed, or what
+            # waits would grow by a read each time the peer reads a little.
+            if self._socketPaused and not self._unread and self.isOpen():
+                self._socketPaused = False
+                cast(IPushProducer, self.transport).resumeProducing()
 
     def stopProducing(self) -> None:
         """
@@ -252,9 +263,17 @@ class Session(FrameReceiver):
         if self._state is LinkState.CLOSED:
             # Closing already: neither parsed nor buffered.
             return
-        if not self._unread:
+        if self._unread:
             # A peer that does not read stays silent, whatever it sends:
-            # the heartbeat is what aborts it.
+            # the heartbeat is what aborts it. What it sends waits, and its
+            # socket is no longer read, so at most one read more waits.
+            # (Not at once in pauseProducing: TLS pauses its producer for
+            # what is written before its handshake completes, and must
+            # read the socket to complete it.)
+            if not self._socketPaused:
+                self._socketPaused = True
+                cast(IPushProducer, self.transport).pauseProducing()
+        else:
             self._lastReceived = self.clock.seconds()
         self._parse(data)
 

@@ -7,6 +7,7 @@ keep succeeding throughout.
 
 from __future__ import annotations
 
+import socket
 import struct
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
@@ -373,6 +374,12 @@ class UnreadingAgentTests(_AttackBase):
         self.addCleanup(lambda: stopping[0] if stopping else proxy.stopService())
         self.flood(proxy.agentListener.portNumber)
         links = proxy.linkFactory.links
+        await self.eventually(lambda: bool(links), "the attacker connected")
+        for link in links:
+            # Kernel buffers the size of the test's, not megabytes grown as
+            # they fill: the proxy is stuck with its own buffer at once.
+            transport: Any = link.transport
+            transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         await self.stuck(links)
         started = reactor.seconds()
         stopped = proxy.stopService()

@@ -499,6 +499,32 @@ class BackpressureTests(SynchronousTestCase):
         self.transport = BufferedTransport()
         self.link = establishedOn(self.factory, self.transport)
 
+    def test_socketReadOnceCaughtUp(self) -> None:
+        """
+        The socket is read again only once what waited is parsed: a peer
+        that reads a little at a time cannot make what waits grow.
+        """
+        ping = encode(Frame(ping=Ping(nonce=1)))
+        self.link.dataReceived(ping * 1000)
+        self.link.dataReceived(ping * 1000)
+        waiting = len(self.link._unprocessed)
+        self.transport.flushed()
+        self.assertEqual(self.transport.producerState, "paused")
+        self.assertLess(len(self.link._unprocessed), waiting)
+        for _ in range(1000):
+            if self.transport.producerState == "producing":
+                break
+            self.transport.flushed()
+        self.assertEqual(self.link._unprocessed, b"")
+
+    def test_closingUnregisters(self) -> None:
+        """
+        Closing takes the link off as the transport's producer: transports
+        wait for their producer before they close (TLS's for ever).
+        """
+        self.link.close("done")
+        self.assertIsNone(self.transport.producer)
+
     def test_linkIsTheProducer(self) -> None:
         self.assertIs(self.transport.producer, self.link)
         self.assertTrue(self.transport.streaming)
@@ -513,10 +539,14 @@ class BackpressureTests(SynchronousTestCase):
         """
         ping = encode(Frame(ping=Ping(nonce=1)))
         pings = 1000
-        self.link.dataReceived(ping * pings)
-        self.assertEqual(self.transport.producerState, "paused")
+        self.link.dataReceived(ping * (pings - 1))
         unsent = len(self.transport.value())
         self.assertLessEqual(unsent, self.transport.bufferSize + len(ping))
+        # What it sends while not read stops the socket being read.
+        self.assertEqual(self.transport.producerState, "producing")
+        self.link.dataReceived(ping)
+        self.assertEqual(self.transport.producerState, "paused")
+        self.assertEqual(len(self.transport.value()), unsent)
         answered = 0
         for _ in range(pings):
             pongs = self.transport.flushed()
