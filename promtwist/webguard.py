@@ -26,6 +26,7 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
+    IPushProducer,
     IReactorTime,
     ITCPTransport,
 )
@@ -160,7 +161,8 @@ class HardenedChannel(HTTPChannel):
         held, self._dataBuffer = self._dataBuffer, []
         super().requestDone(request)
         self._heldRequests = b"".join(held)
-        self._networkProducer.pauseProducing()
+        # Not Twisted's network producer: over TLS that pauses nothing.
+        cast(IPushProducer, self.transport).pauseProducing()
 
     def resumeProducing(self) -> None:
         """
@@ -173,6 +175,8 @@ class HardenedChannel(HTTPChannel):
             held, self._heldRequests = self._heldRequests, b""
             if held or self._buffer:
                 self.dataReceived(held)
+            if not self.paused and not getattr(self.transport, "disconnecting", False):
+                cast(IPushProducer, self.transport).resumeProducing()
 
     def timeoutConnection(self) -> None:
         # The idle timeout closes the connection: no 408 after that.
