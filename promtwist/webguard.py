@@ -20,7 +20,7 @@ from __future__ import annotations
 import ipaddress
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import cast
+from typing import Any, cast
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import (
@@ -36,6 +36,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel, Request
 from twisted.web.resource import IResource
 from twisted.web.server import Site
+from zope.interface import implementer
 
 from promtwist.logs import observer
 
@@ -107,6 +108,12 @@ class HardenedChannel(HTTPChannel):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        if not IPushProducer.providedBy(self.transport):
+            # TLS does not say it is a producer, so Twisted's channel would
+            # neither be told that its writes back up nor stop reading: all
+            # its backpressure (and ours) would be off over HTTPS.
+            self._networkProducer = _ReadingSide(self.transport)
+            self._networkProducer.registerProducer(self, True)
         self._startDeadline()
 
     def dataReceived(self, data: bytes) -> None:
@@ -161,8 +168,7 @@ class HardenedChannel(HTTPChannel):
         held, self._dataBuffer = self._dataBuffer, []
         super().requestDone(request)
         self._heldRequests = b"".join(held)
-        # Not Twisted's network producer: over TLS that pauses nothing.
-        cast(IPushProducer, self.transport).pauseProducing()
+        self._networkProducer.pauseProducing()
 
     def resumeProducing(self) -> None:
         """
@@ -175,8 +181,6 @@ class HardenedChannel(HTTPChannel):
             held, self._heldRequests = self._heldRequests, b""
             if held or self._buffer:
                 self.dataReceived(held)
-            if not self.paused and not getattr(self.transport, "disconnecting", False):
-                cast(IPushProducer, self.transport).resumeProducing()
 
     def timeoutConnection(self) -> None:
         # The idle timeout closes the connection: no 408 after that.
@@ -245,6 +249,34 @@ class HardenedChannel(HTTPChannel):
         # TCP and TLS transports can abort, though ITransport does not say so.
         abort = cast(ITCPTransport, transport).abortConnection
         self._forceClose = self.callLater(self.abortTimeout, abort)
+
+
+@implementer(IPushProducer)
+class _ReadingSide:
+    """
+    The reading side of a transport that can pause it but does not say so
+    (TLS's, which passes L{pauseProducing} on to the socket beneath), as
+    L{HTTPChannel} expects its network producer: it pauses and resumes
+    reading, and registers the channel as the transport's producer.
+    """
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+
+    def pauseProducing(self) -> None:
+        self._transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._transport.stopProducing()
+
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+        self._transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self._transport.unregisterProducer()
 
 
 class HardenedSite(Site):

@@ -12,7 +12,7 @@ from twisted.internet import reactor
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IAddress, IConsumer, ITransport
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.ssl import CertificateOptions, PrivateCertificate
 from twisted.internet.task import Clock, LoopingCall, deferLater
@@ -25,6 +25,7 @@ from twisted.test import __file__ as twistedTestFile
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
+from zope.interface import implementer_only
 
 from promtwist.listen import withTLS
 from promtwist.test.helpers import MiB, UnreadingPeer, rss, unsent
@@ -401,6 +402,15 @@ class BufferedTransport(StringTransport):
         return received
 
 
+@implementer_only(ITransport, IConsumer)
+class WrappedTransport(BufferedTransport):
+    """
+    A transport that, like TLS's, does not say it is a producer although
+    pausing it stops the socket underneath: Twisted's channel then pauses
+    nothing itself.
+    """
+
+
 class PipeliningTests(SynchronousTestCase):
     """
     A client that pipelines requests and does not read the answers gets
@@ -440,6 +450,24 @@ class PipeliningTests(SynchronousTestCase):
         self.assertEqual([b for b in bodies if b in received], bodies)
         self.assertLess(received.index(b"hello /98\n"), received.index(b"hello /99\n"))
         self.assertEqual(self.transport.producerState, "producing")
+
+    def test_heldOverTLS(self) -> None:
+        """
+        Behind a transport that does not say it is a producer (TLS), held
+        requests stop the socket being read all the same.
+        """
+        channel = self.site.buildProtocol(PEER)
+        assert channel is not None
+        transport = WrappedTransport(peerAddress=PEER)
+        channel.makeConnection(transport)
+        channel.dataReceived(b"".join(head(b"/%d" % i) for i in range(100)))
+        self.assertEqual(transport.producerState, "paused")
+        received = transport.flushed()
+        self.assertEqual(transport.producerState, "paused")
+        for _ in range(100):
+            received += transport.flushed()
+        self.assertEqual(transport.producerState, "producing")
+        self.assertEqual(received.count(b"HTTP/1.1 200 OK"), 100)
 
     def test_afterASlowAnswer(self) -> None:
         """
