@@ -20,12 +20,13 @@ from __future__ import annotations
 import ipaddress
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import cast
+from typing import Any, cast
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
+    IPushProducer,
     IReactorTime,
     ITCPTransport,
 )
@@ -35,6 +36,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel, Request
 from twisted.web.resource import IResource
 from twisted.web.server import Site
+from zope.interface import implementer
 
 from promtwist.logs import observer
 
@@ -73,6 +75,13 @@ class HardenedChannel(HTTPChannel):
     cover a body: a permitted one is bounded by its size and the idle
     timeout.
 
+    A client that pipelines requests and does not read the answers gets no
+    further answer while the transport holds more than its buffer unsent
+    (64 KiB on TCP): the next request starts only once the transport has
+    flushed (L{resumeProducing}), and nothing more is read meanwhile. What
+    such a client costs is that buffer, one answer and one read of
+    pipelined requests; the idle timeout then closes it.
+
     @ivar maxHeaderBytes: the most bytes a request head may take.
     @ivar headerTimeout: seconds a request head may take to arrive.
     @ivar maxBodyBytes: the largest request body accepted.
@@ -93,16 +102,27 @@ class HardenedChannel(HTTPChannel):
         self._betweenRequests = False
         self._deadline: IDelayedCall | None = None
         self._forceClose: IDelayedCall | None = None
+        # Pipelined bytes kept while the client does not read: see
+        # requestDone.
+        self._heldRequests = b""
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        if not IPushProducer.providedBy(self.transport):
+            # TLS does not say it is a producer, so Twisted's channel would
+            # neither be told that its writes back up nor stop reading: all
+            # its backpressure (and ours) would be off over HTTPS.
+            self._networkProducer = _ReadingSide(self.transport)
+            self._networkProducer.registerProducer(self, True)
         self._startDeadline()
 
     def dataReceived(self, data: bytes) -> None:
         if self._forceClose is not None:
             # Refused and closing: whatever else arrives is not a request.
             return
-        if self._betweenRequests:
+        if self._betweenRequests and not self.paused:
+            # (Bytes that arrive while requests are held start no deadline
+            # until they are replayed.)
             self._betweenRequests = False
             self._startDeadline()
         super().dataReceived(data)
@@ -138,7 +158,29 @@ class HardenedChannel(HTTPChannel):
         # Set before Twisted replays pipelined bytes it held back, so that
         # they start the next request's deadline as fresh bytes would.
         self._betweenRequests = bool(self.persistent)
+        if not (self.persistent and self._waitingForTransport):
+            super().requestDone(request)
+            return
+        # The client is not reading: keep what it pipelined, parsed or not,
+        # until the transport has flushed. Twisted would replay it now and
+        # answer every request in it, whatever the write buffer holds.
+        self.paused = True
+        held, self._dataBuffer = self._dataBuffer, []
         super().requestDone(request)
+        self._heldRequests = b"".join(held)
+        self._networkProducer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        """
+        The client read what waited: take up the requests it pipelined
+        meanwhile, if L{requestDone} held any.
+        """
+        super().resumeProducing()
+        if self.paused and not self._handlingRequest and self._forceClose is None:
+            self.paused = False
+            held, self._heldRequests = self._heldRequests, b""
+            if held or self._buffer:
+                self.dataReceived(held)
 
     def timeoutConnection(self) -> None:
         # The idle timeout closes the connection: no 408 after that.
@@ -207,6 +249,34 @@ class HardenedChannel(HTTPChannel):
         # TCP and TLS transports can abort, though ITransport does not say so.
         abort = cast(ITCPTransport, transport).abortConnection
         self._forceClose = self.callLater(self.abortTimeout, abort)
+
+
+@implementer(IPushProducer)
+class _ReadingSide:
+    """
+    The reading side of a transport that can pause it but does not say so
+    (TLS's, which passes L{pauseProducing} on to the socket beneath), as
+    L{HTTPChannel} expects its network producer: it pauses and resumes
+    reading, and registers the channel as the transport's producer.
+    """
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+
+    def pauseProducing(self) -> None:
+        self._transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._transport.stopProducing()
+
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+        self._transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self._transport.unregisterProducer()
 
 
 class HardenedSite(Site):

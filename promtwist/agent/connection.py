@@ -158,7 +158,8 @@ class ProxyConnection(Session):
     agentId = ""
 
     def __init__(self, factory: ProxyConnectionFactory) -> None:
-        super().__init__(factory.clock)
+        # A close the proxy does not let finish gets the grace period.
+        super().__init__(factory.clock, factory.settings.shutdown_grace_secs)
         self.factory = factory
         self.settings = factory.settings
         # Settled once by the handshake; L{whenReady} hands out copies.

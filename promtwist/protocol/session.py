@@ -1,8 +1,8 @@
 # -*- test-case-name: promtwist.test.test_session -*-
 """
 What both ends of an agent link share: the link's state and the frames each
-state allows, heartbeats with abort on silence, and request-id to Deferred
-correlation.
+state allows, heartbeats with abort on silence, backpressure on the peer,
+bounded closes, and request-id to Deferred correlation.
 
 Nothing here knows about HTTP or Prometheus; L{promtwist.proxy.link} and
 L{promtwist.agent.connection} add the two roles on top.
@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from enum import Enum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from promtwist.logs import RepeatedWarnings, clip, observer
 from promtwist.protocol.framing import FrameReceiver, ProtocolError, _peerName, spokenProtocol
@@ -72,9 +73,28 @@ _WHERE = {
 }
 
 
+@implementer(IPushProducer)
 class Session(FrameReceiver):
     """
     One end of an agent link.
+
+    The link is its transport's streaming producer, so that a peer that
+    does not read what we write cannot make us write without end: once the
+    transport holds more than its buffer unsent (64 KiB on TCP), the
+    transport calls L{pauseProducing} and this end stops parsing what the
+    peer sends, and reading its socket as soon as it sends more, until
+    L{resumeProducing}. What the peer sends cannot then make us write
+    anything more: what waits to be parsed is at most two reads, and what
+    waits unsent is the transport's buffer, the replies to the one frame being
+    handled (a frame of at most C{peerMaxFrameBytes}) and the few frames
+    this end sends by itself (pings, scrape requests, cancels) until the
+    heartbeat gives up: a few frames' worth. A peer that stays unread counts
+    as silent, and the heartbeat aborts it after
+    L{SILENT_PERIODS_BEFORE_ABORT} periods.
+
+    Closing is bounded as well: a graceful close that the peer does not
+    let finish (it does not read what is left to flush) is aborted after
+    C{closeTimeout} seconds.
 
     Subclasses name the frames they accept by defining C{frame_<kind>} methods
     (C{frame_scrape_request}, ...) and list in L{allowedFrames} the kinds
@@ -98,6 +118,8 @@ class Session(FrameReceiver):
     @cvar misdirected: what an operator should change when the peer's first
         bytes are another protocol, by that protocol (see
         L{spokenProtocol}): one line, with C{{peer}} for the peer's address.
+    @ivar closeTimeout: seconds a graceful close may take before the
+        connection is aborted.
     """
 
     _log = Logger(observer=observer)
@@ -110,8 +132,13 @@ class Session(FrameReceiver):
     establishedAt: float | None = None
     closeReason = ""
 
-    def __init__(self, clock: IReactorTime) -> None:
+    def __init__(self, clock: IReactorTime, closeTimeout: float) -> None:
         self.clock = clock
+        self.closeTimeout = closeTimeout
+        # The transport paused us: the peer does not read what we write.
+        self._unread = False
+        # And we stopped reading its socket for it.
+        self._socketPaused = False
         self.lateReplies = 0
         self.bytesReceived = 0
         self._state = LinkState.HANDSHAKE
@@ -164,22 +191,81 @@ class Session(FrameReceiver):
         Any state to CLOSED: stop reading the peer and close the connection,
         flushing what was written unless C{abort}. What is in flight fails
         with C{reason}.
+
+        A flush the peer does not take within C{closeTimeout} seconds is
+        aborted, and so is one still under way when C{close} is called
+        again with C{abort}: no close waits on the peer for ever.
         """
         if self._state is LinkState.CLOSED:
+            if abort and self._lost is None:
+                self.transport.abortConnection()
             return
         self._state = LinkState.CLOSED
         self.closeReason = reason
         # Stop parsing whatever else is already buffered from this peer.
         self.paused = True
+        # Nothing is pinged or aborted for silence any more: the close is
+        # bounded by itself.
+        self._stopHeartbeat()
+        # A transport with a producer waits for it before closing (TLS does
+        # not close at all); nothing is produced any more.
+        cast(IConsumer, self.transport).unregisterProducer()
         if abort:
             self.transport.abortConnection()
         else:
             self.transport.loseConnection()
+            self.callLater(self.closeTimeout, self._closeTimedOut)
+
+    def _closeTimedOut(self) -> None:
+        self.warnings.warn(
+            "close timeout",
+            "{peer} did not take what was left to send within {secs:g}s; aborting the link",
+            peer=_peerName(self.transport),
+            secs=self.closeTimeout,
+        )
+        self.transport.abortConnection()
 
     def connectionMade(self) -> None:
         # Frames are written whole; Nagle would hold the tail of a body behind
         # the peer's delayed ACK (tens of milliseconds per multi-frame scrape).
         self.transport.setTcpNoDelay(True)
+        # Stream transports (TCP, TLS) consume and produce, though
+        # ITCPTransport does not say so.
+        cast(IConsumer, self.transport).registerProducer(self, True)
+
+    # Backpressure (IPushProducer, called by the transport).
+
+    def pauseProducing(self) -> None:
+        """
+        The transport holds more than its buffer unsent: the peer is not
+        reading. Stop parsing what it sends, so that it cannot make us
+        write more, and stop reading its socket once it sends more (see
+        L{dataReceived}); it is silent meanwhile, as far as the heartbeat
+        goes.
+        """
+        self._unread = True
+        if self.isOpen():
+            self.paused = True
+
+    def resumeProducing(self) -> None:
+        """
+        The peer took what was waiting: read it again, starting with the
+        frames it sent while we were not reading.
+        """
+        self._unread = False
+        if self.isOpen():
+            self.paused = False
+            self._parse(b"")
+            # Read the socket again only once what waited is parsed, or what
+            # waits would grow by a read each time the peer reads a little.
+            if self._socketPaused and not self._unread and self.isOpen():
+                self._socketPaused = False
+                cast(IPushProducer, self.transport).resumeProducing()
+
+    def stopProducing(self) -> None:
+        """
+        The connection is going; L{connectionLost} does what there is to do.
+        """
 
     # Receiving.
 
@@ -187,8 +273,26 @@ class Session(FrameReceiver):
         if self._state is LinkState.CLOSED:
             # Closing already: neither parsed nor buffered.
             return
-        self._lastReceived = self.clock.seconds()
+        if self._unread:
+            # A peer that does not read stays silent, whatever it sends:
+            # the heartbeat is what aborts it. What it sends waits, and its
+            # socket is no longer read, so at most one read more waits.
+            # (Not at once in pauseProducing: TLS pauses its producer for
+            # what is written before its handshake completes, and must
+            # read the socket to complete it.)
+            if not self._socketPaused:
+                self._socketPaused = True
+                cast(IPushProducer, self.transport).pauseProducing()
+        else:
+            self._lastReceived = self.clock.seconds()
         self.bytesReceived += len(data)
+        self._parse(data)
+
+    def _parse(self, data: bytes) -> None:
+        """
+        Parse C{data} after what is left of earlier reads (nothing while
+        paused).
+        """
         super().dataReceived(data)
         if not self.isOpen():
             # Closed while parsing this read: drop what it left unparsed.
@@ -389,12 +493,15 @@ class Session(FrameReceiver):
             self._lostObservers.append(d)
         return d
 
+    def _stopHeartbeat(self) -> None:
+        if self._heartbeat is not None and self._heartbeat.running:
+            self._heartbeat.stop()
+
     def connectionLost(self, reason: Failure = Failure(Exception("connection lost"))) -> None:
         self._state = LinkState.CLOSED
         self._lost = reason
         self._linkWarnings.flush()
-        if self._heartbeat is not None and self._heartbeat.running:
-            self._heartbeat.stop()
+        self._stopHeartbeat()
         for timer in self._timers:
             if timer.active():
                 timer.cancel()

@@ -125,7 +125,8 @@ class AgentLink(Session):
     _pathsLogged = 0
 
     def __init__(self, factory: AgentLinkFactory, host: str = "") -> None:
-        super().__init__(factory.clock)
+        # A close the agent does not let finish gets the grace period.
+        super().__init__(factory.clock, factory.settings.shutdown_grace_secs)
         self.factory = factory
         self.host = host
         self._scrapes: dict[int, ScrapeStream] = {}

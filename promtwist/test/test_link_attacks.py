@@ -1,14 +1,16 @@
 """
-Attacks on the agent port's handshake and admission, over real loopback
-sockets, written as an attacker would: each costs only the attacker's own
-connections, and a well-behaved agent's scrapes keep succeeding throughout.
+Attacks on the agent port (handshake, admission, a peer that does not
+read), over real loopback sockets, written as an attacker would: each costs
+only the attacker's own connections, and a well-behaved agent's scrapes
+keep succeeding throughout.
 """
 
 from __future__ import annotations
 
+import socket
 import struct
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
@@ -16,7 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Protocol
-from twisted.internet.task import deferLater
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
@@ -27,9 +29,10 @@ from twisted.web.server import Request, Site
 from promtwist.agent.service import AgentService
 from promtwist.config import AgentSettings, PathConfig, ProxyEndpoint, ProxySettings
 from promtwist.protocol.framing import encodeFrame
-from promtwist.protocol.promtwist_pb2 import Frame, Goodbye, Hello, Ping
+from promtwist.protocol.promtwist_pb2 import Frame, Goodbye, Hello, Ping, RegisterPath
+from promtwist.proxy.link import AgentLink
 from promtwist.proxy.server import ProxyService
-from promtwist.test.helpers import MiB, rss
+from promtwist.test.helpers import MiB, UnreadingPeer, rss, unsent
 from promtwist.test.test_framing import logText
 
 TOKEN = "the-real-token"
@@ -77,8 +80,16 @@ def hello(token: str = TOKEN, **fields: Any) -> Frame:
     return Frame(hello=Hello(protocol_version=1, agent_name="attacker", token=token, **fields))
 
 
-class AttackTests(TestCase):
+class _AttackBase(TestCase):
+    """
+    A proxy with a well-behaved agent on loopback, and what an attack test
+    needs around it.
+
+    @cvar proxyOverrides: settings the tests of a class change.
+    """
+
     timeout = 60
+    proxyOverrides: ClassVar[Mapping[str, Any]] = {}
 
     # Trial waits for a Deferred that setUp returns; the signature it
     # inherits from unittest says None.
@@ -104,6 +115,7 @@ class AttackTests(TestCase):
                 max_pending_handshakes=16,
                 max_pending_handshakes_per_address=PER_ADDRESS,
                 max_agents=3,
+                **self.proxyOverrides,
             ),
             reactor,
             interface="127.0.0.1",
@@ -148,16 +160,18 @@ class AttackTests(TestCase):
         # buffers of the connections it refuses.
         self.assertLess(rss() - self.rssAtStart, RSS_BOUND)
 
-    async def eventually(self, check: Callable[[], bool], what: str) -> None:
+    async def eventually(self, check: Callable[[], bool], what: str, seconds: float = 5.0) -> None:
         """
-        Wait, at most 5 s in 0.05 s steps, until C{check()} holds.
+        Wait, at most C{seconds} in 0.05 s steps, until C{check()} holds.
         """
-        for _ in range(100):
+        for _ in range(int(seconds / 0.05)):
             if check():
                 return
             await deferLater(reactor, 0.05)
-        self.fail(f"not within 5 s: {what}")
+        self.fail(f"not within {seconds:g} s: {what}")
 
+
+class AttackTests(_AttackBase):
     async def test_ghostLinks(self) -> None:
         """
         Hello, Welcome, Goodbye, then Pings: the proxy closes the link once
@@ -267,3 +281,110 @@ class AttackTests(TestCase):
         self.assertTrue(all("too many failed authentication" in r for r in replies[5:]))
         lines = [e for e in events if e.get("log_namespace", "").startswith("promtwist")]
         self.assertLessEqual(len(lines), 12, logText(lines))
+
+
+class UnreadingAgentTests(_AttackBase):
+    """
+    An agent that floods the link and never reads the answers.
+    """
+
+    proxyOverrides: ClassVar[Mapping[str, Any]] = {
+        "heartbeat_period_secs": 0.5,
+        "shutdown_grace_secs": 1.0,
+    }
+
+    def flood(self, port: int) -> UnreadingPeer:
+        # Claims of the real agent's path: each is answered (as a standby).
+        claim = encodeFrame(Frame(register_path=RegisterPath(request_id=1, path="real")))
+        peer = UnreadingPeer(port, encodeFrame(hello()), claim * 4096)
+        self.addCleanup(peer.close)
+        return peer
+
+    async def stuck(self, links: set[AgentLink]) -> AgentLink:
+        """
+        Wait until the proxy has stopped reading a link for good: paused
+        for half a second (the kernel's buffers, which it grows as they
+        fill, take what the proxy writes for a while first).
+        """
+
+        def stuckLinks() -> list[AgentLink]:
+            return [link for link in links if link._unread and link.silentFor() >= 0.5]
+
+        await self.eventually(lambda: bool(stuckLinks()), "reading stopped", seconds=10)
+        (link,) = stuckLinks()
+        return link
+
+    async def linkNamed(self, name: str) -> AgentLink:
+        links = self.proxy.linkFactory.links
+        await self.eventually(lambda: any(link.name == name for link in links), "welcomed")
+        (link,) = [link for link in links if link.name == name]
+        return link
+
+    async def test_unreadingAgent(self) -> None:
+        """
+        The proxy stops reading an agent that does not read, holds no more
+        than a few frames for it, and the heartbeat aborts its link; the
+        real agent is scraped meanwhile and the proxy's memory stays
+        bounded.
+        """
+        with capturedLogs() as events:
+            peer = self.flood(self.agentPort)
+            link = await self.linkNamed("attacker")
+            most = [0]
+
+            def measure() -> None:
+                most[0] = max(most[0], unsent(link.transport))
+
+            measuring = LoopingCall(measure)
+            measuring.start(0.01)
+            try:
+                await self.assertScrapesSucceed()
+                await self.eventually(lambda: peer.reset, "the link aborted", seconds=10)
+            finally:
+                measuring.stop()
+        self.assertIn("nothing heard from", logText(events))
+        self.assertGreater(most[0], 0)
+        self.assertLess(most[0], 2 * self.proxy.settings.max_frame_bytes)
+        await self.eventually(
+            lambda: link not in self.proxy.linkFactory.links, "the link left the table"
+        )
+        self.assertEqual(self.proxy.linkFactory.agentCount(), 1)
+        await self.assertScrapesSucceed()
+
+    async def test_shutdownNotHeldUp(self) -> None:
+        """
+        Stopping the proxy waits for an agent that does not read no longer
+        than the grace period (plus a bound), even when the heartbeat would
+        take much longer to give up on it.
+        """
+        proxy = ProxyService(
+            ProxySettings(
+                http_port=0,
+                agent_port=0,
+                agent_token=TOKEN,
+                heartbeat_period_secs=60.0,
+                shutdown_grace_secs=1.0,
+            ),
+            reactor,
+            interface="127.0.0.1",
+        )
+        proxy.startService()
+        stopping: list[Deferred[None]] = []
+        # Stopped by the test, or else when it ends.
+        self.addCleanup(lambda: stopping[0] if stopping else proxy.stopService())
+        self.flood(proxy.agentListener.portNumber)
+        links = proxy.linkFactory.links
+        await self.eventually(lambda: bool(links), "the attacker connected")
+        for link in links:
+            # Kernel buffers the size of the test's, not megabytes grown as
+            # they fill: the proxy is stuck with its own buffer at once.
+            transport: Any = link.transport
+            transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        await self.stuck(links)
+        started = reactor.seconds()
+        stopped = proxy.stopService()
+        stopping.append(stopped)
+        await self.eventually(lambda: stopped.called, "the proxy stopped")
+        self.assertGreaterEqual(reactor.seconds() - started, 0.9)
+        self.assertEqual(links, set())
+        self.assertLess(rss() - self.rssAtStart, RSS_BOUND)

@@ -470,3 +470,183 @@ class LogTests(SynchronousTestCase):
                 lose(link)
         warnings = [e for e in events if e.get("log_level") == LogLevel.warn]
         self.assertLessEqual(len(warnings), 2 * 5, logText(warnings))
+
+
+class BufferedTransport(TCPStringTransport):
+    """
+    A transport that, as Twisted's TCP transport does, pauses its producer
+    once more than C{bufferSize} bytes wait unsent, and resumes it when
+    L{flushed}: the peer reads nothing until then.
+    """
+
+    bufferSize = 1024
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if self.producer is not None and len(self.value()) > self.bufferSize:
+            self.producer.pauseProducing()
+
+    def writeSequence(self, seq: Any) -> None:
+        self.write(b"".join(seq))
+
+    def flushed(self) -> list[Frame]:
+        """
+        The peer read everything: the frames it got.
+        """
+        frames = sent(self)
+        assert self.producer is not None
+        self.producer.resumeProducing()
+        return frames
+
+
+def establishedOn(factory: AgentLinkFactory, transport: TCPStringTransport) -> AgentLink:
+    link = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    assert isinstance(link, AgentLink)
+    link.makeConnection(transport)
+    link.dataReceived(hello())
+    (welcome,) = sent(transport)
+    assert welcome.WhichOneof("kind") == "welcome", welcome
+    return link
+
+
+class BackpressureTests(SynchronousTestCase):
+    """
+    A peer that does not read what the link writes is not read either, and
+    the heartbeat aborts it; every close is bounded in time.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.factory = agentLinkFactory(
+            ProxySettings(heartbeat_period_secs=2, shutdown_grace_secs=4), self.clock
+        )
+        self.transport = BufferedTransport()
+        self.link = establishedOn(self.factory, self.transport)
+
+    def test_socketReadOnceCaughtUp(self) -> None:
+        """
+        The socket is read again only once what waited is parsed: a peer
+        that reads a little at a time cannot make what waits grow.
+        """
+        ping = encode(Frame(ping=Ping(nonce=1)))
+        self.link.dataReceived(ping * 1000)
+        self.link.dataReceived(ping * 1000)
+        waiting = len(self.link._unprocessed)
+        self.transport.flushed()
+        self.assertEqual(self.transport.producerState, "paused")
+        self.assertLess(len(self.link._unprocessed), waiting)
+        for _ in range(1000):
+            if self.transport.producerState == "producing":
+                break
+            self.transport.flushed()
+        self.assertEqual(self.link._unprocessed, b"")
+
+    def test_closingUnregisters(self) -> None:
+        """
+        Closing takes the link off as the transport's producer: transports
+        wait for their producer before they close (TLS's for ever).
+        """
+        self.link.close("done")
+        self.assertIsNone(self.transport.producer)
+
+    def test_linkIsTheProducer(self) -> None:
+        self.assertIs(self.transport.producer, self.link)
+        self.assertTrue(self.transport.streaming)
+        pair = Pair()
+        self.assertIs(pair.agent.transport.producer, pair.agent)  # type: ignore[attr-defined]
+
+    def test_unreadPeerNotRead(self) -> None:
+        """
+        Pings from a peer that does not read its Pongs are answered only up
+        to the transport's buffer; the rest wait, unparsed, until the peer
+        has read what was sent, and are answered then, in order.
+        """
+        ping = encode(Frame(ping=Ping(nonce=1)))
+        pings = 1000
+        self.link.dataReceived(ping * (pings - 1))
+        unsent = len(self.transport.value())
+        self.assertLessEqual(unsent, self.transport.bufferSize + len(ping))
+        # What it sends while not read stops the socket being read.
+        self.assertEqual(self.transport.producerState, "producing")
+        self.link.dataReceived(ping)
+        self.assertEqual(self.transport.producerState, "paused")
+        self.assertEqual(len(self.transport.value()), unsent)
+        answered = 0
+        for _ in range(pings):
+            pongs = self.transport.flushed()
+            if not pongs:
+                break
+            answered += len(pongs)
+        self.assertEqual(answered, pings)
+        self.assertEqual(self.transport.producerState, "producing")
+        self.assertEqual(self.link._unprocessed, b"")
+
+    def test_unreadPeerIsSilent(self) -> None:
+        """
+        A peer kept unread is silent however much it sends: the heartbeat
+        aborts its link after three periods.
+        """
+        self.link.pauseProducing()
+        ping = encode(Frame(ping=Ping(nonce=1)))
+        with capturedLogs() as events:
+            for _ in range(5):
+                self.clock.advance(1)
+                self.link.dataReceived(ping)
+            self.assertFalse(self.transport.disconnected)
+            self.clock.advance(2)
+        self.assertTrue(self.transport.disconnected)
+        self.assertIn("nothing heard from", logText(events))
+        lose(self.link)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_gracefulCloseBounded(self) -> None:
+        """
+        A graceful close the peer does not let finish is aborted after
+        C{closeTimeout} (the grace period), with one line saying why.
+        """
+        self.assertEqual(self.link.closeTimeout, 4)
+        self.link.close("done")
+        self.assertTrue(self.transport.disconnecting)
+        with capturedLogs() as events:
+            self.clock.advance(3.9)
+            self.assertFalse(self.transport.disconnected)
+            self.clock.advance(0.1)
+        self.assertTrue(self.transport.disconnected)
+        self.assertIn("did not take what was left to send within 4s", logText(events))
+        lose(self.link)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_abortAfterGracefulClose(self) -> None:
+        self.link.close("done")
+        self.assertFalse(self.transport.disconnected)
+        self.link.close("given up", abort=True)
+        self.assertTrue(self.transport.disconnected)
+        self.assertEqual(self.link.closeReason, "done")
+        lose(self.link)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_goodbyeFromAnUnreadPeer(self) -> None:
+        """
+        A peer that says Goodbye and reads nothing of what is left is
+        aborted once the close timeout passes; it counts until then.
+        """
+        self.link.dataReceived(encode(Frame(goodbye=Goodbye(reason="bye"))))
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.factory.agentCount(), 1)
+        self.clock.advance(4)
+        self.assertTrue(self.transport.disconnected)
+        lose(self.link)
+        self.assertEqual(self.factory.agentCount(), 0)
+
+    def test_closeAllBounded(self) -> None:
+        """
+        Shutting down waits for no agent longer than the grace period.
+        """
+        self.link.pauseProducing()
+        done = self.factory.closeAll("stopping")
+        self.assertNoResult(done)
+        self.clock.advance(4)
+        self.assertTrue(self.transport.disconnected)
+        lose(self.link)
+        self.successResultOf(done)
+        self.assertEqual(self.clock.getDelayedCalls(), [])

@@ -6,11 +6,13 @@ header deadline, the allow-list, and the same over real loopback sockets.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IAddress, IConsumer, ITransport
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.ssl import CertificateOptions, PrivateCertificate
 from twisted.internet.task import Clock, LoopingCall, deferLater
@@ -23,8 +25,10 @@ from twisted.test import __file__ as twistedTestFile
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
+from zope.interface import implementer_only
 
 from promtwist.listen import withTLS
+from promtwist.test.helpers import MiB, UnreadingPeer, rss, unsent
 from promtwist.webguard import (
     REFUSAL_LOG_INTERVAL,
     REMEMBERED_REFUSALS,
@@ -370,6 +374,143 @@ class HeaderDeadlineTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
+class BufferedTransport(StringTransport):
+    """
+    A transport that, as Twisted's TCP transport does, pauses its producer
+    once more than C{bufferSize} bytes wait unsent; L{flushed} is the
+    client reading them all.
+    """
+
+    bufferSize = 1024
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if self.producer is not None and len(self.value()) > self.bufferSize:
+            self.producer.pauseProducing()
+
+    def writeSequence(self, seq: Sequence[bytes]) -> None:
+        self.write(b"".join(seq))
+
+    def flushed(self) -> bytes:
+        """
+        The client read everything: what it got.
+        """
+        received: bytes = self.value()
+        self.clear()
+        assert self.producer is not None
+        self.producer.resumeProducing()
+        return received
+
+
+@implementer_only(ITransport, IConsumer)
+class WrappedTransport(BufferedTransport):
+    """
+    A transport that, like TLS's, does not say it is a producer although
+    pausing it stops the socket underneath: Twisted's channel then pauses
+    nothing itself.
+    """
+
+
+class PipeliningTests(SynchronousTestCase):
+    """
+    A client that pipelines requests and does not read the answers gets
+    no more answers until it reads: what it costs is bounded by the
+    transport's buffer, not by what it sent.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.resource = Hello()
+        self.site = makeSite(self.resource, self.clock, headerTimeout=10, idleTimeout=45)
+        channel = self.site.buildProtocol(PEER)
+        assert channel is not None
+        self.channel = channel
+        self.transport = BufferedTransport(peerAddress=PEER)
+        channel.makeConnection(self.transport)
+
+    def test_answersWaitForTheClient(self) -> None:
+        """
+        Of 100 pipelined requests, only those whose answers fit the buffer
+        are answered; the rest, in order, each time the client has read.
+        """
+        requests = b"".join(head(b"/%d" % i) for i in range(100))
+        self.channel.dataReceived(requests)
+        self.assertEqual(self.transport.producerState, "paused")
+        first = self.transport.value()
+        answer = len(first) // first.count(b"HTTP/1.1 200 OK")
+        self.assertLessEqual(len(first), self.transport.bufferSize + answer)
+        received = b""
+        for _ in range(100):
+            received += self.transport.flushed()
+            if self.resource.rendered == 100:
+                break
+        received += self.transport.flushed()
+        self.assertEqual(received.count(b"HTTP/1.1 200 OK"), 100)
+        bodies = [b"hello /%d\n" % i for i in range(100)]
+        self.assertEqual([b for b in bodies if b in received], bodies)
+        self.assertLess(received.index(b"hello /98\n"), received.index(b"hello /99\n"))
+        self.assertEqual(self.transport.producerState, "producing")
+
+    def test_heldOverTLS(self) -> None:
+        """
+        Behind a transport that does not say it is a producer (TLS), held
+        requests stop the socket being read all the same.
+        """
+        channel = self.site.buildProtocol(PEER)
+        assert channel is not None
+        transport = WrappedTransport(peerAddress=PEER)
+        channel.makeConnection(transport)
+        channel.dataReceived(b"".join(head(b"/%d" % i) for i in range(100)))
+        self.assertEqual(transport.producerState, "paused")
+        received = transport.flushed()
+        self.assertEqual(transport.producerState, "paused")
+        for _ in range(100):
+            received += transport.flushed()
+        self.assertEqual(transport.producerState, "producing")
+        self.assertEqual(received.count(b"HTTP/1.1 200 OK"), 100)
+
+    def test_afterASlowAnswer(self) -> None:
+        """
+        Requests pipelined behind a slow answer wait, when that answer
+        fills the buffer, until the client read it.
+        """
+        self.channel.dataReceived(head(b"/slow") + head(b"/a") + head(b"/b"))
+        (slow,) = self.resource.held
+        slow.write(b"x" * 2000)
+        slow.finish()
+        self.assertEqual(self.resource.rendered, 1)
+        self.transport.flushed()
+        self.assertEqual(self.resource.rendered, 3)
+        self.assertIn(b"hello /b\n", self.transport.value())
+
+    def test_heldRequestsStartNoDeadline(self) -> None:
+        """
+        A request that arrives while answers wait for the client starts its
+        header deadline when it is taken up, not before.
+        """
+        self.channel.pauseProducing()
+        self.channel.dataReceived(head(b"/a"))
+        self.channel.dataReceived(head(b"/b"))
+        self.clock.advance(30)
+        self.assertEqual(self.resource.rendered, 1)
+        self.transport.flushed()
+        self.assertTrue(self.transport.value().endswith(b"hello /b\n"))
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_idleTimeoutCloses(self) -> None:
+        """
+        A client that never reads is closed by the idle timeout, with no
+        answer beyond the first.
+        """
+        self.channel.pauseProducing()
+        self.channel.dataReceived(head(b"/a") + head(b"/b"))
+        self.clock.advance(45)
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.transport.value().count(b"HTTP/1.1 "), 1)
+        self.channel.connectionLost(Failure(Exception("gone")))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
 class AllowListTests(SynchronousTestCase):
     """
     Clients outside C{allowedNetworks} are refused at C{buildProtocol};
@@ -509,6 +650,44 @@ class _Client(Protocol):
         self.closed.callback((self.received, reactor.seconds() - self.connectedAt))
 
 
+class _Big(Resource):
+    """
+    Answers every C{GET} with C{size} bytes.
+    """
+
+    isLeaf = True
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+        self.rendered = 0
+
+    def render_GET(self, request: Request) -> bytes:
+        self.rendered += 1
+        return b"x" * self.size
+
+
+class _RecordingSite(HardenedSite):
+    """
+    A L{HardenedSite} that keeps every channel it made, for a test to
+    look at.
+    """
+
+    def __init__(self, resource: Resource, **kwargs: Any) -> None:
+        super().__init__(resource, **kwargs)
+        self.channels: list[HardenedChannel] = []
+
+    def buildProtocol(self, addr: IAddress | None) -> HardenedChannel | None:  # type: ignore[override]
+        channel = super().buildProtocol(addr)
+        if channel is not None:
+            self.channels.append(channel)
+        return channel
+
+
+def _connected(channel: HardenedChannel) -> bool:
+    return bool(getattr(channel.transport, "connected", False))
+
+
 class _OneClient(ClientFactory):
     def __init__(self, client: _Client) -> None:
         self.client = client
@@ -560,6 +739,51 @@ class LoopbackTests(TestCase):
         # The refusal may be lost to a reset: the client was still sending.
         if received:
             self.assertTrue(received.startswith(b"HTTP/1.1 408 "), received)
+
+    async def test_pipelinedAndUnread(self) -> None:
+        """
+        A client that pipelines 2,000 requests for 32 KiB answers and reads
+        none costs the server its buffer and an answer or two, not 62 MiB;
+        another client is served meanwhile.
+        """
+        answer = 32 * 1024
+        resource = _Big(answer)
+        site = _RecordingSite(
+            resource, maxHeaderBytes=1024, headerTimeout=self.headerTimeout, idleTimeout=45
+        )
+        portNumber = await self.listen(site)
+        request = head(b"/big")
+        before = rss()
+        peer = UnreadingPeer(portNumber, b"", request * 100, limit=len(request) * 2000)
+        self.addCleanup(peer.close)
+        most = [0]
+
+        def measure() -> None:
+            for channel in site.channels:
+                if _connected(channel):
+                    most[0] = max(most[0], unsent(channel.transport))
+
+        measuring = LoopingCall(measure)
+        measuring.start(0.01)
+        try:
+            # Long enough for the kernel's buffers to fill and the server to
+            # stop answering.
+            await deferLater(reactor, 1.0)
+            normal, _ = await self.client(portNumber, head(b"/normal", close=True)).closed
+        finally:
+            measuring.stop()
+        self.assertTrue(normal.startswith(b"HTTP/1.1 200 OK"), normal[:100])
+        self.assertLess(resource.rendered, 1000)
+        self.assertGreater(most[0], 0)
+        self.assertLess(most[0], 64 * 1024 + 2 * answer + 4096)
+        self.assertLess(rss() - before, 32 * MiB)
+        peer.close()
+        for _ in range(100):
+            if not any(_connected(channel) for channel in site.channels):
+                break
+            await deferLater(reactor, 0.05)
+        else:
+            self.fail("the server kept the connection of a client that left")
 
     async def test_headersTooLarge(self) -> None:
         received, _ = await self.client(await self.listen(), head(padding=2000)).closed
