@@ -318,6 +318,11 @@ _PLAIN_CLIENTS = (
         "an HTTP client; Prometheus and browsers belong on the scrape port (proxy.http.port)",
     ),
     (
+        "peer did not return a certificate",
+        "the agent presented no client certificate, which this port requires: give the agent"
+        " agent.tls.certChainFilePath and agent.tls.privateKeyFilePath",
+    ),
+    (
         "wrong version number",
         "the client does not speak TLS: an agent dialling plain TCP needs"
         " agent.tls.enabled = true (and agent.tls.trustCertCollectionFilePath for a"

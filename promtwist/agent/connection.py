@@ -57,7 +57,7 @@ from promtwist.protocol.session import (
     Session,
     SessionLost,
 )
-from promtwist.tls import describeTLSFailure, linkUsesTLS
+from promtwist.tls import CertificateRejected, describeTLSFailure, linkUsesTLS
 
 # Proxies assign 16 hex digits; anything much longer is not an id.
 MAX_AGENT_ID_LENGTH = 64
@@ -544,8 +544,13 @@ class ProxyConnection(Session):
         if self.factory.current is self:
             self.factory.current = None
         if not self._ready.called:
-            why = describeTLSFailure(reason) or self.closeReason or reason.getErrorMessage()
-            if not (self.closeReason or self.bytesReceived):
+            tls = describeTLSFailure(reason)
+            why = tls or self.closeReason or reason.getErrorMessage()
+            if not (
+                tls or self.closeReason or self.bytesReceived or reason.check(CertificateRejected)
+            ):
+                # Only a close with no cause at all suggests the two ends
+                # disagree about TLS.
                 why += _SILENT_CLOSE[linkUsesTLS(self.settings)]
             self._ready.errback(SessionLost(f"link lost before it was ready: {why}"))
         dropped = self.factory.scraper.onResultSent

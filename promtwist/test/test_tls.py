@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL
 from twisted.internet import reactor as _reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
@@ -64,6 +65,7 @@ from promtwist.test.certs import DAY, Authority, Certificates, Issued, makeCerti
 from promtwist.tls import (
     agentPortTLS,
     checkFiles,
+    describeServerTLSFailure,
     linkTLS,
     linkUsesTLS,
     peerCommonName,
@@ -639,7 +641,8 @@ class LinkTests(_Loopback):
         good = self.agent(port, **self.clientTLS(self.certs.client))
         await good.whenConnected()
         self.agent(port, path="intruder", **self.clientTLS(intruderCertificate))
-        await self.linkFailure(reason)
+        line = await self.linkFailure(reason)
+        self.assertNotIn("without a word", line, "a TLS cause is not a silent close")
         self.assertEqual((await self.scrape(proxy, "intruder"))[0], 404)
         self.assertEqual(await self.scrape(proxy), (200, METRICS))
 
@@ -664,6 +667,7 @@ class LinkTests(_Loopback):
         port, accepted = self.recorder(serverOptions(certificate))
         self.agent(port, host, **(tls or self.clientTLS()))
         line = await self.linkFailure("certificate")
+        self.assertNotIn("without a word", line, "a TLS cause is not a silent close")
         self.assertTrue(accepted)
         self.assertEqual([a.received for a in accepted], [b""] * len(accepted))
         return line
@@ -937,3 +941,16 @@ class TargetTests(_Loopback):
         self.assertIn(f"({self.certs.ca} is not used)", warning)
         await agent.whenConnected()
         self.assertEqual(await self.scrape(proxy), (200, METRICS))
+
+
+class ServerFailureTests(SynchronousTestCase):
+    def test_missingClientCertificate(self) -> None:
+        """
+        The proxy names what the agent must set when it presented no
+        certificate to a port that requires one.
+        """
+        error = SSL.Error([("SSL routines", "", "peer did not return a certificate")])
+        text = describeServerTLSFailure(Failure(error))
+        assert text is not None
+        self.assertIn("agent.tls.certChainFilePath and agent.tls.privateKeyFilePath", text)
+        self.assertNotIn("  ", text)
