@@ -455,6 +455,27 @@ class Role:
         """
         return frozenset(s.key for s in self.settings) | set(self.lists) | set(self.removed)
 
+    def changedKeys(
+        self,
+        old: object,
+        new: object,
+        applied: Iterable[str],
+        keyOfField: Mapping[str, str] = {},
+    ) -> list[str]:
+        """
+        What differs between two settings objects of this role, except the
+        fields a reload C{applied}, named as an operator writes them: the
+        key of each field, or C{keyOfField}'s name for fields not fed by
+        one key.
+        """
+        keys = {s.field: s.key for s in self.settings if s.field}
+        skipped = set(applied)
+        return [
+            keyOfField.get(f.name) or keys.get(f.name, f.name)
+            for f in fields(type(old))  # type: ignore[arg-type]
+            if f.name not in skipped and getattr(old, f.name) != getattr(new, f.name)
+        ]
+
 
 def _withDefaults(settingsClass: type, settings: tuple[Setting, ...]) -> tuple[Setting, ...]:
     """

@@ -7,7 +7,7 @@ HTTP connection pool its scrapes share.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import fields, replace
+from dataclasses import replace
 from typing import Any, cast
 
 from twisted.application.internet import ClientService, backoffPolicy
@@ -213,13 +213,6 @@ _FIELD_KEYS = {
 
 # What a reload applies.
 _PATH_FIELDS = ("path_configs", "path_configs_listed")
-
-
-def _keyOf(fieldName: str) -> str:
-    for setting in AGENT.settings:
-        if setting.field == fieldName:
-            return setting.key
-    return _FIELD_KEYS.get(fieldName, fieldName)
 
 
 class AgentService(MultiService):
@@ -429,11 +422,7 @@ class AgentService(MultiService):
             )
             return succeed(None)
         old = self.settings
-        differing = [
-            _keyOf(f.name)
-            for f in fields(AgentSettings)
-            if f.name not in _PATH_FIELDS and getattr(old, f.name) != getattr(new, f.name)
-        ]
+        differing = AGENT.changedKeys(old, new, _PATH_FIELDS, _FIELD_KEYS)
         if differing:
             self._log.warn(
                 "configuration reload: {keys} changed and need(s) a restart (not applied)",

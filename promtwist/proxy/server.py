@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred, TimeoutError
 from twisted.logger import Logger
 
 from promtwist import __version__
-from promtwist.config import ConfigError, ProxySettings
+from promtwist.config import PROXY, ConfigError, ProxySettings
 from promtwist.listen import Listener, describeListeners
 from promtwist.logs import clip, observer, utcTime
 from promtwist.metrics import AgentSample, ProxyState
@@ -243,12 +243,9 @@ class ProxyService(MultiService):
                 )
                 # Closing hands its paths to their standbys at once.
                 link.close("its identity changed on reload")
-        others = [
-            key
-            for key in vars(fresh)
-            if key not in ("identities", "agent_token")
-            and getattr(fresh, key) != getattr(self.settings, key)
-        ]
+        others = PROXY.changedKeys(
+            self.settings, fresh, ("identities", "agent_token"), {"config_source": "--config"}
+        )
         if others:
             self._log.warn(
                 "reloaded agent identities; these changes need a restart: {keys}",

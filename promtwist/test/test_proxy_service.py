@@ -214,8 +214,18 @@ class ProxyServiceTests(TestCase):
             proxy.reload()
         self.assertIn("reload refused, running configuration kept", logText(events))
         self.assertEqual(len(proxy.registry.agents()), 1)
-        sources.append(ProxySettings(http_port=0, agent_port=0, identities=(Identity("b", "tb"),)))
-        proxy.reload()
+        sources.append(
+            ProxySettings(
+                http_port=0,
+                agent_port=0,
+                identities=(Identity("b", "tb"),),
+                departed_path_retention_secs=10,
+            )
+        )
+        with capturedLogs() as events:
+            proxy.reload()
+        # What a reload does not apply is named as the operator writes it.
+        self.assertIn("need a restart: proxy.internal.departedPathRetentionSecs", logText(events))
         await connection.whenLost()
         self.assertEqual(proxy.registry.lookup("m"), ())
 
