@@ -6,6 +6,7 @@ port they bound (port 0 in tests).
 from __future__ import annotations
 
 import errno
+import socket
 from collections.abc import Iterable
 
 from twisted.application.internet import StreamServerEndpointService
@@ -20,8 +21,10 @@ from twisted.internet.interfaces import (
     IProtocolFactory,
     IReactorTCP,
 )
+from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 
+from promtwist import __version__
 from promtwist.startup import StartupError
 
 
@@ -69,18 +72,37 @@ class Listener(StreamServerEndpointService):
         try:
             super().privilegedStartService()
         except CannotListenError as e:
-            cause = e.socketError.strerror if isinstance(e.socketError, OSError) else e.socketError
-            what = f" for the {self.purpose} port" if self.purpose else ""
-            fix = (
-                f"; stop what holds it, or choose another port with {self.key}" if self.key else ""
-            )
-            if isinstance(e.socketError, OSError) and e.socketError.errno == errno.EACCES:
-                fix = "; ports below 1024 need root (twistd --uid/--gid drop it after binding)"
-            raise StartupError(
-                f"cannot listen on {self._wanted}{what}: {str(cause).lower()}{fix}"
-            ) from None
+            raise self._cannotListen(e.socketError) from None
         assert self._waitingForPort is not None
         self._waitingForPort.addCallback(self._bound)
+
+    def checkAvailable(self) -> None:
+        """
+        Raise L{StartupError} now if the port cannot be bound: twistd binds
+        only after it has daemonised, and then reports a failure cut to 100
+        bytes. A port taken between this check and the bind still fails the
+        start, in the log file.
+        """
+        host, _, port = self._wanted.rpartition(":")
+        if port == "0":
+            return
+        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            # As Twisted's listening sockets do, so TIME_WAIT is no obstacle.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, int(port)))
+        except OSError as e:
+            raise self._cannotListen(e) from None
+        finally:
+            probe.close()
+
+    def _cannotListen(self, error: object) -> StartupError:
+        cause = error.strerror if isinstance(error, OSError) else error
+        what = f" for the {self.purpose} port" if self.purpose else ""
+        fix = f"; stop what holds it, or choose another port with {self.key}" if self.key else ""
+        if isinstance(error, OSError) and error.errno == errno.EACCES:
+            fix = "; ports below 1024 need root (twistd --uid/--gid drop it after binding)"
+        return StartupError(f"cannot listen on {self._wanted}{what}: {str(cause).lower()}{fix}")
 
     def _bound(self, port: IListeningPort) -> IListeningPort:
         self.port = port
@@ -113,6 +135,22 @@ def describeListeners(listeners: Iterable[Listener]) -> str:
     return ", ".join(
         f"{listener.purpose} {listener.address}" + (" (TLS)" if listener.tls else "")
         for listener in listeners
+    )
+
+
+def logStarted(log: Logger, process: str, listeners: Iterable[Listener]) -> None:
+    """
+    The startup line every promtwist process logs: its version and where
+    it listens, in the message and, for log shippers, as flat fields
+    (C{promtwist_version}, C{listening_<purpose>}).
+    """
+    bound = list(listeners)
+    log.info(
+        "promtwist {promtwist_version} {process} listening: {addresses}",
+        promtwist_version=__version__.public(),
+        process=process,
+        addresses=describeListeners(bound) or "nothing",
+        **{f"listening_{listener.purpose}": listener.address for listener in bound},
     )
 
 

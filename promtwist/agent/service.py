@@ -34,14 +34,13 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from zope.interface import implementer
 
-from promtwist import __version__
 from promtwist.agent.connection import ProxyConnection, ProxyConnectionFactory
 from promtwist.agent.dialling import DialReport, describeDialFailure
 from promtwist.agent.discoveryfile import FileDiscovery
 from promtwist.agent.scraper import Scraper
 from promtwist.config import AGENT, AgentSettings, ConfigError, PathConfig
 from promtwist.httputil import redacted
-from promtwist.listen import describeListeners
+from promtwist.listen import logStarted
 from promtwist.logs import observer
 from promtwist.metrics import AgentMetrics, AgentState
 from promtwist.signals import exitNormally, onHangup
@@ -447,14 +446,13 @@ class AgentService(MultiService):
         if self.loadSettings is not None:
             self._restoreHangup = onHangup(self.clock, self.reload)
         super().startService()
+        logStarted(self._log, "agent", self.listeners)
         self._log.info(
-            "promtwist {version} agent {name!r} dialling {proxy}{tls} for {n} path(s){listening}",
-            version=__version__.public(),
+            "agent {name!r} dialling {proxy}{tls} for {n} path(s)",
             name=settings.name,
             proxy=", ".join(name for name, _ in self.links.endpoints),
             tls=" over TLS" if linkUsesTLS(settings) else "",
             n=len(settings.path_configs),
-            listening=f"; listening: {describeListeners(self.listeners)}" if self.listeners else "",
         )
         if settings.trust_all_x509_certificates:
             self._log.warn(

@@ -24,8 +24,12 @@ def makeService(options: Options) -> IService:
     # SIGHUP re-reads the configuration with the same command-line values
     # and environment as at startup, so their precedence over the file holds.
     environ = dict(os.environ if options._environ is None else options._environ)
-    return AgentService(
+    service = AgentService(
         options.settings,
         loadSettings=partial(loadAgentSettings, options.given(), environ),
         environ=environ,
     )
+    # Before twistd daemonises, while the error can still reach the terminal.
+    for listener in service.listeners:
+        listener.checkAvailable()
+    return service

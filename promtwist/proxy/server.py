@@ -19,7 +19,7 @@ from twisted.logger import Logger
 
 from promtwist import __version__
 from promtwist.config import PROXY, ConfigError, ProxySettings
-from promtwist.listen import Listener, describeListeners
+from promtwist.listen import Listener, logStarted
 from promtwist.logs import clip, observer, utcTime
 from promtwist.metrics import AgentSample, ProxyState
 from promtwist.proxy.access import guarded
@@ -258,12 +258,7 @@ class ProxyService(MultiService):
 
     def startService(self) -> None:
         super().startService()
-        self._log.info(
-            "promtwist {version} proxy listening: {addresses}",
-            version=__version__.public(),
-            addresses=describeListeners(self.listeners),
-            listening={listener.purpose: listener.address for listener in self.listeners},
-        )
+        logStarted(self._log, "proxy", self.listeners)
         settings = self.settings
         self._logTLS(
             "agent", settings.tls_cert_chain_file_path, settings.tls_trust_cert_collection_file_path

@@ -26,4 +26,8 @@ def makeService(options: Options) -> IService:
         # it is now.
         return loadProxySettings(options.given(), os.environ)
 
-    return ProxyService(options.settings, reloadSettings=reloadSettings)
+    service = ProxyService(options.settings, reloadSettings=reloadSettings)
+    # Before twistd daemonises, while the error can still reach the terminal.
+    for listener in service.listeners:
+        listener.checkAvailable()
+    return service

@@ -183,9 +183,12 @@ class ReloadUnitTests(SynchronousTestCase):
         with capturedLogs() as events:
             self.service.startService()
         self.addCleanup(self.service.stopService)
-        (event,) = [e for e in events if "version" in e]
-        self.assertEqual(event["version"], __version__.public())
+        (event,) = [e for e in events if "promtwist_version" in e]
+        self.assertEqual(event["promtwist_version"], __version__.public())
         self.assertTrue(formatEvent(event).startswith(f"promtwist {__version__.public()} agent"))
+        # No listener: nothing listed, no listening_* field.
+        self.assertIn("listening: nothing", formatEvent(event))
+        self.assertFalse([key for key in event if key.startswith("listening")])
 
     def test_signalHandler(self) -> None:
         """

@@ -301,6 +301,34 @@ class StartupErrorTests(TestCase):
         self.assertIn(f"cannot listen on 0.0.0.0:{port} for the scrape port", line)
         self.assertIn("proxy.http.port", line)
 
+    async def test_portInUseDaemon(self) -> None:
+        """
+        Daemonising, twistd would cut an error after the fork to 100 bytes:
+        the port is checked before, and the whole line reaches the terminal.
+        """
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        directory = self.directory()
+        code, output = await self.twistd(
+            [
+                f"--pidfile={directory}/proxy.pid",
+                f"--logfile={directory}/proxy.log",
+                "promproxy-proxy",
+                "--port",
+                str(port),
+                "--agent_port",
+                str(freePort()),
+            ]
+        )
+        self.assertEqual(code, 1, output)
+        (line,) = [line for line in output.splitlines() if "promtwist: " in line]
+        self.assertIn(f"cannot listen on 0.0.0.0:{port} for the scrape port", line)
+        self.assertIn("choose another port with proxy.http.port", line)
+        self.assertFalse(os.path.exists(f"{directory}/proxy.pid"))
+
     async def test_logDirectoryMissing(self) -> None:
         """
         The deployment guide's daemon command before its directories exist.

@@ -123,14 +123,13 @@ class ProxyServiceTests(TestCase):
         """
         with capturedLogs() as events:
             proxy = self.proxy(metrics_enabled=True, metrics_port=0)
-        (event,) = [e for e in events if "listening" in e]
+        (event,) = [e for e in events if "promtwist_version" in e]
         scrape = f"127.0.0.1:{proxy.httpListener.portNumber}"
         agent = f"127.0.0.1:{proxy.agentListener.portNumber}"
-        self.assertEqual(event["version"], __version__.public())
-        self.assertEqual(
-            (event["listening"]["scrape"], event["listening"]["agent"]), (scrape, agent)
-        )
-        self.assertIn("metrics", event["listening"])
+        self.assertEqual(event["promtwist_version"], __version__.public())
+        # Flat fields, one per listener, for log shippers.
+        self.assertEqual((event["listening_scrape"], event["listening_agent"]), (scrape, agent))
+        self.assertIn("listening_metrics", event)
         self.assertIn(
             f"promtwist {__version__.public()} proxy listening: scrape {scrape}", formatEvent(event)
         )
