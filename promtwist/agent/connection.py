@@ -452,6 +452,9 @@ class ProxyConnection(Session):
 
         def attempt() -> Deferred[bool] | None:
             wanted = self.factory.paths.get(config.path) == config
+            # A draining link (this agent said Goodbye) may not claim paths.
+            if self.state is not LinkState.ESTABLISHED:
+                wanted = False
             if wanted and self._registered.get(config.path) == (config, False):
                 return self.registerPath(config)
             self._retryDelays.pop(config.path, None)

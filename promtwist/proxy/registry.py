@@ -241,9 +241,9 @@ class Registry:
     ordered queue of standby claims. A claim for a held path is queued, not
     refused; when the holder leaves (unregisters, says goodbye, loses its
     link, is evicted) the first eligible standby becomes the holder in the
-    same call: one whose identity still holds (L{stillHolds}) and may serve
-    the path, and of those one with the leaving holder's identity first if
-    that identity is per-agent. Only a claimant that L{proves it is the
+    same call: one whose identity still holds (L{stillHolds}), and of
+    those one with the leaving holder's identity first if that identity is
+    per-agent. Only a claimant that L{proves it is the
     holder <provesSameAgent>}, or the per-agent owner of a path an
     interim holder took when the owner left, takes the path from a
     connected holder; the displaced holder then waits first in line,
@@ -595,7 +595,7 @@ class Registry:
             self._changed(entry)
             return
         self.registeredBytes -= entry.cost
-        successor = self._successor(path, entry, agent)
+        successor = self._successor(entry, agent)
         if successor is None:
             # Standbys not eligible (their identity was revoked) go too.
             for standby in entry.standbys:
@@ -620,18 +620,16 @@ class Registry:
         self._changes.append(HolderChange(path, agent, new, reason, entry.since))
         self._tellStandbys(path, entry, reason)
 
-    def _successor(self, path: str, entry: _Path, leaving: AgentHandle) -> _Standby | None:
+    def _successor(self, entry: _Path, leaving: AgentHandle) -> _Standby | None:
         """
-        The standby to promote when C{leaving} leaves C{path}: the first
-        whose identity still holds and may serve it, preferring the path's
-        per-agent owner (see L{_Path.owner}), else the leaving holder's
-        identity if that is per-agent.
+        The standby to promote when C{leaving} leaves C{entry}: the first
+        whose identity still holds (a reload revoking it is about to
+        disconnect its agent), preferring the path's per-agent owner (see
+        L{_Path.owner}), else the leaving holder's identity if that is
+        per-agent.
         """
         eligible = [
-            standby
-            for standby in entry.standbys
-            if self.stillHolds(standby.claim.agent.identity)
-            and self.mayServe(standby.claim.agent.identity, path)
+            standby for standby in entry.standbys if self.stillHolds(standby.claim.agent.identity)
         ]
         preferred = entry.owner or (leaving.identity if leaving.identity.perAgent else None)
         for standby in eligible:

@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from promtwist.agent.connection import RETRY_FIRST_SECS
 from promtwist.config import Identity, ProxySettings
+from promtwist.protocol.promtwist_pb2 import Frame
 from promtwist.proxy import link as linkModule
 from promtwist.proxy.relay import ScrapeCall
 from promtwist.test.test_link import PATHS
@@ -153,6 +154,27 @@ class RefusedStandbyRetryTests(SynchronousTestCase):
         second.connection.transport.abortConnection()
         proxy.flush()
         self.assertFalse([t for t in retries if t.active()])
+
+    def test_notRetriedWhileDraining(self) -> None:
+        """
+        A retry due after this agent said Goodbye sends nothing: a draining
+        link may not claim paths.
+        """
+        proxy = Ownership(ProxySettings(max_registered_bytes=3000))
+        proxy.connect("a1", host="h")
+        second = proxy.connect("a2", host="h")
+        sent: list[Frame] = []
+        send = second.connection.sendFrame
+
+        def record(frame: Frame) -> None:
+            sent.append(frame)
+            send(frame)
+
+        self.patch(second.connection, "sendFrame", record)
+        second.connection.sendGoodbye("stop")
+        proxy.clock.advance(RETRY_FIRST_SECS)
+        self.assertEqual([frame.WhichOneof("kind") for frame in sent], ["goodbye"])
+        proxy.flush()
 
     def test_otherRefusalsNotRetried(self) -> None:
         """
