@@ -15,6 +15,7 @@ from promtwist.config import Identity, ProxySettings
 from promtwist.protocol.promtwist_pb2 import Frame
 from promtwist.proxy import link as linkModule
 from promtwist.proxy.relay import ScrapeCall
+from promtwist.proxy.server import ProxyService
 from promtwist.test.test_link import PATHS
 from promtwist.test.test_ownership import Ownership, holderLines, text
 
@@ -229,3 +230,29 @@ class TakeoverLogTests(SynchronousTestCase):
             infos,
         )
         self.assertEqual(proxy.changes("takeover"), 2)
+
+
+class ReloadTests(SynchronousTestCase):
+    def test_revokedStandbyNotPromoted(self) -> None:
+        """
+        A reload revoking identity C{x} disconnects its agents, the holder
+        and a standby: the path goes straight to the standby of C{y}, once,
+        with reason C{reload}.
+        """
+        x, y = Identity("x", "tx"), Identity("y", "ty")
+        settings = ProxySettings(identities=(x, y))
+        proxy = Ownership(settings)
+        server = ProxyService(
+            settings, proxy.clock, reloadSettings=lambda: ProxySettings(identities=(y,))
+        )
+        proxy.factory, proxy.registry = server.linkFactory, server.registry
+        proxy.connect("a", token="tx")
+        proxy.connect("b", token="tx")
+        c = proxy.connect("c", token="ty")
+        with capturedLogs() as events:
+            server.reload()
+            proxy.flush()
+        self.assertEqual(proxy.holder(), c.link)
+        self.assertEqual((proxy.changes("reload"), proxy.changes("lost")), (2, None))
+        (line,) = holderLines(events)
+        self.assertIn("the holder's identity was revoked on reload", text(line))
