@@ -94,8 +94,8 @@ class Standing:
     @ivar since: when C{holder} took the path, in seconds since the epoch
         (0 when the proxy did not say).
     @ivar position: 0 when this agent holds the path, else its place in
-        the standby queue (1 for the first; 0 too after a displacement,
-        when the proxy did not say).
+        the standby queue (1 for the first; the proxy updates it whenever
+        the holder or the queue changes; 0 when the proxy did not say).
     """
 
     holds: bool
