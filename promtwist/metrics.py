@@ -241,8 +241,10 @@ class ProxyMetrics:
         self._holderChanges = Counter(
             "proxy_path_holder_changes",
             "Exclusive paths that went from one agent to another, by why:"
-            " unregistered, goodbye, lost, evicted (the holder left and its first"
-            " standby took over) or takeover (the same agent proved itself again).",
+            " unregistered, goodbye, lost, evicted, reload (the holder left, or its"
+            " identity was revoked, and a standby took over), takeover (the same"
+            " agent proved itself again) or returned (a per-agent owner took back"
+            " a path another identity held while it was away).",
             ["reason"],
             registry=registry,
         )

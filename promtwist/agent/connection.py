@@ -34,6 +34,7 @@ from promtwist.logs import clip, observer, utcTime
 from promtwist.protocol.framing import ProtocolError, _peerName
 from promtwist.protocol.promtwist_pb2 import (
     HOLDER,
+    RELEASED,
     STANDBY,
     CancelScrape,
     Frame,
@@ -62,6 +63,13 @@ from promtwist.tls import CertificateRejected, describeTLSFailure, linkUsesTLS
 # Proxies assign 16 hex digits; anything much longer is not an id.
 MAX_AGENT_ID_LENGTH = 64
 
+# Refusals that other claims leaving may lift (the proxy's byte budget, a
+# per-agent path cap): the agent asks again after RETRY_FIRST_SECS, doubling
+# up to RETRY_MAX_SECS, while the link lasts.
+RETRIED_REFUSALS = frozenset({"budget", "limit"})
+RETRY_FIRST_SECS = 1.0
+RETRY_MAX_SECS = 60.0
+
 _SERVING = frozenset(
     {
         "path_reply",
@@ -86,8 +94,8 @@ class Standing:
     @ivar since: when C{holder} took the path, in seconds since the epoch
         (0 when the proxy did not say).
     @ivar position: 0 when this agent holds the path, else its place in
-        the standby queue (1 for the first; 0 too after a displacement,
-        when the proxy did not say).
+        the standby queue (1 for the first; the proxy updates it whenever
+        the holder or the queue changes; 0 when the proxy did not say).
     """
 
     holds: bool
@@ -175,6 +183,8 @@ class ProxyConnection(Session):
         self._registered: dict[str, tuple[PathConfig, bool]] = {}
         # Of the accepted paths: held or waited for, as the proxy last said.
         self.standings: dict[str, Standing] = {}
+        # Paths refused for a limit: the delay before the next attempt.
+        self._retryDelays: dict[str, float] = {}
         self._pathLock = DeferredLock()
         self._idle: list[Deferred[None]] = []
 
@@ -365,8 +375,10 @@ class ProxyConnection(Session):
     def registerPath(self, config: PathConfig) -> Deferred[bool]:
         """
         Ask the proxy to route C{/path} here. A refusal is logged, not
-        fatal: the agent keeps serving its other paths, and does not ask
-        again until the path's config changes.
+        fatal: the agent keeps serving its other paths. It asks again,
+        with backoff, after a refusal other claims leaving may lift (see
+        L{RETRIED_REFUSALS}); after any other, not until the path's config
+        changes.
         """
         requestId, reply = self.expectReply()
         self.sendFrame(
@@ -405,14 +417,52 @@ class ProxyConnection(Session):
                     "serving /{path} for {url}", path=config.path, url=redacted(config.url)
                 )
             else:
-                self._log.error(
-                    "the proxy refused path /{path}: {reason}",
-                    path=config.path,
-                    reason=answer.reason,
-                )
+                self._refused(config, answer)
+            if answer.ok:
+                self._retryDelays.pop(config.path, None)
             return bool(answer.ok)
 
         return reply.addCallback(registered)
+
+    def _refused(self, config: PathConfig, answer: PathReply) -> None:
+        """
+        Log a refusal (at error the first time, at debug for a retry) and,
+        if it is of a kind that may pass, ask again later on this link.
+        """
+        retried = config.path in self._retryDelays
+        again = ""
+        if answer.refusal in RETRIED_REFUSALS:
+            delay = min(
+                self._retryDelays.get(config.path, RETRY_FIRST_SECS / 2) * 2, RETRY_MAX_SECS
+            )
+            self._retryDelays[config.path] = delay
+            self.callLater(delay, self._retry, config)
+            again = f"; asking again in {delay:g}s"
+        (self._log.debug if retried else self._log.error)(
+            "the proxy refused path /{path}: {reason}{again}",
+            path=config.path,
+            reason=clip(answer.reason),
+            again=again,
+        )
+
+    def _retry(self, config: PathConfig) -> None:
+        """
+        Claim C{config} again if it is still wanted as it was and still
+        refused; in turn with the other path changes.
+        """
+
+        def attempt() -> Deferred[bool] | None:
+            wanted = self.factory.paths.get(config.path) == config
+            # A draining link (this agent said Goodbye) may not claim paths.
+            if self.state is not LinkState.ESTABLISHED:
+                wanted = False
+            if wanted and self._registered.get(config.path) == (config, False):
+                return self.registerPath(config)
+            self._retryDelays.pop(config.path, None)
+            return None
+
+        # A lost link fails the request; its timers are cancelled already.
+        self._pathLock.run(attempt).addErrback(lambda _: None)
 
     def frame_path_reply(self, reply: PathReply) -> None:
         self.replyReceived(reply.request_id, reply)
@@ -420,8 +470,11 @@ class ProxyConnection(Session):
     def frame_path_status(self, status: PathStatus) -> None:
         """
         The proxy moved this agent on a path it registered: promoted to
-        holder (the holder left), or displaced to standby (this agent's
-        identity and launch claimed it again on another link).
+        holder (the holder left); displaced to standby (its per-agent
+        identity claimed it from another process, or the path's owner came
+        back); as a standby, behind a new holder or at a new place (logged
+        at debug: one holder leaving moves every standby of its paths); or
+        released (this launch claimed it again on another link).
         """
         known = self._registered.get(status.path)
         if known is None or not known[1]:
@@ -431,7 +484,7 @@ class ProxyConnection(Session):
                 path=clip(status.path),
             )
             return
-        if status.role not in (HOLDER, STANDBY):
+        if status.role not in (HOLDER, STANDBY, RELEASED):
             self.warnings.warn(
                 "path status",
                 "the proxy sent a status for /{path} with no known role ({role}); ignored",
@@ -440,15 +493,39 @@ class ProxyConnection(Session):
             )
             return
         reason = clip(status.reason)
-        if status.role == STANDBY:
-            standing = Standing(False, _holderText(status.holder), status.holder.since_ms / 1000)
-            self.standings[status.path] = standing
+        if status.role == RELEASED:
+            self._registered[status.path] = (known[0], False)
+            self.standings.pop(status.path, None)
             self._log.warn(
-                "no longer serving /{path}: displaced by {holder} ({reason}); waiting as standby",
+                "no longer claiming /{path} on this link: {holder} holds it ({reason})",
                 path=status.path,
-                holder=standing.holder,
+                holder=_holderText(status.holder),
                 reason=reason,
             )
+        elif status.role == STANDBY:
+            held = self.standings.get(status.path, Standing(False)).holds
+            standing = Standing(
+                False,
+                _holderText(status.holder),
+                status.holder.since_ms / 1000,
+                status.position,
+            )
+            self.standings[status.path] = standing
+            if held:
+                self._log.warn(
+                    "no longer serving /{path}: displaced by {holder} ({reason}); "
+                    "waiting as standby",
+                    path=status.path,
+                    holder=standing.holder,
+                    reason=reason,
+                )
+            else:
+                self._log.debug(
+                    "/{path}: {standing} ({reason})",
+                    path=status.path,
+                    standing=standing.describe(),
+                    reason=reason,
+                )
         else:
             self.standings[status.path] = Standing(True, since=status.holder.since_ms / 1000)
             self._log.info(
@@ -464,6 +541,11 @@ class ProxyConnection(Session):
         # the Goodbye, and it is the last scrape of this path on this link
         # (the next goes to a standby), so it is served, not refused.
         config = self.factory.paths.get(request.path)
+        if config is None:
+            # A path being unregistered is still routed here until the
+            # proxy answers: serve it as it was configured until then.
+            config, ok = self._registered.get(request.path, (None, False))
+            config = config if ok else None
         if config is None:
             self._refuse(
                 request,

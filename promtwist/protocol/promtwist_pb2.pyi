@@ -12,6 +12,7 @@ class PathRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROLE_UNSPECIFIED: _ClassVar[PathRole]
     HOLDER: _ClassVar[PathRole]
     STANDBY: _ClassVar[PathRole]
+    RELEASED: _ClassVar[PathRole]
 
 class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -26,6 +27,7 @@ class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 ROLE_UNSPECIFIED: PathRole
 HOLDER: PathRole
 STANDBY: PathRole
+RELEASED: PathRole
 SUCCESS: Outcome
 PATH_NOT_FOUND: Outcome
 UNREACHABLE: Outcome
@@ -138,32 +140,36 @@ class Holder(_message.Message):
     def __init__(self, agent_name: _Optional[str] = ..., host_name: _Optional[str] = ..., since_ms: _Optional[int] = ..., agent_id: _Optional[str] = ...) -> None: ...
 
 class PathReply(_message.Message):
-    __slots__ = ("request_id", "ok", "reason", "role", "holder", "position")
+    __slots__ = ("request_id", "ok", "reason", "role", "holder", "position", "refusal")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     OK_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     HOLDER_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
+    REFUSAL_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     ok: bool
     reason: str
     role: PathRole
     holder: Holder
     position: int
-    def __init__(self, request_id: _Optional[int] = ..., ok: _Optional[bool] = ..., reason: _Optional[str] = ..., role: _Optional[_Union[PathRole, str]] = ..., holder: _Optional[_Union[Holder, _Mapping]] = ..., position: _Optional[int] = ...) -> None: ...
+    refusal: str
+    def __init__(self, request_id: _Optional[int] = ..., ok: _Optional[bool] = ..., reason: _Optional[str] = ..., role: _Optional[_Union[PathRole, str]] = ..., holder: _Optional[_Union[Holder, _Mapping]] = ..., position: _Optional[int] = ..., refusal: _Optional[str] = ...) -> None: ...
 
 class PathStatus(_message.Message):
-    __slots__ = ("path", "role", "reason", "holder")
+    __slots__ = ("path", "role", "reason", "holder", "position")
     PATH_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     HOLDER_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
     path: str
     role: PathRole
     reason: str
     holder: Holder
-    def __init__(self, path: _Optional[str] = ..., role: _Optional[_Union[PathRole, str]] = ..., reason: _Optional[str] = ..., holder: _Optional[_Union[Holder, _Mapping]] = ...) -> None: ...
+    position: int
+    def __init__(self, path: _Optional[str] = ..., role: _Optional[_Union[PathRole, str]] = ..., reason: _Optional[str] = ..., holder: _Optional[_Union[Holder, _Mapping]] = ..., position: _Optional[int] = ...) -> None: ...
 
 class ScrapeRequest(_message.Message):
     __slots__ = ("scrape_id", "path", "query", "accept", "accept_encoding", "authorization", "timeout_ms", "window_bytes")

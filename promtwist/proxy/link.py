@@ -8,7 +8,8 @@ streamed answers back.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 from twisted.internet.defer import Deferred, gatherResults
@@ -23,6 +24,7 @@ from promtwist.metrics import ProxyMetrics
 from promtwist.protocol.framing import _peerName
 from promtwist.protocol.promtwist_pb2 import (
     HOLDER,
+    RELEASED,
     STANDBY,
     Frame,
     Hello,
@@ -49,6 +51,7 @@ from promtwist.proxy.admission import (
 from promtwist.proxy.auth import ANONYMOUS, AuthenticationFailed, Authenticator
 from promtwist.proxy.registry import (
     HOLDER_CHANGE_REASONS,
+    REASONS,
     AgentHandle,
     HolderChange,
     RegistrationRefused,
@@ -62,6 +65,11 @@ if TYPE_CHECKING:
 
 # How many of one link's registered paths are logged at INFO.
 PATHS_LOGGED = 20
+
+# How many paths one INFO line about a batch of holder changes names.
+CHANGES_NAMED = 5
+
+_ROLES = {"holder": HOLDER, "standby": STANDBY, "released": RELEASED}
 
 
 def holderOf(agent: AgentHandle, since: float) -> Holder:
@@ -265,7 +273,7 @@ class AgentLink(Session):
                 path="/" + clip(request.path),
                 why=str(e),
             )
-            return self._reply(request.request_id, False, str(e))
+            return self._reply(request.request_id, False, str(e), e.kind)
         if placement.position:
             holder = placement.holder
             self._logClaim(
@@ -291,18 +299,25 @@ class AgentLink(Session):
         self.sendFrame(Frame(path_reply=reply))
 
     def pathRoleChanged(
-        self, path: str, holds: bool, reason: str, holder: AgentHandle, since: float
+        self,
+        path: str,
+        role: str,
+        reason: str,
+        holder: AgentHandle,
+        since: float,
+        position: int = 0,
     ) -> None:
         """
-        Tell the agent its role on C{path} changed without its asking
+        Tell the agent its standing on C{path} changed without its asking
         (L{promtwist.proxy.registry.AgentHandle.pathRoleChanged}).
         """
         if self.established:
             status = PathStatus(
                 path=path,
-                role=HOLDER if holds else STANDBY,
-                reason=HOLDER_CHANGE_REASONS[reason],
+                role=_ROLES[role],
+                reason=REASONS[reason],
                 holder=holderOf(holder, since),
+                position=position,
             )
             self.sendFrame(Frame(path_status=status))
 
@@ -333,8 +348,13 @@ class AgentLink(Session):
             return self._reply(request.request_id, False, str(e))
         self._reply(request.request_id, True, "")
 
-    def _reply(self, requestId: int, ok: bool, reason: str) -> None:
-        self.sendFrame(Frame(path_reply=PathReply(request_id=requestId, ok=ok, reason=reason)))
+    def _reply(self, requestId: int, ok: bool, reason: str, refusal: str = "") -> None:
+        """
+        Answer a path request with no placement: a refusal (of kind
+        C{refusal}, a L{RegistrationRefused.kind}) or an unregistration.
+        """
+        reply = PathReply(request_id=requestId, ok=ok, reason=reason, refusal=refusal)
+        self.sendFrame(Frame(path_reply=reply))
 
     # Scrapes.
 
@@ -522,31 +542,67 @@ class AgentLinkFactory(ServerFactory):
             settings.max_pending_handshakes, settings.max_pending_handshakes_per_address
         )
         self._warnedCleartextCredentials = False
+        # Paths each connected link took by a claim: see _holderChanged.
+        self._claimChanges: Counter[str] = Counter()
         registry.holderObservers.append(self._holderChanged)
 
-    def _holderChanged(self, change: HolderChange) -> None:
+    def _holderChanged(self, changes: Sequence[HolderChange]) -> None:
         """
-        Say and count every change of a path's holder: one log line naming
-        both agents and why, and the metric by reason. (The registry tells
+        Say and count the changes of paths' holders one registry call made:
+        per old holder, new holder and reason, one INFO line naming both
+        agents, why, how many paths and the first L{CHANGES_NAMED}; every
+        path at DEBUG, so an agent holding thousands of paths costs a few
+        lines when it leaves. Changes a claim makes (a takeover, an owner's
+        return) come one registration at a time: the first L{PATHS_LOGGED}
+        of each new holder are logged at INFO, then one line says the rest
+        go to DEBUG. The metric counts every change. (The registry tells
         the agents, through L{AgentLink.pathRoleChanged}.)
         """
-        old, new = change.old, change.new
-        why = HOLDER_CHANGE_REASONS[change.reason]
-        self._log.info(
-            "path /{path} changes holder from agent {old!r} ({oldHost}, {oldId}) to "
-            "{new!r} ({newHost}, {newId}): {why}",
-            path=clip(change.path),
-            old=clip(old.name),
-            oldHost=clip(old.hostName),
-            oldId=old.agentId,
-            new=clip(new.name),
-            newHost=clip(new.hostName),
-            newId=new.agentId,
-            why=why,
-        )
-        self.metrics.holderChanged(change.reason)
-        if change.reason == "takeover":
-            self.metrics.agentDisplaced()
+        batches: dict[tuple[str, str, str], list[HolderChange]] = {}
+        for change in changes:
+            key = (change.old.agentId, change.new.agentId, change.reason)
+            batches.setdefault(key, []).append(change)
+            self.metrics.holderChanged(change.reason)
+            if change.reason == "takeover":
+                self.metrics.agentDisplaced()
+            self._log.debug(
+                "path /{path} changes holder from agent {old} to {new}: {why}",
+                path=clip(change.path),
+                old=change.old.agentId,
+                new=change.new.agentId,
+                why=change.reason,
+            )
+        for batch in batches.values():
+            old, new = batch[0].old, batch[0].new
+            if batch[0].reason in ("takeover", "returned"):
+                before = self._claimChanges[new.agentId]
+                self._claimChanges[new.agentId] += 1
+                if before >= PATHS_LOGGED:
+                    if before == PATHS_LOGGED:
+                        self._log.info(
+                            "agent {new!r} ({newId}) took more than {n} paths from other "
+                            "links; the rest are logged at debug level",
+                            new=clip(new.name),
+                            newId=new.agentId,
+                            n=PATHS_LOGGED,
+                        )
+                    continue
+            named = ", ".join("/" + clip(change.path) for change in batch[:CHANGES_NAMED])
+            more = len(batch) - CHANGES_NAMED
+            self._log.info(
+                "{count} path(s) change holder from agent {old!r} ({oldHost}, {oldId}) to "
+                "{new!r} ({newHost}, {newId}): {why}: {named}{more}",
+                count=len(batch),
+                old=clip(old.name),
+                oldHost=clip(old.hostName),
+                oldId=old.agentId,
+                new=clip(new.name),
+                newHost=clip(new.hostName),
+                newId=new.agentId,
+                why=HOLDER_CHANGE_REASONS[batch[0].reason],
+                named=named,
+                more=f" and {more} more (at debug level)" if more > 0 else "",
+            )
 
     def startFactory(self) -> None:
         if self.authenticator.open:
@@ -591,6 +647,7 @@ class AgentLinkFactory(ServerFactory):
 
     def linkClosed(self, link: AgentLink) -> None:
         self.links.discard(link)
+        self._claimChanges.pop(link.agentId, None)
         self._leavePending(link)
 
     def _leavePending(self, link: AgentLink) -> None:

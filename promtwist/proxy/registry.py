@@ -10,7 +10,7 @@ front ends (status pages, PushProx-style routing) all read the same table.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, cast
 
@@ -36,14 +36,24 @@ class AgentHandle(Protocol):
     identity: Identity
 
     def pathRoleChanged(
-        self, path: str, holds: bool, reason: str, holder: AgentHandle, since: float
+        self,
+        path: str,
+        role: str,
+        reason: str,
+        holder: AgentHandle,
+        since: float,
+        position: int = 0,
     ) -> None:
         """
-        The agent's role on C{path} changed without its asking: it now holds
-        it (promoted), or waits for it behind C{holder} (displaced); either
-        way C{holder} has held it since C{since}.
+        The agent's standing on C{path} changed without its asking: it now
+        holds it (C{role} C{"holder"}: promoted); it waits for it
+        (C{"standby"}: displaced, or its holder or place in the queue
+        changed); or its claim is gone (C{"released"}: the same launch
+        claimed it on another link). C{holder} has held it since C{since}.
 
-        @param reason: a key of L{HOLDER_CHANGE_REASONS}.
+        @param reason: a key of L{REASONS}.
+        @param position: for a standby, its place in the queue, 1 for the
+            first.
         """
 
 
@@ -55,6 +65,15 @@ HOLDER_CHANGE_REASONS: Mapping[str, str] = {
     "lost": "the holder's link was lost",
     "evicted": "the holder was evicted for inactivity",
     "takeover": "the same agent claimed it again",
+    "returned": "its per-agent owner came back",
+    "reload": "the holder's identity was revoked on reload",
+}
+
+# What an agent is told when its standing changes: the holder-change
+# reasons, and why a standby moved up while the holder stayed.
+REASONS: Mapping[str, str] = {
+    **HOLDER_CHANGE_REASONS,
+    "queue": "a claim ahead of it in the queue was withdrawn",
 }
 
 
@@ -187,6 +206,10 @@ class _Path:
     cost: int = 0
     changed: int = 0
     standbys: list[_Standby] = field(default_factory=list)
+    # The per-agent identity whose holder left (not unregistered) while a
+    # standby of another identity took over: a claim proving it takes the
+    # path back at once (reason "returned").
+    owner: Identity | None = None
 
     def standbyOf(self, agent: AgentHandle) -> int | None:
         for index, standby in enumerate(self.standbys):
@@ -217,9 +240,16 @@ class Registry:
     An exclusive path has one holder, which its scrapes go to, and an
     ordered queue of standby claims. A claim for a held path is queued, not
     refused; when the holder leaves (unregisters, says goodbye, loses its
-    link, is evicted) the first standby becomes the holder in the same call.
-    Only a claimant that L{proves it is the holder <provesSameAgent>} takes
-    the path from a connected holder, which then waits first in line.
+    link, is evicted) the first eligible standby becomes the holder in the
+    same call: one whose identity still holds (L{stillHolds}), and of
+    those one with the leaving holder's identity first if that identity is
+    per-agent. Only a claimant that L{proves it is the
+    holder <provesSameAgent>}, or the per-agent owner of a path an
+    interim holder took when the owner left, takes the path from a
+    connected holder; the displaced holder then waits first in line,
+    unless the claimant is the same launch on a new link, which gave the
+    old claim up: that claim is dropped. Every standby whose holder or
+    place changed is told.
 
     @ivar refusals: refused registrations, by L{RegistrationRefused.kind}.
     @ivar reservedPaths: paths the proxy itself answers (such as discovery);
@@ -232,8 +262,12 @@ class Registry:
         consolidated path's path, name and labels once, plus each agent's
         names). Bounded by C{proxy.internal.maxRegisteredBytes}; freed when
         a claim is unregistered, replaced, or its agent leaves.
-    @ivar holderObservers: called with a L{HolderChange} every time an
-        exclusive path changes holder, after the registry changed.
+    @ivar holderObservers: called with the L{HolderChange}s of one call (an
+        agent leaving may change the holder of many paths at once) after
+        the registry changed; never with none.
+    @ivar stillHolds: whether an identity an agent authenticated as is
+        still valid (a reload may revoke it): standbys whose identity does
+        not are never promoted.
     """
 
     _log = Logger(observer=observer)
@@ -259,7 +293,9 @@ class Registry:
         self.refusals: Counter[str] = Counter()
         self.generation = 0
         self.registeredBytes = 0
-        self.holderObservers: list[Callable[[HolderChange], None]] = []
+        self.holderObservers: list[Callable[[Sequence[HolderChange]], None]] = []
+        self.stillHolds: Callable[[Identity], bool] = lambda identity: True
+        self._changes: list[HolderChange] = []
         self._agents: dict[str, AgentHandle] = {}
         self._paths: dict[str, _Path] = {}
         self._pathsByAgent: dict[str, set[str]] = {}
@@ -289,6 +325,7 @@ class Registry:
             return
         for path in sorted(self._pathsByAgent.pop(agent.agentId, set())):
             self._drop(path, agent, reason)
+        self._publish()
 
     def clear(self) -> None:
         """
@@ -324,6 +361,8 @@ class Registry:
         except RegistrationRefused as e:
             self.refusals[e.kind] += 1
             raise
+        finally:
+            self._publish()
 
     def _register(
         self, agent: AgentHandle, path: str, name: str, labels: Mapping[str, str]
@@ -385,7 +424,12 @@ class Registry:
                 self._changed(entry)
             return Placement(0, agent, entry.since)
         if provesSameAgent(holder, agent):
-            return self._takeOver(entry, path, agent, name, labels, cost)
+            # The same launch on a new link gave its old claim up; a
+            # per-agent identity's new process displaces a live old one.
+            keep = not agent.launchId or agent.launchId != holder.launchId
+            return self._takeOver(entry, path, agent, name, labels, cost, "takeover", keep)
+        if agent.identity.perAgent and agent.identity == entry.owner:
+            return self._takeOver(entry, path, agent, name, labels, cost, "returned", True)
         return self._queue(entry, path, agent, name, labels, cost)
 
     def _queue(
@@ -426,23 +470,37 @@ class Registry:
         name: str,
         labels: Mapping[str, str],
         cost: int,
+        reason: str,
+        keepOld: bool,
     ) -> Placement:
         """
-        C{agent} proved it is C{path}'s holder: it holds the path from now,
-        and the old holder waits first in line, keeping what it paid (a
-        claim C{agent} had queued is withdrawn).
+        C{agent} may take C{path} from its connected holder: it holds the
+        path from now (a claim it had queued is withdrawn). The old holder
+        waits first in line, keeping what it paid, if C{keepOld}; else its
+        claim is dropped, its cost freed, and it is told so.
+
+        @param reason: C{"takeover"} or C{"returned"}.
         """
         (old,) = entry.agents
         index = entry.standbyOf(agent)
         refund = entry.standbys[index].cost if index is not None else 0
+        if not keepOld:
+            refund += entry.cost
         self._charge(cost - refund, path)
         if index is not None:
             del entry.standbys[index]
-        held = Claim(old, entry.name, entry.labels, entry.since)
-        entry.standbys.insert(0, _Standby(held, entry.cost))
+        if keepOld:
+            held = Claim(old, entry.name, entry.labels, entry.since)
+            entry.standbys.insert(0, _Standby(held, entry.cost))
+        else:
+            self._pathsByAgent[old.agentId].discard(path)
         self._promote(entry, path, _Standby(Claim(agent, name, dict(labels), 0.0), cost))
         self._pathsByAgent[agent.agentId].add(path)
-        self._announce(HolderChange(path, old, agent, "takeover", entry.since))
+        self._changes.append(HolderChange(path, old, agent, reason, entry.since))
+        if not keepOld:
+            old.pathRoleChanged(path, "released", reason, agent, entry.since)
+        # The displaced holder, if kept, is the first of these.
+        self._tellStandbys(path, entry, reason)
         return Placement(0, agent, entry.since)
 
     def _promote(self, entry: _Path, path: str, claim: _Standby) -> None:
@@ -450,24 +508,33 @@ class Registry:
         Make C{claim} C{path}'s holder; what the old holder paid must
         already be settled.
         """
+        if claim.claim.agent.identity == entry.owner:
+            entry.owner = None
         entry.agents[:] = [claim.claim.agent]
         entry.name, entry.labels = claim.claim.name, claim.claim.labels
         entry.cost = claim.cost
         entry.since = self._now()
         self._changed(entry)
 
-    def _announce(self, change: HolderChange) -> None:
+    def _tellStandbys(self, path: str, entry: _Path, reason: str, start: int = 0) -> None:
         """
-        Tell the agent whose role changed without its asking (the promoted
-        one, or the displaced one: a new holder by takeover learns it from
-        its registration's L{Placement}), then the observers.
+        Tell the standbys from C{start} on their holder and place: they
+        changed, for C{reason} (a key of L{REASONS}).
         """
-        if change.reason == "takeover":
-            change.old.pathRoleChanged(change.path, False, change.reason, change.new, change.since)
-        else:
-            change.new.pathRoleChanged(change.path, True, change.reason, change.new, change.since)
-        for notify in list(self.holderObservers):
-            notify(change)
+        (holder,) = entry.agents
+        for index, standby in enumerate(entry.standbys[start:], start):
+            standby.claim.agent.pathRoleChanged(
+                path, "standby", reason, holder, entry.since, index + 1
+            )
+
+    def _publish(self) -> None:
+        """
+        Hand the holder changes of the call that ends to the observers.
+        """
+        changes, self._changes = self._changes, []
+        if changes:
+            for notify in list(self.holderObservers):
+                notify(changes)
 
     def _charge(self, extra: int, path: str) -> None:
         """
@@ -506,6 +573,7 @@ class Registry:
             raise RegistrationRefused(f"path {shown(path)} is not registered by this agent")
         mine.discard(path)
         self._drop(path, agent, "unregistered")
+        self._publish()
 
     def _drop(self, path: str, agent: AgentHandle, reason: str) -> None:
         entry = self._paths.get(path)
@@ -515,6 +583,7 @@ class Registry:
         if index is not None:
             self.registeredBytes -= entry.standbys.pop(index).cost
             self._changed(entry)
+            self._tellStandbys(path, entry, "queue", index)
             return
         if agent not in entry.agents:
             return
@@ -526,15 +595,47 @@ class Registry:
             self._changed(entry)
             return
         self.registeredBytes -= entry.cost
-        if not entry.standbys:
+        successor = self._successor(entry, agent)
+        if successor is None:
+            # Standbys not eligible (their identity was revoked) go too.
+            for standby in entry.standbys:
+                self.registeredBytes -= standby.cost
+                self._pathsByAgent.get(standby.claim.agent.agentId, set()).discard(path)
             self.generation += 1
             del self._paths[path]
             if reason != "unregistered":
                 self._depart(path, entry, agent)
             return
-        successor = entry.standbys.pop(0)
+        entry.standbys.remove(successor)
+        new = successor.claim.agent
+        if (
+            entry.owner is None
+            and reason != "unregistered"
+            and agent.identity.perAgent
+            and new.identity != agent.identity
+        ):
+            entry.owner = agent.identity
         self._promote(entry, path, successor)
-        self._announce(HolderChange(path, agent, successor.claim.agent, reason, entry.since))
+        new.pathRoleChanged(path, "holder", reason, new, entry.since)
+        self._changes.append(HolderChange(path, agent, new, reason, entry.since))
+        self._tellStandbys(path, entry, reason)
+
+    def _successor(self, entry: _Path, leaving: AgentHandle) -> _Standby | None:
+        """
+        The standby to promote when C{leaving} leaves C{entry}: the first
+        whose identity still holds (a reload revoking it is about to
+        disconnect its agent), preferring the path's per-agent owner (see
+        L{_Path.owner}), else the leaving holder's identity if that is
+        per-agent.
+        """
+        eligible = [
+            standby for standby in entry.standbys if self.stillHolds(standby.claim.agent.identity)
+        ]
+        preferred = entry.owner or (leaving.identity if leaving.identity.perAgent else None)
+        for standby in eligible:
+            if standby.claim.agent.identity == preferred:
+                return standby
+        return eligible[0] if eligible else None
 
     # Departed paths.
 

@@ -234,6 +234,7 @@ class ProxyService(MultiService):
         authenticator = Authenticator(fresh)
         self.linkFactory.authenticator = authenticator
         self.registry.mayServe = authenticator.mayServe
+        self.registry.stillHolds = authenticator.stillHolds
         for link in self._agentLinks():
             if not authenticator.stillHolds(link.identity):
                 self._log.warn(
@@ -241,7 +242,8 @@ class ProxyService(MultiService):
                     agent=link.name,
                     identity=link.identity.name,
                 )
-                # Closing hands its paths to their standbys at once.
+                # Its paths go to standbys whose identity holds, at once.
+                self.registry.removeAgent(link, "reload")
                 link.close("its identity changed on reload")
         others = PROXY.changedKeys(
             self.settings, fresh, ("identities", "agent_token"), {"config_source": "--config"}

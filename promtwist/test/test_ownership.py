@@ -96,7 +96,9 @@ class Ownership:
 
 
 def holderLines(events: Sequence[LogEvent]) -> list[LogEvent]:
-    return [e for e in events if "changes holder" in e["log_format"]]
+    return [
+        e for e in events if "change holder" in e["log_format"] and e["log_level"] == LogLevel.info
+    ]
 
 
 def text(event: LogEvent) -> str:
@@ -166,12 +168,13 @@ class PromotionTests(SynchronousTestCase):
         self.assertTrue(second.standing().startswith("held by this agent since"))
         (entry, _) = proxy.registry.snapshot()
         self.assertEqual(entry.agents, (second.link,))
+        # One line for the agent's two paths.
         lines = holderLines(events)
-        self.assertEqual(len(lines), 2, [text(e) for e in lines])
+        self.assertEqual(len(lines), 1, [text(e) for e in lines])
         self.assertEqual(
             text(lines[0]),
-            f"path /fast changes holder from agent 'a1' (host-0, {first.link.agentId}) to "
-            f"'a2' (host-1, {second.link.agentId}): {reason}",
+            f"2 path(s) change holder from agent 'a1' (host-0, {first.link.agentId}) to "
+            f"'a2' (host-1, {second.link.agentId}): {reason}: /fast, /slow",
         )
         agentSide = [text(e) for e in events if "promoted from standby" in e["log_format"]]
         self.assertEqual(len(agentSide), 2)
@@ -229,8 +232,9 @@ class TakeoverTests(SynchronousTestCase):
     def test_sameLaunchDisplaces(self) -> None:
         """
         The same agent process on a second link (its first not yet found
-        dead) takes its paths at once; the first link is told by whom it
-        was displaced, and its agent warns.
+        dead) takes its paths at once; it gave the first link up, so that
+        link's claim is dropped, not queued, and its agent is told by whom
+        and warns.
         """
         proxy = Ownership()
         old = proxy.connect("a1", launchId="L1", host="h")
@@ -238,13 +242,14 @@ class TakeoverTests(SynchronousTestCase):
             new = proxy.connect("a1", launchId="L1", host="h")
         self.assertEqual(proxy.holder(), new.link)
         self.assertTrue(new.standing().startswith("held by this agent"))
-        self.assertTrue(
-            old.standing().startswith(f"standby behind agent 'a1' on h ({new.link.agentId})")
-        )
+        self.assertNotIn("fast", old.connection.standings)
+        self.assertEqual(old.connection.registeredPaths(), {})
+        (entry, _) = proxy.registry.snapshot()
+        self.assertEqual(entry.standbys, ())
         warnings = [text(e) for e in events if e["log_level"] == LogLevel.warn]
         self.assertIn(
-            f"no longer serving /fast: displaced by agent 'a1' on h ({new.link.agentId}) "
-            "(the same agent claimed it again); waiting as standby",
+            f"no longer claiming /fast on this link: agent 'a1' on h ({new.link.agentId}) "
+            "holds it (the same agent claimed it again)",
             warnings,
         )
         self.assertEqual(proxy.changes("takeover"), 2)
@@ -285,7 +290,7 @@ class TakeoverTests(SynchronousTestCase):
         old = proxy.connect("Unnamed-pod-a", token="db1-token")
         new = proxy.connect("Unnamed-pod-b", token="db1-token")
         self.assertEqual(proxy.holder(), new.link)
-        self.assertTrue(old.standing().startswith("standby behind agent 'Unnamed-pod-b'"))
+        self.assertTrue(old.standing().startswith("standby #1 behind agent 'Unnamed-pod-b'"))
 
 
 class AgentFrameTests(SynchronousTestCase):

@@ -20,7 +20,7 @@ class FakeAgent:
     """
     An agent handle that records what the registry tells it.
 
-    @ivar told: C{(path, holds, reason, holder id, since)} per
+    @ivar told: C{(path, role, reason, holder id, since, position)} per
         L{pathRoleChanged} call.
     """
 
@@ -30,12 +30,18 @@ class FakeAgent:
     launchId: str = "launch"
     consolidated: bool = False
     identity: Identity = ANONYMOUS
-    told: list[tuple[str, bool, str, str, float]] = field(default_factory=list)
+    told: list[tuple[str, str, str, str, float, int]] = field(default_factory=list)
 
     def pathRoleChanged(
-        self, path: str, holds: bool, reason: str, holder: AgentHandle, since: float
+        self,
+        path: str,
+        role: str,
+        reason: str,
+        holder: AgentHandle,
+        since: float,
+        position: int = 0,
     ) -> None:
-        self.told.append((path, holds, reason, holder.agentId, since))
+        self.told.append((path, role, reason, holder.agentId, since, position))
 
 
 def connected(registry: Registry, *agents: FakeAgent) -> None:
@@ -280,21 +286,27 @@ class AccountingTests(SynchronousTestCase):
 
     def test_everyChange(self) -> None:
         registry = Registry()
-        a = FakeAgent("1", name="prod", hostName="h1")
+        a = FakeAgent("1", name="prod", hostName="h1", identity=PER_AGENT)
         connected(registry, a)
         registry.registerPath(a, "p", "App", {"k": "v"})
         self.assertEqual(registry.registeredBytes, cost(a, "p", "App", {"k": "v"}))
         # Re-registering with other labels charges the difference.
         registry.registerPath(a, "p", "", {"key": "välue", "x": "y"})
         self.assertEqual(registry.registeredBytes, cost(a, "p", "", {"key": "välue", "x": "y"}))
-        # Displacement by the same agent under another host name: the
-        # displaced claim waits, and is paid for, until its agent leaves.
-        b = FakeAgent("2", name="prod", hostName="a-longer-host")
+        # Displacement by the same launch under another host name: the
+        # displaced claim is dropped and freed at once.
+        b = FakeAgent("2", name="prod", hostName="a-longer-host", identity=PER_AGENT)
         connected(registry, b)
         registry.registerPath(b, "p", "", {})
-        kept = cost(a, "p", "", {"key": "välue", "x": "y"})
-        self.assertEqual(registry.registeredBytes, cost(b, "p", "", {}) + kept)
-        registry.removeAgent(a)
+        self.assertEqual(registry.registeredBytes, cost(b, "p", "", {}))
+        # A per-agent identity's other process displaces it: the displaced
+        # claim waits, and is paid for, until its agent leaves.
+        c = FakeAgent("3", name="prod", launchId="other", identity=PER_AGENT)
+        connected(registry, c)
+        registry.registerPath(c, "p", "", {})
+        self.assertEqual(registry.lookup("p"), (c,))
+        self.assertEqual(registry.registeredBytes, cost(b, "p", "", {}) + cost(c, "p", "", {}))
+        registry.removeAgent(c)
         self.assertEqual(registry.registeredBytes, cost(b, "p", "", {}))
         registry.unregisterPath(b, "p")
         self.assertEqual(registry.registeredBytes, 0)
@@ -450,12 +462,9 @@ PER_AGENT = Identity("db1", "secret-of-db1", perAgent=True)
 SHARED_CREDENTIALS = [ANONYMOUS, Identity(LEGACY_TOKEN_IDENTITY, "shared"), GROUP]
 
 
-class OwnershipTests(SynchronousTestCase):
+class RegistryCase(SynchronousTestCase):
     """
-    An exclusive path has a holder and an ordered standby queue: claims for
-    a held path wait, the first standby is promoted as soon as the holder
-    leaves, and only proof of being the same agent displaces a connected
-    holder.
+    A registry with a fake clock, recording every holder change.
     """
 
     def setUp(self) -> None:
@@ -463,7 +472,7 @@ class OwnershipTests(SynchronousTestCase):
         self.clock.advance(1_000)
         self.registry = Registry(limits=NO_RETENTION, clock=self.clock)
         self.changes: list[HolderChange] = []
-        self.registry.holderObservers.append(self.changes.append)
+        self.registry.holderObservers.append(self.changes.extend)
 
     def agents(self, *agents: FakeAgent) -> None:
         connected(self.registry, *agents)
@@ -474,6 +483,15 @@ class OwnershipTests(SynchronousTestCase):
 
     def changed(self) -> list[tuple[str, str, str]]:
         return [(c.old.agentId, c.new.agentId, c.reason) for c in self.changes]
+
+
+class OwnershipTests(RegistryCase):
+    """
+    An exclusive path has a holder and an ordered standby queue: claims for
+    a held path wait, the first standby is promoted as soon as the holder
+    leaves, and only proof of being the same agent displaces a connected
+    holder.
+    """
 
     def test_claimForHeldPathWaits(self) -> None:
         """
@@ -527,8 +545,10 @@ class OwnershipTests(SynchronousTestCase):
         self.assertEqual((entry.name, dict(entry.labels), entry.since), ("B", {"k": "b"}, 1_007))
         self.assertGreater(entry.changed, before)
         self.assertEqual(self.changed(), [("1", "2", leave)])
-        self.assertEqual(b.told, [("p", True, leave, "2", 1_007)])
-        self.assertEqual((a.told, c.told), ([], []))
+        self.assertEqual(b.told, [("p", "holder", leave, "2", 1_007, 0)])
+        # The remaining standby learns its new holder and place.
+        self.assertEqual(c.told, [("p", "standby", leave, "2", 1_007, 1)])
+        self.assertEqual(a.told, [])
 
     def test_promotionOnUnregister(self) -> None:
         self.promoted("unregistered")
@@ -576,13 +596,14 @@ class OwnershipTests(SynchronousTestCase):
     def test_takeoverBySameLaunch(self) -> None:
         """
         The same agent process (same identity, name and launch id) back on a
-        new link takes its paths over at once; the old link is told, and
-        waits first in line.
+        new link takes its paths over at once. It gave its old link up: the
+        old claim is dropped, its cost freed, and the old link told; a
+        healthy standby stays first in line, told its new holder.
         """
         for identity in SHARED_CREDENTIALS:
             registry = Registry(clock=self.clock)
             changes: list[HolderChange] = []
-            registry.holderObservers.append(changes.append)
+            registry.holderObservers.append(changes.extend)
             old = FakeAgent("1", "prod", "h", "launch-1", identity=identity)
             new = FakeAgent("2", "prod", "h", "launch-1", identity=identity)
             waiting = FakeAgent("3", "other", identity=identity)
@@ -593,10 +614,36 @@ class OwnershipTests(SynchronousTestCase):
             self.assertEqual((placement.position, placement.holder), (0, new), identity)
             self.assertEqual(registry.lookup("p"), (new,))
             (entry,) = registry.snapshot()
-            self.assertEqual([c.agent for c in entry.standbys], [old, waiting])
+            self.assertEqual([c.agent for c in entry.standbys], [waiting])
             self.assertEqual([(c.old, c.new, c.reason) for c in changes], [(old, new, "takeover")])
-            self.assertEqual(old.told, [("p", False, "takeover", "2", self.clock.seconds())])
+            now = self.clock.seconds()
+            self.assertEqual(old.told, [("p", "released", "takeover", "2", now, 0)])
+            self.assertEqual(waiting.told, [("p", "standby", "takeover", "2", now, 1)])
             self.assertEqual(new.told, [])
+            # The old claim no longer counts; the old link's leaving changes nothing.
+            registry.removeAgent(old)
+            self.assertEqual(registry.lookup("p"), (new,))
+            self.assertEqual(len(changes), 1)
+
+    def test_perAgentTakeoverByAnotherProcessKeepsOldFirst(self) -> None:
+        """
+        A per-agent identity's new process displaces its still-connected old
+        one, which may be alive: the old claim waits first in line, told so.
+        """
+        identity = Identity("db1", "t", perAgent=True)
+        registry = Registry(clock=self.clock)
+        old = FakeAgent("1", "db1", "h", "launch-1", identity=identity)
+        waiting = FakeAgent("3", "other")
+        new = FakeAgent("2", "db1", "h", "launch-2", identity=identity)
+        connected(registry, old, waiting, new)
+        registry.registerPath(old, "p", "", {})
+        registry.registerPath(waiting, "p", "", {})
+        registry.registerPath(new, "p", "", {})
+        (entry,) = registry.snapshot()
+        self.assertEqual([c.agent for c in entry.standbys], [old, waiting])
+        now = self.clock.seconds()
+        self.assertEqual(old.told, [("p", "standby", "takeover", "2", now, 1)])
+        self.assertEqual(waiting.told, [("p", "standby", "takeover", "2", now, 2)])
 
     def test_noTakeoverByName(self) -> None:
         """
@@ -613,7 +660,7 @@ class OwnershipTests(SynchronousTestCase):
             for rogue in rogues:
                 registry = Registry(clock=self.clock)
                 changes: list[HolderChange] = []
-                registry.holderObservers.append(changes.append)
+                registry.holderObservers.append(changes.extend)
                 holder = FakeAgent("1", "prod", "h", "launch-1", identity=identity)
                 connected(registry, holder, rogue)
                 registry.registerPath(holder, "p", "", {})
@@ -658,7 +705,7 @@ class OwnershipTests(SynchronousTestCase):
         self.agents(holder, other)
         self.registry.registerPath(holder, "p", "", {})
         self.registry.registerPath(other, "p", "", {})
-        again = FakeAgent("3", "a", identity=PER_AGENT)
+        again = FakeAgent("3", "a", launchId="another", identity=PER_AGENT)
         self.agents(again)
         self.registry.registerPath(again, "p", "", {})
         self.assertEqual(self.standbys(), ["1", "2"])
@@ -765,3 +812,83 @@ class DepartedTests(SynchronousTestCase):
         registry.registerPath(self.agent, "p", "", {})
         registry.removeAgent(self.agent)
         self.assertEqual((registry.discoverable(), registry.registeredBytes), ([], 0))
+
+
+class OwnerAndEligibilityTests(RegistryCase):
+    """
+    Whom a leaving holder's path goes to: a standby of its per-agent
+    identity first, never one whose identity was revoked; and what a
+    per-agent owner that left gets back.
+    """
+
+    def test_perAgentIdentityPreferred(self) -> None:
+        """
+        Two processes of a per-agent identity queued behind another holder
+        (a rolling restart): when the first, promoted, leaves, the second
+        gets the path ahead of a standby queued before it.
+        """
+        holder = FakeAgent("0", "y")
+        first = FakeAgent("1", "db1", launchId="L1", identity=PER_AGENT)
+        other = FakeAgent("2", "other")
+        second = FakeAgent("3", "db1", launchId="L2", identity=PER_AGENT)
+        self.agents(holder, first, other, second)
+        for agent in (holder, first, other, second):
+            self.registry.registerPath(agent, "p", "", {})
+        self.registry.removeAgent(holder, "goodbye")
+        self.assertEqual(self.standbys(), ["2", "3"])
+        self.registry.removeAgent(first, "lost")
+        self.assertEqual(self.registry.lookup("p"), (second,))
+        self.assertEqual(other.told[-1], ("p", "standby", "lost", "3", 1_000, 1))
+
+    def test_returnedOwnerDisplacesInterim(self) -> None:
+        """
+        A per-agent owner that left (not unregistered) takes its path back
+        from the interim holder at once, reason C{returned}; the interim
+        holder is told and queued first, paying what it paid.
+        """
+        owner = FakeAgent("1", "db1", launchId="L1", identity=PER_AGENT)
+        interim = FakeAgent("2", "other", identity=Identity("legacy", "t"))
+        self.agents(owner, interim)
+        self.registry.registerPath(owner, "p", "", {})
+        self.registry.registerPath(interim, "p", "", {})
+        self.registry.removeAgent(owner, "lost")
+        before = self.registry.registeredBytes
+        back = FakeAgent("3", "db1", launchId="L2", identity=PER_AGENT)
+        self.agents(back)
+        placement = self.registry.registerPath(back, "p", "", {})
+        self.assertEqual((placement.position, self.registry.lookup("p")), (0, (back,)))
+        self.assertEqual(self.standbys(), ["2"])
+        self.assertEqual(self.changed(), [("1", "2", "lost"), ("2", "3", "returned")])
+        self.assertEqual(interim.told[-1], ("p", "standby", "returned", "3", 1_000, 1))
+        self.assertEqual(self.registry.registeredBytes, before + cost(back, "p", "", {}))
+        # Back with its owner, the path is no longer remembered as taken.
+        self.registry.removeAgent(back, "lost")
+        another = FakeAgent("4", "db1", launchId="L3", identity=PER_AGENT)
+        self.agents(another)
+        self.assertEqual(self.registry.registerPath(another, "p", "", {}).position, 0)
+
+    def test_revokedStandbySkipped(self) -> None:
+        """
+        On a reload that revokes an identity, its standbys are not promoted,
+        and the change says C{reload}; with none eligible, the path goes
+        and so do their claims.
+        """
+        x, y = Identity("x", "tx"), Identity("y", "ty")
+        a, b, c = (
+            FakeAgent(n, launchId=f"L{n}", identity=identity)
+            for n, identity in [("1", x), ("2", x), ("3", y)]
+        )
+        self.agents(a, b, c)
+        for agent in (a, b, c):
+            self.registry.registerPath(agent, "p", "", {})
+        self.registry.stillHolds = lambda identity: identity != x
+        self.registry.removeAgent(a, "reload")
+        self.assertEqual(self.registry.lookup("p"), (c,))
+        self.assertEqual(self.changed(), [("1", "3", "reload")])
+        self.assertEqual(b.told, [("p", "standby", "reload", "3", 1_000, 1)])
+        self.registry.stillHolds = lambda identity: False
+        self.registry.removeAgent(c, "reload")
+        self.assertEqual(self.registry.lookup("p"), ())
+        self.assertEqual(self.registry.registeredBytes, 0)
+        self.registry.removeAgent(b, "reload")
+        self.assertEqual(len(self.changes), 1)

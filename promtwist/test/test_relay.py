@@ -56,7 +56,13 @@ class FakeLink:
     violations: list[str] = field(default_factory=list)
 
     def pathRoleChanged(
-        self, path: str, holds: bool, reason: str, holder: object, since: float
+        self,
+        path: str,
+        role: str,
+        reason: str,
+        holder: object,
+        since: float,
+        position: int = 0,
     ) -> None:
         raise AssertionError("relay tests have one agent per path")
 
