@@ -209,6 +209,9 @@ class ScrapeStream:
         self._unacknowledged = 0
         # Passed on, to be returned as credit once no longer paused.
         self._owed = 0
+        # The agent sent its last frame for this scrape: no credit is owed
+        # for what it sent, since nothing more will come.
+        self._agentDone = False
         self._paused = False
 
     @property
@@ -232,6 +235,8 @@ class ScrapeStream:
                 self.head.errback(failure)
             return
         self._phase = _Phase.BODY
+        # A head that carries the whole body needs no credit back.
+        self._agentDone = head.last
         if response.body:
             self._early.append(response.body)
         self.head.callback(head)
@@ -252,9 +257,9 @@ class ScrapeStream:
             self._account(chunk.data)
         except ScrapeFailed as failure:
             return self._bodyEnded(failure, agentDone=False)
+        self._agentDone = chunk.last
         if chunk.data:
-            # No credit for the last bytes: nothing more will come.
-            self._deliver(chunk.data, grant=not chunk.last)
+            self._deliver(chunk.data)
         if chunk.last:
             self._bodyEnded(self._lastFailure(chunk), agentDone=True)
 
@@ -388,7 +393,7 @@ class ScrapeStream:
         self._consumer = None
         self.link.forget(self.scrapeId)
 
-    def _deliver(self, data: bytes, grant: bool = True) -> None:
+    def _deliver(self, data: bytes) -> None:
         consumer = self._consumer
         if self._cancelled:
             return
@@ -396,12 +401,11 @@ class ScrapeStream:
             self._early.append(data)
             return
         consumer.write(data)
-        if grant:
-            self._grant(len(data))
+        self._grant(len(data))
 
     def _grant(self, nbytes: int) -> None:
         self._owed += nbytes
-        if self._paused or self._phase is not _Phase.BODY or not self._owed:
+        if self._paused or self._agentDone or self._phase is not _Phase.BODY or not self._owed:
             return
         credit, self._owed = self._owed, 0
         self._unacknowledged -= credit

@@ -250,6 +250,8 @@ class StreamThroughTests(SynchronousTestCase):
         self.assertEqual(self.proxy.records[-1].type, "success")
         self.assertEqual(self.proxy.inFlight, 0)
         self.assertFalse(conn.disconnecting)
+        # Nothing more will come: no credit goes back.
+        self.assertEqual(self.link.sent, [])
 
     def test_streamedBodyChunked(self) -> None:
         """
