@@ -7,7 +7,19 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import LoopingCall
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from promtwist.agent.service import AgentService
+from promtwist.config import AgentSettings, PathConfig, ProxyEndpoint, ProxySettings
+from promtwist.proxy.server import ProxyService
 
 MiB = 1024 * 1024
 
@@ -76,3 +88,74 @@ def unsent(transport: Any) -> int:
     """
     held: int = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
     return held
+
+
+class _Metrics(Resource):
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes:
+        return b"up 1\n"
+
+
+class BesideARealAgent(TestCase):
+    """
+    A loopback proxy with one well-behaved agent (C{real}, serving C{/m}
+    from a real target), for attack tests that must show the attack costs
+    that agent nothing.
+
+    Subclasses say how the proxy is set up with L{proxySettings}, and the
+    agent's token with L{agentToken}.
+    """
+
+    timeout = 60
+    agentToken = ""
+
+    def proxySettings(self) -> ProxySettings:
+        return ProxySettings(http_port=0, agent_port=0, agent_token=self.agentToken)
+
+    # Trial waits for a Deferred that setUp returns; the signature it
+    # inherits from unittest says None.
+    def setUp(self) -> Deferred[None]:  # type: ignore[override]
+        return Deferred.fromCoroutine(self._startRealAgent())
+
+    async def _startRealAgent(self) -> None:
+        target: IListeningPort = reactor.listenTCP(
+            0,
+            Site(_Metrics()),  # type: ignore[arg-type]
+            interface="127.0.0.1",
+        )
+        self.addCleanup(target.stopListening)
+        targetAddress = target.getHost()
+        assert isinstance(targetAddress, IPv4Address)
+        self.proxy = ProxyService(self.proxySettings(), reactor, interface="127.0.0.1")
+        self.proxy.startService()
+        self.addCleanup(self.proxy.stopService)
+        self.agent = AgentService(
+            AgentSettings(
+                name="real",
+                agent_token=self.agentToken,
+                proxy_endpoints=(ProxyEndpoint("127.0.0.1", self.proxy.agentListener.portNumber),),
+                path_configs=(
+                    PathConfig("m", "m", f"http://127.0.0.1:{targetAddress.port}/metrics"),
+                ),
+            ),
+            reactor,
+        )
+        self.agent.startService()
+        self.addCleanup(self.agent.stopService)
+        self.realLink = await self.agent.whenConnected()
+        self.pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(self.pool.closeCachedConnections)
+        self.http = Agent(reactor, pool=self.pool)
+
+    async def get(self, path: str) -> tuple[int, bytes]:
+        """
+        Scrape C{/path} through the proxy.
+        """
+        url = f"http://127.0.0.1:{self.proxy.httpListener.portNumber}/{path}".encode()
+        response = await self.http.request(b"GET", url)
+        return response.code, await readBody(response)
+
+    async def assertRealAgentServes(self, count: int = 3) -> None:
+        for _ in range(count):
+            self.assertEqual(await self.get("m"), (200, b"up 1\n"))

@@ -9,31 +9,17 @@ import os
 import struct
 
 from twisted.internet import reactor
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
-from twisted.trial.unittest import TestCase
-from twisted.web.client import Agent, HTTPConnectionPool, readBody
-from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
 
-from promtwist.agent.service import AgentService
-from promtwist.config import AgentSettings, PathConfig, ProxyEndpoint, ProxySettings
+from promtwist.config import ProxySettings
 from promtwist.protocol.promtwist_pb2 import Frame, Hello
-from promtwist.proxy.server import ProxyService
+from promtwist.test.helpers import BesideARealAgent
 
 TOKEN = "the-real-token"
-
-
-class _Metrics(Resource):
-    isLeaf = True
-
-    def render_GET(self, request: Request) -> bytes:
-        return b"up 1\n"
 
 
 class _Raw(Protocol):
@@ -63,53 +49,18 @@ def helloFrame(token: str) -> bytes:
     return struct.pack("!I", len(data)) + data
 
 
-class HostileInputTests(TestCase):
-    timeout = 60
+class HostileInputTests(BesideARealAgent):
+    agentToken = TOKEN
 
-    # Trial waits for a Deferred that setUp returns; the signature it
-    # inherits from unittest says None.
-    def setUp(self) -> Deferred[None]:  # type: ignore[override]
-        return Deferred.fromCoroutine(self._setUp())
-
-    async def _setUp(self) -> None:
-        target: IListeningPort = reactor.listenTCP(
-            0,
-            Site(_Metrics()),  # type: ignore[arg-type]
-            interface="127.0.0.1",
+    def proxySettings(self) -> ProxySettings:
+        return ProxySettings(
+            http_port=0,
+            agent_port=0,
+            agent_token=TOKEN,
+            handshake_timeout_secs=1.0,
+            max_pending_handshakes=8,
+            http_header_timeout_secs=1.0,
         )
-        self.addCleanup(target.stopListening)
-        targetAddress = target.getHost()
-        assert isinstance(targetAddress, IPv4Address)
-        self.proxy = ProxyService(
-            ProxySettings(
-                http_port=0,
-                agent_port=0,
-                agent_token=TOKEN,
-                handshake_timeout_secs=1.0,
-                max_pending_handshakes=8,
-                http_header_timeout_secs=1.0,
-            ),
-            reactor,
-            interface="127.0.0.1",
-        )
-        self.proxy.startService()
-        self.addCleanup(self.proxy.stopService)
-        self.agent = AgentService(
-            AgentSettings(
-                name="real",
-                agent_token=TOKEN,
-                proxy_endpoints=(ProxyEndpoint("127.0.0.1", self.proxy.agentListener.portNumber),),
-                path_configs=(
-                    PathConfig("m", "m", f"http://127.0.0.1:{targetAddress.port}/metrics"),
-                ),
-            ),
-            reactor,
-        )
-        self.agent.startService()
-        self.addCleanup(self.agent.stopService)
-        self.realLink = await self.agent.whenConnected()
-        self.pool = HTTPConnectionPool(reactor, persistent=False)
-        self.http = Agent(reactor, pool=self.pool)
 
     async def connect(self, port: int | None = None) -> _Raw:
         port = port or self.proxy.agentListener.portNumber
@@ -117,12 +68,6 @@ class HostileInputTests(TestCase):
         client = _Raw()
         await connectProtocol(endpoint, client)
         return client
-
-    async def assertScrapesSucceed(self, count: int = 5) -> None:
-        url = f"http://127.0.0.1:{self.proxy.httpListener.portNumber}/m".encode()
-        for _ in range(count):
-            response = await self.http.request(b"GET", url)
-            self.assertEqual((response.code, await readBody(response)), (200, b"up 1\n"))
 
     def assertAgentUndisturbed(self) -> None:
         self.assertIs(self.agent.factory.current, self.realLink)
@@ -133,14 +78,14 @@ class HostileInputTests(TestCase):
         client = await self.connect()
         client.send(os.urandom(4096))
         await client.closed
-        await self.assertScrapesSucceed()
+        await self.assertRealAgentServes(5)
         self.assertAgentUndisturbed()
 
     async def test_hugeLengthPrefix(self) -> None:
         client = await self.connect()
         client.send(b"\xff\xff\xff\xff" + b"x" * 100)
         await client.closed
-        await self.assertScrapesSucceed()
+        await self.assertRealAgentServes(5)
         self.assertAgentUndisturbed()
 
     async def test_helloFlood(self) -> None:
@@ -153,7 +98,7 @@ class HostileInputTests(TestCase):
         clients = await gatherResults([Deferred.fromCoroutine(self.connect()) for _ in range(50)])
         for client in clients:
             client.send(helloFrame("guess"))
-        await self.assertScrapesSucceed()
+        await self.assertRealAgentServes(5)
         await gatherResults([client.closed for client in clients])
         guessed = [c for c in clients if b"invalid agent token" in c.received]
         throttled = [c for c in clients if b"too many failed authentication" in c.received]
@@ -170,10 +115,10 @@ class HostileInputTests(TestCase):
         """
         client = await self.connect()
         client.send(helloFrame(TOKEN)[:7])
-        await self.assertScrapesSucceed(2)
+        await self.assertRealAgentServes(2)
         self.assertNoResult(client.closed)
         await client.closed
-        await self.assertScrapesSucceed()
+        await self.assertRealAgentServes(5)
         self.assertAgentUndisturbed()
         self.assertEqual(self.proxy.linkFactory.pending, set())
 
@@ -186,7 +131,7 @@ class HostileInputTests(TestCase):
         await deferLater(reactor, 0.1)
         self.assertEqual(len(self.proxy.linkFactory.pending), 8)
         self.assertEqual(self.proxy.linkFactory.refusedConnections, 4)
-        await self.assertScrapesSucceed()
+        await self.assertRealAgentServes(5)
         await gatherResults([client.closed for client in idle])
         self.assertEqual(self.proxy.linkFactory.pending, set())
         self.assertAgentUndisturbed()
@@ -205,8 +150,8 @@ class HostileInputTests(TestCase):
             sent += 1
             await deferLater(reactor, 0.05)
             if sent % 5 == 0:
-                await self.assertScrapesSucceed(1)
+                await self.assertRealAgentServes(1)
         self.assertLess(sent, len(request))
         self.assertIn(b"408", client.received.split(b"\r\n", 1)[0])
-        await self.assertScrapesSucceed()
+        await self.assertRealAgentServes(5)
         self.assertAgentUndisturbed()

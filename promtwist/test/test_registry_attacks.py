@@ -11,23 +11,15 @@ import json
 from collections.abc import Iterator
 
 from twisted.internet import reactor
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Protocol
 from twisted.logger import LogLevel, capturedLogs
 from twisted.python.failure import Failure
-from twisted.trial.unittest import TestCase
-from twisted.web.client import Agent, HTTPConnectionPool, readBody
-from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
 
-from promtwist.agent.service import AgentService
-from promtwist.config import AgentSettings, PathConfig, ProxyEndpoint, ProxySettings
+from promtwist.config import ProxySettings
 from promtwist.protocol.promtwist_pb2 import Frame, Hello, PathReply, RegisterPath
-from promtwist.proxy.server import ProxyService
-from promtwist.test.helpers import MiB, rss
+from promtwist.test.helpers import BesideARealAgent, MiB, rss
 from promtwist.test.test_framing import encode
 from promtwist.test.test_link import decodeAll
 
@@ -45,13 +37,6 @@ REGISTRATIONS_RSS_BOUND = 2 * LIMITS.max_registered_bytes
 DOCUMENT_COPIES_BOUND = 5
 # Refusal warnings of one kind a link logs per interval (RepeatedWarnings).
 BURST = 5
-
-
-class _Metrics(Resource):
-    isLeaf = True
-
-    def render_GET(self, request: Request) -> bytes:
-        return b"up 1\n"
 
 
 class HostileAgent(Protocol):
@@ -133,53 +118,11 @@ def attack() -> Iterator[Frame]:
         yield Frame(register_path=RegisterPath(request_id=n, path=path, name=name, labels=biggest))
 
 
-class RegistrationFloodTests(TestCase):
-    timeout = 60
+class RegistrationFloodTests(BesideARealAgent):
+    agentToken = TOKEN
 
-    def setUp(self) -> Deferred[None]:  # type: ignore[override]
-        return Deferred.fromCoroutine(self._setUp())
-
-    async def _setUp(self) -> None:
-        target: IListeningPort = reactor.listenTCP(
-            0,
-            Site(_Metrics()),  # type: ignore[arg-type]
-            interface="127.0.0.1",
-        )
-        self.addCleanup(target.stopListening)
-        targetAddress = target.getHost()
-        assert isinstance(targetAddress, IPv4Address)
-        self.proxy = ProxyService(
-            ProxySettings(http_port=0, agent_port=0, agent_token=TOKEN, sd_enabled=True),
-            reactor,
-            interface="127.0.0.1",
-        )
-        self.proxy.startService()
-        self.addCleanup(self.proxy.stopService)
-        self.agent = AgentService(
-            AgentSettings(
-                name="real",
-                agent_token=TOKEN,
-                proxy_endpoints=(ProxyEndpoint("127.0.0.1", self.proxy.agentListener.portNumber),),
-                path_configs=(
-                    PathConfig("m", "m", f"http://127.0.0.1:{targetAddress.port}/metrics"),
-                ),
-            ),
-            reactor,
-        )
-        self.agent.startService()
-        self.addCleanup(self.agent.stopService)
-        await self.agent.whenConnected()
-        self.pool = HTTPConnectionPool(reactor, persistent=False)
-        self.http = Agent(reactor, pool=self.pool)
-
-    async def get(self, path: str) -> tuple[int, bytes]:
-        url = f"http://127.0.0.1:{self.proxy.httpListener.portNumber}/{path}".encode()
-        response = await self.http.request(b"GET", url)
-        return response.code, await readBody(response)
-
-    async def assertScrapesSucceed(self, count: int) -> None:
-        for _ in range(count):
-            self.assertEqual(await self.get("m"), (200, b"up 1\n"))
+    def proxySettings(self) -> ProxySettings:
+        return ProxySettings(http_port=0, agent_port=0, agent_token=TOKEN, sd_enabled=True)
 
     async def test_flood(self) -> None:
         hostile = HostileAgent()
@@ -192,10 +135,10 @@ class RegistrationFloodTests(TestCase):
             for start in range(0, len(frames), 50):
                 hostile.send(b"".join(frames[start : start + 50]))
                 await hostile.repliesFor(start + 50)
-                await self.assertScrapesSucceed(1)
+                await self.assertRealAgentServes(1)
             registered = rss() - before
             code, body = await self.get("discovery")
-            await self.assertScrapesSucceed(3)
+            await self.assertRealAgentServes(3)
         grown = rss() - before
 
         # Refused at each limit, with the reason naming its setting.

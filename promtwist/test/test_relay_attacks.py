@@ -13,22 +13,16 @@ from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 from twisted.internet import reactor
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.interfaces import IConsumer, IListeningPort, IPushProducer
+from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
-from twisted.trial.unittest import TestCase
-from twisted.web.client import Agent, HTTPConnectionPool, readBody
-from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
 from zope.interface import implementer
 
-from promtwist.agent.service import AgentService
-from promtwist.config import AgentSettings, PathConfig, ProxyEndpoint, ProxySettings
+from promtwist.config import ProxySettings
 from promtwist.protocol.promtwist_pb2 import (
     Frame,
     Hello,
@@ -38,16 +32,7 @@ from promtwist.protocol.promtwist_pb2 import (
     ScrapeRequest,
     ScrapeResponse,
 )
-from promtwist.proxy.server import ProxyService
-from promtwist.test.helpers import MiB, rss
-
-
-class _Metrics(Resource):
-    isLeaf = True
-
-    def render_GET(self, request: Request) -> bytes:
-        return b"up 1\n"
-
+from promtwist.test.helpers import BesideARealAgent, MiB, rss
 
 Behaviour = Callable[["HostileAgent", ScrapeRequest], None]
 
@@ -150,44 +135,9 @@ class _Raw(Protocol):
         self.closed.callback(None)
 
 
-class RelayAttackTests(TestCase):
-    timeout = 60
-
-    def setUp(self) -> Deferred[None]:  # type: ignore[override]
-        return Deferred.fromCoroutine(self._setUp())
-
-    async def _setUp(self) -> None:
-        target: IListeningPort = reactor.listenTCP(
-            0,
-            Site(_Metrics()),  # type: ignore[arg-type]
-            interface="127.0.0.1",
-        )
-        self.addCleanup(target.stopListening)
-        targetAddress = target.getHost()
-        assert isinstance(targetAddress, IPv4Address)
-        self.proxy = ProxyService(
-            ProxySettings(http_port=0, agent_port=0, max_consolidated_buffer_mbytes=32),
-            reactor,
-            interface="127.0.0.1",
-        )
-        self.proxy.startService()
-        self.addCleanup(self.proxy.stopService)
-        self.agent = AgentService(
-            AgentSettings(
-                name="real",
-                proxy_endpoints=(ProxyEndpoint("127.0.0.1", self.proxy.agentListener.portNumber),),
-                path_configs=(
-                    PathConfig("m", "m", f"http://127.0.0.1:{targetAddress.port}/metrics"),
-                ),
-            ),
-            reactor,
-        )
-        self.agent.startService()
-        self.addCleanup(self.agent.stopService)
-        await self.agent.whenConnected()
-        self.pool = HTTPConnectionPool(reactor, persistent=False)
-        self.addCleanup(self.pool.closeCachedConnections)
-        self.http = Agent(reactor, pool=self.pool)
+class RelayAttackTests(BesideARealAgent):
+    def proxySettings(self) -> ProxySettings:
+        return ProxySettings(http_port=0, agent_port=0, max_consolidated_buffer_mbytes=32)
 
     async def hostile(
         self, path: str, behaviour: Behaviour, consolidated: bool = False
@@ -207,15 +157,6 @@ class RelayAttackTests(TestCase):
         self.addCleanup(client.transport.loseConnection)
         client.transport.write(request)
         return client
-
-    async def get(self, path: str) -> tuple[int, bytes]:
-        url = f"http://127.0.0.1:{self.proxy.httpListener.portNumber}/{path}".encode()
-        response = await self.http.request(b"GET", url)
-        return response.code, await readBody(response)
-
-    async def assertRealAgentServes(self, count: int = 3) -> None:
-        for _ in range(count):
-            self.assertEqual(await self.get("m"), (200, b"up 1\n"))
 
     async def test_forgedLengthCannotSplitKeepAlive(self) -> None:
         """
