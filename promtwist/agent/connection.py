@@ -148,6 +148,10 @@ class ProxyConnection(Session):
     """
 
     _log = Logger(observer=observer)
+    # The agent keeps reading its proxy whatever its own writes: the proxy
+    # stops reading an agent that does not read, and two ends doing so
+    # would deadlock a busy link (see Session).
+    stopsReadingUnreadPeer = False
     # DRAINING: this agent said Goodbye; scrape requests that still arrive
     # (sent before the proxy read it) are served, the rest as usual.
     allowedFrames: ClassVar[Mapping[LinkState, frozenset[str]]] = {

@@ -92,6 +92,13 @@ class Session(FrameReceiver):
     as silent, and the heartbeat aborts it after
     L{SILENT_PERIODS_BEFORE_ABORT} periods.
 
+    Only one end of a link may do this (L{stopsReadingUnreadPeer}): if both
+    stopped reading while both had writes waiting, as a busy link on a slow
+    path does (the agent's bodies one way, a burst of scrape requests the
+    other), each would wait for the other for ever. The proxy is that end:
+    it faces whoever reaches its agent port. The agent always reads its
+    proxy; what it writes is bounded by the credit the proxy grants.
+
     Closing is bounded as well: a graceful close that the peer does not
     let finish (it does not read what is left to flush) is aborted after
     C{closeTimeout} seconds.
@@ -124,6 +131,8 @@ class Session(FrameReceiver):
 
     _log = Logger(observer=observer)
     allowedFrames: ClassVar[Mapping[LinkState, frozenset[str]]] = {}
+    # Whether this end stops reading a peer that does not read (see above).
+    stopsReadingUnreadPeer: ClassVar[bool] = True
     misdirected: ClassVar[Mapping[str, str]] = {}
     MAX_LENGTH = HANDSHAKE_MAX_FRAME_BYTES
     peerMaxFrameBytes = HANDSHAKE_MAX_FRAME_BYTES
@@ -241,8 +250,10 @@ class Session(FrameReceiver):
         reading. Stop parsing what it sends, so that it cannot make us
         write more, and stop reading its socket once it sends more (see
         L{dataReceived}); it is silent meanwhile, as far as the heartbeat
-        goes.
+        goes. (Only if L{stopsReadingUnreadPeer}.)
         """
+        if not self.stopsReadingUnreadPeer:
+            return
         self._unread = True
         if self.isOpen():
             self.paused = True

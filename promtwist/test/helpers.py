@@ -10,8 +10,11 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.resource import Resource
@@ -90,6 +93,27 @@ def unsent(transport: Any) -> int:
     return held
 
 
+class RawClient(Protocol):
+    """
+    A client that sends what it is told, keeps what it gets, and notes when
+    it is disconnected.
+    """
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.closed: Deferred[None] = Deferred()
+
+    def send(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+        self.closed.callback(None)
+
+
 class _Metrics(Resource):
     isLeaf = True
 
@@ -155,6 +179,21 @@ class BesideARealAgent(TestCase):
         url = f"http://127.0.0.1:{self.proxy.httpListener.portNumber}/{path}".encode()
         response = await self.http.request(b"GET", url)
         return response.code, await readBody(response)
+
+    async def raw(self, request: bytes, port: int | None = None) -> RawClient:
+        """
+        A raw client on the scrape port (or C{port}) that has sent
+        C{request}.
+        """
+        client = RawClient()
+        endpoint = TCP4ClientEndpoint(
+            reactor, "127.0.0.1", port or self.proxy.httpListener.portNumber
+        )
+        await connectProtocol(endpoint, client)
+        assert client.transport is not None
+        self.addCleanup(client.transport.loseConnection)
+        client.send(request)
+        return client
 
     async def assertRealAgentServes(self, count: int = 3) -> None:
         for _ in range(count):

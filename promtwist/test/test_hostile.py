@@ -11,35 +11,13 @@ import struct
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
-from twisted.python.failure import Failure
 
 from promtwist.config import ProxySettings
 from promtwist.protocol.promtwist_pb2 import Frame, Hello
-from promtwist.test.helpers import BesideARealAgent
+from promtwist.test.helpers import BesideARealAgent, RawClient
 
 TOKEN = "the-real-token"
-
-
-class _Raw(Protocol):
-    """
-    A client that sends what it is told and notes when it is disconnected.
-    """
-
-    def __init__(self) -> None:
-        self.received = b""
-        self.closed: Deferred[None] = Deferred()
-
-    def send(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(data)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-
-    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
-        self.closed.callback(None)
 
 
 def helloFrame(token: str) -> bytes:
@@ -62,10 +40,10 @@ class HostileInputTests(BesideARealAgent):
             http_header_timeout_secs=1.0,
         )
 
-    async def connect(self, port: int | None = None) -> _Raw:
+    async def connect(self, port: int | None = None) -> RawClient:
         port = port or self.proxy.agentListener.portNumber
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
-        client = _Raw()
+        client = RawClient()
         await connectProtocol(endpoint, client)
         return client
 

@@ -8,21 +8,24 @@ real agent's scrapes keep succeeding and the proxy's memory stays bounded.
 from __future__ import annotations
 
 import gzip
+import socket
 import struct
 from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.interfaces import IConsumer, IPushProducer
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IConsumer, IListeningPort, IPushProducer, ISystemHandle
 from twisted.internet.task import deferLater
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
 from zope.interface import implementer
 
-from promtwist.config import ProxySettings
+from promtwist.config import PathConfig, ProxySettings
 from promtwist.protocol.promtwist_pb2 import (
     Frame,
     Hello,
@@ -123,18 +126,6 @@ class HostileAgent(Int32StringReceiver):
         return not self.closed.called
 
 
-class _Raw(Protocol):
-    def __init__(self) -> None:
-        self.received = b""
-        self.closed: Deferred[None] = Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-
-    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
-        self.closed.callback(None)
-
-
 class RelayAttackTests(BesideARealAgent):
     def proxySettings(self) -> ProxySettings:
         return ProxySettings(http_port=0, agent_port=0, max_consolidated_buffer_mbytes=32)
@@ -148,15 +139,6 @@ class RelayAttackTests(BesideARealAgent):
         self.addCleanup(lambda: agent.transport.loseConnection() if agent.transport else None)
         await agent.ready
         return agent
-
-    async def raw(self, request: bytes) -> _Raw:
-        client = _Raw()
-        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.proxy.httpListener.portNumber)
-        await connectProtocol(endpoint, client)
-        assert client.transport is not None
-        self.addCleanup(client.transport.loseConnection)
-        client.transport.write(request)
-        return client
 
     async def test_forgedLengthCannotSplitKeepAlive(self) -> None:
         """
@@ -398,3 +380,57 @@ class RelayAttackTests(BesideARealAgent):
         self.assertTrue(client.received.startswith(b"HTTP/1.1 400"), client.received)
         self.assertIn(b"query string has byte 0x7f at position 2", client.received)
         await self.assertRealAgentServes()
+
+
+class _Big(Resource):
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes:
+        return b"b" * MiB
+
+
+class BusyLinkTests(BesideARealAgent):
+    """
+    Not an attack: a busy link on a slow path, big bodies flowing one way
+    while a burst of scrape requests with big headers goes the other, must
+    not stall with both ends waiting for the other to read.
+    """
+
+    async def test_noDeadlockOnASlowPath(self) -> None:
+        target: IListeningPort = reactor.listenTCP(
+            0,
+            Site(_Big()),  # type: ignore[arg-type]
+            interface="127.0.0.1",
+        )
+        self.addCleanup(target.stopListening)
+        address = target.getHost()
+        assert isinstance(address, IPv4Address)
+        self.agent.factory.replacePaths(
+            static=[PathConfig("big", "big", f"http://127.0.0.1:{address.port}/big")]
+        )
+        await self.until(lambda: bool(self.proxy.registry.lookup("big")))
+        (proxyEnd,) = self.proxy.linkFactory.links
+        for transport in (proxyEnd.transport, self.realLink.transport):
+            handle = cast(socket.socket, cast(ISystemHandle, transport).getHandle())
+            # A slow path: small socket buffers on both ends.
+            handle.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)
+            handle.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+        request = (
+            b"GET /big HTTP/1.1\r\nHost: p\r\nConnection: close\r\nAuthorization: Bearer "
+            + b"x" * 14_000
+            + b"\r\n\r\n"
+        )
+        clients = await gatherResults(
+            [Deferred.fromCoroutine(self.raw(request)) for _ in range(30)]
+        )
+        await gatherResults([client.closed for client in clients])
+        answers = [client.received.partition(b"\r\n")[0] for client in clients]
+        self.assertEqual(answers, [b"HTTP/1.1 200 OK"] * 30)
+        self.assertIs(self.agent.factory.current, self.realLink, "the link was never lost")
+
+    async def until(self, condition: Callable[[], bool]) -> None:
+        for _ in range(100):
+            if condition():
+                return
+            await deferLater(reactor, 0.02)
+        self.fail("not within 2 s")
