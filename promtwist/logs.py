@@ -179,7 +179,9 @@ class RepeatedWarnings:
     """
     Warnings of one kind, from one source, logged at a bounded rate: the
     first C{burst} of each C{interval}, then only counted; the count is
-    logged as one line when the next interval starts or at L{flush}.
+    logged as one line when the next interval starts, at L{flush}, or at
+    L{summariseExpired}, which the owner calls from a periodic task so
+    that a count is reported even when no warning of its kind follows.
 
     Keyed by a kind the caller names from a fixed set (never by a value the
     peer chose), so the table itself stays small.
@@ -210,6 +212,16 @@ class RepeatedWarnings:
             self._log.warn(format, **fields)
         else:
             window.suppressed += 1
+
+    def summariseExpired(self) -> None:
+        """
+        Log the counts of the intervals that have ended.
+        """
+        now = self._clock.seconds()
+        for kind, window in list(self._windows.items()):
+            if now - window.start >= self.interval:
+                del self._windows[kind]
+                self._summarise(kind, window)
 
     def flush(self) -> None:
         """

@@ -34,6 +34,9 @@ from promtwist.tls import agentPortTLS, scrapePortTLS
 from promtwist.web import operationsListeners, proxyHealth
 from promtwist.webguard import HardenedSite
 
+# How often counted warnings whose interval ended are reported.
+WARNING_SUMMARY_SECONDS = 15.0
+
 
 class ProxyService(MultiService):
     """
@@ -123,6 +126,11 @@ class ProxyService(MultiService):
         ]
         for listener in self.listeners:
             listener.setServiceParent(self)
+        # Warnings counted but not logged are reported when their interval
+        # ends, even if no warning of their kind follows.
+        summaries = TimerService(WARNING_SUMMARY_SECONDS, self.summariseWarnings)
+        summaries.clock = reactor
+        summaries.setServiceParent(self)
         if settings.stale_agent_check_enabled:
             evictions = TimerService(settings.stale_agent_check_pause_secs, self.evictStale)
             evictions.clock = reactor
@@ -195,6 +203,14 @@ class ProxyService(MultiService):
         return "\n".join(lines) + "\n"
 
     # Housekeeping.
+
+    def summariseWarnings(self) -> None:
+        """
+        Report the warnings the agent port and the scrape relay counted
+        without logging, once their interval ended.
+        """
+        self.linkFactory.warnings.summariseExpired()
+        self.scrapes.tracker.invalidAnswers.summariseExpired()
 
     def evictStale(self) -> None:
         """

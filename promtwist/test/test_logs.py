@@ -168,3 +168,18 @@ class RepeatedWarningsTests(SynchronousTestCase):
             self.warnings.flush()
             self.warnings.flush()
         self.assertEqual([e["count"] for e in events], [7])
+
+    def test_summariseExpired(self) -> None:
+        """
+        A count is reported once its interval ended, even if no warning of
+        its kind follows; an interval still running is left alone.
+        """
+        for _ in range(10):
+            self.warnings.warn("a", "a")
+        with capturedLogs() as events:
+            self.clock.advance(30)
+            self.warnings.summariseExpired()
+            self.clock.advance(30)
+            self.warnings.summariseExpired()
+            self.warnings.summariseExpired()
+        self.assertEqual([e["count"] for e in events], [7])
