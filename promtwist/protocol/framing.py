@@ -19,7 +19,7 @@ from twisted.internet.interfaces import ITCPTransport
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 
-from promtwist.logs import clip, observer
+from promtwist.logs import observer
 from promtwist.protocol.promtwist_pb2 import Frame
 
 DEFAULT_MAX_FRAME_BYTES = 1024 * 1024
@@ -97,19 +97,13 @@ class FrameReceiver(Int32StringReceiver, ABC):
     def lengthLimitExceeded(self, length: int) -> None:
         self.protocolError(f"frame length {length} exceeds the limit of {self.MAX_LENGTH} bytes")
 
+    @abstractmethod
     def protocolError(self, why: str) -> None:
         """
-        The peer broke the protocol: say what it did, then abort the connection
-        without waiting to flush anything to a peer we no longer trust.
+        The peer broke the protocol (C{why} says how): the link's owner says
+        so and closes the connection. Nothing more of what is buffered from
+        this peer may be handled.
         """
-        self._log.warn(
-            "protocol error from {peer}: {why}; closing the connection",
-            peer=_peerName(self.transport),
-            why=clip(why),
-        )
-        # Stop parsing whatever else is already buffered from this peer.
-        self.paused = True
-        self.transport.abortConnection()
 
 
 # The first bytes of what a misdirected peer sends or answers: an HTTP

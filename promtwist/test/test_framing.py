@@ -16,13 +16,24 @@ from promtwist.protocol.promtwist_pb2 import Frame, Ping, ScrapeChunk
 
 
 class Recorder(FrameReceiver):
+    """
+    Keeps the frames it gets and the protocol errors it is told of; each
+    error stops the parsing and drops the connection, as a link does.
+    """
+
     MAX_LENGTH = 1024
 
     def __init__(self) -> None:
         self.frames: list[Frame] = []
+        self.errors: list[str] = []
 
     def frameReceived(self, frame: Frame) -> None:
         self.frames.append(frame)
+
+    def protocolError(self, why: str) -> None:
+        self.errors.append(why)
+        self.paused = True
+        self.transport.abortConnection()
 
 
 def encode(frame: Frame) -> bytes:
@@ -59,11 +70,10 @@ class FramingTests(SynchronousTestCase):
         connection at once, without waiting for the body, and logs why.
         """
         receiver, transport = connected()
-        with capturedLogs() as events:
-            receiver.dataReceived(b"\xff\xff\xff\xff" + b"junk")
+        receiver.dataReceived(b"\xff\xff\xff\xff" + b"junk")
         self.assertTrue(transport.disconnecting)
         self.assertEqual(receiver.frames, [])
-        self.assertIn("exceeds the limit of 1024", logText(events))
+        self.assertIn("exceeds the limit of 1024", "".join(receiver.errors))
 
     def test_garbageAborts(self) -> None:
         """
@@ -72,23 +82,21 @@ class FramingTests(SynchronousTestCase):
         """
         receiver, transport = connected()
         garbage = b"\x07\x07\x07\x07\x07"
-        with capturedLogs() as events:
-            receiver.dataReceived(
-                struct.pack("!I", len(garbage)) + garbage + encode(Frame(ping=Ping(nonce=1)))
-            )
+        receiver.dataReceived(
+            struct.pack("!I", len(garbage)) + garbage + encode(Frame(ping=Ping(nonce=1)))
+        )
         self.assertTrue(transport.disconnecting)
         self.assertEqual(receiver.frames, [])
-        self.assertIn("undecodable frame of 5 bytes", logText(events))
+        self.assertIn("undecodable frame of 5 bytes", "".join(receiver.errors))
 
     def test_emptyFrameAborts(self) -> None:
         """
         A well-formed but empty Frame is refused too.
         """
         receiver, transport = connected()
-        with capturedLogs() as events:
-            receiver.dataReceived(struct.pack("!I", 0))
+        receiver.dataReceived(struct.pack("!I", 0))
         self.assertTrue(transport.disconnecting)
-        self.assertIn("carries no message", logText(events))
+        self.assertIn("carries no message", "".join(receiver.errors))
 
     def test_handlerErrorCostsOnlyTheConnection(self) -> None:
         """
@@ -106,7 +114,8 @@ class FramingTests(SynchronousTestCase):
             receiver.dataReceived(encode(Frame(ping=Ping(nonce=1))))
         self.assertTrue(transport.disconnecting)
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
-        self.assertIn("internal error handling a ping frame", logText(events))
+        self.assertEqual(receiver.errors, ["internal error handling a ping frame"])
+        self.assertIn("error handling a ping frame", logText(events))
 
     def test_sendFrame(self) -> None:
         """
