@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -47,6 +48,30 @@ RESPONSE_BYTES_BUCKETS = (1024, 10240, 102400, 512000, 1048576, 5242880, 1048576
 """
 prometheus-proxy's buckets for scrape response sizes.
 """
+
+
+class Children:
+    """
+    The children of a labelled metric, each looked up once per label set.
+    prometheus_client's C{labels()} checks its arguments and takes a lock on
+    every call, which the scrape path would otherwise pay several times per
+    scrape. The label sets are the metric's own, so this holds no more than
+    the metric does.
+    """
+
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        """
+        The child for C{values}, in the order of the metric's label names.
+        """
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
+
 
 UNROUTED_OUTCOMES = frozenset({"path_not_found", "invalid_path", "missing_path", "bad_request"})
 """
@@ -214,6 +239,9 @@ class ProxyMetrics:
             buckets=RESPONSE_BYTES_BUCKETS,
             registry=registry,
         )
+        self._requestsOf = Children(self._scrapeRequests)
+        self._latencyOf = Children(self._latency)
+        self._responseBytesOf = Children(self._responseBytes)
         self._connects = Counter(
             "proxy_connect_count",
             "Agent connections that completed their handshake.",
@@ -289,12 +317,12 @@ class ProxyMetrics:
         """
         if outcome in UNROUTED_OUTCOMES:
             path = ""
-        self._scrapeRequests.labels(type=outcome).inc()
-        self._latency.labels(path=path, outcome=outcome).observe(seconds)
+        self._requestsOf(outcome).inc()
+        self._latencyOf(path, outcome).observe(seconds)
         # Only successes: other bodies are promtwist's own one-line reasons,
         # which would say nothing about the targets' sizes.
         if outcome == "success":
-            self._responseBytes.labels(path=path, encoding=encoding).observe(nbytes)
+            self._responseBytesOf(path, encoding).observe(nbytes)
         self._relayedBytes.inc(nbytes)
 
     def agentConnected(self) -> None:
@@ -486,6 +514,8 @@ class AgentMetrics:
             ["launch_id", "type"],
             registry=registry,
         )
+        self._requestsOf = Children(self._scrapeRequests)
+        self._resultsOf = Children(self._scrapeResults)
         self._connects = Counter(
             "agent_connect_count",
             "Attempts to connect to a proxy, by type: success or failure.",
@@ -499,6 +529,7 @@ class AgentMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self._latencyOf = Children(self._latency)
         self._linesDropped = Counter(
             "agent_filter_lines_dropped",
             "Exposition lines a metric filter removed, by path.",
@@ -545,8 +576,8 @@ class AgentMetrics:
         @param type: C{success}, C{unsuccessful} or C{invalid_path}.
         @param seconds: how long the fetch took.
         """
-        self._scrapeRequests.labels(launch_id=self._launchId, type=type).inc()
-        self._latency.labels(launch_id=self._launchId, agent_name=self._agentName).observe(seconds)
+        self._requestsOf(self._launchId, type).inc()
+        self._latencyOf(self._launchId, self._agentName).observe(seconds)
 
     def resultSent(self, type: str) -> None:
         """
@@ -554,7 +585,7 @@ class AgentMetrics:
 
         @param type: C{non-gzipped}, C{gzipped}, C{chunked} or C{dropped}.
         """
-        self._scrapeResults.labels(launch_id=self._launchId, type=type).inc()
+        self._resultsOf(self._launchId, type).inc()
 
     def filtered(self, path: str, linesDropped: int, bytesSaved: int) -> None:
         """

@@ -28,6 +28,7 @@ from promtwist.metrics import (
     AgentMetrics,
     AgentSample,
     AgentState,
+    Children,
     ProxyMetrics,
     ProxyState,
 )
@@ -593,3 +594,22 @@ class NegotiationTests(SynchronousTestCase):
     def test_openMetricsNoVersion(self) -> None:
         contentType, _ = scrape(self.metrics.registry, "application/openmetrics-text")
         self.assertEqual(contentType, OPENMETRICS)
+
+
+class ChildrenTests(SynchronousTestCase):
+    def test_lookedUpOnce(self) -> None:
+        """
+        Each label set's child is asked of the metric once, then reused.
+        """
+        asked: list[tuple[str, ...]] = []
+
+        class Metric:
+            def labels(self, *values: str) -> object:
+                asked.append(values)
+                return object()
+
+        children = Children(Metric())
+        first = children("p", "success")
+        self.assertIs(children("p", "success"), first)
+        self.assertIsNot(children("p", "timed_out"), first)
+        self.assertEqual(asked, [("p", "success"), ("p", "timed_out")])
