@@ -53,6 +53,14 @@ def applyLogLevel(level: str) -> None:
     _predicate.setLogLevelForNamespace("", _LEVELS.get(level.lower(), LogLevel.info))
 
 
+def debugging(namespace: str = "") -> bool:
+    """
+    Whether promtwist's debug events (in C{namespace}) are logged: a line
+    the scrape path would log per scrape is not even built otherwise.
+    """
+    return bool(_predicate.logLevelForNamespace(namespace) <= LogLevel.debug)
+
+
 # Keys of Twisted's own bookkeeping and of legacy (twisted.python.log)
 # events, which say again what the flat fields already say.
 _BOOKKEEPING = frozenset({"format", "isError", "message", "system", "time", "why", "failure"})

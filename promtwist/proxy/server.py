@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from promtwist import __version__
 from promtwist.config import PROXY, ConfigError, ProxySettings
 from promtwist.listen import Listener, logStarted
-from promtwist.logs import clip, observer, utcTime
+from promtwist.logs import clip, debugging, observer, utcTime
 from promtwist.metrics import AgentSample, ProxyState
 from promtwist.proxy.access import guarded
 from promtwist.proxy.answers import ScrapeRecord
@@ -163,7 +163,7 @@ class ProxyService(MultiService):
         self.metrics.scrapeFinished(
             record.path, record.type, record.seconds, record.bytes, record.encoding
         )
-        if self.settings.request_logging_enabled:
+        if self.settings.request_logging_enabled and debugging(self._log.namespace):
             self._log.debug(
                 "scrape /{path} via {agents}: {status} {type} {reason}"
                 " ({bytes} bytes, {ms:.1f} ms)",

@@ -183,3 +183,15 @@ class RepeatedWarningsTests(SynchronousTestCase):
             self.warnings.summariseExpired()
             self.warnings.summariseExpired()
         self.assertEqual([e["count"] for e in events], [7])
+
+
+class DebuggingTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.addCleanup(logs.applyLogLevel, "")
+
+    def test_followsTheLevel(self) -> None:
+        self.assertFalse(logs.debugging("promtwist.proxy.server.ProxyService"))
+        logs.applyLogLevel("debug")
+        self.assertTrue(logs.debugging("promtwist.proxy.server.ProxyService"))
+        logs.applyLogLevel("warn")
+        self.assertFalse(logs.debugging())
