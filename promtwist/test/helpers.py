@@ -121,6 +121,21 @@ class _Metrics(Resource):
         return b"up 1\n"
 
 
+def startTarget(case: TestCase) -> str:
+    """
+    A scrape target on loopback for C{case}, answering C{up 1}: its URL.
+    """
+    target: IListeningPort = reactor.listenTCP(
+        0,
+        Site(_Metrics()),  # type: ignore[arg-type]
+        interface="127.0.0.1",
+    )
+    case.addCleanup(target.stopListening)
+    address = target.getHost()
+    assert isinstance(address, IPv4Address)
+    return f"http://127.0.0.1:{address.port}/metrics"
+
+
 class BesideARealAgent(TestCase):
     """
     A loopback proxy with one well-behaved agent (C{real}, serving C{/m}
@@ -143,14 +158,7 @@ class BesideARealAgent(TestCase):
         return Deferred.fromCoroutine(self._startRealAgent())
 
     async def _startRealAgent(self) -> None:
-        target: IListeningPort = reactor.listenTCP(
-            0,
-            Site(_Metrics()),  # type: ignore[arg-type]
-            interface="127.0.0.1",
-        )
-        self.addCleanup(target.stopListening)
-        targetAddress = target.getHost()
-        assert isinstance(targetAddress, IPv4Address)
+        targetURL = startTarget(self)
         self.proxy = ProxyService(self.proxySettings(), reactor, interface="127.0.0.1")
         self.proxy.startService()
         self.addCleanup(self.proxy.stopService)
@@ -159,9 +167,7 @@ class BesideARealAgent(TestCase):
                 name="real",
                 agent_token=self.agentToken,
                 proxy_endpoints=(ProxyEndpoint("127.0.0.1", self.proxy.agentListener.portNumber),),
-                path_configs=(
-                    PathConfig("m", "m", f"http://127.0.0.1:{targetAddress.port}/metrics"),
-                ),
+                path_configs=(PathConfig("m", "m", targetURL),),
             ),
             reactor,
         )

@@ -13,18 +13,14 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from twisted.internet import reactor
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
-from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
 
 from promtwist.agent.service import AgentService
 from promtwist.config import AgentSettings, PathConfig, ProxyEndpoint, ProxySettings
@@ -32,19 +28,12 @@ from promtwist.protocol.framing import encodeFrame
 from promtwist.protocol.promtwist_pb2 import Frame, Goodbye, Hello, Ping, RegisterPath
 from promtwist.proxy.link import AgentLink
 from promtwist.proxy.server import ProxyService
-from promtwist.test.helpers import MiB, UnreadingPeer, rss, unsent
+from promtwist.test.helpers import MiB, UnreadingPeer, rss, startTarget, unsent
 from promtwist.test.test_framing import logText
 
 TOKEN = "the-real-token"
 PER_ADDRESS = 4
 RSS_BOUND = 50 * MiB
-
-
-class _Metrics(Resource):
-    isLeaf = True
-
-    def render_GET(self, request: Request) -> bytes:
-        return b"up 1\n"
 
 
 class Attacker(Protocol):
@@ -97,15 +86,7 @@ class _AttackBase(TestCase):
         return Deferred.fromCoroutine(self._setUp())
 
     async def _setUp(self) -> None:
-        target: IListeningPort = reactor.listenTCP(
-            0,
-            Site(_Metrics()),  # type: ignore[arg-type]
-            interface="127.0.0.1",
-        )
-        self.addCleanup(target.stopListening)
-        targetAddress = target.getHost()
-        assert isinstance(targetAddress, IPv4Address)
-        self.targetURL = f"http://127.0.0.1:{targetAddress.port}/metrics"
+        self.targetURL = startTarget(self)
         self.proxy = ProxyService(
             ProxySettings(
                 http_port=0,

@@ -4,28 +4,16 @@ Tests for L{promtwist.proxy.scrape} and L{promtwist.httputil}: the proxy's HTTP-
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import cast
 
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Request
 from twisted.web.test.requesthelper import DummyRequest
 
-from promtwist.config import Identity, ProxySettings
+from promtwist.config import ProxySettings
 from promtwist.httputil import acceptsGzip
 from promtwist.proxy.answers import textResponse
-from promtwist.proxy.auth import ANONYMOUS
 from promtwist.proxy.relay import ScrapeCall, scrapeDeadline
-
-
-@dataclass(eq=False)
-class FakeAgent:
-    agentId: str
-    name: str
-    hostName: str
-    launchId: str = ""
-    consolidated: bool = False
-    identity: Identity = ANONYMOUS
 
 
 def request(**headers: str) -> Request:

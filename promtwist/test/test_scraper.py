@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import gzip
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.error import ConnectionRefusedError
@@ -158,6 +158,36 @@ class Run:
 
     def last(self) -> Frame:
         return self.frames[-1]
+
+
+def refusing(run: Run, refuses: Callable[[Frame], bool]) -> list[Frame]:
+    """
+    Make the link refuse as too large the frames of C{run} that C{refuses}
+    picks, as a peer with a small frame limit does; the frames it sends are
+    returned.
+    """
+    sent = run.frames
+
+    def send(frame: Frame) -> None:
+        if refuses(frame):
+            raise FrameTooLarge("too big")
+        sent.append(frame)
+
+    run.scrape.send = send
+    return sent
+
+
+def firstFrame() -> Callable[[Frame], bool]:
+    """
+    Picks the first frame it is shown, and no other.
+    """
+    seen: list[Frame] = []
+
+    def first(frame: Frame) -> bool:
+        seen.append(frame)
+        return len(seen) == 1
+
+    return first
 
 
 class TargetTests(SynchronousTestCase):
@@ -507,14 +537,7 @@ class ScrapeTests(SynchronousTestCase):
         proxy hears of the failure at once.
         """
         run = Run(chunkBytes=1000)
-        sent = run.frames
-
-        def send(frame: Frame) -> None:
-            if len(frame.SerializeToString()) > 1200:
-                raise FrameTooLarge("too big")
-            sent.append(frame)
-
-        run.scrape.send = send
+        sent = refusing(run, lambda frame: len(frame.SerializeToString()) > 1200)
         response = run.respond(FakeResponse(headers={b"Content-Type": [b"t/" + b"x" * 300]}))
         response.body(b"y" * 1500)
         (frame,) = sent
@@ -770,14 +793,9 @@ class LinkLimitTests(SynchronousTestCase):
         in a last chunk.
         """
         run = Run(chunkBytes=1000)
-        sent = run.frames
-
-        def send(frame: Frame) -> None:
-            if frame.HasField("scrape_chunk") and len(frame.scrape_chunk.data) > 500:
-                raise FrameTooLarge("too big")
-            sent.append(frame)
-
-        run.scrape.send = send
+        sent = refusing(
+            run, lambda frame: frame.HasField("scrape_chunk") and len(frame.scrape_chunk.data) > 500
+        )
         response = run.respond(FakeResponse())
         response.body(b"y" * 5000)
         self.assertEqual(len(sent), 2)
@@ -791,16 +809,7 @@ class LinkLimitTests(SynchronousTestCase):
         After a refused head, the rest of a large read is not sent.
         """
         run = Run(chunkBytes=1000)
-        sent = run.frames
-        refused: list[Frame] = []
-
-        def send(frame: Frame) -> None:
-            if not refused:
-                refused.append(frame)
-                raise FrameTooLarge("too big")
-            sent.append(frame)
-
-        run.scrape.send = send
+        sent = refusing(run, firstFrame())
         run.respond(FakeResponse()).body(b"z" * 10_500)
         (frame,) = sent
         self.assertEqual(frame.scrape_response.outcome, Outcome.AGENT_ERROR)
@@ -813,16 +822,7 @@ class LinkLimitTests(SynchronousTestCase):
         run = Run()
         ended: list[str] = []
         run.scrape.scraper.onScrapeEnded = lambda kind, seconds: ended.append(kind)
-        sent = run.frames
-        refused: list[Frame] = []
-
-        def send(frame: Frame) -> None:
-            if not refused:
-                refused.append(frame)
-                raise FrameTooLarge("too big")
-            sent.append(frame)
-
-        run.scrape.send = send
+        sent = refusing(run, firstFrame())
         response = run.respond(FakeResponse())
         response.body(b"up 1\n")
         response.end()
