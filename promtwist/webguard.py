@@ -17,12 +17,9 @@ rather than read from settings, so that every HTTP port promtwist opens
 
 from __future__ import annotations
 
-import ipaddress
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, cast
 
-from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
@@ -38,18 +35,21 @@ from twisted.web.resource import IResource
 from twisted.web.server import Site
 from zope.interface import implementer
 
+from promtwist.httpguard import (
+    REFUSAL_LOG_INTERVAL,
+    REMEMBERED_REFUSALS,
+    AllowedNetworks,
+    Refusal,
+    bodyRefused,
+    headTimedOut,
+    headTooLarge,
+)
 from promtwist.logs import observer
 from promtwist.sendnow import sendsOnReturn
 
-# A refused address is logged at most this often, so a scanner cannot fill
-# the log; and at most this many addresses are remembered for that, so a
-# scan from many addresses cannot fill memory.
-REFUSAL_LOG_INTERVAL = 60.0
-REMEMBERED_REFUSALS = 1024
+__all__ = ["REFUSAL_LOG_INTERVAL", "REMEMBERED_REFUSALS", "HardenedChannel", "HardenedSite"]
 
 _log = Logger(observer=observer)
-
-_IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class HardenedChannel(HTTPChannel):
@@ -146,13 +146,7 @@ class HardenedChannel(HTTPChannel):
         self._headBytes = 0
         self._atRequestLine = True
         if self.length is None or self.length > self.maxBodyBytes:
-            self._refuse(
-                413,
-                b"Content Too Large",
-                f"request bodies must declare a length of at most {self.maxBodyBytes} bytes"
-                if self.maxBodyBytes
-                else "this port takes no request bodies",
-            )
+            self._refuse(bodyRefused(self.maxBodyBytes))
             return
         super().allHeadersReceived()
 
@@ -206,27 +200,14 @@ class HardenedChannel(HTTPChannel):
 
     def _deadlinePassed(self) -> None:
         self._deadline = None
-        self._refuse(
-            408,
-            b"Request Timeout",
-            f"request headers not complete within {self.headerTimeout:g} seconds",
-        )
+        self._refuse(headTimedOut(self.headerTimeout))
 
     def _headTooLarge(self) -> None:
-        if self._atRequestLine:
-            self._refuse(
-                414, b"URI Too Long", f"request line longer than {self.maxHeaderBytes} bytes"
-            )
-        else:
-            self._refuse(
-                431,
-                b"Request Header Fields Too Large",
-                f"request line and headers longer than {self.maxHeaderBytes} bytes",
-            )
+        self._refuse(headTooLarge(self._atRequestLine, self.maxHeaderBytes))
 
-    def _refuse(self, code: int, phrase: bytes, reason: str) -> None:
+    def _refuse(self, refusal: Refusal) -> None:
         """
-        Answer with C{code} and a one-line reason, then close.
+        Answer with the refusal's status and one-line reason, then close.
 
         A client that stops reading could hold the close up indefinitely, so
         the connection is aborted if it has not closed after C{abortTimeout}
@@ -235,18 +216,14 @@ class HardenedChannel(HTTPChannel):
         transport = self.transport
         assert transport is not None
         _log.debug(
-            "{peer}: {code} {reason}", peer=str(transport.getPeer()), code=code, reason=reason
+            "{peer}: {code} {reason}",
+            peer=str(transport.getPeer()),
+            code=refusal.status,
+            reason=refusal.reason,
         )
         self._cancelDeadline()
         self.setTimeout(None)
-        body = reason.encode("utf-8") + b"\n"
-        transport.write(
-            b"HTTP/1.1 %d %s\r\n"
-            b"Content-Type: text/plain; charset=utf-8\r\n"
-            b"Content-Length: %d\r\n"
-            b"Connection: close\r\n"
-            b"\r\n%s" % (code, phrase, len(body), body)
-        )
+        transport.write(refusal.response())
         self.loseConnection()
         # TCP and TLS transports can abort, though ITransport does not say so.
         abort = cast(ITCPTransport, transport).abortConnection
@@ -333,11 +310,7 @@ class HardenedSite(Site):
         self.maxHeaderBytes = maxHeaderBytes
         self.headerTimeout = headerTimeout
         self.maxBodyBytes = maxBodyBytes
-        self.allowedNetworks = tuple(
-            ipaddress.ip_network(network, strict=False) for network in allowedNetworks
-        )
-        # Address → when its refusal was last logged, oldest first.
-        self._refusalsLogged: OrderedDict[str, float] = OrderedDict()
+        self.allowed = AllowedNetworks(allowedNetworks, self.reactor)
 
     # Twisted types its factories for the wrapper that switches to HTTP/2
     # after ALPN; these channels are HTTP/1.1 and stand alone on purpose.
@@ -345,52 +318,10 @@ class HardenedSite(Site):
         return HardenedChannel(self.maxHeaderBytes, self.headerTimeout, self.maxBodyBytes)
 
     def buildProtocol(self, addr: IAddress | None) -> HardenedChannel | None:  # type: ignore[override]
-        if not self._admits(addr):
+        if not self.allowed.admits(addr):
             return None
         channel: HardenedChannel = super().buildProtocol(addr)
         return channel
 
     def log(self, request: Request) -> None:
         pass
-
-    def _admits(self, address: IAddress | None) -> bool:
-        if not self.allowedNetworks:
-            return True
-        ip = _clientIP(address)
-        if ip is not None and any(ip in network for network in self.allowedNetworks):
-            return True
-        self._logRefusal(str(ip) if ip is not None else str(address))
-        return False
-
-    def _logRefusal(self, host: str) -> None:
-        now = self.reactor.seconds()
-        logged = self._refusalsLogged
-        while logged and next(iter(logged.values())) <= now - REFUSAL_LOG_INTERVAL:
-            logged.popitem(last=False)
-        if host in logged:
-            return
-        if len(logged) >= REMEMBERED_REFUSALS:
-            logged.popitem(last=False)
-        logged[host] = now
-        _log.info(
-            "refused a connection from {host}: not in the allowed networks"
-            " (logged at most once a minute per address)",
-            host=host,
-        )
-
-
-def _clientIP(address: IAddress | None) -> _IPAddress | None:
-    """
-    The IP address of a client, IPv4-mapped IPv6 addresses as IPv4 so that
-    IPv4 networks match them on a dual-stack listener; L{None} for anything
-    that is not IP.
-    """
-    if not isinstance(address, IPv4Address | IPv6Address):
-        return None
-    try:
-        ip = ipaddress.ip_address(address.host)
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
