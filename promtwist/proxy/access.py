@@ -12,12 +12,11 @@ import hashlib
 import hmac
 
 from twisted.logger import Logger
-from twisted.web.resource import IResource, Resource, getChildForRequest
-from twisted.web.server import Request
 
 from promtwist.config import ProxySettings
 from promtwist.logs import observer
-from promtwist.proxy.answers import textResponse
+from promtwist.proxy.answers import textAnswer
+from promtwist.proxy.exchange import Exchange
 
 REALM = "promtwist"
 
@@ -37,37 +36,32 @@ def _matches(presented: bytes, expectedDigest: bytes) -> bool:
     return hmac.compare_digest(_digest(presented), expectedDigest)
 
 
-class RequireCredentials(Resource):
+class RequireCredentials:
     """
-    Lets a request through to the wrapped resource only with valid
-    credentials: C{Authorization: Basic} with the configured username and
-    password, or C{Authorization: Bearer} with the configured token,
-    whichever of the two are configured. Anything else gets 401 with a
-    C{WWW-Authenticate} challenge for each accepted scheme and a one-line
-    reason.
+    The scrape port's credentials check, which the server applies to every
+    request before routing it: a request goes on only with
+    C{Authorization: Basic} with the configured username and password, or
+    C{Authorization: Bearer} with the configured token, whichever of the two
+    are configured. Anything else gets 401 with a C{WWW-Authenticate}
+    challenge for each accepted scheme and a one-line reason.
 
     The C{Authorization} header is removed from an admitted request before
-    the wrapped resource sees it. The scrape resource forwards Prometheus'
-    C{Authorization} header to targets; here that header carries the
-    proxy's own credentials, which must never reach a target or the agent
-    in front of it. So with credentials required on the scrape port,
-    targets get no C{Authorization} header from Prometheus: give them
-    their credentials in the agent's C{pathConfigs} URLs instead.
-
-    The wrapped resource sees the request as if this one were not there:
-    same path, same traversal.
+    it goes on. The scrape handler forwards Prometheus' C{Authorization}
+    header to targets; here that header carries the proxy's own
+    credentials, which must never reach a target or the agent in front of
+    it. So with credentials required on the scrape port, targets get no
+    C{Authorization} header from Prometheus: give them their credentials in
+    the agent's C{pathConfigs} URLs instead.
     """
 
     def __init__(
         self,
-        wrapped: IResource,
         *,
         username: str = "",
         password: str = "",
         bearerToken: str = "",
     ) -> None:
         """
-        @param wrapped: the resource to protect.
         @param username: the basic-auth username; with C{password}, or not
             at all.
         @param password: the basic-auth password.
@@ -75,12 +69,10 @@ class RequireCredentials(Resource):
         @raise ValueError: if only half of the basic-auth pair is given, or
             no credentials at all.
         """
-        super().__init__()
         if bool(username) != bool(password):
             raise ValueError("basic auth needs both a username and a password")
         if not (username or bearerToken):
             raise ValueError("no credentials to require")
-        self._wrapped = wrapped
         # Only digests are kept, for comparisons that do not leak lengths.
         self._basic = (
             (_digest(username.encode("utf-8")), _digest(password.encode("utf-8")))
@@ -98,39 +90,32 @@ class RequireCredentials(Resource):
             schemes.append("a bearer token")
         self._accepted = " or ".join(schemes)
 
-    def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
-        # Traversal has just moved path onto prepath; put it back so that
-        # the wrapped resource traverses the whole path itself.
-        assert request.prepath is not None and request.postpath is not None
-        request.postpath.insert(0, request.prepath.pop())
-        return self._resourceFor(request)
+    def __call__(self, exchange: Exchange) -> bool:
+        """
+        Let C{exchange} through, without its C{Authorization} header, or
+        answer it with 401, whatever its method.
+        """
+        problem = self._problem(exchange)
+        if problem is None:
+            del exchange.headers[b"authorization"]
+            return True
+        _log.debug("{client}: 401 {problem}", client=str(exchange.client), problem=problem)
+        for challenge in self._challenges:
+            exchange.addHeader(b"WWW-Authenticate", challenge)
+        textAnswer(exchange, 401, problem)
+        return False
 
-    def render(self, request: Request) -> bytes | int:
-        result: bytes | int = self._resourceFor(request).render(request)
-        return result
-
-    def _resourceFor(self, request: Request) -> IResource:
-        problem = self._problem(request)
-        if problem is not None:
-            _log.debug(
-                "{client}: 401 {problem}", client=str(request.getClientAddress()), problem=problem
-            )
-            return _Unauthorized(problem, self._challenges)
-        request.requestHeaders.removeHeader(b"Authorization")
-        found: IResource = getChildForRequest(self._wrapped, request)
-        return found
-
-    def _problem(self, request: Request) -> str | None:
+    def _problem(self, exchange: Exchange) -> str | None:
         """
         What is wrong with the request's credentials, or L{None} if they
         are good.
         """
-        values = request.requestHeaders.getRawHeaders(b"Authorization", [])
-        if not values:
+        value = exchange.headers.get(b"authorization")
+        if value is None:
             return f"credentials required: {self._accepted}"
-        if len(values) > 1:
+        if b"authorization" in exchange.repeated:
             return "more than one Authorization header"
-        scheme, _, credentials = values[0].strip().partition(b" ")
+        scheme, _, credentials = value.strip().partition(b" ")
         scheme = scheme.lower()
         credentials = credentials.strip()
         if scheme == b"basic" and self._basic is not None:
@@ -155,33 +140,15 @@ class RequireCredentials(Resource):
         return bool(colon) and userGood and secretGood
 
 
-class _Unauthorized(Resource):
+def guarded(settings: ProxySettings) -> RequireCredentials | None:
     """
-    A 401 with its challenges and a one-line reason, whatever the method.
-    """
-
-    isLeaf = True
-
-    def __init__(self, problem: str, challenges: list[bytes]) -> None:
-        super().__init__()
-        self._problem = problem
-        self._challenges = challenges
-
-    def render(self, request: Request) -> bytes:
-        request.responseHeaders.setRawHeaders(b"WWW-Authenticate", self._challenges)
-        return textResponse(request, 401, self._problem)
-
-
-def guarded(resource: IResource, settings: ProxySettings) -> IResource:
-    """
-    C{resource} behind the scrape port's credentials
-    (C{proxy.http.basicAuth.*}, C{proxy.http.bearerToken}), or unchanged
-    when none are configured, so that an open port pays nothing for them.
+    The scrape port's credentials check (C{proxy.http.basicAuth.*},
+    C{proxy.http.bearerToken}), or L{None} when none are configured, so
+    that an open port pays nothing for it.
     """
     if not (settings.http_basic_auth_username or settings.http_bearer_token):
-        return resource
+        return None
     return RequireCredentials(
-        resource,
         username=settings.http_basic_auth_username,
         password=settings.http_basic_auth_password,
         bearerToken=settings.http_bearer_token,

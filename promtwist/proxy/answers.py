@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from twisted.web.server import Request
-
 from promtwist.protocol.promtwist_pb2 import Outcome
+from promtwist.proxy.exchange import Exchange
 
 # What Prometheus sees for each way a scrape can fail at the agent.
 FAILURES = {
@@ -113,21 +112,24 @@ def reasonPhrase(reason: str) -> bytes:
     return phrase.encode("ascii")
 
 
-def textResponse(request: Request, status: int, reason: str) -> bytes:
+def textAnswer(exchange: Exchange, status: int, reason: str) -> None:
     """
-    Make C{request} a one-line text error and return its body; the reason
-    is in the status line too. Headers a target's answer may already have
-    set (its length and encoding) are dropped: they describe a body that
-    will not come.
+    Answer C{exchange} with a one-line text error; the reason is in the
+    status line too. Headers a target's answer may already have set (its
+    length and encoding) are dropped: they describe a body that will not
+    come.
     """
-    request.setResponseCode(status, reasonPhrase(reason))
+    exchange.setStatus(status, reasonPhrase(reason))
     for stale in (b"Content-Length", b"Content-Encoding"):
-        request.responseHeaders.removeHeader(stale)
-    request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-    request.setHeader(b"Cache-Control", b"must-revalidate,no-store")
-    return reason.encode("utf-8") + b"\n"
+        exchange.removeHeader(stale)
+    exchange.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+    exchange.setHeader(b"Cache-Control", b"must-revalidate,no-store")
+    exchange.finishWith(reason.encode("utf-8") + b"\n")
 
 
-def header(request: Request, name: bytes) -> str:
-    value = request.getHeader(name)
+def header(exchange: Exchange, name: bytes) -> str:
+    """
+    A request header (by lower-case name) as text, or C{""}.
+    """
+    value = exchange.headers.get(name)
     return value.decode("latin-1") if value else ""

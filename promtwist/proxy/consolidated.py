@@ -321,7 +321,7 @@ class CollectMerge:
         self._answering = True
         relay.answerHead(200, complete[0].contentType)
         if missing:
-            relay.request.setHeader(
+            relay.exchange.setHeader(
                 b"X-Promtwist-Missing-Agents",
                 ", ".join(f"{clip(name)}: {failure.reason}" for name, failure in missing).encode(
                     "utf-8"

@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from json.encoder import encode_basestring as _quoted
 
-from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.internet.address import IPv4Address, IPv6Address
 
+from promtwist.proxy.exchange import Exchange
 from promtwist.proxy.registry import PathEntry, Registry
 
 RESERVED_LABELS = frozenset({"__metrics_path__", "agentName", "hostName"})
@@ -113,38 +113,42 @@ class Document:
         self._pieces = pieces
 
 
-class DiscoveryResource(Resource):
+class Discovery:
     """
-    Serves the http_sd document.
+    Serves the http_sd document on the scrape port.
 
     @ivar targetPrefix: the C{host:port} Prometheus should scrape, or C{""} to
         use the address Prometheus used to reach this document, which is the
         scrape port itself.
     """
 
-    isLeaf = True
-
     def __init__(self, registry: Registry, targetPrefix: str) -> None:
-        super().__init__()
         self.registry = registry
         self.targetPrefix = targetPrefix
         self.document = Document(registry)
 
-    def render_GET(self, request: Request) -> bytes:
-        request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
-        request.setHeader(b"Cache-Control", b"must-revalidate,no-store")
-        return self.document.render(self.targetPrefix or _reachedAs(request))
+    def answer(self, exchange: Exchange) -> None:
+        exchange.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+        exchange.setHeader(b"Cache-Control", b"must-revalidate,no-store")
+        exchange.finishWith(self.document.render(self.targetPrefix or _reachedAs(exchange)))
 
 
-def _reachedAs(request: Request) -> str:
-    host = request.getHeader(b"Host")
+def _reachedAs(exchange: Exchange) -> str:
+    host = exchange.headers.get(b"host")
     if host:
         text = host.decode("latin-1").strip()
         # Keep only a well-formed host[:port]; anything else is a client's noise.
         if text and all(c.isalnum() or c in "-.:[]_" for c in text):
-            return text if _hasPort(text) else f"{text}:{request.getHost().port}"
-    address = request.getHost()
+            return text if _hasPort(text) else f"{text}:{_port(exchange)}"
+    address = exchange.host
+    assert isinstance(address, IPv4Address | IPv6Address)
     return f"{address.host}:{address.port}"
+
+
+def _port(exchange: Exchange) -> int:
+    address = exchange.host
+    assert isinstance(address, IPv4Address | IPv6Address)
+    return address.port
 
 
 def _hasPort(hostport: str) -> bool:

@@ -21,25 +21,25 @@ answer.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum, auto
-from typing import Protocol, cast
+from typing import Protocol
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITCPTransport
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.server import Request
 
 from promtwist.config import ProxySettings
 from promtwist.gunzip import Gunzip, GunzipError
 from promtwist.httputil import acceptsGzip
 from promtwist.logs import RepeatedWarnings, observer
-from promtwist.proxy.answers import ScrapeFailed, ScrapeRecord, textResponse
+from promtwist.proxy.answers import ScrapeFailed, ScrapeRecord, textAnswer
+from promtwist.proxy.exchange import Exchange
 from promtwist.proxy.stream import AnswerHead, ScrapeStream
 
-TIMEOUT_HEADER = b"X-Prometheus-Scrape-Timeout-Seconds"
+TIMEOUT_HEADER = b"x-prometheus-scrape-timeout-seconds"
 
 
 @dataclass(frozen=True)
@@ -66,13 +66,14 @@ class ScrapeCall:
         return self.deadline - min(0.5, self.deadline * 0.1)
 
 
-def scrapeDeadline(request: Request, settings: ProxySettings) -> float:
+def scrapeDeadline(headers: Mapping[bytes, bytes], settings: ProxySettings) -> float:
     """
-    How long this scrape may take: Prometheus' own timeout when it says,
-    capped by C{proxy.internal.scrapeRequestTimeoutSecs}.
+    How long this scrape may take: Prometheus' own timeout when it says
+    (in C{headers}, by lower-case name), capped by
+    C{proxy.internal.scrapeRequestTimeoutSecs}.
     """
     limit = settings.scrape_request_timeout_secs
-    header = request.getHeader(TIMEOUT_HEADER)
+    header = headers.get(TIMEOUT_HEADER)
     if header:
         try:
             seconds = float(header)
@@ -181,7 +182,7 @@ class BodyStrategy(Protocol):
 class ScrapeRelay:
     """
     One scrape's lifecycle; see the module docstring. The relay owns the
-    request: its status line once the body begins, the producer feeding
+    exchange: its status line once the body begins, the producer feeding
     it, and how it ends.
     """
 
@@ -189,12 +190,12 @@ class ScrapeRelay:
 
     def __init__(
         self,
-        request: Request,
+        exchange: Exchange,
         call: ScrapeCall,
         tracker: ScrapeTracker,
         started: float,
     ) -> None:
-        self.request = request
+        self.exchange = exchange
         self.call = call
         self.tracker = tracker
         self.started = started
@@ -208,7 +209,7 @@ class ScrapeRelay:
         self._strategy = strategy
         self.tracker.started(self)
         self._timer = self.tracker.clock.callLater(self.call.deadline, self._deadlinePassed)
-        self.request.notifyFinish().addErrback(self._clientGone)
+        self.exchange.notifyGone(self._clientGone)
         strategy.start(self)
 
     # For strategies.
@@ -218,21 +219,19 @@ class ScrapeRelay:
         Set the status and the headers every successful answer has. Nothing
         is committed until the first body byte is written.
         """
-        request = self.request
-        request.setResponseCode(status)
-        request.setHeader(b"Cache-Control", b"must-revalidate,no-store")
+        exchange = self.exchange
+        exchange.setStatus(status)
+        exchange.setHeader(b"Cache-Control", b"must-revalidate,no-store")
         if contentType:
-            request.setHeader(b"Content-Type", contentType.encode("latin-1"))
-        else:
-            # Not twisted.web's text/html: the proxy does not know the type.
-            request.defaultContentType = None
+            # Without one, none: the proxy does not know the type.
+            exchange.setHeader(b"Content-Type", contentType.encode("latin-1"))
 
     def registerProducer(self, producer: IPushProducer) -> None:
         """
         Let C{producer} feed the answer, paused while Prometheus reads
         slowly; the relay unregisters it when the scrape ends.
         """
-        self.request.registerProducer(producer, True)
+        self.exchange.registerProducer(producer)
         self._producing = True
 
     def write(self, data: bytes) -> None:
@@ -240,7 +239,7 @@ class ScrapeRelay:
             return
         self.state = RelayState.BODY
         self._sent += len(data)
-        self.request.write(data)
+        self.exchange.write(data)
 
     def complete(self, reason: str = "") -> None:
         """
@@ -248,8 +247,8 @@ class ScrapeRelay:
         """
         if self.state is RelayState.DONE:
             return
-        self._end(self.request.code, "success", reason)
-        self.request.finish()
+        self._end(self.exchange.code, "success", reason)
+        self.exchange.finish()
 
     def fail(self, failure: ScrapeFailed) -> None:
         """
@@ -260,16 +259,15 @@ class ScrapeRelay:
         state = self.state
         if state is RelayState.DONE:
             return
-        request = self.request
+        exchange = self.exchange
         if state is RelayState.REQUESTED:
             self._end(failure.status, failure.kind, failure.reason)
-            request.write(textResponse(request, failure.status, failure.reason))
-            request.finish()
+            textAnswer(exchange, failure.status, failure.reason)
         else:
-            self._end(request.code, failure.kind, f"aborted mid-body: {failure.reason}")
+            self._end(exchange.code, failure.kind, f"aborted mid-body: {failure.reason}")
             # Aborting leaves nothing on the connection that could be read as
             # the rest of this answer or as the next one.
-            cast(ITCPTransport, request.channel.transport).abortConnection()
+            exchange.abort()
 
     def bug(self, failure: Failure) -> None:
         """
@@ -286,7 +284,7 @@ class ScrapeRelay:
         assert self._strategy is not None
         self._strategy.deadlinePassed()
 
-    def _clientGone(self, failure: Failure) -> None:
+    def _clientGone(self) -> None:
         if self.state is not RelayState.DONE:
             self._end(499, "client_gone", "Prometheus hung up")
 
@@ -297,12 +295,10 @@ class ScrapeRelay:
         self._timer = None
         if self._producing:
             self._producing = False
-            # A request whose connection is gone has no producer to drop.
-            if self.request.channel is not None:
-                self.request.unregisterProducer()
+            self.exchange.unregisterProducer()
         assert self._strategy is not None
         self._strategy.abandon()
-        gzipped = self.request.responseHeaders.hasHeader(b"Content-Encoding")
+        gzipped = self.exchange.hasHeader(b"Content-Encoding")
         self.tracker.ended(
             self,
             ScrapeRecord(
@@ -393,16 +389,16 @@ class StreamThrough:
 
     def _headReceived(self, head: AnswerHead) -> None:
         relay = self.relay
-        request = relay.request
+        exchange = relay.exchange
         relay.answerHead(head.status, head.contentType)
         encoding = head.contentEncoding
         if encoding.lower() in GZIP_ENCODINGS and not acceptsGzip(relay.call.acceptEncoding):
             self._inflater = Inflater(self._gunzipLimit)
         else:
             if encoding:
-                request.setHeader(b"Content-Encoding", encoding.encode("latin-1"))
+                exchange.setHeader(b"Content-Encoding", encoding.encode("latin-1"))
             if head.size >= 0 and head.status not in _NO_BODY:
-                request.setHeader(b"Content-Length", b"%d" % head.size)
+                exchange.setHeader(b"Content-Length", b"%d" % head.size)
         relay.registerProducer(self.stream)
         self.stream.deliverBody(self)
 

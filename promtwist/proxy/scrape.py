@@ -1,7 +1,7 @@
 # -*- test-case-name: promtwist.test.test_relay -*-
 """
-The HTTP resource Prometheus scrapes: check the request, find the agents
-serving the path, and hand the scrape to a L{ScrapeRelay}.
+What the scrape port does with a request Prometheus sends: check it, find
+the agents serving the path, and hand the scrape to a L{ScrapeRelay}.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from urllib.parse import unquote
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
 
 from promtwist.config import MiB, ProxySettings
 from promtwist.logs import clip, observer
-from promtwist.proxy.answers import ScrapeRecord, header, textResponse
+from promtwist.proxy.answers import ScrapeRecord, header, textAnswer
 from promtwist.proxy.consolidated import BufferBudget, CollectMerge
+from promtwist.proxy.discovery import Discovery
+from promtwist.proxy.exchange import Exchange
 from promtwist.proxy.registry import Registry
 from promtwist.proxy.relay import (
     BodyStrategy,
@@ -39,7 +39,13 @@ _QUERY_BYTE = re.compile(rb"[^\x21-\x7e]")
 # What a forwarded header value may hold (RFC 9110 field-value: visible
 # characters, spaces, tabs and obs-text).
 _HEADER_BYTE = re.compile(rb"[^\t\x20-\x7e\x80-\xff]")
-FORWARDED_HEADERS = (b"Accept", b"Accept-Encoding", b"Authorization")
+FORWARDED_HEADERS = (b"accept", b"accept-encoding", b"authorization")
+# Their names as a message says them.
+_SPELLED = {
+    b"accept": "Accept",
+    b"accept-encoding": "Accept-Encoding",
+    b"authorization": "Authorization",
+}
 
 
 def badQueryByte(query: bytes) -> str:
@@ -52,32 +58,31 @@ def badQueryByte(query: bytes) -> str:
     return f"query string has byte 0x{bad.group()[0]:02x} at position {bad.start()}"
 
 
-def badHeaderByte(request: Request) -> str:
+def badHeaderByte(headers: dict[bytes, bytes]) -> str:
     """
     Why a header the agent would be sent cannot be, or C{""}; the value is
     never repeated (it may be a credential).
     """
     for name in FORWARDED_HEADERS:
-        value = request.getHeader(name)
+        value = headers.get(name)
         bad = _HEADER_BYTE.search(value) if value else None
         if bad is not None:
             return (
-                f"the {name.decode()} header has byte 0x{bad.group()[0]:02x}"
+                f"the {_SPELLED[name]} header has byte 0x{bad.group()[0]:02x}"
                 f" at position {bad.start()}"
             )
     return ""
 
 
-class ScrapeResource(Resource):
+class ScrapeHandler:
     """
     Serves C{GET /<path>} for every registered path (paths may contain C{/}),
-    and hands the discovery path to its own resource.
+    and the discovery document at its path.
 
     @ivar tracker: the scrapes in flight and the records of those that ended.
     @ivar stopping: set when the proxy is draining: new scrapes get 503.
     """
 
-    isLeaf = True
     _log = Logger(observer=observer)
 
     def __init__(
@@ -85,9 +90,8 @@ class ScrapeResource(Resource):
         settings: ProxySettings,
         registry: Registry,
         clock: IReactorTime,
-        discovery: Resource | None = None,
+        discovery: Discovery | None = None,
     ) -> None:
-        super().__init__()
         self.settings = settings
         self.registry = registry
         self.clock = clock
@@ -96,26 +100,25 @@ class ScrapeResource(Resource):
         self.budget = BufferBudget(settings.max_consolidated_buffer_mbytes * MiB)
         self.stopping = False
 
-    def render_GET(self, request: Request) -> bytes | int:
+    def __call__(self, exchange: Exchange) -> None:
         started = self.clock.seconds()
-        query = request.uri.partition(b"?")[2]
+        query = exchange.query
         try:
-            path = unquote(request.path.decode("ascii"), errors="strict").lstrip("/")
+            path = unquote(exchange.path.decode("ascii"), errors="strict").lstrip("/")
         except UnicodeDecodeError:
-            return self._refuse(request, "", 400, "bad_request", "request path is not valid UTF-8")
+            return self._refuse(exchange, "", 400, "bad_request", "request path is not valid UTF-8")
         if self.discovery is not None and path == self.settings.sd_path:
-            document: bytes = self.discovery.render(request)
-            return document
+            return self.discovery.answer(exchange)
         agents = self.registry.lookup(path)
-        badBytes = badQueryByte(query) or badHeaderByte(request)
+        badBytes = badQueryByte(query) or badHeaderByte(exchange.headers)
         if badBytes:
-            return self._refuse(request, path, 400, "bad_request", badBytes)
+            return self._refuse(exchange, path, 400, "bad_request", badBytes)
         if not path:
             return self._refuse(
-                request, path, 404, "missing_path", "no path given: request /<path>"
+                exchange, path, 404, "missing_path", "no path given: request /<path>"
             )
         if self.stopping:
-            return self._refuse(request, path, 503, "proxy_stopped", "the proxy is shutting down")
+            return self._refuse(exchange, path, 503, "proxy_stopped", "the proxy is shutting down")
         if not agents:
             gone = self.registry.departed(path)
             if gone is not None:
@@ -124,17 +127,17 @@ class ScrapeResource(Resource):
                     f"agent {clip(gone.agentNames)!r} disconnected"
                     f" {self.clock.seconds() - gone.leftAt:.0f}s ago"
                 )
-                return self._refuse(request, path, 503, "agent_disconnected", reason)
+                return self._refuse(exchange, path, 503, "agent_disconnected", reason)
             return self._refuse(
-                request, path, 404, "invalid_path", f"no agent serves /{clip(path)}"
+                exchange, path, 404, "invalid_path", f"no agent serves /{clip(path)}"
             )
         call = ScrapeCall(
             path,
             query.decode("ascii"),
-            header(request, b"Accept"),
-            header(request, b"Accept-Encoding"),
-            header(request, b"Authorization") if self.settings.forward_authorization else "",
-            scrapeDeadline(request, self.settings),
+            header(exchange, b"accept"),
+            header(exchange, b"accept-encoding"),
+            header(exchange, b"authorization") if self.settings.forward_authorization else "",
+            scrapeDeadline(exchange.headers, self.settings),
         )
         sources = [cast(ScrapeSource, agent) for agent in agents]
         limit = self.settings.max_unzipped_content_size_mbytes * MiB
@@ -143,9 +146,8 @@ class ScrapeResource(Resource):
             strategy = StreamThrough(sources[0], call, limit)
         else:
             strategy = CollectMerge(sources, call, limit, self.budget)
-        ScrapeRelay(request, call, self.tracker, started).run(strategy)
-        return NOT_DONE_YET
+        ScrapeRelay(exchange, call, self.tracker, started).run(strategy)
 
-    def _refuse(self, request: Request, path: str, status: int, kind: str, reason: str) -> bytes:
+    def _refuse(self, exchange: Exchange, path: str, status: int, kind: str, reason: str) -> None:
         self.tracker.record(ScrapeRecord(path, "", status, kind, reason, 0.0, 0, "plain"))
-        return textResponse(request, status, reason)
+        textAnswer(exchange, status, reason)

@@ -1,6 +1,6 @@
 # -*- test-case-name: promtwist.test.test_proxy_service -*-
 """
-The proxy process as one service: the agent listener, the scrape site, the
+The proxy process as one service: the agent listener, the scrape port, the
 registry they share, and the operator's side (metrics, admin endpoints,
 stale-agent eviction, reload and a draining shutdown).
 """
@@ -25,14 +25,14 @@ from promtwist.metrics import AgentSample, ProxyState
 from promtwist.proxy.access import guarded
 from promtwist.proxy.answers import ScrapeRecord
 from promtwist.proxy.auth import Authenticator
-from promtwist.proxy.discovery import DiscoveryResource
+from promtwist.proxy.discovery import Discovery
+from promtwist.proxy.httpserver import ScrapePortFactory
 from promtwist.proxy.link import AgentLink, agentLinkFactory
 from promtwist.proxy.registry import AgentHandle
-from promtwist.proxy.scrape import ScrapeResource
+from promtwist.proxy.scrape import ScrapeHandler
 from promtwist.signals import exitNormally, onHangup
 from promtwist.tls import agentPortTLS, scrapePortTLS
 from promtwist.web import operationsListeners, proxyHealth
-from promtwist.webguard import HardenedSite
 
 # How often counted warnings whose interval ended are reported.
 WARNING_SUMMARY_SECONDS = 15.0
@@ -76,23 +76,22 @@ class ProxyService(MultiService):
         self.metrics = self.linkFactory.metrics
         self.metrics.track(self.state)
         discovery = (
-            DiscoveryResource(self.registry, settings.sd_target_prefix)
-            if settings.sd_enabled
-            else None
+            Discovery(self.registry, settings.sd_target_prefix) if settings.sd_enabled else None
         )
-        self.scrapes = ScrapeResource(settings, self.registry, reactor, discovery)
+        self.scrapes = ScrapeHandler(settings, self.registry, reactor, discovery)
         self.recent: collections.deque[ScrapeRecord] = collections.deque(
             maxlen=settings.admin_recent_requests_queue_size
         )
         self.scrapes.tracker.observers += [self._scrapeEnded, self.recent.append]
         # Credentials, when configured, guard discovery as well as scrapes.
-        self.site = HardenedSite(
-            guarded(self.scrapes, settings),
+        self.site = ScrapePortFactory(
+            self.scrapes,
             maxHeaderBytes=settings.http_max_header_bytes,
             headerTimeout=settings.http_header_timeout_secs,
             idleTimeout=settings.http_idle_timeout_secs,
             allowedNetworks=settings.http_allowed_networks,
-            reactor=reactor,
+            guard=guarded(settings),
+            clock=reactor,
         )
         self.agentListener = Listener(
             reactor,

@@ -1,159 +1,144 @@
 """
 Tests for L{promtwist.proxy.access}: basic auth and bearer tokens on the
-scrape port.
+scrape port, checked by the scrape port's server before it routes a request.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
 
-from twisted.internet.address import IPv4Address
-from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.resource import IResource, Resource, getChildForRequest
-from twisted.web.test.requesthelper import DummyRequest
 
 from promtwist.config import ProxySettings
 from promtwist.proxy.access import RequireCredentials, guarded
-from promtwist.webguard import HardenedSite
+from promtwist.proxy.exchange import Exchange
+from promtwist.test.scrapeport import Response, connect, factory, parseResponse
 
 
-class Recorder(Resource):
+class Recorder:
     """
-    A leaf that records the C{Authorization} header it was given and the
-    path it was reached by.
+    A handler that records the C{Authorization} header it was given and
+    the path it was asked for.
     """
-
-    isLeaf = True
 
     def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[tuple[Sequence[bytes] | None, list[bytes], list[bytes]]] = []
+        self.seen: list[tuple[bytes | None, bytes]] = []
+        self.exchanges: list[Exchange] = []
 
-    def render(self, request: DummyRequest) -> bytes:
-        self.seen.append(
-            (
-                request.requestHeaders.getRawHeaders(b"Authorization"),
-                list(request.prepath),
-                list(request.postpath),
-            )
-        )
-        return b"scraped\n"
+    def __call__(self, exchange: Exchange) -> None:
+        self.seen.append((exchange.headers.get(b"authorization"), exchange.path))
+        self.exchanges.append(exchange)
+        exchange.finishWith(b"scraped\n")
 
 
 def basic(username: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
 
 
-def status(request: DummyRequest) -> int:
-    # DummyRequest leaves the code unset unless a resource sets it.
-    return request.responseCode or 200
-
-
-def get(resource: IResource, path: bytes = b"app1_metrics", *authorization: str) -> DummyRequest:
+def get(
+    guard: RequireCredentials,
+    target: Recorder,
+    path: bytes = b"/app1_metrics",
+    *authorization: str,
+    method: bytes = b"GET",
+) -> Response:
     """
-    Traverse and render C{/path} as a site would, with the given
-    C{Authorization} headers.
+    Ask the scrape port for C{path} with the given C{Authorization}
+    headers, and read its answer.
     """
-    request = DummyRequest(path.split(b"/"))
-    if authorization:
-        request.requestHeaders.setRawHeaders(b"Authorization", list(authorization))
-    result = getChildForRequest(resource, request).render(request)
-    assert isinstance(result, bytes)
-    request.write(result)
-    request.finish()
-    return request
+    connection, transport = connect(factory(target, guard=guard))
+    lines = [method + b" " + path + b" HTTP/1.1", b"Host: proxy"]
+    lines += [b"Authorization: " + value.encode("utf-8") for value in authorization]
+    connection.dataReceived(b"\r\n".join(lines) + b"\r\n\r\n")
+    return parseResponse(transport.value())
 
 
 class GuardedTests(SynchronousTestCase):
     """
-    L{guarded} wraps the scrape resource only when credentials are
-    configured.
+    L{guarded} makes a check only when credentials are configured.
     """
 
     def test_nothingConfigured(self) -> None:
-        resource = Recorder()
-        self.assertIs(guarded(resource, ProxySettings()), resource)
+        self.assertIsNone(guarded(ProxySettings()))
 
     def test_basic(self) -> None:
         settings = ProxySettings(http_basic_auth_username="u", http_basic_auth_password="p")
-        self.assertIsInstance(guarded(Recorder(), settings), RequireCredentials)
+        self.assertIsInstance(guarded(settings), RequireCredentials)
 
     def test_bearer(self) -> None:
         settings = ProxySettings(http_bearer_token="t")
-        self.assertIsInstance(guarded(Recorder(), settings), RequireCredentials)
+        self.assertIsInstance(guarded(settings), RequireCredentials)
 
     def test_incomplete(self) -> None:
-        self.assertRaises(ValueError, RequireCredentials, Recorder())
-        self.assertRaises(ValueError, RequireCredentials, Recorder(), username="u")
-        self.assertRaises(ValueError, RequireCredentials, Recorder(), password="p")
+        self.assertRaises(ValueError, RequireCredentials)
+        self.assertRaises(ValueError, RequireCredentials, username="u")
+        self.assertRaises(ValueError, RequireCredentials, password="p")
 
 
 class CredentialTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.target = Recorder()
         self.both = RequireCredentials(
-            self.target, username="prometheus", password="pässwörd", bearerToken="s3cret-token"
+            username="prometheus", password="pässwörd", bearerToken="s3cret-token"
         )
 
     def assertUnauthorized(
-        self, request: DummyRequest, reason: str, challenges: list[bytes] | None = None
+        self, response: Response, reason: str, challenges: list[bytes] | None = None
     ) -> None:
-        self.assertEqual(request.responseCode, 401)
+        self.assertEqual(response.status, 401)
         self.assertEqual(
-            request.responseHeaders.getRawHeaders(b"WWW-Authenticate"),
+            response.repeated(b"www-authenticate"),
             challenges
             or [b'Basic realm="promtwist", charset="UTF-8"', b'Bearer realm="promtwist"'],
         )
-        self.assertEqual(
-            request.responseHeaders.getRawHeaders(b"Content-Type"),
-            [b"text/plain; charset=utf-8"],
-        )
-        self.assertEqual(b"".join(request.written), reason.encode() + b"\n")
+        self.assertEqual(response.headers[b"content-type"], b"text/plain; charset=utf-8")
+        self.assertEqual(response.body, reason.encode() + b"\n")
         self.assertEqual(self.target.seen, [])
 
-    def assertAdmitted(self, request: DummyRequest) -> None:
-        self.assertEqual(status(request), 200)
-        self.assertEqual(b"".join(request.written), b"scraped\n")
+    def assertAdmitted(self, response: Response) -> None:
+        self.assertEqual(response.status, 200)
+        self.assertEqual(response.body, b"scraped\n")
         self.assertEqual(len(self.target.seen), 1)
 
     def test_basicAccepted(self) -> None:
-        self.assertAdmitted(get(self.both, b"app1_metrics", basic("prometheus", "pässwörd")))
+        self.assertAdmitted(
+            get(self.both, self.target, b"/app1_metrics", basic("prometheus", "pässwörd"))
+        )
 
     def test_bearerAccepted(self) -> None:
-        self.assertAdmitted(get(self.both, b"app1_metrics", "Bearer s3cret-token"))
+        self.assertAdmitted(get(self.both, self.target, b"/app1_metrics", "Bearer s3cret-token"))
 
     def test_schemeCaseInsensitive(self) -> None:
-        self.assertAdmitted(get(self.both, b"app1_metrics", "bEARER  s3cret-token "))
+        self.assertAdmitted(get(self.both, self.target, b"/app1_metrics", "bEARER  s3cret-token "))
 
     def test_authorizationStripped(self) -> None:
         """
         The proxy's own credentials never reach the scrape resource, which
         would forward them to targets; other headers do.
         """
-        request = DummyRequest([b"app1_metrics"])
-        request.requestHeaders.setRawHeaders(b"Authorization", [b"Bearer s3cret-token"])
-        request.requestHeaders.setRawHeaders(b"Accept", [b"text/plain"])
-        getChildForRequest(self.both, request).render(request)
+        connection, _ = connect(factory(self.target, guard=self.both))
+        connection.dataReceived(
+            b"GET /app1_metrics HTTP/1.1\r\nAuthorization: Bearer s3cret-token\r\n"
+            b"Accept: text/plain\r\n\r\n"
+        )
         self.assertEqual(self.target.seen[0][0], None)
-        self.assertEqual(request.requestHeaders.getRawHeaders(b"Accept"), [b"text/plain"])
+        self.assertEqual(self.target.exchanges[0].headers.get(b"accept"), b"text/plain")
 
     def test_missing(self) -> None:
         self.assertUnauthorized(
-            get(self.both), "credentials required: basic auth or a bearer token"
+            get(self.both, self.target), "credentials required: basic auth or a bearer token"
         )
 
     def test_wrongPassword(self) -> None:
         self.assertUnauthorized(
-            get(self.both, b"app1_metrics", basic("prometheus", "password")),
+            get(self.both, self.target, b"/app1_metrics", basic("prometheus", "password")),
             "invalid credentials",
         )
 
     def test_wrongUsername(self) -> None:
         self.assertUnauthorized(
-            get(self.both, b"app1_metrics", basic("grafana", "pässwörd")), "invalid credentials"
+            get(self.both, self.target, b"/app1_metrics", basic("grafana", "pässwörd")),
+            "invalid credentials",
         )
 
     def test_wrongToken(self) -> None:
@@ -162,7 +147,8 @@ class CredentialTests(SynchronousTestCase):
         """
         for token in ["s3cret-tokeN", "s3cret-toke", "s3cret-token2", "", "x" * 1000]:
             self.assertUnauthorized(
-                get(self.both, b"app1_metrics", "Bearer " + token), "invalid credentials"
+                get(self.both, self.target, b"/app1_metrics", "Bearer " + token),
+                "invalid credentials",
             )
 
     def test_secretsNotKept(self) -> None:
@@ -176,28 +162,30 @@ class CredentialTests(SynchronousTestCase):
 
     def test_malformedBasic(self) -> None:
         for value in ["Basic !!!", "Basic " + base64.b64encode(b"no colon").decode(), "Basic"]:
-            self.assertUnauthorized(get(self.both, b"app1_metrics", value), "invalid credentials")
+            self.assertUnauthorized(
+                get(self.both, self.target, b"/app1_metrics", value), "invalid credentials"
+            )
 
     def test_colonInPassword(self) -> None:
-        guard = RequireCredentials(self.target, username="u", password="a:b")
-        self.assertAdmitted(get(guard, b"app1_metrics", basic("u", "a:b")))
+        guard = RequireCredentials(username="u", password="a:b")
+        self.assertAdmitted(get(guard, self.target, b"/app1_metrics", basic("u", "a:b")))
 
     def test_unconfiguredScheme(self) -> None:
         """
         A bearer token is no good where only basic auth is configured, and
         the challenge offers basic auth only.
         """
-        guard = RequireCredentials(self.target, username="u", password="p")
+        guard = RequireCredentials(username="u", password="p")
         self.assertUnauthorized(
-            get(guard, b"app1_metrics", "Bearer p"),
+            get(guard, self.target, b"/app1_metrics", "Bearer p"),
             "unsupported authorization scheme: this port accepts basic auth",
             [b'Basic realm="promtwist", charset="UTF-8"'],
         )
 
     def test_bearerOnlyChallenge(self) -> None:
-        guard = RequireCredentials(self.target, bearerToken="t")
+        guard = RequireCredentials(bearerToken="t")
         self.assertUnauthorized(
-            get(guard, b"app1_metrics", basic("u", "t")),
+            get(guard, self.target, b"/app1_metrics", basic("u", "t")),
             "unsupported authorization scheme: this port accepts a bearer token",
             [b'Bearer realm="promtwist"'],
         )
@@ -207,73 +195,23 @@ class CredentialTests(SynchronousTestCase):
         Two C{Authorization} headers are ambiguous, even if one is right.
         """
         self.assertUnauthorized(
-            get(self.both, b"app1_metrics", "Bearer s3cret-token", "Bearer wrong"),
+            get(self.both, self.target, b"/app1_metrics", "Bearer s3cret-token", "Bearer wrong"),
             "more than one Authorization header",
         )
 
-
-class TraversalTests(SynchronousTestCase):
-    """
-    The wrapped resource sees the request as it would without the guard.
-    """
-
-    def test_leaf(self) -> None:
-        target = Recorder()
-        guard = RequireCredentials(target, bearerToken="t")
-        get(guard, b"a/b/metrics", "Bearer t")
-        self.assertEqual(target.seen, [(None, [], [b"a", b"b", b"metrics"])])
-
-    def test_tree(self) -> None:
-        leaf = Recorder()
-        root = Resource()
-        root.putChild(b"admin", leaf)
-        guard = RequireCredentials(root, bearerToken="t")
-        get(guard, b"admin/ping", "Bearer t")
-        self.assertEqual(leaf.seen, [(None, [b"admin"], [b"ping"])])
-
-    def test_renderedDirectly(self) -> None:
+    def test_anyMethod(self) -> None:
         """
-        Mounted where nothing of the path is left, the guard renders the
-        wrapped resource itself, after the same check.
+        Without credentials, any method gets the 401 first: the port says
+        nothing else to a stranger.
         """
-        target = Recorder()
-        guard = RequireCredentials(target, bearerToken="t")
-        parent = Resource()
-        parent.putChild(b"metrics", guard)
-        self.assertEqual(status(get(parent, b"metrics", "Bearer wrong")), 401)
-        self.assertEqual(status(get(parent, b"metrics", "Bearer t")), 200)
-        self.assertEqual(target.seen, [(None, [b"metrics"], [])])
-
-
-class SiteTests(SynchronousTestCase):
-    """
-    Wired as the scrape port wires it: L{guarded} under a L{HardenedSite}.
-    """
-
-    def test_overHTTP(self) -> None:
-        target = Recorder()
-        settings = ProxySettings(http_bearer_token="t")
-        site = HardenedSite(
-            guarded(target, settings),
-            maxHeaderBytes=settings.http_max_header_bytes,
-            headerTimeout=settings.http_header_timeout_secs,
-            idleTimeout=settings.http_idle_timeout_secs,
-            reactor=Clock(),
+        self.assertUnauthorized(
+            get(self.both, self.target, b"/app1_metrics", method=b"POST"),
+            "credentials required: basic auth or a bearer token",
         )
-        peer = IPv4Address("TCP", "127.0.0.1", 40000)
-        channel = site.buildProtocol(peer)
-        assert channel is not None
-        transport = StringTransport(peerAddress=peer)
-        channel.makeConnection(transport)
-        channel.dataReceived(b"GET /app1_metrics HTTP/1.1\r\nHost: proxy\r\n\r\n")
-        self.assertTrue(transport.value().startswith(b"HTTP/1.1 401 "), transport.value())
-        # The reason is in the status line, where Prometheus shows it.
-        self.assertIn(b"bearer token", transport.value().split(b"\r\n")[0].lower())
-        self.assertIn(b'WWW-Authenticate: Bearer realm="promtwist"\r\n', transport.value())
-        transport.clear()
-        channel.dataReceived(
-            b"GET /app1_metrics HTTP/1.1\r\nHost: proxy\r\nAuthorization: Bearer t\r\n\r\n"
-        )
-        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 OK\r\n"))
-        self.assertEqual(target.seen, [(None, [], [b"app1_metrics"])])
-        channel.connectionLost()
+
+    def test_wholePath(self) -> None:
+        """
+        The handler sees the path as it would without the check.
+        """
+        get(self.both, self.target, b"/a/b/metrics?x=1", "Bearer s3cret-token")
+        self.assertEqual(self.target.seen, [(None, b"/a/b/metrics")])

@@ -6,24 +6,27 @@ costs to serve.
 from __future__ import annotations
 
 import json
-from typing import cast
-
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.server import Request
-from twisted.web.test.requesthelper import DummyRequest
 
 from promtwist.config import ProxySettings
 from promtwist.proxy import discovery
-from promtwist.proxy.discovery import RENDERED_TARGETS, DiscoveryResource, Document
+from promtwist.proxy.discovery import RENDERED_TARGETS, Discovery, Document
 from promtwist.proxy.registry import PathEntry, Registry
+from promtwist.test.scrapeport import Response, exchangeFor, parseResponse
 from promtwist.test.test_registry import FakeAgent
 
 
-def request(host: str) -> Request:
-    r = DummyRequest([b""])
-    r.requestHeaders.setRawHeaders("Host", [host])
-    return cast(Request, r)
+def ask(resource: Discovery, host: str) -> Response:
+    """
+    The document as the scrape port (reached at 10.0.0.1:8080) serves it
+    to a request with Host C{host}.
+    """
+    exchange, transport = exchangeFor(
+        b"GET /discovery HTTP/1.1\r\nHost: " + host.encode() + b"\r\n\r\n"
+    )
+    resource.answer(exchange)
+    return parseResponse(transport.value())
 
 
 def served(registry: Registry, agent: FakeAgent, *paths: str) -> None:
@@ -190,23 +193,22 @@ class ResourceTests(SynchronousTestCase):
         Without a configured prefix the target is the address Prometheus used
         to reach the proxy, with the scrape port when the Host header has none.
         """
-        resource = DiscoveryResource(Registry(), "")
+        resource = Discovery(Registry(), "")
         served(resource.registry, FakeAgent("1", "a", "h"), "app")
         for host, expected in [
             ("proxy.example:8080", "proxy.example:8080"),
-            ("proxy.example", "proxy.example:80"),
+            ("proxy.example", "proxy.example:8080"),
             ("[::1]:9000", "[::1]:9000"),
-            ("bad host<>", "127.0.0.1:80"),
+            ("bad host<>", "10.0.0.1:8080"),
         ]:
-            r = request(host)
-            (group,) = json.loads(resource.render_GET(r))
+            r = ask(resource, host)
+            self.assertTrue(r.complete)
+            (group,) = json.loads(r.body)
             self.assertEqual(group["targets"], [expected], host)
-            self.assertEqual(
-                r.responseHeaders.getRawHeaders("Content-Type"), ["application/json; charset=utf-8"]
-            )
+            self.assertEqual(r.headers[b"content-type"], b"application/json; charset=utf-8")
 
     def test_configuredPrefix(self) -> None:
-        resource = DiscoveryResource(Registry(), "proxy.example:8080")
+        resource = Discovery(Registry(), "proxy.example:8080")
         served(resource.registry, FakeAgent("1", "a", "h"), "app")
-        (group,) = json.loads(resource.render_GET(request("other:1")))
+        (group,) = json.loads(ask(resource, "other:1").body)
         self.assertEqual(group["targets"], ["proxy.example:8080"])

@@ -1,8 +1,8 @@
 """
 Tests for L{promtwist.proxy.relay}, L{promtwist.proxy.stream} and the scrape
-resource: every way a relayed scrape can end, driven deterministically with
-a fake agent link, a real L{HTTPChannel} on a L{StringTransport} and a
-L{Clock}, so that what Prometheus receives is checked byte for byte.
+handler: every way a relayed scrape can end, driven deterministically with
+a fake agent link, the scrape port's real server on a L{StringTransport}
+and a L{Clock}, so that what Prometheus receives is checked byte for byte.
 """
 
 from __future__ import annotations
@@ -20,16 +20,17 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.server import Site
 
 from promtwist.config import Identity, ProxySettings
 from promtwist.protocol.promtwist_pb2 import Frame, Outcome, ScrapeChunk, ScrapeResponse
 from promtwist.proxy.answers import ScrapeRecord
 from promtwist.proxy.auth import ANONYMOUS
+from promtwist.proxy.httpserver import ScrapePortConnection, ScrapePortFactory
 from promtwist.proxy.registry import Registry
 from promtwist.proxy.relay import ScrapeCall
-from promtwist.proxy.scrape import ScrapeResource
+from promtwist.proxy.scrape import ScrapeHandler, badHeaderByte, badQueryByte
 from promtwist.proxy.stream import ScrapeStream
+from promtwist.test.scrapeport import Response, parseResponse
 
 WINDOW = 64 * 1024
 FRAME = 16 * 1024
@@ -116,41 +117,6 @@ class FakeLink:
         return [str(frame.WhichOneof("kind")) for frame in self.sent]
 
 
-@dataclass
-class Response:
-    status: int
-    headers: dict[bytes, bytes]
-    body: bytes
-    complete: bool
-
-
-def parseResponse(data: bytes) -> Response:
-    """
-    The first HTTP response in C{data}; C{complete} says whether its body
-    was framed completely (by length or by the chunked terminator).
-    """
-    head, _, rest = data.partition(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
-    status = int(lines[0].split(b" ")[1])
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(b": ")
-        headers[name.lower()] = value
-    if b"content-length" in headers:
-        length = int(headers[b"content-length"])
-        return Response(status, headers, rest[:length], len(rest) >= length)
-    if headers.get(b"transfer-encoding") == b"chunked":
-        body = b""
-        while rest:
-            size, _, rest = rest.partition(b"\r\n")
-            n = int(size, 16)
-            if n == 0:
-                return Response(status, headers, body, True)
-            body, rest = body + rest[:n], rest[n + 2 :]
-        return Response(status, headers, body, False)
-    return Response(status, headers, rest, False)
-
-
 class SlowReader(StringTransport):
     """
     A connection whose client stops reading once C{limit} bytes wait in it:
@@ -182,8 +148,8 @@ class SlowReader(StringTransport):
 
 class Proxy:
     """
-    The scrape resource behind a real HTTP channel, with a registry of fake
-    links.
+    The scrape handler behind the scrape port's server, with a registry of
+    fake links.
     """
 
     def __init__(self, settings: ProxySettings | None = None) -> None:
@@ -192,10 +158,16 @@ class Proxy:
             scrape_request_timeout_secs=10, max_unzipped_content_size_mbytes=1
         )
         self.registry = Registry()
-        self.resource = ScrapeResource(self.settings, self.registry, self.clock)
+        self.resource = ScrapeHandler(self.settings, self.registry, self.clock)
         self.records: list[ScrapeRecord] = []
         self.resource.tracker.observers.append(self.records.append)
-        self.site = Site(self.resource, timeout=None)
+        self.site = ScrapePortFactory(
+            self.resource,
+            maxHeaderBytes=16384,
+            headerTimeout=10,
+            idleTimeout=3600,
+            clock=self.clock,
+        )
         self.channels: dict[StringTransport, Protocol] = {}
 
     def agent(self, name: str, path: str = "p", consolidated: bool = False) -> FakeLink:
@@ -219,6 +191,18 @@ class Proxy:
 
     def hangUp(self, transport: StringTransport) -> None:
         self.channels[transport].connectionLost(Failure(ConnectionDone()))
+
+    def timers(self) -> list[object]:
+        """
+        The clock's pending calls but the connections' idle timeouts, which
+        a kept-alive connection rightly has.
+        """
+        return [
+            call
+            for call in self.clock.getDelayedCalls()
+            if getattr(getattr(call, "func", None), "__func__", None)
+            is not ScrapePortConnection._idleTimedOut
+        ]
 
     @property
     def inFlight(self) -> int:
@@ -410,7 +394,7 @@ class StreamThroughTests(SynchronousTestCase):
         self.assertEqual(r.body, b"no complete answer from agent 'a1' within 4s\n")
         self.assertEqual(self.link.kinds(), ["cancel_scrape"])
         self.assertEqual(self.link.streams, {})
-        self.assertEqual(self.proxy.clock.getDelayedCalls(), [])
+        self.assertEqual(self.proxy.timers(), [])
 
     def test_proxyDeadlineMidBody(self) -> None:
         conn = self.proxy.get()
@@ -424,7 +408,7 @@ class StreamThroughTests(SynchronousTestCase):
         self.proxy.hangUp(conn)
         self.assertEqual(self.link.kinds(), ["cancel_scrape"])
         self.assertEqual((self.proxy.records[-1].status, self.proxy.inFlight), (499, 0))
-        self.assertEqual(self.proxy.clock.getDelayedCalls(), [])
+        self.assertEqual(self.proxy.timers(), [])
 
     def test_prometheusHangsUpMidBody(self) -> None:
         conn = self.proxy.get()
@@ -448,12 +432,14 @@ class StreamThroughTests(SynchronousTestCase):
     def test_queryBytesRefused(self) -> None:
         """
         A query string that could not be forwarded as it is gets a 400 at
-        the proxy, naming the byte; no agent is asked.
+        the proxy, saying where the bad byte is (llhttp refuses it before
+        the proxy's own check would); no agent is asked.
         """
         r = response(self.proxy.get(b"/p?a=\x7f"))
         self.assertEqual(r.status, 400)
-        self.assertEqual(r.body, b"query string has byte 0x7f at position 2\n")
+        self.assertEqual(r.body, b"malformed request: Invalid char in url query\n")
         self.assertEqual(self.link.calls, [])
+        self.assertEqual(badQueryByte(b"a=\x7f"), "query string has byte 0x7f at position 2")
 
     def test_headerBytesRefused(self) -> None:
         """
@@ -462,8 +448,12 @@ class StreamThroughTests(SynchronousTestCase):
         """
         r = response(self.proxy.get(Authorization="Bearer s3cret\x01"))
         self.assertEqual(r.status, 400)
-        self.assertEqual(r.body, b"the Authorization header has byte 0x01 at position 13\n")
+        self.assertEqual(r.body, b"malformed request: Invalid header value char\n")
         self.assertEqual(self.link.calls, [])
+        self.assertEqual(
+            badHeaderByte({b"authorization": b"Bearer s3cret\x01"}),
+            "the Authorization header has byte 0x01 at position 13",
+        )
 
     def test_noContentAnswer(self) -> None:
         """

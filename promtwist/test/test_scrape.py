@@ -4,28 +4,23 @@ Tests for L{promtwist.proxy.scrape} and L{promtwist.httputil}: the proxy's HTTP-
 
 from __future__ import annotations
 
-from typing import cast
-
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.server import Request
-from twisted.web.test.requesthelper import DummyRequest
 
 from promtwist.config import ProxySettings
 from promtwist.httputil import acceptsGzip
-from promtwist.proxy.answers import textResponse
+from promtwist.proxy.answers import textAnswer
 from promtwist.proxy.relay import ScrapeCall, scrapeDeadline
+from promtwist.test.scrapeport import exchangeFor, parseResponse
 
 
-def request(**headers: str) -> Request:
+def request(**headers: str) -> dict[bytes, bytes]:
     """
-    A request with C{headers} (underscores in names become dashes): a
-    L{DummyRequest}, which has every part of a L{Request} the code under
-    test reads.
+    Request headers as the server keeps them: lower-case names (underscores
+    in C{headers}' names become dashes).
     """
-    r = DummyRequest([b""])
-    for name, value in headers.items():
-        r.requestHeaders.setRawHeaders(name.replace("_", "-"), [value])
-    return cast(Request, r)
+    return {
+        name.replace("_", "-").lower().encode(): value.encode() for name, value in headers.items()
+    }
 
 
 class DeadlineTests(SynchronousTestCase):
@@ -64,16 +59,16 @@ class TextResponseTests(SynchronousTestCase):
         An error replacing a target's answer does not keep the length and
         encoding the target announced for its own body.
         """
-        r = request()
-        r.setHeader(b"Content-Length", b"1000")
-        r.setHeader(b"Content-Encoding", b"gzip")
-        body = textResponse(r, 503, "no answer")
-        self.assertEqual((cast(DummyRequest, r).responseCode, body), (503, b"no answer\n"))
-        self.assertFalse(r.responseHeaders.hasHeader(b"Content-Length"))
-        self.assertFalse(r.responseHeaders.hasHeader(b"Content-Encoding"))
-        self.assertEqual(
-            r.responseHeaders.getRawHeaders(b"Content-Type"), [b"text/plain; charset=utf-8"]
-        )
+        exchange, transport = exchangeFor(b"GET /p HTTP/1.1\r\n\r\n")
+        exchange.setHeader(b"Content-Length", b"1000")
+        exchange.setHeader(b"Content-Encoding", b"gzip")
+        textAnswer(exchange, 503, "no answer")
+        r = parseResponse(transport.value())
+        self.assertEqual((r.status, r.body, r.complete), (503, b"no answer\n", True))
+        self.assertEqual(r.headers[b"content-length"], b"10")
+        self.assertNotIn(b"content-encoding", r.headers)
+        self.assertEqual(r.headers[b"content-type"], b"text/plain; charset=utf-8")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 503 no answer\r\n"))
 
 
 class AcceptGzipTests(SynchronousTestCase):

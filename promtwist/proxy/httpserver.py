@@ -1,0 +1,692 @@
+# -*- test-case-name: promtwist.test.test_httpserver -*-
+"""
+The scrape port's HTTP/1.1 server: llhttp (through httptools) parses, a
+thin protocol answers one request at a time, and nothing else runs per
+request.
+
+twisted.web's server machinery was most of the proxy's CPU per scrape: a
+L{Request} with its header objects, resource traversal, a logging context
+per read. The scrape port needs none of it: it answers C{GET} on a path,
+streams a body through, and refuses everything else. So it has its own
+small server, with every defence L{promtwist.webguard.HardenedChannel}
+gives the other ports (the shared parts are in L{promtwist.httpguard}):
+
+  - a request head (request line, headers, blank line) may take at most
+    C{maxHeaderBytes}: a request line alone over it gets 414, a head over
+    it 431;
+  - a head must be complete C{headerTimeout} seconds after it started, or
+    408. A head starts when the connection is made, and on a keep-alive
+    connection with its first byte: waiting for that byte is the idle
+    timeout's business, so Prometheus can keep a connection across scrape
+    intervals longer than the deadline;
+  - a request body is refused with 413 before a byte of it is read;
+  - clients outside the allowed networks are refused before a byte is
+    read, the refusal logged at most once a minute per address;
+  - a silent connection closes after the idle timeout (which does not run
+    while a request is being answered);
+  - a client that pipelines requests and does not read the answers gets
+    no further answer while the transport holds more than its buffer: the
+    next request is parsed only once the transport has flushed, and
+    nothing more is read meanwhile;
+  - a malformed request gets 400 with llhttp's reason, a method other
+    than C{GET} and C{HEAD} 405, an HTTP version other than 1.0 and 1.1
+    505.
+
+Each refusal closes the connection, aborting it if the client does not let
+it close within L{ABORT_TIMEOUT} seconds.
+
+A connection moves through L{ConnectionState}: C{HEAD} (reading a request
+head) → C{ANSWERING} → C{IDLE} (keep-alive, waiting for the next head) or
+C{HELD} (the client is not reading; pipelined bytes wait) → ..., and
+C{CLOSING} once it is refused, timed out, or answered without keep-alive.
+
+Heads are cut out of the byte stream at their blank line and fed to llhttp
+whole, one at a time: the port takes no bodies, so a head's end is its
+request's end, and bytes after it are the next request's, parsed only once
+this one is answered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from enum import Enum, auto
+from typing import cast
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
+from twisted.internet.interfaces import (
+    IAddress,
+    IConsumer,
+    IDelayedCall,
+    IPushProducer,
+    IReactorTime,
+    ITCPTransport,
+)
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import RESPONSES, datetimeToString
+from zope.interface import implementer
+
+from promtwist import __version__
+from promtwist.httpguard import (
+    ABORT_TIMEOUT,
+    AllowedNetworks,
+    Refusal,
+    bodyRefused,
+    headTimedOut,
+    headTooLarge,
+)
+from promtwist.logs import clip, observer
+from promtwist.proxy.answers import textAnswer
+from promtwist.proxy.exchange import READ_HEADERS, Exchange
+from promtwist.sendnow import PENDING, sendsOnReturn
+
+_log = Logger(observer=observer)
+
+# Bytes read ahead while a request is answered before reading stops, as
+# twisted.web's HTTPChannel does (its _optimisticEagerReadSize).
+READ_AHEAD_BYTES = 0x4000
+
+_END_OF_HEAD = b"\r\n\r\n"
+_SERVER = b"Server: promtwist/" + __version__.public().encode("ascii") + b"\r\n"
+_STATUS_LINE = {b"1.1": b"HTTP/1.1 %d %s\r\n", b"1.0": b"HTTP/1.0 %d %s\r\n"}
+_METHODS = frozenset({b"GET", b"HEAD"})
+# Statuses whose answers have no body.
+_NO_BODY = frozenset({204, 304})
+
+Handler = Callable[[Exchange], None]
+"""
+Answers an admitted request: at once, or later through the exchange.
+"""
+
+Guard = Callable[[Exchange], bool]
+"""
+Lets a request through (C{True}), or answers it itself (C{False}), before
+the server routes it anywhere.
+"""
+
+
+class ConnectionState(Enum):
+    HEAD = auto()
+    ANSWERING = auto()
+    IDLE = auto()
+    HELD = auto()
+    CLOSING = auto()
+
+
+class ScrapePortFactory(Factory):
+    """
+    Makes the scrape port's connections, refusing clients outside the
+    allowed networks.
+
+    @ivar handler: answers requests that passed the server's checks.
+    @ivar guard: checks each request's credentials first, if set.
+    @ivar allowed: the networks clients may connect from.
+    """
+
+    noisy = False
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        maxHeaderBytes: int,
+        headerTimeout: float,
+        idleTimeout: float,
+        allowedNetworks: Sequence[str] = (),
+        guard: Guard | None = None,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        """
+        @param maxHeaderBytes: the most bytes a request's line and headers
+            may take, line endings included.
+        @param headerTimeout: seconds from the start of a request until its
+            head must be complete.
+        @param idleTimeout: seconds a connection may wait for a request.
+        @param allowedNetworks: CIDR networks clients may connect from;
+            empty admits everyone.
+        @param clock: the clock for every timeout; the global reactor by
+            default.
+        @raise ValueError: if a network is not valid.
+        """
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = cast(IReactorTime, reactor)
+        self.handler = handler
+        self.guard = guard
+        self.maxHeaderBytes = maxHeaderBytes
+        self.headerTimeout = headerTimeout
+        self.idleTimeout = idleTimeout
+        self.clock = clock
+        self.allowed = AllowedNetworks(allowedNetworks, clock)
+
+    def buildProtocol(self, addr: IAddress | None) -> ScrapePortConnection | None:
+        if not self.allowed.admits(addr):
+            return None
+        return ScrapePortConnection(self)
+
+
+_dateSecond = -1
+_dateLine = b""
+
+
+def _date(now: float) -> bytes:
+    """
+    The C{Date} header line, made once a second.
+    """
+    global _dateSecond, _dateLine
+    second = int(now)
+    if second != _dateSecond:
+        _dateSecond = second
+        _dateLine = b"Date: " + datetimeToString(second) + b"\r\n"
+    return _dateLine
+
+
+@implementer(IPushProducer)
+class ScrapePortConnection(Protocol):
+    """
+    One client connection; see the module docstring.
+
+    It is its transport's producer: the transport pauses it when its buffer
+    fills, which pauses the answer's producer (the agent's stream) and
+    holds pipelined requests.
+
+    @ivar state: where the connection is in L{ConnectionState}.
+    """
+
+    def __init__(self, factory: ScrapePortFactory) -> None:
+        self.factory = factory
+        self.state = ConnectionState.HEAD
+        self._parser = HttpRequestParser(self)
+        # Bytes received and not yet parsed: part of a head, or what a
+        # client pipelined while an answer was made.
+        self._pending = b""
+        self._reading = False
+        self._readingPaused = False
+        self._writePaused = False
+        self._exchange: ServerExchange | None = None
+        self._producer: IPushProducer | None = None
+        self._deadline: IDelayedCall | None = None
+        self._idle: IDelayedCall | None = None
+        self._forceClose: IDelayedCall | None = None
+        # The request being parsed.
+        self._url = b""
+        self._headers: dict[bytes, bytes] = {}
+        self._repeated: frozenset[bytes] = frozenset()
+        self._complete = False
+
+    # The connection.
+
+    def connectionMade(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        cast(IConsumer, transport).registerProducer(self, True)
+        clock = self.factory.clock
+        self._idle = clock.callLater(self.factory.idleTimeout, self._idleTimedOut)
+        self._deadline = clock.callLater(self.factory.headerTimeout, self._deadlinePassed)
+
+    @sendsOnReturn
+    def dataReceived(self, data: bytes) -> None:
+        state = self.state
+        if state is ConnectionState.CLOSING:
+            # Refused or closing: whatever else arrives is not a request.
+            return
+        if state is ConnectionState.ANSWERING or state is ConnectionState.HELD:
+            self._pending += data
+            if len(self._pending) > READ_AHEAD_BYTES:
+                self._pauseReading()
+            return
+        assert self._idle is not None
+        self._idle.reset(self.factory.idleTimeout)
+        self._readHeads(self._pending + data if self._pending else data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.state = ConnectionState.CLOSING
+        self._cancelTimers()
+        exchange, self._exchange = self._exchange, None
+        self._producer = None
+        if exchange is not None:
+            exchange.lost()
+
+    # The transport's producer.
+
+    def pauseProducing(self) -> None:
+        self._writePaused = True
+        if self._producer is not None:
+            self._producer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._writePaused = False
+        if self._producer is not None:
+            self._producer.resumeProducing()
+        if self.state is ConnectionState.HELD:
+            # The client read what waited: take up what it pipelined.
+            self._nextRequest()
+
+    def stopProducing(self) -> None:
+        # The transport is going; connectionLost follows and ends the answer.
+        pass
+
+    # Heads.
+
+    def _readHeads(self, data: bytes) -> None:
+        """
+        Answer the requests whose heads C{data} holds, one at a time, while
+        each is answered at once; keep the rest.
+        """
+        limit = self.factory.maxHeaderBytes
+        self._reading = True
+        try:
+            while data:
+                end = data.find(_END_OF_HEAD)
+                if end < 0:
+                    if len(data) > limit:
+                        return self._refuse(headTooLarge(not _requestLineFits(data, limit), limit))
+                    self._pending = data
+                    if self._deadline is None:
+                        self._deadline = self.factory.clock.callLater(
+                            self.factory.headerTimeout, self._deadlinePassed
+                        )
+                    self.state = ConnectionState.HEAD
+                    return
+                size = end + 4
+                if size > limit:
+                    return self._refuse(headTooLarge(not _requestLineFits(data, limit), limit))
+                self._pending = data[size:]
+                self._request(data[:size])
+                if self.state is not ConnectionState.IDLE:
+                    return
+                data = self._pending
+            self._pending = b""
+        finally:
+            self._reading = False
+
+    def _request(self, head: bytes) -> None:
+        """
+        Parse one whole head and answer it.
+        """
+        self._url = b""
+        self._headers = {}
+        self._repeated = frozenset()
+        self._complete = False
+        upgrade = False
+        try:
+            self._parser.feed_data(head)
+        except HttpParserUpgrade:
+            # The request asked to switch protocols; it is answered in HTTP/1.1
+            # and the connection ends there.
+            upgrade = True
+        except HttpParserError as e:
+            return self._refuse(Refusal(400, b"Bad Request", f"malformed request: {clip(str(e))}"))
+        headers = self._headers
+        if headers.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in headers:
+            return self._refuse(bodyRefused(0))
+        if not self._complete:
+            # Blank lines between requests: nothing to answer.
+            return
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        parser = self._parser
+        version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            return self._refuse(
+                Refusal(
+                    505,
+                    b"HTTP Version Not Supported",
+                    f"HTTP/{version} is not supported: this port speaks HTTP/1.1",
+                )
+            )
+        path, _, query = self._url.partition(b"?")
+        method = parser.get_method()
+        exchange = ServerExchange(
+            self,
+            method,
+            path,
+            query,
+            headers,
+            self._repeated,
+            version.encode("ascii"),
+            version == "1.1" and not upgrade and parser.should_keep_alive(),
+        )
+        self._exchange = exchange
+        self.state = ConnectionState.ANSWERING
+        self._answer(exchange)
+
+    def _answer(self, exchange: ServerExchange) -> None:
+        factory = self.factory
+        if factory.guard is not None and not factory.guard(exchange):
+            return
+        if exchange.method not in _METHODS:
+            exchange.setHeader(b"Allow", b"GET, HEAD")
+            return textAnswer(
+                exchange,
+                405,
+                f"method {clip(exchange.method)} not allowed: this port serves GET and HEAD",
+            )
+        try:
+            factory.handler(exchange)
+        except Exception:  # noqa: BLE001 - a bug costs its request, not the port
+            _log.failure("answering {path} failed", path=clip(exchange.path))
+            if exchange.started:
+                exchange.abort()
+            else:
+                textAnswer(exchange, 500, "internal error in the proxy")
+
+    # httptools' callbacks.
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name in READ_HEADERS:
+            if name in self._headers:
+                self._repeated |= {name}
+            self._headers[name] = value
+
+    def on_message_complete(self) -> None:
+        self._complete = True
+
+    # Answers.
+
+    def answered(self, exchange: ServerExchange) -> None:
+        """
+        C{exchange} is finished: take up the next request, or close.
+        """
+        if exchange is not self._exchange:
+            return
+        self._exchange = None
+        self._producer = None
+        if not exchange.persistent:
+            self.state = ConnectionState.CLOSING
+            assert self.transport is not None
+            self.transport.loseConnection()
+            return
+        if self._idle is not None and self._idle.active():
+            self._idle.reset(self.factory.idleTimeout)
+        else:
+            self._idle = self.factory.clock.callLater(self.factory.idleTimeout, self._idleTimedOut)
+        if self._writePaused:
+            # The client is not reading: what it pipelined waits until the
+            # transport has flushed (resumeProducing).
+            self.state = ConnectionState.HELD
+            if self._pending:
+                self._pauseReading()
+            return
+        self._nextRequest()
+
+    def aborted(self, exchange: ServerExchange) -> None:
+        """
+        C{exchange} was broken off: the connection goes with it.
+        """
+        if exchange is self._exchange:
+            self._exchange = None
+            self._producer = None
+        self.state = ConnectionState.CLOSING
+        self._cancelTimers()
+        cast(ITCPTransport, self.transport).abortConnection()
+
+    def _nextRequest(self) -> None:
+        self.state = ConnectionState.IDLE
+        if self._readingPaused:
+            self._readingPaused = False
+            cast(IPushProducer, self.transport).resumeProducing()
+        if not self._reading and self._pending:
+            # Bytes held meanwhile start their head's deadline now.
+            self._readHeads(self._pending)
+
+    def _pauseReading(self) -> None:
+        if not self._readingPaused:
+            self._readingPaused = True
+            cast(IPushProducer, self.transport).pauseProducing()
+
+    # Endings.
+
+    def _deadlinePassed(self) -> None:
+        self._deadline = None
+        self._refuse(headTimedOut(self.factory.headerTimeout))
+
+    def _idleTimedOut(self) -> None:
+        self._idle = None
+        if self.state is ConnectionState.ANSWERING:
+            # An answer may take as long as it takes; the timeout starts
+            # again when it is done.
+            self._idle = self.factory.clock.callLater(self.factory.idleTimeout, self._idleTimedOut)
+            return
+        self._close()
+
+    def _refuse(self, refusal: Refusal) -> None:
+        """
+        Answer with the refusal's status and one-line reason, then close.
+        """
+        transport = self.transport
+        assert transport is not None
+        _log.debug(
+            "{peer}: {code} {reason}",
+            peer=str(transport.getPeer()),
+            code=refusal.status,
+            reason=refusal.reason,
+        )
+        transport.write(refusal.response())
+        PENDING.wrote(transport)
+        self._close()
+
+    def _close(self) -> None:
+        """
+        Close, and abort if the client holds the close up.
+        """
+        self.state = ConnectionState.CLOSING
+        self._cancelTimers()
+        transport = cast(ITCPTransport, self.transport)
+        transport.loseConnection()
+        self._forceClose = self.factory.clock.callLater(ABORT_TIMEOUT, transport.abortConnection)
+
+    def _cancelTimers(self) -> None:
+        for timer in (self._deadline, self._idle, self._forceClose):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._deadline = self._idle = self._forceClose = None
+
+
+def _requestLineFits(data: bytes, limit: int) -> bool:
+    """
+    Whether the request line in C{data} (after any blank lines) ends
+    within the first C{limit} bytes.
+    """
+    start = len(data) - len(data.lstrip(b"\r\n"))
+    return data.find(b"\n", start, limit) >= 0
+
+
+class ServerExchange:
+    """
+    One request and its answer on a L{ScrapePortConnection}: the
+    L{Exchange} the proxy answers through.
+
+    The status line and headers go out with the first body bytes, in one
+    write. A body is framed by C{Content-Length} when it is set, chunked
+    otherwise (HTTP/1.0: by closing the connection).
+
+    @ivar persistent: whether the connection stays open after this answer.
+    @ivar started: whether the status line and headers are out.
+    """
+
+    __slots__ = (
+        "_chunked",
+        "_connection",
+        "_extra",
+        "_finished",
+        "_gone",
+        "_out",
+        "_phrase",
+        "_version",
+        "code",
+        "headers",
+        "method",
+        "path",
+        "persistent",
+        "query",
+        "repeated",
+        "started",
+    )
+
+    def __init__(
+        self,
+        connection: ScrapePortConnection,
+        method: bytes,
+        path: bytes,
+        query: bytes,
+        headers: dict[bytes, bytes],
+        repeated: frozenset[bytes],
+        version: bytes,
+        persistent: bool,
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.repeated = repeated
+        self.code = 200
+        self.persistent = persistent
+        self.started = False
+        self._connection = connection
+        self._version = version
+        self._phrase = b""
+        self._out: dict[bytes, bytes] = {}
+        self._extra: list[bytes] = []
+        self._chunked = False
+        self._finished = False
+        self._gone: Callable[[], None] | None = None
+
+    @property
+    def client(self) -> IAddress:
+        transport = self._connection.transport
+        assert transport is not None
+        return transport.getPeer()
+
+    @property
+    def host(self) -> IAddress:
+        transport = self._connection.transport
+        assert transport is not None
+        return transport.getHost()
+
+    def setStatus(self, code: int, phrase: bytes = b"") -> None:
+        self.code = code
+        self._phrase = phrase
+
+    def setHeader(self, name: bytes, value: bytes) -> None:
+        self._out[name] = value
+
+    def addHeader(self, name: bytes, value: bytes) -> None:
+        """
+        Add a header line, beside any others of the same name.
+        """
+        self._extra.append(name + b": " + value + b"\r\n")
+
+    def removeHeader(self, name: bytes) -> None:
+        self._out.pop(name, None)
+
+    def hasHeader(self, name: bytes) -> bool:
+        return name in self._out
+
+    def write(self, data: bytes) -> None:
+        if self._finished or not data:
+            return
+        transport = self._connection.transport
+        assert transport is not None
+        if not self.started:
+            head = self._head()
+            if self.method == b"HEAD":
+                transport.write(head)
+            elif self._chunked:
+                transport.write(b"".join((head, b"%x\r\n" % len(data), data, b"\r\n")))
+            else:
+                transport.write(head + data)
+        elif self.method == b"HEAD":
+            return
+        elif self._chunked:
+            transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
+        else:
+            transport.write(data)
+        PENDING.wrote(transport)
+
+    def finish(self) -> None:
+        if self._finished:
+            return
+        transport = self._connection.transport
+        assert transport is not None
+        if not self.started:
+            if self.method != b"HEAD" and self.code not in _NO_BODY:
+                self._out.setdefault(b"Content-Length", b"0")
+            transport.write(self._head())
+        elif self._chunked and self.method != b"HEAD":
+            transport.write(b"0\r\n\r\n")
+        self._finished = True
+        PENDING.wrote(transport)
+        self._connection.answered(self)
+
+    def finishWith(self, body: bytes) -> None:
+        if not self.started:
+            self._out[b"Content-Length"] = b"%d" % len(body)
+        self.write(body)
+        self.finish()
+
+    def abort(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self._connection.aborted(self)
+
+    def notifyGone(self, gone: Callable[[], None]) -> None:
+        self._gone = gone
+
+    def registerProducer(self, producer: IPushProducer) -> None:
+        connection = self._connection
+        if connection._exchange is not self:
+            return
+        connection._producer = producer
+        if connection._writePaused:
+            producer.pauseProducing()
+
+    def unregisterProducer(self) -> None:
+        connection = self._connection
+        if connection._exchange is self:
+            connection._producer = None
+
+    def lost(self) -> None:
+        """
+        The connection went away: the answer can never be finished.
+        """
+        if self._finished:
+            return
+        self._finished = True
+        if self._gone is not None:
+            self._gone()
+
+    def _head(self) -> bytes:
+        """
+        The status line and headers, with the framing the body needs.
+        """
+        self.started = True
+        code = self.code
+        out = self._out
+        parts = [
+            _STATUS_LINE[self._version] % (code, self._phrase or RESPONSES.get(code, b"Unknown")),
+            _SERVER,
+            _date(self._connection.factory.clock.seconds()),
+        ]
+        for name, value in out.items():
+            parts += (name, b": ", value, b"\r\n")
+        parts += self._extra
+        if b"Content-Length" not in out and self.method != b"HEAD" and code not in _NO_BODY:
+            if self._version == b"1.1":
+                self._chunked = True
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                # An HTTP/1.0 body without a length ends with the connection.
+                self.persistent = False
+        if not self.persistent:
+            parts.append(b"Connection: close\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
