@@ -215,6 +215,7 @@ class ScrapePortConnection(Protocol):
         self._headers: dict[bytes, bytes] = {}
         self._repeated: frozenset[bytes] = frozenset()
         self._complete = False
+        self._keepAlive = False
 
     # The connection.
 
@@ -295,7 +296,8 @@ class ScrapePortConnection(Protocol):
                     return self._refuse(headTooLarge(not _requestLineFits(data, limit), limit))
                 self._pending = data[size:]
                 self._request(data[:size])
-                if self.state is not ConnectionState.IDLE:
+                state = self.state
+                if state is not ConnectionState.IDLE and state is not ConnectionState.HEAD:
                     return
                 data = self._pending
             self._pending = b""
@@ -310,6 +312,7 @@ class ScrapePortConnection(Protocol):
         self._headers = {}
         self._repeated = frozenset()
         self._complete = False
+        self._keepAlive = False
         upgrade = False
         try:
             self._parser.feed_data(head)
@@ -348,7 +351,7 @@ class ScrapePortConnection(Protocol):
             headers,
             self._repeated,
             version.encode("ascii"),
-            version == "1.1" and not upgrade and parser.should_keep_alive(),
+            version == "1.1" and not upgrade and self._keepAlive,
         )
         self._exchange = exchange
         self.state = ConnectionState.ANSWERING
@@ -386,6 +389,10 @@ class ScrapePortConnection(Protocol):
                 self._repeated |= {name}
             self._headers[name] = value
 
+    def on_headers_complete(self) -> None:
+        # llhttp forgets the message's flags once it is complete.
+        self._keepAlive = self._parser.should_keep_alive()
+
     def on_message_complete(self) -> None:
         self._complete = True
 
@@ -401,8 +408,7 @@ class ScrapePortConnection(Protocol):
         self._producer = None
         if not exchange.persistent:
             self.state = ConnectionState.CLOSING
-            assert self.transport is not None
-            self.transport.loseConnection()
+            self._loseConnection()
             return
         if self._idle is not None and self._idle.active():
             self._idle.reset(self.factory.idleTimeout)
@@ -479,9 +485,17 @@ class ScrapePortConnection(Protocol):
         """
         self.state = ConnectionState.CLOSING
         self._cancelTimers()
-        transport = cast(ITCPTransport, self.transport)
+        self._loseConnection()
+        self._forceClose = self.factory.clock.callLater(
+            ABORT_TIMEOUT, cast(ITCPTransport, self.transport).abortConnection
+        )
+
+    def _loseConnection(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        # TLS closes only once no producer is registered.
+        cast(IConsumer, transport).unregisterProducer()
         transport.loseConnection()
-        self._forceClose = self.factory.clock.callLater(ABORT_TIMEOUT, transport.abortConnection)
 
     def _cancelTimers(self) -> None:
         for timer in (self._deadline, self._idle, self._forceClose):

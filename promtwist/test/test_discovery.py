@@ -6,6 +6,7 @@ costs to serve.
 from __future__ import annotations
 
 import json
+
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 

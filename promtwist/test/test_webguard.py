@@ -1,6 +1,10 @@
 """
 Tests for L{promtwist.webguard}: limits on request heads and bodies, the
 header deadline, the allow-list, and the same over real loopback sockets.
+
+The tests that hold for every HTTP port of promtwist drive a
+L{ServerUnderTest}: here L{HardenedSite}; L{promtwist.test.test_httpserver}
+runs them again against the scrape port's own server.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from twisted.internet import reactor
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IAddress, IConsumer, ITransport
+from twisted.internet.interfaces import IConsumer, IReactorTime, ITransport
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.ssl import CertificateOptions, PrivateCertificate
 from twisted.internet.task import Clock, LoopingCall, deferLater
@@ -27,6 +31,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer_only
 
+from promtwist.httpguard import ABORT_TIMEOUT
 from promtwist.listen import withTLS
 from promtwist.test.helpers import MiB, UnreadingPeer, rss, unsent
 from promtwist.webguard import (
@@ -67,7 +72,7 @@ class Hello(Resource):
 
 def makeSite(
     resource: Resource,
-    clock: Clock | None = None,
+    clock: IReactorTime | None = None,
     *,
     maxHeaderBytes: int = 1024,
     headerTimeout: float = 10.0,
@@ -86,7 +91,65 @@ def makeSite(
     )
 
 
-def connect(site: HardenedSite) -> tuple[HardenedChannel, StringTransport]:
+class ServerUnderTest:
+    """
+    An HTTP server with promtwist's defences, as the shared tests drive it:
+    an application that answers C{GET} with C{hello <path>}, holds C{GET
+    /slow} (in C{held}, each with C{write} and C{finish}) and counts what
+    it answered (C{rendered}); one that answers with C{size} bytes; and a
+    factory serving either.
+
+    @ivar channelType: the protocol the factory builds.
+    """
+
+    channelType: type
+
+    def hello(self) -> Any:
+        raise NotImplementedError()
+
+    def big(self, size: int) -> Any:
+        raise NotImplementedError()
+
+    def site(self, app: Any, clock: IReactorTime | None = None, **limits: Any) -> Any:
+        """
+        A factory serving C{app} with C{limits} (C{maxHeaderBytes},
+        C{headerTimeout}, C{idleTimeout}, C{allowedNetworks}), timed by
+        C{clock} (a fresh L{Clock} by default).
+        """
+        raise NotImplementedError()
+
+
+class Webguard(ServerUnderTest):
+    channelType = HardenedChannel
+
+    def hello(self) -> Hello:
+        return Hello()
+
+    def big(self, size: int) -> _Big:
+        return _Big(size)
+
+    def site(self, app: Any, clock: IReactorTime | None = None, **limits: Any) -> HardenedSite:
+        return makeSite(app, clock, **limits)
+
+
+def recorded(site: Any) -> list[Any]:
+    """
+    Keep every protocol C{site} builds from now on, for a test to look at.
+    """
+    built: list[Any] = []
+    build = site.buildProtocol
+
+    def buildProtocol(addr: object) -> Any:
+        protocol = build(addr)
+        if protocol is not None:
+            built.append(protocol)
+        return protocol
+
+    site.buildProtocol = buildProtocol
+    return built
+
+
+def connect(site: Any) -> tuple[Any, StringTransport]:
     channel = site.buildProtocol(PEER)
     assert channel is not None
     transport = StringTransport(peerAddress=PEER)
@@ -106,9 +169,7 @@ def head(path: bytes = b"/", padding: int = 0, *, close: bool = False) -> bytes:
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
-def trickle(
-    channel: HardenedChannel, clock: Clock, data: bytes, every: float = 0.5, limit: int = 0
-) -> None:
+def trickle(channel: Any, clock: Clock, data: bytes, every: float = 0.5, limit: int = 0) -> None:
     """
     Send C{data} a byte at a time, C{every} seconds apart; at most C{limit}
     bytes when given.
@@ -125,9 +186,11 @@ class HeadLimitTests(SynchronousTestCase):
     the connection closes.
     """
 
+    server: ServerUnderTest = Webguard()
+
     def setUp(self) -> None:
-        self.resource = Hello()
-        self.site = makeSite(self.resource, maxHeaderBytes=1024)
+        self.resource = self.server.hello()
+        self.site = self.server.site(self.resource, maxHeaderBytes=1024)
 
     def assertRefused(self, transport: StringTransport, status: bytes, reason: bytes) -> None:
         response = transport.value()
@@ -175,7 +238,7 @@ class HeadLimitTests(SynchronousTestCase):
         A limit above Twisted's own 16 KiB is the limit: Twisted's does not
         cut in first.
         """
-        site = makeSite(self.resource, maxHeaderBytes=65536)
+        site = self.server.site(self.resource, maxHeaderBytes=65536)
         channel, transport = connect(site)
         channel.dataReceived(head(padding=40000))
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 OK"))
@@ -204,12 +267,14 @@ class HeadLimitTests(SynchronousTestCase):
 class BodyTests(SynchronousTestCase):
     """
     Bodies are refused with 413 before they are read unless they declare a
-    length within C{maxBodyBytes}.
+    length within C{maxBodyBytes} (none, unless configured).
     """
 
+    server: ServerUnderTest = Webguard()
+
     def test_noBodyByDefault(self) -> None:
-        resource = Hello()
-        channel, transport = connect(makeSite(resource))
+        resource = self.server.hello()
+        channel, transport = connect(self.server.site(resource))
         channel.dataReceived(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello")
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 413 Content Too Large\r\n"))
         self.assertTrue(transport.value().endswith(b"this port takes no request bodies\n"))
@@ -217,9 +282,26 @@ class BodyTests(SynchronousTestCase):
         self.assertEqual(resource.rendered, 0)
 
     def test_emptyBody(self) -> None:
-        channel, transport = connect(makeSite(Hello()))
+        channel, transport = connect(self.server.site(self.server.hello()))
         channel.dataReceived(b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 OK"))
+
+    def test_chunked(self) -> None:
+        """
+        A chunked body does not say how long it is, so it is refused.
+        """
+        resource = self.server.hello()
+        channel, transport = connect(self.server.site(resource))
+        channel.dataReceived(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 413 "))
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(resource.rendered, 0)
+
+
+class BodyLimitTests(SynchronousTestCase):
+    """
+    A L{HardenedSite} may take small bodies that declare their length.
+    """
 
     def test_withinLimit(self) -> None:
         channel, transport = connect(makeSite(Hello(), maxBodyBytes=10))
@@ -249,10 +331,12 @@ class HeaderDeadlineTests(SynchronousTestCase):
     started, however steadily its bytes arrive.
     """
 
+    server: ServerUnderTest = Webguard()
+
     def setUp(self) -> None:
         self.clock = Clock()
-        self.resource = Hello()
-        self.site = makeSite(self.resource, self.clock, headerTimeout=10, idleTimeout=45)
+        self.resource = self.server.hello()
+        self.site = self.server.site(self.resource, self.clock, headerTimeout=10, idleTimeout=45)
         self.channel, self.transport = connect(self.site)
 
     def assertTimedOut(self) -> None:
@@ -342,7 +426,7 @@ class HeaderDeadlineTests(SynchronousTestCase):
         When the idle timeout is the shorter, it closes a silent connection
         and the header deadline adds nothing after it.
         """
-        site = makeSite(Hello(), self.clock, headerTimeout=10, idleTimeout=5)
+        site = self.server.site(self.server.hello(), self.clock, headerTimeout=10, idleTimeout=5)
         _, transport = connect(site)
         self.clock.advance(5)
         self.assertTrue(transport.disconnecting)
@@ -357,7 +441,7 @@ class HeaderDeadlineTests(SynchronousTestCase):
         self.clock.advance(10)
         self.assertTrue(self.transport.disconnecting)
         self.assertFalse(self.transport.disconnected)
-        self.clock.advance(self.channel.abortTimeout)
+        self.clock.advance(ABORT_TIMEOUT)
         self.assertTrue(self.transport.disconnected)
 
     def test_noTimersLeft(self) -> None:
@@ -418,10 +502,12 @@ class PipeliningTests(SynchronousTestCase):
     transport's buffer, not by what it sent.
     """
 
+    server: ServerUnderTest = Webguard()
+
     def setUp(self) -> None:
         self.clock = Clock()
-        self.resource = Hello()
-        self.site = makeSite(self.resource, self.clock, headerTimeout=10, idleTimeout=45)
+        self.resource = self.server.hello()
+        self.site = self.server.site(self.resource, self.clock, headerTimeout=10, idleTimeout=45)
         channel = self.site.buildProtocol(PEER)
         assert channel is not None
         self.channel = channel
@@ -517,17 +603,21 @@ class AllowListTests(SynchronousTestCase):
     refusals are logged at most once a minute per address.
     """
 
+    server: ServerUnderTest = Webguard()
+
     def setUp(self) -> None:
         self.clock = Clock()
-        self.site = makeSite(Hello(), self.clock, allowedNetworks=["10.0.0.0/8", "2001:db8::/32"])
+        self.site = self.server.site(
+            self.server.hello(), self.clock, allowedNetworks=["10.0.0.0/8", "2001:db8::/32"]
+        )
 
     def admits(self, address: IPv4Address | IPv6Address | UNIXAddress) -> bool:
         return self.site.buildProtocol(address) is not None
 
     def test_everyoneWhenEmpty(self) -> None:
-        site = makeSite(Hello())
+        site = self.server.site(self.server.hello())
         self.assertIsInstance(
-            site.buildProtocol(IPv4Address("TCP", "192.0.2.1", 1)), HardenedChannel
+            site.buildProtocol(IPv4Address("TCP", "192.0.2.1", 1)), self.server.channelType
         )
 
     def test_ipv4(self) -> None:
@@ -551,13 +641,15 @@ class AllowListTests(SynchronousTestCase):
         self.assertFalse(self.admits(UNIXAddress(b"/tmp/socket")))
 
     def test_singleAddresses(self) -> None:
-        site = makeSite(Hello(), allowedNetworks=["192.0.2.7", "::1"])
+        site = self.server.site(self.server.hello(), allowedNetworks=["192.0.2.7", "::1"])
         self.assertIsNotNone(site.buildProtocol(IPv4Address("TCP", "192.0.2.7", 1)))
         self.assertIsNone(site.buildProtocol(IPv4Address("TCP", "192.0.2.8", 1)))
         self.assertIsNotNone(site.buildProtocol(IPv6Address("TCP", "::1", 1)))
 
     def test_invalidNetwork(self) -> None:
-        self.assertRaises(ValueError, makeSite, Hello(), allowedNetworks=["10.0.0.0/33"])
+        self.assertRaises(
+            ValueError, self.server.site, self.server.hello(), allowedNetworks=["10.0.0.0/33"]
+        )
 
     def test_refusalsLoggedOncePerMinute(self) -> None:
         scanner = IPv4Address("TCP", "192.0.2.1", 1)
@@ -667,24 +759,7 @@ class _Big(Resource):
         return b"x" * self.size
 
 
-class _RecordingSite(HardenedSite):
-    """
-    A L{HardenedSite} that keeps every channel it made, for a test to
-    look at.
-    """
-
-    def __init__(self, resource: Resource, **kwargs: Any) -> None:
-        super().__init__(resource, **kwargs)
-        self.channels: list[HardenedChannel] = []
-
-    def buildProtocol(self, addr: IAddress | None) -> HardenedChannel | None:  # type: ignore[override]
-        channel = super().buildProtocol(addr)
-        if channel is not None:
-            self.channels.append(channel)
-        return channel
-
-
-def _connected(channel: HardenedChannel) -> bool:
+def _connected(channel: Any) -> bool:
     return bool(getattr(channel.transport, "connected", False))
 
 
@@ -702,13 +777,16 @@ class LoopbackTests(TestCase):
     deadline so that the tests stay quick.
     """
 
+    server: ServerUnderTest = Webguard()
+
     timeout = 20
     headerTimeout = 0.5
 
-    async def listen(self, site: HardenedSite | None = None, tls: bool = False) -> int:
+    async def listen(self, site: Any = None, tls: bool = False) -> int:
         if site is None:
-            site = HardenedSite(
-                Hello(),
+            site = self.server.site(
+                self.server.hello(),
+                reactor,
                 maxHeaderBytes=1024,
                 headerTimeout=self.headerTimeout,
                 idleTimeout=45,
@@ -747,10 +825,11 @@ class LoopbackTests(TestCase):
         another client is served meanwhile.
         """
         answer = 32 * 1024
-        resource = _Big(answer)
-        site = _RecordingSite(
-            resource, maxHeaderBytes=1024, headerTimeout=self.headerTimeout, idleTimeout=45
+        resource = self.server.big(answer)
+        site = self.server.site(
+            resource, reactor, maxHeaderBytes=1024, headerTimeout=self.headerTimeout, idleTimeout=45
         )
+        channels = recorded(site)
         portNumber = await self.listen(site)
         request = head(b"/big")
         before = rss()
@@ -759,7 +838,7 @@ class LoopbackTests(TestCase):
         most = [0]
 
         def measure() -> None:
-            for channel in site.channels:
+            for channel in channels:
                 if _connected(channel):
                     most[0] = max(most[0], unsent(channel.transport))
 
@@ -779,7 +858,7 @@ class LoopbackTests(TestCase):
         self.assertLess(rss() - before, 32 * MiB)
         peer.close()
         for _ in range(100):
-            if not any(_connected(channel) for channel in site.channels):
+            if not any(_connected(channel) for channel in channels):
                 break
             await deferLater(reactor, 0.05)
         else:
@@ -793,9 +872,10 @@ class LoopbackTests(TestCase):
         received, _ = await self.client(await self.listen(), head(b"/" + b"u" * 2000)).closed
         self.assertTrue(received.startswith(b"HTTP/1.1 414 "), received)
 
-    def allowListSite(self, networks: Sequence[str]) -> HardenedSite:
-        return HardenedSite(
-            Hello(),
+    def allowListSite(self, networks: Sequence[str]) -> Any:
+        return self.server.site(
+            self.server.hello(),
+            reactor,
             maxHeaderBytes=1024,
             headerTimeout=self.headerTimeout,
             idleTimeout=45,

@@ -1,0 +1,528 @@
+"""
+Tests for L{promtwist.proxy.httpserver}: every defence the other ports get
+from L{promtwist.webguard} (its shared tests, run again against this
+server), and what twisted.web gave the scrape port for free: HTTP/1.0,
+C{HEAD}, keep-alive and its end, chunked framing, 400, 405 and 505.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from promtwist.proxy.access import RequireCredentials
+from promtwist.proxy.exchange import Exchange
+from promtwist.proxy.httpserver import ConnectionState, ScrapePortConnection, ScrapePortFactory
+from promtwist.test import test_webguard
+from promtwist.test.scrapeport import Held, connect, factory, parseResponse
+from promtwist.test.test_webguard import BufferedTransport, ServerUnderTest
+
+
+class Hello:
+    """
+    Answers with C{hello <path>}, holds C{/slow}, and counts.
+    """
+
+    def __init__(self) -> None:
+        self.held: list[Exchange] = []
+        self.rendered = 0
+
+    def __call__(self, exchange: Exchange) -> None:
+        self.rendered += 1
+        if exchange.path == b"/slow":
+            self.held.append(exchange)
+            return
+        exchange.finishWith(b"hello " + exchange.path + b"\n")
+
+
+class Big:
+    """
+    Answers with C{size} bytes.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.rendered = 0
+
+    def __call__(self, exchange: Exchange) -> None:
+        self.rendered += 1
+        exchange.finishWith(b"x" * self.size)
+
+
+class ScrapePort(ServerUnderTest):
+    channelType = ScrapePortConnection
+
+    def hello(self) -> Hello:
+        return Hello()
+
+    def big(self, size: int) -> Big:
+        return Big(size)
+
+    def site(self, app: Any, clock: IReactorTime | None = None, **limits: Any) -> Any:
+        values: dict[str, Any] = {"maxHeaderBytes": 1024, "headerTimeout": 10, "idleTimeout": 45}
+        values.update(limits)
+        return ScrapePortFactory(app, clock=clock if clock is not None else Clock(), **values)
+
+
+class HeadLimitTests(test_webguard.HeadLimitTests):
+    server = ScrapePort()
+
+
+class BodyTests(test_webguard.BodyTests):
+    server = ScrapePort()
+
+
+class HeaderDeadlineTests(test_webguard.HeaderDeadlineTests):
+    server = ScrapePort()
+
+
+class PipeliningTests(test_webguard.PipeliningTests):
+    server = ScrapePort()
+
+
+class AllowListTests(test_webguard.AllowListTests):
+    server = ScrapePort()
+
+
+class LoopbackTests(test_webguard.LoopbackTests):
+    server = ScrapePort()
+
+
+def ask(request: bytes, handler: Any = None, **settings: Any) -> tuple[bytes, StringTransport]:
+    """
+    What the server answers to C{request} from C{handler} (L{Hello} by
+    default).
+    """
+    connection, transport = connect(factory(handler or Hello(), **settings))
+    connection.dataReceived(request)
+    return transport.value(), transport
+
+
+class ProtocolTests(SynchronousTestCase):
+    """
+    HTTP as twisted.web spoke it on the scrape port.
+    """
+
+    def test_keepAlive(self) -> None:
+        answer, transport = ask(b"GET /a HTTP/1.1\r\nHost: p\r\n\r\n")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer)
+        self.assertIn(b"Content-Length: 9\r\n", answer)
+        self.assertNotIn(b"Connection: close", answer)
+        self.assertFalse(transport.disconnecting)
+
+    def test_connectionClose(self) -> None:
+        answer, transport = ask(b"GET /a HTTP/1.1\r\nConnection: close\r\n\r\n")
+        self.assertIn(b"Connection: close\r\n", answer)
+        self.assertTrue(answer.endswith(b"hello /a\n"))
+        self.assertTrue(transport.disconnecting)
+
+    def test_http10(self) -> None:
+        """
+        HTTP/1.0 gets an HTTP/1.0 answer, and the connection closes after
+        it.
+        """
+        answer, transport = ask(b"GET /a HTTP/1.0\r\n\r\n")
+        self.assertTrue(answer.startswith(b"HTTP/1.0 200 OK\r\n"), answer)
+        self.assertTrue(answer.endswith(b"hello /a\n"))
+        self.assertTrue(transport.disconnecting)
+
+    def test_http10Streamed(self) -> None:
+        """
+        An HTTP/1.0 body of unknown length is not chunked: it ends with the
+        connection.
+        """
+        held = Held()
+        connection, transport = connect(factory(held))
+        connection.dataReceived(b"GET /a HTTP/1.0\r\n\r\n")
+        (exchange,) = held.exchanges
+        exchange.write(b"part one, ")
+        exchange.write(b"part two")
+        exchange.finish()
+        head, _, body = transport.value().partition(b"\r\n\r\n")
+        self.assertNotIn(b"Transfer-Encoding", head)
+        self.assertEqual(body, b"part one, part two")
+        self.assertTrue(transport.disconnecting)
+
+    def test_chunked(self) -> None:
+        """
+        A body of unknown length is chunked, its head going out with its
+        first bytes in one write.
+        """
+        held = Held()
+        connection, transport = connect(factory(held))
+        connection.dataReceived(b"GET /a HTTP/1.1\r\n\r\n")
+        (exchange,) = held.exchanges
+        exchange.setStatus(200)
+        exchange.setHeader(b"Content-Type", b"text/plain")
+        self.assertEqual(transport.value(), b"")
+        exchange.write(b"abc")
+        self.assertEqual(transport.value().count(b"HTTP/1.1 200 OK"), 1)
+        self.assertTrue(transport.value().endswith(b"\r\n\r\n3\r\nabc\r\n"))
+        exchange.write(b"defgh")
+        exchange.finish()
+        r = parseResponse(transport.value())
+        self.assertEqual((r.status, r.body, r.complete), (200, b"abcdefgh", True))
+        self.assertEqual(r.headers[b"transfer-encoding"], b"chunked")
+        self.assertEqual(r.headers[b"content-type"], b"text/plain")
+        self.assertFalse(transport.disconnecting)
+
+    def test_emptyFinish(self) -> None:
+        held = Held()
+        connection, transport = connect(factory(held))
+        connection.dataReceived(b"GET /a HTTP/1.1\r\n\r\n")
+        held.exchanges[0].finish()
+        r = parseResponse(transport.value())
+        self.assertEqual((r.status, r.body, r.complete), (200, b"", True))
+
+    def test_noBodyStatus(self) -> None:
+        """
+        A 204 or 304 has neither a body nor a length or chunking.
+        """
+        held = Held()
+        connection, transport = connect(factory(held))
+        connection.dataReceived(b"GET /a HTTP/1.1\r\n\r\n")
+        held.exchanges[0].setStatus(304)
+        held.exchanges[0].finish()
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 304 Not Modified\r\n"))
+        self.assertNotIn(b"Content-Length", transport.value())
+        self.assertNotIn(b"Transfer-Encoding", transport.value())
+        self.assertTrue(transport.value().endswith(b"\r\n\r\n"))
+
+    def test_head(self) -> None:
+        """
+        C{HEAD} is answered as C{GET}, with the length but without the body.
+        """
+        answer, transport = ask(b"HEAD /a HTTP/1.1\r\n\r\n")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 OK\r\n"))
+        self.assertIn(b"Content-Length: 9\r\n", answer)
+        self.assertTrue(answer.endswith(b"\r\n\r\n"))
+        self.assertFalse(transport.disconnecting)
+
+    def test_headStreamed(self) -> None:
+        held = Held()
+        connection, transport = connect(factory(held))
+        connection.dataReceived(b"HEAD /a HTTP/1.1\r\n\r\n" + b"GET /b HTTP/1.1\r\n\r\n")
+        first = held.exchanges[0]
+        first.write(b"not sent")
+        first.finish()
+        self.assertNotIn(b"not sent", transport.value())
+        self.assertNotIn(b"Transfer-Encoding", transport.value())
+        self.assertEqual(len(held.exchanges), 2)
+
+    def test_reasonPhrase(self) -> None:
+        held = Held()
+        connection, transport = connect(factory(held))
+        connection.dataReceived(b"GET /a HTTP/1.1\r\n\r\n")
+        held.exchanges[0].setStatus(503, b"agent gone")
+        held.exchanges[0].finishWith(b"")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 503 agent gone\r\n"))
+
+    def test_dateAndServer(self) -> None:
+        clock = Clock()
+        clock.advance(86400 * 365)
+        answer, _ = ask(b"GET /a HTTP/1.1\r\n\r\n", clock=clock)
+        self.assertIn(b"\r\nDate: Fri, 01 Jan 1971 00:00:00 GMT\r\n", answer)
+        self.assertIn(b"\r\nServer: promtwist/", answer)
+
+    def test_methodNotAllowed(self) -> None:
+        """
+        Only C{GET} and C{HEAD}; 405 says which, and the connection stays.
+        """
+        hello = Hello()
+        answer, transport = ask(b"DELETE /a HTTP/1.1\r\n\r\n", hello)
+        r = parseResponse(answer)
+        self.assertEqual(r.status, 405)
+        self.assertEqual(r.headers[b"allow"], b"GET, HEAD")
+        self.assertEqual(r.body, b"method DELETE not allowed: this port serves GET and HEAD\n")
+        self.assertEqual(hello.rendered, 0)
+        self.assertFalse(transport.disconnecting)
+
+    def test_versionNotSupported(self) -> None:
+        for version in (b"2.0", b"0.9"):
+            hello = Hello()
+            answer, transport = ask(b"GET /a HTTP/" + version + b"\r\n\r\n", hello)
+            self.assertTrue(answer.startswith(b"HTTP/1.1 505 "), answer)
+            self.assertTrue(
+                answer.endswith(
+                    b"HTTP/" + version + b" is not supported: this port speaks HTTP/1.1\n"
+                )
+            )
+            self.assertTrue(transport.disconnecting)
+            self.assertEqual(hello.rendered, 0)
+
+    def test_malformed(self) -> None:
+        """
+        What llhttp cannot parse gets 400 with its reason, and closes.
+        """
+        for request, reason in [
+            (b"GARBAGE\r\n\r\n", b"Invalid method encountered"),
+            (b"GET /a HTTP/1.1\r\nBad Header\r\n\r\n", b"Invalid header token"),
+            (b"GET /a HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", b""),
+        ]:
+            hello = Hello()
+            answer, transport = ask(request, hello)
+            self.assertTrue(answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer)
+            self.assertIn(b"\r\n\r\nmalformed request: " + reason, answer)
+            self.assertTrue(transport.disconnecting)
+            self.assertEqual(hello.rendered, 0)
+
+    def test_smuggling(self) -> None:
+        """
+        A request with both a length and chunking is refused, not guessed at.
+        """
+        answer, transport = ask(
+            b"GET /a HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        self.assertTrue(answer.startswith(b"HTTP/1.1 400 "), answer)
+        self.assertTrue(transport.disconnecting)
+
+    def test_upgradeIgnored(self) -> None:
+        """
+        A request to switch protocols is answered in HTTP/1.1, and the
+        connection ends there.
+        """
+        answer, transport = ask(b"GET /a HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer)
+        self.assertTrue(transport.disconnecting)
+
+    def test_blankLinesBetween(self) -> None:
+        hello = Hello()
+        answer, _ = ask(b"\r\n\r\nGET /a HTTP/1.1\r\n\r\n", hello)
+        self.assertTrue(answer.endswith(b"hello /a\n"), answer)
+
+    def test_pipelinedInOrder(self) -> None:
+        """
+        Requests pipelined behind a held answer wait for it, then are
+        answered in order.
+        """
+        hello = Hello()
+        connection, transport = connect(factory(hello))
+        connection.dataReceived(
+            b"GET /slow HTTP/1.1\r\n\r\nGET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n"
+        )
+        self.assertEqual((hello.rendered, transport.value()), (1, b""))
+        hello.held[0].finishWith(b"slow\n")
+        answers = transport.value()
+        self.assertLess(answers.index(b"slow\n"), answers.index(b"hello /a\n"))
+        self.assertLess(answers.index(b"hello /a\n"), answers.index(b"hello /b\n"))
+        self.assertEqual(connection.state, ConnectionState.IDLE)
+
+    def test_manyPipelinedAnsweredAtOnce(self) -> None:
+        """
+        Thousands of pipelined requests answered at once are taken one
+        after the other, not by recursion.
+        """
+        hello = Hello()
+        connection, transport = connect(factory(hello))
+        connection.dataReceived(b"GET /a HTTP/1.1\r\n\r\n" * 5000)
+        self.assertEqual(hello.rendered, 5000)
+        self.assertEqual(transport.value().count(b"hello /a\n"), 5000)
+
+    def test_readingStopsWhileAnswering(self) -> None:
+        """
+        A client that pipelines more than a read's worth while an answer is
+        made is no longer read from.
+        """
+        hello = Hello()
+        connection, transport = connect(factory(hello))
+        connection.dataReceived(b"GET /slow HTTP/1.1\r\n\r\n")
+        connection.dataReceived(b"GET /a HTTP/1.1\r\n\r\n" * 1000)
+        self.assertEqual(transport.producerState, "paused")
+        hello.held[0].finish()
+        self.assertEqual(transport.producerState, "producing")
+        self.assertEqual(hello.rendered, 1001)
+
+    def test_handlerBug(self) -> None:
+        """
+        A bug in the handler costs its request a 500, logged, and nothing
+        else.
+        """
+
+        def broken(exchange: Exchange) -> None:
+            raise ZeroDivisionError()
+
+        with capturedLogs() as events:
+            answer, transport = ask(b"GET /a HTTP/1.1\r\n\r\n", broken)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 500 "), answer)
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(len([e for e in events if "log_failure" in e]), 1)
+        self.flushLoggedErrors(ZeroDivisionError)
+
+
+class ExchangeTests(SynchronousTestCase):
+    """
+    What the relay does with an exchange.
+    """
+
+    def setUp(self) -> None:
+        self.held = Held()
+        self.clock = Clock()
+        self.connection, self.transport = connect(factory(self.held, clock=self.clock))
+
+    def get(self, request: bytes = b"GET /p?a=1 HTTP/1.1\r\nHost: proxy\r\n\r\n") -> Exchange:
+        self.connection.dataReceived(request)
+        return self.held.exchanges[-1]
+
+    def test_request(self) -> None:
+        """
+        The path, the query and the few headers the proxy reads, by
+        lower-case name; others are not kept.
+        """
+        exchange = self.get(
+            b"GET /a%20b/c?x=1&y=2 HTTP/1.1\r\nHost: proxy:8080\r\nACCEPT: text/plain\r\n"
+            b"Accept-Encoding: gzip\r\nX-Prometheus-Scrape-Timeout-Seconds: 9\r\n"
+            b"User-Agent: Prometheus\r\n\r\n"
+        )
+        self.assertEqual((exchange.method, exchange.path), (b"GET", b"/a%20b/c"))
+        self.assertEqual(exchange.query, b"x=1&y=2")
+        self.assertEqual(
+            exchange.headers,
+            {
+                b"host": b"proxy:8080",
+                b"accept": b"text/plain",
+                b"accept-encoding": b"gzip",
+                b"x-prometheus-scrape-timeout-seconds": b"9",
+            },
+        )
+        self.assertEqual(exchange.repeated, frozenset())
+        self.assertEqual(exchange.client, self.transport.getPeer())
+        self.assertEqual(exchange.host, self.transport.getHost())
+
+    def test_repeated(self) -> None:
+        """
+        A header sent twice keeps its last value, and is named as repeated.
+        """
+        exchange = self.get(
+            b"GET /p HTTP/1.1\r\nAuthorization: a\r\nAuthorization: b\r\nHost: x\r\n\r\n"
+        )
+        self.assertEqual(exchange.headers[b"authorization"], b"b")
+        self.assertEqual(exchange.repeated, frozenset({b"authorization"}))
+
+    def test_clientGone(self) -> None:
+        gone: list[bool] = []
+        exchange = self.get()
+        exchange.notifyGone(lambda: gone.append(True))
+        self.connection.connectionLost(Failure(Exception("reset")))
+        self.assertEqual(gone, [True])
+        # Nothing more is sent, and nothing fails.
+        exchange.write(b"late")
+        exchange.finish()
+        self.assertEqual(self.transport.value(), b"")
+
+    def test_notGoneWhenFinished(self) -> None:
+        gone: list[bool] = []
+        exchange = self.get()
+        exchange.notifyGone(lambda: gone.append(True))
+        exchange.finishWith(b"done")
+        self.connection.connectionLost(Failure(Exception("closed")))
+        self.assertEqual(gone, [])
+
+    def test_abort(self) -> None:
+        exchange = self.get()
+        exchange.write(b"partial")
+        exchange.abort()
+        self.assertTrue(self.transport.disconnected)
+        self.assertEqual(self.connection.state, ConnectionState.CLOSING)
+        self.connection.connectionLost(Failure(Exception("aborted")))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_headers(self) -> None:
+        exchange = self.get()
+        exchange.setHeader(b"Content-Encoding", b"gzip")
+        self.assertTrue(exchange.hasHeader(b"Content-Encoding"))
+        exchange.removeHeader(b"Content-Encoding")
+        self.assertFalse(exchange.hasHeader(b"Content-Encoding"))
+        exchange.addHeader(b"WWW-Authenticate", b"Basic")
+        exchange.addHeader(b"WWW-Authenticate", b"Bearer")
+        exchange.finishWith(b"")
+        self.assertEqual(
+            parseResponse(self.transport.value()).repeated(b"www-authenticate"),
+            [b"Basic", b"Bearer"],
+        )
+
+
+@implementer(IPushProducer)
+class Producer:
+    def __init__(self) -> None:
+        self.state = "producing"
+
+    def pauseProducing(self) -> None:
+        self.state = "paused"
+
+    def resumeProducing(self) -> None:
+        self.state = "producing"
+
+    def stopProducing(self) -> None:
+        self.state = "stopped"
+
+
+class BackpressureTests(SynchronousTestCase):
+    """
+    A client reading slowly pauses the producer feeding its answer.
+    """
+
+    def setUp(self) -> None:
+        self.held = Held()
+        site = factory(self.held)
+        self.connection = site.buildProtocol(None)
+        assert self.connection is not None
+        self.transport = BufferedTransport()
+        self.connection.makeConnection(self.transport)
+        self.connection.dataReceived(b"GET /p HTTP/1.1\r\n\r\n")
+        self.exchange = self.held.exchanges[0]
+        self.producer = Producer()
+        self.exchange.registerProducer(self.producer)
+
+    def test_pausedAndResumed(self) -> None:
+        self.exchange.write(b"x" * 2000)
+        self.assertEqual(self.producer.state, "paused")
+        self.transport.flushed()
+        self.assertEqual(self.producer.state, "producing")
+
+    def test_registeredWhilePaused(self) -> None:
+        """
+        A producer registered while the client is behind starts paused.
+        """
+        self.exchange.unregisterProducer()
+        self.exchange.write(b"x" * 2000)
+        late = Producer()
+        self.exchange.registerProducer(late)
+        self.assertEqual(late.state, "paused")
+
+    def test_unregistered(self) -> None:
+        self.exchange.unregisterProducer()
+        self.exchange.write(b"x" * 2000)
+        self.assertEqual(self.producer.state, "producing")
+
+
+class GuardTests(SynchronousTestCase):
+    """
+    The credentials check comes before routing: before the method is
+    looked at, and before the handler.
+    """
+
+    def test_before405(self) -> None:
+        hello = Hello()
+        answer, _ = ask(
+            b"POST /a HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            hello,
+            guard=RequireCredentials(bearerToken="t"),
+        )
+        self.assertTrue(answer.startswith(b"HTTP/1.1 401 "), answer)
+        self.assertEqual(hello.rendered, 0)
+
+    def test_admitted(self) -> None:
+        hello = Hello()
+        answer, _ = ask(
+            b"GET /a HTTP/1.1\r\nAuthorization: Bearer t\r\n\r\n",
+            hello,
+            guard=RequireCredentials(bearerToken="t"),
+        )
+        self.assertTrue(answer.endswith(b"hello /a\n"), answer)
