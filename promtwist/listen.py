@@ -175,7 +175,8 @@ def withTLS(
 ) -> TLSMemoryBIOFactory:
     """
     Serve C{factory} over TLS on a plain TCP listener, keeping its refusals
-    (a L{promtwist.webguard.HardenedSite} refusing an address, the agent
+    (a L{promtwist.webguard.HardenedSite} or the scrape port's
+    L{promtwist.proxy.httpserver.ScrapePortFactory} refusing an address, the agent
     port refusing connections past its handshake cap): the connection is
     closed before a TLS handshake starts.
 

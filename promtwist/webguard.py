@@ -11,8 +11,10 @@ genuinely large request cannot tell what went wrong. A request body of any
 size is spooled to a temporary file. And anyone may connect at all.
 
 L{HardenedSite} closes those gaps with limits passed to its constructor
-rather than read from settings, so that every HTTP port promtwist opens
-(scrape, admin, metrics) can use it with its own values.
+rather than read from settings, so that the admin and metrics ports can
+each use it with their own values. The scrape port, where speed matters,
+has its own server (L{promtwist.proxy.httpserver}) with the same defences;
+the parts both share are in L{promtwist.httpguard}.
 """
 
 from __future__ import annotations
