@@ -534,6 +534,7 @@ class ServerExchange:
         "_gone",
         "_out",
         "_phrase",
+        "_sendsBody",
         "_version",
         "code",
         "headers",
@@ -568,7 +569,8 @@ class ServerExchange:
         self._version = version
         self._phrase = b""
         self._out: dict[bytes, bytes] = {}
-        self._extra: list[bytes] = []
+        self._extra: list[bytes] | None = None
+        self._sendsBody = True
         self._chunked = False
         self._finished = False
         self._gone: Callable[[], None] | None = None
@@ -596,6 +598,8 @@ class ServerExchange:
         """
         Add a header line, beside any others of the same name.
         """
+        if self._extra is None:
+            self._extra = []
         self._extra.append(name + b": " + value + b"\r\n")
 
     def removeHeader(self, name: bytes) -> None:
@@ -611,13 +615,13 @@ class ServerExchange:
         assert transport is not None
         if not self.started:
             head = self._head()
-            if self.method == b"HEAD":
+            if not self._sendsBody:
                 transport.write(head)
             elif self._chunked:
                 transport.write(b"".join((head, b"%x\r\n" % len(data), data, b"\r\n")))
             else:
                 transport.write(head + data)
-        elif self.method == b"HEAD":
+        elif not self._sendsBody:
             return
         elif self._chunked:
             transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
@@ -634,7 +638,7 @@ class ServerExchange:
             if self.method != b"HEAD" and self.code not in _NO_BODY:
                 self._out.setdefault(b"Content-Length", b"0")
             transport.write(self._head())
-        elif self._chunked and self.method != b"HEAD":
+        elif self._chunked:
             transport.write(b"0\r\n\r\n")
         self._finished = True
         PENDING.wrote(transport)
@@ -685,6 +689,8 @@ class ServerExchange:
         self.started = True
         code = self.code
         out = self._out
+        # A HEAD answer and a 204 or 304 have no body, whatever is written.
+        self._sendsBody = self.method != b"HEAD" and code not in _NO_BODY
         parts = [
             _STATUS_LINE[self._version] % (code, self._phrase or RESPONSES.get(code, b"Unknown")),
             _SERVER,
@@ -692,8 +698,9 @@ class ServerExchange:
         ]
         for name, value in out.items():
             parts += (name, b": ", value, b"\r\n")
-        parts += self._extra
-        if b"Content-Length" not in out and self.method != b"HEAD" and code not in _NO_BODY:
+        if self._extra is not None:
+            parts += self._extra
+        if self._sendsBody and b"Content-Length" not in out:
             if self._version == b"1.1":
                 self._chunked = True
                 parts.append(b"Transfer-Encoding: chunked\r\n")

@@ -183,12 +183,14 @@ class ProtocolTests(SynchronousTestCase):
 
     def test_noBodyStatus(self) -> None:
         """
-        A 204 or 304 has neither a body nor a length or chunking.
+        A 204 or 304 has neither a body nor a length or chunking, whatever
+        is written.
         """
         held = Held()
         connection, transport = connect(factory(held))
         connection.dataReceived(b"GET /a HTTP/1.1\r\n\r\n")
         held.exchanges[0].setStatus(304)
+        held.exchanges[0].write(b"ignored")
         held.exchanges[0].finish()
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 304 Not Modified\r\n"))
         self.assertNotIn(b"Content-Length", transport.value())
