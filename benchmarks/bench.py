@@ -43,7 +43,9 @@ import sys
 import tempfile
 import zlib
 from dataclasses import dataclass, field
+from typing import Any
 
+from openloop import percentile
 from parties import (
     SCRAPE_TIMEOUT_HEADER,
     TEXT_TYPE,
@@ -89,7 +91,7 @@ def runTarget(root: str, port: int) -> None:
         isLeaf = True
 
         def __init__(self, body: bytes, gzipped: bytes | None) -> None:
-            super().__init__()
+            super().__init__()  # type: ignore[no-untyped-call]
             self.body = body
             self.gzipped = gzipped
 
@@ -107,17 +109,17 @@ def runTarget(root: str, port: int) -> None:
         with open(path, "rb") as f:
             return f.read()
 
-    top = Resource()
+    top = Resource()  # type: ignore[no-untyped-call]
     for name in os.listdir(root):
         if not name.endswith(".gz"):
             body = read(os.path.join(root, name))
             assert body is not None
             top.putChild(name.encode(), File(body, read(os.path.join(root, name + ".gz"))))
-    site = Site(top)
+    site = Site(top)  # type: ignore[no-untyped-call]
     site.log = lambda request: None  # type: ignore[method-assign]
     site.noisy = False
-    reactor.listenTCP(port, site, interface="127.0.0.1")  # type: ignore[attr-defined]
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.listenTCP(port, site, interface="127.0.0.1")  # type: ignore[arg-type]
+    reactor.run()
 
 
 # ---------------------------------------------------------------------------
@@ -159,7 +161,7 @@ def wrkScript(workdir: str, route: Route) -> list[str]:
     """
     if route.proxy() is None:
         return []
-    path = os.path.join(workdir, f"wrk-{abs(hash(route.target))}.lua")
+    path = os.path.join(workdir, f"wrk-{route.name}-{route.target.rsplit('/', 1)[1]}.lua")
     with open(path, "w") as f:
         f.write(f'wrk.path = "{route.target}"\nwrk.headers["Host"] = "{route.host}"\n')
     return ["-s", path]
@@ -198,7 +200,7 @@ def closedLoad(
             requests, seconds, _ms(find(r"^\s+50%\s+(\S+)")), _ms(find(r"^\s+99%\s+(\S+)")), errors
         )
     else:
-        data = generator(route, headers, ["closed", "--concurrency", str(CONCURRENCY)], duration)
+        data = generator(route, headers, duration, "closed", "--concurrency", str(CONCURRENCY))
         sample = Sample(
             data["requests"], data["seconds"], data["p50_ms"], data["p99_ms"], data["errors"]
         )
@@ -206,18 +208,24 @@ def closedLoad(
     return sample
 
 
-def generator(route: Route, headers: list[str], kind: list[str], duration: float) -> dict:  # type: ignore[type-arg]
-    argv = [sys.executable, OPENLOOP, kind[0], route.connect, route.target, "--host", route.host]
-    argv += [*kind[1:], "--duration", str(duration)]
+def generator(
+    route: Route, headers: list[str], duration: float, kind: str, *options: str
+) -> dict[str, Any]:
+    """
+    Run C{openloop.py KIND} against C{route}; its JSON results.
+    """
+    argv = [sys.executable, OPENLOOP, kind, route.connect, route.target, "--host", route.host]
+    argv += [*options, "--duration", str(duration)]
     for header in headers:
         argv += ["-H", header]
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
 
 
 def openLoad(route: Route, duration: float, headers: list[str], rate: float) -> Sample:
     cpu0 = cpuSeconds(route.pids)
-    data = generator(route, headers, ["rate", "--rate", str(rate)], duration)
+    data = generator(route, headers, duration, "rate", "--rate", str(rate))
     if data["error_kinds"]:
         print(f"    {route.name}: errors {data['error_kinds']}", file=sys.stderr)
     return Sample(
@@ -234,12 +242,6 @@ def openLoad(route: Route, duration: float, headers: list[str], rate: float) -> 
 
 # ---------------------------------------------------------------------------
 # Reporting helpers.
-
-
-def percentile(values: list[float], p: float) -> float:
-    from openloop import percentile as pct
-
-    return pct(sorted(values), p)
 
 
 def verdict(ok: bool) -> str:
@@ -336,7 +338,9 @@ def startRoutes(
     return routes
 
 
-def throughput(args: argparse.Namespace, parties: Parties, bodies: dict[str, bytes]) -> dict:  # type: ignore[type-arg]
+def throughput(
+    args: argparse.Namespace, parties: Parties, bodies: dict[str, bytes]
+) -> dict[str, Any]:
     names = args.payloads
     routes = startRoutes(parties, args, names)
     headers = args.headers
@@ -368,6 +372,7 @@ def throughput(args: argparse.Namespace, parties: Parties, bodies: dict[str, byt
     print(head)
     print("-" * len(head))
     summary: dict[str, dict[str, dict[str, float]]] = {}
+    ratios: dict[str, dict[str, float]] = {}
     for name in names:
         for routeName, ss in samples[name].items():
             requests = sum(s.requests for s in ss)
@@ -390,7 +395,9 @@ def throughput(args: argparse.Namespace, parties: Parties, bodies: dict[str, byt
                 f" {min(perRound):7.0f}-{max(perRound):<7.0f}"
                 f" {row['p50_ms']:7.2f} {row['p99_ms']:7.2f} {errors:6d} {cpuText}"
             )
-    print("(p50/p99: wrk's closed-loop latency, median over rounds; CPU: utime+stime of")
+    print(
+        f"(p50/p99: {args.loadgen}'s closed-loop latency, median over rounds; CPU: utime+stime of"
+    )
     print(" promtwist proxy+agent, or of pushprox-proxy+client, per scrape)")
     print()
     if not args.no_pushprox:
@@ -400,18 +407,20 @@ def throughput(args: argparse.Namespace, parties: Parties, bodies: dict[str, byt
         )
         print("|---|---|---|---|---|---|")
         for name in names:
-            s = summary[name]
-            rate = s["promtwist"]["scrapes_per_s"] / s["PushProx"]["scrapes_per_s"]
-            cpu = s["promtwist"]["cpu_us_per_scrape"] / s["PushProx"]["cpu_us_per_scrape"]
-            s["ratios"] = {"throughput": rate, "cpu": cpu}
+            byRoute = summary[name]
+            rate = byRoute["promtwist"]["scrapes_per_s"] / byRoute["PushProx"]["scrapes_per_s"]
+            cpu = (
+                byRoute["promtwist"]["cpu_us_per_scrape"] / byRoute["PushProx"]["cpu_us_per_scrape"]
+            )
+            ratios[name] = {"throughput": rate, "cpu": cpu}
             perSecond = " | ".join(
-                f"{s[r]['scrapes_per_s']:,.0f}/s" for r in ("direct", "promtwist", "PushProx")
+                f"{byRoute[r]['scrapes_per_s']:,.0f}/s" for r in ("direct", "promtwist", "PushProx")
             )
             print(f"| {LABELS[name]} (gzip) | {perSecond} | {rate:.2f} | {cpu:.2f} |")
         print()
         print("goals (issue 10):")
         for name in names:
-            r = summary[name]["ratios"]
+            r = ratios[name]
             print(
                 f"  {LABELS[name]:6} throughput promtwist / PushProx {r['throughput']:5.2f}"
                 f" (goal >= {GOAL_THROUGHPUT}) {verdict(r['throughput'] >= GOAL_THROUGHPUT)};"
@@ -420,7 +429,7 @@ def throughput(args: argparse.Namespace, parties: Parties, bodies: dict[str, byt
             )
         print()
     memory = rssReport(routes)
-    return {"summary": summary, "rss_kib": memory}
+    return {"summary": summary, "ratios": ratios, "rss_kib": memory}
 
 
 def rssReport(routes: dict[str, dict[str, Route]]) -> dict[str, dict[str, int]]:
@@ -435,7 +444,7 @@ def rssReport(routes: dict[str, dict[str, Route]]) -> dict[str, dict[str, int]]:
     return out
 
 
-def latency(args: argparse.Namespace, parties: Parties, bodies: dict[str, bytes]) -> dict:  # type: ignore[type-arg]
+def latency(args: argparse.Namespace, parties: Parties, bodies: dict[str, bytes]) -> dict[str, Any]:
     names = args.payloads
     routes = startRoutes(parties, args, names)
     headers = args.headers
@@ -536,7 +545,7 @@ def streamHash(route: Route, headers: list[str], timeout: float) -> tuple[int, i
     return status, size, digest.hexdigest(), time.monotonic() - start
 
 
-def bigbody(args: argparse.Namespace, parties: Parties, root: str) -> dict:  # type: ignore[type-arg]
+def bigbody(args: argparse.Namespace, parties: Parties, root: str) -> dict[str, Any]:
     size = args.bigbody_mb * 1024 * 1024
     expected = writeBigBody(os.path.join(root, "big"), size)
     actual = os.path.getsize(os.path.join(root, "big"))
@@ -553,6 +562,7 @@ def bigbody(args: argparse.Namespace, parties: Parties, root: str) -> dict:  # t
     )
     labels = {"promtwist": ("proxy", "agent"), "PushProx": ("pushprox-proxy", "pushprox-client")}
     results: dict[str, dict[str, object]] = {}
+    growthByRoute: dict[str, dict[str, float]] = {}
     print()
     head = (
         f"{'route':9} {'seconds':>7} {'bytes':>12} {'identical':>9}"
@@ -571,6 +581,7 @@ def bigbody(args: argparse.Namespace, parties: Parties, root: str) -> dict:  # t
             role: (a - b) / 1024
             for role, a, b in zip(labels.get(routeName, ()), after, before, strict=False)
         }
+        growthByRoute[routeName] = growth
         results[routeName] = {
             "status": status,
             "bytes": got,
@@ -586,15 +597,12 @@ def bigbody(args: argparse.Namespace, parties: Parties, root: str) -> dict:  # t
         )
         print(f"{routeName:9} {seconds:7.2f} {got:12,} {'yes' if same else 'NO':>9}  {grown}")
     print()
-    p = results["promtwist"]
-    growth = p["growth_mib"]
-    assert isinstance(growth, dict)
     print(
-        f"goal (issue 10): byte-identical {verdict(bool(p['identical']))};"
+        f"goal (issue 10): byte-identical {verdict(bool(results['promtwist']['identical']))};"
         + "".join(
             f"  {role} growth {g:.1f} MiB (goal <= {GOAL_BIGBODY_GROWTH_MIB:g})"
             f" {verdict(g <= GOAL_BIGBODY_GROWTH_MIB)};"
-            for role, g in growth.items()
+            for role, g in growthByRoute["promtwist"].items()
         )
     )
     return {"results": results, "bytes": actual, "sha256": expected}

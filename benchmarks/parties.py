@@ -102,10 +102,31 @@ def writeBodies(root: str, bodies: dict[str, bytes]) -> None:
 # Small helpers.
 
 
+_handedOut: set[int] = set()
+
+
 def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """
+    A port free on 127.0.0.1, below the kernel's ephemeral range: a port
+    from that range (what binding port 0 gives) can be taken by any
+    outgoing connection in the second before the process meant for it
+    binds it, which happened in practice between two runs.
+    """
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        low = int(f.read().split()[0])
+    rng = random.Random()
+    for _ in range(100):
+        port = rng.randrange(max(1024, low - 20000), low)
+        if port in _handedOut:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handedOut.add(port)
+        return port
+    raise SystemExit(f"no free port found below {low} on 127.0.0.1 in 100 tries")
 
 
 def procStatusKiB(pid: int, field: str) -> int:
@@ -202,7 +223,6 @@ class Parties:
             k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")
         }
         self.targetPort = 0
-        self.targetKind = ""
 
     def spawn(self, argv: list[str], log: str) -> subprocess.Popen[bytes]:
         with open(os.path.join(self.workdir, log), "wb") as out:
@@ -273,7 +293,6 @@ class Parties:
             version = subprocess.run(
                 [NGINX, "-v"], capture_output=True, text=True, check=False
             ).stderr.strip()
-            self.targetKind = "nginx"
             description = f"{version.partition(': ')[2] or NGINX}, gzip_static, one process"
         else:
             port = str(self.targetPort)
@@ -281,11 +300,11 @@ class Parties:
                 [sys.executable, os.path.join(HERE, "bench.py"), "target", root, "--port", port],
                 "target.out",
             )
-            self.targetKind = "twisted"
+            why = "--twisted-target" if forceTwisted else f"{NGINX} is absent"
             description = (
-                f"Twisted stand-in (bench.py target): {NGINX} is absent, so the target is"
-                " slower than nginx and direct figures are not comparable with a run on nginx"
-                " (Debian: apt-get install nginx-light)"
+                f"Twisted stand-in (bench.py target; {why}): slower than nginx, so direct"
+                " figures are not comparable with a run on nginx (Debian: apt-get install"
+                " nginx-light)"
             )
         self.waitFor(f"http://127.0.0.1:{self.targetPort}/small", "target")
         return description
