@@ -93,6 +93,9 @@ class Connection:
 
 
 def percentile(sortedValues: list[float], p: float) -> float:
+    """
+    The nearest-rank C{p}th percentile of C{sortedValues} (NaN when empty).
+    """
     if not sortedValues:
         return float("nan")
     k = max(0, min(len(sortedValues) - 1, math.ceil(p / 100 * len(sortedValues)) - 1))
@@ -148,7 +151,9 @@ async def openLoop(
         tasks.add(task)
         task.add_done_callback(tasks.discard)
     if tasks:
-        await asyncio.wait(tasks, timeout=15)
+        _, pending = await asyncio.wait(tasks, timeout=15)
+        if pending:
+            errors["no answer within 15 s of the last request"] = len(pending)
     for conn in idle:
         conn.close()
     latencies.sort()
