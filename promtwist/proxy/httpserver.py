@@ -222,6 +222,13 @@ class ScrapePortConnection(Protocol):
     def connectionMade(self) -> None:
         transport = self.transport
         assert transport is not None
+        # Answers are written whole; Nagle would hold the tail of a body
+        # behind Prometheus' delayed ACK, as twisted.web's channel knows.
+        # TLS passes the call on to its TCP transport; a transport that is
+        # not TCP has no Nagle.
+        noDelay = getattr(transport, "setTcpNoDelay", None)
+        if noDelay is not None:
+            noDelay(True)
         cast(IConsumer, transport).registerProducer(self, True)
         clock = self.factory.clock
         self._idle = clock.callLater(self.factory.idleTimeout, self._idleTimedOut)

@@ -358,6 +358,26 @@ class ProtocolTests(SynchronousTestCase):
         self.flushLoggedErrors(ZeroDivisionError)
 
 
+class NoDelayTransport(StringTransport):
+    noDelay = False
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.noDelay = enabled
+
+
+class TransportTests(SynchronousTestCase):
+    def test_noDelay(self) -> None:
+        """
+        Nagle is off: an answer's last bytes do not wait for the client's
+        delayed ACK.
+        """
+        connection = factory(Hello()).buildProtocol(None)
+        assert connection is not None
+        transport = NoDelayTransport()
+        connection.makeConnection(transport)
+        self.assertTrue(transport.noDelay)
+
+
 class ExchangeTests(SynchronousTestCase):
     """
     What the relay does with an exchange.
