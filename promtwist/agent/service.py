@@ -31,9 +31,9 @@ from twisted.logger import (
     PredicateResult,
 )
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from zope.interface import implementer
 
+from promtwist.agent.client import Origin, TargetPool
 from promtwist.agent.connection import ProxyConnection, ProxyConnectionFactory
 from promtwist.agent.dialling import DialReport, describeDialFailure
 from promtwist.agent.discoveryfile import FileDiscovery
@@ -48,17 +48,29 @@ from promtwist.tls import linkTLS, linkUsesTLS, targetPolicy
 from promtwist.web import agentHealth, operationsListeners
 
 
-class _QuietClientFactory(_HTTP11ClientFactory):
-    noisy = False
-
-
-class QuietPool(HTTPConnectionPool):
+def targetEndpoints(
+    settings: AgentSettings, reactor: Any
+) -> Callable[[Origin], IStreamClientEndpoint]:
     """
-    A pool whose connections do not log "Starting factory" for every new
-    target connection.
-    """
+    How the target pool reaches an origin: with
+    C{agent.http.clientTimeoutSecs} to connect, and for https the TLS
+    options of L{targetPolicy} (trust, client certificate, host name check),
+    as twisted.web's Agent used them.
 
-    _factory = _QuietClientFactory
+    @raise promtwist.config.ConfigError: when a TLS file is unusable.
+    """
+    policy = targetPolicy(settings)
+
+    def endpointFor(origin: Origin) -> IStreamClientEndpoint:
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(
+            reactor, origin.host, origin.port, timeout=settings.client_timeout_secs
+        )
+        if origin.scheme == "https":
+            creator = policy.creatorForNetloc(origin.host.encode("ascii"), origin.port)
+            endpoint = wrapClientTLS(creator, endpoint)
+        return endpoint
+
+    return endpointFor
 
 
 class _Link(Protocol):
@@ -254,15 +266,10 @@ class AgentService(MultiService):
         self.settings = settings
         self.clock = reactor
         self.loadSettings = loadSettings
-        self.pool = QuietPool(reactor, persistent=True)
-        self.pool.maxPersistentPerHost = settings.max_concurrent_clients
-        agent = Agent(
-            reactor,
-            contextFactory=targetPolicy(settings),
-            pool=self.pool,
-            connectTimeout=settings.client_timeout_secs,
+        self.pool = TargetPool(
+            reactor, targetEndpoints(settings, reactor), settings.max_concurrent_clients
         )
-        scraper = Scraper(settings, agent, reactor)
+        scraper = Scraper(settings, self.pool, reactor)
         self.factory = ProxyConnectionFactory(settings, scraper, reactor)
         self.metrics = AgentMetrics(self.factory.launchId, settings.name, reactor)
         self.metrics.track(self.state)

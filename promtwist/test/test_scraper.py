@@ -6,38 +6,25 @@ from __future__ import annotations
 
 import base64
 import gzip
-import zlib
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
-from twisted.internet.defer import Deferred, DeferredSemaphore
-from twisted.internet.error import ConnectionRefusedError
-from twisted.internet.interfaces import IProtocol, IPushProducer
+from twisted.internet.defer import DeferredSemaphore
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent, capturedLogs, formatEvent
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.client import ResponseDone, ResponseFailed
-from twisted.web.error import SchemeNotSupported
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH
-from zope.interface import implementer
 
-from promtwist.agent.scraper import (
-    FRAME_OVERHEAD,
-    MIN_CHUNK,
-    InvalidRequest,
-    Scrape,
-    Scraper,
-    Target,
-)
+from promtwist.agent.client import Head, IResponseReceiver, Origin
+from promtwist.agent.fetch import InvalidRequest, Target
+from promtwist.agent.scraper import FRAME_OVERHEAD, MIN_CHUNK, Scrape, Scraper
 from promtwist.config import AgentSettings, MetricFilter, PathConfig
 from promtwist.httputil import redacted
 from promtwist.protocol.framing import FrameTooLarge
 from promtwist.protocol.promtwist_pb2 import Frame, Outcome, ScrapeRequest
 
 
-@implementer(IPushProducer)
-class FakeBodyProducer:
+class FakeExchange:
     def __init__(self) -> None:
         self.paused = False
         self.stopped = False
@@ -52,45 +39,79 @@ class FakeBodyProducer:
         self.stopped = True
 
 
+class FakeRequest(NamedTuple):
+    uri: bytes
+    headers: Headers
+    receiver: IResponseReceiver
+    exchange: FakeExchange
+
+
+def parsed(origin: Origin, request: bytes) -> tuple[bytes, Headers]:
+    """
+    The URI and headers of a request the scrape wrote.
+    """
+    head, blank, rest = request.partition(b"\r\n\r\n")
+    assert blank and not rest, request
+    line, *fields = head.split(b"\r\n")
+    method, target, version = line.split(b" ")
+    assert (method, version) == (b"GET", b"HTTP/1.1"), line
+    headers = Headers()
+    for field in fields:
+        name, _, value = field.partition(b": ")
+        headers.addRawHeader(name, value)
+    (host,) = headers.getRawHeaders(b"Host") or [b""]
+    return origin.scheme.encode("ascii") + b"://" + host + target, headers
+
+
+class FakePool:
+    def __init__(self) -> None:
+        self.requests: list[FakeRequest] = []
+
+    def request(self, origin: Origin, request: bytes, receiver: IResponseReceiver) -> FakeExchange:
+        uri, headers = parsed(origin, request)
+        exchange = FakeExchange()
+        self.requests.append(FakeRequest(uri, headers, receiver, exchange))
+        return exchange
+
+    @property
+    def cancelled(self) -> list[bytes]:
+        return [r.uri for r in self.requests if r.exchange.stopped]
+
+
 class FakeResponse:
     def __init__(
         self,
         code: int = 200,
         headers: dict[bytes, list[bytes]] | None = None,
-        length: object = UNKNOWN_LENGTH,
+        length: int = -1,
     ) -> None:
-        self.code = code
-        self.phrase = b"Whatever"
-        self.headers = Headers(headers or {b"Content-Type": [b"text/plain"]})
-        self.length = length
-        self.producer = FakeBodyProducer()
-        self.protocol: IProtocol | None = None
+        fields = headers or {b"Content-Type": [b"text/plain"]}
+        self.head = Head(
+            status=code,
+            phrase="Whatever",
+            contentType=fields.get(b"Content-Type", [b""])[0].decode("latin-1"),
+            contentEncoding=fields.get(b"Content-Encoding", [b""])[0].decode("latin-1"),
+            length=length,
+        )
+        self.producer = FakeExchange()
+        self.receiver: IResponseReceiver | None = None
 
-    def deliverBody(self, protocol: IProtocol) -> None:
-        self.protocol = protocol
-        protocol.makeConnection(self.producer)  # type: ignore[arg-type]
+    def deliver(self, request: FakeRequest) -> None:
+        self.receiver = request.receiver
+        self.producer = request.exchange
+        self.receiver.responseHead(self.head)
 
     def body(self, *pieces: bytes) -> None:
-        assert self.protocol is not None
+        assert self.receiver is not None
         for piece in pieces:
-            self.protocol.dataReceived(piece)
+            self.receiver.responseData(piece)
 
-    def end(self, reason: Failure = Failure(ResponseDone())) -> None:
-        assert self.protocol is not None
-        self.protocol.connectionLost(reason)
-
-
-class FakeAgent:
-    def __init__(self) -> None:
-        self.requests: list[tuple[bytes, Headers, Deferred[FakeResponse]]] = []
-        self.cancelled: list[bytes] = []
-
-    def request(
-        self, method: bytes, uri: bytes, headers: Headers, bodyProducer: object = None
-    ) -> Deferred[FakeResponse]:
-        d: Deferred[FakeResponse] = Deferred(lambda _: self.cancelled.append(uri))
-        self.requests.append((uri, headers, d))
-        return d
+    def end(self, failed: str | None = None) -> None:
+        assert self.receiver is not None
+        if failed is None:
+            self.receiver.responseEnded()
+        else:
+            self.receiver.responseFailed(failed)
 
 
 class Run:
@@ -117,7 +138,7 @@ class Run:
         """
         if sharing is None:
             self.clock = Clock()
-            self.http = FakeAgent()
+            self.http = FakePool()
             self.settings = AgentSettings(**settings)  # type: ignore[arg-type]
             self.slots = DeferredSemaphore(self.settings.max_concurrent_clients)
         else:
@@ -144,7 +165,7 @@ class Run:
         self.scrape.start(self.slots)
 
     def respond(self, response: FakeResponse) -> FakeResponse:
-        self.http.requests[-1][2].callback(response)
+        response.deliver(self.http.requests[-1])
         return response
 
     @property
@@ -173,7 +194,7 @@ def refusing(run: Run, refuses: Callable[[Frame], bool]) -> list[Frame]:
             raise FrameTooLarge("too big")
         sent.append(frame)
 
-    run.scrape.send = send
+    run.scrape.answer.send = send
     return sent
 
 
@@ -190,28 +211,37 @@ def firstFrame() -> Callable[[Frame], bool]:
     return first
 
 
+def uri(configured: str, query: str) -> bytes:
+    """
+    The URI a scrape of C{configured} with C{query} asks for.
+    """
+    target = Target.build(configured)
+    host = target.fixed.split(b"\r\n")[0].removeprefix(b"Host: ")
+    return target.origin.scheme.encode("ascii") + b"://" + host + target.requestTarget(query)
+
+
 class TargetTests(SynchronousTestCase):
     def test_queryAppended(self) -> None:
-        self.assertEqual(Target.build("http://h:1/m", "a=1").uri, b"http://h:1/m?a=1")
-        self.assertEqual(Target.build("http://h:1/m?x=y", "a=1").uri, b"http://h:1/m?x=y&a=1")
-        self.assertEqual(Target.build("http://h:1/m", "").uri, b"http://h:1/m")
+        self.assertEqual(uri("http://h:1/m", "a=1"), b"http://h:1/m?a=1")
+        self.assertEqual(uri("http://h:1/m?x=y", "a=1"), b"http://h:1/m?x=y&a=1")
+        self.assertEqual(uri("http://h:1/m", ""), b"http://h:1/m")
 
     def test_federateUrl(self) -> None:
         """
         prometheus-proxy's federate example, raw characters and all, becomes a
         valid request target; Prometheus' already encoded query is kept.
         """
-        target = Target.build(
-            "http://prometheus:9090/federate?match[]={job=~'.*'}", "match%5B%5D=up"
-        )
         self.assertEqual(
-            target.uri,
+            uri("http://prometheus:9090/federate?match[]={job=~'.*'}", "match%5B%5D=up"),
             b"http://prometheus:9090/federate?match%5B%5D=%7Bjob=~'.*'%7D&match%5B%5D=up",
         )
 
     def test_basicAuthLifted(self) -> None:
-        target = Target.build("http://us%40er:p%3Ass@[::1]:9100/metrics", "")
-        self.assertEqual(target.uri, b"http://[::1]:9100/metrics")
+        target = Target.build("http://us%40er:p%3Ass@[::1]:9100/metrics")
+        self.assertEqual(
+            uri("http://us%40er:p%3Ass@[::1]:9100/metrics", ""), b"http://[::1]:9100/metrics"
+        )
+        self.assertEqual(target.origin, Origin("http", "::1", 9100))
         self.assertEqual(target.authorization, b"Basic " + base64.b64encode(b"us@er:p:ss"))
 
     def test_internationalisedHost(self) -> None:
@@ -220,26 +250,30 @@ class TargetTests(SynchronousTestCase):
         its case, with its port and without its credentials.
         """
         self.assertEqual(
-            Target.build("http://bücher.example/metrics", "").uri,
+            uri("http://bücher.example/metrics", ""),
             b"http://xn--bcher-kva.example/metrics",
         )
-        target = Target.build("https://u:p@BÜCHER.example:9100/m", "a=1")
-        self.assertEqual(target.uri, b"https://xn--bcher-kva.example:9100/m?a=1")
+        target = Target.build("https://u:p@BÜCHER.example:9100/m")
+        self.assertEqual(
+            uri("https://u:p@BÜCHER.example:9100/m", "a=1"),
+            b"https://xn--bcher-kva.example:9100/m?a=1",
+        )
+        self.assertEqual(target.origin, Origin("https", "xn--bcher-kva.example", 9100))
         self.assertEqual(target.authorization, b"Basic " + base64.b64encode(b"u:p"))
 
     def test_asciiHostUntouched(self) -> None:
         """
         An ASCII host is not judged by IDNA's rules (which refuse C{_}).
         """
-        self.assertEqual(Target.build("http://my_host:1/m", "").uri, b"http://my_host:1/m")
+        self.assertEqual(uri("http://my_host:1/m", ""), b"http://my_host:1/m")
 
     def test_hostWithoutIDNAForm(self) -> None:
-        error = self.assertRaises(InvalidRequest, Target.build, "http://☃.example:80/m", "")
+        error = self.assertRaises(InvalidRequest, Target.build, "http://☃.example:80/m")
         self.assertIn("target host ☃.example has no IDNA", str(error))
         self.assertIn("U+2603", str(error))
 
     def test_controlByteInHost(self) -> None:
-        error = self.assertRaises(InvalidRequest, Target.build, "http://a\x01b:1/m", "")
+        error = self.assertRaises(InvalidRequest, Target.build, "http://a\x01b:1/m")
         self.assertEqual(str(error), "target host a\\x01b:1 holds byte 0x01 at offset 1")
 
     def test_invalidQuery(self) -> None:
@@ -254,9 +288,10 @@ class TargetTests(SynchronousTestCase):
             ("\n", "byte 0x0a"),
             ("é", "non-ASCII character U+00E9"),
         ]:
-            error = self.assertRaises(InvalidRequest, Target.build, "http://h/m", "a=1" + bad)
+            target = Target.build("http://h/m")
+            error = self.assertRaises(InvalidRequest, target.requestTarget, "a=1" + bad)
             self.assertIn(f"the query string from the proxy holds {what} at offset 3", str(error))
-        self.assertEqual(Target.build("http://h/m", "a=%7F~").uri, b"http://h/m?a=%7F~")
+        self.assertEqual(uri("http://h/m", "a=%7F~"), b"http://h/m?a=%7F~")
 
     def test_redacted(self) -> None:
         self.assertEqual(
@@ -409,7 +444,8 @@ class ScrapeTests(SynchronousTestCase):
         chunk = run.last().scrape_chunk
         self.assertEqual((chunk.last, chunk.outcome), (True, Outcome.TOO_LARGE))
         self.assertTrue(response.producer.stopped)
-        self.assertLessEqual(run.scrape.received, 1024 * 1024 + 64 * 1024)
+        assert run.scrape.fetch is not None
+        self.assertLessEqual(run.scrape.fetch.received, 1024 * 1024 + 64 * 1024)
 
     def test_targetErrorStatus(self) -> None:
         run = Run()
@@ -420,7 +456,7 @@ class ScrapeTests(SynchronousTestCase):
 
     def test_unreachable(self) -> None:
         run = Run()
-        run.http.requests[0][2].errback(ConnectionRefusedError())
+        run.http.requests[0].receiver.responseFailed("connection refused")
         head = run.last().scrape_response
         self.assertEqual(head.outcome, Outcome.UNREACHABLE)
         self.assertIn("connection refused", head.reason)
@@ -463,7 +499,7 @@ class ScrapeTests(SynchronousTestCase):
         run = Run()
         response = run.respond(FakeResponse())
         response.body(b"x" * 40_000)
-        response.end(Failure(ResponseFailed([Failure(zlib.error("reset"))])))
+        response.end("connection reset")
         chunk = run.last().scrape_chunk
         self.assertEqual(chunk.outcome, Outcome.UNREACHABLE)
         self.assertIn("broke off the body after 40000 bytes", chunk.reason)
@@ -546,18 +582,16 @@ class ScrapeTests(SynchronousTestCase):
         self.assertTrue(frame.scrape_response.last)
 
     def test_chunkLeavesRoomForTheHead(self) -> None:
-        scraper = Scraper(AgentSettings(chunk_content_size_kbs=4096), FakeAgent(), Clock())  # type: ignore[arg-type]
+        scraper = Scraper(AgentSettings(chunk_content_size_kbs=4096), FakePool(), Clock())  # type: ignore[arg-type]
         self.assertEqual(scraper.chunkBytes(1024 * 1024), 1024 * 1024 - FRAME_OVERHEAD)
 
 
-class FailingAgent:
+class FailingPool:
     """
-    An HTTP agent with a bug: it raises instead of returning a Deferred.
+    A target pool with a bug: it raises instead of sending the request.
     """
 
-    def request(
-        self, method: bytes, uri: bytes, headers: Headers, bodyProducer: object = None
-    ) -> None:
+    def request(self, origin: Origin, request: bytes, receiver: IResponseReceiver) -> None:
         raise RuntimeError("boom")
 
 
@@ -642,7 +676,7 @@ class NoDroppedDeferredTests(SynchronousTestCase):
     def test_requestRaises(self) -> None:
         run = Run(max_concurrent_clients=1)
         failing = Run(sharing=run)
-        failing.scrape.scraper.agent = FailingAgent()  # type: ignore[assignment]
+        failing.scrape.scraper.fetcher.pool = FailingPool()  # type: ignore[assignment]
         # The second scrape waits behind the first, then meets the bug.
         self.assertEqual(failing.frames, [])
         run.respond(FakeResponse()).end()
@@ -655,18 +689,19 @@ class NoDroppedDeferredTests(SynchronousTestCase):
         def broken() -> None:
             raise RuntimeError("broken buffer")
 
-        run.scrape._sendWholeChunks = broken  # type: ignore[method-assign]
+        run.scrape.answer._sendWholeChunks = broken  # type: ignore[method-assign]
         response.body(b"x" * 5000)
         self.assertAgentError(run, "agent error: broken buffer")
         self.assertTrue(response.producer.stopped)
 
     def test_schemeNotSupported(self) -> None:
-        run = Run()
-        run.http.requests[0][2].errback(SchemeNotSupported("Unsupported scheme: b'gopher'"))
+        run = Run(url="gopher://target.test/m")
         head = run.last().scrape_response
         self.assertEqual(head.outcome, Outcome.AGENT_ERROR)
+        self.assertIn("cannot request gopher: URLs", head.reason)
         self.assertIn("the target was not contacted", head.reason)
         self.assertNotIn("unreachable", head.reason)
+        self.assertEqual(run.http.requests, [])
 
 
 class SlotTests(SynchronousTestCase):
@@ -762,7 +797,7 @@ class LinkLimitTests(SynchronousTestCase):
         gets chunks of at least L{MIN_CHUNK} bytes (which it refuses, failing
         each scrape) instead of an agent looping forever on empty chunks.
         """
-        scraper = Scraper(AgentSettings(), FakeAgent(), Clock())  # type: ignore[arg-type]
+        scraper = Scraper(AgentSettings(), FakePool(), Clock())  # type: ignore[arg-type]
         self.assertEqual(scraper.chunkBytes(100), MIN_CHUNK)
 
     def test_nothingFits(self) -> None:
@@ -776,7 +811,7 @@ class LinkLimitTests(SynchronousTestCase):
         def send(frame: Frame) -> None:
             raise FrameTooLarge("scrape_response frame of 99 bytes exceeds the peer's limit of 50")
 
-        run.scrape.send = send
+        run.scrape.answer.send = send
         response = run.respond(FakeResponse())
         with capturedLogs() as events:
             response.body(b"x" * 5000)
