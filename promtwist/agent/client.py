@@ -107,9 +107,15 @@ def describeConnectFailure(failure: Failure) -> str:
         return "connection refused"
     if isinstance(value, netError.DNSLookupError):
         return "host name lookup failed"
-    if isinstance(value, netError.TimeoutError):
+    if isinstance(value, (netError.TimeoutError, netError.TCPTimedOutError)):
         return "connect timed out"
     return failure.getErrorMessage() or type(value).__name__
+
+
+class _OutOfTurn(Exception):
+    """
+    A target began a second answer to one request.
+    """
 
 
 class HTTP11ClientProtocol(Protocol):
@@ -195,6 +201,12 @@ class HTTP11ClientProtocol(Protocol):
             self._headBytes += len(data)
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as e:
+            if not isinstance(e.__context__, _OutOfTurn):
+                raise
+            # A second answer after the whole first one: the first stands,
+            # the connection is not to be trusted with another request.
+            self._keepAlive = False
         except httptools.HttpParserUpgrade:
             return self._failed("switched protocols (HTTP upgrade), which a scrape cannot follow")
         except httptools.HttpParserError as e:
@@ -255,9 +267,8 @@ class HTTP11ClientProtocol(Protocol):
     # httptools' callbacks.
 
     def on_message_begin(self) -> None:
-        if self.state is not _State.HEAD:
-            # A second answer in one read: nothing asked for it.
-            self._keepAlive = False
+        if self._complete:
+            raise _OutOfTurn()
 
     def on_status(self, status: bytes) -> None:
         self._head = Head(status=0, phrase=status.decode("latin-1"))
