@@ -7,21 +7,28 @@ from __future__ import annotations
 import base64
 import gzip
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
+from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import DeferredSemaphore
-from twisted.internet.task import Clock
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock, deferLater
 from twisted.logger import LogEvent, capturedLogs, formatEvent
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.http_headers import Headers
+from zope.interface import implementer
 
-from promtwist.agent.client import Head, IResponseReceiver, Origin
+from promtwist.agent.client import Head, IResponseReceiver, Origin, TargetPool
 from promtwist.agent.fetch import InvalidRequest, Target
 from promtwist.agent.scraper import FRAME_OVERHEAD, MIN_CHUNK, Scrape, Scraper
 from promtwist.config import AgentSettings, MetricFilter, PathConfig
 from promtwist.httputil import redacted
 from promtwist.protocol.framing import FrameTooLarge
-from promtwist.protocol.promtwist_pb2 import Frame, Outcome, ScrapeRequest
+from promtwist.protocol.promtwist_pb2 import Frame, Outcome, ScrapeChunk, ScrapeRequest
+from promtwist.test.helpers import rss
 
 
 class FakeExchange:
@@ -880,3 +887,97 @@ class LinkLimitTests(SynchronousTestCase):
         response.end()
         self.assertEqual(run.body(), body)
         self.assertEqual(len(run.last().scrape_chunk.data), len(body) % 1000)
+
+
+@implementer(IPushProducer)
+class _Big(Protocol):
+    """
+    A loopback target answering any request with L{BIG} bytes, written as
+    fast as its connection takes them.
+    """
+
+    PIECE = b"x" * (64 * 1024)
+
+    def dataReceived(self, data: bytes) -> None:
+        transport = cast(IConsumer, self.transport)
+        transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % BIG)
+        self.sent = 0
+        transport.registerProducer(self, True)
+        self.resumeProducing()
+
+    def resumeProducing(self) -> None:
+        transport = cast(IConsumer, self.transport)
+        self.paused = False
+        while not self.paused and self.sent < BIG:
+            self.sent += len(self.PIECE)
+            transport.write(self.PIECE)
+        if self.sent >= BIG:
+            transport.unregisterProducer()
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def stopProducing(self) -> None:
+        self.paused = True
+
+
+BIG = 50 * 1024 * 1024
+
+
+class LoopbackTests(TestCase):
+    """
+    A scrape of a real target over 127.0.0.1.
+    """
+
+    timeout = 60
+
+    async def test_largeBodyWithinCredit(self) -> None:
+        """
+        A 50 MB body streams through a 256 KiB credit window: the target's
+        connection is paused while the proxy has no credit, so the agent
+        grows by far less than the body.
+        """
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Factory.forProtocol(_Big)
+        )
+        self.addCleanup(port.stopListening)
+        address = port.getHost()
+        assert isinstance(address, IPv4Address)
+        pool = TargetPool(
+            reactor, lambda origin: TCP4ClientEndpoint(reactor, "127.0.0.1", address.port), 2
+        )
+        self.addCleanup(pool.closeCachedConnections)
+        scraper = Scraper(AgentSettings(max_content_length_mbytes=64), pool, reactor)
+        before = rss()
+        peak = [0]
+        frames: list[Frame] = []
+        received = [0]
+
+        def send(frame: Frame) -> None:
+            data = (
+                frame.scrape_response.body
+                if frame.HasField("scrape_response")
+                else frame.scrape_chunk.data
+            )
+            received[0] += len(data)
+            if len(frames) % 64 == 0:
+                peak[0] = max(peak[0], rss() - before)
+            frames.append(Frame(scrape_chunk=ScrapeChunk(last=frame.scrape_chunk.last)))
+            # Prometheus reads it, more slowly than the target sends, and the
+            # proxy gives the credit back.
+            reactor.callLater(0.01, scrape.credit, len(data))
+
+        scrape = Scrape(
+            scraper,
+            ScrapeRequest(scrape_id=1, path="p", timeout_ms=50_000, window_bytes=256 * 1024),
+            PathConfig("p", "p", f"http://127.0.0.1:{address.port}/metrics"),
+            send,
+            64 * 1024,
+        )
+        scrape.start(DeferredSemaphore(1))
+        await scrape.done
+        # The last credits, given back after the end, are ignored.
+        await deferLater(reactor, 0.02, lambda: None)
+        self.assertEqual(received[0], BIG)
+        self.assertTrue(frames[-1].scrape_chunk.last)
+        self.assertLess(peak[0], 20 * 1024 * 1024)
