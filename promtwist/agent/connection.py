@@ -16,7 +16,6 @@ from typing import Any, ClassVar
 from twisted.internet.defer import (
     Deferred,
     DeferredLock,
-    DeferredSemaphore,
     gatherResults,
     succeed,
 )
@@ -28,6 +27,7 @@ from twisted.python.failure import Failure
 from promtwist import __version__
 from promtwist.agent.paths import PathChanges, PathTable
 from promtwist.agent.scraper import Scrape, Scraper
+from promtwist.agent.slots import Slots
 from promtwist.config import AgentSettings, PathConfig
 from promtwist.httputil import redacted
 from promtwist.logs import clip, observer, utcTime
@@ -180,7 +180,7 @@ class ProxyConnection(Session):
         self._readiness: ProxyConnection | Failure | None = None
         self._readyWaiters: list[Deferred[ProxyConnection]] = []
         self._scrapes: dict[int, Scrape] = {}
-        self._slots = DeferredSemaphore(self.settings.max_concurrent_clients)
+        self._slots = Slots(self.settings.max_concurrent_clients)
         self._chunkBytes = 0
         # What the proxy has been told, by path, and whether it accepted.
         # Path changes are applied one batch at a time, each against this.

@@ -31,6 +31,7 @@ from zope.interface import implementer
 from promtwist import __version__
 from promtwist.agent.client import Exchange, Head, Origin, TargetPool
 from promtwist.agent.filters import FamilyFilter, FilterStream
+from promtwist.httputil import redacted
 from promtwist.logs import clip
 from promtwist.protocol.promtwist_pb2 import Outcome
 
@@ -121,6 +122,7 @@ class Target:
 
     @ivar authorization: the Basic credentials lifted from the URL; they win
         over a forwarded C{Authorization}.
+    @ivar where: the URL fit for a log line or a reason (no credentials).
     """
 
     origin: Origin
@@ -128,6 +130,7 @@ class Target:
     hasQuery: bool
     fixed: bytes
     authorization: bytes | None
+    where: str
 
     @classmethod
     def build(cls, configured: str) -> Target:
@@ -169,6 +172,7 @@ class Target:
             bool(query),
             fixed,
             authorization,
+            redacted(configured),
         )
 
     def requestTarget(self, query: str) -> bytes:
@@ -280,14 +284,13 @@ class Fetch:
         fetcher: Fetcher,
         target: Target,
         path: str,
-        where: str,
         answer: IAnswer,
         bug: Callable[[Failure], None],
     ) -> None:
         self.fetcher = fetcher
         self.target = target
         self.path = path
-        self.where = where
+        self.where = target.where
         self.answer = answer
         self._bug = bug
         self.received = 0

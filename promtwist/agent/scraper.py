@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -23,6 +23,7 @@ from promtwist.agent.answer import Answer
 from promtwist.agent.client import TargetPool
 from promtwist.agent.fetch import Fetch, Fetcher, InvalidRequest, Target, buckStops, headerLine
 from promtwist.agent.filters import FamilyFilter, FilterStream
+from promtwist.agent.slots import Slots
 from promtwist.config import AgentSettings, MiB, PathConfig
 from promtwist.httputil import redacted
 from promtwist.logs import RepeatedWarnings, clip, observer
@@ -139,50 +140,50 @@ class Scrape:
         self._startedAt = scraper.clock.seconds()
         self._deadline = self._startedAt + self.timeout
         self._timer: IDelayedCall | None = None
-        self._slots: DeferredSemaphore | None = None
-        # Queued for a slot (the acquire), or holding one.
-        self._waiting: Deferred[DeferredSemaphore] | None = None
+        self._slots: Slots | None = None
+        # Queued for a slot, or holding one.
+        self._waiting = False
         self._holding = False
         self._hadToWait = False
+        self._head = b""
         # When the target was asked; None while it has not been.
         self._contactedAt: float | None = None
 
     # Driving.
 
     @buckStops
-    def start(self, slots: DeferredSemaphore) -> None:
+    def start(self, slots: Slots) -> None:
         """
         Check the request, start the clock, and fetch the target once one of
         C{slots} is free: time spent waiting for a slot counts.
 
         A request that cannot be sent is refused at once, before it waits.
         """
-        where = redacted(self.pathConfig.url)
         try:
             target = self.scraper.fetcher.target(self.pathConfig.url)
             fetch = Fetch(
-                self.scraper.fetcher, target, self.pathConfig.path, where, self.answer, self._bug
+                self.scraper.fetcher, target, self.pathConfig.path, self.answer, self._bug
             )
-            head = self._requestHead(target, fetch.filtered)
+            self._head = self._requestHead(target, fetch.filtered)
         except InvalidRequest as e:
             return self.answer.end(Outcome.AGENT_ERROR, f"{e}; the target was not contacted")
         self.fetch = fetch
         self.answer.producer = fetch
         self._timer = self.scraper.clock.callLater(self.timeout, self._timedOut)
         self._slots = slots
-        self._waiting = slots.acquire()
-        # One that found a slot free did not wait, however the clock moved.
-        self._hadToWait = not self._waiting.called
-        self._waiting.addCallbacks(
-            self._slotFree, self._leftQueue, callbackArgs=(fetch, head)
-        ).addErrback(self._bug)
+        if slots.take(self._slotFree):
+            # One that found a slot free did not wait, however the clock moved.
+            self._holding = True
+            self._ask(self._startedAt)
+        else:
+            self._waiting = self._hadToWait = True
 
     @property
     def queued(self) -> bool:
         """
         Whether this scrape is still waiting for a slot.
         """
-        return self._waiting is not None
+        return self._waiting
 
     def _requestHead(self, target: Target, filtered: bool) -> bytes:
         """
@@ -207,24 +208,30 @@ class Scrape:
                 lines.append(forwarded)
         return b"".join(lines)
 
-    def _slotFree(self, slots: DeferredSemaphore, fetch: Fetch, head: bytes) -> None:
+    @buckStops
+    def _slotFree(self) -> None:
         """
-        A slot is ours (until L{_end}): ask the target.
+        A slot is ours (until L{_end}) after waiting for it.
         """
-        self._waiting = None
+        self._waiting = False
         self._holding = True
         now = self.scraper.clock.seconds()
-        remaining = self._deadline - now
-        if remaining <= 0:
+        if self._deadline - now <= 0:
             # The slot came as the time ran out: a request now could only be
             # cancelled at once.
             return self._waitedTooLong()
-        self._contactedAt = now if self._hadToWait else self._startedAt
-        fetch.start(b"%sX-Prometheus-Scrape-Timeout-Seconds: %.3f\r\n\r\n" % (head, remaining))
+        self._ask(now)
 
-    def _leftQueue(self, failure: Failure) -> None:
-        # L{_end} cancels the wait of a scrape that ends while queued.
-        failure.trap(CancelledError)
+    def _ask(self, now: float) -> None:
+        """
+        Ask the target, with what is left of the deadline.
+        """
+        assert self.fetch is not None
+        self._contactedAt = now
+        self.fetch.start(
+            b"%sX-Prometheus-Scrape-Timeout-Seconds: %.3f\r\n\r\n"
+            % (self._head, self._deadline - self.scraper.clock.seconds())
+        )
 
     def _bug(self, failure: Failure) -> None:
         """
@@ -258,12 +265,13 @@ class Scrape:
             return self._waitedTooLong()
         had = round(self._deadline - contactedAt, 3)
         waited = round(contactedAt - self._startedAt, 3)
-        where = redacted(self.pathConfig.url)
+        assert self.fetch is not None
+        where = self.fetch.where
         if self.answer.credit <= 0:
             # Not the target's slowness: what it sent could not be passed on
             # (the proxy gives credit as Prometheus reads). AGENT_ERROR, so
             # that the target is not counted as timing out.
-            received = self.fetch.received if self.fetch is not None else 0
+            received = self.fetch.received
             return self.answer.end(
                 Outcome.AGENT_ERROR,
                 f"the answer of target {where} ({received} bytes so far) waited"
@@ -301,9 +309,9 @@ class Scrape:
             self.fetch.stopProducing()
         self.done.callback(None)
         # Last: giving the slot back starts the next queued scrape at once.
-        if self._waiting is not None:
-            waiting, self._waiting = self._waiting, None
-            waiting.cancel()
+        if self._waiting and self._slots is not None:
+            self._waiting = False
+            self._slots.leave(self._slotFree)
         elif self._holding and self._slots is not None:
             self._holding = False
             self._slots.release()

@@ -11,7 +11,6 @@ from typing import NamedTuple, cast
 
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import DeferredSemaphore
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
@@ -24,6 +23,7 @@ from zope.interface import implementer
 from promtwist.agent.client import Head, IResponseReceiver, Origin, TargetPool
 from promtwist.agent.fetch import InvalidRequest, Target
 from promtwist.agent.scraper import FRAME_OVERHEAD, MIN_CHUNK, Scrape, Scraper
+from promtwist.agent.slots import Slots
 from promtwist.config import AgentSettings, MetricFilter, PathConfig
 from promtwist.httputil import redacted
 from promtwist.protocol.framing import FrameTooLarge
@@ -147,7 +147,7 @@ class Run:
             self.clock = Clock()
             self.http = FakePool()
             self.settings = AgentSettings(**settings)  # type: ignore[arg-type]
-            self.slots = DeferredSemaphore(self.settings.max_concurrent_clients)
+            self.slots = Slots(self.settings.max_concurrent_clients)
         else:
             self.clock, self.http = sharing.clock, sharing.http
             self.settings, self.slots = sharing.settings, sharing.slots
@@ -733,7 +733,7 @@ class SlotTests(SynchronousTestCase):
             "waited 5s for a free slot (agent.http.maxConcurrentClients = 1);"
             " the target http://target.test/metrics was not contacted",
         )
-        self.assertEqual(self.first.slots.waiting, [], "it left the queue")
+        self.assertEqual(list(self.first.slots.waiting), [], "it left the queue")
         self.assertFalse(second.scrape.queued)
         # The slot it no longer wants goes to nobody.
         self.first.respond(FakeResponse()).end()
@@ -777,7 +777,7 @@ class SlotTests(SynchronousTestCase):
     def test_cancelledWhileQueued(self) -> None:
         second = Run(sharing=self.first)
         second.scrape.cancel()
-        self.assertEqual(self.first.slots.waiting, [])
+        self.assertEqual(list(self.first.slots.waiting), [])
         self.assertEqual(second.frames, [])
         self.successResultOf(second.scrape.done)
 
@@ -974,7 +974,7 @@ class LoopbackTests(TestCase):
             send,
             64 * 1024,
         )
-        scrape.start(DeferredSemaphore(1))
+        scrape.start(Slots(1))
         await scrape.done
         # The last credits, given back after the end, are ignored.
         await deferLater(reactor, 0.02, lambda: None)
