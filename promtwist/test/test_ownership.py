@@ -83,6 +83,7 @@ class Ownership:
         for _ in range(5):
             for agent in self.agents:
                 agent.pump.flush()
+            self.http.flush()
 
     def holder(self, path: str = "fast") -> AgentLink:
         (link,) = self.registry.lookup(path)
