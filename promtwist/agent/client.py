@@ -25,11 +25,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum, auto
 from typing import Protocol as TypingProtocol
+from typing import cast
 
 import httptools
 from twisted.internet import error as netError
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IPushProducer,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
@@ -347,13 +353,25 @@ class Exchange:
 
     def pauseProducing(self) -> None:
         self.paused = True
-        if self.connection is not None and self.connection.transport is not None:
-            self.connection.transport.pauseProducing()  # type: ignore[attr-defined]
+        transport = self._transport()
+        if transport is not None:
+            transport.pauseProducing()
 
     def resumeProducing(self) -> None:
         self.paused = False
-        if self.connection is not None and self.connection.transport is not None:
-            self.connection.transport.resumeProducing()  # type: ignore[attr-defined]
+        transport = self._transport()
+        if transport is not None:
+            transport.resumeProducing()
+
+    def _transport(self) -> IPushProducer | None:
+        """
+        The transport of this exchange's connection while it serves this
+        exchange: not one that went back to the pool.
+        """
+        connection = self.connection
+        if connection is None or connection.exchange is not self:
+            return None
+        return cast(IPushProducer, connection.transport)
 
     def stopProducing(self) -> None:
         if self.stopped:

@@ -1,7 +1,7 @@
 # -*- test-case-name: promtwist.test.test_integration -*-
 """
 The agent process as one service: a reconnecting link to the proxy and the
-HTTP connection pool its scrapes share.
+target connection pool its scrapes share (L{promtwist.agent.client}).
 """
 
 from __future__ import annotations
