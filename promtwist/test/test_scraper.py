@@ -12,10 +12,12 @@ from typing import NamedTuple, cast
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock, deferLater
 from twisted.logger import LogEvent, capturedLogs, formatEvent
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
@@ -29,6 +31,7 @@ from promtwist.httputil import redacted
 from promtwist.protocol.framing import FrameTooLarge
 from promtwist.protocol.promtwist_pb2 import Frame, Outcome, ScrapeChunk, ScrapeRequest
 from promtwist.test.helpers import rss
+from promtwist.test.test_client import MemoryEndpoint
 
 
 class FakeExchange:
@@ -981,3 +984,77 @@ class LoopbackTests(TestCase):
         self.assertEqual(received[0], BIG)
         self.assertTrue(frames[-1].scrape_chunk.last)
         self.assertLess(peak[0], 20 * 1024 * 1024)
+
+
+class FetchOverTheClientTests(SynchronousTestCase):
+    """
+    Scrapes through the real target client, on in-memory connections.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.endpoint = MemoryEndpoint()
+        self.pool = TargetPool(self.clock, lambda origin: self.endpoint, 2)
+        self.scraper = Scraper(AgentSettings(max_content_length_mbytes=1), self.pool, self.clock)
+        self.slots = Slots(4)
+
+    def scrape(self) -> list[Frame]:
+        frames: list[Frame] = []
+        Scrape(
+            self.scraper,
+            ScrapeRequest(scrape_id=1, path="p", timeout_ms=5000),
+            PathConfig("p", "p", "http://target.test/metrics"),
+            frames.append,
+            32 * 1024,
+        ).start(self.slots)
+        return frames
+
+    def answer(self, data: bytes) -> None:
+        self.endpoint.protocols[-1].dataReceived(data)
+
+    def test_errorStatusReusesTheConnection(self) -> None:
+        """
+        A non-2xx answer is a head with its status; its small body is read
+        so that the connection serves the next scrape.
+        """
+        frames = self.scrape()
+        self.answer(b"HTTP/1.1 503 Busy\r\nContent-Length: 4\r\n\r\n")
+        (frame,) = frames
+        head = frame.scrape_response
+        self.assertEqual((head.outcome, head.status, head.last), (Outcome.SUCCESS, 503, True))
+        self.assertIn("answered HTTP 503 Busy", head.reason)
+        self.answer(b"busy")
+        self.scrape()
+        self.assertEqual(len(self.endpoint.protocols), 1)
+
+    def test_brokenAfterTheHead(self) -> None:
+        frames = self.scrape()
+        self.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n")
+        self.endpoint.protocols[-1].connectionLost(Failure(ConnectionDone()))
+        (frame,) = frames
+        self.assertEqual(frame.scrape_response.outcome, Outcome.UNREACHABLE)
+        self.assertIn(
+            "broke off the body after 0 bytes: the connection closed", frame.scrape_response.reason
+        )
+
+    def test_declaredTooLargeDropsTheConnection(self) -> None:
+        frames = self.scrape()
+        self.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2000000\r\n\r\n")
+        self.assertEqual(frames[-1].scrape_response.outcome, Outcome.TOO_LARGE)
+        self.assertTrue(self.endpoint.transports[-1].disconnecting)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_smugglingRefused(self) -> None:
+        frames = self.scrape()
+        self.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n")
+        reason = frames[-1].scrape_response.reason
+        self.assertEqual(frames[-1].scrape_response.outcome, Outcome.UNREACHABLE)
+        self.assertIn("target http://target.test/metrics unreachable: sent an invalid HTTP", reason)
+        self.assertTrue(self.endpoint.transports[-1].disconnecting)
+
+    def test_timeoutDropsTheConnection(self) -> None:
+        frames = self.scrape()
+        self.clock.advance(5)
+        self.assertEqual(frames[-1].scrape_response.outcome, Outcome.TIMED_OUT)
+        self.assertTrue(self.endpoint.transports[-1].disconnecting)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
