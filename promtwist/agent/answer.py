@@ -40,7 +40,7 @@ class Answer:
     nothing more will be sent (not when the answer is L{cancel}led).
 
     @ivar producer: what to pause while the proxy has no credit left.
-    @ivar onResultSent: told how the head went out (for the metrics).
+    @ivar resultSent: told how the head went out (for the metrics).
     """
 
     _log = Logger(observer=observer)
@@ -55,6 +55,7 @@ class Answer:
         minGzipBytes: int,
         warnings: RepeatedWarnings,
         ended: Callable[[str], None],
+        resultSent: Callable[[str], None],
     ) -> None:
         self.request = request
         self.path = path
@@ -63,8 +64,8 @@ class Answer:
         self.minGzipBytes = minGzipBytes
         self.warnings = warnings
         self.ended = ended
+        self.resultSent = resultSent
         self.producer: IPushProducer | None = None
-        self.onResultSent: Callable[[str], None] | None = None
         self.credit = credit
         self.finished = False
         self._head: Head | None = None
@@ -243,9 +244,7 @@ class Answer:
         if not sent:
             return
         self._headSent = True
-        if self.onResultSent is not None:
-            kind = "chunked" if not last else "gzipped" if self._compressor else "non-gzipped"
-            self.onResultSent(kind)
+        self.resultSent("chunked" if not last else "gzipped" if self._compressor else "non-gzipped")
 
     def _sendOrFail(self, frame: Frame) -> bool:
         """

@@ -639,13 +639,12 @@ class ProxyConnection(Session):
                 # disagree about TLS.
                 why += _SILENT_CLOSE[linkUsesTLS(self.settings)]
             self._ready.errback(SessionLost(f"link lost before it was ready: {why}"))
-        dropped = self.factory.scraper.onResultSent
+        observer = self.factory.scraper.observer
         # Queued scrapes first: cancelling a running one frees its slot,
         # which would start a queued one against a link that is gone.
         for scrape in sorted(self._scrapes.values(), key=lambda s: not s.queued):
             # Its result, if any, can no longer reach the proxy.
-            if dropped is not None:
-                dropped("dropped")
+            observer.resultSent("dropped")
             scrape.cancel()
         # Nothing more can finish on this link.
         self._scrapes.clear()

@@ -218,7 +218,7 @@ class Fetcher:
     What the fetches of one agent process share: the target connection
     pool, the size limit, the filters, and one L{Target} per URL.
 
-    @ivar onFiltered: told of each filtered body, for the metrics.
+    @ivar filtered: told of each filtered body, for the metrics.
     """
 
     def __init__(
@@ -227,12 +227,13 @@ class Fetcher:
         maxBodyBytes: int,
         filters: dict[str, FamilyFilter],
         warnOnce: Callable[[str, str], None],
+        filtered: Callable[[str, FilterStream], None],
     ) -> None:
         self.pool = pool
         self.maxBodyBytes = maxBodyBytes
         self.filters = filters
         self.warnOnce = warnOnce
-        self.onFiltered: Callable[[str, FilterStream], None] | None = None
+        self.filtered = filtered
         # Bounded: configured URLs come and go with reloads and discovery.
         self.target = functools.lru_cache(maxsize=4096)(Target.build)
 
@@ -388,8 +389,7 @@ class Fetch:
             self.answer.data(filtering.finish())
             if filtering.failedOpen:
                 self.fetcher.warnOnce(self.path, filtering.failedOpen)
-            if self.fetcher.onFiltered is not None:
-                self.fetcher.onFiltered(self.path, filtering)
+            self.fetcher.filtered(self.path, filtering)
         self._end(Outcome.SUCCESS, "")
 
     @buckStops

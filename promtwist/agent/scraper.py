@@ -36,40 +36,61 @@ FRAME_OVERHEAD = 4096
 MIN_CHUNK = 1024
 
 
+class ScrapeObserver:
+    """
+    What the agent's metrics hear of its scrapes; this one hears nothing.
+    Given to L{Scraper} when it is made, rather than hooks set on it later.
+    """
+
+    def scrapeEnded(self, kind: str, seconds: float) -> None:
+        """
+        A scrape ended (C{"success"}, C{"unsuccessful"} or C{"cancelled"})
+        after C{seconds}.
+        """
+
+    def resultSent(self, kind: str) -> None:
+        """
+        A result went to the proxy (C{"chunked"}, C{"gzipped"},
+        C{"non-gzipped"}) or was lost with its link (C{"dropped"}).
+        """
+
+    def filtered(self, path: str, stream: FilterStream) -> None:
+        """
+        The filter of C{path} ran over a whole body.
+        """
+
+
 class Scraper:
     """
     Runs scrapes for one agent process.
 
     @ivar fetcher: what their fetches share, the target connection pool
         among it.
+    @ivar observer: told of every scrape's end and result.
     """
 
     _log = Logger(observer=observer)
 
-    def __init__(self, settings: AgentSettings, pool: TargetPool, clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        pool: TargetPool,
+        clock: IReactorTime,
+        observer: ScrapeObserver = ScrapeObserver(),
+    ) -> None:
         self.settings = settings
         self.clock = clock
+        self.observer = observer
         self.fetcher = Fetcher(
             pool,
             settings.max_content_length_mbytes * MiB,
             {f.path: FamilyFilter(f) for f in settings.filters},
             self.warnOnce,
+            observer.filtered,
         )
-        # How each scrape ended ("success", "unsuccessful" or "cancelled")
-        # and how long it took; how each result crossed the link.
-        self.onScrapeEnded: Callable[[str, float], None] | None = None
-        self.onResultSent: Callable[[str], None] | None = None
         self._warned: set[tuple[str, str]] = set()
         # For what a proxy can make happen on every scrape.
         self.warnings = RepeatedWarnings(self._log, clock)
-
-    @property
-    def onFiltered(self) -> Callable[[str, FilterStream], None] | None:
-        return self.fetcher.onFiltered
-
-    @onFiltered.setter
-    def onFiltered(self, hook: Callable[[str, FilterStream], None] | None) -> None:
-        self.fetcher.onFiltered = hook
 
     def warnOnce(self, path: str, why: str) -> None:
         """
@@ -134,8 +155,8 @@ class Scrape:
             scraper.settings.min_gzip_size_bytes,
             scraper.warnings,
             self._end,
+            scraper.observer.resultSent,
         )
-        self.answer.onResultSent = scraper.onResultSent
         self.fetch: Fetch | None = None
         self._startedAt = scraper.clock.seconds()
         self._deadline = self._startedAt + self.timeout
@@ -300,8 +321,7 @@ class Scrape:
         Nothing more will be sent: stop the fetch, the timer, and give the
         slot back.
         """
-        if self.scraper.onScrapeEnded is not None:
-            self.scraper.onScrapeEnded(kind, self.scraper.clock.seconds() - self._startedAt)
+        self.scraper.observer.scrapeEnded(kind, self.scraper.clock.seconds() - self._startedAt)
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None

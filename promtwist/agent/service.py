@@ -37,7 +37,8 @@ from promtwist.agent.client import Origin, TargetPool
 from promtwist.agent.connection import ProxyConnection, ProxyConnectionFactory
 from promtwist.agent.dialling import DialReport, describeDialFailure
 from promtwist.agent.discoveryfile import FileDiscovery
-from promtwist.agent.scraper import Scraper
+from promtwist.agent.filters import FilterStream
+from promtwist.agent.scraper import ScrapeObserver, Scraper
 from promtwist.config import AGENT, AgentSettings, ConfigError, PathConfig
 from promtwist.httputil import redacted
 from promtwist.listen import logStarted
@@ -213,6 +214,28 @@ def proxyEndpoints(
     return endpoints
 
 
+class _ScrapeMetrics(ScrapeObserver):
+    """
+    The agent's metrics as its scrapes' observer. They are made after the
+    scraper (they need the launch id of the connection factory, which needs
+    the scraper), so they are looked up on the service when told.
+    """
+
+    def __init__(self, service: AgentService) -> None:
+        self.service = service
+
+    def scrapeEnded(self, kind: str, seconds: float) -> None:
+        # A scrape the proxy cancelled has no result to count.
+        if kind != "cancelled":
+            self.service.metrics.scrapeFinished(kind, seconds)
+
+    def resultSent(self, kind: str) -> None:
+        self.service.metrics.resultSent(kind)
+
+    def filtered(self, path: str, stream: FilterStream) -> None:
+        self.service.metrics.filtered(path, stream.linesDropped, stream.bytesSaved)
+
+
 # Settings fields that are not a single key of the agent's key table.
 _FIELD_KEYS = {
     "config_source": "--config",
@@ -269,15 +292,10 @@ class AgentService(MultiService):
         self.pool = TargetPool(
             reactor, targetEndpoints(settings, reactor), settings.max_concurrent_clients
         )
-        scraper = Scraper(settings, self.pool, reactor)
+        scraper = Scraper(settings, self.pool, reactor, _ScrapeMetrics(self))
         self.factory = ProxyConnectionFactory(settings, scraper, reactor)
         self.metrics = AgentMetrics(self.factory.launchId, settings.name, reactor)
         self.metrics.track(self.state)
-        scraper.onScrapeEnded = self._scrapeEnded
-        scraper.onResultSent = self.metrics.resultSent
-        scraper.onFiltered = lambda path, f: self.metrics.filtered(
-            path, f.linesDropped, f.bytesSaved
-        )
         links = _ReadyLinks(
             proxyEndpoints(settings, reactor) if endpoints is None else endpoints,
             self.factory,
@@ -332,11 +350,6 @@ class AgentService(MultiService):
             roundTripSeconds=connection.roundTripSeconds if connection is not None else None,
             pathCount=len(self.factory.paths),
         )
-
-    def _scrapeEnded(self, kind: str, seconds: float) -> None:
-        # A scrape the proxy cancelled has no result to count.
-        if kind != "cancelled":
-            self.metrics.scrapeFinished(kind, seconds)
 
     def debugText(self) -> str:
         connection = self.factory.current

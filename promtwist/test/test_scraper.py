@@ -24,7 +24,8 @@ from zope.interface import implementer
 
 from promtwist.agent.client import Head, IResponseReceiver, Origin, TargetPool
 from promtwist.agent.fetch import InvalidRequest, Target
-from promtwist.agent.scraper import FRAME_OVERHEAD, MIN_CHUNK, Scrape, Scraper
+from promtwist.agent.filters import FilterStream
+from promtwist.agent.scraper import FRAME_OVERHEAD, MIN_CHUNK, Scrape, ScrapeObserver, Scraper
 from promtwist.agent.slots import Slots
 from promtwist.config import AgentSettings, MetricFilter, PathConfig
 from promtwist.httputil import redacted
@@ -124,6 +125,26 @@ class FakeResponse:
             self.receiver.responseFailed(failed)
 
 
+class Recorder(ScrapeObserver):
+    """
+    Keeps what it is told of scrapes.
+    """
+
+    def __init__(self) -> None:
+        self.ended: list[str] = []
+        self.sent: list[str] = []
+        self.filterings: list[tuple[str, int]] = []
+
+    def scrapeEnded(self, kind: str, seconds: float) -> None:
+        self.ended.append(kind)
+
+    def resultSent(self, kind: str) -> None:
+        self.sent.append(kind)
+
+    def filtered(self, path: str, stream: FilterStream) -> None:
+        self.filterings.append((path, stream.linesDropped))
+
+
 class Run:
     """
     One scrape against a fake target, recording the frames it sends.
@@ -140,6 +161,7 @@ class Run:
         accept: str = "text/plain",
         timeoutMs: int = 10_000,
         sharing: Run | None = None,
+        observer: ScrapeObserver = ScrapeObserver(),
         **settings: object,
     ) -> None:
         """
@@ -166,7 +188,7 @@ class Run:
             window_bytes=window,
         )
         self.scrape = Scrape(
-            Scraper(self.settings, self.http, self.clock),  # type: ignore[arg-type]
+            Scraper(self.settings, self.http, self.clock, observer),  # type: ignore[arg-type]
             request,
             PathConfig("p", "p", url),
             self.frames.append,
@@ -539,19 +561,19 @@ class ScrapeTests(SynchronousTestCase):
             b"# TYPE app_requests_total counter\n"
             b"app_requests_total 7\n"
         )
+        recorder = Recorder()
         run = Run(
             acceptEncoding="gzip",
             filters=(MetricFilter("p", (), ("go_gc_.*",)),),
+            observer=recorder,
         )
-        reports: list[tuple[str, int]] = []
-        run.scrape.scraper.onFiltered = lambda path, s: reports.append((path, s.linesDropped))
         self.assertIsNone(run.headers.getRawHeaders(b"Accept-Encoding"))
         response = run.respond(FakeResponse(length=len(body)))
         response.body(body[:50], body[50:])
         response.end()
         self.assertEqual(run.body(), b"# TYPE app_requests_total counter\napp_requests_total 7\n")
         self.assertEqual(run.frames[0].scrape_response.content_length, -1)
-        self.assertEqual(reports, [("p", 3)])
+        self.assertEqual(recorder.filterings, [("p", 3)])
 
     def test_filterNotApplicable(self) -> None:
         """
@@ -864,16 +886,15 @@ class LinkLimitTests(SynchronousTestCase):
         A whole answer whose one head the link refuses ends once, as a
         failure.
         """
-        run = Run()
-        ended: list[str] = []
-        run.scrape.scraper.onScrapeEnded = lambda kind, seconds: ended.append(kind)
+        recorder = Recorder()
+        run = Run(observer=recorder)
         sent = refusing(run, firstFrame())
         response = run.respond(FakeResponse())
         response.body(b"up 1\n")
         response.end()
         (frame,) = sent
         self.assertEqual(frame.scrape_response.outcome, Outcome.AGENT_ERROR)
-        self.assertEqual(ended, ["unsuccessful"])
+        self.assertEqual(recorder.ended, ["unsuccessful"])
         self.successResultOf(run.scrape.done)
 
     def test_oneReadManyChunks(self) -> None:
