@@ -288,8 +288,8 @@ class HTTP11ClientProtocol(Protocol):
         elif lower == b"content-encoding":
             head.contentEncoding = head.contentEncoding or value.decode("latin-1")
         elif lower == b"content-length":
-            # llhttp refuses a bad or repeated one.
-            head.length = int(value)
+            # llhttp refuses a bad or repeated one, before or after this.
+            head.length = int(value) if value.isdigit() else -1
             head.untilClose = False
         elif lower == b"transfer-encoding" and value.lower().rstrip().endswith(b"chunked"):
             head.untilClose = False

@@ -343,8 +343,10 @@ class Fetch:
         if not 200 <= head.status < 300:
             self._discarding = 0
             self.answer.head(head)
+            # The phrase is the target's: escaped and cut, as any wire text.
             return self._end(
-                Outcome.SUCCESS, f"target {self.where} answered HTTP {head.status} {head.phrase}"
+                Outcome.SUCCESS,
+                f"target {self.where} answered HTTP {head.status} {clip(head.phrase, 100)}",
             )
         if head.length > self.fetcher.maxBodyBytes:
             return self._tooLarge(head.length)

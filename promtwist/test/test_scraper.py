@@ -1048,6 +1048,17 @@ class FetchOverTheClientTests(SynchronousTestCase):
         self.scrape()
         self.assertEqual(len(self.endpoint.protocols), 1)
 
+    def test_hostilePhrase(self) -> None:
+        """
+        A reason phrase with control bytes and of any length is escaped and
+        cut in the reason.
+        """
+        frames = self.scrape()
+        self.answer(b"HTTP/1.1 500 " + b"\x7f" + b"x" * 5000 + b"\r\nContent-Length: 0\r\n\r\n")
+        reason = frames[-1].scrape_response.reason
+        self.assertIn("answered HTTP 500 \\x7fxxx", reason)
+        self.assertLess(len(reason), 300)
+
     def test_brokenAfterTheHead(self) -> None:
         frames = self.scrape()
         self.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n")
