@@ -22,7 +22,7 @@ answer with nothing after it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum, auto
 from typing import Protocol as TypingProtocol
 from typing import cast
@@ -239,7 +239,7 @@ class HTTP11ClientProtocol(Protocol):
             return self.pool.retry(exchange)
         head = self._head
         if state is _State.BODY and head is not None and head.untilClose:
-            return exchange.receiver.responseEnded()
+            return exchange.ended()
         clean = reason.check(netError.ConnectionDone) is not None
         detail = clip(reason.getErrorMessage())
         if state is _State.WAITING:
@@ -249,13 +249,13 @@ class HTTP11ClientProtocol(Protocol):
             cause += "" if clean else f": {detail}"
         else:
             cause = "the connection closed" if clean else detail
-        exchange.receiver.responseFailed(cause)
+        exchange.failed(cause)
 
     def _failed(self, reason: str) -> None:
         exchange = self.exchange
         self.pool.discard(self)
         if exchange is not None:
-            exchange.receiver.responseFailed(reason)
+            exchange.failed(reason)
 
     def _finished(self) -> None:
         """
@@ -268,7 +268,7 @@ class HTTP11ClientProtocol(Protocol):
         else:
             self.pool.discard(self)
         if exchange is not None:
-            exchange.receiver.responseEnded()
+            exchange.ended()
 
     # httptools' callbacks.
 
@@ -349,7 +349,29 @@ class Exchange:
     connecting: Deferred[HTTP11ClientProtocol] | None = None
     retried: bool = False
     stopped: bool = False
-    paused: bool = field(default=False)
+    paused: bool = False
+    _expiry: IDelayedCall | None = None
+
+    def expireIn(self, seconds: float) -> None:
+        """
+        Stop in C{seconds} if the answer has not ended by then: for a body
+        read after its scrape ended, which the scrape's deadline no longer
+        bounds.
+        """
+        self._expiry = self.pool.clock.callLater(max(0.0, seconds), self.stopProducing)
+
+    def ended(self) -> None:
+        self._unexpire()
+        self.receiver.responseEnded()
+
+    def failed(self, reason: str) -> None:
+        self._unexpire()
+        self.receiver.responseFailed(reason)
+
+    def _unexpire(self) -> None:
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
+        self._expiry = None
 
     def pauseProducing(self) -> None:
         self.paused = True
@@ -377,6 +399,7 @@ class Exchange:
         if self.stopped:
             return
         self.stopped = True
+        self._unexpire()
         if self.connecting is not None:
             connecting, self.connecting = self.connecting, None
             connecting.cancel()
@@ -436,7 +459,7 @@ class TargetPool:
         if exchange.stopped:
             return
         if exchange.retried:
-            return exchange.receiver.responseFailed("closed the connection before answering")
+            return exchange.failed("closed the connection before answering")
         exchange.retried = True
         self._connect(exchange)
 
@@ -467,7 +490,7 @@ class TargetPool:
         exchange.connecting = None
         if exchange.stopped or failure.check(CancelledError):
             return
-        exchange.receiver.responseFailed(describeConnectFailure(failure))
+        exchange.failed(describeConnectFailure(failure))
 
     def release(self, connection: HTTP11ClientProtocol) -> None:
         """

@@ -24,7 +24,7 @@ from typing import Protocol as TypingProtocol
 from urllib.parse import quote, unquote, urlsplit
 
 import idna
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -224,12 +224,14 @@ class Fetcher:
     def __init__(
         self,
         pool: TargetPool,
+        clock: IReactorTime,
         maxBodyBytes: int,
         filters: dict[str, FamilyFilter],
         warnOnce: Callable[[str, str], None],
         filtered: Callable[[str, FilterStream], None],
     ) -> None:
         self.pool = pool
+        self.clock = clock
         self.maxBodyBytes = maxBodyBytes
         self.filters = filters
         self.warnOnce = warnOnce
@@ -302,6 +304,7 @@ class Fetch:
         self._discarding: int | None = None
         self._gotHead = False
         self._ended = False
+        self._deadline = 0.0
 
     @property
     def filtered(self) -> bool:
@@ -311,7 +314,12 @@ class Fetch:
         """
         return self._filter is not None
 
-    def start(self, request: bytes) -> None:
+    def start(self, request: bytes, deadline: float) -> None:
+        """
+        Send C{request}; C{deadline} (a time of the fetcher's clock) bounds
+        even the reading of an unwanted body after the scrape ended.
+        """
+        self._deadline = deadline
         self._exchange = self.fetcher.pool.request(self.target.origin, request, self)
 
     def pauseProducing(self) -> None:
@@ -342,6 +350,8 @@ class Fetch:
         self._gotHead = True
         if not 200 <= head.status < 300:
             self._discarding = 0
+            if self._exchange is not None:
+                self._exchange.expireIn(self._deadline - self.fetcher.clock.seconds())
             self.answer.head(head)
             # The phrase is the target's: escaped and cut, as any wire text.
             return self._end(

@@ -83,6 +83,7 @@ class Scraper:
         self.observer = observer
         self.fetcher = Fetcher(
             pool,
+            clock,
             settings.max_content_length_mbytes * MiB,
             {f.path: FamilyFilter(f) for f in settings.filters},
             self.warnOnce,
@@ -249,9 +250,10 @@ class Scrape:
         """
         assert self.fetch is not None
         self._contactedAt = now
+        remaining = self._deadline - self.scraper.clock.seconds()
         self.fetch.start(
-            b"%sX-Prometheus-Scrape-Timeout-Seconds: %.3f\r\n\r\n"
-            % (self._head, self._deadline - self.scraper.clock.seconds())
+            b"%sX-Prometheus-Scrape-Timeout-Seconds: %.3f\r\n\r\n" % (self._head, remaining),
+            self._deadline,
         )
 
     def _bug(self, failure: Failure) -> None:

@@ -11,6 +11,7 @@ from typing import NamedTuple, cast
 
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
+from twisted.internet.base import DelayedCall
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IConsumer, IPushProducer
@@ -39,6 +40,10 @@ class FakeExchange:
     def __init__(self) -> None:
         self.paused = False
         self.stopped = False
+        self.expiresIn: float | None = None
+
+    def expireIn(self, seconds: float) -> None:
+        self.expiresIn = seconds
 
     def pauseProducing(self) -> None:
         self.paused = True
@@ -1039,14 +1044,33 @@ class FetchOverTheClientTests(SynchronousTestCase):
         so that the connection serves the next scrape.
         """
         frames = self.scrape()
+        self.clock.advance(1)
         self.answer(b"HTTP/1.1 503 Busy\r\nContent-Length: 4\r\n\r\n")
         (frame,) = frames
         head = frame.scrape_response
         self.assertEqual((head.outcome, head.status, head.last), (Outcome.SUCCESS, 503, True))
         self.assertIn("answered HTTP 503 Busy", head.reason)
         self.answer(b"busy")
+        # Only the idle connection's expiry is left: not the body's deadline.
+        self.assertEqual(
+            [cast(DelayedCall, c).func for c in self.clock.getDelayedCalls()], [self.pool.discard]
+        )
         self.scrape()
         self.assertEqual(len(self.endpoint.protocols), 1)
+
+    def test_unwantedBodyWithinTheDeadline(self) -> None:
+        """
+        The body of a non-2xx answer is read after the scrape ended, but
+        not past its deadline.
+        """
+        self.scrape()
+        self.clock.advance(1)
+        self.answer(b"HTTP/1.1 503 Busy\r\nContent-Length: 4\r\n\r\nbu")
+        self.clock.advance(3.9)
+        self.assertFalse(self.endpoint.transports[-1].disconnecting)
+        self.clock.advance(0.1)
+        self.assertTrue(self.endpoint.transports[-1].disconnecting)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_hostilePhrase(self) -> None:
         """
