@@ -1,103 +1,121 @@
 #!/usr/bin/env python3
 """
-Loopback benchmark: scrapes per second and latency, direct to a target versus
-through a promtwist proxy and agent, plus the proxy's and agent's memory.
+Loopback benchmark of promtwist beside PushProx, both in front of the same
+target, driven by the same load generator with the same headers.
 
-    .venv/bin/python benchmarks/bench.py                # about 90 s
-    .venv/bin/python benchmarks/bench.py --duration 5 --payloads large
+    .venv/bin/python benchmarks/bench.py                   # throughput, about 2 min
+    .venv/bin/python benchmarks/bench.py --mode latency    # fixed 200 scrapes/s
+    .venv/bin/python benchmarks/bench.py --mode bigbody    # one 50 MB body, memory
 
-Every party is its own process: the target (this script, ``target`` mode),
-``twistd -n promproxy-proxy``, ``twistd -n promproxy-agent`` (the twistd next
-to this Python, so run it with the venv promtwist is installed in), and the
-load generator: ``wrk`` when it is on PATH (Debian package ``wrk``), else
-this script in ``loadgen`` mode (Twisted, one process; it needs more CPU per
-request than wrk, which on a small machine takes CPU from what is measured).
+Modes:
+ - C{throughput} (default): wrk -t1 -c8, 5 s x 3 rounds, routes interleaved
+   round by round (direct, promtwist, PushProx), for a ~1 KB and a ~87 KB
+   body asked with C{Accept-Encoding: gzip}; scrapes/s, CPU per scrape and
+   RSS, and the issue 10 ratios promtwist / PushProx with their goals.
+ - C{latency}: open loop at a fixed rate (200/s), latency from each request's
+   scheduled start; p50/p99 and what each route adds over direct.
+ - C{bigbody}: one 50 MB body of random metric text through promtwist and
+   PushProx: growth of each process's peak RSS (VmHWM) and a SHA-256 check.
 
-All traffic stays on 127.0.0.1 and every run is bounded in time. Not part of
-CI; see benchmarks/README.md and docs/benchmarks.md.
+Every party is its own process on 127.0.0.1: the target (nginx with
+C{gzip_static}, or a Twisted stand-in when C{/usr/sbin/nginx} is absent),
+C{twistd -n promproxy-proxy} and C{twistd -n promproxy-agent} (the twistd
+next to this Python, so run it with the venv promtwist is installed in),
+C{pushprox-proxy} and C{pushprox-client} (C{--pushprox-dir}, else built with
+C{../shared/peers/build-pushprox} into a cache directory), and the load
+generator (wrk, or C{openloop.py}). Bounded in time; not part of CI; see
+benchmarks/README.md and docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import json
-import math
 import os
 import platform
 import re
 import shutil
-import signal
-import socket
+import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
 
+from openloop import percentile
+from parties import (
+    SCRAPE_TIMEOUT_HEADER,
+    TEXT_TYPE,
+    Parties,
+    Route,
+    cpuSeconds,
+    defaultCacheDir,
+    fetch,
+    findPushProx,
+    metricText,
+    procStatusKiB,
+    writeBigBody,
+    writeBodies,
+)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OPENLOOP = os.path.join(HERE, "openloop.py")
 CONCURRENCY = 8
-TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+BODIES = {"small": 1024, "large": 87 * 1024}
+LABELS = {"small": "1 KB", "large": "87 KB"}
+# issue 10's goals.
+GOAL_THROUGHPUT = 1.5  # promtwist / PushProx scrapes per second, at least
+GOAL_CPU = 0.6  # promtwist / PushProx CPU per scrape, at most
+GOAL_ADDED_P50_MS = 1.0
+GOAL_ADDED_P99_MS = 3.0
+GOAL_BIGBODY_GROWTH_MIB = 20.0
 
 
 # ---------------------------------------------------------------------------
-# Payloads: realistic Prometheus text, about 1 KB and about 90 KB.
+# The Twisted stand-in target (used when nginx is absent).
 
 
-def payload(target: int) -> bytes:
+def runTarget(root: str, port: int) -> None:
     """
-    Prometheus text exposition of roughly C{target} bytes: counters,
-    gauges and a histogram, like a small exporter.
+    Serve the files of C{root} like nginx with C{gzip_static}: C{name.gz}
+    when it exists and the client accepts gzip.
     """
-    lines: list[str] = []
-    i = 0
-    while sum(map(len, lines)) < target:
-        family = f"bench_http_requests_{i // 40}"
-        if i % 40 == 0:
-            lines.append(f"# HELP {family}_total Requests handled, by handler and code.\n")
-            lines.append(f"# TYPE {family}_total counter\n")
-        handler = f"/api/v1/resource{i % 17}"
-        code = (200, 404, 500)[i % 3]
-        lines.append(f'{family}_total{{handler="{handler}",code="{code}"}} {i * 7919 % 100003}\n')
-        i += 1
-    text = "".join(lines)
-    return text[:target].rsplit("\n", 1)[0].encode("ascii") + b"\n"
-
-
-PAYLOADS = {"small": payload(1024), "large": payload(90 * 1024)}
-
-
-# ---------------------------------------------------------------------------
-# Target mode: a Twisted web server, in its own process.
-
-
-def runTarget(port: int) -> None:
     from twisted.internet import reactor
     from twisted.web.resource import Resource
     from twisted.web.server import Site
 
-    class Metrics(Resource):
+    class File(Resource):
         isLeaf = True
 
-        def __init__(self, body: bytes) -> None:
-            super().__init__()
+        def __init__(self, body: bytes, gzipped: bytes | None) -> None:
+            super().__init__()  # type: ignore[no-untyped-call]
             self.body = body
-            # Like the Prometheus client libraries: gzip when asked (the
-            # compressed body is computed once, as a fast exporter would).
-            self.gzipped = gzip.compress(body, 6)
+            self.gzipped = gzipped
 
         def render_GET(self, request):  # type: ignore[no-untyped-def]
-            request.setHeader(b"Content-Type", b"text/plain; version=0.0.4; charset=utf-8")
+            request.setHeader(b"Content-Type", TEXT_TYPE.encode())
             accept = (request.getHeader(b"Accept-Encoding") or b"").lower()
-            if b"gzip" in accept:
+            if self.gzipped is not None and b"gzip" in accept:
                 request.setHeader(b"Content-Encoding", b"gzip")
                 return self.gzipped
             return self.body
 
-    root = Resource()
-    for name, body in PAYLOADS.items():
-        root.putChild(name.encode(), Metrics(body))
-    site = Site(root)
+    def read(path: str) -> bytes | None:
+        if not os.path.exists(path):
+            return None
+        with open(path, "rb") as f:
+            return f.read()
+
+    top = Resource()  # type: ignore[no-untyped-call]
+    for name in os.listdir(root):
+        if not name.endswith(".gz"):
+            body = read(os.path.join(root, name))
+            assert body is not None
+            top.putChild(name.encode(), File(body, read(os.path.join(root, name + ".gz"))))
+    site = Site(top)  # type: ignore[no-untyped-call]
     site.log = lambda request: None  # type: ignore[method-assign]
     site.noisy = False
     reactor.listenTCP(port, site, interface="127.0.0.1")  # type: ignore[arg-type]
@@ -105,83 +123,24 @@ def runTarget(port: int) -> None:
 
 
 # ---------------------------------------------------------------------------
-# Load generator mode (used when wrk is not installed).
-
-
-def runLoadgen(url: str, concurrency: int, duration: float, headers: list[str]) -> None:
-    from twisted.internet import reactor
-    from twisted.internet.defer import Deferred, gatherResults
-    from twisted.internet.task import react
-    from twisted.web.client import Agent, HTTPConnectionPool, readBody
-    from twisted.web.http_headers import Headers
-
-    del reactor
-
-    async def main(reactor) -> None:  # type: ignore[no-untyped-def]
-        pool = HTTPConnectionPool(reactor, persistent=True)
-        pool.maxPersistentPerHost = concurrency
-        agent = Agent(reactor, pool=pool)
-        hdrs = Headers()
-        for header in headers:
-            name, _, value = header.partition(":")
-            hdrs.addRawHeader(name.strip().encode(), value.strip().encode())
-        latencies: list[float] = []
-        errors = 0
-        end = time.monotonic() + duration
-
-        async def worker() -> None:
-            nonlocal errors
-            while time.monotonic() < end:
-                t = time.monotonic()
-                try:
-                    response = await agent.request(b"GET", url.encode(), hdrs)
-                    await readBody(response)
-                    if response.code != 200:
-                        errors += 1
-                        continue
-                except Exception:  # noqa: BLE001 - counted as a failed request
-                    errors += 1
-                    continue
-                latencies.append(time.monotonic() - t)
-
-        started = time.monotonic()
-        await gatherResults([Deferred.fromCoroutine(worker()) for _ in range(concurrency)])
-        elapsed = time.monotonic() - started
-        await pool.closeCachedConnections()
-        latencies.sort()
-        print(
-            json.dumps(
-                {
-                    "requests": len(latencies),
-                    "errors": errors,
-                    "seconds": elapsed,
-                    "p50_ms": _percentile(latencies, 50) * 1000,
-                    "p99_ms": _percentile(latencies, 99) * 1000,
-                }
-            )
-        )
-
-    react(lambda reactor: Deferred.fromCoroutine(main(reactor)))
-
-
-def _percentile(sorted_values: list[float], p: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    k = max(0, min(len(sorted_values) - 1, math.ceil(p / 100 * len(sorted_values)) - 1))
-    return sorted_values[k]
-
-
-# ---------------------------------------------------------------------------
-# Orchestration.
+# Load generators.
 
 
 @dataclass
-class Result:
-    rps: float
+class Sample:
+    """
+    One measurement of one route: what the load generator saw, and the CPU
+    time the route's processes spent meanwhile.
+    """
+
+    requests: int
+    seconds: float
     p50_ms: float
     p99_ms: float
-    requests: int
     errors: int
+    cpu_seconds: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+    lag_p99_ms: float = 0.0
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
@@ -194,88 +153,103 @@ def _ms(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def load(url: str, duration: float, headers: list[str], tool: str) -> Result:
+def wrkScript(workdir: str, route: Route) -> list[str]:
+    """
+    For a proxy route, a wrk script that makes the request line carry the
+    absolute URI and the Host header the target's address, as Prometheus
+    does with C{proxy_url}.
+    """
+    if route.proxy() is None:
+        return []
+    path = os.path.join(workdir, f"wrk-{route.name}-{route.target.rsplit('/', 1)[1]}.lua")
+    with open(path, "w") as f:
+        f.write(f'wrk.path = "{route.target}"\nwrk.headers["Host"] = "{route.host}"\n')
+    return ["-s", path]
+
+
+def closedLoad(
+    route: Route, duration: float, headers: list[str], tool: str, workdir: str
+) -> Sample:
+    """
+    C{CONCURRENCY} connections, each asking again as soon as its answer
+    arrived, for C{duration} seconds.
+    """
+    cpu0 = cpuSeconds(route.pids)
     if tool == "wrk":
-        argv = [
-            "wrk",
-            "-t1",
-            f"-c{CONCURRENCY}",
-            f"-d{max(1, round(duration))}s",
-            "--latency",
-            "--timeout",
-            "10s",
-        ]
+        argv = ["wrk", "-t1", f"-c{CONCURRENCY}", f"-d{max(1, round(duration))}s", "--latency"]
+        argv += ["--timeout", "10s", *wrkScript(workdir, route)]
         for header in headers:
             argv += ["-H", header]
-        out = subprocess.run([*argv, url], capture_output=True, text=True, check=True).stdout
-        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-        p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
-        p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
-        requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-        m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-        errors = int(m.group(1)) if m else 0
+        out = subprocess.run(
+            [*argv, route.wrkUrl()], capture_output=True, text=True, check=True
+        ).stdout
+
+        def find(pattern: str) -> str:
+            m = re.search(pattern, out, re.M)
+            if m is None:
+                raise SystemExit(f"wrk output without {pattern!r}:\n{out}")
+            return m.group(1)
+
+        requests = int(find(r"(\d+) requests in"))
+        seconds = _ms(find(r"requests in ([\d.]+\w+),")) / 1000
+        errors = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
         m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
         if m:
             errors += sum(int(g) for g in m.groups())
-        return Result(rps, p50, p99, requests, errors)
-    argv = [sys.executable, __file__, "loadgen", url, "--concurrency", str(CONCURRENCY)]
-    argv += ["--duration", str(duration)]
+        sample = Sample(
+            requests, seconds, _ms(find(r"^\s+50%\s+(\S+)")), _ms(find(r"^\s+99%\s+(\S+)")), errors
+        )
+    else:
+        data = generator(route, headers, duration, "closed", "--concurrency", str(CONCURRENCY))
+        sample = Sample(
+            data["requests"], data["seconds"], data["p50_ms"], data["p99_ms"], data["errors"]
+        )
+    sample.cpu_seconds = cpuSeconds(route.pids) - cpu0
+    return sample
+
+
+def generator(
+    route: Route, headers: list[str], duration: float, kind: str, *options: str
+) -> dict[str, Any]:
+    """
+    Run C{openloop.py KIND} against C{route}; its JSON results.
+    """
+    argv = [sys.executable, OPENLOOP, kind, route.connect, route.target, "--host", route.host]
+    argv += [*options, "--duration", str(duration)]
     for header in headers:
         argv += ["-H", header]
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    data = json.loads(out.strip().splitlines()[-1])
-    return Result(
-        data["requests"] / data["seconds"],
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def openLoad(route: Route, duration: float, headers: list[str], rate: float) -> Sample:
+    cpu0 = cpuSeconds(route.pids)
+    data = generator(route, headers, duration, "rate", "--rate", str(rate))
+    if data["error_kinds"]:
+        print(f"    {route.name}: errors {data['error_kinds']}", file=sys.stderr)
+    return Sample(
+        data["requests"],
+        duration,
         data["p50_ms"],
         data["p99_ms"],
-        data["requests"],
         data["errors"],
+        cpuSeconds(route.pids) - cpu0,
+        data["latencies_ms"],
+        data["lag_p99_ms"],
     )
 
 
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# ---------------------------------------------------------------------------
+# Reporting helpers.
 
 
-def rssKiB(pid: int, field: str = "VmRSS") -> int:
-    """
-    C{field} of /proc/<pid>/status in KiB: VmRSS (now) or VmHWM (peak).
-    """
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no {field} for pid {pid}")
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
 
 
-def mib(kib: int) -> str:
+def mib(kib: float) -> str:
     return f"{kib / 1024:.1f} MiB"
-
-
-def cpuSeconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    # utime and stime are fields 14 and 15 (1-based), i.e. 11 and 12 after ")".
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def waitFor(url: str, timeout: float, what: str, procs: list[subprocess.Popen[bytes]]) -> None:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        for p in procs:
-            if p.poll() is not None:
-                raise SystemExit(f"{what}: a child process exited early ({p.args!r})")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except Exception as e:  # noqa: BLE001 - retried until the deadline
-            last = e
-        time.sleep(0.1)
-    raise SystemExit(f"{what}: not ready within {timeout}s ({last})")
 
 
 def machine() -> str:
@@ -295,200 +269,441 @@ def machine() -> str:
         mem = f", {kib / 1024 / 1024:.0f} GiB RAM"
     except (OSError, ValueError):
         pass
-    return f"{os.cpu_count()} cores ({model}){mem}, {platform.system()} {platform.release()}"
-
-
-def versions() -> str:
-    import twisted
-
+    load = ""
     try:
-        from promtwist import __version__ as promtwistVersion
+        with open("/proc/loadavg") as f:
+            load = f", load {f.read().split()[0]}"
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores ({model}){mem}, {platform.system()} {platform.release()}{load}"
 
-        pv = promtwistVersion.public()
-    except Exception:  # noqa: BLE001
-        pv = "?"
-    return f"Python {platform.python_version()}, Twisted {twisted.__version__}, promtwist {pv}"
+
+def versions(workdir: str) -> str:
+    """
+    Python, Twisted and promtwist as twistd will import them (run from the
+    work directory, so a source checkout in the current directory does not
+    shadow the installed copy that is measured).
+    """
+    probe = (
+        "import platform, twisted, promtwist;"
+        "print(f'Python {platform.python_version()}, Twisted {twisted.__version__},"
+        " promtwist {promtwist.__version__.public()} ({promtwist.__file__})')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=workdir, check=False
+    )
+    return done.stdout.strip() or f"? ({done.stderr.strip()[-200:]})"
+
+
+def checkAnswers(routes: list[Route], headers: list[str], bodies: dict[str, bytes]) -> None:
+    """
+    Before measuring: every route answers 200 with the target's body (raw,
+    or gzip of it), not an error page that would make a fast benchmark.
+    """
+    asked = dict(h.split(": ", 1) for h in headers)
+    for route in routes:
+        name = route.target.rsplit("/", 1)[1].removeprefix("bench_")
+        status, body = fetch(route.absolute(), asked, route.proxy())
+        if body[:2] == b"\x1f\x8b":
+            body = gzip.decompress(body)
+        if status != 200 or body != bodies[name]:
+            raise SystemExit(
+                f"{route.name} {route.target}: HTTP {status}, {len(body)} bytes, not the target's"
+                f" {len(bodies[name])}-byte body: {body[:200]!r}"
+            )
+
+
+# ---------------------------------------------------------------------------
+# Modes.
+
+
+def startRoutes(
+    parties: Parties, args: argparse.Namespace, names: list[str], agentSettings: str = ""
+) -> dict[str, dict[str, Route]]:
+    """
+    Start promtwist and (unless C{--no-pushprox}) PushProx in front of the
+    running target; the routes by payload, then by name, direct first.
+    """
+    promtwist = parties.startPromtwist(names, agentSettings)
+    pushprox: dict[str, Route] = {}
+    if not args.no_pushprox:
+        bindir = findPushProx(args.pushprox_dir, defaultCacheDir())
+        pushprox = parties.startPushProx(bindir, names)
+        print(f"PushProx:  {bindir} (one client, --fqdn=127.0.0.1)")
+    routes: dict[str, dict[str, Route]] = {}
+    for name in names:
+        routes[name] = {"direct": parties.direct(name), "promtwist": promtwist[name]}
+        if name in pushprox:
+            routes[name]["PushProx"] = pushprox[name]
+    return routes
+
+
+def throughput(
+    args: argparse.Namespace, parties: Parties, bodies: dict[str, bytes]
+) -> dict[str, Any]:
+    names = args.payloads
+    routes = startRoutes(parties, args, names)
+    headers = args.headers
+    checkAnswers([r for byName in routes.values() for r in byName.values()], headers, bodies)
+    print(
+        f"loadgen:   {args.loadgen}, {CONCURRENCY} connections, {args.duration:g} s x"
+        f" {args.rounds} rounds per route, interleaved; headers: {'; '.join(headers)}"
+    )
+    for name in names:
+        for route in routes[name].values():
+            if args.warmup > 0:
+                closedLoad(route, args.warmup, headers, args.loadgen, parties.workdir)
+    samples: dict[str, dict[str, list[Sample]]] = {n: {r: [] for r in routes[n]} for n in names}
+    for round in range(args.rounds):
+        for name in names:
+            for routeName, route in routes[name].items():
+                s = closedLoad(route, args.duration, headers, args.loadgen, parties.workdir)
+                samples[name][routeName].append(s)
+                print(
+                    f"  round {round + 1} {LABELS[name]:6} {routeName:9}"
+                    f" {s.requests / s.seconds:9.0f}/s errors {s.errors}",
+                    flush=True,
+                )
+    print()
+    head = (
+        f"{'payload':8} {'route':9} {'scrapes/s':>10} {'rounds min-max':>15} {'p50 ms':>7}"
+        f" {'p99 ms':>7} {'errors':>6} {'CPU us/scrape':>13}"
+    )
+    print(head)
+    print("-" * len(head))
+    summary: dict[str, dict[str, dict[str, float]]] = {}
+    ratios: dict[str, dict[str, float]] = {}
+    for name in names:
+        for routeName, ss in samples[name].items():
+            requests = sum(s.requests for s in ss)
+            rps = requests / sum(s.seconds for s in ss)
+            perRound = [s.requests / s.seconds for s in ss]
+            cpu = sum(s.cpu_seconds for s in ss) * 1e6 / max(1, requests)
+            errors = sum(s.errors for s in ss)
+            summary.setdefault(name, {})[routeName] = {
+                "scrapes_per_s": rps,
+                "cpu_us_per_scrape": cpu,
+                "errors": errors,
+                "requests": requests,
+                "p50_ms": statistics.median(s.p50_ms for s in ss),
+                "p99_ms": statistics.median(s.p99_ms for s in ss),
+            }
+            cpuText = f"{cpu:13.0f}" if routeName != "direct" else f"{'':13}"
+            row = summary[name][routeName]
+            print(
+                f"{LABELS[name]:8} {routeName:9} {rps:10.0f}"
+                f" {min(perRound):7.0f}-{max(perRound):<7.0f}"
+                f" {row['p50_ms']:7.2f} {row['p99_ms']:7.2f} {errors:6d} {cpuText}"
+            )
+    print(
+        f"(p50/p99: {args.loadgen}'s closed-loop latency, median over rounds; CPU: utime+stime of"
+    )
+    print(" promtwist proxy+agent, or of pushprox-proxy+client, per scrape)")
+    print()
+    if not args.no_pushprox:
+        print(
+            "| payload | direct | promtwist | PushProx | promtwist / PushProx"
+            " | CPU per scrape, promtwist / PushProx |"
+        )
+        print("|---|---|---|---|---|---|")
+        for name in names:
+            byRoute = summary[name]
+            rate = byRoute["promtwist"]["scrapes_per_s"] / byRoute["PushProx"]["scrapes_per_s"]
+            cpu = (
+                byRoute["promtwist"]["cpu_us_per_scrape"] / byRoute["PushProx"]["cpu_us_per_scrape"]
+            )
+            ratios[name] = {"throughput": rate, "cpu": cpu}
+            perSecond = " | ".join(
+                f"{byRoute[r]['scrapes_per_s']:,.0f}/s" for r in ("direct", "promtwist", "PushProx")
+            )
+            print(f"| {LABELS[name]} (gzip) | {perSecond} | {rate:.2f} | {cpu:.2f} |")
+        print()
+        print("goals (issue 10):")
+        for name in names:
+            r = ratios[name]
+            print(
+                f"  {LABELS[name]:6} throughput promtwist / PushProx {r['throughput']:5.2f}"
+                f" (goal >= {GOAL_THROUGHPUT}) {verdict(r['throughput'] >= GOAL_THROUGHPUT)};"
+                f"  CPU per scrape promtwist / PushProx {r['cpu']:5.2f}"
+                f" (goal <= {GOAL_CPU}) {verdict(r['cpu'] <= GOAL_CPU)}"
+            )
+        print()
+    memory = rssReport(routes)
+    return {"summary": summary, "ratios": ratios, "rss_kib": memory}
+
+
+def rssReport(routes: dict[str, dict[str, Route]]) -> dict[str, dict[str, int]]:
+    anyName = next(iter(routes.values()))
+    out: dict[str, dict[str, int]] = {}
+    labels = {"promtwist": ("proxy", "agent"), "PushProx": ("pushprox-proxy", "pushprox-client")}
+    for routeName, route in anyName.items():
+        for role, pid in zip(labels.get(routeName, ()), route.pids, strict=False):
+            rss, hwm = procStatusKiB(pid, "VmRSS"), procStatusKiB(pid, "VmHWM")
+            out[role] = {"rss": rss, "hwm": hwm}
+            print(f"RSS {role:15}: now {mib(rss)}, peak {mib(hwm)}")
+    return out
+
+
+def latency(args: argparse.Namespace, parties: Parties, bodies: dict[str, bytes]) -> dict[str, Any]:
+    names = args.payloads
+    routes = startRoutes(parties, args, names)
+    headers = args.headers
+    checkAnswers([r for byName in routes.values() for r in byName.values()], headers, bodies)
+    print(
+        f"loadgen:   openloop.py, open loop at {args.rate:g} scrapes/s, {args.duration:g} s x"
+        f" {args.rounds} rounds per route, interleaved; latency from each request's scheduled"
+        f" start; headers: {'; '.join(headers)}"
+    )
+    samples: dict[str, dict[str, list[Sample]]] = {n: {r: [] for r in routes[n]} for n in names}
+    for round in range(args.rounds):
+        for name in names:
+            for routeName, route in routes[name].items():
+                s = openLoad(route, args.duration, headers, args.rate)
+                samples[name][routeName].append(s)
+                print(
+                    f"  round {round + 1} {LABELS[name]:6} {routeName:9} p50 {s.p50_ms:6.2f} ms"
+                    f" p99 {s.p99_ms:6.2f} ms errors {s.errors}",
+                    flush=True,
+                )
+    print()
+    head = (
+        f"{'payload':8} {'route':9} {'scrapes':>7} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}"
+        f" {'added p50':>9} {'added p99':>9} {'errors':>6} {'gen lag p99':>11}"
+    )
+    print(head)
+    print("-" * len(head))
+    summary: dict[str, dict[str, dict[str, float]]] = {}
+    for name in names:
+        for routeName, ss in samples[name].items():
+            all_ = sorted(x for s in ss for x in s.latencies_ms)
+            row = {
+                "requests": len(all_),
+                "p50_ms": percentile(all_, 50),
+                "p99_ms": percentile(all_, 99),
+                "max_ms": all_[-1] if all_ else float("nan"),
+                "errors": sum(s.errors for s in ss),
+                "lag_p99_ms": max(s.lag_p99_ms for s in ss),
+            }
+            direct = summary.get(name, {}).get("direct", row)
+            row["added_p50_ms"] = row["p50_ms"] - direct["p50_ms"]
+            row["added_p99_ms"] = row["p99_ms"] - direct["p99_ms"]
+            summary.setdefault(name, {})[routeName] = row
+            added = (
+                f"{row['added_p50_ms']:9.2f} {row['added_p99_ms']:9.2f}"
+                if routeName != "direct"
+                else f"{'':9} {'':9}"
+            )
+            print(
+                f"{LABELS[name]:8} {routeName:9} {row['requests']:7d} {row['p50_ms']:7.2f}"
+                f" {row['p99_ms']:7.2f} {row['max_ms']:7.2f} {added} {row['errors']:6d}"
+                f" {row['lag_p99_ms']:11.2f}"
+            )
+    print("(added: the route's percentile minus direct's; gen lag p99: how late the generator")
+    print(" itself sent requests, the same for every route when it is not the bottleneck)")
+    print()
+    print(f"goals (issue 10), promtwist at {args.rate:g}/s:")
+    for name in names:
+        p = summary[name]["promtwist"]
+        line = (
+            f"  {LABELS[name]:6} added p50 {p['added_p50_ms']:5.2f} ms"
+            f" (goal <= {GOAL_ADDED_P50_MS:g})"
+            f" {verdict(p['added_p50_ms'] <= GOAL_ADDED_P50_MS)};"
+            f"  added p99 {p['added_p99_ms']:5.2f} ms (goal <= {GOAL_ADDED_P99_MS:g})"
+            f" {verdict(p['added_p99_ms'] <= GOAL_ADDED_P99_MS)}"
+        )
+        if "PushProx" in summary[name]:
+            q = summary[name]["PushProx"]
+            line += f"   [PushProx adds {q['added_p50_ms']:.2f} / {q['added_p99_ms']:.2f} ms]"
+        print(line)
+    return {"summary": summary}
+
+
+def streamHash(route: Route, headers: list[str], timeout: float) -> tuple[int, int, str, float]:
+    """
+    One scrape of the big body, hashed as it arrives (never held whole
+    here): status, bytes, SHA-256 of the decoded body, seconds.
+    """
+    import time
+    import urllib.request
+
+    asked = dict(h.split(": ", 1) for h in headers)
+    proxy = route.proxy()
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({"http": proxy} if proxy else {})
+    )
+    digest = hashlib.sha256()
+    size = 0
+    start = time.monotonic()
+    with opener.open(urllib.request.Request(route.absolute(), headers=asked), timeout=timeout) as r:
+        decoder = zlib.decompressobj(31) if r.headers.get("Content-Encoding") == "gzip" else None
+        while chunk := r.read(1 << 20):
+            if decoder is not None:
+                chunk = decoder.decompress(chunk)
+            digest.update(chunk)
+            size += len(chunk)
+        status = r.status
+    return status, size, digest.hexdigest(), time.monotonic() - start
+
+
+def bigbody(args: argparse.Namespace, parties: Parties, root: str) -> dict[str, Any]:
+    size = args.bigbody_mb * 1024 * 1024
+    expected = writeBigBody(os.path.join(root, "big"), size)
+    actual = os.path.getsize(os.path.join(root, "big"))
+    limit = args.bigbody_mb * 2 + 16
+    # The agent refuses bodies over agent.http.maxContentLengthMBytes (10 MiB
+    # by default): raised for this run only.
+    routes = startRoutes(
+        parties, args, ["small", "big"], f"  http {{ maxContentLengthMBytes = {limit} }}\n"
+    )
+    headers = [f"{SCRAPE_TIMEOUT_HEADER}: 120", "Accept-Encoding: gzip"]
+    print(
+        f"body:      {actual:,} bytes of random metric text (no .gz beside it, so it travels"
+        f" as it is), sha256 {expected[:16]}...; agent.http.maxContentLengthMBytes = {limit}"
+    )
+    labels = {"promtwist": ("proxy", "agent"), "PushProx": ("pushprox-proxy", "pushprox-client")}
+    results: dict[str, dict[str, object]] = {}
+    growthByRoute: dict[str, dict[str, float]] = {}
+    print()
+    head = (
+        f"{'route':9} {'seconds':>7} {'bytes':>12} {'identical':>9}"
+        "  peak RSS growth (VmHWM after - before)"
+    )
+    print(head)
+    print("-" * len(head))
+    for routeName, route in routes["big"].items():
+        small = routes["small"][routeName]
+        fetch(small.absolute(), dict(h.split(": ", 1) for h in headers), small.proxy())
+        before = [procStatusKiB(pid, "VmHWM") for pid in route.pids]
+        status, got, digest, seconds = streamHash(route, headers, timeout=130)
+        after = [procStatusKiB(pid, "VmHWM") for pid in route.pids]
+        same = status == 200 and got == actual and digest == expected
+        growth = {
+            role: (a - b) / 1024
+            for role, a, b in zip(labels.get(routeName, ()), after, before, strict=False)
+        }
+        growthByRoute[routeName] = growth
+        results[routeName] = {
+            "status": status,
+            "bytes": got,
+            "identical": same,
+            "seconds": seconds,
+            "growth_mib": growth,
+            "hwm_before_kib": before,
+            "hwm_after_kib": after,
+        }
+        grown = ", ".join(
+            f"{role} {g:.1f} MiB ({mib(b)} -> {mib(a)})"
+            for (role, g), b, a in zip(growth.items(), before, after, strict=False)
+        )
+        print(f"{routeName:9} {seconds:7.2f} {got:12,} {'yes' if same else 'NO':>9}  {grown}")
+    print()
+    print(
+        f"goal (issue 10): byte-identical {verdict(bool(results['promtwist']['identical']))};"
+        + "".join(
+            f"  {role} growth {g:.1f} MiB (goal <= {GOAL_BIGBODY_GROWTH_MIB:g})"
+            f" {verdict(g <= GOAL_BIGBODY_GROWTH_MIB)};"
+            for role, g in growthByRoute["promtwist"].items()
+        )
+    )
+    return {"results": results, "bytes": actual, "sha256": expected}
+
+
+# ---------------------------------------------------------------------------
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    sub = parser.add_subparsers(dest="mode")
-    t = sub.add_parser("target", help="(internal) serve the payloads")
-    t.add_argument("--port", type=int, required=True)
-    g = sub.add_parser("loadgen", help="(internal) Python load generator")
-    g.add_argument("url")
-    g.add_argument("--concurrency", type=int, default=CONCURRENCY)
-    g.add_argument("--duration", type=float, default=8)
-    g.add_argument("-H", dest="headers", action="append", default=[])
-    parser.add_argument("--duration", type=float, default=8, help="seconds per measurement (8)")
     parser.add_argument(
-        "--warmup", type=float, default=1, help="seconds of warm-up per measurement (1)"
+        "--mode", choices=["throughput", "latency", "bigbody"], default="throughput"
     )
     parser.add_argument(
-        "--payloads", nargs="+", choices=sorted(PAYLOADS), default=["small", "large"]
+        "--duration", type=float, help="seconds per measurement (throughput 5, latency 10)"
+    )
+    parser.add_argument("--rounds", type=int, help="rounds of all routes (throughput 3, latency 2)")
+    parser.add_argument(
+        "--warmup", type=float, default=1, help="throughput: warm-up seconds per route (1)"
+    )
+    parser.add_argument("--rate", type=float, default=200, help="latency: scrapes per second (200)")
+    parser.add_argument("--payloads", nargs="+", choices=sorted(BODIES), default=["small", "large"])
+    parser.add_argument("--bigbody-mb", type=int, default=50, help="bigbody: body size in MiB (50)")
+    parser.add_argument(
+        "--loadgen",
+        choices=["auto", "wrk", "python"],
+        default="auto",
+        help="throughput: wrk, or openloop.py's closed loop (auto: wrk when on PATH)",
     )
     parser.add_argument(
-        "--encodings",
-        nargs="+",
-        choices=["gzip", "identity"],
-        default=["gzip", "identity"],
-        help="gzip: the client sends Accept-Encoding: gzip, as Prometheus does; identity: not",
+        "--pushprox-dir",
+        help="directory with pushprox-proxy and pushprox-client"
+        " (default: built into ~/.cache/promtwist-bench/ with ../shared/peers/build-pushprox)",
     )
-    parser.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto")
+    parser.add_argument(
+        "--no-pushprox", action="store_true", help="measure direct and promtwist only"
+    )
+    parser.add_argument(
+        "--twisted-target",
+        action="store_true",
+        help="use the Twisted stand-in even if nginx exists",
+    )
     parser.add_argument("--json", help="also write the results to this file")
+    sub = parser.add_subparsers(dest="internal")
+    t = sub.add_parser("target", help="(internal) the Twisted stand-in target")
+    t.add_argument("root")
+    t.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    if args.mode == "target":
-        return runTarget(args.port)
-    if args.mode == "loadgen":
-        return runLoadgen(args.url, args.concurrency, args.duration, args.headers)
+    if args.internal == "target":
+        return runTarget(args.root, args.port)
 
-    tool = args.loadgen
-    if tool == "auto":
-        tool = "wrk" if shutil.which("wrk") else "python"
-    if not os.path.exists(TWISTD):
-        raise SystemExit(
-            f"no twistd next to {sys.executable}: run this with the venv promtwist is installed in"
-        )
+    defaults = {"throughput": (5, 3), "latency": (10, 2), "bigbody": (0, 1)}[args.mode]
+    args.duration = args.duration if args.duration is not None else defaults[0]
+    args.rounds = args.rounds if args.rounds is not None else defaults[1]
+    if args.loadgen == "auto":
+        args.loadgen = "wrk" if shutil.which("wrk") else "python"
+    args.headers = [f"{SCRAPE_TIMEOUT_HEADER}: 10", "Accept-Encoding: gzip"]
 
     workdir = tempfile.mkdtemp(prefix="promtwist-bench-")
-    targetPort, scrapePort, agentPort = freePort(), freePort(), freePort()
-    conf = os.path.join(workdir, "agent.conf")
-    with open(conf, "w") as f:
-        f.write("agent {\n  pathConfigs = [\n")
-        for name in PAYLOADS:
-            f.write(
-                f'    {{ name = "bench {name}", path = "bench_{name}", '
-                f'url = "http://127.0.0.1:{targetPort}/{name}" }}\n'
-            )
-        f.write("  ]\n}\n")
-
-    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")}
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def spawn(argv: list[str], log: str) -> subprocess.Popen[bytes]:
-        with open(os.path.join(workdir, log), "wb") as out:
-            p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=workdir, env=env)
-        procs.append(p)
-        return p
-
-    def twistd(name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        logFile = os.path.join(workdir, f"{name}.log")
-        return spawn([TWISTD, "-n", "--pidfile=", f"--logfile={logFile}", *args], f"{name}.out")
-
-    results: dict[str, dict[str, dict[str, Result]]] = {}
+    parties = Parties(workdir)
     ok = False
     try:
-        spawn(
-            [sys.executable, os.path.abspath(__file__), "target", "--port", str(targetPort)],
-            "target.out",
-        )
-        waitFor(f"http://127.0.0.1:{targetPort}/small", 20, "target", procs)
-        proxy = twistd(
-            "proxy", ["promproxy-proxy", "--port", str(scrapePort), "--agent_port", str(agentPort)]
-        )
-        agent = twistd(
-            "agent",
-            ["promproxy-agent", "-c", conf, "--proxy", f"127.0.0.1:{agentPort}", "--name", "bench"],
-        )
-        for name in PAYLOADS:
-            waitFor(f"http://127.0.0.1:{scrapePort}/bench_{name}", 30, "promtwist", procs)
-
+        root = os.path.join(workdir, "www")
+        bodies = {name: metricText(size) for name, size in BODIES.items()}
+        writeBodies(root, bodies)
+        target = parties.startTarget(root, args.twisted_target)
         print(f"machine:   {machine()}")
-        print(f"software:  {versions()}")
-        print(f"loadgen:   {tool}, {CONCURRENCY} connections, {args.duration:g} s per measurement")
-        print("payloads:  " + ", ".join(f"{n} {len(PAYLOADS[n])} bytes" for n in args.payloads))
-        rssBefore = {"proxy": rssKiB(proxy.pid), "agent": rssKiB(agent.pid)}
-        print(f"RSS idle:  proxy {mib(rssBefore['proxy'])}, agent {mib(rssBefore['agent'])}")
-        print()
-        header = (
-            f"{'payload':8} {'client':9} {'route':9} {'scrapes/s':>10} {'p50 ms':>8} {'p99 ms':>8}"
-            f" {'errors':>6} {'proxy CPU':>10} {'agent CPU':>10}"
-        )
-        print(header)
-        print("-" * len(header))
-        for name in args.payloads:
-            for encoding in args.encodings:
-                headers = ["Accept-Encoding: gzip"] if encoding == "gzip" else []
-                row: dict[str, Result] = {}
-                for route, url in (
-                    ("direct", f"http://127.0.0.1:{targetPort}/{name}"),
-                    ("promtwist", f"http://127.0.0.1:{scrapePort}/bench_{name}"),
-                ):
-                    if args.warmup > 0:
-                        load(url, args.warmup, headers, tool)
-                    cpu0 = (cpuSeconds(proxy.pid), cpuSeconds(agent.pid))
-                    result = load(url, args.duration, headers, tool)
-                    cpu1 = (cpuSeconds(proxy.pid), cpuSeconds(agent.pid))
-                    row[route] = result
-                    perScrape = [
-                        (b - a) * 1e6 / max(1, result.requests)
-                        for a, b in zip(cpu0, cpu1, strict=True)
-                    ]
-                    cpuText = (
-                        f"{perScrape[0]:10.0f} {perScrape[1]:10.0f}"
-                        if route == "promtwist"
-                        else f"{'':10} {'':10}"
-                    )
-                    print(
-                        f"{name:8} {encoding:9} {route:9} {result.rps:10.0f} {result.p50_ms:8.2f}"
-                        f" {result.p99_ms:8.2f} {result.errors:6d} {cpuText}",
-                        flush=True,
-                    )
-                results.setdefault(name, {})[encoding] = row
-        rssAfter = {"proxy": rssKiB(proxy.pid), "agent": rssKiB(agent.pid)}
-        rssPeak = {"proxy": rssKiB(proxy.pid, "VmHWM"), "agent": rssKiB(agent.pid, "VmHWM")}
-        print("(client gzip: sends Accept-Encoding: gzip, as Prometheus does; CPU: microseconds")
-        print(" of proxy / agent CPU time per scrape, from /proc/<pid>/stat)")
-        print()
-        print("ratios, promtwist / direct:")
-        for name, byEncoding in results.items():
-            for encoding, row in byEncoding.items():
-                d, p = row["direct"], row["promtwist"]
-                print(
-                    f"  {name:6} {encoding:9} throughput {p.rps / d.rps:5.2f}x"
-                    f"   p50 latency {p.p50_ms / d.p50_ms:5.2f}x"
-                    f"   p99 latency {p.p99_ms / d.p99_ms:5.2f}x"
-                )
-        print()
-        for role in ("proxy", "agent"):
-            print(
-                f"RSS {role:5}: idle {mib(rssBefore[role])}, after the load {mib(rssAfter[role])},"
-                f" peak {mib(rssPeak[role])}"
-            )
+        print(f"software:  {versions(workdir)}")
+        print(f"target:    {target}")
+        print("payloads:  " + ", ".join(f"{LABELS[n]} = {len(bodies[n])} bytes" for n in BODIES))
+        if args.mode == "throughput":
+            result = throughput(args, parties, bodies)
+        elif args.mode == "latency":
+            result = latency(args, parties, bodies)
+        else:
+            result = bigbody(args, parties, root)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(
                     {
+                        "mode": args.mode,
                         "machine": machine(),
-                        "software": versions(),
-                        "loadgen": tool,
-                        "concurrency": CONCURRENCY,
-                        "duration": args.duration,
-                        "rss_kib": {"before": rssBefore, "after": rssAfter, "peak": rssPeak},
-                        "results": {
-                            n: {e: {r: vars(x) for r, x in row.items()} for e, row in by.items()}
-                            for n, by in results.items()
-                        },
+                        "software": versions(workdir),
+                        "target": target,
+                        **result,
                     },
                     f,
                     indent=2,
                 )
-        bad = sum(r.errors for by in results.values() for row in by.values() for r in row.values())
-        if bad:
-            raise SystemExit(f"!!! {bad} failed requests")
+        errors = sum(
+            int(row.get("errors", 0))
+            for byRoute in result.get("summary", {}).values()
+            for row in byRoute.values()
+        )
+        if errors:
+            raise SystemExit(f"!!! {errors} failed requests")
         ok = True
     finally:
-        for child in reversed(procs):
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for child in reversed(procs):
-            try:
-                child.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+        parties.stopAll()
         if ok and not os.environ.get("BENCH_KEEP"):
             shutil.rmtree(workdir, ignore_errors=True)
         else:

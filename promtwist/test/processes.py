@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import sys
@@ -64,13 +65,33 @@ PROXY_METRICS_PATH = "e2e_proxy_metrics"
 AGENT_METRICS_PATH = "e2e_agent_metrics"
 
 
+_handedOut: set[int] = set()
+
+
 def freePort() -> int:
     """
-    A loopback TCP port nobody listens on right now.
+    A loopback TCP port nobody listens on right now, for a process about to
+    be started, and not handed out before by this process.
+
+    It is taken below the kernel's ephemeral range: a port from that range
+    (what binding port 0 gives) can be taken by any outgoing connection in
+    the moment between this check and the process binding it, and on a
+    busy machine it is.
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        ephemeral = int(f.read().split()[0])
+    for _ in range(100):
+        port = random.randrange(max(1024, ephemeral - 16384), ephemeral)
+        if port in _handedOut:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handedOut.add(port)
+        return port
+    raise RuntimeError(f"no free port below {ephemeral} on 127.0.0.1 in 100 tries")
 
 
 def writeFile(path: str, text: str) -> str:

@@ -35,7 +35,8 @@ from promtwist.config import (
 )
 from promtwist.proxy.relay import ScrapeCall
 from promtwist.proxy.server import ProxyService
-from promtwist.test.test_integration import Target, freePort
+from promtwist.test.processes import freePort
+from promtwist.test.test_integration import Target
 from promtwist.test.test_link import PATHS, Pair
 
 

@@ -29,6 +29,7 @@ from zope.interface import implementer
 from promtwist.agent.service import AgentService
 from promtwist.config import AgentSettings, PathConfig, ProxyEndpoint, ProxySettings
 from promtwist.proxy.server import ProxyService
+from promtwist.test.processes import freePort
 
 BIG_BODY_BYTES = 50 * 1024 * 1024
 PIECE = (b'big_metric{shard="0123456789"} 1.5\n' * 2000)[: 64 * 1024]
@@ -107,12 +108,6 @@ class _Counter(Protocol):
             self.done.callback(self)
         else:
             self.done.errback(reason)
-
-
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class LoopbackTests(TestCase):
