@@ -40,6 +40,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
 from promtwist.logs import clip
+from promtwist.sendnow import PENDING, sendsOnReturn
 
 # A response head longer than this (status line and fields) is refused:
 # a real one is a few hundred bytes.
@@ -129,7 +130,10 @@ class HTTP11ClientProtocol(Protocol):
     One connection to a target: sends one request at a time and parses its
     answer, an explicit state machine (L{_State}).
 
-    httptools calls the C{on_*} methods from inside L{dataReceived}.
+    httptools calls the C{on_*} methods from inside L{dataReceived}; the
+    frames they make the scrape send leave when it returns (L{sendsOnReturn}),
+    and a request written here leaves when the link's read that asked for
+    it returns.
     """
 
     def __init__(self, pool: TargetPool, origin: Origin) -> None:
@@ -162,6 +166,7 @@ class HTTP11ClientProtocol(Protocol):
         self._complete = False
         assert self.transport is not None
         self.transport.write(exchange.request)
+        PENDING.wrote(self.transport)
 
     def abort(self) -> None:
         """
@@ -191,6 +196,7 @@ class HTTP11ClientProtocol(Protocol):
 
     # From the network.
 
+    @sendsOnReturn
     def dataReceived(self, data: bytes) -> None:
         if self.state is _State.IDLE:
             # Nothing was asked: a target talking out of turn is not to be
