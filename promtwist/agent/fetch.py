@@ -218,7 +218,7 @@ class Fetcher:
     What the fetches of one agent process share: the target connection
     pool, the size limit, the filters, and one L{Target} per URL.
 
-    @ivar filtered: told of each filtered body, for the metrics.
+    @ivar reportFiltered: told of each filtered body, for the metrics.
     """
 
     def __init__(
@@ -235,7 +235,7 @@ class Fetcher:
         self.maxBodyBytes = maxBodyBytes
         self.filters = filters
         self.warnOnce = warnOnce
-        self.filtered = filtered
+        self.reportFiltered = filtered
         # Bounded: configured URLs come and go with reloads and discovery.
         self.target = functools.lru_cache(maxsize=4096)(Target.build)
 
@@ -401,7 +401,7 @@ class Fetch:
             self.answer.data(filtering.finish())
             if filtering.failedOpen:
                 self.fetcher.warnOnce(self.path, filtering.failedOpen)
-            self.fetcher.filtered(self.path, filtering)
+            self.fetcher.reportFiltered(self.path, filtering)
         self._end(Outcome.SUCCESS, "")
 
     @buckStops
