@@ -21,6 +21,7 @@ answer with nothing after it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, auto
@@ -438,7 +439,8 @@ class TargetPool:
         self.endpointFor = endpointFor
         self.maxIdlePerOrigin = maxIdlePerOrigin
         self.idleTimeout = idleTimeout
-        self._endpoints: dict[Origin, tuple[IStreamClientEndpoint, _ConnectionFactory]] = {}
+        # Bounded: origins come and go with reloads and discovery.
+        self._reach = functools.lru_cache(maxsize=4096)(self._makeReach)
         self._idle: dict[Origin, list[HTTP11ClientProtocol]] = {}
 
     def request(self, origin: Origin, request: bytes, receiver: IResponseReceiver) -> Exchange:
@@ -470,19 +472,15 @@ class TargetPool:
         self._connect(exchange)
 
     def _connect(self, exchange: Exchange) -> None:
-        origin = exchange.origin
-        known = self._endpoints.get(origin)
-        if known is None:
-            known = self._endpoints[origin] = (
-                self.endpointFor(origin),
-                _ConnectionFactory(self, origin),
-            )
-        endpoint, factory = known
+        endpoint, factory = self._reach(exchange.origin)
         connecting: Deferred[HTTP11ClientProtocol] = endpoint.connect(factory)  # type: ignore[assignment]
         exchange.connecting = connecting
         connecting.addCallbacks(
             self._connected, self._notConnected, callbackArgs=(exchange,), errbackArgs=(exchange,)
         )
+
+    def _makeReach(self, origin: Origin) -> tuple[IStreamClientEndpoint, _ConnectionFactory]:
+        return self.endpointFor(origin), _ConnectionFactory(self, origin)
 
     def _connected(self, connection: HTTP11ClientProtocol, exchange: Exchange) -> None:
         exchange.connecting = None

@@ -101,7 +101,12 @@ class Pool:
     def __init__(self, maxIdle: int = 2) -> None:
         self.clock = Clock()
         self.endpoint = MemoryEndpoint()
-        self.pool = TargetPool(self.clock, lambda origin: self.endpoint, maxIdle)
+        self.origins: list[Origin] = []
+        self.pool = TargetPool(self.clock, self.endpointFor, maxIdle)
+
+    def endpointFor(self, origin: Origin) -> MemoryEndpoint:
+        self.origins.append(origin)
+        return self.endpoint
 
     def request(self) -> Received:
         received = Received()
@@ -271,6 +276,18 @@ class PoolTests(SynchronousTestCase):
             self.assertTrue(pool.aborted())
             pool.request()
             self.assertEqual(len(pool.endpoint.protocols), 2)
+
+    def test_endpointOncePerOrigin(self) -> None:
+        """
+        New connections to one origin reuse its endpoint (and TLS options):
+        nothing about the target is built again per connection.
+        """
+        pool = Pool()
+        for _ in range(3):
+            pool.request()
+            pool.answer(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+        self.assertEqual(len(pool.endpoint.protocols), 3)
+        self.assertEqual(pool.origins, [ORIGIN])
 
     def test_idleExpires(self) -> None:
         pool = Pool()
