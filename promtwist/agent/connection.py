@@ -16,7 +16,6 @@ from typing import Any, ClassVar
 from twisted.internet.defer import (
     Deferred,
     DeferredLock,
-    DeferredSemaphore,
     gatherResults,
     succeed,
 )
@@ -28,6 +27,7 @@ from twisted.python.failure import Failure
 from promtwist import __version__
 from promtwist.agent.paths import PathChanges, PathTable
 from promtwist.agent.scraper import Scrape, Scraper
+from promtwist.agent.slots import Slots
 from promtwist.config import AgentSettings, PathConfig
 from promtwist.httputil import redacted
 from promtwist.logs import clip, observer, utcTime
@@ -180,7 +180,7 @@ class ProxyConnection(Session):
         self._readiness: ProxyConnection | Failure | None = None
         self._readyWaiters: list[Deferred[ProxyConnection]] = []
         self._scrapes: dict[int, Scrape] = {}
-        self._slots = DeferredSemaphore(self.settings.max_concurrent_clients)
+        self._slots = Slots(self.settings.max_concurrent_clients)
         self._chunkBytes = 0
         # What the proxy has been told, by path, and whether it accepted.
         # Path changes are applied one batch at a time, each against this.
@@ -639,13 +639,12 @@ class ProxyConnection(Session):
                 # disagree about TLS.
                 why += _SILENT_CLOSE[linkUsesTLS(self.settings)]
             self._ready.errback(SessionLost(f"link lost before it was ready: {why}"))
-        dropped = self.factory.scraper.onResultSent
+        observer = self.factory.scraper.observer
         # Queued scrapes first: cancelling a running one frees its slot,
         # which would start a queued one against a link that is gone.
         for scrape in sorted(self._scrapes.values(), key=lambda s: not s.queued):
             # Its result, if any, can no longer reach the proxy.
-            if dropped is not None:
-                dropped("dropped")
+            observer.resultSent("dropped")
             scrape.cancel()
         # Nothing more can finish on this link.
         self._scrapes.clear()

@@ -1,7 +1,7 @@
 # -*- test-case-name: promtwist.test.test_integration -*-
 """
 The agent process as one service: a reconnecting link to the proxy and the
-HTTP connection pool its scrapes share.
+target connection pool its scrapes share (L{promtwist.agent.client}).
 """
 
 from __future__ import annotations
@@ -31,13 +31,14 @@ from twisted.logger import (
     PredicateResult,
 )
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from zope.interface import implementer
 
+from promtwist.agent.client import Origin, TargetPool
 from promtwist.agent.connection import ProxyConnection, ProxyConnectionFactory
 from promtwist.agent.dialling import DialReport, describeDialFailure
 from promtwist.agent.discoveryfile import FileDiscovery
-from promtwist.agent.scraper import Scraper
+from promtwist.agent.filters import FilterStream
+from promtwist.agent.scraper import ScrapeObserver, Scraper
 from promtwist.config import AGENT, AgentSettings, ConfigError, PathConfig
 from promtwist.httputil import redacted
 from promtwist.listen import logStarted
@@ -48,17 +49,29 @@ from promtwist.tls import linkTLS, linkUsesTLS, targetPolicy
 from promtwist.web import agentHealth, operationsListeners
 
 
-class _QuietClientFactory(_HTTP11ClientFactory):
-    noisy = False
-
-
-class QuietPool(HTTPConnectionPool):
+def targetEndpoints(
+    settings: AgentSettings, reactor: Any
+) -> Callable[[Origin], IStreamClientEndpoint]:
     """
-    A pool whose connections do not log "Starting factory" for every new
-    target connection.
-    """
+    How the target pool reaches an origin: with
+    C{agent.http.clientTimeoutSecs} to connect, and for https the TLS
+    options of L{targetPolicy} (trust, client certificate, host name check),
+    as twisted.web's Agent used them.
 
-    _factory = _QuietClientFactory
+    @raise promtwist.config.ConfigError: when a TLS file is unusable.
+    """
+    policy = targetPolicy(settings)
+
+    def endpointFor(origin: Origin) -> IStreamClientEndpoint:
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(
+            reactor, origin.host, origin.port, timeout=settings.client_timeout_secs
+        )
+        if origin.scheme == "https":
+            creator = policy.creatorForNetloc(origin.host.encode("ascii"), origin.port)
+            endpoint = wrapClientTLS(creator, endpoint)
+        return endpoint
+
+    return endpointFor
 
 
 class _Link(Protocol):
@@ -201,6 +214,28 @@ def proxyEndpoints(
     return endpoints
 
 
+class _ScrapeMetrics(ScrapeObserver):
+    """
+    The agent's metrics as its scrapes' observer. They are made after the
+    scraper (they need the launch id of the connection factory, which needs
+    the scraper), so they are looked up on the service when told.
+    """
+
+    def __init__(self, service: AgentService) -> None:
+        self.service = service
+
+    def scrapeEnded(self, kind: str, seconds: float) -> None:
+        # A scrape the proxy cancelled has no result to count.
+        if kind != "cancelled":
+            self.service.metrics.scrapeFinished(kind, seconds)
+
+    def resultSent(self, kind: str) -> None:
+        self.service.metrics.resultSent(kind)
+
+    def filtered(self, path: str, stream: FilterStream) -> None:
+        self.service.metrics.filtered(path, stream.linesDropped, stream.bytesSaved)
+
+
 # Settings fields that are not a single key of the agent's key table.
 _FIELD_KEYS = {
     "config_source": "--config",
@@ -254,23 +289,13 @@ class AgentService(MultiService):
         self.settings = settings
         self.clock = reactor
         self.loadSettings = loadSettings
-        self.pool = QuietPool(reactor, persistent=True)
-        self.pool.maxPersistentPerHost = settings.max_concurrent_clients
-        agent = Agent(
-            reactor,
-            contextFactory=targetPolicy(settings),
-            pool=self.pool,
-            connectTimeout=settings.client_timeout_secs,
+        self.pool = TargetPool(
+            reactor, targetEndpoints(settings, reactor), settings.max_concurrent_clients
         )
-        scraper = Scraper(settings, agent, reactor)
+        scraper = Scraper(settings, self.pool, reactor, _ScrapeMetrics(self))
         self.factory = ProxyConnectionFactory(settings, scraper, reactor)
         self.metrics = AgentMetrics(self.factory.launchId, settings.name, reactor)
         self.metrics.track(self.state)
-        scraper.onScrapeEnded = self._scrapeEnded
-        scraper.onResultSent = self.metrics.resultSent
-        scraper.onFiltered = lambda path, f: self.metrics.filtered(
-            path, f.linesDropped, f.bytesSaved
-        )
         links = _ReadyLinks(
             proxyEndpoints(settings, reactor) if endpoints is None else endpoints,
             self.factory,
@@ -325,11 +350,6 @@ class AgentService(MultiService):
             roundTripSeconds=connection.roundTripSeconds if connection is not None else None,
             pathCount=len(self.factory.paths),
         )
-
-    def _scrapeEnded(self, kind: str, seconds: float) -> None:
-        # A scrape the proxy cancelled has no result to count.
-        if kind != "cancelled":
-            self.metrics.scrapeFinished(kind, seconds)
 
     def debugText(self) -> str:
         connection = self.factory.current

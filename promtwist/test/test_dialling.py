@@ -7,7 +7,6 @@ and the misdirected links both ends recognise by their first bytes.
 from __future__ import annotations
 
 from OpenSSL import SSL
-from treq.testing import RequestTraversalAgent
 from twisted.internet import error
 from twisted.internet.task import Clock
 from twisted.logger import Logger, capturedLogs, formatEvent
@@ -22,6 +21,7 @@ from promtwist.config import AgentSettings, ProxySettings
 from promtwist.protocol.framing import spokenProtocol
 from promtwist.protocol.session import SessionLost
 from promtwist.proxy.link import AgentLink, agentLinkFactory
+from promtwist.test.memorytarget import MemoryTargets
 from promtwist.test.test_agent_service import SETTINGS, downEndpoints
 from promtwist.test.test_framing import logText
 from promtwist.test.test_link import Target, TCPStringTransport
@@ -231,7 +231,7 @@ class MisdirectedTests(SynchronousTestCase):
         """
         clock = Clock()
         factory = ProxyConnectionFactory(
-            settings, Scraper(settings, RequestTraversalAgent(Target()), clock), clock
+            settings, Scraper(settings, MemoryTargets(Target()).pool, clock), clock
         )
         connection = factory.buildProtocol(None)
         transport = TCPStringTransport()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from treq.testing import RequestTraversalAgent
 from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -35,6 +34,7 @@ from promtwist.proxy.answers import ScrapeFailed
 from promtwist.proxy.link import AgentLink, agentLinkFactory
 from promtwist.proxy.relay import ScrapeCall
 from promtwist.proxy.stream import ScrapeStream
+from promtwist.test.memorytarget import MemoryTargets
 from promtwist.test.test_framing import encode, logText
 
 
@@ -129,12 +129,12 @@ class Pair:
     ) -> None:
         self.clock = Clock()
         self.target = target or Target()
-        self.http = RequestTraversalAgent(self.target)
+        self.http = MemoryTargets(self.target)
         proxyFactory = agentLinkFactory(proxySettings, self.clock)
         self.factory = proxyFactory
         self.registry = proxyFactory.registry
         agentFactory = ProxyConnectionFactory(
-            agentSettings, Scraper(agentSettings, self.http, self.clock), self.clock
+            agentSettings, Scraper(agentSettings, self.http.pool, self.clock), self.clock
         )
         self.agent: ProxyConnection
         self.proxy: AgentLink

@@ -22,7 +22,6 @@ from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
-from treq.testing import RequestTraversalAgent
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
@@ -39,6 +38,7 @@ from promtwist.protocol.promtwist_pb2 import Frame, Hello, Welcome
 from promtwist.protocol.session import LinkState
 from promtwist.proxy.link import AgentLink, agentLinkFactory
 from promtwist.proxy.relay import ScrapeCall
+from promtwist.test.memorytarget import MemoryTargets
 from promtwist.test.test_link import PATHS, Target, TCPStringTransport
 
 SEED = 20261201
@@ -243,9 +243,9 @@ class FuzzTests(SynchronousTestCase):
         rng = random.Random(seed)
         clock = Clock()
         target = Target()
-        http = RequestTraversalAgent(target)
+        http = MemoryTargets(target)
         settings = AgentSettings(name="fuzz", path_configs=PATHS)
-        factory = ProxyConnectionFactory(settings, Scraper(settings, http, clock), clock)
+        factory = ProxyConnectionFactory(settings, Scraper(settings, http.pool, clock), clock)
         closedByItself = 0
         for self.sequence in range(SEQUENCES):
             connection = factory.buildProtocol(None)

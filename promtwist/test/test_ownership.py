@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from treq.testing import RequestTraversalAgent
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
 from twisted.test.iosim import IOPump, connectedServerAndClient
@@ -21,6 +20,7 @@ from promtwist.config import AgentSettings, Identity, ProxySettings
 from promtwist.protocol.promtwist_pb2 import HOLDER, Frame, Holder, PathStatus
 from promtwist.protocol.session import LinkState
 from promtwist.proxy.link import AgentLink, agentLinkFactory
+from promtwist.test.memorytarget import MemoryTargets
 from promtwist.test.test_framing import encode
 from promtwist.test.test_link import PATHS, Target, TCPStringTransport
 
@@ -50,7 +50,7 @@ class Ownership:
     def __init__(self, proxySettings: ProxySettings = ProxySettings()) -> None:
         self.clock = Clock()
         self.clock.advance(T0)
-        self.http = RequestTraversalAgent(Target())
+        self.http = MemoryTargets(Target())
         self.factory = agentLinkFactory(proxySettings, self.clock)
         self.registry = self.factory.registry
         self.agents: list[Agent] = []
@@ -58,7 +58,7 @@ class Ownership:
     def connect(self, name: str, launchId: str = "", token: str = "", host: str = "") -> Agent:
         settings = AgentSettings(name=name, path_configs=PATHS, agent_token=token)
         agentFactory = ProxyConnectionFactory(
-            settings, Scraper(settings, self.http, self.clock), self.clock
+            settings, Scraper(settings, self.http.pool, self.clock), self.clock
         )
         agentFactory.launchId = launchId or f"launch-of-{name}-{len(self.agents)}"
         agentFactory.hostName = host or f"host-{len(self.agents)}"
@@ -83,6 +83,7 @@ class Ownership:
         for _ in range(5):
             for agent in self.agents:
                 agent.pump.flush()
+            self.http.flush()
 
     def holder(self, path: str = "fast") -> AgentLink:
         (link,) = self.registry.lookup(path)
@@ -301,8 +302,8 @@ class AgentFrameTests(SynchronousTestCase):
         """
         settings = AgentSettings(name="a1", path_configs=PATHS)
         clock = Clock()
-        http = RequestTraversalAgent(Target())
-        factory = ProxyConnectionFactory(settings, Scraper(settings, http, clock), clock)
+        http = MemoryTargets(Target())
+        factory = ProxyConnectionFactory(settings, Scraper(settings, http.pool, clock), clock)
         connection = factory.buildProtocol(None)
         connection.makeConnection(TCPStringTransport())
         with capturedLogs() as events:

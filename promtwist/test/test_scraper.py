@@ -6,41 +6,44 @@ from __future__ import annotations
 
 import base64
 import gzip
-import zlib
 from collections.abc import Callable, Sequence
+from typing import NamedTuple, cast
 
-from twisted.internet.defer import Deferred, DeferredSemaphore
-from twisted.internet.error import ConnectionRefusedError
-from twisted.internet.interfaces import IProtocol, IPushProducer
-from twisted.internet.task import Clock
+from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
+from twisted.internet.base import DelayedCall
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock, deferLater
 from twisted.logger import LogEvent, capturedLogs, formatEvent
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.client import ResponseDone, ResponseFailed
-from twisted.web.error import SchemeNotSupported
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH
 from zope.interface import implementer
 
-from promtwist.agent.scraper import (
-    FRAME_OVERHEAD,
-    MIN_CHUNK,
-    InvalidRequest,
-    Scrape,
-    Scraper,
-    Target,
-)
+from promtwist.agent.client import Head, IResponseReceiver, Origin, TargetPool
+from promtwist.agent.fetch import InvalidRequest, Target
+from promtwist.agent.filters import FilterStream
+from promtwist.agent.scraper import FRAME_OVERHEAD, MIN_CHUNK, Scrape, ScrapeObserver, Scraper
+from promtwist.agent.slots import Slots
 from promtwist.config import AgentSettings, MetricFilter, PathConfig
 from promtwist.httputil import redacted
 from promtwist.protocol.framing import FrameTooLarge
-from promtwist.protocol.promtwist_pb2 import Frame, Outcome, ScrapeRequest
+from promtwist.protocol.promtwist_pb2 import Frame, Outcome, ScrapeChunk, ScrapeRequest
+from promtwist.test.helpers import rss
+from promtwist.test.test_client import MemoryEndpoint
 
 
-@implementer(IPushProducer)
-class FakeBodyProducer:
+class FakeExchange:
     def __init__(self) -> None:
         self.paused = False
         self.stopped = False
+        self.expiresIn: float | None = None
+
+    def expireIn(self, seconds: float) -> None:
+        self.expiresIn = seconds
 
     def pauseProducing(self) -> None:
         self.paused = True
@@ -52,45 +55,99 @@ class FakeBodyProducer:
         self.stopped = True
 
 
+class FakeRequest(NamedTuple):
+    uri: bytes
+    headers: Headers
+    receiver: IResponseReceiver
+    exchange: FakeExchange
+
+
+def parsed(origin: Origin, request: bytes) -> tuple[bytes, Headers]:
+    """
+    The URI and headers of a request the scrape wrote.
+    """
+    head, blank, rest = request.partition(b"\r\n\r\n")
+    assert blank and not rest, request
+    line, *fields = head.split(b"\r\n")
+    method, target, version = line.split(b" ")
+    assert (method, version) == (b"GET", b"HTTP/1.1"), line
+    headers = Headers()
+    for field in fields:
+        name, _, value = field.partition(b": ")
+        headers.addRawHeader(name, value)
+    (host,) = headers.getRawHeaders(b"Host") or [b""]
+    return origin.scheme.encode("ascii") + b"://" + host + target, headers
+
+
+class FakePool:
+    def __init__(self) -> None:
+        self.requests: list[FakeRequest] = []
+
+    def request(self, origin: Origin, request: bytes, receiver: IResponseReceiver) -> FakeExchange:
+        uri, headers = parsed(origin, request)
+        exchange = FakeExchange()
+        self.requests.append(FakeRequest(uri, headers, receiver, exchange))
+        return exchange
+
+    @property
+    def cancelled(self) -> list[bytes]:
+        return [r.uri for r in self.requests if r.exchange.stopped]
+
+
 class FakeResponse:
     def __init__(
         self,
         code: int = 200,
         headers: dict[bytes, list[bytes]] | None = None,
-        length: object = UNKNOWN_LENGTH,
+        length: int = -1,
     ) -> None:
-        self.code = code
-        self.phrase = b"Whatever"
-        self.headers = Headers(headers or {b"Content-Type": [b"text/plain"]})
-        self.length = length
-        self.producer = FakeBodyProducer()
-        self.protocol: IProtocol | None = None
+        fields = headers or {b"Content-Type": [b"text/plain"]}
+        self.head = Head(
+            status=code,
+            phrase="Whatever",
+            contentType=fields.get(b"Content-Type", [b""])[0].decode("latin-1"),
+            contentEncoding=fields.get(b"Content-Encoding", [b""])[0].decode("latin-1"),
+            length=length,
+        )
+        self.producer = FakeExchange()
+        self.receiver: IResponseReceiver | None = None
 
-    def deliverBody(self, protocol: IProtocol) -> None:
-        self.protocol = protocol
-        protocol.makeConnection(self.producer)  # type: ignore[arg-type]
+    def deliver(self, request: FakeRequest) -> None:
+        self.receiver = request.receiver
+        self.producer = request.exchange
+        self.receiver.responseHead(self.head)
 
     def body(self, *pieces: bytes) -> None:
-        assert self.protocol is not None
+        assert self.receiver is not None
         for piece in pieces:
-            self.protocol.dataReceived(piece)
+            self.receiver.responseData(piece)
 
-    def end(self, reason: Failure = Failure(ResponseDone())) -> None:
-        assert self.protocol is not None
-        self.protocol.connectionLost(reason)
+    def end(self, failed: str | None = None) -> None:
+        assert self.receiver is not None
+        if failed is None:
+            self.receiver.responseEnded()
+        else:
+            self.receiver.responseFailed(failed)
 
 
-class FakeAgent:
+class Recorder(ScrapeObserver):
+    """
+    Keeps what it is told of scrapes.
+    """
+
     def __init__(self) -> None:
-        self.requests: list[tuple[bytes, Headers, Deferred[FakeResponse]]] = []
-        self.cancelled: list[bytes] = []
+        self.ended: list[str] = []
+        self.sent: list[str] = []
+        self.filterings: list[tuple[str, int]] = []
 
-    def request(
-        self, method: bytes, uri: bytes, headers: Headers, bodyProducer: object = None
-    ) -> Deferred[FakeResponse]:
-        d: Deferred[FakeResponse] = Deferred(lambda _: self.cancelled.append(uri))
-        self.requests.append((uri, headers, d))
-        return d
+    def scrapeEnded(self, kind: str, seconds: float) -> None:
+        self.ended.append(kind)
+
+    def resultSent(self, kind: str) -> None:
+        self.sent.append(kind)
+
+    def filtered(self, path: str, stream: FilterStream) -> None:
+        self.filterings.append((path, stream.linesDropped))
 
 
 class Run:
@@ -109,6 +166,7 @@ class Run:
         accept: str = "text/plain",
         timeoutMs: int = 10_000,
         sharing: Run | None = None,
+        observer: ScrapeObserver = ScrapeObserver(),
         **settings: object,
     ) -> None:
         """
@@ -117,9 +175,9 @@ class Run:
         """
         if sharing is None:
             self.clock = Clock()
-            self.http = FakeAgent()
+            self.http = FakePool()
             self.settings = AgentSettings(**settings)  # type: ignore[arg-type]
-            self.slots = DeferredSemaphore(self.settings.max_concurrent_clients)
+            self.slots = Slots(self.settings.max_concurrent_clients)
         else:
             self.clock, self.http = sharing.clock, sharing.http
             self.settings, self.slots = sharing.settings, sharing.slots
@@ -135,7 +193,7 @@ class Run:
             window_bytes=window,
         )
         self.scrape = Scrape(
-            Scraper(self.settings, self.http, self.clock),  # type: ignore[arg-type]
+            Scraper(self.settings, self.http, self.clock, observer),  # type: ignore[arg-type]
             request,
             PathConfig("p", "p", url),
             self.frames.append,
@@ -144,7 +202,7 @@ class Run:
         self.scrape.start(self.slots)
 
     def respond(self, response: FakeResponse) -> FakeResponse:
-        self.http.requests[-1][2].callback(response)
+        response.deliver(self.http.requests[-1])
         return response
 
     @property
@@ -173,7 +231,7 @@ def refusing(run: Run, refuses: Callable[[Frame], bool]) -> list[Frame]:
             raise FrameTooLarge("too big")
         sent.append(frame)
 
-    run.scrape.send = send
+    run.scrape.answer.send = send
     return sent
 
 
@@ -190,28 +248,37 @@ def firstFrame() -> Callable[[Frame], bool]:
     return first
 
 
+def uri(configured: str, query: str) -> bytes:
+    """
+    The URI a scrape of C{configured} with C{query} asks for.
+    """
+    target = Target.build(configured)
+    host = target.fixed.split(b"\r\n")[0].removeprefix(b"Host: ")
+    return target.origin.scheme.encode("ascii") + b"://" + host + target.requestTarget(query)
+
+
 class TargetTests(SynchronousTestCase):
     def test_queryAppended(self) -> None:
-        self.assertEqual(Target.build("http://h:1/m", "a=1").uri, b"http://h:1/m?a=1")
-        self.assertEqual(Target.build("http://h:1/m?x=y", "a=1").uri, b"http://h:1/m?x=y&a=1")
-        self.assertEqual(Target.build("http://h:1/m", "").uri, b"http://h:1/m")
+        self.assertEqual(uri("http://h:1/m", "a=1"), b"http://h:1/m?a=1")
+        self.assertEqual(uri("http://h:1/m?x=y", "a=1"), b"http://h:1/m?x=y&a=1")
+        self.assertEqual(uri("http://h:1/m", ""), b"http://h:1/m")
 
     def test_federateUrl(self) -> None:
         """
         prometheus-proxy's federate example, raw characters and all, becomes a
         valid request target; Prometheus' already encoded query is kept.
         """
-        target = Target.build(
-            "http://prometheus:9090/federate?match[]={job=~'.*'}", "match%5B%5D=up"
-        )
         self.assertEqual(
-            target.uri,
+            uri("http://prometheus:9090/federate?match[]={job=~'.*'}", "match%5B%5D=up"),
             b"http://prometheus:9090/federate?match%5B%5D=%7Bjob=~'.*'%7D&match%5B%5D=up",
         )
 
     def test_basicAuthLifted(self) -> None:
-        target = Target.build("http://us%40er:p%3Ass@[::1]:9100/metrics", "")
-        self.assertEqual(target.uri, b"http://[::1]:9100/metrics")
+        target = Target.build("http://us%40er:p%3Ass@[::1]:9100/metrics")
+        self.assertEqual(
+            uri("http://us%40er:p%3Ass@[::1]:9100/metrics", ""), b"http://[::1]:9100/metrics"
+        )
+        self.assertEqual(target.origin, Origin("http", "::1", 9100))
         self.assertEqual(target.authorization, b"Basic " + base64.b64encode(b"us@er:p:ss"))
 
     def test_internationalisedHost(self) -> None:
@@ -220,26 +287,30 @@ class TargetTests(SynchronousTestCase):
         its case, with its port and without its credentials.
         """
         self.assertEqual(
-            Target.build("http://bücher.example/metrics", "").uri,
+            uri("http://bücher.example/metrics", ""),
             b"http://xn--bcher-kva.example/metrics",
         )
-        target = Target.build("https://u:p@BÜCHER.example:9100/m", "a=1")
-        self.assertEqual(target.uri, b"https://xn--bcher-kva.example:9100/m?a=1")
+        target = Target.build("https://u:p@BÜCHER.example:9100/m")
+        self.assertEqual(
+            uri("https://u:p@BÜCHER.example:9100/m", "a=1"),
+            b"https://xn--bcher-kva.example:9100/m?a=1",
+        )
+        self.assertEqual(target.origin, Origin("https", "xn--bcher-kva.example", 9100))
         self.assertEqual(target.authorization, b"Basic " + base64.b64encode(b"u:p"))
 
     def test_asciiHostUntouched(self) -> None:
         """
         An ASCII host is not judged by IDNA's rules (which refuse C{_}).
         """
-        self.assertEqual(Target.build("http://my_host:1/m", "").uri, b"http://my_host:1/m")
+        self.assertEqual(uri("http://my_host:1/m", ""), b"http://my_host:1/m")
 
     def test_hostWithoutIDNAForm(self) -> None:
-        error = self.assertRaises(InvalidRequest, Target.build, "http://☃.example:80/m", "")
+        error = self.assertRaises(InvalidRequest, Target.build, "http://☃.example:80/m")
         self.assertIn("target host ☃.example has no IDNA", str(error))
         self.assertIn("U+2603", str(error))
 
     def test_controlByteInHost(self) -> None:
-        error = self.assertRaises(InvalidRequest, Target.build, "http://a\x01b:1/m", "")
+        error = self.assertRaises(InvalidRequest, Target.build, "http://a\x01b:1/m")
         self.assertEqual(str(error), "target host a\\x01b:1 holds byte 0x01 at offset 1")
 
     def test_invalidQuery(self) -> None:
@@ -254,9 +325,10 @@ class TargetTests(SynchronousTestCase):
             ("\n", "byte 0x0a"),
             ("é", "non-ASCII character U+00E9"),
         ]:
-            error = self.assertRaises(InvalidRequest, Target.build, "http://h/m", "a=1" + bad)
+            target = Target.build("http://h/m")
+            error = self.assertRaises(InvalidRequest, target.requestTarget, "a=1" + bad)
             self.assertIn(f"the query string from the proxy holds {what} at offset 3", str(error))
-        self.assertEqual(Target.build("http://h/m", "a=%7F~").uri, b"http://h/m?a=%7F~")
+        self.assertEqual(uri("http://h/m", "a=%7F~"), b"http://h/m?a=%7F~")
 
     def test_redacted(self) -> None:
         self.assertEqual(
@@ -409,7 +481,8 @@ class ScrapeTests(SynchronousTestCase):
         chunk = run.last().scrape_chunk
         self.assertEqual((chunk.last, chunk.outcome), (True, Outcome.TOO_LARGE))
         self.assertTrue(response.producer.stopped)
-        self.assertLessEqual(run.scrape.received, 1024 * 1024 + 64 * 1024)
+        assert run.scrape.fetch is not None
+        self.assertLessEqual(run.scrape.fetch.received, 1024 * 1024 + 64 * 1024)
 
     def test_targetErrorStatus(self) -> None:
         run = Run()
@@ -420,7 +493,7 @@ class ScrapeTests(SynchronousTestCase):
 
     def test_unreachable(self) -> None:
         run = Run()
-        run.http.requests[0][2].errback(ConnectionRefusedError())
+        run.http.requests[0].receiver.responseFailed("connection refused")
         head = run.last().scrape_response
         self.assertEqual(head.outcome, Outcome.UNREACHABLE)
         self.assertIn("connection refused", head.reason)
@@ -463,7 +536,7 @@ class ScrapeTests(SynchronousTestCase):
         run = Run()
         response = run.respond(FakeResponse())
         response.body(b"x" * 40_000)
-        response.end(Failure(ResponseFailed([Failure(zlib.error("reset"))])))
+        response.end("connection reset")
         chunk = run.last().scrape_chunk
         self.assertEqual(chunk.outcome, Outcome.UNREACHABLE)
         self.assertIn("broke off the body after 40000 bytes", chunk.reason)
@@ -493,19 +566,19 @@ class ScrapeTests(SynchronousTestCase):
             b"# TYPE app_requests_total counter\n"
             b"app_requests_total 7\n"
         )
+        recorder = Recorder()
         run = Run(
             acceptEncoding="gzip",
             filters=(MetricFilter("p", (), ("go_gc_.*",)),),
+            observer=recorder,
         )
-        reports: list[tuple[str, int]] = []
-        run.scrape.scraper.onFiltered = lambda path, s: reports.append((path, s.linesDropped))
         self.assertIsNone(run.headers.getRawHeaders(b"Accept-Encoding"))
         response = run.respond(FakeResponse(length=len(body)))
         response.body(body[:50], body[50:])
         response.end()
         self.assertEqual(run.body(), b"# TYPE app_requests_total counter\napp_requests_total 7\n")
         self.assertEqual(run.frames[0].scrape_response.content_length, -1)
-        self.assertEqual(reports, [("p", 3)])
+        self.assertEqual(recorder.filterings, [("p", 3)])
 
     def test_filterNotApplicable(self) -> None:
         """
@@ -546,18 +619,16 @@ class ScrapeTests(SynchronousTestCase):
         self.assertTrue(frame.scrape_response.last)
 
     def test_chunkLeavesRoomForTheHead(self) -> None:
-        scraper = Scraper(AgentSettings(chunk_content_size_kbs=4096), FakeAgent(), Clock())  # type: ignore[arg-type]
+        scraper = Scraper(AgentSettings(chunk_content_size_kbs=4096), FakePool(), Clock())  # type: ignore[arg-type]
         self.assertEqual(scraper.chunkBytes(1024 * 1024), 1024 * 1024 - FRAME_OVERHEAD)
 
 
-class FailingAgent:
+class FailingPool:
     """
-    An HTTP agent with a bug: it raises instead of returning a Deferred.
+    A target pool with a bug: it raises instead of sending the request.
     """
 
-    def request(
-        self, method: bytes, uri: bytes, headers: Headers, bodyProducer: object = None
-    ) -> None:
+    def request(self, origin: Origin, request: bytes, receiver: IResponseReceiver) -> None:
         raise RuntimeError("boom")
 
 
@@ -642,7 +713,7 @@ class NoDroppedDeferredTests(SynchronousTestCase):
     def test_requestRaises(self) -> None:
         run = Run(max_concurrent_clients=1)
         failing = Run(sharing=run)
-        failing.scrape.scraper.agent = FailingAgent()  # type: ignore[assignment]
+        failing.scrape.scraper.fetcher.pool = FailingPool()  # type: ignore[assignment]
         # The second scrape waits behind the first, then meets the bug.
         self.assertEqual(failing.frames, [])
         run.respond(FakeResponse()).end()
@@ -655,18 +726,19 @@ class NoDroppedDeferredTests(SynchronousTestCase):
         def broken() -> None:
             raise RuntimeError("broken buffer")
 
-        run.scrape._sendWholeChunks = broken  # type: ignore[method-assign]
+        run.scrape.answer._sendWholeChunks = broken  # type: ignore[method-assign]
         response.body(b"x" * 5000)
         self.assertAgentError(run, "agent error: broken buffer")
         self.assertTrue(response.producer.stopped)
 
     def test_schemeNotSupported(self) -> None:
-        run = Run()
-        run.http.requests[0][2].errback(SchemeNotSupported("Unsupported scheme: b'gopher'"))
+        run = Run(url="gopher://target.test/m")
         head = run.last().scrape_response
         self.assertEqual(head.outcome, Outcome.AGENT_ERROR)
+        self.assertIn("cannot request gopher: URLs", head.reason)
         self.assertIn("the target was not contacted", head.reason)
         self.assertNotIn("unreachable", head.reason)
+        self.assertEqual(run.http.requests, [])
 
 
 class SlotTests(SynchronousTestCase):
@@ -691,7 +763,7 @@ class SlotTests(SynchronousTestCase):
             "waited 5s for a free slot (agent.http.maxConcurrentClients = 1);"
             " the target http://target.test/metrics was not contacted",
         )
-        self.assertEqual(self.first.slots.waiting, [], "it left the queue")
+        self.assertEqual(list(self.first.slots.waiting), [], "it left the queue")
         self.assertFalse(second.scrape.queued)
         # The slot it no longer wants goes to nobody.
         self.first.respond(FakeResponse()).end()
@@ -735,7 +807,7 @@ class SlotTests(SynchronousTestCase):
     def test_cancelledWhileQueued(self) -> None:
         second = Run(sharing=self.first)
         second.scrape.cancel()
-        self.assertEqual(self.first.slots.waiting, [])
+        self.assertEqual(list(self.first.slots.waiting), [])
         self.assertEqual(second.frames, [])
         self.successResultOf(second.scrape.done)
 
@@ -762,7 +834,7 @@ class LinkLimitTests(SynchronousTestCase):
         gets chunks of at least L{MIN_CHUNK} bytes (which it refuses, failing
         each scrape) instead of an agent looping forever on empty chunks.
         """
-        scraper = Scraper(AgentSettings(), FakeAgent(), Clock())  # type: ignore[arg-type]
+        scraper = Scraper(AgentSettings(), FakePool(), Clock())  # type: ignore[arg-type]
         self.assertEqual(scraper.chunkBytes(100), MIN_CHUNK)
 
     def test_nothingFits(self) -> None:
@@ -776,7 +848,7 @@ class LinkLimitTests(SynchronousTestCase):
         def send(frame: Frame) -> None:
             raise FrameTooLarge("scrape_response frame of 99 bytes exceeds the peer's limit of 50")
 
-        run.scrape.send = send
+        run.scrape.answer.send = send
         response = run.respond(FakeResponse())
         with capturedLogs() as events:
             response.body(b"x" * 5000)
@@ -819,16 +891,15 @@ class LinkLimitTests(SynchronousTestCase):
         A whole answer whose one head the link refuses ends once, as a
         failure.
         """
-        run = Run()
-        ended: list[str] = []
-        run.scrape.scraper.onScrapeEnded = lambda kind, seconds: ended.append(kind)
+        recorder = Recorder()
+        run = Run(observer=recorder)
         sent = refusing(run, firstFrame())
         response = run.respond(FakeResponse())
         response.body(b"up 1\n")
         response.end()
         (frame,) = sent
         self.assertEqual(frame.scrape_response.outcome, Outcome.AGENT_ERROR)
-        self.assertEqual(ended, ["unsuccessful"])
+        self.assertEqual(recorder.ended, ["unsuccessful"])
         self.successResultOf(run.scrape.done)
 
     def test_oneReadManyChunks(self) -> None:
@@ -845,3 +916,201 @@ class LinkLimitTests(SynchronousTestCase):
         response.end()
         self.assertEqual(run.body(), body)
         self.assertEqual(len(run.last().scrape_chunk.data), len(body) % 1000)
+
+
+@implementer(IPushProducer)
+class _Big(Protocol):
+    """
+    A loopback target answering any request with L{BIG} bytes, written as
+    fast as its connection takes them.
+    """
+
+    PIECE = b"x" * (64 * 1024)
+
+    def dataReceived(self, data: bytes) -> None:
+        transport = cast(IConsumer, self.transport)
+        transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % BIG)
+        self.sent = 0
+        transport.registerProducer(self, True)
+        self.resumeProducing()
+
+    def resumeProducing(self) -> None:
+        transport = cast(IConsumer, self.transport)
+        self.paused = False
+        while not self.paused and self.sent < BIG:
+            self.sent += len(self.PIECE)
+            transport.write(self.PIECE)
+        if self.sent >= BIG:
+            transport.unregisterProducer()
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def stopProducing(self) -> None:
+        self.paused = True
+
+
+BIG = 50 * 1024 * 1024
+
+
+class LoopbackTests(TestCase):
+    """
+    A scrape of a real target over 127.0.0.1.
+    """
+
+    timeout = 60
+
+    async def test_largeBodyWithinCredit(self) -> None:
+        """
+        A 50 MB body streams through a 256 KiB credit window: the target's
+        connection is paused while the proxy has no credit, so the agent
+        grows by far less than the body.
+        """
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Factory.forProtocol(_Big)
+        )
+        self.addCleanup(port.stopListening)
+        address = port.getHost()
+        assert isinstance(address, IPv4Address)
+        pool = TargetPool(
+            reactor, lambda origin: TCP4ClientEndpoint(reactor, "127.0.0.1", address.port), 2
+        )
+        self.addCleanup(pool.closeCachedConnections)
+        scraper = Scraper(AgentSettings(max_content_length_mbytes=64), pool, reactor)
+        before = rss()
+        peak = [0]
+        frames: list[Frame] = []
+        received = [0]
+
+        def send(frame: Frame) -> None:
+            data = (
+                frame.scrape_response.body
+                if frame.HasField("scrape_response")
+                else frame.scrape_chunk.data
+            )
+            received[0] += len(data)
+            if len(frames) % 64 == 0:
+                peak[0] = max(peak[0], rss() - before)
+            frames.append(Frame(scrape_chunk=ScrapeChunk(last=frame.scrape_chunk.last)))
+            # Prometheus reads it, more slowly than the target sends, and the
+            # proxy gives the credit back.
+            reactor.callLater(0.01, scrape.credit, len(data))
+
+        scrape = Scrape(
+            scraper,
+            ScrapeRequest(scrape_id=1, path="p", timeout_ms=50_000, window_bytes=256 * 1024),
+            PathConfig("p", "p", f"http://127.0.0.1:{address.port}/metrics"),
+            send,
+            64 * 1024,
+        )
+        scrape.start(Slots(1))
+        await scrape.done
+        # The last credits, given back after the end, are ignored.
+        await deferLater(reactor, 0.02, lambda: None)
+        self.assertEqual(received[0], BIG)
+        self.assertTrue(frames[-1].scrape_chunk.last)
+        self.assertLess(peak[0], 20 * 1024 * 1024)
+
+
+class FetchOverTheClientTests(SynchronousTestCase):
+    """
+    Scrapes through the real target client, on in-memory connections.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.endpoint = MemoryEndpoint()
+        self.pool = TargetPool(self.clock, lambda origin: self.endpoint, 2)
+        self.scraper = Scraper(AgentSettings(max_content_length_mbytes=1), self.pool, self.clock)
+        self.slots = Slots(4)
+
+    def scrape(self) -> list[Frame]:
+        frames: list[Frame] = []
+        Scrape(
+            self.scraper,
+            ScrapeRequest(scrape_id=1, path="p", timeout_ms=5000),
+            PathConfig("p", "p", "http://target.test/metrics"),
+            frames.append,
+            32 * 1024,
+        ).start(self.slots)
+        return frames
+
+    def answer(self, data: bytes) -> None:
+        self.endpoint.protocols[-1].dataReceived(data)
+
+    def test_errorStatusReusesTheConnection(self) -> None:
+        """
+        A non-2xx answer is a head with its status; its small body is read
+        so that the connection serves the next scrape.
+        """
+        frames = self.scrape()
+        self.clock.advance(1)
+        self.answer(b"HTTP/1.1 503 Busy\r\nContent-Length: 4\r\n\r\n")
+        (frame,) = frames
+        head = frame.scrape_response
+        self.assertEqual((head.outcome, head.status, head.last), (Outcome.SUCCESS, 503, True))
+        self.assertIn("answered HTTP 503 Busy", head.reason)
+        self.answer(b"busy")
+        # Only the idle connection's expiry is left: not the body's deadline.
+        self.assertEqual(
+            [cast(DelayedCall, c).func for c in self.clock.getDelayedCalls()], [self.pool.discard]
+        )
+        self.scrape()
+        self.assertEqual(len(self.endpoint.protocols), 1)
+
+    def test_unwantedBodyWithinTheDeadline(self) -> None:
+        """
+        The body of a non-2xx answer is read after the scrape ended, but
+        not past its deadline.
+        """
+        self.scrape()
+        self.clock.advance(1)
+        self.answer(b"HTTP/1.1 503 Busy\r\nContent-Length: 4\r\n\r\nbu")
+        self.clock.advance(3.9)
+        self.assertFalse(self.endpoint.transports[-1].disconnecting)
+        self.clock.advance(0.1)
+        self.assertTrue(self.endpoint.transports[-1].disconnecting)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_hostilePhrase(self) -> None:
+        """
+        A reason phrase with control bytes and of any length is escaped and
+        cut in the reason.
+        """
+        frames = self.scrape()
+        self.answer(b"HTTP/1.1 500 " + b"\x7f" + b"x" * 5000 + b"\r\nContent-Length: 0\r\n\r\n")
+        reason = frames[-1].scrape_response.reason
+        self.assertIn("answered HTTP 500 \\x7fxxx", reason)
+        self.assertLess(len(reason), 300)
+
+    def test_brokenAfterTheHead(self) -> None:
+        frames = self.scrape()
+        self.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n")
+        self.endpoint.protocols[-1].connectionLost(Failure(ConnectionDone()))
+        (frame,) = frames
+        self.assertEqual(frame.scrape_response.outcome, Outcome.UNREACHABLE)
+        self.assertIn(
+            "broke off the body after 0 bytes: the connection closed", frame.scrape_response.reason
+        )
+
+    def test_declaredTooLargeDropsTheConnection(self) -> None:
+        frames = self.scrape()
+        self.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2000000\r\n\r\n")
+        self.assertEqual(frames[-1].scrape_response.outcome, Outcome.TOO_LARGE)
+        self.assertTrue(self.endpoint.transports[-1].disconnecting)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_smugglingRefused(self) -> None:
+        frames = self.scrape()
+        self.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n")
+        reason = frames[-1].scrape_response.reason
+        self.assertEqual(frames[-1].scrape_response.outcome, Outcome.UNREACHABLE)
+        self.assertIn("target http://target.test/metrics unreachable: sent an invalid HTTP", reason)
+        self.assertTrue(self.endpoint.transports[-1].disconnecting)
+
+    def test_timeoutDropsTheConnection(self) -> None:
+        frames = self.scrape()
+        self.clock.advance(5)
+        self.assertEqual(frames[-1].scrape_response.outcome, Outcome.TIMED_OUT)
+        self.assertTrue(self.endpoint.transports[-1].disconnecting)
+        self.assertEqual(self.clock.getDelayedCalls(), [])

@@ -1,0 +1,268 @@
+# -*- test-case-name: promtwist.test.test_scraper -*-
+"""
+The wire side of a scrape: what a fetch tells (a head, body bytes, an end)
+becomes L{ScrapeResponse} and L{ScrapeChunk} frames, in chunks of the
+agent's size, compressed for the link when worth it, within the proxy's
+credit.
+
+An L{Answer} knows nothing of HTTP: it pauses its producer (the fetch) when
+the credit runs out and resumes it when credit comes back.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+
+from promtwist.agent.client import Head
+from promtwist.httputil import acceptsGzip
+from promtwist.logs import RepeatedWarnings, observer
+from promtwist.protocol.framing import FrameTooLarge
+from promtwist.protocol.promtwist_pb2 import (
+    Frame,
+    Outcome,
+    ScrapeChunk,
+    ScrapeRequest,
+    ScrapeResponse,
+)
+
+# A target's Content-Type longer than this is cut: a real one is far shorter.
+MAX_CONTENT_TYPE = 1024
+
+
+class Answer:
+    """
+    The frames of one scrape's answer: exactly one of them says C{last}.
+    L{ended} is called once, with C{"success"} or C{"unsuccessful"}, when
+    nothing more will be sent (not when the answer is L{cancel}led).
+
+    @ivar producer: what to pause while the proxy has no credit left.
+    @ivar resultSent: told how the head went out (for the metrics).
+    """
+
+    _log = Logger(observer=observer)
+
+    def __init__(
+        self,
+        request: ScrapeRequest,
+        path: str,
+        send: Callable[[Frame], None],
+        chunkBytes: int,
+        credit: int,
+        minGzipBytes: int,
+        warnings: RepeatedWarnings,
+        ended: Callable[[str], None],
+        resultSent: Callable[[str], None],
+    ) -> None:
+        self.request = request
+        self.path = path
+        self.send = send
+        self.chunkBytes = chunkBytes
+        self.minGzipBytes = minGzipBytes
+        self.warnings = warnings
+        self.ended = ended
+        self.resultSent = resultSent
+        self.producer: IPushProducer | None = None
+        self.credit = credit
+        self.finished = False
+        self._head: Head | None = None
+        self._headSent = False
+        self._paused = False
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        # The body is complete; what is buffered goes out as credit allows,
+        # the last of it marked last.
+        self._complete = False
+        self._compressor: zlib._Compress | None = None
+
+    # What the fetch tells.
+
+    def head(self, head: Head) -> None:
+        self._head = head
+
+    def data(self, data: bytes) -> None:
+        if self.finished:
+            return
+        self._buffer.append(data)
+        self._buffered += len(data)
+        if self._buffered >= self.chunkBytes:
+            self._sendWholeChunks()
+        if self.credit <= 0 and self.producer is not None and not self._paused:
+            self._paused = True
+            self.producer.pauseProducing()
+
+    def end(self, outcome: Outcome, reason: str) -> None:
+        """
+        The body is complete (L{Outcome.SUCCESS} with no reason), the
+        target's answer was not 2xx (L{Outcome.SUCCESS} with the reason),
+        or the scrape failed.
+        """
+        if self.finished:
+            return
+        if outcome == Outcome.SUCCESS and not reason:
+            self._complete = True
+            return self._drain()
+        self._log.info("scrape of /{path} failed: {reason}", path=self.path, reason=reason)
+        scrapeId = self.request.scrape_id
+        if outcome == Outcome.SUCCESS:
+            assert self._head is not None
+            frame = Frame(
+                scrape_response=ScrapeResponse(
+                    scrape_id=scrapeId, status=self._head.status, reason=reason, last=True
+                )
+            )
+        elif not self._headSent:
+            frame = Frame(
+                scrape_response=ScrapeResponse(
+                    scrape_id=scrapeId, outcome=outcome, reason=reason, last=True
+                )
+            )
+        else:
+            frame = Frame(
+                scrape_chunk=ScrapeChunk(
+                    scrape_id=scrapeId, last=True, outcome=outcome, reason=reason
+                )
+            )
+        try:
+            self.send(frame)
+        except FrameTooLarge as e:
+            # Only a proxy announcing an absurdly small frame limit gets here;
+            # it will hear nothing and answer at its own deadline.
+            self.warnings.warn(
+                "unsendable failure",
+                "cannot tell the proxy that /{path} failed: {error}",
+                path=self.path,
+                error=str(e),
+            )
+        self._finish("unsuccessful")
+
+    # From the proxy.
+
+    def addCredit(self, nbytes: int) -> None:
+        self.credit += nbytes
+        self._drain()
+        if self._paused and self.credit > 0 and self.producer is not None:
+            self._paused = False
+            self.producer.resumeProducing()
+
+    def cancel(self) -> None:
+        """
+        Send nothing more, and do not call L{ended}.
+        """
+        self.finished = True
+        self._buffer = []
+        self._buffered = 0
+
+    # Sending.
+
+    def _sendWholeChunks(self) -> None:
+        """
+        Send the whole chunks the buffer holds while the proxy has credit
+        left, and keep the rest: the buffer is joined once, whatever the
+        number of chunks in it.
+
+        A frame is started only while credit is left, so the proxy never
+        holds more than its window and one frame for this scrape; it treats
+        more as a protocol violation.
+        """
+        data = b"".join(self._buffer)
+        size = self.chunkBytes
+        offset = 0
+        while len(data) - offset >= size and self.credit > 0 and not self.finished:
+            self._sendPayload(data[offset : offset + size], last=False)
+            offset += size
+        rest = data[offset:]
+        self._buffer = [rest] if rest else []
+        self._buffered = len(rest)
+
+    def _drain(self) -> None:
+        """
+        Send what the credit allows; once the body is complete and only the
+        tail is left, send it as the last frame and end.
+        """
+        if self.finished:
+            return
+        if self._buffered >= self.chunkBytes:
+            self._sendWholeChunks()
+        if self._complete and self._buffered < self.chunkBytes and self.credit > 0:
+            rest, self._buffer, self._buffered = b"".join(self._buffer), [], 0
+            self._sendPayload(rest, last=True)
+            if not self.finished:
+                self._finish("success")
+
+    def _sendPayload(self, payload: bytes, last: bool) -> None:
+        if not self._headSent:
+            return self._sendHead(payload, last)
+        if self._compressor is not None:
+            payload = self._compressor.compress(payload)
+            if last:
+                payload += self._compressor.flush()
+        if payload or last:
+            self.credit -= len(payload)
+            self._sendOrFail(
+                Frame(
+                    scrape_chunk=ScrapeChunk(
+                        scrape_id=self.request.scrape_id, data=payload, last=last
+                    )
+                )
+            )
+
+    def _sendHead(self, payload: bytes, last: bool) -> None:
+        head = self._head
+        assert head is not None
+        encoding, length = head.contentEncoding, head.length
+        # Compress for the link only what Prometheus can take compressed and
+        # is big enough to be worth it; the proxy passes it on as it is.
+        if (
+            encoding in ("", "identity")
+            and acceptsGzip(self.request.accept_encoding)
+            and (not last or len(payload) > self.minGzipBytes)
+        ):
+            self._compressor = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+            payload = self._compressor.compress(payload)
+            if last:
+                payload += self._compressor.flush()
+            encoding, length = "gzip", -1
+        self.credit -= len(payload)
+        sent = self._sendOrFail(
+            Frame(
+                scrape_response=ScrapeResponse(
+                    scrape_id=self.request.scrape_id,
+                    outcome=Outcome.SUCCESS,
+                    status=head.status,
+                    content_type=head.contentType[:MAX_CONTENT_TYPE],
+                    content_encoding=encoding,
+                    content_length=length,
+                    body=payload,
+                    last=last,
+                )
+            )
+        )
+        if not sent:
+            return
+        self._headSent = True
+        self.resultSent("chunked" if not last else "gzipped" if self._compressor else "non-gzipped")
+
+    def _sendOrFail(self, frame: Frame) -> bool:
+        """
+        Send one frame of the answer; one the link cannot carry fails the
+        scrape instead (in a head if no head went out yet, else in a last
+        chunk).
+
+        @return: whether it was sent.
+        """
+        try:
+            self.send(frame)
+        except FrameTooLarge as e:
+            self.end(Outcome.AGENT_ERROR, f"answer too large for the link: {e}")
+            return False
+        return True
+
+    def _finish(self, kind: str) -> None:
+        self.finished = True
+        self._buffer = []
+        self._buffered = 0
+        self.ended(kind)
