@@ -22,6 +22,7 @@ from promtwist.config import ProxySettings
 from promtwist.logs import RepeatedWarnings, clip, observer
 from promtwist.metrics import ProxyMetrics
 from promtwist.protocol.framing import _peerName
+from promtwist.protocol.liveness import DeadlineSweep
 from promtwist.protocol.promtwist_pb2 import (
     HOLDER,
     RELEASED,
@@ -32,6 +33,7 @@ from promtwist.protocol.promtwist_pb2 import (
     PathReply,
     PathStatus,
     Ping,
+    Pong,
     RegisterPath,
     Reject,
     ScrapeChunk,
@@ -134,7 +136,7 @@ class AgentLink(Session):
 
     def __init__(self, factory: AgentLinkFactory, host: str = "") -> None:
         # A close the agent does not let finish gets the grace period.
-        super().__init__(factory.clock, factory.settings.shutdown_grace_secs)
+        super().__init__(factory.clock, factory.settings.shutdown_grace_secs, factory.sweep)
         self.factory = factory
         self.host = host
         self._scrapes: dict[int, ScrapeStream] = {}
@@ -218,10 +220,14 @@ class AgentLink(Session):
                 )
             )
         )
+        # The proxy drives liveness: its one sweep pings every idle link
+        # and measures every round trip where the operator looks for it;
+        # agents only answer (an older agent also pings, and is answered).
         self.handshakeDone(
             settings.heartbeat_period_secs,
             maxFrame,
             min(hello.max_frame_bytes or maxFrame, maxFrame),
+            drives=True,
         )
         self.factory.handshakeFinished(self)
         self.factory.registry.addAgent(self)
@@ -258,6 +264,11 @@ class AgentLink(Session):
     def frame_ping(self, ping: Ping) -> None:
         self.factory.metrics.heartbeatReceived()
         super().frame_ping(ping)
+
+    def frame_pong(self, pong: Pong) -> None:
+        # The agent's answer to this end's ping is its heartbeat.
+        self.factory.metrics.heartbeatReceived()
+        super().frame_pong(pong)
 
     def frame_register_path(self, request: RegisterPath) -> None:
         try:
@@ -536,6 +547,8 @@ class AgentLinkFactory(ServerFactory):
         self.links: set[AgentLink] = set()
         self.pending: set[AgentLink] = set()
         self.refusedConnections = 0
+        # One timer for every link's heartbeat and silence deadlines.
+        self.sweep = DeadlineSweep(clock)
         self.warnings = RepeatedWarnings(self._log, clock)
         self.authThrottle = AuthThrottle(clock, settings.max_auth_failures_per_address)
         self._handshakes = PendingHandshakes(

@@ -13,6 +13,7 @@ from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
+from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, IOPump, connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
@@ -22,10 +23,12 @@ from promtwist.agent import connection as agentConnection
 from promtwist.agent.connection import ProxyConnection, ProxyConnectionFactory, Rejected
 from promtwist.agent.scraper import Scraper
 from promtwist.config import AgentSettings, Identity, PathConfig, ProxySettings
+from promtwist.protocol.framing import encodeFrame
 from promtwist.protocol.promtwist_pb2 import (
     Frame,
     Hello,
     Outcome,
+    Ping,
     RegisterPath,
     Reject,
     ScrapeChunk,
@@ -114,6 +117,21 @@ PATHS = (
     PathConfig("fast", "fast", "http://target.test/fast", {"team": "a"}),
     PathConfig("slow", "slow", "http://target.test/slow"),
 )
+
+
+def pingsReceived(end: AgentLink | ProxyConnection) -> list[Ping]:
+    """
+    The pings C{end} receives from now on, as it answers them.
+    """
+    received: list[Ping] = []
+    answer = end.frame_ping
+
+    def record(ping: Ping) -> None:
+        received.append(ping)
+        answer(ping)
+
+    end.frame_ping = record  # type: ignore[method-assign]
+    return received
 
 
 class Pair:
@@ -380,9 +398,10 @@ class HeartbeatTests(SynchronousTestCase):
 
     def test_busyLinkMeasuresRoundTrip(self) -> None:
         """
-        A link busy with scrapes never goes idle, yet both ends measure the
-        round trip: once at the first heartbeat tick, then once every
-        L{ROUND_TRIP_EVERY_PERIODS} periods (5 s here), and no more often.
+        A link busy with scrapes never goes idle, yet both ends know the
+        round trip: the proxy measures it half a period after the handshake,
+        then once every L{ROUND_TRIP_EVERY_PERIODS} periods (5 s here), and
+        no more often; its second ping tells the agent.
         """
         pair = Pair()
         pings = pair.factory.metrics.registry
@@ -394,8 +413,118 @@ class HeartbeatTests(SynchronousTestCase):
             pair.flush()
         self.assertIsNotNone(pair.proxy.roundTripSeconds)
         self.assertIsNotNone(pair.agent.roundTripSeconds)
-        # The agent's pings as the proxy counts them: at 2.5 s and 30 s later.
+        # The agent's pongs as the proxy counts them: at 2.5 s and 30 s
+        # later (met at the next whole second here); the agent never pinged.
         self.assertEqual(pings.get_sample_value("proxy_heartbeat_count_total"), 2)
+
+    def test_onlyTheProxyPings(self) -> None:
+        """
+        The proxy drives liveness: over a minute of idle link it pings
+        about once a period, the agent never does, and the agent knows the
+        round trip from the proxy's pings.
+        """
+        pair = Pair()
+        atProxy, atAgent = pingsReceived(pair.proxy), pingsReceived(pair.agent)
+        for _ in range(60):
+            pair.clock.advance(1.0)
+            pair.flush()
+        self.assertEqual(atProxy, [])
+        # 5 s periods, the first half a period in: 12 in a minute.
+        self.assertEqual(len(atAgent), 12)
+        self.assertEqual(atAgent[0].round_trip_micros, 0)
+        self.assertTrue(all(ping.round_trip_micros for ping in atAgent[1:]))
+        self.assertIsNotNone(pair.agent.roundTripSeconds)
+        self.assertFalse(disconnecting(pair.agent))
+
+    def test_oneTimerForManyLinks(self) -> None:
+        """
+        However many links a proxy holds, their heartbeats share one timer.
+        """
+        clock = Clock()
+        factory = agentLinkFactory(ProxySettings(max_pending_handshakes_per_address=100), clock)
+        links = []
+        for _ in range(50):
+            link = factory.buildProtocol(None)
+            assert isinstance(link, AgentLink)
+            link.makeConnection(TCPStringTransport())
+            link.dataReceived(encodeFrame(Frame(hello=Hello(protocol_version=1))))
+            links.append(link)
+        self.assertEqual(factory.agentCount(), 50)
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        for link in links:
+            link.connectionLost(Failure(SessionLost("test")))
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_fasterAgentDrivesToo(self) -> None:
+        """
+        An agent that wants to notice a dead proxy sooner than three of the
+        proxy's periods (heartbeatMaxInactivitySecs below the proxy's
+        period) pings at its own period.
+        """
+        pair = Pair(
+            agentSettings=AgentSettings(
+                name="a1", path_configs=PATHS, heartbeat_max_inactivity_secs=1.0
+            )
+        )
+        atProxy = pingsReceived(pair.proxy)
+        for _ in range(20):
+            pair.clock.advance(0.5)
+            pair.flush()
+        self.assertGreaterEqual(len(atProxy), 5)
+        self.assertFalse(disconnecting(pair.agent))
+
+    def test_olderAgentAnswered(self) -> None:
+        """
+        An older agent that pings on its own (here every 4 s, within the
+        proxy's 5 s period) is answered, and with that traffic the proxy
+        needs no idle pings of its own: only its round trip measurements.
+        """
+        clock = Clock()
+        factory = agentLinkFactory(ProxySettings(), clock)
+        link = factory.buildProtocol(None)
+        assert isinstance(link, AgentLink)
+        transport = TCPStringTransport()
+        link.makeConnection(transport)
+        link.dataReceived(encodeFrame(Frame(hello=Hello(protocol_version=1))))
+        transport.clear()
+        sent: list[Frame] = []
+        for second in range(1, 61):
+            clock.advance(1.0)
+            if second % 4 == 0:
+                link.dataReceived(encodeFrame(Frame(ping=Ping(nonce=second))))
+            sent += decodeAll(transport.value())
+            transport.clear()
+        self.assertEqual([f.pong.nonce for f in sent if f.HasField("pong")], list(range(4, 61, 4)))
+        # Half a period in, then every six periods: at 2.5 s and 32.5 s.
+        self.assertEqual(len([f for f in sent if f.HasField("ping")]), 2)
+        self.assertFalse(transport.disconnecting)
+
+    def test_olderProxyTellsNoRoundTrip(self) -> None:
+        """
+        An older proxy's pings do not carry the round trip: the agent
+        measures it itself, every seven periods, and is not aborted.
+        """
+        pair = Pair()
+        # What an older proxy sends: pings without a round trip.
+        pair.proxy.roundTripSeconds = None
+        pair.proxy.frame_pong = lambda pong: None  # type: ignore[method-assign]
+        atProxy = pingsReceived(pair.proxy)
+        for _ in range(80):
+            pair.clock.advance(1.0)
+            pair.flush()
+        self.assertEqual(len(atProxy), 2)
+        self.assertIsNotNone(pair.agent.roundTripSeconds)
+        self.assertFalse(disconnecting(pair.agent))
+
+    def test_silentProxyAborted(self) -> None:
+        """
+        The agent only answers, yet it aborts a proxy it heard nothing from
+        for three periods.
+        """
+        pair = Pair()
+        for _ in range(16):
+            pair.clock.advance(1.0)
+        self.assertTrue(disconnecting(pair.agent))
 
     def test_silentPeerAborted(self) -> None:
         """
