@@ -39,6 +39,7 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from promtwist.logs import observer
+from promtwist.sendnow import sendsOnReturn
 
 # A refused address is logged at most this often, so a scanner cannot fill
 # the log; and at most this many addresses are remembered for that, so a
@@ -116,6 +117,7 @@ class HardenedChannel(HTTPChannel):
             self._networkProducer.registerProducer(self, True)
         self._startDeadline()
 
+    @sendsOnReturn
     def dataReceived(self, data: bytes) -> None:
         if self._forceClose is not None:
             # Refused and closing: whatever else arrives is not a request.

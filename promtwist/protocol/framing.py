@@ -21,6 +21,7 @@ from twisted.protocols.basic import Int32StringReceiver
 
 from promtwist.logs import observer
 from promtwist.protocol.promtwist_pb2 import Frame
+from promtwist.sendnow import PENDING
 
 DEFAULT_MAX_FRAME_BYTES = 1024 * 1024
 _PREFIX = struct.Struct("!I")
@@ -93,6 +94,7 @@ class FrameReceiver(Int32StringReceiver, ABC):
             )
         # writeSequence avoids copying the payload just to prepend 4 bytes.
         self.transport.writeSequence([_PREFIX.pack(len(data)), data])
+        PENDING.wrote(self.transport)
 
     def lengthLimitExceeded(self, length: int) -> None:
         self.protocolError(f"frame length {length} exceeds the limit of {self.MAX_LENGTH} bytes")

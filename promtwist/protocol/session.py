@@ -24,6 +24,7 @@ from promtwist.logs import RepeatedWarnings, clip, observer
 from promtwist.protocol.framing import FrameReceiver, ProtocolError, _peerName, spokenProtocol
 from promtwist.protocol.liveness import DeadlineSweep
 from promtwist.protocol.promtwist_pb2 import Frame, Goodbye, Ping, Pong
+from promtwist.sendnow import sendsOnReturn
 
 PROTOCOL_VERSION = 1
 
@@ -304,6 +305,7 @@ class Session(FrameReceiver):
 
     # Receiving.
 
+    @sendsOnReturn
     def dataReceived(self, data: bytes) -> None:
         if self._state is LinkState.CLOSED:
             # Closing already: neither parsed nor buffered.
