@@ -24,6 +24,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from promtwist.logs import observer
+from promtwist.sendnow import sendsOnReturn
 
 # How late a deadline may be met, in seconds: a ping goes out, and a silent
 # link is aborted, at most this long after it is due.
@@ -115,10 +116,16 @@ class DeadlineSweep:
         else:
             self._timer = self.clock.callLater(delay, self._sweep)
 
+    @sendsOnReturn
     def _sweep(self) -> None:
         """
         Visit everything whose bucket is due, refiling what asks to be
         looked at again.
+
+        The pings a sweep writes leave when it returns, not one reactor
+        iteration later: thousands of links written to at once would
+        otherwise each come back from the poll as writable, one event (and
+        its dispatch) more per ping.
         """
         self._timer = None
         now = self.clock.seconds()
