@@ -136,6 +136,8 @@ class IdleLink(FrameReceiver):
                 a.registered(now)
         elif kind == "reject":
             reason = Reject.Reason.Name(frame.reject.reason).lower()
+            if "PerAddress" in frame.reject.message:
+                reason += " per address"
             a.fleet.counts.refused[reason] = a.fleet.counts.refused.get(reason, 0) + 1
             a.rejected = True
             self.transport.loseConnection()

@@ -9,6 +9,7 @@ import struct
 from dataclasses import dataclass, field
 
 from treq.testing import RequestTraversalAgent
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -117,6 +118,21 @@ PATHS = (
     PathConfig("fast", "fast", "http://target.test/fast", {"team": "a"}),
     PathConfig("slow", "slow", "http://target.test/slow"),
 )
+
+
+class FakeAcceptor:
+    """
+    A listening port that only says whether it accepts.
+    """
+
+    reading = True
+    connected = True
+
+    def startReading(self) -> None:
+        self.reading = True
+
+    def stopReading(self) -> None:
+        self.reading = False
 
 
 def pingsReceived(end: AgentLink | ProxyConnection) -> list[Ping]:
@@ -334,11 +350,13 @@ class AuthenticationTests(SynchronousTestCase):
     def test_pendingHandshakesCapped(self) -> None:
         """
         At C{proxy.internal.maxPendingHandshakes} connections that have not
-        said Hello, further connections are told so in a Reject and closed
-        (counted, logged at a bounded rate); a finished handshake frees its
-        place.
+        said Hello, and none allowed to wait (C{maxWaitingHandshakes} 0),
+        further connections are told so in a Reject and closed (counted,
+        logged at a bounded rate); a finished handshake frees its place.
         """
-        factory = agentLinkFactory(ProxySettings(max_pending_handshakes=2), Clock())
+        factory = agentLinkFactory(
+            ProxySettings(max_pending_handshakes=2, max_waiting_handshakes=0), Clock()
+        )
         first, second = factory.buildProtocol(None), factory.buildProtocol(None)
         assert isinstance(first, AgentLink) and isinstance(second, AgentLink)
         with capturedLogs() as events:
@@ -358,6 +376,71 @@ class AuthenticationTests(SynchronousTestCase):
         first.makeConnection(transport)
         first.dataReceived(encode(Frame(hello=Hello(protocol_version=1, agent_name="a"))))
         self.assertIsInstance(factory.buildProtocol(None), AgentLink)
+
+    def test_waitingForAPlace(self) -> None:
+        """
+        At the cap, up to C{proxy.internal.maxWaitingHandshakes} further
+        connections wait unread, with no handshake timer, and the agent port
+        stops accepting; each finished handshake gives its place to the
+        first waiting, whose Hello is then read. Past the waiting bound,
+        connections are refused.
+        """
+        clock = Clock()
+        factory = agentLinkFactory(
+            ProxySettings(max_pending_handshakes=1, max_waiting_handshakes=2), clock
+        )
+        port = FakeAcceptor()
+        factory.acceptor = port  # type: ignore[assignment]
+        links, transports = [], []
+        for _ in range(3):
+            link = factory.buildProtocol(None)
+            assert isinstance(link, AgentLink)
+            transport = TCPStringTransport()
+            link.makeConnection(transport)
+            links.append(link)
+            transports.append(transport)
+        self.assertFalse(port.reading)
+        self.assertNotIsInstance(factory.buildProtocol(None), AgentLink)
+        self.assertEqual(factory.refusedConnections, 1)
+        self.assertEqual([t.producerState for t in transports], ["producing", "paused", "paused"])
+        # Only the handshake under way has a timer (and the liveness sweep none yet).
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        self.assertEqual(factory.agentCount(), 0)
+        for n, (link, transport) in enumerate(zip(links, transports, strict=True)):
+            link.dataReceived(encode(Frame(hello=Hello(protocol_version=1, agent_name=f"a{n}"))))
+            (welcome,) = decodeAll(transport.value())
+            self.assertTrue(welcome.HasField("welcome"))
+            if n < 2:
+                self.assertEqual(transports[n + 1].producerState, "producing")
+        self.assertEqual(factory.agentCount(), 3)
+        self.assertTrue(port.reading)
+
+    def test_waitingShareChecked(self) -> None:
+        """
+        A waiting connection whose address holds its share of handshake
+        places when its turn comes is refused, as it would have been at
+        once.
+        """
+        factory = agentLinkFactory(
+            ProxySettings(max_pending_handshakes=2, max_pending_handshakes_per_address=1),
+            Clock(),
+        )
+        first = factory.buildProtocol(IPv4Address("TCP", "127.0.0.2", 1))
+        second = factory.buildProtocol(IPv4Address("TCP", "127.0.0.3", 1))
+        waiting = factory.buildProtocol(IPv4Address("TCP", "127.0.0.2", 2))
+        assert isinstance(first, AgentLink) and isinstance(second, AgentLink)
+        assert isinstance(waiting, AgentLink)
+        first.makeConnection(TCPStringTransport())
+        second.makeConnection(TCPStringTransport())
+        transport = TCPStringTransport()
+        waiting.makeConnection(transport)
+        self.assertEqual(transport.value(), b"")
+        # A place frees, but 127.0.0.2 still holds its one.
+        second.connectionLost(Failure(SessionLost("gone")))
+        (reply,) = decodeAll(transport.value())
+        self.assertEqual(reply.reject.reason, Reject.OVERLOADED)
+        self.assertIn("(proxy.internal.maxPendingHandshakesPerAddress)", reply.reject.message)
+        self.assertTrue(transport.disconnecting)
 
     def test_openPortWarning(self) -> None:
         for settings, warned in [
