@@ -700,19 +700,40 @@ class Registry:
         """
         An immutable copy of the path table, sorted by path.
         """
-        return [
-            PathEntry(
-                path,
-                e.name,
-                e.labels,
-                e.consolidated,
-                tuple(e.agents),
-                e.changed,
-                e.since,
-                tuple(standby.claim for standby in e.standbys),
-            )
-            for path, e in sorted(self._paths.items())
-        ]
+        return [self._copy(path, e) for path, e in sorted(self._paths.items())]
+
+    def _copy(self, path: str, e: _Path) -> PathEntry:
+        return PathEntry(
+            path,
+            e.name,
+            e.labels,
+            e.consolidated,
+            tuple(e.agents),
+            e.changed,
+            e.since,
+            tuple(standby.claim for standby in e.standbys),
+        )
+
+    def discoverableVersions(self) -> list[tuple[str, int]]:
+        """
+        What L{discoverable} lists, as (path, C{changed}) pairs sorted by
+        path: enough for a cache of renderings to tell which of its entries
+        still hold, without copying ten thousand entries to find the one
+        that changed. L{discoverableEntry} gives an entry itself.
+        """
+        self.expireDeparted()
+        versions = [(path, e.changed) for path, e in self._paths.items()]
+        versions += [(path, gone.entry.changed) for path, gone in self._departed.items()]
+        versions.sort()
+        return versions
+
+    def discoverableEntry(self, path: str) -> PathEntry:
+        """
+        The entry L{discoverable} lists for C{path}, one of
+        L{discoverableVersions}' paths.
+        """
+        e = self._paths.get(path)
+        return self._departed[path].entry if e is None else self._copy(path, e)
 
     def discoverable(self) -> list[PathEntry]:
         """
