@@ -37,6 +37,13 @@ HANDSHAKE_MAX_FRAME_BYTES = 64 * 1024
 # A peer that has sent nothing for this many heartbeat periods is dead.
 SILENT_PERIODS_BEFORE_ABORT = 3
 
+# The end that drives liveness pings a link idle for this many heartbeat
+# periods: the longest idle gap the per-link timers of earlier versions let
+# pass (they ticked every half period and pinged after a period without
+# sending), leaving the other end, which aborts after
+# SILENT_PERIODS_BEFORE_ABORT, as wide a margin as it always had.
+IDLE_PERIODS_BEFORE_PING = 1.5
+
 # A busy link needs no ping for liveness, but the round trip is only measured
 # by one: the end that drives liveness pings at least this often (in
 # heartbeat periods), however busy the link is; its first ping goes out half
@@ -104,7 +111,8 @@ class Session(FrameReceiver):
     proxy; what it writes is bounded by the credit the proxy grants.
 
     Liveness is driven by one end (L{handshakeDone}'s C{drives}): it pings
-    a link that was idle, either way, for a heartbeat period, and at least
+    a link that was idle, either way, for L{IDLE_PERIODS_BEFORE_PING}
+    heartbeat periods, and at least
     every L{ROUND_TRIP_EVERY_PERIODS} periods to measure the round trip,
     which its pings carry to the peer. The other end only answers. Both
     abort a peer heard nothing from for L{SILENT_PERIODS_BEFORE_ABORT}
@@ -482,13 +490,15 @@ class Session(FrameReceiver):
         period = self._heartbeatPeriod
         due = min(self._lastReceived + SILENT_PERIODS_BEFORE_ABORT * period, self._roundTripDue)
         if self._drives:
-            due = min(due, max(self._lastPing, min(self._lastSent, self._lastReceived)) + period)
+            idleSince = max(self._lastPing, min(self._lastSent, self._lastReceived))
+            due = min(due, idleSince + IDLE_PERIODS_BEFORE_PING * period)
         return due
 
     def deadlinePassed(self, now: float) -> float | None:
         """
         The sweep's call when a deadline passed: abort a silent link; ping
-        one that was idle either way for a period (when this end drives),
+        one that was idle either way for L{IDLE_PERIODS_BEFORE_PING} periods
+        (when this end drives),
         and one whose round trip is due to be measured again. Only
         timestamps are compared: sending and receiving frames cost nothing
         more.
@@ -506,7 +516,9 @@ class Session(FrameReceiver):
             self.close(f"nothing heard for {silence:.1f}s", abort=True)
             return None
         idle = now - max(self._lastPing, min(self._lastSent, self._lastReceived))
-        if (self._drives and idle >= period) or now >= self._roundTripDue:
+        if (self._drives and idle >= IDLE_PERIODS_BEFORE_PING * period) or (
+            now >= self._roundTripDue
+        ):
             self._roundTripDue = now + self._roundTripEvery()
             self._ping(now)
         return self._nextDeadline(now)
