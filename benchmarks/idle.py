@@ -315,7 +315,7 @@ class Proxy:
             f"-Dproxy.internal.heartbeatPeriodSecs={period:g}",
             "-Dproxy.service.discovery.enabled=true",
             "-Dproxy.metrics.enabled=true",
-            *extra,
+            *(f"-D{define}" for define in extra),
         ]
         self.process: subprocess.Popen[bytes] | None = None
 

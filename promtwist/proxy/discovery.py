@@ -19,7 +19,7 @@ from json.encoder import encode_basestring as _quoted
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from promtwist.proxy.registry import PathEntry, Registry
+from promtwist.proxy.registry import Listed, PathEntry, Registry
 
 RESERVED_LABELS = frozenset({"__metrics_path__", "agentName", "hostName"})
 
@@ -32,7 +32,7 @@ RENDERED_TARGETS = 4
 _DERIVED = RESERVED_LABELS | {"instance"}
 
 
-def groupSegments(entry: PathEntry) -> list[str]:
+def groupSegments(entry: PathEntry | Listed) -> list[str]:
     """
     The target group for C{entry} as JSON text, cut where the target
     address goes: joining the segments with the JSON-escaped address (no
@@ -104,7 +104,10 @@ class Document:
             cached = known.get(path)
             if cached is None or cached[0] != changed:
                 entry = self.registry.discoverableEntry(path)
-                cached = (changed, [s.encode("utf-8") for s in groupSegments(entry)])
+                # One encoding for the whole group: NUL is escaped in JSON
+                # text, so it can only be a cut between segments.
+                text = "\0".join(groupSegments(entry))
+                cached = (changed, text.encode("utf-8").split(b"\0"))
             self._groups[path] = cached
             order.append(cached[1])
         self._order = order

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, cast
+from typing import NamedTuple, Protocol, cast
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -154,6 +154,18 @@ class PathEntry:
         if self.agents:
             return ", ".join(agent.hostName for agent in self.agents)
         return ", ".join(host for _, host in self.departedFrom)
+
+
+class Listed(NamedTuple):
+    """
+    What discovery shows of one path (L{Registry.discoverableEntry}): as
+    L{PathEntry} names it.
+    """
+
+    path: str
+    labels: Mapping[str, str]
+    agentNames: str
+    hostNames: str
 
 
 @dataclass(frozen=True)
@@ -727,13 +739,22 @@ class Registry:
         versions.sort()
         return versions
 
-    def discoverableEntry(self, path: str) -> PathEntry:
+    def discoverableEntry(self, path: str) -> Listed:
         """
-        The entry L{discoverable} lists for C{path}, one of
-        L{discoverableVersions}' paths.
+        What discovery shows of C{path}, one of L{discoverableVersions}'
+        paths: without copying the whole entry, which costs as much as
+        encoding it.
         """
         e = self._paths.get(path)
-        return self._departed[path].entry if e is None else self._copy(path, e)
+        if e is None:
+            gone = self._departed[path].entry
+            return Listed(path, gone.labels, gone.agentNames, gone.hostNames)
+        return Listed(
+            path,
+            e.labels,
+            ", ".join(agent.name for agent in e.agents),
+            ", ".join(agent.hostName for agent in e.agents),
+        )
 
     def discoverable(self) -> list[PathEntry]:
         """
