@@ -87,6 +87,12 @@ class Counts:
     pings: int = 0
 
 
+class NotRegistered(Exception):
+    """
+    Not every agent registered in time; the message says how many did.
+    """
+
+
 class IdleLink(FrameReceiver):
     """
     One agent link: Hello, register one path, answer pings.
@@ -238,13 +244,26 @@ class Fleet:
     def unregistered(self, agent: IdleAgent) -> None:
         self.online -= 1
 
-    def allRegistered(self) -> defer.Deferred[float]:
+    def allRegistered(self, timeout: float) -> defer.Deferred[float]:
+        """
+        Fires when every agent is registered, or fails after C{timeout}
+        seconds saying how many are.
+        """
         d: defer.Deferred[float] = defer.Deferred()
         if self.online == len(self.agents):
             d.callback(time.monotonic())
-        else:
-            self._waiters.append(d)
-        return d
+            return d
+        self._waiters.append(d)
+
+        def timedOut(failure: Failure) -> Failure:
+            failure.trap(defer.TimeoutError)
+            if d in self._waiters:
+                self._waiters.remove(d)
+            raise NotRegistered(
+                f"only {self.online} of {len(self.agents)} agents registered within {timeout:g}s"
+            )
+
+        return d.addTimeout(timeout, reactor).addErrback(timedOut)
 
     def start(self, rate: float) -> None:
         """
@@ -288,7 +307,8 @@ def raiseFileLimit(needed: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (needed, max(hard, needed)))
     except (ValueError, OSError):
         raise SystemExit(
-            f"need {needed} open files, have {soft} (hard {hard}): raise ulimit -n or run as root"
+            f"need {needed} open files, have {soft} (hard limit {hard}): raise ulimit -Hn, or "
+            "run as root with CAP_SYS_RESOURCE (a container may not grant it)"
         ) from None
 
 
@@ -312,6 +332,9 @@ class Proxy:
             "--admin_port",
             str(self.adminPort),
             f"-Dproxy.internal.maxAgents={agents + 100}",
+            # The registry's byte budget (16 MiB) holds about 15,000 of
+            # these paths; raised like maxAgents.
+            f"-Dproxy.internal.maxRegisteredBytes={max(16 * 1024 * 1024, agents * 2048)}",
             f"-Dproxy.internal.heartbeatPeriodSecs={period:g}",
             "-Dproxy.service.discovery.enabled=true",
             "-Dproxy.metrics.enabled=true",
@@ -320,7 +343,11 @@ class Proxy:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR", "PYTHONPATH")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k in ("PATH", "HOME", "LANG", "TMPDIR", "PYTHONPATH")
+        }
         with open(os.path.join(self.workdir, "proxy.out"), "ab") as out:
             self.process = subprocess.Popen(
                 self.args, stdout=out, stderr=subprocess.STDOUT, cwd=self.workdir, env=env
@@ -372,7 +399,7 @@ def measure(args: argparse.Namespace, count: int, workdir: str):  # type: ignore
     try:
         started = time.monotonic()
         fleet.start(args.rate)
-        yield fleet.allRegistered()
+        yield fleet.allRegistered(args.timeout)
         result["connect_s"] = time.monotonic() - started
         # Let the handshakes' garbage and the first pings settle.
         yield task.deferLater(reactor, args.settle, lambda: None)
@@ -408,7 +435,7 @@ def measure(args: argparse.Namespace, count: int, workdir: str):  # type: ignore
         proxy.start()
         yield threads.deferToThread(proxy.waitListening)
         listening = time.monotonic()
-        yield fleet.allRegistered()
+        yield fleet.allRegistered(args.timeout)
         back = time.monotonic()
         result["herd_s"] = back - killed
         result["herd_after_listen_s"] = back - listening
@@ -464,6 +491,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=2000.0, help="first dials per second")
     parser.add_argument("--requests", type=int, default=5, help="GET /discovery per window")
     parser.add_argument(
+        "--timeout", type=float, default=120.0, help="longest wait for all to register (120)"
+    )
+    parser.add_argument(
         "--proxy-define", action="append", default=[], help="extra -Dkey=value for the proxy"
     )
     parser.add_argument("--json", help="also write the results to this file")
@@ -485,6 +515,8 @@ def main() -> None:
                 r = yield measure(args, count, os.path.join(workdir))
                 print(json.dumps(r), flush=True)
                 results.append(r)
+        except NotRegistered as e:
+            print(f"stopped: {e}; see {workdir}/proxy.log*", file=sys.stderr)
         finally:
             reactor.stop()  # type: ignore[attr-defined]
 

@@ -112,9 +112,8 @@ class Session(FrameReceiver):
 
     Liveness is driven by one end (L{handshakeDone}'s C{drives}): it pings
     a link that was idle, either way, for L{IDLE_PERIODS_BEFORE_PING}
-    heartbeat periods, and at least
-    every L{ROUND_TRIP_EVERY_PERIODS} periods to measure the round trip,
-    which its pings carry to the peer. The other end only answers. Both
+    heartbeat periods, and at least every L{ROUND_TRIP_EVERY_PERIODS}
+    periods to measure the round trip, which its pings carry to the peer. The other end only answers. Both
     abort a peer heard nothing from for L{SILENT_PERIODS_BEFORE_ABORT}
     periods. No end keeps a timer of its own for this: a L{DeadlineSweep}
     shared by many links looks at each only when its next ping or abort is
@@ -468,7 +467,8 @@ class Session(FrameReceiver):
             self._heartbeatPeriod = heartbeatPeriod
             self._drives = drives
             # The driver measures the round trip half a period in; the
-            # answering end waits for the driver's pings to tell it.
+            # answering end waits for the driver's pings to tell it, and
+            # its own measurement comes due only after the driver's second.
             self._roundTripDue = now + (heartbeatPeriod / 2 if drives else self._roundTripEvery())
             self._sweep.schedule(self, self._nextDeadline(now))
 
@@ -498,10 +498,9 @@ class Session(FrameReceiver):
         """
         The sweep's call when a deadline passed: abort a silent link; ping
         one that was idle either way for L{IDLE_PERIODS_BEFORE_PING} periods
-        (when this end drives),
-        and one whose round trip is due to be measured again. Only
-        timestamps are compared: sending and receiving frames cost nothing
-        more.
+        (when this end drives), and one whose round trip is due to be
+        measured again. Only timestamps are compared: sending and receiving
+        frames cost nothing more.
         """
         if not self.isOpen():
             return None
