@@ -110,14 +110,14 @@ class Session(FrameReceiver):
     it faces whoever reaches its agent port. The agent always reads its
     proxy; what it writes is bounded by the credit the proxy grants.
 
-    Liveness is driven by one end (L{handshakeDone}'s C{drives}): it pings
-    a link that was idle, either way, for L{IDLE_PERIODS_BEFORE_PING}
+    Liveness is driven by one end (L{handshakeDone}'s C{drives}): it pings a
+    link that was idle, either way, for L{IDLE_PERIODS_BEFORE_PING}
     heartbeat periods, and at least every L{ROUND_TRIP_EVERY_PERIODS}
-    periods to measure the round trip, which its pings carry to the peer. The other end only answers. Both
-    abort a peer heard nothing from for L{SILENT_PERIODS_BEFORE_ABORT}
-    periods. No end keeps a timer of its own for this: a L{DeadlineSweep}
-    shared by many links looks at each only when its next ping or abort is
-    due, and traffic costs two timestamps.
+    periods to measure the round trip, which its pings carry to the peer.
+    The other end only answers. Both abort a peer heard nothing from for
+    L{SILENT_PERIODS_BEFORE_ABORT} periods. No end keeps a timer of its own
+    for this: a L{DeadlineSweep} shared by many links looks at each only
+    when its next ping or abort is due, and traffic costs two timestamps.
 
     Closing is bounded as well: a graceful close that the peer does not
     let finish (it does not read what is left to flush) is aborted after
