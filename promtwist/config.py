@@ -159,6 +159,9 @@ class ProxySettings(_OperationsSettings):
     # Limits on what the agent port accepts (proxy.internal.*).
     max_pending_handshakes: int = 64
     max_pending_handshakes_per_address: int = 8
+    # Connections that wait, unread, for one of maxPendingHandshakes' places
+    # (and the agent port's listen backlog); 0 refuses them at once.
+    max_waiting_handshakes: int = 4096
     # Failed authentications from one address before it is refused for a
     # while without its token being checked; 0 turns the throttle off.
     max_auth_failures_per_address: int = 5
@@ -878,6 +881,12 @@ PROXY = Role(
                 int,
                 field="max_pending_handshakes_per_address",
                 rule=POSITIVE,
+            ),
+            Setting(
+                "proxy.internal.maxWaitingHandshakes",
+                int,
+                field="max_waiting_handshakes",
+                rule=NON_NEGATIVE,
             ),
             Setting(
                 "proxy.internal.maxAuthFailuresPerAddress",

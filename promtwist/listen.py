@@ -52,12 +52,15 @@ class Listener(StreamServerEndpointService):
         *,
         purpose: str = "",
         key: str = "",
+        backlog: int = 50,
     ) -> None:
         """
         @param tls: serve TLS with these options (see L{promtwist.tls})
             instead of plain TCP, through L{withTLS}.
+        @param backlog: connections the kernel queues until they are
+            accepted (Twisted's default: 50).
         """
-        endpoint = TCP4ServerEndpoint(reactor, portNumber, interface=interface)
+        endpoint = TCP4ServerEndpoint(reactor, portNumber, backlog=backlog, interface=interface)
         super().__init__(endpoint, factory if tls is None else withTLS(factory, tls))
         self.tls = tls is not None
         self.purpose = purpose

@@ -254,7 +254,7 @@ class ProxyMetrics:
         )
         self._heartbeats = Counter(
             "proxy_heartbeat_count",
-            "Heartbeats received from agents.",
+            "Heartbeats received from agents: pongs to the proxy's pings, and pings.",
             registry=registry,
         )
         # prometheus_client drops a "_total" suffix from a counter's name and
@@ -333,7 +333,9 @@ class ProxyMetrics:
 
     def heartbeatReceived(self) -> None:
         """
-        A heartbeat arrived from an agent.
+        A heartbeat arrived from an agent: its pong to one of the proxy's
+        pings (the proxy drives liveness) or a ping of its own (an older
+        agent, or one with a shorter period).
         """
         self._heartbeats.inc()
 

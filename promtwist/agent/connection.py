@@ -32,6 +32,7 @@ from promtwist.config import AgentSettings, PathConfig
 from promtwist.httputil import redacted
 from promtwist.logs import clip, observer, utcTime
 from promtwist.protocol.framing import ProtocolError, _peerName
+from promtwist.protocol.liveness import DeadlineSweep
 from promtwist.protocol.promtwist_pb2 import (
     HOLDER,
     RELEASED,
@@ -171,7 +172,7 @@ class ProxyConnection(Session):
 
     def __init__(self, factory: ProxyConnectionFactory) -> None:
         # A close the proxy does not let finish gets the grace period.
-        super().__init__(factory.clock, factory.settings.shutdown_grace_secs)
+        super().__init__(factory.clock, factory.settings.shutdown_grace_secs, factory.sweep)
         self.factory = factory
         self.settings = factory.settings
         # Settled once by the handshake; L{whenReady} hands out copies.
@@ -261,13 +262,21 @@ class ProxyConnection(Session):
         if not welcome.agent_id or len(welcome.agent_id) > MAX_AGENT_ID_LENGTH:
             raise ProtocolError(f"an agent id of {len(welcome.agent_id)} characters")
         self.agentId = welcome.agent_id
+        # The proxy drives liveness: it pings this link whenever it was idle
+        # for one and a half of its periods, so the agent only answers, and
+        # aborts a proxy silent for three of those periods. An agent that wants to notice
+        # a dead proxy sooner than that (heartbeatMaxInactivitySecs below
+        # the proxy's period) pings at its own period as well.
         period = 0.0
+        drives = False
         if self.settings.heartbeat_enabled:
             period = self.settings.heartbeat_max_inactivity_secs
-            if welcome.heartbeat_period_ms:
-                period = min(period, welcome.heartbeat_period_ms / 1000)
+            proxyPeriod = welcome.heartbeat_period_ms / 1000
+            drives = not proxyPeriod or period < proxyPeriod
+            if proxyPeriod:
+                period = min(period, proxyPeriod)
         peerMax = welcome.max_frame_bytes or self.settings.max_frame_bytes
-        self.handshakeDone(period, self.settings.max_frame_bytes, peerMax)
+        self.handshakeDone(period, self.settings.max_frame_bytes, peerMax, drives=drives)
         self._chunkBytes = self.factory.scraper.chunkBytes(peerMax)
         self._log.info(
             "connected to proxy {peer} as {id}", peer=_peerName(self.transport), id=self.agentId
@@ -672,6 +681,7 @@ class ProxyConnectionFactory(Factory):
         self.settings = settings
         self.scraper = scraper
         self.clock = clock
+        self.sweep = DeadlineSweep(clock)
         self.table = PathTable(static=settings.path_configs)
         # Replaced, never changed in place: see PathTable.desired.
         self.paths: Mapping[str, PathConfig] = self.table.desired()

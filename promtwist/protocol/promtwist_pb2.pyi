@@ -242,10 +242,12 @@ class CancelScrape(_message.Message):
     def __init__(self, scrape_id: _Optional[int] = ...) -> None: ...
 
 class Ping(_message.Message):
-    __slots__ = ("nonce",)
+    __slots__ = ("nonce", "round_trip_micros")
     NONCE_FIELD_NUMBER: _ClassVar[int]
+    ROUND_TRIP_MICROS_FIELD_NUMBER: _ClassVar[int]
     nonce: int
-    def __init__(self, nonce: _Optional[int] = ...) -> None: ...
+    round_trip_micros: int
+    def __init__(self, nonce: _Optional[int] = ..., round_trip_micros: _Optional[int] = ...) -> None: ...
 
 class Pong(_message.Message):
     __slots__ = ("nonce",)

@@ -16,13 +16,13 @@ from typing import Any, ClassVar, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from promtwist.logs import RepeatedWarnings, clip, observer
 from promtwist.protocol.framing import FrameReceiver, ProtocolError, _peerName, spokenProtocol
+from promtwist.protocol.liveness import DeadlineSweep
 from promtwist.protocol.promtwist_pb2 import Frame, Goodbye, Ping, Pong
 from promtwist.sendnow import sendsOnReturn
 
@@ -37,9 +37,19 @@ HANDSHAKE_MAX_FRAME_BYTES = 64 * 1024
 # A peer that has sent nothing for this many heartbeat periods is dead.
 SILENT_PERIODS_BEFORE_ABORT = 3
 
+# The end that drives liveness pings a link idle for this many heartbeat
+# periods: the longest idle gap the per-link timers of earlier versions let
+# pass (they ticked every half period and pinged after a period without
+# sending), leaving the other end, which aborts after
+# SILENT_PERIODS_BEFORE_ABORT, as wide a margin as it always had.
+IDLE_PERIODS_BEFORE_PING = 1.5
+
 # A busy link needs no ping for liveness, but the round trip is only measured
-# by one: at most this many heartbeat periods pass without a ping, however
-# busy the link is (the first one goes out at the first heartbeat tick).
+# by one: the end that drives liveness pings at least this often (in
+# heartbeat periods), however busy the link is; its first ping goes out half
+# a period after the handshake. The answering end learns the round trip from
+# those pings, and pings this often itself only if the peer's pings do not
+# carry it (an older peer).
 ROUND_TRIP_EVERY_PERIODS = 6
 
 
@@ -100,6 +110,15 @@ class Session(FrameReceiver):
     it faces whoever reaches its agent port. The agent always reads its
     proxy; what it writes is bounded by the credit the proxy grants.
 
+    Liveness is driven by one end (L{handshakeDone}'s C{drives}): it pings a
+    link that was idle, either way, for L{IDLE_PERIODS_BEFORE_PING}
+    heartbeat periods, and at least every L{ROUND_TRIP_EVERY_PERIODS}
+    periods to measure the round trip, which its pings carry to the peer.
+    The other end only answers. Both abort a peer heard nothing from for
+    L{SILENT_PERIODS_BEFORE_ABORT} periods. No end keeps a timer of its own
+    for this: a L{DeadlineSweep} shared by many links looks at each only
+    when its next ping or abort is due, and traffic costs two timestamps.
+
     Closing is bounded as well: a graceful close that the peer does not
     let finish (it does not read what is left to flush) is aborted after
     C{closeTimeout} seconds.
@@ -142,9 +161,16 @@ class Session(FrameReceiver):
     establishedAt: float | None = None
     closeReason = ""
 
-    def __init__(self, clock: IReactorTime, closeTimeout: float) -> None:
+    def __init__(
+        self, clock: IReactorTime, closeTimeout: float, sweep: DeadlineSweep | None = None
+    ) -> None:
+        """
+        @param sweep: the liveness sweep this link shares with its
+            factory's other links; one of its own by default.
+        """
         self.clock = clock
         self.closeTimeout = closeTimeout
+        self._sweep = DeadlineSweep(clock) if sweep is None else sweep
         # The transport paused us: the peer does not read what we write.
         self._unread = False
         # And we stopped reading its socket for it.
@@ -152,11 +178,13 @@ class Session(FrameReceiver):
         self.lateReplies = 0
         self.bytesReceived = 0
         self._state = LinkState.HANDSHAKE
-        self._linkWarnings = RepeatedWarnings(self._log, clock)
+        self._linkWarnings: RepeatedWarnings | None = None
         self._lastReceived = self._lastSent = clock.seconds()
-        self._heartbeat: LoopingCall | None = None
         self._heartbeatPeriod = 0.0
-        self._pings: dict[int, float] = {}
+        self._drives = False
+        self._lastPing = 0.0
+        # The latest ping this end sent that awaits its pong: nonce, when.
+        self._pingOut: tuple[int, float] | None = None
         self._nextPing = 1
         self._roundTripDue = 0.0
         self._waiting: dict[int, Deferred[Any]] = {}
@@ -173,6 +201,9 @@ class Session(FrameReceiver):
 
     @property
     def warnings(self) -> RepeatedWarnings:
+        # Made on first use: most links never warn.
+        if self._linkWarnings is None:
+            self._linkWarnings = RepeatedWarnings(self._log, self.clock)
         return self._linkWarnings
 
     @property
@@ -365,11 +396,16 @@ class Session(FrameReceiver):
 
     def frame_ping(self, ping: Ping) -> None:
         self.sendFrame(Frame(pong=Pong(nonce=ping.nonce)))
+        if ping.round_trip_micros and not self._drives:
+            # The driving end measured it: no need to ping for it.
+            self.roundTripSeconds = ping.round_trip_micros / 1e6
+            self._roundTripDue = self.clock.seconds() + self._roundTripEvery()
 
     def frame_pong(self, pong: Pong) -> None:
-        sentAt = self._pings.pop(pong.nonce, None)
-        if sentAt is not None:
-            self.roundTripSeconds = self.clock.seconds() - sentAt
+        # Only the latest outstanding ping matters for the round trip.
+        if self._pingOut is not None and self._pingOut[0] == pong.nonce:
+            self.roundTripSeconds = self.clock.seconds() - self._pingOut[1]
+            self._pingOut = None
 
     def frame_goodbye(self, goodbye: Goodbye) -> None:
         reason = clip(goodbye.reason)
@@ -407,50 +443,94 @@ class Session(FrameReceiver):
     # Handshake and heartbeats.
 
     def handshakeDone(
-        self, heartbeatPeriod: float, maxFrameBytes: int, peerMaxFrameBytes: int
+        self,
+        heartbeatPeriod: float,
+        maxFrameBytes: int,
+        peerMaxFrameBytes: int,
+        drives: bool = True,
     ) -> None:
         """
         HANDSHAKE to ESTABLISHED: open the link for ordinary traffic, raise
-        the frame limits to the negotiated ones and start heartbeats (a
-        period of 0 disables them).
+        the frame limits to the negotiated ones and start liveness checks
+        (a period of 0 disables them).
+
+        @param drives: whether this end pings an idle link (see the class
+            docstring); the other only answers, and aborts a peer silent
+            for L{SILENT_PERIODS_BEFORE_ABORT} periods all the same.
         """
         assert self._state is LinkState.HANDSHAKE, self._state
         self._state = LinkState.ESTABLISHED
-        self.establishedAt = self.clock.seconds()
+        now = self.establishedAt = self.clock.seconds()
         self.MAX_LENGTH = maxFrameBytes
         self.peerMaxFrameBytes = peerMaxFrameBytes
         if heartbeatPeriod > 0:
             self._heartbeatPeriod = heartbeatPeriod
-            self._roundTripDue = self.clock.seconds()
-            self._heartbeat = LoopingCall(self._heartbeatTick)
-            self._heartbeat.clock = self.clock
-            # Ticking at half the period keeps the idle gap below one period.
-            self._heartbeat.start(heartbeatPeriod / 2, now=False).addErrback(
-                lambda f: self._log.failure("heartbeat loop failed", f)
-            )
+            self._drives = drives
+            # The driver measures the round trip half a period in; the
+            # answering end waits for the driver's pings to tell it, and
+            # its own measurement comes due only after the driver's second.
+            self._roundTripDue = now + (heartbeatPeriod / 2 if drives else self._roundTripEvery())
+            self._sweep.schedule(self, self._nextDeadline(now))
 
-    def _heartbeatTick(self) -> None:
+    def _roundTripEvery(self) -> float:
         """
-        Abort a silent link; ping an idle one (liveness), and any link whose
-        round trip is due to be measured again. Only timestamps are compared
-        here: sending and receiving frames cost nothing more.
+        How long after its last measurement the round trip is measured
+        again: the driver's interval, and one period more at the answering
+        end, which only measures it itself when the driver's pings do not
+        tell it in time (the driver's first ping has nothing to tell).
         """
-        now = self.clock.seconds()
+        periods = ROUND_TRIP_EVERY_PERIODS + (0 if self._drives else 1)
+        return periods * self._heartbeatPeriod
+
+    def _nextDeadline(self, now: float) -> float:
+        """
+        When this link next needs looking at: its abort for silence, its
+        next ping if idle, or its next round trip, whichever comes first.
+        """
+        period = self._heartbeatPeriod
+        due = min(self._lastReceived + SILENT_PERIODS_BEFORE_ABORT * period, self._roundTripDue)
+        if self._drives:
+            idleSince = max(self._lastPing, min(self._lastSent, self._lastReceived))
+            due = min(due, idleSince + IDLE_PERIODS_BEFORE_PING * period)
+        return due
+
+    def deadlinePassed(self, now: float) -> float | None:
+        """
+        The sweep's call when a deadline passed: abort a silent link; ping
+        one that was idle either way for L{IDLE_PERIODS_BEFORE_PING} periods
+        (when this end drives), and one whose round trip is due to be
+        measured again. Only timestamps are compared: sending and receiving
+        frames cost nothing more.
+        """
+        if not self.isOpen():
+            return None
+        period = self._heartbeatPeriod
         silence = now - self._lastReceived
-        if silence > SILENT_PERIODS_BEFORE_ABORT * self._heartbeatPeriod:
+        if silence > SILENT_PERIODS_BEFORE_ABORT * period:
             self._log.warn(
                 "nothing heard from {peer} for {silence:.1f}s; aborting the link",
                 peer=_peerName(self.transport),
                 silence=silence,
             )
             self.close(f"nothing heard for {silence:.1f}s", abort=True)
-        elif now - self._lastSent >= self._heartbeatPeriod or now >= self._roundTripDue:
-            self._roundTripDue = now + ROUND_TRIP_EVERY_PERIODS * self._heartbeatPeriod
-            nonce = self._nextPing
-            self._nextPing += 1
-            # Only the latest outstanding ping matters for the round trip.
-            self._pings = {nonce: now}
-            self.sendFrame(Frame(ping=Ping(nonce=nonce)))
+            return None
+        idle = now - max(self._lastPing, min(self._lastSent, self._lastReceived))
+        if (self._drives and idle >= IDLE_PERIODS_BEFORE_PING * period) or (
+            now >= self._roundTripDue
+        ):
+            self._roundTripDue = now + self._roundTripEvery()
+            self._ping(now)
+        return self._nextDeadline(now)
+
+    def _ping(self, now: float) -> None:
+        nonce = self._nextPing
+        self._nextPing += 1
+        self._pingOut = (nonce, now)
+        self._lastPing = now
+        micros = 0
+        if self.roundTripSeconds is not None:
+            micros = max(1, min(int(self.roundTripSeconds * 1e6), 0xFFFFFFFF))
+        self.sendFrame(Frame(ping=Ping(nonce=nonce, round_trip_micros=micros)))
 
     def callLater(self, delay: float, f: Callable[..., object], *args: object) -> IDelayedCall:
         """
@@ -507,13 +587,13 @@ class Session(FrameReceiver):
         return d
 
     def _stopHeartbeat(self) -> None:
-        if self._heartbeat is not None and self._heartbeat.running:
-            self._heartbeat.stop()
+        self._sweep.cancel(self)
 
     def connectionLost(self, reason: Failure = Failure(Exception("connection lost"))) -> None:
         self._state = LinkState.CLOSED
         self._lost = reason
-        self._linkWarnings.flush()
+        if self._linkWarnings is not None:
+            self._linkWarnings.flush()
         self._stopHeartbeat()
         for timer in self._timers:
             if timer.active():

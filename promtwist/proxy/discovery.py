@@ -19,7 +19,7 @@ from json.encoder import encode_basestring as _quoted
 from twisted.internet.address import IPv4Address, IPv6Address
 
 from promtwist.proxy.exchange import Exchange
-from promtwist.proxy.registry import PathEntry, Registry
+from promtwist.proxy.registry import Listed, PathEntry, Registry
 
 RESERVED_LABELS = frozenset({"__metrics_path__", "agentName", "hostName"})
 
@@ -32,7 +32,7 @@ RENDERED_TARGETS = 4
 _DERIVED = RESERVED_LABELS | {"instance"}
 
 
-def groupSegments(entry: PathEntry) -> list[str]:
+def groupSegments(entry: PathEntry | Listed) -> list[str]:
     """
     The target group for C{entry} as JSON text, cut where the target
     address goes: joining the segments with the JSON-escaped address (no
@@ -68,9 +68,8 @@ class Document:
         self._generation = -1
         # Each path's group as encoded segments, and when its entry changed.
         self._groups: dict[str, tuple[int, list[bytes]]] = {}
-        # The document in order: the groups' segments (shared, not copied)
-        # and separators, with None where the target address goes.
-        self._pieces: list[bytes | None] = []
+        # The groups in document order (shared with _groups, not copied).
+        self._order: list[list[bytes]] = []
         self._rendered: OrderedDict[str, bytes] = OrderedDict()
 
     def render(self, target: str) -> bytes:
@@ -84,7 +83,7 @@ class Document:
         body = self._rendered.get(target)
         if body is None:
             hole = _quoted(target)[1:-1].encode("utf-8")
-            body = b"".join([hole if piece is None else piece for piece in self._pieces])
+            body = b"[" + b",".join([hole.join(group) for group in self._order]) + b"]\n"
             self._rendered[target] = body
             if len(self._rendered) > RENDERED_TARGETS:
                 self._rendered.popitem(last=False)
@@ -93,24 +92,25 @@ class Document:
         return body
 
     def _rebuild(self) -> None:
+        """
+        Bring the groups in line with the registry: only entries whose
+        C{changed} moved are copied out of it and encoded again.
+        """
         self._generation = self.registry.generation
         self._rendered.clear()
         known, self._groups = self._groups, {}
-        pieces: list[bytes | None] = [b"["]
-        for entry in self.registry.discoverable():
-            cached = known.get(entry.path)
-            if cached is not None and cached[0] == entry.changed:
-                group = cached[1]
-            else:
-                group = [segment.encode("utf-8") for segment in groupSegments(entry)]
-            self._groups[entry.path] = (entry.changed, group)
-            if len(pieces) > 1:
-                pieces.append(b",")
-            pieces.append(group[0])
-            for segment in group[1:]:
-                pieces += (None, segment)
-        pieces.append(b"]\n")
-        self._pieces = pieces
+        order: list[list[bytes]] = []
+        for path, changed in self.registry.discoverableVersions():
+            cached = known.get(path)
+            if cached is None or cached[0] != changed:
+                entry = self.registry.discoverableEntry(path)
+                # One encoding for the whole group: NUL is escaped in JSON
+                # text, so it can only be a cut between segments.
+                text = "\0".join(groupSegments(entry))
+                cached = (changed, text.encode("utf-8").split(b"\0"))
+            self._groups[path] = cached
+            order.append(cached[1])
+        self._order = order
 
 
 class Discovery:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, cast
 
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.interfaces import IAddress, IPushProducer, IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -22,6 +23,7 @@ from promtwist.config import ProxySettings
 from promtwist.logs import RepeatedWarnings, clip, observer
 from promtwist.metrics import ProxyMetrics
 from promtwist.protocol.framing import _peerName
+from promtwist.protocol.liveness import DeadlineSweep
 from promtwist.protocol.promtwist_pb2 import (
     HOLDER,
     RELEASED,
@@ -32,6 +34,7 @@ from promtwist.protocol.promtwist_pb2 import (
     PathReply,
     PathStatus,
     Ping,
+    Pong,
     RegisterPath,
     Reject,
     ScrapeChunk,
@@ -132,13 +135,18 @@ class AgentLink(Session):
     identity = ANONYMOUS
     _pathsLogged = 0
 
-    def __init__(self, factory: AgentLinkFactory, host: str = "") -> None:
+    def __init__(self, factory: AgentLinkFactory, host: str = "", waiting: bool = False) -> None:
+        """
+        @param waiting: the link waits for a handshake place
+            (L{startHandshake}): nothing is read from it until then.
+        """
         # A close the agent does not let finish gets the grace period.
-        super().__init__(factory.clock, factory.settings.shutdown_grace_secs)
+        super().__init__(factory.clock, factory.settings.shutdown_grace_secs, factory.sweep)
         self.factory = factory
         self.host = host
         self._scrapes: dict[int, ScrapeStream] = {}
         self._nextScrapeId = 1
+        self.waitingForPlace = waiting
 
     @property
     def warnings(self) -> RepeatedWarnings:
@@ -152,10 +160,33 @@ class AgentLink(Session):
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        settings = self.factory.settings
+        if self.waitingForPlace:
+            cast(IPushProducer, self.transport).pauseProducing()
+        else:
+            self._startHandshakeTimer()
+
+    def _startHandshakeTimer(self) -> None:
         self._handshakeTimer = self.callLater(
-            settings.handshake_timeout_secs, self._handshakeTimedOut
+            self.factory.settings.handshake_timeout_secs, self._handshakeTimedOut
         )
+
+    def startHandshake(self) -> None:
+        """
+        A waiting link got its handshake place: read its Hello now, within
+        the handshake timeout from now.
+        """
+        self.waitingForPlace = False
+        if self.isOpen():
+            self._startHandshakeTimer()
+            cast(IPushProducer, self.transport).resumeProducing()
+
+    def refused(self, refusal: Refusal) -> None:
+        """
+        A waiting link's turn came, but its address is at its share of
+        handshake places: tell it so, as a connection refused at once is.
+        """
+        self.sendFrame(Frame(reject=Reject(reason=Reject.OVERLOADED, message=refusal.message)))
+        self.close(f"refused: {refusal.message}")
 
     def _handshakeTimedOut(self) -> None:
         self.warnings.warn(
@@ -218,10 +249,14 @@ class AgentLink(Session):
                 )
             )
         )
+        # The proxy drives liveness: its one sweep pings every idle link
+        # and measures every round trip where the operator looks for it;
+        # agents only answer (an older agent also pings, and is answered).
         self.handshakeDone(
             settings.heartbeat_period_secs,
             maxFrame,
             min(hello.max_frame_bytes or maxFrame, maxFrame),
+            drives=True,
         )
         self.factory.handshakeFinished(self)
         self.factory.registry.addAgent(self)
@@ -258,6 +293,11 @@ class AgentLink(Session):
     def frame_ping(self, ping: Ping) -> None:
         self.factory.metrics.heartbeatReceived()
         super().frame_ping(ping)
+
+    def frame_pong(self, pong: Pong) -> None:
+        # The agent's answer to this end's ping is its heartbeat.
+        self.factory.metrics.heartbeatReceived()
+        super().frame_pong(pong)
 
     def frame_register_path(self, request: RegisterPath) -> None:
         try:
@@ -509,8 +549,22 @@ class AgentLinkFactory(ServerFactory):
     or not. A connection over a handshake cap is sent a Reject saying which,
     and closed.
 
+    At the total handshake cap a connection is not refused at once: up to
+    C{proxy.internal.maxWaitingHandshakes} of them wait, unread and without
+    a handshake timer, and take the places that finishing handshakes free,
+    in the order they came; and the agent port stops accepting
+    (L{acceptor}) meanwhile, so that further ones wait in the kernel's
+    listen backlog. A herd of agents reconnecting to a restarted proxy then
+    queues instead of being refused and retrying. What waits is bounded
+    and costs a socket each (nothing is read from it); the per-address
+    share is still checked when a waiting connection's turn comes.
+
+    @ivar acceptor: the listening port, once bound, to pause and resume.
+
     @ivar links: every open link, in its handshake or not.
     @ivar pending: links that have not completed the handshake.
+    @ivar waiting: links accepted at the total handshake cap, waiting for a
+        place, in the order they came (keys; the values mean nothing).
     @ivar refusedConnections: connections refused at a handshake cap.
     @ivar warnings: the agent port's warnings that anonymous peers can
         repeat (refusals, failed authentications, handshake errors): a few
@@ -536,6 +590,11 @@ class AgentLinkFactory(ServerFactory):
         self.links: set[AgentLink] = set()
         self.pending: set[AgentLink] = set()
         self.refusedConnections = 0
+        self.acceptor: FileDescriptor | None = None
+        self._acceptPaused = False
+        self.waiting: dict[AgentLink, None] = {}
+        # One timer for every link's heartbeat and silence deadlines.
+        self.sweep = DeadlineSweep(clock)
         self.warnings = RepeatedWarnings(self._log, clock)
         self.authThrottle = AuthThrottle(clock, settings.max_auth_failures_per_address)
         self._handshakes = PendingHandshakes(
@@ -618,6 +677,24 @@ class AgentLinkFactory(ServerFactory):
     def buildProtocol(self, addr: IAddress | None) -> AgentLink | Refusal:
         host = hostOf(addr)
         refusal = self._handshakes.refusal(host)
+        if (
+            refusal is not None
+            and refusal[0] == "pending_handshakes"
+            and len(self.waiting) < self.settings.max_waiting_handshakes
+        ):
+            link = AgentLink(self, host, waiting=True)
+            self.links.add(link)
+            self.waiting[link] = None
+            return link
+        return self._refuseOrAdmit(host, refusal)
+
+    def _refuseOrAdmit(
+        self, host: str, refusal: tuple[str, str] | None, link: AgentLink | None = None
+    ) -> AgentLink | Refusal:
+        """
+        Refuse a connection from C{host} for C{refusal}, or let it start its
+        handshake: C{link}, one that waited, or a new one.
+        """
         if refusal is not None:
             kind, message = refusal
             self.refusedConnections += 1
@@ -629,24 +706,57 @@ class AgentLinkFactory(ServerFactory):
                 why=message,
             )
             return Refusal(message)
-        link = AgentLink(self, host)
-        self.links.add(link)
+        if link is None:
+            link = AgentLink(self, host)
+            self.links.add(link)
         self.pending.add(link)
         self._handshakes.enter(host)
+        self._acceptWhileRoom()
         return link
+
+    def _admit(self) -> None:
+        """
+        A handshake place was freed: give free places to waiting
+        connections, in order.
+        """
+        while self.waiting and len(self._handshakes) < self.settings.max_pending_handshakes:
+            link = next(iter(self.waiting))
+            del self.waiting[link]
+            refused = self._refuseOrAdmit(link.host, self._handshakes.refusal(link.host), link)
+            if isinstance(refused, Refusal):
+                link.refused(refused)
+            else:
+                link.startHandshake()
+        self._acceptWhileRoom()
+
+    def _acceptWhileRoom(self) -> None:
+        """
+        Accept new connections only while the total handshake cap has room.
+        """
+        if self.acceptor is None or not self.acceptor.connected:
+            # Not listening (any more): nothing to pause or resume.
+            return
+        full = len(self._handshakes) >= self.settings.max_pending_handshakes
+        if full and not self._acceptPaused:
+            self._acceptPaused = True
+            self.acceptor.stopReading()
+        elif self._acceptPaused and not full:
+            self._acceptPaused = False
+            self.acceptor.startReading()
 
     def agentCount(self) -> int:
         """
         Links past their handshake and not yet closed, draining ones too:
         what C{proxy.internal.maxAgents} bounds.
         """
-        return len(self.links) - len(self.pending)
+        return len(self.links) - len(self.pending) - len(self.waiting)
 
     def handshakeFinished(self, link: AgentLink) -> None:
         self._leavePending(link)
 
     def linkClosed(self, link: AgentLink) -> None:
         self.links.discard(link)
+        self.waiting.pop(link, None)
         self._claimChanges.pop(link.agentId, None)
         self._leavePending(link)
 
@@ -654,6 +764,7 @@ class AgentLinkFactory(ServerFactory):
         if link in self.pending:
             self.pending.discard(link)
             self._handshakes.leave(link.host)
+            self._admit()
 
     def credentialsForwarded(self, link: AgentLink) -> None:
         """

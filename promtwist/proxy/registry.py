@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, cast
+from typing import NamedTuple, Protocol, cast
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -154,6 +154,18 @@ class PathEntry:
         if self.agents:
             return ", ".join(agent.hostName for agent in self.agents)
         return ", ".join(host for _, host in self.departedFrom)
+
+
+class Listed(NamedTuple):
+    """
+    What discovery shows of one path (L{Registry.discoverableEntry}): as
+    L{PathEntry} names it.
+    """
+
+    path: str
+    labels: Mapping[str, str]
+    agentNames: str
+    hostNames: str
 
 
 @dataclass(frozen=True)
@@ -700,19 +712,49 @@ class Registry:
         """
         An immutable copy of the path table, sorted by path.
         """
-        return [
-            PathEntry(
-                path,
-                e.name,
-                e.labels,
-                e.consolidated,
-                tuple(e.agents),
-                e.changed,
-                e.since,
-                tuple(standby.claim for standby in e.standbys),
-            )
-            for path, e in sorted(self._paths.items())
-        ]
+        return [self._copy(path, e) for path, e in sorted(self._paths.items())]
+
+    def _copy(self, path: str, e: _Path) -> PathEntry:
+        return PathEntry(
+            path,
+            e.name,
+            e.labels,
+            e.consolidated,
+            tuple(e.agents),
+            e.changed,
+            e.since,
+            tuple(standby.claim for standby in e.standbys),
+        )
+
+    def discoverableVersions(self) -> list[tuple[str, int]]:
+        """
+        What L{discoverable} lists, as (path, C{changed}) pairs sorted by
+        path: enough for a cache of renderings to tell which of its entries
+        still hold, without copying ten thousand entries to find the one
+        that changed. L{discoverableEntry} gives an entry itself.
+        """
+        self.expireDeparted()
+        versions = [(path, e.changed) for path, e in self._paths.items()]
+        versions += [(path, gone.entry.changed) for path, gone in self._departed.items()]
+        versions.sort()
+        return versions
+
+    def discoverableEntry(self, path: str) -> Listed:
+        """
+        What discovery shows of C{path}, one of L{discoverableVersions}'
+        paths: without copying the whole entry, which costs as much as
+        encoding it.
+        """
+        e = self._paths.get(path)
+        if e is None:
+            gone = self._departed[path].entry
+            return Listed(path, gone.labels, gone.agentNames, gone.hostNames)
+        return Listed(
+            path,
+            e.labels,
+            ", ".join(agent.name for agent in e.agents),
+            ", ".join(agent.hostName for agent in e.agents),
+        )
 
     def discoverable(self) -> list[PathEntry]:
         """

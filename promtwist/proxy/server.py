@@ -14,6 +14,7 @@ from typing import Any
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.logger import Logger
 
@@ -101,6 +102,8 @@ class ProxyService(MultiService):
             agentPortTLS(settings),
             purpose="agent",
             key="proxy.agent.port",
+            # Those the proxy would keep waiting, the kernel may queue.
+            backlog=max(50, settings.max_waiting_handshakes),
         )
         self.httpListener = Listener(
             reactor,
@@ -275,6 +278,11 @@ class ProxyService(MultiService):
 
     def startService(self) -> None:
         super().startService()
+        # Bound by now (privilegedStartService): the agent port stops
+        # accepting while the handshake cap is reached.
+        port = self.agentListener.port
+        if isinstance(port, FileDescriptor):
+            self.linkFactory.acceptor = port
         logStarted(self._log, "proxy", self.listeners)
         settings = self.settings
         self._logTLS(

@@ -8,10 +8,12 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
+from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, IOPump, connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
@@ -21,10 +23,12 @@ from promtwist.agent import connection as agentConnection
 from promtwist.agent.connection import ProxyConnection, ProxyConnectionFactory, Rejected
 from promtwist.agent.scraper import Scraper
 from promtwist.config import AgentSettings, Identity, PathConfig, ProxySettings
+from promtwist.protocol.framing import encodeFrame
 from promtwist.protocol.promtwist_pb2 import (
     Frame,
     Hello,
     Outcome,
+    Ping,
     RegisterPath,
     Reject,
     ScrapeChunk,
@@ -114,6 +118,36 @@ PATHS = (
     PathConfig("fast", "fast", "http://target.test/fast", {"team": "a"}),
     PathConfig("slow", "slow", "http://target.test/slow"),
 )
+
+
+class FakeAcceptor:
+    """
+    A listening port that only says whether it accepts.
+    """
+
+    reading = True
+    connected = True
+
+    def startReading(self) -> None:
+        self.reading = True
+
+    def stopReading(self) -> None:
+        self.reading = False
+
+
+def pingsReceived(end: AgentLink | ProxyConnection) -> list[Ping]:
+    """
+    The pings C{end} receives from now on, as it answers them.
+    """
+    received: list[Ping] = []
+    answer = end.frame_ping
+
+    def record(ping: Ping) -> None:
+        received.append(ping)
+        answer(ping)
+
+    end.frame_ping = record  # type: ignore[method-assign]
+    return received
 
 
 class Pair:
@@ -316,11 +350,13 @@ class AuthenticationTests(SynchronousTestCase):
     def test_pendingHandshakesCapped(self) -> None:
         """
         At C{proxy.internal.maxPendingHandshakes} connections that have not
-        said Hello, further connections are told so in a Reject and closed
-        (counted, logged at a bounded rate); a finished handshake frees its
-        place.
+        said Hello, and none allowed to wait (C{maxWaitingHandshakes} 0),
+        further connections are told so in a Reject and closed (counted,
+        logged at a bounded rate); a finished handshake frees its place.
         """
-        factory = agentLinkFactory(ProxySettings(max_pending_handshakes=2), Clock())
+        factory = agentLinkFactory(
+            ProxySettings(max_pending_handshakes=2, max_waiting_handshakes=0), Clock()
+        )
         first, second = factory.buildProtocol(None), factory.buildProtocol(None)
         assert isinstance(first, AgentLink) and isinstance(second, AgentLink)
         with capturedLogs() as events:
@@ -340,6 +376,71 @@ class AuthenticationTests(SynchronousTestCase):
         first.makeConnection(transport)
         first.dataReceived(encode(Frame(hello=Hello(protocol_version=1, agent_name="a"))))
         self.assertIsInstance(factory.buildProtocol(None), AgentLink)
+
+    def test_waitingForAPlace(self) -> None:
+        """
+        At the cap, up to C{proxy.internal.maxWaitingHandshakes} further
+        connections wait unread, with no handshake timer, and the agent port
+        stops accepting; each finished handshake gives its place to the
+        first waiting, whose Hello is then read. Past the waiting bound,
+        connections are refused.
+        """
+        clock = Clock()
+        factory = agentLinkFactory(
+            ProxySettings(max_pending_handshakes=1, max_waiting_handshakes=2), clock
+        )
+        port = FakeAcceptor()
+        factory.acceptor = port  # type: ignore[assignment]
+        links, transports = [], []
+        for _ in range(3):
+            link = factory.buildProtocol(None)
+            assert isinstance(link, AgentLink)
+            transport = TCPStringTransport()
+            link.makeConnection(transport)
+            links.append(link)
+            transports.append(transport)
+        self.assertFalse(port.reading)
+        self.assertNotIsInstance(factory.buildProtocol(None), AgentLink)
+        self.assertEqual(factory.refusedConnections, 1)
+        self.assertEqual([t.producerState for t in transports], ["producing", "paused", "paused"])
+        # Only the handshake under way has a timer (and the liveness sweep none yet).
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        self.assertEqual(factory.agentCount(), 0)
+        for n, (link, transport) in enumerate(zip(links, transports, strict=True)):
+            link.dataReceived(encode(Frame(hello=Hello(protocol_version=1, agent_name=f"a{n}"))))
+            (welcome,) = decodeAll(transport.value())
+            self.assertTrue(welcome.HasField("welcome"))
+            if n < 2:
+                self.assertEqual(transports[n + 1].producerState, "producing")
+        self.assertEqual(factory.agentCount(), 3)
+        self.assertTrue(port.reading)
+
+    def test_waitingShareChecked(self) -> None:
+        """
+        A waiting connection whose address holds its share of handshake
+        places when its turn comes is refused, as it would have been at
+        once.
+        """
+        factory = agentLinkFactory(
+            ProxySettings(max_pending_handshakes=2, max_pending_handshakes_per_address=1),
+            Clock(),
+        )
+        first = factory.buildProtocol(IPv4Address("TCP", "127.0.0.2", 1))
+        second = factory.buildProtocol(IPv4Address("TCP", "127.0.0.3", 1))
+        waiting = factory.buildProtocol(IPv4Address("TCP", "127.0.0.2", 2))
+        assert isinstance(first, AgentLink) and isinstance(second, AgentLink)
+        assert isinstance(waiting, AgentLink)
+        first.makeConnection(TCPStringTransport())
+        second.makeConnection(TCPStringTransport())
+        transport = TCPStringTransport()
+        waiting.makeConnection(transport)
+        self.assertEqual(transport.value(), b"")
+        # A place frees, but 127.0.0.2 still holds its one.
+        second.connectionLost(Failure(SessionLost("gone")))
+        (reply,) = decodeAll(transport.value())
+        self.assertEqual(reply.reject.reason, Reject.OVERLOADED)
+        self.assertIn("(proxy.internal.maxPendingHandshakesPerAddress)", reply.reject.message)
+        self.assertTrue(transport.disconnecting)
 
     def test_openPortWarning(self) -> None:
         for settings, warned in [
@@ -380,9 +481,10 @@ class HeartbeatTests(SynchronousTestCase):
 
     def test_busyLinkMeasuresRoundTrip(self) -> None:
         """
-        A link busy with scrapes never goes idle, yet both ends measure the
-        round trip: once at the first heartbeat tick, then once every
-        L{ROUND_TRIP_EVERY_PERIODS} periods (5 s here), and no more often.
+        A link busy with scrapes never goes idle, yet both ends know the
+        round trip: the proxy measures it half a period after the handshake,
+        then once every L{ROUND_TRIP_EVERY_PERIODS} periods (5 s here), and
+        no more often; its second ping tells the agent.
         """
         pair = Pair()
         pings = pair.factory.metrics.registry
@@ -394,8 +496,118 @@ class HeartbeatTests(SynchronousTestCase):
             pair.flush()
         self.assertIsNotNone(pair.proxy.roundTripSeconds)
         self.assertIsNotNone(pair.agent.roundTripSeconds)
-        # The agent's pings as the proxy counts them: at 2.5 s and 30 s later.
+        # The agent's pongs as the proxy counts them: at 2.5 s and 30 s
+        # later (met at the next whole second here); the agent never pinged.
         self.assertEqual(pings.get_sample_value("proxy_heartbeat_count_total"), 2)
+
+    def test_onlyTheProxyPings(self) -> None:
+        """
+        The proxy drives liveness: over a minute of idle link it pings
+        about once every period and a half, the agent never does, and the
+        agent knows the round trip from the proxy's pings.
+        """
+        pair = Pair()
+        atProxy, atAgent = pingsReceived(pair.proxy), pingsReceived(pair.agent)
+        for _ in range(60):
+            pair.clock.advance(1.0)
+            pair.flush()
+        self.assertEqual(atProxy, [])
+        # 5 s periods: at 2.5 s, then every 7.5 s: 8 in a minute.
+        self.assertEqual(len(atAgent), 8)
+        self.assertEqual(atAgent[0].round_trip_micros, 0)
+        self.assertTrue(all(ping.round_trip_micros for ping in atAgent[1:]))
+        self.assertIsNotNone(pair.agent.roundTripSeconds)
+        self.assertFalse(disconnecting(pair.agent))
+
+    def test_oneTimerForManyLinks(self) -> None:
+        """
+        However many links a proxy holds, their heartbeats share one timer.
+        """
+        clock = Clock()
+        factory = agentLinkFactory(ProxySettings(max_pending_handshakes_per_address=100), clock)
+        links = []
+        for _ in range(50):
+            link = factory.buildProtocol(None)
+            assert isinstance(link, AgentLink)
+            link.makeConnection(TCPStringTransport())
+            link.dataReceived(encodeFrame(Frame(hello=Hello(protocol_version=1))))
+            links.append(link)
+        self.assertEqual(factory.agentCount(), 50)
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        for link in links:
+            link.connectionLost(Failure(SessionLost("test")))
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_fasterAgentDrivesToo(self) -> None:
+        """
+        An agent that wants to notice a dead proxy sooner than three of the
+        proxy's periods (heartbeatMaxInactivitySecs below the proxy's
+        period) pings at its own period.
+        """
+        pair = Pair(
+            agentSettings=AgentSettings(
+                name="a1", path_configs=PATHS, heartbeat_max_inactivity_secs=1.0
+            )
+        )
+        atProxy = pingsReceived(pair.proxy)
+        for _ in range(20):
+            pair.clock.advance(0.5)
+            pair.flush()
+        self.assertGreaterEqual(len(atProxy), 5)
+        self.assertFalse(disconnecting(pair.agent))
+
+    def test_olderAgentAnswered(self) -> None:
+        """
+        An older agent that pings on its own (here every 4 s, within the
+        proxy's 5 s period) is answered, and with that traffic the proxy
+        needs no idle pings of its own: only its round trip measurements.
+        """
+        clock = Clock()
+        factory = agentLinkFactory(ProxySettings(), clock)
+        link = factory.buildProtocol(None)
+        assert isinstance(link, AgentLink)
+        transport = TCPStringTransport()
+        link.makeConnection(transport)
+        link.dataReceived(encodeFrame(Frame(hello=Hello(protocol_version=1))))
+        transport.clear()
+        sent: list[Frame] = []
+        for second in range(1, 61):
+            clock.advance(1.0)
+            if second % 4 == 0:
+                link.dataReceived(encodeFrame(Frame(ping=Ping(nonce=second))))
+            sent += decodeAll(transport.value())
+            transport.clear()
+        self.assertEqual([f.pong.nonce for f in sent if f.HasField("pong")], list(range(4, 61, 4)))
+        # Half a period in, then every six periods: at 2.5 s and 32.5 s.
+        self.assertEqual(len([f for f in sent if f.HasField("ping")]), 2)
+        self.assertFalse(transport.disconnecting)
+
+    def test_olderProxyTellsNoRoundTrip(self) -> None:
+        """
+        An older proxy's pings do not carry the round trip: the agent
+        measures it itself, every seven periods, and is not aborted.
+        """
+        pair = Pair()
+        # What an older proxy sends: pings without a round trip.
+        pair.proxy.roundTripSeconds = None
+        pair.proxy.frame_pong = lambda pong: None  # type: ignore[method-assign]
+        atProxy = pingsReceived(pair.proxy)
+        for _ in range(80):
+            pair.clock.advance(1.0)
+            pair.flush()
+        self.assertEqual(len(atProxy), 2)
+        self.assertIsNotNone(pair.agent.roundTripSeconds)
+        self.assertFalse(disconnecting(pair.agent))
+
+    def test_silentProxyAborted(self) -> None:
+        """
+        The agent only answers, yet it aborts a proxy it heard nothing from
+        for three periods.
+        """
+        pair = Pair()
+        for _ in range(16):
+            pair.clock.advance(1.0)
+        self.assertTrue(disconnecting(pair.agent))
 
     def test_silentPeerAborted(self) -> None:
         """
