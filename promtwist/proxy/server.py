@@ -169,11 +169,11 @@ class ProxyService(MultiService):
             self._log.debug(
                 "scrape /{path} via {agents}: {status} {type} {reason}"
                 " ({bytes} bytes, {ms:.1f} ms)",
-                path=record.path,
-                agents=record.agents or "-",
+                path=clip(record.path),
+                agents=clip(record.agents) or "-",
                 status=record.status,
                 type=record.type,
-                reason=record.reason,
+                reason=clip(record.reason),
                 bytes=record.bytes,
                 ms=record.seconds * 1000,
             )

@@ -34,6 +34,7 @@ from promtwist.config import (
 )
 from promtwist.logs import applyLogLevel
 from promtwist.protocol.promtwist_pb2 import Frame, Hello, RegisterPath
+from promtwist.proxy.answers import ScrapeRecord
 from promtwist.proxy.server import ProxyService
 from promtwist.test.test_framing import logText
 
@@ -312,6 +313,24 @@ class ProxyServiceTests(TestCase):
         status, health = await self.get(adminPort, "healthcheck")
         self.assertEqual(status, 200)
         self.assertIn(b'"proxy_link"', health)
+
+    def test_debugLineClipped(self) -> None:
+        """
+        The wire values in a scrape's debug line are clipped and escaped: a
+        path with a newline in it cannot forge a second log line.
+        """
+        applyLogLevel("debug")
+        self.addCleanup(applyLogLevel, "")
+        proxy = self.proxy(request_logging_enabled=True)
+        record = ScrapeRecord(
+            "x\nforged", "a\nb", 404, "path_not_found", "no\nagent", 0.001, 0, "plain"
+        )
+        with capturedLogs() as events:
+            proxy._scrapeEnded(record)
+        lines = [line for line in logText(events).splitlines() if "scrape /" in line]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn("scrape /x\\nforged via a\\nb: 404 path_not_found no\\nagent", lines[0])
+        self.assertNotIn("\n", logText(events).strip())
 
     async def test_oneDebugLinePerScrape(self) -> None:
         """
