@@ -28,9 +28,14 @@ gives the other ports (the shared parts are in L{promtwist.httpguard}):
     no further answer while the transport holds more than its buffer: the
     next request is parsed only once the transport has flushed, and
     nothing more is read meanwhile;
-  - a malformed request gets 400 with llhttp's reason, a method other
-    than C{GET} and C{HEAD} 405, an HTTP version other than 1.0 and 1.1
-    505.
+  - a malformed request gets 400 with llhttp's reason (a method llhttp
+    does not know among them), a line ended by a bare LF 400 as soon as
+    it arrives, a request line naming another protocol 400, another
+    method than C{GET} and C{HEAD} 405, another well-formed HTTP version
+    than 1.0 and 1.1 505;
+  - one empty line before a request line is ignored (RFC 9112 section
+    2.2), a second gets 400; the bytes before a request line count toward
+    its head's size and run in its deadline.
 
 Each refusal closes the connection, aborting it if the client does not let
 it close within L{ABORT_TIMEOUT} seconds.
@@ -48,6 +53,7 @@ this one is answered.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from enum import Enum, auto
 from typing import cast
@@ -91,6 +97,15 @@ _END_OF_HEAD = b"\r\n\r\n"
 _SERVER = b"Server: promtwist/" + __version__.public().encode("ascii") + b"\r\n"
 _STATUS_LINE = {b"1.1": b"HTTP/1.1 %d %s\r\n", b"1.0": b"HTTP/1.0 %d %s\r\n"}
 _METHODS = frozenset({b"GET", b"HEAD"})
+_VERSIONS = frozenset({b"1.0", b"1.1"})
+_HTTP_VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]")
+_LINE_ENDS = frozenset(b"\r\n")
+_EMPTY_LINES = Refusal(
+    400, b"Bad Request", "malformed request: more than one empty line before the request line"
+)
+_BARE_LF = Refusal(
+    400, b"Bad Request", "malformed request: a line ends in LF alone; HTTP lines end in CRLF"
+)
 # Statuses whose answers have no body.
 _NO_BODY = frozenset({204, 304})
 
@@ -199,9 +214,11 @@ class ScrapePortConnection(Protocol):
         self.factory = factory
         self.state = ConnectionState.HEAD
         self._parser = HttpRequestParser(self)
-        # Bytes received and not yet parsed: part of a head, or what a
-        # client pipelined while an answer was made.
+        # Bytes received and not yet parsed, from _offset on: part of a
+        # head, or what a client pipelined while an answer was made. An
+        # offset, so that a read of many heads is not copied once per head.
         self._pending = b""
+        self._offset = 0
         self._reading = False
         self._readingPaused = False
         self._writePaused = False
@@ -214,7 +231,6 @@ class ScrapePortConnection(Protocol):
         self._url = b""
         self._headers: dict[bytes, bytes] = {}
         self._repeated: frozenset[bytes] = frozenset()
-        self._complete = False
         self._keepAlive = False
 
     # The connection.
@@ -241,13 +257,16 @@ class ScrapePortConnection(Protocol):
             # Refused or closing: whatever else arrives is not a request.
             return
         if state is ConnectionState.ANSWERING or state is ConnectionState.HELD:
-            self._pending += data
+            self._keep(data)
             if len(self._pending) > READ_AHEAD_BYTES:
                 self._pauseReading()
             return
         assert self._idle is not None
         self._idle.reset(self.factory.idleTimeout)
-        self._readHeads(self._pending + data if self._pending else data)
+        if self._offset < len(self._pending):
+            self._keep(data)
+            data = self._pending
+        self._readHeads(data, 0)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.state = ConnectionState.CLOSING
@@ -278,76 +297,122 @@ class ScrapePortConnection(Protocol):
 
     # Heads.
 
-    def _readHeads(self, data: bytes) -> None:
+    def _readHeads(self, data: bytes, offset: int) -> None:
         """
-        Answer the requests whose heads C{data} holds, one at a time, while
-        each is answered at once; keep the rest.
+        Answer the requests whose heads C{data} holds from C{offset} on,
+        one at a time, while each is answered at once; keep the rest.
+
+        One empty line may come before a request line (RFC 9112 section
+        2.2); a second is refused, as twisted.web's channel refused it, so
+        that empty lines cannot keep a connection busy for free. Whatever
+        precedes a request line counts toward the head's size and runs in
+        its deadline.
         """
         limit = self.factory.maxHeaderBytes
         self._reading = True
         try:
-            while data:
-                end = data.find(_END_OF_HEAD)
+            size = len(data)
+            while offset < size:
+                start = offset + 2 if data.startswith(b"\r\n", offset) else offset
+                if (
+                    start < size
+                    and data[start] in _LINE_ENDS
+                    # (A CR alone may be the first half of the one allowed.)
+                    and (start > offset or start + 1 < size or data[start] == 0x0A)
+                ):
+                    return self._refuse(_EMPTY_LINES)
+                end = data.find(_END_OF_HEAD, start)
                 if end < 0:
-                    if len(data) > limit:
-                        return self._refuse(headTooLarge(not _requestLineFits(data, limit), limit))
+                    if size - offset > limit:
+                        return self._refuse(
+                            headTooLarge(data.find(b"\n", start, offset + limit) < 0, limit)
+                        )
+                    if data.count(b"\n", start) != data.count(b"\r\n", start):
+                        # llhttp refuses a bare LF; the head would only wait
+                        # for a CRLF CRLF that may never come.
+                        return self._refuse(_BARE_LF)
                     self._pending = data
+                    self._offset = offset
                     if self._deadline is None:
                         self._deadline = self.factory.clock.callLater(
                             self.factory.headerTimeout, self._deadlinePassed
                         )
                     self.state = ConnectionState.HEAD
                     return
-                size = end + 4
-                if size > limit:
-                    return self._refuse(headTooLarge(not _requestLineFits(data, limit), limit))
-                self._pending = data[size:]
-                self._request(data[:size])
+                if end + 4 - offset > limit:
+                    return self._refuse(
+                        headTooLarge(data.find(b"\n", start, offset + limit) < 0, limit)
+                    )
+                offset = end + 4
+                # What follows the head stays with the connection while the
+                # request is answered.
+                self._pending = data
+                self._offset = offset
+                self._request(data, start, offset)
                 state = self.state
                 if state is not ConnectionState.IDLE and state is not ConnectionState.HEAD:
                     return
-                data = self._pending
             self._pending = b""
+            self._offset = 0
         finally:
             self._reading = False
 
-    def _request(self, head: bytes) -> None:
+    def _keep(self, data: bytes) -> None:
         """
-        Parse one whole head and answer it.
+        Keep C{data} behind the bytes not yet parsed.
+        """
+        pending = self._pending
+        if self._offset:
+            pending = pending[self._offset :]
+            self._offset = 0
+        self._pending = pending + data if pending else data
+
+    def _request(self, data: bytes, start: int, end: int) -> None:
+        """
+        Parse the whole head in C{data[start:end]} and answer it.
         """
         self._url = b""
         self._headers = {}
         self._repeated = frozenset()
-        self._complete = False
         self._keepAlive = False
+        # The request line's protocol, which llhttp checks only in part: it
+        # takes RTSP/1.0 for HTTP/1.0, and refuses HTTP/1.2 as malformed.
+        lineEnd = data.find(b"\r\n", start, end)
+        protocol = data[max(start, lineEnd - 8) : lineEnd]
+        version = protocol[5:]
+        if version not in _VERSIONS and _HTTP_VERSION.fullmatch(protocol):
+            return self._refuse(
+                Refusal(
+                    505,
+                    b"HTTP Version Not Supported",
+                    f"HTTP/{version.decode('ascii')} is not supported: this port speaks HTTP/1.1",
+                )
+            )
         upgrade = False
         try:
-            self._parser.feed_data(head)
+            self._parser.feed_data(data[start:end])
         except HttpParserUpgrade:
             # The request asked to switch protocols; it is answered in HTTP/1.1
             # and the connection ends there.
             upgrade = True
         except HttpParserError as e:
             return self._refuse(Refusal(400, b"Bad Request", f"malformed request: {clip(str(e))}"))
+        if not protocol.startswith(b"HTTP/"):
+            return self._refuse(
+                Refusal(
+                    400,
+                    b"Bad Request",
+                    f"not an HTTP request: the request line ends in {clip(protocol)}",
+                )
+            )
         headers = self._headers
-        if headers.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in headers:
+        length = headers.get(b"content-length")
+        if (length is not None and length.strip(b"0 \t")) or b"transfer-encoding" in headers:
             return self._refuse(bodyRefused(0))
-        if not self._complete:
-            # Blank lines between requests: nothing to answer.
-            return
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
         parser = self._parser
-        version = parser.get_http_version()
-        if version != "1.1" and version != "1.0":
-            return self._refuse(
-                Refusal(
-                    505,
-                    b"HTTP Version Not Supported",
-                    f"HTTP/{version} is not supported: this port speaks HTTP/1.1",
-                )
-            )
         path, _, query = self._url.partition(b"?")
         method = parser.get_method()
         exchange = ServerExchange(
@@ -357,8 +422,8 @@ class ScrapePortConnection(Protocol):
             query,
             headers,
             self._repeated,
-            version.encode("ascii"),
-            version == "1.1" and not upgrade and self._keepAlive,
+            version,
+            version == b"1.1" and not upgrade and self._keepAlive,
         )
         self._exchange = exchange
         self.state = ConnectionState.ANSWERING
@@ -400,9 +465,6 @@ class ScrapePortConnection(Protocol):
         # llhttp forgets the message's flags once it is complete.
         self._keepAlive = self._parser.should_keep_alive()
 
-    def on_message_complete(self) -> None:
-        self._complete = True
-
     # Answers.
 
     def answered(self, exchange: ServerExchange) -> None:
@@ -414,8 +476,7 @@ class ScrapePortConnection(Protocol):
         self._exchange = None
         self._producer = None
         if not exchange.persistent:
-            self.state = ConnectionState.CLOSING
-            self._loseConnection()
+            self._close()
             return
         if self._idle is not None and self._idle.active():
             self._idle.reset(self.factory.idleTimeout)
@@ -425,7 +486,7 @@ class ScrapePortConnection(Protocol):
             # The client is not reading: what it pipelined waits until the
             # transport has flushed (resumeProducing).
             self.state = ConnectionState.HELD
-            if self._pending:
+            if self._offset < len(self._pending):
                 self._pauseReading()
             return
         self._nextRequest()
@@ -446,9 +507,9 @@ class ScrapePortConnection(Protocol):
         if self._readingPaused:
             self._readingPaused = False
             cast(IPushProducer, self.transport).resumeProducing()
-        if not self._reading and self._pending:
+        if not self._reading and self._offset < len(self._pending):
             # Bytes held meanwhile start their head's deadline now.
-            self._readHeads(self._pending)
+            self._readHeads(self._pending, self._offset)
 
     def _pauseReading(self) -> None:
         if not self._readingPaused:
@@ -488,21 +549,21 @@ class ScrapePortConnection(Protocol):
 
     def _close(self) -> None:
         """
-        Close, and abort if the client holds the close up.
+        Close, and abort if the client holds the close up. Once: the
+        transport's producer is unregistered only once.
         """
+        if self._forceClose is not None:
+            return
         self.state = ConnectionState.CLOSING
         self._cancelTimers()
-        self._loseConnection()
-        self._forceClose = self.factory.clock.callLater(
-            ABORT_TIMEOUT, cast(ITCPTransport, self.transport).abortConnection
-        )
-
-    def _loseConnection(self) -> None:
         transport = self.transport
         assert transport is not None
         # TLS closes only once no producer is registered.
         cast(IConsumer, transport).unregisterProducer()
         transport.loseConnection()
+        self._forceClose = self.factory.clock.callLater(
+            ABORT_TIMEOUT, cast(ITCPTransport, transport).abortConnection
+        )
 
     def _cancelTimers(self) -> None:
         for timer in (self._deadline, self._idle, self._forceClose):
@@ -511,13 +572,19 @@ class ScrapePortConnection(Protocol):
         self._deadline = self._idle = self._forceClose = None
 
 
-def _requestLineFits(data: bytes, limit: int) -> bool:
+# Control characters other than tab, each to a space.
+_CONTROLS = bytes(range(0x20)).replace(b"\t", b"") + b"\x7f"
+_SPACES = bytes.maketrans(_CONTROLS, b" " * len(_CONTROLS))
+
+
+def _safe(header: bytes) -> bytes:
     """
-    Whether the request line in C{data} (after any blank lines) ends
-    within the first C{limit} bytes.
+    A response header's name or value with control characters (CR and LF
+    among them) replaced by spaces, as twisted.web's L{Headers} replaced
+    line breaks: a value that came from an agent or a target cannot end
+    its header line and add lines of its own.
     """
-    start = len(data) - len(data.lstrip(b"\r\n"))
-    return data.find(b"\n", start, limit) >= 0
+    return header.translate(_SPACES)
 
 
 class ServerExchange:
@@ -599,15 +666,19 @@ class ServerExchange:
         self._phrase = phrase
 
     def setHeader(self, name: bytes, value: bytes) -> None:
-        self._out[name] = value
+        """
+        Set a header, its control characters replaced (see L{_safe}).
+        """
+        self._out[_safe(name)] = _safe(value)
 
     def addHeader(self, name: bytes, value: bytes) -> None:
         """
-        Add a header line, beside any others of the same name.
+        Add a header line, beside any others of the same name, its control
+        characters replaced (see L{_safe}).
         """
         if self._extra is None:
             self._extra = []
-        self._extra.append(name + b": " + value + b"\r\n")
+        self._extra.append(_safe(name) + b": " + _safe(value) + b"\r\n")
 
     def removeHeader(self, name: bytes) -> None:
         self._out.pop(name, None)

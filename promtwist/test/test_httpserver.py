@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+from promtwist.httpguard import ABORT_TIMEOUT
 from promtwist.proxy.access import RequireCredentials
 from promtwist.proxy.exchange import Exchange
 from promtwist.proxy.httpserver import ConnectionState, ScrapePortConnection, ScrapePortFactory
@@ -247,7 +248,7 @@ class ProtocolTests(SynchronousTestCase):
         self.assertFalse(transport.disconnecting)
 
     def test_versionNotSupported(self) -> None:
-        for version in (b"2.0", b"0.9"):
+        for version in (b"2.0", b"0.9", b"1.2", b"3.0"):
             hello = Hello()
             answer, transport = ask(b"GET /a HTTP/" + version + b"\r\n\r\n", hello)
             self.assertTrue(answer.startswith(b"HTTP/1.1 505 "), answer)
@@ -294,10 +295,152 @@ class ProtocolTests(SynchronousTestCase):
         self.assertTrue(answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer)
         self.assertTrue(transport.disconnecting)
 
-    def test_blankLinesBetween(self) -> None:
+    def test_versionNotHTTP(self) -> None:
+        """
+        A request line naming another protocol gets 400, though llhttp
+        takes C{RTSP/1.0} for HTTP/1.0.
+        """
         hello = Hello()
-        answer, _ = ask(b"\r\n\r\nGET /a HTTP/1.1\r\n\r\n", hello)
-        self.assertTrue(answer.endswith(b"hello /a\n"), answer)
+        answer, transport = ask(b"GET /a RTSP/1.0\r\n\r\n", hello)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer)
+        self.assertTrue(
+            answer.endswith(b"not an HTTP request: the request line ends in RTSP/1.0\n"), answer
+        )
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(hello.rendered, 0)
+
+    def test_unknownMethod(self) -> None:
+        """
+        A method llhttp does not know gets 400, one it knows other than
+        C{GET} and C{HEAD} 405 (L{test_methodNotAllowed}).
+        """
+        answer, transport = ask(b"FROB /a HTTP/1.1\r\n\r\n")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer)
+        self.assertTrue(answer.endswith(b"malformed request: Invalid method encountered\n"))
+        self.assertTrue(transport.disconnecting)
+
+    def test_zeroLengthSpelledLong(self) -> None:
+        """
+        A C{Content-Length} of zero is no body however it is spelled.
+        """
+        for length in (b"0", b"00", b"000"):
+            answer, transport = ask(b"GET /a HTTP/1.1\r\nContent-Length: " + length + b"\r\n\r\n")
+            self.assertTrue(answer.startswith(b"HTTP/1.1 200 OK\r\n"), (length, answer))
+            self.assertFalse(transport.disconnecting)
+        answer, _ = ask(b"GET /a HTTP/1.1\r\nContent-Length: 01\r\n\r\n")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer)
+
+    def test_connectionCloseTimers(self) -> None:
+        """
+        After a C{Connection: close} answer only the abort timer runs, and
+        the transport's producer is unregistered once.
+        """
+        clock = Clock()
+        connection, transport = connect(factory(Hello(), clock=clock))
+        connection.dataReceived(b"GET /a HTTP/1.1\r\nConnection: close\r\n\r\n")
+        self.assertTrue(transport.disconnecting)
+        self.assertIsNone(transport.producer)
+        self.assertEqual([call.getTime() for call in clock.getDelayedCalls()], [ABORT_TIMEOUT])
+        # StringTransport raises if the producer is unregistered again.
+        clock.advance(ABORT_TIMEOUT)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class EmptyLineTests(SynchronousTestCase):
+    """
+    Empty lines before a request line: one is ignored (RFC 9112 section
+    2.2), a second refused, and none of them is free.
+    """
+
+    def test_oneIgnored(self) -> None:
+        hello = Hello()
+        answer, transport = ask(b"\r\nGET /a HTTP/1.1\r\n\r\n\r\nGET /b HTTP/1.1\r\n\r\n", hello)
+        self.assertEqual(hello.rendered, 2)
+        self.assertTrue(answer.endswith(b"hello /b\n"), answer)
+        self.assertFalse(transport.disconnecting)
+
+    def test_oneSplit(self) -> None:
+        """
+        The one empty line allowed may arrive a byte at a time.
+        """
+        hello = Hello()
+        connection, transport = connect(factory(hello))
+        for data in [b"GET /a HTTP/1.1\r\n\r\n\r", b"\n", b"GET /b HTTP/1.1\r\n\r\n"]:
+            connection.dataReceived(data)
+        self.assertEqual(hello.rendered, 2)
+        self.assertTrue(transport.value().endswith(b"hello /b\n"), transport.value())
+
+    def test_moreRefused(self) -> None:
+        """
+        A second empty line gets 400 and closes, whether it comes first,
+        after a request, or in a read of its own.
+        """
+        for reads in [
+            [b"\r\n\r\nGET /a HTTP/1.1\r\n\r\n"],
+            [b"GET /a HTTP/1.1\r\n\r\n", b"\r\n\r\n" * 16384],
+            [b"GET /a HTTP/1.1\r\n\r\n\r\n", b"\r\n"],
+            [b"GET /a HTTP/1.1\r\n\r\n\r", b"\n\r", b"\n"],
+            [b"\rX"],
+            [b"\n"],
+        ]:
+            hello = Hello()
+            connection, transport = connect(factory(hello))
+            for data in reads:
+                connection.dataReceived(data)
+            answer = transport.value()
+            self.assertIn(b"HTTP/1.1 400 Bad Request\r\n", answer, reads[-1][:8])
+            self.assertTrue(
+                answer.endswith(
+                    b"malformed request: more than one empty line before the request line\n"
+                ),
+                answer,
+            )
+            self.assertEqual(answer.count(b"HTTP/1.1 "), 1 + hello.rendered)
+            self.assertTrue(transport.disconnecting)
+            self.assertEqual(connection.state, ConnectionState.CLOSING)
+
+    def test_deadline(self) -> None:
+        """
+        An empty line on a keep-alive connection starts the next head's
+        deadline.
+        """
+        clock = Clock()
+        connection, transport = connect(factory(Hello(), clock=clock))
+        connection.dataReceived(b"GET /a HTTP/1.1\r\n\r\n")
+        clock.advance(30)
+        transport.clear()
+        connection.dataReceived(b"\r\n")
+        clock.advance(10)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 408 "), transport.value())
+        self.assertTrue(transport.disconnecting)
+
+    def test_countedInHead(self) -> None:
+        """
+        An empty line counts toward the head's size.
+        """
+        head = b"GET /a HTTP/1.1\r\nX: " + b"x" * (1024 - 24) + b"\r\n\r\n"
+        self.assertEqual(len(head), 1024)
+        answer, _ = ask(head, maxHeaderBytes=1024)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer)
+        answer, _ = ask(b"\r\n" + head, maxHeaderBytes=1024)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 431 "), answer)
+
+    def test_bareLF(self) -> None:
+        """
+        A head with a line ended by LF alone is refused at once, not left
+        to wait for the 408.
+        """
+        for head in [
+            b"GET /a HTTP/1.1\n",
+            b"GET /a HTTP/1.1\r\nHost: p\n",
+            b"GET /a HTTP/1.1\nHost: p\n\n",
+        ]:
+            answer, transport = ask(head)
+            self.assertTrue(answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer)
+            self.assertTrue(
+                answer.endswith(b"a line ends in LF alone; HTTP lines end in CRLF\n"), answer
+            )
+            self.assertTrue(transport.disconnecting)
 
     def test_pipelinedInOrder(self) -> None:
         """
@@ -416,6 +559,21 @@ class ExchangeTests(SynchronousTestCase):
         self.assertEqual(exchange.repeated, frozenset())
         self.assertEqual(exchange.client, self.transport.getPeer())
         self.assertEqual(exchange.host, self.transport.getHost())
+
+    def test_headersSanitised(self) -> None:
+        """
+        Control characters in a response header's name or value, from an
+        agent or a target, become spaces: they cannot end its line and add
+        lines of their own.
+        """
+        exchange = self.get()
+        exchange.setHeader(b"X-A", b"a\r\nSet-Cookie: forged")
+        exchange.addHeader(b"X-B\n", b"b\x00\x7f\tc")
+        exchange.finishWith(b"")
+        answer = self.transport.value()
+        self.assertIn(b"\r\nX-A: a  Set-Cookie: forged\r\n", answer)
+        self.assertIn(b"\r\nX-B : b  \tc\r\n", answer)
+        self.assertNotIn(b"\r\nSet-Cookie", answer)
 
     def test_repeated(self) -> None:
         """
