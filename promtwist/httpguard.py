@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.interfaces import IAddress, IReactorTime, ITransport
 from twisted.logger import Logger
 
 from promtwist.logs import observer
@@ -49,6 +49,19 @@ class Refusal:
     status: int
     phrase: bytes
     reason: str
+
+    def send(self, transport: ITransport) -> None:
+        """
+        Write the answer to C{transport}, and log the refusal at debug
+        level; closing is the server's business.
+        """
+        _log.debug(
+            "{peer}: {code} {reason}",
+            peer=str(transport.getPeer()),
+            code=self.status,
+            reason=self.reason,
+        )
+        transport.write(self.response())
 
     def response(self) -> bytes:
         """

@@ -30,7 +30,6 @@ from twisted.internet.interfaces import (
     ITCPTransport,
 )
 from twisted.internet.protocol import connectionDone
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel, Request
 from twisted.web.resource import IResource
@@ -38,20 +37,14 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from promtwist.httpguard import (
-    REFUSAL_LOG_INTERVAL,
-    REMEMBERED_REFUSALS,
     AllowedNetworks,
     Refusal,
     bodyRefused,
     headTimedOut,
     headTooLarge,
 )
-from promtwist.logs import observer
-from promtwist.sendnow import sendsOnReturn
 
-__all__ = ["REFUSAL_LOG_INTERVAL", "REMEMBERED_REFUSALS", "HardenedChannel", "HardenedSite"]
-
-_log = Logger(observer=observer)
+__all__ = ["HardenedChannel", "HardenedSite"]
 
 
 class HardenedChannel(HTTPChannel):
@@ -119,7 +112,6 @@ class HardenedChannel(HTTPChannel):
             self._networkProducer.registerProducer(self, True)
         self._startDeadline()
 
-    @sendsOnReturn
     def dataReceived(self, data: bytes) -> None:
         if self._forceClose is not None:
             # Refused and closing: whatever else arrives is not a request.
@@ -217,15 +209,9 @@ class HardenedChannel(HTTPChannel):
         """
         transport = self.transport
         assert transport is not None
-        _log.debug(
-            "{peer}: {code} {reason}",
-            peer=str(transport.getPeer()),
-            code=refusal.status,
-            reason=refusal.reason,
-        )
         self._cancelDeadline()
         self.setTimeout(None)
-        transport.write(refusal.response())
+        refusal.send(transport)
         self.loseConnection()
         # TCP and TLS transports can abort, though ITransport does not say so.
         abort = cast(ITCPTransport, transport).abortConnection
@@ -276,8 +262,8 @@ class HardenedSite(Site):
     must not offer C{h2} by ALPN, which Twisted's contexts do only when
     asked to.
 
-    @ivar allowedNetworks: the networks clients may connect from; empty
-        admits everyone.
+    @ivar allowed: the networks clients may connect from; empty admits
+        everyone.
     """
 
     noisy = False

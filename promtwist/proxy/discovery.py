@@ -134,21 +134,15 @@ class Discovery:
 
 
 def _reachedAs(exchange: Exchange) -> str:
+    address = exchange.host
+    assert isinstance(address, IPv4Address | IPv6Address)
     host = exchange.headers.get(b"host")
     if host:
         text = host.decode("latin-1").strip()
         # Keep only a well-formed host[:port]; anything else is a client's noise.
         if text and all(c.isalnum() or c in "-.:[]_" for c in text):
-            return text if _hasPort(text) else f"{text}:{_port(exchange)}"
-    address = exchange.host
-    assert isinstance(address, IPv4Address | IPv6Address)
+            return text if _hasPort(text) else f"{text}:{address.port}"
     return f"{address.host}:{address.port}"
-
-
-def _port(exchange: Exchange) -> int:
-    address = exchange.host
-    assert isinstance(address, IPv4Address | IPv6Address)
-    return address.port
 
 
 def _hasPort(hostport: str) -> bool:

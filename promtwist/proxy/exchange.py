@@ -25,8 +25,12 @@ class Exchange(Protocol):
     the server's business.
 
     @ivar method: the request method, such as C{GET}.
-    @ivar path: the request target's path, still percent-encoded.
-    @ivar query: the request target's query string without its C{?}, or
+    @ivar path: the request target up to its first C{?}, as it came
+        (still percent-encoded): for an origin-form target (C{/metrics})
+        its path, for an absolute-form one (C{http://host/metrics}) the
+        scheme and authority too; a C{#fragment} stays in the path, or in
+        the query when there is one.
+    @ivar query: what follows the request target's first C{?}, or
         C{b""}.
     @ivar headers: the request headers the proxy reads.
     @ivar repeated: the names of those that came more than once.
@@ -105,7 +109,8 @@ class Exchange(Protocol):
 
 
 # The request headers an exchange keeps, by lower-case name: what the proxy
-# forwards or reads, and what the server needs for framing.
+# forwards or reads, and the two the server refuses a body by (llhttp reads
+# Connection itself, for keep-alive).
 READ_HEADERS = frozenset(
     {
         b"accept",
@@ -113,7 +118,6 @@ READ_HEADERS = frozenset(
         b"authorization",
         b"host",
         b"x-prometheus-scrape-timeout-seconds",
-        b"connection",
         b"content-length",
         b"transfer-encoding",
     }

@@ -491,6 +491,18 @@ class ScrapePortConnection(Protocol):
             return
         self._nextRequest()
 
+    def bodyProducer(self, exchange: ServerExchange, producer: IPushProducer | None) -> None:
+        """
+        C{producer} makes C{exchange}'s body, or nothing does any more
+        (L{None}): it is paused while the transport is, and only while
+        C{exchange} is the connection's current one.
+        """
+        if exchange is not self._exchange:
+            return
+        self._producer = producer
+        if producer is not None and self._writePaused:
+            producer.pauseProducing()
+
     def aborted(self, exchange: ServerExchange) -> None:
         """
         C{exchange} was broken off: the connection goes with it.
@@ -537,13 +549,7 @@ class ScrapePortConnection(Protocol):
         """
         transport = self.transport
         assert transport is not None
-        _log.debug(
-            "{peer}: {code} {reason}",
-            peer=str(transport.getPeer()),
-            code=refusal.status,
-            reason=refusal.reason,
-        )
-        transport.write(refusal.response())
+        refusal.send(transport)
         PENDING.wrote(transport)
         self._close()
 
@@ -738,17 +744,10 @@ class ServerExchange:
         self._gone = gone
 
     def registerProducer(self, producer: IPushProducer) -> None:
-        connection = self._connection
-        if connection._exchange is not self:
-            return
-        connection._producer = producer
-        if connection._writePaused:
-            producer.pauseProducing()
+        self._connection.bodyProducer(self, producer)
 
     def unregisterProducer(self) -> None:
-        connection = self._connection
-        if connection._exchange is self:
-            connection._producer = None
+        self._connection.bodyProducer(self, None)
 
     def lost(self) -> None:
         """

@@ -31,15 +31,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer_only
 
-from promtwist.httpguard import ABORT_TIMEOUT
+from promtwist.httpguard import ABORT_TIMEOUT, REFUSAL_LOG_INTERVAL, REMEMBERED_REFUSALS
 from promtwist.listen import withTLS
 from promtwist.test.helpers import MiB, UnreadingPeer, rss, unsent
-from promtwist.webguard import (
-    REFUSAL_LOG_INTERVAL,
-    REMEMBERED_REFUSALS,
-    HardenedChannel,
-    HardenedSite,
-)
+from promtwist.webguard import HardenedChannel, HardenedSite
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
 
