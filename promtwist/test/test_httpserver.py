@@ -560,6 +560,21 @@ class ExchangeTests(SynchronousTestCase):
         self.assertEqual(exchange.client, self.transport.getPeer())
         self.assertEqual(exchange.host, self.transport.getHost())
 
+    def test_targetForms(self) -> None:
+        """
+        The path is the target up to its first C{?}, as it came: with the
+        scheme and authority of an absolute-form target, and a fragment
+        where it falls.
+        """
+        for target, path, query in [
+            (b"http://h:1/a#f", b"http://h:1/a#f", b""),
+            (b"/a?x=1#f", b"/a", b"x=1#f"),
+            (b"/a#f", b"/a#f", b""),
+        ]:
+            exchange = self.get(b"GET " + target + b" HTTP/1.1\r\n\r\n")
+            self.assertEqual((exchange.path, exchange.query), (path, query))
+            exchange.finishWith(b"")
+
     def test_headersSanitised(self) -> None:
         """
         Control characters in a response header's name or value, from an
