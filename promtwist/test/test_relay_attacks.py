@@ -220,7 +220,7 @@ class RelayAttackTests(BesideARealAgent):
                                 )
                             )
                         )
-                    reactor.callLater(0, more)
+                    agent.whenWritable(more)
 
             more()
 
