@@ -470,6 +470,7 @@ class Session(FrameReceiver):
             # answering end waits for the driver's pings to tell it, and
             # its own measurement comes due only after the driver's second.
             self._roundTripDue = now + (heartbeatPeriod / 2 if drives else self._roundTripEvery())
+            self._sweep.serve(heartbeatPeriod)
             self._sweep.schedule(self, self._nextDeadline(now))
 
     def _roundTripEvery(self) -> float:

@@ -22,7 +22,7 @@ from promtwist.config import ProxySettings
 from promtwist.logs import RepeatedWarnings, clip, observer
 from promtwist.metrics import ProxyMetrics
 from promtwist.protocol.framing import _peerName
-from promtwist.protocol.liveness import DeadlineSweep
+from promtwist.protocol.liveness import DeadlineSweep, resolutionFor
 from promtwist.protocol.promtwist_pb2 import (
     HOLDER,
     RELEASED,
@@ -595,7 +595,7 @@ class AgentLinkFactory(ServerFactory):
         self.waiting: dict[AgentLink, float] = {}
         self._waitExpiry: IDelayedCall | None = None
         # One timer for every link's heartbeat and silence deadlines.
-        self.sweep = DeadlineSweep(clock)
+        self.sweep = DeadlineSweep(clock, resolutionFor(settings.heartbeat_period_secs))
         self.warnings = RepeatedWarnings(self._log, clock)
         self.authThrottle = AuthThrottle(clock, settings.max_auth_failures_per_address)
         self._handshakes = PendingHandshakes(
