@@ -161,7 +161,8 @@ class ProxySettings(_OperationsSettings):
     max_pending_handshakes_per_address: int = 8
     # Connections accepted at maxPendingHandshakes that wait, unread, for a
     # place, in order, each until handshakeTimeoutSecs after it was accepted;
-    # beyond it (at once when 0) a connection is refused OVERLOADED. It also
+    # beyond it (at once when 0) a connection is refused OVERLOADED. Lowered
+    # at start, with a warning, to what the open-file limit leaves. It also
     # sizes the agent port's listen backlog (at least 50, capped by the
     # kernel's net.core.somaxconn): connections the kernel completed and
     # holds until the reactor's next accept, which is never paused.

@@ -47,8 +47,11 @@ from promtwist.proxy.admission import (
     AuthThrottle,
     PendingHandshakes,
     Refusal,
+    filesNeeded,
     helloProblem,
     hostOf,
+    raiseOpenFileLimit,
+    waitingRoom,
 )
 from promtwist.proxy.auth import ANONYMOUS, AuthenticationFailed, Authenticator
 from promtwist.proxy.registry import (
@@ -567,6 +570,9 @@ class AgentLinkFactory(ServerFactory):
     @ivar pending: links that have not completed the handshake.
     @ivar waiting: links accepted at the total handshake cap, waiting for a
         place, in the order they came, with when each was accepted.
+    @ivar maxWaiting: how many may wait: C{proxy.internal.maxWaitingHandshakes},
+        lowered when started if the open-file limit (raised as far as its
+        hard limit allows) has no room for them all beside every agent.
     @ivar refusedConnections: connections refused at a handshake cap.
     @ivar warnings: the agent port's warnings that anonymous peers can
         repeat (refusals, failed authentications, handshake errors): a few
@@ -593,6 +599,7 @@ class AgentLinkFactory(ServerFactory):
         self.pending: set[AgentLink] = set()
         self.refusedConnections = 0
         self.waiting: dict[AgentLink, float] = {}
+        self.maxWaiting = settings.max_waiting_handshakes
         self._waitExpiry: IDelayedCall | None = None
         # One timer for every link's heartbeat and silence deadlines.
         self.sweep = DeadlineSweep(clock, resolutionFor(settings.heartbeat_period_secs))
@@ -664,7 +671,28 @@ class AgentLinkFactory(ServerFactory):
                 more=f" and {more} more (at debug level)" if more > 0 else "",
             )
 
+    # Raises the open-file limit as far as needed and allowed, and says
+    # what it is; replaced in tests.
+    openFileLimit = staticmethod(raiseOpenFileLimit)
+
     def startFactory(self) -> None:
+        settings = self.settings
+        openFiles = self.openFileLimit(filesNeeded(settings))
+        self.maxWaiting = waitingRoom(settings, openFiles)
+        if self.maxWaiting < settings.max_waiting_handshakes:
+            self._log.warn(
+                "the open-file limit of {limit} leaves room for {room} of the {setting} "
+                "connections proxy.internal.maxWaitingHandshakes lets wait for a handshake "
+                "place, beside proxy.internal.maxAgents ({agents}) links and "
+                "proxy.internal.maxPendingHandshakes ({pending}) handshakes; raise the "
+                "limit (ulimit -n, LimitNOFILE=) to {needed} to let them all wait",
+                limit=openFiles,
+                room=self.maxWaiting,
+                setting=settings.max_waiting_handshakes,
+                agents=settings.max_agents,
+                pending=settings.max_pending_handshakes,
+                needed=filesNeeded(settings),
+            )
         if self.authenticator.open:
             self._log.warn(
                 "the agent port is open: any host that reaches it can register paths "
@@ -687,16 +715,19 @@ class AgentLinkFactory(ServerFactory):
             return self._enter(AgentLink(self, host))
         kind, message = refusal
         if kind == "pending_handshakes" and self.settings.max_waiting_handshakes:
-            if len(self.waiting) < self.settings.max_waiting_handshakes:
+            if len(self.waiting) < self.maxWaiting:
                 link = AgentLink(self, host, waiting=True)
                 self.links.add(link)
                 self.waiting[link] = self.clock.seconds()
                 self._armWaitExpiry()
                 return link
+            lowered = self.maxWaiting < self.settings.max_waiting_handshakes
             kind = "waiting_handshakes"
             message += (
                 f", and {len(self.waiting)} connections already wait for a place "
-                "(proxy.internal.maxWaitingHandshakes)"
+                "(proxy.internal.maxWaitingHandshakes"
+                + (", lowered to fit the open-file limit" if lowered else "")
+                + ")"
             )
         return self._refuse(host, kind, message)
 

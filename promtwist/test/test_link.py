@@ -5,6 +5,7 @@ L{promtwist.agent.connection}, joined in memory with a fake clock.
 
 from __future__ import annotations
 
+import resource
 import struct
 from collections.abc import Generator
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from promtwist.protocol.promtwist_pb2 import (
     ScrapeChunk,
 )
 from promtwist.protocol.session import ROUND_TRIP_EVERY_PERIODS, SessionLost
+from promtwist.proxy.admission import FILES_RESERVED, raiseOpenFileLimit, waitingRoom
 from promtwist.proxy.answers import ScrapeFailed
 from promtwist.proxy.link import AgentLink, agentLinkFactory
 from promtwist.proxy.relay import ScrapeCall
@@ -504,6 +506,59 @@ class AuthenticationTests(SynchronousTestCase):
             link.connectionLost(Failure(SessionLost("gone")))
         self.assertEqual([c for c in clock.getDelayedCalls() if c.active()], [])
 
+    def test_waitingWithinTheOpenFileLimit(self) -> None:
+        """
+        Waiting connections hold a file each: when started, the factory lets
+        only as many wait as the open-file limit leaves room for beside
+        every agent and handshake (the reviewer's C{fdflood.py}: a flood
+        that took every file would leave no port able to accept), says so,
+        and refuses the others at once, saying why.
+        """
+        settings = ProxySettings(
+            max_agents=100, max_pending_handshakes=1, max_waiting_handshakes=4096
+        )
+        asked = []
+        factory = agentLinkFactory(settings, Clock())
+
+        def limit(needed: int) -> int:
+            asked.append(needed)
+            return 100 + 1 + FILES_RESERVED + 2
+
+        factory.openFileLimit = limit
+        with capturedLogs() as events:
+            factory.startFactory()
+        self.assertEqual(asked, [100 + 1 + 4096 + FILES_RESERVED])
+        self.assertEqual(factory.maxWaiting, 2)
+        self.assertIn("leaves room for 2 of the 4096 connections", logText(events))
+        self.assertIn(f"to {100 + 1 + 4096 + FILES_RESERVED} to let them all wait", logText(events))
+        links = [factory.buildProtocol(None) for _ in range(3)]
+        self.assertTrue(all(isinstance(link, AgentLink) for link in links))
+        refused = factory.buildProtocol(None)
+        transport = TCPStringTransport()
+        refused.makeConnection(transport)
+        (reply,) = decodeAll(transport.value())
+        self.assertIn(
+            "(proxy.internal.maxWaitingHandshakes, lowered to fit the open-file limit)",
+            reply.reject.message,
+        )
+        self.assertEqual(waitingRoom(settings, 10), 0)
+        self.assertEqual(waitingRoom(settings, 100_000), 4096)
+
+    def test_openFileLimitRaised(self) -> None:
+        """
+        The soft open-file limit is raised towards what is needed, never
+        past the hard limit, and never lowered.
+        """
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
+        self.assertEqual(raiseOpenFileLimit(1), soft)
+        self.assertEqual(resource.getrlimit(resource.RLIMIT_NOFILE), (soft, hard))
+        if hard != resource.RLIM_INFINITY and soft > 64:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+            self.assertEqual(raiseOpenFileLimit(soft), soft)
+            self.assertEqual(resource.getrlimit(resource.RLIMIT_NOFILE)[0], soft)
+            self.assertEqual(raiseOpenFileLimit(hard + 1), hard)
+
     def test_waitingShareChecked(self) -> None:
         """
         A waiting connection whose address holds its share of handshake
@@ -538,8 +593,10 @@ class AuthenticationTests(SynchronousTestCase):
             (ProxySettings(identities=(Identity("a", "t"),)), False),
             (ProxySettings(tls_trust_cert_collection_file_path="ca.pem"), False),
         ]:
+            factory = agentLinkFactory(settings, Clock())
+            factory.openFileLimit = lambda needed: needed
             with capturedLogs() as events:
-                agentLinkFactory(settings, Clock()).startFactory()
+                factory.startFactory()
             self.assertEqual("the agent port is open" in logText(events), warned, settings)
 
     def test_clearTextCredentialsWarnedOnce(self) -> None:
