@@ -16,9 +16,14 @@ per connection: it scrapes nothing, so what is measured is the proxy.
 Once every link is registered it measures, over C{--window} seconds: the
 proxy's CPU (% of one core, from /proc/<pid>/stat) and RSS, the latency of a
 few C{GET /discovery} (from a separate process, so this one's load does not
-count), the pings each link received (a link that waited longer for one
-than the proxy's idle threshold, 1.5 periods, plus one second missed a
-heartbeat) and the links the proxy closed. Then the herd: the proxy is killed (SIGKILL) and started
+count), the pings each link received, the longest gap between them per link
+(the gap still open when the window ends included: a link the proxy stops
+pinging shows), and the links the proxy closed. A link I{missed} a
+heartbeat when a gap was longer than the proxy's ping promise (idle periods
+before a ping times the period, plus the sweep's resolution, plus one second
+of slack); it was I{lost} when a gap was longer than the agent's abort
+bound (three periods: a real agent would have aborted the link) or the
+proxy closed it. Then the herd: the proxy is killed (SIGKILL) and started
 again, and it times how long until every link is registered again, counting
 the handshakes refused at the proxy's caps and the connects refused while
 it was down.
@@ -34,6 +39,7 @@ import argparse
 import json
 import os
 import random
+import re
 import resource
 import signal
 import socket
@@ -49,8 +55,9 @@ from twisted.internet.protocol import ClientFactory
 from twisted.python.failure import Failure
 
 from promtwist.protocol.framing import FrameReceiver
+from promtwist.protocol.liveness import resolutionFor
 from promtwist.protocol.promtwist_pb2 import Frame, Hello, Pong, RegisterPath, Reject
-from promtwist.protocol.session import IDLE_PERIODS_BEFORE_PING
+from promtwist.protocol.session import IDLE_PERIODS_BEFORE_PING, SILENT_PERIODS_BEFORE_ABORT
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
@@ -142,9 +149,11 @@ class IdleLink(FrameReceiver):
             if frame.path_reply.ok:
                 a.registered(now)
         elif kind == "reject":
+            # By the settings the message names: which cap refused it.
+            settings = re.findall(r"proxy\.internal\.(\w+)", frame.reject.message)
             reason = Reject.Reason.Name(frame.reject.reason).lower()
-            if "PerAddress" in frame.reject.message:
-                reason += " per address"
+            if settings:
+                reason += " (" + ", ".join(settings) + ")"
             a.fleet.counts.refused[reason] = a.fleet.counts.refused.get(reason, 0) + 1
             a.rejected = True
             self.transport.loseConnection()
@@ -175,6 +184,8 @@ class IdleAgent(ClientFactory):
         self.rejected = False
         self.lastPing = 0.0
         self.maxGap = 0.0
+        # The proxy closed this agent's link during the measured window.
+        self.closedByProxy = False
         self.stopped = False
 
     def connect(self) -> None:
@@ -214,6 +225,8 @@ class IdleAgent(ClientFactory):
             return
         if not self.rejected:
             self.fleet.counts.lostByProxy += 1
+            if self.fleet.measuring:
+                self.closedByProxy = True
         self.rejected = False
         self.retry()
 
@@ -406,6 +419,7 @@ def measure(args: argparse.Namespace, count: int, workdir: str):  # type: ignore
         fleet.counts.lostByProxy = 0
         for agent in fleet.agents:
             agent.maxGap = 0.0
+            agent.closedByProxy = False
         fleet.measuring = True
         pingsBefore = fleet.counts.pings
         cpuBefore, wallBefore = cpuSeconds(proxy.pid), time.monotonic()
@@ -415,16 +429,28 @@ def measure(args: argparse.Namespace, count: int, workdir: str):  # type: ignore
         )
         yield task.deferLater(reactor, args.window / 2, lambda: None)
         cpu = cpuSeconds(proxy.pid) - cpuBefore
-        wall = time.monotonic() - wallBefore
+        end = time.monotonic()
+        wall = end - wallBefore
         fleet.measuring = False
+        for agent in fleet.agents:
+            if agent.isRegistered:
+                # The gap still open: a link no longer pinged.
+                agent.maxGap = max(agent.maxGap, end - agent.lastPing)
         result["cpu_pct"] = 100 * cpu / wall
         result["rss_mib"] = rssKiB(proxy.pid) / 1024
         result["discovery_ms"] = discovery
         result["pings_per_s"] = (fleet.counts.pings - pingsBefore) / wall
         result["max_ping_gap_s"] = max(a.maxGap for a in fleet.agents)
         result["missed"] = sum(1 for a in fleet.agents if a.maxGap > missedAfter(args.period))
-        result["lost"] = fleet.counts.lostByProxy
-        result["evictions"] = yield threads.deferToThread(
+        result["lost"] = sum(
+            1
+            for a in fleet.agents
+            if a.closedByProxy or a.maxGap > SILENT_PERIODS_BEFORE_ABORT * args.period
+        )
+        result["closed_by_proxy"] = fleet.counts.lostByProxy
+        # Agents the proxy evicted as stale (proxy.internal.staleAgentCheck*);
+        # links it aborted for silence are among those closed by the proxy.
+        result["stale_evictions"] = yield threads.deferToThread(
             metric, proxy.metricsPort, "proxy_eviction_count_total"
         )
         # The herd.
@@ -449,10 +475,12 @@ def measure(args: argparse.Namespace, count: int, workdir: str):  # type: ignore
 
 def missedAfter(period: float) -> float:
     """
-    The longest wait for a ping that is not a missed heartbeat: the proxy
-    pings an idle link after 1.5 periods, and meets that within a second.
+    The longest wait for a ping that is not a missed heartbeat: the proxy's
+    promise (it pings a link idle for L{IDLE_PERIODS_BEFORE_PING} periods,
+    within its sweep's resolution), and one second of slack for a busy
+    machine.
     """
-    return IDLE_PERIODS_BEFORE_PING * period + 1.0
+    return IDLE_PERIODS_BEFORE_PING * period + resolutionFor(period) + 1.0
 
 
 def table(results: list[dict[str, object]], period: float) -> str:
@@ -473,8 +501,11 @@ def table(results: list[dict[str, object]], period: float) -> str:
             f" {r['herd_s']:>7.1f} {sum(refused.values()):>8}"
         )
     lines.append(
-        f"(heartbeat period {period:g} s; a link missed a heartbeat when it waited over "
-        f"{missedAfter(period):g} s for a ping; herd s: from SIGKILL to all registered again)"
+        f"(heartbeat period {period:g} s; missed: links that waited over "
+        f"{missedAfter(period):g} s for a ping (the proxy's promise of "
+        f"{IDLE_PERIODS_BEFORE_PING:g} periods + resolution + 1 s slack); lost: links that "
+        f"waited over {SILENT_PERIODS_BEFORE_ABORT * period:g} s (an agent's abort bound) or "
+        "that the proxy closed; herd s: from SIGKILL to all registered again)"
     )
     return "\n".join(lines)
 

@@ -159,8 +159,13 @@ class ProxySettings(_OperationsSettings):
     # Limits on what the agent port accepts (proxy.internal.*).
     max_pending_handshakes: int = 64
     max_pending_handshakes_per_address: int = 8
-    # Connections that wait, unread, for one of maxPendingHandshakes' places
-    # (and the agent port's listen backlog); 0 refuses them at once.
+    # Connections accepted at maxPendingHandshakes that wait, unread, for a
+    # place, in order, each until handshakeTimeoutSecs after it was accepted;
+    # beyond it (at once when 0) a connection is refused OVERLOADED. Lowered
+    # at start, with a warning, to what the open-file limit leaves. It also
+    # sizes the agent port's listen backlog (at least 50, capped by the
+    # kernel's net.core.somaxconn): connections the kernel completed and
+    # holds until the reactor's next accept, which is never paused.
     max_waiting_handshakes: int = 4096
     # Failed authentications from one address before it is refused for a
     # while without its token being checked; 0 turns the throttle off.

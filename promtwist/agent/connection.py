@@ -263,7 +263,7 @@ class ProxyConnection(Session):
             raise ProtocolError(f"an agent id of {len(welcome.agent_id)} characters")
         self.agentId = welcome.agent_id
         # The proxy drives liveness: it pings this link whenever it was idle
-        # for one and a half of its periods, so the agent only answers, and
+        # for two of its periods, so the agent only answers, and
         # aborts a proxy silent for three of those periods. An agent that wants to notice
         # a dead proxy sooner than that (heartbeatMaxInactivitySecs below
         # the proxy's period) pings at its own period as well.

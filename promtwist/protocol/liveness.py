@@ -3,15 +3,20 @@
 One timer for the liveness of many links.
 
 Ten thousand idle links each with a timer of their own cost the proxy ten
-thousand timer calls per heartbeat period whether or not anything is due. A
+thousand timer calls and reactor timer-heap operations per heartbeat period. A
 L{DeadlineSweep} instead files each link under the time its next liveness
-check is due, in buckets of L{RESOLUTION} seconds, and keeps one reactor
-timer for the earliest bucket: each sweep visits only the links whose
-deadline passed, O(expired) and not O(links).
+check is due, in buckets of a resolution (L{resolutionFor}), and keeps one
+reactor timer for the earliest bucket: a sweep visits the links whose
+deadline passed and no others.
 
-Traffic does not touch the sweep: a link only records when it last sent and
-received (two floats), and when its deadline comes it works out, from those,
-whether it must ping or abort now and when to be looked at next.
+That is not free at idle: an idle link's deadline is its next ping, so
+every link is visited once per ping interval (a ping and a refiling in a
+set), ten thousand visits per interval for ten thousand idle links, but with
+one reactor timer in all and sweeps only as often as buckets come due. A
+busy link is visited as rarely as an idle one: traffic does not touch the
+sweep. A link only records when it last sent and received (two floats),
+and when its deadline comes it works out, from those, whether it must ping
+or abort now and when to be looked at next.
 """
 
 from __future__ import annotations
@@ -26,9 +31,21 @@ from twisted.logger import Logger
 from promtwist.logs import observer
 from promtwist.sendnow import sendsOnReturn
 
-# How late a deadline may be met, in seconds: a ping goes out, and a silent
-# link is aborted, at most this long after it is due.
+# How late a deadline may be met, in seconds, at most: a ping goes out, and
+# a silent link is aborted, at most this long after it is due.
 RESOLUTION = 0.25
+
+# For short heartbeat periods, the resolution is a period divided by this.
+RESOLUTION_DIVISOR = 20
+
+
+def resolutionFor(period: float) -> float:
+    """
+    How late the deadlines of links with this heartbeat C{period} may be
+    met: L{RESOLUTION}, or a twentieth of a short period, so that what is
+    due a period or two ahead is never late by much of one.
+    """
+    return min(RESOLUTION, period / RESOLUTION_DIVISOR)
 
 
 class Watched(Protocol):
@@ -45,12 +62,14 @@ class Watched(Protocol):
 
 class DeadlineSweep:
     """
-    Deadlines of many L{Watched}, met within L{RESOLUTION} seconds by one
+    Deadlines of many L{Watched}, met within C{resolution} seconds by one
     timer.
 
     A watched thing has at most one deadline at a time: L{schedule} moves
-    it, L{cancel} removes it. The timer exists only while some deadline
-    does, so a sweep with nothing filed leaves the reactor clean.
+    it, L{cancel} removes it, at any time, from a handler too (for the
+    thing visited or any other). A handler that schedules what it visits
+    wins over the deadline it returns. The timer exists only while some
+    deadline does, so a sweep with nothing filed leaves the reactor clean.
     """
 
     _log = Logger(observer=observer)
@@ -72,7 +91,7 @@ class DeadlineSweep:
 
     def schedule(self, watched: Watched, at: float) -> None:
         """
-        Look at C{watched} at C{at} (or within L{RESOLUTION} after), and not
+        Look at C{watched} at C{at} (or within C{resolution} after), and not
         at any earlier deadline it had.
         """
         self.cancel(watched)
@@ -85,6 +104,25 @@ class DeadlineSweep:
         self._where[watched] = key
         if self._sweeping < 0:
             self._arm()
+
+    def serve(self, period: float) -> None:
+        """
+        Deadlines of links with this heartbeat C{period} will be filed:
+        make the resolution at least as fine as L{resolutionFor} it, refiling
+        what is filed already (a shorter period than any before is rare, so
+        this costs nothing in the steady state). Not from a handler.
+        """
+        wanted = resolutionFor(period)
+        if wanted >= self.resolution:
+            return
+        assert self._sweeping < 0, "the resolution changes between sweeps"
+        filed = {watched: key * self.resolution for watched, key in self._where.items()}
+        self.resolution = wanted
+        self._buckets.clear()
+        self._order.clear()
+        self._where.clear()
+        for watched, at in filed.items():
+            self.schedule(watched, at)
 
     def cancel(self, watched: Watched) -> None:
         """
@@ -133,8 +171,14 @@ class DeadlineSweep:
         self._sweeping = due
         try:
             while self._order and self._order[0] <= due:
-                key = heapq.heappop(self._order)
-                for watched in list(self._buckets.pop(key)):
+                key = self._order[0]
+                # Taken one at a time from the live bucket: a handler that
+                # cancels or moves another item of it takes that item out
+                # before it is visited (what is refiled goes to a later
+                # bucket, never this one).
+                bucket = self._buckets[key]
+                while bucket:
+                    watched = bucket.pop()
                     del self._where[watched]
                     try:
                         again = watched.deadlinePassed(now)
@@ -143,8 +187,10 @@ class DeadlineSweep:
                         # checks, not every other link its own.
                         self._log.failure("liveness check failed")
                         continue
-                    if again is not None:
+                    if again is not None and watched not in self._where:
                         self.schedule(watched, again)
+                heapq.heappop(self._order)
+                del self._buckets[key]
         finally:
             self._sweeping = -1
             self._arm()

@@ -12,11 +12,13 @@ being checked, and a Hello's fields have bounded sizes.
 from __future__ import annotations
 
 import re
+import resource
 from collections import OrderedDict, defaultdict
 
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Protocol
 
+from promtwist.config import ProxySettings
 from promtwist.protocol.framing import encodeFrame
 from promtwist.protocol.promtwist_pb2 import Frame, Hello, Reject
 from promtwist.protocol.session import HANDSHAKE_MAX_FRAME_BYTES
@@ -86,6 +88,52 @@ class PendingHandshakes:
         self._byHost[host] -= 1
         if not self._byHost[host]:
             del self._byHost[host]
+
+
+# Open files the proxy needs besides its agent links and the connections
+# waiting for a handshake place: listening ports, logs, scrape-port and
+# admin connections, target files.
+FILES_RESERVED = 256
+
+
+def filesNeeded(settings: ProxySettings) -> int:
+    """
+    The open files the agent port may use at its caps, and the others.
+    """
+    return (
+        settings.max_agents
+        + settings.max_pending_handshakes
+        + settings.max_waiting_handshakes
+        + FILES_RESERVED
+    )
+
+
+def raiseOpenFileLimit(needed: int) -> int:
+    """
+    Raise this process's soft open-file limit towards C{needed}, as far as
+    its hard limit allows (no privilege needed), and return the soft limit.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        wanted = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):
+            pass
+    return needed if soft == resource.RLIM_INFINITY else soft
+
+
+def waitingRoom(settings: ProxySettings, openFiles: int) -> int:
+    """
+    How many connections may wait for a handshake place: as many as
+    C{proxy.internal.maxWaitingHandshakes} allows, and the open-file limit
+    C{openFiles} leaves beside every agent, every handshake and
+    L{FILES_RESERVED}. Each waiting connection holds a file; were they to
+    exhaust the limit, no port of the proxy could accept anything.
+    """
+    room = openFiles - settings.max_agents - settings.max_pending_handshakes - FILES_RESERVED
+    return max(0, min(settings.max_waiting_handshakes, room))
 
 
 class Refusal(Protocol):

@@ -12,9 +12,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, ClassVar, cast
 
-from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.interfaces import IAddress, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -23,7 +22,7 @@ from promtwist.config import ProxySettings
 from promtwist.logs import RepeatedWarnings, clip, observer
 from promtwist.metrics import ProxyMetrics
 from promtwist.protocol.framing import _peerName
-from promtwist.protocol.liveness import DeadlineSweep
+from promtwist.protocol.liveness import DeadlineSweep, resolutionFor
 from promtwist.protocol.promtwist_pb2 import (
     HOLDER,
     RELEASED,
@@ -48,8 +47,11 @@ from promtwist.proxy.admission import (
     AuthThrottle,
     PendingHandshakes,
     Refusal,
+    filesNeeded,
     helloProblem,
     hostOf,
+    raiseOpenFileLimit,
+    waitingRoom,
 )
 from promtwist.proxy.auth import ANONYMOUS, AuthenticationFailed, Authenticator
 from promtwist.proxy.registry import (
@@ -163,27 +165,26 @@ class AgentLink(Session):
         if self.waitingForPlace:
             cast(IPushProducer, self.transport).pauseProducing()
         else:
-            self._startHandshakeTimer()
+            self._startHandshakeTimer(self.factory.settings.handshake_timeout_secs)
 
-    def _startHandshakeTimer(self) -> None:
-        self._handshakeTimer = self.callLater(
-            self.factory.settings.handshake_timeout_secs, self._handshakeTimedOut
-        )
+    def _startHandshakeTimer(self, secs: float) -> None:
+        self._handshakeTimer = self.callLater(secs, self._handshakeTimedOut)
 
-    def startHandshake(self) -> None:
+    def startHandshake(self, secs: float) -> None:
         """
         A waiting link got its handshake place: read its Hello now, within
-        the handshake timeout from now.
+        C{secs}, what its wait left of the handshake timeout.
         """
         self.waitingForPlace = False
         if self.isOpen():
-            self._startHandshakeTimer()
+            self._startHandshakeTimer(secs)
             cast(IPushProducer, self.transport).resumeProducing()
 
     def refused(self, refusal: Refusal) -> None:
         """
-        A waiting link's turn came, but its address is at its share of
-        handshake places: tell it so, as a connection refused at once is.
+        A waiting link is refused (its address held its share of handshake
+        places when its turn came, or it waited past the handshake
+        timeout): tell it why, as a connection refused at once is told.
         """
         self.sendFrame(Frame(reject=Reject(reason=Reject.OVERLOADED, message=refusal.message)))
         self.close(f"refused: {refusal.message}")
@@ -191,7 +192,7 @@ class AgentLink(Session):
     def _handshakeTimedOut(self) -> None:
         self.warnings.warn(
             "handshake timeout",
-            "no Hello from {peer} within {secs}s; closing",
+            "no Hello from {peer} within {secs}s of its connection; closing",
             peer=_peerName(self.transport),
             secs=self.factory.settings.handshake_timeout_secs,
         )
@@ -549,22 +550,29 @@ class AgentLinkFactory(ServerFactory):
     or not. A connection over a handshake cap is sent a Reject saying which,
     and closed.
 
-    At the total handshake cap a connection is not refused at once: up to
+    The agent port never stops accepting, so that every connection gets
+    its answer at once, not after waiting unseen in the kernel. At the
+    total handshake cap a connection is not refused either: up to
     C{proxy.internal.maxWaitingHandshakes} of them wait, unread and without
-    a handshake timer, and take the places that finishing handshakes free,
-    in the order they came; and the agent port stops accepting
-    (L{acceptor}) meanwhile, so that further ones wait in the kernel's
-    listen backlog. A herd of agents reconnecting to a restarted proxy then
-    queues instead of being refused and retrying. What waits is bounded
-    and costs a socket each (nothing is read from it); the per-address
+    a timer of their own, and take the places that finishing handshakes
+    free, in the order they came; beyond that bound (or at once when it is
+    0) a connection is refused. A herd of agents reconnecting to a
+    restarted proxy then queues instead of being refused and retrying.
+    Waiting counts against C{proxy.internal.handshakeTimeoutSecs}, which
+    runs from when a connection was accepted: one that waited that long is
+    refused rather than handshaken (its agent gave up on a Welcome by
+    then), and one admitted later has what is left of it for its Hello.
+    What waits is bounded and costs a socket each (nothing is read from
+    it); one timer, for the oldest, expires them all; the per-address
     share is still checked when a waiting connection's turn comes.
-
-    @ivar acceptor: the listening port, once bound, to pause and resume.
 
     @ivar links: every open link, in its handshake or not.
     @ivar pending: links that have not completed the handshake.
     @ivar waiting: links accepted at the total handshake cap, waiting for a
-        place, in the order they came (keys; the values mean nothing).
+        place, in the order they came, with when each was accepted.
+    @ivar maxWaiting: how many may wait: C{proxy.internal.maxWaitingHandshakes},
+        lowered when started if the open-file limit (raised as far as its
+        hard limit allows) has no room for them all beside every agent.
     @ivar refusedConnections: connections refused at a handshake cap.
     @ivar warnings: the agent port's warnings that anonymous peers can
         repeat (refusals, failed authentications, handshake errors): a few
@@ -590,11 +598,11 @@ class AgentLinkFactory(ServerFactory):
         self.links: set[AgentLink] = set()
         self.pending: set[AgentLink] = set()
         self.refusedConnections = 0
-        self.acceptor: FileDescriptor | None = None
-        self._acceptPaused = False
-        self.waiting: dict[AgentLink, None] = {}
+        self.waiting: dict[AgentLink, float] = {}
+        self.maxWaiting = settings.max_waiting_handshakes
+        self._waitExpiry: IDelayedCall | None = None
         # One timer for every link's heartbeat and silence deadlines.
-        self.sweep = DeadlineSweep(clock)
+        self.sweep = DeadlineSweep(clock, resolutionFor(settings.heartbeat_period_secs))
         self.warnings = RepeatedWarnings(self._log, clock)
         self.authThrottle = AuthThrottle(clock, settings.max_auth_failures_per_address)
         self._handshakes = PendingHandshakes(
@@ -663,7 +671,28 @@ class AgentLinkFactory(ServerFactory):
                 more=f" and {more} more (at debug level)" if more > 0 else "",
             )
 
+    # Raises the open-file limit as far as needed and allowed, and says
+    # what it is; replaced in tests.
+    openFileLimit = staticmethod(raiseOpenFileLimit)
+
     def startFactory(self) -> None:
+        settings = self.settings
+        openFiles = self.openFileLimit(filesNeeded(settings))
+        self.maxWaiting = waitingRoom(settings, openFiles)
+        if self.maxWaiting < settings.max_waiting_handshakes:
+            self._log.warn(
+                "the open-file limit of {limit} leaves room for {room} of the {setting} "
+                "connections proxy.internal.maxWaitingHandshakes lets wait for a handshake "
+                "place, beside proxy.internal.maxAgents ({agents}) links and "
+                "proxy.internal.maxPendingHandshakes ({pending}) handshakes; raise the "
+                "limit (ulimit -n, LimitNOFILE=) to {needed} to let them all wait",
+                limit=openFiles,
+                room=self.maxWaiting,
+                setting=settings.max_waiting_handshakes,
+                agents=settings.max_agents,
+                pending=settings.max_pending_handshakes,
+                needed=filesNeeded(settings),
+            )
         if self.authenticator.open:
             self._log.warn(
                 "the agent port is open: any host that reaches it can register paths "
@@ -675,74 +704,113 @@ class AgentLinkFactory(ServerFactory):
         self.warnings.flush()
 
     def buildProtocol(self, addr: IAddress | None) -> AgentLink | Refusal:
+        """
+        Every connection is accepted and answered at once: it starts its
+        handshake, waits for a place, or is refused (see the class
+        docstring).
+        """
         host = hostOf(addr)
         refusal = self._handshakes.refusal(host)
-        if (
-            refusal is not None
-            and refusal[0] == "pending_handshakes"
-            and len(self.waiting) < self.settings.max_waiting_handshakes
-        ):
-            link = AgentLink(self, host, waiting=True)
-            self.links.add(link)
-            self.waiting[link] = None
-            return link
-        return self._refuseOrAdmit(host, refusal)
-
-    def _refuseOrAdmit(
-        self, host: str, refusal: tuple[str, str] | None, link: AgentLink | None = None
-    ) -> AgentLink | Refusal:
-        """
-        Refuse a connection from C{host} for C{refusal}, or let it start its
-        handshake: C{link}, one that waited, or a new one.
-        """
-        if refusal is not None:
-            kind, message = refusal
-            self.refusedConnections += 1
-            self.metrics.rejected(kind)
-            self.warnings.warn(
-                "refused connection",
-                "refusing a connection from {peer}: {why}",
-                peer=host or "?",
-                why=message,
+        if refusal is None:
+            return self._enter(AgentLink(self, host))
+        kind, message = refusal
+        if kind == "pending_handshakes" and self.settings.max_waiting_handshakes:
+            if len(self.waiting) < self.maxWaiting:
+                link = AgentLink(self, host, waiting=True)
+                self.links.add(link)
+                self.waiting[link] = self.clock.seconds()
+                self._armWaitExpiry()
+                return link
+            lowered = self.maxWaiting < self.settings.max_waiting_handshakes
+            kind = "waiting_handshakes"
+            message += (
+                f", and {len(self.waiting)} connections already wait for a place "
+                "(proxy.internal.maxWaitingHandshakes"
+                + (", lowered to fit the open-file limit" if lowered else "")
+                + ")"
             )
-            return Refusal(message)
-        if link is None:
-            link = AgentLink(self, host)
-            self.links.add(link)
+        return self._refuse(host, kind, message)
+
+    def _enter(self, link: AgentLink) -> AgentLink:
+        """
+        C{link} takes a handshake place.
+        """
+        self.links.add(link)
         self.pending.add(link)
-        self._handshakes.enter(host)
-        self._acceptWhileRoom()
+        self._handshakes.enter(link.host)
         return link
+
+    def _refuse(self, host: str, kind: str, message: str) -> Refusal:
+        """
+        Count and log (at a bounded rate) a connection from C{host} refused
+        for C{kind}, and what to tell it.
+        """
+        self.refusedConnections += 1
+        self.metrics.rejected(kind)
+        self.warnings.warn(
+            "refused connection",
+            "refusing a connection from {peer}: {why}",
+            peer=host or "?",
+            why=message,
+        )
+        return Refusal(message)
 
     def _admit(self) -> None:
         """
-        A handshake place was freed: give free places to waiting
-        connections, in order.
+        A handshake place was freed, or the oldest waiting connection's
+        time is up: refuse those that waited past the handshake timeout,
+        then give free places to the others, in order. A connection's
+        handshake timeout runs from when it was accepted, waiting or not.
         """
-        while self.waiting and len(self._handshakes) < self.settings.max_pending_handshakes:
-            link = next(iter(self.waiting))
+        now = self.clock.seconds()
+        limit = self.settings.handshake_timeout_secs
+        while self.waiting:
+            link, since = next(iter(self.waiting.items()))
+            if since + limit <= now:
+                del self.waiting[link]
+                link.refused(
+                    self._refuse(
+                        link.host,
+                        "handshake_wait_timeout",
+                        f"waited {now - since:.1f}s for a handshake place, in vain: the proxy "
+                        f"is at its handshake limit of {self.settings.max_pending_handshakes} "
+                        "(proxy.internal.maxPendingHandshakes), and a connection must "
+                        f"complete its handshake within {limit:g}s of being accepted "
+                        "(proxy.internal.handshakeTimeoutSecs)",
+                    )
+                )
+                continue
+            if len(self._handshakes) >= self.settings.max_pending_handshakes:
+                break
             del self.waiting[link]
-            refused = self._refuseOrAdmit(link.host, self._handshakes.refusal(link.host), link)
-            if isinstance(refused, Refusal):
-                link.refused(refused)
+            refusal = self._handshakes.refusal(link.host)
+            if refusal is not None:
+                link.refused(self._refuse(link.host, *refusal))
             else:
-                link.startHandshake()
-        self._acceptWhileRoom()
+                self._enter(link).startHandshake(since + limit - now)
+        self._armWaitExpiry()
 
-    def _acceptWhileRoom(self) -> None:
+    def _armWaitExpiry(self) -> None:
         """
-        Accept new connections only while the total handshake cap has room.
+        Keep the one timer of the waiting queue while anything waits: it
+        fires when the oldest waiting connection's handshake timeout ends.
+        The queue is in the order connections came and they all have the
+        same timeout, so the oldest is always first: a timer that fires
+        for a connection that already left finds the next one at the head
+        and is set again for it.
         """
-        if self.acceptor is None or not self.acceptor.connected:
-            # Not listening (any more): nothing to pause or resume.
-            return
-        full = len(self._handshakes) >= self.settings.max_pending_handshakes
-        if full and not self._acceptPaused:
-            self._acceptPaused = True
-            self.acceptor.stopReading()
-        elif self._acceptPaused and not full:
-            self._acceptPaused = False
-            self.acceptor.startReading()
+        if not self.waiting:
+            if self._waitExpiry is not None and self._waitExpiry.active():
+                self._waitExpiry.cancel()
+            self._waitExpiry = None
+        elif self._waitExpiry is None or not self._waitExpiry.active():
+            since = next(iter(self.waiting.values()))
+            delay = since + self.settings.handshake_timeout_secs - self.clock.seconds()
+            self._waitExpiry = self.clock.callLater(max(0.0, delay), self._waitExpired)
+
+    def _waitExpired(self) -> None:
+        self._waitExpiry = None
+        self._admit()
 
     def agentCount(self) -> int:
         """
@@ -756,8 +824,9 @@ class AgentLinkFactory(ServerFactory):
 
     def linkClosed(self, link: AgentLink) -> None:
         self.links.discard(link)
-        self.waiting.pop(link, None)
         self._claimChanges.pop(link.agentId, None)
+        if self.waiting.pop(link, None) is not None:
+            self._armWaitExpiry()
         self._leavePending(link)
 
     def _leavePending(self, link: AgentLink) -> None:

@@ -14,7 +14,6 @@ from typing import Any
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
-from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.logger import Logger
 
@@ -102,7 +101,8 @@ class ProxyService(MultiService):
             agentPortTLS(settings),
             purpose="agent",
             key="proxy.agent.port",
-            # Those the proxy would keep waiting, the kernel may queue.
+            # The kernel holds a herd's connections until the reactor's next
+            # accept: as many as the proxy lets wait for a handshake place.
             backlog=max(50, settings.max_waiting_handshakes),
         )
         self.httpListener = Listener(
@@ -278,11 +278,6 @@ class ProxyService(MultiService):
 
     def startService(self) -> None:
         super().startService()
-        # Bound by now (privilegedStartService): the agent port stops
-        # accepting while the handshake cap is reached.
-        port = self.agentListener.port
-        if isinstance(port, FileDescriptor):
-            self.linkFactory.acceptor = port
         logStarted(self._log, "proxy", self.listeners)
         settings = self.settings
         self._logTLS(

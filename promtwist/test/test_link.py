@@ -5,17 +5,23 @@ L{promtwist.agent.connection}, joined in memory with a fake clock.
 
 from __future__ import annotations
 
+import resource
 import struct
+from collections.abc import Generator
 from dataclasses import dataclass, field
+from typing import Any
 
+from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import CancelledError
-from twisted.internet.task import Clock
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, IOPump, connectedServerAndClient
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
@@ -34,6 +40,7 @@ from promtwist.protocol.promtwist_pb2 import (
     ScrapeChunk,
 )
 from promtwist.protocol.session import ROUND_TRIP_EVERY_PERIODS, SessionLost
+from promtwist.proxy.admission import FILES_RESERVED, raiseOpenFileLimit, waitingRoom
 from promtwist.proxy.answers import ScrapeFailed
 from promtwist.proxy.link import AgentLink, agentLinkFactory
 from promtwist.proxy.relay import ScrapeCall
@@ -118,21 +125,6 @@ PATHS = (
     PathConfig("fast", "fast", "http://target.test/fast", {"team": "a"}),
     PathConfig("slow", "slow", "http://target.test/slow"),
 )
-
-
-class FakeAcceptor:
-    """
-    A listening port that only says whether it accepts.
-    """
-
-    reading = True
-    connected = True
-
-    def startReading(self) -> None:
-        self.reading = True
-
-    def stopReading(self) -> None:
-        self.reading = False
 
 
 def pingsReceived(end: AgentLink | ProxyConnection) -> list[Ping]:
@@ -380,17 +372,15 @@ class AuthenticationTests(SynchronousTestCase):
     def test_waitingForAPlace(self) -> None:
         """
         At the cap, up to C{proxy.internal.maxWaitingHandshakes} further
-        connections wait unread, with no handshake timer, and the agent port
-        stops accepting; each finished handshake gives its place to the
-        first waiting, whose Hello is then read. Past the waiting bound,
-        connections are refused.
+        connections wait unread, with no timer of their own; each finished
+        handshake gives its place to the first waiting, whose Hello is then
+        read. Past the waiting bound, connections are refused at once, told
+        which two settings they met.
         """
         clock = Clock()
         factory = agentLinkFactory(
             ProxySettings(max_pending_handshakes=1, max_waiting_handshakes=2), clock
         )
-        port = FakeAcceptor()
-        factory.acceptor = port  # type: ignore[assignment]
         links, transports = [], []
         for _ in range(3):
             link = factory.buildProtocol(None)
@@ -399,12 +389,22 @@ class AuthenticationTests(SynchronousTestCase):
             link.makeConnection(transport)
             links.append(link)
             transports.append(transport)
-        self.assertFalse(port.reading)
-        self.assertNotIsInstance(factory.buildProtocol(None), AgentLink)
+        refused = factory.buildProtocol(None)
+        self.assertNotIsInstance(refused, AgentLink)
+        transport = TCPStringTransport()
+        refused.makeConnection(transport)
+        (reply,) = decodeAll(transport.value())
+        self.assertEqual(reply.reject.reason, Reject.OVERLOADED)
+        self.assertIn("(proxy.internal.maxPendingHandshakes)", reply.reject.message)
+        self.assertIn(
+            "2 connections already wait for a place (proxy.internal.maxWaitingHandshakes)",
+            reply.reject.message,
+        )
         self.assertEqual(factory.refusedConnections, 1)
         self.assertEqual([t.producerState for t in transports], ["producing", "paused", "paused"])
-        # Only the handshake under way has a timer (and the liveness sweep none yet).
-        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        # The handshake under way has a timer, the waiting queue one for
+        # all it holds (and the liveness sweep none yet).
+        self.assertEqual(len(clock.getDelayedCalls()), 2)
         self.assertEqual(factory.agentCount(), 0)
         for n, (link, transport) in enumerate(zip(links, transports, strict=True)):
             link.dataReceived(encode(Frame(hello=Hello(protocol_version=1, agent_name=f"a{n}"))))
@@ -413,7 +413,151 @@ class AuthenticationTests(SynchronousTestCase):
             if n < 2:
                 self.assertEqual(transports[n + 1].producerState, "producing")
         self.assertEqual(factory.agentCount(), 3)
-        self.assertTrue(port.reading)
+        self.assertEqual(factory.waiting, {})
+
+    def test_waitingTimesOut(self) -> None:
+        """
+        Waiting counts against C{proxy.internal.handshakeTimeoutSecs},
+        counted from when the connection was accepted: one that waited that
+        long is refused, not handshaken (its agent gave up on a Welcome by
+        then), and one admitted later has only what is left of it for its
+        Hello. One timer serves the whole queue.
+        """
+        clock = Clock()
+        factory = agentLinkFactory(
+            ProxySettings(
+                max_pending_handshakes=1, max_waiting_handshakes=10, handshake_timeout_secs=10.0
+            ),
+            clock,
+        )
+
+        def connect() -> tuple[AgentLink, TCPStringTransport]:
+            link = factory.buildProtocol(None)
+            assert isinstance(link, AgentLink)
+            transport = TCPStringTransport()
+            link.makeConnection(transport)
+            return link, transport
+
+        busy, _ = connect()
+        ghosts = [connect() for _ in range(3)]
+        clock.advance(6)
+        late, lateTransport = connect()
+        self.assertEqual(len(clock.getDelayedCalls()), 2)
+        with capturedLogs() as events:
+            # The silent one holding the place is aborted at 10 s: the
+            # ghosts' time is up as well, and only the late one is left.
+            clock.advance(4)
+        self.assertTrue(busy.transport.disconnected)  # type: ignore[attr-defined]
+        busy.connectionLost(Failure(SessionLost("aborted")))
+        for _, transport in ghosts:
+            (reply,) = decodeAll(transport.value())
+            self.assertEqual(reply.reject.reason, Reject.OVERLOADED)
+            self.assertIn("waited 10.0s for a handshake place", reply.reject.message)
+            self.assertIn("(proxy.internal.handshakeTimeoutSecs)", reply.reject.message)
+            self.assertTrue(transport.disconnecting)
+        self.assertIn("waited 10.0s for a handshake place", logText(events))
+        self.assertEqual(factory.refusedConnections, 3)
+        self.assertEqual(list(factory.waiting), [])
+        self.assertEqual(lateTransport.producerState, "producing")
+        # It waited 4 s of its 10: 6 s are left for its Hello.
+        clock.advance(5.9)
+        self.assertFalse(lateTransport.disconnecting or lateTransport.disconnected)
+        clock.advance(0.2)
+        self.assertTrue(lateTransport.disconnected)
+        for link, _ in [(late, None), *ghosts]:
+            link.connectionLost(Failure(SessionLost("closed")))
+        self.assertEqual(factory.links, set())
+        self.assertEqual([c for c in clock.getDelayedCalls() if c.active()], [])
+
+    def test_waitingQueueTimerFollowsTheHead(self) -> None:
+        """
+        The queue's one timer is for its oldest connection; when that one
+        leaves early, the timer finds the next at the head and waits for
+        its time, and it goes when the queue empties.
+        """
+        clock = Clock()
+        factory = agentLinkFactory(
+            ProxySettings(max_pending_handshakes=1, handshake_timeout_secs=10.0), clock
+        )
+        first = factory.buildProtocol(None)
+        assert isinstance(first, AgentLink)
+        first.makeConnection(TCPStringTransport())
+        waiting = []
+        for _ in range(2):
+            link = factory.buildProtocol(None)
+            assert isinstance(link, AgentLink)
+            transport = TCPStringTransport()
+            link.makeConnection(transport)
+            waiting.append((link, transport))
+            clock.advance(3)
+        # The oldest waiting one goes away by itself at 6 s; the timer set
+        # for it (10 s) finds the second at the head, due at 13 s.
+        waiting[0][0].connectionLost(Failure(SessionLost("gone")))
+        clock.advance(4.01)
+        self.assertEqual(len(factory.waiting), 1)
+        self.assertFalse(waiting[1][1].disconnecting)
+        clock.advance(2.98)
+        self.assertFalse(waiting[1][1].disconnecting)
+        clock.advance(0.02)
+        self.assertTrue(waiting[1][1].disconnecting)
+        self.assertEqual(factory.waiting, {})
+        self.assertFalse(factory._waitExpiry)
+        for link in (first, waiting[1][0]):
+            link.connectionLost(Failure(SessionLost("gone")))
+        self.assertEqual([c for c in clock.getDelayedCalls() if c.active()], [])
+
+    def test_waitingWithinTheOpenFileLimit(self) -> None:
+        """
+        Waiting connections hold a file each: when started, the factory lets
+        only as many wait as the open-file limit leaves room for beside
+        every agent and handshake (the reviewer's C{fdflood.py}: a flood
+        that took every file would leave no port able to accept), says so,
+        and refuses the others at once, saying why.
+        """
+        settings = ProxySettings(
+            max_agents=100, max_pending_handshakes=1, max_waiting_handshakes=4096
+        )
+        asked = []
+        factory = agentLinkFactory(settings, Clock())
+
+        def limit(needed: int) -> int:
+            asked.append(needed)
+            return 100 + 1 + FILES_RESERVED + 2
+
+        factory.openFileLimit = limit
+        with capturedLogs() as events:
+            factory.startFactory()
+        self.assertEqual(asked, [100 + 1 + 4096 + FILES_RESERVED])
+        self.assertEqual(factory.maxWaiting, 2)
+        self.assertIn("leaves room for 2 of the 4096 connections", logText(events))
+        self.assertIn(f"to {100 + 1 + 4096 + FILES_RESERVED} to let them all wait", logText(events))
+        links = [factory.buildProtocol(None) for _ in range(3)]
+        self.assertTrue(all(isinstance(link, AgentLink) for link in links))
+        refused = factory.buildProtocol(None)
+        transport = TCPStringTransport()
+        refused.makeConnection(transport)
+        (reply,) = decodeAll(transport.value())
+        self.assertIn(
+            "(proxy.internal.maxWaitingHandshakes, lowered to fit the open-file limit)",
+            reply.reject.message,
+        )
+        self.assertEqual(waitingRoom(settings, 10), 0)
+        self.assertEqual(waitingRoom(settings, 100_000), 4096)
+
+    def test_openFileLimitRaised(self) -> None:
+        """
+        The soft open-file limit is raised towards what is needed, never
+        past the hard limit, and never lowered.
+        """
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
+        self.assertEqual(raiseOpenFileLimit(1), soft)
+        self.assertEqual(resource.getrlimit(resource.RLIMIT_NOFILE), (soft, hard))
+        if hard != resource.RLIM_INFINITY and soft > 64:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+            self.assertEqual(raiseOpenFileLimit(soft), soft)
+            self.assertEqual(resource.getrlimit(resource.RLIMIT_NOFILE)[0], soft)
+            self.assertEqual(raiseOpenFileLimit(hard + 1), hard)
 
     def test_waitingShareChecked(self) -> None:
         """
@@ -449,8 +593,10 @@ class AuthenticationTests(SynchronousTestCase):
             (ProxySettings(identities=(Identity("a", "t"),)), False),
             (ProxySettings(tls_trust_cert_collection_file_path="ca.pem"), False),
         ]:
+            factory = agentLinkFactory(settings, Clock())
+            factory.openFileLimit = lambda needed: needed
             with capturedLogs() as events:
-                agentLinkFactory(settings, Clock()).startFactory()
+                factory.startFactory()
             self.assertEqual("the agent port is open" in logText(events), warned, settings)
 
     def test_clearTextCredentialsWarnedOnce(self) -> None:
@@ -471,7 +617,9 @@ class HeartbeatTests(SynchronousTestCase):
         """
         pair = Pair()
         self.assertIsNone(pair.proxy.roundTripSeconds)
-        for _ in range(4):
+        # Pinged at 2.5 s, then two periods later: the second carries the
+        # round trip to the agent.
+        for _ in range(6):
             pair.clock.advance(2.5)
             pair.flush()
         self.assertIsNotNone(pair.proxy.roundTripSeconds)
@@ -503,17 +651,23 @@ class HeartbeatTests(SynchronousTestCase):
     def test_onlyTheProxyPings(self) -> None:
         """
         The proxy drives liveness: over a minute of idle link it pings
-        about once every period and a half, the agent never does, and the
+        once every two periods, the agent never does, and the
         agent knows the round trip from the proxy's pings.
         """
         pair = Pair()
         atProxy, atAgent = pingsReceived(pair.proxy), pingsReceived(pair.agent)
+        pingTimes = []
         for _ in range(60):
             pair.clock.advance(1.0)
+            before = len(atAgent)
             pair.flush()
+            if len(atAgent) > before:
+                pingTimes.append(round(pair.clock.seconds()))
         self.assertEqual(atProxy, [])
-        # 5 s periods: at 2.5 s, then every 7.5 s: 8 in a minute.
-        self.assertEqual(len(atAgent), 8)
+        # 5 s periods: at 2.5 s, then every 10 s: 6 in a minute (8 when it
+        # pinged after a period and a half).
+        self.assertEqual(len(atAgent), 6)
+        self.assertEqual(pingTimes, [3, 13, 23, 33, 43, 53])
         self.assertEqual(atAgent[0].round_trip_micros, 0)
         self.assertTrue(all(ping.round_trip_micros for ping in atAgent[1:]))
         self.assertIsNotNone(pair.agent.roundTripSeconds)
@@ -744,3 +898,78 @@ class ScrapeTests(SynchronousTestCase):
         failure = self.failureResultOf(stream.head, ScrapeFailed)
         self.assertIn("agent sent no answer head: oops", str(failure.value))
         self.assertEqual(pair.proxy.scrapesInFlight, 0)
+
+
+class _Silent(Protocol):
+    """
+    A connection to the agent port that says nothing and keeps what it is
+    told.
+    """
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.lost: Deferred[bytes] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost.callback(self.received)
+
+
+class AgentPortLoopbackTests(TestCase):
+    """
+    Over the handshake caps, a real agent port answers at once: it never
+    stops accepting, so no connection waits unanswered in the kernel.
+    """
+
+    timeout = 10
+
+    @inlineCallbacks
+    def _refusedOver(self, waiting: int) -> Generator[Deferred[Any], Any, bytes]:
+        """
+        Fill two handshake places and C{waiting} waiting ones with silent
+        connections on 127.0.0.1, then return what one more is told before
+        it is closed.
+        """
+        factory = agentLinkFactory(
+            ProxySettings(max_pending_handshakes=2, max_waiting_handshakes=waiting), reactor
+        )
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)  # type: ignore[attr-defined]
+        held = []
+        for _ in range(2 + waiting):
+            silent = yield connectProtocol(endpoint, _Silent())
+            held.append(silent)
+            self.addCleanup(silent.transport.abortConnection)
+        while len(factory.links) < 2 + waiting:
+            # Accepted by the next reactor iteration; bounded by the timeout.
+            yield deferLater(reactor, 0.01)
+        last = yield connectProtocol(endpoint, _Silent())
+        told: bytes = yield last.lost
+        self.assertEqual([h.received for h in held], [b""] * len(held))
+        for link in list(factory.links):
+            link.close("test over", abort=True)
+        return told
+
+    @inlineCallbacks
+    def test_noneWaitRefusedAtOnce(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        With C{maxWaitingHandshakes} 0, a connection at the cap is refused
+        at once.
+        """
+        told = yield self._refusedOver(0)
+        (reply,) = decodeAll(told)
+        self.assertEqual(reply.reject.reason, Reject.OVERLOADED)
+        self.assertIn("(proxy.internal.maxPendingHandshakes)", reply.reject.message)
+
+    @inlineCallbacks
+    def test_waitingFullRefusedAtOnce(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        With the waiting queue full, a connection is refused at once.
+        """
+        told = yield self._refusedOver(3)
+        (reply,) = decodeAll(told)
+        self.assertEqual(reply.reject.reason, Reject.OVERLOADED)
+        self.assertIn("(proxy.internal.maxWaitingHandshakes)", reply.reject.message)
