@@ -6,8 +6,9 @@ What one C{GET /discovery} costs with many registered paths, in-process:
     .venv/bin/python benchmarks/discovery.py --paths 50000 --agents 50
 
 Registers C{--paths} paths (spread over C{--agents} agents, each path with a
-few labels) in a proxy's registry, then times the discovery resource's
-C{render_GET}, which is what the reactor runs for each request:
+few labels) in a proxy's registry, then times the discovery document's
+C{render}, which is what the reactor runs for each request (the scrape
+port's server then writes the bytes it returns):
 
 - cold: the first request, which builds every target group;
 - warm: requests with nothing changed (the cached document);
@@ -26,14 +27,10 @@ import json
 import statistics
 import time
 from dataclasses import dataclass
-from typing import cast
-
-from twisted.web.server import Request
-from twisted.web.test.requesthelper import DummyRequest
 
 from promtwist.config import Identity, ProxySettings
 from promtwist.proxy.auth import ANONYMOUS
-from promtwist.proxy.discovery import DiscoveryResource
+from promtwist.proxy.discovery import Document
 from promtwist.proxy.registry import Registry
 
 
@@ -47,16 +44,9 @@ class Agent:
     identity: Identity = ANONYMOUS
 
 
-def request(host: str) -> Request:
-    r = DummyRequest([b""])
-    r.requestHeaders.setRawHeaders("Host", [host])
-    return cast(Request, r)
-
-
-def timed(resource: DiscoveryResource, host: str) -> tuple[float, bytes]:
-    r = request(host)
+def timed(document: Document, host: str) -> tuple[float, bytes]:
     start = time.perf_counter()
-    body = resource.render_GET(r)
+    body = document.render(host)
     return (time.perf_counter() - start) * 1000, body
 
 
@@ -79,7 +69,7 @@ def main() -> None:
         labels = {"team": f"team{n % 7}", "env": "production", "app": f"app{n}"}
         registry.registerPath(agents[n % args.agents], f"app{n}_metrics", f"App {n}", labels)
     registerMs = (time.perf_counter() - start) * 1000
-    resource = DiscoveryResource(registry, "")
+    resource = Document(registry)
 
     cold, body = timed(resource, "proxy.example:8080")
     groups = json.loads(body)
