@@ -270,7 +270,8 @@ class HTTP11ClientProtocol(Protocol):
         # httptools keeps a field until it is whole (in the head, or in the
         # trailer): what it holds is bounded here, one read past the limit
         # at most.
-        if self.state is _State.HEAD:
+        inBody = self.state is _State.BODY
+        if not inBody:
             self._headBytes += len(data)
         self._gotBody = False
         try:
@@ -296,7 +297,11 @@ class HTTP11ClientProtocol(Protocol):
             return
         if self._complete:
             return self._finished()
-        self._framingBytes = 0 if self._gotBody else self._framingBytes + len(data)
+        # A read that ended the head counts for the head only.
+        if self._gotBody or not inBody:
+            self._framingBytes = 0
+        else:
+            self._framingBytes += len(data)
         if self._framingBytes > MAX_FRAMING_BYTES:
             self._failed(
                 f"sent more than {MAX_FRAMING_BYTES} bytes of chunk extensions or trailer"

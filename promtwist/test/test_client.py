@@ -371,6 +371,22 @@ class ParserTests(SynchronousTestCase):
         pool.answer(b"e" * (MAX_FRAMING_BYTES + 1))
         self.assertIn("chunk extensions", received.failed or "")
 
+    def test_headNotFraming(self) -> None:
+        """
+        The read that ends a large head does not count against the framing
+        bound.
+        """
+        pool = Pool()
+        received = pool.request()
+        pool.answer(
+            b"HTTP/1.1 200 OK\r\nX-Filler: "
+            + b"f" * (MAX_HEAD_BYTES - 1000)
+            + b"\r\nTransfer-Encoding: chunked\r\n\r\n2;x="
+        )
+        pool.answer(b"e" * 2000)
+        pool.answer(b"\r\nup\r\n0\r\n\r\n")
+        self.assertEqual((received.failed, received.body, received.ended), (None, b"up", True))
+
     def test_manyChunksNotFraming(self) -> None:
         """
         The framing bound is between body bytes: a long body in small
