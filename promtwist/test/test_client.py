@@ -645,6 +645,14 @@ class _Scripted(Protocol):
         assert isinstance(factory, _ScriptedFactory)
         factory.connections += 1
 
+    def connectionLost(self, reason: Failure = Failure(netError.ConnectionDone())) -> None:
+        factory = self.factory
+        assert isinstance(factory, _ScriptedFactory)
+        factory.closes.append(type(reason.value))
+        waiters, factory.closing = factory.closing, []
+        for waiter in waiters:
+            waiter.callback(None)
+
 
 class _ScriptedFactory(Factory):
     protocol = _Scripted
@@ -653,6 +661,17 @@ class _ScriptedFactory(Factory):
     def __init__(self, answers: list[bytes | None]) -> None:
         self.answers = answers
         self.connections = 0
+        # How each connection ended, as the target saw it.
+        self.closes: list[type] = []
+        self.closing: list[Deferred[None]] = []
+
+    def nextClose(self) -> Deferred[None]:
+        """
+        Fires when the target next sees a connection end.
+        """
+        waiter: Deferred[None] = Deferred()
+        self.closing.append(waiter)
+        return waiter
 
 
 class LoopbackTests(TestCase):
@@ -718,6 +737,23 @@ class LoopbackTests(TestCase):
         self.assertEqual((received.body, received.ended), (b"up 1\n", True))
         self.assertEqual((await self.fetch()).body, b"up 1\n")
         self.assertEqual(target.connections, 2)
+
+    async def test_closedCleanly(self) -> None:
+        """
+        A connection that did nothing wrong is closed, not reset: after a
+        C{Connection: close} answer, and when the pool is closed.
+        """
+        closing = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 5\r\n\r\nup 1\n"
+        target = await self.serve([closing, OK])
+        closed = target.nextClose()
+        self.assertTrue((await self.fetch()).ended)
+        await closed
+        self.assertEqual(target.closes, [netError.ConnectionDone])
+        self.assertTrue((await self.fetch()).ended)
+        closed = target.nextClose()
+        await self.pool.closeCachedConnections()
+        await closed
+        self.assertEqual(target.closes, [netError.ConnectionDone] * 2)
 
     async def test_refused(self) -> None:
         factory = _ScriptedFactory([])
