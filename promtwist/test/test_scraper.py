@@ -1000,6 +1000,48 @@ class LoopbackTests(TestCase):
 
     timeout = 60
 
+    async def test_shutdownWhileDiscarding(self) -> None:
+        """
+        A scrape whose target answered 500 with a body that keeps coming,
+        cancelled as the link goes, then the pool closed as the agent stops:
+        nothing is left on the reactor (trial's dirty-reactor check), and
+        the same with the pool closed first.
+        """
+
+        class Slow500(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                assert self.transport is not None
+                self.transport.write(
+                    b"HTTP/1.1 500 Oops\r\nContent-Length: 100000\r\n\r\n" + b"e" * 100
+                )
+
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Factory.forProtocol(Slow500)
+        )
+        self.addCleanup(port.stopListening)
+        address = port.getHost()
+        assert isinstance(address, IPv4Address)
+        for cancelFirst in [True, False]:
+            pool = TargetPool(
+                reactor, lambda origin: TCP4ClientEndpoint(reactor, "127.0.0.1", address.port), 4
+            )
+            scraper = Scraper(AgentSettings(), pool, reactor)
+            frames: list[Frame] = []
+            scrape = Scrape(
+                scraper,
+                ScrapeRequest(scrape_id=1, timeout_ms=5000),
+                PathConfig("n", "p", f"http://127.0.0.1:{address.port}/metrics"),
+                frames.append,
+                65536,
+            )
+            scrape.start(Slots(4))
+            await scrape.done
+            self.assertEqual(frames[-1].scrape_response.status, 500)
+            if cancelFirst:
+                scrape.cancel()
+            await pool.closeCachedConnections()
+            self.assertEqual(pool.draining, set())
+
     async def test_largeBodyWithinCredit(self) -> None:
         """
         A 50 MB body streams through a 256 KiB credit window: the target's
