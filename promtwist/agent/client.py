@@ -98,8 +98,9 @@ class IResponseReceiver(TypingProtocol):
     """
     Where an exchange delivers its response: L{responseHead} once, then
     L{responseData} any number of times, then exactly one of
-    L{responseEnded} or L{responseFailed}. A failure can come at any
-    point, including before any head.
+    L{responseEnded}, L{responseFailed} (the target's fault) or
+    L{responseBug} (ours). A failure can come at any point, including
+    before any head.
     """
 
     def responseHead(self, head: Head) -> None: ...
