@@ -12,11 +12,15 @@ L{promtwist.agent.fetch.Target}); the answer goes to an L{IResponseReceiver}
 as a head, body bytes, and one ending.
 
 Bounds: the caller's deadline (it stops the exchange), the endpoint's
-connect timeout, and L{MAX_HEAD_BYTES} for a response head. Anything llhttp
-refuses (both Content-Length and chunked, bad chunk sizes, a bad status
-line...) fails the exchange with a one-line reason and the connection is
-discarded: it is reused only after a complete, well-formed, keep-alive
-answer with nothing after it.
+connect timeout, L{MAX_HEAD_BYTES} for a response head and
+L{MAX_FRAMING_BYTES} for what a chunked body carries between body bytes
+(chunk extensions, trailer fields). Anything llhttp refuses (both
+Content-Length and chunked, bad chunk sizes, a bad status line...), a
+transfer coding other than C{chunked} and a status outside 100-599 fail the
+exchange with a one-line reason and the connection is aborted: it is reused
+only after a complete, well-formed, keep-alive answer with nothing after it.
+A connection that is not reused but did nothing wrong is closed cleanly
+(FIN, TLS close_notify), within L{CLOSE_TIMEOUT_SECS}.
 """
 
 from __future__ import annotations
@@ -38,14 +42,22 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from promtwist.logs import clip
+from promtwist.logs import clip, observer
 from promtwist.sendnow import PENDING, sendsOnReturn
 
 # A response head longer than this (status line and fields) is refused:
 # a real one is a few hundred bytes.
 MAX_HEAD_BYTES = 64 * 1024
+# What a chunked body may carry between two runs of body bytes: chunk size
+# lines with their extensions, and the trailer fields after the last chunk.
+# twisted.web refused trailers past 64 KiB too (its _maxTrailerHeadersSize).
+MAX_FRAMING_BYTES = 64 * 1024
+# How long a clean close may take before the connection is aborted: a
+# target that does not read leaves a TLS close_notify or a FIN unsent.
+CLOSE_TIMEOUT_SECS = 5.0
 # What twisted.web's HTTPConnectionPool kept an idle connection for.
 IDLE_TIMEOUT_SECS = 240.0
 
@@ -68,7 +80,10 @@ class Head:
     """
     A response head: only the fields a scrape uses are kept.
 
-    @ivar length: the declared Content-Length, or -1.
+    @ivar length: the body's length as declared (0 for 204 and 304,
+        whatever they declare), or -1.
+    @ivar untilClose: framed by the connection closing: no Content-Length,
+        not chunked, not a 204 or 304.
     """
 
     status: int
@@ -76,7 +91,6 @@ class Head:
     contentType: str = ""
     contentEncoding: str = ""
     length: int = -1
-    # Framed by the connection closing: no Content-Length, not chunked.
     untilClose: bool = True
 
 
@@ -84,8 +98,9 @@ class IResponseReceiver(TypingProtocol):
     """
     Where an exchange delivers its response: L{responseHead} once, then
     L{responseData} any number of times, then exactly one of
-    L{responseEnded} or L{responseFailed}. A failure can come at any
-    point, including before any head.
+    L{responseEnded}, L{responseFailed} (the target's fault) or
+    L{responseBug} (ours). A failure can come at any point, including
+    before any head.
     """
 
     def responseHead(self, head: Head) -> None: ...
@@ -95,6 +110,12 @@ class IResponseReceiver(TypingProtocol):
     def responseEnded(self) -> None: ...
 
     def responseFailed(self, reason: str) -> None: ...
+
+    def responseBug(self, failure: Failure) -> None:
+        """
+        A bug of the agent's own broke the exchange: C{failure} has its
+        traceback. Like L{responseFailed}, the last call.
+        """
 
 
 class _State(Enum):
@@ -126,6 +147,13 @@ class _OutOfTurn(Exception):
     """
 
 
+class _Refused(Exception):
+    """
+    A response llhttp accepts but a scrape does not: the message says what
+    the target sent, in a few words.
+    """
+
+
 class HTTP11ClientProtocol(Protocol):
     """
     One connection to a target: sends one request at a time and parses its
@@ -134,8 +162,11 @@ class HTTP11ClientProtocol(Protocol):
     httptools calls the C{on_*} methods from inside L{dataReceived}; the
     frames they make the scrape send leave when it returns (L{sendsOnReturn}),
     and a request written here leaves when the link's read that asked for
-    it returns.
+    it returns. Whatever one of them raises stops there: a bug is logged
+    and fails the exchange, and never reaches the reactor.
     """
+
+    _log = Logger(observer=observer)
 
     def __init__(self, pool: TargetPool, origin: Origin) -> None:
         self.pool = pool
@@ -148,9 +179,14 @@ class HTTP11ClientProtocol(Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._head: Head | None = None
         self._headBytes = 0
+        # Bytes read in the body since the last body bytes: chunk framing
+        # and trailers, bounded by MAX_FRAMING_BYTES.
+        self._framingBytes = 0
+        self._gotBody = False
         self._keepAlive = False
         self._complete = False
         self._idleTimer: IDelayedCall | None = None
+        self._closeTimer: IDelayedCall | None = None
         self._lostWaiters: list[Deferred[None]] = []
 
     # Driving.
@@ -164,6 +200,7 @@ class HTTP11ClientProtocol(Protocol):
         self.state = _State.WAITING
         self._head = None
         self._headBytes = 0
+        self._framingBytes = 0
         self._complete = False
         assert self.transport is not None
         self.transport.write(exchange.request)
@@ -171,12 +208,27 @@ class HTTP11ClientProtocol(Protocol):
 
     def abort(self) -> None:
         """
-        Drop the connection at once, whatever it was doing.
+        Drop the connection at once, whatever it was doing: for one that
+        broke the protocol, or an exchange given up in the middle.
         """
         self.state = _State.DONE
         self.exchange = None
         if self.transport is not None:
             self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        """
+        Close a connection that did nothing wrong and has nothing in flight,
+        cleanly (FIN, and TLS close_notify), and abort it if that takes more
+        than L{CLOSE_TIMEOUT_SECS}.
+        """
+        if self.state is _State.DONE:
+            return
+        self.state = _State.DONE
+        self.exchange = None
+        if self.transport is not None:
+            self._closeTimer = self.pool.clock.callLater(CLOSE_TIMEOUT_SECS, self.abort)
+            self.transport.loseConnection()
 
     def whenLost(self) -> Deferred[None]:
         """
@@ -187,10 +239,18 @@ class HTTP11ClientProtocol(Protocol):
         return waiter
 
     def idle(self, timer: IDelayedCall) -> None:
+        """
+        The connection waits in the pool for a next request; C{timer} closes
+        it if none comes (L{unidle} cancels it).
+        """
         self._idleTimer = timer
         self.state = _State.IDLE
 
     def unidle(self) -> None:
+        """
+        The connection leaves the pool (for a request, or closing): its idle
+        timer is cancelled.
+        """
         if self._idleTimer is not None and self._idleTimer.active():
             self._idleTimer.cancel()
         self._idleTimer = None
@@ -208,30 +268,53 @@ class HTTP11ClientProtocol(Protocol):
             return
         if self.state is _State.WAITING:
             self.state = _State.HEAD
-        if self.state is _State.HEAD:
-            # httptools keeps a field until it is whole: what it holds is
-            # bounded here, one read past the limit at most.
+        # httptools keeps a field until it is whole (in the head, or in the
+        # trailer): what it holds is bounded here, one read past the limit
+        # at most.
+        inBody = self.state is _State.BODY
+        if not inBody:
             self._headBytes += len(data)
+        self._gotBody = False
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as e:
-            if not isinstance(e.__context__, _OutOfTurn):
-                raise
+            cause = e.__context__
+            if isinstance(cause, _Refused):
+                return self._failed(str(cause))
+            if not isinstance(cause, _OutOfTurn):
+                return self._bug(Failure(cause) if cause is not None else Failure())
             # A second answer after the whole first one: the first stands,
             # the connection is not to be trusted with another request.
-            self._keepAlive = False
+            return self._finished(trusted=False)
         except httptools.HttpParserUpgrade:
             return self._failed("switched protocols (HTTP upgrade), which a scrape cannot follow")
         except httptools.HttpParserError as e:
             return self._failed(f"sent an invalid HTTP response: {clip(str(e))}")
+        except Exception:  # noqa: BLE001
+            return self._bug(Failure())
         if self.state is _State.HEAD and self._headBytes > MAX_HEAD_BYTES:
             return self._failed(f"sent a response head of more than {MAX_HEAD_BYTES} bytes")
-        if self._complete and self.state is _State.BODY:
-            self._finished()
+        if self.state is not _State.BODY:
+            return
+        if self._complete:
+            return self._finished()
+        # A read that ended the head counts for the head only.
+        if self._gotBody or not inBody:
+            self._framingBytes = 0
+        else:
+            self._framingBytes += len(data)
+        if self._framingBytes > MAX_FRAMING_BYTES:
+            self._failed(
+                f"sent more than {MAX_FRAMING_BYTES} bytes of chunk extensions or trailer"
+                " fields without body bytes"
+            )
 
     def connectionLost(self, reason: Failure = Failure(netError.ConnectionDone())) -> None:
         state, self.state = self.state, _State.DONE
         self.unidle()
+        if self._closeTimer is not None and self._closeTimer.active():
+            self._closeTimer.cancel()
+        self._closeTimer = None
         exchange, self.exchange = self.exchange, None
         self.pool.lost(self)
         waiters, self._lostWaiters = self._lostWaiters, []
@@ -259,21 +342,41 @@ class HTTP11ClientProtocol(Protocol):
         exchange.failed(cause)
 
     def _failed(self, reason: str) -> None:
+        """
+        The target broke the protocol: the connection is aborted and the
+        exchange fails with C{reason}.
+        """
         exchange = self.exchange
         self.pool.discard(self)
         if exchange is not None:
             exchange.failed(reason)
 
-    def _finished(self) -> None:
+    def _bug(self, failure: Failure) -> None:
+        """
+        One of our own callbacks raised: the connection is aborted (its
+        parser is in no known state), and the exchange's owner logs it and
+        fails its scrape; with no exchange it is logged here.
+        """
+        exchange = self.exchange
+        self.pool.discard(self)
+        if exchange is not None:
+            exchange.bug(failure)
+        else:
+            self._log.failure("parsing an answer from {origin} failed", failure, origin=self.origin)
+
+    def _finished(self, trusted: bool = True) -> None:
         """
         A whole answer arrived: the connection goes back to the pool if the
-        target lets it live, else it is closed.
+        target lets it live, else it is closed; it is aborted if the target
+        sent more than was asked (not C{trusted}).
         """
         exchange, self.exchange = self.exchange, None
-        if self._keepAlive:
+        if not trusted:
+            self.pool.discard(self)
+        elif self._keepAlive:
             self.pool.release(self)
         else:
-            self.pool.discard(self)
+            self.pool.close(self)
         if exchange is not None:
             exchange.ended()
 
@@ -282,13 +385,20 @@ class HTTP11ClientProtocol(Protocol):
     def on_message_begin(self) -> None:
         if self._complete:
             raise _OutOfTurn()
+        # Here, not in on_status: llhttp calls that only for a reason phrase,
+        # and "HTTP/1.1 200" has none.
+        self._head = Head(status=0, phrase="")
 
     def on_status(self, status: bytes) -> None:
-        self._head = Head(status=0, phrase=status.decode("latin-1"))
+        assert self._head is not None
+        self._head.phrase = status.decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         head = self._head
-        assert head is not None
+        if self.state is not _State.HEAD or head is None:
+            # A trailer field: it is not part of the head (a trailer's
+            # Content-Type must not relabel the body), and not used.
+            return
         lower = name.lower()
         if lower == b"content-type":
             head.contentType = head.contentType or value.decode("latin-1")
@@ -296,9 +406,17 @@ class HTTP11ClientProtocol(Protocol):
             head.contentEncoding = head.contentEncoding or value.decode("latin-1")
         elif lower == b"content-length":
             # llhttp refuses a bad or repeated one, before or after this.
-            head.length = int(value) if value.isdigit() else -1
+            number = value.strip()
+            head.length = int(number) if number.isdigit() else -1
             head.untilClose = False
-        elif lower == b"transfer-encoding" and value.lower().rstrip().endswith(b"chunked"):
+        elif lower == b"transfer-encoding":
+            # Only chunked is decoded; anything else would pass on a body
+            # still coded. llhttp accepts a chunked one in any case.
+            if value.strip().lower() != b"chunked":
+                raise _Refused(
+                    f"sent Transfer-Encoding {clip(value.decode('latin-1'), 100)}:"
+                    " only chunked is supported"
+                )
             head.untilClose = False
 
     def on_headers_complete(self) -> None:
@@ -310,15 +428,21 @@ class HTTP11ClientProtocol(Protocol):
             self._head = None
             self._headBytes = 0
             return
+        if not 200 <= head.status <= 599:
+            raise _Refused(f"sent an invalid HTTP status {head.status} (not 100-599)")
         self._keepAlive = self._parser.should_keep_alive()
         self.state = _State.BODY
         if head.status in (204, 304):
+            # No body, whatever Content-Length says (it describes what a GET
+            # would have had).
+            head.length = 0
             head.untilClose = False
         exchange = self.exchange
         if exchange is not None:
             exchange.receiver.responseHead(head)
 
     def on_body(self, body: bytes) -> None:
+        self._gotBody = True
         exchange = self.exchange
         if exchange is not None:
             exchange.receiver.responseData(body)
@@ -363,9 +487,10 @@ class Exchange:
         """
         Stop in C{seconds} if the answer has not ended by then: for a body
         read after its scrape ended, which the scrape's deadline no longer
-        bounds.
+        bounds. Until then the pool stops it if it is closed.
         """
         self._expiry = self.pool.clock.callLater(max(0.0, seconds), self.stopProducing)
+        self.pool.draining.add(self)
 
     def ended(self) -> None:
         self._unexpire()
@@ -375,10 +500,15 @@ class Exchange:
         self._unexpire()
         self.receiver.responseFailed(reason)
 
+    def bug(self, failure: Failure) -> None:
+        self._unexpire()
+        self.receiver.responseBug(failure)
+
     def _unexpire(self) -> None:
         if self._expiry is not None and self._expiry.active():
             self._expiry.cancel()
         self._expiry = None
+        self.pool.draining.discard(self)
 
     def pauseProducing(self) -> None:
         self.paused = True
@@ -442,6 +572,13 @@ class TargetPool:
         # Bounded: origins come and go with reloads and discovery.
         self._reach = functools.lru_cache(maxsize=4096)(self._makeReach)
         self._idle: dict[Origin, list[HTTP11ClientProtocol]] = {}
+        # After closeCachedConnections: no connection is kept any more.
+        self.closed = False
+        # The exchanges reading a body nobody waits for (see
+        # Exchange.expireIn): closing the pool stops them.
+        self.draining: set[Exchange] = set()
+        # Connections closing cleanly, which closing the pool waits for.
+        self._closing: set[HTTP11ClientProtocol] = set()
 
     def request(self, origin: Origin, request: bytes, receiver: IResponseReceiver) -> Exchange:
         """
@@ -501,23 +638,40 @@ class TargetPool:
         Keep an idle connection for the next request to its origin, unless
         enough are kept already.
         """
-        idle = self._idle.setdefault(connection.origin, [])
         transport = connection.transport
-        if len(idle) >= self.maxIdlePerOrigin or transport is None:
-            return self.discard(connection)
+        if self.closed or transport is None:
+            return self.close(connection)
+        idle = self._idle.setdefault(connection.origin, [])
+        if len(idle) >= self.maxIdlePerOrigin:
+            return self.close(connection)
         transport.resumeProducing()  # type: ignore[attr-defined]
         connection.reused = True
         idle.append(connection)
-        connection.idle(self.clock.callLater(self.idleTimeout, self.discard, connection))
+        connection.idle(self.clock.callLater(self.idleTimeout, self.close, connection))
+
+    def close(self, connection: HTTP11ClientProtocol) -> None:
+        """
+        Close a connection that did nothing wrong but is not to be reused,
+        cleanly (L{HTTP11ClientProtocol.close}).
+        """
+        self._forget(connection)
+        if connection.transport is not None and connection.state is not _State.DONE:
+            self._closing.add(connection)
+        connection.close()
 
     def discard(self, connection: HTTP11ClientProtocol) -> None:
         """
-        Close a connection that is not to be reused.
+        Abort a connection that broke the protocol, or whose exchange was
+        given up before its answer ended.
         """
         self._forget(connection)
         connection.abort()
 
     def lost(self, connection: HTTP11ClientProtocol) -> None:
+        """
+        C{connection} closed, whoever closed it: it is no longer kept.
+        """
+        self._closing.discard(connection)
         self._forget(connection)
 
     def _forget(self, connection: HTTP11ClientProtocol) -> None:
@@ -530,9 +684,16 @@ class TargetPool:
 
     def closeCachedConnections(self) -> Deferred[None]:
         """
-        Close every idle connection; fires when they are closed.
+        Close every idle connection, abort those reading a body nobody
+        waits for, and keep none from now on; fires when they are closed
+        (within L{CLOSE_TIMEOUT_SECS}: a close that takes longer is aborted).
         """
-        closing = [connection.whenLost() for idle in self._idle.values() for connection in idle]
-        for connection in [c for idle in list(self._idle.values()) for c in idle]:
-            self.discard(connection)
+        self.closed = True
+        idle = [connection for idle in self._idle.values() for connection in idle]
+        draining = [e.connection for e in self.draining if e.connection is not None]
+        closing = [c.whenLost() for c in idle + draining + list(self._closing)]
+        for connection in idle:
+            self.close(connection)
+        for exchange in list(self.draining):
+            exchange.stopProducing()
         return gatherResults(closing).addCallback(lambda _: None)

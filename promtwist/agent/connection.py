@@ -570,7 +570,8 @@ class ProxyConnection(Session):
         scrape = Scrape(self.factory.scraper, request, config, self._send, self._chunkBytes)
         self._scrapes[request.scrape_id] = scrape
         scrape.done.addBoth(lambda _: self._scrapeDone(request.scrape_id))
-        # The scrape owns its wait for a slot and every Deferred after it.
+        # The scrape owns its wait for a slot, its fetch and its deadline;
+        # done tells when it has sent its last frame.
         scrape.start(self._slots)
 
     def _refuse(self, request: ScrapeRequest, outcome: int, status: int, reason: str) -> None:

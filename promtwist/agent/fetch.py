@@ -19,7 +19,6 @@ import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Concatenate, ParamSpec, TypeVar
 from typing import Protocol as TypingProtocol
 from urllib.parse import quote, unquote, urlsplit
 
@@ -29,6 +28,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from promtwist import __version__
+from promtwist.agent.buckstops import buckStops
 from promtwist.agent.client import Exchange, Head, Origin, TargetPool
 from promtwist.agent.filters import FamilyFilter, FilterStream
 from promtwist.httputil import redacted
@@ -145,7 +145,9 @@ class Target:
         parts = urlsplit(configured)
         scheme = parts.scheme.lower()
         if scheme not in _DEFAULT_PORTS:
-            raise InvalidRequest(f"cannot request {clip(scheme)}: URLs, only http and https ones")
+            raise InvalidRequest(
+                f"cannot request {clip(redacted(configured))}: only http and https URLs"
+            )
         authorization = None
         netloc = parts.netloc
         if "@" in netloc:
@@ -154,7 +156,10 @@ class Target:
             netloc = netloc.rpartition("@")[2]
         netloc = _asciiNetloc(netloc)
         try:
-            port = parts.port or _DEFAULT_PORTS[scheme]
+            # Port 0 is a port given (and refused by connect), not a default.
+            port = parts.port
+            if port is None:
+                port = _DEFAULT_PORTS[scheme]
         except ValueError as e:
             raise InvalidRequest(f"target {clip(netloc)}: {e}") from e
         host = urlsplit(f"//{netloc}").hostname or ""
@@ -240,36 +245,6 @@ class Fetcher:
         self.target = functools.lru_cache(maxsize=4096)(Target.build)
 
 
-_Self = TypeVar("_Self", bound="_Guarded")
-_P = ParamSpec("_P")
-
-
-class _Guarded(TypingProtocol):
-    def _bug(self, failure: Failure) -> None: ...
-
-
-def buckStops(
-    method: Callable[Concatenate[_Self, _P], None],
-) -> Callable[Concatenate[_Self, _P], None]:
-    """
-    For a method called from outside its object (by the link, the HTTP
-    client, a timer): a bug in it fails that scrape with AGENT_ERROR (its
-    object's C{_bug}) instead of escaping into the link (which would drop
-    every scrape on it), the HTTP client (which would drop the target
-    connection and have the target blamed for breaking off) or the reactor
-    (which would leave the scrape to the proxy's deadline).
-    """
-
-    @functools.wraps(method)
-    def guarded(self: _Self, /, *args: _P.args, **kwargs: _P.kwargs) -> None:
-        try:
-            method(self, *args, **kwargs)
-        except Exception:  # noqa: BLE001
-            self._bug(Failure())
-
-    return guarded
-
-
 @implementer(IPushProducer)
 class Fetch:
     """
@@ -340,6 +315,15 @@ class Fetch:
         if self._exchange is not None and self._discarding is None:
             exchange, self._exchange = self._exchange, None
             exchange.stopProducing()
+
+    def cancel(self) -> None:
+        """
+        The scrape was cancelled (its link is gone, or the agent stops):
+        drop the request and its connection, even an unwanted body being
+        read for reuse, leaving no timer behind.
+        """
+        self._discarding = None
+        self.stopProducing()
 
     # From the HTTP client.
 
@@ -415,6 +399,14 @@ class Fetch:
                 f"target {self.where} broke off the body after {self.received} bytes: {reason}",
             )
         self._end(Outcome.UNREACHABLE, f"target {self.where} unreachable: {reason}")
+
+    def responseBug(self, failure: Failure) -> None:
+        """
+        The HTTP client's own code broke: the scrape fails as any bug does
+        (logged with its traceback, AGENT_ERROR), not blamed on the target.
+        """
+        self._exchange = None
+        self._bug(failure)
 
     def _tooLarge(self, size: int) -> None:
         self.stopProducing()

@@ -20,8 +20,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from promtwist.agent.answer import Answer
+from promtwist.agent.buckstops import buckStops
 from promtwist.agent.client import TargetPool
-from promtwist.agent.fetch import Fetch, Fetcher, InvalidRequest, Target, buckStops, headerLine
+from promtwist.agent.fetch import Fetch, Fetcher, InvalidRequest, Target, headerLine
 from promtwist.agent.filters import FamilyFilter, FilterStream
 from promtwist.agent.slots import Slots
 from promtwist.config import AgentSettings, MiB, PathConfig
@@ -272,8 +273,13 @@ class Scrape:
     @buckStops
     def cancel(self) -> None:
         """
-        The proxy no longer wants this scrape: stop, and send nothing more.
+        The proxy no longer wants this scrape (or its link is gone): stop,
+        and send nothing more. Even after its answer ended, the fetch may
+        still be reading an unwanted body to reuse the connection: that is
+        dropped too.
         """
+        if self.fetch is not None:
+            self.fetch.cancel()
         if not self.answer.finished:
             self.answer.cancel()
             self._end("cancelled")

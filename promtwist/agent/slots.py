@@ -27,6 +27,12 @@ class Slots:
         self.limit = limit
         self.tokens = limit
         self.waiting: deque[Callable[[], None]] = deque()
+        # Releases not yet handed over, and whether a hand-over is running:
+        # a scrape given a slot can end at once and release it (its time ran
+        # out while it waited), which is then handed over by the same loop
+        # instead of one call deeper per queued scrape.
+        self._owed = 0
+        self._handing = False
 
     def take(self, ready: Callable[[], None]) -> bool:
         """
@@ -51,7 +57,16 @@ class Slots:
         """
         Give a slot back: to the longest waiting, if any.
         """
-        if self.waiting:
-            self.waiting.popleft()()
-        else:
-            self.tokens += 1
+        self._owed += 1
+        if self._handing:
+            return
+        self._handing = True
+        try:
+            while self._owed:
+                self._owed -= 1
+                if self.waiting:
+                    self.waiting.popleft()()
+                else:
+                    self.tokens += 1
+        finally:
+            self._handing = False

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import httptools
 from twisted.internet import error as netError
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
@@ -28,7 +29,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from promtwist.agent.client import (
+    CLOSE_TIMEOUT_SECS,
     IDLE_TIMEOUT_SECS,
+    MAX_FRAMING_BYTES,
     MAX_HEAD_BYTES,
     Head,
     HTTP11ClientProtocol,
@@ -64,6 +67,9 @@ class Received:
     def responseFailed(self, reason: str) -> None:
         assert not self.ended and self.failed is None
         self.failed = reason
+
+    def responseBug(self, failure: Failure) -> None:
+        self.responseFailed(f"bug: {failure.getErrorMessage()}")
 
     @property
     def body(self) -> bytes:
@@ -122,7 +128,18 @@ class Pool:
         )
 
     def aborted(self, connection: int = -1) -> bool:
-        return bool(self.endpoint.transports[connection].disconnecting)
+        """
+        Whether the connection was aborted (L{StringTransport.abortConnection}
+        sets C{disconnected}).
+        """
+        return bool(self.endpoint.transports[connection].disconnected)
+
+    def closed(self, connection: int = -1) -> bool:
+        """
+        Whether the connection was closed cleanly, not aborted.
+        """
+        transport = self.endpoint.transports[connection]
+        return bool(transport.disconnecting and not transport.disconnected)
 
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nup 1\n"
@@ -243,11 +260,178 @@ class ParserTests(SynchronousTestCase):
         self.assertEqual(received.body, b"up 1\n")
 
     def test_noContent(self) -> None:
+        """
+        A 204 or 304 has no body: its length is 0, whatever Content-Length
+        it declares (the agent would otherwise promise bytes it never sends).
+        """
+        for answer in [
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n",
+        ]:
+            pool = Pool()
+            received = pool.request()
+            pool.answer(answer)
+            self.assertTrue(received.ended)
+            (head,) = received.heads
+            self.assertEqual((head.length, head.untilClose, received.body), (0, False, b""))
+            self.assertEqual(len(pool.pool._idle[ORIGIN]), 1)
+
+    def test_noReasonPhrase(self) -> None:
+        """
+        A status line without a reason phrase (cloudflare-nginx sends them)
+        is a head like any other: llhttp calls no C{on_status} for it.
+        """
         pool = Pool()
         received = pool.request()
-        pool.answer(b"HTTP/1.1 204 No Content\r\n\r\n")
-        self.assertTrue(received.ended)
-        self.assertEqual(len(pool.pool._idle[ORIGIN]), 1)
+        pool.answer(b"HTTP/1.1 200\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nup 1\n")
+        (head,) = received.heads
+        self.assertEqual((head.status, head.phrase, head.contentType), (200, "", "text/plain"))
+        self.assertEqual((received.body, received.ended), (b"up 1\n", True))
+        pool = Pool()
+        received = pool.request()
+        pool.answer(b"HTTP/1.1 100\r\n\r\nHTTP/1.1 500\r\nContent-Length: 0\r\n\r\n")
+        self.assertEqual([(h.status, h.phrase) for h in received.heads], [(500, "")])
+
+    def test_callbackBug(self) -> None:
+        """
+        A bug in one of the parser's callbacks (or the receiver's) does not
+        escape into the reactor: the exchange is told of it, with the
+        failure, and the connection is aborted.
+        """
+        pool = Pool()
+        bugs: list[Failure] = []
+        received = Received()
+        received.responseBug = bugs.append  # type: ignore[method-assign, assignment]
+
+        def broken(head: Head) -> None:
+            raise ZeroDivisionError("ours")
+
+        received.responseHead = broken  # type: ignore[method-assign]
+        pool.pool.request(ORIGIN, REQUEST, received)
+        pool.answer(OK)
+        (bug,) = bugs
+        self.assertTrue(bug.check(ZeroDivisionError))
+        self.assertTrue(pool.aborted())
+        self.assertEqual(pool.pool._idle, {})
+
+    def test_callbackBugWithoutExchange(self) -> None:
+        """
+        With no exchange to tell, such a bug is logged, once.
+        """
+        pool = Pool()
+        received = pool.request()
+        protocol = pool.endpoint.protocols[0]
+
+        def broken() -> None:
+            raise ZeroDivisionError("ours")
+
+        protocol.on_message_begin = broken  # type: ignore[method-assign]
+        # httptools takes the callbacks when it is made.
+        protocol._parser = httptools.HttpResponseParser(protocol)
+        protocol.exchange = None
+        pool.answer(OK)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertTrue(pool.aborted())
+        self.assertEqual(received.failed, None)
+
+    def test_trailersIgnored(self) -> None:
+        """
+        Trailer fields are not part of the head: a trailer's Content-Type
+        or Content-Encoding does not relabel the body.
+        """
+        pool = Pool()
+        received = pool.request()
+        pool.answer(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nup 1\n\r\n0\r\nContent-Type: application/x-evil\r\n"
+            b"Content-Encoding: gzip\r\n\r\n"
+        )
+        (head,) = received.heads
+        self.assertEqual((head.contentType, head.contentEncoding), ("text/plain", ""))
+        self.assertEqual((head.length, received.body, received.ended), (-1, b"up 1\n", True))
+
+    def test_trailersBounded(self) -> None:
+        """
+        Trailer fields (or chunk extensions) that never end are cut at
+        L{MAX_FRAMING_BYTES}, one read past it at most, however they come.
+        """
+        pool = Pool()
+        received = pool.request()
+        pool.answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nup 1\n\r\n0\r\n")
+        for _ in range(MAX_FRAMING_BYTES // 1000 + 1):
+            self.assertIsNone(received.failed)
+            pool.answer(b"X-Trailer: " + b"t" * 987 + b"\r\n")
+        reason = received.failed or ""
+        self.assertIn(f"more than {MAX_FRAMING_BYTES} bytes of chunk extensions or trailer", reason)
+        self.assertTrue(pool.aborted())
+        pool = Pool()
+        received = pool.request()
+        pool.answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=")
+        pool.answer(b"e" * (MAX_FRAMING_BYTES + 1))
+        self.assertIn("chunk extensions", received.failed or "")
+
+    def test_headNotFraming(self) -> None:
+        """
+        The read that ends a large head does not count against the framing
+        bound.
+        """
+        pool = Pool()
+        received = pool.request()
+        pool.answer(
+            b"HTTP/1.1 200 OK\r\nX-Filler: "
+            + b"f" * (MAX_HEAD_BYTES - 1000)
+            + b"\r\nTransfer-Encoding: chunked\r\n\r\n2;x="
+        )
+        pool.answer(b"e" * 2000)
+        pool.answer(b"\r\nup\r\n0\r\n\r\n")
+        self.assertEqual((received.failed, received.body, received.ended), (None, b"up", True))
+
+    def test_manyChunksNotFraming(self) -> None:
+        """
+        The framing bound is between body bytes: a long body in small
+        chunks is not cut.
+        """
+        pool = Pool()
+        received = pool.request()
+        pool.answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(MAX_FRAMING_BYTES):
+            pool.answer(b"1\r\nx\r\n")
+        pool.answer(b"0\r\n\r\n")
+        self.assertEqual((len(received.body), received.ended), (MAX_FRAMING_BYTES, True))
+
+    def test_otherTransferCodings(self) -> None:
+        """
+        Only C{chunked} is decoded: any other transfer coding is refused,
+        rather than a still-coded body passed on.
+        """
+        for coding in [b"gzip, chunked", b"chunked, gzip", b"gzip", b"xchunked", b"identity"]:
+            reason = self.assertRefused(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: " + coding + b"\r\n\r\n0\r\n\r\n",
+                "only chunked is supported",
+            )
+            self.assertIn(coding.decode("ascii"), reason)
+        pool = Pool()
+        received = pool.request()
+        pool.answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked \r\n\r\n2\r\nup\r\n0\r\n\r\n")
+        self.assertEqual((received.body, received.ended), (b"up", True))
+
+    def test_lengthWithSpaces(self) -> None:
+        pool = Pool()
+        received = pool.request()
+        pool.answer(b"HTTP/1.1 200 OK\r\nContent-Length:  2 \r\n\r\nup")
+        head = received.heads[0]
+        self.assertEqual((head.length, received.body, received.ended), (2, b"up", True))
+
+    def test_invalidStatus(self) -> None:
+        """
+        A status outside 100-599 is the target's error, said as such.
+        """
+        for status in [b"000", b"099", b"600", b"999"]:
+            self.assertRefused(
+                b"HTTP/1.1 " + status + b" Odd\r\nContent-Length: 0\r\n\r\n",
+                f"sent an invalid HTTP status {int(status)}",
+            )
 
 
 class PoolTests(SynchronousTestCase):
@@ -273,7 +457,7 @@ class PoolTests(SynchronousTestCase):
             received = pool.request()
             pool.answer(closing)
             self.assertTrue(received.ended)
-            self.assertTrue(pool.aborted())
+            self.assertTrue(pool.closed())
             pool.request()
             self.assertEqual(len(pool.endpoint.protocols), 2)
 
@@ -294,10 +478,27 @@ class PoolTests(SynchronousTestCase):
         pool.request()
         pool.answer(OK)
         pool.clock.advance(IDLE_TIMEOUT_SECS - 1)
-        self.assertFalse(pool.aborted())
+        self.assertFalse(pool.closed())
         pool.clock.advance(1)
-        self.assertTrue(pool.aborted())
+        self.assertTrue(pool.closed())
         self.assertEqual(pool.pool._idle, {})
+        pool.lose()
+        self.assertEqual(pool.clock.getDelayedCalls(), [])
+
+    def test_closeBounded(self) -> None:
+        """
+        A clean close that does not complete within L{CLOSE_TIMEOUT_SECS}
+        (a target that reads nothing) becomes an abort.
+        """
+        pool = Pool()
+        pool.request()
+        pool.answer(OK)
+        pool.clock.advance(IDLE_TIMEOUT_SECS)
+        pool.clock.advance(CLOSE_TIMEOUT_SECS - 0.5)
+        self.assertTrue(pool.closed())
+        pool.clock.advance(0.5)
+        self.assertTrue(pool.aborted())
+        pool.lose()
         self.assertEqual(pool.clock.getDelayedCalls(), [])
 
     def test_reuseCancelsExpiry(self) -> None:
@@ -314,7 +515,7 @@ class PoolTests(SynchronousTestCase):
         pool.answer(OK, connection=1)
         self.assertTrue(first.ended and second.ended)
         self.assertEqual(pool.pool._idle[ORIGIN], [pool.endpoint.protocols[0]])
-        self.assertTrue(pool.aborted(1))
+        self.assertTrue(pool.closed(1))
 
     def test_idleClosedByTarget(self) -> None:
         pool = Pool()
@@ -340,6 +541,7 @@ class PoolTests(SynchronousTestCase):
         pool.answer(OK + OK)
         self.assertEqual((received.body, received.ended), (b"up 1\n", True))
         self.assertTrue(pool.aborted())
+        self.assertEqual(pool.pool._idle, {})
 
     def test_staleRetriedOnce(self) -> None:
         """
@@ -443,6 +645,14 @@ class _Scripted(Protocol):
         assert isinstance(factory, _ScriptedFactory)
         factory.connections += 1
 
+    def connectionLost(self, reason: Failure = Failure(netError.ConnectionDone())) -> None:
+        factory = self.factory
+        assert isinstance(factory, _ScriptedFactory)
+        factory.closes.append(type(reason.value))
+        waiters, factory.closing = factory.closing, []
+        for waiter in waiters:
+            waiter.callback(None)
+
 
 class _ScriptedFactory(Factory):
     protocol = _Scripted
@@ -451,6 +661,17 @@ class _ScriptedFactory(Factory):
     def __init__(self, answers: list[bytes | None]) -> None:
         self.answers = answers
         self.connections = 0
+        # How each connection ended, as the target saw it.
+        self.closes: list[type] = []
+        self.closing: list[Deferred[None]] = []
+
+    def nextClose(self) -> Deferred[None]:
+        """
+        Fires when the target next sees a connection end.
+        """
+        waiter: Deferred[None] = Deferred()
+        self.closing.append(waiter)
+        return waiter
 
 
 class LoopbackTests(TestCase):
@@ -516,6 +737,23 @@ class LoopbackTests(TestCase):
         self.assertEqual((received.body, received.ended), (b"up 1\n", True))
         self.assertEqual((await self.fetch()).body, b"up 1\n")
         self.assertEqual(target.connections, 2)
+
+    async def test_closedCleanly(self) -> None:
+        """
+        A connection that did nothing wrong is closed, not reset: after a
+        C{Connection: close} answer, and when the pool is closed.
+        """
+        closing = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 5\r\n\r\nup 1\n"
+        target = await self.serve([closing, OK])
+        closed = target.nextClose()
+        self.assertTrue((await self.fetch()).ended)
+        await closed
+        self.assertEqual(target.closes, [netError.ConnectionDone])
+        self.assertTrue((await self.fetch()).ended)
+        closed = target.nextClose()
+        await self.pool.closeCachedConnections()
+        await closed
+        self.assertEqual(target.closes, [netError.ConnectionDone] * 2)
 
     async def test_refused(self) -> None:
         factory = _ScriptedFactory([])

@@ -9,6 +9,7 @@ import gzip
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, cast
 
+import httptools
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.base import DelayedCall
@@ -258,6 +259,16 @@ def uri(configured: str, query: str) -> bytes:
 
 
 class TargetTests(SynchronousTestCase):
+    def test_ports(self) -> None:
+        """
+        The scheme's port is the default only when no port is given: port 0
+        is not port 80.
+        """
+        self.assertEqual(Target.build("http://h/m").origin.port, 80)
+        self.assertEqual(Target.build("https://h/m").origin.port, 443)
+        self.assertEqual(Target.build("http://h:0/m").origin.port, 0)
+        self.assertEqual(Target.build("https://h:8443/m").origin.port, 8443)
+
     def test_queryAppended(self) -> None:
         self.assertEqual(uri("http://h:1/m", "a=1"), b"http://h:1/m?a=1")
         self.assertEqual(uri("http://h:1/m?x=y", "a=1"), b"http://h:1/m?x=y&a=1")
@@ -735,9 +746,16 @@ class NoDroppedDeferredTests(SynchronousTestCase):
         run = Run(url="gopher://target.test/m")
         head = run.last().scrape_response
         self.assertEqual(head.outcome, Outcome.AGENT_ERROR)
-        self.assertIn("cannot request gopher: URLs", head.reason)
+        self.assertIn(
+            "cannot request gopher://target.test/m: only http and https URLs", head.reason
+        )
         self.assertIn("the target was not contacted", head.reason)
         self.assertNotIn("unreachable", head.reason)
+        # The URL is named as in any other reason: without its credentials.
+        run = Run(url="ftp://user:s3cret@target.test/m")
+        head = run.last().scrape_response
+        self.assertIn("cannot request ftp://", head.reason)
+        self.assertNotIn("s3cret", head.reason)
         self.assertEqual(run.http.requests, [])
 
 
@@ -750,6 +768,28 @@ class SlotTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.first = Run(max_concurrent_clients=1)
+
+    def test_manyExpiredHandedOverInALoop(self) -> None:
+        """
+        A slot handed to a queued scrape whose time ran out comes straight
+        back and goes to the next: thousands of them do not recurse.
+        """
+        slots = Slots(1)
+        slots.take(lambda: None)
+        given: list[int] = []
+
+        def expired(n: int) -> Callable[[], None]:
+            def ready() -> None:
+                given.append(n)
+                slots.release()
+
+            return ready
+
+        for n in range(5000):
+            slots.take(expired(n))
+        slots.release()
+        self.assertEqual(given, list(range(5000)))
+        self.assertEqual((slots.tokens, list(slots.waiting)), (1, []))
 
     def test_waitedTooLong(self) -> None:
         second = Run(sharing=self.first, timeoutMs=5_000)
@@ -960,6 +1000,48 @@ class LoopbackTests(TestCase):
 
     timeout = 60
 
+    async def test_shutdownWhileDiscarding(self) -> None:
+        """
+        A scrape whose target answered 500 with a body that keeps coming,
+        cancelled as the link goes, then the pool closed as the agent stops:
+        nothing is left on the reactor (trial's dirty-reactor check), and
+        the same with the pool closed first.
+        """
+
+        class Slow500(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                assert self.transport is not None
+                self.transport.write(
+                    b"HTTP/1.1 500 Oops\r\nContent-Length: 100000\r\n\r\n" + b"e" * 100
+                )
+
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Factory.forProtocol(Slow500)
+        )
+        self.addCleanup(port.stopListening)
+        address = port.getHost()
+        assert isinstance(address, IPv4Address)
+        for cancelFirst in [True, False]:
+            pool = TargetPool(
+                reactor, lambda origin: TCP4ClientEndpoint(reactor, "127.0.0.1", address.port), 4
+            )
+            scraper = Scraper(AgentSettings(), pool, reactor)
+            frames: list[Frame] = []
+            scrape = Scrape(
+                scraper,
+                ScrapeRequest(scrape_id=1, timeout_ms=5000),
+                PathConfig("n", "p", f"http://127.0.0.1:{address.port}/metrics"),
+                frames.append,
+                65536,
+            )
+            scrape.start(Slots(4))
+            await scrape.done
+            self.assertEqual(frames[-1].scrape_response.status, 500)
+            if cancelFirst:
+                scrape.cancel()
+            await pool.closeCachedConnections()
+            self.assertEqual(pool.draining, set())
+
     async def test_largeBodyWithinCredit(self) -> None:
         """
         A 50 MB body streams through a 256 KiB credit window: the target's
@@ -1026,14 +1108,104 @@ class FetchOverTheClientTests(SynchronousTestCase):
 
     def scrape(self) -> list[Frame]:
         frames: list[Frame] = []
-        Scrape(
+        self.last = Scrape(
             self.scraper,
             ScrapeRequest(scrape_id=1, path="p", timeout_ms=5000),
             PathConfig("p", "p", "http://target.test/metrics"),
             frames.append,
             32 * 1024,
-        ).start(self.slots)
+        )
+        self.last.start(self.slots)
         return frames
+
+    def test_noReasonPhrase(self) -> None:
+        """
+        C{HTTP/1.1 200} without a reason phrase is scraped like any answer.
+        """
+        frames = self.scrape()
+        self.answer(b"HTTP/1.1 200\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nup 1\n")
+        (frame,) = frames
+        head = frame.scrape_response
+        self.assertEqual((head.outcome, head.status, head.last), (Outcome.SUCCESS, 200, True))
+        self.assertEqual(head.body, b"up 1\n")
+
+    def test_noContentHasLengthZero(self) -> None:
+        """
+        A 204 goes to the proxy with length 0, whatever it declared, so the
+        proxy does not wait for bytes that never come.
+        """
+        for answer in [
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+        ]:
+            frames = self.scrape()
+            self.answer(answer)
+            head = frames[0].scrape_response
+            self.assertEqual((head.status, head.content_length, head.body), (204, 0, b""))
+            self.assertTrue(frames[-1].scrape_response.last or frames[-1].scrape_chunk.last)
+
+    def test_invalidStatusIsTheTargets(self) -> None:
+        frames = self.scrape()
+        self.answer(b"HTTP/1.1 700 Odd\r\nContent-Length: 0\r\n\r\n")
+        head = frames[-1].scrape_response
+        self.assertEqual(head.outcome, Outcome.UNREACHABLE)
+        self.assertIn(
+            "target http://target.test/metrics unreachable: sent an invalid HTTP status 700",
+            head.reason,
+        )
+
+    def test_clientBugIsTheAgents(self) -> None:
+        """
+        A bug in the client's own code fails the scrape with AGENT_ERROR,
+        logged once with its traceback; nothing escapes into the reactor.
+        """
+        frames = self.scrape()
+        protocol = self.endpoint.protocols[-1]
+
+        def broken(name: bytes, value: bytes) -> None:
+            raise ZeroDivisionError("ours")
+
+        protocol.on_header = broken  # type: ignore[method-assign]
+        protocol._parser = httptools.HttpResponseParser(protocol)
+        self.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        head = frames[-1].scrape_response
+        self.assertEqual(head.outcome, Outcome.AGENT_ERROR)
+        self.assertIn("agent error: ours", head.reason)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertTrue(self.endpoint.transports[-1].disconnected)
+
+    def test_cancelledWhileDiscarding(self) -> None:
+        """
+        A scrape cancelled while its unwanted body is read (the link went
+        away) drops the connection and leaves no timer.
+        """
+        self.scrape()
+        self.answer(b"HTTP/1.1 500 Oops\r\nContent-Length: 100000\r\n\r\neee")
+        self.assertTrue(self.last.done.called)
+        self.assertNotEqual(self.clock.getDelayedCalls(), [])
+        self.last.cancel()
+        self.assertTrue(self.endpoint.transports[-1].disconnected)
+        self.endpoint.protocols[-1].connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.pool._idle, {})
+
+    def test_closedPoolTakesNothingBack(self) -> None:
+        """
+        Closing the pool stops the reading of unwanted bodies; a body that
+        ends afterwards does not put its connection back.
+        """
+        self.scrape()
+        self.answer(b"HTTP/1.1 500 Oops\r\nContent-Length: 4\r\n\r\nee")
+        closing = self.pool.closeCachedConnections()
+        self.assertTrue(self.endpoint.transports[-1].disconnected)
+        self.assertNoResult(closing)
+        self.endpoint.protocols[-1].connectionLost(Failure(ConnectionDone()))
+        self.successResultOf(closing)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.scrape()
+        self.answer(b"HTTP/1.1 500 Oops\r\nContent-Length: 2\r\n\r\nee")
+        self.assertEqual(self.pool._idle, {})
+        self.assertTrue(self.endpoint.transports[-1].disconnecting)
 
     def answer(self, data: bytes) -> None:
         self.endpoint.protocols[-1].dataReceived(data)
@@ -1053,7 +1225,7 @@ class FetchOverTheClientTests(SynchronousTestCase):
         self.answer(b"busy")
         # Only the idle connection's expiry is left: not the body's deadline.
         self.assertEqual(
-            [cast(DelayedCall, c).func for c in self.clock.getDelayedCalls()], [self.pool.discard]
+            [cast(DelayedCall, c).func for c in self.clock.getDelayedCalls()], [self.pool.close]
         )
         self.scrape()
         self.assertEqual(len(self.endpoint.protocols), 1)
