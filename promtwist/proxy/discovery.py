@@ -77,9 +77,7 @@ class Document:
         The document for Prometheus scraping C{target} (C{host:port}),
         encoded.
         """
-        self.registry.expireDeparted()
-        if self.registry.generation != self._generation:
-            self._rebuild()
+        self.refresh()
         body = self._rendered.get(target)
         if body is None:
             hole = _quoted(target)[1:-1].encode("utf-8")
@@ -90,6 +88,18 @@ class Document:
         else:
             self._rendered.move_to_end(target)
         return body
+
+    def refresh(self) -> None:
+        """
+        Encode what changed in the registry since the last refresh.
+
+        Called on a timer as well as per request, so that the groups of a
+        herd of agents registering are encoded a second's worth at a time as
+        they come, rather than all of them by the first request after it.
+        """
+        self.registry.expireDeparted()
+        if self.registry.generation != self._generation:
+            self._rebuild()
 
     def _rebuild(self) -> None:
         """

@@ -36,6 +36,9 @@ from promtwist.web import operationsListeners, proxyHealth
 
 # How often counted warnings whose interval ended are reported.
 WARNING_SUMMARY_SECONDS = 15.0
+# How often the discovery document encodes what changed in the registry:
+# a herd's groups are encoded as they register, not by the next request.
+DISCOVERY_REFRESH_SECONDS = 1.0
 
 
 class ProxyService(MultiService):
@@ -133,6 +136,10 @@ class ProxyService(MultiService):
         summaries = TimerService(WARNING_SUMMARY_SECONDS, self.summariseWarnings)
         summaries.clock = reactor
         summaries.setServiceParent(self)
+        if discovery is not None:
+            encoding = TimerService(DISCOVERY_REFRESH_SECONDS, discovery.document.refresh)
+            encoding.clock = reactor
+            encoding.setServiceParent(self)
         if settings.stale_agent_check_enabled:
             evictions = TimerService(settings.stale_agent_check_pause_secs, self.evictStale)
             evictions.clock = reactor

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+from twisted.application.internet import TimerService
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -14,6 +15,7 @@ from promtwist.config import ProxySettings
 from promtwist.proxy import discovery
 from promtwist.proxy.discovery import RENDERED_TARGETS, Discovery, Document
 from promtwist.proxy.registry import PathEntry, Registry
+from promtwist.proxy.server import DISCOVERY_REFRESH_SECONDS, ProxyService
 from promtwist.test.scrapeport import Response, exchangeFor, parseResponse
 from promtwist.test.test_registry import FakeAgent
 
@@ -139,6 +141,21 @@ class CachingTests(SynchronousTestCase):
         self.assertEqual(b["labels"]["k"], "v")
         self.assertEqual([g["labels"]["__metrics_path__"] for g in (b, c, d)], ["/b", "/c", "/d"])
 
+    def test_refreshEncodesAhead(self) -> None:
+        """
+        A refresh encodes what registered since the last one, so the next
+        request has nothing left to encode; with nothing changed, a refresh
+        encodes nothing.
+        """
+        self.document.refresh()
+        self.registry.registerPath(self.agent, "d", "", {})
+        self.document.refresh()
+        self.assertEqual(self.built, ["a", "b", "c", "d"])
+        self.document.refresh()
+        groups = json.loads(self.document.render("proxy:8080"))
+        self.assertEqual(self.built, ["a", "b", "c", "d"])
+        self.assertEqual(len(groups), 4)
+
     def test_agentLeaving(self) -> None:
         """
         A departed agent's paths stay listed, unchanged and not rebuilt, for
@@ -213,3 +230,29 @@ class ResourceTests(SynchronousTestCase):
         served(resource.registry, FakeAgent("1", "a", "h"), "app")
         (group,) = json.loads(ask(resource, "other:1").body)
         self.assertEqual(group["targets"], ["proxy.example:8080"])
+
+
+class RefreshTimerTests(SynchronousTestCase):
+    def test_proxyEncodesAsAgentsRegister(self) -> None:
+        """
+        A proxy serving discovery refreshes the document every
+        L{DISCOVERY_REFRESH_SECONDS}: paths registered meanwhile are encoded
+        before any request asks for them. Without discovery, no timer.
+        """
+        clock = Clock()
+        proxy = ProxyService(ProxySettings(sd_enabled=True), clock, "127.0.0.1")
+        timers = [child for child in proxy if isinstance(child, TimerService)]
+        for timer in timers:
+            timer.startService()
+            self.addCleanup(timer.stopService)
+        assert proxy.scrapes.discovery is not None
+        document = proxy.scrapes.discovery.document
+        served(proxy.registry, FakeAgent("1"), "a")
+        self.assertNotEqual(document._generation, proxy.registry.generation)
+        clock.advance(DISCOVERY_REFRESH_SECONDS)
+        self.assertEqual(document._generation, proxy.registry.generation)
+        without = ProxyService(ProxySettings(), clock, "127.0.0.1")
+        self.assertEqual(
+            len([child for child in without if isinstance(child, TimerService)]),
+            len(timers) - 1,
+        )
