@@ -42,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -338,6 +339,32 @@ def startRoutes(
     return routes
 
 
+def interleaved(
+    routes: dict[str, dict[str, Route]],
+    rounds: int,
+    measure: Callable[[Route], Sample],
+    describe: Callable[[Sample], str],
+) -> dict[str, dict[str, list[Sample]]]:
+    """
+    Measure every route of every payload once per round, round after
+    round, so that drift on a shared machine hits all routes alike; print a
+    line per measurement as it ends.
+    """
+    samples: dict[str, dict[str, list[Sample]]] = {
+        n: {r: [] for r in named} for n, named in routes.items()
+    }
+    for round in range(rounds):
+        for name, named in routes.items():
+            for routeName, route in named.items():
+                sample = measure(route)
+                samples[name][routeName].append(sample)
+                print(
+                    f"  round {round + 1} {LABELS[name]:6} {routeName:9} {describe(sample)}",
+                    flush=True,
+                )
+    return samples
+
+
 def throughput(
     args: argparse.Namespace, parties: Parties, bodies: dict[str, bytes]
 ) -> dict[str, Any]:
@@ -353,17 +380,12 @@ def throughput(
         for route in routes[name].values():
             if args.warmup > 0:
                 closedLoad(route, args.warmup, headers, args.loadgen, parties.workdir)
-    samples: dict[str, dict[str, list[Sample]]] = {n: {r: [] for r in routes[n]} for n in names}
-    for round in range(args.rounds):
-        for name in names:
-            for routeName, route in routes[name].items():
-                s = closedLoad(route, args.duration, headers, args.loadgen, parties.workdir)
-                samples[name][routeName].append(s)
-                print(
-                    f"  round {round + 1} {LABELS[name]:6} {routeName:9}"
-                    f" {s.requests / s.seconds:9.0f}/s errors {s.errors}",
-                    flush=True,
-                )
+    samples = interleaved(
+        routes,
+        args.rounds,
+        lambda route: closedLoad(route, args.duration, headers, args.loadgen, parties.workdir),
+        lambda s: f"{s.requests / s.seconds:9.0f}/s errors {s.errors}",
+    )
     print()
     head = (
         f"{'payload':8} {'route':9} {'scrapes/s':>10} {'rounds min-max':>15} {'p50 ms':>7}"
@@ -454,17 +476,12 @@ def latency(args: argparse.Namespace, parties: Parties, bodies: dict[str, bytes]
         f" {args.rounds} rounds per route, interleaved; latency from each request's scheduled"
         f" start; headers: {'; '.join(headers)}"
     )
-    samples: dict[str, dict[str, list[Sample]]] = {n: {r: [] for r in routes[n]} for n in names}
-    for round in range(args.rounds):
-        for name in names:
-            for routeName, route in routes[name].items():
-                s = openLoad(route, args.duration, headers, args.rate)
-                samples[name][routeName].append(s)
-                print(
-                    f"  round {round + 1} {LABELS[name]:6} {routeName:9} p50 {s.p50_ms:6.2f} ms"
-                    f" p99 {s.p99_ms:6.2f} ms errors {s.errors}",
-                    flush=True,
-                )
+    samples = interleaved(
+        routes,
+        args.rounds,
+        lambda route: openLoad(route, args.duration, headers, args.rate),
+        lambda s: f"p50 {s.p50_ms:6.2f} ms p99 {s.p99_ms:6.2f} ms errors {s.errors}",
+    )
     print()
     head = (
         f"{'payload':8} {'route':9} {'scrapes':>7} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}"

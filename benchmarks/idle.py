@@ -58,17 +58,12 @@ from promtwist.protocol.framing import FrameReceiver
 from promtwist.protocol.liveness import resolutionFor
 from promtwist.protocol.promtwist_pb2 import Frame, Hello, Pong, RegisterPath, Reject
 from promtwist.protocol.session import IDLE_PERIODS_BEFORE_PING, SILENT_PERIODS_BEFORE_ABORT
+from promtwist.test.processes import freePort
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
 # The agent's own reconnect policy (promtwist.agent.service).
 RETRY = backoffPolicy(initialDelay=0.25, factor=2.0, maxDelay=3.0)
-
-
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rssKiB(pid: int) -> int:

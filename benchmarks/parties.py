@@ -12,13 +12,14 @@ import gzip
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from promtwist.test.processes import freePort
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -100,33 +101,6 @@ def writeBodies(root: str, bodies: dict[str, bytes]) -> None:
 
 # ---------------------------------------------------------------------------
 # Small helpers.
-
-
-_handedOut: set[int] = set()
-
-
-def freePort() -> int:
-    """
-    A port free on 127.0.0.1, below the kernel's ephemeral range: a port
-    from that range (what binding port 0 gives) can be taken by any
-    outgoing connection in the second before the process meant for it
-    binds it, which happened in practice between two runs.
-    """
-    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-        low = int(f.read().split()[0])
-    rng = random.Random()
-    for _ in range(100):
-        port = rng.randrange(max(1024, low - 20000), low)
-        if port in _handedOut:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _handedOut.add(port)
-        return port
-    raise SystemExit(f"no free port found below {low} on 127.0.0.1 in 100 tries")
 
 
 def procStatusKiB(pid: int, field: str) -> int:
