@@ -37,8 +37,10 @@ HEADER_TIMEOUT = 10.0
 IDLE_TIMEOUT = 45.0
 
 _TEXT = b"text/plain; charset=utf-8"
-UNKNOWN = "Unknown"
 _JSON = b"application/json; charset=utf-8"
+
+# What prometheus-proxy's /version says of a build that records no date.
+UNKNOWN = "Unknown"
 
 
 def _respond(request: Request, body: bytes, contentType: bytes, code: int = 200) -> bytes:
@@ -132,7 +134,7 @@ class _JSONResource(Resource):
         self.document = document
 
     def render_GET(self, request: Request) -> bytes:
-        body = json.dumps(self.document(), indent=2, sort_keys=True) + "\n"
+        body = json.dumps(self.document(), indent=2) + "\n"
         return _respond(request, body.encode("utf-8"), _JSON)
 
 

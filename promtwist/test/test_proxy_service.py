@@ -265,10 +265,10 @@ class ProxyServiceTests(TestCase):
         self.assertIn(b"/m [exclusive] 'a1' (vm, ", debug)
         self.assertIn(b"/m - success - 200", debug)
         # prometheus-proxy's layout first, promtwist's sections after.
-        text = debug.decode()
-        self.assertTrue(text.startswith("Prometheus Proxy Info [Version: "), text)
+        page = debug.decode()
+        self.assertTrue(page.startswith("Prometheus Proxy Info [Version: "), page)
         order = [
-            text.index(part)
+            page.index(part)
             for part in (
                 "\nUptime:     ",
                 "\nAdmin Service:\nServletService{port=",
@@ -282,7 +282,7 @@ class ProxyServiceTests(TestCase):
                 "\nlast ",
             )
         ]
-        self.assertEqual(order, sorted(order), text)
+        self.assertEqual(order, sorted(order), page)
         self.assertEqual(await self.get(adminPort, "ping"), (200, b"pong\n"))
 
     async def test_ownershipOnDebugPages(self) -> None:

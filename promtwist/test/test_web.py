@@ -86,6 +86,8 @@ class AdminTests(SynchronousTestCase):
                 "name": "promtwist",
             },
         )
+        # In prometheus-proxy's order, promtwist's field last.
+        self.assertEqual(list(response.json()), ["version", "release_date", "build_time", "name"])
 
     def test_threadDump(self) -> None:
         """
