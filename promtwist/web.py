@@ -17,20 +17,18 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
-from twisted.logger import Logger
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
 import promtwist
 from promtwist.config import AgentSettings, ProxySettings
+from promtwist.health import Checks, HealthResource
 from promtwist.listen import Listener
-from promtwist.logs import observer
-from promtwist.metrics import AgentState, ProxyState
 from promtwist.webguard import HardenedSite
 
 # The operations ports take only short GETs from a few clients.
@@ -38,29 +36,11 @@ MAX_HEADER_BYTES = 16384
 HEADER_TIMEOUT = 10.0
 IDLE_TIMEOUT = 45.0
 
-_log = Logger(observer=observer)
-
 _TEXT = b"text/plain; charset=utf-8"
 _JSON = b"application/json; charset=utf-8"
 
-
-@dataclass(frozen=True)
-class HealthCheck:
-    """
-    The result of one health check, as prometheus-proxy's (Dropwizard's)
-    health check servlet reports it.
-
-    @ivar message: for people: what was measured, against what.
-    """
-
-    healthy: bool
-    message: str = ""
-
-
-Health = Callable[[], Mapping[str, HealthCheck]]
-"""
-Runs every health check, by check name.
-"""
+# What prometheus-proxy's /version says of a build that records no date.
+UNKNOWN = "Unknown"
 
 
 def _respond(request: Request, body: bytes, contentType: bytes, code: int = 200) -> bytes:
@@ -69,11 +49,11 @@ def _respond(request: Request, body: bytes, contentType: bytes, code: int = 200)
     return C{body} for C{render} to return.
 
     Nothing here may be cached: a cached health check or metric is a wrong
-    one.
+    one. The header is prometheus-proxy's admin servlets' own.
     """
     request.setResponseCode(code)
     request.setHeader(b"Content-Type", contentType)
-    request.setHeader(b"Cache-Control", b"no-store")
+    request.setHeader(b"Cache-Control", b"must-revalidate,no-cache,no-store")
     return body
 
 
@@ -154,39 +134,8 @@ class _JSONResource(Resource):
         self.document = document
 
     def render_GET(self, request: Request) -> bytes:
-        body = json.dumps(self.document(), indent=2, sort_keys=True) + "\n"
+        body = json.dumps(self.document(), indent=2) + "\n"
         return _respond(request, body.encode("utf-8"), _JSON)
-
-
-class _HealthResource(Resource):
-    """
-    Runs the health checks and answers 200 when all pass, 503 when any
-    fails or the checks themselves fail.
-
-    prometheus-proxy answers 500 for unhealthy; 503 says what is meant
-    (up, but not fit to serve), and load balancers and Kubernetes probes
-    treat both as failing.
-    """
-
-    isLeaf = True
-
-    def __init__(self, health: Health) -> None:
-        super().__init__()
-        self.health = health
-
-    def render_GET(self, request: Request) -> bytes:
-        try:
-            checks = dict(self.health())
-        except Exception as e:  # noqa: BLE001 - a broken check is an unhealthy process
-            _log.failure("health checks failed")
-            checks = {"health_checks": HealthCheck(False, f"health checks failed: {e!r}")}
-        document = {
-            name: {"healthy": check.healthy, "message": check.message}
-            for name, check in checks.items()
-        }
-        code = 200 if all(check.healthy for check in checks.values()) else 503
-        body = json.dumps(document, indent=2, sort_keys=True) + "\n"
-        return _respond(request, body.encode("utf-8"), _JSON, code)
 
 
 def threadDump() -> str:
@@ -208,23 +157,36 @@ def threadDump() -> str:
     return "\n".join(sections)
 
 
-def _version() -> dict[str, str]:
-    return {"version": promtwist.__version__.public(), "name": "promtwist"}
+def version() -> dict[str, str]:
+    """
+    C{/version}: prometheus-proxy's fields (C{version}, C{release_date},
+    C{build_time}) and promtwist's C{name}. promtwist's version records no
+    release date or build time; C{Unknown} is what prometheus-proxy itself
+    reports for a build that records none.
+    """
+    return {
+        "version": promtwist.__version__.public(),
+        "release_date": UNKNOWN,
+        "build_time": UNKNOWN,
+        "name": "promtwist",
+    }
 
 
 def adminRoot(
     settings: ProxySettings | AgentSettings,
-    health: Health,
+    health: Checks,
     debug: Callable[[], str] | None,
+    clock: IReactorTime,
 ) -> Resource:
     """
     The admin port's resource: each endpoint at its configured path, and
     none whose path is empty.
 
-    @param health: runs the health checks (see L{proxyHealth},
-        L{agentHealth}).
+    @param health: the health checks (see L{promtwist.health.proxyHealth},
+        L{promtwist.health.agentHealth}).
     @param debug: text for the C{debug} endpoint, served only when
         C{admin_debug_enabled} is set and this is given.
+    @param clock: gives the health checks' timestamps.
     """
     routes: dict[str, IResource] = {}
 
@@ -234,87 +196,12 @@ def adminRoot(
             routes[path] = resource
 
     add(settings.admin_ping_path, _Text(lambda: "pong\n"))
-    add(settings.admin_version_path, _JSONResource(_version))
-    add(settings.admin_health_check_path, _HealthResource(health))
+    add(settings.admin_version_path, _JSONResource(version))
+    add(settings.admin_health_check_path, HealthResource(health, clock, _respond))
     add(settings.admin_thread_dump_path, _Text(threadDump))
     if settings.admin_debug_enabled and debug is not None:
         add("debug", _Text(debug))
     return _Router(routes)
-
-
-def proxyHealth(state: Callable[[], ProxyState], settings: ProxySettings) -> Health:
-    """
-    The proxy's health checks, prometheus-proxy's names and thresholds:
-
-      - C{agent_port}: always healthy, since this answering means the
-        process runs; the message tells how many agents are connected.
-      - C{scrape_response_map_check}: fewer scrapes in flight than
-        C{scrape_request_map_unhealthy_size}.
-      - C{agent_scrape_request_backlog}: every agent has fewer scrapes in
-        flight than C{scrape_request_backlog_unhealthy_size}.
-
-    prometheus-proxy's C{chunking_map_check} is left out: promtwist keeps
-    no chunks aside (see C{proxy_chunk_context_map_size}).
-    """
-
-    def checks() -> dict[str, HealthCheck]:
-        snapshot = state()
-        inFlight = snapshot.inFlight
-        mapLimit = settings.scrape_request_map_unhealthy_size
-        backlogLimit = settings.scrape_request_backlog_unhealthy_size
-        backlogged = sorted(
-            {
-                f"{agent.name} ({agent.agentId}): {agent.scrapesInFlight}"
-                for agent in snapshot.agents
-                if agent.scrapesInFlight >= backlogLimit
-            }
-        )
-        return {
-            "agent_port": HealthCheck(
-                True,
-                f"{len(snapshot.agents)} agents connected, {snapshot.pathCount} paths,"
-                f" {snapshot.pendingHandshakes} handshakes pending",
-            ),
-            "scrape_response_map_check": HealthCheck(
-                inFlight < mapLimit,
-                f"{inFlight} scrapes in flight (unhealthy at {mapLimit})",
-            ),
-            "agent_scrape_request_backlog": HealthCheck(
-                not backlogged,
-                f"agents with {backlogLimit} or more scrapes in flight: {', '.join(backlogged)}"
-                if backlogged
-                else f"no agent has {backlogLimit} or more scrapes in flight",
-            ),
-        }
-
-    return checks
-
-
-def agentHealth(state: Callable[[], AgentState], settings: AgentSettings) -> Health:
-    """
-    The agent's health checks:
-
-      - C{proxy_link}: connected to a proxy, with the handshake done.
-      - C{scrape_request_backlog_check} (prometheus-proxy's): fewer scrape
-        requests waiting for a slot than
-        C{scrape_request_backlog_unhealthy_size}.
-    """
-
-    def checks() -> dict[str, HealthCheck]:
-        snapshot = state()
-        limit = settings.scrape_request_backlog_unhealthy_size
-        return {
-            "proxy_link": HealthCheck(
-                snapshot.linkUp,
-                "connected to a proxy" if snapshot.linkUp else "not connected to a proxy",
-            ),
-            "scrape_request_backlog_check": HealthCheck(
-                snapshot.backlog < limit,
-                f"{snapshot.backlog} scrape requests waiting (unhealthy at {limit})",
-            ),
-        }
-
-    return checks
 
 
 def _section(settings: ProxySettings | AgentSettings) -> str:
@@ -324,7 +211,7 @@ def _section(settings: ProxySettings | AgentSettings) -> str:
 def operationsListeners(
     settings: ProxySettings | AgentSettings,
     registry: CollectorRegistry,
-    health: Health,
+    health: Checks,
     debug: Callable[[], str] | None,
     reactor: Any,
     interface: str = "",
@@ -346,7 +233,7 @@ def operationsListeners(
     listeners = []
     if settings.admin_enabled:
         site = HardenedSite(
-            adminRoot(settings, health, debug),
+            adminRoot(settings, health, debug, reactor),
             maxHeaderBytes=MAX_HEADER_BYTES,
             headerTimeout=HEADER_TIMEOUT,
             idleTimeout=IDLE_TIMEOUT,

@@ -40,13 +40,15 @@ from promtwist.agent.discoveryfile import FileDiscovery
 from promtwist.agent.filters import FilterStream
 from promtwist.agent.scraper import ScrapeObserver, Scraper
 from promtwist.config import AGENT, AgentSettings, ConfigError, PathConfig
+from promtwist.debugpage import head, table, uptime
+from promtwist.health import agentHealth
 from promtwist.httputil import redacted
 from promtwist.listen import logStarted
 from promtwist.logs import observer
 from promtwist.metrics import AgentMetrics, AgentState
 from promtwist.signals import exitNormally, onHangup
 from promtwist.tls import linkTLS, linkUsesTLS, targetPolicy
-from promtwist.web import agentHealth, operationsListeners
+from promtwist.web import operationsListeners
 
 
 def targetEndpoints(
@@ -288,6 +290,7 @@ class AgentService(MultiService):
             from twisted.internet import reactor
         self.settings = settings
         self.clock = reactor
+        self.startedAt = reactor.seconds()
         self.loadSettings = loadSettings
         self.pool = TargetPool(
             reactor, targetEndpoints(settings, reactor), settings.max_concurrent_clients
@@ -303,6 +306,8 @@ class AgentService(MultiService):
             self._ready,
         )
         self.links = links
+        # The proxy last dialled, for the debug page, as prometheus-proxy's.
+        self.proxyHost = links.endpoints[0][0]
         self.dialReport = DialReport(self._log, reactor)
         # Jittered exponential backoff, capped so that a returning proxy
         # gets its agents back within a few seconds.
@@ -331,7 +336,7 @@ class AgentService(MultiService):
         self.listeners = operationsListeners(
             settings,
             self.metrics.registry,
-            agentHealth(self.state, settings),
+            agentHealth(self.state, settings, lambda: self.listeners),
             self.debugText,
             reactor,
         )
@@ -352,19 +357,44 @@ class AgentService(MultiService):
         )
 
     def debugText(self) -> str:
+        """
+        The C{/debug} page: prometheus-proxy's layout first (its head and
+        its path configs), then promtwist's own section: the link and where
+        each path stands at the proxy.
+        """
         connection = self.factory.current
+        settings = self.settings
+        paths = sorted(self.factory.paths.items())
+        upstream = head(
+            "Agent",
+            settings,
+            [
+                ("Uptime", uptime(self.clock.seconds() - self.startedAt)),
+                ("AgentId", connection.agentId if connection is not None else ""),
+                ("AgentName", settings.name),
+                ("ProxyHost", self.proxyHost),
+            ],
+        )
+        configs = table(
+            "Agent Path Configs",
+            ["Name", "Path", "URL"],
+            [[f'"{config.name}"', f"/{path}", redacted(config.url)] for path, config in paths],
+            "\n",
+        )
         lines = [
-            f"promtwist agent {self.settings.name!r}, launch {self.factory.launchId}",
+            "",
+            "promtwist:",
+            f"promtwist agent {settings.name!r}, launch {self.factory.launchId}",
             f"proxy link: {'up as ' + connection.agentId if connection else 'down'}",
             "",
             "paths:",
         ]
         standings = connection.standings if connection is not None else {}
-        for path, config in sorted(self.factory.paths.items()):
+        for path, config in paths:
             standing = standings.get(path)
             where = standing.describe() if standing is not None else "not registered"
             lines.append(f"  /{path} -> {redacted(config.url)} [{where}]")
-        return "\n".join(lines) + "\n"
+        return "\n".join([upstream, configs, *lines]) + "\n"
 
     def _notReady(self, failure: Failure, proxy: str) -> Failure:
         """
@@ -379,6 +409,7 @@ class AgentService(MultiService):
         return failure
 
     def _ready(self, connection: ProxyConnection, proxy: str) -> None:
+        self.proxyHost = proxy
         self.metrics.connected(True)
         self.dialReport.connected(proxy)
         if len(self.links.endpoints) > 1:

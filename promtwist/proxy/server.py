@@ -8,7 +8,6 @@ stale-agent eviction, reload and a draining shutdown).
 from __future__ import annotations
 
 import collections
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +18,8 @@ from twisted.logger import Logger
 
 from promtwist import __version__
 from promtwist.config import PROXY, ConfigError, ProxySettings
+from promtwist.debugpage import head, recentLine, table, uptime
+from promtwist.health import proxyHealth
 from promtwist.listen import Listener, logStarted
 from promtwist.logs import clip, debugging, observer, utcTime
 from promtwist.metrics import AgentSample, ProxyState
@@ -32,7 +33,7 @@ from promtwist.proxy.registry import AgentHandle
 from promtwist.proxy.scrape import ScrapeHandler
 from promtwist.signals import exitNormally, onHangup
 from promtwist.tls import agentPortTLS, scrapePortTLS
-from promtwist.web import operationsListeners, proxyHealth
+from promtwist.web import operationsListeners
 
 # How often counted warnings whose interval ended are reported.
 WARNING_SUMMARY_SECONDS = 15.0
@@ -48,7 +49,8 @@ class ProxyService(MultiService):
     @ivar httpListener: the listener Prometheus scrapes.
     @ivar listeners: every listener, those two first.
     @ivar metrics: the proxy's own metrics.
-    @ivar recent: the latest scrapes, newest last, for the debug page.
+    @ivar recent: the latest scrapes and when each ended, newest last, for
+        the debug page.
     """
 
     _log = Logger(observer=observer)
@@ -71,7 +73,7 @@ class ProxyService(MultiService):
         self.reactor = reactor
         self.settings = settings
         self.reloadSettings = reloadSettings
-        self.startedAt = time.time()
+        self.startedAt = reactor.seconds()
         self.linkFactory = agentLinkFactory(
             settings, reactor, [settings.sd_path] if settings.sd_enabled else []
         )
@@ -84,10 +86,10 @@ class ProxyService(MultiService):
             else None
         )
         self.scrapes = ScrapeHandler(settings, self.registry, reactor, discovery)
-        self.recent: collections.deque[ScrapeRecord] = collections.deque(
+        self.recent: collections.deque[tuple[float, ScrapeRecord]] = collections.deque(
             maxlen=settings.admin_recent_requests_queue_size
         )
-        self.scrapes.tracker.observers += [self._scrapeEnded, self.recent.append]
+        self.scrapes.tracker.observers += [self._scrapeEnded, self._remember]
         # Credentials, when configured, guard discovery as well as scrapes.
         self.site = ScrapePortFactory(
             self.scrapes,
@@ -125,7 +127,7 @@ class ProxyService(MultiService):
             *operationsListeners(
                 settings,
                 self.metrics.registry,
-                proxyHealth(self.state, settings),
+                proxyHealth(self.state, settings, lambda: self.listeners),
                 self.debugText,
                 reactor,
                 interface,
@@ -187,14 +189,52 @@ class ProxyService(MultiService):
                 ms=record.seconds * 1000,
             )
 
+    def _remember(self, record: ScrapeRecord) -> None:
+        self.recent.append((self.reactor.seconds(), record))
+
     def debugText(self) -> str:
+        """
+        The C{/debug} page: prometheus-proxy's layout first (its head, its
+        path map, its most recent requests, newest first), then promtwist's
+        own sections: each path's holder and standbys, and the last scrapes
+        with their sizes and agents.
+        """
+        snapshot = self.registry.snapshot()
+        settings = self.settings
+        up = self.reactor.seconds() - self.startedAt
+        parts = [
+            head(
+                "Proxy",
+                settings,
+                [
+                    ("Uptime", uptime(up)),
+                    ("Proxy port", str(settings.http_port)),
+                ],
+            )
+        ]
+        if snapshot:
+            rows = [
+                [f"/{e.path}", f"{len(e.agents)} {', '.join(map(_described, e.agents))}"]
+                for e in sorted(snapshot, key=lambda e: e.path)
+            ]
+            parts.append(table("Proxy Path Map", ["Path", "Agent Context"], rows, "\n\n"))
+        else:
+            parts.append("No agents connected.")
+        if self.recent:
+            recent = [
+                recentLine(at, r.path, r.type, r.status, r.reason, r.seconds)
+                for at, r in reversed(self.recent)
+            ]
+            parts.append(f"\n{len(recent)} most recent requests:\n" + "\n".join(recent))
         lines = [
-            f"promtwist proxy {__version__.public()}, up {time.time() - self.startedAt:.0f}s",
-            f"scrape port {self.settings.http_port}, agent port {self.settings.agent_port}",
+            "",
+            "promtwist:",
+            f"promtwist proxy {__version__.public()}, up {up:.0f}s",
+            f"scrape port {settings.http_port}, agent port {settings.agent_port}",
             "",
             "paths:",
         ]
-        for entry in self.registry.snapshot():
+        for entry in snapshot:
             agents = ", ".join(_described(a) for a in entry.agents)
             if entry.consolidated:
                 lines.append(f"  /{entry.path} [consolidated] {agents}")
@@ -206,12 +246,13 @@ class ProxyService(MultiService):
                     f"{utcTime(claim.since)}"
                 )
         lines += ["", f"last {len(self.recent)} scrapes:"]
-        for r in self.recent:
+        for _, r in self.recent:
             lines.append(
                 f"  /{r.path} - {r.type} - {r.status} {r.reason} - {r.seconds * 1000:.1f} ms"
                 f" - {r.bytes} bytes - {r.agents}"
             )
-        return "\n".join(lines) + "\n"
+        parts.append("\n".join(lines))
+        return "\n".join(parts) + "\n"
 
     # Housekeeping.
 

@@ -5,6 +5,7 @@ draining shutdown, reload of identities, metrics and the debug page.
 
 from __future__ import annotations
 
+import json
 import struct
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -263,6 +264,25 @@ class ProxyServiceTests(TestCase):
         _, debug = await self.get(adminPort, "debug")
         self.assertIn(b"/m [exclusive] 'a1' (vm, ", debug)
         self.assertIn(b"/m - success - 200", debug)
+        # prometheus-proxy's layout first, promtwist's sections after.
+        page = debug.decode()
+        self.assertTrue(page.startswith("Prometheus Proxy Info [Version: "), page)
+        order = [
+            page.index(part)
+            for part in (
+                "\nUptime:     ",
+                "\nAdmin Service:\nServletService{port=",
+                "\nMetrics Service:\n",
+                "\nProxy Path Map:\nPath",
+                "\n/m",
+                " most recent requests:\n",
+                ": /m - success - 200 OK time: ",
+                "\npromtwist:\n",
+                "\n  /m [exclusive] ",
+                "\nlast ",
+            )
+        ]
+        self.assertEqual(order, sorted(order), page)
         self.assertEqual(await self.get(adminPort, "ping"), (200, b"pong\n"))
 
     async def test_ownershipOnDebugPages(self) -> None:
@@ -290,6 +310,25 @@ class ProxyServiceTests(TestCase):
         self.assertIn("[held by this agent since ", first.debugText())
         self.assertIn("/m -> ", second.debugText())
         self.assertIn("[standby #1 behind agent 'a1' on ", second.debugText())
+        # The agent's page: prometheus-proxy's layout first, promtwist's after.
+        text = first.debugText()
+        self.assertTrue(text.startswith("Prometheus Agent Info [Version: "), text)
+        order = [
+            text.index(part)
+            for part in (
+                "\nUptime:    ",
+                "\nAgentId:   ",
+                "\nAgentName: a1\n",
+                "\nProxyHost: ",
+                "\nAdmin Service:\nDisabled\n",
+                "\nMetrics Service:\nDisabled\n",
+                "\nAgent Path Configs:\nName",
+                '\n"',
+                "\npromtwist:\n",
+                "\n  /m -> ",
+            )
+        ]
+        self.assertEqual(order, sorted(order), text)
 
     async def test_agentMetricsAndHealth(self) -> None:
         proxy = self.proxy()
@@ -312,7 +351,20 @@ class ProxyServiceTests(TestCase):
         self.assertEqual(samples[("agent_link_up", "")], 1)
         status, health = await self.get(adminPort, "healthcheck")
         self.assertEqual(status, 200)
-        self.assertIn(b'"proxy_link"', health)
+        checks = json.loads(health)
+        self.assertEqual(
+            set(checks),
+            {
+                "thread_deadlock",
+                "all_services_healthy",
+                "metrics_service",
+                "scrape_request_backlog_check",
+                "proxy_link",
+            },
+        )
+        for name, check in checks.items():
+            self.assertEqual(set(check), {"healthy", "message", "duration", "timestamp"}, name)
+            self.assertIs(check["healthy"], True, name)
 
     def test_debugLineClipped(self) -> None:
         """

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,14 +24,9 @@ from twisted.web.resource import Resource
 
 import promtwist
 from promtwist.config import AgentSettings, ProxySettings
-from promtwist.metrics import AgentSample, AgentState, ProxyMetrics, ProxyState
-from promtwist.web import (
-    HealthCheck,
-    adminRoot,
-    agentHealth,
-    operationsListeners,
-    proxyHealth,
-)
+from promtwist.health import Checks, HealthCheck
+from promtwist.metrics import ProxyMetrics
+from promtwist.web import adminRoot, operationsListeners
 from promtwist.webguard import HardenedSite
 
 
@@ -57,8 +52,7 @@ def get(resource: Resource, path: str, method: str = "GET") -> Response:
     return Response(response.code, types[0], body)
 
 
-def healthy() -> dict[str, HealthCheck]:
-    return {"one": HealthCheck(True, "fine"), "two": HealthCheck(True)}
+healthy: Checks = {"one": lambda: HealthCheck(True, "fine")}
 
 
 class AdminTests(SynchronousTestCase):
@@ -69,10 +63,9 @@ class AdminTests(SynchronousTestCase):
     def admin(
         self,
         settings: ProxySettings | AgentSettings | None = None,
-        health: Callable[[], Mapping[str, HealthCheck]] = healthy,
         debug: Callable[[], str] | None = None,
     ) -> Resource:
-        return adminRoot(settings or ProxySettings(), health, debug)
+        return adminRoot(settings or ProxySettings(), healthy, debug, Clock())
 
     def test_ping(self) -> None:
         response = get(self.admin(), "/ping")
@@ -86,40 +79,15 @@ class AdminTests(SynchronousTestCase):
         self.assertEqual(response.contentType, "application/json; charset=utf-8")
         self.assertEqual(
             response.json(),
-            {"version": promtwist.__version__.public(), "name": "promtwist"},
+            {
+                "version": promtwist.__version__.public(),
+                "release_date": "Unknown",
+                "build_time": "Unknown",
+                "name": "promtwist",
+            },
         )
-
-    def test_healthy(self) -> None:
-        response = get(self.admin(), "/healthcheck")
-        self.assertEqual(response.code, 200)
-        self.assertEqual(response.contentType, "application/json; charset=utf-8")
-        self.assertEqual(
-            response.json(),
-            {"one": {"healthy": True, "message": "fine"}, "two": {"healthy": True, "message": ""}},
-        )
-
-    def test_unhealthy(self) -> None:
-        def health() -> dict[str, HealthCheck]:
-            return {"one": HealthCheck(True), "two": HealthCheck(False, "too many")}
-
-        response = get(self.admin(health=health), "/healthcheck")
-        self.assertEqual(response.code, 503)
-        self.assertEqual(response.json()["two"], {"healthy": False, "message": "too many"})
-
-    def test_healthChecksFail(self) -> None:
-        """
-        A health check that raises makes the process unhealthy, not the
-        endpoint broken.
-        """
-
-        def health() -> dict[str, HealthCheck]:
-            raise RuntimeError("no state")
-
-        response = get(self.admin(health=health), "/healthcheck")
-        self.assertEqual(response.code, 503)
-        self.assertFalse(response.json()["health_checks"]["healthy"])
-        self.assertIn("no state", response.json()["health_checks"]["message"])
-        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        # In prometheus-proxy's order, promtwist's field last.
+        self.assertEqual(list(response.json()), ["version", "release_date", "build_time", "name"])
 
     def test_threadDump(self) -> None:
         """
@@ -200,98 +168,17 @@ class AdminTests(SynchronousTestCase):
         self.assertEqual(get(self.admin(), "/ping", "POST").code, 405)
 
     def test_noStore(self) -> None:
+        """
+        No admin answer may be cached; the header is prometheus-proxy's.
+        """
         stub: Any = StubTreq(self.admin())
-        response: Any = self.successResultOf(stub.get("http://admin.example/healthcheck"))
-        self.assertEqual(response.headers.getRawHeaders("cache-control"), ["no-store"])
-
-
-def proxyState(*inFlight: int) -> ProxyState:
-    return ProxyState(
-        agents=[
-            AgentSample(f"agent{i}", "host", f"id{i}", None, count)
-            for i, count in enumerate(inFlight)
-        ],
-        pathCount=2,
-        pendingHandshakes=1,
-    )
-
-
-class ProxyHealthTests(SynchronousTestCase):
-    """
-    The proxy's checks compare scrapes in flight with their thresholds.
-    """
-
-    settings = ProxySettings(
-        scrape_request_map_unhealthy_size=5, scrape_request_backlog_unhealthy_size=3
-    )
-
-    def checks(self, state: ProxyState) -> Mapping[str, HealthCheck]:
-        return proxyHealth(lambda: state, self.settings)()
-
-    def test_names(self) -> None:
-        self.assertEqual(
-            set(self.checks(proxyState())),
-            {"agent_port", "scrape_response_map_check", "agent_scrape_request_backlog"},
-        )
-
-    def test_idle(self) -> None:
-        checks = self.checks(proxyState(0, 0))
-        self.assertTrue(all(check.healthy for check in checks.values()))
-        self.assertIn("2 agents", checks["agent_port"].message)
-
-    def test_scrapeMap(self) -> None:
-        self.assertTrue(self.checks(proxyState(2, 2))["scrape_response_map_check"].healthy)
-        check = self.checks(proxyState(2, 2, 1))["scrape_response_map_check"]
-        self.assertFalse(check.healthy)
-        self.assertIn("5 scrapes in flight", check.message)
-
-    def test_agentBacklog(self) -> None:
-        self.assertTrue(self.checks(proxyState(2, 2))["agent_scrape_request_backlog"].healthy)
-        check = self.checks(proxyState(0, 3))["agent_scrape_request_backlog"]
-        self.assertFalse(check.healthy)
-        self.assertIn("agent1 (id1): 3", check.message)
-
-    def test_served(self) -> None:
-        """
-        Over the admin endpoint: 200 below the thresholds, 503 at them.
-        """
-        state = proxyState(1)
-        admin = adminRoot(self.settings, proxyHealth(lambda: state, self.settings), None)
-        self.assertEqual(get(admin, "/healthcheck").code, 200)
-        state = proxyState(4)
-        response = get(admin, "/healthcheck")
-        self.assertEqual(response.code, 503)
-        self.assertFalse(response.json()["agent_scrape_request_backlog"]["healthy"])
-        self.assertTrue(response.json()["scrape_response_map_check"]["healthy"])
-
-
-class AgentHealthTests(SynchronousTestCase):
-    """
-    The agent is healthy while linked to a proxy with a short backlog.
-    """
-
-    settings = AgentSettings(scrape_request_backlog_unhealthy_size=3)
-
-    def checks(self, linkUp: bool, backlog: int) -> Mapping[str, HealthCheck]:
-        state = AgentState(
-            linkUp=linkUp, backlog=backlog, inFlight=0, roundTripSeconds=None, pathCount=1
-        )
-        return agentHealth(lambda: state, self.settings)()
-
-    def test_healthy(self) -> None:
-        checks = self.checks(True, 2)
-        self.assertEqual(set(checks), {"proxy_link", "scrape_request_backlog_check"})
-        self.assertTrue(all(check.healthy for check in checks.values()))
-
-    def test_linkDown(self) -> None:
-        check = self.checks(False, 0)["proxy_link"]
-        self.assertFalse(check.healthy)
-        self.assertEqual(check.message, "not connected to a proxy")
-
-    def test_backlog(self) -> None:
-        check = self.checks(True, 3)["scrape_request_backlog_check"]
-        self.assertFalse(check.healthy)
-        self.assertIn("3 scrape requests waiting", check.message)
+        for path in ("/ping", "/version", "/healthcheck", "/threaddump"):
+            response: Any = self.successResultOf(stub.get("http://admin.example" + path))
+            self.assertEqual(
+                response.headers.getRawHeaders("cache-control"),
+                ["must-revalidate,no-cache,no-store"],
+                path,
+            )
 
 
 class OperationsListenersTests(SynchronousTestCase):
