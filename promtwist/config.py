@@ -222,6 +222,9 @@ class AgentSettings(_OperationsSettings):
     chunk_content_size_kbs: int = 32
     min_gzip_size_bytes: int = 512
     scrape_timeout_secs: float = 15.0
+    # Retries of a fetch that failed to connect or answered 5xx
+    # (promtwist.agent.retries); 0 as prometheus-proxy.
+    scrape_max_retries: int = 0
     # prometheus-proxy's default of 1 serialises every scrape behind the
     # slowest target; scrapes here are cheap Deferreds, so allow many.
     max_concurrent_clients: int = 32
@@ -1059,11 +1062,11 @@ AGENT = Role(
             Setting(
                 "agent.scrapeMaxRetries",
                 int,
-                0,
+                field="scrape_max_retries",
                 env="SCRAPE_MAX_RETRIES",
                 options=("max_retries",),
                 rule=NON_NEGATIVE,
-                help="Retries of a failed target fetch (no effect in promtwist yet)",
+                help="Retries of a target fetch that failed to connect or answered 5xx",
             ),
             Setting(
                 "agent.http.enableTrustAllX509Certificates",
@@ -1105,7 +1108,7 @@ AGENT = Role(
                 env="CLIENT_TIMEOUT_SECS",
                 options=("client_timeout_secs",),
                 rule=POSITIVE,
-                help="HTTP client timeout for targets, seconds",
+                help="Timeout of one request to a target, connect to last byte, seconds",
             ),
             Setting(
                 "agent.http.maxContentLengthMBytes",

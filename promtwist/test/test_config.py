@@ -997,14 +997,20 @@ class WarningTests(ConfigTestCase):
             ],
         )
 
-    def test_retriesHaveNoEffect(self) -> None:
+    def test_retries(self) -> None:
         """
-        Target retries are not implemented: asking for them is said out loud.
+        Target retries are set from the file, the environment or the
+        command line, default to none as prometheus-proxy's, and no longer
+        warn that they have no effect.
         """
-        self.agentFrom("agent.scrapeMaxRetries = 3")
-        self.assertEqual(len(self.warnings), 1)
-        self.assertIn("agent.scrapeMaxRetries", self.warnings[0])
-        self.assertIn("has no effect", self.warnings[0])
+        self.assertEqual(self.agentFrom("").scrape_max_retries, 0)
+        self.assertEqual(self.agentFrom("agent.scrapeMaxRetries = 3").scrape_max_retries, 3)
+        config = self.writeConfig("")
+        retries = self.agent({"config": config}, {"SCRAPE_MAX_RETRIES": "2"}).scrape_max_retries
+        self.assertEqual(retries, 2)
+        retries = self.agent({"config": config, "max_retries": 4}).scrape_max_retries
+        self.assertEqual(retries, 4)
+        self.assertEqual(self.warnings, [])
 
     def test_removedKeys(self) -> None:
         """

@@ -27,6 +27,7 @@ from zope.interface import implementer
 from promtwist.agent.client import Head, IResponseReceiver, Origin, TargetPool
 from promtwist.agent.fetch import InvalidRequest, Target
 from promtwist.agent.filters import FilterStream
+from promtwist.agent.retries import RetryPolicy
 from promtwist.agent.scraper import FRAME_OVERHEAD, MIN_CHUNK, Scrape, ScrapeObserver, Scraper
 from promtwist.agent.slots import Slots
 from promtwist.config import AgentSettings, MetricFilter, PathConfig
@@ -140,6 +141,7 @@ class Recorder(ScrapeObserver):
         self.ended: list[str] = []
         self.sent: list[str] = []
         self.filterings: list[tuple[str, int]] = []
+        self.retries: list[str] = []
 
     def scrapeEnded(self, kind: str, seconds: float) -> None:
         self.ended.append(kind)
@@ -149,6 +151,9 @@ class Recorder(ScrapeObserver):
 
     def filtered(self, path: str, stream: FilterStream) -> None:
         self.filterings.append((path, stream.linesDropped))
+
+    def retried(self, kind: str) -> None:
+        self.retries.append(kind)
 
 
 class Run:
@@ -168,11 +173,13 @@ class Run:
         timeoutMs: int = 10_000,
         sharing: Run | None = None,
         observer: ScrapeObserver = ScrapeObserver(),
+        retries: RetryPolicy | None = None,
         **settings: object,
     ) -> None:
         """
         @param sharing: another run whose clock, HTTP agent, settings and
             slots this one shares, as scrapes on one link do.
+        @param retries: the scraper's retry policy.
         """
         if sharing is None:
             self.clock = Clock()
@@ -194,7 +201,7 @@ class Run:
             window_bytes=window,
         )
         self.scrape = Scrape(
-            Scraper(self.settings, self.http, self.clock, observer),  # type: ignore[arg-type]
+            Scraper(self.settings, self.http, self.clock, observer, retries),  # type: ignore[arg-type]
             request,
             PathConfig("p", "p", url),
             self.frames.append,
@@ -841,7 +848,7 @@ class SlotTests(SynchronousTestCase):
         self.assertEqual(
             head.reason,
             "target http://target.test/metrics did not answer within 6s"
-            " (the scrape first waited 4s for a free slot)",
+            " (the proxy's scrape deadline; the scrape first waited 4s for a free slot)",
         )
 
     def test_cancelledWhileQueued(self) -> None:
