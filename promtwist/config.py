@@ -1039,7 +1039,7 @@ AGENT = Role(
                 env="CHUNK_CONTENT_SIZE_KBS",
                 options=("chunk",),
                 rule=POSITIVE,
-                help="Chunk size for bodies sent to the proxy, KiB",
+                help="Chunk size of bodies on the link, compressed or not, KiB",
             ),
             Setting(
                 "agent.minGzipSizeBytes",
