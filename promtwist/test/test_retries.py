@@ -5,10 +5,18 @@ timeout of L{promtwist.agent.scraper.Scrape}, driven by a L{Clock}.
 
 from __future__ import annotations
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from promtwist.agent.client import TargetPool
 from promtwist.agent.retries import JITTER, MAX_DELAY, RetryPolicy
-from promtwist.protocol.promtwist_pb2 import Outcome
+from promtwist.agent.scraper import Scrape, Scraper
+from promtwist.agent.slots import Slots
+from promtwist.config import AgentSettings, PathConfig
+from promtwist.protocol.promtwist_pb2 import Frame, Outcome, ScrapeRequest
 from promtwist.test.test_scraper import FakeResponse, Recorder, Run
 
 # No jitter: every wait is the schedule's.
@@ -241,3 +249,69 @@ class ClientTimeoutTests(SynchronousTestCase):
         self.assertEqual(head.outcome, Outcome.TIMED_OUT)
         self.assertIn("(agent.http.clientTimeoutSecs) (after 1 retry)", head.reason)
         self.assertEqual(len(run.http.requests), 2)
+
+
+class _Quick(RetryPolicy):
+    """
+    Retries at once, so that a loopback test takes no seconds.
+    """
+
+    def delay(self, retry: int) -> float:
+        return 0.01
+
+
+class LoopbackRetryTests(TestCase):
+    """
+    A retried scrape of a real target over 127.0.0.1.
+    """
+
+    timeout = 30
+
+    async def test_serverErrorThenSuccess(self) -> None:
+        """
+        A target that answers 503 then 200 is scraped once, with one retry
+        that says so; the 503's connection is read to its end for reuse.
+        """
+        requests: list[bytes] = []
+        connections: list[Protocol] = []
+
+        class Flaky(Protocol):
+            def connectionMade(self) -> None:
+                connections.append(self)
+
+            def dataReceived(self, data: bytes) -> None:
+                assert self.transport is not None
+                requests.append(data)
+                if len(requests) == 1:
+                    self.transport.write(b"HTTP/1.1 503 Busy\r\nContent-Length: 4\r\n\r\nbusy")
+                else:
+                    self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nup 1\n")
+
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Factory.forProtocol(Flaky)
+        )
+        self.addCleanup(port.stopListening)
+        address = port.getHost()
+        assert isinstance(address, IPv4Address)
+        pool = TargetPool(
+            reactor, lambda origin: TCP4ClientEndpoint(reactor, "127.0.0.1", address.port), 4
+        )
+        self.addCleanup(pool.closeCachedConnections)
+        recorder = Recorder()
+        scraper = Scraper(AgentSettings(), pool, reactor, recorder, _Quick(2))
+        frames: list[Frame] = []
+        scrape = Scrape(
+            scraper,
+            ScrapeRequest(scrape_id=1, timeout_ms=5000),
+            PathConfig("n", "p", f"http://127.0.0.1:{address.port}/metrics"),
+            frames.append,
+            65536,
+        )
+        scrape.start(Slots(4))
+        await scrape.done
+        (head,) = [f.scrape_response for f in frames]
+        self.assertEqual((head.status, head.body), (200, b"up 1\n"))
+        self.assertEqual((len(requests), len(connections)), (2, 1))
+        self.assertNotIn(b"x-retry-count", requests[0])
+        self.assertIn(b"x-retry-count: 1\r\n", requests[1])
+        self.assertEqual(recorder.retries, ["server_error"])
