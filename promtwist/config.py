@@ -1190,7 +1190,9 @@ AGENT = Role(
                 rule=NON_NEGATIVE,
                 help="gRPC call deadline (no effect in promtwist)",
             ),
-            Setting("agent.internal.cioTimeoutSecs", int, 90, rule=POSITIVE),
+            # prometheus-proxy's older name for agent.http.clientTimeoutSecs;
+            # see _clientTimeout.
+            Setting("agent.internal.cioTimeoutSecs", int, 90, derived=True, rule=POSITIVE),
             Setting(
                 "agent.internal.reconnectPauseSecs",
                 float,
@@ -1948,6 +1950,18 @@ def loadProxySettings(
     )
 
 
+def _clientTimeout(gathered: _Gathered, clientTimeout: float) -> float:
+    """
+    C{agent.http.clientTimeoutSecs}, or as prometheus-proxy the deprecated
+    C{agent.internal.cioTimeoutSecs} when only that one was changed from
+    the default of 90.
+    """
+    cio = gathered.values["agent.internal.cioTimeoutSecs"].value
+    if cio != 90 and clientTimeout == 90:
+        return float(cio)
+    return clientTimeout
+
+
 def loadAgentSettings(
     options: Mapping[str, object],
     environ: Mapping[str, str],
@@ -1968,6 +1982,7 @@ def loadAgentSettings(
     _checkKeyPair(gathered, "agent.tls")
     values = _fieldValues(AGENT, gathered)
     values["name"] = values["name"].strip() or f"Unnamed-{socket.gethostname()}"
+    values["client_timeout_secs"] = _clientTimeout(gathered, values["client_timeout_secs"])
     if values["discovery_enabled"] and not values["discovery_file_path"]:
         raise ConfigError(
             f"{gathered.label}: agent.discovery.file.path is required when"

@@ -1012,6 +1012,23 @@ class WarningTests(ConfigTestCase):
         self.assertEqual(retries, 4)
         self.assertEqual(self.warnings, [])
 
+    def test_clientTimeout(self) -> None:
+        """
+        C{agent.http.clientTimeoutSecs} (C{--client_timeout_secs}) is set as
+        any key; the deprecated C{agent.internal.cioTimeoutSecs} counts, as in
+        prometheus-proxy, only while the new key is left at 90, and warns of
+        nothing.
+        """
+        self.assertEqual(self.agentFrom("").client_timeout_secs, 90)
+        self.assertEqual(self.agentFrom("agent.http.clientTimeoutSecs = 2").client_timeout_secs, 2)
+        self.assertEqual(self.agentFrom("agent.internal.cioTimeoutSecs = 7").client_timeout_secs, 7)
+        both = "agent.internal.cioTimeoutSecs = 7\nagent.http.clientTimeoutSecs = 3"
+        self.assertEqual(self.agentFrom(both).client_timeout_secs, 3)
+        config = self.writeConfig("")
+        timeout = self.agent({"config": config, "client_timeout_secs": 4}).client_timeout_secs
+        self.assertEqual(timeout, 4)
+        self.assertEqual(self.warnings, [])
+
     def test_removedKeys(self) -> None:
         """
         Keys prometheus-proxy removed are ignored silently, as it does.
