@@ -226,6 +226,9 @@ class AgentSettings(_OperationsSettings):
     chunk_content_size_kbs: int = 32
     min_gzip_size_bytes: int = 512
     scrape_timeout_secs: float = 15.0
+    # Retries of a fetch that failed to connect or answered 5xx
+    # (promtwist.agent.retries); 0 as prometheus-proxy.
+    scrape_max_retries: int = 0
     # prometheus-proxy's default of 1 serialises every scrape behind the
     # slowest target; scrapes here are cheap Deferreds, so allow many.
     max_concurrent_clients: int = 32
@@ -1047,7 +1050,7 @@ AGENT = Role(
                 env="CHUNK_CONTENT_SIZE_KBS",
                 options=("chunk",),
                 rule=POSITIVE,
-                help="Chunk size for bodies sent to the proxy, KiB",
+                help="Chunk size of bodies on the link, compressed or not, KiB",
             ),
             Setting(
                 "agent.minGzipSizeBytes",
@@ -1070,11 +1073,11 @@ AGENT = Role(
             Setting(
                 "agent.scrapeMaxRetries",
                 int,
-                0,
+                field="scrape_max_retries",
                 env="SCRAPE_MAX_RETRIES",
                 options=("max_retries",),
                 rule=NON_NEGATIVE,
-                help="Retries of a failed target fetch (no effect in promtwist yet)",
+                help="Retries of a target fetch that failed to connect or answered 5xx",
             ),
             Setting(
                 "agent.http.enableTrustAllX509Certificates",
@@ -1116,7 +1119,7 @@ AGENT = Role(
                 env="CLIENT_TIMEOUT_SECS",
                 options=("client_timeout_secs",),
                 rule=POSITIVE,
-                help="HTTP client timeout for targets, seconds",
+                help="Timeout of one request to a target, connect to last byte, seconds",
             ),
             Setting(
                 "agent.http.maxContentLengthMBytes",
@@ -1198,7 +1201,9 @@ AGENT = Role(
                 rule=NON_NEGATIVE,
                 help="gRPC call deadline (no effect in promtwist)",
             ),
-            Setting("agent.internal.cioTimeoutSecs", int, 90, rule=POSITIVE),
+            # prometheus-proxy's older name for agent.http.clientTimeoutSecs;
+            # see _clientTimeout.
+            Setting("agent.internal.cioTimeoutSecs", int, 90, derived=True, rule=POSITIVE),
             Setting(
                 "agent.internal.reconnectPauseSecs",
                 float,
@@ -1956,6 +1961,18 @@ def loadProxySettings(
     )
 
 
+def _clientTimeout(gathered: _Gathered, clientTimeout: float) -> float:
+    """
+    C{agent.http.clientTimeoutSecs}, or as prometheus-proxy the deprecated
+    C{agent.internal.cioTimeoutSecs} when only that one was changed from
+    the default of 90.
+    """
+    cio = gathered.values["agent.internal.cioTimeoutSecs"].value
+    if cio != 90 and clientTimeout == 90:
+        return float(cio)
+    return clientTimeout
+
+
 def loadAgentSettings(
     options: Mapping[str, object],
     environ: Mapping[str, str],
@@ -1976,6 +1993,7 @@ def loadAgentSettings(
     _checkKeyPair(gathered, "agent.tls")
     values = _fieldValues(AGENT, gathered)
     values["name"] = values["name"].strip() or f"Unnamed-{socket.gethostname()}"
+    values["client_timeout_secs"] = _clientTimeout(gathered, values["client_timeout_secs"])
     if values["discovery_enabled"] and not values["discovery_file_path"]:
         raise ConfigError(
             f"{gathered.label}: agent.discovery.file.path is required when"

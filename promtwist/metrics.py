@@ -516,8 +516,17 @@ class AgentMetrics:
             ["launch_id", "type"],
             registry=registry,
         )
+        # promtwist's own: prometheus-proxy counts no retries.
+        self._scrapeRetries = Counter(
+            "agent_scrape_retry_count",
+            "Target fetches retried (agent.scrapeMaxRetries), by type of the"
+            " failure retried: unreachable or server_error (5xx).",
+            ["launch_id", "type"],
+            registry=registry,
+        )
         self._requestsOf = Children(self._scrapeRequests)
         self._resultsOf = Children(self._scrapeResults)
+        self._retriesOf = Children(self._scrapeRetries)
         self._connects = Counter(
             "agent_connect_count",
             "Attempts to connect to a proxy, by type: success or failure.",
@@ -550,6 +559,7 @@ class AgentMetrics:
             (self._scrapeRequests, ("success", "unsuccessful", "invalid_path")),
             (self._scrapeResults, ("non-gzipped", "gzipped", "chunked", "dropped")),
             (self._connects, ("success", "failure")),
+            (self._scrapeRetries, ("unreachable", "server_error")),
         ):
             for kind in types:
                 counter.labels(launch_id=launchId, type=kind)
@@ -588,6 +598,14 @@ class AgentMetrics:
         @param type: C{non-gzipped}, C{gzipped}, C{chunked} or C{dropped}.
         """
         self._resultsOf(self._launchId, type).inc()
+
+    def retried(self, type: str) -> None:
+        """
+        A target fetch is being retried.
+
+        @param type: C{unreachable} or C{server_error}.
+        """
+        self._retriesOf(self._launchId, type).inc()
 
     def filtered(self, path: str, linesDropped: int, bytesSaved: int) -> None:
         """

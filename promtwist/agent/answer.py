@@ -1,9 +1,14 @@
 # -*- test-case-name: promtwist.test.test_scraper -*-
 """
 The wire side of a scrape: what a fetch tells (a head, body bytes, an end)
-becomes L{ScrapeResponse} and L{ScrapeChunk} frames, in chunks of the
-agent's size, compressed for the link when worth it, within the proxy's
-credit.
+becomes L{ScrapeResponse} and L{ScrapeChunk} frames, compressed for the link
+when worth it, in chunks of the agent's size, within the proxy's credit.
+
+As prometheus-proxy's agent: a plain body is gzipped when it is larger than
+C{agent.minGzipSizeBytes}, and the bytes on the link (compressed or not) go
+in chunks of C{agent.chunkContentSizeKbs}; a body whose link bytes fit in one
+chunk is one frame. The size is known at the head when the target gave a
+length; otherwise the body is held until it exceeds the minimum or ends.
 
 An L{Answer} knows nothing of HTTP: it pauses its producer (the fetch) when
 the credit runs out and resumes it when credit comes back.
@@ -77,17 +82,31 @@ class Answer:
         # the last of it marked last.
         self._complete = False
         self._compressor: zlib._Compress | None = None
+        # Whether the body is compressed for the link: None until decided,
+        # the plain bytes held meanwhile (at most minGzipBytes of them).
+        self._compressing: bool | None = None
+        self._plain: list[bytes] = []
+        self._plainSize = 0
 
     # What the fetch tells.
 
     def head(self, head: Head) -> None:
         self._head = head
+        if not self._mayCompress(head):
+            self._decide(False)
+        elif head.length >= 0:
+            self._decide(head.length > self.minGzipBytes)
 
     def data(self, data: bytes) -> None:
         if self.finished:
             return
-        self._buffer.append(data)
-        self._buffered += len(data)
+        if self._compressing is None:
+            self._plain.append(data)
+            self._plainSize += len(data)
+            if self._plainSize > self.minGzipBytes:
+                self._decide(True)
+        else:
+            self._queue(data)
         if self._buffered >= self.chunkBytes:
             self._sendWholeChunks()
         if self.credit <= 0 and self.producer is not None and not self._paused:
@@ -103,6 +122,11 @@ class Answer:
         if self.finished:
             return
         if outcome == Outcome.SUCCESS and not reason:
+            if self._compressing is None:
+                # Whole, and no larger than the minimum.
+                self._decide(False)
+            if self._compressor is not None:
+                self._queue(b"", flush=True)
             self._complete = True
             return self._drain()
         self._log.info("scrape of /{path} failed: {reason}", path=self.path, reason=reason)
@@ -155,6 +179,41 @@ class Answer:
         self.finished = True
         self._buffer = []
         self._buffered = 0
+        self._plain = []
+
+    # Compressing.
+
+    def _mayCompress(self, head: Head) -> bool:
+        """
+        Whether the body of C{head} may be compressed for the link: it is
+        plain, and Prometheus takes gzip (the proxy passes it on as it is).
+        """
+        return head.contentEncoding in ("", "identity") and acceptsGzip(
+            self.request.accept_encoding
+        )
+
+    def _decide(self, compress: bool) -> None:
+        """
+        Compress the body for the link or not; what was held goes to the
+        link buffer.
+        """
+        self._compressing = compress
+        if compress:
+            self._compressor = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        held, self._plain, self._plainSize = b"".join(self._plain), [], 0
+        self._queue(held)
+
+    def _queue(self, data: bytes, flush: bool = False) -> None:
+        """
+        Add body bytes to what goes on the link, compressed if so decided.
+        """
+        if self._compressor is not None:
+            data = self._compressor.compress(data)
+            if flush:
+                data += self._compressor.flush()
+        if data:
+            self._buffer.append(data)
+            self._buffered += len(data)
 
     # Sending.
 
@@ -196,10 +255,6 @@ class Answer:
     def _sendPayload(self, payload: bytes, last: bool) -> None:
         if not self._headSent:
             return self._sendHead(payload, last)
-        if self._compressor is not None:
-            payload = self._compressor.compress(payload)
-            if last:
-                payload += self._compressor.flush()
         if payload or last:
             self.credit -= len(payload)
             self._sendOrFail(
@@ -214,17 +269,7 @@ class Answer:
         head = self._head
         assert head is not None
         encoding, length = head.contentEncoding, head.length
-        # Compress for the link only what Prometheus can take compressed and
-        # is big enough to be worth it; the proxy passes it on as it is.
-        if (
-            encoding in ("", "identity")
-            and acceptsGzip(self.request.accept_encoding)
-            and (not last or len(payload) > self.minGzipBytes)
-        ):
-            self._compressor = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-            payload = self._compressor.compress(payload)
-            if last:
-                payload += self._compressor.flush()
+        if self._compressor is not None:
             encoding, length = "gzip", -1
         self.credit -= len(payload)
         sent = self._sendOrFail(
@@ -265,4 +310,5 @@ class Answer:
         self.finished = True
         self._buffer = []
         self._buffered = 0
+        self._plain = []
         self.ended(kind)

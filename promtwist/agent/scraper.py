@@ -4,10 +4,15 @@ Scrapes for the proxy: each one waits for a slot, fetches its target
 (L{promtwist.agent.fetch}) and streams the body back in frames as it
 arrives (L{promtwist.agent.answer}).
 
-Every scrape is bounded three ways: by its deadline (covering the wait for
-a slot, connect, headers and body), by C{agent.http.maxContentLengthMBytes},
-and by the proxy's credit, so a slow Prometheus slows the target read
-instead of filling memory.
+Every scrape is bounded four ways: by its deadline (covering the wait for
+a slot, connect, headers, body and retries), by
+C{agent.http.clientTimeoutSecs} for each request to the target, by
+C{agent.http.maxContentLengthMBytes}, and by the proxy's credit, so a slow
+Prometheus slows the target read instead of filling memory.
+
+A connection failure or a 5xx answer is retried (C{agent.scrapeMaxRetries},
+L{promtwist.agent.retries}) as long as nothing of the answer went to the
+proxy: the decision is made at the head, before it is passed on.
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ from twisted.python.failure import Failure
 
 from promtwist.agent.answer import Answer
 from promtwist.agent.buckstops import buckStops
-from promtwist.agent.client import TargetPool
+from promtwist.agent.client import Head, TargetPool
 from promtwist.agent.fetch import Fetch, Fetcher, InvalidRequest, Target, headerLine
 from promtwist.agent.filters import FamilyFilter, FilterStream
+from promtwist.agent.retries import RetryPolicy
 from promtwist.agent.slots import Slots
 from promtwist.config import AgentSettings, MiB, PathConfig
 from promtwist.httputil import redacted
@@ -60,6 +66,12 @@ class ScrapeObserver:
         The filter of C{path} ran over a whole body.
         """
 
+    def retried(self, kind: str) -> None:
+        """
+        A fetch is being retried after a failure of C{kind}
+        (C{"unreachable"} or C{"server_error"}).
+        """
+
 
 class Scraper:
     """
@@ -68,6 +80,7 @@ class Scraper:
     @ivar fetcher: what their fetches share, the target connection pool
         among it.
     @ivar observer: told of every scrape's end and result.
+    @ivar retries: when a failed fetch is tried again.
     """
 
     _log = Logger(observer=observer)
@@ -78,10 +91,16 @@ class Scraper:
         pool: TargetPool,
         clock: IReactorTime,
         observer: ScrapeObserver = ScrapeObserver(),
+        retries: RetryPolicy | None = None,
     ) -> None:
+        """
+        @param retries: the retry policy; by default
+            C{agent.scrapeMaxRetries} with random jitter.
+        """
         self.settings = settings
         self.clock = clock
         self.observer = observer
+        self.retries = retries or RetryPolicy(settings.scrape_max_retries)
         self.fetcher = Fetcher(
             pool,
             clock,
@@ -119,10 +138,50 @@ class Scraper:
         )
 
 
+class _Attempt:
+    """
+    What one request to the target tells, on its way to the scrape's
+    L{Answer}: a failure worth retrying is kept from the answer (nothing of
+    it went to the proxy: a head is only passed on here) and the scrape
+    retries instead.
+    """
+
+    def __init__(self, scrape: Scrape) -> None:
+        self.scrape = scrape
+        self._gotHead = False
+        # A 5xx head held back, and the wait before its retry.
+        self._held: float | None = None
+
+    def head(self, head: Head) -> None:
+        self._gotHead = True
+        scrape = self.scrape
+        if scrape.scraper.retries.retryableStatus(head.status):
+            self._held = scrape.retryDelay()
+            if self._held is not None:
+                return
+        scrape.answer.head(head)
+
+    def data(self, data: bytes) -> None:
+        if self._held is None:
+            self.scrape.answer.data(data)
+
+    def end(self, outcome: Outcome, reason: str) -> None:
+        scrape = self.scrape
+        scrape.requestEnded()
+        if self._held is not None:
+            return scrape.retry("server_error", self._held, reason)
+        if outcome == Outcome.UNREACHABLE and not self._gotHead:
+            delay = scrape.retryDelay()
+            if delay is not None:
+                return scrape.retry("unreachable", delay, reason)
+        scrape.answer.end(outcome, reason + scrape.afterRetries() if reason else reason)
+
+
 class Scrape:
     """
     One scrape at the agent, from the proxy's request to the last chunk:
-    the slot, the deadline, and the L{Fetch} and L{Answer} it joins.
+    the slot, the deadline, the retries, and the L{Fetch}es and the
+    L{Answer} it joins.
 
     Frames go out through C{send}; exactly one of them says C{last}. L{done}
     fires (never fails) when nothing more will be sent.
@@ -147,6 +206,10 @@ class Scrape:
         # A proxy that gives no deadline gets the agent's own.
         limit = scraper.settings.scrape_timeout_secs
         self.timeout = min(request.timeout_ms / 1000, limit) if request.timeout_ms else limit
+        # Which bound the deadline is, for a reason that names it.
+        self._deadlineBound = (
+            "the proxy's scrape deadline" if self.timeout < limit else "agent.scrapeTimeoutSecs"
+        )
         self.done: Deferred[None] = Deferred()
         self.answer = Answer(
             request,
@@ -163,6 +226,14 @@ class Scrape:
         self._startedAt = scraper.clock.seconds()
         self._deadline = self._startedAt + self.timeout
         self._timer: IDelayedCall | None = None
+        # agent.http.clientTimeoutSecs for the request in flight.
+        self._clientTimer: IDelayedCall | None = None
+        # The wait before a retry.
+        self._retryTimer: IDelayedCall | None = None
+        self._retries = 0
+        # Fetches given up for a retry: one may still read an unwanted body
+        # for reuse, which a cancel drops.
+        self._retired: list[Fetch] = []
         self._slots: Slots | None = None
         # Queued for a slot, or holding one.
         self._waiting = False
@@ -183,15 +254,11 @@ class Scrape:
         A request that cannot be sent is refused at once, before it waits.
         """
         try:
-            target = self.scraper.fetcher.target(self.pathConfig.url)
-            fetch = Fetch(
-                self.scraper.fetcher, target, self.pathConfig.path, self.answer, self._bug
-            )
-            self._head = self._requestHead(target, fetch.filtered)
+            self._target = self.scraper.fetcher.target(self.pathConfig.url)
+            fetch = self._newFetch()
+            self._head = self._requestHead(self._target, fetch.filtered)
         except InvalidRequest as e:
             return self.answer.end(Outcome.AGENT_ERROR, f"{e}; the target was not contacted")
-        self.fetch = fetch
-        self.answer.producer = fetch
         self._timer = self.scraper.clock.callLater(self.timeout, self._timedOut)
         self._slots = slots
         if slots.take(self._slotFree):
@@ -245,17 +312,97 @@ class Scrape:
             return self._waitedTooLong()
         self._ask(now)
 
+    def _newFetch(self) -> Fetch:
+        """
+        The fetch of the next request to the target, the one whose body
+        the answer pauses and resumes.
+        """
+        fetch = Fetch(
+            self.scraper.fetcher, self._target, self.pathConfig.path, _Attempt(self), self._bug
+        )
+        self.fetch = fetch
+        self.answer.producer = fetch
+        return fetch
+
     def _ask(self, now: float) -> None:
         """
-        Ask the target, with what is left of the deadline.
+        Ask the target, with what is left of the deadline, for at most
+        C{agent.http.clientTimeoutSecs}; a retry says which it is in
+        C{x-retry-count}, as prometheus-proxy's agent does.
         """
         assert self.fetch is not None
-        self._contactedAt = now
-        remaining = self._deadline - self.scraper.clock.seconds()
+        if self._contactedAt is None:
+            self._contactedAt = now
+        clock = self.scraper.clock
+        remaining = self._deadline - clock.seconds()
+        clientTimeout = self.scraper.settings.client_timeout_secs
+        if clientTimeout < remaining:
+            self._clientTimer = clock.callLater(clientTimeout, self._clientTimedOut)
+        retry = b"x-retry-count: %d\r\n" % self._retries if self._retries else b""
         self.fetch.start(
-            b"%sX-Prometheus-Scrape-Timeout-Seconds: %.3f\r\n\r\n" % (self._head, remaining),
+            b"%s%sX-Prometheus-Scrape-Timeout-Seconds: %.3f\r\n\r\n"
+            % (self._head, retry, min(remaining, clientTimeout)),
             self._deadline,
         )
+
+    # Retries.
+
+    def retryDelay(self) -> float | None:
+        """
+        How long to wait before retrying the fetch that just failed, or
+        L{None} when it is not retried: the retries are used up, the scrape
+        ended, or the retry could not start before the deadline.
+        """
+        policy = self.scraper.retries
+        if self._retries >= policy.maxRetries or self.answer.finished:
+            return None
+        delay = policy.delay(self._retries + 1)
+        if self.scraper.clock.seconds() + delay >= self._deadline:
+            return None
+        return delay
+
+    def retry(self, kind: str, delay: float, reason: str) -> None:
+        """
+        Ask the target again after C{delay}; the failed request is given up
+        (an unwanted body may still be read, for its connection's reuse).
+        """
+        self._retries += 1
+        self.scraper.observer.retried(kind)
+        self._log.info(
+            "retrying /{path} in {delay:.3g}s (retry {retry} of {most}): {reason}",
+            path=self.pathConfig.path,
+            delay=delay,
+            retry=self._retries,
+            most=self.scraper.retries.maxRetries,
+            reason=reason,
+        )
+        assert self.fetch is not None
+        self.fetch.stopProducing()
+        self._retired.append(self.fetch)
+        self._newFetch()
+        self._retryTimer = self.scraper.clock.callLater(delay, self._retryNow)
+
+    @buckStops
+    def _retryNow(self) -> None:
+        self._retryTimer = None
+        self._ask(self.scraper.clock.seconds())
+
+    def requestEnded(self) -> None:
+        """
+        The request in flight is over, whatever its end:
+        C{agent.http.clientTimeoutSecs} no longer runs.
+        """
+        if self._clientTimer is not None and self._clientTimer.active():
+            self._clientTimer.cancel()
+        self._clientTimer = None
+
+    def afterRetries(self) -> str:
+        """
+        What a failure's reason adds once the fetch was retried.
+        """
+        if not self._retries:
+            return ""
+        return f" (after {self._retries} {'retry' if self._retries == 1 else 'retries'})"
 
     def _bug(self, failure: Failure) -> None:
         """
@@ -278,6 +425,8 @@ class Scrape:
         still be reading an unwanted body to reuse the connection: that is
         dropped too.
         """
+        for retired in self._retired:
+            retired.cancel()
         if self.fetch is not None:
             self.fetch.cancel()
         if not self.answer.finished:
@@ -292,8 +441,22 @@ class Scrape:
         contactedAt = self._contactedAt
         if contactedAt is None:
             return self._waitedTooLong()
-        had = round(self._deadline - contactedAt, 3)
-        waited = round(contactedAt - self._startedAt, 3)
+        self._timeUp(
+            self._deadline - contactedAt, self._deadlineBound, contactedAt - self._startedAt
+        )
+
+    @buckStops
+    def _clientTimedOut(self) -> None:
+        self._clientTimer = None
+        self._timeUp(self.scraper.settings.client_timeout_secs, "agent.http.clientTimeoutSecs", 0)
+
+    def _timeUp(self, had: float, bound: str, waited: float) -> None:
+        """
+        The target had C{had} seconds, as C{bound} allows, and did not
+        answer in time; or Prometheus did not read what it answered.
+        """
+        had = round(had, 3)
+        waited = round(waited, 3)
         assert self.fetch is not None
         where = self.fetch.where
         if self.answer.credit <= 0:
@@ -305,12 +468,12 @@ class Scrape:
                 Outcome.AGENT_ERROR,
                 f"the answer of target {where} ({received} bytes so far) waited"
                 " for the proxy's credit: Prometheus read it more slowly than the target sent"
-                f" it, past the {had:g}s deadline",
+                f" it, past the {had:g}s deadline ({bound})",
             )
-        reason = f"target {where} did not answer within {had:g}s"
+        reason = f"target {where} did not answer within {had:g}s ({bound}"
         if waited > 0:
-            reason += f" (the scrape first waited {waited:g}s for a free slot)"
-        self.answer.end(Outcome.TIMED_OUT, reason)
+            reason += f"; the scrape first waited {waited:g}s for a free slot"
+        self.answer.end(Outcome.TIMED_OUT, reason + ")" + self.afterRetries())
 
     def _waitedTooLong(self) -> None:
         # AGENT_ERROR, not TIMED_OUT: the proxy answers TIMED_OUT with 408
@@ -330,9 +493,10 @@ class Scrape:
         slot back.
         """
         self.scraper.observer.scrapeEnded(kind, self.scraper.clock.seconds() - self._startedAt)
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        for timer in (self._timer, self._retryTimer, self._clientTimer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._timer = self._retryTimer = self._clientTimer = None
         if self.fetch is not None:
             self.fetch.stopProducing()
         self.done.callback(None)

@@ -237,6 +237,9 @@ class _ScrapeMetrics(ScrapeObserver):
     def filtered(self, path: str, stream: FilterStream) -> None:
         self.service.metrics.filtered(path, stream.linesDropped, stream.bytesSaved)
 
+    def retried(self, kind: str) -> None:
+        self.service.metrics.retried(kind)
+
 
 # Settings fields that are not a single key of the agent's key table.
 _FIELD_KEYS = {

@@ -1013,14 +1013,37 @@ class WarningTests(ConfigTestCase):
             ],
         )
 
-    def test_retriesHaveNoEffect(self) -> None:
+    def test_retries(self) -> None:
         """
-        Target retries are not implemented: asking for them is said out loud.
+        Target retries are set from the file, the environment or the
+        command line, default to none as prometheus-proxy's, and no longer
+        warn that they have no effect.
         """
-        self.agentFrom("agent.scrapeMaxRetries = 3")
-        self.assertEqual(len(self.warnings), 1)
-        self.assertIn("agent.scrapeMaxRetries", self.warnings[0])
-        self.assertIn("has no effect", self.warnings[0])
+        self.assertEqual(self.agentFrom("").scrape_max_retries, 0)
+        self.assertEqual(self.agentFrom("agent.scrapeMaxRetries = 3").scrape_max_retries, 3)
+        config = self.writeConfig("")
+        retries = self.agent({"config": config}, {"SCRAPE_MAX_RETRIES": "2"}).scrape_max_retries
+        self.assertEqual(retries, 2)
+        retries = self.agent({"config": config, "max_retries": 4}).scrape_max_retries
+        self.assertEqual(retries, 4)
+        self.assertEqual(self.warnings, [])
+
+    def test_clientTimeout(self) -> None:
+        """
+        C{agent.http.clientTimeoutSecs} (C{--client_timeout_secs}) is set as
+        any key; the deprecated C{agent.internal.cioTimeoutSecs} counts, as in
+        prometheus-proxy, only while the new key is left at 90, and warns of
+        nothing.
+        """
+        self.assertEqual(self.agentFrom("").client_timeout_secs, 90)
+        self.assertEqual(self.agentFrom("agent.http.clientTimeoutSecs = 2").client_timeout_secs, 2)
+        self.assertEqual(self.agentFrom("agent.internal.cioTimeoutSecs = 7").client_timeout_secs, 7)
+        both = "agent.internal.cioTimeoutSecs = 7\nagent.http.clientTimeoutSecs = 3"
+        self.assertEqual(self.agentFrom(both).client_timeout_secs, 3)
+        config = self.writeConfig("")
+        timeout = self.agent({"config": config, "client_timeout_secs": 4}).client_timeout_secs
+        self.assertEqual(timeout, 4)
+        self.assertEqual(self.warnings, [])
 
     def test_removedKeys(self) -> None:
         """

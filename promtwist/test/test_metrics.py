@@ -81,6 +81,7 @@ AGENT_METRICS: Mapping[str, tuple[str, frozenset[str]]] = {
     "agent_scrapes_in_flight": ("gauge", frozenset({"launch_id"})),
     "agent_heartbeat_rtt_seconds": ("gauge", frozenset({"launch_id"})),
     "agent_paths": ("gauge", frozenset({"launch_id"})),
+    "agent_scrape_retry_count": ("counter", frozenset({"launch_id", "type"})),
 }
 
 # What the process collectors add, as prometheus-proxy's JVM collectors do.
@@ -497,6 +498,8 @@ class AgentMetricsTests(SynchronousTestCase):
         self.metrics.resultSent("dropped")
         self.metrics.filtered("app1_metrics", 10, 500)
         self.metrics.filtered("app1_metrics", 1, 20)
+        self.metrics.retried("server_error")
+        self.assertEqual(self.value("agent_scrape_retry_count_total", type="server_error"), 1)
         self.assertEqual(self.value("agent_connect_count_total", type="success"), 1)
         self.assertEqual(self.value("agent_connect_count_total", type="failure"), 2)
         self.assertEqual(self.value("agent_scrape_request_count_total", type="success"), 1)
@@ -524,6 +527,7 @@ class AgentMetricsTests(SynchronousTestCase):
             ("agent_scrape_request_count_total", ("success", "unsuccessful", "invalid_path")),
             ("agent_scrape_result_count_total", ("non-gzipped", "gzipped", "chunked", "dropped")),
             ("agent_connect_count_total", ("success", "failure")),
+            ("agent_scrape_retry_count_total", ("unreachable", "server_error")),
         ):
             for kind in types:
                 self.assertEqual((name, kind, self.value(name, type=kind)), (name, kind, 0))

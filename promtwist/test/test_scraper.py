@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import gzip
 from collections.abc import Callable, Sequence
+from random import Random
 from typing import NamedTuple, cast
 
 import httptools
@@ -27,6 +28,7 @@ from zope.interface import implementer
 from promtwist.agent.client import Head, IResponseReceiver, Origin, TargetPool
 from promtwist.agent.fetch import InvalidRequest, Target
 from promtwist.agent.filters import FilterStream
+from promtwist.agent.retries import RetryPolicy
 from promtwist.agent.scraper import FRAME_OVERHEAD, MIN_CHUNK, Scrape, ScrapeObserver, Scraper
 from promtwist.agent.slots import Slots
 from promtwist.config import AgentSettings, MetricFilter, PathConfig
@@ -140,6 +142,7 @@ class Recorder(ScrapeObserver):
         self.ended: list[str] = []
         self.sent: list[str] = []
         self.filterings: list[tuple[str, int]] = []
+        self.retries: list[str] = []
 
     def scrapeEnded(self, kind: str, seconds: float) -> None:
         self.ended.append(kind)
@@ -149,6 +152,9 @@ class Recorder(ScrapeObserver):
 
     def filtered(self, path: str, stream: FilterStream) -> None:
         self.filterings.append((path, stream.linesDropped))
+
+    def retried(self, kind: str) -> None:
+        self.retries.append(kind)
 
 
 class Run:
@@ -168,11 +174,13 @@ class Run:
         timeoutMs: int = 10_000,
         sharing: Run | None = None,
         observer: ScrapeObserver = ScrapeObserver(),
+        retries: RetryPolicy | None = None,
         **settings: object,
     ) -> None:
         """
         @param sharing: another run whose clock, HTTP agent, settings and
             slots this one shares, as scrapes on one link do.
+        @param retries: the scraper's retry policy.
         """
         if sharing is None:
             self.clock = Clock()
@@ -194,7 +202,7 @@ class Run:
             window_bytes=window,
         )
         self.scrape = Scrape(
-            Scraper(self.settings, self.http, self.clock, observer),  # type: ignore[arg-type]
+            Scraper(self.settings, self.http, self.clock, observer, retries),  # type: ignore[arg-type]
             request,
             PathConfig("p", "p", url),
             self.frames.append,
@@ -634,6 +642,99 @@ class ScrapeTests(SynchronousTestCase):
         self.assertEqual(scraper.chunkBytes(1024 * 1024), 1024 * 1024 - FRAME_OVERHEAD)
 
 
+class LinkEncodingTests(SynchronousTestCase):
+    """
+    C{agent.chunkContentSizeKbs} and C{agent.minGzipSizeBytes} as
+    prometheus-proxy means them: gzip a plain body larger than the minimum,
+    and chunk the bytes that go on the link.
+    """
+
+    TEXT = b'metric_name{label="value"} 1\n'
+
+    def scrape(self, body: bytes, length: int = -1, **kwargs: object) -> tuple[Run, Recorder]:
+        recorder = Recorder()
+        run = Run(acceptEncoding="gzip", observer=recorder, **kwargs)  # type: ignore[arg-type]
+        response = run.respond(FakeResponse(length=length))
+        response.body(*(body[i : i + 4096] for i in range(0, len(body), 4096)))
+        response.end()
+        self.assertEqual(run.body(), body)
+        return run, recorder
+
+    def test_chunkSetFromTheSetting(self) -> None:
+        """
+        C{--chunk 64} makes chunks of 64 KiB on a link whose frames allow it.
+        """
+        settings = AgentSettings(chunk_content_size_kbs=64)
+        scraper = Scraper(settings, FakePool(), Clock())  # type: ignore[arg-type]
+        self.assertEqual(scraper.chunkBytes(1024 * 1024), 64 * 1024)
+
+    def test_compressedBodyInOneFrame(self) -> None:
+        """
+        A body whose gzip fits in one chunk is one frame, however many chunks
+        its plain bytes would fill: chunks are of link bytes.
+        """
+        run, recorder = self.scrape(self.TEXT * 4000, chunkBytes=16 * 1024)
+        self.assertEqual(len(run.frames), 1)
+        self.assertEqual(run.frames[0].scrape_response.content_encoding, "gzip")
+        self.assertEqual(recorder.sent, ["gzipped"])
+
+    def test_chunksOfLinkBytes(self) -> None:
+        """
+        A compressed body larger than a chunk goes in chunks of the chunk
+        size, the last one smaller.
+        """
+        body = Random(7).randbytes(100_000)  # incompressible
+        run, recorder = self.scrape(body, chunkBytes=8 * 1024)
+        head = run.frames[0].scrape_response
+        self.assertEqual((head.content_encoding, len(head.body)), ("gzip", 8 * 1024))
+        sizes = [len(f.scrape_chunk.data) for f in run.frames[1:]]
+        self.assertTrue(all(size == 8 * 1024 for size in sizes[:-1]), sizes)
+        self.assertLessEqual(sizes[-1], 8 * 1024)
+        self.assertEqual(recorder.sent, ["chunked"])
+
+    def test_minimumAboveAChunk(self) -> None:
+        """
+        A minimum larger than a chunk is honoured: a body of unknown length
+        below it is sent plain, in chunks; one above it is gzipped.
+        """
+        settings = {"chunkBytes": 16 * 1024, "min_gzip_size_bytes": 100_000}
+        run, recorder = self.scrape(self.TEXT * 2000, **settings)
+        self.assertEqual(run.frames[0].scrape_response.content_encoding, "")
+        self.assertEqual(recorder.sent, ["chunked"])
+        run, recorder = self.scrape(self.TEXT * 4000, **settings)
+        self.assertEqual(run.frames[0].scrape_response.content_encoding, "gzip")
+        self.assertEqual(recorder.sent, ["gzipped"])
+
+    def test_knownLengthDecidesAtTheHead(self) -> None:
+        """
+        A target's length decides at once, without holding the body: at or
+        below the minimum plain, above it gzipped.
+        """
+        body = self.TEXT * 20
+        run, _ = self.scrape(body, length=len(body), min_gzip_size_bytes=len(body))
+        head = run.frames[0].scrape_response
+        self.assertEqual((head.content_encoding, head.content_length), ("", len(body)))
+        run, _ = self.scrape(body, length=len(body), min_gzip_size_bytes=len(body) - 1)
+        head = run.frames[0].scrape_response
+        self.assertEqual((head.content_encoding, head.content_length), ("gzip", -1))
+
+    def test_gzipZeroCompressesAnyBody(self) -> None:
+        run, _ = self.scrape(b"u", min_gzip_size_bytes=0)
+        self.assertEqual(run.frames[0].scrape_response.content_encoding, "gzip")
+
+    def test_notCompressedForAClientWithoutGzip(self) -> None:
+        """
+        Prometheus always takes gzip; a client that does not gets the body
+        plain, chunked by the same size.
+        """
+        run = Run(chunkBytes=8 * 1024)
+        response = run.respond(FakeResponse())
+        response.body(self.TEXT * 1000)
+        response.end()
+        self.assertEqual(run.frames[0].scrape_response.content_encoding, "")
+        self.assertEqual(len(run.frames[0].scrape_response.body), 8 * 1024)
+
+
 class FailingPool:
     """
     A target pool with a bug: it raises instead of sending the request.
@@ -841,7 +942,7 @@ class SlotTests(SynchronousTestCase):
         self.assertEqual(
             head.reason,
             "target http://target.test/metrics did not answer within 6s"
-            " (the scrape first waited 4s for a free slot)",
+            " (the proxy's scrape deadline; the scrape first waited 4s for a free slot)",
         )
 
     def test_cancelledWhileQueued(self) -> None:
