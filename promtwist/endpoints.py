@@ -37,6 +37,8 @@ from zope.interface import implementer
 
 #: The endpoint types a C{*.listen} setting may name.
 KINDS = ("tcp", "tcp6", "unix", "ssl", "systemd")
+#: The longest unix socket path Linux binds (sun_path less its NUL).
+UNIX_PATH_MAX = 107
 
 
 class _DualStackPort(tcp.Port):
@@ -151,6 +153,14 @@ def onInterface(reactor: Any, port: int, interface: str, backlog: int = 50) -> W
     )
 
 
+# What a process needs to have been handed sockets, as systemd 227 and later
+# hand them over; Twisted reads them once, at import.
+_INHERITED = (
+    " (sockets are inherited from systemd with LISTEN_PID, LISTEN_FDS and"
+    " LISTEN_FDNAMES; a .socket unit sets them)"
+)
+
+
 class BadDescription(ValueError):
     """
     A C{*.listen} value Twisted cannot make an endpoint of, or not one of
@@ -187,12 +197,9 @@ def described(reactor: Any, description: str, backlog: int = 50) -> Where:
     try:
         endpoint = serverFromString(reactor, description)
     except IndexError:
-        raise BadDescription(
-            "no such inherited socket (LISTEN_FDS/LISTEN_PID name"
-            f" {os.environ.get('LISTEN_FDS', 'none')} for this process)"
-        ) from None
+        raise BadDescription(f"no such inherited socket{_INHERITED}") from None
     except KeyError as e:
-        raise BadDescription(f"no inherited socket is named {e}") from None
+        raise BadDescription(f"no inherited socket is named {e}{_INHERITED}") from None
     except (ValueError, TypeError, AttributeError, OSError) as e:
         raise BadDescription(str(e) or type(e).__name__) from None
     if isinstance(endpoint, SSL4ServerEndpoint):
@@ -204,6 +211,10 @@ def described(reactor: Any, description: str, backlog: int = 50) -> Where:
         where = onInterface(reactor, endpoint._port, interface, endpoint._backlog)
         return Where(endpoint, where.wanted, where.probe)
     if isinstance(endpoint, UNIXServerEndpoint):
+        if len(os.fsencode(endpoint._address)) > UNIX_PATH_MAX:
+            raise BadDescription(
+                f"the socket path is longer than the {UNIX_PATH_MAX} bytes a unix address holds"
+            )
         return Where(endpoint, f"unix:{endpoint._address}", unixPath=endpoint._address)
     if isinstance(endpoint, AdoptedStreamServerEndpoint):
         return Where(endpoint, f"inherited socket fd {endpoint.fileno}")

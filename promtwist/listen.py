@@ -102,7 +102,7 @@ class Listener(StreamServerEndpointService):
         try:
             super().privilegedStartService()
         except CannotListenError as e:
-            raise self._cannotListen(e.socketError) from None
+            raise self._cannotListen(e.socketError or e) from None
         except OSError as e:
             # An inherited socket that is not one, a unix path in the way.
             raise self._cannotListen(e) from None
