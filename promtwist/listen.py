@@ -122,18 +122,19 @@ class Listener(StreamServerEndpointService):
             raise self._cannotListen(e) from None
 
     def _cannotListen(self, error: object) -> StartupError:
-        cause = error.strerror if isinstance(error, OSError) else error
+        cause = str(error.strerror if isinstance(error, OSError) else error)
+        code = error.errno if isinstance(error, OSError) else None
         what = f" for the {self.purpose} port" if self.purpose else ""
-        fix = f"; stop what holds it, or choose another port with {self.key}" if self.key else ""
-        if (
-            isinstance(error, OSError)
-            and error.errno == errno.EACCES
-            and self._where.probe is not None
-        ):
+        fix = ""
+        if code == errno.EACCES and self._where.probe is not None:
             fix = "; ports below 1024 need root (twistd --uid/--gid drop it after binding)"
-        return StartupError(
-            f"cannot listen on {self._where.wanted}{what}: {str(cause).lower()}{fix}"
-        )
+        elif self.key and code == errno.EADDRINUSE:
+            fix = f"; stop what holds it, or choose another port with {self.key}"
+        elif self.key:
+            fix = f"; check {self.key}"
+        # Lower-cased as the rest of the line, but not a path in it.
+        cause = cause[:1].lower() + cause[1:]
+        return StartupError(f"cannot listen on {self._where.wanted}{what}: {cause}{fix}")
 
     def _bound(self, port: IListeningPort) -> IListeningPort:
         self.port = port

@@ -123,6 +123,26 @@ class DefaultListenerTests(TestCase):
         received = await self.ask(UNIXClientEndpoint(reactor, path))
         self.assertTrue(received.startswith(b"HTTP/1.1 404 "), received[:80])
 
+    async def test_operationsListeners(self) -> None:
+        """
+        The admin and metrics ports take descriptions too, and the startup
+        line names where they listen.
+        """
+        path = self.socketPath()
+        proxy = self.proxy(
+            admin_enabled=True,
+            admin_listen=f"unix:{path}",
+            metrics_enabled=True,
+            metrics_listen="tcp:0:interface=127.0.0.1",
+        )
+        admin, metrics = proxy.listeners[2:]
+        self.assertEqual((admin.purpose, admin.address), ("admin", f"unix:{path}"))
+        self.assertEqual(metrics.address, f"127.0.0.1:{metrics.portNumber}")
+        ping = b"GET /ping HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n"
+        pong = await self.ask(UNIXClientEndpoint(reactor, path), ping)
+        self.assertTrue(pong.startswith(b"HTTP/1.1 200 "), pong[:80])
+        self.assertTrue(pong.endswith(b"pong\n"), pong[-80:])
+
     async def test_unixClientsAndAllowedNetworks(self) -> None:
         """
         A unix-socket client has no IP address: a list of IP networks
@@ -235,13 +255,15 @@ class DescriptionTests(SynchronousTestCase):
         checkAvailable names a socket file's missing directory before twistd
         daemonises.
         """
-        path = os.path.join(tempfile.gettempdir(), "promtwist-no-such-directory", "s.sock")
+        directory = os.path.join(tempfile.gettempdir(), "promtwist-No-Such-Directory")
+        path = os.path.join(directory, "s.sock")
         listener = self.listener(f"unix:{path}")
         error = self.assertRaises(StartupError, listener.checkAvailable)
-        self.assertIn(
-            f"cannot listen on unix:{path} for the scrape port: the directory", str(error)
+        self.assertEqual(
+            str(error),
+            f"cannot listen on unix:{path} for the scrape port: the directory {directory}"
+            " does not exist; check proxy.http.listen",
         )
-        self.assertIn("proxy.http.listen", str(error))
 
     def test_takenDualStackPort(self) -> None:
         """
