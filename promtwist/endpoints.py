@@ -39,6 +39,9 @@ from zope.interface import implementer
 KINDS = ("tcp", "tcp6", "unix", "ssl", "systemd")
 #: The longest unix socket path Linux binds (sun_path less its NUL).
 UNIX_PATH_MAX = 107
+#: A unix socket's permissions unless its description says: its user and
+#: group may connect (Twisted's own default, 0666, lets every local user).
+UNIX_MODE = 0o660
 
 
 class _DualStackPort(tcp.Port):
@@ -184,7 +187,8 @@ def described(reactor: Any, description: str, backlog: int = 50) -> Where:
     """
     The endpoint a Twisted server endpoint description names.
 
-    The listener's C{backlog} applies unless the description sets its own.
+    The listener's C{backlog} applies unless the description sets its own,
+    and a unix socket's C{mode} is L{UNIX_MODE} unless it sets one.
     An C{ssl:} description becomes plain TCP plus its TLS settings, for
     promtwist's TLS layer to serve: Twisted's own passes a refused
     connection on to TLS and leaves it open.
@@ -194,6 +198,8 @@ def described(reactor: Any, description: str, backlog: int = 50) -> Where:
     kind = kindOf(description)
     if kind != "systemd" and "backlog=" not in description:
         description = f"{description}:backlog={backlog}"
+    if kind == "unix" and "mode=" not in description:
+        description = f"{description}:mode={UNIX_MODE:o}"
     try:
         endpoint = serverFromString(reactor, description)
     except IndexError:

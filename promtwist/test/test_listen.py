@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import stat
 import tempfile
 
 from twisted.internet import reactor, tcp
@@ -120,6 +121,8 @@ class DefaultListenerTests(TestCase):
         path = self.socketPath()
         proxy = self.proxy(http_listen=f"unix:{path}")
         self.assertEqual(proxy.httpListener.address, f"unix:{path}")
+        # Its user and group may connect, not every local user.
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o660)
         received = await self.ask(UNIXClientEndpoint(reactor, path))
         self.assertTrue(received.startswith(b"HTTP/1.1 404 "), received[:80])
 
