@@ -5,6 +5,7 @@ from Twisted endpoint descriptions (L{promtwist.endpoints}).
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import socket
@@ -15,6 +16,7 @@ from twisted.internet import reactor, tcp
 from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
+    TCP4ServerEndpoint,
     TCP6ClientEndpoint,
     UNIXClientEndpoint,
     connectProtocol,
@@ -27,7 +29,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from promtwist.config import ConfigError, ProxySettings, loadProxySettings
-from promtwist.endpoints import DualStackEndpoint, ipv6Available
+from promtwist.endpoints import DualStackEndpoint, ipv6Available, wildcard
 from promtwist.httpguard import AllowedNetworks
 from promtwist.listen import Listener
 from promtwist.proxy.server import ProxyService
@@ -310,6 +312,31 @@ class DualStackTests(SynchronousTestCase):
         assert isinstance(port, tcp.Port)
         only = port.socket.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
         self.assertEqual(only, 0)
+
+    def test_noIPv6(self) -> None:
+        """
+        On a host without IPv6 the default listener is the IPv4 wildcard,
+        not a startup failure.
+        """
+        self.patch(socket, "has_ipv6", False)
+        self.assertFalse(ipv6Available())
+        where = wildcard(reactor, 8080)
+        self.assertIsInstance(where.endpoint, TCP4ServerEndpoint)
+        self.assertEqual(
+            (where.wanted, where.probe), ("0.0.0.0:8080", (socket.AF_INET, ("", 8080)))
+        )
+
+    def test_ipv6Refused(self) -> None:
+        """
+        A kernel that refuses IPv6 sockets (C{ipv6.disable=1}) counts as
+        no IPv6.
+        """
+
+        def refused(*args: object) -> socket.socket:
+            raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+
+        self.patch(socket, "socket", refused)
+        self.assertFalse(ipv6Available())
 
 
 class UnixPeerTests(SynchronousTestCase):
