@@ -154,6 +154,10 @@ class ProxySettings(_OperationsSettings):
     # Normalised to "host:port"; "" means: derive it from the Host header of
     # the discovery request, which arrives on the scrape port.
     sd_target_prefix: str = ""
+    # promtwist's own: give each discovered path without an instance label
+    # the instance "<host:port>/<path>" (prometheus-proxy gives none, so
+    # Prometheus' instance is the proxy's host:port).
+    sd_per_path_instance: bool = False
     http_idle_timeout_secs: float = 45.0
     request_logging_enabled: bool = True
     scrape_request_timeout_secs: float = 90.0
@@ -775,6 +779,13 @@ PROXY = Role(
                 options=("sd_target_prefix",),
                 rule=TARGET_PREFIX,
                 help="host:port put in http_sd targets (empty: the request's Host)",
+            ),
+            Setting(
+                "proxy.service.discovery.perPathInstance",
+                bool,
+                field="sd_per_path_instance",
+                options=("sd_per_path_instance",),
+                help="Label each http_sd target instance=<host:port>/<path> (promtwist's own)",
             ),
             Setting(
                 "proxy.http.idleTimeoutSecs",

@@ -4,7 +4,9 @@ Prometheus HTTP service discovery (C{http_sd_configs}) for every registered path
 
 Each path becomes one target group whose address is the proxy's scrape port
 and whose C{__metrics_path__} is the path, so one C{http_sd_configs} entry
-replaces a static job per path.
+replaces a static job per path. By default the groups carry the labels
+prometheus-proxy's do and no C{instance}, so a migrating user's series keep
+their identity; C{proxy.service.discovery.perPathInstance} adds one per path.
 
 The document is kept as text between requests and remade only for what
 changed in the registry, so a request costs about its size in memory copies,
@@ -28,27 +30,30 @@ RESERVED_LABELS = frozenset({"__metrics_path__", "agentName", "hostName"})
 RENDERED_TARGETS = 4
 
 
-# Reserved keys, and "instance", which is handled on its own.
-_DERIVED = RESERVED_LABELS | {"instance"}
-
-
-def groupSegments(entry: PathEntry | Listed) -> list[str]:
+def groupSegments(entry: PathEntry | Listed, perPathInstance: bool) -> list[str]:
     """
     The target group for C{entry} as JSON text, cut where the target
     address goes: joining the segments with the JSON-escaped address (no
     quotes) gives the group. The text does not depend on the address, so it
     is made once per change of the entry.
+
+    @param perPathInstance: whether a path without an C{instance} label of
+        its own gets C{instance} C{<address>/<path>} (promtwist's own,
+        opt-in). By default it gets none, as from prometheus-proxy, so that
+        Prometheus sets C{instance} to the address and a migrating user's
+        series keep their identity. A path's own C{instance} passes through
+        either way, as any other label does upstream.
     """
-    pairs = [f"{_quoted(k)}:{_quoted(v)}" for k, v in entry.labels.items() if k not in _DERIVED]
+    pairs = [
+        f"{_quoted(k)}:{_quoted(v)}" for k, v in entry.labels.items() if k not in RESERVED_LABELS
+    ]
     pairs.append('"__metrics_path__":' + _quoted("/" + entry.path))
     pairs.append('"agentName":' + _quoted(entry.agentNames))
     pairs.append('"hostName":' + _quoted(entry.hostNames))
     rest = ",".join(pairs) + "}}"
     head = '{"targets":["'
-    own = entry.labels.get("instance")
-    if own is not None:
-        return [head, f'"],"labels":{{"instance":{_quoted(own)},{rest}']
-    # Without a label of its own, the instance is <address>/<path>.
+    if not perPathInstance or "instance" in entry.labels:
+        return [head, '"],"labels":{' + rest]
     return [head, '"],"labels":{"instance":"', f"{_quoted('/' + entry.path)[1:]},{rest}"]
 
 
@@ -57,14 +62,14 @@ class Document:
     The http_sd document of a registry, rebuilt only when the registry's
     generation moved, and then only for the entries that changed.
 
-    All groups name the same address, so each also gets an C{instance} label
-    of C{<address>/<path>} (unless the path's own labels set one): without
-    it, two paths exporting the same metric names in one job would write the
-    same series.
+    @ivar perPathInstance: see L{groupSegments}. All groups name the same
+        address, so without it (and without relabelling) two paths
+        exporting the same metric names in one job write the same series.
     """
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, perPathInstance: bool) -> None:
         self.registry = registry
+        self.perPathInstance = perPathInstance
         self._generation = -1
         # Each path's group as encoded segments, and when its entry changed.
         self._groups: dict[str, tuple[int, list[bytes]]] = {}
@@ -116,7 +121,7 @@ class Document:
                 entry = self.registry.discoverableEntry(path)
                 # One encoding for the whole group: NUL is escaped in JSON
                 # text, so it can only be a cut between segments.
-                text = "\0".join(groupSegments(entry))
+                text = "\0".join(groupSegments(entry, self.perPathInstance))
                 cached = (changed, text.encode("utf-8").split(b"\0"))
             self._groups[path] = cached
             order.append(cached[1])
@@ -132,10 +137,10 @@ class Discovery:
         scrape port itself.
     """
 
-    def __init__(self, registry: Registry, targetPrefix: str) -> None:
+    def __init__(self, registry: Registry, targetPrefix: str, perPathInstance: bool) -> None:
         self.registry = registry
         self.targetPrefix = targetPrefix
-        self.document = Document(registry)
+        self.document = Document(registry, perPathInstance)
 
     def answer(self, exchange: Exchange) -> None:
         exchange.setHeader(b"Content-Type", b"application/json; charset=utf-8")

@@ -84,7 +84,9 @@ class ProxyService(MultiService):
         self.metrics = self.linkFactory.metrics
         self.metrics.track(self.state)
         discovery = (
-            Discovery(self.registry, settings.sd_target_prefix) if settings.sd_enabled else None
+            Discovery(self.registry, settings.sd_target_prefix, settings.sd_per_path_instance)
+            if settings.sd_enabled
+            else None
         )
         self.scrapes = ScrapeHandler(settings, self.registry, reactor, discovery)
         self.recent: collections.deque[ScrapeRecord] = collections.deque(

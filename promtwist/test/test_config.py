@@ -449,6 +449,22 @@ class PrecedenceTests(ConfigTestCase):
         )
         self.assertEqual(enabled, [True, False, True, False, False])
 
+    def test_perPathInstance(self) -> None:
+        """
+        promtwist's own C{proxy.service.discovery.perPathInstance} is set by
+        option, -D or file like the other discovery keys, and is off by
+        default, as prometheus-proxy has no per-path instance. It reads no
+        environment variable: those stay exactly prometheus-proxy's.
+        """
+        perPath = self.layers(
+            lambda o, e: self.proxy(o, e).sd_per_path_instance,
+            "proxy.service.discovery.perPathInstance",
+            "sd_per_path_instance",
+            "SD_PER_PATH_INSTANCE",
+            ("true", "true", "false", "true"),
+        )
+        self.assertEqual(perPath, [True, False, False, True, False])
+
     def test_float(self) -> None:
         config = self.writeConfig("agent {}\n")
         timeouts = self.layers(

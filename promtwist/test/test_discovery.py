@@ -41,8 +41,10 @@ def served(registry: Registry, agent: FakeAgent, *paths: str) -> None:
 class DocumentTests(SynchronousTestCase):
     def test_targetGroups(self) -> None:
         """
-        Labels are strings, reserved keys cannot be overridden, and a
-        consolidated path names all its agents.
+        By default a group is what prometheus-proxy serves: labels are
+        strings, reserved keys cannot be overridden, a consolidated path
+        names all its agents, and there is no C{instance}, so Prometheus'
+        is the target address, as it is for a user moving from there.
         """
         registry = Registry()
         a = FakeAgent("1", "a", "h1", consolidated=True)
@@ -52,14 +54,13 @@ class DocumentTests(SynchronousTestCase):
         forged = {"n": "2", "agentName": "forged", "__metrics_path__": "/x"}
         registry.registerPath(a, "app", "App", forged)
         registry.registerPath(b, "app", "", {})
-        (group,) = json.loads(Document(registry).render("proxy:8080"))
+        (group,) = json.loads(Document(registry, perPathInstance=False).render("proxy:8080"))
         self.assertEqual(
             group,
             {
                 "targets": ["proxy:8080"],
                 "labels": {
                     "n": "2",
-                    "instance": "proxy:8080/app",
                     "__metrics_path__": "/app",
                     "agentName": "a, b",
                     "hostName": "h1, h2",
@@ -67,39 +68,79 @@ class DocumentTests(SynchronousTestCase):
             },
         )
 
-    def test_ownInstanceLabelKept(self) -> None:
+    def test_perPathInstance(self) -> None:
+        """
+        With C{perPathInstance}, each group also gets C{instance}
+        C{<address>/<path>}, so that two paths exporting the same metric
+        names in one job write distinct series.
+        """
         registry = Registry()
-        agent = FakeAgent("1")
-        registry.addAgent(agent)
-        registry.registerPath(agent, "app", "", {"instance": "db1"})
-        (group,) = json.loads(Document(registry).render("proxy:8080"))
-        self.assertEqual(group["labels"]["instance"], "db1")
+        served(registry, FakeAgent("1", "a", "h"), "app", "db")
+        groups = json.loads(Document(registry, perPathInstance=True).render("proxy:8080"))
+        self.assertEqual(
+            [group["labels"] for group in groups],
+            [
+                {
+                    "instance": "proxy:8080/app",
+                    "__metrics_path__": "/app",
+                    "agentName": "a",
+                    "hostName": "h",
+                },
+                {
+                    "instance": "proxy:8080/db",
+                    "__metrics_path__": "/db",
+                    "agentName": "a",
+                    "hostName": "h",
+                },
+            ],
+        )
+
+    def test_ownInstanceLabelKept(self) -> None:
+        """
+        A path's own C{instance} label passes through unchanged, with the
+        setting or without it.
+        """
+        for perPathInstance in (False, True):
+            registry = Registry()
+            agent = FakeAgent("1")
+            registry.addAgent(agent)
+            registry.registerPath(agent, "app", "", {"instance": "db1", "k": "v"})
+            document = Document(registry, perPathInstance)
+            (group,) = json.loads(document.render("proxy:8080"))
+            self.assertEqual(
+                (group["targets"], group["labels"]["instance"], group["labels"]["k"]),
+                (["proxy:8080"], "db1", "v"),
+                perPathInstance,
+            )
 
     def test_escaping(self) -> None:
         """
         Targets and labels that need JSON escaping (quotes, backslashes,
-        control and non-ASCII characters) come out as the same strings.
+        control and non-ASCII characters) come out as the same strings, in
+        the per-path instance too.
         """
         registry = Registry()
         agent = FakeAgent("1", 'a"\\', "h\x01é")
         registry.addAgent(agent)
         registry.registerPath(agent, "p", "", {"k": 'v"\n\\ü'})
         target = 'h"\\é:1'
-        (group,) = json.loads(Document(registry).render(target))
-        self.assertEqual(group["targets"], [target])
-        self.assertEqual(
-            group["labels"],
-            {
-                "k": 'v"\n\\ü',
-                "instance": target + "/p",
-                "__metrics_path__": "/p",
-                "agentName": 'a"\\',
-                "hostName": "h\x01é",
-            },
-        )
+        labels = {
+            "k": 'v"\n\\ü',
+            "__metrics_path__": "/p",
+            "agentName": 'a"\\',
+            "hostName": "h\x01é",
+        }
+        for perPathInstance, expected in [
+            (False, labels),
+            (True, {**labels, "instance": target + "/p"}),
+        ]:
+            (group,) = json.loads(Document(registry, perPathInstance).render(target))
+            self.assertEqual(group["targets"], [target])
+            self.assertEqual(group["labels"], expected)
 
     def test_empty(self) -> None:
-        self.assertEqual(Document(Registry()).render("x:1"), b"[]\n")
+        for perPathInstance in (False, True):
+            self.assertEqual(Document(Registry(), perPathInstance).render("x:1"), b"[]\n")
 
 
 class CachingTests(SynchronousTestCase):
@@ -113,16 +154,16 @@ class CachingTests(SynchronousTestCase):
         self.built: list[str] = []
         real = discovery.groupSegments
 
-        def counting(entry: PathEntry) -> list[str]:
+        def counting(entry: PathEntry, perPathInstance: bool) -> list[str]:
             self.built.append(entry.path)
-            return real(entry)
+            return real(entry, perPathInstance)
 
         self.patch(discovery, "groupSegments", counting)
         self.clock = Clock()
         self.registry = Registry(clock=self.clock)
         self.agent = FakeAgent("1")
         served(self.registry, self.agent, "a", "b", "c")
-        self.document = Document(self.registry)
+        self.document = Document(self.registry, perPathInstance=False)
 
     def test_noChangeNoBuild(self) -> None:
         first = self.document.render("proxy:8080")
@@ -204,6 +245,19 @@ class CachingTests(SynchronousTestCase):
         self.assertEqual(again, first)
         self.assertIsNot(again, first)
 
+    def test_otherTargetPerPathInstance(self) -> None:
+        """
+        With per-path instances too, another target address reuses every
+        group: only the instance's address part follows the target.
+        """
+        document = Document(self.registry, perPathInstance=True)
+        for target in ("t0:1", "t1:1"):
+            groups = json.loads(document.render(target))
+            self.assertEqual(
+                [g["labels"]["instance"] for g in groups], [f"{target}/{p}" for p in "abc"]
+            )
+        self.assertEqual(self.built, ["a", "b", "c"])
+
 
 class ResourceTests(SynchronousTestCase):
     def test_targetFromHostHeader(self) -> None:
@@ -211,7 +265,7 @@ class ResourceTests(SynchronousTestCase):
         Without a configured prefix the target is the address Prometheus used
         to reach the proxy, with the scrape port when the Host header has none.
         """
-        resource = Discovery(Registry(), "")
+        resource = Discovery(Registry(), "", perPathInstance=False)
         served(resource.registry, FakeAgent("1", "a", "h"), "app")
         for host, expected in [
             ("proxy.example:8080", "proxy.example:8080"),
@@ -226,7 +280,7 @@ class ResourceTests(SynchronousTestCase):
             self.assertEqual(r.headers[b"content-type"], b"application/json; charset=utf-8")
 
     def test_configuredPrefix(self) -> None:
-        resource = Discovery(Registry(), "proxy.example:8080")
+        resource = Discovery(Registry(), "proxy.example:8080", perPathInstance=False)
         served(resource.registry, FakeAgent("1", "a", "h"), "app")
         (group,) = json.loads(ask(resource, "other:1").body)
         self.assertEqual(group["targets"], ["proxy.example:8080"])
@@ -256,3 +310,21 @@ class RefreshTimerTests(SynchronousTestCase):
             len([child for child in without if isinstance(child, TimerService)]),
             len(timers) - 1,
         )
+
+
+class SettingTests(SynchronousTestCase):
+    def test_proxyServesWhatIsConfigured(self) -> None:
+        """
+        C{proxy.service.discovery.perPathInstance} reaches the document the
+        proxy serves: off by default, as prometheus-proxy; on, an instance
+        per path.
+        """
+        for settings, expected in [
+            (ProxySettings(sd_enabled=True), None),
+            (ProxySettings(sd_enabled=True, sd_per_path_instance=True), "proxy:8080/app"),
+        ]:
+            proxy = ProxyService(settings, Clock(), "127.0.0.1")
+            assert proxy.scrapes.discovery is not None
+            served(proxy.registry, FakeAgent("1"), "app")
+            (group,) = json.loads(ask(proxy.scrapes.discovery, "proxy:8080").body)
+            self.assertEqual(group["labels"].get("instance"), expected, settings)

@@ -64,10 +64,33 @@ ZERO_WHEN_AGENT_DOWN = (
 )
 
 
+# The relabelling docs/deployment.md gives for a distinct instance per path
+# (what proxy.service.discovery.perPathInstance does in the proxy): the
+# instance <host:port>/<path>, unless the path has an instance of its own.
+PER_PATH_INSTANCE = """\
+    relabel_configs:
+      - source_labels: [instance, __address__, __metrics_path__]
+        regex: ";(.+);(.+)"
+        replacement: "${1}${2}"
+        target_label: instance
+"""
+
+
+def compatJob(job: str) -> str:
+    """
+    The job that scrapes one discovered path with nothing relabelled but
+    the choice of path, as a prometheus-proxy user's http_sd job does.
+    """
+    return job + "_compat"
+
+
 def prometheusConfig(cluster: Cluster, job: str, promPort: int) -> str:
-    # No relabelling: every label, the instance included, must come from the
-    # proxy's discovery document as a user would get it. Prometheus scrapes
-    # itself too: the dashboard must not select its process metrics.
+    # Every label but the instance comes from the proxy's discovery document
+    # as a user would get it; the instance from the documented relabelling,
+    # since the paths export the same names. The compat job keeps the
+    # default instance, which must be the proxy's host:port, as from
+    # prometheus-proxy. Prometheus scrapes itself too: the dashboard must not
+    # select its process metrics.
     return f"""\
 global:
   scrape_interval: 1s
@@ -78,6 +101,15 @@ scrape_configs:
     http_sd_configs:
       - url: http://127.0.0.1:{cluster.scrapePort}/discovery
         refresh_interval: 1s
+{PER_PATH_INSTANCE}\
+  - job_name: {compatJob(job)}
+    http_sd_configs:
+      - url: http://127.0.0.1:{cluster.scrapePort}/discovery
+        refresh_interval: 1s
+    relabel_configs:
+      - source_labels: [__metrics_path__]
+        regex: /e2e_one
+        action: keep
   - job_name: {PROXY_JOB}
     static_configs: [{{targets: ["127.0.0.1:{cluster.proxyMetricsPort}"]}}]
   - job_name: {AGENT_JOB}
@@ -163,7 +195,10 @@ class EndToEndTests(TestCase):
             samples = (await apiGet("query?query=" + _q(f'promtwist_e2e_sample{{job="{job}"}}')))[
                 "result"
             ]
-            state.update(targets=targets, up=up, samples=samples)
+            compat = (
+                await apiGet("query?query=" + _q(f'promtwist_e2e_sample{{job="{compatJob(job)}"}}'))
+            )["result"]
+            state.update(targets=targets, up=up, samples=samples, compat=compat)
             healthy = {t["labels"].get("instance") for t in targets if t["health"] == "up"}
             upOnes = {s["metric"].get("instance") for s in up if s["value"][1] == "1"}
             arrived = {s["metric"].get("instance") for s in samples if s["value"][1] == "42"}
@@ -172,7 +207,9 @@ class EndToEndTests(TestCase):
                 return False
             failing = [t for t in targets if t["labels"].get("instance") == broken]
             reasoned = bool(failing) and "answered HTTP 404" in failing[0]["lastError"]
-            return want <= healthy and want <= upOnes and want <= arrived and reasoned
+            compatArrived = [s["value"][1] for s in compat] == ["42"]
+            seen = want <= healthy and want <= upOnes and want <= arrived
+            return seen and reasoned and compatArrived
 
         try:
             await cluster.eventually(allUp, "every target up in Prometheus", 60, interval=0.5)
@@ -352,7 +389,8 @@ class EndToEndTests(TestCase):
             discovered = target["discoveredLabels"]
             self.assertEqual(discovered["__metrics_path__"], "/" + path)
             self.assertEqual(discovered["__address__"], f"127.0.0.1:{cluster.scrapePort}")
-            self.assertEqual(discovered.get("instance"), instance, "instance from discovery")
+            # Its instance is the relabelling's (the keys of targets); this
+            # Prometheus shows relabelled labels among the discovered ones.
         for series in ("up", "samples"):
             byInstance = {s["metric"]["instance"]: s for s in state[series]}
             if series == "up":
@@ -370,6 +408,24 @@ class EndToEndTests(TestCase):
                     self.assertEqual(sample["value"][1], "42", sample)
                 else:
                     self.assertEqual(sample["value"][1], "1", sample)
+        self._checkCompatTarget(cluster, job, state)
+
+    def _checkCompatTarget(self, cluster: Cluster, job: str, state: dict[str, Any]) -> None:
+        """
+        Without relabelling, a discovered target's instance is the proxy's
+        C{host:port}, as from prometheus-proxy, so a migrating user's series
+        keep their identity.
+        """
+        proxy = f"127.0.0.1:{cluster.scrapePort}"
+        [target] = [t for t in state["targets"] if t["labels"]["job"] == compatJob(job)]
+        self.assertEqual(target["health"], "up", target)
+        self.assertEqual(target["scrapeUrl"], cluster.url("e2e_one"), target)
+        self.assertEqual(target["labels"]["instance"], proxy, target)
+        self.assertNotIn("instance", target["discoveredLabels"], target)
+        self.assertEqual(target["labels"]["agentName"], AGENT_NAME, target)
+        [sample] = state["compat"]
+        self.assertEqual(sample["metric"]["instance"], proxy, sample)
+        self.assertEqual(sample["metric"]["team"], "a", sample)
 
 
 def _only(result: list[dict[str, Any]]) -> str:

@@ -351,7 +351,6 @@ class LoopbackTests(TestCase):
             {
                 "team": "a",
                 "n": "2",
-                "instance": f"127.0.0.1:{port}/app",
                 "__metrics_path__": "/app",
                 "agentName": "it-agent",
                 "hostName": socket.gethostname(),
