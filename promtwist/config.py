@@ -30,6 +30,9 @@ from pyhocon.exceptions import ConfigException
 from pyparsing import ParseBaseException
 from twisted.logger import Logger
 
+from promtwist.endpoints import KINDS, kindOf
+from promtwist.httpguard import UNIX_PEERS
+
 MiB = 1024 * 1024
 
 
@@ -121,7 +124,12 @@ class _OperationsSettings:
     admin_thread_dump_path: str = "threaddump"
     admin_debug_enabled: bool = False
     admin_allowed_networks: tuple[str, ...] = ()
+    # promtwist's own (*.admin.listen, *.metrics.listen): a Twisted server
+    # endpoint description replacing the port; "" is the dual-stack
+    # wildcard on the port.
+    admin_listen: str = ""
     metrics_enabled: bool = False
+    metrics_listen: str = ""
     metrics_path: str = "metrics"
     scrape_request_backlog_unhealthy_size: int = 25
     # promtwist's own: how long in-flight scrapes may finish after SIGTERM.
@@ -136,6 +144,9 @@ class ProxySettings(_OperationsSettings):
 
     http_port: int = 8080
     agent_port: int = 50051
+    # promtwist's own (proxy.http.listen, proxy.agent.listen), as admin_listen.
+    http_listen: str = ""
+    agent_listen: str = ""
     agent_token: str = ""
     log_level: str = ""
     sd_enabled: bool = False
@@ -305,6 +316,20 @@ PORT = _bounded("{noun} in 1..65535", lambda v: 1 <= v <= 65535)
 POSITIVE = _bounded("{noun} > 0", lambda v: v > 0)
 NON_NEGATIVE = _bounded("{noun} >= 0", lambda v: v >= 0)
 MINUS_ONE_OR_POSITIVE = _bounded("{noun} that is -1 or > 0", lambda v: v == -1 or v > 0)
+
+
+def _listen(value: str) -> str:
+    # Only the type here: the rest is Twisted's to parse when the listener
+    # is made, and its error names the key too.
+    if value.strip():
+        kindOf(value)
+    return value.strip()
+
+
+LISTEN = Rule(
+    f"a Twisted server endpoint description ({', '.join(k + ':' for k in KINDS)}), or empty",
+    _listen,
+)
 FRAME_SIZE = _bounded("{noun} >= 65536", lambda v: v >= 65536)
 
 LOG_LEVELS = ("trace", "debug", "info", "warn", "error", "off")
@@ -566,6 +591,14 @@ def _common(
             rule=PORT,
             help="Admin port",
         ),
+        Setting(
+            f"{s}.admin.listen",
+            str,
+            field="admin_listen",
+            options=("admin_listen",),
+            rule=LISTEN,
+            help="Where the admin port listens, as a Twisted endpoint (replaces --admin_port)",
+        ),
         Setting(f"{s}.admin.pingPath", str, field="admin_ping_path", rule=ENDPOINT_PATH),
         Setting(f"{s}.admin.versionPath", str, field="admin_version_path", rule=ENDPOINT_PATH),
         Setting(
@@ -604,6 +637,14 @@ def _common(
             short="m",
             rule=PORT,
             help="Metrics port",
+        ),
+        Setting(
+            f"{s}.metrics.listen",
+            str,
+            field="metrics_listen",
+            options=("metrics_listen",),
+            rule=LISTEN,
+            help="Where the metrics port listens, as a Twisted endpoint (replaces --metrics_port)",
         ),
         Setting(f"{s}.metrics.path", str, field="metrics_path", rule=ENDPOINT_PATH),
         Setting(
@@ -691,6 +732,14 @@ PROXY = Role(
                 help="Port Prometheus scrapes",
             ),
             Setting(
+                "proxy.http.listen",
+                str,
+                field="http_listen",
+                options=("listen",),
+                rule=LISTEN,
+                help="Where Prometheus scrapes, as a Twisted endpoint (replaces --port)",
+            ),
+            Setting(
                 "proxy.agent.port",
                 int,
                 field="agent_port",
@@ -699,6 +748,14 @@ PROXY = Role(
                 short="a",
                 rule=PORT,
                 help="Port agents connect to",
+            ),
+            Setting(
+                "proxy.agent.listen",
+                str,
+                field="agent_listen",
+                options=("agent_listen",),
+                rule=LISTEN,
+                help="Where agents connect, as a Twisted endpoint (replaces --agent_port)",
             ),
             Setting(
                 "proxy.service.discovery.enabled",
@@ -1867,15 +1924,22 @@ def _identities(gathered: _Gathered, legacyToken: str) -> tuple[Identity, ...]:
 
 def _networks(gathered: _Gathered, key: str) -> tuple[str, ...]:
     """
-    A list of networks (C{10.0.0.0/8}, C{::1}, C{192.0.2.7}), normalised.
+    A list of networks (C{10.0.0.0/8}, C{::1}, C{192.0.2.7}), normalised,
+    and C{unix} for the clients of a unix-socket listener.
     """
     networks = []
     for index, entry in enumerate(_asList(gathered.file.get(key, []), gathered.label, key)):
+        if str(entry).strip() == UNIX_PEERS:
+            networks.append(UNIX_PEERS)
+            continue
         try:
             networks.append(str(ipaddress.ip_network(str(entry).strip(), strict=False)))
         except ValueError as e:
             raise _fail(
-                gathered.label, f"{key}[{index}]", "an IP network such as 10.0.0.0/8", entry
+                gathered.label,
+                f"{key}[{index}]",
+                "an IP network such as 10.0.0.0/8, or unix",
+                entry,
             ) from e
     return tuple(networks)
 

@@ -17,17 +17,20 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.interfaces import IAddress, IReactorTime, ITransport
 from twisted.logger import Logger
 
-from promtwist.logs import observer
+from promtwist.logs import clip, observer
 
 # A refused address is logged at most this often, so a scanner cannot fill
 # the log; and at most this many addresses are remembered for that, so a
 # scan from many addresses cannot fill memory.
 REFUSAL_LOG_INTERVAL = 60.0
 REMEMBERED_REFUSALS = 1024
+# The entry of an allowed-networks list that admits clients of a unix-socket
+# listener, which have no IP address to match.
+UNIX_PEERS = "unix"
 
 # Seconds a refused or timed-out connection may take to close before it is
 # aborted: a client that stops reading could hold the close up forever.
@@ -121,15 +124,29 @@ class AllowedNetworks:
     The networks clients may connect from, checked before a byte is read.
     A refusal is logged at most once a minute per address.
 
-    @ivar networks: the networks; empty admits everyone.
+    A client of a unix-socket listener has no IP address: a list that
+    names networks admits it only when it also has the entry C{unix}
+    (L{UNIX_PEERS}), so that moving a guarded port to a socket file opens
+    it to nobody the list did not name.
+
+    @ivar networks: the IP networks.
+    @ivar unixPeers: whether clients of a unix socket are admitted.
+    @ivar open: whether the list is empty, admitting everyone.
     """
 
     def __init__(self, networks: Sequence[str], clock: IReactorTime) -> None:
         """
-        @param networks: CIDR networks (C{10.0.0.0/8}, C{::1}).
+        @param networks: CIDR networks (C{10.0.0.0/8}, C{::1}), and
+            C{unix} for unix-socket clients.
         @raise ValueError: if a network is not valid.
         """
-        self.networks = tuple(ipaddress.ip_network(network, strict=False) for network in networks)
+        self.open = not networks
+        self.unixPeers = UNIX_PEERS in networks
+        self.networks = tuple(
+            ipaddress.ip_network(network, strict=False)
+            for network in networks
+            if network != UNIX_PEERS
+        )
         self._clock = clock
         # Address → when its refusal was last logged, oldest first.
         self._refusalsLogged: OrderedDict[str, float] = OrderedDict()
@@ -138,12 +155,17 @@ class AllowedNetworks:
         """
         Whether a client at C{address} may connect; a refusal is logged.
         """
-        if not self.networks:
+        if self.open:
             return True
+        if isinstance(address, UNIXAddress):
+            if self.unixPeers:
+                return True
+            self._logRefusal("a unix-socket client (allow them with the entry 'unix')")
+            return False
         ip = clientIP(address)
         if ip is not None and any(ip in network for network in self.networks):
             return True
-        self._logRefusal(str(ip) if ip is not None else str(address))
+        self._logRefusal(str(ip) if ip is not None else clip(str(address)))
         return False
 
     def _logRefusal(self, host: str) -> None:

@@ -1,17 +1,17 @@
 """
 Listening services that fail startup when their port is taken and report the
-port they bound (port 0 in tests).
+address they bound (port 0 in tests); where they listen is chosen in
+L{promtwist.endpoints}.
 """
 
 from __future__ import annotations
 
 import errno
-import socket
 from collections.abc import Iterable
+from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet.address import IPv4Address
-from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
     IAddress,
@@ -19,12 +19,13 @@ from twisted.internet.interfaces import (
     IOpenSSLContextFactory,
     IOpenSSLServerConnectionCreator,
     IProtocolFactory,
-    IReactorTCP,
 )
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 
 from promtwist import __version__
+from promtwist.endpoints import BadDescription, described, onInterface, probe, wildcard
+from promtwist.logs import clip
 from promtwist.startup import StartupError
 
 
@@ -44,7 +45,7 @@ class Listener(StreamServerEndpointService):
 
     def __init__(
         self,
-        reactor: IReactorTCP,
+        reactor: Any,
         portNumber: int,
         factory: IProtocolFactory,
         interface: str = "",
@@ -53,19 +54,45 @@ class Listener(StreamServerEndpointService):
         purpose: str = "",
         key: str = "",
         backlog: int = 50,
+        description: str = "",
+        descriptionKey: str = "",
     ) -> None:
         """
+        @param portNumber: the port of every address (the dual-stack
+            wildcard), or of C{interface} when one is given.
         @param tls: serve TLS with these options (see L{promtwist.tls})
             instead of plain TCP, through L{withTLS}.
         @param backlog: connections the kernel queues until they are
             accepted (Twisted's default: 50).
+        @param description: a Twisted server endpoint description that
+            replaces C{portNumber} and C{interface} (see
+            L{promtwist.endpoints.described}).
+        @param descriptionKey: the setting C{description} came from, for
+            messages.
+        @raise StartupError: when C{description} names no usable endpoint,
+            or is C{ssl:} on a port promtwist's TLS settings also cover.
         """
-        endpoint = TCP4ServerEndpoint(reactor, portNumber, backlog=backlog, interface=interface)
-        super().__init__(endpoint, factory if tls is None else withTLS(factory, tls))
-        self.tls = tls is not None
         self.purpose = purpose
-        self.key = key
-        self._wanted = f"{interface or '0.0.0.0'}:{portNumber}"
+        self.key = descriptionKey if description else key
+        if description:
+            try:
+                where = described(reactor, description, backlog)
+            except BadDescription as e:
+                raise StartupError(f"{descriptionKey} {clip(description)!r}: {e}") from None
+            if where.tls is not None and tls is not None:
+                raise StartupError(
+                    f"{descriptionKey} {clip(description)!r}: an ssl: listener on a port"
+                    f" that promtwist's TLS settings already cover; give tcp: here, or"
+                    f" drop those settings"
+                )
+            tls = tls or where.tls
+        elif interface:
+            where = onInterface(reactor, portNumber, interface, backlog)
+        else:
+            where = wildcard(reactor, portNumber, backlog)
+        super().__init__(where.endpoint, factory if tls is None else withTLS(factory, tls))
+        self.tls = tls is not None
+        self._where = where
 
     def privilegedStartService(self) -> None:
         """
@@ -75,7 +102,10 @@ class Listener(StreamServerEndpointService):
         try:
             super().privilegedStartService()
         except CannotListenError as e:
-            raise self._cannotListen(e.socketError) from None
+            raise self._cannotListen(e.socketError or e) from None
+        except OSError as e:
+            # An inherited socket that is not one, a unix path in the way.
+            raise self._cannotListen(e) from None
         assert self._waitingForPort is not None
         self._waitingForPort.addCallback(self._bound)
 
@@ -86,26 +116,25 @@ class Listener(StreamServerEndpointService):
         bytes. A port taken between this check and the bind still fails the
         start, in the log file.
         """
-        host, _, port = self._wanted.rpartition(":")
-        if port == "0":
-            return
-        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
-            # As Twisted's listening sockets do, so TIME_WAIT is no obstacle.
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((host, int(port)))
+            probe(self._where)
         except OSError as e:
             raise self._cannotListen(e) from None
-        finally:
-            probe.close()
 
     def _cannotListen(self, error: object) -> StartupError:
-        cause = error.strerror if isinstance(error, OSError) else error
+        cause = str(error.strerror if isinstance(error, OSError) else error)
+        code = error.errno if isinstance(error, OSError) else None
         what = f" for the {self.purpose} port" if self.purpose else ""
-        fix = f"; stop what holds it, or choose another port with {self.key}" if self.key else ""
-        if isinstance(error, OSError) and error.errno == errno.EACCES:
+        fix = ""
+        if code == errno.EACCES and self._where.probe is not None:
             fix = "; ports below 1024 need root (twistd --uid/--gid drop it after binding)"
-        return StartupError(f"cannot listen on {self._wanted}{what}: {str(cause).lower()}{fix}")
+        elif self.key and code == errno.EADDRINUSE:
+            fix = f"; stop what holds it, or choose another port with {self.key}"
+        elif self.key:
+            fix = f"; check {self.key}"
+        # Lower-cased as the rest of the line, but not a path in it.
+        cause = cause[:1].lower() + cause[1:]
+        return StartupError(f"cannot listen on {self._where.wanted}{what}: {cause}{fix}")
 
     def _bound(self, port: IListeningPort) -> IListeningPort:
         self.port = port
@@ -114,19 +143,28 @@ class Listener(StreamServerEndpointService):
     @property
     def address(self) -> str:
         """
-        Where it listens, as C{host:port} (the port it bound, when asked
-        for 0).
+        Where it listens: C{host:port} (the port it bound, when asked for
+        0), C{[host]:port} for IPv6, C{unix:path} for a unix socket.
         """
         assert self.port is not None, "not listening"
         address = self.port.getHost()
-        assert isinstance(address, IPv4Address)
-        return f"{address.host}:{address.port}"
+        if isinstance(address, IPv6Address):
+            return f"[{address.host}]:{address.port}"
+        if isinstance(address, IPv4Address):
+            return f"{address.host}:{address.port}"
+        if isinstance(address, UNIXAddress):
+            name = address.name
+            return f"unix:{name.decode('utf-8', 'replace') if isinstance(name, bytes) else name}"
+        return str(address)
 
     @property
     def portNumber(self) -> int:
+        """
+        The TCP port it bound.
+        """
         assert self.port is not None, "not listening"
         address = self.port.getHost()
-        assert isinstance(address, IPv4Address)
+        assert isinstance(address, IPv4Address | IPv6Address), address
         return address.port
 
 

@@ -228,7 +228,8 @@ def operationsListeners(
 
     @param reactor: provides C{IReactorTCP} and C{IReactorTime}; the
         listeners and the sites' timeouts use it.
-    @param interface: the address to bind; all by default.
+    @param interface: the address to bind; all of both families by default.
+        C{*.admin.listen} and C{*.metrics.listen} replace it and the port.
     """
     listeners = []
     if settings.admin_enabled:
@@ -248,6 +249,8 @@ def operationsListeners(
                 interface,
                 purpose="admin",
                 key=f"{_section(settings)}.admin.port",
+                description=settings.admin_listen,
+                descriptionKey=f"{_section(settings)}.admin.listen",
             )
         )
     if settings.metrics_enabled and settings.metrics_path:
@@ -266,6 +269,8 @@ def operationsListeners(
                 interface,
                 purpose="metrics",
                 key=f"{_section(settings)}.metrics.port",
+                description=settings.metrics_listen,
+                descriptionKey=f"{_section(settings)}.metrics.listen",
             )
         )
     return listeners

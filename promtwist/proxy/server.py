@@ -65,7 +65,12 @@ class ProxyService(MultiService):
         """
         @param reloadSettings: reads the settings again from the same sources,
             for SIGHUP; without it the proxy does not reload.
+        @param interface: the address every listener binds on its port;
+            by default all of both families. A C{*.listen} setting replaces
+            both.
         @raise promtwist.config.ConfigError: when a TLS file is unusable.
+        @raise promtwist.startup.StartupError: when a C{*.listen} setting
+            names no usable endpoint.
         """
         super().__init__()
         if reactor is None:
@@ -108,6 +113,8 @@ class ProxyService(MultiService):
             agentPortTLS(settings),
             purpose="agent",
             key="proxy.agent.port",
+            description=settings.agent_listen,
+            descriptionKey="proxy.agent.listen",
             # The kernel holds a herd's connections until the reactor's next
             # accept: as many as the proxy lets wait for a handshake place.
             backlog=max(50, settings.max_waiting_handshakes),
@@ -120,6 +127,8 @@ class ProxyService(MultiService):
             scrapePortTLS(settings),
             purpose="scrape",
             key="proxy.http.port",
+            description=settings.http_listen,
+            descriptionKey="proxy.http.listen",
         )
         self.listeners = [
             self.httpListener,

@@ -14,10 +14,9 @@ import json
 import os
 import random
 import signal
-import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import TypeVar
 
@@ -36,6 +35,8 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from promtwist.endpoints import probe, wildcard
 
 T = TypeVar("T")
 
@@ -70,8 +71,8 @@ _handedOut: set[int] = set()
 
 def freePort() -> int:
     """
-    A loopback TCP port nobody listens on right now, for a process about to
-    be started, and not handed out before by this process.
+    A TCP port nobody listens on right now on any address, for a process
+    about to be started, and not handed out before by this process.
 
     It is taken below the kernel's ephemeral range: a port from that range
     (what binding port 0 gives) can be taken by any outgoing connection in
@@ -84,14 +85,14 @@ def freePort() -> int:
         port = random.randrange(max(1024, ephemeral - 16384), ephemeral)
         if port in _handedOut:
             continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
+        try:
+            # Where a proxy binds by default: every address of both families.
+            probe(wildcard(_globalReactor, port))
+        except OSError:
+            continue
         _handedOut.add(port)
         return port
-    raise RuntimeError(f"no free port below {ephemeral} on 127.0.0.1 in 100 tries")
+    raise RuntimeError(f"no free port below {ephemeral} in 100 tries")
 
 
 def writeFile(path: str, text: str) -> str:
@@ -169,8 +170,17 @@ class Child:
         argv: list[str],
         cwd: str,
         logFile: str | None = None,
+        environ: Mapping[str, str] | None = None,
+        inherited: Mapping[int, int] | None = None,
     ) -> None:
+        """
+        @param environ: variables added to L{childEnvironment}.
+        @param inherited: descriptors the child gets beyond 0, 1 and 2:
+            the child's number → this process's descriptor.
+        """
         self.case = case
+        self.environ = dict(environ or {})
+        self.inherited = dict(inherited or {})
         self.name = name
         self.argv = argv
         self.cwd = cwd
@@ -192,8 +202,14 @@ class Child:
         self.starts += 1
         if self.starts == 1:
             self.case.addCleanup(lambda: Deferred.fromCoroutine(self.stop()))
+        fds: dict[int, str | int] = {0: "w", 1: "r", 2: "r", **self.inherited}
         process = _globalReactor.spawnProcess(
-            self.protocol, self.argv[0], self.argv, env=childEnvironment(), path=self.cwd
+            self.protocol,
+            self.argv[0],
+            self.argv,
+            env={**childEnvironment(), **self.environ},
+            path=self.cwd,
+            childFDs=fds,
         )
         self.pid = process.pid
 
@@ -282,6 +298,30 @@ def twistdChild(case: TestCase, name: str, plugin: str, args: list[str], workdir
     logFile = os.path.join(workdir, f"{name}.log")
     argv = [TWISTD, "-n", "--pidfile=", f"--logfile={logFile}", plugin, *args]
     return Child(case, name, argv, workdir, logFile)
+
+
+def socketActivatedChild(
+    case: TestCase,
+    name: str,
+    plugin: str,
+    args: list[str],
+    workdir: str,
+    listening: int,
+    socketName: str,
+) -> Child:
+    """
+    A L{twistdChild} handed the listening socket C{listening} as systemd
+    hands one over: as descriptor 3, with C{LISTEN_FDS=1}, its
+    C{FileDescriptorName} in C{LISTEN_FDNAMES}, and C{LISTEN_PID} the
+    child's own pid, which only the child knows (a shell sets it, then
+    execs twistd in its place).
+    """
+    child = twistdChild(case, name, plugin, args, workdir)
+    child.argv = ["/bin/sh", "-c", 'LISTEN_PID=$$ exec "$0" "$@"', *child.argv]
+    child.environ["LISTEN_FDS"] = "1"
+    child.environ["LISTEN_FDNAMES"] = socketName
+    child.inherited[3] = listening
+    return child
 
 
 # ---------------------------------------------------------------------------

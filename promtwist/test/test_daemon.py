@@ -298,7 +298,7 @@ class StartupErrorTests(TestCase):
         self.assertEqual(code, 1, output)
         self.assertNotIn("Traceback", output)
         (line,) = [line for line in output.splitlines() if "promtwist: " in line]
-        self.assertIn(f"cannot listen on 0.0.0.0:{port} for the scrape port", line)
+        self.assertIn(f"cannot listen on [::]:{port} for the scrape port", line)
         self.assertIn("proxy.http.port", line)
 
     async def test_portInUseDaemon(self) -> None:
@@ -325,7 +325,7 @@ class StartupErrorTests(TestCase):
         )
         self.assertEqual(code, 1, output)
         (line,) = [line for line in output.splitlines() if "promtwist: " in line]
-        self.assertIn(f"cannot listen on 0.0.0.0:{port} for the scrape port", line)
+        self.assertIn(f"cannot listen on [::]:{port} for the scrape port", line)
         self.assertIn("choose another port with proxy.http.port", line)
         self.assertNotIn("proxy.pid", os.listdir(directory))
 
