@@ -165,7 +165,9 @@ class Ports:
 
     def __init__(self, *purposes: str) -> None:
         reactor = MemoryReactor()
-        self.listeners = [Listener(reactor, 0, Factory(), purpose=purpose) for purpose in purposes]
+        self.listeners = [
+            Listener(reactor, 0, Factory(), "127.0.0.1", purpose=purpose) for purpose in purposes
+        ]
         for listener in self.listeners:
             listener.privilegedStartService()
             listener.startService()
