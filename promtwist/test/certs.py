@@ -15,9 +15,11 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import jks
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 DAY = datetime.timedelta(days=1)
@@ -193,3 +195,60 @@ def makeCertificates(directory: str) -> Certificates:
         otherClient=other.issue("other-client", "team_a", client=True),
         otherServer=other.issue("other-server", "localhost", local),
     )
+
+
+def _certificates(pemPaths: Sequence[str]) -> list[x509.Certificate]:
+    certificates = []
+    for path in pemPaths:
+        with open(path, "rb") as f:
+            certificates += x509.load_pem_x509_certificates(f.read())
+    return certificates
+
+
+def writePKCS12(path: str, password: str, *pemPaths: str) -> str:
+    """
+    Write the certificates of the PEM files C{pemPaths} to C{path} as a
+    PKCS#12 trust store (certificate bags only), protected by C{password}
+    unless it is empty.
+
+    @return: C{path}
+    """
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(password.encode("utf-8"))
+        if password
+        else serialization.NoEncryption()
+    )
+    with open(path, "wb") as f:
+        f.write(
+            pkcs12.serialize_key_and_certificates(
+                None, None, None, _certificates(pemPaths), encryption
+            )
+        )
+    return path
+
+
+def writeJKS(path: str, password: str, *pemPaths: str, key: Issued | None = None) -> str:
+    """
+    Write the certificates of the PEM files C{pemPaths} to C{path} as a
+    Java key store of trusted-certificate entries, as C{keytool -importcert}
+    does, with C{password}; with C{key}, also a private-key entry for that
+    certificate and key, as C{keytool -genkeypair} leaves one.
+
+    @return: C{path}
+    """
+    der = serialization.Encoding.DER
+    entries: list[jks.TrustedCertEntry | jks.PrivateKeyEntry] = [
+        jks.TrustedCertEntry.new(f"ca{n}", certificate.public_bytes(der))
+        for n, certificate in enumerate(_certificates(pemPaths))
+    ]
+    if key is not None:
+        with open(key.key, "rb") as f:
+            private = serialization.load_pem_private_key(f.read(), None)
+        pkcs8 = private.private_bytes(
+            der, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        chain = [c.public_bytes(der) for c in _certificates([key.cert])]
+        entries.append(jks.PrivateKeyEntry.new("own", chain, pkcs8, "pkcs8"))
+    with open(path, "wb") as f:
+        f.write(jks.KeyStore.new("jks", entries).saves(password))
+    return path

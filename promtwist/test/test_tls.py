@@ -11,6 +11,7 @@ import json
 import os
 import socket
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
@@ -61,7 +62,15 @@ from promtwist.config import (
     loadProxySettings,
 )
 from promtwist.proxy.server import ProxyService
-from promtwist.test.certs import DAY, Authority, Certificates, Issued, makeCertificates
+from promtwist.test.certs import (
+    DAY,
+    Authority,
+    Certificates,
+    Issued,
+    makeCertificates,
+    writeJKS,
+    writePKCS12,
+)
 from promtwist.tls import (
     agentPortTLS,
     checkFiles,
@@ -281,21 +290,31 @@ class FileTests(SynchronousTestCase):
             f"proxy.tls.privateKeyFilePath: {missing}",
         )
 
-    def test_javaTrustStore(self) -> None:
+    def test_notATrustStore(self) -> None:
         """
-        prometheus-proxy's targets trust store was a Java key store; the
-        error says how to turn one into the PEM promtwist reads.
+        A target trust store that is neither PEM, PKCS#12 nor a Java key
+        store is one line naming the key and the file.
         """
         store = self.mktemp()
-        FilePath(store).setContent(b"\xfe\xed\xfe\xed\x00\x00\x00\x02" + bytes(64))
-        message = self.refused(
-            lambda: targetPolicy(AgentSettings(https_trust_store_path=store)),
-            f"agent.http.trustStorePath: {store}: not a PEM file",
-            "promtwist expects PEM",
-            "keytool -exportcert -rfc",
-            "openssl pkcs12",
+        FilePath(store).setContent(b"\x00garbage\n" * 8)
+        self.refused(
+            lambda: checkFiles(AgentSettings(https_trust_store_path=store)),
+            f"agent.http.trustStorePath: {store}: not a trust store",
         )
-        self.assertIn(store, message.partition("keytool")[2])
+
+    def test_trustStoreWrongPassword(self) -> None:
+        """
+        A Java or PKCS#12 store opened with the wrong password is one line
+        naming the file and the password's key.
+        """
+        for write in (writeJKS, writePKCS12):
+            store = write(self.mktemp(), "changeit", self.certs.ca)
+            settings = AgentSettings(https_trust_store_path=store, https_trust_store_password="x")
+            self.refused(
+                partial(checkFiles, settings),
+                f"agent.http.trustStorePath: {store}: wrong password",
+                "agent.http.trustStorePassword",
+            )
 
     def test_trustStoreWithoutCertificate(self) -> None:
         key = self.certs.server.key
@@ -922,6 +941,29 @@ class TargetTests(_Loopback):
         code, body = await self.scrapeTarget(https_trust_store_path=self.certs.otherCa)
         self.assertEqual(code, 503)
         self.assertIn(f"is not signed by a CA in {self.certs.otherCa}".encode(), body)
+
+    async def test_binaryTrustStores(self) -> None:
+        """
+        A PKCS#12 and a Java trust store (upstream's documented
+        C{--https_truststore truststore.jks --https_truststore_password
+        changeit}) verify an HTTPS target like the PEM file of their CAs,
+        whatever the file is called; a store of another CA does not.
+        """
+        ca, other = self.certs.ca, self.certs.otherCa
+        for write in (writePKCS12, writeJKS):
+            store = write(self.mktemp() + ".pem", "changeit", ca)
+            self.assertEqual(
+                await self.scrapeTarget(
+                    https_trust_store_path=store, https_trust_store_password="changeit"
+                ),
+                (200, METRICS),
+            )
+            store = write(self.mktemp(), "changeit", other)
+            code, body = await self.scrapeTarget(
+                https_trust_store_path=store, https_trust_store_password="changeit"
+            )
+            self.assertEqual(code, 503)
+            self.assertIn(f"is not signed by a CA in {store}".encode(), body)
 
     async def test_trustAll(self) -> None:
         """
