@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from twisted.trial.unittest import SynchronousTestCase
 
 DAY = datetime.timedelta(days=1)
 
@@ -195,6 +196,15 @@ def makeCertificates(directory: str) -> Certificates:
         otherClient=other.issue("other-client", "team_a", client=True),
         otherServer=other.issue("other-server", "localhost", local),
     )
+
+
+def certificates(testCase: SynchronousTestCase) -> Certificates:
+    """
+    A fresh set of L{Certificates} in a new directory of C{testCase}'s.
+    """
+    directory = testCase.mktemp()
+    os.makedirs(directory)
+    return makeCertificates(directory)
 
 
 def _certificates(pemPaths: Sequence[str]) -> list[x509.Certificate]:

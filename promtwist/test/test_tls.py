@@ -65,9 +65,8 @@ from promtwist.proxy.server import ProxyService
 from promtwist.test.certs import (
     DAY,
     Authority,
-    Certificates,
     Issued,
-    makeCertificates,
+    certificates,
     writeJKS,
     writePKCS12,
 )
@@ -105,12 +104,6 @@ def freePort() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def certificates(testCase: SynchronousTestCase) -> Certificates:
-    directory = testCase.mktemp()
-    os.makedirs(directory)
-    return makeCertificates(directory)
 
 
 def serverOptions(issued: Issued) -> CertificateOptions:
