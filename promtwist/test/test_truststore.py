@@ -5,12 +5,15 @@ the tests themselves (L{promtwist.test.certs}), read without a network.
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import replace
+
 import jks
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.trial.unittest import SynchronousTestCase
 
-from promtwist.config import ConfigError
+from promtwist.config import AGENT, AgentSettings, ConfigError
 from promtwist.test.certs import certificates, writeJKS, writePKCS12
 from promtwist.truststore import storeCertificates
 
@@ -116,4 +119,34 @@ class StoreTests(SynchronousTestCase):
         self.assertIn(
             "entry broken of this JKS trust store is not a readable X.509 certificate",
             self.refused(path, "changeit", store.saves("changeit")),
+        )
+
+    def test_jceks(self) -> None:
+        """
+        A JCEKS store (Java's other key store format, which pyjks reads but
+        does not write) is read like a JKS one: the same trusted-certificate
+        entries behind another magic number, under the same integrity hash.
+        """
+        path = writeJKS(self.mktemp(), "changeit", self.certs.ca)
+        with open(path, "rb") as f:
+            body = b"\xce\xce\xce\xce" + f.read()[4:-20]
+        whitened = "changeit".encode("utf-16be") + b"Mighty Aphrodite" + body
+        data = body + hashlib.sha1(whitened).digest()
+        self.assertEqual(_subjects(storeCertificates(KEY, path, data, "changeit")), ["CN=ca"])
+        self.assertIn(
+            "wrong password for this JCEKS trust store", self.refused(path, "changeme", data)
+        )
+
+
+class ReloadTests(SynchronousTestCase):
+    def test_restartNeeded(self) -> None:
+        """
+        The store is read at startup only: a reload that changes its path
+        or password names them as needing a restart.
+        """
+        old = AgentSettings(https_trust_store_path="a.jks", https_trust_store_password="x")
+        new = replace(old, https_trust_store_path="b.jks", https_trust_store_password="y")
+        self.assertEqual(
+            AGENT.changedKeys(old, new, ()),
+            ["agent.http.trustStorePath", "agent.http.trustStorePassword"],
         )
