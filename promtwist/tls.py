@@ -99,6 +99,10 @@ def _parseCertificates(key: str, path: str, data: bytes) -> list[x509.Certificat
 
 
 def _roots(certificates: list[x509.Certificate]) -> list[Certificate]:
+    """
+    Trust roots as Twisted's C{trustRootFromCertificates} takes them, from
+    certificates whichever file format they came in.
+    """
     return [Certificate(crypto.X509.from_cryptography(c)) for c in certificates]
 
 
