@@ -18,9 +18,10 @@ C{openssl pkcs12 -export -nokeys} is meant as a trust store too).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Iterable
 
-import jks
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import pkcs12
@@ -72,25 +73,119 @@ def storeCertificates(key: str, path: str, data: bytes, password: str) -> list[x
     return certificates
 
 
+class _Truncated(Exception):
+    """
+    A length or field of a Java store runs past the end of the file.
+    """
+
+
+class _JavaReader:
+    """
+    A cursor over a Java key store's bytes: every read is bounded by what
+    remains, so a hostile or truncated file costs at most its own size.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.offset = 0
+
+    def take(self, length: int) -> bytes:
+        if length > len(self.data) - self.offset:
+            raise _Truncated()
+        chunk = self.data[self.offset : self.offset + length]
+        self.offset += length
+        return chunk
+
+    def number(self, size: int) -> int:
+        return int.from_bytes(self.take(size), "big")
+
+    def block(self) -> bytes:
+        """
+        A u32-length-prefixed run of bytes: a certificate or a protected key.
+        """
+        return self.take(self.number(4))
+
+    def text(self) -> str:
+        """
+        A u16-length-prefixed string in Java's modified UTF-8 (C{writeUTF}):
+        NUL as C{C0 80}, characters past U+FFFF as two encoded surrogates.
+        """
+        raw = self.take(self.number(2)).replace(b"\xc0\x80", b"\x00")
+        return (
+            raw.decode("utf-8", "surrogatepass")
+            .encode("utf-16-be", "surrogatepass")
+            .decode("utf-16-be")
+        )
+
+
+# Java's entry tags.
+_PRIVATE_KEY, _TRUSTED_CERTIFICATE, _SECRET_KEY = 1, 2, 3
+
+
 def _javaCertificates(where: str, kind: str, data: bytes, password: str) -> list[x509.Certificate]:
+    """
+    Read a JKS or JCEKS store as C{sun.security.provider.JavaKeyStore}
+    does, keeping the C{(alias, type, DER)} of the certificates it trusts.
+    Nothing is decrypted: Java stores certificates in clear, and the
+    protected keys are skipped.
+    """
+    reader = _JavaReader(data)
     try:
-        # The keys are not needed, only the certificates, which Java stores
-        # in clear: nothing is decrypted.
-        store = jks.KeyStore.loads(data, password or None, try_decrypt_keys=False)
-    except jks.util.KeystoreSignatureException as e:
+        reader.take(4)
+        version = reader.number(4)
+        if version != 2:
+            raise ConfigError(
+                f"{where}: a {kind} trust store of version {version}, which promtwist does"
+                " not read (only version 2, what keytool has written since Java 1.2)"
+            )
+        chains: list[tuple[str, str, bytes]] = []
+        for _ in range(reader.number(4)):
+            tag = reader.number(4)
+            alias = reader.text()
+            reader.take(8)  # the entry's creation time
+            if tag == _PRIVATE_KEY:
+                reader.block()
+                certificates = [(reader.text(), reader.block()) for _ in range(reader.number(4))]
+                if certificates:
+                    chains.append((alias, *certificates[0]))
+            elif tag == _TRUSTED_CERTIFICATE:
+                chains.append((alias, reader.text(), reader.block()))
+            elif tag == _SECRET_KEY and kind == "JCEKS":
+                # A serialized Java object (SealedObject) whose length is
+                # nowhere: reading past it needs a Java deserializer.
+                raise ConfigError(
+                    f"{where}: entry {clip(alias)} of this {kind} trust store is a secret key,"
+                    " which promtwist does not read; keep only certificates in a trust store"
+                )
+            else:
+                raise ConfigError(
+                    f"{where}: a damaged {kind} trust store: entry {clip(alias)} has the"
+                    f" unknown type {tag}"
+                )
+        digest = reader.take(20)
+    except _Truncated:
+        raise ConfigError(f"{where}: a damaged {kind} trust store: it ends too early") from None
+    except UnicodeError:
         raise ConfigError(
-            f"{where}: wrong password for this {kind} trust store ({PASSWORD_KEY})"
-        ) from e
-    except (jks.util.KeystoreException, ValueError) as e:
-        # pyjks' own errors, and a name that is not modified UTF-8.
-        raise ConfigError(f"{where}: a damaged {kind} trust store: {clip(str(e))}") from e
-    chains = [(alias, entry.type, entry.cert) for alias, entry in store.certs.items()]
-    chains += [
-        (alias, *entry.cert_chain[0])
-        for alias, entry in store.private_keys.items()
-        if entry.cert_chain
-    ]
+            f"{where}: a damaged {kind} trust store: a name is not modified UTF-8"
+        ) from None
+    # Java checks integrity only when given a password.
+    if password and not _digestMatches(password, data[: reader.offset - 20], digest):
+        raise ConfigError(
+            f"{where}: wrong password for this {kind} trust store ({PASSWORD_KEY}), or the"
+            " file is damaged"
+        )
     return list(_x509(where, kind, chains))
+
+
+def _digestMatches(password: str, signed: bytes, digest: bytes) -> bool:
+    """
+    Whether C{digest} ends a Java store of C{signed} bytes protected by
+    C{password}: Java's SHA-1 over the password's UTF-16BE bytes, the
+    words C{"Mighty Aphrodite"} and the store.
+    """
+    whitened = password.encode("utf-16-be", "surrogatepass") + b"Mighty Aphrodite" + signed
+    return hmac.compare_digest(hashlib.sha1(whitened).digest(), digest)
 
 
 def _x509(

@@ -5,17 +5,24 @@ They are generated at test time with C{cryptography} rather than checked in,
 so no test key material lives in the repository and none of it expires under
 the test suite. Keys are P-256: generating one takes well under a
 millisecond, so every test can have its own set.
+
+The exception is the Java key store fixtures in C{data/}, which pyjks and
+keytool wrote once (C{data/make-keystores.py}) so that promtwist's own
+reader is checked against other implementations: their certificates
+(L{STORE_CA}, L{STORE_SERVER}) are committed with them, valid for 100
+years.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import ipaddress
 import os
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import jks
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -24,6 +31,14 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.trial.unittest import SynchronousTestCase
 
 DAY = datetime.timedelta(days=1)
+DATA = os.path.join(os.path.dirname(__file__), "data")
+
+
+def fixture(name: str) -> str:
+    """
+    The path of the committed test file C{name} in C{data/}.
+    """
+    return os.path.join(DATA, name)
 
 
 def _name(commonName: str) -> x509.Name:
@@ -146,6 +161,12 @@ class Authority:
         return Issued(writePEM(f"{base}.pem", certificate), writePEM(f"{base}.key", key))
 
 
+# The certificates of the committed Java key stores: a CA, and a server
+# certificate it signed for localhost and 127.0.0.1.
+STORE_CA = fixture("store-ca.pem")
+STORE_SERVER = Issued(fixture("store-server.pem"), fixture("store-server.key"))
+
+
 @dataclass(frozen=True)
 class Certificates:
     """
@@ -237,28 +258,41 @@ def writePKCS12(path: str, password: str, *pemPaths: str) -> str:
     return path
 
 
-def writeJKS(path: str, password: str, *pemPaths: str, key: Issued | None = None) -> str:
+def javaStore(
+    password: str, entries: Sequence[tuple[bytes, bytes]], magic: bytes = b"\xfe\xed\xfe\xed"
+) -> bytes:
+    """
+    A version-2 Java key store (JKS, or JCEKS with its C{magic}) of
+    trusted-certificate entries, each an C{(alias, DER)} pair with the
+    alias already in modified UTF-8, as C{keytool -importcert} writes
+    them, closed by the SHA-1 integrity digest under C{password}.
+
+    This writer serves tests that need a store made at test time; the
+    reader's independent check is the fixtures that pyjks and keytool
+    wrote (C{data/make-keystores.py}).
+    """
+    body = [magic, struct.pack(">II", 2, len(entries))]
+    for alias, der in entries:
+        body += [struct.pack(">IH", 2, len(alias)), alias, struct.pack(">QH", 0, 5), b"X.509"]
+        body += [struct.pack(">I", len(der)), der]
+    signed = b"".join(body)
+    digest = hashlib.sha1(password.encode("utf-16-be") + b"Mighty Aphrodite" + signed).digest()
+    return signed + digest
+
+
+def writeJKS(path: str, password: str, *pemPaths: str) -> str:
     """
     Write the certificates of the PEM files C{pemPaths} to C{path} as a
-    Java key store of trusted-certificate entries, as C{keytool -importcert}
-    does, with C{password}; with C{key}, also a private-key entry for that
-    certificate and key, as C{keytool -genkeypair} leaves one.
+    Java key store of trusted-certificate entries with C{password}
+    (L{javaStore}).
 
     @return: C{path}
     """
     der = serialization.Encoding.DER
-    entries: list[jks.TrustedCertEntry | jks.PrivateKeyEntry] = [
-        jks.TrustedCertEntry.new(f"ca{n}", certificate.public_bytes(der))
+    entries = [
+        (f"ca{n}".encode(), certificate.public_bytes(der))
         for n, certificate in enumerate(_certificates(pemPaths))
     ]
-    if key is not None:
-        with open(key.key, "rb") as f:
-            private = serialization.load_pem_private_key(f.read(), None)
-        pkcs8 = private.private_bytes(
-            der, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        chain = [c.public_bytes(der) for c in _certificates([key.cert])]
-        entries.append(jks.PrivateKeyEntry.new("own", chain, pkcs8, "pkcs8"))
     with open(path, "wb") as f:
-        f.write(jks.KeyStore.new("jks", entries).saves(password))
+        f.write(javaStore(password, entries))
     return path

@@ -279,7 +279,7 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(
             options._stderr.getvalue(),
             f"promtwist: agent.http.trustStorePath: {store}: wrong password for this JKS trust"
-            " store (agent.http.trustStorePassword)\n",
+            " store (agent.http.trustStorePassword), or the file is damaged\n",
         )
 
     def test_usage(self) -> None:

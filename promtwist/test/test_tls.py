@@ -64,9 +64,11 @@ from promtwist.config import (
 from promtwist.proxy.server import ProxyService
 from promtwist.test.certs import (
     DAY,
+    STORE_SERVER,
     Authority,
     Issued,
     certificates,
+    fixture,
     writeJKS,
     writePKCS12,
 )
@@ -910,9 +912,15 @@ class TargetTests(_Loopback):
     HTTPS targets are verified like a browser does, unless told otherwise.
     """
 
-    async def scrapeTarget(self, **settings: Any) -> tuple[int, bytes]:
+    async def scrapeTarget(
+        self, server: Issued | None = None, **settings: Any
+    ) -> tuple[int, bytes]:
+        """
+        Scrape, through a proxy and an agent with C{settings}, an HTTPS
+        target serving C{server} (by default C{self.certs.server}).
+        """
         proxy = self.proxy()
-        url = f"{self.target(self.certs.server)}/metrics"
+        url = f"{self.target(server or self.certs.server)}/metrics"
         await self.agent(proxy.agentListener.portNumber, url=url, **settings).whenConnected()
         return await self.scrape(proxy)
 
@@ -957,6 +965,21 @@ class TargetTests(_Loopback):
             )
             self.assertEqual(code, 503)
             self.assertIn(f"is not signed by a CA in {store}".encode(), body)
+
+    async def test_committedJavaStores(self) -> None:
+        """
+        The Java stores that pyjks and keytool wrote (JKS and JCEKS) verify
+        an HTTPS target serving the committed certificate their CA signed.
+        """
+        for store in ("truststore.jks", "truststore.jceks"):
+            self.assertEqual(
+                await self.scrapeTarget(
+                    STORE_SERVER,
+                    https_trust_store_path=fixture(store),
+                    https_trust_store_password="changeit",
+                ),
+                (200, METRICS),
+            )
 
     async def test_trustAll(self) -> None:
         """
