@@ -14,6 +14,10 @@ every trusted-certificate entry and the first certificate of every
 private-key entry; in a PKCS#12 file every certificate counts (Java would
 skip a certificate bag without its trust attribute, but a file made with
 C{openssl pkcs12 -export -nokeys} is meant as a trust store too).
+
+Java stores are read by the small reader below rather than a library: the
+one there was (pyjks) needs twofish, which has no wheel, so installing
+promtwist would need a C compiler.
 """
 
 from __future__ import annotations
