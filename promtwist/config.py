@@ -271,6 +271,8 @@ class AgentSettings(_OperationsSettings):
     tls_override_authority: str = ""
     trust_all_x509_certificates: bool = False
     https_trust_store_path: str = ""
+    # Opens a PKCS#12 or Java trust store (promtwist.truststore).
+    https_trust_store_password: str = ""
 
 
 # ---------------------------------------------------------------------------
@@ -1150,15 +1152,15 @@ AGENT = Role(
                 field="https_trust_store_path",
                 env="HTTPS_TRUST_STORE_PATH",
                 options=("https_truststore",),
-                help="CA certificates for HTTPS targets",
+                help="CA certificates for HTTPS targets (PEM, PKCS#12 or JKS)",
             ),
             Setting(
                 "agent.http.trustStorePassword",
                 str,
-                "",
+                field="https_trust_store_password",
                 env="HTTPS_TRUST_STORE_PASSWORD",
                 options=("https_truststore_password",),
-                help="Java trust store password (no effect in promtwist)",
+                help="Password of a PKCS#12 or JKS trust store",
             ),
             Setting(
                 "agent.http.maxConcurrentClients",

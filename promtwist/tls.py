@@ -50,6 +50,7 @@ from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from promtwist.config import AgentSettings, ConfigError, ProxyEndpoint, ProxySettings
+from promtwist.truststore import storeCertificates
 
 # Both ends of the link and of the scrape port are modern software; nothing
 # needs the protocol versions before TLS 1.2.
@@ -97,12 +98,19 @@ def _parseCertificates(key: str, path: str, data: bytes) -> list[x509.Certificat
     return certificates
 
 
-def _authorities(key: str, path: str, data: bytes | None = None) -> list[Certificate]:
+def _roots(certificates: list[x509.Certificate]) -> list[Certificate]:
     """
-    The CA certificates of a PEM trust file, read unless its C{data} is given.
+    Trust roots as Twisted's C{trustRootFromCertificates} takes them, from
+    certificates whichever file format they came in.
     """
-    certificates = _parseCertificates(key, path, _read(key, path) if data is None else data)
     return [Certificate(crypto.X509.from_cryptography(c)) for c in certificates]
+
+
+def _authorities(key: str, path: str) -> list[Certificate]:
+    """
+    The CA certificates of a PEM trust file.
+    """
+    return _roots(_parseCertificates(key, path, _read(key, path)))
 
 
 _SigningKey = (
@@ -537,7 +545,9 @@ def targetPolicy(settings: AgentSettings) -> IPolicyForHTTPS:
     """
     How the agent checks HTTPS targets: like a browser, against the
     system's CAs and the URL's host; against the CAs in
-    C{agent.http.trustStorePath} instead when that is set; not at all with
+    C{agent.http.trustStorePath} instead when that is set (PEM, or a
+    PKCS#12 or Java store opened with C{agent.http.trustStorePassword}:
+    L{promtwist.truststore}); not at all with
     C{agent.http.enableTrustAllX509Certificates}, which wins over the trust
     store as in prometheus-proxy.
 
@@ -552,15 +562,12 @@ def targetPolicy(settings: AgentSettings) -> IPolicyForHTTPS:
         )
     key = "agent.http.trustStorePath"
     data = _read(key, path)
-    if b"-----BEGIN " not in data:
+    if b"-----BEGIN " in data:
+        certificates = _parseCertificates(key, path, data)
+    else:
         # prometheus-proxy took a Java trust store here.
-        raise ConfigError(
-            f"{key}: {path}: not a PEM file; promtwist expects PEM CA certificates, not a"
-            f" JKS or PKCS#12 trust store: convert it with `keytool -exportcert -rfc"
-            f" -keystore {path} -alias <alias> -file ca.pem` or"
-            f" `openssl pkcs12 -in {path} -nokeys -out ca.pem`"
-        )
-    options = CertificateOptions(trustRoot=trustRootFromCertificates(_authorities(key, path, data)))
+        certificates = storeCertificates(key, path, data, settings.https_trust_store_password)
+    options = CertificateOptions(trustRoot=trustRootFromCertificates(_roots(certificates)))
     return _TargetPolicy(_context(options, f"{key}: {path}"), f"a CA in {path}")
 
 

@@ -5,22 +5,40 @@ They are generated at test time with C{cryptography} rather than checked in,
 so no test key material lives in the repository and none of it expires under
 the test suite. Keys are P-256: generating one takes well under a
 millisecond, so every test can have its own set.
+
+The exception is the Java key store fixtures in C{data/}, which pyjks and
+keytool wrote once (C{data/make-keystores.py}) so that promtwist's own
+reader is checked against other implementations: their certificates
+(L{STORE_CA}, L{STORE_SERVER}) are committed with them, valid for 100
+years.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import ipaddress
 import os
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from twisted.trial.unittest import SynchronousTestCase
 
 DAY = datetime.timedelta(days=1)
+DATA = os.path.join(os.path.dirname(__file__), "data")
+
+
+def fixture(name: str) -> str:
+    """
+    The path of the committed test file C{name} in C{data/}.
+    """
+    return os.path.join(DATA, name)
 
 
 def _name(commonName: str) -> x509.Name:
@@ -143,6 +161,12 @@ class Authority:
         return Issued(writePEM(f"{base}.pem", certificate), writePEM(f"{base}.key", key))
 
 
+# The certificates of the committed Java key stores: a CA, and a server
+# certificate it signed for localhost and 127.0.0.1.
+STORE_CA = fixture("store-ca.pem")
+STORE_SERVER = Issued(fixture("store-server.pem"), fixture("store-server.key"))
+
+
 @dataclass(frozen=True)
 class Certificates:
     """
@@ -193,3 +217,82 @@ def makeCertificates(directory: str) -> Certificates:
         otherClient=other.issue("other-client", "team_a", client=True),
         otherServer=other.issue("other-server", "localhost", local),
     )
+
+
+def certificates(testCase: SynchronousTestCase) -> Certificates:
+    """
+    A fresh set of L{Certificates} in a new directory of C{testCase}'s.
+    """
+    directory = testCase.mktemp()
+    os.makedirs(directory)
+    return makeCertificates(directory)
+
+
+def _certificates(pemPaths: Sequence[str]) -> list[x509.Certificate]:
+    certificates = []
+    for path in pemPaths:
+        with open(path, "rb") as f:
+            certificates += x509.load_pem_x509_certificates(f.read())
+    return certificates
+
+
+def writePKCS12(path: str, password: str, *pemPaths: str) -> str:
+    """
+    Write the certificates of the PEM files C{pemPaths} to C{path} as a
+    PKCS#12 trust store (certificate bags only), protected by C{password}
+    unless it is empty.
+
+    @return: C{path}
+    """
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(password.encode("utf-8"))
+        if password
+        else serialization.NoEncryption()
+    )
+    with open(path, "wb") as f:
+        f.write(
+            pkcs12.serialize_key_and_certificates(
+                None, None, None, _certificates(pemPaths), encryption
+            )
+        )
+    return path
+
+
+def javaStore(
+    password: str, entries: Sequence[tuple[bytes, bytes]], magic: bytes = b"\xfe\xed\xfe\xed"
+) -> bytes:
+    """
+    A version-2 Java key store (JKS, or JCEKS with its C{magic}) of
+    trusted-certificate entries, each an C{(alias, DER)} pair with the
+    alias already in modified UTF-8, as C{keytool -importcert} writes
+    them, closed by the SHA-1 integrity digest under C{password}.
+
+    This writer serves tests that need a store made at test time; the
+    reader's independent check is the fixtures that pyjks and keytool
+    wrote (C{data/make-keystores.py}).
+    """
+    body = [magic, struct.pack(">II", 2, len(entries))]
+    for alias, der in entries:
+        body += [struct.pack(">IH", 2, len(alias)), alias, struct.pack(">QH", 0, 5), b"X.509"]
+        body += [struct.pack(">I", len(der)), der]
+    signed = b"".join(body)
+    digest = hashlib.sha1(password.encode("utf-16-be") + b"Mighty Aphrodite" + signed).digest()
+    return signed + digest
+
+
+def writeJKS(path: str, password: str, *pemPaths: str) -> str:
+    """
+    Write the certificates of the PEM files C{pemPaths} to C{path} as a
+    Java key store of trusted-certificate entries with C{password}
+    (L{javaStore}).
+
+    @return: C{path}
+    """
+    der = serialization.Encoding.DER
+    entries = [
+        (f"ca{n}".encode(), certificate.public_bytes(der))
+        for n, certificate in enumerate(_certificates(pemPaths))
+    ]
+    with open(path, "wb") as f:
+        f.write(javaStore(password, entries))
+    return path

@@ -16,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from promtwist import __version__
 from promtwist.cli import AgentOptions, ProxyOptions
 from promtwist.config import AGENT, PROXY, ProxyEndpoint, ProxySettings
+from promtwist.test.certs import certificates, writeJKS
 
 DATA = FilePath(__file__).sibling("data")
 MYAPPS = DATA.child("myapps.conf").path
@@ -261,6 +262,25 @@ class OptionsTests(SynchronousTestCase):
             self.assertEqual(self.exits(options, argv), 0)
             assert isinstance(options._stdout, io.StringIO)
             self.assertEqual(options._stdout.getvalue(), f"{__version__.public()}\n")
+
+    def test_javaTrustStore(self) -> None:
+        """
+        Upstream's documented C{--https_truststore truststore.jks
+        --https_truststore_password changeit} starts the agent; with the
+        wrong password it stops with one line naming the file.
+        """
+        store = writeJKS(self.mktemp(), "changeit", certificates(self).ca)
+        argv = ["-c", MYAPPS, "--https_truststore", store, "--https_truststore_password"]
+        options = self.parse(AgentOptions, [*argv, "changeit"])
+        self.assertEqual(options.settings.https_trust_store_password, "changeit")
+        options = self.options(AgentOptions)
+        self.assertEqual(self.exits(options, [*argv, "changeme"]), 1)
+        assert isinstance(options._stderr, io.StringIO)
+        self.assertEqual(
+            options._stderr.getvalue(),
+            f"promtwist: agent.http.trustStorePath: {store}: wrong password for this JKS trust"
+            " store (agent.http.trustStorePassword), or the file is damaged\n",
+        )
 
     def test_usage(self) -> None:
         options = self.options(AgentOptions)

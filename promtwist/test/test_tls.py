@@ -11,6 +11,7 @@ import json
 import os
 import socket
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
@@ -61,7 +62,16 @@ from promtwist.config import (
     loadProxySettings,
 )
 from promtwist.proxy.server import ProxyService
-from promtwist.test.certs import DAY, Authority, Certificates, Issued, makeCertificates
+from promtwist.test.certs import (
+    DAY,
+    STORE_SERVER,
+    Authority,
+    Issued,
+    certificates,
+    fixture,
+    writeJKS,
+    writePKCS12,
+)
 from promtwist.tls import (
     agentPortTLS,
     checkFiles,
@@ -96,12 +106,6 @@ def freePort() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def certificates(testCase: SynchronousTestCase) -> Certificates:
-    directory = testCase.mktemp()
-    os.makedirs(directory)
-    return makeCertificates(directory)
 
 
 def serverOptions(issued: Issued) -> CertificateOptions:
@@ -281,21 +285,31 @@ class FileTests(SynchronousTestCase):
             f"proxy.tls.privateKeyFilePath: {missing}",
         )
 
-    def test_javaTrustStore(self) -> None:
+    def test_notATrustStore(self) -> None:
         """
-        prometheus-proxy's targets trust store was a Java key store; the
-        error says how to turn one into the PEM promtwist reads.
+        A target trust store that is neither PEM, PKCS#12 nor a Java key
+        store is one line naming the key and the file.
         """
         store = self.mktemp()
-        FilePath(store).setContent(b"\xfe\xed\xfe\xed\x00\x00\x00\x02" + bytes(64))
-        message = self.refused(
-            lambda: targetPolicy(AgentSettings(https_trust_store_path=store)),
-            f"agent.http.trustStorePath: {store}: not a PEM file",
-            "promtwist expects PEM",
-            "keytool -exportcert -rfc",
-            "openssl pkcs12",
+        FilePath(store).setContent(b"\x00garbage\n" * 8)
+        self.refused(
+            lambda: checkFiles(AgentSettings(https_trust_store_path=store)),
+            f"agent.http.trustStorePath: {store}: not a trust store",
         )
-        self.assertIn(store, message.partition("keytool")[2])
+
+    def test_trustStoreWrongPassword(self) -> None:
+        """
+        A Java or PKCS#12 store opened with the wrong password is one line
+        naming the file and the password's key.
+        """
+        for write in (writeJKS, writePKCS12):
+            store = write(self.mktemp(), "changeit", self.certs.ca)
+            settings = AgentSettings(https_trust_store_path=store, https_trust_store_password="x")
+            self.refused(
+                partial(checkFiles, settings),
+                f"agent.http.trustStorePath: {store}: wrong password",
+                "agent.http.trustStorePassword",
+            )
 
     def test_trustStoreWithoutCertificate(self) -> None:
         key = self.certs.server.key
@@ -898,9 +912,15 @@ class TargetTests(_Loopback):
     HTTPS targets are verified like a browser does, unless told otherwise.
     """
 
-    async def scrapeTarget(self, **settings: Any) -> tuple[int, bytes]:
+    async def scrapeTarget(
+        self, server: Issued | None = None, **settings: Any
+    ) -> tuple[int, bytes]:
+        """
+        Scrape, through a proxy and an agent with C{settings}, an HTTPS
+        target serving C{server} (by default C{self.certs.server}).
+        """
         proxy = self.proxy()
-        url = f"{self.target(self.certs.server)}/metrics"
+        url = f"{self.target(server or self.certs.server)}/metrics"
         await self.agent(proxy.agentListener.portNumber, url=url, **settings).whenConnected()
         return await self.scrape(proxy)
 
@@ -922,6 +942,44 @@ class TargetTests(_Loopback):
         code, body = await self.scrapeTarget(https_trust_store_path=self.certs.otherCa)
         self.assertEqual(code, 503)
         self.assertIn(f"is not signed by a CA in {self.certs.otherCa}".encode(), body)
+
+    async def test_binaryTrustStores(self) -> None:
+        """
+        A PKCS#12 and a Java trust store (upstream's documented
+        C{--https_truststore truststore.jks --https_truststore_password
+        changeit}) verify an HTTPS target like the PEM file of their CAs,
+        whatever the file is called; a store of another CA does not.
+        """
+        ca, other = self.certs.ca, self.certs.otherCa
+        for write in (writePKCS12, writeJKS):
+            store = write(self.mktemp() + ".pem", "changeit", ca)
+            self.assertEqual(
+                await self.scrapeTarget(
+                    https_trust_store_path=store, https_trust_store_password="changeit"
+                ),
+                (200, METRICS),
+            )
+            store = write(self.mktemp(), "changeit", other)
+            code, body = await self.scrapeTarget(
+                https_trust_store_path=store, https_trust_store_password="changeit"
+            )
+            self.assertEqual(code, 503)
+            self.assertIn(f"is not signed by a CA in {store}".encode(), body)
+
+    async def test_committedJavaStores(self) -> None:
+        """
+        The Java stores that pyjks and keytool wrote (JKS and JCEKS) verify
+        an HTTPS target serving the committed certificate their CA signed.
+        """
+        for store in ("truststore.jks", "truststore.jceks"):
+            self.assertEqual(
+                await self.scrapeTarget(
+                    STORE_SERVER,
+                    https_trust_store_path=fixture(store),
+                    https_trust_store_password="changeit",
+                ),
+                (200, METRICS),
+            )
 
     async def test_trustAll(self) -> None:
         """
