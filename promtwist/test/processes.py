@@ -17,7 +17,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import TypeVar
 
@@ -42,6 +42,13 @@ T = TypeVar("T")
 # The twistd of the environment running the tests: with scripts/test that is
 # .venv/bin/twistd, which finds the installed promproxy-* plugins.
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+
+# The console scripts installed beside it (setup.cfg's console_scripts), by
+# the twistd plugin each one runs.
+CONSOLE_SCRIPTS = {
+    "promproxy-proxy": os.path.join(os.path.dirname(sys.executable), "promtwist-proxy"),
+    "promproxy-agent": os.path.join(os.path.dirname(sys.executable), "promtwist-agent"),
+}
 
 SAMPLE = b'promtwist_e2e_sample{kind="x"} 42\n'
 # Enough lines that the body crosses the agent's minGzipSizeBytes (512), so
@@ -169,12 +176,18 @@ class Child:
         argv: list[str],
         cwd: str,
         logFile: str | None = None,
+        environment: Mapping[str, str] | None = None,
     ) -> None:
+        """
+        @param environment: variables set for it on top of
+            L{childEnvironment}.
+        """
         self.case = case
         self.name = name
         self.argv = argv
         self.cwd = cwd
         self.logFile = logFile
+        self.environment = dict(environment or {})
         self.protocol: _ChildProtocol | None = None
         self.starts = 0
         self.expectedExit = False
@@ -193,7 +206,11 @@ class Child:
         if self.starts == 1:
             self.case.addCleanup(lambda: Deferred.fromCoroutine(self.stop()))
         process = _globalReactor.spawnProcess(
-            self.protocol, self.argv[0], self.argv, env=childEnvironment(), path=self.cwd
+            self.protocol,
+            self.argv[0],
+            self.argv,
+            env={**childEnvironment(), **self.environment},
+            path=self.cwd,
         )
         self.pid = process.pid
 
@@ -282,6 +299,28 @@ def twistdChild(case: TestCase, name: str, plugin: str, args: list[str], workdir
     logFile = os.path.join(workdir, f"{name}.log")
     argv = [TWISTD, "-n", "--pidfile=", f"--logfile={logFile}", plugin, *args]
     return Child(case, name, argv, workdir, logFile)
+
+
+def consoleChild(
+    case: TestCase,
+    name: str,
+    plugin: str,
+    args: Sequence[str],
+    workdir: str,
+    environment: Mapping[str, str] | None = None,
+) -> Child:
+    """
+    The console script standing for C{plugin} (C{promtwist-proxy} for
+    C{promproxy-proxy}) as a child, run from C{workdir}; it logs to its
+    standard output, which L{Child} keeps.
+    """
+    script = CONSOLE_SCRIPTS[plugin]
+    if not os.path.exists(script):
+        raise case.failureException(
+            f"{script} is not installed: reinstall promtwist into this environment"
+            " (pip install .), as scripts/test does"
+        )
+    return Child(case, name, [script, *args], workdir, environment=environment)
 
 
 # ---------------------------------------------------------------------------
