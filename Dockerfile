@@ -33,13 +33,6 @@ RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 # --- What both images share ---------------------------------------------------
 FROM python:${PYTHON_VERSION}-slim-bookworm AS base
-# tini as PID 1: it forwards SIGTERM/SIGINT/SIGHUP to promtwist and reaps. A
-# Python PID 1 would get signals too, but the kernel ignores any signal whose
-# disposition is the default for PID 1, so should twistd re-raise SIGTERM after
-# a cut-short drain (its "killed by signal" ending) nothing would happen.
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends tini \
-    && rm -rf /var/lib/apt/lists/*
 COPY --from=build /wheels /wheels
 # Into a venv of its own, as docs/deployment.md installs it on a host. The
 # plugin cache (twisted/plugins/dropin.cache) is built now, as root: the
@@ -70,12 +63,15 @@ FROM base AS agent
 # unless METRICS_ENABLED / ADMIN_ENABLED=true. The agent listens on nothing
 # else: it dials the proxy.
 EXPOSE 8083 8093
-ENTRYPOINT ["tini", "--", "promtwist-agent"]
+# Exec form: the process is PID 1 itself and gets SIGTERM/SIGHUP directly;
+# it installs handlers for SIGTERM, SIGINT and SIGHUP, so no init (tini) is
+# needed to stop it or reload it.
+ENTRYPOINT ["promtwist-agent"]
 CMD []
 
 # --- The proxy (the default target: the last stage) ---------------------------
 FROM base AS proxy
 # Scrape port (Prometheus), agent port, own metrics, admin: upstream's ports.
 EXPOSE 8080 50051 8082 8092
-ENTRYPOINT ["tini", "--", "promtwist-proxy"]
+ENTRYPOINT ["promtwist-proxy"]
 CMD []
