@@ -33,13 +33,15 @@ def sourceTreeFile(relative: str) -> str:
     A file of the source tree outside the package (C{examples/...}): the
     one beside this module, or, when the package is installed (as
     scripts/test runs it), in the tree trial was started in: trial works in
-    C{_trial_temp} inside it.
+    C{_trial_temp} inside it (C{_trial_temp/N} with C{-j}).
 
     @raise FileNotFoundError: when neither has it.
     """
     here = os.path.dirname(os.path.abspath(__file__))
     cwd = os.getcwd()
-    for root in (os.path.join(here, os.pardir, os.pardir), cwd, os.path.dirname(cwd)):
+    trialTemp = os.path.dirname(cwd)
+    roots = (os.path.join(here, os.pardir, os.pardir), cwd, trialTemp, os.path.dirname(trialTemp))
+    for root in roots:
         candidate = os.path.normpath(os.path.join(root, relative))
         if os.path.exists(candidate):
             return candidate
