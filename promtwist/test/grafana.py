@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from promtwist.test.helpers import sourceTreeFile
+
 DASHBOARD = os.path.join("examples", "grafana", "promtwist-dashboard.json")
 
 _LABEL_VALUES = re.compile(r"^label_values\((?P<selector>.+),\s*(?P<label>\w+)\)$")
@@ -26,17 +28,9 @@ _VARIABLE = re.compile(r"\$(\w+)|\$\{(\w+)\}")
 
 def dashboardFile() -> str:
     """
-    The dashboard in the source tree this module belongs to or, when it is
-    installed (as scripts/test runs it), in the tree trial was started in:
-    trial works in C{_trial_temp} inside it.
+    The dashboard of the source tree (L{sourceTreeFile}).
     """
-    here = os.path.dirname(os.path.abspath(__file__))
-    cwd = os.getcwd()
-    for root in (os.path.join(here, os.pardir, os.pardir), cwd, os.path.dirname(cwd)):
-        candidate = os.path.normpath(os.path.join(root, DASHBOARD))
-        if os.path.exists(candidate):
-            return candidate
-    raise FileNotFoundError(f"{DASHBOARD} is neither beside {here} nor in {os.getcwd()}")
+    return sourceTreeFile(DASHBOARD)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ Small helpers several test modules share.
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any
 
@@ -25,6 +26,26 @@ from promtwist.config import AgentSettings, PathConfig, ProxyEndpoint, ProxySett
 from promtwist.proxy.server import ProxyService
 
 MiB = 1024 * 1024
+
+
+def sourceTreeFile(relative: str) -> str:
+    """
+    A file of the source tree outside the package (C{examples/...}): the
+    one beside this module, or, when the package is installed (as
+    scripts/test runs it), in the tree trial was started in: trial works in
+    C{_trial_temp} inside it (C{_trial_temp/N} with C{-j}).
+
+    @raise FileNotFoundError: when neither has it.
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    cwd = os.getcwd()
+    trialTemp = os.path.dirname(cwd)
+    roots = (os.path.join(here, os.pardir, os.pardir), cwd, trialTemp, os.path.dirname(trialTemp))
+    for root in roots:
+        candidate = os.path.normpath(os.path.join(root, relative))
+        if os.path.exists(candidate):
+            return candidate
+    raise FileNotFoundError(f"{relative} is neither beside {here} nor in {os.getcwd()}")
 
 
 def rss() -> int:

@@ -44,6 +44,13 @@ T = TypeVar("T")
 # .venv/bin/twistd, which finds the installed promproxy-* plugins.
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
+# The console scripts installed beside it (setup.cfg's console_scripts), by
+# the twistd plugin each one runs.
+CONSOLE_SCRIPTS = {
+    "promproxy-proxy": os.path.join(os.path.dirname(sys.executable), "promtwist-proxy"),
+    "promproxy-agent": os.path.join(os.path.dirname(sys.executable), "promtwist-agent"),
+}
+
 SAMPLE = b'promtwist_e2e_sample{kind="x"} 42\n'
 # Enough lines that the body crosses the agent's minGzipSizeBytes (512), so
 # the link's gzip path is exercised too.
@@ -322,6 +329,29 @@ def socketActivatedChild(
     child.environ["LISTEN_FDNAMES"] = socketName
     child.inherited[3] = listening
     return child
+
+
+def consoleChild(
+    case: TestCase,
+    name: str,
+    plugin: str,
+    args: Sequence[str],
+    workdir: str,
+    environ: Mapping[str, str] | None = None,
+) -> Child:
+    """
+    The console script standing for C{plugin} (C{promtwist-proxy} for
+    C{promproxy-proxy}) as a child, run from C{workdir}; it logs to its
+    standard output, which L{Child} keeps.
+    """
+    script = CONSOLE_SCRIPTS[plugin]
+    if not os.path.exists(script):
+        # An environment installed before the scripts existed.
+        raise case.failureException(
+            f"{script} is not installed: reinstall promtwist into this environment"
+            " (pip install '.[test]'), as scripts/test does"
+        )
+    return Child(case, name, [script, *args], workdir, environ=environ)
 
 
 # ---------------------------------------------------------------------------
