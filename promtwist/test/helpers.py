@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import Protocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
+from twisted.internet.interfaces import IListeningPort, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
@@ -225,3 +226,20 @@ class BesideARealAgent(TestCase):
     async def assertRealAgentServes(self, count: int = 3) -> None:
         for _ in range(count):
             self.assertEqual(await self.get("m"), (200, b"up 1\n"))
+
+
+async def servedOnLoopback(
+    case: TestCase, protocol: Callable[[], Protocol]
+) -> Callable[[object], IStreamClientEndpoint]:
+    """
+    Serve C{protocol} on 127.0.0.1 for the length of C{case}; return what a
+    L{promtwist.agent.client.TargetPool} takes to reach it, whatever the
+    origin.
+    """
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        Factory.forProtocol(protocol)
+    )
+    case.addCleanup(port.stopListening)
+    address = port.getHost()
+    assert isinstance(address, IPv4Address)
+    return lambda origin: TCP4ClientEndpoint(reactor, "127.0.0.1", address.port)

@@ -6,9 +6,7 @@ timeout of L{promtwist.agent.scraper.Scrape}, driven by a L{Clock}.
 from __future__ import annotations
 
 from twisted.internet import reactor
-from twisted.internet.address import IPv4Address
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from promtwist.agent.client import TargetPool
@@ -17,6 +15,7 @@ from promtwist.agent.scraper import Scrape, Scraper
 from promtwist.agent.slots import Slots
 from promtwist.config import AgentSettings, PathConfig
 from promtwist.protocol.promtwist_pb2 import Frame, Outcome, ScrapeRequest
+from promtwist.test.helpers import servedOnLoopback
 from promtwist.test.test_scraper import FakeResponse, Recorder, Run
 
 # No jitter: every wait is the schedule's.
@@ -287,15 +286,8 @@ class LoopbackRetryTests(TestCase):
                 else:
                     self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nup 1\n")
 
-        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-            Factory.forProtocol(Flaky)
-        )
-        self.addCleanup(port.stopListening)
-        address = port.getHost()
-        assert isinstance(address, IPv4Address)
-        pool = TargetPool(
-            reactor, lambda origin: TCP4ClientEndpoint(reactor, "127.0.0.1", address.port), 4
-        )
+        endpoints = await servedOnLoopback(self, Flaky)
+        pool = TargetPool(reactor, endpoints, 4)
         self.addCleanup(pool.closeCachedConnections)
         recorder = Recorder()
         scraper = Scraper(AgentSettings(), pool, reactor, recorder, _Quick(2))
@@ -303,7 +295,7 @@ class LoopbackRetryTests(TestCase):
         scrape = Scrape(
             scraper,
             ScrapeRequest(scrape_id=1, timeout_ms=5000),
-            PathConfig("n", "p", f"http://127.0.0.1:{address.port}/metrics"),
+            PathConfig("n", "p", "http://target.example/metrics"),
             frames.append,
             65536,
         )

@@ -12,12 +12,10 @@ from typing import NamedTuple, cast
 
 import httptools
 from twisted.internet import reactor
-from twisted.internet.address import IPv4Address
 from twisted.internet.base import DelayedCall
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IConsumer, IPushProducer
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock, deferLater
 from twisted.logger import LogEvent, capturedLogs, formatEvent
 from twisted.python.failure import Failure
@@ -35,7 +33,7 @@ from promtwist.config import AgentSettings, MetricFilter, PathConfig
 from promtwist.httputil import redacted
 from promtwist.protocol.framing import FrameTooLarge
 from promtwist.protocol.promtwist_pb2 import Frame, Outcome, ScrapeChunk, ScrapeRequest
-from promtwist.test.helpers import rss
+from promtwist.test.helpers import rss, servedOnLoopback
 from promtwist.test.test_client import MemoryEndpoint
 
 
@@ -1116,22 +1114,15 @@ class LoopbackTests(TestCase):
                     b"HTTP/1.1 500 Oops\r\nContent-Length: 100000\r\n\r\n" + b"e" * 100
                 )
 
-        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-            Factory.forProtocol(Slow500)
-        )
-        self.addCleanup(port.stopListening)
-        address = port.getHost()
-        assert isinstance(address, IPv4Address)
+        endpoints = await servedOnLoopback(self, Slow500)
         for cancelFirst in [True, False]:
-            pool = TargetPool(
-                reactor, lambda origin: TCP4ClientEndpoint(reactor, "127.0.0.1", address.port), 4
-            )
+            pool = TargetPool(reactor, endpoints, 4)
             scraper = Scraper(AgentSettings(), pool, reactor)
             frames: list[Frame] = []
             scrape = Scrape(
                 scraper,
                 ScrapeRequest(scrape_id=1, timeout_ms=5000),
-                PathConfig("n", "p", f"http://127.0.0.1:{address.port}/metrics"),
+                PathConfig("n", "p", "http://target.example/metrics"),
                 frames.append,
                 65536,
             )
@@ -1149,15 +1140,8 @@ class LoopbackTests(TestCase):
         connection is paused while the proxy has no credit, so the agent
         grows by far less than the body.
         """
-        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-            Factory.forProtocol(_Big)
-        )
-        self.addCleanup(port.stopListening)
-        address = port.getHost()
-        assert isinstance(address, IPv4Address)
-        pool = TargetPool(
-            reactor, lambda origin: TCP4ClientEndpoint(reactor, "127.0.0.1", address.port), 2
-        )
+        endpoints = await servedOnLoopback(self, _Big)
+        pool = TargetPool(reactor, endpoints, 2)
         self.addCleanup(pool.closeCachedConnections)
         scraper = Scraper(AgentSettings(max_content_length_mbytes=64), pool, reactor)
         before = rss()
@@ -1182,7 +1166,7 @@ class LoopbackTests(TestCase):
         scrape = Scrape(
             scraper,
             ScrapeRequest(scrape_id=1, path="p", timeout_ms=50_000, window_bytes=256 * 1024),
-            PathConfig("p", "p", f"http://127.0.0.1:{address.port}/metrics"),
+            PathConfig("p", "p", "http://target.example/metrics"),
             send,
             64 * 1024,
         )
