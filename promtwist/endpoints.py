@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -183,6 +184,20 @@ def kindOf(description: str) -> str:
     return kind
 
 
+def _keywords(description: str) -> set[str]:
+    """
+    The names of the C{name=value} arguments of an endpoint description,
+    split as Twisted splits it (at colons not escaped by a backslash): a
+    path holding C{mode=} is no C{mode} argument.
+    """
+    names = set()
+    for argument in re.split(r"(?<!\\):", description)[1:]:
+        name, equals, _ = argument.partition("=")
+        if equals:
+            names.add(name)
+    return names
+
+
 def described(reactor: Any, description: str, backlog: int = 50) -> Where:
     """
     The endpoint a Twisted server endpoint description names.
@@ -196,9 +211,10 @@ def described(reactor: Any, description: str, backlog: int = 50) -> Where:
     @raise BadDescription: naming what is wrong with it.
     """
     kind = kindOf(description)
-    if kind != "systemd" and "backlog=" not in description:
+    given = _keywords(description)
+    if kind != "systemd" and "backlog" not in given:
         description = f"{description}:backlog={backlog}"
-    if kind == "unix" and "mode=" not in description:
+    if kind == "unix" and "mode" not in given:
         description = f"{description}:mode={UNIX_MODE:o}"
     try:
         endpoint = serverFromString(reactor, description)

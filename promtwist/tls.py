@@ -91,7 +91,7 @@ def _read(key: str, path: str) -> bytes:
 def _parseCertificates(key: str, path: str, data: bytes) -> list[x509.Certificate]:
     try:
         certificates = x509.load_pem_x509_certificates(data)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         certificates = []
     if not certificates:
         raise ConfigError(f"{key}: {path}: holds no PEM certificate")

@@ -204,7 +204,7 @@ def _x509(
             continue
         try:
             yield x509.load_der_x509_certificate(der)
-        except ValueError as e:
+        except (ValueError, x509.InvalidVersion) as e:
             raise ConfigError(
                 f"{where}: entry {clip(alias)} of this {kind} trust store is not a readable"
                 " X.509 certificate"
@@ -216,7 +216,7 @@ def _pkcs12Certificates(where: str, data: bytes, password: str) -> list[x509.Cer
         _, certificate, others = pkcs12.load_key_and_certificates(
             data, password.encode("utf-8") if password else None
         )
-    except (ValueError, UnsupportedAlgorithm) as e:
+    except (ValueError, UnsupportedAlgorithm, x509.InvalidVersion) as e:
         # OpenSSL says the same for a wrong password and a damaged file.
         raise ConfigError(
             f"{where}: wrong password for this PKCS#12 trust store ({PASSWORD_KEY}), or the"

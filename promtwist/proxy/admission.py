@@ -11,6 +11,7 @@ being checked, and a Hello's fields have bounded sizes.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import resource
 from collections import OrderedDict, defaultdict
@@ -37,10 +38,27 @@ MAX_HELLO_LABEL_VALUE_LENGTH = 1024
 
 def hostOf(addr: IAddress | None) -> str:
     """
-    The source address a connection is counted under: its IP address, or
-    C{""} when the transport has none (a UNIX socket, a test).
+    The source a connection is counted under by the per-address limits: an
+    IPv4 address (an IPv4-mapped IPv6 one as the IPv4 it maps), the /64 an
+    IPv6 address is in, or C{""} when the transport has none (a UNIX
+    socket, whose clients are all one source; a test).
+
+    An IPv6 host usually holds a whole /64 and can take a new address from
+    it for every connection: counted by address, it would pass every
+    per-address limit at will.
     """
-    return str(getattr(addr, "host", ""))
+    host = getattr(addr, "host", "")
+    if not isinstance(host, str) or not host:
+        return ""
+    try:
+        ip = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return host
 
 
 class PendingHandshakes:

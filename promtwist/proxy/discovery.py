@@ -20,6 +20,7 @@ from json.encoder import encode_basestring as _quoted
 
 from twisted.internet.address import IPv4Address, IPv6Address
 
+from promtwist.proxy.answers import textAnswer
 from promtwist.proxy.exchange import Exchange
 from promtwist.proxy.registry import Listed, PathEntry, Registry
 
@@ -143,21 +144,43 @@ class Discovery:
         self.document = Document(registry, perPathInstance)
 
     def answer(self, exchange: Exchange) -> None:
+        target = self.targetPrefix or _reachedAs(exchange)
+        if not target:
+            textAnswer(
+                exchange,
+                500,
+                "this scrape port has no host:port to put in the targets (it is not a"
+                " TCP socket) and the request's Host header names none:"
+                " set proxy.service.discovery.targetPrefix",
+            )
+            return
         exchange.setHeader(b"Content-Type", b"application/json; charset=utf-8")
         exchange.setHeader(b"Cache-Control", b"must-revalidate,no-store")
-        exchange.finishWith(self.document.render(self.targetPrefix or _reachedAs(exchange)))
+        exchange.finishWith(self.document.render(target))
 
 
 def _reachedAs(exchange: Exchange) -> str:
+    """
+    The C{host:port} the request reached: its Host header's (with the
+    port it came in on when the header names none), else the address it
+    came in on; C{""} when neither says (a UNIX socket and no Host header
+    with a port).
+    """
     address = exchange.host
-    assert isinstance(address, IPv4Address | IPv6Address)
+    port = address.port if isinstance(address, IPv4Address | IPv6Address) else None
     host = exchange.headers.get(b"host")
     if host:
         text = host.decode("latin-1").strip()
         # Keep only a well-formed host[:port]; anything else is a client's noise.
         if text and all(c.isalnum() or c in "-.:[]_" for c in text):
-            return text if _hasPort(text) else f"{text}:{address.port}"
-    return f"{address.host}:{address.port}"
+            if _hasPort(text):
+                return text
+            if port is not None:
+                return f"{text}:{port}"
+    if port is None:
+        return ""
+    assert isinstance(address, IPv4Address | IPv6Address)
+    return f"{address.host}:{port}"
 
 
 def _hasPort(hostport: str) -> bool:

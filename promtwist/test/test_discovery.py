@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 
 from twisted.application.internet import TimerService
+from twisted.internet.address import UNIXAddress
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from promtwist.config import ProxySettings
@@ -16,7 +18,7 @@ from promtwist.proxy import discovery
 from promtwist.proxy.discovery import RENDERED_TARGETS, Discovery, Document
 from promtwist.proxy.registry import PathEntry, Registry
 from promtwist.proxy.server import DISCOVERY_REFRESH_SECONDS, ProxyService
-from promtwist.test.scrapeport import Response, exchangeFor, parseResponse
+from promtwist.test.scrapeport import Held, Response, exchangeFor, factory, parseResponse
 from promtwist.test.test_registry import FakeAgent
 
 
@@ -278,6 +280,34 @@ class ResourceTests(SynchronousTestCase):
             (group,) = json.loads(r.body)
             self.assertEqual(group["targets"], [expected], host)
             self.assertEqual(r.headers[b"content-type"], b"application/json; charset=utf-8")
+
+    def test_unixSocket(self) -> None:
+        """
+        On a UNIX socket the target comes from a Host header with a port; with
+        none, a 500 says which setting gives it, and nothing is rendered.
+        """
+        resource = Discovery(Registry(), "", perPathInstance=False)
+        served(resource.registry, FakeAgent("1", "a", "h"), "app")
+        for host, status in [(b"proxy.example:8080", 200), (b"proxy.example", 500), (b"", 500)]:
+            held = Held()
+            site = factory(held)
+            connection = site.buildProtocol(UNIXAddress(None))
+            assert connection is not None
+            transport = StringTransport(
+                hostAddress=UNIXAddress("/run/promtwist/scrape.sock"),
+                peerAddress=UNIXAddress(None),
+            )
+            connection.makeConnection(transport)
+            headers = b"Host: " + host + b"\r\n" if host else b""
+            connection.dataReceived(b"GET /discovery HTTP/1.1\r\n" + headers + b"\r\n")
+            (exchange,) = held.exchanges
+            resource.answer(exchange)
+            r = parseResponse(transport.value())
+            self.assertEqual(r.status, status, host)
+            if status == 200:
+                self.assertEqual(json.loads(r.body)[0]["targets"], ["proxy.example:8080"])
+            else:
+                self.assertIn(b"set proxy.service.discovery.targetPrefix", r.body)
 
     def test_configuredPrefix(self) -> None:
         resource = Discovery(Registry(), "proxy.example:8080", perPathInstance=False)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol, connectionDone
@@ -585,6 +585,36 @@ class AuthenticationTests(SynchronousTestCase):
         self.assertEqual(reply.reject.reason, Reject.OVERLOADED)
         self.assertIn("(proxy.internal.maxPendingHandshakesPerAddress)", reply.reject.message)
         self.assertTrue(transport.disconnecting)
+
+    def test_ipv6CountedBySlash64(self) -> None:
+        """
+        The per-address cap counts an IPv6 peer by its /64, which one host
+        usually holds whole, and an IPv4-mapped peer as its IPv4 address.
+        """
+        factory = agentLinkFactory(
+            ProxySettings(max_pending_handshakes_per_address=2, max_waiting_handshakes=0),
+            Clock(),
+        )
+
+        def refused(host: str, port: int) -> bool:
+            address = (
+                IPv6Address("TCP", host, port) if ":" in host else IPv4Address("TCP", host, port)
+            )
+            link = factory.buildProtocol(address)
+            assert link is not None
+            transport = TCPStringTransport()
+            link.makeConnection(transport)
+            return bool(transport.value())
+
+        self.assertEqual(
+            [refused("2001:db8::1", 1), refused("2001:db8::2", 1), refused("2001:db8::3", 1)],
+            [False, False, True],
+        )
+        self.assertFalse(refused("2001:db8:0:1::1", 1))
+        self.assertEqual(
+            [refused("10.0.0.1", 1), refused("::ffff:10.0.0.1", 2), refused("10.0.0.1", 3)],
+            [False, False, True],
+        )
 
     def test_openPortWarning(self) -> None:
         for settings, warned in [

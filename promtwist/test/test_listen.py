@@ -128,6 +128,17 @@ class DefaultListenerTests(TestCase):
         received = await self.ask(UNIXClientEndpoint(reactor, path))
         self.assertTrue(received.startswith(b"HTTP/1.1 404 "), received[:80])
 
+    def test_unixModeNotFooledByPath(self) -> None:
+        """
+        A socket path holding C{mode=} still gets the default mode: only a
+        C{mode} argument sets it.
+        """
+        directory = os.path.join(os.path.dirname(self.socketPath()), "mode=x")
+        os.mkdir(directory)
+        path = os.path.join(directory, "s.sock")
+        self.proxy(http_listen=f"unix:address={path}")
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o660)
+
     async def test_operationsListeners(self) -> None:
         """
         The admin and metrics ports take descriptions too, and the startup

@@ -186,6 +186,22 @@ class StoreTests(SynchronousTestCase):
             self.refused(self.mktemp(), "changeit", data),
         )
 
+    def test_badCertificateVersion(self) -> None:
+        """
+        A certificate whose X.509 version is not one (cryptography raises
+        its own InvalidVersion, not a ValueError) is named as damaged too.
+        """
+        good = FilePath(STORE_CA).getContent()
+        der = x509.load_pem_x509_certificate(good).public_bytes(Encoding.DER)
+        at = der.find(b"\xa0\x03\x02\x01\x02")
+        self.assertGreater(at, 0)
+        bad = der[: at + 4] + b"\x7e" + der[at + 5 :]
+        data = javaStore("changeit", [(b"odd", bad)])
+        self.assertIn(
+            "entry odd of this JKS trust store is not a readable X.509 certificate",
+            self.refused(self.mktemp(), "changeit", data),
+        )
+
     def test_modifiedUTF8(self) -> None:
         """
         Aliases are Java's modified UTF-8: NUL as two bytes, a character
