@@ -217,7 +217,7 @@ class ProxyService(MultiService):
                 settings,
                 [
                     ("Uptime", uptime(up)),
-                    ("Proxy port", str(settings.http_port)),
+                    ("Proxy port", _where(self.httpListener, settings.http_port)),
                 ],
             )
         ]
@@ -239,7 +239,8 @@ class ProxyService(MultiService):
             "",
             "promtwist:",
             f"promtwist proxy {__version__.public()}, up {up:.0f}s",
-            f"scrape port {settings.http_port}, agent port {settings.agent_port}",
+            f"scrape port {_where(self.httpListener, settings.http_port)},"
+            f" agent port {_where(self.agentListener, settings.agent_port)}",
             "",
             "paths:",
         ]
@@ -407,3 +408,19 @@ def _described(agent: AgentHandle) -> str:
         f"{clip(agent.name)!r} ({clip(agent.hostName)}, {agent.agentId}, "
         f"identity {agent.identity.name})"
     )
+
+
+def _where(listener: Listener, configured: int) -> str:
+    """
+    Where C{listener} listens, for the debug page: its port number on the
+    TCP wildcard, as prometheus-proxy shows it, its address otherwise (an
+    interface, a unix socket, an inherited socket); the configured port
+    while it is not listening.
+    """
+    if listener.port is None:
+        return str(configured)
+    address = listener.address
+    for wildcard in ("[::]:", "0.0.0.0:"):
+        if address.startswith(wildcard):
+            return address[len(wildcard) :]
+    return address

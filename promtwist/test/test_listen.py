@@ -127,6 +127,10 @@ class DefaultListenerTests(TestCase):
         self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o660)
         received = await self.ask(UNIXClientEndpoint(reactor, path))
         self.assertTrue(received.startswith(b"HTTP/1.1 404 "), received[:80])
+        # The debug page says where, not the port number it does not use.
+        debug = proxy.debugText()
+        self.assertIn(f"Proxy port: unix:{path}", debug)
+        self.assertIn(f"scrape port unix:{path}, agent port ", debug)
 
     def test_unixModeNotFooledByPath(self) -> None:
         """
