@@ -29,6 +29,7 @@ from promtwist.config import (
     Setting,
     loadAgentSettings,
     loadProxySettings,
+    warningsOnce,
 )
 from promtwist.startup import StartupError, checkTwistdFiles
 from promtwist.tls import checkFiles
@@ -101,6 +102,8 @@ class _SettingsOptions(usage.Options, ABC, Generic[_S]):
         C{sys.stderr}.
     @cvar _environ: the environment to read; L{None} means L{os.environ}.
         These three exist so that tests can substitute them.
+    @ivar warn: where the loader's warnings go, each line once: the startup
+        load and every C{SIGHUP} reload share it (see L{warningsOnce}).
     """
 
     _role: ClassVar[Role]
@@ -110,6 +113,10 @@ class _SettingsOptions(usage.Options, ABC, Generic[_S]):
 
     longdesc = _LONGDESC
     settings: _S
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.warn = warningsOnce()
 
     def opt_define(self, define: str) -> None:
         """
@@ -194,7 +201,7 @@ class ProxyOptions(_SettingsOptions[ProxySettings]):
     optFlags, optParameters = _optionTables(PROXY)
 
     def _load(self, options: Mapping[str, object], environ: Mapping[str, str]) -> ProxySettings:
-        return loadProxySettings(options, environ)
+        return loadProxySettings(options, environ, warn=self.warn)
 
 
 class AgentOptions(_SettingsOptions[AgentSettings]):
@@ -206,4 +213,4 @@ class AgentOptions(_SettingsOptions[AgentSettings]):
     optFlags, optParameters = _optionTables(AGENT)
 
     def _load(self, options: Mapping[str, object], environ: Mapping[str, str]) -> AgentSettings:
-        return loadAgentSettings(options, environ)
+        return loadAgentSettings(options, environ, warn=self.warn)

@@ -1473,6 +1473,75 @@ def _load(
         raise ConfigError(f"{label}: {e}") from e
 
 
+# Typesafe Config's own extensions, in the order its parseFileAnySyntax
+# prefers them when a name without one is given.
+_ANY_SYNTAX_SUFFIXES = (".conf", ".json", ".properties")
+
+
+def _anySyntax(source: str) -> list[str]:
+    """
+    The files a configuration name stands for, most preferred first.
+
+    A URL, an existing file, or a name ending in one of Typesafe Config's
+    extensions is itself.  Otherwise, as prometheus-proxy's
+    C{parseFileAnySyntax} does, the name is tried with C{.conf}, C{.json}
+    and C{.properties}, and every one found is read; none found leaves the
+    name itself, for L{_read} to report.
+    """
+    if (
+        _isURL(source)
+        or os.path.exists(source)
+        or os.path.splitext(source)[1].lower() in _ANY_SYNTAX_SUFFIXES
+    ):
+        return [source]
+    found = [source + suffix for suffix in _ANY_SYNTAX_SUFFIXES if os.path.isfile(source + suffix)]
+    return found or [source]
+
+
+def _merged(high: Mapping[str, Any], low: Mapping[str, Any]) -> dict[str, Any]:
+    """
+    Two parsed files as one, as Typesafe Config merges them: objects merge
+    key by key, anything else in C{high} replaces what C{low} has.
+    """
+    out = dict(low)
+    for key, value in high.items():
+        below = out.get(key)
+        if isinstance(value, Mapping) and isinstance(below, Mapping):
+            out[key] = _merged(value, below)
+        else:
+            out[key] = value
+    return out
+
+
+def _loadAnySyntax(
+    source: str,
+    environ: Mapping[str, str],
+    fetch: Callable[[str], bytes],
+    warn: Callable[[str], None],
+) -> tuple[Mapping[str, Any], str]:
+    """
+    Read a configuration name the way prometheus-proxy does (see
+    L{_anySyntax}), saying which files a name without an extension stood for.
+
+    @return: the parsed tree, and how the source is named in messages.
+    """
+    files = _anySyntax(source)
+    if files == [source]:
+        label = _label(source)
+        return _load(source, label, environ, fetch), label
+    if len(files) == 1:
+        warn(f"{source}: no such file; read {files[0]}, as prometheus-proxy does")
+    else:
+        warn(
+            f"{source}: no such file; read {', '.join(files)} merged, as prometheus-proxy"
+            f" does ({files[0]} wins where they set the same key)"
+        )
+    root: Mapping[str, Any] = {}
+    for file in reversed(files):
+        root = _merged(_load(file, file, environ, fetch), root)
+    return root, " + ".join(files)
+
+
 # ---------------------------------------------------------------------------
 # Resolving values.
 
@@ -1674,8 +1743,7 @@ def _gather(
     refusing unknown keys and warning about those that have no effect.
     """
     source = _configSource(role, options, environ)
-    label = _label(source)
-    root = _load(source, label, environ, fetch) if source else {}
+    root, label = _loadAnySyntax(source, environ, fetch, warn) if source else ({}, "")
     section = root.get(role.section, {})
     if not isinstance(section, Mapping):
         raise _fail(label, role.section, "an object", section)
@@ -1814,11 +1882,17 @@ def _labels(value: object) -> dict[str, str]:
 _PATH_CONFIG_KEYS = ("name", "path", "url", "labels")
 
 
-def _pathConfig(entry: object, where: str, label: str) -> PathConfig:
+def _pathConfig(
+    entry: object, where: str, label: str, lenient: Callable[[str], None] | None = None
+) -> PathConfig:
     """
     One C{agent.pathConfigs} entry, checked.
 
     @param where: the entry's key, e.g. C{agent.pathConfigs[0]}, for messages.
+    @param lenient: given, the entry is read as prometheus-proxy reads it where
+        that is more forgiving: labels that are not a JSON object are dropped
+        and a URL without a scheme gets C{http://}; each is told to this
+        callable in one line.  Without it, both are errors.
     """
     if not isinstance(entry, Mapping):
         raise _fail(label, where, "an object with path and url", entry)
@@ -1836,29 +1910,56 @@ def _pathConfig(entry: object, where: str, label: str) -> PathConfig:
     def string(value: object) -> str:
         return cast(str, _coerce(str, value, lenient=True))
 
+    def targetURL(value: object) -> str:
+        text = string(value)
+        if lenient is not None and "://" not in text and text.strip():
+            lenient(
+                f"{label}: {where}.url: {_show(text)} has no scheme;"
+                " prepending http://, as prometheus-proxy does"
+            )
+            text = f"http://{text}"
+        return _targetURL(text)
+
+    def labelsOf(value: object) -> dict[str, str]:
+        try:
+            return _labels(value)
+        except ValueError:
+            if lenient is None:
+                raise
+            lenient(
+                f"{label}: {where}.labels: {_show(value)} is not a JSON object;"
+                " serving the path without labels, as prometheus-proxy does"
+            )
+            return {}
+
     path = check("path", lambda v: _urlPath(string(v)), URL_PATH.expects)
-    url = check("url", lambda v: _targetURL(string(v)), "an http:// or https:// URL with a host")
-    labels = check("labels", _labels, "a JSON object") if "labels" in entry else {}
+    url = check("url", targetURL, "an http:// or https:// URL with a host")
+    labels = check("labels", labelsOf, "a JSON object") if "labels" in entry else {}
     name = check("name", string, "a string").strip() if "name" in entry else ""
     return PathConfig(name=name or path, path=path, url=url, labels=labels)
 
 
-def _pathConfigs(gathered: _Gathered) -> tuple[PathConfig, ...]:
+def _pathConfigs(gathered: _Gathered, warn: Callable[[str], None]) -> tuple[PathConfig, ...]:
+    """
+    The agent's static paths, in order.  A path listed twice is served by
+    its last entry, as prometheus-proxy's path map keeps the last one put,
+    with a warning naming both entries.
+    """
     key = "agent.pathConfigs"
     entries = _asList(gathered.file.get(key, []), gathered.label, key)
-    configs: list[PathConfig] = []
-    seen: dict[str, str] = {}
+    found: dict[str, tuple[str, PathConfig]] = {}
     for index, entry in enumerate(entries):
         where = f"{key}[{index}]"
-        config = _pathConfig(entry, where, gathered.label)
-        if config.path in seen:
-            raise ConfigError(
-                f"{gathered.label}: {where}.path: duplicate path {_show(config.path)}"
-                f" (also in {seen[config.path]})"
+        config = _pathConfig(entry, where, gathered.label, warn)
+        if config.path in found:
+            warn(
+                f"{gathered.label}: {where}.path: duplicate path {_show(config.path)};"
+                f" this entry replaces {found[config.path][0]}, as in prometheus-proxy"
             )
-        seen[config.path] = where
-        configs.append(config)
-    return tuple(configs)
+        # Re-inserting keeps the order of the last occurrences.
+        found.pop(config.path, None)
+        found[config.path] = (where, config)
+    return tuple(config for _, config in found.values())
 
 
 LEGACY_TOKEN_IDENTITY = "legacy-agent-token"
@@ -1992,6 +2093,23 @@ def _logWarning(notice: str) -> None:
     _log.warn("{notice}", notice=notice)
 
 
+def warningsOnce(warn: Callable[[str], None] = _logWarning) -> Callable[[str], None]:
+    """
+    A loader's C{warn} that passes each distinct line on only the first time:
+    a process gives the same one to its startup load and to every C{SIGHUP}
+    reload, so that re-reading an unchanged file does not repeat what was
+    already said, while whatever a changed file brings is still said.
+    """
+    said: set[str] = set()
+
+    def once(notice: str) -> None:
+        if notice not in said:
+            said.add(notice)
+            warn(notice)
+
+    return once
+
+
 def loadProxySettings(
     options: Mapping[str, object],
     environ: Mapping[str, str],
@@ -2068,7 +2186,7 @@ def loadAgentSettings(
     return AgentSettings(
         config_source=gathered.source,
         proxy_endpoints=_proxyEndpoints(gathered),
-        path_configs=_pathConfigs(gathered),
+        path_configs=_pathConfigs(gathered, warn),
         path_configs_listed="agent.pathConfigs" in gathered.file,
         filters=_filters(gathered),
         admin_allowed_networks=_networks(gathered, "agent.admin.allowedNetworks"),

@@ -26,7 +26,7 @@ def makeService(options: Options) -> IService:
     environ = dict(os.environ if options._environ is None else options._environ)
     service = AgentService(
         options.settings,
-        loadSettings=partial(loadAgentSettings, options.given(), environ),
+        loadSettings=partial(loadAgentSettings, options.given(), environ, warn=options.warn),
         environ=environ,
     )
     # Before twistd daemonises, while the error can still reach the terminal.

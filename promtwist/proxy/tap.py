@@ -24,7 +24,7 @@ def makeService(options: Options) -> IService:
     def reloadSettings() -> ProxySettings:
         # The same command line and environment, the configuration file as
         # it is now.
-        return loadProxySettings(options.given(), os.environ)
+        return loadProxySettings(options.given(), os.environ, warn=options.warn)
 
     service = ProxyService(options.settings, reloadSettings=reloadSettings)
     # Before twistd daemonises, while the error can still reach the terminal.

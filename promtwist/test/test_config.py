@@ -30,6 +30,7 @@ from promtwist.config import (
     fetchURL,
     loadAgentSettings,
     loadProxySettings,
+    warningsOnce,
 )
 
 DATA = FilePath(__file__).sibling("data")
@@ -885,15 +886,25 @@ class PathConfigTests(ConfigTestCase):
         self.assertEqual(config.labels, {"env": "prod", "n": "3"})
 
     def test_invalidLabels(self) -> None:
-        for labels in ('"{not json"', '"[1, 2]"'):
-            self.assertConfigError(
-                partial(
-                    self.paths,
-                    f'{{path = a, url = "http://h/m"}}, '
-                    f'{{path = b, url = "http://h/m", labels = {labels}}}',
-                ),
-                "agent.pathConfigs[1].labels: expected a JSON object",
+        """
+        Labels that are not a JSON object are dropped, as prometheus-proxy
+        drops them: the path is served without labels, with one warning
+        naming the file, the entry and what was done.
+        """
+        for labels in ('"{not json"', '"[1, 2]"', "3"):
+            self.warnings.clear()
+            path = self.writeConfig(
+                f'agent.pathConfigs = [{{path = a, url = "http://h/m"}},'
+                f' {{path = b, url = "http://h/m", labels = {labels}}}]'
             )
+            configs = self.agent({"config": path}).path_configs
+            self.assertEqual([(c.path, c.labels) for c in configs], [("a", {}), ("b", {})])
+            self.assertEqual(len(self.warnings), 1, self.warnings)
+            self.assertTrue(
+                self.warnings[0].startswith(f"{path}: agent.pathConfigs[1].labels: "),
+                self.warnings[0],
+            )
+            self.assertIn("serving the path without labels", self.warnings[0])
 
     def test_nameDefaultsToPath(self) -> None:
         (config,) = self.paths('{path = "/app", url = "http://h/m"}')
@@ -911,14 +922,20 @@ class PathConfigTests(ConfigTestCase):
             )
 
     def test_duplicatePath(self) -> None:
-        message = self.assertConfigError(
-            lambda: self.paths(
-                '{path = a, url = "http://h/1"}, {path = b, url = "http://h/2"},'
-                ' {path = "/a", url = "http://h/3"}'
-            )
+        """
+        A path listed twice is served by its last entry, as prometheus-proxy's
+        path map keeps the last one put, with one warning naming both entries.
+        """
+        configs = self.paths(
+            '{path = a, url = "http://h/1"}, {path = b, url = "http://h/2"},'
+            ' {path = "/a", url = "http://h/3"}'
         )
-        self.assertIn("agent.pathConfigs[2].path: duplicate path", message)
-        self.assertIn("agent.pathConfigs[0]", message)
+        self.assertEqual(
+            [(c.path, c.url) for c in configs], [("b", "http://h/2"), ("a", "http://h/3")]
+        )
+        self.assertEqual(len(self.warnings), 1, self.warnings)
+        self.assertIn('agent.pathConfigs[2].path: duplicate path "a"', self.warnings[0])
+        self.assertIn("replaces agent.pathConfigs[0]", self.warnings[0])
 
     def test_missing(self) -> None:
         self.assertConfigError(
@@ -929,10 +946,31 @@ class PathConfigTests(ConfigTestCase):
         )
 
     def test_invalidURL(self) -> None:
-        for url in ("ftp://h/m", "h:9100/metrics", "http:///m", "http://h:x/m", "http://h/a b"):
+        for url in ("ftp://h/m", "http:///m", "http://h:x/m", "http://h/a b", "h/a b", ":x"):
             self.assertConfigError(
                 partial(self.paths, f'{{path = a, url = "{url}"}}'), "agent.pathConfigs[0].url"
             )
+
+    def test_urlWithoutScheme(self) -> None:
+        """
+        A URL without a scheme gets C{http://}, with one warning naming the
+        entry.
+        """
+        for url in ("h:9100/metrics", "h/metrics"):
+            self.warnings.clear()
+            (config,) = self.paths(f'{{path = a, url = "{url}"}}')
+            self.assertEqual(config.url, f"http://{url}")
+            self.assertEqual(len(self.warnings), 1, self.warnings)
+            self.assertIn(f'agent.pathConfigs[0].url: "{url}" has no scheme', self.warnings[0])
+            self.assertIn("prepending http://", self.warnings[0])
+
+    def test_urlWithScheme(self) -> None:
+        """
+        A URL with its scheme is taken as it is, without a warning.
+        """
+        (config,) = self.paths('{path = a, url = "HTTPS://h:9100/m?x=1"}')
+        self.assertEqual(config.url, "HTTPS://h:9100/m?x=1")
+        self.assertEqual(self.warnings, [])
 
     def test_notAList(self) -> None:
         self.assertConfigError(
@@ -1067,6 +1105,139 @@ class WarningTests(ConfigTestCase):
         self.assertEqual(events[0]["log_namespace"], "promtwist.config")
         self.assertEqual(events[0]["log_level"], LogLevel.warn)
         self.assertIn("proxy.dashboard.port", formatEvent(events[0]))
+
+    def test_warningsOnce(self) -> None:
+        """
+        L{warningsOnce} passes each distinct line on the first time only.
+        """
+        said: list[str] = []
+        warn = warningsOnce(said.append)
+        for notice in ("a", "b", "a", "b", "c"):
+            warn(notice)
+        self.assertEqual(said, ["a", "b", "c"])
+
+    def test_reloadWarnsOnce(self) -> None:
+        """
+        Loading an unchanged file again with the same L{warningsOnce}, as a
+        C{SIGHUP} reload does, gives the same settings and repeats none of the
+        leniency warnings; what a changed file brings is still said.
+        """
+        entries = (
+            '{path = a, url = "h:1/m", labels = "{bad"}, {path = a, url = "http://h:2/m"},'
+            ' {path = b, url = "http://h/m", labels = "[]"}'
+        )
+        path = self.writeConfig(f"agent.pathConfigs = [{entries}]")
+        warn = warningsOnce(self.warnings.append)
+        first = loadAgentSettings({"config": path}, {}, warn=warn)
+        self.assertEqual(len(self.warnings), 4, self.warnings)
+        self.assertEqual(
+            [(c.path, c.url, c.labels) for c in first.path_configs],
+            [("a", "http://h:2/m", {}), ("b", "http://h/m", {})],
+        )
+        again = loadAgentSettings({"config": path}, {}, warn=warn)
+        self.assertEqual(again, first)
+        self.assertEqual(len(self.warnings), 4, self.warnings)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(f'agent.pathConfigs = [{entries}, {{path = c, url = "h:3/m"}}]')
+        loadAgentSettings({"config": path}, {}, warn=warn)
+        self.assertEqual(len(self.warnings), 5, self.warnings)
+        self.assertIn("agent.pathConfigs[3].url", self.warnings[4])
+
+    def test_leniencyLogged(self) -> None:
+        """
+        Without a C{warn} callable, a leniency warning goes to the Twisted
+        log once, as a warning.
+        """
+        path = self.writeConfig('agent.pathConfigs = [{path = a, url = "h/m"}]\n')
+        with capturedLogs() as events:
+            loadAgentSettings({"config": path}, {})
+        self.assertEqual(len(events), 1)
+        self.assertEqual(events[0]["log_level"], LogLevel.warn)
+        self.assertIn("agent.pathConfigs[0].url", formatEvent(events[0]))
+
+
+class AnySyntaxTests(ConfigTestCase):
+    """
+    A configuration name that is no file and has no extension is read as
+    Typesafe Config's C{parseFileAnySyntax} reads it: C{name.conf},
+    C{name.json} and C{name.properties}, each found merged, in that
+    preference.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.name: str = self.mktemp()
+
+    def write(self, suffix: str, text: str) -> str:
+        path: str = self.name + suffix
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        return path
+
+    def test_conf(self) -> None:
+        conf = self.write(".conf", "agent.name = from-conf\n")
+        self.assertEqual(self.agent({"config": self.name}).name, "from-conf")
+        self.assertEqual(len(self.warnings), 1, self.warnings)
+        self.assertTrue(self.warnings[0].startswith(f"{self.name}: no such file; read {conf},"))
+
+    def test_eachSyntax(self) -> None:
+        """
+        Each file is parsed by its own extension.
+        """
+        self.write(".json", '{"agent": {"name": "from-json"}}')
+        self.assertEqual(self.agent({"config": self.name}).name, "from-json")
+        os.remove(self.name + ".json")
+        self.write(".properties", "agent.name=from-properties\n")
+        self.assertEqual(self.agent({"config": self.name}).name, "from-properties")
+
+    def test_merged(self) -> None:
+        """
+        Several found are merged key by key, C{.conf} over C{.json} over
+        C{.properties}, with one warning naming them all.
+        """
+        conf = self.write(".conf", "agent { name = c }\n")
+        json = self.write(".json", '{"agent": {"name": "j", "proxy": {"port": 1234}}}')
+        props = self.write(".properties", "agent.name=p\nagent.proxy.hostname=p.example\n")
+        settings = self.agent({"config": self.name})
+        self.assertEqual(settings.name, "c")
+        self.assertEqual(settings.proxy_endpoints, (ProxyEndpoint("p.example", 1234),))
+        self.assertEqual(len(self.warnings), 1, self.warnings)
+        self.assertIn(f"read {conf}, {json}, {props} merged", self.warnings[0])
+        self.assertIn(f"{conf} wins", self.warnings[0])
+
+    def test_errorNamesTheFile(self) -> None:
+        """
+        An error in one of the files names that file.
+        """
+        json = self.write(".json", "{not json")
+        self.assertConfigError(lambda: self.agent({"config": self.name}), json)
+
+    def test_nameItself(self) -> None:
+        """
+        A file by the name itself is read as before, as HOCON, without a
+        warning, even when C{name.conf} also exists.
+        """
+        self.write("", "agent.name = itself\n")
+        self.write(".conf", "agent.name = from-conf\n")
+        self.assertEqual(self.agent({"config": self.name}).name, "itself")
+        self.assertEqual(self.warnings, [])
+
+    def test_noneFound(self) -> None:
+        """
+        With none of them, the error names what was given.
+        """
+        self.assertConfigError(
+            lambda: self.agent({"config": self.name}), f"{self.name}: cannot read"
+        )
+
+    def test_knownExtensionMissing(self) -> None:
+        """
+        A name with one of the three extensions is not extended further.
+        """
+        self.write(".conf.conf", "agent.name = x\n")
+        self.assertConfigError(
+            lambda: self.agent({"config": self.name + ".conf"}), f"{self.name}.conf: cannot read"
+        )
 
 
 class SourceTests(ConfigTestCase):
