@@ -53,8 +53,8 @@ The health checks, by name; each runs when C{/healthcheck} is asked for.
 
 def timestamp(seconds: float) -> str:
     """
-    A result's C{timestamp}, as Dropwizard writes it
-    (C{yyyy-MM-dd'T'HH:mm:ss.SSSXXX}), in UTC: C{2026-12-02T03:04:05.678Z}.
+    A result's C{timestamp}: ISO 8601 with milliseconds, as Dropwizard's
+    health checks write it, in UTC: C{2026-12-02T03:04:05.678Z}.
     """
     whole, millis = divmod(round(seconds * 1000), 1000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"

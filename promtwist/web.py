@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -177,6 +178,7 @@ def adminRoot(
     health: Checks,
     debug: Callable[[], str] | None,
     clock: IReactorTime,
+    timer: Callable[[], float] = time.monotonic,
 ) -> Resource:
     """
     The admin port's resource: each endpoint at its configured path, and
@@ -187,6 +189,7 @@ def adminRoot(
     @param debug: text for the C{debug} endpoint, served only when
         C{admin_debug_enabled} is set and this is given.
     @param clock: gives the health checks' timestamps.
+    @param timer: a monotonic clock, for their durations.
     """
     routes: dict[str, IResource] = {}
 
@@ -197,7 +200,7 @@ def adminRoot(
 
     add(settings.admin_ping_path, _Text(lambda: "pong\n"))
     add(settings.admin_version_path, _JSONResource(version))
-    add(settings.admin_health_check_path, HealthResource(health, clock, _respond))
+    add(settings.admin_health_check_path, HealthResource(health, clock, _respond, timer))
     add(settings.admin_thread_dump_path, _Text(threadDump))
     if settings.admin_debug_enabled and debug is not None:
         add("debug", _Text(debug))
@@ -231,6 +234,20 @@ def operationsListeners(
     @param interface: the address to bind; all of both families by default.
         C{*.admin.listen} and C{*.metrics.listen} replace it and the port.
     """
+    section = _section(settings)
+
+    def listener(purpose: str, port: int, description: str, site: HardenedSite) -> Listener:
+        return Listener(
+            reactor,
+            port,
+            site,
+            interface,
+            purpose=purpose,
+            key=f"{section}.{purpose}.port",
+            description=description,
+            descriptionKey=f"{section}.{purpose}.listen",
+        )
+
     listeners = []
     if settings.admin_enabled:
         site = HardenedSite(
@@ -241,18 +258,7 @@ def operationsListeners(
             allowedNetworks=settings.admin_allowed_networks,
             reactor=reactor,
         )
-        listeners.append(
-            Listener(
-                reactor,
-                settings.admin_port,
-                site,
-                interface,
-                purpose="admin",
-                key=f"{_section(settings)}.admin.port",
-                description=settings.admin_listen,
-                descriptionKey=f"{_section(settings)}.admin.listen",
-            )
-        )
+        listeners.append(listener("admin", settings.admin_port, settings.admin_listen, site))
     if settings.metrics_enabled and settings.metrics_path:
         site = HardenedSite(
             _Router({settings.metrics_path: MetricsResource(registry)}),
@@ -261,16 +267,5 @@ def operationsListeners(
             idleTimeout=IDLE_TIMEOUT,
             reactor=reactor,
         )
-        listeners.append(
-            Listener(
-                reactor,
-                settings.metrics_port,
-                site,
-                interface,
-                purpose="metrics",
-                key=f"{_section(settings)}.metrics.port",
-                description=settings.metrics_listen,
-                descriptionKey=f"{_section(settings)}.metrics.listen",
-            )
-        )
+        listeners.append(listener("metrics", settings.metrics_port, settings.metrics_listen, site))
     return listeners

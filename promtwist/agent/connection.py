@@ -125,6 +125,13 @@ def _holderText(holder: Holder) -> str:
     return f"agent {clip(holder.agent_name)!r} on {host} ({clip(holder.agent_id)})"
 
 
+def _standby(holder: Holder, position: int) -> Standing:
+    """
+    This agent waiting behind C{holder} at C{position}, as the proxy said.
+    """
+    return Standing(False, _holderText(holder), holder.since_ms / 1000, position)
+
+
 # Why a proxy may close a new link without a word, by whether this agent
 # dials with TLS: the two ends disagree about TLS.
 _SILENT_CLOSE = {
@@ -410,12 +417,7 @@ class ProxyConnection(Session):
             self._registered[config.path] = (config, bool(answer.ok))
             self.standings.pop(config.path, None)
             if answer.ok and answer.role == STANDBY:
-                standing = Standing(
-                    False,
-                    _holderText(answer.holder),
-                    answer.holder.since_ms / 1000,
-                    answer.position,
-                )
+                standing = _standby(answer.holder, answer.position)
                 self.standings[config.path] = standing
                 self._log.info(
                     "waiting for /{path} ({url}): {standing}; the proxy promotes this agent "
@@ -517,12 +519,7 @@ class ProxyConnection(Session):
             )
         elif status.role == STANDBY:
             held = self.standings.get(status.path, Standing(False)).holds
-            standing = Standing(
-                False,
-                _holderText(status.holder),
-                status.holder.since_ms / 1000,
-                status.position,
-            )
+            standing = _standby(status.holder, status.position)
             self.standings[status.path] = standing
             if held:
                 self._log.warn(

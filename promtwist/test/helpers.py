@@ -143,19 +143,20 @@ class _Metrics(Resource):
         return b"up 1\n"
 
 
-def startTarget(case: TestCase) -> str:
+def startTarget(case: TestCase, resource: Resource | None = None, path: str = "metrics") -> str:
     """
-    A scrape target on loopback for C{case}, answering C{up 1}: its URL.
+    A scrape target on loopback for C{case}: C{resource} (by default one
+    answering C{up 1}) served at every path; the URL of C{path} on it.
     """
     target: IListeningPort = reactor.listenTCP(
         0,
-        Site(_Metrics()),  # type: ignore[arg-type]
+        Site(resource if resource is not None else _Metrics()),  # type: ignore[arg-type]
         interface="127.0.0.1",
     )
     case.addCleanup(target.stopListening)
     address = target.getHost()
     assert isinstance(address, IPv4Address)
-    return f"http://127.0.0.1:{address.port}/metrics"
+    return f"http://127.0.0.1:{address.port}/{path}"
 
 
 class BesideARealAgent(TestCase):

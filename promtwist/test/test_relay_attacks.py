@@ -14,15 +14,14 @@ from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 from twisted.internet import reactor
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.interfaces import IConsumer, IListeningPort, IPushProducer, ISystemHandle
+from twisted.internet.interfaces import IConsumer, IPushProducer, ISystemHandle
 from twisted.internet.task import deferLater
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import Request
 from zope.interface import implementer
 
 from promtwist.config import PathConfig, ProxySettings
@@ -35,7 +34,7 @@ from promtwist.protocol.promtwist_pb2 import (
     ScrapeRequest,
     ScrapeResponse,
 )
-from promtwist.test.helpers import BesideARealAgent, MiB, rss
+from promtwist.test.helpers import BesideARealAgent, MiB, rss, startTarget
 
 Behaviour = Callable[["HostileAgent", ScrapeRequest], None]
 
@@ -398,16 +397,8 @@ class BusyLinkTests(BesideARealAgent):
     """
 
     async def test_noDeadlockOnASlowPath(self) -> None:
-        target: IListeningPort = reactor.listenTCP(
-            0,
-            Site(_Big()),  # type: ignore[arg-type]
-            interface="127.0.0.1",
-        )
-        self.addCleanup(target.stopListening)
-        address = target.getHost()
-        assert isinstance(address, IPv4Address)
         self.agent.factory.replacePaths(
-            static=[PathConfig("big", "big", f"http://127.0.0.1:{address.port}/big")]
+            static=[PathConfig("big", "big", startTarget(self, _Big(), "big"))]
         )
         await self.until(lambda: bool(self.proxy.registry.lookup("big")))
         (proxyEnd,) = self.proxy.linkFactory.links

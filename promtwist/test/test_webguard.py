@@ -9,6 +9,7 @@ runs them again against the scrape port's own server.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
@@ -86,7 +87,7 @@ def makeSite(
     )
 
 
-class ServerUnderTest:
+class ServerUnderTest(ABC):
     """
     An HTTP server with promtwist's defences, as the shared tests drive it:
     an application that answers C{GET} with C{hello <path>}, holds C{GET
@@ -99,19 +100,19 @@ class ServerUnderTest:
 
     channelType: type
 
-    def hello(self) -> Any:
-        raise NotImplementedError()
+    @abstractmethod
+    def hello(self) -> Any: ...
 
-    def big(self, size: int) -> Any:
-        raise NotImplementedError()
+    @abstractmethod
+    def big(self, size: int) -> Any: ...
 
+    @abstractmethod
     def site(self, app: Any, clock: IReactorTime | None = None, **limits: Any) -> Any:
         """
         A factory serving C{app} with C{limits} (C{maxHeaderBytes},
         C{headerTimeout}, C{idleTimeout}, C{allowedNetworks}), timed by
         C{clock} (a fresh L{Clock} by default).
         """
-        raise NotImplementedError()
 
 
 class Webguard(ServerUnderTest):
