@@ -146,18 +146,20 @@ class ProxyService(MultiService):
             listener.setServiceParent(self)
         # Warnings counted but not logged are reported when their interval
         # ends, even if no warning of their kind follows.
-        summaries = TimerService(WARNING_SUMMARY_SECONDS, self.summariseWarnings)
-        summaries.clock = reactor
-        summaries.setServiceParent(self)
+        self._every(WARNING_SUMMARY_SECONDS, self.summariseWarnings)
         if discovery is not None:
-            encoding = TimerService(DISCOVERY_REFRESH_SECONDS, discovery.document.refresh)
-            encoding.clock = reactor
-            encoding.setServiceParent(self)
+            self._every(DISCOVERY_REFRESH_SECONDS, discovery.document.refresh)
         if settings.stale_agent_check_enabled:
-            evictions = TimerService(settings.stale_agent_check_pause_secs, self.evictStale)
-            evictions.clock = reactor
-            evictions.setServiceParent(self)
+            self._every(settings.stale_agent_check_pause_secs, self.evictStale)
         self._restoreHangup: Callable[[], None] | None = None
+
+    def _every(self, seconds: float, call: Callable[[], object]) -> None:
+        """
+        Call C{call} every C{seconds} on the proxy's reactor while it runs.
+        """
+        timer = TimerService(seconds, call)
+        timer.clock = self.reactor
+        timer.setServiceParent(self)
 
     # What the operator sees.
 
