@@ -377,6 +377,7 @@ class AgentService(MultiService):
                 ("AgentName", settings.name),
                 ("ProxyHost", self.proxyHost),
             ],
+            self.listeners,
         )
         configs = table(
             "Agent Path Configs",

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 
 from promtwist import __version__
 from promtwist.config import PROXY, ConfigError, ProxySettings
-from promtwist.debugpage import head, recentLine, table, uptime
+from promtwist.debugpage import head, recentLine, table, uptime, where
 from promtwist.health import proxyHealth
 from promtwist.listen import Listener, logStarted
 from promtwist.logs import clip, debugging, observer, utcTime
@@ -219,8 +219,9 @@ class ProxyService(MultiService):
                 settings,
                 [
                     ("Uptime", uptime(up)),
-                    ("Proxy port", _where(self.httpListener, settings.http_port)),
+                    ("Proxy port", where(self.httpListener, settings.http_port)),
                 ],
+                self.listeners,
             )
         ]
         if snapshot:
@@ -241,8 +242,8 @@ class ProxyService(MultiService):
             "",
             "promtwist:",
             f"promtwist proxy {__version__.public()}, up {up:.0f}s",
-            f"scrape port {_where(self.httpListener, settings.http_port)},"
-            f" agent port {_where(self.agentListener, settings.agent_port)}",
+            f"scrape port {where(self.httpListener, settings.http_port)},"
+            f" agent port {where(self.agentListener, settings.agent_port)}",
             "",
             "paths:",
         ]
@@ -410,19 +411,3 @@ def _described(agent: AgentHandle) -> str:
         f"{clip(agent.name)!r} ({clip(agent.hostName)}, {agent.agentId}, "
         f"identity {agent.identity.name})"
     )
-
-
-def _where(listener: Listener, configured: int) -> str:
-    """
-    Where C{listener} listens, for the debug page: its port number on the
-    TCP wildcard, as prometheus-proxy shows it, its address otherwise (an
-    interface, a unix socket, an inherited socket); the configured port
-    while it is not listening.
-    """
-    if listener.port is None:
-        return str(configured)
-    address = listener.address
-    for wildcard in ("[::]:", "0.0.0.0:"):
-        if address.startswith(wildcard):
-            return address[len(wildcard) :]
-    return address
