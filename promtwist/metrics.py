@@ -609,8 +609,10 @@ class AgentMetrics:
         )
         self._scrapeResults = Counter(
             "agent_scrape_result_count",
-            "Scrape results sent to the proxy, by type: non-gzipped, gzipped,"
-            " chunked, or dropped (the link closed first).",
+            "Scrape results sent to the proxy, failures included, by type: chunked"
+            " (in several frames), gzipped or non-gzipped (in one frame, by the"
+            " body's encoding on the link), or dropped (a fetch under way when"
+            " the link closed).",
             ["launch_id", "type"],
             registry=registry,
         )
@@ -679,15 +681,24 @@ class AgentMetrics:
             launch_id=self._launchId, type="success" if success else "failure"
         ).inc()
 
-    def scrapeFinished(self, type: str, seconds: float) -> None:
+    def scrapeFinished(self, kind: str, seconds: float) -> None:
         """
-        A target fetch finished with an answer.
+        A scrape of a served path ended, and is timed.
 
-        @param type: C{success}, C{unsuccessful} or C{invalid_path}.
-        @param seconds: how long the fetch took.
+        @param kind: C{success} or C{unsuccessful}, counted under that type,
+            or C{failed} (no answer from the target), which prometheus-proxy
+            does not count.
+        @param seconds: how long the scrape took.
         """
-        self._requestsOf(self._launchId, type).inc()
+        if kind != "failed":
+            self._requestsOf(self._launchId, kind).inc()
         self._latencyOf(self._launchId, self._agentName).observe(seconds)
+
+    def invalidPath(self) -> None:
+        """
+        A scrape of a path the agent does not serve: counted, not timed.
+        """
+        self._requestsOf(self._launchId, "invalid_path").inc()
 
     def resultSent(self, type: str) -> None:
         """

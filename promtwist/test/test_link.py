@@ -896,6 +896,46 @@ class ScrapeTests(SynchronousTestCase):
         self.assertIn("agent disconnected", str(failure.value))
         self.assertEqual(pair.registry.agents(), [])
 
+    def test_droppedResults(self) -> None:
+        """
+        A link lost under a scrape drops the result of the fetch under way;
+        one still queued for a slot never started and is not counted, as
+        prometheus-proxy's agent drains its queue.
+        """
+        results: list[str] = []
+
+        class Results(ScrapeObserver):
+            def resultSent(self, kind: str) -> None:
+                results.append(kind)
+
+        settings = AgentSettings(name="a1", path_configs=PATHS, max_concurrent_clients=1)
+        pair = Pair(agentSettings=settings, observer=Results())
+        streams = [pair.scrape("slow"), pair.scrape("slow")]
+        self.assertEqual(len(pair.target.pending), 1)
+        pair.agent.transport.abortConnection()
+        pair.flush()
+        self.assertEqual(results, ["dropped"])
+        for stream in streams:
+            self.failureResultOf(stream.head, ScrapeFailed)
+
+    def test_invalidPathCounted(self) -> None:
+        """
+        A path the agent does not serve is counted, and its answer is a
+        result sent.
+        """
+        seen: list[str] = []
+
+        class Seen(ScrapeObserver):
+            def invalidPath(self) -> None:
+                seen.append("invalid_path")
+
+            def resultSent(self, kind: str) -> None:
+                seen.append(kind)
+
+        pair = Pair(observer=Seen())
+        self.failureResultOf(pair.scrape("other").head, ScrapeFailed)
+        self.assertEqual(seen, ["invalid_path", "non-gzipped"])
+
     def test_cancelReachesTarget(self) -> None:
         """
         Cancelling at the proxy cancels the target request at the agent, and

@@ -573,7 +573,11 @@ class AgentMetricsTests(SynchronousTestCase):
         self.metrics.connected(False)
         self.metrics.connected(False)
         self.metrics.scrapeFinished("success", 0.1)
-        self.metrics.scrapeFinished("invalid_path", 0.0)
+        self.metrics.scrapeFinished("unsuccessful", 0.2)
+        # No answer from the target: timed, not counted by type.
+        self.metrics.scrapeFinished("failed", 3.0)
+        # Counted, not timed.
+        self.metrics.invalidPath()
         self.metrics.resultSent("non-gzipped")
         self.metrics.resultSent("dropped")
         self.metrics.filtered("app1_metrics", 10, 500)
@@ -584,14 +588,16 @@ class AgentMetricsTests(SynchronousTestCase):
         self.assertEqual(self.value("agent_connect_count_total", type="failure"), 2)
         self.assertEqual(self.value("agent_scrape_request_count_total", type="success"), 1)
         self.assertEqual(self.value("agent_scrape_request_count_total", type="invalid_path"), 1)
+        self.assertEqual(self.value("agent_scrape_request_count_total", type="unsuccessful"), 1)
+        self.assertIsNone(self.value("agent_scrape_request_count_total", type="failed"))
         self.assertEqual(
-            self.value("agent_scrape_request_latency_seconds_count", agent_name="agent1"), 2
+            self.value("agent_scrape_request_latency_seconds_count", agent_name="agent1"), 3
         )
         self.assertEqual(
             self.value(
-                "agent_scrape_request_latency_seconds_bucket", agent_name="agent1", le="0.005"
+                "agent_scrape_request_latency_seconds_bucket", agent_name="agent1", le="0.25"
             ),
-            1,
+            2,
         )
         self.assertEqual(self.value("agent_scrape_result_count_total", type="non-gzipped"), 1)
         self.assertEqual(self.value("agent_scrape_result_count_total", type="dropped"), 1)
