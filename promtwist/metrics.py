@@ -112,6 +112,8 @@ class AgentSample:
     @ivar scrapesInFlight: scrapes sent to this agent and not yet answered.
     @ivar connectedSeconds: how long ago this connection completed its
         handshake.
+    @ivar transfersInProgress: answers in several frames of which some,
+        not all, arrived (prometheus-proxy's chunked contexts).
     """
 
     name: str
@@ -120,6 +122,7 @@ class AgentSample:
     roundTripSeconds: float | None
     scrapesInFlight: int
     connectedSeconds: float = 0.0
+    transfersInProgress: int = 0
 
 
 @dataclass(frozen=True)
@@ -507,8 +510,8 @@ def _proxyFamilies() -> list[Metric]:
         ),
         GaugeMetricFamily(
             _CHUNK_MAP_SIZE,
-            "Chunked transfers being reassembled. Always 0: promtwist relays a"
-            " response's chunks as they arrive and keeps none aside.",
+            "Answers in several frames under way: the head arrived, the last"
+            " frame not yet (promtwist relays the frames as they arrive).",
         ),
         GaugeMetricFamily(
             _CONNECTED_AGENTS,
@@ -557,7 +560,7 @@ def _proxySamples(snapshot: object) -> list[Metric]:
     put(_PATH_MAP_SIZE, snapshot.pathCount)
     put(_SCRAPE_MAP_SIZE, inFlight)
     put(_BACKLOG_SIZE, inFlight)
-    put(_CHUNK_MAP_SIZE, 0)
+    put(_CHUNK_MAP_SIZE, sum(agent.transfersInProgress for agent in snapshot.agents))
     put(_PENDING_HANDSHAKES, snapshot.pendingHandshakes)
     connected = Tally((agent.name, agent.hostName) for agent in snapshot.agents)
     for (name, hostName), count in sorted(connected.items()):

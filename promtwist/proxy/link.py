@@ -446,6 +446,13 @@ class AgentLink(Session):
     def scrapesInFlight(self) -> int:
         return len(self._scrapes)
 
+    @property
+    def transfersInProgress(self) -> int:
+        """
+        Answers in several frames under way on this link.
+        """
+        return sum(stream.transferring for stream in self._scrapes.values())
+
     def forget(self, scrapeId: int) -> None:
         self._scrapes.pop(scrapeId, None)
         self._scrapeEnded()

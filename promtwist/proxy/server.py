@@ -173,6 +173,7 @@ class ProxyService(MultiService):
                     link.roundTripSeconds,
                     link.scrapesInFlight,
                     self.reactor.seconds() - (link.establishedAt or self.reactor.seconds()),
+                    link.transfersInProgress,
                 )
                 for link in self._agentLinks()
             ],

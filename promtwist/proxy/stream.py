@@ -242,6 +242,13 @@ class ScrapeStream:
     def ended(self) -> bool:
         return self._phase is _Phase.ENDED
 
+    @property
+    def transferring(self) -> bool:
+        """
+        Whether the answer's head arrived and its last frame has not.
+        """
+        return self._phase is _Phase.BODY
+
     # From the link.
 
     def responseReceived(self, response: ScrapeResponse) -> None:

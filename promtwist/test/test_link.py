@@ -977,8 +977,10 @@ class ScrapeTests(SynchronousTestCase):
         self.successResultOf(stream.head)
         collector = Collector()
         stream.deliverBody(collector)
+        self.assertEqual(pair.proxy.transfersInProgress, 1)
         pair.agent.transport.abortConnection()
         pair.flush()
+        self.assertEqual(pair.proxy.transfersInProgress, 0)
         assert collector.failed is not None
         self.assertEqual((collector.failed.status, collector.failed.kind), (502, "upstream_error"))
         self.assertIn("agent disconnected", collector.failed.reason)

@@ -142,8 +142,9 @@ def agent(
     rtt: float | None = 0.01,
     inFlight: int = 0,
     connected: float = 0.0,
+    transfers: int = 0,
 ) -> AgentSample:
-    return AgentSample(name, hostName, agentId, rtt, inFlight, connected)
+    return AgentSample(name, hostName, agentId, rtt, inFlight, connected, transfers)
 
 
 class ProxyExpositionTests(SynchronousTestCase):
@@ -433,8 +434,8 @@ class ProxySampledTests(SynchronousTestCase):
         self.assertEqual(self.calls, 0)
         self.assertEqual(self.value("proxy_agent_map_size"), 0)
         self.state = proxyState(
-            agent("a", "h1", "id1", 0.02, 2, 600.0),
-            agent("a", "h1", "id2", None, 3, 30.0),
+            agent("a", "h1", "id1", 0.02, 2, 600.0, transfers=1),
+            agent("a", "h1", "id2", None, 3, 30.0, transfers=2),
             agent("b", "h2", "id3", 0.5, 1, 5.0),
             paths=4,
             pending=2,
@@ -452,7 +453,8 @@ class ProxySampledTests(SynchronousTestCase):
         self.assertEqual(samples("proxy_path_map_size"), {(): 4})
         self.assertEqual(samples("proxy_scrape_map_size"), {(): 6})
         self.assertEqual(samples("proxy_cumulative_agent_backlog_size"), {(): 6})
-        self.assertEqual(samples("proxy_chunk_context_map_size"), {(): 0})
+        # Answers in several frames under way, over all agents.
+        self.assertEqual(samples("proxy_chunk_context_map_size"), {(): 3})
         self.assertEqual(samples("proxy_pending_handshakes"), {(): 2})
         self.assertEqual(
             samples("proxy_connected_agents"),
