@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
 from twisted.web.client import (
     Agent,
@@ -36,13 +37,14 @@ from promtwist.agent.service import AgentService
 from promtwist.config import AgentSettings, MetricFilter, PathConfig, ProxyEndpoint, ProxySettings
 from promtwist.protocol.promtwist_pb2 import Frame, ScrapeChunk, ScrapeRequest, ScrapeResponse
 from promtwist.proxy.server import ProxyService
-from promtwist.test.helpers import sourceTreeFile, startTarget
+from promtwist.test.helpers import startTarget
 from promtwist.test.processes import freePort
 from promtwist.test.test_metrics import scrape
 from promtwist.test.test_relay_attacks import Behaviour, HostileAgent
 
-with open(sourceTreeFile("promtwist/test/data/upstream-metrics.json"), encoding="utf-8") as f:
-    UPSTREAM: dict[str, Any] = json.load(f)
+UPSTREAM: dict[str, Any] = json.loads(
+    FilePath(__file__).sibling("data").child("upstream-metrics.json").getContent()
+)
 
 # promtwist's own families (docs/metrics.md), by process.
 EXTRAS = {
