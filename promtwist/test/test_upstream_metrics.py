@@ -18,7 +18,6 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
 from twisted.web.client import (
@@ -40,7 +39,7 @@ from promtwist.proxy.server import ProxyService
 from promtwist.test.helpers import startTarget
 from promtwist.test.processes import freePort
 from promtwist.test.test_metrics import scrape
-from promtwist.test.test_relay_attacks import Behaviour, HostileAgent
+from promtwist.test.test_relay_attacks import Behaviour, HostileAgent, connectHostile
 
 UPSTREAM: dict[str, Any] = json.loads(
     FilePath(__file__).sibling("data").child("upstream-metrics.json").getContent()
@@ -198,12 +197,7 @@ class UpstreamMetricsTests(TestCase):
         return agent
 
     async def hostile(self, path: str, behaviour: Behaviour) -> HostileAgent:
-        agent = HostileAgent(path, behaviour)
-        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.proxy.agentListener.portNumber)
-        await connectProtocol(endpoint, agent)
-        self.addCleanup(lambda: agent.transport.loseConnection() if agent.transport else None)
-        await agent.ready
-        return agent
+        return await connectHostile(self, self.proxy.agentListener.portNumber, path, behaviour)
 
     async def get(self, path: str, gzipOK: bool = True) -> int | str:
         """
