@@ -304,6 +304,12 @@ class AgentLink(Session):
 
     # Paths.
 
+    def peerSilent(self) -> None:
+        # prometheus-proxy evicts an agent it heard nothing from for
+        # maxAgentInactivitySecs; the heartbeat gives up on a silent agent
+        # sooner, and that is this proxy's eviction.
+        self.metrics.agentEvicted()
+
     def frameReceived(self, frame: Frame) -> None:
         heartbeats = self._upstreamHeartbeats
         if heartbeats is not None:

@@ -835,6 +835,10 @@ class HeartbeatTests(SynchronousTestCase):
         self.assertIn("nothing heard from", logText(events))
         pair.flush()
         self.assertEqual(pair.registry.lookup("fast"), ())
+        # As prometheus-proxy counts the agents it gives up on for silence.
+        self.assertEqual(
+            pair.factory.metrics.registry.get_sample_value("proxy_eviction_count_total"), 1
+        )
 
 
 class CorrelationTests(SynchronousTestCase):
