@@ -70,9 +70,9 @@ EXTRAS = {
 # optional JVM collectors).
 PROCESS = re.compile(r"^(process_|python_)")
 
-# Body lines of the big target: hex, so that even gzipped it fills several
-# chunks of the link.
-BIG = b"".join(b'big_metric{n="%d"} 0x%032x\n' % (n, n * 7919**5) for n in range(20_000))
+# The big target's body: varied enough digits that even gzipped it fills
+# several chunks of the link.
+BIG = b"".join(b'big_metric{n="%d"} %d\n' % (n, n * 7919**5) for n in range(20_000))
 
 
 class Targets(Resource):
