@@ -218,6 +218,16 @@ class ProxyExpositionTests(SynchronousTestCase):
                 latency,
                 "0.005 0.01 0.025 0.05 0.1 0.25 0.5 1.0 2.5 5.0 10.0 +Inf".split(),
             )
+        # OpenMetrics' strict parser reads the Java form as the same bounds.
+        exposed = {family.name: family for family in openmetrics_families(text)}
+        self.assertEqual(
+            [
+                float(sample.labels["le"])
+                for sample in exposed["proxy_scrape_response_bytes"].samples
+                if "le" in sample.labels
+            ],
+            [*RESPONSE_BYTES_BUCKETS, float("inf")],
+        )
 
     def test_processMetrics(self) -> None:
         exposed = families(self.metrics.registry)
