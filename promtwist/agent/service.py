@@ -231,6 +231,9 @@ class _ScrapeMetrics(ScrapeObserver):
         if kind != "cancelled":
             self.service.metrics.scrapeFinished(kind, seconds)
 
+    def invalidPath(self) -> None:
+        self.service.metrics.invalidPath()
+
     def resultSent(self, kind: str) -> None:
         self.service.metrics.resultSent(kind)
 

@@ -173,6 +173,7 @@ class ProxyService(MultiService):
                     link.roundTripSeconds,
                     link.scrapesInFlight,
                     self.reactor.seconds() - (link.establishedAt or self.reactor.seconds()),
+                    link.transfersInProgress,
                 )
                 for link in self._agentLinks()
             ],
@@ -184,9 +185,7 @@ class ProxyService(MultiService):
         return [link for link in self.linkFactory.links if link.established]
 
     def _scrapeEnded(self, record: ScrapeRecord) -> None:
-        self.metrics.scrapeFinished(
-            record.path, record.type, record.seconds, record.bytes, record.encoding
-        )
+        self.metrics.scrapeFinished(record.path, record.legs, record.bytes)
         if self.settings.request_logging_enabled and debugging(self._log.namespace):
             self._log.debug(
                 "scrape /{path} via {agents}: {status} {type} {reason}"
