@@ -15,8 +15,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, cast
 from urllib.parse import urlsplit
 
-from promtwist.config.keys import PORT, URL_PATH, urlPath
 from promtwist.config.resolve import Gathered, asList, checkKnown, coerce, invalid, show
+from promtwist.config.schema import PORT, URL_PATH, urlPath
 from promtwist.config.settings import (
     LEGACY_TOKEN_IDENTITY,
     ConfigError,

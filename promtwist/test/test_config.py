@@ -16,8 +16,9 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
-from promtwist.config.keys import AGENT, PROXY, Role
+from promtwist.config.keys import AGENT, PROXY
 from promtwist.config.load import loadAgentSettings, loadProxySettings, warningsOnce
+from promtwist.config.schema import Role
 from promtwist.config.settings import (
     AgentSettings,
     ConfigError,
