@@ -254,6 +254,16 @@ class ExampleFilesTests(ConfigTestCase):
                 'agent.filters = [{path = p, metricNameAllow = ["("], metricNameDeny = []}]',
                 "agent.filters[0].metricNameAllow: expected regular expressions",
             ),
+            # Values that are no string at all are configuration errors
+            # too, naming the entry's key, not a ValueError out of the loader.
+            (
+                "agent.filters = [{path = {a = 1}, metricNameAllow = [], metricNameDeny = []}]",
+                'agent.filters[0].path: expected a string, got {"a":1}',
+            ),
+            (
+                "agent.filters = [{path = p, metricNameAllow = [[x]], metricNameDeny = []}]",
+                'agent.filters[0].metricNameAllow: expected regular expressions, got ["x"]',
+            ),
         ]:
             self.assertConfigError(partial(self.agentFrom, conf), expected)
 
@@ -654,6 +664,14 @@ class ValueErrorTests(ConfigTestCase):
             (
                 "proxy.auth = [{name = a, token = t, perAgent = sometimes}]",
                 'proxy.auth[0].perAgent: expected true or false, got "sometimes"',
+            ),
+            (
+                "proxy.auth = [{name = [a], token = t}]",
+                'proxy.auth[0].name: expected a string, got ["a"]',
+            ),
+            (
+                "proxy.auth = [{name = a, token = t, paths = [{p = 1}]}]",
+                'proxy.auth[0].paths: expected a path glob such as team_a_*, got {"p":1}',
             ),
         ]:
             self.assertConfigError(partial(self.proxyFrom, conf), expected)
