@@ -242,19 +242,6 @@ class _ScrapeMetrics(ScrapeObserver):
         self.service.metrics.retried(kind)
 
 
-# Settings fields that are not a single key of the agent's key table.
-_FIELD_KEYS = {
-    "config_source": "--config",
-    "proxy_endpoints": "agent.proxy.endpoints (or hostname/port, --proxy)",
-    "filters": "agent.filters",
-    "admin_allowed_networks": "agent.admin.allowedNetworks",
-}
-
-
-# What a reload applies.
-_PATH_FIELDS = ("path_configs", "path_configs_listed")
-
-
 class AgentService(MultiService):
     """
     Start it and the agent dials the proxy, registers its paths, and keeps
@@ -476,7 +463,7 @@ class AgentService(MultiService):
             )
             return succeed(None)
         old = self.settings
-        differing = AGENT.changedKeys(old, new, _PATH_FIELDS, _FIELD_KEYS)
+        differing = AGENT.changedKeys(old, new)
         if differing:
             self._log.warn(
                 "configuration reload: {keys} changed and need(s) a restart (not applied)",

@@ -437,12 +437,18 @@ PROXY = Role(
             *PROXY_COMPAT,
         ),
     ),
-    lists=("proxy.auth", "proxy.http.allowedNetworks", "proxy.admin.allowedNetworks"),
+    lists={
+        "proxy.auth": "identities",
+        "proxy.http.allowedNetworks": "http_allowed_networks",
+        "proxy.admin.allowedNetworks": "admin_allowed_networks",
+    },
     removed=(
         "proxy.http.maxThreads",
         "proxy.http.minThreads",
         "proxy.internal.scrapeRequestCheckMillis",
     ),
+    # promtwist.proxy.server's reload checks agents against new identities.
+    live=frozenset({"identities", "agent_token"}),
 )
 
 AGENT = Role(
@@ -607,10 +613,17 @@ AGENT = Role(
             *AGENT_COMPAT,
         ),
     ),
-    lists=(
-        "agent.pathConfigs",
-        "agent.filters",
-        "agent.proxy.endpoints",
-        "agent.admin.allowedNetworks",
-    ),
+    lists={
+        "agent.pathConfigs": "path_configs",
+        "agent.filters": "filters",
+        "agent.proxy.endpoints": "proxy_endpoints",
+        "agent.admin.allowedNetworks": "admin_allowed_networks",
+    },
+    named={
+        "config_source": "--config",
+        "path_configs_listed": "agent.pathConfigs",
+        "proxy_endpoints": "agent.proxy.endpoints (or hostname/port, --proxy)",
+    },
+    # promtwist.agent.service's reload registers the new paths.
+    live=frozenset({"path_configs", "path_configs_listed"}),
 )

@@ -11,8 +11,8 @@ The value rules are here too, shared by promtwist's own keys
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
@@ -214,15 +214,22 @@ class Role:
     @ivar section: C{proxy} or C{agent}; the process reads only this section.
     @ivar configEnv: the environment variable naming the config file or URL.
     @ivar settings: the scalar keys.
-    @ivar lists: keys whose value is a list (or object), read specially.
+    @ivar lists: keys whose value is a list (or object), read specially, each
+        with the settings field it makes.
     @ivar removed: keys prometheus-proxy no longer reads; ignored silently.
+    @ivar named: how messages name the settings fields that no one key
+        makes alone.
+    @ivar live: the settings fields a C{SIGHUP} reload applies to the
+        running process; a change to any other needs a restart.
     """
 
     section: str
     configEnv: str
     settings: tuple[Setting, ...]
-    lists: tuple[str, ...]
+    lists: Mapping[str, str]
     removed: tuple[str, ...] = ()
+    named: Mapping[str, str] = field(default_factory=dict)
+    live: frozenset[str] = frozenset()
 
     @property
     def known(self) -> frozenset[str]:
@@ -231,23 +238,34 @@ class Role:
         """
         return frozenset(s.key for s in self.settings) | set(self.lists) | set(self.removed)
 
-    def changedKeys(
-        self,
-        old: object,
-        new: object,
-        applied: Iterable[str],
-        keyOfField: Mapping[str, str] = {},
-    ) -> list[str]:
+    def keyForField(self, name: str) -> str:
         """
-        What differs between two settings objects of this role, except the
-        fields a reload C{applied}, named as an operator writes them: the
-        key of each field, or C{keyOfField}'s name for fields not fed by
-        one key.
+        The settings field C{name} as an operator writes it: the key that
+        makes it, or its L{named} description.
+
+        @raise KeyError: if no key makes C{name} (a field every settings
+            object of this role must not have).
         """
-        keys = {s.field: s.key for s in self.settings if s.field}
-        skipped = set(applied)
-        return [
-            keyOfField.get(f.name) or keys.get(f.name, f.name)
+        if name in self.named:
+            return self.named[name]
+        for setting in self.settings:
+            if setting.field == name:
+                return setting.key
+        for key, made in self.lists.items():
+            if made == name:
+                return key
+        raise KeyError(name)
+
+    def changedKeys(self, old: object, new: object) -> tuple[str, ...]:
+        """
+        The keys whose change from settings C{old} to C{new} (objects of
+        this role) a reload cannot apply, so that they need a restart; the
+        L{live} fields' changes are applied and are not among them. Each
+        key once, in the order of the settings' fields.
+        """
+        changed = (
+            self.keyForField(f.name)
             for f in fields(type(old))  # type: ignore[arg-type]
-            if f.name not in skipped and getattr(old, f.name) != getattr(new, f.name)
-        ]
+            if f.name not in self.live and getattr(old, f.name) != getattr(new, f.name)
+        )
+        return tuple(dict.fromkeys(changed))

@@ -326,9 +326,7 @@ class ProxyService(MultiService):
                 # Its paths go to standbys whose identity holds, at once.
                 self.registry.removeAgent(link, "reload")
                 link.close("its identity changed on reload")
-        others = PROXY.changedKeys(
-            self.settings, fresh, ("identities", "agent_token"), {"config_source": "--config"}
-        )
+        others = PROXY.changedKeys(self.settings, fresh)
         if others:
             self._log.warn(
                 "reloaded agent identities; these changes need a restart: {keys}",

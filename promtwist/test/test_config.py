@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Mapping
-from dataclasses import fields
+from dataclasses import fields, replace
 from functools import partial
 from typing import Any
 
@@ -306,6 +306,19 @@ class TableTests(SynchronousTestCase):
                 {f.name for f in fields(settingsClass)},
             )
 
+    def test_everyFieldNamed(self) -> None:
+        """
+        Every settings field has a name an operator writes, for the reload's
+        "needs a restart" line: its key, or how the role describes it.
+        """
+        self.assertEqual(PROXY.keyForField("http_allowed_networks"), "proxy.http.allowedNetworks")
+        self.assertEqual(AGENT.keyForField("config_source"), "--config")
+        self.assertEqual(AGENT.keyForField("filters"), "agent.filters")
+        for role, settingsClass in ((PROXY, ProxySettings), (AGENT, AgentSettings)):
+            for f in fields(settingsClass):
+                self.assertTrue(role.keyForField(f.name), f.name)
+        self.assertRaises(KeyError, PROXY.keyForField, "path_configs")
+
     def test_defaults(self) -> None:
         """
         Every default has its setting's type and satisfies its rule.
@@ -336,6 +349,46 @@ class TableTests(SynchronousTestCase):
         for role in (PROXY, AGENT):
             for key in role.known:
                 self.assertTrue(key.startswith(role.section + "."), key)
+
+
+class ChangedKeysTests(SynchronousTestCase):
+    """
+    L{Role.changedKeys}, the one diff both processes' reloads use: what
+    changed and needs a restart, named by key; a role's live fields are
+    applied, so left out.
+    """
+
+    def test_proxy(self) -> None:
+        old = ProxySettings()
+        new = replace(
+            old,
+            identities=(Identity("a", "t"),),
+            agent_token="new",
+            http_allowed_networks=("10.0.0.0/8",),
+            max_agents=5,
+        )
+        self.assertEqual(
+            PROXY.changedKeys(old, new), ("proxy.internal.maxAgents", "proxy.http.allowedNetworks")
+        )
+        self.assertEqual(PROXY.changedKeys(old, replace(old, agent_token="new")), ())
+
+    def test_agent(self) -> None:
+        """
+        The paths are applied; fields made by one key are named once.
+        """
+        old = AgentSettings(config_source="a.conf")
+        new = replace(
+            old,
+            config_source="b.conf",
+            path_configs=(PathConfig("p", "p", "http://t/"),),
+            path_configs_listed=True,
+            proxy_endpoints=(ProxyEndpoint("elsewhere"),),
+            name="other",
+        )
+        self.assertEqual(
+            AGENT.changedKeys(old, new),
+            ("--config", "agent.name", "agent.proxy.endpoints (or hostname/port, --proxy)"),
+        )
 
 
 class DefaultsTests(ConfigTestCase):
