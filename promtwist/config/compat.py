@@ -32,7 +32,9 @@ _Row = tuple[str, object] | tuple[str, object, str | None, str, Rule | None, str
 # A table reads best one row a line, however wide (pyproject.toml lets this
 # file's lines be long).
 # fmt: off
-# In both sections; zipkin.serviceName's default is the process's name.
+
+# In both sections (zipkin.serviceName, whose default is the process's name,
+# is in each section's own rows).
 _BOTH: tuple[_Row, ...] = (
     ("transportFilterDisabled", False, "TRANSPORT_FILTER_DISABLED", "tf_disabled tf-disabled", None, "prometheus-proxy's nginx mode"),
     ("metrics.standardExportsEnabled", False),

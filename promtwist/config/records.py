@@ -1,4 +1,4 @@
-# -*- test-case-name: promtwist.test.test_config -*-
+# -*- test-case-name: promtwist.test.test_config,promtwist.test.test_agent_paths -*-
 """
 The list-valued keys, read entry by entry: C{agent.pathConfigs} (and the
 discovery file's C{paths}), C{proxy.auth}, C{agent.filters}, the allowed
