@@ -469,9 +469,8 @@ class AgentService(MultiService):
                 "configuration reload: {keys} changed and need(s) a restart (not applied)",
                 keys=", ".join(differing),
             )
-        self.settings = replace(
-            old, path_configs=new.path_configs, path_configs_listed=new.path_configs_listed
-        )
+        # What changedKeys left out is what a reload applies.
+        self.settings = replace(old, **{name: getattr(new, name) for name in AGENT.live})
         changes, done = self.factory.replacePaths(static=new.path_configs)
         self._log.info(
             "configuration reloaded from {source}: paths {summary}",
