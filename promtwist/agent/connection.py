@@ -28,7 +28,7 @@ from promtwist import __version__
 from promtwist.agent.paths import PathChanges, PathTable
 from promtwist.agent.scraper import Scrape, Scraper
 from promtwist.agent.slots import Slots
-from promtwist.config import AgentSettings, PathConfig
+from promtwist.config.settings import AgentSettings, PathConfig
 from promtwist.httputil import redacted
 from promtwist.logs import clip, observer, utcTime
 from promtwist.protocol.framing import ProtocolError, _peerName

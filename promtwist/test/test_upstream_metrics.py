@@ -33,7 +33,13 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from promtwist.agent.service import AgentService
-from promtwist.config import AgentSettings, MetricFilter, PathConfig, ProxyEndpoint, ProxySettings
+from promtwist.config.settings import (
+    AgentSettings,
+    MetricFilter,
+    PathConfig,
+    ProxyEndpoint,
+    ProxySettings,
+)
 from promtwist.protocol.promtwist_pb2 import Frame, ScrapeChunk, ScrapeRequest, ScrapeResponse
 from promtwist.proxy.server import ProxyService
 from promtwist.test.helpers import startTarget
