@@ -17,7 +17,8 @@ from twisted.internet.defer import Deferred, TimeoutError
 from twisted.logger import Logger
 
 from promtwist import __version__
-from promtwist.config import PROXY, ConfigError, ProxySettings
+from promtwist.config.keys import PROXY
+from promtwist.config.settings import ConfigError, ProxySettings
 from promtwist.debugpage import head, recentLine, table, uptime, where
 from promtwist.health import proxyHealth
 from promtwist.listen import Listener, logStarted
@@ -68,7 +69,7 @@ class ProxyService(MultiService):
         @param interface: the address every listener binds on its port;
             by default all of both families. A C{*.listen} setting replaces
             both.
-        @raise promtwist.config.ConfigError: when a TLS file is unusable.
+        @raise promtwist.config.settings.ConfigError: when a TLS file is unusable.
         @raise promtwist.startup.StartupError: when a C{*.listen} setting
             names no usable endpoint.
         """
@@ -173,6 +174,7 @@ class ProxyService(MultiService):
                     link.roundTripSeconds,
                     link.scrapesInFlight,
                     self.reactor.seconds() - (link.establishedAt or self.reactor.seconds()),
+                    link.transfersInProgress,
                 )
                 for link in self._agentLinks()
             ],
@@ -184,9 +186,7 @@ class ProxyService(MultiService):
         return [link for link in self.linkFactory.links if link.established]
 
     def _scrapeEnded(self, record: ScrapeRecord) -> None:
-        self.metrics.scrapeFinished(
-            record.path, record.type, record.seconds, record.bytes, record.encoding
-        )
+        self.metrics.scrapeFinished(record.path, record.legs, record.bytes)
         if self.settings.request_logging_enabled and debugging(self._log.namespace):
             self._log.debug(
                 "scrape /{path} via {agents}: {status} {type} {reason}"
@@ -326,9 +326,7 @@ class ProxyService(MultiService):
                 # Its paths go to standbys whose identity holds, at once.
                 self.registry.removeAgent(link, "reload")
                 link.close("its identity changed on reload")
-        others = PROXY.changedKeys(
-            self.settings, fresh, ("identities", "agent_token"), {"config_source": "--config"}
-        )
+        others = PROXY.changedKeys(self.settings, fresh)
         if others:
             self._log.warn(
                 "reloaded agent identities; these changes need a restart: {keys}",

@@ -10,7 +10,7 @@ from twisted.internet.protocol import ServerFactory
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 import promtwist
-from promtwist.config import AgentSettings, ProxySettings
+from promtwist.config.settings import AgentSettings, ProxySettings
 from promtwist.debugpage import head, recentLine, table, uptime
 from promtwist.listen import Listener
 
