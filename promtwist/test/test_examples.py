@@ -4,20 +4,22 @@ agent as they start prometheus-proxy's, and so do the files prometheus-proxy
 is lenient with; each leniency is told once.
 
 The examples are in C{data/}, copied unchanged from pambrose/prometheus-proxy
-(C{examples/*.conf}, and C{nginx/nginx-proxy.conf}). Each runs as a user runs
-it: C{twistd -n promproxy-proxy -c FILE} and C{twistd -n promproxy-agent -c
-FILE} from the directory holding the file, with options moving its listeners
-to free ports on 127.0.0.1. The agent registers every path the file names, which the
-proxy's C{/discovery} lists, and a scrape of one of them goes through the
-proxy to the agent and its target.
+(C{examples/*.conf}, and C{nginx/nginx-proxy.conf}; C{data/SOURCES.md}).
+Each runs as a user runs it: C{twistd -n promproxy-proxy -c FILE} and
+C{twistd -n promproxy-agent -c FILE} from the directory holding the file,
+with options moving its listeners to free ports on 127.0.0.1. The agent
+registers every path the file names, which the proxy's C{/discovery} lists,
+and a scrape of one of them goes through the proxy to the agent and its
+target.
 
 The targets of C{myapps.conf}, C{agent-filters.conf} and
 C{discovery-targets.conf} are hosts of the examples' own network
 (C{app1.local}, C{app1}); there the scrape comes back as the agent's
-failure to reach the target, not as the proxy's unknown path. C{simple.conf},
-C{federate.conf} and C{nginx-proxy.conf} scrape the processes' own metrics
-at C{localhost:8082} and C{localhost:8083}, their default ports, so those
-files run one after the other, on those ports.
+failure to reach the target (503), not as the proxy's unknown path (404).
+C{simple.conf}, C{federate.conf} and C{nginx-proxy.conf} scrape the
+processes' own metrics at C{localhost:8082} and C{localhost:8083}, their
+default ports, so those three run one after the other, on those ports of
+127.0.0.1.
 """
 
 from __future__ import annotations
@@ -136,17 +138,16 @@ class ExampleRun(ProcessGroup):
         def loopback(port: int) -> str:
             return f"tcp:{port}:interface=127.0.0.1"
 
-        def ports(process: str) -> list[str]:
-            # The example's own metrics where it expects them, else on a
-            # free port, as the admin port (simple.conf enables both):
-            # other tests share the machine.
-            metrics = PROXY_METRICS_PORT if process == "proxy" else AGENT_METRICS_PORT
-            if process not in example.ownMetrics:
-                metrics = freePort()
+        def ports(process: str, defaultMetrics: int) -> list[str]:
+            # The process's own metrics on their default port when the
+            # example's URLs expect them there, else on a free port, as
+            # the admin port (simple.conf enables both): other tests share
+            # the machine.
+            own = process in example.ownMetrics
             return [
-                *(["--metrics"] if process in example.ownMetrics else []),
+                *(["--metrics"] if own else []),
                 "--metrics_listen",
-                loopback(metrics),
+                loopback(defaultMetrics if own else freePort()),
                 "--admin_listen",
                 loopback(freePort()),
             ]
@@ -163,7 +164,7 @@ class ExampleRun(ProcessGroup):
                 "--agent_listen",
                 loopback(agentPort),
                 "--sd_enabled",
-                *ports("proxy"),
+                *ports("proxy", PROXY_METRICS_PORT),
             ],
             workdir,
         )
@@ -175,7 +176,7 @@ class ExampleRun(ProcessGroup):
                 "-c",
                 example.agentConfig or example.config,
                 f"-Dagent.proxy.port={agentPort}",
-                *ports("agent"),
+                *ports("agent", AGENT_METRICS_PORT),
             ],
             workdir,
         )
