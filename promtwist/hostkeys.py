@@ -179,6 +179,14 @@ def parseHostKey(key: str) -> tuple[str, int | None]:
     return host, port
 
 
+def claimsPort(key: str) -> bool:
+    """
+    Whether a host key claims one port (C{//host:port}) rather than the
+    host on any port (C{//host}).
+    """
+    return ":" in key and not key.endswith("]")
+
+
 def keyTarget(key: str) -> str:
     """
     What a host key claims as people write it: C{host:port}, or C{host} for

@@ -25,7 +25,7 @@ from json.encoder import encode_basestring as _quoted
 
 from twisted.internet.address import IPv4Address, IPv6Address
 
-from promtwist.hostkeys import isHostKey, keyTarget
+from promtwist.hostkeys import claimsPort, isHostKey, keyTarget
 from promtwist.logs import clip
 from promtwist.proxy.answers import textAnswer
 from promtwist.proxy.exchange import Exchange
@@ -132,7 +132,9 @@ class Document:
         known, self._groups = self._groups, {}
         order: list[list[bytes]] = []
         for path, changed in self.registry.discoverableVersions():
-            if isHostKey(path) != self.hostRouted:
+            if isHostKey(path) != self.hostRouted or (self.hostRouted and not claimsPort(path)):
+                # A host claimed on any port (a PushProx client) has no
+                # address Prometheus could scrape.
                 continue
             cached = known.get(path)
             if cached is None or cached[0] != changed:
