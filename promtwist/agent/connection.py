@@ -701,7 +701,7 @@ class ProxyConnectionFactory(Factory):
         self.scraper = scraper
         self.clock = clock
         self.sweep = DeadlineSweep(clock)
-        self.table = PathTable(static=settings.path_configs)
+        self.table = PathTable(static=settings.claims)
         # Replaced, never changed in place: see PathTable.desired.
         self.paths: Mapping[str, PathConfig] = self.table.desired()
         # Set when the agent is stopping: new scrapes are refused.

@@ -252,7 +252,7 @@ _FIELD_KEYS = {
 
 
 # What a reload applies.
-_PATH_FIELDS = ("path_configs", "path_configs_listed")
+_PATH_FIELDS = ("path_configs", "path_configs_listed", "targets", "fqdn")
 
 
 class AgentService(MultiService):
@@ -438,7 +438,7 @@ class AgentService(MultiService):
     def reload(self) -> Deferred[None]:
         """
         Read the configuration again (what C{SIGHUP} does) and apply its
-        C{agent.pathConfigs} over the current link. A configuration that
+        C{agent.pathConfigs} and C{agent.targets} over the current link. A configuration that
         does not load is rejected with one error line and changes nothing,
         and so is one that would leave the agent no path at all without
         saying so (no C{agent.pathConfigs} key: a file cut short, an
@@ -464,6 +464,7 @@ class AgentService(MultiService):
         if (
             not new.path_configs
             and not new.path_configs_listed
+            and not new.targets
             and self.factory.paths
             and not self.factory.table.discovered
         ):
@@ -483,9 +484,13 @@ class AgentService(MultiService):
                 keys=", ".join(differing),
             )
         self.settings = replace(
-            old, path_configs=new.path_configs, path_configs_listed=new.path_configs_listed
+            old,
+            path_configs=new.path_configs,
+            path_configs_listed=new.path_configs_listed,
+            targets=new.targets,
+            fqdn=new.fqdn,
         )
-        changes, done = self.factory.replacePaths(static=new.path_configs)
+        changes, done = self.factory.replacePaths(static=new.claims)
         self._log.info(
             "configuration reloaded from {source}: paths {summary}",
             source=new.config_source,
