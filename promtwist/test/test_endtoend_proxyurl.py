@@ -15,11 +15,11 @@ import treq
 from twisted.trial.unittest import TestCase
 
 from promtwist.test.certs import certificates
-from promtwist.test.processes import AGENT_NAME, Child, Cluster, TargetServer, freePort, writeFile
-from promtwist.test.test_endtoend import PROMETHEUS_MISSING, _q, prometheusBinary
+from promtwist.test.processes import AGENT_NAME, Cluster, TargetServer, freePort
+from promtwist.test.test_endtoend import PROMETHEUS_MISSING, _q, prometheusBinary, runPrometheus
 
 
-def prometheusConfig(cluster: Cluster, plain: str, secure: str, other: str, port: int) -> str:
+def prometheusConfig(cluster: Cluster, plain: str, secure: str, other: str) -> str:
     proxy = f"http://127.0.0.1:{cluster.scrapePort}/"
     return f"""\
 global:
@@ -58,6 +58,14 @@ scrape_configs:
 """
 
 
+def trusting(ca: str) -> list[str]:
+    """
+    The agent options that make it trust C{ca} for https targets: the path
+    made absolute, since the agent runs in another directory.
+    """
+    return ["--https_truststore", os.path.abspath(ca)]
+
+
 class ProxyURLEndToEndTests(TestCase):
     timeout = 120
 
@@ -74,38 +82,16 @@ class ProxyURLEndToEndTests(TestCase):
         cluster = Cluster(
             self,
             paths={"e2e_one": "metrics"},
-            agentArgs=["--https_truststore", os.path.abspath(certs.ca)],
+            agentArgs=trusting(certs.ca),
             targets=[plain, f"https://{secure}"],
         )
         await cluster.start()
 
         promPort = freePort()
-        config = writeFile(
-            os.path.join(cluster.workdir, "prometheus.yml"),
-            prometheusConfig(cluster, plain, secure, other, promPort),
+        apiGet = await runPrometheus(
+            self, cluster, binary, promPort, prometheusConfig(cluster, plain, secure, other)
         )
-        prometheus = Child(
-            self,
-            "prometheus",
-            [
-                binary,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={os.path.join(cluster.workdir, 'tsdb')}",
-                f"--web.listen-address=127.0.0.1:{promPort}",
-            ],
-            cluster.workdir,
-        )
-        cluster.children.append(prometheus)
-        prometheus.start()
-        api = f"http://127.0.0.1:{promPort}/api/v1"
         state: dict[str, Any] = {}
-
-        async def apiGet(what: str) -> Any:
-            response = await cluster.http.get(f"{api}/{what}", timeout=2)
-            document = await treq.json_content(response)
-            if document.get("status") != "success":
-                raise AssertionError(f"{what}: {document}")
-            return document["data"]
 
         def byJob(targets: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             return {t["labels"]["job"]: t for t in targets}
