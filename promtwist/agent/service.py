@@ -43,6 +43,7 @@ from promtwist.config.keys import AGENT
 from promtwist.config.settings import AgentSettings, ConfigError, PathConfig
 from promtwist.debugpage import head, table, uptime
 from promtwist.health import agentHealth
+from promtwist.hostkeys import spelled
 from promtwist.httputil import redacted
 from promtwist.listen import logStarted
 from promtwist.logs import observer
@@ -382,7 +383,7 @@ class AgentService(MultiService):
         configs = table(
             "Agent Path Configs",
             ["Name", "Path", "URL"],
-            [[f'"{config.name}"', f"/{path}", redacted(config.url)] for path, config in paths],
+            [[f'"{config.name}"', spelled(path), redacted(config.url)] for path, config in paths],
             "\n",
         )
         lines = [
@@ -397,7 +398,7 @@ class AgentService(MultiService):
         for path, config in paths:
             standing = standings.get(path)
             where = standing.describe() if standing is not None else "not registered"
-            lines.append(f"  /{path} -> {redacted(config.url)} [{where}]")
+            lines.append(f"  {spelled(path)} -> {redacted(config.url)} [{where}]")
         return "\n".join([upstream, configs, *lines]) + "\n"
 
     def _notReady(self, failure: Failure, proxy: str) -> Failure:

@@ -574,6 +574,11 @@ class Cluster:
             "    }"
             for path, targetPath in (paths or self.paths).items()
         )
+        targets = (
+            f"  targets = [{', '.join(hoconString(target) for target in self.targets)}]\n"
+            if self.targets
+            else ""
+        )
         return (
             "// Written by promtwist.test.test_endtoend.\n"
             "agent {\n"
@@ -582,7 +587,7 @@ class Cluster:
             "  pathConfigs = [\n"
             f"{entries}\n"
             "  ]\n"
-            f"  targets = [{', '.join(hoconString(target) for target in self.targets)}]\n"
+            f"{targets}"
             "}\n"
         )
 
