@@ -65,6 +65,15 @@ class ProxyRoute(NamedTuple):
         return "//" + self.target.address
 
 
+def isProxyRequest(method: bytes, path: bytes) -> bool:
+    """
+    Whether a request is for another server, sent to this one as its
+    proxy: a C{CONNECT}, or a request target (up to its C{?}) in absolute
+    form.
+    """
+    return method == b"CONNECT" or _ABSOLUTE.match(path) is not None
+
+
 def proxyRoute(
     path: bytes,
     query: bytes,
