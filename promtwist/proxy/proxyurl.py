@@ -86,7 +86,8 @@ def proxyRoute(
     not name a target someone serves.
 
     @param path: the request target up to its C{?}.
-    @param served: whether anyone serves a (checked) host and port.
+    @param served: whether a (checked) host and port is claimed, making an
+        origin-form request naming it in C{Host} host-routed.
     @raise BadProxyRequest: an absolute URI that names no usable target, or
         a host-routed request whose path or query cannot be forwarded.
     """

@@ -94,7 +94,10 @@ class ScrapeHandler:
                 exchange.path,
                 exchange.query,
                 exchange.headers.get(b"host"),
-                lambda host, port: bool(self.registry.lookupHost(host, port)),
+                # Only an exact claim: a host claimed on any port (a PushProx
+                # client's FQDN) must not capture the proxy's own requests
+                # that arrive under that name.
+                lambda host, port: bool(self.registry.lookup(hostKey(host, port))),
             )
         except BadProxyRequest as e:
             return self._refuse(exchange, "", e.status, e.kind, e.reason)
