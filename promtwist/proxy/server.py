@@ -175,6 +175,7 @@ class ProxyService(MultiService):
                     link.roundTripSeconds,
                     link.scrapesInFlight,
                     self.reactor.seconds() - (link.establishedAt or self.reactor.seconds()),
+                    link.transfersInProgress,
                 )
                 for link in self._agentLinks()
             ],
@@ -186,9 +187,7 @@ class ProxyService(MultiService):
         return [link for link in self.linkFactory.links if link.established]
 
     def _scrapeEnded(self, record: ScrapeRecord) -> None:
-        self.metrics.scrapeFinished(
-            record.path, record.type, record.seconds, record.bytes, record.encoding
-        )
+        self.metrics.scrapeFinished(record.path, record.legs, record.bytes)
         if self.settings.request_logging_enabled and debugging(self._log.namespace):
             self._log.debug(
                 "scrape {path} via {agents}: {status} {type} {reason} ({bytes} bytes, {ms:.1f} ms)",
@@ -326,9 +325,7 @@ class ProxyService(MultiService):
                 # Its paths go to standbys whose identity holds, at once.
                 self.registry.removeAgent(link, "reload")
                 link.close("its identity changed on reload")
-        others = PROXY.changedKeys(
-            self.settings, fresh, ("identities", "agent_token"), {"config_source": "--config"}
-        )
+        others = PROXY.changedKeys(self.settings, fresh)
         if others:
             self._log.warn(
                 "reloaded agent identities; these changes need a restart: {keys}",
