@@ -6,19 +6,22 @@ whatever the proxy sends.
 
 from __future__ import annotations
 
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Request
 
 from promtwist.agent.targets import NotServed, targetFetch
-from promtwist.config.settings import AgentSettings, PathConfig
+from promtwist.config.settings import AgentSettings, Identity, PathConfig, ProxySettings
 from promtwist.hostkeys import HostTarget, hostKey
 from promtwist.protocol.promtwist_pb2 import Outcome
 from promtwist.proxy.answers import ScrapeFailed
 from promtwist.proxy.relay import ScrapeCall
 from promtwist.proxy.stream import ScrapeStream
 from promtwist.test.test_link import PATHS, Pair, Target
+from promtwist.test.test_ownership import Ownership
 
 NODE = PathConfig("node", hostKey("node1.test", 9100), "http://node1.test:9100/", {"env": "a"})
+OTHER = PathConfig("other", hostKey("node2.test", 9100), "http://node2.test:9100/")
 SECURE = PathConfig("secure", hostKey("node1.test", 9443), "https://node1.test:9443/")
 
 
@@ -130,3 +133,61 @@ class HostRoutedLinkTests(SynchronousTestCase):
         self.assertEqual(failure.status, 503)
         self.assertIn("declared as http", failure.reason)
         self.assertEqual(self.target.seen, [])
+
+
+class TargetOwnershipTests(SynchronousTestCase):
+    """
+    Two agents declaring one target over real links: path ownership's
+    standby rule, and identities' target globs.
+    """
+
+    def test_standbyPromoted(self) -> None:
+        """
+        The second agent waits for the target and is told behind whom; when
+        the holder's link is lost it is promoted at once, and the target's
+        scrapes go to it.
+        """
+        proxy = Ownership()
+        first = proxy.connect("a1", targets=(NODE,))
+        second = proxy.connect("a2", targets=(NODE,))
+        self.assertEqual(proxy.registry.lookupHost("node1.test", 9100), (first.link,))
+        self.assertTrue(second.standing(NODE.path).startswith("standby #1 behind agent 'a1'"))
+        with capturedLogs() as events:
+            first.connection.transport.abortConnection()
+            proxy.flush()
+        self.assertEqual(proxy.registry.lookupHost("node1.test", 9100), (second.link,))
+        self.assertTrue(second.standing(NODE.path).startswith("held by this agent"))
+        lines = [formatEvent(e) for e in events]
+        self.assertTrue(
+            any("now serving //node1.test:9100: promoted from standby" in t for t in lines), lines
+        )
+        stream = second.link.scrape(
+            ScrapeCall("/metrics", "", "", "", "", 5.5, HostTarget("", "node1.test", 9100))
+        )
+        proxy.flush()
+        self.assertEqual(self.successResultOf(stream.head).status, 200)
+
+    def test_identityTargets(self) -> None:
+        """
+        An identity may claim only the targets its globs allow; the agent is
+        told why, and its paths are not affected.
+        """
+        nodes = Identity("nodes", "t-nodes", targets=("node1.test:*",))
+        apps = Identity("apps", "t-apps", paths=("fast", "slow"))
+        proxy = Ownership(ProxySettings(identities=(nodes, apps)))
+        allowed = proxy.connect("a1", token="t-nodes", targets=(NODE,))
+        with capturedLogs() as events:
+            refused = proxy.connect("a2", token="t-apps", targets=(OTHER,))
+        self.assertEqual(proxy.registry.lookupHost("node1.test", 9100), (allowed.link,))
+        self.assertEqual(proxy.registry.lookupHost("node2.test", 9100), ())
+        self.assertEqual(proxy.registry.lookup("fast"), (allowed.link,))
+        self.assertNotIn(OTHER.path, refused.connection.registeredPaths())
+        warned = [formatEvent(e) for e in events if e["log_level"] >= LogLevel.warn]
+        self.assertTrue(
+            any(
+                "the proxy refused path //node2.test:9100: agent identity 'apps' is not"
+                " authorized to serve //node2.test:9100" in t
+                for t in warned
+            ),
+            warned,
+        )
