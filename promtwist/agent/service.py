@@ -494,11 +494,12 @@ class AgentService(MultiService):
         super().startService()
         logStarted(self._log, "agent", self.listeners)
         self._log.info(
-            "agent {name!r} dialling {proxy}{tls} for {n} path(s)",
+            "agent {name!r} dialling {proxy}{tls} for {n} path(s){targets}",
             name=settings.name,
             proxy=", ".join(name for name, _ in self.links.endpoints),
             tls=" over TLS" if linkUsesTLS(settings) else "",
             n=len(settings.path_configs),
+            targets=f" and {len(settings.targets)} target(s)" if settings.targets else "",
         )
         if settings.trust_all_x509_certificates:
             self._log.warn(
