@@ -5,6 +5,11 @@ The proxy's table of connected agents and the paths they serve.
 The registry decides which agent serves a request and nothing else: it knows
 no HTTP and no wire format, so the scrape resource, discovery and later
 front ends (status pages, PushProx-style routing) all read the same table.
+
+Its keys are paths and, for C{proxy_url} scrapes, host-routed targets
+(C{//host:port}, C{//host} on any port; see L{promtwist.hostkeys}): one
+table, so a target is held, queued for, promoted, budgeted and departed
+exactly as a path is.
 """
 
 from __future__ import annotations
@@ -716,6 +721,12 @@ class Registry:
         else whoever claimed the host on any port; none if nobody did.
         """
         return self.lookup(hostKey(host, port)) or self.lookup(hostKey(host, None))
+
+    def departedHost(self, host: str, port: int) -> PathEntry | None:
+        """
+        L{departed} for target C{host:port}, as L{lookupHost} finds it.
+        """
+        return self.departed(hostKey(host, port)) or self.departed(hostKey(host, None))
 
     def snapshot(self) -> list[PathEntry]:
         """

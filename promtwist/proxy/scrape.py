@@ -23,7 +23,7 @@ from promtwist.proxy.consolidated import BufferBudget, CollectMerge
 from promtwist.proxy.discovery import Discovery
 from promtwist.proxy.exchange import Exchange
 from promtwist.proxy.proxyurl import BadProxyRequest, ProxyRoute, badQueryByte, proxyRoute
-from promtwist.proxy.registry import AgentHandle, PathEntry, Registry
+from promtwist.proxy.registry import Registry
 from promtwist.proxy.relay import (
     BodyStrategy,
     ScrapeCall,
@@ -118,17 +118,7 @@ class ScrapeHandler:
             return self._refuse(
                 exchange, path, 404, "missing_path", "no path given: request /<path>"
             )
-        self._relay(
-            exchange,
-            started,
-            path,
-            "/" + clip(path),
-            self.registry.lookup(path),
-            self.registry.departed(path),
-            path,
-            query.decode("ascii"),
-            None,
-        )
+        self._relay(exchange, started, path, query.decode("ascii"))
 
     def _hostRouted(self, exchange: Exchange, route: ProxyRoute, started: float) -> None:
         """
@@ -139,41 +129,28 @@ class ScrapeHandler:
         badBytes = badHeaderByte(exchange.headers)
         if badBytes:
             return self._refuse(exchange, route.shown, 400, "bad_request", badBytes)
-        target = route.target
-        self._relay(
-            exchange,
-            started,
-            route.shown,
-            f"target {clip(target.address)}",
-            self.registry.lookupHost(target.host, target.port),
-            self.registry.departed(hostKey(target.host, target.port))
-            or self.registry.departed(hostKey(target.host, None)),
-            route.path,
-            route.query,
-            target,
-        )
+        self._relay(exchange, started, route.path, route.query, route.target)
 
     def _relay(
         self,
         exchange: Exchange,
         started: float,
-        key: str,
-        named: str,
-        agents: tuple[AgentHandle, ...],
-        gone: PathEntry | None,
         path: str,
         query: str,
-        target: HostTarget | None,
+        target: HostTarget | None = None,
     ) -> None:
         """
-        Hand a checked request to the agents serving it, or say why there
-        are none.
-
-        @param key: what the scrape's record names (the path, or the
-            target's host key).
-        @param named: what reasons call it (C{/path}, C{target host:port}).
-        @param gone: C{key}'s entry if its last agent left a while ago.
+        Hand a checked request to the agents serving its path, or its
+        C{target} when it names one, or say why there are none.
         """
+        key: str
+        if target is None:
+            key, named = path, "/" + clip(path)
+            agents, gone = self.registry.lookup(path), self.registry.departed(path)
+        else:
+            key, named = hostKey(target.host, target.port), f"target {clip(target.address)}"
+            agents = self.registry.lookupHost(target.host, target.port)
+            gone = self.registry.departedHost(target.host, target.port)
         if self.stopping:
             return self._refuse(exchange, key, 503, "proxy_stopped", "the proxy is shutting down")
         if not agents:
