@@ -249,9 +249,11 @@ class ProxyService(MultiService):
         for entry in snapshot:
             agents = ", ".join(_described(a) for a in entry.agents)
             if entry.consolidated:
-                lines.append(f"  /{entry.path} [consolidated] {agents}")
+                lines.append(f"  {spelled(entry.path)} [consolidated] {agents}")
                 continue
-            lines.append(f"  /{entry.path} [exclusive] {agents}, since {utcTime(entry.since)}")
+            lines.append(
+                f"  {spelled(entry.path)} [exclusive] {agents}, since {utcTime(entry.since)}"
+            )
             for place, claim in enumerate(entry.standbys, 1):
                 lines.append(
                     f"      standby #{place}: {_described(claim.agent)}, waiting since "
@@ -260,8 +262,8 @@ class ProxyService(MultiService):
         lines += ["", f"last {len(self.recent)} scrapes:"]
         for _, r in self.recent:
             lines.append(
-                f"  /{r.path} - {r.type} - {r.status} {r.reason} - {r.seconds * 1000:.1f} ms"
-                f" - {r.bytes} bytes - {r.agents}"
+                f"  {spelled(r.path)} - {r.type} - {r.status} {r.reason}"
+                f" - {r.seconds * 1000:.1f} ms - {r.bytes} bytes - {r.agents}"
             )
         parts.append("\n".join(lines))
         return "\n".join(parts) + "\n"
