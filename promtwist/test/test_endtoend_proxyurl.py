@@ -49,6 +49,11 @@ scrape_configs:
     proxy_url: {proxy}
     params: {{_scheme: [https]}}
     static_configs: [{{targets: ["{secure}"]}}]
+  # The same target without _scheme: the agent's declaration (https://)
+  # decides.
+  - job_name: declared
+    proxy_url: {proxy}
+    static_configs: [{{targets: ["{secure}"]}}]
   # The same target found through discovery of the claimed targets.
   - job_name: discovered
     proxy_url: {proxy}
@@ -125,8 +130,14 @@ class ProxyURLEndToEndTests(TestCase):
             stored = {(s["metric"]["job"], s["metric"]["instance"]) for s in samples}
             upOnes = {s["metric"]["job"] for s in up if s["value"][1] == "1"}
             return (
-                {("plain", plain), ("secure", secure), ("discovered", secure)} <= stored
-                and {"plain", "secure", "discovered", "path"} <= upOnes
+                {
+                    ("plain", plain),
+                    ("secure", secure),
+                    ("declared", secure),
+                    ("discovered", secure),
+                }
+                <= stored
+                and {"plain", "secure", "declared", "discovered", "path"} <= upOnes
                 and all(
                     targets.get(job, {}).get("lastError")
                     for job in ("connect", "undeclared", "anonymous")
