@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable
 from typing import NamedTuple
 
-from promtwist.hostkeys import BadTarget, HostTarget, parseHostPort
+from promtwist.hostkeys import BadTarget, HostTarget, hostKey, parseHostPort
 from promtwist.logs import clip
 
 # The scheme of an absolute-form request target (RFC 3986 section 3.1).
@@ -60,9 +60,9 @@ class ProxyRoute(NamedTuple):
     @property
     def shown(self) -> str:
         """
-        The target as records and reasons name it.
+        The target as records name it: its host key.
         """
-        return "//" + self.target.address
+        return hostKey(self.target.host, self.target.port)
 
 
 def isProxyRequest(method: bytes, path: bytes) -> bool:
@@ -125,11 +125,11 @@ def _absolute(scheme: str, rest: bytes, query: bytes) -> ProxyRoute:
         name, port = parseHostPort(text, scheme)
     except BadTarget as e:
         raise BadProxyRequest(f"bad target in the request URL: {e}") from None
-    given, rest_query = _schemeParam(query)
+    given, remaining = _schemeParam(query)
     # An https:// request target (which Prometheus does not send) is https
     # unless _scheme says otherwise.
     chosen = given or ("https" if scheme == "https" else "")
-    return ProxyRoute(HostTarget(chosen, name, port), _checkedPath(path), rest_query)
+    return ProxyRoute(HostTarget(chosen, name, port), _checkedPath(path), remaining)
 
 
 def _checkedPath(path: bytes) -> str:
