@@ -480,6 +480,12 @@ AGENT = Role(
                 help="Agent name (empty: Unnamed-<hostname>)",
             ),
             Setting(
+                "agent.fqdn",
+                str,
+                field="fqdn",
+                help="Host of agent.targets entries that name none (empty: this host's FQDN)",
+            ),
+            Setting(
                 "agent.consolidated",
                 bool,
                 field="consolidated",
@@ -615,6 +621,7 @@ AGENT = Role(
     ),
     lists={
         "agent.pathConfigs": "path_configs",
+        "agent.targets": "targets",
         "agent.filters": "filters",
         "agent.proxy.endpoints": "proxy_endpoints",
         "agent.admin.allowedNetworks": "admin_allowed_networks",
@@ -624,6 +631,6 @@ AGENT = Role(
         "path_configs_listed": "agent.pathConfigs",
         "proxy_endpoints": "agent.proxy.endpoints (or hostname/port, --proxy)",
     },
-    # promtwist.agent.service's reload registers the new paths.
-    live=frozenset({"path_configs", "path_configs_listed"}),
+    # promtwist.agent.service's reload registers the new paths and targets.
+    live=frozenset({"path_configs", "path_configs_listed", "targets", "fqdn"}),
 )

@@ -21,6 +21,7 @@ from promtwist.config.keys import PROXY
 from promtwist.config.settings import ConfigError, ProxySettings
 from promtwist.debugpage import head, recentLine, table, uptime, where
 from promtwist.health import proxyHealth
+from promtwist.hostkeys import spelled
 from promtwist.listen import Listener, logStarted
 from promtwist.logs import clip, debugging, observer, utcTime
 from promtwist.metrics import AgentSample, ProxyState
@@ -149,7 +150,7 @@ class ProxyService(MultiService):
         # ends, even if no warning of their kind follows.
         self._every(WARNING_SUMMARY_SECONDS, self.summariseWarnings)
         if discovery is not None:
-            self._every(DISCOVERY_REFRESH_SECONDS, discovery.document.refresh)
+            self._every(DISCOVERY_REFRESH_SECONDS, discovery.refresh)
         if settings.stale_agent_check_enabled:
             self._every(settings.stale_agent_check_pause_secs, self.evictStale)
         self._restoreHangup: Callable[[], None] | None = None
@@ -189,9 +190,8 @@ class ProxyService(MultiService):
         self.metrics.scrapeFinished(record.path, record.legs, record.bytes)
         if self.settings.request_logging_enabled and debugging(self._log.namespace):
             self._log.debug(
-                "scrape /{path} via {agents}: {status} {type} {reason}"
-                " ({bytes} bytes, {ms:.1f} ms)",
-                path=clip(record.path),
+                "scrape {path} via {agents}: {status} {type} {reason} ({bytes} bytes, {ms:.1f} ms)",
+                path=spelled(clip(record.path)),
                 agents=clip(record.agents) or "-",
                 status=record.status,
                 type=record.type,
@@ -226,7 +226,7 @@ class ProxyService(MultiService):
         ]
         if snapshot:
             rows = [
-                [f"/{e.path}", f"{len(e.agents)} {', '.join(map(_described, e.agents))}"]
+                [spelled(e.path), f"{len(e.agents)} {', '.join(map(_described, e.agents))}"]
                 for e in sorted(snapshot, key=lambda e: e.path)
             ]
             parts.append(table("Proxy Path Map", ["Path", "Agent Context"], rows, "\n\n"))
@@ -250,9 +250,11 @@ class ProxyService(MultiService):
         for entry in snapshot:
             agents = ", ".join(_described(a) for a in entry.agents)
             if entry.consolidated:
-                lines.append(f"  /{entry.path} [consolidated] {agents}")
+                lines.append(f"  {spelled(entry.path)} [consolidated] {agents}")
                 continue
-            lines.append(f"  /{entry.path} [exclusive] {agents}, since {utcTime(entry.since)}")
+            lines.append(
+                f"  {spelled(entry.path)} [exclusive] {agents}, since {utcTime(entry.since)}"
+            )
             for place, claim in enumerate(entry.standbys, 1):
                 lines.append(
                     f"      standby #{place}: {_described(claim.agent)}, waiting since "
@@ -261,8 +263,8 @@ class ProxyService(MultiService):
         lines += ["", f"last {len(self.recent)} scrapes:"]
         for _, r in self.recent:
             lines.append(
-                f"  /{r.path} - {r.type} - {r.status} {r.reason} - {r.seconds * 1000:.1f} ms"
-                f" - {r.bytes} bytes - {r.agents}"
+                f"  {spelled(r.path)} - {r.type} - {r.status} {r.reason}"
+                f" - {r.seconds * 1000:.1f} ms - {r.bytes} bytes - {r.agents}"
             )
         parts.append("\n".join(lines))
         return "\n".join(parts) + "\n"
