@@ -1,0 +1,631 @@
+# -*- test-case-name: promtwist.test.test_pushprox -*-
+"""
+Unmodified PushProx 0.2 clients as scrape sources: C{POST /poll},
+C{POST /push} and C{GET /clients} on the scrape port.
+
+A PushProx client holds one long poll open (C{POST /poll}, its FQDN as the
+body); the proxy answers it with the next scrape for that FQDN, written as
+an HTTP request (L{promtwist.proxy.pushwire}); the client fetches it and
+pushes the target's answer back (C{POST /push}), matched to the scrape by
+its C{Id} header. Here each client is an agent of the registry
+(L{PushProxClient}): it claims its FQDN as promtwist agents claim targets,
+so the registry's ownership rules (one holder, standbys promoted when it
+leaves) decide who serves an FQDN two clients claim, and the scrape handler
+sends it scrapes through the relay like any agent.
+
+Where PushProx fails, this does not:
+
+  - a poll whose connection closed is forgotten at once (L{Poll} notices
+    the close), so it never takes a scrape; a scrape with no live poll
+    waits for the next one, within its deadline, and fails with a reason
+    if none comes;
+  - a poll is held at most C{pollHoldSecs}, then answered with PushProx's
+    own expiry (408, which the client answers with a new poll), so an idle
+    client keeps polling, and stays listed, however rarely it is scraped;
+    a client is forgotten only C{clientGraceSecs} after its last poll
+    ended without another;
+  - the deadline always reaches the client (PushProx's refuses a scrape
+    without one), internal and hop-by-hop headers are stripped both ways,
+    and a push is read within the proxy's content-size limit;
+  - a push is accepted only from the identity the scrape was sent to.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import Enum, auto
+from itertools import count
+from typing import Protocol
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from promtwist.config import Identity
+from promtwist.httpguard import clientIP
+from promtwist.logs import clip, observer
+from promtwist.protocol.promtwist_pb2 import Frame, Outcome, ScrapeResponse
+from promtwist.proxy.answers import textAnswer
+from promtwist.proxy.auth import AuthenticationFailed, Authenticator
+from promtwist.proxy.exchange import Exchange
+from promtwist.proxy.pushwire import MAX_PUSH_HEAD_BYTES, BadPush, ScrapeInstruction, parsePush
+from promtwist.proxy.registry import AgentHandle, RegistrationRefused
+from promtwist.proxy.relay import ScrapeCall
+from promtwist.proxy.stream import ScrapeStream
+
+# PushProx's answer to a poll it gives up on; its client polls again.
+POLL_EXPIRED = "Error WaitForScrapeInstruction: request is expired"
+# The longest FQDN a client may register (RFC 1035's limit on a name).
+MAX_FQDN = 253
+# The scrape port's paths for PushProx clients, by method.
+POLL_PATH = b"/poll"
+PUSH_PATH = b"/push"
+CLIENTS_PATH = b"/clients"
+RESERVED_PATHS = ("poll", "push", "clients")
+
+_log = Logger(observer=observer)
+
+
+class HostClaims(Protocol):
+    """
+    What a PushProx client needs of the registry: to be an agent there,
+    and to claim its FQDN on every port.
+    """
+
+    def addAgent(self, agent: AgentHandle) -> None: ...
+
+    def removeAgent(self, agent: AgentHandle, reason: str = "lost") -> None: ...
+
+    def claimHost(self, agent: AgentHandle, host: str) -> int:
+        """
+        Let C{agent} serve every port of C{host}, or queue it behind the
+        holder: 0 when it serves, else its place in the queue.
+
+        @raise RegistrationRefused: with the reason.
+        """
+
+
+class PollState(Enum):
+    """
+    Where a held poll is: C{WAITING} for a scrape, or over because it
+    C{CARRIED} one, C{EXPIRED}, or is C{GONE} (its client closed it).
+    """
+
+    WAITING = auto()
+    CARRIED = auto()
+    EXPIRED = auto()
+    GONE = auto()
+
+
+class Poll:
+    """
+    One C{POST /poll}, held until it carries a scrape, expires, or its
+    client goes.
+    """
+
+    def __init__(
+        self,
+        exchange: Exchange,
+        ended: Callable[[Poll, str], None],
+        clock: IReactorTime,
+        hold: float,
+    ) -> None:
+        """
+        @param ended: called with the poll and why it ended, once, unless
+            it ended by carrying a scrape.
+        """
+        self.exchange = exchange
+        self.state = PollState.WAITING
+        self._ended = ended
+        self._timer: IDelayedCall | None = clock.callLater(hold, self.expire)
+        exchange.notifyGone(self._gone)
+
+    def carry(self, instruction: bytes) -> bool:
+        """
+        Answer the poll with a scrape, if it still waits.
+        """
+        if self.state is not PollState.WAITING:
+            return False
+        self._over(PollState.CARRIED)
+        exchange = self.exchange
+        exchange.setStatus(200)
+        exchange.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        exchange.setHeader(b"Cache-Control", b"no-store")
+        exchange.finishWith(instruction)
+        return True
+
+    def expire(self, why: str = "held for its longest") -> None:
+        """
+        Answer the poll with PushProx's expiry, if it still waits.
+        """
+        if self.state is not PollState.WAITING:
+            return
+        self._over(PollState.EXPIRED)
+        textAnswer(self.exchange, 408, POLL_EXPIRED)
+        self._ended(self, f"expired ({why})")
+
+    def _gone(self) -> None:
+        if self.state is not PollState.WAITING:
+            return
+        self._over(PollState.GONE)
+        self._ended(self, "its connection closed")
+
+    def _over(self, state: PollState) -> None:
+        self.state = state
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+
+class ScrapeState(Enum):
+    """
+    A scrape for a PushProx client: C{QUEUED} until a poll carries it,
+    then C{SENT} until its push or deadline, then C{DONE}.
+    """
+
+    QUEUED = auto()
+    SENT = auto()
+    DONE = auto()
+
+
+class PendingScrape:
+    """
+    One scrape sent, or to be sent, to a PushProx client: the
+    L{promtwist.proxy.stream.StreamLink} of its L{ScrapeStream}, so the
+    relay treats it as any agent's. The client's push becomes the stream's
+    one answer head, checked as an agent's is.
+    """
+
+    def __init__(
+        self,
+        client: PushProxClient,
+        number: int,
+        instruction: ScrapeInstruction,
+        clock: IReactorTime,
+        timeout: float,
+        maxLength: int,
+    ) -> None:
+        self.client = client
+        self.name = client.name
+        self.MAX_LENGTH = maxLength
+        self.instruction = instruction
+        self.state = ScrapeState.QUEUED
+        self.stream = ScrapeStream(self, number)
+        self._timeout = timeout
+        self._timer: IDelayedCall | None = clock.callLater(timeout, self._timedOut)
+
+    @property
+    def scrapeId(self) -> str:
+        return self.instruction.scrapeId
+
+    def answered(self, status: int, contentType: str, contentEncoding: str, body: bytes) -> None:
+        """
+        The client pushed the target's answer.
+        """
+        if status >= 300:
+            text = body.decode("utf-8", "replace").strip().splitlines()
+            reason = f"PushProx client {self.name!r}: HTTP {status}" + (
+                f": {clip(text[0], 200)}" if text else ""
+            )
+            response = ScrapeResponse(status=status, reason=reason, last=True)
+        else:
+            response = ScrapeResponse(
+                status=status,
+                content_type=contentType,
+                content_encoding=contentEncoding,
+                content_length=len(body),
+                body=body,
+                last=True,
+            )
+        self.stream.responseReceived(response)
+
+    def _timedOut(self) -> None:
+        self._timer = None
+        if self.state is ScrapeState.QUEUED:
+            outcome = Outcome.UNREACHABLE
+            reason = (
+                f"no poll from PushProx client {self.name!r} within {self._timeout:g}s"
+                f" ({self.client.absence()})"
+            )
+        else:
+            outcome = Outcome.TIMED_OUT
+            reason = (
+                f"PushProx client {self.name!r} took the scrape and pushed no answer"
+                f" within {self._timeout:g}s"
+            )
+        self.stream.responseReceived(ScrapeResponse(outcome=outcome, reason=reason, last=True))
+
+    # StreamLink.
+
+    def forget(self, scrapeId: int) -> None:
+        if self.state is ScrapeState.DONE:
+            return
+        self.state = ScrapeState.DONE
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self.client.forget(self)
+
+    def sendIfConnected(self, frame: Frame) -> None:
+        # Cancelling (the only frame a finished answer draws) is forget's
+        # business: a PushProx client cannot be told to stop.
+        pass
+
+    def violation(self, why: str) -> None:
+        _log.warn("PushProx client {client}: {why}", client=self.name, why=why)
+
+
+@dataclass(frozen=True)
+class ClientKey:
+    """
+    What tells one PushProx client from another: PushProx's clients say
+    only their FQDN, so two that share one are told apart by the identity
+    they proved and the address they poll from.
+    """
+
+    fqdn: str
+    identity: str
+    address: str
+
+
+class PushProxClient:
+    """
+    One PushProx client: an agent of the registry (L{AgentHandle}) that
+    serves every port of its FQDN, and a scrape source.
+
+    @ivar role: C{"holder"} while its scrapes come to it, C{"standby"}
+        while another client holds its FQDN.
+    @ivar poll: its held poll, if one waits.
+    """
+
+    consolidated = False
+    launchId = ""
+
+    def __init__(self, hub: PushProxHub, key: ClientKey, agentId: str, identity: Identity) -> None:
+        self.hub = hub
+        self.key = key
+        self.agentId = agentId
+        self.identity = identity
+        self.fqdn = key.fqdn
+        self.name = key.fqdn
+        self.hostName = key.address
+        self.role = "holder"
+        self.poll: Poll | None = None
+        self._queue: deque[PendingScrape] = deque()
+        self._lastPollEnded = hub.clock.seconds()
+        self._lastEnding = "it has not polled yet"
+        self._grace: IDelayedCall | None = None
+
+    def polled(self, exchange: Exchange) -> None:
+        """
+        A new poll came: hold it, unless a scrape waits for it. An older
+        poll still held is answered with PushProx's expiry, as PushProx
+        does: its client no longer waits on it.
+        """
+        if self._grace is not None and self._grace.active():
+            self._grace.cancel()
+        self._grace = None
+        old = self.poll
+        poll = self.poll = Poll(exchange, self._pollEnded, self.hub.clock, self.hub.pollHold)
+        if old is not None:
+            old.expire("a newer poll came")
+        self._sendNext()
+
+    def _sendNext(self) -> None:
+        while self._queue and self.poll is not None:
+            scrape = self._queue.popleft()
+            if self.poll.carry(scrape.instruction.serialize()):
+                scrape.state = ScrapeState.SENT
+                self.poll = None
+                self._lastPollEnded = self.hub.clock.seconds()
+                self._lastEnding = "its last poll took a scrape"
+                self._startGrace()
+                return
+
+    def _pollEnded(self, poll: Poll, why: str) -> None:
+        if poll is not self.poll:
+            return
+        self.poll = None
+        self._lastPollEnded = self.hub.clock.seconds()
+        self._lastEnding = f"its last poll {why}"
+        self._startGrace()
+
+    def _startGrace(self) -> None:
+        if self._grace is None:
+            self._grace = self.hub.clock.callLater(self.hub.clientGrace, self._graceOver)
+
+    def _graceOver(self) -> None:
+        self._grace = None
+        if self.poll is None:
+            self.hub.forgetClient(self, f"no poll for {self.hub.clientGrace:g}s")
+
+    def absence(self) -> str:
+        """
+        Why no poll waits, for a scrape's reason.
+        """
+        ago = self.hub.clock.seconds() - self._lastPollEnded
+        return f"{self._lastEnding} {ago:.1f}s ago"
+
+    def scrape(self, call: ScrapeCall) -> ScrapeStream:
+        """
+        Send C{call} with the next poll: now if one waits.
+        """
+        scrape = self.hub.newScrape(self, call)
+        self._queue.append(scrape)
+        self._sendNext()
+        return scrape.stream
+
+    def forget(self, scrape: PendingScrape) -> None:
+        if scrape in self._queue:
+            self._queue.remove(scrape)
+        self.hub.scrapeEnded(scrape)
+
+    def stop(self, why: str) -> None:
+        """
+        The client is forgotten: its poll expires, its queued scrapes fail.
+        """
+        if self._grace is not None and self._grace.active():
+            self._grace.cancel()
+        self._grace = None
+        poll, self.poll = self.poll, None
+        if poll is not None:
+            poll.expire(why)
+        for scrape in list(self._queue):
+            scrape.stream.linkLost(f"PushProx client {self.name!r} forgotten: {why}")
+
+    # AgentHandle.
+
+    def pathRoleChanged(
+        self,
+        path: str,
+        role: str,
+        reason: str,
+        holder: AgentHandle,
+        since: float,
+        position: int = 0,
+    ) -> None:
+        self.role = role
+        _log.info(
+            "PushProx client {fqdn} from {address} is now {role} ({reason})",
+            fqdn=self.fqdn,
+            address=self.hostName,
+            role=role,
+            reason=reason,
+        )
+
+
+class PushProxHub:
+    """
+    The PushProx clients the scrape port knows, and its three paths for
+    them.
+
+    @ivar clients: every client, by L{ClientKey}.
+    @ivar pollHold: seconds a poll is held before it expires.
+    @ivar clientGrace: seconds a client without a poll is kept.
+    @ivar pushLimit: the most bytes a push body may have.
+    """
+
+    def __init__(
+        self,
+        registry: HostClaims,
+        authenticator: Authenticator,
+        clock: IReactorTime,
+        *,
+        pollHold: float,
+        clientGrace: float,
+        maxContentBytes: int,
+    ) -> None:
+        self.registry = registry
+        self.authenticator = authenticator
+        self.clock = clock
+        self.pollHold = pollHold
+        self.clientGrace = clientGrace
+        self.pushLimit = maxContentBytes + MAX_PUSH_HEAD_BYTES
+        self.clients: dict[ClientKey, PushProxClient] = {}
+        self._scrapes: dict[str, PendingScrape] = {}
+        self._ids = count(1)
+        self._numbers = count(1)
+
+    # The scrape port's body policy.
+
+    def bodyLimit(self, method: bytes, path: bytes) -> int | None:
+        """
+        The body sizes C{POST /poll} and C{POST /push} take; nothing else
+        takes one.
+        """
+        if method != b"POST":
+            return None
+        if path == POLL_PATH:
+            return MAX_FQDN + 64
+        if path == PUSH_PATH:
+            return self.pushLimit
+        return None
+
+    def route(self, exchange: Exchange) -> bool:
+        """
+        Answer C{exchange} if it is PushProx's (C{True}); else leave it.
+        """
+        method, path = exchange.method, exchange.path
+        if method == b"POST" and path == POLL_PATH:
+            self.poll(exchange)
+            return True
+        if method == b"POST" and path == PUSH_PATH:
+            self.push(exchange)
+            return True
+        if path == CLIENTS_PATH and method in (b"GET", b"HEAD"):
+            self.listClients(exchange)
+            return True
+        return False
+
+    # The three paths.
+
+    def poll(self, exchange: Exchange) -> None:
+        identity = self._identity(exchange)
+        if identity is None:
+            return
+        try:
+            fqdn = exchange.body.decode("ascii").strip()
+        except UnicodeDecodeError:
+            return textAnswer(exchange, 400, "the poll's body must be the client's FQDN in ASCII")
+        problem = _fqdnProblem(fqdn)
+        if problem:
+            return textAnswer(exchange, 400, f"the poll's body must be the client's FQDN: {problem}")
+        fqdn = fqdn.lower()
+        ip = clientIP(exchange.client)
+        key = ClientKey(fqdn, identity.name, str(ip) if ip is not None else "local")
+        client = self.clients.get(key)
+        if client is None:
+            client = PushProxClient(self, key, f"pushprox-{next(self._ids)}", identity)
+            self.registry.addAgent(client)
+            try:
+                position = self.registry.claimHost(client, fqdn)
+            except RegistrationRefused as e:
+                self.registry.removeAgent(client, "unregistered")
+                return textAnswer(exchange, 403, f"PushProx client {fqdn!r} refused: {e}")
+            self.clients[key] = client
+            if position:
+                client.role = "standby"
+            _log.info(
+                "PushProx client {fqdn} from {address} registered as {role}",
+                fqdn=fqdn,
+                address=key.address,
+                role=client.role,
+            )
+        client.polled(exchange)
+
+    def push(self, exchange: Exchange) -> None:
+        identity = self._identity(exchange)
+        if identity is None:
+            return
+        try:
+            answer = parsePush(exchange.body)
+        except BadPush as e:
+            return textAnswer(exchange, 400, f"bad push: {e}")
+        scrape = self._scrapes.get(answer.scrapeId)
+        if scrape is None or scrape.state is not ScrapeState.SENT:
+            return textAnswer(
+                exchange,
+                404,
+                f"no scrape {answer.scrapeId} waits for an answer"
+                " (it ended: answered, timed out, or Prometheus gave up)",
+            )
+        if scrape.client.identity != identity:
+            return textAnswer(
+                exchange, 403, f"scrape {answer.scrapeId} was not sent to this client's identity"
+            )
+        scrape.answered(
+            answer.status,
+            answer.header(b"content-type"),
+            answer.header(b"content-encoding"),
+            answer.body,
+        )
+        exchange.setStatus(200)
+        exchange.finishWith(b"")
+
+    def listClients(self, exchange: Exchange) -> None:
+        """
+        PushProx's C{/clients}: a target group per FQDN served, for
+        C{file_sd} or C{http_sd}.
+        """
+        groups = [{"targets": [fqdn], "labels": None} for fqdn in self.servedFQDNs()]
+        exchange.setStatus(200)
+        exchange.setHeader(b"Content-Type", b"application/json")
+        exchange.setHeader(b"Cache-Control", b"no-store")
+        exchange.finishWith(json.dumps(groups, separators=(",", ":")).encode("ascii"))
+
+    def servedFQDNs(self) -> list[str]:
+        """
+        The FQDNs a client holds, sorted.
+        """
+        return sorted({c.fqdn for c in self.clients.values() if c.role == "holder"})
+
+    def _identity(self, exchange: Exchange) -> Identity | None:
+        """
+        The identity the client proves with C{Authorization: Bearer}, as an
+        agent proves one with its token; or L{None}, having answered 401.
+        """
+        value = exchange.headers.get(b"authorization", b"")
+        scheme, _, token = value.strip().partition(b" ")
+        if value and scheme.lower() != b"bearer":
+            textAnswer(exchange, 401, "PushProx clients authenticate with a bearer token")
+            return None
+        try:
+            return self.authenticator.authenticate(token.strip().decode("latin-1"), None)
+        except AuthenticationFailed as e:
+            exchange.addHeader(b"WWW-Authenticate", b'Bearer realm="promtwist"')
+            textAnswer(exchange, 401, f"PushProx client not authenticated: {e}")
+            return None
+
+    # Scrapes.
+
+    def newScrape(self, client: PushProxClient, call: ScrapeCall) -> PendingScrape:
+        url, hostPort = targetOf(call)
+        headers = (
+            (b"Accept", call.accept),
+            (b"Accept-Encoding", call.acceptEncoding),
+            (b"Authorization", call.authorization),
+        )
+        instruction = ScrapeInstruction(
+            str(uuid.uuid4()),
+            url,
+            hostPort,
+            tuple((name, value.encode("latin-1")) for name, value in headers if value),
+            call.agentTimeout,
+        )
+        scrape = PendingScrape(
+            client, next(self._numbers), instruction, self.clock, call.agentTimeout, self.pushLimit
+        )
+        self._scrapes[scrape.scrapeId] = scrape
+        return scrape
+
+    def scrapeEnded(self, scrape: PendingScrape) -> None:
+        self._scrapes.pop(scrape.scrapeId, None)
+
+    def forgetClient(self, client: PushProxClient, why: str) -> None:
+        if self.clients.get(client.key) is not client:
+            return
+        del self.clients[client.key]
+        _log.info(
+            "PushProx client {fqdn} from {address} forgotten: {why}",
+            fqdn=client.fqdn,
+            address=client.hostName,
+            why=why,
+        )
+        client.stop(why)
+        self.registry.removeAgent(client, "lost")
+
+    def stop(self) -> None:
+        """
+        The proxy stops: every poll expires, every client is forgotten.
+        """
+        for client in list(self.clients.values()):
+            self.forgetClient(client, "the proxy is stopping")
+
+    def __iter__(self) -> Iterator[PushProxClient]:
+        return iter(list(self.clients.values()))
+
+
+def targetOf(call: ScrapeCall) -> tuple[str, str]:
+    """
+    The absolute URL a host-routed scrape asks for, and its C{host:port}.
+    """
+    hostPort = f"{call.host}:{call.port}"
+    url = f"{call.scheme}://{hostPort}/{call.path.lstrip('/')}"
+    return (url + "?" + call.query if call.query else url), hostPort
+
+
+def _fqdnProblem(fqdn: str) -> str:
+    """
+    What is wrong with C{fqdn} as a host name, or C{""}.
+    """
+    if not fqdn:
+        return "it is empty"
+    if len(fqdn) > MAX_FQDN:
+        return f"{len(fqdn)} characters, more than {MAX_FQDN}"
+    for c in fqdn:
+        if not (c.isalnum() or c in "-._:[]"):
+            return f"{clip(fqdn, 60)!r} has the character {c!r}"
+    return ""
