@@ -35,24 +35,26 @@ from __future__ import annotations
 import json
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, auto
 from itertools import count
-from typing import Protocol
 
+from prometheus_client import CollectorRegistry
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from promtwist.config import Identity
+from promtwist.hostkeys import BadTarget, checkHost, hostKey, hostPort
 from promtwist.httpguard import clientIP
 from promtwist.logs import clip, observer
 from promtwist.protocol.promtwist_pb2 import Frame, Outcome, ScrapeResponse
 from promtwist.proxy.answers import textAnswer
 from promtwist.proxy.auth import AuthenticationFailed, Authenticator
 from promtwist.proxy.exchange import Exchange
+from promtwist.proxy.pushmetrics import PushProxMetrics
 from promtwist.proxy.pushwire import MAX_PUSH_HEAD_BYTES, BadPush, ScrapeInstruction, parsePush
-from promtwist.proxy.registry import AgentHandle, RegistrationRefused
+from promtwist.proxy.registry import AgentHandle, RegistrationRefused, Registry
 from promtwist.proxy.relay import ScrapeCall
 from promtwist.proxy.stream import ScrapeStream
 
@@ -68,24 +70,18 @@ RESERVED_PATHS = ("poll", "push", "clients")
 
 _log = Logger(observer=observer)
 
+Answered = Callable[[int], None]
+"""
+Told the status a PushProx request was answered with, for the metrics.
+"""
 
-class HostClaims(Protocol):
+
+def refuse(exchange: Exchange, answered: Answered, status: int, reason: str) -> None:
     """
-    What a PushProx client needs of the registry: to be an agent there,
-    and to claim its FQDN on every port.
+    Answer with C{status} and a one-line reason, counted.
     """
-
-    def addAgent(self, agent: AgentHandle) -> None: ...
-
-    def removeAgent(self, agent: AgentHandle, reason: str = "lost") -> None: ...
-
-    def claimHost(self, agent: AgentHandle, host: str) -> int:
-        """
-        Let C{agent} serve every port of C{host}, or queue it behind the
-        holder: 0 when it serves, else its place in the queue.
-
-        @raise RegistrationRefused: with the reason.
-        """
+    textAnswer(exchange, status, reason)
+    answered(status)
 
 
 class PollState(Enum):
@@ -112,14 +108,17 @@ class Poll:
         ended: Callable[[Poll, str], None],
         clock: IReactorTime,
         hold: float,
+        answered: Answered,
     ) -> None:
         """
         @param ended: called with the poll and why it ended, once, unless
             it ended by carrying a scrape.
+        @param answered: called with the status the poll was answered with.
         """
         self.exchange = exchange
         self.state = PollState.WAITING
         self._ended = ended
+        self._answered = answered
         self._timer: IDelayedCall | None = clock.callLater(hold, self.expire)
         exchange.notifyGone(self._gone)
 
@@ -135,6 +134,7 @@ class Poll:
         exchange.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
         exchange.setHeader(b"Cache-Control", b"no-store")
         exchange.finishWith(instruction)
+        self._answered(200)
         return True
 
     def expire(self, why: str = "held for its longest") -> None:
@@ -145,13 +145,14 @@ class Poll:
             return
         self._over(PollState.EXPIRED)
         textAnswer(self.exchange, 408, POLL_EXPIRED)
+        self._answered(408)
         self._ended(self, f"expired ({why})")
 
     def _gone(self) -> None:
         if self.state is not PollState.WAITING:
             return
         self._over(PollState.GONE)
-        self._ended(self, "its connection closed")
+        self._ended(self, "was closed by the client")
 
     def _over(self, state: PollState) -> None:
         self.state = state
@@ -299,7 +300,7 @@ class PushProxClient:
         self._lastEnding = "it has not polled yet"
         self._grace: IDelayedCall | None = None
 
-    def polled(self, exchange: Exchange) -> None:
+    def polled(self, exchange: Exchange, answered: Answered) -> None:
         """
         A new poll came: hold it, unless a scrape waits for it. An older
         poll still held is answered with PushProx's expiry, as PushProx
@@ -309,7 +310,7 @@ class PushProxClient:
             self._grace.cancel()
         self._grace = None
         old = self.poll
-        poll = self.poll = Poll(exchange, self._pollEnded, self.hub.clock, self.hub.pollHold)
+        self.poll = Poll(exchange, self._pollEnded, self.hub.clock, self.hub.pollHold, answered)
         if old is not None:
             old.expire("a newer poll came")
         self._sendNext()
@@ -321,7 +322,7 @@ class PushProxClient:
                 scrape.state = ScrapeState.SENT
                 self.poll = None
                 self._lastPollEnded = self.hub.clock.seconds()
-                self._lastEnding = "its last poll took a scrape"
+                self._lastEnding = "its last poll carried a scrape"
                 self._startGrace()
                 return
 
@@ -410,14 +411,18 @@ class PushProxHub:
 
     def __init__(
         self,
-        registry: HostClaims,
+        registry: Registry,
         authenticator: Authenticator,
         clock: IReactorTime,
         *,
         pollHold: float,
         clientGrace: float,
         maxContentBytes: int,
+        metricsRegistry: CollectorRegistry,
     ) -> None:
+        """
+        @param metricsRegistry: where PushProx's metric series are kept.
+        """
         self.registry = registry
         self.authenticator = authenticator
         self.clock = clock
@@ -428,6 +433,7 @@ class PushProxHub:
         self._scrapes: dict[str, PendingScrape] = {}
         self._ids = count(1)
         self._numbers = count(1)
+        self.metrics = PushProxMetrics(metricsRegistry, lambda: len(self.clients))
 
     # The scrape port's body policy.
 
@@ -450,30 +456,37 @@ class PushProxHub:
         """
         method, path = exchange.method, exchange.path
         if method == b"POST" and path == POLL_PATH:
-            self.poll(exchange)
-            return True
-        if method == b"POST" and path == PUSH_PATH:
-            self.push(exchange)
-            return True
-        if path == CLIENTS_PATH and method in (b"GET", b"HEAD"):
-            self.listClients(exchange)
-            return True
-        return False
+            handler = self.poll
+        elif method == b"POST" and path == PUSH_PATH:
+            handler = self.push
+        elif path == CLIENTS_PATH and method in (b"GET", b"HEAD"):
+            handler = self.listClients
+        else:
+            return False
+        started = self.clock.seconds()
+        name = path.decode("ascii")
+
+        def answered(code: int) -> None:
+            self.metrics.answered(name, code, self.clock.seconds() - started)
+
+        handler(exchange, answered)
+        return True
 
     # The three paths.
 
-    def poll(self, exchange: Exchange) -> None:
-        identity = self._identity(exchange)
+    def poll(self, exchange: Exchange, answered: Answered) -> None:
+        identity = self._identity(exchange, answered)
         if identity is None:
             return
         try:
-            fqdn = exchange.body.decode("ascii").strip()
+            fqdn = checkHost(exchange.body.decode("ascii").strip())
         except UnicodeDecodeError:
-            return textAnswer(exchange, 400, "the poll's body must be the client's FQDN in ASCII")
-        problem = _fqdnProblem(fqdn)
-        if problem:
-            return textAnswer(exchange, 400, f"the poll's body must be the client's FQDN: {problem}")
-        fqdn = fqdn.lower()
+            why = "the poll's body must be the client's FQDN in ASCII"
+            return refuse(exchange, answered, 400, why)
+        except BadTarget as e:
+            return refuse(
+                exchange, answered, 400, f"the poll's body must be the client's FQDN: {e}"
+            )
         ip = clientIP(exchange.client)
         key = ClientKey(fqdn, identity.name, str(ip) if ip is not None else "local")
         client = self.clients.get(key)
@@ -481,12 +494,12 @@ class PushProxHub:
             client = PushProxClient(self, key, f"pushprox-{next(self._ids)}", identity)
             self.registry.addAgent(client)
             try:
-                position = self.registry.claimHost(client, fqdn)
+                placement = self.registry.registerPath(client, hostKey(fqdn, None), fqdn, {})
             except RegistrationRefused as e:
                 self.registry.removeAgent(client, "unregistered")
-                return textAnswer(exchange, 403, f"PushProx client {fqdn!r} refused: {e}")
+                return refuse(exchange, answered, 403, f"PushProx client {fqdn!r} refused: {e}")
             self.clients[key] = client
-            if position:
+            if placement.position:
                 client.role = "standby"
             _log.info(
                 "PushProx client {fqdn} from {address} registered as {role}",
@@ -494,27 +507,31 @@ class PushProxHub:
                 address=key.address,
                 role=client.role,
             )
-        client.polled(exchange)
+        client.polled(exchange, answered)
 
-    def push(self, exchange: Exchange) -> None:
-        identity = self._identity(exchange)
+    def push(self, exchange: Exchange, answered: Answered) -> None:
+        identity = self._identity(exchange, answered)
         if identity is None:
             return
         try:
             answer = parsePush(exchange.body)
         except BadPush as e:
-            return textAnswer(exchange, 400, f"bad push: {e}")
+            return refuse(exchange, answered, 400, f"bad push: {e}")
         scrape = self._scrapes.get(answer.scrapeId)
         if scrape is None or scrape.state is not ScrapeState.SENT:
-            return textAnswer(
+            return refuse(
                 exchange,
+                answered,
                 404,
                 f"no scrape {answer.scrapeId} waits for an answer"
                 " (it ended: answered, timed out, or Prometheus gave up)",
             )
         if scrape.client.identity != identity:
-            return textAnswer(
-                exchange, 403, f"scrape {answer.scrapeId} was not sent to this client's identity"
+            return refuse(
+                exchange,
+                answered,
+                403,
+                f"scrape {answer.scrapeId} was not sent to this client's identity",
             )
         scrape.answered(
             answer.status,
@@ -524,8 +541,9 @@ class PushProxHub:
         )
         exchange.setStatus(200)
         exchange.finishWith(b"")
+        answered(200)
 
-    def listClients(self, exchange: Exchange) -> None:
+    def listClients(self, exchange: Exchange, answered: Answered) -> None:
         """
         PushProx's C{/clients}: a target group per FQDN served, for
         C{file_sd} or C{http_sd}.
@@ -535,6 +553,7 @@ class PushProxHub:
         exchange.setHeader(b"Content-Type", b"application/json")
         exchange.setHeader(b"Cache-Control", b"no-store")
         exchange.finishWith(json.dumps(groups, separators=(",", ":")).encode("ascii"))
+        answered(200)
 
     def servedFQDNs(self) -> list[str]:
         """
@@ -542,7 +561,7 @@ class PushProxHub:
         """
         return sorted({c.fqdn for c in self.clients.values() if c.role == "holder"})
 
-    def _identity(self, exchange: Exchange) -> Identity | None:
+    def _identity(self, exchange: Exchange, answered: Answered) -> Identity | None:
         """
         The identity the client proves with C{Authorization: Bearer}, as an
         agent proves one with its token; or L{None}, having answered 401.
@@ -550,13 +569,13 @@ class PushProxHub:
         value = exchange.headers.get(b"authorization", b"")
         scheme, _, token = value.strip().partition(b" ")
         if value and scheme.lower() != b"bearer":
-            textAnswer(exchange, 401, "PushProx clients authenticate with a bearer token")
+            refuse(exchange, answered, 401, "PushProx clients authenticate with a bearer token")
             return None
         try:
             return self.authenticator.authenticate(token.strip().decode("latin-1"), None)
         except AuthenticationFailed as e:
             exchange.addHeader(b"WWW-Authenticate", b'Bearer realm="promtwist"')
-            textAnswer(exchange, 401, f"PushProx client not authenticated: {e}")
+            refuse(exchange, answered, 401, f"PushProx client not authenticated: {e}")
             return None
 
     # Scrapes.
@@ -604,28 +623,18 @@ class PushProxHub:
         for client in list(self.clients.values()):
             self.forgetClient(client, "the proxy is stopping")
 
-    def __iter__(self) -> Iterator[PushProxClient]:
-        return iter(list(self.clients.values()))
-
 
 def targetOf(call: ScrapeCall) -> tuple[str, str]:
     """
     The absolute URL a host-routed scrape asks for, and its C{host:port}.
+    An https target is asked for as PushProx's proxy asks its clients,
+    with C{_scheme=https}: the client switches the scheme and drops it.
     """
-    hostPort = f"{call.host}:{call.port}"
-    url = f"{call.scheme}://{hostPort}/{call.path.lstrip('/')}"
-    return (url + "?" + call.query if call.query else url), hostPort
-
-
-def _fqdnProblem(fqdn: str) -> str:
-    """
-    What is wrong with C{fqdn} as a host name, or C{""}.
-    """
-    if not fqdn:
-        return "it is empty"
-    if len(fqdn) > MAX_FQDN:
-        return f"{len(fqdn)} characters, more than {MAX_FQDN}"
-    for c in fqdn:
-        if not (c.isalnum() or c in "-._:[]"):
-            return f"{clip(fqdn, 60)!r} has the character {c!r}"
-    return ""
+    target = call.target
+    assert target is not None, "PushProx clients serve host-routed scrapes only"
+    address = hostPort(target.host, target.port)
+    query = call.query
+    if target.scheme == "https":
+        query = f"{query}&_scheme=https" if query else "_scheme=https"
+    url = f"http://{address}{call.path}"
+    return (f"{url}?{query}" if query else url), address
