@@ -43,20 +43,22 @@ from itertools import count
 from prometheus_client import CollectorRegistry
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from promtwist.config import Identity
 from promtwist.hostkeys import BadTarget, checkHost, hostKey, hostPort
 from promtwist.httpguard import clientIP
 from promtwist.logs import clip, observer
 from promtwist.protocol.promtwist_pb2 import Frame, Outcome, ScrapeResponse
-from promtwist.proxy.answers import textAnswer
+from promtwist.proxy.answers import ScrapeFailed, textAnswer
 from promtwist.proxy.auth import AuthenticationFailed, Authenticator
 from promtwist.proxy.exchange import Exchange
+from promtwist.proxy.httpserver import Guard, Handler
 from promtwist.proxy.pushmetrics import PushProxMetrics
 from promtwist.proxy.pushwire import MAX_PUSH_HEAD_BYTES, BadPush, ScrapeInstruction, parsePush
 from promtwist.proxy.registry import AgentHandle, RegistrationRefused, Registry
 from promtwist.proxy.relay import ScrapeCall
-from promtwist.proxy.stream import ScrapeStream
+from promtwist.proxy.stream import AnswerHead, ScrapeStream
 
 # PushProx's answer to a poll it gives up on; its client polls again.
 POLL_EXPIRED = "Error WaitForScrapeInstruction: request is expired"
@@ -450,6 +452,36 @@ class PushProxHub:
             return self.pushLimit
         return None
 
+    def front(self, handler: Handler) -> Handler:
+        """
+        The scrape port's handler: PushProx's requests answered here, every
+        other one by C{handler}.
+        """
+
+        def answer(exchange: Exchange) -> None:
+            if not self.route(exchange):
+                handler(exchange)
+
+        return answer
+
+    def exempt(self, guard: Guard | None) -> Guard | None:
+        """
+        The scrape port's credentials check, C{guard}, for every request but
+        C{POST /poll} and C{POST /push}: their C{Authorization} header is
+        the PushProx client's own credential (L{_identity}), not
+        Prometheus'. C{/clients} stays behind C{guard}, as discovery does.
+        """
+        if guard is None:
+            return None
+        check = guard
+
+        def guarded(exchange: Exchange) -> bool:
+            if exchange.method == b"POST" and exchange.path in (POLL_PATH, PUSH_PATH):
+                return True
+            return check(exchange)
+
+        return guarded
+
     def route(self, exchange: Exchange) -> bool:
         """
         Answer C{exchange} if it is PushProx's (C{True}); else leave it.
@@ -598,7 +630,18 @@ class PushProxHub:
             client, next(self._numbers), instruction, self.clock, call.agentTimeout, self.pushLimit
         )
         self._scrapes[scrape.scrapeId] = scrape
+        scrape.stream.head.addCallbacks(self._proxied, self._proxiedFailure)
         return scrape
+
+    def _proxied(self, head: AnswerHead) -> AnswerHead:
+        self.metrics.proxied(head.status)
+        return head
+
+    def _proxiedFailure(self, failure: Failure) -> Failure:
+        # A scrape Prometheus gave up on was answered nothing.
+        if isinstance(failure.value, ScrapeFailed):
+            self.metrics.proxied(failure.value.status)
+        return failure
 
     def scrapeEnded(self, scrape: PendingScrape) -> None:
         self._scrapes.pop(scrape.scrapeId, None)

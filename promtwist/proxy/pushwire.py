@@ -192,6 +192,11 @@ def parsePush(data: bytes) -> PushedAnswer:
         if len(data) > MAX_PUSH_HEAD_BYTES:
             raise BadPush(f"the pushed answer's head is over {MAX_PUSH_HEAD_BYTES} bytes")
         raise BadPush("the pushed answer's head is not complete (no empty line ends it)")
+    if data.startswith(_GO_UNVERSIONED):
+        # PushProx's client pushes its own errors as responses it built
+        # without a protocol version, which Go writes as HTTP/0.0 and reads
+        # back; llhttp knows no such version. Its body runs to the end.
+        data = b"HTTP/1.0" + data[len(_GO_UNVERSIONED) - 1 :]
     reader = _PushReader()
     parser = HttpResponseParser(reader)
     try:
@@ -220,6 +225,7 @@ def parsePush(data: bytes) -> PushedAnswer:
     return PushedAnswer(scrapeId.decode("ascii"), status, reader.headers, b"".join(reader.body))
 
 
+_GO_UNVERSIONED = b"HTTP/0.0 "
 _CHUNKED = re.compile(rb"^transfer-encoding:[ \t]*[^\r\n]*chunked", re.IGNORECASE | re.MULTILINE)
 
 
