@@ -28,6 +28,7 @@ from promtwist import __version__
 from promtwist.agent.paths import PathChanges, PathTable
 from promtwist.agent.scraper import Scrape, Scraper
 from promtwist.agent.slots import Slots
+from promtwist.agent.targets import NotServed, targetFetch
 from promtwist.config import AgentSettings, PathConfig
 from promtwist.httputil import redacted
 from promtwist.logs import clip, observer, utcTime
@@ -550,12 +551,20 @@ class ProxyConnection(Session):
         # After this agent's Goodbye too: the proxy sent it before it read
         # the Goodbye, and it is the last scrape of this path on this link
         # (the next goes to a standby), so it is served, not refused.
-        config = self.factory.paths.get(request.path)
-        if config is None:
-            # A path being unregistered is still routed here until the
-            # proxy answers: serve it as it was configured until then.
-            config, ok = self._registered.get(request.path, (None, False))
-            config = config if ok else None
+        if request.target:
+            try:
+                config: PathConfig | None = targetFetch(
+                    self.settings.name,
+                    request.target,
+                    request.scheme,
+                    request.path,
+                    self._served,
+                )
+            except NotServed as e:
+                status = 404 if e.outcome == Outcome.PATH_NOT_FOUND else 503
+                return self._refuse(request, e.outcome, status, str(e))
+        else:
+            config = self._served(request.path)
         if config is None:
             self._refuse(
                 request,
@@ -570,6 +579,18 @@ class ProxyConnection(Session):
         # The scrape owns its wait for a slot, its fetch and its deadline;
         # done tells when it has sent its last frame.
         scrape.start(self._slots)
+
+    def _served(self, path: str) -> PathConfig | None:
+        """
+        The configuration this link serves C{path} (or host key) by: a path
+        being unregistered is still routed here until the proxy answers, so
+        it is served as it was configured until then.
+        """
+        config: PathConfig | None = self.factory.paths.get(path)
+        if config is not None:
+            return config
+        known = self._registered.get(path)
+        return known[0] if known is not None and known[1] else None
 
     def _refuse(self, request: ScrapeRequest, outcome: int, status: int, reason: str) -> None:
         self.sendFrame(

@@ -517,11 +517,16 @@ class ScrapePortConnection(Protocol):
             factory.bodies is None or factory.bodies(exchange.method, exchange.path) is None
         ):
             exchange.setHeader(b"Allow", b"GET, HEAD")
-            return textAnswer(
-                exchange,
-                405,
-                f"method {clip(exchange.method)} not allowed here: this path serves GET and HEAD",
+            reason = (
+                f"method {clip(exchange.method)} not allowed here: this path serves GET and HEAD"
             )
+            if exchange.method == b"CONNECT":
+                # What Prometheus sends for an https target through proxy_url.
+                reason += (
+                    "; for an https target scrape it as http with params: {_scheme: [https]},"
+                    " or declare it https:// in agent.targets"
+                )
+            return textAnswer(exchange, 405, reason)
         try:
             factory.handler(exchange)
         except Exception:  # noqa: BLE001 - a bug costs its request, not the port

@@ -425,6 +425,8 @@ class AgentLink(Session):
                     authorization=call.authorization,
                     timeout_ms=max(1, int(call.agentTimeout * 1000)),
                     window_bytes=SCRAPE_WINDOW_BYTES,
+                    target=call.target.address if call.target is not None else "",
+                    scheme=call.target.scheme if call.target is not None else "",
                 )
             )
         )

@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from promtwist.config import Identity, ProxySettings
+from promtwist.hostkeys import hostKey
 from promtwist.logs import observer
 from promtwist.proxy.registration import RegistrationRefused as RegistrationRefused
 from promtwist.proxy.registration import checkRegistration, shown, utf8Size
@@ -707,6 +708,14 @@ class Registry:
         """
         entry = self._paths.get(path)
         return tuple(entry.agents) if entry is not None else ()
+
+    def lookupHost(self, host: str, port: int) -> tuple[AgentHandle, ...]:
+        """
+        The agents serving target C{host:port} (a checked host, see
+        L{promtwist.hostkeys.checkHost}): whoever claimed that port exactly,
+        else whoever claimed the host on any port; none if nobody did.
+        """
+        return self.lookup(hostKey(host, port)) or self.lookup(hostKey(host, None))
 
     def snapshot(self) -> list[PathEntry]:
         """

@@ -148,7 +148,7 @@ class ProxyService(MultiService):
         # ends, even if no warning of their kind follows.
         self._every(WARNING_SUMMARY_SECONDS, self.summariseWarnings)
         if discovery is not None:
-            self._every(DISCOVERY_REFRESH_SECONDS, discovery.document.refresh)
+            self._every(DISCOVERY_REFRESH_SECONDS, discovery.refresh)
         if settings.stale_agent_check_enabled:
             self._every(settings.stale_agent_check_pause_secs, self.evictStale)
         self._restoreHangup: Callable[[], None] | None = None
