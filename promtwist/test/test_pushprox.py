@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, cast
 
 from prometheus_client import CollectorRegistry
@@ -19,13 +19,15 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from promtwist.config import Identity, ProxySettings
+from promtwist.hostkeys import HostTarget, hostKey
 from promtwist.proxy.answers import ScrapeFailed
 from promtwist.proxy.auth import Authenticator
 from promtwist.proxy.exchange import Exchange
 from promtwist.proxy.httpserver import ScrapePortConnection
-from promtwist.proxy.pushprox import POLL_EXPIRED, PushProxHub
-from promtwist.proxy.registry import AgentHandle, RegistrationRefused
+from promtwist.proxy.pushprox import POLL_EXPIRED, RESERVED_PATHS, PushProxHub
+from promtwist.proxy.registry import Registry
 from promtwist.proxy.relay import ScrapeCall
+from promtwist.proxy.scrape import ScrapeHandler
 from promtwist.proxy.stream import AnswerHead, ScrapeStream
 from promtwist.test.scrapeport import Response, connect, factory, parseResponse
 
@@ -34,57 +36,16 @@ POLL_HOLD = 50.0
 GRACE = 10.0
 
 
-@dataclass
-class FakeClaims:
-    """
-    The registry's host claims, as far as these tests need: the first
-    claim of a host holds it, later ones wait; C{refuse} names hosts
-    refused.
-    """
-
-    agents: list[AgentHandle] = field(default_factory=list)
-    holders: dict[str, AgentHandle] = field(default_factory=dict)
-    removed: list[tuple[AgentHandle, str]] = field(default_factory=list)
-    refuse: set[str] = field(default_factory=set)
-
-    def addAgent(self, agent: AgentHandle) -> None:
-        self.agents.append(agent)
-
-    def removeAgent(self, agent: AgentHandle, reason: str = "lost") -> None:
-        self.agents.remove(agent)
-        self.removed.append((agent, reason))
-        for host, holder in list(self.holders.items()):
-            if holder is agent:
-                del self.holders[host]
-
-    def claimHost(self, agent: AgentHandle, host: str) -> int:
-        if host in self.refuse:
-            raise RegistrationRefused(f"not authorized to serve {host}", "unauthorized")
-        return 0 if self.holders.setdefault(host, agent) is agent else 1
-
-
-def scrapeCall(deadline: float = 10.0, query: str = "") -> ScrapeCall:
-    return cast(
-        ScrapeCall,
-        _Call(deadline=deadline, query=query),
+def scrapeCall(deadline: float = 10.0, query: str = "", scheme: str = "") -> ScrapeCall:
+    return ScrapeCall(
+        "/metrics",
+        query,
+        "text/plain;version=0.0.4",
+        "gzip",
+        "",
+        deadline,
+        HostTarget(scheme, FQDN, 9100),
     )
-
-
-@dataclass(frozen=True)
-class _Call:
-    path: str = "metrics"
-    query: str = ""
-    accept: str = "text/plain;version=0.0.4"
-    acceptEncoding: str = "gzip"
-    authorization: str = ""
-    deadline: float = 10.0
-    scheme: str = "http"
-    host: str = FQDN
-    port: int = 9100
-
-    @property
-    def agentTimeout(self) -> float:
-        return ScrapeCall.agentTimeout.fget(self)  # type: ignore[attr-defined,no-any-return]
 
 
 class Collected:
@@ -167,19 +128,30 @@ def pushBody(scrapeId: bytes, status: bytes = b"200 OK", body: bytes = b"up 1\n"
     )
 
 
-class HubTests(SynchronousTestCase):
+class HubCase(SynchronousTestCase):
+    """
+    A hub on a scrape port of its own, with a registry and a clock.
+    """
+
     def setUp(self) -> None:
         self.clock = Clock()
-        self.claims = FakeClaims()
         self.metrics = CollectorRegistry()
         self.hub = self.makeHub(ProxySettings())
         self.port = Port(self.hub, self.clock)
 
-    def makeHub(self, settings: ProxySettings) -> PushProxHub:
+    def makeHub(
+        self,
+        settings: ProxySettings,
+        mayServe: Callable[[Identity, str], bool] | None = None,
+    ) -> PushProxHub:
         self.metrics = CollectorRegistry()
+        authenticator = Authenticator(settings)
+        self.registry = Registry(
+            RESERVED_PATHS, mayServe or authenticator.mayServe, settings, self.clock
+        )
         return PushProxHub(
-            self.claims,
-            Authenticator(settings),
+            self.registry,
+            authenticator,
             self.clock,
             pollHold=POLL_HOLD,
             clientGrace=GRACE,
@@ -196,6 +168,8 @@ class HubTests(SynchronousTestCase):
         (client,) = self.hub.clients.values()
         return client
 
+
+class HubTests(HubCase):
     def test_pollCarriesScrape(self) -> None:
         """
         A held poll is answered with the scrape as an absolute-URI HTTP
@@ -272,7 +246,7 @@ class HubTests(SynchronousTestCase):
         self.clock.advance(GRACE - 1)
         self.poll()
         self.clock.advance(POLL_HOLD - 1)
-        self.assertEqual(self.claims.removed, [])
+        self.assertEqual(self.registry.lookupHost(FQDN, 9100), (self.client(),))
         self.assertEqual(self.hub.servedFQDNs(), [FQDN])
 
     def test_forgottenAfterGrace(self) -> None:
@@ -284,8 +258,10 @@ class HubTests(SynchronousTestCase):
         client = self.client()
         connection.connectionLost(Failure(ConnectionError("gone")))
         collected = Collected(client.scrape(scrapeCall(deadline=60)))
+        self.assertEqual(self.registry.lookupHost(FQDN, 1), (client,))
         self.clock.advance(GRACE)
-        self.assertEqual(self.claims.removed, [(client, "lost")])
+        self.assertEqual(self.registry.lookupHost(FQDN, 1), ())
+        self.assertEqual(self.registry.agents(), [])
         self.assertEqual(self.hub.clients, {})
         assert collected.failure is not None
         self.assertIn("forgotten: no poll for 10s", collected.failure.reason)
@@ -385,7 +361,7 @@ class HubTests(SynchronousTestCase):
         self.assertEqual(sorted(c.role for c in self.hub.clients.values()), ["holder", "standby"])
 
 
-class HostileTests(HubTests):
+class HostileTests(HubCase):
     """
     What a client or anyone else sends is checked; each refusal costs its
     request only.
@@ -393,8 +369,9 @@ class HostileTests(HubTests):
 
     def test_badFQDN(self) -> None:
         for body, why in [
-            (b"", b"it is empty"),
-            (b"a b", b"has the character ' '"),
+            (b"", b"no host given"),
+            (b"a b", b"is not a DNS name or IP address"),
+            (b"a:b:c", b"is not an IPv6 address"),
             (b"x" * 254, b"254 characters"),
             (b"\xff", b"in ASCII"),
         ]:
@@ -477,9 +454,111 @@ class HostileTests(HubTests):
         A client whose identity may not serve the FQDN gets 403 with the
         registry's reason, and is not kept.
         """
-        self.claims.refuse.add(FQDN)
+        self.hub = self.makeHub(ProxySettings(), lambda identity, key: key != hostKey(FQDN, None))
+        self.port = Port(self.hub, self.clock)
         _, transport = self.poll()
         r = answer(transport)
         self.assertEqual(r.status, 403)
-        self.assertIn(b"not authorized to serve node1.example", r.body)
-        self.assertEqual((self.hub.clients, self.claims.agents), ({}, []))
+        self.assertIn(b"is not authorized to serve //node1.example", r.body)
+        self.assertEqual((self.hub.clients, self.registry.agents()), ({}, []))
+        # Another FQDN the identity may serve is held as usual.
+        _, transport = self.poll(b"other.example")
+        self.assertEqual((transport.value(), len(self.hub.clients)), (b"", 1))
+
+
+class RoutedTests(HubCase):
+    """
+    PushProx clients with the registry and the scrape handler: what
+    Prometheus' proxy_url requests get.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.scrapes = ScrapeHandler(ProxySettings(), self.registry, self.clock)
+        self.site = factory(self.hub.front(self.scrapes), self.clock, bodies=self.hub.bodyLimit)
+        self.port.site = self.site
+
+    def prometheus(self, url: bytes) -> StringTransport:
+        connection, transport = connect(self.site, IPv4Address("TCP", "10.5.5.5", 50000))
+        connection.dataReceived(
+            b"GET %s HTTP/1.1\r\nHost: x\r\nAccept: text/plain\r\n"
+            b"X-Prometheus-Scrape-Timeout-Seconds: 5\r\n\r\n" % url
+        )
+        return transport
+
+    def test_proxyURL(self) -> None:
+        """
+        A proxy_url scrape of any port of the client's FQDN goes down its
+        poll; the pushed answer reaches Prometheus with the target's type,
+        and none of the link's headers or the target's hop-by-hop ones.
+        """
+        _, poll = self.poll()
+        scrape = self.prometheus(b"http://node1.example:9182/metrics?x=1")
+        instruction = answer(poll).body
+        self.assertTrue(
+            instruction.startswith(b"GET http://node1.example:9182/metrics?x=1 HTTP/1.1\r\n")
+        )
+        self.assertIn(b"X-Prometheus-Scrape-Timeout-Seconds: 4.500\r\n", instruction)
+        self.port.request(b"POST", b"/push", pushBody(scrapeIdOf(instruction)))
+        r = answer(scrape)
+        self.assertEqual((r.status, r.body), (200, b"up 1\n"))
+        self.assertEqual(r.headers[b"content-type"], b"text/plain; version=0.0.4")
+        self.assertNotIn(b"x-prometheus-scrape-timeout", r.headers)
+        self.assertNotIn(b"id", r.headers)
+        self.assertNotIn(b"connection", r.headers)
+
+    def test_https(self) -> None:
+        """
+        An https target (C{_scheme=https}, as PushProx users configure it)
+        is asked of the client as PushProx's proxy asks: with
+        C{_scheme=https}, which the client acts on.
+        """
+        _, poll = self.poll()
+        self.prometheus(b"http://node1.example:9100/metrics?_scheme=https")
+        self.assertTrue(
+            answer(poll).body.startswith(
+                b"GET http://node1.example:9100/metrics?_scheme=https HTTP/1.1\r\n"
+            )
+        )
+
+    def test_noClient(self) -> None:
+        """
+        A host nobody serves: 404 at once, naming it.
+        """
+        r = answer(self.prometheus(b"http://other.example:9100/metrics"))
+        self.assertEqual(r.status, 404)
+        self.assertIn(b"other.example:9100", r.body)
+
+    def test_standbyPromoted(self) -> None:
+        """
+        Two clients claiming one FQDN follow path ownership: the second
+        waits; when the first is forgotten (no poll within its grace) the
+        second holds it at once and Prometheus' scrapes go to it.
+        """
+        firstConnection, _ = self.poll()
+        _, secondPoll = self.poll(host="10.9.9.9")
+        first, second = self.hub.clients.values()
+        self.assertEqual((first.role, second.role), ("holder", "standby"))
+        self.assertEqual(self.registry.lookupHost(FQDN, 9100), (first,))
+        firstConnection.connectionLost(Failure(ConnectionError("killed")))
+        self.clock.advance(GRACE)
+        self.assertEqual(second.role, "holder")
+        self.assertEqual(self.registry.lookupHost(FQDN, 9100), (second,))
+        scrape = self.prometheus(b"http://node1.example:9100/metrics")
+        instruction = answer(secondPoll).body
+        self.port.request(b"POST", b"/push", pushBody(scrapeIdOf(instruction)), host="10.9.9.9")
+        self.assertEqual(answer(scrape).status, 200)
+
+    def test_deadClientScrape(self) -> None:
+        """
+        Prometheus' scrape of a client whose poll closed fails within its
+        deadline with the reason; none of it reaches a dead poll.
+        """
+        connection, poll = self.poll()
+        connection.connectionLost(Failure(ConnectionError("killed")))
+        scrape = self.prometheus(b"http://node1.example:9100/metrics")
+        self.clock.advance(4.5)
+        r = answer(scrape)
+        self.assertEqual(r.status, 503)
+        self.assertIn(b"no poll from PushProx client 'node1.example' within 4.5s", r.body)
+        self.assertEqual(poll.value(), b"")
