@@ -2,7 +2,7 @@
 The command-line options of C{twistd promproxy-proxy} and
 C{twistd promproxy-agent}.
 
-They are generated from the key tables in L{promtwist.config}, so the option
+They are generated from the key tables in L{promtwist.config.keys}, so the option
 names, their environment variables and their config keys cannot drift apart,
 and they keep prometheus-proxy's spellings so that existing command lines,
 container definitions and unit files keep working.
@@ -19,18 +19,9 @@ from typing import ClassVar, Generic, TextIO, TypeVar
 from twisted.python import usage
 
 from promtwist import __version__
-from promtwist.config import (
-    AGENT,
-    PROXY,
-    AgentSettings,
-    ConfigError,
-    ProxySettings,
-    Role,
-    Setting,
-    loadAgentSettings,
-    loadProxySettings,
-    warningsOnce,
-)
+from promtwist.config.keys import AGENT, PROXY, Role, Setting
+from promtwist.config.load import loadAgentSettings, loadProxySettings, warningsOnce
+from promtwist.config.settings import AgentSettings, ConfigError, ProxySettings
 from promtwist.startup import StartupError, checkTwistdFiles
 from promtwist.tls import checkFiles
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from twisted.web.http import RESPONSES
 
-from promtwist.config import AgentSettings, ProxySettings
+from promtwist.config.settings import AgentSettings, ProxySettings
 from promtwist.web import version
 
 

@@ -16,14 +16,10 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from promtwist.config import (
-    ConfigError,
-    PathConfig,
-    _asList,
-    _load,
-    _pathConfig,
-    fetchURL,
-)
+from promtwist.config.records import readPathEntry
+from promtwist.config.resolve import asList
+from promtwist.config.settings import ConfigError, PathConfig
+from promtwist.config.sources import fetchURL, parseSource
 from promtwist.logs import observer
 
 _log = Logger(observer=observer)
@@ -40,13 +36,13 @@ def readDiscoveryFile(path: str, environ: Mapping[str, str]) -> tuple[PathConfig
         including when it has no C{paths} list or an entry has a key
         other than those four.
     """
-    tree = _load(path, path, environ, fetchURL)
+    tree = parseSource(path, path, environ, fetchURL)
     if "paths" not in tree:
         raise ConfigError(f"{path}: paths is required (a list, possibly empty)")
-    entries = _asList(tree["paths"], path, "paths")
+    entries = asList(tree["paths"], path, "paths")
     found: dict[str, PathConfig] = {}
     for index, entry in enumerate(entries):
-        config = _pathConfig(entry, f"paths[{index}]", path)
+        config = readPathEntry(entry, f"paths[{index}]", path)
         # Last wins; re-inserting keeps the order of the last occurrences.
         found.pop(config.path, None)
         found[config.path] = config

@@ -31,7 +31,7 @@ from promtwist.agent.fetch import Fetch, Fetcher, InvalidRequest, Target, header
 from promtwist.agent.filters import FamilyFilter, FilterStream
 from promtwist.agent.retries import RetryPolicy
 from promtwist.agent.slots import Slots
-from promtwist.config import AgentSettings, MiB, PathConfig
+from promtwist.config.settings import AgentSettings, MiB, PathConfig
 from promtwist.httputil import redacted
 from promtwist.logs import RepeatedWarnings, clip, observer
 from promtwist.protocol.promtwist_pb2 import Frame, Outcome, ScrapeRequest

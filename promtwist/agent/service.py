@@ -39,7 +39,8 @@ from promtwist.agent.dialling import DialReport, describeDialFailure
 from promtwist.agent.discoveryfile import FileDiscovery
 from promtwist.agent.filters import FilterStream
 from promtwist.agent.scraper import ScrapeObserver, Scraper
-from promtwist.config import AGENT, AgentSettings, ConfigError, PathConfig
+from promtwist.config.keys import AGENT
+from promtwist.config.settings import AgentSettings, ConfigError, PathConfig
 from promtwist.debugpage import head, table, uptime
 from promtwist.health import agentHealth
 from promtwist.httputil import redacted
@@ -60,7 +61,7 @@ def targetEndpoints(
     options of L{targetPolicy} (trust, client certificate, host name check),
     as twisted.web's Agent used them.
 
-    @raise promtwist.config.ConfigError: when a TLS file is unusable.
+    @raise promtwist.config.settings.ConfigError: when a TLS file is unusable.
     """
     policy = targetPolicy(settings)
 
@@ -202,7 +203,7 @@ def proxyEndpoints(
     An endpoint per configured proxy, each with TLS options of its own (the
     certificate's expected host name differs).
 
-    @raise promtwist.config.ConfigError: when a TLS file is unusable.
+    @raise promtwist.config.settings.ConfigError: when a TLS file is unusable.
     """
     endpoints: list[tuple[str, IStreamClientEndpoint]] = []
     for proxy in settings.proxy_endpoints:
@@ -286,7 +287,7 @@ class AgentService(MultiService):
         @param environ: for substitutions in the discovery file.
         @param endpoints: overrides the proxy endpoints the settings name
             (for tests).
-        @raise promtwist.config.ConfigError: when a TLS file is unusable.
+        @raise promtwist.config.settings.ConfigError: when a TLS file is unusable.
         """
         super().__init__()
         if reactor is None:

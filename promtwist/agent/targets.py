@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from promtwist.config import PathConfig
+from promtwist.config.settings import PathConfig
 from promtwist.hostkeys import BadTarget, hostKey, hostPort, parseHostPort
 from promtwist.logs import clip
 from promtwist.protocol.promtwist_pb2 import Outcome

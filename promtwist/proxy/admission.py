@@ -19,7 +19,7 @@ from collections import OrderedDict, defaultdict
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Protocol
 
-from promtwist.config import ProxySettings
+from promtwist.config.settings import ProxySettings
 from promtwist.protocol.framing import encodeFrame
 from promtwist.protocol.promtwist_pb2 import Frame, Hello, Reject
 from promtwist.protocol.session import HANDSHAKE_MAX_FRAME_BYTES

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
-from promtwist.config import MiB
+from promtwist.config.settings import MiB
 from promtwist.logs import clip
 from promtwist.proxy.answers import ScrapeFailed
 from promtwist.proxy.relay import (

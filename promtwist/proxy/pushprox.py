@@ -45,7 +45,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from promtwist.config import Identity
+from promtwist.config.settings import Identity
 from promtwist.hostkeys import BadTarget, checkHost, hostKey, hostPort
 from promtwist.httpguard import clientIP
 from promtwist.logs import clip, observer

@@ -17,7 +17,7 @@ from typing import NamedTuple, Protocol, cast
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from promtwist.config import Identity, ProxySettings
+from promtwist.config.settings import Identity, ProxySettings
 from promtwist.hostkeys import hostKey
 from promtwist.logs import observer
 from promtwist.proxy.registration import RegistrationRefused as RegistrationRefused

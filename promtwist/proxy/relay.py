@@ -31,7 +31,7 @@ from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTim
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from promtwist.config import ProxySettings
+from promtwist.config.settings import ProxySettings
 from promtwist.gunzip import Gunzip, GunzipError
 from promtwist.hostkeys import HostTarget, hostKey
 from promtwist.httputil import acceptsGzip

@@ -14,7 +14,7 @@ from urllib.parse import unquote
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from promtwist.config import MiB, ProxySettings
+from promtwist.config.settings import MiB, ProxySettings
 from promtwist.hostkeys import HostTarget, hostKey
 from promtwist.logs import clip, observer
 from promtwist.proxy.answers import ScrapeRecord, header, textAnswer

@@ -17,7 +17,8 @@ from twisted.internet.defer import Deferred, TimeoutError
 from twisted.logger import Logger
 
 from promtwist import __version__
-from promtwist.config import PROXY, ConfigError, ProxySettings
+from promtwist.config.keys import PROXY
+from promtwist.config.settings import ConfigError, ProxySettings
 from promtwist.debugpage import head, recentLine, table, uptime
 from promtwist.health import proxyHealth
 from promtwist.listen import Listener, logStarted
@@ -68,7 +69,7 @@ class ProxyService(MultiService):
         @param interface: the address every listener binds on its port;
             by default all of both families. A C{*.listen} setting replaces
             both.
-        @raise promtwist.config.ConfigError: when a TLS file is unusable.
+        @raise promtwist.config.settings.ConfigError: when a TLS file is unusable.
         @raise promtwist.startup.StartupError: when a C{*.listen} setting
             names no usable endpoint.
         """

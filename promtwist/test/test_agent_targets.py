@@ -10,7 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Request
 
 from promtwist.agent.targets import NotServed, targetFetch
-from promtwist.config import AgentSettings, PathConfig
+from promtwist.config.settings import AgentSettings, PathConfig
 from promtwist.hostkeys import HostTarget, hostKey
 from promtwist.protocol.promtwist_pb2 import Outcome
 from promtwist.proxy.answers import ScrapeFailed

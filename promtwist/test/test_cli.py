@@ -15,7 +15,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from promtwist import __version__
 from promtwist.cli import AgentOptions, ProxyOptions
-from promtwist.config import AGENT, PROXY, ProxyEndpoint, ProxySettings
+from promtwist.config.keys import AGENT, PROXY
+from promtwist.config.settings import ProxyEndpoint, ProxySettings
 from promtwist.test.certs import certificates, writeJKS
 
 DATA = FilePath(__file__).sibling("data")

@@ -16,9 +16,9 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
-from promtwist.config import (
-    AGENT,
-    PROXY,
+from promtwist.config.keys import AGENT, PROXY, Role
+from promtwist.config.load import loadAgentSettings, loadProxySettings, warningsOnce
+from promtwist.config.settings import (
     AgentSettings,
     ConfigError,
     Identity,
@@ -26,12 +26,8 @@ from promtwist.config import (
     PathConfig,
     ProxyEndpoint,
     ProxySettings,
-    Role,
-    fetchURL,
-    loadAgentSettings,
-    loadProxySettings,
-    warningsOnce,
 )
+from promtwist.config.sources import fetchURL
 
 DATA = FilePath(__file__).sibling("data")
 

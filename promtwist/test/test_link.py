@@ -28,7 +28,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from promtwist.agent import connection as agentConnection
 from promtwist.agent.connection import ProxyConnection, ProxyConnectionFactory, Rejected
 from promtwist.agent.scraper import Scraper
-from promtwist.config import AgentSettings, Identity, PathConfig, ProxySettings
+from promtwist.config.settings import AgentSettings, Identity, PathConfig, ProxySettings
 from promtwist.protocol.framing import encodeFrame
 from promtwist.protocol.promtwist_pb2 import (
     Frame,

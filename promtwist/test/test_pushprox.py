@@ -18,7 +18,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from promtwist.config import Identity, ProxySettings
+from promtwist.config.settings import Identity, ProxySettings
 from promtwist.hostkeys import HostTarget, hostKey
 from promtwist.proxy.answers import ScrapeFailed
 from promtwist.proxy.auth import Authenticator

@@ -21,7 +21,7 @@ from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from promtwist.config import Identity, ProxySettings
+from promtwist.config.settings import Identity, ProxySettings
 from promtwist.protocol.promtwist_pb2 import Frame, Outcome, ScrapeChunk, ScrapeResponse
 from promtwist.proxy.answers import ScrapeRecord
 from promtwist.proxy.auth import ANONYMOUS

@@ -24,7 +24,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from promtwist.config import PathConfig, ProxySettings
+from promtwist.config.settings import PathConfig, ProxySettings
 from promtwist.protocol.promtwist_pb2 import (
     Frame,
     Hello,

@@ -29,7 +29,7 @@ from promtwist.agent.filters import FilterStream
 from promtwist.agent.retries import RetryPolicy
 from promtwist.agent.scraper import FRAME_OVERHEAD, MIN_CHUNK, Scrape, ScrapeObserver, Scraper
 from promtwist.agent.slots import Slots
-from promtwist.config import AgentSettings, MetricFilter, PathConfig
+from promtwist.config.settings import AgentSettings, MetricFilter, PathConfig
 from promtwist.httputil import redacted
 from promtwist.protocol.framing import FrameTooLarge
 from promtwist.protocol.promtwist_pb2 import Frame, Outcome, ScrapeChunk, ScrapeRequest

@@ -15,7 +15,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
-from promtwist.config import AGENT, AgentSettings, ConfigError
+from promtwist.config.keys import AGENT
+from promtwist.config.settings import AgentSettings, ConfigError
 from promtwist.logs import clip
 from promtwist.test.certs import (
     STORE_CA,
