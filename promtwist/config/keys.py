@@ -789,10 +789,32 @@ PROXY = Role(
             Setting("proxy.http.basicAuth.username", str, field="http_basic_auth_username"),
             Setting("proxy.http.basicAuth.password", str, field="http_basic_auth_password"),
             Setting("proxy.http.bearerToken", str, field="http_bearer_token"),
+            Setting(
+                "proxy.pushprox.enabled",
+                bool,
+                field="pushprox_enabled",
+            ),
+            Setting(
+                "proxy.pushprox.pollHoldSecs",
+                float,
+                field="pushprox_poll_hold_secs",
+                rule=POSITIVE,
+            ),
+            Setting(
+                "proxy.pushprox.clientGraceSecs",
+                float,
+                field="pushprox_client_grace_secs",
+                rule=POSITIVE,
+            ),
             *_common("proxy", 8092, 8082, "prometheus-proxy", "PROXY_LOG_LEVEL"),
         ),
     ),
-    lists=("proxy.auth", "proxy.http.allowedNetworks", "proxy.admin.allowedNetworks"),
+    lists=(
+        "proxy.auth",
+        "proxy.http.allowedNetworks",
+        "proxy.admin.allowedNetworks",
+        "proxy.pushprox.allowedNetworks",
+    ),
     removed=(
         "proxy.http.maxThreads",
         "proxy.http.minThreads",

@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum, auto
 from itertools import count
@@ -47,7 +47,7 @@ from twisted.python.failure import Failure
 
 from promtwist.config.settings import Identity
 from promtwist.hostkeys import BadTarget, checkHost, hostKey, hostPort
-from promtwist.httpguard import clientIP
+from promtwist.httpguard import AllowedNetworks, clientIP
 from promtwist.logs import clip, observer
 from promtwist.protocol.promtwist_pb2 import Frame, Outcome, ScrapeResponse
 from promtwist.proxy.answers import ScrapeFailed, textAnswer
@@ -414,19 +414,26 @@ class PushProxHub:
     def __init__(
         self,
         registry: Registry,
-        authenticator: Authenticator,
+        authenticator: Callable[[], Authenticator],
         clock: IReactorTime,
         *,
         pollHold: float,
         clientGrace: float,
         maxContentBytes: int,
         metricsRegistry: CollectorRegistry,
+        allowedNetworks: Sequence[str] = (),
     ) -> None:
         """
+        @param authenticator: gives the agents' authenticator, which a
+            reload may replace: PushProx clients prove identities as agents
+            do.
         @param metricsRegistry: where PushProx's metric series are kept.
+        @param allowedNetworks: the networks polls and pushes may come
+            from; empty admits every client the scrape port admits.
         """
         self.registry = registry
         self.authenticator = authenticator
+        self.allowed = AllowedNetworks(allowedNetworks, clock)
         self.clock = clock
         self.pollHold = pollHold
         self.clientGrace = clientGrace
@@ -598,13 +605,22 @@ class PushProxHub:
         The identity the client proves with C{Authorization: Bearer}, as an
         agent proves one with its token; or L{None}, having answered 401.
         """
+        if not self.allowed.admits(exchange.client):
+            refuse(
+                exchange,
+                answered,
+                403,
+                "PushProx clients are not allowed from this address"
+                " (proxy.pushprox.allowedNetworks)",
+            )
+            return None
         value = exchange.headers.get(b"authorization", b"")
         scheme, _, token = value.strip().partition(b" ")
         if value and scheme.lower() != b"bearer":
             refuse(exchange, answered, 401, "PushProx clients authenticate with a bearer token")
             return None
         try:
-            return self.authenticator.authenticate(token.strip().decode("latin-1"), None)
+            return self.authenticator().authenticate(token.strip().decode("latin-1"), None)
         except AuthenticationFailed as e:
             exchange.addHeader(b"WWW-Authenticate", b'Bearer realm="promtwist"')
             refuse(exchange, answered, 401, f"PushProx client not authenticated: {e}")
@@ -646,7 +662,13 @@ class PushProxHub:
     def scrapeEnded(self, scrape: PendingScrape) -> None:
         self._scrapes.pop(scrape.scrapeId, None)
 
-    def forgetClient(self, client: PushProxClient, why: str) -> None:
+    def forgetClient(self, client: PushProxClient, why: str, reason: str = "lost") -> None:
+        """
+        Forget C{client}: its FQDN goes to a standby, if one waits.
+
+        @param reason: for the registry, a key of
+            L{promtwist.proxy.registry.HOLDER_CHANGE_REASONS}.
+        """
         if self.clients.get(client.key) is not client:
             return
         del self.clients[client.key]
@@ -657,7 +679,16 @@ class PushProxHub:
             why=why,
         )
         client.stop(why)
-        self.registry.removeAgent(client, "lost")
+        self.registry.removeAgent(client, reason)
+
+    def revoked(self, stillHolds: Callable[[Identity], bool]) -> None:
+        """
+        The identities were reloaded: forget the clients whose identity no
+        longer holds; they prove a new one with their next poll.
+        """
+        for client in list(self.clients.values()):
+            if not stillHolds(client.identity):
+                self.forgetClient(client, "its identity changed on reload", "reload")
 
     def stop(self) -> None:
         """

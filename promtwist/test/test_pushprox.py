@@ -151,7 +151,7 @@ class HubCase(SynchronousTestCase):
         )
         return PushProxHub(
             self.registry,
-            authenticator,
+            lambda: authenticator,
             self.clock,
             pollHold=POLL_HOLD,
             clientGrace=GRACE,
@@ -562,3 +562,55 @@ class RoutedTests(HubCase):
         self.assertEqual(r.status, 503)
         self.assertIn(b"no poll from PushProx client 'node1.example' within 4.5s", r.body)
         self.assertEqual(poll.value(), b"")
+
+
+class AccessTests(HubCase):
+    """
+    Who may poll and push: networks and reloaded identities.
+    """
+
+    def test_allowedNetworks(self) -> None:
+        """
+        With C{proxy.pushprox.allowedNetworks}, polls and pushes from
+        elsewhere get 403 naming the setting; /clients is the scrape
+        side's.
+        """
+        self.hub = PushProxHub(
+            self.registry,
+            lambda: Authenticator(ProxySettings()),
+            self.clock,
+            pollHold=POLL_HOLD,
+            clientGrace=GRACE,
+            maxContentBytes=1000,
+            metricsRegistry=CollectorRegistry(),
+            allowedNetworks=("10.1.0.0/16",),
+        )
+        self.port = Port(self.hub, self.clock)
+        _, held = self.poll(host="10.1.2.3")
+        self.assertEqual(held.value(), b"")
+        for method, path in [(b"POST", b"/poll"), (b"POST", b"/push")]:
+            _, transport = self.port.request(method, path, FQDN.encode(), host="192.0.2.1")
+            r = answer(transport)
+            self.assertEqual(r.status, 403)
+            self.assertIn(b"proxy.pushprox.allowedNetworks", r.body)
+        _, transport = self.port.request(b"GET", b"/clients", host="192.0.2.1")
+        self.assertEqual(answer(transport).status, 200)
+
+    def test_revoked(self) -> None:
+        """
+        A reload that revokes a client's identity forgets the client at
+        once: its poll expires, and its FQDN goes to a standby.
+        """
+        settings = ProxySettings(identities=(Identity("a", "tok-a"), Identity("b", "tok-b")))
+        self.hub = self.makeHub(settings)
+        self.port = Port(self.hub, self.clock)
+        _, pollA = self.poll(headers=b"Authorization: Bearer tok-a\r\n")
+        self.poll(headers=b"Authorization: Bearer tok-b\r\n")
+        a, b = self.hub.clients.values()
+        self.assertEqual((a.role, b.role), ("holder", "standby"))
+        fresh = Authenticator(ProxySettings(identities=(Identity("b", "tok-b"),)))
+        self.registry.stillHolds = fresh.stillHolds
+        self.hub.revoked(fresh.stillHolds)
+        self.assertEqual(answer(pollA).status, 408)
+        self.assertEqual(list(self.hub.clients.values()), [b])
+        self.assertEqual(b.role, "holder")
