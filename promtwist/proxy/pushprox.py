@@ -302,6 +302,13 @@ class PushProxClient:
         self._lastEnding = "it has not polled yet"
         self._grace: IDelayedCall | None = None
 
+    @property
+    def described(self) -> str:
+        """
+        The client as the log names it: all that tells it from another.
+        """
+        return f"{self.fqdn} (identity {self.identity.name!r}, from {self.hostName})"
+
     def polled(self, exchange: Exchange, answered: Answered) -> None:
         """
         A new poll came: hold it, unless a scrape waits for it. An older
@@ -392,9 +399,8 @@ class PushProxClient:
     ) -> None:
         self.role = role
         _log.info(
-            "PushProx client {fqdn} from {address} is now {role} ({reason})",
-            fqdn=self.fqdn,
-            address=self.hostName,
+            "PushProx client {client} is now {role} ({reason})",
+            client=self.described,
             role=role,
             reason=reason,
         )
@@ -541,9 +547,8 @@ class PushProxHub:
             if placement.position:
                 client.role = "standby"
             _log.info(
-                "PushProx client {fqdn} from {address} registered as {role}",
-                fqdn=fqdn,
-                address=key.address,
+                "PushProx client {client} registered as {role}",
+                client=client.described,
                 role=client.role,
             )
         client.polled(exchange, answered)
@@ -673,9 +678,8 @@ class PushProxHub:
             return
         del self.clients[client.key]
         _log.info(
-            "PushProx client {fqdn} from {address} forgotten: {why}",
-            fqdn=client.fqdn,
-            address=client.hostName,
+            "PushProx client {client} forgotten: {why}",
+            client=client.described,
             why=why,
         )
         client.stop(why)

@@ -376,6 +376,16 @@ class ProxyService(MultiService):
         )
         if settings.sd_enabled:
             self._log.info("service discovery at /{path}", path=settings.sd_path)
+        if self.pushprox is not None:
+            self._log.info(
+                "PushProx clients served at /poll, /push and /clients{open}",
+                open=(
+                    ": without agent credentials configured, any client may register"
+                    " any FQDN no other client holds (docs/pushprox.md)"
+                    if self.linkFactory.authenticator.open
+                    else ", with the agents' credentials"
+                ),
+            )
         if self.reloadSettings is not None:
             self._restoreHangup = onHangup(self.reactor, self.reload)
 

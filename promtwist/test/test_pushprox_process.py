@@ -254,14 +254,13 @@ http {{
         child.start()
         return child
 
-    async def test_standby(self) -> None:
+    def authConfig(self) -> str:
         """
-        Two clients with their own identities claim one FQDN: the first
-        serves it, the second waits; killed, the first hands the FQDN to
-        the second once its grace ends, and scrapes go on.
+        A proxy config with two PushProx client identities and the
+        cluster's agent's, and a short client grace.
         """
-        auth = writeFile(
-            os.path.join(self.mktemp() + "-auth.conf"),
+        return writeFile(
+            os.path.abspath(self.mktemp() + "-auth.conf"),
             "proxy.auth = [\n"
             f"  {{ name = {hoconString('a')}, token = {hoconString('tok-a')} }},\n"
             f"  {{ name = {hoconString('b')}, token = {hoconString('tok-b')} }},\n"
@@ -269,6 +268,14 @@ http {{
             "]\n"
             "proxy.pushprox.clientGraceSecs = 2\n",
         )
+
+    async def test_standby(self) -> None:
+        """
+        Two clients with their own identities claim one FQDN: the first
+        serves it, the second waits; killed, the first hands the FQDN to
+        the second once its grace ends, and scrapes go on.
+        """
+        auth = self.authConfig()
         setup = PushProxSetup(self, ["-c", auth], ["--agent_token", "agent-token"])
         cluster = setup.cluster
         await cluster.start()
@@ -286,14 +293,19 @@ http {{
         second = setup.client("client-b", "127.0.0.1", f"http://127.0.0.1:{frontB}/")
         second.start()
         await cluster.eventually(
-            lambda: _logged(cluster.proxy, "127.0.0.1 from 127.0.0.1 registered as standby"),
+            lambda: _logged(
+                cluster.proxy, "127.0.0.1 (identity 'b', from 127.0.0.1) registered as standby"
+            ),
             "client b registered as standby",
             30,
         )
         self.assertEqual(await setup.listed(), ["127.0.0.1"])
         await first.kill()
         await cluster.eventually(served, "a scrape served by client b after a left", 30)
-        self.assertIn("is now holder", cluster.proxy.log())
+        self.assertIn(
+            "PushProx client 127.0.0.1 (identity 'b', from 127.0.0.1) is now holder",
+            cluster.proxy.log(),
+        )
 
 
 async def _logged(child: Child, text: str) -> bool:
