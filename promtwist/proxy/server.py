@@ -382,8 +382,10 @@ class ProxyService(MultiService):
                 open=(
                     ": without agent credentials configured, any client may register"
                     " any FQDN no other client holds (docs/pushprox.md)"
-                    if self.linkFactory.authenticator.open
-                    else ", with the agents' credentials"
+                    # Client certificates prove nothing for them: they poll
+                    # the scrape port, not the agent port.
+                    if not (settings.identities or settings.agent_token)
+                    else ", with the agents' tokens"
                 ),
             )
         if self.reloadSettings is not None:

@@ -20,6 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from promtwist.config.settings import Identity, ProxySettings
 from promtwist.hostkeys import HostTarget, hostKey
+from promtwist.proxy.access import guarded
 from promtwist.proxy.answers import ScrapeFailed
 from promtwist.proxy.auth import Authenticator
 from promtwist.proxy.exchange import Exchange
@@ -563,6 +564,18 @@ class RoutedTests(HubCase):
         self.assertIn(b"no poll from PushProx client 'node1.example' within 4.5s", r.body)
         self.assertEqual(poll.value(), b"")
 
+    def test_departed(self) -> None:
+        """
+        A client forgotten with no standby: its scrapes get 503 saying it
+        left, as a departed agent's paths do.
+        """
+        connection, _ = self.poll()
+        connection.connectionLost(Failure(ConnectionError("killed")))
+        self.clock.advance(GRACE)
+        r = answer(self.prometheus(b"http://node1.example:9100/metrics"))
+        self.assertEqual(r.status, 503)
+        self.assertIn(b"disconnected", r.body)
+
 
 class AccessTests(HubCase):
     """
@@ -614,3 +627,46 @@ class AccessTests(HubCase):
         self.assertEqual(answer(pollA).status, 408)
         self.assertEqual(list(self.hub.clients.values()), [b])
         self.assertEqual(b.role, "holder")
+
+
+class CredentialsTests(SynchronousTestCase):
+    """
+    The scrape side's credentials guard C{/clients} and proxy_url scrapes,
+    not the polls and pushes, whose C{Authorization} is the client's.
+    """
+
+    def test_exempt(self) -> None:
+        clock = Clock()
+        settings = ProxySettings(http_bearer_token="scrape-secret")
+        authenticator = Authenticator(settings)
+        registry = Registry(RESERVED_PATHS, authenticator.mayServe, settings, clock)
+        hub = PushProxHub(
+            registry,
+            lambda: authenticator,
+            clock,
+            pollHold=POLL_HOLD,
+            clientGrace=GRACE,
+            maxContentBytes=1000,
+            metricsRegistry=CollectorRegistry(),
+        )
+        guard = hub.exempt(guarded(settings))
+        site = factory(
+            hub.front(ScrapeHandler(settings, registry, clock)),
+            clock,
+            bodies=hub.bodyLimit,
+            guard=guard,
+        )
+        port = Port(hub, clock)
+        port.site = site
+        _, poll = port.request(b"POST", b"/poll", FQDN.encode())
+        self.assertEqual(poll.value(), b"")
+        _, clients = port.request(b"GET", b"/clients")
+        self.assertEqual(answer(clients).status, 401)
+        _, clients = port.request(
+            b"GET", b"/clients", headers=b"Authorization: Bearer scrape-secret\r\n"
+        )
+        self.assertEqual(answer(clients).status, 200)
+        connection, scrape = connect(site)
+        connection.dataReceived(b"GET http://node1.example:9100/metrics HTTP/1.1\r\n\r\n")
+        self.assertEqual(answer(scrape).status, 401)
+        self.assertEqual(poll.value(), b"")
