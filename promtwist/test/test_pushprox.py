@@ -349,6 +349,13 @@ class HubTests(HubCase):
         )
         self.assertEqual(value("pushprox_http_duration_seconds_sum", {"path": "/poll"}), 3)
         self.assertEqual(value("pushprox_proxy_clients"), 1)
+        self.assertEqual(value("pushproxy_proxied_requests_total", {"code": "200"}), 1)
+        # A scrape no poll took in time counts with the status it got.
+        connection, _ = self.poll()
+        connection.connectionLost(Failure(ConnectionError("gone")))
+        Collected(self.client().scrape(scrapeCall(deadline=2)))
+        self.clock.advance(2)
+        self.assertEqual(value("pushproxy_proxied_requests_total", {"code": "503"}), 1)
 
     def test_standbyNotListed(self) -> None:
         """
