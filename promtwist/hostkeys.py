@@ -161,6 +161,14 @@ def isHostKey(key: str) -> bool:
     return key.startswith(KEY_PREFIX)
 
 
+def spelled(key: str) -> str:
+    """
+    A registry key as logs and pages name it: C{/path}, or a host key as it
+    is (C{//host:port}).
+    """
+    return key if isHostKey(key) else "/" + key
+
+
 def parseHostKey(key: str) -> tuple[str, int | None]:
     """
     The host and port (L{None}: any port) a key from L{hostKey} claims.

@@ -43,6 +43,7 @@ from promtwist.config.keys import AGENT
 from promtwist.config.settings import AgentSettings, ConfigError, PathConfig
 from promtwist.debugpage import head, table, uptime
 from promtwist.health import agentHealth
+from promtwist.hostkeys import spelled
 from promtwist.httputil import redacted
 from promtwist.listen import logStarted
 from promtwist.logs import observer
@@ -252,7 +253,7 @@ _FIELD_KEYS = {
 
 
 # What a reload applies.
-_PATH_FIELDS = ("path_configs", "path_configs_listed")
+_PATH_FIELDS = ("path_configs", "path_configs_listed", "targets", "fqdn")
 
 
 class AgentService(MultiService):
@@ -382,7 +383,7 @@ class AgentService(MultiService):
         configs = table(
             "Agent Path Configs",
             ["Name", "Path", "URL"],
-            [[f'"{config.name}"', f"/{path}", redacted(config.url)] for path, config in paths],
+            [[f'"{config.name}"', spelled(path), redacted(config.url)] for path, config in paths],
             "\n",
         )
         lines = [
@@ -397,7 +398,7 @@ class AgentService(MultiService):
         for path, config in paths:
             standing = standings.get(path)
             where = standing.describe() if standing is not None else "not registered"
-            lines.append(f"  /{path} -> {redacted(config.url)} [{where}]")
+            lines.append(f"  {spelled(path)} -> {redacted(config.url)} [{where}]")
         return "\n".join([upstream, configs, *lines]) + "\n"
 
     def _notReady(self, failure: Failure, proxy: str) -> Failure:
@@ -438,7 +439,7 @@ class AgentService(MultiService):
     def reload(self) -> Deferred[None]:
         """
         Read the configuration again (what C{SIGHUP} does) and apply its
-        C{agent.pathConfigs} over the current link. A configuration that
+        C{agent.pathConfigs} and C{agent.targets} over the current link. A configuration that
         does not load is rejected with one error line and changes nothing,
         and so is one that would leave the agent no path at all without
         saying so (no C{agent.pathConfigs} key: a file cut short, an
@@ -464,6 +465,7 @@ class AgentService(MultiService):
         if (
             not new.path_configs
             and not new.path_configs_listed
+            and not new.targets
             and self.factory.paths
             and not self.factory.table.discovered
         ):
@@ -483,9 +485,13 @@ class AgentService(MultiService):
                 keys=", ".join(differing),
             )
         self.settings = replace(
-            old, path_configs=new.path_configs, path_configs_listed=new.path_configs_listed
+            old,
+            path_configs=new.path_configs,
+            path_configs_listed=new.path_configs_listed,
+            targets=new.targets,
+            fqdn=new.fqdn,
         )
-        changes, done = self.factory.replacePaths(static=new.path_configs)
+        changes, done = self.factory.replacePaths(static=new.claims)
         self._log.info(
             "configuration reloaded from {source}: paths {summary}",
             source=new.config_source,

@@ -851,6 +851,12 @@ AGENT = Role(
                 help="Agent name (empty: Unnamed-<hostname>)",
             ),
             Setting(
+                "agent.fqdn",
+                str,
+                field="fqdn",
+                help="Host of agent.targets entries that name none (empty: this host's FQDN)",
+            ),
+            Setting(
                 "agent.consolidated",
                 bool,
                 field="consolidated",
@@ -1039,6 +1045,7 @@ AGENT = Role(
     ),
     lists=(
         "agent.pathConfigs",
+        "agent.targets",
         "agent.filters",
         "agent.proxy.endpoints",
         "agent.admin.allowedNetworks",

@@ -1,7 +1,7 @@
 # -*- test-case-name: promtwist.test.test_config -*-
 """
 The list-valued keys, read entry by entry: C{agent.pathConfigs} (and the
-discovery file's C{paths}), C{proxy.auth}, C{agent.filters}, the allowed
+discovery file's C{paths}), C{agent.targets}, C{proxy.auth}, C{agent.filters}, the allowed
 networks and the agent's proxy endpoints. Each entry is checked as a whole
 and its errors name it (C{agent.pathConfigs[2].url}).
 """
@@ -12,6 +12,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -25,6 +26,7 @@ from promtwist.config.settings import (
     PathConfig,
     ProxyEndpoint,
 )
+from promtwist.hostkeys import BadTarget, hostKey, hostPort, parseHostPort
 from promtwist.httpguard import UNIX_PEERS
 
 
@@ -200,7 +202,73 @@ def readPathConfigs(gathered: Gathered, warn: Callable[[str], None]) -> tuple[Pa
     return tuple(config for _, config in found.values())
 
 
-_IDENTITY_KEYS = ("name", "token", "paths", "perAgent")
+_TARGET_KEYS = ("target", "labels")
+_TARGET = "[http:// or https://]host:port, the host empty for agent.fqdn"
+
+
+def _targetEntry(text: str, fqdn: str) -> PathConfig:
+    """
+    One target as C{agent.targets} gives it: C{[scheme://]host:port}, the
+    host empty for C{fqdn}.
+
+    @raise ValueError: naming what is wrong.
+    """
+    scheme, sep, rest = text.strip().partition("://")
+    if not sep:
+        scheme, rest = "http", text.strip()
+    scheme = scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ValueError(f"scheme {scheme!r} is not http or https")
+    if rest.startswith(":"):
+        rest = (f"[{fqdn}]" if ":" in fqdn else fqdn) + rest
+    try:
+        host, port = parseHostPort(rest)
+    except BadTarget as e:
+        raise ValueError(str(e)) from None
+    address = hostPort(host, port)
+    return PathConfig(f"{scheme}://{address}", hostKey(host, port), f"{scheme}://{address}/")
+
+
+def readTargets(gathered: Gathered, fqdn: str) -> tuple[PathConfig, ...]:
+    """
+    C{agent.targets}: the hosts and ports the agent serves to C{proxy_url}
+    scrapes (and the only ones it fetches for them), each a string or an
+    object with C{target} and C{labels}; a target listed twice is an error.
+    """
+    key = "agent.targets"
+    label = gathered.label
+    found: dict[str, str] = {}
+    targets = []
+    for index, entry in enumerate(asList(gathered.file.get(key, []), label, key)):
+        where = f"{key}[{index}]"
+        labels: dict[str, str] = {}
+        if isinstance(entry, Mapping):
+            for name in entry:
+                checkKnown(str(name), _TARGET_KEYS, label, f"{where}.")
+            if "target" not in entry:
+                raise ConfigError(f"{label}: {where}: target is required")
+            if "labels" in entry:
+                try:
+                    labels = _labels(entry["labels"])
+                except ValueError as e:
+                    raise invalid(label, f"{where}.labels", "a JSON object", entry["labels"]) from e
+            text, where = entry["target"], f"{where}.target"
+        else:
+            text = entry
+        try:
+            config = _targetEntry(str(coerce(str, text, lenient=True)), fqdn)
+        except ValueError as e:
+            raise ConfigError(f"{label}: {where}: {show(text)}: {e} (expected {_TARGET})") from e
+        if config.path in found:
+            raise ConfigError(
+                f"{label}: {where}: target {show(config.name)} is also {found[config.path]}"
+            )
+        found[config.path] = where
+        targets.append(replace(config, labels=labels))
+    return tuple(targets)
+
+
+_IDENTITY_KEYS = ("name", "token", "paths", "perAgent", "targets")
 _GLOB = re.compile(r"[^#%\s]+\Z")
 
 
@@ -256,9 +324,18 @@ def readIdentities(gathered: Gathered, legacyToken: str) -> tuple[Identity, ...]
             raise invalid(
                 label, f"{where}.perAgent", "true or false", entry.get("perAgent")
             ) from None
+        targets = tuple(
+            str(coerce(str, glob, lenient=True)).strip()
+            for glob in asList(entry.get("targets", []), label, f"{where}.targets")
+        )
+        for glob in targets:
+            if not _GLOB.match(glob) or "/" in glob:
+                raise invalid(
+                    label, f"{where}.targets", "a host:port glob such as *.example:9100", glob
+                )
         names[name] = where
         tokens[name] = token
-        identities.append(Identity(name, token, paths, perAgent))
+        identities.append(Identity(name, token, paths, perAgent, targets))
     return tuple(identities)
 
 

@@ -33,7 +33,7 @@ from twisted.python.failure import Failure
 
 from promtwist.config.settings import ProxySettings
 from promtwist.gunzip import Gunzip, GunzipError
-from promtwist.hostkeys import HostTarget, hostKey
+from promtwist.hostkeys import HostTarget, hostKey, spelled
 from promtwist.httputil import acceptsGzip
 from promtwist.logs import RepeatedWarnings, observer
 from promtwist.proxy.answers import ScrapeFailed, ScrapeRecord, textAnswer
@@ -146,8 +146,8 @@ class ScrapeTracker:
         if record.type == "invalid_answer":
             self.invalidAnswers.warn(
                 "invalid_answer",
-                "scrape of /{path}: {reason}",
-                path=record.path,
+                "scrape of {path}: {reason}",
+                path=spelled(record.path),
                 reason=record.reason,
             )
         for notify in self.observers:
@@ -291,7 +291,7 @@ class ScrapeRelay:
         The buck stops here: a bug in the proxy fails this one scrape, loudly,
         and nothing else.
         """
-        self._log.failure("scrape of /{path} failed", failure, path=self.call.key)
+        self._log.failure("scrape of {path} failed", failure, path=spelled(self.call.key))
         self.fail(ScrapeFailed(500, "proxy_error", "internal error in the proxy"))
 
     # Endings.

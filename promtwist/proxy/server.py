@@ -21,6 +21,7 @@ from promtwist.config.keys import PROXY
 from promtwist.config.settings import ConfigError, MiB, ProxySettings
 from promtwist.debugpage import head, recentLine, table, uptime
 from promtwist.health import proxyHealth
+from promtwist.hostkeys import spelled
 from promtwist.listen import Listener, logStarted
 from promtwist.logs import clip, debugging, observer, utcTime
 from promtwist.metrics import AgentSample, ProxyState
@@ -211,9 +212,8 @@ class ProxyService(MultiService):
         )
         if self.settings.request_logging_enabled and debugging(self._log.namespace):
             self._log.debug(
-                "scrape /{path} via {agents}: {status} {type} {reason}"
-                " ({bytes} bytes, {ms:.1f} ms)",
-                path=clip(record.path),
+                "scrape {path} via {agents}: {status} {type} {reason} ({bytes} bytes, {ms:.1f} ms)",
+                path=spelled(clip(record.path)),
                 agents=clip(record.agents) or "-",
                 status=record.status,
                 type=record.type,
@@ -247,7 +247,7 @@ class ProxyService(MultiService):
         ]
         if snapshot:
             rows = [
-                [f"/{e.path}", f"{len(e.agents)} {', '.join(map(_described, e.agents))}"]
+                [spelled(e.path), f"{len(e.agents)} {', '.join(map(_described, e.agents))}"]
                 for e in sorted(snapshot, key=lambda e: e.path)
             ]
             parts.append(table("Proxy Path Map", ["Path", "Agent Context"], rows, "\n\n"))

@@ -281,6 +281,7 @@ class TableTests(SynchronousTestCase):
             "proxy_endpoints",
             "path_configs",
             "path_configs_listed",
+            "targets",
             "config_source",
             "identities",
             "http_allowed_networks",
@@ -346,7 +347,11 @@ class DefaultsTests(ConfigTestCase):
         config = self.writeConfig("agent {}\n")
         self.assertEqual(
             self.agent({"config": config}),
-            AgentSettings(config_source=config, name=f"Unnamed-{socket.gethostname()}"),
+            AgentSettings(
+                config_source=config,
+                name=f"Unnamed-{socket.gethostname()}",
+                fqdn=socket.getfqdn(),
+            ),
         )
 
     def test_agentNeedsConfig(self) -> None:
