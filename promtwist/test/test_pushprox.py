@@ -636,6 +636,35 @@ class AccessTests(HubCase):
         self.assertEqual(b.role, "holder")
 
 
+class TargetGlobTests(HubCase):
+    def test_identityGlobs(self) -> None:
+        """
+        A client may claim only the FQDNs its identity's C{targets} globs
+        match (against the FQDN alone: the claim is for every port); an
+        identity limited to some paths claims no FQDN.
+        """
+        settings = ProxySettings(
+            identities=(
+                Identity("dc1", "tok-dc1", targets=("*.dc1.example",)),
+                Identity("apps", "tok-apps", paths=("app*",)),
+            )
+        )
+        self.hub = self.makeHub(settings)
+        self.port = Port(self.hub, self.clock)
+        dc1 = b"Authorization: Bearer tok-dc1\r\n"
+        _, held = self.poll(b"node1.dc1.example", headers=dc1)
+        self.assertEqual(held.value(), b"")
+        for fqdn, headers in [
+            (b"node1.dc2.example", dc1),
+            (b"node1.dc1.example", b"Authorization: Bearer tok-apps\r\n"),
+        ]:
+            _, transport = self.poll(fqdn, headers=headers, host="10.7.7.7")
+            r = answer(transport)
+            self.assertEqual(r.status, 403, fqdn)
+            self.assertIn(b"is not authorized to serve //" + fqdn, r.body)
+        self.assertEqual(self.hub.servedFQDNs(), ["node1.dc1.example"])
+
+
 class CredentialsTests(SynchronousTestCase):
     """
     The scrape side's credentials guard C{/clients} and proxy_url scrapes,
