@@ -124,20 +124,18 @@ class Poll:
         self._timer: IDelayedCall | None = clock.callLater(hold, self.expire)
         exchange.notifyGone(self._gone)
 
-    def carry(self, instruction: bytes) -> bool:
+    def carry(self, request: bytes) -> None:
         """
-        Answer the poll with a scrape, if it still waits.
+        Answer the waiting poll with a scrape, C{request}.
         """
-        if self.state is not PollState.WAITING:
-            return False
+        assert self.state is PollState.WAITING, f"a poll {self.state.name} cannot carry"
         self._over(PollState.CARRIED)
         exchange = self.exchange
         exchange.setStatus(200)
         exchange.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
         exchange.setHeader(b"Cache-Control", b"no-store")
-        exchange.finishWith(instruction)
+        exchange.finishWith(request)
         self._answered(200)
-        return True
 
     def expire(self, why: str = "held for its longest") -> None:
         """
@@ -191,18 +189,25 @@ class PendingScrape:
         timeout: float,
         maxLength: int,
     ) -> None:
+        """
+        @raise ValueError: if the scrape cannot be written for a poll (see
+            L{ScrapeInstruction.serialize}); nothing is started then.
+        """
         self.client = client
         self.name = client.name
         self.MAX_LENGTH = maxLength
-        self.instruction = instruction
+        self.scrapeId = instruction.scrapeId
+        self.request = instruction.serialize()
         self.state = ScrapeState.QUEUED
         self.stream = ScrapeStream(self, number)
         self._timeout = timeout
         self._timer: IDelayedCall | None = clock.callLater(timeout, self._timedOut)
 
-    @property
-    def scrapeId(self) -> str:
-        return self.instruction.scrapeId
+    def sent(self) -> None:
+        """
+        A poll carried the scrape: its push is awaited now.
+        """
+        self.state = ScrapeState.SENT
 
     def answered(self, status: int, contentType: str, contentEncoding: str, body: bytes) -> None:
         """
@@ -325,15 +330,20 @@ class PushProxClient:
         self._sendNext()
 
     def _sendNext(self) -> None:
-        while self._queue and self.poll is not None:
-            scrape = self._queue.popleft()
-            if self.poll.carry(scrape.instruction.serialize()):
-                scrape.state = ScrapeState.SENT
-                self.poll = None
-                self._lastPollEnded = self.hub.clock.seconds()
-                self._lastEnding = "its last poll carried a scrape"
-                self._startGrace()
-                return
+        """
+        Send the oldest queued scrape with the held poll, if there are both
+        (a held poll waits: one that ended is no longer held).
+        """
+        poll = self.poll
+        if poll is None or not self._queue:
+            return
+        scrape = self._queue.popleft()
+        self.poll = None
+        poll.carry(scrape.request)
+        scrape.sent()
+        self._lastPollEnded = self.hub.clock.seconds()
+        self._lastEnding = "its last poll carried a scrape"
+        self._startGrace()
 
     def _pollEnded(self, poll: Poll, why: str) -> None:
         if poll is not self.poll:
