@@ -12,16 +12,18 @@ import json
 import os
 import shutil
 import time
+from functools import partial
 from typing import Any
 
 import treq
 from treq.client import HTTPClient
 from twisted.internet import reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool, ProxyAgent
 from twisted.web.http_headers import Headers
 
+from promtwist.test.helpers import RawClient
 from promtwist.test.processes import Child, Cluster, freePort, hoconString, writeFile
 from promtwist.test.pushproxpeer import pushproxClient
 from promtwist.test.test_endtoend import PROMETHEUS_MISSING, prometheusBinary
@@ -122,6 +124,48 @@ class PushProxClientTests(TestCase):
         await cluster.eventually(served, "a scrape served by the restarted client", 30)
         # Its first poll comes at once; the scrape before it may have waited.
         self.assertLess(time.monotonic() - restarted, 10)
+
+    async def test_hostileInputs(self) -> None:
+        """
+        Malformed polls and pushes, an oversized push and a push for a
+        scrape nobody waits for each get their own bounded 4xx, and the
+        real client goes on serving meanwhile.
+        """
+        setup = PushProxSetup(self)
+        cluster = setup.cluster
+        await cluster.start()
+        setup.client("pushprox-client", "127.0.0.1").start()
+
+        async def served() -> bool:
+            status, body, _ = await setup.scrape("127.0.0.1")
+            return status == 200 and b"promtwist_e2e_sample" in body
+
+        await cluster.eventually(served, "a scrape served by the pushprox-client", 30)
+        scrapeId = b"0123abcd-0000-4000-8000-0123456789ab"
+        cases = [
+            (b"POST /poll", b"bad host!", b"400"),
+            (b"POST /poll", b"x" * 5000, b"413"),
+            (b"POST /push", b"<!DOCTYPE html><html></html>\r\n\r\n", b"400"),
+            (b"POST /push", b"HTTP/1.1 200 OK\r\nId: " + scrapeId + b"\r\n\r\nx", b"404"),
+            (b"POST /push", b"x" * (11 * 1024 * 1024), b"413"),
+        ]
+        for request, body, status in cases:
+            client = await connectProtocol(
+                TCP4ClientEndpoint(reactor, "127.0.0.1", cluster.scrapePort), RawClient()
+            )
+            client.send(
+                b"%s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (request, len(body))
+            )
+            if status != b"413":
+                client.send(body)
+            await cluster.eventually(
+                partial(_answered, client), f"an answer to {request!r}", 10, 0.05
+            )
+            self.assertTrue(client.received.startswith(b"HTTP/1.1 " + status), client.received)
+            assert client.transport is not None
+            client.transport.loseConnection()
+            await client.closed
+        self.assertTrue(await served())
 
     async def test_unknownFQDN(self) -> None:
         """
@@ -306,6 +350,10 @@ http {{
             "PushProx client 127.0.0.1 (identity 'b', from 127.0.0.1) is now holder",
             cluster.proxy.log(),
         )
+
+
+async def _answered(client: RawClient) -> bool:
+    return b"\r\n\r\n" in client.received
 
 
 async def _logged(child: Child, text: str) -> bool:
