@@ -94,7 +94,11 @@ class ScrapeHandler:
                 exchange.path,
                 exchange.query,
                 exchange.headers.get(b"host"),
-                lambda host, port: bool(self.registry.lookupHost(host, port)),
+                # A Host routes only to a claim on its exact port: a claim on
+                # every port of a host (a PushProx client's) would take the
+                # requests for the proxy's own paths whenever the client
+                # names the proxy's host, and loop them back through it.
+                lambda host, port: bool(self.registry.lookup(hostKey(host, port))),
             )
         except BadProxyRequest as e:
             return self._refuse(exchange, "", e.status, e.kind, e.reason)

@@ -583,6 +583,21 @@ class RoutedTests(HubCase):
         self.assertEqual(r.status, 503)
         self.assertIn(b"disconnected", r.body)
 
+    def test_hostHeaderNotCaptured(self) -> None:
+        """
+        A client registered under the proxy's own host name takes none of
+        the proxy's own requests: an ordinary request whose Host names that
+        host is path-routed (else the client would fetch it from the proxy,
+        which would hand it to the client again).
+        """
+        _, poll = self.poll()
+        connection, transport = connect(self.site, IPv4Address("TCP", "10.5.5.5", 50000))
+        connection.dataReceived(b"GET /app_metrics HTTP/1.1\r\nHost: node1.example:8080\r\n\r\n")
+        r = answer(transport)
+        self.assertEqual(r.status, 404)
+        self.assertIn(b"/app_metrics", r.body)
+        self.assertEqual(poll.value(), b"")
+
 
 class AccessTests(HubCase):
     """
