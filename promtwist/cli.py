@@ -19,8 +19,9 @@ from typing import ClassVar, Generic, TextIO, TypeVar
 from twisted.python import usage
 
 from promtwist import __version__
-from promtwist.config.keys import AGENT, PROXY, Role, Setting
+from promtwist.config.keys import AGENT, PROXY
 from promtwist.config.load import loadAgentSettings, loadProxySettings, warningsOnce
+from promtwist.config.schema import Role, Setting
 from promtwist.config.settings import AgentSettings, ConfigError, ProxySettings
 from promtwist.startup import StartupError, checkTwistdFiles
 from promtwist.tls import checkFiles
@@ -54,7 +55,8 @@ def _describe(setting: Setting) -> str:
         where.append(f"${setting.env}")
     if setting.default != "":
         where.append(f"default {_render(setting.default)}")
-    return f"{setting.help} ({', '.join(where)})"
+    effect = "" if setting.effective else " (no effect in promtwist)"
+    return f"{setting.help}{effect} ({', '.join(where)})"
 
 
 def _optionTables(role: Role) -> tuple[list[list[str | None]], list[list[str | None]]]:

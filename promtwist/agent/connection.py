@@ -569,6 +569,7 @@ class ProxyConnection(Session):
         else:
             config = self._served(request.path)
         if config is None:
+            self.factory.scraper.observer.invalidPath()
             self._refuse(
                 request,
                 Outcome.PATH_NOT_FOUND,
@@ -596,6 +597,8 @@ class ProxyConnection(Session):
         return known[0] if known is not None and known[1] else None
 
     def _refuse(self, request: ScrapeRequest, outcome: int, status: int, reason: str) -> None:
+        # A result, as prometheus-proxy's agent counts one.
+        self.factory.scraper.observer.resultSent("non-gzipped")
         self.sendFrame(
             Frame(
                 scrape_response=ScrapeResponse(
@@ -674,8 +677,11 @@ class ProxyConnection(Session):
         # Queued scrapes first: cancelling a running one frees its slot,
         # which would start a queued one against a link that is gone.
         for scrape in sorted(self._scrapes.values(), key=lambda s: not s.queued):
-            # Its result, if any, can no longer reach the proxy.
-            observer.resultSent("dropped")
+            # The result of a fetch under way can no longer reach the proxy.
+            # One still queued for a slot never started, and is not counted
+            # (prometheus-proxy's agent drops its queue the same way).
+            if not scrape.queued:
+                observer.resultSent("dropped")
             scrape.cancel()
         # Nothing more can finish on this link.
         self._scrapes.clear()

@@ -16,8 +16,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from promtwist.config.records import readPathEntry
-from promtwist.config.resolve import asList
+from promtwist.config.records import readPathEntries
 from promtwist.config.settings import ConfigError, PathConfig
 from promtwist.config.sources import fetchURL, parseSource
 from promtwist.logs import observer
@@ -39,14 +38,7 @@ def readDiscoveryFile(path: str, environ: Mapping[str, str]) -> tuple[PathConfig
     tree = parseSource(path, path, environ, fetchURL)
     if "paths" not in tree:
         raise ConfigError(f"{path}: paths is required (a list, possibly empty)")
-    entries = asList(tree["paths"], path, "paths")
-    found: dict[str, PathConfig] = {}
-    for index, entry in enumerate(entries):
-        config = readPathEntry(entry, f"paths[{index}]", path)
-        # Last wins; re-inserting keeps the order of the last occurrences.
-        found.pop(config.path, None)
-        found[config.path] = config
-    return tuple(found.values())
+    return readPathEntries(tree["paths"], path, "paths")
 
 
 class FileDiscovery(Service):

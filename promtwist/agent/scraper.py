@@ -52,8 +52,14 @@ class ScrapeObserver:
 
     def scrapeEnded(self, kind: str, seconds: float) -> None:
         """
-        A scrape ended (C{"success"}, C{"unsuccessful"} or C{"cancelled"})
-        after C{seconds}.
+        A scrape of a served path ended after C{seconds}: C{"success"},
+        C{"unsuccessful"}, C{"failed"} (see L{promtwist.agent.answer.Answer})
+        or C{"cancelled"} (by the proxy, or with its link).
+        """
+
+    def invalidPath(self) -> None:
+        """
+        A scrape of a path this agent does not serve was refused.
         """
 
     def resultSent(self, kind: str) -> None:

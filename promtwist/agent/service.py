@@ -233,6 +233,9 @@ class _ScrapeMetrics(ScrapeObserver):
         if kind != "cancelled":
             self.service.metrics.scrapeFinished(kind, seconds)
 
+    def invalidPath(self) -> None:
+        self.service.metrics.invalidPath()
+
     def resultSent(self, kind: str) -> None:
         self.service.metrics.resultSent(kind)
 
@@ -241,19 +244,6 @@ class _ScrapeMetrics(ScrapeObserver):
 
     def retried(self, kind: str) -> None:
         self.service.metrics.retried(kind)
-
-
-# Settings fields that are not a single key of the agent's key table.
-_FIELD_KEYS = {
-    "config_source": "--config",
-    "proxy_endpoints": "agent.proxy.endpoints (or hostname/port, --proxy)",
-    "filters": "agent.filters",
-    "admin_allowed_networks": "agent.admin.allowedNetworks",
-}
-
-
-# What a reload applies.
-_PATH_FIELDS = ("path_configs", "path_configs_listed", "targets", "fqdn")
 
 
 class AgentService(MultiService):
@@ -478,19 +468,14 @@ class AgentService(MultiService):
             )
             return succeed(None)
         old = self.settings
-        differing = AGENT.changedKeys(old, new, _PATH_FIELDS, _FIELD_KEYS)
+        differing = AGENT.changedKeys(old, new)
         if differing:
             self._log.warn(
                 "configuration reload: {keys} changed and need(s) a restart (not applied)",
                 keys=", ".join(differing),
             )
-        self.settings = replace(
-            old,
-            path_configs=new.path_configs,
-            path_configs_listed=new.path_configs_listed,
-            targets=new.targets,
-            fqdn=new.fqdn,
-        )
+        # What changedKeys left out is what a reload applies.
+        self.settings = replace(old, **{name: getattr(new, name) for name in AGENT.live})
         changes, done = self.factory.replacePaths(static=new.claims)
         self._log.info(
             "configuration reloaded from {source}: paths {summary}",

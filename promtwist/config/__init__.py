@@ -13,9 +13,14 @@ One module per job, each importing only those before it:
     and L{settings.ConfigError}. Pure types: importing them
     loads no parser, so the many modules that only take a settings object
     import this one alone.
+  - L{schema}: what a key is (L{schema.Setting}, L{schema.Role}) and the
+    rules its values must meet.
+  - L{compat}: the keys prometheus-proxy reads that promtwist accepts
+    without acting on them, one row each.
   - L{keys}: the table of known keys per process (L{keys.PROXY},
-    L{keys.AGENT}) and the value rules; it drives reading, the environment,
-    C{-D}, the command-line options (L{promtwist.cli}) and their help.
+    L{keys.AGENT}): promtwist's own keys plus the compatibility rows. It
+    drives reading, the environment, C{-D}, the command-line options
+    (L{promtwist.cli}) and their help.
   - L{sources}: reading a file or URL as HOCON, JSON or Java properties.
   - L{resolve}: one value per key from the first source that sets it,
     converted and checked.

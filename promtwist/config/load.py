@@ -13,7 +13,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from promtwist.config.keys import AGENT, PROXY, Role
+from promtwist.config.keys import AGENT, PROXY
 from promtwist.config.records import (
     readFilters,
     readIdentities,
@@ -23,6 +23,7 @@ from promtwist.config.records import (
     readTargets,
 )
 from promtwist.config.resolve import Gathered, configSource, gather
+from promtwist.config.schema import Role
 from promtwist.config.settings import AgentSettings, ConfigError, ProxySettings
 from promtwist.config.sources import fetchURL
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: promtwist.test.test_config -*-
+# -*- test-case-name: promtwist.test.test_config,promtwist.test.test_agent_paths -*-
 """
 The list-valued keys, read entry by entry: C{agent.pathConfigs} (and the
 discovery file's C{paths}), C{agent.targets}, C{proxy.auth}, C{agent.filters}, the allowed
@@ -11,13 +11,13 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import replace
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import urlsplit
 
-from promtwist.config.keys import PORT, URL_PATH, urlPath
 from promtwist.config.resolve import Gathered, asList, checkKnown, coerce, invalid, show
+from promtwist.config.schema import PORT, URL_PATH, urlPath
 from promtwist.config.settings import (
     LEGACY_TOKEN_IDENTITY,
     ConfigError,
@@ -119,39 +119,124 @@ def _labels(value: object) -> dict[str, str]:
     raise ValueError(value)
 
 
-_PATH_CONFIG_KEYS = ("name", "path", "url", "labels")
+_REQUIRED: Any = object()
 
 
-def readPathEntry(
-    entry: object, where: str, label: str, lenient: Callable[[str], None] | None = None
-) -> PathConfig:
+@dataclass(frozen=True)
+class Record:
+    """
+    The shape of the entries of a list-valued key: the keys an entry may
+    have, and what it was meant to be when it is not an object at all.
+
+    Reading entries through it refuses a non-object or an unknown key (with
+    the closest known one suggested) before anything else, and hands out
+    each entry as an L{Entry} whose values are read with errors naming
+    them, e.g. C{agent.pathConfigs[2].url}.
+
+    @ivar keys: the keys an entry may have.
+    @ivar expects: what an entry is, for the message when it is not an
+        object (C{"an object with path and url"}).
+    """
+
+    keys: tuple[str, ...]
+    expects: str
+
+    def entries(self, value: object, label: str, key: str) -> Iterator[Entry]:
+        """
+        The entries of C{value}, the list C{key} from C{label}, each checked.
+        """
+        for index, item in enumerate(asList(value, label, key)):
+            where = f"{key}[{index}]"
+            if not isinstance(item, Mapping):
+                raise invalid(label, where, self.expects, item)
+            for name in item:
+                checkKnown(str(name), self.keys, label, f"{where}.")
+            yield Entry(item, where, label)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """
+    One entry of a list-valued key, whose keys its L{Record} checked.
+
+    @ivar values: the entry as the file wrote it.
+    @ivar where: the entry's name in messages, e.g. C{agent.filters[0]}.
+    @ivar label: the configuration source, as named in messages.
+    """
+
+    values: Mapping[str, Any]
+    where: str
+    label: str
+
+    def require(self, *names: str) -> None:
+        """
+        Refuse the entry unless it has every one of C{names}.
+        """
+        for name in names:
+            if name not in self.values:
+                raise ConfigError(f"{self.label}: {self.where}: {name} is required")
+
+    def get(
+        self, name: str, parse: Callable[[Any], Any], expects: str, default: Any = _REQUIRED
+    ) -> Any:
+        """
+        The value of C{name} after C{parse}, which raises L{ValueError} when
+        the value is not what C{expects} says; C{default} when the entry has
+        no C{name}, which without a C{default} is an error.
+        """
+        if name not in self.values:
+            if default is _REQUIRED:
+                self.require(name)
+            return default
+        return self._parsed(name, self.values[name], parse, expects)
+
+    def string(self, name: str, default: Any = _REQUIRED) -> str:
+        """
+        The value of C{name} as a string (a number or boolean is read as
+        written, as HOCON does).
+        """
+        return cast(str, self.get(name, _string, "a string", default))
+
+    def strings(
+        self, name: str, parse: Callable[[str], str] = str, expects: str = "a string"
+    ) -> tuple[str, ...]:
+        """
+        The list C{name} (none when the entry has no C{name}), each item a
+        string after C{parse}; the message for an item that is not names the
+        key and shows the item.
+        """
+        items = asList(self.values.get(name, []), self.label, f"{self.where}.{name}")
+        return tuple(
+            self._parsed(name, item, lambda value: parse(_string(value)), expects) for item in items
+        )
+
+    def _parsed(self, name: str, value: object, parse: Callable[[Any], Any], expects: str) -> Any:
+        try:
+            return parse(value)
+        except ValueError as e:
+            raise invalid(self.label, f"{self.where}.{name}", expects, value) from e
+
+
+def _string(value: object) -> str:
+    return cast(str, coerce(str, value, lenient=True))
+
+
+_PATH_ENTRY = Record(("name", "path", "url", "labels"), "an object with path and url")
+
+
+def _readPathEntry(entry: Entry, lenient: Callable[[str], None] | None) -> PathConfig:
     """
     One C{agent.pathConfigs} entry, checked.
 
-    @param where: the entry's key, e.g. C{agent.pathConfigs[0]}, for messages.
     @param lenient: given, the entry is read as prometheus-proxy reads it where
         that is more forgiving: labels that are not a JSON object are dropped
         and a URL without a scheme gets C{http://}; each is told to this
         callable in one line.  Without it, both are errors.
     """
-    if not isinstance(entry, Mapping):
-        raise invalid(label, where, "an object with path and url", entry)
-    for name in entry:
-        checkKnown(str(name), _PATH_CONFIG_KEYS, label, f"{where}.")
-
-    def check(name: str, parse: Callable[[Any], Any], expected: str) -> Any:
-        if name not in entry:
-            raise ConfigError(f"{label}: {where}: {name} is required")
-        try:
-            return parse(entry[name])
-        except ValueError as e:
-            raise invalid(label, f"{where}.{name}", expected, entry[name]) from e
-
-    def string(value: object) -> str:
-        return cast(str, coerce(str, value, lenient=True))
+    label, where = entry.label, entry.where
 
     def targetURL(value: object) -> str:
-        text = string(value)
+        text = _string(value)
         if lenient is not None and "://" not in text and text.strip():
             lenient(
                 f"{label}: {where}.url: {show(text)} has no scheme;"
@@ -172,37 +257,50 @@ def readPathEntry(
             )
             return {}
 
-    path = check("path", lambda v: urlPath(string(v)), URL_PATH.expects)
-    url = check("url", targetURL, "an http:// or https:// URL with a host")
-    labels = check("labels", labelsOf, "a JSON object") if "labels" in entry else {}
-    name = check("name", string, "a string").strip() if "name" in entry else ""
+    path = entry.get("path", lambda v: urlPath(_string(v)), URL_PATH.expects)
+    url = entry.get("url", targetURL, "an http:// or https:// URL with a host")
+    labels = entry.get("labels", labelsOf, "a JSON object", {})
+    name = entry.string("name", "").strip()
     return PathConfig(name=name or path, path=path, url=url, labels=labels)
 
 
-def readPathConfigs(gathered: Gathered, warn: Callable[[str], None]) -> tuple[PathConfig, ...]:
+def readPathEntries(
+    value: object, label: str, key: str, warn: Callable[[str], None] | None = None
+) -> tuple[PathConfig, ...]:
     """
-    The agent's static paths, in order.  A path listed twice is served by
-    its last entry, as prometheus-proxy's path map keeps the last one put,
-    with a warning naming both entries.
+    The paths the list C{value} (the key C{key} of C{label}) names, in
+    order. A path listed twice is served by its last entry, as
+    prometheus-proxy's path map keeps the last one put.
+
+    @param warn: given, the entries are read leniently (see
+        L{_readPathEntry}) and a repeated path is told to it naming both
+        entries: what C{agent.pathConfigs} does, where a prometheus-proxy
+        file must load as it did there. Without it (promtwist's own
+        discovery file), entries are strict and the last one wins silently.
     """
-    key = "agent.pathConfigs"
-    entries = asList(gathered.file.get(key, []), gathered.label, key)
     found: dict[str, tuple[str, PathConfig]] = {}
-    for index, entry in enumerate(entries):
-        where = f"{key}[{index}]"
-        config = readPathEntry(entry, where, gathered.label, warn)
-        if config.path in found:
+    for entry in _PATH_ENTRY.entries(value, label, key):
+        config = _readPathEntry(entry, warn)
+        if warn is not None and config.path in found:
             warn(
-                f"{gathered.label}: {where}.path: duplicate path {show(config.path)};"
+                f"{label}: {entry.where}.path: duplicate path {show(config.path)};"
                 f" this entry replaces {found[config.path][0]}, as in prometheus-proxy"
             )
         # Re-inserting keeps the order of the last occurrences.
         found.pop(config.path, None)
-        found[config.path] = (where, config)
+        found[config.path] = (entry.where, config)
     return tuple(config for _, config in found.values())
 
 
-_TARGET_KEYS = ("target", "labels")
+def readPathConfigs(gathered: Gathered, warn: Callable[[str], None]) -> tuple[PathConfig, ...]:
+    """
+    The agent's static paths, C{agent.pathConfigs}, read leniently.
+    """
+    key = "agent.pathConfigs"
+    return readPathEntries(gathered.file.get(key, []), gathered.label, key, warn)
+
+
+_TARGET_ENTRY = Record(("target", "labels"), "a target, or an object with target and labels")
 _TARGET = "[http:// or https://]host:port, the host empty for agent.fqdn"
 
 
@@ -235,41 +333,53 @@ def readTargets(gathered: Gathered, fqdn: str) -> tuple[PathConfig, ...]:
     scrapes (and the only ones it fetches for them), each a string or an
     object with C{target} and C{labels}; a target listed twice is an error.
     """
-    key = "agent.targets"
-    label = gathered.label
+    key, label = "agent.targets", gathered.label
+    items = [
+        item if isinstance(item, Mapping) else {"target": item}
+        for item in asList(gathered.file.get(key, []), label, key)
+    ]
     found: dict[str, str] = {}
     targets = []
-    for index, entry in enumerate(asList(gathered.file.get(key, []), label, key)):
-        where = f"{key}[{index}]"
-        labels: dict[str, str] = {}
-        if isinstance(entry, Mapping):
-            for name in entry:
-                checkKnown(str(name), _TARGET_KEYS, label, f"{where}.")
-            if "target" not in entry:
-                raise ConfigError(f"{label}: {where}: target is required")
-            if "labels" in entry:
-                try:
-                    labels = _labels(entry["labels"])
-                except ValueError as e:
-                    raise invalid(label, f"{where}.labels", "a JSON object", entry["labels"]) from e
-            text, where = entry["target"], f"{where}.target"
-        else:
-            text = entry
+    for entry in _TARGET_ENTRY.entries(items, label, key):
+        text = entry.string("target")
         try:
-            config = _targetEntry(str(coerce(str, text, lenient=True)), fqdn)
+            config = _targetEntry(text, fqdn)
         except ValueError as e:
-            raise ConfigError(f"{label}: {where}: {show(text)}: {e} (expected {_TARGET})") from e
+            raise ConfigError(
+                f"{label}: {entry.where}.target: {show(text)}: {e} (expected {_TARGET})"
+            ) from None
         if config.path in found:
             raise ConfigError(
-                f"{label}: {where}: target {show(config.name)} is also {found[config.path]}"
+                f"{label}: {entry.where}: target {show(config.name)} is also {found[config.path]}"
             )
-        found[config.path] = where
-        targets.append(replace(config, labels=labels))
+        found[config.path] = entry.where
+        labels = entry.get("labels", _labels, "a JSON object", {})
+        targets.append(PathConfig(config.name, config.path, config.url, labels))
     return tuple(targets)
 
 
-_IDENTITY_KEYS = ("name", "token", "paths", "perAgent", "targets")
+_IDENTITY = Record(
+    ("name", "token", "paths", "perAgent", "targets"), "an object with name, token and paths"
+)
 _GLOB = re.compile(r"[^#%\s]+\Z")
+
+
+def _glob(text: str) -> str:
+    glob = text.lstrip("/")
+    if not _GLOB.match(glob):
+        raise ValueError(text)
+    return glob
+
+
+def _targetGlob(text: str) -> str:
+    glob = text.strip()
+    if not _GLOB.match(glob) or "/" in glob:
+        raise ValueError(text)
+    return glob
+
+
+def _boolean(value: object) -> bool:
+    return bool(coerce(bool, value, lenient=True))
 
 
 def readIdentities(gathered: Gathered, legacyToken: str) -> tuple[Identity, ...]:
@@ -279,20 +389,15 @@ def readIdentities(gathered: Gathered, legacyToken: str) -> tuple[Identity, ...]
     may be left out only when agents present client certificates, whose
     subject then names the identity.
     """
-    key = "proxy.auth"
     label = gathered.label
     certificates = bool(gathered.values["proxy.tls.trustCertCollectionFilePath"].value)
     identities: list[Identity] = []
     names: dict[str, str] = {}
     tokens: dict[str, str] = {LEGACY_TOKEN_IDENTITY: legacyToken} if legacyToken else {}
-    for index, entry in enumerate(asList(gathered.file.get(key, []), label, key)):
-        where = f"{key}[{index}]"
-        if not isinstance(entry, Mapping):
-            raise invalid(label, where, "an object with name, token and paths", entry)
-        for name in entry:
-            checkKnown(str(name), _IDENTITY_KEYS, label, f"{where}.")
-        name = str(coerce(str, entry.get("name", ""), lenient=True)).strip()
-        token = str(coerce(str, entry.get("token", ""), lenient=True))
+    for entry in _IDENTITY.entries(gathered.file.get("proxy.auth", []), label, "proxy.auth"):
+        where = entry.where
+        name = entry.string("name", "").strip()
+        token = entry.string("token", "")
         if not name:
             raise ConfigError(f"{label}: {where}.name is required")
         if name in names or name == LEGACY_TOKEN_IDENTITY:
@@ -311,28 +416,9 @@ def readIdentities(gathered: Gathered, legacyToken: str) -> tuple[Identity, ...]
                     f"{label}: {where}.token: the same token as identity {show(other)};"
                     " every identity needs its own token"
                 )
-        paths = tuple(
-            str(coerce(str, glob, lenient=True)).lstrip("/")
-            for glob in asList(entry.get("paths", []), label, f"{where}.paths")
-        )
-        for glob in paths:
-            if not _GLOB.match(glob):
-                raise invalid(label, f"{where}.paths", "a path glob such as team_a_*", glob)
-        try:
-            perAgent = bool(coerce(bool, entry.get("perAgent", False), lenient=True))
-        except ValueError:
-            raise invalid(
-                label, f"{where}.perAgent", "true or false", entry.get("perAgent")
-            ) from None
-        targets = tuple(
-            str(coerce(str, glob, lenient=True)).strip()
-            for glob in asList(entry.get("targets", []), label, f"{where}.targets")
-        )
-        for glob in targets:
-            if not _GLOB.match(glob) or "/" in glob:
-                raise invalid(
-                    label, f"{where}.targets", "a host:port glob such as *.example:9100", glob
-                )
+        paths = entry.strings("paths", _glob, "a path glob such as team_a_*")
+        perAgent = entry.get("perAgent", _boolean, "true or false", False)
+        targets = entry.strings("targets", _targetGlob, "a host:port glob such as *.example:9100")
         names[name] = where
         tokens[name] = token
         identities.append(Identity(name, token, paths, perAgent, targets))
@@ -361,7 +447,18 @@ def readNetworks(gathered: Gathered, key: str) -> tuple[str, ...]:
     return tuple(networks)
 
 
-_FILTER_KEYS = ("path", "metricNameAllow", "metricNameDeny")
+_FILTER = Record(
+    ("path", "metricNameAllow", "metricNameDeny"),
+    "an object with path, metricNameAllow and metricNameDeny",
+)
+
+
+def _regex(pattern: str) -> str:
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise ValueError(pattern) from e
+    return pattern
 
 
 def readFilters(gathered: Gathered) -> tuple[MetricFilter, ...]:
@@ -369,31 +466,12 @@ def readFilters(gathered: Gathered) -> tuple[MetricFilter, ...]:
     C{agent.filters}: every field present (prometheus-proxy requires all
     three), every pattern a valid regular expression.
     """
-    key = "agent.filters"
-    label = gathered.label
     filters = []
-    for index, entry in enumerate(asList(gathered.file.get(key, []), label, key)):
-        where = f"{key}[{index}]"
-        if not isinstance(entry, Mapping):
-            raise invalid(
-                label, where, "an object with path, metricNameAllow and metricNameDeny", entry
-            )
-        for name in entry:
-            checkKnown(str(name), _FILTER_KEYS, label, f"{where}.")
-        for name in _FILTER_KEYS:
-            if name not in entry:
-                raise ConfigError(f"{label}: {where}: {name} is required")
-        patterns: dict[str, tuple[str, ...]] = {}
-        for name in _FILTER_KEYS[1:]:
-            patterns[name] = tuple(
-                str(coerce(str, item, lenient=True))
-                for item in asList(entry[name], label, f"{where}.{name}")
-            )
-            for pattern in patterns[name]:
-                try:
-                    re.compile(pattern)
-                except re.error as e:
-                    raise invalid(label, f"{where}.{name}", "regular expressions", pattern) from e
-        path = str(coerce(str, entry["path"], lenient=True)).strip().removeprefix("/")
-        filters.append(MetricFilter(path, patterns["metricNameAllow"], patterns["metricNameDeny"]))
+    key = "agent.filters"
+    for entry in _FILTER.entries(gathered.file.get(key, []), gathered.label, key):
+        entry.require(*_FILTER.keys)
+        allow = entry.strings("metricNameAllow", _regex, "regular expressions")
+        deny = entry.strings("metricNameDeny", _regex, "regular expressions")
+        path = entry.string("path").strip().removeprefix("/")
+        filters.append(MetricFilter(path, allow, deny))
     return tuple(filters)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
-from promtwist.config.keys import Role, Setting
+from promtwist.config.schema import Role, Setting
 from promtwist.config.settings import ConfigError
 from promtwist.config.sources import parseAnySyntax, propertiesLine
 

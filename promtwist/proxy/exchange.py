@@ -119,6 +119,7 @@ READ_HEADERS = frozenset(
         b"accept",
         b"accept-encoding",
         b"authorization",
+        b"proxy-authorization",
         b"host",
         b"x-prometheus-scrape-timeout-seconds",
         b"content-length",

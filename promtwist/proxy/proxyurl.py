@@ -65,6 +65,15 @@ class ProxyRoute(NamedTuple):
         return "//" + self.target.address
 
 
+def isProxyRequest(method: bytes, path: bytes) -> bool:
+    """
+    Whether a request is for another server, sent to this one as its
+    proxy: a C{CONNECT}, or a request target (up to its C{?}) in absolute
+    form.
+    """
+    return method == b"CONNECT" or _ABSOLUTE.match(path) is not None
+
+
 def proxyRoute(
     path: bytes,
     query: bytes,
@@ -77,7 +86,8 @@ def proxyRoute(
     not name a target someone serves.
 
     @param path: the request target up to its C{?}.
-    @param served: whether anyone serves a (checked) host and port.
+    @param served: whether a (checked) host and port is claimed, making an
+        origin-form request naming it in C{Host} host-routed.
     @raise BadProxyRequest: an absolute URI that names no usable target, or
         a host-routed request whose path or query cannot be forwarded.
     """

@@ -58,7 +58,7 @@ from promtwist.proxy.pushmetrics import PushProxMetrics
 from promtwist.proxy.pushwire import MAX_PUSH_HEAD_BYTES, BadPush, ScrapeInstruction, parsePush
 from promtwist.proxy.registry import AgentHandle, RegistrationRefused, Registry
 from promtwist.proxy.relay import ScrapeCall
-from promtwist.proxy.stream import AnswerHead, ScrapeStream
+from promtwist.proxy.stream import AnswerHead, ScrapeStream, TransferMetrics
 
 # PushProx's answer to a poll it gives up on; its client polls again.
 POLL_EXPIRED = "Error WaitForScrapeInstruction: request is expired"
@@ -247,6 +247,10 @@ class PendingScrape:
         self.stream.responseReceived(ScrapeResponse(outcome=outcome, reason=reason, last=True))
 
     # StreamLink.
+
+    @property
+    def metrics(self) -> TransferMetrics:
+        return self.client.hub.transfers
 
     def forget(self, scrapeId: int) -> None:
         if self.state is ScrapeState.DONE:
@@ -437,6 +441,7 @@ class PushProxHub:
         clientGrace: float,
         maxContentBytes: int,
         metricsRegistry: CollectorRegistry,
+        transfers: TransferMetrics,
         allowedNetworks: Sequence[str] = (),
     ) -> None:
         """
@@ -444,12 +449,16 @@ class PushProxHub:
             reload may replace: PushProx clients prove identities as agents
             do.
         @param metricsRegistry: where PushProx's metric series are kept.
+        @param transfers: the proxy's counts of answers that failed on the
+            way, which its scrape streams report to (a pushed answer comes
+            whole, so only as the streams' rules say).
         @param allowedNetworks: the networks polls and pushes may come
             from; empty admits every client the scrape port admits.
         """
         self.registry = registry
         self.authenticator = authenticator
         self.allowed = AllowedNetworks(allowedNetworks, clock)
+        self.transfers = transfers
         self.clock = clock
         self.pollHold = pollHold
         self.clientGrace = clientGrace

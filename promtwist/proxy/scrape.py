@@ -17,7 +17,8 @@ from twisted.logger import Logger
 from promtwist.config.settings import MiB, ProxySettings
 from promtwist.hostkeys import HostTarget, hostKey
 from promtwist.logs import clip, observer
-from promtwist.proxy.answers import ScrapeRecord, header, textAnswer
+from promtwist.metrics import ScrapeLeg
+from promtwist.proxy.answers import ScrapeRecord, header, textAnswer, upstreamType
 from promtwist.proxy.consolidated import BufferBudget, CollectMerge
 from promtwist.proxy.discovery import Discovery
 from promtwist.proxy.exchange import Exchange
@@ -94,10 +95,9 @@ class ScrapeHandler:
                 exchange.path,
                 exchange.query,
                 exchange.headers.get(b"host"),
-                # A Host routes only to a claim on its exact port: a claim on
-                # every port of a host (a PushProx client's) would take the
-                # requests for the proxy's own paths whenever the client
-                # names the proxy's host, and loop them back through it.
+                # Only an exact claim: a host claimed on any port (a PushProx
+                # client's FQDN) must not capture the proxy's own requests
+                # that arrive under that name.
                 lambda host, port: bool(self.registry.lookup(hostKey(host, port))),
             )
         except BadProxyRequest as e:
@@ -204,5 +204,8 @@ class ScrapeHandler:
         ScrapeRelay(exchange, call, self.tracker, started).run(strategy)
 
     def _refuse(self, exchange: Exchange, path: str, status: int, kind: str, reason: str) -> None:
-        self.tracker.record(ScrapeRecord(path, "", status, kind, reason, 0.0, 0, "plain"))
+        # Counted once, untimed: no agent was asked, and the path is the
+        # requester's choice.
+        leg = ScrapeLeg(upstreamType(kind), None)
+        self.tracker.record(ScrapeRecord(path, "", status, kind, reason, 0.0, 0, "plain", (leg,)))
         textAnswer(exchange, status, reason)

@@ -115,6 +115,7 @@ class ProxyService(MultiService):
                 maxContentBytes=settings.max_unzipped_content_size_mbytes * MiB,
                 allowedNetworks=settings.pushprox_allowed_networks,
                 metricsRegistry=self.metrics.registry,
+                transfers=self.metrics,
             )
             handler = self.pushprox.front(handler)
             guard = self.pushprox.exempt(guard)
@@ -196,6 +197,7 @@ class ProxyService(MultiService):
                     link.roundTripSeconds,
                     link.scrapesInFlight,
                     self.reactor.seconds() - (link.establishedAt or self.reactor.seconds()),
+                    link.transfersInProgress,
                 )
                 for link in self._agentLinks()
             ],
@@ -207,9 +209,7 @@ class ProxyService(MultiService):
         return [link for link in self.linkFactory.links if link.established]
 
     def _scrapeEnded(self, record: ScrapeRecord) -> None:
-        self.metrics.scrapeFinished(
-            record.path, record.type, record.seconds, record.bytes, record.encoding
-        )
+        self.metrics.scrapeFinished(record.path, record.legs, record.bytes)
         if self.settings.request_logging_enabled and debugging(self._log.namespace):
             self._log.debug(
                 "scrape {path} via {agents}: {status} {type} {reason} ({bytes} bytes, {ms:.1f} ms)",
@@ -349,9 +349,7 @@ class ProxyService(MultiService):
                 link.close("its identity changed on reload")
         if self.pushprox is not None:
             self.pushprox.revoked(authenticator.stillHolds)
-        others = PROXY.changedKeys(
-            self.settings, fresh, ("identities", "agent_token"), {"config_source": "--config"}
-        )
+        others = PROXY.changedKeys(self.settings, fresh)
         if others:
             self._log.warn(
                 "reloaded agent identities; these changes need a restart: {keys}",

@@ -18,14 +18,28 @@ from promtwist.test.certs import certificates
 from promtwist.test.processes import AGENT_NAME, Cluster, TargetServer, freePort
 from promtwist.test.test_endtoend import PROMETHEUS_MISSING, _q, prometheusBinary, runPrometheus
 
+# The scrape port's basic-auth credentials: a proxy_url with user info makes
+# Prometheus send them as Proxy-Authorization.
+USER, PASSWORD = "prom", "s3cret"
+
 
 def prometheusConfig(cluster: Cluster, plain: str, secure: str, other: str) -> str:
-    proxy = f"http://127.0.0.1:{cluster.scrapePort}/"
+    proxy = f"http://{USER}:{PASSWORD}@127.0.0.1:{cluster.scrapePort}/"
+    plainProxy = f"http://127.0.0.1:{cluster.scrapePort}/"
     return f"""\
 global:
   scrape_interval: 1s
   scrape_timeout: 1s
 scrape_configs:
+  # A path of the same agent, scraped the prometheus-proxy way.
+  - job_name: path
+    metrics_path: /e2e_one
+    basic_auth: {{username: {USER}, password: {PASSWORD}}}
+    static_configs: [{{targets: ["127.0.0.1:{cluster.scrapePort}"]}}]
+  # Without the proxy credentials.
+  - job_name: anonymous
+    proxy_url: {plainProxy}
+    static_configs: [{{targets: ["{plain}"]}}]
   # As a PushProx user's job: the target's own address, through proxy_url.
   - job_name: plain
     proxy_url: {proxy}
@@ -40,8 +54,9 @@ scrape_configs:
     proxy_url: {proxy}
     params: {{_scheme: [https]}}
     http_sd_configs:
-      - url: {proxy}discovery?routing=host
+      - url: {plainProxy}discovery?routing=host
         refresh_interval: 1s
+        basic_auth: {{username: {USER}, password: {PASSWORD}}}
     relabel_configs:
       - source_labels: [__address__]
         regex: "{secure}"
@@ -74,16 +89,22 @@ class ProxyURLEndToEndTests(TestCase):
         if binary is None:
             self.fail(PROMETHEUS_MISSING)
         certs = certificates(self)
-        plain = f"127.0.0.1:{TargetServer(self).portNumber}"
+        plainServer = TargetServer(self)
+        plain = f"127.0.0.1:{plainServer.portNumber}"
         # The certificate names localhost, which the agent verifies.
         secure = f"localhost:{TargetServer(self, tls=certs.server).portNumber}"
         other = f"127.0.0.1:{freePort()}"
-        # The agent serves a path as well, over the same link.
         cluster = Cluster(
             self,
-            paths={"e2e_one": "metrics"},
+            # The agent serves a path as well, over the same link; a full
+            # URL, so that start() does not scrape it without credentials.
+            paths={"e2e_one": plainServer.url("metrics")},
             agentArgs=trusting(certs.ca),
             targets=[plain, f"https://{secure}"],
+            proxyArgs=[
+                f"-Dproxy.http.basicAuth.username={USER}",
+                f"-Dproxy.http.basicAuth.password={PASSWORD}",
+            ],
         )
         await cluster.start()
 
@@ -105,8 +126,11 @@ class ProxyURLEndToEndTests(TestCase):
             upOnes = {s["metric"]["job"] for s in up if s["value"][1] == "1"}
             return (
                 {("plain", plain), ("secure", secure), ("discovered", secure)} <= stored
-                and {"plain", "secure", "discovered"} <= upOnes
-                and all(targets.get(job, {}).get("lastError") for job in ("connect", "undeclared"))
+                and {"plain", "secure", "discovered", "path"} <= upOnes
+                and all(
+                    targets.get(job, {}).get("lastError")
+                    for job in ("connect", "undeclared", "anonymous")
+                )
             )
 
         try:
@@ -126,8 +150,11 @@ class ProxyURLEndToEndTests(TestCase):
         self.assertIn("_scheme", targets["connect"]["lastError"])
         self.assertEqual(targets["undeclared"]["health"], "down")
         self.assertIn(f"no agent serves target {other}", targets["undeclared"]["lastError"])
+        self.assertIn("407", targets["anonymous"]["lastError"])
         response = await cluster.http.get(
-            f"http://127.0.0.1:{cluster.scrapePort}/discovery?routing=host", timeout=2
+            f"http://127.0.0.1:{cluster.scrapePort}/discovery?routing=host",
+            auth=(USER, PASSWORD),
+            timeout=2,
         )
         listed = await treq.json_content(response)
         self.assertEqual(sorted(t for g in listed for t in g["targets"]), sorted([plain, secure]))

@@ -215,3 +215,15 @@ class HostRoutedScrapeTests(SynchronousTestCase):
         self.assertEqual(roles, ["//node1:9100 holder"])
         self.proxy.get(b"http://node1:9100/metrics")
         self.assertEqual(len(second.calls), 1)
+
+    def test_hostHeaderNeedsExactClaim(self) -> None:
+        """
+        A host claimed on any port is reached by absolute URI only: its
+        name in C{Host} does not capture the proxy's own requests.
+        """
+        path = self.proxy.agent("a1", "app1")
+        anyPort = self.claim("pushed", hostKey("proxy", None))
+        self.proxy.get(b"/app1", host="proxy:8080")
+        self.proxy.get(b"http://proxy:8080/metrics")
+        self.assertEqual([c.path for c in path.calls], ["app1"])
+        self.assertEqual([c.target for c in anyPort.calls], [HostTarget("", "proxy", 8080)])

@@ -20,6 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from promtwist.config.settings import Identity, ProxySettings
 from promtwist.hostkeys import HostTarget, hostKey
+from promtwist.metrics import ProxyMetrics
 from promtwist.proxy.access import guarded
 from promtwist.proxy.answers import ScrapeFailed
 from promtwist.proxy.auth import Authenticator
@@ -158,6 +159,7 @@ class HubCase(SynchronousTestCase):
             clientGrace=GRACE,
             maxContentBytes=1000,
             metricsRegistry=self.metrics,
+            transfers=ProxyMetrics("test", self.clock),
         )
 
     def poll(
@@ -618,6 +620,7 @@ class AccessTests(HubCase):
             clientGrace=GRACE,
             maxContentBytes=1000,
             metricsRegistry=CollectorRegistry(),
+            transfers=ProxyMetrics("test", self.clock),
             allowedNetworks=("10.1.0.0/16",),
         )
         self.port = Port(self.hub, self.clock)
@@ -699,6 +702,7 @@ class CredentialsTests(SynchronousTestCase):
             clientGrace=GRACE,
             maxContentBytes=1000,
             metricsRegistry=CollectorRegistry(),
+            transfers=ProxyMetrics("test", clock),
         )
         guard = hub.exempt(guarded(settings))
         site = factory(
@@ -719,5 +723,6 @@ class CredentialsTests(SynchronousTestCase):
         self.assertEqual(answer(clients).status, 200)
         connection, scrape = connect(site)
         connection.dataReceived(b"GET http://node1.example:9100/metrics HTTP/1.1\r\n\r\n")
-        self.assertEqual(answer(scrape).status, 401)
+        # (A proxy_url request proves the credentials in Proxy-Authorization.)
+        self.assertEqual(answer(scrape).status, 407)
         self.assertEqual(poll.value(), b"")

@@ -273,6 +273,6 @@ class ReloadTests(SynchronousTestCase):
         old = AgentSettings(https_trust_store_path="a.jks", https_trust_store_password="x")
         new = replace(old, https_trust_store_path="b.jks", https_trust_store_password="y")
         self.assertEqual(
-            AGENT.changedKeys(old, new, ()),
-            ["agent.http.trustStorePath", "agent.http.trustStorePassword"],
+            AGENT.changedKeys(old, new),
+            ("agent.http.trustStorePath", "agent.http.trustStorePassword"),
         )
