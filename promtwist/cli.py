@@ -10,10 +10,11 @@ container definitions and unit files keep working.
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import ClassVar, Generic, TextIO, TypeVar
 
 from twisted.python import usage
@@ -84,6 +85,46 @@ def _optionTables(role: Role) -> tuple[list[list[str | None]], list[list[str | N
     return flags, parameters
 
 
+def _foldCase(args: Sequence[str], longOpt: Sequence[str], shortOpt: str) -> list[str]:
+    """
+    C{args} with each option name written in another case replaced by the
+    option it names, as prometheus-proxy's parser (JCommander, case
+    insensitive) takes C{--ADMIN} or C{-P 8080}; Twisted's getopt matches
+    names exactly.  Option values, everything after C{--}, and names that fold
+    to no option or to more than one are left as they are.
+    """
+    longs = {name.rstrip("="): name.endswith("=") for name in longOpt}
+    shorts = {c: shortOpt[i + 1 : i + 2] == ":" for i, c in enumerate(shortOpt) if c != ":"}
+
+    def fold(name: str, known: Mapping[str, bool]) -> str:
+        if name in known:
+            return name
+        matches = [k for k in known if k.lower() == name.lower()]
+        return matches[0] if len(matches) == 1 else name
+
+    folded: list[str] = []
+    rest = iter(args)
+    for arg in rest:
+        if arg == "--":
+            folded.append(arg)
+            folded.extend(rest)
+            break
+        takesValue = False
+        if arg.startswith("--"):
+            name, eq, value = arg[2:].partition("=")
+            name = fold(name, longs)
+            arg = f"--{name}{eq}{value}"
+            takesValue = longs.get(name, False) and not eq
+        elif len(arg) == 2 and arg[0] == "-" and arg[1] != "-":
+            name = fold(arg[1], shorts)
+            arg = f"-{name}"
+            takesValue = shorts.get(name, False)
+        folded.append(arg)
+        if takesValue:
+            folded.extend(itertools.islice(rest, 1))
+    return folded
+
+
 class _SettingsOptions(usage.Options, ABC, Generic[_S]):
     """
     Options shared by both processes.  After parsing, C{settings} holds the
@@ -110,6 +151,11 @@ class _SettingsOptions(usage.Options, ABC, Generic[_S]):
     def __init__(self) -> None:
         super().__init__()
         self.warn = warningsOnce()
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        if options is None:
+            options = sys.argv[1:]
+        super().parseOptions(_foldCase(options, self.longOpt, self.shortOpt))
 
     def opt_define(self, define: str) -> None:
         """
