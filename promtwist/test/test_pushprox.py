@@ -358,6 +358,23 @@ class HubTests(HubCase):
         Collected(self.client().scrape(scrapeCall(deadline=2)))
         self.clock.advance(2)
         self.assertEqual(value("pushproxy_proxied_requests_total", {"code": "503"}), 1)
+        # PushProx's families, types and label names (its cmd/proxy/main.go).
+        shapes = {
+            family.name: (
+                family.type,
+                {frozenset(sample.labels) - {"le"} for sample in family.samples},
+            )
+            for family in self.metrics.collect()
+        }
+        self.assertEqual(
+            shapes,
+            {
+                "pushprox_http_requests": ("counter", {frozenset({"code", "path"})}),
+                "pushprox_http_duration_seconds": ("histogram", {frozenset({"path"})}),
+                "pushproxy_proxied_requests": ("counter", {frozenset({"code"})}),
+                "pushprox_proxy_clients": ("gauge", {frozenset()}),
+            },
+        )
 
     def test_standbyNotListed(self) -> None:
         """
