@@ -23,9 +23,10 @@ gives the other ports (the shared parts are in L{promtwist.httpguard}):
     unless the factory's L{BodyPolicy} takes one for that method and path
     (PushProx clients' C{POST /poll} and C{POST /push}): then it must
     declare a C{Content-Length} within the policy's limit (411 without
-    one, 413 over it) and arrive whole within the head's deadline, which
-    runs on until its last byte (408 otherwise); the request is answered
-    only once the body is in;
+    one, 413 over it), pass the guard (checked on the head, before a byte
+    of the body is read), and arrive whole within the head's deadline,
+    which runs on until its last byte (408 otherwise); the request is
+    answered only once the body is in;
   - clients outside the allowed networks are refused before a byte is
     read, the refusal logged at most once a minute per address;
   - a silent connection closes after the idle timeout (which does not run
@@ -468,6 +469,8 @@ class ScrapePortConnection(Protocol):
             version == b"1.1" and not upgrade and self._keepAlive,
         )
         if bodyLength:
+            if not self._admitted(exchange):
+                return
             # llhttp would take the next head for this body: the body is
             # counted here, and the next head goes to a parser of its own.
             self._parser = HttpRequestParser(self)
@@ -498,6 +501,25 @@ class ScrapePortConnection(Protocol):
         self._bodyParts = []
         self._begin(exchange)
 
+    def _admitted(self, exchange: ServerExchange) -> bool:
+        """
+        Whether the guard lets a request with a body through, asked before
+        a byte of the body is read: a refused request costs its head only.
+        Its refusal closes the connection, since the unread body would be
+        read as the next request.
+        """
+        guard = self.factory.guard
+        if guard is None:
+            return True
+        persistent, exchange.persistent = exchange.persistent, False
+        self._exchange = exchange
+        self.state = ConnectionState.ANSWERING
+        if not guard(exchange):
+            return False
+        exchange.persistent = persistent
+        self._exchange = None
+        return True
+
     def _begin(self, exchange: ServerExchange) -> None:
         """
         The request is whole: its deadline is met; answer it.
@@ -507,11 +529,15 @@ class ScrapePortConnection(Protocol):
             self._deadline = None
         self._exchange = exchange
         self.state = ConnectionState.ANSWERING
-        self._answer(exchange)
+        self._answer(exchange, guarded=bool(exchange.body))
 
-    def _answer(self, exchange: ServerExchange) -> None:
+    def _answer(self, exchange: ServerExchange, guarded: bool) -> None:
+        """
+        @param guarded: the guard let the request through already (it has a
+            body, checked before it was read).
+        """
         factory = self.factory
-        if factory.guard is not None and not factory.guard(exchange):
+        if not guarded and factory.guard is not None and not factory.guard(exchange):
             return
         if exchange.method not in _METHODS and (
             factory.bodies is None or factory.bodies(exchange.method, exchange.path) is None

@@ -496,23 +496,34 @@ class PushProxHub:
 
         return answer
 
-    def exempt(self, guard: Guard | None) -> Guard | None:
+    def guard(self, scrapeSide: Guard | None) -> Guard:
         """
-        The scrape port's credentials check, C{guard}, for every request but
-        C{POST /poll} and C{POST /push}: their C{Authorization} header is
-        the PushProx client's own credential (L{_identity}), not
-        Prometheus'. C{/clients} stays behind C{guard}, as discovery does.
+        The scrape port's guard: for C{POST /poll} and C{POST /push}, the
+        PushProx clients' own check (their network, and the identity their
+        C{Authorization} proves: L{_identity}), which the server applies
+        before it reads their bodies; for every other request the scrape
+        side's credentials check, C{scrapeSide}, if any. C{/clients} stays
+        behind C{scrapeSide}, as discovery does.
         """
-        if guard is None:
-            return None
-        check = guard
 
         def guarded(exchange: Exchange) -> bool:
             if exchange.method == b"POST" and exchange.path in (POLL_PATH, PUSH_PATH):
-                return True
-            return check(exchange)
+                return self._identity(exchange, self._measure(exchange.path)) is not None
+            return scrapeSide is None or scrapeSide(exchange)
 
         return guarded
+
+    def _measure(self, path: bytes) -> Answered:
+        """
+        What counts a request for C{path}, begun now, once it is answered.
+        """
+        started = self.clock.seconds()
+        name = path.decode("ascii")
+
+        def answered(code: int) -> None:
+            self.metrics.answered(name, code, self.clock.seconds() - started)
+
+        return answered
 
     def route(self, exchange: Exchange) -> bool:
         """
@@ -527,13 +538,7 @@ class PushProxHub:
             handler = self.listClients
         else:
             return False
-        started = self.clock.seconds()
-        name = path.decode("ascii")
-
-        def answered(code: int) -> None:
-            self.metrics.answered(name, code, self.clock.seconds() - started)
-
-        handler(exchange, answered)
+        handler(exchange, self._measure(path))
         return True
 
     # The three paths.

@@ -118,7 +118,7 @@ class ProxyService(MultiService):
                 transfers=self.metrics,
             )
             handler = self.pushprox.front(handler)
-            guard = self.pushprox.exempt(guard)
+            guard = self.pushprox.guard(guard)
         self.site = ScrapePortFactory(
             handler,
             maxHeaderBytes=settings.http_max_header_bytes,

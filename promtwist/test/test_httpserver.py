@@ -822,3 +822,31 @@ class RequestBodyTests(SynchronousTestCase):
         """
         self.connection.dataReceived(b"POST /in HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
         self.assertEqual(self.answer().body, b"POST /in ")
+
+    def test_guardBeforeBody(self) -> None:
+        """
+        The guard is asked on the head of a request with a body, before the
+        body is read: refused, it costs the head only, and the connection
+        closes (the unread body is nobody's request); admitted, the body is
+        read and the guard is not asked again.
+        """
+        asked: list[bytes] = []
+
+        def guard(exchange: Exchange) -> bool:
+            asked.append(exchange.body)
+            if exchange.headers.get(b"authorization") == b"ok":
+                return True
+            exchange.setStatus(401)
+            exchange.finishWith(b"no\n")
+            return False
+
+        connection, transport = connect(factory(Echo(), self.clock, bodies=_bodies, guard=guard))
+        connection.dataReceived(b"POST /in HTTP/1.1\r\nContent-Length: 5\r\n\r\n")
+        self.assertEqual(parseResponse(transport.value()).status, 401)
+        self.assertTrue(transport.disconnecting)
+        connection, transport = connect(factory(Echo(), self.clock, bodies=_bodies, guard=guard))
+        connection.dataReceived(
+            b"POST /in HTTP/1.1\r\nAuthorization: ok\r\nContent-Length: 2\r\n\r\nab"
+        )
+        self.assertEqual(parseResponse(transport.value()).body, b"POST /in ab")
+        self.assertEqual(asked, [b"", b""])

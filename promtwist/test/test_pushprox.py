@@ -91,7 +91,7 @@ class Port:
                 exchange.setStatus(404)
                 exchange.finishWith(b"not pushprox\n")
 
-        self.site = factory(handler, clock, bodies=hub.bodyLimit)
+        self.site = factory(handler, clock, bodies=hub.bodyLimit, guard=hub.guard(None))
 
     def connect(self, host: str = "10.1.1.1") -> tuple[ScrapePortConnection, StringTransport]:
         return connect(self.site, IPv4Address("TCP", host, 40000))
@@ -476,6 +476,20 @@ class HostileTests(HubCase):
             self.assertIn(why, r.body)
         self.assertEqual(self.hub.clients, {})
 
+    def test_refusedBeforeBody(self) -> None:
+        """
+        Without a valid token a push is refused on its head, before a byte
+        of its body is read, and the connection closes.
+        """
+        self.hub = self.makeHub(ProxySettings(identities=(Identity("a", "tok-a"),)))
+        self.port = Port(self.hub, self.clock)
+        connection, transport = self.port.connect()
+        connection.dataReceived(b"POST /push HTTP/1.1\r\nContent-Length: 60000\r\n\r\n")
+        r = answer(transport)
+        self.assertEqual(r.status, 401)
+        self.assertIn(b"an agent token is required", r.body)
+        self.assertTrue(transport.disconnecting)
+
     def test_claimRefused(self) -> None:
         """
         A client whose identity may not serve the FQDN gets 403 with the
@@ -502,7 +516,12 @@ class RoutedTests(HubCase):
     def setUp(self) -> None:
         super().setUp()
         self.scrapes = ScrapeHandler(ProxySettings(), self.registry, self.clock)
-        self.site = factory(self.hub.front(self.scrapes), self.clock, bodies=self.hub.bodyLimit)
+        self.site = factory(
+            self.hub.front(self.scrapes),
+            self.clock,
+            bodies=self.hub.bodyLimit,
+            guard=self.hub.guard(None),
+        )
         self.port.site = self.site
 
     def prometheus(self, url: bytes) -> StringTransport:
@@ -706,7 +725,7 @@ class CredentialsTests(SynchronousTestCase):
     not the polls and pushes, whose C{Authorization} is the client's.
     """
 
-    def test_exempt(self) -> None:
+    def test_separate(self) -> None:
         clock = Clock()
         settings = ProxySettings(http_bearer_token="scrape-secret")
         authenticator = Authenticator(settings)
@@ -721,7 +740,7 @@ class CredentialsTests(SynchronousTestCase):
             metricsRegistry=CollectorRegistry(),
             transfers=ProxyMetrics("test", clock),
         )
-        guard = hub.exempt(guarded(settings))
+        guard = hub.guard(guarded(settings))
         site = factory(
             hub.front(ScrapeHandler(settings, registry, clock)),
             clock,
