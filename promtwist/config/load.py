@@ -103,6 +103,7 @@ def loadProxySettings(
         identities=readIdentities(gathered, values["agent_token"]),
         http_allowed_networks=readNetworks(gathered, "proxy.http.allowedNetworks"),
         admin_allowed_networks=readNetworks(gathered, "proxy.admin.allowedNetworks"),
+        pushprox_allowed_networks=readNetworks(gathered, "proxy.pushprox.allowedNetworks"),
         **values,
     )
 

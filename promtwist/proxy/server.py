@@ -18,7 +18,7 @@ from twisted.logger import Logger
 
 from promtwist import __version__
 from promtwist.config.keys import PROXY
-from promtwist.config.settings import ConfigError, ProxySettings
+from promtwist.config.settings import ConfigError, MiB, ProxySettings
 from promtwist.debugpage import head, recentLine, table, uptime, where
 from promtwist.health import proxyHealth
 from promtwist.hostkeys import spelled
@@ -29,8 +29,9 @@ from promtwist.proxy.access import guarded
 from promtwist.proxy.answers import ScrapeRecord
 from promtwist.proxy.auth import Authenticator
 from promtwist.proxy.discovery import Discovery
-from promtwist.proxy.httpserver import ScrapePortFactory
+from promtwist.proxy.httpserver import Guard, Handler, ScrapePortFactory
 from promtwist.proxy.link import AgentLink, agentLinkFactory
+from promtwist.proxy.pushprox import RESERVED_PATHS, PushProxHub
 from promtwist.proxy.registry import AgentHandle
 from promtwist.proxy.scrape import ScrapeHandler
 from promtwist.signals import exitNormally, onHangup
@@ -81,9 +82,10 @@ class ProxyService(MultiService):
         self.settings = settings
         self.reloadSettings = reloadSettings
         self.startedAt = reactor.seconds()
-        self.linkFactory = agentLinkFactory(
-            settings, reactor, [settings.sd_path] if settings.sd_enabled else []
-        )
+        reserved = [settings.sd_path] if settings.sd_enabled else []
+        if settings.pushprox_enabled:
+            reserved += RESERVED_PATHS
+        self.linkFactory = agentLinkFactory(settings, reactor, reserved)
         self.registry = self.linkFactory.registry
         self.metrics = self.linkFactory.metrics
         self.metrics.track(self.state)
@@ -97,14 +99,34 @@ class ProxyService(MultiService):
             maxlen=settings.admin_recent_requests_queue_size
         )
         self.scrapes.tracker.observers += [self._scrapeEnded, self._remember]
-        # Credentials, when configured, guard discovery as well as scrapes.
+        # Credentials, when configured, guard discovery as well as scrapes,
+        # and PushProx's /clients; PushProx clients' polls and pushes carry
+        # credentials of their own.
+        handler: Handler = self.scrapes
+        guard: Guard | None = guarded(settings)
+        self.pushprox: PushProxHub | None = None
+        if settings.pushprox_enabled:
+            self.pushprox = PushProxHub(
+                self.registry,
+                lambda: self.linkFactory.authenticator,
+                reactor,
+                pollHold=settings.pushprox_poll_hold_secs,
+                clientGrace=settings.pushprox_client_grace_secs,
+                maxContentBytes=settings.max_unzipped_content_size_mbytes * MiB,
+                allowedNetworks=settings.pushprox_allowed_networks,
+                metricsRegistry=self.metrics.registry,
+                transfers=self.metrics,
+            )
+            handler = self.pushprox.front(handler)
+            guard = self.pushprox.guard(guard)
         self.site = ScrapePortFactory(
-            self.scrapes,
+            handler,
             maxHeaderBytes=settings.http_max_header_bytes,
             headerTimeout=settings.http_header_timeout_secs,
             idleTimeout=settings.http_idle_timeout_secs,
             allowedNetworks=settings.http_allowed_networks,
-            guard=guarded(settings),
+            guard=guard,
+            bodies=self.pushprox.bodyLimit if self.pushprox is not None else None,
             clock=reactor,
         )
         self.agentListener = Listener(
@@ -328,6 +350,8 @@ class ProxyService(MultiService):
                 # Its paths go to standbys whose identity holds, at once.
                 self.registry.removeAgent(link, "reload")
                 link.close("its identity changed on reload")
+        if self.pushprox is not None:
+            self.pushprox.revoked(authenticator.stillHolds)
         others = PROXY.changedKeys(self.settings, fresh)
         if others:
             self._log.warn(
@@ -353,6 +377,18 @@ class ProxyService(MultiService):
         )
         if settings.sd_enabled:
             self._log.info("service discovery at /{path}", path=settings.sd_path)
+        if self.pushprox is not None:
+            self._log.info(
+                "PushProx clients served at /poll, /push and /clients{open}",
+                open=(
+                    ": without agent credentials configured, any client may register"
+                    " any FQDN no other client holds (docs/pushprox.md)"
+                    # Client certificates prove nothing for them: they poll
+                    # the scrape port, not the agent port.
+                    if not (settings.identities or settings.agent_token)
+                    else ", with the agents' tokens"
+                ),
+            )
         if self.reloadSettings is not None:
             self._restoreHangup = onHangup(self.reactor, self.reload)
 
@@ -395,6 +431,8 @@ class ProxyService(MultiService):
                     "{n} scrape(s) still in flight after the grace period; failing them",
                     n=len(self.scrapes.tracker.inFlight),
                 )
+        if self.pushprox is not None:
+            self.pushprox.stop()
         await self.linkFactory.closeAll("proxy shutting down")
         exitNormally(self.reactor)
 
