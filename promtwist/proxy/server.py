@@ -22,7 +22,7 @@ from promtwist.config.settings import ConfigError, MiB, ProxySettings
 from promtwist.debugpage import head, recentLine, table, uptime, where
 from promtwist.health import proxyHealth
 from promtwist.hostkeys import spelled
-from promtwist.listen import Listener, logStarted
+from promtwist.listen import HTTP_1_1, Listener, logStarted
 from promtwist.logs import clip, debugging, observer, utcTime
 from promtwist.metrics import AgentSample, ProxyState
 from promtwist.proxy.access import guarded
@@ -153,6 +153,7 @@ class ProxyService(MultiService):
             key="proxy.http.port",
             description=settings.http_listen,
             descriptionKey="proxy.http.listen",
+            protocols=HTTP_1_1,
         )
         self.listeners = [
             self.httpListener,
