@@ -78,7 +78,6 @@ class _Stream:
     call: ServerCall[Any, Any]
     reader: MessageReader
     outbound: _Outbound = field(default_factory=_Outbound)
-    peerClosed: bool = False
 
 
 @implementer(IPushProducer)
@@ -204,10 +203,10 @@ class GrpcServerProtocol(Protocol):
         try:
             method, metadata, deadline, encoding = self._checkRequest(headers)
         except _NotGrpc as refusal:
-            self._refuse(streamId, [(b":status", refusal.status)], event.stream_ended is not None)
+            self._refuse(streamId, [(b":status", refusal.status)])
             return
         except GrpcError as error:
-            self._refuse(streamId, _trailersOnly(error), event.stream_ended is not None)
+            self._refuse(streamId, _trailersOnly(error))
             return
         assert self.transport is not None
         call: ServerCall[Any, Any] = ServerCall(
@@ -246,7 +245,9 @@ class GrpcServerProtocol(Protocol):
             key = name.decode("ascii")
             if key.endswith("-bin"):
                 try:
-                    metadata.append((key, base64.b64decode(value + b"==")))
+                    # Senders may leave the padding out.
+                    padded = value + b"=" * (-len(value) % 4)
+                    metadata.append((key, base64.b64decode(padded, validate=True)))
                 except binascii.Error:
                     raise GrpcError(StatusCode.INTERNAL, f"metadata {key} is not base64") from None
             else:
@@ -294,7 +295,6 @@ class GrpcServerProtocol(Protocol):
         stream = self._streams.get(streamId or 0)
         if stream is None:
             return
-        stream.peerClosed = True
         try:
             stream.reader.finish()
         except GrpcError as error:
@@ -305,7 +305,6 @@ class GrpcServerProtocol(Protocol):
     def _trailersReceived(self, event: h2.events.TrailersReceived) -> None:
         stream = self._streams.get(event.stream_id or 0)
         if stream is not None:
-            stream.peerClosed = True
             stream.call.fail(GrpcError(StatusCode.INTERNAL, "a gRPC request has no trailers"))
 
     def _streamReset(self, event: h2.events.StreamReset) -> None:
@@ -396,19 +395,26 @@ class GrpcServerProtocol(Protocol):
         if outbound.trailers is not None and not outbound.data:
             self._h2.send_headers(streamId, outbound.trailers, end_stream=True)
             del self._streams[streamId]
-            if not stream.peerClosed:
-                # The answer is complete; the client need send no more.
-                self._h2.reset_stream(streamId, ErrorCodes.NO_ERROR)
+            self._resetIfOpen(streamId)
             self._streamGone()
         # Fired last, so that what their callbacks send pumps afresh.
         for whenSent in sent:
             whenSent.callback(None)
 
-    def _refuse(self, streamId: int, headers: Headers, peerClosed: bool) -> None:
+    def _refuse(self, streamId: int, headers: Headers) -> None:
         self._h2.send_headers(streamId, headers, end_stream=True)
-        if not peerClosed:
-            self._h2.reset_stream(streamId, ErrorCodes.NO_ERROR)
+        self._resetIfOpen(streamId)
         self._streamGone()
+
+    def _resetIfOpen(self, streamId: int) -> None:
+        """
+        The answer on C{streamId} is complete: if the client has not
+        half-closed (as h2 knows, which may be ahead of the events handled
+        so far), reset the stream with NO_ERROR so it sends no more.
+        """
+        stream = self._h2.streams.get(streamId)
+        if stream is not None and not stream.closed:
+            self._h2.reset_stream(streamId, ErrorCodes.NO_ERROR)
 
     def _acknowledge(self, streamId: int, size: int) -> None:
         # For a stream that is gone, h2 reopens the connection's window only.

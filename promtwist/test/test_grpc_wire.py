@@ -123,9 +123,7 @@ class MessageReaderTests(SynchronousTestCase):
     def test_truncatedGzip(self) -> None:
         data = gzip.compress(b"x" * 1000)[:-6]
         reader = MessageReader(10_000, b"gzip")
-        error = self.assertRaises(
-            GrpcError, reader.feed, struct.pack(">BI", 1, len(data)) + data
-        )
+        error = self.assertRaises(GrpcError, reader.feed, struct.pack(">BI", 1, len(data)) + data)
         self.assertIn("not one whole gzip member", error.message)
 
     def test_endsInsideMessage(self) -> None:

@@ -1,0 +1,514 @@
+"""
+Tests for L{promtwist.grpc.connection}, L{promtwist.grpc.call} and
+L{promtwist.grpc.service}, in memory: a raw HTTP/2 client (C{grpcpeer})
+writes frames into the server protocol, hostile ones included, on a
+L{Clock}.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import struct
+
+from h2.errors import ErrorCodes
+from h2.settings import SettingCodes
+from hyperframe.frame import PingFrame, RstStreamFrame, SettingsFrame, WindowUpdateFrame
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import SynchronousTestCase
+
+from promtwist.grpc.call import ServerCall
+from promtwist.grpc.limits import Limits
+from promtwist.grpc.service import bidirectional, unary
+from promtwist.grpc.status import StatusCode
+from promtwist.test.grpcpeer import EchoService, RawPeer, data, windowUpdate
+
+
+def _peer(limits: Limits | None = None, **kw: object) -> tuple[RawPeer, EchoService]:
+    service = EchoService()
+    return RawPeer(service.methods(), limits, **kw), service  # type: ignore[arg-type]
+
+
+def _reset(streamId: int) -> RstStreamFrame:
+    frame = RstStreamFrame(streamId)
+    frame.error_code = ErrorCodes.CANCEL
+    return frame
+
+
+class CallTests(SynchronousTestCase):
+    """
+    The four kinds of call, statuses and metadata.
+    """
+
+    def test_settingsAdvertised(self) -> None:
+        peer, _ = _peer()
+        self.assertEqual(
+            {
+                SettingCodes.MAX_CONCURRENT_STREAMS: 100,
+                SettingCodes.MAX_HEADER_LIST_SIZE: 8192,
+                SettingCodes.MAX_FRAME_SIZE: 16384,
+                SettingCodes.INITIAL_WINDOW_SIZE: 1024 * 1024,
+                SettingCodes.ENABLE_PUSH: 0,
+            }.items()
+            - peer.serverSettings.items(),
+            set(),
+        )
+
+    def test_unary(self) -> None:
+        peer, _ = _peer()
+        peer.request(1, messages=[b"hello"])
+        answer = peer.answer(1)
+        self.assertEqual(answer.headers[0][b":status"], b"200")
+        self.assertEqual(answer.headers[0][b"content-type"], b"application/grpc")
+        self.assertEqual(answer.messages(), [b"hello"])
+        self.assertEqual(answer.status, StatusCode.OK)
+        self.assertTrue(answer.ended)
+        self.assertIsNone(answer.reset)
+
+    def test_protoContentType(self) -> None:
+        peer, _ = _peer()
+        peer.request(
+            1,
+            base=[
+                (b":method", b"POST"),
+                (b":scheme", b"https"),
+                (b":path", b"/test.Echo/unary"),
+                (b":authority", b"x"),
+                (b"content-type", b"application/grpc+proto"),
+                (b"te", b"trailers"),
+            ],
+        )
+        self.assertEqual(peer.answer(1).messages(), [b"hello"])
+
+    def test_errorStatusPercentEncoded(self) -> None:
+        """
+        A handler's L{GrpcError} is the call's status, its text
+        percent-encoded in C{grpc-message}; trailers-only, since nothing
+        was sent before.
+        """
+        peer, _ = _peer()
+        peer.request(1, messages=[b"fail:5:100% gone \xc3\xa9"])
+        answer = peer.answer(1)
+        self.assertEqual(len(answer.headers), 1)
+        self.assertEqual(answer.status, StatusCode.NOT_FOUND)
+        self.assertEqual(answer.message, b"100%25 gone %C3%A9")
+
+    def test_handlerFailureLogged(self) -> None:
+        """
+        A handler that raises anything else gives C{UNKNOWN} with no
+        detail; the server logs the failure.
+        """
+
+        def broken(request: bytes, call: ServerCall[bytes, bytes]) -> bytes:
+            raise ValueError("bug")
+
+        peer = RawPeer([unary("/test.Echo/unary", broken, bytes, bytes)])
+        peer.request(1)
+        self.assertEqual(peer.answer(1).status, StatusCode.UNKNOWN)
+        self.assertEqual(peer.answer(1).message, b"the handler failed; the server logged why")
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+    def test_metadata(self) -> None:
+        """
+        Custom metadata reaches the handler, C{-bin} values decoded; the
+        handler's initial metadata is in the response headers.
+        """
+        peer, _ = _peer()
+        peer.request(
+            1,
+            b"/test.Echo/metadata",
+            extra=[
+                (b"agent-token", b"s3cret"),
+                (b"trace-bin", base64.b64encode(b"\x00\xff").rstrip(b"=")),
+                (b"user-agent", b"grpc-java-netty/1.70"),
+                (b"grpc-timeout", b"5S"),
+            ],
+        )
+        answer = peer.answer(1)
+        self.assertEqual(answer.headers[0][b"agent-id"], b"7")
+        self.assertEqual(answer.messages(), [b"agent-token='s3cret'\ntrace-bin=b'\\x00\\xff'\n"])
+
+    def test_badBinaryMetadata(self) -> None:
+        peer, _ = _peer()
+        peer.request(1, extra=[(b"trace-bin", b"!!!")])
+        self.assertEqual(peer.answer(1).status, StatusCode.INTERNAL)
+        self.assertEqual(peer.answer(1).message, b"metadata trace-bin is not base64")
+
+    def test_serverStreaming(self) -> None:
+        peer, _ = _peer()
+        peer.request(1, b"/test.Echo/count", messages=[b"3"])
+        self.assertEqual(peer.answer(1).messages(), [b"0", b"1", b"2"])
+        self.assertEqual(peer.answer(1).status, StatusCode.OK)
+
+    def test_clientStreaming(self) -> None:
+        peer, _ = _peer()
+        peer.request(1, b"/test.Echo/collect", messages=[b"a", b"b", b"c"])
+        self.assertEqual(peer.answer(1).messages(), [b"a,b,c"])
+
+    def test_bidirectional(self) -> None:
+        """
+        Each request is answered as it comes, before the client half-closes.
+        """
+        peer, _ = _peer()
+        peer.request(1, b"/test.Echo/chat", messages=None)
+        peer.send(data(1, b"\0\0\0\0\x01a"))
+        self.assertEqual(peer.answer(1).messages(), [b"re: a"])
+        peer.send(data(1, b"\0\0\0\0\x01b", end=True))
+        self.assertEqual(peer.answer(1).messages(), [b"re: a", b"re: b"])
+        self.assertEqual(peer.answer(1).status, StatusCode.OK)
+
+    def test_unaryWithoutRequest(self) -> None:
+        peer, _ = _peer()
+        peer.request(1, messages=[])
+        self.assertEqual(peer.answer(1).status, StatusCode.INTERNAL)
+        self.assertEqual(peer.answer(1).message, b"half-closed without a request")
+
+    def test_unaryTwoRequests(self) -> None:
+        peer, _ = _peer()
+        peer.request(1, messages=[b"a", b"b"])
+        self.assertEqual(peer.answer(1).message, b"too many requests for a unary request")
+
+    def test_gzipRequest(self) -> None:
+        peer, _ = _peer()
+        zipped = gzip.compress(b"squeezed")
+        peer.request(1, messages=None, extra=[(b"grpc-encoding", b"gzip")])
+        peer.send(data(1, struct.pack(">BI", 1, len(zipped)) + zipped, end=True))
+        self.assertEqual(peer.answer(1).messages(), [b"squeezed"])
+
+    def test_undecodableRequest(self) -> None:
+        """
+        A request its method cannot parse is C{INTERNAL}, the client's
+        fault: nothing is logged.
+        """
+
+        def parse(raw: bytes) -> bytes:
+            raise ValueError("not a message")
+
+        peer = RawPeer([unary("/test.Echo/unary", lambda r, c: r, parse, bytes)])
+        peer.request(1)
+        self.assertEqual(peer.answer(1).status, StatusCode.INTERNAL)
+        self.assertEqual(
+            peer.answer(1).message, b"could not parse the request for /test.Echo/unary"
+        )
+
+    def test_otherStreamsUnaffected(self) -> None:
+        """
+        A refused call costs only its stream.
+        """
+        peer, _ = _peer(Limits(maxMessageBytes=10))
+        peer.request(1, messages=[b"x" * 11])
+        peer.request(3, messages=[b"fine"])
+        self.assertEqual(peer.answer(1).status, StatusCode.RESOURCE_EXHAUSTED)
+        self.assertEqual(peer.answer(1).message, b"message of 11 bytes exceeds the 10-byte limit")
+        self.assertEqual(peer.answer(3).messages(), [b"fine"])
+        self.assertIsNone(peer.goAway)
+
+
+class RequestCheckTests(SynchronousTestCase):
+    """
+    Requests that are not gRPC, or that the server refuses, before any
+    handler runs.
+    """
+
+    def _base(self, **changes: bytes) -> list[tuple[bytes, bytes]]:
+        fields = {
+            b":method": b"POST",
+            b":scheme": b"http",
+            b":path": b"/test.Echo/unary",
+            b":authority": b"localhost",
+            b"content-type": b"application/grpc",
+            b"te": b"trailers",
+        }
+        for key, value in changes.items():
+            fields[key.replace("_", "-").encode()] = value
+        return [(k, v) for k, v in fields.items() if v]
+
+    def test_notPost(self) -> None:
+        peer, _ = _peer()
+        peer.send(peer.headers(1, self._base(**{":method": b"GET"}), end=True))
+        self.assertEqual(peer.answer(1).headers, [{b":status": b"405"}])
+        self.assertTrue(peer.answer(1).ended)
+        self.assertIsNone(peer.goAway)
+
+    def test_notGrpcContentType(self) -> None:
+        peer, _ = _peer()
+        peer.request(1, base=self._base(content_type=b"application/json"))
+        self.assertEqual(peer.answer(1).headers, [{b":status": b"415"}])
+
+    def test_teRequired(self) -> None:
+        peer, _ = _peer()
+        peer.request(1, base=self._base(te=b""))
+        self.assertEqual(peer.answer(1).status, StatusCode.INTERNAL)
+        self.assertEqual(peer.answer(1).message, b"te: trailers is required")
+
+    def test_unknownMethod(self) -> None:
+        peer, _ = _peer()
+        peer.request(1, b"/io.prometheus.ProxyService/connectAgent")
+        self.assertEqual(peer.answer(1).status, StatusCode.UNIMPLEMENTED)
+        self.assertEqual(
+            peer.answer(1).message, b"unknown method /io.prometheus.ProxyService/connectAgent"
+        )
+
+    def test_unsupportedEncoding(self) -> None:
+        peer, _ = _peer()
+        peer.request(1, extra=[(b"grpc-encoding", b"snappy")])
+        self.assertEqual(peer.answer(1).status, StatusCode.UNIMPLEMENTED)
+        self.assertEqual(peer.answer(1).message, b"grpc-encoding snappy is not supported")
+
+    def test_badTimeout(self) -> None:
+        peer, _ = _peer()
+        peer.request(1, extra=[(b"grpc-timeout", b"soon")])
+        self.assertEqual(peer.answer(1).status, StatusCode.INTERNAL)
+        self.assertEqual(peer.answer(1).message, b"malformed grpc-timeout 'soon'")
+
+    def test_refusedOpenStreamIsReset(self) -> None:
+        """
+        A refused request whose client has not half-closed is reset with
+        NO_ERROR after its answer, so the client sends no more.
+        """
+        peer, _ = _peer()
+        peer.request(1, b"/nope/nope", messages=None)
+        self.assertEqual(peer.answer(1).status, StatusCode.UNIMPLEMENTED)
+        self.assertEqual(peer.answer(1).reset, ErrorCodes.NO_ERROR)
+
+
+class CancellationTests(SynchronousTestCase):
+    def test_deadline(self) -> None:
+        """
+        At C{grpc-timeout} the call ends with C{DEADLINE_EXCEEDED} and its
+        handler is cancelled.
+        """
+        peer, service = _peer()
+        peer.request(1, b"/test.Echo/hold", extra=[(b"grpc-timeout", b"1500m")])
+        peer.clock.advance(1.4)
+        peer.read()
+        self.assertEqual(peer.answer(1).headers, [])
+        self.assertEqual(service.held[0].deadline, 1.5)
+        peer.clock.advance(0.1)
+        peer.read()
+        self.assertEqual(peer.answer(1).status, StatusCode.DEADLINE_EXCEEDED)
+        self.assertEqual(service.cancelled, ["/test.Echo/hold"])
+
+    def test_resetCancels(self) -> None:
+        peer, service = _peer()
+        peer.request(1, b"/test.Echo/hold")
+        peer.send(_reset(1))
+        self.assertEqual(service.cancelled, ["/test.Echo/hold"])
+        self.assertTrue(service.held[0].cancelled)
+        self.assertEqual(peer.answer(1).headers, [])
+
+    def test_resetCancelsStreamingSend(self) -> None:
+        """
+        A server-streaming handler waiting for its client's window is
+        cancelled when the client resets the stream.
+        """
+        peer, service = _peer()
+        peer.send(SettingsFrame(0, {SettingCodes.INITIAL_WINDOW_SIZE: 8}))
+        peer.request(1, b"/test.Echo/count", messages=[b"5"])
+        peer.send(_reset(1))
+        self.assertEqual(service.cancelled, ["/test.Echo/count"])
+
+    def test_connectionLostCancels(self) -> None:
+        peer, service = _peer()
+        peer.request(1, b"/test.Echo/hold")
+        peer.request(3, b"/test.Echo/hold")
+        peer.protocol.connectionLost()
+        self.assertEqual(service.cancelled, ["/test.Echo/hold"] * 2)
+        self.assertEqual(peer.clock.getDelayedCalls(), [])
+
+
+class FlowControlTests(SynchronousTestCase):
+    def test_slowHandlerHoldsWindow(self) -> None:
+        """
+        The receive window is reopened only as the handler takes messages:
+        a handler that does not read stops its client.
+        """
+        calls: list[ServerCall[bytes, bytes]] = []
+
+        def keep(call: ServerCall[bytes, bytes]) -> Deferred[None]:
+            calls.append(call)
+            return Deferred()
+
+        peer = RawPeer(
+            [bidirectional("/test.Echo/chat", keep, bytes, bytes)], Limits(windowBytes=100)
+        )
+        peer.send(SettingsFrame(0, flags=["ACK"]))
+        peer.request(1, b"/test.Echo/chat", messages=None)
+        peer.send(data(1, (b"\0\0\0\0\x19" + b"m" * 25) * 3))
+
+        def updates() -> list[int]:
+            return [
+                f.window_increment
+                for f in peer.frames
+                if isinstance(f, WindowUpdateFrame) and f.stream_id == 1
+            ]
+
+        self.assertEqual(updates(), [])
+        taken = [calls[0].receive() for _ in range(3)]
+        self.assertEqual([self.successResultOf(d) for d in taken], [b"m" * 25] * 3)
+        peer.read()
+        self.assertEqual(updates(), [90])
+        calls[0].abort("test over")
+
+    def test_clientWindowPacesSends(self) -> None:
+        """
+        DATA goes only as far as the client's window; the handler's sends
+        wait for it, and the status follows the last of them.
+        """
+        peer, _ = _peer()
+        peer.send(SettingsFrame(0, {SettingCodes.INITIAL_WINDOW_SIZE: 10}))
+        peer.request(1, b"/test.Echo/count", messages=[b"5"])
+        self.assertEqual(len(peer.answer(1).data), 10)
+        self.assertIsNone(peer.answer(1).status)
+        peer.send(windowUpdate(1, 100))
+        self.assertEqual(peer.answer(1).messages(), [b"0", b"1", b"2", b"3", b"4"])
+        self.assertEqual(peer.answer(1).status, StatusCode.OK)
+
+    def test_transportPause(self) -> None:
+        """
+        While the transport asks its producer to pause, no DATA is sent.
+        """
+        peer, _ = _peer()
+        peer.protocol.pauseProducing()
+        peer.request(1, b"/test.Echo/count", messages=[b"2"])
+        self.assertEqual(peer.answer(1).data, b"")
+        peer.protocol.resumeProducing()
+        peer.read()
+        self.assertEqual(peer.answer(1).messages(), [b"0", b"1"])
+        self.assertEqual(peer.answer(1).status, StatusCode.OK)
+
+
+class LimitTests(SynchronousTestCase):
+    """
+    Each limit, tripped by a hostile client: the cost is its stream or its
+    connection (GOAWAY with a reason), never an exception.
+    """
+
+    def assertGoneAway(self, peer: RawPeer, code: int, reason: bytes) -> None:
+        self.assertIsNotNone(peer.goAway, "no GOAWAY")
+        assert peer.goAwayReason is not None
+        self.assertEqual(peer.goAwayReason[0], code)
+        self.assertIn(reason, peer.goAwayReason[1])
+        self.assertTrue(peer.transport.disconnecting)
+
+    def test_garbagePreface(self) -> None:
+        """
+        What promtwist's own link or HTTP/1.1 sends is not HTTP/2.
+        """
+        peer, _ = _peer(preface=False)
+        peer.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertGoneAway(
+            peer, ErrorCodes.PROTOCOL_ERROR, b"HTTP/2 error: Invalid HTTP/2 preamble"
+        )
+
+    def test_tooManyStreams(self) -> None:
+        peer, service = _peer(Limits(maxConcurrentStreams=2))
+        for streamId in (1, 3, 5):
+            peer.request(streamId, b"/test.Echo/hold")
+        self.assertGoneAway(peer, ErrorCodes.PROTOCOL_ERROR, b"Max inbound streams is 2, 2 open")
+        self.assertEqual(service.cancelled, ["/test.Echo/hold"] * 2)
+
+    def test_headerListTooLarge(self) -> None:
+        peer, _ = _peer()
+        peer.request(1, extra=[(b"x-padding", b"p" * 9000)])
+        self.assertGoneAway(peer, ErrorCodes.ENHANCE_YOUR_CALM, b"Oversized header block")
+        self.assertEqual(peer.answer(1).headers, [])
+
+    def test_frameTooLarge(self) -> None:
+        peer, _ = _peer()
+        peer.request(1, messages=None)
+        peer.send(data(1, b"\0" * 16385))
+        self.assertGoneAway(
+            peer, ErrorCodes.FRAME_SIZE_ERROR, b"Received overlong frame: length 16385, max 16384"
+        )
+
+    def test_rapidReset(self) -> None:
+        """
+        Streams opened and reset at once, past the bound in one window:
+        GOAWAY ENHANCE_YOUR_CALM. As many spread over two windows are fine.
+        """
+        peer, _ = _peer(Limits(maxResetsPerWindow=5, floodWindowSeconds=10))
+        for streamId in range(1, 11, 2):
+            peer.request(streamId, b"/test.Echo/hold", messages=None)
+            peer.send(_reset(streamId))
+        self.assertIsNone(peer.goAway)
+        peer.clock.advance(10)
+        for streamId in range(11, 21, 2):
+            peer.request(streamId, b"/test.Echo/hold", messages=None)
+            peer.send(_reset(streamId))
+        self.assertIsNone(peer.goAway)
+        peer.request(21, b"/test.Echo/hold", messages=None)
+        peer.send(_reset(21))
+        self.assertGoneAway(peer, ErrorCodes.ENHANCE_YOUR_CALM, b"too many stream resets")
+
+    def test_pingFlood(self) -> None:
+        peer, _ = _peer(Limits(maxPingsPerWindow=5))
+        peer.send(*[PingFrame(0, b"%08d" % i) for i in range(5)])
+        acks = [f for f in peer.frames if isinstance(f, PingFrame) and "ACK" in f.flags]
+        self.assertEqual(len(acks), 5)
+        self.assertIsNone(peer.goAway)
+        peer.send(PingFrame(0, b"12345678"))
+        self.assertGoneAway(peer, ErrorCodes.ENHANCE_YOUR_CALM, b"too many PINGs")
+
+    def test_settingsFlood(self) -> None:
+        peer, _ = _peer(Limits(maxSettingsPerWindow=5))
+        peer.send(*[SettingsFrame(0, {SettingCodes.ENABLE_PUSH: 0}) for _ in range(5)])
+        self.assertIsNone(peer.goAway)
+        peer.send(SettingsFrame(0, {SettingCodes.ENABLE_PUSH: 0}))
+        self.assertGoneAway(peer, ErrorCodes.ENHANCE_YOUR_CALM, b"too many SETTINGS frames")
+
+    def test_emptyFrameFlood(self) -> None:
+        peer, _ = _peer(Limits(maxEmptyFramesPerWindow=5))
+        peer.request(1, b"/test.Echo/collect", messages=None)
+        peer.send(*[data(1, b"") for _ in range(5)])
+        self.assertIsNone(peer.goAway)
+        peer.send(data(1, b""))
+        self.assertGoneAway(peer, ErrorCodes.ENHANCE_YOUR_CALM, b"too many empty frames")
+
+    def test_handshakeTimeout(self) -> None:
+        """
+        A connection that never sends the preface is aborted after
+        C{handshakeSeconds}.
+        """
+        peer, _ = _peer(Limits(handshakeSeconds=3), preface=False)
+        peer.clock.advance(2.9)
+        self.assertFalse(peer.transport.disconnecting)
+        peer.clock.advance(0.1)
+        self.assertTrue(peer.transport.disconnected)
+
+    def test_idleTimeout(self) -> None:
+        """
+        With no call open for C{idleSeconds}, GOAWAY NO_ERROR; an open call
+        keeps the connection.
+        """
+        peer, _ = _peer(Limits(idleSeconds=60))
+        peer.request(1, b"/test.Echo/hold")
+        peer.clock.advance(120)
+        peer.read()
+        self.assertIsNone(peer.goAway)
+        peer.send(_reset(1))
+        peer.clock.advance(59)
+        peer.read()
+        self.assertIsNone(peer.goAway)
+        peer.clock.advance(1)
+        peer.read()
+        self.assertGoneAway(peer, ErrorCodes.NO_ERROR, b"idle for 60 s")
+
+    def test_unreadGoAwayAborts(self) -> None:
+        """
+        A client that does not read its GOAWAY is aborted after
+        C{closeSeconds}; no timer outlives the connection.
+        """
+        peer, _ = _peer(Limits(maxPingsPerWindow=0, closeSeconds=5))
+        peer.send(PingFrame(0, b"12345678"))
+        self.assertFalse(peer.transport.disconnected)
+        peer.clock.advance(5)
+        self.assertTrue(peer.transport.disconnected)
+        peer.protocol.connectionLost()
+        self.assertEqual(peer.clock.getDelayedCalls(), [])
+
+    def test_afterGoAwayNothingIsRead(self) -> None:
+        peer, service = _peer(Limits(maxPingsPerWindow=0))
+        peer.send(PingFrame(0, b"12345678"))
+        peer.request(1, b"/test.Echo/hold")
+        self.assertEqual(service.held, [])
