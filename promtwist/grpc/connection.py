@@ -44,7 +44,7 @@ from twisted.internet.interfaces import (
     IReactorTime,
     ITCPTransport,
 )
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -536,7 +536,7 @@ def _trailersOnly(error: GrpcError) -> Headers:
     return headers
 
 
-class GrpcServerFactory(Factory):
+class GrpcServerFactory(ServerFactory):
     """
     Serves C{methods} on every connection, within C{limits}.
     """
