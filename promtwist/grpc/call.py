@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Generic, Protocol, TypeVar
 
 from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
@@ -50,16 +50,41 @@ class StreamCarrier(Protocol):
         Queue DATA; the Deferred fires when flow control let all of it go.
         """
 
-    def sendTrailers(self, streamId: int, trailers: Headers, headersSent: bool) -> None:
+    def sendTrailers(self, streamId: int, trailers: Headers) -> None:
         """
-        End the stream after what is queued: trailers, or a trailers-only
-        response when no headers were sent.
+        End the stream with C{trailers} (or a trailers-only response) once
+        what is queued has gone.
         """
 
     def acknowledge(self, streamId: int, size: int) -> None:
         """
         Reopen C{size} bytes of the stream's receive window.
         """
+
+
+def statusTrailers(code: StatusCode, message: str) -> Headers:
+    """
+    The trailers that end a call with C{code} and C{message}.
+    """
+    trailers: Headers = [(b"grpc-status", b"%d" % code)]
+    if message:
+        trailers.append((b"grpc-message", encodeMessage(message)))
+    return trailers
+
+
+def trailersOnly(
+    code: StatusCode, message: str, initialMetadata: Sequence[tuple[bytes, bytes]] = ()
+) -> Headers:
+    """
+    A whole response in one header block, for a call that ends before it
+    sends anything: gRPC's trailers-only form.
+    """
+    return [
+        (b":status", b"200"),
+        (b"content-type", b"application/grpc"),
+        *initialMetadata,
+        *statusTrailers(code, message),
+    ]
 
 
 class _State(enum.Enum):
@@ -280,21 +305,14 @@ class ServerCall(Generic[Req, Resp]):
     def _finish(self, code: StatusCode, message: str) -> None:
         self._state = _State.FINISHED
         self._cancelTimer()
-        trailers: Headers = [(b"grpc-status", b"%d" % code)]
-        if message:
-            trailers.append((b"grpc-message", encodeMessage(message)))
-        if not self._headersSent:
+        if self._headersSent:
+            self._carrier.sendTrailers(self._streamId, statusTrailers(code, message))
+        else:
             # Trailers-only: the initial metadata goes with the status.
             self._headersSent = True
-            trailers = [
-                (b":status", b"200"),
-                (b"content-type", b"application/grpc"),
-                *self._initialMetadata,
-                *trailers,
-            ]
-            self._carrier.sendTrailers(self._streamId, trailers, headersSent=False)
-        else:
-            self._carrier.sendTrailers(self._streamId, trailers, headersSent=True)
+            self._carrier.sendTrailers(
+                self._streamId, trailersOnly(code, message, self._initialMetadata)
+            )
 
     def _succeeded(self, _: None) -> None:
         self._running = None

@@ -49,11 +49,18 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from promtwist.grpc.call import CallCancelled, Headers, Metadata, MetadataValue, ServerCall
+from promtwist.grpc.call import (
+    CallCancelled,
+    Headers,
+    Metadata,
+    MetadataValue,
+    ServerCall,
+    trailersOnly,
+)
 from promtwist.grpc.limits import Limits, RateBound
 from promtwist.grpc.messages import ACCEPTED_ENCODINGS, MessageReader
 from promtwist.grpc.service import Method
-from promtwist.grpc.status import GrpcError, StatusCode, encodeMessage, parseTimeout
+from promtwist.grpc.status import GrpcError, StatusCode, parseTimeout
 
 # Request headers that are HTTP/2's or gRPC's own, never custom metadata.
 _RESERVED = frozenset(
@@ -206,7 +213,7 @@ class GrpcServerProtocol(Protocol):
             self._refuse(streamId, [(b":status", refusal.status)])
             return
         except GrpcError as error:
-            self._refuse(streamId, _trailersOnly(error))
+            self._refuse(streamId, trailersOnly(error.code, error.message))
             return
         assert self.transport is not None
         call: ServerCall[Any, Any] = ServerCall(
@@ -355,7 +362,7 @@ class GrpcServerProtocol(Protocol):
         self._flush()
         return sent
 
-    def sendTrailers(self, streamId: int, trailers: Headers, headersSent: bool) -> None:
+    def sendTrailers(self, streamId: int, trailers: Headers) -> None:
         stream = self._streams.get(streamId)
         if stream is None:
             return
@@ -523,17 +530,6 @@ class _NotGrpc(Exception):
     def __init__(self, status: bytes) -> None:
         super().__init__(status)
         self.status = status
-
-
-def _trailersOnly(error: GrpcError) -> Headers:
-    headers: Headers = [
-        (b":status", b"200"),
-        (b"content-type", b"application/grpc"),
-        (b"grpc-status", b"%d" % error.code),
-    ]
-    if error.message:
-        headers.append((b"grpc-message", encodeMessage(error.message)))
-    return headers
 
 
 class GrpcServerFactory(ServerFactory):

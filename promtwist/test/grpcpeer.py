@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from h2.errors import ErrorCodes
 from hpack import Decoder, Encoder
 from hyperframe.frame import (
     ContinuationFrame,
@@ -149,11 +150,7 @@ class RawPeer:
         headers: Sequence[tuple[bytes, bytes]],
         end: bool = False,
     ) -> HeadersFrame:
-        frame = HeadersFrame(streamId, self.encoder.encode(headers))
-        frame.flags.add("END_HEADERS")
-        if end:
-            frame.flags.add("END_STREAM")
-        return frame
+        return headersFrame(self.encoder, streamId, headers, end)
 
     def request(
         self,
@@ -164,18 +161,12 @@ class RawPeer:
         base: Sequence[tuple[bytes, bytes]] | None = None,
     ) -> None:
         """
-        Send a gRPC request on C{streamId}; with C{messages} L{None} the
-        stream is left open after the headers.
+        Send a gRPC request on C{streamId} (L{requestHeaders} for C{path}
+        unless C{base} says otherwise, then C{extra}); with C{messages}
+        L{None} the stream is left open after the headers.
         """
         if base is None:
-            base = [
-                (b":method", b"POST"),
-                (b":scheme", b"http"),
-                (b":path", path),
-                (b":authority", b"localhost"),
-                (b"content-type", b"application/grpc"),
-                (b"te", b"trailers"),
-            ]
+            base = requestHeaders(path)
         frames: list[Frame] = [self.headers(streamId, [*base, *extra])]
         if messages is not None:
             frames.append(data(streamId, b"".join(frameMessage(m) for m in messages), end=True))
@@ -189,6 +180,43 @@ class RawPeer:
         if self.goAway is None:
             return None
         return self.goAway.error_code, self.goAway.additional_data
+
+
+def requestHeaders(
+    path: bytes = b"/test.Echo/unary", **changes: bytes
+) -> list[tuple[bytes, bytes]]:
+    """
+    The headers of a gRPC request for C{path}; C{changes} replaces some
+    (C{content_type} for C{content-type}, and so on; an empty value drops
+    the header).
+    """
+    fields = {
+        b":method": b"POST",
+        b":scheme": b"http",
+        b":path": path,
+        b":authority": b"localhost",
+        b"content-type": b"application/grpc",
+        b"te": b"trailers",
+    }
+    for key, value in changes.items():
+        fields[key.replace("_", "-").encode()] = value
+    return [(k, v) for k, v in fields.items() if v]
+
+
+def headersFrame(
+    encoder: Encoder, streamId: int, headers: Sequence[tuple[bytes, bytes]], end: bool = False
+) -> HeadersFrame:
+    frame = HeadersFrame(streamId, encoder.encode(headers))
+    frame.flags.add("END_HEADERS")
+    if end:
+        frame.flags.add("END_STREAM")
+    return frame
+
+
+def reset(streamId: int, code: int = ErrorCodes.CANCEL) -> RstStreamFrame:
+    frame = RstStreamFrame(streamId)
+    frame.error_code = code
+    return frame
 
 
 def data(streamId: int, payload: bytes, end: bool = False) -> DataFrame:

@@ -13,7 +13,7 @@ import struct
 
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
-from hyperframe.frame import PingFrame, RstStreamFrame, SettingsFrame, WindowUpdateFrame
+from hyperframe.frame import PingFrame, SettingsFrame, WindowUpdateFrame
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -21,18 +21,19 @@ from promtwist.grpc.call import ServerCall
 from promtwist.grpc.limits import Limits
 from promtwist.grpc.service import bidirectional, unary
 from promtwist.grpc.status import StatusCode
-from promtwist.test.grpcpeer import EchoService, RawPeer, data, windowUpdate
+from promtwist.test.grpcpeer import (
+    EchoService,
+    RawPeer,
+    data,
+    requestHeaders,
+    reset,
+    windowUpdate,
+)
 
 
 def _peer(limits: Limits | None = None, **kw: object) -> tuple[RawPeer, EchoService]:
     service = EchoService()
     return RawPeer(service.methods(), limits, **kw), service  # type: ignore[arg-type]
-
-
-def _reset(streamId: int) -> RstStreamFrame:
-    frame = RstStreamFrame(streamId)
-    frame.error_code = ErrorCodes.CANCEL
-    return frame
 
 
 class CallTests(SynchronousTestCase):
@@ -67,17 +68,7 @@ class CallTests(SynchronousTestCase):
 
     def test_protoContentType(self) -> None:
         peer, _ = _peer()
-        peer.request(
-            1,
-            base=[
-                (b":method", b"POST"),
-                (b":scheme", b"https"),
-                (b":path", b"/test.Echo/unary"),
-                (b":authority", b"x"),
-                (b"content-type", b"application/grpc+proto"),
-                (b"te", b"trailers"),
-            ],
-        )
+        peer.request(1, base=requestHeaders(content_type=b"application/grpc+proto"))
         self.assertEqual(peer.answer(1).messages(), [b"hello"])
 
     def test_errorStatusPercentEncoded(self) -> None:
@@ -210,34 +201,21 @@ class RequestCheckTests(SynchronousTestCase):
     handler runs.
     """
 
-    def _base(self, **changes: bytes) -> list[tuple[bytes, bytes]]:
-        fields = {
-            b":method": b"POST",
-            b":scheme": b"http",
-            b":path": b"/test.Echo/unary",
-            b":authority": b"localhost",
-            b"content-type": b"application/grpc",
-            b"te": b"trailers",
-        }
-        for key, value in changes.items():
-            fields[key.replace("_", "-").encode()] = value
-        return [(k, v) for k, v in fields.items() if v]
-
     def test_notPost(self) -> None:
         peer, _ = _peer()
-        peer.send(peer.headers(1, self._base(**{":method": b"GET"}), end=True))
+        peer.send(peer.headers(1, requestHeaders(**{":method": b"GET"}), end=True))
         self.assertEqual(peer.answer(1).headers, [{b":status": b"405"}])
         self.assertTrue(peer.answer(1).ended)
         self.assertIsNone(peer.goAway)
 
     def test_notGrpcContentType(self) -> None:
         peer, _ = _peer()
-        peer.request(1, base=self._base(content_type=b"application/json"))
+        peer.request(1, base=requestHeaders(content_type=b"application/json"))
         self.assertEqual(peer.answer(1).headers, [{b":status": b"415"}])
 
     def test_teRequired(self) -> None:
         peer, _ = _peer()
-        peer.request(1, base=self._base(te=b""))
+        peer.request(1, base=requestHeaders(te=b""))
         self.assertEqual(peer.answer(1).status, StatusCode.INTERNAL)
         self.assertEqual(peer.answer(1).message, b"te: trailers is required")
 
@@ -292,7 +270,7 @@ class CancellationTests(SynchronousTestCase):
     def test_resetCancels(self) -> None:
         peer, service = _peer()
         peer.request(1, b"/test.Echo/hold")
-        peer.send(_reset(1))
+        peer.send(reset(1))
         self.assertEqual(service.cancelled, ["/test.Echo/hold"])
         self.assertTrue(service.held[0].cancelled)
         self.assertEqual(peer.answer(1).headers, [])
@@ -305,7 +283,7 @@ class CancellationTests(SynchronousTestCase):
         peer, service = _peer()
         peer.send(SettingsFrame(0, {SettingCodes.INITIAL_WINDOW_SIZE: 8}))
         peer.request(1, b"/test.Echo/count", messages=[b"5"])
-        peer.send(_reset(1))
+        peer.send(reset(1))
         self.assertEqual(service.cancelled, ["/test.Echo/count"])
 
     def test_connectionLostCancels(self) -> None:
@@ -430,15 +408,15 @@ class LimitTests(SynchronousTestCase):
         peer, _ = _peer(Limits(maxResetsPerWindow=5, floodWindowSeconds=10))
         for streamId in range(1, 11, 2):
             peer.request(streamId, b"/test.Echo/hold", messages=None)
-            peer.send(_reset(streamId))
+            peer.send(reset(streamId))
         self.assertIsNone(peer.goAway)
         peer.clock.advance(10)
         for streamId in range(11, 21, 2):
             peer.request(streamId, b"/test.Echo/hold", messages=None)
-            peer.send(_reset(streamId))
+            peer.send(reset(streamId))
         self.assertIsNone(peer.goAway)
         peer.request(21, b"/test.Echo/hold", messages=None)
-        peer.send(_reset(21))
+        peer.send(reset(21))
         self.assertGoneAway(peer, ErrorCodes.ENHANCE_YOUR_CALM, b"too many stream resets")
 
     def test_pingFlood(self) -> None:
@@ -486,7 +464,7 @@ class LimitTests(SynchronousTestCase):
         peer.clock.advance(120)
         peer.read()
         self.assertIsNone(peer.goAway)
-        peer.send(_reset(1))
+        peer.send(reset(1))
         peer.clock.advance(59)
         peer.read()
         self.assertIsNone(peer.goAway)

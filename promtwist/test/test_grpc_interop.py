@@ -11,20 +11,18 @@ never waits on grpcio.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, cast
 
 import grpc
-from h2.errors import ErrorCodes
 from hpack import Encoder
-from hyperframe.frame import HeadersFrame, RstStreamFrame, SettingsFrame
+from hyperframe.frame import SettingsFrame
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IListeningPort, IReactorSSL, IReactorThreads
 from twisted.internet.ssl import CertificateOptions, PrivateCertificate
-from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
@@ -35,8 +33,8 @@ from promtwist.grpc.connection import GrpcServerFactory, GrpcServerProtocol
 from promtwist.grpc.limits import Limits
 from promtwist.grpc.service import Method, unary
 from promtwist.test.certs import certificates
-from promtwist.test.grpcpeer import PREFACE, EchoService
-from promtwist.test.helpers import RawClient
+from promtwist.test.grpcpeer import PREFACE, EchoService, headersFrame, requestHeaders, reset
+from promtwist.test.helpers import RawClient, eventually
 
 _threads = cast(IReactorThreads, reactor)
 
@@ -168,13 +166,6 @@ class _Loopback(TestCase):
         kw.setdefault("timeout", 10)
         return _fromFuture(stub.future(request, **kw))
 
-    async def eventually(self, check: Callable[[], bool], what: str) -> None:
-        for _ in range(100):
-            if check():
-                return
-            await deferLater(reactor, 0.05)
-        self.fail(f"not within 5 s: {what}")
-
 
 class GrpcioTests(_Loopback):
     async def test_unary(self) -> None:
@@ -263,7 +254,7 @@ class GrpcioTests(_Loopback):
             self.call("/test.Echo/hold", b"", timeout=0.3), grpc.RpcError
         )
         self.assertEqual(failure.code(), grpc.StatusCode.DEADLINE_EXCEEDED)
-        await self.eventually(lambda: self.service.cancelled == ["/test.Echo/hold"], "cancelled")
+        await eventually(self, lambda: self.service.cancelled == ["/test.Echo/hold"], "cancelled")
         self.assertEqual(len(self.service.held), 1)
         self.assertIsNotNone(self.service.held[0].deadline)
 
@@ -277,10 +268,10 @@ class GrpcioTests(_Loopback):
         )
         future = stub.future(b"", timeout=10)
         answer = _fromFuture(future)
-        await self.eventually(lambda: bool(self.service.held), "the call arrived")
+        await eventually(self, lambda: bool(self.service.held), "the call arrived")
         future.cancel()
         await self.assertFailure(answer, grpc.FutureCancelledError)
-        await self.eventually(lambda: self.service.cancelled == ["/test.Echo/hold"], "cancelled")
+        await eventually(self, lambda: self.service.cancelled == ["/test.Echo/hold"], "cancelled")
 
     async def test_upstreamMessages(self) -> None:
         """
@@ -370,24 +361,12 @@ class HostileNeighbourTests(_Loopback):
     async def test_rapidReset(self) -> None:
         encoder = Encoder()
         frames = [PREFACE, SettingsFrame(0).serialize()]
+        headers = requestHeaders(b"/test.Echo/hold")
         for streamId in range(1, 101, 2):
-            headers = HeadersFrame(
-                streamId,
-                encoder.encode(
-                    [
-                        (b":method", b"POST"),
-                        (b":scheme", b"http"),
-                        (b":path", b"/test.Echo/hold"),
-                        (b":authority", b"x"),
-                        (b"content-type", b"application/grpc"),
-                        (b"te", b"trailers"),
-                    ]
-                ),
-            )
-            headers.flags.add("END_HEADERS")
-            reset = RstStreamFrame(streamId)
-            reset.error_code = ErrorCodes.CANCEL
-            frames += [headers.serialize(), reset.serialize()]
+            frames += [
+                headersFrame(encoder, streamId, headers).serialize(),
+                reset(streamId).serialize(),
+            ]
         client = await self._raw(b"".join(frames))
         self.assertIn(b"too many stream resets", client.received)
         self.assertEqual(await self.call("/test.Echo/unary", b"still here"), b"still here")
