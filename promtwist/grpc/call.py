@@ -137,8 +137,9 @@ class ServerCall(Generic[Req, Resp]):
         self._headersSent = False
         self._initialMetadata: Headers = []
         # Messages received and not yet taken, and the window bytes they
-        # hold: acknowledged only when the handler takes the last of them,
-        # which is the backpressure a slow handler puts on its client.
+        # hold: acknowledged when the handler takes the last of them (or
+        # the call ends), which is the backpressure a slow handler puts on
+        # its client.
         self._inbox: deque[bytes] = deque()
         self._held = 0
         self._halfClosed = False
@@ -223,13 +224,11 @@ class ServerCall(Generic[Req, Resp]):
 
     def messagesReceived(self, messages: list[bytes], size: int) -> None:
         """
-        The stream's DATA completed C{messages}; C{size} window bytes came
-        with them (and with any unfinished message).
+        The stream's DATA completed C{messages}, which took C{size} bytes of
+        its window.
         """
         self._inbox.extend(messages)
         self._held += size
-        if not self._inbox:
-            self._release()
         if self._waiting is not None and self._inbox:
             waiting, self._waiting = self._waiting, None
             self._take().chainDeferred(waiting)
@@ -260,6 +259,8 @@ class ServerCall(Generic[Req, Resp]):
             return
         self._state = _State.CANCELLED
         self._cancelTimer()
+        self._inbox.clear()
+        self._release()
         if self._waiting is not None:
             waiting, self._waiting = self._waiting, None
             waiting.errback(CallCancelled(why))
@@ -281,7 +282,7 @@ class ServerCall(Generic[Req, Resp]):
             )
 
     def _release(self) -> None:
-        if self._held and self._state is not _State.CANCELLED:
+        if self._held:
             self._carrier.acknowledge(self._streamId, self._held)
         self._held = 0
 
@@ -305,6 +306,8 @@ class ServerCall(Generic[Req, Resp]):
     def _finish(self, code: StatusCode, message: str) -> None:
         self._state = _State.FINISHED
         self._cancelTimer()
+        self._inbox.clear()
+        self._release()
         if self._headersSent:
             self._carrier.sendTrailers(self._streamId, statusTrailers(code, message))
         else:

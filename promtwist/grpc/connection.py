@@ -128,11 +128,16 @@ class GrpcServerProtocol(Protocol):
                 h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.maxConcurrentStreams,
                 h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.maxHeaderListBytes,
                 h2.settings.SettingCodes.MAX_FRAME_SIZE: limits.maxFrameBytes,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: limits.windowBytes,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: limits.streamWindowBytes,
                 h2.settings.SettingCodes.ENABLE_PUSH: 0,
             },
         )
         self._h2.initiate_connection()
+        # HTTP/2 opens the connection's window at 64 KiB; SETTINGS cannot
+        # change that, a WINDOW_UPDATE does.
+        opening = limits.connectionWindowBytes - self._h2.inbound_flow_control_window
+        if opening > 0:
+            self._h2.increment_flow_control_window(opening)
         # h2 holds a header block to its own default (64 KiB) until the
         # client acknowledges our SETTINGS; hold it to ours from the start.
         self._h2.decoder.max_header_list_size = limits.maxHeaderListBytes
@@ -290,13 +295,18 @@ class GrpcServerProtocol(Protocol):
             # Answered already: what it still sends is read and dropped.
             self._acknowledge(streamId, size)
             return
+        before = stream.reader.buffered
         try:
             messages = stream.reader.feed(data)
         except GrpcError as error:
-            self._acknowledge(streamId, size)
+            self._acknowledge(streamId, size + before)
             stream.call.fail(error)
             return
-        stream.call.messagesReceived(messages, size)
+        # Padding is dropped at once; the bytes of whole messages are
+        # acknowledged as the handler takes them; those of the message
+        # still arriving when it is whole.
+        self._acknowledge(streamId, size - len(data))
+        stream.call.messagesReceived(messages, before + len(data) - stream.reader.buffered)
 
     def _streamEnded(self, streamId: int | None) -> None:
         stream = self._streams.get(streamId or 0)
@@ -315,7 +325,7 @@ class GrpcServerProtocol(Protocol):
             stream.call.fail(GrpcError(StatusCode.INTERNAL, "a gRPC request has no trailers"))
 
     def _streamReset(self, event: h2.events.StreamReset) -> None:
-        stream = self._streams.pop(event.stream_id or 0, None)
+        stream = self._forget(event.stream_id or 0)
         if self._resets.exceeded():
             self._goAway(ErrorCodes.ENHANCE_YOUR_CALM, "too many stream resets")
         if stream is not None:
@@ -401,7 +411,7 @@ class GrpcServerProtocol(Protocol):
                 sent.append(whenSent)
         if outbound.trailers is not None and not outbound.data:
             self._h2.send_headers(streamId, outbound.trailers, end_stream=True)
-            del self._streams[streamId]
+            self._forget(streamId)
             self._resetIfOpen(streamId)
             self._streamGone()
         # Fired last, so that what their callbacks send pumps afresh.
@@ -427,6 +437,17 @@ class GrpcServerProtocol(Protocol):
         # For a stream that is gone, h2 reopens the connection's window only.
         if size and not self._gone:
             self._h2.acknowledge_received_data(size, streamId)
+
+    def _forget(self, streamId: int) -> _Stream | None:
+        """
+        Stream C{streamId} is done: give the connection's window back what
+        is left of an unfinished message. (Its call gives back what its
+        handler did not take.)
+        """
+        stream = self._streams.pop(streamId, None)
+        if stream is not None:
+            self._acknowledge(streamId, stream.reader.buffered)
+        return stream
 
     def _abandon(self, stream: _Stream, why: str) -> None:
         # The call first, so that its handler is cancelled rather than

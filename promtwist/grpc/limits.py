@@ -24,12 +24,18 @@ class Limits:
     @ivar maxHeaderListBytes: a request's headers, decoded, as HPACK
         counts them (C{SETTINGS_MAX_HEADER_LIST_SIZE}); gRPC's usual 8 KiB.
     @ivar maxMessageBytes: one message, received or decompressed; grpc-java
-        and grpcio's 4 MiB default, which upstream never raises.
+        and grpcio's 4 MiB default, which upstream never raises. Each
+        stream's receive window (C{SETTINGS_INITIAL_WINDOW_SIZE}) is this
+        plus its 5-byte prefix: a stream holds at most one window of
+        messages its handler has not taken, and any message it may send
+        fits.
     @ivar maxFrameBytes: the largest frame a client may send
         (C{SETTINGS_MAX_FRAME_SIZE}); HTTP/2's minimum and default.
-    @ivar windowBytes: each stream's receive window
-        (C{SETTINGS_INITIAL_WINDOW_SIZE}): how much a client may send
-        before a handler takes its messages.
+    @ivar connectionWindowBytes: the connection's receive window: all that
+        its streams together may have sent that their handlers have not
+        taken, which bounds what one connection makes the server hold (with
+        the decompressed message being read). Several streams' worth, so
+        one slow handler does not stop its neighbours.
     @ivar handshakeSeconds: from accepting the connection (the TLS
         handshake included) to the client's preface and SETTINGS.
     @ivar idleSeconds: a connection with no call open is closed with GOAWAY
@@ -49,7 +55,7 @@ class Limits:
     maxHeaderListBytes: int = 8192
     maxMessageBytes: int = 4 * 1024 * 1024
     maxFrameBytes: int = 16384
-    windowBytes: int = 1024 * 1024
+    connectionWindowBytes: int = 16 * 1024 * 1024
     handshakeSeconds: float = 10.0
     idleSeconds: float = 300.0
     floodWindowSeconds: float = 10.0
@@ -58,6 +64,18 @@ class Limits:
     maxSettingsPerWindow: int = 50
     maxEmptyFramesPerWindow: int = 200
     closeSeconds: float = 5.0
+
+    @property
+    def streamWindowBytes(self) -> int:
+        return self.maxMessageBytes + 5
+
+    def __post_init__(self) -> None:
+        # A message the connection's window cannot take would never arrive.
+        if self.connectionWindowBytes < self.streamWindowBytes:
+            raise ValueError(
+                f"connectionWindowBytes ({self.connectionWindowBytes}) is smaller than"
+                f" one stream's window, maxMessageBytes + 5 ({self.streamWindowBytes})"
+            )
 
 
 class RateBound:

@@ -48,7 +48,7 @@ class CallTests(SynchronousTestCase):
                 SettingCodes.MAX_CONCURRENT_STREAMS: 100,
                 SettingCodes.MAX_HEADER_LIST_SIZE: 8192,
                 SettingCodes.MAX_FRAME_SIZE: 16384,
-                SettingCodes.INITIAL_WINDOW_SIZE: 1024 * 1024,
+                SettingCodes.INITIAL_WINDOW_SIZE: 4 * 1024 * 1024 + 5,
                 SettingCodes.ENABLE_PUSH: 0,
             }.items()
             - peer.serverSettings.items(),
@@ -187,7 +187,10 @@ class CallTests(SynchronousTestCase):
         A refused call costs only its stream.
         """
         peer, _ = _peer(Limits(maxMessageBytes=10))
-        peer.request(1, messages=[b"x" * 11])
+        # What fits the stream's window (15 bytes) of a message over the
+        # limit: its prefix says so before the rest may be sent.
+        peer.request(1, messages=None)
+        peer.send(data(1, struct.pack(">BI", 0, 11) + b"x" * 10))
         peer.request(3, messages=[b"fine"])
         self.assertEqual(peer.answer(1).status, StatusCode.RESOURCE_EXHAUSTED)
         self.assertEqual(peer.answer(1).message, b"message of 11 bytes exceeds the 10-byte limit")
@@ -296,37 +299,71 @@ class CancellationTests(SynchronousTestCase):
 
 
 class FlowControlTests(SynchronousTestCase):
-    def test_slowHandlerHoldsWindow(self) -> None:
+    def _slowChat(self, limits: Limits) -> tuple[RawPeer, list[ServerCall[bytes, bytes]]]:
         """
-        The receive window is reopened only as the handler takes messages:
-        a handler that does not read stops its client.
+        A peer on a C{chat} whose handler reads only when the test says.
         """
         calls: list[ServerCall[bytes, bytes]] = []
 
         def keep(call: ServerCall[bytes, bytes]) -> Deferred[None]:
             calls.append(call)
-            return Deferred()
+            return Deferred(lambda _: None)
 
-        peer = RawPeer(
-            [bidirectional("/test.Echo/chat", keep, bytes, bytes)], Limits(windowBytes=100)
-        )
-        peer.send(SettingsFrame(0, flags=["ACK"]))
+        service = EchoService()
+        methods = [*service.methods()[:1], bidirectional("/test.Echo/chat", keep, bytes, bytes)]
+        return RawPeer(methods, limits), calls
+
+    def _updates(self, peer: RawPeer, streamId: int) -> list[int]:
+        return [
+            f.window_increment
+            for f in peer.frames
+            if isinstance(f, WindowUpdateFrame) and f.stream_id == streamId
+        ]
+
+    def test_slowHandlerHoldsWindow(self) -> None:
+        """
+        A stream's window is the largest message and its prefix, reopened
+        only as the handler takes messages: a handler that does not read
+        stops its client.
+        """
+        peer, calls = self._slowChat(Limits(maxMessageBytes=95))
+        self.assertEqual(peer.serverSettings[SettingCodes.INITIAL_WINDOW_SIZE], 100)
         peer.request(1, b"/test.Echo/chat", messages=None)
         peer.send(data(1, (b"\0\0\0\0\x19" + b"m" * 25) * 3))
-
-        def updates() -> list[int]:
-            return [
-                f.window_increment
-                for f in peer.frames
-                if isinstance(f, WindowUpdateFrame) and f.stream_id == 1
-            ]
-
-        self.assertEqual(updates(), [])
+        self.assertEqual(self._updates(peer, 1), [])
         taken = [calls[0].receive() for _ in range(3)]
         self.assertEqual([self.successResultOf(d) for d in taken], [b"m" * 25] * 3)
         peer.read()
-        self.assertEqual(updates(), [90])
-        calls[0].abort("test over")
+        self.assertEqual(self._updates(peer, 1), [90])
+
+    def test_unfinishedMessageHeld(self) -> None:
+        """
+        The bytes of a message still arriving are acknowledged when it is
+        whole and taken: a message as large as the limit still fits.
+        """
+        peer, calls = self._slowChat(Limits(maxMessageBytes=95))
+        peer.request(1, b"/test.Echo/chat", messages=None)
+        waiting = calls[0].receive()
+        peer.send(data(1, b"\0\0\0\0\x5f" + b"m" * 45))
+        self.assertNoResult(waiting)
+        self.assertEqual(self._updates(peer, 1), [])
+        peer.send(data(1, b"m" * 50))
+        self.assertEqual(self.successResultOf(waiting), b"m" * 95)
+        self.assertEqual(self._updates(peer, 1), [100])
+
+    def test_slowStreamDoesNotStopNeighbours(self) -> None:
+        """
+        The connection's window holds several streams' windows: a stream
+        whose handler does not read leaves room for the others.
+        """
+        peer, _ = self._slowChat(Limits(maxMessageBytes=60000))
+        peer.request(1, b"/test.Echo/chat", messages=None)
+        held = b"\0\0\0\xea\x60" + b"m" * 60000
+        peer.send(*[data(1, held[i : i + 16384]) for i in range(0, len(held), 16384)])
+        self.assertIsNone(peer.goAway)
+        peer.request(3, messages=[b"n" * 10000])
+        self.assertEqual([len(m) for m in peer.answer(3).messages()], [10000])
+        self.assertEqual(peer.answer(3).status, StatusCode.OK)
 
     def test_clientWindowPacesSends(self) -> None:
         """
@@ -490,3 +527,13 @@ class LimitTests(SynchronousTestCase):
         peer.send(PingFrame(0, b"12345678"))
         peer.request(1, b"/test.Echo/hold")
         self.assertEqual(service.held, [])
+
+
+class LimitsTests(SynchronousTestCase):
+    def test_connectionWindowFitsAMessage(self) -> None:
+        error = self.assertRaises(ValueError, Limits, maxMessageBytes=32 * 1024 * 1024)
+        self.assertEqual(
+            str(error),
+            "connectionWindowBytes (16777216) is smaller than one stream's window,"
+            " maxMessageBytes + 5 (33554437)",
+        )
