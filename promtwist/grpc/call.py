@@ -23,7 +23,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from promtwist.grpc.messages import frameMessage
+from promtwist.grpc.messages import Message, frameMessage
 from promtwist.grpc.status import GrpcError, StatusCode, encodeMessage
 
 Req = TypeVar("Req")
@@ -140,7 +140,7 @@ class ServerCall(Generic[Req, Resp]):
         # hold: acknowledged when the handler takes the last of them (or
         # the call ends), which is the backpressure a slow handler puts on
         # its client.
-        self._inbox: deque[bytes] = deque()
+        self._inbox: deque[Message] = deque()
         self._held = 0
         self._halfClosed = False
         self._waiting: Deferred[Req | None] | None = None
@@ -222,7 +222,7 @@ class ServerCall(Generic[Req, Resp]):
         self._running = running
         running.addCallbacks(self._succeeded, self._failed)
 
-    def messagesReceived(self, messages: list[bytes], size: int) -> None:
+    def messagesReceived(self, messages: list[Message], size: int) -> None:
         """
         The stream's DATA completed C{messages}, which took C{size} bytes of
         its window.
@@ -269,9 +269,13 @@ class ServerCall(Generic[Req, Resp]):
     # -- Inside ----------------------------------------------------------------
 
     def _take(self) -> Deferred[Req | None]:
-        raw = self._inbox.popleft()
+        message = self._inbox.popleft()
         if not self._inbox:
             self._release()
+        try:
+            raw = message.payload()
+        except GrpcError as error:
+            return fail(error)
         try:
             return succeed(self._decode(raw))
         except Exception:  # noqa: BLE001  # whatever the decoder raises is the client's fault

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from dataclasses import dataclass
 
 from promtwist.grpc.status import GrpcError, StatusCode
 
@@ -49,6 +50,28 @@ def _gunzip(data: bytes, limit: int) -> bytes:
     return out
 
 
+@dataclass(frozen=True)
+class Message:
+    """
+    One message as it came, compressed or not: what a stream holds until
+    its handler takes it, so that what it holds is bounded by its window,
+    not by what its messages decompress to.
+    """
+
+    body: bytes
+    compressed: bool
+    limit: int
+
+    def payload(self) -> bytes:
+        """
+        The message's bytes, decompressed.
+
+        @raise GrpcError: C{RESOURCE_EXHAUSTED} past the limit, C{INTERNAL}
+            for a corrupt gzip member.
+        """
+        return _gunzip(self.body, self.limit) if self.compressed else self.body
+
+
 class MessageReader:
     """
     Splits one stream's DATA into whole messages.
@@ -71,14 +94,15 @@ class MessageReader:
     def buffered(self) -> int:
         return len(self._buffer)
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes) -> list[Message]:
         """
-        Take the next DATA payload; return the messages it completes.
+        Take the next DATA payload; return the messages it completes
+        (decompressed only when taken, L{Message.payload}).
 
         @raise GrpcError: C{RESOURCE_EXHAUSTED} for a message over the
             limit (found from its prefix, before its bytes are held), or
-            C{INTERNAL} for a compressed message on an identity stream, an
-            unknown flag or a corrupt gzip member.
+            C{INTERNAL} for a compressed message on an identity stream or
+            an unknown flag.
         """
         self._buffer += data
         messages = []
@@ -98,13 +122,11 @@ class MessageReader:
                 break
             body = bytes(self._buffer[_PREFIX.size : end])
             del self._buffer[:end]
-            if flag:
-                if self._encoding == b"identity":
-                    raise GrpcError(
-                        StatusCode.INTERNAL, "compressed message on a stream without grpc-encoding"
-                    )
-                body = _gunzip(body, self._max)
-            messages.append(body)
+            if flag and self._encoding == b"identity":
+                raise GrpcError(
+                    StatusCode.INTERNAL, "compressed message on a stream without grpc-encoding"
+                )
+            messages.append(Message(body, bool(flag), self._max))
         return messages
 
     def finish(self) -> None:

@@ -537,3 +537,27 @@ class LimitsTests(SynchronousTestCase):
             "connectionWindowBytes (16777216) is smaller than one stream's window,"
             " maxMessageBytes + 5 (33554437)",
         )
+
+
+class GzipHoldTests(SynchronousTestCase):
+    def test_heldCompressed(self) -> None:
+        """
+        Messages a handler has not taken are held as they came: a window
+        of gzip bombs costs the window, and each is inflated (and refused
+        past the limit) only when taken.
+        """
+        calls: list[ServerCall[bytes, bytes]] = []
+
+        def keep(call: ServerCall[bytes, bytes]) -> Deferred[None]:
+            calls.append(call)
+            return Deferred(lambda _: None)
+
+        peer = RawPeer(
+            [bidirectional("/test.Echo/chat", keep, bytes, bytes)], Limits(maxMessageBytes=1000)
+        )
+        bomb = gzip.compress(b"\0" * 1001)
+        peer.request(1, b"/test.Echo/chat", messages=None, extra=[(b"grpc-encoding", b"gzip")])
+        peer.send(data(1, (struct.pack(">BI", 1, len(bomb)) + bomb) * 3))
+        failure = self.failureResultOf(calls[0].receive())
+        self.assertEqual(failure.value.code, StatusCode.RESOURCE_EXHAUSTED)
+        calls[0].abort("test over")

@@ -70,7 +70,7 @@ class MessageReaderTests(SynchronousTestCase):
         for cut in range(len(wire) + 1):
             reader = MessageReader(100, b"identity")
             out = reader.feed(wire[:cut]) + reader.feed(wire[cut:])
-            self.assertEqual(out, [b"first", b"", b"third!"])
+            self.assertEqual([m.payload() for m in out], [b"first", b"", b"third!"])
             self.assertEqual(reader.buffered, 0)
             reader.finish()
 
@@ -92,9 +92,9 @@ class MessageReaderTests(SynchronousTestCase):
 
     def test_gzip(self) -> None:
         reader = MessageReader(100, b"gzip")
-        self.assertEqual(
-            reader.feed(_compressed(b"zipped") + frameMessage(b"plain")), [b"zipped", b"plain"]
-        )
+        messages = reader.feed(_compressed(b"zipped") + frameMessage(b"plain"))
+        self.assertEqual([m.compressed for m in messages], [True, False])
+        self.assertEqual([m.payload() for m in messages], [b"zipped", b"plain"])
 
     def test_compressedWithoutEncoding(self) -> None:
         reader = MessageReader(100, b"identity")
@@ -110,20 +110,24 @@ class MessageReaderTests(SynchronousTestCase):
         bomb = _compressed(b"\0" * 10_000_000)
         self.assertLess(len(bomb), 20_000)
         reader = MessageReader(100_000, b"gzip")
-        error = self.assertRaises(GrpcError, reader.feed, bomb)
+        [message] = reader.feed(bomb)
+        self.assertEqual(message.body, bomb[5:])
+        error = self.assertRaises(GrpcError, message.payload)
         self.assertEqual(error.code, StatusCode.RESOURCE_EXHAUSTED)
         self.assertIn("more than the 100000-byte limit", error.message)
 
     def test_corruptGzip(self) -> None:
         reader = MessageReader(100, b"gzip")
-        error = self.assertRaises(GrpcError, reader.feed, b"\x01\x00\x00\x00\x04junk")
+        [message] = reader.feed(b"\x01\x00\x00\x00\x04junk")
+        error = self.assertRaises(GrpcError, message.payload)
         self.assertEqual(error.code, StatusCode.INTERNAL)
         self.assertIn("corrupt gzip message", error.message)
 
     def test_truncatedGzip(self) -> None:
         data = gzip.compress(b"x" * 1000)[:-6]
         reader = MessageReader(10_000, b"gzip")
-        error = self.assertRaises(GrpcError, reader.feed, struct.pack(">BI", 1, len(data)) + data)
+        [message] = reader.feed(struct.pack(">BI", 1, len(data)) + data)
+        error = self.assertRaises(GrpcError, message.payload)
         self.assertIn("not one whole gzip member", error.message)
 
     def test_endsInsideMessage(self) -> None:
