@@ -62,6 +62,15 @@ class StreamCarrier(Protocol):
         """
 
 
+# What every response starts with: the encodings promtwist decodes are
+# advertised, though it sends none compressed.
+_RESPONSE_HEADERS: Headers = [
+    (b":status", b"200"),
+    (b"content-type", b"application/grpc"),
+    (b"grpc-accept-encoding", b"identity,gzip"),
+]
+
+
 def statusTrailers(code: StatusCode, message: str) -> Headers:
     """
     The trailers that end a call with C{code} and C{message}.
@@ -79,12 +88,7 @@ def trailersOnly(
     A whole response in one header block, for a call that ends before it
     sends anything: gRPC's trailers-only form.
     """
-    return [
-        (b":status", b"200"),
-        (b"content-type", b"application/grpc"),
-        *initialMetadata,
-        *statusTrailers(code, message),
-    ]
+    return [*_RESPONSE_HEADERS, *initialMetadata, *statusTrailers(code, message)]
 
 
 class _State(enum.Enum):
@@ -299,12 +303,7 @@ class ServerCall(Generic[Req, Resp]):
             self._headersSent = True
             self._carrier.sendHeaders(
                 self._streamId,
-                [
-                    (b":status", b"200"),
-                    (b"content-type", b"application/grpc"),
-                    (b"grpc-accept-encoding", b"identity,gzip"),
-                    *self._initialMetadata,
-                ],
+                [*_RESPONSE_HEADERS, *self._initialMetadata],
             )
 
     def _finish(self, code: StatusCode, message: str) -> None:

@@ -254,7 +254,7 @@ class GrpcServerProtocol(Protocol):
             if name.startswith(b":") or name.startswith(b"grpc-") or name in _RESERVED:
                 fields.setdefault(name, value)
                 continue
-            key = name.decode("ascii")
+            key = name.decode("latin-1")
             if key.endswith("-bin"):
                 try:
                     # Senders may leave the padding out.

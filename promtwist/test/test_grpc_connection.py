@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import random
 import struct
 
 from h2.errors import ErrorCodes
@@ -561,3 +562,30 @@ class GzipHoldTests(SynchronousTestCase):
         failure = self.failureResultOf(calls[0].receive())
         self.assertEqual(failure.value.code, StatusCode.RESOURCE_EXHAUSTED)
         calls[0].abort("test over")
+
+
+class GarbageTests(SynchronousTestCase):
+    def test_randomFrames(self) -> None:
+        """
+        Random frames (plausible headers, random types, flags, streams and
+        bodies) on a connection with calls open never raise out of the
+        protocol and leave no timer behind; trial fails the test on any
+        logged error.
+        """
+        for seed in range(300):
+            rng = random.Random(seed)
+            peer, _ = _peer()
+            peer.request(1, b"/test.Echo/chat", messages=None)
+            peer.request(3, b"/test.Echo/hold")
+            for _ in range(5):
+                body = rng.randbytes(rng.randrange(40))
+                streamId = rng.randrange(6)
+                kind, flags = rng.randrange(10), rng.randrange(256)
+                peer.send(
+                    len(body).to_bytes(3, "big")
+                    + bytes([kind, flags])
+                    + streamId.to_bytes(4, "big")
+                    + body
+                )
+            peer.protocol.connectionLost()
+            self.assertEqual(peer.clock.getDelayedCalls(), [], f"seed {seed}")
