@@ -13,7 +13,9 @@ control:
     the messages (L{ServerCall.messagesReceived}), so a handler that does
     not read stops its client;
   - out: DATA leaves only within the client's windows, and not at all
-    while the transport asks its producer (this protocol) to pause.
+    while the transport asks its producer (this protocol) to pause; nor is
+    anything read from a client meanwhile, so a client that does not read
+    cannot make the server answer without bound.
 
 Bad input costs the least it can: a bad request gets its stream's status
 (or an HTTP status, for one that is not gRPC at all); a breach of HTTP/2
@@ -105,6 +107,9 @@ class GrpcServerProtocol(Protocol):
         )
         self._streams: dict[int, _Stream] = {}
         self._paused = False
+        # What the client sent while paused, and whether its socket is.
+        self._unread = b""
+        self._socketPaused = False
         # The client sent GOAWAY: finish the calls that run, then close.
         self._draining = False
         # We sent GOAWAY, or the connection is lost: nothing more goes out.
@@ -148,6 +153,17 @@ class GrpcServerProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._gone:
             return
+        if self._paused:
+            # What a client that does not read sends waits, and its socket
+            # is no longer read, so at most one read waits. (Not at once in
+            # pauseProducing: TLS pauses its producer for what is written
+            # before its handshake completes, and must read the socket to
+            # complete it.)
+            self._unread += data
+            if not self._socketPaused and self.transport is not None:
+                self._socketPaused = True
+                cast(IPushProducer, self.transport).pauseProducing()
+            return
         try:
             events = self._h2.receive_data(data)
         except h2.exceptions.ProtocolError as e:
@@ -169,10 +185,22 @@ class GrpcServerProtocol(Protocol):
     # -- IPushProducer: the transport's backpressure on what we send ------------
 
     def pauseProducing(self) -> None:
+        # The client does not read what we write: send no more DATA, and
+        # (from its next bytes, in dataReceived) read no more of what it
+        # sends either, since much of HTTP/2 (PING, SETTINGS, frames on
+        # closed streams) makes the server write an answer.
         self._paused = True
 
     def resumeProducing(self) -> None:
         self._paused = False
+        unread, self._unread = self._unread, b""
+        if unread:
+            self.dataReceived(unread)
+        # The socket is read again only once what waited is handled and
+        # the client still reads.
+        if self._socketPaused and not self._paused and self.transport is not None:
+            self._socketPaused = False
+            cast(IPushProducer, self.transport).resumeProducing()
         for streamId in list(self._streams):
             self._pump(streamId)
         self._flush()

@@ -14,7 +14,7 @@ import struct
 
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
-from hyperframe.frame import PingFrame, SettingsFrame, WindowUpdateFrame
+from hyperframe.frame import HeadersFrame, PingFrame, SettingsFrame, WindowUpdateFrame
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -25,6 +25,7 @@ from promtwist.grpc.status import StatusCode
 from promtwist.test.grpcpeer import (
     EchoService,
     RawPeer,
+    continuation,
     data,
     requestHeaders,
     reset,
@@ -382,14 +383,21 @@ class FlowControlTests(SynchronousTestCase):
 
     def test_transportPause(self) -> None:
         """
-        While the transport asks its producer to pause, no DATA is sent.
+        While the transport asks its producer to pause, no DATA is sent,
+        and nothing more is read from the client.
         """
         peer, _ = _peer()
+        peer.request(1, b"/test.Echo/count", messages=None)
         peer.protocol.pauseProducing()
-        peer.request(1, b"/test.Echo/count", messages=[b"2"])
+        self.assertEqual(peer.transport.producerState, "producing")
+        peer.send(data(1, b"\0\0\0\0\x012", end=True), PingFrame(0, b"12345678"))
+        self.assertEqual(peer.transport.producerState, "paused")
         self.assertEqual(peer.answer(1).data, b"")
+        self.assertEqual([f for f in peer.frames if isinstance(f, PingFrame)], [])
         peer.protocol.resumeProducing()
+        self.assertEqual(peer.transport.producerState, "producing")
         peer.read()
+        self.assertEqual(len([f for f in peer.frames if isinstance(f, PingFrame)]), 1)
         self.assertEqual(peer.answer(1).messages(), [b"0", b"1"])
         self.assertEqual(peer.answer(1).status, StatusCode.OK)
 
@@ -589,3 +597,18 @@ class GarbageTests(SynchronousTestCase):
                 )
             peer.protocol.connectionLost()
             self.assertEqual(peer.clock.getDelayedCalls(), [], f"seed {seed}")
+
+
+class ContinuationFloodTests(SynchronousTestCase):
+    def test_continuationFlood(self) -> None:
+        """
+        A header block that never ends (CONTINUATION flood,
+        CVE-2024-27316) is cut off by h2 after 64 frames.
+        """
+        peer, _ = _peer()
+        start = HeadersFrame(1, b"\x00")
+        peer.send(start, *[continuation(1, b"\x00" * 100, last=False) for _ in range(70)])
+        self.assertIsNotNone(peer.goAwayReason)
+        assert peer.goAwayReason is not None
+        self.assertEqual(peer.goAwayReason[0], ErrorCodes.PROTOCOL_ERROR)
+        self.assertIn(b"Too many continuation frames received", peer.goAwayReason[1])
