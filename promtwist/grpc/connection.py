@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import enum
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -71,6 +72,21 @@ _RESERVED = frozenset(
 _CONTENT_TYPES = (b"application/grpc", b"application/grpc+proto")
 
 
+class _State(enum.Enum):
+    """
+    A connection's life: C{HANDSHAKE} until the client's preface and first
+    SETTINGS (bounded by C{handshakeSeconds}); C{OPEN}; C{DRAINING} once
+    the client sent GOAWAY (the calls that run finish, then it closes);
+    C{GONE} once the server sent GOAWAY or the connection is lost: nothing
+    more is read or sent.
+    """
+
+    HANDSHAKE = "handshake"
+    OPEN = "open"
+    DRAINING = "draining"
+    GONE = "gone"
+
+
 @dataclass
 class _Outbound:
     """
@@ -110,16 +126,16 @@ class GrpcServerProtocol(Protocol):
         # What the client sent while paused, and whether its socket is.
         self._unread = b""
         self._socketPaused = False
-        # The client sent GOAWAY: finish the calls that run, then close.
-        self._draining = False
-        # We sent GOAWAY, or the connection is lost: nothing more goes out.
-        self._gone = False
-        self._handshook = False
+        self._state = _State.HANDSHAKE
         self._timer: IDelayedCall | None = None
         self._resets = RateBound(limits.maxResetsPerWindow, limits.floodWindowSeconds, clock)
         self._pings = RateBound(limits.maxPingsPerWindow, limits.floodWindowSeconds, clock)
         self._settings = RateBound(limits.maxSettingsPerWindow, limits.floodWindowSeconds, clock)
         self._empties = RateBound(limits.maxEmptyFramesPerWindow, limits.floodWindowSeconds, clock)
+
+    @property
+    def _gone(self) -> bool:
+        return self._state is _State.GONE
 
     # -- Connection life -------------------------------------------------------
 
@@ -176,7 +192,7 @@ class GrpcServerProtocol(Protocol):
         self._flush()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._gone = True
+        self._state = _State.GONE
         self._cancelTimer()
         streams, self._streams = self._streams, {}
         for stream in streams.values():
@@ -232,7 +248,7 @@ class GrpcServerProtocol(Protocol):
             self._trailersReceived(event)
         elif isinstance(event, h2.events.ConnectionTerminated):
             # The client said GOAWAY: nothing new will come; finish what runs.
-            self._draining = True
+            self._state = _State.DRAINING
             self._closeWhenDone()
 
     def _requestReceived(self, event: h2.events.RequestReceived) -> None:
@@ -365,10 +381,10 @@ class GrpcServerProtocol(Protocol):
             self._pump(each)
 
     def _remoteSettingsChanged(self, event: h2.events.RemoteSettingsChanged) -> None:
-        if not self._handshook:
+        if self._state is _State.HANDSHAKE:
             # The preface and the client's first SETTINGS: the handshake is
             # done, and the connection is idle until its first request.
-            self._handshook = True
+            self._state = _State.OPEN
             self._setTimer(self._limits.idleSeconds, self._idleExpired)
         elif self._settings.exceeded():
             self._goAway(ErrorCodes.ENHANCE_YOUR_CALM, "too many SETTINGS frames")
@@ -489,7 +505,7 @@ class GrpcServerProtocol(Protocol):
 
     def _streamGone(self) -> None:
         if not self._streams and not self._gone:
-            if self._draining:
+            if self._state is _State.DRAINING:
                 self._closeWhenDone()
             else:
                 self._setTimer(self._limits.idleSeconds, self._idleExpired)
@@ -507,7 +523,7 @@ class GrpcServerProtocol(Protocol):
             peer=self.transport.getPeer() if self.transport else None,
             reason=reason,
         )
-        self._gone = True
+        self._state = _State.GONE
         # h2 may have queued a GOAWAY of its own (without a reason) for
         # the error it raised: ours replaces it.
         self._h2.clear_outbound_data_buffer()
