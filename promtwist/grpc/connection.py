@@ -75,15 +75,14 @@ _CONTENT_TYPES = (b"application/grpc", b"application/grpc+proto")
 class _State(enum.Enum):
     """
     A connection's life: C{HANDSHAKE} until the client's preface and first
-    SETTINGS (bounded by C{handshakeSeconds}); C{OPEN}; C{DRAINING} once
-    the client sent GOAWAY (the calls that run finish, then it closes);
-    C{GONE} once the server sent GOAWAY or the connection is lost: nothing
-    more is read or sent.
+    SETTINGS (bounded by C{handshakeSeconds}); C{OPEN}; C{GONE} once
+    either end sent GOAWAY or the connection is lost: nothing more is read
+    or sent. (h2 closes its connection state on a GOAWAY either way, so the
+    calls still open then cannot be answered: they are cancelled.)
     """
 
     HANDSHAKE = "handshake"
     OPEN = "open"
-    DRAINING = "draining"
     GONE = "gone"
 
 
@@ -194,9 +193,7 @@ class GrpcServerProtocol(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._state = _State.GONE
         self._cancelTimer()
-        streams, self._streams = self._streams, {}
-        for stream in streams.values():
-            self._abandon(stream, "the connection was lost")
+        self._abandonAll("the connection was lost")
 
     # -- IPushProducer: the transport's backpressure on what we send ------------
 
@@ -247,9 +244,7 @@ class GrpcServerProtocol(Protocol):
         elif isinstance(event, h2.events.TrailersReceived):
             self._trailersReceived(event)
         elif isinstance(event, h2.events.ConnectionTerminated):
-            # The client said GOAWAY: nothing new will come; finish what runs.
-            self._state = _State.DRAINING
-            self._closeWhenDone()
+            self._clientWentAway(event)
 
     def _requestReceived(self, event: h2.events.RequestReceived) -> None:
         streamId = event.stream_id
@@ -505,10 +500,7 @@ class GrpcServerProtocol(Protocol):
 
     def _streamGone(self) -> None:
         if not self._streams and not self._gone:
-            if self._state is _State.DRAINING:
-                self._closeWhenDone()
-            else:
-                self._setTimer(self._limits.idleSeconds, self._idleExpired)
+            self._setTimer(self._limits.idleSeconds, self._idleExpired)
 
     def _goAway(self, code: ErrorCodes | int, reason: str) -> None:
         """
@@ -532,14 +524,22 @@ class GrpcServerProtocol(Protocol):
             additional_data=reason.encode("utf-8")[:256],
             last_stream_id=self._h2.highest_inbound_stream_id,
         )
-        streams, self._streams = self._streams, {}
-        for stream in streams.values():
-            self._abandon(stream, reason)
+        self._abandonAll(reason)
         self._close()
 
-    def _closeWhenDone(self) -> None:
-        if not self._streams:
-            self._close()
+    def _clientWentAway(self, event: h2.events.ConnectionTerminated) -> None:
+        """
+        The client sent GOAWAY: it closes the connection, whose open calls
+        are cancelled.
+        """
+        self._state = _State.GONE
+        self._abandonAll(f"the client went away ({event.error_code!s})")
+        self._close()
+
+    def _abandonAll(self, why: str) -> None:
+        streams, self._streams = self._streams, {}
+        for stream in streams.values():
+            self._abandon(stream, why)
 
     def _close(self) -> None:
         """

@@ -14,11 +14,17 @@ import struct
 
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
-from hyperframe.frame import HeadersFrame, PingFrame, SettingsFrame, WindowUpdateFrame
+from hyperframe.frame import (
+    GoAwayFrame,
+    HeadersFrame,
+    PingFrame,
+    SettingsFrame,
+    WindowUpdateFrame,
+)
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from promtwist.grpc.call import ServerCall
+from promtwist.grpc.call import CallCancelled, ServerCall
 from promtwist.grpc.limits import Limits
 from promtwist.grpc.service import bidirectional, unary
 from promtwist.grpc.status import StatusCode
@@ -612,3 +618,20 @@ class ContinuationFloodTests(SynchronousTestCase):
         assert peer.goAwayReason is not None
         self.assertEqual(peer.goAwayReason[0], ErrorCodes.PROTOCOL_ERROR)
         self.assertIn(b"Too many continuation frames received", peer.goAwayReason[1])
+
+
+class ClientGoAwayTests(SynchronousTestCase):
+    def test_clientGoAway(self) -> None:
+        """
+        A client's GOAWAY closes the connection: its open calls are
+        cancelled, and a handler answering late sends nothing.
+        """
+        peer, service = _peer()
+        peer.request(1, b"/test.Echo/hold")
+        peer.request(3, b"/test.Echo/count", messages=None)
+        peer.send(GoAwayFrame(0))
+        self.assertEqual(service.cancelled, ["/test.Echo/hold"])
+        self.assertTrue(peer.transport.disconnecting)
+        self.assertRaises(CallCancelled, service.held[0].send, b"late")
+        peer.protocol.connectionLost()
+        self.assertEqual(peer.clock.getDelayedCalls(), [])
