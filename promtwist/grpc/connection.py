@@ -185,6 +185,12 @@ class GrpcServerProtocol(Protocol):
             self._goAway(e.error_code or ErrorCodes.PROTOCOL_ERROR, f"HTTP/2 error: {e}")
             return
         for event in events:
+            if isinstance(event, h2.events.ConnectionTerminated):
+                # h2 has closed the connection for what came before this
+                # read's GOAWAY too: nothing of it can be answered.
+                self._clientWentAway(event)
+                return
+        for event in events:
             if self._gone:
                 break
             self._dispatch(event)
@@ -243,8 +249,6 @@ class GrpcServerProtocol(Protocol):
             self._emptyFrame()
         elif isinstance(event, h2.events.TrailersReceived):
             self._trailersReceived(event)
-        elif isinstance(event, h2.events.ConnectionTerminated):
-            self._clientWentAway(event)
 
     def _requestReceived(self, event: h2.events.RequestReceived) -> None:
         streamId = event.stream_id
@@ -396,7 +400,7 @@ class GrpcServerProtocol(Protocol):
     # flushes what it made h2 write.
 
     def sendHeaders(self, streamId: int, headers: Headers) -> None:
-        if streamId in self._streams:
+        if streamId in self._streams and self._writable(streamId):
             self._h2.send_headers(streamId, headers)
             self._flush()
 
@@ -431,7 +435,7 @@ class GrpcServerProtocol(Protocol):
         connection's window and the transport allow.
         """
         stream = self._streams.get(streamId)
-        if stream is None or self._gone:
+        if stream is None or not self._writable(streamId):
             return
         outbound = stream.outbound
         sent: list[Deferred[None]] = []
@@ -458,9 +462,21 @@ class GrpcServerProtocol(Protocol):
             whenSent.callback(None)
 
     def _refuse(self, streamId: int, headers: Headers) -> None:
-        self._h2.send_headers(streamId, headers, end_stream=True)
-        self._resetIfOpen(streamId)
+        if self._writable(streamId):
+            self._h2.send_headers(streamId, headers, end_stream=True)
+            self._resetIfOpen(streamId)
         self._streamGone()
+
+    def _writable(self, streamId: int) -> bool:
+        """
+        Whether h2 lets the server send on C{streamId}. h2 handles a whole
+        read before its events are dispatched, so a stream the client
+        reset later in that read is closed already while its earlier
+        events are handled; its StreamReset event, which comes next,
+        cleans it up.
+        """
+        stream = self._h2.streams.get(streamId)
+        return not self._gone and stream is not None and not stream.closed
 
     def _resetIfOpen(self, streamId: int) -> None:
         """

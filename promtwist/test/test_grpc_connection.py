@@ -635,3 +635,84 @@ class ClientGoAwayTests(SynchronousTestCase):
         self.assertRaises(CallCancelled, service.held[0].send, b"late")
         peer.protocol.connectionLost()
         self.assertEqual(peer.clock.getDelayedCalls(), [])
+
+    def test_requestAndGoAwayInOneRead(self) -> None:
+        """
+        A request answered at once and a GOAWAY in the same read: h2 has
+        closed the connection before the request is handled, so nothing is
+        answered and nothing raises.
+        """
+        peer, _ = _peer()
+        peer.send(
+            peer.headers(1, requestHeaders()),
+            data(1, b"\0\0\0\0\x01x", end=True),
+            GoAwayFrame(0),
+        )
+        self.assertEqual(peer.answer(1).headers, [])
+        self.assertTrue(peer.transport.disconnecting)
+
+    def test_requestAndResetInOneRead(self) -> None:
+        """
+        A request answered at once and its reset in the same read: h2 has
+        closed the stream before the request is handled; nothing is sent on
+        it, nothing raises, and the next request is served.
+        """
+        peer, _ = _peer()
+        peer.send(
+            peer.headers(1, requestHeaders(b"/test.Echo/count")),
+            data(1, b"\0\0\0\0\x013", end=True),
+            reset(1),
+        )
+        self.assertEqual(peer.answer(1).headers, [])
+        peer.request(3)
+        self.assertEqual(peer.answer(3).messages(), [b"hello"])
+
+
+class FrameSequenceTests(SynchronousTestCase):
+    def test_randomValidFrames(self) -> None:
+        """
+        Well-formed frames in random orders and batches (requests for every
+        kind of method, data, resets, window updates, PINGs, SETTINGS,
+        GOAWAY) never raise out of the protocol nor log an error.
+        """
+        paths = [
+            b"/test.Echo/unary",
+            b"/test.Echo/hold",
+            b"/test.Echo/count",
+            b"/test.Echo/collect",
+            b"/test.Echo/chat",
+        ]
+        for seed in range(300):
+            rng = random.Random(seed)
+            peer, _ = _peer()
+            opened: list[int] = []
+
+            def frame(
+                peer: RawPeer = peer, rng: random.Random = rng, opened: list[int] = opened
+            ) -> bytes:
+                choice = rng.randrange(8)
+                if choice == 0 or not opened:
+                    streamId = (opened[-1] + 2) if opened else 1
+                    opened.append(streamId)
+                    return peer.headers(streamId, requestHeaders(rng.choice(paths))).serialize()
+                streamId = rng.choice(opened)
+                if choice <= 2:
+                    body = b"\0\0\0\0\x01" + rng.choice([b"1", b"5"])
+                    return data(streamId, body, end=rng.random() < 0.5).serialize()
+                if choice == 3:
+                    return reset(streamId).serialize()
+                if choice == 4:
+                    return windowUpdate(
+                        rng.choice([0, streamId]), rng.randrange(1, 1000)
+                    ).serialize()
+                if choice == 5:
+                    return PingFrame(0, b"pingpong").serialize()
+                if choice == 6:
+                    return SettingsFrame(0, {SettingCodes.INITIAL_WINDOW_SIZE: 7}).serialize()
+                return GoAwayFrame(0).serialize() if rng.random() < 0.2 else b""
+
+            for _ in range(6):
+                peer.send(b"".join(frame() for _ in range(rng.randrange(1, 5))))
+            peer.clock.advance(1)
+            peer.protocol.connectionLost()
+            self.assertEqual(peer.clock.getDelayedCalls(), [], f"seed {seed}")
