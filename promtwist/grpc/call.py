@@ -179,7 +179,9 @@ class ServerCall(Generic[Req, Resp]):
     @property
     def cancelled(self) -> bool:
         """
-        Whether the stream went away (reset, lost, or past its deadline).
+        Whether the stream went away (the client reset it, sent GOAWAY or
+        lost the connection). A call past its deadline is not cancelled
+        but finished, with C{DEADLINE_EXCEEDED}.
         """
         return self._state is _State.CANCELLED
 
@@ -190,8 +192,8 @@ class ServerCall(Generic[Req, Resp]):
         """
         if self._waiting is not None:
             raise RuntimeError(f"{self!r}: receive() while another is waiting")
-        if self._state is _State.CANCELLED:
-            return fail(CallCancelled(f"{self!r}: receive() after the stream went away"))
+        if self._state is not _State.OPEN:
+            return fail(CallCancelled(f"{self!r}: receive() after the call ended"))
         if self._inbox:
             return self._take()
         if self._halfClosed:
