@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 
 from promtwist import __version__
+from promtwist.addresses import socketHostPort
 from promtwist.endpoints import BadDescription, described, onInterface, probe, wildcard
 from promtwist.logs import clip
 from promtwist.startup import StartupError
@@ -159,10 +160,8 @@ class Listener(StreamServerEndpointService):
         """
         assert self.port is not None, "not listening"
         address = self.port.getHost()
-        if isinstance(address, IPv6Address):
-            return f"[{address.host}]:{address.port}"
-        if isinstance(address, IPv4Address):
-            return f"{address.host}:{address.port}"
+        if isinstance(address, IPv4Address | IPv6Address):
+            return socketHostPort(address)
         if isinstance(address, UNIXAddress):
             name = address.name
             return f"unix:{name.decode('utf-8', 'replace') if isinstance(name, bytes) else name}"

@@ -25,7 +25,16 @@ from json.encoder import encode_basestring as _quoted
 
 from twisted.internet.address import IPv4Address, IPv6Address
 
-from promtwist.hostkeys import claimsPort, isHostKey, keyTarget
+from promtwist.addresses import socketHostPort
+from promtwist.hostkeys import (
+    BadTarget,
+    checkHost,
+    claimsPort,
+    hostPort,
+    isHostKey,
+    keyTarget,
+    parseHostPort,
+)
 from promtwist.logs import clip
 from promtwist.proxy.answers import textAnswer
 from promtwist.proxy.exchange import Exchange
@@ -215,26 +224,22 @@ def _reachedAs(exchange: Exchange) -> str:
     The C{host:port} the request reached: its Host header's (with the
     port it came in on when the header names none), else the address it
     came in on; C{""} when neither says (a UNIX socket and no Host header
-    with a port).
+    with a port). Either way in a form Prometheus can scrape: an IPv6
+    address bracketed, an IPv4-mapped one as IPv4.
     """
     address = exchange.host
-    port = address.port if isinstance(address, IPv4Address | IPv6Address) else None
-    host = exchange.headers.get(b"host")
-    if host:
-        text = host.decode("latin-1").strip()
+    local = address if isinstance(address, IPv4Address | IPv6Address) else None
+    header = exchange.headers.get(b"host")
+    if header:
+        text = header.decode("latin-1").strip()
         # Keep only a well-formed host[:port]; anything else is a client's noise.
-        if text and all(c.isalnum() or c in "-.:[]_" for c in text):
-            if _hasPort(text):
-                return text
-            if port is not None:
-                return f"{text}:{port}"
-    if port is None:
-        return ""
-    assert isinstance(address, IPv4Address | IPv6Address)
-    return f"{address.host}:{port}"
-
-
-def _hasPort(hostport: str) -> bool:
-    if hostport.startswith("["):
-        return "]:" in hostport
-    return hostport.count(":") == 1
+        try:
+            return hostPort(*parseHostPort(text))
+        except BadTarget:
+            pass
+        if local is not None:
+            try:
+                return hostPort(checkHost(text), local.port)
+            except BadTarget:
+                pass
+    return "" if local is None else socketHostPort(local)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 from twisted.application.internet import TimerService
-from twisted.internet.address import UNIXAddress
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
@@ -309,6 +309,41 @@ class ResourceTests(SynchronousTestCase):
                 self.assertEqual(json.loads(r.body)[0]["targets"], ["proxy.example:8080"])
             else:
                 self.assertIn(b"set proxy.service.discovery.targetPrefix", r.body)
+
+    def test_targetFromSocketAddress(self) -> None:
+        """
+        Without a usable Host header the target is the address the request
+        came in on, in a form Prometheus can scrape: an IPv6 address in
+        brackets, an IPv4-mapped one as the IPv4 address it maps.
+        """
+        resource = Discovery(Registry(), "", perPathInstance=False)
+        served(resource.registry, FakeAgent("1", "a", "h"), "app")
+        for local, host, expected in [
+            (IPv6Address("TCP", "::1", 8080), b"", "[::1]:8080"),
+            (IPv6Address("TCP", "::ffff:127.0.0.1", 8080), b"", "127.0.0.1:8080"),
+            (IPv6Address("TCP", "fe80::1%eth0", 8080), b"", "[fe80::1%eth0]:8080"),
+            (IPv6Address("TCP", "::1", 8080), b"bad host<>", "[::1]:8080"),
+            # A Host header's IPv6 address, bracketed or not, comes out
+            # bracketed, with the port the request came in on.
+            (IPv6Address("TCP", "::1", 8080), b"::1", "[::1]:8080"),
+            (IPv6Address("TCP", "::1", 8080), b"[::1]", "[::1]:8080"),
+            (IPv4Address("TCP", "10.0.0.1", 8080), b"", "10.0.0.1:8080"),
+        ]:
+            held = Held()
+            site = factory(held)
+            connection = site.buildProtocol(IPv6Address("TCP", "::1", 40000))
+            assert connection is not None
+            transport = StringTransport(
+                hostAddress=local, peerAddress=IPv6Address("TCP", "::1", 40000)
+            )
+            connection.makeConnection(transport)
+            headers = b"Host: " + host + b"\r\n" if host else b""
+            connection.dataReceived(b"GET /discovery HTTP/1.0\r\n" + headers + b"\r\n")
+            (exchange,) = held.exchanges
+            resource.answer(exchange)
+            r = parseResponse(transport.value())
+            self.assertEqual(r.status, 200, (local, host))
+            self.assertEqual(json.loads(r.body)[0]["targets"], [expected], (local, host))
 
     def test_configuredPrefix(self) -> None:
         resource = Discovery(Registry(), "proxy.example:8080", perPathInstance=False)
