@@ -594,7 +594,14 @@ def targetPolicy(settings: AgentSettings) -> IPolicyForHTTPS:
         # prometheus-proxy took a Java trust store here.
         certificates = storeCertificates(key, path, data, settings.https_trust_store_password)
     options = CertificateOptions(trustRoot=trustRootFromCertificates(_roots(certificates)))
-    return _TargetPolicy(_context(options, f"{key}: {path}"), f"a CA in {path}")
+    context = _context(options, f"{key}: {path}")
+    # Java trusts every certificate of a trust store as an anchor, a server's
+    # own certificate from a key entry too; OpenSSL, without this flag, only
+    # a self-signed root at the end of the chain.
+    store = context.get_cert_store()
+    assert store is not None, "the trust root made the context's store"
+    store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
+    return _TargetPolicy(context, f"a CA in {path}")
 
 
 def checkFiles(settings: ProxySettings | AgentSettings) -> None:

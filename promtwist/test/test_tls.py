@@ -1041,6 +1041,39 @@ class TargetTests(_Loopback):
                 (200, METRICS),
             )
 
+    async def test_keyPairStores(self) -> None:
+        """
+        A store holding a server's key entry (its certificate, then its CA)
+        verifies that server, whose certificate it trusts as an anchor as
+        Java does: the JKS keytool converted from an openssl PKCS#12 file,
+        and that file.
+        """
+        for store in ("keypair.jks", "keypair.p12"):
+            self.assertEqual(
+                await self.scrapeTarget(
+                    STORE_SERVER,
+                    https_trust_store_path=fixture(store),
+                    https_trust_store_password="changeit",
+                ),
+                (200, METRICS),
+                store,
+            )
+
+    async def test_keyEntryDoesNotTrustItsCA(self) -> None:
+        """
+        A key entry's chain is not trusted: a store of one server's key and
+        chain does not verify another server its CA signed (Java's trust
+        manager does not either).
+        """
+        store = writePKCS12(
+            self.mktemp(), "changeit", self.certs.ca, pair=self.certs.wrongHostServer
+        )
+        code, body = await self.scrapeTarget(
+            https_trust_store_path=store, https_trust_store_password="changeit"
+        )
+        self.assertEqual(code, 503)
+        self.assertIn(b"(issuer CN=ca) is not signed by a CA in", body)
+
     async def test_trustAll(self) -> None:
         """
         C{enableTrustAllX509Certificates} accepts any certificate, and says
