@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, ClassVar, cast
 
 from twisted.internet.defer import Deferred, gatherResults
@@ -501,6 +501,7 @@ class AgentLink(Session):
         Drop an agent the proxy gave up on: its paths go to their standbys
         now, and the link is aborted.
         """
+        self.factory.metrics.agentEvicted()
         self.factory.registry.removeAgent(self, "evicted")
         self.close(why, abort=True)
 
@@ -812,6 +813,12 @@ class AgentLinkFactory(ServerFactory):
         self._waitExpiry = None
         self._admit()
 
+    def connected(self) -> list[AgentLink]:
+        """
+        The links past their handshake and still open (draining ones too).
+        """
+        return [link for link in self.links if link.established]
+
     def agentCount(self) -> int:
         """
         Links past their handshake and not yet closed, draining ones too:
@@ -863,18 +870,3 @@ class AgentLinkFactory(ServerFactory):
             closing.append(link.whenLost())
             link.close(reason)
         return gatherResults(closing)
-
-
-def agentLinkFactory(
-    settings: ProxySettings, clock: IReactorTime, reservedPaths: Iterable[str] = ()
-) -> AgentLinkFactory:
-    """
-    The agent port's factory with its registry, both enforcing the
-    settings' identities and limits.
-
-    @param reservedPaths: paths the proxy answers itself.
-    """
-    authenticator = Authenticator(settings)
-    registry = Registry(reservedPaths, authenticator.mayServe, settings, clock)
-    metrics = ProxyMetrics(uuid.uuid4().hex, clock)
-    return AgentLinkFactory(settings, registry, clock, authenticator, metrics)

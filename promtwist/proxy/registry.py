@@ -9,7 +9,6 @@ front ends (status pages, PushProx-style routing) all read the same table.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol, cast
@@ -263,7 +262,6 @@ class Registry:
     old claim up: that claim is dropped. Every standby whose holder or
     place changed is told.
 
-    @ivar refusals: refused registrations, by L{RegistrationRefused.kind}.
     @ivar reservedPaths: paths the proxy itself answers (such as discovery);
         no agent may register them.
     @ivar generation: bumped by every change to what L{snapshot} returns, so
@@ -290,6 +288,7 @@ class Registry:
         mayServe: Callable[[Identity, str], bool] = lambda identity, path: True,
         limits: ProxySettings | None = None,
         clock: IReactorTime | None = None,
+        stillHolds: Callable[[Identity], bool] = lambda identity: True,
     ) -> None:
         """
         @param limits: the settings whose C{max_path*}, C{max_label*} and
@@ -302,11 +301,10 @@ class Registry:
         self.mayServe = mayServe
         self.limits = limits if limits is not None else ProxySettings()
         self._clock = clock
-        self.refusals: Counter[str] = Counter()
         self.generation = 0
         self.registeredBytes = 0
         self.holderObservers: list[Callable[[Sequence[HolderChange]], None]] = []
-        self.stillHolds: Callable[[Identity], bool] = lambda identity: True
+        self.stillHolds = stillHolds
         self._changes: list[HolderChange] = []
         self._agents: dict[str, AgentHandle] = {}
         self._paths: dict[str, _Path] = {}
@@ -370,9 +368,6 @@ class Registry:
         """
         try:
             return self._register(agent, path, name, labels)
-        except RegistrationRefused as e:
-            self.refusals[e.kind] += 1
-            raise
         finally:
             self._publish()
 

@@ -11,7 +11,8 @@ from twisted.application.service import IService
 from promtwist.cli import ProxyOptions as Options
 from promtwist.config import ProxySettings, loadProxySettings
 from promtwist.logs import applyLogLevel
-from promtwist.proxy.server import ProxyService
+from promtwist.proxy.build import buildProxy
+from promtwist.signals import exitNormallyOnShutdown
 from promtwist.startup import reportStartupErrors
 
 __all__ = ["Options", "makeService"]
@@ -26,7 +27,8 @@ def makeService(options: Options) -> IService:
         # it is now.
         return loadProxySettings(options.given(), os.environ, warn=options.warn)
 
-    service = ProxyService(options.settings, reloadSettings=reloadSettings)
+    service = buildProxy(options.settings, reloadSettings=reloadSettings)
+    exitNormallyOnShutdown(service.reactor)
     # Before twistd daemonises, while the error can still reach the terminal.
     for listener in service.listeners:
         listener.checkAvailable()

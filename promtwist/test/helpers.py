@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
-from twisted.internet.interfaces import IListeningPort, IStreamClientEndpoint
+from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
@@ -24,9 +24,20 @@ from twisted.web.server import Request, Site
 
 from promtwist.agent.service import AgentService
 from promtwist.config import AgentSettings, PathConfig, ProxyEndpoint, ProxySettings
-from promtwist.proxy.server import ProxyService
+from promtwist.proxy.build import buildAgentSide, buildProxy
+from promtwist.proxy.link import AgentLinkFactory
 
 MiB = 1024 * 1024
+
+
+def agentLinkFactory(
+    settings: ProxySettings, clock: IReactorTime, reservedPaths: Iterable[str] = ()
+) -> AgentLinkFactory:
+    """
+    The agent port's factory as the proxy builds it (with its registry,
+    authenticator and metrics), for tests of the links alone.
+    """
+    return buildAgentSide(settings, clock, reservedPaths).links
 
 
 def sourceTreeFile(relative: str) -> str:
@@ -182,7 +193,7 @@ class BesideARealAgent(TestCase):
 
     async def _startRealAgent(self) -> None:
         targetURL = startTarget(self)
-        self.proxy = ProxyService(self.proxySettings(), reactor, interface="127.0.0.1")
+        self.proxy = buildProxy(self.proxySettings(), reactor, interface="127.0.0.1")
         self.proxy.startService()
         self.addCleanup(self.proxy.stopService)
         self.agent = AgentService(

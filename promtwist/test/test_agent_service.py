@@ -33,6 +33,7 @@ from promtwist.config import (
     ProxySettings,
     loadAgentSettings,
 )
+from promtwist.proxy.build import buildProxy
 from promtwist.proxy.relay import ScrapeCall
 from promtwist.proxy.server import ProxyService
 from promtwist.test.processes import freePort
@@ -281,7 +282,7 @@ class _LoopbackBase(TestCase):
         self.dir.makedirs()
 
     def startProxy(self, agentPort: int = 0) -> ProxyService:
-        proxy = ProxyService(
+        proxy = buildProxy(
             ProxySettings(http_port=0, agent_port=agentPort, sd_enabled=True),
             reactor,
             interface="127.0.0.1",

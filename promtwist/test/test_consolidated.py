@@ -17,8 +17,8 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from promtwist.agent.service import AgentService
 from promtwist.config import AgentSettings, PathConfig, ProxyEndpoint, ProxySettings
+from promtwist.proxy.build import buildProxy
 from promtwist.proxy.consolidated import merge
-from promtwist.proxy.server import ProxyService
 
 OPENMETRICS = b"application/openmetrics-text; version=1.0.0; charset=utf-8"
 
@@ -58,7 +58,9 @@ class ConsolidatedTests(TestCase):
     timeout = 30
 
     async def setUp(self) -> None:  # type: ignore[override]
-        self.proxy = ProxyService(ProxySettings(http_port=0, agent_port=0), reactor, "127.0.0.1")
+        self.proxy = buildProxy(
+            ProxySettings(http_port=0, agent_port=0), reactor, interface="127.0.0.1"
+        )
         self.proxy.startService()
         self.addCleanup(self.proxy.stopService)
         self.pool = HTTPConnectionPool(reactor, persistent=False)
@@ -170,6 +172,11 @@ class ConsolidatedTests(TestCase):
         self.addCleanup(exclusive.stopService)
         await exclusive.whenConnected()
         self.assertEqual([a.name for a in self.proxy.registry.lookup("shared")], ["one"])
-        self.assertEqual(self.proxy.registry.refusals["mixed"], 1)
+        self.assertEqual(
+            self.proxy.metrics.registry.get_sample_value(
+                "proxy_rejections_total", {"reason": "path_mixed"}
+            ),
+            1,
+        )
         _, body = await self.get()
         self.assertIn(b'up_from{agent="one"} 1', body)

@@ -20,7 +20,8 @@ from promtwist.agent.service import AgentService
 from promtwist.config import AgentSettings, ProxySettings
 from promtwist.protocol.framing import spokenProtocol
 from promtwist.protocol.session import SessionLost
-from promtwist.proxy.link import AgentLink, agentLinkFactory
+from promtwist.proxy.link import AgentLink
+from promtwist.test.helpers import agentLinkFactory
 from promtwist.test.memorytarget import MemoryTargets
 from promtwist.test.test_agent_service import SETTINGS, downEndpoints
 from promtwist.test.test_framing import logText

@@ -28,7 +28,7 @@ from zope.interface import implementer
 
 from promtwist.agent.service import AgentService
 from promtwist.config import AgentSettings, PathConfig, ProxyEndpoint, ProxySettings
-from promtwist.proxy.server import ProxyService
+from promtwist.proxy.build import buildProxy
 from promtwist.test.processes import freePort
 
 BIG_BODY_BYTES = 50 * 1024 * 1024
@@ -153,7 +153,7 @@ class LoopbackTests(TestCase):
         self.client = Agent(reactor, pool=self.pool)
 
     async def startProxy(self, settings: ProxySettings) -> None:
-        self.proxy = ProxyService(settings, reactor, interface="127.0.0.1")
+        self.proxy = buildProxy(settings, reactor, interface="127.0.0.1")
         self.proxy.startService()
         self.addCleanup(lambda: self.proxy.stopService() if self.proxy.running else None)
 

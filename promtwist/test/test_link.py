@@ -42,9 +42,10 @@ from promtwist.protocol.promtwist_pb2 import (
 from promtwist.protocol.session import ROUND_TRIP_EVERY_PERIODS, SessionLost
 from promtwist.proxy.admission import FILES_RESERVED, raiseOpenFileLimit, waitingRoom
 from promtwist.proxy.answers import ScrapeFailed
-from promtwist.proxy.link import AgentLink, agentLinkFactory
+from promtwist.proxy.link import AgentLink
 from promtwist.proxy.relay import ScrapeCall
 from promtwist.proxy.stream import ScrapeStream
+from promtwist.test.helpers import agentLinkFactory
 from promtwist.test.memorytarget import MemoryTargets
 from promtwist.test.test_framing import encode, logText
 

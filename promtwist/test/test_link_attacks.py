@@ -26,8 +26,8 @@ from promtwist.agent.service import AgentService
 from promtwist.config import AgentSettings, PathConfig, ProxyEndpoint, ProxySettings
 from promtwist.protocol.framing import encodeFrame
 from promtwist.protocol.promtwist_pb2 import Frame, Goodbye, Hello, Ping, RegisterPath
+from promtwist.proxy.build import buildProxy
 from promtwist.proxy.link import AgentLink
-from promtwist.proxy.server import ProxyService
 from promtwist.test.helpers import MiB, UnreadingPeer, rss, startTarget, unsent
 from promtwist.test.test_framing import logText
 
@@ -87,7 +87,7 @@ class _AttackBase(TestCase):
 
     async def _setUp(self) -> None:
         self.targetURL = startTarget(self)
-        self.proxy = ProxyService(
+        self.proxy = buildProxy(
             ProxySettings(
                 http_port=0,
                 agent_port=0,
@@ -338,7 +338,7 @@ class UnreadingAgentTests(_AttackBase):
         than the grace period (plus a bound), even when the heartbeat would
         take much longer to give up on it.
         """
-        proxy = ProxyService(
+        proxy = buildProxy(
             ProxySettings(
                 http_port=0,
                 agent_port=0,

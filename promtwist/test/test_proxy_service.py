@@ -36,6 +36,7 @@ from promtwist.config import (
 from promtwist.logs import applyLogLevel
 from promtwist.protocol.promtwist_pb2 import Frame, Hello, RegisterPath
 from promtwist.proxy.answers import ScrapeRecord
+from promtwist.proxy.build import buildProxy
 from promtwist.proxy.server import ProxyService
 from promtwist.test.test_framing import logText
 
@@ -91,7 +92,7 @@ class ProxyServiceTests(TestCase):
         return self.proxyWith(ProxySettings(http_port=0, agent_port=0, **settings))  # type: ignore[arg-type]
 
     def proxyWith(self, settings: ProxySettings, **kwargs: object) -> ProxyService:
-        proxy = ProxyService(settings, reactor, "127.0.0.1", **kwargs)  # type: ignore[arg-type]
+        proxy = buildProxy(settings, reactor, interface="127.0.0.1", **kwargs)  # type: ignore[arg-type]
         proxy.startService()
         self.addCleanup(lambda: proxy.stopService() if proxy.running else None)
         return proxy

@@ -61,6 +61,7 @@ from promtwist.config import (
     loadAgentSettings,
     loadProxySettings,
 )
+from promtwist.proxy.build import buildProxy
 from promtwist.proxy.server import ProxyService
 from promtwist.test.certs import (
     DAY,
@@ -463,7 +464,7 @@ class _Loopback(TestCase):
         return self.startProxy(ProxySettings(http_port=0, agent_port=0, **tls))
 
     def startProxy(self, settings: ProxySettings) -> ProxyService:
-        proxy = ProxyService(settings, reactor, interface="127.0.0.1")
+        proxy = buildProxy(settings, reactor, interface="127.0.0.1")
         proxy.startService()
         self.addCleanup(lambda: proxy.stopService() if proxy.running else None)
         return proxy
@@ -640,7 +641,12 @@ class LinkTests(_Loopback):
         )
         await refused.whenConnected()
         self.assertEqual(proxy.registry.lookup("other"), ())
-        self.assertEqual(proxy.registry.refusals["unauthorized"], 1)
+        self.assertEqual(
+            proxy.metrics.registry.get_sample_value(
+                "proxy_rejections_total", {"reason": "path_unauthorized"}
+            ),
+            1,
+        )
         self.assertTrue(
             self.logged("the proxy refused path /other: agent identity 'team_a' is not authorized")
         )
