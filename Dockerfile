@@ -52,9 +52,11 @@ RUN groupadd --system --gid 10001 promtwist \
 ENV PATH=/opt/promtwist/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
-# Configuration files mounted here by the compose file and the Kubernetes
-# examples (PROXY_CONFIG=/etc/promtwist/proxy.conf, ...).
-WORKDIR /etc/promtwist
+# upstream's images run in /app, and their users mount a config file there
+# and name it relatively (AGENT_CONFIG=prom-agent.conf); the compose file and
+# the Kubernetes examples mount theirs in /etc/promtwist and name it
+# absolutely, which works from any directory.
+WORKDIR /app
 USER 10001:10001
 
 # --- The agent ----------------------------------------------------------------
@@ -71,7 +73,9 @@ CMD []
 
 # --- The proxy (the default target: the last stage) ---------------------------
 FROM base AS proxy
-# Scrape port (Prometheus), agent port, own metrics, admin: upstream's ports.
-EXPOSE 8080 50051 8082 8092
+# Scrape port (Prometheus), agent port, own metrics, admin: upstream's ports,
+# and 50440, the agent port of upstream's TLS and nginx examples, which its
+# proxy image exposes as well.
+EXPOSE 8080 50051 8082 8092 50440
 ENTRYPOINT ["promtwist-proxy"]
 CMD []

@@ -22,7 +22,7 @@ C{gzip_static}, or a Twisted stand-in when C{/usr/sbin/nginx} is absent),
 C{twistd -n promproxy-proxy} and C{twistd -n promproxy-agent} (the twistd
 next to this Python, so run it with the venv promtwist is installed in),
 C{pushprox-proxy} and C{pushprox-client} (C{--pushprox-dir}, else built with
-C{../shared/peers/build-pushprox} into a cache directory), and the load
+C{peers/build-pushprox} into a cache directory), and the load
 generator (wrk, or C{openloop.py}). Bounded in time; not part of CI; see
 benchmarks/README.md and docs/benchmarks.md.
 """
@@ -654,7 +654,7 @@ def main() -> None:
     parser.add_argument(
         "--pushprox-dir",
         help="directory with pushprox-proxy and pushprox-client"
-        " (default: built into ~/.cache/promtwist-bench/ with ../shared/peers/build-pushprox)",
+        " (default: built into ~/.cache/promtwist-bench/ with peers/build-pushprox)",
     )
     parser.add_argument(
         "--no-pushprox", action="store_true", help="measure direct and promtwist only"

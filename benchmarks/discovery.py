@@ -28,7 +28,7 @@ import statistics
 import time
 from dataclasses import dataclass
 
-from promtwist.config import Identity, ProxySettings
+from promtwist.config.settings import Identity, ProxySettings
 from promtwist.proxy.auth import ANONYMOUS
 from promtwist.proxy.discovery import Document
 from promtwist.proxy.registry import Registry

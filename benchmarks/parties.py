@@ -25,7 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 NGINX = "/usr/sbin/nginx"
-BUILD_PUSHPROX = os.path.join(os.path.dirname(REPO), "shared", "peers", "build-pushprox")
+BUILD_PUSHPROX = os.path.join(REPO, "peers", "build-pushprox")
 PUSHPROX_BINARIES = ("pushprox-proxy", "pushprox-client")
 # The PushProx client refuses a scrape without this header; every route
 # gets it so that all three see the same request.
@@ -415,7 +415,7 @@ def findPushProx(bindir: str | None, cachedir: str) -> str:
     """
     The directory holding C{pushprox-proxy} and C{pushprox-client}:
     C{bindir} when given and complete, else C{cachedir}, built there with
-    C{../shared/peers/build-pushprox} (relative to the repository) if
+    C{peers/build-pushprox} (in the repository) if
     needed. Exits with what to do when neither works.
     """
 

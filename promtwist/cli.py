@@ -2,7 +2,7 @@
 The command-line options of C{twistd promproxy-proxy} and
 C{twistd promproxy-agent}.
 
-They are generated from the key tables in L{promtwist.config}, so the option
+They are generated from the key tables in L{promtwist.config.keys}, so the option
 names, their environment variables and their config keys cannot drift apart,
 and they keep prometheus-proxy's spellings so that existing command lines,
 container definitions and unit files keep working.
@@ -10,27 +10,20 @@ container definitions and unit files keep working.
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import ClassVar, Generic, TextIO, TypeVar
 
 from twisted.python import usage
 
 from promtwist import __version__
-from promtwist.config import (
-    AGENT,
-    PROXY,
-    AgentSettings,
-    ConfigError,
-    ProxySettings,
-    Role,
-    Setting,
-    loadAgentSettings,
-    loadProxySettings,
-    warningsOnce,
-)
+from promtwist.config.keys import AGENT, PROXY
+from promtwist.config.load import loadAgentSettings, loadProxySettings, warningsOnce
+from promtwist.config.schema import Role, Setting
+from promtwist.config.settings import AgentSettings, ConfigError, ProxySettings
 from promtwist.startup import StartupError, checkTwistdFiles
 from promtwist.tls import checkFiles
 
@@ -63,7 +56,8 @@ def _describe(setting: Setting) -> str:
         where.append(f"${setting.env}")
     if setting.default != "":
         where.append(f"default {_render(setting.default)}")
-    return f"{setting.help} ({', '.join(where)})"
+    effect = "" if setting.effective else " (no effect in promtwist)"
+    return f"{setting.help}{effect} ({', '.join(where)})"
 
 
 def _optionTables(role: Role) -> tuple[list[list[str | None]], list[list[str | None]]]:
@@ -89,6 +83,46 @@ def _optionTables(role: Role) -> tuple[list[list[str | None]], list[list[str | N
             else:
                 parameters.append([name, short, None, doc])
     return flags, parameters
+
+
+def _foldCase(args: Sequence[str], longOpt: Sequence[str], shortOpt: str) -> list[str]:
+    """
+    C{args} with each option name written in another case replaced by the
+    option it names, as prometheus-proxy's parser (JCommander, case
+    insensitive) takes C{--ADMIN} or C{-P 8080}; Twisted's getopt matches
+    names exactly.  Option values, everything after C{--}, and names that fold
+    to no option or to more than one are left as they are.
+    """
+    longs = {name.rstrip("="): name.endswith("=") for name in longOpt}
+    shorts = {c: shortOpt[i + 1 : i + 2] == ":" for i, c in enumerate(shortOpt) if c != ":"}
+
+    def fold(name: str, known: Mapping[str, bool]) -> str:
+        if name in known:
+            return name
+        matches = [k for k in known if k.lower() == name.lower()]
+        return matches[0] if len(matches) == 1 else name
+
+    folded: list[str] = []
+    rest = iter(args)
+    for arg in rest:
+        if arg == "--":
+            folded.append(arg)
+            folded.extend(rest)
+            break
+        takesValue = False
+        if arg.startswith("--"):
+            name, eq, value = arg[2:].partition("=")
+            name = fold(name, longs)
+            arg = f"--{name}{eq}{value}"
+            takesValue = longs.get(name, False) and not eq
+        elif len(arg) == 2 and arg[0] == "-" and arg[1] != "-":
+            name = fold(arg[1], shorts)
+            arg = f"-{name}"
+            takesValue = shorts.get(name, False)
+        folded.append(arg)
+        if takesValue:
+            folded.extend(itertools.islice(rest, 1))
+    return folded
 
 
 class _SettingsOptions(usage.Options, ABC, Generic[_S]):
@@ -117,6 +151,11 @@ class _SettingsOptions(usage.Options, ABC, Generic[_S]):
     def __init__(self) -> None:
         super().__init__()
         self.warn = warningsOnce()
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        if options is None:
+            options = sys.argv[1:]
+        super().parseOptions(_foldCase(options, self.longOpt, self.shortOpt))
 
     def opt_define(self, define: str) -> None:
         """

@@ -9,11 +9,12 @@ process puts promtwist's own sections after them.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from twisted.web.http import RESPONSES
 
-from promtwist.config import AgentSettings, ProxySettings
+from promtwist.config.settings import AgentSettings, ProxySettings
+from promtwist.listen import Listener
 from promtwist.web import version
 
 
@@ -30,6 +31,22 @@ def uptime(seconds: float) -> str:
     return f"{days}:{hours:02d}:{mins:02d}:{sec:02d}.{ms:03d}"
 
 
+def where(listener: Listener | None, configured: int) -> str:
+    """
+    Where C{listener} listens, for the debug page: its port number on the
+    TCP wildcard, as prometheus-proxy shows it, its address otherwise (an
+    interface, a unix socket, an inherited socket, the port it bound when
+    configured with 0); the configured port while it is not listening.
+    """
+    if listener is None or listener.port is None:
+        return str(configured)
+    address = listener.address
+    for wildcard in ("[::]:", "0.0.0.0:"):
+        if address.startswith(wildcard):
+            return address[len(wildcard) :]
+    return address
+
+
 def _adminPaths(settings: ProxySettings | AgentSettings) -> list[str]:
     paths = [
         settings.admin_ping_path,
@@ -43,7 +60,10 @@ def _adminPaths(settings: ProxySettings | AgentSettings) -> list[str]:
 
 
 def head(
-    title: str, settings: ProxySettings | AgentSettings, rows: Sequence[tuple[str, str]]
+    title: str,
+    settings: ProxySettings | AgentSettings,
+    rows: Sequence[tuple[str, str]],
+    listeners: Iterable[Listener] = (),
 ) -> str:
     """
     The head of prometheus-proxy's page: the version line, C{rows} as
@@ -51,7 +71,13 @@ def head(
 
     @param title: C{Proxy} or C{Agent}.
     @param rows: label and value, in order (C{Uptime} first, as upstream).
+    @param listeners: the process's listeners: the admin and metrics
+        services show where theirs listen (L{where}), which a C{listen}
+        description or port 0 makes differ from the configured port.
     """
+    byPurpose = {listener.purpose: listener for listener in listeners}
+    adminPort = where(byPurpose.get("admin"), settings.admin_port)
+    metricsPort = where(byPurpose.get("metrics"), settings.metrics_port)
     described = version()
     width = max(len(label) for label, _ in rows) + 1
     lines = [
@@ -61,12 +87,12 @@ def head(
         *(f"{(label + ':').ljust(width)} {value}" for label, value in rows),
         "",
         "Admin Service:",
-        f"ServletService{{port={settings.admin_port}, paths=[{', '.join(_adminPaths(settings))}]}}"
+        f"ServletService{{port={adminPort}, paths=[{', '.join(_adminPaths(settings))}]}}"
         if settings.admin_enabled
         else "Disabled",
         "",
         "Metrics Service:",
-        f"MetricsService{{port={settings.metrics_port}, path=/{settings.metrics_path}}}"
+        f"MetricsService{{port={metricsPort}, path=/{settings.metrics_path}}}"
         if settings.metrics_enabled and settings.metrics_path
         else "Disabled",
         "",

@@ -22,7 +22,6 @@ from twisted.internet import tcp
 from twisted.internet.defer import Deferred, execute
 from twisted.internet.endpoints import (
     AdoptedStreamServerEndpoint,
-    SSL4ServerEndpoint,
     TCP4ServerEndpoint,
     TCP6ServerEndpoint,
     UNIXServerEndpoint,
@@ -34,6 +33,8 @@ from twisted.internet.interfaces import (
     IProtocolFactory,
     IStreamServerEndpoint,
 )
+from twisted.internet.protocol import Factory
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 #: The endpoint types a C{*.listen} setting may name.
@@ -198,6 +199,93 @@ def _keywords(description: str) -> set[str]:
     return names
 
 
+@dataclass(frozen=True)
+class _Asked:
+    """
+    What an endpoint asked its reactor to bind, in the arguments of
+    C{IReactorTCP.listenTCP}, C{IReactorSSL.listenSSL} or
+    C{IReactorUNIX.listenUNIX}.
+
+    @ivar address: the port number, or the unix socket's path.
+    @ivar tls: the context factory C{listenSSL} was given.
+    """
+
+    address: int | str
+    backlog: int
+    interface: str = ""
+    tls: IOpenSSLContextFactory | None = None
+    mode: int = 0o666
+    wantPID: bool = False
+
+
+class _AskingReactor:
+    """
+    A reactor that binds nothing and keeps what it is asked to bind.
+
+    Twisted reads a description into an endpoint that holds what it will
+    bind only in private attributes; its C{listen} passes them on through
+    the public reactor interfaces. Given this reactor, that C{listen} tells
+    them to L{described}, which then builds the endpoint to use on the real
+    reactor.
+    """
+
+    asked: _Asked | None = None
+
+    def listenTCP(
+        self, port: int, factory: IProtocolFactory, backlog: int = 50, interface: str = ""
+    ) -> None:
+        self.asked = _Asked(port, backlog, interface)
+
+    def listenSSL(
+        self,
+        port: int,
+        factory: IProtocolFactory,
+        contextFactory: IOpenSSLContextFactory,
+        backlog: int = 50,
+        interface: str = "",
+    ) -> None:
+        self.asked = _Asked(port, backlog, interface, tls=contextFactory)
+
+    def listenUNIX(
+        self,
+        address: str,
+        factory: IProtocolFactory,
+        backlog: int = 50,
+        mode: int = 0o666,
+        wantPID: bool = False,
+    ) -> None:
+        self.asked = _Asked(address, backlog, mode=mode, wantPID=wantPID)
+
+
+def _parsed(description: str) -> tuple[IStreamServerEndpoint, _Asked | None]:
+    """
+    The endpoint Twisted's parser reads from C{description}, made on an
+    L{_AskingReactor}, and what it asks to bind (L{None} for an inherited
+    socket, which is adopted, not bound, and closed by its C{listen}).
+
+    @raise BadDescription: naming what is wrong with it.
+    """
+    asking = _AskingReactor()
+    try:
+        endpoint = serverFromString(asking, description)
+    except IndexError:
+        raise BadDescription(f"no such inherited socket{_INHERITED}") from None
+    except KeyError as e:
+        raise BadDescription(f"no inherited socket is named {e}{_INHERITED}") from None
+    except (ValueError, TypeError, AttributeError, OSError) as e:
+        raise BadDescription(str(e) or type(e).__name__) from None
+    if isinstance(endpoint, AdoptedStreamServerEndpoint):
+        return endpoint, None
+    # Fires at once (the endpoint calls the reactor within listen) with
+    # nothing: a failure would be an argument the parser let through.
+    failures: list[Failure] = []
+    endpoint.listen(Factory()).addErrback(failures.append)
+    if failures:
+        raise BadDescription(failures[0].getErrorMessage())
+    assert asking.asked is not None, endpoint
+    return endpoint, asking.asked
+
+
 def described(reactor: Any, description: str, backlog: int = 50) -> Where:
     """
     The endpoint a Twisted server endpoint description names.
@@ -216,31 +304,22 @@ def described(reactor: Any, description: str, backlog: int = 50) -> Where:
         description = f"{description}:backlog={backlog}"
     if kind == "unix" and "mode" not in given:
         description = f"{description}:mode={UNIX_MODE:o}"
-    try:
-        endpoint = serverFromString(reactor, description)
-    except IndexError:
-        raise BadDescription(f"no such inherited socket{_INHERITED}") from None
-    except KeyError as e:
-        raise BadDescription(f"no inherited socket is named {e}{_INHERITED}") from None
-    except (ValueError, TypeError, AttributeError, OSError) as e:
-        raise BadDescription(str(e) or type(e).__name__) from None
-    if isinstance(endpoint, SSL4ServerEndpoint):
-        port, interface = endpoint._port, endpoint._interface
-        plain = onInterface(reactor, port, interface or "0.0.0.0", endpoint._backlog)
-        return Where(plain.endpoint, plain.wanted, plain.probe, tls=endpoint._sslContextFactory)
-    if isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint):
-        interface = endpoint._interface or ("::" if kind == "tcp6" else "0.0.0.0")
-        where = onInterface(reactor, endpoint._port, interface, endpoint._backlog)
-        return Where(endpoint, where.wanted, where.probe)
-    if isinstance(endpoint, UNIXServerEndpoint):
-        if len(os.fsencode(endpoint._address)) > UNIX_PATH_MAX:
+    parsed, asked = _parsed(description)
+    if asked is None:
+        assert isinstance(parsed, AdoptedStreamServerEndpoint)
+        inherited = AdoptedStreamServerEndpoint(reactor, parsed.fileno, parsed.addressFamily)
+        return Where(inherited, f"inherited socket fd {parsed.fileno}")
+    if isinstance(asked.address, str):
+        path = asked.address
+        if len(os.fsencode(path)) > UNIX_PATH_MAX:
             raise BadDescription(
                 f"the socket path is longer than the {UNIX_PATH_MAX} bytes a unix address holds"
             )
-        return Where(endpoint, f"unix:{endpoint._address}", unixPath=endpoint._address)
-    if isinstance(endpoint, AdoptedStreamServerEndpoint):
-        return Where(endpoint, f"inherited socket fd {endpoint.fileno}")
-    raise BadDescription(f"the endpoint type must be one of {', '.join(KINDS)}")
+        unix = UNIXServerEndpoint(reactor, path, asked.backlog, asked.mode, asked.wantPID)
+        return Where(unix, f"unix:{path}", unixPath=path)
+    interface = asked.interface or ("::" if kind == "tcp6" else "0.0.0.0")
+    plain = onInterface(reactor, asked.address, interface, asked.backlog)
+    return Where(plain.endpoint, plain.wanted, plain.probe, tls=asked.tls)
 
 
 def probe(where: Where) -> None:

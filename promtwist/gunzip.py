@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import zlib
 
-from promtwist.config import MiB
+from promtwist.config.settings import MiB
 
 MAGIC = b"\x1f\x8b"
 # The setting the inflated-size limit comes from, named in its error.

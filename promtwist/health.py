@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from promtwist.config import AgentSettings, ProxySettings
+from promtwist.config.settings import AgentSettings, ProxySettings
 from promtwist.listen import Listener
 from promtwist.logs import observer
 from promtwist.metrics import AgentState, ProxyState

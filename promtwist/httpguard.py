@@ -12,15 +12,15 @@ these, so that the ports refuse the same things in the same words.
 
 from __future__ import annotations
 
-import ipaddress
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.address import UNIXAddress
 from twisted.internet.interfaces import IAddress, IReactorTime, ITransport
 from twisted.logger import Logger
 
+from promtwist.addresses import normalNetworks, peerAddress
 from promtwist.logs import clip, observer
 
 # A refused address is logged at most this often, so a scanner cannot fill
@@ -38,8 +38,6 @@ UNIX_PEERS = "unix"
 ABORT_TIMEOUT = 15.0
 
 _log = Logger(observer=observer)
-
-_IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 @dataclass(frozen=True)
@@ -136,16 +134,19 @@ class AllowedNetworks:
 
     def __init__(self, networks: Sequence[str], clock: IReactorTime) -> None:
         """
-        @param networks: CIDR networks (C{10.0.0.0/8}, C{::1}), and
-            C{unix} for unix-socket clients.
+        @param networks: CIDR networks (C{10.0.0.0/8}, C{::1},
+            C{::ffff:10.0.0.0/104} meaning C{10.0.0.0/8}), and C{unix} for
+            unix-socket clients.
         @raise ValueError: if a network is not valid.
         """
         self.open = not networks
         self.unixPeers = UNIX_PEERS in networks
+        # In normal form, as clients are compared (promtwist.addresses).
         self.networks = tuple(
-            ipaddress.ip_network(network, strict=False)
+            normal
             for network in networks
             if network != UNIX_PEERS
+            for normal in normalNetworks(network)
         )
         self._clock = clock
         # Address → when its refusal was last logged, oldest first.
@@ -162,7 +163,7 @@ class AllowedNetworks:
                 return True
             self._logRefusal("a unix-socket client (allow them with the entry 'unix')")
             return False
-        ip = clientIP(address)
+        ip = peerAddress(address)
         if ip is not None and any(ip in network for network in self.networks):
             return True
         self._logRefusal(str(ip) if ip is not None else clip(str(address)))
@@ -183,20 +184,3 @@ class AllowedNetworks:
             " (logged at most once a minute per address)",
             host=host,
         )
-
-
-def clientIP(address: IAddress | None) -> _IPAddress | None:
-    """
-    The IP address of a client, IPv4-mapped IPv6 addresses as IPv4 so that
-    IPv4 networks match them on a dual-stack listener; L{None} for anything
-    that is not IP.
-    """
-    if not isinstance(address, IPv4Address | IPv6Address):
-        return None
-    try:
-        ip = ipaddress.ip_address(address.host)
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip

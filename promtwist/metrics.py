@@ -23,9 +23,11 @@ update.
 
 from __future__ import annotations
 
+import math
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from prometheus_client import (
@@ -73,12 +75,28 @@ class Children:
         return child
 
 
-UNROUTED_OUTCOMES = frozenset({"path_not_found", "invalid_path", "missing_path", "bad_request"})
-"""
-Outcomes of requests that matched no registered path. Their path comes
-from whoever sent the request, so it is not used as a label value: anyone
-who can reach the scrape port could otherwise create series without end.
-"""
+@dataclass(frozen=True)
+class ScrapeLeg:
+    """
+    One agent's part of a scrape, as prometheus-proxy's metrics count it:
+    each agent asked for a path is a leg (a consolidated path's N agents are
+    N legs), and a request that asked no agent is one untimed leg.
+
+    @ivar type: the outcome, the C{type} of C{proxy_scrape_requests} and the
+        C{outcome} of the latency histogram.
+    @ivar seconds: from the request's arrival to this agent's answer (or
+        its failure); L{None} for a request no agent was asked for, which
+        prometheus-proxy does not time (and whose path, the requester's
+        choice, must not become a label value).
+    @ivar bodyBytes: a successful leg's body size, uncompressed.
+    @ivar encoding: C{gzipped} when the agent's answer came over the link
+        gzip-encoded, else C{plain}.
+    """
+
+    type: str
+    seconds: float | None
+    bodyBytes: int = 0
+    encoding: str = "plain"
 
 
 @dataclass(frozen=True)
@@ -94,6 +112,8 @@ class AgentSample:
     @ivar scrapesInFlight: scrapes sent to this agent and not yet answered.
     @ivar connectedSeconds: how long ago this connection completed its
         handshake.
+    @ivar transfersInProgress: answers in several frames of which some,
+        not all, arrived (prometheus-proxy's chunked contexts).
     """
 
     name: str
@@ -102,6 +122,7 @@ class AgentSample:
     roundTripSeconds: float | None
     scrapesInFlight: int
     connectedSeconds: float = 0.0
+    transfersInProgress: int = 0
 
 
 @dataclass(frozen=True)
@@ -185,13 +206,72 @@ class _Sampled:
         return list(self._families(self._state()))
 
 
+def javaDouble(value: float) -> str:
+    """
+    C{value} as prometheus-proxy's client library prints it: simpleclient's
+    C{doubleToGoString}, which is C{+Inf}/C{-Inf} or Java's
+    C{Double.toString} (the shortest digits that read back as C{value},
+    plain from 10^-3 up to 10^7 with at least one digit after the point,
+    C{1.048576E7} style outside that).
+
+    prometheus_client prints Go's C{%g} style instead (C{1.048576e+06}),
+    which as a bucket's C{le} label is another series to Prometheus.
+    """
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if value == 0:
+        return "-0.0" if math.copysign(1, value) < 0 else "0.0"
+    sign, digitTuple, exponent = Decimal(repr(value)).as_tuple()
+    assert isinstance(exponent, int)
+    digits = "".join(map(str, digitTuple)).rstrip("0")
+    # The power of ten of the first digit.
+    magnitude = len(digitTuple) - 1 + exponent
+    prefix = "-" if sign else ""
+    if -3 <= magnitude < 7:
+        point = magnitude + 1
+        if point <= 0:
+            whole, fraction = "0", "0" * -point + digits
+        else:
+            digits = digits.ljust(point, "0")
+            whole, fraction = digits[:point], digits[point:]
+        return f"{prefix}{whole}.{fraction or '0'}"
+    return f"{prefix}{digits[0]}.{digits[1:] or '0'}E{magnitude}"
+
+
+class _UpstreamRegistry(CollectorRegistry):
+    """
+    A registry whose histogram buckets carry C{le} as prometheus-proxy's
+    do (L{javaDouble}): C{le="1048576.0"}, C{le="1.048576E7"}.
+
+    prometheus_client makes the C{le} text itself when a histogram is
+    collected, so it is rewritten here, at collection, for every histogram
+    alike, in both exposition formats and in L{get_sample_value}; the
+    bounds themselves are the same numbers.
+    """
+
+    def collect(self) -> Iterator[Metric]:
+        for family in super().collect():
+            if family.type == "histogram":
+                family.samples = [
+                    sample._replace(
+                        labels={**sample.labels, "le": javaDouble(float(sample.labels["le"]))}
+                    )
+                    if "le" in sample.labels
+                    else sample
+                    for sample in family.samples
+                ]
+            yield family
+
+
 def _newRegistry() -> CollectorRegistry:
     """
     A registry of one's own, with the process metrics
     (C{process_cpu_seconds_total}, C{process_resident_memory_bytes}, ...,
     and C{python_info}) that prometheus-proxy gets from its JVM collectors.
     """
-    registry = CollectorRegistry()
+    registry = _UpstreamRegistry()
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     return registry
@@ -200,12 +280,6 @@ def _newRegistry() -> CollectorRegistry:
 class ProxyMetrics:
     """
     The proxy's metrics: prometheus-proxy's C{ProxyMetrics}, plus extras.
-
-    prometheus-proxy's C{proxy_chunk_validation_failures_total} and
-    C{proxy_chunked_transfers_abandoned_total} are left out: they count
-    failures of its gRPC chunk reassembly, which promtwist's framing does
-    not have (a bad frame closes the connection and fails its scrapes,
-    which are counted by outcome).
 
     @ivar registry: everything the proxy's metrics endpoint serves.
     """
@@ -219,22 +293,23 @@ class ProxyMetrics:
         self.registry = registry = _newRegistry()
         self._scrapeRequests = Counter(
             "proxy_scrape_requests",
-            "Scrape requests answered, by outcome; one per Prometheus request,"
-            " consolidated paths included.",
+            "Scrape requests by outcome: one per agent asked (a consolidated"
+            " path's agents each count), one for a request no agent was asked for.",
             ["type"],
             registry=registry,
         )
         self._latency = Histogram(
             "proxy_scrape_request_latency_seconds",
-            "Time from a scrape request's arrival to its answer, by path and outcome.",
+            "Time from a scrape request's arrival to each agent's answer, by"
+            " registered path and outcome.",
             ["path", "outcome"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self._responseBytes = Histogram(
             "proxy_scrape_response_bytes",
-            "Body bytes of successful scrape responses, by path and by whether"
-            " they went out gzipped or plain.",
+            "Uncompressed body bytes of each agent's successful answer, by path"
+            " and by whether it came over the link gzipped or plain.",
             ["path", "encoding"],
             buckets=RESPONSE_BYTES_BUCKETS,
             registry=registry,
@@ -254,7 +329,24 @@ class ProxyMetrics:
         )
         self._heartbeats = Counter(
             "proxy_heartbeat_count",
-            "Heartbeats received from agents: pongs to the proxy's pings, and pings.",
+            "Heartbeats as prometheus-proxy's agents send them: one for each"
+            " heartbeat interval an agent sent nothing else, counted when the"
+            " proxy next hears from it (promtwist.proxy.heartbeats).",
+            registry=registry,
+        )
+        # prometheus_client drops the "_total" these names end with and adds
+        # it back when exposing, as prometheus-proxy's client library does.
+        self._chunkFailures = Counter(
+            "proxy_chunk_validation_failures_total",
+            "Answers sent in several frames that failed validation, by stage:"
+            " chunk (a frame broke the rules: more than the declared length or"
+            " the credit) or summary (the last frame's totals did not match).",
+            ["stage"],
+            registry=registry,
+        )
+        self._abandoned = Counter(
+            "proxy_chunked_transfers_abandoned_total",
+            "Answers sent in several frames whose link was lost before their last frame.",
             registry=registry,
         )
         # prometheus_client drops a "_total" suffix from a counter's name and
@@ -300,30 +392,39 @@ class ProxyMetrics:
         self._sampled = _Sampled(_proxyFamilies, _proxySamples)
         registry.register(self._sampled)
 
-    def scrapeFinished(
-        self, path: str, outcome: str, seconds: float, nbytes: int, encoding: str
-    ) -> None:
+    def scrapeFinished(self, path: str, legs: Iterable[ScrapeLeg], relayedBytes: int) -> None:
         """
-        A scrape request was answered (once, however many agents a
-        consolidated path asked).
+        A scrape request was answered.
 
-        @param path: the requested path, without its leading C{/}. For the
-            outcomes in L{UNROUTED_OUTCOMES} it is replaced by C{""}.
-        @param outcome: prometheus-proxy's outcome name (C{success},
-            C{timed_out}, C{path_not_found}, ...).
-        @param seconds: from the request's arrival to its answer.
-        @param nbytes: body bytes sent to Prometheus.
-        @param encoding: C{gzipped} or C{plain}, as the body was sent.
+        @param path: the requested path, without its leading C{/}; a label
+            value only for timed legs, whose path is a registered one.
+        @param legs: what prometheus-proxy counts of it (L{ScrapeLeg}).
+        @param relayedBytes: body bytes sent to Prometheus.
         """
-        if outcome in UNROUTED_OUTCOMES:
-            path = ""
-        self._requestsOf(outcome).inc()
-        self._latencyOf(path, outcome).observe(seconds)
-        # Only successes: other bodies are promtwist's own one-line reasons,
-        # which would say nothing about the targets' sizes.
-        if outcome == "success":
-            self._responseBytesOf(path, encoding).observe(nbytes)
-        self._relayedBytes.inc(nbytes)
+        for leg in legs:
+            self._requestsOf(leg.type).inc()
+            if leg.seconds is None:
+                continue
+            self._latencyOf(path, leg.type).observe(leg.seconds)
+            # Only successes: other bodies are promtwist's own one-line
+            # reasons, which would say nothing about the targets' sizes.
+            if leg.type == "success":
+                self._responseBytesOf(path, leg.encoding).observe(leg.bodyBytes)
+        self._relayedBytes.inc(relayedBytes)
+
+    def chunkInvalid(self, stage: str) -> None:
+        """
+        An answer in several frames failed validation.
+
+        @param stage: C{chunk} (a frame on the way) or C{summary} (the last).
+        """
+        self._chunkFailures.labels(stage=stage).inc()
+
+    def transferAbandoned(self) -> None:
+        """
+        An answer in several frames lost its link before the last frame.
+        """
+        self._abandoned.inc()
 
     def agentConnected(self) -> None:
         """
@@ -331,13 +432,13 @@ class ProxyMetrics:
         """
         self._connects.inc()
 
-    def heartbeatReceived(self) -> None:
+    def heartbeats(self, count: int) -> None:
         """
-        A heartbeat arrived from an agent: its pong to one of the proxy's
-        pings (the proxy drives liveness) or a ping of its own (an older
-        agent, or one with a shorter period).
+        C{count} heartbeats, in prometheus-proxy's units, were confirmed on
+        an agent's link (L{promtwist.proxy.heartbeats.UpstreamHeartbeats}).
         """
-        self._heartbeats.inc()
+        if count:
+            self._heartbeats.inc(count)
 
     def agentEvicted(self) -> None:
         """
@@ -409,8 +510,8 @@ def _proxyFamilies() -> list[Metric]:
         ),
         GaugeMetricFamily(
             _CHUNK_MAP_SIZE,
-            "Chunked transfers being reassembled. Always 0: promtwist relays a"
-            " response's chunks as they arrive and keeps none aside.",
+            "Answers in several frames under way: the head arrived, the last"
+            " frame not yet (promtwist relays the frames as they arrive).",
         ),
         GaugeMetricFamily(
             _CONNECTED_AGENTS,
@@ -459,7 +560,7 @@ def _proxySamples(snapshot: object) -> list[Metric]:
     put(_PATH_MAP_SIZE, snapshot.pathCount)
     put(_SCRAPE_MAP_SIZE, inFlight)
     put(_BACKLOG_SIZE, inFlight)
-    put(_CHUNK_MAP_SIZE, 0)
+    put(_CHUNK_MAP_SIZE, sum(agent.transfersInProgress for agent in snapshot.agents))
     put(_PENDING_HANDSHAKES, snapshot.pendingHandshakes)
     connected = Tally((agent.name, agent.hostName) for agent in snapshot.agents)
     for (name, hostName), count in sorted(connected.items()):
@@ -511,8 +612,10 @@ class AgentMetrics:
         )
         self._scrapeResults = Counter(
             "agent_scrape_result_count",
-            "Scrape results sent to the proxy, by type: non-gzipped, gzipped,"
-            " chunked, or dropped (the link closed first).",
+            "Scrape results sent to the proxy, failures included, by type: chunked"
+            " (in several frames), gzipped or non-gzipped (in one frame, by the"
+            " body's encoding on the link), or dropped (a fetch under way when"
+            " the link closed).",
             ["launch_id", "type"],
             registry=registry,
         )
@@ -581,15 +684,24 @@ class AgentMetrics:
             launch_id=self._launchId, type="success" if success else "failure"
         ).inc()
 
-    def scrapeFinished(self, type: str, seconds: float) -> None:
+    def scrapeFinished(self, kind: str, seconds: float) -> None:
         """
-        A target fetch finished with an answer.
+        A scrape of a served path ended, and is timed.
 
-        @param type: C{success}, C{unsuccessful} or C{invalid_path}.
-        @param seconds: how long the fetch took.
+        @param kind: C{success} or C{unsuccessful}, counted under that type,
+            or C{failed} (no answer from the target), which prometheus-proxy
+            does not count.
+        @param seconds: how long the scrape took.
         """
-        self._requestsOf(self._launchId, type).inc()
+        if kind != "failed":
+            self._requestsOf(self._launchId, kind).inc()
         self._latencyOf(self._launchId, self._agentName).observe(seconds)
+
+    def invalidPath(self) -> None:
+        """
+        A scrape of a path the agent does not serve: counted, not timed.
+        """
+        self._requestsOf(self._launchId, "invalid_path").inc()
 
     def resultSent(self, type: str) -> None:
         """

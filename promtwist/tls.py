@@ -49,7 +49,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
-from promtwist.config import AgentSettings, ConfigError, ProxyEndpoint, ProxySettings
+from promtwist.config.settings import AgentSettings, ConfigError, ProxyEndpoint, ProxySettings
 from promtwist.truststore import storeCertificates
 
 # Both ends of the link and of the scrape port are modern software; nothing

@@ -27,7 +27,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
 import promtwist
-from promtwist.config import AgentSettings, ProxySettings
+from promtwist.config.settings import AgentSettings, ProxySettings
 from promtwist.health import Checks, HealthResource
 from promtwist.listen import Listener
 from promtwist.webguard import HardenedSite

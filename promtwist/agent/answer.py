@@ -41,11 +41,19 @@ MAX_CONTENT_TYPE = 1024
 class Answer:
     """
     The frames of one scrape's answer: exactly one of them says C{last}.
-    L{ended} is called once, with C{"success"} or C{"unsuccessful"}, when
-    nothing more will be sent (not when the answer is L{cancel}led).
+    L{ended} is called once when nothing more will be sent (not when the
+    answer is L{cancel}led), with how the scrape ended as
+    prometheus-proxy's C{agent_scrape_request_count} sees it:
+    C{"success"}, C{"unsuccessful"} (the target answered, but not 2xx, or
+    too much) or C{"failed"} (no answer: the target was unreachable or too
+    slow, or the agent failed), which prometheus-proxy times but does not
+    count.
 
     @ivar producer: what to pause while the proxy has no credit left.
-    @ivar resultSent: told how the head went out (for the metrics).
+    @ivar resultSent: told, once its last frame went out, how the result
+        went (for prometheus-proxy's C{agent_scrape_result_count}):
+        C{"chunked"} in several frames, else C{"gzipped"} or
+        C{"non-gzipped"} by the encoding of its body on the link.
     """
 
     _log = Logger(observer=observer)
@@ -161,7 +169,10 @@ class Answer:
                 path=self.path,
                 error=str(e),
             )
-        self._finish("unsuccessful")
+        else:
+            self._resultSent(single=not self._headSent, gzipped=False)
+        answered = outcome in (Outcome.SUCCESS, Outcome.TOO_LARGE)
+        self._finish("unsuccessful" if answered else "failed")
 
     # From the proxy.
 
@@ -257,13 +268,15 @@ class Answer:
             return self._sendHead(payload, last)
         if payload or last:
             self.credit -= len(payload)
-            self._sendOrFail(
+            sent = self._sendOrFail(
                 Frame(
                     scrape_chunk=ScrapeChunk(
                         scrape_id=self.request.scrape_id, data=payload, last=last
                     )
                 )
             )
+            if sent and last:
+                self._resultSent(single=False, gzipped=False)
 
     def _sendHead(self, payload: bytes, last: bool) -> None:
         head = self._head
@@ -289,7 +302,14 @@ class Answer:
         if not sent:
             return
         self._headSent = True
-        self.resultSent("chunked" if not last else "gzipped" if self._compressor else "non-gzipped")
+        if last:
+            self._resultSent(single=True, gzipped=encoding.lower() in ("gzip", "x-gzip"))
+
+    def _resultSent(self, single: bool, gzipped: bool) -> None:
+        """
+        The result's last frame went out: count it by how it went.
+        """
+        self.resultSent("gzipped" if single and gzipped else "non-gzipped" if single else "chunked")
 
     def _sendOrFail(self, frame: Frame) -> bool:
         """

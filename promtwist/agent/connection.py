@@ -28,7 +28,7 @@ from promtwist import __version__
 from promtwist.agent.paths import PathChanges, PathTable
 from promtwist.agent.scraper import Scrape, Scraper
 from promtwist.agent.slots import Slots
-from promtwist.config import AgentSettings, PathConfig
+from promtwist.config.settings import AgentSettings, PathConfig
 from promtwist.httputil import redacted
 from promtwist.logs import clip, observer, utcTime
 from promtwist.protocol.framing import ProtocolError, _peerName
@@ -557,6 +557,7 @@ class ProxyConnection(Session):
             config, ok = self._registered.get(request.path, (None, False))
             config = config if ok else None
         if config is None:
+            self.factory.scraper.observer.invalidPath()
             self._refuse(
                 request,
                 Outcome.PATH_NOT_FOUND,
@@ -572,6 +573,8 @@ class ProxyConnection(Session):
         scrape.start(self._slots)
 
     def _refuse(self, request: ScrapeRequest, outcome: int, status: int, reason: str) -> None:
+        # A result, as prometheus-proxy's agent counts one.
+        self.factory.scraper.observer.resultSent("non-gzipped")
         self.sendFrame(
             Frame(
                 scrape_response=ScrapeResponse(
@@ -650,8 +653,11 @@ class ProxyConnection(Session):
         # Queued scrapes first: cancelling a running one frees its slot,
         # which would start a queued one against a link that is gone.
         for scrape in sorted(self._scrapes.values(), key=lambda s: not s.queued):
-            # Its result, if any, can no longer reach the proxy.
-            observer.resultSent("dropped")
+            # The result of a fetch under way can no longer reach the proxy.
+            # One still queued for a slot never started, and is not counted
+            # (prometheus-proxy's agent drops its queue the same way).
+            if not scrape.queued:
+                observer.resultSent("dropped")
             scrape.cancel()
         # Nothing more can finish on this link.
         self._scrapes.clear()

@@ -16,14 +16,9 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from promtwist.config import (
-    ConfigError,
-    PathConfig,
-    _asList,
-    _load,
-    _pathConfig,
-    fetchURL,
-)
+from promtwist.config.records import readPathEntries
+from promtwist.config.settings import ConfigError, PathConfig
+from promtwist.config.sources import fetchURL, parseSource
 from promtwist.logs import observer
 
 _log = Logger(observer=observer)
@@ -40,17 +35,10 @@ def readDiscoveryFile(path: str, environ: Mapping[str, str]) -> tuple[PathConfig
         including when it has no C{paths} list or an entry has a key
         other than those four.
     """
-    tree = _load(path, path, environ, fetchURL)
+    tree = parseSource(path, path, environ, fetchURL)
     if "paths" not in tree:
         raise ConfigError(f"{path}: paths is required (a list, possibly empty)")
-    entries = _asList(tree["paths"], path, "paths")
-    found: dict[str, PathConfig] = {}
-    for index, entry in enumerate(entries):
-        config = _pathConfig(entry, f"paths[{index}]", path)
-        # Last wins; re-inserting keeps the order of the last occurrences.
-        found.pop(config.path, None)
-        found[config.path] = config
-    return tuple(found.values())
+    return readPathEntries(tree["paths"], path, "paths")
 
 
 class FileDiscovery(Service):

@@ -33,7 +33,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from promtwist.config import MetricFilter
+from promtwist.config.settings import MetricFilter
 
 __all__ = ["DEFAULT_MAX_LINE", "FamilyFilter", "FilterStream"]
 

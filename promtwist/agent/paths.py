@@ -12,7 +12,7 @@ from types import MappingProxyType
 
 from twisted.logger import Logger
 
-from promtwist.config import PathConfig
+from promtwist.config.settings import PathConfig
 from promtwist.httputil import redacted
 from promtwist.logs import observer
 

@@ -31,7 +31,7 @@ from promtwist.agent.fetch import Fetch, Fetcher, InvalidRequest, Target, header
 from promtwist.agent.filters import FamilyFilter, FilterStream
 from promtwist.agent.retries import RetryPolicy
 from promtwist.agent.slots import Slots
-from promtwist.config import AgentSettings, MiB, PathConfig
+from promtwist.config.settings import AgentSettings, MiB, PathConfig
 from promtwist.httputil import redacted
 from promtwist.logs import RepeatedWarnings, clip, observer
 from promtwist.protocol.promtwist_pb2 import Frame, Outcome, ScrapeRequest
@@ -51,8 +51,14 @@ class ScrapeObserver:
 
     def scrapeEnded(self, kind: str, seconds: float) -> None:
         """
-        A scrape ended (C{"success"}, C{"unsuccessful"} or C{"cancelled"})
-        after C{seconds}.
+        A scrape of a served path ended after C{seconds}: C{"success"},
+        C{"unsuccessful"}, C{"failed"} (see L{promtwist.agent.answer.Answer})
+        or C{"cancelled"} (by the proxy, or with its link).
+        """
+
+    def invalidPath(self) -> None:
+        """
+        A scrape of a path this agent does not serve was refused.
         """
 
     def resultSent(self, kind: str) -> None:

@@ -39,7 +39,8 @@ from promtwist.agent.dialling import DialReport, describeDialFailure
 from promtwist.agent.discoveryfile import FileDiscovery
 from promtwist.agent.filters import FilterStream
 from promtwist.agent.scraper import ScrapeObserver, Scraper
-from promtwist.config import AGENT, AgentSettings, ConfigError, PathConfig
+from promtwist.config.keys import AGENT
+from promtwist.config.settings import AgentSettings, ConfigError, PathConfig
 from promtwist.debugpage import head, table, uptime
 from promtwist.health import agentHealth
 from promtwist.httputil import redacted
@@ -60,7 +61,7 @@ def targetEndpoints(
     options of L{targetPolicy} (trust, client certificate, host name check),
     as twisted.web's Agent used them.
 
-    @raise promtwist.config.ConfigError: when a TLS file is unusable.
+    @raise promtwist.config.settings.ConfigError: when a TLS file is unusable.
     """
     policy = targetPolicy(settings)
 
@@ -202,7 +203,7 @@ def proxyEndpoints(
     An endpoint per configured proxy, each with TLS options of its own (the
     certificate's expected host name differs).
 
-    @raise promtwist.config.ConfigError: when a TLS file is unusable.
+    @raise promtwist.config.settings.ConfigError: when a TLS file is unusable.
     """
     endpoints: list[tuple[str, IStreamClientEndpoint]] = []
     for proxy in settings.proxy_endpoints:
@@ -231,6 +232,9 @@ class _ScrapeMetrics(ScrapeObserver):
         if kind != "cancelled":
             self.service.metrics.scrapeFinished(kind, seconds)
 
+    def invalidPath(self) -> None:
+        self.service.metrics.invalidPath()
+
     def resultSent(self, kind: str) -> None:
         self.service.metrics.resultSent(kind)
 
@@ -239,19 +243,6 @@ class _ScrapeMetrics(ScrapeObserver):
 
     def retried(self, kind: str) -> None:
         self.service.metrics.retried(kind)
-
-
-# Settings fields that are not a single key of the agent's key table.
-_FIELD_KEYS = {
-    "config_source": "--config",
-    "proxy_endpoints": "agent.proxy.endpoints (or hostname/port, --proxy)",
-    "filters": "agent.filters",
-    "admin_allowed_networks": "agent.admin.allowedNetworks",
-}
-
-
-# What a reload applies.
-_PATH_FIELDS = ("path_configs", "path_configs_listed")
 
 
 class AgentService(MultiService):
@@ -286,7 +277,7 @@ class AgentService(MultiService):
         @param environ: for substitutions in the discovery file.
         @param endpoints: overrides the proxy endpoints the settings name
             (for tests).
-        @raise promtwist.config.ConfigError: when a TLS file is unusable.
+        @raise promtwist.config.settings.ConfigError: when a TLS file is unusable.
         """
         super().__init__()
         if reactor is None:
@@ -377,6 +368,7 @@ class AgentService(MultiService):
                 ("AgentName", settings.name),
                 ("ProxyHost", self.proxyHost),
             ],
+            self.listeners,
         )
         configs = table(
             "Agent Path Configs",
@@ -475,15 +467,14 @@ class AgentService(MultiService):
             )
             return succeed(None)
         old = self.settings
-        differing = AGENT.changedKeys(old, new, _PATH_FIELDS, _FIELD_KEYS)
+        differing = AGENT.changedKeys(old, new)
         if differing:
             self._log.warn(
                 "configuration reload: {keys} changed and need(s) a restart (not applied)",
                 keys=", ".join(differing),
             )
-        self.settings = replace(
-            old, path_configs=new.path_configs, path_configs_listed=new.path_configs_listed
-        )
+        # What changedKeys left out is what a reload applies.
+        self.settings = replace(old, **{name: getattr(new, name) for name in AGENT.live})
         changes, done = self.factory.replacePaths(static=new.path_configs)
         self._log.info(
             "configuration reloaded from {source}: paths {summary}",

@@ -11,7 +11,7 @@ from twisted.application.service import IService
 
 from promtwist.agent.service import AgentService
 from promtwist.cli import AgentOptions as Options
-from promtwist.config import loadAgentSettings
+from promtwist.config.load import loadAgentSettings
 from promtwist.logs import applyLogLevel
 from promtwist.startup import reportStartupErrors
 

@@ -513,6 +513,7 @@ class Session(FrameReceiver):
                 peer=_peerName(self.transport),
                 silence=silence,
             )
+            self.peerSilent()
             self.close(f"nothing heard for {silence:.1f}s", abort=True)
             return None
         idle = now - max(self._lastPing, min(self._lastSent, self._lastReceived))
@@ -522,6 +523,12 @@ class Session(FrameReceiver):
             self._roundTripDue = now + self._roundTripEvery()
             self._ping(now)
         return self._nextDeadline(now)
+
+    def peerSilent(self) -> None:
+        """
+        The peer sent nothing for L{SILENT_PERIODS_BEFORE_ABORT} periods,
+        and the link is about to be aborted for it.
+        """
 
     def _ping(self, now: float) -> None:
         nonce = self._nextPing

@@ -13,7 +13,7 @@ import hmac
 
 from twisted.logger import Logger
 
-from promtwist.config import ProxySettings
+from promtwist.config.settings import ProxySettings
 from promtwist.logs import observer
 from promtwist.proxy.answers import textAnswer
 from promtwist.proxy.exchange import Exchange

@@ -19,7 +19,8 @@ from collections import OrderedDict, defaultdict
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Protocol
 
-from promtwist.config import ProxySettings
+from promtwist.addresses import peerAddress
+from promtwist.config.settings import ProxySettings
 from promtwist.protocol.framing import encodeFrame
 from promtwist.protocol.promtwist_pb2 import Frame, Hello, Reject
 from promtwist.protocol.session import HANDSHAKE_MAX_FRAME_BYTES
@@ -39,26 +40,22 @@ MAX_HELLO_LABEL_VALUE_LENGTH = 1024
 def hostOf(addr: IAddress | None) -> str:
     """
     The source a connection is counted under by the per-address limits: an
-    IPv4 address (an IPv4-mapped IPv6 one as the IPv4 it maps), the /64 an
-    IPv6 address is in, or C{""} when the transport has none (a UNIX
-    socket, whose clients are all one source; a test).
+    IPv4 address in normal form (L{promtwist.addresses.peerAddress}: as
+    C{192.0.2.7} whether it arrived mapped on a dual-stack listener or not),
+    the /64 an IPv6 address is in, or C{""} when the transport has none (a
+    UNIX socket, whose clients are all one source; a test).
 
     An IPv6 host usually holds a whole /64 and can take a new address from
     it for every connection: counted by address, it would pass every
     per-address limit at will.
     """
-    host = getattr(addr, "host", "")
-    if not isinstance(host, str) or not host:
-        return ""
-    try:
-        ip = ipaddress.ip_address(host.partition("%")[0])
-    except ValueError:
-        return host
+    ip = peerAddress(addr)
+    if ip is None:
+        host = getattr(addr, "host", "")
+        return host if isinstance(host, str) else ""
     if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
         return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return host
+    return str(ip)
 
 
 class PendingHandshakes:

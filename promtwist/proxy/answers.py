@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from promtwist.metrics import ScrapeLeg
 from promtwist.protocol.promtwist_pb2 import Outcome
 from promtwist.proxy.exchange import Exchange
 
@@ -69,11 +70,33 @@ class ScrapeFailed(Exception):
 
 def targetStatusType(status: int) -> str:
     """
-    The outcome type of a target's own answer.
+    The outcome type of a target's own answer, as prometheus-proxy names
+    it: a 404 is the target's path not found, a 408 or 504 its timeout, a
+    413 its body too large.
     """
     if 200 <= status < 300:
         return "success"
-    return {404: "path_not_found", 504: "upstream_timed_out"}.get(status, "upstream_error")
+    return {
+        404: "path_not_found",
+        408: "upstream_timed_out",
+        504: "upstream_timed_out",
+        413: "content_too_large",
+    }.get(status, "upstream_error")
+
+
+# Outcomes promtwist names more finely than prometheus-proxy, which counts
+# the same event under the name here: an answer that breaks the protocol is
+# its 502 "upstream_error". Outcomes prometheus-proxy cannot have (a slow
+# Prometheus, a full consolidation budget, a request it would not route)
+# keep promtwist's names.
+_UPSTREAM_TYPES = {"invalid_answer": "upstream_error"}
+
+
+def upstreamType(kind: str) -> str:
+    """
+    The C{type} prometheus-proxy's metrics count outcome C{kind} under.
+    """
+    return _UPSTREAM_TYPES.get(kind, kind)
 
 
 @dataclass(frozen=True)
@@ -81,9 +104,15 @@ class ScrapeRecord:
     """
     How one scrape ended, for the proxy's metrics and its debug page.
 
-    @ivar type: prometheus-proxy's outcome type (C{success}, C{timed_out},
-        C{upstream_error}, ...).
+    @ivar type: how the scrape ended for Prometheus, by promtwist's outcome
+        names (prometheus-proxy's C{success}, C{timed_out},
+        C{upstream_error}, ..., and a few finer ones).
+    @ivar bytes: body bytes sent to Prometheus.
     @ivar encoding: C{gzipped} or C{plain}, as the body reached Prometheus.
+    @ivar legs: what prometheus-proxy's metrics count of it: one per agent
+        asked, or one untimed for a request that asked none; none when
+        Prometheus hung up first (prometheus-proxy's handler is cancelled
+        then and counts nothing).
     """
 
     path: str
@@ -94,6 +123,7 @@ class ScrapeRecord:
     seconds: float
     bytes: int
     encoding: str
+    legs: tuple[ScrapeLeg, ...] = ()
 
 
 # Longest reason phrase put in a status line.

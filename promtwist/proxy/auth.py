@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import re
 
-from promtwist.config import LEGACY_TOKEN_IDENTITY, Identity, ProxySettings
+from promtwist.config.settings import LEGACY_TOKEN_IDENTITY, Identity, ProxySettings
 
 ANONYMOUS = Identity("anonymous")
 

@@ -22,7 +22,7 @@ from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
 from twisted.internet.interfaces import IReactorTime
 
-from promtwist.config import ProxySettings
+from promtwist.config.settings import ProxySettings
 from promtwist.health import proxyHealth
 from promtwist.listen import Listener
 from promtwist.metrics import ProxyMetrics

@@ -23,9 +23,10 @@ from collections.abc import Iterator, Sequence
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
-from promtwist.config import MiB
+from promtwist.config.settings import MiB
 from promtwist.logs import clip
-from promtwist.proxy.answers import ScrapeFailed
+from promtwist.metrics import ScrapeLeg
+from promtwist.proxy.answers import ScrapeFailed, upstreamType
 from promtwist.proxy.relay import (
     GZIP_ENCODINGS,
     Inflater,
@@ -33,6 +34,7 @@ from promtwist.proxy.relay import (
     ScrapeCall,
     ScrapeRelay,
     ScrapeSource,
+    linkEncoding,
     watchHead,
 )
 from promtwist.proxy.stream import AnswerHead
@@ -115,6 +117,8 @@ class _Part:
     """
     One agent's part of a consolidated scrape, collected (decompressed and
     bounded) until its body is complete.
+
+    @ivar leg: how it ended, for the metrics, once it settled on its own.
     """
 
     def __init__(self, merge: CollectMerge, source: ScrapeSource, call: ScrapeCall) -> None:
@@ -123,16 +127,21 @@ class _Part:
         self.stream = source.scrape(call)
         self.failure: ScrapeFailed | None = None
         self.settled = False
+        self.leg: ScrapeLeg | None = None
         self.contentType = ""
         self.chunks: list[bytes] = []
         self.size = 0
         self._inflater: Inflater | None = None
+        self._encoding = "plain"
+        self._relay: ScrapeRelay | None = None
 
     def start(self, relay: ScrapeRelay) -> None:
+        self._relay = relay
         watchHead(relay, self.stream, self._headReceived, self.settle)
 
     def _headReceived(self, head: AnswerHead) -> None:
         self.contentType = head.contentType
+        self._encoding = linkEncoding(head.contentEncoding)
         encoding = head.contentEncoding.lower()
         if encoding in GZIP_ENCODINGS:
             self._inflater = Inflater(self.merge.partLimit)
@@ -203,6 +212,13 @@ class _Part:
             return
         self.settled = True
         self.failure = failure
+        assert self._relay is not None
+        self.leg = ScrapeLeg(
+            "success" if failure is None else upstreamType(failure.kind),
+            self._relay.elapsed(),
+            self.size,
+            self._encoding,
+        )
         if failure is not None:
             self.release()
             self.stream.stop()
@@ -333,3 +349,14 @@ class CollectMerge:
     def abandon(self) -> None:
         for part in self.parts:
             part.abandon()
+
+    def legs(self, kind: str) -> tuple[ScrapeLeg, ...]:
+        """
+        Each agent's own outcome; one still at work when the scrape ended
+        (a bug in the proxy ended it) ended as the scrape did.
+        """
+        relay = self._relay
+        assert relay is not None
+        return tuple(
+            part.leg or ScrapeLeg(upstreamType(kind), relay.elapsed()) for part in self.parts
+        )

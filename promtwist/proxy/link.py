@@ -18,7 +18,7 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from promtwist.config import ProxySettings
+from promtwist.config.settings import ProxySettings
 from promtwist.logs import RepeatedWarnings, clip, observer
 from promtwist.metrics import ProxyMetrics
 from promtwist.protocol.framing import _peerName
@@ -32,8 +32,6 @@ from promtwist.protocol.promtwist_pb2 import (
     Holder,
     PathReply,
     PathStatus,
-    Ping,
-    Pong,
     RegisterPath,
     Reject,
     ScrapeChunk,
@@ -54,6 +52,7 @@ from promtwist.proxy.admission import (
     waitingRoom,
 )
 from promtwist.proxy.auth import ANONYMOUS, AuthenticationFailed, Authenticator
+from promtwist.proxy.heartbeats import UpstreamHeartbeats
 from promtwist.proxy.registry import (
     HOLDER_CHANGE_REASONS,
     REASONS,
@@ -136,6 +135,9 @@ class AgentLink(Session):
     consolidated = False
     identity = ANONYMOUS
     _pathsLogged = 0
+    # Set when the handshake completes: only an established agent's frames
+    # stand for upstream's heartbeats.
+    _upstreamHeartbeats: UpstreamHeartbeats | None = None
 
     def __init__(self, factory: AgentLinkFactory, host: str = "", waiting: bool = False) -> None:
         """
@@ -149,6 +151,14 @@ class AgentLink(Session):
         self._scrapes: dict[int, ScrapeStream] = {}
         self._nextScrapeId = 1
         self.waitingForPlace = waiting
+
+    @property
+    def metrics(self) -> ProxyMetrics:
+        """
+        The proxy's metrics (one for all links).
+        """
+        metrics: ProxyMetrics = self.factory.metrics
+        return metrics
 
     @property
     def warnings(self) -> RepeatedWarnings:
@@ -259,9 +269,12 @@ class AgentLink(Session):
             min(hello.max_frame_bytes or maxFrame, maxFrame),
             drives=True,
         )
+        self._upstreamHeartbeats = UpstreamHeartbeats(
+            settings.heartbeat_period_secs, self.clock.seconds()
+        )
         self.factory.handshakeFinished(self)
         self.factory.registry.addAgent(self)
-        self.factory.metrics.agentConnected()
+        self.metrics.agentConnected()
         self._log.info(
             "agent {name} ({host}, {peer}, identity {identity}) connected as {id}",
             name=clip(repr(self.name)),
@@ -279,7 +292,7 @@ class AgentLink(Session):
             specific than the reason code.
         """
         kind = kind or Reject.Reason.Name(reason).lower()
-        self.factory.metrics.rejected("handshake_" + kind)
+        self.metrics.rejected("handshake_" + kind)
         self.warnings.warn(
             "handshake " + kind,
             "refusing agent at {peer}: {why}",
@@ -291,14 +304,19 @@ class AgentLink(Session):
 
     # Paths.
 
-    def frame_ping(self, ping: Ping) -> None:
-        self.factory.metrics.heartbeatReceived()
-        super().frame_ping(ping)
+    def peerSilent(self) -> None:
+        # prometheus-proxy evicts an agent it heard nothing from for
+        # maxAgentInactivitySecs; the heartbeat gives up on a silent agent
+        # sooner, and that is this proxy's eviction.
+        self.metrics.agentEvicted()
 
-    def frame_pong(self, pong: Pong) -> None:
-        # The agent's answer to this end's ping is its heartbeat.
-        self.factory.metrics.heartbeatReceived()
-        super().frame_pong(pong)
+    def frameReceived(self, frame: Frame) -> None:
+        heartbeats = self._upstreamHeartbeats
+        if heartbeats is not None:
+            kind = frame.WhichOneof("kind")
+            assert kind is not None
+            self.metrics.heartbeats(heartbeats.heard(self.clock.seconds(), kind))
+        super().frameReceived(frame)
 
     def frame_register_path(self, request: RegisterPath) -> None:
         try:
@@ -306,7 +324,7 @@ class AgentLink(Session):
                 self, request.path, request.name, request.labels
             )
         except RegistrationRefused as e:
-            self.factory.metrics.rejected("path_" + e.kind)
+            self.metrics.rejected("path_" + e.kind)
             self.warnings.warn(
                 "registration refused: " + e.kind,
                 "agent {name!r} may not register {path}: {why}",
@@ -434,6 +452,13 @@ class AgentLink(Session):
     def scrapesInFlight(self) -> int:
         return len(self._scrapes)
 
+    @property
+    def transfersInProgress(self) -> int:
+        """
+        Answers in several frames under way on this link.
+        """
+        return sum(stream.transferring for stream in self._scrapes.values())
+
     def forget(self, scrapeId: int) -> None:
         self._scrapes.pop(scrapeId, None)
         self._scrapeEnded()
@@ -501,7 +526,7 @@ class AgentLink(Session):
         Drop an agent the proxy gave up on: its paths go to their standbys
         now, and the link is aborted.
         """
-        self.factory.metrics.agentEvicted()
+        self.metrics.agentEvicted()
         self.factory.registry.removeAgent(self, "evicted")
         self.close(why, abort=True)
 

@@ -16,7 +16,7 @@ from typing import NamedTuple, Protocol, cast
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from promtwist.config import Identity, ProxySettings
+from promtwist.config.settings import Identity, ProxySettings
 from promtwist.logs import observer
 from promtwist.proxy.registration import RegistrationRefused as RegistrationRefused
 from promtwist.proxy.registration import checkRegistration, shown, utf8Size

@@ -31,11 +31,12 @@ from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTim
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from promtwist.config import ProxySettings
+from promtwist.config.settings import ProxySettings
 from promtwist.gunzip import Gunzip, GunzipError
 from promtwist.httputil import acceptsGzip
 from promtwist.logs import RepeatedWarnings, observer
-from promtwist.proxy.answers import ScrapeFailed, ScrapeRecord, textAnswer
+from promtwist.metrics import ScrapeLeg
+from promtwist.proxy.answers import ScrapeFailed, ScrapeRecord, textAnswer, upstreamType
 from promtwist.proxy.exchange import Exchange
 from promtwist.proxy.stream import AnswerHead, ScrapeStream
 
@@ -178,6 +179,12 @@ class BodyStrategy(Protocol):
         The scrape is over: stop every agent still working on it.
         """
 
+    def legs(self, kind: str) -> tuple[ScrapeLeg, ...]:
+        """
+        What prometheus-proxy's metrics count of the scrape, which ended as
+        C{kind}: one leg per agent asked.
+        """
+
 
 class ScrapeRelay:
     """
@@ -286,9 +293,22 @@ class ScrapeRelay:
 
     def _clientGone(self) -> None:
         if self.state is not RelayState.DONE:
-            self._end(499, "client_gone", "Prometheus hung up")
+            self._end(499, "client_gone", "Prometheus hung up", counted=False)
 
-    def _end(self, status: int, kind: str, reason: str) -> None:
+    def elapsed(self) -> float:
+        """
+        Seconds since the request arrived.
+        """
+        return self.tracker.clock.seconds() - self.started
+
+    def _end(self, status: int, kind: str, reason: str, counted: bool = True) -> None:
+        """
+        The scrape is over: record how.
+
+        @param counted: whether prometheus-proxy's metrics count it; not
+            when Prometheus hung up, which cancels prometheus-proxy's
+            handler before it counts anything.
+        """
         self.state = RelayState.DONE
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
@@ -307,9 +327,10 @@ class ScrapeRelay:
                 status,
                 kind,
                 reason,
-                self.tracker.clock.seconds() - self.started,
+                self.elapsed(),
                 self._sent,
                 "gzipped" if gzipped else "plain",
+                self._strategy.legs(kind) if counted else (),
             ),
         )
 
@@ -340,6 +361,42 @@ def watchHead(
 GZIP_ENCODINGS = frozenset({"gzip", "x-gzip"})
 # Statuses whose answers carry no body, so no length either.
 _NO_BODY = frozenset({204, 304})
+
+
+def linkEncoding(contentEncoding: str) -> str:
+    """
+    How an agent's answer came over the link, as prometheus-proxy's
+    C{proxy_scrape_response_bytes} labels it.
+    """
+    return "gzipped" if contentEncoding.lower() in GZIP_ENCODINGS else "plain"
+
+
+class BodySize:
+    """
+    The uncompressed size of a body on its way, without inflating it: plain
+    bytes are counted; of a gzip body only the last four bytes are kept, its
+    trailer's ISIZE (RFC 1952: the uncompressed length modulo 2^32).
+
+    A size for the metrics only: it frames nothing, and a body that is not
+    the gzip it claims to be measures whatever its last bytes say.
+    """
+
+    def __init__(self, gzipped: bool) -> None:
+        self._gzipped = gzipped
+        self._count = 0
+        self._tail = b""
+
+    def feed(self, data: bytes) -> None:
+        if self._gzipped:
+            self._tail = (self._tail + data[-4:])[-4:]
+        else:
+            self._count += len(data)
+
+    @property
+    def size(self) -> int:
+        if not self._gzipped:
+            return self._count
+        return int.from_bytes(self._tail, "little") if len(self._tail) == 4 else 0
 
 
 class Inflater:
@@ -377,6 +434,8 @@ class StreamThrough:
         self._gunzipLimit = gunzipLimit
         self._inflater: Inflater | None = None
         self._relay: ScrapeRelay | None = None
+        self._encoding = "plain"
+        self._size = BodySize(False)
 
     @property
     def relay(self) -> ScrapeRelay:
@@ -392,9 +451,11 @@ class StreamThrough:
         exchange = relay.exchange
         relay.answerHead(head.status, head.contentType)
         encoding = head.contentEncoding
+        self._encoding = linkEncoding(encoding)
         if encoding.lower() in GZIP_ENCODINGS and not acceptsGzip(relay.call.acceptEncoding):
             self._inflater = Inflater(self._gunzipLimit)
         else:
+            self._size = BodySize(self._encoding == "gzipped")
             if encoding:
                 exchange.setHeader(b"Content-Encoding", encoding.encode("latin-1"))
             if head.size >= 0 and head.status not in _NO_BODY:
@@ -410,12 +471,15 @@ class StreamThrough:
                 data = self._inflater.feed(data)
         except ScrapeFailed as failure:
             return self._failed(failure)
+        self._size.feed(data)
         self.relay.write(data)
 
     def bodyDone(self) -> None:
         try:
             if self._inflater is not None:
-                self.relay.write(self._inflater.finish())
+                rest = self._inflater.finish()
+                self._size.feed(rest)
+                self.relay.write(rest)
         except ScrapeFailed as failure:
             return self._failed(failure)
         self.relay.complete()
@@ -447,3 +511,8 @@ class StreamThrough:
 
     def abandon(self) -> None:
         self.stream.stop()
+
+    def legs(self, kind: str) -> tuple[ScrapeLeg, ...]:
+        return (
+            ScrapeLeg(upstreamType(kind), self.relay.elapsed(), self._size.size, self._encoding),
+        )

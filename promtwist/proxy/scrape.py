@@ -13,9 +13,10 @@ from urllib.parse import unquote
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from promtwist.config import MiB, ProxySettings
+from promtwist.config.settings import MiB, ProxySettings
 from promtwist.logs import clip, observer
-from promtwist.proxy.answers import ScrapeRecord, header, textAnswer
+from promtwist.metrics import ScrapeLeg
+from promtwist.proxy.answers import ScrapeRecord, header, textAnswer, upstreamType
 from promtwist.proxy.consolidated import BufferBudget, CollectMerge
 from promtwist.proxy.discovery import Discovery
 from promtwist.proxy.exchange import Exchange
@@ -149,5 +150,8 @@ class ScrapeHandler:
         ScrapeRelay(exchange, call, self.tracker, started).run(strategy)
 
     def _refuse(self, exchange: Exchange, path: str, status: int, kind: str, reason: str) -> None:
-        self.tracker.record(ScrapeRecord(path, "", status, kind, reason, 0.0, 0, "plain"))
+        # Counted once, untimed: no agent was asked, and the path is the
+        # requester's choice.
+        leg = ScrapeLeg(upstreamType(kind), None)
+        self.tracker.record(ScrapeRecord(path, "", status, kind, reason, 0.0, 0, "plain", (leg,)))
         textAnswer(exchange, status, reason)

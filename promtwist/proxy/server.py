@@ -17,8 +17,9 @@ from twisted.internet.defer import Deferred, TimeoutError
 from twisted.logger import Logger
 
 from promtwist import __version__
-from promtwist.config import PROXY, ConfigError, ProxySettings
-from promtwist.debugpage import head, recentLine, table, uptime
+from promtwist.config.keys import PROXY
+from promtwist.config.settings import ConfigError, ProxySettings
+from promtwist.debugpage import head, recentLine, table, uptime, where
 from promtwist.listen import Listener, logStarted
 from promtwist.logs import clip, debugging, observer, utcTime
 from promtwist.metrics import AgentSample, ProxyState
@@ -107,6 +108,7 @@ class ProxyService(MultiService):
                     link.roundTripSeconds,
                     link.scrapesInFlight,
                     self.reactor.seconds() - (link.establishedAt or self.reactor.seconds()),
+                    link.transfersInProgress,
                 )
                 for link in self.linkFactory.connected()
             ],
@@ -115,9 +117,7 @@ class ProxyService(MultiService):
         )
 
     def _scrapeEnded(self, record: ScrapeRecord) -> None:
-        self.metrics.scrapeFinished(
-            record.path, record.type, record.seconds, record.bytes, record.encoding
-        )
+        self.metrics.scrapeFinished(record.path, record.legs, record.bytes)
         if self.settings.request_logging_enabled and debugging(self._log.namespace):
             self._log.debug(
                 "scrape /{path} via {agents}: {status} {type} {reason}"
@@ -150,8 +150,9 @@ class ProxyService(MultiService):
                 settings,
                 [
                     ("Uptime", uptime(up)),
-                    ("Proxy port", _where(self.httpListener, settings.http_port)),
+                    ("Proxy port", where(self.httpListener, settings.http_port)),
                 ],
+                self.listeners,
             )
         ]
         if snapshot:
@@ -172,8 +173,8 @@ class ProxyService(MultiService):
             "",
             "promtwist:",
             f"promtwist proxy {__version__.public()}, up {up:.0f}s",
-            f"scrape port {_where(self.httpListener, settings.http_port)},"
-            f" agent port {_where(self.agentListener, settings.agent_port)}",
+            f"scrape port {where(self.httpListener, settings.http_port)},"
+            f" agent port {where(self.agentListener, settings.agent_port)}",
             "",
             "paths:",
         ]
@@ -226,9 +227,7 @@ class ProxyService(MultiService):
                 # Its paths go to standbys whose identity holds, at once.
                 self.registry.removeAgent(link, "reload")
                 link.close("its identity changed on reload")
-        others = PROXY.changedKeys(
-            self.settings, fresh, ("identities", "agent_token"), {"config_source": "--config"}
-        )
+        others = PROXY.changedKeys(self.settings, fresh)
         if others:
             self._log.warn(
                 "reloaded agent identities; these changes need a restart: {keys}",
@@ -310,19 +309,3 @@ def _described(agent: AgentHandle) -> str:
         f"{clip(agent.name)!r} ({clip(agent.hostName)}, {agent.agentId}, "
         f"identity {agent.identity.name})"
     )
-
-
-def _where(listener: Listener, configured: int) -> str:
-    """
-    Where C{listener} listens, for the debug page: its port number on the
-    TCP wildcard, as prometheus-proxy shows it, its address otherwise (an
-    interface, a unix socket, an inherited socket); the configured port
-    while it is not listening.
-    """
-    if listener.port is None:
-        return str(configured)
-    address = listener.address
-    for wildcard in ("[::]:", "0.0.0.0:"):
-        if address.startswith(wildcard):
-            return address[len(wildcard) :]
-    return address

@@ -45,6 +45,24 @@ MAX_REASON = 1024
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
+class TransferMetrics(Protocol):
+    """
+    What the proxy's metrics count of answers sent in several frames
+    (prometheus-proxy's chunked transfers).
+    """
+
+    def chunkInvalid(self, stage: str) -> None:
+        """
+        The answer failed validation at C{stage}: C{chunk} (a frame on the
+        way) or C{summary} (the last frame's totals).
+        """
+
+    def transferAbandoned(self) -> None:
+        """
+        The link was lost before the answer's last frame.
+        """
+
+
 class StreamLink(Protocol):
     """
     What a stream needs from the link it arrived on.
@@ -55,6 +73,12 @@ class StreamLink(Protocol):
 
     name: str
     MAX_LENGTH: int
+
+    @property
+    def metrics(self) -> TransferMetrics:
+        """
+        Told of answers in several frames that failed.
+        """
 
     def forget(self, scrapeId: int) -> None:
         """
@@ -218,6 +242,13 @@ class ScrapeStream:
     def ended(self) -> bool:
         return self._phase is _Phase.ENDED
 
+    @property
+    def transferring(self) -> bool:
+        """
+        Whether the answer's head arrived and its last frame has not.
+        """
+        return self._phase is _Phase.BODY
+
     # From the link.
 
     def responseReceived(self, response: ScrapeResponse) -> None:
@@ -256,6 +287,7 @@ class ScrapeStream:
         try:
             self._account(chunk.data)
         except ScrapeFailed as failure:
+            self.link.metrics.chunkInvalid("chunk")
             return self._bodyEnded(failure, agentDone=False)
         self._agentDone = chunk.last
         if chunk.data:
@@ -269,6 +301,8 @@ class ScrapeStream:
             self._end()
             self.head.errback(failure)
         else:
+            if self._phase is _Phase.BODY:
+                self.link.metrics.transferAbandoned()
             self._bodyEnded(failure, agentDone=True)
 
     def _account(self, data: bytes) -> None:
@@ -301,12 +335,14 @@ class ScrapeStream:
         outcome = chunk.outcome
         if outcome == Outcome.SUCCESS:
             if 0 <= self._declared != self._received:
+                self.link.metrics.chunkInvalid("summary")
                 return ScrapeFailed.invalidAnswer(
                     self.link.name,
                     f"declared {self._declared} body bytes and sent {self._received}",
                 )
             return None
         if outcome not in FAILURES:
+            self.link.metrics.chunkInvalid("summary")
             return ScrapeFailed.invalidAnswer(self.link.name, f"unknown outcome {outcome}")
         return ScrapeFailed.ofOutcome(outcome, _reason(chunk, Outcome.Name(outcome)))
 

@@ -9,7 +9,8 @@ import os
 from twisted.application.service import IService
 
 from promtwist.cli import ProxyOptions as Options
-from promtwist.config import ProxySettings, loadProxySettings
+from promtwist.config.load import loadProxySettings
+from promtwist.config.settings import ProxySettings
 from promtwist.logs import applyLogLevel
 from promtwist.proxy.build import buildProxy
 from promtwist.signals import exitNormallyOnShutdown

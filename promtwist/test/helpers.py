@@ -23,7 +23,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from promtwist.agent.service import AgentService
-from promtwist.config import AgentSettings, PathConfig, ProxyEndpoint, ProxySettings
+from promtwist.config.settings import AgentSettings, PathConfig, ProxyEndpoint, ProxySettings
 from promtwist.proxy.build import buildAgentSide, buildProxy
 from promtwist.proxy.link import AgentLinkFactory
 

@@ -448,7 +448,70 @@ class TargetServer:
 # Proxy + agent.
 
 
-class Cluster:
+class ProcessGroup:
+    """
+    Child processes a test runs together, an HTTP client for the test, and
+    waits that fail with every child's log; all torn down by the test's
+    cleanups.
+
+    @ivar children: the processes, in the order they were made.
+    """
+
+    def __init__(self, case: TestCase) -> None:
+        self.case = case
+        self.children: list[Child] = []
+        self.pool = HTTPConnectionPool(_globalReactor, persistent=True)
+        self.http = HTTPClient(Agent(_globalReactor, pool=self.pool))
+        case.addCleanup(self.pool.closeCachedConnections)
+
+    def describe(self) -> str:
+        return "\n".join(child.describe() for child in self.children if child.protocol is not None)
+
+    def fail(self, message: str) -> Exception:
+        return self.case.failureException(f"{message}\n\n{self.describe()}")
+
+    def checkAlive(self) -> None:
+        for child in self.children:
+            if child.died():
+                raise self.fail(f"{child.name} exited unexpectedly")
+
+    async def eventually(
+        self,
+        check: Callable[[], Awaitable[T | None]],
+        what: str,
+        within: float,
+        interval: float = 0.1,
+    ) -> T:
+        """
+        Run C{check} until it returns something other than None (or False)
+        without raising, for at most C{within} seconds; fail with every
+        process's log otherwise.
+        """
+        deadline = time.monotonic() + within
+        last = "never checked"
+        while True:
+            self.checkAlive()
+            try:
+                result = await check()
+            except Exception as e:  # noqa: BLE001 - any failure means "not yet"
+                last = f"{type(e).__name__}: {e}"
+            else:
+                if result is not None and result is not False:
+                    return result
+                last = f"check returned {result!r}"
+            if time.monotonic() >= deadline:
+                raise self.fail(f"{what}: not within {within:g}s (last: {last})")
+            await sleep(interval)
+
+    async def text(self, url: str, limit: float = 2.0) -> str:
+        """
+        The body of C{url} (an admin page, say), as text.
+        """
+        response = await self.http.get(url, timeout=limit)
+        return (await treq.content(response)).decode("utf-8", "replace")
+
+
+class Cluster(ProcessGroup):
     """
     A target server, a promtwist proxy and a promtwist agent (both as twistd
     processes), plus an HTTP client for the test; all torn down by the test's
@@ -475,7 +538,7 @@ class Cluster:
         @param proxyArgs: more options for the proxy.
         @param agentArgs: more options for the agent.
         """
-        self.case = case
+        super().__init__(case)
         self.workdir = os.path.abspath(case.mktemp())
         os.makedirs(self.workdir)
         self.target = TargetServer(case)
@@ -503,11 +566,8 @@ class Cluster:
         self.proxy = twistdChild(
             case, "proxy", "promproxy-proxy", [*options, *proxyArgs], self.workdir
         )
-        self.children: list[Child] = [self.proxy]
+        self.children.append(self.proxy)
         self.agent = self.agentChild("agent", args=extraAgentArgs)
-        self.pool = HTTPConnectionPool(_globalReactor, persistent=True)
-        self.http = HTTPClient(Agent(_globalReactor, pool=self.pool))
-        case.addCleanup(self.pool.closeCachedConnections)
 
     def agentChild(
         self,
@@ -575,17 +635,6 @@ class Cluster:
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.scrapePort}/{path}"
 
-    def describe(self) -> str:
-        return "\n".join(child.describe() for child in self.children if child.protocol is not None)
-
-    def fail(self, message: str) -> Exception:
-        return self.case.failureException(f"{message}\n\n{self.describe()}")
-
-    def checkAlive(self) -> None:
-        for child in self.children:
-            if child.died():
-                raise self.fail(f"{child.name} exited unexpectedly")
-
     async def get(self, path: str, limit: float = 5.0) -> tuple[int, bytes]:
         """
         Scrape C{path} through the proxy, giving up after C{limit} seconds:
@@ -594,41 +643,6 @@ class Cluster:
         response = await self.http.get(self.url(path), timeout=limit)
         body = await treq.content(response)
         return response.code, body
-
-    async def eventually(
-        self,
-        check: Callable[[], Awaitable[T | None]],
-        what: str,
-        within: float,
-        interval: float = 0.1,
-    ) -> T:
-        """
-        Run C{check} until it returns something other than None (or False)
-        without raising, for at most C{within} seconds; fail with every
-        process's log otherwise.
-        """
-        deadline = time.monotonic() + within
-        last = "never checked"
-        while True:
-            self.checkAlive()
-            try:
-                result = await check()
-            except Exception as e:  # noqa: BLE001 - any failure means "not yet"
-                last = f"{type(e).__name__}: {e}"
-            else:
-                if result is not None and result is not False:
-                    return result
-                last = f"check returned {result!r}"
-            if time.monotonic() >= deadline:
-                raise self.fail(f"{what}: not within {within:g}s (last: {last})")
-            await sleep(interval)
-
-    async def text(self, url: str, limit: float = 2.0) -> str:
-        """
-        The body of C{url} (an admin page, say), as text.
-        """
-        response = await self.http.get(url, timeout=limit)
-        return (await treq.content(response)).decode("utf-8", "replace")
 
     async def servedOnce(self, path: str = "e2e_one") -> float | None:
         """

@@ -9,7 +9,7 @@ import base64
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from promtwist.config import ProxySettings
+from promtwist.config.settings import ProxySettings
 from promtwist.proxy.access import RequireCredentials, guarded
 from promtwist.proxy.exchange import Exchange
 from promtwist.test.scrapeport import Response, connect, factory, parseResponse

@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from promtwist.agent import connection as agentConnection
 from promtwist.agent.connection import Rejected
-from promtwist.config import AgentSettings, PathConfig
+from promtwist.config.settings import AgentSettings, PathConfig
 from promtwist.protocol.session import SessionLost
 from promtwist.proxy.answers import ScrapeFailed
 from promtwist.proxy.relay import ScrapeCall

@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from promtwist.agent.discoveryfile import FileDiscovery, readDiscoveryFile
 from promtwist.agent.paths import PathTable
-from promtwist.config import AgentSettings, ConfigError, PathConfig
+from promtwist.config.settings import AgentSettings, ConfigError, PathConfig
 from promtwist.proxy.relay import ScrapeCall
 from promtwist.test.test_link import PATHS, Pair
 

@@ -25,13 +25,13 @@ from twisted.web.server import Site
 
 from promtwist import __version__
 from promtwist.agent.service import AgentService, _ReadyLinks
-from promtwist.config import (
+from promtwist.config.load import loadAgentSettings
+from promtwist.config.settings import (
     AgentSettings,
     ConfigError,
     PathConfig,
     ProxyEndpoint,
     ProxySettings,
-    loadAgentSettings,
 )
 from promtwist.proxy.build import buildProxy
 from promtwist.proxy.relay import ScrapeCall

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from promtwist.config import LEGACY_TOKEN_IDENTITY, Identity, ProxySettings
+from promtwist.config.settings import LEGACY_TOKEN_IDENTITY, Identity, ProxySettings
 from promtwist.proxy.auth import ANONYMOUS, AuthenticationFailed, Authenticator
 
 TEAMS = (

@@ -15,7 +15,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from promtwist import __version__
 from promtwist.cli import AgentOptions, ProxyOptions
-from promtwist.config import AGENT, PROXY, ProxyEndpoint, ProxySettings
+from promtwist.config.keys import AGENT, PROXY
+from promtwist.config.settings import ProxyEndpoint, ProxySettings
 from promtwist.test.certs import certificates, writeJKS
 
 DATA = FilePath(__file__).sibling("data")
@@ -190,6 +191,38 @@ class OptionsTests(SynchronousTestCase):
         )
         self.assertEqual((settings.name, settings.consolidated), ("inside", True))
         self.assertEqual(len(settings.path_configs), 3)
+
+    def test_optionNamesIgnoreCase(self) -> None:
+        """
+        An option name in another case means the option, as with
+        prometheus-proxy's parser; values keep their case.
+        """
+        settings = self.parse(
+            ProxyOptions, ["--ADMIN", "--Port", "9001", "--AGENT_PORT=9002", "--SD_Path", "Metrics"]
+        ).settings
+        self.assertEqual(
+            (settings.admin_enabled, settings.http_port, settings.agent_port, settings.sd_path),
+            (True, 9001, 9002, "Metrics"),
+        )
+        agent = self.parse(AgentOptions, ["-C", MYAPPS, "-N", "Inside", "-O"]).settings
+        self.assertEqual(
+            (agent.name, agent.consolidated, len(agent.path_configs)), ("Inside", True, 3)
+        )
+
+    def test_optionValueNotFolded(self) -> None:
+        """
+        A value that looks like an option in another case stays a value.
+        """
+        settings = self.parse(AgentOptions, ["-c", MYAPPS, "--name", "--ADMIN"]).settings
+        self.assertEqual((settings.name, settings.admin_enabled), ("--ADMIN", False))
+
+    def test_unknownOptionStillRefused(self) -> None:
+        """
+        A name that folds to no option is refused as before, in the case
+        given.
+        """
+        e = self.assertRaises(UsageError, self.parse, ProxyOptions, ["--NoSuchOption"])
+        self.assertIn("NoSuchOption", str(e))
 
     def test_agentLongOptions(self) -> None:
         settings = self.parse(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Mapping
-from dataclasses import fields
+from dataclasses import fields, replace
 from functools import partial
 from typing import Any
 
@@ -16,9 +16,10 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
-from promtwist.config import (
-    AGENT,
-    PROXY,
+from promtwist.config.keys import AGENT, PROXY
+from promtwist.config.load import loadAgentSettings, loadProxySettings, warningsOnce
+from promtwist.config.schema import Role
+from promtwist.config.settings import (
     AgentSettings,
     ConfigError,
     Identity,
@@ -26,12 +27,8 @@ from promtwist.config import (
     PathConfig,
     ProxyEndpoint,
     ProxySettings,
-    Role,
-    fetchURL,
-    loadAgentSettings,
-    loadProxySettings,
-    warningsOnce,
 )
+from promtwist.config.sources import fetchURL
 
 DATA = FilePath(__file__).sibling("data")
 
@@ -257,6 +254,16 @@ class ExampleFilesTests(ConfigTestCase):
                 'agent.filters = [{path = p, metricNameAllow = ["("], metricNameDeny = []}]',
                 "agent.filters[0].metricNameAllow: expected regular expressions",
             ),
+            # Values that are no string at all are configuration errors
+            # too, naming the entry's key, not a ValueError out of the loader.
+            (
+                "agent.filters = [{path = {a = 1}, metricNameAllow = [], metricNameDeny = []}]",
+                'agent.filters[0].path: expected a string, got {"a":1}',
+            ),
+            (
+                "agent.filters = [{path = p, metricNameAllow = [[x]], metricNameDeny = []}]",
+                'agent.filters[0].metricNameAllow: expected regular expressions, got ["x"]',
+            ),
         ]:
             self.assertConfigError(partial(self.agentFrom, conf), expected)
 
@@ -299,6 +306,19 @@ class TableTests(SynchronousTestCase):
                 {f.name for f in fields(settingsClass)},
             )
 
+    def test_everyFieldNamed(self) -> None:
+        """
+        Every settings field has a name an operator writes, for the reload's
+        "needs a restart" line: its key, or how the role describes it.
+        """
+        self.assertEqual(PROXY.keyForField("http_allowed_networks"), "proxy.http.allowedNetworks")
+        self.assertEqual(AGENT.keyForField("config_source"), "--config")
+        self.assertEqual(AGENT.keyForField("filters"), "agent.filters")
+        for role, settingsClass in ((PROXY, ProxySettings), (AGENT, AgentSettings)):
+            for f in fields(settingsClass):
+                self.assertTrue(role.keyForField(f.name), f.name)
+        self.assertRaises(KeyError, PROXY.keyForField, "path_configs")
+
     def test_defaults(self) -> None:
         """
         Every default has its setting's type and satisfies its rule.
@@ -329,6 +349,46 @@ class TableTests(SynchronousTestCase):
         for role in (PROXY, AGENT):
             for key in role.known:
                 self.assertTrue(key.startswith(role.section + "."), key)
+
+
+class ChangedKeysTests(SynchronousTestCase):
+    """
+    L{Role.changedKeys}, the one diff both processes' reloads use: what
+    changed and needs a restart, named by key; a role's live fields are
+    applied, so left out.
+    """
+
+    def test_proxy(self) -> None:
+        old = ProxySettings()
+        new = replace(
+            old,
+            identities=(Identity("a", "t"),),
+            agent_token="new",
+            http_allowed_networks=("10.0.0.0/8",),
+            max_agents=5,
+        )
+        self.assertEqual(
+            PROXY.changedKeys(old, new), ("proxy.internal.maxAgents", "proxy.http.allowedNetworks")
+        )
+        self.assertEqual(PROXY.changedKeys(old, replace(old, agent_token="new")), ())
+
+    def test_agent(self) -> None:
+        """
+        The paths are applied; fields made by one key are named once.
+        """
+        old = AgentSettings(config_source="a.conf")
+        new = replace(
+            old,
+            config_source="b.conf",
+            path_configs=(PathConfig("p", "p", "http://t/"),),
+            path_configs_listed=True,
+            proxy_endpoints=(ProxyEndpoint("elsewhere"),),
+            name="other",
+        )
+        self.assertEqual(
+            AGENT.changedKeys(old, new),
+            ("--config", "agent.name", "agent.proxy.endpoints (or hostname/port, --proxy)"),
+        )
 
 
 class DefaultsTests(ConfigTestCase):
@@ -657,6 +717,14 @@ class ValueErrorTests(ConfigTestCase):
             (
                 "proxy.auth = [{name = a, token = t, perAgent = sometimes}]",
                 'proxy.auth[0].perAgent: expected true or false, got "sometimes"',
+            ),
+            (
+                "proxy.auth = [{name = [a], token = t}]",
+                'proxy.auth[0].name: expected a string, got ["a"]',
+            ),
+            (
+                "proxy.auth = [{name = a, token = t, paths = [{p = 1}]}]",
+                'proxy.auth[0].paths: expected a path glob such as team_a_*, got {"p":1}',
             ),
         ]:
             self.assertConfigError(partial(self.proxyFrom, conf), expected)

@@ -5,11 +5,14 @@ prometheus-proxy's.
 
 from __future__ import annotations
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet import reactor
+from twisted.internet.protocol import ServerFactory
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 import promtwist
-from promtwist.config import AgentSettings, ProxySettings
+from promtwist.config.settings import AgentSettings, ProxySettings
 from promtwist.debugpage import head, recentLine, table, uptime
+from promtwist.listen import Listener
 
 VERSION = promtwist.__version__.public()
 
@@ -74,6 +77,40 @@ class HeadTests(SynchronousTestCase):
                 "MetricsService{port=8083, path=/metrics}",
             ],
         )
+
+
+class ListeningTests(TestCase):
+    """
+    The admin and metrics services show where their listeners listen, as
+    the scrape and agent ports do, not the ports configured.
+    """
+
+    def listening(self, purpose: str, interface: str = "") -> Listener:
+        listener = Listener(reactor, 0, ServerFactory(), interface, purpose=purpose)
+        listener.privilegedStartService()
+        self.addCleanup(listener.stopService)
+        return listener
+
+    def test_boundPorts(self) -> None:
+        """
+        Configured with port 0 on the wildcard: the bare port each bound.
+        """
+        admin, metrics = self.listening("admin"), self.listening("metrics")
+        settings = AgentSettings(admin_enabled=True, metrics_enabled=True)
+        text = head("Agent", settings, [("Uptime", "u")], [admin, metrics])
+        self.assertIn(f"ServletService{{port={admin.portNumber}, paths=", text)
+        self.assertIn(f"MetricsService{{port={metrics.portNumber}, path=/metrics}}", text)
+
+    def test_interface(self) -> None:
+        """
+        On one interface: its address, which the port alone would not say.
+        """
+        admin = self.listening("admin", "127.0.0.1")
+        settings = ProxySettings(admin_enabled=True, metrics_enabled=True, metrics_port=8082)
+        text = head("Proxy", settings, [("Uptime", "u")], [admin])
+        self.assertIn(f"ServletService{{port=127.0.0.1:{admin.portNumber}, paths=", text)
+        # No metrics listener given: the configured port.
+        self.assertIn("MetricsService{port=8082, path=/metrics}", text)
 
 
 class TableTests(SynchronousTestCase):

@@ -17,7 +17,7 @@ from promtwist.agent.connection import ProxyConnectionFactory, Rejected
 from promtwist.agent.dialling import SUMMARY_INTERVAL, DialReport, describeDialFailure
 from promtwist.agent.scraper import Scraper
 from promtwist.agent.service import AgentService
-from promtwist.config import AgentSettings, ProxySettings
+from promtwist.config.settings import AgentSettings, ProxySettings
 from promtwist.protocol.framing import spokenProtocol
 from promtwist.protocol.session import SessionLost
 from promtwist.proxy.link import AgentLink

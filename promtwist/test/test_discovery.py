@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from promtwist.config import ProxySettings
+from promtwist.config.settings import ProxySettings
 from promtwist.proxy import discovery
 from promtwist.proxy.build import DISCOVERY_REFRESH_SECONDS, buildProxy
 from promtwist.proxy.discovery import RENDERED_TARGETS, Discovery, Document

@@ -8,7 +8,7 @@ from __future__ import annotations
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
-from promtwist.config import ProxySettings
+from promtwist.config.settings import ProxySettings
 from promtwist.protocol.session import LinkState
 from promtwist.proxy.answers import ScrapeFailed
 from promtwist.proxy.eviction import evictStale

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from twisted.trial.unittest import SynchronousTestCase
 
 from promtwist.agent.filters import DEFAULT_MAX_LINE, FamilyFilter, FilterStream
-from promtwist.config import MetricFilter
+from promtwist.config.settings import MetricFilter
 
 
 def makeFilter(

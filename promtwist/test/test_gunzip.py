@@ -9,7 +9,7 @@ import zlib
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from promtwist.config import MiB
+from promtwist.config.settings import MiB
 from promtwist.gunzip import Gunzip, GunzipError
 
 

@@ -13,7 +13,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import deferLater
 
-from promtwist.config import ProxySettings
+from promtwist.config.settings import ProxySettings
 from promtwist.protocol.promtwist_pb2 import Frame, Hello
 from promtwist.test.helpers import BesideARealAgent, RawClient
 

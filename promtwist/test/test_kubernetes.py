@@ -22,7 +22,8 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from promtwist.config import AgentSettings, ProxySettings, loadAgentSettings
+from promtwist.config.load import loadAgentSettings
+from promtwist.config.settings import AgentSettings, ProxySettings
 from promtwist.test.helpers import sourceTreeFile
 
 EXAMPLES = os.path.join("examples", "kubernetes")

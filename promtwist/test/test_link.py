@@ -27,8 +27,8 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from promtwist.agent import connection as agentConnection
 from promtwist.agent.connection import ProxyConnection, ProxyConnectionFactory, Rejected
-from promtwist.agent.scraper import Scraper
-from promtwist.config import AgentSettings, Identity, PathConfig, ProxySettings
+from promtwist.agent.scraper import ScrapeObserver, Scraper
+from promtwist.config.settings import AgentSettings, Identity, PathConfig, ProxySettings
 from promtwist.protocol.framing import encodeFrame
 from promtwist.protocol.promtwist_pb2 import (
     Frame,
@@ -153,7 +153,11 @@ class Pair:
         proxySettings: ProxySettings = ProxySettings(),
         agentSettings: AgentSettings = AgentSettings(name="a1", path_configs=PATHS),
         target: Target | None = None,
+        observer: ScrapeObserver | None = None,
     ) -> None:
+        """
+        @param observer: what the agent's metrics would hear of scrapes.
+        """
         self.clock = Clock()
         self.target = target or Target()
         self.http = MemoryTargets(self.target)
@@ -161,7 +165,9 @@ class Pair:
         self.factory = proxyFactory
         self.registry = proxyFactory.registry
         agentFactory = ProxyConnectionFactory(
-            agentSettings, Scraper(agentSettings, self.http.pool, self.clock), self.clock
+            agentSettings,
+            Scraper(agentSettings, self.http.pool, self.clock, observer or ScrapeObserver()),
+            self.clock,
         )
         self.agent: ProxyConnection
         self.proxy: AgentLink
@@ -666,7 +672,7 @@ class HeartbeatTests(SynchronousTestCase):
         no more often; its second ping tells the agent.
         """
         pair = Pair()
-        pings = pair.factory.metrics.registry
+        pings = pingsReceived(pair.agent)
         self.assertIsNone(pair.proxy.roundTripSeconds)
         # Just past the second measurement, short of a third.
         for _ in range(3 + ROUND_TRIP_EVERY_PERIODS * 5):
@@ -675,9 +681,31 @@ class HeartbeatTests(SynchronousTestCase):
             pair.flush()
         self.assertIsNotNone(pair.proxy.roundTripSeconds)
         self.assertIsNotNone(pair.agent.roundTripSeconds)
-        # The agent's pongs as the proxy counts them: at 2.5 s and 30 s
-        # later (met at the next whole second here); the agent never pinged.
-        self.assertEqual(pings.get_sample_value("proxy_heartbeat_count_total"), 2)
+        # At 2.5 s and 30 s later (met at the next whole second here).
+        self.assertEqual(len(pings), 2)
+        # An agent answering a scrape every second sends prometheus-proxy's
+        # proxy no heartbeat, and none is counted here either.
+        self.assertEqual(
+            pair.factory.metrics.registry.get_sample_value("proxy_heartbeat_count_total"), 0
+        )
+
+    def test_idleHeartbeatCount(self) -> None:
+        """
+        Over five idle minutes C{proxy_heartbeat_count} grows as under
+        prometheus-proxy, whose idle agent sends one heartbeat about every
+        5.25 s (57 in 300 s), though the proxy pings only every two periods:
+        each pong counts the heartbeats due since the last, and those after
+        the last pong wait for the next one.
+        """
+        pair = Pair()
+        pings = pingsReceived(pair.agent)
+        for _ in range(300):
+            pair.clock.advance(1.0)
+            pair.flush()
+        counted = pair.factory.metrics.registry.get_sample_value("proxy_heartbeat_count_total")
+        self.assertLessEqual(len(pings), 300 / 10)
+        assert counted is not None
+        self.assertTrue(55 <= counted <= 57, counted)
 
     def test_onlyTheProxyPings(self) -> None:
         """
@@ -808,6 +836,10 @@ class HeartbeatTests(SynchronousTestCase):
         self.assertIn("nothing heard from", logText(events))
         pair.flush()
         self.assertEqual(pair.registry.lookup("fast"), ())
+        # As prometheus-proxy counts the agents it gives up on for silence.
+        self.assertEqual(
+            pair.factory.metrics.registry.get_sample_value("proxy_eviction_count_total"), 1
+        )
 
 
 class CorrelationTests(SynchronousTestCase):
@@ -869,6 +901,46 @@ class ScrapeTests(SynchronousTestCase):
         self.assertIn("agent disconnected", str(failure.value))
         self.assertEqual(pair.registry.agents(), [])
 
+    def test_droppedResults(self) -> None:
+        """
+        A link lost under a scrape drops the result of the fetch under way;
+        one still queued for a slot never started and is not counted, as
+        prometheus-proxy's agent drains its queue.
+        """
+        results: list[str] = []
+
+        class Results(ScrapeObserver):
+            def resultSent(self, kind: str) -> None:
+                results.append(kind)
+
+        settings = AgentSettings(name="a1", path_configs=PATHS, max_concurrent_clients=1)
+        pair = Pair(agentSettings=settings, observer=Results())
+        streams = [pair.scrape("slow"), pair.scrape("slow")]
+        self.assertEqual(len(pair.target.pending), 1)
+        pair.agent.transport.abortConnection()
+        pair.flush()
+        self.assertEqual(results, ["dropped"])
+        for stream in streams:
+            self.failureResultOf(stream.head, ScrapeFailed)
+
+    def test_invalidPathCounted(self) -> None:
+        """
+        A path the agent does not serve is counted, and its answer is a
+        result sent.
+        """
+        seen: list[str] = []
+
+        class Seen(ScrapeObserver):
+            def invalidPath(self) -> None:
+                seen.append("invalid_path")
+
+            def resultSent(self, kind: str) -> None:
+                seen.append(kind)
+
+        pair = Pair(observer=Seen())
+        self.failureResultOf(pair.scrape("other").head, ScrapeFailed)
+        self.assertEqual(seen, ["invalid_path", "non-gzipped"])
+
     def test_cancelReachesTarget(self) -> None:
         """
         Cancelling at the proxy cancels the target request at the agent, and
@@ -910,11 +982,19 @@ class ScrapeTests(SynchronousTestCase):
         self.successResultOf(stream.head)
         collector = Collector()
         stream.deliverBody(collector)
+        self.assertEqual(pair.proxy.transfersInProgress, 1)
         pair.agent.transport.abortConnection()
         pair.flush()
+        self.assertEqual(pair.proxy.transfersInProgress, 0)
         assert collector.failed is not None
         self.assertEqual((collector.failed.status, collector.failed.kind), (502, "upstream_error"))
         self.assertIn("agent disconnected", collector.failed.reason)
+        self.assertEqual(
+            pair.factory.metrics.registry.get_sample_value(
+                "proxy_chunked_transfers_abandoned_total"
+            ),
+            1,
+        )
 
     def test_failureWithoutHead(self) -> None:
         """

@@ -23,7 +23,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 
 from promtwist.agent.service import AgentService
-from promtwist.config import AgentSettings, PathConfig, ProxyEndpoint, ProxySettings
+from promtwist.config.settings import AgentSettings, PathConfig, ProxyEndpoint, ProxySettings
 from promtwist.protocol.framing import encodeFrame
 from promtwist.protocol.promtwist_pb2 import Frame, Goodbye, Hello, Ping, RegisterPath
 from promtwist.proxy.build import buildProxy

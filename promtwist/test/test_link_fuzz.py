@@ -32,7 +32,7 @@ from zope.interface import implementer
 
 from promtwist.agent.connection import ProxyConnectionFactory
 from promtwist.agent.scraper import Scraper
-from promtwist.config import AgentSettings, ProxySettings
+from promtwist.config.settings import AgentSettings, ProxySettings
 from promtwist.protocol.framing import encodeFrame
 from promtwist.protocol.promtwist_pb2 import Frame, Hello, Welcome
 from promtwist.protocol.session import LinkState

@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogEvent, LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
-from promtwist.config import ProxySettings
+from promtwist.config.settings import ProxySettings
 from promtwist.protocol.promtwist_pb2 import Frame, Hello, PathReply, RegisterPath, UnregisterPath
 from promtwist.proxy.link import PATHS_LOGGED, AgentLink
 from promtwist.test.helpers import agentLinkFactory

@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from promtwist.agent.connection import ProxyConnection, Rejected
-from promtwist.config import ProxySettings
+from promtwist.config.settings import ProxySettings
 from promtwist.protocol.promtwist_pb2 import (
     Frame,
     Goodbye,

@@ -28,7 +28,8 @@ from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from promtwist.config import ConfigError, ProxySettings, loadProxySettings
+from promtwist.config.load import loadProxySettings
+from promtwist.config.settings import ConfigError, ProxySettings
 from promtwist.endpoints import DualStackEndpoint, ipv6Available, wildcard
 from promtwist.httpguard import AllowedNetworks
 from promtwist.listen import Listener

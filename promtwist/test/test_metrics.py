@@ -7,6 +7,7 @@ instance.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,6 +32,8 @@ from promtwist.metrics import (
     Children,
     ProxyMetrics,
     ProxyState,
+    ScrapeLeg,
+    javaDouble,
 )
 from promtwist.web import MetricsResource
 
@@ -45,6 +48,8 @@ PROXY_METRICS: Mapping[str, tuple[str, frozenset[str]]] = {
     "proxy_eviction_count": ("counter", frozenset()),
     "proxy_heartbeat_count": ("counter", frozenset()),
     "proxy_agent_displacement": ("counter", frozenset()),
+    "proxy_chunk_validation_failures": ("counter", frozenset({"stage"})),
+    "proxy_chunked_transfers_abandoned": ("counter", frozenset()),
     "proxy_start_time_seconds": ("gauge", frozenset({"launch_id"})),
     "proxy_agent_map_size": ("gauge", frozenset()),
     "proxy_chunk_context_map_size": ("gauge", frozenset()),
@@ -122,6 +127,10 @@ def sampleNames(family: Metric) -> set[str]:
     return {sample.name for sample in family.samples}
 
 
+def success(seconds: float, nbytes: int = 100, encoding: str = "plain") -> ScrapeLeg:
+    return ScrapeLeg("success", seconds, nbytes, encoding)
+
+
 def proxyState(*agents: AgentSample, paths: int = 0, pending: int = 0) -> ProxyState:
     return ProxyState(agents=agents, pathCount=paths, pendingHandshakes=pending)
 
@@ -133,8 +142,9 @@ def agent(
     rtt: float | None = 0.01,
     inFlight: int = 0,
     connected: float = 0.0,
+    transfers: int = 0,
 ) -> AgentSample:
-    return AgentSample(name, hostName, agentId, rtt, inFlight, connected)
+    return AgentSample(name, hostName, agentId, rtt, inFlight, connected, transfers)
 
 
 class ProxyExpositionTests(SynchronousTestCase):
@@ -152,9 +162,11 @@ class ProxyExpositionTests(SynchronousTestCase):
         """
         Produce a sample in every labelled family.
         """
-        self.metrics.scrapeFinished("app1_metrics", "success", 0.2, 2048, "gzipped")
+        self.metrics.scrapeFinished("app1_metrics", [success(0.2, 2048, "gzipped")], 700)
         self.metrics.rejected("bad_token")
         self.metrics.holderChanged("lost")
+        self.metrics.chunkInvalid("chunk")
+        self.metrics.transferAbandoned()
         self.metrics.track(lambda: proxyState(agent(rtt=0.01, inFlight=1), paths=1, pending=0))
 
     def test_namesTypesAndLabels(self) -> None:
@@ -167,16 +179,55 @@ class ProxyExpositionTests(SynchronousTestCase):
 
     def test_counterSampleNames(self) -> None:
         """
-        Counters are exposed as C{<name>_total}; the displacement counter,
-        named with C{_total} already, as C{proxy_agent_displacement_total}
-        and nothing longer.
+        Counters are exposed as C{<name>_total}; those named with C{_total}
+        already, as prometheus-proxy names them, with one C{_total} only.
         """
         self.exercise()
         exposed = families(self.metrics.registry)
         for name, (kind, _) in PROXY_METRICS.items():
             if kind == "counter":
                 self.assertIn(name + "_total", sampleNames(exposed[name]))
-        self.assertNotIn("proxy_agent_displacement_total_total", scrape(self.metrics.registry)[1])
+        self.assertNotIn("_total_total", scrape(self.metrics.registry)[1])
+
+    def test_bucketBoundText(self) -> None:
+        """
+        C{le} is printed as prometheus-proxy's Java client prints it, in
+        both exposition formats: the label value is part of the series.
+        """
+        self.exercise()
+        for accept in (None, "application/openmetrics-text; version=1.0.0"):
+            text = scrape(self.metrics.registry, accept)[1]
+            bounds = re.findall(r'proxy_scrape_response_bytes_bucket\{[^}]*le="([^"]+)"', text)
+            self.assertEqual(
+                bounds,
+                [
+                    "1024.0",
+                    "10240.0",
+                    "102400.0",
+                    "512000.0",
+                    "1048576.0",
+                    "5242880.0",
+                    "1.048576E7",
+                    "+Inf",
+                ],
+            )
+            latency = re.findall(
+                r'proxy_scrape_request_latency_seconds_bucket\{[^}]*le="([^"]+)"', text
+            )
+            self.assertEqual(
+                latency,
+                "0.005 0.01 0.025 0.05 0.1 0.25 0.5 1.0 2.5 5.0 10.0 +Inf".split(),
+            )
+        # OpenMetrics' strict parser reads the Java form as the same bounds.
+        exposed = {family.name: family for family in openmetrics_families(text)}
+        self.assertEqual(
+            [
+                float(sample.labels["le"])
+                for sample in exposed["proxy_scrape_response_bytes"].samples
+                if "le" in sample.labels
+            ],
+            [*RESPONSE_BYTES_BUCKETS, float("inf")],
+        )
 
     def test_processMetrics(self) -> None:
         exposed = families(self.metrics.registry)
@@ -237,8 +288,8 @@ class ProxyEventTests(SynchronousTestCase):
         return self.metrics.registry.get_sample_value(name, dict(labels or {}))
 
     def test_scrapeFinished(self) -> None:
-        self.metrics.scrapeFinished("app1_metrics", "success", 0.2, 2048, "gzipped")
-        self.metrics.scrapeFinished("app1_metrics", "success", 0.3, 100, "plain")
+        self.metrics.scrapeFinished("app1_metrics", [success(0.2, 2048, "gzipped")], 700)
+        self.metrics.scrapeFinished("app1_metrics", [success(0.3, 100)], 100)
         self.assertEqual(self.value("proxy_scrape_requests_total", {"type": "success"}), 2)
         latency = {"path": "app1_metrics", "outcome": "success"}
         self.assertEqual(self.value("proxy_scrape_request_latency_seconds_count", latency), 2)
@@ -250,20 +301,45 @@ class ProxyEventTests(SynchronousTestCase):
             1,
         )
         gzipped = {"path": "app1_metrics", "encoding": "gzipped"}
+        # The body's own size, not what went to Prometheus.
         self.assertEqual(self.value("proxy_scrape_response_bytes_sum", gzipped), 2048)
         self.assertEqual(
             self.value("proxy_scrape_response_bytes_bucket", {**gzipped, "le": "1024.0"}), 0
         )
         plain = {"path": "app1_metrics", "encoding": "plain"}
         self.assertEqual(self.value("proxy_scrape_response_bytes_count", plain), 1)
-        self.assertEqual(self.value("proxy_relayed_bytes_total"), 2148)
+        self.assertEqual(self.value("proxy_relayed_bytes_total"), 800)
+
+    def test_everyLegCounted(self) -> None:
+        """
+        A consolidated path's agents each count, under their own outcome
+        and time, as prometheus-proxy counts them.
+        """
+        self.metrics.scrapeFinished(
+            "group",
+            [success(0.1), ScrapeLeg("upstream_error", 0.2), success(0.4, 5000, "gzipped")],
+            5100,
+        )
+        self.assertEqual(self.value("proxy_scrape_requests_total", {"type": "success"}), 2)
+        self.assertEqual(self.value("proxy_scrape_requests_total", {"type": "upstream_error"}), 1)
+        self.assertEqual(
+            self.value(
+                "proxy_scrape_request_latency_seconds_count",
+                {"path": "group", "outcome": "upstream_error"},
+            ),
+            1,
+        )
+        self.assertEqual(
+            self.value("proxy_scrape_response_bytes_sum", {"path": "group", "encoding": "gzipped"}),
+            5000,
+        )
 
     def test_failureSizesNotObserved(self) -> None:
         """
         A failed scrape is counted and timed by outcome, but its body (a
         one-line reason) is not a response size; it is relayed bytes.
         """
-        self.metrics.scrapeFinished("app1_metrics", "timed_out", 1.5, 40, "plain")
+        self.metrics.scrapeFinished("app1_metrics", [ScrapeLeg("timed_out", 1.5)], 40)
         self.assertEqual(self.value("proxy_scrape_requests_total", {"type": "timed_out"}), 1)
         self.assertEqual(
             self.value(
@@ -280,25 +356,39 @@ class ProxyEventTests(SynchronousTestCase):
         )
         self.assertEqual(self.value("proxy_relayed_bytes_total"), 40)
 
-    def test_unroutedPathNotALabel(self) -> None:
+    def test_untimedLegNotALabel(self) -> None:
         """
-        A request that matched no path is timed under path C{""}: its path
-        is the requester's choice and must not make series.
+        A request no agent was asked for is counted but not timed, as
+        prometheus-proxy does: its path is the requester's choice and makes
+        no series.
         """
         for path in ("nope1", "nope2"):
-            self.metrics.scrapeFinished(path, "path_not_found", 0.001, 20, "plain")
-        # A request refused for its bytes may name any path too.
-        self.metrics.scrapeFinished("nope3", "bad_request", 0.0, 0, "plain")
-        self.assertEqual(
-            self.value(
-                "proxy_scrape_request_latency_seconds_count",
-                {"path": "", "outcome": "path_not_found"},
-            ),
-            2,
-        )
+            self.metrics.scrapeFinished(path, [ScrapeLeg("invalid_path", None)], 20)
+        self.assertEqual(self.value("proxy_scrape_requests_total", {"type": "invalid_path"}), 2)
         text = scrape(self.metrics.registry)[1]
         self.assertNotIn("nope1", text)
-        self.assertNotIn("nope3", text)
+        self.assertNotIn('outcome="invalid_path"', text)
+
+    def test_hungUpNotCounted(self) -> None:
+        """
+        A scrape with no legs (Prometheus hung up first) counts nothing but
+        the bytes relayed.
+        """
+        self.metrics.scrapeFinished("app1_metrics", [], 30)
+        text = scrape(self.metrics.registry)[1]
+        self.assertNotIn('path="app1_metrics"', text)
+        self.assertEqual(self.value("proxy_relayed_bytes_total"), 30)
+
+    def test_transfers(self) -> None:
+        self.metrics.chunkInvalid("chunk")
+        self.metrics.chunkInvalid("summary")
+        self.metrics.chunkInvalid("summary")
+        self.metrics.transferAbandoned()
+        self.assertEqual(self.value("proxy_chunk_validation_failures_total", {"stage": "chunk"}), 1)
+        self.assertEqual(
+            self.value("proxy_chunk_validation_failures_total", {"stage": "summary"}), 2
+        )
+        self.assertEqual(self.value("proxy_chunked_transfers_abandoned_total"), 1)
 
     def test_successAtZero(self) -> None:
         """
@@ -310,7 +400,8 @@ class ProxyEventTests(SynchronousTestCase):
     def test_counters(self) -> None:
         self.metrics.agentConnected()
         self.metrics.agentConnected()
-        self.metrics.heartbeatReceived()
+        self.metrics.heartbeats(3)
+        self.metrics.heartbeats(0)
         self.metrics.agentEvicted()
         self.metrics.agentDisplaced()
         self.metrics.rejected("bad_token")
@@ -322,7 +413,7 @@ class ProxyEventTests(SynchronousTestCase):
         self.assertEqual(self.value("proxy_path_holder_changes_total", {"reason": "goodbye"}), 2)
         self.assertEqual(self.value("proxy_path_holder_changes_total", {"reason": "takeover"}), 1)
         self.assertEqual(self.value("proxy_connect_count_total"), 2)
-        self.assertEqual(self.value("proxy_heartbeat_count_total"), 1)
+        self.assertEqual(self.value("proxy_heartbeat_count_total"), 3)
         self.assertEqual(self.value("proxy_eviction_count_total"), 1)
         self.assertEqual(self.value("proxy_agent_displacement_total"), 1)
         self.assertEqual(self.value("proxy_rejections_total", {"reason": "bad_token"}), 2)
@@ -353,8 +444,8 @@ class ProxySampledTests(SynchronousTestCase):
         self.assertEqual(self.calls, 0)
         self.assertEqual(self.value("proxy_agent_map_size"), 0)
         self.state = proxyState(
-            agent("a", "h1", "id1", 0.02, 2, 600.0),
-            agent("a", "h1", "id2", None, 3, 30.0),
+            agent("a", "h1", "id1", 0.02, 2, 600.0, transfers=1),
+            agent("a", "h1", "id2", None, 3, 30.0, transfers=2),
             agent("b", "h2", "id3", 0.5, 1, 5.0),
             paths=4,
             pending=2,
@@ -372,7 +463,8 @@ class ProxySampledTests(SynchronousTestCase):
         self.assertEqual(samples("proxy_path_map_size"), {(): 4})
         self.assertEqual(samples("proxy_scrape_map_size"), {(): 6})
         self.assertEqual(samples("proxy_cumulative_agent_backlog_size"), {(): 6})
-        self.assertEqual(samples("proxy_chunk_context_map_size"), {(): 0})
+        # Answers in several frames under way, over all agents.
+        self.assertEqual(samples("proxy_chunk_context_map_size"), {(): 3})
         self.assertEqual(samples("proxy_pending_handshakes"), {(): 2})
         self.assertEqual(
             samples("proxy_connected_agents"),
@@ -493,7 +585,11 @@ class AgentMetricsTests(SynchronousTestCase):
         self.metrics.connected(False)
         self.metrics.connected(False)
         self.metrics.scrapeFinished("success", 0.1)
-        self.metrics.scrapeFinished("invalid_path", 0.0)
+        self.metrics.scrapeFinished("unsuccessful", 0.2)
+        # No answer from the target: timed, not counted by type.
+        self.metrics.scrapeFinished("failed", 3.0)
+        # Counted, not timed.
+        self.metrics.invalidPath()
         self.metrics.resultSent("non-gzipped")
         self.metrics.resultSent("dropped")
         self.metrics.filtered("app1_metrics", 10, 500)
@@ -504,14 +600,16 @@ class AgentMetricsTests(SynchronousTestCase):
         self.assertEqual(self.value("agent_connect_count_total", type="failure"), 2)
         self.assertEqual(self.value("agent_scrape_request_count_total", type="success"), 1)
         self.assertEqual(self.value("agent_scrape_request_count_total", type="invalid_path"), 1)
+        self.assertEqual(self.value("agent_scrape_request_count_total", type="unsuccessful"), 1)
+        self.assertIsNone(self.value("agent_scrape_request_count_total", type="failed"))
         self.assertEqual(
-            self.value("agent_scrape_request_latency_seconds_count", agent_name="agent1"), 2
+            self.value("agent_scrape_request_latency_seconds_count", agent_name="agent1"), 3
         )
         self.assertEqual(
             self.value(
-                "agent_scrape_request_latency_seconds_bucket", agent_name="agent1", le="0.005"
+                "agent_scrape_request_latency_seconds_bucket", agent_name="agent1", le="0.25"
             ),
-            1,
+            2,
         )
         self.assertEqual(self.value("agent_scrape_result_count_total", type="non-gzipped"), 1)
         self.assertEqual(self.value("agent_scrape_result_count_total", type="dropped"), 1)
@@ -598,6 +696,52 @@ class NegotiationTests(SynchronousTestCase):
     def test_openMetricsNoVersion(self) -> None:
         contentType, _ = scrape(self.metrics.registry, "application/openmetrics-text")
         self.assertEqual(contentType, OPENMETRICS)
+
+
+class JavaDoubleTests(SynchronousTestCase):
+    """
+    L{javaDouble} prints as Java's C{Double.toString} (and simpleclient's
+    C{doubleToGoString} for infinities).
+    """
+
+    def test_plainRange(self) -> None:
+        """
+        From 10^-3 up to 10^7: plain digits, at least one after the point.
+        """
+        for value, text in [
+            (0.005, "0.005"),
+            (0.001, "0.001"),
+            (1.0, "1.0"),
+            (2.5, "2.5"),
+            (100.0, "100.0"),
+            (1048576.0, "1048576.0"),
+            (9999999.0, "9999999.0"),
+            (-2.5, "-2.5"),
+            (0.1 + 0.2, "0.30000000000000004"),
+        ]:
+            self.assertEqual((value, javaDouble(value)), (value, text))
+
+    def test_scientific(self) -> None:
+        """
+        Outside that: one digit before the point, at least one after, then
+        C{E} and the exponent without a plus sign.
+        """
+        for value, text in [
+            (10485760.0, "1.048576E7"),
+            (1e7, "1.0E7"),
+            (123456789.0, "1.23456789E8"),
+            (0.0001, "1.0E-4"),
+            (1.5e-10, "1.5E-10"),
+            (1e21, "1.0E21"),
+        ]:
+            self.assertEqual((value, javaDouble(value)), (value, text))
+
+    def test_special(self) -> None:
+        self.assertEqual(javaDouble(float("inf")), "+Inf")
+        self.assertEqual(javaDouble(float("-inf")), "-Inf")
+        self.assertEqual(javaDouble(float("nan")), "NaN")
+        self.assertEqual(javaDouble(0.0), "0.0")
+        self.assertEqual(javaDouble(-0.0), "-0.0")
 
 
 class ChildrenTests(SynchronousTestCase):

@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from promtwist.agent.connection import ProxyConnection, ProxyConnectionFactory
 from promtwist.agent.scraper import Scraper
-from promtwist.config import AgentSettings, Identity, ProxySettings
+from promtwist.config.settings import AgentSettings, Identity, ProxySettings
 from promtwist.protocol.promtwist_pb2 import HOLDER, Frame, Holder, PathStatus
 from promtwist.protocol.session import LinkState
 from promtwist.proxy.link import AgentLink

@@ -11,7 +11,7 @@ from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from promtwist.agent.connection import RETRY_FIRST_SECS
-from promtwist.config import Identity, ProxySettings
+from promtwist.config.settings import Identity, ProxySettings
 from promtwist.protocol.promtwist_pb2 import Frame
 from promtwist.proxy import link as linkModule
 from promtwist.proxy.build import buildProxy

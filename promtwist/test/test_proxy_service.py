@@ -25,7 +25,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from promtwist import __version__
 from promtwist.agent.service import AgentService
-from promtwist.config import (
+from promtwist.config.settings import (
     AgentSettings,
     ConfigError,
     Identity,

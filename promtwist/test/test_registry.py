@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from promtwist.config import LEGACY_TOKEN_IDENTITY, Identity, ProxySettings
+from promtwist.config.settings import LEGACY_TOKEN_IDENTITY, Identity, ProxySettings
 from promtwist.proxy.auth import ANONYMOUS
 from promtwist.proxy.registration import PATH_OVERHEAD, RegistrationRefused, checkPath
 from promtwist.proxy.registry import AgentHandle, HolderChange, Registry, provesSameAgent

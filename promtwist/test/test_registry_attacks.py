@@ -17,7 +17,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import LogLevel, capturedLogs
 from twisted.python.failure import Failure
 
-from promtwist.config import ProxySettings
+from promtwist.config.settings import ProxySettings
 from promtwist.protocol.promtwist_pb2 import Frame, Hello, PathReply, RegisterPath
 from promtwist.test.helpers import BesideARealAgent, MiB, rss
 from promtwist.test.test_framing import encode

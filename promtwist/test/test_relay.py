@@ -21,7 +21,8 @@ from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from promtwist.config import Identity, ProxySettings
+from promtwist.config.settings import Identity, ProxySettings
+from promtwist.metrics import ProxyMetrics, ScrapeLeg
 from promtwist.protocol.promtwist_pb2 import Frame, Outcome, ScrapeChunk, ScrapeResponse
 from promtwist.proxy.answers import ScrapeRecord
 from promtwist.proxy.auth import ANONYMOUS
@@ -51,6 +52,7 @@ class FakeLink:
     consolidated: bool = False
     identity: Identity = ANONYMOUS
     MAX_LENGTH: int = FRAME
+    metrics: ProxyMetrics = field(default_factory=lambda: ProxyMetrics("fake", Clock()))
     calls: list[ScrapeCall] = field(default_factory=list)
     streams: dict[int, ScrapeStream] = field(default_factory=dict)
     sent: list[Frame] = field(default_factory=list)
@@ -213,6 +215,25 @@ def response(transport: StringTransport) -> Response:
     return parseResponse(transport.value())
 
 
+def transfers(link: FakeLink) -> tuple[dict[str, float], float]:
+    """
+    The chunk validation failures by stage and the abandoned transfers
+    C{link} told its metrics of.
+    """
+    registry = link.metrics.registry
+    stages = {
+        stage: value
+        for stage in ("chunk", "summary")
+        if (
+            value := registry.get_sample_value(
+                "proxy_chunk_validation_failures_total", {"stage": stage}
+            )
+        )
+    }
+    abandoned = registry.get_sample_value("proxy_chunked_transfers_abandoned_total")
+    return stages, abandoned or 0
+
+
 class StreamThroughTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.proxy = Proxy()
@@ -270,6 +291,10 @@ class StreamThroughTests(SynchronousTestCase):
         record = self.proxy.records[-1]
         self.assertEqual(record.type, "invalid_answer")
         self.assertIn("more than the 23 body bytes it declared", record.reason)
+        # prometheus-proxy's names for the same event: a chunk that failed
+        # validation, and its 502 counted as upstream_error.
+        self.assertEqual(transfers(self.link), ({"chunk": 1}, 0))
+        self.assertEqual([leg.type for leg in record.legs], ["upstream_error"])
 
     def test_moreThanDeclaredInHead(self) -> None:
         conn = self.proxy.get()
@@ -290,6 +315,7 @@ class StreamThroughTests(SynchronousTestCase):
         self.assertFalse(r.complete)
         self.assertTrue(conn.disconnecting)
         self.assertIn("declared 23 body bytes and sent 10", self.proxy.records[-1].reason)
+        self.assertEqual(transfers(self.link), ({"summary": 1}, 0))
 
     def test_lastHeadLengthMismatch(self) -> None:
         conn = self.proxy.get()
@@ -344,6 +370,26 @@ class StreamThroughTests(SynchronousTestCase):
         self.assertEqual(r.status, 500)
         self.assertEqual(r.body, b"target http://t/metrics answered HTTP 500\n")
         self.assertEqual(self.proxy.records[-1].type, "upstream_error")
+
+    def test_targetStatusTypes(self) -> None:
+        """
+        A target's status is counted under prometheus-proxy's name for it.
+        """
+        for status, kind in [
+            (404, "path_not_found"),
+            (408, "upstream_timed_out"),
+            (504, "upstream_timed_out"),
+            (413, "content_too_large"),
+            (502, "upstream_error"),
+        ]:
+            self.proxy.get()
+            self.link.head(status=status, last=True)
+            record = self.proxy.records[-1]
+            self.assertEqual((status, record.type), (status, kind))
+            # Timed under the path it was asked for, a registered one.
+            (leg,) = record.legs
+            self.assertEqual((leg.type, record.path), (kind, "p"))
+            self.assertIsNotNone(leg.seconds)
 
     def test_reasonInStatusLine(self) -> None:
         """
@@ -409,6 +455,8 @@ class StreamThroughTests(SynchronousTestCase):
         self.assertEqual(self.link.kinds(), ["cancel_scrape"])
         self.assertEqual((self.proxy.records[-1].status, self.proxy.inFlight), (499, 0))
         self.assertEqual(self.proxy.timers(), [])
+        # prometheus-proxy's handler is cancelled then and counts nothing.
+        self.assertEqual(self.proxy.records[-1].legs, ())
 
     def test_prometheusHangsUpMidBody(self) -> None:
         conn = self.proxy.get()
@@ -422,6 +470,27 @@ class StreamThroughTests(SynchronousTestCase):
         self.link.current.linkLost("connection reset")
         r = response(conn)
         self.assertEqual((r.status, r.body), (502, b"agent disconnected: connection reset\n"))
+        # No transfer had begun.
+        self.assertEqual(transfers(self.link), ({}, 0))
+
+    def test_linkLostMidBody(self) -> None:
+        """
+        A link lost between an answer's frames abandons the transfer.
+        """
+        conn = self.proxy.get()
+        self.link.head(b"x" * 10)
+        self.link.current.linkLost("connection reset")
+        self.assertTrue(conn.disconnecting)
+        self.assertEqual(transfers(self.link), ({}, 1))
+        self.assertEqual([leg.type for leg in self.proxy.records[-1].legs], ["upstream_error"])
+
+    def test_refusalCountedUntimed(self) -> None:
+        """
+        A request no agent serves is one untimed leg.
+        """
+        self.proxy.get(b"/nothing")
+        record = self.proxy.records[-1]
+        self.assertEqual(record.legs, (ScrapeLeg("invalid_path", None),))
 
     def test_stopping(self) -> None:
         self.proxy.resource.stopping = True
@@ -496,6 +565,8 @@ class GzipTests(SynchronousTestCase):
         r = response(conn)
         self.assertEqual((r.body, r.headers[b"content-encoding"]), (body, b"gzip"))
         self.assertEqual(self.proxy.records[-1].encoding, "gzipped")
+        # The body's own size, from the gzip trailer, as it came over the link.
+        self.assertEqual(self.proxy.records[-1].legs, (ScrapeLeg("success", 0.0, 5, "gzipped"),))
 
     def test_inflatedForClientsWithoutGzip(self) -> None:
         conn = self.proxy.get()
@@ -505,6 +576,7 @@ class GzipTests(SynchronousTestCase):
         r = response(conn)
         self.assertEqual((r.status, r.body, r.complete), (200, b"up 1\n" * 1000, True))
         self.assertNotIn(b"content-encoding", r.headers)
+        self.assertEqual(self.proxy.records[-1].legs, (ScrapeLeg("success", 0.0, 5000, "gzipped"),))
 
     def test_multiMemberInflatedWhole(self) -> None:
         """
@@ -639,10 +711,17 @@ class CollectMergeTests(SynchronousTestCase):
     def test_oneMissing(self) -> None:
         conn = self.proxy.get()
         self.a.head(b"a 1\n", last=True)
+        self.proxy.clock.advance(0.5)
         self.b.head(outcome=Outcome.UNREACHABLE, reason="refused", last=True)
         r = response(conn)
         self.assertEqual((r.status, r.body), (200, b"a 1\n"))
         self.assertEqual(r.headers[b"x-promtwist-missing-agents"], b"b: refused")
+        # Each agent is a leg of its own, with its own outcome and time, as
+        # prometheus-proxy counts a consolidated path.
+        self.assertEqual(
+            self.proxy.records[-1].legs,
+            (ScrapeLeg("success", 0.0, 4, "plain"), ScrapeLeg("upstream_error", 0.5, 0)),
+        )
 
     def test_noneAnswers(self) -> None:
         conn = self.proxy.get()
@@ -672,6 +751,7 @@ class CollectMergeTests(SynchronousTestCase):
         self.a.head(b"a 1\n")
         self.proxy.hangUp(conn)
         self.assertEqual(self.proxy.records[-1].type, "client_gone")
+        self.assertEqual(self.proxy.records[-1].legs, ())
         self.assertIn("cancel_scrape", self.a.kinds())
         self.assertEqual(self.b.kinds(), ["cancel_scrape"])
         self.assertEqual((self.proxy.inFlight, self.proxy.resource.budget.used), (0, 0))

@@ -20,11 +20,12 @@ from twisted.internet.interfaces import IConsumer, IPushProducer, ISystemHandle
 from twisted.internet.task import deferLater
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from promtwist.config import PathConfig, ProxySettings
+from promtwist.config.settings import PathConfig, ProxySettings
 from promtwist.protocol.promtwist_pb2 import (
     Frame,
     Hello,
@@ -125,6 +126,21 @@ class HostileAgent(Int32StringReceiver):
         return not self.closed.called
 
 
+async def connectHostile(
+    case: TestCase, port: int, path: str, behaviour: Behaviour, consolidated: bool = False
+) -> HostileAgent:
+    """
+    A L{HostileAgent} connected to the agent port C{port} on loopback and
+    serving C{path}, for the length of C{case}.
+    """
+    agent = HostileAgent(path, behaviour, consolidated)
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    await connectProtocol(endpoint, agent)
+    case.addCleanup(lambda: agent.transport.loseConnection() if agent.transport else None)
+    await agent.ready
+    return agent
+
+
 class RelayAttackTests(BesideARealAgent):
     def proxySettings(self) -> ProxySettings:
         return ProxySettings(http_port=0, agent_port=0, max_consolidated_buffer_mbytes=32)
@@ -132,12 +148,9 @@ class RelayAttackTests(BesideARealAgent):
     async def hostile(
         self, path: str, behaviour: Behaviour, consolidated: bool = False
     ) -> HostileAgent:
-        agent = HostileAgent(path, behaviour, consolidated)
-        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.proxy.agentListener.portNumber)
-        await connectProtocol(endpoint, agent)
-        self.addCleanup(lambda: agent.transport.loseConnection() if agent.transport else None)
-        await agent.ready
-        return agent
+        return await connectHostile(
+            self, self.proxy.agentListener.portNumber, path, behaviour, consolidated
+        )
 
     async def test_forgedLengthCannotSplitKeepAlive(self) -> None:
         """

@@ -13,7 +13,7 @@ from promtwist.agent.client import TargetPool
 from promtwist.agent.retries import JITTER, MAX_DELAY, RetryPolicy
 from promtwist.agent.scraper import Scrape, Scraper
 from promtwist.agent.slots import Slots
-from promtwist.config import AgentSettings, PathConfig
+from promtwist.config.settings import AgentSettings, PathConfig
 from promtwist.protocol.promtwist_pb2 import Frame, Outcome, ScrapeRequest
 from promtwist.test.helpers import servedOnLoopback
 from promtwist.test.test_scraper import FakeResponse, Recorder, Run

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from promtwist.config import ProxySettings
+from promtwist.config.settings import ProxySettings
 from promtwist.httputil import acceptsGzip
 from promtwist.proxy.answers import textAnswer
 from promtwist.proxy.relay import ScrapeCall, scrapeDeadline

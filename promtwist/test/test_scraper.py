@@ -29,7 +29,7 @@ from promtwist.agent.filters import FilterStream
 from promtwist.agent.retries import RetryPolicy
 from promtwist.agent.scraper import FRAME_OVERHEAD, MIN_CHUNK, Scrape, ScrapeObserver, Scraper
 from promtwist.agent.slots import Slots
-from promtwist.config import AgentSettings, MetricFilter, PathConfig
+from promtwist.config.settings import AgentSettings, MetricFilter, PathConfig
 from promtwist.httputil import redacted
 from promtwist.protocol.framing import FrameTooLarge
 from promtwist.protocol.promtwist_pb2 import Frame, Outcome, ScrapeChunk, ScrapeRequest
@@ -746,6 +746,78 @@ def traceback(events: Sequence[LogEvent]) -> bool:
     return any("log_failure" in e for e in events)
 
 
+class ResultCountTests(SynchronousTestCase):
+    """
+    What the metrics hear of each scrape, as prometheus-proxy's agent counts
+    it: every result once, by how it went over the link, and the scrape by
+    whether the target answered.
+    """
+
+    def scrape(self, **kwargs: object) -> tuple[Run, Recorder]:
+        recorder = Recorder()
+        return Run(observer=recorder, **kwargs), recorder  # type: ignore[arg-type]
+
+    def test_plainOneFrame(self) -> None:
+        run, recorder = self.scrape()
+        response = run.respond(FakeResponse())
+        response.body(b"up 1\n")
+        response.end()
+        self.assertEqual((recorder.ended, recorder.sent), (["success"], ["non-gzipped"]))
+
+    def test_targetGzipOneFrame(self) -> None:
+        """
+        A body the target gzipped itself travels gzipped, and counts so.
+        """
+        run, recorder = self.scrape(acceptEncoding="gzip")
+        response = run.respond(FakeResponse(headers={b"Content-Encoding": [b"gzip"]}))
+        response.body(gzip.compress(b"up 1\n"))
+        response.end()
+        self.assertEqual(recorder.sent, ["gzipped"])
+
+    def test_chunkedCountedOnceAtTheEnd(self) -> None:
+        """
+        A result in several frames counts once, when its last frame goes:
+        one cut off by its link is dropped instead, never both.
+        """
+        run, recorder = self.scrape(chunkBytes=1024)
+        response = run.respond(FakeResponse())
+        response.body(b"x" * 5000)
+        self.assertEqual(recorder.sent, [])
+        response.end()
+        self.assertEqual(recorder.sent, ["chunked"])
+
+    def test_nonSuccessCounted(self) -> None:
+        """
+        A target's non-2xx answer is an unsuccessful scrape, and a result.
+        """
+        run, recorder = self.scrape()
+        run.respond(FakeResponse(code=500))
+        self.assertEqual((recorder.ended, recorder.sent), (["unsuccessful"], ["non-gzipped"]))
+
+    def test_tooLargeUnsuccessful(self) -> None:
+        run, recorder = self.scrape(max_content_length_mbytes=1)
+        run.respond(FakeResponse(length=2 * 1024 * 1024))
+        self.assertEqual(run.last().scrape_response.outcome, Outcome.TOO_LARGE)
+        self.assertEqual((recorder.ended, recorder.sent), (["unsuccessful"], ["non-gzipped"]))
+
+    def test_unreachableFailed(self) -> None:
+        """
+        No answer from the target: timed, not counted as a scrape type (as
+        prometheus-proxy's agent), but its result is sent and counted.
+        """
+        run, recorder = self.scrape()
+        run.http.requests[0].receiver.responseFailed("connection refused")
+        self.assertEqual((recorder.ended, recorder.sent), (["failed"], ["non-gzipped"]))
+
+    def test_failureMidBodyChunked(self) -> None:
+        run, recorder = self.scrape(chunkBytes=1024)
+        response = run.respond(FakeResponse())
+        response.body(b"x" * 3000)
+        response.end("connection lost")
+        self.assertEqual(run.last().scrape_chunk.last, True)
+        self.assertEqual((recorder.ended, recorder.sent), (["failed"], ["chunked"]))
+
+
 class RefusedAtOnceTests(SynchronousTestCase):
     """
     A scrape that cannot become a valid request is refused with AGENT_ERROR
@@ -1038,7 +1110,8 @@ class LinkLimitTests(SynchronousTestCase):
         response.end()
         (frame,) = sent
         self.assertEqual(frame.scrape_response.outcome, Outcome.AGENT_ERROR)
-        self.assertEqual(recorder.ended, ["unsuccessful"])
+        self.assertEqual(recorder.ended, ["failed"])
+        self.assertEqual(recorder.sent, ["non-gzipped"])
         self.successResultOf(run.scrape.done)
 
     def test_oneReadManyChunks(self) -> None:

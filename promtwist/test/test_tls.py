@@ -51,15 +51,14 @@ from twisted.web.server import Request, Site
 from zope.interface import implementer
 
 from promtwist.agent.service import AgentService
-from promtwist.config import (
+from promtwist.config.load import loadAgentSettings, loadProxySettings
+from promtwist.config.settings import (
     AgentSettings,
     ConfigError,
     Identity,
     PathConfig,
     ProxyEndpoint,
     ProxySettings,
-    loadAgentSettings,
-    loadProxySettings,
 )
 from promtwist.proxy.build import buildProxy
 from promtwist.proxy.server import ProxyService

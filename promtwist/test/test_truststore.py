@@ -15,7 +15,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
-from promtwist.config import AGENT, AgentSettings, ConfigError
+from promtwist.config.keys import AGENT
+from promtwist.config.settings import AgentSettings, ConfigError
 from promtwist.logs import clip
 from promtwist.test.certs import (
     STORE_CA,
@@ -272,6 +273,6 @@ class ReloadTests(SynchronousTestCase):
         old = AgentSettings(https_trust_store_path="a.jks", https_trust_store_password="x")
         new = replace(old, https_trust_store_path="b.jks", https_trust_store_password="y")
         self.assertEqual(
-            AGENT.changedKeys(old, new, ()),
-            ["agent.http.trustStorePath", "agent.http.trustStorePassword"],
+            AGENT.changedKeys(old, new),
+            ("agent.http.trustStorePath", "agent.http.trustStorePassword"),
         )

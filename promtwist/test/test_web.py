@@ -23,7 +23,7 @@ from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import Resource
 
 import promtwist
-from promtwist.config import AgentSettings, ProxySettings
+from promtwist.config.settings import AgentSettings, ProxySettings
 from promtwist.health import Checks, HealthCheck
 from promtwist.metrics import ProxyMetrics
 from promtwist.web import adminRoot, operationsListeners

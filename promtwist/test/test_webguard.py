@@ -633,6 +633,19 @@ class AllowListTests(SynchronousTestCase):
         self.assertTrue(self.admits(IPv6Address("TCP", "::ffff:10.1.2.3", 1)))
         self.assertFalse(self.admits(IPv6Address("TCP", "::ffff:192.0.2.1", 1)))
 
+    def test_ipv4MappedEntry(self) -> None:
+        """
+        An IPv4-mapped entry means its IPv4 network, whichever way an IPv4
+        client arrives: plain on an IPv4 listener, mapped on a dual-stack
+        one.
+        """
+        site = self.server.site(self.server.hello(), allowedNetworks=["::ffff:10.0.0.0/104"])
+        self.assertIsNotNone(site.buildProtocol(IPv4Address("TCP", "10.1.2.3", 1)))
+        self.assertIsNotNone(site.buildProtocol(IPv6Address("TCP", "::ffff:10.1.2.3", 1)))
+        self.assertIsNone(site.buildProtocol(IPv4Address("TCP", "192.0.2.1", 1)))
+        self.assertIsNone(site.buildProtocol(IPv6Address("TCP", "::ffff:192.0.2.1", 1)))
+        self.assertIsNone(site.buildProtocol(IPv6Address("TCP", "2001:db8::1", 1)))
+
     def test_notIP(self) -> None:
         self.assertFalse(self.admits(UNIXAddress(b"/tmp/socket")))
 
