@@ -22,7 +22,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from promtwist.agent.service import AgentService
+from promtwist.agent.build import buildAgent
 from promtwist.config.settings import AgentSettings, PathConfig, ProxyEndpoint, ProxySettings
 from promtwist.proxy.build import buildAgentSide, buildProxy
 from promtwist.proxy.link import AgentLinkFactory
@@ -196,7 +196,7 @@ class BesideARealAgent(TestCase):
         self.proxy = buildProxy(self.proxySettings(), reactor, interface="127.0.0.1")
         self.proxy.startService()
         self.addCleanup(self.proxy.stopService)
-        self.agent = AgentService(
+        self.agent = buildAgent(
             AgentSettings(
                 name="real",
                 agent_token=self.agentToken,

@@ -15,6 +15,7 @@ from twisted.web.iweb import IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from promtwist.agent.build import buildAgent
 from promtwist.agent.service import AgentService
 from promtwist.config.settings import AgentSettings, PathConfig, ProxyEndpoint, ProxySettings
 from promtwist.proxy.build import buildProxy
@@ -74,7 +75,7 @@ class ConsolidatedTests(TestCase):
         return f"http://127.0.0.1:{address.port}"
 
     async def agent(self, name: str, url: str) -> AgentService:
-        agent = AgentService(
+        agent = buildAgent(
             AgentSettings(
                 name=name,
                 consolidated=True,
@@ -160,7 +161,7 @@ class ConsolidatedTests(TestCase):
 
     async def test_exclusiveCannotJoin(self) -> None:
         await self.agent("one", f"{self.target(b'one')}/metrics")
-        exclusive = AgentService(
+        exclusive = buildAgent(
             AgentSettings(
                 name="loner",
                 proxy_endpoints=(ProxyEndpoint("127.0.0.1", self.proxy.agentListener.portNumber),),

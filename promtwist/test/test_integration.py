@@ -26,7 +26,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
-from promtwist.agent.service import AgentService
+from promtwist.agent.build import buildAgent
 from promtwist.config.settings import AgentSettings, PathConfig, ProxyEndpoint, ProxySettings
 from promtwist.proxy.build import buildProxy
 from promtwist.test.processes import freePort
@@ -137,7 +137,7 @@ class LoopbackTests(TestCase):
         await self.startProxy(
             proxySettings or ProxySettings(http_port=0, agent_port=0, sd_enabled=True)
         )
-        self.agent = AgentService(
+        self.agent = buildAgent(
             AgentSettings(
                 name="it-agent",
                 proxy_endpoints=(ProxyEndpoint("127.0.0.1", self.proxy.agentListener.portNumber),),

@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 
+from promtwist.agent.build import buildAgent
 from promtwist.agent.service import AgentService
 from promtwist.config.settings import AgentSettings, PathConfig, ProxyEndpoint, ProxySettings
 from promtwist.protocol.framing import encodeFrame
@@ -112,7 +113,7 @@ class _AttackBase(TestCase):
 
     def startAgent(self, name: str, source: str = "127.0.0.1") -> AgentService:
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.agentPort, bindAddress=(source, 0))
-        agent = AgentService(
+        agent = buildAgent(
             AgentSettings(
                 name=name,
                 agent_token=TOKEN,

@@ -24,6 +24,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from promtwist import __version__
+from promtwist.agent.build import buildAgent
 from promtwist.agent.service import AgentService
 from promtwist.config.settings import (
     AgentSettings,
@@ -99,7 +100,7 @@ class ProxyServiceTests(TestCase):
 
     async def agent(self, proxy: ProxyService, **settings: object) -> AgentService:
         settings.setdefault("name", "a1")
-        agent = AgentService(
+        agent = buildAgent(
             AgentSettings(
                 proxy_endpoints=(ProxyEndpoint("127.0.0.1", proxy.agentListener.portNumber),),
                 path_configs=(

@@ -50,6 +50,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
+from promtwist.agent.build import buildAgent
 from promtwist.agent.service import AgentService
 from promtwist.config.load import loadAgentSettings, loadProxySettings
 from promtwist.config.settings import (
@@ -481,7 +482,7 @@ class _Loopback(TestCase):
         )
 
     def startAgent(self, settings: AgentSettings) -> AgentService:
-        agent = AgentService(settings, reactor)
+        agent = buildAgent(settings, reactor)
         agent.startService()
         self.addCleanup(lambda: agent.stopService() if agent.running else None)
         return agent

@@ -32,6 +32,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
+from promtwist.agent.build import buildAgent
 from promtwist.agent.service import AgentService
 from promtwist.config.settings import (
     AgentSettings,
@@ -196,7 +197,7 @@ class UpstreamMetricsTests(TestCase):
         self.http = Agent(reactor, pool=self.pool)
 
     async def startAgent(self, settings: AgentSettings) -> AgentService:
-        agent = AgentService(settings, reactor)
+        agent = buildAgent(settings, reactor)
         agent.startService()
         self.addCleanup(agent.stopService)
         await agent.whenConnected()
