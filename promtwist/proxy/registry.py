@@ -230,6 +230,16 @@ class _Path:
 
 
 @dataclass(frozen=True)
+class _Member:
+    """
+    A connected agent and the paths it claims, served or waiting.
+    """
+
+    agent: AgentHandle
+    paths: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
 class _Departed:
     entry: PathEntry
     # What it is charged in registeredBytes: what it cost while served.
@@ -306,9 +316,9 @@ class Registry:
         self.holderObservers: list[Callable[[Sequence[HolderChange]], None]] = []
         self.stillHolds = stillHolds
         self._changes: list[HolderChange] = []
-        self._agents: dict[str, AgentHandle] = {}
+        # The one table of connected agents, by id.
+        self._members: dict[str, _Member] = {}
         self._paths: dict[str, _Path] = {}
-        self._pathsByAgent: dict[str, set[str]] = {}
         # Paths whose last agent left, oldest first.
         self._departed: dict[str, _Departed] = {}
 
@@ -320,8 +330,7 @@ class Registry:
         return self._clock.seconds()
 
     def addAgent(self, agent: AgentHandle) -> None:
-        self._agents[agent.agentId] = agent
-        self._pathsByAgent[agent.agentId] = set()
+        self._members[agent.agentId] = _Member(agent)
 
     def removeAgent(self, agent: AgentHandle, reason: str = "lost") -> None:
         """
@@ -331,9 +340,10 @@ class Registry:
 
         @param reason: why it left, a key of L{HOLDER_CHANGE_REASONS}.
         """
-        if self._agents.pop(agent.agentId, None) is None:
+        member = self._members.pop(agent.agentId, None)
+        if member is None:
             return
-        for path in sorted(self._pathsByAgent.pop(agent.agentId, set())):
+        for path in sorted(member.paths):
             self._drop(path, agent, reason)
         self._publish()
 
@@ -342,15 +352,21 @@ class Registry:
         Forget every agent and path at once, promoting nobody: the proxy is
         shutting down.
         """
-        self._agents.clear()
+        self._members.clear()
         self._paths.clear()
-        self._pathsByAgent.clear()
         self._departed.clear()
         self.registeredBytes = 0
         self.generation += 1
 
+    def _pathsOf(self, agent: AgentHandle) -> set[str]:
+        """
+        The paths C{agent} claims: none if it is not connected.
+        """
+        member = self._members.get(agent.agentId)
+        return member.paths if member is not None else set()
+
     def agents(self) -> list[AgentHandle]:
-        return list(self._agents.values())
+        return [member.agent for member in self._members.values()]
 
     def registerPath(
         self, agent: AgentHandle, path: str, name: str, labels: Mapping[str, str]
@@ -374,7 +390,7 @@ class Registry:
     def _register(
         self, agent: AgentHandle, path: str, name: str, labels: Mapping[str, str]
     ) -> Placement:
-        if agent.agentId not in self._agents:
+        if agent.agentId not in self._members:
             raise RegistrationRefused(f"agent {agent.agentId} is not connected")
         cost = checkRegistration(path, name, labels, self.limits) + _agentCost(agent)
         if path in self.reservedPaths:
@@ -384,7 +400,7 @@ class Registry:
                 f"agent identity {agent.identity.name!r} is not authorized to serve {shown(path)}",
                 "unauthorized",
             )
-        mine = self._pathsByAgent[agent.agentId]
+        mine = self._members[agent.agentId].paths
         if path not in mine and len(mine) >= self.limits.max_paths_per_agent:
             raise RegistrationRefused(
                 f"agent already claims {len(mine)} paths, the most one agent may "
@@ -457,7 +473,7 @@ class Registry:
             self._charge(cost, path)
             entry.standbys.append(_Standby(Claim(agent, name, dict(labels), self._now()), cost))
             index = len(entry.standbys) - 1
-            self._pathsByAgent[agent.agentId].add(path)
+            self._members[agent.agentId].paths.add(path)
         else:
             standby = entry.standbys[index]
             if (standby.claim.name, standby.claim.labels) == (name, dict(labels)):
@@ -500,9 +516,9 @@ class Registry:
             held = Claim(old, entry.name, entry.labels, entry.since)
             entry.standbys.insert(0, _Standby(held, entry.cost))
         else:
-            self._pathsByAgent[old.agentId].discard(path)
+            self._members[old.agentId].paths.discard(path)
         self._promote(entry, path, _Standby(Claim(agent, name, dict(labels), 0.0), cost))
-        self._pathsByAgent[agent.agentId].add(path)
+        self._members[agent.agentId].paths.add(path)
         self._changes.append(HolderChange(path, old, agent, reason, entry.since))
         if not keepOld:
             old.pathRoleChanged(path, "released", reason, agent, entry.since)
@@ -575,7 +591,7 @@ class Registry:
 
         @raise RegistrationRefused: if C{agent} has no claim on C{path}.
         """
-        mine = self._pathsByAgent.get(agent.agentId, set())
+        mine = self._pathsOf(agent)
         if path not in mine:
             raise RegistrationRefused(f"path {shown(path)} is not registered by this agent")
         mine.discard(path)
@@ -607,7 +623,7 @@ class Registry:
             # Standbys not eligible (their identity was revoked) go too.
             for standby in entry.standbys:
                 self.registeredBytes -= standby.cost
-                self._pathsByAgent.get(standby.claim.agent.agentId, set()).discard(path)
+                self._pathsOf(standby.claim.agent).discard(path)
             self.generation += 1
             del self._paths[path]
             if reason != "unregistered":
