@@ -20,7 +20,7 @@ from typing import Any
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IOpenSSLContextFactory, IProtocolFactory, IReactorTime
 
 from promtwist.config.settings import ProxySettings
 from promtwist.health import proxyHealth
@@ -122,27 +122,41 @@ def buildProxy(
         guard=guarded(settings),
         clock=reactor,
     )
-    httpListener = Listener(
-        reactor,
-        settings.http_port,
-        site,
-        interface,
-        scrapePortTLS(settings),
-        purpose="scrape",
-        key="proxy.http.port",
-        description=settings.http_listen,
-        descriptionKey="proxy.http.listen",
+
+    def portListener(
+        purpose: str,
+        section: str,
+        port: int,
+        description: str,
+        factory: IProtocolFactory,
+        tls: IOpenSSLContextFactory | None,
+        backlog: int = 50,
+    ) -> Listener:
+        # Each port is chosen by proxy.<section>.port, or replaced by
+        # proxy.<section>.listen.
+        return Listener(
+            reactor,
+            port,
+            factory,
+            interface,
+            tls,
+            purpose=purpose,
+            key=f"proxy.{section}.port",
+            description=description,
+            descriptionKey=f"proxy.{section}.listen",
+            backlog=backlog,
+        )
+
+    httpListener = portListener(
+        "scrape", "http", settings.http_port, settings.http_listen, site, scrapePortTLS(settings)
     )
-    agentListener = Listener(
-        reactor,
+    agentListener = portListener(
+        "agent",
+        "agent",
         settings.agent_port,
+        settings.agent_listen,
         side.links,
-        interface,
         agentPortTLS(settings),
-        purpose="agent",
-        key="proxy.agent.port",
-        description=settings.agent_listen,
-        descriptionKey="proxy.agent.listen",
         # The kernel holds a herd's connections until the reactor's next
         # accept: as many as the proxy lets wait for a handshake place.
         backlog=max(50, settings.max_waiting_handshakes),
@@ -157,7 +171,7 @@ def buildProxy(
         reloadSettings=reloadSettings,
     )
     side.metrics.track(service.state)
-    for listener in operationsListeners(
+    for operations in operationsListeners(
         settings,
         side.metrics.registry,
         proxyHealth(service.state, settings, lambda: service.listeners),
@@ -165,7 +179,7 @@ def buildProxy(
         reactor,
         interface,
     ):
-        service.addListener(listener)
+        service.addListener(operations)
 
     def summariseWarnings() -> None:
         # What the agent port and the scrape relay counted without logging,
