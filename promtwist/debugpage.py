@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from twisted.web.http import RESPONSES
 
 from promtwist.config.settings import AgentSettings, ProxySettings
+from promtwist.hostkeys import spelled
 from promtwist.listen import Listener
 from promtwist.web import version
 
@@ -130,7 +131,7 @@ def recentLine(at: float, path: str, type: str, status: int, reason: str, second
     whole, millis = divmod(round(at * 1000), 1000)
     clock = time.strftime("%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}"
     phrase = RESPONSES.get(status, b"").decode("ascii")
-    line = f"{clock}: /{path} - {type} - {status} {phrase}".rstrip()
+    line = f"{clock}: {spelled(path)} - {type} - {status} {phrase}".rstrip()
     if not 200 <= status < 300:
         line += f" reason: [{reason}]"
     return line + f" time: {seconds * 1000:.1f}ms"

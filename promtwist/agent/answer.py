@@ -23,6 +23,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 
 from promtwist.agent.client import Head
+from promtwist.hostkeys import spelled
 from promtwist.httputil import acceptsGzip
 from promtwist.logs import RepeatedWarnings, observer
 from promtwist.protocol.framing import FrameTooLarge
@@ -137,7 +138,7 @@ class Answer:
                 self._queue(b"", flush=True)
             self._complete = True
             return self._drain()
-        self._log.info("scrape of /{path} failed: {reason}", path=self.path, reason=reason)
+        self._log.info("scrape of {path} failed: {reason}", path=spelled(self.path), reason=reason)
         scrapeId = self.request.scrape_id
         if outcome == Outcome.SUCCESS:
             assert self._head is not None
@@ -165,8 +166,8 @@ class Answer:
             # it will hear nothing and answer at its own deadline.
             self.warnings.warn(
                 "unsendable failure",
-                "cannot tell the proxy that /{path} failed: {error}",
-                path=self.path,
+                "cannot tell the proxy that {path} failed: {error}",
+                path=spelled(self.path),
                 error=str(e),
             )
         else:

@@ -28,7 +28,9 @@ from promtwist import __version__
 from promtwist.agent.paths import PathChanges, PathTable
 from promtwist.agent.scraper import Scrape, Scraper
 from promtwist.agent.slots import Slots
+from promtwist.agent.targets import NotServed, targetFetch
 from promtwist.config.settings import AgentSettings, PathConfig
+from promtwist.hostkeys import spelled
 from promtwist.httputil import redacted
 from promtwist.logs import clip, observer, utcTime
 from promtwist.protocol.framing import ProtocolError, _peerName
@@ -353,7 +355,9 @@ class ProxyConnection(Session):
                 continue
             if (old.name, dict(old.labels)) == (config.name, dict(config.labels)):
                 self._registered[path] = (config, ok)
-                self._log.info("/{path} now scrapes {url}", path=path, url=redacted(config.url))
+                self._log.info(
+                    "{path} now scrapes {url}", path=spelled(path), url=redacted(config.url)
+                )
             elif ok and self.settings.consolidated:
                 # A consolidated group keeps the name and labels of its first
                 # member: leave it and join again.
@@ -381,11 +385,11 @@ class ProxyConnection(Session):
                 del self._registered[config.path]
                 self.standings.pop(config.path, None)
             if answer.ok:
-                self._log.info("no longer serving /{path}", path=config.path)
+                self._log.info("no longer serving {path}", path=spelled(config.path))
             else:
                 self._log.warn(
-                    "the proxy did not unregister /{path}: {reason}",
-                    path=config.path,
+                    "the proxy did not unregister {path}: {reason}",
+                    path=spelled(config.path),
                     reason=answer.reason,
                 )
             return bool(answer.ok)
@@ -420,16 +424,16 @@ class ProxyConnection(Session):
                 standing = _standby(answer.holder, answer.position)
                 self.standings[config.path] = standing
                 self._log.info(
-                    "waiting for /{path} ({url}): {standing}; the proxy promotes this agent "
+                    "waiting for {path} ({url}): {standing}; the proxy promotes this agent "
                     "when the holder leaves",
-                    path=config.path,
+                    path=spelled(config.path),
                     url=redacted(config.url),
                     standing=standing.describe(),
                 )
             elif answer.ok:
                 self.standings[config.path] = Standing(True, since=answer.holder.since_ms / 1000)
                 self._log.info(
-                    "serving /{path} for {url}", path=config.path, url=redacted(config.url)
+                    "serving {path} for {url}", path=spelled(config.path), url=redacted(config.url)
                 )
             else:
                 self._refused(config, answer)
@@ -454,8 +458,8 @@ class ProxyConnection(Session):
             self.callLater(delay, self._retry, config)
             again = f"; asking again in {delay:g}s"
         (self._log.debug if retried else self._log.error)(
-            "the proxy refused path /{path}: {reason}{again}",
-            path=config.path,
+            "the proxy refused path {path}: {reason}{again}",
+            path=spelled(config.path),
             reason=clip(answer.reason),
             again=again,
         )
@@ -495,15 +499,15 @@ class ProxyConnection(Session):
         if known is None or not known[1]:
             self.warnings.warn(
                 "path status",
-                "the proxy sent a status for /{path}, which this agent did not register",
-                path=clip(status.path),
+                "the proxy sent a status for {path}, which this agent did not register",
+                path=spelled(clip(status.path)),
             )
             return
         if status.role not in (HOLDER, STANDBY, RELEASED):
             self.warnings.warn(
                 "path status",
-                "the proxy sent a status for /{path} with no known role ({role}); ignored",
-                path=clip(status.path),
+                "the proxy sent a status for {path} with no known role ({role}); ignored",
+                path=spelled(clip(status.path)),
                 role=int(status.role),
             )
             return
@@ -512,8 +516,8 @@ class ProxyConnection(Session):
             self._registered[status.path] = (known[0], False)
             self.standings.pop(status.path, None)
             self._log.warn(
-                "no longer claiming /{path} on this link: {holder} holds it ({reason})",
-                path=status.path,
+                "no longer claiming {path} on this link: {holder} holds it ({reason})",
+                path=spelled(status.path),
                 holder=_holderText(status.holder),
                 reason=reason,
             )
@@ -523,24 +527,24 @@ class ProxyConnection(Session):
             self.standings[status.path] = standing
             if held:
                 self._log.warn(
-                    "no longer serving /{path}: displaced by {holder} ({reason}); "
+                    "no longer serving {path}: displaced by {holder} ({reason}); "
                     "waiting as standby",
-                    path=status.path,
+                    path=spelled(status.path),
                     holder=standing.holder,
                     reason=reason,
                 )
             else:
                 self._log.debug(
-                    "/{path}: {standing} ({reason})",
-                    path=status.path,
+                    "{path}: {standing} ({reason})",
+                    path=spelled(status.path),
                     standing=standing.describe(),
                     reason=reason,
                 )
         else:
             self.standings[status.path] = Standing(True, since=status.holder.since_ms / 1000)
             self._log.info(
-                "now serving /{path}: promoted from standby ({reason})",
-                path=status.path,
+                "now serving {path}: promoted from standby ({reason})",
+                path=spelled(status.path),
                 reason=reason,
             )
 
@@ -550,12 +554,20 @@ class ProxyConnection(Session):
         # After this agent's Goodbye too: the proxy sent it before it read
         # the Goodbye, and it is the last scrape of this path on this link
         # (the next goes to a standby), so it is served, not refused.
-        config = self.factory.paths.get(request.path)
-        if config is None:
-            # A path being unregistered is still routed here until the
-            # proxy answers: serve it as it was configured until then.
-            config, ok = self._registered.get(request.path, (None, False))
-            config = config if ok else None
+        if request.target:
+            try:
+                config: PathConfig | None = targetFetch(
+                    self.settings.name,
+                    request.target,
+                    request.scheme,
+                    request.path,
+                    self._served,
+                )
+            except NotServed as e:
+                status = 404 if e.outcome == Outcome.PATH_NOT_FOUND else 503
+                return self._refuse(request, e.outcome, status, str(e))
+        else:
+            config = self._served(request.path)
         if config is None:
             self.factory.scraper.observer.invalidPath()
             self._refuse(
@@ -571,6 +583,18 @@ class ProxyConnection(Session):
         # The scrape owns its wait for a slot, its fetch and its deadline;
         # done tells when it has sent its last frame.
         scrape.start(self._slots)
+
+    def _served(self, path: str) -> PathConfig | None:
+        """
+        The configuration this link serves C{path} (or host key) by: a path
+        being unregistered is still routed here until the proxy answers, so
+        it is served as it was configured until then.
+        """
+        config: PathConfig | None = self.factory.paths.get(path)
+        if config is not None:
+            return config
+        known = self._registered.get(path)
+        return known[0] if known is not None and known[1] else None
 
     def _refuse(self, request: ScrapeRequest, outcome: int, status: int, reason: str) -> None:
         # A result, as prometheus-proxy's agent counts one.
@@ -692,7 +716,7 @@ class ProxyConnectionFactory(Factory):
         self.scraper = scraper
         self.clock = clock
         self.sweep = DeadlineSweep(clock)
-        self.table = PathTable(static=settings.path_configs)
+        self.table = PathTable(static=settings.claims)
         # Replaced, never changed in place: see PathTable.desired.
         self.paths: Mapping[str, PathConfig] = self.table.desired()
         # Set when the agent is stopping: new scrapes are refused.

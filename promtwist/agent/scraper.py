@@ -32,6 +32,7 @@ from promtwist.agent.filters import FamilyFilter, FilterStream
 from promtwist.agent.retries import RetryPolicy
 from promtwist.agent.slots import Slots
 from promtwist.config.settings import AgentSettings, MiB, PathConfig
+from promtwist.hostkeys import spelled
 from promtwist.httputil import redacted
 from promtwist.logs import RepeatedWarnings, clip, observer
 from promtwist.protocol.promtwist_pb2 import Frame, Outcome, ScrapeRequest
@@ -375,8 +376,8 @@ class Scrape:
         self._retries += 1
         self.scraper.observer.retried(kind)
         self._log.info(
-            "retrying /{path} in {delay:.3g}s (retry {retry} of {most}): {reason}",
-            path=self.pathConfig.path,
+            "retrying {path} in {delay:.3g}s (retry {retry} of {most}): {reason}",
+            path=spelled(self.pathConfig.path),
             delay=delay,
             retry=self._retries,
             most=self.scraper.retries.maxRetries,
@@ -415,7 +416,7 @@ class Scrape:
         The buck stops here: a bug fails this one scrape, loudly, and nothing else.
         """
         self._log.failure(
-            "scrape of /{path} failed unexpectedly", failure, path=self.pathConfig.path
+            "scrape of {path} failed unexpectedly", failure, path=spelled(self.pathConfig.path)
         )
         self.answer.end(Outcome.AGENT_ERROR, f"agent error: {clip(failure.getErrorMessage())}")
 

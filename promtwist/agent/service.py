@@ -41,6 +41,7 @@ from promtwist.agent.discoveryfile import FileDiscovery
 from promtwist.config.keys import AGENT
 from promtwist.config.settings import AgentSettings, ConfigError, PathConfig
 from promtwist.debugpage import head, table, uptime
+from promtwist.hostkeys import spelled
 from promtwist.httputil import redacted
 from promtwist.listen import Listener, logStarted
 from promtwist.logs import observer
@@ -286,7 +287,7 @@ class AgentService(MultiService):
         configs = table(
             "Agent Path Configs",
             ["Name", "Path", "URL"],
-            [[f'"{config.name}"', f"/{path}", redacted(config.url)] for path, config in paths],
+            [[f'"{config.name}"', spelled(path), redacted(config.url)] for path, config in paths],
             "\n",
         )
         lines = [
@@ -301,7 +302,7 @@ class AgentService(MultiService):
         for path, config in paths:
             standing = standings.get(path)
             where = standing.describe() if standing is not None else "not registered"
-            lines.append(f"  /{path} -> {redacted(config.url)} [{where}]")
+            lines.append(f"  {spelled(path)} -> {redacted(config.url)} [{where}]")
         return "\n".join([upstream, configs, *lines]) + "\n"
 
     def _notReady(self, failure: Failure, proxy: str) -> Failure:
@@ -345,7 +346,7 @@ class AgentService(MultiService):
     def reload(self) -> Deferred[None]:
         """
         Read the configuration again (what C{SIGHUP} does) and apply its
-        C{agent.pathConfigs} over the current link. A configuration that
+        C{agent.pathConfigs} and C{agent.targets} over the current link. A configuration that
         does not load is rejected with one error line and changes nothing,
         and so is one that would leave the agent no path at all without
         saying so (no C{agent.pathConfigs} key: a file cut short, an
@@ -371,6 +372,7 @@ class AgentService(MultiService):
         if (
             not new.path_configs
             and not new.path_configs_listed
+            and not new.targets
             and self.factory.paths
             and not self.factory.table.discovered
         ):
@@ -391,7 +393,7 @@ class AgentService(MultiService):
             )
         # What changedKeys left out is what a reload applies.
         self.settings = replace(old, **{name: getattr(new, name) for name in AGENT.live})
-        changes, done = self.factory.replacePaths(static=new.path_configs)
+        changes, done = self.factory.replacePaths(static=new.claims)
         self._log.info(
             "configuration reloaded from {source}: paths {summary}",
             source=new.config_source,
@@ -409,11 +411,12 @@ class AgentService(MultiService):
         super().startService()
         logStarted(self._log, "agent", self.listeners)
         self._log.info(
-            "agent {name!r} dialling {proxy}{tls} for {n} path(s)",
+            "agent {name!r} dialling {proxy}{tls} for {n} path(s){targets}",
             name=settings.name,
             proxy=", ".join(name for name, _ in self.links.endpoints),
             tls=" over TLS" if linkUsesTLS(settings) else "",
             n=len(settings.path_configs),
+            targets=f" and {len(settings.targets)} target(s)" if settings.targets else "",
         )
         if settings.trust_all_x509_certificates:
             self._log.warn(

@@ -433,6 +433,23 @@ PROXY = Role(
             Setting("proxy.http.basicAuth.username", str, field="http_basic_auth_username"),
             Setting("proxy.http.basicAuth.password", str, field="http_basic_auth_password"),
             Setting("proxy.http.bearerToken", str, field="http_bearer_token"),
+            Setting(
+                "proxy.pushprox.enabled",
+                bool,
+                field="pushprox_enabled",
+            ),
+            Setting(
+                "proxy.pushprox.pollHoldSecs",
+                float,
+                field="pushprox_poll_hold_secs",
+                rule=POSITIVE,
+            ),
+            Setting(
+                "proxy.pushprox.clientGraceSecs",
+                float,
+                field="pushprox_client_grace_secs",
+                rule=POSITIVE,
+            ),
             *_common("proxy", "PROXY_LOG_LEVEL"),
             *PROXY_COMPAT,
         ),
@@ -441,6 +458,7 @@ PROXY = Role(
         "proxy.auth": "identities",
         "proxy.http.allowedNetworks": "http_allowed_networks",
         "proxy.admin.allowedNetworks": "admin_allowed_networks",
+        "proxy.pushprox.allowedNetworks": "pushprox_allowed_networks",
     },
     removed=(
         "proxy.http.maxThreads",
@@ -478,6 +496,12 @@ AGENT = Role(
                 options=("name",),
                 short="n",
                 help="Agent name (empty: Unnamed-<hostname>)",
+            ),
+            Setting(
+                "agent.fqdn",
+                str,
+                field="fqdn",
+                help="Host of agent.targets entries that name none (empty: this host's FQDN)",
             ),
             Setting(
                 "agent.consolidated",
@@ -615,6 +639,7 @@ AGENT = Role(
     ),
     lists={
         "agent.pathConfigs": "path_configs",
+        "agent.targets": "targets",
         "agent.filters": "filters",
         "agent.proxy.endpoints": "proxy_endpoints",
         "agent.admin.allowedNetworks": "admin_allowed_networks",
@@ -624,6 +649,6 @@ AGENT = Role(
         "path_configs_listed": "agent.pathConfigs",
         "proxy_endpoints": "agent.proxy.endpoints (or hostname/port, --proxy)",
     },
-    # promtwist.agent.service's reload registers the new paths.
-    live=frozenset({"path_configs", "path_configs_listed"}),
+    # promtwist.agent.service's reload registers the new paths and targets.
+    live=frozenset({"path_configs", "path_configs_listed", "targets", "fqdn"}),
 )

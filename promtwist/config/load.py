@@ -20,6 +20,7 @@ from promtwist.config.records import (
     readNetworks,
     readPathConfigs,
     readProxyEndpoints,
+    readTargets,
 )
 from promtwist.config.resolve import Gathered, configSource, gather
 from promtwist.config.schema import Role
@@ -102,6 +103,7 @@ def loadProxySettings(
         identities=readIdentities(gathered, values["agent_token"]),
         http_allowed_networks=readNetworks(gathered, "proxy.http.allowedNetworks"),
         admin_allowed_networks=readNetworks(gathered, "proxy.admin.allowedNetworks"),
+        pushprox_allowed_networks=readNetworks(gathered, "proxy.pushprox.allowedNetworks"),
         **values,
     )
 
@@ -138,6 +140,8 @@ def loadAgentSettings(
     _checkKeyPair(gathered, "agent.tls")
     values = _fieldValues(AGENT, gathered)
     values["name"] = values["name"].strip() or f"Unnamed-{socket.gethostname()}"
+    # As pushprox-client's --fqdn.
+    values["fqdn"] = values["fqdn"].strip() or socket.getfqdn()
     values["client_timeout_secs"] = _clientTimeout(gathered, values["client_timeout_secs"])
     if values["discovery_enabled"] and not values["discovery_file_path"]:
         raise ConfigError(
@@ -149,6 +153,7 @@ def loadAgentSettings(
         proxy_endpoints=readProxyEndpoints(gathered),
         path_configs=readPathConfigs(gathered, warn),
         path_configs_listed="agent.pathConfigs" in gathered.file,
+        targets=readTargets(gathered, values["fqdn"]),
         filters=readFilters(gathered),
         admin_allowed_networks=readNetworks(gathered, "agent.admin.allowedNetworks"),
         **values,

@@ -1,7 +1,7 @@
 # -*- test-case-name: promtwist.test.test_config,promtwist.test.test_agent_paths -*-
 """
 The list-valued keys, read entry by entry: C{agent.pathConfigs} (and the
-discovery file's C{paths}), C{proxy.auth}, C{agent.filters}, the allowed
+discovery file's C{paths}), C{agent.targets}, C{proxy.auth}, C{agent.filters}, the allowed
 networks and the agent's proxy endpoints. Each entry is checked as a whole
 and its errors name it (C{agent.pathConfigs[2].url}).
 """
@@ -26,6 +26,7 @@ from promtwist.config.settings import (
     PathConfig,
     ProxyEndpoint,
 )
+from promtwist.hostkeys import BadTarget, hostKey, hostPort, parseHostPort
 from promtwist.httpguard import UNIX_PEERS
 
 
@@ -299,13 +300,80 @@ def readPathConfigs(gathered: Gathered, warn: Callable[[str], None]) -> tuple[Pa
     return readPathEntries(gathered.file.get(key, []), gathered.label, key, warn)
 
 
-_IDENTITY = Record(("name", "token", "paths", "perAgent"), "an object with name, token and paths")
+_TARGET_ENTRY = Record(("target", "labels"), "a target, or an object with target and labels")
+_TARGET = "[http:// or https://]host:port, the host empty for agent.fqdn"
+
+
+def _targetEntry(text: str, fqdn: str) -> PathConfig:
+    """
+    One target as C{agent.targets} gives it: C{[scheme://]host:port}, the
+    host empty for C{fqdn}.
+
+    @raise ValueError: naming what is wrong.
+    """
+    scheme, sep, rest = text.strip().partition("://")
+    if not sep:
+        scheme, rest = "http", text.strip()
+    scheme = scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ValueError(f"scheme {scheme!r} is not http or https")
+    if rest.startswith(":"):
+        rest = (f"[{fqdn}]" if ":" in fqdn else fqdn) + rest
+    try:
+        host, port = parseHostPort(rest)
+    except BadTarget as e:
+        raise ValueError(str(e)) from None
+    address = hostPort(host, port)
+    return PathConfig(f"{scheme}://{address}", hostKey(host, port), f"{scheme}://{address}/")
+
+
+def readTargets(gathered: Gathered, fqdn: str) -> tuple[PathConfig, ...]:
+    """
+    C{agent.targets}: the hosts and ports the agent serves to C{proxy_url}
+    scrapes (and the only ones it fetches for them), each a string or an
+    object with C{target} and C{labels}; a target listed twice is an error.
+    """
+    key, label = "agent.targets", gathered.label
+    items = [
+        item if isinstance(item, Mapping) else {"target": item}
+        for item in asList(gathered.file.get(key, []), label, key)
+    ]
+    found: dict[str, str] = {}
+    targets = []
+    for entry in _TARGET_ENTRY.entries(items, label, key):
+        text = entry.string("target")
+        try:
+            config = _targetEntry(text, fqdn)
+        except ValueError as e:
+            raise ConfigError(
+                f"{label}: {entry.where}.target: {show(text)}: {e} (expected {_TARGET})"
+            ) from None
+        if config.path in found:
+            raise ConfigError(
+                f"{label}: {entry.where}: target {show(config.name)} is also {found[config.path]}"
+            )
+        found[config.path] = entry.where
+        labels = entry.get("labels", _labels, "a JSON object", {})
+        targets.append(PathConfig(config.name, config.path, config.url, labels))
+    return tuple(targets)
+
+
+_IDENTITY = Record(
+    ("name", "token", "paths", "perAgent", "targets"), "an object with name, token and paths"
+)
 _GLOB = re.compile(r"[^#%\s]+\Z")
 
 
 def _glob(text: str) -> str:
     glob = text.lstrip("/")
     if not _GLOB.match(glob):
+        raise ValueError(text)
+    return glob
+
+
+def _targetGlob(text: str) -> str:
+    glob = text.strip()
+    if not _GLOB.match(glob) or "/" in glob:
         raise ValueError(text)
     return glob
 
@@ -350,9 +418,10 @@ def readIdentities(gathered: Gathered, legacyToken: str) -> tuple[Identity, ...]
                 )
         paths = entry.strings("paths", _glob, "a path glob such as team_a_*")
         perAgent = entry.get("perAgent", _boolean, "true or false", False)
+        targets = entry.strings("targets", _targetGlob, "a host:port glob such as *.example:9100")
         names[name] = where
         tokens[name] = token
-        identities.append(Identity(name, token, paths, perAgent))
+        identities.append(Identity(name, token, paths, perAgent, targets))
     return tuple(identities)
 
 

@@ -63,6 +63,10 @@ class Identity:
 
     @ivar paths: globs (C{*} any run, C{?} one character) matched against the
         whole path; empty means any path.
+    @ivar targets: globs matched against the C{host:port} of a host-routed
+        claim (C{host} for a claim on any port). Empty means any target only
+        when C{paths} is empty too: an identity limited to some paths claims
+        no host.
     @ivar perAgent: the operator declares that one agent alone holds this
         identity's credential (C{proxy.auth[].perAgent}): proving the
         identity then proves being the same agent, so a claim under it may
@@ -75,6 +79,7 @@ class Identity:
     token: str = ""
     paths: tuple[str, ...] = ()
     perAgent: bool = False
+    targets: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -197,6 +202,12 @@ class ProxySettings(_OperationsSettings):
     http_basic_auth_password: str = ""
     http_bearer_token: str = ""
     http_allowed_networks: tuple[str, ...] = ()
+    # PushProx 0.2 clients on the scrape port (promtwist's own keys,
+    # proxy.pushprox.*; see docs/pushprox.md).
+    pushprox_enabled: bool = True
+    pushprox_poll_hold_secs: float = 50.0
+    pushprox_client_grace_secs: float = 15.0
+    pushprox_allowed_networks: tuple[str, ...] = ()
     admin_port: int = 8092
     metrics_port: int = 8082
     admin_recent_requests_queue_size: int = 50
@@ -232,6 +243,11 @@ class AgentSettings(_OperationsSettings):
     # Whether the file has an agent.pathConfigs key at all (an explicit
     # empty list counts): a reload to no paths is applied only then.
     path_configs_listed: bool = False
+    # agent.targets, each a PathConfig whose path is the target's host key
+    # (promtwist.hostkeys) and whose url is scheme://host:port/; agent.fqdn
+    # is the host of the entries that name none.
+    targets: tuple[PathConfig, ...] = ()
+    fqdn: str = ""
     filters: tuple[MetricFilter, ...] = ()
     admin_port: int = 8093
     metrics_port: int = 8083
@@ -253,6 +269,13 @@ class AgentSettings(_OperationsSettings):
     https_trust_store_path: str = ""
     # Opens a PKCS#12 or Java trust store (promtwist.truststore).
     https_trust_store_password: str = ""
+
+    @property
+    def claims(self) -> tuple[PathConfig, ...]:
+        """
+        What the agent registers: its paths, then its targets.
+        """
+        return self.path_configs + self.targets
 
 
 # The identity name under which the legacy C{proxy.agentToken} is checked.

@@ -172,7 +172,7 @@ class PathStatus(_message.Message):
     def __init__(self, path: _Optional[str] = ..., role: _Optional[_Union[PathRole, str]] = ..., reason: _Optional[str] = ..., holder: _Optional[_Union[Holder, _Mapping]] = ..., position: _Optional[int] = ...) -> None: ...
 
 class ScrapeRequest(_message.Message):
-    __slots__ = ("scrape_id", "path", "query", "accept", "accept_encoding", "authorization", "timeout_ms", "window_bytes")
+    __slots__ = ("scrape_id", "path", "query", "accept", "accept_encoding", "authorization", "timeout_ms", "window_bytes", "target", "scheme")
     SCRAPE_ID_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
@@ -181,6 +181,8 @@ class ScrapeRequest(_message.Message):
     AUTHORIZATION_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     WINDOW_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    SCHEME_FIELD_NUMBER: _ClassVar[int]
     scrape_id: int
     path: str
     query: str
@@ -189,7 +191,9 @@ class ScrapeRequest(_message.Message):
     authorization: str
     timeout_ms: int
     window_bytes: int
-    def __init__(self, scrape_id: _Optional[int] = ..., path: _Optional[str] = ..., query: _Optional[str] = ..., accept: _Optional[str] = ..., accept_encoding: _Optional[str] = ..., authorization: _Optional[str] = ..., timeout_ms: _Optional[int] = ..., window_bytes: _Optional[int] = ...) -> None: ...
+    target: str
+    scheme: str
+    def __init__(self, scrape_id: _Optional[int] = ..., path: _Optional[str] = ..., query: _Optional[str] = ..., accept: _Optional[str] = ..., accept_encoding: _Optional[str] = ..., authorization: _Optional[str] = ..., timeout_ms: _Optional[int] = ..., window_bytes: _Optional[int] = ..., target: _Optional[str] = ..., scheme: _Optional[str] = ...) -> None: ...
 
 class ScrapeResponse(_message.Message):
     __slots__ = ("scrape_id", "outcome", "status", "content_type", "content_encoding", "content_length", "reason", "body", "last")

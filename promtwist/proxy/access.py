@@ -17,6 +17,7 @@ from promtwist.config.settings import ProxySettings
 from promtwist.logs import observer
 from promtwist.proxy.answers import textAnswer
 from promtwist.proxy.exchange import Exchange
+from promtwist.proxy.proxyurl import isProxyRequest
 
 REALM = "promtwist"
 
@@ -44,6 +45,14 @@ class RequireCredentials:
     C{Authorization: Bearer} with the configured token, whichever of the two
     are configured. Anything else gets 401 with a C{WWW-Authenticate}
     challenge for each accepted scheme and a one-line reason.
+
+    A request sent to the port as a proxy (C{proxy_url}: an absolute URI,
+    or C{CONNECT})
+    is checked the same way, but by its C{Proxy-Authorization} header, with
+    407 and C{Proxy-Authenticate} challenges, as RFC 9110 has proxies do:
+    there C{Authorization} is Prometheus' credential for the target, and
+    goes on (if C{proxy.http.forwardAuthorization}) untouched;
+    C{Proxy-Authorization} never does.
 
     The C{Authorization} header is removed from an admitted request before
     it goes on. The scrape handler forwards Prometheus' C{Authorization}
@@ -92,29 +101,41 @@ class RequireCredentials:
 
     def __call__(self, exchange: Exchange) -> bool:
         """
-        Let C{exchange} through, without its C{Authorization} header, or
-        answer it with 401, whatever its method.
+        Let C{exchange} through, without the header its credentials came
+        in, or answer it with 401 (407 for a proxy request), whatever its
+        method.
         """
-        problem = self._problem(exchange)
+        proxied = isProxyRequest(exchange.method, exchange.path)
+        header, status, challenge, named = (
+            (b"proxy-authorization", 407, b"Proxy-Authenticate", "Proxy-Authorization")
+            if proxied
+            else (b"authorization", 401, b"WWW-Authenticate", "Authorization")
+        )
+        problem = self._problem(exchange, header, named)
         if problem is None:
-            del exchange.headers[b"authorization"]
+            del exchange.headers[header]
             return True
-        _log.debug("{client}: 401 {problem}", client=str(exchange.client), problem=problem)
-        for challenge in self._challenges:
-            exchange.addHeader(b"WWW-Authenticate", challenge)
-        textAnswer(exchange, 401, problem)
+        _log.debug(
+            "{client}: {status} {problem}",
+            client=str(exchange.client),
+            status=status,
+            problem=problem,
+        )
+        for value in self._challenges:
+            exchange.addHeader(challenge, value)
+        textAnswer(exchange, status, problem)
         return False
 
-    def _problem(self, exchange: Exchange) -> str | None:
+    def _problem(self, exchange: Exchange, header: bytes, named: str) -> str | None:
         """
-        What is wrong with the request's credentials, or L{None} if they
-        are good.
+        What is wrong with the credentials in C{header} (spelled C{named}),
+        or L{None} if they are good.
         """
-        value = exchange.headers.get(b"authorization")
+        value = exchange.headers.get(header)
         if value is None:
             return f"credentials required: {self._accepted}"
-        if b"authorization" in exchange.repeated:
-            return "more than one Authorization header"
+        if header in exchange.repeated:
+            return f"more than one {named} header"
         scheme, _, credentials = value.strip().partition(b" ")
         scheme = scheme.lower()
         credentials = credentials.strip()

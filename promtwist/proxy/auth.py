@@ -15,6 +15,7 @@ import hmac
 import re
 
 from promtwist.config.settings import LEGACY_TOKEN_IDENTITY, Identity, ProxySettings
+from promtwist.hostkeys import isHostKey, keyTarget
 
 ANONYMOUS = Identity("anonymous")
 
@@ -69,6 +70,10 @@ class Authenticator:
             identity.name: [_globPattern(glob) for glob in identity.paths]
             for identity in identities
         }
+        self._targetGlobs = {
+            identity.name: [_globPattern(glob.lower()) for glob in identity.targets]
+            for identity in identities
+        }
         self._certificates = bool(settings.tls_trust_cert_collection_file_path)
         self.open = not identities and not self._certificates
 
@@ -113,7 +118,17 @@ class Authenticator:
 
     def mayServe(self, identity: Identity, path: str) -> bool:
         """
-        Whether C{identity} may register C{path}: any path when it has no globs.
+        Whether C{identity} may register C{path}: any path when it has no
+        globs. A host key (L{promtwist.hostkeys}) is matched against the
+        identity's target globs instead, as C{host:port} (C{host} for a
+        claim on any port); without target globs, an identity limited to
+        some paths may claim no target, and one limited to nothing any.
         """
+        if isHostKey(path):
+            targets = self._targetGlobs.get(identity.name)
+            if not targets:
+                return not self._globs.get(identity.name)
+            claimed = keyTarget(path)
+            return any(glob.match(claimed) for glob in targets)
         globs = self._globs.get(identity.name)
         return not globs or any(glob.match(path) for glob in globs)

@@ -22,7 +22,7 @@ from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
 from twisted.internet.interfaces import IOpenSSLContextFactory, IProtocolFactory, IReactorTime
 
-from promtwist.config.settings import ProxySettings
+from promtwist.config.settings import MiB, ProxySettings
 from promtwist.health import proxyHealth
 from promtwist.listen import Listener
 from promtwist.metrics import ProxyMetrics
@@ -30,8 +30,9 @@ from promtwist.proxy.access import guarded
 from promtwist.proxy.auth import Authenticator
 from promtwist.proxy.discovery import Discovery
 from promtwist.proxy.eviction import evictStale
-from promtwist.proxy.httpserver import ScrapePortFactory
+from promtwist.proxy.httpserver import Guard, Handler, ScrapePortFactory
 from promtwist.proxy.link import AgentLinkFactory
+from promtwist.proxy.pushprox import RESERVED_PATHS, PushProxHub
 from promtwist.proxy.registry import Registry
 from promtwist.proxy.scrape import ScrapeHandler
 from promtwist.proxy.server import ProxyService
@@ -105,21 +106,44 @@ def buildProxy(
     """
     if reactor is None:
         from twisted.internet import reactor
-    side = buildAgentSide(settings, reactor, [settings.sd_path] if settings.sd_enabled else [])
+    reserved = [settings.sd_path] if settings.sd_enabled else []
+    if settings.pushprox_enabled:
+        reserved += RESERVED_PATHS
+    side = buildAgentSide(settings, reactor, reserved)
     discovery = (
         Discovery(side.registry, settings.sd_target_prefix, settings.sd_per_path_instance)
         if settings.sd_enabled
         else None
     )
     scrapes = ScrapeHandler(settings, side.registry, reactor, discovery)
-    # Credentials, when configured, guard discovery as well as scrapes.
+    # Credentials, when configured, guard discovery as well as scrapes,
+    # and PushProx's /clients; PushProx clients' polls and pushes carry
+    # credentials of their own.
+    handler: Handler = scrapes
+    guard: Guard | None = guarded(settings)
+    pushprox: PushProxHub | None = None
+    if settings.pushprox_enabled:
+        pushprox = PushProxHub(
+            side.registry,
+            side.authenticator,
+            reactor,
+            pollHold=settings.pushprox_poll_hold_secs,
+            clientGrace=settings.pushprox_client_grace_secs,
+            maxContentBytes=settings.max_unzipped_content_size_mbytes * MiB,
+            allowedNetworks=settings.pushprox_allowed_networks,
+            metricsRegistry=side.metrics.registry,
+            transfers=side.metrics,
+        )
+        handler = pushprox.front(handler)
+        guard = pushprox.guard(guard)
     site = ScrapePortFactory(
-        scrapes,
+        handler,
         maxHeaderBytes=settings.http_max_header_bytes,
         headerTimeout=settings.http_header_timeout_secs,
         idleTimeout=settings.http_idle_timeout_secs,
         allowedNetworks=settings.http_allowed_networks,
-        guard=guarded(settings),
+        guard=guard,
+        bodies=pushprox.bodyLimit if pushprox is not None else None,
         clock=reactor,
     )
 
@@ -168,6 +192,7 @@ def buildProxy(
         scrapes,
         httpListener,
         agentListener,
+        pushprox=pushprox,
         reloadSettings=reloadSettings,
     )
     side.metrics.track(service.state)
@@ -190,7 +215,7 @@ def buildProxy(
 
     every(service, reactor, WARNING_SUMMARY_SECONDS, summariseWarnings)
     if discovery is not None:
-        every(service, reactor, DISCOVERY_REFRESH_SECONDS, discovery.document.refresh)
+        every(service, reactor, DISCOVERY_REFRESH_SECONDS, discovery.refresh)
     if settings.stale_agent_check_enabled:
         every(
             service,

@@ -8,6 +8,11 @@ replaces a static job per path. By default the groups carry the labels
 prometheus-proxy's do and no C{instance}, so a migrating user's series keep
 their identity; C{proxy.service.discovery.perPathInstance} adds one per path.
 
+Host-routed targets (C{agent.targets}, scraped through C{proxy_url}) are
+listed by C{?routing=host}, each group naming its own C{host:port} as
+PushProx users' targets do: a separate document, because a job that uses
+C{proxy_url} and one that scrapes paths cannot share one.
+
 The document is kept as text between requests and remade only for what
 changed in the registry, so a request costs about its size in memory copies,
 not a JSON encoding of every path.
@@ -20,6 +25,8 @@ from json.encoder import encode_basestring as _quoted
 
 from twisted.internet.address import IPv4Address, IPv6Address
 
+from promtwist.hostkeys import claimsPort, isHostKey, keyTarget
+from promtwist.logs import clip
 from promtwist.proxy.answers import textAnswer
 from promtwist.proxy.exchange import Exchange
 from promtwist.proxy.registry import Listed, PathEntry, Registry
@@ -48,10 +55,15 @@ def groupSegments(entry: PathEntry | Listed, perPathInstance: bool) -> list[str]
     pairs = [
         f"{_quoted(k)}:{_quoted(v)}" for k, v in entry.labels.items() if k not in RESERVED_LABELS
     ]
-    pairs.append('"__metrics_path__":' + _quoted("/" + entry.path))
+    hostRouted = isHostKey(entry.path)
+    if not hostRouted:
+        pairs.append('"__metrics_path__":' + _quoted("/" + entry.path))
     pairs.append('"agentName":' + _quoted(entry.agentNames))
     pairs.append('"hostName":' + _quoted(entry.hostNames))
     rest = ",".join(pairs) + "}}"
+    if hostRouted:
+        # Its own address: one segment, nothing to fill in.
+        return ['{"targets":[' + _quoted(keyTarget(entry.path)) + '],"labels":{' + rest]
     head = '{"targets":["'
     if not perPathInstance or "instance" in entry.labels:
         return [head, '"],"labels":{' + rest]
@@ -66,11 +78,14 @@ class Document:
     @ivar perPathInstance: see L{groupSegments}. All groups name the same
         address, so without it (and without relabelling) two paths
         exporting the same metric names in one job write the same series.
+    @ivar hostRouted: whether this document lists the host-routed targets
+        rather than the paths.
     """
 
-    def __init__(self, registry: Registry, perPathInstance: bool) -> None:
+    def __init__(self, registry: Registry, perPathInstance: bool, hostRouted: bool = False) -> None:
         self.registry = registry
         self.perPathInstance = perPathInstance
+        self.hostRouted = hostRouted
         self._generation = -1
         # Each path's group as encoded segments, and when its entry changed.
         self._groups: dict[str, tuple[int, list[bytes]]] = {}
@@ -117,6 +132,10 @@ class Document:
         known, self._groups = self._groups, {}
         order: list[list[bytes]] = []
         for path, changed in self.registry.discoverableVersions():
+            if isHostKey(path) != self.hostRouted or (self.hostRouted and not claimsPort(path)):
+                # A host claimed on any port (a PushProx client) has no
+                # address Prometheus could scrape.
+                continue
             cached = known.get(path)
             if cached is None or cached[0] != changed:
                 entry = self.registry.discoverableEntry(path)
@@ -142,8 +161,24 @@ class Discovery:
         self.registry = registry
         self.targetPrefix = targetPrefix
         self.document = Document(registry, perPathInstance)
+        self.targets = Document(registry, perPathInstance, hostRouted=True)
+
+    def refresh(self) -> None:
+        self.document.refresh()
+        self.targets.refresh()
 
     def answer(self, exchange: Exchange) -> None:
+        routing = _routing(exchange.query)
+        if routing == "host":
+            return self._send(exchange, self.targets.render(""))
+        if routing != "path":
+            textAnswer(
+                exchange,
+                400,
+                f"unknown routing {clip(routing)!r}: ?routing=path (the default) lists paths,"
+                " ?routing=host the targets scraped through proxy_url",
+            )
+            return
         target = self.targetPrefix or _reachedAs(exchange)
         if not target:
             textAnswer(
@@ -154,9 +189,25 @@ class Discovery:
                 " set proxy.service.discovery.targetPrefix",
             )
             return
+        self._send(exchange, self.document.render(target))
+
+    def _send(self, exchange: Exchange, document: bytes) -> None:
         exchange.setHeader(b"Content-Type", b"application/json; charset=utf-8")
         exchange.setHeader(b"Cache-Control", b"must-revalidate,no-store")
-        exchange.finishWith(self.document.render(target))
+        exchange.finishWith(document)
+
+
+def _routing(query: bytes) -> str:
+    """
+    Which document a discovery request asks for: its last C{routing}
+    parameter, C{"path"} without one.
+    """
+    routing = "path"
+    for param in query.split(b"&"):
+        name, _, value = param.partition(b"=")
+        if name == b"routing":
+            routing = value.decode("latin-1")
+    return routing
 
 
 def _reachedAs(exchange: Exchange) -> str:

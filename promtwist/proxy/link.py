@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from promtwist.config.settings import ProxySettings
+from promtwist.hostkeys import spelled
 from promtwist.logs import RepeatedWarnings, clip, observer
 from promtwist.metrics import ProxyMetrics
 from promtwist.protocol.framing import _peerName
@@ -329,7 +330,7 @@ class AgentLink(Session):
                 "registration refused: " + e.kind,
                 "agent {name!r} may not register {path}: {why}",
                 name=clip(self.name),
-                path="/" + clip(request.path),
+                path=spelled(clip(request.path)),
                 why=str(e),
             )
             return self._reply(request.request_id, False, str(e), e.kind)
@@ -388,9 +389,9 @@ class AgentLink(Session):
         and over, cost a bounded number of INFO lines.
         """
         self._pathsLogged += 1
-        line = "agent {name!r} {what} /{path}"
+        line = "agent {name!r} {what} {path}"
         if self._pathsLogged <= PATHS_LOGGED:
-            self._log.info(line, name=clip(self.name), what=what, path=clip(path))
+            self._log.info(line, name=clip(self.name), what=what, path=spelled(clip(path)))
             return
         if self._pathsLogged == PATHS_LOGGED + 1:
             self._log.info(
@@ -398,7 +399,7 @@ class AgentLink(Session):
                 name=clip(self.name),
                 n=PATHS_LOGGED,
             )
-        self._log.debug(line, name=clip(self.name), what=what, path=clip(path))
+        self._log.debug(line, name=clip(self.name), what=what, path=spelled(clip(path)))
 
     def frame_unregister_path(self, request: UnregisterPath) -> None:
         try:
@@ -443,6 +444,8 @@ class AgentLink(Session):
                     authorization=call.authorization,
                     timeout_ms=max(1, int(call.agentTimeout * 1000)),
                     window_bytes=SCRAPE_WINDOW_BYTES,
+                    target=call.target.address if call.target is not None else "",
+                    scheme=call.target.scheme if call.target is not None else "",
                 )
             )
         )
@@ -659,8 +662,8 @@ class AgentLinkFactory(ServerFactory):
             if change.reason == "takeover":
                 self.metrics.agentDisplaced()
             self._log.debug(
-                "path /{path} changes holder from agent {old} to {new}: {why}",
-                path=clip(change.path),
+                "path {path} changes holder from agent {old} to {new}: {why}",
+                path=spelled(clip(change.path)),
                 old=change.old.agentId,
                 new=change.new.agentId,
                 why=change.reason,
@@ -680,7 +683,7 @@ class AgentLinkFactory(ServerFactory):
                             n=PATHS_LOGGED,
                         )
                     continue
-            named = ", ".join("/" + clip(change.path) for change in batch[:CHANGES_NAMED])
+            named = ", ".join(spelled(clip(change.path)) for change in batch[:CHANGES_NAMED])
             more = len(batch) - CHANGES_NAMED
             self._log.info(
                 "{count} path(s) change holder from agent {old!r} ({oldHost}, {oldId}) to "

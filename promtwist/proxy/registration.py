@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 
 from promtwist.config.settings import ProxySettings
+from promtwist.hostkeys import BadTarget, isHostKey, parseHostKey
 from promtwist.logs import clip
 
 
@@ -35,9 +36,10 @@ _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 
 def shown(path: str) -> str:
     """
-    C{path} as refusals quote it: the agent chose it, so it is clipped.
+    C{path} as refusals quote it: the agent chose it, so it is clipped. A
+    host key (L{promtwist.hostkeys}) is shown as it is, C{//host:port}.
     """
-    return "/" + clip(path)
+    return clip(path) if isHostKey(path) else "/" + clip(path)
 
 
 def checkPath(path: str) -> None:
@@ -102,7 +104,13 @@ def checkRegistration(
             "maxPathLength",
             "long_path",
         )
-    checkPath(path)
+    if isHostKey(path):
+        try:
+            parseHostKey(path)
+        except BadTarget as e:
+            raise RegistrationRefused(f"target {shown(path)}: {e}") from None
+    else:
+        checkPath(path)
     if len(name) > limits.max_path_name_length:
         raise _tooLong(
             f"the name of path {shown(path)}",

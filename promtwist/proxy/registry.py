@@ -5,6 +5,11 @@ The proxy's table of connected agents and the paths they serve.
 The registry decides which agent serves a request and nothing else: it knows
 no HTTP and no wire format, so the scrape resource, discovery and later
 front ends (status pages, PushProx-style routing) all read the same table.
+
+Its keys are paths and, for C{proxy_url} scrapes, host-routed targets
+(C{//host:port}, C{//host} on any port; see L{promtwist.hostkeys}): one
+table, so a target is held, queued for, promoted, budgeted and departed
+exactly as a path is.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from promtwist.config.settings import Identity, ProxySettings
+from promtwist.hostkeys import hostKey
 from promtwist.logs import observer
 from promtwist.proxy.registration import RegistrationRefused as RegistrationRefused
 from promtwist.proxy.registration import checkRegistration, shown, utf8Size
@@ -718,6 +724,20 @@ class Registry:
         """
         entry = self._paths.get(path)
         return tuple(entry.agents) if entry is not None else ()
+
+    def lookupHost(self, host: str, port: int) -> tuple[AgentHandle, ...]:
+        """
+        The agents serving target C{host:port} (a checked host, see
+        L{promtwist.hostkeys.checkHost}): whoever claimed that port exactly,
+        else whoever claimed the host on any port; none if nobody did.
+        """
+        return self.lookup(hostKey(host, port)) or self.lookup(hostKey(host, None))
+
+    def departedHost(self, host: str, port: int) -> PathEntry | None:
+        """
+        L{departed} for target C{host:port}, as L{lookupHost} finds it.
+        """
+        return self.departed(hostKey(host, port)) or self.departed(hostKey(host, None))
 
     def snapshot(self) -> list[PathEntry]:
         """

@@ -33,6 +33,7 @@ from twisted.python.failure import Failure
 
 from promtwist.config.settings import ProxySettings
 from promtwist.gunzip import Gunzip, GunzipError
+from promtwist.hostkeys import HostTarget, hostKey, spelled
 from promtwist.httputil import acceptsGzip
 from promtwist.logs import RepeatedWarnings, observer
 from promtwist.metrics import ScrapeLeg
@@ -48,7 +49,14 @@ class ScrapeCall:
     """
     What every agent serving a path is asked for one Prometheus request.
 
+    @ivar path: for a path-routed scrape the registered path (no leading
+        C{/}); for a host-routed one (C{target} set) the request's own path
+        as Prometheus sent it, percent-encoded, starting with C{/}.
+    @ivar query: without its C{?}; for a host-routed scrape without the
+        C{_scheme} parameters, which C{target.scheme} carries.
     @ivar deadline: seconds until the proxy answers, whatever the agents do.
+    @ivar target: the target a C{proxy_url} scrape names; L{None} for a
+        path-routed scrape.
     """
 
     path: str
@@ -57,6 +65,15 @@ class ScrapeCall:
     acceptEncoding: str
     authorization: str
     deadline: float
+    target: HostTarget | None = None
+
+    @property
+    def key(self) -> str:
+        """
+        What the scrape's record names it by: its path, or its target's
+        host key (L{promtwist.hostkeys.hostKey}).
+        """
+        return self.path if self.target is None else hostKey(self.target.host, self.target.port)
 
     @property
     def agentTimeout(self) -> float:
@@ -130,8 +147,8 @@ class ScrapeTracker:
         if record.type == "invalid_answer":
             self.invalidAnswers.warn(
                 "invalid_answer",
-                "scrape of /{path}: {reason}",
-                path=record.path,
+                "scrape of {path}: {reason}",
+                path=spelled(record.path),
                 reason=record.reason,
             )
         for notify in self.observers:
@@ -281,7 +298,7 @@ class ScrapeRelay:
         The buck stops here: a bug in the proxy fails this one scrape, loudly,
         and nothing else.
         """
-        self._log.failure("scrape of /{path} failed", failure, path=self.call.path)
+        self._log.failure("scrape of {path} failed", failure, path=spelled(self.call.key))
         self.fail(ScrapeFailed(500, "proxy_error", "internal error in the proxy"))
 
     # Endings.
@@ -322,7 +339,7 @@ class ScrapeRelay:
         self.tracker.ended(
             self,
             ScrapeRecord(
-                self.call.path,
+                self.call.key,
                 self._strategy.agents,
                 status,
                 kind,

@@ -1,7 +1,8 @@
 # -*- test-case-name: promtwist.test.test_relay -*-
 """
 What the scrape port does with a request Prometheus sends: check it, find
-the agents serving the path, and hand the scrape to a L{ScrapeRelay}.
+the agents serving the path (or, for a C{proxy_url} request, the target;
+see L{promtwist.proxy.proxyurl}), and hand the scrape to a L{ScrapeRelay}.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from promtwist.config.settings import MiB, ProxySettings
+from promtwist.hostkeys import HostTarget, hostKey
 from promtwist.logs import clip, observer
 from promtwist.metrics import ScrapeLeg
 from promtwist.proxy.answers import ScrapeRecord, header, textAnswer, upstreamType
 from promtwist.proxy.consolidated import BufferBudget, CollectMerge
 from promtwist.proxy.discovery import Discovery
 from promtwist.proxy.exchange import Exchange
+from promtwist.proxy.proxyurl import BadProxyRequest, ProxyRoute, badQueryByte, proxyRoute
 from promtwist.proxy.registry import Registry
 from promtwist.proxy.relay import (
     BodyStrategy,
@@ -31,12 +34,6 @@ from promtwist.proxy.relay import (
     scrapeDeadline,
 )
 
-# What a query string may hold on its way to an agent: printable ASCII
-# without spaces (RFC 3986 query characters and percent escapes; a few more
-# that clients send raw, such as [ and ], are harmless).
-_QUERY_BYTE = re.compile(rb"[^\x21-\x7e]")
-
-
 # What a forwarded header value may hold (RFC 9110 field-value: visible
 # characters, spaces, tabs and obs-text).
 _HEADER_BYTE = re.compile(rb"[^\t\x20-\x7e\x80-\xff]")
@@ -47,16 +44,6 @@ _SPELLED = {
     b"accept-encoding": "Accept-Encoding",
     b"authorization": "Authorization",
 }
-
-
-def badQueryByte(query: bytes) -> str:
-    """
-    Why C{query} cannot be forwarded, or C{""} if it can.
-    """
-    bad = _QUERY_BYTE.search(query)
-    if bad is None:
-        return ""
-    return f"query string has byte 0x{bad.group()[0]:02x} at position {bad.start()}"
 
 
 def badHeaderByte(headers: dict[bytes, bytes]) -> str:
@@ -103,6 +90,20 @@ class ScrapeHandler:
 
     def __call__(self, exchange: Exchange) -> None:
         started = self.clock.seconds()
+        try:
+            route = proxyRoute(
+                exchange.path,
+                exchange.query,
+                exchange.headers.get(b"host"),
+                # Only an exact claim: a host claimed on any port (a PushProx
+                # client's FQDN) must not capture the proxy's own requests
+                # that arrive under that name.
+                lambda host, port: bool(self.registry.lookup(hostKey(host, port))),
+            )
+        except BadProxyRequest as e:
+            return self._refuse(exchange, "", e.status, e.kind, e.reason)
+        if route is not None:
+            return self._hostRouted(exchange, route, started)
         query = exchange.query
         try:
             path = unquote(exchange.path.decode("ascii"), errors="strict").lstrip("/")
@@ -110,7 +111,6 @@ class ScrapeHandler:
             return self._refuse(exchange, "", 400, "bad_request", "request path is not valid UTF-8")
         if self.discovery is not None and path == self.settings.sd_path:
             return self.discovery.answer(exchange)
-        agents = self.registry.lookup(path)
         badBytes = badQueryByte(query) or badHeaderByte(exchange.headers)
         if badBytes:
             return self._refuse(exchange, path, 400, "bad_request", badBytes)
@@ -118,27 +118,58 @@ class ScrapeHandler:
             return self._refuse(
                 exchange, path, 404, "missing_path", "no path given: request /<path>"
             )
+        self._relay(exchange, started, path, query.decode("ascii"))
+
+    def _hostRouted(self, exchange: Exchange, route: ProxyRoute, started: float) -> None:
+        """
+        Relay a C{proxy_url} scrape to whoever serves its target: the agent
+        that declared that host and port, else a source serving the host on
+        any port.
+        """
+        badBytes = badHeaderByte(exchange.headers)
+        if badBytes:
+            return self._refuse(exchange, route.shown, 400, "bad_request", badBytes)
+        self._relay(exchange, started, route.path, route.query, route.target)
+
+    def _relay(
+        self,
+        exchange: Exchange,
+        started: float,
+        path: str,
+        query: str,
+        target: HostTarget | None = None,
+    ) -> None:
+        """
+        Hand a checked request to the agents serving its path, or its
+        C{target} when it names one, or say why there are none.
+        """
+        key: str
+        if target is None:
+            key, named = path, "/" + clip(path)
+            agents, gone = self.registry.lookup(path), self.registry.departed(path)
+        else:
+            key, named = hostKey(target.host, target.port), f"target {clip(target.address)}"
+            agents = self.registry.lookupHost(target.host, target.port)
+            gone = self.registry.departedHost(target.host, target.port)
         if self.stopping:
-            return self._refuse(exchange, path, 503, "proxy_stopped", "the proxy is shutting down")
+            return self._refuse(exchange, key, 503, "proxy_stopped", "the proxy is shutting down")
         if not agents:
-            gone = self.registry.departed(path)
             if gone is not None:
                 assert gone.leftAt is not None
                 reason = (
                     f"agent {clip(gone.agentNames)!r} disconnected"
                     f" {self.clock.seconds() - gone.leftAt:.0f}s ago"
                 )
-                return self._refuse(exchange, path, 503, "agent_disconnected", reason)
-            return self._refuse(
-                exchange, path, 404, "invalid_path", f"no agent serves /{clip(path)}"
-            )
+                return self._refuse(exchange, key, 503, "agent_disconnected", reason)
+            return self._refuse(exchange, key, 404, "invalid_path", f"no agent serves {named}")
         call = ScrapeCall(
             path,
-            query.decode("ascii"),
+            query,
             header(exchange, b"accept"),
             header(exchange, b"accept-encoding"),
             header(exchange, b"authorization") if self.settings.forward_authorization else "",
             scrapeDeadline(exchange.headers, self.settings),
+            target,
         )
         sources = [cast(ScrapeSource, agent) for agent in agents]
         limit = self.settings.max_unzipped_content_size_mbytes * MiB

@@ -20,10 +20,12 @@ from promtwist import __version__
 from promtwist.config.keys import PROXY
 from promtwist.config.settings import ConfigError, ProxySettings
 from promtwist.debugpage import head, recentLine, table, uptime, where
+from promtwist.hostkeys import spelled
 from promtwist.listen import Listener, logStarted
 from promtwist.logs import clip, debugging, observer, utcTime
 from promtwist.metrics import AgentSample, ProxyState
 from promtwist.proxy.answers import ScrapeRecord
+from promtwist.proxy.pushprox import PushProxHub
 from promtwist.proxy.registry import AgentHandle
 from promtwist.proxy.scrape import ScrapeHandler
 from promtwist.signals import onHangup
@@ -59,11 +61,13 @@ class ProxyService(MultiService):
         httpListener: Listener,
         agentListener: Listener,
         *,
+        pushprox: PushProxHub | None = None,
         reloadSettings: Callable[[], ProxySettings] | None = None,
     ) -> None:
         """
         @param side: the agent port's factory and the parts it shares.
         @param scrapes: what the scrape port serves.
+        @param pushprox: the PushProx clients' hub, when they are served.
         @param reloadSettings: reads the settings again from the same sources,
             for SIGHUP; without it the proxy does not reload.
         """
@@ -77,6 +81,7 @@ class ProxyService(MultiService):
         self.registry = side.registry
         self.metrics = side.metrics
         self.scrapes = scrapes
+        self.pushprox = pushprox
         self.recent: collections.deque[tuple[float, ScrapeRecord]] = collections.deque(
             maxlen=settings.admin_recent_requests_queue_size
         )
@@ -120,9 +125,8 @@ class ProxyService(MultiService):
         self.metrics.scrapeFinished(record.path, record.legs, record.bytes)
         if self.settings.request_logging_enabled and debugging(self._log.namespace):
             self._log.debug(
-                "scrape /{path} via {agents}: {status} {type} {reason}"
-                " ({bytes} bytes, {ms:.1f} ms)",
-                path=clip(record.path),
+                "scrape {path} via {agents}: {status} {type} {reason} ({bytes} bytes, {ms:.1f} ms)",
+                path=spelled(clip(record.path)),
                 agents=clip(record.agents) or "-",
                 status=record.status,
                 type=record.type,
@@ -157,7 +161,7 @@ class ProxyService(MultiService):
         ]
         if snapshot:
             rows = [
-                [f"/{e.path}", f"{len(e.agents)} {', '.join(map(_described, e.agents))}"]
+                [spelled(e.path), f"{len(e.agents)} {', '.join(map(_described, e.agents))}"]
                 for e in sorted(snapshot, key=lambda e: e.path)
             ]
             parts.append(table("Proxy Path Map", ["Path", "Agent Context"], rows, "\n\n"))
@@ -181,9 +185,11 @@ class ProxyService(MultiService):
         for entry in snapshot:
             agents = ", ".join(_described(a) for a in entry.agents)
             if entry.consolidated:
-                lines.append(f"  /{entry.path} [consolidated] {agents}")
+                lines.append(f"  {spelled(entry.path)} [consolidated] {agents}")
                 continue
-            lines.append(f"  /{entry.path} [exclusive] {agents}, since {utcTime(entry.since)}")
+            lines.append(
+                f"  {spelled(entry.path)} [exclusive] {agents}, since {utcTime(entry.since)}"
+            )
             for place, claim in enumerate(entry.standbys, 1):
                 lines.append(
                     f"      standby #{place}: {_described(claim.agent)}, waiting since "
@@ -192,8 +198,8 @@ class ProxyService(MultiService):
         lines += ["", f"last {len(self.recent)} scrapes:"]
         for _, r in self.recent:
             lines.append(
-                f"  /{r.path} - {r.type} - {r.status} {r.reason} - {r.seconds * 1000:.1f} ms"
-                f" - {r.bytes} bytes - {r.agents}"
+                f"  {spelled(r.path)} - {r.type} - {r.status} {r.reason}"
+                f" - {r.seconds * 1000:.1f} ms - {r.bytes} bytes - {r.agents}"
             )
         parts.append("\n".join(lines))
         return "\n".join(parts) + "\n"
@@ -227,6 +233,8 @@ class ProxyService(MultiService):
                 # Its paths go to standbys whose identity holds, at once.
                 self.registry.removeAgent(link, "reload")
                 link.close("its identity changed on reload")
+        if self.pushprox is not None:
+            self.pushprox.revoked(self.authenticator.stillHolds)
         others = PROXY.changedKeys(self.settings, fresh)
         if others:
             self._log.warn(
@@ -252,6 +260,18 @@ class ProxyService(MultiService):
         )
         if settings.sd_enabled:
             self._log.info("service discovery at /{path}", path=settings.sd_path)
+        if self.pushprox is not None:
+            self._log.info(
+                "PushProx clients served at /poll, /push and /clients{open}",
+                open=(
+                    ": without agent credentials configured, any client may register"
+                    " any FQDN no other client holds (docs/pushprox.md)"
+                    # Client certificates prove nothing for them: they poll
+                    # the scrape port, not the agent port.
+                    if not (settings.identities or settings.agent_token)
+                    else ", with the agents' tokens"
+                ),
+            )
         if self.reloadSettings is not None:
             self._restoreHangup = onHangup(self.reactor, self.reload)
 
@@ -294,6 +314,8 @@ class ProxyService(MultiService):
                     "{n} scrape(s) still in flight after the grace period; failing them",
                     n=len(self.scrapes.tracker.inFlight),
                 )
+        if self.pushprox is not None:
+            self.pushprox.stop()
         await self.linkFactory.closeAll("proxy shutting down")
 
     def stopService(self) -> Deferred[None]:

@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import treq
 from treq.client import HTTPClient
@@ -26,8 +26,9 @@ from twisted.internet import reactor as _globalReactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IReactorSSL
 from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.ssl import PrivateCertificate
 from twisted.internet.task import deferLater
 from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
@@ -37,6 +38,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from promtwist.endpoints import probe, wildcard
+from promtwist.test.certs import Issued
 
 T = TypeVar("T")
 
@@ -405,9 +407,11 @@ class TargetServer:
     The scraped application: C{/metrics} answers L{PAYLOAD} at once,
     C{/slow} only when released. Runs in the test's reactor; every
     connection is closed when the test ends.
+
+    @ivar scheme: C{https} when it serves TLS with the certificate given.
     """
 
-    def __init__(self, case: TestCase) -> None:
+    def __init__(self, case: TestCase, tls: Issued | None = None) -> None:
         root = Resource()
         self.metrics = _Metrics()
         self.slow = SlowResource()
@@ -416,11 +420,23 @@ class TargetServer:
         site = Site(root)
         site.log = lambda request: None  # type: ignore[method-assign]
         self.factory = WrappingFactory(site)
-        self.port: IListeningPort = _globalReactor.listenTCP(
-            0,
-            self.factory,  # type: ignore[arg-type]
-            interface="127.0.0.1",
-        )
+        self.scheme = "http" if tls is None else "https"
+        self.port: IListeningPort
+        if tls is None:
+            self.port = _globalReactor.listenTCP(
+                0,
+                self.factory,  # type: ignore[arg-type]
+                interface="127.0.0.1",
+            )
+        else:
+            with open(tls.cert, "rb") as cert, open(tls.key, "rb") as key:
+                options = PrivateCertificate.loadPEM(cert.read() + key.read()).options()
+            self.port = cast(IReactorSSL, _globalReactor).listenSSL(
+                0,
+                self.factory,  # type: ignore[arg-type]
+                options,
+                interface="127.0.0.1",
+            )
         case.addCleanup(lambda: Deferred.fromCoroutine(self.close()))
 
     @property
@@ -430,7 +446,7 @@ class TargetServer:
         return address.port
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.portNumber}/{path}"
+        return f"{self.scheme}://127.0.0.1:{self.portNumber}/{path}"
 
     async def close(self) -> None:
         self.slow.release()
@@ -531,10 +547,12 @@ class Cluster(ProcessGroup):
         metrics: bool = False,
         proxyArgs: Sequence[str] = (),
         agentArgs: Sequence[str] = (),
+        targets: Sequence[str] = (),
     ) -> None:
         """
         @param metrics: whether the proxy and the agent serve their own
             metrics (on L{proxyMetricsPort} and L{agentMetricsPort}).
+        @param targets: the agent's C{agent.targets} entries.
         @param proxyArgs: more options for the proxy.
         @param agentArgs: more options for the agent.
         """
@@ -549,6 +567,7 @@ class Cluster(ProcessGroup):
         self.paths = dict(
             paths if paths is not None else {"e2e_one": "metrics", "e2e_two": "metrics"}
         )
+        self.targets = tuple(targets)
         if metrics:
             # As examples/agent.conf does: both processes' own metrics through
             # the proxy as well, so Prometheus may scrape each under two jobs.
@@ -615,6 +634,11 @@ class Cluster(ProcessGroup):
             "    }"
             for path, targetPath in (paths or self.paths).items()
         )
+        targets = (
+            f"  targets = [{', '.join(hoconString(target) for target in self.targets)}]\n"
+            if self.targets
+            else ""
+        )
         return (
             "// Written by promtwist.test.test_endtoend.\n"
             "agent {\n"
@@ -623,6 +647,7 @@ class Cluster(ProcessGroup):
             "  pathConfigs = [\n"
             f"{entries}\n"
             "  ]\n"
+            f"{targets}"
             "}\n"
         )
 

@@ -215,3 +215,73 @@ class CredentialTests(SynchronousTestCase):
         """
         get(self.both, self.target, b"/a/b/metrics?x=1", "Bearer s3cret-token")
         self.assertEqual(self.target.seen, [(None, b"/a/b/metrics")])
+
+
+class ProxyRequestTests(SynchronousTestCase):
+    """
+    A C{proxy_url} request (an absolute URI) proves itself with
+    C{Proxy-Authorization}; its C{Authorization} is the target's.
+    """
+
+    def setUp(self) -> None:
+        self.target = Recorder()
+        self.guard = RequireCredentials(username="prometheus", password="pw")
+
+    def ask(self, *headers: bytes) -> Response:
+        connection, transport = connect(factory(self.target, guard=self.guard))
+        lines = [b"GET http://node1:9100/metrics HTTP/1.1", b"Host: node1:9100", *headers]
+        connection.dataReceived(b"\r\n".join(lines) + b"\r\n\r\n")
+        return parseResponse(transport.value())
+
+    def test_admitted(self) -> None:
+        """
+        Good proxy credentials admit the request without themselves; the
+        target's C{Authorization} goes on untouched.
+        """
+        response = self.ask(
+            b"Proxy-Authorization: " + basic("prometheus", "pw").encode(),
+            b"Authorization: Bearer for-the-target",
+        )
+        self.assertEqual(response.status, 200)
+        (exchange,) = self.target.exchanges
+        self.assertEqual(exchange.headers.get(b"authorization"), b"Bearer for-the-target")
+        self.assertNotIn(b"proxy-authorization", exchange.headers)
+
+    def test_required(self) -> None:
+        """
+        Without proxy credentials (the target's do not count) it is a 407
+        with a C{Proxy-Authenticate} challenge.
+        """
+        for headers in [(), (b"Authorization: " + basic("prometheus", "pw").encode(),)]:
+            response = self.ask(*headers)
+            self.assertEqual(response.status, 407)
+            self.assertEqual(
+                response.repeated(b"proxy-authenticate"),
+                [b'Basic realm="promtwist", charset="UTF-8"'],
+            )
+            self.assertEqual(response.body, b"credentials required: basic auth\n")
+        self.assertEqual(self.target.seen, [])
+
+    def test_wrong(self) -> None:
+        response = self.ask(b"Proxy-Authorization: " + basic("prometheus", "no").encode())
+        self.assertEqual((response.status, response.body), (407, b"invalid credentials\n"))
+
+    def test_repeated(self) -> None:
+        value = b"Proxy-Authorization: " + basic("prometheus", "pw").encode()
+        response = self.ask(value, value)
+        self.assertEqual(response.status, 407)
+        self.assertEqual(response.body, b"more than one Proxy-Authorization header\n")
+
+    def test_connect(self) -> None:
+        """
+        C{CONNECT} is a proxy request too: 407 without proxy credentials,
+        the method's own refusal with them.
+        """
+        for headers, status in [
+            ((), 407),
+            ((b"Proxy-Authorization: " + basic("prometheus", "pw").encode(),), 405),
+        ]:
+            connection, transport = connect(factory(self.target, guard=self.guard))
+            lines = [b"CONNECT node1:9443 HTTP/1.1", b"Host: node1:9443", *headers]
+            connection.dataReceived(b"\r\n".join(lines) + b"\r\n\r\n")
+            self.assertEqual(parseResponse(transport.value()).status, status)

@@ -14,6 +14,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from promtwist.config.settings import ProxySettings
+from promtwist.hostkeys import hostKey
 from promtwist.proxy import discovery
 from promtwist.proxy.build import DISCOVERY_REFRESH_SECONDS, buildProxy
 from promtwist.proxy.discovery import RENDERED_TARGETS, Discovery, Document
@@ -358,3 +359,56 @@ class SettingTests(SynchronousTestCase):
             served(proxy.registry, FakeAgent("1"), "app")
             (group,) = json.loads(ask(proxy.scrapes.discovery, "proxy:8080").body)
             self.assertEqual(group["labels"].get("instance"), expected, settings)
+
+
+class HostRoutedTests(SynchronousTestCase):
+    """
+    C{?routing=host} lists the targets claimed for C{proxy_url} scrapes, each
+    by its own address; the paths' document does not change.
+    """
+
+    def setUp(self) -> None:
+        self.resource = Discovery(Registry(), "", perPathInstance=True)
+        registry = self.resource.registry
+        agent = FakeAgent("1", "a", "h")
+        registry.addAgent(agent)
+        registry.registerPath(agent, "app", "", {"team": "x"})
+        registry.registerPath(agent, hostKey("node1", 9100), "", {"env": "prod", "instance": "i"})
+        registry.registerPath(agent, hostKey("::1", 9182), "", {})
+        # A host claimed on any port has no address to list.
+        registry.registerPath(agent, hostKey("node2", None), "", {})
+
+    def get(self, query: bytes) -> Response:
+        exchange, transport = exchangeFor(
+            b"GET /discovery" + query + b" HTTP/1.1\r\nHost: proxy:8080\r\n\r\n"
+        )
+        self.resource.answer(exchange)
+        return parseResponse(transport.value())
+
+    def test_targets(self) -> None:
+        r = self.get(b"?routing=host")
+        self.assertEqual(r.headers[b"content-type"], b"application/json; charset=utf-8")
+        self.assertEqual(
+            json.loads(r.body),
+            [
+                {
+                    "targets": ["[::1]:9182"],
+                    "labels": {"agentName": "a", "hostName": "h"},
+                },
+                {
+                    "targets": ["node1:9100"],
+                    "labels": {"env": "prod", "instance": "i", "agentName": "a", "hostName": "h"},
+                },
+            ],
+        )
+
+    def test_pathsUnchanged(self) -> None:
+        for query in (b"", b"?routing=path", b"?x=1"):
+            (group,) = json.loads(self.get(query).body)
+            self.assertEqual(group["targets"], ["proxy:8080"])
+            self.assertEqual(group["labels"]["__metrics_path__"], "/app")
+
+    def test_unknownRouting(self) -> None:
+        r = self.get(b"?routing=pushprox")
+        self.assertEqual(r.status, 400)
+        self.assertIn(b"unknown routing 'pushprox'", r.body)

@@ -119,6 +119,48 @@ scrape_configs:
 """
 
 
+async def runPrometheus(
+    case: TestCase, cluster: Cluster, binary: str, port: int, config: str
+) -> Callable[[str], Awaitable[Any]]:
+    """
+    Start Prometheus with C{config} on C{port}, as one of C{cluster}'s
+    children, and wait until it is ready.
+
+    @return: what gets one answer of its HTTP API (C{targets?state=active},
+        C{query?query=...}), failing unless it says success.
+    """
+    prometheus = Child(
+        case,
+        "prometheus",
+        [
+            binary,
+            f"--config.file={writeFile(os.path.join(cluster.workdir, 'prometheus.yml'), config)}",
+            f"--storage.tsdb.path={os.path.join(cluster.workdir, 'tsdb')}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=info",
+        ],
+        cluster.workdir,
+    )
+    cluster.children.append(prometheus)
+    prometheus.start()
+
+    async def ready() -> bool:
+        response = await cluster.http.get(f"http://127.0.0.1:{port}/-/ready", timeout=2)
+        await treq.content(response)
+        return bool(response.code == 200)
+
+    await cluster.eventually(ready, "Prometheus ready", 30)
+
+    async def apiGet(what: str) -> Any:
+        response = await cluster.http.get(f"http://127.0.0.1:{port}/api/v1/{what}", timeout=2)
+        document = await treq.json_content(response)
+        if document.get("status") != "success":
+            raise AssertionError(f"{what}: {document}")
+        return document["data"]
+
+    return apiGet
+
+
 class EndToEndTests(TestCase):
     """
     Prometheus → http_sd from the proxy → scrapes through proxy and agent.
@@ -143,32 +185,9 @@ class EndToEndTests(TestCase):
         proxyAndAgentReady = time.monotonic()
 
         promPort = freePort()
-        promConfig = writeFile(
-            os.path.join(cluster.workdir, "prometheus.yml"),
-            prometheusConfig(cluster, job, promPort),
+        apiGet = await runPrometheus(
+            self, cluster, binary, promPort, prometheusConfig(cluster, job, promPort)
         )
-        prometheus = Child(
-            self,
-            "prometheus",
-            [
-                binary,
-                f"--config.file={promConfig}",
-                f"--storage.tsdb.path={os.path.join(cluster.workdir, 'tsdb')}",
-                f"--web.listen-address=127.0.0.1:{promPort}",
-                "--log.level=info",
-            ],
-            cluster.workdir,
-        )
-        cluster.children.append(prometheus)
-        prometheus.start()
-        api = f"http://127.0.0.1:{promPort}/api/v1"
-
-        async def ready() -> bool:
-            response = await cluster.http.get(f"http://127.0.0.1:{promPort}/-/ready", timeout=2)
-            await treq.content(response)
-            return bool(response.code == 200)
-
-        await cluster.eventually(ready, "Prometheus ready", 30)
 
         expected = {
             path: f"127.0.0.1:{cluster.scrapePort}/{path}"
@@ -181,13 +200,6 @@ class EndToEndTests(TestCase):
         }
         broken = f"127.0.0.1:{cluster.scrapePort}/e2e_broken"
         state: dict[str, Any] = {}
-
-        async def apiGet(what: str) -> Any:
-            response = await cluster.http.get(f"{api}/{what}", timeout=2)
-            document = await treq.json_content(response)
-            if document.get("status") != "success":
-                raise AssertionError(f"{what}: {document}")
-            return document["data"]
 
         async def allUp() -> bool:
             targets = (await apiGet("targets?state=active"))["activeTargets"]

@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from promtwist.agent.connection import ProxyConnection, ProxyConnectionFactory
 from promtwist.agent.scraper import Scraper
-from promtwist.config.settings import AgentSettings, Identity, ProxySettings
+from promtwist.config.settings import AgentSettings, Identity, PathConfig, ProxySettings
 from promtwist.protocol.promtwist_pb2 import HOLDER, Frame, Holder, PathStatus
 from promtwist.protocol.session import LinkState
 from promtwist.proxy.link import AgentLink
@@ -56,8 +56,18 @@ class Ownership:
         self.registry = self.factory.registry
         self.agents: list[Agent] = []
 
-    def connect(self, name: str, launchId: str = "", token: str = "", host: str = "") -> Agent:
-        settings = AgentSettings(name=name, path_configs=PATHS, agent_token=token)
+    def connect(
+        self,
+        name: str,
+        launchId: str = "",
+        token: str = "",
+        host: str = "",
+        targets: tuple[PathConfig, ...] = (),
+    ) -> Agent:
+        """
+        @param targets: the agent's C{agent.targets}, claimed beside L{PATHS}.
+        """
+        settings = AgentSettings(name=name, path_configs=PATHS, agent_token=token, targets=targets)
         agentFactory = ProxyConnectionFactory(
             settings, Scraper(settings, self.http.pool, self.clock), self.clock
         )

@@ -27,9 +27,10 @@ from promtwist.protocol.promtwist_pb2 import Frame, Outcome, ScrapeChunk, Scrape
 from promtwist.proxy.answers import ScrapeRecord
 from promtwist.proxy.auth import ANONYMOUS
 from promtwist.proxy.httpserver import ScrapePortConnection, ScrapePortFactory
+from promtwist.proxy.proxyurl import badQueryByte
 from promtwist.proxy.registry import Registry
 from promtwist.proxy.relay import ScrapeCall
-from promtwist.proxy.scrape import ScrapeHandler, badHeaderByte, badQueryByte
+from promtwist.proxy.scrape import ScrapeHandler, badHeaderByte
 from promtwist.proxy.stream import ScrapeStream
 from promtwist.test.scrapeport import Response, parseResponse
 

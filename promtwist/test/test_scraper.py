@@ -1067,7 +1067,7 @@ class LinkLimitTests(SynchronousTestCase):
         self.assertTrue(response.producer.stopped)
         self.assertEqual(
             [e["log_format"] for e in events if e["log_level"].name in ("warn", "error")],
-            ["cannot tell the proxy that /{path} failed: {error}"],
+            ["cannot tell the proxy that {path} failed: {error}"],
         )
 
     def test_chunkTooLarge(self) -> None:

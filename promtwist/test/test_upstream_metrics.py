@@ -73,6 +73,15 @@ EXTRAS = {
     },
 }
 
+# The proxy's families under PushProx's names, for PushProx clients; not
+# prometheus-proxy's, and not promtwist's own either.
+PUSHPROX = {
+    "pushprox_http_requests",
+    "pushprox_http_duration_seconds",
+    "pushproxy_proxied_requests",
+    "pushprox_proxy_clients",
+}
+
 # Families every Python process exports (where prometheus-proxy has its
 # optional JVM collectors).
 PROCESS = re.compile(r"^(process_|python_)")
@@ -304,6 +313,11 @@ class UpstreamMetricsTests(TestCase):
         own = {name for name in samples if not PROCESS.match(name) and name not in created} - set(
             upstream
         )
+        if process == "proxy":
+            # PushProx's own series, under its names (docs/pushprox.md),
+            # checked against PushProx in test_pushprox.
+            self.assertEqual(own & PUSHPROX, PUSHPROX)
+            own -= PUSHPROX
         self.assertEqual(own, EXTRAS[process])
         # No sample of promtwist's own is named as one of prometheus-proxy's.
         upstreamSamples = set().union(*(sampleNames(entry) for entry in upstream.values()))

@@ -1,0 +1,229 @@
+"""
+Tests for C{proxy_url} scrapes on the scrape port: L{promtwist.proxy.proxyurl}
+and the handler routing them by target.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from promtwist.hostkeys import HostTarget, hostKey
+from promtwist.proxy.proxyurl import BadProxyRequest, ProxyRoute, proxyRoute
+from promtwist.proxy.registry import Registry
+from promtwist.test.test_relay import FakeLink, Proxy, response
+
+
+def _nobody(host: str, port: int) -> bool:
+    return False
+
+
+class ProxyRouteTests(SynchronousTestCase):
+    def test_absolute(self) -> None:
+        """
+        An absolute URI names the target, whatever C{Host} says; its path and
+        query are kept as sent, C{_scheme} taken out of the query.
+        """
+        route = proxyRoute(b"http://Node1:9100/a%20b", b"x=1&_scheme=https&y", b"proxy", _nobody)
+        self.assertEqual(route, ProxyRoute(HostTarget("https", "node1", 9100), "/a%20b", "x=1&y"))
+        route = proxyRoute(b"http://[::1]:9100", b"", None, _nobody)
+        self.assertEqual(route, ProxyRoute(HostTarget("", "::1", 9100), "/", ""))
+        self.assertEqual(route.shown if route else "", "//[::1]:9100")
+
+    def test_defaultPorts(self) -> None:
+        route = proxyRoute(b"http://node1/metrics", b"", None, _nobody)
+        self.assertEqual(route and route.target, HostTarget("", "node1", 80))
+        route = proxyRoute(b"https://node1/metrics", b"_scheme=http", None, _nobody)
+        self.assertEqual(route and route.target, HostTarget("http", "node1", 443))
+        route = proxyRoute(b"HTTPS://node1/metrics", b"", None, _nobody)
+        self.assertEqual(route and route.target, HostTarget("https", "node1", 443))
+
+    def test_hostHeader(self) -> None:
+        """
+        An origin-form request is host-routed when its C{Host} names a
+        target someone serves, and path-routed otherwise (a C{Host} that is
+        no target at all included).
+        """
+        served = {("node1", 9100)}
+
+        def lookup(host: str, port: int) -> bool:
+            return (host, port) in served
+
+        route = proxyRoute(b"/metrics", b"", b"NODE1:9100", lookup)
+        self.assertEqual(route, ProxyRoute(HostTarget("", "node1", 9100), "/metrics", ""))
+        self.assertIsNone(proxyRoute(b"/metrics", b"", b"node1:9101", lookup))
+        self.assertIsNone(proxyRoute(b"/metrics", b"", b"proxy", lookup))
+        self.assertIsNone(proxyRoute(b"/metrics", b"", b"bad host!", lookup))
+        self.assertIsNone(proxyRoute(b"/metrics", b"", b"\xff", lookup))
+        self.assertIsNone(proxyRoute(b"/metrics", b"", None, lookup))
+
+    def test_refused(self) -> None:
+        """
+        Each badly named target is a 400 saying what was wrong.
+        """
+        for path, query, why in [
+            (b"ftp://node1:21/x", b"", "only http and https"),
+            (b"http://user:pw@node1:9100/", b"", "user info"),
+            (b"http://node1:99999/", b"", "out of range"),
+            (b"http://node1:/", b"", "empty port"),
+            (b"http://no%20de:80/", b"", "not a DNS name"),
+            (b"http://:80/", b"", "no host given"),
+            (b"http://\xc3\xa9:80/", b"", "not ASCII"),
+            (b"http://node1:80/a\x7f", b"", "byte 0x7f at position 2"),
+            (b"http://node1:80/a#b", b"", "fragment"),
+            (b"http://node1:80/", b"_scheme=gopher", "is not a scheme"),
+            (b"http://node1:80/", b"_scheme=http&_scheme=https", "both http and https"),
+            (b"http://node1:80/", b"a=\x01", "query string has byte 0x01"),
+        ]:
+            e = self.assertRaises(BadProxyRequest, proxyRoute, path, query, None, _nobody)
+            self.assertEqual(e.status, 400)
+            self.assertIn(why, e.reason, path)
+
+
+class HostRoutedScrapeTests(SynchronousTestCase):
+    """
+    The scrape handler relays a C{proxy_url} scrape to whoever claimed its
+    target.
+    """
+
+    def setUp(self) -> None:
+        self.proxy = Proxy()
+        self.registry: Registry = self.proxy.registry
+
+    def claim(self, name: str, key: str) -> FakeLink:
+        link = FakeLink(name, agentId=name)
+        self.registry.addAgent(link)
+        self.registry.registerPath(link, key, name, {})
+        return link
+
+    def test_exactTarget(self) -> None:
+        """
+        The agent that declared C{host:port} is asked for exactly the path
+        and query Prometheus sent, with the target and scheme.
+        """
+        link = self.claim("a1", hostKey("node1", 9100))
+        conn = self.proxy.get(b"http://node1:9100/metrics?x=%2F&_scheme=https", Accept="text/plain")
+        link.head(b"up 1\n", last=True, content_length=5)
+        r = response(conn)
+        self.assertEqual((r.status, r.body), (200, b"up 1\n"))
+        (call,) = link.calls
+        self.assertEqual(
+            (call.path, call.query, call.accept, call.target),
+            ("/metrics", "x=%2F", "text/plain", HostTarget("https", "node1", 9100)),
+        )
+        self.assertEqual(self.proxy.records[-1].path, "//node1:9100")
+
+    def test_exactBeforeAnyPort(self) -> None:
+        """
+        A claim on the exact port wins over one on the host; the host's
+        claim serves its other ports.
+        """
+        exact = self.claim("exact", hostKey("node1", 9100))
+        anyPort = self.claim("any", hostKey("node1", None))
+        self.proxy.get(b"http://node1:9100/metrics")
+        self.proxy.get(b"http://node1:9182/metrics")
+        self.assertEqual([c.target for c in exact.calls], [HostTarget("", "node1", 9100)])
+        self.assertEqual([c.target for c in anyPort.calls], [HostTarget("", "node1", 9182)])
+
+    def test_hostHeader(self) -> None:
+        link = self.claim("a1", hostKey("node1", 9100))
+        self.proxy.get(b"/metrics", host="node1:9100")
+        (call,) = link.calls
+        self.assertEqual((call.path, call.target), ("/metrics", HostTarget("", "node1", 9100)))
+
+    def test_pathsStillServed(self) -> None:
+        """
+        The same agent serves a path and a target at once, each by its own
+        routing.
+        """
+        link = self.proxy.agent("a1", "app1")
+        self.registry.registerPath(link, hostKey("node1", 9100), "t", {})
+        self.proxy.get(b"/app1")
+        self.proxy.get(b"http://node1:9100/metrics")
+        self.assertEqual(
+            [(c.path, c.target) for c in link.calls],
+            [("app1", None), ("/metrics", HostTarget("", "node1", 9100))],
+        )
+
+    def test_nobodyServes(self) -> None:
+        """
+        A target nobody claimed is a 404 naming it, another port of a
+        claimed host included.
+        """
+        self.claim("a1", hostKey("node1", 9100))
+        for target in (b"http://node2:9100/metrics", b"http://node1:9101/metrics"):
+            r = response(self.proxy.get(target))
+            self.assertEqual(r.status, 404)
+            self.assertIn(b"no agent serves target node", r.body)
+        self.assertEqual(self.proxy.records[-1].path, "//node1:9101")
+
+    def test_badRequest(self) -> None:
+        r = response(self.proxy.get(b"http://u@node1:9100/metrics"))
+        self.assertEqual(r.status, 400)
+        self.assertIn(b"user info", r.body)
+
+    def test_connect(self) -> None:
+        """
+        C{CONNECT}, which Prometheus sends for an https target through an
+        http proxy_url, is refused saying how to scrape https instead.
+        """
+        channel = self.proxy.site.buildProtocol(None)
+        assert channel is not None
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        channel.dataReceived(b"CONNECT node1:9100 HTTP/1.1\r\nHost: node1:9100\r\n\r\n")
+        r = response(transport)
+        self.assertEqual(r.status, 405)
+        self.assertIn(b"_scheme", r.body)
+
+    def test_post(self) -> None:
+        channel = self.proxy.site.buildProtocol(None)
+        assert channel is not None
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        channel.dataReceived(b"DELETE http://node1:9100/ HTTP/1.1\r\nHost: node1\r\n\r\n")
+        self.assertEqual(response(transport).status, 405)
+
+    def test_departed(self) -> None:
+        """
+        A target whose agent left a moment ago is a 503 saying so, as a
+        departed path is.
+        """
+        link = self.claim("a1", hostKey("node1", 9100))
+        self.registry.removeAgent(link)
+        r = response(self.proxy.get(b"http://node1:9100/metrics"))
+        self.assertEqual(r.status, 503)
+        self.assertIn(b"agent 'a1' disconnected", r.body)
+
+    def test_standby(self) -> None:
+        """
+        Two agents claiming one target: the second waits, and takes over
+        when the first leaves.
+        """
+        first = self.claim("a1", hostKey("node1", 9100))
+        second = FakeLink("a2", agentId="a2")
+        roles: list[str] = []
+        second.pathRoleChanged = (  # type: ignore[method-assign]
+            lambda path, role, *args, **kw: roles.append(f"{path} {role}")
+        )
+        self.registry.addAgent(second)
+        placement = self.registry.registerPath(second, hostKey("node1", 9100), "a2", {})
+        self.assertEqual(placement.position, 1)
+        self.proxy.get(b"http://node1:9100/metrics")
+        self.assertEqual((len(first.calls), len(second.calls)), (1, 0))
+        self.registry.removeAgent(first)
+        self.assertEqual(roles, ["//node1:9100 holder"])
+        self.proxy.get(b"http://node1:9100/metrics")
+        self.assertEqual(len(second.calls), 1)
+
+    def test_hostHeaderNeedsExactClaim(self) -> None:
+        """
+        A host claimed on any port is reached by absolute URI only: its
+        name in C{Host} does not capture the proxy's own requests.
+        """
+        path = self.proxy.agent("a1", "app1")
+        anyPort = self.claim("pushed", hostKey("proxy", None))
+        self.proxy.get(b"/app1", host="proxy:8080")
+        self.proxy.get(b"http://proxy:8080/metrics")
+        self.assertEqual([c.path for c in path.calls], ["app1"])
+        self.assertEqual([c.target for c in anyPort.calls], [HostTarget("", "proxy", 8080)])
