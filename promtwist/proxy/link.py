@@ -602,7 +602,6 @@ class AgentLinkFactory(ServerFactory):
     @ivar maxWaiting: how many may wait: C{proxy.internal.maxWaitingHandshakes},
         lowered when started if the open-file limit (raised as far as its
         hard limit allows) has no room for them all beside every agent.
-    @ivar refusedConnections: connections refused at a handshake cap.
     @ivar warnings: the agent port's warnings that anonymous peers can
         repeat (refusals, failed authentications, handshake errors): a few
         per kind and minute, then a count.
@@ -626,7 +625,6 @@ class AgentLinkFactory(ServerFactory):
         self.metrics = metrics
         self.links: set[AgentLink] = set()
         self.pending: set[AgentLink] = set()
-        self.refusedConnections = 0
         self.waiting: dict[AgentLink, float] = {}
         self.maxWaiting = settings.max_waiting_handshakes
         self._waitExpiry: IDelayedCall | None = None
@@ -774,7 +772,6 @@ class AgentLinkFactory(ServerFactory):
         Count and log (at a bounded rate) a connection from C{host} refused
         for C{kind}, and what to tell it.
         """
-        self.refusedConnections += 1
         self.metrics.rejected(kind)
         self.warnings.warn(
             "refused connection",

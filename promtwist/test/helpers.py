@@ -30,6 +30,28 @@ from promtwist.proxy.link import AgentLinkFactory
 MiB = 1024 * 1024
 
 
+# Why the agent port refuses a connection before reading it: the reasons
+# under which proxy_rejections_total counts those refusals.
+CONNECTION_REFUSALS = (
+    "pending_handshakes",
+    "pending_handshakes_per_address",
+    "waiting_handshakes",
+    "handshake_wait_timeout",
+)
+
+
+def rejections(factory: AgentLinkFactory, *reasons: str) -> float:
+    """
+    What C{factory}'s metrics counted under C{reasons} of
+    C{proxy_rejections_total}.
+    """
+    registry = factory.metrics.registry
+    return sum(
+        registry.get_sample_value("proxy_rejections_total", {"reason": reason}) or 0.0
+        for reason in reasons
+    )
+
+
 def agentLinkFactory(
     settings: ProxySettings, clock: IReactorTime, reservedPaths: Iterable[str] = ()
 ) -> AgentLinkFactory:
