@@ -174,7 +174,8 @@ class AgentService(MultiService):
     Start it and the agent dials the proxy, registers its paths, and keeps
     doing so after every disconnect; stop it and it says goodbye, lets the
     scrapes in flight finish (up to C{shutdown_grace_secs}), then closes the
-    link and the pool.
+    link and the pool. L{promtwist.agent.build.buildAgent} makes one from
+    settings.
 
     @ivar factory: builds the connection for each (re)connect, and holds the
         path table.

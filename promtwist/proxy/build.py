@@ -100,7 +100,7 @@ def buildProxy(
         both.
     @param reloadSettings: reads the settings again from the same sources,
         for SIGHUP; without it the proxy does not reload.
-    @raise promtwist.config.ConfigError: when a TLS file is unusable.
+    @raise promtwist.config.settings.ConfigError: when a TLS file is unusable.
     @raise promtwist.startup.StartupError: when a C{*.listen} setting
         names no usable endpoint.
     """
