@@ -7,7 +7,7 @@ L{promtwist.endpoints}.
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
@@ -27,6 +27,10 @@ from promtwist import __version__
 from promtwist.endpoints import BadDescription, described, onInterface, probe, wildcard
 from promtwist.logs import clip
 from promtwist.startup import StartupError
+from promtwist.tls import answerALPN
+
+# What an HTTP port answers a TLS client's ALPN offer with.
+HTTP_1_1 = (b"http/1.1",)
 
 
 class Listener(StreamServerEndpointService):
@@ -56,6 +60,7 @@ class Listener(StreamServerEndpointService):
         backlog: int = 50,
         description: str = "",
         descriptionKey: str = "",
+        protocols: Sequence[bytes] = (),
     ) -> None:
         """
         @param portNumber: the port of every address (the dual-stack
@@ -69,6 +74,9 @@ class Listener(StreamServerEndpointService):
             L{promtwist.endpoints.described}).
         @param descriptionKey: the setting C{description} came from, for
             messages.
+        @param protocols: with TLS, what the port speaks by ALPN name, most
+            preferred first (L{HTTP_1_1} for HTTP); a client offering none of
+            them is served without a protocol (L{answerALPN}).
         @raise StartupError: when C{description} names no usable endpoint,
             or is C{ssl:} on a port promtwist's TLS settings also cover.
         """
@@ -90,6 +98,9 @@ class Listener(StreamServerEndpointService):
             where = onInterface(reactor, portNumber, interface, backlog)
         else:
             where = wildcard(reactor, portNumber, backlog)
+        if tls is not None:
+            # The context every connection of the port shares.
+            answerALPN(tls.getContext(), protocols)
         super().__init__(where.endpoint, factory if tls is None else withTLS(factory, tls))
         self.tls = tls is not None
         self._where = where

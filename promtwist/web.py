@@ -29,7 +29,7 @@ from twisted.web.server import Request
 import promtwist
 from promtwist.config.settings import AgentSettings, ProxySettings
 from promtwist.health import Checks, HealthResource
-from promtwist.listen import Listener
+from promtwist.listen import HTTP_1_1, Listener
 from promtwist.webguard import HardenedSite
 
 # The operations ports take only short GETs from a few clients.
@@ -246,6 +246,7 @@ def operationsListeners(
             key=f"{section}.{purpose}.port",
             description=description,
             descriptionKey=f"{section}.{purpose}.listen",
+            protocols=HTTP_1_1,
         )
 
     listeners = []

@@ -14,7 +14,7 @@ L{buildProxy}.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +24,7 @@ from twisted.internet.interfaces import IOpenSSLContextFactory, IProtocolFactory
 
 from promtwist.config.settings import MiB, ProxySettings
 from promtwist.health import proxyHealth
-from promtwist.listen import Listener
+from promtwist.listen import HTTP_1_1, Listener
 from promtwist.metrics import ProxyMetrics
 from promtwist.proxy.access import guarded
 from promtwist.proxy.auth import Authenticator
@@ -155,6 +155,7 @@ def buildProxy(
         factory: IProtocolFactory,
         tls: IOpenSSLContextFactory | None,
         backlog: int = 50,
+        protocols: Sequence[bytes] = (),
     ) -> Listener:
         # Each port is chosen by proxy.<section>.port, or replaced by
         # proxy.<section>.listen.
@@ -169,10 +170,17 @@ def buildProxy(
             description=description,
             descriptionKey=f"proxy.{section}.listen",
             backlog=backlog,
+            protocols=protocols,
         )
 
     httpListener = portListener(
-        "scrape", "http", settings.http_port, settings.http_listen, site, scrapePortTLS(settings)
+        "scrape",
+        "http",
+        settings.http_port,
+        settings.http_listen,
+        site,
+        scrapePortTLS(settings),
+        protocols=HTTP_1_1,
     )
     agentListener = portListener(
         "agent",

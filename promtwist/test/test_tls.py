@@ -21,7 +21,9 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.interfaces import (
+    IHandshakeListener,
     IListeningPort,
+    INegotiated,
     IOpenSSLClientConnectionCreator,
     ISSLTransport,
 )
@@ -390,6 +392,26 @@ class _Hello(Protocol):
         self.transport.write(b"hello")
 
 
+@implementer(IHandshakeListener)
+class _Offering(Protocol):
+    """
+    A TLS client that offers ALPN protocols and says what the server chose
+    once the handshake is done, or why it failed.
+    """
+
+    def __init__(self) -> None:
+        self.chosen: Deferred[bytes | None] = Deferred()
+
+    def handshakeCompleted(self) -> None:
+        assert self.transport is not None
+        self.chosen.callback(INegotiated(self.transport).negotiatedProtocol)
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+        if not self.chosen.called:
+            self.chosen.errback(reason)
+
+
 class _Loopback(TestCase):
     """
     Targets, proxies and agents on loopback, all stopped when the test ends.
@@ -462,6 +484,21 @@ class _Loopback(TestCase):
 
     def proxy(self, **tls: Any) -> ProxyService:
         return self.startProxy(ProxySettings(http_port=0, agent_port=0, **tls))
+
+    async def offer(self, port: int, protocols: list[bytes]) -> bytes | None:
+        """
+        Complete a TLS handshake with the server on C{port} offering
+        C{protocols} by ALPN; return the one it chose.
+        """
+        creator = optionsForClientTLS(
+            "localhost",
+            trustRoot=Certificate.loadPEM(FilePath(self.certs.ca).getContent()),
+            acceptableProtocols=protocols,
+        )
+        endpoint = wrapClientTLS(creator, TCP4ClientEndpoint(reactor, "127.0.0.1", port))
+        client = _Offering()
+        await connectProtocol(endpoint, client)
+        return await client.chosen
 
     def startProxy(self, settings: ProxySettings) -> ProxyService:
         proxy = buildProxy(settings, reactor, interface="127.0.0.1")
@@ -587,6 +624,14 @@ class LinkTests(_Loopback):
             "tls_private_key_file_path": issued.key if issued else "",
             "tls_trust_cert_collection_file_path": self.certs.ca,
         }
+
+    async def test_alpnOffered(self) -> None:
+        """
+        A client offering ALPN protocols (a TLS front end, a probe) completes
+        its handshake with the agent port, which speaks none of them.
+        """
+        proxy = self.proxy(**self.serverTLS())
+        self.assertIsNone(await self.offer(proxy.agentListener.portNumber, [b"h2", b"http/1.1"]))
 
     async def test_scrape(self) -> None:
         proxy = self.proxy(**self.serverTLS())
@@ -879,8 +924,13 @@ class _Prometheus:
                 self.client = PrivateCertificate.loadPEM(cert.read() + key.read())
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> IOpenSSLClientConnectionCreator:
+        # Offering h2 first, as Prometheus' Go client and curl do: the port
+        # must answer http/1.1.
         return optionsForClientTLS(
-            hostname.decode("ascii"), trustRoot=self.trustRoot, clientCertificate=self.client
+            hostname.decode("ascii"),
+            trustRoot=self.trustRoot,
+            clientCertificate=self.client,
+            acceptableProtocols=[b"h2", b"http/1.1"],
         )
 
 
@@ -891,12 +941,23 @@ class ScrapePortTests(_Loopback):
             http_tls_private_key_file_path=self.certs.server.key,
             http_tls_trust_cert_collection_file_path=trust,
         )
+        self.proxyService = proxy
         await self.agent(proxy.agentListener.portNumber).whenConnected()
         return f"https://localhost:{proxy.httpListener.portNumber}/app"
 
     async def test_https(self) -> None:
         url = await self.startAll()
         self.assertEqual(await self.get(url, _Prometheus(self.certs.ca)), (200, METRICS))
+
+    async def test_alpn(self) -> None:
+        """
+        The scrape port answers an ALPN offer with http/1.1 and completes a
+        handshake that offers nothing it speaks, without a protocol.
+        """
+        await self.startAll()
+        port = self.proxyService.httpListener.portNumber
+        self.assertEqual(await self.offer(port, [b"h2", b"http/1.1"]), b"http/1.1")
+        self.assertIsNone(await self.offer(port, [b"h2"]))
 
     async def test_clientCertificateRequired(self) -> None:
         url = await self.startAll(trust=self.certs.ca)
