@@ -14,17 +14,17 @@ L{buildProxy}.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
-from twisted.internet.interfaces import IOpenSSLContextFactory, IProtocolFactory, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 
 from promtwist.config.settings import MiB, ProxySettings
 from promtwist.health import proxyHealth
-from promtwist.listen import HTTP_1_1, Listener
+from promtwist.listen import HTTP_1_1, settingListener
 from promtwist.metrics import ProxyMetrics
 from promtwist.proxy.access import guarded
 from promtwist.proxy.auth import Authenticator
@@ -146,48 +146,25 @@ def buildProxy(
         bodies=pushprox.bodyLimit if pushprox is not None else None,
         clock=reactor,
     )
-
-    def portListener(
-        purpose: str,
-        section: str,
-        port: int,
-        description: str,
-        factory: IProtocolFactory,
-        tls: IOpenSSLContextFactory | None,
-        backlog: int = 50,
-        protocols: Sequence[bytes] = (),
-    ) -> Listener:
-        # Each port is chosen by proxy.<section>.port, or replaced by
-        # proxy.<section>.listen.
-        return Listener(
-            reactor,
-            port,
-            factory,
-            interface,
-            tls,
-            purpose=purpose,
-            key=f"proxy.{section}.port",
-            description=description,
-            descriptionKey=f"proxy.{section}.listen",
-            backlog=backlog,
-            protocols=protocols,
-        )
-
-    httpListener = portListener(
+    httpListener = settingListener(
+        reactor,
+        "proxy.http",
         "scrape",
-        "http",
         settings.http_port,
         settings.http_listen,
         site,
+        interface,
         scrapePortTLS(settings),
         protocols=HTTP_1_1,
     )
-    agentListener = portListener(
-        "agent",
+    agentListener = settingListener(
+        reactor,
+        "proxy.agent",
         "agent",
         settings.agent_port,
         settings.agent_listen,
         side.links,
+        interface,
         agentPortTLS(settings),
         # The kernel holds a herd's connections until the reactor's next
         # accept: as many as the proxy lets wait for a handshake place.
