@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
 from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
@@ -92,6 +92,20 @@ def rss() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise AssertionError("no VmRSS in /proc/self/status")
+
+
+async def eventually(
+    case: TestCase, check: Callable[[], bool], what: str, seconds: float = 5.0
+) -> None:
+    """
+    Wait in the reactor, at most C{seconds} in 0.05 s steps, until
+    C{check()} holds; fail C{case} with C{what} otherwise.
+    """
+    for _ in range(int(seconds / 0.05)):
+        if check():
+            return
+        await deferLater(reactor, 0.05)
+    case.fail(f"not within {seconds:g} s: {what}")
 
 
 class UnreadingPeer:

@@ -16,7 +16,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import LoopingCall
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
@@ -29,7 +29,7 @@ from promtwist.protocol.framing import encodeFrame
 from promtwist.protocol.promtwist_pb2 import Frame, Goodbye, Hello, Ping, RegisterPath
 from promtwist.proxy.build import buildProxy
 from promtwist.proxy.link import AgentLink
-from promtwist.test.helpers import MiB, UnreadingPeer, rss, startTarget, unsent
+from promtwist.test.helpers import MiB, UnreadingPeer, eventually, rss, startTarget, unsent
 from promtwist.test.test_framing import logText
 
 TOKEN = "the-real-token"
@@ -143,14 +143,7 @@ class _AttackBase(TestCase):
         self.assertLess(rss() - self.rssAtStart, RSS_BOUND)
 
     async def eventually(self, check: Callable[[], bool], what: str, seconds: float = 5.0) -> None:
-        """
-        Wait, at most C{seconds} in 0.05 s steps, until C{check()} holds.
-        """
-        for _ in range(int(seconds / 0.05)):
-            if check():
-                return
-            await deferLater(reactor, 0.05)
-        self.fail(f"not within {seconds:g} s: {what}")
+        await eventually(self, check, what, seconds)
 
 
 class AttackTests(_AttackBase):
