@@ -45,10 +45,20 @@ class Authenticator:
     Checks agents' credentials against C{proxy.agentToken}, C{proxy.auth}
     and, with mutual TLS, the client certificate.
 
+    The agent port and the registry hold the same authenticator for the
+    life of the proxy, and a reload L{replaces its settings <configure>} in
+    place: no part has to be handed a new one.
+
     @ivar open: whether any agent that reaches the port gets in.
     """
 
     def __init__(self, settings: ProxySettings) -> None:
+        self.configure(settings)
+
+    def configure(self, settings: ProxySettings) -> None:
+        """
+        Check agents against C{settings}' identities from now on.
+        """
         identities = list(settings.identities)
         if settings.agent_token:
             identities.append(Identity(LEGACY_TOKEN_IDENTITY, settings.agent_token))

@@ -14,7 +14,6 @@ exactly as a path is.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol, cast
@@ -237,6 +236,16 @@ class _Path:
 
 
 @dataclass(frozen=True)
+class _Member:
+    """
+    A connected agent and the paths it claims, served or waiting.
+    """
+
+    agent: AgentHandle
+    paths: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
 class _Departed:
     entry: PathEntry
     # What it is charged in registeredBytes: what it cost while served.
@@ -269,7 +278,6 @@ class Registry:
     old claim up: that claim is dropped. Every standby whose holder or
     place changed is told.
 
-    @ivar refusals: refused registrations, by L{RegistrationRefused.kind}.
     @ivar reservedPaths: paths the proxy itself answers (such as discovery);
         no agent may register them.
     @ivar generation: bumped by every change to what L{snapshot} returns, so
@@ -296,6 +304,7 @@ class Registry:
         mayServe: Callable[[Identity, str], bool] = lambda identity, path: True,
         limits: ProxySettings | None = None,
         clock: IReactorTime | None = None,
+        stillHolds: Callable[[Identity], bool] = lambda identity: True,
     ) -> None:
         """
         @param limits: the settings whose C{max_path*}, C{max_label*} and
@@ -308,15 +317,14 @@ class Registry:
         self.mayServe = mayServe
         self.limits = limits if limits is not None else ProxySettings()
         self._clock = clock
-        self.refusals: Counter[str] = Counter()
         self.generation = 0
         self.registeredBytes = 0
         self.holderObservers: list[Callable[[Sequence[HolderChange]], None]] = []
-        self.stillHolds: Callable[[Identity], bool] = lambda identity: True
+        self.stillHolds = stillHolds
         self._changes: list[HolderChange] = []
-        self._agents: dict[str, AgentHandle] = {}
+        # The one table of connected agents, by id.
+        self._members: dict[str, _Member] = {}
         self._paths: dict[str, _Path] = {}
-        self._pathsByAgent: dict[str, set[str]] = {}
         # Paths whose last agent left, oldest first.
         self._departed: dict[str, _Departed] = {}
 
@@ -328,8 +336,7 @@ class Registry:
         return self._clock.seconds()
 
     def addAgent(self, agent: AgentHandle) -> None:
-        self._agents[agent.agentId] = agent
-        self._pathsByAgent[agent.agentId] = set()
+        self._members[agent.agentId] = _Member(agent)
 
     def removeAgent(self, agent: AgentHandle, reason: str = "lost") -> None:
         """
@@ -339,9 +346,10 @@ class Registry:
 
         @param reason: why it left, a key of L{HOLDER_CHANGE_REASONS}.
         """
-        if self._agents.pop(agent.agentId, None) is None:
+        member = self._members.pop(agent.agentId, None)
+        if member is None:
             return
-        for path in sorted(self._pathsByAgent.pop(agent.agentId, set())):
+        for path in sorted(member.paths):
             self._drop(path, agent, reason)
         self._publish()
 
@@ -350,15 +358,21 @@ class Registry:
         Forget every agent and path at once, promoting nobody: the proxy is
         shutting down.
         """
-        self._agents.clear()
+        self._members.clear()
         self._paths.clear()
-        self._pathsByAgent.clear()
         self._departed.clear()
         self.registeredBytes = 0
         self.generation += 1
 
+    def _pathsOf(self, agent: AgentHandle) -> set[str]:
+        """
+        The paths C{agent} claims: none if it is not connected.
+        """
+        member = self._members.get(agent.agentId)
+        return member.paths if member is not None else set()
+
     def agents(self) -> list[AgentHandle]:
-        return list(self._agents.values())
+        return [member.agent for member in self._members.values()]
 
     def registerPath(
         self, agent: AgentHandle, path: str, name: str, labels: Mapping[str, str]
@@ -376,16 +390,13 @@ class Registry:
         """
         try:
             return self._register(agent, path, name, labels)
-        except RegistrationRefused as e:
-            self.refusals[e.kind] += 1
-            raise
         finally:
             self._publish()
 
     def _register(
         self, agent: AgentHandle, path: str, name: str, labels: Mapping[str, str]
     ) -> Placement:
-        if agent.agentId not in self._agents:
+        if agent.agentId not in self._members:
             raise RegistrationRefused(f"agent {agent.agentId} is not connected")
         cost = checkRegistration(path, name, labels, self.limits) + _agentCost(agent)
         if path in self.reservedPaths:
@@ -395,7 +406,7 @@ class Registry:
                 f"agent identity {agent.identity.name!r} is not authorized to serve {shown(path)}",
                 "unauthorized",
             )
-        mine = self._pathsByAgent[agent.agentId]
+        mine = self._members[agent.agentId].paths
         if path not in mine and len(mine) >= self.limits.max_paths_per_agent:
             raise RegistrationRefused(
                 f"agent already claims {len(mine)} paths, the most one agent may "
@@ -468,7 +479,7 @@ class Registry:
             self._charge(cost, path)
             entry.standbys.append(_Standby(Claim(agent, name, dict(labels), self._now()), cost))
             index = len(entry.standbys) - 1
-            self._pathsByAgent[agent.agentId].add(path)
+            self._members[agent.agentId].paths.add(path)
         else:
             standby = entry.standbys[index]
             if (standby.claim.name, standby.claim.labels) == (name, dict(labels)):
@@ -511,9 +522,9 @@ class Registry:
             held = Claim(old, entry.name, entry.labels, entry.since)
             entry.standbys.insert(0, _Standby(held, entry.cost))
         else:
-            self._pathsByAgent[old.agentId].discard(path)
+            self._members[old.agentId].paths.discard(path)
         self._promote(entry, path, _Standby(Claim(agent, name, dict(labels), 0.0), cost))
-        self._pathsByAgent[agent.agentId].add(path)
+        self._members[agent.agentId].paths.add(path)
         self._changes.append(HolderChange(path, old, agent, reason, entry.since))
         if not keepOld:
             old.pathRoleChanged(path, "released", reason, agent, entry.since)
@@ -586,7 +597,7 @@ class Registry:
 
         @raise RegistrationRefused: if C{agent} has no claim on C{path}.
         """
-        mine = self._pathsByAgent.get(agent.agentId, set())
+        mine = self._pathsOf(agent)
         if path not in mine:
             raise RegistrationRefused(f"path {shown(path)} is not registered by this agent")
         mine.discard(path)
@@ -618,7 +629,7 @@ class Registry:
             # Standbys not eligible (their identity was revoked) go too.
             for standby in entry.standbys:
                 self.registeredBytes -= standby.cost
-                self._pathsByAgent.get(standby.claim.agent.agentId, set()).discard(path)
+                self._pathsOf(standby.claim.agent).discard(path)
             self.generation += 1
             del self._paths[path]
             if reason != "unregistered":

@@ -89,3 +89,24 @@ class MayServeTests(SynchronousTestCase):
             (ops, "anything/at/all", True),
         ]:
             self.assertEqual(auth.mayServe(identity, path), expected, (identity.name, path))
+
+
+class ConfigureTests(SynchronousTestCase):
+    def test_inPlace(self) -> None:
+        """
+        A reload reconfigures the one authenticator: the methods the agent
+        port, the registry and PushProx were handed at startup answer by
+        the new identities.
+        """
+        auth = Authenticator(ProxySettings(identities=TEAMS))
+        authenticate, mayServe, stillHolds = auth.authenticate, auth.mayServe, auth.stillHolds
+        a, b, _ = TEAMS
+        moved = Identity("team_a", "token-a2", ("team_a2_*",))
+        auth.configure(ProxySettings(identities=(moved, b)))
+        self.assertEqual(authenticate("token-a2", None), moved)
+        self.assertRaises(AuthenticationFailed, authenticate, "token-a", None)
+        self.assertEqual((stillHolds(a), stillHolds(moved), stillHolds(b)), (False, True, True))
+        self.assertEqual((mayServe(moved, "team_a2_x"), mayServe(moved, "team_a_x")), (True, False))
+        auth.configure(ProxySettings())
+        self.assertTrue(auth.open)
+        self.assertTrue(stillHolds(a))

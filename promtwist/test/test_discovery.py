@@ -16,9 +16,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from promtwist.config.settings import ProxySettings
 from promtwist.hostkeys import hostKey
 from promtwist.proxy import discovery
+from promtwist.proxy.build import DISCOVERY_REFRESH_SECONDS, buildProxy
 from promtwist.proxy.discovery import RENDERED_TARGETS, Discovery, Document
 from promtwist.proxy.registry import PathEntry, Registry
-from promtwist.proxy.server import DISCOVERY_REFRESH_SECONDS, ProxyService
 from promtwist.test.scrapeport import Held, Response, exchangeFor, factory, parseResponse
 from promtwist.test.test_registry import FakeAgent
 
@@ -325,7 +325,7 @@ class RefreshTimerTests(SynchronousTestCase):
         before any request asks for them. Without discovery, no timer.
         """
         clock = Clock()
-        proxy = ProxyService(ProxySettings(sd_enabled=True), clock, "127.0.0.1")
+        proxy = buildProxy(ProxySettings(sd_enabled=True), clock, interface="127.0.0.1")
         timers = [child for child in proxy if isinstance(child, TimerService)]
         for timer in timers:
             timer.startService()
@@ -336,7 +336,7 @@ class RefreshTimerTests(SynchronousTestCase):
         self.assertNotEqual(document._generation, proxy.registry.generation)
         clock.advance(DISCOVERY_REFRESH_SECONDS)
         self.assertEqual(document._generation, proxy.registry.generation)
-        without = ProxyService(ProxySettings(), clock, "127.0.0.1")
+        without = buildProxy(ProxySettings(), clock, interface="127.0.0.1")
         self.assertEqual(
             len([child for child in without if isinstance(child, TimerService)]),
             len(timers) - 1,
@@ -354,7 +354,7 @@ class SettingTests(SynchronousTestCase):
             (ProxySettings(sd_enabled=True), None),
             (ProxySettings(sd_enabled=True, sd_per_path_instance=True), "proxy:8080/app"),
         ]:
-            proxy = ProxyService(settings, Clock(), "127.0.0.1")
+            proxy = buildProxy(settings, Clock(), interface="127.0.0.1")
             assert proxy.scrapes.discovery is not None
             served(proxy.registry, FakeAgent("1"), "app")
             (group,) = json.loads(ask(proxy.scrapes.discovery, "proxy:8080").body)

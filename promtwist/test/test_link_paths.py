@@ -14,7 +14,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from promtwist.config.settings import ProxySettings
 from promtwist.protocol.promtwist_pb2 import Frame, Hello, PathReply, RegisterPath, UnregisterPath
-from promtwist.proxy.link import PATHS_LOGGED, AgentLink, agentLinkFactory
+from promtwist.proxy.link import PATHS_LOGGED, AgentLink
+from promtwist.test.helpers import agentLinkFactory
 from promtwist.test.test_framing import encode
 from promtwist.test.test_link import TCPStringTransport, decodeAll
 

@@ -153,7 +153,7 @@ class HubCase(SynchronousTestCase):
         )
         return PushProxHub(
             self.registry,
-            lambda: authenticator,
+            authenticator,
             self.clock,
             pollHold=POLL_HOLD,
             clientGrace=GRACE,
@@ -650,7 +650,7 @@ class AccessTests(HubCase):
         """
         self.hub = PushProxHub(
             self.registry,
-            lambda: Authenticator(ProxySettings()),
+            Authenticator(ProxySettings()),
             self.clock,
             pollHold=POLL_HOLD,
             clientGrace=GRACE,
@@ -732,7 +732,7 @@ class CredentialsTests(SynchronousTestCase):
         registry = Registry(RESERVED_PATHS, authenticator.mayServe, settings, clock)
         hub = PushProxHub(
             registry,
-            lambda: authenticator,
+            authenticator,
             clock,
             pollHold=POLL_HOLD,
             clientGrace=GRACE,
