@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from promtwist.config.settings import Identity, ProxySettings
 from promtwist.hostkeys import hostKey
 from promtwist.logs import observer
+from promtwist.proxy.ownaddress import OwnAddresses
 from promtwist.proxy.registration import RegistrationRefused as RegistrationRefused
 from promtwist.proxy.registration import checkRegistration, shown, utf8Size
 
@@ -280,6 +281,8 @@ class Registry:
 
     @ivar reservedPaths: paths the proxy itself answers (such as discovery);
         no agent may register them.
+    @ivar own: the proxy's own addresses, which no agent may claim as a
+        target.
     @ivar generation: bumped by every change to what L{snapshot} returns, so
         a reader (discovery) can rebuild only when something changed.
     @ivar registeredBytes: what all registrations cost together, in UTF-8
@@ -316,6 +319,7 @@ class Registry:
         self.reservedPaths = frozenset(reservedPaths)
         self.mayServe = mayServe
         self.limits = limits if limits is not None else ProxySettings()
+        self.own = OwnAddresses(self.limits)
         self._clock = clock
         self.generation = 0
         self.registeredBytes = 0
@@ -401,6 +405,12 @@ class Registry:
         cost = checkRegistration(path, name, labels, self.limits) + _agentCost(agent)
         if path in self.reservedPaths:
             raise RegistrationRefused(f"path {shown(path)} is reserved by the proxy", "reserved")
+        if self.own.claimsOwn(path):
+            raise RegistrationRefused(
+                f"target {shown(path)} is the proxy's own address: scrapes of it would"
+                " come back to the proxy",
+                "reserved",
+            )
         if not self.mayServe(agent.identity, path):
             raise RegistrationRefused(
                 f"agent identity {agent.identity.name!r} is not authorized to serve {shown(path)}",

@@ -91,15 +91,7 @@ class ScrapeHandler:
     def __call__(self, exchange: Exchange) -> None:
         started = self.clock.seconds()
         try:
-            route = proxyRoute(
-                exchange.path,
-                exchange.query,
-                exchange.headers.get(b"host"),
-                # Only an exact claim: a host claimed on any port (a PushProx
-                # client's FQDN) must not capture the proxy's own requests
-                # that arrive under that name.
-                lambda host, port: bool(self.registry.lookup(hostKey(host, port))),
-            )
+            route = proxyRoute(exchange.path, exchange.query)
         except BadProxyRequest as e:
             return self._refuse(exchange, "", e.status, e.kind, e.reason)
         if route is not None:
@@ -129,6 +121,17 @@ class ScrapeHandler:
         badBytes = badHeaderByte(exchange.headers)
         if badBytes:
             return self._refuse(exchange, route.shown, 400, "bad_request", badBytes)
+        target = route.target
+        if self.registry.own.isOwn(target.host, target.port):
+            # Whoever fetched it would ask this proxy again: a loop.
+            return self._refuse(
+                exchange,
+                route.shown,
+                400,
+                "bad_request",
+                f"target {clip(target.address)} is this proxy's own address:"
+                " scrape its paths without proxy_url",
+            )
         self._relay(exchange, started, route.path, route.query, route.target)
 
     def _relay(
