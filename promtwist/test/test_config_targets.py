@@ -93,7 +93,8 @@ class MayClaimTests(ConfigTestCase):
     def test_targets(self) -> None:
         """
         Target globs limit host keys; an identity limited to paths claims no
-        target, and one limited to nothing claims any.
+        target, one limited to targets no path, and one limited to nothing
+        claims any.
         """
         nodes = Identity("nodes", "t1", targets=("*.example:91??", "pushed"))
         apps = Identity("apps", "t2", paths=("app*",))
@@ -106,7 +107,7 @@ class MayClaimTests(ConfigTestCase):
             (nodes, hostKey("node1.other", 9100), False),
             (nodes, hostKey("pushed", None), True),
             (nodes, hostKey("pushed", 80), False),
-            (nodes, "app1", True),
+            (nodes, "app1", False),
             (apps, hostKey("node1.example", 9100), False),
             (apps, "app1", True),
             (ops, hostKey("anything", 1), True),
