@@ -79,6 +79,8 @@ def buildAgentSide(
         reservedPaths, authenticator.mayServe, settings, clock, authenticator.stillHolds
     )
     metrics = ProxyMetrics(uuid.uuid4().hex, clock)
+    # A claim's series end when the registry forgets it.
+    registry.forgottenObservers.append(metrics.forgetPath)
     links = AgentLinkFactory(settings, registry, clock, authenticator, metrics)
     return AgentSide(authenticator, registry, metrics, links)
 

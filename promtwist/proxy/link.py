@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from promtwist.config.settings import ProxySettings
-from promtwist.hostkeys import spelled
+from promtwist.hostkeys import claimsPort, isHostKey, spelled
 from promtwist.logs import RepeatedWarnings, clip, observer
 from promtwist.metrics import ProxyMetrics
 from promtwist.protocol.framing import _peerName
@@ -321,6 +321,14 @@ class AgentLink(Session):
 
     def frame_register_path(self, request: RegisterPath) -> None:
         try:
+            if isHostKey(request.path) and not claimsPort(request.path):
+                # The host on any port is a PushProx client's claim (its FQDN);
+                # an agent declares each host:port it fetches.
+                raise RegistrationRefused(
+                    f"target {spelled(clip(request.path))} names no port: an agent"
+                    " claims each target as host:port",
+                    "invalid",
+                )
             placement = self.factory.registry.registerPath(
                 self, request.path, request.name, request.labels
             )

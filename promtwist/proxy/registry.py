@@ -294,6 +294,10 @@ class Registry:
     @ivar holderObservers: called with the L{HolderChange}s of one call (an
         agent leaving may change the holder of many paths at once) after
         the registry changed; never with none.
+    @ivar forgottenObservers: called with each path (or host key) the
+        registry forgets: unregistered, or left by its last agent and kept
+        no longer (L{departed}); what is kept by path, such as metric
+        series, goes with it.
     @ivar stillHolds: whether an identity an agent authenticated as is
         still valid (a reload may revoke it): standbys whose identity does
         not are never promoted.
@@ -325,6 +329,7 @@ class Registry:
         self.registeredBytes = 0
         self.holderObservers: list[Callable[[Sequence[HolderChange]], None]] = []
         self.stillHolds = stillHolds
+        self.forgottenObservers: list[Callable[[str], None]] = []
         self._changes: list[HolderChange] = []
         # The one table of connected agents, by id.
         self._members: dict[str, _Member] = {}
@@ -642,8 +647,8 @@ class Registry:
                 self._pathsOf(standby.claim.agent).discard(path)
             self.generation += 1
             del self._paths[path]
-            if reason != "unregistered":
-                self._depart(path, entry, agent)
+            if reason == "unregistered" or not self._depart(path, entry, agent):
+                self._forgotten(path)
             return
         entry.standbys.remove(successor)
         new = successor.claim.agent
@@ -678,14 +683,16 @@ class Registry:
 
     # Departed paths.
 
-    def _depart(self, path: str, entry: _Path, agent: AgentHandle) -> None:
+    def _depart(self, path: str, entry: _Path, agent: AgentHandle) -> bool:
         """
         Keep C{path}, whose last agent left (not unregistered), visible for
         C{proxy.internal.departedPathRetentionSecs}: Prometheus then sees
         its target down, with a reason, instead of losing it.
+
+        @return: whether it is kept (there is a retention).
         """
         if self.limits.departed_path_retention_secs <= 0:
-            return
+            return False
         self.generation += 1
         self.registeredBytes += entry.cost
         self._departed[path] = _Departed(
@@ -703,10 +710,19 @@ class Registry:
             ),
             entry.cost,
         )
+        return True
 
     def _forgetDeparted(self, path: str) -> None:
         self.registeredBytes -= self._departed.pop(path).cost
         self.generation += 1
+        self._forgotten(path)
+
+    def _forgotten(self, path: str) -> None:
+        """
+        C{path} is neither served nor departed any more.
+        """
+        for notify in list(self.forgottenObservers):
+            notify(path)
 
     def expireDeparted(self) -> None:
         """
@@ -735,19 +751,30 @@ class Registry:
         entry = self._paths.get(path)
         return tuple(entry.agents) if entry is not None else ()
 
+    def hostClaim(self, host: str, port: int) -> str:
+        """
+        The key that answers for target C{host:port} (a checked host, see
+        L{promtwist.hostkeys.checkHost}): the claim on that port exactly if
+        someone holds it, else the claim on the host on any port if someone
+        does, else whichever of the two departed lately, else the exact
+        key. Scrapes are recorded, and their metrics labelled, by this key:
+        a claim on any port is one series, whichever ports are asked for.
+        """
+        exact, anyPort = hostKey(host, port), hostKey(host, None)
+        for key in (exact, anyPort):
+            if key in self._paths:
+                return key
+        for key in (exact, anyPort):
+            if self.departed(key) is not None:
+                return key
+        return exact
+
     def lookupHost(self, host: str, port: int) -> tuple[AgentHandle, ...]:
         """
-        The agents serving target C{host:port} (a checked host, see
-        L{promtwist.hostkeys.checkHost}): whoever claimed that port exactly,
-        else whoever claimed the host on any port; none if nobody did.
+        The agents serving target C{host:port}, as L{hostClaim} finds them;
+        none if nobody does.
         """
-        return self.lookup(hostKey(host, port)) or self.lookup(hostKey(host, None))
-
-    def departedHost(self, host: str, port: int) -> PathEntry | None:
-        """
-        L{departed} for target C{host:port}, as L{lookupHost} finds it.
-        """
-        return self.departed(hostKey(host, port)) or self.departed(hostKey(host, None))
+        return self.lookup(self.hostClaim(host, port))
 
     def snapshot(self) -> list[PathEntry]:
         """

@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from promtwist.config.settings import MiB, ProxySettings
-from promtwist.hostkeys import HostTarget, hostKey
+from promtwist.hostkeys import HostTarget
 from promtwist.logs import clip, observer
 from promtwist.metrics import ScrapeLeg
 from promtwist.proxy.answers import ScrapeRecord, header, textAnswer, upstreamType
@@ -151,9 +151,11 @@ class ScrapeHandler:
             key, named = path, "/" + clip(path)
             agents, gone = self.registry.lookup(path), self.registry.departed(path)
         else:
-            key, named = hostKey(target.host, target.port), f"target {clip(target.address)}"
-            agents = self.registry.lookupHost(target.host, target.port)
-            gone = self.registry.departedHost(target.host, target.port)
+            key, named = (
+                self.registry.hostClaim(target.host, target.port),
+                (f"target {clip(target.address)}"),
+            )
+            agents, gone = self.registry.lookup(key), self.registry.departed(key)
         if self.stopping:
             return self._refuse(exchange, key, 503, "proxy_stopped", "the proxy is shutting down")
         if not agents:
@@ -173,6 +175,7 @@ class ScrapeHandler:
             header(exchange, b"authorization") if self.settings.forward_authorization else "",
             scrapeDeadline(exchange.headers, self.settings),
             target,
+            key,
         )
         sources = [cast(ScrapeSource, agent) for agent in agents]
         limit = self.settings.max_unzipped_content_size_mbytes * MiB

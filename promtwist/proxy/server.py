@@ -122,7 +122,11 @@ class ProxyService(MultiService):
         )
 
     def _scrapeEnded(self, record: ScrapeRecord) -> None:
-        self.metrics.scrapeFinished(record.path, record.legs, record.bytes)
+        # A scrape that outlived its key's claim is not labelled by it: the
+        # key's series went with the claim (Registry.forgottenObservers).
+        key = record.path
+        known = bool(self.registry.lookup(key)) or self.registry.departed(key) is not None
+        self.metrics.scrapeFinished(key if known else None, record.legs, record.bytes)
         if self.settings.request_logging_enabled and debugging(self._log.namespace):
             self._log.debug(
                 "scrape {path} via {agents}: {status} {type} {reason} ({bytes} bytes, {ms:.1f} ms)",

@@ -269,6 +269,18 @@ class HostRoutedScrapeTests(SynchronousTestCase):
         self.assertEqual([c.path for c in path.calls], ["app1"])
         self.assertEqual([c.target for c in anyPort.calls], [HostTarget("", "proxy", 8081)])
 
+    def test_anyPortRecordedByItsKey(self) -> None:
+        """
+        Scrapes served by a claim on any port are recorded (and so labelled
+        in the metrics) by that claim's key, whichever port was asked for:
+        ten ports make one series, not ten.
+        """
+        self.claim("pushed", hostKey("client1", None))
+        for port in range(1000, 1010):
+            self.proxy.get(f"http://client1:{port}/metrics".encode())
+        self.proxy.clock.advance(60)
+        self.assertEqual({r.path for r in self.proxy.records}, {"//client1"})
+
     def test_departedAnyPort(self) -> None:
         """
         A host claimed on any port whose client left a moment ago is a 503

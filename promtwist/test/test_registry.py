@@ -165,6 +165,36 @@ class RegistryTests(SynchronousTestCase):
         self.assertEqual(registry.snapshot(), [])
         self.assertEqual(registry.agents(), [])
 
+    def test_forgotten(self) -> None:
+        """
+        The observers hear of each key the registry forgets: unregistered at
+        once, left by its last agent only once its retention is over (or at
+        once without one), and a path taken over by a standby never.
+        """
+        clock = Clock()
+        registry = Registry(limits=ProxySettings(departed_path_retention_secs=10), clock=clock)
+        forgotten: list[str] = []
+        registry.forgottenObservers.append(forgotten.append)
+        a, b = FakeAgent("1"), FakeAgent("2")
+        connected(registry, a)
+        connected(registry, b)
+        for path in ("p1", "p2", "//node1:9100"):
+            registry.registerPath(a, path, "", {})
+        registry.registerPath(b, "p2", "", {})
+        registry.unregisterPath(a, "p1")
+        self.assertEqual(forgotten, ["p1"])
+        registry.removeAgent(a)
+        self.assertEqual(forgotten, ["p1"])
+        clock.advance(11)
+        registry.expireDeparted()
+        self.assertEqual(forgotten, ["p1", "//node1:9100"])
+        gone = Registry(limits=NO_RETENTION)
+        gone.forgottenObservers.append(forgotten.append)
+        connected(gone, a)
+        gone.registerPath(a, "p3", "", {})
+        gone.removeAgent(a)
+        self.assertEqual(forgotten[-1], "p3")
+
 
 # Where a test is about what leaving frees, departed paths are not kept.
 NO_RETENTION = ProxySettings(departed_path_retention_secs=0)
