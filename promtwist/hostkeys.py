@@ -92,16 +92,17 @@ def checkHost(host: str) -> str:
 
 def checkPort(text: str) -> int:
     """
-    A port number given as text.
+    A port number given as text; leading zeros are allowed, as RFC 3986
+    allows them (C{00080} is port 80).
 
     @raise BadTarget: it is not a decimal number from 1 to 65535.
     """
-    if not text.isascii() or not text.isdigit() or len(text) > 5:
+    if not text.isascii() or not text.isdigit():
         raise BadTarget(f"port {clip(text)!r} is not a number")
-    port = int(text)
-    if not 0 < port < 65536:
-        raise BadTarget(f"port {port} is out of range (1-65535)")
-    return port
+    digits = text.lstrip("0")
+    if len(digits) > 5 or not 0 < int(digits or "0") < 65536:
+        raise BadTarget(f"port {clip(text)!r} is out of range (1-65535)")
+    return int(digits)
 
 
 def parseHostPort(text: str, scheme: str = "") -> tuple[str, int]:

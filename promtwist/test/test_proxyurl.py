@@ -45,6 +45,14 @@ class ProxyRouteTests(SynchronousTestCase):
         self.assertEqual(e.status, 400)
         self.assertIn("neither a path (/...) nor an absolute URL", e.reason)
 
+    def test_leadingZeros(self) -> None:
+        """
+        A target URL's port may have leading zeros: the same target.
+        """
+        for url, port in [(b"http://localhost:00080/", 80), (b"http://node1:019100/", 19100)]:
+            route = proxyRoute(url, b"")
+            self.assertEqual(route and route.target.port, port, url)
+
     def test_refused(self) -> None:
         """
         Each badly named target is a 400 saying what was wrong.
