@@ -62,8 +62,17 @@ def checkHost(host: str) -> str:
     C{host} as keys and requests spell it: lower-case, an IPv6 address
     without brackets and in its compressed form.
 
-    @raise BadTarget: it is neither a DNS name nor an IP address.
+    @raise BadTarget: it is neither a DNS name nor an IP address, or it
+        is an IPv6 address with a zone (C{fe80::1%eth0}): a zone names an
+        interface of one machine, which the proxy and the agent do not
+        share, and a URL spells it C{%25eth0}, a declaration C{%eth0}, so
+        the two would never name the same target.
     """
+    if ":" in host and "%" in host:
+        raise BadTarget(
+            f"host {clip(host)!r} has an IPv6 zone (%...), which targets cannot"
+            " name: use the address without it, or a name"
+        )
     if host.startswith("[") and host.endswith("]"):
         inner = host[1:-1]
         try:

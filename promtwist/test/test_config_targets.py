@@ -65,6 +65,7 @@ class AgentTargetsTests(ConfigTestCase):
             ('["ftp://node1:21"]', ("agent.targets[0]", "scheme 'ftp'")),
             ('["node1:0"]', ("out of range",)),
             ('["a b:80"]', ("not a DNS name",)),
+            ('["[fe80::1%eth0]:9100"]', ("agent.targets[0]", "has an IPv6 zone")),
             ("[{labels: {}}]", ("agent.targets[0]: target is required",)),
             ('[{target: "n:1", url: "x"}]', ("agent.targets[0].url",)),
             ('[{target: "n:1", labels: "[1]"}]', ("agent.targets[0].labels", "a JSON object")),

@@ -99,6 +99,8 @@ class HostKeyTests(SynchronousTestCase):
             ("a" * 64 + ":80", "not a DNS name"),
             ("-x:80", "not a DNS name"),
             ("%2e:80", "not a DNS name"),
+            ("[fe80::1%eth0]:9100", "has an IPv6 zone"),
+            ("[fe80::1%25eth0]:9100", "has an IPv6 zone"),
         ]:
             e = self.assertRaises(BadTarget, parseHostPort, text)
             self.assertIn(why, str(e), text)

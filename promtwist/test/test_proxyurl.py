@@ -71,6 +71,7 @@ class ProxyRouteTests(SynchronousTestCase):
             (b"http://node1:80/", b"_scheme=http&_scheme=https", "both http and https"),
             (b"http://node1:80/", b"a=\x01", "query string has byte 0x01"),
             (b"http://node1:80/", b"a=1#frag", "fragment (#) at position 3"),
+            (b"http://[fe80::1%25eth0]:19100/", b"", "IPv6 zone"),
         ]:
             e = self.assertRaises(BadProxyRequest, proxyRoute, path, query)
             self.assertEqual(e.status, 400)
