@@ -53,6 +53,7 @@ from promtwist.proxy.admission import (
     waitingRoom,
 )
 from promtwist.proxy.auth import ANONYMOUS, AuthenticationFailed, Authenticator
+from promtwist.proxy.discovery import isReservedLabel
 from promtwist.proxy.heartbeats import UpstreamHeartbeats
 from promtwist.proxy.registry import (
     HOLDER_CHANGE_REASONS,
@@ -342,6 +343,16 @@ class AgentLink(Session):
                 why=str(e),
             )
             return self._reply(request.request_id, False, str(e), e.kind)
+        reserved = sorted(k for k in request.labels if isReservedLabel(request.path, k))
+        if reserved:
+            self.warnings.warn(
+                "reserved labels",
+                "agent {name!r}: labels {labels} of {path} are not its to set;"
+                " discovery leaves them out",
+                name=clip(self.name),
+                labels=clip(", ".join(reserved)),
+                path=spelled(clip(request.path)),
+            )
         if placement.position:
             holder = placement.holder
             self._logClaim(

@@ -116,6 +116,22 @@ class DocumentTests(SynchronousTestCase):
                 perPathInstance,
             )
 
+    def test_pathLabelsAsUpstream(self) -> None:
+        """
+        A path's labels pass as prometheus-proxy passes them, but for its
+        three reserved ones: C{job} and C{__} labels its users set included.
+        """
+        registry = Registry()
+        agent = FakeAgent("1")
+        registry.addAgent(agent)
+        labels = {"job": "app", "__scheme__": "https", "hostName": "forged"}
+        registry.registerPath(agent, "app", "", labels)
+        (group,) = json.loads(Document(registry, False).render("proxy:8080"))
+        self.assertEqual(
+            (group["labels"]["job"], group["labels"]["__scheme__"], group["labels"]["hostName"]),
+            ("app", "https", "host"),
+        )
+
     def test_escaping(self) -> None:
         """
         Targets and labels that need JSON escaping (quotes, backslashes,
@@ -373,7 +389,8 @@ class HostRoutedTests(SynchronousTestCase):
         agent = FakeAgent("1", "a", "h")
         registry.addAgent(agent)
         registry.registerPath(agent, "app", "", {"team": "x"})
-        registry.registerPath(agent, hostKey("node1", 9100), "", {"env": "prod", "instance": "i"})
+        forged = {"env": "prod", "instance": "i", "job": "j", "__scheme__": "https"}
+        registry.registerPath(agent, hostKey("node1", 9100), "", {**forged, "__param_x": "y"})
         registry.registerPath(agent, hostKey("::1", 9182), "", {})
         # A host claimed on any port has no address to list.
         registry.registerPath(agent, hostKey("node2", None), "", {})
@@ -386,6 +403,12 @@ class HostRoutedTests(SynchronousTestCase):
         return parseResponse(transport.value())
 
     def test_targets(self) -> None:
+        """
+        Each target by its own address with its labels, but for those that
+        are Prometheus' or the proxy's: an agent cannot set a target's
+        C{job} or C{instance} (writing series under another target's), nor
+        a C{__} label steering the scrape (C{__scheme__}, C{__param_*}).
+        """
         r = self.get(b"?routing=host")
         self.assertEqual(r.headers[b"content-type"], b"application/json; charset=utf-8")
         self.assertEqual(
@@ -397,7 +420,7 @@ class HostRoutedTests(SynchronousTestCase):
                 },
                 {
                     "targets": ["node1:9100"],
-                    "labels": {"env": "prod", "instance": "i", "agentName": "a", "hostName": "h"},
+                    "labels": {"env": "prod", "agentName": "a", "hostName": "h"},
                 },
             ],
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from twisted.internet.task import Clock
-from twisted.logger import LogEvent, LogLevel, capturedLogs
+from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from promtwist.config.settings import ProxySettings
@@ -125,6 +125,27 @@ class RefusalTests(SynchronousTestCase):
 
 
 class AcceptedTests(SynchronousTestCase):
+    def test_reservedLabelsWarned(self) -> None:
+        """
+        Labels an agent may not set are named in one warning, with the
+        agent and the claim; the claim itself is accepted.
+        """
+        link = Link()
+        labels = {"job": "j", "env": "prod", "__scheme__": "https"}
+        with capturedLogs() as events:
+            (reply,) = link.register(
+                RegisterPath(request_id=1, path="//node1.example:9100", labels=labels)
+            )
+        self.assertTrue(reply.ok)
+        lines = [formatEvent(e) for e in warnings(events)]
+        self.assertEqual(
+            lines,
+            [
+                "agent 'a1': labels __scheme__, job of //node1.example:9100 are not its"
+                " to set; discovery leaves them out"
+            ],
+        )
+
     def test_seriesEndWithTheClaim(self) -> None:
         """
         A path's metric series end when the agent unregisters it.
