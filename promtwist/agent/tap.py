@@ -8,6 +8,7 @@ from twisted.application.service import IService
 
 from promtwist.agent.build import buildAgent
 from promtwist.cli import AgentOptions as Options
+from promtwist.config.load import hostFQDN
 from promtwist.logs import applyLogLevel
 from promtwist.signals import exitNormallyOnShutdown
 from promtwist.startup import reportStartupErrors
@@ -18,6 +19,9 @@ __all__ = ["Options", "makeService"]
 def makeService(options: Options) -> IService:
     applyLogLevel(options.settings.log_level)
     reportStartupErrors()
+    # The default agent.fqdn is a resolver lookup: made now, before the
+    # reactor runs, so that no reload (in the reactor) has to.
+    hostFQDN()
     service = buildAgent(
         options.settings, loadSettings=options.reloadSettings, environ=options.environ()
     )

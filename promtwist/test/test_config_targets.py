@@ -8,6 +8,7 @@ from __future__ import annotations
 import socket
 from functools import partial
 
+from promtwist.config.load import hostFQDN
 from promtwist.config.settings import Identity, PathConfig, ProxySettings
 from promtwist.hostkeys import hostKey
 from promtwist.proxy.auth import Authenticator
@@ -55,6 +56,26 @@ class AgentTargetsTests(ConfigTestCase):
         agent = self.agentFrom('agent.targets: [":9100"]\n')
         self.assertEqual(agent.fqdn, socket.getfqdn())
         self.assertEqual(agent.targets[0].path, hostKey(socket.getfqdn(), 9100))
+
+    def test_fqdnResolvedOnce(self) -> None:
+        """
+        The default C{agent.fqdn} is asked of the resolver once: a reload,
+        which runs in the reactor, reuses the answer instead of blocking on
+        a lookup.
+        """
+        hostFQDN.cache_clear()
+        self.addCleanup(hostFQDN.cache_clear)
+        lookups: list[str] = []
+
+        def getfqdn(name: str = "") -> str:
+            lookups.append(name)
+            return "resolved.example"
+
+        self.patch(socket, "getfqdn", getfqdn)
+        for _ in range(3):
+            agent = self.agentFrom('agent.targets: [":9100"]\n')
+            self.assertEqual(agent.targets[0].path, hostKey("resolved.example", 9100))
+        self.assertEqual(len(lookups), 1)
 
     def test_errors(self) -> None:
         """
