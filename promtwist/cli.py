@@ -204,6 +204,22 @@ class _SettingsOptions(usage.Options, ABC, Generic[_S]):
                     values[canonical] = True if flag else self[name]
         return values
 
+    def environ(self) -> Mapping[str, str]:
+        """
+        The environment the settings are read from.
+        """
+        return os.environ if self._environ is None else self._environ
+
+    def reloadSettings(self) -> _S:
+        """
+        The settings read again, for C{SIGHUP}: from the same command line
+        and environment, so that their precedence over the configuration
+        file holds, and from the file as it is now.
+
+        @raise promtwist.config.settings.ConfigError: when they do not load.
+        """
+        return self._load(self.given(), self.environ())
+
     def postOptions(self) -> None:
         """
         Resolve the settings, read the TLS files they name, and check that
@@ -212,9 +228,8 @@ class _SettingsOptions(usage.Options, ABC, Generic[_S]):
         twistd would otherwise print the whole usage text, burying the one
         line that matters.
         """
-        environ = os.environ if self._environ is None else self._environ
         try:
-            self.settings = self._load(self.given(), environ)
+            self.settings = self._load(self.given(), self.environ())
             checkFiles(self.settings)
             # twistd's own options, when these are its plugin's.
             twistd = getattr(self, "parent", None)

@@ -178,6 +178,41 @@ class Listener(StreamServerEndpointService):
         return address.port
 
 
+def settingListener(
+    reactor: Any,
+    section: str,
+    purpose: str,
+    port: int,
+    description: str,
+    factory: IProtocolFactory,
+    interface: str = "",
+    tls: IOpenSSLContextFactory | None = None,
+    *,
+    backlog: int = 50,
+    protocols: Sequence[bytes] = (),
+) -> Listener:
+    """
+    The listener of a port the settings choose as every promtwist port is
+    chosen: C{<section>.port} on C{interface}, unless the endpoint
+    description C{<section>.listen} (C{description}) replaces both.
+
+    @param section: the settings' key prefix, e.g. C{proxy.http}.
+    """
+    return Listener(
+        reactor,
+        port,
+        factory,
+        interface,
+        tls,
+        purpose=purpose,
+        key=f"{section}.port",
+        description=description,
+        descriptionKey=f"{section}.listen",
+        backlog=backlog,
+        protocols=protocols,
+    )
+
+
 def describeListeners(listeners: Iterable[Listener]) -> str:
     """
     The bound listeners for a startup line: C{scrape 0.0.0.0:8080 (TLS),

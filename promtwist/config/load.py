@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Mapping
+from functools import cache
 from typing import Any
 
 from twisted.logger import Logger
@@ -120,6 +121,18 @@ def _clientTimeout(gathered: Gathered, clientTimeout: float) -> float:
     return clientTimeout
 
 
+@cache
+def hostFQDN() -> str:
+    """
+    This host's fully qualified name, the default of C{agent.fqdn}, as
+    pushprox-client's C{--fqdn}: asked of the resolver once, at startup
+    (L{promtwist.agent.tap.makeService} asks before the reactor runs), and
+    the same answer given to every reload after, since a reload runs in
+    the reactor, which a resolver lookup would block.
+    """
+    return socket.getfqdn()
+
+
 def loadAgentSettings(
     options: Mapping[str, object],
     environ: Mapping[str, str],
@@ -140,8 +153,7 @@ def loadAgentSettings(
     _checkKeyPair(gathered, "agent.tls")
     values = _fieldValues(AGENT, gathered)
     values["name"] = values["name"].strip() or f"Unnamed-{socket.gethostname()}"
-    # As pushprox-client's --fqdn.
-    values["fqdn"] = values["fqdn"].strip() or socket.getfqdn()
+    values["fqdn"] = values["fqdn"].strip() or hostFQDN()
     values["client_timeout_secs"] = _clientTimeout(gathered, values["client_timeout_secs"])
     if values["discovery_enabled"] and not values["discovery_file_path"]:
         raise ConfigError(

@@ -41,6 +41,25 @@ from promtwist.proxy.exchange import Exchange
 from promtwist.proxy.registry import Listed, PathEntry, Registry
 
 RESERVED_LABELS = frozenset({"__metrics_path__", "agentName", "hostName"})
+# What a host-routed target's labels may not set either: its job and
+# instance are Prometheus' (the job's name, the target's own address), and a
+# label beginning __ would steer the scrape itself (__scheme__, __param_*,
+# __address__). Paths keep prometheus-proxy's rule, which lets these
+# through: its users set job and instance on paths.
+_TARGET_RESERVED = frozenset({"job", "instance"})
+
+
+def isReservedLabel(key: str, label: str) -> bool:
+    """
+    Whether C{label} on the claim C{key} is the proxy's or Prometheus' to
+    set, and is left out of the discovery document: for a path,
+    prometheus-proxy's three; for a host-routed target those, C{job},
+    C{instance} and any label beginning C{__}.
+    """
+    if label in RESERVED_LABELS:
+        return True
+    return isHostKey(key) and (label in _TARGET_RESERVED or label.startswith("__"))
+
 
 # How many targets' documents are kept rendered; Prometheus reaches the proxy
 # under one or two names, and any other Host header costs one join.
@@ -62,7 +81,9 @@ def groupSegments(entry: PathEntry | Listed, perPathInstance: bool) -> list[str]
         either way, as any other label does upstream.
     """
     pairs = [
-        f"{_quoted(k)}:{_quoted(v)}" for k, v in entry.labels.items() if k not in RESERVED_LABELS
+        f"{_quoted(k)}:{_quoted(v)}"
+        for k, v in entry.labels.items()
+        if not isReservedLabel(entry.path, k)
     ]
     hostRouted = isHostKey(entry.path)
     if not hostRouted:

@@ -39,7 +39,8 @@ gives the other ports (the shared parts are in L{promtwist.httpguard}):
     does not know among them), a line ended by a bare LF 400 as soon as
     it arrives, a request line naming another protocol 400, another
     method than C{GET} and C{HEAD} 405, another well-formed HTTP version
-    than 1.0 and 1.1 505;
+    than 1.0 and 1.1 505, more than one C{Host} header 400 (RFC 9112
+    section 3.2);
   - one empty line before a request line is ignored (RFC 9112 section
     2.2), a second gets 400; the bytes before a request line count toward
     its head's size and run in its deadline.
@@ -115,6 +116,7 @@ _EMPTY_LINES = Refusal(
 _LENGTH_REQUIRED = Refusal(
     411, b"Length Required", "a request body here must declare its Content-Length"
 )
+_TWO_HOSTS = Refusal(400, b"Bad Request", "malformed request: more than one Host header")
 _BARE_LF = Refusal(
     400, b"Bad Request", "malformed request: a line ends in LF alone; HTTP lines end in CRLF"
 )
@@ -441,6 +443,10 @@ class ScrapePortConnection(Protocol):
                     f"not an HTTP request: the request line ends in {clip(protocol)}",
                 )
             )
+        if b"host" in self._repeated:
+            # Two hosts name two servers: which one the request is for is
+            # anyone's guess, so RFC 9112 section 3.2 asks for 400.
+            return self._refuse(_TWO_HOSTS)
         headers = self._headers
         length = headers.get(b"content-length")
         chunked = b"transfer-encoding" in headers

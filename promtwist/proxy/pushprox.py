@@ -435,7 +435,7 @@ class PushProxHub:
     def __init__(
         self,
         registry: Registry,
-        authenticator: Callable[[], Authenticator],
+        authenticator: Authenticator,
         clock: IReactorTime,
         *,
         pollHold: float,
@@ -446,8 +446,8 @@ class PushProxHub:
         allowedNetworks: Sequence[str] = (),
     ) -> None:
         """
-        @param authenticator: gives the agents' authenticator, which a
-            reload may replace: PushProx clients prove identities as agents
+        @param authenticator: the agents' authenticator (a reload
+            reconfigures it): PushProx clients prove identities as agents
             do.
         @param metricsRegistry: where PushProx's metric series are kept.
         @param transfers: the proxy's counts of answers that failed on the
@@ -650,7 +650,7 @@ class PushProxHub:
             refuse(exchange, answered, 401, "PushProx clients authenticate with a bearer token")
             return None
         try:
-            return self.authenticator().authenticate(token.strip().decode("latin-1"), None)
+            return self.authenticator.authenticate(token.strip().decode("latin-1"), None)
         except AuthenticationFailed as e:
             exchange.addHeader(b"WWW-Authenticate", b'Bearer realm="promtwist"')
             refuse(exchange, answered, 401, f"PushProx client not authenticated: {e}")

@@ -24,6 +24,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.server import Site
 
 from promtwist import __version__
+from promtwist.agent.build import buildAgent
 from promtwist.agent.service import AgentService, _ReadyLinks
 from promtwist.config.load import loadAgentSettings
 from promtwist.config.settings import (
@@ -33,6 +34,7 @@ from promtwist.config.settings import (
     ProxyEndpoint,
     ProxySettings,
 )
+from promtwist.proxy.build import buildProxy
 from promtwist.proxy.relay import ScrapeCall
 from promtwist.proxy.server import ProxyService
 from promtwist.test.processes import freePort
@@ -67,7 +69,7 @@ class FailoverUnitTests(SynchronousTestCase):
         Each failed attempt moves to the next endpoint, wrapping round.
         """
         dialled: list[str] = []
-        service = AgentService(SETTINGS, Clock(), endpoints=downEndpoints(dialled, "p1", "p2"))
+        service = buildAgent(SETTINGS, Clock(), endpoints=downEndpoints(dialled, "p1", "p2"))
         links = service.links
         for _ in range(3):
             self.failureResultOf(links.connect(Factory()), ConnectionRefusedError)
@@ -81,10 +83,37 @@ class FailoverUnitTests(SynchronousTestCase):
         self.assertEqual(dialled, ["p1", "p1"])
 
 
+class BuildTests(SynchronousTestCase):
+    def test_oneLaunchId(self) -> None:
+        """
+        The agent's metrics carry the launch id its connections send the
+        proxy: both are given the one L{buildAgent} made.
+        """
+        service = buildAgent(SETTINGS, Clock(), endpoints=downEndpoints([], "p1"))
+        launchId = service.factory.launchId
+        self.assertEqual(len(launchId), 32)
+        started = service.metrics.registry.get_sample_value(
+            "agent_start_time_seconds", {"launch_id": launchId}
+        )
+        self.assertIsNotNone(started)
+
+    def test_scrapesObservedByTheMetrics(self) -> None:
+        """
+        The scraper reports to the service's metrics, made before it.
+        """
+        service = buildAgent(SETTINGS, Clock(), endpoints=downEndpoints([], "p1"))
+        service.factory.scraper.observer.resultSent("gzipped")
+        sent = service.metrics.registry.get_sample_value(
+            "agent_scrape_result_count_total",
+            {"launch_id": service.factory.launchId, "type": "gzipped"},
+        )
+        self.assertEqual(sent, 1)
+
+
 class ReloadUnitTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.loaded: list[AgentSettings | Exception] = []
-        self.service = AgentService(
+        self.service = buildAgent(
             SETTINGS,
             Clock(),
             loadSettings=self.load,
@@ -207,7 +236,7 @@ class DrainUnitTests(SynchronousTestCase):
         self.clock = Clock()
         self.pair = Pair()
         self.successResultOf(self.pair.ready)
-        self.service = AgentService(SETTINGS, self.clock, endpoints=downEndpoints([], "p1"))
+        self.service = buildAgent(SETTINGS, self.clock, endpoints=downEndpoints([], "p1"))
         # The pair's connection stands for the service's link.
         self.service.factory = self.pair.agent.factory
         self.service.links.connections = self.pair.agent.factory
@@ -281,7 +310,7 @@ class _LoopbackBase(TestCase):
         self.dir.makedirs()
 
     def startProxy(self, agentPort: int = 0) -> ProxyService:
-        proxy = ProxyService(
+        proxy = buildProxy(
             ProxySettings(http_port=0, agent_port=agentPort, sd_enabled=True),
             reactor,
             interface="127.0.0.1",
@@ -326,7 +355,7 @@ class ReloadLoopbackTests(_LoopbackBase):
         def load() -> AgentSettings:
             return loadAgentSettings({"config": self.config.path}, {})
 
-        self.startAgent(AgentService(load(), reactor, loadSettings=load))
+        self.startAgent(buildAgent(load(), reactor, loadSettings=load))
         self.connection = await self.agent.whenConnected()
         self.agentId = self.connection.agentId
 
@@ -395,7 +424,7 @@ class DiscoveryLoopbackTests(_LoopbackBase):
             discovery_file_path=targets.path,
             discovery_reconcile_interval_secs=0.05,
         )
-        self.startAgent(AgentService(settings, reactor))
+        self.startAgent(buildAgent(settings, reactor))
         connection = await self.agent.whenConnected()
         self.assertEqual((await self.get(proxy, "found"))[0], 200)
         # Broken: the last good paths stay.
@@ -434,7 +463,7 @@ class FailoverLoopbackTests(_LoopbackBase):
             path_configs=(PathConfig("app", "app", f"{self.base}/metrics"),),
         )
         with capturedLogs() as events:
-            self.startAgent(AgentService(settings, reactor))
+            self.startAgent(buildAgent(settings, reactor))
             await self.agent.whenConnected()
         self.assertTrue(
             any(e.get("proxy") == f"127.0.0.1:{second.agentListener.portNumber}" for e in events)
@@ -461,7 +490,7 @@ class DrainLoopbackTests(_LoopbackBase):
             ),
             shutdown_grace_secs=5,
         )
-        self.startAgent(AgentService(settings, reactor))
+        self.startAgent(buildAgent(settings, reactor))
         connection = await self.agent.whenConnected()
         scraping = Deferred.fromCoroutine(self.get(proxy, "slow"))
         await self.until(lambda: self.target.slow)

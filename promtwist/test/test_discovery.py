@@ -16,9 +16,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from promtwist.config.settings import ProxySettings
 from promtwist.hostkeys import hostKey
 from promtwist.proxy import discovery
+from promtwist.proxy.build import DISCOVERY_REFRESH_SECONDS, buildProxy
 from promtwist.proxy.discovery import RENDERED_TARGETS, Discovery, Document
 from promtwist.proxy.registry import PathEntry, Registry
-from promtwist.proxy.server import DISCOVERY_REFRESH_SECONDS, ProxyService
 from promtwist.test.scrapeport import Held, Response, exchangeFor, factory, parseResponse
 from promtwist.test.test_registry import FakeAgent
 
@@ -115,6 +115,22 @@ class DocumentTests(SynchronousTestCase):
                 (["proxy:8080"], "db1", "v"),
                 perPathInstance,
             )
+
+    def test_pathLabelsAsUpstream(self) -> None:
+        """
+        A path's labels pass as prometheus-proxy passes them, but for its
+        three reserved ones: C{job} and C{__} labels its users set included.
+        """
+        registry = Registry()
+        agent = FakeAgent("1")
+        registry.addAgent(agent)
+        labels = {"job": "app", "__scheme__": "https", "hostName": "forged"}
+        registry.registerPath(agent, "app", "", labels)
+        (group,) = json.loads(Document(registry, False).render("proxy:8080"))
+        self.assertEqual(
+            (group["labels"]["job"], group["labels"]["__scheme__"], group["labels"]["hostName"]),
+            ("app", "https", "host"),
+        )
 
     def test_escaping(self) -> None:
         """
@@ -360,7 +376,7 @@ class RefreshTimerTests(SynchronousTestCase):
         before any request asks for them. Without discovery, no timer.
         """
         clock = Clock()
-        proxy = ProxyService(ProxySettings(sd_enabled=True), clock, "127.0.0.1")
+        proxy = buildProxy(ProxySettings(sd_enabled=True), clock, interface="127.0.0.1")
         timers = [child for child in proxy if isinstance(child, TimerService)]
         for timer in timers:
             timer.startService()
@@ -371,7 +387,7 @@ class RefreshTimerTests(SynchronousTestCase):
         self.assertNotEqual(document._generation, proxy.registry.generation)
         clock.advance(DISCOVERY_REFRESH_SECONDS)
         self.assertEqual(document._generation, proxy.registry.generation)
-        without = ProxyService(ProxySettings(), clock, "127.0.0.1")
+        without = buildProxy(ProxySettings(), clock, interface="127.0.0.1")
         self.assertEqual(
             len([child for child in without if isinstance(child, TimerService)]),
             len(timers) - 1,
@@ -389,7 +405,7 @@ class SettingTests(SynchronousTestCase):
             (ProxySettings(sd_enabled=True), None),
             (ProxySettings(sd_enabled=True, sd_per_path_instance=True), "proxy:8080/app"),
         ]:
-            proxy = ProxyService(settings, Clock(), "127.0.0.1")
+            proxy = buildProxy(settings, Clock(), interface="127.0.0.1")
             assert proxy.scrapes.discovery is not None
             served(proxy.registry, FakeAgent("1"), "app")
             (group,) = json.loads(ask(proxy.scrapes.discovery, "proxy:8080").body)
@@ -408,7 +424,8 @@ class HostRoutedTests(SynchronousTestCase):
         agent = FakeAgent("1", "a", "h")
         registry.addAgent(agent)
         registry.registerPath(agent, "app", "", {"team": "x"})
-        registry.registerPath(agent, hostKey("node1", 9100), "", {"env": "prod", "instance": "i"})
+        forged = {"env": "prod", "instance": "i", "job": "j", "__scheme__": "https"}
+        registry.registerPath(agent, hostKey("node1", 9100), "", {**forged, "__param_x": "y"})
         registry.registerPath(agent, hostKey("::1", 9182), "", {})
         # A host claimed on any port has no address to list.
         registry.registerPath(agent, hostKey("node2", None), "", {})
@@ -421,6 +438,12 @@ class HostRoutedTests(SynchronousTestCase):
         return parseResponse(transport.value())
 
     def test_targets(self) -> None:
+        """
+        Each target by its own address with its labels, but for those that
+        are Prometheus' or the proxy's: an agent cannot set a target's
+        C{job} or C{instance} (writing series under another target's), nor
+        a C{__} label steering the scrape (C{__scheme__}, C{__param_*}).
+        """
         r = self.get(b"?routing=host")
         self.assertEqual(r.headers[b"content-type"], b"application/json; charset=utf-8")
         self.assertEqual(
@@ -432,7 +455,7 @@ class HostRoutedTests(SynchronousTestCase):
                 },
                 {
                     "targets": ["node1:9100"],
-                    "labels": {"env": "prod", "instance": "i", "agentName": "a", "hostName": "h"},
+                    "labels": {"env": "prod", "agentName": "a", "hostName": "h"},
                 },
             ],
         )

@@ -268,6 +268,8 @@ class ProtocolTests(SynchronousTestCase):
             (b"GARBAGE\r\n\r\n", b"Invalid method encountered"),
             (b"GET /a HTTP/1.1\r\nBad Header\r\n\r\n", b"Invalid header token"),
             (b"GET /a HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", b""),
+            (b"GET /a HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n", b"more than one Host header"),
+            (b"GET http://a:1/ HTTP/1.1\r\nHost: a:1\r\nHost: a:1\r\n\r\n", b"more than one Host"),
         ]:
             hello = Hello()
             answer, transport = ask(request, hello)

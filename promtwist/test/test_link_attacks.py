@@ -22,12 +22,13 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 
+from promtwist.agent.build import buildAgent
 from promtwist.agent.service import AgentService
 from promtwist.config.settings import AgentSettings, PathConfig, ProxyEndpoint, ProxySettings
 from promtwist.protocol.framing import encodeFrame
 from promtwist.protocol.promtwist_pb2 import Frame, Goodbye, Hello, Ping, RegisterPath
+from promtwist.proxy.build import buildProxy
 from promtwist.proxy.link import AgentLink
-from promtwist.proxy.server import ProxyService
 from promtwist.test.helpers import MiB, UnreadingPeer, eventually, rss, startTarget, unsent
 from promtwist.test.test_framing import logText
 
@@ -87,7 +88,7 @@ class _AttackBase(TestCase):
 
     async def _setUp(self) -> None:
         self.targetURL = startTarget(self)
-        self.proxy = ProxyService(
+        self.proxy = buildProxy(
             ProxySettings(
                 http_port=0,
                 agent_port=0,
@@ -112,7 +113,7 @@ class _AttackBase(TestCase):
 
     def startAgent(self, name: str, source: str = "127.0.0.1") -> AgentService:
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.agentPort, bindAddress=(source, 0))
-        agent = AgentService(
+        agent = buildAgent(
             AgentSettings(
                 name=name,
                 agent_token=TOKEN,
@@ -331,7 +332,7 @@ class UnreadingAgentTests(_AttackBase):
         than the grace period (plus a bound), even when the heartbeat would
         take much longer to give up on it.
         """
-        proxy = ProxyService(
+        proxy = buildProxy(
             ProxySettings(
                 http_port=0,
                 agent_port=0,

@@ -24,6 +24,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from promtwist import __version__
+from promtwist.agent.build import buildAgent
 from promtwist.agent.service import AgentService
 from promtwist.config.settings import (
     AgentSettings,
@@ -36,6 +37,7 @@ from promtwist.config.settings import (
 from promtwist.logs import applyLogLevel
 from promtwist.protocol.promtwist_pb2 import Frame, Hello, RegisterPath
 from promtwist.proxy.answers import ScrapeRecord
+from promtwist.proxy.build import buildProxy
 from promtwist.proxy.server import ProxyService
 from promtwist.test.test_framing import logText
 
@@ -91,14 +93,14 @@ class ProxyServiceTests(TestCase):
         return self.proxyWith(ProxySettings(http_port=0, agent_port=0, **settings))  # type: ignore[arg-type]
 
     def proxyWith(self, settings: ProxySettings, **kwargs: object) -> ProxyService:
-        proxy = ProxyService(settings, reactor, "127.0.0.1", **kwargs)  # type: ignore[arg-type]
+        proxy = buildProxy(settings, reactor, interface="127.0.0.1", **kwargs)  # type: ignore[arg-type]
         proxy.startService()
         self.addCleanup(lambda: proxy.stopService() if proxy.running else None)
         return proxy
 
     async def agent(self, proxy: ProxyService, **settings: object) -> AgentService:
         settings.setdefault("name", "a1")
-        agent = AgentService(
+        agent = buildAgent(
             AgentSettings(
                 proxy_endpoints=(ProxyEndpoint("127.0.0.1", proxy.agentListener.portNumber),),
                 path_configs=(

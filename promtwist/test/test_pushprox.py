@@ -22,7 +22,7 @@ from promtwist.config.settings import Identity, ProxySettings
 from promtwist.hostkeys import HostTarget, hostKey
 from promtwist.metrics import ProxyMetrics
 from promtwist.proxy.access import guarded
-from promtwist.proxy.answers import ScrapeFailed
+from promtwist.proxy.answers import ScrapeFailed, ScrapeRecord
 from promtwist.proxy.auth import Authenticator
 from promtwist.proxy.exchange import Exchange
 from promtwist.proxy.httpserver import ScrapePortConnection
@@ -153,7 +153,7 @@ class HubCase(SynchronousTestCase):
         )
         return PushProxHub(
             self.registry,
-            lambda: authenticator,
+            authenticator,
             self.clock,
             pollHold=POLL_HOLD,
             clientGrace=GRACE,
@@ -636,6 +636,35 @@ class RoutedTests(HubCase):
         self.assertIn(b"/app_metrics", r.body)
         self.assertEqual(poll.value(), b"")
 
+    def test_proxyItselfNotScraped(self) -> None:
+        """
+        A client registered as C{localhost}, which always names the proxy's
+        machine, serves that host's other ports; a scrape of the proxy's
+        own port under it is refused, never sent to the client, which would
+        fetch it from the proxy again.
+        """
+        _, poll = self.poll(b"localhost")
+        r = answer(self.prometheus(b"http://localhost:8080/discovery"))
+        self.assertEqual(r.status, 400)
+        self.assertIn(b"localhost:8080 is this proxy's own address", r.body)
+        self.assertEqual(poll.value(), b"")
+        self.prometheus(b"http://localhost:9100/metrics")
+        self.assertTrue(answer(poll).body.startswith(b"GET http://localhost:9100/metrics "))
+
+    def test_recordedByClaim(self) -> None:
+        """
+        Scrapes of a client's ports are recorded by its claim, C{//fqdn}:
+        one metric series per client, not per port asked for.
+        """
+        records: list[ScrapeRecord] = []
+        self.scrapes.tracker.observers.append(records.append)
+        for port in (b"1000", b"1001", b"1002"):
+            _, poll = self.poll()
+            self.prometheus(b"http://node1.example:" + port + b"/metrics")
+            instruction = answer(poll).body
+            self.port.request(b"POST", b"/push", pushBody(scrapeIdOf(instruction)))
+        self.assertEqual([r.path for r in records], ["//node1.example"] * 3)
+
 
 class AccessTests(HubCase):
     """
@@ -650,7 +679,7 @@ class AccessTests(HubCase):
         """
         self.hub = PushProxHub(
             self.registry,
-            lambda: Authenticator(ProxySettings()),
+            Authenticator(ProxySettings()),
             self.clock,
             pollHold=POLL_HOLD,
             clientGrace=GRACE,
@@ -732,7 +761,7 @@ class CredentialsTests(SynchronousTestCase):
         registry = Registry(RESERVED_PATHS, authenticator.mayServe, settings, clock)
         hub = PushProxHub(
             registry,
-            lambda: authenticator,
+            authenticator,
             clock,
             pollHold=POLL_HOLD,
             clientGrace=GRACE,

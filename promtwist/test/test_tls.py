@@ -52,6 +52,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
+from promtwist.agent.build import buildAgent
 from promtwist.agent.service import AgentService
 from promtwist.config.load import loadAgentSettings, loadProxySettings
 from promtwist.config.settings import (
@@ -62,6 +63,7 @@ from promtwist.config.settings import (
     ProxyEndpoint,
     ProxySettings,
 )
+from promtwist.proxy.build import buildProxy
 from promtwist.proxy.server import ProxyService
 from promtwist.test.certs import (
     DAY,
@@ -499,7 +501,7 @@ class _Loopback(TestCase):
         return await client.chosen
 
     def startProxy(self, settings: ProxySettings) -> ProxyService:
-        proxy = ProxyService(settings, reactor, interface="127.0.0.1")
+        proxy = buildProxy(settings, reactor, interface="127.0.0.1")
         proxy.startService()
         self.addCleanup(lambda: proxy.stopService() if proxy.running else None)
         return proxy
@@ -517,7 +519,7 @@ class _Loopback(TestCase):
         )
 
     def startAgent(self, settings: AgentSettings) -> AgentService:
-        agent = AgentService(settings, reactor)
+        agent = buildAgent(settings, reactor)
         agent.startService()
         self.addCleanup(lambda: agent.stopService() if agent.running else None)
         return agent
@@ -684,7 +686,12 @@ class LinkTests(_Loopback):
         )
         await refused.whenConnected()
         self.assertEqual(proxy.registry.lookup("other"), ())
-        self.assertEqual(proxy.registry.refusals["unauthorized"], 1)
+        self.assertEqual(
+            proxy.metrics.registry.get_sample_value(
+                "proxy_rejections_total", {"reason": "path_unauthorized"}
+            ),
+            1,
+        )
         self.assertTrue(
             self.logged("the proxy refused path /other: agent identity 'team_a' is not authorized")
         )

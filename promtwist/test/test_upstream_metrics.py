@@ -32,6 +32,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
+from promtwist.agent.build import buildAgent
 from promtwist.agent.service import AgentService
 from promtwist.config.settings import (
     AgentSettings,
@@ -41,7 +42,7 @@ from promtwist.config.settings import (
     ProxySettings,
 )
 from promtwist.protocol.promtwist_pb2 import Frame, ScrapeChunk, ScrapeRequest, ScrapeResponse
-from promtwist.proxy.server import ProxyService
+from promtwist.proxy.build import buildProxy
 from promtwist.test.helpers import startTarget
 from promtwist.test.processes import freePort
 from promtwist.test.test_metrics import scrape
@@ -167,7 +168,7 @@ class UpstreamMetricsTests(TestCase):
 
     async def startAll(self) -> None:
         base = startTarget(self, Targets(), "").rstrip("/")
-        self.proxy = ProxyService(
+        self.proxy = buildProxy(
             ProxySettings(http_port=0, agent_port=0), reactor, interface="127.0.0.1"
         )
         self.proxy.startService()
@@ -205,7 +206,7 @@ class UpstreamMetricsTests(TestCase):
         self.http = Agent(reactor, pool=self.pool)
 
     async def startAgent(self, settings: AgentSettings) -> AgentService:
-        agent = AgentService(settings, reactor)
+        agent = buildAgent(settings, reactor)
         agent.startService()
         self.addCleanup(agent.stopService)
         await agent.whenConnected()
