@@ -24,6 +24,7 @@ from promtwist.config.keys import AGENT, PROXY
 from promtwist.config.load import loadAgentSettings, loadProxySettings, warningsOnce
 from promtwist.config.schema import Role, Setting
 from promtwist.config.settings import AgentSettings, ConfigError, ProxySettings
+from promtwist.logs import filterTwistdLogs
 from promtwist.startup import StartupError, checkTwistdFiles
 from promtwist.tls import checkFiles
 
@@ -235,6 +236,8 @@ class _SettingsOptions(usage.Options, ABC, Generic[_S]):
             twistd = getattr(self, "parent", None)
             if twistd is not None:
                 checkTwistdFiles(twistd)
+                # makeService sets the level, before twistd logs a line.
+                filterTwistdLogs(twistd)
         except (ConfigError, StartupError) as e:
             (self._stderr or sys.stderr).write(f"promtwist: {e}\n")
             raise SystemExit(1) from None
