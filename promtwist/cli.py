@@ -14,7 +14,7 @@ import itertools
 import os
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import ClassVar, Generic, TextIO, TypeVar
 
 from twisted.python import usage
@@ -211,15 +211,17 @@ class _SettingsOptions(usage.Options, ABC, Generic[_S]):
         """
         return os.environ if self._environ is None else self._environ
 
-    def reloadSettings(self) -> _S:
+    def reloadSettings(self, warn: Callable[[str], None]) -> _S:
         """
         The settings read again, for C{SIGHUP}: from the same command line
         and environment, so that their precedence over the configuration
-        file holds, and from the file as it is now.
+        file holds, and from the file as it is now. Called in a thread
+        (L{promtwist.reloads}), so the warnings go to C{warn}, not the log;
+        the caller passes them to L{warn} in the reactor thread.
 
         @raise promtwist.config.settings.ConfigError: when they do not load.
         """
-        return self._load(self.given(), self.environ())
+        return self._load(self.given(), self.environ(), warn)
 
     def postOptions(self) -> None:
         """
@@ -230,7 +232,7 @@ class _SettingsOptions(usage.Options, ABC, Generic[_S]):
         line that matters.
         """
         try:
-            self.settings = self._load(self.given(), self.environ())
+            self.settings = self._load(self.given(), self.environ(), self.warn)
             checkFiles(self.settings)
             # twistd's own options, when these are its plugin's.
             twistd = getattr(self, "parent", None)
@@ -243,9 +245,15 @@ class _SettingsOptions(usage.Options, ABC, Generic[_S]):
             raise SystemExit(1) from None
 
     @abstractmethod
-    def _load(self, options: Mapping[str, object], environ: Mapping[str, str]) -> _S:
+    def _load(
+        self,
+        options: Mapping[str, object],
+        environ: Mapping[str, str],
+        warn: Callable[[str], None],
+    ) -> _S:
         """
-        Resolve this process's settings with its loader.
+        Resolve this process's settings with its loader, its warnings going
+        to C{warn}.
         """
 
 
@@ -257,8 +265,13 @@ class ProxyOptions(_SettingsOptions[ProxySettings]):
     _role = PROXY
     optFlags, optParameters = _optionTables(PROXY)
 
-    def _load(self, options: Mapping[str, object], environ: Mapping[str, str]) -> ProxySettings:
-        return loadProxySettings(options, environ, warn=self.warn)
+    def _load(
+        self,
+        options: Mapping[str, object],
+        environ: Mapping[str, str],
+        warn: Callable[[str], None],
+    ) -> ProxySettings:
+        return loadProxySettings(options, environ, warn=warn)
 
 
 class AgentOptions(_SettingsOptions[AgentSettings]):
@@ -269,5 +282,10 @@ class AgentOptions(_SettingsOptions[AgentSettings]):
     _role = AGENT
     optFlags, optParameters = _optionTables(AGENT)
 
-    def _load(self, options: Mapping[str, object], environ: Mapping[str, str]) -> AgentSettings:
-        return loadAgentSettings(options, environ, warn=self.warn)
+    def _load(
+        self,
+        options: Mapping[str, object],
+        environ: Mapping[str, str],
+        warn: Callable[[str], None],
+    ) -> AgentSettings:
+        return loadAgentSettings(options, environ, warn=warn)

@@ -29,6 +29,7 @@ from promtwist.agent.service import AgentService
 from promtwist.config.settings import AgentSettings
 from promtwist.health import agentHealth
 from promtwist.metrics import AgentMetrics
+from promtwist.reloads import Load
 from promtwist.tls import linkTLS, targetPolicy
 from promtwist.web import operationsListeners
 
@@ -37,7 +38,8 @@ def buildAgent(
     settings: AgentSettings,
     reactor: Any = None,
     *,
-    loadSettings: Callable[[], AgentSettings] | None = None,
+    loadSettings: Load[AgentSettings] | None = None,
+    warn: Callable[[str], None] | None = None,
     environ: Mapping[str, str] | None = None,
     endpoints: Sequence[tuple[str, IStreamClientEndpoint]] | None = None,
 ) -> AgentService:
@@ -47,7 +49,9 @@ def buildAgent(
     @param reactor: what everything dials, times and schedules with; the
         global reactor if L{None}.
     @param loadSettings: reads the configuration again, with the startup's
-        command-line options and environment; with it, C{SIGHUP} reloads.
+        command-line options and environment, in a thread; with it,
+        C{SIGHUP} reloads.
+    @param warn: where the reloads' warnings go, in the reactor thread.
     @param environ: for substitutions in the discovery file.
     @param endpoints: overrides the proxy endpoints the settings name
         (for tests).
@@ -68,6 +72,7 @@ def buildAgent(
         metrics,
         proxyEndpoints(settings, reactor) if endpoints is None else endpoints,
         loadSettings=loadSettings,
+        warn=warn,
     )
     metrics.track(service.state)
     if settings.discovery_enabled:

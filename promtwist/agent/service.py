@@ -39,6 +39,7 @@ from promtwist.agent.connection import ProxyConnection, ProxyConnectionFactory
 from promtwist.agent.dialling import DialReport, describeDialFailure
 from promtwist.agent.discoveryfile import FileDiscovery
 from promtwist.config.keys import AGENT
+from promtwist.config.load import warningsOnce
 from promtwist.config.settings import AgentSettings, ConfigError, PathConfig
 from promtwist.debugpage import head, table, uptime
 from promtwist.hostkeys import spelled
@@ -46,6 +47,7 @@ from promtwist.httputil import redacted
 from promtwist.listen import Listener, logStarted
 from promtwist.logs import observer
 from promtwist.metrics import AgentMetrics, AgentState
+from promtwist.reloads import Load, Reloads, inThreads
 from promtwist.signals import onHangup
 from promtwist.tls import linkUsesTLS
 
@@ -197,7 +199,8 @@ class AgentService(MultiService):
         metrics: AgentMetrics,
         endpoints: Sequence[tuple[str, IStreamClientEndpoint]],
         *,
-        loadSettings: Callable[[], AgentSettings] | None = None,
+        loadSettings: Load[AgentSettings] | None = None,
+        warn: Callable[[str], None] | None = None,
     ) -> None:
         """
         @param factory: builds the connection for each (re)connect.
@@ -205,13 +208,26 @@ class AgentService(MultiService):
             the agent stops.
         @param metrics: the agent's own metrics, told how dialling goes.
         @param endpoints: the proxies to dial, named, in order.
-        @param loadSettings: see L{loadSettings}; with it, C{SIGHUP} reloads.
+        @param loadSettings: reads the configuration again, in a thread;
+            with it, C{SIGHUP} reloads.
+        @param warn: where its warnings go (in the reactor thread): the
+            startup load's, so that a reload repeats none of them.
         """
         super().__init__()
         self.settings = settings
         self.clock = reactor
         self.startedAt = reactor.seconds()
-        self.loadSettings = loadSettings
+        self._reloads = (
+            None
+            if loadSettings is None
+            else Reloads(
+                loadSettings,
+                self._applyReload,
+                self._refuseReload,
+                warn or warningsOnce(),
+                inThreads(reactor),
+            )
+        )
         self.pool = pool
         self.factory = factory
         self.metrics = metrics
@@ -346,8 +362,9 @@ class AgentService(MultiService):
 
     def reload(self) -> Deferred[None]:
         """
-        Read the configuration again (what C{SIGHUP} does) and apply its
-        C{agent.pathConfigs} and C{agent.targets} over the current link. A configuration that
+        Read the configuration again (what C{SIGHUP} does), in a thread
+        (L{Reloads}), and apply its C{agent.pathConfigs} and
+        C{agent.targets} over the current link. A configuration that
         does not load is rejected with one error line and changes nothing,
         and so is one that would leave the agent no path at all without
         saying so (no C{agent.pathConfigs} key: a file cut short, an
@@ -357,19 +374,20 @@ class AgentService(MultiService):
 
         @return: fires once the proxy answered the changes' registrations.
         """
-        if self.loadSettings is None:
+        if self._reloads is None:
             self._log.warn("this agent cannot reload its configuration")
             return succeed(None)
-        try:
-            new = self.loadSettings()
-        except ConfigError as e:
-            # One line: a parser's message may span several.
-            error = str(e).splitlines()[0] if str(e) else repr(e)
-            self._log.error(
-                "configuration reload rejected, the running configuration stays: {error}",
-                error=error[:500],
-            )
-            return succeed(None)
+        return self._reloads()
+
+    def _refuseReload(self, e: ConfigError) -> None:
+        # One line: a parser's message may span several.
+        error = str(e).splitlines()[0] if str(e) else repr(e)
+        self._log.error(
+            "configuration reload rejected, the running configuration stays: {error}",
+            error=error[:500],
+        )
+
+    def _applyReload(self, new: AgentSettings) -> Deferred[None]:
         if (
             not new.path_configs
             and not new.path_configs_listed
@@ -407,7 +425,7 @@ class AgentService(MultiService):
     def startService(self) -> None:
         settings = self.settings
         self.factory.draining = False
-        if self.loadSettings is not None:
+        if self._reloads is not None:
             self._restoreHangup = onHangup(self.clock, self.reload)
         super().startService()
         logStarted(self._log, "agent", self.listeners)
@@ -452,6 +470,8 @@ class AgentService(MultiService):
         """
         self._restoreHangup()
         self._restoreHangup = lambda: None
+        if self._reloads is not None:
+            self._reloads.stop()
         if self.discovery is not None and self.discovery.running:
             self.discovery.stopService()
         self.factory.draining = True

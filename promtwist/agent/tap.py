@@ -23,7 +23,10 @@ def makeService(options: Options) -> IService:
     # reactor runs, so that no reload (in the reactor) has to.
     hostFQDN()
     service = buildAgent(
-        options.settings, loadSettings=options.reloadSettings, environ=options.environ()
+        options.settings,
+        loadSettings=options.reloadSettings,
+        warn=options.warn,
+        environ=options.environ(),
     )
     exitNormallyOnShutdown(service.clock)
     # Before twistd daemonises, while the error can still reach the terminal.

@@ -36,6 +36,7 @@ from promtwist.proxy.pushprox import RESERVED_PATHS, PushProxHub
 from promtwist.proxy.registry import Registry
 from promtwist.proxy.scrape import ScrapeHandler
 from promtwist.proxy.server import ProxyService
+from promtwist.reloads import Load
 from promtwist.tls import agentPortTLS, scrapePortTLS
 from promtwist.web import operationsListeners
 
@@ -90,7 +91,8 @@ def buildProxy(
     reactor: Any = None,
     *,
     interface: str = "",
-    reloadSettings: Callable[[], ProxySettings] | None = None,
+    reloadSettings: Load[ProxySettings] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> ProxyService:
     """
     The proxy C{settings} describe, ready to start.
@@ -101,7 +103,8 @@ def buildProxy(
         by default all of both families. A C{*.listen} setting replaces
         both.
     @param reloadSettings: reads the settings again from the same sources,
-        for SIGHUP; without it the proxy does not reload.
+        for SIGHUP, in a thread; without it the proxy does not reload.
+    @param warn: where the reloads' warnings go, in the reactor thread.
     @raise promtwist.config.settings.ConfigError: when a TLS file is unusable.
     @raise promtwist.startup.StartupError: when a C{*.listen} setting
         names no usable endpoint.
@@ -181,6 +184,7 @@ def buildProxy(
         agentListener,
         pushprox=pushprox,
         reloadSettings=reloadSettings,
+        warn=warn,
     )
     side.metrics.track(service.state)
     for operations in operationsListeners(

@@ -13,11 +13,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.defer import Deferred, TimeoutError, succeed
 from twisted.logger import Logger
 
 from promtwist import __version__
 from promtwist.config.keys import PROXY
+from promtwist.config.load import warningsOnce
 from promtwist.config.settings import ConfigError, ProxySettings
 from promtwist.debugpage import head, recentLine, table, uptime, where
 from promtwist.hostkeys import spelled
@@ -28,6 +29,7 @@ from promtwist.proxy.answers import ScrapeRecord
 from promtwist.proxy.pushprox import PushProxHub
 from promtwist.proxy.registry import AgentHandle
 from promtwist.proxy.scrape import ScrapeHandler
+from promtwist.reloads import Load, Reloads, inThreads
 from promtwist.signals import onHangup
 
 if TYPE_CHECKING:
@@ -62,19 +64,32 @@ class ProxyService(MultiService):
         agentListener: Listener,
         *,
         pushprox: PushProxHub | None = None,
-        reloadSettings: Callable[[], ProxySettings] | None = None,
+        reloadSettings: Load[ProxySettings] | None = None,
+        warn: Callable[[str], None] | None = None,
     ) -> None:
         """
         @param side: the agent port's factory and the parts it shares.
         @param scrapes: what the scrape port serves.
         @param pushprox: the PushProx clients' hub, when they are served.
         @param reloadSettings: reads the settings again from the same sources,
-            for SIGHUP; without it the proxy does not reload.
+            for SIGHUP, in a thread; without it the proxy does not reload.
+        @param warn: where its warnings go (in the reactor thread): the
+            startup load's, so that a reload repeats none of them.
         """
         super().__init__()
         self.reactor = reactor
         self.settings = settings
-        self.reloadSettings = reloadSettings
+        self._reloads = (
+            None
+            if reloadSettings is None
+            else Reloads(
+                reloadSettings,
+                self._applyReload,
+                self._refuseReload,
+                warn or warningsOnce(),
+                inThreads(reactor),
+            )
+        )
         self.startedAt = reactor.seconds()
         self.authenticator = side.authenticator
         self.linkFactory = side.links
@@ -210,22 +225,25 @@ class ProxyService(MultiService):
 
     # Reloading.
 
-    def reload(self) -> None:
+    def reload(self) -> Deferred[None]:
         """
-        Re-read the configuration and apply C{proxy.auth} and
-        C{proxy.agentToken}: new agents are checked against the new
-        identities, and connected agents whose identity is gone or changed
-        are disconnected, to come back and prove themselves again. Anything
-        else that changed needs a restart, and is named. A broken file
-        changes nothing.
+        Re-read the configuration, in a thread (L{Reloads}), and apply
+        C{proxy.auth} and C{proxy.agentToken}: new agents are checked
+        against the new identities, and connected agents whose identity is
+        gone or changed are disconnected, to come back and prove themselves
+        again. Anything else that changed needs a restart, and is named. A
+        broken file changes nothing.
+
+        @return: fires once the reload was applied or refused.
         """
-        if self.reloadSettings is None:
-            return
-        try:
-            fresh = self.reloadSettings()
-        except ConfigError as e:
-            self._log.error("reload refused, running configuration kept: {why}", why=str(e))
-            return
+        if self._reloads is None:
+            return succeed(None)
+        return self._reloads()
+
+    def _refuseReload(self, error: ConfigError) -> None:
+        self._log.error("reload refused, running configuration kept: {why}", why=str(error))
+
+    def _applyReload(self, fresh: ProxySettings) -> None:
         self.authenticator.configure(fresh)
         for link in self.linkFactory.connected():
             if not self.authenticator.stillHolds(link.identity):
@@ -276,7 +294,7 @@ class ProxyService(MultiService):
                     else ", with the agents' tokens"
                 ),
             )
-        if self.reloadSettings is not None:
+        if self._reloads is not None:
             self._restoreHangup = onHangup(self.reactor, self.reload)
 
     def _logTLS(self, port: str, cert: str, trust: str) -> None:
@@ -302,6 +320,8 @@ class ProxyService(MultiService):
         if self._restoreHangup is not None:
             self._restoreHangup()
             self._restoreHangup = None
+        if self._reloads is not None:
+            self._reloads.stop()
         await super().stopService()
         if self.scrapes.tracker.inFlight:
             self._log.info(

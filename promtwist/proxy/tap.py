@@ -18,7 +18,7 @@ __all__ = ["Options", "makeService"]
 def makeService(options: Options) -> IService:
     applyLogLevel(options.settings.log_level)
     reportStartupErrors()
-    service = buildProxy(options.settings, reloadSettings=options.reloadSettings)
+    service = buildProxy(options.settings, reloadSettings=options.reloadSettings, warn=options.warn)
     exitNormallyOnShutdown(service.reactor)
     # Before twistd daemonises, while the error can still reach the terminal.
     for listener in service.listeners:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import reactor
@@ -37,6 +38,7 @@ from promtwist.config.settings import (
 from promtwist.proxy.build import buildProxy
 from promtwist.proxy.relay import ScrapeCall
 from promtwist.proxy.server import ProxyService
+from promtwist.reloads import Load
 from promtwist.test.processes import freePort
 from promtwist.test.test_integration import Target
 from promtwist.test.test_link import PATHS, Pair
@@ -112,7 +114,7 @@ class BuildTests(SynchronousTestCase):
 
 class ReloadUnitTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.loaded: list[AgentSettings | Exception] = []
+        self.loaded: list[AgentSettings | Exception | Load[AgentSettings]] = []
         self.service = buildAgent(
             SETTINGS,
             Clock(),
@@ -120,10 +122,12 @@ class ReloadUnitTests(SynchronousTestCase):
             endpoints=downEndpoints([], "p1"),
         )
 
-    def load(self) -> AgentSettings:
+    def load(self, warn: Callable[[str], None]) -> AgentSettings:
         result = self.loaded.pop(0)
         if isinstance(result, Exception):
             raise result
+        if callable(result):
+            return result(warn)
         return result
 
     def test_broken(self) -> None:
@@ -170,7 +174,7 @@ class ReloadUnitTests(SynchronousTestCase):
         """
         config = FilePath(self.mktemp())
         config.setContent(b'agent.pathConfig = [{path = x, url = "http://t.test/x"}]\n')
-        self.service.loadSettings = lambda: loadAgentSettings({"config": config.path}, {})
+        self.loaded.append(lambda warn: loadAgentSettings({"config": config.path}, {}, warn=warn))
         with capturedLogs() as events:
             self.successResultOf(self.service.reload())
         (error,) = [e for e in events if e["log_level"].name == "error"]
@@ -352,10 +356,10 @@ class ReloadLoopbackTests(_LoopbackBase):
         self.config = self.dir.child("agent.conf")
         self.writeConfig([{"path": "app", "url": f"{self.base}/metrics"}])
 
-        def load() -> AgentSettings:
-            return loadAgentSettings({"config": self.config.path}, {})
+        def load(warn: Callable[[str], None]) -> AgentSettings:
+            return loadAgentSettings({"config": self.config.path}, {}, warn=warn)
 
-        self.startAgent(buildAgent(load(), reactor, loadSettings=load))
+        self.startAgent(buildAgent(load(self.fail), reactor, loadSettings=load))
         self.connection = await self.agent.whenConnected()
         self.agentId = self.connection.agentId
 

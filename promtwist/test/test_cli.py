@@ -182,7 +182,7 @@ class OptionsTests(SynchronousTestCase):
         options = self.parse(ProxyOptions, ["-c", config, "--port", "9001"], {"AGENT_PORT": "9002"})
         with open(config, "w") as f:
             f.write("proxy { http.port = 7100, agent.port = 7101, admin.port = 7102 }\n")
-        fresh = options.reloadSettings()
+        fresh = options.reloadSettings(self.fail)
         self.assertEqual((fresh.http_port, fresh.agent_port, fresh.admin_port), (9001, 9002, 7102))
         self.assertEqual(options.settings.admin_port, 7002)
 

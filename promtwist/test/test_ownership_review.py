@@ -246,7 +246,7 @@ class ReloadTests(SynchronousTestCase):
         settings = ProxySettings(identities=(x, y))
         proxy = Ownership(settings)
         server = buildProxy(
-            settings, proxy.clock, reloadSettings=lambda: ProxySettings(identities=(y,))
+            settings, proxy.clock, reloadSettings=lambda warn: ProxySettings(identities=(y,))
         )
         proxy.factory, proxy.registry = server.linkFactory, server.registry
         proxy.connect("a", token="tx")

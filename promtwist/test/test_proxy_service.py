@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
@@ -199,7 +200,7 @@ class ProxyServiceTests(TestCase):
         team = Identity("team_a", "ta")
         sources: list[ProxySettings | ConfigError] = []
 
-        def reloadSettings() -> ProxySettings:
+        def reloadSettings(warn: Callable[[str], None]) -> ProxySettings:
             source = sources.pop(0)
             if isinstance(source, ConfigError):
                 raise source
@@ -214,7 +215,7 @@ class ProxyServiceTests(TestCase):
         assert connection is not None
         sources.append(ConfigError("proxy.conf: proxy.auth[0].token is required"))
         with capturedLogs() as events:
-            proxy.reload()
+            await proxy.reload()
         self.assertIn("reload refused, running configuration kept", logText(events))
         self.assertEqual(len(proxy.registry.agents()), 1)
         sources.append(
@@ -226,7 +227,7 @@ class ProxyServiceTests(TestCase):
             )
         )
         with capturedLogs() as events:
-            proxy.reload()
+            await proxy.reload()
         # What a reload does not apply is named as the operator writes it.
         self.assertIn("need a restart: proxy.internal.departedPathRetentionSecs", logText(events))
         await connection.whenLost()
