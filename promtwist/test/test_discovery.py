@@ -9,6 +9,7 @@ import json
 
 from twisted.application.internet import TimerService
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.interfaces import IAddress
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
@@ -278,6 +279,24 @@ class CachingTests(SynchronousTestCase):
         self.assertEqual(self.built, ["a", "b", "c"])
 
 
+def askOn(resource: Discovery, local: IAddress, peer: IAddress, host: bytes = b"") -> Response:
+    """
+    The document as a scrape port at C{local} serves it to a client at
+    C{peer} sending Host C{host} (none if empty).
+    """
+    held = Held()
+    connection = factory(held).buildProtocol(peer)
+    assert connection is not None
+    connection.makeConnection(StringTransport(hostAddress=local, peerAddress=peer))
+    headers = b"Host: " + host + b"\r\n" if host else b""
+    connection.dataReceived(b"GET /discovery HTTP/1.0\r\n" + headers + b"\r\n")
+    (exchange,) = held.exchanges
+    resource.answer(exchange)
+    transport = connection.transport
+    assert isinstance(transport, StringTransport)
+    return parseResponse(transport.value())
+
+
 class ResourceTests(SynchronousTestCase):
     def test_targetFromHostHeader(self) -> None:
         """
@@ -306,20 +325,7 @@ class ResourceTests(SynchronousTestCase):
         resource = Discovery(Registry(), "", perPathInstance=False)
         served(resource.registry, FakeAgent("1", "a", "h"), "app")
         for host, status in [(b"proxy.example:8080", 200), (b"proxy.example", 500), (b"", 500)]:
-            held = Held()
-            site = factory(held)
-            connection = site.buildProtocol(UNIXAddress(None))
-            assert connection is not None
-            transport = StringTransport(
-                hostAddress=UNIXAddress("/run/promtwist/scrape.sock"),
-                peerAddress=UNIXAddress(None),
-            )
-            connection.makeConnection(transport)
-            headers = b"Host: " + host + b"\r\n" if host else b""
-            connection.dataReceived(b"GET /discovery HTTP/1.1\r\n" + headers + b"\r\n")
-            (exchange,) = held.exchanges
-            resource.answer(exchange)
-            r = parseResponse(transport.value())
+            r = askOn(resource, UNIXAddress("/run/promtwist/scrape.sock"), UNIXAddress(None), host)
             self.assertEqual(r.status, status, host)
             if status == 200:
                 self.assertEqual(json.loads(r.body)[0]["targets"], ["proxy.example:8080"])
@@ -345,19 +351,7 @@ class ResourceTests(SynchronousTestCase):
             (IPv6Address("TCP", "::1", 8080), b"[::1]", "[::1]:8080"),
             (IPv4Address("TCP", "10.0.0.1", 8080), b"", "10.0.0.1:8080"),
         ]:
-            held = Held()
-            site = factory(held)
-            connection = site.buildProtocol(IPv6Address("TCP", "::1", 40000))
-            assert connection is not None
-            transport = StringTransport(
-                hostAddress=local, peerAddress=IPv6Address("TCP", "::1", 40000)
-            )
-            connection.makeConnection(transport)
-            headers = b"Host: " + host + b"\r\n" if host else b""
-            connection.dataReceived(b"GET /discovery HTTP/1.0\r\n" + headers + b"\r\n")
-            (exchange,) = held.exchanges
-            resource.answer(exchange)
-            r = parseResponse(transport.value())
+            r = askOn(resource, local, IPv6Address("TCP", "::1", 40000), host)
             self.assertEqual(r.status, 200, (local, host))
             self.assertEqual(json.loads(r.body)[0]["targets"], [expected], (local, host))
 

@@ -1033,29 +1033,16 @@ class TargetTests(_Loopback):
             self.assertEqual(code, 503)
             self.assertIn(f"is not signed by a CA in {store}".encode(), body)
 
-    async def test_committedJavaStores(self) -> None:
+    async def test_committedStores(self) -> None:
         """
-        The Java stores that pyjks and keytool wrote (JKS and JCEKS) verify
-        an HTTPS target serving the committed certificate their CA signed.
+        The stores that pyjks, keytool and openssl wrote verify an HTTPS
+        target serving the committed certificate: the Java stores of its CA
+        (JKS and JCEKS), and those holding only the server's key entry (its
+        certificate, then its CA), whose certificate is trusted as an
+        anchor as Java does: the JKS keytool converted from an openssl
+        PKCS#12 file, and that file.
         """
-        for store in ("truststore.jks", "truststore.jceks"):
-            self.assertEqual(
-                await self.scrapeTarget(
-                    STORE_SERVER,
-                    https_trust_store_path=fixture(store),
-                    https_trust_store_password="changeit",
-                ),
-                (200, METRICS),
-            )
-
-    async def test_keyPairStores(self) -> None:
-        """
-        A store holding a server's key entry (its certificate, then its CA)
-        verifies that server, whose certificate it trusts as an anchor as
-        Java does: the JKS keytool converted from an openssl PKCS#12 file,
-        and that file.
-        """
-        for store in ("keypair.jks", "keypair.p12"):
+        for store in ("truststore.jks", "truststore.jceks", "keypair.jks", "keypair.p12"):
             self.assertEqual(
                 await self.scrapeTarget(
                     STORE_SERVER,
