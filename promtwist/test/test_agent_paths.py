@@ -5,15 +5,20 @@ file (L{promtwist.agent.discoveryfile}) and live path changes over one link.
 
 from __future__ import annotations
 
-from twisted.internet.task import Clock
+import threading
+
+from twisted.internet import reactor
+from twisted.internet.task import Clock, deferLater
 from twisted.logger import capturedLogs
 from twisted.python.filepath import FilePath
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from promtwist.agent import discoveryfile
 from promtwist.agent.discoveryfile import FileDiscovery, readDiscoveryFile
 from promtwist.agent.paths import PathTable
 from promtwist.config.settings import AgentSettings, ConfigError, PathConfig
 from promtwist.proxy.relay import ScrapeCall
+from promtwist.test.helpers import eventually
 from promtwist.test.test_link import PATHS, Pair
 
 A = PathConfig("a", "a", "http://t.test/a")
@@ -162,6 +167,37 @@ class FileDiscoveryTests(SynchronousTestCase):
         self.discovery.startService()
         self.discovery.stopService()
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class ThreadedReadTests(TestCase):
+    """
+    With a real reactor the file is read in a thread of its pool: a slow
+    read (a URL, a slow mount) leaves the reactor serving.
+    """
+
+    async def test_readOffTheReactor(self) -> None:
+        readers: list[threading.Thread] = []
+        release = threading.Event()
+        paths = (PathConfig("a", "a", "http://t.test/a"),)
+
+        def slowRead(path: str, environ: object) -> tuple[PathConfig, ...]:
+            readers.append(threading.current_thread())
+            release.wait(10)
+            return paths
+
+        self.patch(discoveryfile, "readDiscoveryFile", slowRead)
+        applied: list[tuple[PathConfig, ...]] = []
+        discovery = FileDiscovery("unused", 30, applied.append, reactor, {})
+        discovery.startService()
+        self.addCleanup(discovery.stopService)
+        # The reactor runs timers while the read blocks.
+        await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(applied, [])
+        self.assertEqual(len(readers), 1)
+        self.assertIsNot(readers[0], threading.current_thread())
+        release.set()
+        await eventually(self, lambda: bool(applied), "the read to be applied", 10)
+        self.assertEqual(applied, [paths])
 
 
 class LiveChangeTests(SynchronousTestCase):
