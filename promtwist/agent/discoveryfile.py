@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Mapping
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -50,11 +50,13 @@ class FileDiscovery(Service):
     with a warning and keeps the last good paths; a valid empty list removes
     every discovered path.
 
-    The file is read in a thread of the reactor's pool (L{inThreads}), and
-    what was read is handled in the reactor thread: the path may be an
-    http(s) URL, or a file on a slow mount, and the reactor goes on serving
-    scrapes meanwhile. Ticks never overlap: the next interval starts when a
-    reading is done.
+    The first reading is done at start, as the configuration's, so that the
+    agent's first registration holds the discovered paths. Every later one
+    is done in a thread of the reactor's pool (L{inThreads}), and what was
+    read is handled in the reactor thread: the path may be an http(s) URL,
+    or a file on a slow mount, and the reactor goes on serving scrapes
+    meanwhile. Readings never overlap: the next interval starts when one is
+    done.
 
     @ivar last: the last good paths, L{None} before the first.
     """
@@ -79,9 +81,10 @@ class FileDiscovery(Service):
 
     def startService(self) -> None:
         super().startService()
+        self._handle(maybeDeferred(readDiscoveryFile, self.path, self.environ))
         self._loop = LoopingCall(self.tick)
         self._loop.clock = self.clock
-        self._loop.start(self.interval, now=True).addErrback(self._stopped)
+        self._loop.start(self.interval, now=False).addErrback(self._stopped)
 
     def _stopped(self, failure: Failure) -> None:
         _log.failure("path discovery stopped unexpectedly", failure)
@@ -96,7 +99,9 @@ class FileDiscovery(Service):
         """
         Read the file once; apply what it says if it changed.
         """
-        reading = self._inThreads(lambda: readDiscoveryFile(self.path, self.environ))
+        return self._handle(self._inThreads(lambda: readDiscoveryFile(self.path, self.environ)))
+
+    def _handle(self, reading: Deferred[tuple[PathConfig, ...]]) -> Deferred[None]:
         return reading.addCallbacks(self._read, self._unreadable)
 
     def _unreadable(self, failure: Failure) -> None:

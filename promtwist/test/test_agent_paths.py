@@ -171,33 +171,39 @@ class FileDiscoveryTests(SynchronousTestCase):
 
 class ThreadedReadTests(TestCase):
     """
-    With a real reactor the file is read in a thread of its pool: a slow
-    read (a URL, a slow mount) leaves the reactor serving.
+    With a real reactor the file is read at start, and then in a thread of
+    the reactor's pool: a slow read (a URL, a slow mount) leaves the reactor
+    serving.
     """
 
     async def test_readOffTheReactor(self) -> None:
         readers: list[threading.Thread] = []
         release = threading.Event()
-        paths = (PathConfig("a", "a", "http://t.test/a"),)
+        first = (PathConfig("a", "a", "http://t.test/a"),)
+        second = (PathConfig("b", "b", "http://t.test/b"),)
 
-        def slowRead(path: str, environ: object) -> tuple[PathConfig, ...]:
+        def read(path: str, environ: object) -> tuple[PathConfig, ...]:
             readers.append(threading.current_thread())
+            if len(readers) == 1:
+                return first
             release.wait(10)
-            return paths
+            return second
 
-        self.patch(discoveryfile, "readDiscoveryFile", slowRead)
+        self.patch(discoveryfile, "readDiscoveryFile", read)
         applied: list[tuple[PathConfig, ...]] = []
-        discovery = FileDiscovery("unused", 30, applied.append, reactor, {})
+        discovery = FileDiscovery("unused", 0.01, applied.append, reactor, {})
         discovery.startService()
         self.addCleanup(discovery.stopService)
-        # The reactor runs timers while the read blocks.
+        # At start, before the agent's first registration.
+        self.assertEqual((applied, readers), ([first], [threading.current_thread()]))
+        await eventually(self, lambda: len(readers) == 2, "the second read", 10)
+        # The reactor runs timers while that read blocks.
         await deferLater(reactor, 0.05, lambda: None)
-        self.assertEqual(applied, [])
-        self.assertEqual(len(readers), 1)
-        self.assertIsNot(readers[0], threading.current_thread())
+        self.assertEqual(applied, [first])
+        self.assertIsNot(readers[1], threading.current_thread())
         release.set()
-        await eventually(self, lambda: bool(applied), "the read to be applied", 10)
-        self.assertEqual(applied, [paths])
+        await eventually(self, lambda: len(applied) == 2, "the second read applied", 10)
+        self.assertEqual(applied[1], second)
 
 
 class LiveChangeTests(SynchronousTestCase):
