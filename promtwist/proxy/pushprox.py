@@ -47,12 +47,12 @@ from twisted.python.failure import Failure
 
 from promtwist.addresses import peerAddress
 from promtwist.config.settings import Identity
-from promtwist.hostkeys import BadTarget, checkHost, hostKey, hostPort
+from promtwist.hostkeys import BadTarget, hostKey, hostPort
 from promtwist.httpguard import AllowedNetworks
 from promtwist.logs import clip, observer
 from promtwist.protocol.promtwist_pb2 import Frame, Outcome, ScrapeResponse
 from promtwist.proxy.answers import ScrapeFailed, textAnswer
-from promtwist.proxy.auth import AuthenticationFailed, Authenticator
+from promtwist.proxy.auth import ANONYMOUS, AuthenticationFailed, Authenticator
 from promtwist.proxy.exchange import Exchange
 from promtwist.proxy.httpserver import Guard, Handler
 from promtwist.proxy.pushmetrics import PushProxMetrics
@@ -277,11 +277,19 @@ class ClientKey:
     What tells one PushProx client from another: PushProx's clients say
     only their FQDN, so two that share one are told apart by the identity
     they proved and the address they poll from.
+
+    @ivar fqdn: the FQDN as the client spells it, which its own check
+        compares the scrapes it is sent with, byte for byte; two spellings
+        of one name (C{node1}, C{NODE1.}) are two clients of one host, and
+        the registry's ownership rule decides between them.
     """
 
     fqdn: str
     identity: str
     address: str
+
+    def movedTo(self, address: str) -> ClientKey:
+        return ClientKey(self.fqdn, self.identity, address)
 
 
 class PushProxClient:
@@ -299,11 +307,11 @@ class PushProxClient:
 
     def __init__(self, hub: PushProxHub, key: ClientKey, agentId: str, identity: Identity) -> None:
         self.hub = hub
-        self.key = key
         self.agentId = agentId
         self.identity = identity
         self.fqdn = key.fqdn
         self.name = key.fqdn
+        self.key = key
         self.hostName = key.address
         self.role = "holder"
         self.poll: Poll | None = None
@@ -333,6 +341,19 @@ class PushProxClient:
         if old is not None:
             old.expire("a newer poll came")
         self._sendNext()
+
+    def moved(self, key: ClientKey) -> None:
+        """
+        The client polls from another address now (C{key}'s): a NAT that
+        changed, another front end, the other address family.
+        """
+        _log.info(
+            "PushProx client {client} polls from {address} now",
+            client=self.described,
+            address=key.address,
+        )
+        self.key = key
+        self.hostName = key.address
 
     def _sendNext(self) -> None:
         """
@@ -549,7 +570,8 @@ class PushProxHub:
         if identity is None:
             return
         try:
-            fqdn = checkHost(exchange.body.decode("ascii").strip())
+            fqdn = exchange.body.decode("ascii").strip()
+            claim = hostKey(fqdn, None)
         except UnicodeDecodeError:
             why = "the poll's body must be the client's FQDN in ASCII"
             return refuse(exchange, answered, 400, why)
@@ -559,12 +581,12 @@ class PushProxHub:
             )
         ip = peerAddress(exchange.client)
         key = ClientKey(fqdn, identity.name, str(ip) if ip is not None else "local")
-        client = self.clients.get(key)
+        client = self.clients.get(key) or self._moved(key)
         if client is None:
             client = PushProxClient(self, key, f"pushprox-{next(self._ids)}", identity)
             self.registry.addAgent(client)
             try:
-                placement = self.registry.registerPath(client, hostKey(fqdn, None), fqdn, {})
+                placement = self.registry.registerPath(client, claim, fqdn, {})
             except RegistrationRefused as e:
                 self.registry.removeAgent(client, "unregistered")
                 return refuse(exchange, answered, 403, f"PushProx client {fqdn!r} refused: {e}")
@@ -577,6 +599,32 @@ class PushProxHub:
                 role=client.role,
             )
         client.polled(exchange, answered)
+
+    def _moved(self, key: ClientKey) -> PushProxClient | None:
+        """
+        The known client that a poll under a new C{key} comes from, moved
+        to another address, if any; it is known under C{key} from now on.
+
+        A client that proved an identity (a token) is that identity's
+        client of its FQDN wherever it polls from: it moves at once, and
+        its newer poll replaces the older as any newer poll does. An
+        anonymous client has only its address to tell it from another, so
+        a poll from a new address is the same client moved only while no
+        poll of that FQDN's client is held: a client that polls keeps its
+        FQDN against a newcomer (who waits as a standby), and one that
+        stopped polling is taken over at once, not after its grace.
+        """
+        anonymous = key.identity == ANONYMOUS.name
+        for client in self.clients.values():
+            old = client.key
+            if (old.fqdn, old.identity) == (key.fqdn, key.identity) and (
+                not anonymous or client.poll is None
+            ):
+                del self.clients[old]
+                self.clients[key] = client
+                client.moved(key)
+                return client
+        return None
 
     def push(self, exchange: Exchange, answered: Answered) -> None:
         identity = self._identity(exchange, answered)
@@ -659,7 +707,7 @@ class PushProxHub:
     # Scrapes.
 
     def newScrape(self, client: PushProxClient, call: ScrapeCall) -> PendingScrape:
-        url, hostPort = targetOf(call)
+        url, hostPort = targetOf(call, client.fqdn)
         headers = (
             (b"Accept", call.accept),
             (b"Accept-Encoding", call.acceptEncoding),
@@ -727,15 +775,18 @@ class PushProxHub:
             self.forgetClient(client, "the proxy is stopping")
 
 
-def targetOf(call: ScrapeCall) -> tuple[str, str]:
+def targetOf(call: ScrapeCall, fqdn: str) -> tuple[str, str]:
     """
-    The absolute URL a host-routed scrape asks for, and its C{host:port}.
-    An https target is asked for as PushProx's proxy asks its clients,
-    with C{_scheme=https}: the client switches the scheme and drops it.
+    The absolute URL a host-routed scrape asks for, and its C{host:port},
+    the host spelled as the client spells its C{fqdn} (routing ignores
+    case and a final dot, the client's check does not). An https target is
+    asked for as PushProx's proxy asks its clients, with C{_scheme=https}:
+    the client switches the scheme and drops it.
     """
     target = call.target
     assert target is not None, "PushProx clients serve host-routed scrapes only"
-    address = hostPort(target.host, target.port)
+    host = fqdn[1:-1] if fqdn.startswith("[") else fqdn
+    address = hostPort(host, target.port)
     query = call.query
     if target.scheme == "https":
         query = f"{query}&_scheme=https" if query else "_scheme=https"

@@ -376,6 +376,92 @@ class HubTests(HubCase):
             },
         )
 
+    def test_spellingKept(self) -> None:
+        """
+        A client's FQDN is kept as it spelled it, case and final dot and
+        all: C{/clients} lists it so, and the scrapes it is sent name it
+        so, since the client compares their host with its own exactly.
+        """
+        _, poll = self.poll(b"NODE1.Example.")
+        Collected(self.client().scrape(scrapeCall()))
+        lines = answer(poll).body.split(b"\r\n")
+        self.assertEqual(lines[0], b"GET http://NODE1.Example.:9100/metrics HTTP/1.1")
+        self.assertEqual(lines[1], b"Host: NODE1.Example.:9100")
+        _, transport = self.port.request(b"GET", b"/clients")
+        self.assertEqual(
+            json.loads(answer(transport).body), [{"targets": ["NODE1.Example."], "labels": None}]
+        )
+
+    def test_spellingsDoNotCancel(self) -> None:
+        """
+        Two clients whose FQDNs differ only in spelling are two clients of
+        one host: neither's poll answers the other's; the second waits as
+        a standby.
+        """
+        _, first = self.poll(b"node1.example")
+        _, second = self.poll(b"NODE1.EXAMPLE.")
+        _, third = self.poll(b"::1", host="10.1.1.2")
+        _, fourth = self.poll(b"0:0:0:0:0:0:0:1", host="10.1.1.2")
+        self.assertEqual([t.value() for t in (first, second, third, fourth)], [b""] * 4)
+        roles = sorted((c.fqdn, c.role) for c in self.hub.clients.values())
+        self.assertEqual(
+            roles,
+            [
+                ("0:0:0:0:0:0:0:1", "standby"),
+                ("::1", "holder"),
+                ("NODE1.EXAMPLE.", "standby"),
+                ("node1.example", "holder"),
+            ],
+        )
+
+    def test_movedWithoutPoll(self) -> None:
+        """
+        An anonymous client polling from a new address while its FQDN's
+        holder has no poll held is that client moved (NAT, another front
+        end): it holds the FQDN at once, with the scrapes that wait.
+        """
+        _, poll = self.poll()
+        client = self.client()
+        Collected(client.scrape(scrapeCall()))
+        self.assertEqual(answer(poll).status, 200)
+        waiting = Collected(client.scrape(scrapeCall()))
+        _, moved = self.poll(host="10.2.2.2")
+        self.assertEqual(answer(moved).status, 200)
+        self.assertEqual(self.hub.clients, {client.key: client})
+        self.assertEqual((client.hostName, client.role), ("10.2.2.2", "holder"))
+        self.port.request(
+            b"POST", b"/push", pushBody(scrapeIdOf(answer(moved).body)), host="10.2.2.2"
+        )
+        self.assertTrue(waiting.done)
+
+    def test_anonymousHolderKeepsFQDN(self) -> None:
+        """
+        An anonymous newcomer from another address does not take an FQDN
+        whose holder polls: it waits as a standby.
+        """
+        _, held = self.poll()
+        _, newcomer = self.poll(host="10.2.2.2")
+        self.assertEqual((held.value(), newcomer.value()), (b"", b""))
+        roles = sorted((c.hostName, c.role) for c in self.hub.clients.values())
+        self.assertEqual(roles, [("10.1.1.1", "holder"), ("10.2.2.2", "standby")])
+
+    def test_tokenClientMoved(self) -> None:
+        """
+        A client that proves an identity is that identity's client of its
+        FQDN from any address: its newer poll, from a new address, replaces
+        the older one at once.
+        """
+        self.hub = self.makeHub(ProxySettings(identities=(Identity("a", "tok-a"),)))
+        self.port = Port(self.hub, self.clock)
+        token = b"Authorization: Bearer tok-a\r\n"
+        _, old = self.poll(headers=token)
+        _, new = self.poll(headers=token, host="10.2.2.2")
+        self.assertEqual(answer(old).status, 408)
+        client = self.client()
+        self.assertEqual((client.hostName, client.role), ("10.2.2.2", "holder"))
+        Collected(client.scrape(scrapeCall()))
+        self.assertEqual(answer(new).status, 200)
+
     def test_standbyNotListed(self) -> None:
         """
         A second client claiming a held FQDN (from another address) waits:
@@ -565,6 +651,17 @@ class RoutedTests(HubCase):
             answer(poll).body.startswith(
                 b"GET http://node1.example:9100/metrics?_scheme=https HTTP/1.1\r\n"
             )
+        )
+
+    def test_routedIgnoringSpelling(self) -> None:
+        """
+        A scrape routes to the client whatever the case or final dot of
+        its host, and is sent naming the host as the client spells it.
+        """
+        _, poll = self.poll(b"Node1.Example")
+        self.prometheus(b"http://NODE1.example.:9100/metrics")
+        self.assertTrue(
+            answer(poll).body.startswith(b"GET http://Node1.Example:9100/metrics HTTP/1.1\r\n")
         )
 
     def test_noClient(self) -> None:
