@@ -28,6 +28,7 @@ from promtwist.listen import HTTP_1_1, settingListener
 from promtwist.metrics import ProxyMetrics
 from promtwist.proxy.access import guarded
 from promtwist.proxy.auth import Authenticator
+from promtwist.proxy.bodybudget import BodyBudget
 from promtwist.proxy.discovery import Discovery
 from promtwist.proxy.eviction import evictStale
 from promtwist.proxy.httpserver import Guard, Handler, ScrapePortFactory
@@ -146,6 +147,10 @@ def buildProxy(
         allowedNetworks=settings.http_allowed_networks,
         guard=guard,
         bodies=pushprox.bodyLimit if pushprox is not None else None,
+        budget=BodyBudget(
+            settings.pushprox_push_budget_mbytes * MiB, "proxy.pushprox.pushBudgetMBytes"
+        ),
+        refused=pushprox.refused if pushprox is not None else None,
         clock=reactor,
     )
     httpListener = settingListener(

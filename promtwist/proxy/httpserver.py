@@ -25,8 +25,11 @@ gives the other ports (the shared parts are in L{promtwist.httpguard}):
     declare a C{Content-Length} within the policy's limit (411 without
     one, 413 over it), pass the guard (checked on the head, before a byte
     of the body is read), and arrive whole within the head's deadline,
-    which runs on until its last byte (408 otherwise); the request is
-    answered only once the body is in;
+    which runs on until its last byte (408 otherwise), and fit in the
+    port's L{BodyBudget} of body bytes in flight (503 otherwise); the
+    request is answered only once the body is in, read into one buffer of
+    the declared size (an anonymous mapping, given back to the system when
+    the request ends: freed heap memory would stay with the process);
   - clients outside the allowed networks are refused before a byte is
     read, the refusal logged at most once a minute per address;
   - a silent connection closes after the idle timeout (which does not run
@@ -66,6 +69,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from enum import Enum, auto
+from mmap import mmap
 from typing import cast
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
@@ -94,7 +98,8 @@ from promtwist.httpguard import (
 )
 from promtwist.logs import clip, observer
 from promtwist.proxy.answers import textAnswer
-from promtwist.proxy.exchange import READ_HEADERS, Exchange
+from promtwist.proxy.bodybudget import BodyBudget
+from promtwist.proxy.exchange import READ_HEADERS, Exchange, RequestBody
 from promtwist.sendnow import PENDING, sendsOnReturn
 
 _log = Logger(observer=observer)
@@ -141,6 +146,14 @@ Lets a request through (C{True}), or answers it itself (C{False}), before
 the server routes it anywhere.
 """
 
+Refused = Callable[[bytes, bytes, int, float], None]
+"""
+Told the method, path and status of a request the server itself refused
+once its head was read (its body too large, undeclared, over the budget, or
+too slow), and the seconds since its head, so that what counts a path's
+answers counts these too.
+"""
+
 
 class ConnectionState(Enum):
     HEAD = auto()
@@ -174,6 +187,8 @@ class ScrapePortFactory(Factory):
         allowedNetworks: Sequence[str] = (),
         guard: Guard | None = None,
         bodies: BodyPolicy | None = None,
+        budget: BodyBudget | None = None,
+        refused: Refused | None = None,
         clock: IReactorTime | None = None,
     ) -> None:
         """
@@ -184,6 +199,8 @@ class ScrapePortFactory(Factory):
         @param idleTimeout: seconds a connection may wait for a request.
         @param allowedNetworks: CIDR networks clients may connect from;
             empty admits everyone.
+        @param budget: bounds the body bytes all connections hold at once;
+            unbounded without one.
         @param clock: the clock for every timeout; the global reactor by
             default.
         @raise ValueError: if a network is not valid.
@@ -195,6 +212,8 @@ class ScrapePortFactory(Factory):
         self.handler = handler
         self.guard = guard
         self.bodies = bodies
+        self.budget = budget
+        self.refused = refused
         self.maxHeaderBytes = maxHeaderBytes
         self.headerTimeout = headerTimeout
         self.idleTimeout = idleTimeout
@@ -257,11 +276,15 @@ class ScrapePortConnection(Protocol):
         self._headers: dict[bytes, bytes] = {}
         self._repeated: frozenset[bytes] = frozenset()
         self._keepAlive = False
-        # A body being read (state BODY): its request, and the bytes still
-        # to come.
+        # A body being read (state BODY): its request, the buffer it is
+        # read into, sized once from its Content-Length, and how much of it
+        # has come. Its bytes are held in the factory's budget until the
+        # request ends (_bodyHeld).
         self._bodyOf: ServerExchange | None = None
-        self._bodyParts: list[bytes] = []
-        self._bodyLeft = 0
+        self._body: mmap | None = None
+        self._bodyRead = 0
+        self._bodyHeld = 0
+        self._headAt = 0.0
 
     # The connection.
 
@@ -305,6 +328,7 @@ class ScrapePortConnection(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.state = ConnectionState.CLOSING
         self._cancelTimers()
+        self._bodyDone()
         exchange, self._exchange = self._exchange, None
         self._producer = None
         if exchange is not None:
@@ -456,14 +480,15 @@ class ScrapePortConnection(Protocol):
         bodyLength = 0
         if (length is not None and length.strip(b"0 \t")) or chunked:
             limit = self.factory.bodies(method, path) if self.factory.bodies else None
+            self._headAt = self.factory.clock.seconds()
             if limit is None:
                 return self._refuse(bodyRefused(0))
             if chunked or length is None:
-                return self._refuse(_LENGTH_REQUIRED)
+                return self._refuseRequest(_LENGTH_REQUIRED, method, path)
             # llhttp took it for a number: digits, perhaps padded.
             bodyLength = int(length.strip(b" \t"))
             if bodyLength > limit:
-                return self._refuse(bodyRefused(limit))
+                return self._refuseRequest(bodyRefused(limit), method, path)
         exchange = ServerExchange(
             self,
             method,
@@ -477,12 +502,18 @@ class ScrapePortConnection(Protocol):
         if bodyLength:
             if not self._admitted(exchange):
                 return
+            budget = self.factory.budget
+            if budget is not None:
+                overBudget = budget.take(bodyLength)
+                if overBudget is not None:
+                    return self._refuseRequest(overBudget, method, path)
+            self._bodyHeld = bodyLength
             # llhttp would take the next head for this body: the body is
             # counted here, and the next head goes to a parser of its own.
             self._parser = HttpRequestParser(self)
             self._bodyOf = exchange
-            self._bodyParts = []
-            self._bodyLeft = bodyLength
+            self._body = mmap(-1, bodyLength)
+            self._bodyRead = 0
             self.state = ConnectionState.BODY
             self._readBody()
             return
@@ -493,19 +524,32 @@ class ScrapePortConnection(Protocol):
         Take the body's bytes from those not yet parsed; once it is whole,
         answer its request.
         """
-        pending, offset = self._pending, self._offset
-        take = min(self._bodyLeft, len(pending) - offset)
+        body = self._body
+        assert body is not None
+        pending, offset, read = self._pending, self._offset, self._bodyRead
+        take = min(len(body) - read, len(pending) - offset)
         if take:
-            self._bodyParts.append(pending[offset : offset + take])
+            body[read : read + take] = memoryview(pending)[offset : offset + take]
             self._offset = offset + take
-            self._bodyLeft -= take
-        if self._bodyLeft:
+            self._bodyRead = read = read + take
+        if read < len(body):
             return
         exchange, self._bodyOf = self._bodyOf, None
         assert exchange is not None
-        exchange.body = b"".join(self._bodyParts)
-        self._bodyParts = []
+        exchange.body, self._body = body, None
         self._begin(exchange)
+
+    def _bodyDone(self, exchange: ServerExchange | None = None) -> None:
+        """
+        The request that had a body ended, however: its buffer is let go
+        and its bytes go back to the budget.
+        """
+        self._body = None
+        if exchange is not None:
+            exchange.body = b""
+        held, self._bodyHeld = self._bodyHeld, 0
+        if held and self.factory.budget is not None:
+            self.factory.budget.give(held)
 
     def _admitted(self, exchange: ServerExchange) -> bool:
         """
@@ -594,6 +638,7 @@ class ScrapePortConnection(Protocol):
             return
         self._exchange = None
         self._producer = None
+        self._bodyDone(exchange)
         if not exchange.persistent:
             self._close()
             return
@@ -631,6 +676,7 @@ class ScrapePortConnection(Protocol):
             self._producer = None
         self.state = ConnectionState.CLOSING
         self._cancelTimers()
+        self._bodyDone(exchange)
         cast(ITCPTransport, self.transport).abortConnection()
 
     def _nextRequest(self) -> None:
@@ -651,14 +697,18 @@ class ScrapePortConnection(Protocol):
 
     def _deadlinePassed(self) -> None:
         self._deadline = None
-        if self.state is ConnectionState.BODY:
-            return self._refuse(
+        exchange = self._bodyOf
+        if self.state is ConnectionState.BODY and exchange is not None:
+            return self._refuseRequest(
                 Refusal(
                     408,
                     b"Request Timeout",
                     f"request body not complete within {self.factory.headerTimeout:g} seconds"
-                    f" of its request's start ({self._bodyLeft} bytes missing)",
-                )
+                    f" of its request's start ({self._bodyHeld - self._bodyRead} bytes"
+                    " missing)",
+                ),
+                exchange.method,
+                exchange.path,
             )
         self._refuse(headTimedOut(self.factory.headerTimeout))
 
@@ -670,6 +720,16 @@ class ScrapePortConnection(Protocol):
             self._idle = self.factory.clock.callLater(self.factory.idleTimeout, self._idleTimedOut)
             return
         self._close()
+
+    def _refuseRequest(self, refusal: Refusal, method: bytes, path: bytes) -> None:
+        """
+        Refuse a request whose head was read, telling the factory's
+        C{refused}.
+        """
+        if self.factory.refused is not None:
+            elapsed = self.factory.clock.seconds() - self._headAt
+            self.factory.refused(method, path, refusal.status, elapsed)
+        self._refuse(refusal)
 
     def _refuse(self, refusal: Refusal) -> None:
         """
@@ -690,6 +750,8 @@ class ScrapePortConnection(Protocol):
             return
         self.state = ConnectionState.CLOSING
         self._cancelTimers()
+        self._bodyOf = None
+        self._bodyDone()
         transport = self.transport
         assert transport is not None
         # TLS closes only once no producer is registered.
@@ -771,7 +833,7 @@ class ServerExchange:
         self.query = query
         self.headers = headers
         self.repeated = repeated
-        self.body = b""
+        self.body: RequestBody = b""
         self.code = 200
         self.persistent = persistent
         self.started = False

@@ -535,6 +535,14 @@ class PushProxHub:
 
         return guarded
 
+    def refused(self, method: bytes, path: bytes, status: int, seconds: float) -> None:
+        """
+        Count a poll or push the server refused before it reached the hub:
+        its body undeclared, too large, over the budget, or too slow.
+        """
+        if method == b"POST" and path in (POLL_PATH, PUSH_PATH):
+            self.metrics.answered(path.decode("ascii"), status, seconds)
+
     def _measure(self, path: bytes) -> Answered:
         """
         What counts a request for C{path}, begun now, once it is answered.
@@ -570,7 +578,7 @@ class PushProxHub:
         if identity is None:
             return
         try:
-            fqdn = exchange.body.decode("ascii").strip()
+            fqdn = bytes(exchange.body).decode("ascii").strip()
             claim = hostKey(fqdn, None)
         except UnicodeDecodeError:
             why = "the poll's body must be the client's FQDN in ASCII"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from mmap import mmap
 
 from httptools import HttpParserError, HttpResponseParser
 
@@ -177,7 +178,7 @@ class _PushReader:
         self.complete = True
 
 
-def parsePush(data: bytes) -> PushedAnswer:
+def parsePush(data: bytes | mmap) -> PushedAnswer:
     """
     Read the HTTP response a PushProx client pushed in C{data}.
 
@@ -192,7 +193,7 @@ def parsePush(data: bytes) -> PushedAnswer:
         if len(data) > MAX_PUSH_HEAD_BYTES:
             raise BadPush(f"the pushed answer's head is over {MAX_PUSH_HEAD_BYTES} bytes")
         raise BadPush("the pushed answer's head is not complete (no empty line ends it)")
-    if data.startswith(_GO_UNVERSIONED):
+    if data[: len(_GO_UNVERSIONED)] == _GO_UNVERSIONED:
         # PushProx's client pushes its own errors as responses it built
         # without a protocol version, which Go writes as HTTP/0.0 and reads
         # back; llhttp knows no such version. Its body runs to the end.
@@ -200,7 +201,8 @@ def parsePush(data: bytes) -> PushedAnswer:
     reader = _PushReader()
     parser = HttpResponseParser(reader)
     try:
-        parser.feed_data(data)
+        with memoryview(data) as view:
+            parser.feed_data(view)
     except HttpParserError as e:
         if isinstance(e.__context__, BadPush):
             raise e.__context__ from None

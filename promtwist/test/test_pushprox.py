@@ -91,7 +91,9 @@ class Port:
                 exchange.setStatus(404)
                 exchange.finishWith(b"not pushprox\n")
 
-        self.site = factory(handler, clock, bodies=hub.bodyLimit, guard=hub.guard(None))
+        self.site = factory(
+            handler, clock, bodies=hub.bodyLimit, guard=hub.guard(None), refused=hub.refused
+        )
 
     def connect(self, host: str = "10.1.1.1") -> tuple[ScrapePortConnection, StringTransport]:
         return connect(self.site, IPv4Address("TCP", host, 40000))
@@ -375,6 +377,23 @@ class HubTests(HubCase):
                 "pushprox_proxy_clients": ("gauge", {frozenset()}),
             },
         )
+
+    def test_serverRefusalsCounted(self) -> None:
+        """
+        Polls and pushes the server refuses before they reach the hub (a
+        body undeclared, too large, too slow) count in PushProx's series.
+        """
+        value = self.metrics.get_sample_value
+        connection, _ = self.port.connect()
+        connection.dataReceived(b"POST /push HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+        self.port.request(b"POST", b"/poll", b"x" * 1000)
+        connection, _ = self.port.connect()
+        connection.dataReceived(b"POST /push HTTP/1.1\r\nContent-Length: 5\r\n\r\nab")
+        self.clock.advance(10)
+        self.assertEqual(value("pushprox_http_requests_total", {"code": "411", "path": "/push"}), 1)
+        self.assertEqual(value("pushprox_http_requests_total", {"code": "413", "path": "/poll"}), 1)
+        self.assertEqual(value("pushprox_http_requests_total", {"code": "408", "path": "/push"}), 1)
+        self.assertEqual(value("pushprox_http_duration_seconds_sum", {"path": "/push"}), 10)
 
     def test_spellingKept(self) -> None:
         """
