@@ -34,6 +34,7 @@ from promtwist.proxy.eviction import evictStale
 from promtwist.proxy.httpserver import Guard, Handler, ScrapePortFactory
 from promtwist.proxy.link import AgentLinkFactory
 from promtwist.proxy.pushprox import RESERVED_PATHS, PushProxHub
+from promtwist.proxy.pushwire import MAX_PUSH_HEAD_BYTES
 from promtwist.proxy.registry import Registry
 from promtwist.proxy.scrape import ScrapeHandler
 from promtwist.proxy.server import ProxyService
@@ -151,6 +152,7 @@ def buildProxy(
             settings.pushprox_push_budget_mbytes * MiB, "proxy.pushprox.pushBudgetMBytes"
         ),
         refused=pushprox.refused if pushprox is not None else None,
+        peekBytes=MAX_PUSH_HEAD_BYTES,
         clock=reactor,
     )
     httpListener = settingListener(

@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from enum import Enum, auto
 from mmap import mmap
 from typing import cast
@@ -146,12 +147,32 @@ Lets a request through (C{True}), or answers it itself (C{False}), before
 the server routes it anywhere.
 """
 
-Refused = Callable[[bytes, bytes, int, float], None]
+
+@dataclass(frozen=True)
+class RefusedRequest:
+    """
+    A request the server itself refused once its head was read: its body
+    too large, undeclared, over the budget, or too slow.
+
+    @ivar headers: the request headers the proxy reads.
+    @ivar seconds: since its head was read.
+    @ivar start: the start of its body, up to the factory's C{peekBytes}:
+        what had come of a slow one, or, for one over its limit, what was
+        read of it to tell whose it was before it was refused.
+    """
+
+    method: bytes
+    path: bytes
+    headers: dict[bytes, bytes]
+    refusal: Refusal
+    seconds: float
+    start: bytes
+
+
+Refused = Callable[[RefusedRequest], None]
 """
-Told the method, path and status of a request the server itself refused
-once its head was read (its body too large, undeclared, over the budget, or
-too slow), and the seconds since its head, so that what counts a path's
-answers counts these too.
+Told of each L{RefusedRequest}, so that what counts a path's answers counts
+these too, and what waits on such a request learns why it will not come.
 """
 
 
@@ -189,6 +210,7 @@ class ScrapePortFactory(Factory):
         bodies: BodyPolicy | None = None,
         budget: BodyBudget | None = None,
         refused: Refused | None = None,
+        peekBytes: int = 0,
         clock: IReactorTime | None = None,
     ) -> None:
         """
@@ -201,6 +223,9 @@ class ScrapePortFactory(Factory):
             empty admits everyone.
         @param budget: bounds the body bytes all connections hold at once;
             unbounded without one.
+        @param peekBytes: with C{refused}, how much of a body over its limit
+            is read, once the guard let its head through, before it is
+            refused: enough for C{refused} to tell what it was.
         @param clock: the clock for every timeout; the global reactor by
             default.
         @raise ValueError: if a network is not valid.
@@ -214,6 +239,7 @@ class ScrapePortFactory(Factory):
         self.bodies = bodies
         self.budget = budget
         self.refused = refused
+        self.peekBytes = peekBytes
         self.maxHeaderBytes = maxHeaderBytes
         self.headerTimeout = headerTimeout
         self.idleTimeout = idleTimeout
@@ -279,11 +305,13 @@ class ScrapePortConnection(Protocol):
         # A body being read (state BODY): its request, the buffer it is
         # read into, sized once from its Content-Length, and how much of it
         # has come. Its bytes are held in the factory's budget until the
-        # request ends (_bodyHeld).
+        # request ends (_bodyHeld). For a body over its limit, only its
+        # start is read, and then the refusal (_overLimit) is sent.
         self._bodyOf: ServerExchange | None = None
         self._body: mmap | None = None
         self._bodyRead = 0
         self._bodyHeld = 0
+        self._overLimit: Refusal | None = None
         self._headAt = 0.0
 
     # The connection.
@@ -478,17 +506,22 @@ class ScrapePortConnection(Protocol):
         path, _, query = self._url.partition(b"?")
         method = parser.get_method()
         bodyLength = 0
+        factory = self.factory
+        self._overLimit = None
         if (length is not None and length.strip(b"0 \t")) or chunked:
-            limit = self.factory.bodies(method, path) if self.factory.bodies else None
-            self._headAt = self.factory.clock.seconds()
+            limit = factory.bodies(method, path) if factory.bodies else None
+            self._headAt = factory.clock.seconds()
             if limit is None:
                 return self._refuse(bodyRefused(0))
             if chunked or length is None:
-                return self._refuseRequest(_LENGTH_REQUIRED, method, path)
+                return self._refuseRequest(_LENGTH_REQUIRED, method, path, headers)
             # llhttp took it for a number: digits, perhaps padded.
             bodyLength = int(length.strip(b" \t"))
             if bodyLength > limit:
-                return self._refuseRequest(bodyRefused(limit), method, path)
+                if not factory.peekBytes or factory.refused is None:
+                    return self._refuseRequest(bodyRefused(limit), method, path, headers)
+                self._overLimit = bodyRefused(limit)
+                bodyLength = min(bodyLength, factory.peekBytes)
         exchange = ServerExchange(
             self,
             method,
@@ -502,11 +535,11 @@ class ScrapePortConnection(Protocol):
         if bodyLength:
             if not self._admitted(exchange):
                 return
-            budget = self.factory.budget
+            budget = factory.budget
             if budget is not None:
                 overBudget = budget.take(bodyLength)
                 if overBudget is not None:
-                    return self._refuseRequest(overBudget, method, path)
+                    return self._refuseRequest(overBudget, method, path, headers)
             self._bodyHeld = bodyLength
             # llhttp would take the next head for this body: the body is
             # counted here, and the next head goes to a parser of its own.
@@ -536,6 +569,10 @@ class ScrapePortConnection(Protocol):
             return
         exchange, self._bodyOf = self._bodyOf, None
         assert exchange is not None
+        if self._overLimit is not None:
+            return self._refuseRequest(
+                self._overLimit, exchange.method, exchange.path, exchange.headers, body[:]
+            )
         exchange.body, self._body = body, None
         self._begin(exchange)
 
@@ -697,8 +734,8 @@ class ScrapePortConnection(Protocol):
 
     def _deadlinePassed(self) -> None:
         self._deadline = None
-        exchange = self._bodyOf
-        if self.state is ConnectionState.BODY and exchange is not None:
+        exchange, body = self._bodyOf, self._body
+        if self.state is ConnectionState.BODY and exchange is not None and body is not None:
             return self._refuseRequest(
                 Refusal(
                     408,
@@ -709,6 +746,8 @@ class ScrapePortConnection(Protocol):
                 ),
                 exchange.method,
                 exchange.path,
+                exchange.headers,
+                body[: min(self._bodyRead, self.factory.peekBytes)],
             )
         self._refuse(headTimedOut(self.factory.headerTimeout))
 
@@ -721,14 +760,22 @@ class ScrapePortConnection(Protocol):
             return
         self._close()
 
-    def _refuseRequest(self, refusal: Refusal, method: bytes, path: bytes) -> None:
+    def _refuseRequest(
+        self,
+        refusal: Refusal,
+        method: bytes,
+        path: bytes,
+        headers: dict[bytes, bytes],
+        start: bytes = b"",
+    ) -> None:
         """
         Refuse a request whose head was read, telling the factory's
         C{refused}.
         """
-        if self.factory.refused is not None:
+        refused = self.factory.refused
+        if refused is not None:
             elapsed = self.factory.clock.seconds() - self._headAt
-            self.factory.refused(method, path, refusal.status, elapsed)
+            refused(RefusedRequest(method, path, headers, refusal, elapsed, start))
         self._refuse(refusal)
 
     def _refuse(self, refusal: Refusal) -> None:

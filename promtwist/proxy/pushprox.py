@@ -53,10 +53,16 @@ from promtwist.logs import clip, observer
 from promtwist.protocol.promtwist_pb2 import Frame, Outcome, ScrapeResponse
 from promtwist.proxy.answers import ScrapeFailed, textAnswer
 from promtwist.proxy.auth import ANONYMOUS, AuthenticationFailed, Authenticator
-from promtwist.proxy.exchange import Exchange
-from promtwist.proxy.httpserver import Guard, Handler
+from promtwist.proxy.exchange import Exchange, RequestBody
+from promtwist.proxy.httpserver import Guard, Handler, RefusedRequest
 from promtwist.proxy.pushmetrics import PushProxMetrics
-from promtwist.proxy.pushwire import MAX_PUSH_HEAD_BYTES, BadPush, ScrapeInstruction, parsePush
+from promtwist.proxy.pushwire import (
+    MAX_PUSH_HEAD_BYTES,
+    BadPush,
+    ScrapeInstruction,
+    parsePush,
+    pushedId,
+)
 from promtwist.proxy.registry import AgentHandle, RegistrationRefused, Registry
 from promtwist.proxy.relay import ScrapeCall
 from promtwist.proxy.stream import AnswerHead, ScrapeStream, TransferMetrics
@@ -229,6 +235,21 @@ class PendingScrape:
                 body=body,
                 last=True,
             )
+        self.stream.responseReceived(response)
+
+    def refused(self, status: int, why: str) -> None:
+        """
+        The client's push for this scrape was refused (C{status}, 413 or
+        400, for C{why}): the scrape ends now with the reason, as an
+        agent's answer over the content limit or breaking the protocol
+        would end it (413, 502), not at its deadline.
+        """
+        reason = f"PushProx client {self.name!r} pushed {why}"
+        if status == 413:
+            response = ScrapeResponse(outcome=Outcome.TOO_LARGE, reason=reason, last=True)
+        else:
+            response = ScrapeResponse(status=502, reason=reason, last=True)
+        _log.warn("{reason}", reason=reason)
         self.stream.responseReceived(response)
 
     def _timedOut(self) -> None:
@@ -450,7 +471,9 @@ class PushProxHub:
     @ivar clients: every client, by L{ClientKey}.
     @ivar pollHold: seconds a poll is held before it expires.
     @ivar clientGrace: seconds a client without a poll is kept.
-    @ivar pushLimit: the most bytes a push body may have.
+    @ivar maxContent: the most bytes a pushed answer's body may have, as
+        for an agent's answer (C{proxy.internal.maxUnzippedContentSizeMBytes}).
+    @ivar pushLimit: the most bytes a push may have: that and its head.
     """
 
     def __init__(
@@ -484,6 +507,7 @@ class PushProxHub:
         self.clock = clock
         self.pollHold = pollHold
         self.clientGrace = clientGrace
+        self.maxContent = maxContentBytes
         self.pushLimit = maxContentBytes + MAX_PUSH_HEAD_BYTES
         self.clients: dict[ClientKey, PushProxClient] = {}
         self._scrapes: dict[str, PendingScrape] = {}
@@ -535,13 +559,34 @@ class PushProxHub:
 
         return guarded
 
-    def refused(self, method: bytes, path: bytes, status: int, seconds: float) -> None:
+    def refused(self, request: RefusedRequest) -> None:
         """
-        Count a poll or push the server refused before it reached the hub:
-        its body undeclared, too large, over the budget, or too slow.
+        A poll or push the server refused before it reached the hub (its
+        body undeclared, too large, over the budget, or too slow) is
+        counted; a push whose start names a scrape ends that scrape with
+        the reason.
         """
-        if method == b"POST" and path in (POLL_PATH, PUSH_PATH):
-            self.metrics.answered(path.decode("ascii"), status, seconds)
+        path = request.path
+        if request.method != b"POST" or path not in (POLL_PATH, PUSH_PATH):
+            return
+        status = request.refusal.status
+        self.metrics.answered(path.decode("ascii"), status, request.seconds)
+        if path != PUSH_PATH or not request.start:
+            return
+        try:
+            identity = self._prove(request.headers)
+        except AuthenticationFailed:
+            return
+        if status == 413:
+            declared = request.headers.get(b"content-length", b"?").strip().decode("latin-1")
+            why = (
+                f"a push of {declared} bytes, over its limit of {self.pushLimit}: the content"
+                f" limit of {self.maxContent} bytes"
+                " (proxy.internal.maxUnzippedContentSizeMBytes) and 64 KiB for its head"
+            )
+        else:
+            why = f"no whole answer: {request.refusal.reason}"
+        self._pushRefused(request.start, identity, status, why)
 
     def _measure(self, path: bytes) -> Answered:
         """
@@ -641,6 +686,7 @@ class PushProxHub:
         try:
             answer = parsePush(exchange.body)
         except BadPush as e:
+            self._pushRefused(exchange.body, identity, 400, f"an answer that is not one: {e}")
             return refuse(exchange, answered, 400, f"bad push: {e}")
         scrape = self._scrapes.get(answer.scrapeId)
         if scrape is None or scrape.state is not ScrapeState.SENT:
@@ -658,6 +704,10 @@ class PushProxHub:
                 403,
                 f"scrape {answer.scrapeId} was not sent to this client's identity",
             )
+        if len(answer.body) > self.maxContent:
+            why = self._tooLarge(f"a body of {len(answer.body)} bytes")
+            scrape.refused(413, why)
+            return refuse(exchange, answered, 413, f"push refused: {why}")
         scrape.answered(
             answer.status,
             answer.header(b"content-type"),
@@ -667,6 +717,27 @@ class PushProxHub:
         exchange.setStatus(200)
         exchange.finishWith(b"")
         answered(200)
+
+    def _tooLarge(self, what: str) -> str:
+        return (
+            f"{what}, over the content limit of {self.maxContent} bytes"
+            " (proxy.internal.maxUnzippedContentSizeMBytes)"
+        )
+
+    def _pushRefused(self, data: RequestBody, identity: Identity, status: int, why: str) -> None:
+        """
+        A push that could not be taken, C{data} being it or the start of
+        it, was refused with C{status}: the scrape its head names, if one
+        waits for this identity's push, ends with C{why}.
+        """
+        scrapeId = pushedId(data)
+        scrape = self._scrapes.get(scrapeId) if scrapeId is not None else None
+        if (
+            scrape is not None
+            and scrape.state is ScrapeState.SENT
+            and scrape.client.identity == identity
+        ):
+            scrape.refused(status, why)
 
     def listClients(self, exchange: Exchange, answered: Answered) -> None:
         """
@@ -700,17 +771,24 @@ class PushProxHub:
                 " (proxy.pushprox.allowedNetworks)",
             )
             return None
-        value = exchange.headers.get(b"authorization", b"")
-        scheme, _, token = value.strip().partition(b" ")
-        if value and scheme.lower() != b"bearer":
-            refuse(exchange, answered, 401, "PushProx clients authenticate with a bearer token")
-            return None
         try:
-            return self.authenticator.authenticate(token.strip().decode("latin-1"), None)
+            return self._prove(exchange.headers)
         except AuthenticationFailed as e:
             exchange.addHeader(b"WWW-Authenticate", b'Bearer realm="promtwist"')
             refuse(exchange, answered, 401, f"PushProx client not authenticated: {e}")
             return None
+
+    def _prove(self, headers: dict[bytes, bytes]) -> Identity:
+        """
+        The identity C{headers}' C{Authorization: Bearer} proves.
+
+        @raise AuthenticationFailed: if they prove none.
+        """
+        value = headers.get(b"authorization", b"")
+        scheme, _, token = value.strip().partition(b" ")
+        if value and scheme.lower() != b"bearer":
+            raise AuthenticationFailed("PushProx clients authenticate with a bearer token")
+        return self.authenticator.authenticate(token.strip().decode("latin-1"), None)
 
     # Scrapes.
 

@@ -60,7 +60,10 @@ _USER_AGENT = b"promtwist/" + __version__.public().encode("ascii")
 # the scrape handler; this is the last line of defence).
 _UNSAFE = re.compile(rb"[^\x20-\x7e]")
 # A PushProx scrape id: a UUID as Go's uuid.New().String() writes it.
-_SCRAPE_ID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+_UUID = rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_SCRAPE_ID = re.compile(_UUID + rb"\Z")
+# An Id header line of a pushed head, however it is cased.
+_ID_LINE = re.compile(rb"^id:[ \t]*(" + _UUID + rb")[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
 
 
 class BadPush(Exception):
@@ -225,6 +228,19 @@ def parsePush(data: bytes | mmap) -> PushedAnswer:
     if not _SCRAPE_ID.match(scrapeId):
         raise BadPush(f"Id {clip(scrapeId.decode('latin-1'), 60)!r} is not a scrape id")
     return PushedAnswer(scrapeId.decode("ascii"), status, reader.headers, b"".join(reader.body))
+
+
+def pushedId(data: bytes | mmap) -> str | None:
+    """
+    The scrape id the head of a push that cannot be read whole names, if
+    it names one: so that a push refused as malformed or too large still
+    ends the scrape it answers, with the refusal's reason, rather than
+    leaving it to its deadline.
+    """
+    end = data.find(b"\r\n\r\n", 0, MAX_PUSH_HEAD_BYTES)
+    head = data[: end if end >= 0 else MAX_PUSH_HEAD_BYTES]
+    found = _ID_LINE.findall(head)
+    return found[0].lower().decode("ascii") if len(found) == 1 else None
 
 
 _GO_UNVERSIONED = b"HTTP/0.0 "

@@ -870,7 +870,7 @@ class BodyBudgetTests(SynchronousTestCase):
             self.clock,
             bodies=_bodies,
             budget=self.budget,
-            refused=lambda *refusal: self.refusals.append(refusal),
+            refused=lambda r: self.refusals.append((r.method, r.path, r.refusal.status, r.seconds)),
         )
 
     def post(self, length: int, body: bytes) -> tuple[ScrapePortConnection, StringTransport]:

@@ -25,8 +25,9 @@ from promtwist.proxy.access import guarded
 from promtwist.proxy.answers import ScrapeFailed, ScrapeRecord
 from promtwist.proxy.auth import Authenticator
 from promtwist.proxy.exchange import Exchange
-from promtwist.proxy.httpserver import ScrapePortConnection
+from promtwist.proxy.httpserver import Handler, ScrapePortConnection
 from promtwist.proxy.pushprox import POLL_EXPIRED, RESERVED_PATHS, PushProxHub
+from promtwist.proxy.pushwire import MAX_PUSH_HEAD_BYTES
 from promtwist.proxy.registry import Registry
 from promtwist.proxy.relay import ScrapeCall
 from promtwist.proxy.scrape import ScrapeHandler
@@ -80,19 +81,25 @@ class Collected:
         self.failure = failure
 
 
+def notPushProx(exchange: Exchange) -> None:
+    exchange.setStatus(404)
+    exchange.finishWith(b"not pushprox\n")
+
+
 class Port:
     """
-    A scrape port serving only PushProx's paths through C{hub}.
+    A scrape port serving PushProx's paths through C{hub}, as the proxy
+    builds it, and every other request with C{handler}.
     """
 
-    def __init__(self, hub: PushProxHub, clock: Clock) -> None:
-        def handler(exchange: Exchange) -> None:
-            if not hub.route(exchange):
-                exchange.setStatus(404)
-                exchange.finishWith(b"not pushprox\n")
-
+    def __init__(self, hub: PushProxHub, clock: Clock, handler: Handler = notPushProx) -> None:
         self.site = factory(
-            handler, clock, bodies=hub.bodyLimit, guard=hub.guard(None), refused=hub.refused
+            hub.front(handler),
+            clock,
+            bodies=hub.bodyLimit,
+            guard=hub.guard(None),
+            refused=hub.refused,
+            peekBytes=MAX_PUSH_HEAD_BYTES,
         )
 
     def connect(self, host: str = "10.1.1.1") -> tuple[ScrapePortConnection, StringTransport]:
@@ -525,6 +532,105 @@ class HostileTests(HubCase):
         _, transport = self.port.request(b"POST", b"/push", b"x" * (1000 + 64 * 1024 + 1))
         self.assertEqual(answer(transport).status, 413)
 
+    def sentScrape(self, deadline: float = 30) -> tuple[Collected, bytes]:
+        """
+        A scrape a poll carried, and its id.
+        """
+        _, poll = self.poll()
+        collected = Collected(self.client().scrape(scrapeCall(deadline=deadline)))
+        return collected, scrapeIdOf(answer(poll).body)
+
+    def assertScrapeFailed(self, collected: Collected, status: int, reason: str) -> None:
+        assert collected.failure is not None
+        self.assertEqual(collected.failure.status, status)
+        self.assertIn(reason, collected.failure.reason)
+
+    def test_pushedBodyOverLimit(self) -> None:
+        """
+        A pushed answer whose body is over the content limit (as an agent's
+        would be) is refused with 413, and its scrape ends at once with
+        413 and the reason, not at its deadline.
+        """
+        collected, scrapeId = self.sentScrape()
+        _, push = self.port.request(b"POST", b"/push", pushBody(scrapeId, body=b"x" * 1001))
+        r = answer(push)
+        self.assertEqual(r.status, 413)
+        self.assertIn(b"a body of 1001 bytes, over the content limit of 1000 bytes", r.body)
+        self.assertScrapeFailed(
+            collected,
+            413,
+            "PushProx client 'node1.example' pushed a body of 1001 bytes, over the content"
+            " limit of 1000 bytes (proxy.internal.maxUnzippedContentSizeMBytes)",
+        )
+
+    def test_pushOverItsLimit(self) -> None:
+        """
+        A push over its limit is refused on the server's 413 once its
+        start is read, and the scrape its head names ends at once.
+        """
+        collected, scrapeId = self.sentScrape()
+        data = pushBody(scrapeId, body=b"x" * 70000)
+        _, push = self.port.request(b"POST", b"/push", data)
+        self.assertEqual(answer(push).status, 413)
+        self.assertScrapeFailed(
+            collected, 413, f"pushed a push of {len(data)} bytes, over its limit of 66536"
+        )
+
+    def test_malformedPush(self) -> None:
+        """
+        A push that is no answer but names a scrape ends that scrape at
+        once with 502, as an agent's answer breaking the protocol would.
+        """
+        collected, scrapeId = self.sentScrape()
+        bad = pushBody(scrapeId).replace(b"Content-Length: 5", b"Content-Length: 9")
+        _, push = self.port.request(b"POST", b"/push", bad)
+        self.assertEqual(answer(push).status, 400)
+        self.assertScrapeFailed(
+            collected,
+            502,
+            "pushed an answer that is not one: the pushed answer's body is shorter than its"
+            " framing says",
+        )
+
+    def test_slowPush(self) -> None:
+        """
+        A push not whole within the head's deadline ends the scrape it
+        names with the reason when it is refused.
+        """
+        collected, scrapeId = self.sentScrape()
+        data = pushBody(scrapeId)
+        connection, push = self.port.connect()
+        connection.dataReceived(
+            b"POST /push HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (len(data), data[:-2])
+        )
+        self.clock.advance(10)
+        self.assertEqual(answer(push).status, 408)
+        self.assertScrapeFailed(
+            collected, 502, "pushed no whole answer: request body not complete within 10"
+        )
+
+    def test_refusedPushOfOtherIdentity(self) -> None:
+        """
+        A refused push naming a scrape sent to another identity leaves
+        that scrape alone.
+        """
+        settings = ProxySettings(identities=(Identity("a", "tok-a"), Identity("b", "tok-b")))
+        self.hub = self.makeHub(settings)
+        self.port = Port(self.hub, self.clock)
+        _, poll = self.poll(headers=b"Authorization: Bearer tok-a\r\n")
+        collected = Collected(self.client().scrape(scrapeCall()))
+        scrapeId = scrapeIdOf(answer(poll).body)
+        _, push = self.port.request(
+            b"POST",
+            b"/push",
+            pushBody(scrapeId, body=b"x" * 1001),
+            b"Authorization: Bearer tok-b\r\n",
+        )
+        self.assertEqual(answer(push).status, 403)
+        bad = pushBody(scrapeId).replace(b"Content-Length: 5", b"Content-Length: 9")
+        self.port.request(b"POST", b"/push", bad, b"Authorization: Bearer tok-b\r\n")
+        self.assertIsNone(collected.failure)
+
     def test_badPushes(self) -> None:
         scrapeId = b"0123abcd-0000-4000-8000-0123456789ab"
         for body, why in [
@@ -621,13 +727,8 @@ class RoutedTests(HubCase):
     def setUp(self) -> None:
         super().setUp()
         self.scrapes = ScrapeHandler(ProxySettings(), self.registry, self.clock)
-        self.site = factory(
-            self.hub.front(self.scrapes),
-            self.clock,
-            bodies=self.hub.bodyLimit,
-            guard=self.hub.guard(None),
-        )
-        self.port.site = self.site
+        self.port = Port(self.hub, self.clock, self.scrapes)
+        self.site = self.port.site
 
     def prometheus(self, url: bytes) -> StringTransport:
         connection, transport = connect(self.site, IPv4Address("TCP", "10.5.5.5", 50000))
