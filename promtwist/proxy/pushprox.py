@@ -580,7 +580,7 @@ class PushProxHub:
         if status == 413:
             declared = request.headers.get(b"content-length", b"?").strip().decode("latin-1")
             why = (
-                f"a push of {declared} bytes, over its limit of {self.pushLimit}: the content"
+                f"{declared} bytes, over the push limit of {self.pushLimit}: the content"
                 f" limit of {self.maxContent} bytes"
                 " (proxy.internal.maxUnzippedContentSizeMBytes) and 64 KiB for its head"
             )

@@ -573,7 +573,7 @@ class HostileTests(HubCase):
         _, push = self.port.request(b"POST", b"/push", data)
         self.assertEqual(answer(push).status, 413)
         self.assertScrapeFailed(
-            collected, 413, f"pushed a push of {len(data)} bytes, over its limit of 66536"
+            collected, 413, f"pushed {len(data)} bytes, over the push limit of 66536"
         )
 
     def test_malformedPush(self) -> None:
