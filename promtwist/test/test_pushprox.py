@@ -359,6 +359,18 @@ class HubTests(HubCase):
             value("pushprox_http_requests_total", {"code": "200", "path": "/clients"}), 1
         )
         self.assertEqual(value("pushprox_http_duration_seconds_sum", {"path": "/poll"}), 3)
+        # Go's default buckets, as PushProx's histogram has.
+        buckets = [
+            sample.labels["le"]
+            for family in self.metrics.collect()
+            for sample in family.samples
+            if sample.name == "pushprox_http_duration_seconds_bucket"
+            and sample.labels["path"] == "/poll"
+        ]
+        self.assertEqual(
+            buckets,
+            "0.005 0.01 0.025 0.05 0.1 0.25 0.5 1.0 2.5 5.0 10.0 +Inf".split(),
+        )
         self.assertEqual(value("pushprox_proxy_clients"), 1)
         self.assertEqual(value("pushproxy_proxied_requests_total", {"code": "200"}), 1)
         # A scrape no poll took in time counts with the status it got.
