@@ -47,7 +47,7 @@ from twisted.python.failure import Failure
 
 from promtwist.addresses import peerAddress
 from promtwist.config.settings import Identity
-from promtwist.hostkeys import BadTarget, hostKey, hostPort
+from promtwist.hostkeys import BadTarget, hostKey
 from promtwist.httpguard import AllowedNetworks
 from promtwist.logs import clip, observer
 from promtwist.protocol.promtwist_pb2 import Frame, Outcome, ScrapeResponse
@@ -55,6 +55,7 @@ from promtwist.proxy.answers import ScrapeFailed, textAnswer
 from promtwist.proxy.auth import ANONYMOUS, AuthenticationFailed, Authenticator
 from promtwist.proxy.exchange import Exchange, RequestBody
 from promtwist.proxy.httpserver import Guard, Handler, RefusedRequest
+from promtwist.proxy.proxyurl import SCHEME_PARAM, Written
 from promtwist.proxy.pushmetrics import PushProxMetrics
 from promtwist.proxy.pushwire import (
     MAX_PUSH_HEAD_BYTES,
@@ -863,18 +864,25 @@ class PushProxHub:
 
 def targetOf(call: ScrapeCall, fqdn: str) -> tuple[str, str]:
     """
-    The absolute URL a host-routed scrape asks for, and its C{host:port},
-    the host spelled as the client spells its C{fqdn} (routing ignores
-    case and a final dot, the client's check does not). An https target is
-    asked for as PushProx's proxy asks its clients, with C{_scheme=https}:
-    the client switches the scheme and drops it.
+    The absolute URL a host-routed scrape asks for, and its authority, as
+    PushProx's proxy sends them: the port and query as Prometheus wrote
+    them (no default port added, C{_scheme} where it was), the host spelled
+    as the client spells its C{fqdn} (routing ignores case and a final dot,
+    the client's check does not). An https target is asked for with
+    C{_scheme=https}, as PushProx's users write it: the client switches the
+    scheme and drops it.
     """
     target = call.target
     assert target is not None, "PushProx clients serve host-routed scrapes only"
+    written = call.written or Written(str(target.port), call.query)
     host = fqdn[1:-1] if fqdn.startswith("[") else fqdn
-    address = hostPort(host, target.port)
-    query = call.query
-    if target.scheme == "https":
-        query = f"{query}&_scheme=https" if query else "_scheme=https"
+    address = f"[{host}]" if ":" in host else host
+    if written.port:
+        address += f":{written.port}"
+    query = written.query
+    if target.scheme == "https" and not any(
+        param.startswith(f"{SCHEME_PARAM}=") for param in query.split("&")
+    ):
+        query = f"{query}&{SCHEME_PARAM}=https" if query else f"{SCHEME_PARAM}=https"
     url = f"http://{address}{call.path}"
     return (f"{url}?{query}" if query else url), address

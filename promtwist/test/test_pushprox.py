@@ -796,6 +796,23 @@ class RoutedTests(HubCase):
             answer(poll).body.startswith(b"GET http://Node1.Example:9100/metrics HTTP/1.1\r\n")
         )
 
+    def test_askedAsWritten(self) -> None:
+        """
+        The client is sent the target as Prometheus wrote it, as PushProx's
+        proxy sends it: no default port added, the query in its order with
+        C{_scheme} where it was.
+        """
+        _, poll = self.poll()
+        self.prometheus(b"http://node1.example/metrics?_scheme=https&a=1")
+        lines = answer(poll).body.split(b"\r\n")
+        self.assertEqual(
+            lines[:2],
+            [
+                b"GET http://node1.example/metrics?_scheme=https&a=1 HTTP/1.1",
+                b"Host: node1.example",
+            ],
+        )
+
     def test_noClient(self) -> None:
         """
         A host nobody serves: 404 at once, naming it.
