@@ -132,5 +132,6 @@ READ_HEADERS = frozenset(
         b"x-prometheus-scrape-timeout-seconds",
         b"content-length",
         b"transfer-encoding",
+        b"expect",
     }
 )

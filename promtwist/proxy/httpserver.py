@@ -541,6 +541,7 @@ class ScrapePortConnection(Protocol):
                 if overBudget is not None:
                     return self._refuseRequest(overBudget, method, path, headers)
             self._bodyHeld = bodyLength
+            self._continue(headers, version)
             # llhttp would take the next head for this body: the body is
             # counted here, and the next head goes to a parser of its own.
             self._parser = HttpRequestParser(self)
@@ -551,6 +552,22 @@ class ScrapePortConnection(Protocol):
             self._readBody()
             return
         self._begin(exchange)
+
+    def _continue(self, headers: dict[bytes, bytes], version: bytes) -> None:
+        """
+        Tell a client that asked (C{Expect: 100-continue}, RFC 9110
+        section 10.1.1) to send the body it holds back, now that its head
+        is accepted; one that sent the body already needs no telling.
+        """
+        if (
+            version == b"1.1"
+            and headers.get(b"expect", b"").strip().lower() == b"100-continue"
+            and self._offset >= len(self._pending)
+        ):
+            transport = self.transport
+            assert transport is not None
+            transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            PENDING.wrote(transport)
 
     def _readBody(self) -> None:
         """

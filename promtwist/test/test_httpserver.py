@@ -826,6 +826,26 @@ class RequestBodyTests(SynchronousTestCase):
         self.connection.dataReceived(b"POST /in HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
         self.assertEqual(self.answer().body, b"POST /in ")
 
+    def test_expectContinue(self) -> None:
+        """
+        A client that waits for leave to send its body (C{Expect:
+        100-continue}) gets 100 Continue once its head is accepted, then
+        its answer; one refused on its head gets only the refusal, and one
+        that sent its body anyway no interim answer.
+        """
+        head = b"POST /in HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n"
+        self.connection.dataReceived(head % 2)
+        self.assertEqual(self.transport.value(), b"HTTP/1.1 100 Continue\r\n\r\n")
+        self.connection.dataReceived(b"ab")
+        final = self.transport.value().partition(b"\r\n\r\n")[2]
+        self.assertEqual(parseResponse(final).body, b"POST /in ab")
+        self.connection, self.transport = connect(factory(Echo(), self.clock, bodies=_bodies))
+        self.connection.dataReceived(head % 11)
+        self.assertEqual(self.answer().status, 413)
+        self.connection, self.transport = connect(factory(Echo(), self.clock, bodies=_bodies))
+        self.connection.dataReceived(head % 2 + b"ab")
+        self.assertTrue(self.transport.value().startswith(b"HTTP/1.1 200 "))
+
     def test_guardBeforeBody(self) -> None:
         """
         The guard is asked on the head of a request with a body, before the
