@@ -326,6 +326,7 @@ class PushProxClient:
 
     consolidated = False
     launchId = ""
+    kind = "PushProx client"
 
     def __init__(self, hub: PushProxHub, key: ClientKey, agentId: str, identity: Identity) -> None:
         self.hub = hub

@@ -169,8 +169,7 @@ class ScrapeHandler:
             if gone is not None:
                 assert gone.leftAt is not None
                 reason = (
-                    f"agent {clip(gone.agentNames)!r} disconnected"
-                    f" {self.clock.seconds() - gone.leftAt:.0f}s ago"
+                    f"{gone.departedAs} disconnected {self.clock.seconds() - gone.leftAt:.0f}s ago"
                 )
                 return self._refuse(exchange, key, 503, "agent_disconnected", reason)
             return self._refuse(exchange, key, 404, "invalid_path", f"no agent serves {named}")

@@ -865,7 +865,7 @@ class RoutedTests(HubCase):
         self.clock.advance(GRACE)
         r = answer(self.prometheus(b"http://node1.example:9100/metrics"))
         self.assertEqual(r.status, 503)
-        self.assertIn(b"disconnected", r.body)
+        self.assertIn(b"PushProx client 'node1.example' disconnected 0s ago", r.body)
 
     def test_hostHeaderNotCaptured(self) -> None:
         """
