@@ -18,7 +18,9 @@ Where PushProx fails, this does not:
   - a poll whose connection closed is forgotten at once (L{Poll} notices
     the close), so it never takes a scrape; a scrape with no live poll
     waits for the next one, within its deadline, and fails with a reason
-    if none comes;
+    if none comes (a client that stops without closing still has its held
+    poll take one scrape, which fails at its deadline saying so: nothing
+    tells a frozen client from a slow one);
   - a poll is held at most C{pollHoldSecs}, then answered with PushProx's
     own expiry (408, which the client answers with a new poll), so an idle
     client keeps polling, and stays listed, however rarely it is scraped;
