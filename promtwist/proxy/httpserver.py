@@ -156,9 +156,9 @@ class RefusedRequest:
 
     @ivar headers: the request headers the proxy reads.
     @ivar seconds: since its head was read.
-    @ivar start: the start of its body, up to the factory's C{peekBytes}:
-        what had come of a slow one, or, for one over its limit, what was
-        read of it to tell whose it was before it was refused.
+    @ivar start: the start of its body that had come, up to the factory's
+        C{peekBytes}: of a slow one, or of one over its limit what came
+        with its head (which is refused at once, without waiting for more).
     """
 
     method: bytes
@@ -223,9 +223,8 @@ class ScrapePortFactory(Factory):
             empty admits everyone.
         @param budget: bounds the body bytes all connections hold at once;
             unbounded without one.
-        @param peekBytes: with C{refused}, how much of a body over its limit
-            is read, once the guard let its head through, before it is
-            refused: enough for C{refused} to tell what it was.
+        @param peekBytes: how much of a refused body's start C{refused} is
+            told of, so that it can tell what the body was.
         @param clock: the clock for every timeout; the global reactor by
             default.
         @raise ValueError: if a network is not valid.
@@ -305,13 +304,11 @@ class ScrapePortConnection(Protocol):
         # A body being read (state BODY): its request, the buffer it is
         # read into, sized once from its Content-Length, and how much of it
         # has come. Its bytes are held in the factory's budget until the
-        # request ends (_bodyHeld). For a body over its limit, only its
-        # start is read, and then the refusal (_overLimit) is sent.
+        # request ends (_bodyHeld).
         self._bodyOf: ServerExchange | None = None
         self._body: mmap | None = None
         self._bodyRead = 0
         self._bodyHeld = 0
-        self._overLimit: Refusal | None = None
         self._headAt = 0.0
 
     # The connection.
@@ -507,7 +504,6 @@ class ScrapePortConnection(Protocol):
         method = parser.get_method()
         bodyLength = 0
         factory = self.factory
-        self._overLimit = None
         if (length is not None and length.strip(b"0 \t")) or chunked:
             limit = factory.bodies(method, path) if factory.bodies else None
             self._headAt = factory.clock.seconds()
@@ -518,10 +514,8 @@ class ScrapePortConnection(Protocol):
             # llhttp took it for a number: digits, perhaps padded.
             bodyLength = int(length.strip(b" \t"))
             if bodyLength > limit:
-                if not factory.peekBytes or factory.refused is None:
-                    return self._refuseRequest(bodyRefused(limit), method, path, headers)
-                self._overLimit = bodyRefused(limit)
-                bodyLength = min(bodyLength, factory.peekBytes)
+                arrived = self._pending[self._offset : self._offset + factory.peekBytes]
+                return self._refuseRequest(bodyRefused(limit), method, path, headers, arrived)
         exchange = ServerExchange(
             self,
             method,
@@ -586,10 +580,6 @@ class ScrapePortConnection(Protocol):
             return
         exchange, self._bodyOf = self._bodyOf, None
         assert exchange is not None
-        if self._overLimit is not None:
-            return self._refuseRequest(
-                self._overLimit, exchange.method, exchange.path, exchange.headers, body[:]
-            )
         exchange.body, self._body = body, None
         self._begin(exchange)
 

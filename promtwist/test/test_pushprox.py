@@ -577,11 +577,16 @@ class HostileTests(HubCase):
 
     def test_pushOverItsLimit(self) -> None:
         """
-        A push over its limit is refused on the server's 413 once its
-        start is read, and the scrape its head names ends at once.
+        A push over its limit is refused on its head at once, and the
+        scrape that the start of the push that came with the head names
+        ends at once; with only the head come, nothing names it.
         """
         collected, scrapeId = self.sentScrape()
         data = pushBody(scrapeId, body=b"x" * 70000)
+        connection, push = self.port.connect()
+        connection.dataReceived(b"POST /push HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(data))
+        self.assertEqual(answer(push).status, 413)
+        self.assertIsNone(collected.failure)
         _, push = self.port.request(b"POST", b"/push", data)
         self.assertEqual(answer(push).status, 413)
         self.assertScrapeFailed(
