@@ -312,9 +312,6 @@ class ClientKey:
     identity: str
     address: str
 
-    def movedTo(self, address: str) -> ClientKey:
-        return ClientKey(self.fqdn, self.identity, address)
-
 
 class PushProxClient:
     """
