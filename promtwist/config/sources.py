@@ -14,6 +14,7 @@ import http.client
 import json
 import os
 import re
+import time
 import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -24,9 +25,11 @@ from pyhocon import ConfigFactory, ConfigTree
 from pyhocon.exceptions import ConfigException
 from pyparsing import ParseBaseException
 
-from promtwist.config.settings import ConfigError
+from promtwist.config.settings import ConfigError, MiB
 
 FETCH_TIMEOUT_SECS = 10.0
+# A configuration file is a few kilobytes; a URL answering more is not one.
+MAX_CONFIG_BYTES = 16 * MiB
 
 _SYNTAX_BY_SUFFIX = {
     ".json": "json",
@@ -42,17 +45,34 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _PROPERTIES_ESCAPES = {"t": "\t", "n": "\n", "r": "\r", "f": "\f"}
 
 
-def fetchURL(url: str) -> bytes:
+def fetchURL(url: str, timeout: float = FETCH_TIMEOUT_SECS, limit: int = MAX_CONFIG_BYTES) -> bytes:
     """
-    Fetch a configuration URL.  This blocks, so it never runs in the
-    reactor thread: configuration is read before the reactor starts, and a
-    C{SIGHUP} reload reads it in a thread (L{promtwist.reloads}).
+    Fetch a configuration URL, whole within C{timeout} seconds and at most
+    C{limit} bytes: urllib's own timeout bounds each socket operation, so a
+    server sending a byte every few seconds would otherwise hold the
+    reading (and a reload, and the shutdown that waits for it) for ever.
+    This blocks, so it never runs in the reactor thread: configuration is
+    read before the reactor starts, and a C{SIGHUP} reload reads it in a
+    thread (L{promtwist.reloads}).
 
-    @raise OSError: for network and HTTP errors.
+    @raise OSError: for network and HTTP errors, and a reading that took
+        longer than C{timeout}.
+    @raise ValueError: for a body over C{limit}.
     """
-    with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_SECS) as response:
-        body: bytes = response.read()
-    return body
+    deadline = time.monotonic() + timeout
+    parts: list[bytes] = []
+    size = 0
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        # read1: what one socket read gives, so the deadline is checked
+        # however slowly the bytes come.
+        while part := response.read1(65536):
+            size += len(part)
+            if size > limit:
+                raise ValueError(f"over {limit:,} bytes")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"not complete within {timeout:g} seconds")
+            parts.append(part)
+    return b"".join(parts)
 
 
 def _isURL(source: str) -> bool:

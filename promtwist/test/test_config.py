@@ -5,8 +5,11 @@ and environment variables resolved into settings objects.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import fields, replace
 from functools import partial
@@ -1437,6 +1440,51 @@ class SourceTests(ConfigTestCase):
         path = FilePath(self.mktemp())
         path.setContent(b"proxy {}")
         self.assertEqual(fetchURL(f"file://{path.path}"), b"proxy {}")
+
+    def trickle(self, body: bytes, pause: float) -> str:
+        """
+        A loopback HTTP server, in a thread, that answers once with C{body},
+        one byte every C{pause} seconds; its URL.
+        """
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(listener.close)
+        stop = threading.Event()
+
+        def serve() -> None:
+            connection, _ = listener.accept()
+            with connection, contextlib.suppress(OSError):
+                connection.recv(65536)
+                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+                for i in range(len(body)):
+                    if stop.wait(pause):
+                        return
+                    connection.sendall(body[i : i + 1])
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        self.addCleanup(thread.join, 5)
+        self.addCleanup(stop.set)
+        return f"http://127.0.0.1:{listener.getsockname()[1]}/agent.conf"
+
+    def test_fetchURLWholeWithinTimeout(self) -> None:
+        """
+        A server that keeps sending, a byte at a time, within urllib's
+        per-read timeout is cut off when the whole reading passes the
+        timeout.
+        """
+        url = self.trickle(b"agent.name = slow\n" * 10, 0.05)
+        started = time.monotonic()
+        error = self.assertRaises(TimeoutError, fetchURL, url, timeout=0.5)
+        self.assertLess(time.monotonic() - started, 3)
+        self.assertEqual(str(error), "not complete within 0.5 seconds")
+
+    def test_fetchURLLimit(self) -> None:
+        """
+        A body over the limit is refused.
+        """
+        url = self.trickle(b"x" * 2000, 0)
+        error = self.assertRaises(ValueError, fetchURL, url, limit=1000)
+        self.assertEqual(str(error), "over 1,000 bytes")
 
     def test_notUTF8(self) -> None:
         path = self.mktemp()
