@@ -14,8 +14,9 @@ first: whatever lies in C{::ffff:0:0/96} is IPv4.
 from __future__ import annotations
 
 import ipaddress
+import os
 
-from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.interfaces import IAddress
 
 from promtwist.hostkeys import hostPort
@@ -63,6 +64,25 @@ def socketHostPort(address: IPv4Address | IPv6Address) -> str:
     except ValueError:
         host = address.host
     return hostPort(host, address.port)
+
+
+def peerName(transport: object) -> str:
+    """
+    A connection's peer as the logs name it: C{host:port} as
+    L{socketHostPort} writes it (C{192.0.2.7:41000} for an IPv4 client of a
+    dual-stack listener, C{[2001:db8::7]:41000}), a unix socket's path, or
+    C{?} for a transport that has no peer.
+    """
+    getPeer = getattr(transport, "getPeer", None)
+    if getPeer is None:
+        return "?"
+    peer = getPeer()
+    if isinstance(peer, IPv4Address | IPv6Address):
+        return socketHostPort(peer)
+    if isinstance(peer, UNIXAddress):
+        # A unix socket's client has no name of its own as a rule.
+        return os.fsdecode(peer.name) if peer.name else "a unix-socket client"
+    return str(peer)
 
 
 def normalNetworks(entry: str) -> tuple[IPNetwork, ...]:

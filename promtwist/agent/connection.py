@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from promtwist import __version__
+from promtwist.addresses import peerName
 from promtwist.agent.paths import PathChanges, PathTable
 from promtwist.agent.scraper import Scrape, Scraper
 from promtwist.agent.slots import Slots
@@ -33,7 +34,7 @@ from promtwist.config.settings import AgentSettings, PathConfig
 from promtwist.hostkeys import spelled
 from promtwist.httputil import redacted
 from promtwist.logs import clip, observer, utcTime
-from promtwist.protocol.framing import ProtocolError, _peerName
+from promtwist.protocol.framing import ProtocolError
 from promtwist.protocol.liveness import DeadlineSweep
 from promtwist.protocol.promtwist_pb2 import (
     HOLDER,
@@ -288,7 +289,7 @@ class ProxyConnection(Session):
         self.handshakeDone(period, self.settings.max_frame_bytes, peerMax, drives=drives)
         self._chunkBytes = self.factory.scraper.chunkBytes(peerMax)
         self._log.info(
-            "connected to proxy {peer} as {id}", peer=_peerName(self.transport), id=self.agentId
+            "connected to proxy {peer} as {id}", peer=peerName(self.transport), id=self.agentId
         )
         self.syncPaths().addCallbacks(lambda _: self._ready.callback(self), self._readyFailed)
 

@@ -138,12 +138,3 @@ def encodeFrame(frame: Frame) -> bytes:
     """
     data = frame.SerializeToString()
     return _PREFIX.pack(len(data)) + data
-
-
-def _peerName(transport: object) -> str:
-    getPeer = getattr(transport, "getPeer", None)
-    if getPeer is None:
-        return "?"
-    peer = getPeer()
-    host, port = getattr(peer, "host", None), getattr(peer, "port", None)
-    return f"{host}:{port}" if host is not None else str(peer)

@@ -20,8 +20,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from promtwist.addresses import peerName
 from promtwist.logs import RepeatedWarnings, clip, observer
-from promtwist.protocol.framing import FrameReceiver, ProtocolError, _peerName, spokenProtocol
+from promtwist.protocol.framing import FrameReceiver, ProtocolError, spokenProtocol
 from promtwist.protocol.liveness import DeadlineSweep
 from promtwist.protocol.promtwist_pb2 import Frame, Goodbye, Ping, Pong
 from promtwist.sendnow import sendsOnReturn
@@ -261,7 +262,7 @@ class Session(FrameReceiver):
         self.warnings.warn(
             "close timeout",
             "{peer} did not take what was left to send within {secs:g}s; aborting the link",
-            peer=_peerName(self.transport),
+            peer=peerName(self.transport),
             secs=self.closeTimeout,
         )
         self.transport.abortConnection()
@@ -363,8 +364,8 @@ class Session(FrameReceiver):
             super().lengthLimitExceeded(length)
             return
         hint = self.misdirected.get(spoken, "")
-        why = f"{_peerName(self.transport)} speaks {spoken}, not the agent protocol" + (
-            f": {hint.format(peer=_peerName(self.transport))}" if hint else ""
+        why = f"{peerName(self.transport)} speaks {spoken}, not the agent protocol" + (
+            f": {hint.format(peer=peerName(self.transport))}" if hint else ""
         )
         self.close(why, abort=True)
         self.misdirectedPeer(why)
@@ -389,7 +390,7 @@ class Session(FrameReceiver):
         self.warnings.warn(
             "protocol error",
             "protocol error from {peer}: {why}; closing the connection",
-            peer=_peerName(self.transport),
+            peer=peerName(self.transport),
             why=why,
         )
         self.close(f"protocol error: {why}", abort=True)
@@ -410,7 +411,7 @@ class Session(FrameReceiver):
     def frame_goodbye(self, goodbye: Goodbye) -> None:
         reason = clip(goodbye.reason)
         self._log.info(
-            "{peer} is going away: {reason}", peer=_peerName(self.transport), reason=reason
+            "{peer} is going away: {reason}", peer=peerName(self.transport), reason=reason
         )
         self.goodbyeReceived(reason)
 
@@ -510,7 +511,7 @@ class Session(FrameReceiver):
         if silence > SILENT_PERIODS_BEFORE_ABORT * period:
             self._log.warn(
                 "nothing heard from {peer} for {silence:.1f}s; aborting the link",
-                peer=_peerName(self.transport),
+                peer=peerName(self.transport),
                 silence=silence,
             )
             self.peerSilent()
@@ -581,7 +582,7 @@ class Session(FrameReceiver):
     def _lostError(self) -> SessionLost:
         assert self._lost is not None
         why = self.closeReason or self._lost.getErrorMessage()
-        return SessionLost(f"link to {_peerName(self.transport)} lost: {why}")
+        return SessionLost(f"link to {peerName(self.transport)} lost: {why}")
 
     def whenLost(self) -> Deferred[None]:
         """

@@ -18,11 +18,11 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from promtwist.addresses import peerName
 from promtwist.config.settings import ProxySettings
 from promtwist.hostkeys import claimsPort, isHostKey, spelled
 from promtwist.logs import RepeatedWarnings, clip, observer
 from promtwist.metrics import ProxyMetrics
-from promtwist.protocol.framing import _peerName
 from promtwist.protocol.liveness import DeadlineSweep, resolutionFor
 from promtwist.protocol.promtwist_pb2 import (
     HOLDER,
@@ -206,7 +206,7 @@ class AgentLink(Session):
         self.warnings.warn(
             "handshake timeout",
             "no Hello from {peer} within {secs}s of its connection; closing",
-            peer=_peerName(self.transport),
+            peer=peerName(self.transport),
             secs=self.factory.settings.handshake_timeout_secs,
         )
         self.close("no Hello in time", abort=True)
@@ -282,7 +282,7 @@ class AgentLink(Session):
             "agent {name} ({host}, {peer}, identity {identity}) connected as {id}",
             name=clip(repr(self.name)),
             host=clip(self.hostName),
-            peer=_peerName(self.transport),
+            peer=peerName(self.transport),
             identity=self.identity.name,
             id=self.agentId,
         )
@@ -299,7 +299,7 @@ class AgentLink(Session):
         self.warnings.warn(
             "handshake " + kind,
             "refusing agent at {peer}: {why}",
-            peer=_peerName(self.transport),
+            peer=peerName(self.transport),
             why=clip(message),
         )
         self.sendFrame(Frame(reject=Reject(reason=reason, message=message)))
@@ -571,7 +571,7 @@ class AgentLink(Session):
                 self.warnings.warn(
                     "TLS handshake",
                     "TLS handshake with {peer} on the agent port failed: {cause}",
-                    peer=_peerName(self.transport),
+                    peer=peerName(self.transport),
                     cause=tls,
                 )
             return

@@ -8,9 +8,10 @@ from __future__ import annotations
 import ipaddress
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from promtwist.addresses import normalAddress, normalNetworks, peerAddress
+from promtwist.addresses import normalAddress, normalNetworks, peerAddress, peerName
 
 
 def _networks(entry: str) -> list[str]:
@@ -82,3 +83,25 @@ class NormalNetworksTests(SynchronousTestCase):
     def test_invalid(self) -> None:
         self.assertRaises(ValueError, normalNetworks, "10.0.0.0/33")
         self.assertRaises(ValueError, normalNetworks, "somewhere")
+
+
+class PeerNameTests(SynchronousTestCase):
+    """
+    L{peerName} writes a peer as the logs show it: dialable, an IPv4 client
+    of a dual-stack listener as IPv4, IPv6 in brackets.
+    """
+
+    def name(self, address: object) -> str:
+        return peerName(StringTransport(peerAddress=address))
+
+    def test_forms(self) -> None:
+        self.assertEqual(self.name(IPv4Address("TCP", "192.0.2.7", 41000)), "192.0.2.7:41000")
+        self.assertEqual(
+            self.name(IPv6Address("TCP", "::ffff:192.0.2.7", 41000)), "192.0.2.7:41000"
+        )
+        self.assertEqual(self.name(IPv6Address("TCP", "::1", 41000)), "[::1]:41000")
+        self.assertEqual(self.name(UNIXAddress(b"/run/promtwist.sock")), "/run/promtwist.sock")
+        self.assertEqual(self.name(UNIXAddress(None)), "a unix-socket client")
+
+    def test_noPeer(self) -> None:
+        self.assertEqual(peerName(object()), "?")
