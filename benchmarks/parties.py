@@ -31,6 +31,11 @@ PUSHPROX_BINARIES = ("pushprox-proxy", "pushprox-client")
 # gets it so that all three see the same request.
 SCRAPE_TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
 TEXT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# How a scrape names what it wants from a proxy: a path an agent serves
+# (prometheus-proxy's way), or the target's own host:port in an absolute URI
+# (proxy_url, PushProx's way; docs/proxy-url.md).
+PATH, HOST = "path", "host"
+ROUTINGS = (PATH, HOST)
 
 
 # ---------------------------------------------------------------------------
@@ -289,12 +294,14 @@ class Parties:
 
     # -- promtwist ----------------------------------------------------------
 
-    def startPromtwist(self, names: Iterable[str], agentSettings: str = "") -> dict[str, Route]:
+    def startPromtwist(
+        self, names: Iterable[str], agentSettings: str = "", routing: str = PATH
+    ) -> dict[str, Route]:
         """
         C{twistd -n promproxy-proxy} and C{twistd -n promproxy-agent} (the
         twistd beside this Python, so the promtwist installed in its venv),
-        the agent serving C{/bench_<name>} for each target path C{/<name>};
-        ready when the first of C{names} answers.
+        the agent configured by L{agentConfig} for C{routing}; ready when
+        the first of C{names} answers.
         """
         if not os.path.exists(TWISTD):
             raise SystemExit(
@@ -305,13 +312,7 @@ class Parties:
         conf = os.path.join(self.workdir, "agent.conf")
         names = list(names)
         with open(conf, "w") as f:
-            f.write("agent {\n" + agentSettings + "  pathConfigs = [\n")
-            for name in names:
-                f.write(
-                    f'    {{ name = "bench {name}", path = "bench_{name}", '
-                    f'url = "http://127.0.0.1:{self.targetPort}/{name}" }}\n'
-                )
-            f.write("  ]\n}\n")
+            f.write(agentConfig(self.targetPort, names, agentSettings, routing))
 
         def twistd(role: str, args: list[str]) -> subprocess.Popen[bytes]:
             logFile = os.path.join(self.workdir, f"{role}.log")
@@ -326,14 +327,42 @@ class Parties:
             "agent",
             ["promproxy-agent", "-c", conf, "--proxy", f"127.0.0.1:{agentPort}", "--name", "bench"],
         )
-        addr = f"127.0.0.1:{scrapePort}"
-        routes = {
-            n: Route("promtwist", addr, f"/bench_{n}", addr, (proxy.pid, agent.pid)) for n in names
-        }
+        routes = self.routesThrough(
+            "promtwist", f"127.0.0.1:{scrapePort}", (proxy.pid, agent.pid), names, routing
+        )
         # Only the first path is asked: the others may be big (bigbody mode
         # measures the memory its first scrape takes).
-        self.waitFor(f"http://{addr}/bench_{names[0]}", "promtwist", timeout=30)
+        self.waitUntilServed(routes[names[0]], "promtwist")
         return routes
+
+    def routesThrough(
+        self,
+        label: str,
+        proxyAddr: str,
+        pids: tuple[int, ...],
+        names: Iterable[str],
+        routing: str,
+    ) -> dict[str, Route]:
+        """
+        The routes to the target's files C{names} through the proxy at
+        C{proxyAddr}: by C{routing}, a path the agent serves
+        (C{/bench_<name>}, L{agentConfig}), or the target's own URL sent
+        to the proxy as an absolute URI, as Prometheus sends it with
+        C{proxy_url}.
+        """
+        target = f"127.0.0.1:{self.targetPort}"
+        if routing == HOST:
+            return {n: Route(label, proxyAddr, f"http://{target}/{n}", target, pids) for n in names}
+        return {n: Route(label, proxyAddr, f"/bench_{n}", proxyAddr, pids) for n in names}
+
+    def waitUntilServed(self, route: Route, what: str) -> None:
+        """
+        L{waitFor} C{route}'s first answer, with the header the PushProx
+        client insists on.
+        """
+        self.waitFor(
+            route.absolute(), what, headers={SCRAPE_TIMEOUT_HEADER: "5"}, proxy=route.proxy()
+        )
 
     # -- PushProx -----------------------------------------------------------
 
@@ -364,16 +393,28 @@ class Parties:
             ],
             "pushprox-client.out",
         )
-        host = f"127.0.0.1:{self.targetPort}"
-        routes = {
-            n: Route("PushProx", proxyAddr, f"http://{host}/{n}", host, (proxy.pid, client.pid))
-            for n in names
-        }
-        probe = routes[next(iter(routes))]
-        self.waitFor(
-            probe.target, "PushProx", headers={SCRAPE_TIMEOUT_HEADER: "5"}, proxy=probe.proxy()
-        )
+        names = list(names)
+        routes = self.routesThrough("PushProx", proxyAddr, (proxy.pid, client.pid), names, HOST)
+        self.waitUntilServed(routes[names[0]], "PushProx")
         return routes
+
+
+def agentConfig(targetPort: int, names: Iterable[str], settings: str, routing: str) -> str:
+    """
+    The bench agent's configuration: for path routing a path
+    C{bench_<name>} per target file C{/<name>}; for host routing the
+    target's C{127.0.0.1:<port>} in C{agent.targets}, so that the agent
+    fetches whatever path a proxy_url scrape names on it. C{settings} goes
+    into the C{agent} block as it is.
+    """
+    if routing == HOST:
+        return f'agent {{\n{settings}  targets = ["127.0.0.1:{targetPort}"]\n}}\n'
+    paths = "".join(
+        f'    {{ name = "bench {name}", path = "bench_{name}", '
+        f'url = "http://127.0.0.1:{targetPort}/{name}" }}\n'
+        for name in names
+    )
+    return f"agent {{\n{settings}  pathConfigs = [\n{paths}  ]\n}}\n"
 
 
 def nginxConfig(workdir: str, root: str, port: int) -> str:
