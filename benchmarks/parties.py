@@ -298,42 +298,52 @@ class Parties:
         self, names: Iterable[str], agentSettings: str = "", routing: str = PATH
     ) -> dict[str, Route]:
         """
-        C{twistd -n promproxy-proxy} and C{twistd -n promproxy-agent} (the
-        twistd beside this Python, so the promtwist installed in its venv),
-        the agent configured by L{agentConfig} for C{routing}; ready when
-        the first of C{names} answers.
+        C{twistd -n promproxy-proxy} and C{twistd -n promproxy-agent}, the
+        agent configured by L{agentConfig} for C{routing}; ready when the
+        first of C{names} answers.
+        """
+        conf = os.path.join(self.workdir, "agent.conf")
+        names = list(names)
+        with open(conf, "w") as f:
+            f.write(agentConfig(self.targetPort, names, agentSettings, routing))
+        proxy, scrapeAddr, agentAddr = self.startPromtwistProxy("proxy")
+        agent = self.twistd(
+            "agent", ["promproxy-agent", "-c", conf, "--proxy", agentAddr, "--name", "bench"]
+        )
+        routes = self.routesThrough("promtwist", scrapeAddr, (proxy.pid, agent.pid), names, routing)
+        # Only the first path is asked: the others may be big (bigbody mode
+        # measures the memory its first scrape takes).
+        self.waitUntilServed(routes[names[0]], "promtwist")
+        return routes
+
+    def startPromtwistProxy(self, role: str) -> tuple[subprocess.Popen[bytes], str, str]:
+        """
+        C{twistd -n promproxy-proxy} with default settings, its logs named
+        C{role}.
+
+        @return: the process, and the host:port of its scrape port and of
+            its agent port.
+        """
+        scrapePort, agentPort = freePort(), freePort()
+        proxy = self.twistd(
+            role, ["promproxy-proxy", "--port", str(scrapePort), "--agent_port", str(agentPort)]
+        )
+        return proxy, f"127.0.0.1:{scrapePort}", f"127.0.0.1:{agentPort}"
+
+    def twistd(self, role: str, args: list[str]) -> subprocess.Popen[bytes]:
+        """
+        C{twistd -n ARGS} (the twistd beside this Python, so the promtwist
+        installed in its venv), logging to C{role.log}.
         """
         if not os.path.exists(TWISTD):
             raise SystemExit(
                 f"no twistd next to {sys.executable}: run this with the venv promtwist is"
                 " installed in"
             )
-        scrapePort, agentPort = freePort(), freePort()
-        conf = os.path.join(self.workdir, "agent.conf")
-        names = list(names)
-        with open(conf, "w") as f:
-            f.write(agentConfig(self.targetPort, names, agentSettings, routing))
-
-        def twistd(role: str, args: list[str]) -> subprocess.Popen[bytes]:
-            logFile = os.path.join(self.workdir, f"{role}.log")
-            return self.spawn(
-                [TWISTD, "-n", "--pidfile=", f"--logfile={logFile}", *args], f"{role}.out"
-            )
-
-        proxy = twistd(
-            "proxy", ["promproxy-proxy", "--port", str(scrapePort), "--agent_port", str(agentPort)]
+        logFile = os.path.join(self.workdir, f"{role}.log")
+        return self.spawn(
+            [TWISTD, "-n", "--pidfile=", f"--logfile={logFile}", *args], f"{role}.out"
         )
-        agent = twistd(
-            "agent",
-            ["promproxy-agent", "-c", conf, "--proxy", f"127.0.0.1:{agentPort}", "--name", "bench"],
-        )
-        routes = self.routesThrough(
-            "promtwist", f"127.0.0.1:{scrapePort}", (proxy.pid, agent.pid), names, routing
-        )
-        # Only the first path is asked: the others may be big (bigbody mode
-        # measures the memory its first scrape takes).
-        self.waitUntilServed(routes[names[0]], "promtwist")
-        return routes
 
     def routesThrough(
         self,
