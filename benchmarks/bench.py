@@ -76,6 +76,14 @@ ROUTING_TEXT = {
 # The peer every other route is compared with.
 PEER = "PushProx"
 # issue 10's goals.
+# The route of an unmodified pushprox-client polling promtwist's proxy.
+PP_CLIENT = "pp-client"
+# The processes each route's pids are, for the memory reports.
+ROLES = {
+    "promtwist": ("proxy", "agent"),
+    "PushProx": ("pushprox-proxy", "pushprox-client"),
+    PP_CLIENT: ("proxy (pp-client)", "pushprox-client on promtwist"),
+}
 GOAL_THROUGHPUT = 1.5  # promtwist / PushProx scrapes per second, at least
 GOAL_CPU = 0.6  # promtwist / PushProx CPU per scrape, at most
 GOAL_ADDED_P50_MS = 1.0
@@ -335,23 +343,39 @@ def checkAnswers(routes: list[Route], headers: list[str], bodies: dict[str, byte
 
 
 def startRoutes(
-    parties: Parties, args: argparse.Namespace, names: list[str], agentSettings: str = ""
+    parties: Parties,
+    args: argparse.Namespace,
+    names: list[str],
+    agentSettings: str = "",
+    clientOnPromtwist: bool = True,
 ) -> dict[str, dict[str, Route]]:
     """
     Start promtwist and (unless C{--no-pushprox}) PushProx in front of the
-    running target; the routes by payload, then by name, direct first.
+    running target, and a pushprox-client polling promtwist's proxy
+    (route L{PP_CLIENT}) unless not C{clientOnPromtwist}; the routes by
+    payload, then by name, direct first.
     """
     promtwist = parties.startPromtwist(names, agentSettings, args.routing)
     pushprox: dict[str, Route] = {}
+    viaClient: dict[str, Route] = {}
     if not args.no_pushprox:
         bindir = findPushProx(args.pushprox_dir, defaultCacheDir())
         pushprox = parties.startPushProx(bindir, names)
         print(f"PushProx:  {bindir} (one client, --fqdn=127.0.0.1)")
+        # The same pushprox-client polling promtwist's scrape port instead:
+        # PushProx's client protocol, promtwist's proxy (docs/pushprox.md).
+        if clientOnPromtwist:
+            first = promtwist[names[0]]
+            viaClient = parties.pushproxClientOn(
+                bindir, first.connect, first.pids[0], names, PP_CLIENT
+            )
     routes: dict[str, dict[str, Route]] = {}
     for name in names:
         routes[name] = {"direct": parties.direct(name), "promtwist": promtwist[name]}
         if name in pushprox:
             routes[name]["PushProx"] = pushprox[name]
+        if name in viaClient:
+            routes[name][PP_CLIENT] = viaClient[name]
     return routes
 
 
@@ -474,7 +498,7 @@ def throughput(
 def rssReport(routes: dict[str, dict[str, Route]]) -> dict[str, dict[str, int]]:
     anyName = next(iter(routes.values()))
     out: dict[str, dict[str, int]] = {}
-    labels = {"promtwist": ("proxy", "agent"), "PushProx": ("pushprox-proxy", "pushprox-client")}
+    labels = ROLES
     for routeName, route in anyName.items():
         for role, pid in zip(labels.get(routeName, ()), route.pids, strict=False):
             rss, hwm = procStatusKiB(pid, "VmRSS"), procStatusKiB(pid, "VmHWM")
@@ -589,15 +613,22 @@ def bigbody(args: argparse.Namespace, parties: Parties, root: str) -> dict[str, 
     limit = args.bigbody_mb * 2 + 16
     # The agent refuses bodies over agent.http.maxContentLengthMBytes (10 MiB
     # by default): raised for this run only.
+    # Not through a pushprox-client on promtwist: the client buffers the
+    # whole body and pushes it in one request, which promtwist's proxy
+    # bounds by proxy.internal.maxUnzippedContentSizeMBytes (10 MiB).
     routes = startRoutes(
-        parties, args, ["small", "big"], f"  http {{ maxContentLengthMBytes = {limit} }}\n"
+        parties,
+        args,
+        ["small", "big"],
+        f"  http {{ maxContentLengthMBytes = {limit} }}\n",
+        clientOnPromtwist=False,
     )
     headers = [f"{SCRAPE_TIMEOUT_HEADER}: 120", "Accept-Encoding: gzip"]
     print(
         f"body:      {actual:,} bytes of random metric text (no .gz beside it, so it travels"
         f" as it is), sha256 {expected[:16]}...; agent.http.maxContentLengthMBytes = {limit}"
     )
-    labels = {"promtwist": ("proxy", "agent"), "PushProx": ("pushprox-proxy", "pushprox-client")}
+    labels = ROLES
     results: dict[str, dict[str, object]] = {}
     growthByRoute: dict[str, dict[str, float]] = {}
     print()

@@ -383,8 +383,7 @@ class Parties:
         scrapes go to the proxy in the absolute-URI form, as Prometheus
         sends them with C{proxy_url}.
         """
-        proxyPort, clientMetricsPort = freePort(), freePort()
-        proxyAddr = f"127.0.0.1:{proxyPort}"
+        proxyAddr = f"127.0.0.1:{freePort()}"
         proxy = self.spawn(
             [
                 os.path.join(bindir, "pushprox-proxy"),
@@ -393,19 +392,30 @@ class Parties:
             ],
             "pushprox-proxy.out",
         )
+        return self.pushproxClientOn(bindir, proxyAddr, proxy.pid, names, "PushProx")
+
+    def pushproxClientOn(
+        self, bindir: str, proxyAddr: str, proxyPid: int, names: Iterable[str], label: str
+    ) -> dict[str, Route]:
+        """
+        One C{pushprox-client} registered as C{127.0.0.1} with the proxy at
+        C{proxyAddr} (PushProx's, or promtwist's scrape port, which serves
+        the same client protocol); the routes through that proxy, ready
+        when the first answers.
+        """
         client = self.spawn(
             [
                 os.path.join(bindir, "pushprox-client"),
                 "--fqdn=127.0.0.1",
                 f"--proxy-url=http://{proxyAddr}/",
-                f"--metrics-addr=127.0.0.1:{clientMetricsPort}",
+                f"--metrics-addr=127.0.0.1:{freePort()}",
                 "--log.level=warn",
             ],
-            "pushprox-client.out",
+            f"pushprox-client-{label}.out",
         )
         names = list(names)
-        routes = self.routesThrough("PushProx", proxyAddr, (proxy.pid, client.pid), names, HOST)
-        self.waitUntilServed(routes[names[0]], "PushProx")
+        routes = self.routesThrough(label, proxyAddr, (proxyPid, client.pid), names, HOST)
+        self.waitUntilServed(routes[names[0]], label)
         return routes
 
 

@@ -18,6 +18,8 @@ import ipaddress
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IAddress
 
+from promtwist.hostkeys import hostPort
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -48,6 +50,19 @@ def peerAddress(address: IAddress | None) -> IPAddress | None:
     except ValueError:
         return None
     return normalAddress(ip)
+
+
+def socketHostPort(address: IPv4Address | IPv6Address) -> str:
+    """
+    A socket address as C{host:port} another program can dial (a Prometheus
+    target, a URL's authority): an IPv4-mapped address as the IPv4 address
+    it maps, any other IPv6 address (its zone kept) in brackets.
+    """
+    try:
+        host = str(normalAddress(ipaddress.ip_address(address.host)))
+    except ValueError:
+        host = address.host
+    return hostPort(host, address.port)
 
 
 def normalNetworks(entry: str) -> tuple[IPNetwork, ...]:

@@ -14,7 +14,7 @@ import itertools
 import os
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import ClassVar, Generic, TextIO, TypeVar
 
 from twisted.python import usage
@@ -24,6 +24,7 @@ from promtwist.config.keys import AGENT, PROXY
 from promtwist.config.load import loadAgentSettings, loadProxySettings, warningsOnce
 from promtwist.config.schema import Role, Setting
 from promtwist.config.settings import AgentSettings, ConfigError, ProxySettings
+from promtwist.logs import filterTwistdLogs
 from promtwist.startup import StartupError, checkTwistdFiles
 from promtwist.tls import checkFiles
 
@@ -204,6 +205,24 @@ class _SettingsOptions(usage.Options, ABC, Generic[_S]):
                     values[canonical] = True if flag else self[name]
         return values
 
+    def environ(self) -> Mapping[str, str]:
+        """
+        The environment the settings are read from.
+        """
+        return os.environ if self._environ is None else self._environ
+
+    def reloadSettings(self, warn: Callable[[str], None]) -> _S:
+        """
+        The settings read again, for C{SIGHUP}: from the same command line
+        and environment, so that their precedence over the configuration
+        file holds, and from the file as it is now. Called in a thread
+        (L{promtwist.reloads}), so the warnings go to C{warn}, not the log;
+        the caller passes them to L{warn} in the reactor thread.
+
+        @raise promtwist.config.settings.ConfigError: when they do not load.
+        """
+        return self._load(self.given(), self.environ(), warn)
+
     def postOptions(self) -> None:
         """
         Resolve the settings, read the TLS files they name, and check that
@@ -212,22 +231,29 @@ class _SettingsOptions(usage.Options, ABC, Generic[_S]):
         twistd would otherwise print the whole usage text, burying the one
         line that matters.
         """
-        environ = os.environ if self._environ is None else self._environ
         try:
-            self.settings = self._load(self.given(), environ)
+            self.settings = self._load(self.given(), self.environ(), self.warn)
             checkFiles(self.settings)
             # twistd's own options, when these are its plugin's.
             twistd = getattr(self, "parent", None)
             if twistd is not None:
                 checkTwistdFiles(twistd)
+                # makeService sets the level, before twistd logs a line.
+                filterTwistdLogs(twistd)
         except (ConfigError, StartupError) as e:
             (self._stderr or sys.stderr).write(f"promtwist: {e}\n")
             raise SystemExit(1) from None
 
     @abstractmethod
-    def _load(self, options: Mapping[str, object], environ: Mapping[str, str]) -> _S:
+    def _load(
+        self,
+        options: Mapping[str, object],
+        environ: Mapping[str, str],
+        warn: Callable[[str], None],
+    ) -> _S:
         """
-        Resolve this process's settings with its loader.
+        Resolve this process's settings with its loader, its warnings going
+        to C{warn}.
         """
 
 
@@ -239,8 +265,13 @@ class ProxyOptions(_SettingsOptions[ProxySettings]):
     _role = PROXY
     optFlags, optParameters = _optionTables(PROXY)
 
-    def _load(self, options: Mapping[str, object], environ: Mapping[str, str]) -> ProxySettings:
-        return loadProxySettings(options, environ, warn=self.warn)
+    def _load(
+        self,
+        options: Mapping[str, object],
+        environ: Mapping[str, str],
+        warn: Callable[[str], None],
+    ) -> ProxySettings:
+        return loadProxySettings(options, environ, warn=warn)
 
 
 class AgentOptions(_SettingsOptions[AgentSettings]):
@@ -251,5 +282,10 @@ class AgentOptions(_SettingsOptions[AgentSettings]):
     _role = AGENT
     optFlags, optParameters = _optionTables(AGENT)
 
-    def _load(self, options: Mapping[str, object], environ: Mapping[str, str]) -> AgentSettings:
-        return loadAgentSettings(options, environ, warn=self.warn)
+    def _load(
+        self,
+        options: Mapping[str, object],
+        environ: Mapping[str, str],
+        warn: Callable[[str], None],
+    ) -> AgentSettings:
+        return loadAgentSettings(options, environ, warn=warn)

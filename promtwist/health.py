@@ -9,7 +9,11 @@ fails.
 The check names are prometheus-proxy's, so that a probe, a blackbox module
 or an alert written against its C{/healthcheck} keeps working; promtwist's
 own checks (C{agent_port} on the proxy, C{proxy_link} on the agent) are
-served beside them under their own names.
+served beside them under their own names, marked C{"informational": true}:
+they say how things are but do not decide the status, so the status is the
+one prometheus-proxy would answer in the same state. (Its agent answers 200
+while its proxy is unreachable; so does promtwist's, with C{proxy_link}
+unhealthy in the document.)
 """
 
 from __future__ import annotations
@@ -39,10 +43,14 @@ class HealthCheck:
 
     @ivar message: for people: what was measured, against what. promtwist
         gives one for healthy results too, where Dropwizard usually has none.
+    @ivar informational: the result of one of promtwist's own checks, which
+        prometheus-proxy does not have: shown, but not counted for the
+        status code, which a monitor of prometheus-proxy reads.
     """
 
     healthy: bool
     message: str = ""
+    informational: bool = False
 
 
 Checks = Mapping[str, Callable[[], HealthCheck]]
@@ -69,7 +77,8 @@ def runChecks(
 
     A check that raises is an unhealthy result carrying the error's type and
     message, as Dropwizard's C{HealthCheck.execute} makes it, not a broken
-    endpoint: its traceback goes to the log, never to the client.
+    endpoint: its traceback goes to the log, never to the client. It counts,
+    whichever check it was: a check that cannot run is a broken process.
 
     @param clock: gives the results' C{timestamp}.
     @param timer: a monotonic clock in seconds, for each check's C{duration}
@@ -89,6 +98,8 @@ def runChecks(
         described: dict[str, object] = {"healthy": result.healthy, "message": result.message}
         if error is not None:
             described["error"] = error
+        if result.informational:
+            described["informational"] = True
         described["duration"] = int((timer() - started) * 1000)
         described["timestamp"] = timestamp(clock.seconds())
         document[name] = described
@@ -100,6 +111,7 @@ class HealthResource(Resource):
     Runs the health checks: 200 when all pass, 500 when any fails (as
     prometheus-proxy; Kubernetes probes and load balancers treat both 500
     and 503 as failing), 501 when there are none (as Dropwizard's servlet).
+    Informational results (L{HealthCheck.informational}) are not counted.
     """
 
     isLeaf = True
@@ -125,7 +137,7 @@ class HealthResource(Resource):
         document = runChecks(self.checks, self.clock, self.timer)
         if not document:
             code = 501
-        elif all(result["healthy"] for result in document.values()):
+        elif all(r["healthy"] or r.get("informational") for r in document.values()):
             code = 200
         else:
             code = 500
@@ -191,8 +203,8 @@ def proxyHealth(
       - C{agent_scrape_request_backlog}: every agent has fewer scrapes in
         flight than C{scrape_request_backlog_unhealthy_size};
 
-    and promtwist's C{agent_port}: always healthy, with how many agents,
-    paths and pending handshakes there are. prometheus-proxy's
+    and promtwist's informational C{agent_port}: always healthy, with how
+    many agents, paths and pending handshakes there are. prometheus-proxy's
     C{dashboard_service} is absent, as promtwist serves no dashboard.
 
     @param listeners: the process's listeners, once it made them.
@@ -224,6 +236,7 @@ def proxyHealth(
             True,
             f"{len(snapshot.agents)} agents connected, {snapshot.pathCount} paths,"
             f" {snapshot.pendingHandshakes} handshakes pending",
+            informational=True,
         )
 
     return {
@@ -246,14 +259,17 @@ def agentHealth(
     prometheus-proxy's C{scrape_request_backlog_check} (fewer scrape
     requests waiting for a slot than
     C{scrape_request_backlog_unhealthy_size}); and promtwist's
-    C{proxy_link} (connected to a proxy, with the handshake done).
+    informational C{proxy_link} (connected to a proxy, with the handshake
+    done): prometheus-proxy's agent stays healthy while its proxy is
+    unreachable, and restarting or unreadying an agent brings no proxy back.
 
     @param listeners: the process's listeners, once it made them.
     """
 
     def link() -> HealthCheck:
         up = state().linkUp
-        return HealthCheck(up, "connected to a proxy" if up else "not connected to a proxy")
+        message = "connected to a proxy" if up else "not connected to a proxy"
+        return HealthCheck(up, message, informational=True)
 
     def backlog() -> HealthCheck:
         waiting = state().backlog

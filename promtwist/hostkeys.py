@@ -62,8 +62,17 @@ def checkHost(host: str) -> str:
     C{host} as keys and requests spell it: lower-case, an IPv6 address
     without brackets and in its compressed form.
 
-    @raise BadTarget: it is neither a DNS name nor an IP address.
+    @raise BadTarget: it is neither a DNS name nor an IP address, or it
+        is an IPv6 address with a zone (C{fe80::1%eth0}): a zone names an
+        interface of one machine, which the proxy and the agent do not
+        share, and a URL spells it C{%25eth0}, a declaration C{%eth0}, so
+        the two would never name the same target.
     """
+    if ":" in host and "%" in host:
+        raise BadTarget(
+            f"host {clip(host)!r} has an IPv6 zone (%...), which targets cannot"
+            " name: use the address without it, or a name"
+        )
     if host.startswith("[") and host.endswith("]"):
         inner = host[1:-1]
         try:
@@ -92,16 +101,17 @@ def checkHost(host: str) -> str:
 
 def checkPort(text: str) -> int:
     """
-    A port number given as text.
+    A port number given as text; leading zeros are allowed, as RFC 3986
+    allows them (C{00080} is port 80).
 
     @raise BadTarget: it is not a decimal number from 1 to 65535.
     """
-    if not text.isascii() or not text.isdigit() or len(text) > 5:
+    if not text.isascii() or not text.isdigit():
         raise BadTarget(f"port {clip(text)!r} is not a number")
-    port = int(text)
-    if not 0 < port < 65536:
-        raise BadTarget(f"port {port} is out of range (1-65535)")
-    return port
+    digits = text.lstrip("0")
+    if len(digits) > 5 or not 0 < int(digits or "0") < 65536:
+        raise BadTarget(f"port {clip(text)!r} is out of range (1-65535)")
+    return int(digits)
 
 
 def parseHostPort(text: str, scheme: str = "") -> tuple[str, int]:

@@ -7,7 +7,7 @@ L{promtwist.endpoints}.
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
@@ -24,9 +24,14 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 
 from promtwist import __version__
+from promtwist.addresses import socketHostPort
 from promtwist.endpoints import BadDescription, described, onInterface, probe, wildcard
 from promtwist.logs import clip
 from promtwist.startup import StartupError
+from promtwist.tls import answerALPN
+
+# What an HTTP port answers a TLS client's ALPN offer with.
+HTTP_1_1 = (b"http/1.1",)
 
 
 class Listener(StreamServerEndpointService):
@@ -56,6 +61,7 @@ class Listener(StreamServerEndpointService):
         backlog: int = 50,
         description: str = "",
         descriptionKey: str = "",
+        protocols: Sequence[bytes] = (),
     ) -> None:
         """
         @param portNumber: the port of every address (the dual-stack
@@ -69,6 +75,9 @@ class Listener(StreamServerEndpointService):
             L{promtwist.endpoints.described}).
         @param descriptionKey: the setting C{description} came from, for
             messages.
+        @param protocols: with TLS, what the port speaks by ALPN name, most
+            preferred first (L{HTTP_1_1} for HTTP); a client offering none of
+            them is served without a protocol (L{answerALPN}).
         @raise StartupError: when C{description} names no usable endpoint,
             or is C{ssl:} on a port promtwist's TLS settings also cover.
         """
@@ -90,6 +99,9 @@ class Listener(StreamServerEndpointService):
             where = onInterface(reactor, portNumber, interface, backlog)
         else:
             where = wildcard(reactor, portNumber, backlog)
+        if tls is not None:
+            # The context every connection of the port shares.
+            answerALPN(tls.getContext(), protocols)
         super().__init__(where.endpoint, factory if tls is None else withTLS(factory, tls))
         self.tls = tls is not None
         self._where = where
@@ -148,10 +160,8 @@ class Listener(StreamServerEndpointService):
         """
         assert self.port is not None, "not listening"
         address = self.port.getHost()
-        if isinstance(address, IPv6Address):
-            return f"[{address.host}]:{address.port}"
-        if isinstance(address, IPv4Address):
-            return f"{address.host}:{address.port}"
+        if isinstance(address, IPv4Address | IPv6Address):
+            return socketHostPort(address)
         if isinstance(address, UNIXAddress):
             name = address.name
             return f"unix:{name.decode('utf-8', 'replace') if isinstance(name, bytes) else name}"
@@ -166,6 +176,41 @@ class Listener(StreamServerEndpointService):
         address = self.port.getHost()
         assert isinstance(address, IPv4Address | IPv6Address), address
         return address.port
+
+
+def settingListener(
+    reactor: Any,
+    section: str,
+    purpose: str,
+    port: int,
+    description: str,
+    factory: IProtocolFactory,
+    interface: str = "",
+    tls: IOpenSSLContextFactory | None = None,
+    *,
+    backlog: int = 50,
+    protocols: Sequence[bytes] = (),
+) -> Listener:
+    """
+    The listener of a port the settings choose as every promtwist port is
+    chosen: C{<section>.port} on C{interface}, unless the endpoint
+    description C{<section>.listen} (C{description}) replaces both.
+
+    @param section: the settings' key prefix, e.g. C{proxy.http}.
+    """
+    return Listener(
+        reactor,
+        port,
+        factory,
+        interface,
+        tls,
+        purpose=purpose,
+        key=f"{section}.port",
+        description=description,
+        descriptionKey=f"{section}.listen",
+        backlog=backlog,
+        protocols=protocols,
+    )
 
 
 def describeListeners(listeners: Iterable[Listener]) -> str:

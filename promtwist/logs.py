@@ -1,9 +1,13 @@
 """
-Log levels for promtwist's own events.
+Log levels, for every event of the process.
 
-Every promtwist logger publishes through L{observer}, a filter in front of
-Twisted's global log publisher, so C{logLevel} / C{--log_level} can quiet or
-open up promtwist without touching what twistd itself logs.
+C{logLevel} / C{--log_level} is the level of the whole process, as
+prometheus-proxy's is its root logger's: one predicate decides for
+promtwist's own loggers (which publish through L{observer}, so that a debug
+line is not even built when it would be dropped) and, through
+L{filterTwistdLogs}, for what reaches twistd's log observer, so Twisted's and
+twistd's own lines ("starting up", "reactor class", a port "starting on")
+follow it too.
 """
 
 from __future__ import annotations
@@ -12,14 +16,15 @@ import json
 import math
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from datetime import UTC, datetime
-from typing import IO
+from typing import IO, cast
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
+    LegacyLogObserverWrapper,
     LogEvent,
     Logger,
     LogLevel,
@@ -28,6 +33,8 @@ from twisted.logger import (
     globalLogPublisher,
 )
 from twisted.python.failure import Failure
+from twisted.python.log import ILogObserver as ILegacyLogObserver
+from twisted.python.reflect import namedAny
 from zope.interface import implementer
 
 # prometheus-proxy's level names; "off" keeps only critical events, which
@@ -51,6 +58,68 @@ def applyLogLevel(level: str) -> None:
     C{warn}, C{error} or C{off}; C{""} means C{info}.
     """
     _predicate.setLogLevelForNamespace("", _LEVELS.get(level.lower(), LogLevel.info))
+
+
+class _TwistdObserver:
+    """
+    The log observer twistd starts with, filtered by the process's level
+    (L{applyLogLevel}): whichever one twistd would have started, C{--logger}'s
+    or its own choice from C{--logfile}, C{--syslog} and C{--nodaemon}.
+
+    twistd takes an observer factory only by name (its C{--logger}, which
+    it imports after its plugin's options are parsed), so the process's one
+    instance, L{twistdObserver}, is what L{filterTwistdLogs} names.
+    """
+
+    def __init__(self) -> None:
+        self._chosen: object = None
+        self._twistd: Mapping[str, object] = {}
+
+    def choose(self, chosen: object, twistd: Mapping[str, object]) -> None:
+        """
+        @param chosen: the factory C{--logger} named, or L{None}.
+        @param twistd: twistd's options, for its own choice.
+        """
+        self._chosen, self._twistd = chosen, twistd
+
+    def __call__(self) -> ILogObserver:
+        if callable(self._chosen):
+            made = self._chosen()
+        else:
+            # Imported here: only a twistd process has a twistd runner.
+            from twisted.scripts._twistd_unix import UnixAppLogger
+
+            made = UnixAppLogger(self._twistd)._getLogObserver()
+        if not ILogObserver.providedBy(made):
+            # A legacy observer (twistd's syslog one), as twistd wraps it.
+            made = LegacyLogObserverWrapper(cast(ILegacyLogObserver, made))
+        return FilteringLogObserver(made, [_predicate])
+
+
+twistdObserver = _TwistdObserver()
+
+
+def filterTwistdLogs(twistd: MutableMapping[str, object]) -> None:
+    """
+    Make twistd start its logging with L{twistdObserver}, so that every
+    event of the process, twistd's and Twisted's own lines ("starting up",
+    "reactor class", a port "starting on") included, is at the process's
+    level. Events logged before logging begins are replayed through it.
+
+    A C{--logger} that names nothing importable is left to twistd, which
+    refuses it with its own usage error.
+
+    @param twistd: twistd's options, whose plugin's options these are,
+        before twistd imports its C{logger} option.
+    """
+    chosen = twistd.get("logger")
+    if isinstance(chosen, str):
+        try:
+            chosen = namedAny(chosen)
+        except Exception:  # noqa: BLE001 - twistd says what is wrong with it
+            return
+    twistdObserver.choose(chosen, twistd)
+    twistd["logger"] = f"{__name__}.twistdObserver"
 
 
 def debugging(namespace: str = "") -> bool:

@@ -74,6 +74,15 @@ class Children:
             child = self._children[values] = self._metric.labels(*values)
         return child
 
+    def forget(self, first: str) -> None:
+        """
+        Remove the children whose first label value is C{first}, from this
+        cache and from the metric: their series end.
+        """
+        for values in [v for v in self._children if v[0] == first]:
+            del self._children[values]
+            self._metric.remove(*values)
+
 
 @dataclass(frozen=True)
 class ScrapeLeg:
@@ -392,18 +401,22 @@ class ProxyMetrics:
         self._sampled = _Sampled(_proxyFamilies, _proxySamples)
         registry.register(self._sampled)
 
-    def scrapeFinished(self, path: str, legs: Iterable[ScrapeLeg], relayedBytes: int) -> None:
+    def scrapeFinished(
+        self, path: str | None, legs: Iterable[ScrapeLeg], relayedBytes: int
+    ) -> None:
         """
         A scrape request was answered.
 
-        @param path: the requested path, without its leading C{/}; a label
-            value only for timed legs, whose path is a registered one.
+        @param path: the registry key that served it (a path without its
+            leading C{/}, or a host key); a label value only for timed legs,
+            whose key is a registered one. L{None} when the key has been
+            forgotten since (L{forgetPath}): its legs are counted, unlabelled.
         @param legs: what prometheus-proxy counts of it (L{ScrapeLeg}).
         @param relayedBytes: body bytes sent to Prometheus.
         """
         for leg in legs:
             self._requestsOf(leg.type).inc()
-            if leg.seconds is None:
+            if leg.seconds is None or path is None:
                 continue
             self._latencyOf(path, leg.type).observe(leg.seconds)
             # Only successes: other bodies are promtwist's own one-line
@@ -411,6 +424,14 @@ class ProxyMetrics:
             if leg.type == "success":
                 self._responseBytesOf(path, leg.encoding).observe(leg.bodyBytes)
         self._relayedBytes.inc(relayedBytes)
+
+    def forgetPath(self, path: str) -> None:
+        """
+        The registry forgot C{path}: end its series, so that the C{path}
+        labels stay as many as the claims.
+        """
+        self._latencyOf.forget(path)
+        self._responseBytesOf.forget(path)
 
     def chunkInvalid(self, stage: str) -> None:
         """

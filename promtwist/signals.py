@@ -45,3 +45,16 @@ def exitNormally(reactor: Any) -> None:
     """
     if getattr(reactor, "_exitSignal", None) in (signal.SIGTERM, signal.SIGINT):
         reactor._exitSignal = None
+
+
+def exitNormallyOnShutdown(reactor: Any) -> None:
+    """
+    Call L{exitNormally} once the reactor's shutdown has stopped the
+    services: twistd stops them "before" shutdown and waits for their
+    drains, so "after" shutdown they have drained.
+
+    Only a process's entry point (a tap's C{makeService}) asks for this:
+    a service embedded in another program leaves that program's exit
+    status alone.
+    """
+    reactor.addSystemEventTrigger("after", "shutdown", exitNormally, reactor)

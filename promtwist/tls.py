@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -51,6 +52,10 @@ from zope.interface import implementer
 
 from promtwist.config.settings import AgentSettings, ConfigError, ProxyEndpoint, ProxySettings
 from promtwist.truststore import storeCertificates
+
+if TYPE_CHECKING:
+    # Only pyOpenSSL's annotations name the type of NO_OVERLAPPING_PROTOCOLS.
+    from OpenSSL.SSL import _NoOverlappingProtocols as NoOverlap
 
 # Both ends of the link and of the scrape port are modern software; nothing
 # needs the protocol versions before TLS 1.2.
@@ -191,6 +196,27 @@ def _context(options: CertificateOptions, where: str) -> SSL.Context:
 
 # ---------------------------------------------------------------------------
 # The proxy's listeners.
+
+
+def answerALPN(context: SSL.Context, protocols: Sequence[bytes]) -> None:
+    """
+    Answer a client's ALPN offer with the first of C{protocols} it offers,
+    or, when it offers none of them, with no protocol at all: the handshake
+    goes on, as RFC 7301 lets a server that ignores the extension do.
+
+    Twisted's own callback (26.10) answers "no overlap" with an empty
+    protocol name, which OpenSSL turns into an C{internal_error} alert: every
+    client that offers ALPN, as Prometheus' Go client (C{h2}, C{http/1.1})
+    and curl do, would fail its handshake.
+    """
+
+    def select(connection: SSL.Connection, offered: list[bytes]) -> bytes | NoOverlap:
+        for protocol in protocols:
+            if protocol in offered:
+                return protocol
+        return SSL.NO_OVERLAPPING_PROTOCOLS
+
+    context.set_alpn_select_callback(select)
 
 
 def _serverOptions(section: str, cert: str, key: str, trust: str) -> CertificateOptions | None:
@@ -568,7 +594,14 @@ def targetPolicy(settings: AgentSettings) -> IPolicyForHTTPS:
         # prometheus-proxy took a Java trust store here.
         certificates = storeCertificates(key, path, data, settings.https_trust_store_password)
     options = CertificateOptions(trustRoot=trustRootFromCertificates(_roots(certificates)))
-    return _TargetPolicy(_context(options, f"{key}: {path}"), f"a CA in {path}")
+    context = _context(options, f"{key}: {path}")
+    # Java trusts every certificate of a trust store as an anchor, a server's
+    # own certificate from a key entry too; OpenSSL, without this flag, only
+    # a self-signed root at the end of the chain.
+    store = context.get_cert_store()
+    assert store is not None, "the trust root made the context's store"
+    store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
+    return _TargetPolicy(context, f"a CA in {path}")
 
 
 def checkFiles(settings: ProxySettings | AgentSettings) -> None:

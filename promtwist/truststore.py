@@ -10,9 +10,15 @@ they always were; they never get here.) Whatever is wrong with a store,
 the password above all, is one L{ConfigError} naming the key and the file.
 
 As Java's default trust manager does, a store trusts the certificate of
-every trusted-certificate entry and the first certificate of every
-private-key entry; in a PKCS#12 file every certificate counts (Java would
-skip a certificate bag without its trust attribute, but a file made with
+every trusted-certificate entry and the end-entity certificate of every
+private-key entry, not the rest of that entry's chain: a store holding one
+server's key and chain trusts that server's certificate, not every
+certificate its CA signed. (The caller verifies with OpenSSL's partial-chain
+flag, so a trusted certificate that is not a self-signed root is an anchor,
+as it is in Java.) A PKCS#12 file is read the same way: its key's
+certificate and every certificate outside that certificate's chain. One
+difference: in a PKCS#12 file without a key every certificate counts (Java
+skips a certificate bag without its trust attribute, but a file made with
 C{openssl pkcs12 -export -nokeys} is meant as a trust store too).
 
 Java stores are read by the small reader below rather than a library: the
@@ -222,4 +228,27 @@ def _pkcs12Certificates(where: str, data: bytes, password: str) -> list[x509.Cer
             f"{where}: wrong password for this PKCS#12 trust store ({PASSWORD_KEY}), or the"
             " file is damaged"
         ) from e
-    return ([certificate] if certificate is not None else []) + others
+    if certificate is None:
+        return others
+    chain = _issuers(certificate, others)
+    return [certificate] + [other for other in others if other not in chain]
+
+
+def _issuers(
+    certificate: x509.Certificate, candidates: list[x509.Certificate]
+) -> list[x509.Certificate]:
+    """
+    The chain above C{certificate} among C{candidates}, by issuer name: what
+    Java keeps as a key entry's chain rather than as trusted certificates.
+    """
+    chain: list[x509.Certificate] = []
+    current = certificate
+    while current.issuer != current.subject:
+        issuer = next(
+            (c for c in candidates if c.subject == current.issuer and c not in chain), None
+        )
+        if issuer is None:
+            break
+        chain.append(issuer)
+        current = issuer
+    return chain

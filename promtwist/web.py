@@ -29,7 +29,7 @@ from twisted.web.server import Request
 import promtwist
 from promtwist.config.settings import AgentSettings, ProxySettings
 from promtwist.health import Checks, HealthResource
-from promtwist.listen import Listener
+from promtwist.listen import HTTP_1_1, Listener, settingListener
 from promtwist.webguard import HardenedSite
 
 # The operations ports take only short GETs from a few clients.
@@ -237,15 +237,15 @@ def operationsListeners(
     section = _section(settings)
 
     def listener(purpose: str, port: int, description: str, site: HardenedSite) -> Listener:
-        return Listener(
+        return settingListener(
             reactor,
+            f"{section}.{purpose}",
+            purpose,
             port,
+            description,
             site,
             interface,
-            purpose=purpose,
-            key=f"{section}.{purpose}.port",
-            description=description,
-            descriptionKey=f"{section}.{purpose}.listen",
+            protocols=HTTP_1_1,
         )
 
     listeners = []

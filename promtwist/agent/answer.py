@@ -52,9 +52,8 @@ class Answer:
 
     @ivar producer: what to pause while the proxy has no credit left.
     @ivar resultSent: told, once its last frame went out, how the result
-        went (for prometheus-proxy's C{agent_scrape_result_count}):
-        C{"chunked"} in several frames, else C{"gzipped"} or
-        C{"non-gzipped"} by the encoding of its body on the link.
+        went, in the terms of prometheus-proxy's C{agent_scrape_result_count}
+        (L{_resultSent}).
     """
 
     _log = Logger(observer=observer)
@@ -84,6 +83,8 @@ class Answer:
         self.finished = False
         self._head: Head | None = None
         self._headSent = False
+        # Whether the body the head announced goes over the link gzipped.
+        self._gzippedOnLink = False
         self._paused = False
         self._buffer: list[bytes] = []
         self._buffered = 0
@@ -171,7 +172,9 @@ class Answer:
                 error=str(e),
             )
         else:
-            self._resultSent(single=not self._headSent, gzipped=False)
+            # prometheus-proxy's agent sends a failure as a result without
+            # a body, which it counts as non-gzipped.
+            self.resultSent("non-gzipped")
         answered = outcome in (Outcome.SUCCESS, Outcome.TOO_LARGE)
         self._finish("unsuccessful" if answered else "failed")
 
@@ -277,7 +280,7 @@ class Answer:
                 )
             )
             if sent and last:
-                self._resultSent(single=False, gzipped=False)
+                self._resultSent(several=True)
 
     def _sendHead(self, payload: bytes, last: bool) -> None:
         head = self._head
@@ -303,14 +306,26 @@ class Answer:
         if not sent:
             return
         self._headSent = True
+        self._gzippedOnLink = encoding.lower() in ("gzip", "x-gzip")
         if last:
-            self._resultSent(single=True, gzipped=encoding.lower() in ("gzip", "x-gzip"))
+            self._resultSent(several=False)
 
-    def _resultSent(self, single: bool, gzipped: bool) -> None:
+    def _resultSent(self, several: bool) -> None:
         """
-        The result's last frame went out: count it by how it went.
+        The result's last frame went out: count it as prometheus-proxy's
+        agent does, by its body's encoding on the link and, for a gzip
+        body, by whether it took more than one chunk: C{"non-gzipped"},
+        C{"gzipped"} (one frame) or C{"chunked"}. prometheus-proxy only
+        chunks gzip bodies; a plain body that promtwist sends in several
+        frames (so that other scrapes interleave) is still
+        C{"non-gzipped"}, as it is there.
+
+        @param several: it went in more than one frame.
         """
-        self.resultSent("gzipped" if single and gzipped else "non-gzipped" if single else "chunked")
+        if not self._gzippedOnLink:
+            self.resultSent("non-gzipped")
+        else:
+            self.resultSent("chunked" if several else "gzipped")
 
     def _sendOrFail(self, frame: Frame) -> bool:
         """

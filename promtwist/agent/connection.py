@@ -705,7 +705,13 @@ class ProxyConnectionFactory(Factory):
     handshakeTimeout = 10.0
     current: ProxyConnection | None = None
 
-    def __init__(self, settings: AgentSettings, scraper: Scraper, clock: IReactorTime) -> None:
+    def __init__(
+        self, settings: AgentSettings, scraper: Scraper, clock: IReactorTime, launchId: str = ""
+    ) -> None:
+        """
+        @param launchId: this process's launch id, which its metrics carry
+            too; a new one if empty.
+        """
         self.settings = settings
         self.scraper = scraper
         self.clock = clock
@@ -715,7 +721,7 @@ class ProxyConnectionFactory(Factory):
         self.paths: Mapping[str, PathConfig] = self.table.desired()
         # Set when the agent is stopping: new scrapes are refused.
         self.draining = False
-        self.launchId = uuid.uuid4().hex
+        self.launchId = launchId or uuid.uuid4().hex
         self.hostName = socket.gethostname()
 
     def replacePaths(

@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable, Mapping
 
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -20,6 +21,7 @@ from promtwist.config.records import readPathEntries
 from promtwist.config.settings import ConfigError, PathConfig
 from promtwist.config.sources import fetchURL, parseSource
 from promtwist.logs import observer
+from promtwist.reloads import inThreads
 
 _log = Logger(observer=observer)
 
@@ -48,8 +50,13 @@ class FileDiscovery(Service):
     with a warning and keeps the last good paths; a valid empty list removes
     every discovered path.
 
-    The file is read on the reactor thread: it is a small local file, read
-    once per interval, which costs less than a thread hop.
+    The first reading is done at start, as the configuration's, so that the
+    agent's first registration holds the discovered paths. Every later one
+    is done in a thread of the reactor's pool (L{inThreads}), and what was
+    read is handled in the reactor thread: the path may be an http(s) URL,
+    or a file on a slow mount, and the reactor goes on serving scrapes
+    meanwhile. Readings never overlap: the next interval starts when one is
+    done.
 
     @ivar last: the last good paths, L{None} before the first.
     """
@@ -70,12 +77,14 @@ class FileDiscovery(Service):
         self.last: tuple[PathConfig, ...] | None = None
         self._lastError = ""
         self._loop: LoopingCall | None = None
+        self._inThreads = inThreads(clock)
 
     def startService(self) -> None:
         super().startService()
+        self._handle(maybeDeferred(readDiscoveryFile, self.path, self.environ))
         self._loop = LoopingCall(self.tick)
         self._loop.clock = self.clock
-        self._loop.start(self.interval, now=True).addErrback(self._stopped)
+        self._loop.start(self.interval, now=False).addErrback(self._stopped)
 
     def _stopped(self, failure: Failure) -> None:
         _log.failure("path discovery stopped unexpectedly", failure)
@@ -86,22 +95,33 @@ class FileDiscovery(Service):
             self._loop.stop()
         self._loop = None
 
-    def tick(self) -> None:
+    def tick(self) -> Deferred[None]:
         """
         Read the file once; apply what it says if it changed.
         """
-        try:
-            found = readDiscoveryFile(self.path, self.environ)
-        except ConfigError as e:
-            # Said once per distinct problem, not every interval.
-            if str(e) != self._lastError:
-                kept = "no paths" if self.last is None else f"{len(self.last)} path(s)"
-                _log.warn(
-                    "discovery file skipped, keeping the last good one ({kept}): {error}",
-                    kept=kept,
-                    error=str(e),
-                )
-            self._lastError = str(e)
+        return self._handle(self._inThreads(lambda: readDiscoveryFile(self.path, self.environ)))
+
+    def _handle(self, reading: Deferred[tuple[PathConfig, ...]]) -> Deferred[None]:
+        return reading.addCallbacks(self._read, self._unreadable)
+
+    def _unreadable(self, failure: Failure) -> None:
+        failure.trap(ConfigError)
+        if not self.running:
+            # Stopped while the file was being read.
+            return
+        error = str(failure.value)
+        # Said once per distinct problem, not every interval.
+        if error != self._lastError:
+            kept = "no paths" if self.last is None else f"{len(self.last)} path(s)"
+            _log.warn(
+                "discovery file skipped, keeping the last good one ({kept}): {error}",
+                kept=kept,
+                error=error,
+            )
+        self._lastError = error
+
+    def _read(self, found: tuple[PathConfig, ...]) -> None:
+        if not self.running:
             return
         if self._lastError:
             _log.info("discovery file {path} is readable again", path=self.path)

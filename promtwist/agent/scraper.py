@@ -117,6 +117,7 @@ class Scraper:
             observer.filtered,
         )
         self._warned: set[tuple[str, str]] = set()
+        self._chunkCapSaid = False
         # For what a proxy can make happen on every scrape.
         self.warnings = RepeatedWarnings(self._log, clock)
 
@@ -138,11 +139,23 @@ class Scraper:
         room for body bytes gets frames it refuses, and each scrape fails with
         "answer too large for the link", where a chunk of zero or fewer bytes
         would never empty the buffer.
+
+        A setting the limit cuts down is said once, at the first link that
+        cuts it (prometheus-proxy sends chunks of any size it is given, so a
+        migrated C{--chunk} may ask for more than a frame holds).
         """
-        return max(
-            MIN_CHUNK,
-            min(self.settings.chunk_content_size_kbs * 1024, peerMaxFrameBytes - FRAME_OVERHEAD),
-        )
+        wanted = self.settings.chunk_content_size_kbs * 1024
+        chunk = max(MIN_CHUNK, min(wanted, peerMaxFrameBytes - FRAME_OVERHEAD))
+        if chunk < wanted and not self._chunkCapSaid:
+            self._chunkCapSaid = True
+            self._log.warn(
+                "agent.chunkContentSizeKbs (--chunk) is {kbs} KiB, more than the"
+                " proxy's frame limit of {limit} bytes holds: chunks are {chunk} bytes",
+                kbs=self.settings.chunk_content_size_kbs,
+                limit=peerMaxFrameBytes,
+                chunk=chunk,
+            )
+        return chunk
 
 
 class _Attempt:

@@ -1,19 +1,20 @@
 # -*- test-case-name: promtwist.test.test_integration -*-
 """
-The agent process as one service: a reconnecting link to the proxy and the
-target connection pool its scrapes share (L{promtwist.agent.client}).
+The agent process as one service: it runs the parts L{promtwist.agent.build}
+made (the target connection pool its scrapes share, the discovery file, the
+operator's listeners) and its reconnecting link to the proxy, reloads its
+paths, shows the debug page, and drains on shutdown.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, cast
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IAddress,
@@ -33,49 +34,22 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from promtwist.agent.client import Origin, TargetPool
+from promtwist.agent.client import TargetPool
 from promtwist.agent.connection import ProxyConnection, ProxyConnectionFactory
 from promtwist.agent.dialling import DialReport, describeDialFailure
 from promtwist.agent.discoveryfile import FileDiscovery
-from promtwist.agent.filters import FilterStream
-from promtwist.agent.scraper import ScrapeObserver, Scraper
 from promtwist.config.keys import AGENT
+from promtwist.config.load import warningsOnce
 from promtwist.config.settings import AgentSettings, ConfigError, PathConfig
 from promtwist.debugpage import head, table, uptime
-from promtwist.health import agentHealth
 from promtwist.hostkeys import spelled
 from promtwist.httputil import redacted
-from promtwist.listen import logStarted
+from promtwist.listen import Listener, logStarted
 from promtwist.logs import observer
 from promtwist.metrics import AgentMetrics, AgentState
-from promtwist.signals import exitNormally, onHangup
-from promtwist.tls import linkTLS, linkUsesTLS, targetPolicy
-from promtwist.web import operationsListeners
-
-
-def targetEndpoints(
-    settings: AgentSettings, reactor: Any
-) -> Callable[[Origin], IStreamClientEndpoint]:
-    """
-    How the target pool reaches an origin: with
-    C{agent.http.clientTimeoutSecs} to connect, and for https the TLS
-    options of L{targetPolicy} (trust, client certificate, host name check),
-    as twisted.web's Agent used them.
-
-    @raise promtwist.config.settings.ConfigError: when a TLS file is unusable.
-    """
-    policy = targetPolicy(settings)
-
-    def endpointFor(origin: Origin) -> IStreamClientEndpoint:
-        endpoint: IStreamClientEndpoint = HostnameEndpoint(
-            reactor, origin.host, origin.port, timeout=settings.client_timeout_secs
-        )
-        if origin.scheme == "https":
-            creator = policy.creatorForNetloc(origin.host.encode("ascii"), origin.port)
-            endpoint = wrapClientTLS(creator, endpoint)
-        return endpoint
-
-    return endpointFor
+from promtwist.reloads import Load, Reloads, inThreads
+from promtwist.signals import onHangup
+from promtwist.tls import linkUsesTLS
 
 
 class _Link(Protocol):
@@ -197,61 +171,13 @@ class _ReadyLinks(Factory):
         return _Link(self._handing)
 
 
-def proxyEndpoints(
-    settings: AgentSettings, reactor: Any
-) -> list[tuple[str, IStreamClientEndpoint]]:
-    """
-    An endpoint per configured proxy, each with TLS options of its own (the
-    certificate's expected host name differs).
-
-    @raise promtwist.config.settings.ConfigError: when a TLS file is unusable.
-    """
-    endpoints: list[tuple[str, IStreamClientEndpoint]] = []
-    for proxy in settings.proxy_endpoints:
-        endpoint: IStreamClientEndpoint = HostnameEndpoint(
-            reactor, proxy.host, proxy.port, timeout=10
-        )
-        tls = linkTLS(settings, proxy)
-        if tls is not None:
-            endpoint = wrapClientTLS(tls, endpoint)
-        endpoints.append((str(proxy), endpoint))
-    return endpoints
-
-
-class _ScrapeMetrics(ScrapeObserver):
-    """
-    The agent's metrics as its scrapes' observer. They are made after the
-    scraper (they need the launch id of the connection factory, which needs
-    the scraper), so they are looked up on the service when told.
-    """
-
-    def __init__(self, service: AgentService) -> None:
-        self.service = service
-
-    def scrapeEnded(self, kind: str, seconds: float) -> None:
-        # A scrape the proxy cancelled has no result to count.
-        if kind != "cancelled":
-            self.service.metrics.scrapeFinished(kind, seconds)
-
-    def invalidPath(self) -> None:
-        self.service.metrics.invalidPath()
-
-    def resultSent(self, kind: str) -> None:
-        self.service.metrics.resultSent(kind)
-
-    def filtered(self, path: str, stream: FilterStream) -> None:
-        self.service.metrics.filtered(path, stream.linesDropped, stream.bytesSaved)
-
-    def retried(self, kind: str) -> None:
-        self.service.metrics.retried(kind)
-
-
 class AgentService(MultiService):
     """
     Start it and the agent dials the proxy, registers its paths, and keeps
     doing so after every disconnect; stop it and it says goodbye, lets the
     scrapes in flight finish (up to C{shutdown_grace_secs}), then closes the
-    link and the pool.
+    link and the pool. L{promtwist.agent.build.buildAgent} makes one from
+    settings.
 
     @ivar factory: builds the connection for each (re)connect, and holds the
         path table.
@@ -267,39 +193,45 @@ class AgentService(MultiService):
     def __init__(
         self,
         settings: AgentSettings,
-        reactor: Any = None,
+        reactor: Any,
+        factory: ProxyConnectionFactory,
+        pool: TargetPool,
+        metrics: AgentMetrics,
+        endpoints: Sequence[tuple[str, IStreamClientEndpoint]],
         *,
-        loadSettings: Callable[[], AgentSettings] | None = None,
-        environ: Mapping[str, str] | None = None,
-        endpoints: Sequence[tuple[str, IStreamClientEndpoint]] | None = None,
+        loadSettings: Load[AgentSettings] | None = None,
+        warn: Callable[[str], None] | None = None,
     ) -> None:
         """
-        @param loadSettings: see L{loadSettings}; with it, C{SIGHUP} reloads.
-        @param environ: for substitutions in the discovery file.
-        @param endpoints: overrides the proxy endpoints the settings name
-            (for tests).
-        @raise promtwist.config.settings.ConfigError: when a TLS file is unusable.
+        @param factory: builds the connection for each (re)connect.
+        @param pool: the target connections the scrapes share, closed when
+            the agent stops.
+        @param metrics: the agent's own metrics, told how dialling goes.
+        @param endpoints: the proxies to dial, named, in order.
+        @param loadSettings: reads the configuration again, in a thread;
+            with it, C{SIGHUP} reloads.
+        @param warn: where its warnings go (in the reactor thread): the
+            startup load's, so that a reload repeats none of them.
         """
         super().__init__()
-        if reactor is None:
-            from twisted.internet import reactor
         self.settings = settings
         self.clock = reactor
         self.startedAt = reactor.seconds()
-        self.loadSettings = loadSettings
-        self.pool = TargetPool(
-            reactor, targetEndpoints(settings, reactor), settings.max_concurrent_clients
+        self._reloads = (
+            None
+            if loadSettings is None
+            else Reloads(
+                loadSettings,
+                self._applyReload,
+                self._refuseReload,
+                warn or warningsOnce(),
+                inThreads(reactor),
+            )
         )
-        scraper = Scraper(settings, self.pool, reactor, _ScrapeMetrics(self))
-        self.factory = ProxyConnectionFactory(settings, scraper, reactor)
-        self.metrics = AgentMetrics(self.factory.launchId, settings.name, reactor)
-        self.metrics.track(self.state)
-        links = _ReadyLinks(
-            proxyEndpoints(settings, reactor) if endpoints is None else endpoints,
-            self.factory,
-            self._notReady,
-            self._ready,
-        )
+        self.pool = pool
+        self.factory = factory
+        self.metrics = metrics
+        links = _ReadyLinks(endpoints, factory, self._notReady, self._ready)
         self.links = links
         # The proxy last dialled, for the debug page, as prometheus-proxy's.
         self.proxyHost = links.endpoints[0][0]
@@ -318,25 +250,23 @@ class AgentService(MultiService):
         self.link = _LinkService(links, links, retryPolicy=retryPolicy, clock=reactor)
         self.link.setServiceParent(self)
         self.discovery: FileDiscovery | None = None
-        if settings.discovery_enabled:
-            self.discovery = FileDiscovery(
-                settings.discovery_file_path,
-                settings.discovery_reconcile_interval_secs,
-                self._discovered,
-                reactor,
-                environ,
-            )
-            self.discovery.setServiceParent(self)
+        self.listeners: list[Listener] = []
         self._restoreHangup: Callable[[], None] = lambda: None
-        self.listeners = operationsListeners(
-            settings,
-            self.metrics.registry,
-            agentHealth(self.state, settings, lambda: self.listeners),
-            self.debugText,
-            reactor,
-        )
-        for listener in self.listeners:
-            listener.setServiceParent(self)
+
+    def watch(self, discovery: FileDiscovery) -> None:
+        """
+        Run C{discovery} with the agent; it reports to L{discovered}.
+        """
+        self.discovery = discovery
+        discovery.setServiceParent(self)
+
+    def addListener(self, listener: Listener) -> None:
+        """
+        Run C{listener} with the agent, and show it where listeners are
+        shown.
+        """
+        self.listeners.append(listener)
+        listener.setServiceParent(self)
 
     # What the operator sees.
 
@@ -417,7 +347,10 @@ class AgentService(MultiService):
 
     # Path changes.
 
-    def _discovered(self, paths: tuple[PathConfig, ...]) -> Deferred[None]:
+    def discovered(self, paths: tuple[PathConfig, ...]) -> Deferred[None]:
+        """
+        The discovery file now lists C{paths}: serve them.
+        """
         changes, done = self.factory.replacePaths(discovered=paths)
         if changes:
             self._log.info(
@@ -429,8 +362,9 @@ class AgentService(MultiService):
 
     def reload(self) -> Deferred[None]:
         """
-        Read the configuration again (what C{SIGHUP} does) and apply its
-        C{agent.pathConfigs} and C{agent.targets} over the current link. A configuration that
+        Read the configuration again (what C{SIGHUP} does), in a thread
+        (L{Reloads}), and apply its C{agent.pathConfigs} and
+        C{agent.targets} over the current link. A configuration that
         does not load is rejected with one error line and changes nothing,
         and so is one that would leave the agent no path at all without
         saying so (no C{agent.pathConfigs} key: a file cut short, an
@@ -440,19 +374,20 @@ class AgentService(MultiService):
 
         @return: fires once the proxy answered the changes' registrations.
         """
-        if self.loadSettings is None:
+        if self._reloads is None:
             self._log.warn("this agent cannot reload its configuration")
             return succeed(None)
-        try:
-            new = self.loadSettings()
-        except ConfigError as e:
-            # One line: a parser's message may span several.
-            error = str(e).splitlines()[0] if str(e) else repr(e)
-            self._log.error(
-                "configuration reload rejected, the running configuration stays: {error}",
-                error=error[:500],
-            )
-            return succeed(None)
+        return self._reloads()
+
+    def _refuseReload(self, e: ConfigError) -> None:
+        # One line: a parser's message may span several.
+        error = str(e).splitlines()[0] if str(e) else repr(e)
+        self._log.error(
+            "configuration reload rejected, the running configuration stays: {error}",
+            error=error[:500],
+        )
+
+    def _applyReload(self, new: AgentSettings) -> Deferred[None]:
         if (
             not new.path_configs
             and not new.path_configs_listed
@@ -490,7 +425,7 @@ class AgentService(MultiService):
     def startService(self) -> None:
         settings = self.settings
         self.factory.draining = False
-        if self.loadSettings is not None:
+        if self._reloads is not None:
             self._restoreHangup = onHangup(self.clock, self.reload)
         super().startService()
         logStarted(self._log, "agent", self.listeners)
@@ -535,6 +470,8 @@ class AgentService(MultiService):
         """
         self._restoreHangup()
         self._restoreHangup = lambda: None
+        if self._reloads is not None:
+            self._reloads.stop()
         if self.discovery is not None and self.discovery.running:
             self.discovery.stopService()
         self.factory.draining = True
@@ -557,4 +494,3 @@ class AgentService(MultiService):
         await drained
         await super().stopService()
         await self.pool.closeCachedConnections()
-        exitNormally(self.clock)

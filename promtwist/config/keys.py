@@ -433,6 +433,23 @@ PROXY = Role(
             Setting("proxy.http.basicAuth.username", str, field="http_basic_auth_username"),
             Setting("proxy.http.basicAuth.password", str, field="http_basic_auth_password"),
             Setting("proxy.http.bearerToken", str, field="http_bearer_token"),
+            Setting(
+                "proxy.pushprox.enabled",
+                bool,
+                field="pushprox_enabled",
+            ),
+            Setting(
+                "proxy.pushprox.pollHoldSecs",
+                float,
+                field="pushprox_poll_hold_secs",
+                rule=POSITIVE,
+            ),
+            Setting(
+                "proxy.pushprox.clientGraceSecs",
+                float,
+                field="pushprox_client_grace_secs",
+                rule=POSITIVE,
+            ),
             *_common("proxy", "PROXY_LOG_LEVEL"),
             *PROXY_COMPAT,
         ),
@@ -441,6 +458,7 @@ PROXY = Role(
         "proxy.auth": "identities",
         "proxy.http.allowedNetworks": "http_allowed_networks",
         "proxy.admin.allowedNetworks": "admin_allowed_networks",
+        "proxy.pushprox.allowedNetworks": "pushprox_allowed_networks",
     },
     removed=(
         "proxy.http.maxThreads",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Mapping
+from functools import cache
 from typing import Any
 
 from twisted.logger import Logger
@@ -103,6 +104,7 @@ def loadProxySettings(
         identities=readIdentities(gathered, values["agent_token"]),
         http_allowed_networks=readNetworks(gathered, "proxy.http.allowedNetworks"),
         admin_allowed_networks=readNetworks(gathered, "proxy.admin.allowedNetworks"),
+        pushprox_allowed_networks=readNetworks(gathered, "proxy.pushprox.allowedNetworks"),
         **values,
     )
 
@@ -117,6 +119,18 @@ def _clientTimeout(gathered: Gathered, clientTimeout: float) -> float:
     if cio != 90 and clientTimeout == 90:
         return float(cio)
     return clientTimeout
+
+
+@cache
+def hostFQDN() -> str:
+    """
+    This host's fully qualified name, the default of C{agent.fqdn}, as
+    pushprox-client's C{--fqdn}: asked of the resolver once, at startup
+    (L{promtwist.agent.tap.makeService} asks before the reactor runs), and
+    the same answer given to every reload after, since a reload runs in
+    the reactor, which a resolver lookup would block.
+    """
+    return socket.getfqdn()
 
 
 def loadAgentSettings(
@@ -139,8 +153,7 @@ def loadAgentSettings(
     _checkKeyPair(gathered, "agent.tls")
     values = _fieldValues(AGENT, gathered)
     values["name"] = values["name"].strip() or f"Unnamed-{socket.gethostname()}"
-    # As pushprox-client's --fqdn.
-    values["fqdn"] = values["fqdn"].strip() or socket.getfqdn()
+    values["fqdn"] = values["fqdn"].strip() or hostFQDN()
     values["client_timeout_secs"] = _clientTimeout(gathered, values["client_timeout_secs"])
     if values["discovery_enabled"] and not values["discovery_file_path"]:
         raise ConfigError(

@@ -202,6 +202,12 @@ class ProxySettings(_OperationsSettings):
     http_basic_auth_password: str = ""
     http_bearer_token: str = ""
     http_allowed_networks: tuple[str, ...] = ()
+    # PushProx 0.2 clients on the scrape port (promtwist's own keys,
+    # proxy.pushprox.*; see docs/pushprox.md).
+    pushprox_enabled: bool = True
+    pushprox_poll_hold_secs: float = 50.0
+    pushprox_client_grace_secs: float = 15.0
+    pushprox_allowed_networks: tuple[str, ...] = ()
     admin_port: int = 8092
     metrics_port: int = 8082
     admin_recent_requests_queue_size: int = 50

@@ -44,8 +44,9 @@ _PROPERTIES_ESCAPES = {"t": "\t", "n": "\n", "r": "\r", "f": "\f"}
 
 def fetchURL(url: str) -> bytes:
     """
-    Fetch a configuration URL.  This blocks, which is fine: configuration is
-    read before the reactor starts.
+    Fetch a configuration URL.  This blocks, so it never runs in the
+    reactor thread: configuration is read before the reactor starts, and a
+    C{SIGHUP} reload reads it in a thread (L{promtwist.reloads}).
 
     @raise OSError: for network and HTTP errors.
     """

@@ -45,10 +45,20 @@ class Authenticator:
     Checks agents' credentials against C{proxy.agentToken}, C{proxy.auth}
     and, with mutual TLS, the client certificate.
 
+    The agent port and the registry hold the same authenticator for the
+    life of the proxy, and a reload L{replaces its settings <configure>} in
+    place: no part has to be handed a new one.
+
     @ivar open: whether any agent that reaches the port gets in.
     """
 
     def __init__(self, settings: ProxySettings) -> None:
+        self.configure(settings)
+
+    def configure(self, settings: ProxySettings) -> None:
+        """
+        Check agents against C{settings}' identities from now on.
+        """
         identities = list(settings.identities)
         if settings.agent_token:
             identities.append(Identity(LEGACY_TOKEN_IDENTITY, settings.agent_token))
@@ -108,17 +118,20 @@ class Authenticator:
 
     def mayServe(self, identity: Identity, path: str) -> bool:
         """
-        Whether C{identity} may register C{path}: any path when it has no
-        globs. A host key (L{promtwist.hostkeys}) is matched against the
-        identity's target globs instead, as C{host:port} (C{host} for a
-        claim on any port); without target globs, an identity limited to
-        some paths may claim no target, and one limited to nothing any.
+        Whether C{identity} may register C{path}. A path is matched against
+        the identity's path globs, a host key (L{promtwist.hostkeys})
+        against its target globs, as C{host:port} (C{host} for a claim on
+        any port). An identity limited in neither may claim anything; one
+        limited in one kind only may claim nothing of the other, so naming
+        the targets an identity may claim does not let it take paths, nor
+        naming its paths targets.
         """
+        paths = self._globs.get(identity.name, [])
+        targets = self._targetGlobs.get(identity.name, [])
         if isHostKey(path):
-            targets = self._targetGlobs.get(identity.name)
-            if not targets:
-                return not self._globs.get(identity.name)
-            claimed = keyTarget(path)
-            return any(glob.match(claimed) for glob in targets)
-        globs = self._globs.get(identity.name)
-        return not globs or any(glob.match(path) for glob in globs)
+            globs, others, claimed = targets, paths, keyTarget(path)
+        else:
+            globs, others, claimed = paths, targets, path
+        if not globs:
+            return not others
+        return any(glob.match(claimed) for glob in globs)

@@ -25,13 +25,41 @@ from json.encoder import encode_basestring as _quoted
 
 from twisted.internet.address import IPv4Address, IPv6Address
 
-from promtwist.hostkeys import claimsPort, isHostKey, keyTarget
+from promtwist.addresses import socketHostPort
+from promtwist.hostkeys import (
+    BadTarget,
+    checkHost,
+    claimsPort,
+    hostPort,
+    isHostKey,
+    keyTarget,
+    parseHostPort,
+)
 from promtwist.logs import clip
 from promtwist.proxy.answers import textAnswer
 from promtwist.proxy.exchange import Exchange
 from promtwist.proxy.registry import Listed, PathEntry, Registry
 
 RESERVED_LABELS = frozenset({"__metrics_path__", "agentName", "hostName"})
+# What a host-routed target's labels may not set either: its job and
+# instance are Prometheus' (the job's name, the target's own address), and a
+# label beginning __ would steer the scrape itself (__scheme__, __param_*,
+# __address__). Paths keep prometheus-proxy's rule, which lets these
+# through: its users set job and instance on paths.
+_TARGET_RESERVED = frozenset({"job", "instance"})
+
+
+def isReservedLabel(key: str, label: str) -> bool:
+    """
+    Whether C{label} on the claim C{key} is the proxy's or Prometheus' to
+    set, and is left out of the discovery document: for a path,
+    prometheus-proxy's three; for a host-routed target those, C{job},
+    C{instance} and any label beginning C{__}.
+    """
+    if label in RESERVED_LABELS:
+        return True
+    return isHostKey(key) and (label in _TARGET_RESERVED or label.startswith("__"))
+
 
 # How many targets' documents are kept rendered; Prometheus reaches the proxy
 # under one or two names, and any other Host header costs one join.
@@ -53,7 +81,9 @@ def groupSegments(entry: PathEntry | Listed, perPathInstance: bool) -> list[str]
         either way, as any other label does upstream.
     """
     pairs = [
-        f"{_quoted(k)}:{_quoted(v)}" for k, v in entry.labels.items() if k not in RESERVED_LABELS
+        f"{_quoted(k)}:{_quoted(v)}"
+        for k, v in entry.labels.items()
+        if not isReservedLabel(entry.path, k)
     ]
     hostRouted = isHostKey(entry.path)
     if not hostRouted:
@@ -215,26 +245,22 @@ def _reachedAs(exchange: Exchange) -> str:
     The C{host:port} the request reached: its Host header's (with the
     port it came in on when the header names none), else the address it
     came in on; C{""} when neither says (a UNIX socket and no Host header
-    with a port).
+    with a port). Either way in a form Prometheus can scrape: an IPv6
+    address bracketed, an IPv4-mapped one as IPv4.
     """
     address = exchange.host
-    port = address.port if isinstance(address, IPv4Address | IPv6Address) else None
-    host = exchange.headers.get(b"host")
-    if host:
-        text = host.decode("latin-1").strip()
+    local = address if isinstance(address, IPv4Address | IPv6Address) else None
+    header = exchange.headers.get(b"host")
+    if header:
+        text = header.decode("latin-1").strip()
         # Keep only a well-formed host[:port]; anything else is a client's noise.
-        if text and all(c.isalnum() or c in "-.:[]_" for c in text):
-            if _hasPort(text):
-                return text
-            if port is not None:
-                return f"{text}:{port}"
-    if port is None:
-        return ""
-    assert isinstance(address, IPv4Address | IPv6Address)
-    return f"{address.host}:{port}"
-
-
-def _hasPort(hostport: str) -> bool:
-    if hostport.startswith("["):
-        return "]:" in hostport
-    return hostport.count(":") == 1
+        try:
+            return hostPort(*parseHostPort(text))
+        except BadTarget:
+            pass
+        if local is not None:
+            try:
+                return hostPort(checkHost(text), local.port)
+            except BadTarget:
+                pass
+    return "" if local is None else socketHostPort(local)

@@ -34,6 +34,8 @@ class Exchange(Protocol):
         C{b""}.
     @ivar headers: the request headers the proxy reads.
     @ivar repeated: the names of those that came more than once.
+    @ivar body: the request body, whole: empty unless the server's body
+        policy took one for this method and path.
     @ivar code: the response status so far.
     @ivar started: whether the status and headers have gone out.
     """
@@ -43,6 +45,7 @@ class Exchange(Protocol):
     query: bytes
     headers: dict[bytes, bytes]
     repeated: frozenset[bytes]
+    body: bytes
     code: int
     started: bool
 

@@ -19,7 +19,14 @@ gives the other ports (the shared parts are in L{promtwist.httpguard}):
     connection with its first byte: waiting for that byte is the idle
     timeout's business, so Prometheus can keep a connection across scrape
     intervals longer than the deadline;
-  - a request body is refused with 413 before a byte of it is read;
+  - a request body is refused with 413 before a byte of it is read,
+    unless the factory's L{BodyPolicy} takes one for that method and path
+    (PushProx clients' C{POST /poll} and C{POST /push}): then it must
+    declare a C{Content-Length} within the policy's limit (411 without
+    one, 413 over it), pass the guard (checked on the head, before a byte
+    of the body is read), and arrive whole within the head's deadline,
+    which runs on until its last byte (408 otherwise); the request is
+    answered only once the body is in;
   - clients outside the allowed networks are refused before a byte is
     read, the refusal logged at most once a minute per address;
   - a silent connection closes after the idle timeout (which does not run
@@ -32,7 +39,8 @@ gives the other ports (the shared parts are in L{promtwist.httpguard}):
     does not know among them), a line ended by a bare LF 400 as soon as
     it arrives, a request line naming another protocol 400, another
     method than C{GET} and C{HEAD} 405, another well-formed HTTP version
-    than 1.0 and 1.1 505;
+    than 1.0 and 1.1 505, more than one C{Host} header 400 (RFC 9112
+    section 3.2);
   - one empty line before a request line is ignored (RFC 9112 section
     2.2), a second gets 400; the bytes before a request line count toward
     its head's size and run in its deadline.
@@ -43,12 +51,14 @@ it close within L{ABORT_TIMEOUT} seconds.
 A connection moves through L{ConnectionState}: C{HEAD} (reading a request
 head) → C{ANSWERING} → C{IDLE} (keep-alive, waiting for the next head) or
 C{HELD} (the client is not reading; pipelined bytes wait) → ..., and
-C{CLOSING} once it is refused, timed out, or answered without keep-alive.
+C{CLOSING} once it is refused, timed out, or answered without keep-alive;
+a request with a body it takes spends C{BODY} between C{HEAD} and
+C{ANSWERING}.
 
 Heads are cut out of the byte stream at their blank line and fed to llhttp
-whole, one at a time: the port takes no bodies, so a head's end is its
-request's end, and bytes after it are the next request's, parsed only once
-this one is answered.
+whole, one at a time. A request without a body ends with its head; one with
+a body ends after exactly the declared bytes, counted here, so the bytes
+after it are the next request's, parsed only once this one is answered.
 """
 
 from __future__ import annotations
@@ -103,6 +113,10 @@ _LINE_ENDS = frozenset(b"\r\n")
 _EMPTY_LINES = Refusal(
     400, b"Bad Request", "malformed request: more than one empty line before the request line"
 )
+_LENGTH_REQUIRED = Refusal(
+    411, b"Length Required", "a request body here must declare its Content-Length"
+)
+_TWO_HOSTS = Refusal(400, b"Bad Request", "malformed request: more than one Host header")
 _BARE_LF = Refusal(
     400, b"Bad Request", "malformed request: a line ends in LF alone; HTTP lines end in CRLF"
 )
@@ -114,6 +128,13 @@ Handler = Callable[[Exchange], None]
 Answers an admitted request: at once, or later through the exchange.
 """
 
+BodyPolicy = Callable[[bytes, bytes], int | None]
+"""
+Given a request's method and path, the most body bytes the server takes for
+it, or L{None} if it takes none (and refuses the method unless it is C{GET}
+or C{HEAD}).
+"""
+
 Guard = Callable[[Exchange], bool]
 """
 Lets a request through (C{True}), or answers it itself (C{False}), before
@@ -123,6 +144,7 @@ the server routes it anywhere.
 
 class ConnectionState(Enum):
     HEAD = auto()
+    BODY = auto()
     ANSWERING = auto()
     IDLE = auto()
     HELD = auto()
@@ -137,6 +159,7 @@ class ScrapePortFactory(Factory):
     @ivar handler: answers requests that passed the server's checks.
     @ivar guard: checks each request's credentials first, if set.
     @ivar allowed: the networks clients may connect from.
+    @ivar bodies: which requests may carry a body, and how large.
     """
 
     noisy = False
@@ -150,6 +173,7 @@ class ScrapePortFactory(Factory):
         idleTimeout: float,
         allowedNetworks: Sequence[str] = (),
         guard: Guard | None = None,
+        bodies: BodyPolicy | None = None,
         clock: IReactorTime | None = None,
     ) -> None:
         """
@@ -170,6 +194,7 @@ class ScrapePortFactory(Factory):
             clock = cast(IReactorTime, reactor)
         self.handler = handler
         self.guard = guard
+        self.bodies = bodies
         self.maxHeaderBytes = maxHeaderBytes
         self.headerTimeout = headerTimeout
         self.idleTimeout = idleTimeout
@@ -232,6 +257,11 @@ class ScrapePortConnection(Protocol):
         self._headers: dict[bytes, bytes] = {}
         self._repeated: frozenset[bytes] = frozenset()
         self._keepAlive = False
+        # A body being read (state BODY): its request, and the bytes still
+        # to come.
+        self._bodyOf: ServerExchange | None = None
+        self._bodyParts: list[bytes] = []
+        self._bodyLeft = 0
 
     # The connection.
 
@@ -255,6 +285,10 @@ class ScrapePortConnection(Protocol):
         state = self.state
         if state is ConnectionState.CLOSING:
             # Refused or closing: whatever else arrives is not a request.
+            return
+        if state is ConnectionState.BODY:
+            self._keep(data)
+            self._readBody()
             return
         if state is ConnectionState.ANSWERING or state is ConnectionState.HELD:
             self._keep(data)
@@ -349,6 +383,10 @@ class ScrapePortConnection(Protocol):
                 self._pending = data
                 self._offset = offset
                 self._request(data, start, offset)
+                # (A request's body, read from the same bytes, moved it on.)
+                offset = self._offset
+                data = self._pending
+                size = len(data)
                 state = self.state
                 if state is not ConnectionState.IDLE and state is not ConnectionState.HEAD:
                     return
@@ -405,16 +443,27 @@ class ScrapePortConnection(Protocol):
                     f"not an HTTP request: the request line ends in {clip(protocol)}",
                 )
             )
+        if b"host" in self._repeated:
+            # Two hosts name two servers: which one the request is for is
+            # anyone's guess, so RFC 9112 section 3.2 asks for 400.
+            return self._refuse(_TWO_HOSTS)
         headers = self._headers
         length = headers.get(b"content-length")
-        if (length is not None and length.strip(b"0 \t")) or b"transfer-encoding" in headers:
-            return self._refuse(bodyRefused(0))
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        chunked = b"transfer-encoding" in headers
         parser = self._parser
         path, _, query = self._url.partition(b"?")
         method = parser.get_method()
+        bodyLength = 0
+        if (length is not None and length.strip(b"0 \t")) or chunked:
+            limit = self.factory.bodies(method, path) if self.factory.bodies else None
+            if limit is None:
+                return self._refuse(bodyRefused(0))
+            if chunked or length is None:
+                return self._refuse(_LENGTH_REQUIRED)
+            # llhttp took it for a number: digits, perhaps padded.
+            bodyLength = int(length.strip(b" \t"))
+            if bodyLength > limit:
+                return self._refuse(bodyRefused(limit))
         exchange = ServerExchange(
             self,
             method,
@@ -425,17 +474,84 @@ class ScrapePortConnection(Protocol):
             version,
             version == b"1.1" and not upgrade and self._keepAlive,
         )
+        if bodyLength:
+            if not self._admitted(exchange):
+                return
+            # llhttp would take the next head for this body: the body is
+            # counted here, and the next head goes to a parser of its own.
+            self._parser = HttpRequestParser(self)
+            self._bodyOf = exchange
+            self._bodyParts = []
+            self._bodyLeft = bodyLength
+            self.state = ConnectionState.BODY
+            self._readBody()
+            return
+        self._begin(exchange)
+
+    def _readBody(self) -> None:
+        """
+        Take the body's bytes from those not yet parsed; once it is whole,
+        answer its request.
+        """
+        pending, offset = self._pending, self._offset
+        take = min(self._bodyLeft, len(pending) - offset)
+        if take:
+            self._bodyParts.append(pending[offset : offset + take])
+            self._offset = offset + take
+            self._bodyLeft -= take
+        if self._bodyLeft:
+            return
+        exchange, self._bodyOf = self._bodyOf, None
+        assert exchange is not None
+        exchange.body = b"".join(self._bodyParts)
+        self._bodyParts = []
+        self._begin(exchange)
+
+    def _admitted(self, exchange: ServerExchange) -> bool:
+        """
+        Whether the guard lets a request with a body through, asked before
+        a byte of the body is read: a refused request costs its head only.
+        Its refusal closes the connection, since the unread body would be
+        read as the next request.
+        """
+        guard = self.factory.guard
+        if guard is None:
+            return True
+        persistent, exchange.persistent = exchange.persistent, False
         self._exchange = exchange
         self.state = ConnectionState.ANSWERING
-        self._answer(exchange)
+        if not guard(exchange):
+            return False
+        exchange.persistent = persistent
+        self._exchange = None
+        return True
 
-    def _answer(self, exchange: ServerExchange) -> None:
+    def _begin(self, exchange: ServerExchange) -> None:
+        """
+        The request is whole: its deadline is met; answer it.
+        """
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self._exchange = exchange
+        self.state = ConnectionState.ANSWERING
+        self._answer(exchange, guarded=bool(exchange.body))
+
+    def _answer(self, exchange: ServerExchange, guarded: bool) -> None:
+        """
+        @param guarded: the guard let the request through already (it has a
+            body, checked before it was read).
+        """
         factory = self.factory
-        if factory.guard is not None and not factory.guard(exchange):
+        if not guarded and factory.guard is not None and not factory.guard(exchange):
             return
-        if exchange.method not in _METHODS:
+        if exchange.method not in _METHODS and (
+            factory.bodies is None or factory.bodies(exchange.method, exchange.path) is None
+        ):
             exchange.setHeader(b"Allow", b"GET, HEAD")
-            reason = f"method {clip(exchange.method)} not allowed: this port serves GET and HEAD"
+            reason = (
+                f"method {clip(exchange.method)} not allowed here: this path serves GET and HEAD"
+            )
             if exchange.method == b"CONNECT":
                 # What Prometheus sends for an https target through proxy_url.
                 reason += (
@@ -535,6 +651,15 @@ class ScrapePortConnection(Protocol):
 
     def _deadlinePassed(self) -> None:
         self._deadline = None
+        if self.state is ConnectionState.BODY:
+            return self._refuse(
+                Refusal(
+                    408,
+                    b"Request Timeout",
+                    f"request body not complete within {self.factory.headerTimeout:g} seconds"
+                    f" of its request's start ({self._bodyLeft} bytes missing)",
+                )
+            )
         self._refuse(headTimedOut(self.factory.headerTimeout))
 
     def _idleTimedOut(self) -> None:
@@ -619,6 +744,7 @@ class ServerExchange:
         "_phrase",
         "_sendsBody",
         "_version",
+        "body",
         "code",
         "headers",
         "method",
@@ -645,6 +771,7 @@ class ServerExchange:
         self.query = query
         self.headers = headers
         self.repeated = repeated
+        self.body = b""
         self.code = 200
         self.persistent = persistent
         self.started = False

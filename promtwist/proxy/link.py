@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, ClassVar, cast
 
 from twisted.internet.defer import Deferred, gatherResults
@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from promtwist.config.settings import ProxySettings
-from promtwist.hostkeys import spelled
+from promtwist.hostkeys import claimsPort, isHostKey, spelled
 from promtwist.logs import RepeatedWarnings, clip, observer
 from promtwist.metrics import ProxyMetrics
 from promtwist.protocol.framing import _peerName
@@ -53,6 +53,7 @@ from promtwist.proxy.admission import (
     waitingRoom,
 )
 from promtwist.proxy.auth import ANONYMOUS, AuthenticationFailed, Authenticator
+from promtwist.proxy.discovery import isReservedLabel
 from promtwist.proxy.heartbeats import UpstreamHeartbeats
 from promtwist.proxy.registry import (
     HOLDER_CHANGE_REASONS,
@@ -321,6 +322,14 @@ class AgentLink(Session):
 
     def frame_register_path(self, request: RegisterPath) -> None:
         try:
+            if isHostKey(request.path) and not claimsPort(request.path):
+                # The host on any port is a PushProx client's claim (its FQDN);
+                # an agent declares each host:port it fetches.
+                raise RegistrationRefused(
+                    f"target {spelled(clip(request.path))} names no port: an agent"
+                    " claims each target as host:port",
+                    "invalid",
+                )
             placement = self.factory.registry.registerPath(
                 self, request.path, request.name, request.labels
             )
@@ -334,6 +343,16 @@ class AgentLink(Session):
                 why=str(e),
             )
             return self._reply(request.request_id, False, str(e), e.kind)
+        reserved = sorted(k for k in request.labels if isReservedLabel(request.path, k))
+        if reserved:
+            self.warnings.warn(
+                "reserved labels",
+                "agent {name!r}: labels {labels} of {path} are not its to set;"
+                " discovery leaves them out",
+                name=clip(self.name),
+                labels=clip(", ".join(reserved)),
+                path=spelled(clip(request.path)),
+            )
         if placement.position:
             holder = placement.holder
             self._logClaim(
@@ -529,6 +548,7 @@ class AgentLink(Session):
         Drop an agent the proxy gave up on: its paths go to their standbys
         now, and the link is aborted.
         """
+        self.metrics.agentEvicted()
         self.factory.registry.removeAgent(self, "evicted")
         self.close(why, abort=True)
 
@@ -601,7 +621,6 @@ class AgentLinkFactory(ServerFactory):
     @ivar maxWaiting: how many may wait: C{proxy.internal.maxWaitingHandshakes},
         lowered when started if the open-file limit (raised as far as its
         hard limit allows) has no room for them all beside every agent.
-    @ivar refusedConnections: connections refused at a handshake cap.
     @ivar warnings: the agent port's warnings that anonymous peers can
         repeat (refusals, failed authentications, handshake errors): a few
         per kind and minute, then a count.
@@ -625,7 +644,6 @@ class AgentLinkFactory(ServerFactory):
         self.metrics = metrics
         self.links: set[AgentLink] = set()
         self.pending: set[AgentLink] = set()
-        self.refusedConnections = 0
         self.waiting: dict[AgentLink, float] = {}
         self.maxWaiting = settings.max_waiting_handshakes
         self._waitExpiry: IDelayedCall | None = None
@@ -773,7 +791,6 @@ class AgentLinkFactory(ServerFactory):
         Count and log (at a bounded rate) a connection from C{host} refused
         for C{kind}, and what to tell it.
         """
-        self.refusedConnections += 1
         self.metrics.rejected(kind)
         self.warnings.warn(
             "refused connection",
@@ -840,6 +857,12 @@ class AgentLinkFactory(ServerFactory):
         self._waitExpiry = None
         self._admit()
 
+    def connected(self) -> list[AgentLink]:
+        """
+        The links past their handshake and still open (draining ones too).
+        """
+        return [link for link in self.links if link.established]
+
     def agentCount(self) -> int:
         """
         Links past their handshake and not yet closed, draining ones too:
@@ -891,18 +914,3 @@ class AgentLinkFactory(ServerFactory):
             closing.append(link.whenLost())
             link.close(reason)
         return gatherResults(closing)
-
-
-def agentLinkFactory(
-    settings: ProxySettings, clock: IReactorTime, reservedPaths: Iterable[str] = ()
-) -> AgentLinkFactory:
-    """
-    The agent port's factory with its registry, both enforcing the
-    settings' identities and limits.
-
-    @param reservedPaths: paths the proxy answers itself.
-    """
-    authenticator = Authenticator(settings)
-    registry = Registry(reservedPaths, authenticator.mayServe, settings, clock)
-    metrics = ProxyMetrics(uuid.uuid4().hex, clock)
-    return AgentLinkFactory(settings, registry, clock, authenticator, metrics)

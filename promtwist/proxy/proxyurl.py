@@ -3,8 +3,12 @@
 Which target a Prometheus C{proxy_url} request names.
 
 Prometheus scraping through an HTTP proxy sends the target's whole URL as the
-request target (C{GET http://node1:9100/metrics?x=y HTTP/1.1}); a client that
-cannot send an absolute URI may name the target in C{Host} instead. An https
+request target (C{GET http://node1:9100/metrics?x=y HTTP/1.1}), and only such
+a request is routed by target. An origin-form request (C{GET /metrics}) is
+for one of the proxy's own paths whatever its C{Host} says: a C{Host} is the
+client's to choose, and routing by it would let an agent that claims the
+proxy's own C{host:port} take over every ordinary request. (PushProx routes
+by absolute URI alone too.) An https
 target is asked for as PushProx users do, with C{_scheme=https} in the query
 (Prometheus would otherwise open a C{CONNECT} tunnel, which no proxy in the
 middle can route by path). The rules here are strict and bounded: a request
@@ -14,7 +18,6 @@ that names a target badly is refused with what was wrong, never guessed at.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import NamedTuple
 
 from promtwist.hostkeys import BadTarget, HostTarget, hostKey, parseHostPort
@@ -74,37 +77,25 @@ def isProxyRequest(method: bytes, path: bytes) -> bool:
     return method == b"CONNECT" or _ABSOLUTE.match(path) is not None
 
 
-def proxyRoute(
-    path: bytes,
-    query: bytes,
-    host: bytes | None,
-    served: Callable[[str, int], bool],
-) -> ProxyRoute | None:
+def proxyRoute(path: bytes, query: bytes) -> ProxyRoute | None:
     """
     The target a request names, or L{None} if it is an ordinary request for
-    a path: its target is not an absolute URI, and its C{Host} (if any) does
-    not name a target someone serves.
+    one of the proxy's paths (origin form, C{/...}).
 
     @param path: the request target up to its C{?}.
-    @param served: whether a (checked) host and port is claimed, making an
-        origin-form request naming it in C{Host} host-routed.
-    @raise BadProxyRequest: an absolute URI that names no usable target, or
-        a host-routed request whose path or query cannot be forwarded.
+    @raise BadProxyRequest: an absolute URI that names no usable target or
+        whose path or query cannot be forwarded, or a request target in
+        neither form (such as C{*}, which only C{OPTIONS} may send).
     """
     absolute = _ABSOLUTE.match(path)
     if absolute is not None:
         return _absolute(absolute.group(1).decode("ascii").lower(), path[absolute.end() :], query)
-    if not host:
-        return None
-    try:
-        name, port = parseHostPort(host.decode("ascii"), "http")
-    except (BadTarget, UnicodeDecodeError):
-        # A Host naming no target is the proxy's own name: path routing.
-        return None
-    if not served(name, port):
-        return None
-    scheme, rest = _schemeParam(query)
-    return ProxyRoute(HostTarget(scheme, name, port), _checkedPath(path), rest)
+    if not path.startswith(b"/"):
+        raise BadProxyRequest(
+            f"request target {clip(path.decode('latin-1'))!r} is neither a path (/...)"
+            " nor an absolute URL (http://host:port/...)"
+        )
+    return None
 
 
 def _absolute(scheme: str, rest: bytes, query: bytes) -> ProxyRoute:
@@ -175,9 +166,14 @@ def _schemeParam(query: bytes) -> tuple[str, str]:
 
 def badQueryByte(query: bytes) -> str:
     """
-    Why C{query} cannot be forwarded, or C{""} if it can.
+    Why C{query} cannot be forwarded, or C{""} if it can: a byte outside
+    printable ASCII, or a fragment, which is the client's own and never part
+    of a request target (RFC 9112 section 3.2).
     """
     bad = _URI_BYTE.search(query)
-    if bad is None:
-        return ""
-    return f"query string has byte 0x{bad.group()[0]:02x} at position {bad.start()}"
+    if bad is not None:
+        return f"query string has byte 0x{bad.group()[0]:02x} at position {bad.start()}"
+    fragment = query.find(b"#")
+    if fragment >= 0:
+        return f"query string holds a fragment (#) at position {fragment}"
+    return ""

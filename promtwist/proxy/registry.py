@@ -14,7 +14,6 @@ exactly as a path is.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol, cast
@@ -25,6 +24,7 @@ from twisted.logger import Logger
 from promtwist.config.settings import Identity, ProxySettings
 from promtwist.hostkeys import hostKey
 from promtwist.logs import observer
+from promtwist.proxy.ownaddress import OwnAddresses
 from promtwist.proxy.registration import RegistrationRefused as RegistrationRefused
 from promtwist.proxy.registration import checkRegistration, shown, utf8Size
 
@@ -237,6 +237,16 @@ class _Path:
 
 
 @dataclass(frozen=True)
+class _Member:
+    """
+    A connected agent and the paths it claims, served or waiting.
+    """
+
+    agent: AgentHandle
+    paths: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
 class _Departed:
     entry: PathEntry
     # What it is charged in registeredBytes: what it cost while served.
@@ -269,9 +279,10 @@ class Registry:
     old claim up: that claim is dropped. Every standby whose holder or
     place changed is told.
 
-    @ivar refusals: refused registrations, by L{RegistrationRefused.kind}.
     @ivar reservedPaths: paths the proxy itself answers (such as discovery);
         no agent may register them.
+    @ivar own: the proxy's own addresses, which no agent may claim as a
+        target.
     @ivar generation: bumped by every change to what L{snapshot} returns, so
         a reader (discovery) can rebuild only when something changed.
     @ivar registeredBytes: what all registrations cost together, in UTF-8
@@ -283,6 +294,10 @@ class Registry:
     @ivar holderObservers: called with the L{HolderChange}s of one call (an
         agent leaving may change the holder of many paths at once) after
         the registry changed; never with none.
+    @ivar forgottenObservers: called with each path (or host key) the
+        registry forgets: unregistered, or left by its last agent and kept
+        no longer (L{departed}); what is kept by path, such as metric
+        series, goes with it.
     @ivar stillHolds: whether an identity an agent authenticated as is
         still valid (a reload may revoke it): standbys whose identity does
         not are never promoted.
@@ -296,6 +311,7 @@ class Registry:
         mayServe: Callable[[Identity, str], bool] = lambda identity, path: True,
         limits: ProxySettings | None = None,
         clock: IReactorTime | None = None,
+        stillHolds: Callable[[Identity], bool] = lambda identity: True,
     ) -> None:
         """
         @param limits: the settings whose C{max_path*}, C{max_label*} and
@@ -307,16 +323,17 @@ class Registry:
         self.reservedPaths = frozenset(reservedPaths)
         self.mayServe = mayServe
         self.limits = limits if limits is not None else ProxySettings()
+        self.own = OwnAddresses(self.limits)
         self._clock = clock
-        self.refusals: Counter[str] = Counter()
         self.generation = 0
         self.registeredBytes = 0
         self.holderObservers: list[Callable[[Sequence[HolderChange]], None]] = []
-        self.stillHolds: Callable[[Identity], bool] = lambda identity: True
+        self.stillHolds = stillHolds
+        self.forgottenObservers: list[Callable[[str], None]] = []
         self._changes: list[HolderChange] = []
-        self._agents: dict[str, AgentHandle] = {}
+        # The one table of connected agents, by id.
+        self._members: dict[str, _Member] = {}
         self._paths: dict[str, _Path] = {}
-        self._pathsByAgent: dict[str, set[str]] = {}
         # Paths whose last agent left, oldest first.
         self._departed: dict[str, _Departed] = {}
 
@@ -328,8 +345,7 @@ class Registry:
         return self._clock.seconds()
 
     def addAgent(self, agent: AgentHandle) -> None:
-        self._agents[agent.agentId] = agent
-        self._pathsByAgent[agent.agentId] = set()
+        self._members[agent.agentId] = _Member(agent)
 
     def removeAgent(self, agent: AgentHandle, reason: str = "lost") -> None:
         """
@@ -339,9 +355,10 @@ class Registry:
 
         @param reason: why it left, a key of L{HOLDER_CHANGE_REASONS}.
         """
-        if self._agents.pop(agent.agentId, None) is None:
+        member = self._members.pop(agent.agentId, None)
+        if member is None:
             return
-        for path in sorted(self._pathsByAgent.pop(agent.agentId, set())):
+        for path in sorted(member.paths):
             self._drop(path, agent, reason)
         self._publish()
 
@@ -350,15 +367,21 @@ class Registry:
         Forget every agent and path at once, promoting nobody: the proxy is
         shutting down.
         """
-        self._agents.clear()
+        self._members.clear()
         self._paths.clear()
-        self._pathsByAgent.clear()
         self._departed.clear()
         self.registeredBytes = 0
         self.generation += 1
 
+    def _pathsOf(self, agent: AgentHandle) -> set[str]:
+        """
+        The paths C{agent} claims: none if it is not connected.
+        """
+        member = self._members.get(agent.agentId)
+        return member.paths if member is not None else set()
+
     def agents(self) -> list[AgentHandle]:
-        return list(self._agents.values())
+        return [member.agent for member in self._members.values()]
 
     def registerPath(
         self, agent: AgentHandle, path: str, name: str, labels: Mapping[str, str]
@@ -376,26 +399,29 @@ class Registry:
         """
         try:
             return self._register(agent, path, name, labels)
-        except RegistrationRefused as e:
-            self.refusals[e.kind] += 1
-            raise
         finally:
             self._publish()
 
     def _register(
         self, agent: AgentHandle, path: str, name: str, labels: Mapping[str, str]
     ) -> Placement:
-        if agent.agentId not in self._agents:
+        if agent.agentId not in self._members:
             raise RegistrationRefused(f"agent {agent.agentId} is not connected")
         cost = checkRegistration(path, name, labels, self.limits) + _agentCost(agent)
         if path in self.reservedPaths:
             raise RegistrationRefused(f"path {shown(path)} is reserved by the proxy", "reserved")
+        if self.own.claimsOwn(path):
+            raise RegistrationRefused(
+                f"target {shown(path)} is the proxy's own address: scrapes of it would"
+                " come back to the proxy",
+                "reserved",
+            )
         if not self.mayServe(agent.identity, path):
             raise RegistrationRefused(
                 f"agent identity {agent.identity.name!r} is not authorized to serve {shown(path)}",
                 "unauthorized",
             )
-        mine = self._pathsByAgent[agent.agentId]
+        mine = self._members[agent.agentId].paths
         if path not in mine and len(mine) >= self.limits.max_paths_per_agent:
             raise RegistrationRefused(
                 f"agent already claims {len(mine)} paths, the most one agent may "
@@ -468,7 +494,7 @@ class Registry:
             self._charge(cost, path)
             entry.standbys.append(_Standby(Claim(agent, name, dict(labels), self._now()), cost))
             index = len(entry.standbys) - 1
-            self._pathsByAgent[agent.agentId].add(path)
+            self._members[agent.agentId].paths.add(path)
         else:
             standby = entry.standbys[index]
             if (standby.claim.name, standby.claim.labels) == (name, dict(labels)):
@@ -511,9 +537,9 @@ class Registry:
             held = Claim(old, entry.name, entry.labels, entry.since)
             entry.standbys.insert(0, _Standby(held, entry.cost))
         else:
-            self._pathsByAgent[old.agentId].discard(path)
+            self._members[old.agentId].paths.discard(path)
         self._promote(entry, path, _Standby(Claim(agent, name, dict(labels), 0.0), cost))
-        self._pathsByAgent[agent.agentId].add(path)
+        self._members[agent.agentId].paths.add(path)
         self._changes.append(HolderChange(path, old, agent, reason, entry.since))
         if not keepOld:
             old.pathRoleChanged(path, "released", reason, agent, entry.since)
@@ -586,7 +612,7 @@ class Registry:
 
         @raise RegistrationRefused: if C{agent} has no claim on C{path}.
         """
-        mine = self._pathsByAgent.get(agent.agentId, set())
+        mine = self._pathsOf(agent)
         if path not in mine:
             raise RegistrationRefused(f"path {shown(path)} is not registered by this agent")
         mine.discard(path)
@@ -618,11 +644,11 @@ class Registry:
             # Standbys not eligible (their identity was revoked) go too.
             for standby in entry.standbys:
                 self.registeredBytes -= standby.cost
-                self._pathsByAgent.get(standby.claim.agent.agentId, set()).discard(path)
+                self._pathsOf(standby.claim.agent).discard(path)
             self.generation += 1
             del self._paths[path]
-            if reason != "unregistered":
-                self._depart(path, entry, agent)
+            if reason == "unregistered" or not self._depart(path, entry, agent):
+                self._forgotten(path)
             return
         entry.standbys.remove(successor)
         new = successor.claim.agent
@@ -657,14 +683,16 @@ class Registry:
 
     # Departed paths.
 
-    def _depart(self, path: str, entry: _Path, agent: AgentHandle) -> None:
+    def _depart(self, path: str, entry: _Path, agent: AgentHandle) -> bool:
         """
         Keep C{path}, whose last agent left (not unregistered), visible for
         C{proxy.internal.departedPathRetentionSecs}: Prometheus then sees
         its target down, with a reason, instead of losing it.
+
+        @return: whether it is kept (there is a retention).
         """
         if self.limits.departed_path_retention_secs <= 0:
-            return
+            return False
         self.generation += 1
         self.registeredBytes += entry.cost
         self._departed[path] = _Departed(
@@ -682,10 +710,19 @@ class Registry:
             ),
             entry.cost,
         )
+        return True
 
     def _forgetDeparted(self, path: str) -> None:
         self.registeredBytes -= self._departed.pop(path).cost
         self.generation += 1
+        self._forgotten(path)
+
+    def _forgotten(self, path: str) -> None:
+        """
+        C{path} is neither served nor departed any more.
+        """
+        for notify in list(self.forgottenObservers):
+            notify(path)
 
     def expireDeparted(self) -> None:
         """
@@ -714,19 +751,30 @@ class Registry:
         entry = self._paths.get(path)
         return tuple(entry.agents) if entry is not None else ()
 
+    def hostClaim(self, host: str, port: int) -> str:
+        """
+        The key that answers for target C{host:port} (a checked host, see
+        L{promtwist.hostkeys.checkHost}): the claim on that port exactly if
+        someone holds it, else the claim on the host on any port if someone
+        does, else whichever of the two departed lately, else the exact
+        key. Scrapes are recorded, and their metrics labelled, by this key:
+        a claim on any port is one series, whichever ports are asked for.
+        """
+        exact, anyPort = hostKey(host, port), hostKey(host, None)
+        for key in (exact, anyPort):
+            if key in self._paths:
+                return key
+        for key in (exact, anyPort):
+            if self.departed(key) is not None:
+                return key
+        return exact
+
     def lookupHost(self, host: str, port: int) -> tuple[AgentHandle, ...]:
         """
-        The agents serving target C{host:port} (a checked host, see
-        L{promtwist.hostkeys.checkHost}): whoever claimed that port exactly,
-        else whoever claimed the host on any port; none if nobody did.
+        The agents serving target C{host:port}, as L{hostClaim} finds them;
+        none if nobody does.
         """
-        return self.lookup(hostKey(host, port)) or self.lookup(hostKey(host, None))
-
-    def departedHost(self, host: str, port: int) -> PathEntry | None:
-        """
-        L{departed} for target C{host:port}, as L{lookupHost} finds it.
-        """
-        return self.departed(hostKey(host, port)) or self.departed(hostKey(host, None))
+        return self.lookup(self.hostClaim(host, port))
 
     def snapshot(self) -> list[PathEntry]:
         """

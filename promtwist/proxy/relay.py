@@ -57,6 +57,10 @@ class ScrapeCall:
     @ivar deadline: seconds until the proxy answers, whatever the agents do.
     @ivar target: the target a C{proxy_url} scrape names; L{None} for a
         path-routed scrape.
+    @ivar key: the registry key that serves it, which its record (and so
+        its metric series) is named by: the path, or the target's claim
+        (C{//host} for a claim on any port, whichever port was asked
+        for). By default the path, or the target's exact host key.
     """
 
     path: str
@@ -66,14 +70,12 @@ class ScrapeCall:
     authorization: str
     deadline: float
     target: HostTarget | None = None
+    key: str = ""
 
-    @property
-    def key(self) -> str:
-        """
-        What the scrape's record names it by: its path, or its target's
-        host key (L{promtwist.hostkeys.hostKey}).
-        """
-        return self.path if self.target is None else hostKey(self.target.host, self.target.port)
+    def __post_init__(self) -> None:
+        if not self.key:
+            key = self.path if self.target is None else hostKey(self.target.host, self.target.port)
+            object.__setattr__(self, "key", key)
 
     @property
     def agentTimeout(self) -> float:

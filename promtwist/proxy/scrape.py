@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from promtwist.config.settings import MiB, ProxySettings
-from promtwist.hostkeys import HostTarget, hostKey
+from promtwist.hostkeys import HostTarget
 from promtwist.logs import clip, observer
 from promtwist.metrics import ScrapeLeg
 from promtwist.proxy.answers import ScrapeRecord, header, textAnswer, upstreamType
@@ -91,15 +91,7 @@ class ScrapeHandler:
     def __call__(self, exchange: Exchange) -> None:
         started = self.clock.seconds()
         try:
-            route = proxyRoute(
-                exchange.path,
-                exchange.query,
-                exchange.headers.get(b"host"),
-                # Only an exact claim: a host claimed on any port (a PushProx
-                # client's FQDN) must not capture the proxy's own requests
-                # that arrive under that name.
-                lambda host, port: bool(self.registry.lookup(hostKey(host, port))),
-            )
+            route = proxyRoute(exchange.path, exchange.query)
         except BadProxyRequest as e:
             return self._refuse(exchange, "", e.status, e.kind, e.reason)
         if route is not None:
@@ -129,6 +121,17 @@ class ScrapeHandler:
         badBytes = badHeaderByte(exchange.headers)
         if badBytes:
             return self._refuse(exchange, route.shown, 400, "bad_request", badBytes)
+        target = route.target
+        if self.registry.own.isOwn(target.host, target.port):
+            # Whoever fetched it would ask this proxy again: a loop.
+            return self._refuse(
+                exchange,
+                route.shown,
+                400,
+                "bad_request",
+                f"target {clip(target.address)} is this proxy's own address:"
+                " scrape its paths without proxy_url",
+            )
         self._relay(exchange, started, route.path, route.query, route.target)
 
     def _relay(
@@ -148,9 +151,11 @@ class ScrapeHandler:
             key, named = path, "/" + clip(path)
             agents, gone = self.registry.lookup(path), self.registry.departed(path)
         else:
-            key, named = hostKey(target.host, target.port), f"target {clip(target.address)}"
-            agents = self.registry.lookupHost(target.host, target.port)
-            gone = self.registry.departedHost(target.host, target.port)
+            key, named = (
+                self.registry.hostClaim(target.host, target.port),
+                (f"target {clip(target.address)}"),
+            )
+            agents, gone = self.registry.lookup(key), self.registry.departed(key)
         if self.stopping:
             return self._refuse(exchange, key, 503, "proxy_stopped", "the proxy is shutting down")
         if not agents:
@@ -170,6 +175,7 @@ class ScrapeHandler:
             header(exchange, b"authorization") if self.settings.forward_authorization else "",
             scrapeDeadline(exchange.headers, self.settings),
             target,
+            key,
         )
         sources = [cast(ScrapeSource, agent) for agent in agents]
         limit = self.settings.max_unzipped_content_size_mbytes * MiB

@@ -1,52 +1,49 @@
 # -*- test-case-name: promtwist.test.test_proxy_service -*-
 """
-The proxy process as one service: the agent listener, the scrape port, the
-registry they share, and the operator's side (metrics, admin endpoints,
-stale-agent eviction, reload and a draining shutdown).
+The proxy process as one service: it runs the parts
+L{promtwist.proxy.build} made (the agent listener, the scrape port, the
+registry they share, the operator's listeners and timers), reloads agent
+identities, shows the debug page, and drains on shutdown.
 """
 
 from __future__ import annotations
 
 import collections
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.defer import Deferred, TimeoutError, succeed
 from twisted.logger import Logger
 
 from promtwist import __version__
 from promtwist.config.keys import PROXY
+from promtwist.config.load import warningsOnce
 from promtwist.config.settings import ConfigError, ProxySettings
 from promtwist.debugpage import head, recentLine, table, uptime, where
-from promtwist.health import proxyHealth
 from promtwist.hostkeys import spelled
 from promtwist.listen import Listener, logStarted
 from promtwist.logs import clip, debugging, observer, utcTime
 from promtwist.metrics import AgentSample, ProxyState
-from promtwist.proxy.access import guarded
 from promtwist.proxy.answers import ScrapeRecord
-from promtwist.proxy.auth import Authenticator
-from promtwist.proxy.discovery import Discovery
-from promtwist.proxy.httpserver import ScrapePortFactory
-from promtwist.proxy.link import AgentLink, agentLinkFactory
+from promtwist.proxy.pushprox import PushProxHub
 from promtwist.proxy.registry import AgentHandle
 from promtwist.proxy.scrape import ScrapeHandler
-from promtwist.signals import exitNormally, onHangup
-from promtwist.tls import agentPortTLS, scrapePortTLS
-from promtwist.web import operationsListeners
+from promtwist.reloads import Load, Reloads, inThreads
+from promtwist.signals import onHangup
 
-# How often counted warnings whose interval ended are reported.
-WARNING_SUMMARY_SECONDS = 15.0
-# How often the discovery document encodes what changed in the registry:
-# a herd's groups are encoded as they register, not by the next request.
-DISCOVERY_REFRESH_SECONDS = 1.0
+if TYPE_CHECKING:
+    from promtwist.proxy.build import AgentSide
 
 
 class ProxyService(MultiService):
     """
+    The proxy's running parts, made by L{promtwist.proxy.build.buildProxy}:
+    this starts and stops them, reloads what can be reloaded, and shows the
+    operator the state they share.
+
     @ivar registry: connected agents and their paths.
+    @ivar linkFactory: the agent port's factory, which owns the links.
     @ivar agentListener: the listener agents dial.
     @ivar httpListener: the listener Prometheus scrapes.
     @ivar listeners: every listener, those two first.
@@ -60,108 +57,64 @@ class ProxyService(MultiService):
     def __init__(
         self,
         settings: ProxySettings,
-        reactor: Any = None,
-        interface: str = "",
-        reloadSettings: Callable[[], ProxySettings] | None = None,
+        reactor: Any,
+        side: AgentSide,
+        scrapes: ScrapeHandler,
+        httpListener: Listener,
+        agentListener: Listener,
+        *,
+        pushprox: PushProxHub | None = None,
+        reloadSettings: Load[ProxySettings] | None = None,
+        warn: Callable[[str], None] | None = None,
     ) -> None:
         """
+        @param side: the agent port's factory and the parts it shares.
+        @param scrapes: what the scrape port serves.
+        @param pushprox: the PushProx clients' hub, when they are served.
         @param reloadSettings: reads the settings again from the same sources,
-            for SIGHUP; without it the proxy does not reload.
-        @param interface: the address every listener binds on its port;
-            by default all of both families. A C{*.listen} setting replaces
-            both.
-        @raise promtwist.config.settings.ConfigError: when a TLS file is unusable.
-        @raise promtwist.startup.StartupError: when a C{*.listen} setting
-            names no usable endpoint.
+            for SIGHUP, in a thread; without it the proxy does not reload.
+        @param warn: where its warnings go (in the reactor thread): the
+            startup load's, so that a reload repeats none of them.
         """
         super().__init__()
-        if reactor is None:
-            from twisted.internet import reactor
         self.reactor = reactor
         self.settings = settings
-        self.reloadSettings = reloadSettings
+        self._reloads = (
+            None
+            if reloadSettings is None
+            else Reloads(
+                reloadSettings,
+                self._applyReload,
+                self._refuseReload,
+                warn or warningsOnce(),
+                inThreads(reactor),
+            )
+        )
         self.startedAt = reactor.seconds()
-        self.linkFactory = agentLinkFactory(
-            settings, reactor, [settings.sd_path] if settings.sd_enabled else []
-        )
-        self.registry = self.linkFactory.registry
-        self.metrics = self.linkFactory.metrics
-        self.metrics.track(self.state)
-        discovery = (
-            Discovery(self.registry, settings.sd_target_prefix, settings.sd_per_path_instance)
-            if settings.sd_enabled
-            else None
-        )
-        self.scrapes = ScrapeHandler(settings, self.registry, reactor, discovery)
+        self.authenticator = side.authenticator
+        self.linkFactory = side.links
+        self.registry = side.registry
+        self.metrics = side.metrics
+        self.scrapes = scrapes
+        self.pushprox = pushprox
         self.recent: collections.deque[tuple[float, ScrapeRecord]] = collections.deque(
             maxlen=settings.admin_recent_requests_queue_size
         )
         self.scrapes.tracker.observers += [self._scrapeEnded, self._remember]
-        # Credentials, when configured, guard discovery as well as scrapes.
-        self.site = ScrapePortFactory(
-            self.scrapes,
-            maxHeaderBytes=settings.http_max_header_bytes,
-            headerTimeout=settings.http_header_timeout_secs,
-            idleTimeout=settings.http_idle_timeout_secs,
-            allowedNetworks=settings.http_allowed_networks,
-            guard=guarded(settings),
-            clock=reactor,
-        )
-        self.agentListener = Listener(
-            reactor,
-            settings.agent_port,
-            self.linkFactory,
-            interface,
-            agentPortTLS(settings),
-            purpose="agent",
-            key="proxy.agent.port",
-            description=settings.agent_listen,
-            descriptionKey="proxy.agent.listen",
-            # The kernel holds a herd's connections until the reactor's next
-            # accept: as many as the proxy lets wait for a handshake place.
-            backlog=max(50, settings.max_waiting_handshakes),
-        )
-        self.httpListener = Listener(
-            reactor,
-            settings.http_port,
-            self.site,
-            interface,
-            scrapePortTLS(settings),
-            purpose="scrape",
-            key="proxy.http.port",
-            description=settings.http_listen,
-            descriptionKey="proxy.http.listen",
-        )
-        self.listeners = [
-            self.httpListener,
-            self.agentListener,
-            *operationsListeners(
-                settings,
-                self.metrics.registry,
-                proxyHealth(self.state, settings, lambda: self.listeners),
-                self.debugText,
-                reactor,
-                interface,
-            ),
-        ]
-        for listener in self.listeners:
-            listener.setServiceParent(self)
-        # Warnings counted but not logged are reported when their interval
-        # ends, even if no warning of their kind follows.
-        self._every(WARNING_SUMMARY_SECONDS, self.summariseWarnings)
-        if discovery is not None:
-            self._every(DISCOVERY_REFRESH_SECONDS, discovery.refresh)
-        if settings.stale_agent_check_enabled:
-            self._every(settings.stale_agent_check_pause_secs, self.evictStale)
+        self.httpListener = httpListener
+        self.agentListener = agentListener
+        self.listeners: list[Listener] = []
+        for listener in (httpListener, agentListener):
+            self.addListener(listener)
         self._restoreHangup: Callable[[], None] | None = None
 
-    def _every(self, seconds: float, call: Callable[[], object]) -> None:
+    def addListener(self, listener: Listener) -> None:
         """
-        Call C{call} every C{seconds} on the proxy's reactor while it runs.
+        Run C{listener} with the proxy, and show it where listeners are
+        shown.
         """
-        timer = TimerService(seconds, call)
-        timer.clock = self.reactor
-        timer.setServiceParent(self)
+        self.listeners.append(listener)
+        listener.setServiceParent(self)
 
     # What the operator sees.
 
@@ -177,17 +130,18 @@ class ProxyService(MultiService):
                     self.reactor.seconds() - (link.establishedAt or self.reactor.seconds()),
                     link.transfersInProgress,
                 )
-                for link in self._agentLinks()
+                for link in self.linkFactory.connected()
             ],
             pathCount=len(self.registry.snapshot()),
             pendingHandshakes=len(self.linkFactory.pending),
         )
 
-    def _agentLinks(self) -> list[AgentLink]:
-        return [link for link in self.linkFactory.links if link.established]
-
     def _scrapeEnded(self, record: ScrapeRecord) -> None:
-        self.metrics.scrapeFinished(record.path, record.legs, record.bytes)
+        # A scrape that outlived its key's claim is not labelled by it: the
+        # key's series went with the claim (Registry.forgottenObservers).
+        key = record.path
+        known = bool(self.registry.lookup(key)) or self.registry.departed(key) is not None
+        self.metrics.scrapeFinished(key if known else None, record.legs, record.bytes)
         if self.settings.request_logging_enabled and debugging(self._log.namespace):
             self._log.debug(
                 "scrape {path} via {agents}: {status} {type} {reason} ({bytes} bytes, {ms:.1f} ms)",
@@ -269,57 +223,30 @@ class ProxyService(MultiService):
         parts.append("\n".join(lines))
         return "\n".join(parts) + "\n"
 
-    # Housekeeping.
+    # Reloading.
 
-    def summariseWarnings(self) -> None:
+    def reload(self) -> Deferred[None]:
         """
-        Report the warnings the agent port and the scrape relay counted
-        without logging, once their interval ended.
-        """
-        self.linkFactory.warnings.summariseExpired()
-        self.scrapes.tracker.invalidAnswers.summariseExpired()
+        Re-read the configuration, in a thread (L{Reloads}), and apply
+        C{proxy.auth} and C{proxy.agentToken}: new agents are checked
+        against the new identities, and connected agents whose identity is
+        gone or changed are disconnected, to come back and prove themselves
+        again. Anything else that changed needs a restart, and is named. A
+        broken file changes nothing.
 
-    def evictStale(self) -> None:
+        @return: fires once the reload was applied or refused.
         """
-        Drop agents nothing was heard from for
-        C{proxy.internal.maxAgentInactivitySecs}: their in-flight scrapes fail
-        at once instead of at their deadlines.
-        """
-        limit = self.settings.max_agent_inactivity_secs
-        for link in self._agentLinks():
-            silence = link.silentFor()
-            if silence > limit:
-                self._log.warn(
-                    "evicting agent {name!r} ({id}): nothing heard for {secs:.0f}s",
-                    name=link.name,
-                    id=link.agentId,
-                    secs=silence,
-                )
-                self.metrics.agentEvicted()
-                link.evict(f"evicted: nothing heard for {silence:.0f}s")
+        if self._reloads is None:
+            return succeed(None)
+        return self._reloads()
 
-    def reload(self) -> None:
-        """
-        Re-read the configuration and apply C{proxy.auth} and
-        C{proxy.agentToken}: new agents are checked against the new
-        identities, and connected agents whose identity is gone or changed
-        are disconnected, to come back and prove themselves again. Anything
-        else that changed needs a restart, and is named. A broken file
-        changes nothing.
-        """
-        if self.reloadSettings is None:
-            return
-        try:
-            fresh = self.reloadSettings()
-        except ConfigError as e:
-            self._log.error("reload refused, running configuration kept: {why}", why=str(e))
-            return
-        authenticator = Authenticator(fresh)
-        self.linkFactory.authenticator = authenticator
-        self.registry.mayServe = authenticator.mayServe
-        self.registry.stillHolds = authenticator.stillHolds
-        for link in self._agentLinks():
-            if not authenticator.stillHolds(link.identity):
+    def _refuseReload(self, error: ConfigError) -> None:
+        self._log.error("reload refused, running configuration kept: {why}", why=str(error))
+
+    def _applyReload(self, fresh: ProxySettings) -> None:
+        self.authenticator.configure(fresh)
+        for link in self.linkFactory.connected():
+            if not self.authenticator.stillHolds(link.identity):
                 self._log.warn(
                     "disconnecting agent {agent!r}: its identity {identity!r} changed",
                     agent=link.name,
@@ -328,6 +255,8 @@ class ProxyService(MultiService):
                 # Its paths go to standbys whose identity holds, at once.
                 self.registry.removeAgent(link, "reload")
                 link.close("its identity changed on reload")
+        if self.pushprox is not None:
+            self.pushprox.revoked(self.authenticator.stillHolds)
         others = PROXY.changedKeys(self.settings, fresh)
         if others:
             self._log.warn(
@@ -353,7 +282,19 @@ class ProxyService(MultiService):
         )
         if settings.sd_enabled:
             self._log.info("service discovery at /{path}", path=settings.sd_path)
-        if self.reloadSettings is not None:
+        if self.pushprox is not None:
+            self._log.info(
+                "PushProx clients served at /poll, /push and /clients{open}",
+                open=(
+                    ": without agent credentials configured, any client may register"
+                    " any FQDN no other client holds (docs/pushprox.md)"
+                    # Client certificates prove nothing for them: they poll
+                    # the scrape port, not the agent port.
+                    if not (settings.identities or settings.agent_token)
+                    else ", with the agents' tokens"
+                ),
+            )
+        if self._reloads is not None:
             self._restoreHangup = onHangup(self.reactor, self.reload)
 
     def _logTLS(self, port: str, cert: str, trust: str) -> None:
@@ -379,6 +320,8 @@ class ProxyService(MultiService):
         if self._restoreHangup is not None:
             self._restoreHangup()
             self._restoreHangup = None
+        if self._reloads is not None:
+            self._reloads.stop()
         await super().stopService()
         if self.scrapes.tracker.inFlight:
             self._log.info(
@@ -395,8 +338,9 @@ class ProxyService(MultiService):
                     "{n} scrape(s) still in flight after the grace period; failing them",
                     n=len(self.scrapes.tracker.inFlight),
                 )
+        if self.pushprox is not None:
+            self.pushprox.stop()
         await self.linkFactory.closeAll("proxy shutting down")
-        exitNormally(self.reactor)
 
     def stopService(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._stop())

@@ -4,15 +4,12 @@ C{twistd promproxy-proxy}: options and service.
 
 from __future__ import annotations
 
-import os
-
 from twisted.application.service import IService
 
 from promtwist.cli import ProxyOptions as Options
-from promtwist.config.load import loadProxySettings
-from promtwist.config.settings import ProxySettings
 from promtwist.logs import applyLogLevel
-from promtwist.proxy.server import ProxyService
+from promtwist.proxy.build import buildProxy
+from promtwist.signals import exitNormallyOnShutdown
 from promtwist.startup import reportStartupErrors
 
 __all__ = ["Options", "makeService"]
@@ -21,13 +18,8 @@ __all__ = ["Options", "makeService"]
 def makeService(options: Options) -> IService:
     applyLogLevel(options.settings.log_level)
     reportStartupErrors()
-
-    def reloadSettings() -> ProxySettings:
-        # The same command line and environment, the configuration file as
-        # it is now.
-        return loadProxySettings(options.given(), os.environ, warn=options.warn)
-
-    service = ProxyService(options.settings, reloadSettings=reloadSettings)
+    service = buildProxy(options.settings, reloadSettings=options.reloadSettings, warn=options.warn)
+    exitNormallyOnShutdown(service.reactor)
     # Before twistd daemonises, while the error can still reach the terminal.
     for listener in service.listeners:
         listener.checkAvailable()

@@ -236,12 +236,14 @@ def _certificates(pemPaths: Sequence[str]) -> list[x509.Certificate]:
     return certificates
 
 
-def writePKCS12(path: str, password: str, *pemPaths: str) -> str:
+def writePKCS12(path: str, password: str, *pemPaths: str, pair: Issued | None = None) -> str:
     """
     Write the certificates of the PEM files C{pemPaths} to C{path} as a
-    PKCS#12 trust store (certificate bags only), protected by C{password}
-    unless it is empty.
+    PKCS#12 trust store, protected by C{password} unless it is empty.
 
+    @param pair: a key and certificate to store as the file's key entry,
+        as C{openssl pkcs12 -export -in -inkey -certfile} does, C{pemPaths}
+        then being its chain; without it, certificate bags only.
     @return: C{path}
     """
     encryption: serialization.KeySerializationEncryption = (
@@ -249,10 +251,16 @@ def writePKCS12(path: str, password: str, *pemPaths: str) -> str:
         if password
         else serialization.NoEncryption()
     )
+    key, certificate = None, None
+    if pair is not None:
+        with open(pair.key, "rb") as f:
+            loaded = serialization.load_pem_private_key(f.read(), None)
+        assert isinstance(loaded, ec.EllipticCurvePrivateKey)
+        key, (certificate,) = loaded, _certificates([pair.cert])
     with open(path, "wb") as f:
         f.write(
             pkcs12.serialize_key_and_certificates(
-                None, None, None, _certificates(pemPaths), encryption
+                b"server" if pair else None, key, certificate, _certificates(pemPaths), encryption
             )
         )
     return path

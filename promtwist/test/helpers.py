@@ -6,27 +6,60 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
-from twisted.internet.interfaces import IListeningPort, IStreamClientEndpoint
+from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from promtwist.agent.service import AgentService
+from promtwist.agent.build import buildAgent
 from promtwist.config.settings import AgentSettings, PathConfig, ProxyEndpoint, ProxySettings
-from promtwist.proxy.server import ProxyService
+from promtwist.proxy.build import buildAgentSide, buildProxy
+from promtwist.proxy.link import AgentLinkFactory
 
 MiB = 1024 * 1024
+
+
+# Why the agent port refuses a connection before reading it: the reasons
+# under which proxy_rejections_total counts those refusals.
+CONNECTION_REFUSALS = (
+    "pending_handshakes",
+    "pending_handshakes_per_address",
+    "waiting_handshakes",
+    "handshake_wait_timeout",
+)
+
+
+def rejections(factory: AgentLinkFactory, *reasons: str) -> float:
+    """
+    What C{factory}'s metrics counted under C{reasons} of
+    C{proxy_rejections_total}.
+    """
+    registry = factory.metrics.registry
+    return sum(
+        registry.get_sample_value("proxy_rejections_total", {"reason": reason}) or 0.0
+        for reason in reasons
+    )
+
+
+def agentLinkFactory(
+    settings: ProxySettings, clock: IReactorTime, reservedPaths: Iterable[str] = ()
+) -> AgentLinkFactory:
+    """
+    The agent port's factory as the proxy builds it (with its registry,
+    authenticator and metrics), for tests of the links alone.
+    """
+    return buildAgentSide(settings, clock, reservedPaths).links
 
 
 def sourceTreeFile(relative: str) -> str:
@@ -59,6 +92,20 @@ def rss() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise AssertionError("no VmRSS in /proc/self/status")
+
+
+async def eventually(
+    case: TestCase, check: Callable[[], bool], what: str, seconds: float = 5.0
+) -> None:
+    """
+    Wait in the reactor, at most C{seconds} in 0.05 s steps, until
+    C{check()} holds; fail C{case} with C{what} otherwise.
+    """
+    for _ in range(int(seconds / 0.05)):
+        if check():
+            return
+        await deferLater(reactor, 0.05)
+    case.fail(f"not within {seconds:g} s: {what}")
 
 
 class UnreadingPeer:
@@ -182,10 +229,10 @@ class BesideARealAgent(TestCase):
 
     async def _startRealAgent(self) -> None:
         targetURL = startTarget(self)
-        self.proxy = ProxyService(self.proxySettings(), reactor, interface="127.0.0.1")
+        self.proxy = buildProxy(self.proxySettings(), reactor, interface="127.0.0.1")
         self.proxy.startService()
         self.addCleanup(self.proxy.stopService)
-        self.agent = AgentService(
+        self.agent = buildAgent(
             AgentSettings(
                 name="real",
                 agent_token=self.agentToken,

@@ -5,15 +5,20 @@ file (L{promtwist.agent.discoveryfile}) and live path changes over one link.
 
 from __future__ import annotations
 
-from twisted.internet.task import Clock
+import threading
+
+from twisted.internet import reactor
+from twisted.internet.task import Clock, deferLater
 from twisted.logger import capturedLogs
 from twisted.python.filepath import FilePath
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from promtwist.agent import discoveryfile
 from promtwist.agent.discoveryfile import FileDiscovery, readDiscoveryFile
 from promtwist.agent.paths import PathTable
 from promtwist.config.settings import AgentSettings, ConfigError, PathConfig
 from promtwist.proxy.relay import ScrapeCall
+from promtwist.test.helpers import eventually
 from promtwist.test.test_link import PATHS, Pair
 
 A = PathConfig("a", "a", "http://t.test/a")
@@ -162,6 +167,43 @@ class FileDiscoveryTests(SynchronousTestCase):
         self.discovery.startService()
         self.discovery.stopService()
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class ThreadedReadTests(TestCase):
+    """
+    With a real reactor the file is read at start, and then in a thread of
+    the reactor's pool: a slow read (a URL, a slow mount) leaves the reactor
+    serving.
+    """
+
+    async def test_readOffTheReactor(self) -> None:
+        readers: list[threading.Thread] = []
+        release = threading.Event()
+        first = (PathConfig("a", "a", "http://t.test/a"),)
+        second = (PathConfig("b", "b", "http://t.test/b"),)
+
+        def read(path: str, environ: object) -> tuple[PathConfig, ...]:
+            readers.append(threading.current_thread())
+            if len(readers) == 1:
+                return first
+            release.wait(10)
+            return second
+
+        self.patch(discoveryfile, "readDiscoveryFile", read)
+        applied: list[tuple[PathConfig, ...]] = []
+        discovery = FileDiscovery("unused", 0.01, applied.append, reactor, {})
+        discovery.startService()
+        self.addCleanup(discovery.stopService)
+        # At start, before the agent's first registration.
+        self.assertEqual((applied, readers), ([first], [threading.current_thread()]))
+        await eventually(self, lambda: len(readers) == 2, "the second read", 10)
+        # The reactor runs timers while that read blocks.
+        await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(applied, [first])
+        self.assertIsNot(readers[1], threading.current_thread())
+        release.set()
+        await eventually(self, lambda: len(applied) == 2, "the second read applied", 10)
+        self.assertEqual(applied[1], second)
 
 
 class LiveChangeTests(SynchronousTestCase):

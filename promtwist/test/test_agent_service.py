@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import reactor
@@ -24,6 +25,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.server import Site
 
 from promtwist import __version__
+from promtwist.agent.build import buildAgent
 from promtwist.agent.service import AgentService, _ReadyLinks
 from promtwist.config.load import loadAgentSettings
 from promtwist.config.settings import (
@@ -33,8 +35,10 @@ from promtwist.config.settings import (
     ProxyEndpoint,
     ProxySettings,
 )
+from promtwist.proxy.build import buildProxy
 from promtwist.proxy.relay import ScrapeCall
 from promtwist.proxy.server import ProxyService
+from promtwist.reloads import Load
 from promtwist.test.processes import freePort
 from promtwist.test.test_integration import Target
 from promtwist.test.test_link import PATHS, Pair
@@ -67,7 +71,7 @@ class FailoverUnitTests(SynchronousTestCase):
         Each failed attempt moves to the next endpoint, wrapping round.
         """
         dialled: list[str] = []
-        service = AgentService(SETTINGS, Clock(), endpoints=downEndpoints(dialled, "p1", "p2"))
+        service = buildAgent(SETTINGS, Clock(), endpoints=downEndpoints(dialled, "p1", "p2"))
         links = service.links
         for _ in range(3):
             self.failureResultOf(links.connect(Factory()), ConnectionRefusedError)
@@ -81,20 +85,49 @@ class FailoverUnitTests(SynchronousTestCase):
         self.assertEqual(dialled, ["p1", "p1"])
 
 
+class BuildTests(SynchronousTestCase):
+    def test_oneLaunchId(self) -> None:
+        """
+        The agent's metrics carry the launch id its connections send the
+        proxy: both are given the one L{buildAgent} made.
+        """
+        service = buildAgent(SETTINGS, Clock(), endpoints=downEndpoints([], "p1"))
+        launchId = service.factory.launchId
+        self.assertEqual(len(launchId), 32)
+        started = service.metrics.registry.get_sample_value(
+            "agent_start_time_seconds", {"launch_id": launchId}
+        )
+        self.assertIsNotNone(started)
+
+    def test_scrapesObservedByTheMetrics(self) -> None:
+        """
+        The scraper reports to the service's metrics, made before it.
+        """
+        service = buildAgent(SETTINGS, Clock(), endpoints=downEndpoints([], "p1"))
+        service.factory.scraper.observer.resultSent("gzipped")
+        sent = service.metrics.registry.get_sample_value(
+            "agent_scrape_result_count_total",
+            {"launch_id": service.factory.launchId, "type": "gzipped"},
+        )
+        self.assertEqual(sent, 1)
+
+
 class ReloadUnitTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.loaded: list[AgentSettings | Exception] = []
-        self.service = AgentService(
+        self.loaded: list[AgentSettings | Exception | Load[AgentSettings]] = []
+        self.service = buildAgent(
             SETTINGS,
             Clock(),
             loadSettings=self.load,
             endpoints=downEndpoints([], "p1"),
         )
 
-    def load(self) -> AgentSettings:
+    def load(self, warn: Callable[[str], None]) -> AgentSettings:
         result = self.loaded.pop(0)
         if isinstance(result, Exception):
             raise result
+        if callable(result):
+            return result(warn)
         return result
 
     def test_broken(self) -> None:
@@ -141,7 +174,7 @@ class ReloadUnitTests(SynchronousTestCase):
         """
         config = FilePath(self.mktemp())
         config.setContent(b'agent.pathConfig = [{path = x, url = "http://t.test/x"}]\n')
-        self.service.loadSettings = lambda: loadAgentSettings({"config": config.path}, {})
+        self.loaded.append(lambda warn: loadAgentSettings({"config": config.path}, {}, warn=warn))
         with capturedLogs() as events:
             self.successResultOf(self.service.reload())
         (error,) = [e for e in events if e["log_level"].name == "error"]
@@ -207,7 +240,7 @@ class DrainUnitTests(SynchronousTestCase):
         self.clock = Clock()
         self.pair = Pair()
         self.successResultOf(self.pair.ready)
-        self.service = AgentService(SETTINGS, self.clock, endpoints=downEndpoints([], "p1"))
+        self.service = buildAgent(SETTINGS, self.clock, endpoints=downEndpoints([], "p1"))
         # The pair's connection stands for the service's link.
         self.service.factory = self.pair.agent.factory
         self.service.links.connections = self.pair.agent.factory
@@ -281,7 +314,7 @@ class _LoopbackBase(TestCase):
         self.dir.makedirs()
 
     def startProxy(self, agentPort: int = 0) -> ProxyService:
-        proxy = ProxyService(
+        proxy = buildProxy(
             ProxySettings(http_port=0, agent_port=agentPort, sd_enabled=True),
             reactor,
             interface="127.0.0.1",
@@ -323,10 +356,10 @@ class ReloadLoopbackTests(_LoopbackBase):
         self.config = self.dir.child("agent.conf")
         self.writeConfig([{"path": "app", "url": f"{self.base}/metrics"}])
 
-        def load() -> AgentSettings:
-            return loadAgentSettings({"config": self.config.path}, {})
+        def load(warn: Callable[[str], None]) -> AgentSettings:
+            return loadAgentSettings({"config": self.config.path}, {}, warn=warn)
 
-        self.startAgent(AgentService(load(), reactor, loadSettings=load))
+        self.startAgent(buildAgent(load(self.fail), reactor, loadSettings=load))
         self.connection = await self.agent.whenConnected()
         self.agentId = self.connection.agentId
 
@@ -395,7 +428,7 @@ class DiscoveryLoopbackTests(_LoopbackBase):
             discovery_file_path=targets.path,
             discovery_reconcile_interval_secs=0.05,
         )
-        self.startAgent(AgentService(settings, reactor))
+        self.startAgent(buildAgent(settings, reactor))
         connection = await self.agent.whenConnected()
         self.assertEqual((await self.get(proxy, "found"))[0], 200)
         # Broken: the last good paths stay.
@@ -434,7 +467,7 @@ class FailoverLoopbackTests(_LoopbackBase):
             path_configs=(PathConfig("app", "app", f"{self.base}/metrics"),),
         )
         with capturedLogs() as events:
-            self.startAgent(AgentService(settings, reactor))
+            self.startAgent(buildAgent(settings, reactor))
             await self.agent.whenConnected()
         self.assertTrue(
             any(e.get("proxy") == f"127.0.0.1:{second.agentListener.portNumber}" for e in events)
@@ -461,7 +494,7 @@ class DrainLoopbackTests(_LoopbackBase):
             ),
             shutdown_grace_secs=5,
         )
-        self.startAgent(AgentService(settings, reactor))
+        self.startAgent(buildAgent(settings, reactor))
         connection = await self.agent.whenConnected()
         scraping = Deferred.fromCoroutine(self.get(proxy, "slow"))
         await self.until(lambda: self.target.slow)

@@ -170,18 +170,22 @@ class TargetOwnershipTests(SynchronousTestCase):
     def test_identityTargets(self) -> None:
         """
         An identity may claim only the targets its globs allow; the agent is
-        told why, and its paths are not affected.
+        told why. An identity limited to some targets claims no path, as one
+        limited to some paths claims no target (docs/proxy-url.md's own
+        example, C{targets: ["node1.example:*"]}, must not take paths).
         """
         nodes = Identity("nodes", "t-nodes", targets=("node1.test:*",))
         apps = Identity("apps", "t-apps", paths=("fast", "slow"))
         proxy = Ownership(ProxySettings(identities=(nodes, apps)))
         allowed = proxy.connect("a1", token="t-nodes", targets=(NODE,))
+        self.assertEqual(proxy.registry.lookup("fast"), ())
         with capturedLogs() as events:
             refused = proxy.connect("a2", token="t-apps", targets=(OTHER,))
         self.assertEqual(proxy.registry.lookupHost("node1.test", 9100), (allowed.link,))
         self.assertEqual(proxy.registry.lookupHost("node2.test", 9100), ())
-        self.assertEqual(proxy.registry.lookup("fast"), (allowed.link,))
+        self.assertEqual(proxy.registry.lookup("fast"), (refused.link,))
         self.assertNotIn(OTHER.path, refused.connection.registeredPaths())
+        self.assertNotIn("fast", allowed.connection.registeredPaths())
         warned = [formatEvent(e) for e in events if e["log_level"] >= LogLevel.warn]
         self.assertTrue(
             any(

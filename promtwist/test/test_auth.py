@@ -89,3 +89,49 @@ class MayServeTests(SynchronousTestCase):
             (ops, "anything/at/all", True),
         ]:
             self.assertEqual(auth.mayServe(identity, path), expected, (identity.name, path))
+
+    def test_eachKindRestrictsTheOther(self) -> None:
+        """
+        An identity limited to some targets may claim no path, one limited
+        to some paths no target; one limited in neither claims both, and one
+        limited in both each by its own globs.
+        """
+        nodes = Identity("nodes", "t1", targets=("node1.example:*",))
+        apps = Identity("apps", "t2", paths=("app*",))
+        both = Identity("both", "t3", paths=("app*",), targets=("node1.example:*",))
+        anything = Identity("anything", "t4")
+        auth = Authenticator(ProxySettings(identities=(nodes, apps, both, anything)))
+        for identity, key, expected in [
+            (nodes, "//node1.example:9100", True),
+            (nodes, "//node2.example:9100", False),
+            (nodes, "app1", False),
+            (apps, "app1", True),
+            (apps, "//node1.example:9100", False),
+            (both, "app1", True),
+            (both, "//node1.example:9100", True),
+            (both, "db1", False),
+            (anything, "db1", True),
+            (anything, "//node2.example", True),
+        ]:
+            self.assertEqual(auth.mayServe(identity, key), expected, (identity.name, key))
+
+
+class ConfigureTests(SynchronousTestCase):
+    def test_inPlace(self) -> None:
+        """
+        A reload reconfigures the one authenticator: the methods the agent
+        port, the registry and PushProx were handed at startup answer by
+        the new identities.
+        """
+        auth = Authenticator(ProxySettings(identities=TEAMS))
+        authenticate, mayServe, stillHolds = auth.authenticate, auth.mayServe, auth.stillHolds
+        a, b, _ = TEAMS
+        moved = Identity("team_a", "token-a2", ("team_a2_*",))
+        auth.configure(ProxySettings(identities=(moved, b)))
+        self.assertEqual(authenticate("token-a2", None), moved)
+        self.assertRaises(AuthenticationFailed, authenticate, "token-a", None)
+        self.assertEqual((stillHolds(a), stillHolds(moved), stillHolds(b)), (False, True, True))
+        self.assertEqual((mayServe(moved, "team_a2_x"), mayServe(moved, "team_a_x")), (True, False))
+        auth.configure(ProxySettings())
+        self.assertTrue(auth.open)
+        self.assertTrue(stillHolds(a))

@@ -171,6 +171,21 @@ class OptionsTests(SynchronousTestCase):
         options = self.parse(ProxyOptions, [], {"PROXY_PORT": "9000", "SD_ENABLED": "true"})
         self.assertEqual((options.settings.http_port, options.settings.sd_enabled), (9000, True))
 
+    def test_reloadSettings(self) -> None:
+        """
+        What C{SIGHUP} reads: the configuration file as it is now, with the
+        startup's command line and environment still taking precedence.
+        """
+        config = self.mktemp() + ".conf"
+        with open(config, "w") as f:
+            f.write("proxy { http.port = 7000, agent.port = 7001, admin.port = 7002 }\n")
+        options = self.parse(ProxyOptions, ["-c", config, "--port", "9001"], {"AGENT_PORT": "9002"})
+        with open(config, "w") as f:
+            f.write("proxy { http.port = 7100, agent.port = 7101, admin.port = 7102 }\n")
+        fresh = options.reloadSettings(self.fail)
+        self.assertEqual((fresh.http_port, fresh.agent_port, fresh.admin_port), (9001, 9002, 7102))
+        self.assertEqual(options.settings.admin_port, 7002)
+
     def test_optionBeatsEnvironment(self) -> None:
         options = self.parse(ProxyOptions, ["--port", "9001"], {"PROXY_PORT": "9000"})
         self.assertEqual(options.settings.http_port, 9001)

@@ -297,6 +297,7 @@ class TableTests(SynchronousTestCase):
             "identities",
             "http_allowed_networks",
             "admin_allowed_networks",
+            "pushprox_allowed_networks",
             "filters",
         }
         for role, settingsClass in ((PROXY, ProxySettings), (AGENT, AgentSettings)):
@@ -1442,3 +1443,54 @@ class SourceTests(ConfigTestCase):
         with open(path, "wb") as f:
             f.write(b"agent.name = \xff\n")
         self.assertConfigError(lambda: self.agent({"config": path}), "UTF-8")
+
+
+class PushProxKeysTests(SynchronousTestCase):
+    """
+    C{proxy.pushprox.*}: PushProx clients on by default, and checked.
+    """
+
+    def test_defaults(self) -> None:
+        settings = ProxySettings()
+        self.assertEqual(
+            (
+                settings.pushprox_enabled,
+                settings.pushprox_poll_hold_secs,
+                settings.pushprox_client_grace_secs,
+                settings.pushprox_allowed_networks,
+            ),
+            (True, 50.0, 15.0, ()),
+        )
+
+    def test_read(self) -> None:
+        path = self.mktemp() + ".conf"
+        with open(path, "w") as f:
+            f.write(
+                "proxy.pushprox { enabled = false, pollHoldSecs = 20, clientGraceSecs = 3,"
+                ' allowedNetworks = ["10.0.0.0/8", "192.0.2.7"] }\n'
+            )
+        settings = loadProxySettings({"config": path}, {})
+        self.assertEqual(
+            (
+                settings.pushprox_enabled,
+                settings.pushprox_poll_hold_secs,
+                settings.pushprox_client_grace_secs,
+                settings.pushprox_allowed_networks,
+            ),
+            (False, 20.0, 3.0, ("10.0.0.0/8", "192.0.2.7/32")),
+        )
+
+    def test_refused(self) -> None:
+        for text, why in [
+            (
+                "proxy.pushprox.pollHoldSecs = 0",
+                "proxy.pushprox.pollHoldSecs: expected a number > 0",
+            ),
+            ('proxy.pushprox.allowedNetworks = ["nope"]', "proxy.pushprox.allowedNetworks[0]"),
+        ]:
+            path = self.mktemp() + ".conf"
+            with open(path, "w") as f:
+                f.write(text + "\n")
+            with self.assertRaises(ConfigError) as caught:
+                loadProxySettings({"config": path}, {})
+            self.assertIn(why, str(caught.exception))

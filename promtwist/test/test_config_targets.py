@@ -8,6 +8,7 @@ from __future__ import annotations
 import socket
 from functools import partial
 
+from promtwist.config.load import hostFQDN
 from promtwist.config.settings import Identity, PathConfig, ProxySettings
 from promtwist.hostkeys import hostKey
 from promtwist.proxy.auth import Authenticator
@@ -56,6 +57,26 @@ class AgentTargetsTests(ConfigTestCase):
         self.assertEqual(agent.fqdn, socket.getfqdn())
         self.assertEqual(agent.targets[0].path, hostKey(socket.getfqdn(), 9100))
 
+    def test_fqdnResolvedOnce(self) -> None:
+        """
+        The default C{agent.fqdn} is asked of the resolver once: a reload,
+        which runs in the reactor, reuses the answer instead of blocking on
+        a lookup.
+        """
+        hostFQDN.cache_clear()
+        self.addCleanup(hostFQDN.cache_clear)
+        lookups: list[str] = []
+
+        def getfqdn(name: str = "") -> str:
+            lookups.append(name)
+            return "resolved.example"
+
+        self.patch(socket, "getfqdn", getfqdn)
+        for _ in range(3):
+            agent = self.agentFrom('agent.targets: [":9100"]\n')
+            self.assertEqual(agent.targets[0].path, hostKey("resolved.example", 9100))
+        self.assertEqual(len(lookups), 1)
+
     def test_errors(self) -> None:
         """
         A bad entry stops loading, naming the entry and what is wrong.
@@ -65,6 +86,7 @@ class AgentTargetsTests(ConfigTestCase):
             ('["ftp://node1:21"]', ("agent.targets[0]", "scheme 'ftp'")),
             ('["node1:0"]', ("out of range",)),
             ('["a b:80"]', ("not a DNS name",)),
+            ('["[fe80::1%eth0]:9100"]', ("agent.targets[0]", "has an IPv6 zone")),
             ("[{labels: {}}]", ("agent.targets[0]: target is required",)),
             ('[{target: "n:1", url: "x"}]', ("agent.targets[0].url",)),
             ('[{target: "n:1", labels: "[1]"}]', ("agent.targets[0].labels", "a JSON object")),
@@ -93,7 +115,8 @@ class MayClaimTests(ConfigTestCase):
     def test_targets(self) -> None:
         """
         Target globs limit host keys; an identity limited to paths claims no
-        target, and one limited to nothing claims any.
+        target, one limited to targets no path, and one limited to nothing
+        claims any.
         """
         nodes = Identity("nodes", "t1", targets=("*.example:91??", "pushed"))
         apps = Identity("apps", "t2", paths=("app*",))
@@ -106,7 +129,7 @@ class MayClaimTests(ConfigTestCase):
             (nodes, hostKey("node1.other", 9100), False),
             (nodes, hostKey("pushed", None), True),
             (nodes, hostKey("pushed", 80), False),
-            (nodes, "app1", True),
+            (nodes, "app1", False),
             (apps, hostKey("node1.example", 9100), False),
             (apps, "app1", True),
             (ops, hostKey("anything", 1), True),

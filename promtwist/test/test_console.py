@@ -11,6 +11,7 @@ import json
 import os
 import signal
 
+import treq
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -19,7 +20,10 @@ from promtwist.test.processes import (
     AGENT_NAME,
     Child,
     Cluster,
+    ProcessGroup,
     consoleChild,
+    freePort,
+    twistdChild,
     writeFile,
 )
 from twisted.plugins.promtwist_plugins import promproxyAgent, promproxyProxy
@@ -238,3 +242,72 @@ class ConsoleProcessTests(TestCase):
                 " (see promtwist-agent --help)"
             ],
         )
+
+
+# Lines twistd and Twisted log at info level on every start and stop, none
+# of them promtwist's.
+_TWISTD_LINES = ("starting up", "reactor class", "starting on", "Server Shut Down")
+
+
+class LogLevelProcessTests(TestCase):
+    """
+    C{--log_level} (C{PROXY_LOG_LEVEL}) is the level of every event of the
+    process, twistd's and Twisted's own included, as upstream's is its root
+    logger's: for the console scripts and C{twistd -n} alike.
+    """
+
+    timeout = 120
+
+    async def _startStop(self, child: Child, scrapePort: int) -> str:
+        """
+        Start C{child}, wait until its scrape port answers, stop it, and
+        return what it logged.
+        """
+        group = ProcessGroup(self)
+        group.children.append(child)
+        child.start()
+
+        async def listening() -> bool:
+            response = await group.http.get(f"http://127.0.0.1:{scrapePort}/", timeout=2.0)
+            await treq.content(response)
+            return True
+
+        await group.eventually(listening, f"{child.name}'s scrape port", SERVE_BOUND, 0.05)
+        self.assertEqual(await child.stop(grace=EXIT_BOUND), 0, child.describe())
+        return child.log() if child.logFile else "\n".join(_lines(child))
+
+    def _workdir(self) -> str:
+        path = os.path.abspath(str(self.mktemp()))
+        os.makedirs(path)
+        return path
+
+    def _proxyArgs(self) -> tuple[int, list[str]]:
+        scrape, agent = freePort(), freePort()
+        return scrape, ["--port", str(scrape), "--agent_port", str(agent)]
+
+    async def test_levels(self) -> None:
+        """
+        At the default level twistd's lines are there; with
+        C{--log_level off} the console script logs nothing at all, and
+        C{twistd -n} with C{PROXY_LOG_LEVEL=warn} no line below a warning.
+        """
+        workdir = self._workdir()
+        port, args = self._proxyArgs()
+        default = await self._startStop(
+            consoleChild(self, "default", "promproxy-proxy", args, workdir), port
+        )
+        for line in _TWISTD_LINES:
+            self.assertIn(line, default)
+        port, args = self._proxyArgs()
+        off = await self._startStop(
+            consoleChild(self, "off", "promproxy-proxy", [*args, "--log_level", "off"], workdir),
+            port,
+        )
+        self.assertEqual(off, "")
+        port, args = self._proxyArgs()
+        warn = twistdChild(self, "warn", "promproxy-proxy", args, workdir)
+        warn.environ["PROXY_LOG_LEVEL"] = "warn"
+        logged = await self._startStop(warn, port)
+        for line in _TWISTD_LINES:
+            self.assertNotIn(line, logged)
+        self.assertNotIn("#info]", logged)

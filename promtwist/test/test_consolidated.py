@@ -15,10 +15,11 @@ from twisted.web.iweb import IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from promtwist.agent.build import buildAgent
 from promtwist.agent.service import AgentService
 from promtwist.config.settings import AgentSettings, PathConfig, ProxyEndpoint, ProxySettings
+from promtwist.proxy.build import buildProxy
 from promtwist.proxy.consolidated import merge
-from promtwist.proxy.server import ProxyService
 
 OPENMETRICS = b"application/openmetrics-text; version=1.0.0; charset=utf-8"
 
@@ -58,7 +59,9 @@ class ConsolidatedTests(TestCase):
     timeout = 30
 
     async def setUp(self) -> None:  # type: ignore[override]
-        self.proxy = ProxyService(ProxySettings(http_port=0, agent_port=0), reactor, "127.0.0.1")
+        self.proxy = buildProxy(
+            ProxySettings(http_port=0, agent_port=0), reactor, interface="127.0.0.1"
+        )
         self.proxy.startService()
         self.addCleanup(self.proxy.stopService)
         self.pool = HTTPConnectionPool(reactor, persistent=False)
@@ -72,7 +75,7 @@ class ConsolidatedTests(TestCase):
         return f"http://127.0.0.1:{address.port}"
 
     async def agent(self, name: str, url: str) -> AgentService:
-        agent = AgentService(
+        agent = buildAgent(
             AgentSettings(
                 name=name,
                 consolidated=True,
@@ -158,7 +161,7 @@ class ConsolidatedTests(TestCase):
 
     async def test_exclusiveCannotJoin(self) -> None:
         await self.agent("one", f"{self.target(b'one')}/metrics")
-        exclusive = AgentService(
+        exclusive = buildAgent(
             AgentSettings(
                 name="loner",
                 proxy_endpoints=(ProxyEndpoint("127.0.0.1", self.proxy.agentListener.portNumber),),
@@ -170,6 +173,11 @@ class ConsolidatedTests(TestCase):
         self.addCleanup(exclusive.stopService)
         await exclusive.whenConnected()
         self.assertEqual([a.name for a in self.proxy.registry.lookup("shared")], ["one"])
-        self.assertEqual(self.proxy.registry.refusals["mixed"], 1)
+        self.assertEqual(
+            self.proxy.metrics.registry.get_sample_value(
+                "proxy_rejections_total", {"reason": "path_mixed"}
+            ),
+            1,
+        )
         _, body = await self.get()
         self.assertIn(b'up_from{agent="one"} 1', body)

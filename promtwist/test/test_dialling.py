@@ -13,14 +13,15 @@ from twisted.logger import Logger, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from promtwist.agent.build import buildAgent
 from promtwist.agent.connection import ProxyConnectionFactory, Rejected
 from promtwist.agent.dialling import SUMMARY_INTERVAL, DialReport, describeDialFailure
 from promtwist.agent.scraper import Scraper
-from promtwist.agent.service import AgentService
 from promtwist.config.settings import AgentSettings, ProxySettings
 from promtwist.protocol.framing import spokenProtocol
 from promtwist.protocol.session import SessionLost
-from promtwist.proxy.link import AgentLink, agentLinkFactory
+from promtwist.proxy.link import AgentLink
+from promtwist.test.helpers import agentLinkFactory
 from promtwist.test.memorytarget import MemoryTargets
 from promtwist.test.test_agent_service import SETTINGS, downEndpoints
 from promtwist.test.test_framing import logText
@@ -159,7 +160,7 @@ class ServiceTests(SynchronousTestCase):
         """
         clock = Clock()
         dialled: list[str] = []
-        service = AgentService(SETTINGS, clock, endpoints=downEndpoints(dialled, "p1:50051"))
+        service = buildAgent(SETTINGS, clock, endpoints=downEndpoints(dialled, "p1:50051"))
         with capturedLogs() as events:
             service.startService()
             for _ in range(20):

@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 
 from twisted.application.internet import TimerService
-from twisted.internet.address import UNIXAddress
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.interfaces import IAddress
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
@@ -16,9 +17,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from promtwist.config.settings import ProxySettings
 from promtwist.hostkeys import hostKey
 from promtwist.proxy import discovery
+from promtwist.proxy.build import DISCOVERY_REFRESH_SECONDS, buildProxy
 from promtwist.proxy.discovery import RENDERED_TARGETS, Discovery, Document
 from promtwist.proxy.registry import PathEntry, Registry
-from promtwist.proxy.server import DISCOVERY_REFRESH_SECONDS, ProxyService
 from promtwist.test.scrapeport import Held, Response, exchangeFor, factory, parseResponse
 from promtwist.test.test_registry import FakeAgent
 
@@ -115,6 +116,22 @@ class DocumentTests(SynchronousTestCase):
                 (["proxy:8080"], "db1", "v"),
                 perPathInstance,
             )
+
+    def test_pathLabelsAsUpstream(self) -> None:
+        """
+        A path's labels pass as prometheus-proxy passes them, but for its
+        three reserved ones: C{job} and C{__} labels its users set included.
+        """
+        registry = Registry()
+        agent = FakeAgent("1")
+        registry.addAgent(agent)
+        labels = {"job": "app", "__scheme__": "https", "hostName": "forged"}
+        registry.registerPath(agent, "app", "", labels)
+        (group,) = json.loads(Document(registry, False).render("proxy:8080"))
+        self.assertEqual(
+            (group["labels"]["job"], group["labels"]["__scheme__"], group["labels"]["hostName"]),
+            ("app", "https", "host"),
+        )
 
     def test_escaping(self) -> None:
         """
@@ -262,6 +279,24 @@ class CachingTests(SynchronousTestCase):
         self.assertEqual(self.built, ["a", "b", "c"])
 
 
+def askOn(resource: Discovery, local: IAddress, peer: IAddress, host: bytes = b"") -> Response:
+    """
+    The document as a scrape port at C{local} serves it to a client at
+    C{peer} sending Host C{host} (none if empty).
+    """
+    held = Held()
+    connection = factory(held).buildProtocol(peer)
+    assert connection is not None
+    connection.makeConnection(StringTransport(hostAddress=local, peerAddress=peer))
+    headers = b"Host: " + host + b"\r\n" if host else b""
+    connection.dataReceived(b"GET /discovery HTTP/1.0\r\n" + headers + b"\r\n")
+    (exchange,) = held.exchanges
+    resource.answer(exchange)
+    transport = connection.transport
+    assert isinstance(transport, StringTransport)
+    return parseResponse(transport.value())
+
+
 class ResourceTests(SynchronousTestCase):
     def test_targetFromHostHeader(self) -> None:
         """
@@ -290,25 +325,35 @@ class ResourceTests(SynchronousTestCase):
         resource = Discovery(Registry(), "", perPathInstance=False)
         served(resource.registry, FakeAgent("1", "a", "h"), "app")
         for host, status in [(b"proxy.example:8080", 200), (b"proxy.example", 500), (b"", 500)]:
-            held = Held()
-            site = factory(held)
-            connection = site.buildProtocol(UNIXAddress(None))
-            assert connection is not None
-            transport = StringTransport(
-                hostAddress=UNIXAddress("/run/promtwist/scrape.sock"),
-                peerAddress=UNIXAddress(None),
-            )
-            connection.makeConnection(transport)
-            headers = b"Host: " + host + b"\r\n" if host else b""
-            connection.dataReceived(b"GET /discovery HTTP/1.1\r\n" + headers + b"\r\n")
-            (exchange,) = held.exchanges
-            resource.answer(exchange)
-            r = parseResponse(transport.value())
+            r = askOn(resource, UNIXAddress("/run/promtwist/scrape.sock"), UNIXAddress(None), host)
             self.assertEqual(r.status, status, host)
             if status == 200:
                 self.assertEqual(json.loads(r.body)[0]["targets"], ["proxy.example:8080"])
             else:
                 self.assertIn(b"set proxy.service.discovery.targetPrefix", r.body)
+
+    def test_targetFromSocketAddress(self) -> None:
+        """
+        Without a usable Host header the target is the address the request
+        came in on, in a form Prometheus can scrape: an IPv6 address in
+        brackets, an IPv4-mapped one as the IPv4 address it maps.
+        """
+        resource = Discovery(Registry(), "", perPathInstance=False)
+        served(resource.registry, FakeAgent("1", "a", "h"), "app")
+        for local, host, expected in [
+            (IPv6Address("TCP", "::1", 8080), b"", "[::1]:8080"),
+            (IPv6Address("TCP", "::ffff:127.0.0.1", 8080), b"", "127.0.0.1:8080"),
+            (IPv6Address("TCP", "fe80::1%eth0", 8080), b"", "[fe80::1%eth0]:8080"),
+            (IPv6Address("TCP", "::1", 8080), b"bad host<>", "[::1]:8080"),
+            # A Host header's IPv6 address, bracketed or not, comes out
+            # bracketed, with the port the request came in on.
+            (IPv6Address("TCP", "::1", 8080), b"::1", "[::1]:8080"),
+            (IPv6Address("TCP", "::1", 8080), b"[::1]", "[::1]:8080"),
+            (IPv4Address("TCP", "10.0.0.1", 8080), b"", "10.0.0.1:8080"),
+        ]:
+            r = askOn(resource, local, IPv6Address("TCP", "::1", 40000), host)
+            self.assertEqual(r.status, 200, (local, host))
+            self.assertEqual(json.loads(r.body)[0]["targets"], [expected], (local, host))
 
     def test_configuredPrefix(self) -> None:
         resource = Discovery(Registry(), "proxy.example:8080", perPathInstance=False)
@@ -325,7 +370,7 @@ class RefreshTimerTests(SynchronousTestCase):
         before any request asks for them. Without discovery, no timer.
         """
         clock = Clock()
-        proxy = ProxyService(ProxySettings(sd_enabled=True), clock, "127.0.0.1")
+        proxy = buildProxy(ProxySettings(sd_enabled=True), clock, interface="127.0.0.1")
         timers = [child for child in proxy if isinstance(child, TimerService)]
         for timer in timers:
             timer.startService()
@@ -336,7 +381,7 @@ class RefreshTimerTests(SynchronousTestCase):
         self.assertNotEqual(document._generation, proxy.registry.generation)
         clock.advance(DISCOVERY_REFRESH_SECONDS)
         self.assertEqual(document._generation, proxy.registry.generation)
-        without = ProxyService(ProxySettings(), clock, "127.0.0.1")
+        without = buildProxy(ProxySettings(), clock, interface="127.0.0.1")
         self.assertEqual(
             len([child for child in without if isinstance(child, TimerService)]),
             len(timers) - 1,
@@ -354,7 +399,7 @@ class SettingTests(SynchronousTestCase):
             (ProxySettings(sd_enabled=True), None),
             (ProxySettings(sd_enabled=True, sd_per_path_instance=True), "proxy:8080/app"),
         ]:
-            proxy = ProxyService(settings, Clock(), "127.0.0.1")
+            proxy = buildProxy(settings, Clock(), interface="127.0.0.1")
             assert proxy.scrapes.discovery is not None
             served(proxy.registry, FakeAgent("1"), "app")
             (group,) = json.loads(ask(proxy.scrapes.discovery, "proxy:8080").body)
@@ -373,7 +418,8 @@ class HostRoutedTests(SynchronousTestCase):
         agent = FakeAgent("1", "a", "h")
         registry.addAgent(agent)
         registry.registerPath(agent, "app", "", {"team": "x"})
-        registry.registerPath(agent, hostKey("node1", 9100), "", {"env": "prod", "instance": "i"})
+        forged = {"env": "prod", "instance": "i", "job": "j", "__scheme__": "https"}
+        registry.registerPath(agent, hostKey("node1", 9100), "", {**forged, "__param_x": "y"})
         registry.registerPath(agent, hostKey("::1", 9182), "", {})
         # A host claimed on any port has no address to list.
         registry.registerPath(agent, hostKey("node2", None), "", {})
@@ -386,6 +432,12 @@ class HostRoutedTests(SynchronousTestCase):
         return parseResponse(transport.value())
 
     def test_targets(self) -> None:
+        """
+        Each target by its own address with its labels, but for those that
+        are Prometheus' or the proxy's: an agent cannot set a target's
+        C{job} or C{instance} (writing series under another target's), nor
+        a C{__} label steering the scrape (C{__scheme__}, C{__param_*}).
+        """
         r = self.get(b"?routing=host")
         self.assertEqual(r.headers[b"content-type"], b"application/json; charset=utf-8")
         self.assertEqual(
@@ -397,7 +449,7 @@ class HostRoutedTests(SynchronousTestCase):
                 },
                 {
                     "targets": ["node1:9100"],
-                    "labels": {"env": "prod", "instance": "i", "agentName": "a", "hostName": "h"},
+                    "labels": {"env": "prod", "agentName": "a", "hostName": "h"},
                 },
             ],
         )

@@ -18,8 +18,10 @@ C{discovery-targets.conf} are hosts of the examples' own network
 failure to reach the target (503), not as the proxy's unknown path (404).
 C{simple.conf}, C{federate.conf} and C{nginx-proxy.conf} scrape the
 processes' own metrics at C{localhost:8082} and C{localhost:8083}, their
-default ports, so those three run one after the other, on those ports of
-127.0.0.1.
+default ports; so that other tests and suites on the machine cannot hold
+those ports, each run moves the processes' metrics to free ports and
+writes those port numbers into its copy of the file's URLs, the only
+change made to it.
 """
 
 from __future__ import annotations
@@ -33,12 +35,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import treq
-from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
 
-from promtwist.endpoints import onInterface, probe
 from promtwist.test.certs import makeCertificates
 from promtwist.test.processes import (
     SAMPLE,
@@ -52,9 +52,9 @@ from promtwist.test.processes import (
 
 DATA = FilePath(__file__).sibling("data")
 # Where simple.conf, federate.conf and nginx-proxy.conf expect the proxy's
-# and the agent's own metrics: their default metrics ports.
-PROXY_METRICS_PORT = 8082
-AGENT_METRICS_PORT = 8083
+# and the agent's own metrics: their default metrics ports, as the files'
+# URLs spell them.
+DEFAULT_METRICS_PORTS = {"proxy": ":8082/", "agent": ":8083/"}
 # How long a process may take to start and an agent to register; generous
 # for a loaded two-core machine, and only reached when something is wrong.
 WITHIN = 30.0
@@ -76,8 +76,7 @@ class Example:
         user's that includes the example, say).
     @ivar files: the files the run's directory holds: name to text.
     @ivar ownMetrics: which of C{proxy} and C{agent} serve their own
-        metrics on their default ports, where the example's URLs expect
-        them.
+        metrics, which the example's URLs expect on their default ports.
     """
 
     config: str
@@ -130,7 +129,10 @@ class ExampleRun(ProcessGroup):
             workdir = os.path.abspath(case.mktemp())
             os.makedirs(workdir)
         self.workdir = workdir
+        metricsPorts = {process: freePort() for process in DEFAULT_METRICS_PORTS}
         for name, text in example.files.items():
+            for process in example.ownMetrics:
+                text = text.replace(DEFAULT_METRICS_PORTS[process], f":{metricsPorts[process]}/")
             writeFile(os.path.join(workdir, name), text)
         self.scrapePort = freePort()
         agentPort = freePort()
@@ -138,16 +140,13 @@ class ExampleRun(ProcessGroup):
         def loopback(port: int) -> str:
             return f"tcp:{port}:interface=127.0.0.1"
 
-        def ports(process: str, defaultMetrics: int) -> list[str]:
-            # The process's own metrics on their default port when the
-            # example's URLs expect them there, else on a free port, as
-            # the admin port (simple.conf enables both): other tests share
-            # the machine.
-            own = process in example.ownMetrics
+        def ports(process: str) -> list[str]:
+            # Every listener on a free port (simple.conf enables the admin
+            # port too): other tests share the machine.
             return [
-                *(["--metrics"] if own else []),
+                *(["--metrics"] if process in example.ownMetrics else []),
                 "--metrics_listen",
-                loopback(defaultMetrics if own else freePort()),
+                loopback(metricsPorts[process]),
                 "--admin_listen",
                 loopback(freePort()),
             ]
@@ -164,7 +163,7 @@ class ExampleRun(ProcessGroup):
                 "--agent_listen",
                 loopback(agentPort),
                 "--sd_enabled",
-                *ports("proxy", PROXY_METRICS_PORT),
+                *ports("proxy"),
             ],
             workdir,
         )
@@ -176,7 +175,7 @@ class ExampleRun(ProcessGroup):
                 "-c",
                 example.agentConfig or example.config,
                 f"-Dagent.proxy.port={agentPort}",
-                *ports("agent", AGENT_METRICS_PORT),
+                *ports("agent"),
             ],
             workdir,
         )
@@ -272,16 +271,8 @@ class ExampleTests(TestCase):
         """
         C{simple.conf}, C{federate.conf} and C{nginx-proxy.conf}: their
         paths scrape the proxy's and the agent's own metrics where the files
-        say. One after the other: they share the default metrics ports.
+        say (on the run's ports).
         """
-        for port in (PROXY_METRICS_PORT, AGENT_METRICS_PORT):
-            try:
-                probe(onInterface(reactor, port, "127.0.0.1"))
-            except OSError as e:
-                self.fail(
-                    f"port {port} is taken ({e}): simple.conf, federate.conf and"
-                    " nginx-proxy.conf scrape the processes' own metrics there"
-                )
         examples = [
             upstream(
                 "simple.conf",
@@ -305,12 +296,7 @@ class ExampleTests(TestCase):
                 ownMetrics=["proxy"],
             ),
         ]
-        for example in examples:
-            run = ExampleRun(self, example)
-            await run.check()
-            # Both gone before the next binds the same ports.
-            for child in run.children:
-                await child.stop()
+        await concurrently([ExampleRun(self, example) for example in examples])
 
     async def test_remoteTargetExamples(self) -> None:
         """

@@ -105,6 +105,30 @@ class ShapeTests(SynchronousTestCase):
         )
         self.assertTrue(document["one"]["healthy"])
 
+    def test_informational(self) -> None:
+        """
+        An informational result is shown, marked C{"informational": true},
+        whether healthy or not, and does not change the status: 200 beside
+        a healthy check, 500 only for the counted one that fails.
+        """
+        linkDown = HealthCheck(False, "not connected", informational=True)
+        code, _, document = self.serve({"a": lambda: HealthCheck(True), "own": lambda: linkDown})
+        self.assertEqual(code, 200)
+        assert isinstance(document, dict)
+        self.assertEqual(
+            document["own"],
+            {
+                "healthy": False,
+                "message": "not connected",
+                "duration": 0,
+                "timestamp": "2026-12-02T03:04:05.678Z",
+                "informational": True,
+            },
+        )
+        self.assertNotIn("informational", document["a"])
+        code, _, _ = self.serve({"a": lambda: HealthCheck(False), "own": lambda: linkDown})
+        self.assertEqual(code, 500)
+
     def test_none(self) -> None:
         """
         No checks at all: 501, as Dropwizard's servlet answers.
@@ -223,6 +247,9 @@ class ProxyHealthTests(SynchronousTestCase):
         checks = self.checks(proxyState(0, 0))
         self.assertTrue(all(check.healthy for check in checks.values()), checks)
         self.assertIn("2 agents", checks["agent_port"].message)
+        self.assertTrue(checks["agent_port"].informational)
+        upstream = [checks[name] for name in UPSTREAM_PROXY]
+        self.assertFalse(any(check.informational for check in upstream))
 
     def test_scrapeMap(self) -> None:
         self.assertTrue(self.checks(proxyState(2, 2))["scrape_response_map_check"].healthy)
@@ -308,7 +335,23 @@ class AgentHealthTests(SynchronousTestCase):
 
     def test_linkDown(self) -> None:
         check = self.checks(False, 0)["proxy_link"]
-        self.assertEqual(check, HealthCheck(False, "not connected to a proxy"))
+        self.assertEqual(check, HealthCheck(False, "not connected to a proxy", informational=True))
+
+    def test_servedLinkDown(self) -> None:
+        """
+        Over the admin endpoint, an agent whose proxy is unreachable answers
+        200, as prometheus-proxy's agent does, with C{proxy_link} unhealthy
+        and informational; a backlog still makes it 500.
+        """
+        state = AgentState(linkUp=False, backlog=0, inFlight=0, roundTripSeconds=None, pathCount=1)
+        checks = agentHealth(lambda: state, self.settings, Ports())
+        admin = adminRoot(AgentSettings(), checks, None, clockAt(NOW))
+        response = get(admin, "/healthcheck")
+        self.assertEqual(response.code, 200)
+        link = response.json()["proxy_link"]
+        self.assertEqual((link["healthy"], link["informational"]), (False, True))
+        state = replace(state, backlog=3)
+        self.assertEqual(get(admin, "/healthcheck").code, 500)
 
     def test_backlog(self) -> None:
         check = self.checks(True, 3)["scrape_request_backlog_check"]

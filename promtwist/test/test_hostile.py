@@ -15,7 +15,7 @@ from twisted.internet.task import deferLater
 
 from promtwist.config.settings import ProxySettings
 from promtwist.protocol.promtwist_pb2 import Frame, Hello
-from promtwist.test.helpers import BesideARealAgent, RawClient
+from promtwist.test.helpers import CONNECTION_REFUSALS, BesideARealAgent, RawClient, rejections
 
 TOKEN = "the-real-token"
 
@@ -82,7 +82,9 @@ class HostileInputTests(BesideARealAgent):
         throttled = [c for c in clients if b"too many failed authentication" in c.received]
         self.assertEqual(len(guessed), ProxySettings().max_auth_failures_per_address)
         rejected = guessed + throttled
-        self.assertEqual(len(rejected) + self.proxy.linkFactory.refusedConnections, len(clients))
+        self.assertEqual(
+            len(rejected) + rejections(self.proxy.linkFactory, *CONNECTION_REFUSALS), len(clients)
+        )
         self.assertAgentUndisturbed()
         self.assertEqual(len(self.proxy.registry.agents()), 1)
 
@@ -110,7 +112,7 @@ class HostileInputTests(BesideARealAgent):
         idle = [await self.connect() for _ in range(12)]
         await deferLater(reactor, 0.1)
         self.assertEqual(len(self.proxy.linkFactory.pending), 8)
-        self.assertEqual(self.proxy.linkFactory.refusedConnections, 0)
+        self.assertEqual(rejections(self.proxy.linkFactory, *CONNECTION_REFUSALS), 0)
         await self.assertRealAgentServes(5)
         await gatherResults([client.closed for client in idle])
         self.assertEqual(self.proxy.linkFactory.pending, set())

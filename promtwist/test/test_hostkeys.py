@@ -64,6 +64,22 @@ class HostKeyTests(SynchronousTestCase):
         self.assertEqual(parseHostPort("node1", "https"), ("node1", 443))
         self.assertEqual(HostTarget("", "::1", 80).address, "[::1]:80")
 
+    def test_leadingZeros(self) -> None:
+        """
+        A port with leading zeros is the number they pad, however many (RFC
+        3986 allows them), as a URL and as a declaration; out of range is
+        out of range whatever its spelling.
+        """
+        for text, port in [
+            ("node1:00080", 80),
+            ("node1:019100", 19100),
+            ("node1:" + "0" * 30 + "1", 1),
+        ]:
+            self.assertEqual(parseHostPort(text), ("node1", port), text)
+        for text in ("node1:000000", "node1:0065536", "node1:" + "9" * 5000):
+            e = self.assertRaises(BadTarget, parseHostPort, text)
+            self.assertIn("out of range (1-65535)", str(e), text)
+
     def test_hostPortRefused(self) -> None:
         """
         Each malformed target is refused with what is wrong with it.
@@ -83,6 +99,8 @@ class HostKeyTests(SynchronousTestCase):
             ("a" * 64 + ":80", "not a DNS name"),
             ("-x:80", "not a DNS name"),
             ("%2e:80", "not a DNS name"),
+            ("[fe80::1%eth0]:9100", "has an IPv6 zone"),
+            ("[fe80::1%25eth0]:9100", "has an IPv6 zone"),
         ]:
             e = self.assertRaises(BadTarget, parseHostPort, text)
             self.assertIn(why, str(e), text)

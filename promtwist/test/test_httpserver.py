@@ -243,7 +243,7 @@ class ProtocolTests(SynchronousTestCase):
         r = parseResponse(answer)
         self.assertEqual(r.status, 405)
         self.assertEqual(r.headers[b"allow"], b"GET, HEAD")
-        self.assertEqual(r.body, b"method DELETE not allowed: this port serves GET and HEAD\n")
+        self.assertEqual(r.body, b"method DELETE not allowed here: this path serves GET and HEAD\n")
         self.assertEqual(hello.rendered, 0)
         self.assertFalse(transport.disconnecting)
 
@@ -268,6 +268,8 @@ class ProtocolTests(SynchronousTestCase):
             (b"GARBAGE\r\n\r\n", b"Invalid method encountered"),
             (b"GET /a HTTP/1.1\r\nBad Header\r\n\r\n", b"Invalid header token"),
             (b"GET /a HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", b""),
+            (b"GET /a HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n", b"more than one Host header"),
+            (b"GET http://a:1/ HTTP/1.1\r\nHost: a:1\r\nHost: a:1\r\n\r\n", b"more than one Host"),
         ]:
             hello = Hello()
             answer, transport = ask(request, hello)
@@ -721,3 +723,132 @@ class GuardTests(SynchronousTestCase):
             guard=RequireCredentials(bearerToken="t"),
         )
         self.assertTrue(answer.endswith(b"hello /a\n"), answer)
+
+
+class Echo:
+    """
+    Answers a request with its method, path and body.
+    """
+
+    def __call__(self, exchange: Exchange) -> None:
+        exchange.finishWith(b"%s %s %s" % (exchange.method, exchange.path, exchange.body))
+
+
+def _bodies(method: bytes, path: bytes) -> int | None:
+    return 10 if (method, path) == (b"POST", b"/in") else None
+
+
+class RequestBodyTests(SynchronousTestCase):
+    """
+    A L{promtwist.proxy.httpserver.BodyPolicy} lets chosen requests carry a
+    body, bounded; every other request is refused one as before.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.connection, self.transport = connect(factory(Echo(), self.clock, bodies=_bodies))
+
+    def answer(self) -> Any:
+        return parseResponse(self.transport.value())
+
+    def test_bodyRead(self) -> None:
+        """
+        A body within the limit reaches the handler whole, in however many
+        reads, and the next request on the connection is the bytes after
+        it.
+        """
+        self.connection.dataReceived(b"POST /in HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nab")
+        self.assertEqual(self.transport.value(), b"")
+        self.assertIs(self.connection.state, ConnectionState.BODY)
+        self.connection.dataReceived(b"cdeGET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+        first, _, second = self.transport.value().partition(b"POST /in abcde")
+        self.assertEqual(parseResponse(first + b"POST /in abcde").body, b"POST /in abcde")
+        self.assertEqual(parseResponse(second).body, b"GET /next ")
+
+    def test_bodyInOneRead(self) -> None:
+        """
+        A head and its body in one read, with the next request behind them.
+        """
+        self.connection.dataReceived(
+            b"POST /in HTTP/1.1\r\nContent-Length: 3\r\n\r\nxyzGET /b HTTP/1.1\r\n\r\n"
+        )
+        self.assertEqual(self.transport.value().count(b"HTTP/1.1 200"), 2)
+        self.assertIn(b"POST /in xyz", self.transport.value())
+        self.assertIn(b"GET /b ", self.transport.value())
+
+    def test_overLimit(self) -> None:
+        """
+        A body declared larger than the limit gets 413 naming it, before a
+        byte of it is read.
+        """
+        self.connection.dataReceived(b"POST /in HTTP/1.1\r\nContent-Length: 11\r\n\r\n")
+        r = self.answer()
+        self.assertEqual(r.status, 413)
+        self.assertIn(b"at most 10 bytes", r.body)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_chunked(self) -> None:
+        """
+        A chunked body where one is taken gets 411: its length must be
+        declared.
+        """
+        self.connection.dataReceived(b"POST /in HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+        self.assertEqual(self.answer().status, 411)
+
+    def test_elsewhereRefused(self) -> None:
+        """
+        A body on a path the policy does not take one for is refused, and
+        so is the method without one.
+        """
+        self.connection.dataReceived(b"POST /other HTTP/1.1\r\nContent-Length: 2\r\n\r\nab")
+        self.assertEqual(self.answer().status, 413)
+        self.connection, self.transport = connect(factory(Echo(), self.clock, bodies=_bodies))
+        self.connection.dataReceived(b"POST /other HTTP/1.1\r\n\r\n")
+        self.assertEqual(self.answer().status, 405)
+
+    def test_slowBody(self) -> None:
+        """
+        A body not complete within the head's deadline gets 408 saying how
+        much is missing.
+        """
+        self.connection.dataReceived(b"POST /in HTTP/1.1\r\nContent-Length: 9\r\n\r\nabc")
+        self.clock.advance(10)
+        r = self.answer()
+        self.assertEqual(r.status, 408)
+        self.assertIn(b"request body not complete within 10 seconds", r.body)
+        self.assertIn(b"6 bytes missing", r.body)
+
+    def test_emptyBody(self) -> None:
+        """
+        C{POST} with no body where bodies are taken is answered at once.
+        """
+        self.connection.dataReceived(b"POST /in HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+        self.assertEqual(self.answer().body, b"POST /in ")
+
+    def test_guardBeforeBody(self) -> None:
+        """
+        The guard is asked on the head of a request with a body, before the
+        body is read: refused, it costs the head only, and the connection
+        closes (the unread body is nobody's request); admitted, the body is
+        read and the guard is not asked again.
+        """
+        asked: list[bytes] = []
+
+        def guard(exchange: Exchange) -> bool:
+            asked.append(exchange.body)
+            if exchange.headers.get(b"authorization") == b"ok":
+                return True
+            exchange.setStatus(401)
+            exchange.finishWith(b"no\n")
+            return False
+
+        connection, transport = connect(factory(Echo(), self.clock, bodies=_bodies, guard=guard))
+        connection.dataReceived(b"POST /in HTTP/1.1\r\nContent-Length: 5\r\n\r\n")
+        self.assertEqual(parseResponse(transport.value()).status, 401)
+        self.assertTrue(transport.disconnecting)
+        connection, transport = connect(factory(Echo(), self.clock, bodies=_bodies, guard=guard))
+        connection.dataReceived(
+            b"POST /in HTTP/1.1\r\nAuthorization: ok\r\nContent-Length: 2\r\n\r\nab"
+        )
+        self.assertEqual(parseResponse(transport.value()).body, b"POST /in ab")
+        self.assertEqual(asked, [b"", b""])

@@ -26,9 +26,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
-from promtwist.agent.service import AgentService
+from promtwist.agent.build import buildAgent
 from promtwist.config.settings import AgentSettings, PathConfig, ProxyEndpoint, ProxySettings
-from promtwist.proxy.server import ProxyService
+from promtwist.proxy.build import buildProxy
 from promtwist.test.processes import freePort
 
 BIG_BODY_BYTES = 50 * 1024 * 1024
@@ -137,7 +137,7 @@ class LoopbackTests(TestCase):
         await self.startProxy(
             proxySettings or ProxySettings(http_port=0, agent_port=0, sd_enabled=True)
         )
-        self.agent = AgentService(
+        self.agent = buildAgent(
             AgentSettings(
                 name="it-agent",
                 proxy_endpoints=(ProxyEndpoint("127.0.0.1", self.proxy.agentListener.portNumber),),
@@ -153,7 +153,7 @@ class LoopbackTests(TestCase):
         self.client = Agent(reactor, pool=self.pool)
 
     async def startProxy(self, settings: ProxySettings) -> None:
-        self.proxy = ProxyService(settings, reactor, interface="127.0.0.1")
+        self.proxy = buildProxy(settings, reactor, interface="127.0.0.1")
         self.proxy.startService()
         self.addCleanup(lambda: self.proxy.stopService() if self.proxy.running else None)
 

@@ -42,9 +42,10 @@ from promtwist.protocol.promtwist_pb2 import (
 from promtwist.protocol.session import ROUND_TRIP_EVERY_PERIODS, SessionLost
 from promtwist.proxy.admission import FILES_RESERVED, raiseOpenFileLimit, waitingRoom
 from promtwist.proxy.answers import ScrapeFailed
-from promtwist.proxy.link import AgentLink, agentLinkFactory
+from promtwist.proxy.link import AgentLink
 from promtwist.proxy.relay import ScrapeCall
 from promtwist.proxy.stream import ScrapeStream
+from promtwist.test.helpers import CONNECTION_REFUSALS, agentLinkFactory, rejections
 from promtwist.test.memorytarget import MemoryTargets
 from promtwist.test.test_framing import encode, logText
 
@@ -368,7 +369,7 @@ class AuthenticationTests(SynchronousTestCase):
                 self.assertEqual(reply.reject.reason, Reject.OVERLOADED)
                 self.assertIn("(proxy.internal.maxPendingHandshakes)", reply.reject.message)
                 self.assertTrue(transport.disconnecting)
-        self.assertEqual(factory.refusedConnections, 10)
+        self.assertEqual(rejections(factory, *CONNECTION_REFUSALS), 10)
         self.assertEqual(logText(events).count("handshake limit of 2"), factory.warnings.burst)
         transport = TCPStringTransport()
         first.makeConnection(transport)
@@ -406,7 +407,7 @@ class AuthenticationTests(SynchronousTestCase):
             "2 connections already wait for a place (proxy.internal.maxWaitingHandshakes)",
             reply.reject.message,
         )
-        self.assertEqual(factory.refusedConnections, 1)
+        self.assertEqual(rejections(factory, *CONNECTION_REFUSALS), 1)
         self.assertEqual([t.producerState for t in transports], ["producing", "paused", "paused"])
         # The handshake under way has a timer, the waiting queue one for
         # all it holds (and the liveness sweep none yet).
@@ -462,7 +463,7 @@ class AuthenticationTests(SynchronousTestCase):
             self.assertIn("(proxy.internal.handshakeTimeoutSecs)", reply.reject.message)
             self.assertTrue(transport.disconnecting)
         self.assertIn("waited 10.0s for a handshake place", logText(events))
-        self.assertEqual(factory.refusedConnections, 3)
+        self.assertEqual(rejections(factory, *CONNECTION_REFUSALS), 3)
         self.assertEqual(list(factory.waiting), [])
         self.assertEqual(lateTransport.producerState, "producing")
         # It waited 4 s of its 10: 6 s are left for its Hello.

@@ -16,19 +16,20 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import LoopingCall
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 
+from promtwist.agent.build import buildAgent
 from promtwist.agent.service import AgentService
 from promtwist.config.settings import AgentSettings, PathConfig, ProxyEndpoint, ProxySettings
 from promtwist.protocol.framing import encodeFrame
 from promtwist.protocol.promtwist_pb2 import Frame, Goodbye, Hello, Ping, RegisterPath
+from promtwist.proxy.build import buildProxy
 from promtwist.proxy.link import AgentLink
-from promtwist.proxy.server import ProxyService
-from promtwist.test.helpers import MiB, UnreadingPeer, rss, startTarget, unsent
+from promtwist.test.helpers import MiB, UnreadingPeer, eventually, rss, startTarget, unsent
 from promtwist.test.test_framing import logText
 
 TOKEN = "the-real-token"
@@ -87,7 +88,7 @@ class _AttackBase(TestCase):
 
     async def _setUp(self) -> None:
         self.targetURL = startTarget(self)
-        self.proxy = ProxyService(
+        self.proxy = buildProxy(
             ProxySettings(
                 http_port=0,
                 agent_port=0,
@@ -112,7 +113,7 @@ class _AttackBase(TestCase):
 
     def startAgent(self, name: str, source: str = "127.0.0.1") -> AgentService:
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.agentPort, bindAddress=(source, 0))
-        agent = AgentService(
+        agent = buildAgent(
             AgentSettings(
                 name=name,
                 agent_token=TOKEN,
@@ -142,14 +143,7 @@ class _AttackBase(TestCase):
         self.assertLess(rss() - self.rssAtStart, RSS_BOUND)
 
     async def eventually(self, check: Callable[[], bool], what: str, seconds: float = 5.0) -> None:
-        """
-        Wait, at most C{seconds} in 0.05 s steps, until C{check()} holds.
-        """
-        for _ in range(int(seconds / 0.05)):
-            if check():
-                return
-            await deferLater(reactor, 0.05)
-        self.fail(f"not within {seconds:g} s: {what}")
+        await eventually(self, check, what, seconds)
 
 
 class AttackTests(_AttackBase):
@@ -338,7 +332,7 @@ class UnreadingAgentTests(_AttackBase):
         than the grace period (plus a bound), even when the heartbeat would
         take much longer to give up on it.
         """
-        proxy = ProxyService(
+        proxy = buildProxy(
             ProxySettings(
                 http_port=0,
                 agent_port=0,

@@ -36,8 +36,9 @@ from promtwist.config.settings import AgentSettings, ProxySettings
 from promtwist.protocol.framing import encodeFrame
 from promtwist.protocol.promtwist_pb2 import Frame, Hello, Welcome
 from promtwist.protocol.session import LinkState
-from promtwist.proxy.link import AgentLink, agentLinkFactory
+from promtwist.proxy.link import AgentLink
 from promtwist.proxy.relay import ScrapeCall
+from promtwist.test.helpers import agentLinkFactory
 from promtwist.test.memorytarget import MemoryTargets
 from promtwist.test.test_link import PATHS, Target, TCPStringTransport
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from twisted.internet.task import Clock
-from twisted.logger import LogEvent, LogLevel, capturedLogs
+from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from promtwist.config.settings import ProxySettings
+from promtwist.metrics import ScrapeLeg
 from promtwist.protocol.promtwist_pb2 import Frame, Hello, PathReply, RegisterPath, UnregisterPath
-from promtwist.proxy.link import PATHS_LOGGED, AgentLink, agentLinkFactory
+from promtwist.proxy.link import PATHS_LOGGED, AgentLink
+from promtwist.test.helpers import agentLinkFactory
 from promtwist.test.test_framing import encode
 from promtwist.test.test_link import TCPStringTransport, decodeAll
 
@@ -79,6 +81,21 @@ class RefusalTests(SynchronousTestCase):
         self.assertEqual(link.rejections("labels"), 1)
         self.assertFalse(link.transport.disconnecting)
 
+    def test_noAnyPortClaim(self) -> None:
+        """
+        An agent claims targets as C{host:port}: the host on any port, a
+        PushProx client's claim, is refused it, saying so.
+        """
+        link = Link()
+        refused, accepted = link.register(
+            RegisterPath(request_id=1, path="//node1.example"),
+            RegisterPath(request_id=2, path="//node1.example:9100"),
+        )
+        self.assertFalse(refused.ok)
+        self.assertIn("//node1.example names no port", refused.reason)
+        self.assertTrue(accepted.ok, accepted.reason)
+        self.assertEqual(link.rejections("invalid"), 1)
+
     def test_floodOfRefusals(self) -> None:
         """
         Five hundred oversized registrations get five hundred short replies
@@ -108,6 +125,42 @@ class RefusalTests(SynchronousTestCase):
 
 
 class AcceptedTests(SynchronousTestCase):
+    def test_reservedLabelsWarned(self) -> None:
+        """
+        Labels an agent may not set are named in one warning, with the
+        agent and the claim; the claim itself is accepted.
+        """
+        link = Link()
+        labels = {"job": "j", "env": "prod", "__scheme__": "https"}
+        with capturedLogs() as events:
+            (reply,) = link.register(
+                RegisterPath(request_id=1, path="//node1.example:9100", labels=labels)
+            )
+        self.assertTrue(reply.ok)
+        lines = [formatEvent(e) for e in warnings(events)]
+        self.assertEqual(
+            lines,
+            [
+                "agent 'a1': labels __scheme__, job of //node1.example:9100 are not its"
+                " to set; discovery leaves them out"
+            ],
+        )
+
+    def test_seriesEndWithTheClaim(self) -> None:
+        """
+        A path's metric series end when the agent unregisters it.
+        """
+        link = Link()
+        (reply,) = link.register(RegisterPath(request_id=1, path="p"))
+        self.assertTrue(reply.ok)
+        link.factory.metrics.scrapeFinished("p", [ScrapeLeg("success", 0.1)], 0)
+        latency = {"path": "p", "outcome": "success"}
+        count = "proxy_scrape_request_latency_seconds_count"
+        registry = link.factory.metrics.registry
+        self.assertEqual(registry.get_sample_value(count, latency), 1)
+        link.register(UnregisterPath(request_id=2, path="p"))
+        self.assertIsNone(registry.get_sample_value(count, latency))
+
     def test_infoLinesBounded(self) -> None:
         """
         A link registering a thousand paths logs the first few at INFO and

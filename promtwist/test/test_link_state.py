@@ -32,8 +32,9 @@ from promtwist.protocol.promtwist_pb2 import (
 from promtwist.protocol.session import HANDSHAKE_MAX_FRAME_BYTES, LinkState, SessionLost
 from promtwist.proxy.admission import AuthThrottle, helloProblem
 from promtwist.proxy.answers import ScrapeFailed
-from promtwist.proxy.link import AgentLink, AgentLinkFactory, agentLinkFactory
+from promtwist.proxy.link import AgentLink, AgentLinkFactory
 from promtwist.proxy.relay import ScrapeCall
+from promtwist.test.helpers import agentLinkFactory
 from promtwist.test.test_framing import encode, logText
 from promtwist.test.test_link import Pair, TCPStringTransport, decodeAll
 

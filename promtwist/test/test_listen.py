@@ -33,6 +33,7 @@ from promtwist.config.settings import ConfigError, ProxySettings
 from promtwist.endpoints import DualStackEndpoint, ipv6Available, wildcard
 from promtwist.httpguard import AllowedNetworks
 from promtwist.listen import Listener
+from promtwist.proxy.build import buildProxy
 from promtwist.proxy.server import ProxyService
 from promtwist.startup import StartupError
 from promtwist.test.certs import Certificates, makeCertificates
@@ -62,7 +63,7 @@ class DefaultListenerTests(TestCase):
     """
 
     def proxy(self, **settings: object) -> ProxyService:
-        proxy = ProxyService(
+        proxy = buildProxy(
             ProxySettings(http_port=0, agent_port=0, **settings),  # type: ignore[arg-type]
             reactor,
         )
@@ -264,7 +265,7 @@ class DescriptionTests(SynchronousTestCase):
             http_tls_cert_chain_file_path=certs.server.cert,
             http_tls_private_key_file_path=certs.server.key,
         )
-        error = self.assertRaises(StartupError, ProxyService, settings, reactor)
+        error = self.assertRaises(StartupError, buildProxy, settings, reactor)
         self.assertIn("promtwist's TLS settings already cover", str(error))
 
     def test_unixPathTooLong(self) -> None:

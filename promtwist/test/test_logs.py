@@ -46,6 +46,62 @@ class LogLevelTests(SynchronousTestCase):
             self.assertEqual(self.emit(), expected, level)
 
 
+class TwistdObserverTests(SynchronousTestCase):
+    """
+    L{logs.filterTwistdLogs}: twistd's observer, whichever it is, passes
+    only events at the process's level.
+    """
+
+    def setUp(self) -> None:
+        self.addCleanup(logs.applyLogLevel, "")
+        self.addCleanup(logs.twistdObserver.choose, None, {})
+
+    def test_loggerOptionFiltered(self) -> None:
+        """
+        A C{--logger} name is replaced by L{logs.twistdObserver}, which
+        makes the named observer and filters what reaches it by the level,
+        events of any namespace (Twisted's own too).
+        """
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        twistd: dict[str, object] = {"logger": "promtwist.logs.jsonLogger"}
+        logs.filterTwistdLogs(twistd)
+        self.assertEqual(twistd["logger"], "promtwist.logs.twistdObserver")
+        observer = logs.twistdObserver()
+        logs.applyLogLevel("warn")
+        log = Logger(namespace="twisted.scripts._twistd_unix.UnixAppLogger", observer=observer)
+        log.info("starting up.")
+        log.warn("a warning")
+        (line,) = out.getvalue().splitlines()
+        self.assertEqual(json.loads(line)["message"], "a warning")
+
+    def test_twistdsOwnChoice(self) -> None:
+        """
+        Without C{--logger}, the observer is the one twistd would make from
+        its options: here, in the foreground, text on standard output.
+        """
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        twistd: dict[str, object] = {"logger": None, "nodaemon": True, "logfile": None}
+        logs.filterTwistdLogs(twistd)
+        observer = logs.twistdObserver()
+        logs.applyLogLevel("error")
+        log = Logger(namespace="twisted.application.app", observer=observer)
+        log.warn("dropped")
+        log.error("kept")
+        self.assertNotIn("dropped", out.getvalue())
+        self.assertIn("kept", out.getvalue())
+
+    def test_unimportableLeftToTwistd(self) -> None:
+        """
+        A C{--logger} naming nothing importable is left as it is, for
+        twistd's own usage error.
+        """
+        twistd: dict[str, object] = {"logger": "no.such.module.observer"}
+        logs.filterTwistdLogs(twistd)
+        self.assertEqual(twistd["logger"], "no.such.module.observer")
+
+
 class JSONLoggerTests(SynchronousTestCase):
     """
     What log shippers expect: one flat JSON object per line.

@@ -356,6 +356,21 @@ class ProxyEventTests(SynchronousTestCase):
         )
         self.assertEqual(self.value("proxy_relayed_bytes_total"), 40)
 
+    def test_forgetPath(self) -> None:
+        """
+        A forgotten path's series end, others' stay; a scrape that ends
+        after its path was forgotten is counted but labels nothing.
+        """
+        for path in ("app1_metrics", "//client1"):
+            self.metrics.scrapeFinished(path, [success(0.2, 2048), ScrapeLeg("timed_out", 1)], 0)
+        self.metrics.forgetPath("//client1")
+        self.metrics.scrapeFinished(None, [success(0.2, 2048)], 0)
+        text = scrape(self.metrics.registry)[1]
+        self.assertNotIn("//client1", text)
+        latency = {"path": "app1_metrics", "outcome": "success"}
+        self.assertEqual(self.value("proxy_scrape_request_latency_seconds_count", latency), 1)
+        self.assertEqual(self.value("proxy_scrape_requests_total", {"type": "success"}), 3)
+
     def test_untimedLegNotALabel(self) -> None:
         """
         A request no agent was asked for is counted but not timed, as

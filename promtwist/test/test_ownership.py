@@ -19,7 +19,8 @@ from promtwist.agent.scraper import Scraper
 from promtwist.config.settings import AgentSettings, Identity, PathConfig, ProxySettings
 from promtwist.protocol.promtwist_pb2 import HOLDER, Frame, Holder, PathStatus
 from promtwist.protocol.session import LinkState
-from promtwist.proxy.link import AgentLink, agentLinkFactory
+from promtwist.proxy.link import AgentLink
+from promtwist.test.helpers import agentLinkFactory
 from promtwist.test.memorytarget import MemoryTargets
 from promtwist.test.test_framing import encode
 from promtwist.test.test_link import PATHS, Target, TCPStringTransport

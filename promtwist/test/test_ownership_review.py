@@ -14,8 +14,8 @@ from promtwist.agent.connection import RETRY_FIRST_SECS
 from promtwist.config.settings import Identity, ProxySettings
 from promtwist.protocol.promtwist_pb2 import Frame
 from promtwist.proxy import link as linkModule
+from promtwist.proxy.build import buildProxy
 from promtwist.proxy.relay import ScrapeCall
-from promtwist.proxy.server import ProxyService
 from promtwist.test.test_link import PATHS
 from promtwist.test.test_ownership import Ownership, holderLines, text
 
@@ -134,7 +134,10 @@ class RefusedStandbyRetryTests(SynchronousTestCase):
         proxy.clock.advance(RETRY_FIRST_SECS)
         proxy.flush()
         self.assertEqual(second.connection.registeredPaths(), {})
-        self.assertEqual(proxy.registry.refusals["budget"], 4)
+        rejections = proxy.factory.metrics.registry.get_sample_value(
+            "proxy_rejections_total", {"reason": "path_budget"}
+        )
+        self.assertEqual(rejections, 4)
         first.connection.sendGoodbye("stop")
         proxy.flush()
         # The second attempt waits twice as long.
@@ -242,8 +245,8 @@ class ReloadTests(SynchronousTestCase):
         x, y = Identity("x", "tx"), Identity("y", "ty")
         settings = ProxySettings(identities=(x, y))
         proxy = Ownership(settings)
-        server = ProxyService(
-            settings, proxy.clock, reloadSettings=lambda: ProxySettings(identities=(y,))
+        server = buildProxy(
+            settings, proxy.clock, reloadSettings=lambda warn: ProxySettings(identities=(y,))
         )
         proxy.factory, proxy.registry = server.linkFactory, server.registry
         proxy.connect("a", token="tx")

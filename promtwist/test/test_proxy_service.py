@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
@@ -24,6 +25,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from promtwist import __version__
+from promtwist.agent.build import buildAgent
 from promtwist.agent.service import AgentService
 from promtwist.config.settings import (
     AgentSettings,
@@ -36,6 +38,7 @@ from promtwist.config.settings import (
 from promtwist.logs import applyLogLevel
 from promtwist.protocol.promtwist_pb2 import Frame, Hello, RegisterPath
 from promtwist.proxy.answers import ScrapeRecord
+from promtwist.proxy.build import buildProxy
 from promtwist.proxy.server import ProxyService
 from promtwist.test.test_framing import logText
 
@@ -91,14 +94,14 @@ class ProxyServiceTests(TestCase):
         return self.proxyWith(ProxySettings(http_port=0, agent_port=0, **settings))  # type: ignore[arg-type]
 
     def proxyWith(self, settings: ProxySettings, **kwargs: object) -> ProxyService:
-        proxy = ProxyService(settings, reactor, "127.0.0.1", **kwargs)  # type: ignore[arg-type]
+        proxy = buildProxy(settings, reactor, interface="127.0.0.1", **kwargs)  # type: ignore[arg-type]
         proxy.startService()
         self.addCleanup(lambda: proxy.stopService() if proxy.running else None)
         return proxy
 
     async def agent(self, proxy: ProxyService, **settings: object) -> AgentService:
         settings.setdefault("name", "a1")
-        agent = AgentService(
+        agent = buildAgent(
             AgentSettings(
                 proxy_endpoints=(ProxyEndpoint("127.0.0.1", proxy.agentListener.portNumber),),
                 path_configs=(
@@ -197,7 +200,7 @@ class ProxyServiceTests(TestCase):
         team = Identity("team_a", "ta")
         sources: list[ProxySettings | ConfigError] = []
 
-        def reloadSettings() -> ProxySettings:
+        def reloadSettings(warn: Callable[[str], None]) -> ProxySettings:
             source = sources.pop(0)
             if isinstance(source, ConfigError):
                 raise source
@@ -212,7 +215,7 @@ class ProxyServiceTests(TestCase):
         assert connection is not None
         sources.append(ConfigError("proxy.conf: proxy.auth[0].token is required"))
         with capturedLogs() as events:
-            proxy.reload()
+            await proxy.reload()
         self.assertIn("reload refused, running configuration kept", logText(events))
         self.assertEqual(len(proxy.registry.agents()), 1)
         sources.append(
@@ -224,7 +227,7 @@ class ProxyServiceTests(TestCase):
             )
         )
         with capturedLogs() as events:
-            proxy.reload()
+            await proxy.reload()
         # What a reload does not apply is named as the operator writes it.
         self.assertIn("need a restart: proxy.internal.departedPathRetentionSecs", logText(events))
         await connection.whenLost()
@@ -362,8 +365,10 @@ class ProxyServiceTests(TestCase):
                 "proxy_link",
             },
         )
+        fields = {"healthy", "message", "duration", "timestamp"}
         for name, check in checks.items():
-            self.assertEqual(set(check), {"healthy", "message", "duration", "timestamp"}, name)
+            own = {"informational"} if name == "proxy_link" else set()
+            self.assertEqual(set(check), fields | own, name)
             self.assertIs(check["healthy"], True, name)
 
     def test_debugLineClipped(self) -> None:

@@ -10,12 +10,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from promtwist.hostkeys import HostTarget, hostKey
 from promtwist.proxy.proxyurl import BadProxyRequest, ProxyRoute, proxyRoute
-from promtwist.proxy.registry import Registry
+from promtwist.proxy.registry import RegistrationRefused, Registry
 from promtwist.test.test_relay import FakeLink, Proxy, response
-
-
-def _nobody(host: str, port: int) -> bool:
-    return False
 
 
 class ProxyRouteTests(SynchronousTestCase):
@@ -24,38 +20,38 @@ class ProxyRouteTests(SynchronousTestCase):
         An absolute URI names the target, whatever C{Host} says; its path and
         query are kept as sent, C{_scheme} taken out of the query.
         """
-        route = proxyRoute(b"http://Node1:9100/a%20b", b"x=1&_scheme=https&y", b"proxy", _nobody)
+        route = proxyRoute(b"http://Node1:9100/a%20b", b"x=1&_scheme=https&y")
         self.assertEqual(route, ProxyRoute(HostTarget("https", "node1", 9100), "/a%20b", "x=1&y"))
-        route = proxyRoute(b"http://[::1]:9100", b"", None, _nobody)
+        route = proxyRoute(b"http://[::1]:9100", b"")
         self.assertEqual(route, ProxyRoute(HostTarget("", "::1", 9100), "/", ""))
         self.assertEqual(route.shown if route else "", "//[::1]:9100")
 
     def test_defaultPorts(self) -> None:
-        route = proxyRoute(b"http://node1/metrics", b"", None, _nobody)
+        route = proxyRoute(b"http://node1/metrics", b"")
         self.assertEqual(route and route.target, HostTarget("", "node1", 80))
-        route = proxyRoute(b"https://node1/metrics", b"_scheme=http", None, _nobody)
+        route = proxyRoute(b"https://node1/metrics", b"_scheme=http")
         self.assertEqual(route and route.target, HostTarget("http", "node1", 443))
-        route = proxyRoute(b"HTTPS://node1/metrics", b"", None, _nobody)
+        route = proxyRoute(b"HTTPS://node1/metrics", b"")
         self.assertEqual(route and route.target, HostTarget("https", "node1", 443))
 
-    def test_hostHeader(self) -> None:
+    def test_originForm(self) -> None:
         """
-        An origin-form request is host-routed when its C{Host} names a
-        target someone serves, and path-routed otherwise (a C{Host} that is
-        no target at all included).
+        An origin-form request is for the proxy's own paths: it is never
+        routed by target, whatever its C{Host}. A request target in neither
+        form (C{*}, which only C{OPTIONS} may send) is refused.
         """
-        served = {("node1", 9100)}
+        self.assertIsNone(proxyRoute(b"/metrics", b"x=1"))
+        e = self.assertRaises(BadProxyRequest, proxyRoute, b"*", b"")
+        self.assertEqual(e.status, 400)
+        self.assertIn("neither a path (/...) nor an absolute URL", e.reason)
 
-        def lookup(host: str, port: int) -> bool:
-            return (host, port) in served
-
-        route = proxyRoute(b"/metrics", b"", b"NODE1:9100", lookup)
-        self.assertEqual(route, ProxyRoute(HostTarget("", "node1", 9100), "/metrics", ""))
-        self.assertIsNone(proxyRoute(b"/metrics", b"", b"node1:9101", lookup))
-        self.assertIsNone(proxyRoute(b"/metrics", b"", b"proxy", lookup))
-        self.assertIsNone(proxyRoute(b"/metrics", b"", b"bad host!", lookup))
-        self.assertIsNone(proxyRoute(b"/metrics", b"", b"\xff", lookup))
-        self.assertIsNone(proxyRoute(b"/metrics", b"", None, lookup))
+    def test_leadingZeros(self) -> None:
+        """
+        A target URL's port may have leading zeros: the same target.
+        """
+        for url, port in [(b"http://localhost:00080/", 80), (b"http://node1:019100/", 19100)]:
+            route = proxyRoute(url, b"")
+            self.assertEqual(route and route.target.port, port, url)
 
     def test_refused(self) -> None:
         """
@@ -74,8 +70,10 @@ class ProxyRouteTests(SynchronousTestCase):
             (b"http://node1:80/", b"_scheme=gopher", "is not a scheme"),
             (b"http://node1:80/", b"_scheme=http&_scheme=https", "both http and https"),
             (b"http://node1:80/", b"a=\x01", "query string has byte 0x01"),
+            (b"http://node1:80/", b"a=1#frag", "fragment (#) at position 3"),
+            (b"http://[fe80::1%25eth0]:19100/", b"", "IPv6 zone"),
         ]:
-            e = self.assertRaises(BadProxyRequest, proxyRoute, path, query, None, _nobody)
+            e = self.assertRaises(BadProxyRequest, proxyRoute, path, query)
             self.assertEqual(e.status, 400)
             self.assertIn(why, e.reason, path)
 
@@ -125,11 +123,62 @@ class HostRoutedScrapeTests(SynchronousTestCase):
         self.assertEqual([c.target for c in exact.calls], [HostTarget("", "node1", 9100)])
         self.assertEqual([c.target for c in anyPort.calls], [HostTarget("", "node1", 9182)])
 
-    def test_hostHeader(self) -> None:
-        link = self.claim("a1", hostKey("node1", 9100))
+    def test_hostHeaderDoesNotRoute(self) -> None:
+        """
+        A C{Host} naming a claimed target does not route an origin-form
+        request: it is path-routed, as any request for the proxy's paths.
+        """
+        target = self.claim("a1", hostKey("node1", 9100))
+        path = self.proxy.agent("a2", "metrics")
         self.proxy.get(b"/metrics", host="node1:9100")
-        (call,) = link.calls
-        self.assertEqual((call.path, call.target), ("/metrics", HostTarget("", "node1", 9100)))
+        self.assertEqual(([c.path for c in path.calls], target.calls), (["metrics"], []))
+
+    def test_ownAddressUnclaimable(self) -> None:
+        """
+        No agent may claim the proxy's own C{host:port} (here its scrape
+        port, 8080, on a loopback address or C{localhost}); the proxy's
+        ordinary requests reach its paths whatever an agent declared.
+        """
+        victim = self.proxy.agent("victim", "app1_metrics")
+        attacker = FakeLink("attacker", agentId="attacker")
+        self.registry.addAgent(attacker)
+        for host in ("127.0.0.1", "127.1.2.3", "localhost", "::1", "0.0.0.0"):
+            e = self.assertRaises(
+                RegistrationRefused,
+                self.registry.registerPath,
+                attacker,
+                hostKey(host, 8080),
+                "attacker",
+                {},
+            )
+            self.assertIn("the proxy's own address", str(e))
+        self.registry.registerPath(attacker, hostKey("127.0.0.1", 9100), "attacker", {})
+        conn = self.proxy.get(b"/app1_metrics", host="127.0.0.1:8080")
+        self.assertEqual(len(victim.calls), 1)
+        victim.head(b"up 1\n", last=True, content_length=5)
+        self.assertEqual((response(conn).status, attacker.calls), (200, []))
+
+    def test_noLoop(self) -> None:
+        """
+        A scrape whose target is the proxy itself is refused, even when a
+        claim on any port of the host (a PushProx client's) covers it:
+        whoever fetched it would send it back to the proxy.
+        """
+        anyPort = self.claim("pushed", hostKey("localhost", None))
+        r = response(self.proxy.get(b"http://localhost:8080/app1_metrics"))
+        self.assertEqual(r.status, 400)
+        self.assertIn(b"localhost:8080 is this proxy's own address", r.body)
+        self.proxy.get(b"http://localhost:9100/metrics")
+        self.assertEqual([c.target for c in anyPort.calls], [HostTarget("", "localhost", 9100)])
+
+    def test_asteriskTarget(self) -> None:
+        """
+        C{GET *} is refused by the proxy itself, never sent to an agent.
+        """
+        self.proxy.agent("a1", "*")
+        r = response(self.proxy.get(b"*", host="node1:9100"))
+        self.assertEqual(r.status, 400)
+        self.assertIn(b"neither a path", r.body)
 
     def test_pathsStillServed(self) -> None:
         """
@@ -216,14 +265,38 @@ class HostRoutedScrapeTests(SynchronousTestCase):
         self.proxy.get(b"http://node1:9100/metrics")
         self.assertEqual(len(second.calls), 1)
 
-    def test_hostHeaderNeedsExactClaim(self) -> None:
+    def test_anyPortClaimByHostHeader(self) -> None:
         """
-        A host claimed on any port is reached by absolute URI only: its
-        name in C{Host} does not capture the proxy's own requests.
+        A host claimed on any port (a PushProx client's FQDN) is reached by
+        absolute URI only: its name in C{Host} does not capture the proxy's
+        own requests.
         """
         path = self.proxy.agent("a1", "app1")
         anyPort = self.claim("pushed", hostKey("proxy", None))
         self.proxy.get(b"/app1", host="proxy:8080")
-        self.proxy.get(b"http://proxy:8080/metrics")
+        self.proxy.get(b"http://proxy:8081/metrics")
         self.assertEqual([c.path for c in path.calls], ["app1"])
-        self.assertEqual([c.target for c in anyPort.calls], [HostTarget("", "proxy", 8080)])
+        self.assertEqual([c.target for c in anyPort.calls], [HostTarget("", "proxy", 8081)])
+
+    def test_anyPortRecordedByItsKey(self) -> None:
+        """
+        Scrapes served by a claim on any port are recorded (and so labelled
+        in the metrics) by that claim's key, whichever port was asked for:
+        ten ports make one series, not ten.
+        """
+        self.claim("pushed", hostKey("client1", None))
+        for port in range(1000, 1010):
+            self.proxy.get(f"http://client1:{port}/metrics".encode())
+        self.proxy.clock.advance(60)
+        self.assertEqual({r.path for r in self.proxy.records}, {"//client1"})
+
+    def test_departedAnyPort(self) -> None:
+        """
+        A host claimed on any port whose client left a moment ago is a 503
+        saying so, on every port.
+        """
+        link = self.claim("pushed", hostKey("node1", None))
+        self.registry.removeAgent(link)
+        r = response(self.proxy.get(b"http://node1:9100/metrics"))
+        self.assertEqual(r.status, 503)
+        self.assertIn(b"agent 'pushed' disconnected", r.body)

@@ -187,7 +187,7 @@ class Proxy:
         transport = transport or StringTransport()
         self.channels[transport] = channel
         channel.makeConnection(transport)
-        lines = [b"GET " + target + b" HTTP/1.1", b"Host: proxy"]
+        lines = [b"GET " + target + b" HTTP/1.1", f"Host: {headers.pop('host', 'proxy')}".encode()]
         lines += [f"{k.replace('_', '-')}: {v}".encode() for k, v in headers.items()]
         channel.dataReceived(b"\r\n".join(lines) + b"\r\n\r\n")
         return transport

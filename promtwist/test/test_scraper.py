@@ -29,7 +29,7 @@ from promtwist.agent.filters import FilterStream
 from promtwist.agent.retries import RetryPolicy
 from promtwist.agent.scraper import FRAME_OVERHEAD, MIN_CHUNK, Scrape, ScrapeObserver, Scraper
 from promtwist.agent.slots import Slots
-from promtwist.config.settings import AgentSettings, MetricFilter, PathConfig
+from promtwist.config.settings import AgentSettings, MetricFilter, MiB, PathConfig
 from promtwist.httputil import redacted
 from promtwist.protocol.framing import FrameTooLarge
 from promtwist.protocol.promtwist_pb2 import Frame, Outcome, ScrapeChunk, ScrapeRequest
@@ -666,6 +666,30 @@ class LinkEncodingTests(SynchronousTestCase):
         scraper = Scraper(settings, FakePool(), Clock())  # type: ignore[arg-type]
         self.assertEqual(scraper.chunkBytes(1024 * 1024), 64 * 1024)
 
+    def test_chunkCappedSaidOnce(self) -> None:
+        """
+        A C{--chunk} larger than the proxy's frame limit allows is cut down
+        to what fits, with one warning naming the setting, however many
+        links make the same cut; one that fits says nothing.
+        """
+        scraper = Scraper(
+            AgentSettings(chunk_content_size_kbs=10000),
+            FakePool(),  # type: ignore[arg-type]
+            Clock(),
+        )
+        with capturedLogs() as events:
+            self.assertEqual(scraper.chunkBytes(MiB), MiB - FRAME_OVERHEAD)
+            self.assertEqual(scraper.chunkBytes(MiB), MiB - FRAME_OVERHEAD)
+        warnings = [e for e in events if e["log_level"].name == "warn"]
+        self.assertEqual(len(warnings), 1)
+        text = formatEvent(warnings[0])
+        self.assertIn("agent.chunkContentSizeKbs (--chunk) is 10000 KiB", text)
+        self.assertIn(f"chunks are {MiB - FRAME_OVERHEAD} bytes", text)
+        fits = Scraper(AgentSettings(), FakePool(), Clock())  # type: ignore[arg-type]
+        with capturedLogs() as events:
+            fits.chunkBytes(MiB)
+        self.assertEqual(events, [])
+
     def test_compressedBodyInOneFrame(self) -> None:
         """
         A body whose gzip fits in one chunk is one frame, however many chunks
@@ -693,12 +717,14 @@ class LinkEncodingTests(SynchronousTestCase):
     def test_minimumAboveAChunk(self) -> None:
         """
         A minimum larger than a chunk is honoured: a body of unknown length
-        below it is sent plain, in chunks; one above it is gzipped.
+        below it is sent plain, in chunks, and counted C{non-gzipped} as
+        prometheus-proxy counts it; one above it is gzipped.
         """
         settings = {"chunkBytes": 16 * 1024, "min_gzip_size_bytes": 100_000}
         run, recorder = self.scrape(self.TEXT * 2000, **settings)
         self.assertEqual(run.frames[0].scrape_response.content_encoding, "")
-        self.assertEqual(recorder.sent, ["chunked"])
+        self.assertGreater(len(run.frames), 1)
+        self.assertEqual(recorder.sent, ["non-gzipped"])
         run, recorder = self.scrape(self.TEXT * 4000, **settings)
         self.assertEqual(run.frames[0].scrape_response.content_encoding, "gzip")
         self.assertEqual(recorder.sent, ["gzipped"])
@@ -777,14 +803,28 @@ class ResultCountTests(SynchronousTestCase):
     def test_chunkedCountedOnceAtTheEnd(self) -> None:
         """
         A result in several frames counts once, when its last frame goes:
-        one cut off by its link is dropped instead, never both.
+        one cut off by its link is dropped instead, never both. A gzip body
+        in several frames is C{chunked}, as prometheus-proxy counts one.
+        """
+        run, recorder = self.scrape(chunkBytes=1024, acceptEncoding="gzip")
+        response = run.respond(FakeResponse())
+        response.body(Random(3).randbytes(5000))
+        self.assertEqual(recorder.sent, [])
+        response.end()
+        self.assertGreater(len(run.frames), 1)
+        self.assertEqual(recorder.sent, ["chunked"])
+
+    def test_plainSeveralFramesNonGzipped(self) -> None:
+        """
+        A plain body in several frames is C{non-gzipped}: prometheus-proxy
+        sends a plain body whole and counts it so, whatever its size.
         """
         run, recorder = self.scrape(chunkBytes=1024)
         response = run.respond(FakeResponse())
         response.body(b"x" * 5000)
-        self.assertEqual(recorder.sent, [])
         response.end()
-        self.assertEqual(recorder.sent, ["chunked"])
+        self.assertGreater(len(run.frames), 1)
+        self.assertEqual(recorder.sent, ["non-gzipped"])
 
     def test_nonSuccessCounted(self) -> None:
         """
@@ -815,7 +855,8 @@ class ResultCountTests(SynchronousTestCase):
         response.body(b"x" * 3000)
         response.end("connection lost")
         self.assertEqual(run.last().scrape_chunk.last, True)
-        self.assertEqual((recorder.ended, recorder.sent), (["failed"], ["chunked"]))
+        # A failure is a result without a body to prometheus-proxy's agent.
+        self.assertEqual((recorder.ended, recorder.sent), (["failed"], ["non-gzipped"]))
 
 
 class RefusedAtOnceTests(SynchronousTestCase):

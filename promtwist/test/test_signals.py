@@ -7,10 +7,13 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable
 
+from twisted.internet.base import ReactorBase
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReadDescriptor, IWriteDescriptor
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from promtwist.signals import exitNormally, onHangup
+from promtwist.signals import exitNormally, exitNormallyOnShutdown, onHangup
 
 
 class FakeReactor(Clock):
@@ -58,3 +61,30 @@ class ExitNormallyTests(SynchronousTestCase):
             reactor._exitSignal = number
             exitNormally(reactor)
             self.assertEqual(reactor._exitSignal, expected, number)
+
+    def test_onShutdownAfterTheServicesStopped(self) -> None:
+        """
+        After SIGTERM, the exit signal is cleared once shutdown's "before"
+        phase (where twistd stops the services) has finished, not earlier.
+        """
+        reactor = _ShutdownReactor()
+        draining: Deferred[None] = Deferred()
+        reactor.addSystemEventTrigger("before", "shutdown", lambda: draining)
+        exitNormallyOnShutdown(reactor)
+        reactor._exitSignal = signal.SIGTERM
+        reactor.fireSystemEvent("shutdown")
+        self.assertEqual(reactor._exitSignal, signal.SIGTERM)
+        draining.callback(None)
+        self.assertIsNone(reactor._exitSignal)
+
+
+class _ShutdownReactor(ReactorBase):
+    """
+    Just enough of a reactor to run its system event triggers.
+    """
+
+    def installWaker(self) -> None:
+        pass
+
+    def removeAll(self) -> list[IReadDescriptor | IWriteDescriptor]:
+        return []

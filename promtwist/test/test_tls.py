@@ -21,7 +21,9 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.interfaces import (
+    IHandshakeListener,
     IListeningPort,
+    INegotiated,
     IOpenSSLClientConnectionCreator,
     ISSLTransport,
 )
@@ -50,6 +52,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
+from promtwist.agent.build import buildAgent
 from promtwist.agent.service import AgentService
 from promtwist.config.load import loadAgentSettings, loadProxySettings
 from promtwist.config.settings import (
@@ -60,6 +63,7 @@ from promtwist.config.settings import (
     ProxyEndpoint,
     ProxySettings,
 )
+from promtwist.proxy.build import buildProxy
 from promtwist.proxy.server import ProxyService
 from promtwist.test.certs import (
     DAY,
@@ -388,6 +392,26 @@ class _Hello(Protocol):
         self.transport.write(b"hello")
 
 
+@implementer(IHandshakeListener)
+class _Offering(Protocol):
+    """
+    A TLS client that offers ALPN protocols and says what the server chose
+    once the handshake is done, or why it failed.
+    """
+
+    def __init__(self) -> None:
+        self.chosen: Deferred[bytes | None] = Deferred()
+
+    def handshakeCompleted(self) -> None:
+        assert self.transport is not None
+        self.chosen.callback(INegotiated(self.transport).negotiatedProtocol)
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+        if not self.chosen.called:
+            self.chosen.errback(reason)
+
+
 class _Loopback(TestCase):
     """
     Targets, proxies and agents on loopback, all stopped when the test ends.
@@ -461,8 +485,23 @@ class _Loopback(TestCase):
     def proxy(self, **tls: Any) -> ProxyService:
         return self.startProxy(ProxySettings(http_port=0, agent_port=0, **tls))
 
+    async def offer(self, port: int, protocols: list[bytes]) -> bytes | None:
+        """
+        Complete a TLS handshake with the server on C{port} offering
+        C{protocols} by ALPN; return the one it chose.
+        """
+        creator = optionsForClientTLS(
+            "localhost",
+            trustRoot=Certificate.loadPEM(FilePath(self.certs.ca).getContent()),
+            acceptableProtocols=protocols,
+        )
+        endpoint = wrapClientTLS(creator, TCP4ClientEndpoint(reactor, "127.0.0.1", port))
+        client = _Offering()
+        await connectProtocol(endpoint, client)
+        return await client.chosen
+
     def startProxy(self, settings: ProxySettings) -> ProxyService:
-        proxy = ProxyService(settings, reactor, interface="127.0.0.1")
+        proxy = buildProxy(settings, reactor, interface="127.0.0.1")
         proxy.startService()
         self.addCleanup(lambda: proxy.stopService() if proxy.running else None)
         return proxy
@@ -480,7 +519,7 @@ class _Loopback(TestCase):
         )
 
     def startAgent(self, settings: AgentSettings) -> AgentService:
-        agent = AgentService(settings, reactor)
+        agent = buildAgent(settings, reactor)
         agent.startService()
         self.addCleanup(lambda: agent.stopService() if agent.running else None)
         return agent
@@ -586,6 +625,14 @@ class LinkTests(_Loopback):
             "tls_trust_cert_collection_file_path": self.certs.ca,
         }
 
+    async def test_alpnOffered(self) -> None:
+        """
+        A client offering ALPN protocols (a TLS front end, a probe) completes
+        its handshake with the agent port, which speaks none of them.
+        """
+        proxy = self.proxy(**self.serverTLS())
+        self.assertIsNone(await self.offer(proxy.agentListener.portNumber, [b"h2", b"http/1.1"]))
+
     async def test_scrape(self) -> None:
         proxy = self.proxy(**self.serverTLS())
         agent = self.agent(proxy.agentListener.portNumber, **self.clientTLS())
@@ -639,7 +686,12 @@ class LinkTests(_Loopback):
         )
         await refused.whenConnected()
         self.assertEqual(proxy.registry.lookup("other"), ())
-        self.assertEqual(proxy.registry.refusals["unauthorized"], 1)
+        self.assertEqual(
+            proxy.metrics.registry.get_sample_value(
+                "proxy_rejections_total", {"reason": "path_unauthorized"}
+            ),
+            1,
+        )
         self.assertTrue(
             self.logged("the proxy refused path /other: agent identity 'team_a' is not authorized")
         )
@@ -872,8 +924,13 @@ class _Prometheus:
                 self.client = PrivateCertificate.loadPEM(cert.read() + key.read())
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> IOpenSSLClientConnectionCreator:
+        # Offering h2 first, as Prometheus' Go client and curl do: the port
+        # must answer http/1.1.
         return optionsForClientTLS(
-            hostname.decode("ascii"), trustRoot=self.trustRoot, clientCertificate=self.client
+            hostname.decode("ascii"),
+            trustRoot=self.trustRoot,
+            clientCertificate=self.client,
+            acceptableProtocols=[b"h2", b"http/1.1"],
         )
 
 
@@ -884,12 +941,23 @@ class ScrapePortTests(_Loopback):
             http_tls_private_key_file_path=self.certs.server.key,
             http_tls_trust_cert_collection_file_path=trust,
         )
+        self.proxyService = proxy
         await self.agent(proxy.agentListener.portNumber).whenConnected()
         return f"https://localhost:{proxy.httpListener.portNumber}/app"
 
     async def test_https(self) -> None:
         url = await self.startAll()
         self.assertEqual(await self.get(url, _Prometheus(self.certs.ca)), (200, METRICS))
+
+    async def test_alpn(self) -> None:
+        """
+        The scrape port answers an ALPN offer with http/1.1 and completes a
+        handshake that offers nothing it speaks, without a protocol.
+        """
+        await self.startAll()
+        port = self.proxyService.httpListener.portNumber
+        self.assertEqual(await self.offer(port, [b"h2", b"http/1.1"]), b"http/1.1")
+        self.assertIsNone(await self.offer(port, [b"h2"]))
 
     async def test_clientCertificateRequired(self) -> None:
         url = await self.startAll(trust=self.certs.ca)
@@ -965,12 +1033,16 @@ class TargetTests(_Loopback):
             self.assertEqual(code, 503)
             self.assertIn(f"is not signed by a CA in {store}".encode(), body)
 
-    async def test_committedJavaStores(self) -> None:
+    async def test_committedStores(self) -> None:
         """
-        The Java stores that pyjks and keytool wrote (JKS and JCEKS) verify
-        an HTTPS target serving the committed certificate their CA signed.
+        The stores that pyjks, keytool and openssl wrote verify an HTTPS
+        target serving the committed certificate: the Java stores of its CA
+        (JKS and JCEKS), and those holding only the server's key entry (its
+        certificate, then its CA), whose certificate is trusted as an
+        anchor as Java does: the JKS keytool converted from an openssl
+        PKCS#12 file, and that file.
         """
-        for store in ("truststore.jks", "truststore.jceks"):
+        for store in ("truststore.jks", "truststore.jceks", "keypair.jks", "keypair.p12"):
             self.assertEqual(
                 await self.scrapeTarget(
                     STORE_SERVER,
@@ -978,7 +1050,23 @@ class TargetTests(_Loopback):
                     https_trust_store_password="changeit",
                 ),
                 (200, METRICS),
+                store,
             )
+
+    async def test_keyEntryDoesNotTrustItsCA(self) -> None:
+        """
+        A key entry's chain is not trusted: a store of one server's key and
+        chain does not verify another server its CA signed (Java's trust
+        manager does not either).
+        """
+        store = writePKCS12(
+            self.mktemp(), "changeit", self.certs.ca, pair=self.certs.wrongHostServer
+        )
+        code, body = await self.scrapeTarget(
+            https_trust_store_path=store, https_trust_store_password="changeit"
+        )
+        self.assertEqual(code, 503)
+        self.assertIn(b"(issuer CN=ca) is not signed by a CA in", body)
 
     async def test_trustAll(self) -> None:
         """

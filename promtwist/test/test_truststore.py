@@ -86,6 +86,28 @@ class StoreTests(SynchronousTestCase):
             x509.load_pem_x509_certificates(FilePath(STORE_CA).getContent()),
         )
 
+    def test_keyEntryTrustsItsCertificate(self) -> None:
+        """
+        A store whose one entry is a server's key with its chain trusts the
+        server's certificate, not the CA above it, as Java's trust manager
+        does: the JKS that keytool converted from an openssl PKCS#12 file,
+        and that file itself.
+        """
+        for store in ("keypair.jks", "keypair.p12"):
+            self.assertEqual(
+                _subjects(self.read(fixture(store), "changeit")), ["CN=localhost"], store
+            )
+
+    def test_pkcs12KeyAndOthers(self) -> None:
+        """
+        Beside a PKCS#12 file's key entry, every certificate outside the
+        key certificate's chain is trusted too.
+        """
+        store = writePKCS12(
+            self.mktemp(), "changeit", self.certs.ca, self.certs.otherCa, pair=self.certs.server
+        )
+        self.assertEqual(_subjects(self.read(store, "changeit")), ["CN=localhost", "CN=other-ca"])
+
     def test_jksWritten(self) -> None:
         """
         The tests' own writer (L{writeJKS}) makes a store the reader trusts.

@@ -32,6 +32,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
+from promtwist.agent.build import buildAgent
 from promtwist.agent.service import AgentService
 from promtwist.config.settings import (
     AgentSettings,
@@ -41,7 +42,7 @@ from promtwist.config.settings import (
     ProxySettings,
 )
 from promtwist.protocol.promtwist_pb2 import Frame, ScrapeChunk, ScrapeRequest, ScrapeResponse
-from promtwist.proxy.server import ProxyService
+from promtwist.proxy.build import buildProxy
 from promtwist.test.helpers import startTarget
 from promtwist.test.processes import freePort
 from promtwist.test.test_metrics import scrape
@@ -70,6 +71,15 @@ EXTRAS = {
         "agent_paths",
         "agent_scrape_retry_count",
     },
+}
+
+# The proxy's families under PushProx's names, for PushProx clients; not
+# prometheus-proxy's, and not promtwist's own either.
+PUSHPROX = {
+    "pushprox_http_requests",
+    "pushprox_http_duration_seconds",
+    "pushproxy_proxied_requests",
+    "pushprox_proxy_clients",
 }
 
 # Families every Python process exports (where prometheus-proxy has its
@@ -158,7 +168,7 @@ class UpstreamMetricsTests(TestCase):
 
     async def startAll(self) -> None:
         base = startTarget(self, Targets(), "").rstrip("/")
-        self.proxy = ProxyService(
+        self.proxy = buildProxy(
             ProxySettings(http_port=0, agent_port=0), reactor, interface="127.0.0.1"
         )
         self.proxy.startService()
@@ -196,7 +206,7 @@ class UpstreamMetricsTests(TestCase):
         self.http = Agent(reactor, pool=self.pool)
 
     async def startAgent(self, settings: AgentSettings) -> AgentService:
-        agent = AgentService(settings, reactor)
+        agent = buildAgent(settings, reactor)
         agent.startService()
         self.addCleanup(agent.stopService)
         await agent.whenConnected()
@@ -303,6 +313,11 @@ class UpstreamMetricsTests(TestCase):
         own = {name for name in samples if not PROCESS.match(name) and name not in created} - set(
             upstream
         )
+        if process == "proxy":
+            # PushProx's own series, under its names (docs/pushprox.md),
+            # checked against PushProx in test_pushprox.
+            self.assertEqual(own & PUSHPROX, PUSHPROX)
+            own -= PUSHPROX
         self.assertEqual(own, EXTRAS[process])
         # No sample of promtwist's own is named as one of prometheus-proxy's.
         upstreamSamples = set().union(*(sampleNames(entry) for entry in upstream.values()))

@@ -1,8 +1,9 @@
 """
 Make the Java key store fixtures of promtwist.test.test_truststore, once,
-with tools other than promtwist's own reader: pyjks (JKS) and, when it is
-installed, Java's keytool (JCEKS). The tests read these files without
-either, so they are an independent check of promtwist.truststore.
+with tools other than promtwist's own reader: pyjks (JKS) and, when they
+are installed, Java's keytool (JCEKS, and keypair.jks) and openssl
+(keypair.p12). The tests read these files without either, so they are an
+independent check of promtwist.truststore.
 
     python3 -m venv /tmp/venv-jks
     /tmp/venv-jks/bin/pip install pyjks cryptography
@@ -140,6 +141,28 @@ def makeStores() -> None:
     )
     for path in ("truststore.jceks", "secret.jceks"):
         jks.KeyStore.load(path, PASSWORD)
+    makeKeyPairStores(keytool)
+
+
+def makeKeyPairStores(keytool: str) -> None:
+    """
+    keypair.p12 and keypair.jks: one private-key entry, the server's key with
+    its certificate and the CA's as its chain, and nothing else; the JKS one
+    converted from the PKCS#12 one by keytool, as a user moving a key pair
+    into a Java store does. Java trusts the server's certificate of such a
+    store (the entry's first), not its CA.
+    """
+    for path in ("keypair.p12", "keypair.jks"):
+        if os.path.exists(path):
+            os.remove(path)
+    export = "openssl pkcs12 -export -in store-server.pem -inkey store-server.key"
+    export += f" -certfile store-ca.pem -name server -passout pass:{PASSWORD} -out keypair.p12"
+    subprocess.run(export.split(), check=True)
+    convert = "-importkeystore -noprompt -srckeystore keypair.p12 -srcstoretype PKCS12"
+    convert += f" -srcstorepass {PASSWORD} -destkeystore keypair.jks -deststoretype JKS"
+    convert += f" -deststorepass {PASSWORD}"
+    subprocess.run([keytool, *convert.split()], check=True)
+    jks.KeyStore.load("keypair.jks", PASSWORD)
 
 
 if __name__ == "__main__":

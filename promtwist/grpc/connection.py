@@ -1,0 +1,637 @@
+# -*- test-case-name: promtwist.test.test_grpc_connection,promtwist.test.test_grpc_interop -*-
+"""
+A gRPC server connection: HTTP/2 through C{h2}'s sans-IO state machine,
+driven by C{dataReceived} in the reactor, with no thread and no second
+event loop.
+
+The protocol owns the C{H2Connection} and every byte in and out. It
+checks each request's headers before any handler runs, gives the stream a
+L{ServerCall}, and carries the call's messages both ways under flow
+control:
+
+  - in: a stream's receive window is reopened only as its handler takes
+    the messages (L{ServerCall.messagesReceived}), so a handler that does
+    not read stops its client;
+  - out: DATA leaves only within the client's windows, and not at all
+    while the transport asks its producer (this protocol) to pause; nor is
+    anything read from a client meanwhile, so a client that does not read
+    cannot make the server answer without bound.
+
+Bad input costs the least it can: a bad request gets its stream's status
+(or an HTTP status, for one that is not gRPC at all); a breach of HTTP/2
+itself or of a flood bound costs the connection, with a GOAWAY whose debug
+data says why. Nothing a client sends raises out of C{dataReceived}.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+from h2.errors import ErrorCodes
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IConsumer,
+    IDelayedCall,
+    IPushProducer,
+    IReactorTime,
+    ITCPTransport,
+)
+from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from promtwist.grpc.call import (
+    CallCancelled,
+    Headers,
+    Metadata,
+    MetadataValue,
+    ServerCall,
+    trailersOnly,
+)
+from promtwist.grpc.limits import Limits, RateBound
+from promtwist.grpc.messages import ACCEPTED_ENCODINGS, MessageReader
+from promtwist.grpc.service import Method
+from promtwist.grpc.status import GrpcError, StatusCode, parseTimeout
+
+# Request headers that are HTTP/2's or gRPC's own, never custom metadata.
+_RESERVED = frozenset(
+    {b"content-type", b"te", b"user-agent", b"host", b"content-length", b"accept-encoding"}
+)
+_CONTENT_TYPES = (b"application/grpc", b"application/grpc+proto")
+
+
+class _State(enum.Enum):
+    """
+    A connection's life: C{HANDSHAKE} until the client's preface and first
+    SETTINGS (bounded by C{handshakeSeconds}); C{OPEN}; C{GONE} once
+    either end sent GOAWAY or the connection is lost: nothing more is read
+    or sent. (h2 closes its connection state on a GOAWAY either way, so the
+    calls still open then cannot be answered: they are cancelled.)
+    """
+
+    HANDSHAKE = "handshake"
+    OPEN = "open"
+    GONE = "gone"
+
+
+@dataclass
+class _Outbound:
+    """
+    What a stream has queued to send: DATA with the Deferred each piece
+    fires, then, last, its trailers.
+    """
+
+    data: deque[tuple[memoryview, Deferred[None]]] = field(default_factory=deque)
+    trailers: Headers | None = None
+
+
+@dataclass
+class _Stream:
+    call: ServerCall[Any, Any]
+    reader: MessageReader
+    outbound: _Outbound = field(default_factory=_Outbound)
+
+
+@implementer(IPushProducer)
+class GrpcServerProtocol(Protocol):
+    """
+    One client's HTTP/2 connection to a set of gRPC L{Method}s.
+    """
+
+    _log = Logger()
+    transport: ITCPTransport | None
+
+    def __init__(self, methods: dict[str, Method], limits: Limits, clock: IReactorTime) -> None:
+        self._methods = methods
+        self._limits = limits
+        self._clock = clock
+        self._h2 = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding=None)
+        )
+        self._streams: dict[int, _Stream] = {}
+        self._paused = False
+        # What the client sent while paused, and whether its socket is.
+        self._unread = b""
+        self._socketPaused = False
+        self._state = _State.HANDSHAKE
+        self._timer: IDelayedCall | None = None
+        self._resets = RateBound(limits.maxResetsPerWindow, limits.floodWindowSeconds, clock)
+        self._pings = RateBound(limits.maxPingsPerWindow, limits.floodWindowSeconds, clock)
+        self._settings = RateBound(limits.maxSettingsPerWindow, limits.floodWindowSeconds, clock)
+        self._empties = RateBound(limits.maxEmptyFramesPerWindow, limits.floodWindowSeconds, clock)
+
+    @property
+    def _gone(self) -> bool:
+        return self._state is _State.GONE
+
+    # -- Connection life -------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        cast(IConsumer, self.transport).registerProducer(self, True)
+        limits = self._limits
+        self._h2.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.maxConcurrentStreams,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.maxHeaderListBytes,
+                h2.settings.SettingCodes.MAX_FRAME_SIZE: limits.maxFrameBytes,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: limits.streamWindowBytes,
+                h2.settings.SettingCodes.ENABLE_PUSH: 0,
+            },
+        )
+        self._h2.initiate_connection()
+        # HTTP/2 opens the connection's window at 64 KiB; SETTINGS cannot
+        # change that, a WINDOW_UPDATE does.
+        opening = limits.connectionWindowBytes - self._h2.inbound_flow_control_window
+        if opening > 0:
+            self._h2.increment_flow_control_window(opening)
+        # h2 holds a header block to its own default (64 KiB) until the
+        # client acknowledges our SETTINGS; hold it to ours from the start.
+        self._h2.decoder.max_header_list_size = limits.maxHeaderListBytes
+        self._h2.max_inbound_frame_size = limits.maxFrameBytes
+        self._flush()
+        self._setTimer(limits.handshakeSeconds, self._handshakeExpired)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._gone:
+            return
+        if self._paused:
+            # What a client that does not read sends waits, and its socket
+            # is no longer read, so at most one read waits. (Not at once in
+            # pauseProducing: TLS pauses its producer for what is written
+            # before its handshake completes, and must read the socket to
+            # complete it.)
+            self._unread += data
+            if not self._socketPaused and self.transport is not None:
+                self._socketPaused = True
+                cast(IPushProducer, self.transport).pauseProducing()
+            return
+        try:
+            events = self._h2.receive_data(data)
+        except h2.exceptions.ProtocolError as e:
+            self._goAway(e.error_code or ErrorCodes.PROTOCOL_ERROR, f"HTTP/2 error: {e}")
+            return
+        for event in events:
+            if isinstance(event, h2.events.ConnectionTerminated):
+                # h2 has closed the connection for what came before this
+                # read's GOAWAY too: nothing of it can be answered.
+                self._clientWentAway(event)
+                return
+        for event in events:
+            if self._gone:
+                break
+            self._dispatch(event)
+        self._flush()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._state = _State.GONE
+        self._cancelTimer()
+        self._abandonAll("the connection was lost")
+
+    # -- IPushProducer: the transport's backpressure on what we send ------------
+
+    def pauseProducing(self) -> None:
+        # The client does not read what we write: send no more DATA, and
+        # (from its next bytes, in dataReceived) read no more of what it
+        # sends either, since much of HTTP/2 (PING, SETTINGS, frames on
+        # closed streams) makes the server write an answer.
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        unread, self._unread = self._unread, b""
+        if unread:
+            self.dataReceived(unread)
+        # The socket is read again only once what waited is handled and
+        # the client still reads.
+        if self._socketPaused and not self._paused and self.transport is not None:
+            self._socketPaused = False
+            cast(IPushProducer, self.transport).resumeProducing()
+        for streamId in list(self._streams):
+            self._pump(streamId)
+        self._flush()
+
+    def stopProducing(self) -> None:
+        self._paused = True
+
+    # -- Events ----------------------------------------------------------------
+
+    def _dispatch(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.RequestReceived):
+            self._requestReceived(event)
+        elif isinstance(event, h2.events.DataReceived):
+            self._dataReceived(event)
+        elif isinstance(event, h2.events.StreamEnded):
+            self._streamEnded(event.stream_id)
+        elif isinstance(event, h2.events.StreamReset):
+            self._streamReset(event)
+        elif isinstance(event, h2.events.WindowUpdated):
+            self._windowUpdated(event.stream_id)
+        elif isinstance(event, h2.events.RemoteSettingsChanged):
+            self._remoteSettingsChanged(event)
+        elif isinstance(event, h2.events.PingReceived):
+            if self._pings.exceeded():
+                self._goAway(ErrorCodes.ENHANCE_YOUR_CALM, "too many PINGs")
+        elif isinstance(event, h2.events.UnknownFrameReceived):
+            self._emptyFrame()
+        elif isinstance(event, h2.events.TrailersReceived):
+            self._trailersReceived(event)
+
+    def _requestReceived(self, event: h2.events.RequestReceived) -> None:
+        streamId = event.stream_id
+        assert streamId is not None
+        self._cancelTimer()  # not idle while a call is open
+        headers = event.headers or []
+        try:
+            method, metadata, deadline, encoding = self._checkRequest(headers)
+        except _NotGrpc as refusal:
+            self._refuse(streamId, [(b":status", refusal.status)])
+            return
+        except GrpcError as error:
+            self._refuse(streamId, trailersOnly(error.code, error.message))
+            return
+        assert self.transport is not None
+        call: ServerCall[Any, Any] = ServerCall(
+            self,
+            streamId,
+            method.path,
+            metadata,
+            deadline,
+            self.transport.getPeer(),
+            method.decode,
+            method.encode,
+            self._clock,
+        )
+        self._streams[streamId] = _Stream(
+            call, MessageReader(self._limits.maxMessageBytes, encoding)
+        )
+        call.start(method.run)
+
+    def _checkRequest(
+        self, headers: Iterable[tuple[bytes, bytes]]
+    ) -> tuple[Method, Metadata, float | None, bytes]:
+        """
+        The method a request calls, its metadata, deadline and message
+        encoding.
+
+        @raise _NotGrpc: for a request that is not gRPC (wrong method or
+            content type): it gets a plain HTTP status.
+        @raise GrpcError: for a gRPC request the server refuses.
+        """
+        fields: dict[bytes, bytes] = {}
+        metadata: list[tuple[str, MetadataValue]] = []
+        for name, value in headers:
+            if name.startswith(b":") or name.startswith(b"grpc-") or name in _RESERVED:
+                fields.setdefault(name, value)
+                continue
+            key = name.decode("latin-1")
+            if key.endswith("-bin"):
+                try:
+                    # Senders may leave the padding out.
+                    padded = value + b"=" * (-len(value) % 4)
+                    metadata.append((key, base64.b64decode(padded, validate=True)))
+                except binascii.Error:
+                    raise GrpcError(StatusCode.INTERNAL, f"metadata {key} is not base64") from None
+            else:
+                metadata.append((key, value.decode("latin-1")))
+        if fields.get(b":method") != b"POST":
+            raise _NotGrpc(b"405")
+        contentType = fields.get(b"content-type", b"")
+        if contentType.split(b";")[0].strip() not in _CONTENT_TYPES:
+            raise _NotGrpc(b"415")
+        if fields.get(b"te") != b"trailers":
+            raise GrpcError(StatusCode.INTERNAL, "te: trailers is required")
+        path = fields.get(b":path", b"").decode("latin-1")
+        method = self._methods.get(path)
+        if method is None:
+            raise GrpcError(StatusCode.UNIMPLEMENTED, f"unknown method {path[:200]}")
+        encoding = fields.get(b"grpc-encoding", b"identity")
+        if encoding not in ACCEPTED_ENCODINGS:
+            shown = encoding[:40].decode("latin-1")
+            raise GrpcError(StatusCode.UNIMPLEMENTED, f"grpc-encoding {shown} is not supported")
+        timeout = fields.get(b"grpc-timeout")
+        deadline = None if timeout is None else self._clock.seconds() + parseTimeout(timeout)
+        return method, tuple(metadata), deadline, encoding
+
+    def _dataReceived(self, event: h2.events.DataReceived) -> None:
+        streamId = event.stream_id
+        assert streamId is not None
+        size = event.flow_controlled_length or 0
+        data = event.data or b""
+        if not data and not event.stream_ended:
+            self._emptyFrame()
+        stream = self._streams.get(streamId)
+        if stream is None or stream.outbound.trailers is not None:
+            # Answered already: what it still sends is read and dropped.
+            self._acknowledge(streamId, size)
+            return
+        before = stream.reader.buffered
+        try:
+            messages = stream.reader.feed(data)
+        except GrpcError as error:
+            self._acknowledge(streamId, size + before)
+            stream.call.fail(error)
+            return
+        # Padding is dropped at once; the bytes of whole messages are
+        # acknowledged as the handler takes them; those of the message
+        # still arriving when it is whole.
+        self._acknowledge(streamId, size - len(data))
+        stream.call.messagesReceived(messages, before + len(data) - stream.reader.buffered)
+
+    def _streamEnded(self, streamId: int | None) -> None:
+        stream = self._streams.get(streamId or 0)
+        if stream is None:
+            return
+        try:
+            stream.reader.finish()
+        except GrpcError as error:
+            stream.call.fail(error)
+            return
+        stream.call.halfClosed()
+
+    def _trailersReceived(self, event: h2.events.TrailersReceived) -> None:
+        stream = self._streams.get(event.stream_id or 0)
+        if stream is not None:
+            stream.call.fail(GrpcError(StatusCode.INTERNAL, "a gRPC request has no trailers"))
+
+    def _streamReset(self, event: h2.events.StreamReset) -> None:
+        stream = self._forget(event.stream_id or 0)
+        if self._resets.exceeded():
+            self._goAway(ErrorCodes.ENHANCE_YOUR_CALM, "too many stream resets")
+        if stream is not None:
+            self._abandon(stream, f"the client reset the stream ({event.error_code!s})")
+            self._streamGone()
+
+    def _windowUpdated(self, streamId: int | None) -> None:
+        for each in [streamId] if streamId else list(self._streams):
+            self._pump(each)
+
+    def _remoteSettingsChanged(self, event: h2.events.RemoteSettingsChanged) -> None:
+        if self._state is _State.HANDSHAKE:
+            # The preface and the client's first SETTINGS: the handshake is
+            # done, and the connection is idle until its first request.
+            self._state = _State.OPEN
+            self._setTimer(self._limits.idleSeconds, self._idleExpired)
+        elif self._settings.exceeded():
+            self._goAway(ErrorCodes.ENHANCE_YOUR_CALM, "too many SETTINGS frames")
+        if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+            self._windowUpdated(None)
+
+    def _emptyFrame(self) -> None:
+        if self._empties.exceeded():
+            self._goAway(ErrorCodes.ENHANCE_YOUR_CALM, "too many empty frames")
+
+    # -- StreamCarrier: what calls send ------------------------------------------
+
+    # Calls send from callbacks outside dataReceived too, so each of these
+    # flushes what it made h2 write.
+
+    def sendHeaders(self, streamId: int, headers: Headers) -> None:
+        if streamId in self._streams and self._writable(streamId):
+            self._h2.send_headers(streamId, headers)
+            self._flush()
+
+    def sendData(self, streamId: int, data: bytes) -> Deferred[None]:
+        sent: Deferred[None] = Deferred()
+        stream = self._streams.get(streamId)
+        if stream is None:
+            sent.errback(CallCancelled(f"stream {streamId} is gone"))
+            return sent
+        stream.outbound.data.append((memoryview(data), sent))
+        self._pump(streamId)
+        self._flush()
+        return sent
+
+    def sendTrailers(self, streamId: int, trailers: Headers) -> None:
+        stream = self._streams.get(streamId)
+        if stream is None:
+            return
+        stream.outbound.trailers = trailers
+        self._pump(streamId)
+        self._flush()
+
+    def acknowledge(self, streamId: int, size: int) -> None:
+        self._acknowledge(streamId, size)
+        self._flush()
+
+    # -- Inside ----------------------------------------------------------------
+
+    def _pump(self, streamId: int) -> None:
+        """
+        Send what stream C{streamId} has queued, as far as its window, the
+        connection's window and the transport allow.
+        """
+        stream = self._streams.get(streamId)
+        if stream is None or not self._writable(streamId):
+            return
+        outbound = stream.outbound
+        sent: list[Deferred[None]] = []
+        while outbound.data and not self._paused:
+            view, whenSent = outbound.data[0]
+            window = min(
+                self._h2.local_flow_control_window(streamId), self._h2.max_outbound_frame_size
+            )
+            if window <= 0:
+                break
+            self._h2.send_data(streamId, view[:window].tobytes())
+            if len(view) > window:
+                outbound.data[0] = (view[window:], whenSent)
+            else:
+                outbound.data.popleft()
+                sent.append(whenSent)
+        if outbound.trailers is not None and not outbound.data:
+            self._h2.send_headers(streamId, outbound.trailers, end_stream=True)
+            self._forget(streamId)
+            self._resetIfOpen(streamId)
+            self._streamGone()
+        # Fired last, so that what their callbacks send pumps afresh.
+        for whenSent in sent:
+            whenSent.callback(None)
+
+    def _refuse(self, streamId: int, headers: Headers) -> None:
+        if self._writable(streamId):
+            self._h2.send_headers(streamId, headers, end_stream=True)
+            self._resetIfOpen(streamId)
+        self._streamGone()
+
+    def _writable(self, streamId: int) -> bool:
+        """
+        Whether h2 lets the server send on C{streamId}. h2 handles a whole
+        read before its events are dispatched, so a stream the client
+        reset later in that read is closed already while its earlier
+        events are handled; its StreamReset event, which comes next,
+        cleans it up.
+        """
+        stream = self._h2.streams.get(streamId)
+        return not self._gone and stream is not None and not stream.closed
+
+    def _resetIfOpen(self, streamId: int) -> None:
+        """
+        The answer on C{streamId} is complete: if the client has not
+        half-closed (as h2 knows, which may be ahead of the events handled
+        so far), reset the stream with NO_ERROR so it sends no more.
+        """
+        stream = self._h2.streams.get(streamId)
+        if stream is not None and not stream.closed:
+            self._h2.reset_stream(streamId, ErrorCodes.NO_ERROR)
+
+    def _acknowledge(self, streamId: int, size: int) -> None:
+        # For a stream that is gone, h2 reopens the connection's window only.
+        if size and not self._gone:
+            self._h2.acknowledge_received_data(size, streamId)
+
+    def _forget(self, streamId: int) -> _Stream | None:
+        """
+        Stream C{streamId} is done: give the connection's window back what
+        is left of an unfinished message. (Its call gives back what its
+        handler did not take.)
+        """
+        stream = self._streams.pop(streamId, None)
+        if stream is not None:
+            self._acknowledge(streamId, stream.reader.buffered)
+        return stream
+
+    def _abandon(self, stream: _Stream, why: str) -> None:
+        # The call first, so that its handler is cancelled rather than
+        # failed by the sends below.
+        stream.call.abort(why)
+        outbound = stream.outbound
+        while outbound.data:
+            _, whenSent = outbound.data.popleft()
+            if not whenSent.called:
+                whenSent.errback(CallCancelled(why))
+
+    def _streamGone(self) -> None:
+        if not self._streams and not self._gone:
+            self._setTimer(self._limits.idleSeconds, self._idleExpired)
+
+    def _goAway(self, code: ErrorCodes | int, reason: str) -> None:
+        """
+        End the connection for C{reason}: GOAWAY with it as debug data,
+        every call abandoned, and the transport aborted if the client does
+        not read the GOAWAY within C{closeSeconds}.
+        """
+        if self._gone:
+            return
+        self._log.info(
+            "gRPC connection from {peer} closed: {reason}",
+            peer=self.transport.getPeer() if self.transport else None,
+            reason=reason,
+        )
+        self._state = _State.GONE
+        # h2 may have queued a GOAWAY of its own (without a reason) for
+        # the error it raised: ours replaces it.
+        self._h2.clear_outbound_data_buffer()
+        self._h2.close_connection(
+            error_code=code,
+            additional_data=reason.encode("utf-8")[:256],
+            last_stream_id=self._h2.highest_inbound_stream_id,
+        )
+        self._abandonAll(reason)
+        self._close()
+
+    def _clientWentAway(self, event: h2.events.ConnectionTerminated) -> None:
+        """
+        The client sent GOAWAY: it closes the connection, whose open calls
+        are cancelled.
+        """
+        self._state = _State.GONE
+        self._abandonAll(f"the client went away ({event.error_code!s})")
+        self._close()
+
+    def _abandonAll(self, why: str) -> None:
+        streams, self._streams = self._streams, {}
+        for stream in streams.values():
+            self._abandon(stream, why)
+
+    def _close(self) -> None:
+        """
+        Close once what is written has gone, or abort after C{closeSeconds}
+        if the client does not read it.
+        """
+        self._flush()
+        assert self.transport is not None
+        # A transport with a producer waits for it before closing (TLS
+        # never closes); nothing more is produced.
+        cast(IConsumer, self.transport).unregisterProducer()
+        self.transport.loseConnection()
+        self._setTimer(self._limits.closeSeconds, self._abort)
+
+    def _handshakeExpired(self) -> None:
+        self._timer = None
+        self._log.info(
+            "gRPC connection from {peer} aborted: no HTTP/2 preface within {seconds} s",
+            peer=self.transport.getPeer() if self.transport else None,
+            seconds=self._limits.handshakeSeconds,
+        )
+        self._abort()
+
+    def _idleExpired(self) -> None:
+        self._timer = None
+        self._goAway(ErrorCodes.NO_ERROR, f"idle for {self._limits.idleSeconds:g} s")
+
+    def _abort(self) -> None:
+        self._timer = None
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def _setTimer(self, seconds: float, then: Any) -> None:
+        self._cancelTimer()
+        self._timer = self._clock.callLater(seconds, then)
+
+    def _cancelTimer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _flush(self) -> None:
+        data = self._h2.data_to_send()
+        if data and self.transport is not None:
+            self.transport.write(data)
+
+
+class _NotGrpc(Exception):
+    """
+    A request that is not gRPC at all, answered with HTTP C{status}.
+    """
+
+    def __init__(self, status: bytes) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+class GrpcServerFactory(ServerFactory):
+    """
+    Serves C{methods} on every connection, within C{limits}.
+    """
+
+    def __init__(
+        self,
+        methods: Iterable[Method],
+        limits: Limits | None = None,
+        reactor: IReactorTime | None = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        assert reactor is not None
+        self.clock: IReactorTime = reactor
+        self.limits = limits if limits is not None else Limits()
+        self.methods = {method.path: method for method in methods}
+
+    def buildProtocol(self, addr: object) -> GrpcServerProtocol:
+        return GrpcServerProtocol(self.methods, self.limits, self.clock)

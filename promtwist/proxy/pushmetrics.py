@@ -1,0 +1,66 @@
+# -*- test-case-name: promtwist.test.test_pushprox -*-
+"""
+PushProx's own metric series, for the PushProx clients promtwist serves,
+under PushProx's names and labels so that its users' dashboards keep
+working (its proxy's C{/metrics}; the inconsistent C{pushproxy_} prefix of
+the proxied-requests counter is PushProx's own).
+
+They are served with the proxy's other metrics, on its metrics port.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class PushProxMetrics:
+    """
+    C{pushprox_http_requests_total{code,path}} and
+    C{pushprox_http_duration_seconds{path}} for C{/poll}, C{/push} and
+    C{/clients} (a poll's duration is how long it was held);
+    C{pushproxy_proxied_requests_total{code}} for the scrapes PushProx
+    clients served, by the status Prometheus got; C{pushprox_proxy_clients},
+    the clients known.
+    """
+
+    def __init__(self, registry: CollectorRegistry, clients: Callable[[], int]) -> None:
+        self._requests = Counter(
+            "pushprox_http_requests",
+            "PushProx client requests on the scrape port, by path and status (PushProx's name).",
+            ["code", "path"],
+            registry=registry,
+        )
+        self._durations = Histogram(
+            "pushprox_http_duration_seconds",
+            "Time PushProx client requests took, by path; a poll's is how long it was held"
+            " (PushProx's name).",
+            ["path"],
+            registry=registry,
+        )
+        self._proxied = Counter(
+            "pushproxy_proxied_requests",
+            "Scrapes served by PushProx clients, by the status Prometheus got (PushProx's name).",
+            ["code"],
+            registry=registry,
+        )
+        clientCount = Gauge(
+            "pushprox_proxy_clients",
+            "PushProx clients known: polling, or polled within the grace (PushProx's name).",
+            registry=registry,
+        )
+        clientCount.set_function(lambda: float(clients()))
+        # As PushProx does, the series its dashboards expect exist from the
+        # start.
+        for path in ("/poll", "/push", "/clients"):
+            self._requests.labels("200", path)
+        self._requests.labels("408", "/poll")
+        self._requests.labels("500", "/push")
+
+    def answered(self, path: str, code: int, seconds: float) -> None:
+        self._requests.labels(str(code), path).inc()
+        self._durations.labels(path).observe(seconds)
+
+    def proxied(self, code: int) -> None:
+        self._proxied.labels(str(code)).inc()

@@ -1,0 +1,743 @@
+# -*- test-case-name: promtwist.test.test_pushprox -*-
+"""
+Unmodified PushProx 0.2 clients as scrape sources: C{POST /poll},
+C{POST /push} and C{GET /clients} on the scrape port.
+
+A PushProx client holds one long poll open (C{POST /poll}, its FQDN as the
+body); the proxy answers it with the next scrape for that FQDN, written as
+an HTTP request (L{promtwist.proxy.pushwire}); the client fetches it and
+pushes the target's answer back (C{POST /push}), matched to the scrape by
+its C{Id} header. Here each client is an agent of the registry
+(L{PushProxClient}): it claims its FQDN as promtwist agents claim targets,
+so the registry's ownership rules (one holder, standbys promoted when it
+leaves) decide who serves an FQDN two clients claim, and the scrape handler
+sends it scrapes through the relay like any agent.
+
+Where PushProx fails, this does not:
+
+  - a poll whose connection closed is forgotten at once (L{Poll} notices
+    the close), so it never takes a scrape; a scrape with no live poll
+    waits for the next one, within its deadline, and fails with a reason
+    if none comes;
+  - a poll is held at most C{pollHoldSecs}, then answered with PushProx's
+    own expiry (408, which the client answers with a new poll), so an idle
+    client keeps polling, and stays listed, however rarely it is scraped;
+    a client is forgotten only C{clientGraceSecs} after its last poll
+    ended without another;
+  - the deadline always reaches the client (PushProx's refuses a scrape
+    without one), internal and hop-by-hop headers are stripped both ways,
+    and a push is read within the proxy's content-size limit;
+  - a push is accepted only from the identity the scrape was sent to.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import Enum, auto
+from itertools import count
+
+from prometheus_client import CollectorRegistry
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from promtwist.addresses import peerAddress
+from promtwist.config.settings import Identity
+from promtwist.hostkeys import BadTarget, checkHost, hostKey, hostPort
+from promtwist.httpguard import AllowedNetworks
+from promtwist.logs import clip, observer
+from promtwist.protocol.promtwist_pb2 import Frame, Outcome, ScrapeResponse
+from promtwist.proxy.answers import ScrapeFailed, textAnswer
+from promtwist.proxy.auth import AuthenticationFailed, Authenticator
+from promtwist.proxy.exchange import Exchange
+from promtwist.proxy.httpserver import Guard, Handler
+from promtwist.proxy.pushmetrics import PushProxMetrics
+from promtwist.proxy.pushwire import MAX_PUSH_HEAD_BYTES, BadPush, ScrapeInstruction, parsePush
+from promtwist.proxy.registry import AgentHandle, RegistrationRefused, Registry
+from promtwist.proxy.relay import ScrapeCall
+from promtwist.proxy.stream import AnswerHead, ScrapeStream, TransferMetrics
+
+# PushProx's answer to a poll it gives up on; its client polls again.
+POLL_EXPIRED = "Error WaitForScrapeInstruction: request is expired"
+# The longest FQDN a client may register (RFC 1035's limit on a name).
+MAX_FQDN = 253
+# The scrape port's paths for PushProx clients, by method.
+POLL_PATH = b"/poll"
+PUSH_PATH = b"/push"
+CLIENTS_PATH = b"/clients"
+RESERVED_PATHS = ("poll", "push", "clients")
+
+_log = Logger(observer=observer)
+
+Answered = Callable[[int], None]
+"""
+Told the status a PushProx request was answered with, for the metrics.
+"""
+
+
+def refuse(exchange: Exchange, answered: Answered, status: int, reason: str) -> None:
+    """
+    Answer with C{status} and a one-line reason, counted.
+    """
+    textAnswer(exchange, status, reason)
+    answered(status)
+
+
+class PollState(Enum):
+    """
+    Where a held poll is: C{WAITING} for a scrape, or over because it
+    C{CARRIED} one, C{EXPIRED}, or is C{GONE} (its client closed it).
+    """
+
+    WAITING = auto()
+    CARRIED = auto()
+    EXPIRED = auto()
+    GONE = auto()
+
+
+class Poll:
+    """
+    One C{POST /poll}, held until it carries a scrape, expires, or its
+    client goes.
+    """
+
+    def __init__(
+        self,
+        exchange: Exchange,
+        ended: Callable[[Poll, str], None],
+        clock: IReactorTime,
+        hold: float,
+        answered: Answered,
+    ) -> None:
+        """
+        @param ended: called with the poll and why it ended, once, unless
+            it ended by carrying a scrape.
+        @param answered: called with the status the poll was answered with.
+        """
+        self.exchange = exchange
+        self.state = PollState.WAITING
+        self._ended = ended
+        self._answered = answered
+        self._timer: IDelayedCall | None = clock.callLater(hold, self.expire)
+        exchange.notifyGone(self._gone)
+
+    def carry(self, request: bytes) -> None:
+        """
+        Answer the waiting poll with a scrape, C{request}.
+        """
+        assert self.state is PollState.WAITING, f"a poll {self.state.name} cannot carry"
+        self._over(PollState.CARRIED)
+        exchange = self.exchange
+        exchange.setStatus(200)
+        exchange.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        exchange.setHeader(b"Cache-Control", b"no-store")
+        exchange.finishWith(request)
+        self._answered(200)
+
+    def expire(self, why: str = "held for its longest") -> None:
+        """
+        Answer the poll with PushProx's expiry, if it still waits.
+        """
+        if self.state is not PollState.WAITING:
+            return
+        self._over(PollState.EXPIRED)
+        textAnswer(self.exchange, 408, POLL_EXPIRED)
+        self._answered(408)
+        self._ended(self, f"expired ({why})")
+
+    def _gone(self) -> None:
+        if self.state is not PollState.WAITING:
+            return
+        self._over(PollState.GONE)
+        self._ended(self, "was closed by the client")
+
+    def _over(self, state: PollState) -> None:
+        self.state = state
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+
+class ScrapeState(Enum):
+    """
+    A scrape for a PushProx client: C{QUEUED} until a poll carries it,
+    then C{SENT} until its push or deadline, then C{DONE}.
+    """
+
+    QUEUED = auto()
+    SENT = auto()
+    DONE = auto()
+
+
+class PendingScrape:
+    """
+    One scrape sent, or to be sent, to a PushProx client: the
+    L{promtwist.proxy.stream.StreamLink} of its L{ScrapeStream}, so the
+    relay treats it as any agent's. The client's push becomes the stream's
+    one answer head, checked as an agent's is.
+    """
+
+    def __init__(
+        self,
+        client: PushProxClient,
+        number: int,
+        instruction: ScrapeInstruction,
+        clock: IReactorTime,
+        timeout: float,
+        maxLength: int,
+    ) -> None:
+        """
+        @raise ValueError: if the scrape cannot be written for a poll (see
+            L{ScrapeInstruction.serialize}); nothing is started then.
+        """
+        self.client = client
+        self.name = client.name
+        self.MAX_LENGTH = maxLength
+        self.scrapeId = instruction.scrapeId
+        self.request = instruction.serialize()
+        self.state = ScrapeState.QUEUED
+        self.stream = ScrapeStream(self, number)
+        self._timeout = timeout
+        self._timer: IDelayedCall | None = clock.callLater(timeout, self._timedOut)
+
+    def sent(self) -> None:
+        """
+        A poll carried the scrape: its push is awaited now.
+        """
+        self.state = ScrapeState.SENT
+
+    def answered(self, status: int, contentType: str, contentEncoding: str, body: bytes) -> None:
+        """
+        The client pushed the target's answer.
+        """
+        if status >= 300:
+            text = body.decode("utf-8", "replace").strip().splitlines()
+            reason = f"PushProx client {self.name!r}: HTTP {status}" + (
+                f": {clip(text[0], 200)}" if text else ""
+            )
+            response = ScrapeResponse(status=status, reason=reason, last=True)
+        else:
+            response = ScrapeResponse(
+                status=status,
+                content_type=contentType,
+                content_encoding=contentEncoding,
+                content_length=len(body),
+                body=body,
+                last=True,
+            )
+        self.stream.responseReceived(response)
+
+    def _timedOut(self) -> None:
+        self._timer = None
+        if self.state is ScrapeState.QUEUED:
+            outcome = Outcome.UNREACHABLE
+            reason = (
+                f"no poll from PushProx client {self.name!r} within {self._timeout:g}s"
+                f" ({self.client.absence()})"
+            )
+        else:
+            outcome = Outcome.TIMED_OUT
+            reason = (
+                f"PushProx client {self.name!r} took the scrape and pushed no answer"
+                f" within {self._timeout:g}s"
+            )
+        self.stream.responseReceived(ScrapeResponse(outcome=outcome, reason=reason, last=True))
+
+    # StreamLink.
+
+    @property
+    def metrics(self) -> TransferMetrics:
+        return self.client.hub.transfers
+
+    def forget(self, scrapeId: int) -> None:
+        if self.state is ScrapeState.DONE:
+            return
+        self.state = ScrapeState.DONE
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self.client.forget(self)
+
+    def sendIfConnected(self, frame: Frame) -> None:
+        # Cancelling (the only frame a finished answer draws) is forget's
+        # business: a PushProx client cannot be told to stop.
+        pass
+
+    def violation(self, why: str) -> None:
+        _log.warn("PushProx client {client}: {why}", client=self.name, why=why)
+
+
+@dataclass(frozen=True)
+class ClientKey:
+    """
+    What tells one PushProx client from another: PushProx's clients say
+    only their FQDN, so two that share one are told apart by the identity
+    they proved and the address they poll from.
+    """
+
+    fqdn: str
+    identity: str
+    address: str
+
+
+class PushProxClient:
+    """
+    One PushProx client: an agent of the registry (L{AgentHandle}) that
+    serves every port of its FQDN, and a scrape source.
+
+    @ivar role: C{"holder"} while its scrapes come to it, C{"standby"}
+        while another client holds its FQDN.
+    @ivar poll: its held poll, if one waits.
+    """
+
+    consolidated = False
+    launchId = ""
+
+    def __init__(self, hub: PushProxHub, key: ClientKey, agentId: str, identity: Identity) -> None:
+        self.hub = hub
+        self.key = key
+        self.agentId = agentId
+        self.identity = identity
+        self.fqdn = key.fqdn
+        self.name = key.fqdn
+        self.hostName = key.address
+        self.role = "holder"
+        self.poll: Poll | None = None
+        self._queue: deque[PendingScrape] = deque()
+        self._lastPollEnded = hub.clock.seconds()
+        self._lastEnding = "it has not polled yet"
+        self._grace: IDelayedCall | None = None
+
+    @property
+    def described(self) -> str:
+        """
+        The client as the log names it: all that tells it from another.
+        """
+        return f"{self.fqdn} (identity {self.identity.name!r}, from {self.hostName})"
+
+    def polled(self, exchange: Exchange, answered: Answered) -> None:
+        """
+        A new poll came: hold it, unless a scrape waits for it. An older
+        poll still held is answered with PushProx's expiry, as PushProx
+        does: its client no longer waits on it.
+        """
+        if self._grace is not None and self._grace.active():
+            self._grace.cancel()
+        self._grace = None
+        old = self.poll
+        self.poll = Poll(exchange, self._pollEnded, self.hub.clock, self.hub.pollHold, answered)
+        if old is not None:
+            old.expire("a newer poll came")
+        self._sendNext()
+
+    def _sendNext(self) -> None:
+        """
+        Send the oldest queued scrape with the held poll, if there are both
+        (a held poll waits: one that ended is no longer held).
+        """
+        poll = self.poll
+        if poll is None or not self._queue:
+            return
+        scrape = self._queue.popleft()
+        self.poll = None
+        poll.carry(scrape.request)
+        scrape.sent()
+        self._lastPollEnded = self.hub.clock.seconds()
+        self._lastEnding = "its last poll carried a scrape"
+        self._startGrace()
+
+    def _pollEnded(self, poll: Poll, why: str) -> None:
+        if poll is not self.poll:
+            return
+        self.poll = None
+        self._lastPollEnded = self.hub.clock.seconds()
+        self._lastEnding = f"its last poll {why}"
+        self._startGrace()
+
+    def _startGrace(self) -> None:
+        if self._grace is None:
+            self._grace = self.hub.clock.callLater(self.hub.clientGrace, self._graceOver)
+
+    def _graceOver(self) -> None:
+        self._grace = None
+        if self.poll is None:
+            self.hub.forgetClient(self, f"no poll for {self.hub.clientGrace:g}s")
+
+    def absence(self) -> str:
+        """
+        Why no poll waits, for a scrape's reason.
+        """
+        ago = self.hub.clock.seconds() - self._lastPollEnded
+        return f"{self._lastEnding} {ago:.1f}s ago"
+
+    def scrape(self, call: ScrapeCall) -> ScrapeStream:
+        """
+        Send C{call} with the next poll: now if one waits.
+        """
+        scrape = self.hub.newScrape(self, call)
+        self._queue.append(scrape)
+        self._sendNext()
+        return scrape.stream
+
+    def forget(self, scrape: PendingScrape) -> None:
+        if scrape in self._queue:
+            self._queue.remove(scrape)
+        self.hub.scrapeEnded(scrape)
+
+    def stop(self, why: str) -> None:
+        """
+        The client is forgotten: its poll expires, its queued scrapes fail.
+        """
+        if self._grace is not None and self._grace.active():
+            self._grace.cancel()
+        self._grace = None
+        poll, self.poll = self.poll, None
+        if poll is not None:
+            poll.expire(why)
+        for scrape in list(self._queue):
+            scrape.stream.linkLost(f"PushProx client {self.name!r} forgotten: {why}")
+
+    # AgentHandle.
+
+    def pathRoleChanged(
+        self,
+        path: str,
+        role: str,
+        reason: str,
+        holder: AgentHandle,
+        since: float,
+        position: int = 0,
+    ) -> None:
+        self.role = role
+        _log.info(
+            "PushProx client {client} is now {role} ({reason})",
+            client=self.described,
+            role=role,
+            reason=reason,
+        )
+
+
+class PushProxHub:
+    """
+    The PushProx clients the scrape port knows, and its three paths for
+    them.
+
+    @ivar clients: every client, by L{ClientKey}.
+    @ivar pollHold: seconds a poll is held before it expires.
+    @ivar clientGrace: seconds a client without a poll is kept.
+    @ivar pushLimit: the most bytes a push body may have.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        authenticator: Authenticator,
+        clock: IReactorTime,
+        *,
+        pollHold: float,
+        clientGrace: float,
+        maxContentBytes: int,
+        metricsRegistry: CollectorRegistry,
+        transfers: TransferMetrics,
+        allowedNetworks: Sequence[str] = (),
+    ) -> None:
+        """
+        @param authenticator: the agents' authenticator (a reload
+            reconfigures it): PushProx clients prove identities as agents
+            do.
+        @param metricsRegistry: where PushProx's metric series are kept.
+        @param transfers: the proxy's counts of answers that failed on the
+            way, which its scrape streams report to (a pushed answer comes
+            whole, so only as the streams' rules say).
+        @param allowedNetworks: the networks polls and pushes may come
+            from; empty admits every client the scrape port admits.
+        """
+        self.registry = registry
+        self.authenticator = authenticator
+        self.allowed = AllowedNetworks(allowedNetworks, clock)
+        self.transfers = transfers
+        self.clock = clock
+        self.pollHold = pollHold
+        self.clientGrace = clientGrace
+        self.pushLimit = maxContentBytes + MAX_PUSH_HEAD_BYTES
+        self.clients: dict[ClientKey, PushProxClient] = {}
+        self._scrapes: dict[str, PendingScrape] = {}
+        self._ids = count(1)
+        self._numbers = count(1)
+        self.metrics = PushProxMetrics(metricsRegistry, lambda: len(self.clients))
+
+    # The scrape port's body policy.
+
+    def bodyLimit(self, method: bytes, path: bytes) -> int | None:
+        """
+        The body sizes C{POST /poll} and C{POST /push} take; nothing else
+        takes one.
+        """
+        if method != b"POST":
+            return None
+        if path == POLL_PATH:
+            return MAX_FQDN + 64
+        if path == PUSH_PATH:
+            return self.pushLimit
+        return None
+
+    def front(self, handler: Handler) -> Handler:
+        """
+        The scrape port's handler: PushProx's requests answered here, every
+        other one by C{handler}.
+        """
+
+        def answer(exchange: Exchange) -> None:
+            if not self.route(exchange):
+                handler(exchange)
+
+        return answer
+
+    def guard(self, scrapeSide: Guard | None) -> Guard:
+        """
+        The scrape port's guard: for C{POST /poll} and C{POST /push}, the
+        PushProx clients' own check (their network, and the identity their
+        C{Authorization} proves: L{_identity}), which the server applies
+        before it reads their bodies; for every other request the scrape
+        side's credentials check, C{scrapeSide}, if any. C{/clients} stays
+        behind C{scrapeSide}, as discovery does.
+        """
+
+        def guarded(exchange: Exchange) -> bool:
+            if exchange.method == b"POST" and exchange.path in (POLL_PATH, PUSH_PATH):
+                return self._identity(exchange, self._measure(exchange.path)) is not None
+            return scrapeSide is None or scrapeSide(exchange)
+
+        return guarded
+
+    def _measure(self, path: bytes) -> Answered:
+        """
+        What counts a request for C{path}, begun now, once it is answered.
+        """
+        started = self.clock.seconds()
+        name = path.decode("ascii")
+
+        def answered(code: int) -> None:
+            self.metrics.answered(name, code, self.clock.seconds() - started)
+
+        return answered
+
+    def route(self, exchange: Exchange) -> bool:
+        """
+        Answer C{exchange} if it is PushProx's (C{True}); else leave it.
+        """
+        method, path = exchange.method, exchange.path
+        if method == b"POST" and path == POLL_PATH:
+            handler = self.poll
+        elif method == b"POST" and path == PUSH_PATH:
+            handler = self.push
+        elif path == CLIENTS_PATH and method in (b"GET", b"HEAD"):
+            handler = self.listClients
+        else:
+            return False
+        handler(exchange, self._measure(path))
+        return True
+
+    # The three paths.
+
+    def poll(self, exchange: Exchange, answered: Answered) -> None:
+        identity = self._identity(exchange, answered)
+        if identity is None:
+            return
+        try:
+            fqdn = checkHost(exchange.body.decode("ascii").strip())
+        except UnicodeDecodeError:
+            why = "the poll's body must be the client's FQDN in ASCII"
+            return refuse(exchange, answered, 400, why)
+        except BadTarget as e:
+            return refuse(
+                exchange, answered, 400, f"the poll's body must be the client's FQDN: {e}"
+            )
+        ip = peerAddress(exchange.client)
+        key = ClientKey(fqdn, identity.name, str(ip) if ip is not None else "local")
+        client = self.clients.get(key)
+        if client is None:
+            client = PushProxClient(self, key, f"pushprox-{next(self._ids)}", identity)
+            self.registry.addAgent(client)
+            try:
+                placement = self.registry.registerPath(client, hostKey(fqdn, None), fqdn, {})
+            except RegistrationRefused as e:
+                self.registry.removeAgent(client, "unregistered")
+                return refuse(exchange, answered, 403, f"PushProx client {fqdn!r} refused: {e}")
+            self.clients[key] = client
+            if placement.position:
+                client.role = "standby"
+            _log.info(
+                "PushProx client {client} registered as {role}",
+                client=client.described,
+                role=client.role,
+            )
+        client.polled(exchange, answered)
+
+    def push(self, exchange: Exchange, answered: Answered) -> None:
+        identity = self._identity(exchange, answered)
+        if identity is None:
+            return
+        try:
+            answer = parsePush(exchange.body)
+        except BadPush as e:
+            return refuse(exchange, answered, 400, f"bad push: {e}")
+        scrape = self._scrapes.get(answer.scrapeId)
+        if scrape is None or scrape.state is not ScrapeState.SENT:
+            return refuse(
+                exchange,
+                answered,
+                404,
+                f"no scrape {answer.scrapeId} waits for an answer"
+                " (it ended: answered, timed out, or Prometheus gave up)",
+            )
+        if scrape.client.identity != identity:
+            return refuse(
+                exchange,
+                answered,
+                403,
+                f"scrape {answer.scrapeId} was not sent to this client's identity",
+            )
+        scrape.answered(
+            answer.status,
+            answer.header(b"content-type"),
+            answer.header(b"content-encoding"),
+            answer.body,
+        )
+        exchange.setStatus(200)
+        exchange.finishWith(b"")
+        answered(200)
+
+    def listClients(self, exchange: Exchange, answered: Answered) -> None:
+        """
+        PushProx's C{/clients}: a target group per FQDN served, for
+        C{file_sd} or C{http_sd}.
+        """
+        groups = [{"targets": [fqdn], "labels": None} for fqdn in self.servedFQDNs()]
+        exchange.setStatus(200)
+        exchange.setHeader(b"Content-Type", b"application/json")
+        exchange.setHeader(b"Cache-Control", b"no-store")
+        exchange.finishWith(json.dumps(groups, separators=(",", ":")).encode("ascii"))
+        answered(200)
+
+    def servedFQDNs(self) -> list[str]:
+        """
+        The FQDNs a client holds, sorted.
+        """
+        return sorted({c.fqdn for c in self.clients.values() if c.role == "holder"})
+
+    def _identity(self, exchange: Exchange, answered: Answered) -> Identity | None:
+        """
+        The identity the client proves with C{Authorization: Bearer}, as an
+        agent proves one with its token; or L{None}, having answered 401.
+        """
+        if not self.allowed.admits(exchange.client):
+            refuse(
+                exchange,
+                answered,
+                403,
+                "PushProx clients are not allowed from this address"
+                " (proxy.pushprox.allowedNetworks)",
+            )
+            return None
+        value = exchange.headers.get(b"authorization", b"")
+        scheme, _, token = value.strip().partition(b" ")
+        if value and scheme.lower() != b"bearer":
+            refuse(exchange, answered, 401, "PushProx clients authenticate with a bearer token")
+            return None
+        try:
+            return self.authenticator.authenticate(token.strip().decode("latin-1"), None)
+        except AuthenticationFailed as e:
+            exchange.addHeader(b"WWW-Authenticate", b'Bearer realm="promtwist"')
+            refuse(exchange, answered, 401, f"PushProx client not authenticated: {e}")
+            return None
+
+    # Scrapes.
+
+    def newScrape(self, client: PushProxClient, call: ScrapeCall) -> PendingScrape:
+        url, hostPort = targetOf(call)
+        headers = (
+            (b"Accept", call.accept),
+            (b"Accept-Encoding", call.acceptEncoding),
+            (b"Authorization", call.authorization),
+        )
+        instruction = ScrapeInstruction(
+            str(uuid.uuid4()),
+            url,
+            hostPort,
+            tuple((name, value.encode("latin-1")) for name, value in headers if value),
+            call.agentTimeout,
+        )
+        scrape = PendingScrape(
+            client, next(self._numbers), instruction, self.clock, call.agentTimeout, self.pushLimit
+        )
+        self._scrapes[scrape.scrapeId] = scrape
+        scrape.stream.head.addCallbacks(self._proxied, self._proxiedFailure)
+        return scrape
+
+    def _proxied(self, head: AnswerHead) -> AnswerHead:
+        self.metrics.proxied(head.status)
+        return head
+
+    def _proxiedFailure(self, failure: Failure) -> Failure:
+        # A scrape Prometheus gave up on was answered nothing.
+        if isinstance(failure.value, ScrapeFailed):
+            self.metrics.proxied(failure.value.status)
+        return failure
+
+    def scrapeEnded(self, scrape: PendingScrape) -> None:
+        self._scrapes.pop(scrape.scrapeId, None)
+
+    def forgetClient(self, client: PushProxClient, why: str, reason: str = "lost") -> None:
+        """
+        Forget C{client}: its FQDN goes to a standby, if one waits.
+
+        @param reason: for the registry, a key of
+            L{promtwist.proxy.registry.HOLDER_CHANGE_REASONS}.
+        """
+        if self.clients.get(client.key) is not client:
+            return
+        del self.clients[client.key]
+        _log.info(
+            "PushProx client {client} forgotten: {why}",
+            client=client.described,
+            why=why,
+        )
+        client.stop(why)
+        self.registry.removeAgent(client, reason)
+
+    def revoked(self, stillHolds: Callable[[Identity], bool]) -> None:
+        """
+        The identities were reloaded: forget the clients whose identity no
+        longer holds; they prove a new one with their next poll.
+        """
+        for client in list(self.clients.values()):
+            if not stillHolds(client.identity):
+                self.forgetClient(client, "its identity changed on reload", "reload")
+
+    def stop(self) -> None:
+        """
+        The proxy stops: every poll expires, every client is forgotten.
+        """
+        for client in list(self.clients.values()):
+            self.forgetClient(client, "the proxy is stopping")
+
+
+def targetOf(call: ScrapeCall) -> tuple[str, str]:
+    """
+    The absolute URL a host-routed scrape asks for, and its C{host:port}.
+    An https target is asked for as PushProx's proxy asks its clients,
+    with C{_scheme=https}: the client switches the scheme and drops it.
+    """
+    target = call.target
+    assert target is not None, "PushProx clients serve host-routed scrapes only"
+    address = hostPort(target.host, target.port)
+    query = call.query
+    if target.scheme == "https":
+        query = f"{query}&_scheme=https" if query else "_scheme=https"
+    url = f"http://{address}{call.path}"
+    return (f"{url}?{query}" if query else url), address

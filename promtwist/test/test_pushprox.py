@@ -1,0 +1,793 @@
+"""
+Tests for L{promtwist.proxy.pushprox}: PushProx clients' polls and pushes
+on the scrape port's own server (over L{StringTransport}s, on a
+L{task.Clock}), and the scrapes they serve.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any, cast
+
+from prometheus_client import CollectorRegistry
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from promtwist.config.settings import Identity, ProxySettings
+from promtwist.hostkeys import HostTarget, hostKey
+from promtwist.metrics import ProxyMetrics
+from promtwist.proxy.access import guarded
+from promtwist.proxy.answers import ScrapeFailed, ScrapeRecord
+from promtwist.proxy.auth import Authenticator
+from promtwist.proxy.exchange import Exchange
+from promtwist.proxy.httpserver import ScrapePortConnection
+from promtwist.proxy.pushprox import POLL_EXPIRED, RESERVED_PATHS, PushProxHub
+from promtwist.proxy.registry import Registry
+from promtwist.proxy.relay import ScrapeCall
+from promtwist.proxy.scrape import ScrapeHandler
+from promtwist.proxy.stream import AnswerHead, ScrapeStream
+from promtwist.test.scrapeport import Response, connect, factory, parseResponse
+
+FQDN = "node1.example"
+POLL_HOLD = 50.0
+GRACE = 10.0
+
+
+def scrapeCall(deadline: float = 10.0, query: str = "", scheme: str = "") -> ScrapeCall:
+    return ScrapeCall(
+        "/metrics",
+        query,
+        "text/plain;version=0.0.4",
+        "gzip",
+        "",
+        deadline,
+        HostTarget(scheme, FQDN, 9100),
+    )
+
+
+class Collected:
+    """
+    A scrape stream's outcome: its head or failure, and its body.
+    """
+
+    def __init__(self, stream: ScrapeStream) -> None:
+        self.head: AnswerHead | None = None
+        self.failure: ScrapeFailed | None = None
+        self.body = b""
+        self.done = False
+        stream.head.addCallbacks(self._head, self._failed)
+        self.stream = stream
+
+    def _head(self, head: AnswerHead) -> None:
+        self.head = head
+        self.stream.deliverBody(self)
+
+    def _failed(self, failure: Failure) -> None:
+        self.failure = cast(ScrapeFailed, failure.trap(ScrapeFailed) and failure.value)
+
+    def write(self, data: bytes) -> None:
+        self.body += data
+
+    def bodyDone(self) -> None:
+        self.done = True
+
+    def bodyFailed(self, failure: ScrapeFailed) -> None:
+        self.failure = failure
+
+
+class Port:
+    """
+    A scrape port serving only PushProx's paths through C{hub}.
+    """
+
+    def __init__(self, hub: PushProxHub, clock: Clock) -> None:
+        def handler(exchange: Exchange) -> None:
+            if not hub.route(exchange):
+                exchange.setStatus(404)
+                exchange.finishWith(b"not pushprox\n")
+
+        self.site = factory(handler, clock, bodies=hub.bodyLimit, guard=hub.guard(None))
+
+    def connect(self, host: str = "10.1.1.1") -> tuple[ScrapePortConnection, StringTransport]:
+        return connect(self.site, IPv4Address("TCP", host, 40000))
+
+    def request(
+        self,
+        method: bytes,
+        path: bytes,
+        body: bytes = b"",
+        headers: bytes = b"",
+        host: str = "10.1.1.1",
+    ) -> tuple[ScrapePortConnection, StringTransport]:
+        connection, transport = self.connect(host)
+        connection.dataReceived(
+            b"%s %s HTTP/1.1\r\nHost: proxy\r\nContent-Length: %d\r\n%s\r\n%s"
+            % (method, path, len(body), headers, body)
+        )
+        return connection, transport
+
+
+def answer(transport: StringTransport) -> Response:
+    return parseResponse(transport.value())
+
+
+def scrapeIdOf(instruction: bytes) -> bytes:
+    found = re.search(rb"\r\nId: ([0-9a-f-]+)\r\n", instruction)
+    assert found is not None, instruction
+    return found.group(1)
+
+
+def pushBody(scrapeId: bytes, status: bytes = b"200 OK", body: bytes = b"up 1\n") -> bytes:
+    return (
+        b"HTTP/1.1 %s\r\nContent-Type: text/plain; version=0.0.4\r\nId: %s\r\n"
+        b"X-Prometheus-Scrape-Timeout: 9.1\r\nConnection: close\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (status, scrapeId, len(body), body)
+    )
+
+
+class HubCase(SynchronousTestCase):
+    """
+    A hub on a scrape port of its own, with a registry and a clock.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.metrics = CollectorRegistry()
+        self.hub = self.makeHub(ProxySettings())
+        self.port = Port(self.hub, self.clock)
+
+    def makeHub(
+        self,
+        settings: ProxySettings,
+        mayServe: Callable[[Identity, str], bool] | None = None,
+    ) -> PushProxHub:
+        self.metrics = CollectorRegistry()
+        authenticator = Authenticator(settings)
+        self.registry = Registry(
+            RESERVED_PATHS, mayServe or authenticator.mayServe, settings, self.clock
+        )
+        return PushProxHub(
+            self.registry,
+            authenticator,
+            self.clock,
+            pollHold=POLL_HOLD,
+            clientGrace=GRACE,
+            maxContentBytes=1000,
+            metricsRegistry=self.metrics,
+            transfers=ProxyMetrics("test", self.clock),
+        )
+
+    def poll(
+        self, fqdn: bytes = FQDN.encode(), headers: bytes = b"", host: str = "10.1.1.1"
+    ) -> tuple[ScrapePortConnection, StringTransport]:
+        return self.port.request(b"POST", b"/poll", fqdn, headers, host)
+
+    def client(self) -> Any:
+        (client,) = self.hub.clients.values()
+        return client
+
+
+class HubTests(HubCase):
+    def test_pollCarriesScrape(self) -> None:
+        """
+        A held poll is answered with the scrape as an absolute-URI HTTP
+        request, with C{Id} and the deadline the client needs; the push
+        with that C{Id} is the scrape's answer, its internal and
+        hop-by-hop headers gone.
+        """
+        _, pollTransport = self.poll()
+        self.assertEqual(pollTransport.value(), b"")
+        collected = Collected(self.client().scrape(scrapeCall(deadline=10)))
+        poll = answer(pollTransport)
+        self.assertEqual(poll.status, 200)
+        lines = poll.body.split(b"\r\n")
+        self.assertEqual(lines[0], b"GET http://node1.example:9100/metrics HTTP/1.1")
+        self.assertEqual(lines[1], b"Host: node1.example:9100")
+        self.assertIn(b"Accept: text/plain;version=0.0.4", lines)
+        self.assertIn(b"Accept-Encoding: gzip", lines)
+        self.assertIn(b"X-Prometheus-Scrape-Timeout-Seconds: 9.500", lines)
+        self.assertTrue(poll.body.endswith(b"\r\n\r\n"))
+        _, pushTransport = self.port.request(b"POST", b"/push", pushBody(scrapeIdOf(poll.body)))
+        self.assertEqual(answer(pushTransport).status, 200)
+        assert collected.head is not None
+        self.assertEqual(collected.head.status, 200)
+        self.assertEqual(collected.head.contentType, "text/plain; version=0.0.4")
+        self.assertEqual((collected.body, collected.done), (b"up 1\n", True))
+        # Only the client's grace is left running (and the connections'
+        # idle timers): the scrape's deadline went with it.
+        pending = [c for c in self.clock.getDelayedCalls() if "_idleTimedOut" not in repr(c)]
+        self.assertEqual(pending, [self.client()._grace])
+
+    def test_scrapeWaitsForPoll(self) -> None:
+        """
+        A scrape with no poll held waits for the next one.
+        """
+        _, first = self.poll()
+        Collected(self.client().scrape(scrapeCall()))
+        collected = Collected(self.client().scrape(scrapeCall()))
+        self.assertEqual(first.value().count(b"HTTP/1.1 200"), 1)
+        self.clock.advance(1)
+        _, second = self.poll()
+        instruction = answer(second).body
+        self.port.request(b"POST", b"/push", pushBody(scrapeIdOf(instruction)))
+        self.assertTrue(collected.done)
+
+    def test_deadPollSwallowsNothing(self) -> None:
+        """
+        A poll whose connection closed never takes a scrape: the scrape
+        waits for a live poll and, with none, fails at its deadline saying
+        why.
+        """
+        connection, transport = self.poll()
+        connection.connectionLost(Failure(ConnectionError("gone")))
+        self.clock.advance(2)
+        collected = Collected(self.client().scrape(scrapeCall(deadline=5)))
+        self.assertEqual(transport.value(), b"")
+        self.clock.advance(4.5)
+        assert collected.failure is not None
+        self.assertEqual(collected.failure.status, 503)
+        self.assertEqual(
+            collected.failure.reason,
+            "no poll from PushProx client 'node1.example' within 4.5s"
+            " (its last poll was closed by the client 6.5s ago)",
+        )
+
+    def test_pollExpires(self) -> None:
+        """
+        A poll is held at most C{pollHold}, then answered with PushProx's
+        expiry; the client stays registered while it polls again.
+        """
+        _, transport = self.poll()
+        self.clock.advance(POLL_HOLD)
+        r = answer(transport)
+        self.assertEqual((r.status, r.body), (408, POLL_EXPIRED.encode() + b"\n"))
+        self.clock.advance(GRACE - 1)
+        self.poll()
+        self.clock.advance(POLL_HOLD - 1)
+        self.assertEqual(self.registry.lookupHost(FQDN, 9100), (self.client(),))
+        self.assertEqual(self.hub.servedFQDNs(), [FQDN])
+
+    def test_forgottenAfterGrace(self) -> None:
+        """
+        A client with no poll for C{clientGrace} seconds is forgotten: gone
+        from the registry and from C{/clients}, its queued scrapes failed.
+        """
+        connection, _ = self.poll()
+        client = self.client()
+        connection.connectionLost(Failure(ConnectionError("gone")))
+        collected = Collected(client.scrape(scrapeCall(deadline=60)))
+        self.assertEqual(self.registry.lookupHost(FQDN, 1), (client,))
+        self.clock.advance(GRACE)
+        self.assertEqual(self.registry.lookupHost(FQDN, 1), ())
+        self.assertEqual(self.registry.agents(), [])
+        self.assertEqual(self.hub.clients, {})
+        assert collected.failure is not None
+        self.assertIn("forgotten: no poll for 10s", collected.failure.reason)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_newerPollExpiresOlder(self) -> None:
+        """
+        As in PushProx, a newer poll from the same client answers the older
+        one with the expiry; the scrape goes to the newer.
+        """
+        _, old = self.poll()
+        _, new = self.poll()
+        self.assertEqual(answer(old).status, 408)
+        Collected(self.client().scrape(scrapeCall()))
+        self.assertEqual(answer(new).status, 200)
+
+    def test_sentButNotPushed(self) -> None:
+        """
+        A scrape a poll carried and no push answered fails at its deadline
+        with 408, saying so; a late push then finds nothing.
+        """
+        _, transport = self.poll()
+        collected = Collected(self.client().scrape(scrapeCall(deadline=5)))
+        self.clock.advance(4.5)
+        assert collected.failure is not None
+        self.assertEqual(collected.failure.status, 408)
+        self.assertIn("took the scrape and pushed no answer within 4.5s", collected.failure.reason)
+        _, push = self.port.request(b"POST", b"/push", pushBody(scrapeIdOf(answer(transport).body)))
+        self.assertEqual(answer(push).status, 404)
+
+    def test_errorPushed(self) -> None:
+        """
+        A client's error answer (PushProx pushes its own failures as 500)
+        fails the scrape with the client's words.
+        """
+        _, transport = self.poll()
+        collected = Collected(self.client().scrape(scrapeCall()))
+        scrapeId = scrapeIdOf(answer(transport).body)
+        self.port.request(
+            b"POST",
+            b"/push",
+            pushBody(scrapeId, b"500 Internal Server Error", b"scrape target doesn't match"),
+        )
+        assert collected.failure is not None
+        self.assertEqual(collected.failure.status, 500)
+        self.assertEqual(
+            collected.failure.reason,
+            "PushProx client 'node1.example': HTTP 500: scrape target doesn't match",
+        )
+
+    def test_clients(self) -> None:
+        """
+        C{/clients} is PushProx's: a target group per FQDN, no labels, as
+        JSON.
+        """
+        self.poll()
+        self.poll(b"b.example\n", host="10.1.1.2")
+        _, transport = self.port.request(b"GET", b"/clients")
+        r = answer(transport)
+        self.assertEqual(r.headers[b"content-type"], b"application/json")
+        self.assertEqual(
+            json.loads(r.body),
+            [{"targets": ["b.example"], "labels": None}, {"targets": [FQDN], "labels": None}],
+        )
+
+    def test_metrics(self) -> None:
+        """
+        PushProx's series: requests by path and status, durations (a
+        poll's is how long it was held), and the clients known.
+        """
+        value = self.metrics.get_sample_value
+        self.assertEqual(value("pushprox_http_requests_total", {"code": "408", "path": "/poll"}), 0)
+        _, transport = self.poll()
+        self.clock.advance(3)
+        Collected(self.client().scrape(scrapeCall()))
+        self.port.request(b"POST", b"/push", pushBody(scrapeIdOf(answer(transport).body)))
+        self.port.request(b"POST", b"/push", b"junk")
+        self.port.request(b"GET", b"/clients")
+        self.assertEqual(value("pushprox_http_requests_total", {"code": "200", "path": "/poll"}), 1)
+        self.assertEqual(value("pushprox_http_requests_total", {"code": "200", "path": "/push"}), 1)
+        self.assertEqual(value("pushprox_http_requests_total", {"code": "400", "path": "/push"}), 1)
+        self.assertEqual(
+            value("pushprox_http_requests_total", {"code": "200", "path": "/clients"}), 1
+        )
+        self.assertEqual(value("pushprox_http_duration_seconds_sum", {"path": "/poll"}), 3)
+        self.assertEqual(value("pushprox_proxy_clients"), 1)
+        self.assertEqual(value("pushproxy_proxied_requests_total", {"code": "200"}), 1)
+        # A scrape no poll took in time counts with the status it got.
+        connection, _ = self.poll()
+        connection.connectionLost(Failure(ConnectionError("gone")))
+        Collected(self.client().scrape(scrapeCall(deadline=2)))
+        self.clock.advance(2)
+        self.assertEqual(value("pushproxy_proxied_requests_total", {"code": "503"}), 1)
+        # PushProx's families, types and label names (its cmd/proxy/main.go).
+        shapes = {
+            family.name: (
+                family.type,
+                {frozenset(sample.labels) - {"le"} for sample in family.samples},
+            )
+            for family in self.metrics.collect()
+        }
+        self.assertEqual(
+            shapes,
+            {
+                "pushprox_http_requests": ("counter", {frozenset({"code", "path"})}),
+                "pushprox_http_duration_seconds": ("histogram", {frozenset({"path"})}),
+                "pushproxy_proxied_requests": ("counter", {frozenset({"code"})}),
+                "pushprox_proxy_clients": ("gauge", {frozenset()}),
+            },
+        )
+
+    def test_standbyNotListed(self) -> None:
+        """
+        A second client claiming a held FQDN (from another address) waits:
+        C{/clients} lists the FQDN once, and scrapes go to the holder.
+        """
+        self.poll()
+        self.poll(host="10.9.9.9")
+        self.assertEqual(len(self.hub.clients), 2)
+        self.assertEqual(self.hub.servedFQDNs(), [FQDN])
+        self.assertEqual(sorted(c.role for c in self.hub.clients.values()), ["holder", "standby"])
+
+
+class HostileTests(HubCase):
+    """
+    What a client or anyone else sends is checked; each refusal costs its
+    request only.
+    """
+
+    def test_badFQDN(self) -> None:
+        for body, why in [
+            (b"", b"no host given"),
+            (b"a b", b"is not a DNS name or IP address"),
+            (b"a:b:c", b"is not an IPv6 address"),
+            (b"x" * 254, b"254 characters"),
+            (b"\xff", b"in ASCII"),
+        ]:
+            _, transport = self.poll(body)
+            r = answer(transport)
+            self.assertEqual(r.status, 400, body)
+            self.assertIn(why, r.body)
+        self.assertEqual(self.hub.clients, {})
+
+    def test_pollTooLarge(self) -> None:
+        _, transport = self.poll(b"x" * 1000)
+        self.assertEqual(answer(transport).status, 413)
+
+    def test_pushTooLarge(self) -> None:
+        """
+        A push over the content limit (plus room for a head) is refused
+        before it is read.
+        """
+        _, transport = self.port.request(b"POST", b"/push", b"x" * (1000 + 64 * 1024 + 1))
+        self.assertEqual(answer(transport).status, 413)
+
+    def test_badPushes(self) -> None:
+        scrapeId = b"0123abcd-0000-4000-8000-0123456789ab"
+        for body, why in [
+            (b"garbage\r\n\r\n", b"not an HTTP response"),
+            (b"HTTP/1.1 200 OK\r\n\r\n", b"no Id header"),
+            (b"HTTP/1.1 200 OK\r\nId: x\r\n\r\n", b"is not a scrape id"),
+            (b"HTTP/1.1 200 OK\r\nId: %s\r\nId: %s\r\n\r\n" % (scrapeId, scrapeId), b"2 Id"),
+            (b"HTTP/1.1 200 OK\r\nId: %s\r\nContent-Length: 9\r\n\r\nab" % scrapeId, b"shorter"),
+            (b"HTTP/1.1 200 OK", b"not complete"),
+            (pushBody(scrapeId), b"no scrape " + scrapeId + b" waits"),
+        ]:
+            _, transport = self.port.request(b"POST", b"/push", body)
+            r = answer(transport)
+            self.assertIn(r.status, (400, 404), body)
+            self.assertIn(why, r.body)
+
+    def test_pushFromOtherIdentity(self) -> None:
+        """
+        With identities, a push is taken only from the identity the scrape
+        was sent to: another client cannot answer for it.
+        """
+        settings = ProxySettings(identities=(Identity("a", "tok-a"), Identity("b", "tok-b")))
+        self.hub = self.makeHub(settings)
+        self.port = Port(self.hub, self.clock)
+        _, transport = self.poll(headers=b"Authorization: Bearer tok-a\r\n")
+        collected = Collected(self.client().scrape(scrapeCall()))
+        scrapeId = scrapeIdOf(answer(transport).body)
+        _, push = self.port.request(
+            b"POST", b"/push", pushBody(scrapeId), b"Authorization: Bearer tok-b\r\n"
+        )
+        self.assertEqual(answer(push).status, 403)
+        self.assertIsNone(collected.head)
+        _, push = self.port.request(
+            b"POST", b"/push", pushBody(scrapeId), b"Authorization: Bearer tok-a\r\n"
+        )
+        self.assertEqual(answer(push).status, 200)
+        self.assertTrue(collected.done)
+
+    def test_tokenRequired(self) -> None:
+        """
+        With agent credentials configured, a PushProx client must present a
+        bearer token of an identity: without one, or with a wrong one, 401.
+        """
+        self.hub = self.makeHub(ProxySettings(identities=(Identity("a", "tok-a"),)))
+        self.port = Port(self.hub, self.clock)
+        for headers, why in [
+            (b"", b"an agent token is required"),
+            (b"Authorization: Bearer nope\r\n", b"invalid agent token"),
+            (b"Authorization: Basic eDp5\r\n", b"bearer token"),
+        ]:
+            _, transport = self.poll(headers=headers)
+            r = answer(transport)
+            self.assertEqual(r.status, 401)
+            self.assertIn(why, r.body)
+        self.assertEqual(self.hub.clients, {})
+
+    def test_refusedBeforeBody(self) -> None:
+        """
+        Without a valid token a push is refused on its head, before a byte
+        of its body is read, and the connection closes.
+        """
+        self.hub = self.makeHub(ProxySettings(identities=(Identity("a", "tok-a"),)))
+        self.port = Port(self.hub, self.clock)
+        connection, transport = self.port.connect()
+        connection.dataReceived(b"POST /push HTTP/1.1\r\nContent-Length: 60000\r\n\r\n")
+        r = answer(transport)
+        self.assertEqual(r.status, 401)
+        self.assertIn(b"an agent token is required", r.body)
+        self.assertTrue(transport.disconnecting)
+
+    def test_claimRefused(self) -> None:
+        """
+        A client whose identity may not serve the FQDN gets 403 with the
+        registry's reason, and is not kept.
+        """
+        self.hub = self.makeHub(ProxySettings(), lambda identity, key: key != hostKey(FQDN, None))
+        self.port = Port(self.hub, self.clock)
+        _, transport = self.poll()
+        r = answer(transport)
+        self.assertEqual(r.status, 403)
+        self.assertIn(b"is not authorized to serve //node1.example", r.body)
+        self.assertEqual((self.hub.clients, self.registry.agents()), ({}, []))
+        # Another FQDN the identity may serve is held as usual.
+        _, transport = self.poll(b"other.example")
+        self.assertEqual((transport.value(), len(self.hub.clients)), (b"", 1))
+
+
+class RoutedTests(HubCase):
+    """
+    PushProx clients with the registry and the scrape handler: what
+    Prometheus' proxy_url requests get.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.scrapes = ScrapeHandler(ProxySettings(), self.registry, self.clock)
+        self.site = factory(
+            self.hub.front(self.scrapes),
+            self.clock,
+            bodies=self.hub.bodyLimit,
+            guard=self.hub.guard(None),
+        )
+        self.port.site = self.site
+
+    def prometheus(self, url: bytes) -> StringTransport:
+        connection, transport = connect(self.site, IPv4Address("TCP", "10.5.5.5", 50000))
+        connection.dataReceived(
+            b"GET %s HTTP/1.1\r\nHost: x\r\nAccept: text/plain\r\n"
+            b"X-Prometheus-Scrape-Timeout-Seconds: 5\r\n\r\n" % url
+        )
+        return transport
+
+    def test_proxyURL(self) -> None:
+        """
+        A proxy_url scrape of any port of the client's FQDN goes down its
+        poll; the pushed answer reaches Prometheus with the target's type,
+        and none of the link's headers or the target's hop-by-hop ones.
+        """
+        _, poll = self.poll()
+        scrape = self.prometheus(b"http://node1.example:9182/metrics?x=1")
+        instruction = answer(poll).body
+        self.assertTrue(
+            instruction.startswith(b"GET http://node1.example:9182/metrics?x=1 HTTP/1.1\r\n")
+        )
+        self.assertIn(b"X-Prometheus-Scrape-Timeout-Seconds: 4.500\r\n", instruction)
+        self.port.request(b"POST", b"/push", pushBody(scrapeIdOf(instruction)))
+        r = answer(scrape)
+        self.assertEqual((r.status, r.body), (200, b"up 1\n"))
+        self.assertEqual(r.headers[b"content-type"], b"text/plain; version=0.0.4")
+        self.assertNotIn(b"x-prometheus-scrape-timeout", r.headers)
+        self.assertNotIn(b"id", r.headers)
+        self.assertNotIn(b"connection", r.headers)
+
+    def test_https(self) -> None:
+        """
+        An https target (C{_scheme=https}, as PushProx users configure it)
+        is asked of the client as PushProx's proxy asks: with
+        C{_scheme=https}, which the client acts on.
+        """
+        _, poll = self.poll()
+        self.prometheus(b"http://node1.example:9100/metrics?_scheme=https")
+        self.assertTrue(
+            answer(poll).body.startswith(
+                b"GET http://node1.example:9100/metrics?_scheme=https HTTP/1.1\r\n"
+            )
+        )
+
+    def test_noClient(self) -> None:
+        """
+        A host nobody serves: 404 at once, naming it.
+        """
+        r = answer(self.prometheus(b"http://other.example:9100/metrics"))
+        self.assertEqual(r.status, 404)
+        self.assertIn(b"other.example:9100", r.body)
+
+    def test_standbyPromoted(self) -> None:
+        """
+        Two clients claiming one FQDN follow path ownership: the second
+        waits; when the first is forgotten (no poll within its grace) the
+        second holds it at once and Prometheus' scrapes go to it.
+        """
+        firstConnection, _ = self.poll()
+        _, secondPoll = self.poll(host="10.9.9.9")
+        first, second = self.hub.clients.values()
+        self.assertEqual((first.role, second.role), ("holder", "standby"))
+        self.assertEqual(self.registry.lookupHost(FQDN, 9100), (first,))
+        firstConnection.connectionLost(Failure(ConnectionError("killed")))
+        self.clock.advance(GRACE)
+        self.assertEqual(second.role, "holder")
+        self.assertEqual(self.registry.lookupHost(FQDN, 9100), (second,))
+        scrape = self.prometheus(b"http://node1.example:9100/metrics")
+        instruction = answer(secondPoll).body
+        self.port.request(b"POST", b"/push", pushBody(scrapeIdOf(instruction)), host="10.9.9.9")
+        self.assertEqual(answer(scrape).status, 200)
+
+    def test_deadClientScrape(self) -> None:
+        """
+        Prometheus' scrape of a client whose poll closed fails within its
+        deadline with the reason; none of it reaches a dead poll.
+        """
+        connection, poll = self.poll()
+        connection.connectionLost(Failure(ConnectionError("killed")))
+        scrape = self.prometheus(b"http://node1.example:9100/metrics")
+        self.clock.advance(4.5)
+        r = answer(scrape)
+        self.assertEqual(r.status, 503)
+        self.assertIn(b"no poll from PushProx client 'node1.example' within 4.5s", r.body)
+        self.assertEqual(poll.value(), b"")
+
+    def test_departed(self) -> None:
+        """
+        A client forgotten with no standby: its scrapes get 503 saying it
+        left, as a departed agent's paths do.
+        """
+        connection, _ = self.poll()
+        connection.connectionLost(Failure(ConnectionError("killed")))
+        self.clock.advance(GRACE)
+        r = answer(self.prometheus(b"http://node1.example:9100/metrics"))
+        self.assertEqual(r.status, 503)
+        self.assertIn(b"disconnected", r.body)
+
+    def test_hostHeaderNotCaptured(self) -> None:
+        """
+        A client registered under the proxy's own host name takes none of
+        the proxy's own requests: an ordinary request whose Host names that
+        host is path-routed (else the client would fetch it from the proxy,
+        which would hand it to the client again).
+        """
+        _, poll = self.poll()
+        connection, transport = connect(self.site, IPv4Address("TCP", "10.5.5.5", 50000))
+        connection.dataReceived(b"GET /app_metrics HTTP/1.1\r\nHost: node1.example:8080\r\n\r\n")
+        r = answer(transport)
+        self.assertEqual(r.status, 404)
+        self.assertIn(b"/app_metrics", r.body)
+        self.assertEqual(poll.value(), b"")
+
+    def test_proxyItselfNotScraped(self) -> None:
+        """
+        A client registered as C{localhost}, which always names the proxy's
+        machine, serves that host's other ports; a scrape of the proxy's
+        own port under it is refused, never sent to the client, which would
+        fetch it from the proxy again.
+        """
+        _, poll = self.poll(b"localhost")
+        r = answer(self.prometheus(b"http://localhost:8080/discovery"))
+        self.assertEqual(r.status, 400)
+        self.assertIn(b"localhost:8080 is this proxy's own address", r.body)
+        self.assertEqual(poll.value(), b"")
+        self.prometheus(b"http://localhost:9100/metrics")
+        self.assertTrue(answer(poll).body.startswith(b"GET http://localhost:9100/metrics "))
+
+    def test_recordedByClaim(self) -> None:
+        """
+        Scrapes of a client's ports are recorded by its claim, C{//fqdn}:
+        one metric series per client, not per port asked for.
+        """
+        records: list[ScrapeRecord] = []
+        self.scrapes.tracker.observers.append(records.append)
+        for port in (b"1000", b"1001", b"1002"):
+            _, poll = self.poll()
+            self.prometheus(b"http://node1.example:" + port + b"/metrics")
+            instruction = answer(poll).body
+            self.port.request(b"POST", b"/push", pushBody(scrapeIdOf(instruction)))
+        self.assertEqual([r.path for r in records], ["//node1.example"] * 3)
+
+
+class AccessTests(HubCase):
+    """
+    Who may poll and push: networks and reloaded identities.
+    """
+
+    def test_allowedNetworks(self) -> None:
+        """
+        With C{proxy.pushprox.allowedNetworks}, polls and pushes from
+        elsewhere get 403 naming the setting; /clients is the scrape
+        side's.
+        """
+        self.hub = PushProxHub(
+            self.registry,
+            Authenticator(ProxySettings()),
+            self.clock,
+            pollHold=POLL_HOLD,
+            clientGrace=GRACE,
+            maxContentBytes=1000,
+            metricsRegistry=CollectorRegistry(),
+            transfers=ProxyMetrics("test", self.clock),
+            allowedNetworks=("10.1.0.0/16",),
+        )
+        self.port = Port(self.hub, self.clock)
+        _, held = self.poll(host="10.1.2.3")
+        self.assertEqual(held.value(), b"")
+        for method, path in [(b"POST", b"/poll"), (b"POST", b"/push")]:
+            _, transport = self.port.request(method, path, FQDN.encode(), host="192.0.2.1")
+            r = answer(transport)
+            self.assertEqual(r.status, 403)
+            self.assertIn(b"proxy.pushprox.allowedNetworks", r.body)
+        _, transport = self.port.request(b"GET", b"/clients", host="192.0.2.1")
+        self.assertEqual(answer(transport).status, 200)
+
+    def test_revoked(self) -> None:
+        """
+        A reload that revokes a client's identity forgets the client at
+        once: its poll expires, and its FQDN goes to a standby.
+        """
+        settings = ProxySettings(identities=(Identity("a", "tok-a"), Identity("b", "tok-b")))
+        self.hub = self.makeHub(settings)
+        self.port = Port(self.hub, self.clock)
+        _, pollA = self.poll(headers=b"Authorization: Bearer tok-a\r\n")
+        self.poll(headers=b"Authorization: Bearer tok-b\r\n")
+        a, b = self.hub.clients.values()
+        self.assertEqual((a.role, b.role), ("holder", "standby"))
+        fresh = Authenticator(ProxySettings(identities=(Identity("b", "tok-b"),)))
+        self.registry.stillHolds = fresh.stillHolds
+        self.hub.revoked(fresh.stillHolds)
+        self.assertEqual(answer(pollA).status, 408)
+        self.assertEqual(list(self.hub.clients.values()), [b])
+        self.assertEqual(b.role, "holder")
+
+
+class TargetGlobTests(HubCase):
+    def test_identityGlobs(self) -> None:
+        """
+        A client may claim only the FQDNs its identity's C{targets} globs
+        match (against the FQDN alone: the claim is for every port); an
+        identity limited to some paths claims no FQDN.
+        """
+        settings = ProxySettings(
+            identities=(
+                Identity("dc1", "tok-dc1", targets=("*.dc1.example",)),
+                Identity("apps", "tok-apps", paths=("app*",)),
+            )
+        )
+        self.hub = self.makeHub(settings)
+        self.port = Port(self.hub, self.clock)
+        dc1 = b"Authorization: Bearer tok-dc1\r\n"
+        _, held = self.poll(b"node1.dc1.example", headers=dc1)
+        self.assertEqual(held.value(), b"")
+        for fqdn, headers in [
+            (b"node1.dc2.example", dc1),
+            (b"node1.dc1.example", b"Authorization: Bearer tok-apps\r\n"),
+        ]:
+            _, transport = self.poll(fqdn, headers=headers, host="10.7.7.7")
+            r = answer(transport)
+            self.assertEqual(r.status, 403, fqdn)
+            self.assertIn(b"is not authorized to serve //" + fqdn, r.body)
+        self.assertEqual(self.hub.servedFQDNs(), ["node1.dc1.example"])
+
+
+class CredentialsTests(SynchronousTestCase):
+    """
+    The scrape side's credentials guard C{/clients} and proxy_url scrapes,
+    not the polls and pushes, whose C{Authorization} is the client's.
+    """
+
+    def test_separate(self) -> None:
+        clock = Clock()
+        settings = ProxySettings(http_bearer_token="scrape-secret")
+        authenticator = Authenticator(settings)
+        registry = Registry(RESERVED_PATHS, authenticator.mayServe, settings, clock)
+        hub = PushProxHub(
+            registry,
+            authenticator,
+            clock,
+            pollHold=POLL_HOLD,
+            clientGrace=GRACE,
+            maxContentBytes=1000,
+            metricsRegistry=CollectorRegistry(),
+            transfers=ProxyMetrics("test", clock),
+        )
+        guard = hub.guard(guarded(settings))
+        site = factory(
+            hub.front(ScrapeHandler(settings, registry, clock)),
+            clock,
+            bodies=hub.bodyLimit,
+            guard=guard,
+        )
+        port = Port(hub, clock)
+        port.site = site
+        _, poll = port.request(b"POST", b"/poll", FQDN.encode())
+        self.assertEqual(poll.value(), b"")
+        _, clients = port.request(b"GET", b"/clients")
+        self.assertEqual(answer(clients).status, 401)
+        _, clients = port.request(
+            b"GET", b"/clients", headers=b"Authorization: Bearer scrape-secret\r\n"
+        )
+        self.assertEqual(answer(clients).status, 200)
+        connection, scrape = connect(site)
+        connection.dataReceived(b"GET http://node1.example:9100/metrics HTTP/1.1\r\n\r\n")
+        # (A proxy_url request proves the credentials in Proxy-Authorization.)
+        self.assertEqual(answer(scrape).status, 407)
+        self.assertEqual(poll.value(), b"")
