@@ -351,8 +351,8 @@ def startRoutes(
 ) -> dict[str, dict[str, Route]]:
     """
     Start promtwist and (unless C{--no-pushprox}) PushProx in front of the
-    running target, and a pushprox-client polling promtwist's proxy
-    (route L{PP_CLIENT}) unless not C{clientOnPromtwist}; the routes by
+    running target, and a pushprox-client polling a promtwist proxy of its
+    own (route L{PP_CLIENT}) unless not C{clientOnPromtwist}; the routes by
     payload, then by name, direct first.
     """
     promtwist = parties.startPromtwist(names, agentSettings, args.routing)
@@ -362,13 +362,8 @@ def startRoutes(
         bindir = findPushProx(args.pushprox_dir, defaultCacheDir())
         pushprox = parties.startPushProx(bindir, names)
         print(f"PushProx:  {bindir} (one client, --fqdn=127.0.0.1)")
-        # The same pushprox-client polling promtwist's scrape port instead:
-        # PushProx's client protocol, promtwist's proxy (docs/pushprox.md).
         if clientOnPromtwist:
-            first = promtwist[names[0]]
-            viaClient = parties.pushproxClientOn(
-                bindir, first.connect, first.pids[0], names, PP_CLIENT
-            )
+            viaClient = parties.startClientOnPromtwist(bindir, names, PP_CLIENT)
     routes: dict[str, dict[str, Route]] = {}
     for name in names:
         routes[name] = {"direct": parties.direct(name), "promtwist": promtwist[name]}

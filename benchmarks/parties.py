@@ -394,6 +394,20 @@ class Parties:
         )
         return self.pushproxClientOn(bindir, proxyAddr, proxy.pid, names, "PushProx")
 
+    def startClientOnPromtwist(
+        self, bindir: str, names: Iterable[str], label: str
+    ) -> dict[str, Route]:
+        """
+        The same C{pushprox-client} as L{startPushProx}'s, polling a
+        promtwist proxy of its own instead (PushProx's client protocol on
+        promtwist's scrape port, docs/pushprox.md). Not the proxy of
+        L{startPromtwist}: with host routing its agent declares
+        C{127.0.0.1:<target port>}, a claim on the exact port, which would
+        take the scrapes meant for the client's claim on C{127.0.0.1}.
+        """
+        proxy, scrapeAddr, _ = self.startPromtwistProxy(f"proxy-{label}")
+        return self.pushproxClientOn(bindir, scrapeAddr, proxy.pid, names, label)
+
     def pushproxClientOn(
         self, bindir: str, proxyAddr: str, proxyPid: int, names: Iterable[str], label: str
     ) -> dict[str, Route]:
