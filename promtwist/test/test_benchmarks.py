@@ -64,7 +64,7 @@ class BenchRoutingTests(SynchronousTestCase):
         The claim promtwist's proxy routes C{route}'s requests to: a host
         key for a proxy_url request, else L{None} (path routing).
         """
-        found = proxyRoute(route.target.encode(), b"", route.host.encode(), lambda n, p: False)
+        found = proxyRoute(route.target.encode(), b"")
         return None if found is None else found.shown
 
     def test_hostRouting(self) -> None:
