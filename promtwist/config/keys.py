@@ -450,6 +450,12 @@ PROXY = Role(
                 field="pushprox_client_grace_secs",
                 rule=POSITIVE,
             ),
+            Setting(
+                "proxy.pushprox.pushBudgetMBytes",
+                int,
+                field="pushprox_push_budget_mbytes",
+                rule=POSITIVE,
+            ),
             *_common("proxy", "PROXY_LOG_LEVEL"),
             *PROXY_COMPAT,
         ),

@@ -207,6 +207,7 @@ class ProxySettings(_OperationsSettings):
     pushprox_enabled: bool = True
     pushprox_poll_hold_secs: float = 50.0
     pushprox_client_grace_secs: float = 15.0
+    pushprox_push_budget_mbytes: int = 64
     pushprox_allowed_networks: tuple[str, ...] = ()
     admin_port: int = 8092
     metrics_port: int = 8082

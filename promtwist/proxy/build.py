@@ -28,11 +28,13 @@ from promtwist.listen import HTTP_1_1, settingListener
 from promtwist.metrics import ProxyMetrics
 from promtwist.proxy.access import guarded
 from promtwist.proxy.auth import Authenticator
+from promtwist.proxy.bodybudget import BodyBudget
 from promtwist.proxy.discovery import Discovery
 from promtwist.proxy.eviction import evictStale
 from promtwist.proxy.httpserver import Guard, Handler, ScrapePortFactory
 from promtwist.proxy.link import AgentLinkFactory
 from promtwist.proxy.pushprox import RESERVED_PATHS, PushProxHub
+from promtwist.proxy.pushwire import MAX_PUSH_HEAD_BYTES
 from promtwist.proxy.registry import Registry
 from promtwist.proxy.scrape import ScrapeHandler
 from promtwist.proxy.server import ProxyService
@@ -149,6 +151,11 @@ def buildProxy(
         allowedNetworks=settings.http_allowed_networks,
         guard=guard,
         bodies=pushprox.bodyLimit if pushprox is not None else None,
+        budget=BodyBudget(
+            settings.pushprox_push_budget_mbytes * MiB, "proxy.pushprox.pushBudgetMBytes"
+        ),
+        refused=pushprox.refused if pushprox is not None else None,
+        peekBytes=MAX_PUSH_HEAD_BYTES,
         clock=reactor,
     )
     httpListener = settingListener(

@@ -9,9 +9,17 @@ L{promtwist.proxy.httpserver} implements it; tests may implement it too.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from mmap import mmap
+from typing import Protocol, TypeAlias
 
 from twisted.internet.interfaces import IAddress, IPushProducer
+
+RequestBody: TypeAlias = bytes | mmap
+"""
+A request body: C{b""} when there is none, else the anonymous mapping the
+server read it into, which goes back to the system, whatever the
+allocator's thresholds, once the last reference to it goes.
+"""
 
 
 class Exchange(Protocol):
@@ -45,7 +53,7 @@ class Exchange(Protocol):
     query: bytes
     headers: dict[bytes, bytes]
     repeated: frozenset[bytes]
-    body: bytes
+    body: RequestBody
     code: int
     started: bool
 
@@ -124,5 +132,6 @@ READ_HEADERS = frozenset(
         b"x-prometheus-scrape-timeout-seconds",
         b"content-length",
         b"transfer-encoding",
+        b"expect",
     }
 )

@@ -25,8 +25,11 @@ gives the other ports (the shared parts are in L{promtwist.httpguard}):
     declare a C{Content-Length} within the policy's limit (411 without
     one, 413 over it), pass the guard (checked on the head, before a byte
     of the body is read), and arrive whole within the head's deadline,
-    which runs on until its last byte (408 otherwise); the request is
-    answered only once the body is in;
+    which runs on until its last byte (408 otherwise), and fit in the
+    port's L{BodyBudget} of body bytes in flight (503 otherwise); the
+    request is answered only once the body is in, read into one buffer of
+    the declared size (an anonymous mapping, given back to the system when
+    the request ends: freed heap memory would stay with the process);
   - clients outside the allowed networks are refused before a byte is
     read, the refusal logged at most once a minute per address;
   - a silent connection closes after the idle timeout (which does not run
@@ -65,7 +68,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from enum import Enum, auto
+from mmap import mmap
 from typing import cast
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
@@ -94,7 +99,8 @@ from promtwist.httpguard import (
 )
 from promtwist.logs import clip, observer
 from promtwist.proxy.answers import textAnswer
-from promtwist.proxy.exchange import READ_HEADERS, Exchange
+from promtwist.proxy.bodybudget import BodyBudget
+from promtwist.proxy.exchange import READ_HEADERS, Exchange, RequestBody
 from promtwist.sendnow import PENDING, sendsOnReturn
 
 _log = Logger(observer=observer)
@@ -142,6 +148,34 @@ the server routes it anywhere.
 """
 
 
+@dataclass(frozen=True)
+class RefusedRequest:
+    """
+    A request the server itself refused once its head was read: its body
+    too large, undeclared, over the budget, or too slow.
+
+    @ivar headers: the request headers the proxy reads.
+    @ivar seconds: since its head was read.
+    @ivar start: the start of its body that had come, up to the factory's
+        C{peekBytes}: of a slow one, or of one over its limit what came
+        with its head (which is refused at once, without waiting for more).
+    """
+
+    method: bytes
+    path: bytes
+    headers: dict[bytes, bytes]
+    refusal: Refusal
+    seconds: float
+    start: bytes
+
+
+Refused = Callable[[RefusedRequest], None]
+"""
+Told of each L{RefusedRequest}, so that what counts a path's answers counts
+these too, and what waits on such a request learns why it will not come.
+"""
+
+
 class ConnectionState(Enum):
     HEAD = auto()
     BODY = auto()
@@ -174,6 +208,9 @@ class ScrapePortFactory(Factory):
         allowedNetworks: Sequence[str] = (),
         guard: Guard | None = None,
         bodies: BodyPolicy | None = None,
+        budget: BodyBudget | None = None,
+        refused: Refused | None = None,
+        peekBytes: int = 0,
         clock: IReactorTime | None = None,
     ) -> None:
         """
@@ -184,6 +221,10 @@ class ScrapePortFactory(Factory):
         @param idleTimeout: seconds a connection may wait for a request.
         @param allowedNetworks: CIDR networks clients may connect from;
             empty admits everyone.
+        @param budget: bounds the body bytes all connections hold at once;
+            unbounded without one.
+        @param peekBytes: how much of a refused body's start C{refused} is
+            told of, so that it can tell what the body was.
         @param clock: the clock for every timeout; the global reactor by
             default.
         @raise ValueError: if a network is not valid.
@@ -195,6 +236,9 @@ class ScrapePortFactory(Factory):
         self.handler = handler
         self.guard = guard
         self.bodies = bodies
+        self.budget = budget
+        self.refused = refused
+        self.peekBytes = peekBytes
         self.maxHeaderBytes = maxHeaderBytes
         self.headerTimeout = headerTimeout
         self.idleTimeout = idleTimeout
@@ -257,11 +301,15 @@ class ScrapePortConnection(Protocol):
         self._headers: dict[bytes, bytes] = {}
         self._repeated: frozenset[bytes] = frozenset()
         self._keepAlive = False
-        # A body being read (state BODY): its request, and the bytes still
-        # to come.
+        # A body being read (state BODY): its request, the buffer it is
+        # read into, sized once from its Content-Length, and how much of it
+        # has come. Its bytes are held in the factory's budget until the
+        # request ends (_bodyHeld).
         self._bodyOf: ServerExchange | None = None
-        self._bodyParts: list[bytes] = []
-        self._bodyLeft = 0
+        self._body: mmap | None = None
+        self._bodyRead = 0
+        self._bodyHeld = 0
+        self._headAt = 0.0
 
     # The connection.
 
@@ -305,6 +353,7 @@ class ScrapePortConnection(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.state = ConnectionState.CLOSING
         self._cancelTimers()
+        self._bodyDone()
         exchange, self._exchange = self._exchange, None
         self._producer = None
         if exchange is not None:
@@ -454,16 +503,19 @@ class ScrapePortConnection(Protocol):
         path, _, query = self._url.partition(b"?")
         method = parser.get_method()
         bodyLength = 0
+        factory = self.factory
         if (length is not None and length.strip(b"0 \t")) or chunked:
-            limit = self.factory.bodies(method, path) if self.factory.bodies else None
+            limit = factory.bodies(method, path) if factory.bodies else None
+            self._headAt = factory.clock.seconds()
             if limit is None:
                 return self._refuse(bodyRefused(0))
             if chunked or length is None:
-                return self._refuse(_LENGTH_REQUIRED)
+                return self._refuseRequest(_LENGTH_REQUIRED, method, path, headers)
             # llhttp took it for a number: digits, perhaps padded.
             bodyLength = int(length.strip(b" \t"))
             if bodyLength > limit:
-                return self._refuse(bodyRefused(limit))
+                arrived = self._pending[self._offset : self._offset + factory.peekBytes]
+                return self._refuseRequest(bodyRefused(limit), method, path, headers, arrived)
         exchange = ServerExchange(
             self,
             method,
@@ -477,35 +529,71 @@ class ScrapePortConnection(Protocol):
         if bodyLength:
             if not self._admitted(exchange):
                 return
+            budget = factory.budget
+            if budget is not None:
+                overBudget = budget.take(bodyLength)
+                if overBudget is not None:
+                    return self._refuseRequest(overBudget, method, path, headers)
+            self._bodyHeld = bodyLength
+            self._continue(headers, version)
             # llhttp would take the next head for this body: the body is
             # counted here, and the next head goes to a parser of its own.
             self._parser = HttpRequestParser(self)
             self._bodyOf = exchange
-            self._bodyParts = []
-            self._bodyLeft = bodyLength
+            self._body = mmap(-1, bodyLength)
+            self._bodyRead = 0
             self.state = ConnectionState.BODY
             self._readBody()
             return
         self._begin(exchange)
+
+    def _continue(self, headers: dict[bytes, bytes], version: bytes) -> None:
+        """
+        Tell a client that asked (C{Expect: 100-continue}, RFC 9110
+        section 10.1.1) to send the body it holds back, now that its head
+        is accepted; one that sent the body already needs no telling.
+        """
+        if (
+            version == b"1.1"
+            and headers.get(b"expect", b"").strip().lower() == b"100-continue"
+            and self._offset >= len(self._pending)
+        ):
+            transport = self.transport
+            assert transport is not None
+            transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            PENDING.wrote(transport)
 
     def _readBody(self) -> None:
         """
         Take the body's bytes from those not yet parsed; once it is whole,
         answer its request.
         """
-        pending, offset = self._pending, self._offset
-        take = min(self._bodyLeft, len(pending) - offset)
+        body = self._body
+        assert body is not None
+        pending, offset, read = self._pending, self._offset, self._bodyRead
+        take = min(len(body) - read, len(pending) - offset)
         if take:
-            self._bodyParts.append(pending[offset : offset + take])
+            body[read : read + take] = memoryview(pending)[offset : offset + take]
             self._offset = offset + take
-            self._bodyLeft -= take
-        if self._bodyLeft:
+            self._bodyRead = read = read + take
+        if read < len(body):
             return
         exchange, self._bodyOf = self._bodyOf, None
         assert exchange is not None
-        exchange.body = b"".join(self._bodyParts)
-        self._bodyParts = []
+        exchange.body, self._body = body, None
         self._begin(exchange)
+
+    def _bodyDone(self, exchange: ServerExchange | None = None) -> None:
+        """
+        The request that had a body ended, however: its buffer is let go
+        and its bytes go back to the budget.
+        """
+        self._body = None
+        if exchange is not None:
+            exchange.body = b""
+        held, self._bodyHeld = self._bodyHeld, 0
+        if held and self.factory.budget is not None:
+            self.factory.budget.give(held)
 
     def _admitted(self, exchange: ServerExchange) -> bool:
         """
@@ -594,6 +682,7 @@ class ScrapePortConnection(Protocol):
             return
         self._exchange = None
         self._producer = None
+        self._bodyDone(exchange)
         if not exchange.persistent:
             self._close()
             return
@@ -631,6 +720,7 @@ class ScrapePortConnection(Protocol):
             self._producer = None
         self.state = ConnectionState.CLOSING
         self._cancelTimers()
+        self._bodyDone(exchange)
         cast(ITCPTransport, self.transport).abortConnection()
 
     def _nextRequest(self) -> None:
@@ -651,14 +741,20 @@ class ScrapePortConnection(Protocol):
 
     def _deadlinePassed(self) -> None:
         self._deadline = None
-        if self.state is ConnectionState.BODY:
-            return self._refuse(
+        exchange, body = self._bodyOf, self._body
+        if self.state is ConnectionState.BODY and exchange is not None and body is not None:
+            return self._refuseRequest(
                 Refusal(
                     408,
                     b"Request Timeout",
                     f"request body not complete within {self.factory.headerTimeout:g} seconds"
-                    f" of its request's start ({self._bodyLeft} bytes missing)",
-                )
+                    f" of its request's start ({self._bodyHeld - self._bodyRead} bytes"
+                    " missing)",
+                ),
+                exchange.method,
+                exchange.path,
+                exchange.headers,
+                body[: min(self._bodyRead, self.factory.peekBytes)],
             )
         self._refuse(headTimedOut(self.factory.headerTimeout))
 
@@ -670,6 +766,24 @@ class ScrapePortConnection(Protocol):
             self._idle = self.factory.clock.callLater(self.factory.idleTimeout, self._idleTimedOut)
             return
         self._close()
+
+    def _refuseRequest(
+        self,
+        refusal: Refusal,
+        method: bytes,
+        path: bytes,
+        headers: dict[bytes, bytes],
+        start: bytes = b"",
+    ) -> None:
+        """
+        Refuse a request whose head was read, telling the factory's
+        C{refused}.
+        """
+        refused = self.factory.refused
+        if refused is not None:
+            elapsed = self.factory.clock.seconds() - self._headAt
+            refused(RefusedRequest(method, path, headers, refusal, elapsed, start))
+        self._refuse(refusal)
 
     def _refuse(self, refusal: Refusal) -> None:
         """
@@ -690,6 +804,8 @@ class ScrapePortConnection(Protocol):
             return
         self.state = ConnectionState.CLOSING
         self._cancelTimers()
+        self._bodyOf = None
+        self._bodyDone()
         transport = self.transport
         assert transport is not None
         # TLS closes only once no producer is registered.
@@ -771,7 +887,7 @@ class ServerExchange:
         self.query = query
         self.headers = headers
         self.repeated = repeated
-        self.body = b""
+        self.body: RequestBody = b""
         self.code = 200
         self.persistent = persistent
         self.started = False

@@ -136,6 +136,7 @@ class AgentLink(Session):
     launchId = ""
     consolidated = False
     identity = ANONYMOUS
+    kind = "agent"
     _pathsLogged = 0
     # Set when the handshake completes: only an established agent's frames
     # stand for upstream's heartbeats.

@@ -48,6 +48,17 @@ class BadProxyRequest(Exception):
         self.kind = kind
 
 
+class Written(NamedTuple):
+    """
+    How Prometheus wrote a C{proxy_url} target: its port (C{""} when it
+    gave none) and its whole query, C{_scheme} where it was. A PushProx
+    client is sent them so, as PushProx's proxy sends it the request it got.
+    """
+
+    port: str
+    query: str
+
+
 class ProxyRoute(NamedTuple):
     """
     A host-routed request: the target and what to ask it for.
@@ -59,6 +70,7 @@ class ProxyRoute(NamedTuple):
     target: HostTarget
     path: str
     query: str
+    written: Written
 
     @property
     def shown(self) -> str:
@@ -120,7 +132,9 @@ def _absolute(scheme: str, rest: bytes, query: bytes) -> ProxyRoute:
     # An https:// request target (which Prometheus does not send) is https
     # unless _scheme says otherwise.
     chosen = given or ("https" if scheme == "https" else "")
-    return ProxyRoute(HostTarget(chosen, name, port), _checkedPath(path), remaining)
+    afterHost = text.rpartition("]")[2] if text.startswith("[") else text
+    written = Written(afterHost.partition(":")[2], query.decode("ascii"))
+    return ProxyRoute(HostTarget(chosen, name, port), _checkedPath(path), remaining, written)
 
 
 def _checkedPath(path: bytes) -> str:

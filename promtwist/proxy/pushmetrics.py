@@ -14,6 +14,10 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+# Go's prometheus.DefBuckets, which PushProx's histogram has (Python's
+# default buckets add .075, .75 and 7.5).
+GO_DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
 
 class PushProxMetrics:
     """
@@ -37,6 +41,7 @@ class PushProxMetrics:
             "Time PushProx client requests took, by path; a poll's is how long it was held"
             " (PushProx's name).",
             ["path"],
+            buckets=GO_DEFAULT_BUCKETS,
             registry=registry,
         )
         self._proxied = Counter(

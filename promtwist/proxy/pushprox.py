@@ -18,7 +18,9 @@ Where PushProx fails, this does not:
   - a poll whose connection closed is forgotten at once (L{Poll} notices
     the close), so it never takes a scrape; a scrape with no live poll
     waits for the next one, within its deadline, and fails with a reason
-    if none comes;
+    if none comes (a client that stops without closing still has its held
+    poll take one scrape, which fails at its deadline saying so: nothing
+    tells a frozen client from a slow one);
   - a poll is held at most C{pollHoldSecs}, then answered with PushProx's
     own expiry (408, which the client answers with a new poll), so an idle
     client keeps polling, and stays listed, however rarely it is scraped;
@@ -47,16 +49,23 @@ from twisted.python.failure import Failure
 
 from promtwist.addresses import peerAddress
 from promtwist.config.settings import Identity
-from promtwist.hostkeys import BadTarget, checkHost, hostKey, hostPort
+from promtwist.hostkeys import BadTarget, hostKey
 from promtwist.httpguard import AllowedNetworks
 from promtwist.logs import clip, observer
 from promtwist.protocol.promtwist_pb2 import Frame, Outcome, ScrapeResponse
 from promtwist.proxy.answers import ScrapeFailed, textAnswer
-from promtwist.proxy.auth import AuthenticationFailed, Authenticator
-from promtwist.proxy.exchange import Exchange
-from promtwist.proxy.httpserver import Guard, Handler
+from promtwist.proxy.auth import ANONYMOUS, AuthenticationFailed, Authenticator
+from promtwist.proxy.exchange import Exchange, RequestBody
+from promtwist.proxy.httpserver import Guard, Handler, RefusedRequest
+from promtwist.proxy.proxyurl import SCHEME_PARAM, Written
 from promtwist.proxy.pushmetrics import PushProxMetrics
-from promtwist.proxy.pushwire import MAX_PUSH_HEAD_BYTES, BadPush, ScrapeInstruction, parsePush
+from promtwist.proxy.pushwire import (
+    MAX_PUSH_HEAD_BYTES,
+    BadPush,
+    ScrapeInstruction,
+    parsePush,
+    pushedId,
+)
 from promtwist.proxy.registry import AgentHandle, RegistrationRefused, Registry
 from promtwist.proxy.relay import ScrapeCall
 from promtwist.proxy.stream import AnswerHead, ScrapeStream, TransferMetrics
@@ -231,6 +240,21 @@ class PendingScrape:
             )
         self.stream.responseReceived(response)
 
+    def refused(self, status: int, why: str) -> None:
+        """
+        The client's push for this scrape was refused (C{status}, 413 or
+        400, for C{why}): the scrape ends now with the reason, as an
+        agent's answer over the content limit or breaking the protocol
+        would end it (413, 502), not at its deadline.
+        """
+        reason = f"PushProx client {self.name!r} pushed {why}"
+        if status == 413:
+            response = ScrapeResponse(outcome=Outcome.TOO_LARGE, reason=reason, last=True)
+        else:
+            response = ScrapeResponse(status=502, reason=reason, last=True)
+        _log.warn("{reason}", reason=reason)
+        self.stream.responseReceived(response)
+
     def _timedOut(self) -> None:
         self._timer = None
         if self.state is ScrapeState.QUEUED:
@@ -277,6 +301,11 @@ class ClientKey:
     What tells one PushProx client from another: PushProx's clients say
     only their FQDN, so two that share one are told apart by the identity
     they proved and the address they poll from.
+
+    @ivar fqdn: the FQDN as the client spells it, which its own check
+        compares the scrapes it is sent with, byte for byte; two spellings
+        of one name (C{node1}, C{NODE1.}) are two clients of one host, and
+        the registry's ownership rule decides between them.
     """
 
     fqdn: str
@@ -296,14 +325,15 @@ class PushProxClient:
 
     consolidated = False
     launchId = ""
+    kind = "PushProx client"
 
     def __init__(self, hub: PushProxHub, key: ClientKey, agentId: str, identity: Identity) -> None:
         self.hub = hub
-        self.key = key
         self.agentId = agentId
         self.identity = identity
         self.fqdn = key.fqdn
         self.name = key.fqdn
+        self.key = key
         self.hostName = key.address
         self.role = "holder"
         self.poll: Poll | None = None
@@ -333,6 +363,19 @@ class PushProxClient:
         if old is not None:
             old.expire("a newer poll came")
         self._sendNext()
+
+    def moved(self, key: ClientKey) -> None:
+        """
+        The client polls from another address now (C{key}'s): a NAT that
+        changed, another front end, the other address family.
+        """
+        _log.info(
+            "PushProx client {client} polls from {address} now",
+            client=self.described,
+            address=key.address,
+        )
+        self.key = key
+        self.hostName = key.address
 
     def _sendNext(self) -> None:
         """
@@ -429,7 +472,9 @@ class PushProxHub:
     @ivar clients: every client, by L{ClientKey}.
     @ivar pollHold: seconds a poll is held before it expires.
     @ivar clientGrace: seconds a client without a poll is kept.
-    @ivar pushLimit: the most bytes a push body may have.
+    @ivar maxContent: the most bytes a pushed answer's body may have, as
+        for an agent's answer (C{proxy.internal.maxUnzippedContentSizeMBytes}).
+    @ivar pushLimit: the most bytes a push may have: that and its head.
     """
 
     def __init__(
@@ -463,6 +508,7 @@ class PushProxHub:
         self.clock = clock
         self.pollHold = pollHold
         self.clientGrace = clientGrace
+        self.maxContent = maxContentBytes
         self.pushLimit = maxContentBytes + MAX_PUSH_HEAD_BYTES
         self.clients: dict[ClientKey, PushProxClient] = {}
         self._scrapes: dict[str, PendingScrape] = {}
@@ -514,6 +560,35 @@ class PushProxHub:
 
         return guarded
 
+    def refused(self, request: RefusedRequest) -> None:
+        """
+        A poll or push the server refused before it reached the hub (its
+        body undeclared, too large, over the budget, or too slow) is
+        counted; a push whose start names a scrape ends that scrape with
+        the reason.
+        """
+        path = request.path
+        if request.method != b"POST" or path not in (POLL_PATH, PUSH_PATH):
+            return
+        status = request.refusal.status
+        self.metrics.answered(path.decode("ascii"), status, request.seconds)
+        if path != PUSH_PATH or not request.start:
+            return
+        try:
+            identity = self._prove(request.headers)
+        except AuthenticationFailed:
+            return
+        if status == 413:
+            declared = request.headers.get(b"content-length", b"?").strip().decode("latin-1")
+            why = (
+                f"{declared} bytes, over the push limit of {self.pushLimit}: the content"
+                f" limit of {self.maxContent} bytes"
+                " (proxy.internal.maxUnzippedContentSizeMBytes) and 64 KiB for its head"
+            )
+        else:
+            why = f"no whole answer: {request.refusal.reason}"
+        self._pushRefused(request.start, identity, status, why)
+
     def _measure(self, path: bytes) -> Answered:
         """
         What counts a request for C{path}, begun now, once it is answered.
@@ -549,7 +624,8 @@ class PushProxHub:
         if identity is None:
             return
         try:
-            fqdn = checkHost(exchange.body.decode("ascii").strip())
+            fqdn = bytes(exchange.body).decode("ascii").strip()
+            claim = hostKey(fqdn, None)
         except UnicodeDecodeError:
             why = "the poll's body must be the client's FQDN in ASCII"
             return refuse(exchange, answered, 400, why)
@@ -559,12 +635,12 @@ class PushProxHub:
             )
         ip = peerAddress(exchange.client)
         key = ClientKey(fqdn, identity.name, str(ip) if ip is not None else "local")
-        client = self.clients.get(key)
+        client = self.clients.get(key) or self._moved(key)
         if client is None:
             client = PushProxClient(self, key, f"pushprox-{next(self._ids)}", identity)
             self.registry.addAgent(client)
             try:
-                placement = self.registry.registerPath(client, hostKey(fqdn, None), fqdn, {})
+                placement = self.registry.registerPath(client, claim, fqdn, {})
             except RegistrationRefused as e:
                 self.registry.removeAgent(client, "unregistered")
                 return refuse(exchange, answered, 403, f"PushProx client {fqdn!r} refused: {e}")
@@ -578,6 +654,32 @@ class PushProxHub:
             )
         client.polled(exchange, answered)
 
+    def _moved(self, key: ClientKey) -> PushProxClient | None:
+        """
+        The known client that a poll under a new C{key} comes from, moved
+        to another address, if any; it is known under C{key} from now on.
+
+        A client that proved an identity (a token) is that identity's
+        client of its FQDN wherever it polls from: it moves at once, and
+        its newer poll replaces the older as any newer poll does. An
+        anonymous client has only its address to tell it from another, so
+        a poll from a new address is the same client moved only while no
+        poll of that FQDN's client is held: a client that polls keeps its
+        FQDN against a newcomer (who waits as a standby), and one that
+        stopped polling is taken over at once, not after its grace.
+        """
+        anonymous = key.identity == ANONYMOUS.name
+        for client in self.clients.values():
+            old = client.key
+            if (old.fqdn, old.identity) == (key.fqdn, key.identity) and (
+                not anonymous or client.poll is None
+            ):
+                del self.clients[old]
+                self.clients[key] = client
+                client.moved(key)
+                return client
+        return None
+
     def push(self, exchange: Exchange, answered: Answered) -> None:
         identity = self._identity(exchange, answered)
         if identity is None:
@@ -585,6 +687,7 @@ class PushProxHub:
         try:
             answer = parsePush(exchange.body)
         except BadPush as e:
+            self._pushRefused(exchange.body, identity, 400, f"an answer that is not one: {e}")
             return refuse(exchange, answered, 400, f"bad push: {e}")
         scrape = self._scrapes.get(answer.scrapeId)
         if scrape is None or scrape.state is not ScrapeState.SENT:
@@ -602,6 +705,10 @@ class PushProxHub:
                 403,
                 f"scrape {answer.scrapeId} was not sent to this client's identity",
             )
+        if len(answer.body) > self.maxContent:
+            why = self._tooLarge(f"a body of {len(answer.body)} bytes")
+            scrape.refused(413, why)
+            return refuse(exchange, answered, 413, f"push refused: {why}")
         scrape.answered(
             answer.status,
             answer.header(b"content-type"),
@@ -611,6 +718,27 @@ class PushProxHub:
         exchange.setStatus(200)
         exchange.finishWith(b"")
         answered(200)
+
+    def _tooLarge(self, what: str) -> str:
+        return (
+            f"{what}, over the content limit of {self.maxContent} bytes"
+            " (proxy.internal.maxUnzippedContentSizeMBytes)"
+        )
+
+    def _pushRefused(self, data: RequestBody, identity: Identity, status: int, why: str) -> None:
+        """
+        A push that could not be taken, C{data} being it or the start of
+        it, was refused with C{status}: the scrape its head names, if one
+        waits for this identity's push, ends with C{why}.
+        """
+        scrapeId = pushedId(data)
+        scrape = self._scrapes.get(scrapeId) if scrapeId is not None else None
+        if (
+            scrape is not None
+            and scrape.state is ScrapeState.SENT
+            and scrape.client.identity == identity
+        ):
+            scrape.refused(status, why)
 
     def listClients(self, exchange: Exchange, answered: Answered) -> None:
         """
@@ -644,22 +772,29 @@ class PushProxHub:
                 " (proxy.pushprox.allowedNetworks)",
             )
             return None
-        value = exchange.headers.get(b"authorization", b"")
-        scheme, _, token = value.strip().partition(b" ")
-        if value and scheme.lower() != b"bearer":
-            refuse(exchange, answered, 401, "PushProx clients authenticate with a bearer token")
-            return None
         try:
-            return self.authenticator.authenticate(token.strip().decode("latin-1"), None)
+            return self._prove(exchange.headers)
         except AuthenticationFailed as e:
             exchange.addHeader(b"WWW-Authenticate", b'Bearer realm="promtwist"')
             refuse(exchange, answered, 401, f"PushProx client not authenticated: {e}")
             return None
 
+    def _prove(self, headers: dict[bytes, bytes]) -> Identity:
+        """
+        The identity C{headers}' C{Authorization: Bearer} proves.
+
+        @raise AuthenticationFailed: if they prove none.
+        """
+        value = headers.get(b"authorization", b"")
+        scheme, _, token = value.strip().partition(b" ")
+        if value and scheme.lower() != b"bearer":
+            raise AuthenticationFailed("PushProx clients authenticate with a bearer token")
+        return self.authenticator.authenticate(token.strip().decode("latin-1"), None)
+
     # Scrapes.
 
     def newScrape(self, client: PushProxClient, call: ScrapeCall) -> PendingScrape:
-        url, hostPort = targetOf(call)
+        url, hostPort = targetOf(call, client.fqdn)
         headers = (
             (b"Accept", call.accept),
             (b"Accept-Encoding", call.acceptEncoding),
@@ -727,17 +862,27 @@ class PushProxHub:
             self.forgetClient(client, "the proxy is stopping")
 
 
-def targetOf(call: ScrapeCall) -> tuple[str, str]:
+def targetOf(call: ScrapeCall, fqdn: str) -> tuple[str, str]:
     """
-    The absolute URL a host-routed scrape asks for, and its C{host:port}.
-    An https target is asked for as PushProx's proxy asks its clients,
-    with C{_scheme=https}: the client switches the scheme and drops it.
+    The absolute URL a host-routed scrape asks for, and its authority, as
+    PushProx's proxy sends them: the port and query as Prometheus wrote
+    them (no default port added, C{_scheme} where it was), the host spelled
+    as the client spells its C{fqdn} (routing ignores case and a final dot,
+    the client's check does not). An https target is asked for with
+    C{_scheme=https}, as PushProx's users write it: the client switches the
+    scheme and drops it.
     """
     target = call.target
     assert target is not None, "PushProx clients serve host-routed scrapes only"
-    address = hostPort(target.host, target.port)
-    query = call.query
-    if target.scheme == "https":
-        query = f"{query}&_scheme=https" if query else "_scheme=https"
+    written = call.written or Written(str(target.port), call.query)
+    host = fqdn[1:-1] if fqdn.startswith("[") else fqdn
+    address = f"[{host}]" if ":" in host else host
+    if written.port:
+        address += f":{written.port}"
+    query = written.query
+    if target.scheme == "https" and not any(
+        param.startswith(f"{SCHEME_PARAM}=") for param in query.split("&")
+    ):
+        query = f"{query}&{SCHEME_PARAM}=https" if query else f"{SCHEME_PARAM}=https"
     url = f"http://{address}{call.path}"
     return (f"{url}?{query}" if query else url), address

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from mmap import mmap
 
 from httptools import HttpParserError, HttpResponseParser
 
@@ -59,7 +60,10 @@ _USER_AGENT = b"promtwist/" + __version__.public().encode("ascii")
 # the scrape handler; this is the last line of defence).
 _UNSAFE = re.compile(rb"[^\x20-\x7e]")
 # A PushProx scrape id: a UUID as Go's uuid.New().String() writes it.
-_SCRAPE_ID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+_UUID = rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_SCRAPE_ID = re.compile(_UUID + rb"\Z")
+# An Id header line of a pushed head, however it is cased.
+_ID_LINE = re.compile(rb"^id:[ \t]*(" + _UUID + rb")[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
 
 
 class BadPush(Exception):
@@ -177,7 +181,7 @@ class _PushReader:
         self.complete = True
 
 
-def parsePush(data: bytes) -> PushedAnswer:
+def parsePush(data: bytes | mmap) -> PushedAnswer:
     """
     Read the HTTP response a PushProx client pushed in C{data}.
 
@@ -192,7 +196,7 @@ def parsePush(data: bytes) -> PushedAnswer:
         if len(data) > MAX_PUSH_HEAD_BYTES:
             raise BadPush(f"the pushed answer's head is over {MAX_PUSH_HEAD_BYTES} bytes")
         raise BadPush("the pushed answer's head is not complete (no empty line ends it)")
-    if data.startswith(_GO_UNVERSIONED):
+    if data[: len(_GO_UNVERSIONED)] == _GO_UNVERSIONED:
         # PushProx's client pushes its own errors as responses it built
         # without a protocol version, which Go writes as HTTP/0.0 and reads
         # back; llhttp knows no such version. Its body runs to the end.
@@ -200,7 +204,8 @@ def parsePush(data: bytes) -> PushedAnswer:
     reader = _PushReader()
     parser = HttpResponseParser(reader)
     try:
-        parser.feed_data(data)
+        with memoryview(data) as view:
+            parser.feed_data(view)
     except HttpParserError as e:
         if isinstance(e.__context__, BadPush):
             raise e.__context__ from None
@@ -223,6 +228,19 @@ def parsePush(data: bytes) -> PushedAnswer:
     if not _SCRAPE_ID.match(scrapeId):
         raise BadPush(f"Id {clip(scrapeId.decode('latin-1'), 60)!r} is not a scrape id")
     return PushedAnswer(scrapeId.decode("ascii"), status, reader.headers, b"".join(reader.body))
+
+
+def pushedId(data: bytes | mmap) -> str | None:
+    """
+    The scrape id the head of a push that cannot be read whole names, if
+    it names one: so that a push refused as malformed or too large still
+    ends the scrape it answers, with the refusal's reason, rather than
+    leaving it to its deadline.
+    """
+    end = data.find(b"\r\n\r\n", 0, MAX_PUSH_HEAD_BYTES)
+    head = data[: end if end >= 0 else MAX_PUSH_HEAD_BYTES]
+    found = _ID_LINE.findall(head)
+    return found[0].lower().decode("ascii") if len(found) == 1 else None
 
 
 _GO_UNVERSIONED = b"HTTP/0.0 "

@@ -23,7 +23,7 @@ from twisted.logger import Logger
 
 from promtwist.config.settings import Identity, ProxySettings
 from promtwist.hostkeys import hostKey
-from promtwist.logs import observer
+from promtwist.logs import clip, observer
 from promtwist.proxy.ownaddress import OwnAddresses
 from promtwist.proxy.registration import RegistrationRefused as RegistrationRefused
 from promtwist.proxy.registration import checkRegistration, shown, utf8Size
@@ -40,6 +40,8 @@ class AgentHandle(Protocol):
     launchId: str
     consolidated: bool
     identity: Identity
+    # What it is, as reasons name it: "agent", or "PushProx client".
+    kind: str
 
     def pathRoleChanged(
         self,
@@ -145,21 +147,29 @@ class PathEntry:
     since: float = 0.0
     standbys: tuple[Claim, ...] = ()
     # A path whose last agent left (Registry.departed): who served it last,
-    # as (name, host name), and when it left; agents is then empty.
-    departedFrom: tuple[tuple[str, str], ...] = ()
+    # as (kind, name, host name), and when it left; agents is then empty.
+    departedFrom: tuple[tuple[str, str, str], ...] = ()
     leftAt: float | None = None
 
     @property
     def agentNames(self) -> str:
         if self.agents:
             return ", ".join(agent.name for agent in self.agents)
-        return ", ".join(name for name, _ in self.departedFrom)
+        return ", ".join(name for _, name, _ in self.departedFrom)
 
     @property
     def hostNames(self) -> str:
         if self.agents:
             return ", ".join(agent.hostName for agent in self.agents)
-        return ", ".join(host for _, host in self.departedFrom)
+        return ", ".join(host for _, _, host in self.departedFrom)
+
+    @property
+    def departedAs(self) -> str:
+        """
+        Who served a departed path last, as reasons name it: C{agent
+        'app'}, or C{PushProx client 'node1.example'}.
+        """
+        return ", ".join(f"{kind} {clip(name)!r}" for kind, name, _ in self.departedFrom)
 
 
 class Listed(NamedTuple):
@@ -705,7 +715,7 @@ class Registry:
                 # Its discovery text is what it was: readers may keep theirs.
                 entry.changed,
                 entry.since,
-                departedFrom=((agent.name, agent.hostName),),
+                departedFrom=((agent.kind, agent.name, agent.hostName),),
                 leftAt=self._now(),
             ),
             entry.cost,

@@ -39,6 +39,7 @@ from promtwist.logs import RepeatedWarnings, observer
 from promtwist.metrics import ScrapeLeg
 from promtwist.proxy.answers import ScrapeFailed, ScrapeRecord, textAnswer, upstreamType
 from promtwist.proxy.exchange import Exchange
+from promtwist.proxy.proxyurl import Written
 from promtwist.proxy.stream import AnswerHead, ScrapeStream
 
 TIMEOUT_HEADER = b"x-prometheus-scrape-timeout-seconds"
@@ -61,6 +62,8 @@ class ScrapeCall:
         its metric series) is named by: the path, or the target's claim
         (C{//host} for a claim on any port, whichever port was asked
         for). By default the path, or the target's exact host key.
+    @ivar written: how Prometheus wrote C{target}'s port and query, for a
+        host-routed scrape.
     """
 
     path: str
@@ -71,6 +74,7 @@ class ScrapeCall:
     deadline: float
     target: HostTarget | None = None
     key: str = ""
+    written: Written | None = None
 
     def __post_init__(self) -> None:
         if not self.key:

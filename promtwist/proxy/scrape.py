@@ -22,7 +22,13 @@ from promtwist.proxy.answers import ScrapeRecord, header, textAnswer, upstreamTy
 from promtwist.proxy.consolidated import BufferBudget, CollectMerge
 from promtwist.proxy.discovery import Discovery
 from promtwist.proxy.exchange import Exchange
-from promtwist.proxy.proxyurl import BadProxyRequest, ProxyRoute, badQueryByte, proxyRoute
+from promtwist.proxy.proxyurl import (
+    BadProxyRequest,
+    ProxyRoute,
+    Written,
+    badQueryByte,
+    proxyRoute,
+)
 from promtwist.proxy.registry import Registry
 from promtwist.proxy.relay import (
     BodyStrategy,
@@ -132,7 +138,7 @@ class ScrapeHandler:
                 f"target {clip(target.address)} is this proxy's own address:"
                 " scrape its paths without proxy_url",
             )
-        self._relay(exchange, started, route.path, route.query, route.target)
+        self._relay(exchange, started, route.path, route.query, route.target, route.written)
 
     def _relay(
         self,
@@ -141,6 +147,7 @@ class ScrapeHandler:
         path: str,
         query: str,
         target: HostTarget | None = None,
+        written: Written | None = None,
     ) -> None:
         """
         Hand a checked request to the agents serving its path, or its
@@ -162,8 +169,7 @@ class ScrapeHandler:
             if gone is not None:
                 assert gone.leftAt is not None
                 reason = (
-                    f"agent {clip(gone.agentNames)!r} disconnected"
-                    f" {self.clock.seconds() - gone.leftAt:.0f}s ago"
+                    f"{gone.departedAs} disconnected {self.clock.seconds() - gone.leftAt:.0f}s ago"
                 )
                 return self._refuse(exchange, key, 503, "agent_disconnected", reason)
             return self._refuse(exchange, key, 404, "invalid_path", f"no agent serves {named}")
@@ -176,6 +182,7 @@ class ScrapeHandler:
             scrapeDeadline(exchange.headers, self.settings),
             target,
             key,
+            written,
         )
         sources = [cast(ScrapeSource, agent) for agent in agents]
         limit = self.settings.max_unzipped_content_size_mbytes * MiB

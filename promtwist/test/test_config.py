@@ -1457,9 +1457,10 @@ class PushProxKeysTests(SynchronousTestCase):
                 settings.pushprox_enabled,
                 settings.pushprox_poll_hold_secs,
                 settings.pushprox_client_grace_secs,
+                settings.pushprox_push_budget_mbytes,
                 settings.pushprox_allowed_networks,
             ),
-            (True, 50.0, 15.0, ()),
+            (True, 50.0, 15.0, 64, ()),
         )
 
     def test_read(self) -> None:
@@ -1467,7 +1468,7 @@ class PushProxKeysTests(SynchronousTestCase):
         with open(path, "w") as f:
             f.write(
                 "proxy.pushprox { enabled = false, pollHoldSecs = 20, clientGraceSecs = 3,"
-                ' allowedNetworks = ["10.0.0.0/8", "192.0.2.7"] }\n'
+                ' pushBudgetMBytes = 8, allowedNetworks = ["10.0.0.0/8", "192.0.2.7"] }\n'
             )
         settings = loadProxySettings({"config": path}, {})
         self.assertEqual(
@@ -1475,9 +1476,10 @@ class PushProxKeysTests(SynchronousTestCase):
                 settings.pushprox_enabled,
                 settings.pushprox_poll_hold_secs,
                 settings.pushprox_client_grace_secs,
+                settings.pushprox_push_budget_mbytes,
                 settings.pushprox_allowed_networks,
             ),
-            (False, 20.0, 3.0, ("10.0.0.0/8", "192.0.2.7/32")),
+            (False, 20.0, 3.0, 8, ("10.0.0.0/8", "192.0.2.7/32")),
         )
 
     def test_refused(self) -> None:
@@ -1485,6 +1487,10 @@ class PushProxKeysTests(SynchronousTestCase):
             (
                 "proxy.pushprox.pollHoldSecs = 0",
                 "proxy.pushprox.pollHoldSecs: expected a number > 0",
+            ),
+            (
+                "proxy.pushprox.pushBudgetMBytes = 0",
+                "proxy.pushprox.pushBudgetMBytes: expected",
             ),
             ('proxy.pushprox.allowedNetworks = ["nope"]', "proxy.pushprox.allowedNetworks[0]"),
         ]:

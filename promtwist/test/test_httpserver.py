@@ -19,6 +19,7 @@ from zope.interface import implementer
 
 from promtwist.httpguard import ABORT_TIMEOUT
 from promtwist.proxy.access import RequireCredentials
+from promtwist.proxy.bodybudget import BodyBudget
 from promtwist.proxy.exchange import Exchange
 from promtwist.proxy.httpserver import ConnectionState, ScrapePortConnection, ScrapePortFactory
 from promtwist.test import test_webguard
@@ -825,6 +826,26 @@ class RequestBodyTests(SynchronousTestCase):
         self.connection.dataReceived(b"POST /in HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
         self.assertEqual(self.answer().body, b"POST /in ")
 
+    def test_expectContinue(self) -> None:
+        """
+        A client that waits for leave to send its body (C{Expect:
+        100-continue}) gets 100 Continue once its head is accepted, then
+        its answer; one refused on its head gets only the refusal, and one
+        that sent its body anyway no interim answer.
+        """
+        head = b"POST /in HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n"
+        self.connection.dataReceived(head % 2)
+        self.assertEqual(self.transport.value(), b"HTTP/1.1 100 Continue\r\n\r\n")
+        self.connection.dataReceived(b"ab")
+        final = self.transport.value().partition(b"\r\n\r\n")[2]
+        self.assertEqual(parseResponse(final).body, b"POST /in ab")
+        self.connection, self.transport = connect(factory(Echo(), self.clock, bodies=_bodies))
+        self.connection.dataReceived(head % 11)
+        self.assertEqual(self.answer().status, 413)
+        self.connection, self.transport = connect(factory(Echo(), self.clock, bodies=_bodies))
+        self.connection.dataReceived(head % 2 + b"ab")
+        self.assertTrue(self.transport.value().startswith(b"HTTP/1.1 200 "))
+
     def test_guardBeforeBody(self) -> None:
         """
         The guard is asked on the head of a request with a body, before the
@@ -835,7 +856,7 @@ class RequestBodyTests(SynchronousTestCase):
         asked: list[bytes] = []
 
         def guard(exchange: Exchange) -> bool:
-            asked.append(exchange.body)
+            asked.append(bytes(exchange.body))
             if exchange.headers.get(b"authorization") == b"ok":
                 return True
             exchange.setStatus(401)
@@ -852,3 +873,92 @@ class RequestBodyTests(SynchronousTestCase):
         )
         self.assertEqual(parseResponse(transport.value()).body, b"POST /in ab")
         self.assertEqual(asked, [b"", b""])
+
+
+class BodyBudgetTests(SynchronousTestCase):
+    """
+    The port's L{BodyBudget} bounds the body bytes all its connections hold
+    at once, checked on each head, given back when each request ends.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.budget = BodyBudget(15, "test.budget")
+        self.refusals: list[tuple[bytes, bytes, int, float]] = []
+        self.site = factory(
+            Echo(),
+            self.clock,
+            bodies=_bodies,
+            budget=self.budget,
+            refused=lambda r: self.refusals.append((r.method, r.path, r.refusal.status, r.seconds)),
+        )
+
+    def post(self, length: int, body: bytes) -> tuple[ScrapePortConnection, StringTransport]:
+        connection, transport = connect(self.site)
+        connection.dataReceived(
+            b"POST /in HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (length, body)
+        )
+        return connection, transport
+
+    def test_overBudget(self) -> None:
+        """
+        A body that would pass the budget beside those being read gets 503
+        on its head, saying why and which setting to raise, and is counted;
+        one that fits is read.
+        """
+        slow, _ = self.post(10, b"abc")
+        self.assertEqual(self.budget.held, 10)
+        _, refused = self.post(6, b"")
+        r = parseResponse(refused.value())
+        self.assertEqual(r.status, 503)
+        self.assertIn(b"this one's 6 would pass their budget of 15 (test.budget)", r.body)
+        self.assertTrue(refused.disconnecting)
+        self.assertEqual(self.refusals, [(b"POST", b"/in", 503, 0.0)])
+        _, fits = self.post(5, b"12345")
+        self.assertEqual(parseResponse(fits.value()).body, b"POST /in 12345")
+        self.assertEqual(self.budget.held, 10)
+        slow.connectionLost(Failure(ConnectionError("gone")))
+        self.assertEqual(self.budget.held, 0)
+
+    def test_givenBackOnTimeout(self) -> None:
+        """
+        A body too slow to arrive gives its bytes back with its 408, which
+        is counted with the seconds it took.
+        """
+        self.post(10, b"abc")
+        self.clock.advance(10)
+        self.assertEqual(self.budget.held, 0)
+        self.assertEqual(self.refusals, [(b"POST", b"/in", 408, 10.0)])
+
+    def test_givenBackWhenAnswered(self) -> None:
+        """
+        A body's bytes are held while its request is answered, and given
+        back, its buffer let go, when the answer is done.
+        """
+        held = Held()
+        self.site.handler = held
+        self.post(10, b"0123456789")
+        self.assertEqual(self.budget.held, 10)
+        (exchange,) = held.exchanges
+        self.assertEqual(bytes(exchange.body), b"0123456789")
+        exchange.finishWith(b"")
+        self.assertEqual((self.budget.held, exchange.body), (0, b""))
+
+    def test_oneAlwaysFits(self) -> None:
+        """
+        A body larger than the budget is still read when no other is, so a
+        small budget slows bodies down rather than refusing them all.
+        """
+        self.budget.limit = 4
+        _, transport = self.post(10, b"0123456789")
+        self.assertEqual(parseResponse(transport.value()).body, b"POST /in 0123456789")
+
+    def test_serverRefusalsCounted(self) -> None:
+        """
+        Bodies the server refuses on their head (undeclared, too large) are
+        told to C{refused} too; requests without bodies are not.
+        """
+        connection, _ = connect(self.site)
+        connection.dataReceived(b"POST /in HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+        self.post(11, b"")
+        self.assertEqual(self.refusals, [(b"POST", b"/in", 411, 0.0), (b"POST", b"/in", 413, 0.0)])

@@ -9,7 +9,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from promtwist.hostkeys import HostTarget, hostKey
-from promtwist.proxy.proxyurl import BadProxyRequest, ProxyRoute, proxyRoute
+from promtwist.proxy.proxyurl import BadProxyRequest, ProxyRoute, Written, proxyRoute
 from promtwist.proxy.registry import RegistrationRefused, Registry
 from promtwist.test.test_relay import FakeLink, Proxy, response
 
@@ -18,17 +18,31 @@ class ProxyRouteTests(SynchronousTestCase):
     def test_absolute(self) -> None:
         """
         An absolute URI names the target, whatever C{Host} says; its path and
-        query are kept as sent, C{_scheme} taken out of the query.
+        query are kept as sent, C{_scheme} taken out of the query, and its
+        port and whole query as written are kept too.
         """
         route = proxyRoute(b"http://Node1:9100/a%20b", b"x=1&_scheme=https&y")
-        self.assertEqual(route, ProxyRoute(HostTarget("https", "node1", 9100), "/a%20b", "x=1&y"))
+        self.assertEqual(
+            route,
+            ProxyRoute(
+                HostTarget("https", "node1", 9100),
+                "/a%20b",
+                "x=1&y",
+                Written("9100", "x=1&_scheme=https&y"),
+            ),
+        )
         route = proxyRoute(b"http://[::1]:9100", b"")
-        self.assertEqual(route, ProxyRoute(HostTarget("", "::1", 9100), "/", ""))
+        self.assertEqual(
+            route, ProxyRoute(HostTarget("", "::1", 9100), "/", "", Written("9100", ""))
+        )
         self.assertEqual(route.shown if route else "", "//[::1]:9100")
 
     def test_defaultPorts(self) -> None:
         route = proxyRoute(b"http://node1/metrics", b"")
         self.assertEqual(route and route.target, HostTarget("", "node1", 80))
+        self.assertEqual(route and route.written, Written("", ""))
+        route = proxyRoute(b"http://[::1]/metrics", b"")
+        self.assertEqual(route and route.written, Written("", ""))
         route = proxyRoute(b"https://node1/metrics", b"_scheme=http")
         self.assertEqual(route and route.target, HostTarget("http", "node1", 443))
         route = proxyRoute(b"HTTPS://node1/metrics", b"")

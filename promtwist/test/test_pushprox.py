@@ -25,8 +25,9 @@ from promtwist.proxy.access import guarded
 from promtwist.proxy.answers import ScrapeFailed, ScrapeRecord
 from promtwist.proxy.auth import Authenticator
 from promtwist.proxy.exchange import Exchange
-from promtwist.proxy.httpserver import ScrapePortConnection
+from promtwist.proxy.httpserver import Handler, ScrapePortConnection
 from promtwist.proxy.pushprox import POLL_EXPIRED, RESERVED_PATHS, PushProxHub
+from promtwist.proxy.pushwire import MAX_PUSH_HEAD_BYTES
 from promtwist.proxy.registry import Registry
 from promtwist.proxy.relay import ScrapeCall
 from promtwist.proxy.scrape import ScrapeHandler
@@ -80,18 +81,26 @@ class Collected:
         self.failure = failure
 
 
+def notPushProx(exchange: Exchange) -> None:
+    exchange.setStatus(404)
+    exchange.finishWith(b"not pushprox\n")
+
+
 class Port:
     """
-    A scrape port serving only PushProx's paths through C{hub}.
+    A scrape port serving PushProx's paths through C{hub}, as the proxy
+    builds it, and every other request with C{handler}.
     """
 
-    def __init__(self, hub: PushProxHub, clock: Clock) -> None:
-        def handler(exchange: Exchange) -> None:
-            if not hub.route(exchange):
-                exchange.setStatus(404)
-                exchange.finishWith(b"not pushprox\n")
-
-        self.site = factory(handler, clock, bodies=hub.bodyLimit, guard=hub.guard(None))
+    def __init__(self, hub: PushProxHub, clock: Clock, handler: Handler = notPushProx) -> None:
+        self.site = factory(
+            hub.front(handler),
+            clock,
+            bodies=hub.bodyLimit,
+            guard=hub.guard(None),
+            refused=hub.refused,
+            peekBytes=MAX_PUSH_HEAD_BYTES,
+        )
 
     def connect(self, host: str = "10.1.1.1") -> tuple[ScrapePortConnection, StringTransport]:
         return connect(self.site, IPv4Address("TCP", host, 40000))
@@ -350,6 +359,18 @@ class HubTests(HubCase):
             value("pushprox_http_requests_total", {"code": "200", "path": "/clients"}), 1
         )
         self.assertEqual(value("pushprox_http_duration_seconds_sum", {"path": "/poll"}), 3)
+        # Go's default buckets, as PushProx's histogram has.
+        buckets = [
+            sample.labels["le"]
+            for family in self.metrics.collect()
+            for sample in family.samples
+            if sample.name == "pushprox_http_duration_seconds_bucket"
+            and sample.labels["path"] == "/poll"
+        ]
+        self.assertEqual(
+            buckets,
+            "0.005 0.01 0.025 0.05 0.1 0.25 0.5 1.0 2.5 5.0 10.0 +Inf".split(),
+        )
         self.assertEqual(value("pushprox_proxy_clients"), 1)
         self.assertEqual(value("pushproxy_proxied_requests_total", {"code": "200"}), 1)
         # A scrape no poll took in time counts with the status it got.
@@ -375,6 +396,109 @@ class HubTests(HubCase):
                 "pushprox_proxy_clients": ("gauge", {frozenset()}),
             },
         )
+
+    def test_serverRefusalsCounted(self) -> None:
+        """
+        Polls and pushes the server refuses before they reach the hub (a
+        body undeclared, too large, too slow) count in PushProx's series.
+        """
+        value = self.metrics.get_sample_value
+        connection, _ = self.port.connect()
+        connection.dataReceived(b"POST /push HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+        self.port.request(b"POST", b"/poll", b"x" * 1000)
+        connection, _ = self.port.connect()
+        connection.dataReceived(b"POST /push HTTP/1.1\r\nContent-Length: 5\r\n\r\nab")
+        self.clock.advance(10)
+        self.assertEqual(value("pushprox_http_requests_total", {"code": "411", "path": "/push"}), 1)
+        self.assertEqual(value("pushprox_http_requests_total", {"code": "413", "path": "/poll"}), 1)
+        self.assertEqual(value("pushprox_http_requests_total", {"code": "408", "path": "/push"}), 1)
+        self.assertEqual(value("pushprox_http_duration_seconds_sum", {"path": "/push"}), 10)
+
+    def test_spellingKept(self) -> None:
+        """
+        A client's FQDN is kept as it spelled it, case and final dot and
+        all: C{/clients} lists it so, and the scrapes it is sent name it
+        so, since the client compares their host with its own exactly.
+        """
+        _, poll = self.poll(b"NODE1.Example.")
+        Collected(self.client().scrape(scrapeCall()))
+        lines = answer(poll).body.split(b"\r\n")
+        self.assertEqual(lines[0], b"GET http://NODE1.Example.:9100/metrics HTTP/1.1")
+        self.assertEqual(lines[1], b"Host: NODE1.Example.:9100")
+        _, transport = self.port.request(b"GET", b"/clients")
+        self.assertEqual(
+            json.loads(answer(transport).body), [{"targets": ["NODE1.Example."], "labels": None}]
+        )
+
+    def test_spellingsDoNotCancel(self) -> None:
+        """
+        Two clients whose FQDNs differ only in spelling are two clients of
+        one host: neither's poll answers the other's; the second waits as
+        a standby.
+        """
+        _, first = self.poll(b"node1.example")
+        _, second = self.poll(b"NODE1.EXAMPLE.")
+        _, third = self.poll(b"::1", host="10.1.1.2")
+        _, fourth = self.poll(b"0:0:0:0:0:0:0:1", host="10.1.1.2")
+        self.assertEqual([t.value() for t in (first, second, third, fourth)], [b""] * 4)
+        roles = sorted((c.fqdn, c.role) for c in self.hub.clients.values())
+        self.assertEqual(
+            roles,
+            [
+                ("0:0:0:0:0:0:0:1", "standby"),
+                ("::1", "holder"),
+                ("NODE1.EXAMPLE.", "standby"),
+                ("node1.example", "holder"),
+            ],
+        )
+
+    def test_movedWithoutPoll(self) -> None:
+        """
+        An anonymous client polling from a new address while its FQDN's
+        holder has no poll held is that client moved (NAT, another front
+        end): it holds the FQDN at once, with the scrapes that wait.
+        """
+        _, poll = self.poll()
+        client = self.client()
+        Collected(client.scrape(scrapeCall()))
+        self.assertEqual(answer(poll).status, 200)
+        waiting = Collected(client.scrape(scrapeCall()))
+        _, moved = self.poll(host="10.2.2.2")
+        self.assertEqual(answer(moved).status, 200)
+        self.assertEqual(self.hub.clients, {client.key: client})
+        self.assertEqual((client.hostName, client.role), ("10.2.2.2", "holder"))
+        self.port.request(
+            b"POST", b"/push", pushBody(scrapeIdOf(answer(moved).body)), host="10.2.2.2"
+        )
+        self.assertTrue(waiting.done)
+
+    def test_anonymousHolderKeepsFQDN(self) -> None:
+        """
+        An anonymous newcomer from another address does not take an FQDN
+        whose holder polls: it waits as a standby.
+        """
+        _, held = self.poll()
+        _, newcomer = self.poll(host="10.2.2.2")
+        self.assertEqual((held.value(), newcomer.value()), (b"", b""))
+        roles = sorted((c.hostName, c.role) for c in self.hub.clients.values())
+        self.assertEqual(roles, [("10.1.1.1", "holder"), ("10.2.2.2", "standby")])
+
+    def test_tokenClientMoved(self) -> None:
+        """
+        A client that proves an identity is that identity's client of its
+        FQDN from any address: its newer poll, from a new address, replaces
+        the older one at once.
+        """
+        self.hub = self.makeHub(ProxySettings(identities=(Identity("a", "tok-a"),)))
+        self.port = Port(self.hub, self.clock)
+        token = b"Authorization: Bearer tok-a\r\n"
+        _, old = self.poll(headers=token)
+        _, new = self.poll(headers=token, host="10.2.2.2")
+        self.assertEqual(answer(old).status, 408)
+        client = self.client()
+        self.assertEqual((client.hostName, client.role), ("10.2.2.2", "holder"))
+        Collected(client.scrape(scrapeCall()))
+        self.assertEqual(answer(new).status, 200)
 
     def test_standbyNotListed(self) -> None:
         """
@@ -419,6 +543,110 @@ class HostileTests(HubCase):
         """
         _, transport = self.port.request(b"POST", b"/push", b"x" * (1000 + 64 * 1024 + 1))
         self.assertEqual(answer(transport).status, 413)
+
+    def sentScrape(self, deadline: float = 30) -> tuple[Collected, bytes]:
+        """
+        A scrape a poll carried, and its id.
+        """
+        _, poll = self.poll()
+        collected = Collected(self.client().scrape(scrapeCall(deadline=deadline)))
+        return collected, scrapeIdOf(answer(poll).body)
+
+    def assertScrapeFailed(self, collected: Collected, status: int, reason: str) -> None:
+        assert collected.failure is not None
+        self.assertEqual(collected.failure.status, status)
+        self.assertIn(reason, collected.failure.reason)
+
+    def test_pushedBodyOverLimit(self) -> None:
+        """
+        A pushed answer whose body is over the content limit (as an agent's
+        would be) is refused with 413, and its scrape ends at once with
+        413 and the reason, not at its deadline.
+        """
+        collected, scrapeId = self.sentScrape()
+        _, push = self.port.request(b"POST", b"/push", pushBody(scrapeId, body=b"x" * 1001))
+        r = answer(push)
+        self.assertEqual(r.status, 413)
+        self.assertIn(b"a body of 1001 bytes, over the content limit of 1000 bytes", r.body)
+        self.assertScrapeFailed(
+            collected,
+            413,
+            "PushProx client 'node1.example' pushed a body of 1001 bytes, over the content"
+            " limit of 1000 bytes (proxy.internal.maxUnzippedContentSizeMBytes)",
+        )
+
+    def test_pushOverItsLimit(self) -> None:
+        """
+        A push over its limit is refused on its head at once, and the
+        scrape that the start of the push that came with the head names
+        ends at once; with only the head come, nothing names it.
+        """
+        collected, scrapeId = self.sentScrape()
+        data = pushBody(scrapeId, body=b"x" * 70000)
+        connection, push = self.port.connect()
+        connection.dataReceived(b"POST /push HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(data))
+        self.assertEqual(answer(push).status, 413)
+        self.assertIsNone(collected.failure)
+        _, push = self.port.request(b"POST", b"/push", data)
+        self.assertEqual(answer(push).status, 413)
+        self.assertScrapeFailed(
+            collected, 413, f"pushed {len(data)} bytes, over the push limit of 66536"
+        )
+
+    def test_malformedPush(self) -> None:
+        """
+        A push that is no answer but names a scrape ends that scrape at
+        once with 502, as an agent's answer breaking the protocol would.
+        """
+        collected, scrapeId = self.sentScrape()
+        bad = pushBody(scrapeId).replace(b"Content-Length: 5", b"Content-Length: 9")
+        _, push = self.port.request(b"POST", b"/push", bad)
+        self.assertEqual(answer(push).status, 400)
+        self.assertScrapeFailed(
+            collected,
+            502,
+            "pushed an answer that is not one: the pushed answer's body is shorter than its"
+            " framing says",
+        )
+
+    def test_slowPush(self) -> None:
+        """
+        A push not whole within the head's deadline ends the scrape it
+        names with the reason when it is refused.
+        """
+        collected, scrapeId = self.sentScrape()
+        data = pushBody(scrapeId)
+        connection, push = self.port.connect()
+        connection.dataReceived(
+            b"POST /push HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (len(data), data[:-2])
+        )
+        self.clock.advance(10)
+        self.assertEqual(answer(push).status, 408)
+        self.assertScrapeFailed(
+            collected, 502, "pushed no whole answer: request body not complete within 10"
+        )
+
+    def test_refusedPushOfOtherIdentity(self) -> None:
+        """
+        A refused push naming a scrape sent to another identity leaves
+        that scrape alone.
+        """
+        settings = ProxySettings(identities=(Identity("a", "tok-a"), Identity("b", "tok-b")))
+        self.hub = self.makeHub(settings)
+        self.port = Port(self.hub, self.clock)
+        _, poll = self.poll(headers=b"Authorization: Bearer tok-a\r\n")
+        collected = Collected(self.client().scrape(scrapeCall()))
+        scrapeId = scrapeIdOf(answer(poll).body)
+        _, push = self.port.request(
+            b"POST",
+            b"/push",
+            pushBody(scrapeId, body=b"x" * 1001),
+            b"Authorization: Bearer tok-b\r\n",
+        )
+        self.assertEqual(answer(push).status, 403)
+        bad = pushBody(scrapeId).replace(b"Content-Length: 5", b"Content-Length: 9")
+        self.port.request(b"POST", b"/push", bad, b"Authorization: Bearer tok-b\r\n")
+        self.assertIsNone(collected.failure)
 
     def test_badPushes(self) -> None:
         scrapeId = b"0123abcd-0000-4000-8000-0123456789ab"
@@ -516,13 +744,8 @@ class RoutedTests(HubCase):
     def setUp(self) -> None:
         super().setUp()
         self.scrapes = ScrapeHandler(ProxySettings(), self.registry, self.clock)
-        self.site = factory(
-            self.hub.front(self.scrapes),
-            self.clock,
-            bodies=self.hub.bodyLimit,
-            guard=self.hub.guard(None),
-        )
-        self.port.site = self.site
+        self.port = Port(self.hub, self.clock, self.scrapes)
+        self.site = self.port.site
 
     def prometheus(self, url: bytes) -> StringTransport:
         connection, transport = connect(self.site, IPv4Address("TCP", "10.5.5.5", 50000))
@@ -565,6 +788,34 @@ class RoutedTests(HubCase):
             answer(poll).body.startswith(
                 b"GET http://node1.example:9100/metrics?_scheme=https HTTP/1.1\r\n"
             )
+        )
+
+    def test_routedIgnoringSpelling(self) -> None:
+        """
+        A scrape routes to the client whatever the case or final dot of
+        its host, and is sent naming the host as the client spells it.
+        """
+        _, poll = self.poll(b"Node1.Example")
+        self.prometheus(b"http://NODE1.example.:9100/metrics")
+        self.assertTrue(
+            answer(poll).body.startswith(b"GET http://Node1.Example:9100/metrics HTTP/1.1\r\n")
+        )
+
+    def test_askedAsWritten(self) -> None:
+        """
+        The client is sent the target as Prometheus wrote it, as PushProx's
+        proxy sends it: no default port added, the query in its order with
+        C{_scheme} where it was.
+        """
+        _, poll = self.poll()
+        self.prometheus(b"http://node1.example/metrics?_scheme=https&a=1")
+        lines = answer(poll).body.split(b"\r\n")
+        self.assertEqual(
+            lines[:2],
+            [
+                b"GET http://node1.example/metrics?_scheme=https&a=1 HTTP/1.1",
+                b"Host: node1.example",
+            ],
         )
 
     def test_noClient(self) -> None:
@@ -619,7 +870,7 @@ class RoutedTests(HubCase):
         self.clock.advance(GRACE)
         r = answer(self.prometheus(b"http://node1.example:9100/metrics"))
         self.assertEqual(r.status, 503)
-        self.assertIn(b"disconnected", r.body)
+        self.assertIn(b"PushProx client 'node1.example' disconnected 0s ago", r.body)
 
     def test_hostHeaderNotCaptured(self) -> None:
         """

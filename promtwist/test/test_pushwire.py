@@ -6,6 +6,8 @@ writes them (Go's C{Response.Write}), hostile ones refused by name.
 
 from __future__ import annotations
 
+from mmap import mmap
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from promtwist.proxy.pushwire import (
@@ -78,6 +80,19 @@ class PushTests(SynchronousTestCase):
         )
         self.assertEqual((answer.scrapeId, answer.status, answer.body), (ID.decode(), 200, b"abc"))
         self.assertEqual(answer.headers, {b"content-type": b"text/plain", b"content-length": b"3"})
+
+    def test_fromMapping(self) -> None:
+        """
+        A push read into the server's anonymous mapping parses as the same
+        bytes do, a Go error push (rewritten on the way) among them.
+        """
+        for data in (
+            b"HTTP/1.1 200 OK\r\nId: " + ID + b"\r\nContent-Length: 3\r\n\r\nabc",
+            b"HTTP/0.0 500 Internal Server Error\r\nId: " + ID + b"\r\n\r\nfailed",
+        ):
+            mapped = mmap(-1, len(data))
+            mapped[:] = data
+            self.assertEqual(parsePush(mapped), parsePush(data))
 
     def test_chunked(self) -> None:
         answer = parsePush(

@@ -30,6 +30,7 @@ class FakeAgent:
     launchId: str = "launch"
     consolidated: bool = False
     identity: Identity = ANONYMOUS
+    kind: str = "agent"
     told: list[tuple[str, str, str, str, float, int]] = field(default_factory=list)
 
     def pathRoleChanged(

@@ -52,6 +52,7 @@ class FakeLink:
     launchId: str = ""
     consolidated: bool = False
     identity: Identity = ANONYMOUS
+    kind: str = "agent"
     MAX_LENGTH: int = FRAME
     metrics: ProxyMetrics = field(default_factory=lambda: ProxyMetrics("fake", Clock()))
     calls: list[ScrapeCall] = field(default_factory=list)
