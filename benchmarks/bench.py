@@ -48,6 +48,7 @@ from typing import Any
 
 from openloop import percentile
 from parties import (
+    ROUTINGS,
     SCRAPE_TIMEOUT_HEADER,
     TEXT_TYPE,
     Parties,
@@ -67,6 +68,13 @@ OPENLOOP = os.path.join(HERE, "openloop.py")
 CONCURRENCY = 8
 BODIES = {"small": 1024, "large": 87 * 1024}
 LABELS = {"small": "1 KB", "large": "87 KB"}
+ROUTING_TEXT = {
+    "path": "promtwist by path (GET /bench_small); PushProx by absolute URI (proxy_url)",
+    "host": "promtwist and PushProx by absolute URI (proxy_url: GET http://127.0.0.1:<target"
+    " port>/small), promtwist's agent declaring the target in agent.targets",
+}
+# The peer every other route is compared with.
+PEER = "PushProx"
 # issue 10's goals.
 # The route of an unmodified pushprox-client polling promtwist's proxy.
 PP_CLIENT = "pp-client"
@@ -253,6 +261,14 @@ def openLoad(route: Route, duration: float, headers: list[str], rate: float) -> 
 # Reporting helpers.
 
 
+def againstPeer(byRoute: dict[str, Any]) -> list[str]:
+    """
+    The routes of C{byRoute} measured against PushProx: all but direct and
+    PushProx itself, in their order (promtwist's agent first).
+    """
+    return [r for r in byRoute if r not in ("direct", PEER)] if PEER in byRoute else []
+
+
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
@@ -335,24 +351,19 @@ def startRoutes(
 ) -> dict[str, dict[str, Route]]:
     """
     Start promtwist and (unless C{--no-pushprox}) PushProx in front of the
-    running target, and a pushprox-client polling promtwist's proxy
-    (route L{PP_CLIENT}) unless not C{clientOnPromtwist}; the routes by
+    running target, and a pushprox-client polling a promtwist proxy of its
+    own (route L{PP_CLIENT}) unless not C{clientOnPromtwist}; the routes by
     payload, then by name, direct first.
     """
-    promtwist = parties.startPromtwist(names, agentSettings)
+    promtwist = parties.startPromtwist(names, agentSettings, args.routing)
     pushprox: dict[str, Route] = {}
     viaClient: dict[str, Route] = {}
     if not args.no_pushprox:
         bindir = findPushProx(args.pushprox_dir, defaultCacheDir())
         pushprox = parties.startPushProx(bindir, names)
         print(f"PushProx:  {bindir} (one client, --fqdn=127.0.0.1)")
-        # The same pushprox-client polling promtwist's scrape port instead:
-        # PushProx's client protocol, promtwist's proxy (docs/pushprox.md).
         if clientOnPromtwist:
-            first = promtwist[names[0]]
-            viaClient = parties.pushproxClientOn(
-                bindir, first.connect, first.pids[0], names, PP_CLIENT
-            )
+            viaClient = parties.startClientOnPromtwist(bindir, names, PP_CLIENT)
     routes: dict[str, dict[str, Route]] = {}
     for name in names:
         routes[name] = {"direct": parties.direct(name), "promtwist": promtwist[name]}
@@ -444,29 +455,30 @@ def throughput(
     print(
         f"(p50/p99: {args.loadgen}'s closed-loop latency, median over rounds; CPU: utime+stime of"
     )
-    print(" promtwist proxy+agent, or of pushprox-proxy+client, per scrape)")
+    print(" the route's proxy and agent or client, per scrape)")
     print()
     if not args.no_pushprox:
         print(
-            "| payload | direct | promtwist | PushProx | promtwist / PushProx"
-            " | CPU per scrape, promtwist / PushProx |"
+            "| payload | route | direct | route | PushProx | route / PushProx"
+            " | CPU per scrape, route / PushProx |"
         )
-        print("|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|")
         for name in names:
             byRoute = summary[name]
-            rate = byRoute["promtwist"]["scrapes_per_s"] / byRoute["PushProx"]["scrapes_per_s"]
-            cpu = (
-                byRoute["promtwist"]["cpu_us_per_scrape"] / byRoute["PushProx"]["cpu_us_per_scrape"]
-            )
-            ratios[name] = {"throughput": rate, "cpu": cpu}
-            perSecond = " | ".join(
-                f"{byRoute[r]['scrapes_per_s']:,.0f}/s" for r in ("direct", "promtwist", "PushProx")
-            )
-            print(f"| {LABELS[name]} (gzip) | {perSecond} | {rate:.2f} | {cpu:.2f} |")
+            for routeName in againstPeer(byRoute):
+                row = byRoute[routeName]
+                rate = row["scrapes_per_s"] / byRoute[PEER]["scrapes_per_s"]
+                cpu = row["cpu_us_per_scrape"] / byRoute[PEER]["cpu_us_per_scrape"]
+                ratios.setdefault(name, {})[routeName] = {"throughput": rate, "cpu": cpu}
+                perSecond = " | ".join(
+                    f"{byRoute[r]['scrapes_per_s']:,.0f}/s" for r in ("direct", routeName, PEER)
+                )
+                cells = f"{perSecond} | {rate:.2f} | {cpu:.2f}"
+                print(f"| {LABELS[name]} (gzip) | {routeName} | {cells} |")
         print()
-        print("goals (issue 10):")
+        print(f"goals (issue 10, promtwist's agent; routing {args.routing}):")
         for name in names:
-            r = ratios[name]
+            r = ratios[name]["promtwist"]
             print(
                 f"  {LABELS[name]:6} throughput promtwist / PushProx {r['throughput']:5.2f}"
                 f" (goal >= {GOAL_THROUGHPUT}) {verdict(r['throughput'] >= GOAL_THROUGHPUT)};"
@@ -542,7 +554,7 @@ def latency(args: argparse.Namespace, parties: Parties, bodies: dict[str, bytes]
     print("(added: the route's percentile minus direct's; gen lag p99: how late the generator")
     print(" itself sent requests, the same for every route when it is not the bottleneck)")
     print()
-    print(f"goals (issue 10), promtwist at {args.rate:g}/s:")
+    print(f"goals (issue 10), promtwist's agent at {args.rate:g}/s, routing {args.routing}:")
     for name in names:
         p = summary[name]["promtwist"]
         line = (
@@ -552,10 +564,13 @@ def latency(args: argparse.Namespace, parties: Parties, bodies: dict[str, bytes]
             f"  added p99 {p['added_p99_ms']:5.2f} ms (goal <= {GOAL_ADDED_P99_MS:g})"
             f" {verdict(p['added_p99_ms'] <= GOAL_ADDED_P99_MS)}"
         )
-        if "PushProx" in summary[name]:
-            q = summary[name]["PushProx"]
-            line += f"   [PushProx adds {q['added_p50_ms']:.2f} / {q['added_p99_ms']:.2f} ms]"
         print(line)
+        for routeName, q in summary[name].items():
+            if routeName not in ("direct", "promtwist"):
+                print(
+                    f"  {'':6} [{routeName} adds {q['added_p50_ms']:.2f} / {q['added_p99_ms']:.2f}"
+                    " ms]"
+                )
     return {"summary": summary}
 
 
@@ -695,6 +710,13 @@ def main() -> None:
         action="store_true",
         help="use the Twisted stand-in even if nginx exists",
     )
+    parser.add_argument(
+        "--routing",
+        choices=ROUTINGS,
+        default="path",
+        help="how scrapes reach promtwist's agent: by path (prometheus-proxy's way), or by"
+        " the target's host:port in an absolute URI (proxy_url, as PushProx is scraped)",
+    )
     parser.add_argument("--json", help="also write the results to this file")
     sub = parser.add_subparsers(dest="internal")
     t = sub.add_parser("target", help="(internal) the Twisted stand-in target")
@@ -722,6 +744,7 @@ def main() -> None:
         print(f"machine:   {machine()}")
         print(f"software:  {versions(workdir)}")
         print(f"target:    {target}")
+        print(f"routing:   {ROUTING_TEXT[args.routing]}")
         print("payloads:  " + ", ".join(f"{LABELS[n]} = {len(bodies[n])} bytes" for n in BODIES))
         if args.mode == "throughput":
             result = throughput(args, parties, bodies)
@@ -734,6 +757,7 @@ def main() -> None:
                 json.dump(
                     {
                         "mode": args.mode,
+                        "routing": args.routing,
                         "machine": machine(),
                         "software": versions(workdir),
                         "target": target,

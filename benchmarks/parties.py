@@ -31,6 +31,11 @@ PUSHPROX_BINARIES = ("pushprox-proxy", "pushprox-client")
 # gets it so that all three see the same request.
 SCRAPE_TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
 TEXT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# How a scrape names what it wants from a proxy: a path an agent serves
+# (prometheus-proxy's way), or the target's own host:port in an absolute URI
+# (proxy_url, PushProx's way; docs/proxy-url.md).
+PATH, HOST = "path", "host"
+ROUTINGS = (PATH, HOST)
 
 
 # ---------------------------------------------------------------------------
@@ -289,51 +294,85 @@ class Parties:
 
     # -- promtwist ----------------------------------------------------------
 
-    def startPromtwist(self, names: Iterable[str], agentSettings: str = "") -> dict[str, Route]:
+    def startPromtwist(
+        self, names: Iterable[str], agentSettings: str = "", routing: str = PATH
+    ) -> dict[str, Route]:
         """
-        C{twistd -n promproxy-proxy} and C{twistd -n promproxy-agent} (the
-        twistd beside this Python, so the promtwist installed in its venv),
-        the agent serving C{/bench_<name>} for each target path C{/<name>};
-        ready when the first of C{names} answers.
+        C{twistd -n promproxy-proxy} and C{twistd -n promproxy-agent}, the
+        agent configured by L{agentConfig} for C{routing}; ready when the
+        first of C{names} answers.
+        """
+        conf = os.path.join(self.workdir, "agent.conf")
+        names = list(names)
+        with open(conf, "w") as f:
+            f.write(agentConfig(self.targetPort, names, agentSettings, routing))
+        proxy, scrapeAddr, agentAddr = self.startPromtwistProxy("proxy")
+        agent = self.twistd(
+            "agent", ["promproxy-agent", "-c", conf, "--proxy", agentAddr, "--name", "bench"]
+        )
+        routes = self.routesThrough("promtwist", scrapeAddr, (proxy.pid, agent.pid), names, routing)
+        # Only the first path is asked: the others may be big (bigbody mode
+        # measures the memory its first scrape takes).
+        self.waitUntilServed(routes[names[0]], "promtwist")
+        return routes
+
+    def startPromtwistProxy(self, role: str) -> tuple[subprocess.Popen[bytes], str, str]:
+        """
+        C{twistd -n promproxy-proxy} with default settings, its logs named
+        C{role}.
+
+        @return: the process, and the host:port of its scrape port and of
+            its agent port.
+        """
+        scrapePort, agentPort = freePort(), freePort()
+        proxy = self.twistd(
+            role, ["promproxy-proxy", "--port", str(scrapePort), "--agent_port", str(agentPort)]
+        )
+        return proxy, f"127.0.0.1:{scrapePort}", f"127.0.0.1:{agentPort}"
+
+    def twistd(self, role: str, args: list[str]) -> subprocess.Popen[bytes]:
+        """
+        C{twistd -n ARGS} (the twistd beside this Python, so the promtwist
+        installed in its venv), logging to C{role.log}.
         """
         if not os.path.exists(TWISTD):
             raise SystemExit(
                 f"no twistd next to {sys.executable}: run this with the venv promtwist is"
                 " installed in"
             )
-        scrapePort, agentPort = freePort(), freePort()
-        conf = os.path.join(self.workdir, "agent.conf")
-        names = list(names)
-        with open(conf, "w") as f:
-            f.write("agent {\n" + agentSettings + "  pathConfigs = [\n")
-            for name in names:
-                f.write(
-                    f'    {{ name = "bench {name}", path = "bench_{name}", '
-                    f'url = "http://127.0.0.1:{self.targetPort}/{name}" }}\n'
-                )
-            f.write("  ]\n}\n")
-
-        def twistd(role: str, args: list[str]) -> subprocess.Popen[bytes]:
-            logFile = os.path.join(self.workdir, f"{role}.log")
-            return self.spawn(
-                [TWISTD, "-n", "--pidfile=", f"--logfile={logFile}", *args], f"{role}.out"
-            )
-
-        proxy = twistd(
-            "proxy", ["promproxy-proxy", "--port", str(scrapePort), "--agent_port", str(agentPort)]
+        logFile = os.path.join(self.workdir, f"{role}.log")
+        return self.spawn(
+            [TWISTD, "-n", "--pidfile=", f"--logfile={logFile}", *args], f"{role}.out"
         )
-        agent = twistd(
-            "agent",
-            ["promproxy-agent", "-c", conf, "--proxy", f"127.0.0.1:{agentPort}", "--name", "bench"],
+
+    def routesThrough(
+        self,
+        label: str,
+        proxyAddr: str,
+        pids: tuple[int, ...],
+        names: Iterable[str],
+        routing: str,
+    ) -> dict[str, Route]:
+        """
+        The routes to the target's files C{names} through the proxy at
+        C{proxyAddr}: by C{routing}, a path the agent serves
+        (C{/bench_<name>}, L{agentConfig}), or the target's own URL sent
+        to the proxy as an absolute URI, as Prometheus sends it with
+        C{proxy_url}.
+        """
+        target = f"127.0.0.1:{self.targetPort}"
+        if routing == HOST:
+            return {n: Route(label, proxyAddr, f"http://{target}/{n}", target, pids) for n in names}
+        return {n: Route(label, proxyAddr, f"/bench_{n}", proxyAddr, pids) for n in names}
+
+    def waitUntilServed(self, route: Route, what: str) -> None:
+        """
+        L{waitFor} C{route}'s first answer, with the header the PushProx
+        client insists on.
+        """
+        self.waitFor(
+            route.absolute(), what, headers={SCRAPE_TIMEOUT_HEADER: "5"}, proxy=route.proxy()
         )
-        addr = f"127.0.0.1:{scrapePort}"
-        routes = {
-            n: Route("promtwist", addr, f"/bench_{n}", addr, (proxy.pid, agent.pid)) for n in names
-        }
-        # Only the first path is asked: the others may be big (bigbody mode
-        # measures the memory its first scrape takes).
-        self.waitFor(f"http://{addr}/bench_{names[0]}", "promtwist", timeout=30)
-        return routes
 
     # -- PushProx -----------------------------------------------------------
 
@@ -355,6 +394,20 @@ class Parties:
         )
         return self.pushproxClientOn(bindir, proxyAddr, proxy.pid, names, "PushProx")
 
+    def startClientOnPromtwist(
+        self, bindir: str, names: Iterable[str], label: str
+    ) -> dict[str, Route]:
+        """
+        The same C{pushprox-client} as L{startPushProx}'s, polling a
+        promtwist proxy of its own instead (PushProx's client protocol on
+        promtwist's scrape port, docs/pushprox.md). Not the proxy of
+        L{startPromtwist}: with host routing its agent declares
+        C{127.0.0.1:<target port>}, a claim on the exact port, which would
+        take the scrapes meant for the client's claim on C{127.0.0.1}.
+        """
+        proxy, scrapeAddr, _ = self.startPromtwistProxy(f"proxy-{label}")
+        return self.pushproxClientOn(bindir, scrapeAddr, proxy.pid, names, label)
+
     def pushproxClientOn(
         self, bindir: str, proxyAddr: str, proxyPid: int, names: Iterable[str], label: str
     ) -> dict[str, Route]:
@@ -374,14 +427,28 @@ class Parties:
             ],
             f"pushprox-client-{label}.out",
         )
-        host = f"127.0.0.1:{self.targetPort}"
-        routes = {
-            n: Route(label, proxyAddr, f"http://{host}/{n}", host, (proxyPid, client.pid))
-            for n in names
-        }
-        probe = routes[next(iter(routes))]
-        self.waitFor(probe.target, label, headers={SCRAPE_TIMEOUT_HEADER: "5"}, proxy=probe.proxy())
+        names = list(names)
+        routes = self.routesThrough(label, proxyAddr, (proxyPid, client.pid), names, HOST)
+        self.waitUntilServed(routes[names[0]], label)
         return routes
+
+
+def agentConfig(targetPort: int, names: Iterable[str], settings: str, routing: str) -> str:
+    """
+    The bench agent's configuration: for path routing a path
+    C{bench_<name>} per target file C{/<name>}; for host routing the
+    target's C{127.0.0.1:<port>} in C{agent.targets}, so that the agent
+    fetches whatever path a proxy_url scrape names on it. C{settings} goes
+    into the C{agent} block as it is.
+    """
+    if routing == HOST:
+        return f'agent {{\n{settings}  targets = ["127.0.0.1:{targetPort}"]\n}}\n'
+    paths = "".join(
+        f'    {{ name = "bench {name}", path = "bench_{name}", '
+        f'url = "http://127.0.0.1:{targetPort}/{name}" }}\n'
+        for name in names
+    )
+    return f"agent {{\n{settings}  pathConfigs = [\n{paths}  ]\n}}\n"
 
 
 def nginxConfig(workdir: str, root: str, port: int) -> str:
