@@ -11,7 +11,7 @@ thread: the settings applied, or the L{ConfigError} that refuses them
 reported, and the warnings the loader gave logged (Twisted's log publisher
 is not to be called from other threads).
 
-Reloads never overlap. One asked for while another is reading runs once
+Readings never overlap. One asked for while another is reading runs once
 that reading is done, as one more reading however many were asked for
 meanwhile: the file may have changed again after the first reading began,
 and a second reading sees it.
@@ -145,8 +145,10 @@ class Reloads(Generic[S]):
     def _handle(self, read: tuple[S | ConfigError, list[str]]) -> Deferred[None] | None:
         """
         In the reactor thread: log the reading's warnings and apply or
-        refuse what it read; then the next reading may start, after this
-        one's settings were applied, never before.
+        refuse what it read; then the next reading may start. It does not
+        wait for the applying's L{Deferred}: what that waits for (links of
+        a revoked identity draining, say) may take a grace period, and the
+        settings were applied, synchronously, before it is returned.
 
         @return: fires once the settings have taken effect.
         """
