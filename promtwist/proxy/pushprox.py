@@ -662,18 +662,19 @@ class PushProxHub:
         A client that proved an identity (a token) is that identity's
         client of its FQDN wherever it polls from: it moves at once, and
         its newer poll replaces the older as any newer poll does. An
-        anonymous client has only its address to tell it from another, so
-        a poll from a new address is the same client moved only while no
-        poll of that FQDN's client is held: a client that polls keeps its
-        FQDN against a newcomer (who waits as a standby), and one that
-        stopped polling is taken over at once, not after its grace.
+        anonymous client has only its address to be known by, so a poll
+        from a new address is another client: it waits as a standby until
+        the holder is forgotten, C{clientGraceSecs} after its last poll.
+        Taking it for the holder moved whenever the holder held no poll
+        would let any host take the FQDN of a client that polls, since
+        every client is without a held poll for a moment after each scrape
+        and each expiry.
         """
-        anonymous = key.identity == ANONYMOUS.name
+        if key.identity == ANONYMOUS.name:
+            return None
         for client in self.clients.values():
             old = client.key
-            if (old.fqdn, old.identity) == (key.fqdn, key.identity) and (
-                not anonymous or client.poll is None
-            ):
+            if (old.fqdn, old.identity) == (key.fqdn, key.identity):
                 del self.clients[old]
                 self.clients[key] = client
                 client.moved(key)

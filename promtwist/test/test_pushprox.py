@@ -452,25 +452,42 @@ class HubTests(HubCase):
             ],
         )
 
-    def test_movedWithoutPoll(self) -> None:
+    def test_anonymousNewAddressIsStandby(self) -> None:
         """
-        An anonymous client polling from a new address while its FQDN's
-        holder has no poll held is that client moved (NAT, another front
-        end): it holds the FQDN at once, with the scrapes that wait.
+        An anonymous poll from a new address is another client even while
+        the FQDN's holder has no poll held (as after each scrape it
+        carries): it waits as a standby, and holds the FQDN only once the
+        holder is forgotten, C{clientGraceSecs} after its last poll.
         """
         _, poll = self.poll()
-        client = self.client()
-        Collected(client.scrape(scrapeCall()))
+        holder = self.client()
+        Collected(holder.scrape(scrapeCall()))
         self.assertEqual(answer(poll).status, 200)
-        waiting = Collected(client.scrape(scrapeCall()))
-        _, moved = self.poll(host="10.2.2.2")
-        self.assertEqual(answer(moved).status, 200)
-        self.assertEqual(self.hub.clients, {client.key: client})
-        self.assertEqual((client.hostName, client.role), ("10.2.2.2", "holder"))
-        self.port.request(
-            b"POST", b"/push", pushBody(scrapeIdOf(answer(moved).body)), host="10.2.2.2"
-        )
-        self.assertTrue(waiting.done)
+        _, newcomer = self.poll(host="10.2.2.2")
+        self.assertEqual(newcomer.value(), b"")
+        roles = sorted((c.hostName, c.role) for c in self.hub.clients.values())
+        self.assertEqual(roles, [("10.1.1.1", "holder"), ("10.2.2.2", "standby")])
+        self.assertEqual(self.registry.lookupHost(FQDN, 9100), (holder,))
+        self.clock.advance(GRACE)
+        (standby,) = self.hub.clients.values()
+        self.assertEqual((standby.hostName, standby.role), ("10.2.2.2", "holder"))
+        self.assertEqual(self.registry.lookupHost(FQDN, 9100), (standby,))
+
+    def test_anonymousHolderPollingKeepsFQDN(self) -> None:
+        """
+        A holder that keeps polling keeps its FQDN however often a
+        newcomer from another address polls between its polls.
+        """
+        _, poll = self.poll()
+        holder = self.client()
+        for _ in range(3):
+            Collected(holder.scrape(scrapeCall()))
+            self.assertEqual(answer(poll).status, 200)
+            self.poll(host="10.2.2.2")
+            self.clock.advance(GRACE / 2)
+            _, poll = self.poll()
+        self.assertEqual(holder.role, "holder")
+        self.assertEqual(self.registry.lookupHost(FQDN, 9100), (holder,))
 
     def test_anonymousHolderKeepsFQDN(self) -> None:
         """
