@@ -53,6 +53,7 @@ from promtwist.hostkeys import BadTarget, hostKey
 from promtwist.httpguard import AllowedNetworks
 from promtwist.logs import clip, observer
 from promtwist.protocol.promtwist_pb2 import Frame, Outcome, ScrapeResponse
+from promtwist.proxy.admission import hostOf
 from promtwist.proxy.answers import ScrapeFailed, textAnswer
 from promtwist.proxy.auth import ANONYMOUS, AuthenticationFailed, Authenticator
 from promtwist.proxy.exchange import Exchange, RequestBody
@@ -559,6 +560,20 @@ class PushProxHub:
             return scrapeSide is None or scrapeSide(exchange)
 
         return guarded
+
+    def bodySource(self, exchange: Exchange) -> str:
+        """
+        What a poll's or push's body counts against in the scrape port's
+        budget of bodies in flight, asked once the guard has let it
+        through: the identity its token proves, or, for an anonymous
+        client, the host it comes from (an IPv6 one by its /64), so that
+        one client, or one identity's clients, cannot hold the whole
+        budget and have every other client's pushes refused.
+        """
+        identity = self._prove(exchange.headers)
+        if identity.name == ANONYMOUS.name:
+            return hostOf(exchange.client)
+        return f"identity {identity.name!r}"
 
     def refused(self, request: RefusedRequest) -> None:
         """

@@ -24,6 +24,7 @@ from promtwist.metrics import ProxyMetrics
 from promtwist.proxy.access import guarded
 from promtwist.proxy.answers import ScrapeFailed, ScrapeRecord
 from promtwist.proxy.auth import Authenticator
+from promtwist.proxy.bodybudget import BodyBudget
 from promtwist.proxy.exchange import Exchange
 from promtwist.proxy.httpserver import Handler, ScrapePortConnection
 from promtwist.proxy.pushprox import POLL_EXPIRED, RESERVED_PATHS, PushProxHub
@@ -92,12 +93,20 @@ class Port:
     builds it, and every other request with C{handler}.
     """
 
-    def __init__(self, hub: PushProxHub, clock: Clock, handler: Handler = notPushProx) -> None:
+    def __init__(
+        self,
+        hub: PushProxHub,
+        clock: Clock,
+        handler: Handler = notPushProx,
+        budget: BodyBudget | None = None,
+    ) -> None:
         self.site = factory(
             hub.front(handler),
             clock,
             bodies=hub.bodyLimit,
             guard=hub.guard(None),
+            budget=budget,
+            sourceOf=hub.bodySource,
             refused=hub.refused,
             peekBytes=MAX_PUSH_HEAD_BYTES,
         )
@@ -552,6 +561,49 @@ class HostileTests(HubCase):
     def test_pollTooLarge(self) -> None:
         _, transport = self.poll(b"x" * 1000)
         self.assertEqual(answer(transport).status, 413)
+
+    def test_pushBudgetShared(self) -> None:
+        """
+        One identity's clients, from however many addresses, hold at most
+        half the push budget: another identity's push is read beside
+        them.
+        """
+        budget = BodyBudget(2000, "proxy.pushprox.pushBudgetMBytes")
+        identities = (Identity("a", "tok-a"), Identity("b", "tok-b"))
+        self.hub = self.makeHub(ProxySettings(identities=identities))
+        self.port = Port(self.hub, self.clock, budget=budget)
+        self.assertEqual(self.heldPush(b"tok-a", "10.1.1.1").value(), b"")
+        refused = answer(self.heldPush(b"tok-a", "10.1.1.2"))
+        self.assertEqual(refused.status, 503)
+        self.assertIn(b"from identity 'a'", refused.body)
+        self.assertIn(b"one source's share of 1000", refused.body)
+        self.assertEqual(self.heldPush(b"tok-b", "10.1.1.1").value(), b"")
+        self.assertEqual(budget.bySource, {"identity 'a'": 600, "identity 'b'": 600})
+
+    def test_pushBudgetSharedAnonymous(self) -> None:
+        """
+        Anonymous clients' pushes count against the budget by the host
+        they come from.
+        """
+        budget = BodyBudget(2000, "proxy.pushprox.pushBudgetMBytes")
+        self.port = Port(self.hub, self.clock, budget=budget)
+        self.assertEqual(self.heldPush(b"", "10.1.1.1").value(), b"")
+        refused = answer(self.heldPush(b"", "10.1.1.1"))
+        self.assertEqual(refused.status, 503)
+        self.assertIn(b"from 10.1.1.1,", refused.body)
+        self.assertEqual(self.heldPush(b"", "10.1.1.2").value(), b"")
+        self.assertEqual(budget.bySource, {"10.1.1.1": 600, "10.1.1.2": 600})
+
+    def heldPush(self, token: bytes, host: str) -> StringTransport:
+        """
+        A push from C{host} that declares 600 bytes and sends none of them.
+        """
+        connection, transport = self.port.connect(host)
+        authorization = b"Authorization: Bearer %s\r\n" % token if token else b""
+        connection.dataReceived(
+            b"POST /push HTTP/1.1\r\nHost: proxy\r\nContent-Length: 600\r\n%s\r\n" % authorization
+        )
+        return transport
 
     def test_pushTooLarge(self) -> None:
         """
