@@ -49,7 +49,7 @@ from twisted.python.failure import Failure
 
 from promtwist.addresses import peerAddress
 from promtwist.config.settings import Identity
-from promtwist.hostkeys import BadTarget, hostKey
+from promtwist.hostkeys import BadTarget, claimsPort, hostKey, isHostKey, parseHostKey
 from promtwist.httpguard import AllowedNetworks
 from promtwist.logs import clip, observer
 from promtwist.protocol.promtwist_pb2 import Frame, Outcome, ScrapeResponse
@@ -758,10 +758,10 @@ class PushProxHub:
 
     def listClients(self, exchange: Exchange, answered: Answered) -> None:
         """
-        PushProx's C{/clients}: a target group per FQDN served, for
+        PushProx's C{/clients}: a target group per host served, for
         C{file_sd} or C{http_sd}.
         """
-        groups = [{"targets": [fqdn], "labels": None} for fqdn in self.servedFQDNs()]
+        groups = [{"targets": [host], "labels": None} for host in self.listedHosts()]
         exchange.setStatus(200)
         exchange.setHeader(b"Content-Type", b"application/json")
         exchange.setHeader(b"Cache-Control", b"no-store")
@@ -773,6 +773,21 @@ class PushProxHub:
         The FQDNs a client holds, sorted.
         """
         return sorted({c.fqdn for c in self.clients.values() if c.role == "holder"})
+
+    def listedHosts(self) -> list[str]:
+        """
+        What C{/clients} lists, sorted: the FQDNs clients hold, as they
+        spell them, and the host of every C{host:port} an agent holds,
+        each host once. A job that discovers its targets here keeps a host
+        whose client is replaced by an agent declaring its targets, so
+        clients can be replaced host by host.
+        """
+        hosts = {hostKey(fqdn, None): fqdn for fqdn in self.servedFQDNs()}
+        for entry in self.registry.snapshot():
+            if entry.agents and isHostKey(entry.path) and claimsPort(entry.path):
+                host, _ = parseHostKey(entry.path)
+                hosts.setdefault(hostKey(host, None), host)
+        return sorted(hosts.values())
 
     def _identity(self, exchange: Exchange, answered: Answered) -> Identity | None:
         """

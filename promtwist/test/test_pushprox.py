@@ -34,6 +34,7 @@ from promtwist.proxy.relay import ScrapeCall
 from promtwist.proxy.scrape import ScrapeHandler
 from promtwist.proxy.stream import AnswerHead, ScrapeStream
 from promtwist.test.scrapeport import Response, connect, factory, parseResponse
+from promtwist.test.test_registry import FakeAgent
 
 FQDN = "node1.example"
 POLL_HOLD = 50.0
@@ -1037,6 +1038,39 @@ class AccessTests(HubCase):
         self.assertEqual(answer(pollA).status, 408)
         self.assertEqual(list(self.hub.clients.values()), [b])
         self.assertEqual(b.role, "holder")
+
+
+class ListedHostsTests(HubCase):
+    def test_agentHostsListed(self) -> None:
+        """
+        C{/clients} lists the host of each C{host:port} an agent holds
+        beside the clients' FQDNs, each host once and a client's as it
+        spells it, so an SD job on it keeps a host whose client an agent
+        replaced; path claims and standbys are not listed.
+        """
+        self.poll(b"Node1.Example")
+        first = FakeAgent("a1", hostName="10.3.3.3")
+        second = FakeAgent("a2", hostName="10.4.4.4")
+        for agent in (first, second):
+            self.registry.addAgent(agent)
+        claims = [
+            (first, hostKey("node1.example", 9182)),
+            (first, hostKey("node2.example", 9100)),
+            (first, hostKey("node2.example", 9182)),
+            (first, hostKey("::1", 9100)),
+            (first, "app"),
+            (second, hostKey("node2.example", 9100)),
+        ]
+        for agent, key in claims:
+            self.registry.registerPath(agent, key, key, {})
+        _, transport = self.port.request(b"GET", b"/clients")
+        self.assertEqual(
+            [group["targets"] for group in json.loads(answer(transport).body)],
+            [["::1"], ["Node1.Example"], ["node2.example"]],
+        )
+        self.registry.removeAgent(first)
+        self.registry.removeAgent(second)
+        self.assertEqual(self.hub.listedHosts(), ["Node1.Example"])
 
 
 class TargetGlobTests(HubCase):
