@@ -652,6 +652,16 @@ class PushProxHub:
         key = ClientKey(fqdn, identity.name, str(ip) if ip is not None else "local")
         client = self.clients.get(key) or self._moved(key)
         if client is None:
+            # Every client is an agent of the registry, so clients count
+            # against the agents' cap; a link's handshake counts links
+            # only, so a flood of polls cannot keep agents out.
+            maxAgents = self.registry.limits.max_agents
+            if self.registry.agentCount() >= maxAgents:
+                why = (
+                    f"PushProx client {fqdn!r} refused: this proxy already serves {maxAgents}"
+                    " agents and PushProx clients (proxy.internal.maxAgents)"
+                )
+                return refuse(exchange, answered, 503, why)
             client = PushProxClient(self, key, f"pushprox-{next(self._ids)}", identity)
             self.registry.addAgent(client)
             try:

@@ -606,6 +606,28 @@ class HostileTests(HubCase):
         )
         return transport
 
+    def test_clientsCountAsAgents(self) -> None:
+        """
+        New clients count against C{proxy.internal.maxAgents} with the
+        agents: past it a poll for a new FQDN gets 503 saying so, while
+        the clients known keep polling.
+        """
+        self.hub = self.makeHub(ProxySettings(max_agents=3))
+        self.port = Port(self.hub, self.clock)
+        agent = FakeAgent("a1")
+        self.registry.addAgent(agent)
+        for n in (1, 2):
+            self.assertEqual(self.poll(b"node%d.example" % n)[1].value(), b"")
+        r = answer(self.poll(b"node3.example")[1])
+        self.assertEqual(r.status, 503)
+        self.assertIn(
+            b"already serves 3 agents and PushProx clients (proxy.internal.maxAgents)", r.body
+        )
+        self.assertEqual(self.poll(b"node1.example")[1].value(), b"")
+        self.registry.removeAgent(agent)
+        self.assertEqual(self.poll(b"node3.example")[1].value(), b"")
+        self.assertEqual(len(self.hub.clients), 3)
+
     def test_pushTooLarge(self) -> None:
         """
         A push over the content limit (plus room for a head) is refused
