@@ -98,6 +98,7 @@ from promtwist.httpguard import (
     headTooLarge,
 )
 from promtwist.logs import clip, observer
+from promtwist.proxy.admission import hostOf
 from promtwist.proxy.answers import textAnswer
 from promtwist.proxy.bodybudget import BodyBudget
 from promtwist.proxy.exchange import READ_HEADERS, Exchange, RequestBody
@@ -139,6 +140,12 @@ BodyPolicy = Callable[[bytes, bytes], int | None]
 Given a request's method and path, the most body bytes the server takes for
 it, or L{None} if it takes none (and refuses the method unless it is C{GET}
 or C{HEAD}).
+"""
+
+BodySource = Callable[[Exchange], str]
+"""
+The source a request's body is counted under in the port's L{BodyBudget}:
+by default the host it comes from (L{hostOf}).
 """
 
 Guard = Callable[[Exchange], bool]
@@ -209,6 +216,7 @@ class ScrapePortFactory(Factory):
         guard: Guard | None = None,
         bodies: BodyPolicy | None = None,
         budget: BodyBudget | None = None,
+        sourceOf: BodySource | None = None,
         refused: Refused | None = None,
         peekBytes: int = 0,
         clock: IReactorTime | None = None,
@@ -223,6 +231,8 @@ class ScrapePortFactory(Factory):
             empty admits everyone.
         @param budget: bounds the body bytes all connections hold at once;
             unbounded without one.
+        @param sourceOf: what a body counts against in C{budget}, asked
+            after C{guard} let its request through.
         @param peekBytes: how much of a refused body's start C{refused} is
             told of, so that it can tell what the body was.
         @param clock: the clock for every timeout; the global reactor by
@@ -237,6 +247,7 @@ class ScrapePortFactory(Factory):
         self.guard = guard
         self.bodies = bodies
         self.budget = budget
+        self.sourceOf = sourceOf or (lambda exchange: hostOf(exchange.client))
         self.refused = refused
         self.peekBytes = peekBytes
         self.maxHeaderBytes = maxHeaderBytes
@@ -304,11 +315,12 @@ class ScrapePortConnection(Protocol):
         # A body being read (state BODY): its request, the buffer it is
         # read into, sized once from its Content-Length, and how much of it
         # has come. Its bytes are held in the factory's budget until the
-        # request ends (_bodyHeld).
+        # request ends (_bodyHeld, counted under _bodySource).
         self._bodyOf: ServerExchange | None = None
         self._body: mmap | None = None
         self._bodyRead = 0
         self._bodyHeld = 0
+        self._bodySource = ""
         self._headAt = 0.0
 
     # The connection.
@@ -531,9 +543,11 @@ class ScrapePortConnection(Protocol):
                 return
             budget = factory.budget
             if budget is not None:
-                overBudget = budget.take(bodyLength)
+                source = factory.sourceOf(exchange)
+                overBudget = budget.take(bodyLength, source)
                 if overBudget is not None:
                     return self._refuseRequest(overBudget, method, path, headers)
+                self._bodySource = source
             self._bodyHeld = bodyLength
             self._continue(headers, version)
             # llhttp would take the next head for this body: the body is
@@ -593,7 +607,7 @@ class ScrapePortConnection(Protocol):
             exchange.body = b""
         held, self._bodyHeld = self._bodyHeld, 0
         if held and self.factory.budget is not None:
-            self.factory.budget.give(held)
+            self.factory.budget.give(held, self._bodySource)
 
     def _admitted(self, exchange: ServerExchange) -> bool:
         """

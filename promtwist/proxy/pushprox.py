@@ -49,10 +49,11 @@ from twisted.python.failure import Failure
 
 from promtwist.addresses import peerAddress
 from promtwist.config.settings import Identity
-from promtwist.hostkeys import BadTarget, hostKey
+from promtwist.hostkeys import BadTarget, claimsPort, hostKey, isHostKey, parseHostKey
 from promtwist.httpguard import AllowedNetworks
 from promtwist.logs import clip, observer
 from promtwist.protocol.promtwist_pb2 import Frame, Outcome, ScrapeResponse
+from promtwist.proxy.admission import hostOf
 from promtwist.proxy.answers import ScrapeFailed, textAnswer
 from promtwist.proxy.auth import ANONYMOUS, AuthenticationFailed, Authenticator
 from promtwist.proxy.exchange import Exchange, RequestBody
@@ -560,6 +561,20 @@ class PushProxHub:
 
         return guarded
 
+    def bodySource(self, exchange: Exchange) -> str:
+        """
+        What a poll's or push's body counts against in the scrape port's
+        budget of bodies in flight, asked once the guard has let it
+        through: the identity its token proves, or, for an anonymous
+        client, the host it comes from (an IPv6 one by its /64), so that
+        one client, or one identity's clients, cannot hold the whole
+        budget and have every other client's pushes refused.
+        """
+        identity = self._prove(exchange.headers)
+        if identity.name == ANONYMOUS.name:
+            return hostOf(exchange.client)
+        return f"identity {identity.name!r}"
+
     def refused(self, request: RefusedRequest) -> None:
         """
         A poll or push the server refused before it reached the hub (its
@@ -637,6 +652,16 @@ class PushProxHub:
         key = ClientKey(fqdn, identity.name, str(ip) if ip is not None else "local")
         client = self.clients.get(key) or self._moved(key)
         if client is None:
+            # Every client is an agent of the registry, so clients count
+            # against the agents' cap; a link's handshake counts links
+            # only, so a flood of polls cannot keep agents out.
+            maxAgents = self.registry.limits.max_agents
+            if self.registry.agentCount() >= maxAgents:
+                why = (
+                    f"PushProx client {fqdn!r} refused: this proxy already serves {maxAgents}"
+                    " agents and PushProx clients (proxy.internal.maxAgents)"
+                )
+                return refuse(exchange, answered, 503, why)
             client = PushProxClient(self, key, f"pushprox-{next(self._ids)}", identity)
             self.registry.addAgent(client)
             try:
@@ -662,18 +687,19 @@ class PushProxHub:
         A client that proved an identity (a token) is that identity's
         client of its FQDN wherever it polls from: it moves at once, and
         its newer poll replaces the older as any newer poll does. An
-        anonymous client has only its address to tell it from another, so
-        a poll from a new address is the same client moved only while no
-        poll of that FQDN's client is held: a client that polls keeps its
-        FQDN against a newcomer (who waits as a standby), and one that
-        stopped polling is taken over at once, not after its grace.
+        anonymous client has only its address to be known by, so a poll
+        from a new address is another client: it waits as a standby until
+        the holder is forgotten, C{clientGraceSecs} after its last poll.
+        Taking it for the holder moved whenever the holder held no poll
+        would let any host take the FQDN of a client that polls, since
+        every client is without a held poll for a moment after each scrape
+        and each expiry.
         """
-        anonymous = key.identity == ANONYMOUS.name
+        if key.identity == ANONYMOUS.name:
+            return None
         for client in self.clients.values():
             old = client.key
-            if (old.fqdn, old.identity) == (key.fqdn, key.identity) and (
-                not anonymous or client.poll is None
-            ):
+            if (old.fqdn, old.identity) == (key.fqdn, key.identity):
                 del self.clients[old]
                 self.clients[key] = client
                 client.moved(key)
@@ -742,10 +768,10 @@ class PushProxHub:
 
     def listClients(self, exchange: Exchange, answered: Answered) -> None:
         """
-        PushProx's C{/clients}: a target group per FQDN served, for
+        PushProx's C{/clients}: a target group per host served, for
         C{file_sd} or C{http_sd}.
         """
-        groups = [{"targets": [fqdn], "labels": None} for fqdn in self.servedFQDNs()]
+        groups = [{"targets": [host], "labels": None} for host in self.listedHosts()]
         exchange.setStatus(200)
         exchange.setHeader(b"Content-Type", b"application/json")
         exchange.setHeader(b"Cache-Control", b"no-store")
@@ -757,6 +783,21 @@ class PushProxHub:
         The FQDNs a client holds, sorted.
         """
         return sorted({c.fqdn for c in self.clients.values() if c.role == "holder"})
+
+    def listedHosts(self) -> list[str]:
+        """
+        What C{/clients} lists, sorted: the FQDNs clients hold, as they
+        spell them, and the host of every C{host:port} an agent holds,
+        each host once. A job that discovers its targets here keeps a host
+        whose client is replaced by an agent declaring its targets, so
+        clients can be replaced host by host.
+        """
+        hosts = {hostKey(fqdn, None): fqdn for fqdn in self.servedFQDNs()}
+        for entry in self.registry.snapshot():
+            if entry.agents and isHostKey(entry.path) and claimsPort(entry.path):
+                host, _ = parseHostKey(entry.path)
+                hosts.setdefault(hostKey(host, None), host)
+        return sorted(hosts.values())
 
     def _identity(self, exchange: Exchange, answered: Answered) -> Identity | None:
         """

@@ -393,6 +393,12 @@ class Registry:
     def agents(self) -> list[AgentHandle]:
         return [member.agent for member in self._members.values()]
 
+    def agentCount(self) -> int:
+        """
+        How many agents are connected, PushProx clients included.
+        """
+        return len(self._members)
+
     def registerPath(
         self, agent: AgentHandle, path: str, name: str, labels: Mapping[str, str]
     ) -> Placement:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -893,8 +894,13 @@ class BodyBudgetTests(SynchronousTestCase):
             refused=lambda r: self.refusals.append((r.method, r.path, r.refusal.status, r.seconds)),
         )
 
-    def post(self, length: int, body: bytes) -> tuple[ScrapePortConnection, StringTransport]:
-        connection, transport = connect(self.site)
+    def post(
+        self, length: int, body: bytes, host: str = "127.0.0.1"
+    ) -> tuple[ScrapePortConnection, StringTransport]:
+        peer: IPv4Address | IPv6Address = (
+            IPv6Address("TCP", host, 40000) if ":" in host else IPv4Address("TCP", host, 40000)
+        )
+        connection, transport = connect(self.site, peer)  # type: ignore[arg-type]
         connection.dataReceived(
             b"POST /in HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (length, body)
         )
@@ -914,11 +920,51 @@ class BodyBudgetTests(SynchronousTestCase):
         self.assertIn(b"this one's 6 would pass their budget of 15 (test.budget)", r.body)
         self.assertTrue(refused.disconnecting)
         self.assertEqual(self.refusals, [(b"POST", b"/in", 503, 0.0)])
-        _, fits = self.post(5, b"12345")
+        _, fits = self.post(5, b"12345", host="10.0.0.2")
         self.assertEqual(parseResponse(fits.value()).body, b"POST /in 12345")
         self.assertEqual(self.budget.held, 10)
         slow.connectionLost(Failure(ConnectionError("gone")))
         self.assertEqual(self.budget.held, 0)
+
+    def test_sourceShare(self) -> None:
+        """
+        One source holds at most half the budget: its second body over that
+        gets 503 naming the source and its share, while another source's
+        body is read; an IPv6 source is its /64. A source's first body
+        always passes its share.
+        """
+        self.budget.limit = 12
+        _, first = self.post(10, b"x" * 10, host="10.0.0.3")
+        self.assertEqual(parseResponse(first.value()).body, b"POST /in " + b"x" * 10)
+        self.budget.limit = 30
+        self.post(10, b"abc")
+        _, refused = self.post(6, b"")
+        r = parseResponse(refused.value())
+        self.assertEqual(r.status, 503)
+        self.assertIn(
+            b"reading 10 bytes of request bodies from 127.0.0.1, and this one's 6 would pass"
+            b" one source's share of 15, half of test.budget",
+            r.body,
+        )
+        self.post(9, b"abc", host="2001:db8::1")
+        _, sameNetwork = self.post(7, b"", host="2001:db8::2")
+        self.assertEqual(parseResponse(sameNetwork.value()).status, 503)
+        _, other = self.post(1, b"x", host="10.0.0.2")
+        self.assertEqual(parseResponse(other.value()).body, b"POST /in x")
+        self.assertEqual(self.budget.bySource, {"127.0.0.1": 10, "2001:db8::/64": 9})
+
+    def test_sourceOf(self) -> None:
+        """
+        The port's C{sourceOf} says what a body counts against: two
+        connections from one host under two sources share nothing.
+        """
+        self.site.sourceOf = lambda exchange: exchange.headers.get(b"host", b"").decode()
+        connect(self.site)[0].dataReceived(
+            b"POST /in HTTP/1.1\r\nHost: a\r\nContent-Length: 7\r\n\r\n"
+        )
+        _, transport = self.post(7, b"1234567")
+        self.assertEqual(parseResponse(transport.value()).body, b"POST /in 1234567")
+        self.assertEqual(self.budget.bySource, {"a": 7})
 
     def test_givenBackOnTimeout(self) -> None:
         """

@@ -24,6 +24,7 @@ from promtwist.metrics import ProxyMetrics
 from promtwist.proxy.access import guarded
 from promtwist.proxy.answers import ScrapeFailed, ScrapeRecord
 from promtwist.proxy.auth import Authenticator
+from promtwist.proxy.bodybudget import BodyBudget
 from promtwist.proxy.exchange import Exchange
 from promtwist.proxy.httpserver import Handler, ScrapePortConnection
 from promtwist.proxy.pushprox import POLL_EXPIRED, RESERVED_PATHS, PushProxHub
@@ -33,6 +34,7 @@ from promtwist.proxy.relay import ScrapeCall
 from promtwist.proxy.scrape import ScrapeHandler
 from promtwist.proxy.stream import AnswerHead, ScrapeStream
 from promtwist.test.scrapeport import Response, connect, factory, parseResponse
+from promtwist.test.test_registry import FakeAgent
 
 FQDN = "node1.example"
 POLL_HOLD = 50.0
@@ -92,12 +94,20 @@ class Port:
     builds it, and every other request with C{handler}.
     """
 
-    def __init__(self, hub: PushProxHub, clock: Clock, handler: Handler = notPushProx) -> None:
+    def __init__(
+        self,
+        hub: PushProxHub,
+        clock: Clock,
+        handler: Handler = notPushProx,
+        budget: BodyBudget | None = None,
+    ) -> None:
         self.site = factory(
             hub.front(handler),
             clock,
             bodies=hub.bodyLimit,
             guard=hub.guard(None),
+            budget=budget,
+            sourceOf=hub.bodySource,
             refused=hub.refused,
             peekBytes=MAX_PUSH_HEAD_BYTES,
         )
@@ -452,25 +462,42 @@ class HubTests(HubCase):
             ],
         )
 
-    def test_movedWithoutPoll(self) -> None:
+    def test_anonymousNewAddressIsStandby(self) -> None:
         """
-        An anonymous client polling from a new address while its FQDN's
-        holder has no poll held is that client moved (NAT, another front
-        end): it holds the FQDN at once, with the scrapes that wait.
+        An anonymous poll from a new address is another client even while
+        the FQDN's holder has no poll held (as after each scrape it
+        carries): it waits as a standby, and holds the FQDN only once the
+        holder is forgotten, C{clientGraceSecs} after its last poll.
         """
         _, poll = self.poll()
-        client = self.client()
-        Collected(client.scrape(scrapeCall()))
+        holder = self.client()
+        Collected(holder.scrape(scrapeCall()))
         self.assertEqual(answer(poll).status, 200)
-        waiting = Collected(client.scrape(scrapeCall()))
-        _, moved = self.poll(host="10.2.2.2")
-        self.assertEqual(answer(moved).status, 200)
-        self.assertEqual(self.hub.clients, {client.key: client})
-        self.assertEqual((client.hostName, client.role), ("10.2.2.2", "holder"))
-        self.port.request(
-            b"POST", b"/push", pushBody(scrapeIdOf(answer(moved).body)), host="10.2.2.2"
-        )
-        self.assertTrue(waiting.done)
+        _, newcomer = self.poll(host="10.2.2.2")
+        self.assertEqual(newcomer.value(), b"")
+        roles = sorted((c.hostName, c.role) for c in self.hub.clients.values())
+        self.assertEqual(roles, [("10.1.1.1", "holder"), ("10.2.2.2", "standby")])
+        self.assertEqual(self.registry.lookupHost(FQDN, 9100), (holder,))
+        self.clock.advance(GRACE)
+        (standby,) = self.hub.clients.values()
+        self.assertEqual((standby.hostName, standby.role), ("10.2.2.2", "holder"))
+        self.assertEqual(self.registry.lookupHost(FQDN, 9100), (standby,))
+
+    def test_anonymousHolderPollingKeepsFQDN(self) -> None:
+        """
+        A holder that keeps polling keeps its FQDN however often a
+        newcomer from another address polls between its polls.
+        """
+        _, poll = self.poll()
+        holder = self.client()
+        for _ in range(3):
+            Collected(holder.scrape(scrapeCall()))
+            self.assertEqual(answer(poll).status, 200)
+            self.poll(host="10.2.2.2")
+            self.clock.advance(GRACE / 2)
+            _, poll = self.poll()
+        self.assertEqual(holder.role, "holder")
+        self.assertEqual(self.registry.lookupHost(FQDN, 9100), (holder,))
 
     def test_anonymousHolderKeepsFQDN(self) -> None:
         """
@@ -535,6 +562,71 @@ class HostileTests(HubCase):
     def test_pollTooLarge(self) -> None:
         _, transport = self.poll(b"x" * 1000)
         self.assertEqual(answer(transport).status, 413)
+
+    def test_pushBudgetShared(self) -> None:
+        """
+        One identity's clients, from however many addresses, hold at most
+        half the push budget: another identity's push is read beside
+        them.
+        """
+        budget = BodyBudget(2000, "proxy.pushprox.pushBudgetMBytes")
+        identities = (Identity("a", "tok-a"), Identity("b", "tok-b"))
+        self.hub = self.makeHub(ProxySettings(identities=identities))
+        self.port = Port(self.hub, self.clock, budget=budget)
+        self.assertEqual(self.heldPush(b"tok-a", "10.1.1.1").value(), b"")
+        refused = answer(self.heldPush(b"tok-a", "10.1.1.2"))
+        self.assertEqual(refused.status, 503)
+        self.assertIn(b"from identity 'a'", refused.body)
+        self.assertIn(b"one source's share of 1000", refused.body)
+        self.assertEqual(self.heldPush(b"tok-b", "10.1.1.1").value(), b"")
+        self.assertEqual(budget.bySource, {"identity 'a'": 600, "identity 'b'": 600})
+
+    def test_pushBudgetSharedAnonymous(self) -> None:
+        """
+        Anonymous clients' pushes count against the budget by the host
+        they come from.
+        """
+        budget = BodyBudget(2000, "proxy.pushprox.pushBudgetMBytes")
+        self.port = Port(self.hub, self.clock, budget=budget)
+        self.assertEqual(self.heldPush(b"", "10.1.1.1").value(), b"")
+        refused = answer(self.heldPush(b"", "10.1.1.1"))
+        self.assertEqual(refused.status, 503)
+        self.assertIn(b"from 10.1.1.1,", refused.body)
+        self.assertEqual(self.heldPush(b"", "10.1.1.2").value(), b"")
+        self.assertEqual(budget.bySource, {"10.1.1.1": 600, "10.1.1.2": 600})
+
+    def heldPush(self, token: bytes, host: str) -> StringTransport:
+        """
+        A push from C{host} that declares 600 bytes and sends none of them.
+        """
+        connection, transport = self.port.connect(host)
+        authorization = b"Authorization: Bearer %s\r\n" % token if token else b""
+        connection.dataReceived(
+            b"POST /push HTTP/1.1\r\nHost: proxy\r\nContent-Length: 600\r\n%s\r\n" % authorization
+        )
+        return transport
+
+    def test_clientsCountAsAgents(self) -> None:
+        """
+        New clients count against C{proxy.internal.maxAgents} with the
+        agents: past it a poll for a new FQDN gets 503 saying so, while
+        the clients known keep polling.
+        """
+        self.hub = self.makeHub(ProxySettings(max_agents=3))
+        self.port = Port(self.hub, self.clock)
+        agent = FakeAgent("a1")
+        self.registry.addAgent(agent)
+        for n in (1, 2):
+            self.assertEqual(self.poll(b"node%d.example" % n)[1].value(), b"")
+        r = answer(self.poll(b"node3.example")[1])
+        self.assertEqual(r.status, 503)
+        self.assertIn(
+            b"already serves 3 agents and PushProx clients (proxy.internal.maxAgents)", r.body
+        )
+        self.assertEqual(self.poll(b"node1.example")[1].value(), b"")
+        self.registry.removeAgent(agent)
+        self.assertEqual(self.poll(b"node3.example")[1].value(), b"")
+        self.assertEqual(len(self.hub.clients), 3)
 
     def test_pushTooLarge(self) -> None:
         """
@@ -968,6 +1060,39 @@ class AccessTests(HubCase):
         self.assertEqual(answer(pollA).status, 408)
         self.assertEqual(list(self.hub.clients.values()), [b])
         self.assertEqual(b.role, "holder")
+
+
+class ListedHostsTests(HubCase):
+    def test_agentHostsListed(self) -> None:
+        """
+        C{/clients} lists the host of each C{host:port} an agent holds
+        beside the clients' FQDNs, each host once and a client's as it
+        spells it, so an SD job on it keeps a host whose client an agent
+        replaced; path claims and standbys are not listed.
+        """
+        self.poll(b"Node1.Example")
+        first = FakeAgent("a1", hostName="10.3.3.3")
+        second = FakeAgent("a2", hostName="10.4.4.4")
+        for agent in (first, second):
+            self.registry.addAgent(agent)
+        claims = [
+            (first, hostKey("node1.example", 9182)),
+            (first, hostKey("node2.example", 9100)),
+            (first, hostKey("node2.example", 9182)),
+            (first, hostKey("::1", 9100)),
+            (first, "app"),
+            (second, hostKey("node2.example", 9100)),
+        ]
+        for agent, key in claims:
+            self.registry.registerPath(agent, key, key, {})
+        _, transport = self.port.request(b"GET", b"/clients")
+        self.assertEqual(
+            [group["targets"] for group in json.loads(answer(transport).body)],
+            [["::1"], ["Node1.Example"], ["node2.example"]],
+        )
+        self.registry.removeAgent(first)
+        self.registry.removeAgent(second)
+        self.assertEqual(self.hub.listedHosts(), ["Node1.Example"])
 
 
 class TargetGlobTests(HubCase):

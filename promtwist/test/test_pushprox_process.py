@@ -22,6 +22,9 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool, ProxyAgent
 from twisted.web.http_headers import Headers
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from twisted.web.static import Data
 
 from promtwist.test.helpers import RawClient
 from promtwist.test.processes import Child, Cluster, freePort, hoconString, writeFile
@@ -274,6 +277,7 @@ class FrontEndTests(TestCase):
             proxy_set_header Connection "";
             proxy_set_header Authorization "Bearer {token}";
             proxy_read_timeout 120s;
+            client_max_body_size 11m;
         }}
     }}"""
             for port, token in tokens.items()
@@ -350,6 +354,46 @@ http {{
             "PushProx client 127.0.0.1 (identity 'b', from 127.0.0.1) is now holder",
             cluster.proxy.log(),
         )
+
+    async def test_largePush(self) -> None:
+        """
+        A push over nginx's default body limit of 1 MiB goes through the
+        documented front end: a 2 MiB answer reaches Prometheus whole.
+        """
+        setup = PushProxSetup(self, ["-c", self.authConfig()], ["--agent_token", "agent-token"])
+        cluster = setup.cluster
+        await cluster.start()
+        front = freePort()
+        cluster.children.append(self.nginx(cluster.workdir, cluster.scrapePort, {front: "tok-a"}))
+        big = Data(b"promtwist_e2e_big 1\n" * (2**21 // 20), "text/plain; version=0.0.4")
+        root = Resource()
+        root.putChild(b"metrics", big)
+        site = Site(root)
+        site.log = lambda request: None  # type: ignore[method-assign]
+        targetPort = freePort()
+        listening = reactor.listenTCP(
+            targetPort,
+            site,  # type: ignore[arg-type]
+            interface="127.0.0.1",
+        )
+        self.addCleanup(listening.stopListening)
+        setup.client("client-a", "127.0.0.1", f"http://127.0.0.1:{front}/").start()
+        state: dict[str, Any] = {}
+
+        async def served() -> bool:
+            response = await setup.viaProxy.get(
+                f"http://127.0.0.1:{targetPort}/metrics",
+                headers=Headers({"X-Prometheus-Scrape-Timeout-Seconds": ["5"]}),
+                timeout=10,
+            )
+            body = await treq.content(response)
+            state.update(status=response.code, body=body[:300])
+            return bool(response.code == 200 and body == big.data)
+
+        try:
+            await cluster.eventually(served, "a 2 MiB answer pushed through nginx", 30)
+        except self.failureException as e:
+            raise self.failureException(f"{e}\nlast answer: {state}") from None
 
 
 async def _answered(client: RawClient) -> bool:
