@@ -278,6 +278,16 @@ class RepeatedWarnings:
         Log C{format} with C{fields} as a warning unless C{kind} is over its
         budget for this interval.
         """
+        self._emit(LogLevel.warn, kind, format, fields)
+
+    def info(self, kind: str, format: str, **fields: object) -> None:
+        """
+        As L{warn}, at info level: news a peer can make happen at will (a
+        client registering), which must not flood the log either.
+        """
+        self._emit(LogLevel.info, kind, format, fields)
+
+    def _emit(self, level: LogLevel, kind: str, format: str, fields: dict[str, object]) -> None:
         now = self._clock.seconds()
         window = self._windows.get(kind)
         if window is None or now - window.start >= self.interval:
@@ -286,7 +296,7 @@ class RepeatedWarnings:
             window = self._windows[kind] = _Window(now)
         if window.logged < self.burst:
             window.logged += 1
-            self._log.warn(format, **fields)
+            self._log.emit(level, format, **fields)
         else:
             window.suppressed += 1
 
@@ -311,7 +321,7 @@ class RepeatedWarnings:
     def _summarise(self, kind: str, window: _Window) -> None:
         if window.suppressed:
             self._log.warn(
-                "{count} more {kind} warning(s) suppressed in {seconds:.0f}s",
+                "{count} more {kind} message(s) suppressed in {seconds:.0f}s",
                 count=window.suppressed,
                 kind=kind,
                 seconds=self._clock.seconds() - window.start,

@@ -211,6 +211,8 @@ def buildProxy(
         # follows.
         side.links.warnings.summariseExpired()
         scrapes.tracker.invalidAnswers.summariseExpired()
+        if pushprox is not None:
+            pushprox.news.summariseExpired()
 
     every(service, reactor, WARNING_SUMMARY_SECONDS, summariseWarnings)
     if discovery is not None:

@@ -51,7 +51,7 @@ from promtwist.addresses import peerAddress
 from promtwist.config.settings import Identity
 from promtwist.hostkeys import BadTarget, claimsPort, hostKey, isHostKey, parseHostKey
 from promtwist.httpguard import AllowedNetworks
-from promtwist.logs import clip, observer
+from promtwist.logs import RepeatedWarnings, clip, observer
 from promtwist.protocol.promtwist_pb2 import Frame, Outcome, ScrapeResponse
 from promtwist.proxy.admission import hostOf
 from promtwist.proxy.answers import ScrapeFailed, textAnswer
@@ -253,7 +253,7 @@ class PendingScrape:
             response = ScrapeResponse(outcome=Outcome.TOO_LARGE, reason=reason, last=True)
         else:
             response = ScrapeResponse(status=502, reason=reason, last=True)
-        _log.warn("{reason}", reason=reason)
+        self.client.hub.news.warn("PushProx push refusal", "{reason}", reason=reason)
         self.stream.responseReceived(response)
 
     def _timedOut(self) -> None:
@@ -293,7 +293,12 @@ class PendingScrape:
         pass
 
     def violation(self, why: str) -> None:
-        _log.warn("PushProx client {client}: {why}", client=self.name, why=why)
+        self.client.hub.news.warn(
+            "PushProx protocol violation",
+            "PushProx client {client}: {why}",
+            client=self.name,
+            why=why,
+        )
 
 
 @dataclass(frozen=True)
@@ -370,7 +375,8 @@ class PushProxClient:
         The client polls from another address now (C{key}'s): a NAT that
         changed, another front end, the other address family.
         """
-        _log.info(
+        self.hub.news.info(
+            "PushProx client move",
             "PushProx client {client} polls from {address} now",
             client=self.described,
             address=key.address,
@@ -457,7 +463,8 @@ class PushProxClient:
         position: int = 0,
     ) -> None:
         self.role = role
-        _log.info(
+        self.hub.news.info(
+            "PushProx client role",
             "PushProx client {client} is now {role} ({reason})",
             client=self.described,
             role=role,
@@ -516,6 +523,9 @@ class PushProxHub:
         self._ids = count(1)
         self._numbers = count(1)
         self.metrics = PushProxMetrics(metricsRegistry, lambda: len(self.clients))
+        # What clients make happen at will (registering from ever new
+        # addresses, say) is logged at a bounded rate.
+        self.news = RepeatedWarnings(_log, clock)
 
     # The scrape port's body policy.
 
@@ -672,7 +682,8 @@ class PushProxHub:
             self.clients[key] = client
             if placement.position:
                 client.role = "standby"
-            _log.info(
+            self.news.info(
+                "PushProx client registration",
                 "PushProx client {client} registered as {role}",
                 client=client.described,
                 role=client.role,
@@ -878,7 +889,8 @@ class PushProxHub:
         if self.clients.get(client.key) is not client:
             return
         del self.clients[client.key]
-        _log.info(
+        self.news.info(
+            "PushProx client departure",
             "PushProx client {client} forgotten: {why}",
             client=client.described,
             why=why,

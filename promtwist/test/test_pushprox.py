@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -482,6 +483,22 @@ class HubTests(HubCase):
         (standby,) = self.hub.clients.values()
         self.assertEqual((standby.hostName, standby.role), ("10.2.2.2", "holder"))
         self.assertEqual(self.registry.lookupHost(FQDN, 9100), (standby,))
+
+    def test_registrationsLoggedAtABoundedRate(self) -> None:
+        """
+        Polls from ever new addresses (a scanner, a takeover attempt) log
+        their registrations at a bounded rate, the rest counted in one line
+        when the interval ends.
+        """
+        with capturedLogs() as events:
+            for i in range(50):
+                self.poll(host=f"10.3.0.{i + 1}")
+            self.clock.advance(60)
+            self.hub.news.summariseExpired()
+        registered = [e for e in events if "registered as" in e["log_format"]]
+        self.assertEqual(len(registered), 5)
+        (summary,) = [e for e in events if "suppressed" in e["log_format"]]
+        self.assertEqual((summary["count"], summary["kind"]), (45, "PushProx client registration"))
 
     def test_anonymousHolderPollingKeepsFQDN(self) -> None:
         """
