@@ -254,8 +254,9 @@ class _Window:
 
 class RepeatedWarnings:
     """
-    Warnings of one kind, from one source, logged at a bounded rate: the
-    first C{burst} of each C{interval}, then only counted; the count is
+    Warnings (or, with L{info}, news) of one kind, from one source, logged
+    at a bounded rate: the first C{burst} of each C{interval}, then only
+    counted; the count is
     logged as one line when the next interval starts, at L{flush}, or at
     L{summariseExpired}, which the owner calls from a periodic task so
     that a count is reported even when no warning of its kind follows.
