@@ -23,6 +23,7 @@ update.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -249,23 +250,76 @@ def javaDouble(value: float) -> str:
     return f"{prefix}{digits[0]}.{digits[1:] or '0'}E{magnitude}"
 
 
-class _UpstreamRegistry(CollectorRegistry):
+def goFloat(value: float) -> str:
     """
-    A registry whose histogram buckets carry C{le} as prometheus-proxy's
-    do (L{javaDouble}): C{le="1048576.0"}, C{le="1.048576E7"}.
+    C{value} as Go's Prometheus client prints it (PushProx's): C{strconv}'s
+    shortest C{'g'} form, C{1}, C{2.5}, C{0.005}, C{1e+06}, and C{+Inf}.
+    """
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if value == 0:
+        return "0"
+    sign, digitTuple, exponent = Decimal(repr(value)).as_tuple()
+    assert isinstance(exponent, int)
+    digits = "".join(map(str, digitTuple)).rstrip("0") or "0"
+    magnitude = len(digitTuple) - 1 + exponent
+    prefix = "-" if sign else ""
+    if magnitude < -4 or magnitude >= 6:
+        mantissa = digits[0] + (f".{digits[1:]}" if len(digits) > 1 else "")
+        return f"{prefix}{mantissa}e{'-' if magnitude < 0 else '+'}{abs(magnitude):02d}"
+    if magnitude < 0:
+        return f"{prefix}0.{'0' * (-magnitude - 1)}{digits}"
+    whole, fraction = digits.ljust(magnitude + 1, "0")[: magnitude + 1], digits[magnitude + 1 :]
+    return f"{prefix}{whole}.{fraction}" if fraction else f"{prefix}{whole}"
+
+
+Spelling = Callable[[float], str]
+"""
+How a histogram's bucket bounds are written as its C{le} label.
+"""
+
+
+@functools.lru_cache(maxsize=1024)
+def _spelled(spelling: Spelling, le: str) -> str:
+    # A histogram has a dozen bounds; each is spelled once.
+    return spelling(float(le))
+
+
+class MetricsRegistry(CollectorRegistry):
+    """
+    A registry whose histogram buckets carry C{le} as the program whose
+    series they stand for writes it: prometheus-proxy's Java client
+    (L{javaDouble}: C{le="1048576.0"}, C{le="1.048576E7"}) unless the
+    family says otherwise (L{spellBuckets}: PushProx's Go client,
+    L{goFloat}: C{le="1"}, C{le="10"}). The C{le} text is part of a
+    series' identity, so a query or recording rule that names one bucket
+    finds it only in that spelling.
 
     prometheus_client makes the C{le} text itself when a histogram is
-    collected, so it is rewritten here, at collection, for every histogram
-    alike, in both exposition formats and in L{get_sample_value}; the
-    bounds themselves are the same numbers.
+    collected, so it is rewritten here, at collection, in both exposition
+    formats and in L{get_sample_value}; the bounds themselves are the same
+    numbers.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._spellings: dict[str, Spelling] = {}
+
+    def spellBuckets(self, family: str, spelling: Spelling) -> None:
+        """
+        Write the buckets of histogram C{family} with C{spelling}.
+        """
+        self._spellings[family] = spelling
 
     def collect(self) -> Iterator[Metric]:
         for family in super().collect():
             if family.type == "histogram":
+                spelling = self._spellings.get(family.name, javaDouble)
                 family.samples = [
                     sample._replace(
-                        labels={**sample.labels, "le": javaDouble(float(sample.labels["le"]))}
+                        labels={**sample.labels, "le": _spelled(spelling, sample.labels["le"])}
                     )
                     if "le" in sample.labels
                     else sample
@@ -274,13 +328,13 @@ class _UpstreamRegistry(CollectorRegistry):
             yield family
 
 
-def _newRegistry() -> CollectorRegistry:
+def _newRegistry() -> MetricsRegistry:
     """
     A registry of one's own, with the process metrics
     (C{process_cpu_seconds_total}, C{process_resident_memory_bytes}, ...,
     and C{python_info}) that prometheus-proxy gets from its JVM collectors.
     """
-    registry = _UpstreamRegistry()
+    registry = MetricsRegistry()
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     return registry

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
+
+from promtwist.metrics import MetricsRegistry, goFloat
 
 # Go's prometheus.DefBuckets, which PushProx's histogram has (Python's
 # default buckets add .075, .75 and 7.5).
@@ -29,7 +31,7 @@ class PushProxMetrics:
     the clients known.
     """
 
-    def __init__(self, registry: CollectorRegistry, clients: Callable[[], int]) -> None:
+    def __init__(self, registry: MetricsRegistry, clients: Callable[[], int]) -> None:
         self._requests = Counter(
             "pushprox_http_requests",
             "PushProx client requests on the scrape port, by path and status (PushProx's name).",
@@ -44,6 +46,8 @@ class PushProxMetrics:
             buckets=GO_DEFAULT_BUCKETS,
             registry=registry,
         )
+        # Its bounds as PushProx's Go client writes them: le="1", not "1.0".
+        registry.spellBuckets("pushprox_http_duration_seconds", goFloat)
         self._proxied = Counter(
             "pushproxy_proxied_requests",
             "Scrapes served by PushProx clients, by the status Prometheus got (PushProx's name).",

@@ -42,7 +42,6 @@ from dataclasses import dataclass
 from enum import Enum, auto
 from itertools import count
 
-from prometheus_client import CollectorRegistry
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -52,6 +51,7 @@ from promtwist.config.settings import Identity
 from promtwist.hostkeys import BadTarget, claimsPort, hostKey, isHostKey, parseHostKey
 from promtwist.httpguard import AllowedNetworks
 from promtwist.logs import RepeatedWarnings, clip, observer
+from promtwist.metrics import MetricsRegistry
 from promtwist.protocol.promtwist_pb2 import Frame, Outcome, ScrapeResponse
 from promtwist.proxy.admission import hostOf
 from promtwist.proxy.answers import ScrapeFailed, textAnswer
@@ -494,7 +494,7 @@ class PushProxHub:
         pollHold: float,
         clientGrace: float,
         maxContentBytes: int,
-        metricsRegistry: CollectorRegistry,
+        metricsRegistry: MetricsRegistry,
         transfers: TransferMetrics,
         allowedNetworks: Sequence[str] = (),
     ) -> None:

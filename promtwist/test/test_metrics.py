@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS
@@ -30,9 +30,11 @@ from promtwist.metrics import (
     AgentSample,
     AgentState,
     Children,
+    MetricsRegistry,
     ProxyMetrics,
     ProxyState,
     ScrapeLeg,
+    goFloat,
     javaDouble,
 )
 from promtwist.web import MetricsResource
@@ -757,6 +759,56 @@ class JavaDoubleTests(SynchronousTestCase):
         self.assertEqual(javaDouble(float("nan")), "NaN")
         self.assertEqual(javaDouble(0.0), "0.0")
         self.assertEqual(javaDouble(-0.0), "-0.0")
+
+
+class GoFloatTests(SynchronousTestCase):
+    """
+    L{goFloat} prints as Go's C{strconv.FormatFloat(v, 'g', -1, 64)},
+    which PushProx's client library writes C{le} with; the expected texts
+    are what Go 1.19 printed for these values.
+    """
+
+    def test_forms(self) -> None:
+        for value, text in [
+            (0.005, "0.005"),
+            (1.0, "1"),
+            (2.5, "2.5"),
+            (10.0, "10"),
+            (100000.0, "100000"),
+            (999999.0, "999999"),
+            (1e6, "1e+06"),
+            (1048576.0, "1.048576e+06"),
+            (10485760.0, "1.048576e+07"),
+            (0.0001, "0.0001"),
+            (0.00001, "1e-05"),
+            (1.5e-10, "1.5e-10"),
+            (-2.5, "-2.5"),
+            (0.1 + 0.2, "0.30000000000000004"),
+            (123456.5, "123456.5"),
+        ]:
+            self.assertEqual((value, goFloat(value)), (value, text))
+
+    def test_special(self) -> None:
+        self.assertEqual(
+            [goFloat(v) for v in (float("inf"), float("-inf"), float("nan"), 0.0)],
+            ["+Inf", "-Inf", "NaN", "0"],
+        )
+
+    def test_spelledPerFamily(self) -> None:
+        """
+        A registry spells a family's buckets as it says, every other
+        histogram's as prometheus-proxy's.
+        """
+        registry = MetricsRegistry()
+        Histogram("go_style", "Go's.", buckets=(1.0, 1e6), registry=registry)
+        Histogram("java_style", "Java's.", buckets=(1.0, 1e7), registry=registry)
+        registry.spellBuckets("go_style", goFloat)
+        les = {
+            family.name: [s.labels["le"] for s in family.samples if "le" in s.labels]
+            for family in registry.collect()
+        }
+        self.assertEqual(les["go_style"], ["1", "1e+06", "+Inf"])
+        self.assertEqual(les["java_style"], ["1.0", "1.0E7", "+Inf"])
 
 
 class ChildrenTests(SynchronousTestCase):
