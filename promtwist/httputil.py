@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit, urlunsplit
 
+# The Content-Encoding values that mean gzip (RFC 9110 section 8.4.1.3).
+GZIP_ENCODINGS = frozenset({"gzip", "x-gzip"})
+
 
 def acceptsGzip(acceptEncoding: str) -> bool:
     """

@@ -24,7 +24,7 @@ from twisted.logger import Logger
 
 from promtwist.agent.client import Head
 from promtwist.hostkeys import spelled
-from promtwist.httputil import acceptsGzip
+from promtwist.httputil import GZIP_ENCODINGS, acceptsGzip
 from promtwist.logs import RepeatedWarnings, observer
 from promtwist.protocol.framing import FrameTooLarge
 from promtwist.protocol.promtwist_pb2 import (
@@ -306,7 +306,7 @@ class Answer:
         if not sent:
             return
         self._headSent = True
-        self._gzippedOnLink = encoding.lower() in ("gzip", "x-gzip")
+        self._gzippedOnLink = encoding.lower() in GZIP_ENCODINGS
         if last:
             self._resultSent(several=False)
 

@@ -24,11 +24,11 @@ from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 from promtwist.config.settings import MiB
+from promtwist.httputil import GZIP_ENCODINGS
 from promtwist.logs import clip
 from promtwist.metrics import ScrapeLeg
 from promtwist.proxy.answers import ScrapeFailed, upstreamType
 from promtwist.proxy.relay import (
-    GZIP_ENCODINGS,
     Inflater,
     RelayState,
     ScrapeCall,

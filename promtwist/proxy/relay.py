@@ -34,7 +34,7 @@ from twisted.python.failure import Failure
 from promtwist.config.settings import ProxySettings
 from promtwist.gunzip import Gunzip, GunzipError
 from promtwist.hostkeys import HostTarget, hostKey, spelled
-from promtwist.httputil import acceptsGzip
+from promtwist.httputil import GZIP_ENCODINGS, acceptsGzip
 from promtwist.logs import RepeatedWarnings, observer
 from promtwist.metrics import ScrapeLeg
 from promtwist.proxy.answers import ScrapeFailed, ScrapeRecord, textAnswer, upstreamType
@@ -381,7 +381,6 @@ def watchHead(
 
 
 # Encodings the proxy inflates, when it must: RFC 9110's two names for gzip.
-GZIP_ENCODINGS = frozenset({"gzip", "x-gzip"})
 # Statuses whose answers carry no body, so no length either.
 _NO_BODY = frozenset({204, 304})
 

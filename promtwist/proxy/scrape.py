@@ -153,19 +153,16 @@ class ScrapeHandler:
         Hand a checked request to the agents serving its path, or its
         C{target} when it names one, or say why there are none.
         """
-        key: str
         if target is None:
             key, named = path, "/" + clip(path)
-            agents, gone = self.registry.lookup(path), self.registry.departed(path)
         else:
-            key, named = (
-                self.registry.hostClaim(target.host, target.port),
-                (f"target {clip(target.address)}"),
-            )
-            agents, gone = self.registry.lookup(key), self.registry.departed(key)
+            key = self.registry.hostClaim(target.host, target.port)
+            named = f"target {clip(target.address)}"
+        agents = self.registry.lookup(key)
         if self.stopping:
             return self._refuse(exchange, key, 503, "proxy_stopped", "the proxy is shutting down")
         if not agents:
+            gone = self.registry.departed(key)
             if gone is not None:
                 assert gone.leftAt is not None
                 reason = (

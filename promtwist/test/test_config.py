@@ -1493,6 +1493,19 @@ class SourceTests(ConfigTestCase):
         self.assertConfigError(lambda: self.agent({"config": path}), "UTF-8")
 
 
+def pushproxFields(settings: ProxySettings) -> tuple[object, ...]:
+    """
+    The C{proxy.pushprox.*} settings, in their keys' order.
+    """
+    return (
+        settings.pushprox_enabled,
+        settings.pushprox_poll_hold_secs,
+        settings.pushprox_client_grace_secs,
+        settings.pushprox_push_budget_mbytes,
+        settings.pushprox_allowed_networks,
+    )
+
+
 class PushProxKeysTests(SynchronousTestCase):
     """
     C{proxy.pushprox.*}: PushProx clients on by default, and checked.
@@ -1501,13 +1514,7 @@ class PushProxKeysTests(SynchronousTestCase):
     def test_defaults(self) -> None:
         settings = ProxySettings()
         self.assertEqual(
-            (
-                settings.pushprox_enabled,
-                settings.pushprox_poll_hold_secs,
-                settings.pushprox_client_grace_secs,
-                settings.pushprox_push_budget_mbytes,
-                settings.pushprox_allowed_networks,
-            ),
+            pushproxFields(settings),
             (True, 50.0, 15.0, 64, ()),
         )
 
@@ -1520,13 +1527,7 @@ class PushProxKeysTests(SynchronousTestCase):
             )
         settings = loadProxySettings({"config": path}, {})
         self.assertEqual(
-            (
-                settings.pushprox_enabled,
-                settings.pushprox_poll_hold_secs,
-                settings.pushprox_client_grace_secs,
-                settings.pushprox_push_budget_mbytes,
-                settings.pushprox_allowed_networks,
-            ),
+            pushproxFields(settings),
             (False, 20.0, 3.0, 8, ("10.0.0.0/8", "192.0.2.7/32")),
         )
 
