@@ -127,8 +127,8 @@ def hostFQDN() -> str:
     This host's fully qualified name, the default of C{agent.fqdn}, as
     pushprox-client's C{--fqdn}: asked of the resolver once, at startup
     (L{promtwist.agent.tap.makeService} asks before the reactor runs), and
-    the same answer given to every reload after, since a reload runs in
-    the reactor, which a resolver lookup would block.
+    the same answer given to every reload after, so that the targets an
+    agent declares keep their names whatever the resolver says later.
     """
     return socket.getfqdn()
 

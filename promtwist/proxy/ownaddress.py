@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 
+from promtwist.addresses import normalAddress
 from promtwist.config.settings import ProxySettings
 from promtwist.hostkeys import isHostKey, parseHostKey
 
@@ -50,7 +51,10 @@ class OwnAddresses:
         always this machine.
         """
         try:
-            address = ipaddress.ip_address(host)
+            # An IPv4-mapped address (::ffff:127.0.0.1) reaches the same
+            # socket as the IPv4 one, which Python's is_loopback does not
+            # see through (before 3.13).
+            address = normalAddress(ipaddress.ip_address(host))
         except ValueError:
             return host in self.names or host.endswith(".localhost")
         return address.is_loopback or address.is_unspecified

@@ -156,7 +156,15 @@ class HostRoutedScrapeTests(SynchronousTestCase):
         victim = self.proxy.agent("victim", "app1_metrics")
         attacker = FakeLink("attacker", agentId="attacker")
         self.registry.addAgent(attacker)
-        for host in ("127.0.0.1", "127.1.2.3", "localhost", "::1", "0.0.0.0"):
+        for host in (
+            "127.0.0.1",
+            "127.1.2.3",
+            "localhost",
+            "::1",
+            "0.0.0.0",
+            "::ffff:127.0.0.1",
+            "::ffff:0.0.0.0",
+        ):
             e = self.assertRaises(
                 RegistrationRefused,
                 self.registry.registerPath,
