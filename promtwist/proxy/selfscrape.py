@@ -6,7 +6,7 @@ C{pushprox:8080} keeps working against promtwist unchanged.
 
 The scrape port's paths are agents' first: prometheus-proxy users may
 serve a path C{metrics} there. So the proxy answers C{/metrics} itself only
-while no agent serves it, and once an agent has answered a scrape of it,
+while no agent serves it, and once a scrape of it has gone to an agent,
 never again until it restarts: the job scraping that path is the agent's,
 and while the agent is away its scrapes must fail (503, then 404), not
 find the proxy's metrics and count the agent up.
@@ -47,7 +47,7 @@ class SelfScrape:
     counts its own (C{pushprox_http_requests_total{path="/metrics"}},
     C{pushprox_http_duration_seconds{path="/metrics"}}).
 
-    @ivar shadowed: an agent has answered a scrape of C{/metrics}: the proxy
+    @ivar shadowed: a scrape of C{/metrics} has gone to an agent: the proxy
         no longer answers it itself.
     """
 
@@ -93,11 +93,13 @@ class SelfScrape:
             return
         self.shadowed = True
         self._log.warn(
-            "GET /metrics on the scrape port is answered by agent path 'metrics' ({agents}),"
+            "GET /metrics on the scrape port is answered by path 'metrics' of {agents},"
             " not with the proxy's own metrics as PushProx's proxy answers it; until it"
             " restarts, the proxy will not answer /metrics itself, so that the path's"
-            " scrapes fail while its agent is away. The proxy's metrics stay on its metrics"
-            " port (--metrics); set proxy.pushprox.selfScrapeEnabled = false to keep"
+            " scrapes fail while its agent is away. The proxy's metrics are on its metrics"
+            " port with --metrics; set proxy.pushprox.selfScrapeEnabled = false to keep"
             " /metrics the agent's after a restart too",
-            agents=", ".join(f"{clip(agent.name)!r} on {clip(agent.hostName)}" for agent in agents),
+            agents=", ".join(
+                f"{agent.kind} {clip(agent.name)!r} on {clip(agent.hostName)}" for agent in agents
+            ),
         )

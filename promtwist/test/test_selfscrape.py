@@ -174,7 +174,7 @@ class SelfScrapeTests(SynchronousTestCase):
         self.assertEqual([call.path for call in link.calls], ["metrics", "metrics"])
         warnings = [e for e in events if "selfScrapeEnabled" in logText([e])]
         self.assertEqual(len(warnings), 1, logText(events))
-        self.assertIn("'a1' on host", logText(warnings))
+        self.assertIn("by path 'metrics' of agent 'a1' on host,", logText(warnings))
         self.port.registry.removeAgent(link)
         gone = self.port.request()
         self.assertEqual(gone.status, 503)
