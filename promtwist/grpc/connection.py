@@ -60,6 +60,7 @@ from promtwist.grpc.call import (
     ServerCall,
     trailersOnly,
 )
+from promtwist.grpc.context import ConnectionContext, ContextFactory
 from promtwist.grpc.limits import Limits, RateBound
 from promtwist.grpc.messages import ACCEPTED_ENCODINGS, MessageReader
 from promtwist.grpc.service import Method
@@ -113,8 +114,18 @@ class GrpcServerProtocol(Protocol):
     _log = Logger()
     transport: ITCPTransport | None
 
-    def __init__(self, methods: dict[str, Method], limits: Limits, clock: IReactorTime) -> None:
+    #: The connection's context, made in L{connectionMade}.
+    context: ConnectionContext
+
+    def __init__(
+        self,
+        methods: dict[str, Method],
+        limits: Limits,
+        clock: IReactorTime,
+        contexts: ContextFactory = ConnectionContext,
+    ) -> None:
         self._methods = methods
+        self._contexts = contexts
         self._limits = limits
         self._clock = clock
         self._h2 = h2.connection.H2Connection(
@@ -140,6 +151,7 @@ class GrpcServerProtocol(Protocol):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
+        self.context = self._contexts(self.transport)
         cast(IConsumer, self.transport).registerProducer(self, True)
         limits = self._limits
         self._h2.local_settings = h2.settings.Settings(
@@ -200,6 +212,7 @@ class GrpcServerProtocol(Protocol):
         self._state = _State.GONE
         self._cancelTimer()
         self._abandonAll("the connection was lost")
+        self.context.connectionLost()
 
     # -- IPushProducer: the transport's backpressure on what we send ------------
 
@@ -274,7 +287,7 @@ class GrpcServerProtocol(Protocol):
             method.decode,
             method.encode,
             self._clock,
-            self.transport,
+            self.context,
         )
         self._streams[streamId] = _Stream(
             call, MessageReader(self._limits.maxMessageBytes, encoding)
@@ -633,7 +646,11 @@ class GrpcServerFactory(ServerFactory):
         methods: Iterable[Method],
         limits: Limits | None = None,
         reactor: IReactorTime | None = None,
+        contexts: ContextFactory = ConnectionContext,
     ) -> None:
+        """
+        @param contexts: makes each connection's L{ConnectionContext}.
+        """
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
@@ -642,6 +659,7 @@ class GrpcServerFactory(ServerFactory):
         self.clock: IReactorTime = reactor
         self.limits = limits if limits is not None else Limits()
         self.methods = {method.path: method for method in methods}
+        self.contexts = contexts
 
     def buildProtocol(self, addr: object) -> GrpcServerProtocol:
-        return GrpcServerProtocol(self.methods, self.limits, self.clock)
+        return GrpcServerProtocol(self.methods, self.limits, self.clock, self.contexts)
