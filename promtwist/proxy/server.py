@@ -26,6 +26,8 @@ from promtwist.listen import Listener, logStarted
 from promtwist.logs import clip, debugging, observer, utcTime
 from promtwist.metrics import AgentSample, ProxyState
 from promtwist.proxy.answers import ScrapeRecord
+from promtwist.proxy.grpcagent import GrpcAgent
+from promtwist.proxy.link import AgentLink
 from promtwist.proxy.pushprox import PushProxHub
 from promtwist.proxy.registry import AgentHandle
 from promtwist.proxy.scrape import ScrapeHandler
@@ -93,6 +95,7 @@ class ProxyService(MultiService):
         self.startedAt = reactor.seconds()
         self.authenticator = side.authenticator
         self.linkFactory = side.links
+        self.grpcAgents = side.grpc
         self.registry = side.registry
         self.metrics = side.metrics
         self.scrapes = scrapes
@@ -130,11 +133,19 @@ class ProxyService(MultiService):
                     self.reactor.seconds() - (link.establishedAt or self.reactor.seconds()),
                     link.transfersInProgress,
                 )
-                for link in self.linkFactory.connected()
+                for link in self._connected()
             ],
             pathCount=len(self.registry.snapshot()),
             pendingHandshakes=len(self.linkFactory.pending),
         )
+
+    def _connected(self) -> list[AgentLink | GrpcAgent]:
+        """
+        Every agent connection past its handshake: native links and
+        registered gRPC agents.
+        """
+        grpc = self.grpcAgents.connected() if self.grpcAgents is not None else []
+        return [*self.linkFactory.connected(), *grpc]
 
     def _scrapeEnded(self, record: ScrapeRecord) -> None:
         # A scrape that outlived its key's claim is not labelled by it: the
@@ -257,6 +268,8 @@ class ProxyService(MultiService):
                 link.close("its identity changed on reload")
         if self.pushprox is not None:
             self.pushprox.revoked(self.authenticator.stillHolds)
+        if self.grpcAgents is not None:
+            self.grpcAgents.revoked()
         others = PROXY.changedKeys(self.settings, fresh)
         if others:
             self._log.warn(
@@ -340,6 +353,8 @@ class ProxyService(MultiService):
                 )
         if self.pushprox is not None:
             self.pushprox.stop()
+        if self.grpcAgents is not None:
+            self.grpcAgents.stop()
         await self.linkFactory.closeAll("proxy shutting down")
 
     def stopService(self) -> Deferred[None]:
