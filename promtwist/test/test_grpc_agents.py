@@ -23,7 +23,11 @@ import treq
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
@@ -43,7 +47,7 @@ from promtwist.config.settings import (
 from promtwist.proxy.build import buildProxy
 from promtwist.proxy.server import ProxyService
 from promtwist.test.certs import Certificates, certificates
-from promtwist.test.helpers import eventually
+from promtwist.test.helpers import eventually, sourceTreeFile
 from promtwist.test.processes import Child, ProcessGroup, freePort, writeFile
 from promtwist.test.upstreamagent import UpstreamAgent, UpstreamOptions, UpstreamPath, javaGzip
 
@@ -129,16 +133,18 @@ class _Fleet(TestCase):
         """
         return UpstreamPath(name, f"/{name}", f"{self.targetBase}/{target or name}", labels)
 
+    def upstreamEndpoint(self) -> str:
+        """
+        Where upstream agents dial: the proxy's agent port.
+        """
+        return f"127.0.0.1:{self.proxy.agentListener.portNumber}"
+
     def upstream(self, *paths: UpstreamPath, **options: Any) -> UpstreamAgent:
         """
         An upstream agent of this proxy, started, stopped after the test.
         """
         options.setdefault("transportFilterDisabled", self.transportFilterDisabled)
-        agent = UpstreamAgent(
-            UpstreamOptions(
-                f"127.0.0.1:{self.proxy.agentListener.portNumber}", paths=paths, **options
-            )
-        )
+        agent = UpstreamAgent(UpstreamOptions(self.upstreamEndpoint(), paths=paths, **options))
         agent.start()
         self.addCleanup(agent.stop)
         return agent
@@ -414,6 +420,86 @@ class TransportFilterDisabledTests(DefaultModeTests):
     """
 
     transportFilterDisabled = True
+
+
+class ThroughNginxTests(TransportFilterDisabledTests):
+    """
+    The same through a real nginx in front of the agent port, configured
+    with examples/nginx/promtwist-grpc.conf (upstream's nginx/ example),
+    the agents in the transport-filter-disabled mode that example needs.
+    """
+
+    def startProxy(self, **settings: Any) -> ProxyService:
+        proxy = super().startProxy(**settings)
+        self.nginxPort = freePort()
+        self.startNginx(self.nginxPort, proxy.agentListener.portNumber)
+        return proxy
+
+    def upstreamEndpoint(self) -> str:
+        return f"127.0.0.1:{self.nginxPort}"
+
+    def startNginx(self, port: int, agentPort: int) -> None:
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        self.assertTrue(
+            os.access(binary, os.X_OK),
+            "nginx is needed (Debian package 'nginx'; scripts/test installs it as root)",
+        )
+        with open(sourceTreeFile("examples/nginx/promtwist-grpc.conf")) as f:
+            example = f.read()
+        # The example's ports, and nothing else, moved to this test's.
+        self.assertEqual(example.count("listen 50440 http2;"), 1)
+        self.assertEqual(example.count("grpc_pass grpc://127.0.0.1:50051;"), 1)
+        example = example.replace("listen 50440 http2;", f"listen 127.0.0.1:{port} http2;")
+        example = example.replace("grpc://127.0.0.1:50051;", f"grpc://127.0.0.1:{agentPort};")
+        prefix = os.path.abspath(str(self.mktemp()))
+        os.makedirs(os.path.join(prefix, "logs"))
+        server = writeFile(os.path.join(prefix, "promtwist-grpc.conf"), example)
+        config = writeFile(
+            os.path.join(prefix, "nginx.conf"),
+            f"""\
+daemon off;
+master_process off;
+pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log info;
+events {{ worker_connections 256; }}
+http {{
+    access_log {prefix}/logs/access.log;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    include {server};
+}}
+""",
+        )
+        self.nginx = Child(self, "nginx", [binary, "-p", prefix, "-c", config], prefix)
+        self.nginx.start()
+
+    async def connected(self, *paths: UpstreamPath, **options: Any) -> UpstreamAgent:
+        await self.listening(self.nginxPort)
+        return await super().connected(*paths, **options)
+
+    def upstream(self, *paths: UpstreamPath, **options: Any) -> UpstreamAgent:
+        # Upstream's nginx example runs the agents with the transport
+        # filter off; on, nginx's several connections would each be an
+        # agent id of their own (upstream's issue #81).
+        options["transportFilterDisabled"] = True
+        return super().upstream(*paths, **options)
+
+    async def listening(self, port: int) -> None:
+        """
+        Wait until nginx accepts connections on C{port}.
+        """
+        for _ in range(100):
+            try:
+                protocol = await connectProtocol(
+                    TCP4ClientEndpoint(reactor, "127.0.0.1", port), Protocol()
+                )
+            except ConnectError:
+                await deferLater(reactor, 0.05)
+                continue
+            assert protocol.transport is not None
+            protocol.transport.loseConnection()
+            return
+        self.fail(f"nginx does not listen on {port}:\n{self.nginx.describe()}")
 
 
 class BothModesTests(_Fleet):
