@@ -477,12 +477,27 @@ http {{
         await self.listening(self.nginxPort)
         return await super().connected(*paths, **options)
 
-    def upstream(self, *paths: UpstreamPath, **options: Any) -> UpstreamAgent:
-        # Upstream's nginx example runs the agents with the transport
-        # filter off; on, nginx's several connections would each be an
-        # agent id of their own (upstream's issue #81).
-        options["transportFilterDisabled"] = True
-        return super().upstream(*paths, **options)
+    async def test_wrongModeThroughNginx(self) -> None:
+        """
+        An agent left in the default mode behind nginx (upstream's issue
+        #81: nginx carries its calls on several connections) is refused
+        with a reason that names the setting to change; an agent in the
+        right mode beside it serves.
+        """
+        self.startProxy()
+        await self.connected(self.path("plain"))
+        await self.listening(self.nginxPort)
+        wrong = self.upstream(self.path("gzipped"), transportFilterDisabled=False)
+        await eventually(
+            self,
+            lambda: bool(wrong.registerFailures or wrong.connectFailures),
+            "the refusal",
+            15,
+        )
+        self.assertEqual(wrong.connected, 0)
+        reasons = wrong.registerFailures + [details for _, details in wrong.connectFailures]
+        self.assertIn("transportFilterDisabled", reasons[0])
+        await self.assertServes("plain", PLAIN)
 
     async def listening(self, port: int) -> None:
         """
