@@ -226,6 +226,10 @@ class AgentSettings(_OperationsSettings):
     consolidated: bool = False
     agent_token: str = ""
     proxy_endpoints: tuple[ProxyEndpoint, ...] = (ProxyEndpoint("localhost", 50051),)
+    # promtwist's own: how the link reaches every proxy endpoint, "native"
+    # (its framing on TCP or TLS) or "grpc" (the same framing inside one
+    # gRPC call, for L7 front ends: promtwist.agent.grpclink).
+    transport: str = "native"
     chunk_content_size_kbs: int = 32
     min_gzip_size_bytes: int = 512
     scrape_timeout_secs: float = 15.0

@@ -61,6 +61,12 @@ class StreamCarrier(Protocol):
         Reopen C{size} bytes of the stream's receive window.
         """
 
+    def resetStream(self, streamId: int) -> None:
+        """
+        End the stream at once with C{RST_STREAM CANCEL}: what is queued on
+        it is dropped, and nothing more is sent or read on it.
+        """
+
 
 # What every response starts with: the encodings promtwist decodes are
 # advertised, though it sends none compressed.
@@ -114,6 +120,9 @@ class ServerCall(Generic[Req, Resp]):
     @ivar deadline: when the client stops waiting (from C{grpc-timeout}),
         in the clock's seconds, or L{None}.
     @ivar peer: who called, as the transport says.
+    @ivar transport: the HTTP/2 connection's transport (TLS under TLS),
+        for what the connection proves about its peer (a client
+        certificate); a call sends nothing through it.
     """
 
     def __init__(
@@ -127,11 +136,13 @@ class ServerCall(Generic[Req, Resp]):
         decode: Callable[[bytes], Req],
         encode: Callable[[Resp], bytes],
         clock: IReactorTime,
+        transport: object = None,
     ) -> None:
         self.method = method
         self.metadata = metadata
         self.deadline = deadline
         self.peer = peer
+        self.transport = transport
         self._carrier = carrier
         self._streamId = streamId
         self._decode = decode
@@ -213,6 +224,21 @@ class ServerCall(Generic[Req, Resp]):
             raise CallCancelled(f"{self!r}: send() after the call ended")
         self._sendHeaders()
         return self._carrier.sendData(self._streamId, frameMessage(self._encode(message)))
+
+    def reset(self, why: str) -> None:
+        """
+        End the call at once, without a status: the stream is reset
+        (C{CANCEL}), what is queued on it dropped, its handler cancelled.
+        For a handler that gives up on its peer (one that stopped reading,
+        say), since a status would wait behind what the peer does not read;
+        the connection and its other calls go on.
+        """
+        if self._state is _State.CANCELLED:
+            return
+        # Cancelled first, so that its handler is not failed by the sends
+        # the reset drops.
+        self.abort(why)
+        self._carrier.resetStream(self._streamId)
 
     # -- What the connection drives ------------------------------------------
 

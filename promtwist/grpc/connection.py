@@ -274,6 +274,7 @@ class GrpcServerProtocol(Protocol):
             method.decode,
             method.encode,
             self._clock,
+            self.transport,
         )
         self._streams[streamId] = _Stream(
             call, MessageReader(self._limits.maxMessageBytes, encoding)
@@ -425,6 +426,15 @@ class GrpcServerProtocol(Protocol):
 
     def acknowledge(self, streamId: int, size: int) -> None:
         self._acknowledge(streamId, size)
+        self._flush()
+
+    def resetStream(self, streamId: int) -> None:
+        stream = self._forget(streamId)
+        if self._writable(streamId):
+            self._h2.reset_stream(streamId, ErrorCodes.CANCEL)
+        if stream is not None:
+            self._abandon(stream, "the server reset the stream")
+            self._streamGone()
         self._flush()
 
     # -- Inside ----------------------------------------------------------------
