@@ -174,17 +174,26 @@ class _Fleet(TestCase):
         await eventually(self, lambda: bool(agent.connectFailures), "a failed connect", 15)
 
     def promtwistAgent(
-        self, name: str, path: str, target: str, consolidated: bool = False
+        self,
+        name: str,
+        path: str,
+        target: str,
+        consolidated: bool = False,
+        transport: str = "native",
+        port: int | None = None,
     ) -> Deferred[Any]:
         """
-        A promtwist agent of this proxy serving C{path} from C{target};
-        fires once it is connected.
+        A promtwist agent of this proxy (or of what listens on C{port})
+        serving C{path} from C{target} over its C{transport}; fires once it
+        is connected.
         """
+        port = port or self.proxy.agentListener.portNumber
         agent = buildAgent(
             AgentSettings(
                 name=name,
                 consolidated=consolidated,
-                proxy_endpoints=(ProxyEndpoint("127.0.0.1", self.proxy.agentListener.portNumber),),
+                transport=transport,
+                proxy_endpoints=(ProxyEndpoint("127.0.0.1", port),),
                 path_configs=(PathConfig(name, path, f"{self.targetBase}/{target}"),),
             ),
             reactor,
@@ -498,6 +507,29 @@ http {{
         reasons = wrong.registerFailures + [details for _, details in wrong.connectFailures]
         self.assertIn("transportFilterDisabled", reasons[0])
         await self.assertServes("plain", PLAIN)
+
+    async def test_mixedFleetThroughNginx(self) -> None:
+        """
+        Through the same nginx, a promtwist agent over gRPC
+        (C{agent.transport = grpc}) and an upstream agent share a
+        consolidated path, and the promtwist agent serves a chunked-size
+        body of its own byte for byte.
+        """
+        self.startProxy()
+        self.targets.bodies["from_grpc"] = b'fleet_member{kind="grpc"} 1\n'
+        self.targets.bodies["from_promtwist"] = b'fleet_member{kind="promtwist"} 1\n'
+        await self.connected(self.path("shared", "from_grpc"), consolidated=True)
+        await self.promtwistAgent(
+            "pt", "shared", "from_promtwist", True, transport="grpc", port=self.nginxPort
+        )
+        await self.promtwistAgent("pt-big", "big", "chunked", transport="grpc", port=self.nginxPort)
+        code, _, body = await self.scrape("shared")
+        self.assertEqual(code, 200)
+        self.assertEqual(
+            _lines(body),
+            _lines(self.targets.bodies["from_grpc"] + self.targets.bodies["from_promtwist"]),
+        )
+        await self.assertServes("big", CHUNKED, 2)
 
     async def listening(self, port: int) -> None:
         """
