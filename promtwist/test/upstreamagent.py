@@ -609,11 +609,16 @@ class UpstreamAgent:
 
         @return: fires in the reactor once the run loop has ended.
         """
-        with self._lock:
-            self._stopping.set()
-            if self._connection is not None:
-                self._connection.close()
+        self._stopping.set()
+        # Closing a grpcio channel takes its locks: not in the reactor.
+        _threads.callInThread(self._closeConnection)
         return self._stopped
+
+    def _closeConnection(self) -> None:
+        with self._lock:
+            connection = self._connection
+        if connection is not None:
+            connection.close()
 
     @property
     def connection(self) -> _Connection | None:
