@@ -121,10 +121,10 @@ class _Fleet(TestCase):
     def startProxy(self, **settings: Any) -> ProxyService:
         settings.setdefault("http_port", 0)
         settings.setdefault("agent_port", 0)
-        self.proxy = buildProxy(ProxySettings(**settings), reactor, interface="127.0.0.1")
-        self.proxy.startService()
-        self.addCleanup(self.proxy.stopService)
-        return self.proxy
+        proxy = self.proxy = buildProxy(ProxySettings(**settings), reactor, interface="127.0.0.1")
+        proxy.startService()
+        self.addCleanup(lambda: proxy.stopService() if proxy.running else None)
+        return proxy
 
     def path(self, name: str, target: str | None = None, **labels: str) -> UpstreamPath:
         """
@@ -314,6 +314,23 @@ class DefaultModeTests(_Fleet):
         self.assertFalse(again.valid)
         self.assertIn("gzipped", again.reason)
 
+    async def test_reconnect(self) -> None:
+        """
+        When the proxy goes and comes back on the same ports, the agent
+        connects again with a new agent id, registers its paths again and
+        serves.
+        """
+        ports = {"http_port": freePort(), "agent_port": freePort()}
+        first = self.startProxy(**ports)
+        agent = await self.connected(self.path("plain"), reconnectPauseSecs=0.5)
+        await self.assertServes("plain", PLAIN)
+        await first.stopService()
+        await eventually(self, lambda: bool(agent.streamEnds), "the agent saw the proxy go", 10)
+        self.startProxy(**ports)
+        await eventually(self, lambda: agent.connected == 2, "the agent back", 15)
+        await self.assertServes("plain", PLAIN)
+        self.assertEqual(len(set(agent.agentIds)), 2)
+
     async def test_token(self) -> None:
         """
         The right token serves; a wrong or missing one is refused on the
@@ -440,8 +457,9 @@ class ThroughNginxTests(TransportFilterDisabledTests):
 
     def startProxy(self, **settings: Any) -> ProxyService:
         proxy = super().startProxy(**settings)
-        self.nginxPort = freePort()
-        self.startNginx(self.nginxPort, proxy.agentListener.portNumber)
+        if not hasattr(self, "nginx"):
+            self.nginxPort = freePort()
+            self.startNginx(self.nginxPort, proxy.agentListener.portNumber)
         return proxy
 
     def upstreamEndpoint(self) -> str:

@@ -251,6 +251,7 @@ class _Connection:
                     "connectAgentWithTransportFilterDisabled", pb.Empty(), pb.AgentInfo
                 )
                 self.agent.agentId = info.agent_id  # AGS:316
+                self.agent.agentIds.append(info.agent_id)
             else:
                 self.unary("connectAgent", pb.Empty(), pb.Empty)  # AGS:318
         except Exception as e:  # noqa: BLE001  # AGS:323: any failure is a failed connect
