@@ -9,6 +9,7 @@ identities, shows the debug page, and drains on shutdown.
 from __future__ import annotations
 
 import collections
+from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,7 @@ from promtwist.debugpage import head, recentLine, table, uptime, where
 from promtwist.hostkeys import spelled
 from promtwist.listen import Listener, logStarted
 from promtwist.logs import clip, debugging, observer, utcTime
-from promtwist.metrics import AgentSample, ProxyState
+from promtwist.metrics import AGENT_KINDS, AgentSample, ProxyState
 from promtwist.proxy.answers import ScrapeRecord
 from promtwist.proxy.grpcagent import GrpcAgent
 from promtwist.proxy.link import AgentLink
@@ -137,6 +138,9 @@ class ProxyService(MultiService):
             ],
             pathCount=len(self.registry.snapshot()),
             pendingHandshakes=len(self.linkFactory.pending),
+            kinds=Counter(
+                AGENT_KINDS.get(agent.kind, agent.kind) for agent in self.registry.agents()
+            ),
         )
 
     def _connected(self) -> list[AgentLink | GrpcAgent]:
