@@ -152,6 +152,8 @@ class GrpcServerProtocol(Protocol):
     def connectionMade(self) -> None:
         assert self.transport is not None
         self.context = self._contexts(self.transport)
+        if isinstance(self.factory, GrpcServerFactory):
+            self.factory.connections.add(self)
         cast(IConsumer, self.transport).registerProducer(self, True)
         limits = self._limits
         self._h2.local_settings = h2.settings.Settings(
@@ -213,6 +215,16 @@ class GrpcServerProtocol(Protocol):
         self._cancelTimer()
         self._abandonAll("the connection was lost")
         self.context.connectionLost()
+        if isinstance(self.factory, GrpcServerFactory):
+            self.factory.connections.discard(self)
+
+    def close(self, reason: str) -> None:
+        """
+        End the connection for C{reason} (the server is stopping): GOAWAY
+        C{NO_ERROR} with it as debug data; the calls still open are
+        cancelled, since h2 answers nothing after a GOAWAY.
+        """
+        self._goAway(ErrorCodes.NO_ERROR, reason)
 
     # -- IPushProducer: the transport's backpressure on what we send ------------
 
@@ -660,6 +672,18 @@ class GrpcServerFactory(ServerFactory):
         self.limits = limits if limits is not None else Limits()
         self.methods = {method.path: method for method in methods}
         self.contexts = contexts
+        #: The connections open now.
+        self.connections: set[GrpcServerProtocol] = set()
 
     def buildProtocol(self, addr: object) -> GrpcServerProtocol:
-        return GrpcServerProtocol(self.methods, self.limits, self.clock, self.contexts)
+        protocol = GrpcServerProtocol(self.methods, self.limits, self.clock, self.contexts)
+        protocol.factory = self
+        return protocol
+
+    def closeAll(self, reason: str) -> None:
+        """
+        End every open connection with GOAWAY for C{reason} (see
+        L{GrpcServerProtocol.close}).
+        """
+        for protocol in list(self.connections):
+            protocol.close(reason)

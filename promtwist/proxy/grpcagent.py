@@ -207,6 +207,9 @@ class GrpcAgent:
 
     def forget(self, scrapeId: int) -> None:
         self._scrapes.pop(scrapeId, None)
+        if self._queue:
+            # Not sent yet (no request stream is open): never will be.
+            self._queue = deque(r for r in self._queue if r.scrape_id != scrapeId)
 
     def sendIfConnected(self, frame: Frame) -> None:
         # Credit and cancellations are promtwist's; upstream's agent knows

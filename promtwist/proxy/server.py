@@ -97,6 +97,7 @@ class ProxyService(MultiService):
         self.authenticator = side.authenticator
         self.linkFactory = side.links
         self.grpcAgents = side.grpc
+        self.agentPort = side.port
         self.registry = side.registry
         self.metrics = side.metrics
         self.scrapes = scrapes
@@ -358,7 +359,11 @@ class ProxyService(MultiService):
         if self.pushprox is not None:
             self.pushprox.stop()
         if self.grpcAgents is not None:
+            # Their request streams end first (OK, as upstream ends them),
+            # then their connections go with GOAWAY.
             self.grpcAgents.stop()
+        if self.agentPort.grpc is not None:
+            self.agentPort.grpc.closeAll("the proxy is shutting down")
         await self.linkFactory.closeAll("proxy shutting down")
 
     def stopService(self) -> Deferred[None]:

@@ -13,6 +13,7 @@ from twisted.internet.interfaces import ITCPTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from promtwist.grpc.call import ServerCall
+from promtwist.grpc.connection import GrpcServerFactory
 from promtwist.grpc.context import ConnectionContext
 from promtwist.grpc.service import unary
 from promtwist.grpc.status import GrpcError, StatusCode
@@ -108,3 +109,21 @@ class ContextTests(SynchronousTestCase):
         self.assertEqual((context.lost, context.lostAfter), (1, [True]))
         self.assertTrue(self.held[0].called)
         self.held[0].addErrback(lambda f: None)
+
+    def test_closeAll(self) -> None:
+        """
+        The factory knows its open connections; closeAll ends each with
+        GOAWAY NO_ERROR saying why, its open calls cancelled, and forgets
+        it once it is lost.
+        """
+        factory = self.peer.protocol.factory
+        assert isinstance(factory, GrpcServerFactory)
+        self.assertEqual(factory.connections, {self.peer.protocol})
+        self.peer.request(1, b"/t/hold")
+        factory.closeAll("the proxy is shutting down")
+        self.peer.read()
+        self.assertEqual(self.peer.goAwayReason, (0, b"the proxy is shutting down"))
+        self.assertTrue(_Noted.made[0].calls[0].cancelled)
+        self.held[0].addErrback(lambda f: None)
+        self.peer.protocol.connectionLost()
+        self.assertEqual(factory.connections, set())
