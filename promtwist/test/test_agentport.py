@@ -64,7 +64,7 @@ class DetectionTests(SynchronousTestCase):
         """
         A native Hello is the native link's: it is answered as before.
         """
-        side, protocol, transport = self.connect()
+        _, protocol, transport = self.connect()
         hello = Frame(hello=Hello(agent_name="a", protocol_version=1))
         protocol.dataReceived(encodeFrame(hello))
         self.assertIsInstance(protocol.active, AgentLink)
@@ -86,6 +86,6 @@ class DetectionTests(SynchronousTestCase):
         A connection lost before it sent anything is the native link's to
         count and forget.
         """
-        side, protocol, transport = self.connect()
+        side, protocol, _ = self.connect()
         protocol.connectionLost()
         self.assertEqual((side.links.pending, side.links.links), (set(), set()))
