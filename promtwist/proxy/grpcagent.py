@@ -448,6 +448,16 @@ class GrpcAgents:
         self, call: ServerCall[Any, Any], connection: AgentConnection | None
     ) -> GrpcAgent:
         identity = self._identify(call)
+        waiting = sum(not agent.registered for agent in self._agents.values())
+        if waiting >= self.settings.max_pending_handshakes:
+            # As the native port bounds connections before their Hello:
+            # connects cost nothing to send, and each is kept until evicted.
+            self.metrics.rejected("pending_handshakes")
+            raise GrpcError(
+                StatusCode.RESOURCE_EXHAUSTED,
+                f"{waiting} gRPC agents connected and have not called registerAgent"
+                " (proxy.internal.maxPendingHandshakes); retry later",
+            )
         agentId = connection.agentId if connection is not None else newAgentId()
         agent = GrpcAgent(self, agentId, identity, _peerName(call), connection)
         self._agents[agentId] = agent

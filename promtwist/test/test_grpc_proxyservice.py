@@ -295,6 +295,39 @@ class ProxyServiceTests(TestCase):
         self.assertFalse(unknown.valid)
         self.assertIn("Invalid agentId: gone (sendHeartBeat)", unknown.reason)
 
+    async def test_unregisteredConnectsBounded(self) -> None:
+        """
+        Agents connected and not registered are bounded as the native
+        port's handshakes are: past proxy.internal.maxPendingHandshakes a
+        connect is RESOURCE_EXHAUSTED, naming the setting.
+        """
+        self.startProxy(max_pending_handshakes=2)
+        client = self.client()
+        for _ in range(2):
+            await client.unary("connectAgentWithTransportFilterDisabled", pb.Empty(), pb.AgentInfo)
+        code, details = await self.refusedWith(
+            client.unary("connectAgentWithTransportFilterDisabled", pb.Empty(), pb.AgentInfo)
+        )
+        self.assertEqual(code, grpc.StatusCode.RESOURCE_EXHAUSTED)
+        self.assertIn("proxy.internal.maxPendingHandshakes", details)
+
+    async def test_evicted(self) -> None:
+        """
+        An agent silent for maxAgentInactivitySecs is evicted: its paths
+        leave, its heartbeat is then invalid, and eviction is counted.
+        """
+        self.startProxy(max_agent_inactivity_secs=0.5, stale_agent_check_pause_secs=0.1)
+        client = self.client()
+        agentId = await self.connected(client, "m", disabled=True)
+        await _until(lambda: not self.proxy.registry.lookup("m"))
+        beat = await client.unary(
+            "sendHeartBeat", pb.HeartBeatRequest(agent_id=agentId), pb.HeartBeatResponse
+        )
+        self.assertFalse(beat.valid)
+        self.assertEqual(
+            self.proxy.metrics.registry.get_sample_value("proxy_eviction_count_total"), 1.0
+        )
+
     # the request stream and results
 
     async def test_readRequestsRefusals(self) -> None:
