@@ -328,6 +328,22 @@ class ProxyServiceTests(TestCase):
             self.proxy.metrics.registry.get_sample_value("proxy_eviction_count_total"), 1.0
         )
 
+    async def test_evictedWithStaleCheckOff(self) -> None:
+        """
+        With proxy.internal.staleAgentCheckEnabled false, an agent bound to
+        no connection is still evicted, as upstream evicts it; one bound to
+        its connection is not.
+        """
+        self.startProxy(
+            stale_agent_check_enabled=False,
+            max_agent_inactivity_secs=0.5,
+            stale_agent_check_pause_secs=0.1,
+        )
+        await self.connected(self.client(), "bound")
+        await self.connected(self.client(), "unbound", disabled=True)
+        await _until(lambda: not self.proxy.registry.lookup("unbound"))
+        self.assertEqual(len(self.proxy.registry.lookup("bound")), 1)
+
     # the request stream and results
 
     async def test_readRequestsRefusals(self) -> None:
