@@ -520,7 +520,7 @@ def linkTLS(
     #106). It must be for C{agent.tls.overrideAuthority} when set, else for
     the proxy's host. C{agent.tls.certChainFilePath} and
     C{privateKeyFilePath} are the agent's client certificate, for proxies
-    that require one.
+    that require one. With C{agent.transport = grpc} it offers ALPN C{h2}.
 
     @raise ConfigError: for any problem with the files.
     """
@@ -533,6 +533,9 @@ def linkTLS(
     trustRoot = (
         trustRootFromCertificates(_authorities(trustKey, trust)) if trust else platformTrust()
     )
+    # gRPC servers and front ends require ALPN h2; the native link offers
+    # nothing, as before.
+    protocols = [b"h2"] if settings.transport == "grpc" else None
     if cert or key:
         pair = _keyPair(section, cert, key)
         options = CertificateOptions(
@@ -541,9 +544,12 @@ def linkTLS(
             extraCertChain=list(pair.chain),
             trustRoot=trustRoot,
             raiseMinimumTo=_MINIMUM_VERSION,
+            acceptableProtocols=protocols,
         )
     else:
-        options = CertificateOptions(trustRoot=trustRoot, raiseMinimumTo=_MINIMUM_VERSION)
+        options = CertificateOptions(
+            trustRoot=trustRoot, raiseMinimumTo=_MINIMUM_VERSION, acceptableProtocols=protocols
+        )
     where = f"{section}.certChainFilePath: {cert}" if cert else f"{trustKey}: {trust}"
     return _ClientTLS(
         _context(options, where),

@@ -24,6 +24,7 @@ from promtwist.agent.client import Origin, TargetPool
 from promtwist.agent.connection import ProxyConnectionFactory
 from promtwist.agent.discoveryfile import FileDiscovery
 from promtwist.agent.filters import FilterStream
+from promtwist.agent.grpclink import GrpcLinkEndpoint
 from promtwist.agent.scraper import ScrapeObserver, Scraper
 from promtwist.agent.service import AgentService
 from promtwist.config.settings import AgentSettings
@@ -126,7 +127,8 @@ def proxyEndpoints(
 ) -> list[tuple[str, IStreamClientEndpoint]]:
     """
     An endpoint per configured proxy, each with TLS options of its own (the
-    certificate's expected host name differs).
+    certificate's expected host name differs); with C{agent.transport =
+    grpc}, each carries the link inside a gRPC call.
 
     @raise promtwist.config.settings.ConfigError: when a TLS file is unusable.
     """
@@ -138,6 +140,8 @@ def proxyEndpoints(
         tls = linkTLS(settings, proxy)
         if tls is not None:
             endpoint = wrapClientTLS(tls, endpoint)
+        if settings.transport == "grpc":
+            endpoint = GrpcLinkEndpoint(endpoint, str(proxy), reactor)
         endpoints.append((str(proxy), endpoint))
     return endpoints
 

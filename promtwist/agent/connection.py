@@ -31,6 +31,7 @@ from promtwist.agent.scraper import Scrape, Scraper
 from promtwist.agent.slots import Slots
 from promtwist.agent.targets import NotServed, targetFetch
 from promtwist.config.settings import AgentSettings, PathConfig
+from promtwist.grpc.client import CallFailed
 from promtwist.hostkeys import spelled
 from promtwist.httputil import redacted
 from promtwist.logs import clip, observer, utcTime
@@ -668,7 +669,10 @@ class ProxyConnection(Session):
             tls = describeTLSFailure(reason)
             why = tls or self.closeReason or reason.getErrorMessage()
             if not (
-                tls or self.closeReason or self.bytesReceived or reason.check(CertificateRejected)
+                tls
+                or self.closeReason
+                or self.bytesReceived
+                or reason.check(CertificateRejected, CallFailed)
             ):
                 # Only a close with no cause at all suggests the two ends
                 # disagree about TLS.

@@ -29,6 +29,7 @@ from promtwist.config.schema import (
     PORT,
     POSITIVE,
     TARGET_PREFIX,
+    TRANSPORT,
     URL_PATH,
     Role,
     Setting,
@@ -229,6 +230,12 @@ PROXY = Role(
                 options=("agent_listen",),
                 rule=LISTEN,
                 help="Where agents connect, as a Twisted endpoint (replaces --agent_port)",
+            ),
+            Setting(
+                "proxy.agent.grpcEnabled",
+                bool,
+                field="agent_grpc_enabled",
+                help="Serve prometheus-proxy agents (gRPC) on the agent port too",
             ),
             Setting(
                 "proxy.service.discovery.enabled",
@@ -612,6 +619,17 @@ AGENT = Role(
             # promtwist's own: TLS with no agent.tls file, trusting the
             # system's CAs (prometheus-proxy's issue #106).
             Setting("agent.tls.enabled", bool, field="tls_enabled"),
+            # promtwist's own: the link inside one gRPC call, for L7 front
+            # ends (docs/grpc-link.md).
+            Setting(
+                "agent.transport",
+                str,
+                field="transport",
+                options=("transport",),
+                rule=TRANSPORT,
+                help="How the link reaches the proxy: native (its own framing on TCP/TLS)"
+                " or grpc (the same inside one gRPC call, across L7 gRPC front ends)",
+            ),
             Setting(
                 "agent.tls.overrideAuthority",
                 str,

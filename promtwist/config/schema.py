@@ -80,6 +80,18 @@ def _logLevel(value: str) -> str:
 
 LOG_LEVEL = Rule(f"one of {', '.join(LOG_LEVELS)} or empty", _logLevel)
 
+TRANSPORTS = ("native", "grpc")
+
+
+def _transport(value: str) -> str:
+    transport = value.strip().lower()
+    if transport not in TRANSPORTS:
+        raise ValueError(value)
+    return transport
+
+
+TRANSPORT = Rule(f"one of {', '.join(TRANSPORTS)}", _transport)
+
 
 def _idleTimeout(value: float) -> float:
     # prometheus-proxy documents -1 as "use the default"; keep the meaning

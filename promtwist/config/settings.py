@@ -132,6 +132,8 @@ class ProxySettings(_OperationsSettings):
     # promtwist's own (proxy.http.listen, proxy.agent.listen), as admin_listen.
     http_listen: str = ""
     agent_listen: str = ""
+    # Upstream prometheus-proxy agents (gRPC) on the agent port too.
+    agent_grpc_enabled: bool = True
     agent_token: str = ""
     log_level: str = ""
     sd_enabled: bool = False
@@ -227,6 +229,10 @@ class AgentSettings(_OperationsSettings):
     consolidated: bool = False
     agent_token: str = ""
     proxy_endpoints: tuple[ProxyEndpoint, ...] = (ProxyEndpoint("localhost", 50051),)
+    # promtwist's own: how the link reaches every proxy endpoint, "native"
+    # (its framing on TCP or TLS) or "grpc" (the same framing inside one
+    # gRPC call, for L7 front ends: promtwist.agent.grpclink).
+    transport: str = "native"
     chunk_content_size_kbs: int = 32
     min_gzip_size_bytes: int = 512
     scrape_timeout_secs: float = 15.0
