@@ -62,6 +62,9 @@ def answer(
     that does not take gzip); a target's failure is its status and
     upstream's reason, with no body.
     """
+    if status < 0:
+        # int32 upstream; promtwist's unsigned field cannot even carry it.
+        return _failed(502, f"gRPC agent {agent!r}: status {status} is not an HTTP status")
     if status >= 300 or not valid:
         if 200 <= status < 300:
             # A 2xx that the agent calls invalid is no answer to pass on.

@@ -340,6 +340,17 @@ class Attacks(SynchronousTestCase):
         self.feed([pb.ChunkedScrapeResponse(), *self.messages])
         self.assertTrue(self.scrape.done)
 
+    def test_negativeStatus(self) -> None:
+        """
+        A negative status in a header (int32 upstream, unsigned in
+        promtwist's message) fails the scrape by name, not with a traceback
+        that ends the agent's result stream.
+        """
+        self.messages[0].header.header_status_code = -200
+        self.feed(self.messages)
+        self.assertEqual(self.scrape.failure.status, 502)
+        self.assertIn("status -200", self.scrape.failure.reason)
+
     def test_interleaved(self) -> None:
         """
         Two transfers on one call, interleaved, each get their own bytes.
@@ -363,6 +374,20 @@ class Attacks(SynchronousTestCase):
         self.assertIn(ABANDONED, self.scrape.failure.reason)
         self.assertEqual(self.agent.abandoned, 1)
         self.assertTrue(done.done)
+
+
+class WholeResults(SynchronousTestCase):
+    """
+    C{writeResponsesToProxy}'s results that upstream's agent never sends.
+    """
+
+    def test_negativeStatus(self) -> None:
+        """
+        A negative status is an answer naming it, not a ValueError.
+        """
+        answer = answerOf("node-1", pb.ScrapeResponse(status_code=-1, failure_reason="x"))
+        self.assertEqual(answer.status, 502)
+        self.assertIn("status -1", answer.reason)
 
 
 @dataclass(eq=False)
