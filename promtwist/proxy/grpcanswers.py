@@ -65,10 +65,11 @@ def answer(
     if status < 0:
         # int32 upstream; promtwist's unsigned field cannot even carry it.
         return _failed(502, f"gRPC agent {agent!r}: status {status} is not an HTTP status")
-    if status >= 300 or not valid:
-        if 200 <= status < 300:
-            # A 2xx that the agent calls invalid is no answer to pass on.
-            status = 502
+    if 200 <= status < 300 and not valid:
+        # A 2xx that the agent calls invalid is no answer to pass on.
+        reason = f": {failureReason}" if failureReason else ""
+        return _failed(502, f"gRPC agent {agent!r} marked its HTTP {status} result invalid{reason}")
+    if status >= 300:
         reason = failureReason or f"target answered HTTP {status}"
         return _failed(status, f"gRPC agent {agent!r}: {reason}")
     return ScrapeResponse(
@@ -85,7 +86,12 @@ def answerOf(agent: str, response: pb.ScrapeResponse) -> ScrapeResponse:
     """
     A C{writeResponsesToProxy} result: text (UTF-8) or gzip bytes.
     """
-    zipped = response.zipped or response.WhichOneof("content_one_of") == "content_as_zipped"
+    zipped = response.zipped
+    content = response.WhichOneof("content_one_of")
+    if content == ("content_as_text" if zipped else "content_as_zipped"):
+        # Either reading would lose the body the agent sent.
+        marked = "zipped" if zipped else "not zipped"
+        return _failed(502, f"gRPC agent {agent!r}: result marked {marked} and sent as {content}")
     body = response.content_as_zipped if zipped else response.content_as_text.encode("utf-8")
     return answer(
         agent,

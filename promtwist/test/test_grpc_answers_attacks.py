@@ -389,6 +389,28 @@ class WholeResults(SynchronousTestCase):
         self.assertEqual(answer.status, 502)
         self.assertIn("status -1", answer.reason)
 
+    def test_zippedMarkedTextSent(self) -> None:
+        """
+        Marked zipped and sent as text: refused naming the contradiction,
+        not passed on as an empty gzip body.
+        """
+        answer = answerOf(
+            "node-1",
+            pb.ScrapeResponse(
+                valid_response=True, status_code=200, zipped=True, content_as_text="up 1\n"
+            ),
+        )
+        self.assertEqual(answer.status, 502)
+        self.assertIn("marked zipped", answer.reason)
+
+    def test_invalid2xxKeepsReason(self) -> None:
+        """
+        A 2xx the agent calls invalid is a 502 that says so.
+        """
+        answer = answerOf("node-1", pb.ScrapeResponse(status_code=200, content_as_text="up 1\n"))
+        self.assertEqual((answer.status, answer.body), (502, b""))
+        self.assertIn("marked its HTTP 200 result invalid", answer.reason)
+
 
 @dataclass(eq=False)
 class GrpcLikeLink(FakeLink):
