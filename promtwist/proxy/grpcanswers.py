@@ -176,11 +176,26 @@ class ChunkedResults:
             return self._fail(previous, "Chunk validation failed: a second header")
         self._transfers[scrapeId] = _Transfer(agent, stream, header)
 
+    def _open(self, scrapeId: int) -> _Transfer | None:
+        """
+        The transfer open for C{scrapeId}, if its scrape is still awaited;
+        else the message is dropped. Once the scrape is over (Prometheus
+        left, its deadline passed) the rest of its transfer is dropped as it
+        comes, not held to its summary for nobody as upstream holds it.
+        """
+        transfer = self._transfers.get(scrapeId)
+        if transfer is not None and transfer.stream.ended:
+            del self._transfers[scrapeId]
+            transfer = None
+        if transfer is None:
+            self._dropped(scrapeId)
+        return transfer
+
     def _chunk(self, chunk: pb.ChunkData) -> None:
         scrapeId = chunk.chunk_scrape_id
-        transfer = self._transfers.get(scrapeId)
+        transfer = self._open(scrapeId)
         if transfer is None:
-            return self._dropped(scrapeId)
+            return
         transfer.agent.heard()
         count, data = chunk.chunk_byte_count, chunk.chunk_bytes
         problem = None
@@ -210,9 +225,10 @@ class ChunkedResults:
 
     def _summary(self, summary: pb.SummaryData) -> None:
         scrapeId = summary.summary_scrape_id
-        transfer = self._transfers.pop(scrapeId, None)
+        transfer = self._open(scrapeId)
         if transfer is None:
-            return self._dropped(scrapeId)
+            return
+        del self._transfers[scrapeId]
         transfer.agent.heard()
         expected = (
             summary.summary_chunk_count,
@@ -228,18 +244,17 @@ class ChunkedResults:
                 f" {expected}, the proxy received {received}",
             )
         header = transfer.header
-        if not transfer.stream.ended:
-            transfer.stream.responseReceived(
-                answer(
-                    transfer.agent.name,
-                    header.header_valid_response,
-                    header.header_status_code,
-                    header.header_failure_reason,
-                    header.header_content_type,
-                    header.header_zipped,
-                    bytes(transfer.body),
-                )
+        transfer.stream.responseReceived(
+            answer(
+                transfer.agent.name,
+                header.header_valid_response,
+                header.header_status_code,
+                header.header_failure_reason,
+                header.header_content_type,
+                header.header_zipped,
+                bytes(transfer.body),
             )
+        )
 
     def _fail(self, transfer: _Transfer, reason: str) -> None:
         if not transfer.stream.ended:

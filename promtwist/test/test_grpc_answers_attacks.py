@@ -375,6 +375,20 @@ class Attacks(SynchronousTestCase):
         self.assertEqual(self.agent.abandoned, 1)
         self.assertTrue(done.done)
 
+    def test_prometheusGaveUp(self) -> None:
+        """
+        Once the scrape is over (Prometheus left, the deadline passed), the
+        rest of its transfer is dropped, not held to its summary (upstream's
+        open wart: it buffers up to 5 MiB for nobody).
+        """
+        self.feed(self.messages[:2])
+        self.scrape.stream.stop()
+        self.assertTrue(self.scrape.cancelled)
+        self.feed(self.messages[2:])
+        self.results.ended()
+        self.assertEqual(self.dropped, [7] * (len(self.messages) - 2))
+        self.assertEqual((self.agent.invalid, self.agent.abandoned), ([], 0))
+
 
 class WholeResults(SynchronousTestCase):
     """
