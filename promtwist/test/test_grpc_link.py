@@ -8,6 +8,8 @@ promtwist listener of the test's own (plain or TLS with ALPN h2).
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 import tracemalloc
 from typing import Any
 
@@ -38,6 +40,7 @@ from promtwist.proxy.link import AgentLink
 from promtwist.proxy.server import ProxyService
 from promtwist.test.certs import Issued, certificates
 from promtwist.test.helpers import eventually, startTarget
+from promtwist.test.processes import Child, freePort, writeFile
 from promtwist.tls import agentPortTLS
 
 MiB = 1024 * 1024
@@ -88,7 +91,12 @@ class _Recording(GrpcServerFactory):
         return protocol
 
 
-class LinkOverGrpcTests(TestCase):
+class _LinkCase(TestCase):
+    """
+    A proxy with its link method on a listener of the test's, and agents
+    on the gRPC transport.
+    """
+
     timeout = 60
 
     def setUp(self) -> None:
@@ -179,6 +187,8 @@ class LinkOverGrpcTests(TestCase):
         await eventually(self, lambda: bool(failures()), f"a dial failure with {fragment!r}")
         return failures()[0]
 
+
+class LinkOverGrpcTests(_LinkCase):
     async def test_scrape(self) -> None:
         """
         The agent's link crosses inside a gRPC call: the proxy's link for
@@ -308,3 +318,92 @@ class LinkOverGrpcTests(TestCase):
         proxy = self.startProxy(**self.tlsSettings())
         self.startAgent(port=proxy.agentListener.portNumber, **self.agentTLS())
         await self.linkFailure("answered no protocol to TLS ALPN h2")
+
+
+class NginxFrontEndTests(_LinkCase):
+    """
+    The link through a real nginx C{grpc_pass}, as docs/grpc-link.md sets
+    it up: the agent dials nginx (HTTP/2 without TLS), which passes the
+    call to the proxy's gRPC listener.
+    """
+
+    timeout = 120
+
+    def nginx(self, upstream: int) -> int:
+        """
+        Start nginx passing gRPC to C{upstream}; return its port.
+        """
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        if not os.access(binary, os.X_OK):
+            self.fail("nginx is needed (Debian package 'nginx'; scripts/test installs it as root)")
+        port = freePort()
+        prefix = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(prefix, "logs"))
+        config = writeFile(
+            os.path.join(prefix, "nginx.conf"),
+            f"""\
+daemon off;
+master_process off;
+pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log info;
+events {{ worker_connections 64; }}
+http {{
+    access_log {prefix}/logs/access.log;
+    client_body_temp_path {prefix}/body;
+    server {{
+        listen 127.0.0.1:{port} http2;
+        location /promtwist.Link/ {{
+            grpc_pass grpc://127.0.0.1:{upstream};
+            client_max_body_size 0;
+        }}
+    }}
+}}
+""",
+        )
+        Child(self, "nginx", [binary, "-p", prefix, "-c", config], prefix).start()
+        return port
+
+    async def startThroughNginx(self, **agentSettings: Any) -> tuple[ProxyService, AgentService]:
+        proxy = self.startProxy()
+        agent = self.startAgent(
+            port=self.nginx(self.grpcPort), reconnect_pause_secs=0.2, **agentSettings
+        )
+        await agent.whenConnected()
+        return proxy, agent
+
+    async def test_scrapeThroughNginx(self) -> None:
+        proxy, _ = await self.startThroughNginx()
+        self.assertEqual(await self.get(proxy), (200, b"up 1\n"))
+        self.assertIsInstance(self.linkOf(proxy).transport, CallTransport)
+
+    async def test_largeBodyThroughNginx(self) -> None:
+        """
+        A body of many windows crosses nginx's flow control whole.
+        """
+        proxy, _ = await self.startThroughNginx(
+            url=startTarget(self, _Big()), max_content_length_mbytes=64
+        )
+        code, body = await self.get(proxy)
+        self.assertEqual(code, 200)
+        pieces = -(-BIG_BYTES // len(_PIECE))
+        self.assertEqual(
+            hashlib.sha256(body).hexdigest(), hashlib.sha256(_PIECE * pieces).hexdigest()
+        )
+
+    async def test_reconnectThroughNginx(self) -> None:
+        """
+        nginx's upstream connection lost: the agent's call ends, it dials
+        again through nginx, and serves.
+        """
+        proxy, _ = await self.startThroughNginx()
+        old = self.linkOf(proxy)
+        for connection in self.server.connections:
+            assert connection.transport is not None
+            connection.transport.abortConnection()
+        await eventually(
+            self,
+            lambda: bool(proxy.registry.lookup("m")) and self.linkOf(proxy) is not old,
+            "the agent reconnected through nginx",
+            seconds=15,
+        )
+        self.assertEqual(await self.get(proxy), (200, b"up 1\n"))
