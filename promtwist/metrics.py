@@ -26,8 +26,8 @@ from __future__ import annotations
 import functools
 import math
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -144,11 +144,13 @@ class ProxyState:
     @ivar pathCount: paths in the path table.
     @ivar pendingHandshakes: connections on the agent port that have not
         completed their handshake yet.
+    @ivar kinds: agents in the registry by kind (L{AGENT_KINDS}' values).
     """
 
     agents: Sequence[AgentSample]
     pathCount: int
     pendingHandshakes: int
+    kinds: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def inFlight(self) -> int:
@@ -567,6 +569,17 @@ _CONNECTED_SECONDS = "proxy_agent_connected_seconds"
 _AGENT_RTT = "proxy_agent_heartbeat_rtt_seconds"
 _AGENT_IN_FLIGHT = "proxy_scrapes_in_flight"
 _PENDING_HANDSHAKES = "proxy_pending_handshakes"
+_AGENTS_BY_KIND = "proxy_agents"
+
+#: The kind label of proxy_agents, by what the registry's agents call
+#: their kind (promtwist.proxy.registry.AgentHandle.kind): promtwist's own
+#: agents, prometheus-proxy's over gRPC, PushProx clients. Every kind is
+#: reported, 0 when none is connected, so that a migration can be watched.
+AGENT_KINDS: Mapping[str, str] = {
+    "agent": "promtwist",
+    "gRPC agent": "grpc",
+    "PushProx client": "pushprox",
+}
 
 
 def _proxyFamilies() -> list[Metric]:
@@ -615,6 +628,12 @@ def _proxyFamilies() -> list[Metric]:
             _PENDING_HANDSHAKES,
             "Connections on the agent port that have not completed their handshake.",
         ),
+        GaugeMetricFamily(
+            _AGENTS_BY_KIND,
+            "Agents in the registry by kind: promtwist agents, prometheus-proxy agents"
+            " over gRPC, PushProx clients.",
+            labels=["kind"],
+        ),
     ]
 
 
@@ -637,6 +656,8 @@ def _proxySamples(snapshot: object) -> list[Metric]:
     put(_BACKLOG_SIZE, inFlight)
     put(_CHUNK_MAP_SIZE, sum(agent.transfersInProgress for agent in snapshot.agents))
     put(_PENDING_HANDSHAKES, snapshot.pendingHandshakes)
+    for kind in AGENT_KINDS.values():
+        put(_AGENTS_BY_KIND, snapshot.kinds.get(kind, 0), (kind,))
     connected = Tally((agent.name, agent.hostName) for agent in snapshot.agents)
     for (name, hostName), count in sorted(connected.items()):
         put(_CONNECTED_AGENTS, count, (name, hostName))

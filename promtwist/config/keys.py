@@ -232,6 +232,12 @@ PROXY = Role(
                 help="Where agents connect, as a Twisted endpoint (replaces --agent_port)",
             ),
             Setting(
+                "proxy.agent.grpcEnabled",
+                bool,
+                field="agent_grpc_enabled",
+                help="Serve prometheus-proxy agents (gRPC) on the agent port too",
+            ),
+            Setting(
                 "proxy.service.discovery.enabled",
                 bool,
                 field="sd_enabled",

@@ -132,6 +132,8 @@ class ProxySettings(_OperationsSettings):
     # promtwist's own (proxy.http.listen, proxy.agent.listen), as admin_listen.
     http_listen: str = ""
     agent_listen: str = ""
+    # Upstream prometheus-proxy agents (gRPC) on the agent port too.
+    agent_grpc_enabled: bool = True
     agent_token: str = ""
     log_level: str = ""
     sd_enabled: bool = False

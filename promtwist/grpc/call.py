@@ -23,6 +23,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from promtwist.grpc.context import ConnectionContext
 from promtwist.grpc.messages import Message, frameMessage
 from promtwist.grpc.status import GrpcError, StatusCode, encodeMessage
 
@@ -120,9 +121,9 @@ class ServerCall(Generic[Req, Resp]):
     @ivar deadline: when the client stops waiting (from C{grpc-timeout}),
         in the clock's seconds, or L{None}.
     @ivar peer: who called, as the transport says.
-    @ivar transport: the HTTP/2 connection's transport (TLS under TLS),
-        for what the connection proves about its peer (a client
-        certificate); a call sends nothing through it.
+    @ivar context: the HTTP/2 connection's L{ConnectionContext}, shared by
+        every call on it; its C{initialMetadata} goes in this call's
+        response headers.
     """
 
     def __init__(
@@ -136,13 +137,13 @@ class ServerCall(Generic[Req, Resp]):
         decode: Callable[[bytes], Req],
         encode: Callable[[Resp], bytes],
         clock: IReactorTime,
-        transport: object = None,
+        context: ConnectionContext,
     ) -> None:
         self.method = method
         self.metadata = metadata
         self.deadline = deadline
         self.peer = peer
-        self.transport = transport
+        self.context = context
         self._carrier = carrier
         self._streamId = streamId
         self._decode = decode
@@ -166,6 +167,15 @@ class ServerCall(Generic[Req, Resp]):
         return f"<ServerCall {self.method} stream {self._streamId} {self._state.value}>"
 
     # -- What a handler uses -------------------------------------------------
+
+    @property
+    def transport(self) -> object:
+        """
+        The HTTP/2 connection's transport (TLS under TLS), for what the
+        connection proves about its peer (a client certificate); a call
+        sends nothing through it.
+        """
+        return self.context.transport
 
     def get(self, key: str) -> MetadataValue | None:
         """
@@ -331,8 +341,18 @@ class ServerCall(Generic[Req, Resp]):
             self._headersSent = True
             self._carrier.sendHeaders(
                 self._streamId,
-                [*_RESPONSE_HEADERS, *self._initialMetadata],
+                [*_RESPONSE_HEADERS, *self._allInitialMetadata()],
             )
+
+    def _allInitialMetadata(self) -> Headers:
+        """
+        The call's own initial metadata, then its connection's.
+        """
+        connection = [
+            (key.encode("ascii"), value.encode("ascii"))
+            for key, value in self.context.initialMetadata
+        ]
+        return [*self._initialMetadata, *connection]
 
     def _finish(self, code: StatusCode, message: str) -> None:
         self._state = _State.FINISHED
@@ -345,7 +365,7 @@ class ServerCall(Generic[Req, Resp]):
             # Trailers-only: the initial metadata goes with the status.
             self._headersSent = True
             self._carrier.sendTrailers(
-                self._streamId, trailersOnly(code, message, self._initialMetadata)
+                self._streamId, trailersOnly(code, message, self._allInitialMetadata())
             )
 
     def _succeeded(self, _: None) -> None:

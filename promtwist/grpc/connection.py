@@ -60,6 +60,7 @@ from promtwist.grpc.call import (
     ServerCall,
     trailersOnly,
 )
+from promtwist.grpc.context import ConnectionContext, ContextFactory
 from promtwist.grpc.limits import Limits, RateBound
 from promtwist.grpc.messages import ACCEPTED_ENCODINGS, MessageReader
 from promtwist.grpc.service import Method
@@ -113,8 +114,18 @@ class GrpcServerProtocol(Protocol):
     _log = Logger()
     transport: ITCPTransport | None
 
-    def __init__(self, methods: dict[str, Method], limits: Limits, clock: IReactorTime) -> None:
+    #: The connection's context, made in L{connectionMade}.
+    context: ConnectionContext
+
+    def __init__(
+        self,
+        methods: dict[str, Method],
+        limits: Limits,
+        clock: IReactorTime,
+        contexts: ContextFactory = ConnectionContext,
+    ) -> None:
         self._methods = methods
+        self._contexts = contexts
         self._limits = limits
         self._clock = clock
         self._h2 = h2.connection.H2Connection(
@@ -140,6 +151,9 @@ class GrpcServerProtocol(Protocol):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
+        self.context = self._contexts(self.transport)
+        if isinstance(self.factory, GrpcServerFactory):
+            self.factory.connections.add(self)
         cast(IConsumer, self.transport).registerProducer(self, True)
         limits = self._limits
         self._h2.local_settings = h2.settings.Settings(
@@ -200,6 +214,17 @@ class GrpcServerProtocol(Protocol):
         self._state = _State.GONE
         self._cancelTimer()
         self._abandonAll("the connection was lost")
+        self.context.connectionLost()
+        if isinstance(self.factory, GrpcServerFactory):
+            self.factory.connections.discard(self)
+
+    def close(self, reason: str) -> None:
+        """
+        End the connection for C{reason} (the server is stopping): GOAWAY
+        C{NO_ERROR} with it as debug data; the calls still open are
+        cancelled, since h2 answers nothing after a GOAWAY.
+        """
+        self._goAway(ErrorCodes.NO_ERROR, reason)
 
     # -- IPushProducer: the transport's backpressure on what we send ------------
 
@@ -274,7 +299,7 @@ class GrpcServerProtocol(Protocol):
             method.decode,
             method.encode,
             self._clock,
-            self.transport,
+            self.context,
         )
         self._streams[streamId] = _Stream(
             call, MessageReader(self._limits.maxMessageBytes, encoding)
@@ -633,7 +658,11 @@ class GrpcServerFactory(ServerFactory):
         methods: Iterable[Method],
         limits: Limits | None = None,
         reactor: IReactorTime | None = None,
+        contexts: ContextFactory = ConnectionContext,
     ) -> None:
+        """
+        @param contexts: makes each connection's L{ConnectionContext}.
+        """
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
@@ -642,6 +671,19 @@ class GrpcServerFactory(ServerFactory):
         self.clock: IReactorTime = reactor
         self.limits = limits if limits is not None else Limits()
         self.methods = {method.path: method for method in methods}
+        self.contexts = contexts
+        #: The connections open now.
+        self.connections: set[GrpcServerProtocol] = set()
 
     def buildProtocol(self, addr: object) -> GrpcServerProtocol:
-        return GrpcServerProtocol(self.methods, self.limits, self.clock)
+        protocol = GrpcServerProtocol(self.methods, self.limits, self.clock, self.contexts)
+        protocol.factory = self
+        return protocol
+
+    def closeAll(self, reason: str) -> None:
+        """
+        End every open connection with GOAWAY for C{reason} (see
+        L{GrpcServerProtocol.close}).
+        """
+        for protocol in list(self.connections):
+            protocol.close(reason)

@@ -23,14 +23,18 @@ from twisted.application.service import MultiService
 from twisted.internet.interfaces import IReactorTime
 
 from promtwist.config.settings import MiB, ProxySettings
+from promtwist.grpc.connection import GrpcServerFactory
 from promtwist.health import proxyHealth
 from promtwist.listen import HTTP_1_1, settingListener
 from promtwist.metrics import ProxyMetrics
 from promtwist.proxy.access import guarded
+from promtwist.proxy.agentport import AgentPortFactory
 from promtwist.proxy.auth import Authenticator
 from promtwist.proxy.bodybudget import BodyBudget
 from promtwist.proxy.discovery import Discovery
 from promtwist.proxy.eviction import evictStale
+from promtwist.proxy.grpcagent import GrpcAgents
+from promtwist.proxy.grpclink import linkMethod
 from promtwist.proxy.httpserver import Guard, Handler, ScrapePortFactory
 from promtwist.proxy.link import AgentLinkFactory
 from promtwist.proxy.pushprox import RESERVED_PATHS, PushProxHub
@@ -59,13 +63,20 @@ class AgentSide:
         it in place.
     @ivar registry: connected agents' paths, read by the scrape port.
     @ivar metrics: the proxy's own metrics.
-    @ivar links: the agent port's factory: owns every agent link.
+    @ivar links: the agent port's native links' factory: owns every
+        native agent link.
+    @ivar grpc: upstream's agents and their calls (L{None} when
+        C{proxy.agent.grpcEnabled} is false).
+    @ivar port: the agent port's factory: hands each connection to
+        C{links} or to the gRPC server.
     """
 
     authenticator: Authenticator
     registry: Registry
     metrics: ProxyMetrics
     links: AgentLinkFactory
+    grpc: GrpcAgents | None
+    port: AgentPortFactory
 
 
 def buildAgentSide(
@@ -85,7 +96,14 @@ def buildAgentSide(
     # A claim's series end when the registry forgets it.
     registry.forgottenObservers.append(metrics.forgetPath)
     links = AgentLinkFactory(settings, registry, clock, authenticator, metrics)
-    return AgentSide(authenticator, registry, metrics, links)
+    grpc: GrpcAgents | None = None
+    server: GrpcServerFactory | None = None
+    if settings.agent_grpc_enabled:
+        grpc = GrpcAgents(settings, registry, authenticator, links.authThrottle, metrics, clock)
+        server = GrpcServerFactory(
+            [*grpc.methods(), linkMethod(links, clock)], reactor=clock, contexts=grpc.context
+        )
+    return AgentSide(authenticator, registry, metrics, links, grpc, AgentPortFactory(links, server))
 
 
 def buildProxy(
@@ -176,9 +194,12 @@ def buildProxy(
         "agent",
         settings.agent_port,
         settings.agent_listen,
-        side.links,
+        side.port,
         interface,
         agentPortTLS(settings),
+        # Answered only to a client that offers it: gRPC requires h2, the
+        # native link offers nothing.
+        protocols=(b"h2",) if side.grpc is not None else (),
         # The kernel holds a herd's connections until the reactor's next
         # accept: as many as the proxy lets wait for a handshake place.
         backlog=max(50, settings.max_waiting_handshakes),
@@ -217,13 +238,22 @@ def buildProxy(
     every(service, reactor, WARNING_SUMMARY_SECONDS, summariseWarnings)
     if discovery is not None:
         every(service, reactor, DISCOVERY_REFRESH_SECONDS, discovery.refresh)
-    if settings.stale_agent_check_enabled:
-        every(
-            service,
-            reactor,
-            settings.stale_agent_check_pause_secs,
-            lambda: evictStale(side.links.connected(), settings.max_agent_inactivity_secs),
-        )
+    grpc = side.grpc
+    if settings.stale_agent_check_enabled or grpc is not None:
+
+        def evict() -> None:
+            limit = settings.max_agent_inactivity_secs
+            if settings.stale_agent_check_enabled:
+                evictStale(side.links.connected(), limit)
+            if grpc is not None:
+                # Agents bound to no connection are evicted whatever the
+                # setting, as upstream evicts them in its nginx mode.
+                evictStale(
+                    grpc.agents() if settings.stale_agent_check_enabled else grpc.unbound(),
+                    limit,
+                )
+
+        every(service, reactor, settings.stale_agent_check_pause_secs, evict)
     return service
 
 

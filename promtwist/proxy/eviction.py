@@ -11,19 +11,41 @@ so that it can be driven on a L{twisted.internet.task.Clock}.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Protocol, TypeVar
 
 from twisted.logger import Logger
 
 from promtwist.logs import observer
-from promtwist.proxy.link import AgentLink
 
 _log = Logger(namespace="promtwist.proxy.eviction", observer=observer)
 
 
-def evictStale(links: Iterable[AgentLink], limit: float) -> list[AgentLink]:
+class Evictable(Protocol):
+    """
+    An agent that can be evicted: a native link or a gRPC agent.
+    """
+
+    name: str
+    agentId: str
+
+    def silentFor(self) -> float:
+        """
+        Seconds since anything was heard from the agent.
+        """
+
+    def evict(self, why: str) -> None:
+        """
+        Drop the agent for C{why}.
+        """
+
+
+E = TypeVar("E", bound=Evictable)
+
+
+def evictStale(links: Iterable[E], limit: float) -> list[E]:
     """
     Evict every link in C{links} whose agent has been silent for more than
-    C{limit} seconds, by its own clock (L{AgentLink.silentFor}).
+    C{limit} seconds, by its own clock (C{silentFor}).
 
     @return: the links evicted.
     """

@@ -9,6 +9,7 @@ identities, shows the debug page, and drains on shutdown.
 from __future__ import annotations
 
 import collections
+from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -24,8 +25,10 @@ from promtwist.debugpage import head, recentLine, table, uptime, where
 from promtwist.hostkeys import spelled
 from promtwist.listen import Listener, logStarted
 from promtwist.logs import clip, debugging, observer, utcTime
-from promtwist.metrics import AgentSample, ProxyState
+from promtwist.metrics import AGENT_KINDS, AgentSample, ProxyState
 from promtwist.proxy.answers import ScrapeRecord
+from promtwist.proxy.grpcagent import GrpcAgent
+from promtwist.proxy.link import AgentLink
 from promtwist.proxy.pushprox import PushProxHub
 from promtwist.proxy.registry import AgentHandle
 from promtwist.proxy.scrape import ScrapeHandler
@@ -93,6 +96,8 @@ class ProxyService(MultiService):
         self.startedAt = reactor.seconds()
         self.authenticator = side.authenticator
         self.linkFactory = side.links
+        self.grpcAgents = side.grpc
+        self.agentPort = side.port
         self.registry = side.registry
         self.metrics = side.metrics
         self.scrapes = scrapes
@@ -130,11 +135,22 @@ class ProxyService(MultiService):
                     self.reactor.seconds() - (link.establishedAt or self.reactor.seconds()),
                     link.transfersInProgress,
                 )
-                for link in self.linkFactory.connected()
+                for link in self._connected()
             ],
             pathCount=len(self.registry.snapshot()),
             pendingHandshakes=len(self.linkFactory.pending),
+            kinds=Counter(
+                AGENT_KINDS.get(agent.kind, agent.kind) for agent in self.registry.agents()
+            ),
         )
+
+    def _connected(self) -> list[AgentLink | GrpcAgent]:
+        """
+        Every agent connection past its handshake: native links and
+        registered gRPC agents.
+        """
+        grpc = self.grpcAgents.connected() if self.grpcAgents is not None else []
+        return [*self.linkFactory.connected(), *grpc]
 
     def _scrapeEnded(self, record: ScrapeRecord) -> None:
         # A scrape that outlived its key's claim is not labelled by it: the
@@ -257,6 +273,8 @@ class ProxyService(MultiService):
                 link.close("its identity changed on reload")
         if self.pushprox is not None:
             self.pushprox.revoked(self.authenticator.stillHolds)
+        if self.grpcAgents is not None:
+            self.grpcAgents.revoked()
         others = PROXY.changedKeys(self.settings, fresh)
         if others:
             self._log.warn(
@@ -340,6 +358,12 @@ class ProxyService(MultiService):
                 )
         if self.pushprox is not None:
             self.pushprox.stop()
+        if self.grpcAgents is not None:
+            # Their request streams end first (OK, as upstream ends them),
+            # then their connections go with GOAWAY.
+            self.grpcAgents.stop()
+        if self.agentPort.grpc is not None:
+            self.agentPort.grpc.closeAll("the proxy is shutting down")
         await self.linkFactory.closeAll("proxy shutting down")
 
     def stopService(self) -> Deferred[None]:

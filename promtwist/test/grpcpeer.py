@@ -28,6 +28,7 @@ from twisted.internet.testing import StringTransport
 
 from promtwist.grpc.call import ServerCall
 from promtwist.grpc.connection import GrpcServerFactory, GrpcServerProtocol
+from promtwist.grpc.context import ConnectionContext, ContextFactory
 from promtwist.grpc.limits import Limits
 from promtwist.grpc.messages import frameMessage
 from promtwist.grpc.service import (
@@ -90,10 +91,11 @@ class RawPeer:
         limits: Limits | None = None,
         clock: Clock | None = None,
         preface: bool = True,
+        contexts: ContextFactory = ConnectionContext,
     ) -> None:
         self.clock = clock or Clock()
         self.protocol: GrpcServerProtocol = GrpcServerFactory(
-            methods, limits, self.clock
+            methods, limits, self.clock, contexts
         ).buildProtocol(None)
         self.transport = StringTransport()
         self.protocol.makeConnection(self.transport)

@@ -628,9 +628,19 @@ class LinkTests(_Loopback):
     async def test_alpnOffered(self) -> None:
         """
         A client offering ALPN protocols (a TLS front end, a probe) completes
-        its handshake with the agent port, which speaks none of them.
+        its handshake with the agent port, which answers C{h2} (the gRPC
+        agents it serves require it) and nothing else.
         """
         proxy = self.proxy(**self.serverTLS())
+        port = proxy.agentListener.portNumber
+        self.assertEqual(await self.offer(port, [b"h2", b"http/1.1"]), b"h2")
+        self.assertIsNone(await self.offer(port, [b"http/1.1"]))
+
+    async def test_alpnWithoutGrpc(self) -> None:
+        """
+        With gRPC agents off, the agent port answers no ALPN protocol.
+        """
+        proxy = self.proxy(agent_grpc_enabled=False, **self.serverTLS())
         self.assertIsNone(await self.offer(proxy.agentListener.portNumber, [b"h2", b"http/1.1"]))
 
     async def test_scrape(self) -> None:

@@ -1,0 +1,239 @@
+# -*- test-case-name: promtwist.test.test_grpc_answers -*-
+"""
+Upstream agents' scrape results as promtwist's relay takes them: each
+becomes the one answer head (carrying the whole body) of the awaited
+L{ScrapeStream}, checked there as any agent's answer is.
+
+A chunked result (C{writeChunkedResponsesToProxy}: a header, chunks with a
+running CRC32, a summary with the totals) is validated as upstream
+validates it and delivered only once its summary checks out: upstream's
+proxy answers a bad chunk with 502, which a body already streaming to
+Prometheus could no longer be. Its bytes are held until then, within
+C{proxy.internal.maxZippedContentSizeMBytes}, as upstream holds them.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from promtwist.grpc import proxy_service_pb2 as pb
+from promtwist.logs import clip
+from promtwist.protocol.promtwist_pb2 import ScrapeResponse
+from promtwist.proxy.stream import MAX_REASON, ScrapeStream, TransferMetrics
+
+
+class AnsweringAgent(Protocol):
+    """
+    The agent a result came from, as far as results need it.
+    """
+
+    name: str
+
+    def stream(self, scrapeId: int) -> ScrapeStream | None:
+        """
+        The stream awaiting this agent's answer to C{scrapeId}, if one does.
+        """
+
+    def heard(self) -> None:
+        """
+        A result came: the agent is alive.
+        """
+
+
+def _failed(status: int, reason: str) -> ScrapeResponse:
+    return ScrapeResponse(status=status, reason=clip(reason, MAX_REASON), last=True)
+
+
+def answer(
+    agent: str,
+    valid: bool,
+    status: int,
+    failureReason: str,
+    contentType: str,
+    zipped: bool,
+    body: bytes,
+) -> ScrapeResponse:
+    """
+    One upstream result as promtwist's answer head with the whole body:
+    gzip bytes stay gzip (the relay inflates them, bounded, for a client
+    that does not take gzip); a target's failure is its status and
+    upstream's reason, with no body.
+    """
+    if status >= 300 or not valid:
+        if 200 <= status < 300:
+            # A 2xx that the agent calls invalid is no answer to pass on.
+            status = 502
+        reason = failureReason or f"target answered HTTP {status}"
+        return _failed(status, f"gRPC agent {agent!r}: {reason}")
+    return ScrapeResponse(
+        status=status,
+        content_type=contentType,
+        content_encoding="gzip" if zipped else "",
+        content_length=len(body),
+        body=body,
+        last=True,
+    )
+
+
+def answerOf(agent: str, response: pb.ScrapeResponse) -> ScrapeResponse:
+    """
+    A C{writeResponsesToProxy} result: text (UTF-8) or gzip bytes.
+    """
+    zipped = response.zipped or response.WhichOneof("content_one_of") == "content_as_zipped"
+    body = response.content_as_zipped if zipped else response.content_as_text.encode("utf-8")
+    return answer(
+        agent,
+        response.valid_response,
+        response.status_code,
+        response.failure_reason,
+        response.content_type,
+        zipped,
+        body,
+    )
+
+
+@dataclass
+class _Transfer:
+    agent: AnsweringAgent
+    stream: ScrapeStream
+    header: pb.HeaderData
+    chunks: int = 0
+    checksum: int = 0
+    body: bytearray = field(default_factory=bytearray)
+
+
+class ChunkedResults:
+    """
+    One C{writeChunkedResponsesToProxy} stream's transfers, by scrape id.
+    A transfer starts with a header for a scrape its agent was sent; chunks
+    and summaries for any other id are dropped.
+    """
+
+    def __init__(
+        self,
+        agentOf: Callable[[str], AnsweringAgent | None],
+        metrics: TransferMetrics,
+        maxBytes: int,
+        dropped: Callable[[int], None],
+    ) -> None:
+        """
+        @param agentOf: the agent whose results this stream may carry by
+            its id, or L{None}.
+        @param maxBytes: the most one transfer may hold.
+        @param dropped: told the scrape id of every result dropped.
+        """
+        self._agentOf = agentOf
+        self._metrics = metrics
+        self._maxBytes = maxBytes
+        self._dropped = dropped
+        self._transfers: dict[int, _Transfer] = {}
+
+    def received(self, message: pb.ChunkedScrapeResponse) -> None:
+        which = message.WhichOneof("chunk_one_of")
+        if which == "header":
+            self._header(message.header)
+        elif which == "chunk":
+            self._chunk(message.chunk)
+        elif which == "summary":
+            self._summary(message.summary)
+
+    def ended(self) -> None:
+        """
+        The stream ended: transfers without their summary fail.
+        """
+        transfers, self._transfers = self._transfers, {}
+        for transfer in transfers.values():
+            if not transfer.stream.ended:
+                self._metrics.transferAbandoned()
+                self._fail(
+                    transfer,
+                    "Chunked transfer abandoned: stream terminated before summary received",
+                )
+
+    def _header(self, header: pb.HeaderData) -> None:
+        scrapeId = header.header_scrape_id
+        agent = self._agentOf(header.header_agent_id)
+        stream = agent.stream(scrapeId) if agent is not None else None
+        if agent is None or stream is None or stream.ended:
+            return self._dropped(scrapeId)
+        agent.heard()
+        previous = self._transfers.get(scrapeId)
+        if previous is not None:
+            del self._transfers[scrapeId]
+            self._metrics.chunkInvalid("chunk")
+            return self._fail(previous, "Chunk validation failed: a second header")
+        self._transfers[scrapeId] = _Transfer(agent, stream, header)
+
+    def _chunk(self, chunk: pb.ChunkData) -> None:
+        scrapeId = chunk.chunk_scrape_id
+        transfer = self._transfers.get(scrapeId)
+        if transfer is None:
+            return self._dropped(scrapeId)
+        transfer.agent.heard()
+        count, data = chunk.chunk_byte_count, chunk.chunk_bytes
+        problem = None
+        if not 0 <= count <= len(data):
+            problem = f"chunk byte count {count} is not within the chunk's {len(data)} bytes"
+        elif chunk.chunk_count != transfer.chunks + 1:
+            problem = f"chunk {chunk.chunk_count} came where chunk {transfer.chunks + 1} was due"
+        elif len(transfer.body) + count > self._maxBytes:
+            problem = (
+                f"more than {self._maxBytes} zipped bytes"
+                " (proxy.internal.maxZippedContentSizeMBytes)"
+            )
+        else:
+            checksum = zlib.crc32(data[:count], transfer.checksum)
+            if checksum != chunk.chunk_checksum:
+                problem = (
+                    f"checksum mismatch at chunk {chunk.chunk_count}: the bytes give"
+                    f" {checksum}, the agent says {chunk.chunk_checksum}"
+                )
+        if problem is not None:
+            del self._transfers[scrapeId]
+            self._metrics.chunkInvalid("chunk")
+            return self._fail(transfer, f"Chunk validation failed: {problem}")
+        transfer.chunks += 1
+        transfer.checksum = checksum
+        transfer.body += data[:count]
+
+    def _summary(self, summary: pb.SummaryData) -> None:
+        scrapeId = summary.summary_scrape_id
+        transfer = self._transfers.pop(scrapeId, None)
+        if transfer is None:
+            return self._dropped(scrapeId)
+        transfer.agent.heard()
+        expected = (
+            summary.summary_chunk_count,
+            summary.summary_byte_count,
+            summary.summary_checksum,
+        )
+        received = (transfer.chunks, len(transfer.body), transfer.checksum)
+        if expected != received:
+            self._metrics.chunkInvalid("summary")
+            return self._fail(
+                transfer,
+                "Summary validation failed: the agent counts chunks, bytes and checksum"
+                f" {expected}, the proxy received {received}",
+            )
+        header = transfer.header
+        if not transfer.stream.ended:
+            transfer.stream.responseReceived(
+                answer(
+                    transfer.agent.name,
+                    header.header_valid_response,
+                    header.header_status_code,
+                    header.header_failure_reason,
+                    header.header_content_type,
+                    header.header_zipped,
+                    bytes(transfer.body),
+                )
+            )
+
+    def _fail(self, transfer: _Transfer, reason: str) -> None:
+        if not transfer.stream.ended:
+            transfer.stream.responseReceived(
+                _failed(502, f"gRPC agent {transfer.agent.name!r}: {reason}")
+            )
