@@ -83,11 +83,11 @@ class _Recording(GrpcServerFactory):
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
-        self.connections: list[GrpcServerProtocol] = []
+        self.accepted: list[GrpcServerProtocol] = []
 
     def buildProtocol(self, addr: object) -> GrpcServerProtocol:
         protocol = super().buildProtocol(addr)
-        self.connections.append(protocol)
+        self.accepted.append(protocol)
         return protocol
 
 
@@ -142,11 +142,13 @@ class _LinkCase(TestCase):
     ) -> AgentService:
         agent = buildAgent(
             AgentSettings(
-                name=f"agent-{path}",
-                transport="grpc",
-                proxy_endpoints=(ProxyEndpoint("localhost", port or self.grpcPort),),
-                path_configs=(PathConfig(path, path, url or startTarget(self)),),
-                **settings,
+                **{
+                    "name": f"agent-{path}",
+                    "transport": "grpc",
+                    "proxy_endpoints": (ProxyEndpoint("localhost", port or self.grpcPort),),
+                    "path_configs": (PathConfig(path, path, url or startTarget(self)),),
+                    **settings,
+                },
             ),
             reactor,
         )
@@ -201,7 +203,7 @@ class LinkOverGrpcTests(_LinkCase):
         link = self.linkOf(proxy)
         self.assertIsInstance(link.transport, CallTransport)
         self.assertEqual(link.name, "agent-m")
-        self.assertEqual(len(self.server.connections), 1)
+        self.assertEqual(len(self.server.accepted), 1)
 
     async def test_tls(self) -> None:
         """
@@ -285,13 +287,13 @@ class LinkOverGrpcTests(_LinkCase):
         agent = self.startAgent(reconnect_pause_secs=0.1)
         first = await agent.whenConnected()
         old = self.linkOf(proxy)
-        (connection,) = self.server.connections
+        (connection,) = self.server.accepted
         assert connection.transport is not None
         connection.transport.abortConnection()
         await eventually(self, lambda: not old.isOpen(), "the proxy's link is closed")
         await eventually(
             self,
-            lambda: len(self.server.connections) == 2 and bool(proxy.registry.lookup("m")),
+            lambda: len(self.server.accepted) == 2 and bool(proxy.registry.lookup("m")),
             "the agent reconnected",
             seconds=15,
         )
@@ -313,11 +315,54 @@ class LinkOverGrpcTests(_LinkCase):
     async def test_nativeTLSPortWithoutH2(self) -> None:
         """
         An agent on the gRPC transport dialling a TLS port that does not
-        agree to h2 (a native agent port) says so.
+        agree to h2 (an agent port with gRPC turned off) says so.
         """
-        proxy = self.startProxy(**self.tlsSettings())
+        proxy = self.startProxy(agent_grpc_enabled=False, **self.tlsSettings())
         self.startAgent(port=proxy.agentListener.portNumber, **self.agentTLS())
         await self.linkFailure("answered no protocol to TLS ALPN h2")
+
+
+class AgentPortTests(_LinkCase):
+    """
+    The proxy's own agent port serves the link's method beside upstream's
+    ProxyService (its first bytes pick HTTP/2, its TLS answers ALPN h2):
+    an agent switched to the gRPC transport needs no other port.
+    """
+
+    async def test_plain(self) -> None:
+        proxy = self.startProxy(agent_token="s3cret")
+        agent = self.startAgent(port=proxy.agentListener.portNumber, agent_token="s3cret")
+        await agent.whenConnected()
+        self.assertEqual(await self.get(proxy), (200, b"up 1\n"))
+        self.assertIsInstance(self.linkOf(proxy).transport, CallTransport)
+
+    async def test_mutualTLS(self) -> None:
+        proxy = self.startProxy(
+            identities=(Identity("team_a", "", ("m",)),), **self.tlsSettings(trust=True)
+        )
+        agent = self.startAgent(
+            port=proxy.agentListener.portNumber, **self.agentTLS(self.certs.client)
+        )
+        await agent.whenConnected()
+        self.assertEqual(await self.get(proxy), (200, b"up 1\n"))
+        link = self.linkOf(proxy)
+        self.assertIsInstance(link.transport, CallTransport)
+        self.assertEqual(link.identity.name, "team_a")
+
+    async def test_nativeBeside(self) -> None:
+        """
+        A native agent and a gRPC-transport agent on the same port.
+        """
+        proxy = self.startProxy()
+        port = proxy.agentListener.portNumber
+        grpcAgent = self.startAgent(port=port)
+        native = self.startAgent("n", port=port, transport="native")
+        await grpcAgent.whenConnected()
+        await native.whenConnected()
+        self.assertIsInstance(self.linkOf(proxy).transport, CallTransport)
+        self.assertNotIsInstance(self.linkOf(proxy, "n").transport, CallTransport)
+        self.assertEqual(await self.get(proxy, "n"), (200, b"up 1\n"))
+        self.assertEqual(await self.get(proxy), (200, b"up 1\n"))
 
 
 class NginxFrontEndTests(_LinkCase):
@@ -397,7 +442,7 @@ http {{
         """
         proxy, _ = await self.startThroughNginx()
         old = self.linkOf(proxy)
-        for connection in self.server.connections:
+        for connection in self.server.accepted:
             assert connection.transport is not None
             connection.transport.abortConnection()
         await eventually(
