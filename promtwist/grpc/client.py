@@ -438,8 +438,8 @@ class GrpcClientProtocol(Protocol):
         shown = contentType[:60].decode("latin-1") or "none"
         self._fail(
             f"the server answered HTTP {status.decode('latin-1')[:3]} with content type"
-            f" {shown}, not gRPC: is this address a gRPC endpoint (a front end routing"
-            f" {self.request.path} to the proxy's agent port)?"
+            f" {shown}, not gRPC: a front end answers so when it does not route"
+            f" {self.request.path} to the proxy (404) or cannot reach it (502, 503, 504)"
         )
         self._cancelStream()
 

@@ -321,6 +321,15 @@ class LinkOverGrpcTests(_LinkCase):
         self.startAgent(port=proxy.agentListener.portNumber, **self.agentTLS())
         await self.linkFailure("answered no protocol to TLS ALPN h2")
 
+    async def test_plainPortWithoutGrpc(self) -> None:
+        """
+        Plain HTTP/2 to an agent port with gRPC turned off: the native
+        link takes the preface for a misdirected peer and closes.
+        """
+        proxy = self.startProxy(agent_grpc_enabled=False)
+        self.startAgent(port=proxy.agentListener.portNumber)
+        await self.linkFailure("the connection to the server was lost")
+
 
 class AgentPortTests(_LinkCase):
     """
@@ -415,6 +424,15 @@ http {{
         )
         await agent.whenConnected()
         return proxy, agent
+
+    async def test_proxyDown(self) -> None:
+        """
+        nginx that cannot reach the proxy answers the call itself, and the
+        agent says what it answered.
+        """
+        self.startAgent(port=self.nginx(freePort()))
+        line = await self.linkFailure("the server answered HTTP 502")
+        self.assertIn("cannot reach it (502, 503, 504)", line)
 
     async def test_scrapeThroughNginx(self) -> None:
         proxy, _ = await self.startThroughNginx()
