@@ -222,7 +222,7 @@ class _Fleet(TestCase):
         for _ in range(times):
             code, headers, received = await self.scrape(path)
             self.assertEqual((code, received), (200, body), f"/{path}")
-            self.assertEqual(headers.getRawHeaders(b"content-type"), [CONTENT_TYPE.decode()])
+            self.assertEqual(headers.getRawHeaders(b"content-type"), [CONTENT_TYPE])
 
     def metric(self, name: str, labels: dict[str, str] | None = None) -> float | None:
         value = self.proxy.metrics.registry.get_sample_value(name, labels or {})
@@ -293,9 +293,9 @@ class DefaultModeTests(_Fleet):
         self.assertEqual(request.args, {b"module": [b"http_2xx"], b"target": [b"a b"]})
         self.assertEqual(
             request.requestHeaders.getRawHeaders(b"accept"),
-            ["application/openmetrics-text;version=1.0.0"],
+            [b"application/openmetrics-text;version=1.0.0"],
         )
-        self.assertEqual(request.requestHeaders.getRawHeaders(b"authorization"), ["Bearer t0k"])
+        self.assertEqual(request.requestHeaders.getRawHeaders(b"authorization"), [b"Bearer t0k"])
 
     async def test_unregisterPath(self) -> None:
         """

@@ -658,7 +658,13 @@ class UpstreamAgent:
         (AGS:279), TLS when any TLS file is set (AGS:192-202), with the
         overridden authority (AGS:281).
         """
-        options: list[tuple[str, Any]] = [("grpc.enable_retries", 1)]
+        options: list[tuple[str, Any]] = [
+            ("grpc.enable_retries", 1),
+            # Each agent its own HTTP/2 connection, as two JVMs have:
+            # grpcio otherwise shares one between the process's channels to
+            # the same target.
+            ("grpc.use_local_subchannel_pool", 1),
+        ]
         o = self.options
         if o.overrideAuthority:
             options += [
