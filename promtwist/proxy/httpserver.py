@@ -526,8 +526,9 @@ class ScrapePortConnection(Protocol):
             # llhttp took it for a number: digits, perhaps padded.
             bodyLength = int(length.strip(b" \t"))
             if bodyLength > limit:
-                arrived = self._pending[self._offset : self._offset + factory.peekBytes]
-                return self._refuseRequest(bodyRefused(limit), method, path, headers, arrived)
+                return self._refuseRequest(
+                    bodyRefused(limit), method, path, headers, self._arrived()
+                )
         exchange = ServerExchange(
             self,
             method,
@@ -546,7 +547,7 @@ class ScrapePortConnection(Protocol):
                 source = factory.sourceOf(exchange)
                 overBudget = budget.take(bodyLength, source)
                 if overBudget is not None:
-                    return self._refuseRequest(overBudget, method, path, headers)
+                    return self._refuseRequest(overBudget, method, path, headers, self._arrived())
                 self._bodySource = source
             self._bodyHeld = bodyLength
             self._continue(headers, version)
@@ -560,6 +561,13 @@ class ScrapePortConnection(Protocol):
             self._readBody()
             return
         self._begin(exchange)
+
+    def _arrived(self) -> bytes:
+        """
+        What of a body came with its head, up to the factory's
+        C{peekBytes}: for a refusal on the head to tell what the body was.
+        """
+        return self._pending[self._offset : self._offset + self.factory.peekBytes]
 
     def _continue(self, headers: dict[bytes, bytes], version: bytes) -> None:
         """

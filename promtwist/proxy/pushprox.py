@@ -575,15 +575,17 @@ class PushProxHub:
         """
         What a poll's or push's body counts against in the scrape port's
         budget of bodies in flight, asked once the guard has let it
-        through: the identity its token proves, or, for an anonymous
-        client, the host it comes from (an IPv6 one by its /64), so that
-        one client, or one identity's clients, cannot hold the whole
-        budget and have every other client's pushes refused.
+        through: the host it comes from (an IPv6 one by its /64), and the
+        identity its token proves, if any. By host, so that one client
+        cannot hold the budget; by host for token clients too, since one
+        identity may be a whole fleet's (C{proxy.agentToken}, a front end's
+        one token), which would otherwise share one source's share.
         """
+        host = hostOf(exchange.client)
         identity = self._prove(exchange.headers)
         if identity.name == ANONYMOUS.name:
-            return hostOf(exchange.client)
-        return f"identity {identity.name!r}"
+            return host
+        return f"identity {identity.name!r} on {host}"
 
     def refused(self, request: RefusedRequest) -> None:
         """
@@ -835,13 +837,31 @@ class PushProxHub:
         """
         The identity C{headers}' C{Authorization: Bearer} proves.
 
+        Another scheme is no token: a front end's Basic credentials, or
+        those Go sends for a C{--proxy-url} with user info, are the front
+        end's business, so they are no refusal where clients need no
+        token, and where one is required the refusal says which header
+        the proxy wants.
+
         @raise AuthenticationFailed: if they prove none.
         """
         value = headers.get(b"authorization", b"")
         scheme, _, token = value.strip().partition(b" ")
-        if value and scheme.lower() != b"bearer":
-            raise AuthenticationFailed("PushProx clients authenticate with a bearer token")
-        return self.authenticator.authenticate(token.strip().decode("latin-1"), None)
+        if scheme.lower() == b"bearer":
+            return self.authenticator.authenticate(token.strip().decode("latin-1"), None)
+        try:
+            return self.authenticator.authenticate("", None)
+        except AuthenticationFailed:
+            sent = (
+                f"this one sent Authorization: {clip(scheme.decode('latin-1'), 20)} ..., which"
+                " the proxy does not check"
+                if value
+                else "this one sent none"
+            )
+            raise AuthenticationFailed(
+                "this proxy requires PushProx clients to send Authorization: Bearer <token>"
+                f" with an agent token (a front end adds it), and {sent}"
+            ) from None
 
     # Scrapes.
 

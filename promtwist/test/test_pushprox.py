@@ -582,21 +582,31 @@ class HostileTests(HubCase):
 
     def test_pushBudgetShared(self) -> None:
         """
-        One identity's clients, from however many addresses, hold at most
-        half the push budget: another identity's push is read beside
-        them.
+        A token client's pushes count against the budget by its identity
+        and host: one identity's clients on two hosts (a fleet sharing
+        C{proxy.agentToken}) are two sources, and one host's pushes under
+        two identities are two; the same identity on the same host is one,
+        holding at most half the budget.
         """
         budget = BodyBudget(2000, "proxy.pushprox.pushBudgetMBytes")
         identities = (Identity("a", "tok-a"), Identity("b", "tok-b"))
         self.hub = self.makeHub(ProxySettings(identities=identities))
         self.port = Port(self.hub, self.clock, budget=budget)
         self.assertEqual(self.heldPush(b"tok-a", "10.1.1.1").value(), b"")
-        refused = answer(self.heldPush(b"tok-a", "10.1.1.2"))
-        self.assertEqual(refused.status, 503)
-        self.assertIn(b"from identity 'a'", refused.body)
-        self.assertIn(b"one source's share of 1000", refused.body)
+        self.assertEqual(self.heldPush(b"tok-a", "10.1.1.2").value(), b"")
         self.assertEqual(self.heldPush(b"tok-b", "10.1.1.1").value(), b"")
-        self.assertEqual(budget.bySource, {"identity 'a'": 600, "identity 'b'": 600})
+        refused = answer(self.heldPush(b"tok-a", "10.1.1.1"))
+        self.assertEqual(refused.status, 503)
+        self.assertIn(b"from identity 'a' on 10.1.1.1,", refused.body)
+        self.assertIn(b"one source's share of 1000", refused.body)
+        self.assertEqual(
+            budget.bySource,
+            {
+                "identity 'a' on 10.1.1.1": 600,
+                "identity 'a' on 10.1.1.2": 600,
+                "identity 'b' on 10.1.1.1": 600,
+            },
+        )
 
     def test_pushBudgetSharedAnonymous(self) -> None:
         """
@@ -718,6 +728,25 @@ class HostileTests(HubCase):
             " framing says",
         )
 
+    def test_pushOverBudget(self) -> None:
+        """
+        A push refused on its head for the push budget ends the scrape
+        that the start of it that came with the head names, at once, with
+        the refusal's reason.
+        """
+        budget = BodyBudget(2000, "proxy.pushprox.pushBudgetMBytes")
+        self.port = Port(self.hub, self.clock, budget=budget)
+        collected, scrapeId = self.sentScrape()
+        self.heldPush(b"", "10.1.1.1")
+        _, push = self.port.request(b"POST", b"/push", pushBody(scrapeId, body=b"x" * 500))
+        self.assertEqual(answer(push).status, 503)
+        self.assertScrapeFailed(
+            collected,
+            502,
+            "PushProx client 'node1.example' pushed no whole answer: the proxy is reading 600"
+            " bytes of request bodies, 600 of them from 10.1.1.1,",
+        )
+
     def test_slowPush(self) -> None:
         """
         A push not whole within the head's deadline ends the scrape it
@@ -802,16 +831,38 @@ class HostileTests(HubCase):
         """
         self.hub = self.makeHub(ProxySettings(identities=(Identity("a", "tok-a"),)))
         self.port = Port(self.hub, self.clock)
+        required = b"this proxy requires PushProx clients to send Authorization: Bearer <token>"
         for headers, why in [
-            (b"", b"an agent token is required"),
+            (b"", required + b" with an agent token (a front end adds it), and this one sent none"),
             (b"Authorization: Bearer nope\r\n", b"invalid agent token"),
-            (b"Authorization: Basic eDp5\r\n", b"bearer token"),
+            (
+                b"Authorization: Basic eDp5\r\n",
+                required + b" with an agent token (a front end adds it), and this one sent"
+                b" Authorization: Basic ..., which the proxy does not check",
+            ),
         ]:
             _, transport = self.poll(headers=headers)
             r = answer(transport)
             self.assertEqual(r.status, 401)
             self.assertIn(why, r.body)
         self.assertEqual(self.hub.clients, {})
+
+    def test_basicAuthorizationNoToken(self) -> None:
+        """
+        Where PushProx clients need no token, an C{Authorization} of
+        another scheme (a front end's Basic credentials, or Go's for a
+        C{--proxy-url} with user info) is no refusal: the client polls and
+        pushes anonymously.
+        """
+        basic = b"Authorization: Basic dTpw\r\n"
+        _, poll = self.poll(headers=basic)
+        self.assertEqual(poll.value(), b"")
+        collected = Collected(self.client().scrape(scrapeCall()))
+        scrapeId = scrapeIdOf(answer(poll).body)
+        _, push = self.port.request(b"POST", b"/push", pushBody(scrapeId), basic)
+        self.assertEqual(answer(push).status, 200)
+        assert collected.head is not None
+        self.assertEqual(collected.head.status, 200)
 
     def test_refusedBeforeBody(self) -> None:
         """
@@ -824,7 +875,7 @@ class HostileTests(HubCase):
         connection.dataReceived(b"POST /push HTTP/1.1\r\nContent-Length: 60000\r\n\r\n")
         r = answer(transport)
         self.assertEqual(r.status, 401)
-        self.assertIn(b"an agent token is required", r.body)
+        self.assertIn(b"this one sent none", r.body)
         self.assertTrue(transport.disconnecting)
 
     def test_claimRefused(self) -> None:
