@@ -306,17 +306,21 @@ class ClientKey:
     """
     What tells one PushProx client from another: PushProx's clients say
     only their FQDN, so two that share one are told apart by the identity
-    they proved and the address they poll from.
+    they proved and the host they poll from.
 
     @ivar fqdn: the FQDN as the client spells it, which its own check
         compares the scrapes it is sent with, byte for byte; two spellings
         of one name (C{node1}, C{NODE1.}) are two clients of one host, and
         the registry's ownership rule decides between them.
+    @ivar host: an IPv4 address, or the /64 of an IPv6 one
+        (L{promtwist.proxy.admission.hostOf}): an IPv6 host takes new
+        addresses in its /64 as it goes (temporary addresses, RFC 8981),
+        and would otherwise be a new client, a standby, at each.
     """
 
     fqdn: str
     identity: str
-    address: str
+    host: str
 
 
 class PushProxClient:
@@ -333,17 +337,24 @@ class PushProxClient:
     launchId = ""
     kind = "PushProx client"
 
-    def __init__(self, hub: PushProxHub, key: ClientKey, agentId: str, identity: Identity) -> None:
+    def __init__(
+        self, hub: PushProxHub, key: ClientKey, address: str, agentId: str, identity: Identity
+    ) -> None:
+        """
+        @param address: the address it polled from.
+        """
         self.hub = hub
         self.agentId = agentId
         self.identity = identity
         self.fqdn = key.fqdn
         self.name = key.fqdn
         self.key = key
-        self.hostName = key.address
+        self.hostName = address
         self.role = "holder"
         self.poll: Poll | None = None
         self._queue: deque[PendingScrape] = deque()
+        # Scrapes a poll carried whose answers have not ended.
+        self._sent: set[PendingScrape] = set()
         self._lastPollEnded = hub.clock.seconds()
         self._lastEnding = "it has not polled yet"
         self._grace: IDelayedCall | None = None
@@ -355,12 +366,13 @@ class PushProxClient:
         """
         return f"{self.fqdn} (identity {self.identity.name!r}, from {self.hostName})"
 
-    def polled(self, exchange: Exchange, answered: Answered) -> None:
+    def polled(self, exchange: Exchange, answered: Answered, address: str) -> None:
         """
-        A new poll came: hold it, unless a scrape waits for it. An older
-        poll still held is answered with PushProx's expiry, as PushProx
-        does: its client no longer waits on it.
+        A new poll came, from C{address}: hold it, unless a scrape waits
+        for it. An older poll still held is answered with PushProx's
+        expiry, as PushProx does: its client no longer waits on it.
         """
+        self.hostName = address
         if self._grace is not None and self._grace.active():
             self._grace.cancel()
         self._grace = None
@@ -370,19 +382,29 @@ class PushProxClient:
             old.expire("a newer poll came")
         self._sendNext()
 
-    def moved(self, key: ClientKey) -> None:
+    def moved(self, key: ClientKey, address: str) -> None:
         """
-        The client polls from another address now (C{key}'s): a NAT that
-        changed, another front end, the other address family.
+        The client polls from another host now (C{key}'s, at C{address}):
+        a NAT that changed, another front end, the other address family.
         """
         self.hub.news.info(
             "PushProx client move",
             "PushProx client {client} polls from {address} now",
             client=self.described,
-            address=key.address,
+            address=address,
         )
         self.key = key
-        self.hostName = key.address
+        self.hostName = address
+
+    @property
+    def polling(self) -> bool:
+        """
+        Whether the client is in its round of polls: it holds a poll, or a
+        scrape its last poll carried awaits its push. Between rounds (its
+        poll expired or was closed, or it pushed and has not polled again)
+        it is not.
+        """
+        return self.poll is not None or bool(self._sent)
 
     def _sendNext(self) -> None:
         """
@@ -396,6 +418,7 @@ class PushProxClient:
         self.poll = None
         poll.carry(scrape.request)
         scrape.sent()
+        self._sent.add(scrape)
         self._lastPollEnded = self.hub.clock.seconds()
         self._lastEnding = "its last poll carried a scrape"
         self._startGrace()
@@ -436,6 +459,7 @@ class PushProxClient:
     def forget(self, scrape: PendingScrape) -> None:
         if scrape in self._queue:
             self._queue.remove(scrape)
+        self._sent.discard(scrape)
         self.hub.scrapeEnded(scrape)
 
     def stop(self, why: str) -> None:
@@ -661,8 +685,9 @@ class PushProxHub:
                 exchange, answered, 400, f"the poll's body must be the client's FQDN: {e}"
             )
         ip = peerAddress(exchange.client)
-        key = ClientKey(fqdn, identity.name, str(ip) if ip is not None else "local")
-        client = self.clients.get(key) or self._moved(key)
+        address = str(ip) if ip is not None else "local"
+        key = ClientKey(fqdn, identity.name, hostOf(exchange.client) or address)
+        client = self.clients.get(key) or self._moved(key, address)
         if client is None:
             # Every client is an agent of the registry, so clients count
             # against the agents' cap; a link's handshake counts links
@@ -674,7 +699,7 @@ class PushProxHub:
                     " agents and PushProx clients (proxy.internal.maxAgents)"
                 )
                 return refuse(exchange, answered, 503, why)
-            client = PushProxClient(self, key, f"pushprox-{next(self._ids)}", identity)
+            client = PushProxClient(self, key, address, f"pushprox-{next(self._ids)}", identity)
             self.registry.addAgent(client)
             try:
                 placement = self.registry.registerPath(client, claim, fqdn, {})
@@ -690,32 +715,42 @@ class PushProxHub:
                 client=client.described,
                 role=client.role,
             )
-        client.polled(exchange, answered)
+        client.polled(exchange, answered, address)
 
-    def _moved(self, key: ClientKey) -> PushProxClient | None:
+    def _moved(self, key: ClientKey, address: str) -> PushProxClient | None:
         """
-        The known client that a poll under a new C{key} comes from, moved
-        to another address, if any; it is known under C{key} from now on.
+        The known client that a poll under a new C{key} (from C{address})
+        comes from, moved to another host, if any; it is known under
+        C{key} from now on.
 
-        A client that proved an identity (a token) is that identity's
-        client of its FQDN wherever it polls from: it moves at once, and
-        its newer poll replaces the older as any newer poll does. An
-        anonymous client has only its address to be known by, so a poll
-        from a new address is another client: it waits as a standby until
-        the holder is forgotten, C{clientGraceSecs} after its last poll.
+        An anonymous client has only its host to be known by, so a poll
+        from a new host is another client: it waits as a standby until the
+        holder is forgotten, C{clientGraceSecs} after its last poll.
         Taking it for the holder moved whenever the holder held no poll
         would let any host take the FQDN of a client that polls, since
         every client is without a held poll for a moment after each scrape
         and each expiry.
+
+        A client that proved an identity is known by it too. An identity
+        declared to be one agent's (C{perAgent}) proves the same client
+        wherever it polls from, so it moves at once, as in PushProx, and as
+        the registry lets such an agent take its paths over. A shared
+        identity proves nothing between its clients: a poll from a new
+        host is the holder moved only while the holder is between rounds
+        of polls (L{PushProxClient.polling}), which is when a client that
+        moved polls from its new host; while the holder polls, the new
+        host's client waits as a standby, as an anonymous one does.
         """
         if key.identity == ANONYMOUS.name:
             return None
         for client in self.clients.values():
             old = client.key
-            if (old.fqdn, old.identity) == (key.fqdn, key.identity):
+            if (old.fqdn, old.identity) != (key.fqdn, key.identity):
+                continue
+            if client.identity.perAgent or not client.polling:
                 del self.clients[old]
                 self.clients[key] = client
-                client.moved(key)
+                client.moved(key, address)
                 return client
         return None
 

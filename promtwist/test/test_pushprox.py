@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 from typing import Any, cast
 
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
@@ -527,15 +527,79 @@ class HubTests(HubCase):
         roles = sorted((c.hostName, c.role) for c in self.hub.clients.values())
         self.assertEqual(roles, [("10.1.1.1", "holder"), ("10.2.2.2", "standby")])
 
+    def tokenHub(self, perAgent: bool = False) -> bytes:
+        """
+        Require tokens; the C{Authorization} header of identity C{a}.
+        """
+        identity = Identity("a", "tok-a", perAgent=perAgent)
+        self.hub = self.makeHub(ProxySettings(identities=(identity,)))
+        self.port = Port(self.hub, self.clock)
+        return b"Authorization: Bearer tok-a\r\n"
+
     def test_tokenClientMoved(self) -> None:
         """
-        A client that proves an identity is that identity's client of its
-        FQDN from any address: its newer poll, from a new address, replaces
-        the older one at once.
+        A client of a shared identity that polls from a new host between
+        its rounds of polls (its poll closed, or expired, or its push made)
+        has moved: it keeps its FQDN at once, and scrapes waiting for it go
+        to the new poll.
         """
-        self.hub = self.makeHub(ProxySettings(identities=(Identity("a", "tok-a"),)))
-        self.port = Port(self.hub, self.clock)
-        token = b"Authorization: Bearer tok-a\r\n"
+        token = self.tokenHub()
+        connection, _ = self.poll(headers=token)
+        client = self.client()
+        connection.connectionLost(Failure(ConnectionError("gone")))
+        collected = Collected(client.scrape(scrapeCall()))
+        with capturedLogs() as events:
+            _, new = self.poll(headers=token, host="10.2.2.2")
+        self.assertEqual((client.hostName, client.role), ("10.2.2.2", "holder"))
+        self.assertEqual(self.hub.clients, {client.key: client})
+        self.assertEqual(answer(new).status, 200)
+        moves = [e["address"] for e in events if "polls from" in e["log_format"]]
+        self.assertEqual(moves, ["10.2.2.2"])
+        self.assertIsNone(collected.failure)
+        _, push = self.port.request(
+            b"POST", b"/push", pushBody(scrapeIdOf(answer(new).body)), token, "10.2.2.2"
+        )
+        self.assertEqual(answer(push).status, 200)
+        # Between its push and its next poll it has moved too.
+        _, newer = self.poll(headers=token, host="10.3.3.3")
+        self.assertEqual((client.hostName, client.role), ("10.3.3.3", "holder"))
+        self.assertEqual(newer.value(), b"")
+
+    def test_sharedTokenHolderKeepsFQDN(self) -> None:
+        """
+        Two clients of one shared identity on two hosts, both polling: the
+        first holds the FQDN, its polls held and its scrapes its own, while
+        the second waits as a standby, as an anonymous newcomer does, and
+        holds it once the first is forgotten.
+        """
+        token = self.tokenHub()
+        connection, held = self.poll(headers=token)
+        holder = self.client()
+        for _ in range(3):
+            _, other = self.poll(headers=token, host="10.2.2.2")
+            self.assertEqual((held.value(), other.value()), (b"", b""))
+            collected = Collected(holder.scrape(scrapeCall()))
+            scrapeId = scrapeIdOf(answer(held).body)
+            # Its scrape out, the holder is polling still.
+            _, other = self.poll(headers=token, host="10.2.2.2")
+            self.port.request(b"POST", b"/push", pushBody(scrapeId), token)
+            assert collected.head is not None
+            connection, held = self.poll(headers=token)
+        roles = sorted((c.hostName, c.role) for c in self.hub.clients.values())
+        self.assertEqual(roles, [("10.1.1.1", "holder"), ("10.2.2.2", "standby")])
+        self.assertEqual(self.registry.lookupHost(FQDN, 9100), (holder,))
+        connection.connectionLost(Failure(ConnectionError("gone")))
+        self.clock.advance(GRACE)
+        (standby,) = self.hub.clients.values()
+        self.assertEqual((standby.hostName, standby.role), ("10.2.2.2", "holder"))
+
+    def test_perAgentTokenClientMoved(self) -> None:
+        """
+        A client of an identity declared one agent's (C{perAgent}) is that
+        client wherever it polls from: its poll from a new host replaces
+        the older at once, as in PushProx.
+        """
+        token = self.tokenHub(perAgent=True)
         _, old = self.poll(headers=token)
         _, new = self.poll(headers=token, host="10.2.2.2")
         self.assertEqual(answer(old).status, 408)
@@ -543,6 +607,22 @@ class HubTests(HubCase):
         self.assertEqual((client.hostName, client.role), ("10.2.2.2", "holder"))
         Collected(client.scrape(scrapeCall()))
         self.assertEqual(answer(new).status, 200)
+
+    def test_anonymousIPv6KeyedBySlash64(self) -> None:
+        """
+        An anonymous client polling from a new address in its IPv6 /64 (a
+        temporary address) is the same client, not a standby.
+        """
+        site = self.port.site
+        for address in ("2001:db8::1", "2001:db8::2"):
+            connection, _ = connect(site, IPv6Address("TCP", address, 40000))  # type: ignore[arg-type]
+            connection.dataReceived(
+                b"POST /poll HTTP/1.1\r\nHost: proxy\r\nContent-Length: %d\r\n\r\n%s"
+                % (len(FQDN), FQDN.encode())
+            )
+        client = self.client()
+        self.assertEqual((client.hostName, client.role), ("2001:db8::2", "holder"))
+        self.assertEqual(client.key.host, "2001:db8::/64")
 
     def test_standbyNotListed(self) -> None:
         """
