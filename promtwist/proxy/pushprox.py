@@ -212,6 +212,8 @@ class PendingScrape:
         self.state = ScrapeState.QUEUED
         self.stream = ScrapeStream(self, number)
         self._timeout = timeout
+        # When it times out, on the clock: what its push may take until.
+        self.deadline = clock.seconds() + timeout
         self._timer: IDelayedCall | None = clock.callLater(timeout, self._timedOut)
 
     def sent(self) -> None:
@@ -611,6 +613,25 @@ class PushProxHub:
             return host
         return f"identity {identity.name!r} on {host}"
 
+    def pushDeadline(self, exchange: Exchange, start: bytes) -> float | None:
+        """
+        The port's L{BodyDeadline}: a push still arriving at the head's
+        deadline may take as long as the scrape that C{start}, the part of
+        it come, names has left, if that scrape waits for this identity's
+        push. PushProx's proxy reads a push for as long as it takes; here
+        it is bounded by the scrape's deadline, itself bounded by
+        C{proxy.internal.scrapeRequestTimeoutSecs}.
+        """
+        if exchange.path != PUSH_PATH:
+            return None
+        try:
+            identity = self._prove(exchange.headers)
+        except AuthenticationFailed:
+            # Its token was revoked by a reload while it came.
+            return None
+        scrape = self._waiting(start, identity)
+        return scrape.deadline if scrape is not None else None
+
     def refused(self, request: RefusedRequest) -> None:
         """
         A poll or push the server refused before it reached the hub (its
@@ -805,6 +826,15 @@ class PushProxHub:
         it, was refused with C{status}: the scrape its head names, if one
         waits for this identity's push, ends with C{why}.
         """
+        scrape = self._waiting(data, identity)
+        if scrape is not None:
+            scrape.refused(status, why)
+
+    def _waiting(self, data: RequestBody, identity: Identity) -> PendingScrape | None:
+        """
+        The scrape that a push, C{data} being it or the start of it, names,
+        if that scrape waits for C{identity}'s push.
+        """
         scrapeId = pushedId(data)
         scrape = self._scrapes.get(scrapeId) if scrapeId is not None else None
         if (
@@ -812,7 +842,8 @@ class PushProxHub:
             and scrape.state is ScrapeState.SENT
             and scrape.client.identity == identity
         ):
-            scrape.refused(status, why)
+            return scrape
+        return None
 
     def listClients(self, exchange: Exchange, answered: Answered) -> None:
         """

@@ -108,6 +108,7 @@ class Port:
             guard=hub.guard(None),
             budget=budget,
             sourceOf=hub.bodySource,
+            bodyDeadline=hub.pushDeadline,
             refused=hub.refused,
             peekBytes=MAX_PUSH_HEAD_BYTES,
         )
@@ -827,22 +828,60 @@ class HostileTests(HubCase):
             " bytes of request bodies, 600 of them from 10.1.1.1,",
         )
 
-    def test_slowPush(self) -> None:
+    def slowPush(self, data: bytes, missing: int = 2) -> StringTransport:
         """
-        A push not whole within the head's deadline ends the scrape it
-        names with the reason when it is refused.
+        A push of C{data} that sends all but its last C{missing} bytes.
         """
-        collected, scrapeId = self.sentScrape()
-        data = pushBody(scrapeId)
         connection, push = self.port.connect()
         connection.dataReceived(
-            b"POST /push HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (len(data), data[:-2])
+            b"POST /push HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (len(data), data[:-missing])
         )
+        self.connection = connection
+        return push
+
+    def test_slowPushWithinScrapeDeadline(self) -> None:
+        """
+        A push that names a scrape waiting for it may take as long as that
+        scrape has left, past the head's deadline: PushProx reads a slow
+        push, and a large answer on a slow link is one.
+        """
+        collected, scrapeId = self.sentScrape(deadline=30)
+        data = pushBody(scrapeId)
+        push = self.slowPush(data)
+        self.clock.advance(25)
+        self.assertEqual(push.value(), b"")
+        self.connection.dataReceived(data[-2:])
+        self.assertEqual(answer(push).status, 200)
+        assert collected.head is not None
+        self.assertEqual(collected.head.status, 200)
+
+    def test_slowPush(self) -> None:
+        """
+        A push not whole by its scrape's deadline is refused with 408 then,
+        saying so; one that names no waiting scrape has the head's
+        deadline only, and ends the scrape it names with the reason.
+        """
+        collected, scrapeId = self.sentScrape(deadline=30)
+        push = self.slowPush(pushBody(scrapeId))
         self.clock.advance(10)
-        self.assertEqual(answer(push).status, 408)
-        self.assertScrapeFailed(
-            collected, 502, "pushed no whole answer: request body not complete within 10"
+        self.clock.advance(20)
+        r = answer(push)
+        self.assertEqual(r.status, 408)
+        self.assertIn(
+            b"not complete within 10 seconds of its request's start, nor by the deadline of"
+            b" what it answers (2 bytes missing)",
+            r.body,
         )
+        self.assertScrapeFailed(collected, 408, "took the scrape and pushed no answer within 29.5s")
+        _, poll = self.poll()
+        collected = Collected(self.client().scrape(scrapeCall(deadline=30)))
+        scrapeId = scrapeIdOf(answer(poll).body)
+        unnamed = self.slowPush(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        named = self.slowPush(pushBody(scrapeId) + b"x" * 50000, missing=40000)
+        self.clock.advance(10)
+        self.assertEqual(answer(unnamed).status, 408)
+        self.assertEqual(named.value(), b"")
+        self.assertIsNone(collected.failure)
 
     def test_refusedPushOfOtherIdentity(self) -> None:
         """
