@@ -854,7 +854,8 @@ class PushProxHub:
         exchange.setStatus(200)
         exchange.setHeader(b"Content-Type", b"application/json")
         exchange.setHeader(b"Cache-Control", b"no-store")
-        exchange.finishWith(json.dumps(groups, separators=(",", ":")).encode("ascii"))
+        # Ended by a newline, as by Go's json.Encoder, which PushProx uses.
+        exchange.finishWith(json.dumps(groups, separators=(",", ":")).encode("ascii") + b"\n")
         answered(200)
 
     def servedFQDNs(self) -> list[str]:

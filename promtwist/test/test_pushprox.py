@@ -345,6 +345,7 @@ class HubTests(HubCase):
         _, transport = self.port.request(b"GET", b"/clients")
         r = answer(transport)
         self.assertEqual(r.headers[b"content-type"], b"application/json")
+        self.assertTrue(r.body.endswith(b"]\n"), r.body)
         self.assertEqual(
             json.loads(r.body),
             [{"targets": ["b.example"], "labels": None}, {"targets": [FQDN], "labels": None}],
@@ -408,6 +409,14 @@ class HubTests(HubCase):
                 "pushprox_proxy_clients": ("gauge", {frozenset()}),
             },
         )
+        # PushProx's Go client writes no _created series.
+        created = [
+            sample.name
+            for family in self.metrics.collect()
+            for sample in family.samples
+            if sample.name.endswith("_created")
+        ]
+        self.assertEqual(created, [])
 
     def test_serverRefusalsCounted(self) -> None:
         """
@@ -919,6 +928,27 @@ class HostileTests(HubCase):
             _, transport = self.port.request(b"POST", b"/push", body)
             r = answer(transport)
             self.assertIn(r.status, (400, 404), body)
+            self.assertIn(why, r.body)
+
+    def test_pushWithoutLength(self) -> None:
+        """
+        A push must declare its C{Content-Length}: one with neither it nor
+        chunked framing has no body, and gets 400 saying so; a chunked one
+        gets 411.
+        """
+        for framing, status, why in [
+            (
+                b"",
+                400,
+                b"the push has no body: it must carry the target's answer, its length"
+                b" declared in Content-Length",
+            ),
+            (b"Transfer-Encoding: chunked\r\n", 411, b"Content-Length"),
+        ]:
+            connection, transport = self.port.connect()
+            connection.dataReceived(b"POST /push HTTP/1.1\r\nHost: proxy\r\n%s\r\n" % framing)
+            r = answer(transport)
+            self.assertEqual(r.status, status)
             self.assertIn(why, r.body)
 
     def test_pushFromOtherIdentity(self) -> None:
