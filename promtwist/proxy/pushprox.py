@@ -48,7 +48,14 @@ from twisted.python.failure import Failure
 
 from promtwist.addresses import peerAddress
 from promtwist.config.settings import Identity
-from promtwist.hostkeys import BadTarget, claimsPort, hostKey, isHostKey, parseHostKey
+from promtwist.hostkeys import (
+    BadTarget,
+    claimsPort,
+    hostKey,
+    isHostKey,
+    keyTarget,
+    parseHostKey,
+)
 from promtwist.httpguard import AllowedNetworks
 from promtwist.logs import RepeatedWarnings, clip, observer
 from promtwist.metrics import MetricsRegistry
@@ -67,7 +74,7 @@ from promtwist.proxy.pushwire import (
     parsePush,
     pushedId,
 )
-from promtwist.proxy.registry import AgentHandle, RegistrationRefused, Registry
+from promtwist.proxy.registry import AgentHandle, Overlap, RegistrationRefused, Registry
 from promtwist.proxy.relay import ScrapeCall
 from promtwist.proxy.stream import AnswerHead, ScrapeStream, TransferMetrics
 
@@ -552,6 +559,28 @@ class PushProxHub:
         # What clients make happen at will (registering from ever new
         # addresses, say) is logged at a bounded rate.
         self.news = RepeatedWarnings(_log, clock)
+        registry.overlapObservers.append(self._overlapped)
+
+    def _overlapped(self, overlap: Overlap) -> None:
+        """
+        An agent's target on one port of a client's FQDN takes that port's
+        scrapes from the client, as an exact claim comes first: say so,
+        whichever came first, since nothing else would tell the operator
+        why a client that polls gets none of that port's scrapes.
+        """
+        client, agent = overlap.anyPortHolder, overlap.portHolder
+        if not isinstance(client, PushProxClient):
+            return
+        self.news.warn(
+            "PushProx client port taken by an agent",
+            "{agent} serves target {target}, so its scrapes go to it, not to PushProx client"
+            " {client}, which serves {host} on every other port: a claim on a port comes"
+            " before a claim on every port of its host",
+            agent=f"{agent.kind} {clip(agent.name)!r} on {clip(agent.hostName)}",
+            target=keyTarget(overlap.port),
+            client=client.described,
+            host=keyTarget(overlap.anyPort),
+        )
 
     # The scrape port's body policy.
 

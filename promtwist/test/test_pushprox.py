@@ -14,7 +14,7 @@ from typing import Any, cast
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -1277,6 +1277,36 @@ class AccessTests(HubCase):
         self.assertEqual(answer(pollA).status, 408)
         self.assertEqual(list(self.hub.clients.values()), [b])
         self.assertEqual(b.role, "holder")
+
+
+class OverlapTests(HubCase):
+    def test_agentTakesClientsPort(self) -> None:
+        """
+        An agent's target on one port of a client's FQDN takes that port's
+        scrapes from the client, whichever claimed first, and the proxy
+        warns saying so; the client keeps every other port.
+        """
+        agent = FakeAgent("a1", hostName="10.3.3.3")
+        self.registry.addAgent(agent)
+        for first in ("client", "agent"):
+            with capturedLogs() as events:
+                if first == "agent":
+                    self.registry.registerPath(agent, hostKey(FQDN, 9100), "t", {})
+                self.poll()
+                if first == "client":
+                    self.registry.registerPath(agent, hostKey(FQDN, 9100), "t", {})
+            client = next(c for c in self.hub.clients.values() if c.role == "holder")
+            self.assertEqual(self.registry.lookupHost(FQDN, 9100), (agent,))
+            self.assertEqual(self.registry.lookupHost(FQDN, 9182), (client,))
+            (warning,) = [e for e in events if "serves target" in e["log_format"]]
+            self.assertEqual(
+                formatEvent(warning),
+                f"agent {agent.name!r} on 10.3.3.3 serves target {FQDN}:9100, so its scrapes go"
+                f" to it, not to PushProx client {client.described}, which serves {FQDN} on every"
+                " other port: a claim on a port comes before a claim on every port of its host",
+            )
+            self.registry.unregisterPath(agent, hostKey(FQDN, 9100))
+            self.hub.forgetClient(client, "test")
 
 
 class ListedHostsTests(HubCase):
