@@ -303,6 +303,8 @@ class SelfScrapeTests(TestCase):
             return code == 200 and b"\npushprox_proxy_clients 1.0\n" in body
 
         await cluster.eventually(clientCounted, "the polling client in /metrics", 30)
+        # A scrape of /metrics counts after its answer: the next one shows it.
+        await clientCounted()
         for series in (
             b'pushprox_http_requests_total{code="200",path="/poll"}',
             b'pushprox_http_requests_total{code="200",path="/metrics"}',
