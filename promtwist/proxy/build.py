@@ -178,6 +178,7 @@ def buildProxy(
             settings.pushprox_push_budget_mbytes * MiB, "proxy.pushprox.pushBudgetMBytes"
         ),
         sourceOf=pushprox.bodySource if pushprox is not None else None,
+        bodyDeadline=pushprox.pushDeadline if pushprox is not None else None,
         refused=pushprox.refused if pushprox is not None else None,
         peekBytes=MAX_PUSH_HEAD_BYTES,
         clock=reactor,

@@ -25,7 +25,8 @@ gives the other ports (the shared parts are in L{promtwist.httpguard}):
     declare a C{Content-Length} within the policy's limit (411 without
     one, 413 over it), pass the guard (checked on the head, before a byte
     of the body is read), and arrive whole within the head's deadline,
-    which runs on until its last byte (408 otherwise), and fit in the
+    which runs on until its last byte, or by the later deadline the
+    factory's L{BodyDeadline} names for it then (408 otherwise), and fit in the
     port's L{BodyBudget} of body bytes in flight (503 otherwise); the
     request is answered only once the body is in, read into one buffer of
     the declared size (an anonymous mapping, given back to the system when
@@ -142,6 +143,14 @@ it, or L{None} if it takes none (and refuses the method unless it is C{GET}
 or C{HEAD}).
 """
 
+BodyDeadline = Callable[[Exchange, bytes], float | None]
+"""
+Given a request whose body is not whole at the head's deadline, and the
+start of that body that came (up to the factory's C{peekBytes}), the time
+(on the factory's clock) until which its body may still come, if later:
+a PushProx push may take as long as the scrape it answers has left.
+"""
+
 BodySource = Callable[[Exchange], str]
 """
 The source a request's body is counted under in the port's L{BodyBudget}:
@@ -217,6 +226,7 @@ class ScrapePortFactory(Factory):
         bodies: BodyPolicy | None = None,
         budget: BodyBudget | None = None,
         sourceOf: BodySource | None = None,
+        bodyDeadline: BodyDeadline | None = None,
         refused: Refused | None = None,
         peekBytes: int = 0,
         clock: IReactorTime | None = None,
@@ -233,6 +243,8 @@ class ScrapePortFactory(Factory):
             unbounded without one.
         @param sourceOf: what a body counts against in C{budget}, asked
             after C{guard} let its request through.
+        @param bodyDeadline: a later deadline for a body still arriving at
+            the head's; none without one.
         @param peekBytes: how much of a refused body's start C{refused} is
             told of, so that it can tell what the body was.
         @param clock: the clock for every timeout; the global reactor by
@@ -248,6 +260,7 @@ class ScrapePortFactory(Factory):
         self.bodies = bodies
         self.budget = budget
         self.sourceOf = sourceOf or (lambda exchange: hostOf(exchange.client))
+        self.bodyDeadline = bodyDeadline
         self.refused = refused
         self.peekBytes = peekBytes
         self.maxHeaderBytes = maxHeaderBytes
@@ -321,6 +334,8 @@ class ScrapePortConnection(Protocol):
         self._bodyRead = 0
         self._bodyHeld = 0
         self._bodySource = ""
+        # Whether the body's deadline is the later one bodyDeadline named.
+        self._bodyExtended = False
         self._headAt = 0.0
 
     # The connection.
@@ -526,8 +541,9 @@ class ScrapePortConnection(Protocol):
             # llhttp took it for a number: digits, perhaps padded.
             bodyLength = int(length.strip(b" \t"))
             if bodyLength > limit:
-                arrived = self._pending[self._offset : self._offset + factory.peekBytes]
-                return self._refuseRequest(bodyRefused(limit), method, path, headers, arrived)
+                return self._refuseRequest(
+                    bodyRefused(limit), method, path, headers, self._arrived()
+                )
         exchange = ServerExchange(
             self,
             method,
@@ -546,9 +562,10 @@ class ScrapePortConnection(Protocol):
                 source = factory.sourceOf(exchange)
                 overBudget = budget.take(bodyLength, source)
                 if overBudget is not None:
-                    return self._refuseRequest(overBudget, method, path, headers)
+                    return self._refuseRequest(overBudget, method, path, headers, self._arrived())
                 self._bodySource = source
             self._bodyHeld = bodyLength
+            self._bodyExtended = False
             self._continue(headers, version)
             # llhttp would take the next head for this body: the body is
             # counted here, and the next head goes to a parser of its own.
@@ -560,6 +577,13 @@ class ScrapePortConnection(Protocol):
             self._readBody()
             return
         self._begin(exchange)
+
+    def _arrived(self) -> bytes:
+        """
+        What of a body came with its head, up to the factory's
+        C{peekBytes}: for a refusal on the head to tell what the body was.
+        """
+        return self._pending[self._offset : self._offset + self.factory.peekBytes]
 
     def _continue(self, headers: dict[bytes, bytes], version: bytes) -> None:
         """
@@ -757,18 +781,28 @@ class ScrapePortConnection(Protocol):
         self._deadline = None
         exchange, body = self._bodyOf, self._body
         if self.state is ConnectionState.BODY and exchange is not None and body is not None:
+            factory = self.factory
+            start = body[: min(self._bodyRead, factory.peekBytes)]
+            if not self._bodyExtended and factory.bodyDeadline is not None:
+                later = factory.bodyDeadline(exchange, start)
+                now = factory.clock.seconds()
+                if later is not None and later > now:
+                    self._bodyExtended = True
+                    self._deadline = factory.clock.callLater(later - now, self._deadlinePassed)
+                    return
+            extended = ", nor by the deadline of what it answers" if self._bodyExtended else ""
             return self._refuseRequest(
                 Refusal(
                     408,
                     b"Request Timeout",
-                    f"request body not complete within {self.factory.headerTimeout:g} seconds"
-                    f" of its request's start ({self._bodyHeld - self._bodyRead} bytes"
-                    " missing)",
+                    f"request body not complete within {factory.headerTimeout:g} seconds"
+                    f" of its request's start{extended} ({self._bodyHeld - self._bodyRead}"
+                    " bytes missing)",
                 ),
                 exchange.method,
                 exchange.path,
                 exchange.headers,
-                body[: min(self._bodyRead, self.factory.peekBytes)],
+                start,
             )
         self._refuse(headTimedOut(self.factory.headerTimeout))
 

@@ -914,7 +914,7 @@ class BodyBudgetTests(SynchronousTestCase):
         """
         slow, _ = self.post(10, b"abc")
         self.assertEqual(self.budget.held, 10)
-        _, refused = self.post(6, b"")
+        _, refused = self.post(6, b"", host="10.0.0.9")
         r = parseResponse(refused.value())
         self.assertEqual(r.status, 503)
         self.assertIn(b"this one's 6 would pass their budget of 15 (test.budget)", r.body)
@@ -942,8 +942,8 @@ class BodyBudgetTests(SynchronousTestCase):
         r = parseResponse(refused.value())
         self.assertEqual(r.status, 503)
         self.assertIn(
-            b"reading 10 bytes of request bodies from 127.0.0.1, and this one's 6 would pass"
-            b" one source's share of 15, half of test.budget",
+            b"reading 10 bytes of request bodies, 10 of them from 127.0.0.1, and this one's 6"
+            b" would pass one source's share of 15, half of test.budget",
             r.body,
         )
         self.post(9, b"abc", host="2001:db8::1")
@@ -952,6 +952,31 @@ class BodyBudgetTests(SynchronousTestCase):
         _, other = self.post(1, b"x", host="10.0.0.2")
         self.assertEqual(parseResponse(other.value()).body, b"POST /in x")
         self.assertEqual(self.budget.bySource, {"127.0.0.1": 10, "2001:db8::/64": 9})
+
+    def test_reserveForNewSources(self) -> None:
+        """
+        Two sources that each keep bodies open, within their shares, leave
+        an eighth of the budget free: a source reading none still has one
+        read beside them. Only sources' first bodies take that reserve.
+        """
+        budget = BodyBudget(64, "test.budget")
+        taken = {
+            source: [budget.take(6, source) is None for _ in range(6)] for source in ("a", "b")
+        }
+        self.assertEqual(taken, {"a": [True] * 5 + [False], "b": [True] * 4 + [False] * 2})
+        self.assertEqual(budget.held, 54)
+        refusal = budget.take(6, "b")
+        assert refusal is not None
+        self.assertIn(
+            "reading 54 bytes of request bodies, 24 of them from b, and this one's 6 would"
+            " leave less than 8 (an eighth of test.budget) for sources reading none",
+            refusal.reason,
+        )
+        self.assertIsNone(budget.take(6, "c"))
+        self.assertIsNone(budget.take(4, "d"))
+        refusal = budget.take(1, "e")
+        assert refusal is not None
+        self.assertIn("this one's 1 would pass their budget of 64", refusal.reason)
 
     def test_sourceOf(self) -> None:
         """
