@@ -26,7 +26,6 @@ Nothing the server sends raises out of C{dataReceived}.
 from __future__ import annotations
 
 import enum
-from collections import deque
 from dataclasses import dataclass
 from typing import cast
 
@@ -42,6 +41,7 @@ from zope.interface import implementer
 from promtwist._version import __version__
 from promtwist.grpc.call import CallCancelled, Headers
 from promtwist.grpc.h2conn import ConnectionState, H2Protocol, Outbound
+from promtwist.grpc.inbox import Inbox
 from promtwist.grpc.limits import Limits
 from promtwist.grpc.messages import Message, MessageReader, frameMessage
 from promtwist.grpc.status import GrpcError, StatusCode, decodeMessage
@@ -122,11 +122,8 @@ class ClientCall:
         self._connection = connection
         self._state = _CallState.OPEN
         self._outcome: Failure | None = None
-        # Received and not yet taken, and the window bytes they hold
-        # (acknowledged when the caller takes the last of them).
-        self._inbox: deque[Message] = deque()
-        self._held = 0
-        self._waiting: Deferred[bytes | None] | None = None
+        # Its window is given back as the caller takes the messages.
+        self._inbox: Inbox[bytes] = Inbox(self, self._read, connection.acknowledge)
         self._done: list[Deferred[None]] = []
 
     def __repr__(self) -> str:
@@ -160,15 +157,7 @@ class ClientCall:
         C{OK} (after the messages that came before its status). Fails with
         L{CallFailed} when the call failed. One receive at a time.
         """
-        if self._waiting is not None:
-            raise RuntimeError(f"{self!r}: receive() while another is waiting")
-        if self._inbox:
-            return self._take()
-        if self.ended:
-            return succeed(None) if self._outcome is None else fail(self._outcome)
-        waiting: Deferred[bytes | None] = Deferred(lambda d: self._stopWaiting(d))
-        self._waiting = waiting
-        return waiting
+        return self._inbox.receive()
 
     def cancel(self, why: str) -> None:
         """
@@ -192,11 +181,7 @@ class ClientCall:
     # -- What the connection drives ------------------------------------------
 
     def messagesReceived(self, messages: list[Message], size: int) -> None:
-        self._inbox.extend(messages)
-        self._held += size
-        if self._waiting is not None and self._inbox:
-            waiting, self._waiting = self._waiting, None
-            self._take().chainDeferred(waiting)
+        self._inbox.add(messages, size)
 
     def end(self, outcome: Failure | None) -> None:
         """
@@ -207,15 +192,7 @@ class ClientCall:
             return
         self._state = _CallState.ENDED
         self._outcome = outcome
-        if outcome is not None:
-            self._inbox.clear()
-            self._release()
-        if self._waiting is not None and not self._inbox:
-            waiting, self._waiting = self._waiting, None
-            if outcome is None:
-                waiting.callback(None)
-            else:
-                waiting.errback(outcome)
+        self._inbox.end(outcome)
         done, self._done = self._done, []
         for d in done:
             if outcome is None:
@@ -225,23 +202,11 @@ class ClientCall:
 
     # -- Inside ----------------------------------------------------------------
 
-    def _take(self) -> Deferred[bytes | None]:
-        message = self._inbox.popleft()
-        if not self._inbox:
-            self._release()
+    def _read(self, message: Message) -> Deferred[bytes]:
         try:
             return succeed(message.payload())
         except GrpcError as error:
             return fail(CallFailed(f"the server's message: {error.message}", error.code))
-
-    def _release(self) -> None:
-        if self._held:
-            self._connection.acknowledge(self._held)
-        self._held = 0
-
-    def _stopWaiting(self, waiting: Deferred[bytes | None]) -> None:
-        if self._waiting is waiting:
-            self._waiting = None
 
 
 @implementer(IHandshakeListener)
