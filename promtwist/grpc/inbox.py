@@ -1,4 +1,4 @@
-# -*- test-case-name: promtwist.test.test_grpc_connection,promtwist.test.test_grpc_client -*-
+# -*- test-case-name: promtwist.test.test_grpc_inbox,promtwist.test.test_grpc_client -*-
 """
 The messages a call has received and its reader has not taken: what both
 ends' calls (L{promtwist.grpc.call.ServerCall},
