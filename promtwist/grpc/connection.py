@@ -44,7 +44,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
@@ -122,6 +122,8 @@ class GrpcServerProtocol(H2Protocol):
         self._resets = RateBound(limits.maxResetsPerWindow, limits.floodWindowSeconds, clock)
         self.whenProven = Deferred()
         self._proofTimer: IDelayedCall | None = None
+        # Who waits for the connection to be lost; None once it is.
+        self._lost: list[Deferred[None]] | None = []
 
     @property
     def proven(self) -> bool:
@@ -150,18 +152,41 @@ class GrpcServerProtocol(H2Protocol):
         self._state = ConnectionState.GONE
         self._cancelTimer()
         self._cancelProofTimer()
+        waiting, self._lost = self._lost, None
+        for lost in waiting or ():
+            lost.callback(None)
         self._abandonAll("the connection was lost")
         self.context.connectionLost()
         if isinstance(self.factory, GrpcServerFactory):
             self.factory.connections.discard(self)
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: str) -> Deferred[None]:
         """
-        End the connection for C{reason} (the server is stopping): GOAWAY
-        C{NO_ERROR} with it as debug data; the calls still open are
-        cancelled, since h2 answers nothing after a GOAWAY.
+        End the connection for C{reason} (the server is stopping): the calls
+        still open end C{UNAVAILABLE} with it (as far as flow control lets
+        their trailers go now: h2 answers nothing after a GOAWAY), then
+        GOAWAY C{NO_ERROR} with it as debug data.
+
+        @return: fires once the connection is closed, what was written
+            having gone or, for a client that does not read it, after
+            C{closeSeconds}.
         """
+        lost = self.whenLost()
+        for stream in list(self._streams.values()):
+            stream.call.fail(GrpcError(StatusCode.UNAVAILABLE, reason))
         self._goAway(ErrorCodes.NO_ERROR, reason)
+        return lost
+
+    def whenLost(self) -> Deferred[None]:
+        """
+        A Deferred that fires when the connection is lost.
+        """
+        lost: Deferred[None] = Deferred()
+        if self._lost is None:
+            lost.callback(None)
+        else:
+            self._lost.append(lost)
+        return lost
 
     # -- Events ----------------------------------------------------------------
 
@@ -591,13 +616,17 @@ class GrpcServerFactory(ServerFactory):
         protocol.factory = self
         return protocol
 
-    def closeAll(self, reason: str) -> None:
+    def closeAll(self, reason: str) -> Deferred[None]:
         """
-        End every open connection with GOAWAY for C{reason} (see
+        End every open connection for C{reason} (see
         L{GrpcServerProtocol.close}).
+
+        @return: fires once they are all closed (within C{closeSeconds}),
+            so that a server stopping its reactor lets their last statuses
+            and GOAWAYs go first.
         """
-        for protocol in list(self.connections):
-            protocol.close(reason)
+        closing = [protocol.close(reason) for protocol in list(self.connections)]
+        return gatherResults(closing).addCallback(lambda _: None)
 
 
 class GrpcRefusal(Protocol):

@@ -189,13 +189,15 @@ class GrpcAdmissionTests(_PortCase):
 
     def test_nativeCapsDoNotCountGrpc(self) -> None:
         """
-        More gRPC connections from one address than the native per-address
-        handshake share (a front end's): each is served HTTP/2, none is
-        sent a native Reject.
+        More gRPC connections at once from one address than the native
+        per-address handshake share (a front end's burst, the reviewer's
+        C{t_nginx_burst.py}): each is served HTTP/2, none is sent a native
+        Reject.
         """
         side = self.side(max_pending_handshakes_per_address=2)
-        for _ in range(5):
-            protocol, transport = self.connect(side)
+        # Accepted together, before any sent its preface (nginx's burst).
+        connections = [self.connect(side) for _ in range(5)]
+        for protocol, transport in connections:
             protocol.dataReceived(PREFACE)
             self.assertIsInstance(protocol.active, GrpcServerProtocol)
             self.assertEqual(transport.value()[3:5], b"\x04\x00")
