@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
@@ -180,6 +180,23 @@ class ProxyServiceTests(TestCase):
         self.assertNotEqual(info.agent_id, dict(call.initial_metadata())["agent-id"])
 
     # tokens
+
+    async def test_burstFromOneAddress(self) -> None:
+        """
+        Many gRPC connections at once from one address (a front end's, one
+        per call) are all served: the native per-address handshake share
+        does not apply to them (the reviewer's C{t_nginx_burst.py}: 502s
+        and native Reject frames read as HTTP/2).
+        """
+        self.startProxy(max_pending_handshakes_per_address=2)
+        clients = [self.client() for _ in range(12)]
+        answers = await gatherResults(
+            [
+                client.unary("pathMapSize", pb.PathMapSizeRequest(), pb.PathMapSizeResponse)
+                for client in clients
+            ]
+        )
+        self.assertEqual([a.path_count for a in answers], [0] * 12)
 
     async def test_token(self) -> None:
         """
