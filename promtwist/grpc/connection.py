@@ -739,9 +739,7 @@ class GrpcRefusal(Protocol):
         self._write()
 
     def _close(self) -> None:
-        timer, self._timer = self._timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
+        self._cancelTimer()
         self._h2.close_connection(
             error_code=ErrorCodes.NO_ERROR,
             additional_data=self.reason.encode("utf-8")[:256],
@@ -756,6 +754,9 @@ class GrpcRefusal(Protocol):
         self.transport.write(self._h2.data_to_send())
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._cancelTimer()
+
+    def _cancelTimer(self) -> None:
         timer, self._timer = self._timer, None
         if timer is not None and timer.active():
             timer.cancel()
