@@ -44,12 +44,13 @@ from promtwist.protocol.promtwist_pb2 import (
 from promtwist.protocol.session import PROTOCOL_VERSION, LinkState, Session, SessionLost
 from promtwist.proxy.admission import (
     AuthThrottle,
-    PendingHandshakes,
     Refusal,
     filesNeeded,
     helloProblem,
     hostOf,
+    pendingHandshakes,
     raiseOpenFileLimit,
+    scrapeConnections,
     waitingRoom,
 )
 from promtwist.proxy.auth import ANONYMOUS, AuthenticationFailed, Authenticator
@@ -652,9 +653,7 @@ class AgentLinkFactory(ServerFactory):
         self.sweep = DeadlineSweep(clock, resolutionFor(settings.heartbeat_period_secs))
         self.warnings = RepeatedWarnings(self._log, clock)
         self.authThrottle = AuthThrottle(clock, settings.max_auth_failures_per_address)
-        self._handshakes = PendingHandshakes(
-            settings.max_pending_handshakes, settings.max_pending_handshakes_per_address
-        )
+        self._handshakes = pendingHandshakes(settings)
         self._warnedCleartextCredentials = False
         # Paths each connected link took by a claim: see _holderChanged.
         self._claimChanges: Counter[str] = Counter()
@@ -722,18 +721,34 @@ class AgentLinkFactory(ServerFactory):
     # what it is; replaced in tests.
     openFileLimit = staticmethod(raiseOpenFileLimit)
 
+    def openFileBudget(self) -> int:
+        """
+        The open-file limit, raised as far as needed and allowed, in which
+        the agent port's connections and the scrape port's
+        (L{promtwist.proxy.admission.scrapeConnections}) are sized; the
+        warning L{startFactory} logs says what it lowered.
+        """
+        return self.openFileLimit(filesNeeded(self.settings))
+
     def startFactory(self) -> None:
         settings = self.settings
-        openFiles = self.openFileLimit(filesNeeded(settings))
+        openFiles = self.openFileBudget()
         self.maxWaiting = waitingRoom(settings, openFiles)
-        if self.maxWaiting < settings.max_waiting_handshakes:
+        connections = scrapeConnections(settings, openFiles)
+        if (
+            self.maxWaiting < settings.max_waiting_handshakes
+            or connections < settings.http_max_connections
+        ):
             self._log.warn(
-                "the open-file limit of {limit} leaves room for {room} of the {setting} "
-                "connections proxy.internal.maxWaitingHandshakes lets wait for a handshake "
-                "place, beside proxy.internal.maxAgents ({agents}) links and "
-                "proxy.internal.maxPendingHandshakes ({pending}) handshakes; raise the "
-                "limit (ulimit -n, LimitNOFILE=) to {needed} to let them all wait",
+                "the open-file limit of {limit} leaves room for {connections} of the "
+                "{maxConnections} scrape-port connections proxy.http.maxConnections allows "
+                "and {room} of the {setting} connections proxy.internal.maxWaitingHandshakes "
+                "lets wait for a handshake place, beside proxy.internal.maxAgents ({agents}) "
+                "links and proxy.internal.maxPendingHandshakes ({pending}) handshakes; "
+                "raise the limit (ulimit -n, LimitNOFILE=) to {needed} for them all",
                 limit=openFiles,
+                connections=connections,
+                maxConnections=settings.http_max_connections,
                 room=self.maxWaiting,
                 setting=settings.max_waiting_handshakes,
                 agents=settings.max_agents,
