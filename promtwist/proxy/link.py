@@ -623,9 +623,9 @@ class AgentLinkFactory(ServerFactory):
     @ivar maxWaiting: how many may wait: C{proxy.internal.maxWaitingHandshakes},
         lowered when started if the open-file limit (raised as far as its
         hard limit allows) has no room for them all beside every agent.
-    @ivar warnings: the agent port's warnings that anonymous peers can
-        repeat (refusals, failed authentications, handshake errors): a few
-        per kind and minute, then a count.
+    @ivar warnings: the agent port's warnings and news that peers can
+        repeat (refusals, failed authentications, handshake errors, paths
+        changing holder): a few per kind and minute, then a count.
     """
 
     noisy = False
@@ -668,8 +668,11 @@ class AgentLinkFactory(ServerFactory):
         lines when it leaves. Changes a claim makes (a takeover, an owner's
         return) come one registration at a time: the first L{PATHS_LOGGED}
         of each new holder are logged at INFO, then one line says the rest
-        go to DEBUG. The metric counts every change. (The registry tells
-        the agents, through L{AgentLink.pathRoleChanged}.)
+        go to DEBUG. These INFO lines are L{warnings}: a few a minute,
+        then a count, as peers can make holders change at will (PushProx
+        clients that poll and go, each promoting a standby when its grace
+        ends). The metric counts every change. (The registry tells the
+        agents, through L{AgentLink.pathRoleChanged}.)
         """
         batches: dict[tuple[str, str, str], list[HolderChange]] = {}
         for change in changes:
@@ -692,7 +695,8 @@ class AgentLinkFactory(ServerFactory):
                 self._claimChanges[new.agentId] += 1
                 if before >= PATHS_LOGGED:
                     if before == PATHS_LOGGED:
-                        self._log.info(
+                        self.warnings.info(
+                            "path holder change",
                             "agent {new!r} ({newId}) took more than {n} paths from other "
                             "links; the rest are logged at debug level",
                             new=clip(new.name),
@@ -702,7 +706,8 @@ class AgentLinkFactory(ServerFactory):
                     continue
             named = ", ".join(spelled(clip(change.path)) for change in batch[:CHANGES_NAMED])
             more = len(batch) - CHANGES_NAMED
-            self._log.info(
+            self.warnings.info(
+                "path holder change",
                 "{count} path(s) change holder from agent {old!r} ({oldHost}, {oldId}) to "
                 "{new!r} ({newHost}, {newId}): {why}: {named}{more}",
                 count=len(batch),
