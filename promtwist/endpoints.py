@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 import os
 import re
-import resource
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +22,8 @@ from twisted.internet import tcp
 from twisted.internet.defer import Deferred, execute
 from twisted.internet.endpoints import (
     AdoptedStreamServerEndpoint,
+    TCP4ServerEndpoint,
+    TCP6ServerEndpoint,
     UNIXServerEndpoint,
     serverFromString,
 )
@@ -33,11 +34,8 @@ from twisted.internet.interfaces import (
     IStreamServerEndpoint,
 )
 from twisted.internet.protocol import Factory
-from twisted.logger import ILogObserver, LogEvent, Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
-
-from promtwist.logs import RepeatedWarnings, observer
 
 #: The endpoint types a C{*.listen} setting may name.
 KINDS = ("tcp", "tcp6", "unix", "ssl", "systemd")
@@ -48,105 +46,7 @@ UNIX_PATH_MAX = 107
 UNIX_MODE = 0o660
 
 
-_log = Logger(observer=observer)
-
-# What Twisted's accept loop logs when the process is out of file
-# descriptors (twisted.internet.tcp._accept), by its format: each such read
-# of the port says it ran out and took its reserved descriptor back, then
-# one line per connection it closed unanswered, then that it reserves
-# again. Under a flood that is a line per connection, as fast as they come.
-_OUT_OF_FILES = "EMFILE encountered; releasing reserved file descriptor."
-_CLOSED = "EMFILE recovery: Closed socket from {address}"
-_RESERVED_AGAIN = "Re-reserving EMFILE recovery file descriptor."
-_NOT_ACCEPTED = "Could not accept new connection ({acceptError})"
-
-
-@implementer(ILogObserver)
-class AcceptLog:
-    """
-    Where a port's accept loop logs: what it says of running out of file
-    descriptors, or failing to accept, is logged a few times a minute in
-    promtwist's words, then counted (L{RepeatedWarnings}); anything else
-    goes on to C{passOn}, as Twisted would log it.
-
-    The counts are reported when their interval ends, by a timer that runs
-    only while one is open, and at L{flush}, when the port stops.
-    """
-
-    def __init__(self, clock: Any, passOn: ILogObserver) -> None:
-        self._clock = clock
-        self._passOn = passOn
-        self.warnings = RepeatedWarnings(_log, clock)
-        self._summary: Any = None
-
-    def __call__(self, event: LogEvent) -> None:
-        format = event.get("log_format")
-        if format == _OUT_OF_FILES:
-            self.warnings.warn(
-                "out of file descriptors",
-                "the process is out of file descriptors (its open-file limit is {limit}): "
-                "connections waiting to be accepted are closed unanswered; see "
-                "'Open files' in docs/deployment.md",
-                limit=resource.getrlimit(resource.RLIMIT_NOFILE)[0],
-            )
-        elif format == _CLOSED:
-            self.warnings.warn(
-                "connection closed unanswered",
-                "closed a connection from {peer} unanswered: no file descriptor was free",
-                peer=_peer(event.get("address")),
-            )
-        elif format == _NOT_ACCEPTED:
-            self.warnings.warn(
-                "accept failed",
-                "could not accept a connection: {error}",
-                error=event.get("acceptError"),
-            )
-        elif format != _RESERVED_AGAIN:
-            self._passOn(event)
-            return
-        if self._summary is None:
-            self._summary = self._clock.callLater(self.warnings.interval, self._summarise)
-
-    def _summarise(self) -> None:
-        self._summary = None
-        self.warnings.summariseExpired()
-        if self.warnings.pending:
-            self._summary = self._clock.callLater(self.warnings.interval, self._summarise)
-
-    def flush(self) -> None:
-        """
-        Report what is counted, and stop the timer.
-        """
-        if self._summary is not None:
-            self._summary.cancel()
-            self._summary = None
-        self.warnings.flush()
-
-
-def _peer(address: object) -> str:
-    # An accepted socket's address as Python gives it: (host, port[, ...]).
-    if isinstance(address, tuple) and address:
-        return str(address[0])
-    return "?"
-
-
-class _Port(tcp.Port):
-    """
-    A TCP port whose accept loop logs through an L{AcceptLog}.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        logger = self._logger
-        self.acceptLog = AcceptLog(self.reactor, logger.observer)
-        self._logger = Logger(namespace=logger.namespace, observer=self.acceptLog)
-
-    def connectionLost(self, reason: Failure) -> None:
-        self.acceptLog.flush()
-        super().connectionLost(reason)
-
-
-class _DualStackPort(_Port):
+class _DualStackPort(tcp.Port):
     """
     A TCP port on C{::} that also accepts IPv4 clients (as IPv4-mapped
     addresses), whatever the host's C{net.ipv6.bindv6only} default.
@@ -159,35 +59,21 @@ class _DualStackPort(_Port):
 
 
 @implementer(IStreamServerEndpoint)
-class PortEndpoint:
+class DualStackEndpoint:
     """
-    Listen on one address (C{interface}), or with C{dualStack} on every
-    address of both families with one socket: Twisted's C{tcp6:} endpoint
-    leaves C{IPV6_V6ONLY} to the host's default, which some distributions
-    set to IPv6 only. Either way the port's accept loop logs through an
-    L{AcceptLog}: Twisted's own logs a line per connection it closes while
-    the process is out of file descriptors.
+    Listen on every address of both families with one socket. Twisted's
+    C{tcp6:} endpoint leaves C{IPV6_V6ONLY} to the host's default, which
+    some distributions set to IPv6 only.
     """
 
-    def __init__(
-        self,
-        reactor: Any,
-        port: int,
-        backlog: int = 50,
-        interface: str = "",
-        dualStack: bool = False,
-    ) -> None:
+    def __init__(self, reactor: Any, port: int, backlog: int = 50) -> None:
         self._reactor = reactor
         self._port = port
         self._backlog = backlog
-        self._interface = "::" if dualStack else interface
-        self._kind = _DualStackPort if dualStack else _Port
 
     def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
         def bind() -> IListeningPort:
-            port = self._kind(
-                self._port, protocolFactory, self._backlog, self._interface, self._reactor
-            )
+            port = _DualStackPort(self._port, protocolFactory, self._backlog, "::", self._reactor)
             port.startListening()
             return port
 
@@ -243,13 +129,13 @@ def wildcard(reactor: Any, port: int, backlog: int = 50) -> Where:
     probe = None if port == 0 else port
     if ipv6Available():
         return Where(
-            PortEndpoint(reactor, port, backlog, dualStack=True),
+            DualStackEndpoint(reactor, port, backlog),
             f"[::]:{port}",
             None if probe is None else (socket.AF_INET6, ("::", port)),
             dualStack=True,
         )
     return Where(
-        PortEndpoint(reactor, port, backlog),
+        TCP4ServerEndpoint(reactor, port, backlog),
         f"0.0.0.0:{port}",
         None if probe is None else (socket.AF_INET, ("", port)),
     )
@@ -261,7 +147,9 @@ def onInterface(reactor: Any, port: int, interface: str, backlog: int = 50) -> W
     wildcard, with IPv4 as the host's default decides).
     """
     six = ":" in interface
-    endpoint = PortEndpoint(reactor, port, backlog, interface)
+    endpoint = (TCP6ServerEndpoint if six else TCP4ServerEndpoint)(
+        reactor, port, backlog, interface
+    )
     family = socket.AF_INET6 if six else socket.AF_INET
     return Where(
         endpoint,

@@ -17,6 +17,7 @@ from twisted.internet import reactor, tcp
 from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
+    TCP4ServerEndpoint,
     TCP6ClientEndpoint,
     UNIXClientEndpoint,
     connectProtocol,
@@ -31,7 +32,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from promtwist.config.load import loadProxySettings
 from promtwist.config.settings import ConfigError, ProxySettings
-from promtwist.endpoints import PortEndpoint, ipv6Available, onInterface, wildcard
+from promtwist.endpoints import DualStackEndpoint, ipv6Available, wildcard
 from promtwist.httpguard import AllowedNetworks
 from promtwist.listen import Listener
 from promtwist.proxy.build import buildProxy
@@ -325,8 +326,7 @@ class DualStackTests(SynchronousTestCase):
         C{bindv6only} default.
         """
         requireLoopbackIPv6(self)
-        endpoint = PortEndpoint(reactor, 0, dualStack=True)
-        port = self.successResultOf(endpoint.listen(ServerFactory()))
+        port = self.successResultOf(DualStackEndpoint(reactor, 0).listen(ServerFactory()))
         self.addCleanup(port.stopListening)
         assert isinstance(port, tcp.Port)
         only = port.socket.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
@@ -340,7 +340,7 @@ class DualStackTests(SynchronousTestCase):
         self.patch(socket, "has_ipv6", False)
         self.assertFalse(ipv6Available())
         where = wildcard(reactor, 8080)
-        self.assertIsInstance(where.endpoint, PortEndpoint)
+        self.assertIsInstance(where.endpoint, TCP4ServerEndpoint)
         self.assertEqual(
             (where.wanted, where.probe), ("0.0.0.0:8080", (socket.AF_INET, ("", 8080)))
         )
@@ -431,7 +431,10 @@ class OutOfFilesTests(TestCase):
         limit, then a count reported when the port stops; what else the
         port logs passes on.
         """
-        port = await onInterface(reactor, 0, "127.0.0.1").endpoint.listen(ServerFactory())
+        listener = Listener(reactor, 0, ServerFactory(), "127.0.0.1")
+        listener.privilegedStartService()
+        listener.startService()
+        port = listener.port
         assert isinstance(port, tcp.Port)
         self.patch(tcp, "_reservedFD", _Reservation())
         listening = port.socket
@@ -444,7 +447,7 @@ class OutOfFilesTests(TestCase):
                 port.doRead()
             port.socket = listening
             port._logger.info("something else {n}", n=1)
-            await port.stopListening()
+            await listener.stopService()
         self.assertEqual(_Client.closed, 1000)
         lines = [formatEvent(e) for e in events]
         for start in ("closed a connection", "the process is out of file descriptors"):
