@@ -71,7 +71,8 @@ class AddressCaps:
     C{proxy.http.maxConnectionsPerAddress}).
 
     @ivar kind: names the refusals: C{kind} at the total cap,
-        C{kind_per_address} at a source's, as metric labels.
+        C{kind_per_address} at a source's (the agent port counts its
+        refusals in C{proxy_rejections_total} by these).
     @ivar limit: what the refusal says the limit is of.
     @ivar keys: the settings of the total and the per-address cap.
     """
@@ -89,12 +90,6 @@ class AddressCaps:
 
     def __len__(self) -> int:
         return self._count
-
-    def countOf(self, host: str) -> int:
-        """
-        How many places C{host} holds.
-        """
-        return self._byHost.get(host, 0)
 
     def refusal(self, host: str) -> tuple[str, str] | None:
         """
