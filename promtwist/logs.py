@@ -306,6 +306,14 @@ class RepeatedWarnings:
         else:
             window.suppressed += 1
 
+    @property
+    def pending(self) -> bool:
+        """
+        Whether an interval is open, whose count L{summariseExpired} will
+        report once it ends.
+        """
+        return bool(self._windows)
+
     def summariseExpired(self) -> None:
         """
         Log the counts of the intervals that have ended.

@@ -33,6 +33,13 @@ gives the other ports (the shared parts are in L{promtwist.httpguard}):
     the request ends: freed heap memory would stay with the process);
   - clients outside the allowed networks are refused before a byte is
     read, the refusal logged at most once a minute per address;
+  - a connection over the port's caps on open connections, in total and
+    per source address (an IPv6 /64 is one source), is closed as soon as
+    it is accepted, before a byte is read: no answer, no timer, and a few
+    log lines a minute naming the address and the setting, then a count.
+    The total is sized in the open-file limit beside the agent port's
+    connections (L{promtwist.proxy.admission.scrapeConnections}), so that
+    no host can exhaust the proxy's file descriptors through this port;
   - a silent connection closes after the idle timeout (which does not run
     while a request is being answered);
   - a client that pipelines requests and does not read the answers gets
@@ -98,8 +105,8 @@ from promtwist.httpguard import (
     headTimedOut,
     headTooLarge,
 )
-from promtwist.logs import clip, observer
-from promtwist.proxy.admission import hostOf
+from promtwist.logs import RepeatedWarnings, clip, observer
+from promtwist.proxy.admission import AddressCaps, hostOf
 from promtwist.proxy.answers import textAnswer
 from promtwist.proxy.bodybudget import BodyBudget
 from promtwist.proxy.exchange import READ_HEADERS, Exchange, RequestBody
@@ -204,12 +211,16 @@ class ConnectionState(Enum):
 class ScrapePortFactory(Factory):
     """
     Makes the scrape port's connections, refusing clients outside the
-    allowed networks.
+    allowed networks and those over its caps on open connections.
 
     @ivar handler: answers requests that passed the server's checks.
     @ivar guard: checks each request's credentials first, if set.
     @ivar allowed: the networks clients may connect from.
     @ivar bodies: which requests may carry a body, and how large.
+    @ivar connections: the open connections, counted in total and per
+        source against their caps; L{None} when unbounded.
+    @ivar warnings: the refusals over those caps, logged a few a minute,
+        then counted.
     """
 
     noisy = False
@@ -229,6 +240,7 @@ class ScrapePortFactory(Factory):
         bodyDeadline: BodyDeadline | None = None,
         refused: Refused | None = None,
         peekBytes: int = 0,
+        connections: AddressCaps | None = None,
         clock: IReactorTime | None = None,
     ) -> None:
         """
@@ -247,6 +259,7 @@ class ScrapePortFactory(Factory):
             the head's; none without one.
         @param peekBytes: how much of a refused body's start C{refused} is
             told of, so that it can tell what the body was.
+        @param connections: caps the open connections; unbounded without.
         @param clock: the clock for every timeout; the global reactor by
             default.
         @raise ValueError: if a network is not valid.
@@ -268,11 +281,32 @@ class ScrapePortFactory(Factory):
         self.idleTimeout = idleTimeout
         self.clock = clock
         self.allowed = AllowedNetworks(allowedNetworks, clock)
+        self.connections = connections
+        self.warnings = RepeatedWarnings(_log, clock)
+
+    def stopFactory(self) -> None:
+        self.warnings.flush()
 
     def buildProtocol(self, addr: IAddress | None) -> ScrapePortConnection | None:
         if not self.allowed.admits(addr):
             return None
-        return ScrapePortConnection(self)
+        host = hostOf(addr)
+        connections = self.connections
+        if connections is not None:
+            refusal = connections.refusal(host)
+            if refusal is not None:
+                # Closed at once, unread: a refusal that waited for a
+                # request, or for a TLS handshake to answer it through,
+                # would hold the file it is refused to spare.
+                self.warnings.warn(
+                    "refused scrape-port connection",
+                    "closing a scrape-port connection from {peer} unanswered: {why}",
+                    peer=host or "?",
+                    why=refusal[1],
+                )
+                return None
+            connections.enter(host)
+        return ScrapePortConnection(self, host)
 
 
 _dateSecond = -1
@@ -303,8 +337,12 @@ class ScrapePortConnection(Protocol):
     @ivar state: where the connection is in L{ConnectionState}.
     """
 
-    def __init__(self, factory: ScrapePortFactory) -> None:
+    def __init__(self, factory: ScrapePortFactory, host: str = "") -> None:
         self.factory = factory
+        # The source the factory counts this connection under, and the caps
+        # it is counted in until it is lost.
+        self.host = host
+        self._counted = factory.connections
         self.state = ConnectionState.HEAD
         self._parser = HttpRequestParser(self)
         # Bytes received and not yet parsed, from _offset on: part of a
@@ -378,6 +416,9 @@ class ScrapePortConnection(Protocol):
         self._readHeads(data, 0)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        connections, self._counted = self._counted, None
+        if connections is not None:
+            connections.leave(self.host)
         self.state = ConnectionState.CLOSING
         self._cancelTimers()
         self._bodyDone()
