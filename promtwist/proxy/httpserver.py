@@ -28,8 +28,9 @@ gives the other ports (the shared parts are in L{promtwist.httpguard}):
     which runs on until its last byte (408 otherwise), and fit in the
     port's L{BodyBudget} of body bytes in flight (503 otherwise); the
     request is answered only once the body is in, read into one buffer of
-    the declared size (an anonymous mapping, given back to the system when
-    the request ends: freed heap memory would stay with the process);
+    the declared size (from L{MAPPED_BODY_BYTES} up an anonymous mapping,
+    given back to the system when the request ends: freed heap memory
+    would stay with the process);
   - clients outside the allowed networks are refused before a byte is
     read, the refusal logged at most once a minute per address;
   - a silent connection closes after the idle timeout (which does not run
@@ -109,6 +110,14 @@ _log = Logger(observer=observer)
 # Bytes read ahead while a request is answered before reading stops, as
 # twisted.web's HTTPChannel does (its _optimisticEagerReadSize).
 READ_AHEAD_BYTES = 0x4000
+# The smallest body read into an anonymous mapping of its own. A mapping is
+# given back to the system when its request ends, which the heap would not
+# do for a large body, but it costs two system calls and a page fault per
+# page: a poll's few bytes, or a push of a compressed answer, would spend
+# more on them than on the rest of the request. Smaller bodies are read
+# into the heap, whose small blocks are reused; the port's body budget
+# bounds them as it bounds every body.
+MAPPED_BODY_BYTES = 0x4000
 
 _END_OF_HEAD = b"\r\n\r\n"
 _SERVER = b"Server: promtwist/" + __version__.public().encode("ascii") + b"\r\n"
@@ -317,7 +326,7 @@ class ScrapePortConnection(Protocol):
         # has come. Its bytes are held in the factory's budget until the
         # request ends (_bodyHeld, counted under _bodySource).
         self._bodyOf: ServerExchange | None = None
-        self._body: mmap | None = None
+        self._body: bytearray | mmap | None = None
         self._bodyRead = 0
         self._bodyHeld = 0
         self._bodySource = ""
@@ -554,7 +563,9 @@ class ScrapePortConnection(Protocol):
             # counted here, and the next head goes to a parser of its own.
             self._parser = HttpRequestParser(self)
             self._bodyOf = exchange
-            self._body = mmap(-1, bodyLength)
+            self._body = (
+                mmap(-1, bodyLength) if bodyLength >= MAPPED_BODY_BYTES else bytearray(bodyLength)
+            )
             self._bodyRead = 0
             self.state = ConnectionState.BODY
             self._readBody()
@@ -594,7 +605,8 @@ class ScrapePortConnection(Protocol):
             return
         exchange, self._bodyOf = self._bodyOf, None
         assert exchange is not None
-        exchange.body, self._body = body, None
+        exchange.body = body if isinstance(body, mmap) else bytes(body)
+        self._body = None
         self._begin(exchange)
 
     def _bodyDone(self, exchange: ServerExchange | None = None) -> None:
