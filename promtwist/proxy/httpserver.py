@@ -780,7 +780,7 @@ class ScrapePortConnection(Protocol):
                 exchange.method,
                 exchange.path,
                 exchange.headers,
-                body[: min(self._bodyRead, self.factory.peekBytes)],
+                bytes(body[: min(self._bodyRead, self.factory.peekBytes)]),
             )
         self._refuse(headTimedOut(self.factory.headerTimeout))
 
