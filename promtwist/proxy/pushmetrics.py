@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from promtwist.metrics import MetricsRegistry, goFloat
+from promtwist.metrics import Children, MetricsRegistry, goFloat
 
 # Go's prometheus.DefBuckets, which PushProx's histogram has (Python's
 # default buckets add .075, .75 and 7.5).
@@ -32,13 +32,13 @@ class PushProxMetrics:
     """
 
     def __init__(self, registry: MetricsRegistry, clients: Callable[[], int]) -> None:
-        self._requests = Counter(
+        requests = Counter(
             "pushprox_http_requests",
             "PushProx client requests on the scrape port, by path and status (PushProx's name).",
             ["code", "path"],
             registry=registry,
         )
-        self._durations = Histogram(
+        durations = Histogram(
             "pushprox_http_duration_seconds",
             "Time PushProx client requests took, by path; a poll's is how long it was held"
             " (PushProx's name).",
@@ -48,7 +48,7 @@ class PushProxMetrics:
         )
         # Its bounds as PushProx's Go client writes them: le="1", not "1.0".
         registry.spellBuckets("pushprox_http_duration_seconds", goFloat)
-        self._proxied = Counter(
+        proxied = Counter(
             "pushproxy_proxied_requests",
             "Scrapes served by PushProx clients, by the status Prometheus got (PushProx's name).",
             ["code"],
@@ -60,16 +60,21 @@ class PushProxMetrics:
             registry=registry,
         )
         clientCount.set_function(lambda: float(clients()))
+        # Every poll and push counts in two of these: their children are
+        # looked up once per label set.
+        self._requestsOf = Children(requests)
+        self._durationOf = Children(durations)
+        self._proxiedOf = Children(proxied)
         # As PushProx does, the series its dashboards expect exist from the
         # start.
         for path in ("/poll", "/push", "/clients"):
-            self._requests.labels("200", path)
-        self._requests.labels("408", "/poll")
-        self._requests.labels("500", "/push")
+            self._requestsOf("200", path)
+        self._requestsOf("408", "/poll")
+        self._requestsOf("500", "/push")
 
     def answered(self, path: str, code: int, seconds: float) -> None:
-        self._requests.labels(str(code), path).inc()
-        self._durations.labels(path).observe(seconds)
+        self._requestsOf(str(code), path).inc()
+        self._durationOf(path).observe(seconds)
 
     def proxied(self, code: int) -> None:
-        self._proxied.labels(str(code)).inc()
+        self._proxiedOf(str(code)).inc()
