@@ -153,11 +153,7 @@ class ScrapeHandler:
         Hand a checked request to the agents serving its path, or its
         C{target} when it names one, or say why there are none.
         """
-        if target is None:
-            key, named = path, "/" + clip(path)
-        else:
-            key = self.registry.hostClaim(target.host, target.port)
-            named = f"target {clip(target.address)}"
+        key = path if target is None else self.registry.hostClaim(target.host, target.port)
         agents = self.registry.lookup(key)
         if self.stopping:
             return self._refuse(exchange, key, 503, "proxy_stopped", "the proxy is shutting down")
@@ -169,6 +165,7 @@ class ScrapeHandler:
                     f"{gone.departedAs} disconnected {self.clock.seconds() - gone.leftAt:.0f}s ago"
                 )
                 return self._refuse(exchange, key, 503, "agent_disconnected", reason)
+            named = "/" + clip(path) if target is None else f"target {clip(target.address)}"
             return self._refuse(exchange, key, 404, "invalid_path", f"no agent serves {named}")
         call = ScrapeCall(
             path,
