@@ -972,18 +972,18 @@ class ServerExchange:
         if not self.started:
             head = self._head()
             if not self._sendsBody:
-                transport.write(head)
+                PENDING.write(transport, head)
             elif self._chunked:
-                transport.write(b"".join((head, b"%x\r\n" % len(data), data, b"\r\n")))
+                PENDING.write(transport, b"".join((head, b"%x\r\n" % len(data), data, b"\r\n")))
             else:
-                transport.write(head + data)
+                PENDING.write(transport, head + data)
         elif not self._sendsBody:
             return
         elif self._chunked:
             transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
+            PENDING.wrote(transport)
         else:
-            transport.write(data)
-        PENDING.wrote(transport)
+            PENDING.write(transport, data)
 
     def finish(self) -> None:
         if self._finished:
@@ -993,11 +993,10 @@ class ServerExchange:
         if not self.started:
             if self.method != b"HEAD" and self.code not in _NO_BODY:
                 self._out.setdefault(b"Content-Length", b"0")
-            transport.write(self._head())
+            PENDING.write(transport, self._head())
         elif self._chunked:
-            transport.write(b"0\r\n\r\n")
+            PENDING.write(transport, b"0\r\n\r\n")
         self._finished = True
-        PENDING.wrote(transport)
         self._connection.answered(self)
 
     def finishWith(self, body: bytes) -> None:
