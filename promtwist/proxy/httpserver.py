@@ -167,10 +167,11 @@ start of that body that came (up to the factory's C{peekBytes}), the time
 a PushProx push may take as long as the scrape it answers has left.
 """
 
-BodySource = Callable[[Exchange], str]
+BodySource = Callable[[Exchange], "str | None"]
 """
 The source a request's body is counted under in the port's L{BodyBudget}:
-by default the host it comes from (L{hostOf}).
+by default the host it comes from (L{hostOf}); L{None} for a body the
+budget does not cover (one bounded by its own small limit).
 """
 
 Guard = Callable[[Exchange], bool]
@@ -380,7 +381,7 @@ class ScrapePortConnection(Protocol):
         self._body: bytearray | mmap | None = None
         self._bodyRead = 0
         self._bodyHeld = 0
-        self._bodySource = ""
+        self._bodySource: str | None = None
         # Whether the body's deadline is the later one bodyDeadline named.
         self._bodyExtended = False
         self._headAt = 0.0
@@ -608,12 +609,12 @@ class ScrapePortConnection(Protocol):
             if not self._admitted(exchange):
                 return
             budget = factory.budget
-            if budget is not None:
-                source = factory.sourceOf(exchange)
+            source = factory.sourceOf(exchange) if budget is not None else None
+            if budget is not None and source is not None:
                 overBudget = budget.take(bodyLength, source)
                 if overBudget is not None:
                     return self._refuseRequest(overBudget, method, path, headers, self._arrived())
-                self._bodySource = source
+            self._bodySource = source
             self._bodyHeld = bodyLength
             self._bodyExtended = False
             self._continue(headers, version)
@@ -683,7 +684,7 @@ class ScrapePortConnection(Protocol):
         if exchange is not None:
             exchange.body = b""
         held, self._bodyHeld = self._bodyHeld, 0
-        if held and self.factory.budget is not None:
+        if held and self.factory.budget is not None and self._bodySource is not None:
             self.factory.budget.give(held, self._bodySource)
 
     def _admitted(self, exchange: ServerExchange) -> bool:

@@ -638,16 +638,23 @@ class PushProxHub:
 
         return guarded
 
-    def bodySource(self, exchange: Exchange) -> str:
+    def bodySource(self, exchange: Exchange) -> str | None:
         """
-        What a poll's or push's body counts against in the scrape port's
-        budget of bodies in flight, asked once the guard has let it
-        through: the host it comes from (an IPv6 one by its /64), and the
-        identity its token proves, if any. By host, so that one client
-        cannot hold the budget; by host for token clients too, since one
-        identity may be a whole fleet's (C{proxy.agentToken}, a front end's
-        one token), which would otherwise share one source's share.
+        What a push's body counts against in the scrape port's budget of
+        bodies in flight, asked once the guard has let it through: the host
+        it comes from (an IPv6 one by its /64), and the identity its token
+        proves, if any. By host, so that one client cannot hold the budget;
+        by host for token clients too, since one identity may be a whole
+        fleet's (C{proxy.agentToken}, a front end's one token), which would
+        otherwise share one source's share.
+
+        A poll's body is not counted (L{None}): it is an FQDN, bounded by
+        L{bodyLimit}, and it is held for as long as the poll is, so a
+        client's own held poll would make its push count as a second body
+        of its source and lose the room kept for sources reading none.
         """
+        if exchange.path != PUSH_PATH:
+            return None
         host = hostOf(exchange.client)
         identity = self._prove(exchange.headers)
         if identity.name == ANONYMOUS.name:

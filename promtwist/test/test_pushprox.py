@@ -732,6 +732,23 @@ class HostileTests(HubCase):
         self.assertEqual(self.heldPush(b"", "10.1.1.2").value(), b"")
         self.assertEqual(budget.bySource, {"10.1.1.1": 600, "10.1.1.2": 600})
 
+    def test_heldPollNotCounted(self) -> None:
+        """
+        A client's held poll is not a body in the push budget: its push is
+        its host's first, so it takes the room kept for sources reading
+        none, beside two hosts holding pushes. (Counted, the poll made the
+        push its host's second, which must leave that room free, and the
+        real client's answers were refused while it polled as it does.)
+        """
+        budget = BodyBudget(2000, "proxy.pushprox.pushBudgetMBytes")
+        self.port = Port(self.hub, self.clock, budget=budget)
+        self.assertEqual(self.poll()[1].value(), b"")
+        self.assertEqual(budget.held, 0)
+        for host in ("10.1.1.2", "10.1.1.3"):
+            self.assertEqual(self.heldPush(b"", host).value(), b"")
+        self.assertEqual(self.heldPush(b"", "10.1.1.1").value(), b"")
+        self.assertEqual(budget.bySource, {"10.1.1.1": 600, "10.1.1.2": 600, "10.1.1.3": 600})
+
     def heldPush(self, token: bytes, host: str) -> StringTransport:
         """
         A push from C{host} that declares 600 bytes and sends none of them.
