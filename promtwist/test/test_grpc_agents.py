@@ -33,7 +33,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from promtwist.agent.build import buildAgent
 from promtwist.agent.service import AgentService
@@ -78,15 +78,31 @@ class _Targets(Resource):
         super().__init__()
         self.bodies = bodies
         self.requests: list[Request] = []
+        # Requests of the path "held", not answered until release().
+        self.held: list[Request] = []
 
-    def render_GET(self, request: Request) -> bytes:
+    def render_GET(self, request: Request) -> bytes | int:
         self.requests.append(request)
-        body = self.bodies.get(request.path.decode().lstrip("/"))
+        name = request.path.decode().lstrip("/")
+        if name == "held":
+            self.held.append(request)
+            request.notifyFinish().addErrback(lambda _: self.held.remove(request))
+            return NOT_DONE_YET
+        body = self.bodies.get(name)
         if body is None:
             request.setResponseCode(404)
             return b"no such target\n"
         request.setHeader(b"content-type", CONTENT_TYPE)
         return body
+
+    def release(self) -> None:
+        """
+        Answer every held request (whoever still waits for it).
+        """
+        while self.held:
+            request = self.held.pop()
+            request.write(b"late 1\n")
+            request.finish()
 
 
 def _gzippedSize(body: bytes) -> int:
@@ -113,6 +129,7 @@ class _Fleet(TestCase):
         address = port.getHost()
         assert isinstance(address, IPv4Address)
         self.targetBase = f"http://127.0.0.1:{address.port}"
+        self.addCleanup(self.targets.release)
         self.pool = HTTPConnectionPool(reactor, persistent=False)
         self.addCleanup(self.pool.closeCachedConnections)
         self.http = Agent(reactor, pool=self.pool)
@@ -313,6 +330,66 @@ class DefaultModeTests(_Fleet):
         again = await deferToThread(connection.unregisterPath, "/gzipped")
         self.assertFalse(again.valid)
         self.assertIn("gzipped", again.reason)
+
+    async def test_agentLeavesMidScrape(self) -> None:
+        """
+        A scrape in flight when its agent's connection ends is answered
+        502 at once, not at the scrape's deadline.
+        """
+        self.startProxy()
+        agent = await self.connected(self.path("held"))
+        scrape = Deferred.fromCoroutine(self.scrape("held"))
+        await eventually(self, lambda: bool(self.targets.held), "the target asked", 10)
+        started = time.monotonic()
+        stopped = agent.stop()
+        code, _, body = await scrape
+        self.assertEqual(code, 502, body)
+        self.assertLess(time.monotonic() - started, 10)
+        self.targets.release()
+        await stopped
+
+    async def test_lateAnswer(self) -> None:
+        """
+        A scrape past Prometheus' timeout is answered 503 then; the agent's
+        answer that comes later is dropped, and costs the agent nothing.
+        """
+        self.startProxy()
+        agent = await self.connected(self.path("held"), self.path("plain"))
+        code, _, _ = await self.scrape("held", {"X-Prometheus-Scrape-Timeout-Seconds": "1"})
+        self.assertEqual(code, 503)
+        self.targets.release()
+        await eventually(self, lambda: agent.resultCounts["non-gzipped"] == 1, "the late answer")
+        await self.assertServes("plain", PLAIN, 2)
+        self.assertEqual((agent.connected, agent.streamEnds), (1, []))
+
+    async def test_targetFailures(self) -> None:
+        """
+        The target's own status, and an unreachable target, come back as
+        upstream's agent reports them: that status, and 503.
+        """
+        self.startProxy()
+        await self.connected(
+            self.path("missing"), UpstreamPath("gone", "gone", "http://127.0.0.1:1/metrics")
+        )
+        code, _, _ = await self.scrape("missing")
+        self.assertEqual(code, 404)
+        code, _, _ = await self.scrape("gone")
+        self.assertEqual(code, 503)
+
+    async def test_gzipBomb(self) -> None:
+        """
+        An agent allowed a bigger body than the proxy's
+        maxUnzippedContentSizeMBytes (10 MiB) sends it gzipped, a few
+        kilobytes: the proxy stops unzipping at its limit and answers 413;
+        the agent's other paths are unharmed.
+        """
+        self.targets.bodies["huge"] = b"a 1\n" * (3 * 1024 * 1024)  # 12 MiB
+        self.assertLess(_gzippedSize(self.targets.bodies["huge"]), CHUNK)
+        self.startProxy()
+        await self.connected(self.path("huge"), self.path("plain"), maxContentLengthMBytes=20)
+        code, _, _ = await self.scrape("huge")
+        self.assertEqual(code, 413)
+        await self.assertServes("plain", PLAIN)
 
     async def test_reconnect(self) -> None:
         """
