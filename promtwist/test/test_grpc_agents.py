@@ -15,6 +15,7 @@ import json
 import os
 import random
 import shutil
+import socket
 import time
 from typing import Any
 
@@ -22,7 +23,7 @@ import grpc
 import treq
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IListeningPort
@@ -64,6 +65,8 @@ CHUNKED = "".join(
     f'chunked_metric{{i="{i}"}} {_random.getrandbits(64)}\n' for i in range(9000)
 ).encode()
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+# proxy_agents' kinds (docs/metrics.md).
+KINDS = ("promtwist", "grpc", "pushprox")
 
 
 class _Targets(Resource):
@@ -293,6 +296,27 @@ class DefaultModeTests(_Fleet):
             # or 32 of hex.
             self.assertGreaterEqual(len(agentId), 22, agentId)
             self.assertFalse(agentId.isdigit(), agentId)
+
+    async def test_concurrentScrapes(self) -> None:
+        """
+        Thirty scrapes at once of the three kinds, on an agent that fetches
+        four at a time so that its results cross on both streams: each
+        answer is its own scrape's, byte for byte.
+        """
+        self.startProxy()
+        agent = await self.connected(
+            self.path("plain"), self.path("gzipped"), self.path("chunked"), maxConcurrentClients=4
+        )
+        expected = [("plain", PLAIN), ("gzipped", GZIPPED), ("chunked", CHUNKED)] * 10
+        answers = await gatherResults(
+            [Deferred.fromCoroutine(self.scrape(path)) for path, _ in expected]
+        )
+        self.assertEqual(
+            [(code, body) for code, _, body in answers], [(200, body) for _, body in expected]
+        )
+        self.assertEqual(
+            dict(agent.resultCounts), {"non-gzipped": 10, "gzipped": 10, "chunked": 10}
+        )
 
     async def test_queryAcceptAuthorization(self) -> None:
         """
@@ -783,6 +807,32 @@ class MixedFleetTests(_Fleet):
             self, lambda: len(self.proxy.registry.lookup("shared")) == 1, "the gRPC agent gone"
         )
         await self.assertServes("shared", self.targets.bodies["from_promtwist"])
+
+    async def test_discoveryAndCounts(self) -> None:
+        """
+        A consolidated path of both kinds is discovered once, with the
+        labels of its first registrant (the gRPC agent's) and both agents'
+        names and hosts; proxy_agents counts each kind.
+        """
+        self.startProxy(sd_enabled=True)
+        grpcAgent = await self.connected(
+            self.path("shared", "from_grpc", env="prod"), consolidated=True, agentName="upstream-a"
+        )
+        await self.promtwistAgent("pt", "shared", "from_promtwist", consolidated=True)
+        url = f"http://127.0.0.1:{self.proxy.httpListener.portNumber}/discovery"
+        response = await treq.get(url, pool=self.pool)
+        (group,) = await treq.json_content(response)
+        labels = group["labels"]
+        self.assertEqual((labels["env"], labels["__metrics_path__"]), ("prod", "/shared"))
+        self.assertEqual(sorted(labels["agentName"].split(", ")), ["pt", "upstream-a"])
+        self.assertIn(socket.gethostname(), labels["hostName"].split(", "))
+        counts = {kind: self.metric("proxy_agents", {"kind": kind}) for kind in KINDS}
+        self.assertEqual(counts, {"promtwist": 1.0, "grpc": 1.0, "pushprox": 0.0})
+        await grpcAgent.stop()
+        await eventually(
+            self, lambda: self.metric("proxy_agents", {"kind": "grpc"}) == 0.0, "the count down"
+        )
+        self.assertEqual(self.metric("proxy_agents", {"kind": "promtwist"}), 1.0)
 
     async def test_exclusiveRefusedIntoConsolidated(self) -> None:
         """
