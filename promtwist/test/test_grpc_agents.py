@@ -369,6 +369,8 @@ class DefaultModeTests(_Fleet):
         code, _, body = await scrape
         self.assertEqual(code, 502, body)
         self.assertLess(time.monotonic() - started, 10)
+        # Said once, and why.
+        self.assertEqual(body.count(b"agent disconnected"), 1, body)
         self.targets.release()
         await stopped
 
