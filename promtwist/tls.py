@@ -440,12 +440,19 @@ class _ClientTLS:
         altogether.
     @ivar nameHint: appended to a name mismatch, saying how to change the
         expected name.
+    @ivar protocols: offered by ALPN, most preferred first.
     """
 
     def __init__(
-        self, context: SSL.Context, host: str, trusted: str | None, nameHint: str = ""
+        self,
+        context: SSL.Context,
+        host: str,
+        trusted: str | None,
+        nameHint: str = "",
+        protocols: Sequence[bytes] = (),
     ) -> None:
         self.context = context
+        self.protocols = protocols
         self.host = host
         self.trusted = trusted
         self.nameHint = nameHint
@@ -456,6 +463,8 @@ class _ClientTLS:
     def clientConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
         connection = SSL.Connection(self.context, None)
         connection.set_app_data(tlsProtocol)
+        if self.protocols:
+            connection.set_alpn_protos(list(self.protocols))
         if not self.isAddress:
             connection.set_tlsext_host_name(self.asciiName.encode("ascii"))
         if self.trusted is not None:
@@ -533,9 +542,6 @@ def linkTLS(
     trustRoot = (
         trustRootFromCertificates(_authorities(trustKey, trust)) if trust else platformTrust()
     )
-    # gRPC servers and front ends require ALPN h2; the native link offers
-    # nothing, as before.
-    protocols = [b"h2"] if settings.transport == "grpc" else None
     if cert or key:
         pair = _keyPair(section, cert, key)
         options = CertificateOptions(
@@ -544,18 +550,18 @@ def linkTLS(
             extraCertChain=list(pair.chain),
             trustRoot=trustRoot,
             raiseMinimumTo=_MINIMUM_VERSION,
-            acceptableProtocols=protocols,
         )
     else:
-        options = CertificateOptions(
-            trustRoot=trustRoot, raiseMinimumTo=_MINIMUM_VERSION, acceptableProtocols=protocols
-        )
+        options = CertificateOptions(trustRoot=trustRoot, raiseMinimumTo=_MINIMUM_VERSION)
     where = f"{section}.certChainFilePath: {cert}" if cert else f"{trustKey}: {trust}"
     return _ClientTLS(
         _context(options, where),
         settings.tls_override_authority or proxy.host,
         f"a CA in {trust}" if trust else _SYSTEM_CAS,
         "; agent.tls.overrideAuthority sets the name to expect",
+        # gRPC servers and front ends require ALPN h2; the native link
+        # offers nothing, as before.
+        (b"h2",) if settings.transport == "grpc" else (),
     )
 
 

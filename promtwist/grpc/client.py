@@ -41,6 +41,8 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import (
     IConsumer,
     IDelayedCall,
+    IHandshakeListener,
+    INegotiated,
     IPushProducer,
     IReactorTime,
     ITCPTransport,
@@ -54,7 +56,7 @@ from promtwist.grpc.call import CallCancelled, Headers
 from promtwist.grpc.limits import Limits, RateBound
 from promtwist.grpc.messages import Message, MessageReader, frameMessage
 from promtwist.grpc.status import GrpcError, StatusCode, decodeMessage
-from promtwist.tls import usesTLS
+from promtwist.tls import describeTLSFailure, usesTLS
 
 _CONTENT_TYPES = (b"application/grpc", b"application/grpc+proto")
 
@@ -266,7 +268,7 @@ class _State(enum.Enum):
     GONE = "gone"
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IHandshakeListener)
 class GrpcClientProtocol(Protocol):
     """
     One HTTP/2 connection to a gRPC server, for the call L{call}.
@@ -284,7 +286,6 @@ class GrpcClientProtocol(Protocol):
         )
         self._state = _State.HANDSHAKE
         self._reader = MessageReader(limits.maxMessageBytes, b"identity")
-        self._checkedALPN = False
         self._response: dict[bytes, bytes] | None = None
         self._trailers: dict[bytes, bytes] | None = None
         self._outbound: deque[tuple[memoryview, Deferred[None]]] = deque()
@@ -343,10 +344,6 @@ class GrpcClientProtocol(Protocol):
                 self._socketPaused = True
                 cast(IPushProducer, self.transport).pauseProducing()
             return
-        if not self._checkedALPN:
-            self._checkedALPN = True
-            if not self._spokeH2():
-                return
         try:
             events = self._h2.receive_data(data)
         except h2.exceptions.ProtocolError as e:
@@ -368,7 +365,8 @@ class GrpcClientProtocol(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._state = _State.GONE
         self._cancelTimer()
-        self._fail(f"the connection to the server was lost ({reason.getErrorMessage()})")
+        cause = describeTLSFailure(reason) or reason.getErrorMessage()
+        self._fail(f"the connection to the server was lost: {cause}")
 
     # -- IPushProducer ---------------------------------------------------------
 
@@ -391,24 +389,22 @@ class GrpcClientProtocol(Protocol):
 
     # -- Events ----------------------------------------------------------------
 
-    def _spokeH2(self) -> bool:
+    def handshakeCompleted(self) -> None:
         """
-        Under TLS, whether the server agreed to C{h2} by ALPN (it has, if
-        it sends anything, since its handshake is done): a server that did
-        not speaks something else, and gets no HTTP/2 from us.
+        The TLS handshake is done (L{IHandshakeListener}): a server that
+        did not agree to C{h2} by ALPN speaks something else, and the call
+        ends here, saying so.
         """
-        if not usesTLS(self.transport):
-            return True
-        spoken = getattr(self.transport, "negotiatedProtocol", None)
-        if spoken == b"h2":
-            return True
+        spoken = cast(INegotiated, self.transport).negotiatedProtocol
+        if spoken == b"h2" or self._gone:
+            return
         what = "no protocol" if spoken is None else repr(spoken.decode("ascii", "replace"))
         self._fail(
             f"the server answered {what} to TLS ALPN h2, so it is not an HTTP/2 (gRPC)"
-            " endpoint; gRPC front ends and a promtwist proxy's agent port agree to h2"
+            " endpoint: with agent.transport = grpc, dial a gRPC front end or a proxy"
+            " port that serves gRPC"
         )
         self._close()
-        return False
 
     def _dispatch(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.ResponseReceived):
@@ -442,8 +438,8 @@ class GrpcClientProtocol(Protocol):
         shown = contentType[:60].decode("latin-1") or "none"
         self._fail(
             f"the server answered HTTP {status.decode('latin-1')[:3]} with content type"
-            f" {shown}, not gRPC: is this address a gRPC endpoint (a front end routing"
-            f" {self.request.path} to the proxy's agent port)?"
+            f" {shown}, not gRPC: a front end answers so when it does not route"
+            f" {self.request.path} to the proxy (404) or cannot reach it (502, 503, 504)"
         )
         self._cancelStream()
 

@@ -2,12 +2,14 @@
 """
 The agent port speaks two protocols: promtwist's own link, and gRPC over
 HTTP/2 for unmodified prometheus-proxy agents (and promtwist agents with
-C{agent.transport = grpc}). The first byte a connection sends tells them
-apart, under TLS the first byte decrypted: HTTP/2's client preface begins
-with C{P} (C{PRI * HTTP/2.0}), while a native frame begins with the high
-byte of its 4-byte length, 0 for any frame the link accepts. So an operator
-switching from prometheus-proxy keeps the agents' port (50051), and nginx
-C{grpc_pass} can point at it.
+C{agent.transport = grpc}). The first four bytes a connection sends tell
+them apart, under TLS the first decrypted: HTTP/2's client preface begins
+C{PRI }, while a native frame begins with its 4-byte length, whose high byte
+is 0 for any frame the link accepts; the first byte that differs from the
+preface decides at once. So an operator switching from prometheus-proxy
+keeps the agents' port (50051), and nginx C{grpc_pass} can point at it; an
+HTTP/1.1 C{POST} or C{PUT} is still the native link's to refuse, with its
+hint that this is the agent port.
 
 Every connection starts as a native link, counted against the handshake
 caps as before; one that turns out to speak HTTP/2 hands its connection
@@ -27,8 +29,9 @@ from twisted.python.failure import Failure
 from promtwist.grpc.connection import GrpcServerFactory
 from promtwist.proxy.link import AgentLink, AgentLinkFactory
 
-# What HTTP/2's client preface begins with.
-PREFACE_START = b"P"
+# What HTTP/2's client preface begins with: enough to tell it from a
+# native frame and from HTTP/1.1.
+PREFACE_START = b"PRI "
 
 
 class HandedOver(Exception):
@@ -47,7 +50,8 @@ class AgentPortProtocol(Protocol):
         self._active = native
         self._grpc = grpc
         self._addr = addr
-        self._deciding = True
+        # What arrived while it could still be either.
+        self._seen: bytes | None = b""
 
     @property
     def active(self) -> IProtocol:
@@ -61,10 +65,17 @@ class AgentPortProtocol(Protocol):
         self._active.makeConnection(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
-        if self._deciding:
-            self._deciding = False
+        if self._seen is not None:
+            seen = self._seen + data
+            if len(seen) < len(PREFACE_START) and PREFACE_START.startswith(seen):
+                # Still the preface's beginning: wait for the rest (the
+                # native link's handshake timer runs meanwhile).
+                self._seen = seen
+                return
+            self._seen = None
+            data = seen
             if (
-                data.startswith(PREFACE_START)
+                seen.startswith(PREFACE_START)
                 and self._grpc is not None
                 and isinstance(self._active, AgentLink)
             ):

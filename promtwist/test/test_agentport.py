@@ -60,6 +60,29 @@ class DetectionTests(SynchronousTestCase):
         self.assertEqual(written[3:5], b"\x04\x00")
         self.assertFalse(transport.disconnecting)
 
+    def test_prefaceInPieces(self) -> None:
+        """
+        The preface's first bytes one at a time: nothing is decided, or
+        given to anyone, until they can only be HTTP/2's.
+        """
+        _, protocol, transport = self.connect()
+        for byte in PREFACE[:3]:
+            protocol.dataReceived(bytes([byte]))
+            self.assertIsInstance(protocol.active, AgentLink)
+        protocol.dataReceived(PREFACE[3:])
+        self.assertIsInstance(protocol.active, GrpcServerProtocol)
+        self.assertEqual(transport.value()[3:5], b"\x04\x00")
+
+    def test_http11PostStaysNative(self) -> None:
+        """
+        HTTP/1.1's POST begins with P too: it is the native link's, which
+        closes it (and logs that this is the agent port).
+        """
+        _, protocol, transport = self.connect()
+        protocol.dataReceived(b"POST /metrics HTTP/1.1\r\n\r\n")
+        self.assertIsInstance(protocol.active, AgentLink)
+        self.assertTrue(transport.disconnecting)
+
     def test_nativeStaysNative(self) -> None:
         """
         A native Hello is the native link's: it is answered as before.

@@ -17,6 +17,7 @@ DOCS = (
     "docs/benchmarks.md",
     "docs/deployment.md",
     "docs/grpc.md",
+    "docs/grpc-link.md",
     "docs/metrics.md",
     "docs/migrating.md",
     "docs/protocol.md",
