@@ -663,7 +663,8 @@ class GrpcAgents:
 
     def _late(self, scrapeId: int) -> None:
         # A scrape that timed out or that Prometheus left, or an id never
-        # issued to the sender: counted, not delivered.
+        # issued to the sender: dropped (logged at debug level),
+        # never delivered.
         _log.debug("dropping a result for scrape {id}: none awaits it", id=scrapeId)
 
     def _registered(self, call: ServerCall[Any, Any], agentId: str, rpc: str) -> GrpcAgent:

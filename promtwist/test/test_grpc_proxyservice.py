@@ -20,7 +20,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 
-from promtwist.config.settings import ProxySettings
+from promtwist.config.settings import Identity, ProxySettings
 from promtwist.grpc import proxy_service_pb2 as pb
 from promtwist.proxy.build import buildProxy
 from promtwist.proxy.server import ProxyService
@@ -343,6 +343,32 @@ class ProxyServiceTests(TestCase):
         await self.connected(self.client(), "unbound", disabled=True)
         await _until(lambda: not self.proxy.registry.lookup("unbound"))
         self.assertEqual(len(self.proxy.registry.lookup("bound")), 1)
+
+    async def test_identityRevokedOnReload(self) -> None:
+        """
+        A reload that revokes an agent's identity drops the agent: its
+        paths leave, and its request stream ends so that it reconnects.
+        """
+        fresh = ProxySettings(http_port=0, agent_port=0, identities=(Identity("b", "tb"),))
+        self.proxy = buildProxy(
+            ProxySettings(http_port=0, agent_port=0, identities=(Identity("a", "ta"),)),
+            reactor,
+            interface="127.0.0.1",
+            reloadSettings=lambda warn: fresh,
+        )
+        self.proxy.startService()
+        self.addCleanup(self.proxy.stopService)
+        client = self.client("ta")
+        agentId = await self.connected(client, "m")
+        requests = client.requests(agentId)
+        self.addCleanup(requests.cancel)
+        await _until(
+            lambda: self.proxy.grpcAgents is not None and bool(self.proxy.grpcAgents.connected())
+        )
+        await self.proxy.reload()
+        self.assertEqual(self.proxy.registry.lookup("m"), ())
+        # The stream ended OK, with nothing more sent.
+        self.assertEqual(await deferToThread(list, requests), [])
 
     # the request stream and results
 

@@ -63,6 +63,7 @@ EXTRAS = {
         "proxy_agent_heartbeat_rtt_seconds",
         "proxy_scrapes_in_flight",
         "proxy_pending_handshakes",
+        "proxy_agents",
     },
     "agent": {
         "agent_link_up",
