@@ -11,6 +11,7 @@ and is checked byte for byte against what the target served.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import random
@@ -91,7 +92,11 @@ class _Targets(Resource):
             self.held.append(request)
             request.notifyFinish().addErrback(lambda _: self.held.remove(request))
             return NOT_DONE_YET
-        body = self.bodies.get(name)
+        if name == "secret" and request.getUser() + b":" + request.getPassword() != b"scraper:p@ss":
+            request.setResponseCode(401)
+            request.setHeader(b"www-authenticate", b'Basic realm="targets"')
+            return b"who are you?\n"
+        body = self.bodies.get("plain" if name == "secret" else name)
         if body is None:
             request.setResponseCode(404)
             return b"no such target\n"
@@ -337,6 +342,22 @@ class DefaultModeTests(_Fleet):
             [b"application/openmetrics-text;version=1.0.0"],
         )
         self.assertEqual(request.requestHeaders.getRawHeaders(b"authorization"), [b"Bearer t0k"])
+
+    async def test_targetBasicAuth(self) -> None:
+        """
+        Credentials in a path's URL answer the target's Basic challenge,
+        as upstream's HTTP client does with them.
+        """
+        self.startProxy()
+        url = self.targetBase.replace("//", "//scraper:p%40ss@") + "/secret"
+        await self.connected(UpstreamPath("secret", "secret", url))
+        await self.assertServes("secret", PLAIN)
+        first, second = self.targets.requests[-2:]
+        self.assertIsNone(first.requestHeaders.getRawHeaders(b"authorization"))
+        self.assertEqual(
+            second.requestHeaders.getRawHeaders(b"authorization"),
+            [b"Basic " + base64.b64encode(b"scraper:p@ss")],
+        )
 
     async def test_unregisterPath(self) -> None:
         """

@@ -31,8 +31,6 @@ purpose.
 
 from __future__ import annotations
 
-import base64
-import gzip
 import json
 import queue
 import secrets
@@ -565,6 +563,9 @@ class UpstreamAgent:
         connect.
     @ivar registrations: per connection, the C{RegisterPathResponse}s of its
         paths.
+    @ivar registerFailures: why each connection that failed registration
+        did (C{registerAgent} or C{registerPath} refused, or its call
+        failed).
     @ivar connected: how many connections got through registration.
     @ivar received: every C{ScrapeRequest} the proxy sent.
     @ivar resultCounts: results sent, by upstream's kinds
@@ -810,17 +811,3 @@ def _read(path: str) -> bytes | None:
         return None
     with open(path, "rb") as f:
         return f.read()
-
-
-def gunzip(data: bytes) -> bytes:
-    """
-    For tests: what the proxy should have made of a gzipped body.
-    """
-    return gzip.decompress(data)
-
-
-def basicAuthorization(user: str, password: str) -> str:
-    """
-    For tests: the C{Authorization} value of Basic credentials.
-    """
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
