@@ -46,6 +46,7 @@ from promtwist.config.settings import (
     ProxyEndpoint,
     ProxySettings,
 )
+from promtwist.grpc import proxy_service_pb2 as pb
 from promtwist.proxy.build import buildProxy
 from promtwist.proxy.server import ProxyService
 from promtwist.test.certs import Certificates, certificates
@@ -394,6 +395,38 @@ class DefaultModeTests(_Fleet):
         self.assertEqual(body.count(b"agent disconnected"), 1, body)
         self.targets.release()
         await stopped
+
+    async def test_forgedResult(self) -> None:
+        """
+        A result for another agent's scrape, sent by an agent of another
+        identity that was not asked (with its own agent id, then with the
+        other's), is not taken: the scrape is answered by the agent it
+        went to.
+        """
+        self.startProxy(identities=(Identity("team_a", "token-a"), Identity("team_b", "token-b")))
+        victim = await self.connected(self.path("held"), agentToken="token-a")
+        forger = await self.connected(self.path("plain"), agentToken="token-b")
+        scrape = Deferred.fromCoroutine(self.scrape("held"))
+        await eventually(self, lambda: bool(self.targets.held), "the target asked", 10)
+        scrapeId = victim.received[-1].scrape_id
+        connection = forger.connection
+        assert connection is not None
+        for agentId in (forger.agentIds[-1], victim.agentIds[-1]):
+            connection.forge(
+                pb.ScrapeResponse(
+                    valid_response=True,
+                    agent_id=agentId,
+                    scrape_id=scrapeId,
+                    status_code=200,
+                    content_type="text/plain",
+                    content_as_text="forged 1\n",
+                )
+            )
+        await deferLater(reactor, 0.5)
+        self.assertFalse(scrape.called, "a forged answer was taken")
+        self.targets.release()
+        code, _, body = await scrape
+        self.assertEqual((code, body), (200, b"late 1\n"))
 
     async def test_lateAnswer(self) -> None:
         """

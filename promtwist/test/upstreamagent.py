@@ -319,6 +319,13 @@ class _Connection:
         self.agent.markMsgSent()
         return int(response.path_count)
 
+    def forge(self, message: pb.ScrapeResponse) -> None:
+        """
+        Misbehaviour: send C{message} on the results stream as it is,
+        whatever was asked.
+        """
+        self.nonChunked.put(message)
+
     # -- the connection's tasks
 
     def launch(self) -> None:
