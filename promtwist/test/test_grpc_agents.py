@@ -471,6 +471,21 @@ class DefaultModeTests(_Fleet):
         self.assertEqual(code, 413)
         await self.assertServes("plain", PLAIN)
 
+    async def test_oversizedChunkedResult(self) -> None:
+        """
+        Chunks adding up to more than maxZippedContentSizeMBytes (5 MiB)
+        fail their scrape with 502 naming the setting; the chunks that
+        follow are dropped, and the agent's other scrapes are unharmed.
+        """
+        # Hex digits: a 12 MiB body whose gzip is above 5 MiB.
+        self.targets.bodies["huge"] = random.Random(5).randbytes(6 * 1024 * 1024).hex().encode()
+        self.startProxy()
+        await self.connected(self.path("huge"), self.path("chunked"), maxContentLengthMBytes=20)
+        code, _, body = await self.scrape("huge")
+        self.assertEqual(code, 502, body)
+        self.assertIn(b"maxZippedContentSizeMBytes", body)
+        await self.assertServes("chunked", CHUNKED, 2)
+
     async def test_reconnect(self) -> None:
         """
         When the proxy goes and comes back on the same ports, the agent
