@@ -905,6 +905,28 @@ class MixedFleetTests(_Fleet):
         )
         self.assertEqual(self.metric("proxy_agents", {"kind": "promtwist"}), 1.0)
 
+    async def test_maxAgents(self) -> None:
+        """
+        proxy.internal.maxAgents counts both kinds: past it, a gRPC agent
+        is refused with a reason naming the setting, and those connected
+        keep serving.
+        """
+        self.startProxy(max_agents=2)
+        await self.promtwistAgent("pt", "owned", "from_promtwist")
+        await self.connected(self.path("shared", "from_grpc"))
+        extra = self.upstream(self.path("plain"))
+        await eventually(
+            self,
+            lambda: bool(extra.registerFailures or extra.connectFailures),
+            "the refusal",
+            15,
+        )
+        self.assertEqual(extra.connected, 0)
+        reasons = extra.registerFailures + [details for _, details in extra.connectFailures]
+        self.assertIn("maxAgents", reasons[0])
+        await self.assertServes("owned", self.targets.bodies["from_promtwist"])
+        await self.assertServes("shared", self.targets.bodies["from_grpc"])
+
     async def test_exclusiveRefusedIntoConsolidated(self) -> None:
         """
         A non-consolidated gRPC agent cannot take a path held consolidated
