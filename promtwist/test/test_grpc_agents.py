@@ -905,6 +905,21 @@ class MixedFleetTests(_Fleet):
         )
         self.assertEqual(self.metric("proxy_agents", {"kind": "promtwist"}), 1.0)
 
+    async def test_grpcDisabled(self) -> None:
+        """
+        With proxy.agent.grpcEnabled off, a gRPC agent does not connect;
+        promtwist agents on the same port serve as ever.
+        """
+        self.startProxy(agent_grpc_enabled=False)
+        await self.promtwistAgent("pt", "owned", "from_promtwist")
+        refused = self.upstream(self.path("shared", "from_grpc"))
+        await self.failed(refused)
+        self.assertEqual(refused.connected, 0)
+        self.assertEqual(refused.connectFailures[0][0], grpc.StatusCode.UNAVAILABLE)
+        await self.assertServes("owned", self.targets.bodies["from_promtwist"])
+        code, _, _ = await self.scrape("shared")
+        self.assertEqual(code, 404)
+
     async def test_maxAgents(self) -> None:
         """
         proxy.internal.maxAgents counts both kinds: past it, a gRPC agent
