@@ -963,7 +963,9 @@ class MixedFleetTests(_Fleet):
         self.startProxy()
         await self.promtwistAgent("pt", "owned", "from_promtwist")
         standby = await self.connected(self.path("owned", "from_grpc"))
-        self.assertTrue(standby.registrations[0][0].valid)
+        answer = standby.registrations[0][0]
+        self.assertTrue(answer.valid)
+        self.assertIn("standby", answer.reason)
         await self.assertServes("owned", self.targets.bodies["from_promtwist"], 2)
         await self.promtwistAgents[0].stopService()
         await self.assertServes("owned", self.targets.bodies["from_grpc"], 2)
