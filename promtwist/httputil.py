@@ -9,6 +9,10 @@ from urllib.parse import urlsplit, urlunsplit
 # The Content-Encoding values that mean gzip (RFC 9110 section 8.4.1.3).
 GZIP_ENCODINGS = frozenset({"gzip", "x-gzip"})
 
+# The Cache-Control of an answer no cache may keep: a cached health check
+# or metric is a wrong one. prometheus-proxy's admin servlets' value.
+UNCACHEABLE = b"must-revalidate,no-cache,no-store"
+
 
 def acceptsGzip(acceptEncoding: str) -> bool:
     """

@@ -24,6 +24,7 @@ update.
 from __future__ import annotations
 
 import functools
+import gzip
 import math
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -39,8 +40,11 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from twisted.internet.interfaces import IReactorTime
+
+from promtwist.httputil import acceptsGzip
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 """
@@ -340,6 +344,45 @@ def _newRegistry() -> MetricsRegistry:
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     return registry
+
+
+# zlib's default. A proxy's text shrinks 4-fold (a few KiB) to 25-fold (300
+# paths' histograms, 500 KiB) at it, in a few per cent of the time collecting
+# it took; level 9, gzip.compress's default, takes about five times longer
+# for 4 % less.
+EXPOSITION_GZIP_LEVEL = 6
+
+
+@dataclass(frozen=True)
+class Exposition:
+    """
+    A registry's samples as one client asked for them.
+
+    @ivar contentEncoding: C{gzip}, or C{""} for the body as it is.
+    """
+
+    body: bytes
+    contentType: str
+    contentEncoding: str
+
+
+def exposition(registry: CollectorRegistry, accept: str, acceptEncoding: str) -> Exposition:
+    """
+    C{registry} in the exposition format C{accept} asks for, gzipped if
+    C{acceptEncoding} admits gzip: OpenMetrics to a client that asks for
+    C{application/openmetrics-text}, as Prometheus does, else the text
+    format (0.0.4 unless a later version is asked for), as
+    prometheus_client's own servers decide, and compressed as theirs and
+    Go's C{promhttp} (which PushProx's proxy serves its metrics with) do.
+
+    Every endpoint that serves the proxy's or the agent's metrics answers
+    with this, so they cannot come to differ.
+    """
+    encoder, contentType = choose_encoder(accept)
+    body = encoder(registry)
+    if acceptsGzip(acceptEncoding):
+        return Exposition(gzip.compress(body, EXPOSITION_GZIP_LEVEL), contentType, "gzip")
+    return Exposition(body, contentType, "")
 
 
 class ProxyMetrics:

@@ -21,7 +21,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
@@ -29,7 +28,9 @@ from twisted.web.server import Request
 import promtwist
 from promtwist.config.settings import AgentSettings, ProxySettings
 from promtwist.health import Checks, HealthResource
+from promtwist.httputil import UNCACHEABLE
 from promtwist.listen import HTTP_1_1, Listener, settingListener
+from promtwist.metrics import exposition
 from promtwist.webguard import HardenedSite
 
 # The operations ports take only short GETs from a few clients.
@@ -49,23 +50,18 @@ def _respond(request: Request, body: bytes, contentType: bytes, code: int = 200)
     Set the status and the headers every operations response carries, and
     return C{body} for C{render} to return.
 
-    Nothing here may be cached: a cached health check or metric is a wrong
-    one. The header is prometheus-proxy's admin servlets' own.
+    Nothing here may be cached (L{UNCACHEABLE}).
     """
     request.setResponseCode(code)
     request.setHeader(b"Content-Type", contentType)
-    request.setHeader(b"Cache-Control", b"must-revalidate,no-cache,no-store")
+    request.setHeader(b"Cache-Control", UNCACHEABLE)
     return body
 
 
 class MetricsResource(Resource):
     """
-    Serves a registry in the exposition format the client asks for.
-
-    OpenMetrics goes to clients whose C{Accept} asks for
-    C{application/openmetrics-text}, as Prometheus' does; everyone else gets
-    the text format (0.0.4 unless they ask for a later version), as
-    prometheus_client's own servers decide.
+    Serves a registry in the exposition format and encoding the client asks
+    for (L{exposition}).
     """
 
     isLeaf = True
@@ -75,11 +71,14 @@ class MetricsResource(Resource):
         self.registry = registry
 
     def render_GET(self, request: Request) -> bytes:
-        accept = request.getHeader(b"accept")
-        encoder, contentType = choose_encoder(
-            accept.decode("latin-1") if accept is not None else ""
-        )
-        return _respond(request, encoder(self.registry), contentType.encode("ascii"))
+        def header(name: bytes) -> str:
+            value = request.getHeader(name)
+            return value.decode("latin-1") if value is not None else ""
+
+        exposed = exposition(self.registry, header(b"accept"), header(b"accept-encoding"))
+        if exposed.contentEncoding:
+            request.setHeader(b"Content-Encoding", exposed.contentEncoding.encode("ascii"))
+        return _respond(request, exposed.body, exposed.contentType.encode("ascii"))
 
 
 class _Router(Resource):

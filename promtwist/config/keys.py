@@ -463,6 +463,11 @@ PROXY = Role(
                 field="pushprox_push_budget_mbytes",
                 rule=POSITIVE,
             ),
+            Setting(
+                "proxy.pushprox.selfScrapeEnabled",
+                bool,
+                field="pushprox_self_scrape_enabled",
+            ),
             *_common("proxy", "PROXY_LOG_LEVEL"),
             *PROXY_COMPAT,
         ),

@@ -211,6 +211,7 @@ class ProxySettings(_OperationsSettings):
     pushprox_client_grace_secs: float = 15.0
     pushprox_push_budget_mbytes: int = 64
     pushprox_allowed_networks: tuple[str, ...] = ()
+    pushprox_self_scrape_enabled: bool = True
     admin_port: int = 8092
     metrics_port: int = 8082
     admin_recent_requests_queue_size: int = 50

@@ -41,6 +41,7 @@ from promtwist.proxy.pushprox import RESERVED_PATHS, PushProxHub
 from promtwist.proxy.pushwire import MAX_PUSH_HEAD_BYTES
 from promtwist.proxy.registry import Registry
 from promtwist.proxy.scrape import ScrapeHandler
+from promtwist.proxy.selfscrape import SelfScrape
 from promtwist.proxy.server import ProxyService
 from promtwist.reloads import Load
 from promtwist.tls import agentPortTLS, scrapePortTLS
@@ -140,13 +141,8 @@ def buildProxy(
         if settings.sd_enabled
         else None
     )
-    scrapes = ScrapeHandler(settings, side.registry, reactor, discovery)
-    # Credentials, when configured, guard discovery as well as scrapes,
-    # and PushProx's /clients; PushProx clients' polls and pushes carry
-    # credentials of their own.
-    handler: Handler = scrapes
-    guard: Guard | None = guarded(settings)
     pushprox: PushProxHub | None = None
+    selfScrape: SelfScrape | None = None
     if settings.pushprox_enabled:
         pushprox = PushProxHub(
             side.registry,
@@ -159,6 +155,15 @@ def buildProxy(
             metricsRegistry=side.metrics.registry,
             transfers=side.metrics,
         )
+        if settings.pushprox_self_scrape_enabled:
+            selfScrape = SelfScrape(side.metrics.registry, pushprox.metrics, reactor)
+    scrapes = ScrapeHandler(settings, side.registry, reactor, discovery, selfScrape)
+    # Credentials, when configured, guard discovery as well as scrapes,
+    # the proxy's own /metrics and PushProx's /clients; PushProx clients'
+    # polls and pushes carry credentials of their own.
+    handler: Handler = scrapes
+    guard: Guard | None = guarded(settings)
+    if pushprox is not None:
         handler = pushprox.front(handler)
         guard = pushprox.guard(guard)
     site = ScrapePortFactory(

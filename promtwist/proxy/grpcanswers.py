@@ -62,10 +62,14 @@ def answer(
     that does not take gzip); a target's failure is its status and
     upstream's reason, with no body.
     """
-    if status >= 300 or not valid:
-        if 200 <= status < 300:
-            # A 2xx that the agent calls invalid is no answer to pass on.
-            status = 502
+    if status < 0:
+        # int32 upstream; promtwist's unsigned field cannot even carry it.
+        return _failed(502, f"gRPC agent {agent!r}: status {status} is not an HTTP status")
+    if 200 <= status < 300 and not valid:
+        # A 2xx that the agent calls invalid is no answer to pass on.
+        reason = f": {failureReason}" if failureReason else ""
+        return _failed(502, f"gRPC agent {agent!r} marked its HTTP {status} result invalid{reason}")
+    if status >= 300:
         reason = failureReason or f"target answered HTTP {status}"
         return _failed(status, f"gRPC agent {agent!r}: {reason}")
     return ScrapeResponse(
@@ -82,7 +86,12 @@ def answerOf(agent: str, response: pb.ScrapeResponse) -> ScrapeResponse:
     """
     A C{writeResponsesToProxy} result: text (UTF-8) or gzip bytes.
     """
-    zipped = response.zipped or response.WhichOneof("content_one_of") == "content_as_zipped"
+    zipped = response.zipped
+    content = response.WhichOneof("content_one_of")
+    if content == ("content_as_text" if zipped else "content_as_zipped"):
+        # Either reading would lose the body the agent sent.
+        marked = "zipped" if zipped else "not zipped"
+        return _failed(502, f"gRPC agent {agent!r}: result marked {marked} and sent as {content}")
     body = response.content_as_zipped if zipped else response.content_as_text.encode("utf-8")
     return answer(
         agent,
@@ -167,11 +176,26 @@ class ChunkedResults:
             return self._fail(previous, "Chunk validation failed: a second header")
         self._transfers[scrapeId] = _Transfer(agent, stream, header)
 
+    def _open(self, scrapeId: int) -> _Transfer | None:
+        """
+        The transfer open for C{scrapeId}, if its scrape is still awaited;
+        else the message is dropped. Once the scrape is over (Prometheus
+        left, its deadline passed) the rest of its transfer is dropped as it
+        comes, not held to its summary for nobody as upstream holds it.
+        """
+        transfer = self._transfers.get(scrapeId)
+        if transfer is not None and transfer.stream.ended:
+            del self._transfers[scrapeId]
+            transfer = None
+        if transfer is None:
+            self._dropped(scrapeId)
+        return transfer
+
     def _chunk(self, chunk: pb.ChunkData) -> None:
         scrapeId = chunk.chunk_scrape_id
-        transfer = self._transfers.get(scrapeId)
+        transfer = self._open(scrapeId)
         if transfer is None:
-            return self._dropped(scrapeId)
+            return
         transfer.agent.heard()
         count, data = chunk.chunk_byte_count, chunk.chunk_bytes
         problem = None
@@ -201,9 +225,10 @@ class ChunkedResults:
 
     def _summary(self, summary: pb.SummaryData) -> None:
         scrapeId = summary.summary_scrape_id
-        transfer = self._transfers.pop(scrapeId, None)
+        transfer = self._open(scrapeId)
         if transfer is None:
-            return self._dropped(scrapeId)
+            return
+        del self._transfers[scrapeId]
         transfer.agent.heard()
         expected = (
             summary.summary_chunk_count,
@@ -219,18 +244,17 @@ class ChunkedResults:
                 f" {expected}, the proxy received {received}",
             )
         header = transfer.header
-        if not transfer.stream.ended:
-            transfer.stream.responseReceived(
-                answer(
-                    transfer.agent.name,
-                    header.header_valid_response,
-                    header.header_status_code,
-                    header.header_failure_reason,
-                    header.header_content_type,
-                    header.header_zipped,
-                    bytes(transfer.body),
-                )
+        transfer.stream.responseReceived(
+            answer(
+                transfer.agent.name,
+                header.header_valid_response,
+                header.header_status_code,
+                header.header_failure_reason,
+                header.header_content_type,
+                header.header_zipped,
+                bytes(transfer.body),
             )
+        )
 
     def _fail(self, transfer: _Transfer, reason: str) -> None:
         if not transfer.stream.ended:

@@ -5,7 +5,8 @@ under PushProx's names and labels so that its users' dashboards keep
 working (its proxy's C{/metrics}; the inconsistent C{pushproxy_} prefix of
 the proxied-requests counter is PushProx's own).
 
-They are served with the proxy's other metrics, on its metrics port.
+They are served with the proxy's other metrics: on its metrics port, and
+at C{/metrics} on the scrape port (L{promtwist.proxy.selfscrape}).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ GO_DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 1
 class PushProxMetrics:
     """
     C{pushprox_http_requests_total{code,path}} and
-    C{pushprox_http_duration_seconds{path}} for C{/poll}, C{/push} and
-    C{/clients} (a poll's duration is how long it was held);
+    C{pushprox_http_duration_seconds{path}} for C{/poll}, C{/push},
+    C{/clients} and the proxy's own C{/metrics} (a poll's duration is how
+    long it was held);
     C{pushproxy_proxied_requests_total{code}} for the scrapes PushProx
     clients served, by the status Prometheus got; C{pushprox_proxy_clients},
     the clients known.
@@ -34,14 +36,15 @@ class PushProxMetrics:
     def __init__(self, registry: MetricsRegistry, clients: Callable[[], int]) -> None:
         self._requests = Counter(
             "pushprox_http_requests",
-            "PushProx client requests on the scrape port, by path and status (PushProx's name).",
+            "Requests for PushProx's paths on the scrape port, by path and status"
+            " (PushProx's name).",
             ["code", "path"],
             registry=registry,
         )
         self._durations = Histogram(
             "pushprox_http_duration_seconds",
-            "Time PushProx client requests took, by path; a poll's is how long it was held"
-            " (PushProx's name).",
+            "Time requests for PushProx's paths took, by path; a poll's is how long it was"
+            " held (PushProx's name).",
             ["path"],
             buckets=GO_DEFAULT_BUCKETS,
             registry=registry,
@@ -60,12 +63,17 @@ class PushProxMetrics:
             registry=registry,
         )
         clientCount.set_function(lambda: float(clients()))
-        # As PushProx does, the series its dashboards expect exist from the
-        # start.
         for path in ("/poll", "/push", "/clients"):
-            self._requests.labels("200", path)
+            self.expect(path)
         self._requests.labels("408", "/poll")
         self._requests.labels("500", "/push")
+
+    def expect(self, path: str) -> None:
+        """
+        Start C{path}'s C{code="200"} series at 0: PushProx's exist from
+        the start for each of its paths, so its dashboards see them.
+        """
+        self._requests.labels("200", path)
 
     def answered(self, path: str, code: int, seconds: float) -> None:
         self._requests.labels(str(code), path).inc()

@@ -2,7 +2,9 @@
 """
 What the scrape port does with a request Prometheus sends: check it, find
 the agents serving the path (or, for a C{proxy_url} request, the target;
-see L{promtwist.proxy.proxyurl}), and hand the scrape to a L{ScrapeRelay}.
+see L{promtwist.proxy.proxyurl}), and hand the scrape to a L{ScrapeRelay};
+or, for a C{/metrics} no agent serves, answer with the proxy's own metrics
+(L{promtwist.proxy.selfscrape}).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from promtwist.proxy.relay import (
     StreamThrough,
     scrapeDeadline,
 )
+from promtwist.proxy.selfscrape import SELF_SCRAPE_PATH, SHADOWED_NOTE, SelfScrape
 
 # What a forwarded header value may hold (RFC 9110 field-value: visible
 # characters, spaces, tabs and obs-text).
@@ -75,6 +78,9 @@ class ScrapeHandler:
 
     @ivar tracker: the scrapes in flight and the records of those that ended.
     @ivar stopping: set when the proxy is draining: new scrapes get 503.
+    @ivar selfScrape: answers C{/metrics} with the proxy's own metrics when
+        no agent serves it (PushProx's proxy serves them there), or
+        L{None}.
     """
 
     _log = Logger(observer=observer)
@@ -85,11 +91,13 @@ class ScrapeHandler:
         registry: Registry,
         clock: IReactorTime,
         discovery: Discovery | None = None,
+        selfScrape: SelfScrape | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.clock = clock
         self.discovery = discovery
+        self.selfScrape = selfScrape
         self.tracker = ScrapeTracker(clock)
         self.budget = BufferBudget(settings.max_consolidated_buffer_mbytes * MiB)
         self.stopping = False
@@ -151,7 +159,9 @@ class ScrapeHandler:
     ) -> None:
         """
         Hand a checked request to the agents serving its path, or its
-        C{target} when it names one, or say why there are none.
+        C{target} when it names one; else answer C{/metrics} with the
+        proxy's own metrics if L{selfScrape} may, or say why no agent
+        serves it.
         """
         if target is None:
             key, named = path, "/" + clip(path)
@@ -161,6 +171,7 @@ class ScrapeHandler:
         agents = self.registry.lookup(key)
         if self.stopping:
             return self._refuse(exchange, key, 503, "proxy_stopped", "the proxy is shutting down")
+        own = self.selfScrape if target is None and key == SELF_SCRAPE_PATH else None
         if not agents:
             gone = self.registry.departed(key)
             if gone is not None:
@@ -169,7 +180,13 @@ class ScrapeHandler:
                     f"{gone.departedAs} disconnected {self.clock.seconds() - gone.leftAt:.0f}s ago"
                 )
                 return self._refuse(exchange, key, 503, "agent_disconnected", reason)
+            if own is not None:
+                if not own.shadowed:
+                    return own.answer(exchange)
+                named += SHADOWED_NOTE
             return self._refuse(exchange, key, 404, "invalid_path", f"no agent serves {named}")
+        if own is not None:
+            own.shadowedBy(agents)
         call = ScrapeCall(
             path,
             query,

@@ -312,6 +312,11 @@ class ProxyService(MultiService):
                     else ", with the agents' tokens"
                 ),
             )
+            if settings.pushprox_self_scrape_enabled:
+                self._log.info(
+                    "the proxy's own metrics served at /metrics while no agent serves that"
+                    " path, as PushProx's proxy serves them (proxy.pushprox.selfScrapeEnabled)"
+                )
         if self._reloads is not None:
             self._restoreHangup = onHangup(self.reactor, self.reload)
 

@@ -1503,6 +1503,7 @@ def pushproxFields(settings: ProxySettings) -> tuple[object, ...]:
         settings.pushprox_client_grace_secs,
         settings.pushprox_push_budget_mbytes,
         settings.pushprox_allowed_networks,
+        settings.pushprox_self_scrape_enabled,
     )
 
 
@@ -1515,7 +1516,7 @@ class PushProxKeysTests(SynchronousTestCase):
         settings = ProxySettings()
         self.assertEqual(
             pushproxFields(settings),
-            (True, 50.0, 15.0, 64, ()),
+            (True, 50.0, 15.0, 64, (), True),
         )
 
     def test_read(self) -> None:
@@ -1523,12 +1524,13 @@ class PushProxKeysTests(SynchronousTestCase):
         with open(path, "w") as f:
             f.write(
                 "proxy.pushprox { enabled = false, pollHoldSecs = 20, clientGraceSecs = 3,"
-                ' pushBudgetMBytes = 8, allowedNetworks = ["10.0.0.0/8", "192.0.2.7"] }\n'
+                ' pushBudgetMBytes = 8, allowedNetworks = ["10.0.0.0/8", "192.0.2.7"],'
+                " selfScrapeEnabled = false }\n"
             )
         settings = loadProxySettings({"config": path}, {})
         self.assertEqual(
             pushproxFields(settings),
-            (False, 20.0, 3.0, 8, ("10.0.0.0/8", "192.0.2.7/32")),
+            (False, 20.0, 3.0, 8, ("10.0.0.0/8", "192.0.2.7/32"), False),
         )
 
     def test_refused(self) -> None:

@@ -7,6 +7,7 @@ instance.
 
 from __future__ import annotations
 
+import gzip
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -22,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.test.requesthelper import DummyRequest
 
 from promtwist.metrics import (
     LATENCY_BUCKETS,
@@ -713,6 +715,21 @@ class NegotiationTests(SynchronousTestCase):
     def test_openMetricsNoVersion(self) -> None:
         contentType, _ = scrape(self.metrics.registry, "application/openmetrics-text")
         self.assertEqual(contentType, OPENMETRICS)
+
+    def test_gzip(self) -> None:
+        """
+        A client that accepts gzip, as Prometheus does, gets the exposition
+        gzipped, and one that refuses it (C{q=0}) plain, as
+        prometheus_client's and Go's servers serve theirs.
+        """
+        resource = MetricsResource(self.metrics.registry)
+        for acceptEncoding, encoding in [("gzip", [b"gzip"]), ("gzip;q=0, identity", None)]:
+            request = DummyRequest([b"metrics"])
+            request.requestHeaders.setRawHeaders(b"accept-encoding", [acceptEncoding.encode()])
+            body = resource.render_GET(request)  # type: ignore[arg-type]
+            self.assertEqual(request.responseHeaders.getRawHeaders(b"content-encoding"), encoding)
+            text = gzip.decompress(body) if encoding else body
+            self.assertIn(b"proxy_connect_count_total 1.0\n", text)
 
 
 class JavaDoubleTests(SynchronousTestCase):

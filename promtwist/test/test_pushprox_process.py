@@ -191,7 +191,9 @@ class PrometheusThroughPushProxTests(TestCase):
         A PushProx user's Prometheus configuration, unchanged but for the
         proxy_url, scrapes a target served by the real pushprox-client
         through promtwist: up == 1, samples stored, the instance the
-        target's address.
+        target's address. Its job for the proxy's own metrics, on the
+        port PushProx's proxy serves them on, scrapes promtwist's: up == 1
+        and PushProx's client count stored.
         """
         binary = prometheusBinary()
         if binary is None:
@@ -213,6 +215,9 @@ scrape_configs:
     proxy_url: {setup.proxyURL}
     static_configs:
       - targets: ['{target}']
+  - job_name: pushprox-proxy
+    static_configs:
+      - targets: ['127.0.0.1:{cluster.scrapePort}']
 """,
         )
         prometheus = Child(
@@ -240,17 +245,66 @@ scrape_configs:
             return result
 
         async def stored() -> bool:
-            up = await query('up{job="pushprox"}')
+            up = await query('up{job=~"pushprox|pushprox-proxy"}')
             samples = await query('promtwist_e2e_sample{job="pushprox"}')
-            state.update(up=up, samples=samples)
-            return [s["value"][1] for s in up] == ["1"] and [
-                (s["metric"]["instance"], s["value"][1]) for s in samples
-            ] == [(target, "42")]
+            clients = await query('pushprox_proxy_clients{job="pushprox-proxy"}')
+            state.update(up=up, samples=samples, clients=clients)
+            return (
+                sorted((s["metric"]["job"], s["value"][1]) for s in up)
+                == [("pushprox", "1"), ("pushprox-proxy", "1")]
+                and [(s["metric"]["instance"], s["value"][1]) for s in samples] == [(target, "42")]
+                and [s["value"][1] for s in clients] == ["1"]
+            )
 
         try:
             await cluster.eventually(stored, "the PushProx target up with samples", 60, 0.5)
         except self.failureException as e:
             raise self.failureException(f"{e}\n{json.dumps(state)[:4000]}") from None
+
+
+class SelfScrapeTests(TestCase):
+    timeout = 120
+
+    async def test_selfScrape(self) -> None:
+        """
+        GET /metrics on the scrape port, as PushProx users scrape their
+        proxy, gives the proxy's own metrics, PushProx's series among
+        them, with the polling client counted; once an agent serves path
+        C{metrics}, it answers, and the proxy's log says why.
+        """
+        setup = PushProxSetup(self)
+        cluster = setup.cluster
+        await cluster.start()
+        setup.client("pushprox-client", "127.0.0.1").start()
+        seen: list[bytes] = []
+
+        async def clientCounted() -> bool:
+            code, body = await cluster.get("metrics")
+            seen[:] = [body]
+            return code == 200 and b"\npushprox_proxy_clients 1.0\n" in body
+
+        await cluster.eventually(clientCounted, "the polling client in /metrics", 30)
+        for series in (
+            b'pushprox_http_requests_total{code="200",path="/poll"}',
+            b'pushprox_http_requests_total{code="200",path="/metrics"}',
+            b'pushprox_http_duration_seconds_bucket{le="0.005",path="/metrics"}',
+            b"proxy_agent_map_size 1.0",
+            b"process_resident_memory_bytes",
+        ):
+            self.assertIn(series, seen[0])
+        config = writeFile(
+            os.path.join(cluster.workdir, "metrics-agent.conf"),
+            cluster.agentConf({"metrics": "metrics"}),
+        )
+        cluster.agentChild("metrics-agent", "metrics-agent", config).start()
+        await cluster.eventually(
+            partial(cluster.servedOnce, "metrics"), "/metrics served by the agent", 30
+        )
+        await cluster.eventually(
+            partial(_logged, cluster.proxy, "proxy.pushprox.selfScrapeEnabled = false"),
+            "the proxy's warning that the agent's path shadows its metrics",
+            10,
+        )
 
 
 class FrontEndTests(TestCase):
