@@ -23,11 +23,9 @@ from typing import Any
 import grpc
 import treq
 from twisted.internet import reactor
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectError
-from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
@@ -35,7 +33,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.server import NOT_DONE_YET, Request
 
 from promtwist.agent.build import buildAgent
 from promtwist.agent.service import AgentService
@@ -50,7 +48,8 @@ from promtwist.grpc import proxy_service_pb2 as pb
 from promtwist.proxy.build import buildProxy
 from promtwist.proxy.server import ProxyService
 from promtwist.test.certs import Certificates, certificates
-from promtwist.test.helpers import eventually, sourceTreeFile
+from promtwist.test.helpers import eventually, sourceTreeFile, startTarget
+from promtwist.test.nginx import startNginx
 from promtwist.test.processes import Child, ProcessGroup, freePort, writeFile
 from promtwist.test.upstreamagent import UpstreamAgent, UpstreamOptions, UpstreamPath, javaGzip
 
@@ -129,15 +128,7 @@ class _Fleet(TestCase):
 
     def setUp(self) -> None:
         self.targets = _Targets({"plain": PLAIN, "gzipped": GZIPPED, "chunked": CHUNKED})
-        port: IListeningPort = reactor.listenTCP(
-            0,
-            Site(self.targets),  # type: ignore[arg-type]
-            interface="127.0.0.1",
-        )
-        self.addCleanup(port.stopListening)
-        address = port.getHost()
-        assert isinstance(address, IPv4Address)
-        self.targetBase = f"http://127.0.0.1:{address.port}"
+        self.targetBase = startTarget(self, self.targets, "").rstrip("/")
         self.addCleanup(self.targets.release)
         self.pool = HTTPConnectionPool(reactor, persistent=False)
         self.addCleanup(self.pool.closeCachedConnections)
@@ -192,6 +183,21 @@ class _Fleet(TestCase):
             "the upstream agent did not get through registration",
         )
         return agent
+
+    async def refused(self, agent: UpstreamAgent) -> str:
+        """
+        Wait until C{agent}'s first connection fails in connect or
+        registration, check that it never got through, and say why it
+        failed.
+        """
+        await eventually(
+            self,
+            lambda: bool(agent.registerFailures or agent.connectFailures),
+            "the refusal",
+            15,
+        )
+        self.assertEqual(agent.connected, 0)
+        return (agent.registerFailures + [details for _, details in agent.connectFailures])[0]
 
     async def failed(self, agent: UpstreamAgent) -> None:
         """
@@ -597,13 +603,7 @@ class DefaultModeTests(_Fleet):
         spoofer = self.upstream(
             self.path("gzipped"), agentToken="token-b", agentIdOverride=victim.agentIds[0]
         )
-        await eventually(
-            self,
-            lambda: bool(spoofer.registerFailures or spoofer.connectFailures),
-            "the refusal",
-            15,
-        )
-        self.assertEqual(spoofer.connected, 0)
+        await self.refused(spoofer)
         code, _, _ = await self.scrape("gzipped")
         self.assertEqual(code, 404)
         await self.assertServes("plain", PLAIN)
@@ -638,11 +638,6 @@ class ThroughNginxTests(TransportFilterDisabledTests):
         return f"127.0.0.1:{self.nginxPort}"
 
     def startNginx(self, port: int, agentPort: int) -> None:
-        binary = shutil.which("nginx") or "/usr/sbin/nginx"
-        self.assertTrue(
-            os.access(binary, os.X_OK),
-            "nginx is needed (Debian package 'nginx'; scripts/test installs it as root)",
-        )
         with open(sourceTreeFile("examples/nginx/promtwist-grpc.conf")) as f:
             example = f.read()
         # The example's ports, and nothing else, moved to this test's.
@@ -650,27 +645,8 @@ class ThroughNginxTests(TransportFilterDisabledTests):
         self.assertEqual(example.count("grpc_pass grpc://127.0.0.1:50051;"), 1)
         example = example.replace("listen 50440 http2;", f"listen 127.0.0.1:{port} http2;")
         example = example.replace("grpc://127.0.0.1:50051;", f"grpc://127.0.0.1:{agentPort};")
-        prefix = os.path.abspath(str(self.mktemp()))
-        os.makedirs(os.path.join(prefix, "logs"))
-        server = writeFile(os.path.join(prefix, "promtwist-grpc.conf"), example)
-        config = writeFile(
-            os.path.join(prefix, "nginx.conf"),
-            f"""\
-daemon off;
-master_process off;
-pid {prefix}/nginx.pid;
-error_log {prefix}/logs/error.log info;
-events {{ worker_connections 256; }}
-http {{
-    access_log {prefix}/logs/access.log;
-    client_body_temp_path {prefix}/body;
-    proxy_temp_path {prefix}/proxy;
-    include {server};
-}}
-""",
-        )
-        self.nginx = Child(self, "nginx", [binary, "-p", prefix, "-c", config], prefix)
-        self.nginx.start()
+        server = writeFile(os.path.abspath(str(self.mktemp())) + ".conf", example)
+        self.nginx = startNginx(self, f"    include {server};")
 
     async def connected(self, *paths: UpstreamPath, **options: Any) -> UpstreamAgent:
         await self.listening(self.nginxPort)
@@ -687,15 +663,8 @@ http {{
         await self.connected(self.path("plain"))
         await self.listening(self.nginxPort)
         wrong = self.upstream(self.path("gzipped"), transportFilterDisabled=False)
-        await eventually(
-            self,
-            lambda: bool(wrong.registerFailures or wrong.connectFailures),
-            "the refusal",
-            15,
-        )
-        self.assertEqual(wrong.connected, 0)
-        reasons = wrong.registerFailures + [details for _, details in wrong.connectFailures]
-        self.assertIn("transportFilterDisabled", reasons[0])
+        reason = await self.refused(wrong)
+        self.assertIn("transportFilterDisabled", reason)
         await self.assertServes("plain", PLAIN)
 
     async def test_mixedFleetThroughNginx(self) -> None:
@@ -930,15 +899,8 @@ class MixedFleetTests(_Fleet):
         await self.promtwistAgent("pt", "owned", "from_promtwist")
         await self.connected(self.path("shared", "from_grpc"))
         extra = self.upstream(self.path("plain"))
-        await eventually(
-            self,
-            lambda: bool(extra.registerFailures or extra.connectFailures),
-            "the refusal",
-            15,
-        )
-        self.assertEqual(extra.connected, 0)
-        reasons = extra.registerFailures + [details for _, details in extra.connectFailures]
-        self.assertIn("maxAgents", reasons[0])
+        reason = await self.refused(extra)
+        self.assertIn("maxAgents", reason)
         await self.assertServes("owned", self.targets.bodies["from_promtwist"])
         await self.assertServes("shared", self.targets.bodies["from_grpc"])
 
