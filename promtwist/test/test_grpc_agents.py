@@ -73,7 +73,9 @@ KINDS = ("promtwist", "grpc", "pushprox")
 class _Targets(Resource):
     """
     Scrape targets: each path a body, answered with L{CONTENT_TYPE}; what
-    each request carried is noted for the tests.
+    each request carried is noted for the tests. Two paths are special:
+    C{held} answers only at L{release}, and C{secret} answers L{PLAIN}
+    to Basic credentials C{scraper:p@ss} and challenges anyone else.
     """
 
     isLeaf = True
@@ -82,7 +84,6 @@ class _Targets(Resource):
         super().__init__()
         self.bodies = bodies
         self.requests: list[Request] = []
-        # Requests of the path "held", not answered until release().
         self.held: list[Request] = []
 
     def render_GET(self, request: Request) -> bytes | int:
