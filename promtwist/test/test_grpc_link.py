@@ -14,15 +14,21 @@ import tracemalloc
 from typing import Any
 
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from promtwist.agent.build import buildAgent
+from promtwist.agent.grpclink import GrpcLinkEndpoint
 from promtwist.agent.service import AgentService
 from promtwist.config.settings import (
     AgentSettings,
@@ -74,6 +80,20 @@ class _Big(Resource):
 
         request.registerProducer(Pull(), False)
         return NOT_DONE_YET
+
+
+class _Lost(Protocol):
+    """
+    A peer that notes why its connection was lost.
+    """
+
+    def __init__(self) -> None:
+        self.lost: Deferred[None] = Deferred()
+        self.reason: Failure | None = None
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+        self.reason = reason
+        self.lost.callback(None)
 
 
 class _Recording(GrpcServerFactory):
@@ -320,6 +340,28 @@ class LinkOverGrpcTests(_LinkCase):
         proxy = self.startProxy(agent_grpc_enabled=False, **self.tlsSettings())
         self.startAgent(port=proxy.agentListener.portNumber, **self.agentTLS())
         await self.linkFailure("answered no protocol to TLS ALPN h2")
+
+    async def test_hostilePeer(self) -> None:
+        """
+        A peer that sends the link a frame over its limit inside a call:
+        the proxy aborts that link, which resets its call, and serves the
+        other agents as before.
+        """
+        proxy = self.startProxy()
+        good = self.startAgent()
+        await good.whenConnected()
+        endpoint = GrpcLinkEndpoint(
+            TCP4ClientEndpoint(reactor, "127.0.0.1", self.grpcPort), "localhost", reactor
+        )
+        hostile = _Lost()
+        await endpoint.connect(Factory.forProtocol(lambda: hostile))
+        assert hostile.transport is not None
+        hostile.transport.write(b"\x7f\xff\xff\xff" + b"junk")
+        await hostile.lost
+        assert hostile.reason is not None
+        self.assertEqual(hostile.reason.getErrorMessage(), "the server reset the call (CANCEL)")
+        self.assertTrue(self.logged("frame length 2147483647 exceeds the limit"))
+        self.assertEqual(await self.get(proxy), (200, b"up 1\n"))
 
     async def test_plainPortWithoutGrpc(self) -> None:
         """
