@@ -638,20 +638,56 @@ class ThroughNginxTests(TransportFilterDisabledTests):
     def upstreamEndpoint(self) -> str:
         return f"127.0.0.1:{self.nginxPort}"
 
+    # What the example says to write for TLS on the agent port, or None.
+    tlsToProxy: dict[str, str] | None = None
+
     def startNginx(self, port: int, agentPort: int) -> None:
         with open(sourceTreeFile("examples/nginx/promtwist-grpc.conf")) as f:
             example = f.read()
         # The example's ports, and nothing else, moved to this test's.
         self.assertEqual(example.count("listen 50440 http2;"), 1)
-        self.assertEqual(example.count("grpc_pass grpc://127.0.0.1:50051;"), 1)
+        self.assertEqual(example.count("        grpc_pass grpc://127.0.0.1:50051;"), 1)
         example = example.replace("listen 50440 http2;", f"listen 127.0.0.1:{port} http2;")
-        example = example.replace("grpc://127.0.0.1:50051;", f"grpc://127.0.0.1:{agentPort};")
+        passing = f"grpc_pass grpc://127.0.0.1:{agentPort};"
+        if self.tlsToProxy is not None:
+            # The commented lines, with the test's CA and the name in its
+            # server certificate.
+            lines = [
+                "grpc_pass grpcs://127.0.0.1:50051;",
+                "grpc_ssl_verify on;",
+                "grpc_ssl_trusted_certificate /etc/nginx/promtwist-ca.pem;",
+                "grpc_ssl_name <a name the proxy's certificate holds>;",
+            ]
+            for line in lines:
+                self.assertIn(f"        #   {line}\n", example)
+            passing = "\n        ".join(lines)
+            for old, new in {"50051": str(agentPort), **self.tlsToProxy}.items():
+                passing = passing.replace(old, new)
+        example = example.replace("grpc_pass grpc://127.0.0.1:50051;", passing)
         server = writeFile(os.path.abspath(str(self.mktemp())) + ".conf", example)
         self.nginx = startNginx(self, f"    include {server};")
 
     async def connected(self, *paths: UpstreamPath, **options: Any) -> UpstreamAgent:
         await self.listening(self.nginxPort)
         return await super().connected(*paths, **options)
+
+    async def test_tlsToTheProxy(self) -> None:
+        """
+        nginx to a TLS agent port as the example's comment says, the
+        proxy's certificate checked: scrapes go through.
+        """
+        certs = certificates(self)
+        self.tlsToProxy = {
+            "/etc/nginx/promtwist-ca.pem": os.path.abspath(certs.ca),
+            "<a name the proxy's certificate holds>": "localhost",
+        }
+        self.startProxy(
+            tls_cert_chain_file_path=certs.server.cert,
+            tls_private_key_file_path=certs.server.key,
+        )
+        await self.connected(self.path("plain"), self.path("chunked"))
+        await self.assertServes("plain", PLAIN)
+        await self.assertServes("chunked", CHUNKED)
 
     async def test_wrongModeThroughNginx(self) -> None:
         """
