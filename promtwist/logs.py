@@ -244,10 +244,12 @@ def utcTime(seconds: float) -> str:
 
 
 class _Window:
-    __slots__ = ("logged", "start", "suppressed")
+    __slots__ = ("level", "logged", "start", "suppressed")
 
-    def __init__(self, start: float) -> None:
+    def __init__(self, start: float, level: LogLevel) -> None:
         self.start = start
+        # The level of its kind's messages, which their count is logged at.
+        self.level = level
         self.logged = 0
         self.suppressed = 0
 
@@ -262,7 +264,10 @@ class RepeatedWarnings:
     that a count is reported even when no warning of its kind follows.
 
     Keyed by a kind the caller names from a fixed set (never by a value the
-    peer chose), so the table itself stays small.
+    peer chose), so the table itself stays small. A kind's messages are of
+    one level, and so is their count's line: an operator who sees a kind's
+    messages sees how many were left out, and one who filtered them out
+    (C{--log_level warn} for news) is not told of them either.
     """
 
     def __init__(
@@ -294,12 +299,20 @@ class RepeatedWarnings:
         if window is None or now - window.start >= self.interval:
             if window is not None:
                 self._summarise(kind, window)
-            window = self._windows[kind] = _Window(now)
+            window = self._windows[kind] = _Window(now, level)
         if window.logged < self.burst:
             window.logged += 1
             self._log.emit(level, format, **fields)
         else:
             window.suppressed += 1
+
+    @property
+    def pending(self) -> bool:
+        """
+        Whether an interval is open, whose count L{summariseExpired} will
+        report once it ends.
+        """
+        return bool(self._windows)
 
     def summariseExpired(self) -> None:
         """
@@ -321,7 +334,8 @@ class RepeatedWarnings:
 
     def _summarise(self, kind: str, window: _Window) -> None:
         if window.suppressed:
-            self._log.warn(
+            self._log.emit(
+                window.level,
                 "{count} more {kind} message(s) suppressed in {seconds:.0f}s",
                 count=window.suppressed,
                 kind=kind,

@@ -307,11 +307,16 @@ class MetricsRegistry(CollectorRegistry):
     collected, so it is rewritten here, at collection, in both exposition
     formats and in L{get_sample_value}; the bounds themselves are the same
     numbers.
+
+    A counter's or histogram's C{_created} sample is kept, as
+    prometheus-proxy's simpleclient writes one, unless the family is
+    written as Go's client writes it (L{likeGo}), which has none.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self._spellings: dict[str, Spelling] = {}
+        self._uncreated: set[str] = set()
 
     def spellBuckets(self, family: str, spelling: Spelling) -> None:
         """
@@ -319,8 +324,20 @@ class MetricsRegistry(CollectorRegistry):
         """
         self._spellings[family] = spelling
 
+    def likeGo(self, family: str) -> None:
+        """
+        Write C{family} as PushProx's Go client writes its families: its
+        buckets' bounds spelled by L{goFloat} (C{le="1"}), and no
+        C{_created} sample.
+        """
+        self.spellBuckets(family, goFloat)
+        self._uncreated.add(family)
+
     def collect(self) -> Iterator[Metric]:
         for family in super().collect():
+            if family.name in self._uncreated:
+                created = family.name + "_created"
+                family.samples = [s for s in family.samples if s.name != created]
             if family.type == "histogram":
                 spelling = self._spellings.get(family.name, javaDouble)
                 family.samples = [

@@ -14,7 +14,6 @@ is lost or the deadline passes.
 from __future__ import annotations
 
 import enum
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Generic, Protocol, TypeVar
 
@@ -24,6 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from promtwist.grpc.context import ConnectionContext
+from promtwist.grpc.inbox import Inbox
 from promtwist.grpc.messages import Message, frameMessage
 from promtwist.grpc.status import GrpcError, StatusCode, encodeMessage
 
@@ -152,14 +152,11 @@ class ServerCall(Generic[Req, Resp]):
         self._state = _State.OPEN
         self._headersSent = False
         self._initialMetadata: Headers = []
-        # Messages received and not yet taken, and the window bytes they
-        # hold: acknowledged when the handler takes the last of them (or
-        # the call ends), which is the backpressure a slow handler puts on
-        # its client.
-        self._inbox: deque[Message] = deque()
-        self._held = 0
-        self._halfClosed = False
-        self._waiting: Deferred[Req | None] | None = None
+        # Its window is given back as the handler takes the messages (or
+        # the call ends): the backpressure a slow handler puts on its client.
+        self._inbox: Inbox[Req] = Inbox(
+            self, self._read, lambda size: carrier.acknowledge(streamId, size)
+        )
         self._running: Deferred[None] | None = None
         self._timer: IDelayedCall | None = None
 
@@ -211,17 +208,10 @@ class ServerCall(Generic[Req, Resp]):
         The client's next message, or L{None} once it has half-closed. One
         receive at a time.
         """
-        if self._waiting is not None:
-            raise RuntimeError(f"{self!r}: receive() while another is waiting")
-        if self._state is not _State.OPEN:
-            return fail(CallCancelled(f"{self!r}: receive() after the call ended"))
-        if self._inbox:
-            return self._take()
-        if self._halfClosed:
-            return succeed(None)
-        waiting: Deferred[Req | None] = Deferred(lambda d: self._stopWaiting(d))
-        self._waiting = waiting
-        return waiting
+        over = self._state is not _State.OPEN
+        return self._inbox.receive(
+            CallCancelled(f"{self!r}: receive() after the call ended") if over else None
+        )
 
     def send(self, message: Resp) -> Deferred[None]:
         """
@@ -269,20 +259,13 @@ class ServerCall(Generic[Req, Resp]):
         The stream's DATA completed C{messages}, which took C{size} bytes of
         its window.
         """
-        self._inbox.extend(messages)
-        self._held += size
-        if self._waiting is not None and self._inbox:
-            waiting, self._waiting = self._waiting, None
-            self._take().chainDeferred(waiting)
+        self._inbox.add(messages, size)
 
     def halfClosed(self) -> None:
         """
         The client sent END_STREAM.
         """
-        self._halfClosed = True
-        if self._waiting is not None and not self._inbox:
-            waiting, self._waiting = self._waiting, None
-            waiting.callback(None)
+        self._inbox.end(None)
 
     def fail(self, error: GrpcError) -> None:
         """
@@ -301,19 +284,12 @@ class ServerCall(Generic[Req, Resp]):
             return
         self._state = _State.CANCELLED
         self._cancelTimer()
-        self._inbox.clear()
-        self._release()
-        if self._waiting is not None:
-            waiting, self._waiting = self._waiting, None
-            waiting.errback(CallCancelled(why))
+        self._inbox.end(Failure(CallCancelled(why)))
         self._stopHandler()
 
     # -- Inside ----------------------------------------------------------------
 
-    def _take(self) -> Deferred[Req | None]:
-        message = self._inbox.popleft()
-        if not self._inbox:
-            self._release()
+    def _read(self, message: Message) -> Deferred[Req]:
         try:
             raw = message.payload()
         except GrpcError as error:
@@ -326,15 +302,6 @@ class ServerCall(Generic[Req, Resp]):
             return fail(
                 GrpcError(StatusCode.INTERNAL, f"could not parse the request for {self.method}")
             )
-
-    def _release(self) -> None:
-        if self._held:
-            self._carrier.acknowledge(self._streamId, self._held)
-        self._held = 0
-
-    def _stopWaiting(self, waiting: Deferred[Req | None]) -> None:
-        if self._waiting is waiting:
-            self._waiting = None
 
     def _sendHeaders(self) -> None:
         if not self._headersSent:
@@ -357,8 +324,7 @@ class ServerCall(Generic[Req, Resp]):
     def _finish(self, code: StatusCode, message: str) -> None:
         self._state = _State.FINISHED
         self._cancelTimer()
-        self._inbox.clear()
-        self._release()
+        self._inbox.drop()
         if self._headersSent:
             self._carrier.sendTrailers(self._streamId, statusTrailers(code, message))
         else:

@@ -26,34 +26,23 @@ Nothing the server sends raises out of C{dataReceived}.
 from __future__ import annotations
 
 import enum
-from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
-import h2.config
-import h2.connection
 import h2.events
 import h2.exceptions
-import h2.settings
 from h2.errors import ErrorCodes
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import (
-    IConsumer,
-    IDelayedCall,
-    IHandshakeListener,
-    INegotiated,
-    IPushProducer,
-    IReactorTime,
-    ITCPTransport,
-)
-from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.interfaces import IHandshakeListener, INegotiated, IReactorTime
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from promtwist._version import __version__
 from promtwist.grpc.call import CallCancelled, Headers
-from promtwist.grpc.limits import Limits, RateBound
+from promtwist.grpc.h2conn import ConnectionState, H2Protocol, Outbound
+from promtwist.grpc.inbox import Inbox
+from promtwist.grpc.limits import Limits
 from promtwist.grpc.messages import Message, MessageReader, frameMessage
 from promtwist.grpc.status import GrpcError, StatusCode, decodeMessage
 from promtwist.tls import describeTLSFailure, usesTLS
@@ -133,11 +122,8 @@ class ClientCall:
         self._connection = connection
         self._state = _CallState.OPEN
         self._outcome: Failure | None = None
-        # Received and not yet taken, and the window bytes they hold
-        # (acknowledged when the caller takes the last of them).
-        self._inbox: deque[Message] = deque()
-        self._held = 0
-        self._waiting: Deferred[bytes | None] | None = None
+        # Its window is given back as the caller takes the messages.
+        self._inbox: Inbox[bytes] = Inbox(self, self._read, connection.acknowledge)
         self._done: list[Deferred[None]] = []
 
     def __repr__(self) -> str:
@@ -171,15 +157,7 @@ class ClientCall:
         C{OK} (after the messages that came before its status). Fails with
         L{CallFailed} when the call failed. One receive at a time.
         """
-        if self._waiting is not None:
-            raise RuntimeError(f"{self!r}: receive() while another is waiting")
-        if self._inbox:
-            return self._take()
-        if self.ended:
-            return succeed(None) if self._outcome is None else fail(self._outcome)
-        waiting: Deferred[bytes | None] = Deferred(lambda d: self._stopWaiting(d))
-        self._waiting = waiting
-        return waiting
+        return self._inbox.receive()
 
     def cancel(self, why: str) -> None:
         """
@@ -203,11 +181,7 @@ class ClientCall:
     # -- What the connection drives ------------------------------------------
 
     def messagesReceived(self, messages: list[Message], size: int) -> None:
-        self._inbox.extend(messages)
-        self._held += size
-        if self._waiting is not None and self._inbox:
-            waiting, self._waiting = self._waiting, None
-            self._take().chainDeferred(waiting)
+        self._inbox.add(messages, size)
 
     def end(self, outcome: Failure | None) -> None:
         """
@@ -218,15 +192,7 @@ class ClientCall:
             return
         self._state = _CallState.ENDED
         self._outcome = outcome
-        if outcome is not None:
-            self._inbox.clear()
-            self._release()
-        if self._waiting is not None and not self._inbox:
-            waiting, self._waiting = self._waiting, None
-            if outcome is None:
-                waiting.callback(None)
-            else:
-                waiting.errback(outcome)
+        self._inbox.end(outcome)
         done, self._done = self._done, []
         for d in done:
             if outcome is None:
@@ -236,156 +202,51 @@ class ClientCall:
 
     # -- Inside ----------------------------------------------------------------
 
-    def _take(self) -> Deferred[bytes | None]:
-        message = self._inbox.popleft()
-        if not self._inbox:
-            self._release()
+    def _read(self, message: Message) -> Deferred[bytes]:
         try:
             return succeed(message.payload())
         except GrpcError as error:
             return fail(CallFailed(f"the server's message: {error.message}", error.code))
 
-    def _release(self) -> None:
-        if self._held:
-            self._connection.acknowledge(self._held)
-        self._held = 0
 
-    def _stopWaiting(self, waiting: Deferred[bytes | None]) -> None:
-        if self._waiting is waiting:
-            self._waiting = None
-
-
-class _State(enum.Enum):
-    """
-    The connection's life: C{HANDSHAKE} until the server's first SETTINGS
-    (bounded by C{handshakeSeconds}, from the connection, the TLS handshake
-    included); C{OPEN}; C{GONE} once the call ended or the connection is
-    lost: nothing more is read or sent.
-    """
-
-    HANDSHAKE = "handshake"
-    OPEN = "open"
-    GONE = "gone"
-
-
-@implementer(IPushProducer, IHandshakeListener)
-class GrpcClientProtocol(Protocol):
+@implementer(IHandshakeListener)
+class GrpcClientProtocol(H2Protocol):
     """
     One HTTP/2 connection to a gRPC server, for the call L{call}.
+
+    Its L{ConnectionState} is C{GONE} once the call ended; its handshake
+    bound runs from the connection, the TLS handshake included.
     """
 
-    transport: ITCPTransport | None
+    _fromPeer = " from the server"
 
     def __init__(self, request: CallRequest, limits: Limits, clock: IReactorTime) -> None:
+        super().__init__(limits, clock, clientSide=True)
         self.request = request
         self.call = ClientCall(self, request.path)
-        self._limits = limits
-        self._clock = clock
-        self._h2 = h2.connection.H2Connection(
-            h2.config.H2Configuration(client_side=True, header_encoding=None)
-        )
-        self._state = _State.HANDSHAKE
         self._reader = MessageReader(limits.maxMessageBytes, b"identity")
         self._response: dict[bytes, bytes] | None = None
         self._trailers: dict[bytes, bytes] | None = None
-        self._outbound: deque[tuple[memoryview, Deferred[None]]] = deque()
+        self._outbound = Outbound()
         self._halfClosing = False
         self._endSent = False
-        self._paused = False
-        self._unread = b""
-        self._socketPaused = False
-        self._timer: IDelayedCall | None = None
-        self._pings = RateBound(limits.maxPingsPerWindow, limits.floodWindowSeconds, clock)
-        self._settings = RateBound(limits.maxSettingsPerWindow, limits.floodWindowSeconds, clock)
-        self._empties = RateBound(limits.maxEmptyFramesPerWindow, limits.floodWindowSeconds, clock)
-
-    @property
-    def _gone(self) -> bool:
-        return self._state is _State.GONE
 
     # -- Connection life -------------------------------------------------------
 
     def connectionMade(self) -> None:
         assert self.transport is not None
-        cast(IConsumer, self.transport).registerProducer(self, True)
-        limits = self._limits
-        self._h2.local_settings = h2.settings.Settings(
-            client=True,
-            initial_values={
-                # The server opens no streams (no push, no other calls).
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 0,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.maxHeaderListBytes,
-                h2.settings.SettingCodes.MAX_FRAME_SIZE: limits.maxFrameBytes,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: limits.streamWindowBytes,
-                h2.settings.SettingCodes.ENABLE_PUSH: 0,
-            },
-        )
-        self._h2.initiate_connection()
-        opening = limits.connectionWindowBytes - self._h2.inbound_flow_control_window
-        if opening > 0:
-            self._h2.increment_flow_control_window(opening)
-        # Held to our header limit from the start, not from the server's
-        # acknowledgement of our SETTINGS.
-        self._h2.decoder.max_header_list_size = limits.maxHeaderListBytes
-        self._h2.max_inbound_frame_size = limits.maxFrameBytes
+        # The server opens no streams (no push, no other calls).
+        self._openConnection(maxConcurrentStreams=0)
         scheme = b"https" if usesTLS(self.transport) else b"http"
         self._h2.send_headers(_STREAM, self.request.headers(scheme))
         self._flush()
-        self._setTimer(limits.handshakeSeconds, self._handshakeExpired)
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._gone:
-            return
-        if self._paused:
-            # As the server does: what a server sends while we cannot
-            # write waits, and its socket is read no more.
-            self._unread += data
-            if not self._socketPaused and self.transport is not None:
-                self._socketPaused = True
-                cast(IPushProducer, self.transport).pauseProducing()
-            return
-        try:
-            events = self._h2.receive_data(data)
-        except h2.exceptions.ProtocolError as e:
-            self._goAway(
-                e.error_code or ErrorCodes.PROTOCOL_ERROR,
-                f"the server broke HTTP/2: {e}",
-            )
-            return
-        for event in events:
-            if isinstance(event, h2.events.ConnectionTerminated):
-                self._serverWentAway(event)
-                return
-        for event in events:
-            if self._gone:
-                break
-            self._dispatch(event)
-        self._flush()
+        self._setTimer(self._limits.handshakeSeconds, self._handshakeExpired)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._state = _State.GONE
+        self._state = ConnectionState.GONE
         self._cancelTimer()
         cause = describeTLSFailure(reason) or reason.getErrorMessage()
         self._fail(f"the connection to the server was lost: {cause}")
-
-    # -- IPushProducer ---------------------------------------------------------
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        unread, self._unread = self._unread, b""
-        if unread:
-            self.dataReceived(unread)
-        if self._socketPaused and not self._paused and self.transport is not None:
-            self._socketPaused = False
-            cast(IPushProducer, self.transport).resumeProducing()
-        self._pump()
-        self._flush()
-
-    def stopProducing(self) -> None:
-        self._paused = True
 
     # -- Events ----------------------------------------------------------------
 
@@ -406,7 +267,7 @@ class GrpcClientProtocol(Protocol):
         )
         self._close()
 
-    def _dispatch(self, event: h2.events.Event) -> None:
+    def _eventReceived(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.ResponseReceived):
             self._responseReceived(event)
         elif isinstance(event, h2.events.DataReceived):
@@ -420,13 +281,6 @@ class GrpcClientProtocol(Protocol):
             self._close()
         elif isinstance(event, h2.events.WindowUpdated):
             self._pump()
-        elif isinstance(event, h2.events.RemoteSettingsChanged):
-            self._remoteSettingsChanged()
-        elif isinstance(event, h2.events.PingReceived):
-            if self._pings.exceeded():
-                self._goAway(ErrorCodes.ENHANCE_YOUR_CALM, "too many PINGs from the server")
-        elif isinstance(event, h2.events.UnknownFrameReceived):
-            self._emptyFrame()
 
     def _responseReceived(self, event: h2.events.ResponseReceived) -> None:
         headers = dict(event.headers or [])
@@ -494,18 +348,17 @@ class GrpcClientProtocol(Protocol):
         text = decodeMessage(message)[:500]
         self._fail(f"the server ended the call with {name}" + (f": {text}" if text else ""), known)
 
-    def _remoteSettingsChanged(self) -> None:
-        if self._state is _State.HANDSHAKE:
-            self._state = _State.OPEN
-            self._cancelTimer()
-        elif self._settings.exceeded():
-            self._goAway(ErrorCodes.ENHANCE_YOUR_CALM, "too many SETTINGS frames from the server")
-            return
+    def _handshakeDone(self) -> None:
+        self._cancelTimer()
+
+    def _remoteSettingsChanged(self, event: h2.events.RemoteSettingsChanged) -> None:
         self._pump()
 
-    def _emptyFrame(self) -> None:
-        if self._empties.exceeded():
-            self._goAway(ErrorCodes.ENHANCE_YOUR_CALM, "too many empty frames from the server")
+    def _pumpAll(self) -> None:
+        self._pump()
+
+    def _describeBreach(self, error: h2.exceptions.ProtocolError) -> str:
+        return f"the server broke HTTP/2: {error}"
 
     # -- What the call sends ---------------------------------------------------
 
@@ -542,20 +395,7 @@ class GrpcClientProtocol(Protocol):
         """
         if self._gone or not self._writable():
             return
-        sent: list[Deferred[None]] = []
-        while self._outbound and not self._paused:
-            view, whenSent = self._outbound[0]
-            window = min(
-                self._h2.local_flow_control_window(_STREAM), self._h2.max_outbound_frame_size
-            )
-            if window <= 0:
-                break
-            self._h2.send_data(_STREAM, view[:window].tobytes())
-            if len(view) > window:
-                self._outbound[0] = (view[window:], whenSent)
-            else:
-                self._outbound.popleft()
-                sent.append(whenSent)
+        sent = self._sendQueued(_STREAM, self._outbound)
         if self._halfClosing and not self._outbound:
             self._endSent = True
             self._h2.end_stream(_STREAM)
@@ -574,7 +414,7 @@ class GrpcClientProtocol(Protocol):
         self.call.end(Failure(CallFailed(why, code)))
 
     def _dropOutbound(self, why: str) -> None:
-        outbound, self._outbound = self._outbound, deque()
+        outbound, self._outbound = self._outbound, Outbound()
         for _, whenSent in outbound:
             whenSent.errback(CallCancelled(why))
 
@@ -599,7 +439,7 @@ class GrpcClientProtocol(Protocol):
         self._h2.close_connection(error_code=code, additional_data=reason.encode("utf-8")[:256])
         self._close(goAway=False)
 
-    def _serverWentAway(self, event: h2.events.ConnectionTerminated) -> None:
+    def _wentAway(self, event: h2.events.ConnectionTerminated) -> None:
         debug = (event.additional_data or b"")[:200].decode("utf-8", "replace")
         self._fail(
             f"the server closed the HTTP/2 connection (GOAWAY {_codeName(event.error_code)}"
@@ -616,15 +456,11 @@ class GrpcClientProtocol(Protocol):
         """
         if self._gone:
             return
-        self._state = _State.GONE
+        self._state = ConnectionState.GONE
         self._dropOutbound("the call is over")
         if goAway:
             self._h2.close_connection(error_code=ErrorCodes.NO_ERROR)
-        self._flush()
-        assert self.transport is not None
-        cast(IConsumer, self.transport).unregisterProducer()
-        self.transport.loseConnection()
-        self._setTimer(self._limits.closeSeconds, self._abort)
+        self._closeTransport()
 
     def _handshakeExpired(self) -> None:
         self._timer = None
@@ -632,7 +468,7 @@ class GrpcClientProtocol(Protocol):
             f"no HTTP/2 SETTINGS from the server within {self._limits.handshakeSeconds:g} s"
             " of connecting: is this address an HTTP/2 (gRPC) endpoint?"
         )
-        self._state = _State.GONE
+        self._state = ConnectionState.GONE
         self._abort()
 
     def _statusExpired(self) -> None:
@@ -641,22 +477,3 @@ class GrpcClientProtocol(Protocol):
             f"the server did not end the call within {self._limits.closeSeconds:g} s"
             " of this end's half-close"
         )
-
-    def _abort(self) -> None:
-        self._timer = None
-        if self.transport is not None:
-            self.transport.abortConnection()
-
-    def _setTimer(self, seconds: float, then: Callable[[], None]) -> None:
-        self._cancelTimer()
-        self._timer = self._clock.callLater(seconds, then)
-
-    def _cancelTimer(self) -> None:
-        timer, self._timer = self._timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
-
-    def _flush(self) -> None:
-        data = self._h2.data_to_send()
-        if data and self.transport is not None:
-            self.transport.write(data)

@@ -27,30 +27,19 @@ from __future__ import annotations
 
 import base64
 import binascii
-import enum
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
-import h2.config
-import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import (
-    IConsumer,
-    IDelayedCall,
-    IPushProducer,
-    IReactorTime,
-    ITCPTransport,
-)
-from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from promtwist.grpc.call import (
     CallCancelled,
@@ -61,6 +50,7 @@ from promtwist.grpc.call import (
     trailersOnly,
 )
 from promtwist.grpc.context import ConnectionContext, ContextFactory
+from promtwist.grpc.h2conn import ConnectionState, H2Protocol, Outbound
 from promtwist.grpc.limits import Limits, RateBound
 from promtwist.grpc.messages import ACCEPTED_ENCODINGS, MessageReader
 from promtwist.grpc.service import Method
@@ -73,20 +63,6 @@ _RESERVED = frozenset(
 _CONTENT_TYPES = (b"application/grpc", b"application/grpc+proto")
 
 
-class _State(enum.Enum):
-    """
-    A connection's life: C{HANDSHAKE} until the client's preface and first
-    SETTINGS (bounded by C{handshakeSeconds}); C{OPEN}; C{GONE} once
-    either end sent GOAWAY or the connection is lost: nothing more is read
-    or sent. (h2 closes its connection state on a GOAWAY either way, so the
-    calls still open then cannot be answered: they are cancelled.)
-    """
-
-    HANDSHAKE = "handshake"
-    OPEN = "open"
-    GONE = "gone"
-
-
 @dataclass
 class _Outbound:
     """
@@ -94,7 +70,7 @@ class _Outbound:
     fires, then, last, its trailers.
     """
 
-    data: deque[tuple[memoryview, Deferred[None]]] = field(default_factory=deque)
+    data: Outbound = field(default_factory=Outbound)
     trailers: Headers | None = None
 
 
@@ -105,14 +81,16 @@ class _Stream:
     outbound: _Outbound = field(default_factory=_Outbound)
 
 
-@implementer(IPushProducer)
-class GrpcServerProtocol(Protocol):
+class GrpcServerProtocol(H2Protocol):
     """
     One client's HTTP/2 connection to a set of gRPC L{Method}s.
+
+    Its L{ConnectionState} is C{GONE} once either end sent GOAWAY: h2
+    closes its connection state on a GOAWAY either way, so the calls still
+    open then cannot be answered: they are cancelled.
     """
 
     _log = Logger()
-    transport: ITCPTransport | None
 
     #: The connection's context, made in L{connectionMade}.
     context: ConnectionContext
@@ -124,28 +102,11 @@ class GrpcServerProtocol(Protocol):
         clock: IReactorTime,
         contexts: ContextFactory = ConnectionContext,
     ) -> None:
+        super().__init__(limits, clock, clientSide=False)
         self._methods = methods
         self._contexts = contexts
-        self._limits = limits
-        self._clock = clock
-        self._h2 = h2.connection.H2Connection(
-            h2.config.H2Configuration(client_side=False, header_encoding=None)
-        )
         self._streams: dict[int, _Stream] = {}
-        self._paused = False
-        # What the client sent while paused, and whether its socket is.
-        self._unread = b""
-        self._socketPaused = False
-        self._state = _State.HANDSHAKE
-        self._timer: IDelayedCall | None = None
         self._resets = RateBound(limits.maxResetsPerWindow, limits.floodWindowSeconds, clock)
-        self._pings = RateBound(limits.maxPingsPerWindow, limits.floodWindowSeconds, clock)
-        self._settings = RateBound(limits.maxSettingsPerWindow, limits.floodWindowSeconds, clock)
-        self._empties = RateBound(limits.maxEmptyFramesPerWindow, limits.floodWindowSeconds, clock)
-
-    @property
-    def _gone(self) -> bool:
-        return self._state is _State.GONE
 
     # -- Connection life -------------------------------------------------------
 
@@ -154,64 +115,12 @@ class GrpcServerProtocol(Protocol):
         self.context = self._contexts(self.transport)
         if isinstance(self.factory, GrpcServerFactory):
             self.factory.connections.add(self)
-        cast(IConsumer, self.transport).registerProducer(self, True)
-        limits = self._limits
-        self._h2.local_settings = h2.settings.Settings(
-            client=False,
-            initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.maxConcurrentStreams,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.maxHeaderListBytes,
-                h2.settings.SettingCodes.MAX_FRAME_SIZE: limits.maxFrameBytes,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: limits.streamWindowBytes,
-                h2.settings.SettingCodes.ENABLE_PUSH: 0,
-            },
-        )
-        self._h2.initiate_connection()
-        # HTTP/2 opens the connection's window at 64 KiB; SETTINGS cannot
-        # change that, a WINDOW_UPDATE does.
-        opening = limits.connectionWindowBytes - self._h2.inbound_flow_control_window
-        if opening > 0:
-            self._h2.increment_flow_control_window(opening)
-        # h2 holds a header block to its own default (64 KiB) until the
-        # client acknowledges our SETTINGS; hold it to ours from the start.
-        self._h2.decoder.max_header_list_size = limits.maxHeaderListBytes
-        self._h2.max_inbound_frame_size = limits.maxFrameBytes
+        self._openConnection(self._limits.maxConcurrentStreams)
         self._flush()
-        self._setTimer(limits.handshakeSeconds, self._handshakeExpired)
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._gone:
-            return
-        if self._paused:
-            # What a client that does not read sends waits, and its socket
-            # is no longer read, so at most one read waits. (Not at once in
-            # pauseProducing: TLS pauses its producer for what is written
-            # before its handshake completes, and must read the socket to
-            # complete it.)
-            self._unread += data
-            if not self._socketPaused and self.transport is not None:
-                self._socketPaused = True
-                cast(IPushProducer, self.transport).pauseProducing()
-            return
-        try:
-            events = self._h2.receive_data(data)
-        except h2.exceptions.ProtocolError as e:
-            self._goAway(e.error_code or ErrorCodes.PROTOCOL_ERROR, f"HTTP/2 error: {e}")
-            return
-        for event in events:
-            if isinstance(event, h2.events.ConnectionTerminated):
-                # h2 has closed the connection for what came before this
-                # read's GOAWAY too: nothing of it can be answered.
-                self._clientWentAway(event)
-                return
-        for event in events:
-            if self._gone:
-                break
-            self._dispatch(event)
-        self._flush()
+        self._setTimer(self._limits.handshakeSeconds, self._handshakeExpired)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._state = _State.GONE
+        self._state = ConnectionState.GONE
         self._cancelTimer()
         self._abandonAll("the connection was lost")
         self.context.connectionLost()
@@ -226,35 +135,9 @@ class GrpcServerProtocol(Protocol):
         """
         self._goAway(ErrorCodes.NO_ERROR, reason)
 
-    # -- IPushProducer: the transport's backpressure on what we send ------------
-
-    def pauseProducing(self) -> None:
-        # The client does not read what we write: send no more DATA, and
-        # (from its next bytes, in dataReceived) read no more of what it
-        # sends either, since much of HTTP/2 (PING, SETTINGS, frames on
-        # closed streams) makes the server write an answer.
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        unread, self._unread = self._unread, b""
-        if unread:
-            self.dataReceived(unread)
-        # The socket is read again only once what waited is handled and
-        # the client still reads.
-        if self._socketPaused and not self._paused and self.transport is not None:
-            self._socketPaused = False
-            cast(IPushProducer, self.transport).resumeProducing()
-        for streamId in list(self._streams):
-            self._pump(streamId)
-        self._flush()
-
-    def stopProducing(self) -> None:
-        self._paused = True
-
     # -- Events ----------------------------------------------------------------
 
-    def _dispatch(self, event: h2.events.Event) -> None:
+    def _eventReceived(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.RequestReceived):
             self._requestReceived(event)
         elif isinstance(event, h2.events.DataReceived):
@@ -265,13 +148,6 @@ class GrpcServerProtocol(Protocol):
             self._streamReset(event)
         elif isinstance(event, h2.events.WindowUpdated):
             self._windowUpdated(event.stream_id)
-        elif isinstance(event, h2.events.RemoteSettingsChanged):
-            self._remoteSettingsChanged(event)
-        elif isinstance(event, h2.events.PingReceived):
-            if self._pings.exceeded():
-                self._goAway(ErrorCodes.ENHANCE_YOUR_CALM, "too many PINGs")
-        elif isinstance(event, h2.events.UnknownFrameReceived):
-            self._emptyFrame()
         elif isinstance(event, h2.events.TrailersReceived):
             self._trailersReceived(event)
 
@@ -405,20 +281,21 @@ class GrpcServerProtocol(Protocol):
         for each in [streamId] if streamId else list(self._streams):
             self._pump(each)
 
+    def _handshakeDone(self) -> None:
+        # The preface and the client's first SETTINGS: the connection is
+        # idle until its first request.
+        self._setTimer(self._limits.idleSeconds, self._idleExpired)
+
     def _remoteSettingsChanged(self, event: h2.events.RemoteSettingsChanged) -> None:
-        if self._state is _State.HANDSHAKE:
-            # The preface and the client's first SETTINGS: the handshake is
-            # done, and the connection is idle until its first request.
-            self._state = _State.OPEN
-            self._setTimer(self._limits.idleSeconds, self._idleExpired)
-        elif self._settings.exceeded():
-            self._goAway(ErrorCodes.ENHANCE_YOUR_CALM, "too many SETTINGS frames")
         if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
             self._windowUpdated(None)
 
-    def _emptyFrame(self) -> None:
-        if self._empties.exceeded():
-            self._goAway(ErrorCodes.ENHANCE_YOUR_CALM, "too many empty frames")
+    def _pumpAll(self) -> None:
+        for streamId in list(self._streams):
+            self._pump(streamId)
+
+    def _describeBreach(self, error: h2.exceptions.ProtocolError) -> str:
+        return f"HTTP/2 error: {error}"
 
     # -- StreamCarrier: what calls send ------------------------------------------
 
@@ -473,20 +350,7 @@ class GrpcServerProtocol(Protocol):
         if stream is None or not self._writable(streamId):
             return
         outbound = stream.outbound
-        sent: list[Deferred[None]] = []
-        while outbound.data and not self._paused:
-            view, whenSent = outbound.data[0]
-            window = min(
-                self._h2.local_flow_control_window(streamId), self._h2.max_outbound_frame_size
-            )
-            if window <= 0:
-                break
-            self._h2.send_data(streamId, view[:window].tobytes())
-            if len(view) > window:
-                outbound.data[0] = (view[window:], whenSent)
-            else:
-                outbound.data.popleft()
-                sent.append(whenSent)
+        sent = self._sendQueued(streamId, outbound.data)
         if outbound.trailers is not None and not outbound.data:
             self._h2.send_headers(streamId, outbound.trailers, end_stream=True)
             self._forget(streamId)
@@ -566,7 +430,7 @@ class GrpcServerProtocol(Protocol):
             peer=self.transport.getPeer() if self.transport else None,
             reason=reason,
         )
-        self._state = _State.GONE
+        self._state = ConnectionState.GONE
         # h2 may have queued a GOAWAY of its own (without a reason) for
         # the error it raised: ours replaces it.
         self._h2.clear_outbound_data_buffer()
@@ -576,34 +440,21 @@ class GrpcServerProtocol(Protocol):
             last_stream_id=self._h2.highest_inbound_stream_id,
         )
         self._abandonAll(reason)
-        self._close()
+        self._closeTransport()
 
-    def _clientWentAway(self, event: h2.events.ConnectionTerminated) -> None:
+    def _wentAway(self, event: h2.events.ConnectionTerminated) -> None:
         """
         The client sent GOAWAY: it closes the connection, whose open calls
         are cancelled.
         """
-        self._state = _State.GONE
+        self._state = ConnectionState.GONE
         self._abandonAll(f"the client went away ({event.error_code!s})")
-        self._close()
+        self._closeTransport()
 
     def _abandonAll(self, why: str) -> None:
         streams, self._streams = self._streams, {}
         for stream in streams.values():
             self._abandon(stream, why)
-
-    def _close(self) -> None:
-        """
-        Close once what is written has gone, or abort after C{closeSeconds}
-        if the client does not read it.
-        """
-        self._flush()
-        assert self.transport is not None
-        # A transport with a producer waits for it before closing (TLS
-        # never closes); nothing more is produced.
-        cast(IConsumer, self.transport).unregisterProducer()
-        self.transport.loseConnection()
-        self._setTimer(self._limits.closeSeconds, self._abort)
 
     def _handshakeExpired(self) -> None:
         self._timer = None
@@ -617,25 +468,6 @@ class GrpcServerProtocol(Protocol):
     def _idleExpired(self) -> None:
         self._timer = None
         self._goAway(ErrorCodes.NO_ERROR, f"idle for {self._limits.idleSeconds:g} s")
-
-    def _abort(self) -> None:
-        self._timer = None
-        if self.transport is not None:
-            self.transport.abortConnection()
-
-    def _setTimer(self, seconds: float, then: Any) -> None:
-        self._cancelTimer()
-        self._timer = self._clock.callLater(seconds, then)
-
-    def _cancelTimer(self) -> None:
-        timer, self._timer = self._timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
-
-    def _flush(self) -> None:
-        data = self._h2.data_to_send()
-        if data and self.transport is not None:
-            self.transport.write(data)
 
 
 class _NotGrpc(Exception):

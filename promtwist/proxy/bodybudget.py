@@ -12,8 +12,20 @@ those already held, and its bytes are given back when its request ends,
 however it ends.
 
 One source alone could still fill the whole budget and have every other
-source's bodies refused, so each source (the port says what one is: an
-identity, an address) holds at most half of it.
+source's bodies refused, and two could between them, so the budget is
+shared by design rather than first come, first served:
+
+  - a source that is reading no body takes one if it fits in what is
+    free: the budget keeps room for such sources, since
+  - a source already reading one takes another only while it then holds at
+    most half of the budget (its share), and an eighth of the budget (the
+    reserve) stays free beside it.
+
+So sources already pushing never take the reserve: whatever they do, a
+source with no push in progress finds at least the reserve free, unless
+other sources' first bodies took it, which takes as many sources as
+pushes of that size fit in it. (The port says what a source is: an
+address, or an identity on an address.)
 """
 
 from __future__ import annotations
@@ -24,10 +36,9 @@ from promtwist.httpguard import Refusal
 class BodyBudget:
     """
     At most C{limit} declared body bytes held at once, across the port's
-    connections, and at most half of that by one source; one body alone is
-    always taken, and a source's first body passes its share, so a limit
-    below the largest body a policy allows slows pushes down rather than
-    refusing them all.
+    connections, shared as the module docstring says; one body alone is
+    always taken, so a limit below the largest body a policy allows slows
+    pushes down rather than refusing them all.
 
     @ivar held: the declared bytes of the bodies taken and not given back.
     @ivar bySource: those bytes by source, for the sources that hold some.
@@ -43,25 +54,47 @@ class BodyBudget:
         self.bySource: dict[str, int] = {}
         self._setting = setting
 
+    @property
+    def share(self) -> int:
+        """
+        The most one source may hold once it holds a body: half the limit.
+        """
+        return self.limit // 2
+
+    @property
+    def reserve(self) -> int:
+        """
+        What a source already holding a body leaves free: an eighth of the
+        limit.
+        """
+        return self.limit // 8
+
     def take(self, size: int, source: str) -> Refusal | None:
         """
         Hold C{size} bytes for a body about to be read from C{source}, or
         say why not.
         """
-        if self.held and self.held + size > self.limit:
-            return self._refusal(
-                f"the proxy is reading {self.held} bytes of request bodies, and this one's"
-                f" {size} would pass their budget of {self.limit} ({self._setting})"
-            )
+        held = self.held
         mine = self.bySource.get(source, 0)
-        share = self.limit // 2
-        if mine and mine + size > share:
+        reading = f"the proxy is reading {held} bytes of request bodies"
+        if not mine:
+            if held and held + size > self.limit:
+                return self._refusal(
+                    f"{reading}, and this one's {size} would pass their budget of"
+                    f" {self.limit} ({self._setting})"
+                )
+        elif mine + size > self.share:
             return self._refusal(
-                f"the proxy is reading {mine} bytes of request bodies from {source}, and"
-                f" this one's {size} would pass one source's share of {share}, half of"
-                f" {self._setting}"
+                f"{reading}, {mine} of them from {source}, and this one's {size} would pass"
+                f" one source's share of {self.share}, half of {self._setting}"
             )
-        self.held += size
+        elif held + size > self.limit - self.reserve:
+            return self._refusal(
+                f"{reading}, {mine} of them from {source}, and this one's {size} would leave"
+                f" less than {self.reserve} (an eighth of {self._setting}) for sources"
+                " reading none"
+            )
+        self.held = held + size
         self.bySource[source] = mine + size
         return None
 

@@ -25,13 +25,21 @@ gives the other ports (the shared parts are in L{promtwist.httpguard}):
     declare a C{Content-Length} within the policy's limit (411 without
     one, 413 over it), pass the guard (checked on the head, before a byte
     of the body is read), and arrive whole within the head's deadline,
-    which runs on until its last byte (408 otherwise), and fit in the
+    which runs on until its last byte, or by the later deadline the
+    factory's L{BodyDeadline} names for it then (408 otherwise), and fit in the
     port's L{BodyBudget} of body bytes in flight (503 otherwise); the
     request is answered only once the body is in, read into one buffer of
     the declared size (an anonymous mapping, given back to the system when
     the request ends: freed heap memory would stay with the process);
   - clients outside the allowed networks are refused before a byte is
     read, the refusal logged at most once a minute per address;
+  - a connection over the port's caps on open connections, in total and
+    per source address (an IPv6 /64 is one source), is closed as soon as
+    it is accepted, before a byte is read: no answer, no timer, and a few
+    log lines a minute naming the address and the setting, then a count.
+    The total is sized in the open-file limit beside the agent port's
+    connections (L{promtwist.proxy.admission.scrapeConnections}), so that
+    no host can exhaust the proxy's file descriptors through this port;
   - a silent connection closes after the idle timeout (which does not run
     while a request is being answered);
   - a client that pipelines requests and does not read the answers gets
@@ -97,8 +105,8 @@ from promtwist.httpguard import (
     headTimedOut,
     headTooLarge,
 )
-from promtwist.logs import clip, observer
-from promtwist.proxy.admission import hostOf
+from promtwist.logs import RepeatedWarnings, clip, observer
+from promtwist.proxy.admission import AddressCaps, hostOf
 from promtwist.proxy.answers import textAnswer
 from promtwist.proxy.bodybudget import BodyBudget
 from promtwist.proxy.exchange import READ_HEADERS, Exchange, RequestBody
@@ -140,6 +148,14 @@ BodyPolicy = Callable[[bytes, bytes], int | None]
 Given a request's method and path, the most body bytes the server takes for
 it, or L{None} if it takes none (and refuses the method unless it is C{GET}
 or C{HEAD}).
+"""
+
+BodyDeadline = Callable[[Exchange, bytes], float | None]
+"""
+Given a request whose body is not whole at the head's deadline, and the
+start of that body that came (up to the factory's C{peekBytes}), the time
+(on the factory's clock) until which its body may still come, if later:
+a PushProx push may take as long as the scrape it answers has left.
 """
 
 BodySource = Callable[[Exchange], str]
@@ -195,12 +211,16 @@ class ConnectionState(Enum):
 class ScrapePortFactory(Factory):
     """
     Makes the scrape port's connections, refusing clients outside the
-    allowed networks.
+    allowed networks and those over its caps on open connections.
 
     @ivar handler: answers requests that passed the server's checks.
     @ivar guard: checks each request's credentials first, if set.
     @ivar allowed: the networks clients may connect from.
     @ivar bodies: which requests may carry a body, and how large.
+    @ivar connections: the open connections, counted in total and per
+        source against their caps; L{None} when unbounded.
+    @ivar warnings: the refusals over those caps, logged a few a minute,
+        then counted.
     """
 
     noisy = False
@@ -217,8 +237,10 @@ class ScrapePortFactory(Factory):
         bodies: BodyPolicy | None = None,
         budget: BodyBudget | None = None,
         sourceOf: BodySource | None = None,
+        bodyDeadline: BodyDeadline | None = None,
         refused: Refused | None = None,
         peekBytes: int = 0,
+        connections: AddressCaps | None = None,
         clock: IReactorTime | None = None,
     ) -> None:
         """
@@ -233,8 +255,11 @@ class ScrapePortFactory(Factory):
             unbounded without one.
         @param sourceOf: what a body counts against in C{budget}, asked
             after C{guard} let its request through.
+        @param bodyDeadline: a later deadline for a body still arriving at
+            the head's; none without one.
         @param peekBytes: how much of a refused body's start C{refused} is
             told of, so that it can tell what the body was.
+        @param connections: caps the open connections; unbounded without.
         @param clock: the clock for every timeout; the global reactor by
             default.
         @raise ValueError: if a network is not valid.
@@ -248,6 +273,7 @@ class ScrapePortFactory(Factory):
         self.bodies = bodies
         self.budget = budget
         self.sourceOf = sourceOf or (lambda exchange: hostOf(exchange.client))
+        self.bodyDeadline = bodyDeadline
         self.refused = refused
         self.peekBytes = peekBytes
         self.maxHeaderBytes = maxHeaderBytes
@@ -255,11 +281,32 @@ class ScrapePortFactory(Factory):
         self.idleTimeout = idleTimeout
         self.clock = clock
         self.allowed = AllowedNetworks(allowedNetworks, clock)
+        self.connections = connections
+        self.warnings = RepeatedWarnings(_log, clock)
+
+    def stopFactory(self) -> None:
+        self.warnings.flush()
 
     def buildProtocol(self, addr: IAddress | None) -> ScrapePortConnection | None:
         if not self.allowed.admits(addr):
             return None
-        return ScrapePortConnection(self)
+        host = hostOf(addr)
+        connections = self.connections
+        if connections is not None:
+            refusal = connections.refusal(host)
+            if refusal is not None:
+                # Closed at once, unread: a refusal that waited for a
+                # request, or for a TLS handshake to answer it through,
+                # would hold the file it is refused to spare.
+                self.warnings.warn(
+                    "refused scrape-port connection",
+                    "closing a scrape-port connection from {peer} unanswered: {why}",
+                    peer=host or "?",
+                    why=refusal[1],
+                )
+                return None
+            connections.enter(host)
+        return ScrapePortConnection(self, host)
 
 
 _dateSecond = -1
@@ -290,8 +337,12 @@ class ScrapePortConnection(Protocol):
     @ivar state: where the connection is in L{ConnectionState}.
     """
 
-    def __init__(self, factory: ScrapePortFactory) -> None:
+    def __init__(self, factory: ScrapePortFactory, host: str = "") -> None:
         self.factory = factory
+        # The source the factory counts this connection under, and the caps
+        # it is counted in until it is lost.
+        self.host = host
+        self._counted = factory.connections
         self.state = ConnectionState.HEAD
         self._parser = HttpRequestParser(self)
         # Bytes received and not yet parsed, from _offset on: part of a
@@ -321,6 +372,8 @@ class ScrapePortConnection(Protocol):
         self._bodyRead = 0
         self._bodyHeld = 0
         self._bodySource = ""
+        # Whether the body's deadline is the later one bodyDeadline named.
+        self._bodyExtended = False
         self._headAt = 0.0
 
     # The connection.
@@ -363,6 +416,9 @@ class ScrapePortConnection(Protocol):
         self._readHeads(data, 0)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        connections, self._counted = self._counted, None
+        if connections is not None:
+            connections.leave(self.host)
         self.state = ConnectionState.CLOSING
         self._cancelTimers()
         self._bodyDone()
@@ -526,8 +582,9 @@ class ScrapePortConnection(Protocol):
             # llhttp took it for a number: digits, perhaps padded.
             bodyLength = int(length.strip(b" \t"))
             if bodyLength > limit:
-                arrived = self._pending[self._offset : self._offset + factory.peekBytes]
-                return self._refuseRequest(bodyRefused(limit), method, path, headers, arrived)
+                return self._refuseRequest(
+                    bodyRefused(limit), method, path, headers, self._arrived()
+                )
         exchange = ServerExchange(
             self,
             method,
@@ -546,9 +603,10 @@ class ScrapePortConnection(Protocol):
                 source = factory.sourceOf(exchange)
                 overBudget = budget.take(bodyLength, source)
                 if overBudget is not None:
-                    return self._refuseRequest(overBudget, method, path, headers)
+                    return self._refuseRequest(overBudget, method, path, headers, self._arrived())
                 self._bodySource = source
             self._bodyHeld = bodyLength
+            self._bodyExtended = False
             self._continue(headers, version)
             # llhttp would take the next head for this body: the body is
             # counted here, and the next head goes to a parser of its own.
@@ -560,6 +618,13 @@ class ScrapePortConnection(Protocol):
             self._readBody()
             return
         self._begin(exchange)
+
+    def _arrived(self) -> bytes:
+        """
+        What of a body came with its head, up to the factory's
+        C{peekBytes}: for a refusal on the head to tell what the body was.
+        """
+        return self._pending[self._offset : self._offset + self.factory.peekBytes]
 
     def _continue(self, headers: dict[bytes, bytes], version: bytes) -> None:
         """
@@ -757,18 +822,28 @@ class ScrapePortConnection(Protocol):
         self._deadline = None
         exchange, body = self._bodyOf, self._body
         if self.state is ConnectionState.BODY and exchange is not None and body is not None:
+            factory = self.factory
+            start = body[: min(self._bodyRead, factory.peekBytes)]
+            if not self._bodyExtended and factory.bodyDeadline is not None:
+                later = factory.bodyDeadline(exchange, start)
+                now = factory.clock.seconds()
+                if later is not None and later > now:
+                    self._bodyExtended = True
+                    self._deadline = factory.clock.callLater(later - now, self._deadlinePassed)
+                    return
+            extended = ", nor by the deadline of what it answers" if self._bodyExtended else ""
             return self._refuseRequest(
                 Refusal(
                     408,
                     b"Request Timeout",
-                    f"request body not complete within {self.factory.headerTimeout:g} seconds"
-                    f" of its request's start ({self._bodyHeld - self._bodyRead} bytes"
-                    " missing)",
+                    f"request body not complete within {factory.headerTimeout:g} seconds"
+                    f" of its request's start{extended} ({self._bodyHeld - self._bodyRead}"
+                    " bytes missing)",
                 ),
                 exchange.method,
                 exchange.path,
                 exchange.headers,
-                body[: min(self._bodyRead, self.factory.peekBytes)],
+                start,
             )
         self._refuse(headTimedOut(self.factory.headerTimeout))
 

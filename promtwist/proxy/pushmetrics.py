@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from promtwist.metrics import MetricsRegistry, goFloat
+from promtwist.metrics import MetricsRegistry
 
 # Go's prometheus.DefBuckets, which PushProx's histogram has (Python's
 # default buckets add .075, .75 and 7.5).
@@ -49,14 +49,20 @@ class PushProxMetrics:
             buckets=GO_DEFAULT_BUCKETS,
             registry=registry,
         )
-        # Its bounds as PushProx's Go client writes them: le="1", not "1.0".
-        registry.spellBuckets("pushprox_http_duration_seconds", goFloat)
         self._proxied = Counter(
             "pushproxy_proxied_requests",
             "Scrapes served by PushProx clients, by the status Prometheus got (PushProx's name).",
             ["code"],
             registry=registry,
         )
+        # Written as PushProx's Go client writes them: le="1", not "1.0",
+        # and no _created series.
+        for family in (
+            "pushprox_http_requests",
+            "pushprox_http_duration_seconds",
+            "pushproxy_proxied_requests",
+        ):
+            registry.likeGo(family)
         clientCount = Gauge(
             "pushprox_proxy_clients",
             "PushProx clients known: polling, or polled within the grace (PushProx's name).",

@@ -48,7 +48,14 @@ from twisted.python.failure import Failure
 
 from promtwist.addresses import peerAddress
 from promtwist.config.settings import Identity
-from promtwist.hostkeys import BadTarget, claimsPort, hostKey, isHostKey, parseHostKey
+from promtwist.hostkeys import (
+    BadTarget,
+    claimsPort,
+    hostKey,
+    isHostKey,
+    keyTarget,
+    parseHostKey,
+)
 from promtwist.httpguard import AllowedNetworks
 from promtwist.logs import RepeatedWarnings, clip, observer
 from promtwist.metrics import MetricsRegistry
@@ -67,7 +74,7 @@ from promtwist.proxy.pushwire import (
     parsePush,
     pushedId,
 )
-from promtwist.proxy.registry import AgentHandle, RegistrationRefused, Registry
+from promtwist.proxy.registry import AgentHandle, Overlap, RegistrationRefused, Registry
 from promtwist.proxy.relay import ScrapeCall
 from promtwist.proxy.stream import AnswerHead, ScrapeStream, TransferMetrics
 
@@ -212,6 +219,8 @@ class PendingScrape:
         self.state = ScrapeState.QUEUED
         self.stream = ScrapeStream(self, number)
         self._timeout = timeout
+        # When it times out, on the clock: what its push may take until.
+        self.deadline = clock.seconds() + timeout
         self._timer: IDelayedCall | None = clock.callLater(timeout, self._timedOut)
 
     def sent(self) -> None:
@@ -306,17 +315,21 @@ class ClientKey:
     """
     What tells one PushProx client from another: PushProx's clients say
     only their FQDN, so two that share one are told apart by the identity
-    they proved and the address they poll from.
+    they proved and the host they poll from.
 
     @ivar fqdn: the FQDN as the client spells it, which its own check
         compares the scrapes it is sent with, byte for byte; two spellings
         of one name (C{node1}, C{NODE1.}) are two clients of one host, and
         the registry's ownership rule decides between them.
+    @ivar host: an IPv4 address, or the /64 of an IPv6 one
+        (L{promtwist.proxy.admission.hostOf}): an IPv6 host takes new
+        addresses in its /64 as it goes (temporary addresses, RFC 8981),
+        and would otherwise be a new client, a standby, at each.
     """
 
     fqdn: str
     identity: str
-    address: str
+    host: str
 
 
 class PushProxClient:
@@ -333,17 +346,24 @@ class PushProxClient:
     launchId = ""
     kind = "PushProx client"
 
-    def __init__(self, hub: PushProxHub, key: ClientKey, agentId: str, identity: Identity) -> None:
+    def __init__(
+        self, hub: PushProxHub, key: ClientKey, address: str, agentId: str, identity: Identity
+    ) -> None:
+        """
+        @param address: the address it polled from.
+        """
         self.hub = hub
         self.agentId = agentId
         self.identity = identity
         self.fqdn = key.fqdn
         self.name = key.fqdn
         self.key = key
-        self.hostName = key.address
+        self.hostName = address
         self.role = "holder"
         self.poll: Poll | None = None
         self._queue: deque[PendingScrape] = deque()
+        # Scrapes a poll carried whose answers have not ended.
+        self._sent: set[PendingScrape] = set()
         self._lastPollEnded = hub.clock.seconds()
         self._lastEnding = "it has not polled yet"
         self._grace: IDelayedCall | None = None
@@ -355,12 +375,13 @@ class PushProxClient:
         """
         return f"{self.fqdn} (identity {self.identity.name!r}, from {self.hostName})"
 
-    def polled(self, exchange: Exchange, answered: Answered) -> None:
+    def polled(self, exchange: Exchange, answered: Answered, address: str) -> None:
         """
-        A new poll came: hold it, unless a scrape waits for it. An older
-        poll still held is answered with PushProx's expiry, as PushProx
-        does: its client no longer waits on it.
+        A new poll came, from C{address}: hold it, unless a scrape waits
+        for it. An older poll still held is answered with PushProx's
+        expiry, as PushProx does: its client no longer waits on it.
         """
+        self.hostName = address
         if self._grace is not None and self._grace.active():
             self._grace.cancel()
         self._grace = None
@@ -370,19 +391,29 @@ class PushProxClient:
             old.expire("a newer poll came")
         self._sendNext()
 
-    def moved(self, key: ClientKey) -> None:
+    def moved(self, key: ClientKey, address: str) -> None:
         """
-        The client polls from another address now (C{key}'s): a NAT that
-        changed, another front end, the other address family.
+        The client polls from another host now (C{key}'s, at C{address}):
+        a NAT that changed, another front end, the other address family.
         """
         self.hub.news.info(
             "PushProx client move",
             "PushProx client {client} polls from {address} now",
             client=self.described,
-            address=key.address,
+            address=address,
         )
         self.key = key
-        self.hostName = key.address
+        self.hostName = address
+
+    @property
+    def polling(self) -> bool:
+        """
+        Whether the client is in its round of polls: it holds a poll, or a
+        scrape its last poll carried awaits its push. Between rounds (its
+        poll expired or was closed, or it pushed and has not polled again)
+        it is not.
+        """
+        return self.poll is not None or bool(self._sent)
 
     def _sendNext(self) -> None:
         """
@@ -396,6 +427,7 @@ class PushProxClient:
         self.poll = None
         poll.carry(scrape.request)
         scrape.sent()
+        self._sent.add(scrape)
         self._lastPollEnded = self.hub.clock.seconds()
         self._lastEnding = "its last poll carried a scrape"
         self._startGrace()
@@ -436,6 +468,7 @@ class PushProxClient:
     def forget(self, scrape: PendingScrape) -> None:
         if scrape in self._queue:
             self._queue.remove(scrape)
+        self._sent.discard(scrape)
         self.hub.scrapeEnded(scrape)
 
     def stop(self, why: str) -> None:
@@ -526,6 +559,28 @@ class PushProxHub:
         # What clients make happen at will (registering from ever new
         # addresses, say) is logged at a bounded rate.
         self.news = RepeatedWarnings(_log, clock)
+        registry.overlapObservers.append(self._overlapped)
+
+    def _overlapped(self, overlap: Overlap) -> None:
+        """
+        An agent's target on one port of a client's FQDN takes that port's
+        scrapes from the client, as an exact claim comes first: say so,
+        whichever came first, since nothing else would tell the operator
+        why a client that polls gets none of that port's scrapes.
+        """
+        client, agent = overlap.anyPortHolder, overlap.portHolder
+        if not isinstance(client, PushProxClient):
+            return
+        self.news.warn(
+            "PushProx client port taken by an agent",
+            "{agent} serves target {target}, so its scrapes go to it, not to PushProx client"
+            " {client}, which serves {host} on every other port: a claim on a port comes"
+            " before a claim on every port of its host",
+            agent=f"{agent.kind} {clip(agent.name)!r} on {clip(agent.hostName)}",
+            target=keyTarget(overlap.port),
+            client=client.described,
+            host=keyTarget(overlap.anyPort),
+        )
 
     # The scrape port's body policy.
 
@@ -575,15 +630,36 @@ class PushProxHub:
         """
         What a poll's or push's body counts against in the scrape port's
         budget of bodies in flight, asked once the guard has let it
-        through: the identity its token proves, or, for an anonymous
-        client, the host it comes from (an IPv6 one by its /64), so that
-        one client, or one identity's clients, cannot hold the whole
-        budget and have every other client's pushes refused.
+        through: the host it comes from (an IPv6 one by its /64), and the
+        identity its token proves, if any. By host, so that one client
+        cannot hold the budget; by host for token clients too, since one
+        identity may be a whole fleet's (C{proxy.agentToken}, a front end's
+        one token), which would otherwise share one source's share.
         """
+        host = hostOf(exchange.client)
         identity = self._prove(exchange.headers)
         if identity.name == ANONYMOUS.name:
-            return hostOf(exchange.client)
-        return f"identity {identity.name!r}"
+            return host
+        return f"identity {identity.name!r} on {host}"
+
+    def pushDeadline(self, exchange: Exchange, start: bytes) -> float | None:
+        """
+        The port's L{BodyDeadline}: a push still arriving at the head's
+        deadline may take as long as the scrape that C{start}, the part of
+        it come, names has left, if that scrape waits for this identity's
+        push. PushProx's proxy reads a push for as long as it takes; here
+        it is bounded by the scrape's deadline, itself bounded by
+        C{proxy.internal.scrapeRequestTimeoutSecs}.
+        """
+        if exchange.path != PUSH_PATH:
+            return None
+        try:
+            identity = self._prove(exchange.headers)
+        except AuthenticationFailed:
+            # Its token was revoked by a reload while it came.
+            return None
+        scrape = self._waiting(start, identity)
+        return scrape.deadline if scrape is not None else None
 
     def refused(self, request: RefusedRequest) -> None:
         """
@@ -659,8 +735,9 @@ class PushProxHub:
                 exchange, answered, 400, f"the poll's body must be the client's FQDN: {e}"
             )
         ip = peerAddress(exchange.client)
-        key = ClientKey(fqdn, identity.name, str(ip) if ip is not None else "local")
-        client = self.clients.get(key) or self._moved(key)
+        address = str(ip) if ip is not None else "local"
+        key = ClientKey(fqdn, identity.name, hostOf(exchange.client) or address)
+        client = self.clients.get(key) or self._moved(key, address)
         if client is None:
             # Every client is an agent of the registry, so clients count
             # against the agents' cap; a link's handshake counts links
@@ -672,7 +749,7 @@ class PushProxHub:
                     " agents and PushProx clients (proxy.internal.maxAgents)"
                 )
                 return refuse(exchange, answered, 503, why)
-            client = PushProxClient(self, key, f"pushprox-{next(self._ids)}", identity)
+            client = PushProxClient(self, key, address, f"pushprox-{next(self._ids)}", identity)
             self.registry.addAgent(client)
             try:
                 placement = self.registry.registerPath(client, claim, fqdn, {})
@@ -688,32 +765,42 @@ class PushProxHub:
                 client=client.described,
                 role=client.role,
             )
-        client.polled(exchange, answered)
+        client.polled(exchange, answered, address)
 
-    def _moved(self, key: ClientKey) -> PushProxClient | None:
+    def _moved(self, key: ClientKey, address: str) -> PushProxClient | None:
         """
-        The known client that a poll under a new C{key} comes from, moved
-        to another address, if any; it is known under C{key} from now on.
+        The known client that a poll under a new C{key} (from C{address})
+        comes from, moved to another host, if any; it is known under
+        C{key} from now on.
 
-        A client that proved an identity (a token) is that identity's
-        client of its FQDN wherever it polls from: it moves at once, and
-        its newer poll replaces the older as any newer poll does. An
-        anonymous client has only its address to be known by, so a poll
-        from a new address is another client: it waits as a standby until
-        the holder is forgotten, C{clientGraceSecs} after its last poll.
+        An anonymous client has only its host to be known by, so a poll
+        from a new host is another client: it waits as a standby until the
+        holder is forgotten, C{clientGraceSecs} after its last poll.
         Taking it for the holder moved whenever the holder held no poll
         would let any host take the FQDN of a client that polls, since
         every client is without a held poll for a moment after each scrape
         and each expiry.
+
+        A client that proved an identity is known by it too. An identity
+        declared to be one agent's (C{perAgent}) proves the same client
+        wherever it polls from, so it moves at once, as in PushProx, and as
+        the registry lets such an agent take its paths over. A shared
+        identity proves nothing between its clients: a poll from a new
+        host is the holder moved only while the holder is between rounds
+        of polls (L{PushProxClient.polling}), which is when a client that
+        moved polls from its new host; while the holder polls, the new
+        host's client waits as a standby, as an anonymous one does.
         """
         if key.identity == ANONYMOUS.name:
             return None
         for client in self.clients.values():
             old = client.key
-            if (old.fqdn, old.identity) == (key.fqdn, key.identity):
+            if (old.fqdn, old.identity) != (key.fqdn, key.identity):
+                continue
+            if client.identity.perAgent or not client.polling:
                 del self.clients[old]
                 self.clients[key] = client
-                client.moved(key)
+                client.moved(key, address)
                 return client
         return None
 
@@ -768,6 +855,15 @@ class PushProxHub:
         it, was refused with C{status}: the scrape its head names, if one
         waits for this identity's push, ends with C{why}.
         """
+        scrape = self._waiting(data, identity)
+        if scrape is not None:
+            scrape.refused(status, why)
+
+    def _waiting(self, data: RequestBody, identity: Identity) -> PendingScrape | None:
+        """
+        The scrape that a push, C{data} being it or the start of it, names,
+        if that scrape waits for C{identity}'s push.
+        """
         scrapeId = pushedId(data)
         scrape = self._scrapes.get(scrapeId) if scrapeId is not None else None
         if (
@@ -775,7 +871,8 @@ class PushProxHub:
             and scrape.state is ScrapeState.SENT
             and scrape.client.identity == identity
         ):
-            scrape.refused(status, why)
+            return scrape
+        return None
 
     def listClients(self, exchange: Exchange, answered: Answered) -> None:
         """
@@ -786,7 +883,8 @@ class PushProxHub:
         exchange.setStatus(200)
         exchange.setHeader(b"Content-Type", b"application/json")
         exchange.setHeader(b"Cache-Control", b"no-store")
-        exchange.finishWith(json.dumps(groups, separators=(",", ":")).encode("ascii"))
+        # Ended by a newline, as by Go's json.Encoder, which PushProx uses.
+        exchange.finishWith(json.dumps(groups, separators=(",", ":")).encode("ascii") + b"\n")
         answered(200)
 
     def servedFQDNs(self) -> list[str]:
@@ -835,13 +933,31 @@ class PushProxHub:
         """
         The identity C{headers}' C{Authorization: Bearer} proves.
 
+        Another scheme is no token: a front end's Basic credentials, or
+        those Go sends for a C{--proxy-url} with user info, are the front
+        end's business, so they are no refusal where clients need no
+        token, and where one is required the refusal says which header
+        the proxy wants.
+
         @raise AuthenticationFailed: if they prove none.
         """
         value = headers.get(b"authorization", b"")
         scheme, _, token = value.strip().partition(b" ")
-        if value and scheme.lower() != b"bearer":
-            raise AuthenticationFailed("PushProx clients authenticate with a bearer token")
-        return self.authenticator.authenticate(token.strip().decode("latin-1"), None)
+        if scheme.lower() == b"bearer":
+            return self.authenticator.authenticate(token.strip().decode("latin-1"), None)
+        try:
+            return self.authenticator.authenticate("", None)
+        except AuthenticationFailed:
+            sent = (
+                f"this one sent Authorization: {clip(scheme.decode('latin-1'), 20)} ..., which"
+                " the proxy does not check"
+                if value
+                else "this one sent none"
+            )
+            raise AuthenticationFailed(
+                "this proxy requires PushProx clients to send Authorization: Bearer <token>"
+                f" with an agent token (a front end adds it), and {sent}"
+            ) from None
 
     # Scrapes.
 

@@ -191,6 +191,12 @@ def parsePush(data: bytes | mmap) -> PushedAnswer:
 
     @raise BadPush: naming what is wrong.
     """
+    if not data:
+        # HTTP's way of sending no body: neither Content-Length nor chunked.
+        raise BadPush(
+            "the push has no body: it must carry the target's answer, its length"
+            " declared in Content-Length"
+        )
     end = data.find(b"\r\n\r\n", 0, MAX_PUSH_HEAD_BYTES)
     if end < 0:
         if len(data) > MAX_PUSH_HEAD_BYTES:

@@ -22,7 +22,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from promtwist.config.settings import Identity, ProxySettings
-from promtwist.hostkeys import hostKey
+from promtwist.hostkeys import hostKey, isHostKey, parseHostKey
 from promtwist.logs import clip, observer
 from promtwist.proxy.ownaddress import OwnAddresses
 from promtwist.proxy.registration import RegistrationRefused as RegistrationRefused
@@ -216,6 +216,22 @@ class HolderChange:
     since: float
 
 
+@dataclass(frozen=True)
+class Overlap:
+    """
+    A claim on one port of a host (C{port}, held by C{portHolder}) and a
+    claim on that host on every port (C{anyPort}, held by
+    C{anyPortHolder}) are both held, one of them new: the claim on the
+    port serves that port's scrapes (L{Registry.hostClaim}), which the
+    other holder, a PushProx client whose FQDN it is, does not get.
+    """
+
+    port: str
+    portHolder: AgentHandle
+    anyPort: str
+    anyPortHolder: AgentHandle
+
+
 @dataclass
 class _Standby:
     claim: Claim
@@ -311,6 +327,8 @@ class Registry:
     @ivar stillHolds: whether an identity an agent authenticated as is
         still valid (a reload may revoke it): standbys whose identity does
         not are never promoted.
+    @ivar overlapObservers: called with each L{Overlap} a new claim makes,
+        so that an operator is told whose scrapes went where.
     """
 
     _log = Logger(observer=observer)
@@ -340,6 +358,7 @@ class Registry:
         self.holderObservers: list[Callable[[Sequence[HolderChange]], None]] = []
         self.stillHolds = stillHolds
         self.forgottenObservers: list[Callable[[str], None]] = []
+        self.overlapObservers: list[Callable[[Overlap], None]] = []
         self._changes: list[HolderChange] = []
         # The one table of connected agents, by id.
         self._members: dict[str, _Member] = {}
@@ -456,6 +475,7 @@ class Registry:
             )
             self._changed(entry)
             mine.add(path)
+            self._overlaps(path, agent)
             return Placement(0, agent, entry.since)
         if agent.consolidated != entry.consolidated:
             held = "consolidated" if entry.consolidated else "exclusive"
@@ -491,6 +511,32 @@ class Registry:
         if agent.identity.perAgent and agent.identity == entry.owner:
             return self._takeOver(entry, path, agent, name, labels, cost, "returned", True)
         return self._queue(entry, path, agent, name, labels, cost)
+
+    def _overlaps(self, path: str, agent: AgentHandle) -> None:
+        """
+        Tell the overlap observers of the held claims that C{agent}'s new
+        claim on C{path} overlaps: the claim on its host on every port if
+        C{path} claims one port, else the claims on single ports of its
+        host.
+        """
+        if not self.overlapObservers or not isHostKey(path):
+            return
+        host, port = parseHostKey(path)
+        if port is not None:
+            anyPort = hostKey(host, None)
+            entry = self._paths.get(anyPort)
+            found = [(path, agent, anyPort, entry.agents[0])] if entry and entry.agents else []
+        else:
+            prefix = path + ":"
+            found = [
+                (key, entry.agents[0], path, agent)
+                for key, entry in self._paths.items()
+                if key.startswith(prefix) and entry.agents
+            ]
+        for portKey, portHolder, anyPort, anyPortHolder in found:
+            overlap = Overlap(portKey, portHolder, anyPort, anyPortHolder)
+            for notify in list(self.overlapObservers):
+                notify(overlap)
 
     def _queue(
         self,

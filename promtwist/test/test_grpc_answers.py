@@ -14,6 +14,7 @@ from promtwist.protocol.promtwist_pb2 import Frame
 from promtwist.proxy.answers import ScrapeFailed
 from promtwist.proxy.grpcanswers import ChunkedResults, answerOf
 from promtwist.proxy.stream import AnswerHead, ScrapeStream
+from promtwist.test.upstreamchunks import chunks, header, summary
 
 BODY = b"".join(b'm{i="%d"} %d\n' % (i, i * 31 % 97) for i in range(2000))
 ZIPPED = zlib.compress(BODY, wbits=31)
@@ -63,49 +64,6 @@ class _Agent:
         outcome: list[AnswerHead | ScrapeFailed] = []
         stream.head.addCallbacks(outcome.append, lambda f: outcome.append(f.value))
         return outcome
-
-
-def _header(scrapeId: int, agentId: str = "a", status: int = 200) -> pb.ChunkedScrapeResponse:
-    return pb.ChunkedScrapeResponse(
-        header=pb.HeaderData(
-            header_valid_response=status < 300,
-            header_agent_id=agentId,
-            header_scrape_id=scrapeId,
-            header_status_code=status,
-            header_content_type="text/plain",
-            header_zipped=True,
-        )
-    )
-
-
-def _chunks(scrapeId: int, data: bytes, size: int = 1000) -> list[pb.ChunkedScrapeResponse]:
-    out, checksum = [], 0
-    for n, start in enumerate(range(0, len(data), size), 1):
-        piece = data[start : start + size]
-        checksum = zlib.crc32(piece, checksum)
-        out.append(
-            pb.ChunkedScrapeResponse(
-                chunk=pb.ChunkData(
-                    chunk_scrape_id=scrapeId,
-                    chunk_count=n,
-                    chunk_byte_count=len(piece),
-                    chunk_checksum=checksum,
-                    chunk_bytes=piece,
-                )
-            )
-        )
-    return out
-
-
-def _summary(scrapeId: int, data: bytes, chunks: int, size: int = 1000) -> pb.ChunkedScrapeResponse:
-    return pb.ChunkedScrapeResponse(
-        summary=pb.SummaryData(
-            summary_scrape_id=scrapeId,
-            summary_chunk_count=chunks,
-            summary_byte_count=len(data),
-            summary_checksum=zlib.crc32(data),
-        )
-    )
 
 
 class AnswerTests(SynchronousTestCase):
@@ -159,10 +117,10 @@ class ChunkedTests(SynchronousTestCase):
 
     def test_whole(self) -> None:
         outcome = self.agent.scrape(7)
-        chunks = _chunks(7, ZIPPED)
-        self.feed(_header(7), *chunks)
+        pieces = chunks(7, ZIPPED, 1000)
+        self.feed(header(7, "a"), *pieces)
         self.assertEqual(outcome, [])
-        self.feed(_summary(7, ZIPPED, len(chunks)))
+        self.feed(summary(7, ZIPPED, len(pieces)))
         (head,) = outcome
         assert isinstance(head, AnswerHead)
         self.assertEqual((head.status, head.contentEncoding, head.size), (200, "gzip", len(ZIPPED)))
@@ -176,46 +134,46 @@ class ChunkedTests(SynchronousTestCase):
 
     def test_checksum(self) -> None:
         outcome = self.agent.scrape(7)
-        chunks = _chunks(7, ZIPPED)
-        chunks[1].chunk.chunk_checksum += 1
-        self.feed(_header(7), *chunks)
+        pieces = chunks(7, ZIPPED, 1000)
+        pieces[1].chunk.chunk_checksum += 1
+        self.feed(header(7, "a"), *pieces)
         self.assertIn(
             "Chunk validation failed: checksum mismatch at chunk 2", self.failure(outcome).reason
         )
         self.assertEqual(self.agent.invalid, ["chunk"])
         # What follows for it is dropped.
-        self.feed(_summary(7, ZIPPED, len(chunks)))
+        self.feed(summary(7, ZIPPED, len(pieces)))
         self.assertIn(7, self.dropped)
 
     def test_ordinal(self) -> None:
         outcome = self.agent.scrape(7)
-        chunks = _chunks(7, ZIPPED)
-        self.feed(_header(7), chunks[1])
+        pieces = chunks(7, ZIPPED, 1000)
+        self.feed(header(7, "a"), pieces[1])
         self.assertIn("chunk 2 came where chunk 1 was due", self.failure(outcome).reason)
 
     def test_byteCount(self) -> None:
         outcome = self.agent.scrape(7)
-        (chunk, *_) = _chunks(7, ZIPPED)
+        (chunk, *_) = chunks(7, ZIPPED, 1000)
         chunk.chunk.chunk_byte_count = 2**31 - 1
-        self.feed(_header(7), chunk)
+        self.feed(header(7, "a"), chunk)
         self.assertIn("chunk byte count", self.failure(outcome).reason)
 
     def test_tooLarge(self) -> None:
         outcome = self.agent.scrape(7)
         big = ZIPPED + b"x" * 100
-        self.feed(_header(7), *_chunks(7, big))
+        self.feed(header(7, "a"), *chunks(7, big, 1000))
         self.assertIn("maxZippedContentSizeMBytes", self.failure(outcome).reason)
 
     def test_summaryMismatch(self) -> None:
         outcome = self.agent.scrape(7)
-        chunks = _chunks(7, ZIPPED)
-        self.feed(_header(7), *chunks, _summary(7, ZIPPED, len(chunks) + 1))
+        pieces = chunks(7, ZIPPED, 1000)
+        self.feed(header(7, "a"), *pieces, summary(7, ZIPPED, len(pieces) + 1))
         self.assertIn("Summary validation failed", self.failure(outcome).reason)
         self.assertEqual(self.agent.invalid, ["summary"])
 
     def test_headerTwice(self) -> None:
         outcome = self.agent.scrape(7)
-        self.feed(_header(7), _header(7))
+        self.feed(header(7, "a"), header(7, "a"))
         self.assertIn("a second header", self.failure(outcome).reason)
 
     def test_notIssued(self) -> None:
@@ -224,14 +182,14 @@ class ChunkedTests(SynchronousTestCase):
         agent this stream may not answer for: dropped, nothing delivered.
         """
         outcome = self.agent.scrape(7)
-        chunks = _chunks(7, ZIPPED)
-        self.feed(chunks[0], _header(8), _header(7, agentId="other"), *_chunks(8, ZIPPED))
+        pieces = chunks(7, ZIPPED, 1000)
+        self.feed(pieces[0], header(8, "a"), header(7, "other"), *chunks(8, ZIPPED, 1000))
         self.assertEqual(outcome, [])
         self.assertEqual(self.dropped[:3], [7, 8, 7])
 
     def test_abandoned(self) -> None:
         outcome = self.agent.scrape(7)
-        self.feed(_header(7), _chunks(7, ZIPPED)[0])
+        self.feed(header(7, "a"), chunks(7, ZIPPED, 1000)[0])
         self.results.ended()
         self.assertIn("Chunked transfer abandoned", self.failure(outcome).reason)
         self.assertEqual(self.agent.abandoned, 1)

@@ -24,6 +24,7 @@ from promtwist.proxy.grpcanswers import ChunkedResults, answerOf
 from promtwist.proxy.relay import ScrapeCall
 from promtwist.proxy.stream import AnswerHead, ScrapeStream
 from promtwist.test.test_relay import FakeLink, Proxy, response, transfers
+from promtwist.test.upstreamchunks import chunkedResult
 
 AGENT = "a3f9"
 OTHER = "77c1"
@@ -124,51 +125,12 @@ class Scrape:
         return not (self.heads or self.failures or self.body)
 
 
-def chunked(
-    scrapeId: int, payload: bytes, agentId: str = AGENT, size: int = 32768
-) -> list[pb.ChunkedScrapeResponse]:
+def chunked(scrapeId: int, payload: bytes, agentId: str = AGENT) -> list[pb.ChunkedScrapeResponse]:
     """
-    A chunked result as upstream's agent sends it: header, chunks of
-    C{agent.chunkContentSizeKbs} with the running CRC32, summary.
+    A chunked result as upstream's agent sends it by default: chunks of
+    C{agent.chunkContentSizeKbs} (32 KiB).
     """
-    messages = [
-        pb.ChunkedScrapeResponse(
-            header=pb.HeaderData(
-                header_valid_response=True,
-                header_agent_id=agentId,
-                header_scrape_id=scrapeId,
-                header_status_code=200,
-                header_content_type="text/plain; version=0.0.4",
-                header_zipped=True,
-            )
-        )
-    ]
-    checksum = 0
-    pieces = [payload[i : i + size] for i in range(0, len(payload), size)]
-    for ordinal, piece in enumerate(pieces, 1):
-        checksum = zlib.crc32(piece, checksum)
-        messages.append(
-            pb.ChunkedScrapeResponse(
-                chunk=pb.ChunkData(
-                    chunk_scrape_id=scrapeId,
-                    chunk_count=ordinal,
-                    chunk_byte_count=len(piece),
-                    chunk_checksum=checksum,
-                    chunk_bytes=piece,
-                )
-            )
-        )
-    messages.append(
-        pb.ChunkedScrapeResponse(
-            summary=pb.SummaryData(
-                summary_scrape_id=scrapeId,
-                summary_chunk_count=len(pieces),
-                summary_byte_count=len(payload),
-                summary_checksum=checksum,
-            )
-        )
-    )
-    return messages
+    return chunkedResult(scrapeId, payload, agentId, 32768, "text/plain; version=0.0.4")
 
 
 # Varied enough to need several 32 KiB chunks once gzipped.

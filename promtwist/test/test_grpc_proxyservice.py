@@ -24,6 +24,7 @@ from promtwist.config.settings import Identity, ProxySettings
 from promtwist.grpc import proxy_service_pb2 as pb
 from promtwist.proxy.build import buildProxy
 from promtwist.proxy.server import ProxyService
+from promtwist.test.upstreamchunks import chunkedResult
 
 
 class _Client:
@@ -466,44 +467,7 @@ class ProxyServiceTests(TestCase):
         scraped = Deferred.fromCoroutine(self.scrape("m"))
         request = await deferToThread(next, requests)
         zipped = zlib.compress(body, wbits=31)
-        scrapeId = request.scrape_id
-        messages = [
-            pb.ChunkedScrapeResponse(
-                header=pb.HeaderData(
-                    header_valid_response=True,
-                    header_agent_id=agentId,
-                    header_scrape_id=scrapeId,
-                    header_status_code=200,
-                    header_content_type="text/plain",
-                    header_zipped=True,
-                )
-            )
-        ]
-        checksum = 0
-        pieces = [zipped[i : i + 1000] for i in range(0, len(zipped), 1000)]
-        for n, piece in enumerate(pieces, 1):
-            checksum = zlib.crc32(piece, checksum)
-            messages.append(
-                pb.ChunkedScrapeResponse(
-                    chunk=pb.ChunkData(
-                        chunk_scrape_id=scrapeId,
-                        chunk_count=n,
-                        chunk_byte_count=len(piece),
-                        chunk_checksum=corrupt(n, checksum),
-                        chunk_bytes=piece,
-                    )
-                )
-            )
-        messages.append(
-            pb.ChunkedScrapeResponse(
-                summary=pb.SummaryData(
-                    summary_scrape_id=scrapeId,
-                    summary_chunk_count=len(pieces),
-                    summary_byte_count=len(zipped),
-                    summary_checksum=checksum,
-                )
-            )
-        )
+        messages = chunkedResult(request.scrape_id, zipped, agentId, 1000, corrupt=corrupt)
         await client.write("writeChunkedResponsesToProxy", messages)
         return await scraped
 

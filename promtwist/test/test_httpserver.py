@@ -10,16 +10,19 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+from promtwist.config.settings import ProxySettings
 from promtwist.httpguard import ABORT_TIMEOUT
 from promtwist.proxy.access import RequireCredentials
+from promtwist.proxy.admission import scrapePortConnections
 from promtwist.proxy.bodybudget import BodyBudget
 from promtwist.proxy.exchange import Exchange
 from promtwist.proxy.httpserver import ConnectionState, ScrapePortConnection, ScrapePortFactory
@@ -914,7 +917,7 @@ class BodyBudgetTests(SynchronousTestCase):
         """
         slow, _ = self.post(10, b"abc")
         self.assertEqual(self.budget.held, 10)
-        _, refused = self.post(6, b"")
+        _, refused = self.post(6, b"", host="10.0.0.9")
         r = parseResponse(refused.value())
         self.assertEqual(r.status, 503)
         self.assertIn(b"this one's 6 would pass their budget of 15 (test.budget)", r.body)
@@ -942,8 +945,8 @@ class BodyBudgetTests(SynchronousTestCase):
         r = parseResponse(refused.value())
         self.assertEqual(r.status, 503)
         self.assertIn(
-            b"reading 10 bytes of request bodies from 127.0.0.1, and this one's 6 would pass"
-            b" one source's share of 15, half of test.budget",
+            b"reading 10 bytes of request bodies, 10 of them from 127.0.0.1, and this one's 6"
+            b" would pass one source's share of 15, half of test.budget",
             r.body,
         )
         self.post(9, b"abc", host="2001:db8::1")
@@ -952,6 +955,31 @@ class BodyBudgetTests(SynchronousTestCase):
         _, other = self.post(1, b"x", host="10.0.0.2")
         self.assertEqual(parseResponse(other.value()).body, b"POST /in x")
         self.assertEqual(self.budget.bySource, {"127.0.0.1": 10, "2001:db8::/64": 9})
+
+    def test_reserveForNewSources(self) -> None:
+        """
+        Two sources that each keep bodies open, within their shares, leave
+        an eighth of the budget free: a source reading none still has one
+        read beside them. Only sources' first bodies take that reserve.
+        """
+        budget = BodyBudget(64, "test.budget")
+        taken = {
+            source: [budget.take(6, source) is None for _ in range(6)] for source in ("a", "b")
+        }
+        self.assertEqual(taken, {"a": [True] * 5 + [False], "b": [True] * 4 + [False] * 2})
+        self.assertEqual(budget.held, 54)
+        refusal = budget.take(6, "b")
+        assert refusal is not None
+        self.assertIn(
+            "reading 54 bytes of request bodies, 24 of them from b, and this one's 6 would"
+            " leave less than 8 (an eighth of test.budget) for sources reading none",
+            refusal.reason,
+        )
+        self.assertIsNone(budget.take(6, "c"))
+        self.assertIsNone(budget.take(4, "d"))
+        refusal = budget.take(1, "e")
+        assert refusal is not None
+        self.assertIn("this one's 1 would pass their budget of 64", refusal.reason)
 
     def test_sourceOf(self) -> None:
         """
@@ -1008,3 +1036,118 @@ class BodyBudgetTests(SynchronousTestCase):
         connection.dataReceived(b"POST /in HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
         self.post(11, b"")
         self.assertEqual(self.refusals, [(b"POST", b"/in", 411, 0.0), (b"POST", b"/in", 413, 0.0)])
+
+
+class ConnectionCapTests(SynchronousTestCase):
+    """
+    The scrape port's caps on open connections, in total and per source (the
+    reviewer's C{fdflood.py}: one host holding connections that send half a
+    head took every file descriptor the proxy had, and every port with it).
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.site = factory(
+            Hello(),
+            self.clock,
+            connections=scrapePortConnections(
+                ProxySettings(http_max_connections_per_address=3), total=10
+            ),
+        )
+
+    def open(self, host: str) -> tuple[ScrapePortConnection, StringTransport] | None:
+        """
+        A connection from C{host}, or L{None} when the port refuses it.
+        """
+        peer: IPv4Address | IPv6Address = (
+            IPv6Address("TCP", host, 40000) if ":" in host else IPv4Address("TCP", host, 40000)
+        )
+        connection = self.site.buildProtocol(peer)
+        if connection is None:
+            return None
+        transport = StringTransport(peerAddress=peer)
+        connection.makeConnection(transport)
+        return connection, transport
+
+    def test_perAddress(self) -> None:
+        """
+        A host at its share is refused further connections, at once and
+        saying who and which setting; another host is still served, and a
+        place the first host gives up is its own again.
+        """
+        held = [self.open("127.0.0.3") for _ in range(3)]
+        self.assertNotIn(None, held)
+        for opened in held:
+            assert opened is not None
+            opened[0].dataReceived(b"GET /x HTTP/1.1\r\nHost: x\r\n")
+        with capturedLogs() as events:
+            self.assertIsNone(self.open("127.0.0.3"))
+        self.assertEqual(
+            [formatEvent(e) for e in events],
+            [
+                "closing a scrape-port connection from 127.0.0.3 unanswered: the proxy is at "
+                "its scrape-port connection limit of 3 for 127.0.0.3 "
+                "(proxy.http.maxConnectionsPerAddress)"
+            ],
+        )
+        other = self.open("127.0.0.4")
+        assert other is not None
+        other[0].dataReceived(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(parseResponse(other[1].value()).body, b"hello /metrics\n")
+        first = held[0]
+        assert first is not None
+        first[0].connectionLost(Failure(ConnectionDone()))
+        self.assertIsNotNone(self.open("127.0.0.3"))
+        self.assertIsNone(self.open("127.0.0.3"))
+
+    def test_ipv6By64(self) -> None:
+        """
+        IPv6 hosts are counted by /64: a host can take a new address from
+        its /64 for every connection.
+        """
+        for i in range(3):
+            self.assertIsNotNone(self.open(f"2001:db8::{i + 1}"))
+        self.assertIsNone(self.open("2001:db8::ffff"))
+        self.assertIsNotNone(self.open("2001:db8:0:1::1"))
+
+    def test_total(self) -> None:
+        """
+        At the total cap every host is refused, naming the setting; each
+        connection lost, whatever ended it, gives its place back.
+        """
+        opened = [self.open(f"127.0.0.{i // 3 + 10}") for i in range(10)]
+        self.assertNotIn(None, opened)
+        with capturedLogs() as events:
+            self.assertIsNone(self.open("127.0.0.99"))
+        self.assertIn(
+            "the proxy is at its scrape-port connection limit of 10 (proxy.http.maxConnections)",
+            formatEvent(events[0]),
+        )
+        # A head that does not come in time: the port times it out (408).
+        self.clock.advance(10)
+        self.assertEqual(len(self.site.connections or ()), 10)
+        for connection in opened:
+            assert connection is not None
+            self.assertTrue(connection[1].disconnecting)
+            connection[0].connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(len(self.site.connections or ()), 0)
+        self.assertIsNotNone(self.open("127.0.0.99"))
+
+    def test_refusalsLogBounded(self) -> None:
+        """
+        A flood of refused connections costs a few log lines a minute and a
+        count, not a line each.
+        """
+        for _ in range(3):
+            self.open("127.0.0.3")
+        with capturedLogs() as events:
+            for _ in range(1000):
+                self.assertIsNone(self.open("127.0.0.3"))
+            self.site.stopFactory()
+        refusals = [e for e in events if "closing a scrape-port" in e["log_format"]]
+        self.assertEqual(len(refusals), self.site.warnings.burst)
+        self.assertIn(
+            f"{1000 - self.site.warnings.burst} more refused scrape-port connection "
+            "message(s) suppressed",
+            formatEvent(events[-1]),
+        )

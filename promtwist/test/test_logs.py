@@ -217,6 +217,20 @@ class RepeatedWarningsTests(SynchronousTestCase):
                 self.warnings.warn("b", "b")
         self.assertEqual(len(events), 6)
 
+    def test_countAtItsKindsLevel(self) -> None:
+        """
+        A kind's count is logged at the level of its messages: news (info)
+        counted at info, warnings at warn.
+        """
+        for _ in range(5):
+            self.warnings.info("news", "news")
+            self.warnings.warn("trouble", "trouble")
+        with capturedLogs() as events:
+            self.clock.advance(60)
+            self.warnings.summariseExpired()
+        levels = {e["kind"]: e["log_level"] for e in events}
+        self.assertEqual(levels, {"news": LogLevel.info, "trouble": LogLevel.warn})
+
     def test_flushReportsSuppressed(self) -> None:
         for _ in range(10):
             self.warnings.warn("a", "a")

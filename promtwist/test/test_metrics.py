@@ -12,10 +12,11 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS
+from prometheus_client.openmetrics.exposition import generate_latest as openMetricsLatest
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
@@ -826,6 +827,30 @@ class GoFloatTests(SynchronousTestCase):
         }
         self.assertEqual(les["go_style"], ["1", "1e+06", "+Inf"])
         self.assertEqual(les["java_style"], ["1.0", "1.0E7", "+Inf"])
+
+    def test_likeGo(self) -> None:
+        """
+        A family written like Go's client has its buckets spelled as Go
+        spells them and no C{_created} sample, in either format; every
+        other counter and histogram keeps its C{_created}, as
+        prometheus-proxy's simpleclient writes one.
+        """
+        registry = MetricsRegistry()
+        Counter("go_count", "Go's.", registry=registry).inc()
+        Histogram("go_time", "Go's.", buckets=(1.0,), registry=registry).observe(0.5)
+        Counter("java_count", "Java's.", registry=registry).inc()
+        registry.likeGo("go_count")
+        registry.likeGo("go_time")
+        for text in (
+            generate_latest(registry).decode(),
+            openMetricsLatest(registry).decode(),
+        ):
+            names = {line.split("{")[0].split(" ")[0] for line in text.splitlines()}
+            self.assertNotIn("go_count_created", names)
+            self.assertNotIn("go_time_created", names)
+            self.assertIn("go_count_total", names)
+            self.assertIn('go_time_bucket{le="1"} 1.0', text)
+            self.assertIn("java_count_created", names)
 
 
 class ChildrenTests(SynchronousTestCase):

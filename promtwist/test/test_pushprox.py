@@ -11,10 +11,10 @@ import re
 from collections.abc import Callable
 from typing import Any, cast
 
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -108,6 +108,7 @@ class Port:
             guard=hub.guard(None),
             budget=budget,
             sourceOf=hub.bodySource,
+            bodyDeadline=hub.pushDeadline,
             refused=hub.refused,
             peekBytes=MAX_PUSH_HEAD_BYTES,
         )
@@ -344,6 +345,7 @@ class HubTests(HubCase):
         _, transport = self.port.request(b"GET", b"/clients")
         r = answer(transport)
         self.assertEqual(r.headers[b"content-type"], b"application/json")
+        self.assertTrue(r.body.endswith(b"]\n"), r.body)
         self.assertEqual(
             json.loads(r.body),
             [{"targets": ["b.example"], "labels": None}, {"targets": [FQDN], "labels": None}],
@@ -407,6 +409,14 @@ class HubTests(HubCase):
                 "pushprox_proxy_clients": ("gauge", {frozenset()}),
             },
         )
+        # PushProx's Go client writes no _created series.
+        created = [
+            sample.name
+            for family in self.metrics.collect()
+            for sample in family.samples
+            if sample.name.endswith("_created")
+        ]
+        self.assertEqual(created, [])
 
     def test_serverRefusalsCounted(self) -> None:
         """
@@ -527,15 +537,79 @@ class HubTests(HubCase):
         roles = sorted((c.hostName, c.role) for c in self.hub.clients.values())
         self.assertEqual(roles, [("10.1.1.1", "holder"), ("10.2.2.2", "standby")])
 
+    def tokenHub(self, perAgent: bool = False) -> bytes:
+        """
+        Require tokens; the C{Authorization} header of identity C{a}.
+        """
+        identity = Identity("a", "tok-a", perAgent=perAgent)
+        self.hub = self.makeHub(ProxySettings(identities=(identity,)))
+        self.port = Port(self.hub, self.clock)
+        return b"Authorization: Bearer tok-a\r\n"
+
     def test_tokenClientMoved(self) -> None:
         """
-        A client that proves an identity is that identity's client of its
-        FQDN from any address: its newer poll, from a new address, replaces
-        the older one at once.
+        A client of a shared identity that polls from a new host between
+        its rounds of polls (its poll closed, or expired, or its push made)
+        has moved: it keeps its FQDN at once, and scrapes waiting for it go
+        to the new poll.
         """
-        self.hub = self.makeHub(ProxySettings(identities=(Identity("a", "tok-a"),)))
-        self.port = Port(self.hub, self.clock)
-        token = b"Authorization: Bearer tok-a\r\n"
+        token = self.tokenHub()
+        connection, _ = self.poll(headers=token)
+        client = self.client()
+        connection.connectionLost(Failure(ConnectionError("gone")))
+        collected = Collected(client.scrape(scrapeCall()))
+        with capturedLogs() as events:
+            _, new = self.poll(headers=token, host="10.2.2.2")
+        self.assertEqual((client.hostName, client.role), ("10.2.2.2", "holder"))
+        self.assertEqual(self.hub.clients, {client.key: client})
+        self.assertEqual(answer(new).status, 200)
+        moves = [e["address"] for e in events if "polls from" in e["log_format"]]
+        self.assertEqual(moves, ["10.2.2.2"])
+        self.assertIsNone(collected.failure)
+        _, push = self.port.request(
+            b"POST", b"/push", pushBody(scrapeIdOf(answer(new).body)), token, "10.2.2.2"
+        )
+        self.assertEqual(answer(push).status, 200)
+        # Between its push and its next poll it has moved too.
+        _, newer = self.poll(headers=token, host="10.3.3.3")
+        self.assertEqual((client.hostName, client.role), ("10.3.3.3", "holder"))
+        self.assertEqual(newer.value(), b"")
+
+    def test_sharedTokenHolderKeepsFQDN(self) -> None:
+        """
+        Two clients of one shared identity on two hosts, both polling: the
+        first holds the FQDN, its polls held and its scrapes its own, while
+        the second waits as a standby, as an anonymous newcomer does, and
+        holds it once the first is forgotten.
+        """
+        token = self.tokenHub()
+        connection, held = self.poll(headers=token)
+        holder = self.client()
+        for _ in range(3):
+            _, other = self.poll(headers=token, host="10.2.2.2")
+            self.assertEqual((held.value(), other.value()), (b"", b""))
+            collected = Collected(holder.scrape(scrapeCall()))
+            scrapeId = scrapeIdOf(answer(held).body)
+            # Its scrape out, the holder is polling still.
+            _, other = self.poll(headers=token, host="10.2.2.2")
+            self.port.request(b"POST", b"/push", pushBody(scrapeId), token)
+            assert collected.head is not None
+            connection, held = self.poll(headers=token)
+        roles = sorted((c.hostName, c.role) for c in self.hub.clients.values())
+        self.assertEqual(roles, [("10.1.1.1", "holder"), ("10.2.2.2", "standby")])
+        self.assertEqual(self.registry.lookupHost(FQDN, 9100), (holder,))
+        connection.connectionLost(Failure(ConnectionError("gone")))
+        self.clock.advance(GRACE)
+        (standby,) = self.hub.clients.values()
+        self.assertEqual((standby.hostName, standby.role), ("10.2.2.2", "holder"))
+
+    def test_perAgentTokenClientMoved(self) -> None:
+        """
+        A client of an identity declared one agent's (C{perAgent}) is that
+        client wherever it polls from: its poll from a new host replaces
+        the older at once, as in PushProx.
+        """
+        token = self.tokenHub(perAgent=True)
         _, old = self.poll(headers=token)
         _, new = self.poll(headers=token, host="10.2.2.2")
         self.assertEqual(answer(old).status, 408)
@@ -543,6 +617,22 @@ class HubTests(HubCase):
         self.assertEqual((client.hostName, client.role), ("10.2.2.2", "holder"))
         Collected(client.scrape(scrapeCall()))
         self.assertEqual(answer(new).status, 200)
+
+    def test_anonymousIPv6KeyedBySlash64(self) -> None:
+        """
+        An anonymous client polling from a new address in its IPv6 /64 (a
+        temporary address) is the same client, not a standby.
+        """
+        site = self.port.site
+        for address in ("2001:db8::1", "2001:db8::2"):
+            connection, _ = connect(site, IPv6Address("TCP", address, 40000))  # type: ignore[arg-type]
+            connection.dataReceived(
+                b"POST /poll HTTP/1.1\r\nHost: proxy\r\nContent-Length: %d\r\n\r\n%s"
+                % (len(FQDN), FQDN.encode())
+            )
+        client = self.client()
+        self.assertEqual((client.hostName, client.role), ("2001:db8::2", "holder"))
+        self.assertEqual(client.key.host, "2001:db8::/64")
 
     def test_standbyNotListed(self) -> None:
         """
@@ -582,21 +672,31 @@ class HostileTests(HubCase):
 
     def test_pushBudgetShared(self) -> None:
         """
-        One identity's clients, from however many addresses, hold at most
-        half the push budget: another identity's push is read beside
-        them.
+        A token client's pushes count against the budget by its identity
+        and host: one identity's clients on two hosts (a fleet sharing
+        C{proxy.agentToken}) are two sources, and one host's pushes under
+        two identities are two; the same identity on the same host is one,
+        holding at most half the budget.
         """
         budget = BodyBudget(2000, "proxy.pushprox.pushBudgetMBytes")
         identities = (Identity("a", "tok-a"), Identity("b", "tok-b"))
         self.hub = self.makeHub(ProxySettings(identities=identities))
         self.port = Port(self.hub, self.clock, budget=budget)
         self.assertEqual(self.heldPush(b"tok-a", "10.1.1.1").value(), b"")
-        refused = answer(self.heldPush(b"tok-a", "10.1.1.2"))
-        self.assertEqual(refused.status, 503)
-        self.assertIn(b"from identity 'a'", refused.body)
-        self.assertIn(b"one source's share of 1000", refused.body)
+        self.assertEqual(self.heldPush(b"tok-a", "10.1.1.2").value(), b"")
         self.assertEqual(self.heldPush(b"tok-b", "10.1.1.1").value(), b"")
-        self.assertEqual(budget.bySource, {"identity 'a'": 600, "identity 'b'": 600})
+        refused = answer(self.heldPush(b"tok-a", "10.1.1.1"))
+        self.assertEqual(refused.status, 503)
+        self.assertIn(b"from identity 'a' on 10.1.1.1,", refused.body)
+        self.assertIn(b"one source's share of 1000", refused.body)
+        self.assertEqual(
+            budget.bySource,
+            {
+                "identity 'a' on 10.1.1.1": 600,
+                "identity 'a' on 10.1.1.2": 600,
+                "identity 'b' on 10.1.1.1": 600,
+            },
+        )
 
     def test_pushBudgetSharedAnonymous(self) -> None:
         """
@@ -718,22 +818,79 @@ class HostileTests(HubCase):
             " framing says",
         )
 
-    def test_slowPush(self) -> None:
+    def test_pushOverBudget(self) -> None:
         """
-        A push not whole within the head's deadline ends the scrape it
-        names with the reason when it is refused.
+        A push refused on its head for the push budget ends the scrape
+        that the start of it that came with the head names, at once, with
+        the refusal's reason.
         """
+        budget = BodyBudget(2000, "proxy.pushprox.pushBudgetMBytes")
+        self.port = Port(self.hub, self.clock, budget=budget)
         collected, scrapeId = self.sentScrape()
-        data = pushBody(scrapeId)
+        self.heldPush(b"", "10.1.1.1")
+        _, push = self.port.request(b"POST", b"/push", pushBody(scrapeId, body=b"x" * 500))
+        self.assertEqual(answer(push).status, 503)
+        self.assertScrapeFailed(
+            collected,
+            502,
+            "PushProx client 'node1.example' pushed no whole answer: the proxy is reading 600"
+            " bytes of request bodies, 600 of them from 10.1.1.1,",
+        )
+
+    def slowPush(self, data: bytes, missing: int = 2) -> StringTransport:
+        """
+        A push of C{data} that sends all but its last C{missing} bytes.
+        """
         connection, push = self.port.connect()
         connection.dataReceived(
-            b"POST /push HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (len(data), data[:-2])
+            b"POST /push HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (len(data), data[:-missing])
         )
+        self.connection = connection
+        return push
+
+    def test_slowPushWithinScrapeDeadline(self) -> None:
+        """
+        A push that names a scrape waiting for it may take as long as that
+        scrape has left, past the head's deadline: PushProx reads a slow
+        push, and a large answer on a slow link is one.
+        """
+        collected, scrapeId = self.sentScrape(deadline=30)
+        data = pushBody(scrapeId)
+        push = self.slowPush(data)
+        self.clock.advance(25)
+        self.assertEqual(push.value(), b"")
+        self.connection.dataReceived(data[-2:])
+        self.assertEqual(answer(push).status, 200)
+        assert collected.head is not None
+        self.assertEqual(collected.head.status, 200)
+
+    def test_slowPush(self) -> None:
+        """
+        A push not whole by its scrape's deadline is refused with 408 then,
+        saying so; one that names no waiting scrape has the head's
+        deadline only, and ends the scrape it names with the reason.
+        """
+        collected, scrapeId = self.sentScrape(deadline=30)
+        push = self.slowPush(pushBody(scrapeId))
         self.clock.advance(10)
-        self.assertEqual(answer(push).status, 408)
-        self.assertScrapeFailed(
-            collected, 502, "pushed no whole answer: request body not complete within 10"
+        self.clock.advance(20)
+        r = answer(push)
+        self.assertEqual(r.status, 408)
+        self.assertIn(
+            b"not complete within 10 seconds of its request's start, nor by the deadline of"
+            b" what it answers (2 bytes missing)",
+            r.body,
         )
+        self.assertScrapeFailed(collected, 408, "took the scrape and pushed no answer within 29.5s")
+        _, poll = self.poll()
+        collected = Collected(self.client().scrape(scrapeCall(deadline=30)))
+        scrapeId = scrapeIdOf(answer(poll).body)
+        unnamed = self.slowPush(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        named = self.slowPush(pushBody(scrapeId) + b"x" * 50000, missing=40000)
+        self.clock.advance(10)
+        self.assertEqual(answer(unnamed).status, 408)
+        self.assertEqual(named.value(), b"")
+        self.assertIsNone(collected.failure)
 
     def test_refusedPushOfOtherIdentity(self) -> None:
         """
@@ -773,6 +930,27 @@ class HostileTests(HubCase):
             self.assertIn(r.status, (400, 404), body)
             self.assertIn(why, r.body)
 
+    def test_pushWithoutLength(self) -> None:
+        """
+        A push must declare its C{Content-Length}: one with neither it nor
+        chunked framing has no body, and gets 400 saying so; a chunked one
+        gets 411.
+        """
+        for framing, status, why in [
+            (
+                b"",
+                400,
+                b"the push has no body: it must carry the target's answer, its length"
+                b" declared in Content-Length",
+            ),
+            (b"Transfer-Encoding: chunked\r\n", 411, b"Content-Length"),
+        ]:
+            connection, transport = self.port.connect()
+            connection.dataReceived(b"POST /push HTTP/1.1\r\nHost: proxy\r\n%s\r\n" % framing)
+            r = answer(transport)
+            self.assertEqual(r.status, status)
+            self.assertIn(why, r.body)
+
     def test_pushFromOtherIdentity(self) -> None:
         """
         With identities, a push is taken only from the identity the scrape
@@ -802,16 +980,38 @@ class HostileTests(HubCase):
         """
         self.hub = self.makeHub(ProxySettings(identities=(Identity("a", "tok-a"),)))
         self.port = Port(self.hub, self.clock)
+        required = b"this proxy requires PushProx clients to send Authorization: Bearer <token>"
         for headers, why in [
-            (b"", b"an agent token is required"),
+            (b"", required + b" with an agent token (a front end adds it), and this one sent none"),
             (b"Authorization: Bearer nope\r\n", b"invalid agent token"),
-            (b"Authorization: Basic eDp5\r\n", b"bearer token"),
+            (
+                b"Authorization: Basic eDp5\r\n",
+                required + b" with an agent token (a front end adds it), and this one sent"
+                b" Authorization: Basic ..., which the proxy does not check",
+            ),
         ]:
             _, transport = self.poll(headers=headers)
             r = answer(transport)
             self.assertEqual(r.status, 401)
             self.assertIn(why, r.body)
         self.assertEqual(self.hub.clients, {})
+
+    def test_basicAuthorizationNoToken(self) -> None:
+        """
+        Where PushProx clients need no token, an C{Authorization} of
+        another scheme (a front end's Basic credentials, or Go's for a
+        C{--proxy-url} with user info) is no refusal: the client polls and
+        pushes anonymously.
+        """
+        basic = b"Authorization: Basic dTpw\r\n"
+        _, poll = self.poll(headers=basic)
+        self.assertEqual(poll.value(), b"")
+        collected = Collected(self.client().scrape(scrapeCall()))
+        scrapeId = scrapeIdOf(answer(poll).body)
+        _, push = self.port.request(b"POST", b"/push", pushBody(scrapeId), basic)
+        self.assertEqual(answer(push).status, 200)
+        assert collected.head is not None
+        self.assertEqual(collected.head.status, 200)
 
     def test_refusedBeforeBody(self) -> None:
         """
@@ -824,7 +1024,7 @@ class HostileTests(HubCase):
         connection.dataReceived(b"POST /push HTTP/1.1\r\nContent-Length: 60000\r\n\r\n")
         r = answer(transport)
         self.assertEqual(r.status, 401)
-        self.assertIn(b"an agent token is required", r.body)
+        self.assertIn(b"this one sent none", r.body)
         self.assertTrue(transport.disconnecting)
 
     def test_claimRefused(self) -> None:
@@ -1077,6 +1277,36 @@ class AccessTests(HubCase):
         self.assertEqual(answer(pollA).status, 408)
         self.assertEqual(list(self.hub.clients.values()), [b])
         self.assertEqual(b.role, "holder")
+
+
+class OverlapTests(HubCase):
+    def test_agentTakesClientsPort(self) -> None:
+        """
+        An agent's target on one port of a client's FQDN takes that port's
+        scrapes from the client, whichever claimed first, and the proxy
+        warns saying so; the client keeps every other port.
+        """
+        agent = FakeAgent("a1", hostName="10.3.3.3")
+        self.registry.addAgent(agent)
+        for first in ("client", "agent"):
+            with capturedLogs() as events:
+                if first == "agent":
+                    self.registry.registerPath(agent, hostKey(FQDN, 9100), "t", {})
+                self.poll()
+                if first == "client":
+                    self.registry.registerPath(agent, hostKey(FQDN, 9100), "t", {})
+            client = next(c for c in self.hub.clients.values() if c.role == "holder")
+            self.assertEqual(self.registry.lookupHost(FQDN, 9100), (agent,))
+            self.assertEqual(self.registry.lookupHost(FQDN, 9182), (client,))
+            (warning,) = [e for e in events if "serves target" in e["log_format"]]
+            self.assertEqual(
+                formatEvent(warning),
+                f"agent {agent.name!r} on 10.3.3.3 serves target {FQDN}:9100, so its scrapes go"
+                f" to it, not to PushProx client {client.described}, which serves {FQDN} on every"
+                " other port: a claim on a port comes before a claim on every port of its host",
+            )
+            self.registry.unregisterPath(agent, hostKey(FQDN, 9100))
+            self.hub.forgetClient(client, "test")
 
 
 class ListedHostsTests(HubCase):

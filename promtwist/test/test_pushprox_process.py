@@ -128,6 +128,25 @@ class PushProxClientTests(TestCase):
         # Its first poll comes at once; the scrape before it may have waited.
         self.assertLess(time.monotonic() - restarted, 10)
 
+    async def test_basicAuthorizationInProxyURL(self) -> None:
+        """
+        A client whose C{--proxy-url} has user info (Go sends it as Basic
+        C{Authorization}, as a front end's C{auth_basic} asks for) polls
+        and is scraped where clients need no token, as on PushProx.
+        """
+        setup = PushProxSetup(self)
+        cluster = setup.cluster
+        await cluster.start()
+        setup.client(
+            "pushprox-client", "127.0.0.1", f"http://u:p@127.0.0.1:{cluster.scrapePort}/"
+        ).start()
+
+        async def served() -> bool:
+            status, body, _ = await setup.scrape("127.0.0.1")
+            return status == 200 and b"promtwist_e2e_sample" in body
+
+        await cluster.eventually(served, "a scrape served by the client sending Basic", 30)
+
     async def test_hostileInputs(self) -> None:
         """
         Malformed polls and pushes, an oversized push and a push for a
@@ -284,6 +303,8 @@ class SelfScrapeTests(TestCase):
             return code == 200 and b"\npushprox_proxy_clients 1.0\n" in body
 
         await cluster.eventually(clientCounted, "the polling client in /metrics", 30)
+        # A scrape of /metrics counts after its answer: the next one shows it.
+        await clientCounted()
         for series in (
             b'pushprox_http_requests_total{code="200",path="/poll"}',
             b'pushprox_http_requests_total{code="200",path="/metrics"}',
