@@ -17,11 +17,12 @@ import ipaddress
 import re
 import resource
 from collections import OrderedDict, defaultdict
+from functools import lru_cache
 
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Protocol
 
-from promtwist.addresses import peerAddress
+from promtwist.addresses import IPAddress, peerAddress
 from promtwist.config.settings import ProxySettings
 from promtwist.protocol.framing import encodeFrame
 from promtwist.protocol.promtwist_pb2 import Frame, Hello, Reject
@@ -55,6 +56,16 @@ def hostOf(addr: IAddress | None) -> str:
     if ip is None:
         host = getattr(addr, "host", "")
         return host if isinstance(host, str) else ""
+    return _sourceOf(ip)
+
+
+@lru_cache(maxsize=4096)
+def _sourceOf(ip: IPAddress) -> str:
+    """
+    L{hostOf} an address, remembered: a PushProx client's every poll and
+    push asks it, and spelling an address or its /64 costs more than the
+    rest of the check. Bounded, however many peers come and go.
+    """
     if isinstance(ip, ipaddress.IPv6Address):
         return str(ipaddress.IPv6Network((ip, 64), strict=False))
     return str(ip)

@@ -29,8 +29,9 @@ gives the other ports (the shared parts are in L{promtwist.httpguard}):
     factory's L{BodyDeadline} names for it then (408 otherwise), and fit in the
     port's L{BodyBudget} of body bytes in flight (503 otherwise); the
     request is answered only once the body is in, read into one buffer of
-    the declared size (an anonymous mapping, given back to the system when
-    the request ends: freed heap memory would stay with the process);
+    the declared size (from L{MAPPED_BODY_BYTES} up an anonymous mapping,
+    given back to the system when the request ends: freed heap memory
+    would stay with the process);
   - clients outside the allowed networks are refused before a byte is
     read, the refusal logged at most once a minute per address;
   - a connection over the port's caps on open connections, in total and
@@ -117,6 +118,14 @@ _log = Logger(observer=observer)
 # Bytes read ahead while a request is answered before reading stops, as
 # twisted.web's HTTPChannel does (its _optimisticEagerReadSize).
 READ_AHEAD_BYTES = 0x4000
+# The smallest body read into an anonymous mapping of its own. A mapping is
+# given back to the system when its request ends, which the heap would not
+# do for a large body, but it costs two system calls and a page fault per
+# page: a poll's few bytes, or a push of a compressed answer, would spend
+# more on them than on the rest of the request. Smaller bodies are read
+# into the heap, whose small blocks are reused; the port's body budget
+# bounds them as it bounds every body.
+MAPPED_BODY_BYTES = 0x4000
 
 _END_OF_HEAD = b"\r\n\r\n"
 _SERVER = b"Server: promtwist/" + __version__.public().encode("ascii") + b"\r\n"
@@ -368,7 +377,7 @@ class ScrapePortConnection(Protocol):
         # has come. Its bytes are held in the factory's budget until the
         # request ends (_bodyHeld, counted under _bodySource).
         self._bodyOf: ServerExchange | None = None
-        self._body: mmap | None = None
+        self._body: bytearray | mmap | None = None
         self._bodyRead = 0
         self._bodyHeld = 0
         self._bodySource = ""
@@ -612,7 +621,9 @@ class ScrapePortConnection(Protocol):
             # counted here, and the next head goes to a parser of its own.
             self._parser = HttpRequestParser(self)
             self._bodyOf = exchange
-            self._body = mmap(-1, bodyLength)
+            self._body = (
+                mmap(-1, bodyLength) if bodyLength >= MAPPED_BODY_BYTES else bytearray(bodyLength)
+            )
             self._bodyRead = 0
             self.state = ConnectionState.BODY
             self._readBody()
@@ -659,7 +670,8 @@ class ScrapePortConnection(Protocol):
             return
         exchange, self._bodyOf = self._bodyOf, None
         assert exchange is not None
-        exchange.body, self._body = body, None
+        exchange.body = body if isinstance(body, mmap) else bytes(body)
+        self._body = None
         self._begin(exchange)
 
     def _bodyDone(self, exchange: ServerExchange | None = None) -> None:
@@ -823,7 +835,7 @@ class ScrapePortConnection(Protocol):
         exchange, body = self._bodyOf, self._body
         if self.state is ConnectionState.BODY and exchange is not None and body is not None:
             factory = self.factory
-            start = body[: min(self._bodyRead, factory.peekBytes)]
+            start = bytes(body[: min(self._bodyRead, factory.peekBytes)])
             if not self._bodyExtended and factory.bodyDeadline is not None:
                 later = factory.bodyDeadline(exchange, start)
                 now = factory.clock.seconds()
@@ -1035,18 +1047,18 @@ class ServerExchange:
         if not self.started:
             head = self._head()
             if not self._sendsBody:
-                transport.write(head)
+                PENDING.write(transport, head)
             elif self._chunked:
-                transport.write(b"".join((head, b"%x\r\n" % len(data), data, b"\r\n")))
+                PENDING.write(transport, b"".join((head, b"%x\r\n" % len(data), data, b"\r\n")))
             else:
-                transport.write(head + data)
+                PENDING.write(transport, head + data)
         elif not self._sendsBody:
             return
         elif self._chunked:
             transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
+            PENDING.wrote(transport)
         else:
-            transport.write(data)
-        PENDING.wrote(transport)
+            PENDING.write(transport, data)
 
     def finish(self) -> None:
         if self._finished:
@@ -1056,11 +1068,10 @@ class ServerExchange:
         if not self.started:
             if self.method != b"HEAD" and self.code not in _NO_BODY:
                 self._out.setdefault(b"Content-Length", b"0")
-            transport.write(self._head())
+            PENDING.write(transport, self._head())
         elif self._chunked:
-            transport.write(b"0\r\n\r\n")
+            PENDING.write(transport, b"0\r\n\r\n")
         self._finished = True
-        PENDING.wrote(transport)
         self._connection.answered(self)
 
     def finishWith(self, body: bytes) -> None:

@@ -7,6 +7,7 @@ C{HEAD}, keep-alive and its end, chunked framing, 400, 405 and 505.
 
 from __future__ import annotations
 
+from mmap import mmap
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -25,7 +26,12 @@ from promtwist.proxy.access import RequireCredentials
 from promtwist.proxy.admission import scrapePortConnections
 from promtwist.proxy.bodybudget import BodyBudget
 from promtwist.proxy.exchange import Exchange
-from promtwist.proxy.httpserver import ConnectionState, ScrapePortConnection, ScrapePortFactory
+from promtwist.proxy.httpserver import (
+    MAPPED_BODY_BYTES,
+    ConnectionState,
+    ScrapePortConnection,
+    ScrapePortFactory,
+)
 from promtwist.test import test_webguard
 from promtwist.test.scrapeport import Held, connect, factory, parseResponse
 from promtwist.test.test_webguard import BufferedTransport, ServerUnderTest
@@ -780,6 +786,34 @@ class RequestBodyTests(SynchronousTestCase):
         self.assertEqual(self.transport.value().count(b"HTTP/1.1 200"), 2)
         self.assertIn(b"POST /in xyz", self.transport.value())
         self.assertIn(b"GET /b ", self.transport.value())
+
+    def test_bufferBySize(self) -> None:
+        """
+        A body under L{MAPPED_BODY_BYTES} reaches the handler as bytes, read
+        into the heap, whose small blocks are reused; one of that size or
+        more in an anonymous mapping of its own, which goes back to the
+        system when the request ends. Either is the body as it arrived, in
+        however many reads.
+        """
+        seen: list[object] = []
+
+        def keep(exchange: Exchange) -> None:
+            seen.append(exchange.body)
+            exchange.finishWith(b"")
+
+        for size in (MAPPED_BODY_BYTES - 1, MAPPED_BODY_BYTES):
+            connection, _ = connect(
+                factory(keep, self.clock, bodies=lambda method, path: MAPPED_BODY_BYTES)
+            )
+            connection.dataReceived(
+                b"POST /in HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % size + b"x" * (size - 1)
+            )
+            connection.dataReceived(b"y")
+        small, large = seen
+        self.assertIs(type(small), bytes)
+        self.assertEqual(small, b"x" * (MAPPED_BODY_BYTES - 2) + b"y")
+        assert isinstance(large, mmap)
+        self.assertEqual(large[:], b"x" * (MAPPED_BODY_BYTES - 1) + b"y")
 
     def test_overLimit(self) -> None:
         """

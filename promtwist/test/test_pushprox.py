@@ -290,6 +290,26 @@ class HubTests(HubCase):
         self.assertIn("forgotten: no poll for 10s", collected.failure.reason)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_graceFromLastPoll(self) -> None:
+        """
+        The grace runs from the end of the client's last poll, however many
+        polls came and ended since the first one's: a client that polled
+        again half-way through is forgotten C{clientGrace} after that
+        poll ended, and not before.
+        """
+        self.poll()
+        client = self.client()
+        Collected(client.scrape(scrapeCall(deadline=60)))
+        self.clock.advance(GRACE / 2)
+        connection, _ = self.poll()
+        connection.connectionLost(Failure(ConnectionError("gone")))
+        self.clock.advance(GRACE / 2)
+        self.assertEqual(self.hub.clients, {client.key: client})
+        self.clock.advance(GRACE / 2 - 0.1)
+        self.assertEqual(self.hub.clients, {client.key: client})
+        self.clock.advance(0.1)
+        self.assertEqual(self.hub.clients, {})
+
     def test_newerPollExpiresOlder(self) -> None:
         """
         As in PushProx, a newer poll from the same client answers the older
