@@ -678,7 +678,7 @@ class ThroughNginxTests(TransportFilterDisabledTests):
         """
         certs = certificates(self)
         self.tlsToProxy = {
-            "/etc/nginx/promtwist-ca.pem": os.path.abspath(certs.ca),
+            "/etc/nginx/promtwist-ca.pem": _absolute(certs.ca),
             "<a name the proxy's certificate holds>": "localhost",
         }
         self.startProxy(
@@ -843,6 +843,11 @@ class TLSTests(_Fleet):
         self.assertFalse(answer.valid)
         self.assertIn("team_a", answer.reason)
         await self.assertServes("plain", PLAIN)
+
+
+def _absolute(path: str) -> str:
+    # nginx reads relative paths from its prefix, not the test's directory.
+    return os.path.abspath(path)
 
 
 def _lines(body: bytes) -> set[bytes]:
