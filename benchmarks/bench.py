@@ -75,7 +75,6 @@ ROUTING_TEXT = {
 }
 # The peer every other route is compared with.
 PEER = "PushProx"
-# issue 10's goals.
 # The route of an unmodified pushprox-client polling promtwist's proxy.
 PP_CLIENT = "pp-client"
 # The processes each route's pids are, for the memory reports.
@@ -84,8 +83,13 @@ ROLES = {
     "PushProx": ("pushprox-proxy", "pushprox-client"),
     PP_CLIENT: ("proxy (pp-client)", "pushprox-client on promtwist"),
 }
+# issue 10's goals.
 GOAL_THROUGHPUT = 1.5  # promtwist / PushProx scrapes per second, at least
 GOAL_CPU = 0.6  # promtwist / PushProx CPU per scrape, at most
+# Ours (issue 12 names no figure), for the pp-client route: a pushprox-client on promtwist's proxy
+# against pushprox-proxy with the same client.
+GOAL_PP_THROUGHPUT = 1.0  # scrapes per second, at least
+GOAL_PP_PROXY_CPU = 1.0  # the proxy's CPU per scrape, at most
 GOAL_ADDED_P50_MS = 1.0
 GOAL_ADDED_P99_MS = 3.0
 GOAL_BIGBODY_GROWTH_MIB = 20.0
@@ -156,6 +160,7 @@ class Sample:
     p99_ms: float
     errors: int
     cpu_seconds: float = 0.0
+    proxy_cpu_seconds: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
     lag_p99_ms: float = 0.0
 
@@ -191,7 +196,7 @@ def closedLoad(
     C{CONCURRENCY} connections, each asking again as soon as its answer
     arrived, for C{duration} seconds.
     """
-    cpu0 = cpuSeconds(route.pids)
+    cpu0, proxy0 = cpuSeconds(route.pids), cpuSeconds(route.pids[:1])
     if tool == "wrk":
         argv = ["wrk", "-t1", f"-c{CONCURRENCY}", f"-d{max(1, round(duration))}s", "--latency"]
         argv += ["--timeout", "10s", *wrkScript(workdir, route)]
@@ -222,6 +227,7 @@ def closedLoad(
             data["requests"], data["seconds"], data["p50_ms"], data["p99_ms"], data["errors"]
         )
     sample.cpu_seconds = cpuSeconds(route.pids) - cpu0
+    sample.proxy_cpu_seconds = cpuSeconds(route.pids[:1]) - proxy0
     return sample
 
 
@@ -424,7 +430,7 @@ def throughput(
     print()
     head = (
         f"{'payload':8} {'route':9} {'scrapes/s':>10} {'rounds min-max':>15} {'p50 ms':>7}"
-        f" {'p99 ms':>7} {'errors':>6} {'CPU us/scrape':>13}"
+        f" {'p99 ms':>7} {'errors':>6} {'CPU us/scrape':>13} {'proxy':>6}"
     )
     print(head)
     print("-" * len(head))
@@ -436,16 +442,18 @@ def throughput(
             rps = requests / sum(s.seconds for s in ss)
             perRound = [s.requests / s.seconds for s in ss]
             cpu = sum(s.cpu_seconds for s in ss) * 1e6 / max(1, requests)
+            proxyCpu = sum(s.proxy_cpu_seconds for s in ss) * 1e6 / max(1, requests)
             errors = sum(s.errors for s in ss)
             summary.setdefault(name, {})[routeName] = {
                 "scrapes_per_s": rps,
                 "cpu_us_per_scrape": cpu,
+                "proxy_cpu_us_per_scrape": proxyCpu,
                 "errors": errors,
                 "requests": requests,
                 "p50_ms": statistics.median(s.p50_ms for s in ss),
                 "p99_ms": statistics.median(s.p99_ms for s in ss),
             }
-            cpuText = f"{cpu:13.0f}" if routeName != "direct" else f"{'':13}"
+            cpuText = f"{cpu:13.0f} {proxyCpu:6.0f}" if routeName != "direct" else ""
             row = summary[name][routeName]
             print(
                 f"{LABELS[name]:8} {routeName:9} {rps:10.0f}"
@@ -455,25 +463,30 @@ def throughput(
     print(
         f"(p50/p99: {args.loadgen}'s closed-loop latency, median over rounds; CPU: utime+stime of"
     )
-    print(" the route's proxy and agent or client, per scrape)")
+    print(" the route's proxy and agent or client, per scrape; proxy: of its proxy alone)")
     print()
     if not args.no_pushprox:
         print(
             "| payload | route | direct | route | PushProx | route / PushProx"
-            " | CPU per scrape, route / PushProx |"
+            " | CPU per scrape, route / PushProx | proxy CPU per scrape, route / PushProx |"
         )
-        print("|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|")
         for name in names:
             byRoute = summary[name]
             for routeName in againstPeer(byRoute):
                 row = byRoute[routeName]
                 rate = row["scrapes_per_s"] / byRoute[PEER]["scrapes_per_s"]
                 cpu = row["cpu_us_per_scrape"] / byRoute[PEER]["cpu_us_per_scrape"]
-                ratios.setdefault(name, {})[routeName] = {"throughput": rate, "cpu": cpu}
+                proxyCpu = row["proxy_cpu_us_per_scrape"] / byRoute[PEER]["proxy_cpu_us_per_scrape"]
+                ratios.setdefault(name, {})[routeName] = {
+                    "throughput": rate,
+                    "cpu": cpu,
+                    "proxy_cpu": proxyCpu,
+                }
                 perSecond = " | ".join(
                     f"{byRoute[r]['scrapes_per_s']:,.0f}/s" for r in ("direct", routeName, PEER)
                 )
-                cells = f"{perSecond} | {rate:.2f} | {cpu:.2f}"
+                cells = f"{perSecond} | {rate:.2f} | {cpu:.2f} | {proxyCpu:.2f}"
                 print(f"| {LABELS[name]} (gzip) | {routeName} | {cells} |")
         print()
         print(f"goals (issue 10, promtwist's agent; routing {args.routing}):")
@@ -484,6 +497,21 @@ def throughput(
                 f" (goal >= {GOAL_THROUGHPUT}) {verdict(r['throughput'] >= GOAL_THROUGHPUT)};"
                 f"  CPU per scrape promtwist / PushProx {r['cpu']:5.2f}"
                 f" (goal <= {GOAL_CPU}) {verdict(r['cpu'] <= GOAL_CPU)}"
+            )
+        if any(PP_CLIENT in ratios[name] for name in names):
+            print(
+                "goals (ours; issue 12 names none): pushprox-client on promtwist's proxy"
+                " against PushProx's pair:"
+            )
+        for name in names:
+            if PP_CLIENT not in ratios[name]:
+                continue
+            r = ratios[name][PP_CLIENT]
+            print(
+                f"  {LABELS[name]:6} throughput pp-client / PushProx {r['throughput']:5.2f}"
+                f" (goal >= {GOAL_PP_THROUGHPUT}) {verdict(r['throughput'] >= GOAL_PP_THROUGHPUT)};"
+                f"  proxy CPU per scrape / pushprox-proxy's {r['proxy_cpu']:5.2f}"
+                f" (goal <= {GOAL_PP_PROXY_CPU}) {verdict(r['proxy_cpu'] <= GOAL_PP_PROXY_CPU)}"
             )
         print()
     memory = rssReport(routes)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from functools import lru_cache
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.interfaces import IAddress
@@ -46,8 +47,19 @@ def peerAddress(address: IAddress | None) -> IPAddress | None:
     """
     if not isinstance(address, IPv4Address | IPv6Address):
         return None
+    return _hostAddress(address.host)
+
+
+@lru_cache(maxsize=4096)
+def _hostAddress(host: str) -> IPAddress | None:
+    """
+    L{peerAddress} of a peer's C{host}, remembered: every request on the
+    scrape port asks for it, more than once, and parsing an address costs
+    more than the rest of a small request's checks. The addresses are
+    immutable, and the cache is bounded, however many peers come and go.
+    """
     try:
-        ip = ipaddress.ip_address(address.host.partition("%")[0])
+        ip = ipaddress.ip_address(host.partition("%")[0])
     except ValueError:
         return None
     return normalAddress(ip)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from functools import lru_cache
 from typing import NamedTuple
 
 from promtwist.logs import clip
@@ -57,10 +58,14 @@ class HostTarget(NamedTuple):
         return hostPort(self.host, self.port)
 
 
+@lru_cache(maxsize=4096)
 def checkHost(host: str) -> str:
     """
     C{host} as keys and requests spell it: lower-case, an IPv6 address
-    without brackets and in its compressed form.
+    without brackets and in its compressed form. Remembered (a host that
+    passes, within a bounded cache): every host-routed scrape checks its
+    target's host three times, in its URL and in both keys that may claim
+    it.
 
     @raise BadTarget: it is neither a DNS name nor an IP address, or it
         is an IPv6 address with a zone (C{fe80::1%eth0}): a zone names an

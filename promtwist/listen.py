@@ -12,6 +12,7 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
     IAddress,
@@ -24,6 +25,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 
 from promtwist import __version__
+from promtwist.acceptlog import AcceptLog, watchAccepts
 from promtwist.addresses import socketHostPort
 from promtwist.endpoints import BadDescription, described, onInterface, probe, wildcard
 from promtwist.logs import clip
@@ -105,6 +107,9 @@ class Listener(StreamServerEndpointService):
         super().__init__(where.endpoint, factory if tls is None else withTLS(factory, tls))
         self.tls = tls is not None
         self._where = where
+        self._reactor = reactor
+        # What the port's accept loop logs, once it is bound.
+        self._accepts: AcceptLog | None = None
 
     def privilegedStartService(self) -> None:
         """
@@ -150,7 +155,14 @@ class Listener(StreamServerEndpointService):
 
     def _bound(self, port: IListeningPort) -> IListeningPort:
         self.port = port
+        self._accepts = watchAccepts(port, self._reactor)
         return port
+
+    def stopService(self) -> Deferred[None]:
+        if self._accepts is not None:
+            self._accepts.flush()
+        stopped: Deferred[None] = super().stopService()
+        return stopped
 
     @property
     def address(self) -> str:

@@ -50,6 +50,10 @@ _LEVELS = {
 
 _predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
 observer = FilteringLogObserver(globalLogPublisher, [_predicate])
+# debugging()'s answers by namespace, until the levels change: Twisted's
+# predicate walks a namespace's parents on every ask, and the scrape path
+# asks once per scrape.
+_debugging: dict[str, bool] = {}
 
 
 def applyLogLevel(level: str) -> None:
@@ -58,6 +62,7 @@ def applyLogLevel(level: str) -> None:
     C{warn}, C{error} or C{off}; C{""} means C{info}.
     """
     _predicate.setLogLevelForNamespace("", _LEVELS.get(level.lower(), LogLevel.info))
+    _debugging.clear()
 
 
 class _TwistdObserver:
@@ -127,7 +132,12 @@ def debugging(namespace: str = "") -> bool:
     Whether promtwist's debug events (in C{namespace}) are logged: a line
     the scrape path would log per scrape is not even built otherwise.
     """
-    return bool(_predicate.logLevelForNamespace(namespace) <= LogLevel.debug)
+    answer = _debugging.get(namespace)
+    if answer is None:
+        answer = _debugging[namespace] = bool(
+            _predicate.logLevelForNamespace(namespace) <= LogLevel.debug
+        )
+    return answer
 
 
 # Keys of Twisted's own bookkeeping and of legacy (twisted.python.log)
@@ -305,6 +315,14 @@ class RepeatedWarnings:
             self._log.emit(level, format, **fields)
         else:
             window.suppressed += 1
+
+    @property
+    def pending(self) -> bool:
+        """
+        Whether an interval is open, whose count L{summariseExpired} will
+        report once it ends.
+        """
+        return bool(self._windows)
 
     def summariseExpired(self) -> None:
         """

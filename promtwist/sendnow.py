@@ -18,6 +18,12 @@ to meanwhile sends what it holds, at once: several frames produced by one
 read still leave in one system call, and nothing waits for the next
 iteration. Writes made anywhere else (a timer, a Deferred fired by
 something unmarked) keep Twisted's usual timing.
+
+A writer whose answer is usually one write (the scrape port's) writes with
+L{PendingSends.write} instead: in a marked call, the first write to a TCP
+socket with nothing buffered goes to the socket at once, skipping the
+buffer's bookkeeping, which costs more than the send itself (the socket
+registered for writing, then taken off again once the buffer is empty).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import ITransport
+from twisted.internet.tcp import Connection
 
 _P = ParamSpec("_P")
 _S = TypeVar("_S")
@@ -50,6 +57,23 @@ class PendingSends:
         """
         if self._depth:
             self._written[transport] = None
+
+    def write(self, transport: ITransport, data: bytes) -> None:
+        """
+        Write C{data} to C{transport}. In a marked call, the first write to
+        a plain TCP transport that holds nothing unsent goes to its socket
+        now, as far as the socket takes it (L{sendAtOnce}); every other
+        write is buffered and L{wrote}, so that what one call writes after
+        its first write still leaves in one send when it returns, and
+        nothing overtakes bytes already buffered.
+        """
+        if self._depth and transport not in self._written:
+            self._written[transport] = None
+            data = sendAtOnce(transport, data)
+            if not data:
+                return
+        transport.write(data)
+        self.wrote(transport)
 
     def enter(self) -> None:
         self._depth += 1
@@ -122,3 +146,30 @@ def sendBuffered(transport: ITransport) -> None:
         return
     if socket._tempDataLen or len(socket.dataBuffer) > socket.offset:
         socket.doWrite()
+
+
+def sendAtOnce(transport: ITransport, data: bytes) -> bytes:
+    """
+    Send C{data} on C{transport}'s socket now, if nothing waits to be sent
+    before it and the transport is a plain TCP connection that is open
+    (L{sendBuffered}'s conditions, and not aborted: an aborted connection
+    sends nothing more); what the socket did not take is returned, for the
+    transport's buffer. A failed send is left to the transport, which meets
+    the same error when the reactor tries and closes the connection as it
+    always does.
+    """
+    if not isinstance(transport, Connection) or transport.TLS:
+        return data
+    if (
+        not transport.connected
+        or transport.disconnecting
+        or transport._writeDisconnecting
+        or transport._aborting
+        or transport._tempDataLen
+        or len(transport.dataBuffer) > transport.offset
+    ):
+        return data
+    sent = transport.writeSomeData(data)
+    if not isinstance(sent, int):
+        return data
+    return data[sent:]

@@ -429,6 +429,18 @@ PROXY = Role(
                 rule=bounded("{noun} >= 1024", lambda v: v >= 1024),
             ),
             Setting(
+                "proxy.http.maxConnections",
+                int,
+                field="http_max_connections",
+                rule=POSITIVE,
+            ),
+            Setting(
+                "proxy.http.maxConnectionsPerAddress",
+                int,
+                field="http_max_connections_per_address",
+                rule=POSITIVE,
+            ),
+            Setting(
                 "proxy.http.headerTimeoutSecs",
                 float,
                 field="http_header_timeout_secs",

@@ -214,6 +214,14 @@ class ProxySettings(_OperationsSettings):
     http_basic_auth_password: str = ""
     http_bearer_token: str = ""
     http_allowed_networks: tuple[str, ...] = ()
+    # Connections the scrape port holds at once, in total (lowered at start,
+    # with a warning, to what the open-file limit leaves beside the agent
+    # port's) and per source address (an IPv6 /64 is one): Prometheus'
+    # connections, PushProx clients' polls (one each) and pushes. One
+    # address may hold half the port, so a NAT hiding 1000 PushProx clients
+    # (a poll and a push each) still fits, and so do everyone else's.
+    http_max_connections: int = 4096
+    http_max_connections_per_address: int = 2048
     # PushProx 0.2 clients on the scrape port (promtwist's own keys,
     # proxy.pushprox.*; see docs/pushprox.md).
     pushprox_enabled: bool = True

@@ -1,12 +1,14 @@
 # -*- test-case-name: promtwist.test.test_admission -*-
 """
-Who may open a link on the proxy's agent port, and what a Hello may say.
+Who may open a link on the proxy's agent port, what a Hello may say, and
+how many connections the proxy's ports may hold in its open-file limit.
 
 Everything here is about peers that have not proved anything yet, so each
 bound is there to keep what they can cost the proxy small: connections still
-in their handshake are capped in total and per source address, an address
-that keeps failing authentication is refused for a while without its token
-being checked, and a Hello's fields have bounded sizes.
+in their handshake, and the scrape port's connections, are capped in total
+and per source address, an address that keeps failing authentication is
+refused for a while without its token being checked, and a Hello's fields
+have bounded sizes.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ import ipaddress
 import re
 import resource
 from collections import OrderedDict, defaultdict
+from functools import lru_cache
 
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Protocol
 
-from promtwist.addresses import peerAddress
+from promtwist.addresses import IPAddress, peerAddress
 from promtwist.config.settings import ProxySettings
 from promtwist.protocol.framing import encodeFrame
 from promtwist.protocol.promtwist_pb2 import Frame, Hello, Reject
@@ -53,38 +56,46 @@ def hostOf(addr: IAddress | None) -> str:
     if ip is None:
         host = getattr(addr, "host", "")
         return host if isinstance(host, str) else ""
+    return _sourceOf(ip)
+
+
+@lru_cache(maxsize=4096)
+def _sourceOf(ip: IPAddress) -> str:
+    """
+    L{hostOf} an address, remembered: a PushProx client's every poll and
+    push asks it, and spelling an address or its /64 costs more than the
+    rest of the check. Bounded, however many peers come and go.
+    """
     if isinstance(ip, ipaddress.IPv6Address):
         return str(ipaddress.IPv6Network((ip, 64), strict=False))
     return str(ip)
 
 
-class PendingHandshakes:
+class AddressCaps:
     """
-    Connections that have not completed their handshake, counted in total
-    (C{proxy.internal.maxPendingHandshakes}) and per source address
-    (C{proxy.internal.maxPendingHandshakesPerAddress}), so that one host
-    holding slots cannot keep agents dialling from elsewhere out.
+    Connections of one kind counted in total and per source address
+    (L{hostOf}), so that one host holding places cannot keep everyone
+    else out: the agent port's handshakes
+    (C{proxy.internal.maxPendingHandshakes} and
+    C{proxy.internal.maxPendingHandshakesPerAddress}), the scrape port's
+    connections (C{proxy.http.maxConnections} and
+    C{proxy.http.maxConnectionsPerAddress}).
 
-    The same count bounds other connections that have proved nothing yet
-    (gRPC connections before their first authenticated call): C{what}
-    names them, C{setting} the total's setting (the per-address one is it
-    with C{PerAddress}, or none when C{setting} is empty), C{kind} the
-    metric label.
+    @ivar kind: names the refusals: C{kind} at the total cap,
+        C{kind_per_address} at a source's (the agent port counts its
+        refusals in C{proxy_rejections_total} by these).
+    @ivar limit: what the refusal says the limit is of.
+    @ivar keys: the settings of the total and the per-address cap.
     """
 
     def __init__(
-        self,
-        total: int,
-        perAddress: int,
-        what: str = "handshake",
-        setting: str = "proxy.internal.maxPendingHandshakes",
-        kind: str = "pending_handshakes",
+        self, total: int, perAddress: int, *, kind: str, limit: str, keys: tuple[str, str]
     ) -> None:
         self.total = total
         self.perAddress = perAddress
-        self.what = what
-        self.setting = setting
         self.kind = kind
+        self.limit = limit
+        self.keys = keys
         self._count = 0
         self._byHost: defaultdict[str, int] = defaultdict(int)
 
@@ -93,20 +104,19 @@ class PendingHandshakes:
 
     def refusal(self, host: str) -> tuple[str, str] | None:
         """
-        Why a new connection from C{host} may not start a handshake, as a
-        metric label and a message for the peer; L{None} if it may.
+        Why a new connection from C{host} may not take a place, as a metric
+        label and a message for the peer and the log; L{None} if it may.
         """
         if self._count >= self.total:
             return (
                 self.kind,
-                f"the proxy is at its {self.what} limit of {self.total}"
-                + (f" ({self.setting})" if self.setting else ""),
+                f"the proxy is at its {self.limit} limit of {self.total} ({self.keys[0]})",
             )
         if self._byHost.get(host, 0) >= self.perAddress:
             return (
                 f"{self.kind}_per_address",
-                f"the proxy is at its {self.what} limit of {self.perAddress} for {host or '?'}"
-                + (f" ({self.setting}PerAddress)" if self.setting else ""),
+                f"the proxy is at its {self.limit} limit of {self.perAddress} for "
+                f"{host or '?'} ({self.keys[1]})",
             )
         return None
 
@@ -134,15 +144,20 @@ class GrpcAdmission:
     one from its one address for each call of each agent behind it.
     """
 
-    def __init__(self, total: int, unauthenticated: int, perAddress: int) -> None:
-        self.total = total
+    def __init__(self, settings: ProxySettings) -> None:
+        #: Lowered when started to what the open-file limit leaves
+        #: (L{grpcConnections}).
+        self.total = settings.max_grpc_connections
         self.open = 0
-        self.unauthenticated = PendingHandshakes(
-            unauthenticated,
-            perAddress,
-            what="unauthenticated gRPC connection",
-            setting="proxy.internal.maxUnauthenticatedGrpcConnections",
+        self.unauthenticated = AddressCaps(
+            settings.max_unauthenticated_grpc_connections,
+            settings.max_unauthenticated_grpc_connections_per_address,
             kind="unauthenticated_grpc_connections",
+            limit="unauthenticated gRPC connection",
+            keys=(
+                "proxy.internal.maxUnauthenticatedGrpcConnections",
+                "proxy.internal.maxUnauthenticatedGrpcConnectionsPerAddress",
+            ),
         )
 
     def refusal(self, host: str) -> tuple[str, str] | None:
@@ -174,21 +189,91 @@ class GrpcAdmission:
             self.unauthenticated.leave(host)
 
 
-# Open files the proxy needs besides its agent links and the connections
-# waiting for a handshake place: listening ports, logs, scrape-port and
-# admin connections, target files.
+def undecidedConnections(settings: ProxySettings) -> AddressCaps:
+    """
+    The agent port's caps on connections whose first bytes have not yet
+    said which protocol they speak (L{promtwist.proxy.agentport}): what the
+    native and gRPC admissions take together.
+    """
+    grpcOn = settings.agent_grpc_enabled
+    return AddressCaps(
+        settings.max_pending_handshakes
+        + settings.max_waiting_handshakes
+        + (settings.max_unauthenticated_grpc_connections if grpcOn else 0),
+        max(
+            settings.max_pending_handshakes_per_address,
+            settings.max_unauthenticated_grpc_connections_per_address if grpcOn else 0,
+        ),
+        kind="undecided_connections",
+        limit="undecided connection",
+        keys=(
+            "proxy.internal.maxPendingHandshakes + maxWaitingHandshakes"
+            + (" + maxUnauthenticatedGrpcConnections" if grpcOn else ""),
+            "proxy.internal.maxPendingHandshakesPerAddress"
+            + (" or maxUnauthenticatedGrpcConnectionsPerAddress" if grpcOn else ""),
+        ),
+    )
+
+
+def pendingHandshakes(settings: ProxySettings) -> AddressCaps:
+    """
+    The agent port's caps on connections that have not completed their
+    handshake.
+    """
+    return AddressCaps(
+        settings.max_pending_handshakes,
+        settings.max_pending_handshakes_per_address,
+        kind="pending_handshakes",
+        limit="handshake",
+        keys=(
+            "proxy.internal.maxPendingHandshakes",
+            "proxy.internal.maxPendingHandshakesPerAddress",
+        ),
+    )
+
+
+def scrapePortConnections(settings: ProxySettings, total: int) -> AddressCaps:
+    """
+    The scrape port's caps on open connections: C{total} (see
+    L{scrapeConnections}) and C{proxy.http.maxConnectionsPerAddress}.
+    """
+    return AddressCaps(
+        total,
+        settings.http_max_connections_per_address,
+        kind="scrape_connections",
+        limit="scrape-port connection",
+        keys=("proxy.http.maxConnections", "proxy.http.maxConnectionsPerAddress"),
+    )
+
+
+# Open files the proxy needs besides its agent links, the connections
+# waiting for a handshake place and the scrape port's connections: listening
+# ports, logs, metrics and admin connections, target files.
 FILES_RESERVED = 256
+
+# The agent port's gRPC connections when the open-file limit leaves less
+# room for them.
+MIN_GRPC_CONNECTIONS = 64
+
+# The scrape port's connections when the open-file limit leaves less room
+# for them (it then does not hold every agent either, and says so).
+MIN_SCRAPE_CONNECTIONS = 64
 
 
 def filesNeeded(settings: ProxySettings) -> int:
     """
-    The open files the agent port may use at its caps, and the others.
+    The open files the proxy's ports may use at their caps, and the others:
+    every agent link (a PushProx client's poll holds a scrape-port
+    connection instead, counted in C{proxy.http.maxConnections}), every
+    gRPC connection, every handshake and waiting connection, every
+    scrape-port connection.
     """
     return (
         grpcFiles(settings)
         + settings.max_agents
         + settings.max_pending_handshakes
         + settings.max_waiting_handshakes
+        + settings.http_max_connections
         + FILES_RESERVED
     )
 
@@ -216,21 +301,49 @@ def raiseOpenFileLimit(needed: int) -> int:
     return needed if soft == resource.RLIM_INFINITY else soft
 
 
+def _besideAgents(settings: ProxySettings, openFiles: int) -> int:
+    # What the open-file limit leaves beside every agent link, every
+    # handshake and FILES_RESERVED.
+    return openFiles - settings.max_agents - settings.max_pending_handshakes - FILES_RESERVED
+
+
+def grpcConnections(settings: ProxySettings, openFiles: int) -> int:
+    """
+    How many gRPC connections the agent port may hold at once: as many as
+    C{proxy.internal.maxGrpcConnections} allows, and the open-file limit
+    C{openFiles} leaves beside everything else L{filesNeeded} counts (but
+    at least L{MIN_GRPC_CONNECTIONS}, or the setting if lower): sized last,
+    so that a small limit lowers them rather than the scrape port or the
+    native agents' waiting room.
+    """
+    room = openFiles - (filesNeeded(settings) - grpcFiles(settings))
+    return min(settings.max_grpc_connections, max(room, MIN_GRPC_CONNECTIONS))
+
+
+def scrapeConnections(settings: ProxySettings, openFiles: int) -> int:
+    """
+    How many connections the scrape port may hold at once: as many as
+    C{proxy.http.maxConnections} allows, and the open-file limit
+    C{openFiles} leaves beside every agent, every handshake and
+    L{FILES_RESERVED} (but at least L{MIN_SCRAPE_CONNECTIONS}, or the
+    setting if lower, so that a proxy with a small limit still serves).
+    Each holds a file: were they to exhaust the limit, no port of the proxy
+    could accept anything.
+    """
+    wanted = settings.http_max_connections
+    room = _besideAgents(settings, openFiles)
+    return min(wanted, max(room, MIN_SCRAPE_CONNECTIONS))
+
+
 def waitingRoom(settings: ProxySettings, openFiles: int) -> int:
     """
     How many connections may wait for a handshake place: as many as
     C{proxy.internal.maxWaitingHandshakes} allows, and the open-file limit
-    C{openFiles} leaves beside every agent, every handshake, every gRPC
-    connection and L{FILES_RESERVED}. Each waiting connection holds a file; were they to
-    exhaust the limit, no port of the proxy could accept anything.
+    C{openFiles} leaves beside every agent, every handshake, the scrape
+    port's connections (L{scrapeConnections}) and L{FILES_RESERVED}. Each
+    waiting connection holds a file too.
     """
-    room = (
-        openFiles
-        - grpcFiles(settings)
-        - settings.max_agents
-        - settings.max_pending_handshakes
-        - FILES_RESERVED
-    )
+    room = _besideAgents(settings, openFiles) - scrapeConnections(settings, openFiles)
     return max(0, min(settings.max_waiting_handshakes, room))
 
 

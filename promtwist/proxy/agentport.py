@@ -32,11 +32,19 @@ from typing import cast
 
 from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocol, ITCPTransport
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from promtwist.addresses import peerName
 from promtwist.grpc.connection import GrpcRefusal, GrpcServerFactory, GrpcServerProtocol
-from promtwist.proxy.admission import GrpcAdmission, PendingHandshakes, hostOf
+from promtwist.logs import observer
+from promtwist.proxy.admission import (
+    GrpcAdmission,
+    filesNeeded,
+    grpcConnections,
+    hostOf,
+    undecidedConnections,
+)
 from promtwist.proxy.link import AgentLinkFactory
 from promtwist.tls import describeServerTLSFailure
 
@@ -167,32 +175,33 @@ class AgentPortFactory(ServerFactory):
     @ivar connections: the undecided connections.
     """
 
+    _log = Logger(observer=observer)
+
     def __init__(self, links: AgentLinkFactory, grpc: GrpcServerFactory | None) -> None:
         self.links = links
         self.grpc = grpc
         self.connections: set[AgentPortProtocol] = set()
         settings = links.settings
-        grpcOn = grpc is not None
-        self.grpcAdmission = GrpcAdmission(
-            settings.max_grpc_connections,
-            settings.max_unauthenticated_grpc_connections,
-            settings.max_unauthenticated_grpc_connections_per_address,
-        )
-        self.undecided = PendingHandshakes(
-            settings.max_pending_handshakes
-            + settings.max_waiting_handshakes
-            + (settings.max_unauthenticated_grpc_connections if grpcOn else 0),
-            max(
-                settings.max_pending_handshakes_per_address,
-                settings.max_unauthenticated_grpc_connections_per_address if grpcOn else 0,
-            ),
-            what="undecided connection",
-            setting="",
-            kind="undecided_connections",
-        )
+        self.grpcAdmission = GrpcAdmission(settings)
+        self.undecided = undecidedConnections(settings)
 
     def startFactory(self) -> None:
         self.links.doStart()
+        if self.grpc is not None:
+            settings = self.links.settings
+            openFiles = self.links.openFileBudget()
+            self.grpcAdmission.total = grpcConnections(settings, openFiles)
+            if self.grpcAdmission.total < settings.max_grpc_connections:
+                self._log.warn(
+                    "the open-file limit of {limit} leaves room for {room} of the {setting} "
+                    "gRPC connections proxy.internal.maxGrpcConnections allows, beside the "
+                    "agent links, handshakes and scrape-port connections; raise the limit "
+                    "(ulimit -n, LimitNOFILE=) to {needed} for them all",
+                    limit=openFiles,
+                    room=self.grpcAdmission.total,
+                    setting=settings.max_grpc_connections,
+                    needed=filesNeeded(settings),
+                )
 
     def stopFactory(self) -> None:
         self.links.doStop()

@@ -29,6 +29,7 @@ from promtwist.health import proxyHealth
 from promtwist.listen import HTTP_1_1, settingListener
 from promtwist.metrics import ProxyMetrics
 from promtwist.proxy.access import guarded
+from promtwist.proxy.admission import scrapeConnections, scrapePortConnections
 from promtwist.proxy.agentport import AgentPortFactory
 from promtwist.proxy.auth import Authenticator
 from promtwist.proxy.bodybudget import BodyBudget
@@ -190,6 +191,10 @@ def buildProxy(
         bodyDeadline=pushprox.pushDeadline if pushprox is not None else None,
         refused=pushprox.refused if pushprox is not None else None,
         peekBytes=MAX_PUSH_HEAD_BYTES,
+        # In the open-file limit beside the agent port's connections.
+        connections=scrapePortConnections(
+            settings, scrapeConnections(settings, side.links.openFileBudget())
+        ),
         clock=reactor,
     )
     httpListener = settingListener(
@@ -242,10 +247,11 @@ def buildProxy(
         service.addListener(operations)
 
     def summariseWarnings() -> None:
-        # What the agent port and the scrape relay counted without logging,
-        # reported when its interval ends, even if no warning of its kind
-        # follows.
+        # What the agent port, the scrape port and the scrape relay counted
+        # without logging, reported when its interval ends, even if no warning
+        # of its kind follows.
         side.links.warnings.summariseExpired()
+        site.warnings.summariseExpired()
         scrapes.tracker.invalidAnswers.summariseExpired()
         if pushprox is not None:
             pushprox.news.summariseExpired()

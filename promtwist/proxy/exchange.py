@@ -16,9 +16,10 @@ from twisted.internet.interfaces import IAddress, IPushProducer
 
 RequestBody: TypeAlias = bytes | mmap
 """
-A request body: C{b""} when there is none, else the anonymous mapping the
-server read it into, which goes back to the system, whatever the
-allocator's thresholds, once the last reference to it goes.
+A request body: C{b""} when there is none; a small one as bytes; a large
+one the anonymous mapping the server read it into, which goes back to the
+system, whatever the allocator's thresholds, once the last reference to it
+goes (L{promtwist.proxy.httpserver.MAPPED_BODY_BYTES}).
 """
 
 

@@ -381,7 +381,7 @@ class GrpcAgents:
             agent.connection.agent = None
         if agent.registered:
             self.registry.removeAgent(agent, reason)
-        agent.leave(f"agent disconnected: {why}")
+        agent.leave(why)
         _log.info(
             "gRPC agent {name!r} ({id}, {peer}) left: {why}",
             name=clip(agent.name),

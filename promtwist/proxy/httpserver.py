@@ -29,10 +29,18 @@ gives the other ports (the shared parts are in L{promtwist.httpguard}):
     factory's L{BodyDeadline} names for it then (408 otherwise), and fit in the
     port's L{BodyBudget} of body bytes in flight (503 otherwise); the
     request is answered only once the body is in, read into one buffer of
-    the declared size (an anonymous mapping, given back to the system when
-    the request ends: freed heap memory would stay with the process);
+    the declared size (from L{MAPPED_BODY_BYTES} up an anonymous mapping,
+    given back to the system when the request ends: freed heap memory
+    would stay with the process);
   - clients outside the allowed networks are refused before a byte is
     read, the refusal logged at most once a minute per address;
+  - a connection over the port's caps on open connections, in total and
+    per source address (an IPv6 /64 is one source), is closed as soon as
+    it is accepted, before a byte is read: no answer, no timer, and a few
+    log lines a minute naming the address and the setting, then a count.
+    The total is sized in the open-file limit beside the agent port's
+    connections (L{promtwist.proxy.admission.scrapeConnections}), so that
+    no host can exhaust the proxy's file descriptors through this port;
   - a silent connection closes after the idle timeout (which does not run
     while a request is being answered);
   - a client that pipelines requests and does not read the answers gets
@@ -98,8 +106,8 @@ from promtwist.httpguard import (
     headTimedOut,
     headTooLarge,
 )
-from promtwist.logs import clip, observer
-from promtwist.proxy.admission import hostOf
+from promtwist.logs import RepeatedWarnings, clip, observer
+from promtwist.proxy.admission import AddressCaps, hostOf
 from promtwist.proxy.answers import textAnswer
 from promtwist.proxy.bodybudget import BodyBudget
 from promtwist.proxy.exchange import READ_HEADERS, Exchange, RequestBody
@@ -110,6 +118,14 @@ _log = Logger(observer=observer)
 # Bytes read ahead while a request is answered before reading stops, as
 # twisted.web's HTTPChannel does (its _optimisticEagerReadSize).
 READ_AHEAD_BYTES = 0x4000
+# The smallest body read into an anonymous mapping of its own. A mapping is
+# given back to the system when its request ends, which the heap would not
+# do for a large body, but it costs two system calls and a page fault per
+# page: a poll's few bytes, or a push of a compressed answer, would spend
+# more on them than on the rest of the request. Smaller bodies are read
+# into the heap, whose small blocks are reused; the port's body budget
+# bounds them as it bounds every body.
+MAPPED_BODY_BYTES = 0x4000
 
 _END_OF_HEAD = b"\r\n\r\n"
 _SERVER = b"Server: promtwist/" + __version__.public().encode("ascii") + b"\r\n"
@@ -151,10 +167,11 @@ start of that body that came (up to the factory's C{peekBytes}), the time
 a PushProx push may take as long as the scrape it answers has left.
 """
 
-BodySource = Callable[[Exchange], str]
+BodySource = Callable[[Exchange], "str | None"]
 """
 The source a request's body is counted under in the port's L{BodyBudget}:
-by default the host it comes from (L{hostOf}).
+by default the host it comes from (L{hostOf}); L{None} for a body the
+budget does not cover (one bounded by its own small limit).
 """
 
 Guard = Callable[[Exchange], bool]
@@ -204,12 +221,16 @@ class ConnectionState(Enum):
 class ScrapePortFactory(Factory):
     """
     Makes the scrape port's connections, refusing clients outside the
-    allowed networks.
+    allowed networks and those over its caps on open connections.
 
     @ivar handler: answers requests that passed the server's checks.
     @ivar guard: checks each request's credentials first, if set.
     @ivar allowed: the networks clients may connect from.
     @ivar bodies: which requests may carry a body, and how large.
+    @ivar connections: the open connections, counted in total and per
+        source against their caps; L{None} when unbounded.
+    @ivar warnings: the refusals over those caps, logged a few a minute,
+        then counted.
     """
 
     noisy = False
@@ -229,6 +250,7 @@ class ScrapePortFactory(Factory):
         bodyDeadline: BodyDeadline | None = None,
         refused: Refused | None = None,
         peekBytes: int = 0,
+        connections: AddressCaps | None = None,
         clock: IReactorTime | None = None,
     ) -> None:
         """
@@ -247,6 +269,7 @@ class ScrapePortFactory(Factory):
             the head's; none without one.
         @param peekBytes: how much of a refused body's start C{refused} is
             told of, so that it can tell what the body was.
+        @param connections: caps the open connections; unbounded without.
         @param clock: the clock for every timeout; the global reactor by
             default.
         @raise ValueError: if a network is not valid.
@@ -268,11 +291,32 @@ class ScrapePortFactory(Factory):
         self.idleTimeout = idleTimeout
         self.clock = clock
         self.allowed = AllowedNetworks(allowedNetworks, clock)
+        self.connections = connections
+        self.warnings = RepeatedWarnings(_log, clock)
+
+    def stopFactory(self) -> None:
+        self.warnings.flush()
 
     def buildProtocol(self, addr: IAddress | None) -> ScrapePortConnection | None:
         if not self.allowed.admits(addr):
             return None
-        return ScrapePortConnection(self)
+        host = hostOf(addr)
+        connections = self.connections
+        if connections is not None:
+            refusal = connections.refusal(host)
+            if refusal is not None:
+                # Closed at once, unread: a refusal that waited for a
+                # request, or for a TLS handshake to answer it through,
+                # would hold the file it is refused to spare.
+                self.warnings.warn(
+                    "refused scrape-port connection",
+                    "closing a scrape-port connection from {peer} unanswered: {why}",
+                    peer=host or "?",
+                    why=refusal[1],
+                )
+                return None
+            connections.enter(host)
+        return ScrapePortConnection(self, host)
 
 
 _dateSecond = -1
@@ -303,8 +347,12 @@ class ScrapePortConnection(Protocol):
     @ivar state: where the connection is in L{ConnectionState}.
     """
 
-    def __init__(self, factory: ScrapePortFactory) -> None:
+    def __init__(self, factory: ScrapePortFactory, host: str = "") -> None:
         self.factory = factory
+        # The source the factory counts this connection under, and the caps
+        # it is counted in until it is lost.
+        self.host = host
+        self._counted = factory.connections
         self.state = ConnectionState.HEAD
         self._parser = HttpRequestParser(self)
         # Bytes received and not yet parsed, from _offset on: part of a
@@ -330,10 +378,10 @@ class ScrapePortConnection(Protocol):
         # has come. Its bytes are held in the factory's budget until the
         # request ends (_bodyHeld, counted under _bodySource).
         self._bodyOf: ServerExchange | None = None
-        self._body: mmap | None = None
+        self._body: bytearray | mmap | None = None
         self._bodyRead = 0
         self._bodyHeld = 0
-        self._bodySource = ""
+        self._bodySource: str | None = None
         # Whether the body's deadline is the later one bodyDeadline named.
         self._bodyExtended = False
         self._headAt = 0.0
@@ -378,6 +426,9 @@ class ScrapePortConnection(Protocol):
         self._readHeads(data, 0)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        connections, self._counted = self._counted, None
+        if connections is not None:
+            connections.leave(self.host)
         self.state = ConnectionState.CLOSING
         self._cancelTimers()
         self._bodyDone()
@@ -558,12 +609,12 @@ class ScrapePortConnection(Protocol):
             if not self._admitted(exchange):
                 return
             budget = factory.budget
-            if budget is not None:
-                source = factory.sourceOf(exchange)
+            source = factory.sourceOf(exchange) if budget is not None else None
+            if budget is not None and source is not None:
                 overBudget = budget.take(bodyLength, source)
                 if overBudget is not None:
                     return self._refuseRequest(overBudget, method, path, headers, self._arrived())
-                self._bodySource = source
+            self._bodySource = source
             self._bodyHeld = bodyLength
             self._bodyExtended = False
             self._continue(headers, version)
@@ -571,7 +622,9 @@ class ScrapePortConnection(Protocol):
             # counted here, and the next head goes to a parser of its own.
             self._parser = HttpRequestParser(self)
             self._bodyOf = exchange
-            self._body = mmap(-1, bodyLength)
+            self._body = (
+                mmap(-1, bodyLength) if bodyLength >= MAPPED_BODY_BYTES else bytearray(bodyLength)
+            )
             self._bodyRead = 0
             self.state = ConnectionState.BODY
             self._readBody()
@@ -618,7 +671,8 @@ class ScrapePortConnection(Protocol):
             return
         exchange, self._bodyOf = self._bodyOf, None
         assert exchange is not None
-        exchange.body, self._body = body, None
+        exchange.body = body if isinstance(body, mmap) else bytes(body)
+        self._body = None
         self._begin(exchange)
 
     def _bodyDone(self, exchange: ServerExchange | None = None) -> None:
@@ -630,7 +684,7 @@ class ScrapePortConnection(Protocol):
         if exchange is not None:
             exchange.body = b""
         held, self._bodyHeld = self._bodyHeld, 0
-        if held and self.factory.budget is not None:
+        if held and self.factory.budget is not None and self._bodySource is not None:
             self.factory.budget.give(held, self._bodySource)
 
     def _admitted(self, exchange: ServerExchange) -> bool:
@@ -782,7 +836,7 @@ class ScrapePortConnection(Protocol):
         exchange, body = self._bodyOf, self._body
         if self.state is ConnectionState.BODY and exchange is not None and body is not None:
             factory = self.factory
-            start = body[: min(self._bodyRead, factory.peekBytes)]
+            start = bytes(body[: min(self._bodyRead, factory.peekBytes)])
             if not self._bodyExtended and factory.bodyDeadline is not None:
                 later = factory.bodyDeadline(exchange, start)
                 now = factory.clock.seconds()
@@ -994,18 +1048,18 @@ class ServerExchange:
         if not self.started:
             head = self._head()
             if not self._sendsBody:
-                transport.write(head)
+                PENDING.write(transport, head)
             elif self._chunked:
-                transport.write(b"".join((head, b"%x\r\n" % len(data), data, b"\r\n")))
+                PENDING.write(transport, b"".join((head, b"%x\r\n" % len(data), data, b"\r\n")))
             else:
-                transport.write(head + data)
+                PENDING.write(transport, head + data)
         elif not self._sendsBody:
             return
         elif self._chunked:
             transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
+            PENDING.wrote(transport)
         else:
-            transport.write(data)
-        PENDING.wrote(transport)
+            PENDING.write(transport, data)
 
     def finish(self) -> None:
         if self._finished:
@@ -1015,11 +1069,10 @@ class ServerExchange:
         if not self.started:
             if self.method != b"HEAD" and self.code not in _NO_BODY:
                 self._out.setdefault(b"Content-Length", b"0")
-            transport.write(self._head())
+            PENDING.write(transport, self._head())
         elif self._chunked:
-            transport.write(b"0\r\n\r\n")
+            PENDING.write(transport, b"0\r\n\r\n")
         self._finished = True
-        PENDING.wrote(transport)
         self._connection.answered(self)
 
     def finishWith(self, body: bytes) -> None:

@@ -44,13 +44,13 @@ from promtwist.protocol.promtwist_pb2 import (
 from promtwist.protocol.session import PROTOCOL_VERSION, LinkState, Session, SessionLost
 from promtwist.proxy.admission import (
     AuthThrottle,
-    PendingHandshakes,
     Refusal,
     filesNeeded,
-    grpcFiles,
     helloProblem,
     hostOf,
+    pendingHandshakes,
     raiseOpenFileLimit,
+    scrapeConnections,
     waitingRoom,
 )
 from promtwist.proxy.auth import ANONYMOUS, AuthenticationFailed, Authenticator
@@ -634,9 +634,9 @@ class AgentLinkFactory(ServerFactory):
     @ivar maxWaiting: how many may wait: C{proxy.internal.maxWaitingHandshakes},
         lowered when started if the open-file limit (raised as far as its
         hard limit allows) has no room for them all beside every agent.
-    @ivar warnings: the agent port's warnings that anonymous peers can
-        repeat (refusals, failed authentications, handshake errors): a few
-        per kind and minute, then a count.
+    @ivar warnings: the agent port's warnings and news that peers can
+        repeat (refusals, failed authentications, handshake errors, paths
+        changing holder): a few per kind and minute, then a count.
     """
 
     noisy = False
@@ -664,9 +664,7 @@ class AgentLinkFactory(ServerFactory):
         self.sweep = DeadlineSweep(clock, resolutionFor(settings.heartbeat_period_secs))
         self.warnings = RepeatedWarnings(self._log, clock)
         self.authThrottle = AuthThrottle(clock, settings.max_auth_failures_per_address)
-        self._handshakes = PendingHandshakes(
-            settings.max_pending_handshakes, settings.max_pending_handshakes_per_address
-        )
+        self._handshakes = pendingHandshakes(settings)
         self._warnedCleartextCredentials = False
         # Paths each connected link took by a claim: see _holderChanged.
         self._claimChanges: Counter[str] = Counter()
@@ -681,8 +679,11 @@ class AgentLinkFactory(ServerFactory):
         lines when it leaves. Changes a claim makes (a takeover, an owner's
         return) come one registration at a time: the first L{PATHS_LOGGED}
         of each new holder are logged at INFO, then one line says the rest
-        go to DEBUG. The metric counts every change. (The registry tells
-        the agents, through L{AgentLink.pathRoleChanged}.)
+        go to DEBUG. These INFO lines are L{warnings}: a few a minute,
+        then a count, as peers can make holders change at will (PushProx
+        clients that poll and go, each promoting a standby when its grace
+        ends). The metric counts every change. (The registry tells the
+        agents, through L{AgentLink.pathRoleChanged}.)
         """
         batches: dict[tuple[str, str, str], list[HolderChange]] = {}
         for change in changes:
@@ -705,7 +706,8 @@ class AgentLinkFactory(ServerFactory):
                 self._claimChanges[new.agentId] += 1
                 if before >= PATHS_LOGGED:
                     if before == PATHS_LOGGED:
-                        self._log.info(
+                        self.warnings.info(
+                            "path holder change",
                             "agent {new!r} ({newId}) took more than {n} paths from other "
                             "links; the rest are logged at debug level",
                             new=clip(new.name),
@@ -715,7 +717,8 @@ class AgentLinkFactory(ServerFactory):
                     continue
             named = ", ".join(spelled(clip(change.path)) for change in batch[:CHANGES_NAMED])
             more = len(batch) - CHANGES_NAMED
-            self._log.info(
+            self.warnings.info(
+                "path holder change",
                 "{count} path(s) change holder from agent {old!r} ({oldHost}, {oldId}) to "
                 "{new!r} ({newHost}, {newId}): {why}: {named}{more}",
                 count=len(batch),
@@ -734,24 +737,38 @@ class AgentLinkFactory(ServerFactory):
     # what it is; replaced in tests.
     openFileLimit = staticmethod(raiseOpenFileLimit)
 
+    def openFileBudget(self) -> int:
+        """
+        The open-file limit, raised as far as needed and allowed, in which
+        the agent port's connections and the scrape port's
+        (L{promtwist.proxy.admission.scrapeConnections}) are sized; the
+        warning L{startFactory} logs says what it lowered.
+        """
+        return self.openFileLimit(filesNeeded(self.settings))
+
     def startFactory(self) -> None:
         settings = self.settings
-        openFiles = self.openFileLimit(filesNeeded(settings))
+        openFiles = self.openFileBudget()
         self.maxWaiting = waitingRoom(settings, openFiles)
-        if self.maxWaiting < settings.max_waiting_handshakes:
+        connections = scrapeConnections(settings, openFiles)
+        if (
+            self.maxWaiting < settings.max_waiting_handshakes
+            or connections < settings.http_max_connections
+        ):
             self._log.warn(
-                "the open-file limit of {limit} leaves room for {room} of the {setting} "
-                "connections proxy.internal.maxWaitingHandshakes lets wait for a handshake "
-                "place, beside proxy.internal.maxAgents ({agents}) links, "
-                "proxy.internal.maxPendingHandshakes ({pending}) handshakes and "
-                "{grpc} gRPC connections (proxy.internal.maxGrpcConnections); raise the "
-                "limit (ulimit -n, LimitNOFILE=) to {needed} to let them all wait",
+                "the open-file limit of {limit} leaves room for {connections} of the "
+                "{maxConnections} scrape-port connections proxy.http.maxConnections allows "
+                "and {room} of the {setting} connections proxy.internal.maxWaitingHandshakes "
+                "lets wait for a handshake place, beside proxy.internal.maxAgents ({agents}) "
+                "links and proxy.internal.maxPendingHandshakes ({pending}) handshakes; "
+                "raise the limit (ulimit -n, LimitNOFILE=) to {needed} for them all",
                 limit=openFiles,
+                connections=connections,
+                maxConnections=settings.http_max_connections,
                 room=self.maxWaiting,
                 setting=settings.max_waiting_handshakes,
                 agents=settings.max_agents,
                 pending=settings.max_pending_handshakes,
-                grpc=grpcFiles(settings),
                 needed=filesNeeded(settings),
             )
         if self.authenticator.open:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from promtwist.metrics import MetricsRegistry
+from promtwist.metrics import Children, MetricsRegistry
 
 # Go's prometheus.DefBuckets, which PushProx's histogram has (Python's
 # default buckets add .075, .75 and 7.5).
@@ -34,14 +34,14 @@ class PushProxMetrics:
     """
 
     def __init__(self, registry: MetricsRegistry, clients: Callable[[], int]) -> None:
-        self._requests = Counter(
+        requests = Counter(
             "pushprox_http_requests",
             "Requests for PushProx's paths on the scrape port, by path and status"
             " (PushProx's name).",
             ["code", "path"],
             registry=registry,
         )
-        self._durations = Histogram(
+        durations = Histogram(
             "pushprox_http_duration_seconds",
             "Time requests for PushProx's paths took, by path; a poll's is how long it was"
             " held (PushProx's name).",
@@ -49,7 +49,7 @@ class PushProxMetrics:
             buckets=GO_DEFAULT_BUCKETS,
             registry=registry,
         )
-        self._proxied = Counter(
+        proxied = Counter(
             "pushproxy_proxied_requests",
             "Scrapes served by PushProx clients, by the status Prometheus got (PushProx's name).",
             ["code"],
@@ -69,21 +69,26 @@ class PushProxMetrics:
             registry=registry,
         )
         clientCount.set_function(lambda: float(clients()))
+        # Every poll and push counts in two of these: their children are
+        # looked up once per label set.
+        self._requestsOf = Children(requests)
+        self._durationOf = Children(durations)
+        self._proxiedOf = Children(proxied)
         for path in ("/poll", "/push", "/clients"):
             self.expect(path)
-        self._requests.labels("408", "/poll")
-        self._requests.labels("500", "/push")
+        self._requestsOf("408", "/poll")
+        self._requestsOf("500", "/push")
 
     def expect(self, path: str) -> None:
         """
         Start C{path}'s C{code="200"} series at 0: PushProx's exist from
         the start for each of its paths, so its dashboards see them.
         """
-        self._requests.labels("200", path)
+        self._requestsOf("200", path)
 
     def answered(self, path: str, code: int, seconds: float) -> None:
-        self._requests.labels(str(code), path).inc()
-        self._durations.labels(path).observe(seconds)
+        self._requestsOf(str(code), path).inc()
+        self._durationOf(path).observe(seconds)
 
     def proxied(self, code: int) -> None:
-        self._proxied.labels(str(code)).inc()
+        self._proxiedOf(str(code)).inc()

@@ -382,9 +382,6 @@ class PushProxClient:
         expiry, as PushProx does: its client no longer waits on it.
         """
         self.hostName = address
-        if self._grace is not None and self._grace.active():
-            self._grace.cancel()
-        self._grace = None
         old = self.poll
         self.poll = Poll(exchange, self._pollEnded, self.hub.clock, self.hub.pollHold, answered)
         if old is not None:
@@ -440,13 +437,28 @@ class PushProxClient:
         self._lastEnding = f"its last poll {why}"
         self._startGrace()
 
-    def _startGrace(self) -> None:
+    def _startGrace(self, seconds: float | None = None) -> None:
+        """
+        Forget the client C{clientGrace} after its last poll ended, unless
+        another is held by then. A client that keeps polling ends a poll
+        with every scrape and holds the next at once: rather than a timer
+        started and cancelled for each, one timer runs until the grace
+        could first be over and looks then (L{_graceOver}).
+        """
         if self._grace is None:
-            self._grace = self.hub.clock.callLater(self.hub.clientGrace, self._graceOver)
+            self._grace = self.hub.clock.callLater(
+                self.hub.clientGrace if seconds is None else seconds, self._graceOver
+            )
 
     def _graceOver(self) -> None:
         self._grace = None
-        if self.poll is None:
+        if self.poll is not None:
+            # Its grace starts again when this poll ends.
+            return
+        left = self._lastPollEnded + self.hub.clientGrace - self.hub.clock.seconds()
+        if left > 0:
+            self._startGrace(left)
+        else:
             self.hub.forgetClient(self, f"no poll for {self.hub.clientGrace:g}s")
 
     def absence(self) -> str:
@@ -626,16 +638,23 @@ class PushProxHub:
 
         return guarded
 
-    def bodySource(self, exchange: Exchange) -> str:
+    def bodySource(self, exchange: Exchange) -> str | None:
         """
-        What a poll's or push's body counts against in the scrape port's
-        budget of bodies in flight, asked once the guard has let it
-        through: the host it comes from (an IPv6 one by its /64), and the
-        identity its token proves, if any. By host, so that one client
-        cannot hold the budget; by host for token clients too, since one
-        identity may be a whole fleet's (C{proxy.agentToken}, a front end's
-        one token), which would otherwise share one source's share.
+        What a push's body counts against in the scrape port's budget of
+        bodies in flight, asked once the guard has let it through: the host
+        it comes from (an IPv6 one by its /64), and the identity its token
+        proves, if any. By host, so that one client cannot hold the budget;
+        by host for token clients too, since one identity may be a whole
+        fleet's (C{proxy.agentToken}, a front end's one token), which would
+        otherwise share one source's share.
+
+        A poll's body is not counted (L{None}): it is an FQDN, bounded by
+        L{bodyLimit}, and it is held for as long as the poll is, so a
+        client's own held poll would make its push count as a second body
+        of its source and lose the room kept for sources reading none.
         """
+        if exchange.path != PUSH_PATH:
+            return None
         host = hostOf(exchange.client)
         identity = self._prove(exchange.headers)
         if identity.name == ANONYMOUS.name:
@@ -726,19 +745,21 @@ class PushProxHub:
             return
         try:
             fqdn = bytes(exchange.body).decode("ascii").strip()
-            claim = hostKey(fqdn, None)
         except UnicodeDecodeError:
             why = "the poll's body must be the client's FQDN in ASCII"
             return refuse(exchange, answered, 400, why)
-        except BadTarget as e:
-            return refuse(
-                exchange, answered, 400, f"the poll's body must be the client's FQDN: {e}"
-            )
         ip = peerAddress(exchange.client)
         address = str(ip) if ip is not None else "local"
         key = ClientKey(fqdn, identity.name, hostOf(exchange.client) or address)
+        # A known client's FQDN was checked when it registered.
         client = self.clients.get(key) or self._moved(key, address)
         if client is None:
+            try:
+                claim = hostKey(fqdn, None)
+            except BadTarget as e:
+                return refuse(
+                    exchange, answered, 400, f"the poll's body must be the client's FQDN: {e}"
+                )
             # Every client is an agent of the registry, so clients count
             # against the agents' cap; a link's handshake counts links
             # only, so a flood of polls cannot keep agents out.

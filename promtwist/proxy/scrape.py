@@ -163,11 +163,7 @@ class ScrapeHandler:
         proxy's own metrics if L{selfScrape} may, or say why no agent
         serves it.
         """
-        if target is None:
-            key, named = path, "/" + clip(path)
-        else:
-            key = self.registry.hostClaim(target.host, target.port)
-            named = f"target {clip(target.address)}"
+        key = path if target is None else self.registry.hostClaim(target.host, target.port)
         agents = self.registry.lookup(key)
         if self.stopping:
             return self._refuse(exchange, key, 503, "proxy_stopped", "the proxy is shutting down")
@@ -180,9 +176,10 @@ class ScrapeHandler:
                     f"{gone.departedAs} disconnected {self.clock.seconds() - gone.leftAt:.0f}s ago"
                 )
                 return self._refuse(exchange, key, 503, "agent_disconnected", reason)
+            if own is not None and not own.shadowed:
+                return own.answer(exchange)
+            named = "/" + clip(path) if target is None else f"target {clip(target.address)}"
             if own is not None:
-                if not own.shadowed:
-                    return own.answer(exchange)
                 named += SHADOWED_NOTE
             return self._refuse(exchange, key, 404, "invalid_path", f"no agent serves {named}")
         if own is not None:

@@ -11,21 +11,21 @@ and is checked byte for byte against what the target served.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import random
 import shutil
+import socket
 import time
 from typing import Any
 
 import grpc
 import treq
 from twisted.internet import reactor
-from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectError
-from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
@@ -33,7 +33,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import NOT_DONE_YET, Request
 
 from promtwist.agent.build import buildAgent
 from promtwist.agent.service import AgentService
@@ -44,10 +44,12 @@ from promtwist.config.settings import (
     ProxyEndpoint,
     ProxySettings,
 )
+from promtwist.grpc import proxy_service_pb2 as pb
 from promtwist.proxy.build import buildProxy
 from promtwist.proxy.server import ProxyService
 from promtwist.test.certs import Certificates, certificates
-from promtwist.test.helpers import eventually, sourceTreeFile
+from promtwist.test.helpers import eventually, sourceTreeFile, startTarget
+from promtwist.test.nginx import startNginx
 from promtwist.test.processes import Child, ProcessGroup, freePort, writeFile
 from promtwist.test.upstreamagent import UpstreamAgent, UpstreamOptions, UpstreamPath, javaGzip
 
@@ -64,12 +66,16 @@ CHUNKED = "".join(
     f'chunked_metric{{i="{i}"}} {_random.getrandbits(64)}\n' for i in range(9000)
 ).encode()
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+# proxy_agents' kinds (docs/metrics.md).
+KINDS = ("promtwist", "grpc", "pushprox")
 
 
 class _Targets(Resource):
     """
     Scrape targets: each path a body, answered with L{CONTENT_TYPE}; what
-    each request carried is noted for the tests.
+    each request carried is noted for the tests. Two paths are special:
+    C{held} answers only at L{release}, and C{secret} answers L{PLAIN}
+    to Basic credentials C{scraper:p@ss} and challenges anyone else.
     """
 
     isLeaf = True
@@ -78,15 +84,34 @@ class _Targets(Resource):
         super().__init__()
         self.bodies = bodies
         self.requests: list[Request] = []
+        self.held: list[Request] = []
 
-    def render_GET(self, request: Request) -> bytes:
+    def render_GET(self, request: Request) -> bytes | int:
         self.requests.append(request)
-        body = self.bodies.get(request.path.decode().lstrip("/"))
+        name = request.path.decode().lstrip("/")
+        if name == "held":
+            self.held.append(request)
+            request.notifyFinish().addErrback(lambda _: self.held.remove(request))
+            return NOT_DONE_YET
+        if name == "secret" and request.getUser() + b":" + request.getPassword() != b"scraper:p@ss":
+            request.setResponseCode(401)
+            request.setHeader(b"www-authenticate", b'Basic realm="targets"')
+            return b"who are you?\n"
+        body = self.bodies.get("plain" if name == "secret" else name)
         if body is None:
             request.setResponseCode(404)
             return b"no such target\n"
         request.setHeader(b"content-type", CONTENT_TYPE)
         return body
+
+    def release(self) -> None:
+        """
+        Answer every held request (whoever still waits for it).
+        """
+        while self.held:
+            request = self.held.pop()
+            request.write(b"late 1\n")
+            request.finish()
 
 
 def _gzippedSize(body: bytes) -> int:
@@ -104,15 +129,8 @@ class _Fleet(TestCase):
 
     def setUp(self) -> None:
         self.targets = _Targets({"plain": PLAIN, "gzipped": GZIPPED, "chunked": CHUNKED})
-        port: IListeningPort = reactor.listenTCP(
-            0,
-            Site(self.targets),  # type: ignore[arg-type]
-            interface="127.0.0.1",
-        )
-        self.addCleanup(port.stopListening)
-        address = port.getHost()
-        assert isinstance(address, IPv4Address)
-        self.targetBase = f"http://127.0.0.1:{address.port}"
+        self.targetBase = startTarget(self, self.targets, "").rstrip("/")
+        self.addCleanup(self.targets.release)
         self.pool = HTTPConnectionPool(reactor, persistent=False)
         self.addCleanup(self.pool.closeCachedConnections)
         self.http = Agent(reactor, pool=self.pool)
@@ -166,6 +184,21 @@ class _Fleet(TestCase):
             "the upstream agent did not get through registration",
         )
         return agent
+
+    async def refused(self, agent: UpstreamAgent) -> str:
+        """
+        Wait until C{agent}'s first connection fails in connect or
+        registration, check that it never got through, and say why it
+        failed.
+        """
+        await eventually(
+            self,
+            lambda: bool(agent.registerFailures or agent.connectFailures),
+            "the refusal",
+            15,
+        )
+        self.assertEqual(agent.connected, 0)
+        return (agent.registerFailures + [details for _, details in agent.connectFailures])[0]
 
     async def failed(self, agent: UpstreamAgent) -> None:
         """
@@ -277,6 +310,27 @@ class DefaultModeTests(_Fleet):
             self.assertGreaterEqual(len(agentId), 22, agentId)
             self.assertFalse(agentId.isdigit(), agentId)
 
+    async def test_concurrentScrapes(self) -> None:
+        """
+        Thirty scrapes at once of the three kinds, on an agent that fetches
+        four at a time so that its results cross on both streams: each
+        answer is its own scrape's, byte for byte.
+        """
+        self.startProxy()
+        agent = await self.connected(
+            self.path("plain"), self.path("gzipped"), self.path("chunked"), maxConcurrentClients=4
+        )
+        expected = [("plain", PLAIN), ("gzipped", GZIPPED), ("chunked", CHUNKED)] * 10
+        answers = await gatherResults(
+            [Deferred.fromCoroutine(self.scrape(path)) for path, _ in expected]
+        )
+        self.assertEqual(
+            [(code, body) for code, _, body in answers], [(200, body) for _, body in expected]
+        )
+        self.assertEqual(
+            dict(agent.resultCounts), {"non-gzipped": 10, "gzipped": 10, "chunked": 10}
+        )
+
     async def test_queryAcceptAuthorization(self) -> None:
         """
         The scrape's query string, Accept and Authorization reach the
@@ -297,6 +351,22 @@ class DefaultModeTests(_Fleet):
         )
         self.assertEqual(request.requestHeaders.getRawHeaders(b"authorization"), [b"Bearer t0k"])
 
+    async def test_targetBasicAuth(self) -> None:
+        """
+        Credentials in a path's URL answer the target's Basic challenge,
+        as upstream's HTTP client does with them.
+        """
+        self.startProxy()
+        url = self.targetBase.replace("//", "//scraper:p%40ss@") + "/secret"
+        await self.connected(UpstreamPath("secret", "secret", url))
+        await self.assertServes("secret", PLAIN)
+        first, second = self.targets.requests[-2:]
+        self.assertIsNone(first.requestHeaders.getRawHeaders(b"authorization"))
+        self.assertEqual(
+            second.requestHeaders.getRawHeaders(b"authorization"),
+            [b"Basic " + base64.b64encode(b"scraper:p@ss")],
+        )
+
     async def test_unregisterPath(self) -> None:
         """
         unregisterPath removes the path: it is no longer served.
@@ -313,6 +383,115 @@ class DefaultModeTests(_Fleet):
         again = await deferToThread(connection.unregisterPath, "/gzipped")
         self.assertFalse(again.valid)
         self.assertIn("gzipped", again.reason)
+
+    async def test_agentLeavesMidScrape(self) -> None:
+        """
+        A scrape in flight when its agent's connection ends is answered
+        502 at once, not at the scrape's deadline.
+        """
+        self.startProxy()
+        agent = await self.connected(self.path("held"))
+        scrape = Deferred.fromCoroutine(self.scrape("held"))
+        await eventually(self, lambda: bool(self.targets.held), "the target asked", 10)
+        started = time.monotonic()
+        stopped = agent.stop()
+        code, _, body = await scrape
+        self.assertEqual(code, 502, body)
+        self.assertLess(time.monotonic() - started, 10)
+        # Said once, and why.
+        self.assertEqual(body.count(b"agent disconnected"), 1, body)
+        self.targets.release()
+        await stopped
+
+    async def test_forgedResult(self) -> None:
+        """
+        A result for another agent's scrape, sent by an agent of another
+        identity that was not asked (with its own agent id, then with the
+        other's), is not taken: the scrape is answered by the agent it
+        went to.
+        """
+        self.startProxy(identities=(Identity("team_a", "token-a"), Identity("team_b", "token-b")))
+        victim = await self.connected(self.path("held"), agentToken="token-a")
+        forger = await self.connected(self.path("plain"), agentToken="token-b")
+        scrape = Deferred.fromCoroutine(self.scrape("held"))
+        await eventually(self, lambda: bool(self.targets.held), "the target asked", 10)
+        scrapeId = victim.received[-1].scrape_id
+        connection = forger.connection
+        assert connection is not None
+        for agentId in (forger.agentIds[-1], victim.agentIds[-1]):
+            connection.forge(
+                pb.ScrapeResponse(
+                    valid_response=True,
+                    agent_id=agentId,
+                    scrape_id=scrapeId,
+                    status_code=200,
+                    content_type="text/plain",
+                    content_as_text="forged 1\n",
+                )
+            )
+        await deferLater(reactor, 0.5)
+        self.assertFalse(scrape.called, "a forged answer was taken")
+        self.targets.release()
+        code, _, body = await scrape
+        self.assertEqual((code, body), (200, b"late 1\n"))
+
+    async def test_lateAnswer(self) -> None:
+        """
+        A scrape past Prometheus' timeout is answered 503 then; the agent's
+        answer that comes later is dropped, and costs the agent nothing.
+        """
+        self.startProxy()
+        agent = await self.connected(self.path("held"), self.path("plain"))
+        code, _, _ = await self.scrape("held", {"X-Prometheus-Scrape-Timeout-Seconds": "1"})
+        self.assertEqual(code, 503)
+        self.targets.release()
+        await eventually(self, lambda: agent.resultCounts["non-gzipped"] == 1, "the late answer")
+        await self.assertServes("plain", PLAIN, 2)
+        self.assertEqual((agent.connected, agent.streamEnds), (1, []))
+
+    async def test_targetFailures(self) -> None:
+        """
+        The target's own status, and an unreachable target, come back as
+        upstream's agent reports them: that status, and 503.
+        """
+        self.startProxy()
+        await self.connected(
+            self.path("missing"), UpstreamPath("gone", "gone", "http://127.0.0.1:1/metrics")
+        )
+        code, _, _ = await self.scrape("missing")
+        self.assertEqual(code, 404)
+        code, _, _ = await self.scrape("gone")
+        self.assertEqual(code, 503)
+
+    async def test_gzipBomb(self) -> None:
+        """
+        An agent allowed a bigger body than the proxy's
+        maxUnzippedContentSizeMBytes (10 MiB) sends it gzipped, a few
+        kilobytes: the proxy stops unzipping at its limit and answers 413;
+        the agent's other paths are unharmed.
+        """
+        self.targets.bodies["huge"] = b"a 1\n" * (3 * 1024 * 1024)  # 12 MiB
+        self.assertLess(_gzippedSize(self.targets.bodies["huge"]), CHUNK)
+        self.startProxy()
+        await self.connected(self.path("huge"), self.path("plain"), maxContentLengthMBytes=20)
+        code, _, _ = await self.scrape("huge")
+        self.assertEqual(code, 413)
+        await self.assertServes("plain", PLAIN)
+
+    async def test_oversizedChunkedResult(self) -> None:
+        """
+        Chunks adding up to more than maxZippedContentSizeMBytes (5 MiB)
+        fail their scrape with 502 naming the setting; the chunks that
+        follow are dropped, and the agent's other scrapes are unharmed.
+        """
+        # Hex digits: a 12 MiB body whose gzip is above 5 MiB.
+        self.targets.bodies["huge"] = random.Random(5).randbytes(6 * 1024 * 1024).hex().encode()
+        self.startProxy()
+        await self.connected(self.path("huge"), self.path("chunked"), maxContentLengthMBytes=20)
+        code, _, body = await self.scrape("huge")
+        self.assertEqual(code, 502, body)
+        self.assertIn(b"maxZippedContentSizeMBytes", body)
+        await self.assertServes("chunked", CHUNKED, 2)
 
     async def test_reconnect(self) -> None:
         """
@@ -425,13 +604,7 @@ class DefaultModeTests(_Fleet):
         spoofer = self.upstream(
             self.path("gzipped"), agentToken="token-b", agentIdOverride=victim.agentIds[0]
         )
-        await eventually(
-            self,
-            lambda: bool(spoofer.registerFailures or spoofer.connectFailures),
-            "the refusal",
-            15,
-        )
-        self.assertEqual(spoofer.connected, 0)
+        await self.refused(spoofer)
         code, _, _ = await self.scrape("gzipped")
         self.assertEqual(code, 404)
         await self.assertServes("plain", PLAIN)
@@ -465,44 +638,56 @@ class ThroughNginxTests(TransportFilterDisabledTests):
     def upstreamEndpoint(self) -> str:
         return f"127.0.0.1:{self.nginxPort}"
 
+    # What the example says to write for TLS on the agent port, or None.
+    tlsToProxy: dict[str, str] | None = None
+
     def startNginx(self, port: int, agentPort: int) -> None:
-        binary = shutil.which("nginx") or "/usr/sbin/nginx"
-        self.assertTrue(
-            os.access(binary, os.X_OK),
-            "nginx is needed (Debian package 'nginx'; scripts/test installs it as root)",
-        )
         with open(sourceTreeFile("examples/nginx/promtwist-grpc.conf")) as f:
             example = f.read()
         # The example's ports, and nothing else, moved to this test's.
         self.assertEqual(example.count("listen 50440 http2;"), 1)
-        self.assertEqual(example.count("grpc_pass grpc://127.0.0.1:50051;"), 1)
+        self.assertEqual(example.count("        grpc_pass grpc://127.0.0.1:50051;"), 1)
         example = example.replace("listen 50440 http2;", f"listen 127.0.0.1:{port} http2;")
-        example = example.replace("grpc://127.0.0.1:50051;", f"grpc://127.0.0.1:{agentPort};")
-        prefix = os.path.abspath(str(self.mktemp()))
-        os.makedirs(os.path.join(prefix, "logs"))
-        server = writeFile(os.path.join(prefix, "promtwist-grpc.conf"), example)
-        config = writeFile(
-            os.path.join(prefix, "nginx.conf"),
-            f"""\
-daemon off;
-master_process off;
-pid {prefix}/nginx.pid;
-error_log {prefix}/logs/error.log info;
-events {{ worker_connections 256; }}
-http {{
-    access_log {prefix}/logs/access.log;
-    client_body_temp_path {prefix}/body;
-    proxy_temp_path {prefix}/proxy;
-    include {server};
-}}
-""",
-        )
-        self.nginx = Child(self, "nginx", [binary, "-p", prefix, "-c", config], prefix)
-        self.nginx.start()
+        passing = f"grpc_pass grpc://127.0.0.1:{agentPort};"
+        if self.tlsToProxy is not None:
+            # The commented lines, with the test's CA and the name in its
+            # server certificate.
+            lines = [
+                "grpc_pass grpcs://127.0.0.1:50051;",
+                "grpc_ssl_verify on;",
+                "grpc_ssl_trusted_certificate /etc/nginx/promtwist-ca.pem;",
+                "grpc_ssl_name <a name the proxy's certificate holds>;",
+            ]
+            for line in lines:
+                self.assertIn(f"        #   {line}\n", example)
+            passing = "\n        ".join(lines)
+            for old, new in {"50051": str(agentPort), **self.tlsToProxy}.items():
+                passing = passing.replace(old, new)
+        example = example.replace("grpc_pass grpc://127.0.0.1:50051;", passing)
+        server = writeFile(os.path.abspath(str(self.mktemp())) + ".conf", example)
+        self.nginx = startNginx(self, f"    include {server};")
 
     async def connected(self, *paths: UpstreamPath, **options: Any) -> UpstreamAgent:
         await self.listening(self.nginxPort)
         return await super().connected(*paths, **options)
+
+    async def test_tlsToTheProxy(self) -> None:
+        """
+        nginx to a TLS agent port as the example's comment says, the
+        proxy's certificate checked: scrapes go through.
+        """
+        certs = certificates(self)
+        self.tlsToProxy = {
+            "/etc/nginx/promtwist-ca.pem": _absolute(certs.ca),
+            "<a name the proxy's certificate holds>": "localhost",
+        }
+        self.startProxy(
+            tls_cert_chain_file_path=certs.server.cert,
+            tls_private_key_file_path=certs.server.key,
+        )
+        await self.connected(self.path("plain"), self.path("chunked"))
+        await self.assertServes("plain", PLAIN)
+        await self.assertServes("chunked", CHUNKED)
 
     async def test_wrongModeThroughNginx(self) -> None:
         """
@@ -515,15 +700,8 @@ http {{
         await self.connected(self.path("plain"))
         await self.listening(self.nginxPort)
         wrong = self.upstream(self.path("gzipped"), transportFilterDisabled=False)
-        await eventually(
-            self,
-            lambda: bool(wrong.registerFailures or wrong.connectFailures),
-            "the refusal",
-            15,
-        )
-        self.assertEqual(wrong.connected, 0)
-        reasons = wrong.registerFailures + [details for _, details in wrong.connectFailures]
-        self.assertIn("transportFilterDisabled", reasons[0])
+        reason = await self.refused(wrong)
+        self.assertIn("transportFilterDisabled", reason)
         await self.assertServes("plain", PLAIN)
 
     async def test_mixedFleetThroughNginx(self) -> None:
@@ -667,6 +845,11 @@ class TLSTests(_Fleet):
         await self.assertServes("plain", PLAIN)
 
 
+def _absolute(path: str) -> str:
+    # nginx reads relative paths from its prefix, not the test's directory.
+    return os.path.abspath(path)
+
+
 def _lines(body: bytes) -> set[bytes]:
     return {line for line in body.split(b"\n") if line}
 
@@ -707,6 +890,62 @@ class MixedFleetTests(_Fleet):
         )
         await self.assertServes("shared", self.targets.bodies["from_promtwist"])
 
+    async def test_discoveryAndCounts(self) -> None:
+        """
+        A consolidated path of both kinds is discovered once, with the
+        labels of its first registrant (the gRPC agent's) and both agents'
+        names and hosts; proxy_agents counts each kind.
+        """
+        self.startProxy(sd_enabled=True)
+        grpcAgent = await self.connected(
+            self.path("shared", "from_grpc", env="prod"), consolidated=True, agentName="upstream-a"
+        )
+        await self.promtwistAgent("pt", "shared", "from_promtwist", consolidated=True)
+        url = f"http://127.0.0.1:{self.proxy.httpListener.portNumber}/discovery"
+        response = await treq.get(url, pool=self.pool)
+        (group,) = await treq.json_content(response)
+        labels = group["labels"]
+        self.assertEqual((labels["env"], labels["__metrics_path__"]), ("prod", "/shared"))
+        self.assertEqual(sorted(labels["agentName"].split(", ")), ["pt", "upstream-a"])
+        self.assertIn(socket.gethostname(), labels["hostName"].split(", "))
+        counts = {kind: self.metric("proxy_agents", {"kind": kind}) for kind in KINDS}
+        self.assertEqual(counts, {"promtwist": 1.0, "grpc": 1.0, "pushprox": 0.0})
+        await grpcAgent.stop()
+        await eventually(
+            self, lambda: self.metric("proxy_agents", {"kind": "grpc"}) == 0.0, "the count down"
+        )
+        self.assertEqual(self.metric("proxy_agents", {"kind": "promtwist"}), 1.0)
+
+    async def test_grpcDisabled(self) -> None:
+        """
+        With proxy.agent.grpcEnabled off, a gRPC agent does not connect;
+        promtwist agents on the same port serve as ever.
+        """
+        self.startProxy(agent_grpc_enabled=False)
+        await self.promtwistAgent("pt", "owned", "from_promtwist")
+        refused = self.upstream(self.path("shared", "from_grpc"))
+        await self.failed(refused)
+        self.assertEqual(refused.connected, 0)
+        self.assertEqual(refused.connectFailures[0][0], grpc.StatusCode.UNAVAILABLE)
+        await self.assertServes("owned", self.targets.bodies["from_promtwist"])
+        code, _, _ = await self.scrape("shared")
+        self.assertEqual(code, 404)
+
+    async def test_maxAgents(self) -> None:
+        """
+        proxy.internal.maxAgents counts both kinds: past it, a gRPC agent
+        is refused with a reason naming the setting, and those connected
+        keep serving.
+        """
+        self.startProxy(max_agents=2)
+        await self.promtwistAgent("pt", "owned", "from_promtwist")
+        await self.connected(self.path("shared", "from_grpc"))
+        extra = self.upstream(self.path("plain"))
+        reason = await self.refused(extra)
+        self.assertIn("maxAgents", reason)
+        await self.assertServes("owned", self.targets.bodies["from_promtwist"])
+        await self.assertServes("shared", self.targets.bodies["from_grpc"])
+
     async def test_exclusiveRefusedIntoConsolidated(self) -> None:
         """
         A non-consolidated gRPC agent cannot take a path held consolidated
@@ -728,7 +967,9 @@ class MixedFleetTests(_Fleet):
         self.startProxy()
         await self.promtwistAgent("pt", "owned", "from_promtwist")
         standby = await self.connected(self.path("owned", "from_grpc"))
-        self.assertTrue(standby.registrations[0][0].valid)
+        answer = standby.registrations[0][0]
+        self.assertTrue(answer.valid)
+        self.assertIn("standby", answer.reason)
         await self.assertServes("owned", self.targets.bodies["from_promtwist"], 2)
         await self.promtwistAgents[0].stopService()
         await self.assertServes("owned", self.targets.bodies["from_grpc"], 2)

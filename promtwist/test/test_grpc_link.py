@@ -8,8 +8,6 @@ promtwist listener of the test's own (plain or TLS with ALPN h2).
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 import tracemalloc
 from typing import Any
 
@@ -46,7 +44,8 @@ from promtwist.proxy.link import AgentLink
 from promtwist.proxy.server import ProxyService
 from promtwist.test.certs import Issued, certificates
 from promtwist.test.helpers import eventually, startTarget
-from promtwist.test.processes import Child, freePort, writeFile
+from promtwist.test.nginx import startNginx
+from promtwist.test.processes import freePort
 from promtwist.tls import agentPortTLS
 
 MiB = 1024 * 1024
@@ -429,34 +428,18 @@ class NginxFrontEndTests(_LinkCase):
         """
         Start nginx passing gRPC to C{upstream}; return its port.
         """
-        binary = shutil.which("nginx") or "/usr/sbin/nginx"
-        if not os.access(binary, os.X_OK):
-            self.fail("nginx is needed (Debian package 'nginx'; scripts/test installs it as root)")
         port = freePort()
-        prefix = os.path.abspath(self.mktemp())
-        os.makedirs(os.path.join(prefix, "logs"))
-        config = writeFile(
-            os.path.join(prefix, "nginx.conf"),
+        startNginx(
+            self,
             f"""\
-daemon off;
-master_process off;
-pid {prefix}/nginx.pid;
-error_log {prefix}/logs/error.log info;
-events {{ worker_connections 64; }}
-http {{
-    access_log {prefix}/logs/access.log;
-    client_body_temp_path {prefix}/body;
     server {{
         listen 127.0.0.1:{port} http2;
         location /promtwist.Link/ {{
             grpc_pass grpc://127.0.0.1:{upstream};
             client_max_body_size 0;
         }}
-    }}
-}}
-""",
+    }}""",
         )
-        Child(self, "nginx", [binary, "-p", prefix, "-c", config], prefix).start()
         return port
 
     async def startThroughNginx(self, **agentSettings: Any) -> tuple[ProxyService, AgentService]:

@@ -7,22 +7,31 @@ C{HEAD}, keep-alive and its end, chunked framing, 400, 405 and 505.
 
 from __future__ import annotations
 
+from mmap import mmap
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+from promtwist.config.settings import ProxySettings
 from promtwist.httpguard import ABORT_TIMEOUT
 from promtwist.proxy.access import RequireCredentials
+from promtwist.proxy.admission import scrapePortConnections
 from promtwist.proxy.bodybudget import BodyBudget
 from promtwist.proxy.exchange import Exchange
-from promtwist.proxy.httpserver import ConnectionState, ScrapePortConnection, ScrapePortFactory
+from promtwist.proxy.httpserver import (
+    MAPPED_BODY_BYTES,
+    ConnectionState,
+    ScrapePortConnection,
+    ScrapePortFactory,
+)
 from promtwist.test import test_webguard
 from promtwist.test.scrapeport import Held, connect, factory, parseResponse
 from promtwist.test.test_webguard import BufferedTransport, ServerUnderTest
@@ -778,6 +787,34 @@ class RequestBodyTests(SynchronousTestCase):
         self.assertIn(b"POST /in xyz", self.transport.value())
         self.assertIn(b"GET /b ", self.transport.value())
 
+    def test_bufferBySize(self) -> None:
+        """
+        A body under L{MAPPED_BODY_BYTES} reaches the handler as bytes, read
+        into the heap, whose small blocks are reused; one of that size or
+        more in an anonymous mapping of its own, which goes back to the
+        system when the request ends. Either is the body as it arrived, in
+        however many reads.
+        """
+        seen: list[object] = []
+
+        def keep(exchange: Exchange) -> None:
+            seen.append(exchange.body)
+            exchange.finishWith(b"")
+
+        for size in (MAPPED_BODY_BYTES - 1, MAPPED_BODY_BYTES):
+            connection, _ = connect(
+                factory(keep, self.clock, bodies=lambda method, path: MAPPED_BODY_BYTES)
+            )
+            connection.dataReceived(
+                b"POST /in HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % size + b"x" * (size - 1)
+            )
+            connection.dataReceived(b"y")
+        small, large = seen
+        self.assertIs(type(small), bytes)
+        self.assertEqual(small, b"x" * (MAPPED_BODY_BYTES - 2) + b"y")
+        assert isinstance(large, mmap)
+        self.assertEqual(large[:], b"x" * (MAPPED_BODY_BYTES - 1) + b"y")
+
     def test_overLimit(self) -> None:
         """
         A body declared larger than the limit gets 413 naming it, before a
@@ -1033,3 +1070,118 @@ class BodyBudgetTests(SynchronousTestCase):
         connection.dataReceived(b"POST /in HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
         self.post(11, b"")
         self.assertEqual(self.refusals, [(b"POST", b"/in", 411, 0.0), (b"POST", b"/in", 413, 0.0)])
+
+
+class ConnectionCapTests(SynchronousTestCase):
+    """
+    The scrape port's caps on open connections, in total and per source (the
+    reviewer's C{fdflood.py}: one host holding connections that send half a
+    head took every file descriptor the proxy had, and every port with it).
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.site = factory(
+            Hello(),
+            self.clock,
+            connections=scrapePortConnections(
+                ProxySettings(http_max_connections_per_address=3), total=10
+            ),
+        )
+
+    def open(self, host: str) -> tuple[ScrapePortConnection, StringTransport] | None:
+        """
+        A connection from C{host}, or L{None} when the port refuses it.
+        """
+        peer: IPv4Address | IPv6Address = (
+            IPv6Address("TCP", host, 40000) if ":" in host else IPv4Address("TCP", host, 40000)
+        )
+        connection = self.site.buildProtocol(peer)
+        if connection is None:
+            return None
+        transport = StringTransport(peerAddress=peer)
+        connection.makeConnection(transport)
+        return connection, transport
+
+    def test_perAddress(self) -> None:
+        """
+        A host at its share is refused further connections, at once and
+        saying who and which setting; another host is still served, and a
+        place the first host gives up is its own again.
+        """
+        held = [self.open("127.0.0.3") for _ in range(3)]
+        self.assertNotIn(None, held)
+        for opened in held:
+            assert opened is not None
+            opened[0].dataReceived(b"GET /x HTTP/1.1\r\nHost: x\r\n")
+        with capturedLogs() as events:
+            self.assertIsNone(self.open("127.0.0.3"))
+        self.assertEqual(
+            [formatEvent(e) for e in events],
+            [
+                "closing a scrape-port connection from 127.0.0.3 unanswered: the proxy is at "
+                "its scrape-port connection limit of 3 for 127.0.0.3 "
+                "(proxy.http.maxConnectionsPerAddress)"
+            ],
+        )
+        other = self.open("127.0.0.4")
+        assert other is not None
+        other[0].dataReceived(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(parseResponse(other[1].value()).body, b"hello /metrics\n")
+        first = held[0]
+        assert first is not None
+        first[0].connectionLost(Failure(ConnectionDone()))
+        self.assertIsNotNone(self.open("127.0.0.3"))
+        self.assertIsNone(self.open("127.0.0.3"))
+
+    def test_ipv6By64(self) -> None:
+        """
+        IPv6 hosts are counted by /64: a host can take a new address from
+        its /64 for every connection.
+        """
+        for i in range(3):
+            self.assertIsNotNone(self.open(f"2001:db8::{i + 1}"))
+        self.assertIsNone(self.open("2001:db8::ffff"))
+        self.assertIsNotNone(self.open("2001:db8:0:1::1"))
+
+    def test_total(self) -> None:
+        """
+        At the total cap every host is refused, naming the setting; each
+        connection lost, whatever ended it, gives its place back.
+        """
+        opened = [self.open(f"127.0.0.{i // 3 + 10}") for i in range(10)]
+        self.assertNotIn(None, opened)
+        with capturedLogs() as events:
+            self.assertIsNone(self.open("127.0.0.99"))
+        self.assertIn(
+            "the proxy is at its scrape-port connection limit of 10 (proxy.http.maxConnections)",
+            formatEvent(events[0]),
+        )
+        # A head that does not come in time: the port times it out (408).
+        self.clock.advance(10)
+        self.assertEqual(len(self.site.connections or ()), 10)
+        for connection in opened:
+            assert connection is not None
+            self.assertTrue(connection[1].disconnecting)
+            connection[0].connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(len(self.site.connections or ()), 0)
+        self.assertIsNotNone(self.open("127.0.0.99"))
+
+    def test_refusalsLogBounded(self) -> None:
+        """
+        A flood of refused connections costs a few log lines a minute and a
+        count, not a line each.
+        """
+        for _ in range(3):
+            self.open("127.0.0.3")
+        with capturedLogs() as events:
+            for _ in range(1000):
+                self.assertIsNone(self.open("127.0.0.3"))
+            self.site.stopFactory()
+        refusals = [e for e in events if "closing a scrape-port" in e["log_format"]]
+        self.assertEqual(len(refusals), self.site.warnings.burst)
+        self.assertIn(
+            f"{1000 - self.site.warnings.burst} more refused scrape-port connection "
+            "message(s) suppressed",
+            formatEvent(events[-1]),
+        )

@@ -40,7 +40,16 @@ from promtwist.protocol.promtwist_pb2 import (
     ScrapeChunk,
 )
 from promtwist.protocol.session import ROUND_TRIP_EVERY_PERIODS, SessionLost
-from promtwist.proxy.admission import FILES_RESERVED, raiseOpenFileLimit, waitingRoom
+from promtwist.proxy.admission import (
+    FILES_RESERVED,
+    MIN_GRPC_CONNECTIONS,
+    MIN_SCRAPE_CONNECTIONS,
+    filesNeeded,
+    grpcConnections,
+    raiseOpenFileLimit,
+    scrapeConnections,
+    waitingRoom,
+)
 from promtwist.proxy.answers import ScrapeFailed
 from promtwist.proxy.link import AgentLink
 from promtwist.proxy.relay import ScrapeCall
@@ -517,14 +526,15 @@ class AuthenticationTests(SynchronousTestCase):
         """
         Waiting connections hold a file each: when started, the factory lets
         only as many wait as the open-file limit leaves room for beside
-        every agent and handshake (the reviewer's C{fdflood.py}: a flood
-        that took every file would leave no port able to accept), says so,
-        and refuses the others at once, saying why.
+        every agent, handshake and scrape-port connection (the reviewer's
+        C{fdflood.py}: a flood that took every file would leave no port able
+        to accept), says so, and refuses the others at once, saying why.
         """
         settings = ProxySettings(
             max_agents=100,
             max_pending_handshakes=1,
             max_waiting_handshakes=4096,
+            http_max_connections=10,
             max_grpc_connections=50,
         )
         asked = []
@@ -532,17 +542,20 @@ class AuthenticationTests(SynchronousTestCase):
 
         def limit(needed: int) -> int:
             asked.append(needed)
-            return 50 + 100 + 1 + FILES_RESERVED + 2
+            return 100 + 1 + FILES_RESERVED + 10 + 2
 
         factory.openFileLimit = limit
         with capturedLogs() as events:
             factory.startFactory()
-        self.assertEqual(asked, [50 + 100 + 1 + 4096 + FILES_RESERVED])
+        needed = 50 + 100 + 1 + 4096 + 10 + FILES_RESERVED
+        self.assertEqual(asked, [needed])
         self.assertEqual(factory.maxWaiting, 2)
-        self.assertIn("leaves room for 2 of the 4096 connections", logText(events))
         self.assertIn(
-            f"to {50 + 100 + 1 + 4096 + FILES_RESERVED} to let them all wait", logText(events)
+            "leaves room for 10 of the 10 scrape-port connections proxy.http.maxConnections "
+            "allows and 2 of the 4096 connections",
+            logText(events),
         )
+        self.assertIn(f"to {needed} for them all", logText(events))
         links = [factory.buildProtocol(None) for _ in range(3)]
         self.assertTrue(all(isinstance(link, AgentLink) for link in links))
         refused = factory.buildProtocol(None)
@@ -555,6 +568,53 @@ class AuthenticationTests(SynchronousTestCase):
         )
         self.assertEqual(waitingRoom(settings, 10), 0)
         self.assertEqual(waitingRoom(settings, 100_000), 4096)
+
+    def test_scrapePortWithinTheOpenFileLimit(self) -> None:
+        """
+        The scrape port's connections are sized in the same open-file limit
+        as the agent port's, before the waiting room: a limit that holds
+        every agent and handshake but not C{proxy.http.maxConnections}
+        lowers the scrape port's cap and leaves nothing to wait, so the
+        agent port promises no file that PushProx clients' polls may hold;
+        a limit too small even for the agents leaves the scrape port
+        L{MIN_SCRAPE_CONNECTIONS}.
+        """
+        settings = ProxySettings(
+            max_agents=1000,
+            max_pending_handshakes=64,
+            max_waiting_handshakes=4096,
+            http_max_connections=4096,
+        )
+        # The reviewer's limit: what the agent port alone needed before.
+        openFiles = 1000 + 64 + 4096 + FILES_RESERVED
+        self.assertEqual(scrapeConnections(settings, openFiles), 4096)
+        self.assertEqual(waitingRoom(settings, openFiles), 0)
+        self.assertEqual(scrapeConnections(settings, 1000 + 64 + FILES_RESERVED + 100), 100)
+        self.assertEqual(scrapeConnections(settings, 1024), MIN_SCRAPE_CONNECTIONS)
+        self.assertEqual(waitingRoom(settings, 1024), 0)
+        # gRPC connections are sized last: lowered first, to no less than
+        # their floor.
+        self.assertEqual(grpcConnections(settings, openFiles), MIN_GRPC_CONNECTIONS)
+        self.assertEqual(grpcConnections(settings, filesNeeded(settings)), 4000)
+        self.assertEqual(
+            scrapeConnections(settings, filesNeeded(settings))
+            + waitingRoom(settings, filesNeeded(settings))
+            + grpcConnections(settings, filesNeeded(settings))
+            + 1000
+            + 64
+            + FILES_RESERVED,
+            filesNeeded(settings),
+        )
+        factory = agentLinkFactory(settings, Clock())
+        factory.openFileLimit = lambda needed: openFiles
+        with capturedLogs() as events:
+            factory.startFactory()
+        self.assertEqual(factory.maxWaiting, 0)
+        self.assertIn(
+            "leaves room for 4096 of the 4096 scrape-port connections proxy.http.maxConnections "
+            "allows and 0 of the 4096 connections",
+            logText(events),
+        )
 
     def test_openFileLimitRaised(self) -> None:
         """

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import shutil
 import socket
 import stat
@@ -26,6 +27,7 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import ServerFactory
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from promtwist.config.load import loadProxySettings
@@ -370,3 +372,97 @@ class UnixPeerTests(SynchronousTestCase):
         self.assertFalse(
             AllowedNetworks(["unix"], clock).admits(IPv4Address("TCP", "127.0.0.1", 1))
         )
+
+
+class _Reservation:
+    """
+    Twisted's reserved file descriptor, always there to give back.
+    """
+
+    def available(self) -> bool:
+        return True
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+class _Client:
+    closed = 0
+
+    def close(self) -> None:
+        _Client.closed += 1
+
+
+class _OutOfFiles:
+    """
+    A listening socket whose process is out of file descriptors: its first
+    accept fails with C{EMFILE}, then C{clients} connections are accepted
+    (to be closed at once), then there are no more.
+    """
+
+    def __init__(self, clients: int) -> None:
+        self.left = clients
+        self.failed = False
+
+    def accept(self) -> tuple[_Client, tuple[str, int]]:
+        if not self.failed:
+            self.failed = True
+            raise OSError(errno.EMFILE, "Too many open files")
+        if not self.left:
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+        self.left -= 1
+        return _Client(), ("127.0.0.3", 40000 + self.left)
+
+
+class OutOfFilesTests(TestCase):
+    """
+    What a port logs when the process is out of file descriptors (the
+    reviewer's C{fdflood.py}: 708,136 lines in 30 seconds, one for each
+    connection Twisted's accept loop closed).
+    """
+
+    async def test_logBounded(self) -> None:
+        """
+        A flood of connections the accept loop closes for want of a file
+        descriptor costs a few lines a minute naming the address and the
+        limit, then a count reported when the port stops; what else the
+        port logs passes on.
+        """
+        listener = Listener(reactor, 0, ServerFactory(), "127.0.0.1")
+        listener.privilegedStartService()
+        listener.startService()
+        port = listener.port
+        assert isinstance(port, tcp.Port)
+        self.patch(tcp, "_reservedFD", _Reservation())
+        listening = port.socket
+        _Client.closed = 0
+        with capturedLogs() as events:
+            for _ in range(10):
+                port.socket = _OutOfFiles(100)
+                # As many accepts a read as a busy port grows to.
+                port.numberAccepts = 200
+                port.doRead()
+            port.socket = listening
+            port._logger.info("something else {n}", n=1)
+            await listener.stopService()
+        self.assertEqual(_Client.closed, 1000)
+        lines = [formatEvent(e) for e in events]
+        for start in ("closed a connection", "the process is out of file descriptors"):
+            self.assertEqual(len([line for line in lines if line.startswith(start)]), 5, lines)
+        self.assertFalse([line for line in lines if "EMFILE" in line], lines)
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self.assertIn(
+            f"the process is out of file descriptors (its open-file limit is {limit}): "
+            "connections waiting to be accepted are closed unanswered; see 'Open files' "
+            "in docs/deployment.md",
+            lines,
+        )
+        self.assertIn(
+            "closed a connection from 127.0.0.3 unanswered: no file descriptor was free", lines
+        )
+        self.assertIn("995 more connection closed unanswered message(s) suppressed in 0s", lines)
+        self.assertIn("5 more out of file descriptors message(s) suppressed in 0s", lines)
+        self.assertIn("something else 1", lines)

@@ -265,3 +265,5 @@ class DebuggingTests(SynchronousTestCase):
         self.assertTrue(logs.debugging("promtwist.proxy.server.ProxyService"))
         logs.applyLogLevel("warn")
         self.assertFalse(logs.debugging())
+        # The answers are remembered until the level changes.
+        self.assertFalse(logs.debugging("promtwist.proxy.server.ProxyService"))

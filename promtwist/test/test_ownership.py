@@ -193,6 +193,31 @@ class PromotionTests(SynchronousTestCase):
         self.assertIn(f"now serving /fast: promoted from standby ({reason})", agentSide)
         return proxy
 
+    def test_holderChangesLogBounded(self) -> None:
+        """
+        Holder changes a peer can make at will (the reviewer's
+        C{holderflood.py}: holders that go, each promoting its standby)
+        cost a few INFO lines a minute, then a count; the metric counts
+        every change.
+        """
+        proxy = Ownership()
+        agents = [proxy.connect(f"a{i}") for i in range(30)]
+        with capturedLogs() as events:
+            for agent in agents[:-1]:
+                agent.connection.transport.abortConnection()
+                proxy.flush()
+            self.assertEqual(proxy.holder(), agents[-1].link)
+            proxy.clock.advance(60)
+            proxy.factory.warnings.summariseExpired()
+        lines = holderLines(events)
+        self.assertEqual(len(lines), proxy.factory.warnings.burst, [text(e) for e in lines])
+        self.assertIn(
+            f"{29 - proxy.factory.warnings.burst} more path holder change message(s) "
+            "suppressed in 60s",
+            [text(e) for e in events],
+        )
+        self.assertEqual(proxy.changes("lost"), 2 * 29)
+
     def test_goodbye(self) -> None:
         proxy = self.promoted("goodbye", "the holder said goodbye", atOnce=False)
         self.assertEqual(proxy.changes("goodbye"), 2)

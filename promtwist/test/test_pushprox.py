@@ -290,6 +290,26 @@ class HubTests(HubCase):
         self.assertIn("forgotten: no poll for 10s", collected.failure.reason)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_graceFromLastPoll(self) -> None:
+        """
+        The grace runs from the end of the client's last poll, however many
+        polls came and ended since the first one's: a client that polled
+        again half-way through is forgotten C{clientGrace} after that
+        poll ended, and not before.
+        """
+        self.poll()
+        client = self.client()
+        Collected(client.scrape(scrapeCall(deadline=60)))
+        self.clock.advance(GRACE / 2)
+        connection, _ = self.poll()
+        connection.connectionLost(Failure(ConnectionError("gone")))
+        self.clock.advance(GRACE / 2)
+        self.assertEqual(self.hub.clients, {client.key: client})
+        self.clock.advance(GRACE / 2 - 0.1)
+        self.assertEqual(self.hub.clients, {client.key: client})
+        self.clock.advance(0.1)
+        self.assertEqual(self.hub.clients, {})
+
     def test_newerPollExpiresOlder(self) -> None:
         """
         As in PushProx, a newer poll from the same client answers the older
@@ -711,6 +731,23 @@ class HostileTests(HubCase):
         self.assertIn(b"from 10.1.1.1,", refused.body)
         self.assertEqual(self.heldPush(b"", "10.1.1.2").value(), b"")
         self.assertEqual(budget.bySource, {"10.1.1.1": 600, "10.1.1.2": 600})
+
+    def test_heldPollNotCounted(self) -> None:
+        """
+        A client's held poll is not a body in the push budget: its push is
+        its host's first, so it takes the room kept for sources reading
+        none, beside two hosts holding pushes. (Counted, the poll made the
+        push its host's second, which must leave that room free, and the
+        real client's answers were refused while it polled as it does.)
+        """
+        budget = BodyBudget(2000, "proxy.pushprox.pushBudgetMBytes")
+        self.port = Port(self.hub, self.clock, budget=budget)
+        self.assertEqual(self.poll()[1].value(), b"")
+        self.assertEqual(budget.held, 0)
+        for host in ("10.1.1.2", "10.1.1.3"):
+            self.assertEqual(self.heldPush(b"", host).value(), b"")
+        self.assertEqual(self.heldPush(b"", "10.1.1.1").value(), b"")
+        self.assertEqual(budget.bySource, {"10.1.1.1": 600, "10.1.1.2": 600, "10.1.1.3": 600})
 
     def heldPush(self, token: bytes, host: str) -> StringTransport:
         """

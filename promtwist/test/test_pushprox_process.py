@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from functools import partial
 from typing import Any
@@ -27,6 +26,7 @@ from twisted.web.server import Site
 from twisted.web.static import Data
 
 from promtwist.test.helpers import RawClient
+from promtwist.test.nginx import startNginx
 from promtwist.test.processes import Child, Cluster, freePort, hoconString, writeFile
 from promtwist.test.pushproxpeer import pushproxClient
 from promtwist.test.test_endtoend import PROMETHEUS_MISSING, prometheusBinary
@@ -336,14 +336,11 @@ class FrontEndTests(TestCase):
 
     timeout = 120
 
-    def nginx(self, workdir: str, proxyPort: int, tokens: dict[int, str]) -> Child:
-        binary = shutil.which("nginx") or "/usr/sbin/nginx"
-        if not os.access(binary, os.X_OK):
-            self.fail("nginx is needed (Debian package 'nginx'; scripts/test installs it as root)")
-        prefix = os.path.join(workdir, "nginx")
-        os.makedirs(os.path.join(prefix, "logs"), exist_ok=True)
-        servers = "\n".join(
-            f"""\
+    def nginx(self, proxyPort: int, tokens: dict[int, str]) -> Child:
+        return startNginx(
+            self,
+            "\n".join(
+                f"""\
     server {{
         listen 127.0.0.1:{port};
         location / {{
@@ -355,27 +352,9 @@ class FrontEndTests(TestCase):
             client_max_body_size 11m;
         }}
     }}"""
-            for port, token in tokens.items()
+                for port, token in tokens.items()
+            ),
         )
-        config = writeFile(
-            os.path.join(prefix, "nginx.conf"),
-            f"""\
-daemon off;
-master_process off;
-pid {prefix}/nginx.pid;
-error_log {prefix}/logs/error.log info;
-events {{ worker_connections 64; }}
-http {{
-    access_log {prefix}/logs/access.log;
-    client_body_temp_path {prefix}/body;
-    proxy_temp_path {prefix}/proxy;
-{servers}
-}}
-""",
-        )
-        child = Child(self, "nginx", [binary, "-p", prefix, "-c", config], workdir)
-        child.start()
-        return child
 
     def authConfig(self) -> str:
         """
@@ -403,7 +382,7 @@ http {{
         cluster = setup.cluster
         await cluster.start()
         frontA, frontB = freePort(), freePort()
-        nginx = self.nginx(cluster.workdir, cluster.scrapePort, {frontA: "tok-a", frontB: "tok-b"})
+        nginx = self.nginx(cluster.scrapePort, {frontA: "tok-a", frontB: "tok-b"})
         cluster.children.append(nginx)
         first = setup.client("client-a", "127.0.0.1", f"http://127.0.0.1:{frontA}/")
         first.start()
@@ -439,7 +418,7 @@ http {{
         cluster = setup.cluster
         await cluster.start()
         front = freePort()
-        cluster.children.append(self.nginx(cluster.workdir, cluster.scrapePort, {front: "tok-a"}))
+        cluster.children.append(self.nginx(cluster.scrapePort, {front: "tok-a"}))
         big = Data(b"promtwist_e2e_big 1\n" * (2**21 // 20), "text/plain; version=0.0.4")
         root = Resource()
         root.putChild(b"metrics", big)

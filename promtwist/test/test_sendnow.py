@@ -59,6 +59,22 @@ class Producer(Protocol):
         self._write(chunks, close=False)
 
     @sendsOnReturn
+    def writing(
+        self, chunks: list[bytes], seen: list[tuple[int, int]], abort: bool = False
+    ) -> None:
+        """
+        Write C{chunks} with L{PENDING.write}, noting after each what the
+        socket holds unsent and how many sends it made; abort the
+        connection first if told to.
+        """
+        assert self.transport is not None
+        if abort:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+        for chunk in chunks:
+            PENDING.write(self.transport, chunk)
+            seen.append((self.held(), self.sends))
+
+    @sendsOnReturn
     def outer(self, inner: list[bytes], after: list[bytes], seen: list[int]) -> None:
         self.marked(inner)
         seen.append(self.held())
@@ -174,6 +190,57 @@ class SendsOnReturnTests(TestCase):
         producer.outer([b"i" * 5], [b"o" * 7], seen)
         self.assertEqual((seen, producer.held(), producer.sends), ([5], 0, 1))
         self.assertEqual(await collector.receive(12), b"i" * 5 + b"o" * 7)
+
+    async def test_firstWriteAtOnce(self) -> None:
+        """
+        L{PENDING.write}: in a marked call, the first write to a socket with
+        nothing unsent leaves at once, in one send and before the call
+        returns; later writes in the call are held, and leave together in
+        one more send when it returns.
+        """
+        producer, collector = await self.connect()
+        producer.countSends()
+        seen: list[tuple[int, int]] = []
+        producer.writing([b"a" * 10, b"b" * 20, b"c" * 30], seen)
+        self.assertEqual(seen, [(0, 1), (20, 1), (50, 1)])
+        self.assertEqual((producer.held(), producer.sends), (0, 2))
+        self.assertEqual(await collector.receive(60), b"a" * 10 + b"b" * 20 + b"c" * 30)
+
+    async def test_writeAfterBuffered(self) -> None:
+        """
+        A first write in a marked call to a socket that still holds bytes
+        written before is buffered behind them: nothing overtakes.
+        """
+        producer, collector = await self.connect()
+        producer.unmarked([b"x" * 10])
+        producer.countSends()
+        seen: list[tuple[int, int]] = []
+        producer.writing([b"y" * 5], seen)
+        self.assertEqual(seen, [(15, 0)])
+        self.assertEqual((producer.held(), producer.sends), (0, 1))
+        self.assertEqual(await collector.receive(15), b"x" * 10 + b"y" * 5)
+
+    async def test_abortedSendsNothing(self) -> None:
+        """
+        A connection aborted in the marked call sends nothing written after.
+        """
+        producer, collector = await self.connect()
+        producer.countSends()
+        seen: list[tuple[int, int]] = []
+        producer.writing([b"q" * 10], seen, abort=True)
+        await collector.closed
+        self.assertEqual((collector.received, producer.sends), (b"", 0))
+
+    async def test_writeTLS(self) -> None:
+        """
+        L{PENDING.write} on a TLS transport takes the usual way: encrypted
+        and sent when the marked call returns.
+        """
+        producer, collector = await self.connect(tls=True)
+        seen: list[tuple[int, int]] = []
+        producer.writing([b"t" * 10, b"u" * 10], seen)
+        self.assertEqual(producer.held(), 0)
+        self.assertEqual(await collector.receive(25), b"hello" + b"t" * 10 + b"u" * 10)
 
     async def test_closingLeftToReactor(self) -> None:
         """

@@ -31,8 +31,6 @@ purpose.
 
 from __future__ import annotations
 
-import base64
-import gzip
 import json
 import queue
 import secrets
@@ -48,7 +46,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import grpc
 from twisted.internet import reactor
@@ -58,6 +56,7 @@ from twisted.internet.interfaces import IReactorThreads
 from promtwist.grpc import proxy_service_pb2 as pb
 
 _threads = cast(IReactorThreads, reactor)
+T = TypeVar("T")
 
 # Fully-qualified method names: upstream's .proto has no package (§A.1).
 _SERVICE = "/ProxyService/"
@@ -157,6 +156,24 @@ class _ScrapeResult:
     zipped: bool = False
     text: str = ""
     zippedBytes: bytes = b""
+
+
+def _resultFields(agentId: str, result: _ScrapeResult, prefix: str = "") -> dict[str, Any]:
+    """
+    The fields C{ScrapeResponse} and C{HeaderData} share, the latter's
+    names with C{header_} before them (§A.1).
+    """
+    fields = {
+        "valid_response": result.validResponse,
+        "agent_id": agentId,
+        "scrape_id": result.scrapeId,
+        "status_code": result.statusCode,
+        "failure_reason": result.failureReason,
+        "url": result.url,
+        "content_type": result.contentType,
+        "zipped": result.zipped,
+    }
+    return {prefix + name: value for name, value in fields.items()}
 
 
 def javaGzip(data: bytes) -> bytes:
@@ -321,6 +338,13 @@ class _Connection:
         self.agent.markMsgSent()
         return int(response.path_count)
 
+    def forge(self, message: pb.ScrapeResponse) -> None:
+        """
+        Misbehaviour: send C{message} on the results stream as it is,
+        whatever was asked.
+        """
+        self.nonChunked.put(message)
+
     # -- the connection's tasks
 
     def launch(self) -> None:
@@ -389,23 +413,25 @@ class _Connection:
                 except queue.Full:
                     continue
 
-    def _worker(self) -> None:
-        # The scrape worker, maxConcurrentClients at a time (§A.6 step 5).
+    def _taken(self, source: queue.Queue[T]) -> Iterator[T]:
+        """
+        What C{source} gives, until the connection ends.
+        """
         while not self.ended.is_set():
             try:
-                request = self.requests.get(timeout=0.1)
+                yield source.get(timeout=0.1)
             except queue.Empty:
                 continue
+
+    def _worker(self) -> None:
+        # The scrape worker, maxConcurrentClients at a time (§A.6 step 5).
+        for request in self._taken(self.requests):
             self.results.put(self.agent.fetch(request))
 
     def _forwardResults(self) -> None:
         # processScrapeResults (AGS:466-485): one consumer, so one scrape's
         # messages are never interleaved with another's.
-        while not self.ended.is_set():
-            try:
-                result = self.results.get(timeout=0.1)
-            except queue.Empty:
-                continue
+        for result in self._taken(self.results):
             self._forward(result)
             self.agent.markMsgSent()  # AGS:483
 
@@ -424,16 +450,7 @@ class _Connection:
             return
         self.chunked.put(  # toScrapeResponseHeader (AGS:510-514)
             pb.ChunkedScrapeResponse(
-                header=pb.HeaderData(
-                    header_valid_response=result.validResponse,
-                    header_agent_id=agentId,
-                    header_scrape_id=result.scrapeId,
-                    header_status_code=result.statusCode,
-                    header_failure_reason=result.failureReason,
-                    header_url=result.url,
-                    header_content_type=result.contentType,
-                    header_zipped=result.zipped,
-                )
+                header=pb.HeaderData(**_resultFields(agentId, result, "header_"))
             )
         )
         checksum = 0
@@ -472,16 +489,7 @@ class _Connection:
     def _response(agentId: str, result: _ScrapeResult) -> pb.ScrapeResponse:
         # ScrapeResults.toScrapeResponse: the zipped bytes or the text
         # (§A.1, ScrapeResponse's oneof).
-        message = pb.ScrapeResponse(
-            valid_response=result.validResponse,
-            agent_id=agentId,
-            scrape_id=result.scrapeId,
-            status_code=result.statusCode,
-            failure_reason=result.failureReason,
-            url=result.url,
-            content_type=result.contentType,
-            zipped=result.zipped,
-        )
+        message = pb.ScrapeResponse(**_resultFields(agentId, result))
         if result.zipped:
             message.content_as_zipped = result.zippedBytes
         else:
@@ -499,15 +507,7 @@ class _Connection:
             request_serializer=messageType.SerializeToString,
             response_deserializer=pb.Empty.FromString,
         )
-
-        def messages() -> Iterator[Any]:
-            while not self.ended.is_set():
-                try:
-                    yield source.get(timeout=0.1)
-                except queue.Empty:
-                    continue
-
-        stub(messages(), metadata=self._metadata())
+        stub(self._taken(source), metadata=self._metadata())
 
     def _heartbeats(self) -> None:
         # The heartbeat loop (§A.10): every heartbeatCheckPauseMillis, a
@@ -565,6 +565,9 @@ class UpstreamAgent:
         connect.
     @ivar registrations: per connection, the C{RegisterPathResponse}s of its
         paths.
+    @ivar registerFailures: why each connection that failed registration
+        did (C{registerAgent} or C{registerPath} refused, or its call
+        failed).
     @ivar connected: how many connections got through registration.
     @ivar received: every C{ScrapeRequest} the proxy sent.
     @ivar resultCounts: results sent, by upstream's kinds
@@ -810,17 +813,3 @@ def _read(path: str) -> bytes | None:
         return None
     with open(path, "rb") as f:
         return f.read()
-
-
-def gunzip(data: bytes) -> bytes:
-    """
-    For tests: what the proxy should have made of a gzipped body.
-    """
-    return gzip.decompress(data)
-
-
-def basicAuthorization(user: str, password: str) -> str:
-    """
-    For tests: the C{Authorization} value of Basic credentials.
-    """
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
