@@ -620,7 +620,8 @@ class AgentLinkFactory(ServerFactory):
     0) a connection is refused. A herd of agents reconnecting to a
     restarted proxy then queues instead of being refused and retrying.
     Waiting counts against C{proxy.internal.handshakeTimeoutSecs}, which
-    runs from when a connection was accepted: one that waited that long is
+    runs from when a connection was accepted (here: when the agent port
+    gave it, its first bytes read, to the native link): one that waited that long is
     refused rather than handshaken (its agent gave up on a Welcome by
     then), and one admitted later has what is left of it for its Hello.
     What waits is bounded and costs a socket each (nothing is read from
