@@ -131,6 +131,90 @@ class AddressCaps:
             del self._byHost[host]
 
 
+class GrpcAdmission:
+    """
+    The gRPC connections of the agent port: at most
+    C{proxy.internal.maxGrpcConnections} open, and of them at most
+    C{proxy.internal.maxUnauthenticatedGrpcConnections} (and its
+    per-address share) that have not yet made an authenticated call. A
+    connection proves itself at the HEADERS of such a call; one that has
+    not within C{proxy.internal.handshakeTimeoutSecs} is closed
+    (L{promtwist.grpc.limits.Limits.authenticateSeconds}). Proved
+    connections have no per-address share: a front end such as nginx opens
+    one from its one address for each call of each agent behind it.
+    """
+
+    def __init__(self, settings: ProxySettings) -> None:
+        #: Lowered when started to what the open-file limit leaves
+        #: (L{grpcConnections}).
+        self.total = settings.max_grpc_connections
+        self.open = 0
+        self.unauthenticated = AddressCaps(
+            settings.max_unauthenticated_grpc_connections,
+            settings.max_unauthenticated_grpc_connections_per_address,
+            kind="unauthenticated_grpc_connections",
+            limit="unauthenticated gRPC connection",
+            keys=(
+                "proxy.internal.maxUnauthenticatedGrpcConnections",
+                "proxy.internal.maxUnauthenticatedGrpcConnectionsPerAddress",
+            ),
+        )
+
+    def refusal(self, host: str) -> tuple[str, str] | None:
+        """
+        Why a new gRPC connection from C{host} is refused, as a metric label
+        and a message; L{None} if it is not.
+        """
+        if self.open >= self.total:
+            return (
+                "grpc_connections",
+                f"the proxy is at its limit of {self.total} gRPC connections "
+                "(proxy.internal.maxGrpcConnections)",
+            )
+        return self.unauthenticated.refusal(host)
+
+    def enter(self, host: str) -> None:
+        self.open += 1
+        self.unauthenticated.enter(host)
+
+    def proven(self, host: str) -> None:
+        """
+        A connection from C{host} made its first authenticated call.
+        """
+        self.unauthenticated.leave(host)
+
+    def leave(self, host: str, proven: bool) -> None:
+        self.open -= 1
+        if not proven:
+            self.unauthenticated.leave(host)
+
+
+def undecidedConnections(settings: ProxySettings) -> AddressCaps:
+    """
+    The agent port's caps on connections whose first bytes have not yet
+    said which protocol they speak (L{promtwist.proxy.agentport}): what the
+    native and gRPC admissions take together.
+    """
+    grpcOn = settings.agent_grpc_enabled
+    return AddressCaps(
+        settings.max_pending_handshakes
+        + settings.max_waiting_handshakes
+        + (settings.max_unauthenticated_grpc_connections if grpcOn else 0),
+        max(
+            settings.max_pending_handshakes_per_address,
+            settings.max_unauthenticated_grpc_connections_per_address if grpcOn else 0,
+        ),
+        kind="undecided_connections",
+        limit="undecided connection",
+        keys=(
+            "proxy.internal.maxPendingHandshakes + maxWaitingHandshakes"
+            + (" + maxUnauthenticatedGrpcConnections" if grpcOn else ""),
+            "proxy.internal.maxPendingHandshakesPerAddress"
+            + (" or maxUnauthenticatedGrpcConnectionsPerAddress" if grpcOn else ""),
+        ),
+    )
+
+
 def pendingHandshakes(settings: ProxySettings) -> AddressCaps:
     """
     The agent port's caps on connections that have not completed their
@@ -167,6 +251,10 @@ def scrapePortConnections(settings: ProxySettings, total: int) -> AddressCaps:
 # ports, logs, metrics and admin connections, target files.
 FILES_RESERVED = 256
 
+# The agent port's gRPC connections when the open-file limit leaves less
+# room for them.
+MIN_GRPC_CONNECTIONS = 64
+
 # The scrape port's connections when the open-file limit leaves less room
 # for them (it then does not hold every agent either, and says so).
 MIN_SCRAPE_CONNECTIONS = 64
@@ -177,15 +265,24 @@ def filesNeeded(settings: ProxySettings) -> int:
     The open files the proxy's ports may use at their caps, and the others:
     every agent link (a PushProx client's poll holds a scrape-port
     connection instead, counted in C{proxy.http.maxConnections}), every
-    handshake and waiting connection, every scrape-port connection.
+    gRPC connection, every handshake and waiting connection, every
+    scrape-port connection.
     """
     return (
-        settings.max_agents
+        grpcFiles(settings)
+        + settings.max_agents
         + settings.max_pending_handshakes
         + settings.max_waiting_handshakes
         + settings.http_max_connections
         + FILES_RESERVED
     )
+
+
+def grpcFiles(settings: ProxySettings) -> int:
+    """
+    The open files the agent port's gRPC connections may use.
+    """
+    return settings.max_grpc_connections if settings.agent_grpc_enabled else 0
 
 
 def raiseOpenFileLimit(needed: int) -> int:
@@ -208,6 +305,19 @@ def _besideAgents(settings: ProxySettings, openFiles: int) -> int:
     # What the open-file limit leaves beside every agent link, every
     # handshake and FILES_RESERVED.
     return openFiles - settings.max_agents - settings.max_pending_handshakes - FILES_RESERVED
+
+
+def grpcConnections(settings: ProxySettings, openFiles: int) -> int:
+    """
+    How many gRPC connections the agent port may hold at once: as many as
+    C{proxy.internal.maxGrpcConnections} allows, and the open-file limit
+    C{openFiles} leaves beside everything else L{filesNeeded} counts (but
+    at least L{MIN_GRPC_CONNECTIONS}, or the setting if lower): sized last,
+    so that a small limit lowers them rather than the scrape port or the
+    native agents' waiting room.
+    """
+    room = openFiles - (filesNeeded(settings) - grpcFiles(settings))
+    return min(settings.max_grpc_connections, max(room, MIN_GRPC_CONNECTIONS))
 
 
 def scrapeConnections(settings: ProxySettings, openFiles: int) -> int:

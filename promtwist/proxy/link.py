@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, ClassVar, cast
 
 from twisted.internet.defer import Deferred, gatherResults
@@ -65,7 +65,7 @@ from promtwist.proxy.registry import (
     Registry,
 )
 from promtwist.proxy.stream import SCRAPE_WINDOW_BYTES, ScrapeStream
-from promtwist.tls import describeServerTLSFailure, peerCommonName, usesTLS
+from promtwist.tls import peerCommonName, usesTLS
 
 if TYPE_CHECKING:
     from promtwist.proxy.relay import ScrapeCall
@@ -142,6 +142,9 @@ class AgentLink(Session):
     # Set when the handshake completes: only an established agent's frames
     # stand for upstream's heartbeats.
     _upstreamHeartbeats: UpstreamHeartbeats | None = None
+    #: Told when the Hello is accepted: a link inside a gRPC call proves
+    #: its HTTP/2 connection so (L{promtwist.grpc.call.ServerCall.prove}).
+    onEstablished: Callable[[], None] | None = None
 
     def __init__(self, factory: AgentLinkFactory, host: str = "", waiting: bool = False) -> None:
         """
@@ -155,6 +158,9 @@ class AgentLink(Session):
         self._scrapes: dict[int, ScrapeStream] = {}
         self._nextScrapeId = 1
         self.waitingForPlace = waiting
+        # What arrived before the wait began (the agent port reads a
+        # connection's first bytes to tell its protocol): read with the Hello.
+        self._early = b""
 
     @property
     def metrics(self) -> ProxyMetrics:
@@ -181,6 +187,12 @@ class AgentLink(Session):
         else:
             self._startHandshakeTimer(self.factory.settings.handshake_timeout_secs)
 
+    def dataReceived(self, data: bytes) -> None:
+        if self.waitingForPlace:
+            self._early += data
+            return
+        super().dataReceived(data)
+
     def _startHandshakeTimer(self, secs: float) -> None:
         self._handshakeTimer = self.callLater(secs, self._handshakeTimedOut)
 
@@ -193,6 +205,9 @@ class AgentLink(Session):
         if self.isOpen():
             self._startHandshakeTimer(secs)
             cast(IPushProducer, self.transport).resumeProducing()
+            early, self._early = self._early, b""
+            if early:
+                super().dataReceived(early)
 
     def refused(self, refusal: Refusal) -> None:
         """
@@ -277,6 +292,8 @@ class AgentLink(Session):
             settings.heartbeat_period_secs, self.clock.seconds()
         )
         self.factory.handshakeFinished(self)
+        if self.onEstablished is not None:
+            self.onEstablished()
         self.factory.registry.addAgent(self)
         self.metrics.agentConnected()
         self._log.info(
@@ -567,14 +584,8 @@ class AgentLink(Session):
         super().connectionLost(reason)
         self.factory.linkClosed(self)
         if not self.agentId:
-            tls = describeServerTLSFailure(reason)
-            if tls is not None:
-                self.warnings.warn(
-                    "TLS handshake",
-                    "TLS handshake with {peer} on the agent port failed: {cause}",
-                    peer=peerName(self.transport),
-                    cause=tls,
-                )
+            # (A TLS handshake that failed did so before the agent port
+            # knew the protocol: agentport logs it.)
             return
         self.factory.registry.removeAgent(self, "lost")
         scrapes, self._scrapes = self._scrapes, {}
@@ -609,7 +620,8 @@ class AgentLinkFactory(ServerFactory):
     0) a connection is refused. A herd of agents reconnecting to a
     restarted proxy then queues instead of being refused and retrying.
     Waiting counts against C{proxy.internal.handshakeTimeoutSecs}, which
-    runs from when a connection was accepted: one that waited that long is
+    runs from when a connection was accepted (here: when the agent port
+    gave it, its first bytes read, to the native link): one that waited that long is
     refused rather than handshaken (its agent gave up on a Welcome by
     then), and one admitted later has what is left of it for its Hello.
     What waits is bounded and costs a socket each (nothing is read from
@@ -812,6 +824,14 @@ class AgentLinkFactory(ServerFactory):
         Count and log (at a bounded rate) a connection from C{host} refused
         for C{kind}, and what to tell it.
         """
+        self.refused(host, kind, message)
+        return Refusal(message)
+
+    def refused(self, host: str, kind: str, message: str) -> None:
+        """
+        Count and log (at a bounded rate) an agent-port connection from
+        C{host} refused for C{kind} because C{message}, whatever it speaks.
+        """
         self.metrics.rejected(kind)
         self.warnings.warn(
             "refused connection",
@@ -819,7 +839,6 @@ class AgentLinkFactory(ServerFactory):
             peer=host or "?",
             why=message,
         )
-        return Refusal(message)
 
     def _admit(self) -> None:
         """

@@ -42,8 +42,10 @@ from promtwist.protocol.promtwist_pb2 import (
 from promtwist.protocol.session import ROUND_TRIP_EVERY_PERIODS, SessionLost
 from promtwist.proxy.admission import (
     FILES_RESERVED,
+    MIN_GRPC_CONNECTIONS,
     MIN_SCRAPE_CONNECTIONS,
     filesNeeded,
+    grpcConnections,
     raiseOpenFileLimit,
     scrapeConnections,
     waitingRoom,
@@ -533,6 +535,7 @@ class AuthenticationTests(SynchronousTestCase):
             max_pending_handshakes=1,
             max_waiting_handshakes=4096,
             http_max_connections=10,
+            max_grpc_connections=50,
         )
         asked = []
         factory = agentLinkFactory(settings, Clock())
@@ -544,7 +547,7 @@ class AuthenticationTests(SynchronousTestCase):
         factory.openFileLimit = limit
         with capturedLogs() as events:
             factory.startFactory()
-        needed = 100 + 1 + 4096 + 10 + FILES_RESERVED
+        needed = 50 + 100 + 1 + 4096 + 10 + FILES_RESERVED
         self.assertEqual(asked, [needed])
         self.assertEqual(factory.maxWaiting, 2)
         self.assertIn(
@@ -589,9 +592,14 @@ class AuthenticationTests(SynchronousTestCase):
         self.assertEqual(scrapeConnections(settings, 1000 + 64 + FILES_RESERVED + 100), 100)
         self.assertEqual(scrapeConnections(settings, 1024), MIN_SCRAPE_CONNECTIONS)
         self.assertEqual(waitingRoom(settings, 1024), 0)
+        # gRPC connections are sized last: lowered first, to no less than
+        # their floor.
+        self.assertEqual(grpcConnections(settings, openFiles), MIN_GRPC_CONNECTIONS)
+        self.assertEqual(grpcConnections(settings, filesNeeded(settings)), 4000)
         self.assertEqual(
             scrapeConnections(settings, filesNeeded(settings))
             + waitingRoom(settings, filesNeeded(settings))
+            + grpcConnections(settings, filesNeeded(settings))
             + 1000
             + 64
             + FILES_RESERVED,
