@@ -52,7 +52,8 @@ from promtwist.metrics import ProxyMetrics
 from promtwist.protocol.promtwist_pb2 import Frame
 from promtwist.proxy.admission import AuthThrottle, hostOf
 from promtwist.proxy.auth import AuthenticationFailed, Authenticator
-from promtwist.proxy.grpcanswers import ChunkedResults, answerOf
+from promtwist.proxy.bodybudget import BodyBudget
+from promtwist.proxy.grpcanswers import ChunkedResults, Transfers, answerOf
 from promtwist.proxy.registry import AgentHandle, RegistrationRefused, Registry
 from promtwist.proxy.relay import ScrapeCall
 from promtwist.proxy.stream import ScrapeStream, TransferMetrics
@@ -207,6 +208,8 @@ class GrpcAgent:
 
     def forget(self, scrapeId: int) -> None:
         self._scrapes.pop(scrapeId, None)
+        # Its chunked transfer, on whichever call, holds nothing more.
+        self.agents.transfers.purge(scrapeId)
         if self._queue:
             # Not sent yet (no request stream is open): never will be.
             self._queue = deque(r for r in self._queue if r.scrape_id != scrapeId)
@@ -318,6 +321,15 @@ class GrpcAgents:
         self.clock = clock
         self.limits = limits if limits is not None else Limits()
         self.maxZippedBytes = MAX_ZIPPED_BYTES
+        self.transfers = Transfers(
+            metrics,
+            MAX_ZIPPED_BYTES,
+            BodyBudget(
+                settings.max_chunked_buffer_mbytes * MiB,
+                "proxy.internal.maxChunkedBufferMBytes",
+                "chunked results",
+            ),
+        )
         self.scrapeIds: Iterator[int] = itertools.count()
         self._pathIds = itertools.count()
         self._agents: dict[str, GrpcAgent] = {}
@@ -635,8 +647,7 @@ class GrpcAgents:
         self._identify(call)
         results = ChunkedResults(
             lambda agentId: self._answering(call, agentId, "writeChunkedResponsesToProxy"),
-            self.metrics,
-            self.maxZippedBytes,
+            self.transfers,
             self._late,
         )
         try:
