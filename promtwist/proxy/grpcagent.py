@@ -398,16 +398,37 @@ class GrpcAgents:
 
     # Who calls.
 
-    def _identify(self, call: ServerCall[Any, Any]) -> Identity:
+    def _identify(self, call: ServerCall[Any, Any], throttled: bool = True) -> Identity:
         """
         The identity a call proves, checked on every call as upstream's
         interceptor checks the token.
 
-        @raise GrpcError: C{UNAUTHENTICATED} with upstream's words.
+        @param throttled: whether the call is a new authentication, which
+            the failed-token throttle may refuse without checking its token,
+            as the native port refuses a C{Hello}; a call for an agent
+            already established is never refused by it, so guesses from an
+            address (all of a front end's agents share its address) do not
+            lock out the agents that proved their token.
+
+        @raise GrpcError: C{UNAUTHENTICATED} with upstream's words, or
+            saying the address is throttled.
         """
         host = hostOf(_address(call.peer))
-        if self.throttle.blockedFor(host):
-            raise GrpcError(StatusCode.UNAUTHENTICATED, UNAUTHENTICATED)
+        blocked = self.throttle.blockedFor(host) if throttled else 0.0
+        if blocked:
+            self.metrics.rejected("grpc_throttled")
+            self.warnings.warn(
+                "gRPC authentication throttled",
+                "gRPC call {method} from {peer} refused without checking its token:"
+                " {peer} is throttled",
+                method=call.method,
+                peer=host or "?",
+            )
+            raise GrpcError(
+                StatusCode.UNAUTHENTICATED,
+                f"too many failed authentication attempts from {host or '?'}; retry in"
+                f" {blocked:.0f} s (proxy.internal.maxAuthFailuresPerAddress)",
+            )
         token = call.get("agent-token")
         try:
             return self.authenticator.authenticate(
@@ -425,6 +446,19 @@ class GrpcAgents:
             )
             raise GrpcError(StatusCode.UNAUTHENTICATED, UNAUTHENTICATED) from None
 
+    def _identifyResults(self, call: ServerCall[Any, Any]) -> None:
+        """
+        A result call's token is checked as it opens, unless the throttle
+        holds its address and its connection carries no agent: an agent
+        bound to no connection names itself only in each result, which is
+        then checked against the agent it names (L{_answering}), so its
+        results still arrive and the call tells a guesser nothing.
+        """
+        connection = call.context
+        bound = isinstance(connection, AgentConnection) and connection.agent is not None
+        if bound or not self.throttle.blockedFor(hostOf(_address(call.peer))):
+            self._identify(call, throttled=False)
+
     def agentFor(self, call: ServerCall[Any, Any], agentId: str, rpc: str) -> GrpcAgent:
         """
         The agent C{agentId} names, if this call may act for it: the call
@@ -433,9 +467,9 @@ class GrpcAgents:
 
         @raise _Refused: why not, in upstream's words where it has some.
         """
-        identity = self._identify(call)
-        connection = call.context
         agent = self._agents.get(agentId)
+        identity = self._identify(call, throttled=agent is None)
+        connection = call.context
         if agent is None:
             hint = ""
             if isinstance(connection, AgentConnection) and connection.agentId != agentId:
@@ -596,7 +630,7 @@ class GrpcAgents:
     def pathMapSize(
         self, request: pb.PathMapSizeRequest, call: ServerCall[Any, Any]
     ) -> pb.PathMapSizeResponse:
-        self._identify(call)
+        self._identify(call, throttled=request.agent_id not in self._agents)
         return pb.PathMapSizeResponse(path_count=self._pathCount())
 
     def sendHeartBeat(
@@ -625,7 +659,7 @@ class GrpcAgents:
         return agent.readRequests(call)
 
     async def _responses(self, call: ServerCall[pb.ScrapeResponse, pb.Empty]) -> pb.Empty:
-        self._identify(call)
+        self._identifyResults(call)
         while (response := await call.receive()) is not None:
             agent = self._answering(call, response.agent_id, "writeResponsesToProxy")
             stream = agent.stream(response.scrape_id) if agent is not None else None
@@ -644,7 +678,7 @@ class GrpcAgents:
     async def _chunkedResponses(
         self, call: ServerCall[pb.ChunkedScrapeResponse, pb.Empty]
     ) -> pb.Empty:
-        self._identify(call)
+        self._identifyResults(call)
         results = ChunkedResults(
             lambda agentId: self._answering(call, agentId, "writeChunkedResponsesToProxy"),
             self.transfers,
@@ -667,6 +701,8 @@ class GrpcAgents:
         The agent whose results C{call} may carry, or L{None}: its answers
         are then dropped, never given to another agent's scrape.
         """
+        if agentId not in self._agents:
+            return None
         try:
             return self.agentFor(call, agentId, rpc)
         except _Refused:

@@ -202,6 +202,53 @@ class ProxyServiceTests(TestCase):
 
     # registration
 
+    async def test_throttleSparesEstablishedAgents(self) -> None:
+        """
+        Failed tokens from an address (behind a front end, every agent's)
+        throttle new authentications only, as the native port's Hello: an
+        agent that connected keeps heartbeating and answering scrapes, a
+        new connect is refused saying it is throttled, not that its token
+        is invalid, and that refusal is counted.
+        """
+        self.startProxy(agent_token="s3cret", max_auth_failures_per_address=2)
+        client, agentId, requests = await self.serving("m", disabled=True, token="s3cret")
+        wrong = self.client("wrong")
+        for _ in range(2):
+            await self.refusedWith(
+                wrong.unary("pathMapSize", pb.PathMapSizeRequest(), pb.PathMapSizeResponse)
+            )
+        beat = await client.unary(
+            "sendHeartBeat", pb.HeartBeatRequest(agent_id=agentId), pb.HeartBeatResponse
+        )
+        self.assertTrue(beat.valid, beat.reason)
+        scraped = Deferred.fromCoroutine(self.scrape("m"))
+        request = await deferToThread(next, requests)
+        await client.write(
+            "writeResponsesToProxy",
+            [
+                pb.ScrapeResponse(
+                    valid_response=True,
+                    agent_id=agentId,
+                    scrape_id=request.scrape_id,
+                    status_code=200,
+                    content_type="text/plain",
+                    content_as_text="up 1\n",
+                )
+            ],
+        )
+        self.assertEqual(await scraped, (200, b"up 1\n"))
+        code, details = await self.refusedWith(
+            self.client("s3cret").unary(
+                "connectAgentWithTransportFilterDisabled", pb.Empty(), pb.AgentInfo
+            )
+        )
+        self.assertEqual(code, grpc.StatusCode.UNAUTHENTICATED)
+        self.assertIn("too many failed authentication attempts from 127.0.0.1", details)
+        self.assertIn("proxy.internal.maxAuthFailuresPerAddress", details)
+        sample = self.proxy.metrics.registry.get_sample_value
+        self.assertEqual(sample("proxy_rejections_total", {"reason": "grpc_throttled"}), 1.0)
+        self.assertEqual(sample("proxy_rejections_total", {"reason": "grpc_unauthenticated"}), 2)
+
     async def test_registerAgentRefusals(self) -> None:
         """
         registerAgent for an id no one was given, or another connection's,
@@ -392,8 +439,10 @@ class ProxyServiceTests(TestCase):
             self.assertEqual(refused[0], code)
             self.assertIn(words, refused[1])
 
-    async def serving(self, *paths: str, disabled: bool = False) -> tuple[_Client, str, Any]:
-        client = self.client()
+    async def serving(
+        self, *paths: str, disabled: bool = False, token: str = ""
+    ) -> tuple[_Client, str, Any]:
+        client = self.client(token)
         agentId = await self.connected(client, *paths, disabled=disabled)
         requests = client.requests(agentId)
         self.addCleanup(requests.cancel)
