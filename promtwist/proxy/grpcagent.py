@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IReactorTime, ITCPTransport
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ITCPTransport
 from twisted.logger import Logger
 
 from promtwist.addresses import peerName
@@ -124,12 +124,14 @@ class GrpcAgent:
         agentId: str,
         identity: Identity,
         peer: str,
+        source: str,
         connection: AgentConnection | None,
     ) -> None:
         self.agents = agents
         self.agentId = agentId
         self.identity = identity
         self.peer = peer
+        self.source = source
         self.connection = connection
         self.name = ""
         self.hostName = ""
@@ -145,6 +147,11 @@ class GrpcAgent:
         self._queue: deque[pb.ScrapeRequest] = deque()
         self._requests: ServerCall[pb.AgentInfo, pb.ScrapeRequest] | None = None
         self._requestsDone: Deferred[None] | None = None
+        # Until registerAgent: an agent that never registers is dropped, as
+        # a native link without its Hello.
+        self._handshake: IDelayedCall | None = agents.clock.callLater(
+            agents.settings.handshake_timeout_secs, self._notRegistered
+        )
 
     def __repr__(self) -> str:
         return f"<GrpcAgent {self.name!r} {self.agentId}>"
@@ -163,6 +170,34 @@ class GrpcAgent:
     def evict(self, why: str) -> None:
         self.agents.metrics.agentEvicted()
         self.agents.remove(self, why, "evicted")
+
+    def registering(self) -> None:
+        """
+        The agent called registerAgent: its handshake is over.
+        """
+        self.registered = True
+        self._endHandshake()
+
+    def _endHandshake(self) -> None:
+        timer, self._handshake = self._handshake, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _notRegistered(self) -> None:
+        self._handshake = None
+        self.agents.warnings.warn(
+            "gRPC handshake timeout",
+            "gRPC agent {id} from {peer} did not call registerAgent within {secs}s"
+            " of connecting; dropped",
+            id=self.agentId,
+            peer=self.peer,
+            secs=self.agents.settings.handshake_timeout_secs,
+        )
+        self.agents.remove(
+            self,
+            "no registerAgent within proxy.internal.handshakeTimeoutSecs of connecting",
+            "lost",
+        )
 
     # ScrapeSource.
 
@@ -285,6 +320,7 @@ class GrpcAgent:
         ends.
         """
         self.gone = True
+        self._endHandshake()
         self._queue.clear()
         scrapes, self._scrapes = self._scrapes, {}
         for stream in scrapes.values():
@@ -372,6 +408,16 @@ class GrpcAgents:
         if agent.registered:
             self.registry.removeAgent(agent, reason)
         agent.leave(f"agent disconnected: {why}")
+        if not agent.registered:
+            # Anyone with a token can connect and leave at will: only agents
+            # that registered are news (rate-limited warnings say the rest).
+            _log.debug(
+                "unregistered gRPC agent {id} ({peer}) left: {why}",
+                id=agent.agentId,
+                peer=agent.peer,
+                why=why,
+            )
+            return
         _log.info(
             "gRPC agent {name!r} ({id}, {peer}) left: {why}",
             name=clip(agent.name),
@@ -494,18 +540,33 @@ class GrpcAgents:
         self, call: ServerCall[Any, Any], connection: AgentConnection | None
     ) -> GrpcAgent:
         identity = self._identify(call)
-        waiting = sum(not agent.registered for agent in self._agents.values())
-        if waiting >= self.settings.max_pending_handshakes:
+        source = f"identity {identity.name} from {hostOf(_address(call.peer)) or '?'}"
+        bound = self.settings.max_pending_handshakes
+        waiting = [agent for agent in self._agents.values() if not agent.registered]
+        if len(waiting) >= bound:
             # As the native port bounds connections before their Hello:
-            # connects cost nothing to send, and each is kept until evicted.
+            # connects cost nothing to send, and each is kept until its
+            # handshake deadline.
             self.metrics.rejected("pending_handshakes")
             raise GrpcError(
                 StatusCode.RESOURCE_EXHAUSTED,
-                f"{waiting} gRPC agents connected and have not called registerAgent"
+                f"{len(waiting)} gRPC agents connected and have not called registerAgent"
                 " (proxy.internal.maxPendingHandshakes); retry later",
             )
+        share = bound - bound // 8
+        mine = sum(agent.source == source for agent in waiting)
+        if mine >= share:
+            # So that one holder of a token, connecting without registering,
+            # leaves an eighth of the bound to every other.
+            self.metrics.rejected("pending_handshakes_per_source")
+            raise GrpcError(
+                StatusCode.RESOURCE_EXHAUSTED,
+                f"{mine} gRPC agents of {source} connected and have not called registerAgent,"
+                f" all one source may have of proxy.internal.maxPendingHandshakes ({bound})"
+                " less an eighth kept for others; retry later",
+            )
         agentId = connection.agentId if connection is not None else newAgentId()
-        agent = GrpcAgent(self, agentId, identity, _peerName(call), connection)
+        agent = GrpcAgent(self, agentId, identity, _peerName(call), source, connection)
         self._agents[agentId] = agent
         self.metrics.agentConnected()
         return agent
@@ -555,7 +616,7 @@ class GrpcAgents:
             agent.hostName = clip(request.host_name, limit)
             agent.launchId = clip(request.launch_id, 64)
             agent.consolidated = request.consolidated
-            agent.registered = True
+            agent.registering()
             agent.establishedAt = self.clock.seconds()
             self.registry.addAgent(agent)
             _log.info(
@@ -637,7 +698,9 @@ class GrpcAgents:
         self, request: pb.HeartBeatRequest, call: ServerCall[Any, Any]
     ) -> pb.HeartBeatResponse:
         try:
-            agent = self.agentFor(call, request.agent_id, "sendHeartBeat")
+            # Activity counts from a registered agent only: connecting and
+            # then heartbeating must not hold a pending place for ever.
+            agent = self._registered(call, request.agent_id, "sendHeartBeat")
         except _Refused as refused:
             return pb.HeartBeatResponse(valid=False, reason=refused.reason)
         agent.heard()

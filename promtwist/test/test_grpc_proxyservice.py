@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
@@ -358,6 +359,59 @@ class ProxyServiceTests(TestCase):
         )
         self.assertEqual(code, grpc.StatusCode.RESOURCE_EXHAUSTED)
         self.assertIn("proxy.internal.maxPendingHandshakes", details)
+
+    async def test_unregisteredNotKeptAlive(self) -> None:
+        """
+        An agent that connected and never registered is not kept alive by
+        heartbeats (they are invalid, saying why), and is dropped at
+        proxy.internal.handshakeTimeoutSecs, as a native link without its
+        Hello: one token holder cannot keep pending places for ever.
+        """
+        self.startProxy(handshake_timeout_secs=0.5)
+        client = self.client()
+        info = await client.unary(
+            "connectAgentWithTransportFilterDisabled", pb.Empty(), pb.AgentInfo
+        )
+        beat = await client.unary(
+            "sendHeartBeat", pb.HeartBeatRequest(agent_id=info.agent_id), pb.HeartBeatResponse
+        )
+        self.assertFalse(beat.valid)
+        self.assertIn("has not called registerAgent (sendHeartBeat)", beat.reason)
+        grpcAgents = self.proxy.grpcAgents
+        assert grpcAgents is not None
+        self.assertEqual(len(grpcAgents.agents()), 1)
+        await _until(lambda: not grpcAgents.agents())
+        late = await client.unary(
+            "registerAgent",
+            pb.RegisterAgentRequest(agent_id=info.agent_id, agent_name="a"),
+            pb.RegisterAgentResponse,
+        )
+        self.assertFalse(late.valid)
+        self.assertIn("Invalid agentId", late.reason)
+        # An agent that registers in time stays.
+        await self.connected(client, disabled=True)
+        await deferLater(reactor, 0.7)
+        self.assertEqual(len(grpcAgents.connected()), 1)
+
+    async def test_pendingBoundPerSource(self) -> None:
+        """
+        One identity on one address may hold at most seven eighths of
+        proxy.internal.maxPendingHandshakes with agents that have not
+        registered: another identity still connects.
+        """
+        self.startProxy(
+            max_pending_handshakes=8, identities=(Identity("a", "ta"), Identity("b", "tb"))
+        )
+        holder = self.client("ta")
+        for _ in range(7):
+            await holder.unary("connectAgentWithTransportFilterDisabled", pb.Empty(), pb.AgentInfo)
+        code, details = await self.refusedWith(
+            holder.unary("connectAgentWithTransportFilterDisabled", pb.Empty(), pb.AgentInfo)
+        )
+        self.assertEqual(code, grpc.StatusCode.RESOURCE_EXHAUSTED)
+        self.assertIn("7 gRPC agents of identity a from 127.0.0.1", details)
+        self.assertIn("proxy.internal.maxPendingHandshakes (8)", details)
+        await self.connected(self.client("tb"), disabled=True)
 
     async def test_evicted(self) -> None:
         """
