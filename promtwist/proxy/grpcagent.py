@@ -30,8 +30,9 @@ from __future__ import annotations
 import itertools
 import json
 import secrets
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
@@ -71,6 +72,10 @@ _L7_HINT = (
     ": an agent behind an L7 proxy such as nginx grpc_pass must run with"
     " transportFilterDisabled=true, since its calls arrive on several connections"
 )
+
+# Departed agents remembered for the refusals of calls still naming them:
+# a few hundred bytes each.
+DEPARTED_REMEMBERED = 1024
 
 M = TypeVar("M", bound=Message)
 _log = Logger(namespace="promtwist.proxy.grpcagent", observer=observer)
@@ -369,6 +374,9 @@ class GrpcAgents:
         self.scrapeIds: Iterator[int] = itertools.count()
         self._pathIds = itertools.count()
         self._agents: dict[str, GrpcAgent] = {}
+        # Why recent agents left, and whether each was bound to its
+        # connection, by id (oldest first).
+        self._departed: OrderedDict[str, _Departed] = OrderedDict()
         self.warnings = RepeatedWarnings(_log, clock)
 
     def context(self, transport: ITCPTransport) -> AgentConnection:
@@ -403,6 +411,9 @@ class GrpcAgents:
         if self._agents.get(agent.agentId) is not agent:
             return
         del self._agents[agent.agentId]
+        self._departed[agent.agentId] = _Departed(why, agent.connection is not None, agent.identity)
+        while len(self._departed) > DEPARTED_REMEMBERED:
+            self._departed.popitem(last=False)
         if agent.connection is not None and agent.connection.agent is agent:
             agent.connection.agent = None
         if agent.registered:
@@ -517,11 +528,10 @@ class GrpcAgents:
         identity = self._identify(call, throttled=agent is None)
         connection = call.context
         if agent is None:
-            hint = ""
-            if isinstance(connection, AgentConnection) and connection.agentId != agentId:
-                hint = _L7_HINT
             raise _Refused(
-                f"Invalid agentId: {clip(agentId, 64)} ({rpc}){hint}", StatusCode.NOT_FOUND
+                f"Invalid agentId: {clip(agentId, 64)} ({rpc})"
+                + self._departure(agentId, identity, connection),
+                StatusCode.NOT_FOUND,
             )
         if agent.connection is not None and agent.connection is not connection:
             raise _Refused(
@@ -535,6 +545,19 @@ class GrpcAgents:
                 StatusCode.PERMISSION_DENIED,
             )
         return agent
+
+    def _departure(self, agentId: str, identity: Identity, connection: object) -> str:
+        """
+        What the proxy remembers of agent C{agentId} that left, for the
+        refusal of a call of its identity naming it: why it left and, for
+        one bound to a connection when the call came on another, the L7
+        hint, which holds only then.
+        """
+        departed = self._departed.get(agentId)
+        if departed is None or departed.identity != identity:
+            return ""
+        elsewhere = not isinstance(connection, AgentConnection) or connection.agentId != agentId
+        return f"; it left: {departed.why}" + (_L7_HINT if departed.bound and elsewhere else "")
 
     def _newAgent(
         self, call: ServerCall[Any, Any], connection: AgentConnection | None
@@ -840,6 +863,18 @@ class GrpcAgents:
                 pb.Empty.SerializeToString,
             ),
         ]
+
+
+@dataclass(frozen=True)
+class _Departed:
+    """
+    An agent that left: why, whether it was bound to its connection, and
+    the identity it had (only calls proving it are told).
+    """
+
+    why: str
+    bound: bool
+    identity: Identity
 
 
 class _Refused(Exception):

@@ -426,9 +426,36 @@ class ProxyServiceTests(TestCase):
             "sendHeartBeat", pb.HeartBeatRequest(agent_id=agentId), pb.HeartBeatResponse
         )
         self.assertFalse(beat.valid)
+        # Why it left; not the L7 hint, since it runs in the mode that hint
+        # asks for.
+        self.assertIn("(sendHeartBeat); it left: evicted: nothing heard for", beat.reason)
+        self.assertNotIn("transportFilterDisabled", beat.reason)
         self.assertEqual(
             self.proxy.metrics.registry.get_sample_value("proxy_eviction_count_total"), 1.0
         )
+
+    async def test_boundAgentNamedElsewhere(self) -> None:
+        """
+        A call on another connection naming a connectAgent agent whose own
+        connection closed (a front end opening a connection per call) gets
+        the L7 hint, where it holds; a never-known id gets none.
+        """
+        self.startProxy()
+        first = self.client()
+        agentId = await self.connected(first)
+        await first.close()
+        await _until(lambda: not self.proxy.registry.agentCount())
+        other = self.client()
+        beat = await other.unary(
+            "sendHeartBeat", pb.HeartBeatRequest(agent_id=agentId), pb.HeartBeatResponse
+        )
+        self.assertFalse(beat.valid)
+        self.assertIn("it left: its HTTP/2 connection closed", beat.reason)
+        self.assertIn("must run with transportFilterDisabled=true", beat.reason)
+        unknown = await other.unary(
+            "sendHeartBeat", pb.HeartBeatRequest(agent_id="never"), pb.HeartBeatResponse
+        )
+        self.assertEqual(unknown.reason, "Invalid agentId: never (sendHeartBeat)")
 
     async def test_evictedWithStaleCheckOff(self) -> None:
         """
