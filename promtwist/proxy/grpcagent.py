@@ -48,7 +48,7 @@ from promtwist.grpc.context import ConnectionContext
 from promtwist.grpc.limits import Limits
 from promtwist.grpc.service import Method, clientStreaming, serverStreaming, unary
 from promtwist.grpc.status import GrpcError, StatusCode
-from promtwist.logs import RepeatedWarnings, clip, observer
+from promtwist.logs import RepeatedWarnings, clip, hostShown, observer
 from promtwist.metrics import ProxyMetrics
 from promtwist.protocol.promtwist_pb2 import Frame
 from promtwist.proxy.admission import AuthThrottle, hostOf
@@ -645,7 +645,7 @@ class GrpcAgents:
             _log.info(
                 "gRPC agent {name!r} ({host}, {peer}, identity {identity}) connected as {id}",
                 name=clip(agent.name),
-                host=clip(agent.hostName),
+                host=hostShown(agent.hostName),
                 peer=agent.peer,
                 identity=agent.identity.name,
                 id=agent.agentId,
