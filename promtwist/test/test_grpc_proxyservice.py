@@ -128,6 +128,24 @@ class ProxyServiceTests(TestCase):
             return e.code(), e.details()
         self.fail("the call was not refused")
 
+    async def answer(self, client: _Client, agentId: str, scrapeId: int, text: str) -> None:
+        """
+        Answer scrape C{scrapeId} with C{text} on writeResponsesToProxy.
+        """
+        await client.write(
+            "writeResponsesToProxy",
+            [
+                pb.ScrapeResponse(
+                    valid_response=True,
+                    agent_id=agentId,
+                    scrape_id=scrapeId,
+                    status_code=200,
+                    content_type="text/plain",
+                    content_as_text=text,
+                )
+            ],
+        )
+
     async def scrape(self, path: str) -> tuple[int, bytes]:
         url = f"http://127.0.0.1:{self.proxy.httpListener.portNumber}/{path}".encode()
         response = await self.http.request(b"GET", url)
@@ -224,19 +242,7 @@ class ProxyServiceTests(TestCase):
         self.assertTrue(beat.valid, beat.reason)
         scraped = Deferred.fromCoroutine(self.scrape("m"))
         request = await deferToThread(next, requests)
-        await client.write(
-            "writeResponsesToProxy",
-            [
-                pb.ScrapeResponse(
-                    valid_response=True,
-                    agent_id=agentId,
-                    scrape_id=request.scrape_id,
-                    status_code=200,
-                    content_type="text/plain",
-                    content_as_text="up 1\n",
-                )
-            ],
-        )
+        await self.answer(client, agentId, request.scrape_id, "up 1\n")
         self.assertEqual(await scraped, (200, b"up 1\n"))
         code, details = await self.refusedWith(
             self.client("s3cret").unary(
@@ -344,6 +350,19 @@ class ProxyServiceTests(TestCase):
         self.assertFalse(unknown.valid)
         self.assertIn("Invalid agentId: gone (sendHeartBeat)", unknown.reason)
 
+    async def exhausted(self, client: _Client, connects: int) -> str:
+        """
+        C{connects} connects without registering are served, the next is
+        RESOURCE_EXHAUSTED: its details.
+        """
+        for _ in range(connects):
+            await client.unary("connectAgentWithTransportFilterDisabled", pb.Empty(), pb.AgentInfo)
+        code, details = await self.refusedWith(
+            client.unary("connectAgentWithTransportFilterDisabled", pb.Empty(), pb.AgentInfo)
+        )
+        self.assertEqual(code, grpc.StatusCode.RESOURCE_EXHAUSTED)
+        return details
+
     async def test_unregisteredConnectsBounded(self) -> None:
         """
         Agents connected and not registered are bounded as the native
@@ -351,13 +370,7 @@ class ProxyServiceTests(TestCase):
         connect is RESOURCE_EXHAUSTED, naming the setting.
         """
         self.startProxy(max_pending_handshakes=2)
-        client = self.client()
-        for _ in range(2):
-            await client.unary("connectAgentWithTransportFilterDisabled", pb.Empty(), pb.AgentInfo)
-        code, details = await self.refusedWith(
-            client.unary("connectAgentWithTransportFilterDisabled", pb.Empty(), pb.AgentInfo)
-        )
-        self.assertEqual(code, grpc.StatusCode.RESOURCE_EXHAUSTED)
+        details = await self.exhausted(self.client(), 2)
         self.assertIn("proxy.internal.maxPendingHandshakes", details)
 
     async def test_unregisteredNotKeptAlive(self) -> None:
@@ -402,13 +415,7 @@ class ProxyServiceTests(TestCase):
         self.startProxy(
             max_pending_handshakes=8, identities=(Identity("a", "ta"), Identity("b", "tb"))
         )
-        holder = self.client("ta")
-        for _ in range(7):
-            await holder.unary("connectAgentWithTransportFilterDisabled", pb.Empty(), pb.AgentInfo)
-        code, details = await self.refusedWith(
-            holder.unary("connectAgentWithTransportFilterDisabled", pb.Empty(), pb.AgentInfo)
-        )
-        self.assertEqual(code, grpc.StatusCode.RESOURCE_EXHAUSTED)
+        details = await self.exhausted(self.client("ta"), 7)
         self.assertIn("7 gRPC agents of identity a from 127.0.0.1", details)
         self.assertIn("proxy.internal.maxPendingHandshakes (8)", details)
         await self.connected(self.client("tb"), disabled=True)
@@ -542,19 +549,7 @@ class ProxyServiceTests(TestCase):
         self.assertEqual(
             (request.agent_id, request.path, request.encodedQueryParams), (agentId, "m", "a=1")
         )
-        await client.write(
-            "writeResponsesToProxy",
-            [
-                pb.ScrapeResponse(
-                    valid_response=True,
-                    agent_id=agentId,
-                    scrape_id=request.scrape_id,
-                    status_code=200,
-                    content_type="text/plain",
-                    content_as_text="up 1\n",
-                )
-            ],
-        )
+        await self.answer(client, agentId, request.scrape_id, "up 1\n")
         self.assertEqual(await scraped, (200, b"up 1\n"))
         self.assertEqual(
             self.proxy.metrics.registry.get_sample_value("proxy_agents", {"kind": "grpc"}), 1.0
