@@ -359,6 +359,24 @@ PROXY = Role(
                 rule=NON_NEGATIVE,
             ),
             Setting(
+                "proxy.internal.maxGrpcConnections",
+                int,
+                field="max_grpc_connections",
+                rule=POSITIVE,
+            ),
+            Setting(
+                "proxy.internal.maxUnauthenticatedGrpcConnections",
+                int,
+                field="max_unauthenticated_grpc_connections",
+                rule=POSITIVE,
+            ),
+            Setting(
+                "proxy.internal.maxUnauthenticatedGrpcConnectionsPerAddress",
+                int,
+                field="max_unauthenticated_grpc_connections_per_address",
+                rule=POSITIVE,
+            ),
+            Setting(
                 "proxy.internal.maxAuthFailuresPerAddress",
                 int,
                 field="max_auth_failures_per_address",

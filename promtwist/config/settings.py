@@ -171,6 +171,16 @@ class ProxySettings(_OperationsSettings):
     # kernel's net.core.somaxconn): connections the kernel completed and
     # holds until the reactor's next accept, which is never paused.
     max_waiting_handshakes: int = 4096
+    # gRPC connections to the agent port (proxy.agent.grpcEnabled): all of
+    # them, and those that have not yet made a call with a valid token or
+    # client certificate (closed after handshakeTimeoutSecs), in total and
+    # per source address. A front end such as nginx opens one backend
+    # connection per concurrent call from its one address: four per agent
+    # (its request stream, two result streams, a heartbeat), and a burst of
+    # them when it (re)starts.
+    max_grpc_connections: int = 4000
+    max_unauthenticated_grpc_connections: int = 256
+    max_unauthenticated_grpc_connections_per_address: int = 64
     # Failed authentications from one address before it is refused for a
     # while without its token being checked; 0 turns the throttle off.
     max_auth_failures_per_address: int = 5

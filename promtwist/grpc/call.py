@@ -68,6 +68,12 @@ class StreamCarrier(Protocol):
         it is dropped, and nothing more is sent or read on it.
         """
 
+    def proved(self) -> None:
+        """
+        A call proved who the client is, later than its headers could (see
+        L{ServerCall.prove}).
+        """
+
 
 # What every response starts with: the encodings promtwist decodes are
 # advertised, though it sends none compressed.
@@ -124,6 +130,8 @@ class ServerCall(Generic[Req, Resp]):
     @ivar context: the HTTP/2 connection's L{ConnectionContext}, shared by
         every call on it; its C{initialMetadata} goes in this call's
         response headers.
+    @ivar authority: what the method's C{authorize} returned for this call
+        (an identity), or L{None}.
     """
 
     def __init__(
@@ -144,6 +152,7 @@ class ServerCall(Generic[Req, Resp]):
         self.deadline = deadline
         self.peer = peer
         self.context = context
+        self.authority: object = None
         self._carrier = carrier
         self._streamId = streamId
         self._decode = decode
@@ -164,6 +173,14 @@ class ServerCall(Generic[Req, Resp]):
         return f"<ServerCall {self.method} stream {self._streamId} {self._state.value}>"
 
     # -- What a handler uses -------------------------------------------------
+
+    def prove(self) -> None:
+        """
+        This call proved who its client is, as its method's C{authorize}
+        does at the headers (a native link's Hello inside the call, say):
+        the connection counts as authenticated from now on.
+        """
+        self._carrier.proved()
 
     @property
     def transport(self) -> object:

@@ -21,6 +21,13 @@ Bad input costs the least it can: a bad request gets its stream's status
 (or an HTTP status, for one that is not gRPC at all); a breach of HTTP/2
 itself or of a flood bound costs the connection, with a GOAWAY whose debug
 data says why. Nothing a client sends raises out of C{dataReceived}.
+
+With C{Limits.authenticateSeconds} set, a connection must prove who it is
+in time: a call whose method's C{authorize} admits it at its HEADERS
+proves the connection (L{GrpcServerProtocol.whenProven} fires); one that
+has not within that long is closed, whatever it holds open. Connection
+closes a client can cause are logged at a bounded rate, one budget for the
+server (L{GrpcServerFactory.warnings}).
 """
 
 from __future__ import annotations
@@ -31,16 +38,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import h2.config
+import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import ServerFactory, connectionDone
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from promtwist.addresses import peerName
 from promtwist.grpc.call import (
     CallCancelled,
     Headers,
@@ -55,6 +65,7 @@ from promtwist.grpc.limits import Limits, RateBound
 from promtwist.grpc.messages import ACCEPTED_ENCODINGS, MessageReader
 from promtwist.grpc.service import Method
 from promtwist.grpc.status import GrpcError, StatusCode, parseTimeout
+from promtwist.logs import RepeatedWarnings
 
 # Request headers that are HTTP/2's or gRPC's own, never custom metadata.
 _RESERVED = frozenset(
@@ -94,6 +105,8 @@ class GrpcServerProtocol(H2Protocol):
 
     #: The connection's context, made in L{connectionMade}.
     context: ConnectionContext
+    #: Fires when a call is first admitted by its method's C{authorize}.
+    whenProven: Deferred[None]
 
     def __init__(
         self,
@@ -107,6 +120,18 @@ class GrpcServerProtocol(H2Protocol):
         self._contexts = contexts
         self._streams: dict[int, _Stream] = {}
         self._resets = RateBound(limits.maxResetsPerWindow, limits.floodWindowSeconds, clock)
+        self.whenProven = Deferred()
+        self._proofTimer: IDelayedCall | None = None
+        # Who waits for the connection to be lost; None once it is.
+        self._lost: list[Deferred[None]] | None = []
+
+    @property
+    def proven(self) -> bool:
+        """
+        Whether a call on this connection was admitted by its method's
+        C{authorize}.
+        """
+        return self.whenProven.called
 
     # -- Connection life -------------------------------------------------------
 
@@ -118,22 +143,50 @@ class GrpcServerProtocol(H2Protocol):
         self._openConnection(self._limits.maxConcurrentStreams)
         self._flush()
         self._setTimer(self._limits.handshakeSeconds, self._handshakeExpired)
+        if self._limits.authenticateSeconds is not None:
+            self._proofTimer = self._clock.callLater(
+                self._limits.authenticateSeconds, self._proofExpired
+            )
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._state = ConnectionState.GONE
         self._cancelTimer()
+        self._cancelProofTimer()
+        waiting, self._lost = self._lost, None
+        for lost in waiting or ():
+            lost.callback(None)
         self._abandonAll("the connection was lost")
         self.context.connectionLost()
         if isinstance(self.factory, GrpcServerFactory):
             self.factory.connections.discard(self)
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: str) -> Deferred[None]:
         """
-        End the connection for C{reason} (the server is stopping): GOAWAY
-        C{NO_ERROR} with it as debug data; the calls still open are
-        cancelled, since h2 answers nothing after a GOAWAY.
+        End the connection for C{reason} (the server is stopping): the calls
+        still open end C{UNAVAILABLE} with it (as far as flow control lets
+        their trailers go now: h2 answers nothing after a GOAWAY), then
+        GOAWAY C{NO_ERROR} with it as debug data.
+
+        @return: fires once the connection is closed, what was written
+            having gone or, for a client that does not read it, after
+            C{closeSeconds}.
         """
+        lost = self.whenLost()
+        for stream in list(self._streams.values()):
+            stream.call.fail(GrpcError(StatusCode.UNAVAILABLE, reason))
         self._goAway(ErrorCodes.NO_ERROR, reason)
+        return lost
+
+    def whenLost(self) -> Deferred[None]:
+        """
+        A Deferred that fires when the connection is lost.
+        """
+        lost: Deferred[None] = Deferred()
+        if self._lost is None:
+            lost.callback(None)
+        else:
+            self._lost.append(lost)
+        return lost
 
     # -- Events ----------------------------------------------------------------
 
@@ -177,6 +230,15 @@ class GrpcServerProtocol(H2Protocol):
             self._clock,
             self.context,
         )
+        if method.authorize is not None:
+            try:
+                call.authority = method.authorize(call)
+            except GrpcError as error:
+                # Refused before anything it sends is read: its DATA is
+                # dropped as a finished stream's is.
+                self._refuse(streamId, trailersOnly(error.code, error.message))
+                return
+            self._proved()
         self._streams[streamId] = _Stream(
             call, MessageReader(self._limits.maxMessageBytes, encoding)
         )
@@ -330,6 +392,9 @@ class GrpcServerProtocol(H2Protocol):
         self._acknowledge(streamId, size)
         self._flush()
 
+    def proved(self) -> None:
+        self._proved()
+
     def resetStream(self, streamId: int) -> None:
         stream = self._forget(streamId)
         if self._writable(streamId):
@@ -425,11 +490,20 @@ class GrpcServerProtocol(H2Protocol):
         """
         if self._gone:
             return
-        self._log.info(
-            "gRPC connection from {peer} closed: {reason}",
-            peer=self.transport.getPeer() if self.transport else None,
-            reason=reason,
-        )
+        if code == ErrorCodes.NO_ERROR:
+            # The server's own decision (idle, stopping): routine.
+            self._log.debug(
+                "gRPC connection from {peer} closed: {reason}",
+                peer=peerName(self.transport),
+                reason=reason,
+            )
+        else:
+            self._warnings().warn(
+                "gRPC connection closed",
+                "gRPC connection from {peer} closed: {reason}",
+                peer=peerName(self.transport),
+                reason=reason,
+            )
         self._state = ConnectionState.GONE
         # h2 may have queued a GOAWAY of its own (without a reason) for
         # the error it raised: ours replaces it.
@@ -458,12 +532,40 @@ class GrpcServerProtocol(H2Protocol):
 
     def _handshakeExpired(self) -> None:
         self._timer = None
-        self._log.info(
+        self._warnings().warn(
+            "gRPC handshake timeout",
             "gRPC connection from {peer} aborted: no HTTP/2 preface within {seconds} s",
-            peer=self.transport.getPeer() if self.transport else None,
+            peer=peerName(self.transport),
             seconds=self._limits.handshakeSeconds,
         )
         self._abort()
+
+    def _proved(self) -> None:
+        if not self.whenProven.called:
+            self._cancelProofTimer()
+            self.whenProven.callback(None)
+
+    def _proofExpired(self) -> None:
+        self._proofTimer = None
+        self._goAway(
+            ErrorCodes.ENHANCE_YOUR_CALM,
+            f"no authenticated call within {self._limits.authenticateSeconds:g} s"
+            " of connecting (a token or client certificate is required)",
+        )
+
+    def _cancelProofTimer(self) -> None:
+        timer, self._proofTimer = self._proofTimer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _warnings(self) -> RepeatedWarnings:
+        """
+        The server's one budget of warnings clients can make it log: a
+        client may open any number of connections.
+        """
+        if isinstance(self.factory, GrpcServerFactory):
+            return self.factory.warnings
+        return RepeatedWarnings(self._log, self._clock)
 
     def _idleExpired(self) -> None:
         self._timer = None
@@ -506,16 +608,87 @@ class GrpcServerFactory(ServerFactory):
         self.contexts = contexts
         #: The connections open now.
         self.connections: set[GrpcServerProtocol] = set()
+        #: What clients can make it log, at a bounded rate.
+        self.warnings = RepeatedWarnings(GrpcServerProtocol._log, reactor)
 
     def buildProtocol(self, addr: object) -> GrpcServerProtocol:
         protocol = GrpcServerProtocol(self.methods, self.limits, self.clock, self.contexts)
         protocol.factory = self
         return protocol
 
-    def closeAll(self, reason: str) -> None:
+    def closeAll(self, reason: str) -> Deferred[None]:
         """
-        End every open connection with GOAWAY for C{reason} (see
+        End every open connection for C{reason} (see
         L{GrpcServerProtocol.close}).
+
+        @return: fires once they are all closed (within C{closeSeconds}),
+            so that a server stopping its reactor lets their last statuses
+            and GOAWAYs go first.
         """
-        for protocol in list(self.connections):
-            protocol.close(reason)
+        closing = [protocol.close(reason) for protocol in list(self.connections)]
+        return gatherResults(closing).addCallback(lambda _: None)
+
+
+class GrpcRefusal(Protocol):
+    """
+    An HTTP/2 connection the server will not serve, for C{reason}: the
+    first call on it ends at once C{UNAVAILABLE} with the reason (what a
+    gRPC client reports and retries), then the connection goes with GOAWAY
+    carrying it too; one that sends no call within C{seconds} gets the
+    GOAWAY alone. Nothing else it sends is looked at.
+    """
+
+    def __init__(self, reason: str, clock: IReactorTime, seconds: float = 1.0) -> None:
+        self.reason = reason
+        self._clock = clock
+        self._seconds = seconds
+        self._h2 = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding=None)
+        )
+        self._timer: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        self._h2.initiate_connection()
+        self._write()
+        self._timer = self._clock.callLater(self._seconds, self._close)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._timer is None:
+            return
+        try:
+            events = self._h2.receive_data(data)
+        except h2.exceptions.ProtocolError:
+            self._close()
+            return
+        for event in events:
+            if isinstance(event, h2.events.RequestReceived) and event.stream_id:
+                self._h2.send_headers(
+                    event.stream_id,
+                    trailersOnly(StatusCode.UNAVAILABLE, self.reason),
+                    end_stream=True,
+                )
+                self._close()
+                return
+        self._write()
+
+    def _close(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        self._h2.close_connection(
+            error_code=ErrorCodes.NO_ERROR,
+            additional_data=self.reason.encode("utf-8")[:256],
+            last_stream_id=self._h2.highest_inbound_stream_id,
+        )
+        self._write()
+        assert self.transport is not None
+        self.transport.loseConnection()
+
+    def _write(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self._h2.data_to_send())
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()

@@ -38,6 +38,12 @@ class Limits:
         one slow handler does not stop its neighbours.
     @ivar handshakeSeconds: from accepting the connection (the TLS
         handshake included) to the client's preface and SETTINGS.
+    @ivar authenticateSeconds: when set, a connection must make a call that
+        its method's C{authorize} admits within this long of being accepted
+        (L{promtwist.grpc.service}), or it is closed with GOAWAY whatever it
+        is doing: what an unauthenticated client may hold, a header block it
+        never finishes included. L{None}: connections need not prove
+        anything.
     @ivar idleSeconds: a connection with no call open is closed with GOAWAY
         after this long.
     @ivar floodWindowSeconds: the window the four flood bounds count in.
@@ -57,6 +63,7 @@ class Limits:
     maxFrameBytes: int = 16384
     connectionWindowBytes: int = 16 * 1024 * 1024
     handshakeSeconds: float = 10.0
+    authenticateSeconds: float | None = None
     idleSeconds: float = 300.0
     floodWindowSeconds: float = 10.0
     maxResetsPerWindow: int = 200

@@ -13,6 +13,13 @@ that reads like Twisted:
   - L{bidirectional}: C{handler(call)} does both and returns a Deferred
     that fires when it is done.
 
+A method may have an C{authorize(call)}: it is asked on the call's
+HEADERS, before any message is read or the handler runs, and refuses the
+call by raising L{promtwist.grpc.status.GrpcError} (the stream then ends
+at once with that status and what the client sends on it is dropped
+unread), so an unauthenticated client costs no message buffers. What it
+returns is the call's C{authority}, for the handler.
+
 A handler ends a call with a status other than OK by raising, or failing
 its Deferred with, L{promtwist.grpc.status.GrpcError}. Its Deferred is
 cancelled when the client resets the stream, the connection is lost or the
@@ -35,6 +42,11 @@ Resp = TypeVar("Resp")
 T = TypeVar("T")
 
 
+#: Asked on a call's headers; raises GrpcError to refuse it, returns the
+#: call's C{authority} otherwise.
+Authorizer = Callable[[ServerCall[Any, Any]], object]
+
+
 @dataclass(frozen=True)
 class Method:
     """
@@ -46,6 +58,8 @@ class Method:
     @ivar decode: request bytes to a message.
     @ivar encode: a response message to bytes.
     @ivar run: runs the handler on a call; fires when it is done.
+    @ivar authorize: asked on each call's headers (see the module
+        docstring); L{None} admits every call without proving anything.
     """
 
     path: str
@@ -53,6 +67,7 @@ class Method:
     decode: Callable[[bytes], Any]
     encode: Callable[[Any], bytes]
     run: Callable[[ServerCall[Any, Any]], Deferred[None]]
+    authorize: Authorizer | None = None
 
 
 async def _settled(result: T | Deferred[T]) -> T:
@@ -83,6 +98,7 @@ def unary(
     handler: Callable[[Req, ServerCall[Req, Resp]], Resp | Deferred[Resp]],
     decode: Callable[[bytes], Req],
     encode: Callable[[Resp], bytes],
+    authorize: Authorizer | None = None,
 ) -> Method:
     """
     A method taking one request and answering one response.
@@ -92,7 +108,9 @@ def unary(
         request = await _onlyRequest(call)
         await call.send(await _settled(handler(request, call)))
 
-    return Method(path, "unary", decode, encode, lambda call: Deferred.fromCoroutine(run(call)))
+    return Method(
+        path, "unary", decode, encode, lambda call: Deferred.fromCoroutine(run(call)), authorize
+    )
 
 
 def serverStreaming(
@@ -100,6 +118,7 @@ def serverStreaming(
     handler: Callable[[Req, ServerCall[Req, Resp]], Deferred[None] | None],
     decode: Callable[[bytes], Req],
     encode: Callable[[Resp], bytes],
+    authorize: Authorizer | None = None,
 ) -> Method:
     """
     A method taking one request and sending any number of responses.
@@ -110,7 +129,12 @@ def serverStreaming(
         await _settled(handler(request, call))
 
     return Method(
-        path, "server-streaming", decode, encode, lambda call: Deferred.fromCoroutine(run(call))
+        path,
+        "server-streaming",
+        decode,
+        encode,
+        lambda call: Deferred.fromCoroutine(run(call)),
+        authorize,
     )
 
 
@@ -119,6 +143,7 @@ def clientStreaming(
     handler: Callable[[ServerCall[Req, Resp]], Resp | Deferred[Resp]],
     decode: Callable[[bytes], Req],
     encode: Callable[[Resp], bytes],
+    authorize: Authorizer | None = None,
 ) -> Method:
     """
     A method taking any number of requests and answering one response.
@@ -128,7 +153,12 @@ def clientStreaming(
         await call.send(await _settled(handler(call)))
 
     return Method(
-        path, "client-streaming", decode, encode, lambda call: Deferred.fromCoroutine(run(call))
+        path,
+        "client-streaming",
+        decode,
+        encode,
+        lambda call: Deferred.fromCoroutine(run(call)),
+        authorize,
     )
 
 
@@ -137,6 +167,7 @@ def bidirectional(
     handler: Callable[[ServerCall[Req, Resp]], Deferred[None] | None],
     decode: Callable[[bytes], Req],
     encode: Callable[[Resp], bytes],
+    authorize: Authorizer | None = None,
 ) -> Method:
     """
     A method whose requests and responses flow independently.
@@ -146,5 +177,10 @@ def bidirectional(
         await _settled(handler(call))
 
     return Method(
-        path, "bidirectional", decode, encode, lambda call: Deferred.fromCoroutine(run(call))
+        path,
+        "bidirectional",
+        decode,
+        encode,
+        lambda call: Deferred.fromCoroutine(run(call)),
+        authorize,
     )

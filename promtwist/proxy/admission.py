@@ -64,11 +64,27 @@ class PendingHandshakes:
     (C{proxy.internal.maxPendingHandshakes}) and per source address
     (C{proxy.internal.maxPendingHandshakesPerAddress}), so that one host
     holding slots cannot keep agents dialling from elsewhere out.
+
+    The same count bounds other connections that have proved nothing yet
+    (gRPC connections before their first authenticated call): C{what}
+    names them, C{setting} the total's setting (the per-address one is it
+    with C{PerAddress}, or none when C{setting} is empty), C{kind} the
+    metric label.
     """
 
-    def __init__(self, total: int, perAddress: int) -> None:
+    def __init__(
+        self,
+        total: int,
+        perAddress: int,
+        what: str = "handshake",
+        setting: str = "proxy.internal.maxPendingHandshakes",
+        kind: str = "pending_handshakes",
+    ) -> None:
         self.total = total
         self.perAddress = perAddress
+        self.what = what
+        self.setting = setting
+        self.kind = kind
         self._count = 0
         self._byHost: defaultdict[str, int] = defaultdict(int)
 
@@ -82,15 +98,15 @@ class PendingHandshakes:
         """
         if self._count >= self.total:
             return (
-                "pending_handshakes",
-                f"the proxy is at its handshake limit of {self.total} "
-                "(proxy.internal.maxPendingHandshakes)",
+                self.kind,
+                f"the proxy is at its {self.what} limit of {self.total}"
+                + (f" ({self.setting})" if self.setting else ""),
             )
         if self._byHost.get(host, 0) >= self.perAddress:
             return (
-                "pending_handshakes_per_address",
-                f"the proxy is at its handshake limit of {self.perAddress} for {host or '?'} "
-                "(proxy.internal.maxPendingHandshakesPerAddress)",
+                f"{self.kind}_per_address",
+                f"the proxy is at its {self.what} limit of {self.perAddress} for {host or '?'}"
+                + (f" ({self.setting}PerAddress)" if self.setting else ""),
             )
         return None
 
@@ -105,6 +121,59 @@ class PendingHandshakes:
             del self._byHost[host]
 
 
+class GrpcAdmission:
+    """
+    The gRPC connections of the agent port: at most
+    C{proxy.internal.maxGrpcConnections} open, and of them at most
+    C{proxy.internal.maxUnauthenticatedGrpcConnections} (and its
+    per-address share) that have not yet made an authenticated call. A
+    connection proves itself at the HEADERS of such a call; one that has
+    not within C{proxy.internal.handshakeTimeoutSecs} is closed
+    (L{promtwist.grpc.limits.Limits.authenticateSeconds}). Proved
+    connections have no per-address share: a front end such as nginx opens
+    one from its one address for each call of each agent behind it.
+    """
+
+    def __init__(self, total: int, unauthenticated: int, perAddress: int) -> None:
+        self.total = total
+        self.open = 0
+        self.unauthenticated = PendingHandshakes(
+            unauthenticated,
+            perAddress,
+            what="unauthenticated gRPC connection",
+            setting="proxy.internal.maxUnauthenticatedGrpcConnections",
+            kind="unauthenticated_grpc_connections",
+        )
+
+    def refusal(self, host: str) -> tuple[str, str] | None:
+        """
+        Why a new gRPC connection from C{host} is refused, as a metric label
+        and a message; L{None} if it is not.
+        """
+        if self.open >= self.total:
+            return (
+                "grpc_connections",
+                f"the proxy is at its limit of {self.total} gRPC connections "
+                "(proxy.internal.maxGrpcConnections)",
+            )
+        return self.unauthenticated.refusal(host)
+
+    def enter(self, host: str) -> None:
+        self.open += 1
+        self.unauthenticated.enter(host)
+
+    def proven(self, host: str) -> None:
+        """
+        A connection from C{host} made its first authenticated call.
+        """
+        self.unauthenticated.leave(host)
+
+    def leave(self, host: str, proven: bool) -> None:
+        self.open -= 1
+        if not proven:
+            self.unauthenticated.leave(host)
+
+
 # Open files the proxy needs besides its agent links and the connections
 # waiting for a handshake place: listening ports, logs, scrape-port and
 # admin connections, target files.
@@ -116,11 +185,19 @@ def filesNeeded(settings: ProxySettings) -> int:
     The open files the agent port may use at its caps, and the others.
     """
     return (
-        settings.max_agents
+        grpcFiles(settings)
+        + settings.max_agents
         + settings.max_pending_handshakes
         + settings.max_waiting_handshakes
         + FILES_RESERVED
     )
+
+
+def grpcFiles(settings: ProxySettings) -> int:
+    """
+    The open files the agent port's gRPC connections may use.
+    """
+    return settings.max_grpc_connections if settings.agent_grpc_enabled else 0
 
 
 def raiseOpenFileLimit(needed: int) -> int:
@@ -143,11 +220,17 @@ def waitingRoom(settings: ProxySettings, openFiles: int) -> int:
     """
     How many connections may wait for a handshake place: as many as
     C{proxy.internal.maxWaitingHandshakes} allows, and the open-file limit
-    C{openFiles} leaves beside every agent, every handshake and
-    L{FILES_RESERVED}. Each waiting connection holds a file; were they to
+    C{openFiles} leaves beside every agent, every handshake, every gRPC
+    connection and L{FILES_RESERVED}. Each waiting connection holds a file; were they to
     exhaust the limit, no port of the proxy could accept anything.
     """
-    room = openFiles - settings.max_agents - settings.max_pending_handshakes - FILES_RESERVED
+    room = (
+        openFiles
+        - grpcFiles(settings)
+        - settings.max_agents
+        - settings.max_pending_handshakes
+        - FILES_RESERVED
+    )
     return max(0, min(settings.max_waiting_handshakes, room))
 
 

@@ -11,108 +11,194 @@ keeps the agents' port (50051), and nginx C{grpc_pass} can point at it; an
 HTTP/1.1 C{POST} or C{PUT} is still the native link's to refuse, with its
 hint that this is the agent port.
 
-Every connection starts as a native link, counted against the handshake
-caps as before; one that turns out to speak HTTP/2 hands its connection
-over to the gRPC server before anything was written to it. With gRPC
-agents turned off (C{proxy.agent.grpcEnabled = false}) the port is the
-native link's alone, as before.
+Each protocol admits its own connections, once it is known: a native link
+is counted against the handshake caps and may be sent a native C{Reject};
+a gRPC connection against L{GrpcAdmission}'s caps, and refused in HTTP/2
+(L{GrpcRefusal}), so that neither peer is answered in a protocol it does
+not speak, and a front end's many connections from one address are not
+held to the native per-address handshake share. Until its first bytes
+decide, a connection has proved nothing and is bounded as such: it must
+send them within C{proxy.internal.handshakeTimeoutSecs} of being accepted,
+and connections still undecided are capped in total and per address by
+what the two protocols admit together (one over is closed without a word:
+no one knows what it speaks). With gRPC agents turned off
+(C{proxy.agent.grpcEnabled = false}) an HTTP/2 client is told so in a
+GOAWAY, and the log names the setting.
 """
 
 from __future__ import annotations
 
 from typing import cast
 
-from twisted.internet.interfaces import IAddress, IConsumer, IProtocol
+from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocol, ITCPTransport
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.python.failure import Failure
 
-from promtwist.grpc.connection import GrpcServerFactory
-from promtwist.proxy.link import AgentLink, AgentLinkFactory
+from promtwist.addresses import peerName
+from promtwist.grpc.connection import GrpcRefusal, GrpcServerFactory, GrpcServerProtocol
+from promtwist.proxy.admission import GrpcAdmission, PendingHandshakes, hostOf
+from promtwist.proxy.link import AgentLinkFactory
 
 # What HTTP/2's client preface begins with: enough to tell it from a
 # native frame and from HTTP/1.1.
 PREFACE_START = b"PRI "
 
-
-class HandedOver(Exception):
-    """
-    The connection speaks HTTP/2: the native link that held it lets go.
-    """
+GRPC_OFF = (
+    "this proxy does not serve gRPC agents (proxy.agent.grpcEnabled = false): a"
+    " prometheus-proxy agent, or a promtwist agent with agent.transport = grpc, needs it"
+    " turned on"
+)
 
 
 class AgentPortProtocol(Protocol):
     """
-    One connection to the agent port: a native link until its first byte
-    says otherwise.
+    One connection to the agent port: undecided until its first bytes say
+    which protocol it speaks, then that protocol's.
     """
 
-    def __init__(self, native: IProtocol, grpc: GrpcServerFactory | None, addr: object) -> None:
-        self._active = native
-        self._grpc = grpc
-        self._addr = addr
+    def __init__(self, factory: AgentPortFactory, addr: IAddress | None) -> None:
+        self._factory = factory
+        self.addr = addr
+        self.host = hostOf(addr)
+        self._active: IProtocol | None = None
         # What arrived while it could still be either.
-        self._seen: bytes | None = b""
+        self._seen = b""
+        self._timer: IDelayedCall | None = None
 
     @property
-    def active(self) -> IProtocol:
+    def active(self) -> IProtocol | None:
         """
-        The protocol that has the connection now.
+        The protocol that has the connection, once its first bytes decided.
         """
         return self._active
 
     def connectionMade(self) -> None:
-        assert self.transport is not None
-        self._active.makeConnection(self.transport)
+        self._timer = self._factory.links.clock.callLater(
+            self._factory.links.settings.handshake_timeout_secs, self._undecided
+        )
 
     def dataReceived(self, data: bytes) -> None:
-        if self._seen is not None:
-            seen = self._seen + data
-            if len(seen) < len(PREFACE_START) and PREFACE_START.startswith(seen):
-                # Still the preface's beginning: wait for the rest (the
-                # native link's handshake timer runs meanwhile).
-                self._seen = seen
-                return
-            self._seen = None
-            data = seen
-            if (
-                seen.startswith(PREFACE_START)
-                and self._grpc is not None
-                and isinstance(self._active, AgentLink)
-            ):
-                self._handOver()
-        self._active.dataReceived(data)
+        if self._active is not None:
+            self._active.dataReceived(data)
+            return
+        seen = self._seen + data
+        if len(seen) < len(PREFACE_START) and PREFACE_START.startswith(seen):
+            # Still the preface's beginning: wait for the rest.
+            self._seen = seen
+            return
+        self._seen = b""
+        self._decided()
+        if seen.startswith(PREFACE_START):
+            active = self._factory.grpcProtocol(self)
+        else:
+            active = self._factory.links.buildProtocol(self.addr)
+        self._active = active
+        assert self.transport is not None
+        active.makeConnection(self.transport)
+        active.dataReceived(seen)
 
-    def _handOver(self) -> None:
-        """
-        Give the connection to the gRPC server: the native link stops (its
-        timers, its handshake place) without writing anything.
-        """
-        assert self._grpc is not None and self.transport is not None
-        native = self._active
-        cast(IConsumer, self.transport).unregisterProducer()
-        native.connectionLost(Failure(HandedOver("the connection speaks HTTP/2 (gRPC)")))
-        self._active = self._grpc.buildProtocol(self._addr)
-        self._active.makeConnection(self.transport)
+    def _decided(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+            self._factory.undecided.leave(self.host)
+
+    def _undecided(self) -> None:
+        self._timer = None
+        self._factory.undecided.leave(self.host)
+        self._factory.links.warnings.warn(
+            "undecided connection",
+            "closing the connection from {peer}: it sent no agent protocol within {secs:g}s",
+            peer=peerName(self.transport),
+            secs=self._factory.links.settings.handshake_timeout_secs,
+        )
+        cast(ITCPTransport, self.transport).abortConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._active.connectionLost(reason)
+        self._decided()
+        active = self._active
+        if active is not None:
+            active.connectionLost(reason)
+            if isinstance(active, GrpcServerProtocol):
+                self._factory.grpcAdmission.leave(self.host, active.proven)
+
+
+class _Dropped(Protocol):
+    """
+    A connection over the undecided caps: closed unanswered.
+    """
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.loseConnection()
 
 
 class AgentPortFactory(ServerFactory):
     """
     The agent port: native links from C{links}, gRPC connections from
     C{grpc} (none if L{None}).
+
+    @ivar undecided: connections that have not sent enough to tell their
+        protocol.
+    @ivar grpcAdmission: the gRPC connections' caps.
     """
 
     def __init__(self, links: AgentLinkFactory, grpc: GrpcServerFactory | None) -> None:
         self.links = links
         self.grpc = grpc
+        settings = links.settings
+        grpcOn = grpc is not None
+        self.grpcAdmission = GrpcAdmission(
+            settings.max_grpc_connections,
+            settings.max_unauthenticated_grpc_connections,
+            settings.max_unauthenticated_grpc_connections_per_address,
+        )
+        self.undecided = PendingHandshakes(
+            settings.max_pending_handshakes
+            + settings.max_waiting_handshakes
+            + (settings.max_unauthenticated_grpc_connections if grpcOn else 0),
+            max(
+                settings.max_pending_handshakes_per_address,
+                settings.max_unauthenticated_grpc_connections_per_address if grpcOn else 0,
+            ),
+            what="undecided connection",
+            setting="",
+            kind="undecided_connections",
+        )
 
     def startFactory(self) -> None:
         self.links.doStart()
 
     def stopFactory(self) -> None:
         self.links.doStop()
+        if self.grpc is not None:
+            self.grpc.warnings.flush()
 
-    def buildProtocol(self, addr: IAddress | None) -> AgentPortProtocol:
-        return AgentPortProtocol(self.links.buildProtocol(addr), self.grpc, addr)
+    def buildProtocol(self, addr: IAddress | None) -> Protocol:
+        host = hostOf(addr)
+        refusal = self.undecided.refusal(host)
+        if refusal is not None:
+            self.links.refused(host, *refusal)
+            return _Dropped()
+        self.undecided.enter(host)
+        return AgentPortProtocol(self, addr)
+
+    def grpcProtocol(self, connection: AgentPortProtocol) -> Protocol:
+        """
+        The protocol for C{connection}, which began HTTP/2's preface: a
+        gRPC connection admitted, or told why not.
+        """
+        host = connection.host
+        if self.grpc is None:
+            self.links.refused(host, "grpc_disabled", GRPC_OFF)
+            return GrpcRefusal(GRPC_OFF, self.links.clock)
+        refusal = self.grpcAdmission.refusal(host)
+        if refusal is not None:
+            kind, message = refusal
+            self.links.refused(host, kind, message)
+            return GrpcRefusal(f"{message}; retry later", self.links.clock)
+        admission = self.grpcAdmission
+        admission.enter(host)
+        protocol = self.grpc.buildProtocol(connection.addr)
+        protocol.whenProven.addCallback(lambda _: admission.proven(host))
+        return protocol

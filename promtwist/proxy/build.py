@@ -24,6 +24,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from promtwist.config.settings import MiB, ProxySettings
 from promtwist.grpc.connection import GrpcServerFactory
+from promtwist.grpc.limits import Limits
 from promtwist.health import proxyHealth
 from promtwist.listen import HTTP_1_1, settingListener
 from promtwist.metrics import ProxyMetrics
@@ -100,9 +101,17 @@ def buildAgentSide(
     grpc: GrpcAgents | None = None
     server: GrpcServerFactory | None = None
     if settings.agent_grpc_enabled:
-        grpc = GrpcAgents(settings, registry, authenticator, links.authThrottle, metrics, clock)
+        # A connection must make an authenticated call as soon as a native
+        # link must say Hello.
+        limits = Limits(authenticateSeconds=settings.handshake_timeout_secs)
+        grpc = GrpcAgents(
+            settings, registry, authenticator, links.authThrottle, metrics, clock, limits
+        )
         server = GrpcServerFactory(
-            [*grpc.methods(), linkMethod(links, clock)], reactor=clock, contexts=grpc.context
+            [*grpc.methods(), linkMethod(links, clock)],
+            limits,
+            reactor=clock,
+            contexts=grpc.context,
         )
     return AgentSide(authenticator, registry, metrics, links, grpc, AgentPortFactory(links, server))
 

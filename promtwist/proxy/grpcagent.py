@@ -817,7 +817,13 @@ class GrpcAgents:
         def _unary(
             name: str, handler: Callable[..., Any], request: type[M], response: type[Message]
         ) -> Method:
-            return unary(SERVICE + name, handler, request.FromString, response.SerializeToString)
+            return unary(
+                SERVICE + name,
+                handler,
+                request.FromString,
+                response.SerializeToString,
+                authorize=self._identify,
+            )
 
         return [
             _unary("connectAgent", self.connectAgent, pb.Empty, pb.Empty),
@@ -849,18 +855,21 @@ class GrpcAgents:
                 self.readRequestsFromProxy,
                 pb.AgentInfo.FromString,
                 pb.ScrapeRequest.SerializeToString,
+                authorize=self._identify,
             ),
             clientStreaming(
                 SERVICE + "writeResponsesToProxy",
                 self.writeResponsesToProxy,
                 pb.ScrapeResponse.FromString,
                 pb.Empty.SerializeToString,
+                authorize=self._identify,
             ),
             clientStreaming(
                 SERVICE + "writeChunkedResponsesToProxy",
                 self.writeChunkedResponsesToProxy,
                 pb.ChunkedScrapeResponse.FromString,
                 pb.Empty.SerializeToString,
+                authorize=self._identify,
             ),
         ]
 

@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 from promtwist.grpc.call import ServerCall
 from promtwist.grpc.service import Method, bidirectional
 from promtwist.grpc.tunnel import LINK_METHOD, CallTransport
-from promtwist.proxy.link import AgentLinkFactory
+from promtwist.proxy.link import AgentLink, AgentLinkFactory
 
 
 def linkMethod(links: AgentLinkFactory, clock: IReactorTime) -> Method:
@@ -52,6 +52,9 @@ def linkMethod(links: AgentLinkFactory, clock: IReactorTime) -> Method:
             call, cast(ITCPTransport, call.transport), finish, call.reset, clock
         )
         protocol = links.buildProtocol(cast(IAddress, call.peer))
+        if isinstance(protocol, AgentLink):
+            # Its Hello, not its headers, proves who the agent is.
+            protocol.onEstablished = call.prove
         transport.start(protocol)
         return done
 

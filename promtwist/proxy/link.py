@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, ClassVar, cast
 
 from twisted.internet.defer import Deferred, gatherResults
@@ -47,6 +47,7 @@ from promtwist.proxy.admission import (
     PendingHandshakes,
     Refusal,
     filesNeeded,
+    grpcFiles,
     helloProblem,
     hostOf,
     raiseOpenFileLimit,
@@ -141,6 +142,9 @@ class AgentLink(Session):
     # Set when the handshake completes: only an established agent's frames
     # stand for upstream's heartbeats.
     _upstreamHeartbeats: UpstreamHeartbeats | None = None
+    #: Told when the Hello is accepted: a link inside a gRPC call proves
+    #: its HTTP/2 connection so (L{promtwist.grpc.call.ServerCall.prove}).
+    onEstablished: Callable[[], None] | None = None
 
     def __init__(self, factory: AgentLinkFactory, host: str = "", waiting: bool = False) -> None:
         """
@@ -154,6 +158,9 @@ class AgentLink(Session):
         self._scrapes: dict[int, ScrapeStream] = {}
         self._nextScrapeId = 1
         self.waitingForPlace = waiting
+        # What arrived before the wait began (the agent port reads a
+        # connection's first bytes to tell its protocol): read with the Hello.
+        self._early = b""
 
     @property
     def metrics(self) -> ProxyMetrics:
@@ -180,6 +187,12 @@ class AgentLink(Session):
         else:
             self._startHandshakeTimer(self.factory.settings.handshake_timeout_secs)
 
+    def dataReceived(self, data: bytes) -> None:
+        if self.waitingForPlace:
+            self._early += data
+            return
+        super().dataReceived(data)
+
     def _startHandshakeTimer(self, secs: float) -> None:
         self._handshakeTimer = self.callLater(secs, self._handshakeTimedOut)
 
@@ -192,6 +205,9 @@ class AgentLink(Session):
         if self.isOpen():
             self._startHandshakeTimer(secs)
             cast(IPushProducer, self.transport).resumeProducing()
+            early, self._early = self._early, b""
+            if early:
+                super().dataReceived(early)
 
     def refused(self, refusal: Refusal) -> None:
         """
@@ -276,6 +292,8 @@ class AgentLink(Session):
             settings.heartbeat_period_secs, self.clock.seconds()
         )
         self.factory.handshakeFinished(self)
+        if self.onEstablished is not None:
+            self.onEstablished()
         self.factory.registry.addAgent(self)
         self.metrics.agentConnected()
         self._log.info(
@@ -730,14 +748,16 @@ class AgentLinkFactory(ServerFactory):
             self._log.warn(
                 "the open-file limit of {limit} leaves room for {room} of the {setting} "
                 "connections proxy.internal.maxWaitingHandshakes lets wait for a handshake "
-                "place, beside proxy.internal.maxAgents ({agents}) links and "
-                "proxy.internal.maxPendingHandshakes ({pending}) handshakes; raise the "
+                "place, beside proxy.internal.maxAgents ({agents}) links, "
+                "proxy.internal.maxPendingHandshakes ({pending}) handshakes and "
+                "{grpc} gRPC connections (proxy.internal.maxGrpcConnections); raise the "
                 "limit (ulimit -n, LimitNOFILE=) to {needed} to let them all wait",
                 limit=openFiles,
                 room=self.maxWaiting,
                 setting=settings.max_waiting_handshakes,
                 agents=settings.max_agents,
                 pending=settings.max_pending_handshakes,
+                grpc=grpcFiles(settings),
                 needed=filesNeeded(settings),
             )
         if self.authenticator.open:
@@ -792,6 +812,14 @@ class AgentLinkFactory(ServerFactory):
         Count and log (at a bounded rate) a connection from C{host} refused
         for C{kind}, and what to tell it.
         """
+        self.refused(host, kind, message)
+        return Refusal(message)
+
+    def refused(self, host: str, kind: str, message: str) -> None:
+        """
+        Count and log (at a bounded rate) an agent-port connection from
+        C{host} refused for C{kind} because C{message}, whatever it speaks.
+        """
         self.metrics.rejected(kind)
         self.warnings.warn(
             "refused connection",
@@ -799,7 +827,6 @@ class AgentLinkFactory(ServerFactory):
             peer=host or "?",
             why=message,
         )
-        return Refusal(message)
 
     def _admit(self) -> None:
         """

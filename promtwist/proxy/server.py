@@ -368,7 +368,7 @@ class ProxyService(MultiService):
             # then their connections go with GOAWAY.
             self.grpcAgents.stop()
         if self.agentPort.grpc is not None:
-            self.agentPort.grpc.closeAll("the proxy is shutting down")
+            await self.agentPort.grpc.closeAll("the proxy is shutting down")
         await self.linkFactory.closeAll("proxy shutting down")
 
     def stopService(self) -> Deferred[None]:

@@ -23,6 +23,7 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IProtocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
@@ -92,13 +93,22 @@ class RawPeer:
         clock: Clock | None = None,
         preface: bool = True,
         contexts: ContextFactory = ConnectionContext,
+        over: tuple[IProtocol, StringTransport] | None = None,
     ) -> None:
+        """
+        @param over: a protocol already connected to a transport, to be the
+            server instead of one serving C{methods} (the agent port's).
+        """
         self.clock = clock or Clock()
-        self.protocol: GrpcServerProtocol = GrpcServerFactory(
-            methods, limits, self.clock, contexts
-        ).buildProtocol(None)
-        self.transport = StringTransport()
-        self.protocol.makeConnection(self.transport)
+        if over is None:
+            self.protocol: GrpcServerProtocol = GrpcServerFactory(
+                methods, limits, self.clock, contexts
+            ).buildProtocol(None)
+            self.transport = StringTransport()
+            self.protocol.makeConnection(self.transport)
+            self.wire: IProtocol = self.protocol
+        else:
+            self.wire, self.transport = over
         self.encoder = Encoder()
         self.decoder = Decoder()
         self.answers: dict[int, Answer] = {}
@@ -110,7 +120,7 @@ class RawPeer:
             self.send(PREFACE, SettingsFrame(0))
 
     def send(self, *frames: Frame | bytes) -> None:
-        self.protocol.dataReceived(
+        self.wire.dataReceived(
             b"".join(f if isinstance(f, bytes) else f.serialize() for f in frames)
         )
         self.read()

@@ -21,10 +21,15 @@ from hyperframe.frame import (
     SettingsFrame,
     WindowUpdateFrame,
 )
+from twisted.internet.address import IPv6Address
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from promtwist.grpc.call import CallCancelled, ServerCall
+from promtwist.grpc.connection import GrpcServerFactory
 from promtwist.grpc.limits import Limits
 from promtwist.grpc.service import bidirectional, unary
 from promtwist.grpc.status import StatusCode
@@ -716,3 +721,29 @@ class FrameSequenceTests(SynchronousTestCase):
             peer.clock.advance(1)
             peer.protocol.connectionLost()
             self.assertEqual(peer.clock.getDelayedCalls(), [], f"seed {seed}")
+
+
+class ConnectionLogTests(SynchronousTestCase):
+    def test_closesLoggedAtABoundedRate(self) -> None:
+        """
+        Connections closed for breaking HTTP/2 are logged a few per minute
+        for the whole server, not one line each, and name their peer as
+        host:port (the reviewer's C{t_logs.py}: 500 lines of address reprs).
+        """
+        clock = Clock()
+        factory = GrpcServerFactory(EchoService().methods(), reactor=clock)
+        peer = IPv6Address("TCP", "::ffff:127.0.0.1", 40000)
+        with capturedLogs() as events:
+            for _ in range(50):
+                protocol = factory.buildProtocol(peer)
+                transport = StringTransport(peerAddress=peer)
+                protocol.makeConnection(transport)
+                client = RawPeer((), clock=clock, over=(protocol, transport))
+                # DATA on stream 0 breaks HTTP/2.
+                client.send(b"\x00\x00\x01\x00\x00\x00\x00\x00\x00x")
+                self.assertIsNotNone(client.goAway)
+                protocol.connectionLost()
+        closes = [e for e in events if "closed" in formatEvent(e)]
+        self.assertEqual(len(closes), factory.warnings.burst)
+        self.assertIn("gRPC connection from 127.0.0.1:40000 closed", formatEvent(closes[0]))
+        clock.advance(factory.warnings.interval)

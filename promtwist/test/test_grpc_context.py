@@ -112,18 +112,25 @@ class ContextTests(SynchronousTestCase):
 
     def test_closeAll(self) -> None:
         """
-        The factory knows its open connections; closeAll ends each with
-        GOAWAY NO_ERROR saying why, its open calls cancelled, and forgets
-        it once it is lost.
+        The factory knows its open connections; closeAll ends each open
+        call UNAVAILABLE saying why (its handler cancelled), then the
+        connection with GOAWAY NO_ERROR saying why, and fires once the
+        connections are lost (the reviewer's C{t_stop.py}: streams removed
+        without a status, the reactor stopped before the GOAWAY went).
         """
         factory = self.peer.protocol.factory
         assert isinstance(factory, GrpcServerFactory)
         self.assertEqual(factory.connections, {self.peer.protocol})
         self.peer.request(1, b"/t/hold")
-        factory.closeAll("the proxy is shutting down")
+        closed = factory.closeAll("the proxy is shutting down")
         self.peer.read()
+        answer = self.peer.answer(1)
+        self.assertEqual(answer.status, StatusCode.UNAVAILABLE)
+        self.assertEqual(answer.message, b"the proxy is shutting down")
         self.assertEqual(self.peer.goAwayReason, (0, b"the proxy is shutting down"))
-        self.assertTrue(_Noted.made[0].calls[0].cancelled)
+        self.assertTrue(self.held[0].called)
         self.held[0].addErrback(lambda f: None)
+        self.assertNoResult(closed)
         self.peer.protocol.connectionLost()
+        self.successResultOf(closed)
         self.assertEqual(factory.connections, set())

@@ -365,12 +365,12 @@ class LinkOverGrpcTests(_LinkCase):
 
     async def test_plainPortWithoutGrpc(self) -> None:
         """
-        Plain HTTP/2 to an agent port with gRPC turned off: the native
-        link takes the preface for a misdirected peer and closes.
+        Plain HTTP/2 to an agent port with gRPC turned off: the agent is
+        told so, naming the setting.
         """
         proxy = self.startProxy(agent_grpc_enabled=False)
         self.startAgent(port=proxy.agentListener.portNumber)
-        await self.linkFailure("the connection to the server was lost")
+        await self.linkFailure("proxy.agent.grpcEnabled = false")
 
 
 class AgentPortTests(_LinkCase):

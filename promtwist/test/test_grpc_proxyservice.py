@@ -9,8 +9,9 @@ reactor's thread pool, and every channel is closed there after the test.
 
 from __future__ import annotations
 
+import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import grpc
@@ -63,7 +64,7 @@ class _Client:
         )
         return stub(pb.AgentInfo(agent_id=agentId), metadata=self.metadata)
 
-    def write(self, name: str, messages: list[Any]) -> Deferred[Any]:
+    def write(self, name: str, messages: Iterable[Any]) -> Deferred[Any]:
         stub = self.channel.stream_unary(
             f"/ProxyService/{name}",
             request_serializer=lambda m: m.SerializeToString(),
@@ -630,6 +631,36 @@ class ProxyServiceTests(TestCase):
         )
         requests.cancel()
         await _until(lambda: not self.proxy.registry.lookup("m"))
+
+    async def test_stopEndsStreamsWithAStatus(self) -> None:
+        """
+        When the proxy stops, an agent's request stream ends OK and its open
+        result stream UNAVAILABLE "the proxy is shutting down", both before
+        the reactor could stop (the reviewer's C{t_stop.py}: both saw
+        "Stream removed").
+        """
+        self.startProxy()
+        client = self.client()
+        agentId = await self.connected(client, "m")
+        reading = deferToThread(list, client.requests(agentId))
+        gate = threading.Event()
+
+        def results() -> Iterator[pb.ScrapeResponse]:
+            gate.wait(10)
+            yield from ()
+
+        writing = client.write("writeResponsesToProxy", results())
+        self.addCleanup(gate.set)
+        server = self.proxy.agentPort.grpc
+        assert server is not None
+        await _until(lambda: sum(len(p._streams) for p in server.connections) == 2)
+        await self.proxy.stopService()
+        self.assertEqual(await reading, [])
+        code, details = await self.refusedWith(writing)
+        self.assertEqual(
+            (code, details), (grpc.StatusCode.UNAVAILABLE, "the proxy is shutting down")
+        )
+        self.assertEqual(server.connections, set())
 
 
 class DisabledTests(TestCase):

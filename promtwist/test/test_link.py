@@ -522,22 +522,27 @@ class AuthenticationTests(SynchronousTestCase):
         and refuses the others at once, saying why.
         """
         settings = ProxySettings(
-            max_agents=100, max_pending_handshakes=1, max_waiting_handshakes=4096
+            max_agents=100,
+            max_pending_handshakes=1,
+            max_waiting_handshakes=4096,
+            max_grpc_connections=50,
         )
         asked = []
         factory = agentLinkFactory(settings, Clock())
 
         def limit(needed: int) -> int:
             asked.append(needed)
-            return 100 + 1 + FILES_RESERVED + 2
+            return 50 + 100 + 1 + FILES_RESERVED + 2
 
         factory.openFileLimit = limit
         with capturedLogs() as events:
             factory.startFactory()
-        self.assertEqual(asked, [100 + 1 + 4096 + FILES_RESERVED])
+        self.assertEqual(asked, [50 + 100 + 1 + 4096 + FILES_RESERVED])
         self.assertEqual(factory.maxWaiting, 2)
         self.assertIn("leaves room for 2 of the 4096 connections", logText(events))
-        self.assertIn(f"to {100 + 1 + 4096 + FILES_RESERVED} to let them all wait", logText(events))
+        self.assertIn(
+            f"to {50 + 100 + 1 + 4096 + FILES_RESERVED} to let them all wait", logText(events)
+        )
         links = [factory.buildProtocol(None) for _ in range(3)]
         self.assertTrue(all(isinstance(link, AgentLink) for link in links))
         refused = factory.buildProtocol(None)
