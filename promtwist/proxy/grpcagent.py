@@ -46,7 +46,7 @@ from promtwist.grpc import proxy_service_pb2 as pb
 from promtwist.grpc.call import CallCancelled, ServerCall
 from promtwist.grpc.context import ConnectionContext
 from promtwist.grpc.limits import Limits
-from promtwist.grpc.service import Method, clientStreaming, serverStreaming, unary
+from promtwist.grpc.service import Authorizer, Method, clientStreaming, serverStreaming, unary
 from promtwist.grpc.status import GrpcError, StatusCode
 from promtwist.logs import RepeatedWarnings, clip, hostShown, observer
 from promtwist.metrics import ProxyMetrics
@@ -503,18 +503,24 @@ class GrpcAgents:
             )
             raise GrpcError(StatusCode.UNAUTHENTICATED, UNAUTHENTICATED) from None
 
-    def _identifyResults(self, call: ServerCall[Any, Any]) -> None:
+    def authorizeNamed(self, call: ServerCall[Any, Any]) -> Identity | None:
         """
-        A result call's token is checked as it opens, unless the throttle
-        holds its address and its connection carries no agent: an agent
-        bound to no connection names itself only in each result, which is
-        then checked against the agent it names (L{_answering}), so its
-        results still arrive and the call tells a guesser nothing.
+        At the headers of a call that names its agent in its body (every
+        call but the connects): its identity, checked as it opens, unless
+        the throttle holds its address and its connection carries no
+        agent. It is then undecided (L{None}: the connection is not proven
+        by it): an agent bound to no connection names itself only in each
+        request or result, which is checked against the agent it names
+        (L{agentFor}, unthrottled for an agent already established), so its
+        calls still go through while the call tells a guesser nothing.
+
+        @raise GrpcError: as L{_identify}.
         """
         connection = call.context
         bound = isinstance(connection, AgentConnection) and connection.agent is not None
         if bound or not self.throttle.blockedFor(hostOf(_address(call.peer))):
-            self._identify(call, throttled=False)
+            return self._identify(call, throttled=False)
+        return None
 
     def agentFor(self, call: ServerCall[Any, Any], agentId: str, rpc: str) -> GrpcAgent:
         """
@@ -544,6 +550,9 @@ class GrpcAgents:
                 f"agentId {clip(agentId, 64)} belongs to another identity than this call's ({rpc})",
                 StatusCode.PERMISSION_DENIED,
             )
+        # For an established agent: proof enough for the connection, if
+        # its headers decided nothing (authorizeNamed).
+        call.prove()
         return agent
 
     def _departure(self, agentId: str, identity: Identity, connection: object) -> str:
@@ -745,7 +754,6 @@ class GrpcAgents:
         return agent.readRequests(call)
 
     async def _responses(self, call: ServerCall[pb.ScrapeResponse, pb.Empty]) -> pb.Empty:
-        self._identifyResults(call)
         while (response := await call.receive()) is not None:
             agent = self._answering(call, response.agent_id, "writeResponsesToProxy")
             stream = agent.stream(response.scrape_id) if agent is not None else None
@@ -764,7 +772,6 @@ class GrpcAgents:
     async def _chunkedResponses(
         self, call: ServerCall[pb.ChunkedScrapeResponse, pb.Empty]
     ) -> pb.Empty:
-        self._identifyResults(call)
         results = ChunkedResults(
             lambda agentId: self._answering(call, agentId, "writeChunkedResponsesToProxy"),
             self.transfers,
@@ -814,24 +821,33 @@ class GrpcAgents:
         The C{ProxyService} methods, as upstream's agents call them.
         """
 
+        # The connects are new authentications, which the throttle may
+        # refuse; every other call names its agent, decided by it.
+        named = self.authorizeNamed
+
         def _unary(
-            name: str, handler: Callable[..., Any], request: type[M], response: type[Message]
+            name: str,
+            handler: Callable[..., Any],
+            request: type[M],
+            response: type[Message],
+            authorize: Authorizer = named,
         ) -> Method:
             return unary(
                 SERVICE + name,
                 handler,
                 request.FromString,
                 response.SerializeToString,
-                authorize=self._identify,
+                authorize=authorize,
             )
 
         return [
-            _unary("connectAgent", self.connectAgent, pb.Empty, pb.Empty),
+            _unary("connectAgent", self.connectAgent, pb.Empty, pb.Empty, self._identify),
             _unary(
                 "connectAgentWithTransportFilterDisabled",
                 self.connectAgentWithTransportFilterDisabled,
                 pb.Empty,
                 pb.AgentInfo,
+                self._identify,
             ),
             _unary(
                 "registerAgent",
@@ -855,21 +871,21 @@ class GrpcAgents:
                 self.readRequestsFromProxy,
                 pb.AgentInfo.FromString,
                 pb.ScrapeRequest.SerializeToString,
-                authorize=self._identify,
+                authorize=named,
             ),
             clientStreaming(
                 SERVICE + "writeResponsesToProxy",
                 self.writeResponsesToProxy,
                 pb.ScrapeResponse.FromString,
                 pb.Empty.SerializeToString,
-                authorize=self._identify,
+                authorize=named,
             ),
             clientStreaming(
                 SERVICE + "writeChunkedResponsesToProxy",
                 self.writeChunkedResponsesToProxy,
                 pb.ChunkedScrapeResponse.FromString,
                 pb.Empty.SerializeToString,
-                authorize=self._identify,
+                authorize=named,
             ),
         ]
 
