@@ -604,6 +604,39 @@ class ProxyServiceTests(TestCase):
         body = b"".join(b'm{i="%d"} %d\n' % (i, i * 7919 % 1000) for i in range(3000))
         self.assertEqual(await self.chunked(body), (200, body))
 
+    async def test_transferPurgedWhenScrapeTimesOut(self) -> None:
+        """
+        A transfer whose scrape timed out holds nothing, while its call
+        stays open and sends no more: purged when the scrape ended.
+        """
+        self.startProxy(scrape_request_timeout_secs=0.5)
+        client, agentId, requests = await self.serving("m", disabled=True)
+        scraped = Deferred.fromCoroutine(self.scrape("m"))
+        request = await deferToThread(next, requests)
+        messages = chunkedResult(request.scrape_id, b"x" * 100000, agentId, 1000)
+        gate = threading.Event()
+        self.addCleanup(gate.set)
+
+        def held() -> Iterator[pb.ChunkedScrapeResponse]:
+            yield from messages[:-1]
+            gate.wait(10)
+
+        stub = client.channel.stream_unary(
+            "/ProxyService/writeChunkedResponsesToProxy",
+            request_serializer=pb.ChunkedScrapeResponse.SerializeToString,
+            response_deserializer=pb.Empty.FromString,
+        )
+        call = stub.future(held(), metadata=client.metadata, timeout=10)
+        grpcAgents = self.proxy.grpcAgents
+        assert grpcAgents is not None
+        transfers = grpcAgents.transfers
+        await _until(lambda: transfers.budget.held == 100000)
+        code, _ = await scraped
+        self.assertEqual(code, 503)
+        self.assertEqual((len(transfers), transfers.budget.held), (0, 0))
+        gate.set()
+        await deferToThread(call.result)
+
     async def test_chunkChecksumMismatch(self) -> None:
         """
         A chunk whose running CRC32 is wrong fails the scrape with 502
