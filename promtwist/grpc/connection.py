@@ -87,8 +87,18 @@ class _Outbound:
 
 @dataclass
 class _Stream:
+    """
+    @ivar oneRequest: whether the method takes one request (unary,
+        server-streaming): the client owes it until it half-closes.
+    @ivar owingSince: since when the client owes bytes of a request (its
+        one request, or the rest of a message it began), or L{None}.
+    """
+
     call: ServerCall[Any, Any]
     reader: MessageReader
+    oneRequest: bool = False
+    halfClosed: bool = False
+    owingSince: float | None = None
     outbound: _Outbound = field(default_factory=_Outbound)
 
 
@@ -122,6 +132,7 @@ class GrpcServerProtocol(H2Protocol):
         self._resets = RateBound(limits.maxResetsPerWindow, limits.floodWindowSeconds, clock)
         self.whenProven = Deferred()
         self._proofTimer: IDelayedCall | None = None
+        self._owedTimer: IDelayedCall | None = None
         # Who waits for the connection to be lost; None once it is.
         self._lost: list[Deferred[None]] | None = []
 
@@ -152,6 +163,7 @@ class GrpcServerProtocol(H2Protocol):
         self._state = ConnectionState.GONE
         self._cancelTimer()
         self._cancelProofTimer()
+        self._cancelOwedTimer()
         waiting, self._lost = self._lost, None
         for lost in waiting or ():
             lost.callback(None)
@@ -241,9 +253,13 @@ class GrpcServerProtocol(H2Protocol):
             if call.authority is not None:
                 # None: undecided at the headers; the handler may prove it.
                 self._proved()
-        self._streams[streamId] = _Stream(
-            call, MessageReader(self._limits.maxMessageBytes, encoding)
+        stream = _Stream(
+            call,
+            MessageReader(self._limits.maxMessageBytes, encoding),
+            oneRequest=method.kind in ("unary", "server-streaming"),
         )
+        self._streams[streamId] = stream
+        self._owing(stream)
         call.start(method.run)
 
     def _checkRequest(
@@ -315,6 +331,7 @@ class GrpcServerProtocol(H2Protocol):
         # acknowledged as the handler takes them; those of the message
         # still arriving when it is whole.
         self._acknowledge(streamId, size - len(data))
+        self._owing(stream)
         stream.call.messagesReceived(messages, before + len(data) - stream.reader.buffered)
 
     def _streamEnded(self, streamId: int | None) -> None:
@@ -326,6 +343,8 @@ class GrpcServerProtocol(H2Protocol):
         except GrpcError as error:
             stream.call.fail(error)
             return
+        stream.halfClosed = True
+        self._owing(stream)
         stream.call.halfClosed()
 
     def _trailersReceived(self, event: h2.events.TrailersReceived) -> None:
@@ -541,6 +560,54 @@ class GrpcServerProtocol(H2Protocol):
             seconds=self._limits.handshakeSeconds,
         )
         self._abort()
+
+    # -- Requests owed ---------------------------------------------------------
+
+    # A call open is activity, so the idle timer does not run; but one that
+    # waits for bytes the client does not send is not: a request (a unary
+    # call's one, or a message begun) must be whole within idleSeconds of
+    # its headers or first byte, or the call fails. One timer, for the
+    # oldest debt, checks them all.
+
+    def _owing(self, stream: _Stream) -> None:
+        owes = stream.reader.buffered > 0 or (stream.oneRequest and not stream.halfClosed)
+        if not owes:
+            stream.owingSince = None
+        elif stream.owingSince is None:
+            stream.owingSince = self._clock.seconds()
+            if self._owedTimer is None:
+                self._owedTimer = self._clock.callLater(self._limits.idleSeconds, self._owedExpired)
+
+    def _owedExpired(self) -> None:
+        self._owedTimer = None
+        if self._gone:
+            return
+        now = self._clock.seconds()
+        oldest: float | None = None
+        for stream in list(self._streams.values()):
+            since = stream.owingSince
+            if since is None:
+                continue
+            if since + self._limits.idleSeconds <= now:
+                stream.owingSince = None
+                stream.call.fail(
+                    GrpcError(
+                        StatusCode.DEADLINE_EXCEEDED,
+                        f"the request did not arrive whole within {self._limits.idleSeconds:g} s",
+                    )
+                )
+            elif oldest is None or since < oldest:
+                oldest = since
+        self._flush()
+        if oldest is not None:
+            self._owedTimer = self._clock.callLater(
+                oldest + self._limits.idleSeconds - now, self._owedExpired
+            )
+
+    def _cancelOwedTimer(self) -> None:
+        timer, self._owedTimer = self._owedTimer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
     def _proved(self) -> None:
         if not self.whenProven.called:

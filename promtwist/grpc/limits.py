@@ -45,7 +45,10 @@ class Limits:
         never finishes included. L{None}: connections need not prove
         anything.
     @ivar idleSeconds: a connection with no call open is closed with GOAWAY
-        after this long.
+        after this long; a call whose request the client owes (a unary
+        call's one request, the rest of a message begun) fails
+        C{DEADLINE_EXCEEDED} when it is not whole this long after the
+        headers or its first byte.
     @ivar floodWindowSeconds: the window the four flood bounds count in.
     @ivar maxResetsPerWindow: streams the client resets (rapid reset,
         CVE-2023-44487).

@@ -38,6 +38,7 @@ from promtwist.addresses import peerName
 from promtwist.grpc.connection import GrpcRefusal, GrpcServerFactory, GrpcServerProtocol
 from promtwist.proxy.admission import GrpcAdmission, PendingHandshakes, hostOf
 from promtwist.proxy.link import AgentLinkFactory
+from promtwist.tls import describeServerTLSFailure
 
 # What HTTP/2's client preface begins with: enough to tell it from a
 # native frame and from HTTP/1.1.
@@ -102,10 +103,12 @@ class AgentPortProtocol(Protocol):
         if timer is not None:
             timer.cancel()
             self._factory.undecided.leave(self.host)
+            self._factory.connections.discard(self)
 
     def _undecided(self) -> None:
         self._timer = None
         self._factory.undecided.leave(self.host)
+        self._factory.connections.discard(self)
         self._factory.links.warnings.warn(
             "undecided connection",
             "closing the connection from {peer}: it sent no agent protocol within {secs:g}s",
@@ -116,11 +119,31 @@ class AgentPortProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._decided()
+        self._factory.connections.discard(self)
         active = self._active
-        if active is not None:
-            active.connectionLost(reason)
-            if isinstance(active, GrpcServerProtocol):
-                self._factory.grpcAdmission.leave(self.host, active.proven)
+        if active is None:
+            # Under TLS nothing is decrypted before the handshake: one that
+            # failed did so here.
+            tls = describeServerTLSFailure(reason)
+            if tls is not None:
+                self._factory.links.warnings.warn(
+                    "TLS handshake",
+                    "TLS handshake with {peer} on the agent port failed: {cause}",
+                    peer=peerName(self.transport),
+                    cause=tls,
+                )
+            return
+        active.connectionLost(reason)
+        if isinstance(active, GrpcServerProtocol):
+            self._factory.grpcAdmission.leave(self.host, active.proven)
+
+    def abortUndecided(self) -> None:
+        """
+        The agent port stops: a connection that has not said what it
+        speaks is aborted.
+        """
+        if self._active is None and self.transport is not None:
+            cast(ITCPTransport, self.transport).abortConnection()
 
 
 class _Dropped(Protocol):
@@ -141,11 +164,13 @@ class AgentPortFactory(ServerFactory):
     @ivar undecided: connections that have not sent enough to tell their
         protocol.
     @ivar grpcAdmission: the gRPC connections' caps.
+    @ivar connections: the undecided connections.
     """
 
     def __init__(self, links: AgentLinkFactory, grpc: GrpcServerFactory | None) -> None:
         self.links = links
         self.grpc = grpc
+        self.connections: set[AgentPortProtocol] = set()
         settings = links.settings
         grpcOn = grpc is not None
         self.grpcAdmission = GrpcAdmission(
@@ -181,7 +206,17 @@ class AgentPortFactory(ServerFactory):
             self.links.refused(host, *refusal)
             return _Dropped()
         self.undecided.enter(host)
-        return AgentPortProtocol(self, addr)
+        connection = AgentPortProtocol(self, addr)
+        self.connections.add(connection)
+        return connection
+
+    def abortUndecided(self) -> None:
+        """
+        Abort every connection that has not said what it speaks (the proxy
+        stops; the others are their protocols' to close).
+        """
+        for connection in list(self.connections):
+            connection.abortUndecided()
 
     def grpcProtocol(self, connection: AgentPortProtocol) -> Protocol:
         """

@@ -148,8 +148,11 @@ class GrpcAgent:
         self.MAX_LENGTH = agents.limits.maxMessageBytes
         self._heard = agents.clock.seconds()
         self._scrapes: dict[int, ScrapeStream] = {}
-        # Requests waiting for the agent's readRequestsFromProxy stream.
+        # Requests waiting for the agent's readRequestsFromProxy stream, or
+        # for the one before them to have gone down it.
         self._queue: deque[pb.ScrapeRequest] = deque()
+        self._sending = False
+        self._pumping = False
         self._requests: ServerCall[pb.AgentInfo, pb.ScrapeRequest] | None = None
         self._requestsDone: Deferred[None] | None = None
         # Until registerAgent: an agent that never registers is dropped, as
@@ -307,13 +310,32 @@ class GrpcAgent:
             self.agents.remove(self, "its readRequestsFromProxy stream ended", "lost")
 
     def _sendQueued(self) -> None:
-        call = self._requests
-        while call is not None and self._queue and not call.cancelled:
-            request = self._queue.popleft()
-            sent = call.send(request)
-            sent.addErrback(self._notSent, request.scrape_id)
+        """
+        Send the next request, once the one before it has gone: an agent
+        that does not read its stream then holds only the requests of the
+        scrapes still waiting for it (L{forget} drops the others), not one
+        for every scrape ever made.
+        """
+        if self._pumping:
+            # A send that went at once: the loop below goes on.
+            return
+        self._pumping = True
+        try:
+            call = self._requests
+            while call is not None and self._queue and not self._sending and not call.cancelled:
+                request = self._queue.popleft()
+                self._sending = True
+                sent = call.send(request)
+                sent.addCallbacks(self._sent, self._notSent, errbackArgs=(request.scrape_id,))
+        finally:
+            self._pumping = False
+
+    def _sent(self, _: None) -> None:
+        self._sending = False
+        self._sendQueued()
 
     def _notSent(self, failure: Any, scrapeId: int) -> None:
+        self._sending = False
         failure.trap(CallCancelled)
         stream = self._scrapes.get(scrapeId)
         if stream is not None:

@@ -65,7 +65,7 @@ from promtwist.proxy.registry import (
     Registry,
 )
 from promtwist.proxy.stream import SCRAPE_WINDOW_BYTES, ScrapeStream
-from promtwist.tls import describeServerTLSFailure, peerCommonName, usesTLS
+from promtwist.tls import peerCommonName, usesTLS
 
 if TYPE_CHECKING:
     from promtwist.proxy.relay import ScrapeCall
@@ -584,14 +584,8 @@ class AgentLink(Session):
         super().connectionLost(reason)
         self.factory.linkClosed(self)
         if not self.agentId:
-            tls = describeServerTLSFailure(reason)
-            if tls is not None:
-                self.warnings.warn(
-                    "TLS handshake",
-                    "TLS handshake with {peer} on the agent port failed: {cause}",
-                    peer=peerName(self.transport),
-                    cause=tls,
-                )
+            # (A TLS handshake that failed did so before the agent port
+            # knew the protocol: agentport logs it.)
             return
         self.factory.registry.removeAgent(self, "lost")
         scrapes, self._scrapes = self._scrapes, {}

@@ -367,6 +367,7 @@ class ProxyService(MultiService):
             # Their request streams end first (OK, as upstream ends them),
             # then their connections go with GOAWAY.
             self.grpcAgents.stop()
+        self.agentPort.abortUndecided()
         if self.agentPort.grpc is not None:
             await self.agentPort.grpc.closeAll("the proxy is shutting down")
         await self.linkFactory.closeAll("proxy shutting down")

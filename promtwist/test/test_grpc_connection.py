@@ -31,6 +31,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from promtwist.grpc.call import CallCancelled, ServerCall
 from promtwist.grpc.connection import GrpcServerFactory
 from promtwist.grpc.limits import Limits
+from promtwist.grpc.messages import frameMessage
 from promtwist.grpc.service import bidirectional, unary
 from promtwist.grpc.status import StatusCode
 from promtwist.test.grpcpeer import (
@@ -785,3 +786,49 @@ class ConnectionLogTests(SynchronousTestCase):
         self.assertEqual(len(closes), factory.warnings.burst)
         self.assertIn("gRPC connection from 127.0.0.1:40000 closed", formatEvent(closes[0]))
         clock.advance(factory.warnings.interval)
+
+
+class OwedRequestTests(SynchronousTestCase):
+    """
+    An open call is activity, but not one that waits for bytes its client
+    does not send (the reviewer's C{hold.py}: all but the last byte of a
+    message, held for ever).
+    """
+
+    def test_unaryRequestNeverSent(self) -> None:
+        """
+        A unary call whose request does not come fails DEADLINE_EXCEEDED
+        C{idleSeconds} after its headers.
+        """
+        peer, _ = _peer(Limits(idleSeconds=30))
+        peer.request(1, messages=None)
+        peer.clock.advance(29)
+        peer.read()
+        self.assertIsNone(peer.answer(1).status)
+        peer.clock.advance(1)
+        peer.read()
+        answer = peer.answer(1)
+        self.assertEqual(answer.status, StatusCode.DEADLINE_EXCEEDED)
+        self.assertEqual(answer.message, b"the request did not arrive whole within 30 s")
+
+    def test_messageLeftUnfinished(self) -> None:
+        """
+        On a streaming call, a message begun and not finished fails the
+        call C{idleSeconds} after its first byte, however the rest
+        trickles in; one waiting between messages is left alone.
+        """
+        peer, _ = _peer(Limits(idleSeconds=30))
+        peer.request(1, b"/test.Echo/chat", messages=None)
+        peer.request(3, b"/test.Echo/chat", messages=None)
+        peer.clock.advance(100)
+        peer.send(data(1, frameMessage(b"x" * 100)[:50]))
+        for _ in range(29):
+            peer.clock.advance(1)
+            peer.send(data(1, b"x"))
+        self.assertIsNone(peer.answer(1).status)
+        peer.clock.advance(1)
+        peer.read()
+        self.assertEqual(peer.answer(1).status, StatusCode.DEADLINE_EXCEEDED)
+        self.assertIsNone(peer.answer(3).status)
+        peer.protocol.connectionLost()
+        self.assertEqual(peer.clock.getDelayedCalls(), [])

@@ -16,15 +16,17 @@ from typing import Any
 
 import grpc
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 
 from promtwist.config.settings import Identity, ProxySettings
 from promtwist.grpc import proxy_service_pb2 as pb
-from promtwist.proxy.build import buildProxy
+from promtwist.proxy.build import buildAgentSide, buildProxy
+from promtwist.proxy.grpcagent import GrpcAgent
+from promtwist.proxy.relay import ScrapeCall
 from promtwist.proxy.server import ProxyService
 from promtwist.test.upstreamchunks import chunkedResult
 
@@ -199,6 +201,23 @@ class ProxyServiceTests(TestCase):
         self.assertNotEqual(info.agent_id, dict(call.initial_metadata())["agent-id"])
 
     # tokens
+
+    async def test_burstFromOneAddress(self) -> None:
+        """
+        Many gRPC connections at once from one address (a front end's, one
+        per call) are all served: the native per-address handshake share
+        does not apply to them (the reviewer's C{t_nginx_burst.py}: 502s
+        and native Reject frames read as HTTP/2).
+        """
+        self.startProxy(max_pending_handshakes_per_address=2)
+        clients = [self.client() for _ in range(12)]
+        answers = await gatherResults(
+            [
+                client.unary("pathMapSize", pb.PathMapSizeRequest(), pb.PathMapSizeResponse)
+                for client in clients
+            ]
+        )
+        self.assertEqual([a.path_count for a in answers], [0] * 12)
 
     async def test_token(self) -> None:
         """
@@ -694,6 +713,54 @@ class ProxyServiceTests(TestCase):
             (code, details), (grpc.StatusCode.UNAVAILABLE, "the proxy is shutting down")
         )
         self.assertEqual(server.connections, set())
+
+
+class _UnreadRequests:
+    """
+    An agent's readRequestsFromProxy call whose agent reads nothing: each
+    send waits until the test lets it go.
+    """
+
+    cancelled = False
+
+    def __init__(self) -> None:
+        self.sends: list[tuple[pb.ScrapeRequest, Deferred[None]]] = []
+
+    def send(self, request: pb.ScrapeRequest) -> Deferred[None]:
+        sent: Deferred[None] = Deferred()
+        self.sends.append((request, sent))
+        return sent
+
+
+class RequestQueueTests(SynchronousTestCase):
+    def test_oneRequestAtATime(self) -> None:
+        """
+        Scrape requests go down an agent's request stream one at a time,
+        each once the one before has gone: for an agent that does not read,
+        the proxy holds the requests of scrapes still waiting, and drops a
+        forgotten scrape's before it is sent (the review's slow-reader
+        suspicion: every request was queued on the stream at once).
+        """
+        side = buildAgentSide(ProxySettings(), Clock())
+        assert side.grpc is not None
+        agent = GrpcAgent(side.grpc, "a1", Identity("t"), "peer", "identity t from peer", None)
+        requests = _UnreadRequests()
+        done = agent.readRequests(requests)  # type: ignore[arg-type]
+        call = ScrapeCall("m", "", "", "", "", 10.0)
+        streams = [agent.scrape(call) for _ in range(3)]
+        self.assertEqual(len(requests.sends), 1)
+        agent.forget(streams[1].scrapeId)
+        requests.sends[0][1].callback(None)
+        self.assertEqual(
+            [request.scrape_id for request, _ in requests.sends],
+            [streams[0].scrapeId, streams[2].scrapeId],
+        )
+        requests.sends[1][1].callback(None)
+        self.assertEqual(len(requests.sends), 2)
+        agent.leave("the test is over")
+        self.successResultOf(done)
+        for stream in (streams[0], streams[2]):
+            self.failureResultOf(stream.head)
 
 
 class DisabledTests(TestCase):

@@ -104,12 +104,14 @@ class HostileInputTests(BesideARealAgent):
 
     async def test_idleConnectionsCapped(self) -> None:
         """
-        Connections that say nothing fill the pending-handshake places and no
-        more; those beyond wait for a place, not yet accepted (the port
-        stops accepting at the cap) rather than refused; they all go at
-        their deadlines, and the port takes new agents again.
+        Connections that begin a Hello and say no more fill the
+        pending-handshake places and no more; those beyond wait for a place
+        rather than refused; they all go at their deadlines, and the port
+        takes new agents again.
         """
         idle = [await self.connect() for _ in range(12)]
+        for client in idle:
+            client.send(helloFrame(TOKEN)[:7])
         await deferLater(reactor, 0.1)
         self.assertEqual(len(self.proxy.linkFactory.pending), 8)
         self.assertEqual(rejections(self.proxy.linkFactory, *CONNECTION_REFUSALS), 0)

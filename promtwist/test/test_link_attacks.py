@@ -180,12 +180,16 @@ class AttackTests(_AttackBase):
 
     async def test_pendingSlotsFromOneAddress(self) -> None:
         """
-        An attacker holding pending-handshake slots from 127.0.0.2 does not
-        keep out the agent dialling from 127.0.0.1 when it reconnects; an
-        agent dialling from the attacker's address is refused with the
-        proxy's reason, and logs it.
+        An attacker holding pending-handshake slots from 127.0.0.2 (its
+        connections began a native frame, so the native link counts them)
+        does not keep out the agent dialling from 127.0.0.1 when it
+        reconnects; an agent dialling from the attacker's address is refused
+        with the proxy's reason, and logs it.
         """
         squatters = [await self.connect("127.0.0.2") for _ in range(PER_ADDRESS)]
+        for squatter in squatters:
+            assert squatter.transport is not None
+            squatter.transport.write(b"\x00\x00\x00\x10")
         await self.eventually(
             lambda: len(self.proxy.linkFactory.pending) == PER_ADDRESS, "slots held"
         )
