@@ -245,6 +245,14 @@ def clip(value: str | bytes, limit: int = WIRE_TEXT_LIMIT) -> str:
     return f"{escaped[:limit]}... ({size} characters)"
 
 
+def hostShown(hostName: str) -> str:
+    """
+    An agent's host name for a log line: clipped, or C{no host name} when
+    the agent sent none (an empty field reads as a stray comma).
+    """
+    return clip(hostName) if hostName else "no host name"
+
+
 def utcTime(seconds: float) -> str:
     """
     A time in seconds since the epoch as logs and debug pages show it:

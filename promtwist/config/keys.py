@@ -323,6 +323,12 @@ PROXY = Role(
                 rule=POSITIVE,
             ),
             Setting(
+                "proxy.internal.maxChunkedBufferMBytes",
+                int,
+                field="max_chunked_buffer_mbytes",
+                rule=POSITIVE,
+            ),
+            Setting(
                 "proxy.internal.heartbeatPeriodSecs",
                 float,
                 field="heartbeat_period_secs",

@@ -154,6 +154,8 @@ class ProxySettings(_OperationsSettings):
     max_unzipped_content_size_mbytes: int = 10
     # Consolidated bodies held at once over all scrapes (proxy.internal.*).
     max_consolidated_buffer_mbytes: int = 256
+    # gRPC agents' chunked results held at once, until their summaries.
+    max_chunked_buffer_mbytes: int = 256
     # promtwist's own keys, under proxy.internal.
     max_frame_bytes: int = MiB
     heartbeat_period_secs: float = 5.0

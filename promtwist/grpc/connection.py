@@ -250,7 +250,9 @@ class GrpcServerProtocol(H2Protocol):
                 # dropped as a finished stream's is.
                 self._refuse(streamId, trailersOnly(error.code, error.message))
                 return
-            self._proved()
+            if call.authority is not None:
+                # None: undecided at the headers; the handler may prove it.
+                self._proved()
         stream = _Stream(
             call,
             MessageReader(self._limits.maxMessageBytes, encoding),

@@ -18,7 +18,10 @@ HEADERS, before any message is read or the handler runs, and refuses the
 call by raising L{promtwist.grpc.status.GrpcError} (the stream then ends
 at once with that status and what the client sends on it is dropped
 unread), so an unauthenticated client costs no message buffers. What it
-returns is the call's C{authority}, for the handler.
+returns is the call's C{authority}, for the handler; anything but L{None}
+proves the connection, while L{None} leaves the call undecided (admitted,
+the connection not proven by it) for its handler to settle, refusing it or
+calling C{call.prove()}.
 
 A handler ends a call with a status other than OK by raising, or failing
 its Deferred with, L{promtwist.grpc.status.GrpcError}. Its Deferred is

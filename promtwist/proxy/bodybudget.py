@@ -44,15 +44,17 @@ class BodyBudget:
     @ivar bySource: those bytes by source, for the sources that hold some.
     """
 
-    def __init__(self, limit: int, setting: str) -> None:
+    def __init__(self, limit: int, setting: str, what: str = "request bodies") -> None:
         """
         @param setting: the key that sets C{limit}, for the refusal's
             reason.
+        @param what: what the bytes are, for the refusal's reason.
         """
         self.limit = limit
         self.held = 0
         self.bySource: dict[str, int] = {}
         self._setting = setting
+        self._what = what
 
     @property
     def share(self) -> int:
@@ -76,7 +78,7 @@ class BodyBudget:
         """
         held = self.held
         mine = self.bySource.get(source, 0)
-        reading = f"the proxy is reading {held} bytes of request bodies"
+        reading = f"the proxy is reading {held} bytes of {self._what}"
         if not mine:
             if held and held + size > self.limit:
                 return self._refusal(

@@ -30,13 +30,14 @@ from __future__ import annotations
 import itertools
 import json
 import secrets
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IReactorTime, ITCPTransport
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ITCPTransport
 from twisted.logger import Logger
 
 from promtwist.addresses import peerName
@@ -45,14 +46,15 @@ from promtwist.grpc import proxy_service_pb2 as pb
 from promtwist.grpc.call import CallCancelled, ServerCall
 from promtwist.grpc.context import ConnectionContext
 from promtwist.grpc.limits import Limits
-from promtwist.grpc.service import Method, clientStreaming, serverStreaming, unary
+from promtwist.grpc.service import Authorizer, Method, clientStreaming, serverStreaming, unary
 from promtwist.grpc.status import GrpcError, StatusCode
-from promtwist.logs import RepeatedWarnings, clip, observer
+from promtwist.logs import RepeatedWarnings, clip, hostShown, observer
 from promtwist.metrics import ProxyMetrics
 from promtwist.protocol.promtwist_pb2 import Frame
 from promtwist.proxy.admission import AuthThrottle, hostOf
 from promtwist.proxy.auth import AuthenticationFailed, Authenticator
-from promtwist.proxy.grpcanswers import ChunkedResults, answerOf
+from promtwist.proxy.bodybudget import BodyBudget
+from promtwist.proxy.grpcanswers import ChunkedResults, Transfers, answerOf
 from promtwist.proxy.registry import AgentHandle, RegistrationRefused, Registry
 from promtwist.proxy.relay import ScrapeCall
 from promtwist.proxy.stream import ScrapeStream, TransferMetrics
@@ -70,6 +72,10 @@ _L7_HINT = (
     ": an agent behind an L7 proxy such as nginx grpc_pass must run with"
     " transportFilterDisabled=true, since its calls arrive on several connections"
 )
+
+# Departed agents remembered for the refusals of calls still naming them:
+# a few hundred bytes each.
+DEPARTED_REMEMBERED = 1024
 
 M = TypeVar("M", bound=Message)
 _log = Logger(namespace="promtwist.proxy.grpcagent", observer=observer)
@@ -123,12 +129,14 @@ class GrpcAgent:
         agentId: str,
         identity: Identity,
         peer: str,
+        source: str,
         connection: AgentConnection | None,
     ) -> None:
         self.agents = agents
         self.agentId = agentId
         self.identity = identity
         self.peer = peer
+        self.source = source
         self.connection = connection
         self.name = ""
         self.hostName = ""
@@ -147,6 +155,11 @@ class GrpcAgent:
         self._pumping = False
         self._requests: ServerCall[pb.AgentInfo, pb.ScrapeRequest] | None = None
         self._requestsDone: Deferred[None] | None = None
+        # Until registerAgent: an agent that never registers is dropped, as
+        # a native link without its Hello.
+        self._handshake: IDelayedCall | None = agents.clock.callLater(
+            agents.settings.handshake_timeout_secs, self._notRegistered
+        )
 
     def __repr__(self) -> str:
         return f"<GrpcAgent {self.name!r} {self.agentId}>"
@@ -165,6 +178,34 @@ class GrpcAgent:
     def evict(self, why: str) -> None:
         self.agents.metrics.agentEvicted()
         self.agents.remove(self, why, "evicted")
+
+    def registering(self) -> None:
+        """
+        The agent called registerAgent: its handshake is over.
+        """
+        self.registered = True
+        self._endHandshake()
+
+    def _endHandshake(self) -> None:
+        timer, self._handshake = self._handshake, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _notRegistered(self) -> None:
+        self._handshake = None
+        self.agents.warnings.warn(
+            "gRPC handshake timeout",
+            "gRPC agent {id} from {peer} did not call registerAgent within {secs}s"
+            " of connecting; dropped",
+            id=self.agentId,
+            peer=self.peer,
+            secs=self.agents.settings.handshake_timeout_secs,
+        )
+        self.agents.remove(
+            self,
+            "no registerAgent within proxy.internal.handshakeTimeoutSecs of connecting",
+            "lost",
+        )
 
     # ScrapeSource.
 
@@ -210,6 +251,8 @@ class GrpcAgent:
 
     def forget(self, scrapeId: int) -> None:
         self._scrapes.pop(scrapeId, None)
+        # Its chunked transfer, on whichever call, holds nothing more.
+        self.agents.transfers.purge(scrapeId)
         if self._queue:
             # Not sent yet (no request stream is open): never will be.
             self._queue = deque(r for r in self._queue if r.scrape_id != scrapeId)
@@ -304,6 +347,7 @@ class GrpcAgent:
         ends.
         """
         self.gone = True
+        self._endHandshake()
         self._queue.clear()
         scrapes, self._scrapes = self._scrapes, {}
         for stream in scrapes.values():
@@ -340,9 +384,21 @@ class GrpcAgents:
         self.clock = clock
         self.limits = limits if limits is not None else Limits()
         self.maxZippedBytes = MAX_ZIPPED_BYTES
+        self.transfers = Transfers(
+            metrics,
+            MAX_ZIPPED_BYTES,
+            BodyBudget(
+                settings.max_chunked_buffer_mbytes * MiB,
+                "proxy.internal.maxChunkedBufferMBytes",
+                "chunked results",
+            ),
+        )
         self.scrapeIds: Iterator[int] = itertools.count()
         self._pathIds = itertools.count()
         self._agents: dict[str, GrpcAgent] = {}
+        # Why recent agents left, and whether each was bound to its
+        # connection, by id (oldest first).
+        self._departed: OrderedDict[str, _Departed] = OrderedDict()
         self.warnings = RepeatedWarnings(_log, clock)
 
     def context(self, transport: ITCPTransport) -> AgentConnection:
@@ -377,11 +433,24 @@ class GrpcAgents:
         if self._agents.get(agent.agentId) is not agent:
             return
         del self._agents[agent.agentId]
+        self._departed[agent.agentId] = _Departed(why, agent.connection is not None, agent.identity)
+        while len(self._departed) > DEPARTED_REMEMBERED:
+            self._departed.popitem(last=False)
         if agent.connection is not None and agent.connection.agent is agent:
             agent.connection.agent = None
         if agent.registered:
             self.registry.removeAgent(agent, reason)
         agent.leave(why)
+        if not agent.registered:
+            # Anyone with a token can connect and leave at will: only agents
+            # that registered are news (rate-limited warnings say the rest).
+            _log.debug(
+                "unregistered gRPC agent {id} ({peer}) left: {why}",
+                id=agent.agentId,
+                peer=agent.peer,
+                why=why,
+            )
+            return
         _log.info(
             "gRPC agent {name!r} ({id}, {peer}) left: {why}",
             name=clip(agent.name),
@@ -408,16 +477,37 @@ class GrpcAgents:
 
     # Who calls.
 
-    def _identify(self, call: ServerCall[Any, Any]) -> Identity:
+    def _identify(self, call: ServerCall[Any, Any], throttled: bool = True) -> Identity:
         """
         The identity a call proves, checked on every call as upstream's
         interceptor checks the token.
 
-        @raise GrpcError: C{UNAUTHENTICATED} with upstream's words.
+        @param throttled: whether the call is a new authentication, which
+            the failed-token throttle may refuse without checking its token,
+            as the native port refuses a C{Hello}; a call for an agent
+            already established is never refused by it, so guesses from an
+            address (all of a front end's agents share its address) do not
+            lock out the agents that proved their token.
+
+        @raise GrpcError: C{UNAUTHENTICATED} with upstream's words, or
+            saying the address is throttled.
         """
         host = hostOf(_address(call.peer))
-        if self.throttle.blockedFor(host):
-            raise GrpcError(StatusCode.UNAUTHENTICATED, UNAUTHENTICATED)
+        blocked = self.throttle.blockedFor(host) if throttled else 0.0
+        if blocked:
+            self.metrics.rejected("grpc_throttled")
+            self.warnings.warn(
+                "gRPC authentication throttled",
+                "gRPC call {method} from {peer} refused without checking its token:"
+                " {peer} is throttled",
+                method=call.method,
+                peer=host or "?",
+            )
+            raise GrpcError(
+                StatusCode.UNAUTHENTICATED,
+                f"too many failed authentication attempts from {host or '?'}; retry in"
+                f" {blocked:.0f} s (proxy.internal.maxAuthFailuresPerAddress)",
+            )
         token = call.get("agent-token")
         try:
             return self.authenticator.authenticate(
@@ -435,6 +525,25 @@ class GrpcAgents:
             )
             raise GrpcError(StatusCode.UNAUTHENTICATED, UNAUTHENTICATED) from None
 
+    def authorizeNamed(self, call: ServerCall[Any, Any]) -> Identity | None:
+        """
+        At the headers of a call that names its agent in its body (every
+        call but the connects): its identity, checked as it opens, unless
+        the throttle holds its address and its connection carries no
+        agent. It is then undecided (L{None}: the connection is not proven
+        by it): an agent bound to no connection names itself only in each
+        request or result, which is checked against the agent it names
+        (L{agentFor}, unthrottled for an agent already established), so its
+        calls still go through while the call tells a guesser nothing.
+
+        @raise GrpcError: as L{_identify}.
+        """
+        connection = call.context
+        bound = isinstance(connection, AgentConnection) and connection.agent is not None
+        if bound or not self.throttle.blockedFor(hostOf(_address(call.peer))):
+            return self._identify(call, throttled=False)
+        return None
+
     def agentFor(self, call: ServerCall[Any, Any], agentId: str, rpc: str) -> GrpcAgent:
         """
         The agent C{agentId} names, if this call may act for it: the call
@@ -443,15 +552,14 @@ class GrpcAgents:
 
         @raise _Refused: why not, in upstream's words where it has some.
         """
-        identity = self._identify(call)
-        connection = call.context
         agent = self._agents.get(agentId)
+        identity = self._identify(call, throttled=agent is None)
+        connection = call.context
         if agent is None:
-            hint = ""
-            if isinstance(connection, AgentConnection) and connection.agentId != agentId:
-                hint = _L7_HINT
             raise _Refused(
-                f"Invalid agentId: {clip(agentId, 64)} ({rpc}){hint}", StatusCode.NOT_FOUND
+                f"Invalid agentId: {clip(agentId, 64)} ({rpc})"
+                + self._departure(agentId, identity, connection),
+                StatusCode.NOT_FOUND,
             )
         if agent.connection is not None and agent.connection is not connection:
             raise _Refused(
@@ -464,24 +572,55 @@ class GrpcAgents:
                 f"agentId {clip(agentId, 64)} belongs to another identity than this call's ({rpc})",
                 StatusCode.PERMISSION_DENIED,
             )
+        # For an established agent: proof enough for the connection, if
+        # its headers decided nothing (authorizeNamed).
+        call.prove()
         return agent
+
+    def _departure(self, agentId: str, identity: Identity, connection: object) -> str:
+        """
+        What the proxy remembers of agent C{agentId} that left, for the
+        refusal of a call of its identity naming it: why it left and, for
+        one bound to a connection when the call came on another, the L7
+        hint, which holds only then.
+        """
+        departed = self._departed.get(agentId)
+        if departed is None or departed.identity != identity:
+            return ""
+        elsewhere = not isinstance(connection, AgentConnection) or connection.agentId != agentId
+        return f"; it left: {departed.why}" + (_L7_HINT if departed.bound and elsewhere else "")
 
     def _newAgent(
         self, call: ServerCall[Any, Any], connection: AgentConnection | None
     ) -> GrpcAgent:
         identity = self._identify(call)
-        waiting = sum(not agent.registered for agent in self._agents.values())
-        if waiting >= self.settings.max_pending_handshakes:
+        source = f"identity {identity.name} from {hostOf(_address(call.peer)) or '?'}"
+        bound = self.settings.max_pending_handshakes
+        waiting = [agent for agent in self._agents.values() if not agent.registered]
+        if len(waiting) >= bound:
             # As the native port bounds connections before their Hello:
-            # connects cost nothing to send, and each is kept until evicted.
+            # connects cost nothing to send, and each is kept until its
+            # handshake deadline.
             self.metrics.rejected("pending_handshakes")
             raise GrpcError(
                 StatusCode.RESOURCE_EXHAUSTED,
-                f"{waiting} gRPC agents connected and have not called registerAgent"
+                f"{len(waiting)} gRPC agents connected and have not called registerAgent"
                 " (proxy.internal.maxPendingHandshakes); retry later",
             )
+        share = bound - bound // 8
+        mine = sum(agent.source == source for agent in waiting)
+        if mine >= share:
+            # So that one holder of a token, connecting without registering,
+            # leaves an eighth of the bound to every other.
+            self.metrics.rejected("pending_handshakes_per_source")
+            raise GrpcError(
+                StatusCode.RESOURCE_EXHAUSTED,
+                f"{mine} gRPC agents of {source} connected and have not called registerAgent,"
+                f" all one source may have of proxy.internal.maxPendingHandshakes ({bound})"
+                " less an eighth kept for others; retry later",
+            )
         agentId = connection.agentId if connection is not None else newAgentId()
-        agent = GrpcAgent(self, agentId, identity, _peerName(call), connection)
+        agent = GrpcAgent(self, agentId, identity, _peerName(call), source, connection)
         self._agents[agentId] = agent
         self.metrics.agentConnected()
         return agent
@@ -531,13 +670,13 @@ class GrpcAgents:
             agent.hostName = clip(request.host_name, limit)
             agent.launchId = clip(request.launch_id, 64)
             agent.consolidated = request.consolidated
-            agent.registered = True
+            agent.registering()
             agent.establishedAt = self.clock.seconds()
             self.registry.addAgent(agent)
             _log.info(
                 "gRPC agent {name!r} ({host}, {peer}, identity {identity}) connected as {id}",
                 name=clip(agent.name),
-                host=clip(agent.hostName),
+                host=hostShown(agent.hostName),
                 peer=agent.peer,
                 identity=agent.identity.name,
                 id=agent.agentId,
@@ -606,14 +745,16 @@ class GrpcAgents:
     def pathMapSize(
         self, request: pb.PathMapSizeRequest, call: ServerCall[Any, Any]
     ) -> pb.PathMapSizeResponse:
-        self._identify(call)
+        self._identify(call, throttled=request.agent_id not in self._agents)
         return pb.PathMapSizeResponse(path_count=self._pathCount())
 
     def sendHeartBeat(
         self, request: pb.HeartBeatRequest, call: ServerCall[Any, Any]
     ) -> pb.HeartBeatResponse:
         try:
-            agent = self.agentFor(call, request.agent_id, "sendHeartBeat")
+            # Activity counts from a registered agent only: connecting and
+            # then heartbeating must not hold a pending place for ever.
+            agent = self._registered(call, request.agent_id, "sendHeartBeat")
         except _Refused as refused:
             return pb.HeartBeatResponse(valid=False, reason=refused.reason)
         agent.heard()
@@ -635,7 +776,6 @@ class GrpcAgents:
         return agent.readRequests(call)
 
     async def _responses(self, call: ServerCall[pb.ScrapeResponse, pb.Empty]) -> pb.Empty:
-        self._identify(call)
         while (response := await call.receive()) is not None:
             agent = self._answering(call, response.agent_id, "writeResponsesToProxy")
             stream = agent.stream(response.scrape_id) if agent is not None else None
@@ -654,11 +794,9 @@ class GrpcAgents:
     async def _chunkedResponses(
         self, call: ServerCall[pb.ChunkedScrapeResponse, pb.Empty]
     ) -> pb.Empty:
-        self._identify(call)
         results = ChunkedResults(
             lambda agentId: self._answering(call, agentId, "writeChunkedResponsesToProxy"),
-            self.metrics,
-            self.maxZippedBytes,
+            self.transfers,
             self._late,
         )
         try:
@@ -678,6 +816,8 @@ class GrpcAgents:
         The agent whose results C{call} may carry, or L{None}: its answers
         are then dropped, never given to another agent's scrape.
         """
+        if agentId not in self._agents:
+            return None
         try:
             return self.agentFor(call, agentId, rpc)
         except _Refused:
@@ -703,24 +843,33 @@ class GrpcAgents:
         The C{ProxyService} methods, as upstream's agents call them.
         """
 
+        # The connects are new authentications, which the throttle may
+        # refuse; every other call names its agent, decided by it.
+        named = self.authorizeNamed
+
         def _unary(
-            name: str, handler: Callable[..., Any], request: type[M], response: type[Message]
+            name: str,
+            handler: Callable[..., Any],
+            request: type[M],
+            response: type[Message],
+            authorize: Authorizer = named,
         ) -> Method:
             return unary(
                 SERVICE + name,
                 handler,
                 request.FromString,
                 response.SerializeToString,
-                authorize=self._identify,
+                authorize=authorize,
             )
 
         return [
-            _unary("connectAgent", self.connectAgent, pb.Empty, pb.Empty),
+            _unary("connectAgent", self.connectAgent, pb.Empty, pb.Empty, self._identify),
             _unary(
                 "connectAgentWithTransportFilterDisabled",
                 self.connectAgentWithTransportFilterDisabled,
                 pb.Empty,
                 pb.AgentInfo,
+                self._identify,
             ),
             _unary(
                 "registerAgent",
@@ -744,23 +893,35 @@ class GrpcAgents:
                 self.readRequestsFromProxy,
                 pb.AgentInfo.FromString,
                 pb.ScrapeRequest.SerializeToString,
-                authorize=self._identify,
+                authorize=named,
             ),
             clientStreaming(
                 SERVICE + "writeResponsesToProxy",
                 self.writeResponsesToProxy,
                 pb.ScrapeResponse.FromString,
                 pb.Empty.SerializeToString,
-                authorize=self._identify,
+                authorize=named,
             ),
             clientStreaming(
                 SERVICE + "writeChunkedResponsesToProxy",
                 self.writeChunkedResponsesToProxy,
                 pb.ChunkedScrapeResponse.FromString,
                 pb.Empty.SerializeToString,
-                authorize=self._identify,
+                authorize=named,
             ),
         ]
+
+
+@dataclass(frozen=True)
+class _Departed:
+    """
+    An agent that left: why, whether it was bound to its connection, and
+    the identity it had (only calls proving it are told).
+    """
+
+    why: str
+    bound: bool
+    identity: Identity
 
 
 class _Refused(Exception):

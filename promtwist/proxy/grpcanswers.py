@@ -9,7 +9,9 @@ running CRC32, a summary with the totals) is validated as upstream
 validates it and delivered only once its summary checks out: upstream's
 proxy answers a bad chunk with 502, which a body already streaming to
 Prometheus could no longer be. Its bytes are held until then, within
-C{proxy.internal.maxZippedContentSizeMBytes}, as upstream holds them.
+C{proxy.internal.maxZippedContentSizeMBytes}, as upstream holds them, and
+all transfers' bytes within C{proxy.internal.maxChunkedBufferMBytes}
+(L{Transfers}), which upstream does not bound.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Protocol
 from promtwist.grpc import proxy_service_pb2 as pb
 from promtwist.logs import clip
 from promtwist.protocol.promtwist_pb2 import ScrapeResponse
+from promtwist.proxy.bodybudget import BodyBudget
 from promtwist.proxy.stream import MAX_REASON, ScrapeStream, TransferMetrics
 
 
@@ -104,41 +107,100 @@ def answerOf(agent: str, response: pb.ScrapeResponse) -> ScrapeResponse:
     )
 
 
-@dataclass
+@dataclass(eq=False)
 class _Transfer:
     agent: AnsweringAgent
     stream: ScrapeStream
     header: pb.HeaderData
+    # The call that carries it, and the source its bytes are charged to.
+    carrier: ChunkedResults
+    source: str
     chunks: int = 0
     checksum: int = 0
     body: bytearray = field(default_factory=bytearray)
 
 
+class Transfers:
+    """
+    Every chunked transfer in progress, proxy-wide, by scrape id (scrape
+    ids are proxy-wide too): at most one per scrape, whichever call or
+    connection its header came on, so sending one scrape's header on many
+    calls holds no more than sending it once. A transfer is purged the
+    moment its scrape ends (L{purge}, from the agent's C{forget}: Prometheus
+    left, the deadline passed, the agent left), and the bytes of them all
+    are held within one L{BodyBudget}, shared by agent as pushes are by
+    source.
+
+    @ivar metrics: where validation failures and abandoned transfers count.
+    @ivar maxBytes: the most one transfer may hold.
+    """
+
+    def __init__(self, metrics: TransferMetrics, maxBytes: int, budget: BodyBudget) -> None:
+        self.metrics = metrics
+        self.maxBytes = maxBytes
+        self.budget = budget
+        self._open: dict[int, _Transfer] = {}
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def get(self, scrapeId: int) -> _Transfer | None:
+        return self._open.get(scrapeId)
+
+    def start(self, transfer: _Transfer) -> _Transfer | None:
+        """
+        Open C{transfer}, unless its scrape has one already: that one is
+        then purged and returned.
+        """
+        scrapeId = transfer.stream.scrapeId
+        previous = self.purge(scrapeId)
+        if previous is None:
+            self._open[scrapeId] = transfer
+        return previous
+
+    def take(self, transfer: _Transfer, size: int) -> str | None:
+        """
+        Charge C{size} more bytes to C{transfer}, or say why not.
+        """
+        refusal = self.budget.take(size, transfer.source)
+        return refusal.reason if refusal is not None else None
+
+    def purge(self, scrapeId: int) -> _Transfer | None:
+        """
+        C{scrapeId}'s transfer is over, however it ended: its bytes are
+        given back.
+        """
+        transfer = self._open.pop(scrapeId, None)
+        if transfer is not None and transfer.body:
+            self.budget.give(len(transfer.body), transfer.source)
+        return transfer
+
+
 class ChunkedResults:
     """
-    One C{writeChunkedResponsesToProxy} stream's transfers, by scrape id.
-    A transfer starts with a header for a scrape its agent was sent; chunks
-    and summaries for any other id are dropped.
+    One C{writeChunkedResponsesToProxy} call's transfers. A transfer starts
+    with a header for a scrape its agent was sent and takes chunks and its
+    summary on the same call; any other chunks and summaries are dropped.
     """
 
     def __init__(
         self,
         agentOf: Callable[[str], AnsweringAgent | None],
-        metrics: TransferMetrics,
-        maxBytes: int,
+        transfers: Transfers,
         dropped: Callable[[int], None],
     ) -> None:
         """
         @param agentOf: the agent whose results this stream may carry by
             its id, or L{None}.
-        @param maxBytes: the most one transfer may hold.
+        @param transfers: the proxy's transfers in progress.
         @param dropped: told the scrape id of every result dropped.
         """
         self._agentOf = agentOf
-        self._metrics = metrics
-        self._maxBytes = maxBytes
+        self._transfers = transfers
+        self._metrics = transfers.metrics
         self._dropped = dropped
-        self._transfers: dict[int, _Transfer] = {}
+        # The scrape ids this call opened transfers for.
+        self._mine: set[int] = set()
 
     def received(self, message: pb.ChunkedScrapeResponse) -> None:
         which = message.WhichOneof("chunk_one_of")
@@ -153,8 +215,12 @@ class ChunkedResults:
         """
         The stream ended: transfers without their summary fail.
         """
-        transfers, self._transfers = self._transfers, {}
-        for transfer in transfers.values():
+        mine, self._mine = self._mine, set()
+        for scrapeId in mine:
+            transfer = self._transfers.get(scrapeId)
+            if transfer is None or transfer.carrier is not self:
+                continue
+            self._transfers.purge(scrapeId)
             if not transfer.stream.ended:
                 self._metrics.transferAbandoned()
                 self._fail(
@@ -169,25 +235,31 @@ class ChunkedResults:
         if agent is None or stream is None or stream.ended:
             return self._dropped(scrapeId)
         agent.heard()
-        previous = self._transfers.get(scrapeId)
+        transfer = _Transfer(agent, stream, header, self, header.header_agent_id)
+        previous = self._transfers.start(transfer)
         if previous is not None:
-            del self._transfers[scrapeId]
+            # On this call or another: one transfer per scrape, and the
+            # agent that sent two gets neither.
             self._metrics.chunkInvalid("chunk")
             return self._fail(previous, "Chunk validation failed: a second header")
-        self._transfers[scrapeId] = _Transfer(agent, stream, header)
+        self._mine.add(scrapeId)
 
     def _open(self, scrapeId: int) -> _Transfer | None:
         """
-        The transfer open for C{scrapeId}, if its scrape is still awaited;
-        else the message is dropped. Once the scrape is over (Prometheus
-        left, its deadline passed) the rest of its transfer is dropped as it
-        comes, not held to its summary for nobody as upstream holds it.
+        The transfer this call opened for C{scrapeId}, if its scrape is
+        still awaited; else the message is dropped. Once the scrape is over
+        (Prometheus left, its deadline passed) the rest of its transfer is
+        dropped as it comes, not held to its summary for nobody as upstream
+        holds it.
         """
         transfer = self._transfers.get(scrapeId)
-        if transfer is not None and transfer.stream.ended:
-            del self._transfers[scrapeId]
+        if transfer is not None and transfer.carrier is not self:
+            transfer = None
+        elif transfer is not None and transfer.stream.ended:
+            self._transfers.purge(scrapeId)
             transfer = None
         if transfer is None:
+            self._mine.discard(scrapeId)
             self._dropped(scrapeId)
         return transfer
 
@@ -203,9 +275,9 @@ class ChunkedResults:
             problem = f"chunk byte count {count} is not within the chunk's {len(data)} bytes"
         elif chunk.chunk_count != transfer.chunks + 1:
             problem = f"chunk {chunk.chunk_count} came where chunk {transfer.chunks + 1} was due"
-        elif len(transfer.body) + count > self._maxBytes:
+        elif len(transfer.body) + count > self._transfers.maxBytes:
             problem = (
-                f"more than {self._maxBytes} zipped bytes"
+                f"more than {self._transfers.maxBytes} zipped bytes"
                 " (proxy.internal.maxZippedContentSizeMBytes)"
             )
         else:
@@ -216,9 +288,13 @@ class ChunkedResults:
                     f" {checksum}, the agent says {chunk.chunk_checksum}"
                 )
         if problem is not None:
-            del self._transfers[scrapeId]
+            self._end(scrapeId)
             self._metrics.chunkInvalid("chunk")
             return self._fail(transfer, f"Chunk validation failed: {problem}")
+        refused = self._transfers.take(transfer, count)
+        if refused is not None:
+            self._end(scrapeId)
+            return self._fail(transfer, f"Chunked transfer refused: {refused}", 503)
         transfer.chunks += 1
         transfer.checksum = checksum
         transfer.body += data[:count]
@@ -228,7 +304,7 @@ class ChunkedResults:
         transfer = self._open(scrapeId)
         if transfer is None:
             return
-        del self._transfers[scrapeId]
+        self._end(scrapeId)
         transfer.agent.heard()
         expected = (
             summary.summary_chunk_count,
@@ -256,8 +332,12 @@ class ChunkedResults:
             )
         )
 
-    def _fail(self, transfer: _Transfer, reason: str) -> None:
+    def _end(self, scrapeId: int) -> None:
+        self._transfers.purge(scrapeId)
+        self._mine.discard(scrapeId)
+
+    def _fail(self, transfer: _Transfer, reason: str, status: int = 502) -> None:
         if not transfer.stream.ended:
             transfer.stream.responseReceived(
-                _failed(502, f"gRPC agent {transfer.agent.name!r}: {reason}")
+                _failed(status, f"gRPC agent {transfer.agent.name!r}: {reason}")
             )

@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from promtwist.addresses import peerName
 from promtwist.config.settings import ProxySettings
 from promtwist.hostkeys import claimsPort, isHostKey, spelled
-from promtwist.logs import RepeatedWarnings, clip, observer
+from promtwist.logs import RepeatedWarnings, clip, hostShown, observer
 from promtwist.metrics import ProxyMetrics
 from promtwist.protocol.liveness import DeadlineSweep, resolutionFor
 from promtwist.protocol.promtwist_pb2 import (
@@ -299,7 +299,7 @@ class AgentLink(Session):
         self._log.info(
             "agent {name} ({host}, {peer}, identity {identity}) connected as {id}",
             name=clip(repr(self.name)),
-            host=clip(self.hostName),
+            host=hostShown(self.hostName),
             peer=peerName(self.transport),
             identity=self.identity.name,
             id=self.agentId,
@@ -377,7 +377,7 @@ class AgentLink(Session):
             self._logClaim(
                 request.path,
                 f"waits (standby #{placement.position}) behind agent {clip(holder.name)!r} "
-                f"({clip(holder.hostName)}, {holder.agentId}) for",
+                f"({hostShown(holder.hostName)}, {holder.agentId}) for",
             )
             reply = PathReply(
                 request_id=request.request_id,
@@ -724,10 +724,10 @@ class AgentLinkFactory(ServerFactory):
                 "{new!r} ({newHost}, {newId}): {why}: {named}{more}",
                 count=len(batch),
                 old=clip(old.name),
-                oldHost=clip(old.hostName),
+                oldHost=hostShown(old.hostName),
                 oldId=old.agentId,
                 new=clip(new.name),
-                newHost=clip(new.hostName),
+                newHost=hostShown(new.hostName),
                 newId=new.agentId,
                 why=HOLDER_CHANGE_REASONS[batch[0].reason],
                 named=named,

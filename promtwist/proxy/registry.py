@@ -479,9 +479,9 @@ class Registry:
             return Placement(0, agent, entry.since)
         if agent.consolidated != entry.consolidated:
             held = "consolidated" if entry.consolidated else "exclusive"
+            joining = "a consolidated" if agent.consolidated else "an exclusive"
             raise RegistrationRefused(
-                f"path {shown(path)} is {held} on this proxy; "
-                f"an {'consolidated' if agent.consolidated else 'exclusive'} agent cannot join it",
+                f"path {shown(path)} is {held} on this proxy; {joining} agent cannot join it",
                 "mixed",
             )
         if agent.consolidated:

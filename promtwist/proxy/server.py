@@ -24,7 +24,7 @@ from promtwist.config.settings import ConfigError, ProxySettings
 from promtwist.debugpage import head, recentLine, table, uptime, where
 from promtwist.hostkeys import spelled
 from promtwist.listen import Listener, logStarted
-from promtwist.logs import clip, debugging, observer, utcTime
+from promtwist.logs import clip, debugging, hostShown, observer, utcTime
 from promtwist.metrics import AGENT_KINDS, AgentSample, ProxyState
 from promtwist.proxy.answers import ScrapeRecord
 from promtwist.proxy.grpcagent import GrpcAgent
@@ -382,6 +382,6 @@ def _described(agent: AgentHandle) -> str:
     it proved (never its launch id, which helps prove being that agent).
     """
     return (
-        f"{clip(agent.name)!r} ({clip(agent.hostName)}, {agent.agentId}, "
+        f"{clip(agent.name)!r} ({hostShown(agent.hostName)}, {agent.agentId}, "
         f"identity {agent.identity.name})"
     )

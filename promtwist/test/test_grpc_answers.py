@@ -14,7 +14,7 @@ from promtwist.protocol.promtwist_pb2 import Frame
 from promtwist.proxy.answers import ScrapeFailed
 from promtwist.proxy.grpcanswers import ChunkedResults, answerOf
 from promtwist.proxy.stream import AnswerHead, ScrapeStream
-from promtwist.test.upstreamchunks import chunks, header, summary
+from promtwist.test.upstreamchunks import chunks, header, summary, transfersOf
 
 BODY = b"".join(b'm{i="%d"} %d\n' % (i, i * 31 % 97) for i in range(2000))
 ZIPPED = zlib.compress(BODY, wbits=31)
@@ -106,8 +106,7 @@ class ChunkedTests(SynchronousTestCase):
         self.dropped: list[int] = []
         self.results = ChunkedResults(
             lambda agentId: self.agent if agentId == "a" else None,
-            self.agent,
-            len(ZIPPED) + 10,
+            transfersOf(self.agent, len(ZIPPED) + 10),
             self.dropped.append,
         )
 

@@ -20,11 +20,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from promtwist.grpc import proxy_service_pb2 as pb
 from promtwist.protocol.promtwist_pb2 import Frame
 from promtwist.proxy.answers import ScrapeFailed
-from promtwist.proxy.grpcanswers import ChunkedResults, answerOf
+from promtwist.proxy.grpcanswers import ChunkedResults, Transfers, answerOf
 from promtwist.proxy.relay import ScrapeCall
 from promtwist.proxy.stream import AnswerHead, ScrapeStream
 from promtwist.test.test_relay import FakeLink, Proxy, response, transfers
-from promtwist.test.upstreamchunks import chunkedResult
+from promtwist.test.upstreamchunks import chunkedResult, transfersOf
 
 AGENT = "a3f9"
 OTHER = "77c1"
@@ -46,6 +46,7 @@ class Agent:
     invalid: list[str] = field(default_factory=list)
     abandoned: int = 0
     violations: list[str] = field(default_factory=list)
+    transfers: Transfers | None = None
 
     @property
     def metrics(self) -> Agent:
@@ -63,6 +64,8 @@ class Agent:
 
     def forget(self, scrapeId: int) -> None:
         self.streams.pop(scrapeId, None)
+        if self.transfers is not None:
+            self.transfers.purge(scrapeId)
 
     def sendIfConnected(self, frame: Frame) -> None:
         pass
@@ -147,18 +150,27 @@ class Attacks(SynchronousTestCase):
         self.agent = Agent()
         self.scrape = self.agent.issue(7)
         self.dropped: list[int] = []
-        self.results = ChunkedResults(
-            lambda agentId: self.agent if agentId == AGENT else None,
-            self.agent,
-            LIMIT,
-            self.dropped.append,
-        )
+        self.transfers = self.agent.transfers = transfersOf(self.agent, LIMIT)
+        self.results = self.call()
         self.messages = chunked(7, ZIPPED)
         self.assertGreater(len(self.messages), 4)
+
+    def call(self) -> ChunkedResults:
+        """
+        Another writeChunkedResponsesToProxy call of the agent's.
+        """
+        return ChunkedResults(
+            lambda agentId: self.agent if agentId == AGENT else None,
+            self.transfers,
+            self.dropped.append,
+        )
 
     def feed(self, messages: list[pb.ChunkedScrapeResponse]) -> None:
         for message in messages:
             self.results.received(message)
+
+    def assertNothingHeld(self) -> None:
+        self.assertEqual((len(self.transfers), self.transfers.budget.held), (0, 0))
 
     def assertRefused(self, stage: str, text: str) -> None:
         failure = self.scrape.failure
@@ -243,7 +255,9 @@ class Attacks(SynchronousTestCase):
         """
         More zipped bytes than the cap fail at the chunk past it.
         """
-        results = ChunkedResults(lambda agentId: self.agent, self.agent, 40000, self.dropped.append)
+        results = ChunkedResults(
+            lambda agentId: self.agent, transfersOf(self.agent, 40000), self.dropped.append
+        )
         for message in self.messages:
             results.received(message)
         self.assertRefused("chunk", "more than 40000 zipped bytes")
@@ -294,6 +308,58 @@ class Attacks(SynchronousTestCase):
         self.assertTrue(self.scrape.untouched)
         self.assertTrue(theirs.untouched)
         self.assertEqual(self.agent.invalid, [])
+
+    def test_oneTransferPerScrape(self) -> None:
+        """
+        A header for a scrape already transferring, on another call (an
+        agent not bound to a connection may use any), is refused and counted,
+        and the agent that sent two gets neither: one scrape's memory does
+        not multiply by the calls it is sent on.
+        """
+        calls = [self.call() for _ in range(3)]
+        for call in calls:
+            for message in self.messages[:3]:
+                call.received(message)
+        self.assertRefused("chunk", "Chunk validation failed: a second header")
+        self.assertNothingHeld()
+        for call in calls:
+            call.ended()
+        self.assertEqual(self.agent.abandoned, 0)
+
+    def test_purgedWhenItsScrapeEnds(self) -> None:
+        """
+        A transfer is purged the moment its scrape ends, whatever its call
+        does after: a call that keeps transfers open for scrapes that timed
+        out holds nothing for them.
+        """
+        self.feed(self.messages[:3])
+        self.assertGreater(self.transfers.budget.held, 0)
+        self.scrape.stream.stop()
+        self.assertNothingHeld()
+        self.results.ended()
+        self.assertEqual((self.agent.invalid, self.agent.abandoned), ([], 0))
+
+    def test_budget(self) -> None:
+        """
+        All transfers' bytes together are held within the proxy's budget,
+        an agent already holding some within half of it: a chunk past that
+        fails its scrape with 503 naming the setting, and gives back what
+        its transfer held.
+        """
+        self.transfers = self.agent.transfers = transfersOf(
+            self.agent, LIMIT, budget=3 * len(ZIPPED)
+        )
+        self.results = self.call()
+        second = self.agent.issue(8)
+        for pair in zip(self.messages, chunked(8, ZIPPED), strict=True):
+            self.feed(list(pair))
+        failures = self.scrape.failures + second.failures
+        (failure,) = failures
+        self.assertEqual(failure.status, 503)
+        self.assertIn("bytes of chunked results", failure.reason)
+        self.assertIn("the test's budget", failure.reason)
+        self.assertEqual(bytes((second if self.scrape.failures else self.scrape).body), ZIPPED)
+        self.assertNothingHeld()
 
     def test_empty(self) -> None:
         """
@@ -420,8 +486,7 @@ class ThroughTheRelay(SynchronousTestCase):
         self.proxy.registry.registerPath(self.link, "p", "p", {})
         self.results = ChunkedResults(
             lambda agentId: self.link if agentId == AGENT else None,
-            self.link.metrics,
-            LIMIT,
+            transfersOf(self.link.metrics, LIMIT),
             lambda scrapeId: None,
         )
 

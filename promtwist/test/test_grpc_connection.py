@@ -212,6 +212,44 @@ class CallTests(SynchronousTestCase):
         self.assertIsNone(peer.goAway)
 
 
+class AuthorizeTests(SynchronousTestCase):
+    """
+    A method's C{authorize}, asked on a call's headers.
+    """
+
+    def _authorized(self, authority: object) -> tuple[RawPeer, list[ServerCall[bytes, bytes]]]:
+        calls: list[ServerCall[bytes, bytes]] = []
+
+        def handler(request: bytes, call: ServerCall[bytes, bytes]) -> bytes:
+            calls.append(call)
+            return request
+
+        method = unary("/test.Echo/unary", handler, bytes, bytes, authorize=lambda call: authority)
+        return RawPeer([method]), calls
+
+    def test_provedByAuthority(self) -> None:
+        """
+        An authority proves the connection at the headers.
+        """
+        peer, calls = self._authorized("identity")
+        peer.request(1, messages=[b"hi"])
+        self.assertEqual(peer.answer(1).messages(), [b"hi"])
+        self.assertEqual(calls[0].authority, "identity")
+        self.assertTrue(peer.protocol.proven)
+
+    def test_undecided(self) -> None:
+        """
+        L{None} admits the call without proving the connection; its
+        handler's C{prove} does.
+        """
+        peer, calls = self._authorized(None)
+        peer.request(1, messages=[b"hi"])
+        self.assertEqual(peer.answer(1).messages(), [b"hi"])
+        self.assertFalse(peer.protocol.proven)
+        calls[0].prove()
+        self.assertTrue(peer.protocol.proven)
+
+
 class RequestCheckTests(SynchronousTestCase):
     """
     Requests that are not gRPC, or that the server refuses, before any

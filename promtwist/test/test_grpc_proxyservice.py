@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
@@ -131,6 +131,24 @@ class ProxyServiceTests(TestCase):
             return e.code(), e.details()
         self.fail("the call was not refused")
 
+    async def answer(self, client: _Client, agentId: str, scrapeId: int, text: str) -> None:
+        """
+        Answer scrape C{scrapeId} with C{text} on writeResponsesToProxy.
+        """
+        await client.write(
+            "writeResponsesToProxy",
+            [
+                pb.ScrapeResponse(
+                    valid_response=True,
+                    agent_id=agentId,
+                    scrape_id=scrapeId,
+                    status_code=200,
+                    content_type="text/plain",
+                    content_as_text=text,
+                )
+            ],
+        )
+
     async def scrape(self, path: str) -> tuple[int, bytes]:
         url = f"http://127.0.0.1:{self.proxy.httpListener.portNumber}/{path}".encode()
         response = await self.http.request(b"GET", url)
@@ -222,6 +240,41 @@ class ProxyServiceTests(TestCase):
         self.assertEqual(len(self.proxy.registry.lookup("m")), 1)
 
     # registration
+
+    async def test_throttleSparesEstablishedAgents(self) -> None:
+        """
+        Failed tokens from an address (behind a front end, every agent's)
+        throttle new authentications only, as the native port's Hello: an
+        agent that connected keeps heartbeating and answering scrapes, a
+        new connect is refused saying it is throttled, not that its token
+        is invalid, and that refusal is counted.
+        """
+        self.startProxy(agent_token="s3cret", max_auth_failures_per_address=2)
+        client, agentId, requests = await self.serving("m", disabled=True, token="s3cret")
+        wrong = self.client("wrong")
+        for _ in range(2):
+            await self.refusedWith(
+                wrong.unary("pathMapSize", pb.PathMapSizeRequest(), pb.PathMapSizeResponse)
+            )
+        beat = await client.unary(
+            "sendHeartBeat", pb.HeartBeatRequest(agent_id=agentId), pb.HeartBeatResponse
+        )
+        self.assertTrue(beat.valid, beat.reason)
+        scraped = Deferred.fromCoroutine(self.scrape("m"))
+        request = await deferToThread(next, requests)
+        await self.answer(client, agentId, request.scrape_id, "up 1\n")
+        self.assertEqual(await scraped, (200, b"up 1\n"))
+        code, details = await self.refusedWith(
+            self.client("s3cret").unary(
+                "connectAgentWithTransportFilterDisabled", pb.Empty(), pb.AgentInfo
+            )
+        )
+        self.assertEqual(code, grpc.StatusCode.UNAUTHENTICATED)
+        self.assertIn("too many failed authentication attempts from 127.0.0.1", details)
+        self.assertIn("proxy.internal.maxAuthFailuresPerAddress", details)
+        sample = self.proxy.metrics.registry.get_sample_value
+        self.assertEqual(sample("proxy_rejections_total", {"reason": "grpc_throttled"}), 1.0)
+        self.assertEqual(sample("proxy_rejections_total", {"reason": "grpc_unauthenticated"}), 2)
 
     async def test_registerAgentRefusals(self) -> None:
         """
@@ -317,6 +370,19 @@ class ProxyServiceTests(TestCase):
         self.assertFalse(unknown.valid)
         self.assertIn("Invalid agentId: gone (sendHeartBeat)", unknown.reason)
 
+    async def exhausted(self, client: _Client, connects: int) -> str:
+        """
+        C{connects} connects without registering are served, the next is
+        RESOURCE_EXHAUSTED: its details.
+        """
+        for _ in range(connects):
+            await client.unary("connectAgentWithTransportFilterDisabled", pb.Empty(), pb.AgentInfo)
+        code, details = await self.refusedWith(
+            client.unary("connectAgentWithTransportFilterDisabled", pb.Empty(), pb.AgentInfo)
+        )
+        self.assertEqual(code, grpc.StatusCode.RESOURCE_EXHAUSTED)
+        return details
+
     async def test_unregisteredConnectsBounded(self) -> None:
         """
         Agents connected and not registered are bounded as the native
@@ -324,14 +390,55 @@ class ProxyServiceTests(TestCase):
         connect is RESOURCE_EXHAUSTED, naming the setting.
         """
         self.startProxy(max_pending_handshakes=2)
-        client = self.client()
-        for _ in range(2):
-            await client.unary("connectAgentWithTransportFilterDisabled", pb.Empty(), pb.AgentInfo)
-        code, details = await self.refusedWith(
-            client.unary("connectAgentWithTransportFilterDisabled", pb.Empty(), pb.AgentInfo)
-        )
-        self.assertEqual(code, grpc.StatusCode.RESOURCE_EXHAUSTED)
+        details = await self.exhausted(self.client(), 2)
         self.assertIn("proxy.internal.maxPendingHandshakes", details)
+
+    async def test_unregisteredNotKeptAlive(self) -> None:
+        """
+        An agent that connected and never registered is not kept alive by
+        heartbeats (they are invalid, saying why), and is dropped at
+        proxy.internal.handshakeTimeoutSecs, as a native link without its
+        Hello: one token holder cannot keep pending places for ever.
+        """
+        self.startProxy(handshake_timeout_secs=0.5)
+        client = self.client()
+        info = await client.unary(
+            "connectAgentWithTransportFilterDisabled", pb.Empty(), pb.AgentInfo
+        )
+        beat = await client.unary(
+            "sendHeartBeat", pb.HeartBeatRequest(agent_id=info.agent_id), pb.HeartBeatResponse
+        )
+        self.assertFalse(beat.valid)
+        self.assertIn("has not called registerAgent (sendHeartBeat)", beat.reason)
+        grpcAgents = self.proxy.grpcAgents
+        assert grpcAgents is not None
+        self.assertEqual(len(grpcAgents.agents()), 1)
+        await _until(lambda: not grpcAgents.agents())
+        late = await client.unary(
+            "registerAgent",
+            pb.RegisterAgentRequest(agent_id=info.agent_id, agent_name="a"),
+            pb.RegisterAgentResponse,
+        )
+        self.assertFalse(late.valid)
+        self.assertIn("Invalid agentId", late.reason)
+        # An agent that registers in time stays.
+        await self.connected(client, disabled=True)
+        await deferLater(reactor, 0.7)
+        self.assertEqual(len(grpcAgents.connected()), 1)
+
+    async def test_pendingBoundPerSource(self) -> None:
+        """
+        One identity on one address may hold at most seven eighths of
+        proxy.internal.maxPendingHandshakes with agents that have not
+        registered: another identity still connects.
+        """
+        self.startProxy(
+            max_pending_handshakes=8, identities=(Identity("a", "ta"), Identity("b", "tb"))
+        )
+        details = await self.exhausted(self.client("ta"), 7)
+        self.assertIn("7 gRPC agents of identity a from 127.0.0.1", details)
+        self.assertIn("proxy.internal.maxPendingHandshakes (8)", details)
+        await self.connected(self.client("tb"), disabled=True)
 
     async def test_evicted(self) -> None:
         """
@@ -346,9 +453,36 @@ class ProxyServiceTests(TestCase):
             "sendHeartBeat", pb.HeartBeatRequest(agent_id=agentId), pb.HeartBeatResponse
         )
         self.assertFalse(beat.valid)
+        # Why it left; not the L7 hint, since it runs in the mode that hint
+        # asks for.
+        self.assertIn("(sendHeartBeat); it left: evicted: nothing heard for", beat.reason)
+        self.assertNotIn("transportFilterDisabled", beat.reason)
         self.assertEqual(
             self.proxy.metrics.registry.get_sample_value("proxy_eviction_count_total"), 1.0
         )
+
+    async def test_boundAgentNamedElsewhere(self) -> None:
+        """
+        A call on another connection naming a connectAgent agent whose own
+        connection closed (a front end opening a connection per call) gets
+        the L7 hint, where it holds; a never-known id gets none.
+        """
+        self.startProxy()
+        first = self.client()
+        agentId = await self.connected(first)
+        await first.close()
+        await _until(lambda: not self.proxy.registry.agentCount())
+        other = self.client()
+        beat = await other.unary(
+            "sendHeartBeat", pb.HeartBeatRequest(agent_id=agentId), pb.HeartBeatResponse
+        )
+        self.assertFalse(beat.valid)
+        self.assertIn("it left: its HTTP/2 connection closed", beat.reason)
+        self.assertIn("must run with transportFilterDisabled=true", beat.reason)
+        unknown = await other.unary(
+            "sendHeartBeat", pb.HeartBeatRequest(agent_id="never"), pb.HeartBeatResponse
+        )
+        self.assertEqual(unknown.reason, "Invalid agentId: never (sendHeartBeat)")
 
     async def test_evictedWithStaleCheckOff(self) -> None:
         """
@@ -413,8 +547,10 @@ class ProxyServiceTests(TestCase):
             self.assertEqual(refused[0], code)
             self.assertIn(words, refused[1])
 
-    async def serving(self, *paths: str, disabled: bool = False) -> tuple[_Client, str, Any]:
-        client = self.client()
+    async def serving(
+        self, *paths: str, disabled: bool = False, token: str = ""
+    ) -> tuple[_Client, str, Any]:
+        client = self.client(token)
         agentId = await self.connected(client, *paths, disabled=disabled)
         requests = client.requests(agentId)
         self.addCleanup(requests.cancel)
@@ -433,19 +569,7 @@ class ProxyServiceTests(TestCase):
         self.assertEqual(
             (request.agent_id, request.path, request.encodedQueryParams), (agentId, "m", "a=1")
         )
-        await client.write(
-            "writeResponsesToProxy",
-            [
-                pb.ScrapeResponse(
-                    valid_response=True,
-                    agent_id=agentId,
-                    scrape_id=request.scrape_id,
-                    status_code=200,
-                    content_type="text/plain",
-                    content_as_text="up 1\n",
-                )
-            ],
-        )
+        await self.answer(client, agentId, request.scrape_id, "up 1\n")
         self.assertEqual(await scraped, (200, b"up 1\n"))
         self.assertEqual(
             self.proxy.metrics.registry.get_sample_value("proxy_agents", {"kind": "grpc"}), 1.0
@@ -498,6 +622,39 @@ class ProxyServiceTests(TestCase):
         """
         body = b"".join(b'm{i="%d"} %d\n' % (i, i * 7919 % 1000) for i in range(3000))
         self.assertEqual(await self.chunked(body), (200, body))
+
+    async def test_transferPurgedWhenScrapeTimesOut(self) -> None:
+        """
+        A transfer whose scrape timed out holds nothing, while its call
+        stays open and sends no more: purged when the scrape ended.
+        """
+        self.startProxy(scrape_request_timeout_secs=0.5)
+        client, agentId, requests = await self.serving("m", disabled=True)
+        scraped = Deferred.fromCoroutine(self.scrape("m"))
+        request = await deferToThread(next, requests)
+        messages = chunkedResult(request.scrape_id, b"x" * 100000, agentId, 1000)
+        gate = threading.Event()
+        self.addCleanup(gate.set)
+
+        def held() -> Iterator[pb.ChunkedScrapeResponse]:
+            yield from messages[:-1]
+            gate.wait(10)
+
+        stub = client.channel.stream_unary(
+            "/ProxyService/writeChunkedResponsesToProxy",
+            request_serializer=pb.ChunkedScrapeResponse.SerializeToString,
+            response_deserializer=pb.Empty.FromString,
+        )
+        call = stub.future(held(), metadata=client.metadata, timeout=10)
+        grpcAgents = self.proxy.grpcAgents
+        assert grpcAgents is not None
+        transfers = grpcAgents.transfers
+        await _until(lambda: transfers.budget.held == 100000)
+        code, _ = await scraped
+        self.assertEqual(code, 503)
+        self.assertEqual((len(transfers), transfers.budget.held), (0, 0))
+        gate.set()
+        await deferToThread(call.result)
 
     async def test_chunkChecksumMismatch(self) -> None:
         """
@@ -586,7 +743,7 @@ class RequestQueueTests(SynchronousTestCase):
         """
         side = buildAgentSide(ProxySettings(), Clock())
         assert side.grpc is not None
-        agent = GrpcAgent(side.grpc, "a1", Identity("t"), "peer", None)
+        agent = GrpcAgent(side.grpc, "a1", Identity("t"), "peer", "identity t from peer", None)
         requests = _UnreadRequests()
         done = agent.readRequests(requests)  # type: ignore[arg-type]
         call = ScrapeCall("m", "", "", "", "", 10.0)

@@ -170,6 +170,17 @@ class JSONLoggerTests(SynchronousTestCase):
         self.assertIn("ZeroDivisionError", record["traceback"])
 
 
+class HostShownTests(SynchronousTestCase):
+    def test_hostShown(self) -> None:
+        """
+        A host name is clipped as any wire value; none is said in words,
+        not left as an empty field.
+        """
+        self.assertEqual(logs.hostShown("node-1"), "node-1")
+        self.assertEqual(logs.hostShown("a\nb"), logs.clip("a\nb"))
+        self.assertEqual(logs.hostShown(""), "no host name")
+
+
 class ClipTests(SynchronousTestCase):
     def test_shortKept(self) -> None:
         self.assertEqual(logs.clip("app1_metrics"), "app1_metrics")

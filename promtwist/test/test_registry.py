@@ -751,7 +751,10 @@ class OwnershipTests(RegistryCase):
         self.registry.registerPath(exclusive, "p", "", {})
         with self.assertRaises(RegistrationRefused) as raised:
             self.registry.registerPath(joining, "p", "", {})
-        self.assertIn("is exclusive on this proxy", str(raised.exception))
+        self.assertIn(
+            "is exclusive on this proxy; a consolidated agent cannot join it",
+            str(raised.exception),
+        )
         self.assertEqual((self.standbys(), raised.exception.kind), ([], "mixed"))
 
     def test_clearPromotesNobody(self) -> None:

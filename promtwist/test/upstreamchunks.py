@@ -11,6 +11,19 @@ import zlib
 from collections.abc import Callable
 
 from promtwist.grpc import proxy_service_pb2 as pb
+from promtwist.proxy.bodybudget import BodyBudget
+from promtwist.proxy.grpcanswers import Transfers
+from promtwist.proxy.stream import TransferMetrics
+
+
+def transfersOf(
+    metrics: TransferMetrics, maxBytes: int, budget: int = 64 * 1024 * 1024
+) -> Transfers:
+    """
+    A proxy's transfers in progress: at most C{maxBytes} each, C{budget}
+    between them.
+    """
+    return Transfers(metrics, maxBytes, BodyBudget(budget, "the test's budget", "chunked results"))
 
 
 def header(
