@@ -32,6 +32,7 @@ from promtwist.agent.slots import Slots
 from promtwist.agent.targets import NotServed, targetFetch
 from promtwist.config.settings import AgentSettings, PathConfig
 from promtwist.grpc.client import CallFailed
+from promtwist.grpc.tunnel import CallEnded
 from promtwist.hostkeys import spelled
 from promtwist.httputil import redacted
 from promtwist.logs import clip, observer, utcTime
@@ -668,7 +669,11 @@ class ProxyConnection(Session):
         if not self._ready.called:
             tls = describeTLSFailure(reason)
             why = tls or self.closeReason or reason.getErrorMessage()
-            if not (
+            if reason.check(CallEnded) and not self.closeReason:
+                # HTTP/2 was up, so the two ends agree about TLS: the
+                # proxy's status came, and it said OK.
+                why = "the proxy ended the link's gRPC call with OK before its Welcome"
+            elif not (
                 tls
                 or self.closeReason
                 or self.bytesReceived

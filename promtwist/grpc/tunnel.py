@@ -57,6 +57,14 @@ RUN_BYTES = 64 * 1024
 BUFFER_BYTES = 64 * 1024
 
 
+class CallEnded(ConnectionDone):
+    """
+    The call carrying the link ended well, as a TCP connection closes
+    cleanly: the peer ended its half (a server with status C{OK}), or this
+    end closed the link and all it wrote had gone.
+    """
+
+
 class MessageStream(Typing):
     """
     What L{CallTransport} needs of a call: both its halves.
@@ -289,7 +297,7 @@ class CallTransport:
         """
         if self._state is not _State.ENDED:
             self._finish()
-            self._end(Failure(ConnectionDone("the gRPC call ended")))
+            self._end(Failure(CallEnded("the gRPC call ended")))
 
     def _end(self, reason: Failure) -> None:
         """

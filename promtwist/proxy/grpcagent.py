@@ -477,25 +477,29 @@ class GrpcAgents:
 
     # Who calls.
 
-    def _identify(self, call: ServerCall[Any, Any], throttled: bool = True) -> Identity:
+    def _identify(self, call: ServerCall[Any, Any], agent: GrpcAgent | None = None) -> Identity:
         """
         The identity a call proves, checked on every call as upstream's
         interceptor checks the token.
 
-        @param throttled: whether the call is a new authentication, which
-            the failed-token throttle may refuse without checking its token,
-            as the native port refuses a C{Hello}; a call for an agent
-            already established is never refused by it, so guesses from an
-            address (all of a front end's agents share its address) do not
-            lock out the agents that proved their token.
+        While the failed-token throttle holds the call's address, a new
+        authentication (C{agent} L{None}) is refused without its token being
+        checked, as the native port refuses a C{Hello}. A call naming
+        C{agent}, already established, passes only if it proves exactly that
+        agent's identity, so guesses from an address (all of a front end's
+        agents share it) do not lock out the agents that proved their token;
+        any other token, wrong or valid for another identity, gets the
+        throttled answer too and counts as a failure, so the answer tells a
+        guesser nothing about its token.
+
+        @param agent: the established agent the call names, if any.
 
         @raise GrpcError: C{UNAUTHENTICATED} with upstream's words, or
             saying the address is throttled.
         """
         host = hostOf(_address(call.peer))
-        blocked = self.throttle.blockedFor(host) if throttled else 0.0
-        if blocked:
-            self.metrics.rejected("grpc_throttled")
+        blocked = self.throttle.blockedFor(host)
+        if blocked and agent is None:
             self.warnings.warn(
                 "gRPC authentication throttled",
                 "gRPC call {method} from {peer} refused without checking its token:"
@@ -503,19 +507,18 @@ class GrpcAgents:
                 method=call.method,
                 peer=host or "?",
             )
-            raise GrpcError(
-                StatusCode.UNAUTHENTICATED,
-                f"too many failed authentication attempts from {host or '?'}; retry in"
-                f" {blocked:.0f} s (proxy.internal.maxAuthFailuresPerAddress)",
-            )
+            raise self._throttled(host, blocked)
         token = call.get("agent-token")
         try:
-            return self.authenticator.authenticate(
+            identity = self.authenticator.authenticate(
                 token if isinstance(token, str) else "", peerCommonName(call.transport)
             )
+            if blocked and agent is not None and identity != agent.identity:
+                raise AuthenticationFailed(
+                    f"it proves identity {identity.name}, not that of agent {agent.agentId}"
+                )
         except AuthenticationFailed as e:
             self.throttle.failed(host)
-            self.metrics.rejected("grpc_unauthenticated")
             self.warnings.warn(
                 "gRPC authentication",
                 "gRPC call {method} from {peer} refused: {why}",
@@ -523,25 +526,44 @@ class GrpcAgents:
                 peer=host or "?",
                 why=str(e),
             )
+            if blocked:
+                raise self._throttled(host, blocked) from None
+            self.metrics.rejected("grpc_unauthenticated")
             raise GrpcError(StatusCode.UNAUTHENTICATED, UNAUTHENTICATED) from None
+        return identity
+
+    def _throttled(self, host: str, blocked: float) -> GrpcError:
+        """
+        The answer to a call from C{host} while the throttle holds it for
+        C{blocked} more seconds, whatever the call's token.
+        """
+        self.metrics.rejected("grpc_throttled")
+        return GrpcError(
+            StatusCode.UNAUTHENTICATED,
+            f"too many failed authentication attempts from {host or '?'}; retry in"
+            f" {blocked:.0f} s (proxy.internal.maxAuthFailuresPerAddress)",
+        )
 
     def authorizeNamed(self, call: ServerCall[Any, Any]) -> Identity | None:
         """
         At the headers of a call that names its agent in its body (every
-        call but the connects): its identity, checked as it opens, unless
-        the throttle holds its address and its connection carries no
-        agent. It is then undecided (L{None}: the connection is not proven
-        by it): an agent bound to no connection names itself only in each
-        request or result, which is checked against the agent it names
-        (L{agentFor}, unthrottled for an agent already established), so its
-        calls still go through while the call tells a guesser nothing.
+        call but the connects): its identity, checked as it opens (for the
+        agent its connection carries, if any), unless the throttle holds its
+        address and its connection carries no agent. It is then undecided
+        (L{None}: the connection is not proven by it): an agent bound to no
+        connection names itself only in each request or result, which is
+        checked against the agent it names (L{agentFor}), so that agent's
+        calls still go through, and every other call gets the throttled
+        answer, as at its headers.
 
         @raise GrpcError: as L{_identify}.
         """
         connection = call.context
-        bound = isinstance(connection, AgentConnection) and connection.agent is not None
-        if bound or not self.throttle.blockedFor(hostOf(_address(call.peer))):
-            return self._identify(call, throttled=False)
+        carried = connection.agent if isinstance(connection, AgentConnection) else None
+        if carried is not None:
+            return self._identify(call, carried)
+        if not self.throttle.blockedFor(hostOf(_address(call.peer))):
+            return self._identify(call)
         return None
 
     def agentFor(self, call: ServerCall[Any, Any], agentId: str, rpc: str) -> GrpcAgent:
@@ -553,7 +575,7 @@ class GrpcAgents:
         @raise _Refused: why not, in upstream's words where it has some.
         """
         agent = self._agents.get(agentId)
-        identity = self._identify(call, throttled=agent is None)
+        identity = self._identify(call, agent)
         connection = call.context
         if agent is None:
             raise _Refused(
@@ -745,7 +767,7 @@ class GrpcAgents:
     def pathMapSize(
         self, request: pb.PathMapSizeRequest, call: ServerCall[Any, Any]
     ) -> pb.PathMapSizeResponse:
-        self._identify(call, throttled=request.agent_id not in self._agents)
+        self._identify(call, self._agents.get(request.agent_id))
         return pb.PathMapSizeResponse(path_count=self._pathCount())
 
     def sendHeartBeat(

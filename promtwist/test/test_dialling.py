@@ -6,6 +6,8 @@ and the misdirected links both ends recognise by their first bytes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from OpenSSL import SSL
 from twisted.internet import error
 from twisted.internet.task import Clock
@@ -18,6 +20,8 @@ from promtwist.agent.connection import ProxyConnectionFactory, Rejected
 from promtwist.agent.dialling import SUMMARY_INTERVAL, DialReport, describeDialFailure
 from promtwist.agent.scraper import Scraper
 from promtwist.config.settings import AgentSettings, ProxySettings
+from promtwist.grpc.client import CallFailed
+from promtwist.grpc.tunnel import CallTransport
 from promtwist.protocol.framing import spokenProtocol
 from promtwist.protocol.session import SessionLost
 from promtwist.proxy.link import AgentLink
@@ -25,6 +29,7 @@ from promtwist.test.helpers import agentLinkFactory
 from promtwist.test.memorytarget import MemoryTargets
 from promtwist.test.test_agent_service import SETTINGS, downEndpoints
 from promtwist.test.test_framing import logText
+from promtwist.test.test_grpc_tunnel import FakeCall
 from promtwist.test.test_link import Target, TCPStringTransport
 from promtwist.test.test_link_state import lose
 
@@ -271,3 +276,54 @@ class MisdirectedTests(SynchronousTestCase):
         tls = AgentSettings(name="a1", tls_enabled=True)
         _, encrypted = self.agentGets(b"", tls)
         self.assertIn("if its agent port is plain TCP", encrypted)
+
+    def gRPCAgentGets(self, end: Callable[[FakeCall], None]) -> str:
+        """
+        Start an agent connection over a gRPC call that C{end} ends before
+        any Welcome; why its link did not become ready.
+        """
+        clock = Clock()
+        factory = ProxyConnectionFactory(
+            SETTINGS, Scraper(SETTINGS, MemoryTargets(Target()).pool, clock), clock
+        )
+        connection = factory.buildProtocol(None)
+        call = FakeCall()
+        transport = CallTransport(
+            call,
+            TCPStringTransport(),  # type: ignore[arg-type]
+            lambda: None,
+            call.resets.append,
+            clock,
+        )
+        transport.start(connection)
+        ready = connection.whenReady()
+        end(call)
+        clock.advance(0)
+        return str(self.failureResultOf(ready, SessionLost).value)
+
+    def test_gRPCCallEndedOK(self) -> None:
+        """
+        With agent.transport = grpc, a proxy that ends the link's call with
+        OK before its Welcome is said to have done so: HTTP/2 was up, so
+        the TLS hint for a silent close would be wrong (the reviewer's
+        C{hostile_h2.py liar}).
+        """
+        why = self.gRPCAgentGets(lambda call: call.deliver(None))
+        self.assertIn("the proxy ended the link's gRPC call with OK before its Welcome", why)
+        self.assertNotIn("TLS", why)
+
+    def test_gRPCCallEndedWithStatus(self) -> None:
+        """
+        One that ends it with another status: the status and its message,
+        and no TLS hint.
+        """
+
+        def refuse(call: FakeCall) -> None:
+            assert call.receiving is not None
+            call.receiving.errback(
+                CallFailed("the server ended the call with UNAVAILABLE: going away")
+            )
+
+        why = self.gRPCAgentGets(refuse)
+        self.assertIn("the server ended the call with UNAVAILABLE: going away", why)
+        self.assertNotIn("TLS", why)

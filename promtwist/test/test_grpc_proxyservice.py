@@ -276,6 +276,73 @@ class ProxyServiceTests(TestCase):
         self.assertEqual(sample("proxy_rejections_total", {"reason": "grpc_throttled"}), 1.0)
         self.assertEqual(sample("proxy_rejections_total", {"reason": "grpc_unauthenticated"}), 2)
 
+    async def test_throttleTellsNothingOfTokens(self) -> None:
+        """
+        While an address is throttled, a call naming a live agent passes
+        only if it proves that agent's identity: a wrong token, no token, or
+        another identity's valid token, on a fresh connection or on one that
+        carries the agent, all get the throttled answer, as a new connect
+        does, and count as failures (the reviewer's C{t_oracle3.py}: the
+        answers told a valid token of another identity from a wrong one).
+        """
+        self.startProxy(
+            identities=(Identity("a", "ta"), Identity("b", "tb")),
+            max_auth_failures_per_address=2,
+        )
+        unbound = await self.connected(self.client("ta"), disabled=True)
+        carrier = self.client("ta")
+        bound = await self.connected(carrier)
+        wrong = self.client("wrong")
+        for _ in range(2):
+            await self.refusedWith(
+                wrong.unary("pathMapSize", pb.PathMapSizeRequest(), pb.PathMapSizeResponse)
+            )
+        connect = await self.refusedWith(
+            self.client("tb").unary(
+                "connectAgentWithTransportFilterDisabled", pb.Empty(), pb.AgentInfo
+            )
+        )
+        self.assertEqual(connect[0], grpc.StatusCode.UNAUTHENTICATED)
+        self.assertIn("too many failed authentication attempts from 127.0.0.1", connect[1])
+        answers = []
+        for token in ("junk", "", "tb"):
+            for client in (self.client(token), carrier):
+                client.metadata = (("agent-token", token),) if token else ()
+                for agentId in (unbound, bound):
+                    for name, request, response in (
+                        (
+                            "sendHeartBeat",
+                            pb.HeartBeatRequest(agent_id=agentId),
+                            pb.HeartBeatResponse,
+                        ),
+                        (
+                            "pathMapSize",
+                            pb.PathMapSizeRequest(agent_id=agentId),
+                            pb.PathMapSizeResponse,
+                        ),
+                    ):
+                        code, details = await self.refusedWith(
+                            client.unary(name, request, response)
+                        )
+                        # The seconds left may differ by one.
+                        answers.append((code, details.split("; retry in")[0]))
+        self.assertEqual(set(answers), {(connect[0], connect[1].split("; retry in")[0])})
+        carrier.metadata = (("agent-token", "ta"),)
+        for agentId in (unbound, bound):
+            beat = await carrier.unary(
+                "sendHeartBeat", pb.HeartBeatRequest(agent_id=agentId), pb.HeartBeatResponse
+            )
+            self.assertTrue(beat.valid, beat.reason)
+        beat = await self.client("ta").unary(
+            "sendHeartBeat", pb.HeartBeatRequest(agent_id=unbound), pb.HeartBeatResponse
+        )
+        self.assertTrue(beat.valid, beat.reason)
+        sample = self.proxy.metrics.registry.get_sample_value
+        self.assertEqual(
+            sample("proxy_rejections_total", {"reason": "grpc_throttled"}), 1.0 + len(answers)
+        )
+        self.assertEqual(sample("proxy_rejections_total", {"reason": "grpc_unauthenticated"}), 2)
+
     async def test_registerAgentRefusals(self) -> None:
         """
         registerAgent for an id no one was given, or another connection's,
