@@ -421,6 +421,11 @@ class AuthThrottle:
             return
         now = self.clock.seconds()
         record = self._table.get(host)
+        if record is not None and record.blockedUntil > now:
+            # A failure while refused (a throttled call is one) neither
+            # ends the backoff, as a new window would, nor extends it.
+            self._table.move_to_end(host)
+            return
         if record is None or now - record.start >= self.WINDOW_SECONDS:
             record = _Failures(now)
         record.count += 1

@@ -363,6 +363,23 @@ class AdmissionTests(SynchronousTestCase):
         self.assertTrue(throttle.blockedFor("10.0.0.99"))
         self.assertFalse(throttle.blockedFor("10.0.0.0"))
 
+    def test_failureWhileBlocked(self) -> None:
+        """
+        A failure counted while the address is refused, past the window
+        that refused it, leaves the backoff as it was: it neither starts a
+        fresh window (which lifted the block) nor extends it.
+        """
+        clock = Clock()
+        throttle = AuthThrottle(clock, 2)
+        throttle.failed("10.0.0.1")
+        clock.advance(AuthThrottle.WINDOW_SECONDS - 1)
+        throttle.failed("10.0.0.1")
+        clock.advance(AuthThrottle.BACKOFF_SECONDS - 1)
+        throttle.failed("10.0.0.1")
+        self.assertEqual(throttle.blockedFor("10.0.0.1"), 1.0)
+        clock.advance(1)
+        self.assertEqual(throttle.blockedFor("10.0.0.1"), 0.0)
+
     def test_throttleOff(self) -> None:
         throttle = AuthThrottle(Clock(), 0)
         for _ in range(100):
