@@ -136,6 +136,13 @@ class _Stream:
     outbound: _Outbound = field(default_factory=_Outbound)
 
 
+def _dues(stream: _Stream) -> list[float]:
+    """
+    When what C{stream}'s client owes is due.
+    """
+    return [due for due in (stream.requestDue, stream.messageDue) if due is not None]
+
+
 class GrpcServerProtocol(H2Protocol):
     """
     One client's HTTP/2 connection to a set of gRPC L{Method}s.
@@ -645,7 +652,7 @@ class GrpcServerProtocol(H2Protocol):
             stream.messageDue = None
         elif stream.messageDue is None:
             stream.messageDue = now + self._limits.messageSeconds
-        due = min(filter(None, (stream.requestDue, stream.messageDue)), default=None)
+        due = min(_dues(stream), default=None)
         timer = self._owedTimer
         if due is not None and (timer is None or timer.getTime() > due):
             self._cancelOwedTimer()
@@ -657,21 +664,20 @@ class GrpcServerProtocol(H2Protocol):
             return
         now = self._clock.seconds()
         limits = self._limits
-        earliest: float | None = None
+        pending: list[float] = []
         for stream in list(self._streams.values()):
             if stream.requestDue is not None and stream.requestDue <= now:
                 what = f"the request did not arrive whole within {limits.idleSeconds:g} s"
             elif stream.messageDue is not None and stream.messageDue <= now:
                 what = f"the message begun did not arrive whole within {limits.messageSeconds:g} s"
             else:
-                for due in filter(None, (stream.requestDue, stream.messageDue)):
-                    earliest = due if earliest is None else min(earliest, due)
+                pending += _dues(stream)
                 continue
             stream.requestDue = stream.messageDue = None
             stream.call.fail(GrpcError(StatusCode.DEADLINE_EXCEEDED, what))
         self._flush()
-        if earliest is not None:
-            self._owedTimer = self._clock.callLater(earliest - now, self._owedExpired)
+        if pending:
+            self._owedTimer = self._clock.callLater(min(pending) - now, self._owedExpired)
 
     def _cancelOwedTimer(self) -> None:
         timer, self._owedTimer = self._owedTimer, None
