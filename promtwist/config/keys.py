@@ -329,6 +329,12 @@ PROXY = Role(
                 rule=POSITIVE,
             ),
             Setting(
+                "proxy.internal.maxGrpcMessageBufferMBytes",
+                int,
+                field="max_grpc_message_buffer_mbytes",
+                rule=POSITIVE,
+            ),
+            Setting(
                 "proxy.internal.heartbeatPeriodSecs",
                 float,
                 field="heartbeat_period_secs",

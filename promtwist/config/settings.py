@@ -156,6 +156,8 @@ class ProxySettings(_OperationsSettings):
     max_consolidated_buffer_mbytes: int = 256
     # gRPC agents' chunked results held at once, until their summaries.
     max_chunked_buffer_mbytes: int = 256
+    # Unfinished gRPC messages held at once on the agent port, by source.
+    max_grpc_message_buffer_mbytes: int = 256
     # promtwist's own keys, under proxy.internal.
     max_frame_bytes: int = MiB
     heartbeat_period_secs: float = 5.0

@@ -36,7 +36,7 @@ import base64
 import binascii
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import h2.config
 import h2.connection
@@ -46,7 +46,8 @@ import h2.settings
 from h2.errors import ErrorCodes
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
+from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.internet.protocol import ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -66,6 +67,33 @@ from promtwist.grpc.messages import ACCEPTED_ENCODINGS, MessageReader
 from promtwist.grpc.service import Method
 from promtwist.grpc.status import GrpcError, StatusCode, parseTimeout
 from promtwist.logs import RepeatedWarnings
+
+
+class MessageBudget(Protocol):
+    """
+    The server's bytes of unfinished messages, shared by source: each
+    connection may hold up to its window of them, so without a shared bound
+    many connections of one client would hold gigabytes. A message is
+    charged its declared size when its prefix arrives, before its bytes are
+    held, and given back when it is whole or its stream ends.
+    """
+
+    def sourceOf(self, call: ServerCall[Any, Any]) -> str:
+        """
+        Whom C{call}'s messages are charged to.
+        """
+
+    def take(self, size: int, source: str) -> str | None:
+        """
+        Hold C{size} bytes for C{source}, or say why not (naming the
+        setting).
+        """
+
+    def give(self, size: int, source: str) -> None:
+        """
+        Bytes taken before for C{source} are no longer held.
+        """
+
 
 # Request headers that are HTTP/2's or gRPC's own, never custom metadata.
 _RESERVED = frozenset(
@@ -90,16 +118,29 @@ class _Stream:
     """
     @ivar oneRequest: whether the method takes one request (unary,
         server-streaming): the client owes it until it half-closes.
-    @ivar owingSince: since when the client owes bytes of a request (its
-        one request, or the rest of a message it began), or L{None}.
+    @ivar requestDue: when the client's one request must be whole, or
+        L{None} when it owes none.
+    @ivar messageDue: when the message it began must be whole, or L{None}.
+    @ivar charged: the declared bytes of the unfinished message charged to
+        the server's L{MessageBudget}, to C{source}.
     """
 
     call: ServerCall[Any, Any]
     reader: MessageReader
     oneRequest: bool = False
     halfClosed: bool = False
-    owingSince: float | None = None
+    requestDue: float | None = None
+    messageDue: float | None = None
+    charged: int = 0
+    source: str = ""
     outbound: _Outbound = field(default_factory=_Outbound)
+
+
+def _dues(stream: _Stream) -> list[float]:
+    """
+    When what C{stream}'s client owes is due.
+    """
+    return [due for due in (stream.requestDue, stream.messageDue) if due is not None]
 
 
 class GrpcServerProtocol(H2Protocol):
@@ -124,9 +165,11 @@ class GrpcServerProtocol(H2Protocol):
         limits: Limits,
         clock: IReactorTime,
         contexts: ContextFactory = ConnectionContext,
+        budget: MessageBudget | None = None,
     ) -> None:
         super().__init__(limits, clock, clientSide=False)
         self._methods = methods
+        self._budget = budget
         self._contexts = contexts
         self._streams: dict[int, _Stream] = {}
         self._resets = RateBound(limits.maxResetsPerWindow, limits.floodWindowSeconds, clock)
@@ -333,6 +376,9 @@ class GrpcServerProtocol(H2Protocol):
         self._acknowledge(streamId, size - len(data))
         self._owing(stream)
         stream.call.messagesReceived(messages, before + len(data) - stream.reader.buffered)
+        refused = self._charge(stream)
+        if refused is not None:
+            stream.call.fail(GrpcError(StatusCode.RESOURCE_EXHAUSTED, refused))
 
     def _streamEnded(self, streamId: int | None) -> None:
         stream = self._streams.get(streamId or 0)
@@ -487,7 +533,32 @@ class GrpcServerProtocol(H2Protocol):
         stream = self._streams.pop(streamId, None)
         if stream is not None:
             self._acknowledge(streamId, stream.reader.buffered)
+            self._uncharge(stream)
         return stream
+
+    def _charge(self, stream: _Stream) -> str | None:
+        """
+        Charge the message C{stream} is receiving, if it began one, to the
+        server's budget in place of the one charged before; why not, when
+        the budget refuses it.
+        """
+        owed = stream.reader.owed
+        if self._budget is None or owed == stream.charged:
+            return None
+        self._uncharge(stream)
+        if not owed:
+            return None
+        if not stream.source:
+            stream.source = self._budget.sourceOf(stream.call)
+        refused = self._budget.take(owed, stream.source)
+        if refused is None:
+            stream.charged = owed
+        return refused
+
+    def _uncharge(self, stream: _Stream) -> None:
+        charged, stream.charged = stream.charged, 0
+        if charged and self._budget is not None:
+            self._budget.give(charged, stream.source)
 
     def _abandon(self, stream: _Stream, why: str) -> None:
         # The call first, so that its handler is cancelled rather than
@@ -564,45 +635,49 @@ class GrpcServerProtocol(H2Protocol):
     # -- Requests owed ---------------------------------------------------------
 
     # A call open is activity, so the idle timer does not run; but one that
-    # waits for bytes the client does not send is not: a request (a unary
-    # call's one, or a message begun) must be whole within idleSeconds of
-    # its headers or first byte, or the call fails. One timer, for the
-    # oldest debt, checks them all.
+    # waits for bytes the client does not send is not. A message begun must
+    # be whole within messageSeconds of its first byte (its bytes come at
+    # line speed, and it holds up to a window of the server's memory till
+    # then); a unary call's one request within idleSeconds of its headers.
+    # Otherwise the call fails. One timer, for the earliest due, checks
+    # them all.
 
     def _owing(self, stream: _Stream) -> None:
-        owes = stream.reader.buffered > 0 or (stream.oneRequest and not stream.halfClosed)
-        if not owes:
-            stream.owingSince = None
-        elif stream.owingSince is None:
-            stream.owingSince = self._clock.seconds()
-            if self._owedTimer is None:
-                self._owedTimer = self._clock.callLater(self._limits.idleSeconds, self._owedExpired)
+        now = self._clock.seconds()
+        if not stream.oneRequest or stream.halfClosed:
+            stream.requestDue = None
+        elif stream.requestDue is None:
+            stream.requestDue = now + self._limits.idleSeconds
+        if not stream.reader.buffered:
+            stream.messageDue = None
+        elif stream.messageDue is None:
+            stream.messageDue = now + self._limits.messageSeconds
+        due = min(_dues(stream), default=None)
+        timer = self._owedTimer
+        if due is not None and (timer is None or timer.getTime() > due):
+            self._cancelOwedTimer()
+            self._owedTimer = self._clock.callLater(due - now, self._owedExpired)
 
     def _owedExpired(self) -> None:
         self._owedTimer = None
         if self._gone:
             return
         now = self._clock.seconds()
-        oldest: float | None = None
+        limits = self._limits
+        pending: list[float] = []
         for stream in list(self._streams.values()):
-            since = stream.owingSince
-            if since is None:
+            if stream.requestDue is not None and stream.requestDue <= now:
+                what = f"the request did not arrive whole within {limits.idleSeconds:g} s"
+            elif stream.messageDue is not None and stream.messageDue <= now:
+                what = f"the message begun did not arrive whole within {limits.messageSeconds:g} s"
+            else:
+                pending += _dues(stream)
                 continue
-            if since + self._limits.idleSeconds <= now:
-                stream.owingSince = None
-                stream.call.fail(
-                    GrpcError(
-                        StatusCode.DEADLINE_EXCEEDED,
-                        f"the request did not arrive whole within {self._limits.idleSeconds:g} s",
-                    )
-                )
-            elif oldest is None or since < oldest:
-                oldest = since
+            stream.requestDue = stream.messageDue = None
+            stream.call.fail(GrpcError(StatusCode.DEADLINE_EXCEEDED, what))
         self._flush()
-        if oldest is not None:
-            self._owedTimer = self._clock.callLater(
-                oldest + self._limits.idleSeconds - now, self._owedExpired
-            )
+        if pending:
+            self._owedTimer = self._clock.callLater(min(pending) - now, self._owedExpired)
 
     def _cancelOwedTimer(self) -> None:
         timer, self._owedTimer = self._owedTimer, None
@@ -662,9 +737,12 @@ class GrpcServerFactory(ServerFactory):
         limits: Limits | None = None,
         reactor: IReactorTime | None = None,
         contexts: ContextFactory = ConnectionContext,
+        budget: MessageBudget | None = None,
     ) -> None:
         """
         @param contexts: makes each connection's L{ConnectionContext}.
+        @param budget: what every connection's unfinished messages are
+            charged to; L{None}: only each connection's window bounds them.
         """
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -675,13 +753,16 @@ class GrpcServerFactory(ServerFactory):
         self.limits = limits if limits is not None else Limits()
         self.methods = {method.path: method for method in methods}
         self.contexts = contexts
+        self.budget = budget
         #: The connections open now.
         self.connections: set[GrpcServerProtocol] = set()
         #: What clients can make it log, at a bounded rate.
         self.warnings = RepeatedWarnings(GrpcServerProtocol._log, reactor)
 
     def buildProtocol(self, addr: object) -> GrpcServerProtocol:
-        protocol = GrpcServerProtocol(self.methods, self.limits, self.clock, self.contexts)
+        protocol = GrpcServerProtocol(
+            self.methods, self.limits, self.clock, self.contexts, self.budget
+        )
         protocol.factory = self
         return protocol
 
@@ -698,7 +779,7 @@ class GrpcServerFactory(ServerFactory):
         return gatherResults(closing).addCallback(lambda _: None)
 
 
-class GrpcRefusal(Protocol):
+class GrpcRefusal(TwistedProtocol):
     """
     An HTTP/2 connection the server will not serve, for C{reason}: the
     first call on it ends at once C{UNAVAILABLE} with the reason (what a

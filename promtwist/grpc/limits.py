@@ -45,10 +45,14 @@ class Limits:
         never finishes included. L{None}: connections need not prove
         anything.
     @ivar idleSeconds: a connection with no call open is closed with GOAWAY
-        after this long; a call whose request the client owes (a unary
-        call's one request, the rest of a message begun) fails
-        C{DEADLINE_EXCEEDED} when it is not whole this long after the
-        headers or its first byte.
+        after this long; a unary or server-streaming call whose one request
+        the client owes fails C{DEADLINE_EXCEEDED} when it is not whole
+        this long after the headers.
+    @ivar messageSeconds: a message begun fails its call
+        C{DEADLINE_EXCEEDED} when it is not whole this long after its first
+        byte. Its bytes come at line speed, and until it is whole it holds
+        up to a stream's window of the server's memory: 60 s brings the
+        largest message at 600 kbit/s.
     @ivar floodWindowSeconds: the window the four flood bounds count in.
     @ivar maxResetsPerWindow: streams the client resets (rapid reset,
         CVE-2023-44487).
@@ -68,6 +72,7 @@ class Limits:
     handshakeSeconds: float = 10.0
     authenticateSeconds: float | None = None
     idleSeconds: float = 300.0
+    messageSeconds: float = 60.0
     floodWindowSeconds: float = 10.0
     maxResetsPerWindow: int = 200
     maxPingsPerWindow: int = 100

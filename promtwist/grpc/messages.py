@@ -94,6 +94,17 @@ class MessageReader:
     def buffered(self) -> int:
         return len(self._buffer)
 
+    @property
+    def owed(self) -> int:
+        """
+        The size, prefix included, that the unfinished message declares
+        once its prefix is here; 0 before, and between messages.
+        """
+        if len(self._buffer) < _PREFIX.size:
+            return 0
+        _, length = _PREFIX.unpack_from(self._buffer)
+        return int(_PREFIX.size + length)
+
     def feed(self, data: bytes) -> list[Message]:
         """
         Take the next DATA payload; return the messages it completes

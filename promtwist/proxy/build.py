@@ -36,6 +36,7 @@ from promtwist.proxy.bodybudget import BodyBudget
 from promtwist.proxy.discovery import Discovery
 from promtwist.proxy.eviction import evictStale
 from promtwist.proxy.grpcagent import GrpcAgents
+from promtwist.proxy.grpcbuffers import UnfinishedMessages
 from promtwist.proxy.grpclink import linkMethod
 from promtwist.proxy.httpserver import Guard, Handler, ScrapePortFactory
 from promtwist.proxy.link import AgentLinkFactory
@@ -113,6 +114,7 @@ def buildAgentSide(
             limits,
             reactor=clock,
             contexts=grpc.context,
+            budget=UnfinishedMessages(settings),
         )
     return AgentSide(authenticator, registry, metrics, links, grpc, AgentPortFactory(links, server))
 

@@ -55,6 +55,7 @@ from promtwist.proxy.admission import AuthThrottle, hostOf
 from promtwist.proxy.auth import AuthenticationFailed, Authenticator
 from promtwist.proxy.bodybudget import BodyBudget
 from promtwist.proxy.grpcanswers import ChunkedResults, Transfers, answerOf
+from promtwist.proxy.grpcbuffers import sourceName
 from promtwist.proxy.registry import AgentHandle, RegistrationRefused, Registry
 from promtwist.proxy.relay import ScrapeCall
 from promtwist.proxy.stream import ScrapeStream, TransferMetrics
@@ -616,7 +617,7 @@ class GrpcAgents:
         self, call: ServerCall[Any, Any], connection: AgentConnection | None
     ) -> GrpcAgent:
         identity = self._identify(call)
-        source = f"identity {identity.name} from {hostOf(_address(call.peer)) or '?'}"
+        source = sourceName(identity, call.peer)
         bound = self.settings.max_pending_handshakes
         waiting = [agent for agent in self._agents.values() if not agent.registered]
         if len(waiting) >= bound:

@@ -34,6 +34,11 @@ class AnsweringAgent(Protocol):
     """
 
     name: str
+    #: Who the bytes of its chunked results are charged to in the
+    #: proxy's budget: its identity on its source address
+    #: (L{promtwist.proxy.admission.hostOf}), not
+    #: its agent id, which a token holder makes as many of as it likes.
+    source: str
 
     def stream(self, scrapeId: int) -> ScrapeStream | None:
         """
@@ -128,8 +133,8 @@ class Transfers:
     calls holds no more than sending it once. A transfer is purged the
     moment its scrape ends (L{purge}, from the agent's C{forget}: Prometheus
     left, the deadline passed, the agent left), and the bytes of them all
-    are held within one L{BodyBudget}, shared by agent as pushes are by
-    source.
+    are held within one L{BodyBudget}, shared by source (an identity on an
+    address, L{AnsweringAgent.source}) as pushes are.
 
     @ivar metrics: where validation failures and abandoned transfers count.
     @ivar maxBytes: the most one transfer may hold.
@@ -235,7 +240,7 @@ class ChunkedResults:
         if agent is None or stream is None or stream.ended:
             return self._dropped(scrapeId)
         agent.heard()
-        transfer = _Transfer(agent, stream, header, self, header.header_agent_id)
+        transfer = _Transfer(agent, stream, header, self, agent.source)
         previous = self._transfers.start(transfer)
         if previous is not None:
             # On this call or another: one transfer per scrape, and the

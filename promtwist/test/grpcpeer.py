@@ -28,7 +28,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from promtwist.grpc.call import ServerCall
-from promtwist.grpc.connection import GrpcServerFactory, GrpcServerProtocol
+from promtwist.grpc.connection import GrpcServerFactory, GrpcServerProtocol, MessageBudget
 from promtwist.grpc.context import ConnectionContext, ContextFactory
 from promtwist.grpc.limits import Limits
 from promtwist.grpc.messages import frameMessage
@@ -94,15 +94,17 @@ class RawPeer:
         preface: bool = True,
         contexts: ContextFactory = ConnectionContext,
         over: tuple[IProtocol, StringTransport] | None = None,
+        budget: MessageBudget | None = None,
     ) -> None:
         """
         @param over: a protocol already connected to a transport, to be the
             server instead of one serving C{methods} (the agent port's).
+        @param budget: the server's budget of unfinished messages.
         """
         self.clock = clock or Clock()
         if over is None:
             self.protocol: GrpcServerProtocol = GrpcServerFactory(
-                methods, limits, self.clock, contexts
+                methods, limits, self.clock, contexts, budget
             ).buildProtocol(None)
             self.transport = StringTransport()
             self.protocol.makeConnection(self.transport)

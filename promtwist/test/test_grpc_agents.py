@@ -1067,3 +1067,102 @@ class MixedFleetTests(_Fleet):
             )
 
         await group.eventually(everyone, "Prometheus sees the whole fleet", 45, interval=0.5)
+
+
+def _holdMessages(
+    port: int, token: str, sizes: list[int]
+) -> tuple[list[bytes | None], list[socket.socket]]:
+    """
+    The reviewer's C{hold_auth.py}, bounded: on one new connection each,
+    begin a C{writeResponsesToProxy} message of each of C{sizes} bytes and
+    send all of it but its last byte; return each call's C{grpc-message}
+    if the proxy ended it within a few seconds, else L{None}, and the
+    connections, still open (on an error, they are closed). Blocking: run
+    in a thread.
+    """
+    import struct
+
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    sockets: list[socket.socket] = []
+    answers: list[bytes | None] = []
+    try:
+        for size in sizes:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            sockets.append(sock)
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+            conn.initiate_connection()
+            streamId = conn.get_next_available_stream_id()
+            conn.send_headers(
+                streamId,
+                [
+                    (":method", "POST"),
+                    (":scheme", "http"),
+                    (":path", "/ProxyService/writeResponsesToProxy"),
+                    (":authority", "proxy"),
+                    ("content-type", "application/grpc"),
+                    ("te", "trailers"),
+                    ("agent-token", token),
+                ],
+            )
+            payload = struct.pack(">BI", 0, size) + b"\0" * (size - 1)
+            sent = 0
+            answer: bytes | None = None
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline and answer is None:
+                room = min(conn.local_flow_control_window(streamId), len(payload) - sent)
+                room = min(room, conn.max_outbound_frame_size)
+                if room > 0:
+                    conn.send_data(streamId, payload[sent : sent + room])
+                    sent += room
+                sock.sendall(conn.data_to_send())
+                if room > 0 and sent < len(payload):
+                    continue
+                try:
+                    data = sock.recv(65536)
+                except TimeoutError:
+                    break
+                if not data:
+                    break
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.TrailersReceived | h2.events.ResponseReceived):
+                        answer = dict(event.headers or []).get(b"grpc-message", answer)
+                sock.sendall(conn.data_to_send())
+                if sent == len(payload) and answer is None:
+                    sock.settimeout(max(0.1, deadline - time.monotonic()))
+            answers.append(answer)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return answers, sockets
+
+
+class UnfinishedMessagesTests(_Fleet):
+    """
+    What one identity's unfinished gRPC messages may hold of the proxy, on
+    loopback with a real grpcio agent beside the holder.
+    """
+
+    async def test_budgetPerIdentity(self) -> None:
+        """
+        A token holder that leaves a large message unfinished on each of
+        several connections is refused, past its share of
+        C{proxy.internal.maxGrpcMessageBufferMBytes}, RESOURCE_EXHAUSTED
+        naming the setting, while an honest agent of the same token goes
+        on being scraped beside what it holds.
+        """
+        self.startProxy(agent_token="s3cret", max_grpc_message_buffer_mbytes=8)
+        await self.connected(self.path("plain"), agentToken="s3cret")
+        port = self.proxy.agentListener.portNumber
+        held = deferToThread(_holdMessages, port, "s3cret", [3 * 1024 * 1024] * 2)
+        (first, second), sockets = await held
+        for sock in sockets:
+            self.addCleanup(sock.close)
+        self.assertIsNone(first)
+        assert second is not None
+        self.assertIn(b"proxy.internal.maxGrpcMessageBufferMBytes", second)
+        self.assertIn(b"unfinished gRPC messages", second)
+        await self.assertServes("plain", PLAIN)

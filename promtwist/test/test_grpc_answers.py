@@ -26,6 +26,7 @@ class _Agent:
     """
 
     name = "up"
+    source = "identity test from 192.0.2.7"
     MAX_LENGTH = 4 * 1024 * 1024
 
     def __init__(self) -> None:

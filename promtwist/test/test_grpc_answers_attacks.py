@@ -41,6 +41,7 @@ class Agent:
     """
 
     name: str = "node-1"
+    source: str = "identity test from 192.0.2.7"
     MAX_LENGTH: int = 4 * 1024 * 1024
     streams: dict[int, ScrapeStream] = field(default_factory=dict)
     invalid: list[str] = field(default_factory=list)
@@ -361,6 +362,28 @@ class Attacks(SynchronousTestCase):
         self.assertEqual(bytes((second if self.scrape.failures else self.scrape).body), ZIPPED)
         self.assertNothingHeld()
 
+    def test_budgetPerSource(self) -> None:
+        """
+        The budget is shared by source, not by agent: a token holder's
+        second agent id on the same address takes from the same share, so
+        making agent ids does not multiply what one source may hold.
+        """
+        self.transfers = self.agent.transfers = transfersOf(
+            self.agent, LIMIT, budget=3 * len(ZIPPED)
+        )
+        other = Agent(name="node-2", transfers=self.transfers)
+        agents = {AGENT: self.agent, OTHER: other}
+        self.results = ChunkedResults(agents.get, self.transfers, self.dropped.append)
+        second = other.issue(8)
+        for pair in zip(self.messages, chunked(8, ZIPPED, agentId=OTHER), strict=True):
+            self.feed(list(pair))
+        (failure,) = self.scrape.failures + second.failures
+        self.assertEqual(failure.status, 503)
+        self.assertIn("one source's share", failure.reason)
+        self.assertIn("identity test from 192.0.2.7", failure.reason)
+        self.assertEqual(bytes((second if self.scrape.failures else self.scrape).body), ZIPPED)
+        self.assertNothingHeld()
+
     def test_empty(self) -> None:
         """
         A message with nothing set changes nothing.
@@ -460,6 +483,8 @@ class GrpcLikeLink(FakeLink):
     A fake link whose streams, as a gRPC agent's, have the transfer cap as
     their window (upstream's agent knows nothing of credit).
     """
+
+    source: str = "identity test from 192.0.2.7"
 
     def scrape(self, call: ScrapeCall) -> ScrapeStream:
         self.calls.append(call)

@@ -11,6 +11,7 @@ import base64
 import gzip
 import random
 import struct
+from typing import Any
 
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
@@ -814,10 +815,10 @@ class OwedRequestTests(SynchronousTestCase):
     def test_messageLeftUnfinished(self) -> None:
         """
         On a streaming call, a message begun and not finished fails the
-        call C{idleSeconds} after its first byte, however the rest
+        call C{messageSeconds} after its first byte, however the rest
         trickles in; one waiting between messages is left alone.
         """
-        peer, _ = _peer(Limits(idleSeconds=30))
+        peer, _ = _peer(Limits(messageSeconds=30))
         peer.request(1, b"/test.Echo/chat", messages=None)
         peer.request(3, b"/test.Echo/chat", messages=None)
         peer.clock.advance(100)
@@ -829,6 +830,123 @@ class OwedRequestTests(SynchronousTestCase):
         peer.clock.advance(1)
         peer.read()
         self.assertEqual(peer.answer(1).status, StatusCode.DEADLINE_EXCEEDED)
+        self.assertEqual(
+            peer.answer(1).message, b"the message begun did not arrive whole within 30 s"
+        )
         self.assertIsNone(peer.answer(3).status)
         peer.protocol.connectionLost()
         self.assertEqual(peer.clock.getDelayedCalls(), [])
+
+    def test_messageDueLongBeforeIdle(self) -> None:
+        """
+        By default a message begun must be whole within a minute, not the
+        five idle minutes: its bytes come at line speed, and until it is
+        whole it holds up to a window of the server's memory. On a unary
+        call the sooner of its two debts fails it; once the message is
+        whole, the request's own debt runs on from the headers.
+        """
+        peer, _ = _peer()
+        peer.request(1, messages=None)
+        peer.request(3, b"/test.Echo/chat", messages=None)
+        peer.clock.advance(10)
+        peer.send(data(1, frameMessage(b"x" * 100)[:50]))
+        peer.send(data(3, frameMessage(b"x" * 100)[:50]))
+        peer.clock.advance(59)
+        peer.read()
+        self.assertEqual((peer.answer(1).status, peer.answer(3).status), (None, None))
+        peer.clock.advance(1)
+        peer.read()
+        for streamId in (1, 3):
+            self.assertEqual(peer.answer(streamId).status, StatusCode.DEADLINE_EXCEEDED)
+            self.assertEqual(
+                peer.answer(streamId).message,
+                b"the message begun did not arrive whole within 60 s",
+            )
+
+    def test_unaryRequestDueAfterItsMessage(self) -> None:
+        """
+        A unary call whose message is whole but whose stream stays open
+        still owes its request by C{idleSeconds} after its headers.
+        """
+        peer, _ = _peer(Limits(idleSeconds=100, messageSeconds=10))
+        peer.request(1, messages=None)
+        peer.send(data(1, frameMessage(b"x")))
+        peer.clock.advance(99)
+        peer.read()
+        self.assertIsNone(peer.answer(1).status)
+        peer.clock.advance(1)
+        peer.read()
+        self.assertEqual(peer.answer(1).message, b"the request did not arrive whole within 100 s")
+
+
+class _Budget:
+    """
+    A L{MessageBudget} of C{limit} bytes per source; every call is of one
+    source.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held: dict[str, int] = {}
+
+    def sourceOf(self, call: ServerCall[Any, Any]) -> str:
+        return "the source"
+
+    def take(self, size: int, source: str) -> str | None:
+        if self.held.get(source, 0) + size > self.limit:
+            return f"{size} more bytes would pass the test's limit"
+        self.held[source] = self.held.get(source, 0) + size
+        return None
+
+    def give(self, size: int, source: str) -> None:
+        self.held[source] -= size
+        if not self.held[source]:
+            del self.held[source]
+
+
+class MessageBudgetTests(SynchronousTestCase):
+    """
+    Every unfinished message is charged, by its declared size, to the
+    server's budget: many connections of one source together hold no more
+    than it allows.
+    """
+
+    def test_chargedFromItsPrefix(self) -> None:
+        """
+        A message is charged its declared size (its prefix included) once
+        its prefix is here, and given back once it is whole.
+        """
+        budget = _Budget(10_000)
+        peer, _ = _peer(budget=budget)
+        peer.request(1, b"/test.Echo/chat", messages=None)
+        message = frameMessage(b"x" * 1000)
+        peer.send(data(1, message[:3]))
+        self.assertEqual(budget.held, {})
+        peer.send(data(1, message[3:500]))
+        self.assertEqual(budget.held, {"the source": 1005})
+        peer.send(data(1, message[500:]))
+        self.assertEqual(budget.held, {})
+
+    def test_refusedAcrossConnections(self) -> None:
+        """
+        A message past the budget fails its call RESOURCE_EXHAUSTED with the
+        budget's reason; the other connection's message, and the budget,
+        are untouched; when a call ends, what it held is given back.
+        """
+        budget = _Budget(3000)
+        clock = Clock()
+        first, _ = _peer(budget=budget, clock=clock)
+        second, _ = _peer(budget=budget, clock=clock)
+        for peer in (first, second):
+            peer.request(1, b"/test.Echo/chat", messages=None)
+            peer.send(data(1, frameMessage(b"x" * 2000)[:100]))
+            peer.read()
+        self.assertIsNone(first.answer(1).status)
+        refused = second.answer(1)
+        self.assertEqual(refused.status, StatusCode.RESOURCE_EXHAUSTED)
+        self.assertEqual(refused.message, b"2005 more bytes would pass the test's limit")
+        self.assertEqual(budget.held, {"the source": 2005})
+        first.send(reset(1))
+        self.assertEqual(budget.held, {})
+        second.protocol.connectionLost()
+        first.protocol.connectionLost()
