@@ -351,16 +351,25 @@ class Attacks(SynchronousTestCase):
             self.agent, LIMIT, budget=3 * len(ZIPPED)
         )
         self.results = self.call()
-        second = self.agent.issue(8)
-        for pair in zip(self.messages, chunked(8, ZIPPED), strict=True):
-            self.feed(list(pair))
-        failures = self.scrape.failures + second.failures
-        (failure,) = failures
-        self.assertEqual(failure.status, 503)
+        failure = self.twoTransfers(self.agent.issue(8), chunked(8, ZIPPED))
         self.assertIn("bytes of chunked results", failure.reason)
         self.assertIn("the test's budget", failure.reason)
+
+    def twoTransfers(
+        self, second: Scrape, messages: list[pb.ChunkedScrapeResponse]
+    ) -> ScrapeFailed:
+        """
+        Feed this test's transfer and C{messages} (C{second}'s) side by
+        side: one of the two fails with 503, the other is answered whole,
+        and nothing stays held. Return the failure.
+        """
+        for pair in zip(self.messages, messages, strict=True):
+            self.feed(list(pair))
+        (failure,) = self.scrape.failures + second.failures
+        self.assertEqual(failure.status, 503)
         self.assertEqual(bytes((second if self.scrape.failures else self.scrape).body), ZIPPED)
         self.assertNothingHeld()
+        return failure
 
     def test_budgetPerSource(self) -> None:
         """
@@ -374,15 +383,9 @@ class Attacks(SynchronousTestCase):
         other = Agent(name="node-2", transfers=self.transfers)
         agents = {AGENT: self.agent, OTHER: other}
         self.results = ChunkedResults(agents.get, self.transfers, self.dropped.append)
-        second = other.issue(8)
-        for pair in zip(self.messages, chunked(8, ZIPPED, agentId=OTHER), strict=True):
-            self.feed(list(pair))
-        (failure,) = self.scrape.failures + second.failures
-        self.assertEqual(failure.status, 503)
+        failure = self.twoTransfers(other.issue(8), chunked(8, ZIPPED, agentId=OTHER))
         self.assertIn("one source's share", failure.reason)
         self.assertIn("identity test from 192.0.2.7", failure.reason)
-        self.assertEqual(bytes((second if self.scrape.failures else self.scrape).body), ZIPPED)
-        self.assertNothingHeld()
 
     def test_empty(self) -> None:
         """
