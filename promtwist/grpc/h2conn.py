@@ -14,6 +14,7 @@ calls and says how it ends a connection (L{H2Protocol._goAway}).
 from __future__ import annotations
 
 import enum
+from abc import ABCMeta, abstractmethod
 from collections import deque
 from collections.abc import Callable
 from typing import cast
@@ -55,13 +56,13 @@ class ConnectionState(enum.Enum):
 
 
 @implementer(IPushProducer)
-class H2Protocol(Protocol):
+class H2Protocol(Protocol, metaclass=ABCMeta):
     """
     One HTTP/2 connection, either end, within L{Limits}.
 
-    A subclass implements L{_eventReceived}, L{_handshakeDone},
-    L{_remoteSettingsChanged}, L{_pumpAll}, L{_describeBreach},
-    L{_wentAway} and L{_goAway}.
+    A subclass implements the abstract L{_eventReceived},
+    L{_handshakeDone}, L{_remoteSettingsChanged}, L{_pumpAll},
+    L{_describeBreach}, L{_wentAway} and L{_goAway}.
 
     @cvar _fromPeer: what the flood bounds' GOAWAY debug data adds to name
         the peer (the server's are read by the client that flooded, which
@@ -273,47 +274,47 @@ class H2Protocol(Protocol):
 
     # -- What a subclass does --------------------------------------------------------
 
+    @abstractmethod
     def _eventReceived(self, event: h2.events.Event) -> None:
         """
         Handle an event of the calls (a PING, a frame of an unknown type or
         SETTINGS are handled here).
         """
-        raise NotImplementedError()
 
+    @abstractmethod
     def _handshakeDone(self) -> None:
         """
         The peer's first SETTINGS came: the connection is C{OPEN}.
         """
-        raise NotImplementedError()
 
+    @abstractmethod
     def _remoteSettingsChanged(self, event: h2.events.RemoteSettingsChanged) -> None:
         """
         The peer's SETTINGS (within the flood bound) took effect: its
         windows may have grown.
         """
-        raise NotImplementedError()
 
+    @abstractmethod
     def _pumpAll(self) -> None:
         """
         The transport takes more: send what every stream has queued.
         """
-        raise NotImplementedError()
 
+    @abstractmethod
     def _describeBreach(self, error: h2.exceptions.ProtocolError) -> str:
         """
         The GOAWAY debug data for the peer's breach of HTTP/2, C{error}.
         """
-        raise NotImplementedError()
 
+    @abstractmethod
     def _wentAway(self, event: h2.events.ConnectionTerminated) -> None:
         """
         The peer sent GOAWAY: h2 has closed the connection.
         """
-        raise NotImplementedError()
 
+    @abstractmethod
     def _goAway(self, code: ErrorCodes | int, reason: str) -> None:
         """
         End the connection for C{reason}: GOAWAY C{code} with it as debug
         data, then L{_closeTransport}.
         """
-        raise NotImplementedError()
