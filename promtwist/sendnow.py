@@ -140,12 +140,23 @@ def sendBuffered(transport: ITransport) -> None:
     if aggregator is not None:
         aggregator.flush()
         socket = getattr(transport, "transport", None)
-    if not isinstance(socket, FileDescriptor):
-        return
-    if not socket.connected or socket.disconnecting or socket._writeDisconnecting:
-        return
-    if socket._tempDataLen or len(socket.dataBuffer) > socket.offset:
+    if isinstance(socket, FileDescriptor) and _open(socket) and _holds(socket):
         socket.doWrite()
+
+
+def _open(socket: FileDescriptor) -> bool:
+    """
+    Whether C{socket} may still be written to by us: not closing (the
+    reactor owns a close).
+    """
+    return bool(socket.connected and not socket.disconnecting and not socket._writeDisconnecting)
+
+
+def _holds(socket: FileDescriptor) -> bool:
+    """
+    Whether C{socket} holds bytes not yet sent.
+    """
+    return bool(socket._tempDataLen or len(socket.dataBuffer) > socket.offset)
 
 
 def sendAtOnce(transport: ITransport, data: bytes) -> bytes:
@@ -160,14 +171,7 @@ def sendAtOnce(transport: ITransport, data: bytes) -> bytes:
     """
     if not isinstance(transport, Connection) or transport.TLS:
         return data
-    if (
-        not transport.connected
-        or transport.disconnecting
-        or transport._writeDisconnecting
-        or transport._aborting
-        or transport._tempDataLen
-        or len(transport.dataBuffer) > transport.offset
-    ):
+    if not _open(transport) or transport._aborting or _holds(transport):
         return data
     sent = transport.writeSomeData(data)
     if not isinstance(sent, int):
